@@ -1,0 +1,68 @@
+"""The state dir ($MESHKIT_HOME, default ~/.meshkit): one place for everything a mesh leaves behind.
+
+Layout::
+
+    $MESHKIT_HOME/
+      mesh.json          what `meshkit up` started: control URL, ingress URL, workloads, pids, ports
+      control/           the control plane's own state (config store, CA)
+      logs/<name>.log    one log per process (apps and sidecars)
+      run/               snapshots, port files and other per-run scratch files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MESHKIT_HOME") or Path.home() / ".meshkit")
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @classmethod
+    def open(cls, root: Path | str | None = None) -> StateDir:
+        path = Path(root) if root is not None else default_home()
+        for sub in ("", "control", "logs", "run"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @property
+    def mesh_file(self) -> Path:
+        return self.root / "mesh.json"
+
+    @property
+    def control_dir(self) -> Path:
+        return self.root / "control"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def log(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def read_mesh(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.mesh_file.read_text())
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(f"{self.mesh_file} is corrupt ({exc}); run `meshkit down --force`") from exc
+
+    def write_mesh(self, data: dict[str, Any]) -> None:
+        """Write atomically, so a crash mid-write never leaves a half file behind."""
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".mesh.", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        os.replace(tmp, self.mesh_file)
+
+    def clear_mesh(self) -> None:
+        self.mesh_file.unlink(missing_ok=True)
