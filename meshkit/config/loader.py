@@ -1,0 +1,289 @@
+"""Istio YAML / JSON (or already-parsed dicts) -> typed resources, with every problem reported.
+
+``load_resources`` accepts multi-document YAML, JSON, a ``kind: List`` with ``items``, a
+dict or a list of dicts; it dispatches on ``apiVersion`` + ``kind`` to the models in
+`resources` and raises `ConfigError` carrying one `Message` per problem (all of them,
+not just the first), each naming the resource and the field path.
+``load_files`` does the same for files and directories.
+
+Loader message codes (stable; docs/config-reference.md):
+MK0001 YAML/JSON syntax, MK0002 malformed document, MK0003 apiVersion/kind not accepted,
+MK0004 field not supported by meshkit, MK0005 unknown field, MK0006 required field missing,
+MK0007 invalid value.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from meshkit.config.messages import ConfigError, Message, Severity
+from meshkit.config.resources import (
+    RESOURCE_KINDS,
+    UNSUPPORTED_ISTIO_KINDS,
+    IstioModel,
+    Resource,
+)
+
+CODE_SYNTAX = "MK0001"
+CODE_MALFORMED = "MK0002"
+CODE_KIND = "MK0003"
+CODE_UNSUPPORTED = "MK0004"
+CODE_UNKNOWN = "MK0005"
+CODE_MISSING = "MK0006"
+CODE_INVALID = "MK0007"
+
+FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def load_resources(
+    source: str | bytes | dict[str, Any] | list[dict[str, Any]], *, origin: str = "<input>"
+) -> list[Resource]:
+    """Parse and validate ``source``; raise `ConfigError` listing every problem found."""
+    documents = _documents(source, origin)
+    resources: list[Resource] = []
+    messages: list[Message] = []
+    for number, document in documents:
+        resource, problems = _load_document(document, f"{origin} document {number}")
+        messages.extend(problems)
+        if resource is not None:
+            resources.append(resource)
+    if messages:
+        raise ConfigError(messages)
+    return resources
+
+
+def load_files(paths: Iterable[str | Path]) -> list[Resource]:
+    """Load files; a directory contributes its *.yaml, *.yml and *.json files (sorted, not recursive).
+
+    Messages about a named resource are prefixed with the file (``"vs.yaml: VirtualService/default/x"``).
+    """
+    resources: list[Resource] = []
+    messages: list[Message] = []
+    for path in _expand(paths):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            text = f"cannot read file: {error}"
+            messages.append(Message(CODE_MALFORMED, Severity.ERROR, str(path), "", text))
+            continue
+        try:
+            resources.extend(load_resources(text, origin=str(path)))
+        except ConfigError as error:
+            for message in error.messages:
+                where = message.resource
+                if not where.startswith(str(path)):
+                    where = f"{path}: {where}"
+                messages.append(Message(message.code, message.severity, where, message.field, message.text))
+    if messages:
+        raise ConfigError(messages)
+    return resources
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    expanded: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            expanded.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FILE_SUFFIXES))
+        else:
+            expanded.append(path)
+    return expanded
+
+
+# ---------------------------------------------------------------------------------------------
+# documents
+# ---------------------------------------------------------------------------------------------
+
+
+Source = str | bytes | dict[str, Any] | list[dict[str, Any]]
+
+
+def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
+    """(1-based document number, parsed document) pairs; empty documents skipped, Lists expanded."""
+    if isinstance(source, bytes):
+        try:
+            source = source.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                [Message(CODE_SYNTAX, Severity.ERROR, origin, "", f"input is not UTF-8: {error}")]
+            ) from None
+    if isinstance(source, str):
+        try:
+            parsed: list[Any] = list(yaml.safe_load_all(source))
+        except yaml.YAMLError as error:
+            raise ConfigError([_syntax_message(error, origin)]) from None
+    elif isinstance(source, dict):
+        parsed = [source]
+    elif isinstance(source, list):
+        parsed = list(source)
+    else:
+        raise ConfigError(
+            [Message(CODE_MALFORMED, Severity.ERROR, origin, "",
+                     f"expected YAML/JSON text, a dict or a list of dicts, got {type(source).__name__}")]
+        )
+    documents: list[tuple[int, Any]] = []
+    for number, document in enumerate(parsed, start=1):
+        if document is None:
+            continue
+        if isinstance(document, dict) and document.get("kind") == "List" and "items" in document:
+            items = document["items"] or []
+            documents.extend((number, item) for item in (items if isinstance(items, list) else [items]))
+        else:
+            documents.append((number, document))
+    return documents
+
+
+def _syntax_message(error: yaml.YAMLError, origin: str) -> Message:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    detail = f"{context}, {problem}" if context else problem
+    if mark is not None:
+        text = f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {detail}"
+    else:
+        text = f"YAML syntax error: {detail}"
+    return Message(CODE_SYNTAX, Severity.ERROR, origin, "", text)
+
+
+def _label(document: dict[str, Any], fallback: str) -> str:
+    metadata = document.get("metadata")
+    kind = document.get("kind")
+    if isinstance(metadata, dict) and isinstance(metadata.get("name"), str) and isinstance(kind, str):
+        namespace = metadata.get("namespace")
+        namespace = namespace if isinstance(namespace, str) and namespace else "default"
+        return f"{kind}/{namespace}/{metadata['name']}"
+    return fallback
+
+
+def _load_document(document: Any, fallback: str) -> tuple[Resource | None, list[Message]]:
+    if not isinstance(document, dict):
+        text = f"expected a mapping with apiVersion, kind, metadata and spec, got {type(document).__name__}"
+        return None, [Message(CODE_MALFORMED, Severity.ERROR, fallback, "", text)]
+    resource_label = _label(document, fallback)
+    kind = document.get("kind")
+    api_version = document.get("apiVersion")
+    if not isinstance(kind, str) or not kind:
+        text = "kind: required field is missing"
+        return None, [Message(CODE_MISSING, Severity.ERROR, resource_label, "kind", text)]
+    model = RESOURCE_KINDS.get(kind)
+    if model is None:
+        supported = ", ".join(sorted(RESOURCE_KINDS))
+        reason = "is not supported by meshkit" if kind in UNSUPPORTED_ISTIO_KINDS else "is not a known kind"
+        text = f"kind {kind} {reason} (supported: {supported})"
+        return None, [Message(CODE_KIND, Severity.ERROR, resource_label, "kind", text)]
+    accepted = model.accepted_api_versions()
+    if api_version not in accepted:
+        shown = "missing" if api_version is None else f'"{api_version}"'
+        text = f"apiVersion {shown} is not accepted for kind {kind} (accepted: {', '.join(accepted)})"
+        return None, [Message(CODE_KIND, Severity.ERROR, resource_label, "apiVersion", text)]
+    try:
+        return model.model_validate(document), []
+    except ValidationError as error:
+        return None, [_message(model, item, resource_label) for item in error.errors()]
+
+
+# ---------------------------------------------------------------------------------------------
+# pydantic errors -> messages
+# ---------------------------------------------------------------------------------------------
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(model: type[BaseModel], error: Any, resource_label: str) -> Message:
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    path = _path(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(model, loc[:-1])
+        name = str(loc[-1])
+        if owner is not None and name in owner.unsupported_fields:
+            text = f"{path} is not supported by meshkit"
+            return Message(CODE_UNSUPPORTED, Severity.ERROR, resource_label, path, text)
+        return Message(CODE_UNKNOWN, Severity.ERROR, resource_label, path, f"{path}: unknown field")
+    if kind == "missing":
+        text = f"{path}: required field is missing"
+        return Message(CODE_MISSING, Severity.ERROR, resource_label, path, text)
+    if kind == "literal_error":
+        owner = _model_at(model, loc[:-1])
+        value = error.get("input")
+        expected = str(error.get("ctx", {}).get("expected", "")).replace("'", "").replace(" or ", ", ")
+        if owner is not None and value in owner.unsupported_values.get(str(loc[-1]), frozenset()):
+            text = f"{path}: {value} is not supported by meshkit (supported: {expected})"
+            return Message(CODE_UNSUPPORTED, Severity.ERROR, resource_label, path, text)
+        return Message(CODE_INVALID, Severity.ERROR, resource_label, path,
+                       f"{path}: {value!r} is not one of {expected}")
+    if kind == "value_error":
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        return Message(CODE_INVALID, Severity.ERROR, resource_label, path, f"{path}: {reason}")
+    if kind == "too_short":
+        return Message(CODE_INVALID, Severity.ERROR, resource_label, path, f"{path}: must not be empty")
+    value = error.get("input")
+    text = f"{path}: {error['msg'][:1].lower()}{error['msg'][1:]} (got {_short(value)})"
+    return Message(CODE_INVALID, Severity.ERROR, resource_label, path, text)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[IstioModel] | None:
+    """The model class that owns the value at ``loc`` (walking field annotations), or None."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = _field_by_alias(current, str(part))
+            if field is None:
+                return None
+            current = field
+        else:
+            origin = typing.get_origin(current)
+            args = typing.get_args(current)
+            if origin is list and args:
+                current = args[0]
+            elif origin is dict and len(args) == 2:
+                current = args[1]
+            else:
+                return None
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, IstioModel):
+        return current
+    return None
+
+
+def _field_by_alias(model: type[BaseModel], name: str) -> Any:
+    for field_name, info in model.model_fields.items():
+        if name in (info.alias, field_name):
+            return info.annotation
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip ``X | None`` and ``Annotated[X, ...]`` down to X."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation

@@ -1,0 +1,482 @@
+"""Typed models of the Istio API subset meshkit implements.
+
+VirtualService and DestinationRule (``networking.istio.io``), PeerAuthentication and
+AuthorizationPolicy (``security.istio.io``), with Istio's own camelCase field names.
+Every model forbids extra fields; each one lists the real Istio fields it does *not*
+implement in ``unsupported_fields`` (and enum values in ``unsupported_values``) so the
+loader can say "is not supported by meshkit" instead of "unknown field".
+
+Validation here is per resource and structural (types, required fields, one-of).
+Range and cross-resource checks live in `analyze`; turning these into the proxy
+snapshot lives in `compile`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+# ---------------------------------------------------------------------------------------------
+# Durations ("7s", "500ms", "1m30s", "1.5s") exposed as milliseconds
+# ---------------------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
+_UNIT_MS = {"h": 3_600_000.0, "m": 60_000.0, "s": 1000.0, "ms": 1.0, "us": 0.001, "µs": 0.001, "ns": 1e-6}
+
+
+class Duration(str):
+    """A duration written as Istio writes it (Go syntax); ``.ms`` is the value in milliseconds."""
+
+    __slots__ = ()
+
+    @property
+    def ms(self) -> int:
+        return parse_duration_ms(self)
+
+
+def parse_duration_ms(text: str) -> int:
+    """``"1.5s"`` -> 1500. Raises ValueError with the accepted syntax on anything else."""
+    value = text.strip()
+    total = 0.0
+    position = 0
+    for part in _DURATION_PART.finditer(value):
+        if part.start() != position:
+            break
+        total += float(part.group(1)) * _UNIT_MS[part.group(2)]
+        position = part.end()
+    if not value or position != len(value):
+        raise ValueError(f'invalid duration "{text}" (expected e.g. "7s", "500ms", "1.5s", "1m", "1h")')
+    return round(total)
+
+
+def _to_duration(value: str) -> Duration:
+    parse_duration_ms(value)
+    return Duration(value)
+
+
+DurationStr = Annotated[str, AfterValidator(_to_duration)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Base
+# ---------------------------------------------------------------------------------------------
+
+
+class IstioModel(BaseModel):
+    """Base of every spec model: camelCase aliases, extra fields forbidden."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    # real Istio fields (by their YAML name) that meshkit does not implement
+    unsupported_fields: ClassVar[frozenset[str]] = frozenset()
+    # field alias -> Istio enum values meshkit does not implement
+    unsupported_values: ClassVar[dict[str, frozenset[str]]] = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# VirtualService
+# ---------------------------------------------------------------------------------------------
+
+
+class StringMatch(IstioModel):
+    """Exactly one of ``exact``, ``prefix``, ``regex`` (RE2 syntax in Istio; Python ``re`` here)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StringMatch:
+        given = [name for name in ("exact", "prefix", "regex") if getattr(self, name) is not None]
+        if len(given) != 1:
+            got = ", ".join(given) if given else "none"
+            raise ValueError(f"exactly one of exact, prefix, regex must be set (got {got})")
+        return self
+
+    @property
+    def kind_and_value(self) -> tuple[str, str]:
+        for name in ("exact", "prefix", "regex"):
+            value = getattr(self, name)
+            if value is not None:
+                return name, value
+        raise AssertionError("validated StringMatch has one value")
+
+
+class HTTPMatchRequest(IstioModel):
+    unsupported_fields = frozenset(
+        {"scheme", "port", "gateways", "sourceNamespace", "statPrefix"}
+    )
+
+    name: str | None = None
+    uri: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: dict[str, StringMatch] | None = None
+    query_params: dict[str, StringMatch] | None = None
+    without_headers: dict[str, StringMatch] | None = None
+    source_labels: dict[str, str] | None = None
+    ignore_uri_case: bool | None = None
+
+
+class PortSelector(IstioModel):
+    number: int
+
+
+class Destination(IstioModel):
+    host: str
+    subset: str | None = None
+    port: PortSelector | None = None
+
+
+class HeaderOperations(IstioModel):
+    set: dict[str, str] | None = None
+    add: dict[str, str] | None = None
+    remove: list[str] | None = None
+
+
+class Headers(IstioModel):
+    request: HeaderOperations | None = None
+    response: HeaderOperations | None = None
+
+
+class HTTPRouteDestination(IstioModel):
+    destination: Destination
+    weight: int | None = None
+    headers: Headers | None = None
+
+
+class Percent(IstioModel):
+    value: float
+
+
+class HTTPFaultInjectionDelay(IstioModel):
+    unsupported_fields = frozenset({"exponentialDelay"})
+
+    fixed_delay: DurationStr
+    percentage: Percent | None = None
+    percent: int | None = None  # deprecated integer form still used in tutorials
+
+
+class HTTPFaultInjectionAbort(IstioModel):
+    unsupported_fields = frozenset({"grpcStatus", "http2Error"})
+
+    http_status: int
+    percentage: Percent | None = None
+
+
+class HTTPFaultInjection(IstioModel):
+    delay: HTTPFaultInjectionDelay | None = None
+    abort: HTTPFaultInjectionAbort | None = None
+
+
+class HTTPRewrite(IstioModel):
+    unsupported_fields = frozenset({"authority", "uriRegexRewrite"})
+
+    uri: str | None = None
+
+
+class HTTPRetry(IstioModel):
+    unsupported_fields = frozenset({"retryRemoteLocalities", "retryIgnorePreviousHosts", "backoff"})
+
+    attempts: int
+    per_try_timeout: DurationStr | None = None
+    retry_on: str | None = None
+
+    @property
+    def retry_on_list(self) -> list[str]:
+        if self.retry_on is None:
+            return []
+        return [part.strip() for part in self.retry_on.split(",") if part.strip()]
+
+
+class HTTPRoute(IstioModel):
+    unsupported_fields = frozenset(
+        {"redirect", "directResponse", "delegate", "mirrors", "corsPolicy"}
+    )
+
+    name: str | None = None
+    match: list[HTTPMatchRequest] | None = None
+    route: list[HTTPRouteDestination] | None = None
+    rewrite: HTTPRewrite | None = None
+    timeout: DurationStr | None = None
+    retries: HTTPRetry | None = None
+    fault: HTTPFaultInjection | None = None
+    mirror: Destination | None = None
+    mirror_percentage: Percent | None = None
+    mirror_percent: int | None = None  # deprecated integer form
+    headers: Headers | None = None
+
+
+class VirtualServiceSpec(IstioModel):
+    unsupported_fields = frozenset({"tls", "tcp", "exportTo"})
+
+    hosts: list[str] = Field(min_length=1)
+    gateways: list[str] | None = None
+    http: list[HTTPRoute] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# DestinationRule
+# ---------------------------------------------------------------------------------------------
+
+LoadBalancerPolicy = Literal[
+    "UNSPECIFIED", "ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM", "PASSTHROUGH"
+]
+
+
+class LoadBalancerSettings(IstioModel):
+    unsupported_fields = frozenset({"consistentHash", "localityLbSetting", "warmupDurationSecs", "warmup"})
+
+    simple: LoadBalancerPolicy | None = None
+
+
+class TCPSettings(IstioModel):
+    unsupported_fields = frozenset({"tcpKeepalive", "maxConnectionDuration", "idleTimeout"})
+
+    max_connections: int | None = None
+    connect_timeout: DurationStr | None = None
+
+
+class HTTPSettings(IstioModel):
+    unsupported_fields = frozenset(
+        {"idleTimeout", "h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams"}
+    )
+
+    http1_max_pending_requests: int | None = None
+    http2_max_requests: int | None = None
+    max_requests_per_connection: int | None = None
+    max_retries: int | None = None
+
+
+class ConnectionPoolSettings(IstioModel):
+    tcp: TCPSettings | None = None
+    http: HTTPSettings | None = None
+
+
+class OutlierDetection(IstioModel):
+    unsupported_fields = frozenset(
+        {"consecutiveErrors", "splitExternalLocalOriginErrors", "consecutiveLocalOriginFailures",
+         "minHealthPercent"}
+    )
+
+    consecutive_5xx_errors: int | None = Field(default=None, alias="consecutive5xxErrors")
+    consecutive_gateway_errors: int | None = None
+    interval: DurationStr | None = None
+    base_ejection_time: DurationStr | None = None
+    max_ejection_percent: int | None = None
+
+
+class ClientTLSSettings(IstioModel):
+    unsupported_fields = frozenset(
+        {"clientCertificate", "privateKey", "caCertificates", "credentialName", "subjectAltNames", "sni",
+         "insecureSkipVerify", "caCrl"}
+    )
+    unsupported_values = {"mode": frozenset({"SIMPLE", "MUTUAL"})}
+
+    mode: Literal["DISABLE", "ISTIO_MUTUAL"]
+
+
+class TrafficPolicy(IstioModel):
+    unsupported_fields = frozenset({"portLevelSettings", "tunnel", "proxyProtocol"})
+
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+
+
+class Subset(IstioModel):
+    name: str
+    labels: dict[str, str] | None = None
+    traffic_policy: TrafficPolicy | None = None
+
+
+class DestinationRuleSpec(IstioModel):
+    unsupported_fields = frozenset({"exportTo", "workloadSelector"})
+
+    host: str
+    traffic_policy: TrafficPolicy | None = None
+    subsets: list[Subset] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# PeerAuthentication and AuthorizationPolicy
+# ---------------------------------------------------------------------------------------------
+
+
+class WorkloadSelector(IstioModel):
+    match_labels: dict[str, str] | None = None
+
+
+class MutualTLS(IstioModel):
+    mode: Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"] = "UNSET"
+
+
+class PeerAuthenticationSpec(IstioModel):
+    selector: WorkloadSelector | None = None
+    mtls: MutualTLS | None = None
+    port_level_mtls: dict[int, MutualTLS] | None = None
+
+
+class Source(IstioModel):
+    unsupported_fields = frozenset(
+        {"requestPrincipals", "notRequestPrincipals", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
+         "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts"}
+    )
+
+    principals: list[str] | None = None
+    not_principals: list[str] | None = None
+    namespaces: list[str] | None = None
+    not_namespaces: list[str] | None = None
+
+
+def _port_string(value: str) -> str:
+    """Istio writes ports as strings ("8000"); a YAML integer is accepted and kept as its string."""
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f'port "{value}" is not a number between 1 and 65535')
+    return value
+
+
+def _int_to_str(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+PortString = Annotated[str, BeforeValidator(_int_to_str), AfterValidator(_port_string)]
+
+
+class Operation(IstioModel):
+    unsupported_fields = frozenset({"hosts", "notHosts"})
+
+    methods: list[str] | None = None
+    not_methods: list[str] | None = None
+    paths: list[str] | None = None
+    not_paths: list[str] | None = None
+    ports: list[PortString] | None = None
+    not_ports: list[PortString] | None = None
+
+
+class RuleFrom(IstioModel):
+    source: Source
+
+
+class RuleTo(IstioModel):
+    operation: Operation
+
+
+class Condition(IstioModel):
+    key: str
+    values: list[str] | None = None
+    not_values: list[str] | None = None
+
+
+class Rule(IstioModel):
+    from_: list[RuleFrom] | None = Field(default=None, alias="from")
+    to: list[RuleTo] | None = None
+    when: list[Condition] | None = None
+
+
+class AuthorizationPolicySpec(IstioModel):
+    unsupported_fields = frozenset({"provider", "targetRef", "targetRefs"})
+    unsupported_values = {"action": frozenset({"CUSTOM"})}
+
+    selector: WorkloadSelector | None = None
+    action: Literal["ALLOW", "DENY", "AUDIT"] | None = None
+    rules: list[Rule] | None = None
+
+    @property
+    def effective_action(self) -> str:
+        return self.action or "ALLOW"
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources
+# ---------------------------------------------------------------------------------------------
+
+
+class ObjectMeta(IstioModel):
+    unsupported_fields = frozenset(
+        {"uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp", "managedFields",
+         "generateName", "finalizers", "ownerReferences", "selfLink", "deletionGracePeriodSeconds"}
+    )
+
+    name: str = Field(min_length=1)
+    namespace: str = Field(default="default", min_length=1)
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class Resource(IstioModel):
+    """Common envelope: ``apiVersion``, ``kind``, ``metadata``, ``spec``."""
+
+    unsupported_fields = frozenset({"status"})
+    group: ClassVar[str]
+    versions: ClassVar[tuple[str, ...]]
+
+    api_version: str
+    kind: str
+    metadata: ObjectMeta
+    spec: Any
+
+    @classmethod
+    def accepted_api_versions(cls) -> list[str]:
+        return [f"{cls.group}/{version}" for version in cls.versions]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.metadata.namespace}/{self.metadata.name}"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.metadata.namespace, self.metadata.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Istio-shaped document (camelCase, unset fields omitted); ``load_resources`` accepts it."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class VirtualService(Resource):
+    group = "networking.istio.io"
+    versions = ("v1", "v1beta1", "v1alpha3")
+
+    kind: Literal["VirtualService"] = "VirtualService"
+    spec: VirtualServiceSpec
+
+
+class DestinationRule(Resource):
+    group = "networking.istio.io"
+    versions = ("v1", "v1beta1", "v1alpha3")
+
+    kind: Literal["DestinationRule"] = "DestinationRule"
+    spec: DestinationRuleSpec
+
+
+class PeerAuthentication(Resource):
+    group = "security.istio.io"
+    versions = ("v1", "v1beta1")
+
+    kind: Literal["PeerAuthentication"] = "PeerAuthentication"
+    spec: PeerAuthenticationSpec = PeerAuthenticationSpec()
+
+
+class AuthorizationPolicy(Resource):
+    group = "security.istio.io"
+    versions = ("v1", "v1beta1")
+
+    kind: Literal["AuthorizationPolicy"] = "AuthorizationPolicy"
+    spec: AuthorizationPolicySpec = AuthorizationPolicySpec()
+
+
+RESOURCE_KINDS: dict[str, type[Resource]] = {
+    cls.__name__: cls for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy)
+}
+
+# Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
+UNSUPPORTED_ISTIO_KINDS = frozenset(
+    {"Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter",
+     "RequestAuthentication", "Telemetry", "ProxyConfig", "WasmPlugin"}
+)
