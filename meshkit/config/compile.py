@@ -1,0 +1,462 @@
+"""Resources + service registry -> the per-proxy snapshot of docs/snapshot.md (a plain JSON dict).
+
+`compile_snapshot` is a pure, deterministic function: the same input gives the same dict and the
+same ``version`` (a hash of the content). Which resource applies where follows Istio's precedence
+(see `selection`); how each Istio field becomes a snapshot field is documented in
+docs/config-reference.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from meshkit.config.hosts import resolve_host
+from meshkit.config.registry import Endpoint, Node, RegistryView, Service
+from meshkit.config.resources import (
+    AuthorizationPolicy,
+    Destination,
+    DestinationRule,
+    HeaderOperations,
+    Headers,
+    HTTPMatchRequest,
+    HTTPRoute,
+    PeerAuthentication,
+    Resource,
+    Rule,
+    StringMatch,
+    TrafficPolicy,
+    VirtualService,
+    parse_duration_ms,
+)
+from meshkit.config.selection import (
+    authorization_policies_for,
+    destination_rules_for,
+    labels_match,
+    of_kind,
+    resolve_mtls,
+    virtual_services_for,
+)
+
+SCHEMA = 1
+DEFAULT_LB = "LEAST_REQUEST"
+DEFAULT_RETRY_ON = ["connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"]
+LB_ALIASES = {"LEAST_CONN": "LEAST_REQUEST", "UNSPECIFIED": DEFAULT_LB}
+OUTLIER_DEFAULTS = {"consecutive_5xx_errors": 5, "interval_ms": 10_000, "base_ejection_time_ms": 30_000,
+                    "max_ejection_percent": 10}
+_STATUS_CODE = re.compile(r"^\d{3}$")
+
+
+def _ms(duration: str) -> int:
+    return parse_duration_ms(duration)
+
+
+def default_retry_policy() -> dict[str, Any]:
+    """Istio's retry policy for a route whose VirtualService sets no ``retries``."""
+    return {"attempts": 2, "per_try_timeout_ms": None, "retry_on": list(DEFAULT_RETRY_ON),
+            "retriable_status_codes": [503]}
+
+
+def snapshot_version(snapshot: Mapping[str, Any]) -> str:
+    """First 16 hex chars of sha256 over the canonical JSON of the content.
+
+    ``version`` itself and ``revision`` (information only) are left out, so a store revision
+    that does not change what this proxy does yields the same version and no push.
+    """
+    content = {k: v for k, v in snapshot.items() if k not in ("version", "revision")}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def compile_snapshot(
+    resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0
+) -> dict[str, Any]:
+    """The snapshot for ``node`` (docs/snapshot.md)."""
+    virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
+    destination_rules = of_kind(resources, DestinationRule)
+    peer_authentications = of_kind(resources, PeerAuthentication)
+    services = sorted(registry.services, key=lambda s: (s.namespace == node.namespace, s.namespace, s.name))
+    body: dict[str, Any] = {
+        "schema": SCHEMA,
+        "revision": revision,
+        "node": _node(node),
+        "outbound": {
+            "virtual_hosts": [
+                _virtual_host(svc, node, virtual_services)
+                for svc in sorted(registry.services, key=lambda s: (s.namespace, s.name))
+            ]
+        },
+        "clusters": _clusters(services, registry, node, destination_rules, peer_authentications),
+        "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy)),
+        "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
+    }
+    return {"schema": SCHEMA, "version": snapshot_version(body), **body}
+
+
+# ---------------------------------------------------------------------------------------------
+# node
+# ---------------------------------------------------------------------------------------------
+
+
+def _node(node: Node) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "workload": node.workload,
+        "instance": node.instance,
+        "namespace": node.namespace,
+        "service": node.service,
+        "version": node.labels.get("version"),
+        "labels": dict(sorted(node.labels.items())),
+        "identity": node.identity,
+        "kind": node.kind,
+    }
+
+
+def _applies_to(vs: VirtualService, node: Node) -> bool:
+    """No ``gateways`` means the mesh (sidecars); ``mesh`` names sidecars, anything else gateways."""
+    gateways = vs.spec.gateways
+    if not gateways:
+        return node.kind == "sidecar"
+    if node.kind == "sidecar":
+        return "mesh" in gateways
+    return any(g != "mesh" for g in gateways)
+
+
+# ---------------------------------------------------------------------------------------------
+# outbound
+# ---------------------------------------------------------------------------------------------
+
+
+def _domains(svc: Service, node: Node) -> list[str]:
+    fqdn, port = svc.fqdn, svc.port
+    short = [svc.name, f"{svc.name}:{port}"] if svc.namespace == node.namespace else []
+    return [*short, f"{svc.name}.{svc.namespace}", f"{svc.name}.{svc.namespace}:{port}",
+            f"{svc.name}.{svc.namespace}.svc", fqdn, f"{fqdn}:{port}"]
+
+
+def _virtual_host(svc: Service, node: Node, virtual_services: Sequence[VirtualService]) -> dict[str, Any]:
+    claiming = virtual_services_for(svc.fqdn, svc.namespace, virtual_services)
+    if claiming:
+        vs = claiming[0]
+        routes = [
+            route for index, http in enumerate(vs.spec.http or [])
+            if (route := _route(vs, index, http, node)) is not None
+        ]
+    else:
+        routes = [_default_route(svc)]
+    return {
+        "name": f"{svc.fqdn}:{svc.port}",
+        "service": svc.name,
+        "domains": _domains(svc, node),
+        "port": svc.port,
+        "routes": routes,
+    }
+
+
+def _default_route(svc: Service) -> dict[str, Any]:
+    return {
+        "name": "default", "source": "default", "match": [],
+        "route": [{"cluster": f"{svc.name}|", "weight": 100, "headers": None}],
+        "headers": None, "rewrite": None, "fault": None, "mirror": None,
+        "timeout_ms": None, "retries": default_retry_policy(),
+    }
+
+
+def _cluster_key(destination: Destination, namespace: str) -> str:
+    resolved = resolve_host(destination.host, namespace)
+    return f"{resolved.name or resolved.host}|{destination.subset or ''}"
+
+
+def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node) -> dict[str, Any] | None:
+    namespace = vs.metadata.namespace
+    matches: list[dict[str, Any]] = []
+    if http.match:
+        matches = [_match(m) for m in http.match if labels_match(m.source_labels, node.labels)]
+        if not matches:
+            return None  # every match is for other source workloads
+    destinations = http.route or []
+    single = len(destinations) == 1
+    fault = _fault(http)
+    return {
+        "name": http.name or f"{vs.metadata.name}.{index}",
+        "source": f"{vs.ref}#http[{index}]",
+        "match": matches,
+        "route": [
+            {"cluster": _cluster_key(d.destination, namespace),
+             "weight": d.weight if d.weight is not None else (100 if single else 0),
+             "headers": _headers(d.headers)}
+            for d in destinations
+        ],
+        "headers": _headers(http.headers),
+        "rewrite": {"uri": http.rewrite.uri} if http.rewrite and http.rewrite.uri is not None else None,
+        "fault": fault,
+        "mirror": _mirror(http, namespace),
+        "timeout_ms": None if fault or http.timeout is None else _ms(http.timeout),
+        "retries": None if fault else _retries(http),
+    }
+
+
+def _string_match(match: StringMatch) -> dict[str, str]:
+    kind, value = match.kind_and_value
+    return {kind: value}
+
+
+def _match_map(items: Mapping[str, StringMatch] | None) -> dict[str, dict[str, str]]:
+    return {name.lower(): _string_match(m) for name, m in sorted((items or {}).items())}
+
+
+def _match(m: HTTPMatchRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (("uri", m.uri), ("method", m.method), ("authority", m.authority)):
+        if value is not None:
+            out[key] = _string_match(value)
+    if m.headers:
+        out["headers"] = _match_map(m.headers)
+    if m.without_headers:
+        out["without_headers"] = _match_map(m.without_headers)
+    if m.query_params:
+        out["query_params"] = {name: _string_match(v) for name, v in sorted(m.query_params.items())}
+    out["ignore_uri_case"] = bool(m.ignore_uri_case)
+    return out
+
+
+def _header_ops(ops: HeaderOperations | None) -> dict[str, Any]:
+    if ops is None:
+        return {"set": {}, "add": {}, "remove": []}
+    return {
+        "set": {k.lower(): v for k, v in sorted((ops.set or {}).items())},
+        "add": {k.lower(): v for k, v in sorted((ops.add or {}).items())},
+        "remove": [name.lower() for name in ops.remove or []],
+    }
+
+
+def _headers(headers: Headers | None) -> dict[str, Any] | None:
+    if headers is None:
+        return None
+    return {"request": _header_ops(headers.request), "response": _header_ops(headers.response)}
+
+
+def _fault(http: HTTPRoute) -> dict[str, Any] | None:
+    if http.fault is None or (http.fault.delay is None and http.fault.abort is None):
+        return None
+    delay = abort = None
+    if (d := http.fault.delay) is not None:
+        percent = d.percentage.value if d.percentage else float(d.percent) if d.percent is not None else 0.0
+        delay = {"fixed_delay_ms": _ms(d.fixed_delay), "percent": float(percent)}
+    if (a := http.fault.abort) is not None:
+        abort = {"http_status": a.http_status, "percent": float(a.percentage.value) if a.percentage else 0.0}
+    return {"delay": delay, "abort": abort}
+
+
+def _mirror(http: HTTPRoute, namespace: str) -> dict[str, Any] | None:
+    if http.mirror is None:
+        return None
+    if http.mirror_percentage is not None:
+        percent = float(http.mirror_percentage.value)
+    elif http.mirror_percent is not None:
+        percent = float(http.mirror_percent)
+    else:
+        percent = 100.0
+    return {"cluster": _cluster_key(http.mirror, namespace), "percent": percent}
+
+
+def _retries(http: HTTPRoute) -> dict[str, Any]:
+    retries = http.retries
+    if retries is None:
+        return default_retry_policy()
+    retry_on = retries.retry_on_list
+    if not retry_on:
+        codes = [503]
+        retry_on = list(DEFAULT_RETRY_ON)
+    else:
+        codes = sorted({int(item) for item in retry_on if _STATUS_CODE.match(item)})
+    return {
+        "attempts": retries.attempts,
+        "per_try_timeout_ms": _ms(retries.per_try_timeout) if retries.per_try_timeout else None,
+        "retry_on": retry_on,
+        "retriable_status_codes": codes,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# clusters
+# ---------------------------------------------------------------------------------------------
+
+
+def _clusters(
+    services: Sequence[Service],
+    registry: RegistryView,
+    node: Node,
+    destination_rules: Sequence[DestinationRule],
+    peer_authentications: Sequence[PeerAuthentication],
+) -> dict[str, Any]:
+    clusters: dict[str, Any] = {}
+    for svc in services:
+        endpoints = sorted(registry.endpoints_of(svc.name, svc.namespace), key=lambda e: (e.instance, e.port))
+        rules = destination_rules_for(svc.fqdn, svc.namespace, node.namespace, destination_rules)
+        rule = rules[0] if rules else None
+        top = rule.spec.traffic_policy if rule else None
+        clusters[f"{svc.name}|"] = _cluster(svc, "", top, endpoints, peer_authentications)
+        for subset in (rule.spec.subsets or []) if rule else []:
+            selected = [e for e in endpoints if labels_match(subset.labels, e.labels)]
+            policy = _merge_policy(top, subset.traffic_policy)
+            clusters[f"{svc.name}|{subset.name}"] = _cluster(svc, subset.name, policy, selected,
+                                                              peer_authentications)
+    return dict(sorted(clusters.items()))
+
+
+def _merge_policy(top: TrafficPolicy | None, subset: TrafficPolicy | None) -> TrafficPolicy | None:
+    """Istio's merge: each top-level setting of the subset policy replaces the DestinationRule's."""
+    if subset is None:
+        return top
+    if top is None:
+        return subset
+    overrides = {name: getattr(subset, name) for name in type(subset).model_fields
+                 if getattr(subset, name) is not None}
+    return top.model_copy(update=overrides)
+
+
+def _endpoint(e: Endpoint) -> dict[str, Any]:
+    return {
+        "address": e.address, "port": e.port, "instance": e.instance, "workload": e.workload,
+        "version": e.version, "labels": dict(sorted(e.labels.items())), "identity": e.identity,
+        "has_sidecar": e.has_sidecar, "healthy": e.healthy,
+    }
+
+
+def _cluster(
+    svc: Service,
+    subset: str,
+    policy: TrafficPolicy | None,
+    endpoints: Sequence[Endpoint],
+    peer_authentications: Sequence[PeerAuthentication],
+) -> dict[str, Any]:
+    lb = policy.load_balancer.simple if policy and policy.load_balancer else None
+    return {
+        "service": svc.name,
+        "subset": subset,
+        "port": svc.port,
+        "lb": LB_ALIASES.get(lb, lb) if lb else DEFAULT_LB,
+        "endpoints": [_endpoint(e) for e in endpoints],
+        "connection_pool": _connection_pool(policy),
+        "outlier_detection": _outlier_detection(policy),
+        "tls": _tls(policy, endpoints, peer_authentications),
+    }
+
+
+def _connection_pool(policy: TrafficPolicy | None) -> dict[str, Any] | None:
+    if policy is None or policy.connection_pool is None:
+        return None
+    tcp, http = policy.connection_pool.tcp, policy.connection_pool.http
+    return {
+        "max_connections": tcp.max_connections if tcp else None,
+        "connect_timeout_ms": _ms(tcp.connect_timeout) if tcp and tcp.connect_timeout else None,
+        "http1_max_pending_requests": http.http1_max_pending_requests if http else None,
+        "max_requests": http.http2_max_requests if http else None,
+        "max_requests_per_connection": (http.max_requests_per_connection or 0) if http else 0,
+        "max_retries": http.max_retries if http else None,
+    }
+
+
+def _outlier_detection(policy: TrafficPolicy | None) -> dict[str, Any] | None:
+    if policy is None or policy.outlier_detection is None:
+        return None
+    od = policy.outlier_detection
+    return {
+        "consecutive_5xx_errors": (
+            od.consecutive_5xx_errors if od.consecutive_5xx_errors is not None
+            else OUTLIER_DEFAULTS["consecutive_5xx_errors"]
+        ),
+        "consecutive_gateway_errors": od.consecutive_gateway_errors,
+        "interval_ms": _ms(od.interval) if od.interval else OUTLIER_DEFAULTS["interval_ms"],
+        "base_ejection_time_ms": (
+            _ms(od.base_ejection_time) if od.base_ejection_time else OUTLIER_DEFAULTS["base_ejection_time_ms"]
+        ),
+        "max_ejection_percent": (
+            od.max_ejection_percent if od.max_ejection_percent is not None
+            else OUTLIER_DEFAULTS["max_ejection_percent"]
+        ),
+    }
+
+
+def _tls(
+    policy: TrafficPolicy | None,
+    endpoints: Sequence[Endpoint],
+    peer_authentications: Sequence[PeerAuthentication],
+) -> dict[str, Any]:
+    """DR mode when set; otherwise Istio's auto mTLS: mutual TLS when every endpoint has a sidecar
+    and none of them has PeerAuthentication mode DISABLE."""
+    if policy is not None and policy.tls is not None:
+        mode = policy.tls.mode
+    else:
+        automatic = bool(endpoints) and all(
+            e.has_sidecar and _mtls_mode(e, peer_authentications) != "DISABLE" for e in endpoints
+        )
+        mode = "ISTIO_MUTUAL" if automatic else "DISABLE"
+    identities = sorted({e.identity for e in endpoints}) if mode == "ISTIO_MUTUAL" else []
+    return {"mode": mode, "server_identities": identities}
+
+
+def _mtls_mode(endpoint: Endpoint, peer_authentications: Sequence[PeerAuthentication]) -> object:
+    return resolve_mtls(endpoint.namespace, endpoint.labels, peer_authentications)[0]["mode"]
+
+
+# ---------------------------------------------------------------------------------------------
+# inbound
+# ---------------------------------------------------------------------------------------------
+
+
+def _inbound(
+    node: Node,
+    registry: RegistryView,
+    peer_authentications: Sequence[PeerAuthentication],
+    authorization_policies: Sequence[AuthorizationPolicy],
+) -> dict[str, Any]:
+    service = registry.service(node.service, node.namespace) if node.service else None
+    has_app = node.app_port is not None and node.kind == "sidecar"
+    app = {"address": "127.0.0.1", "port": node.app_port} if has_app else None
+    mtls, _ = resolve_mtls(node.namespace, node.labels, peer_authentications)
+    authz: dict[str, list[dict[str, Any]]] = {"deny": [], "allow": [], "audit": []}
+    for policy in authorization_policies_for(node.namespace, node.labels, authorization_policies):
+        authz[policy.spec.effective_action.lower()].append(_authz_policy(policy))
+    for policies in authz.values():
+        policies.sort(key=lambda p: p["name"])
+    return {
+        "app": app,
+        "service_port": service.port if service else node.app_port,
+        "mtls": mtls,
+        "authz": authz,
+        "rate_limit": None,
+    }
+
+
+def _authz_policy(policy: AuthorizationPolicy) -> dict[str, Any]:
+    return {
+        "name": f"{policy.metadata.namespace}/{policy.metadata.name}",
+        "rules": [_authz_rule(rule) for rule in policy.spec.rules or []],
+    }
+
+
+def _authz_rule(rule: Rule) -> dict[str, Any]:
+    return {
+        "from": [
+            {"principals": list(f.source.principals or []),
+             "not_principals": list(f.source.not_principals or []),
+             "namespaces": list(f.source.namespaces or []),
+             "not_namespaces": list(f.source.not_namespaces or [])}
+            for f in rule.from_ or []
+        ],
+        "to": [
+            {"methods": list(t.operation.methods or []), "not_methods": list(t.operation.not_methods or []),
+             "paths": list(t.operation.paths or []), "not_paths": list(t.operation.not_paths or []),
+             "ports": list(t.operation.ports or []), "not_ports": list(t.operation.not_ports or [])}
+            for t in rule.to or []
+        ],
+        "when": [
+            {"key": c.key, "values": list(c.values or []), "not_values": list(c.not_values or [])}
+            for c in rule.when or []
+        ],
+    }
