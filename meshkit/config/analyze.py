@@ -1,0 +1,312 @@
+"""Cross-resource checks, like ``istioctl analyze``: each finding is a `Message` with a stable code.
+
+`analyze` never raises on valid resources; it returns findings sorted by resource and field.
+Errors mean "this config would not do what it says" (the control plane rejects it);
+warnings mean "probably not what you meant". Codes (docs/config-reference.md):
+
+MK0101 E route/mirror subset not defined        MK0110 E retries.attempts < 0
+MK0102 E route weights do not sum to 100        MK0111 E abort httpStatus outside 200-599
+MK0103 W destination host not in the registry   MK0112 E duplicate subset name
+MK0104 E two VirtualServices for one host       MK0113 W fault without a percentage
+MK0105 W two DestinationRules for one host      MK0114 E the same resource twice in the input
+MK0106 E invalid regex                          MK0115 I fault disables the route's timeout/retries
+MK0107 E percentage outside 0-100               MK0116 E http route without destinations
+MK0108 W subset selects no endpoint             MK0117 E authorization condition key not supported
+MK0109 E DestinationRule tls DISABLE vs PeerAuthentication STRICT
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+
+from meshkit.config.hosts import resolve_host
+from meshkit.config.messages import Message, Severity
+from meshkit.config.registry import Endpoint, RegistryView
+from meshkit.config.resources import (
+    AuthorizationPolicy,
+    Destination,
+    DestinationRule,
+    HTTPRoute,
+    PeerAuthentication,
+    Resource,
+    StringMatch,
+    TrafficPolicy,
+    VirtualService,
+)
+from meshkit.config.selection import of_kind, resolve_mtls
+
+SUPPORTED_CONDITION_KEYS = (
+    "request.headers[<name>]", "source.principal", "source.namespace", "destination.port"
+)
+_HEADER_KEY = re.compile(r"^request\.headers\[[^\]]+\]$")
+
+Finding = tuple[str, Severity, str, str]  # code, severity, field, text
+
+
+def analyze(resources: Sequence[Resource], registry: RegistryView | None = None) -> list[Message]:
+    """Every finding about ``resources`` (and, when given, how they fit the ``registry``)."""
+    virtual_services = of_kind(resources, VirtualService)
+    destination_rules = of_kind(resources, DestinationRule)
+    peer_authentications = of_kind(resources, PeerAuthentication)
+    subsets = _known_subsets(destination_rules)
+    messages: list[Message] = []
+
+    def report(resource: Resource, findings: Iterator[Finding]) -> None:
+        for code, severity, field, text in findings:
+            messages.append(Message(code, severity, resource.ref, field, text))
+
+    seen: set[tuple[str, str, str]] = set()
+    for resource in resources:
+        if resource.key in seen:
+            messages.append(Message("MK0114", Severity.ERROR, resource.ref, "",
+                                    f"{resource.ref} is defined more than once in the input"))
+        seen.add(resource.key)
+    for vs in virtual_services:
+        report(vs, _check_virtual_service(vs, subsets, registry))
+    messages.extend(_host_conflicts(virtual_services, destination_rules))
+    for rule in destination_rules:
+        report(rule, _check_destination_rule(rule, registry, peer_authentications))
+    for policy in of_kind(resources, AuthorizationPolicy):
+        report(policy, _check_authorization_policy(policy))
+    return sorted(messages, key=lambda m: (m.resource, m.field, m.code))
+
+
+# ---------------------------------------------------------------------------------------------
+# VirtualService
+# ---------------------------------------------------------------------------------------------
+
+
+def _known_subsets(rules: Sequence[DestinationRule]) -> dict[str, list[str]]:
+    known: dict[str, set[str]] = defaultdict(set)
+    for rule in rules:
+        host = resolve_host(rule.spec.host, rule.metadata.namespace).host
+        known[host].update(subset.name for subset in rule.spec.subsets or [])
+    return {host: sorted(names) for host, names in known.items()}
+
+
+def _check_virtual_service(
+    vs: VirtualService, subsets: Mapping[str, list[str]], registry: RegistryView | None
+) -> Iterator[Finding]:
+    for index, http in enumerate(vs.spec.http or []):
+        at = f"spec.http[{index}]"
+        yield from _check_matches(http, at)
+        destinations = http.route or []
+        if not destinations:
+            yield "MK0116", Severity.ERROR, f"{at}.route", "http route has no route destinations"
+        for j, route in enumerate(destinations):
+            where = f"{at}.route[{j}].destination"
+            yield from _check_destination(vs, route.destination, where, subsets, registry)
+        yield from _check_weights(http, at)
+        if http.mirror is not None:
+            yield from _check_destination(vs, http.mirror, f"{at}.mirror", subsets, registry)
+        yield from _check_fault(http, at)
+        if http.mirror_percentage is not None:
+            yield from _percentage(http.mirror_percentage.value, f"{at}.mirrorPercentage.value")
+        if http.mirror_percent is not None:
+            yield from _percentage(http.mirror_percent, f"{at}.mirrorPercent")
+        if http.retries is not None and http.retries.attempts < 0:
+            yield ("MK0110", Severity.ERROR, f"{at}.retries.attempts",
+                   f"retries.attempts must be >= 0 (got {http.retries.attempts})")
+
+
+def _check_destination(
+    vs: VirtualService,
+    destination: Destination,
+    at: str,
+    subsets: Mapping[str, list[str]],
+    registry: RegistryView | None,
+) -> Iterator[Finding]:
+    resolved = resolve_host(destination.host, vs.metadata.namespace)
+    if destination.subset is not None:
+        known = subsets.get(resolved.host, [])
+        if destination.subset not in known:
+            listed = ", ".join(known) if known else "none"
+            yield ("MK0101", Severity.ERROR, f"{at}.subset",
+                   f'subset "{destination.subset}" of host "{destination.host}" is not defined by any '
+                   f"DestinationRule (known subsets: {listed})")
+    if registry is not None and (
+        resolved.name is None or registry.service(resolved.name, resolved.namespace or "") is None
+    ):
+        yield ("MK0103", Severity.WARNING, f"{at}.host",
+               f'host "{destination.host}" is not a service in the registry')
+
+
+def _check_weights(http: HTTPRoute, at: str) -> Iterator[Finding]:
+    destinations = http.route or []
+    weights = [d.weight for d in destinations]
+    if len(destinations) > 1 or (len(destinations) == 1 and weights[0] is not None):
+        total = sum(w or 0 for w in weights)
+        if total != 100:
+            yield "MK0102", Severity.ERROR, f"{at}.route", f"route weights sum to {total}, not 100"
+
+
+def _check_fault(http: HTTPRoute, at: str) -> Iterator[Finding]:
+    fault = http.fault
+    if fault is None:
+        return
+    if (delay := fault.delay) is not None:
+        if delay.percentage is not None:
+            yield from _percentage(delay.percentage.value, f"{at}.fault.delay.percentage.value")
+        elif delay.percent is not None:
+            yield from _percentage(delay.percent, f"{at}.fault.delay.percent")
+        else:
+            yield ("MK0113", Severity.WARNING, f"{at}.fault.delay",
+                   "fault.delay sets no percentage: no request will be delayed")
+    if (abort := fault.abort) is not None:
+        if not 200 <= abort.http_status <= 599:
+            yield ("MK0111", Severity.ERROR, f"{at}.fault.abort.httpStatus",
+                   f"abort httpStatus {abort.http_status} is outside 200-599")
+        if abort.percentage is not None:
+            yield from _percentage(abort.percentage.value, f"{at}.fault.abort.percentage.value")
+        else:
+            yield ("MK0113", Severity.WARNING, f"{at}.fault.abort",
+                   "fault.abort sets no percentage: no request will be aborted")
+    if (fault.delay or fault.abort) and (http.timeout is not None or http.retries is not None):
+        yield ("MK0115", Severity.INFO, f"{at}.fault",
+               "fault injection disables this route's timeout and retries (as in Istio)")
+
+
+def _percentage(value: float, at: str) -> Iterator[Finding]:
+    if not 0 <= value <= 100:
+        yield "MK0107", Severity.ERROR, at, f"percentage {value:g} is outside 0-100"
+
+
+def _string_matches(http: HTTPRoute, at: str) -> Iterator[tuple[str, StringMatch]]:
+    for i, match in enumerate(http.match or []):
+        where = f"{at}.match[{i}]"
+        for name in ("uri", "method", "authority"):
+            value = getattr(match, name)
+            if value is not None:
+                yield f"{where}.{name}", value
+        for name, alias in (("headers", "headers"), ("query_params", "queryParams"),
+                            ("without_headers", "withoutHeaders")):
+            for key, value in (getattr(match, name) or {}).items():
+                yield f"{where}.{alias}.{key}", value
+
+
+def _check_matches(http: HTTPRoute, at: str) -> Iterator[Finding]:
+    for where, match in _string_matches(http, at):
+        if match.regex is None:
+            continue
+        try:
+            re.compile(match.regex)
+        except re.error as error:
+            yield "MK0106", Severity.ERROR, f"{where}.regex", f'invalid regex "{match.regex}": {error}'
+
+
+def _host_conflicts(
+    virtual_services: Sequence[VirtualService], destination_rules: Sequence[DestinationRule]
+) -> Iterator[Message]:
+    claims: dict[str, list[tuple[VirtualService, int]]] = defaultdict(list)
+    for vs in virtual_services:
+        if vs.spec.gateways and "mesh" not in vs.spec.gateways:
+            continue  # bound to gateways only: not a sidecar conflict
+        for i, host in enumerate(vs.spec.hosts):
+            claims[resolve_host(host, vs.metadata.namespace).host].append((vs, i))
+    for claimants in claims.values():
+        first = claimants[0][0]
+        for vs, i in claimants[1:]:
+            if vs.key == first.key:
+                continue
+            yield Message("MK0104", Severity.ERROR, vs.ref, f"spec.hosts[{i}]",
+                          f'host "{vs.spec.hosts[i]}" is also claimed by {first.ref}; '
+                          f"only one VirtualService per host is used ({first.ref})")
+    rules: dict[tuple[str, str], list[DestinationRule]] = defaultdict(list)
+    for rule in destination_rules:
+        host = resolve_host(rule.spec.host, rule.metadata.namespace).host
+        rules[(rule.metadata.namespace, host)].append(rule)
+    for same in rules.values():
+        for rule in same[1:]:
+            if rule.key == same[0].key:
+                continue
+            yield Message("MK0105", Severity.WARNING, rule.ref, "spec.host",
+                          f'host "{rule.spec.host}" already has {same[0].ref} in this namespace; '
+                          f"only one DestinationRule per host is used ({same[0].ref})")
+
+
+# ---------------------------------------------------------------------------------------------
+# DestinationRule
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_destination_rule(
+    rule: DestinationRule, registry: RegistryView | None, peer_authentications: Sequence[PeerAuthentication]
+) -> Iterator[Finding]:
+    resolved = resolve_host(rule.spec.host, rule.metadata.namespace)
+    endpoints = None
+    if (
+        registry is not None and resolved.name is not None
+        and registry.service(resolved.name, resolved.namespace or "") is not None
+    ):
+        endpoints = registry.endpoints_of(resolved.name, resolved.namespace or "")
+    yield from _check_policy(rule, rule.spec.traffic_policy, "spec.trafficPolicy", None,
+                             endpoints, peer_authentications=peer_authentications)
+    names: set[str] = set()
+    for j, subset in enumerate(rule.spec.subsets or []):
+        at = f"spec.subsets[{j}]"
+        if subset.name in names:
+            yield ("MK0112", Severity.ERROR, f"{at}.name",
+                   f'subset name "{subset.name}" is defined more than once')
+        names.add(subset.name)
+        labels = subset.labels or {}
+        selected = None
+        if endpoints is not None:
+            selected = [e for e in endpoints if all(e.labels.get(k) == v for k, v in labels.items())]
+            if not selected:
+                shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+                text = (f'subset "{subset.name}" of host "{rule.spec.host}" selects no endpoint '
+                        f"(labels: {shown})")
+                yield "MK0108", Severity.WARNING, f"{at}.labels", text
+        yield from _check_policy(rule, subset.traffic_policy, f"{at}.trafficPolicy", labels,
+                                 selected, peer_authentications=peer_authentications)
+
+
+def _check_policy(
+    rule: DestinationRule,
+    policy: TrafficPolicy | None,
+    at: str,
+    subset_labels: Mapping[str, str] | None,
+    endpoints: Sequence[Endpoint] | None,
+    *,
+    peer_authentications: Sequence[PeerAuthentication],
+) -> Iterator[Finding]:
+    if policy is None:
+        return
+    od = policy.outlier_detection
+    if od is not None and od.max_ejection_percent is not None:
+        yield from _percentage(od.max_ejection_percent, f"{at}.outlierDetection.maxEjectionPercent")
+    if policy.tls is None or policy.tls.mode != "DISABLE":
+        return
+    resolved = resolve_host(rule.spec.host, rule.metadata.namespace)
+    if resolved.namespace is None:
+        return
+    workloads: list[tuple[str, Mapping[str, str]]]
+    if endpoints is not None:
+        workloads = [(e.namespace, e.labels) for e in endpoints]
+    else:
+        workloads = [(resolved.namespace, dict(subset_labels or {}))]
+    for namespace, labels in workloads:
+        mtls, decided_by = resolve_mtls(namespace, labels, peer_authentications)
+        if mtls["mode"] == "STRICT" and decided_by is not None:
+            yield ("MK0109", Severity.ERROR, f"{at}.tls.mode",
+                   f'tls mode DISABLE for host "{rule.spec.host}" conflicts with STRICT mTLS required by '
+                   f"{decided_by.ref}; requests will be rejected")
+            return
+
+
+# ---------------------------------------------------------------------------------------------
+# AuthorizationPolicy
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_authorization_policy(policy: AuthorizationPolicy) -> Iterator[Finding]:
+    for i, rule in enumerate(policy.spec.rules or []):
+        for j, condition in enumerate(rule.when or []):
+            key = condition.key
+            if _HEADER_KEY.match(key) or key in SUPPORTED_CONDITION_KEYS:
+                continue
+            yield ("MK0117", Severity.ERROR, f"spec.rules[{i}].when[{j}].key",
+                   f'condition key "{key}" is not supported by meshkit '
+                   f"(supported: {', '.join(SUPPORTED_CONDITION_KEYS)})")
