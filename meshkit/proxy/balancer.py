@@ -167,6 +167,7 @@ class ClusterTraffic:
         "mirror_rq_no_cluster",
         "mirror_rq_sent",
         "mirror_rq_skipped_streamed",
+        "mirror_tasks",
         "pending",
         "rq_active",
         "rq_retry_active",
@@ -201,6 +202,7 @@ class ClusterTraffic:
         self.rq_active = 0  # requests holding a connection slot (HTTP/1.1: one per connection)
         self.rq_retry_active = 0
         self.pending: deque[Any] = deque()  # futures of requests waiting for a slot
+        self.mirror_tasks: set[Any] = set()  # shadow requests in flight (kept referenced)
         for name in self.COUNTERS:
             setattr(self, name, 0)
 
@@ -209,6 +211,7 @@ class ClusterTraffic:
         out["upstream_rq_active"] = self.rq_active
         out["upstream_rq_pending_active"] = len(self.pending)
         out["upstream_rq_retry_active"] = self.rq_retry_active
+        out["mirror_rq_active"] = len(self.mirror_tasks)
         return out
 
 
