@@ -1,0 +1,63 @@
+"""A Bookinfo-shaped registry and helpers shared by the config tests (plain data, no processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshkit.config.loader import load_files, load_resources
+from meshkit.config.registry import Endpoint, Node, RegistryView, Service
+from meshkit.config.resources import Resource
+
+SAMPLES = Path(__file__).resolve().parent / "istio_samples"
+
+SERVICE_ACCOUNTS = {
+    "productpage": "bookinfo-productpage",
+    "reviews": "bookinfo-reviews",
+    "ratings": "bookinfo-ratings",
+    "details": "bookinfo-details",
+}
+VERSIONS = {"productpage": ["v1"], "reviews": ["v1", "v2", "v3"], "ratings": ["v1"], "details": ["v1"]}
+
+
+def bookinfo_registry(*, root_pem: str | None = "ROOT-PEM", has_sidecar: bool = True) -> RegistryView:
+    services = tuple(Service(name, "default", 9080) for name in VERSIONS)
+    endpoints = []
+    port = 41000
+    for name, versions in VERSIONS.items():
+        for version in versions:
+            port += 1
+            endpoints.append(
+                Endpoint(
+                    instance=f"{name}-{version}-0",
+                    workload=f"{name}-{version}",
+                    service=name,
+                    namespace="default",
+                    address="127.0.0.1",
+                    port=port,
+                    labels={"app": name, "version": version},
+                    service_account=SERVICE_ACCOUNTS[name],
+                    has_sidecar=has_sidecar,
+                )
+            )
+    return RegistryView(services=services, endpoints=tuple(endpoints), root_pem=root_pem)
+
+
+def node_for(name: str, version: str = "v1", *, namespace: str = "default") -> Node:
+    return Node(
+        instance=f"{name}-{version}-0",
+        namespace=namespace,
+        workload=f"{name}-{version}",
+        service=name,
+        labels={"app": name, "version": version},
+        service_account=SERVICE_ACCOUNTS.get(name, "default"),
+        app_port=9080,
+    )
+
+
+def sample(*names: str) -> list[Resource]:
+    return load_files([SAMPLES / f"{name}.yaml" for name in names])
+
+
+def one(text: str) -> Resource:
+    (resource,) = load_resources(text)
+    return resource
