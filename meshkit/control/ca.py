@@ -305,7 +305,10 @@ class CertificateAuthority:
             )
         issued_at = now or datetime.now(UTC)
         not_after = min(issued_at + ttl, self._cert.not_valid_after_utc)
-        not_before = max(issued_at - min(CLOCK_SKEW, ttl), self._cert.not_valid_before_utc)
+        not_before = issued_at - min(CLOCK_SKEW, ttl)
+        if not_after <= not_before:
+            expiry = self._cert.not_valid_after_utc.isoformat()
+            raise CaError(f"the root expires at {expiry}; rotate the root first")
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
