@@ -1,0 +1,193 @@
+"""Sidecar injection as a pure function: a pod (plain dict) in, JSONPatch operations out.
+
+`inject` decides like Istio's injector: a pod is injected when its namespace carries
+``meshkit-injection=enabled``, unless the pod label ``sidecar.meshkit.dev/inject`` says
+otherwise ("true" injects even in an unlabelled namespace, "false" opts out of a
+labelled one). Injection adds the ``meshkit-proxy`` sidecar (uid 1337), a projected
+service-account token for the CA (audience ``meshkit-ca``), and the ``meshkit-init``
+container that installs the traffic-capture rules (`meshkit.k8s.iptables`).
+
+The pod gets the ``sidecar.meshkit.dev/status`` annotation, which makes the function
+idempotent: an already injected pod yields ``[]``. Nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshkit.k8s import names
+
+JSONPatch = list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class InjectSettings:
+    """What the injector needs to know that is not in the pod."""
+
+    image: str = names.DEFAULT_IMAGE
+    control_address: str = names.DEFAULT_CONTROL_ADDRESS
+    image_pull_policy: str = "IfNotPresent"
+    proxy_uid: int = names.PROXY_UID
+    token_audience: str = names.TOKEN_AUDIENCE
+    token_expiration_seconds: int = 3600
+    # requests sized for kind; limits keep a runaway sidecar from starving the node
+    proxy_resources: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "10m", "memory": "40Mi"},
+            "limits": {"cpu": "500m", "memory": "128Mi"},
+        }
+    )
+    init_resources: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "10m", "memory": "10Mi"},
+            "limits": {"cpu": "100m", "memory": "50Mi"},
+        }
+    )
+
+
+def should_inject(pod: dict[str, Any], namespace_labels: dict[str, str]) -> bool:
+    """The injection decision alone: override label first, then the namespace label."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    override = str(labels.get(names.INJECT_OVERRIDE_LABEL, "")).lower()
+    if override in ("true", "false"):
+        return override == "true"
+    return namespace_labels.get(names.INJECTION_LABEL) == names.INJECTION_ENABLED
+
+
+def is_injected(pod: dict[str, Any]) -> bool:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return names.STATUS_ANNOTATION in annotations
+
+
+def inject(pod: dict[str, Any], namespace_labels: dict[str, str], settings: InjectSettings) -> JSONPatch:
+    """JSONPatch (RFC 6902) operations that inject the sidecar into ``pod``; ``[]`` when nothing to do.
+
+    Host-network pods are never injected (capture rules would hit the node), like Istio.
+    """
+    spec = pod.get("spec") or {}
+    if is_injected(pod) or spec.get("hostNetwork") or not should_inject(pod, namespace_labels):
+        return []
+    ops: JSONPatch = []
+    ops += _append(spec, "initContainers", [init_container(settings)])
+    ops += _append(spec, "containers", [sidecar_container(spec, settings)])
+    ops += _append(spec, "volumes", [token_volume(settings)])
+    status = {
+        "initContainers": [names.INIT_CONTAINER],
+        "containers": [names.SIDECAR_CONTAINER],
+        "volumes": [names.TOKEN_VOLUME],
+        "image": settings.image,
+    }
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    value = json.dumps(status, sort_keys=True)
+    if annotations is None:
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {names.STATUS_ANNOTATION: value}})
+    else:
+        ops.append({"op": "add", "path": f"/metadata/annotations/{_escape(names.STATUS_ANNOTATION)}",
+                    "value": value})
+    return ops
+
+
+def sidecar_container(pod_spec: dict[str, Any], settings: InjectSettings) -> dict[str, Any]:
+    """The ``meshkit-proxy`` container for a pod with ``pod_spec``."""
+    return {
+        "name": names.SIDECAR_CONTAINER,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["meshkit"],
+        "args": ["proxy", "--control", settings.control_address, "--id", "$(POD_NAME).$(POD_NAMESPACE)"],
+        "ports": [
+            {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in names.SIDECAR_PORTS
+        ],
+        "env": [
+            _field_env("POD_NAME", "metadata.name"),
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+            _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+            _field_env("INSTANCE_IP", "status.podIP"),
+            {"name": "MESHKIT_CONTROL", "value": settings.control_address},
+            {"name": "MESHKIT_TOKEN_FILE", "value": f"{names.TOKEN_MOUNT_PATH}/{names.TOKEN_FILE}"},
+            {"name": "MESHKIT_APP_PORTS", "value": ",".join(str(p) for p in app_ports(pod_spec))},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": names.READY_PATH, "port": names.PORT_HEALTH},
+            "initialDelaySeconds": 1,
+            "periodSeconds": 2,
+            "failureThreshold": 30,
+        },
+        "resources": settings.proxy_resources,
+        "securityContext": {
+            "runAsUser": settings.proxy_uid,
+            "runAsGroup": settings.proxy_uid,
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": names.TOKEN_VOLUME, "mountPath": names.TOKEN_MOUNT_PATH, "readOnly": True}],
+    }
+
+
+def init_container(settings: InjectSettings) -> dict[str, Any]:
+    """The ``meshkit-init`` container: runs the generated capture script, then exits."""
+    return {
+        "name": names.INIT_CONTAINER,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["sh", names.INIT_SCRIPT_PATH],
+        "resources": settings.init_resources,
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    }
+
+
+def token_volume(settings: InjectSettings) -> dict[str, Any]:
+    """A projected service-account token the sidecar presents to the CA (audience ``meshkit-ca``)."""
+    return {
+        "name": names.TOKEN_VOLUME,
+        "projected": {
+            "sources": [{
+                "serviceAccountToken": {
+                    "audience": settings.token_audience,
+                    "expirationSeconds": settings.token_expiration_seconds,
+                    "path": names.TOKEN_FILE,
+                }
+            }]
+        },
+    }
+
+
+def app_ports(pod_spec: dict[str, Any]) -> list[int]:
+    """The container ports the pod's own containers declare (sorted, unique)."""
+    ports = {
+        int(port["containerPort"])
+        for container in pod_spec.get("containers") or []
+        for port in container.get("ports") or []
+        if "containerPort" in port
+    }
+    return sorted(ports)
+
+
+def _append(spec: dict[str, Any], key: str, items: list[dict[str, Any]]) -> JSONPatch:
+    """Append to ``/spec/<key>``: one ``add`` of the whole list if absent, else ``/-`` per item.
+
+    Existing init containers keep running first, so their network calls happen before capture.
+    """
+    if not spec.get(key):
+        return [{"op": "add", "path": f"/spec/{key}", "value": items}]
+    return [{"op": "add", "path": f"/spec/{key}/-", "value": item} for item in items]
+
+
+def _field_env(name: str, field_path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}}
+
+
+def _escape(key: str) -> str:
+    """JSON Pointer escaping (RFC 6901) of one path segment."""
+    return key.replace("~", "~0").replace("/", "~1")

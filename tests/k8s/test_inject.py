@@ -1,0 +1,155 @@
+"""Sidecar injection: golden JSONPatch per case, applied for real with jsonpatch, idempotence.
+
+Regenerate the golden files after an intended change with
+``MESHKIT_UPDATE_GOLDEN=1 .venv/bin/pytest tests/k8s/test_inject.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from meshkit.k8s import names
+from meshkit.k8s.inject import InjectSettings, inject, should_inject
+
+GOLDEN = Path(__file__).parent / "golden"
+SETTINGS = InjectSettings(image="meshkit:test", control_address="http://meshkit-control.meshkit-system.svc:15010")
+ENABLED = {names.INJECTION_LABEL: names.INJECTION_ENABLED}
+
+
+def _pod(name: str, *, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": "bookinfo"}
+    if labels is not None:
+        metadata["labels"] = labels
+    containers = spec.pop("containers", [
+        {"name": "app", "image": "bookinfo/details:1", "ports": [{"containerPort": 9080}]}
+    ])
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+            "spec": {"serviceAccountName": "bookinfo-details", "containers": containers, **spec}}
+
+
+def _already_injected() -> dict[str, Any]:
+    pod = _pod("details-v1-abc", labels={"app": "details"})
+    applied = jsonpatch.apply_patch(pod, inject(pod, ENABLED, SETTINGS))
+    return dict(applied)
+
+
+CASES: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
+    "plain_pod": (_pod("details-v1-abc", labels={"app": "details", "version": "v1"}), ENABLED),
+    "override_true_unlabelled_ns": (
+        _pod("details-v1-abc", labels={"app": "details", names.INJECT_OVERRIDE_LABEL: "true"}), {}
+    ),
+    "override_false_labelled_ns": (
+        _pod("details-v1-abc", labels={"app": "details", names.INJECT_OVERRIDE_LABEL: "false"}), ENABLED
+    ),
+    "already_injected": (_already_injected(), ENABLED),
+    "existing_init_containers_and_volumes": (
+        _pod(
+            "reviews-v2-xyz",
+            labels={"app": "reviews"},
+            initContainers=[{"name": "wait-for-db", "image": "busybox", "command": ["true"]}],
+            volumes=[{"name": "wlp-output", "emptyDir": {}}],
+        ),
+        ENABLED,
+    ),
+    "no_container_ports": (
+        _pod("sleep-1", containers=[{"name": "sleep", "image": "curl", "command": ["sleep", "inf"]}]),
+        ENABLED,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden_patch(case: str) -> None:
+    pod, namespace_labels = CASES[case]
+    before = copy.deepcopy(pod)
+    patch = inject(pod, namespace_labels, SETTINGS)
+    assert pod == before, "inject must not modify its input"
+    path = GOLDEN / f"{case}.json"
+    document = {"namespace_labels": namespace_labels, "pod": pod, "patch": patch}
+    if os.environ.get("MESHKIT_UPDATE_GOLDEN"):
+        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    golden = json.loads(path.read_text())
+    assert golden["pod"] == pod and golden["namespace_labels"] == namespace_labels, "golden input drifted"
+    assert patch == golden["patch"], f"injection patch differs from {path.name}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_patch_applies_and_is_idempotent(case: str) -> None:
+    pod, namespace_labels = CASES[case]
+    patch = inject(pod, namespace_labels, SETTINGS)
+    patched = jsonpatch.apply_patch(pod, patch)
+    assert inject(patched, namespace_labels, SETTINGS) == [], "second injection must be a no-op"
+    sidecars = [c for c in patched["spec"]["containers"] if c["name"] == names.SIDECAR_CONTAINER]
+    expected = 0 if case == "override_false_labelled_ns" else 1
+    assert len(sidecars) == expected
+    # the app's own containers, init containers and volumes are kept, in order, in front
+    for key in ("containers", "initContainers", "volumes"):
+        original = pod["spec"].get(key) or []
+        assert patched["spec"].get(key, [])[: len(original)] == original
+
+
+def test_injected_pod_has_everything_the_sidecar_needs() -> None:
+    pod, labels = CASES["existing_init_containers_and_volumes"]
+    patched = jsonpatch.apply_patch(pod, inject(pod, labels, SETTINGS))
+    spec = patched["spec"]
+    sidecar = spec["containers"][-1]
+    assert sidecar["args"] == ["proxy", "--control", SETTINGS.control_address,
+                               "--id", "$(POD_NAME).$(POD_NAMESPACE)"]
+    assert {p["containerPort"]: p["name"] for p in sidecar["ports"]} == {
+        15001: "tcp-outbound", 15006: "tcp-inbound", 15000: "http-admin",
+        15090: "http-envoy-prom", 15021: "status-port",
+    }
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["SERVICE_ACCOUNT"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.serviceAccountName"
+    assert env["INSTANCE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["MESHKIT_CONTROL"]["value"] == SETTINGS.control_address
+    assert env["MESHKIT_APP_PORTS"]["value"] == "9080"
+    assert sidecar["securityContext"]["runAsUser"] == 1337
+    assert sidecar["resources"]["requests"]
+    token = spec["volumes"][-1]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token == {"audience": "meshkit-ca", "expirationSeconds": 3600, "path": "meshkit-token"}
+    assert sidecar["volumeMounts"][0]["name"] == spec["volumes"][-1]["name"]
+    init = spec["initContainers"][-1]
+    assert [c["name"] for c in spec["initContainers"]] == ["wait-for-db", "meshkit-init"]
+    assert sorted(init["securityContext"]["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]
+    status = json.loads(patched["metadata"]["annotations"][names.STATUS_ANNOTATION])
+    assert status["containers"] == ["meshkit-proxy"]
+
+
+def test_existing_annotations_are_kept() -> None:
+    pod = _pod("p", labels={"app": "x"})
+    pod["metadata"]["annotations"] = {"team": "a/b"}
+    patched = jsonpatch.apply_patch(pod, inject(pod, ENABLED, SETTINGS))
+    assert patched["metadata"]["annotations"]["team"] == "a/b"
+    assert names.STATUS_ANNOTATION in patched["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    ("pod_label", "namespace_labels", "expected"),
+    [
+        (None, ENABLED, True),
+        (None, {}, False),
+        (None, {names.INJECTION_LABEL: "disabled"}, False),
+        ("true", {}, True),
+        ("false", ENABLED, False),
+        ("TRUE", {}, True),
+        ("maybe", ENABLED, True),  # not a boolean: the namespace decides
+    ],
+)
+def test_should_inject(pod_label: str | None, namespace_labels: dict[str, str], expected: bool) -> None:
+    labels = {} if pod_label is None else {names.INJECT_OVERRIDE_LABEL: pod_label}
+    assert should_inject(_pod("p", labels=labels), namespace_labels) is expected
+
+
+def test_host_network_pods_are_not_injected() -> None:
+    assert inject(_pod("p", hostNetwork=True), ENABLED, SETTINGS) == []
