@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from meshkit.proxy.balancer import Cluster
+from meshkit.proxy.chain import build_chain
+from meshkit.proxy.filters.circuit_breaker import circuit_breaker
+from meshkit.proxy.filters.fault import fault
+from meshkit.proxy.filters.loadbalance import loadbalance
+from meshkit.proxy.filters.mirror import mirror
 from meshkit.proxy.filters.ratelimit import TokenBucket
+from meshkit.proxy.filters.retry import retry
+from meshkit.proxy.filters.timeout import timeout
 from meshkit.proxy.http import ConnectFailure, Headers, Request, Response, UpstreamReset
 
 
@@ -87,8 +94,8 @@ class Backend:
                 self.active += 1
                 self.max_active = max(self.max_active, self.active)
                 try:
-                    if action.delay:
-                        await asyncio.sleep(action.delay)
+                    if action.delay and await self._client_left_within(reader, action.delay):
+                        return  # the client dropped the connection while we were "working"
                 finally:
                     self.active -= 1
                 if action.reset:
@@ -107,6 +114,18 @@ class Backend:
         finally:
             self.connections_lost += 1
             writer.close()
+
+    @staticmethod
+    async def _client_left_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+        """Wait ``seconds``, noticing at once if the client closes the connection meanwhile."""
+        eof = asyncio.ensure_future(reader.read(1))
+        done, _ = await asyncio.wait({eof}, timeout=seconds)
+        if not done:
+            eof.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await eof
+            return False
+        return eof.result() == b""
 
 
 @pytest.fixture
@@ -212,3 +231,8 @@ async def plain_send(request: Request) -> Response:
         return Response(status, headers, payload, upstream_host=endpoint.hostport)
     finally:
         writer.close()
+
+
+def outbound_chain() -> Any:
+    """The traffic half of the outbound chain, in pipeline order, ending at ``plain_send``."""
+    return build_chain([fault, mirror, timeout, retry, circuit_breaker, loadbalance], plain_send)
