@@ -18,7 +18,7 @@ from proxybench import report, snapshots
 from proxybench.load import Wrk
 from proxybench.processes import Supervisor, process_tree
 from proxybench.runner import measure
-from proxybench.targets import Direct, NginxProxy, Stage, start_upstream
+from proxybench.targets import Direct, MeshkitMesh, MeshkitSidecar, NginxProxy, Stage, start_upstream
 from proxybench.tools import Tools, find_tools, missing_tools
 
 pytestmark = pytest.mark.timeout(60)
@@ -119,3 +119,27 @@ def test_one_short_round_against_direct_and_nginx(stage: Stage) -> None:
     stage.supervisor.close()
     for pid in [upstream.pid, *nginx_pids]:
         assert not os.path.exists(f"/proc/{pid}"), f"process {pid} survived the supervisor"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("meshkit.proxy.__main__") is None,
+                    reason="python -m meshkit.proxy (PROXY-CORE) is not there yet")
+def test_one_short_round_through_the_meshkit_targets(stage: Stage) -> None:
+    start_upstream(stage)
+    single = MeshkitSidecar("meshkit", "one sidecar")
+    mesh = MeshkitMesh("meshkit-mesh", "two sidecars")
+    for target in (single, mesh):
+        target.start(stage)  # includes a GET through the target that must return the upstream's body
+    assert len(single.proxy_roots) == 1 and len(mesh.proxy_roots) == 2
+
+    wrk = Wrk.prepare(stage.tools.wrk, stage.workdir)
+    for target in (single, mesh):
+        sample = measure(target, wrk, connections=1, seconds=1, round_no=0)
+        assert sample.load.requests > 50, sample
+        assert sample.load.errors == 0 and sample.load.non_2xx == 0, sample
+        assert sample.cpu_seconds is not None and sample.cpu_seconds > 0
+        assert sample.rss_bytes is not None and sample.rss_bytes_per_proxy is not None
+        assert 0 < sample.rss_bytes_per_proxy <= sample.rss_bytes
+    pids = [root.pid for target in (single, mesh) for root in target.proxy_roots]
+    stage.supervisor.close()
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}"), f"sidecar {pid} survived the supervisor"
