@@ -1,0 +1,390 @@
+"""The control plane's REST API under ``/api/v1/`` (aiohttp handlers; no listening here, see `server`).
+
+Every error is JSON: ``{"error": "...", "messages": [Message.to_dict(), ...]}`` with 400 for
+invalid input, 404 for an unknown resource/revision/proxy, 409 for a revision conflict and 413 for
+a body over the size limit. A rejected apply changes nothing.
+
+Routes::
+
+    GET    /api/v1/healthz
+    POST   /api/v1/apply[?expect_revision=N]          YAML or JSON body (multi-document)
+    GET    /api/v1/config[/{kind}[/{namespace}/{name}]][?namespace=NS&format=yaml|json]
+    DELETE /api/v1/config/{kind}/{namespace}/{name}
+    POST   /api/v1/delete                             YAML or JSON body: delete what it names
+    POST   /api/v1/analyze                            body optional: current config (+ body) analyzed
+    GET    /api/v1/history,  GET /api/v1/history/{n}  (with the diff)
+    POST   /api/v1/rollback                           {"revision": N}
+    GET    /api/v1/registry
+    GET|POST /api/v1/registry/services,  DELETE /api/v1/registry/services/{namespace}/{name}
+    GET|POST /api/v1/registry/endpoints, DELETE /api/v1/registry/endpoints/{namespace}/{instance}
+    PUT    /api/v1/registry/endpoints/{namespace}/{instance}/health   {"healthy": bool}
+    GET    /api/v1/proxy-status
+    GET    /api/v1/xds/stream?id=<instance>.<namespace>[&kind=sidecar|gateway]   (SSE)
+    POST   /api/v1/xds/ack
+    POST   /api/v1/ca/sign, GET /api/v1/ca/root      (when the control plane runs a CA)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import yaml
+from aiohttp import web
+
+from meshkit.config.loader import load_resources
+from meshkit.config.messages import ConfigError, Message, Severity
+from meshkit.config.resources import Resource
+from meshkit.control.kinds import resolve_kind
+from meshkit.control.push import PushServer
+from meshkit.control.registry import ServiceRegistry, parse_endpoint, parse_service, service_to_dict
+from meshkit.control.store import ConfigStore, ConflictError, NotFoundError
+
+CODE_BAD_REQUEST = "MK0940"
+MAX_BODY_BYTES = 4 * 1024 * 1024
+API = "/api/v1"
+
+
+class SignedCertificate(Protocol):
+    def to_dict(self) -> dict[str, str]: ...
+
+
+class Signer(Protocol):
+    """What `meshkit.control.ca.SigningService` offers the API; its errors carry an HTTP ``status``."""
+
+    async def sign(self, body: object) -> SignedCertificate: ...
+
+    @property
+    def root_pem(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Components:
+    """What the handlers work on."""
+
+    store: ConfigStore
+    registry: ServiceRegistry
+    push: PushServer
+    signer: Signer | None = None
+
+
+COMPONENTS = web.AppKey("components", Components)
+
+
+def _components(request: web.Request) -> Components:
+    return request.app[COMPONENTS]
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+def _bad_request(text: str, field: str = "", resource: str = "request") -> ConfigError:
+    return ConfigError([Message(CODE_BAD_REQUEST, Severity.ERROR, resource, field, text)])
+
+
+def error_response(status: int, error: str, messages: list[Message] | None = None) -> web.Response:
+    body = {"error": error, "messages": [m.to_dict() for m in messages or []]}
+    return web.json_response(body, status=status)
+
+
+def _summary(error: ConfigError) -> str:
+    errors = [m for m in error.messages if m.severity == Severity.ERROR]
+    if len(errors) == 1:
+        return str(errors[0])
+    return f"{len(errors)} errors" if errors else "rejected"
+
+
+@web.middleware
+async def json_errors(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except NotFoundError as error:
+        return error_response(404, _summary(error), error.messages)
+    except ConflictError as error:
+        return error_response(409, _summary(error), error.messages)
+    except ConfigError as error:
+        return error_response(400, _summary(error), error.messages)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        text = error.text if error.text and not error.text.startswith("<") else error.reason
+        if error.status == 413:
+            text = f"request body too large (limit {MAX_BODY_BYTES} bytes)"
+        return error_response(error.status, f"{error.status}: {text} ({request.method} {request.path})")
+
+
+# -- bodies -----------------------------------------------------------------------------------------
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as error:
+        raise _bad_request(f"body is not valid JSON: {error}") from None
+
+
+async def _resources_body(request: web.Request, *, required: bool = True) -> list[Resource]:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise _bad_request("request body is empty: send YAML or JSON resources", resource="request body")
+        return []
+    return load_resources(raw, origin="request body")
+
+
+def _int_query(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise _bad_request(f"{name}: expected an integer, got {value!r}", field=name) from None
+
+
+# -- config -----------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    c = _components(request)
+    return web.json_response({"status": "ok", "revision": c.store.revision,
+                              "proxies": len(c.push.proxy_status())})
+
+
+async def apply(request: web.Request) -> web.Response:
+    c = _components(request)
+    expected = _int_query(request, "expect_revision")
+    resources = await _resources_body(request)
+    result = c.store.apply(resources, c.registry.view(), expected_revision=expected)
+    return web.json_response(result.to_dict())
+
+
+async def get_config(request: web.Request) -> web.Response:
+    c = _components(request)
+    kind_name = request.match_info.get("kind")
+    kind = resolve_kind(kind_name) if kind_name else None
+    namespace = request.match_info.get("namespace") or request.query.get("namespace") or None
+    name = request.match_info.get("name")
+    if kind is None and name is not None:
+        raise _bad_request("a resource name needs a kind (not 'all')", field="kind")
+    found = c.store.get(kind, namespace, name)
+    output = request.query.get("format", "json")
+    if output == "yaml":
+        text = yaml.safe_dump_all([s.resource.to_dict() for s in found], sort_keys=False)
+        return web.Response(text=text, content_type="application/yaml")
+    if output != "json":
+        raise _bad_request(f"format: expected yaml or json, got {output!r}", field="format")
+    return web.json_response({"revision": c.store.revision, "items": [s.to_dict() for s in found]})
+
+
+async def delete_named(request: web.Request) -> web.Response:
+    c = _components(request)
+    kind = resolve_kind(request.match_info["kind"])
+    if kind is None:
+        raise _bad_request("delete needs a kind (not 'all')", field="kind")
+    key = (kind, request.match_info["namespace"], request.match_info["name"])
+    expected = _int_query(request, "expect_revision")
+    result = c.store.delete([key], c.registry.view(), expected_revision=expected)
+    return web.json_response(result.to_dict())
+
+
+async def delete_body(request: web.Request) -> web.Response:
+    c = _components(request)
+    expected = _int_query(request, "expect_revision")
+    resources = await _resources_body(request)
+    result = c.store.delete([r.key for r in resources], c.registry.view(), expected_revision=expected)
+    return web.json_response(result.to_dict())
+
+
+async def analyze(request: web.Request) -> web.Response:
+    c = _components(request)
+    try:
+        incoming = await _resources_body(request, required=False)
+        messages = c.store.analyze(incoming, c.registry.view())
+    except (NotFoundError, ConflictError):
+        raise
+    except ConfigError as error:
+        messages = error.messages
+    errors = sum(1 for m in messages if m.severity == Severity.ERROR)
+    warnings = sum(1 for m in messages if m.severity == Severity.WARNING)
+    return web.json_response({"revision": c.store.revision, "errors": errors, "warnings": warnings,
+                              "messages": [m.to_dict() for m in messages]})
+
+
+async def history(request: web.Request) -> web.Response:
+    c = _components(request)
+    return web.json_response({"revision": c.store.revision,
+                              "revisions": [r.to_dict(with_diff=False) for r in c.store.history()]})
+
+
+async def history_entry(request: web.Request) -> web.Response:
+    c = _components(request)
+    raw = request.match_info["number"]
+    if not raw.isdigit():
+        raise _bad_request(f"revision: expected a number, got {raw!r}", field="revision")
+    return web.json_response(c.store.revision_info(int(raw)).to_dict())
+
+
+async def rollback(request: web.Request) -> web.Response:
+    c = _components(request)
+    body = await _json_body(request)
+    number = body.get("revision") if isinstance(body, dict) else None
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        text = f'revision: expected {{"revision": N}} with N >= 0, got {body!r}'
+        raise _bad_request(text, field="revision")
+    return web.json_response(c.store.rollback(number, c.registry.view()).to_dict())
+
+
+# -- registry ---------------------------------------------------------------------------------------
+
+
+def _registry_doc(registry: ServiceRegistry) -> dict[str, Any]:
+    return {"services": [service_to_dict(s) for s in registry.services()],
+            "endpoints": [e.to_dict() for e in registry.endpoints()]}
+
+
+async def get_registry(request: web.Request) -> web.Response:
+    return web.json_response(_registry_doc(_components(request).registry))
+
+
+async def get_services(request: web.Request) -> web.Response:
+    registry = _components(request).registry
+    return web.json_response({"services": [service_to_dict(s) for s in registry.services()]})
+
+
+async def post_service(request: web.Request) -> web.Response:
+    registry = _components(request).registry
+    service = parse_service(await _json_body(request))
+    changed = registry.register_service(service)
+    return web.json_response({"service": service_to_dict(service), "changed": changed})
+
+
+async def delete_service(request: web.Request) -> web.Response:
+    registry = _components(request).registry
+    gone = registry.deregister_service(request.match_info["namespace"], request.match_info["name"])
+    return web.json_response({"deleted": True, "endpoints_removed": gone})
+
+
+async def get_endpoints(request: web.Request) -> web.Response:
+    registry = _components(request).registry
+    found = registry.endpoints(request.query.get("service"), request.query.get("namespace"))
+    return web.json_response({"endpoints": [e.to_dict() for e in found]})
+
+
+async def post_endpoint(request: web.Request) -> web.Response:
+    registry = _components(request).registry
+    registered = parse_endpoint(await _json_body(request))
+    changed = registry.register_endpoint(registered)
+    return web.json_response({"endpoint": registered.to_dict(), "changed": changed})
+
+
+async def delete_endpoint(request: web.Request) -> web.Response:
+    registry = _components(request).registry
+    registry.deregister_endpoint(request.match_info["namespace"], request.match_info["instance"])
+    return web.json_response({"deleted": True})
+
+
+async def put_health(request: web.Request) -> web.Response:
+    registry = _components(request).registry
+    body = await _json_body(request)
+    healthy = body.get("healthy") if isinstance(body, dict) else None
+    if not isinstance(healthy, bool):
+        raise _bad_request(f'healthy: expected {{"healthy": true|false}}, got {body!r}', field="healthy")
+    changed = registry.set_health(request.match_info["namespace"], request.match_info["instance"], healthy)
+    return web.json_response({"healthy": healthy, "changed": changed})
+
+
+# -- proxies ----------------------------------------------------------------------------------------
+
+
+async def proxy_status(request: web.Request) -> web.Response:
+    c = _components(request)
+    return web.json_response({"revision": c.store.revision, "proxies": c.push.proxy_status()})
+
+
+async def xds_stream(request: web.Request) -> web.StreamResponse:
+    push = _components(request).push
+    proxy_id, kind = push.validate_subscription(request.query.get("id"), request.query.get("kind"))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    events = push.events(proxy_id, kind)
+    try:
+        async for chunk in events:
+            await response.write(chunk)
+    except (ConnectionResetError, ConnectionError):
+        pass  # the proxy went away; events()'s cleanup marks it disconnected
+    finally:
+        await events.aclose()
+    return response
+
+
+async def xds_ack(request: web.Request) -> web.Response:
+    push = _components(request).push
+    proxy = await push.respond(await _json_body(request))
+    return web.json_response({"id": proxy.id, "status": proxy.status, "latest": proxy.latest_version})
+
+
+# -- certificate authority --------------------------------------------------------------------------
+
+
+def _signer(request: web.Request) -> Signer:
+    signer = _components(request).signer
+    if signer is None:
+        raise NotFoundError([Message(CODE_BAD_REQUEST, Severity.ERROR, "ca", "",
+                                     "this control plane runs without a certificate authority")])
+    return signer
+
+
+async def ca_sign(request: web.Request) -> web.Response:
+    signer = _signer(request)
+    body = await _json_body(request)
+    try:
+        result = await signer.sign(body)
+    except Exception as error:
+        status = getattr(error, "status", None)
+        if not isinstance(status, int) or not 400 <= status < 500:
+            raise
+        return error_response(status, str(error))
+    return web.json_response(result.to_dict())
+
+
+async def ca_root(request: web.Request) -> web.Response:
+    return web.json_response({"root": _signer(request).root_pem})
+
+
+# -- the application --------------------------------------------------------------------------------
+
+
+def create_app(components: Components, *, max_body: int = MAX_BODY_BYTES) -> web.Application:
+    """The aiohttp application serving the API over ``components``."""
+    app = web.Application(middlewares=[json_errors], client_max_size=max_body)
+    app[COMPONENTS] = components
+    app.router.add_get(f"{API}/healthz", healthz)
+    app.router.add_post(f"{API}/apply", apply)
+    app.router.add_get(f"{API}/config", get_config)
+    app.router.add_get(f"{API}/config/{{kind}}", get_config)
+    app.router.add_get(f"{API}/config/{{kind}}/{{namespace}}/{{name}}", get_config)
+    app.router.add_delete(f"{API}/config/{{kind}}/{{namespace}}/{{name}}", delete_named)
+    app.router.add_post(f"{API}/delete", delete_body)
+    app.router.add_post(f"{API}/analyze", analyze)
+    app.router.add_get(f"{API}/history", history)
+    app.router.add_get(f"{API}/history/{{number}}", history_entry)
+    app.router.add_post(f"{API}/rollback", rollback)
+    app.router.add_get(f"{API}/registry", get_registry)
+    app.router.add_get(f"{API}/registry/services", get_services)
+    app.router.add_post(f"{API}/registry/services", post_service)
+    app.router.add_delete(f"{API}/registry/services/{{namespace}}/{{name}}", delete_service)
+    app.router.add_get(f"{API}/registry/endpoints", get_endpoints)
+    app.router.add_post(f"{API}/registry/endpoints", post_endpoint)
+    app.router.add_delete(f"{API}/registry/endpoints/{{namespace}}/{{instance}}", delete_endpoint)
+    app.router.add_put(f"{API}/registry/endpoints/{{namespace}}/{{instance}}/health", put_health)
+    app.router.add_get(f"{API}/proxy-status", proxy_status)
+    app.router.add_get(f"{API}/xds/stream", xds_stream)
+    app.router.add_post(f"{API}/xds/ack", xds_ack)
+    app.router.add_post(f"{API}/ca/sign", ca_sign)
+    app.router.add_get(f"{API}/ca/root", ca_root)
+    return app

@@ -1,0 +1,40 @@
+"""Resource kind names as people type them (kubectl-style: plural, lower case, short names) -> Kind."""
+
+from __future__ import annotations
+
+from meshkit.config.messages import ConfigError, Message, Severity
+from meshkit.config.resources import RESOURCE_KINDS
+
+CODE_UNKNOWN_KIND = "MK0930"
+
+SHORT_NAMES: dict[str, str] = {
+    "vs": "VirtualService",
+    "dr": "DestinationRule",
+    "pa": "PeerAuthentication",
+    "ap": "AuthorizationPolicy",
+}
+
+
+def _aliases() -> dict[str, str]:
+    table = dict(SHORT_NAMES)
+    for kind in RESOURCE_KINDS:
+        lower = kind.lower()
+        table[lower] = kind
+        table[lower + "s"] = kind
+        table[lower.removesuffix("y") + "ies"] = kind  # authorizationpolicies
+    return table
+
+
+def resolve_kind(name: str) -> str | None:
+    """``"vs"``, ``"virtualservices"``, ``"VirtualService"`` -> ``"VirtualService"``; ``"all"`` -> None.
+
+    Raises ConfigError naming the known kinds when ``name`` is none of them.
+    """
+    if name.lower() == "all":
+        return None
+    kind = _aliases().get(name.lower())
+    if kind is None:
+        known = ", ".join(f"{kind} ({short})" for short, kind in SHORT_NAMES.items())
+        text = f"unknown resource kind {name!r} (known: {known}, or all)"
+        raise ConfigError([Message(CODE_UNKNOWN_KIND, Severity.ERROR, name, "kind", text)])
+    return kind

@@ -1,0 +1,311 @@
+"""Streaming snapshots to sidecars and tracking what each one accepted (istiod's xDS server, in small).
+
+Protocol (docs/snapshot.md, "Push protocol"): a sidecar holds ``GET /api/v1/xds/stream?id=...``
+open as server-sent events; it gets its full snapshot on connect and a new one whenever a store or
+registry change alters it (same content hash -> nothing is sent). It answers each with an ACK or a
+NACK (with a reason), which ``proxy_status()`` reports like ``istioctl proxy-status``:
+SYNCED (acked the latest), NACKED (rejected the latest) or STALE (anything else).
+
+Changes are debounced: a burst of changes within ``debounce`` seconds costs one recompilation.
+Compiling is done once per distinct node *shape* (a node minus its instance name: replicas of a
+workload share it) and the per-instance fields are patched in, so N replicas cost one compile.
+Recently disconnected proxies stay listed (and recompiled) for ``retention`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshkit.config.compile import compile_snapshot, snapshot_version
+from meshkit.config.messages import ConfigError, Message, Severity
+from meshkit.config.registry import Node
+from meshkit.control.registry import ServiceRegistry
+from meshkit.control.store import ConfigStore, NotFoundError
+
+CODE_BAD_ACK = "MK0920"
+CODE_UNKNOWN_PROXY = "MK0921"
+
+SYNCED, STALE, NACKED = "SYNCED", "STALE", "NACKED"
+PROXY_KINDS = ("sidecar", "gateway")
+
+
+@dataclass(eq=False)
+class ProxyState:
+    """What the control plane knows about one proxy (mutable, owned by the PushServer)."""
+
+    id: str
+    kind: str
+    node: Node
+    connected: bool = False
+    connected_at: float = 0.0
+    disconnected_at: float | None = None
+    generation: int = 0  # bumped by every new stream, so an older stream of the same id ends
+    latest: dict[str, Any] | None = None
+    latest_json: str | None = None
+    sent_version: str | None = None
+    acked_version: str | None = None
+    nack_version: str | None = None
+    nack_reason: str | None = None
+    last_response_at: float | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def latest_version(self) -> str | None:
+        return None if self.latest is None else self.latest["version"]
+
+    @property
+    def status(self) -> str:
+        latest = self.latest_version
+        if latest is not None and self.acked_version == latest:
+            return SYNCED
+        if latest is not None and self.nack_version == latest:
+            return NACKED
+        return STALE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind, "connected": self.connected,
+            "workload": self.node.workload, "service": self.node.service,
+            "acked": self.acked_version, "sent": self.sent_version, "latest": self.latest_version,
+            "revision": None if self.latest is None else self.latest.get("revision"),
+            "status": self.status,
+            "reason": self.nack_reason if self.status == NACKED else None,
+            "connected_at": self.connected_at, "disconnected_at": self.disconnected_at,
+            "last_response_at": self.last_response_at,
+        }
+
+
+def _shape(node: Node) -> tuple[Any, ...]:
+    """Everything of a node but its instance name: nodes of equal shape compile to the same snapshot."""
+    return (node.namespace, node.workload, node.service, tuple(sorted(node.labels.items())),
+            node.service_account, node.kind, node.app_port)
+
+
+def _sse(event: str, data: str) -> bytes:
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+PING = b": ping\n\n"
+
+
+@dataclass
+class PushStats:
+    """Counters for tests and benchmarks."""
+
+    recomputes: int = 0
+    compiles: int = 0
+    pushes: int = 0
+    acks: int = 0
+    nacks: int = 0
+
+
+class PushServer:
+    """Per-proxy snapshots, their streams, ACK/NACK bookkeeping. Runs on the control plane's loop."""
+
+    def __init__(self, store: ConfigStore, registry: ServiceRegistry, *, debounce: float = 0.005,
+                 ping_interval: float = 15.0, retention: float = 300.0) -> None:
+        self.store = store
+        self.registry = registry
+        self.debounce = debounce
+        self.ping_interval = ping_interval
+        self.retention = retention
+        self.stats = PushStats()
+        self._proxies: dict[str, ProxyState] = {}
+        self._pending: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._ack_listeners: list[Callable[[str, str, str], None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._unsubscribe = [self.store.subscribe(self.schedule), self.registry.subscribe(self.schedule)]
+
+    def close(self) -> None:
+        """Stop reacting to changes and end every stream (they return at their next wake-up)."""
+        self._closing = True
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        for proxy in self._proxies.values():
+            proxy.wake.set()
+
+    # -- recompiling ----------------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        """Recompile after ``debounce`` seconds; further changes until then ride along."""
+        if self._closing or self._pending is not None:
+            return
+        self._pending = asyncio.get_running_loop().call_later(self.debounce, self._recompute_scheduled)
+
+    def _recompute_scheduled(self) -> None:
+        self._pending = None
+        self.recompute()
+
+    def recompute(self, only: list[ProxyState] | None = None) -> None:
+        """Compile the snapshot of every tracked proxy (or ``only`` these) and wake those that changed."""
+        self.stats.recomputes += 1
+        self._forget_expired()
+        targets = list(self._proxies.values()) if only is None else only
+        resources = self.store.resources()
+        view = self.registry.view()
+        revision = self.store.revision
+        compiled: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for proxy in targets:
+            proxy.node = self.registry.node_for(proxy.id, proxy.kind)
+            shape = _shape(proxy.node)
+            template = compiled.get(shape)
+            if template is None:
+                self.stats.compiles += 1
+                template = compile_snapshot(resources, view, dataclasses.replace(proxy.node, instance=""),
+                                            revision=revision)
+                compiled[shape] = template
+            snapshot = dict(template)
+            snapshot["node"] = {**template["node"], "id": proxy.node.id, "instance": proxy.node.instance}
+            snapshot["version"] = snapshot_version(snapshot)
+            if snapshot["version"] != proxy.latest_version:
+                proxy.latest = snapshot
+                proxy.latest_json = None
+                proxy.wake.set()
+
+    def _forget_expired(self) -> None:
+        now = time.time()
+        for proxy_id, proxy in list(self._proxies.items()):
+            if not proxy.connected and proxy.disconnected_at is not None and \
+                    now - proxy.disconnected_at > self.retention:
+                del self._proxies[proxy_id]
+
+    # -- streams --------------------------------------------------------------------------------
+
+    def validate_subscription(self, proxy_id: str | None, kind: str | None) -> tuple[str, str]:
+        messages = []
+        if not proxy_id or "." not in proxy_id.strip(".") or proxy_id != proxy_id.strip():
+            messages.append(Message(CODE_BAD_ACK, Severity.ERROR, "xds/stream", "id",
+                                    f"id: expected '<instance>.<namespace>', got {proxy_id!r}"))
+        kind = kind or "sidecar"
+        if kind not in PROXY_KINDS:
+            messages.append(Message(CODE_BAD_ACK, Severity.ERROR, "xds/stream", "kind",
+                                    f"kind: expected one of {', '.join(PROXY_KINDS)}, got {kind!r}"))
+        if messages:
+            raise ConfigError(messages)
+        return str(proxy_id), kind
+
+    async def events(self, proxy_id: str, kind: str = "sidecar") -> AsyncIterator[bytes]:
+        """The SSE byte chunks for one connected proxy: its snapshot now, then each change, pings between.
+
+        Ends when the control plane closes or a newer stream for the same id replaces this one.
+        """
+        proxy = self._proxies.get(proxy_id)
+        if proxy is not None and proxy.kind != kind:
+            proxy.generation += 1  # the old stream (another kind under the same id) ends
+            proxy.wake.set()
+            proxy = None
+        if proxy is None:
+            proxy = ProxyState(id=proxy_id, kind=kind, node=self.registry.node_for(proxy_id, kind))
+            self._proxies[proxy_id] = proxy
+        proxy.generation += 1
+        generation = proxy.generation
+        proxy.connected, proxy.connected_at, proxy.disconnected_at = True, time.time(), None
+        proxy.sent_version = None  # a new stream always starts with the full snapshot
+        proxy.wake.set()  # a replaced older stream wakes up and ends
+        self.recompute(only=[proxy])
+        try:
+            while not self._closing and proxy.generation == generation:
+                if proxy.latest is not None and proxy.sent_version != proxy.latest_version:
+                    if proxy.latest_json is None:
+                        proxy.latest_json = json.dumps(proxy.latest, separators=(",", ":"))
+                    proxy.sent_version = proxy.latest_version
+                    self.stats.pushes += 1
+                    yield _sse("snapshot", proxy.latest_json)
+                    continue
+                proxy.wake.clear()
+                try:
+                    await asyncio.wait_for(proxy.wake.wait(), self.ping_interval)
+                except TimeoutError:
+                    yield PING
+        finally:
+            if proxy.generation == generation:
+                proxy.connected, proxy.disconnected_at = False, time.time()
+
+    # -- ACK / NACK -----------------------------------------------------------------------------
+
+    def add_ack_listener(self, listener: Callable[[str, str, str], None]) -> None:
+        """Call ``listener(proxy_id, version, status)`` on every ACK/NACK (benchmarks, tests)."""
+        self._ack_listeners.append(listener)
+
+    async def respond(self, body: object) -> ProxyState:
+        """Record ``{"id", "version", "status": "ACK"|"NACK", "reason"?}``; ConfigError/NotFound if bad."""
+        proxy_id, version, status, reason = self._parse_response(body)
+        proxy = self._proxies.get(proxy_id)
+        if proxy is None:
+            raise NotFoundError([Message(CODE_UNKNOWN_PROXY, Severity.ERROR, f"proxy {proxy_id}", "id",
+                                         f"proxy {proxy_id} has never connected to this control plane")])
+        proxy.last_response_at = time.time()
+        if status == "ACK":
+            self.stats.acks += 1
+            proxy.acked_version = version
+            if proxy.nack_version == version:
+                proxy.nack_version = proxy.nack_reason = None
+        else:
+            self.stats.nacks += 1
+            proxy.nack_version, proxy.nack_reason = version, reason
+        for listener in list(self._ack_listeners):
+            listener(proxy_id, version, status)
+        return proxy
+
+    @staticmethod
+    def _parse_response(body: object) -> tuple[str, str, str, str | None]:
+        where = "xds/ack"
+        if not isinstance(body, dict):
+            raise ConfigError([Message(CODE_BAD_ACK, Severity.ERROR, where, "",
+                                       f"expected a JSON object, got {type(body).__name__}")])
+        messages = []
+        for name in ("id", "version", "status"):
+            if not isinstance(body.get(name), str) or not body.get(name):
+                messages.append(Message(CODE_BAD_ACK, Severity.ERROR, where, name,
+                                        f"{name}: required non-empty string, got {body.get(name)!r}"))
+        status = body.get("status")
+        if isinstance(status, str) and status and status not in ("ACK", "NACK"):
+            messages.append(Message(CODE_BAD_ACK, Severity.ERROR, where, "status",
+                                    f"status: expected ACK or NACK, got {status!r}"))
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            messages.append(Message(CODE_BAD_ACK, Severity.ERROR, where, "reason",
+                                    f"reason: expected a string, got {reason!r}"))
+        if messages:
+            raise ConfigError(messages)
+        if status == "NACK" and not reason:
+            reason = "(no reason given)"
+        return body["id"], body["version"], str(status), reason
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def proxy(self, proxy_id: str) -> ProxyState | None:
+        return self._proxies.get(proxy_id)
+
+    def proxy_status(self) -> list[dict[str, Any]]:
+        """Every connected or recently disconnected proxy, sorted by id."""
+        self._forget_expired()
+        return [self._proxies[k].to_dict() for k in sorted(self._proxies)]
+
+    async def wait_synced(self, proxy_ids: list[str] | None = None, within: float = 10.0) -> bool:
+        """Wait until the given (default: every connected) proxies are SYNCED; False on timeout."""
+        deadline = time.monotonic() + within
+        while True:
+            connected = [p.id for p in self._proxies.values() if p.connected]
+            ids = proxy_ids if proxy_ids is not None else connected
+            if self._pending is None and all(
+                (p := self._proxies.get(i)) is not None and p.status == SYNCED for i in ids
+            ):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)

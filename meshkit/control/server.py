@@ -1,0 +1,198 @@
+"""Running the control plane: what runs (`ControlPlane`) apart from where it listens (`run_control_plane`).
+
+``ControlPlane`` owns the store, the registry, the push server and (optionally) the CA over one
+state directory (``$MESHKIT_HOME/control``, default ``~/.meshkit/control``) and builds the aiohttp
+application. ``run_control_plane`` binds it to a host/port (port 0 picks a free one) and records
+the address in ``<state dir>/control/address.json`` so the CLI can find it; ``serve`` is the
+blocking entry point of ``meshkit control`` with a graceful shutdown on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from meshkit.control.api import Components, SignedCertificate, create_app
+from meshkit.control.database import open_database
+from meshkit.control.push import PushServer
+from meshkit.control.registry import ServiceRegistry
+from meshkit.control.store import ConfigStore
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 15010
+CONTROL_SUBDIR = "control"
+ADDRESS_FILE = "address.json"
+SHUTDOWN_TIMEOUT = 3.0
+
+
+def default_state_dir() -> Path:
+    """``$MESHKIT_HOME`` or ``~/.meshkit`` (the same rule as `meshkit.runtime.state`)."""
+    return Path(os.environ.get("MESHKIT_HOME") or Path.home() / ".meshkit")
+
+
+def address_file(state_dir: Path | str | None = None) -> Path:
+    root = Path(state_dir) if state_dir is not None else default_state_dir()
+    return root / CONTROL_SUBDIR / ADDRESS_FILE
+
+
+def read_recorded_address(state_dir: Path | str | None = None) -> str | None:
+    """The URL a running control plane recorded in the state dir, or None."""
+    try:
+        doc = json.loads(address_file(state_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    url = doc.get("url") if isinstance(doc, dict) else None
+    return url if isinstance(url, str) else None
+
+
+class _CaSigner:
+    """Adapts `meshkit.control.ca.SigningService` to the API's `Signer` shape."""
+
+    def __init__(self, service: Any) -> None:
+        self._service = service
+
+    async def sign(self, body: object) -> SignedCertificate:
+        result: SignedCertificate = await self._service.sign(body)
+        return result
+
+    @property
+    def root_pem(self) -> str:
+        return str(self._service.ca.root_pem)
+
+
+class ControlPlane:
+    """Store, registry, push server and CA over one state directory; no sockets."""
+
+    def __init__(self, state_dir: Path | str | None = None, *, with_ca: bool = True,
+                 ca_ttl: timedelta | None = None, debounce: float = 0.005, ping_interval: float = 15.0,
+                 retention: float = 300.0) -> None:
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self.directory = self.state_dir / CONTROL_SUBDIR
+        self._db: sqlite3.Connection = open_database(self.directory)
+        self.store = ConfigStore(self._db)
+        self.registry = ServiceRegistry(self._db)
+        self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
+                               retention=retention)
+        self.signer: _CaSigner | None = None
+        self.tokens: Any = None  # meshkit.control.ca.BootstrapTokens when the CA runs
+        if with_ca:
+            from meshkit.control.ca import DEFAULT_TTL, SigningService  # noqa: PLC0415 (optional part)
+
+            service, self.tokens = SigningService.open_local(self.directory / "ca", ttl=ca_ttl or DEFAULT_TTL)
+            self.signer = _CaSigner(service)
+            self.registry.set_root_pem(self.signer.root_pem)
+
+    def create_app(self) -> web.Application:
+        app = create_app(Components(self.store, self.registry, self.push, self.signer))
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self.push.start()
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        self.push.close()  # ends the long-lived SSE streams, so the server can stop promptly
+
+    def close(self) -> None:
+        self.push.close()
+        self._db.close()
+
+
+class RunningControlPlane:
+    """A control plane listening on a socket; ``await close()`` (or ``async with``) stops it."""
+
+    def __init__(self, control_plane: ControlPlane, runner: web.AppRunner, host: str, port: int,
+                 recorded: Path | None) -> None:
+        self.control_plane = control_plane
+        self.runner = runner
+        self.host = host
+        self.port = port
+        self._recorded = recorded
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        self.control_plane.close()
+        if self._recorded is not None:
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(self._recorded.read_text()).get("pid") == os.getpid():
+                    self._recorded.unlink()
+
+    async def __aenter__(self) -> RunningControlPlane:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+
+def _record_address(path: Path, url: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".address.", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"url": url, "pid": os.getpid()}, fh)
+    os.replace(tmp, path)
+
+
+async def run_control_plane(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                            state_dir: Path | str | None = None, *, record_address: bool = True,
+                            **options: Any) -> RunningControlPlane:
+    """Start a control plane on ``host:port`` (0 = a free port) and return once it accepts connections.
+
+    ``options`` go to `ControlPlane` (``with_ca``, ``debounce``, ``ping_interval``, ``retention``...).
+    """
+    control_plane = ControlPlane(state_dir, **options)
+    runner = web.AppRunner(control_plane.create_app(), shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           access_log=None, handle_signals=False,
+                           handler_cancellation=True)  # a dropped SSE client ends its stream at once
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        control_plane.close()
+        raise
+    bound = int(runner.addresses[0][1])  # what port 0 became
+    recorded = None
+    if record_address:
+        recorded = address_file(control_plane.state_dir)
+        _record_address(recorded, f"http://{host}:{bound}")
+    return RunningControlPlane(control_plane, runner, host, bound, recorded)
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | str | None = None,
+          *, announce: Any = print, **options: Any) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully (the `meshkit control` command)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        running = await run_control_plane(host, port, state_dir, **options)
+        plane = running.control_plane
+        announce(f"meshkit control plane listening on {running.url} "
+                 f"(state: {plane.directory}, revision {plane.store.revision})")
+        try:
+            await stop.wait()
+        finally:
+            await running.close()
+        announce("meshkit control plane stopped")
+
+    asyncio.run(main())
