@@ -1,0 +1,175 @@
+"""Traffic capture rules: as data, as the committed init script, and FOR REAL in network namespaces.
+
+The real test builds two namespaces joined by a veth pair (a "pod" 10.77.0.2 and a "peer"
+10.77.0.1), runs the committed ``operator/meshkit-init.sh`` inside the pod namespace, and
+checks where unmodified clients' connections land (SO_ORIGINAL_DST gives the address the
+client asked for). Nothing leaves the namespaces the test created; both are always deleted.
+Needs root, ``ip`` and ``iptables``; skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshkit.k8s.iptables import CaptureSettings, Rule, capture_rules, render_commands, render_script
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "operator" / "meshkit-init.sh"
+PROBE = Path(__file__).with_name("netns_probe.py")
+POD_IP, PEER_IP = "10.77.0.2", "10.77.0.1"
+SERVICE_IP = "10.96.0.10"  # a ClusterIP-like address nobody owns: only the redirect can answer
+
+
+def test_committed_init_script_is_generated_from_the_rules() -> None:
+    assert SCRIPT.read_text() == render_script(), (
+        "operator/meshkit-init.sh is stale: run `python -m meshkit.k8s.iptables > operator/meshkit-init.sh`"
+    )
+
+
+def test_rules_as_data() -> None:
+    rules = capture_rules()
+    assert rules[:4] == [Rule("-N", c) for c in
+                         ("MESHKIT_INBOUND", "MESHKIT_IN_REDIRECT", "MESHKIT_OUTPUT", "MESHKIT_REDIRECT")]
+    commands = render_commands(rules)
+    assert "iptables -t nat -A MESHKIT_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in commands
+    assert "iptables -t nat -A MESHKIT_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" in commands
+    assert "iptables -t nat -A MESHKIT_OUTPUT -m owner --uid-owner 1337 -j RETURN" in commands
+    excluded = [r.spec[3] for r in rules if r.chain == "MESHKIT_INBOUND" and "--dport" in r.spec]
+    assert excluded == ["15000", "15001", "15006", "15021", "15090"]
+    # the final catch-all comes last, after every exemption
+    assert rules[-1] == Rule("-A", "MESHKIT_OUTPUT", ("-j", "MESHKIT_REDIRECT"))
+
+
+def test_settings_change_the_rules() -> None:
+    custom = CaptureSettings(outbound_port=16001, proxy_uid=2000, exclude_inbound_ports=(22,))
+    commands = render_commands(capture_rules(custom))
+    assert "iptables -t nat -A MESHKIT_REDIRECT -p tcp -j REDIRECT --to-ports 16001" in commands
+    assert "iptables -t nat -A MESHKIT_OUTPUT -m owner --uid-owner 2000 -j RETURN" in commands
+    assert "iptables -t nat -A MESHKIT_INBOUND -p tcp --dport 22 -j RETURN" in commands
+    assert not any("--dport 15021" in c for c in commands)
+
+
+# ---------------------------------------------------------------------------------------------
+# for real
+# ---------------------------------------------------------------------------------------------
+
+
+def _why_not_runnable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    for tool in ("ip", "iptables", "setpriv"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (apt-get install -y iptables iproute2 util-linux)"
+    return None
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+
+
+class Namespaces:
+    """A pod namespace and a peer namespace joined by a veth pair, with probe listeners."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.pod, self.peer = f"mk-pod-{tag}", f"mk-peer-{tag}"
+        self.listeners: list[subprocess.Popen[str]] = []
+        self._veth = (f"mkp{tag}", f"mkq{tag}")
+
+    def create(self) -> None:
+        a, b = self._veth
+        _run("ip", "netns", "add", self.pod)
+        _run("ip", "netns", "add", self.peer)
+        _run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        _run("ip", "link", "set", a, "netns", self.pod)
+        _run("ip", "link", "set", b, "netns", self.peer)
+        for ns, dev, ip in ((self.pod, a, POD_IP), (self.peer, b, PEER_IP)):
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+            _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            _run("ip", "-n", ns, "link", "set", dev, "up")
+        _run("ip", "-n", self.pod, "route", "add", "default", "via", PEER_IP)
+
+    def listen(self, ns: str, *ports: int) -> None:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(PROBE), "listen", ns, *map(str, ports)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.listeners.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline()  # the probe exits by itself after 60 s, so this is bounded
+        assert line.strip() == "ready", f"listener in {ns} did not start: {line!r} {process.stderr.read()}"
+
+    def connect(self, ns: str, host: str, port: int, *, uid: int | None = None) -> str:
+        prefix = ["ip", "netns", "exec", ns]
+        if uid is not None:
+            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        result = subprocess.run(
+            [*prefix, sys.executable, "-I", str(PROBE), "connect", host, str(port)],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+        return (result.stdout + result.stderr).strip()
+
+    def destroy(self) -> None:
+        for process in self.listeners:
+            process.kill()
+            process.wait(timeout=10)
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
+        for ns in (self.pod, self.peer):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture()
+def namespaces() -> Iterator[Namespaces]:
+    reason = _why_not_runnable()
+    if reason is not None:
+        pytest.skip(reason)
+    spaces = Namespaces()
+    try:
+        try:
+            spaces.create()
+        except RuntimeError as error:
+            pytest.skip(f"cannot build network namespaces here: {error}")
+        yield spaces
+    finally:
+        spaces.destroy()
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+        assert spaces.pod not in left and spaces.peer not in left
+
+
+def test_capture_for_real_in_a_network_namespace(namespaces: Namespaces) -> None:
+    pod, peer = namespaces.pod, namespaces.peer
+    # the sidecar's listeners and an app on 9080 in the pod; a plain server on 9080 in the peer
+    namespaces.listen(pod, 15001, 15006, 15021, 9080)
+    namespaces.listen(peer, 9080, 15021)
+    # before capture: the pod's client reaches the peer directly
+    assert namespaces.connect(pod, PEER_IP, 9080).startswith(f"{peer} 9080 ")
+
+    result = subprocess.run(["ip", "netns", "exec", pod, "sh", str(SCRIPT)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+    # outbound: an unmodified client's connection to a service IP lands on 15001, original dst kept
+    assert namespaces.connect(pod, SERVICE_IP, 9080) == f"{pod} 15001 {SERVICE_IP}:9080"
+    assert namespaces.connect(pod, PEER_IP, 9080) == f"{pod} 15001 {PEER_IP}:9080"
+    # the proxy's own traffic (uid 1337) is not captured: it reaches the peer itself
+    assert namespaces.connect(pod, PEER_IP, 9080, uid=1337).startswith(f"{peer} 9080 ")
+    # the app talking to itself over loopback is left alone
+    assert namespaces.connect(pod, "127.0.0.1", 9080).startswith(f"{pod} 9080 ")
+    # the proxy calling its own pod IP goes to inbound, as in Istio
+    assert namespaces.connect(pod, POD_IP, 9080, uid=1337) == f"{pod} 15006 {POD_IP}:9080"
+    # inbound: a peer calling the pod's app port lands on 15006 with the original destination
+    assert namespaces.connect(peer, POD_IP, 9080) == f"{pod} 15006 {POD_IP}:9080"
+    # excluded inbound ports (the sidecar's health port) are not redirected
+    assert namespaces.connect(peer, POD_IP, 15021).startswith(f"{pod} 15021 ")
