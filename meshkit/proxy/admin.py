@@ -1,0 +1,117 @@
+"""The admin listener's pages (Envoy-like): config dump, Prometheus metrics, clusters, stats, readiness.
+
+``Admin(...).handle`` is an ordinary terminal handler for a ``Listener``: GET only, small
+JSON or text replies, no filters. Pages: ``/config_dump`` (current snapshot, version, last
+NACK), ``/stats/prometheus`` (Istio metrics), ``/stats`` (JSON counters), ``/clusters``
+(per-cluster balancer view), ``/ready`` and ``/healthz/ready`` (200 once a snapshot is
+applied, else 503).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from meshkit.proxy.http import Headers, Request, Response
+from meshkit.proxy.listener import Listener
+from meshkit.proxy.stats import IstioMetrics
+from meshkit.proxy.upstream import Upstream
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _reply(status: int, body: str, content_type: str) -> Response:
+    data = body.encode()
+    headers = Headers([("content-type", content_type), ("cache-control", "no-cache")])
+    return Response(status, headers, data)
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return _reply(status, json.dumps(value, indent=2, default=str) + "\n", "application/json")
+
+
+class Admin:
+    """Answers admin requests from the proxy's live state."""
+
+    def __init__(
+        self,
+        state: Any,
+        metrics: IstioMetrics,
+        upstream: Upstream,
+        listeners: dict[str, Listener],
+    ) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.upstream = upstream
+        self.listeners = listeners
+        self.started = time.time()
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path.split("?", 1)[0]
+        if request.method not in ("GET", "HEAD"):
+            return _reply(405, "admin pages are read-only (GET)\n", "text/plain")
+        page = self._pages.get(path)
+        if page is None:
+            known = ", ".join(sorted(self._pages))
+            return _reply(404, f"no admin page {path!r}; pages: {known}\n", "text/plain")
+        return page(self)
+
+    def ready(self) -> Response:
+        if self.state.current is None:
+            return _reply(503, "not ready: no snapshot applied yet\n", "text/plain")
+        return _reply(200, "LIVE\n", "text/plain")
+
+    def config_dump(self) -> Response:
+        current = self.state.current
+        return _json(
+            {
+                "version": current.version if current is not None else None,
+                "snapshot": current.doc if current is not None else None,
+                "last_nack": self.state.last_nack,
+                "applied": self.state.applied,
+                "rejected": self.state.rejected,
+                "source": self.state.source,
+            }
+        )
+
+    def prometheus(self) -> Response:
+        return _reply(200, self.metrics.render(), PROMETHEUS_TYPE)
+
+    def stats(self) -> Response:
+        upstream = self.upstream
+        return _json(
+            {
+                "uptime_s": round(time.time() - self.started, 3),
+                "listeners": {name: lst.stats.as_dict() for name, lst in self.listeners.items()},
+                "upstream": {
+                    "cx_total": upstream.cx_total,
+                    "cx_active": upstream.cx_active,
+                    "cx_connect_fail": upstream.cx_connect_fail,
+                    "rq_total": upstream.rq_total,
+                },
+                "config": {
+                    "version": self.state.current.version if self.state.current is not None else None,
+                    "applied": self.state.applied,
+                    "rejected": self.state.rejected,
+                },
+            }
+        )
+
+    def clusters(self) -> Response:
+        current = self.state.current
+        if current is None:
+            return _json({})
+        view = {name: cluster.admin_view() for name, cluster in current.clusters.items()}
+        if current.inbound_cluster is not None:
+            view[current.inbound_cluster.name] = current.inbound_cluster.admin_view()
+        return _json(view)
+
+    _pages = {
+        "/ready": ready,
+        "/healthz/ready": ready,
+        "/config_dump": config_dump,
+        "/stats/prometheus": prometheus,
+        "/stats": stats,
+        "/clusters": clusters,
+    }

@@ -1,0 +1,201 @@
+"""Istio's standard request metrics, recorded by both sidecars of an exchange.
+
+``outbound_metrics(registry)`` reports as ``reporter="source"``: source labels are this
+proxy's node, destination labels come from the chosen endpoint and its cluster. It also
+tells the destination sidecar who the source is, with ``x-meshkit-source-*`` headers
+(replacing any the app sent). ``inbound_metrics(registry)`` reports as
+``reporter="destination"``: destination labels are this node, source labels come from
+the mTLS peer identity when there is one, else from those headers, which it strips
+before the app sees them. A streamed response is recorded when its body ends (as Envoy
+records at stream completion); a cancelled exchange (downstream went away) as status 0
+with flag ``DC``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from meshkit.proxy.bodies import ObservedBody
+from meshkit.proxy.http import Filter, Handler, Request, Response
+from meshkit.proxy.stats import IstioMetrics
+
+UNKNOWN = "unknown"
+SOURCE_HEADER_PREFIX = "x-meshkit-source-"
+_SOURCE_FIELDS = ("workload", "namespace", "app", "version", "principal")
+
+
+def merged_flags(request: Request, response: Response | None) -> str:
+    """Envoy's %RESPONSE_FLAGS%: flags raised on the way down plus those of the response, or "-"."""
+    down = request.flags
+    up = response.flags if response is not None else ""
+    if down and up:
+        return f"{down},{up}"
+    return down or up or "-"
+
+
+def body_size(body: Any) -> int:
+    if isinstance(body, bytes):
+        return len(body)
+    return int(getattr(body, "bytes_received", 0))
+
+
+def _record_later(
+    request: Request, response: Response, record: Callable[[Response, int], None]
+) -> None:
+    """Record now for a bytes body; at the end of the body for a streamed one."""
+    body = response.body
+    if isinstance(body, bytes):
+        record(response, len(body))
+    else:
+        response.body = ObservedBody.observe(body, lambda b: record(response, b.sent))
+
+
+def outbound_metrics(registry: IstioMetrics) -> Filter:
+    """The source-side metrics filter (see the module docstring)."""
+
+    def record(request: Request, response: Response | None, status: int, sent: int) -> None:
+        config = request.config
+        endpoint = request.endpoint
+        flags = merged_flags(request, response)
+        key = (config.node_labels, request.cluster, endpoint, status, flags)
+        series = registry.series(key, lambda: _source_labels(request, status, flags))
+        duration = (time.monotonic() - request.start) * 1000.0
+        series.record(duration, body_size(request.body), sent)
+
+    async def metrics(request: Request, call_next: Handler) -> Response:
+        items = request.headers.items()
+        for name, _ in items:
+            if name.startswith(SOURCE_HEADER_PREFIX):
+                items[:] = [i for i in items if not i[0].startswith(SOURCE_HEADER_PREFIX)]
+                break
+        items.extend(request.config.source_headers)
+        try:
+            response = await call_next(request)
+        except asyncio.CancelledError:
+            request.flags = f"{request.flags},DC" if request.flags else "DC"
+            record(request, None, 0, 0)
+            raise
+        _record_later(request, response, lambda r, sent: record(request, r, r.status, sent))
+        return response
+
+    return metrics
+
+
+def _source_labels(request: Request, status: int, flags: str) -> dict[str, str]:
+    config = request.config
+    node = config.node_labels
+    endpoint = request.endpoint
+    cluster = config.clusters.get(request.cluster) if request.cluster else None
+    labels = {
+        "reporter": "source",
+        "source_workload": node.workload,
+        "source_workload_namespace": node.namespace,
+        "source_principal": node.principal,
+        "source_app": node.app,
+        "source_version": node.version,
+        "request_protocol": "http",
+        "response_code": str(status),
+        "response_flags": flags,
+        "connection_security_policy": UNKNOWN,
+    }
+    service = cluster.service if cluster is not None else None
+    identity = endpoint.identity if endpoint is not None else None
+    namespace = config.destination_namespace(identity) if (service or identity) else UNKNOWN
+    if endpoint is not None:
+        labels["destination_workload"] = endpoint.workload or UNKNOWN
+        labels["destination_workload_namespace"] = namespace
+        labels["destination_principal"] = identity or UNKNOWN
+        labels["destination_app"] = endpoint.labels.get("app") or service or UNKNOWN
+        labels["destination_version"] = endpoint.version or UNKNOWN
+    if service:
+        labels["destination_service"] = f"{service}.{namespace}.svc.cluster.local"
+        labels["destination_service_name"] = service
+        labels["destination_service_namespace"] = namespace
+    return labels
+
+
+def inbound_metrics(registry: IstioMetrics) -> Filter:
+    """The destination-side metrics filter (see the module docstring)."""
+
+    def record(
+        request: Request, source: tuple[str, ...], response: Response | None, status: int, sent: int
+    ) -> None:
+        config = request.config
+        flags = merged_flags(request, response)
+        policy = "mutual_tls" if request.peer_identity else "none"
+        key = (config.node_labels, source, status, flags, policy)
+        series = registry.series(key, lambda: _destination_labels(request, source, status, flags, policy))
+        duration = (time.monotonic() - request.start) * 1000.0
+        series.record(duration, body_size(request.body), sent)
+
+    async def metrics(request: Request, call_next: Handler) -> Response:
+        source = _take_source(request)
+        try:
+            response = await call_next(request)
+        except asyncio.CancelledError:
+            request.flags = f"{request.flags},DC" if request.flags else "DC"
+            record(request, source, None, 0, 0)
+            raise
+        _record_later(request, response, lambda r, sent: record(request, source, r, r.status, sent))
+        return response
+
+    return metrics
+
+
+_NO_SOURCE = (UNKNOWN,) * 5
+
+
+def _take_source(request: Request) -> tuple[str, ...]:
+    """(workload, namespace, app, version, principal) from the x-meshkit-source-* headers, removed."""
+    items = request.headers.items()
+    found: dict[str, str] | None = None
+    for name, value in items:
+        if name.startswith(SOURCE_HEADER_PREFIX):
+            if found is None:
+                found = {}
+            found[name[len(SOURCE_HEADER_PREFIX):]] = value
+    if found is not None:
+        items[:] = [i for i in items if not i[0].startswith(SOURCE_HEADER_PREFIX)]
+    peer = request.peer_identity
+    if found is None and peer is None:
+        return _NO_SOURCE
+    found = found or {}
+    values = [found.get(field) or UNKNOWN for field in _SOURCE_FIELDS]
+    if peer is not None:
+        values[4] = peer
+    return tuple(values)
+
+
+def _destination_labels(
+    request: Request, source: tuple[str, ...], status: int, flags: str, policy: str
+) -> dict[str, str]:
+    config = request.config
+    node = config.node_labels
+    workload, namespace, app, version, principal = source
+    if namespace == UNKNOWN and principal != UNKNOWN:
+        parts = principal.split("/")
+        if "ns" in parts[:-1]:
+            namespace = parts[parts.index("ns") + 1]
+    return {
+        "reporter": "destination",
+        "source_workload": workload,
+        "source_workload_namespace": namespace,
+        "source_principal": principal,
+        "source_app": app,
+        "source_version": version,
+        "destination_workload": node.workload,
+        "destination_workload_namespace": node.namespace,
+        "destination_principal": node.principal,
+        "destination_app": node.app,
+        "destination_version": node.version,
+        "destination_service": config.inbound_service_fqdn,
+        "destination_service_name": node.service or UNKNOWN,
+        "destination_service_namespace": node.namespace if node.service else UNKNOWN,
+        "request_protocol": "http",
+        "response_code": str(status),
+        "response_flags": flags,
+        "connection_security_policy": policy,
+    }

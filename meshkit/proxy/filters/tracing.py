@@ -1,0 +1,98 @@
+"""Trace context: ``x-request-id`` when missing, W3C ``traceparent`` and B3 propagated per hop.
+
+Every hop (outbound and inbound sidecar) acts as a span: it keeps the trace id and
+sampling decision, makes the incoming span id the parent, and puts a fresh span id on
+the request it forwards. ``tracestate`` and the single ``b3`` header pass through
+untouched. A request with no trace context starts a new, sampled trace, so demo apps
+that forward these headers produce one trace across the mesh. No spans are exported.
+"""
+
+from __future__ import annotations
+
+import os
+
+from meshkit.proxy.http import Handler, Headers, Request, Response
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def new_request_id() -> str:
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # UUID version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _is_hex(value: str, length: int) -> bool:
+    return len(value) == length and set(value) <= _HEX and value.strip("0") != ""
+
+
+def _parse_traceparent(value: str) -> tuple[str, str, str] | None:
+    parts = value.strip().lower().split("-")
+    if len(parts) < 4 or parts[0] == "ff" or len(parts[0]) != 2:
+        return None
+    trace_id, span_id, flags = parts[1], parts[2], parts[3]
+    if not (_is_hex(trace_id, 32) and _is_hex(span_id, 16) and len(flags) == 2):
+        return None
+    return trace_id, span_id, flags
+
+
+_TRACE_HEADERS = frozenset(
+    {"traceparent", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled"}
+)
+
+
+def propagate(headers: Headers) -> None:
+    """Rewrite the trace headers of a request crossing this hop (see the module docstring).
+
+    One pass over the header list: trace headers are collected and dropped, everything
+    else kept, then the new trace headers (and an x-request-id if missing) are appended.
+    """
+    items = headers.items()
+    found: dict[str, str] = {}
+    kept: list[tuple[str, str]] = []
+    has_request_id = False
+    for item in items:
+        name = item[0]
+        if name in _TRACE_HEADERS:
+            found[name] = item[1]
+        else:
+            if name == "x-request-id":
+                has_request_id = True
+            kept.append(item)
+    if not has_request_id:
+        kept.append(("x-request-id", new_request_id()))
+    span_id = os.urandom(8).hex()
+    parsed = None
+    traceparent = found.get("traceparent")
+    if traceparent is not None:
+        parsed = _parse_traceparent(traceparent)
+    if parsed is not None:
+        trace_id, parent_id, flags = parsed
+        sampled = "1" if int(flags, 16) & 1 else "0"
+    else:
+        b3_trace = (found.get("x-b3-traceid") or "").lower()
+        if _is_hex(b3_trace, 32) or _is_hex(b3_trace, 16):
+            trace_id = b3_trace.rjust(32, "0")
+            parent_id = (found.get("x-b3-spanid") or "").lower()
+            sampled = found.get("x-b3-sampled") or "1"
+            if sampled not in ("0", "1"):
+                sampled = "1"
+        else:
+            trace_id = os.urandom(16).hex()
+            parent_id = ""
+            sampled = "1"
+        flags = "01" if sampled == "1" else "00"
+    kept.append(("traceparent", f"00-{trace_id}-{span_id}-{flags}"))
+    kept.append(("x-b3-traceid", trace_id))
+    kept.append(("x-b3-spanid", span_id))
+    if parent_id:
+        kept.append(("x-b3-parentspanid", parent_id))
+    kept.append(("x-b3-sampled", sampled))
+    items[:] = kept
+
+
+async def tracing(request: Request, call_next: Handler) -> Response:
+    propagate(request.headers)
+    return await call_next(request)

@@ -1,0 +1,597 @@
+"""Downstream HTTP/1.1 listeners: an asyncio Protocol per connection, parsed with httptools.
+
+One ``Listener`` serves one port (outbound, inbound or admin) with one handler (the
+filter chain). Per connection, requests are parsed as bytes arrive and served strictly
+one at a time in arrival order, so pipelined requests get their responses in order.
+Bodies: none, or a Content-Length up to ``buffer_limit`` is collected and handed on as
+``bytes`` (replayable: retries and mirroring need that); anything larger or chunked is
+streamed as a ``BodyStream`` with back-pressure. Responses are re-framed (Content-Length
+when known, chunked otherwise, nothing for HEAD/204/304). Hop-by-hop headers are dropped,
+``x-forwarded-for`` appended and ``x-forwarded-proto`` set. Abuse and malformed input get
+400/408/413/431 and a closed connection, never an exception that escapes the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+from meshkit.proxy.bodies import BodyError, BodyStream
+from meshkit.proxy.http import Handler, Headers, Request, Response, UpstreamError
+from meshkit.proxy.stats import ProxyStats
+from meshkit.proxy.upstream import HOP_BY_HOP
+
+log = logging.getLogger("meshkit.proxy.listener")
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {}
+_NO_BODY_STATUS = frozenset({204, 304})
+_REQUEST_SKIP = HOP_BY_HOP | {b"expect"}
+_RESPONSE_REFRAMED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+_MAX_PIPELINE = 32  # queued requests per connection before we stop reading
+
+
+def status_line(status: int, reason: str = "") -> bytes:
+    if reason:
+        return f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n".encode()
+    return line
+
+
+@dataclass
+class ListenerLimits:
+    """Protection limits of a listener (Envoy-like defaults, smaller where a classroom wants it)."""
+
+    max_header_bytes: int = 60 * 1024  # request line + headers; above -> 431
+    max_body_bytes: int = 64 * 1024 * 1024  # declared or streamed request body; above -> 413
+    buffer_limit: int = 64 * 1024  # Content-Length bodies up to this are buffered as bytes
+    header_timeout: float = 10.0  # time to receive a complete request head -> 408
+    idle_timeout: float = 300.0  # keep-alive connection with no request in flight -> closed
+
+
+class _Pending:
+    """A parsed request waiting for its body (buffered) or for its turn to be served."""
+
+    __slots__ = ("continue_sent", "expect_continue", "parts", "ready", "reject", "request", "stream")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.parts: list[bytes] = []
+        self.ready = False
+        self.stream: BodyStream | None = None
+        self.reject: Response | None = None
+        self.expect_continue = False
+        self.continue_sent = False
+
+
+class Listener:
+    """A port and its open connections; ``handler`` is the filter chain for its requests."""
+
+    def __init__(
+        self,
+        direction: str,
+        handler: Handler,
+        state: Any = None,
+        limits: ListenerLimits | None = None,
+        stats: ProxyStats | None = None,
+    ) -> None:
+        self.direction = direction
+        self.handler = handler
+        self.state = state  # an object whose ``.current`` is the Snapshot in effect (None: no config needed)
+        self.limits = limits or ListenerLimits()
+        self.stats = stats or ProxyStats()
+        self.connections: set[DownstreamConnection] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: DownstreamConnection(self), host, port, backlog=1024)
+        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``grace`` seconds, then close."""
+        if self.server is not None:
+            self.server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            conn.close_when_idle()
+        for _ in range(max(1, int(grace / 0.02))):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+
+
+class DownstreamConnection(asyncio.Protocol):
+    """One client connection (see the module docstring)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.limits = listener.limits
+        self.stats = listener.stats
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.closed = False
+        self.closing = False  # close once the queued responses are written
+        self.input_done = False  # ignore further bytes (after Connection: close, errors, upgrades)
+        self.queue: deque[_Pending] = deque()
+        self.active: asyncio.Task[None] | None = None
+        self.current: _Pending | None = None  # the request being parsed
+        self.last_activity = time.monotonic()
+        self.head_started: float | None = None
+        self._paused_reading = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._content_length: int | None = None
+        self._chunked = False
+        self._expect_continue = False
+        self._xff_index = -1
+        self._has_xfp = False
+        self._host: str | None = None
+        self._connection_tokens: list[str] | None = None
+        self._reject: tuple[int, str] | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else ""
+        self.listener.connections.add(self)
+        self.stats.downstream_cx_total += 1
+        self.stats.downstream_cx_active += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.listener.connections.discard(self)
+        self.stats.downstream_cx_active -= 1
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        for pending in self.queue:
+            if pending.stream is not None:
+                pending.stream.fail(BodyError("downstream connection closed"))
+        if self.current is not None and self.current.stream is not None:
+            self.current.stream.fail(BodyError("downstream connection closed"))
+        if self.active is not None and not self.active.done():
+            self.active.cancel()  # the client went away: abandon the upstream exchange (Envoy: DC)
+
+    def data_received(self, data: bytes) -> None:
+        if self.input_done:
+            return
+        self.last_activity = time.monotonic()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrades (WebSocket) are not proxied: the request is served as plain HTTP, then closed.
+            self.closing = True
+            self.input_done = True
+        except httptools.HttpParserError as exc:
+            if self._reject is not None:
+                status, text = self._reject
+            else:
+                status, text = 400, f"bad request: {exc}"
+            self._fail_connection(status, text)
+            return
+        self._advance()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset_head()
+        self.head_started = time.monotonic()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.limits.max_header_bytes:
+            self._reject = (431, "request headers too large")
+            raise ValueError("request head too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.limits.max_header_bytes:
+            self._reject = (431, "request headers too large")
+            raise ValueError("request head too large")
+        lname = name.lower()
+        if lname in _REQUEST_SKIP:
+            if lname == b"content-length":
+                if self._content_length is not None and int(value) != self._content_length:
+                    self._reject = (400, "conflicting content-length headers")
+                    raise ValueError("conflicting content-length")
+                self._content_length = int(value)
+            elif lname == b"transfer-encoding":
+                self._chunked = True
+            elif lname == b"expect":
+                self._expect_continue = value.lower() == b"100-continue"
+            elif lname == b"connection":
+                tokens = [t.strip() for t in value.decode("latin-1").lower().split(",")]
+                self._connection_tokens = (self._connection_tokens or []) + tokens
+            return
+        text_name = lname.decode("latin-1")
+        text_value = value.decode("latin-1")
+        if lname == b"host":
+            self._host = text_value
+        elif lname == b"x-forwarded-for":
+            self._xff_index = len(self._headers)
+        elif lname == b"x-forwarded-proto":
+            self._has_xfp = True
+        self._headers.append((text_name, text_value))
+
+    def on_headers_complete(self) -> None:
+        self.head_started = None
+        parser = self.parser
+        method = parser.get_method().decode("latin-1")
+        version = parser.get_http_version()
+        url = self._url.decode("latin-1")
+        headers = self._headers
+        if url.startswith(("http://", "https://")):
+            # Absolute form (explicit proxy): the URI's authority wins over Host (RFC 9112 3.2.2).
+            rest = url.split("://", 1)[1]
+            cut = len(rest)
+            for sep in "/?":
+                index = rest.find(sep)
+                if index != -1 and index < cut:
+                    cut = index
+            authority = rest[:cut]
+            path = rest[cut:] or "/"
+            if path.startswith("?"):
+                path = "/" + path
+            if self._host is None:
+                headers.append(("host", authority))
+            elif self._host != authority:
+                headers[:] = [h for h in headers if h[0] != "host"]
+                headers.append(("host", authority))
+        else:
+            path = url
+            if self._host is None:
+                if version == "1.1":
+                    self._reject = (400, "missing Host header")
+                    raise ValueError("missing host")
+                authority = ""
+            else:
+                authority = self._host
+        if "@" in authority:
+            authority = authority.rsplit("@", 1)[1]
+        if self._connection_tokens:
+            extra = {t for t in self._connection_tokens if t not in ("close", "keep-alive", "upgrade")}
+            if extra:
+                headers[:] = [h for h in headers if h[0] not in extra]
+                self._xff_index = next((i for i, h in enumerate(headers) if h[0] == "x-forwarded-for"), -1)
+        if self._xff_index >= 0:
+            name, value = headers[self._xff_index]
+            headers[self._xff_index] = (name, f"{value}, {self.peer}")
+        else:
+            headers.append(("x-forwarded-for", self.peer))
+        if not self._has_xfp:
+            headers.append(("x-forwarded-proto", "http"))
+        if not parser.should_keep_alive():
+            self.closing = True
+        request = Request(
+            method,
+            path,
+            authority.lower(),
+            Headers(headers),
+            b"",
+            direction=self.listener.direction,
+            downstream_addr=self.peer,
+            start=time.monotonic(),
+            version=version,
+        )
+        pending = _Pending(request)
+        self.current = pending
+        self.queue.append(pending)
+        self.stats.downstream_rq_total += 1
+        length = self._content_length
+        if length is not None and length > self.limits.max_body_bytes:
+            pending.reject = Response.local(413, "payload too large\n")
+            pending.ready = True
+            self.closing = True
+            self.input_done = True
+            self.current = None
+            return
+        if self._chunked or (length is not None and length > self.limits.buffer_limit):
+            stream = BodyStream(self._pause_reading, self._resume_reading, self._body_abandoned)
+            stream.length = None if self._chunked else length
+            request.body = stream
+            pending.stream = stream
+            pending.ready = True  # streamed: served as soon as the head is in
+        if self._expect_continue and (self._chunked or length):
+            pending.expect_continue = True
+
+    def on_body(self, data: bytes) -> None:
+        pending = self.current
+        if pending is None:
+            return
+        if pending.stream is not None:
+            stream = pending.stream
+            if stream.bytes_received + len(data) > self.limits.max_body_bytes:
+                stream.fail(BodyError("request body too large"))
+                self.closing = True
+                raise ValueError("request body too large")
+            stream.feed(data)
+        else:
+            pending.parts.append(data)
+
+    def on_message_complete(self) -> None:
+        pending = self.current
+        self.current = None
+        if self.closing:
+            self.input_done = True
+        if pending is None:
+            return
+        if pending.stream is not None:
+            pending.stream.finish()
+        else:
+            if pending.parts:
+                pending.request.body = b"".join(pending.parts)
+                pending.parts = []
+            pending.ready = True
+
+    # -- serving -------------------------------------------------------------------------
+    def _advance(self) -> None:
+        """Start serving the next request when the previous one is done (responses stay in order)."""
+        if self.active is not None or self.closed:
+            return
+        queue = self.queue
+        if not queue:
+            if self.closing:
+                self._close_transport()
+            return
+        head = queue[0]
+        if not head.ready:
+            if head.expect_continue and not head.continue_sent:
+                head.continue_sent = True
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        queue.popleft()
+        if len(queue) < _MAX_PIPELINE and self._paused_reading and head.stream is None:
+            self._resume_reading()
+        self.active = asyncio.ensure_future(self._serve(head))
+        if len(queue) >= _MAX_PIPELINE:
+            self._pause_reading()
+
+    async def _serve(self, pending: _Pending) -> None:
+        request = pending.request
+        self.stats.downstream_rq_active += 1
+        try:
+            if pending.expect_continue and not pending.continue_sent:
+                pending.continue_sent = True
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            response = pending.reject or await self._respond(request)
+            self.stats.count_status(response.status)
+            await self._write_response(request, response)
+            stream = pending.stream
+            if stream is not None and not stream.finished and not self.closed:
+                self.closing = True  # the request body was not consumed: the framing is lost
+        except asyncio.CancelledError:
+            self.closing = True
+        except Exception:
+            log.exception("%s: failed serving %s %s", self.listener.direction, request.method, request.path)
+            self.closing = True
+        finally:
+            self.stats.downstream_rq_active -= 1
+            self.active = None
+        if self.closing and not self.queue:
+            self._close_transport()
+        elif not self.closed:
+            self._advance()
+
+    async def _respond(self, request: Request) -> Response:
+        state = self.listener.state
+        if state is not None:
+            config = state.current
+            if config is None:
+                return Response.local(503, "no configuration yet: waiting for a snapshot\n")
+            request.config = config
+        try:
+            return await self.listener.handler(request)
+        except UpstreamError as exc:
+            return Response.local(exc.status, str(exc) or type(exc).__name__, exc.flag)
+
+    async def _write_response(self, request: Request, response: Response) -> None:
+        status = response.status
+        body = response.body
+        head = [status_line(status, response.reason)]
+        head_request = request.method == "HEAD"
+        for name, value in response.headers.items():
+            if name in _RESPONSE_REFRAMED and not (head_request and name == "content-length"):
+                continue
+            head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        keep_alive_10 = request.version == "1.0" and not self.closing
+        no_body = head_request or status in _NO_BODY_STATUS or status < 200
+        if isinstance(body, bytes):
+            if not no_body:
+                head.append(b"content-length: %d\r\n" % len(body))
+            if keep_alive_10:
+                head.append(b"connection: keep-alive\r\n")
+            if self.closing:
+                head.append(b"connection: close\r\n")
+            head.append(b"\r\n")
+            if body and not no_body:
+                head.append(body)
+            self._write(b"".join(head))
+            return
+        if no_body:
+            head.append(b"connection: close\r\n\r\n" if self.closing else b"\r\n")
+            self._write(b"".join(head))
+            await _close_body(body)
+            return
+        length = getattr(body, "length", None)
+        chunked = False
+        if length is not None:
+            head.append(b"content-length: %d\r\n" % length)
+        elif request.version == "1.1":
+            head.append(b"transfer-encoding: chunked\r\n")
+            chunked = True
+        else:
+            self.closing = True  # HTTP/1.0 without a length: the close delimits the body
+        if keep_alive_10 and not self.closing:
+            head.append(b"connection: keep-alive\r\n")
+        if self.closing:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        self._write(b"".join(head))
+        await self._stream_body(body, chunked)
+
+    async def _stream_body(self, body: Any, chunked: bool) -> None:
+        complete = False
+        try:
+            async for chunk in body:
+                if self.closed:
+                    break
+                if chunk:
+                    self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    if self._write_paused:
+                        await self._wait_drain()
+            else:
+                complete = True
+        except (BodyError, UpstreamError):
+            complete = False
+        finally:
+            if not complete:
+                await _close_body(body)
+        if complete:
+            if chunked:
+                self._write(b"0\r\n\r\n")
+        else:
+            # The body could not be completed: the only honest signal left is closing.
+            self.closing = True
+            self.abort()
+
+    async def _wait_drain(self) -> None:
+        if self.closed:
+            return
+        self._drain = asyncio.get_running_loop().create_future()
+        await self._drain
+        self._drain = None
+
+    # -- connection management -------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _pause_reading(self) -> None:
+        if not self._paused_reading and not self.closed and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._paused_reading and not self.closed and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
+
+    def _body_abandoned(self) -> None:
+        self.closing = True  # the consumer dropped the request body: we cannot find the next request
+
+    def _fail_connection(self, status: int, text: str) -> None:
+        """Malformed or abusive input: answer after what is in flight, then close."""
+        self.closing = True
+        self.input_done = True
+        self.stats.downstream_rq_rejected += 1
+        current = self.current
+        self.current = None
+        if current is not None:
+            if current.stream is not None:
+                current.stream.fail(BodyError(text))
+            if not current.ready and current in self.queue:
+                self.queue.remove(current)
+        if self.active is not None or self.queue:
+            # Earlier requests are still answered, in order; the error reply goes last.
+            placeholder = _Pending(Request("GET", "/", "", Headers(), direction=self.listener.direction))
+            placeholder.reject = Response.local(status, text + "\n")
+            placeholder.ready = True
+            self.queue.append(placeholder)
+            self._advance()
+            return
+        body = f"{text}\n".encode()
+        self.stats.count_status(status)
+        self._write(
+            status_line(status)
+            + f"content-type: text/plain\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        self._close_transport()
+
+    def check_timeouts(self, now: float) -> None:
+        if self.closed:
+            return
+        started = self.head_started
+        if started is not None and now - started > self.limits.header_timeout:
+            self.head_started = None
+            if self.active is None and not self.queue:
+                self._fail_connection(408, "request header timeout")
+            else:
+                self.closing = True
+            return
+        if (
+            self.active is None
+            and not self.queue
+            and self.current is None
+            and now - self.last_activity > self.limits.idle_timeout
+        ):
+            self._close_transport()
+
+    def close_when_idle(self) -> None:
+        self.closing = True
+        if self.active is None and not self.queue:
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def _close_body(body: Any) -> None:
+    if not isinstance(body, bytes) and hasattr(body, "aclose"):
+        with contextlib.suppress(Exception):
+            await body.aclose()

@@ -1,0 +1,167 @@
+"""The sidecar process: ``python -m meshkit.proxy`` (and ``meshkit proxy ...``) starts here.
+
+``main(argv)`` parses the command line, runs the outbound, inbound and admin listeners on
+one event loop (uvloop when available), gets snapshots from ``--config FILE`` (reloaded on
+SIGHUP) or from ``--control URL --id ID``, writes the bound ports to ``--ports-file`` and
+shuts down cleanly on SIGTERM/SIGINT, giving in-flight requests a moment to finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from meshkit.proxy.admin import Admin
+from meshkit.proxy.filters.accesslog import AccessLogSink
+from meshkit.proxy.listener import Listener, ListenerLimits
+from meshkit.proxy.pipeline import build_inbound, build_outbound
+from meshkit.proxy.stats import IstioMetrics
+from meshkit.proxy.upstream import Upstream
+from meshkit.proxy.xds import ConfigState, StaticConfig, XdsClient
+
+log = logging.getLogger("meshkit.proxy")
+
+DEFAULT_PORTS = {"outbound": 15001, "inbound": 15006, "admin": 15000}
+SWEEP_INTERVAL = 5.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="meshkit proxy", description="The meshkit sidecar proxy (docs/snapshot.md is its config)."
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="static snapshot JSON (reloaded on SIGHUP)")
+    source.add_argument("--control", metavar="URL", help="control plane base URL, e.g. http://127.0.0.1:15010")
+    parser.add_argument("--id", dest="node_id", help="<instance>.<namespace> of this proxy (with --control)")
+    parser.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    for name, port in DEFAULT_PORTS.items():
+        parser.add_argument(f"--{name}-port", type=int, default=port, help=f"0 = free port ({port})")
+    parser.add_argument("--access-log", default="off", metavar="PATH|-|off", help="JSON access log target")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--ports-file", metavar="PATH", help="write the bound ports as JSON here")
+    parser.add_argument(
+        "--max-request-body", type=int, default=ListenerLimits.max_body_bytes, metavar="BYTES"
+    )
+    parser.add_argument("--drain-seconds", type=float, default=2.0, help="grace period on SIGTERM")
+    args = parser.parse_args(argv)
+    if args.control and not args.node_id:
+        parser.error("--control needs --id <instance>.<namespace>")
+    return args
+
+
+class Proxy:
+    """Everything one sidecar process runs; ``start`` binds, ``stop`` drains and closes."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.state = ConfigState()
+        self.metrics = IstioMetrics()
+        self.upstream = Upstream()
+        self.access = None if args.access_log == "off" else AccessLogSink(args.access_log)
+        limits = ListenerLimits(max_body_bytes=args.max_request_body)
+        self.listeners: dict[str, Listener] = {
+            "outbound": Listener(
+                "outbound", build_outbound(self.upstream.send, self.metrics, self.access), self.state, limits
+            ),
+            "inbound": Listener(
+                "inbound", build_inbound(self.upstream.send, self.metrics, self.access), self.state, limits
+            ),
+        }
+        self.admin = Admin(self.state, self.metrics, self.upstream, self.listeners)
+        self.admin_listener = Listener("admin", self.admin.handle)
+        self.ports: dict[str, int] = {}
+        self.static: StaticConfig | None = None
+        self.xds: XdsClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        args = self.args
+        loop = asyncio.get_running_loop()
+        if args.config:
+            self.static = StaticConfig(args.config, self.state)
+            reason = self.static.load()
+            if reason is not None:
+                raise SystemExit(f"meshkit proxy: cannot start with {args.config}: {reason}")
+            self.static.install_reload(loop)
+        for name, listener in self.listeners.items():
+            self.ports[name] = await listener.start(args.address, getattr(args, f"{name}_port"))
+        self.ports["admin"] = await self.admin_listener.start(args.address, args.admin_port)
+        if args.control:
+            self.xds = XdsClient(args.control, args.node_id, self.state)
+            self._tasks.append(asyncio.ensure_future(self.xds.run()))
+        self._tasks.append(asyncio.ensure_future(self._sweep_upstream()))
+        if args.ports_file:
+            path = Path(args.ports_file)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({**self.ports, "pid": os.getpid()}), encoding="utf-8")
+            tmp.replace(path)
+        log.info("listening on %s %s", args.address, self.ports)
+
+    async def _sweep_upstream(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.upstream.sweep(loop.time())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.static is not None:
+            self.static.remove_reload(asyncio.get_running_loop())
+        if self.xds is not None:
+            await self.xds.close()
+        await asyncio.gather(
+            *(listener.close(self.args.drain_seconds) for listener in self.listeners.values())
+        )
+        await self.admin_listener.close(0.1)
+        self.upstream.close()
+        if self.access is not None:
+            self.access.close()
+
+
+async def run(args: argparse.Namespace) -> int:
+    proxy = Proxy(args)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await proxy.start()
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await proxy.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop  # noqa: PLC0415 - optional accelerator, only for the real process
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        pass
+    try:
+        return asyncio.run(run(args))
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        return 130

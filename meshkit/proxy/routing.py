@@ -1,0 +1,342 @@
+"""The outbound route table, compiled once per snapshot from ``outbound.virtual_hosts``.
+
+``RouteTable.from_snapshot(outbound)`` validates the virtual hosts and turns every match
+into small precompiled predicates (regexes compiled once, header names and case folding
+resolved up front), so that per request the work is: one dict lookup for the virtual
+host, the first matching route, one weighted pick. Bad input raises ``ValueError`` with
+the key path (``outbound.virtual_hosts[0].routes[2].match[0].uri.regex: ...``).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from typing import Any
+
+from meshkit.proxy.http import Headers, Request
+
+StringTest = Callable[[str], bool]
+Condition = Callable[[Request, str, str | None], bool]
+
+
+def _compile_string_match(spec: Any, where: str, ignore_case: bool = False) -> StringTest:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"{where}: expected exactly one of exact/prefix/regex, got {spec!r}")
+    (kind, value), = spec.items()
+    if not isinstance(value, str):
+        raise ValueError(f"{where}.{kind}: expected a string, got {value!r}")
+    if kind == "exact":
+        if ignore_case:
+            folded = value.lower()
+            return lambda s: s.lower() == folded
+        return value.__eq__
+    if kind == "prefix":
+        if ignore_case:
+            folded = value.lower()
+            return lambda s: s.lower().startswith(folded)
+        return lambda s: s.startswith(value)
+    if kind == "regex":
+        try:
+            pattern = re.compile(value, re.IGNORECASE if ignore_case else 0)
+        except re.error as exc:
+            raise ValueError(f"{where}.regex: invalid regular expression {value!r}: {exc}") from None
+        # Envoy's safe_regex must match the whole value.
+        return lambda s: pattern.fullmatch(s) is not None
+    raise ValueError(f"{where}: unknown string match {kind!r} (expected exact, prefix or regex)")
+
+
+def _query_value(query: str | None, name: str) -> str | None:
+    if not query:
+        return None
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == name:
+            return value
+    return None
+
+
+class CompiledMatch:
+    """One element of a route's ``match`` list: all of its conditions must hold."""
+
+    __slots__ = ("conditions", "prefix", "uri_kind")
+
+    def __init__(self, spec: Any, where: str) -> None:
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: expected an object, got {spec!r}")
+        known = {"uri", "method", "authority", "headers", "without_headers", "query_params",
+                 "ignore_uri_case", "name"}
+        for key in spec:
+            if key not in known:
+                raise ValueError(f"{where}.{key}: unknown match field")
+        ignore_case = bool(spec.get("ignore_uri_case", False))
+        conditions: list[Condition] = []
+        self.uri_kind: str | None = None
+        self.prefix = ""
+        uri = spec.get("uri")
+        if uri is not None:
+            test = _compile_string_match(uri, f"{where}.uri", ignore_case)
+            self.uri_kind = next(iter(uri))
+            if self.uri_kind == "prefix":
+                self.prefix = uri["prefix"]
+            conditions.append(lambda r, path, q, t=test: t(path))
+        if spec.get("method") is not None:
+            test = _compile_string_match(spec["method"], f"{where}.method")
+            conditions.append(lambda r, path, q, t=test: t(r.method))
+        if spec.get("authority") is not None:
+            test = _compile_string_match(spec["authority"], f"{where}.authority")
+            conditions.append(lambda r, path, q, t=test: t(r.authority))
+        for field, negate in (("headers", False), ("without_headers", True)):
+            headers = spec.get(field) or {}
+            if not isinstance(headers, dict):
+                raise ValueError(f"{where}.{field}: expected an object of header matches")
+            for name, hspec in headers.items():
+                test = _compile_string_match(hspec, f"{where}.{field}.{name}")
+                conditions.append(_header_condition(name.lower(), test, negate))
+        params = spec.get("query_params") or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"{where}.query_params: expected an object of matches")
+        for name, qspec in params.items():
+            test = _compile_string_match(qspec, f"{where}.query_params.{name}")
+            conditions.append(_query_condition(name, test))
+        self.conditions = tuple(conditions)
+
+    def matches(self, request: Request, path: str, query: str | None) -> bool:
+        return all(condition(request, path, query) for condition in self.conditions)
+
+
+def _header_condition(name: str, test: StringTest, negate: bool) -> Condition:
+    def condition(request: Request, path: str, query: str | None) -> bool:
+        value = request.headers.get(name)
+        matched = value is not None and test(value)
+        return matched != negate
+
+    return condition
+
+
+def _query_condition(name: str, test: StringTest) -> Condition:
+    def condition(request: Request, path: str, query: str | None) -> bool:
+        value = _query_value(query, name)
+        return value is not None and test(value)
+
+    return condition
+
+
+class HeaderOps:
+    """Precompiled set/add/remove for one direction (request or response)."""
+
+    __slots__ = ("add", "remove", "set")
+
+    def __init__(self, spec: Any, where: str) -> None:
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: expected an object with set/add/remove")
+        for key in spec:
+            if key not in ("set", "add", "remove"):
+                raise ValueError(f"{where}.{key}: unknown header operation (expected set, add, remove)")
+        self.set = [(str(k).lower(), str(v)) for k, v in (spec.get("set") or {}).items()]
+        self.add = [(str(k).lower(), str(v)) for k, v in (spec.get("add") or {}).items()]
+        remove = spec.get("remove") or []
+        if not isinstance(remove, list):
+            raise ValueError(f"{where}.remove: expected a list of header names")
+        self.remove = [str(k).lower() for k in remove]
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+    def apply(self, headers: Headers) -> None:
+        for name in self.remove:
+            headers.remove(name)
+        for name, value in self.set:
+            headers.set(name, value)
+        for name, value in self.add:
+            headers.add(name, value)
+
+
+def _header_pair(spec: Any, where: str) -> tuple[HeaderOps | None, HeaderOps | None]:
+    if spec is None:
+        return None, None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected an object with request/response")
+    req = HeaderOps(spec.get("request"), f"{where}.request")
+    resp = HeaderOps(spec.get("response"), f"{where}.response")
+    return (req or None), (resp or None)
+
+
+class Destination:
+    """One weighted entry of a route's ``route`` list."""
+
+    __slots__ = ("cluster", "request_ops", "response_ops", "weight")
+
+    def __init__(self, spec: Any, where: str) -> None:
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: expected an object")
+        cluster = spec.get("cluster")
+        if not isinstance(cluster, str) or not cluster:
+            raise ValueError(f"{where}.cluster: expected a cluster name, got {cluster!r}")
+        weight = spec.get("weight", 100)
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or weight < 0:
+            raise ValueError(f"{where}.weight: expected a non-negative number, got {weight!r}")
+        self.cluster = cluster
+        self.weight = float(weight)
+        self.request_ops, self.response_ops = _header_pair(spec.get("headers"), f"{where}.headers")
+
+
+class CompiledRoute:
+    """A route of a virtual host: its matches, weighted destinations, header ops and rewrite."""
+
+    __slots__ = (
+        "cumulative",
+        "destinations",
+        "matches",
+        "name",
+        "raw",
+        "request_ops",
+        "response_ops",
+        "rewrite_uri",
+        "total_weight",
+        "where",
+    )
+
+    def __init__(self, spec: Any, where: str) -> None:
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: expected an object")
+        self.raw = spec
+        self.where = where
+        self.name = str(spec.get("name") or where)
+        matches = spec.get("match") or []
+        if not isinstance(matches, list):
+            raise ValueError(f"{where}.match: expected a list")
+        self.matches = [CompiledMatch(m, f"{where}.match[{i}]") for i, m in enumerate(matches)]
+        dests = spec.get("route")
+        if not isinstance(dests, list) or not dests:
+            raise ValueError(f"{where}.route: expected a non-empty list of destinations")
+        self.destinations = [Destination(d, f"{where}.route[{i}]") for i, d in enumerate(dests)]
+        self.total_weight = sum(d.weight for d in self.destinations)
+        if self.total_weight <= 0:
+            raise ValueError(f"{where}.route: weights sum to 0")
+        running = 0.0
+        self.cumulative = []
+        for dest in self.destinations:
+            running += dest.weight
+            self.cumulative.append(running)
+        self.request_ops, self.response_ops = _header_pair(spec.get("headers"), f"{where}.headers")
+        rewrite = spec.get("rewrite")
+        self.rewrite_uri: str | None = None
+        if rewrite is not None:
+            if not isinstance(rewrite, dict):
+                raise ValueError(f"{where}.rewrite: expected an object")
+            uri = rewrite.get("uri")
+            if uri is not None and not isinstance(uri, str):
+                raise ValueError(f"{where}.rewrite.uri: expected a string, got {uri!r}")
+            self.rewrite_uri = uri
+
+    def match(self, request: Request, path: str, query: str | None) -> CompiledMatch | bool:
+        """The matching ``CompiledMatch`` (or True for a match-all route), else False."""
+        if not self.matches:
+            return True
+        for candidate in self.matches:
+            if candidate.matches(request, path, query):
+                return candidate
+        return False
+
+    def pick(self) -> Destination:
+        dests = self.destinations
+        if len(dests) == 1:
+            return dests[0]
+        point = random.random() * self.total_weight
+        for dest, bound in zip(dests, self.cumulative, strict=True):
+            if point < bound:
+                return dest
+        return dests[-1]
+
+    def rewritten_path(self, matched: CompiledMatch | bool, path: str, query: str | None) -> str:
+        """The new origin-form path: replaces the matched prefix, or the whole path otherwise."""
+        assert self.rewrite_uri is not None
+        if isinstance(matched, CompiledMatch) and matched.uri_kind == "prefix":
+            new = self.rewrite_uri + path[len(matched.prefix):]
+            if new.startswith("//"):
+                new = new[1:]
+        else:
+            new = self.rewrite_uri
+        return f"{new}?{query}" if query is not None else new
+
+
+class VirtualHost:
+    __slots__ = ("domains", "name", "routes", "service")
+
+    def __init__(self, spec: Any, where: str) -> None:
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: expected an object")
+        self.name = str(spec.get("name") or where)
+        self.service = spec.get("service")
+        domains = spec.get("domains")
+        if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+            raise ValueError(f"{where}.domains: expected a list of host names")
+        self.domains = [d.lower() for d in domains]
+        routes = spec.get("routes")
+        if not isinstance(routes, list):
+            raise ValueError(f"{where}.routes: expected a list")
+        self.routes = [CompiledRoute(r, f"{where}.routes[{i}]") for i, r in enumerate(routes)]
+
+
+class RouteTable:
+    """Authority -> virtual host, then first-match-wins over the host's routes."""
+
+    __slots__ = ("_exact", "_suffixes", "_wildcard", "virtual_hosts")
+
+    def __init__(self, virtual_hosts: list[VirtualHost]) -> None:
+        self.virtual_hosts = virtual_hosts
+        self._exact: dict[str, VirtualHost] = {}
+        self._suffixes: list[tuple[str, VirtualHost]] = []
+        self._wildcard: VirtualHost | None = None
+        for vhost in virtual_hosts:
+            for domain in vhost.domains:
+                if domain == "*":
+                    self._wildcard = self._wildcard or vhost
+                elif domain.startswith("*"):
+                    self._suffixes.append((domain[1:], vhost))
+                else:
+                    self._exact.setdefault(domain, vhost)
+
+    @classmethod
+    def from_snapshot(cls, outbound: Any, where: str = "outbound") -> RouteTable:
+        if outbound is None:
+            return cls([])
+        if not isinstance(outbound, dict):
+            raise ValueError(f"{where}: expected an object")
+        vhosts = outbound.get("virtual_hosts", [])
+        if not isinstance(vhosts, list):
+            raise ValueError(f"{where}.virtual_hosts: expected a list")
+        return cls([VirtualHost(v, f"{where}.virtual_hosts[{i}]") for i, v in enumerate(vhosts)])
+
+    def virtual_host(self, authority: str) -> VirtualHost | None:
+        """Look up a lower-cased authority, with and without its port (docs/snapshot.md)."""
+        vhost = self._exact.get(authority)
+        if vhost is not None:
+            return vhost
+        host, sep, port = authority.rpartition(":")
+        if sep and port.isdigit():
+            vhost = self._exact.get(host)
+            if vhost is not None:
+                return vhost
+        else:
+            host = authority
+        for suffix, candidate in self._suffixes:
+            if host.endswith(suffix):
+                return candidate
+        return self._wildcard
+
+    def route(self, request: Request) -> tuple[VirtualHost | None, CompiledRoute | None, Any]:
+        """(vhost, route, match) for ``request``; route None when nothing matches."""
+        vhost = self.virtual_host(request.authority)
+        if vhost is None:
+            return None, None, False
+        path, sep, query = request.path.partition("?")
+        q = query if sep else None
+        for route in vhost.routes:
+            matched = route.match(request, path, q)
+            if matched is not False:
+                return vhost, route, matched
+        return vhost, None, False

@@ -1,0 +1,226 @@
+"""The runtime snapshot: docs/snapshot.md's JSON validated and compiled once, then read-only.
+
+``Snapshot.from_json(doc, previous)`` checks the document and builds everything the
+request path needs (route table, clusters with their balancing state carried over from
+``previous``, the inbound app cluster, the rate limiter, the label values this proxy
+reports about itself). Any problem raises ``SnapshotError`` whose message starts with
+the key path, which is what the proxy NACKs with while keeping its previous snapshot.
+A request holds on to the Snapshot it started with, so swapping is one assignment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshkit.proxy.balancer import Cluster
+from meshkit.proxy.filters.fault import check_fault
+from meshkit.proxy.filters.mirror import check_mirror
+from meshkit.proxy.filters.ratelimit import TokenBucket
+from meshkit.proxy.filters.retry import check_retries
+from meshkit.proxy.filters.timeout import check_timeout
+from meshkit.proxy.routing import RouteTable
+
+ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
+
+SCHEMA = 1
+UNKNOWN = "unknown"
+
+
+class SnapshotError(ValueError):
+    """A snapshot the proxy refuses (NACK); the message names the offending key."""
+
+
+def _opt_str(spec: dict[str, Any], key: str, where: str) -> str | None:
+    value = spec.get(key)
+    if value is not None and not isinstance(value, str):
+        raise SnapshotError(f"{where}.{key}: expected a string or null, got {value!r}")
+    return value
+
+
+def _namespace_of(identity: str | None) -> str | None:
+    """``spiffe://cluster.local/ns/<ns>/sa/<sa>`` -> ``<ns>``."""
+    if not identity:
+        return None
+    parts = identity.split("/")
+    try:
+        return parts[parts.index("ns") + 1]
+    except (ValueError, IndexError):
+        return None
+
+
+class NodeLabels:
+    """What this proxy says about its own workload in metrics and propagation headers."""
+
+    __slots__ = ("app", "namespace", "principal", "service", "version", "workload")
+
+    def __init__(self, node: dict[str, Any]) -> None:
+        labels = node.get("labels") or {}
+        self.workload = node.get("workload") or UNKNOWN
+        self.namespace = node.get("namespace") or UNKNOWN
+        self.app = labels.get("app") or node.get("service") or UNKNOWN
+        self.version = node.get("version") or labels.get("version") or UNKNOWN
+        self.principal = node.get("identity") or UNKNOWN
+        self.service = node.get("service")
+
+
+class Snapshot:
+    """One applied configuration; see the module docstring."""
+
+    __slots__ = (
+        "clusters",
+        "doc",
+        "inbound",
+        "inbound_cluster",
+        "inbound_service_fqdn",
+        "node",
+        "node_labels",
+        "rate_limiter",
+        "routes",
+        "source_headers",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.version = ""
+        self.doc: dict[str, Any] = {}
+        self.node: dict[str, Any] = {}
+        self.routes = RouteTable([])
+        self.clusters: dict[str, Cluster] = {}
+        self.inbound: dict[str, Any] = {}
+        self.rate_limiter: Any = None
+        self.inbound_cluster: Cluster | None = None
+        self.node_labels = NodeLabels({})
+        self.inbound_service_fqdn = UNKNOWN
+        self.source_headers: list[tuple[str, str]] = []
+
+    @classmethod
+    def from_json(cls, doc: Any, previous: Snapshot | None = None) -> Snapshot:
+        if not isinstance(doc, dict):
+            raise SnapshotError(f"snapshot: expected a JSON object, got {type(doc).__name__}")
+        schema = doc.get("schema")
+        if schema != SCHEMA:
+            raise SnapshotError(f"schema: unsupported snapshot schema {schema!r} (this proxy knows {SCHEMA})")
+        version = doc.get("version")
+        if not isinstance(version, str) or not version:
+            raise SnapshotError(f"version: expected a non-empty string, got {version!r}")
+        snap = cls()
+        snap.version = version
+        snap.doc = doc
+        snap.node = cls._node(doc.get("node"))
+        try:
+            snap.routes = RouteTable.from_snapshot(doc.get("outbound"))
+            for vhost in snap.routes.virtual_hosts:
+                for compiled in vhost.routes:
+                    for check in ROUTE_CHECKS:
+                        check(compiled.raw, compiled.where)
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
+        snap.clusters = cls._clusters(doc.get("clusters"), previous)
+        snap.inbound = cls._inbound(doc.get("inbound"))
+        snap.inbound_cluster = cls._inbound_cluster(snap.node, snap.inbound, previous)
+        try:
+            snap.rate_limiter = TokenBucket.from_snapshot(snap.inbound.get("rate_limit"))
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
+        labels = NodeLabels(snap.node)
+        snap.node_labels = labels
+        if labels.service:
+            snap.inbound_service_fqdn = f"{labels.service}.{labels.namespace}.svc.cluster.local"
+        snap.source_headers = [
+            ("x-meshkit-source-workload", labels.workload),
+            ("x-meshkit-source-namespace", labels.namespace),
+            ("x-meshkit-source-app", labels.app),
+            ("x-meshkit-source-version", labels.version),
+            ("x-meshkit-source-principal", labels.principal),
+        ]
+        return snap
+
+    @staticmethod
+    def _node(node: Any) -> dict[str, Any]:
+        if node is None:
+            return {}
+        if not isinstance(node, dict):
+            raise SnapshotError(f"node: expected an object, got {node!r}")
+        for key in ("id", "workload", "instance", "namespace", "service", "version", "identity", "kind"):
+            _opt_str(node, key, "node")
+        labels = node.get("labels")
+        if labels is not None and (
+            not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values())
+        ):
+            raise SnapshotError(f"node.labels: expected an object of strings, got {labels!r}")
+        return node
+
+    @staticmethod
+    def _clusters(clusters: Any, previous: Snapshot | None) -> dict[str, Cluster]:
+        if clusters is None:
+            return {}
+        if not isinstance(clusters, dict):
+            raise SnapshotError(f"clusters: expected an object, got {type(clusters).__name__}")
+        built: dict[str, Cluster] = {}
+        for name, spec in clusters.items():
+            try:
+                cluster = Cluster.from_snapshot(name, spec)
+            except ValueError as exc:
+                raise SnapshotError(str(exc)) from None
+            if previous is not None and name in previous.clusters:
+                cluster.adopt_state(previous.clusters[name])
+            built[name] = cluster
+        return built
+
+    @staticmethod
+    def _inbound(inbound: Any) -> dict[str, Any]:
+        if inbound is None:
+            return {}
+        if not isinstance(inbound, dict):
+            raise SnapshotError(f"inbound: expected an object, got {inbound!r}")
+        app = inbound.get("app")
+        if app is not None:
+            if not isinstance(app, dict):
+                raise SnapshotError(f"inbound.app: expected an object or null, got {app!r}")
+            address = app.get("address")
+            if not isinstance(address, str) or not address:
+                raise SnapshotError(f"inbound.app.address: expected a host address, got {address!r}")
+            port = app.get("port")
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+                raise SnapshotError(f"inbound.app.port: expected a port number, got {port!r}")
+        return inbound
+
+    @staticmethod
+    def _inbound_cluster(
+        node: dict[str, Any], inbound: dict[str, Any], previous: Snapshot | None
+    ) -> Cluster | None:
+        app = inbound.get("app")
+        if not app:
+            return None
+        port = int(inbound.get("service_port") or app["port"])
+        name = f"inbound|{port}||"
+        spec = {
+            "service": node.get("service") or node.get("workload") or "app",
+            "subset": "",
+            "port": port,
+            "lb": "ROUND_ROBIN",
+            "endpoints": [
+                {
+                    "address": app["address"],
+                    "port": app["port"],
+                    "instance": node.get("instance") or "app",
+                    "workload": node.get("workload") or "app",
+                    "version": node.get("version"),
+                    "labels": node.get("labels") or {},
+                    "identity": node.get("identity"),
+                    "has_sidecar": False,
+                    "healthy": True,
+                }
+            ],
+        }
+        try:
+            cluster = Cluster.from_snapshot(name, spec)
+        except ValueError as exc:
+            raise SnapshotError(f"inbound.app: {exc}") from None
+        old = previous.inbound_cluster if previous is not None else None
+        if old is not None and old.name == name:
+            cluster.adopt_state(old)
+        return cluster
+
+    def destination_namespace(self, identity: str | None) -> str:
+        return _namespace_of(identity) or self.node_labels.namespace

@@ -1,0 +1,175 @@
+"""Counters and Istio metrics of one sidecar, rendered as Prometheus text by hand.
+
+``IstioMetrics`` holds one ``Series`` per distinct label set of Istio's standard metrics
+(``istio_requests_total``, ``istio_request_duration_milliseconds``, ``istio_request_bytes``,
+``istio_response_bytes``). Callers look a series up with a cheap key tuple of their own
+(hashable objects they already have); the label strings are built once, on the first
+request with that key. ``ProxyStats`` is the Envoy-like counter set behind the admin
+``/stats`` page. No prometheus_client here: the sidecar stays small and allocation-light.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Hashable
+from typing import Any
+
+# Istio's default buckets (istio/proxy stats plugin).
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+    300000, 600000, 1800000, 3600000,
+)
+BYTES_BUCKETS: tuple[float, ...] = tuple(float(10**i) for i in range(10))  # 1 .. 1e9
+
+LABEL_NAMES: tuple[str, ...] = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_code",
+    "response_flags",
+    "connection_security_policy",
+)
+MAX_FAST_KEYS = 4096  # the key cache is dropped (not the series) when it grows beyond this
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _format_number(value: float) -> str:
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+class Histogram:
+    """Non-cumulative bucket counts (cumulated at render time), plus sum and count."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+class Series:
+    """All four Istio metrics for one label set."""
+
+    __slots__ = ("duration", "labels", "request_bytes", "requests", "response_bytes")
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels  # 'reporter="source",source_workload="..."' (without braces)
+        self.requests = 0
+        self.duration = Histogram(DURATION_BUCKETS)
+        self.request_bytes = Histogram(BYTES_BUCKETS)
+        self.response_bytes = Histogram(BYTES_BUCKETS)
+
+    def record(self, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        self.requests += 1
+        self.duration.observe(duration_ms)
+        self.request_bytes.observe(request_bytes)
+        self.response_bytes.observe(response_bytes)
+
+
+class IstioMetrics:
+    """The registry of Istio's request metrics for this proxy."""
+
+    def __init__(self) -> None:
+        self._fast: dict[Hashable, Series] = {}
+        self._series: dict[str, Series] = {}
+
+    def series(self, key: Hashable, labels: Callable[[], dict[str, str]]) -> Series:
+        """The series for ``key``; ``labels()`` is only called the first time a key is seen."""
+        found = self._fast.get(key)
+        if found is not None:
+            return found
+        values = labels()
+        text = ",".join(f'{name}="{_escape(str(values.get(name, "unknown")))}"' for name in LABEL_NAMES)
+        found = self._series.get(text)
+        if found is None:
+            found = self._series[text] = Series(text)
+        if len(self._fast) >= MAX_FAST_KEYS:
+            self._fast.clear()
+        self._fast[key] = found
+        return found
+
+    def render(self) -> str:
+        series = list(self._series.values())
+        out: list[str] = [
+            "# HELP istio_requests_total Total requests handled by this proxy.",
+            "# TYPE istio_requests_total counter",
+        ]
+        out.extend(f"istio_requests_total{{{s.labels}}} {s.requests}" for s in series)
+        for name, attr, help_text in (
+            ("istio_request_duration_milliseconds", "duration", "Request duration in milliseconds."),
+            ("istio_request_bytes", "request_bytes", "Request body sizes in bytes."),
+            ("istio_response_bytes", "response_bytes", "Response body sizes in bytes."),
+        ):
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} histogram")
+            for s in series:
+                hist: Histogram = getattr(s, attr)
+                running = 0
+                for bound, count in zip(hist.bounds, hist.counts, strict=False):
+                    running += count
+                    out.append(f'{name}_bucket{{{s.labels},le="{_format_number(bound)}"}} {running}')
+                out.append(f'{name}_bucket{{{s.labels},le="+Inf"}} {hist.count}')
+                out.append(f"{name}_sum{{{s.labels}}} {_format_number(hist.sum)}")
+                out.append(f"{name}_count{{{s.labels}}} {hist.count}")
+        return "\n".join(out) + "\n"
+
+
+class ProxyStats:
+    """Envoy-style counters for the admin ``/stats`` page (plain ints, bumped in place)."""
+
+    __slots__ = (
+        "downstream_cx_active",
+        "downstream_cx_total",
+        "downstream_rq_1xx",
+        "downstream_rq_2xx",
+        "downstream_rq_3xx",
+        "downstream_rq_4xx",
+        "downstream_rq_5xx",
+        "downstream_rq_active",
+        "downstream_rq_rejected",
+        "downstream_rq_total",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def count_status(self, status: int) -> None:
+        klass = status // 100
+        if klass == 2:
+            self.downstream_rq_2xx += 1
+        elif klass == 5:
+            self.downstream_rq_5xx += 1
+        elif klass == 4:
+            self.downstream_rq_4xx += 1
+        elif klass == 3:
+            self.downstream_rq_3xx += 1
+        elif klass == 1:
+            self.downstream_rq_1xx += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}

@@ -1,0 +1,448 @@
+"""Upstream side of the sidecar: keep-alive connection pools and the terminal ``send`` handler.
+
+``Upstream.send(request)`` writes ``request`` to ``request.endpoint`` over a pooled
+HTTP/1.1 connection (one request at a time per connection, no upstream pipelining)
+and returns a ``Response`` as soon as its headers are in. Small responses that arrive
+complete with their headers get a ``bytes`` body; longer ones a ``BodyStream`` that
+returns the connection to the pool once it has been read to the end. Failures raise
+``ConnectFailure`` (refused, unreachable, connect timeout) or ``UpstreamReset`` (closed
+or reset before a complete response head; ``UpstreamProtocolError`` for bad framing).
+
+TLS seam: ``ssl_context_for(endpoint)`` returns the client context for an endpoint
+(``None`` = plain TCP); the SECURITY part supplies real contexts later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import httptools
+
+from meshkit.proxy.bodies import BodyStream
+from meshkit.proxy.http import ConnectFailure, Headers, Request, Response, UpstreamReset
+
+# Never forwarded upstream or downstream (RFC 9110 7.6.1 plus the usual suspects); the framing
+# headers are re-created from the body type by whoever serialises the message.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"content-length",
+    }
+)
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+class UpstreamProtocolError(UpstreamReset):
+    """The upstream sent a response the parser rejects (Envoy ``UPE``); answered with 502."""
+
+    flag = "UPE"
+    status = 502
+
+
+def serialize_headers(headers: Headers) -> str:
+    return "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 client connection to an endpoint; carries one exchange at a time."""
+
+    def __init__(self, upstream: Upstream, key: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.requests = 0  # exchanges started on this connection
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[Response] | None = None
+        self._busy = False  # an exchange is in progress (request sent, response not finished)
+        self._last = False  # max_requests_per_connection reached: close after this exchange
+        self._status = 0
+        self._chunked = False
+        self._head_request = False
+        self._headers: list[tuple[str, str]] = []
+        self._parts: list[bytes] = []
+        self._content_length: str | None = None
+        self._ignore = False  # inside an interim 1xx response
+        self._headers_done = False
+        self._message_done = False
+        self._request_sent = True
+        self._keep_alive = True
+        self._stream: BodyStream | None = None
+        self._any_byte = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.hostport = f"{key[0]}:{key[1]}"
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy:
+            self.close()  # bytes nobody asked for: the connection is out of sync
+            return
+        self._any_byte = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._broken(UpstreamProtocolError(f"upstream protocol error: {exc}"))
+            return
+        if self._headers_done and self._waiter is not None:
+            self._deliver()
+        if self._message_done and self._waiter is None:
+            self._exchange_finished()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.upstream._forget(self)
+        if self._busy:
+            if (
+                self._headers_done
+                and not self._message_done
+                and self._content_length is None
+                and not self._chunked
+            ):
+                # A close-delimited body: the end of the connection is the end of the body.
+                self._message_done = True
+                if self._waiter is not None:
+                    self._deliver()
+                if self._stream is not None:
+                    self._stream.finish()
+                    self._stream = None
+                self._busy = False
+            elif self._waiter is not None or self._stream is not None:
+                reason = f"upstream connection closed: {exc}" if exc else "upstream connection closed"
+                self._broken(UpstreamReset(reason))
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+        if self.closed:
+            raise UpstreamReset("upstream connection closed while sending the request body")
+
+    # -- httptools callbacks ---------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"content-length":
+                self._content_length = value.decode("latin-1")
+            elif lname == b"transfer-encoding":
+                self._chunked = b"chunked" in value.lower()
+            return
+        self._headers.append((lname.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self._ignore = True  # interim response: dropped (the listener answers 100-continue itself)
+            return
+        self._headers_done = True
+        self._status = status
+        self._keep_alive = self.parser.should_keep_alive()
+        if self._head_request or status in (204, 304):
+            # No body follows, whatever the headers say; a fresh parser resynchronises framing.
+            self._message_done = True
+            self.parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, data: bytes) -> None:
+        if self._stream is not None:
+            self._stream.feed(data)
+        else:
+            self._parts.append(data)
+
+    def on_message_complete(self) -> None:
+        if self._ignore:
+            self._ignore = False
+            self._headers = []
+            return
+        self._message_done = True
+
+    # -- exchange bookkeeping --------------------------------------------------------
+    def _deliver(self) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        status = self._status
+        headers = Headers(self._headers)
+        if self._message_done:
+            body: bytes | BodyStream = b"".join(self._parts) if self._parts else b""
+            if self._head_request and self._content_length is not None:
+                headers.add("content-length", self._content_length)
+        else:
+            stream = BodyStream(self._pause_reading, self._resume_reading, self._abandon)
+            if self._content_length is not None:
+                stream.length = int(self._content_length)
+            for part in self._parts:
+                stream.feed(part)
+            self._parts = []
+            self._stream = stream
+            body = stream
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Response(status, headers, body, upstream_host=self.hostport))
+
+    def _exchange_finished(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.finish()
+        self._reset_exchange()
+        self._busy = False
+        if self._keep_alive and self._request_sent and not self._last and not self.closed:
+            self.upstream._release(self)
+        else:
+            self.close()
+
+    def _reset_exchange(self) -> None:
+        self._headers = []
+        self._parts = []
+        self._content_length = None
+        self._headers_done = False
+        self._message_done = False
+        self._stream = None
+        self._chunked = False
+        self._head_request = False
+
+    def _broken(self, error: Exception) -> None:
+        self._busy = False
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        if self._stream is not None:
+            self._stream.fail(error)
+            self._stream = None
+        self.close()
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def _abandon(self) -> None:
+        """The response consumer gave up on the body: this connection cannot be reused."""
+        self._stream = None
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.upstream._forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.upstream._forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- sending -----------------------------------------------------------------------
+    def start(
+        self, request: Request, head: bytes, body_done: bool, last: bool
+    ) -> asyncio.Future[Response]:
+        """Write a request head (and its bytes body, already in ``head``); return the response future."""
+        loop = asyncio.get_running_loop()
+        self._reset_exchange()
+        self._busy = True
+        self._last = last
+        self._any_byte = False
+        self._head_request = request.method == "HEAD"
+        self._request_sent = body_done
+        self._waiter = waiter = loop.create_future()
+        self.requests += 1
+        assert self.transport is not None
+        self.transport.write(head)
+        return waiter
+
+    def request_body_sent(self) -> None:
+        self._request_sent = True
+
+
+class Upstream:
+    """Per-endpoint keep-alive pools and the terminal handler of every filter chain."""
+
+    def __init__(self, connect_timeout: float = 10.0, idle_timeout: float = 20.0) -> None:
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._all: set[UpstreamConnection] = set()
+        self.cx_total = 0
+        self.cx_connect_fail = 0
+        self.rq_total = 0
+
+    @property
+    def cx_active(self) -> int:
+        return len(self._all)
+
+    def ssl_context_for(self, endpoint: Any) -> ssl.SSLContext | None:
+        """The TLS client context for ``endpoint`` (None = plaintext). SECURITY overrides this seam."""
+        return None
+
+    async def send(self, request: Request) -> Response:
+        endpoint = request.endpoint
+        key = (endpoint.address, endpoint.port)
+        self.rq_total += 1
+        body = request.body
+        replayable = isinstance(body, bytes)
+        head = self._request_head(request)
+        conn = self._take_idle(key)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, request, head, body)
+            except UpstreamReset:
+                # A pooled connection the upstream closed while idle: retry once on a fresh
+                # connection if nothing came back and the body can be replayed.
+                if conn._any_byte or not replayable:
+                    raise
+        conn = await self._connect(key, endpoint)
+        return await self._exchange(conn, request, head, body)
+
+    def _request_head(self, request: Request) -> bytes:
+        body = request.body
+        head = f"{request.method} {request.path} HTTP/1.1\r\n{serialize_headers(request.headers)}"
+        if isinstance(body, bytes):
+            if body or request.method not in _BODYLESS_METHODS:
+                head += f"content-length: {len(body)}\r\n\r\n"
+            else:
+                head += "\r\n"
+            return head.encode("latin-1") + body if body else head.encode("latin-1")
+        length = getattr(body, "length", None)
+        if length is not None:
+            head += f"content-length: {length}\r\n\r\n"
+        else:
+            head += "transfer-encoding: chunked\r\n\r\n"
+        return head.encode("latin-1")
+
+    async def _exchange(
+        self, conn: UpstreamConnection, request: Request, head: bytes, body: object
+    ) -> Response:
+        streamed = not isinstance(body, bytes)
+        limit = self._max_requests(request)
+        last = bool(limit) and conn.requests + 1 >= limit
+        waiter = conn.start(request, head, body_done=not streamed, last=last)
+        pump: asyncio.Task[None] | None = None
+        if streamed:
+            pump = asyncio.ensure_future(self._pump(conn, body))
+        try:
+            response = await waiter
+        except asyncio.CancelledError:
+            conn.abort()  # a timeout above us gave up: never reuse a half-used connection
+            if pump is not None:
+                pump.cancel()
+            raise
+        except BaseException:
+            if pump is not None:
+                pump.cancel()
+            raise
+        return response
+
+    async def _pump(self, conn: UpstreamConnection, body: Any) -> None:
+        chunked = getattr(body, "length", None) is None
+        transport = conn.transport
+        assert transport is not None
+        try:
+            async for chunk in body:
+                if conn.closed:
+                    break
+                if chunk:
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    await conn.drain()
+            else:
+                if chunked and not conn.closed:
+                    transport.write(b"0\r\n\r\n")
+                conn.request_body_sent()
+                return
+        except Exception as exc:
+            conn._broken(UpstreamReset(f"request body failed: {exc}"))
+            return
+        if hasattr(body, "aclose"):
+            await body.aclose()
+
+    @staticmethod
+    def _max_requests(request: Request) -> int:
+        config = request.config
+        if config is None or request.cluster is None:
+            return 0
+        cluster = config.clusters.get(request.cluster)
+        if cluster is None:
+            return 0
+        return cluster.max_requests_per_connection or 0
+
+    def _take_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def _connect(self, key: tuple[str, int], endpoint: Any) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        context = self.ssl_context_for(endpoint)
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: UpstreamConnection(self, key),
+                    key[0],
+                    key[1],
+                    ssl=context,
+                    server_hostname="" if context is not None else None,
+                ),
+                self.connect_timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self.cx_connect_fail += 1
+            reason = "connect timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            raise ConnectFailure(f"upstream connect error to {key[0]}:{key[1]}: {reason}") from exc
+        self.cx_total += 1
+        self._all.add(conn)
+        return conn
+
+    def _release(self, conn: UpstreamConnection) -> None:
+        conn.idle_since = asyncio.get_running_loop().time()
+        self._idle.setdefault(conn.key, []).append(conn)
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        self._all.discard(conn)
+
+    def sweep(self, now: float) -> None:
+        """Close pooled connections idle for longer than ``idle_timeout`` (called periodically)."""
+        for key, idle in list(self._idle.items()):
+            keep = [c for c in idle if not c.closed and now - c.idle_since < self.idle_timeout]
+            for conn in idle:
+                if conn not in keep:
+                    conn.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            conn.close()
+        self._idle.clear()

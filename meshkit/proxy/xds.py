@@ -1,0 +1,280 @@
+"""Where snapshots come from, and how they are swapped in: a file (static) or the control plane (SSE).
+
+``ConfigState`` holds the Snapshot in effect; ``apply(doc)`` validates a new document and
+swaps it in with one assignment (requests in flight keep the Snapshot they started with),
+or records a NACK and keeps the old one. ``StaticConfig`` reads ``--config FILE`` and
+re-reads it on SIGHUP. ``XdsClient`` follows the push protocol of docs/snapshot.md over
+raw asyncio streams (no aiohttp in the sidecar): ``GET /api/v1/xds/stream?id=ID`` as a
+``text/event-stream``, ACK/NACK per snapshot with ``POST /api/v1/xds/ack``, reconnect with
+jittered exponential back-off (100 ms doubling to 5 s) while serving the last snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httptools
+
+from meshkit.proxy.snapshot import Snapshot, SnapshotError
+
+log = logging.getLogger("meshkit.proxy.xds")
+
+BACKOFF_START = 0.1
+BACKOFF_MAX = 5.0
+STREAM_IDLE_TIMEOUT = 45.0  # the control plane pings every 15 s; three missed pings = reconnect
+HISTORY = 20
+
+
+class ConfigState:
+    """The snapshot in effect plus what happened to the recent ones (for /config_dump)."""
+
+    def __init__(self) -> None:
+        self.current: Snapshot | None = None
+        self.last_nack: dict[str, Any] | None = None
+        self.applied = 0
+        self.rejected = 0
+        self.source = ""
+        self.history: list[dict[str, Any]] = []
+        self.listeners: list[Callable[[Snapshot], None]] = []
+
+    def apply(self, doc: Any) -> str | None:
+        """Validate and swap in ``doc``; returns None (ACK) or the NACK reason."""
+        version = doc.get("version") if isinstance(doc, dict) else None
+        try:
+            snapshot = Snapshot.from_json(doc, self.current)
+        except SnapshotError as exc:
+            reason = str(exc)
+            self.rejected += 1
+            self.last_nack = {"version": version, "reason": reason, "time": time.time()}
+            self._remember(version, "NACK", reason)
+            log.warning("snapshot %s rejected: %s", version, reason)
+            return reason
+        self.current = snapshot
+        self.applied += 1
+        self._remember(snapshot.version, "ACK", None)
+        for callback in self.listeners:
+            callback(snapshot)
+        log.info("snapshot %s applied", snapshot.version)
+        return None
+
+    def _remember(self, version: Any, status: str, reason: str | None) -> None:
+        self.history.append({"version": version, "status": status, "reason": reason, "time": time.time()})
+        del self.history[:-HISTORY]
+
+
+class StaticConfig:
+    """``--config FILE``: load at start, reload on SIGHUP (a bad file is NACKed, the old one kept)."""
+
+    def __init__(self, path: str, state: ConfigState) -> None:
+        self.path = Path(path)
+        self.state = state
+        state.source = f"file:{self.path}"
+
+    def load(self) -> str | None:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            reason = f"{self.path}: cannot read snapshot JSON: {exc}"
+            self.state.rejected += 1
+            self.state.last_nack = {"version": None, "reason": reason, "time": time.time()}
+            log.warning("%s", reason)
+            return reason
+        return self.state.apply(doc)
+
+    def install_reload(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGHUP, self.load)
+
+    def remove_reload(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signal.SIGHUP)
+
+
+class StreamError(Exception):
+    """The push stream broke (bad status, framing, unexpected close)."""
+
+
+class SseDecoder:
+    """Incremental ``text/event-stream`` decoder: feed text, get (event, data) pairs."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        self._buffer += text
+        events: list[tuple[str, str]] = []
+        while True:
+            index = self._buffer.find("\n")
+            if index < 0:
+                return events
+            line = self._buffer[:index].rstrip("\r")
+            self._buffer = self._buffer[index + 1:]
+            if not line:
+                if self._data:
+                    events.append((self._event or "message", "\n".join(self._data)))
+                self._event = ""
+                self._data = []
+            elif line.startswith(":"):
+                continue  # comment / ping
+            else:
+                field, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if field == "event":
+                    self._event = value
+                elif field == "data":
+                    self._data.append(value)
+
+
+class _StreamParser:
+    """httptools callbacks for the SSE response (chunked or close-delimited)."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers_done = False
+        self.body: list[bytes] = []
+        self.done = False
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, data: bytes) -> None:
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+class XdsClient:
+    """Subscribes to the control plane and keeps ``state`` up to date (see the module docstring)."""
+
+    def __init__(self, url: str, node_id: str, state: ConfigState) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"--control: expected http://HOST:PORT, got {url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.base_path = parts.path.rstrip("/")
+        self.node_id = node_id
+        self.state = state
+        state.source = f"control:{url} id={node_id}"
+        self.connected = False
+        self.connects = 0
+        self.snapshots_received = 0
+        self.acks_sent: list[dict[str, Any]] = []
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Stream forever, reconnecting with jittered back-off; cancel to stop."""
+        backoff = BACKOFF_START
+        while True:
+            before = self.snapshots_received
+            try:
+                await self._stream_once()
+            except (OSError, StreamError, TimeoutError, httptools.HttpParserError, UnicodeDecodeError) as exc:
+                log.info("control plane stream to %s:%s broken: %s", self.host, self.port, exc)
+            finally:
+                self.connected = False
+            if self.snapshots_received > before:
+                backoff = BACKOFF_START  # the stream worked: start over from the shortest delay
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _stream_once(self) -> None:
+        """One stream connection; returns only by raising (closed, broken, idle too long)."""
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+        try:
+            path = f"{self.base_path}/api/v1/xds/stream?id={quote(self.node_id)}"
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+                f"accept: text/event-stream\r\ncache-control: no-cache\r\n\r\n".encode()
+            )
+            await writer.drain()
+            callbacks = _StreamParser()
+            parser = httptools.HttpResponseParser(callbacks)
+            decoder = SseDecoder()
+            while True:
+                data = await asyncio.wait_for(reader.read(65536), STREAM_IDLE_TIMEOUT)
+                if not data:
+                    raise StreamError("control plane closed the stream")
+                parser.feed_data(data)
+                if callbacks.headers_done and not self.connected:
+                    status = parser.get_status_code()
+                    if status != 200:
+                        raise StreamError(f"control plane answered {status} to the stream request")
+                    self.connected = True
+                    self.connects += 1
+                if callbacks.body:
+                    text = b"".join(callbacks.body).decode("utf-8")
+                    callbacks.body.clear()
+                    for event, payload in decoder.feed(text):
+                        if event == "snapshot":
+                            self.snapshots_received += 1
+                            self._on_snapshot(payload)
+                if callbacks.done:
+                    raise StreamError("control plane ended the stream")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _on_snapshot(self, payload: str) -> None:
+        try:
+            doc = json.loads(payload)
+        except ValueError as exc:
+            reason = f"snapshot: not valid JSON: {exc}"
+            version = None
+            self.state.rejected += 1
+            self.state.last_nack = {"version": None, "reason": reason, "time": time.time()}
+        else:
+            version = doc.get("version") if isinstance(doc, dict) else None
+            reason = self.state.apply(doc)
+        ack: dict[str, Any] = {"id": self.node_id, "version": version, "status": "ACK"}
+        if reason is not None:
+            ack["status"] = "NACK"
+            ack["reason"] = reason
+        task = asyncio.ensure_future(self._send_ack(ack))
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    async def _send_ack(self, ack: dict[str, Any]) -> None:
+        body = json.dumps(ack).encode()
+        path = f"{self.base_path}/api/v1/xds/ack"
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+            try:
+                writer.write(
+                    f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+                    f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                    f"connection: close\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+                status_line = await asyncio.wait_for(reader.readline(), 5.0)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            fields = status_line.split()
+            ok = len(fields) >= 2 and fields[1].startswith(b"2")
+            if not ok:
+                log.warning("control plane refused %s for %s: %r", ack["status"], ack["version"], status_line)
+            self.acks_sent.append({**ack, "delivered": ok})
+        except (OSError, TimeoutError) as exc:
+            log.warning("could not send %s for %s: %s", ack["status"], ack["version"], exc)
+            self.acks_sent.append({**ack, "delivered": False})
+        del self.acks_sent[:-HISTORY]
+
+    async def close(self) -> None:
+        for task in list(self._ack_tasks):
+            task.cancel()

@@ -1,0 +1,75 @@
+"""Admin pages of a real sidecar process: readiness, config dump, clusters, stats, Prometheus text."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.proxy.conftest import EchoApp, make_snapshot, spawn_proxy, stop_process
+
+
+def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def test_admin_pages_of_a_process(echo_app: EchoApp, tmp_path) -> None:
+    snapshot = make_snapshot(echo_app.port, version="admin-1")
+    path = tmp_path / "snap.json"
+    path.write_text(json.dumps(snapshot))
+    proxy = spawn_proxy(["--config", str(path)], tmp_path)
+    try:
+        assert _get(proxy.admin, "/ready") == (200, "LIVE\n")
+        assert _get(proxy.admin, "/healthz/ready")[0] == 200
+        status, body = _get(proxy.admin, "/config_dump")
+        dump = json.loads(body)
+        assert status == 200 and dump["version"] == "admin-1" and dump["snapshot"] == snapshot
+        assert dump["last_nack"] is None
+        # Traffic through the outbound listener (runs in a thread: the echo app lives on this loop).
+        results = await asyncio.gather(
+            *(asyncio.to_thread(_get, proxy.outbound, "/r", {"Host": "reviews"}) for _ in range(5))
+        )
+        assert all(status == 200 for status, _ in results)
+        status, body = _get(proxy.admin, "/clusters")
+        clusters = json.loads(body)
+        assert status == 200 and "reviews|v1" in clusters and "inbound|9080||" in clusters
+        stats = json.loads(_get(proxy.admin, "/stats")[1])
+        assert stats["listeners"]["outbound"]["downstream_rq_total"] == 5
+        assert stats["listeners"]["outbound"]["downstream_rq_2xx"] == 5
+        assert stats["upstream"]["rq_total"] == 5
+        status, text = _get(proxy.admin, "/stats/prometheus")
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        total = families["istio_requests"]
+        samples = [s for s in total.samples if s.name == "istio_requests_total"]
+        assert sum(s.value for s in samples) == 5
+        labels = samples[0].labels
+        assert labels["reporter"] == "source"
+        assert labels["source_workload"] == "productpage-v1"
+        assert labels["destination_service"] == "reviews.default.svc.cluster.local"
+        assert labels["destination_version"] == "v1"
+        assert labels["response_code"] == "200" and labels["response_flags"] == "-"
+        duration = families["istio_request_duration_milliseconds"]
+        count = [s for s in duration.samples if s.name.endswith("_count")]
+        assert sum(s.value for s in count) == 5
+        assert _get(proxy.admin, "/nope")[0] == 404
+    finally:
+        assert stop_process(proxy) == 0
+
+
+async def test_not_ready_without_a_snapshot(tmp_path) -> None:
+    # Dynamic mode against a control plane that is not there: serves 503 and /ready says so.
+    proxy = spawn_proxy(["--control", "http://127.0.0.1:9", "--id", "x-0.default"], tmp_path)
+    try:
+        assert _get(proxy.admin, "/ready")[0] == 503
+        status, body = _get(proxy.outbound, "/", {"Host": "reviews"})
+        assert status == 503 and "no configuration" in body
+    finally:
+        assert stop_process(proxy) == 0

@@ -1,0 +1,123 @@
+"""The forward path through the real sidecar: outbound (Host and absolute-form), inbound, two hops."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import aiohttp
+
+from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot
+
+
+def _headers(info: dict) -> dict[str, str]:
+    return {k: v for k, v in info["headers"]}
+
+
+async def test_origin_form_is_routed_on_host(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{proxy.ports['outbound']}/reviews/0?x=1"
+        async with session.get(url, headers={"Host": "reviews:9080"}) as resp:
+            assert resp.status == 200
+            info = await resp.json()
+    assert info["path"] == "/reviews/0?x=1"
+    seen = _headers(info)
+    assert seen["host"] == "reviews:9080"
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert len(seen["x-request-id"]) == 36
+    assert seen["x-meshkit-source-workload"] == "productpage-v1"
+
+
+async def test_absolute_form_explicit_proxy(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+    async with aiohttp.ClientSession() as session:
+        proxy_url = f"http://127.0.0.1:{proxy.ports['outbound']}"
+        async with session.get("http://reviews:9080/ratings?a=b", proxy=proxy_url) as resp:
+            assert resp.status == 200
+            info = await resp.json()
+    assert info["path"] == "/ratings?a=b"
+    assert _headers(info)["host"] == "reviews:9080"
+    # Hop-by-hop proxy headers never reach the app.
+    assert "proxy-connection" not in _headers(info)
+
+
+async def test_inbound_forwards_to_local_app_and_strips_source_headers(
+    echo_app: EchoApp, start_proxy: StartProxy
+) -> None:
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{proxy.ports['inbound']}/details"
+        headers = {"x-meshkit-source-workload": "ratings-v1", "Host": "productpage:9080"}
+        async with session.get(url, headers=headers) as resp:
+            assert resp.status == 200
+            info = await resp.json()
+    assert info["path"] == "/details"
+    assert not [k for k, _ in info["headers"] if k.startswith("x-meshkit-")]
+
+
+async def test_two_sidecars_in_a_row(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    """outbound of A -> inbound of B -> app: the mesh path every request takes."""
+    b = await start_proxy(make_snapshot(echo_app.port, app_port=echo_app.port))
+    a = await start_proxy(make_snapshot(b.ports["inbound"]))
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{a.ports['outbound']}/reviews/1"
+        for _ in range(3):
+            async with session.get(url, headers={"Host": "reviews"}) as resp:
+                assert resp.status == 200
+                info = await resp.json()
+    assert info["app"] == "echo-v1"
+    xff = _headers(info)["x-forwarded-for"]
+    assert xff == "127.0.0.1, 127.0.0.1"  # appended by each hop
+    text = b.metrics.render()
+    assert 'reporter="destination",source_workload="productpage-v1"' in text
+
+
+async def test_keep_alive_reuses_upstream_connections(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        url = f"http://127.0.0.1:{proxy.ports['outbound']}/x"
+        for _ in range(25):
+            async with session.get(url, headers={"Host": "reviews"}) as resp:
+                assert resp.status == 200
+                await resp.read()
+    assert proxy.upstream.cx_total == 1
+    assert proxy.listeners["outbound"].stats.downstream_cx_total == 1
+    assert proxy.listeners["outbound"].stats.downstream_rq_total == 25
+
+
+async def test_bodies_both_directions(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+    base = f"http://127.0.0.1:{proxy.ports['outbound']}"
+    small = b"hello world"
+    big = os.urandom(3 * 1024 * 1024 + 17)
+
+    async def chunks():
+        for i in range(0, len(big), 100_000):
+            yield big[i:i + 100_000]
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/echo", data=small, headers={"Host": "reviews"}) as resp:
+            info = await resp.json()
+            assert info["body_len"] == len(small)
+        # A big Content-Length body (streamed through, never buffered whole).
+        async with session.put(f"{base}/echo", data=big, headers={"Host": "reviews"}) as resp:
+            info = await resp.json()
+            assert info["body_len"] == len(big)
+            assert info["body_sha"] == hashlib.sha256(big).hexdigest()
+        # A chunked request body.
+        async with session.post(f"{base}/echo", data=chunks(), headers={"Host": "reviews"}) as resp:
+            info = await resp.json()
+            assert info["body_sha"] == hashlib.sha256(big).hexdigest()
+        # A large Content-Length response and a chunked one.
+        async with session.get(f"{base}/bytes/2000000", headers={"Host": "reviews"}) as resp:
+            assert resp.headers["Content-Length"] == "2000000"
+            assert len(await resp.read()) == 2_000_000
+        async with session.get(f"{base}/stream/300", headers={"Host": "reviews"}) as resp:
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+            data = await resp.read()
+            assert len(data) == 300 * 1024
+            assert data[:5] == b"00000" and data[-1024:-1019] == b"00299"
+    assert proxy.upstream.cx_active >= 1
