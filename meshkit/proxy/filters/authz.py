@@ -1,0 +1,450 @@
+"""Authorization (Istio's AuthorizationPolicy) on the inbound side, evaluated as Istio does.
+
+Order: any matching DENY policy -> 403; else, if the workload has any ALLOW policy, the
+request must match one of them -> else 403; AUDIT policies never change the outcome, a match
+is only logged. A rule with no from/to/when matches every request; an ALLOW policy with no
+rules matches none (so it denies everything). Denials answer ``403 RBAC: access denied`` with
+no response flag, like Envoy's RBAC filter (it reports the policy only in its response-code
+details); they are counted by the ``istio_requests_total{response_code="403"}`` metric.
+
+Policies come from ``snapshot.inbound["authz"]`` (docs/snapshot.md) and are compiled ONCE per
+snapshot by ``compile_authz`` into small predicates; the snapshot object must expose the
+result as ``.authz`` (``None`` when there are no policies, and then the filter costs one
+attribute read). ``compile_authz`` raises ``ValueError`` naming the key path for anything it
+cannot enforce faithfully, so the snapshot is NACKed instead of half-applied.
+
+Request attributes: ``source.principal`` is ``request.peer_identity`` without ``spiffe://``;
+``source.namespace`` is the ``/ns/<ns>/`` part of it (both absent on plaintext);
+``destination.port`` is ``inbound.service_port`` (the workload port PeerAuthentication and
+AuthorizationPolicy use); paths are normalised like Envoy's default (RFC 3986 dot segments,
+``\\`` -> ``/``, unreserved %-escapes decoded, query dropped) before matching. meshkit has no
+RequestAuthentication (JWT), so ``request.auth.*`` and ``request_principals`` are always
+absent: they never match, and their ``not_`` forms always do, exactly as in Istio for a
+request without a JWT.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meshkit.proxy.http import Handler, Request, Response
+
+log = logging.getLogger(__name__)
+
+DENIED_BODY = "RBAC: access denied"
+
+
+# --------------------------------------------------------------------------- the request as seen by policies
+
+
+@dataclass(slots=True)
+class Attributes:
+    principal: str | None  # "cluster.local/ns/default/sa/sleep"
+    namespace: str | None
+    method: str
+    path: str  # normalised, no query
+    host: str
+    port: int | None
+    source_ip: str
+    headers: Any  # meshkit.proxy.http.Headers
+
+    @classmethod
+    def of(cls, request: Request, port: int | None) -> Attributes:
+        principal = _strip_spiffe(request.peer_identity) if request.peer_identity else None
+        return cls(
+            principal=principal,
+            namespace=_namespace_of(principal),
+            method=request.method,
+            path=normalize_path(request.path),
+            host=request.authority.lower(),
+            port=port,
+            source_ip=request.downstream_addr,
+            headers=request.headers,
+        )
+
+
+def _strip_spiffe(value: str) -> str:
+    return value[len("spiffe://"):] if value.startswith("spiffe://") else value
+
+
+_NS_RE = re.compile(r"/ns/([^/]+)/")
+
+
+def _namespace_of(principal: str | None) -> str | None:
+    if not principal:
+        return None
+    match = _NS_RE.search(principal)
+    return match[1] if match else None
+
+
+_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _decode_unreserved(match: re.Match[str]) -> str:
+    char = chr(int(match[1], 16))
+    return char if char in _UNRESERVED else match[0].upper()
+
+
+def normalize_path(raw: str) -> str:
+    """The path an RFC 3986 server resolves: ``/a/./b/../%63`` -> ``/a/c``. Query and fragment dropped."""
+    path = raw.split("?", 1)[0].split("#", 1)[0]
+    if "://" in path[:10]:  # absolute-form request target
+        slash = path.find("/", path.index("://") + 3)
+        path = path[slash:] if slash >= 0 else "/"
+    path = _ESCAPE_RE.sub(_decode_unreserved, path.replace("\\", "/"))
+    segments = path.split("/")
+    out: list[str] = []
+    last = len(segments) - 1
+    for index, segment in enumerate(segments):
+        if segment in (".", ".."):
+            if segment == ".." and len(out) > 1:
+                out.pop()
+            if index == last:
+                out.append("")
+            continue
+        out.append(segment)
+    result = "/".join(out)
+    return result if result.startswith("/") else "/" + result
+
+
+# --------------------------------------------------------------------------- compiling matchers
+
+Values = Callable[[str | None], bool]
+Predicate = Callable[[Attributes], bool]
+Getter = Callable[[Attributes], str | None]
+Field = tuple[Callable[[object, str], Values], Getter]  # (matcher factory, attribute getter)
+
+
+def _string_match(pattern: object, where: str, *, fold: bool = False) -> Values:
+    """Istio's string match: ``"*"`` (present, non-empty), ``"pre*"``, ``"*suf"`` or exact."""
+    if not isinstance(pattern, str):
+        raise ValueError(f"{where}: expected a string, got {pattern!r}")
+    pat = pattern.lower() if fold else pattern
+
+    def prep(value: str | None) -> str | None:
+        return value.lower() if fold and value is not None else value
+
+    if pat == "*":
+        return bool  # presence: any non-empty value
+    if "*" in pat[1:-1]:
+        raise ValueError(f"{where}: {pattern!r}: '*' is only allowed as a whole value, prefix or suffix")
+    if pat.endswith("*"):
+        stem = pat[:-1]
+        return lambda v: (w := prep(v)) is not None and w.startswith(stem)
+    if pat.startswith("*"):
+        tail = pat[1:]
+        return lambda v: (w := prep(v)) is not None and w.endswith(tail)
+    return lambda v: prep(v) == pat
+
+
+def _path_match(pattern: object, where: str) -> Values:
+    """Paths also accept Istio's templates: ``{*}`` one segment, ``{**}`` the rest of the path."""
+    if isinstance(pattern, str) and "{" in pattern:
+        parts = re.split(r"(\{\*\*\}|\{\*\})", pattern)
+        regex = "".join(
+            "[^/]+" if p == "{*}" else ".+" if p == "{**}" else re.escape(p) for p in parts
+        )
+        compiled = re.compile(f"^{regex}$")
+        return lambda v: v is not None and compiled.match(v) is not None
+    return _string_match(pattern, where)
+
+
+def _ip_match(block: object, where: str) -> Values:
+    try:
+        net = ipaddress.ip_network(str(block), strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {block!r} is not an IP address or CIDR block") from exc
+
+    def match(value: str | None) -> bool:
+        try:
+            return value is not None and ipaddress.ip_address(value) in net
+        except ValueError:
+            return False
+
+    return match
+
+
+def _port_match(port: object, where: str) -> Values:
+    text = str(port)
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{where}: {port!r} is not a port number")
+    return lambda v: v == text
+
+
+def _never(_: str | None) -> bool:
+    return False
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _field(
+    values: list[Any], negated: bool, make: Callable[[object, str], Values], where: str,
+    get: Getter,
+) -> Predicate:
+    matchers = [make(v, f"{where}[{i}]") for i, v in enumerate(values)]
+
+    def any_match(attrs: Attributes) -> bool:
+        value = get(attrs)
+        return any(m(value) for m in matchers)
+
+    if negated:
+        return lambda attrs: not any_match(attrs)
+    return any_match
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+def _host_match(pattern: object, where: str) -> Values:
+    """Hosts match case-insensitively, on the authority with or without its port."""
+    match = _string_match(pattern, where, fold=True)
+    return lambda v: v is not None and (match(v) or match(_strip_port(v)))
+
+
+def _port_get(attrs: Attributes) -> str | None:
+    return None if attrs.port is None else str(attrs.port)
+
+
+_SOURCE_FIELDS: dict[str, Field] = {
+    "principals": (lambda p, w: _string_match(_strip_spiffe(str(p)), w), lambda a: a.principal),
+    "namespaces": (_string_match, lambda a: a.namespace),
+    "ip_blocks": (_ip_match, lambda a: a.source_ip),
+    "remote_ip_blocks": (_ip_match, lambda a: a.source_ip),  # no trusted proxy hops: remote == source
+    "request_principals": (lambda p, w: _never, lambda a: None),  # no JWT authentication in meshkit
+}
+_OPERATION_FIELDS: dict[str, Field] = {
+    "methods": (_string_match, lambda a: a.method),
+    "paths": (_path_match, lambda a: a.path),
+    "ports": (_port_match, _port_get),
+    "hosts": (_host_match, lambda a: a.host),
+}
+
+
+def _section(doc: object, fields: dict[str, Field], where: str) -> Predicate:
+    """One ``source`` or ``operation``: every field present must hold (AND)."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where}: expected an object, got {type(doc).__name__}")
+    known = set(fields) | {f"not_{name}" for name in fields}
+    for key in doc:
+        if key not in known:
+            raise ValueError(f"{where}.{key}: unsupported field (supported: {', '.join(sorted(known))})")
+    predicates: list[Predicate] = []
+    for name, (make, get) in fields.items():
+        for negated, key in ((False, name), (True, f"not_{name}")):
+            values = _list(doc.get(key), f"{where}.{key}")
+            if not values:
+                continue
+            predicates.append(_field(values, negated, make, f"{where}.{key}", get))
+    return lambda attrs: all(p(attrs) for p in predicates)
+
+
+_HEADER_KEY = re.compile(r"^request\.headers\[([^\]]+)\]$")
+
+
+def _condition_getter(key: object, where: str) -> Field:
+    if not isinstance(key, str):
+        raise ValueError(f"{where}.key: expected a string")
+    header = _HEADER_KEY.match(key)
+    if header:
+        name = header[1].lower()
+
+        def get_header(attrs: Attributes) -> str | None:
+            found = attrs.headers.get_all(name)
+            return ",".join(found) if found else None
+
+        return _string_match, get_header
+    simple: dict[str, Field] = {
+        "source.principal": (_SOURCE_FIELDS["principals"][0], lambda a: a.principal),
+        "source.namespace": (_string_match, lambda a: a.namespace),
+        "source.ip": (_ip_match, lambda a: a.source_ip),
+        "remote.ip": (_ip_match, lambda a: a.source_ip),
+        "destination.port": (_port_match, _port_get),
+        "request.auth.principal": (lambda p, w: _never, lambda a: None),
+        "request.auth.audiences": (lambda p, w: _never, lambda a: None),
+        "request.auth.presenter": (lambda p, w: _never, lambda a: None),
+    }
+    if key in simple:
+        return simple[key]
+    if key.startswith("request.auth.claims["):
+        return (lambda p, w: _never), (lambda a: None)
+    raise ValueError(
+        f"{where}.key: unsupported condition key {key!r} (supported: request.headers[<name>], "
+        f"{', '.join(simple)}, request.auth.claims[...])"
+    )
+
+
+def _condition(doc: object, where: str) -> Predicate:
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where}: expected an object, got {type(doc).__name__}")
+    for key in doc:
+        if key not in ("key", "values", "not_values"):
+            raise ValueError(f"{where}.{key}: unsupported field (supported: key, values, not_values)")
+    make, get = _condition_getter(doc.get("key"), where)
+    values = _list(doc.get("values"), f"{where}.values")
+    not_values = _list(doc.get("not_values"), f"{where}.not_values")
+    if not values and not not_values:
+        raise ValueError(f"{where}: a condition needs values or not_values")
+    predicates: list[Predicate] = []
+    if values:
+        predicates.append(_field(values, False, make, f"{where}.values", get))
+    if not_values:
+        predicates.append(_field(not_values, True, make, f"{where}.not_values", get))
+    return lambda attrs: all(p(attrs) for p in predicates)
+
+
+def _rule(doc: object, where: str) -> Predicate:
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where}: expected an object, got {type(doc).__name__}")
+    for key in doc:
+        if key not in ("from", "to", "when"):
+            raise ValueError(f"{where}.{key}: unsupported field (supported: from, to, when)")
+    parts: list[Predicate] = []
+    sources = [
+        _section(s.get("source", s) if isinstance(s, dict) else s, _SOURCE_FIELDS, f"{where}.from[{i}]")
+        for i, s in enumerate(_list(doc.get("from"), f"{where}.from"))
+    ]
+    if sources:
+        parts.append(lambda attrs: any(s(attrs) for s in sources))
+    operations = [
+        _section(o.get("operation", o) if isinstance(o, dict) else o, _OPERATION_FIELDS, f"{where}.to[{i}]")
+        for i, o in enumerate(_list(doc.get("to"), f"{where}.to"))
+    ]
+    if operations:
+        parts.append(lambda attrs: any(o(attrs) for o in operations))
+    when = _list(doc.get("when"), f"{where}.when")
+    parts.extend(_condition(c, f"{where}.when[{i}]") for i, c in enumerate(when))
+    return lambda attrs: all(p(attrs) for p in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    name: str  # "ns/name"
+    rules: tuple[Predicate, ...]
+
+    def first_match(self, attrs: Attributes) -> int | None:
+        for index, rule in enumerate(self.rules):
+            if rule(attrs):
+                return index
+        return None
+
+
+def _policy(doc: object, where: str) -> CompiledPolicy:
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where}: expected an object, got {type(doc).__name__}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}.name: a policy needs a name")
+    for key in doc:
+        if key not in ("name", "rules"):
+            raise ValueError(f"{where}.{key}: unsupported field (supported: name, rules)")
+    rules = _list(doc.get("rules"), f"{where}.rules")
+    return CompiledPolicy(name, tuple(_rule(r, f"{where}.rules[{i}]") for i, r in enumerate(rules)))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    policy: str | None  # the policy that decided ("ns/name"), None when no policy matched
+    reason: str  # Envoy-style: "rbac_access_denied_matched_policy[ns/name]" / "allowed_by[...]"
+    audited: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzPolicies:
+    deny: tuple[CompiledPolicy, ...]
+    allow: tuple[CompiledPolicy, ...]
+    audit: tuple[CompiledPolicy, ...]
+    port: int | None
+
+    def evaluate(self, request: Request) -> Decision:
+        attrs = Attributes.of(request, self.port)
+        audited = tuple(p.name for p in self.audit if p.first_match(attrs) is not None)
+        for policy in self.deny:
+            if policy.first_match(attrs) is not None:
+                reason = f"rbac_access_denied_matched_policy[{policy.name}]"
+                return Decision(False, policy.name, reason, audited)
+        if self.allow:
+            for policy in self.allow:
+                if policy.first_match(attrs) is not None:
+                    return Decision(True, policy.name, f"allowed_by[{policy.name}]", audited)
+            return Decision(False, None, "rbac_access_denied_matched_policy[none]", audited)
+        return Decision(True, None, "no_allow_policy", audited)
+
+
+def compile_authz(authz: object, *, port: int | None = None) -> AuthzPolicies | None:
+    """Compile ``inbound.authz`` (``{"deny": [...], "allow": [...], "audit": [...]}`` or None).
+
+    ``port`` is ``inbound.service_port``. Returns None when there is no policy at all.
+    Raises ``ValueError("inbound.authz.<action>[i]...: ...")`` for what it cannot enforce.
+    """
+    if authz is None:
+        return None
+    if not isinstance(authz, dict):
+        raise ValueError(f"inbound.authz: expected an object, got {type(authz).__name__}")
+    for key in authz:
+        if key not in ("deny", "allow", "audit"):
+            raise ValueError(f"inbound.authz.{key}: unsupported action (meshkit enforces deny, allow, audit)")
+
+    def compiled(action: str) -> tuple[CompiledPolicy, ...]:
+        where = f"inbound.authz.{action}"
+        return tuple(_policy(p, f"{where}[{i}]") for i, p in enumerate(_list(authz.get(action), where)))
+
+    policies = AuthzPolicies(compiled("deny"), compiled("allow"), compiled("audit"), port)
+    if not (policies.deny or policies.allow or policies.audit):
+        return None
+    return policies
+
+
+def denied() -> Response:
+    return Response.local(403, DENIED_BODY)
+
+
+async def authz(request: Request, call_next: Handler) -> Response:
+    """Enforce ``request.config.authz`` (compiled per snapshot) on an inbound request."""
+    try:
+        policies: AuthzPolicies | None = request.config.authz
+    except AttributeError:
+        log.error("snapshot has no compiled .authz; refusing the request (wiring bug)")
+        return Response.local(500, "authz: the snapshot carries no compiled authorization policies")
+    if policies is None:
+        return await call_next(request)
+    decision = policies.evaluate(request)
+    if decision.audited:
+        log.info(
+            "AUDIT %s %s from %s matched %s",
+            request.method, request.path, request.peer_identity or request.downstream_addr,
+            ", ".join(decision.audited),
+        )
+    if not decision.allowed:
+        log.debug("denied %s %s: %s", request.method, request.path, decision.reason)
+        return denied()
+    return await call_next(request)
+
+
+def policy_names(policies: AuthzPolicies | None) -> Sequence[str]:
+    """For /config_dump: ``["DENY ns/a", "ALLOW ns/b", ...]``."""
+    if policies is None:
+        return []
+    return [
+        f"{action} {p.name}"
+        for action, group in (("DENY", policies.deny), ("ALLOW", policies.allow), ("AUDIT", policies.audit))
+        for p in group
+    ]
