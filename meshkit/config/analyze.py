@@ -13,6 +13,7 @@ MK0106 E invalid regex                          MK0115 I fault disables the rout
 MK0107 E percentage outside 0-100               MK0116 E http route without destinations
 MK0108 W subset selects no endpoint             MK0117 E authorization condition key not supported
 MK0109 E DestinationRule tls DISABLE vs PeerAuthentication STRICT
+MK0118 W destination port is not the service's port (meshkit services have one port)
 """
 
 from __future__ import annotations
@@ -126,11 +127,15 @@ def _check_destination(
             yield ("MK0101", Severity.ERROR, f"{at}.subset",
                    f'subset "{destination.subset}" of host "{destination.host}" is not defined by any '
                    f"DestinationRule (known subsets: {listed})")
-    if registry is not None and (
-        resolved.name is None or registry.service(resolved.name, resolved.namespace or "") is None
-    ):
+    if registry is None:
+        return
+    service = registry.service(resolved.name, resolved.namespace or "") if resolved.name else None
+    if service is None:
         yield ("MK0103", Severity.WARNING, f"{at}.host",
                f'host "{destination.host}" is not a service in the registry')
+    elif destination.port is not None and destination.port.number != service.port:
+        yield ("MK0118", Severity.WARNING, f"{at}.port.number",
+               f'port {destination.port.number} is not the port of service "{service.name}" ({service.port})')
 
 
 def _check_weights(http: HTTPRoute, at: str) -> Iterator[Finding]:

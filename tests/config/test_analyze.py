@@ -416,3 +416,21 @@ def test_registry_in_other_namespace_and_external_hosts() -> None:
             'host "httpbin.org" is not a service in the registry',
         ),
     ]
+
+
+def test_destination_port_must_be_the_service_port() -> None:
+    resources = load(
+        vs(
+            "  - route:\n    - destination: {host: reviews, port: {number: 9090}}\n"
+            "  - route:\n    - destination: {host: reviews, port: {number: 9080}}\n"
+        )
+    )
+    assert analyze(resources) == []
+    assert found(resources, bookinfo_registry()) == [
+        (
+            "MK0118",
+            "Warning",
+            "spec.http[0].route[0].destination.port.number",
+            'port 9090 is not the port of service "reviews" (9080)',
+        ),
+    ]
