@@ -40,6 +40,8 @@ CODE_MISSING = "MK0006"
 CODE_INVALID = "MK0007"
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
+# libyaml's safe loader when built in (about 10x faster), the pure-Python one otherwise
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_resources(
@@ -116,7 +118,7 @@ def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
             ) from None
     if isinstance(source, str):
         try:
-            parsed: list[Any] = list(yaml.safe_load_all(source))
+            parsed: list[Any] = list(yaml.load_all(source, Loader=_SAFE_LOADER))
         except yaml.YAMLError as error:
             raise ConfigError([_syntax_message(error, origin)]) from None
     elif isinstance(source, dict):
