@@ -96,7 +96,7 @@ def sidecar_container(pod_spec: dict[str, Any], settings: InjectSettings) -> dic
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["meshkit"],
-        "args": ["proxy", "--control", settings.control_address, "--id", "$(POD_NAME).$(POD_NAMESPACE)"],
+        "args": proxy_args(settings),
         "ports": [
             {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in names.SIDECAR_PORTS
         ],
@@ -126,6 +126,18 @@ def sidecar_container(pod_spec: dict[str, Any], settings: InjectSettings) -> dic
         },
         "volumeMounts": [{"name": names.TOKEN_VOLUME, "mountPath": names.TOKEN_MOUNT_PATH, "readOnly": True}],
     }
+
+
+def proxy_args(settings: InjectSettings) -> list[str]:
+    """``meshkit proxy`` arguments: dynamic mode, listening on all interfaces (captured traffic
+    arrives at the pod IP) on the well-known ports the capture rules redirect to."""
+    return [
+        "proxy", "--control", settings.control_address, "--id", "$(POD_NAME).$(POD_NAMESPACE)",
+        "--address", "0.0.0.0",
+        "--outbound-port", str(names.PORT_OUTBOUND),
+        "--inbound-port", str(names.PORT_INBOUND),
+        "--admin-port", str(names.PORT_ADMIN),
+    ]
 
 
 def init_container(settings: InjectSettings) -> dict[str, Any]:

@@ -100,8 +100,11 @@ def test_injected_pod_has_everything_the_sidecar_needs() -> None:
     patched = jsonpatch.apply_patch(pod, inject(pod, labels, SETTINGS))
     spec = patched["spec"]
     sidecar = spec["containers"][-1]
-    assert sidecar["args"] == ["proxy", "--control", SETTINGS.control_address,
-                               "--id", "$(POD_NAME).$(POD_NAMESPACE)"]
+    assert sidecar["command"] == ["meshkit"]
+    assert sidecar["args"][:5] == ["proxy", "--control", SETTINGS.control_address,
+                                   "--id", "$(POD_NAME).$(POD_NAMESPACE)"]
+    assert sidecar["args"][sidecar["args"].index("--outbound-port") + 1] == "15001"
+    assert sidecar["args"][sidecar["args"].index("--inbound-port") + 1] == "15006"
     assert {p["containerPort"]: p["name"] for p in sidecar["ports"]} == {
         15001: "tcp-outbound", 15006: "tcp-inbound", 15000: "http-admin",
         15090: "http-envoy-prom", 15021: "status-port",
