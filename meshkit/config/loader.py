@@ -41,7 +41,26 @@ CODE_INVALID = "MK0007"
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's safe loader when built in (about 10x faster), the pure-Python one otherwise
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _SafeLoader(_BASE_LOADER):  # type: ignore[valid-type,misc]
+    """The safe loader, refusing duplicate keys (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first_line:
+                    problem = f"duplicate key {key!r} (first at line {first_line[key]})"
+                    raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+                first_line[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base constructor reports it
+                break
+        return super().construct_mapping(node, deep)
 
 
 def load_resources(
@@ -118,7 +137,7 @@ def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
             ) from None
     if isinstance(source, str):
         try:
-            parsed: list[Any] = list(yaml.load_all(source, Loader=_SAFE_LOADER))
+            parsed: list[Any] = list(yaml.load_all(source, Loader=_SafeLoader))
         except yaml.YAMLError as error:
             raise ConfigError([_syntax_message(error, origin)]) from None
     elif isinstance(source, dict):

@@ -415,3 +415,29 @@ def test_load_files_expands_directories_and_names_files(tmp_path: Path) -> None:
 def test_missing_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         load_files([tmp_path / "absent.yaml"])
+
+
+def test_duplicate_yaml_keys_are_refused_not_silently_overwritten() -> None:
+    (message,) = problems(VS_HEAD + """  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+    route:
+    - destination: {host: reviews, subset: v2}
+""")
+    assert message.code == "MK0001"
+    assert message.text == "YAML syntax error at line 10, column 5: duplicate key 'route' (first at line 8)"
+
+
+def test_yaml_merge_keys_still_work() -> None:
+    (rule,) = load_resources("""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - &v1 {name: v1, labels: {version: v1}}
+  - <<: *v1
+    name: v2
+""")
+    assert [s.name for s in rule.spec.subsets] == ["v1", "v2"]  # type: ignore[attr-defined,union-attr]
