@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 
-from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.chain import build_chain
 from meshkit.proxy.filters.circuit_breaker import circuit_breaker
 from meshkit.proxy.filters.fault import fault
 from meshkit.proxy.filters.loadbalance import loadbalance
 from meshkit.proxy.filters.mirror import mirror
-from meshkit.proxy.filters.ratelimit import TokenBucket
 from meshkit.proxy.filters.retry import retry
 from meshkit.proxy.filters.timeout import timeout
-from meshkit.proxy.http import ConnectFailure, Headers, Request, Response, UpstreamReset
+from meshkit.proxy.http import Handler, Headers, Request
+from meshkit.proxy.snapshot import Snapshot
+from meshkit.proxy.upstream import Upstream
 
 
 @dataclass
@@ -87,8 +87,11 @@ class Backend:
                     if line:
                         name, _, value = line.partition(":")
                         headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0"))
-                body = await reader.readexactly(length) if length else b""
+                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    body = await self._read_chunked(reader)
+                else:
+                    length = int(headers.get("content-length", "0"))
+                    body = await reader.readexactly(length) if length else b""
                 self.seen.append(Seen(method, path, headers, body))
                 action = self.script.popleft() if self.script else self.default
                 self.active += 1
@@ -114,6 +117,16 @@ class Backend:
         finally:
             self.connections_lost += 1
             writer.close()
+
+    @staticmethod
+    async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                return b"".join(parts)
+            parts.append(chunk[:-2])
 
     @staticmethod
     async def _client_left_within(reader: asyncio.StreamReader, seconds: float) -> bool:
@@ -170,20 +183,23 @@ def cluster_spec(ports: list[int], lb: str = "ROUND_ROBIN", **policy: Any) -> di
     }
 
 
-class Config:
-    """The two things the traffic filters read from the runtime snapshot, built the same way.
-
-    (PROXY-CORE's ``Snapshot`` builds ``clusters`` with ``Cluster.from_snapshot`` and
-    ``rate_limiter`` with ``TokenBucket.from_snapshot``; the end-to-end tests use the real one.)
-    """
-
-    def __init__(self, clusters: dict[str, dict[str, Any]], rate_limit: dict[str, Any] | None = None) -> None:
-        self.clusters = {name: Cluster.from_snapshot(name, spec) for name, spec in clusters.items()}
-        self.rate_limiter = TokenBucket.from_snapshot(rate_limit)
+def snapshot_with(clusters: dict[str, dict[str, Any]], rate_limit: dict[str, Any] | None = None) -> Snapshot:
+    """A real runtime ``Snapshot`` (PROXY-CORE) holding just these clusters and inbound rate limit."""
+    doc = {
+        "schema": 1,
+        "version": "traffic-test",
+        "revision": 1,
+        "node": None,
+        "outbound": {"virtual_hosts": []},
+        "clusters": clusters,
+        "inbound": {"app": None, "rate_limit": rate_limit},
+        "trust": None,
+    }
+    return Snapshot.from_json(doc)
 
 
 def make_request(
-    config: Config,
+    config: Snapshot,
     route: dict[str, Any] | None,
     cluster: str = "svc|",
     *,
@@ -199,40 +215,14 @@ def make_request(
     return request
 
 
-async def plain_send(request: Request) -> Response:
-    """A minimal terminal: one fresh HTTP/1.1 connection per attempt to ``request.endpoint``.
-
-    Stands in for PROXY-CORE's pooled ``upstream.send`` in the filter-level tests; it raises the
-    same ``ConnectFailure`` / ``UpstreamReset`` and closes its connection when cancelled.
-    """
-    endpoint = request.endpoint
-    try:
-        reader, writer = await asyncio.open_connection(endpoint.address, endpoint.port)
-    except OSError as exc:
-        raise ConnectFailure(f"connect to {endpoint.hostport} failed: {exc}") from exc
-    try:
-        body = request.body if isinstance(request.body, bytes) else b"".join([c async for c in request.body])
-        head = f"{request.method} {request.path} HTTP/1.1\r\n"
-        head += "".join(f"{name}: {value}\r\n" for name, value in request.headers)
-        head += f"content-length: {len(body)}\r\n\r\n"
-        writer.write(head.encode("latin-1") + body)
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise UpstreamReset(f"{endpoint.hostport} closed before a response") from exc
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = Headers()
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers.add(name.strip().lower(), value.strip())
-        payload = await reader.readexactly(int(headers.get("content-length") or 0))
-        return Response(status, headers, payload, upstream_host=endpoint.hostport)
-    finally:
-        writer.close()
+def outbound_chain(terminal: Handler) -> Handler:
+    """The traffic half of the outbound chain, in pipeline order (meshkit.proxy.pipeline)."""
+    return build_chain([fault, mirror, timeout, retry, circuit_breaker, loadbalance], terminal)
 
 
-def outbound_chain() -> Any:
-    """The traffic half of the outbound chain, in pipeline order, ending at ``plain_send``."""
-    return build_chain([fault, mirror, timeout, retry, circuit_breaker, loadbalance], plain_send)
+@pytest.fixture
+async def send() -> AsyncIterator[Handler]:
+    """PROXY-CORE's real terminal: ``Upstream.send`` with its keep-alive pools, closed at teardown."""
+    upstream = Upstream()
+    yield upstream.send
+    upstream.close()

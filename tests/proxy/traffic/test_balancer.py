@@ -11,8 +11,9 @@ import pytest
 from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.chain import build_chain
 from meshkit.proxy.filters.loadbalance import loadbalance
+from meshkit.proxy.http import Handler
 
-from .conftest import Config, cluster_spec, make_request, plain_send
+from .conftest import cluster_spec, make_request, snapshot_with
 
 
 def _cluster(lb: str, count: int = 3, **policy: object) -> Cluster:
@@ -180,10 +181,12 @@ def test_admin_view_shows_per_endpoint_state() -> None:
     assert {"upstream_rq_pending_overflow", "upstream_rq_retry", "upstream_rq_active"} <= set(view["stats"])
 
 
-async def test_loadbalance_filter_sets_endpoint_and_answers_uh_when_none(backends: object) -> None:
+async def test_loadbalance_filter_sets_endpoint_and_answers_uh_when_none(
+    backends: object, send: Handler
+) -> None:
     (one,) = await backends("one")  # type: ignore[operator]
-    config = Config({"svc|": cluster_spec([one.port])})
-    handler = build_chain([loadbalance], plain_send)
+    config = snapshot_with({"svc|": cluster_spec([one.port])})
+    handler = build_chain([loadbalance], send)
     request = make_request(config, {})
     response = await handler(request)
     assert response.status == 200 and request.endpoint.port == one.port
@@ -192,7 +195,7 @@ async def test_loadbalance_filter_sets_endpoint_and_answers_uh_when_none(backend
 
     spec = cluster_spec([one.port])
     spec["endpoints"][0]["healthy"] = False
-    empty = Config({"svc|": spec})
+    empty = snapshot_with({"svc|": spec})
     response = await handler(make_request(empty, {}))
     assert (response.status, response.flags, response.body) == (503, "UH", b"no healthy upstream")
     assert empty.clusters["svc|"].traffic.upstream_cx_none_healthy == 1

@@ -8,22 +8,23 @@ from typing import Any
 import pytest
 
 from meshkit.proxy.filters.circuit_breaker import OVERFLOW_TEXT
-from meshkit.proxy.http import ConnectFailure
+from meshkit.proxy.http import ConnectFailure, Handler
+from meshkit.proxy.snapshot import Snapshot
 
-from .conftest import Action, Config, cluster_spec, free_port, make_request, outbound_chain
+from .conftest import Action, cluster_spec, free_port, make_request, outbound_chain, snapshot_with
 
 ROUTE: dict[str, Any] = {"timeout_ms": None, "fault": None, "mirror": None, "retries": None}
 
 
-def _config(port: int, **pool: Any) -> Config:
-    return Config({"svc|": cluster_spec([port], connection_pool=pool)})
+def _config(port: int, **pool: Any) -> Snapshot:
+    return snapshot_with({"svc|": cluster_spec([port], connection_pool=pool)})
 
 
-async def test_one_connection_one_pending_third_request_overflows(backends: Any) -> None:
+async def test_one_connection_one_pending_third_request_overflows(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
     backend.default = Action(delay=0.3)
     config = _config(backend.port, max_connections=1, http1_max_pending_requests=1)
-    handler = outbound_chain()
+    handler = outbound_chain(send)
     responses = await asyncio.gather(*(handler(make_request(config, ROUTE)) for _ in range(3)))
     assert [r.status for r in responses] == [200, 200, 503]
     overflow = responses[2]
@@ -35,11 +36,11 @@ async def test_one_connection_one_pending_third_request_overflows(backends: Any)
     assert (traffic.rq_active, len(traffic.pending)) == (0, 0)
 
 
-async def test_waiting_requests_are_served_in_order_one_at_a_time(backends: Any) -> None:
+async def test_waiting_requests_are_served_in_order_one_at_a_time(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
     backend.default = Action(delay=0.05)
     config = _config(backend.port, max_connections=1, http1_max_pending_requests=10)
-    handler = outbound_chain()
+    handler = outbound_chain(send)
     requests = [make_request(config, ROUTE) for _ in range(5)]
     for index, request in enumerate(requests):
         request.headers.add("x-n", str(index))
@@ -49,11 +50,11 @@ async def test_waiting_requests_are_served_in_order_one_at_a_time(backends: Any)
     assert backend.max_active == 1
 
 
-async def test_a_cancelled_waiter_gives_its_place_back(backends: Any) -> None:
+async def test_a_cancelled_waiter_gives_its_place_back(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
     backend.default = Action(delay=0.3)
     config = _config(backend.port, max_connections=1, http1_max_pending_requests=1)
-    handler = outbound_chain()
+    handler = outbound_chain(send)
     first = asyncio.ensure_future(handler(make_request(config, ROUTE)))
     waiting = asyncio.ensure_future(handler(make_request(config, ROUTE)))
     await asyncio.sleep(0.05)
@@ -66,40 +67,40 @@ async def test_a_cancelled_waiter_gives_its_place_back(backends: Any) -> None:
     assert config.clusters["svc|"].traffic.rq_active == 0
 
 
-async def test_max_requests_caps_active_plus_pending(backends: Any) -> None:
+async def test_max_requests_caps_active_plus_pending(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
     backend.default = Action(delay=0.3)
     config = _config(backend.port, max_requests=2)
-    handler = outbound_chain()
+    handler = outbound_chain(send)
     responses = await asyncio.gather(*(handler(make_request(config, ROUTE)) for _ in range(3)))
     assert sorted(r.status for r in responses) == [200, 200, 503]
     assert config.clusters["svc|"].traffic.upstream_rq_overflow == 1
 
 
-async def test_no_limits_means_no_queueing(backends: Any) -> None:
+async def test_no_limits_means_no_queueing(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
     backend.default = Action(delay=0.2)
     config = _config(backend.port)
-    handler = outbound_chain()
+    handler = outbound_chain(send)
     responses = await asyncio.gather(*(handler(make_request(config, ROUTE)) for _ in range(5)))
     assert all(r.status == 200 for r in responses) and backend.max_active == 5
 
 
-async def test_failed_attempts_release_their_slot() -> None:
+async def test_failed_attempts_release_their_slot(send: Handler) -> None:
     config = _config(free_port(), max_connections=1, http1_max_pending_requests=1)
-    handler = outbound_chain()
+    handler = outbound_chain(send)
     for _ in range(3):
         with pytest.raises(ConnectFailure):  # escapes to the local-reply filter
             await handler(make_request(config, ROUTE))
     assert config.clusters["svc|"].traffic.rq_active == 0
 
 
-async def test_fortio_like_load_sees_some_overflow(backends: Any) -> None:
+async def test_fortio_like_load_sees_some_overflow(backends: Any, send: Handler) -> None:
     """Istio's circuit-breaking task: 3 connections against maxConnections 1, pending 1."""
     (backend,) = await backends("b")
     backend.default = Action(delay=0.01)
     config = _config(backend.port, max_connections=1, http1_max_pending_requests=1)
-    handler = outbound_chain()
+    handler = outbound_chain(send)
 
     async def client() -> list[int]:
         return [(await handler(make_request(config, ROUTE))).status for _ in range(10)]

@@ -10,42 +10,42 @@ import pytest
 
 from meshkit.proxy.chain import build_chain
 from meshkit.proxy.filters.fault import check_fault, fault
-from meshkit.proxy.http import Request, Response
+from meshkit.proxy.http import Handler, Request, Response
 
-from .conftest import Config, cluster_spec, make_request, outbound_chain
+from .conftest import cluster_spec, make_request, outbound_chain, snapshot_with
 
 
 def _route(delay: dict[str, Any] | None = None, abort: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"fault": {"delay": delay, "abort": abort}, "timeout_ms": None, "retries": None, "mirror": None}
 
 
-async def test_abort_answers_locally_with_fi(backends: Any) -> None:
+async def test_abort_answers_locally_with_fi(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
-    config = Config({"svc|": cluster_spec([backend.port])})
+    config = snapshot_with({"svc|": cluster_spec([backend.port])})
     route = _route(abort={"http_status": 500, "percent": 100.0})
-    response = await outbound_chain()(make_request(config, route))
+    response = await outbound_chain(send)(make_request(config, route))
     assert (response.status, response.flags, response.body) == (500, "FI", b"fault filter abort")
     assert backend.seen == []
 
 
-async def test_delay_holds_the_request_then_forwards_it_with_di(backends: Any) -> None:
+async def test_delay_holds_the_request_then_forwards_it_with_di(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
-    config = Config({"svc|": cluster_spec([backend.port])})
+    config = snapshot_with({"svc|": cluster_spec([backend.port])})
     request = make_request(config, _route(delay={"fixed_delay_ms": 300, "percent": 100.0}))
     started = time.monotonic()
-    response = await outbound_chain()(request)
+    response = await outbound_chain(send)(request)
     assert time.monotonic() - started >= 0.28
     assert (response.status, request.flags) == (200, "DI")
     assert len(backend.seen) == 1
 
 
-async def test_delay_then_abort(backends: Any) -> None:
+async def test_delay_then_abort(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
-    config = Config({"svc|": cluster_spec([backend.port])})
+    config = snapshot_with({"svc|": cluster_spec([backend.port])})
     route = _route(delay={"fixed_delay_ms": 200, "percent": 100}, abort={"http_status": 503, "percent": 100})
     request = make_request(config, route)
     started = time.monotonic()
-    response = await outbound_chain()(request)
+    response = await outbound_chain(send)(request)
     assert time.monotonic() - started >= 0.18
     assert (response.status, response.flags, request.flags) == (503, "FI", "DI")
     assert backend.seen == []
@@ -58,7 +58,7 @@ async def _count_faults(route: dict[str, Any], samples: int) -> tuple[int, int]:
     handler = build_chain([fault], app)
     aborted = delayed = 0
     for _ in range(samples):
-        request = make_request(Config({}), route)
+        request = make_request(snapshot_with({}), route)
         response = await handler(request)
         aborted += response.status == 418
         delayed += request.flags == "DI"

@@ -11,9 +11,10 @@ import pytest
 
 from meshkit.proxy.chain import build_chain
 from meshkit.proxy.filters.mirror import check_mirror, mirror, shadow_authority
-from meshkit.proxy.http import Request, Response
+from meshkit.proxy.http import Handler, Request, Response
+from meshkit.proxy.snapshot import Snapshot
 
-from .conftest import Action, Config, cluster_spec, free_port, make_request, outbound_chain
+from .conftest import Action, cluster_spec, free_port, make_request, outbound_chain, snapshot_with
 
 
 def _route(percent: float = 100.0, cluster: str = "shadow|") -> dict[str, Any]:
@@ -25,7 +26,7 @@ def _route(percent: float = 100.0, cluster: str = "shadow|") -> dict[str, Any]:
     }
 
 
-async def _settle(config: Config, cluster: str = "svc|", seconds: float = 3.0) -> None:
+async def _settle(config: Snapshot, cluster: str = "svc|", seconds: float = 3.0) -> None:
     tasks = set(config.clusters[cluster].traffic.mirror_tasks)
     if tasks:
         await asyncio.wait(tasks, timeout=seconds)
@@ -45,12 +46,12 @@ def test_shadow_authority_appends_to_the_host_part(authority: str, shadow: str) 
     assert shadow_authority(authority) == shadow
 
 
-async def test_shadow_copy_reaches_the_mirror_cluster(backends: Any) -> None:
+async def test_shadow_copy_reaches_the_mirror_cluster(backends: Any, send: Handler) -> None:
     primary, shadow = await backends("primary", "shadow")
-    config = Config({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([shadow.port])})
+    config = snapshot_with({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([shadow.port])})
     request = make_request(config, _route(), body=b"order=1", method="POST", authority="reviews:9080")
     request.headers.add("x-request-id", "abc")
-    response = await outbound_chain()(request)
+    response = await outbound_chain(send)(request)
     await _settle(config)
     assert response.status == 200 and response.body == b"ok from primary"
     assert [s.headers["host"] for s in primary.seen] == ["reviews:9080"]
@@ -61,12 +62,12 @@ async def test_shadow_copy_reaches_the_mirror_cluster(backends: Any) -> None:
     assert config.clusters["svc|"].traffic.mirror_rq_sent == 1
 
 
-async def test_slow_or_failing_shadow_never_delays_or_fails_the_primary(backends: Any) -> None:
+async def test_slow_or_failing_shadow_never_delays_or_fails_the_primary(backends: Any, send: Handler) -> None:
     primary, shadow = await backends("primary", "shadow")
     shadow.default = Action(503, delay=1.2)
-    config = Config({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([shadow.port])})
+    config = snapshot_with({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([shadow.port])})
     started = time.monotonic()
-    response = await outbound_chain()(make_request(config, _route()))
+    response = await outbound_chain(send)(make_request(config, _route()))
     assert response.status == 200 and time.monotonic() - started < 0.8
     traffic = config.clusters["svc|"].traffic
     assert len(traffic.mirror_tasks) == 1
@@ -74,34 +75,36 @@ async def test_slow_or_failing_shadow_never_delays_or_fails_the_primary(backends
     # the shadow is not retried (Envoy sends shadows without the route's retry policy)
     assert len(shadow.seen) == 1 and traffic.mirror_tasks == set()
 
-    dead = Config({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([free_port()])})
-    response = await outbound_chain()(make_request(dead, _route()))
+    dead = snapshot_with({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([free_port()])})
+    response = await outbound_chain(send)(make_request(dead, _route()))
     await _settle(dead)
     assert response.status == 200
     assert dead.clusters["svc|"].traffic.mirror_rq_failed == 1
 
 
-async def test_shadow_is_bounded_by_the_route_timeout(backends: Any) -> None:
+async def test_shadow_is_bounded_by_the_route_timeout(backends: Any, send: Handler) -> None:
     primary, shadow = await backends("primary", "shadow")
     shadow.default = Action(delay=3.0)
-    config = Config({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([shadow.port])})
+    config = snapshot_with({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([shadow.port])})
     route = {**_route(), "timeout_ms": 200}
-    assert (await outbound_chain()(make_request(config, route))).status == 200
+    assert (await outbound_chain(send)(make_request(config, route))).status == 200
     await _settle(config, seconds=1.5)
     assert config.clusters["svc|"].traffic.mirror_rq_failed == 1
 
 
-async def test_streamed_bodies_and_missing_clusters_are_skipped_and_counted(backends: Any) -> None:
+async def test_streamed_bodies_and_missing_clusters_are_skipped_and_counted(
+    backends: Any, send: Handler
+) -> None:
     primary, shadow = await backends("primary", "shadow")
-    config = Config({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([shadow.port])})
+    config = snapshot_with({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([shadow.port])})
 
     async def chunks() -> Any:
         yield b"streamed"
 
     streamed = make_request(config, _route(), body=chunks(), method="POST")
-    assert (await outbound_chain()(streamed)).status == 200
+    assert (await outbound_chain(send)(streamed)).status == 200
     missing = make_request(config, _route(cluster="nowhere|"))
-    assert (await outbound_chain()(missing)).status == 200
+    assert (await outbound_chain(send)(missing)).status == 200
     await _settle(config)
     traffic = config.clusters["svc|"].traffic
     assert (traffic.mirror_rq_skipped_streamed, traffic.mirror_rq_no_cluster) == (1, 1)
@@ -116,7 +119,7 @@ async def test_mirror_percent_is_sampled() -> None:
         authorities.append(request.authority)
         return Response(200)
 
-    config = Config({"svc|": cluster_spec([1]), "shadow|": cluster_spec([2])})
+    config = snapshot_with({"svc|": cluster_spec([1]), "shadow|": cluster_spec([2])})
     handler = build_chain([mirror], app)
     for _ in range(400):
         await handler(make_request(config, _route(percent=25.0)))

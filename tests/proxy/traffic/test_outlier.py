@@ -8,9 +8,9 @@ from typing import Any
 from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.chain import build_chain
 from meshkit.proxy.filters.loadbalance import loadbalance
-from meshkit.proxy.http import UpstreamError
+from meshkit.proxy.http import Handler, UpstreamError
 
-from .conftest import Action, Config, cluster_spec, free_port, make_request, plain_send
+from .conftest import Action, cluster_spec, free_port, make_request, snapshot_with
 
 
 def _cluster(count: int = 3, **outlier: Any) -> Cluster:
@@ -148,13 +148,15 @@ def test_ejection_time_is_capped_by_max_ejection_time() -> None:
     assert now - start <= 41.0
 
 
-async def test_connect_failures_through_the_filter_eject_the_dead_endpoint(backends: Any) -> None:
+async def test_connect_failures_through_the_filter_eject_the_dead_endpoint(
+    backends: Any, send: Handler
+) -> None:
     (alive,) = await backends("alive")
     dead_port = free_port()
     outlier = {"consecutive_gateway_errors": 2, "consecutive_5xx_errors": None,
                "base_ejection_time_ms": 60_000, "max_ejection_percent": 100}
-    config = Config({"svc|": cluster_spec([alive.port, dead_port], outlier_detection=outlier)})
-    handler = build_chain([loadbalance], plain_send)
+    config = snapshot_with({"svc|": cluster_spec([alive.port, dead_port], outlier_detection=outlier)})
+    handler = build_chain([loadbalance], send)
     failures = 0
     for _ in range(20):
         try:
@@ -167,12 +169,12 @@ async def test_connect_failures_through_the_filter_eject_the_dead_endpoint(backe
     assert len(alive.seen) == 18
 
 
-async def test_5xx_from_a_real_backend_ejects_it(backends: Any) -> None:
+async def test_5xx_from_a_real_backend_ejects_it(backends: Any, send: Handler) -> None:
     good, bad = await backends("good", "bad")
     bad.default = Action(status=503)
     outlier = {"consecutive_5xx_errors": 3, "base_ejection_time_ms": 60_000, "max_ejection_percent": 50}
-    config = Config({"svc|": cluster_spec([good.port, bad.port], outlier_detection=outlier)})
-    handler = build_chain([loadbalance], plain_send)
+    config = snapshot_with({"svc|": cluster_spec([good.port, bad.port], outlier_detection=outlier)})
+    handler = build_chain([loadbalance], send)
     statuses = [(await handler(make_request(config, {}))).status for _ in range(20)]
     assert statuses.count(503) == 3 and len(bad.seen) == 3
     assert config.clusters["svc|"].endpoints[1].ejected

@@ -8,8 +8,9 @@ import pytest
 
 from meshkit.proxy.chain import build_chain
 from meshkit.proxy.filters.ratelimit import TokenBucket, ratelimit
+from meshkit.proxy.http import Handler
 
-from .conftest import Config, cluster_spec, make_request, plain_send
+from .conftest import cluster_spec, make_request, snapshot_with
 
 
 def test_bucket_starts_full_and_refills_in_whole_intervals() -> None:
@@ -51,13 +52,13 @@ def test_from_snapshot() -> None:
     assert (bucket.max_tokens, bucket.tokens_per_fill, bucket.fill_interval) == (10, 5, 1.0)
 
 
-async def test_filter_answers_429_rl_and_keeps_the_app_out(backends: Any) -> None:
+async def test_filter_answers_429_rl_and_keeps_the_app_out(backends: Any, send: Handler) -> None:
     (app,) = await backends("app")
-    config = Config(
+    config = snapshot_with(
         {"inbound|": cluster_spec([app.port])},
         rate_limit={"max_tokens": 2, "tokens_per_fill": 1, "fill_interval_ms": 60_000},
     )
-    handler = build_chain([ratelimit], plain_send)
+    handler = build_chain([ratelimit], send)
     responses = []
     for _ in range(5):
         request = make_request(config, None, cluster="inbound|")
@@ -69,10 +70,10 @@ async def test_filter_answers_429_rl_and_keeps_the_app_out(backends: Any) -> Non
     assert len(app.seen) == 2
 
 
-async def test_no_rate_limit_lets_everything_through(backends: Any) -> None:
+async def test_no_rate_limit_lets_everything_through(backends: Any, send: Handler) -> None:
     (app,) = await backends("app")
-    config = Config({"inbound|": cluster_spec([app.port])})
-    handler = build_chain([ratelimit], plain_send)
+    config = snapshot_with({"inbound|": cluster_spec([app.port])})
+    handler = build_chain([ratelimit], send)
     for _ in range(20):
         request = make_request(config, None, cluster="inbound|")
         request.endpoint = config.clusters["inbound|"].endpoints[0]

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from meshkit.proxy.filters.timeout import check_timeout
+from meshkit.proxy.http import Handler
 
-from .conftest import Action, Config, cluster_spec, make_request, outbound_chain
+from .conftest import Action, cluster_spec, make_request, outbound_chain, snapshot_with
 
 
 def _route(timeout_ms: int | None, retries: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -26,13 +27,15 @@ async def _eventually(predicate: Any, seconds: float = 3.0) -> bool:
     return predicate()
 
 
-async def test_route_timeout_answers_504_ut_and_drops_the_upstream_connection(backends: Any) -> None:
+async def test_route_timeout_answers_504_ut_and_drops_the_upstream_connection(
+    backends: Any, send: Handler
+) -> None:
     (backend,) = await backends("b")
     backend.default = Action(delay=3.0)
     outlier = {"consecutive_gateway_errors": 5, "consecutive_5xx_errors": None}
-    config = Config({"svc|": cluster_spec([backend.port], outlier_detection=outlier)})
+    config = snapshot_with({"svc|": cluster_spec([backend.port], outlier_detection=outlier)})
     started = time.monotonic()
-    response = await outbound_chain()(make_request(config, _route(200)))
+    response = await outbound_chain(send)(make_request(config, _route(200)))
     elapsed = time.monotonic() - started
     assert (response.status, response.flags, response.body) == (504, "UT", b"upstream request timeout")
     assert 0.15 < elapsed < 2.0
@@ -45,12 +48,12 @@ async def test_route_timeout_answers_504_ut_and_drops_the_upstream_connection(ba
     assert cluster.traffic.rq_active == 0
 
 
-async def test_route_timeout_covers_all_retries(backends: Any) -> None:
+async def test_route_timeout_covers_all_retries(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
     backend.default = Action(503, delay=0.15)
-    config = Config({"svc|": cluster_spec([backend.port])})
+    config = snapshot_with({"svc|": cluster_spec([backend.port])})
     started = time.monotonic()
-    response = await outbound_chain()(
+    response = await outbound_chain(send)(
         make_request(config, _route(400, {"attempts": 10, "retry_on": ["5xx"]}))
     )
     assert (response.status, response.flags) == (504, "UT")
@@ -60,39 +63,41 @@ async def test_route_timeout_covers_all_retries(backends: Any) -> None:
     assert traffic.rq_retry_active == 0 and traffic.rq_active == 0
 
 
-async def test_route_timeout_wins_over_a_longer_per_try_timeout(backends: Any) -> None:
+async def test_route_timeout_wins_over_a_longer_per_try_timeout(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
     backend.default = Action(delay=3.0)
-    config = Config({"svc|": cluster_spec([backend.port])})
+    config = snapshot_with({"svc|": cluster_spec([backend.port])})
     route = _route(200, {"attempts": 2, "per_try_timeout_ms": 1000, "retry_on": ["5xx"]})
-    response = await outbound_chain()(make_request(config, route))
+    response = await outbound_chain(send)(make_request(config, route))
     assert (response.status, response.flags) == (504, "UT")
     assert config.clusters["svc|"].traffic.upstream_rq_per_try_timeout == 0
 
 
 @pytest.mark.parametrize("timeout_ms", [None, 0])
-async def test_no_route_timeout_waits_for_the_upstream(backends: Any, timeout_ms: int | None) -> None:
+async def test_no_route_timeout_waits_for_the_upstream(
+    backends: Any, timeout_ms: int | None, send: Handler
+) -> None:
     (backend,) = await backends("b")
     backend.default = Action(delay=0.3)
-    config = Config({"svc|": cluster_spec([backend.port])})
-    response = await outbound_chain()(make_request(config, _route(timeout_ms)))
+    config = snapshot_with({"svc|": cluster_spec([backend.port])})
+    response = await outbound_chain(send)(make_request(config, _route(timeout_ms)))
     assert response.status == 200
 
 
-async def test_a_fast_answer_is_not_touched(backends: Any) -> None:
+async def test_a_fast_answer_is_not_touched(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
-    config = Config({"svc|": cluster_spec([backend.port])})
-    response = await outbound_chain()(make_request(config, _route(2000)))
+    config = snapshot_with({"svc|": cluster_spec([backend.port])})
+    response = await outbound_chain(send)(make_request(config, _route(2000)))
     assert (response.status, response.flags) == (200, "")
     # the deadline is gone: nothing cancels this task later
     await asyncio.sleep(0.05)
 
 
-async def test_client_cancellation_is_not_an_upstream_error(backends: Any) -> None:
+async def test_client_cancellation_is_not_an_upstream_error(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
     backend.default = Action(delay=3.0)
-    config = Config({"svc|": cluster_spec([backend.port])})
-    task = asyncio.ensure_future(outbound_chain()(make_request(config, _route(5000))))
+    config = snapshot_with({"svc|": cluster_spec([backend.port])})
+    task = asyncio.ensure_future(outbound_chain(send)(make_request(config, _route(5000))))
     assert await _eventually(lambda: len(backend.seen) == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
