@@ -32,8 +32,13 @@ R = TypeVar("R", bound=Resource)
 
 
 def of_kind(resources: Iterable[Resource], kind: type[R]) -> list[R]:
-    """Resources of one kind, sorted by (namespace, name) so every choice below is deterministic."""
-    return sorted((r for r in resources if isinstance(r, kind)), key=lambda r: r.key)
+    """Resources of one kind, sorted by (namespace, name) so every choice below is deterministic.
+
+    A Kind/namespace/name given more than once (analyzer error MK0114) keeps its last
+    occurrence, as ``kubectl apply`` of the same input would.
+    """
+    latest = {r.key: r for r in resources if isinstance(r, kind)}
+    return [latest[key] for key in sorted(latest)]
 
 
 def labels_match(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
