@@ -481,5 +481,8 @@ def test_version_is_a_stable_content_hash() -> None:
 def test_same_resource_twice_keeps_the_last() -> None:
     first, second = sample("virtual-service-reviews-v3", "virtual-service-reviews-80-20")
     assert first.key == second.key
-    assert [r["cluster"] for r in routes(snap([first, second]), "reviews")[0]["route"]] == ["reviews|v1", "reviews|v2"]
+    assert [r["cluster"] for r in routes(snap([first, second]), "reviews")[0]["route"]] == [
+        "reviews|v1",
+        "reviews|v2",
+    ]
     assert [r["cluster"] for r in routes(snap([second, first]), "reviews")[0]["route"]] == ["reviews|v3"]
