@@ -437,12 +437,13 @@ class DownstreamConnection(asyncio.Protocol):
     async def _write_response(self, request: Request, response: Response) -> None:
         status = response.status
         body = response.body
-        head = [status_line(status, response.reason)]
         head_request = request.method == "HEAD"
+        lines = []
         for name, value in response.headers.items():
             if name in _RESPONSE_REFRAMED and not (head_request and name == "content-length"):
                 continue
-            head.append(f"{name}: {value}\r\n".encode("latin-1"))
+            lines.append(f"{name}: {value}\r\n")
+        head = [status_line(status, response.reason), "".join(lines).encode("latin-1")]
         keep_alive_10 = request.version == "1.0" and not self.closing
         no_body = head_request or status in _NO_BODY_STATUS or status < 200
         if isinstance(body, bytes):

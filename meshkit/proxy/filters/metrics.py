@@ -3,12 +3,12 @@
 ``outbound_metrics(registry)`` reports as ``reporter="source"``: source labels are this
 proxy's node, destination labels come from the chosen endpoint and its cluster. It also
 tells the destination sidecar who the source is, with ``x-meshkit-source-*`` headers
-(replacing any the app sent). ``inbound_metrics(registry)`` reports as
-``reporter="destination"``: destination labels are this node, source labels come from
-the mTLS peer identity when there is one, else from those headers, which it strips
-before the app sees them. A streamed response is recorded when its body ends (as Envoy
-records at stream completion); a cancelled exchange (downstream went away) as status 0
-with flag ``DC``.
+(appended after any the app sent; the destination keeps the last of each).
+``inbound_metrics(registry)`` reports as ``reporter="destination"``: destination labels
+are this node, source labels come from the mTLS peer identity when there is one, else
+from those headers, which it strips before the app sees them. A streamed response is
+recorded when its body ends (as Envoy records at stream completion); a cancelled
+exchange (downstream went away) as status 0 with flag ``DC``.
 """
 
 from __future__ import annotations
@@ -66,12 +66,9 @@ def outbound_metrics(registry: IstioMetrics) -> Filter:
         series.record(duration, body_size(request.body), sent)
 
     async def metrics(request: Request, call_next: Handler) -> Response:
-        items = request.headers.items()
-        for name, _ in items:
-            if name.startswith(SOURCE_HEADER_PREFIX):
-                items[:] = [i for i in items if not i[0].startswith(SOURCE_HEADER_PREFIX)]
-                break
-        items.extend(request.config.source_headers)
+        # Appended last: the destination side keeps the last value of each, so an app cannot
+        # spoof them by sending its own (and no per-request scan is needed here).
+        request.headers.items().extend(request.config.source_headers)
         try:
             response = await call_next(request)
         except asyncio.CancelledError:

@@ -9,19 +9,20 @@ that forward these headers produce one trace across the mesh. No spans are expor
 
 from __future__ import annotations
 
-import os
+import random
 
 from meshkit.proxy.http import Handler, Headers, Request, Response
 
 _HEX = frozenset("0123456789abcdef")
 
 
+_bits = random.getrandbits  # ids need uniqueness, not secrecy: no syscall per request
+
+
 def new_request_id() -> str:
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # UUID version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A UUID4-shaped id (version 4, RFC 4122 variant), like Envoy's x-request-id."""
+    h = f"{_bits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}"
 
 
 def _is_hex(value: str, length: int) -> bool:
@@ -50,12 +51,14 @@ def propagate(headers: Headers) -> None:
     else kept, then the new trace headers (and an x-request-id if missing) are appended.
     """
     items = headers.items()
-    found: dict[str, str] = {}
+    found: dict[str, str] | None = None
     kept: list[tuple[str, str]] = []
     has_request_id = False
     for item in items:
         name = item[0]
         if name in _TRACE_HEADERS:
+            if found is None:
+                found = {}
             found[name] = item[1]
         else:
             if name == "x-request-id":
@@ -63,7 +66,15 @@ def propagate(headers: Headers) -> None:
             kept.append(item)
     if not has_request_id:
         kept.append(("x-request-id", new_request_id()))
-    span_id = os.urandom(8).hex()
+    span_id = f"{_bits(64):016x}"
+    if found is None:
+        trace_id = f"{_bits(128):032x}"
+        kept.append(("traceparent", f"00-{trace_id}-{span_id}-01"))
+        kept.append(("x-b3-traceid", trace_id))
+        kept.append(("x-b3-spanid", span_id))
+        kept.append(("x-b3-sampled", "1"))
+        items[:] = kept
+        return
     parsed = None
     traceparent = found.get("traceparent")
     if traceparent is not None:
@@ -80,7 +91,7 @@ def propagate(headers: Headers) -> None:
             if sampled not in ("0", "1"):
                 sampled = "1"
         else:
-            trace_id = os.urandom(16).hex()
+            trace_id = f"{_bits(128):032x}"
             parent_id = ""
             sampled = "1"
         flags = "01" if sampled == "1" else "00"
