@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--config", metavar="FILE", help="static snapshot JSON (reloaded on SIGHUP)")
     source.add_argument("--control", metavar="URL", help="control plane base URL, e.g. http://127.0.0.1:15010")
     parser.add_argument("--id", dest="node_id", help="<instance>.<namespace> of this proxy (with --control)")
+    parser.add_argument(
+        "--kind", default="sidecar", choices=["sidecar", "gateway"],
+        help="sidecar (beside an app) or gateway (an ingress with no app of its own)",
+    )
     parser.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     for name, port in DEFAULT_PORTS.items():
         parser.add_argument(f"--{name}-port", type=int, default=port, help=f"0 = free port ({port})")
@@ -94,7 +98,7 @@ class Proxy:
             self.ports[name] = await listener.start(args.address, getattr(args, f"{name}_port"))
         self.ports["admin"] = await self.admin_listener.start(args.address, args.admin_port)
         if args.control:
-            self.xds = XdsClient(args.control, args.node_id, self.state)
+            self.xds = XdsClient(args.control, args.node_id, self.state, kind=args.kind)
             self._tasks.append(asyncio.ensure_future(self.xds.run()))
         self._tasks.append(asyncio.ensure_future(self._sweep_upstream()))
         if args.ports_file:

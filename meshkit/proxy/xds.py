@@ -158,7 +158,7 @@ class _StreamParser:
 class XdsClient:
     """Subscribes to the control plane and keeps ``state`` up to date (see the module docstring)."""
 
-    def __init__(self, url: str, node_id: str, state: ConfigState) -> None:
+    def __init__(self, url: str, node_id: str, state: ConfigState, kind: str = "sidecar") -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"--control: expected http://HOST:PORT, got {url!r}")
@@ -166,6 +166,7 @@ class XdsClient:
         self.port = parts.port or 80
         self.base_path = parts.path.rstrip("/")
         self.node_id = node_id
+        self.kind = kind  # "sidecar" | "gateway": the control plane compiles differently for each
         self.state = state
         state.source = f"control:{url} id={node_id}"
         self.connected = False
@@ -194,7 +195,7 @@ class XdsClient:
         """One stream connection; returns only by raising (closed, broken, idle too long)."""
         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
         try:
-            path = f"{self.base_path}/api/v1/xds/stream?id={quote(self.node_id)}"
+            path = f"{self.base_path}/api/v1/xds/stream?id={quote(self.node_id)}&kind={self.kind}"
             writer.write(
                 f"GET {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
                 f"accept: text/event-stream\r\ncache-control: no-cache\r\n\r\n".encode()
