@@ -72,14 +72,12 @@ def _strip_spiffe(value: str) -> str:
     return value[len("spiffe://"):] if value.startswith("spiffe://") else value
 
 
-_NS_RE = re.compile(r"/ns/([^/]+)/")
-
-
 def _namespace_of(principal: str | None) -> str | None:
-    if not principal:
+    """``cluster.local/ns/<ns>/sa/<sa>`` -> ``<ns>`` (Istio matches ``.*/ns/<ns>/.*``)."""
+    if not principal or "/ns/" not in principal:
         return None
-    match = _NS_RE.search(principal)
-    return match[1] if match else None
+    rest = principal.split("/ns/", 1)[1]
+    return rest.split("/", 1)[0] if "/" in rest else None
 
 
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -94,6 +92,8 @@ def _decode_unreserved(match: re.Match[str]) -> str:
 def normalize_path(raw: str) -> str:
     """The path an RFC 3986 server resolves: ``/a/./b/../%63`` -> ``/a/c``. Query and fragment dropped."""
     path = raw.split("?", 1)[0].split("#", 1)[0]
+    if path.startswith("/") and "%" not in path and "\\" not in path and "/." not in path:
+        return path  # already normal: the common case costs two scans
     if "://" in path[:10]:  # absolute-form request target
         slash = path.find("/", path.index("://") + 3)
         path = path[slash:] if slash >= 0 else "/"
@@ -119,6 +119,35 @@ Values = Callable[[str | None], bool]
 Predicate = Callable[[Attributes], bool]
 Getter = Callable[[Attributes], str | None]
 Field = tuple[Callable[[object, str], Values], Getter]  # (matcher factory, attribute getter)
+
+
+def _all_of(predicates: Sequence[Predicate]) -> Predicate:
+    """AND with early exit; plain loops (generator expressions cost more per request)."""
+    items = tuple(predicates)
+    if len(items) == 1:
+        return items[0]
+
+    def every(attrs: Attributes) -> bool:
+        for predicate in items:  # noqa: SIM110 - hot path: a loop beats all(<genexpr>)
+            if not predicate(attrs):
+                return False
+        return True
+
+    return every
+
+
+def _any_of(predicates: Sequence[Predicate]) -> Predicate:
+    items = tuple(predicates)
+    if len(items) == 1:
+        return items[0]
+
+    def some(attrs: Attributes) -> bool:
+        for predicate in items:  # noqa: SIM110 - hot path: a loop beats any(<genexpr>)
+            if predicate(attrs):
+                return True
+        return False
+
+    return some
 
 
 def _string_match(pattern: object, where: str, *, fold: bool = False) -> Values:
@@ -197,7 +226,10 @@ def _field(
 
     def any_match(attrs: Attributes) -> bool:
         value = get(attrs)
-        return any(m(value) for m in matchers)
+        for match in matchers:  # noqa: SIM110 - hot path
+            if match(value):
+                return True
+        return False
 
     if negated:
         return lambda attrs: not any_match(attrs)
@@ -250,7 +282,7 @@ def _section(doc: object, fields: dict[str, Field], where: str) -> Predicate:
             if not values:
                 continue
             predicates.append(_field(values, negated, make, f"{where}.{key}", get))
-    return lambda attrs: all(p(attrs) for p in predicates)
+    return _all_of(predicates)
 
 
 _HEADER_KEY = re.compile(r"^request\.headers\[([^\]]+)\]$")
@@ -304,7 +336,7 @@ def _condition(doc: object, where: str) -> Predicate:
         predicates.append(_field(values, False, make, f"{where}.values", get))
     if not_values:
         predicates.append(_field(not_values, True, make, f"{where}.not_values", get))
-    return lambda attrs: all(p(attrs) for p in predicates)
+    return _all_of(predicates)
 
 
 def _rule(doc: object, where: str) -> Predicate:
@@ -319,16 +351,16 @@ def _rule(doc: object, where: str) -> Predicate:
         for i, s in enumerate(_list(doc.get("from"), f"{where}.from"))
     ]
     if sources:
-        parts.append(lambda attrs: any(s(attrs) for s in sources))
+        parts.append(_any_of(sources))
     operations = [
         _section(o.get("operation", o) if isinstance(o, dict) else o, _OPERATION_FIELDS, f"{where}.to[{i}]")
         for i, o in enumerate(_list(doc.get("to"), f"{where}.to"))
     ]
     if operations:
-        parts.append(lambda attrs: any(o(attrs) for o in operations))
+        parts.append(_any_of(operations))
     when = _list(doc.get("when"), f"{where}.when")
     parts.extend(_condition(c, f"{where}.when[{i}]") for i, c in enumerate(when))
-    return lambda attrs: all(p(attrs) for p in parts)
+    return _all_of(parts)
 
 
 @dataclass(frozen=True, slots=True)
