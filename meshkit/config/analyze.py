@@ -14,6 +14,7 @@ MK0107 E percentage outside 0-100               MK0116 E http route without dest
 MK0108 W subset selects no endpoint             MK0117 E authorization condition key not supported
 MK0109 E DestinationRule tls DISABLE vs PeerAuthentication STRICT
 MK0118 W destination port is not the service's port (meshkit services have one port)
+MK0119 W JWT-based authorization (requestPrincipals, request.auth.*) never matches in meshkit
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ from meshkit.config.resources import (
 from meshkit.config.selection import of_kind, resolve_mtls
 
 SUPPORTED_CONDITION_KEYS = (
-    "request.headers[<name>]", "source.principal", "source.namespace", "destination.port"
+    "request.headers[<name>]", "source.principal", "source.namespace", "source.ip", "remote.ip",
+    "destination.port", "request.auth.principal", "request.auth.audiences", "request.auth.presenter",
+    "request.auth.claims[<name>]",
 )
 _HEADER_KEY = re.compile(r"^request\.headers\[[^\]]+\]$")
+_CLAIMS_KEY = re.compile(r"^request\.auth\.claims\[[^\]]+\]$")
 
 Finding = tuple[str, Severity, str, str]  # code, severity, field, text
 
@@ -306,12 +310,25 @@ def _check_policy(
 # ---------------------------------------------------------------------------------------------
 
 
+_NO_JWT = "meshkit has no RequestAuthentication (JWT), so it never matches (and its negation always does)"
+
+
 def _check_authorization_policy(policy: AuthorizationPolicy) -> Iterator[Finding]:
     for i, rule in enumerate(policy.spec.rules or []):
+        for j, source in enumerate(rule.from_ or []):
+            for name, alias in (("request_principals", "requestPrincipals"),
+                                ("not_request_principals", "notRequestPrincipals")):
+                if getattr(source.source, name):
+                    yield ("MK0119", Severity.WARNING, f"spec.rules[{i}].from[{j}].source.{alias}",
+                           f"{alias}: {_NO_JWT}")
         for j, condition in enumerate(rule.when or []):
             key = condition.key
-            if _HEADER_KEY.match(key) or key in SUPPORTED_CONDITION_KEYS:
-                continue
-            yield ("MK0117", Severity.ERROR, f"spec.rules[{i}].when[{j}].key",
-                   f'condition key "{key}" is not supported by meshkit '
-                   f"(supported: {', '.join(SUPPORTED_CONDITION_KEYS)})")
+            at = f"spec.rules[{i}].when[{j}].key"
+            known = _HEADER_KEY.match(key) or _CLAIMS_KEY.match(key) or key in SUPPORTED_CONDITION_KEYS
+            if not known:
+                yield ("MK0117", Severity.ERROR, at,
+                       f'condition key "{key}" is not supported by meshkit '
+                       f"(supported: {', '.join(SUPPORTED_CONDITION_KEYS)})")
+            elif key.startswith("request.auth."):
+                yield "MK0119", Severity.WARNING, at, f'condition key "{key}": {_NO_JWT}'
+

@@ -24,9 +24,11 @@ from meshkit.config.resources import (
     Headers,
     HTTPMatchRequest,
     HTTPRoute,
+    Operation,
     PeerAuthentication,
     Resource,
     Rule,
+    Source,
     StringMatch,
     TrafficPolicy,
     VirtualService,
@@ -440,21 +442,23 @@ def _authz_policy(policy: AuthorizationPolicy) -> dict[str, Any]:
     }
 
 
+_SOURCE_KEYS = ("principals", "namespaces", "ip_blocks", "remote_ip_blocks", "request_principals")
+_OPERATION_KEYS = ("hosts", "methods", "paths", "ports")
+
+
+def _lists(model: Source | Operation, names: Sequence[str]) -> dict[str, list[str]]:
+    """Every field and its ``not_`` form, ``[]`` when unset (Istio treats an empty list as unset)."""
+    out: dict[str, list[str]] = {}
+    for name in names:
+        out[name] = list(getattr(model, name) or [])
+        out[f"not_{name}"] = list(getattr(model, f"not_{name}") or [])
+    return out
+
+
 def _authz_rule(rule: Rule) -> dict[str, Any]:
     return {
-        "from": [
-            {"principals": list(f.source.principals or []),
-             "not_principals": list(f.source.not_principals or []),
-             "namespaces": list(f.source.namespaces or []),
-             "not_namespaces": list(f.source.not_namespaces or [])}
-            for f in rule.from_ or []
-        ],
-        "to": [
-            {"methods": list(t.operation.methods or []), "not_methods": list(t.operation.not_methods or []),
-             "paths": list(t.operation.paths or []), "not_paths": list(t.operation.not_paths or []),
-             "ports": list(t.operation.ports or []), "not_ports": list(t.operation.not_ports or [])}
-            for t in rule.to or []
-        ],
+        "from": [_lists(f.source, _SOURCE_KEYS) for f in rule.from_ or []],
+        "to": [_lists(t.operation, _OPERATION_KEYS) for t in rule.to or []],
         "when": [
             {"key": c.key, "values": list(c.values or []), "not_values": list(c.not_values or [])}
             for c in rule.when or []

@@ -324,15 +324,19 @@ class PeerAuthenticationSpec(IstioModel):
 
 
 class Source(IstioModel):
-    unsupported_fields = frozenset(
-        {"requestPrincipals", "notRequestPrincipals", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
-         "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts"}
-    )
+    unsupported_fields = frozenset({"serviceAccounts", "notServiceAccounts"})
 
     principals: list[str] | None = None
     not_principals: list[str] | None = None
     namespaces: list[str] | None = None
     not_namespaces: list[str] | None = None
+    ip_blocks: list[str] | None = None
+    not_ip_blocks: list[str] | None = None
+    remote_ip_blocks: list[str] | None = None
+    not_remote_ip_blocks: list[str] | None = None
+    # meshkit has no RequestAuthentication (JWT): these never match, their not_ forms always do
+    request_principals: list[str] | None = None
+    not_request_principals: list[str] | None = None
 
 
 def _port_string(value: str) -> str:
@@ -350,8 +354,8 @@ PortString = Annotated[str, BeforeValidator(_int_to_str), AfterValidator(_port_s
 
 
 class Operation(IstioModel):
-    unsupported_fields = frozenset({"hosts", "notHosts"})
-
+    hosts: list[str] | None = None
+    not_hosts: list[str] | None = None
     methods: list[str] | None = None
     not_methods: list[str] | None = None
     paths: list[str] | None = None

@@ -362,14 +362,14 @@ def test_duplicate_resource_and_route_without_destination() -> None:
 
 
 def test_authorization_condition_keys() -> None:
-    (policy_bad, policy_ok) = load_resources("""
+    resources = load_resources("""
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: jwt}
+metadata: {name: bad}
 spec:
   rules:
   - when:
-    - {key: "request.auth.claims[iss]", values: [x]}
+    - {key: connection.sni, values: [x]}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -380,16 +380,49 @@ spec:
     - {key: "request.headers[x-token]", values: [x]}
     - {key: source.principal, values: [x]}
     - {key: source.namespace, values: [x]}
+    - {key: source.ip, values: [10.0.0.0/8]}
+    - {key: remote.ip, values: [10.0.0.1]}
     - {key: destination.port, values: ["80"]}
 """)
-    assert found([policy_bad, policy_ok]) == [
+    assert [(m.resource, m.code, m.severity.value, m.field, m.text) for m in analyze(resources)] == [
         (
+            "AuthorizationPolicy/default/bad",
             "MK0117",
             "Error",
             "spec.rules[0].when[0].key",
-            'condition key "request.auth.claims[iss]" is not supported by meshkit '
-            "(supported: request.headers[<name>], source.principal, source.namespace, destination.port)",
+            'condition key "connection.sni" is not supported by meshkit (supported: '
+            "request.headers[<name>], source.principal, source.namespace, source.ip, remote.ip, "
+            "destination.port, request.auth.principal, request.auth.audiences, request.auth.presenter, "
+            "request.auth.claims[<name>])",
         )
+    ]
+
+
+def test_jwt_based_authorization_never_matches() -> None:
+    resources = sample("authorization-policy-httpbin-deny") + load_resources("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+""")
+    no_jwt = "meshkit has no RequestAuthentication (JWT), so it never matches (and its negation always does)"
+    assert [(m.resource, m.code, m.severity.value, m.field, m.text) for m in analyze(resources)] == [
+        (
+            "AuthorizationPolicy/default/jwt",
+            "MK0119",
+            "Warning",
+            "spec.rules[0].from[0].source.requestPrincipals",
+            f"requestPrincipals: {no_jwt}",
+        ),
+        (
+            "AuthorizationPolicy/foo/httpbin",
+            "MK0119",
+            "Warning",
+            "spec.rules[0].when[0].key",
+            f'condition key "request.auth.claims[iss]": {no_jwt}',
+        ),
     ]
 
 

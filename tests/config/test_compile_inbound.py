@@ -99,6 +99,8 @@ def test_authorization_policies_split_by_action() -> None:
                     "when": [],
                     "to": [
                         {
+                            "hosts": [],
+                            "not_hosts": [],
                             "methods": ["GET"],
                             "not_methods": [],
                             "paths": [],
@@ -119,6 +121,12 @@ def test_authorization_policies_split_by_action() -> None:
             "not_principals": [],
             "namespaces": [],
             "not_namespaces": [],
+            "ip_blocks": [],
+            "not_ip_blocks": [],
+            "remote_ip_blocks": [],
+            "not_remote_ip_blocks": [],
+            "request_principals": [],
+            "not_request_principals": [],
         }
     ]
     httpbin = sample("authorization-policy-httpbin-deny")
@@ -132,6 +140,17 @@ def test_authorization_policies_split_by_action() -> None:
     assert authz["allow"][0]["rules"][0]["to"][0]["not_ports"] == ["9090"]
     assert len(authz["allow"][0]["rules"][0]["from"]) == 2
     assert [p["name"] for p in authz["audit"]] == ["foo/audit-headers"]
+    ip_rule = load_resources(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ips, namespace: foo}\n"
+        "spec: {action: DENY, rules: [{from: [{source: {ipBlocks: [10.0.0.0/8], "
+        "notRemoteIpBlocks: [10.1.0.0/16]}}], to: [{operation: {hosts: [httpbin.foo]}}]}]}\n"
+    )
+    (rule,) = snap(ip_rule, v1)["inbound"]["authz"]["deny"][0]["rules"]
+    assert (rule["from"][0]["ip_blocks"], rule["from"][0]["not_remote_ip_blocks"]) == (
+        ["10.0.0.0/8"],
+        ["10.1.0.0/16"],
+    )
+    assert rule["to"][0]["hosts"] == ["httpbin.foo"]
     v2 = Node("httpbin-v2-0", namespace="foo", labels={"app": "httpbin", "version": "v2"})
     assert snap(httpbin, v2)["inbound"]["authz"]["allow"] == []  # the ALLOW policy selects version v1 only
     elsewhere = Node("httpbin-v1-0", namespace="bar", labels={"app": "httpbin", "version": "v1"})

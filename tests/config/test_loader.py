@@ -241,18 +241,22 @@ spec:
   action: CUSTOM
   provider: {name: opa}
   rules:
-  - from: [{source: {requestPrincipals: ["*"], principals: [a]}}]
-    to: [{operation: {hosts: [x], ports: ["80", "eighty"]}}]
+  - from: [{source: {serviceAccounts: [sleep], principals: [a]}}]
+    to: [{operation: {hosts: [x], ports: ["80", "eighty"]}, notHosts: [y]}]
 """)
     unsupported = "is not supported by meshkit"
     assert sorted((m.field, m.text) for m in messages) == [
         ("spec.action", f"spec.action: CUSTOM {unsupported} (supported: ALLOW, DENY, AUDIT)"),
         ("spec.provider", f"spec.provider {unsupported}"),
-        ("spec.rules[0].from[0].source.requestPrincipals",
-         f"spec.rules[0].from[0].source.requestPrincipals {unsupported}"),
-        ("spec.rules[0].to[0].operation.hosts", f"spec.rules[0].to[0].operation.hosts {unsupported}"),
-        ("spec.rules[0].to[0].operation.ports[1]",
-         'spec.rules[0].to[0].operation.ports[1]: port "eighty" is not a number between 1 and 65535'),
+        (
+            "spec.rules[0].from[0].source.serviceAccounts",
+            f"spec.rules[0].from[0].source.serviceAccounts {unsupported}",
+        ),
+        ("spec.rules[0].to[0].notHosts", "spec.rules[0].to[0].notHosts: unknown field"),
+        (
+            "spec.rules[0].to[0].operation.ports[1]",
+            'spec.rules[0].to[0].operation.ports[1]: port "eighty" is not a number between 1 and 65535',
+        ),
     ]
     assert all(m.resource == "AuthorizationPolicy/foo/ext" for m in messages)
 
@@ -418,12 +422,15 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_duplicate_yaml_keys_are_refused_not_silently_overwritten() -> None:
-    (message,) = problems(VS_HEAD + """  http:
+    (message,) = problems(
+        VS_HEAD
+        + """  http:
   - route:
     - destination: {host: reviews, subset: v1}
     route:
     - destination: {host: reviews, subset: v2}
-""")
+"""
+    )
     assert message.code == "MK0001"
     assert message.text == "YAML syntax error at line 10, column 5: duplicate key 'route' (first at line 8)"
 
