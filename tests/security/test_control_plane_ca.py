@@ -1,0 +1,49 @@
+"""The sidecar's certificate client against the REAL control plane (meshkit.control.server) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from meshkit.control.server import run_control_plane
+from meshkit.proxy.tls import CertificateManager, build_csr, generate_key
+from meshkit.proxy.tls_renewal import CertificateFetchError, fetch_certificate, renew
+
+from .conftest import ALICE, BOB, MeshListener, ask
+
+
+async def test_sidecars_get_certificates_from_the_control_plane_and_talk_mtls(tmp_path: Path) -> None:
+    running = await run_control_plane(
+        "127.0.0.1", 0, tmp_path, record_address=False, ca_ttl=timedelta(hours=1)
+    )
+    async with running:
+        tokens = running.control_plane.tokens
+        alice, bob = CertificateManager(ALICE), CertificateManager(BOB)
+        async with asyncio.timeout(20):
+            await renew(alice, running.url, tokens.issue_token(ALICE))
+            bob_token = tokens.issue_token(BOB)
+            await renew(bob, running.url, bob_token)
+
+            # Bob's token cannot get Alice's identity, whatever the CSR says.
+            with pytest.raises(CertificateFetchError, match=f"authenticated as {BOB}") as err:
+                await fetch_certificate(running.url, bob_token, build_csr(generate_key(), ALICE))
+            assert err.value.status == 403
+
+            async with MeshListener(bob) as server:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", server.port, ssl=alice.client_context
+                )
+                assert (await ask(reader, writer)).startswith(f"mutual_tls {ALICE} ")
+                writer.close()
+
+    assert alice.current is not None
+    lifetime = alice.current.not_after - alice.current.installed_at
+    assert 3500 < lifetime <= 3600 + 5  # the control plane's configured TTL reached the sidecar
+    # The root survives a control-plane restart: old certificates stay valid.
+    again = await run_control_plane("127.0.0.1", 0, tmp_path, record_address=False)
+    async with again:
+        assert again.control_plane.signer is not None
+        assert again.control_plane.signer.root_pem == alice.current.root_pem
