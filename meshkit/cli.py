@@ -1,0 +1,432 @@
+"""The ``meshkit`` command: kubectl/istioctl-like verbs over the control plane's REST API.
+
+Thin on purpose: each verb parses its options, calls into `meshkit.control` (client, server) or
+`meshkit.config` (offline analysis), and prints. Heavy modules are imported inside the verbs so
+``meshkit --help`` stays fast. The control plane is found via ``--control URL``, then
+``$MESHKIT_CONTROL``, then the address a running control plane recorded in the state dir
+(``$MESHKIT_HOME``), then ``http://127.0.0.1:15010``.
+
+Exit codes: 0 success, 1 rejected/invalid input or analyzer errors, 2 usage or no control plane.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from meshkit.control.client import ControlClient
+
+DEFAULT_CONTROL = "http://127.0.0.1:15010"
+EXIT_REJECTED = 1
+EXIT_UNAVAILABLE = 2
+
+app = typer.Typer(
+    name="meshkit",
+    help="A hands-on service mesh: Istio YAML, a real control plane and real sidecars on 127.0.0.1.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+ControlOption = Annotated[str | None, typer.Option(
+    "--control", envvar="MESHKIT_CONTROL", show_envvar=True,
+    help="Control plane URL (default: the one recorded in $MESHKIT_HOME, else http://127.0.0.1:15010).")]
+FilesOption = Annotated[list[str] | None, typer.Option(
+    "-f", "--filename", help="A YAML/JSON file, a directory of them, or - for stdin. Repeatable.")]
+NamespaceOption = Annotated[str, typer.Option("-n", "--namespace", help="Namespace.")]
+
+
+# -- output -----------------------------------------------------------------------------------------
+
+
+class Printer:
+    """stdout for results, stderr for problems; colours only when rich is asked to (lazy import)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console  # noqa: PLC0415 (lazy: keep --help fast)
+
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def line(self, text: str) -> None:
+        from rich.text import Text  # noqa: PLC0415
+
+        self.out.print(Text(text))
+
+    def problem(self, text: str) -> None:
+        from rich.text import Text  # noqa: PLC0415
+
+        self.err.print(Text(text, style="bold red"))
+
+    def message(self, message: dict[str, str], *, to_stderr: bool = False) -> None:
+        from rich.text import Text  # noqa: PLC0415
+
+        style = {"Error": "red", "Warning": "yellow"}.get(message.get("severity", "Error"), "")
+        (self.err if to_stderr else self.out).print(Text(format_message(message), style=style))
+
+
+_REF = re.compile(r"^(?P<prefix>.*?)(?P<kind>[A-Z][A-Za-z]+)/(?P<namespace>[^/\s]+)/(?P<name>[^/\s]+)$")
+
+
+def format_message(message: dict[str, str]) -> str:
+    """istioctl analyze's line: ``Error [MK0101] (VirtualService default/reviews spec.http[0]) text``."""
+    resource = message.get("resource", "")
+    match = _REF.match(resource)
+    if match:
+        resource = f"{match['prefix']}{match['kind']} {match['namespace']}/{match['name']}"
+    where = f"{resource} {message.get('field', '')}".strip()
+    severity, code = message.get("severity", "Error"), message.get("code", "")
+    return f"{severity} [{code}] ({where}) {message.get('message', '')}"
+
+
+def age(timestamp: float | None, now: float | None = None) -> str:
+    """kubectl's AGE: 42s, 5m, 3h, 2d."""
+    if timestamp is None:
+        return "<unknown>"
+    seconds = max(0, int((now if now is not None else time.time()) - timestamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def table(rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns separated by three spaces, like kubectl."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
+
+
+# -- plumbing ---------------------------------------------------------------------------------------
+
+
+def _control_url(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    from meshkit.control.server import read_recorded_address  # noqa: PLC0415
+
+    recorded = read_recorded_address()
+    if recorded:
+        return recorded
+    from meshkit.runtime.state import default_home  # noqa: PLC0415
+
+    try:
+        mesh = json.loads((default_home() / "mesh.json").read_text())
+    except (OSError, ValueError):
+        mesh = None
+    if isinstance(mesh, dict):
+        for key in ("control_url", "control"):
+            if isinstance(mesh.get(key), str):
+                return str(mesh[key])
+    return DEFAULT_CONTROL
+
+
+def _client(control: str | None) -> ControlClient:
+    from meshkit.control.client import ControlClient  # noqa: PLC0415
+
+    return ControlClient(_control_url(control))
+
+
+def _fail(code: int, text: str, messages: list[dict[str, str]] | None = None) -> NoReturn:
+    printer = Printer()
+    printer.problem(text)
+    for message in messages or []:
+        printer.message(message, to_stderr=True)
+    raise typer.Exit(code)
+
+
+def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run one API call; print the control plane's refusal or absence and exit."""
+    from meshkit.control.client import ApiError, ControlUnreachable  # noqa: PLC0415
+
+    try:
+        return function(*args, **kwargs)
+    except ControlUnreachable as error:
+        _fail(EXIT_UNAVAILABLE, f"error: no meshkit control plane is running at {error.url} "
+              f"({error.reason}). Start one with `meshkit control`, "
+              "or point --control / $MESHKIT_CONTROL at it.")
+    except ApiError as error:
+        summary = error.error if not error.messages else \
+            f"the control plane rejected the request (HTTP {error.status}):"
+        _fail(EXIT_REJECTED, f"error: {summary}", error.messages)
+
+
+def _load(files: list[str]) -> list[dict[str, Any]]:
+    """Resources of every file (``-`` = stdin) as Istio dicts; loader errors are printed and exit 1."""
+    from meshkit.config.loader import load_files, load_resources  # noqa: PLC0415
+    from meshkit.config.messages import ConfigError  # noqa: PLC0415
+
+    resources = []
+    try:
+        for name in files:
+            if name == "-":
+                resources.extend(load_resources(sys.stdin.read(), origin="<stdin>"))
+            elif not Path(name).exists():
+                _fail(EXIT_REJECTED, f"error: {name}: no such file or directory")
+            else:
+                resources.extend(load_files([name]))
+    except ConfigError as error:
+        _fail(EXIT_REJECTED, "error: the input is not valid", [m.to_dict() for m in error.messages])
+    return [resource.to_dict() for resource in resources]
+
+
+def _print_changes(result: dict[str, Any]) -> None:
+    printer = Printer()
+    for item in result.get("results", []):
+        printer.line(f"{item['resource']} {item['action']}")
+    for message in result.get("warnings", []):
+        printer.message(message)
+
+
+# -- verbs ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def control(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for the API and push stream (0 = any free port).")] = 15010,
+    state_dir: Annotated[Path | None, typer.Option(
+        help="State dir (default: $MESHKIT_HOME or ~/.meshkit).")] = None,
+    ca: Annotated[bool, typer.Option(help="Run the certificate authority (for mTLS).")] = True,
+) -> None:
+    """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
+    from meshkit.control.server import serve  # noqa: PLC0415
+
+    try:
+        serve(host, port, state_dir, with_ca=ca, announce=lambda text: print(text, flush=True))
+    except OSError as error:
+        _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")
+
+
+@app.command()
+def apply(files: FilesOption = None, control: ControlOption = None) -> None:
+    """Create or update resources from files (all files are applied as ONE atomic change)."""
+    if not files:
+        _fail(EXIT_UNAVAILABLE, "error: give at least one -f FILE|DIR|-")
+    documents = _load(files)
+    if not documents:
+        _fail(EXIT_REJECTED, "error: no resources found in the input")
+    result = _call(_client(control).apply, documents)
+    _print_changes(result)
+    if result.get("changed"):
+        Printer().line(f"revision {result['revision']}")
+
+
+@app.command()
+def get(  # noqa: PLR0917 (typer maps parameters to options)
+    kind: Annotated[str, typer.Argument(help="virtualservice|vs, destinationrule|dr, peerauthentication|pa, "
+                                             "authorizationpolicy|ap, or all.")],
+    name: Annotated[str | None, typer.Argument(help="One resource's name.")] = None,
+    namespace: NamespaceOption = "default",
+    all_namespaces: Annotated[bool, typer.Option("-A", "--all-namespaces", help="Every namespace.")] = False,
+    output: Annotated[str, typer.Option("-o", "--output", help="table, yaml or json.")] = "table",
+    control: ControlOption = None,
+) -> None:
+    """Show resources (a table like kubectl's, or -o yaml|json that `meshkit apply` takes back)."""
+    from meshkit.config.messages import ConfigError  # noqa: PLC0415
+    from meshkit.control.kinds import resolve_kind  # noqa: PLC0415
+
+    if output not in ("table", "yaml", "json"):
+        _fail(EXIT_UNAVAILABLE, f"error: --output must be table, yaml or json, not {output!r}")
+    try:
+        resolved = resolve_kind(kind)
+    except ConfigError as error:
+        _fail(EXIT_UNAVAILABLE, f"error: {error.messages[0].text}")
+    ns = None if all_namespaces and name is None else namespace
+    client = _client(control)
+    if output == "yaml":
+        sys.stdout.write(_call(client.get, resolved, name, ns, "yaml"))
+        return
+    items = _call(client.get, resolved, name, ns)["items"]
+    if output == "json":
+        resources = [item["resource"] for item in items]
+        doc = resources[0] if name is not None else {"apiVersion": "v1", "kind": "List", "items": resources}
+        print(json.dumps(doc, indent=2))
+        return
+    if not items:
+        where = "any namespace" if ns is None else f"{ns} namespace"
+        Printer().err.print(f"No resources found in {where}.")
+        return
+    _print_tables(items, show_namespace=ns is None, prefix_kind=resolved is None)
+
+
+_COLUMNS = {
+    "VirtualService": ("HOSTS", lambda spec: json.dumps(spec.get("hosts", []))),
+    "DestinationRule": ("HOST", lambda spec: spec.get("host", "")),
+    "PeerAuthentication": ("MODE", lambda spec: (spec.get("mtls") or {}).get("mode", "UNSET")),
+    "AuthorizationPolicy": ("ACTION", lambda spec: spec.get("action", "ALLOW")),
+}
+
+
+def _print_tables(items: list[dict[str, Any]], *, show_namespace: bool, prefix_kind: bool) -> None:
+    printer = Printer()
+    kinds = list(dict.fromkeys(item["resource"]["kind"] for item in items))
+    for index, kind in enumerate(kinds):
+        header, cell = _COLUMNS.get(kind, ("", lambda spec: ""))
+        rows = [(["NAMESPACE"] if show_namespace else []) + ["NAME", header, "AGE"]]
+        for item in items:
+            resource = item["resource"]
+            if resource["kind"] != kind:
+                continue
+            name = resource["metadata"]["name"]
+            name = f"{kind.lower()}/{name}" if prefix_kind else name
+            rows.append(([resource["metadata"].get("namespace", "default")] if show_namespace else [])
+                        + [name, str(cell(resource.get("spec") or {})), age(item.get("created"))])
+        if index:
+            printer.line("")
+        for line in table(rows):
+            printer.line(line)
+
+
+@app.command()
+def delete(
+    kind: Annotated[str | None, typer.Argument(help="Kind (vs, dr, pa, ap or the full names).")] = None,
+    name: Annotated[str | None, typer.Argument(help="Name of the resource.")] = None,
+    files: FilesOption = None,
+    namespace: NamespaceOption = "default",
+    control: ControlOption = None,
+) -> None:
+    """Delete resources named in files (-f), or one resource by KIND NAME. All or nothing."""
+    client = _client(control)
+    if files:
+        if kind or name:
+            _fail(EXIT_UNAVAILABLE, "error: give either -f FILE or KIND NAME, not both")
+        result = _call(client.delete_documents, _load(files))
+    elif kind and name:
+        from meshkit.config.messages import ConfigError  # noqa: PLC0415
+        from meshkit.control.kinds import resolve_kind  # noqa: PLC0415
+
+        try:
+            resolved = resolve_kind(kind)
+        except ConfigError as error:
+            _fail(EXIT_UNAVAILABLE, f"error: {error.messages[0].text}")
+        if resolved is None:
+            _fail(EXIT_UNAVAILABLE, "error: delete needs one kind, not 'all'")
+        result = _call(client.delete, resolved, name, namespace)
+    else:
+        _fail(EXIT_UNAVAILABLE, "error: give -f FILE or KIND NAME")
+    _print_changes(result)
+    Printer().line(f"revision {result['revision']}")
+
+
+@app.command()
+def analyze(
+    files: FilesOption = None,
+    offline: Annotated[bool, typer.Option(help="Analyze the files alone, no control plane.")] = False,
+    control: ControlOption = None,
+) -> None:
+    """Check resources like `istioctl analyze`: files (-f) with the running mesh's config, or the mesh itself.
+
+    With -f and no control plane running, the files are analyzed alone. Exit 1 when there are errors.
+    """
+    from meshkit.control.client import ControlUnreachable  # noqa: PLC0415
+
+    documents = _load(files) if files else []
+    messages: list[dict[str, str]] | None = None
+    where = "the files"
+    if not offline:
+        client = _client(control)
+        try:
+            messages = client.analyze(documents or None)["messages"]
+            where = f"the mesh at {client.url}"
+        except ControlUnreachable:
+            if not files:
+                _call(client.analyze)  # prints that no control plane runs, exits 2
+    if messages is None:
+        from meshkit.config.analyze import analyze as analyze_resources  # noqa: PLC0415
+        from meshkit.config.loader import load_resources  # noqa: PLC0415
+
+        found = analyze_resources(load_resources(documents), None) if documents else []
+        messages = [m.to_dict() for m in found]
+    printer = Printer()
+    for message in messages:
+        printer.message(message)
+    if not messages:
+        printer.line(f"✔ No validation issues found when analyzing {where}.")
+    if any(m.get("severity") == "Error" for m in messages):
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def history(
+    revision: Annotated[int | None, typer.Argument(help="Show this revision's diff.")] = None,
+    control: ControlOption = None,
+) -> None:
+    """List config revisions (REVISION, AGE, SUMMARY), or show one revision's YAML diff."""
+    client = _client(control)
+    printer = Printer()
+    if revision is not None:
+        entry = _call(client.revision, revision)
+        printer.line(f"revision {entry['revision']} ({age(entry['timestamp'])} ago): {entry['summary']}")
+        sys.stdout.write(entry["diff"])
+        return
+    doc = _call(client.history)
+    rows = [["REVISION", "AGE", "SUMMARY"]]
+    rows += [[str(r["revision"]), age(r["timestamp"]), r["summary"]] for r in doc["revisions"]]
+    for line in table(rows):
+        printer.line(line)
+    if not doc["revisions"]:
+        printer.line("(no revisions yet)")
+
+
+@app.command()
+def rollback(
+    revision: Annotated[int, typer.Argument(help="The revision whose config becomes current again.")],
+    control: ControlOption = None,
+) -> None:
+    """Restore the config as of REVISION, as a new revision."""
+    result = _call(_client(control).rollback, revision)
+    _print_changes(result)
+    if result["changed"]:
+        Printer().line(f"rolled back to revision {revision}: now at revision {result['revision']}")
+    else:
+        Printer().line(f"the config already equals revision {revision}; nothing changed")
+
+
+@app.command("proxy-status")
+def proxy_status(
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    control: ControlOption = None,
+) -> None:
+    """Each sidecar's acked snapshot version against the latest (SYNCED, STALE, NACKED), like istioctl."""
+    doc = _call(_client(control).proxy_status)
+    if output == "json":
+        print(json.dumps(doc, indent=2))
+        return
+    printer = Printer()
+    rows = [["NAME", "VERSION-ACKED", "LATEST", "STATUS", "STREAM"]]
+    for proxy in doc["proxies"]:
+        status = proxy["status"] + (f" ({proxy['reason']})" if proxy.get("reason") else "")
+        stream = "connected" if proxy["connected"] else f"disconnected {age(proxy.get('disconnected_at'))}"
+        rows.append([proxy["id"], proxy["acked"] or "-", proxy["latest"] or "-", status, stream])
+    for line in table(rows):
+        printer.line(line)
+    if not doc["proxies"]:
+        printer.line("(no proxies connected)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def proxy(ctx: typer.Context) -> None:
+    """Run a sidecar proxy (arguments go to `python -m meshkit.proxy`; see `meshkit proxy --help`)."""
+    try:
+        from meshkit.proxy.main import main as proxy_main  # noqa: PLC0415
+    except ImportError as error:
+        _fail(EXIT_UNAVAILABLE, f"error: the sidecar is not available in this installation ({error})")
+    raise typer.Exit(proxy_main(list(ctx.args)))
+
+
+def main() -> None:
+    """Console-script entry point (``meshkit``)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

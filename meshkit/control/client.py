@@ -1,0 +1,114 @@
+"""A small synchronous client of the control plane's REST API (stdlib only), used by the CLI.
+
+It turns transport problems into `ControlUnreachable` (nothing listens there) and JSON error
+answers into `ApiError` (status, summary, the analyzer's messages as dicts); it decides nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+
+class ControlUnreachable(Exception):
+    """No control plane answered at ``url``."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"no meshkit control plane answered at {url} ({reason})")
+
+
+class ApiError(Exception):
+    """The control plane refused a request: HTTP ``status``, a summary and the messages behind it."""
+
+    def __init__(self, status: int, error: str, messages: list[dict[str, str]]) -> None:
+        self.status = status
+        self.error = error
+        self.messages = messages
+        super().__init__(f"HTTP {status}: {error}")
+
+
+class ControlClient:
+    """One method per API call; every call returns the parsed JSON body (or text for YAML)."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, *, body: bytes | None = None, json_body: Any = None,
+                content_type: str = "application/json", query: dict[str, Any] | None = None) -> Any:
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+        url = f"{self.url}/api/v1/{path.lstrip('/')}"
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        request = urllib.request.Request(url, data=body, method=method,
+                                         headers={"Content-Type": content_type} if body is not None else {})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+                kind = response.headers.get_content_type()
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = {"error": raw.decode(errors="replace")[:500] or error.reason}
+            if not isinstance(doc, dict):
+                doc = {"error": str(doc)}
+            raise ApiError(error.code, str(doc.get("error", error.reason)), list(doc.get("messages") or [])) \
+                from None
+        except (TimeoutError, urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise ControlUnreachable(self.url, str(reason)) from None
+        if kind == "application/json":
+            return json.loads(raw)
+        return raw.decode()
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def healthz(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "healthz")
+        return result
+
+    def apply(self, documents: list[dict[str, Any]], *, expect_revision: int | None = None) -> Any:
+        return self.request("POST", "apply", json_body=_as_list(documents),
+                            query={"expect_revision": expect_revision})
+
+    def get(self, kind: str | None = None, name: str | None = None, namespace: str | None = None,
+            output: str = "json") -> Any:
+        if name is not None:
+            path = f"config/{kind}/{namespace or 'default'}/{name}"
+            return self.request("GET", path, query={"format": output})
+        path = f"config/{kind}" if kind else "config"
+        return self.request("GET", path, query={"format": output, "namespace": namespace})
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> Any:
+        return self.request("DELETE", f"config/{kind}/{namespace}/{name}")
+
+    def delete_documents(self, documents: list[dict[str, Any]]) -> Any:
+        return self.request("POST", "delete", json_body=_as_list(documents))
+
+    def analyze(self, documents: list[dict[str, Any]] | None = None) -> Any:
+        return self.request("POST", "analyze", json_body=_as_list(documents) if documents else None)
+
+    def history(self) -> Any:
+        return self.request("GET", "history")
+
+    def revision(self, number: int) -> Any:
+        return self.request("GET", f"history/{number}")
+
+    def rollback(self, number: int) -> Any:
+        return self.request("POST", "rollback", json_body={"revision": number})
+
+    def proxy_status(self) -> Any:
+        return self.request("GET", "proxy-status")
+
+
+def _as_list(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several resources as one body: a ``kind: List`` the loader expands."""
+    return {"apiVersion": "v1", "kind": "List", "items": documents}
