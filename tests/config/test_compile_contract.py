@@ -10,6 +10,7 @@ import pytest
 from meshkit.config.compile import compile_snapshot
 from meshkit.config.loader import load_resources
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
+from meshkit.proxy.filters.authz import compile_authz
 from meshkit.proxy.snapshot import Snapshot
 from tests.config.bookinfo import SAMPLES, bookinfo_registry, node_for
 
@@ -57,6 +58,33 @@ def test_every_sample_compiles_to_a_snapshot_the_sidecar_accepts(path: Path) -> 
         snapshot = Snapshot.from_json(doc)
         assert snapshot.version == doc["version"]
         assert set(snapshot.clusters) == set(doc["clusters"])
+        inbound = doc["inbound"]
+        compile_authz(inbound["authz"], port=inbound["service_port"])  # the authz filter accepts it too
+
+
+def test_every_authorization_field_compiles_to_what_the_authz_filter_enforces() -> None:
+    resources = load_resources("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: everything, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: [a], notPrincipals: [b], namespaces: [c], notNamespaces: [d],
+               ipBlocks: [10.0.0.0/8], notIpBlocks: [10.1.0.0/16], remoteIpBlocks: [192.168.0.1],
+               notRemoteIpBlocks: [192.168.0.2],
+               requestPrincipals: ["*"], notRequestPrincipals: [x]}
+    to:
+    - operation: {hosts: [h], notHosts: [i], methods: [GET], notMethods: [POST], paths: ["/a*"],
+                  notPaths: [/b], ports: ["8000"], notPorts: ["9000"]}
+    when:
+    - {key: "request.headers[x-a]", values: ["1"], notValues: ["2"]}
+    - {key: source.ip, values: [10.0.0.1]}
+    - {key: "request.auth.claims[iss]", values: [x]}
+""")
+    doc = compile_snapshot(resources, _registry(), HTTPBIN_V1)
+    assert compile_authz(doc["inbound"]["authz"], port=8000) is not None
 
 
 def test_the_sidecar_rejects_what_the_contract_forbids() -> None:
