@@ -52,13 +52,13 @@ class Bookinfo:
 def bookinfo(processes: AppProcesses, proxy: ForwardProxy) -> Bookinfo:
     """Productpage, details, ratings and reviews v1/v2/v3, each its own process, calling through ``proxy``."""
     mesh_env = {"HTTP_PROXY": proxy.url}
-    details = processes.launch("details", "--seed", "1")
-    ratings = processes.launch("ratings", "--seed", "2", "--instance", "ratings-v1-0")
-    reviews = {
-        version: processes.launch("reviews", "--version", version, "--seed", "3", env=mesh_env)
-        for version in ("v1", "v2", "v3")
-    }
-    productpage = processes.launch("productpage", "--seed", "4", env=mesh_env)
+    details, ratings, v1, v2, v3, productpage = processes.launch_many([
+        ("details", ("--seed", "1"), None),
+        ("ratings", ("--seed", "2", "--instance", "ratings-v1-0"), None),
+        *[("reviews", ("--version", v, "--seed", "3"), mesh_env) for v in ("v1", "v2", "v3")],
+        ("productpage", ("--seed", "4"), mesh_env),
+    ])
+    reviews = {"v1": v1, "v2": v2, "v3": v3}
     proxy.routes.update({f"details:{SERVICE_PORT}": details.port, f"ratings:{SERVICE_PORT}": ratings.port})
     proxy.routes[f"reviews:{SERVICE_PORT}"] = reviews["v2"].port
     return Bookinfo(proxy, productpage, details, ratings, reviews)

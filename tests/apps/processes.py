@@ -60,17 +60,33 @@ class AppProcesses:
 
     def launch(self, app: str, *args: str, env: dict[str, str] | None = None) -> RunningApp:
         """Start one app on a free port and wait for its ready line."""
-        process, log = self.spawn(app, "--port", "0", *args, env=env)
-        try:
-            ready = _ready_line(process)
-        except RuntimeError as exc:
-            _stop(process)
-            raise RuntimeError(f"{exc}; stderr: {log.read_text()[-2000:]}") from None
-        running = RunningApp(app, int(ready["port"]), process)
-        self._running.append(running)
+        (running,) = self.launch_many([(app, args, env)])
         return running
 
+    def launch_many(
+        self, specs: list[tuple[str, tuple[str, ...], dict[str, str] | None]]
+    ) -> list[RunningApp]:
+        """Start several apps at once (their start-ups overlap), then wait for every ready line."""
+        started = [(app, *self.spawn(app, "--port", "0", *args, env=env)) for app, args, env in specs]
+        launched: list[RunningApp] = []
+        try:
+            for app, process, log in started:
+                try:
+                    ready = _ready_line(process)
+                except RuntimeError as exc:
+                    raise RuntimeError(f"{exc}; stderr: {log.read_text()[-2000:]}") from None
+                launched.append(RunningApp(app, int(ready["port"]), process))
+        except RuntimeError:
+            for _, process, _ in started:
+                _stop(process)
+            raise
+        self._running.extend(launched)
+        return launched
+
     def stop_all(self) -> None:
+        for running in self._running:  # signal all first: their shutdowns overlap
+            if running.process.poll() is None:
+                running.process.terminate()
         for running in self._running:
             _stop(running.process)
         self._running.clear()
