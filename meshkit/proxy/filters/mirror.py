@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from typing import Any
 
 from meshkit.proxy.balancer import ClusterTraffic
@@ -70,7 +69,7 @@ def _shadow_of(request: Request, cluster: str) -> Request:
         downstream_addr=request.downstream_addr,
         peer_identity=request.peer_identity,
         config=request.config,
-        start=time.monotonic(),
+        start=asyncio.get_running_loop().time(),
         version=request.version,
     )
     shadow.cluster = cluster

@@ -50,15 +50,15 @@ async def test_route_timeout_answers_504_ut_and_drops_the_upstream_connection(
 
 async def test_route_timeout_covers_all_retries(backends: Any, send: Handler) -> None:
     (backend,) = await backends("b")
-    backend.default = Action(503, delay=0.15)
+    backend.default = Action(503, delay=0.1)
     config = snapshot_with({"svc|": cluster_spec([backend.port])})
     started = time.monotonic()
     response = await outbound_chain(send)(
-        make_request(config, _route(400, {"attempts": 10, "retry_on": ["5xx"]}))
+        make_request(config, _route(600, {"attempts": 10, "retry_on": ["5xx"]}))
     )
     assert (response.status, response.flags) == (504, "UT")
-    assert time.monotonic() - started < 2.0
-    assert 2 <= len(backend.seen) <= 4
+    assert time.monotonic() - started < 2.5
+    assert 2 <= len(backend.seen) <= 7
     traffic = config.clusters["svc|"].traffic
     assert traffic.rq_retry_active == 0 and traffic.rq_active == 0
 
