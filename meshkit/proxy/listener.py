@@ -213,6 +213,16 @@ class DownstreamConnection(asyncio.Protocol):
             return
         self._advance()
 
+    def eof_received(self) -> bool | None:
+        """The client half-closed: answer what was asked (keep writing), then close."""
+        self.input_done = True
+        self.closing = True
+        if self.current is not None and self.current.stream is not None:
+            self.current.stream.fail(BodyError("downstream closed before the end of the body"))
+        if self.active is not None or any(p.ready for p in self.queue):
+            return True
+        return None
+
     def pause_writing(self) -> None:
         self._write_paused = True
 
