@@ -52,7 +52,14 @@ HTTPBIN: tuple[WorkloadSpec, ...] = (
     WorkloadSpec("httpbin", "v2", "httpbin", 8000, "httpbin"),
 )
 
-APP_SETS: dict[str, tuple[WorkloadSpec, ...]] = {"bookinfo": BOOKINFO, "httpbin": HTTPBIN}
+# Clients for the security lessons, as in Istio's samples: `sleep` in the mesh (service port 80)
+# and `legacy`, a client with no sidecar whose plaintext a STRICT PeerAuthentication refuses.
+CLIENTS: tuple[WorkloadSpec, ...] = (
+    WorkloadSpec("sleep", "v1", "sleep", 80, "sleep"),
+    WorkloadSpec("legacy", "v1", "legacy", 80, "legacy", sidecar=False),
+)
+
+APP_SETS: dict[str, tuple[WorkloadSpec, ...]] = {"bookinfo": BOOKINFO, "httpbin": HTTPBIN, "clients": CLIENTS}
 
 
 def resolve(app_sets: list[str], replicas: dict[str, int]) -> list[WorkloadSpec]:

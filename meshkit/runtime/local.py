@@ -66,9 +66,9 @@ class Instance:
             "pid": self.app.pid if self.app else None,
             "sidecar_pid": self.sidecar.pid if self.sidecar else None,
             "app_port": self.ports.app,
-            "inbound_port": self.ports.inbound,
-            "outbound_proxy": f"http://127.0.0.1:{self.ports.outbound}",
-            "admin_port": self.ports.admin,
+            "inbound_port": self.ports.inbound if self.spec.sidecar else None,
+            "outbound_proxy": f"http://127.0.0.1:{self.ports.outbound}" if self.spec.sidecar else None,
+            "admin_port": self.ports.admin if self.spec.sidecar else None,
             "healthy": healthy,
         }
 
@@ -232,17 +232,19 @@ class LocalMesh:
         for inst in instances:
             self._wait(lambda i=inst: _http_ok(f"http://127.0.0.1:{i.ports.app}/healthz"), deadline,
                        f"app {inst.name}", rec, inst.name)
-        proxy_ids = [f"{i.name}.{NAMESPACE}" for i in instances] + [f"{INGRESS_ID}.{INGRESS_NAMESPACE}"]
+        proxy_ids = [f"{i.name}.{NAMESPACE}" for i in instances if i.spec.sidecar]
+        proxy_ids.append(f"{INGRESS_ID}.{INGRESS_NAMESPACE}")
         self._wait(lambda: _all_synced(client, proxy_ids), deadline, "every sidecar to ACK its snapshot",
                    rec, None)
         progress("mesh ready", steps, steps)
 
     def _register(self, client: ControlClient, instances: list[Instance]) -> None:
-        services = {(i.spec.service, i.spec.service_port) for i in instances}
+        meshed = [i for i in instances if i.spec.sidecar]  # out-of-mesh clients serve nothing
+        services = {(i.spec.service, i.spec.service_port) for i in meshed}
         for name, port in sorted(services):
             client.request("POST", "registry/services",
                            json_body={"name": name, "namespace": NAMESPACE, "port": port})
-        for inst in instances:
+        for inst in meshed:
             client.request("POST", "registry/endpoints", json_body={
                 "instance": inst.name, "workload": inst.spec.workload, "service": inst.spec.service,
                 "namespace": NAMESPACE, "address": "127.0.0.1", "port": inst.ports.inbound,
@@ -252,13 +254,11 @@ class LocalMesh:
 
     def _start_instance(self, rec: MeshRecord, inst: Instance, control_url: str) -> None:
         spec, ports = inst.spec, inst.ports
-        env = dict(os.environ)
-        env["HTTP_PROXY"] = f"http://127.0.0.1:{ports.outbound}"
-        env.pop("http_proxy", None)
-        env["NO_PROXY"] = "127.0.0.1,localhost"
         app_args = ["--port", str(ports.app), "--instance", inst.name, "--version", spec.version,
                     "--service-port", str(spec.service_port)]
-        self._spawn(rec, inst.name, python_argv("meshkit.apps", spec.app, *app_args), env=env)
+        self._spawn(rec, inst.name, python_argv("meshkit.apps", spec.app, *app_args), env=_app_env(inst))
+        if not spec.sidecar:
+            return
         self._spawn(rec, f"{inst.name}.sidecar", python_argv(
             "meshkit.proxy", "--control", control_url, "--id", f"{inst.name}.{NAMESPACE}",
             "--outbound-port", str(ports.outbound), "--inbound-port", str(ports.inbound),
@@ -309,11 +309,8 @@ class LocalMesh:
         if inst is None:
             raise MeshError(f"no instance {instance!r}; see `meshkit status`")
         stop([p for p in (inst.app,) if p is not None])
-        env = dict(os.environ)
-        env["HTTP_PROXY"] = f"http://127.0.0.1:{inst.ports.outbound}"
-        env["NO_PROXY"] = "127.0.0.1,localhost"
         assert inst.app is not None
-        self._spawn(rec, instance, list(inst.app.argv), env=env)
+        self._spawn(rec, instance, list(inst.app.argv), env=_app_env(inst))
         self._wait(lambda: _http_ok(f"http://127.0.0.1:{inst.ports.app}/healthz"),
                    time.monotonic() + timeout, f"app {instance}", rec, instance)
 
@@ -328,6 +325,15 @@ class LocalMesh:
 
     def log_path(self, name: str, sidecar: bool = False) -> Path:
         return Path(self._process(f"{name}.sidecar" if sidecar else name).log)
+
+
+def _app_env(inst: Instance) -> dict[str, str]:
+    """The app's environment: its sidecar as HTTP proxy (none for an out-of-mesh client)."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "no_proxy")}
+    if inst.spec.sidecar:
+        env["HTTP_PROXY"] = f"http://127.0.0.1:{inst.ports.outbound}"
+        env["NO_PROXY"] = "127.0.0.1,localhost"
+    return env
 
 
 def _answers(client: ControlClient) -> bool:
