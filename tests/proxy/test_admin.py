@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,3 +74,19 @@ async def test_not_ready_without_a_snapshot(tmp_path) -> None:
         assert status == 503 and "no configuration" in body
     finally:
         assert stop_process(proxy) == 0
+
+
+async def test_sigterm_drains_in_flight_requests(echo_app: EchoApp, tmp_path) -> None:
+    path = tmp_path / "snap.json"
+    path.write_text(json.dumps(make_snapshot(echo_app.port)))
+    proxy = spawn_proxy(["--config", str(path), "--drain-seconds", "5"], tmp_path)
+    try:
+        request = asyncio.to_thread(_get, proxy.outbound, "/slow/700", {"Host": "reviews"})
+        slow = asyncio.ensure_future(request)
+        await asyncio.sleep(0.3)
+        proxy.signal(signal.SIGTERM)
+        status, body = await asyncio.wait_for(slow, 10)
+        assert status == 200 and json.loads(body)["path"] == "/slow/700"
+        assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
+    finally:
+        stop_process(proxy)
