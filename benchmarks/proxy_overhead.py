@@ -137,6 +137,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     ratios = report.comparisons(summary)
     verdicts = report.checks(summary, targets)
     report.render(console, summary, ratios, verdicts)
+    warning = report.busy_warning(samples, os.cpu_count() or 1)
+    if warning:
+        meta["warning"] = warning
+        console.print(f"[yellow]{escape(warning)}[/]")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     document = report.to_json(meta, targets, samples, summary=summary, ratios=ratios, verdicts=verdicts)
     args.out.write_text(json.dumps(document, indent=2))

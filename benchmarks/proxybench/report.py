@@ -163,6 +163,15 @@ def render(console: Console, summary: Summary,
     console.print(check_table)
 
 
+def busy_warning(samples: Sequence[Sample], cpus: int) -> str | None:
+    """A warning when the machine was busy during the run (1-minute load average above the CPUs)."""
+    peak = max((s.loadavg_1m for s in samples), default=0.0)
+    if peak <= cpus:
+        return None
+    return (f"the machine was busy: 1-minute load average up to {peak:.1f} on {cpus} CPUs during the run; "
+            "latencies (p99 above all) carry other processes' noise, CPU per request is the steadiest figure")
+
+
 def to_json(meta: dict[str, Any], targets: Sequence[Target], samples: Sequence[Sample], *,
             summary: Summary, ratios: list[dict[str, Any]], verdicts: list[Check]) -> dict[str, Any]:
     return {
@@ -181,7 +190,8 @@ def to_json(meta: dict[str, Any], targets: Sequence[Target], samples: Sequence[S
         "samples": [
             {"target": s.target, "connections": s.connections, "round": s.round, **asdict(s.load),
              "rps": s.load.rps, "cpu_us_per_request": s.cpu_us_per_request,
-             "rss_bytes": s.rss_bytes, "rss_bytes_per_proxy": s.rss_bytes_per_proxy}
+             "rss_bytes": s.rss_bytes, "rss_bytes_per_proxy": s.rss_bytes_per_proxy,
+             "loadavg_1m": s.loadavg_1m}
             for s in samples
         ],
     }

@@ -7,6 +7,7 @@ references measured in the same round.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class Sample:
     cpu_seconds: float | None      # all proxy processes of the target, during the run
     rss_bytes: int | None          # all proxy processes of the target, after the run
     rss_bytes_per_proxy: int | None  # the largest single proxy (e.g. one of the two sidecars)
+    loadavg_1m: float              # machine load when the run started: how noisy was it?
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -51,6 +53,7 @@ class Sample:
 def measure(target: Target, wrk: Wrk, connections: int, seconds: int, round_no: int) -> Sample:
     trees = [process_tree(root.pid) for root in target.proxy_roots]
     pids = [pid for tree in trees for pid in tree]
+    loadavg = os.getloadavg()[0]
     before = cpu_seconds(pids)
     load = wrk.run(target.port, HOST, connections, seconds)
     used = cpu_seconds(pids) - before
@@ -60,6 +63,7 @@ def measure(target: Target, wrk: Wrk, connections: int, seconds: int, round_no: 
         cpu_seconds=used if pids else None,
         rss_bytes=sum(per_proxy) if pids else None,
         rss_bytes_per_proxy=max(per_proxy) if pids else None,
+        loadavg_1m=round(loadavg, 2),
     )
 
 
