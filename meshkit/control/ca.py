@@ -228,6 +228,8 @@ class CertificateAuthority:
         if root_cert_pem is not None and root_key_pem is not None:
             cert, key = cls._parse_root(_bytes(root_cert_pem), _bytes(root_key_pem), "provided root")
             _check_root(cert, key, now)
+            if cert_file.exists() and cert_file.read_bytes() != cert.public_bytes(serialization.Encoding.PEM):
+                log.warning("replacing the root CA in %s: certificates of the old root stop verifying", path)
             cls._store(cert_file, key_file, cert, key)
         elif cert_file.exists() or key_file.exists():
             if not (cert_file.exists() and key_file.exists()):

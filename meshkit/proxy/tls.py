@@ -172,10 +172,10 @@ def check_peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, allowe
 # --------------------------------------------------------------------------- contexts
 
 
-def _context(purpose: ssl._SSLMethod, root_pem: str, cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(purpose)
+def _context(server_side: bool, root_pem: str, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if purpose == ssl.PROTOCOL_TLS_CLIENT:
+    if not server_side:
         ctx.check_hostname = False  # SPIFFE ids are URI SANs: verified by check_peer_identity
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the bundle is the anchor, even an intermediate
@@ -199,8 +199,8 @@ def build_contexts(
             fh.write(key_pem)
         cert_file.write_text(cert_chain_pem)
         try:
-            server = _context(ssl.PROTOCOL_TLS_SERVER, root_pem, cert_file, key_file)
-            client = _context(ssl.PROTOCOL_TLS_CLIENT, root_pem, cert_file, key_file)
+            server = _context(True, root_pem, cert_file, key_file)
+            client = _context(False, root_pem, cert_file, key_file)
         except ssl.SSLError as exc:
             raise CertificateError(f"cannot build TLS contexts: {exc}") from exc
     return server, client

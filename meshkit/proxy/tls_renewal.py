@@ -61,8 +61,9 @@ async def _post_json(url: str, payload: dict[str, str], tls: ssl.SSLContext | No
     port = parts.port or (443 if parts.scheme == "https" else 80)
     path = parts.path.rstrip("/") + SIGN_PATH
     body = json.dumps(payload).encode()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {parts.hostname}:{port}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\nUser-Agent: meshkit-sidecar\r\n\r\n"
     ).encode()
     use_tls = tls if parts.scheme == "https" else None
@@ -99,10 +100,12 @@ async def fetch_certificate(
     """
     try:
         status, raw = await _post_json(control_url, {"csr": csr_pem, "token": token}, tls)
-    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-        if isinstance(exc, CertificateFetchError):
-            raise
+    except CertificateFetchError:
+        raise
+    except (OSError, asyncio.IncompleteReadError) as exc:
         raise CertificateFetchError(f"cannot reach the CA at {control_url}: {exc}") from exc
+    except ValueError as exc:  # a status line or length that does not parse
+        raise CertificateFetchError(f"malformed answer from the CA at {control_url}: {exc}") from exc
     try:
         doc = json.loads(raw) if raw else {}
     except ValueError:
