@@ -110,15 +110,15 @@ def table(rows: list[list[str]]) -> list[str]:
 def _control_url(explicit: str | None) -> str:
     if explicit:
         return explicit
-    from meshkit.control.server import read_recorded_address  # noqa: PLC0415
+    from meshkit.control.address import read_recorded_address  # noqa: PLC0415
 
     recorded = read_recorded_address()
     if recorded:
         return recorded
-    from meshkit.runtime.state import default_home  # noqa: PLC0415
+    from meshkit.control.address import default_state_dir  # noqa: PLC0415
 
-    try:
-        mesh = json.loads((default_home() / "mesh.json").read_text())
+    try:  # a mesh started by `meshkit up` may record its control plane in mesh.json
+        mesh = json.loads((default_state_dir() / "mesh.json").read_text())
     except (OSError, ValueError):
         mesh = None
     if isinstance(mesh, dict):
@@ -230,15 +230,10 @@ def get(  # noqa: PLR0917 (typer maps parameters to options)
     control: ControlOption = None,
 ) -> None:
     """Show resources (a table like kubectl's, or -o yaml|json that `meshkit apply` takes back)."""
-    from meshkit.config.messages import ConfigError  # noqa: PLC0415
-    from meshkit.control.kinds import resolve_kind  # noqa: PLC0415
-
     if output not in ("table", "yaml", "json"):
         _fail(EXIT_UNAVAILABLE, f"error: --output must be table, yaml or json, not {output!r}")
-    try:
-        resolved = resolve_kind(kind)
-    except ConfigError as error:
-        _fail(EXIT_UNAVAILABLE, f"error: {error.messages[0].text}")
+    everything = kind.lower() == "all"
+    resolved = None if everything else kind  # the control plane resolves vs, virtualservices, ...
     ns = None if all_namespaces and name is None else namespace
     client = _client(control)
     if output == "yaml":
@@ -254,7 +249,7 @@ def get(  # noqa: PLR0917 (typer maps parameters to options)
         where = "any namespace" if ns is None else f"{ns} namespace"
         Printer().err.print(f"No resources found in {where}.")
         return
-    _print_tables(items, show_namespace=ns is None, prefix_kind=resolved is None)
+    _print_tables(items, show_namespace=ns is None, prefix_kind=everything)
 
 
 _COLUMNS = {
@@ -300,16 +295,7 @@ def delete(
             _fail(EXIT_UNAVAILABLE, "error: give either -f FILE or KIND NAME, not both")
         result = _call(client.delete_documents, _load(files))
     elif kind and name:
-        from meshkit.config.messages import ConfigError  # noqa: PLC0415
-        from meshkit.control.kinds import resolve_kind  # noqa: PLC0415
-
-        try:
-            resolved = resolve_kind(kind)
-        except ConfigError as error:
-            _fail(EXIT_UNAVAILABLE, f"error: {error.messages[0].text}")
-        if resolved is None:
-            _fail(EXIT_UNAVAILABLE, "error: delete needs one kind, not 'all'")
-        result = _call(client.delete, resolved, name, namespace)
+        result = _call(client.delete, kind, name, namespace)  # the control plane resolves the kind
     else:
         _fail(EXIT_UNAVAILABLE, "error: give -f FILE or KIND NAME")
     _print_changes(result)

@@ -10,12 +10,8 @@ blocking entry point of ``meshkit control`` with a graceful shutdown on SIGINT/S
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import signal
 import sqlite3
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
+from meshkit.control.address import (
+    CONTROL_SUBDIR,
+    address_file,
+    default_state_dir,
+    forget_address,
+    write_address,
+)
 from meshkit.control.api import Components, SignedCertificate, create_app
 from meshkit.control.database import open_database
 from meshkit.control.push import PushServer
@@ -31,29 +34,7 @@ from meshkit.control.store import ConfigStore
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 15010
-CONTROL_SUBDIR = "control"
-ADDRESS_FILE = "address.json"
 SHUTDOWN_TIMEOUT = 3.0
-
-
-def default_state_dir() -> Path:
-    """``$MESHKIT_HOME`` or ``~/.meshkit`` (the same rule as `meshkit.runtime.state`)."""
-    return Path(os.environ.get("MESHKIT_HOME") or Path.home() / ".meshkit")
-
-
-def address_file(state_dir: Path | str | None = None) -> Path:
-    root = Path(state_dir) if state_dir is not None else default_state_dir()
-    return root / CONTROL_SUBDIR / ADDRESS_FILE
-
-
-def read_recorded_address(state_dir: Path | str | None = None) -> str | None:
-    """The URL a running control plane recorded in the state dir, or None."""
-    try:
-        doc = json.loads(address_file(state_dir).read_text())
-    except (OSError, ValueError):
-        return None
-    url = doc.get("url") if isinstance(doc, dict) else None
-    return url if isinstance(url, str) else None
 
 
 class _CaSigner:
@@ -129,9 +110,7 @@ class RunningControlPlane:
         await self.runner.cleanup()
         self.control_plane.close()
         if self._recorded is not None:
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads(self._recorded.read_text()).get("pid") == os.getpid():
-                    self._recorded.unlink()
+            forget_address(self._recorded)
 
     async def __aenter__(self) -> RunningControlPlane:
         return self
@@ -139,14 +118,6 @@ class RunningControlPlane:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
-
-
-def _record_address(path: Path, url: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".address.", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"url": url, "pid": os.getpid()}, fh)
-    os.replace(tmp, path)
 
 
 async def run_control_plane(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -172,7 +143,7 @@ async def run_control_plane(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     recorded = None
     if record_address:
         recorded = address_file(control_plane.state_dir)
-        _record_address(recorded, f"http://{host}:{bound}")
+        write_address(recorded, f"http://{host}:{bound}")
     return RunningControlPlane(control_plane, runner, host, bound, recorded)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import aiohttp
 
-from meshkit.control.server import address_file, read_recorded_address, run_control_plane
+from meshkit.control.address import address_file, read_recorded_address
+from meshkit.control.server import run_control_plane
 from tests.control.resources import BOOKINFO_REVIEWS, SERVICE, endpoint, virtual_service
 
 

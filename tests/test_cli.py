@@ -1,0 +1,223 @@
+"""The `meshkit` CLI as a real subprocess against a real control plane process on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.control.resources import BAD_VIRTUAL_SERVICE, DESTINATION_RULE, virtual_service
+from tests.control.sse import Subscriber
+
+MESHKIT = [sys.executable, "-m", "meshkit.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def meshkit(*args: str, env: dict[str, str], stdin: str | None = None) -> Result:
+    process = await asyncio.create_subprocess_exec(
+        *MESHKIT, *args, env=env, cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else None), 60)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_env(home: Path, control: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MESHKIT_CONTROL"}
+    env.update(MESHKIT_HOME=str(home), COLUMNS="200", NO_COLOR="1", PYTHONPATH=str(ROOT))
+    if control is not None:
+        env["MESHKIT_CONTROL"] = control
+    return env
+
+
+@dataclass
+class ControlProcess:
+    process: asyncio.subprocess.Process
+    url: str
+
+    async def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), 20)
+
+
+async def start_control(home: Path) -> ControlProcess:
+    process = await asyncio.create_subprocess_exec(
+        *MESHKIT, "control", "--port", "0", "--no-ca", env=cli_env(home), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    assert b"listening on http://127.0.0.1:" in line, line
+    url = line.decode().split("listening on ")[1].split()[0]
+    return ControlProcess(process, url)
+
+
+@pytest.fixture
+async def control(tmp_path: Path) -> AsyncIterator[ControlProcess]:
+    running = await start_control(tmp_path)
+    try:
+        yield running
+    finally:
+        if running.process.returncode is None:
+            await running.stop()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "a-destination-rule.yaml").write_text(DESTINATION_RULE)
+    (folder / "b-virtual-service.yaml").write_text(virtual_service("v1"))
+    (tmp_path / "bad.yaml").write_text(BAD_VIRTUAL_SERVICE)
+    (tmp_path / "vs-v2.yaml").write_text(virtual_service("v2"))
+    return folder
+
+
+async def test_help_on_every_verb(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    top = await meshkit("--help", env=env)
+    assert top.code == 0
+    verbs = ["control", "apply", "get", "delete", "analyze", "history", "rollback", "proxy-status"]
+    for verb in verbs:
+        assert verb in top.out
+    results = await asyncio.gather(*(meshkit(verb, "--help", env=env) for verb in verbs))
+    for verb, result in zip(verbs, results, strict=True):
+        assert result.code == 0, (verb, result.err)
+        assert "Usage: " in result.out and verb in result.out
+
+
+async def test_no_control_plane_is_said_clearly_and_analyze_works_offline(tmp_path: Path,
+                                                                          files: Path) -> None:
+    env = cli_env(tmp_path, control=f"http://127.0.0.1:{closed_port()}")
+    result = await meshkit("get", "vs", env=env)
+    assert result.code == 2
+    assert "no meshkit control plane is running at http://127.0.0.1:" in result.err
+    assert "Traceback" not in result.err
+    good = await meshkit("analyze", "-f", str(files), env=env)
+    assert good.code == 0, good.err
+    assert "No validation issues found" in good.out
+    bad = await meshkit("analyze", "-f", str(tmp_path / "bad.yaml"), env=env)
+    assert bad.code == 1
+    assert 'Error [MK0101] (VirtualService default/ratings-bad spec.http[0].route[0].destination.subset) ' \
+           'subset "v9" of host "ratings" is not defined by any DestinationRule' in bad.out
+    forced = await meshkit("analyze", "--offline", "-f", str(tmp_path / "bad.yaml"), env=cli_env(tmp_path))
+    assert forced.code == 1
+    without_files = await meshkit("analyze", env=env)
+    assert without_files.code == 2 and "no meshkit control plane" in without_files.err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kind: [")
+    invalid = await meshkit("analyze", "-f", str(broken), env=env)
+    assert invalid.code == 1 and "MK0001" in invalid.err and "Traceback" not in invalid.err
+
+
+async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_path: Path,
+                                                 files: Path) -> None:
+    env = cli_env(tmp_path)  # no --control: the address the control plane recorded in $MESHKIT_HOME
+    applied = await meshkit("apply", "-f", str(files), env=env)
+    assert applied.code == 0, applied.err
+    assert "DestinationRule/default/reviews created" in applied.out
+    assert "VirtualService/default/reviews created" in applied.out
+    assert "revision 1" in applied.out
+
+    table = await meshkit("get", "virtualservices", env=env)
+    assert table.code == 0
+    header, row = table.out.splitlines()
+    assert header.split() == ["NAME", "HOSTS", "AGE"]
+    assert row.split()[:2] == ["reviews", '["reviews"]']
+
+    as_yaml = await meshkit("get", "vs", "reviews", "-o", "yaml", env=env)
+    assert as_yaml.code == 0 and "kind: VirtualService" in as_yaml.out
+    reapplied = await meshkit("apply", "-f", "-", env=env, stdin=as_yaml.out)
+    assert reapplied.code == 0 and "VirtualService/default/reviews unchanged" in reapplied.out
+
+    rejected = await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), "-f", str(tmp_path / "bad.yaml"),
+                             env=env)
+    assert rejected.code == 1
+    assert "Error [MK0101] (VirtualService default/ratings-bad" in rejected.err
+    assert "Traceback" not in rejected.err
+    still = json.loads((await meshkit("get", "vs", "-o", "json", env=env)).out)
+    assert [item["spec"]["http"][0]["route"][0]["destination"]["subset"] for item in still["items"]] == ["v1"]
+
+    online = await meshkit("analyze", env=env)
+    assert online.code == 0, online.out + online.err
+    online_bad = await meshkit("analyze", "-f", str(tmp_path / "bad.yaml"), env=env)
+    assert online_bad.code == 1 and "MK0101" in online_bad.out
+
+    assert (await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), env=env)).code == 0
+    deleted = await meshkit("delete", "vs", "reviews", env=env)
+    assert deleted.code == 0 and "VirtualService/default/reviews deleted" in deleted.out
+    missing = await meshkit("delete", "vs", "reviews", env=env)
+    assert missing.code == 1 and "VirtualService/default/reviews not found" in missing.err
+    by_file = await meshkit("delete", "-f", str(files / "a-destination-rule.yaml"), env=env)
+    assert by_file.code == 0 and "DestinationRule/default/reviews deleted" in by_file.out
+    empty = await meshkit("get", "all", env=env)
+    assert empty.code == 0 and "No resources found" in empty.err
+
+    history = await meshkit("history", env=env)
+    lines = history.out.splitlines()
+    assert lines[0].split() == ["REVISION", "AGE", "SUMMARY"]
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3", "4"]
+    diff = await meshkit("history", "2", env=env)
+    assert "-        subset: v1" in diff.out and "+        subset: v2" in diff.out
+
+    rolled = await meshkit("rollback", "1", env=env)
+    assert rolled.code == 0 and "now at revision 5" in rolled.out
+    restored = await meshkit("get", "all", env=env)
+    assert "virtualservice/reviews" in restored.out and "destinationrule/reviews" in restored.out
+    unknown = await meshkit("rollback", "42", env=env)
+    assert unknown.code == 1 and "revision 42 does not exist" in unknown.err
+
+
+async def test_proxy_status_and_restart_keeps_config(control: ControlProcess, tmp_path: Path,
+                                                     files: Path) -> None:
+    env = cli_env(tmp_path, control=control.url)
+    assert (await meshkit("apply", "-f", str(files), env=env)).code == 0
+    async with aiohttp.ClientSession() as session:
+        synced = await Subscriber(session, control.url, "reviews-v1-0.default").start()
+        silent = await Subscriber(session, control.url, "ratings-v1-0.default", mode="silent").start()
+        try:
+            snapshot = await synced.next()
+            await silent.next()
+            table = await meshkit("proxy-status", env=env)
+            assert table.code == 0
+            rows = {line.split()[0]: line.split() for line in table.out.splitlines()}
+            assert rows["NAME"][:4] == ["NAME", "VERSION-ACKED", "LATEST", "STATUS"]
+            assert rows["reviews-v1-0.default"][1:4] == [snapshot["version"], snapshot["version"], "SYNCED"]
+            assert rows["ratings-v1-0.default"][1] == "-" and rows["ratings-v1-0.default"][3] == "STALE"
+            as_json = json.loads((await meshkit("proxy-status", "-o", "json", env=env)).out)
+            assert {p["id"]: p["status"] for p in as_json["proxies"]} == {
+                "ratings-v1-0.default": "STALE", "reviews-v1-0.default": "SYNCED"}
+        finally:
+            await synced.close()
+            await silent.close()
+
+    assert await control.stop() == 0
+    restarted = await start_control(tmp_path)
+    try:
+        env = cli_env(tmp_path, control=restarted.url)
+        table = await meshkit("get", "dr", env=env)
+        assert table.code == 0 and "reviews" in table.out
+        assert "1" in (await meshkit("history", env=env)).out.splitlines()[1]
+    finally:
+        assert await restarted.stop() == 0
