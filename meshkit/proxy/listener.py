@@ -35,6 +35,7 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {}
 _NO_BODY_STATUS = frozenset({204, 304})
 _REQUEST_SKIP = HOP_BY_HOP | {b"expect"}
+_REQUEST_SPECIAL = _REQUEST_SKIP | {b"host", b"x-forwarded-for", b"x-forwarded-proto"}
 _RESPONSE_REFRAMED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _MAX_PIPELINE = 32  # queued requests per connection before we stop reading
 
@@ -150,7 +151,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.active: asyncio.Task[None] | None = None
         self.current: _Pending | None = None  # the request being parsed
         self.last_activity = time.monotonic()
-        self.head_started: float | None = None
+        self.head_started: float | None = None  # set while a request head is incomplete
+        self.head_started_at = 0.0
         self._paused_reading = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -172,6 +174,7 @@ class DownstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
         self.listener.connections.add(self)
@@ -234,7 +237,7 @@ class DownstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset_head()
-        self.head_started = time.monotonic()
+        self.head_started = self.head_started_at = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -249,6 +252,9 @@ class DownstreamConnection(asyncio.Protocol):
             self._reject = (431, "request headers too large")
             raise ValueError("request head too large")
         lname = name.lower()
+        if lname not in _REQUEST_SPECIAL:
+            self._headers.append((lname.decode("latin-1"), value.decode("latin-1")))
+            return
         if lname in _REQUEST_SKIP:
             if lname == b"content-length":
                 if self._content_length is not None and int(value) != self._content_length:
@@ -263,15 +269,14 @@ class DownstreamConnection(asyncio.Protocol):
                 tokens = [t.strip() for t in value.decode("latin-1").lower().split(",")]
                 self._connection_tokens = (self._connection_tokens or []) + tokens
             return
-        text_name = lname.decode("latin-1")
         text_value = value.decode("latin-1")
         if lname == b"host":
             self._host = text_value
         elif lname == b"x-forwarded-for":
             self._xff_index = len(self._headers)
-        elif lname == b"x-forwarded-proto":
+        else:
             self._has_xfp = True
-        self._headers.append((text_name, text_value))
+        self._headers.append((lname.decode("latin-1"), text_value))
 
     def on_headers_complete(self) -> None:
         self.head_started = None
@@ -330,7 +335,7 @@ class DownstreamConnection(asyncio.Protocol):
             b"",
             direction=self.listener.direction,
             downstream_addr=self.peer,
-            start=time.monotonic(),
+            start=self.head_started_at,
             version=version,
         )
         pending = _Pending(request)
@@ -402,7 +407,7 @@ class DownstreamConnection(asyncio.Protocol):
         queue.popleft()
         if len(queue) < _MAX_PIPELINE and self._paused_reading and head.stream is None:
             self._resume_reading()
-        self.active = asyncio.ensure_future(self._serve(head))
+        self.active = self._loop.create_task(self._serve(head))
         if len(queue) >= _MAX_PIPELINE:
             self._pause_reading()
 
@@ -413,7 +418,18 @@ class DownstreamConnection(asyncio.Protocol):
             if pending.expect_continue and not pending.continue_sent:
                 pending.continue_sent = True
                 self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            response = pending.reject or await self._respond(request)
+            response = pending.reject
+            if response is None:
+                state = self.listener.state
+                config = state.current if state is not None else None
+                if state is not None and config is None:
+                    response = Response.local(503, "no configuration yet: waiting for a snapshot\n")
+                else:
+                    request.config = config
+                    try:
+                        response = await self.listener.handler(request)
+                    except UpstreamError as exc:
+                        response = Response.local(exc.status, str(exc) or type(exc).__name__, exc.flag)
             self.stats.count_status(response.status)
             await self._write_response(request, response)
             stream = pending.stream
@@ -431,18 +447,6 @@ class DownstreamConnection(asyncio.Protocol):
             self._close_transport()
         elif not self.closed:
             self._advance()
-
-    async def _respond(self, request: Request) -> Response:
-        state = self.listener.state
-        if state is not None:
-            config = state.current
-            if config is None:
-                return Response.local(503, "no configuration yet: waiting for a snapshot\n")
-            request.config = config
-        try:
-            return await self.listener.handler(request)
-        except UpstreamError as exc:
-            return Response.local(exc.status, str(exc) or type(exc).__name__, exc.flag)
 
     async def _write_response(self, request: Request, response: Response) -> None:
         status = response.status
