@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.chain import build_chain
 from meshkit.proxy.filters.loadbalance import loadbalance
@@ -178,3 +181,41 @@ async def test_5xx_from_a_real_backend_ejects_it(backends: Any, send: Handler) -
     statuses = [(await handler(make_request(config, {}))).status for _ in range(20)]
     assert statuses.count(503) == 3 and len(bad.seen) == 3
     assert config.clusters["svc|"].endpoints[1].ejected
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4), st.sampled_from([200, 404, 500, 502, 503, 504, None]), st.floats(0, 5)),
+        max_size=120,
+    ),
+    st.integers(0, 100),
+)
+def test_outlier_invariants_hold_for_any_result_sequence(
+    events: list[tuple[int, int | None, float]], max_percent: int
+) -> None:
+    cluster = _cluster(
+        count=5,
+        consecutive_5xx_errors=2,
+        consecutive_gateway_errors=2,
+        interval_ms=1000,
+        base_ejection_time_ms=3000,
+        max_ejection_percent=max_percent,
+    )
+    now = 0.0
+    peak = 0
+    for index, status, step in events:
+        now += step
+        cluster.on_result(cluster.endpoints[index], status, now)
+        picked = cluster.pick(now)
+        ejected = [ep for ep in cluster.endpoints if ep.ejected]
+        peak = max(peak, len(ejected))
+        # the balancer never hands out an ejected endpoint, and its count matches reality
+        assert picked is None or not picked.ejected
+        assert cluster.admin_view(now)["ejections_active"] == len(ejected)
+        assert (picked is None) == (len(ejected) == len(cluster.endpoints))
+    # an ejection happens only while the ejected share is below the cap
+    allowed = 0
+    while 100.0 * allowed / 5 < max_percent:
+        allowed += 1
+    assert peak <= allowed

@@ -40,6 +40,7 @@ async def test_route_timeout_answers_504_ut_and_drops_the_upstream_connection(
     assert (response.status, response.flags, response.body) == (504, "UT", b"upstream request timeout")
     assert 0.15 < elapsed < 2.0
     assert await _eventually(lambda: backend.connections_lost == 1, seconds=1.0)
+    assert send.__self__.cx_active == 0  # type: ignore[attr-defined]  # not kept in the pool
     cluster = config.clusters["svc|"]
     assert cluster.traffic.upstream_rq_timeout == 1
     endpoint = cluster.endpoints[0]
