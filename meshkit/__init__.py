@@ -19,7 +19,7 @@ _PUBLIC: dict[str, str] = {
     "Message": "meshkit.config.messages",
 }
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = ["ConfigError", "Message", "__version__", "analyze", "load_resources"]
 
 
 def __getattr__(name: str) -> Any:

@@ -38,5 +38,7 @@ def test_sidecar_process_does_not_load_heavy_libraries() -> None:
         "bad = [m for m in ('pydantic', 'aiohttp', 'yaml', 'typer', 'rich') if m in sys.modules]; "
         "print(','.join(bad))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "", f"sidecar imports {result.stdout.strip()}"
