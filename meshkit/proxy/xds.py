@@ -33,6 +33,7 @@ BACKOFF_START = 0.1
 BACKOFF_MAX = 5.0
 STREAM_IDLE_TIMEOUT = 45.0  # the control plane pings every 15 s; three missed pings = reconnect
 HISTORY = 20
+UNKNOWN_VERSION = "(unknown)"
 
 
 class ConfigState:
@@ -240,6 +241,8 @@ class XdsClient:
         else:
             version = doc.get("version") if isinstance(doc, dict) else None
             reason = self.state.apply(doc)
+        if not isinstance(version, str) or not version:
+            version = UNKNOWN_VERSION  # the ACK endpoint needs a non-empty version string
         ack: dict[str, Any] = {"id": self.node_id, "version": version, "status": "ACK"}
         if reason is not None:
             ack["status"] = "NACK"
