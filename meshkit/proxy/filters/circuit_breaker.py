@@ -7,15 +7,17 @@ once with 503 ``... reset reason: overflow`` and flag ``UO`` (what Istio's circu
 shows with fortio). ``max_requests`` (Istio's ``http2MaxRequests``, which Envoy applies to
 HTTP/1.1 too) caps active plus pending requests. Limits that are null or 0 are unlimited.
 
-A slot is released when the response headers are back (or the attempt failed); the state lives
-in ``Cluster.traffic``, shared across snapshot swaps, so requests admitted under an old snapshot
-still release their slot.
+A slot is held as long as the upstream connection is busy: until the attempt failed, or the
+response body was read to its end or closed (a ``bytes`` body is complete on arrival; a streamed
+one is wrapped so its end releases the slot). The state lives in ``Cluster.traffic``, shared
+across snapshot swaps, so requests admitted under an old snapshot still release their slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from meshkit.proxy.balancer import ClusterTraffic
 from meshkit.proxy.http import Handler, Request, Response
@@ -67,6 +69,62 @@ async def circuit_breaker(request: Request, call_next: Handler) -> Response:
     else:
         traffic.rq_active += 1
     try:
-        return await call_next(request)
-    finally:
+        response = await call_next(request)
+    except BaseException:
         _release(traffic)
+        raise
+    body = response.body
+    if isinstance(body, bytes):
+        _release(traffic)
+    else:
+        response.body = SlotHoldingBody(body, traffic)
+    return response
+
+
+class SlotHoldingBody:
+    """A streamed response body that keeps its connection slot until it is read to the end or closed.
+
+    Everything else (``length``, ``bytes_received`` ...) is delegated to the wrapped body, so the
+    listener and the metrics see it as the original stream.
+    """
+
+    __slots__ = ("_body", "_traffic")
+
+    def __init__(self, body: Any, traffic: ClusterTraffic) -> None:
+        self._body = body
+        self._traffic: ClusterTraffic | None = traffic
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._body, name)
+
+    def __aiter__(self) -> SlotHoldingBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk: bytes = await self._body.__anext__()
+        except BaseException:  # the end (StopAsyncIteration), a broken body, or a cancelled reader
+            self._give_back()
+            raise
+        return chunk
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        traffic = self._traffic
+        if traffic is not None:
+            self._traffic = None
+            _release(traffic)
+
+    def __del__(self) -> None:
+        # Safety net: a body dropped without being read or closed must not keep its slot forever.
+        with contextlib.suppress(Exception):
+            self._give_back()

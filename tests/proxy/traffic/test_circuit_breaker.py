@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
 
-from meshkit.proxy.filters.circuit_breaker import OVERFLOW_TEXT
+from meshkit.proxy.balancer import ClusterTraffic
+from meshkit.proxy.filters.circuit_breaker import OVERFLOW_TEXT, SlotHoldingBody
 from meshkit.proxy.http import ConnectFailure, Handler
 from meshkit.proxy.snapshot import Snapshot
 
@@ -108,3 +110,37 @@ async def test_fortio_like_load_sees_some_overflow(backends: Any, send: Handler)
     results = [s for statuses in await asyncio.gather(client(), client(), client()) for s in statuses]
     assert results.count(503) >= 1 and results.count(200) >= 10
     assert backend.max_active == 1
+
+
+async def test_a_streamed_response_holds_its_connection_until_read(backends: Any, send: Handler) -> None:
+    (backend,) = await backends("b")
+    backend.default = Action(body=b"x" * 2_000_000)  # far more than arrives with the headers
+    config = _config(backend.port, max_connections=1, http1_max_pending_requests=5)
+    handler = outbound_chain(send)
+    traffic = config.clusters["svc|"].traffic
+    first = await handler(make_request(config, ROUTE))
+    assert not isinstance(first.body, bytes)
+    assert first.body.length == len(b"x" * 2_000_000) + len(b" from b")  # delegated to the stream
+    second = asyncio.ensure_future(handler(make_request(config, ROUTE)))
+    await asyncio.sleep(0.1)
+    assert not second.done() and len(traffic.pending) == 1  # the connection is still busy
+    received = b"".join([chunk async for chunk in first.body])
+    assert len(received) == 2_000_007
+    reply = await asyncio.wait_for(second, 5)
+    assert reply.status == 200 and traffic.rq_active == 1
+    await reply.body.aclose()  # closing without reading also gives the slot back
+    assert (traffic.rq_active, len(traffic.pending), backend.max_active) == (0, 0, 1)
+
+
+async def test_a_dropped_streamed_body_does_not_keep_its_slot() -> None:
+    traffic = ClusterTraffic()
+    traffic.rq_active = 1
+
+    async def stream() -> Any:
+        yield b"never read"
+
+    body = SlotHoldingBody(stream(), traffic)
+    assert traffic.rq_active == 1
+    del body
+    gc.collect()
+    assert traffic.rq_active == 0
