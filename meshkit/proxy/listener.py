@@ -139,6 +139,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
+        self._loop = asyncio.get_running_loop()  # cached: get_running_loop() costs a getpid() syscall
         self.limits = listener.limits
         self.stats = listener.stats
         self.transport: asyncio.Transport | None = None
@@ -174,7 +175,6 @@ class DownstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
         self.listener.connections.add(self)
@@ -522,7 +522,7 @@ class DownstreamConnection(asyncio.Protocol):
     async def _wait_drain(self) -> None:
         if self.closed:
             return
-        self._drain = asyncio.get_running_loop().create_future()
+        self._drain = self._loop.create_future()
         await self._drain
         self._drain = None
 

@@ -59,6 +59,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, upstream: Upstream, key: tuple[str, int]) -> None:
         self.upstream = upstream
         self.key = key
+        self.loop = asyncio.get_running_loop()  # cached: get_running_loop() costs a getpid() syscall
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -139,7 +140,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def drain(self) -> None:
         if self._write_paused and not self.closed:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self.loop.create_future()
             await self._drain
         if self.closed:
             raise UpstreamReset("upstream connection closed while sending the request body")
@@ -266,7 +267,7 @@ class UpstreamConnection(asyncio.Protocol):
         self, request: Request, head: bytes, body_done: bool, last: bool
     ) -> asyncio.Future[Response]:
         """Write a request head (and its bytes body, already in ``head``); return the response future."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._reset_exchange()
         self._busy = True
         self._last = last
@@ -424,7 +425,7 @@ class Upstream:
         return conn
 
     def _release(self, conn: UpstreamConnection) -> None:
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
 
     def _forget(self, conn: UpstreamConnection) -> None:
