@@ -1,0 +1,189 @@
+"""The meshkit operator: kopf handlers wiring injection, validation and status to a cluster.
+
+`build_registry(config)` returns a fresh ``kopf.OperatorRegistry`` (no global registry) with:
+
+* ``inject``: a mutating webhook on pod CREATE that applies `meshkit.k8s.inject.inject`,
+  with the pod's namespace labels from an index over namespaces;
+* ``validate-<plural>``: a validating webhook per Istio kind that loads and analyses the
+  object and rejects it with the analyzer's messages (`meshkit.k8s.admission`);
+* ``status-<plural>``: on create / update / resume, writes ``status`` (observedGeneration,
+  a Ready condition, validationMessages) from an analysis against every Istio resource
+  the operator has indexed;
+* a start-up handler that configures kopf: standalone, progress in annotations (the CRDs'
+  status schema has no room for kopf's own status), and the webhook server
+  (`meshkit.k8s.webhook`): kopf-managed webhook configurations (``config.managed``: tests,
+  dev clusters), or the static ones from ``operator/deploy`` with the CA bundle published.
+
+Run it with ``python operator/main.py`` (see there) or ``kopf.operator(registry=...)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kopf
+
+from meshkit.config.messages import Severity
+from meshkit.config.resources import RESOURCE_KINDS
+from meshkit.k8s import names
+from meshkit.k8s.admission import admission_messages, errors, rejection_text, status_messages
+from meshkit.k8s.crds import plural
+from meshkit.k8s.inject import InjectSettings, inject
+from meshkit.k8s.status import build_status
+from meshkit.k8s.webhook import ApiAccess, MeshkitWebhookServer, ca_bundle_publisher, kopf_server
+
+ANNOTATION_PREFIX = "operator.meshkit.dev"
+NAMESPACE_INDEX = "namespace_labels"
+INJECT_HANDLER = "inject"
+
+# (group, plural) of every Istio kind meshkit implements
+ISTIO_RESOURCES: tuple[tuple[str, str], ...] = tuple(
+    (model.group, plural(kind)) for kind, model in RESOURCE_KINDS.items()
+)
+
+
+def validate_handler_id(plural_name: str) -> str:
+    return f"validate-{plural_name}"
+
+
+def _index_id(plural_name: str) -> str:
+    return f"istio_{plural_name}"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the operator's handlers and its webhook server need."""
+
+    inject: InjectSettings = field(default_factory=InjectSettings)
+    webhook_addr: str = "0.0.0.0"
+    webhook_port: int = names.PORT_WEBHOOK
+    # the host name put into webhook URLs (kopf-managed mode); None: the listen address
+    webhook_host: str | None = None
+    # where to write the self-signed serving certificate; None serves plain HTTP (tests only)
+    cert_dir: Path | None = None
+    # name of kopf-managed webhook configurations; None: use the static ones from operator/deploy
+    managed: str | None = None
+    # API access for publishing the CA bundle into the static configurations; None: don't
+    api: ApiAccess | None = None
+    ca_targets: tuple[tuple[str, str], ...] = (
+        ("mutating", names.MUTATING_WEBHOOK_CONFIG),
+        ("validating", names.VALIDATING_WEBHOOK_CONFIG),
+    )
+    hostnames: tuple[str, ...] = (
+        f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc",
+        f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc.cluster.local",
+        f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}",
+    )
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A registry holding every meshkit handler, configured by ``config``."""
+    registry = kopf.OperatorRegistry()
+    _register_startup(registry, config)
+    _register_injection(registry, config)
+    for group, plural_name in ISTIO_RESOURCES:
+        _register_istio_kind(registry, group, plural_name)
+    return registry
+
+
+def add_cluster_login(registry: kopf.OperatorRegistry) -> None:
+    """Log in as the pod's service account, or from a kubeconfig outside a cluster."""
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# start-up: kopf settings and the webhook server
+# ---------------------------------------------------------------------------------------------
+
+
+def _register_startup(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = True
+        settings.posting.level = logging.WARNING
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+        settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+        inner = kopf_server(addr=config.webhook_addr, port=config.webhook_port, host=config.webhook_host,
+                            cert_dir=config.cert_dir, hostnames=list(config.hostnames))
+        publisher = None
+        if config.api is not None and config.managed is None:
+            publisher = ca_bundle_publisher(config.api, config.ca_targets)
+        settings.admission.server = MeshkitWebhookServer(inner, publisher)
+        settings.admission.managed = config.managed
+
+
+# ---------------------------------------------------------------------------------------------
+# sidecar injection
+# ---------------------------------------------------------------------------------------------
+
+
+def _register_injection(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    @kopf.index("namespaces", id=NAMESPACE_INDEX, registry=registry)
+    def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+        return {name: dict(labels)}
+
+    @kopf.on.mutate("pods", id=INJECT_HANDLER, operations=["CREATE"], registry=registry)
+    def inject_sidecar(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **kwargs: Any) -> None:
+        index: kopf.Index[str, dict[str, str]] = kwargs[NAMESPACE_INDEX]
+        namespace = body.metadata.namespace or ""
+        labels = next(iter(index.get(namespace, [])), {})
+        ops = inject(_plain(body), labels, config.inject)
+        if ops:
+            logger.info(f"injecting {names.SIDECAR_CONTAINER} into a pod in namespace {namespace}")
+            patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Istio kinds: validation webhook, index, status
+# ---------------------------------------------------------------------------------------------
+
+
+def _register_istio_kind(registry: kopf.OperatorRegistry, group: str, plural_name: str) -> None:
+    @kopf.on.validate(group, plural_name, id=validate_handler_id(plural_name),
+                      operations=["CREATE", "UPDATE"], registry=registry)
+    def validate(body: kopf.Body, old: kopf.BodyEssence | None, operation: str | None,
+                 warnings: list[str], **_: Any) -> None:
+        if operation == "UPDATE" and old is not None and old.get("spec") == body.get("spec"):
+            return  # metadata-only change (labels, kopf's annotations): nothing meshkit checks changed
+        messages = admission_messages(_plain(body))
+        warnings.extend(str(m) for m in messages if m.severity != Severity.ERROR)
+        if errors(messages):
+            raise kopf.AdmissionError(rejection_text(messages), code=400)
+
+    @kopf.index(group, plural_name, id=_index_id(plural_name), registry=registry)
+    def index_resource(body: kopf.Body, namespace: str | None, name: str,
+                       **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(namespace or "", name): _plain(body)}
+
+    def report_status(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
+                      **kwargs: Any) -> None:
+        messages = status_messages(_plain(body), _indexed_objects(kwargs))
+        patch.status.update(build_status(meta.get("generation"), messages, previous=dict(status)))
+
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        handler_id = f"status-{plural_name}-{decorator.__name__}"
+        decorator(group, plural_name, id=handler_id, registry=registry)(report_status)
+
+
+def _indexed_objects(kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for _, plural_name in ISTIO_RESOURCES:
+        index = kwargs.get(_index_id(plural_name))
+        if index is None:
+            continue
+        for store in index.values():
+            yield from store
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A kopf body (a read-only mapping over the raw object) as an independent plain dict."""
+    return copy.deepcopy(dict(body))

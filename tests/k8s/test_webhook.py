@@ -1,0 +1,116 @@
+"""Cluster mode of the webhook server, against KMock: real TLS, CA bundle published, namespace filled.
+
+The static webhook configurations from ``operator/deploy/base/webhooks.yaml`` are created in
+KMock; the operator runs as in a cluster (self-signed serving certificate, no kopf-managed
+configurations) and must put its CA into every webhook's ``clientConfig.caBundle``. The test
+then talks HTTPS to the service paths of those configurations, trusting only that bundle.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock as kmocklib
+import pytest
+import yaml
+from cryptography import x509
+
+from meshkit.k8s import names
+from meshkit.k8s.operator import OperatorConfig
+from meshkit.k8s.webhook import ApiAccess, fill_namespace, self_signed_certificate
+from tests.k8s.operator_harness import admission_review, free_port, namespaces_parsed, running_operator, until
+
+pytestmark = pytest.mark.timeout(90)
+
+WEBHOOKS_YAML = Path(__file__).resolve().parents[2] / "operator" / "deploy" / "base" / "webhooks.yaml"
+PLURALS = {"MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
+           "ValidatingWebhookConfiguration": "validatingwebhookconfigurations"}
+
+
+def _configs_in(kmock: Any) -> list[dict[str, Any]]:
+    found = []
+    for plural in PLURALS.values():
+        resource = kmocklib.resource("admissionregistration.k8s.io", "v1", plural)
+        for (res, _, _), obj in kmock.objects.items():
+            if res == resource:
+                found.append(dict(obj))
+    return found
+
+
+async def test_cluster_mode_publishes_ca_and_serves_https(kmock: Any, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    namespaces_parsed(monkeypatch)
+    static = [doc for doc in yaml.safe_load_all(WEBHOOKS_YAML.read_text()) if doc]
+    port = free_port()
+    config = OperatorConfig(
+        webhook_addr="127.0.0.1", webhook_port=port, cert_dir=tmp_path / "certs", managed=None,
+        api=ApiAccess(server=str(kmock.url).rstrip("/"), insecure=True),
+        hostnames=(f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc", "localhost"),
+    )
+    async with aiohttp.ClientSession() as session:
+        for doc in static:  # created before the operator starts, as `kubectl apply -k` would
+            url = f"{str(kmock.url).rstrip('/')}/apis/admissionregistration.k8s.io/v1/{PLURALS[doc['kind']]}"
+            async with session.post(url, json=doc) as response:
+                assert response.status in (200, 201), await response.text()
+
+    async with running_operator(kmock, config) as running:
+        def published() -> list[str]:
+            hooks = [h for c in _configs_in(kmock) for h in c.get("webhooks") or []]
+            bundles = [h.get("clientConfig", {}).get("caBundle") for h in hooks]
+            return bundles if len(bundles) == 6 and all(bundles) else []
+
+        bundles = await until("caBundle on all six static webhooks", published)
+        assert len(set(bundles)) == 1
+        ca_pem = base64.b64decode(bundles[0])
+        # nothing else in the static configurations changed
+        for config_obj in _configs_in(kmock):
+            original = next(d for d in static if d["metadata"]["name"] == config_obj["metadata"]["name"])
+            for before, after in zip(original["webhooks"], config_obj["webhooks"], strict=True):
+                client = {k: v for k, v in after["clientConfig"].items() if k != "caBundle"}
+                assert {**after, "clientConfig": client} == before
+
+        trusted = ssl.create_default_context(cadata=ca_pem.decode())
+        path = static[0]["webhooks"][0]["clientConfig"]["service"]["path"]
+        url = f"https://localhost:{port}{path}"
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {
+            names.INJECT_OVERRIDE_LABEL: "true"}}, "spec": {"containers": [{"name": "app", "image": "x"}]}}
+        review = admission_review(pod, ("", "v1", "pods"), "default")
+        response = await running.post_review(url, review, ssl=trusted)
+        assert response["allowed"] is True and response["patchType"] == "JSONPatch"
+
+        # the server really is TLS with that certificate: a client trusting only the system CAs fails
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await running.post_review(url, review, ssl=ssl.create_default_context())
+
+        # validation over the same server, by the path of the static configuration
+        vs_path = next(h["clientConfig"]["service"]["path"] for d in static for h in d["webhooks"]
+                       if h["name"].startswith("virtualservices."))
+        bad = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "reviews"},
+               "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"},
+                                                                   "weight": 50}]}]}}
+        review = admission_review(bad, ("networking.istio.io", "v1", "virtualservices"), "bookinfo")
+        response = await running.post_review(f"https://localhost:{port}{vs_path}", review, ssl=trusted)
+        assert response["allowed"] is False
+        assert "VirtualService/bookinfo/reviews" in response["status"]["message"]
+
+
+def test_fill_namespace_copies_the_request_namespace() -> None:
+    review = {"request": {"namespace": "bookinfo", "object": {"metadata": {"name": "p"}}, "oldObject": None}}
+    filled = fill_namespace(review)
+    assert filled["request"]["object"]["metadata"]["namespace"] == "bookinfo"
+    assert "namespace" not in review["request"]["object"]["metadata"], "input must not change"
+    kept = {"request": {"namespace": "a", "object": {"metadata": {"namespace": "b"}}}}
+    assert fill_namespace(kept)["request"]["object"]["metadata"]["namespace"] == "b"
+
+
+def test_self_signed_certificate_names_the_service() -> None:
+    cert_pem, key_pem = self_signed_certificate(["meshkit-webhook.meshkit-system.svc", "localhost"])
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["meshkit-webhook.meshkit-system.svc", "localhost"]
+    assert b"PRIVATE KEY" in key_pem
