@@ -320,7 +320,7 @@ class Upstream:
                 # connection if nothing came back and the body can be replayed.
                 if conn._any_byte or not replayable:
                     raise
-        conn = await self._connect(key, endpoint)
+        conn = await self._connect(key, endpoint, self._connect_timeout(request))
         return await self._exchange(conn, request, head, body)
 
     def _request_head(self, request: Request) -> bytes:
@@ -384,6 +384,15 @@ class Upstream:
         if hasattr(body, "aclose"):
             await body.aclose()
 
+    def _connect_timeout(self, request: Request) -> float:
+        """The cluster's connect timeout (DestinationRule connectTimeout) or the proxy default."""
+        config = request.config
+        if config is None or request.cluster is None:
+            return self.connect_timeout
+        cluster = config.clusters.get(request.cluster)
+        millis = getattr(cluster, "connect_timeout_ms", None) if cluster is not None else None
+        return millis / 1000.0 if millis else self.connect_timeout
+
     @staticmethod
     def _max_requests(request: Request) -> int:
         config = request.config
@@ -402,7 +411,7 @@ class Upstream:
                 return conn
         return None
 
-    async def _connect(self, key: tuple[str, int], endpoint: Any) -> UpstreamConnection:
+    async def _connect(self, key: tuple[str, int], endpoint: Any, limit: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         context = self.ssl_context_for(endpoint)
         try:
@@ -414,7 +423,7 @@ class Upstream:
                     ssl=context,
                     server_hostname="" if context is not None else None,
                 ),
-                self.connect_timeout,
+                limit,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self.cx_connect_fail += 1

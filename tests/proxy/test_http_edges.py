@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -254,3 +255,35 @@ async def test_close_delimited_and_chunked_upstream_bodies(start_proxy: StartPro
     response = await conn.response()
     assert response.body == b"hello"
     await conn.close()
+
+
+async def test_cluster_connect_timeout_is_honoured(start_proxy: StartProxy) -> None:
+    """A listener whose accept queue is full drops SYNs: the connect hangs until the cluster's timeout."""
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    port = blackhole.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    await asyncio.sleep(0.2)
+    snapshot = make_snapshot(port)
+    for name in snapshot["clusters"]:
+        snapshot["clusters"][name]["connection_pool"] = {"connect_timeout_ms": 300}
+    proxy = await start_proxy(snapshot)
+    try:
+        conn = await RawConnection.open(proxy.ports["outbound"])
+        started = asyncio.get_running_loop().time()
+        await conn.send(GET % b"/x")
+        response = await conn.response(wait=8)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert response.status == 503 and b"connect timeout" in response.body
+        assert 0.25 < elapsed < 5
+        await conn.close()
+    finally:
+        for sock in [*fillers, blackhole]:
+            sock.close()
