@@ -75,6 +75,10 @@ class BodyStream:
         self._done = True
         self._wake()
 
+    def detach(self) -> None:
+        """Forget the producer (its connection moves on to other work); buffered chunks stay readable."""
+        self._pause = self._resume = self._on_abandon = None
+
     def fail(self, error: BaseException) -> None:
         if not self._done:
             self._error = error

@@ -82,6 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._stream: BodyStream | None = None
         self._any_byte = False
         self._write_paused = False
+        self._reading_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.hostport = f"{key[0]}:{key[1]}"
 
@@ -208,6 +209,8 @@ class UpstreamConnection(asyncio.Protocol):
         stream = self._stream
         if stream is not None:
             stream.finish()
+            stream.detach()
+            self._resume_reading()  # the body may have paused us just as it completed
         self._reset_exchange()
         self._busy = False
         if self._keep_alive and self._request_sent and not self._last and not self.closed:
@@ -237,11 +240,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
 
     def _pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._reading_paused:
+            self._reading_paused = True
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._reading_paused:
+            self._reading_paused = False
             self.transport.resume_reading()
 
     def _abandon(self) -> None:
