@@ -16,7 +16,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +429,8 @@ class Resource(IstioModel):
     group: ClassVar[str]
     versions: ClassVar[tuple[str, ...]]
 
-    api_version: str
+    # empty: the first accepted version (handy when a resource is built in Python)
+    api_version: str = Field(default="", validate_default=True)
     kind: str
     metadata: ObjectMeta
     spec: Any
@@ -429,6 +438,17 @@ class Resource(IstioModel):
     @classmethod
     def accepted_api_versions(cls) -> list[str]:
         return [f"{cls.group}/{version}" for version in cls.versions]
+
+    @field_validator("api_version")
+    @classmethod
+    def _accepted_api_version(cls, value: str) -> str:
+        accepted = cls.accepted_api_versions()
+        if not value:
+            return accepted[0]
+        if value not in accepted:
+            listed = ", ".join(accepted)
+            raise ValueError(f'"{value}" is not accepted for kind {cls.__name__} (accepted: {listed})')
+        return value
 
     @property
     def ref(self) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from meshkit.config.loader import load_resources
 from meshkit.config.resources import (
     RESOURCE_KINDS,
     DestinationRule,
+    ObjectMeta,
     VirtualService,
+    VirtualServiceSpec,
     parse_duration_ms,
 )
 from tests.config.bookinfo import SAMPLES, one, sample
@@ -97,3 +100,16 @@ def test_json_schema_uses_istio_field_names() -> None:
     assert "http1_max_pending_requests" not in text
     for model in RESOURCE_KINDS.values():
         assert model.model_json_schema(by_alias=True)["type"] == "object"
+
+
+def test_resources_built_in_python_get_a_default_api_version_and_are_checked() -> None:
+    vs = VirtualService(metadata=ObjectMeta(name="r"), spec=VirtualServiceSpec(hosts=["r"]))
+    assert vs.to_dict() == {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "r", "namespace": "default"},
+        "spec": {"hosts": ["r"]},
+    }
+    assert load_resources(vs.to_dict()) == [vs]
+    with pytest.raises(ValidationError, match="not accepted for kind DestinationRule"):
+        DestinationRule(api_version="security.istio.io/v1", metadata=ObjectMeta(name="r"), spec={"host": "r"})
