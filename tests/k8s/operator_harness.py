@@ -132,15 +132,24 @@ def namespaces_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parsing, "parse_path", parse_path)
 
 
-@contextlib.asynccontextmanager
-async def running_operator(kmock: Any, config: OperatorConfig) -> AsyncIterator[Running]:
-    """The operator running against ``kmock`` with ``config``, its watches up; stopped on exit."""
+def prepare(kmock: Any) -> None:
+    """Bundled Kubernetes resources plus the Istio kinds (list/watch/patch, status subresource)."""
     kmock.resources.load_bundled()
     for group, version, plural, kind in ISTIO_KINDS:
         kmock.resources[f"{group}/{version}/{plural}"] = kmocklib.ResourceInfo(
             kind=kind, namespaced=True, verbs={"list", "watch", "patch", "get", "create", "update"},
             subresources={"status"},
         )
+
+
+def watching_everything(kmock: Any) -> bool:
+    return all(_watching(kmock, plural) for plural in ("namespaces", *(kind[2] for kind in ISTIO_KINDS)))
+
+
+@contextlib.asynccontextmanager
+async def running_operator(kmock: Any, config: OperatorConfig) -> AsyncIterator[Running]:
+    """The operator running against ``kmock`` with ``config``, its watches up; stopped on exit."""
+    prepare(kmock)
     registry = build_registry(config)
 
     @kopf.on.login(registry=registry)
