@@ -253,9 +253,21 @@ def _message(model: type[BaseModel], error: Any, resource_label: str) -> Message
         return Message(CODE_INVALID, Severity.ERROR, resource_label, path, f"{path}: {reason}")
     if kind == "too_short":
         return Message(CODE_INVALID, Severity.ERROR, resource_label, path, f"{path}: must not be empty")
-    value = error.get("input")
-    text = f"{path}: {error['msg'][:1].lower()}{error['msg'][1:]} (got {_short(value)})"
+    expected = _EXPECTED.get(kind)
+    reason = f"expected {expected}" if expected else f"{error['msg'][:1].lower()}{error['msg'][1:]}"
+    if loc and loc[-1] == "[key]":  # a mapping key of the wrong type
+        path = _path(loc[:-1])
+        reason = f"the key must be {expected}" if expected else f"invalid key: {reason}"
+    text = f"{path}: {reason} (got {_short(error.get('input'))})"
     return Message(CODE_INVALID, Severity.ERROR, resource_label, path, text)
+
+
+_EXPECTED = {
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "list_type": "a list", "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+}
 
 
 def _short(value: Any) -> str:

@@ -322,10 +322,9 @@ spec:
         ("<input> document 1", "spec.http[0].route[0].destination.host: required field is missing"),
         (
             "<input> document 1",
-            "spec.http[0].route[0].weight: input should be a valid integer, "
-            "unable to parse string as an integer (got 'heavy')",
+            "spec.http[0].route[0].weight: expected an integer (got 'heavy')",
         ),
-        ("<input> document 1", "spec.http[0].timeout: input should be a valid string (got 10)"),
+        ("<input> document 1", "spec.http[0].timeout: expected a string (got 10)"),
         ("<input> document 1", "spec.http[0].fault.abort.httpStatus: required field is missing"),
     ]
 
@@ -448,3 +447,18 @@ spec:
     name: v2
 """)
     assert [s.name for s in rule.spec.subsets] == ["v1", "v2"]  # type: ignore[attr-defined,union-attr]
+
+
+def test_wrong_shapes_say_what_was_expected() -> None:
+    messages = problems("""
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: p}
+spec: {mtls: STRICT, portLevelMtls: {http: {mode: DISABLE}}, selector: {matchLabels: [app]}}
+""")
+    assert sorted(m.text for m in messages) == [
+        "spec.mtls: expected a mapping (got 'STRICT')",
+        "spec.portLevelMtls.http: the key must be an integer (got 'http')",
+        "spec.selector.matchLabels: expected a mapping (got ['app'])",
+    ]
+    assert texts(VS_HEAD.replace("[reviews]", "reviews")) == ["spec.hosts: expected a list (got 'reviews')"]
