@@ -97,6 +97,11 @@ class IstioMetrics:
         self._fast: dict[Hashable, Series] = {}
         self._series: dict[str, Series] = {}
 
+    @property
+    def fast_keys(self) -> dict[Hashable, Series]:
+        """The key -> series cache, for callers that want to skip a method call on a hit."""
+        return self._fast
+
     def series(self, key: Hashable, labels: Callable[[], dict[str, str]]) -> Series:
         """The series for ``key``; ``labels()`` is only called the first time a key is seen."""
         found = self._fast.get(key)
@@ -108,7 +113,7 @@ class IstioMetrics:
         if found is None:
             found = self._series[text] = Series(text)
         if len(self._fast) >= MAX_FAST_KEYS:
-            self._fast.clear()
+            self._fast.clear()  # cleared in place: callers may hold a reference to this dict
         self._fast[key] = found
         return found
 

@@ -56,14 +56,17 @@ def _record_later(
 def outbound_metrics(registry: IstioMetrics) -> Filter:
     """The source-side metrics filter (see the module docstring)."""
 
+    fast = registry.fast_keys
+
     def record(request: Request, response: Response | None, status: int, sent: int) -> None:
-        config = request.config
-        endpoint = request.endpoint
         flags = merged_flags(request, response)
-        key = (config.node_labels, request.cluster, endpoint, status, flags)
-        series = registry.series(key, lambda: _source_labels(request, status, flags))
-        duration = (time.monotonic() - request.start) * 1000.0
-        series.record(duration, body_size(request.body), sent)
+        key = (request.config.node_labels, request.cluster, request.endpoint, status, flags)
+        series = fast.get(key)
+        if series is None:
+            series = registry.series(key, lambda: _source_labels(request, status, flags))
+        body = request.body
+        size = len(body) if isinstance(body, bytes) else body_size(body)
+        series.record((time.monotonic() - request.start) * 1000.0, size, sent)
 
     async def metrics(request: Request, call_next: Handler) -> Response:
         # Appended last: the destination side keeps the last value of each, so an app cannot
@@ -75,7 +78,11 @@ def outbound_metrics(registry: IstioMetrics) -> Filter:
             request.flags = f"{request.flags},DC" if request.flags else "DC"
             record(request, None, 0, 0)
             raise
-        _record_later(request, response, lambda r, sent: record(request, r, r.status, sent))
+        body = response.body
+        if isinstance(body, bytes):
+            record(request, response, response.status, len(body))
+        else:
+            _record_later(request, response, lambda r, sent: record(request, r, r.status, sent))
         return response
 
     return metrics
