@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshkit.config.compile import compile_snapshot, snapshot_version
+from meshkit.config.compile import compile_snapshot
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import Node
 from meshkit.control.registry import ServiceRegistry
+from meshkit.control.rendering import SnapshotTemplate
 from meshkit.control.store import ConfigStore, NotFoundError
 
 CODE_BAD_ACK = "MK0920"
@@ -158,22 +158,20 @@ class PushServer:
         resources = self.store.resources()
         view = self.registry.view()
         revision = self.store.revision
-        compiled: dict[tuple[Any, ...], dict[str, Any]] = {}
+        compiled: dict[tuple[Any, ...], SnapshotTemplate] = {}
         for proxy in targets:
             proxy.node = self.registry.node_for(proxy.id, proxy.kind)
             shape = _shape(proxy.node)
             template = compiled.get(shape)
             if template is None:
                 self.stats.compiles += 1
-                template = compile_snapshot(resources, view, dataclasses.replace(proxy.node, instance=""),
-                                            revision=revision)
+                template = SnapshotTemplate(compile_snapshot(
+                    resources, view, dataclasses.replace(proxy.node, instance=""), revision=revision))
                 compiled[shape] = template
-            snapshot = dict(template)
-            snapshot["node"] = {**template["node"], "id": proxy.node.id, "instance": proxy.node.instance}
-            snapshot["version"] = snapshot_version(snapshot)
+            snapshot, payload = template.render(proxy.node)
             if snapshot["version"] != proxy.latest_version:
                 proxy.latest = snapshot
-                proxy.latest_json = None
+                proxy.latest_json = payload
                 proxy.wake.set()
 
     def _forget_expired(self) -> None:
@@ -220,11 +218,9 @@ class PushServer:
         try:
             while not self._closing and proxy.generation == generation:
                 if proxy.latest is not None and proxy.sent_version != proxy.latest_version:
-                    if proxy.latest_json is None:
-                        proxy.latest_json = json.dumps(proxy.latest, separators=(",", ":"))
                     proxy.sent_version = proxy.latest_version
                     self.stats.pushes += 1
-                    yield _sse("snapshot", proxy.latest_json)
+                    yield _sse("snapshot", proxy.latest_json or "{}")
                     continue
                 proxy.wake.clear()
                 try:

@@ -166,4 +166,14 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | 
             await running.close()
         announce("meshkit control plane stopped")
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _loop_factory() -> Any:
+    """uvloop's event loop when installed (a core dependency except on Windows), else asyncio's."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

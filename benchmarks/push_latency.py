@@ -1,0 +1,299 @@
+"""How long from `meshkit apply` until every sidecar has ACKed the new snapshot?
+
+Usage: ``.venv/bin/python benchmarks/push_latency.py [--subscribers 10,100] [--rounds 30] [--out FILE]``
+
+Starts a real control plane process (``meshkit control --port 0``) in a temporary state dir,
+registers the Bookinfo services with one endpoint per subscriber, and opens N real SSE
+subscribers (``GET /api/v1/xds/stream``) spread over six workloads (so one change costs six
+compiles, not one). Each subscriber ACKs every snapshot it gets, as a sidecar does. Then, per
+round, it applies a changed VirtualService (reviews weights) and measures, from the start of the
+apply request:
+
+* ``ack_sent``: until each subscriber sends its ACK (measured in this process);
+* ``ack_received``: until the control plane recorded the ACK (its ``last_response_at``, same clock).
+
+Subscribers speak HTTP over raw asyncio streams, like the sidecar's xDS client, and read only the
+snapshot's version and revision (the first bytes of the event), so the numbers are the control
+plane's, not this harness's HTTP client or JSON parsing. Prints p50/p99/max per N and
+writes JSON (default benchmarks/results/push_latency.json). Every process it starts is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "push_latency.json"
+WORKLOADS = [("productpage", "v1"), ("details", "v1"), ("reviews", "v1"), ("reviews", "v2"),
+             ("reviews", "v3"), ("ratings", "v1")]
+ROUND_TIMEOUT = 30.0
+_HEAD = re.compile(rb'"version":"(?P<version>[0-9a-f]+)".*?"revision":(?P<revision>\d+)')
+
+DESTINATION_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+"""
+
+
+def virtual_service(round_number: int) -> str:
+    """The reviews VirtualService with weights that differ every round."""
+    v2 = 1 + round_number % 98
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {{host: reviews, subset: v1}}
+      weight: {100 - v2}
+    - destination: {{host: reviews, subset: v2}}
+      weight: {v2}
+"""
+
+
+@dataclass
+class Subscriber:
+    """One sidecar stand-in over raw asyncio streams (as the real sidecar's xDS client is):
+
+    an SSE stream (HTTP/1.1, chunked) and a keep-alive connection for its ACKs. ACKs every
+    snapshot and remembers when it sent the ACK and when the control plane answered it.
+    """
+
+    proxy_id: str
+    acks: dict[int, tuple[float, float]] = field(default_factory=dict)  # revision -> (sent, done)
+    task: asyncio.Task[None] | None = None
+
+    async def run(self, host: str, port: int, connected: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        ack_reader, ack_writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"GET /api/v1/xds/stream?id={self.proxy_id} HTTP/1.1\r\nHost: {host}\r\n"
+                         "Accept: text/event-stream\r\n\r\n".encode())
+            status = await reader.readline()
+            if b" 200 " not in status:
+                raise RuntimeError(f"{self.proxy_id}: stream answered {status!r}")
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass  # response headers
+            connected.set()
+            pending = b""
+            while True:
+                size = int((await reader.readline()).strip() or b"0", 16)
+                if size == 0:
+                    return  # the stream ended
+                pending += (await reader.readexactly(size + 2))[:-2]
+                while b"\n\n" in pending:
+                    event, pending = pending.split(b"\n\n", 1)
+                    head = _HEAD.search(event, 0, 400)
+                    if head is not None:
+                        await self._ack(ack_reader, ack_writer, host, head["version"].decode(),
+                                        int(head["revision"]))
+        finally:
+            writer.close()
+            ack_writer.close()
+
+    async def _ack(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str,
+                   version: str, revision: int) -> None:
+        sent = time.perf_counter()
+        body = json.dumps({"id": self.proxy_id, "version": version, "status": "ACK"}).encode()
+        writer.write(f"POST /api/v1/xds/ack HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"{self.proxy_id}: ACK answered {status!r}")
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await reader.readexactly(length)
+        self.acks[revision] = (sent, time.perf_counter())
+
+
+class ControlPlaneProcess:
+    """`meshkit control` in a temporary state dir; ``stop()`` always ends it."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.process: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        env = {**os.environ, "MESHKIT_HOME": self.state_dir, "PYTHONPATH": str(ROOT)}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshkit.cli", "control", "--port", "0", "--no-ca",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
+        if b"listening on " not in line:
+            rest = await asyncio.wait_for(self.process.stdout.read(), 5)
+            raise RuntimeError(f"control plane did not start: {(line + rest).decode(errors='replace')}")
+        self.url = line.decode().split("listening on ")[1].split()[0]
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(percentile(values, 0.50) * 1000, 2),
+            "p99_ms": round(percentile(values, 0.99) * 1000, 2), "max_ms": round(max(values) * 1000, 2),
+            "mean_ms": round(statistics.fmean(values) * 1000, 2),
+            "samples": len(values)}
+
+
+async def _post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> Any:
+    async with session.post(url, **kwargs) as response:
+        if response.status != 200:
+            raise RuntimeError(f"POST {url}: HTTP {response.status}: {await response.text()}")
+        return await response.json()
+
+
+async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
+    """One control plane, ``subscribers`` streams, ``rounds`` measured applies."""
+    with tempfile.TemporaryDirectory(prefix="meshkit-push-") as state_dir:
+        control = ControlPlaneProcess(state_dir)
+        async with aiohttp.ClientSession() as api:
+            subs: list[Subscriber] = []
+            try:
+                await control.start()
+                url = control.url
+                for service in sorted({name for name, _ in WORKLOADS}):
+                    await _post(api, f"{url}/api/v1/registry/services", json={"name": service, "port": 9080})
+                for index in range(subscribers):
+                    service, version = WORKLOADS[index % len(WORKLOADS)]
+                    instance = f"{service}-{version}-{index}"
+                    await _post(api, f"{url}/api/v1/registry/endpoints", json={
+                        "instance": instance, "workload": f"{service}-{version}", "service": service,
+                        "port": 20000 + index, "labels": {"app": service, "version": version},
+                        "app_port": 9080, "service_account": f"bookinfo-{service}"})
+                    subs.append(Subscriber(f"{instance}.default"))
+                await _post(api, f"{url}/api/v1/apply", data=DESTINATION_RULE)
+                for sub in subs:
+                    connected = asyncio.Event()
+                    host, port = url.removeprefix("http://").rsplit(":", 1)
+                    sub.task = asyncio.create_task(sub.run(host, int(port), connected))
+                    await asyncio.wait_for(connected.wait(), 30)
+                sent_latencies: list[float] = []
+                received_latencies: list[float] = []
+                apply_latencies: list[float] = []
+                for number in range(warmup + rounds):
+                    wall_start, start = time.time(), time.perf_counter()
+                    result = await _post(api, f"{url}/api/v1/apply", data=virtual_service(number))
+                    applied = time.perf_counter()
+                    revision = result["revision"]
+                    deadline = start + ROUND_TIMEOUT
+                    while not all(revision in sub.acks for sub in subs):
+                        failed = [sub.task for sub in subs if sub.task is not None and sub.task.done()]
+                        if failed:
+                            failed[0].result()  # raises what ended the stream
+                            raise RuntimeError("a subscriber stream ended")
+                        if time.perf_counter() > deadline:
+                            missing = sum(1 for sub in subs if revision not in sub.acks)
+                            raise RuntimeError(f"round {number}: {missing} subscribers never ACKed revision "
+                                               f"{revision} within {ROUND_TIMEOUT}s")
+                        await asyncio.sleep(0.001)
+                    async with api.get(f"{url}/api/v1/proxy-status") as response:
+                        proxies = (await response.json())["proxies"]
+                    if number < warmup:
+                        continue
+                    apply_latencies.append(applied - start)
+                    sent_latencies.extend(sub.acks[revision][0] - start for sub in subs)
+                    received_latencies.extend(p["last_response_at"] - wall_start for p in proxies)
+                    await asyncio.sleep(0.05)
+            finally:
+                for sub in subs:
+                    if sub.task is not None:
+                        sub.task.cancel()
+                await asyncio.gather(*(s.task for s in subs if s.task is not None), return_exceptions=True)
+                await control.stop()
+    return {"subscribers": subscribers, "rounds": rounds, "workloads": len(WORKLOADS),
+            "apply": summary(apply_latencies), "ack_sent": summary(sent_latencies),
+            "ack_received": summary(received_latencies)}
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--subscribers", default="10,100", help="comma-separated N values (%(default)s)")
+    parser.add_argument("--rounds", type=int, default=30, help="measured applies per N (%(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured applies first (%(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    args = parser.parse_args(argv)
+    args.counts = [int(n) for n in args.subscribers.split(",") if n]
+    if not args.counts or min(args.counts) < 1 or not 1 <= args.rounds <= 1000:
+        parser.error("--subscribers needs positive integers and --rounds 1..1000")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = []
+    for count in args.counts:
+        load_before = os.getloadavg()[0]
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            result = runner.run(measure(count, args.rounds, args.warmup))
+        result["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        results.append(result)
+        print(f"N={count:<4} rounds={args.rounds}  apply p50 {result['apply']['p50_ms']} ms  |  "
+              f"ACK sent p50 {result['ack_sent']['p50_ms']} ms  p99 {result['ack_sent']['p99_ms']} ms  "
+              f"max {result['ack_sent']['max_ms']} ms  |  ACK at control plane p50 "
+              f"{result['ack_received']['p50_ms']} ms  p99 {result['ack_received']['p99_ms']} ms  "
+              f"(load {result['load_average_1m'][0]} -> {result['load_average_1m'][1]})", flush=True)
+        if max(result["load_average_1m"]) > (os.cpu_count() or 1) * 0.5:
+            print("  note: the machine was busy (1-minute load average above half the CPUs); "
+                  "expect a noisier tail", flush=True)
+    doc = {"benchmark": "push_latency", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+           "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                       "platform": platform.platform()},
+           "target": "p99 < 100 ms at N=100 (apply start -> ACK)", "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The push-latency benchmark runs end to end (tiny: 3 subscribers, 2 rounds) with sane numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_push_latency_benchmark_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "push_latency.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "push_latency.py"), "--subscribers", "3", "--rounds", "2",
+         "--warmup", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "N=3" in result.stdout
+    [measured] = json.loads(out.read_text())["results"]
+    assert measured["subscribers"] == 3
+    assert measured["ack_sent"]["samples"] == 3 * 2
+    assert measured["ack_received"]["samples"] == 3 * 2
+    # an ACK cannot come before the apply that caused it started, nor take longer than the round timeout
+    assert 0 < measured["ack_sent"]["p50_ms"] <= measured["ack_sent"]["max_ms"] < 30_000
+    assert measured["apply"]["p50_ms"] < measured["ack_received"]["max_ms"]
