@@ -87,8 +87,9 @@ def compile_snapshot(
         "node": _node(node),
         "outbound": {
             "virtual_hosts": [
-                _virtual_host(svc, node, virtual_services)
-                for svc in sorted(registry.services, key=lambda s: (s.namespace, s.name))
+                *(_virtual_host(svc, node, virtual_services)
+                  for svc in sorted(registry.services, key=lambda s: (s.namespace, s.name))),
+                *_other_virtual_hosts(node, registry, virtual_services),
             ]
         },
         "clusters": _clusters(services, registry, node, destination_rules, peer_authentications),
@@ -156,6 +157,33 @@ def _virtual_host(svc: Service, node: Node, virtual_services: Sequence[VirtualSe
         "port": svc.port,
         "routes": routes,
     }
+
+
+def _other_virtual_hosts(
+    node: Node, registry: RegistryView, virtual_services: Sequence[VirtualService]
+) -> list[dict[str, Any]]:
+    """Virtual hosts for VirtualService hosts that name no registry service: external names and
+    wildcards (``*``, ``*.example.com``), typically bound to a gateway. The first VirtualService
+    by (namespace, name) that claims a host wins."""
+    chosen: dict[str, VirtualService] = {}
+    for vs in virtual_services:
+        for host in vs.spec.hosts:
+            resolved = resolve_host(host, vs.metadata.namespace)
+            if resolved.name is None or registry.service(resolved.name, resolved.namespace or "") is None:
+                chosen.setdefault(host.strip().lower(), vs)
+    return [
+        {
+            "name": host,
+            "service": None,
+            "domains": [host],
+            "port": None,
+            "routes": [
+                route for index, http in enumerate(vs.spec.http or [])
+                if (route := _route(vs, index, http, node)) is not None
+            ],
+        }
+        for host, vs in sorted(chosen.items())
+    ]
 
 
 def _default_route(svc: Service) -> dict[str, Any]:

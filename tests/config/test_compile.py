@@ -486,3 +486,49 @@ def test_same_resource_twice_keeps_the_last() -> None:
         "reviews|v2",
     ]
     assert [r["cluster"] for r in routes(snap([second, first]), "reviews")[0]["route"]] == ["reviews|v3"]
+
+
+BOOKINFO_GATEWAY_VS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - match:
+    - uri: {exact: /productpage}
+    - uri: {prefix: /static}
+    route:
+    - destination: {host: productpage, port: {number: 9080}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: external}
+spec:
+  hosts: [httpbin.org]
+  http:
+  - route: [{destination: {host: httpbin.org}}]
+    timeout: 3s
+"""
+
+
+def test_hosts_that_are_not_registry_services_get_their_own_virtual_hosts() -> None:
+    resources = load_resources(BOOKINFO_GATEWAY_VS)
+    gateway = Node("ingress-0", namespace="istio-system", labels={"istio": "ingressgateway"}, kind="gateway")
+    hosts = snap(resources, gateway)["outbound"]["virtual_hosts"]
+    assert [h["name"] for h in hosts] == [
+        "details.default.svc.cluster.local:9080",
+        "productpage.default.svc.cluster.local:9080",
+        "ratings.default.svc.cluster.local:9080",
+        "reviews.default.svc.cluster.local:9080",
+        "*",
+    ]
+    wildcard = hosts[-1]
+    assert (wildcard["service"], wildcard["domains"], wildcard["port"]) == (None, ["*"], None)
+    assert [r["source"] for r in wildcard["routes"]] == ["VirtualService/default/bookinfo#http[0]"]
+    assert wildcard["routes"][0]["route"][0]["cluster"] == "productpage|"
+    sidecar_hosts = snap(resources)["outbound"]["virtual_hosts"]
+    assert [h["name"] for h in sidecar_hosts][-1] == "httpbin.org"  # the gateway-bound "*" is not here
+    assert sidecar_hosts[-1]["domains"] == ["httpbin.org"]
+    assert sidecar_hosts[-1]["routes"][0]["timeout_ms"] == 3000

@@ -11,8 +11,10 @@ from meshkit.config.compile import compile_snapshot
 from meshkit.config.loader import load_resources
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.proxy.filters.authz import compile_authz
+from meshkit.proxy.routing import RouteTable
 from meshkit.proxy.snapshot import Snapshot
 from tests.config.bookinfo import SAMPLES, bookinfo_registry, node_for
+from tests.config.test_compile import BOOKINFO_GATEWAY_VS
 
 GATEWAY = Node("ingress-0", namespace="istio-system", labels={"istio": "ingressgateway"}, kind="gateway")
 HTTPBIN_V1 = Node(
@@ -97,3 +99,17 @@ def test_the_sidecar_rejects_what_the_contract_forbids() -> None:
     doc["clusters"]["reviews|v1"]["lb"] = "FOO"
     with pytest.raises(ValueError, match="lb"):
         Snapshot.from_json(doc)
+
+
+def test_the_sidecar_finds_wildcard_and_external_virtual_hosts() -> None:
+    resources = load_resources(BOOKINFO_GATEWAY_VS)
+    gateway = compile_snapshot(resources, _registry(), GATEWAY)
+    table = RouteTable.from_snapshot(Snapshot.from_json(gateway).doc["outbound"])
+    found = table.virtual_host("localhost:8080")
+    assert found is not None and found.name == "*"
+    assert table.virtual_host("reviews.default:9080").name == "reviews.default.svc.cluster.local:9080"  # type: ignore[union-attr]
+    sidecar = RouteTable.from_snapshot(
+        compile_snapshot(resources, _registry(), node_for("productpage"))["outbound"]
+    )
+    assert sidecar.virtual_host("localhost:8080") is None
+    assert sidecar.virtual_host("httpbin.org").name == "httpbin.org"  # type: ignore[union-attr]
