@@ -7,7 +7,7 @@ the first try (``attempts``), the optional per-try timeout and the ``retry_on`` 
 * ``5xx``: any 5xx from the upstream, a connect failure, a reset or a per-try timeout;
 * ``gateway-error``: 502/503/504 from the upstream, a connect failure, a reset or a per-try timeout;
 * ``reset``: a connect failure, a reset or a per-try timeout;
-* ``connect-failure``: a connect failure;
+* ``connect-failure`` and ``reset-before-request``: a connect failure (nothing was sent yet);
 * ``retriable-4xx``: 409; ``retriable-status-codes`` with ``retriable_status_codes``; numeric codes;
 * ``refused-stream`` and the gRPC conditions never match HTTP/1.1 and are ignored.
 
@@ -37,12 +37,19 @@ BACKOFF_MAX = 0.25
 GATEWAY_ERROR_CODES = frozenset({502, 503, 504})
 RETRIABLE_4XX = frozenset({409})
 HTTP_CONDITIONS = frozenset(
-    {"5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "retriable-status-codes"}
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "connect-failure",
+        "reset-before-request",
+        "retriable-4xx",
+        "retriable-status-codes",
+    }
 )
 IGNORED_CONDITIONS = frozenset(
     {
         "refused-stream",
-        "reset-before-request",
         "http3-post-connect-failure",
         "envoy-ratelimited",
         "retriable-headers",
@@ -65,7 +72,7 @@ class RetryPolicy:
         self.on_5xx = "5xx" in conditions
         self.on_gateway_error = "gateway-error" in conditions
         self.on_reset = "reset" in conditions
-        self.on_connect_failure = "connect-failure" in conditions
+        self.on_connect_failure = "connect-failure" in conditions or "reset-before-request" in conditions
         codes: set[int] = {int(c) for c in conditions if isinstance(c, str) and c.isdigit()}
         if "retriable-4xx" in conditions:
             codes |= RETRIABLE_4XX

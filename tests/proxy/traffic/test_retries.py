@@ -98,6 +98,13 @@ async def test_connect_failure_is_retried_then_answered_503_uf_urx(send: Handler
     assert config.clusters["svc|"].traffic.upstream_rq_retry == 2
 
 
+async def test_reset_before_request_covers_connect_failures(send: Handler) -> None:
+    config = snapshot_with({"svc|": cluster_spec([free_port()])})
+    route = _route(attempts=1, retry_on=["reset-before-request"])
+    response = await outbound_chain(send)(make_request(config, route))
+    assert (response.status, response.flags) == (503, "UF,URX")
+
+
 async def test_connect_failure_without_a_matching_condition_escapes_to_local_reply(send: Handler) -> None:
     config = snapshot_with({"svc|": cluster_spec([free_port()])})
     with pytest.raises(ConnectFailure):
