@@ -18,6 +18,31 @@ SERVICE_ACCOUNTS = {
 }
 VERSIONS = {"productpage": ["v1"], "reviews": ["v1", "v2", "v3"], "ratings": ["v1"], "details": ["v1"]}
 
+# Bookinfo's ingress VirtualService (hosts "*", bound to a gateway) and an external host
+BOOKINFO_GATEWAY_VS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - match:
+    - uri: {exact: /productpage}
+    - uri: {prefix: /static}
+    route:
+    - destination: {host: productpage, port: {number: 9080}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: external}
+spec:
+  hosts: [httpbin.org]
+  http:
+  - route: [{destination: {host: httpbin.org}}]
+    timeout: 3s
+"""
+
 
 def bookinfo_registry(*, root_pem: str | None = "ROOT-PEM", has_sidecar: bool = True) -> RegistryView:
     services = tuple(Service(name, "default", 9080) for name in VERSIONS)

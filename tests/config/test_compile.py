@@ -10,7 +10,7 @@ from meshkit.config.compile import compile_snapshot, default_retry_policy
 from meshkit.config.loader import load_resources
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import Resource
-from tests.config.bookinfo import bookinfo_registry, node_for, sample
+from tests.config.bookinfo import BOOKINFO_GATEWAY_VS, bookinfo_registry, node_for, sample
 
 PRODUCTPAGE = node_for("productpage")
 DEFAULT_RETRIES = {
@@ -486,31 +486,6 @@ def test_same_resource_twice_keeps_the_last() -> None:
         "reviews|v2",
     ]
     assert [r["cluster"] for r in routes(snap([second, first]), "reviews")[0]["route"]] == ["reviews|v3"]
-
-
-BOOKINFO_GATEWAY_VS = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: bookinfo}
-spec:
-  hosts: ["*"]
-  gateways: [bookinfo-gateway]
-  http:
-  - match:
-    - uri: {exact: /productpage}
-    - uri: {prefix: /static}
-    route:
-    - destination: {host: productpage, port: {number: 9080}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: external}
-spec:
-  hosts: [httpbin.org]
-  http:
-  - route: [{destination: {host: httpbin.org}}]
-    timeout: 3s
-"""
 
 
 def test_hosts_that_are_not_registry_services_get_their_own_virtual_hosts() -> None:

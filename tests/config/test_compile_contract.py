@@ -13,8 +13,7 @@ from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.proxy.filters.authz import compile_authz
 from meshkit.proxy.routing import RouteTable
 from meshkit.proxy.snapshot import Snapshot
-from tests.config.bookinfo import SAMPLES, bookinfo_registry, node_for
-from tests.config.test_compile import BOOKINFO_GATEWAY_VS
+from tests.config.bookinfo import BOOKINFO_GATEWAY_VS, SAMPLES, bookinfo_registry, node_for
 
 GATEWAY = Node("ingress-0", namespace="istio-system", labels={"istio": "ingressgateway"}, kind="gateway")
 HTTPBIN_V1 = Node(
