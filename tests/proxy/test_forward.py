@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import socket
+import struct
 
 import aiohttp
 
@@ -121,3 +124,42 @@ async def test_bodies_both_directions(echo_app: EchoApp, start_proxy: StartProxy
             assert len(data) == 300 * 1024
             assert data[:5] == b"00000" and data[-1024:-1019] == b"00299"
     assert proxy.upstream.cx_active >= 1
+
+
+async def test_client_gone_mid_request_is_dc_and_frees_the_upstream(
+    echo_app: EchoApp, start_proxy: StartProxy
+) -> None:
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["outbound"])
+    writer.write(b"GET /slow/600 HTTP/1.1\r\nHost: reviews\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    # A reset (not a FIN: a half-closed client still gets its answer).
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+    for _ in range(100):
+        if 'response_code="0",response_flags="DC"' in proxy.metrics.render():
+            break
+        await asyncio.sleep(0.02)
+    assert 'response_code="0",response_flags="DC"' in proxy.metrics.render()
+    assert proxy.upstream.cx_active == 0  # the half-used upstream connection was discarded
+    del reader
+
+
+async def test_many_concurrent_clients(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+    url = f"http://127.0.0.1:{proxy.ports['outbound']}/c"
+    statuses: list[int] = []
+
+    async def client() -> None:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(10):
+                async with session.post(url, data=b"p" * 100, headers={"Host": "reviews"}) as resp:
+                    await resp.read()
+                    statuses.append(resp.status)
+
+    await asyncio.gather(*(client() for _ in range(60)))
+    assert statuses == [200] * 600
+    assert proxy.upstream.cx_total <= 60  # pooled: at most one upstream connection per concurrent request
+    assert proxy.listeners["outbound"].stats.downstream_rq_active == 0
