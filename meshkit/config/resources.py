@@ -290,7 +290,7 @@ class ClientTLSSettings(IstioModel):
 
 
 class TrafficPolicy(IstioModel):
-    unsupported_fields = frozenset({"portLevelSettings", "tunnel", "proxyProtocol"})
+    unsupported_fields = frozenset({"portLevelSettings", "tunnel", "proxyProtocol", "retryBudget"})
 
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
