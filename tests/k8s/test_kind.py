@@ -70,7 +70,8 @@ def test_docker_without_a_daemon_is_reported(tmp_path: Path) -> None:
     _tool(tmp_path, "kind", "exit 0")
     _tool(tmp_path, "kubectl", "exit 0")
     missing = missing_prerequisites(path=str(tmp_path))
-    assert missing == [f"the Docker daemon is not reachable (`docker info` failed: {complaint}); start Docker"]
+    expected = f"the Docker daemon is not reachable (`docker info` failed: {complaint}); start Docker"
+    assert missing == [expected]
 
 
 def test_find_root(tmp_path: Path) -> None:
