@@ -101,6 +101,7 @@ class PushStats:
     recomputes: int = 0
     compiles: int = 0
     pushes: int = 0
+    abandoned: int = 0  # passes cut short by a newer change
     acks: int = 0
     nacks: int = 0
 
@@ -118,6 +119,8 @@ class PushServer:
         self.stats = PushStats()
         self._proxies: dict[str, ProxyState] = {}
         self._pending: asyncio.TimerHandle | None = None
+        self._running: asyncio.Task[None] | None = None
+        self._dirty = False
         self._closing = False
         self._unsubscribe: list[Callable[[], None]] = []
         self._ack_listeners: list[Callable[[str, str, str], None]] = []
@@ -135,6 +138,8 @@ class PushServer:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+        if self._running is not None:
+            self._running.cancel()
         for proxy in self._proxies.values():
             proxy.wake.set()
 
@@ -146,28 +151,65 @@ class PushServer:
             return
         self._pending = asyncio.get_running_loop().call_later(self.debounce, self._recompute_scheduled)
 
+    @property
+    def busy(self) -> bool:
+        """A recompilation is scheduled or running."""
+        return self._pending is not None or (self._running is not None and not self._running.done())
+
     def _recompute_scheduled(self) -> None:
         self._pending = None
-        self.recompute()
+        if self._running is not None and not self._running.done():
+            self._dirty = True  # the running pass starts over when it ends
+            return
+        self._running = asyncio.create_task(self._recompute_all())
+
+    async def _recompute_all(self) -> None:
+        """Recompile every tracked proxy, one node shape at a time, yielding to the streams in between.
+
+        The streams of the first shapes start sending while later shapes compile. A change that
+        lands meanwhile abandons the pass (so no proxy is sent an older snapshot after a newer one)
+        and a new pass runs over the new inputs.
+        """
+        while not self._closing:
+            self._dirty = False
+            self.stats.recomputes += 1
+            self._forget_expired()
+            inputs = (self.store.resources(), self.registry.view(), self.store.revision)
+            for group in self._by_shape(list(self._proxies.values())):
+                if self._dirty or not self._inputs_current(inputs):
+                    self._dirty = True
+                    self.stats.abandoned += 1
+                    break
+                self._update(group, inputs)
+                await asyncio.sleep(0)
+            if not self._dirty:
+                return
 
     def recompute(self, only: list[ProxyState] | None = None) -> None:
-        """Compile the snapshot of every tracked proxy (or ``only`` these) and wake those that changed."""
+        """Compile the snapshot of every tracked proxy (or ``only`` these) now and wake those that changed."""
         self.stats.recomputes += 1
         self._forget_expired()
-        targets = list(self._proxies.values()) if only is None else only
-        resources = self.store.resources()
-        view = self.registry.view()
-        revision = self.store.revision
-        compiled: dict[tuple[Any, ...], SnapshotTemplate] = {}
-        for proxy in targets:
+        inputs = (self.store.resources(), self.registry.view(), self.store.revision)
+        for group in self._by_shape(list(self._proxies.values()) if only is None else only):
+            self._update(group, inputs)
+
+    def _inputs_current(self, inputs: tuple[Any, Any, int]) -> bool:
+        return self.registry.view() is inputs[1] and self.store.revision == inputs[2]
+
+    def _by_shape(self, proxies: list[ProxyState]) -> list[list[ProxyState]]:
+        groups: dict[tuple[Any, ...], list[ProxyState]] = {}
+        for proxy in proxies:
             proxy.node = self.registry.node_for(proxy.id, proxy.kind)
-            shape = _shape(proxy.node)
-            template = compiled.get(shape)
-            if template is None:
-                self.stats.compiles += 1
-                template = SnapshotTemplate(compile_snapshot(
-                    resources, view, dataclasses.replace(proxy.node, instance=""), revision=revision))
-                compiled[shape] = template
+            groups.setdefault(_shape(proxy.node), []).append(proxy)
+        return list(groups.values())
+
+    def _update(self, group: list[ProxyState], inputs: tuple[Any, Any, int]) -> None:
+        """Compile once for ``group`` (proxies of one shape), render each, wake those that changed."""
+        resources, view, revision = inputs
+        self.stats.compiles += 1
+        template = SnapshotTemplate(compile_snapshot(
+            resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision))
+        for proxy in group:
             snapshot, payload = template.render(proxy.node)
             if snapshot["version"] != proxy.latest_version:
                 proxy.latest = snapshot
@@ -298,7 +340,7 @@ class PushServer:
         while True:
             connected = [p.id for p in self._proxies.values() if p.connected]
             ids = proxy_ids if proxy_ids is not None else connected
-            if self._pending is None and all(
+            if not self.busy and all(
                 (p := self._proxies.get(i)) is not None and p.status == SYNCED for i in ids
             ):
                 return True

@@ -257,3 +257,24 @@ async def test_bad_stream_and_ack_requests(control_plane: RunningControlPlane,
                                                            "status": "MAYBE"}) as response:
         assert response.status == 400
         assert (await response.json())["messages"][0]["field"] == "status"
+
+
+async def test_snapshots_never_go_back_in_time_under_a_stream_of_changes(
+        control_plane: RunningControlPlane, session: aiohttp.ClientSession,
+        subscribe: SubscriberFactory) -> None:
+    plane = control_plane.control_plane
+    shapes = [endpoint(f"reviews-{v}-0", v, 41000 + i) for i, v in enumerate(("v1", "v2", "v3", "v4", "v5"))]
+    await register(session, control_plane.url, *shapes, endpoint("reviews-v1-1", port=41010))
+    ids = [f"{e['instance']}.default" for e in shapes] + ["reviews-v1-1.default", "client-0.default"]
+    subscribers = [await subscribe(proxy_id) for proxy_id in ids]
+    plane.store.apply(load_resources(BOOKINFO_REVIEWS))
+    for step in range(1, 41):  # changes landing while passes are compiling and sending
+        plane.store.apply(load_resources(virtual_service("v2", timeout=f"{step}s")))
+        await asyncio.sleep(0.001 * (step % 10))
+    final = plane.store.revision
+    for subscriber in subscribers:
+        while not subscriber.received or subscriber.received[-1]["revision"] != final:
+            await subscriber.next()
+        revisions = [snapshot["revision"] for snapshot in subscriber.received]
+        assert revisions == sorted(set(revisions)), revisions
+    assert await plane.push.wait_synced(within=10)
