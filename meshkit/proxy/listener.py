@@ -155,6 +155,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.head_started: float | None = None  # set while a request head is incomplete
         self.head_started_at = 0.0
         self._paused_reading = False
+        self._head_written = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._reset_head()
@@ -400,6 +401,10 @@ class DownstreamConnection(asyncio.Protocol):
             return
         head = queue[0]
         if not head.ready:
+            if self.input_done:  # its body can never complete now
+                queue.clear()
+                self._close_transport()
+                return
             if head.expect_continue and not head.continue_sent:
                 head.continue_sent = True
                 self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -414,6 +419,7 @@ class DownstreamConnection(asyncio.Protocol):
     async def _serve(self, pending: _Pending) -> None:
         request = pending.request
         self.stats.downstream_rq_active += 1
+        self._head_written = False
         try:
             if pending.expect_continue and not pending.continue_sent:
                 pending.continue_sent = True
@@ -440,6 +446,9 @@ class DownstreamConnection(asyncio.Protocol):
         except Exception:
             log.exception("%s: failed serving %s %s", self.listener.direction, request.method, request.path)
             self.closing = True
+            if not self._head_written:
+                with contextlib.suppress(Exception):
+                    await self._write_response(request, Response.local(500, "internal proxy error\n"))
         finally:
             self.stats.downstream_rq_active -= 1
             self.active = None
@@ -458,6 +467,7 @@ class DownstreamConnection(asyncio.Protocol):
                 continue
             lines.append(f"{name}: {value}\r\n")
         head = [status_line(status, response.reason), "".join(lines).encode("latin-1")]
+        self._head_written = True
         keep_alive_10 = request.version == "1.0" and not self.closing
         no_body = head_request or status in _NO_BODY_STATUS or status < 200
         if isinstance(body, bytes):

@@ -122,6 +122,30 @@ def _query_condition(name: str, test: StringTest) -> Condition:
     return condition
 
 
+def _header_pairs(spec: Any, where: str) -> list[tuple[str, str]]:
+    if spec is None:
+        return []
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected an object of header names to values")
+    pairs = []
+    for name, value in spec.items():
+        if not isinstance(value, str):
+            raise ValueError(f"{where}.{name}: expected a string value, got {value!r}")
+        text = f"{name}{value}"
+        if any(c in text for c in "\r\n\0") or not _latin1(text):
+            raise ValueError(f"{where}.{name}: header names and values must be latin-1 without CR/LF")
+        pairs.append((str(name).lower(), value))
+    return pairs
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class HeaderOps:
     """Precompiled set/add/remove for one direction (request or response)."""
 
@@ -135,8 +159,8 @@ class HeaderOps:
         for key in spec:
             if key not in ("set", "add", "remove"):
                 raise ValueError(f"{where}.{key}: unknown header operation (expected set, add, remove)")
-        self.set = [(str(k).lower(), str(v)) for k, v in (spec.get("set") or {}).items()]
-        self.add = [(str(k).lower(), str(v)) for k, v in (spec.get("add") or {}).items()]
+        self.set = _header_pairs(spec.get("set"), f"{where}.set")
+        self.add = _header_pairs(spec.get("add"), f"{where}.add")
         remove = spec.get("remove") or []
         if not isinstance(remove, list):
             raise ValueError(f"{where}.remove: expected a list of header names")

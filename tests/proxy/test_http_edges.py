@@ -287,3 +287,26 @@ async def test_cluster_connect_timeout_is_honoured(start_proxy: StartProxy) -> N
     finally:
         for sock in [*fillers, blackhole]:
             sock.close()
+
+
+async def test_half_closed_client_with_an_incomplete_body_is_closed(outbound: int) -> None:
+    conn = await RawConnection.open(outbound)
+    partial = b"POST /echo HTTP/1.1\r\nHost: reviews\r\nContent-Length: 10\r\n\r\nabc"
+    await conn.send(GET % b"/slow/200" + partial)
+    conn.writer.write_eof()
+    assert (await conn.response()).status == 200  # the complete request is still answered
+    assert await conn.closed_by_peer(wait=3)  # the incomplete one can never be: closed, not left hanging
+
+
+async def test_a_failing_handler_gets_500_not_silence(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+
+    async def broken(request: object) -> object:
+        raise RuntimeError("a bug in some filter")
+
+    proxy.listeners["outbound"].handler = broken  # type: ignore[assignment]
+    conn = await RawConnection.open(proxy.ports["outbound"])
+    await conn.send(GET % b"/x")
+    response = await conn.response()
+    assert response.status == 500 and response.header("connection") == "close"
+    assert await conn.closed_by_peer()

@@ -116,6 +116,10 @@ def test_rewrite_replaces_prefix_or_whole_path() -> None:
         (lambda r: r["route"][0].update(weight=-1), "routes[0].route[0].weight"),
         (lambda r: r.update(headers={"request": {"append": {}}}), "routes[0].headers.request.append"),
         (lambda r: r.update(fault={"abort": {"http_status": 99}}), "routes[0].fault.abort.http_status"),
+        (lambda r: r.update(headers={"response": {"set": {"x-a": "b\r\nx-injected: 1"}}}),
+         "routes[0].headers.response.set.x-a"),
+        (lambda r: r.update(headers={"request": {"add": {"x-snow": "\u2603"}}}),
+         "routes[0].headers.request.add.x-snow"),
     ],
 )
 def test_bad_routes_are_refused_with_the_key_path(mutate: Any, where: str) -> None:
