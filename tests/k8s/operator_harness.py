@@ -78,11 +78,13 @@ class Running:
             assert response.status in (200, 201), await response.text()
 
     async def review(self, handler_id: str, obj: dict[str, Any], resource: tuple[str, str, str],
-                     namespace: str, operation: str = "CREATE") -> dict[str, Any]:
+                     namespace: str, *, operation: str = "CREATE",
+                     old: dict[str, Any] | None = None) -> dict[str, Any]:
         """Send an AdmissionReview to the URL kopf put into the managed configuration."""
         url = (await until(f"webhook {handler_id} in the managed configuration",
                            lambda: self.webhook_urls().get(handler_id)))
-        return await self.post_review(url, admission_review(obj, resource, namespace, operation))
+        review = admission_review(obj, resource, namespace, operation=operation, old=old)
+        return await self.post_review(url, review)
 
     async def post_review(self, url: str, review: dict[str, Any], ssl: Any = True) -> dict[str, Any]:
         async with self.session.post(url, json=review, ssl=ssl) as response:
@@ -92,8 +94,8 @@ class Running:
         return dict(answer["response"])
 
 
-def admission_review(obj: dict[str, Any], resource: tuple[str, str, str], namespace: str,
-                     operation: str = "CREATE") -> dict[str, Any]:
+def admission_review(obj: dict[str, Any], resource: tuple[str, str, str], namespace: str, *,
+                     operation: str = "CREATE", old: dict[str, Any] | None = None) -> dict[str, Any]:
     """An AdmissionReview (admission.k8s.io/v1) as the API server sends it."""
     group, version, plural = resource
     return {
@@ -107,7 +109,7 @@ def admission_review(obj: dict[str, Any], resource: tuple[str, str, str], namesp
             "operation": operation,
             "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters"]},
             "object": obj,
-            "oldObject": None,
+            "oldObject": old,
             "dryRun": False,
         },
     }

@@ -131,6 +131,19 @@ async def test_bad_virtual_service_is_rejected_with_the_analyzer_message(operato
     assert response["allowed"] is False
     assert "spec.tcp is not supported by meshkit" in response["status"]["message"]
 
+    # an UPDATE that changes the spec is checked like a CREATE ...
+    good = _virtual_service("reviews", (50, 50))
+    response = await operator.review(handler, _virtual_service("reviews", (50, 40)), resource, "bookinfo",
+                                     operation="UPDATE", old=good)
+    assert response["allowed"] is False
+    # ... one that leaves the spec alone (labels, the operator's own annotations) is not blocked,
+    # even on an object that predates the webhook and would not pass it
+    legacy = _virtual_service("reviews", (50, 40))
+    relabelled = {**legacy, "metadata": {**legacy["metadata"], "labels": {"team": "books"}}}
+    response = await operator.review(handler, relabelled, resource, "bookinfo",
+                                     operation="UPDATE", old=legacy)
+    assert response["allowed"] is True
+
 
 async def test_status_is_written(operator: Running) -> None:
     resource = kmocklib.resource("networking.istio.io", "v1", "virtualservices")
@@ -166,3 +179,18 @@ async def test_status_is_written(operator: Running) -> None:
     accepted = await until("status on DestinationRule/bookinfo/reviews", rule_status)
     assert accepted["conditions"][0]["status"] == "True"
     assert accepted["validationMessages"] == []
+
+
+async def test_status_of_an_object_that_bypassed_the_webhook(operator: Running) -> None:
+    """An object stored before the webhook existed (KMock calls no webhooks) gets the loader's verdict."""
+    legacy = _virtual_service("legacy", (100, 0))
+    legacy["spec"]["tcp"] = [{"route": []}]
+    await operator.create("/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices", legacy)
+    key = (kmocklib.resource("networking.istio.io", "v1", "virtualservices"), "bookinfo", "legacy")
+
+    def status() -> dict[str, Any] | None:
+        return operator.kmock.objects[key].get("status") if key in operator.kmock.objects else None
+
+    written = await until("status on VirtualService/bookinfo/legacy", status)
+    assert written["conditions"][0]["status"] == "False"
+    assert [(m["code"], m["field"]) for m in written["validationMessages"]] == [("MK0004", "spec.tcp")]
