@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.control.resources import BAD_VIRTUAL_SERVICE, DESTINATION_RULE, virtual_service
+from tests.control.resources import BAD_VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE, endpoint, virtual_service
 from tests.control.sse import Subscriber
 
 MESHKIT = [sys.executable, "-m", "meshkit.cli"]
@@ -221,3 +221,40 @@ async def test_proxy_status_and_restart_keeps_config(control: ControlProcess, tm
         assert "1" in (await meshkit("history", env=env)).out.splitlines()[1]
     finally:
         assert await restarted.stop() == 0
+
+
+async def test_proxy_verb_runs_the_real_sidecar(control: ControlProcess, tmp_path: Path, files: Path) -> None:
+    env = cli_env(tmp_path, control=control.url)
+    usage = await meshkit("proxy", "--help", env=env)
+    assert usage.code == 0 and "usage: meshkit proxy" in usage.out and "--control URL" in usage.out
+    async with aiohttp.ClientSession() as session:  # the runtime's part: the service and this instance
+        for path, body in (("services", SERVICE), ("endpoints", endpoint("reviews-v1-0"))):
+            async with session.post(f"{control.url}/api/v1/registry/{path}", json=body) as response:
+                assert response.status == 200
+    sidecar = await asyncio.create_subprocess_exec(
+        *MESHKIT, "proxy", "--control", control.url, "--id", "reviews-v1-0.default", "--outbound-port", "0",
+        "--inbound-port", "0", "--admin-port", "0", "--access-log", "off", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async def sidecar_status() -> dict[str, str]:
+            doc = json.loads((await meshkit("proxy-status", "-o", "json", env=env)).out)
+            return {p["id"]: p for p in doc["proxies"]}.get("reviews-v1-0.default") or {}
+
+        first: dict[str, str] = {}
+        for _ in range(100):  # bounded: about 20 s at most
+            first = await sidecar_status()
+            if first.get("status") == "SYNCED":
+                break
+            await asyncio.sleep(0.2)
+        assert first.get("status") == "SYNCED", first
+        assert (await meshkit("apply", "-f", str(files), env=env)).code == 0
+        second: dict[str, str] = {}
+        for _ in range(100):
+            second = await sidecar_status()
+            if second.get("status") == "SYNCED" and second.get("acked") != first["acked"]:
+                break
+            await asyncio.sleep(0.2)
+        assert second.get("status") == "SYNCED" and second["acked"] != first["acked"], second
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(sidecar.wait(), 20) == 0
