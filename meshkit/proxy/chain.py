@@ -8,14 +8,22 @@ next to the listeners, as one explicit list each.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Awaitable, Sequence
 
-from meshkit.proxy.http import Filter, Handler
+from meshkit.proxy.http import Filter, Handler, Request, Response
+
+
+def _link(filt: Filter, call_next: Handler) -> Handler:
+    # A closure passing ``call_next`` positionally: about 0.1 µs per level cheaper than
+    # functools.partial(filt, call_next=...), which merges a kwargs dict on every call.
+    def handler(request: Request) -> Awaitable[Response]:
+        return filt(request, call_next)
+
+    return handler
 
 
 def build_chain(filters: Sequence[Filter], terminal: Handler) -> Handler:
     handler = terminal
     for filt in reversed(filters):
-        handler = partial(filt, call_next=handler)  # type: ignore[assignment]
+        handler = _link(filt, handler)
     return handler
