@@ -84,6 +84,7 @@ class MeshRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "control": f"http://127.0.0.1:{PortPlan(self.base_port).control}",  # read by the CLI
             "base_port": self.base_port,
             "apps": self.apps,
             "replicas": self.replicas,
