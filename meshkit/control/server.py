@@ -52,6 +52,26 @@ class _CaSigner:
         return str(self._service.ca.root_pem)
 
 
+class _TokensOnDisk:
+    """Bootstrap tokens issued in this process, or by another one (the runtime) into the same file.
+
+    A token this process does not know is looked up again in the file, so a runtime that issues
+    a sidecar's token after the control plane started needs no API call (there is deliberately
+    no endpoint that mints tokens).
+    """
+
+    def __init__(self, tokens: Any, path: Path, opener: Any) -> None:
+        self._tokens = tokens
+        self._path = path
+        self._opener = opener
+
+    async def authenticate(self, credential: str) -> str | None:
+        identity: str | None = self._tokens.identity_for_token(credential)
+        if identity is None and self._path.exists():
+            identity = self._opener.open(self._path).identity_for_token(credential)
+        return identity
+
+
 class ControlPlane:
     """Store, registry, push server and CA over one state directory; no sockets."""
 
@@ -68,9 +88,13 @@ class ControlPlane:
         self.signer: _CaSigner | None = None
         self.tokens: Any = None  # meshkit.control.ca.BootstrapTokens when the CA runs
         if with_ca:
-            from meshkit.control.ca import DEFAULT_TTL, SigningService  # noqa: PLC0415 (optional part)
+            from meshkit.control import ca  # noqa: PLC0415 (optional part)
 
-            service, self.tokens = SigningService.open_local(self.directory / "ca", ttl=ca_ttl or DEFAULT_TTL)
+            directory = self.directory / "ca"
+            authority = ca.CertificateAuthority.open(directory)
+            self.tokens = ca.BootstrapTokens.open(directory / ca.TOKENS_FILE)
+            authenticator = _TokensOnDisk(self.tokens, directory / ca.TOKENS_FILE, ca.BootstrapTokens)
+            service = ca.SigningService(authority, authenticator, ttl=ca_ttl or ca.DEFAULT_TTL)
             self.signer = _CaSigner(service)
             self.registry.set_root_pem(self.signer.root_pem)
 

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from meshkit.control.api import MAX_BODY_BYTES
+from meshkit.control.ca import TOKENS_FILE, BootstrapTokens
 from meshkit.control.server import RunningControlPlane, run_control_plane
 from tests.control.resources import BAD_VIRTUAL_SERVICE, BOOKINFO_REVIEWS, DESTINATION_RULE, SERVICE, endpoint
 
@@ -179,6 +180,11 @@ async def test_certificate_authority_endpoints(tmp_path: Path, session: aiohttp.
         assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [identity]
         status, error = await call(session, "POST", sign, json={"csr": _csr(identity), "token": "x"})
         assert status == 401 and error["error"]
+        # a token issued by another process (the runtime) into the same state dir works too
+        ratings = "spiffe://cluster.local/ns/default/sa/ratings"
+        outside = BootstrapTokens.open(tmp_path / "control" / "ca" / TOKENS_FILE).issue_token(ratings)
+        status, _ = await call(session, "POST", sign, json={"csr": _csr(ratings), "token": outside})
+        assert status == 200
         other = "spiffe://cluster.local/ns/default/sa/ratings"
         status, error = await call(session, "POST", sign, json={"csr": _csr(other), "token": token})
         assert status == 403
