@@ -76,6 +76,38 @@ spec:
 """
 
 
+class AckBoard:
+    """How many subscribers have ACKed each revision; wakes the round when all of them have."""
+
+    def __init__(self, subscribers: int) -> None:
+        self.subscribers = subscribers
+        self._counts: dict[int, int] = {}
+        self._done: dict[int, asyncio.Event] = {}
+
+    def _event(self, revision: int) -> asyncio.Event:
+        return self._done.setdefault(revision, asyncio.Event())
+
+    def acked(self, revision: int) -> None:
+        self._counts[revision] = self._counts.get(revision, 0) + 1
+        if self._counts[revision] == self.subscribers:
+            self._event(revision).set()
+
+    async def wait(self, revision: int) -> None:
+        await self._event(revision).wait()
+
+    def missing(self, revision: int) -> int:
+        return self.subscribers - self._counts.get(revision, 0)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User+system CPU time of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Subscriber:
     """One sidecar stand-in over raw asyncio streams (as the real sidecar's xDS client is):
@@ -85,6 +117,7 @@ class Subscriber:
     """
 
     proxy_id: str
+    board: AckBoard
     acks: dict[int, tuple[float, float]] = field(default_factory=dict)  # revision -> (sent, done)
     task: asyncio.Task[None] | None = None
 
@@ -131,6 +164,7 @@ class Subscriber:
                 length = int(line.split(b":", 1)[1])
         await reader.readexactly(length)
         self.acks[revision] = (sent, time.perf_counter())
+        self.board.acked(revision)
 
 
 class ControlPlaneProcess:
@@ -190,6 +224,8 @@ async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
         control = ControlPlaneProcess(state_dir)
         async with aiohttp.ClientSession() as api:
             subs: list[Subscriber] = []
+            board = AckBoard(subscribers)
+            cpu_start: float | None = None
             try:
                 await control.start()
                 url = control.url
@@ -202,7 +238,7 @@ async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
                         "instance": instance, "workload": f"{service}-{version}", "service": service,
                         "port": 20000 + index, "labels": {"app": service, "version": version},
                         "app_port": 9080, "service_account": f"bookinfo-{service}"})
-                    subs.append(Subscriber(f"{instance}.default"))
+                    subs.append(Subscriber(f"{instance}.default", board))
                 await _post(api, f"{url}/api/v1/apply", data=DESTINATION_RULE)
                 for sub in subs:
                     connected = asyncio.Event()
@@ -217,32 +253,37 @@ async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
                     result = await _post(api, f"{url}/api/v1/apply", data=virtual_service(number))
                     applied = time.perf_counter()
                     revision = result["revision"]
-                    deadline = start + ROUND_TIMEOUT
-                    while not all(revision in sub.acks for sub in subs):
-                        failed = [sub.task for sub in subs if sub.task is not None and sub.task.done()]
-                        if failed:
-                            failed[0].result()  # raises what ended the stream
-                            raise RuntimeError("a subscriber stream ended")
-                        if time.perf_counter() > deadline:
-                            missing = sum(1 for sub in subs if revision not in sub.acks)
-                            raise RuntimeError(f"round {number}: {missing} subscribers never ACKed revision "
-                                               f"{revision} within {ROUND_TIMEOUT}s")
-                        await asyncio.sleep(0.001)
+                    waiting = asyncio.ensure_future(board.wait(revision))
+                    streams = [sub.task for sub in subs if sub.task is not None]
+                    done, _ = await asyncio.wait([waiting, *streams], timeout=ROUND_TIMEOUT,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if waiting not in done:
+                        waiting.cancel()
+                        for ended in done:
+                            ended.result()  # raises what ended the stream
+                        raise RuntimeError(f"round {number}: {board.missing(revision)} subscribers never "
+                                           f"ACKed revision {revision} within {ROUND_TIMEOUT}s")
                     async with api.get(f"{url}/api/v1/proxy-status") as response:
                         proxies = (await response.json())["proxies"]
                     if number < warmup:
                         continue
+                    if cpu_start is None and control.process is not None:
+                        cpu_start = cpu_seconds(control.process.pid)
                     apply_latencies.append(applied - start)
                     sent_latencies.extend(sub.acks[revision][0] - start for sub in subs)
                     received_latencies.extend(p["last_response_at"] - wall_start for p in proxies)
                     await asyncio.sleep(0.05)
+                cpu_end = cpu_seconds(control.process.pid) if control.process is not None else None
             finally:
                 for sub in subs:
                     if sub.task is not None:
                         sub.task.cancel()
                 await asyncio.gather(*(s.task for s in subs if s.task is not None), return_exceptions=True)
                 await control.stop()
+    cpu_per_round = None if cpu_start is None or cpu_end is None else \
+        round((cpu_end - cpu_start) / max(1, rounds - 1) * 1000, 1)
     return {"subscribers": subscribers, "rounds": rounds, "workloads": len(WORKLOADS),
+            "control_plane_cpu_ms_per_round": cpu_per_round,
             "apply": summary(apply_latencies), "ack_sent": summary(sent_latencies),
             "ack_received": summary(received_latencies)}
 
@@ -280,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"N={count:<4} rounds={args.rounds}  apply p50 {result['apply']['p50_ms']} ms  |  "
               f"ACK sent p50 {result['ack_sent']['p50_ms']} ms  p99 {result['ack_sent']['p99_ms']} ms  "
               f"max {result['ack_sent']['max_ms']} ms  |  ACK at control plane p50 "
-              f"{result['ack_received']['p50_ms']} ms  p99 {result['ack_received']['p99_ms']} ms  "
+              f"{result['ack_received']['p50_ms']} ms  p99 {result['ack_received']['p99_ms']} ms  |  "
+              f"control plane CPU {result['control_plane_cpu_ms_per_round']} ms/round  "
               f"(load {result['load_average_1m'][0]} -> {result['load_average_1m'][1]})", flush=True)
         if max(result["load_average_1m"]) > (os.cpu_count() or 1) * 0.5:
             print("  note: the machine was busy (1-minute load average above half the CPUs); "
