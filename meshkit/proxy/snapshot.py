@@ -24,6 +24,7 @@ ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
 
 SCHEMA = 1
 UNKNOWN = "unknown"
+SOURCE_HEADER = "x-meshkit-source"  # "<workload>;<namespace>;<app>;<version>;<principal>"
 
 
 class SnapshotError(ValueError):
@@ -126,13 +127,9 @@ class Snapshot:
         snap.node_labels = labels
         if labels.service:
             snap.inbound_service_fqdn = f"{labels.service}.{labels.namespace}.svc.cluster.local"
-        snap.source_headers = [
-            ("x-meshkit-source-workload", labels.workload),
-            ("x-meshkit-source-namespace", labels.namespace),
-            ("x-meshkit-source-app", labels.app),
-            ("x-meshkit-source-version", labels.version),
-            ("x-meshkit-source-principal", labels.principal),
-        ]
+        # One header tells the destination sidecar who is calling (see filters/metrics.py).
+        source = ";".join((labels.workload, labels.namespace, labels.app, labels.version, labels.principal))
+        snap.source_headers = [(SOURCE_HEADER, source)]
         return snap
 
     @staticmethod

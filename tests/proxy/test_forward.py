@@ -30,7 +30,9 @@ async def test_origin_form_is_routed_on_host(echo_app: EchoApp, start_proxy: Sta
     assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
     assert len(seen["x-request-id"]) == 36
-    assert seen["x-meshkit-source-workload"] == "productpage-v1"
+    assert seen["x-meshkit-source"] == (
+        "productpage-v1;default;productpage;v1;spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+    )
 
 
 async def test_absolute_form_explicit_proxy(echo_app: EchoApp, start_proxy: StartProxy) -> None:
@@ -52,7 +54,7 @@ async def test_inbound_forwards_to_local_app_and_strips_source_headers(
     proxy = await start_proxy(make_snapshot(echo_app.port))
     async with aiohttp.ClientSession() as session:
         url = f"http://127.0.0.1:{proxy.ports['inbound']}/details"
-        headers = {"x-meshkit-source-workload": "ratings-v1", "Host": "productpage:9080"}
+        headers = {"x-meshkit-source": "ratings-v1;default;ratings;v1;-", "Host": "productpage:9080"}
         async with session.get(url, headers=headers) as resp:
             assert resp.status == 200
             info = await resp.json()

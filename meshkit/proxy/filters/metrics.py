@@ -2,8 +2,8 @@
 
 ``outbound_metrics(registry)`` reports as ``reporter="source"``: source labels are this
 proxy's node, destination labels come from the chosen endpoint and its cluster. It also
-tells the destination sidecar who the source is, with ``x-meshkit-source-*`` headers
-(appended after any the app sent; the destination keeps the last of each).
+tells the destination sidecar who the source is, with one ``x-meshkit-source`` header
+(appended after any the app sent; the destination keeps the last one).
 ``inbound_metrics(registry)`` reports as ``reporter="destination"``: destination labels
 are this node, source labels come from the mTLS peer identity when there is one, else
 from those headers, which it strips before the app sees them. A streamed response is
@@ -23,8 +23,8 @@ from meshkit.proxy.http import Filter, Handler, Request, Response
 from meshkit.proxy.stats import IstioMetrics
 
 UNKNOWN = "unknown"
-SOURCE_HEADER_PREFIX = "x-meshkit-source-"
-_SOURCE_FIELDS = ("workload", "namespace", "app", "version", "principal")
+SOURCE_HEADER = "x-meshkit-source"  # "<workload>;<namespace>;<app>;<version>;<principal>"
+_MAX_PARSED = 1024
 
 
 def merged_flags(request: Request, response: Response | None) -> str:
@@ -123,6 +123,7 @@ def _source_labels(request: Request, status: int, flags: str) -> dict[str, str]:
 
 def inbound_metrics(registry: IstioMetrics) -> Filter:
     """The destination-side metrics filter (see the module docstring)."""
+    parsed: dict[str, tuple[str, ...]] = {}
 
     def record(
         request: Request, source: tuple[str, ...], response: Response | None, status: int, sent: int
@@ -136,7 +137,7 @@ def inbound_metrics(registry: IstioMetrics) -> Filter:
         series.record(duration, body_size(request.body), sent)
 
     async def metrics(request: Request, call_next: Handler) -> Response:
-        source = _take_source(request)
+        source = _take_source(request, parsed)
         try:
             response = await call_next(request)
         except asyncio.CancelledError:
@@ -152,25 +153,37 @@ def inbound_metrics(registry: IstioMetrics) -> Filter:
 _NO_SOURCE = (UNKNOWN,) * 5
 
 
-def _take_source(request: Request) -> tuple[str, ...]:
-    """(workload, namespace, app, version, principal) from the x-meshkit-source-* headers, removed."""
+def parse_source(value: str, cache: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """``"<workload>;<namespace>;<app>;<version>;<principal>"`` -> a 5-tuple (missing = unknown).
+
+    ``cache`` (owned by one filter instance) remembers parsed values: callers are few and repeat.
+    """
+    found = cache.get(value)
+    if found is None:
+        parts = [p.strip() or UNKNOWN for p in value.split(";")[:5]]
+        found = tuple(parts + [UNKNOWN] * (5 - len(parts)))
+        if len(cache) >= _MAX_PARSED:
+            cache.clear()
+        cache[value] = found
+    return found
+
+
+def _take_source(request: Request, cache: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The caller's labels from the x-meshkit-source header (the last one wins), which is removed."""
     items = request.headers.items()
-    found: dict[str, str] | None = None
-    for name, value in items:
-        if name.startswith(SOURCE_HEADER_PREFIX):
-            if found is None:
-                found = {}
-            found[name[len(SOURCE_HEADER_PREFIX):]] = value
-    if found is not None:
-        items[:] = [i for i in items if not i[0].startswith(SOURCE_HEADER_PREFIX)]
+    value: str | None = None
+    for name, text in items:
+        if name == SOURCE_HEADER:
+            value = text
+    if value is not None:
+        items[:] = [i for i in items if i[0] != SOURCE_HEADER]
     peer = request.peer_identity
-    if found is None and peer is None:
+    if value is None and peer is None:
         return _NO_SOURCE
-    found = found or {}
-    values = [found.get(field) or UNKNOWN for field in _SOURCE_FIELDS]
+    source = parse_source(value, cache) if value is not None else _NO_SOURCE
     if peer is not None:
-        values[4] = peer
-    return tuple(values)
+        source = (*source[:4], peer)
+    return source
 
 
 def _destination_labels(
