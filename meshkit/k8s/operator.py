@@ -8,7 +8,9 @@
   object and rejects it with the analyzer's messages (`meshkit.k8s.admission`);
 * ``status-<plural>``: on create / update / resume, writes ``status`` (observedGeneration,
   a Ready condition, validationMessages) from an analysis against every Istio resource
-  the operator has indexed;
+  the operator has indexed; a timer every ``status_resync_s`` re-analyses and patches only
+  when the findings changed (a DestinationRule applied after its VirtualService turns the
+  VirtualService Ready within one period);
 * a start-up handler that configures kopf: standalone, progress in annotations (the CRDs'
   status schema has no room for kopf's own status), and the webhook server
   (`meshkit.k8s.webhook`): kopf-managed webhook configurations (``config.managed``: tests,
@@ -75,6 +77,8 @@ class OperatorConfig:
         ("mutating", names.MUTATING_WEBHOOK_CONFIG),
         ("validating", names.VALIDATING_WEBHOOK_CONFIG),
     )
+    # how often each resource's status is re-analysed against the others (seconds)
+    status_resync_s: float = 30.0
     hostnames: tuple[str, ...] = (
         f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc",
         f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc.cluster.local",
@@ -88,7 +92,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     _register_startup(registry, config)
     _register_injection(registry, config)
     for group, plural_name in ISTIO_RESOURCES:
-        _register_istio_kind(registry, group, plural_name)
+        _register_istio_kind(registry, group, plural_name, config.status_resync_s)
     return registry
 
 
@@ -148,7 +152,9 @@ def _register_injection(registry: kopf.OperatorRegistry, config: OperatorConfig)
 # ---------------------------------------------------------------------------------------------
 
 
-def _register_istio_kind(registry: kopf.OperatorRegistry, group: str, plural_name: str) -> None:
+def _register_istio_kind(
+    registry: kopf.OperatorRegistry, group: str, plural_name: str, resync_s: float
+) -> None:
     @kopf.on.validate(group, plural_name, id=validate_handler_id(plural_name),
                       operations=["CREATE", "UPDATE"], registry=registry)
     def validate(body: kopf.Body, old: kopf.BodyEssence | None, operation: str | None,
@@ -173,6 +179,16 @@ def _register_istio_kind(registry: kopf.OperatorRegistry, group: str, plural_nam
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         handler_id = f"status-{plural_name}-{decorator.__name__}"
         decorator(group, plural_name, id=handler_id, registry=registry)(report_status)
+
+    @kopf.timer(group, plural_name, id=f"status-{plural_name}-resync", interval=resync_s,
+                initial_delay=resync_s, registry=registry)
+    def resync_status(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
+                      **kwargs: Any) -> None:
+        messages = status_messages(_plain(body), _indexed_objects(kwargs))
+        current = _plain(status)
+        fresh = build_status(meta.get("generation"), messages, previous=current)
+        if {key: current.get(key) for key in fresh} != fresh:
+            patch.status.update(fresh)
 
 
 def _indexed_objects(kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture()
 async def operator(kmock: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Running]:
     namespaces_parsed(monkeypatch)
-    config = OperatorConfig(inject=InjectSettings(image="meshkit:test"),
+    config = OperatorConfig(inject=InjectSettings(image="meshkit:test"), status_resync_s=0.5,
                             webhook_addr="127.0.0.1", webhook_port=free_port(), managed=MANAGED)
     async with running_operator(kmock, config) as running:
         yield running
@@ -179,6 +179,26 @@ async def test_status_is_written(operator: Running) -> None:
     accepted = await until("status on DestinationRule/bookinfo/reviews", rule_status)
     assert accepted["conditions"][0]["status"] == "True"
     assert accepted["validationMessages"] == []
+
+    # the VirtualService did not change, but the resync sees the subsets now exist
+    def ready_again() -> dict[str, Any] | None:
+        current = status()
+        return current if current and current["conditions"][0]["status"] == "True" else None
+
+    healed = await until("VirtualService/bookinfo/reviews Ready after its DestinationRule", ready_again)
+    assert healed["validationMessages"] == []
+    assert healed["conditions"][0]["lastTransitionTime"] >= first["conditions"][0]["lastTransitionTime"]
+
+    # with nothing changing, the resync (every 0.5 s here) writes nothing
+    def status_patches() -> int:
+        return sum(1 for r in list(operator.kmock) if r.method == "PATCH" and r.name == "reviews"
+                   and r.resource is not None and r.resource.plural == "virtualservices"
+                   and r.subresource == "status")
+
+    before = status_patches()
+    assert before >= 2  # the first status and the healed one
+    await asyncio.sleep(1.6)
+    assert status_patches() == before
 
 
 async def test_status_of_an_object_that_bypassed_the_webhook(operator: Running) -> None:
