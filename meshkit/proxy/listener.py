@@ -19,34 +19,21 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import httptools
 
 from meshkit.proxy.bodies import BodyError, BodyStream
+from meshkit.proxy.framing import BODY_CHUNKED, BODY_DONE, response_head, status_line
 from meshkit.proxy.http import Handler, Headers, Request, Response, UpstreamError
 from meshkit.proxy.stats import ProxyStats
 from meshkit.proxy.upstream import HOP_BY_HOP
 
 log = logging.getLogger("meshkit.proxy.listener")
 
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
-_STATUS_LINES: dict[int, bytes] = {}
-_NO_BODY_STATUS = frozenset({204, 304})
 _REQUEST_SKIP = HOP_BY_HOP | {b"expect"}
 _REQUEST_SPECIAL = _REQUEST_SKIP | {b"host", b"x-forwarded-for", b"x-forwarded-proto"}
-_RESPONSE_REFRAMED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _MAX_PIPELINE = 32  # queued requests per connection before we stop reading
-
-
-def status_line(status: int, reason: str = "") -> bytes:
-    if reason:
-        return f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n".encode()
-    return line
 
 
 @dataclass
@@ -458,51 +445,14 @@ class DownstreamConnection(asyncio.Protocol):
             self._advance()
 
     async def _write_response(self, request: Request, response: Response) -> None:
-        status = response.status
-        body = response.body
-        head_request = request.method == "HEAD"
-        lines = []
-        for name, value in response.headers.items():
-            if name in _RESPONSE_REFRAMED and not (head_request and name == "content-length"):
-                continue
-            lines.append(f"{name}: {value}\r\n")
-        head = [status_line(status, response.reason), "".join(lines).encode("latin-1")]
+        data, mode, self.closing = response_head(request, response, self.closing)
         self._head_written = True
-        keep_alive_10 = request.version == "1.0" and not self.closing
-        no_body = head_request or status in _NO_BODY_STATUS or status < 200
-        if isinstance(body, bytes):
-            if not no_body:
-                head.append(b"content-length: %d\r\n" % len(body))
-            if keep_alive_10:
-                head.append(b"connection: keep-alive\r\n")
-            if self.closing:
-                head.append(b"connection: close\r\n")
-            head.append(b"\r\n")
-            if body and not no_body:
-                head.append(body)
-            self._write(b"".join(head))
-            return
-        if no_body:
-            head.append(b"connection: close\r\n\r\n" if self.closing else b"\r\n")
-            self._write(b"".join(head))
-            await _close_body(body)
-            return
-        length = getattr(body, "length", None)
-        chunked = False
-        if length is not None:
-            head.append(b"content-length: %d\r\n" % length)
-        elif request.version == "1.1":
-            head.append(b"transfer-encoding: chunked\r\n")
-            chunked = True
-        else:
-            self.closing = True  # HTTP/1.0 without a length: the close delimits the body
-        if keep_alive_10 and not self.closing:
-            head.append(b"connection: keep-alive\r\n")
-        if self.closing:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        self._write(b"".join(head))
-        await self._stream_body(body, chunked)
+        self._write(data)
+        body = response.body
+        if mode != BODY_DONE:
+            await self._stream_body(body, mode == BODY_CHUNKED)
+        elif not isinstance(body, bytes):
+            await _close_body(body)  # a streamed body that must not be sent (HEAD, 204, 304)
 
     async def _stream_body(self, body: Any, chunked: bool) -> None:
         complete = False
