@@ -310,3 +310,11 @@ async def test_a_failing_handler_gets_500_not_silence(echo_app: EchoApp, start_p
     response = await conn.response()
     assert response.status == 500 and response.header("connection") == "close"
     assert await conn.closed_by_peer()
+
+
+async def test_http10_client_gets_a_close_delimited_stream(outbound: int) -> None:
+    conn = await RawConnection.open(outbound)
+    await conn.send(b"GET /stream/5 HTTP/1.0\r\nHost: reviews\r\n\r\n")
+    response = await conn.response()  # no length, not chunked: read until close
+    assert response.header("transfer-encoding") is None and response.header("connection") == "close"
+    assert len(response.body) == 5 * 1024 and response.body[:5] == b"00000"
