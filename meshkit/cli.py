@@ -379,12 +379,17 @@ def rollback(
 @app.command("proxy-status")
 def proxy_status(
     output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    wait: Annotated[float | None, typer.Option(
+        help="First wait up to this many seconds (max 60) for every connected proxy to be SYNCED; "
+             "exit 1 if they are not.")] = None,
     control: ControlOption = None,
 ) -> None:
     """Each sidecar's acked snapshot version against the latest (SYNCED, STALE, NACKED), like istioctl."""
-    doc = _call(_client(control).proxy_status)
+    doc = _call(_client(control).proxy_status, wait)
     if output == "json":
         print(json.dumps(doc, indent=2))
+        if doc.get("synced") is False:
+            raise typer.Exit(EXIT_REJECTED)
         return
     printer = Printer()
     rows = [["NAME", "VERSION-ACKED", "LATEST", "STATUS", "STREAM"]]
@@ -396,6 +401,8 @@ def proxy_status(
         printer.line(line)
     if not doc["proxies"]:
         printer.line("(no proxies connected)")
+    if doc.get("synced") is False:
+        _fail(EXIT_REJECTED, f"error: not every connected proxy was SYNCED within {wait:g} s")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

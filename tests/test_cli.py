@@ -205,6 +205,8 @@ async def test_proxy_status_and_restart_keeps_config(control: ControlProcess, tm
             assert rows["NAME"][:4] == ["NAME", "VERSION-ACKED", "LATEST", "STATUS"]
             assert rows["reviews-v1-0.default"][1:4] == [snapshot["version"], snapshot["version"], "SYNCED"]
             assert rows["ratings-v1-0.default"][1] == "-" and rows["ratings-v1-0.default"][3] == "STALE"
+            waited = await meshkit("proxy-status", "--wait", "0.5", env=env)
+            assert waited.code == 1 and "not every connected proxy was SYNCED within 0.5 s" in waited.err
             as_json = json.loads((await meshkit("proxy-status", "-o", "json", env=env)).out)
             assert {p["id"]: p["status"] for p in as_json["proxies"]} == {
                 "ratings-v1-0.default": "STALE", "reviews-v1-0.default": "SYNCED"}

@@ -18,7 +18,7 @@ Routes::
     GET|POST /api/v1/registry/services,  DELETE /api/v1/registry/services/{namespace}/{name}
     GET|POST /api/v1/registry/endpoints, DELETE /api/v1/registry/endpoints/{namespace}/{instance}
     PUT    /api/v1/registry/endpoints/{namespace}/{instance}/health   {"healthy": bool}
-    GET    /api/v1/proxy-status
+    GET    /api/v1/proxy-status[?wait=SECONDS]            (wait: until every connected proxy is SYNCED)
     GET    /api/v1/xds/stream?id=<instance>.<namespace>[&kind=sidecar|gateway]   (SSE)
     POST   /api/v1/xds/ack
     POST   /api/v1/ca/sign, GET /api/v1/ca/root      (when the control plane runs a CA)
@@ -301,9 +301,26 @@ async def put_health(request: web.Request) -> web.Response:
 # -- proxies ----------------------------------------------------------------------------------------
 
 
+MAX_WAIT_SECONDS = 60.0
+
+
 async def proxy_status(request: web.Request) -> web.Response:
+    """Every proxy's status; ``?wait=S`` first waits up to S seconds for all connected to be SYNCED."""
     c = _components(request)
-    return web.json_response({"revision": c.store.revision, "proxies": c.push.proxy_status()})
+    doc: dict[str, Any] = {"revision": c.store.revision}
+    raw = request.query.get("wait")
+    if raw is not None:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= MAX_WAIT_SECONDS:
+            raise _bad_request(f"wait: expected seconds between 0 and {MAX_WAIT_SECONDS:g}, got {raw!r}",
+                               field="wait")
+        doc["synced"] = await c.push.wait_synced(within=seconds)
+        doc["revision"] = c.store.revision
+    doc["proxies"] = c.push.proxy_status()
+    return web.json_response(doc)
 
 
 async def xds_stream(request: web.Request) -> web.StreamResponse:

@@ -105,8 +105,8 @@ class ControlClient:
     def rollback(self, number: int) -> Any:
         return self.request("POST", "rollback", json_body={"revision": number})
 
-    def proxy_status(self) -> Any:
-        return self.request("GET", "proxy-status")
+    def proxy_status(self, wait: float | None = None) -> Any:
+        return self.request("GET", "proxy-status", query={"wait": wait})
 
 
 def _as_list(documents: list[dict[str, Any]]) -> dict[str, Any]:

@@ -278,3 +278,23 @@ async def test_snapshots_never_go_back_in_time_under_a_stream_of_changes(
         revisions = [snapshot["revision"] for snapshot in subscriber.received]
         assert revisions == sorted(set(revisions)), revisions
     assert await plane.push.wait_synced(within=10)
+
+
+async def test_proxy_status_can_wait_until_synced(control_plane: RunningControlPlane,
+                                                  session: aiohttp.ClientSession,
+                                                  subscribe: SubscriberFactory) -> None:
+    url = control_plane.url
+    await register(session, url, endpoint("reviews-v1-0"))
+    acking = await subscribe("reviews-v1-0.default")
+    await acking.next()
+    await apply(session, url, BOOKINFO_REVIEWS)  # the wait covers the debounce and the push
+    async with session.get(f"{url}/api/v1/proxy-status", params={"wait": "10"}) as response:
+        doc = await response.json()
+    assert doc["synced"] is True and doc["proxies"][0]["status"] == "SYNCED"
+    assert doc["proxies"][0]["revision"] == 1
+    silent = await subscribe("client-0.default", mode="silent")
+    await silent.next()
+    async with session.get(f"{url}/api/v1/proxy-status", params={"wait": "0.3"}) as response:
+        assert (await response.json())["synced"] is False
+    async with session.get(f"{url}/api/v1/proxy-status", params={"wait": "600"}) as response:
+        assert response.status == 400
