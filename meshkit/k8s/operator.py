@@ -157,7 +157,7 @@ def _register_istio_kind(
 ) -> None:
     @kopf.on.validate(group, plural_name, id=validate_handler_id(plural_name),
                       operations=["CREATE", "UPDATE"], registry=registry)
-    def validate(body: kopf.Body, old: kopf.BodyEssence | None, operation: str | None,
+    def validate(body: kopf.Body, old: kopf.Body | None, operation: str | None,
                  warnings: list[str], **_: Any) -> None:
         if operation == "UPDATE" and old is not None and old.get("spec") == body.get("spec"):
             return  # metadata-only change (labels, kopf's annotations): nothing meshkit checks changed
