@@ -133,7 +133,10 @@ async def _resources_body(request: web.Request, *, required: bool = True) -> lis
         if required:
             raise _bad_request("request body is empty: send YAML or JSON resources", resource="request body")
         return []
-    return load_resources(raw, origin="request body")
+    resources = load_resources(raw, origin="request body")
+    if required and not resources:
+        raise _bad_request("request body holds no resources (only empty documents)", resource="request body")
+    return resources
 
 
 def _int_query(request: web.Request, name: str) -> int | None:
@@ -332,7 +335,7 @@ async def xds_stream(request: web.Request) -> web.StreamResponse:
     try:
         async for chunk in events:
             await response.write(chunk)
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         pass  # the proxy went away; events()'s cleanup marks it disconnected
     finally:
         await events.aclose()

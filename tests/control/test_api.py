@@ -74,6 +74,8 @@ async def test_invalid_input_is_400_with_messages_and_changes_nothing(
     assert "v9" in error["error"]
     status, error = await call(session, "POST", f"{base}/apply", data=b"")
     assert status == 400 and "empty" in error["error"]
+    status, error = await call(session, "POST", f"{base}/apply", data="---\n# nothing\n---\n")
+    assert status == 400 and "holds no resources" in error["error"]
     _, listed = await call(session, "GET", f"{base}/config")
     assert [i["revision"] for i in listed["items"]] == [1, 1]
     _, history = await call(session, "GET", f"{base}/history")
