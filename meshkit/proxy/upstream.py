@@ -110,7 +110,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.upstream._forget(self)
         if self._busy:
             if (
-                self._headers_done
+                exc is None
+                and self._headers_done
                 and not self._message_done
                 and self._content_length is None
                 and not self._chunked
