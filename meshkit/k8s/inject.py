@@ -32,6 +32,9 @@ class InjectSettings:
     proxy_uid: int = names.PROXY_UID
     token_audience: str = names.TOKEN_AUDIENCE
     token_expiration_seconds: int = 3600
+    # where the readiness probe asks /healthz/ready: meshkit's sidecar answers it on its admin
+    # port; Istio's 15021 (pilot-agent) once the sidecar gets a health listener of its own
+    health_port: int = names.PORT_ADMIN
     # requests sized for kind; limits keep a runaway sidecar from starving the node
     proxy_resources: dict[str, dict[str, str]] = field(
         default_factory=lambda: {
@@ -110,7 +113,7 @@ def sidecar_container(pod_spec: dict[str, Any], settings: InjectSettings) -> dic
             {"name": "MESHKIT_APP_PORTS", "value": ",".join(str(p) for p in app_ports(pod_spec))},
         ],
         "readinessProbe": {
-            "httpGet": {"path": names.READY_PATH, "port": names.PORT_HEALTH},
+            "httpGet": {"path": names.READY_PATH, "port": settings.health_port},
             "initialDelaySeconds": 1,
             "periodSeconds": 2,
             "failureThreshold": 30,

@@ -109,7 +109,11 @@ def test_injected_pod_has_everything_the_sidecar_needs() -> None:
         15001: "tcp-outbound", 15006: "tcp-inbound", 15000: "http-admin",
         15090: "http-envoy-prom", 15021: "status-port",
     }
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    # the sidecar serves /healthz/ready on its admin port (meshkit/proxy/admin.py)
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15000}
+    with_health_port = inject(pod, labels, InjectSettings(health_port=15021))
+    sidecar_op = next(op for op in with_health_port if op["path"].startswith("/spec/containers"))
+    assert sidecar_op["value"]["readinessProbe"]["httpGet"]["port"] == 15021
     env = {e["name"]: e for e in sidecar["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
