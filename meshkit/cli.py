@@ -416,6 +416,38 @@ def proxy(ctx: typer.Context) -> None:
     raise typer.Exit(proxy_main(list(ctx.args)))
 
 
+kind_app = typer.Typer(help="A local kind cluster running meshkit (needs docker, kind and kubectl).",
+                       no_args_is_help=True)
+app.add_typer(kind_app, name="kind")
+
+
+def _run_kind(action: str, **options: Any) -> None:
+    from meshkit.k8s import kind  # noqa: PLC0415 (lazy: only this verb needs it)
+
+    try:
+        getattr(kind, action)(kind.KindOptions(**options), progress=lambda line: print(line, flush=True))
+    except kind.KindError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+
+
+@kind_app.command("up")
+def kind_up(
+    cluster: Annotated[str, typer.Option(help="kind cluster name.")] = "meshkit",
+    demo: Annotated[bool, typer.Option(help="Also deploy the Bookinfo demo.")] = True,
+    root: Annotated[Path | None, typer.Option(
+        help="The meshkit checkout holding operator/ (default: found upwards from here).")] = None,
+    wait_timeout: Annotated[int, typer.Option(help="Seconds to wait for the rollouts.")] = 300,
+) -> None:
+    """Create (or reuse) the kind cluster, build and load the image, deploy meshkit, wait for it."""
+    _run_kind("up", cluster=cluster, demo=demo, root=root, wait_timeout_s=wait_timeout)
+
+
+@kind_app.command("down")
+def kind_down(cluster: Annotated[str, typer.Option(help="kind cluster name.")] = "meshkit") -> None:
+    """Delete the kind cluster."""
+    _run_kind("down", cluster=cluster)
+
+
 def main() -> None:
     """Console-script entry point (``meshkit``)."""
     app()

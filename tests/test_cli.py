@@ -260,3 +260,15 @@ async def test_proxy_verb_runs_the_real_sidecar(control: ControlProcess, tmp_pat
     finally:
         sidecar.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(sidecar.wait(), 20) == 0
+
+
+async def test_kind_verbs_say_what_the_machine_lacks(tmp_path: Path) -> None:
+    env = {**cli_env(tmp_path), "PATH": str(tmp_path / "empty-bin")}  # no docker, kind or kubectl here
+    usage = await meshkit("kind", "--help", env=env)
+    assert usage.code == 0 and "up" in usage.out and "down" in usage.out
+    for verb in ("up", "down"):
+        result = await meshkit("kind", verb, env=env)
+        assert result.code == 1, result.err
+        assert "meshkit kind needs what this machine lacks" in result.err
+        assert "`docker` is not installed" in result.err and "`kind` is not installed" in result.err
+        assert "Traceback" not in result.err
