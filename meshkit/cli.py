@@ -12,7 +12,6 @@ Exit codes: 0 success, 1 rejected/invalid input or analyzer errors, 2 usage or n
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -72,16 +71,11 @@ class Printer:
         (self.err if to_stderr else self.out).print(Text(format_message(message), style=style))
 
 
-_REF = re.compile(r"^(?P<prefix>.*?)(?P<kind>[A-Z][A-Za-z]+)/(?P<namespace>[^/\s]+)/(?P<name>[^/\s]+)$")
-
-
 def format_message(message: dict[str, str]) -> str:
-    """istioctl analyze's line: ``Error [MK0101] (VirtualService default/reviews spec.http[0]) text``."""
-    resource = message.get("resource", "")
-    match = _REF.match(resource)
-    if match:
-        resource = f"{match['prefix']}{match['kind']} {match['namespace']}/{match['name']}"
-    where = f"{resource} {message.get('field', '')}".strip()
+    """One finding as ``istioctl analyze`` lays it out, exactly ``str(Message)`` (the notebook's and
+    the Kubernetes admission webhook's text): ``Error [MK0101] (VirtualService/default/reviews
+    spec.http[0].route[0].destination.subset) subset "v9" ...``."""
+    where = f"{message.get('resource', '')} {message.get('field', '')}".strip()
     severity, code = message.get("severity", "Error"), message.get("code", "")
     return f"{severity} [{code}] ({where}) {message.get('message', '')}"
 

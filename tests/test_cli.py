@@ -15,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from meshkit.config.analyze import analyze
+from meshkit.config.loader import load_files
 from tests.control.resources import BAD_VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE, endpoint, virtual_service
 from tests.control.sse import Subscriber
 
@@ -119,8 +121,11 @@ async def test_no_control_plane_is_said_clearly_and_analyze_works_offline(tmp_pa
     assert "No validation issues found" in good.out
     bad = await meshkit("analyze", "-f", str(tmp_path / "bad.yaml"), env=env)
     assert bad.code == 1
-    assert 'Error [MK0101] (VirtualService default/ratings-bad spec.http[0].route[0].destination.subset) ' \
+    assert 'Error [MK0101] (VirtualService/default/ratings-bad spec.http[0].route[0].destination.subset) ' \
            'subset "v9" of host "ratings" is not defined by any DestinationRule' in bad.out
+    # the very text of str(Message): what notebooks and the Kubernetes admission webhook show too
+    expected = analyze(load_files([tmp_path / "bad.yaml"]), None)
+    assert expected and bad.out.splitlines() == [str(m) for m in expected]
     forced = await meshkit("analyze", "--offline", "-f", str(tmp_path / "bad.yaml"), env=cli_env(tmp_path))
     assert forced.code == 1
     without_files = await meshkit("analyze", env=env)
@@ -154,7 +159,7 @@ async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_pa
     rejected = await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), "-f", str(tmp_path / "bad.yaml"),
                              env=env)
     assert rejected.code == 1
-    assert "Error [MK0101] (VirtualService default/ratings-bad" in rejected.err
+    assert "Error [MK0101] (VirtualService/default/ratings-bad" in rejected.err
     assert "Traceback" not in rejected.err
     still = json.loads((await meshkit("get", "vs", "-o", "json", env=env)).out)
     assert [item["spec"]["http"][0]["route"][0]["destination"]["subset"] for item in still["items"]] == ["v1"]
