@@ -109,10 +109,10 @@ def _control_url(explicit: str | None) -> str:
     recorded = read_recorded_address()
     if recorded:
         return recorded
-    from meshkit.control.address import default_state_dir  # noqa: PLC0415
+    from meshkit.control.address import default_home  # noqa: PLC0415
 
     try:  # a mesh started by `meshkit up` may record its control plane in mesh.json
-        mesh = json.loads((default_state_dir() / "mesh.json").read_text())
+        mesh = json.loads((default_home() / "mesh.json").read_text())
     except (OSError, ValueError):
         mesh = None
     if isinstance(mesh, dict):
@@ -187,7 +187,7 @@ def control(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for the API and push stream (0 = any free port).")] = 15010,
     state_dir: Annotated[Path | None, typer.Option(
-        help="State dir (default: $MESHKIT_HOME or ~/.meshkit).")] = None,
+        help="The control plane's own state dir (default: $MESHKIT_HOME/control).")] = None,
     ca: Annotated[bool, typer.Option(help="Run the certificate authority (for mTLS).")] = True,
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""

@@ -64,9 +64,9 @@ class ControlProcess:
         return await asyncio.wait_for(self.process.wait(), 20)
 
 
-async def start_control(home: Path) -> ControlProcess:
+async def start_control(home: Path, *extra: str) -> ControlProcess:
     process = await asyncio.create_subprocess_exec(
-        *MESHKIT, "control", "--port", "0", "--no-ca", env=cli_env(home), cwd=ROOT,
+        *MESHKIT, "control", "--port", "0", "--no-ca", *extra, env=cli_env(home), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), 30)
@@ -220,9 +220,10 @@ async def test_proxy_status_and_restart_keeps_config(control: ControlProcess, tm
             await silent.close()
 
     assert await control.stop() == 0
-    restarted = await start_control(tmp_path)
+    # as the local runtime starts it: the control plane's own dir given explicitly
+    restarted = await start_control(tmp_path, "--state-dir", str(tmp_path / "control"))
     try:
-        env = cli_env(tmp_path, control=restarted.url)
+        env = cli_env(tmp_path)  # found through the address it recorded there
         table = await meshkit("get", "dr", env=env)
         assert table.code == 0 and "reviews" in table.out
         assert "1" in (await meshkit("history", env=env)).out.splitlines()[1]

@@ -1,7 +1,9 @@
-"""Where a running control plane says it listens: ``<state dir>/control/address.json`` (stdlib only).
+"""Where the control plane keeps its state, and where a running one says it listens (stdlib only).
 
-The server writes it when it starts and removes it on a clean stop; the CLI reads it to find the
-control plane without being told. The state dir is ``$MESHKIT_HOME`` or ``~/.meshkit``.
+The control plane's own directory defaults to ``$MESHKIT_HOME/control`` (``$MESHKIT_HOME``
+defaults to ``~/.meshkit``; the same layout as `meshkit.runtime.state`). A running control plane
+writes ``address.json`` (``{"url", "pid"}``) there when it starts and removes it on a clean stop;
+the CLI reads it to find the control plane without being told.
 """
 
 from __future__ import annotations
@@ -11,24 +13,27 @@ import os
 import tempfile
 from pathlib import Path
 
-CONTROL_SUBDIR = "control"
 ADDRESS_FILE = "address.json"
 
 
-def default_state_dir() -> Path:
-    """``$MESHKIT_HOME`` or ``~/.meshkit`` (the same rule as `meshkit.runtime.state`)."""
+def default_home() -> Path:
+    """``$MESHKIT_HOME`` or ``~/.meshkit``."""
     return Path(os.environ.get("MESHKIT_HOME") or Path.home() / ".meshkit")
 
 
-def address_file(state_dir: Path | str | None = None) -> Path:
-    root = Path(state_dir) if state_dir is not None else default_state_dir()
-    return root / CONTROL_SUBDIR / ADDRESS_FILE
+def default_control_dir() -> Path:
+    """``$MESHKIT_HOME/control``: the control plane's database, CA and address."""
+    return default_home() / "control"
 
 
-def read_recorded_address(state_dir: Path | str | None = None) -> str | None:
-    """The URL a running control plane recorded in the state dir, or None."""
+def address_file(control_dir: Path | str | None = None) -> Path:
+    return (Path(control_dir) if control_dir is not None else default_control_dir()) / ADDRESS_FILE
+
+
+def read_recorded_address(control_dir: Path | str | None = None) -> str | None:
+    """The URL a running control plane recorded in its directory, or None."""
     try:
-        doc = json.loads(address_file(state_dir).read_text())
+        doc = json.loads(address_file(control_dir).read_text())
     except (OSError, ValueError):
         return None
     url = doc.get("url") if isinstance(doc, dict) else None

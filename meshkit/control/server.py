@@ -1,9 +1,10 @@
 """Running the control plane: what runs (`ControlPlane`) apart from where it listens (`run_control_plane`).
 
-``ControlPlane`` owns the store, the registry, the push server and (optionally) the CA over one
-state directory (``$MESHKIT_HOME/control``, default ``~/.meshkit/control``) and builds the aiohttp
-application. ``run_control_plane`` binds it to a host/port (port 0 picks a free one) and records
-the address in ``<state dir>/control/address.json`` so the CLI can find it; ``serve`` is the
+``ControlPlane`` owns the store, the registry, the push server and (optionally) the CA over its
+state directory (default ``$MESHKIT_HOME/control``, i.e. ``~/.meshkit/control``: ``control.db``,
+``ca/``) and builds the aiohttp application. ``run_control_plane`` binds it to a host/port (port 0
+picks a free one) and records the address in ``<state dir>/address.json`` so the CLI can find it
+(under the default state dir, without being told); ``serve`` is the
 blocking entry point of ``meshkit control`` with a graceful shutdown on SIGINT/SIGTERM.
 """
 
@@ -20,9 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from meshkit.control.address import (
-    CONTROL_SUBDIR,
     address_file,
-    default_state_dir,
+    default_control_dir,
     forget_address,
     write_address,
 )
@@ -78,8 +78,7 @@ class ControlPlane:
     def __init__(self, state_dir: Path | str | None = None, *, with_ca: bool = True,
                  ca_ttl: timedelta | None = None, debounce: float = 0.005, ping_interval: float = 15.0,
                  retention: float = 300.0) -> None:
-        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        self.directory = self.state_dir / CONTROL_SUBDIR
+        self.directory = Path(state_dir) if state_dir is not None else default_control_dir()
         self._db: sqlite3.Connection = open_database(self.directory)
         self.store = ConfigStore(self._db)
         self.registry = ServiceRegistry(self._db)
@@ -166,7 +165,7 @@ async def run_control_plane(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     bound = int(runner.addresses[0][1])  # what port 0 became
     recorded = None
     if record_address:
-        recorded = address_file(control_plane.state_dir)
+        recorded = address_file(control_plane.directory)
         write_address(recorded, f"http://{host}:{bound}")
     return RunningControlPlane(control_plane, runner, host, bound, recorded)
 

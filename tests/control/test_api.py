@@ -184,7 +184,7 @@ async def test_certificate_authority_endpoints(tmp_path: Path, session: aiohttp.
         assert status == 401 and error["error"]
         # a token issued by another process (the runtime) into the same state dir works too
         ratings = "spiffe://cluster.local/ns/default/sa/ratings"
-        outside = BootstrapTokens.open(tmp_path / "control" / "ca" / TOKENS_FILE).issue_token(ratings)
+        outside = BootstrapTokens.open(tmp_path / "ca" / TOKENS_FILE).issue_token(ratings)
         status, _ = await call(session, "POST", sign, json={"csr": _csr(ratings), "token": outside})
         assert status == 200
         other = "spiffe://cluster.local/ns/default/sa/ratings"
