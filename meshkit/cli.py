@@ -443,8 +443,18 @@ def kind_down(cluster: Annotated[str, typer.Option(help="kind cluster name.")] =
 
 
 def main() -> None:
-    """Console-script entry point (``meshkit``)."""
-    app()
+    """Console-script entry point (``meshkit``): a bug prints one line, not a traceback (unless
+    ``MESHKIT_DEBUG`` is set)."""
+    import os  # noqa: PLC0415
+
+    try:
+        app()
+    except Exception as error:
+        if os.environ.get("MESHKIT_DEBUG"):
+            raise
+        print(f"error: internal error: {type(error).__name__}: {error} "
+              "(set MESHKIT_DEBUG=1 to see the traceback)", file=sys.stderr)
+        sys.exit(EXIT_REJECTED)
 
 
 if __name__ == "__main__":

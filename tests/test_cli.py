@@ -278,3 +278,33 @@ async def test_kind_verbs_say_what_the_machine_lacks(tmp_path: Path) -> None:
         assert "meshkit kind needs what this machine lacks" in result.err
         assert "`docker` is not installed" in result.err and "`kind` is not installed" in result.err
         assert "Traceback" not in result.err
+
+
+async def test_a_server_that_is_not_a_control_plane_gets_one_clear_line(tmp_path: Path) -> None:
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status = 200 if self.path.startswith("/api/v1/history") else 404
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>hello</html>")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = cli_env(tmp_path, control=f"http://127.0.0.1:{server.server_address[1]}")
+        wrong = await meshkit("get", "vs", env=env)
+        assert wrong.code == 1 and "not an answer of a meshkit control plane" in wrong.err
+        odd = await meshkit("history", env=env)  # 200 but HTML: the CLI cannot read it
+        assert odd.code == 1 and odd.err.startswith("error: internal error: ") and "Traceback" not in odd.err
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

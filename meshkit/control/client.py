@@ -57,9 +57,10 @@ class ControlClient:
             try:
                 doc = json.loads(raw)
             except ValueError:
-                doc = {"error": raw.decode(errors="replace")[:500] or error.reason}
-            if not isinstance(doc, dict):
-                doc = {"error": str(doc)}
+                doc = None
+            if not isinstance(doc, dict) or "error" not in doc:
+                doc = {"error": f"HTTP {error.code} {error.reason} from {url}: not an answer of a meshkit "
+                                "control plane (is --control / $MESHKIT_CONTROL pointing elsewhere?)"}
             raise ApiError(error.code, str(doc.get("error", error.reason)), list(doc.get("messages") or [])) \
                 from None
         except (TimeoutError, urllib.error.URLError, OSError) as error:
