@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from meshkit.config.registry import Node
 from meshkit.control.registry import ServiceRegistry
 from meshkit.control.rendering import SnapshotTemplate
 from meshkit.control.store import ConfigStore, NotFoundError
+
+log = logging.getLogger("meshkit.control.push")
 
 CODE_BAD_ACK = "MK0920"
 CODE_UNKNOWN_PROXY = "MK0921"
@@ -53,6 +56,7 @@ class ProxyState:
     nack_version: str | None = None
     nack_reason: str | None = None
     last_response_at: float | None = None
+    compile_error: str | None = None  # the last compile of its snapshot failed: it keeps the old one
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -77,7 +81,7 @@ class ProxyState:
             "status": self.status,
             "reason": self.nack_reason if self.status == NACKED else None,
             "connected_at": self.connected_at, "disconnected_at": self.disconnected_at,
-            "last_response_at": self.last_response_at,
+            "last_response_at": self.last_response_at, "compile_error": self.compile_error,
         }
 
 
@@ -207,9 +211,16 @@ class PushServer:
         """Compile once for ``group`` (proxies of one shape), render each, wake those that changed."""
         resources, view, revision = inputs
         self.stats.compiles += 1
-        template = SnapshotTemplate(compile_snapshot(
-            resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision))
+        try:
+            template = SnapshotTemplate(compile_snapshot(
+                resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision))
+        except Exception as error:  # a compiler bug must not stop the pushes to everyone else
+            log.exception("compiling the snapshot of %s failed at revision %s", group[0].id, revision)
+            for proxy in group:
+                proxy.compile_error = f"revision {revision}: {type(error).__name__}: {error}"
+            return
         for proxy in group:
+            proxy.compile_error = None
             snapshot, payload = template.render(proxy.node)
             if snapshot["version"] != proxy.latest_version:
                 proxy.latest = snapshot
