@@ -181,7 +181,11 @@ class ControlPlaneProcess:
             sys.executable, "-m", "meshkit.cli", "control", "--port", "0", "--no-ca",
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
+        line = b""
+        for _ in range(50):  # log lines (stderr is merged) may come first
+            line = await asyncio.wait_for(self.process.stdout.readline(), 30)
+            if b"listening on " in line or not line:
+                break
         if b"listening on " not in line:
             rest = await asyncio.wait_for(self.process.stdout.read(), 5)
             raise RuntimeError(f"control plane did not start: {(line + rest).decode(errors='replace')}")

@@ -191,7 +191,11 @@ def control(
     ca: Annotated[bool, typer.Option(help="Run the certificate authority (for mTLS).")] = True,
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
+    import logging  # noqa: PLC0415
+
     from meshkit.control.server import serve  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
         serve(host, port, state_dir, with_ca=ca, announce=lambda text: print(text, flush=True))

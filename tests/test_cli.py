@@ -69,7 +69,11 @@ async def start_control(home: Path, *extra: str) -> ControlProcess:
         *MESHKIT, "control", "--port", "0", "--no-ca", *extra, env=cli_env(home), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    line = b""
+    for _ in range(50):  # log lines (stderr is merged) may come first
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        if b"listening on " in line or not line:
+            break
     assert b"listening on http://127.0.0.1:" in line, line
     url = line.decode().split("listening on ")[1].split()[0]
     return ControlProcess(process, url)
