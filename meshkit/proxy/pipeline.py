@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from meshkit.proxy.chain import build_chain
 from meshkit.proxy.filters.accesslog import AccessLogSink, access_log
+from meshkit.proxy.filters.authn import authn
+from meshkit.proxy.filters.authz import authz
 from meshkit.proxy.filters.circuit_breaker import circuit_breaker
 from meshkit.proxy.filters.fault import fault
 from meshkit.proxy.filters.loadbalance import loadbalance
@@ -60,7 +62,8 @@ def inbound_filters(metrics: IstioMetrics, access: AccessLogSink | None) -> list
     filters += [
         inbound_metrics(metrics),
         local_reply,
-        # authn / authz (SECURITY) go here once the listener knows the mTLS peer.
+        authn,  # x-forwarded-client-cert from the mTLS peer (none until the listener speaks TLS)
+        authz,  # AuthorizationPolicy: DENY, then ALLOW -> 403 "RBAC: access denied"
         ratelimit,
         to_local_app,
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshkit.proxy.balancer import Cluster
+from meshkit.proxy.filters.authz import compile_authz
 from meshkit.proxy.filters.fault import check_fault
 from meshkit.proxy.filters.mirror import check_mirror
 from meshkit.proxy.filters.ratelimit import TokenBucket
@@ -68,6 +69,7 @@ class Snapshot:
     """One applied configuration; see the module docstring."""
 
     __slots__ = (
+        "authz",
         "clusters",
         "doc",
         "inbound",
@@ -89,6 +91,7 @@ class Snapshot:
         self.clusters: dict[str, Cluster] = {}
         self.inbound: dict[str, Any] = {}
         self.rate_limiter: Any = None
+        self.authz: Any = None  # compiled AuthorizationPolicies (None: no policy)
         self.inbound_cluster: Cluster | None = None
         self.node_labels = NodeLabels({})
         self.inbound_service_fqdn = UNKNOWN
@@ -121,6 +124,7 @@ class Snapshot:
         snap.inbound_cluster = cls._inbound_cluster(snap.node, snap.inbound, previous)
         try:
             snap.rate_limiter = TokenBucket.from_snapshot(snap.inbound.get("rate_limit"))
+            snap.authz = compile_authz(snap.inbound.get("authz"), port=snap.inbound.get("service_port"))
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         labels = NodeLabels(snap.node)

@@ -165,3 +165,21 @@ async def test_many_concurrent_clients(echo_app: EchoApp, start_proxy: StartProx
     assert statuses == [200] * 600
     assert proxy.upstream.cx_total <= 60  # pooled: at most one upstream connection per concurrent request
     assert proxy.listeners["outbound"].stats.downstream_rq_active == 0
+
+
+async def test_inbound_enforces_authorization_policies(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    snapshot = make_snapshot(echo_app.port)
+    snapshot["inbound"]["authz"] = {
+        "deny": [{"name": "default/no-admin", "rules": [{"to": [{"paths": ["/admin*"]}]}]}],
+        "allow": [],
+        "audit": [],
+    }
+    proxy = await start_proxy(snapshot)
+    async with aiohttp.ClientSession() as session:
+        base = f"http://127.0.0.1:{proxy.ports['inbound']}"
+        async with session.get(f"{base}/admin/users", headers={"Host": "productpage"}) as resp:
+            assert resp.status == 403 and await resp.text() == "RBAC: access denied"
+        async with session.get(f"{base}/public", headers={"Host": "productpage"}) as resp:
+            assert resp.status == 200
+    assert 'reporter="destination"' in proxy.metrics.render()
+    assert 'response_code="403"' in proxy.metrics.render()

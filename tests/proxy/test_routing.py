@@ -186,3 +186,19 @@ async def test_nr_body_for_a_known_host_without_matching_route(
             assert r.status == 404
             assert "no route in virtual host" in await r.text()
     assert json.loads(json.dumps(proxy.state.current.doc))["version"] == "v-1"
+
+
+@pytest.mark.parametrize(
+    ("inbound", "where"),
+    [
+        ({"authz": {"bogus": []}}, "inbound.authz.bogus"),
+        ({"rate_limit": {"max_tokens": 0}}, "inbound.rate_limit.max_tokens"),
+        ({"app": {"address": "127.0.0.1", "port": 0}}, "inbound.app.port"),
+    ],
+)
+def test_bad_inbound_sections_are_refused_with_the_key_path(inbound: dict[str, Any], where: str) -> None:
+    snap = make_snapshot(1000)
+    snap["inbound"].update(inbound)
+    with pytest.raises(SnapshotError) as info:
+        Snapshot.from_json(snap)
+    assert str(info.value).startswith(where)
