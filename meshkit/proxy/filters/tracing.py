@@ -47,23 +47,21 @@ _TRACE_HEADERS = frozenset(
 def propagate(headers: Headers) -> None:
     """Rewrite the trace headers of a request crossing this hop (see the module docstring).
 
-    One pass over the header list: trace headers are collected and dropped, everything
-    else kept, then the new trace headers (and an x-request-id if missing) are appended.
+    One pass over the header list finds the trace headers and x-request-id; only when trace
+    headers are present is the list rebuilt without them. Then the new trace headers (and
+    an x-request-id if missing) are appended.
     """
     items = headers.items()
     found: dict[str, str] | None = None
-    kept: list[tuple[str, str]] = []
     has_request_id = False
-    for item in items:
-        name = item[0]
+    for name, value in items:
         if name in _TRACE_HEADERS:
             if found is None:
                 found = {}
-            found[name] = item[1]
-        else:
-            if name == "x-request-id":
-                has_request_id = True
-            kept.append(item)
+            found[name] = value
+        elif name == "x-request-id":
+            has_request_id = True
+    kept = items if found is None else [item for item in items if item[0] not in _TRACE_HEADERS]
     if not has_request_id:
         kept.append(("x-request-id", new_request_id()))
     span_id = f"{_bits(64):016x}"
@@ -73,7 +71,6 @@ def propagate(headers: Headers) -> None:
         kept.append(("x-b3-traceid", trace_id))
         kept.append(("x-b3-spanid", span_id))
         kept.append(("x-b3-sampled", "1"))
-        items[:] = kept
         return
     parsed = None
     traceparent = found.get("traceparent")
