@@ -14,6 +14,7 @@ Registry message codes: MK0910 invalid registration field, MK0911 unknown servic
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -192,7 +193,13 @@ class ServiceRegistry:
         if not instance:
             instance, namespace = proxy_id, "default"
         registered = self._endpoints.get((namespace, instance))
-        if registered is None or kind != "sidecar":
+        if kind != "sidecar":
+            # A gateway is its own workload (istio-ingressgateway-0 -> istio-ingressgateway), so
+            # metrics name it as Istio does instead of "unknown".
+            workload = re.sub(r"-\d+$", "", instance)
+            return Node(instance=instance, namespace=namespace, kind=kind, workload=workload,
+                        labels={"app": workload, "istio": workload.removeprefix("istio-")})
+        if registered is None:
             return Node(instance=instance, namespace=namespace, kind=kind)
         return registered.node()
 

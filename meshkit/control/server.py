@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshkit.control import telemetry_api
 from meshkit.control.address import (
     address_file,
     default_control_dir,
@@ -31,6 +32,7 @@ from meshkit.control.database import open_database
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry
 from meshkit.control.store import ConfigStore
+from meshkit.control.telemetry import Scraper, TelemetryStore
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 15010
@@ -84,6 +86,7 @@ class ControlPlane:
         self.registry = ServiceRegistry(self._db)
         self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
                                retention=retention)
+        self.telemetry = Scraper(TelemetryStore())
         self.signer: _CaSigner | None = None
         self.tokens: Any = None  # meshkit.control.ca.BootstrapTokens when the CA runs
         if with_ca:
@@ -99,15 +102,18 @@ class ControlPlane:
 
     def create_app(self) -> web.Application:
         app = create_app(Components(self.store, self.registry, self.push, self.signer))
+        telemetry_api.add_routes(app, self.telemetry)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
         self.push.start()
+        self.telemetry.start()
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self.push.close()  # ends the long-lived SSE streams, so the server can stop promptly
+        await self.telemetry.close()
 
     def close(self) -> None:
         self.push.close()

@@ -229,6 +229,8 @@ class LocalMesh:
             "--access-log", str(self.state.log("ingressgateway.access")),
         ))
 
+        self._scrape(client, instances, plan)
+
         progress("waiting for every app to answer and every proxy to ACK", 3, steps)
         for inst in instances:
             self._wait(lambda i=inst: _http_ok(f"http://127.0.0.1:{i.ports.app}/healthz"), deadline,
@@ -252,6 +254,15 @@ class LocalMesh:
                 "labels": inst.spec.labels, "service_account": inst.spec.service_account,
                 "has_sidecar": True, "healthy": True, "app_port": inst.ports.app,
             })
+
+    @staticmethod
+    def _scrape(client: ControlClient, instances: list[Instance], plan: PortPlan) -> None:
+        """Point telemetry at every sidecar's metrics, as a Prometheus scrape config would."""
+        targets = {f"{i.name}.{NAMESPACE}": i.ports.admin for i in instances if i.spec.sidecar}
+        targets[f"{INGRESS_ID}.{INGRESS_NAMESPACE}"] = plan.ingress_admin
+        for name, port in targets.items():
+            client.request("PUT", f"telemetry/targets/{name}",
+                           json_body={"url": f"http://127.0.0.1:{port}/stats/prometheus"})
 
     def _start_instance(self, rec: MeshRecord, inst: Instance, control_url: str) -> None:
         spec, ports = inst.spec, inst.ports

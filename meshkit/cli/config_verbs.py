@@ -1,183 +1,32 @@
-"""The ``meshkit`` command: kubectl/istioctl-like verbs over the control plane's REST API.
-
-Thin on purpose: each verb parses its options, calls into `meshkit.control` (client, server) or
-`meshkit.config` (offline analysis), and prints. Heavy modules are imported inside the verbs so
-``meshkit --help`` stays fast. The control plane is found via ``--control URL``, then
-``$MESHKIT_CONTROL``, then the address a running control plane recorded in the state dir
-(``$MESHKIT_HOME``), then ``http://127.0.0.1:15010``.
-
-Exit codes: 0 success, 1 rejected/invalid input or analyzer errors, 2 usage or no control plane.
+"""Verbs over the control plane's REST API and config: control, apply, get, delete, analyze,
+history, rollback, proxy-status, proxy, and kind up/down.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from meshkit.control.client import ControlClient
-
-DEFAULT_CONTROL = "http://127.0.0.1:15010"
-EXIT_REJECTED = 1
-EXIT_UNAVAILABLE = 2
-
-app = typer.Typer(
-    name="meshkit",
-    help="A hands-on service mesh: Istio YAML, a real control plane and real sidecars on 127.0.0.1.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
+from meshkit.cli.common import (
+    EXIT_REJECTED,
+    EXIT_UNAVAILABLE,
+    ControlOption,
+    FilesOption,
+    NamespaceOption,
+    Printer,
+    _call,
+    _client,
+    _fail,
+    _load,
+    _print_changes,
+    age,
+    app,
+    table,
 )
-
-ControlOption = Annotated[str | None, typer.Option(
-    "--control", envvar="MESHKIT_CONTROL", show_envvar=True,
-    help="Control plane URL (default: the one recorded in $MESHKIT_HOME, else http://127.0.0.1:15010).")]
-FilesOption = Annotated[list[str] | None, typer.Option(
-    "-f", "--filename", help="A YAML/JSON file, a directory of them, or - for stdin. Repeatable.")]
-NamespaceOption = Annotated[str, typer.Option("-n", "--namespace", help="Namespace.")]
-
-
-# -- output -----------------------------------------------------------------------------------------
-
-
-class Printer:
-    """stdout for results, stderr for problems; colours only when rich is asked to (lazy import)."""
-
-    def __init__(self) -> None:
-        from rich.console import Console  # noqa: PLC0415 (lazy: keep --help fast)
-
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-    def line(self, text: str) -> None:
-        from rich.text import Text  # noqa: PLC0415
-
-        self.out.print(Text(text))
-
-    def problem(self, text: str) -> None:
-        from rich.text import Text  # noqa: PLC0415
-
-        self.err.print(Text(text, style="bold red"))
-
-    def message(self, message: dict[str, str], *, to_stderr: bool = False) -> None:
-        from rich.text import Text  # noqa: PLC0415
-
-        style = {"Error": "red", "Warning": "yellow"}.get(message.get("severity", "Error"), "")
-        (self.err if to_stderr else self.out).print(Text(format_message(message), style=style))
-
-
-def format_message(message: dict[str, str]) -> str:
-    """One finding as ``istioctl analyze`` lays it out, exactly ``str(Message)`` (the notebook's and
-    the Kubernetes admission webhook's text): ``Error [MK0101] (VirtualService/default/reviews
-    spec.http[0].route[0].destination.subset) subset "v9" ...``."""
-    where = f"{message.get('resource', '')} {message.get('field', '')}".strip()
-    severity, code = message.get("severity", "Error"), message.get("code", "")
-    return f"{severity} [{code}] ({where}) {message.get('message', '')}"
-
-
-def age(timestamp: float | None, now: float | None = None) -> str:
-    """kubectl's AGE: 42s, 5m, 3h, 2d."""
-    if timestamp is None:
-        return "<unknown>"
-    seconds = max(0, int((now if now is not None else time.time()) - timestamp))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def table(rows: list[list[str]]) -> list[str]:
-    """Left-aligned columns separated by three spaces, like kubectl."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-            for row in rows]
-
-
-# -- plumbing ---------------------------------------------------------------------------------------
-
-
-def _control_url(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    from meshkit.control.address import read_recorded_address  # noqa: PLC0415
-
-    recorded = read_recorded_address()
-    if recorded:
-        return recorded
-    from meshkit.control.address import default_home  # noqa: PLC0415
-
-    try:  # a mesh started by `meshkit up` may record its control plane in mesh.json
-        mesh = json.loads((default_home() / "mesh.json").read_text())
-    except (OSError, ValueError):
-        mesh = None
-    if isinstance(mesh, dict):
-        for key in ("control_url", "control"):
-            if isinstance(mesh.get(key), str):
-                return str(mesh[key])
-    return DEFAULT_CONTROL
-
-
-def _client(control: str | None) -> ControlClient:
-    from meshkit.control.client import ControlClient  # noqa: PLC0415
-
-    return ControlClient(_control_url(control))
-
-
-def _fail(code: int, text: str, messages: list[dict[str, str]] | None = None) -> NoReturn:
-    printer = Printer()
-    printer.problem(text)
-    for message in messages or []:
-        printer.message(message, to_stderr=True)
-    raise typer.Exit(code)
-
-
-def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one API call; print the control plane's refusal or absence and exit."""
-    from meshkit.control.client import ApiError, ControlUnreachable  # noqa: PLC0415
-
-    try:
-        return function(*args, **kwargs)
-    except ControlUnreachable as error:
-        _fail(EXIT_UNAVAILABLE, f"error: no meshkit control plane is running at {error.url} "
-              f"({error.reason}). Start one with `meshkit control`, "
-              "or point --control / $MESHKIT_CONTROL at it.")
-    except ApiError as error:
-        summary = error.error if not error.messages else \
-            f"the control plane rejected the request (HTTP {error.status}):"
-        _fail(EXIT_REJECTED, f"error: {summary}", error.messages)
-
-
-def _load(files: list[str]) -> list[dict[str, Any]]:
-    """Resources of every file (``-`` = stdin) as Istio dicts; loader errors are printed and exit 1."""
-    from meshkit.config.loader import load_files, load_resources  # noqa: PLC0415
-    from meshkit.config.messages import ConfigError  # noqa: PLC0415
-
-    resources = []
-    try:
-        for name in files:
-            if name == "-":
-                resources.extend(load_resources(sys.stdin.read(), origin="<stdin>"))
-            elif not Path(name).exists():
-                _fail(EXIT_REJECTED, f"error: {name}: no such file or directory")
-            else:
-                resources.extend(load_files([name]))
-    except ConfigError as error:
-        _fail(EXIT_REJECTED, "error: the input is not valid", [m.to_dict() for m in error.messages])
-    return [resource.to_dict() for resource in resources]
-
-
-def _print_changes(result: dict[str, Any]) -> None:
-    printer = Printer()
-    for item in result.get("results", []):
-        printer.line(f"{item['resource']} {item['action']}")
-    for message in result.get("warnings", []):
-        printer.message(message)
-
 
 # -- verbs ------------------------------------------------------------------------------------------
 
@@ -444,22 +293,3 @@ def kind_up(
 def kind_down(cluster: Annotated[str, typer.Option(help="kind cluster name.")] = "meshkit") -> None:
     """Delete the kind cluster."""
     _run_kind("down", cluster=cluster)
-
-
-def main() -> None:
-    """Console-script entry point (``meshkit``): a bug prints one line, not a traceback (unless
-    ``MESHKIT_DEBUG`` is set)."""
-    import os  # noqa: PLC0415
-
-    try:
-        app()
-    except Exception as error:
-        if os.environ.get("MESHKIT_DEBUG"):
-            raise
-        print(f"error: internal error: {type(error).__name__}: {error} "
-              "(set MESHKIT_DEBUG=1 to see the traceback)", file=sys.stderr)
-        sys.exit(EXIT_REJECTED)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,34 @@
+"""The ``meshkit`` command: kubectl/istioctl-like verbs for the config and the local mesh.
+
+Thin on purpose: each verb parses its options, calls into the packages below it and prints.
+Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
+
+- `common`: the Typer app, output helpers, how the control plane is found, exit codes
+- `config_verbs`: control, apply, get, delete, analyze, history, rollback, proxy-status, proxy, kind
+- `mesh_verbs`: up, down, status, curl, logs, kill, restart, load, top, lab
+
+It must not hold logic of its own beyond parsing and printing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from meshkit.cli import config_verbs, mesh_verbs  # noqa: F401 (registers the verbs on `app`)
+from meshkit.cli.common import EXIT_REJECTED, app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point (``meshkit``): a bug prints one line, not a traceback (unless
+    ``MESHKIT_DEBUG`` is set)."""
+    try:
+        app()
+    except Exception as error:
+        if os.environ.get("MESHKIT_DEBUG"):
+            raise
+        print(f"error: internal error: {type(error).__name__}: {error} "
+              "(set MESHKIT_DEBUG=1 to see the traceback)", file=sys.stderr)
+        sys.exit(EXIT_REJECTED)

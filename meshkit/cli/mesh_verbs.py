@@ -1,0 +1,312 @@
+"""Verbs that run the local mesh: up, down, status, curl, logs, kill, restart, load, top.
+
+Thin like the rest of the CLI: each verb parses options, calls `meshkit.runtime` and prints
+(rich progress for what takes time, kubectl-like tables for what is read).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from meshkit.cli.common import EXIT_REJECTED, EXIT_UNAVAILABLE, Printer, _fail, app, table
+
+OutputOption = Annotated[str, typer.Option("-o", "--output", help="table or json.")]
+
+
+def _mesh() -> Any:
+    from meshkit.runtime.local import LocalMesh  # noqa: PLC0415
+
+    return LocalMesh()
+
+
+def _running_mesh() -> Any:
+    mesh = _mesh()
+    if mesh.record() is None:
+        _fail(EXIT_UNAVAILABLE, "error: no local mesh is running; start one with `meshkit up`")
+    return mesh
+
+
+def _replicas(values: list[str]) -> dict[str, int]:
+    replicas: dict[str, int] = {}
+    for value in values:
+        name, sep, count = value.partition("=")
+        if not sep or not count.isdigit():
+            _fail(EXIT_REJECTED, f"error: --replicas {value!r}: expected WORKLOAD=N, e.g. reviews-v1=2")
+        replicas[name] = int(count)
+    return replicas
+
+
+@app.command()
+def up(
+    app_sets: Annotated[list[str] | None, typer.Option(
+        "--app", help="App set to run: bookinfo, httpbin, clients. Repeatable.")] = None,
+    replicas: Annotated[list[str] | None, typer.Option(
+        "--replicas", help="WORKLOAD=N instances, e.g. reviews-v1=2. Repeatable.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the mesh to be ready.")] = 60.0,
+) -> None:
+    """Start the local mesh: control plane, apps, one sidecar each, ingress gateway (127.0.0.1)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    from meshkit.runtime.local import MeshError  # noqa: PLC0415
+
+    mesh = _mesh()
+    started = time.monotonic()
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("starting", total=4)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        try:
+            status = mesh.up(app_sets or ["bookinfo"], _replicas(replicas or []), progress=progress,
+                             timeout=timeout)
+        except (MeshError, ValueError) as error:
+            _fail(EXIT_REJECTED, f"error: {error}")
+    printer = Printer()
+    printer.line(f"mesh ready in {time.monotonic() - started:.1f}s: {len(status['workloads'])} workloads")
+    printer.line(f"  control plane  {status['control']}")
+    printer.line(f"  ingress        {status['ingress']}/productpage")
+    printer.line("next: `meshkit status`, `meshkit apply -f rule.yaml`, `meshkit load`, `meshkit top`")
+
+
+@app.command()
+def down() -> None:
+    """Stop every process of the local mesh (even after a crash of the CLI that started it)."""
+    mesh = _mesh()
+    if mesh.record() is None:
+        Printer().line("no local mesh is running")
+        return
+    killed = mesh.down()
+    Printer().line("mesh stopped" + (f" ({', '.join(killed)} had to be killed)" if killed else ""))
+
+
+@app.command()
+def status(output: OutputOption = "table") -> None:
+    """Show the local mesh: URLs, and every workload with its pids, ports and health."""
+    state = _mesh().status()
+    if output == "json":
+        typer.echo(json.dumps(state, indent=2))
+        return
+    if state["control"] is None:
+        _fail(EXIT_UNAVAILABLE, "no local mesh is running; start one with `meshkit up`")
+    printer = Printer()
+    printer.line(f"control plane  {state['control']}")
+    printer.line(f"ingress        {state['ingress']}")
+    rows = [["NAME", "SERVICE", "VERSION", "READY", "APP", "INBOUND", "OUTBOUND PROXY", "ADMIN"]]
+    for w in state["workloads"]:
+        rows.append([w["name"], w["service"], w["version"], "yes" if w["healthy"] else "NO",
+                     str(w["app_port"]), str(w["inbound_port"] or "-"), w["outbound_proxy"] or "(no sidecar)",
+                     str(w["admin_port"] or "-")])
+    for line in table(rows):
+        printer.line(line)
+
+
+@app.command()
+def curl(  # noqa: PLR0917 (typer maps parameters to options)
+    url: Annotated[str, typer.Argument(help="URL as the app calls it: http://reviews:9080/reviews/0")],
+    source: Annotated[str, typer.Option("--from", help="Workload instance to send from, e.g. sleep-v1-0.")],
+    header: Annotated[list[str] | None, typer.Option("-H", "--header", help="'Name: value'.")] = None,
+    method: Annotated[str, typer.Option("-X", "--request", help="HTTP method.")] = "GET",
+    data: Annotated[str | None, typer.Option("-d", "--data", help="Request body.")] = None,
+    include: Annotated[bool, typer.Option("-i", "--include", help="Show response headers.")] = False,
+) -> None:
+    """Send one request from a workload through its sidecar (like `kubectl exec sleep -- curl`)."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    state = _running_mesh().status()
+    # An instance name (sleep-v1-0) or a workload name (sleep-v1: its first instance).
+    workload = next((w for w in state["workloads"] if source in (w["name"], w["name"].rsplit("-", 1)[0])),
+                    None)
+    if workload is None:
+        known = ", ".join(w["name"] for w in state["workloads"])
+        _fail(EXIT_REJECTED, f"error: --from {source}: no such workload (known: {known})")
+    proxy = workload["outbound_proxy"]
+    handler = urllib.request.ProxyHandler({"http": proxy} if proxy else {})
+    opener = urllib.request.build_opener(handler)
+    request = urllib.request.Request(url, data=data.encode() if data is not None else None, method=method)
+    for h in header or []:
+        name, _, value = h.partition(":")
+        request.add_header(name.strip(), value.strip())
+    try:
+        response = opener.open(request, timeout=60)
+        status_code, headers, body = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        status_code, headers, body = error.code, error.headers, error.read()
+    except OSError as error:
+        _fail(EXIT_UNAVAILABLE, f"error: {url} from {workload['name']}: {getattr(error, 'reason', error)}")
+    if include:
+        typer.echo(f"HTTP/1.1 {status_code}")
+        for name, value in headers.items():
+            typer.echo(f"{name}: {value}")
+        typer.echo("")
+    typer.echo(body.decode(errors="replace"))
+    if status_code >= 400:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def logs(
+    instance: Annotated[str, typer.Argument(help="Workload instance, e.g. reviews-v1-0 (or control).")],
+    sidecar: Annotated[bool, typer.Option("--sidecar", help="The sidecar's log, not the app's.")] = False,
+    access: Annotated[bool, typer.Option("--access", help="The sidecar's JSON access log.")] = False,
+    tail: Annotated[int, typer.Option(help="Lines from the end (0 = all).")] = 50,
+) -> None:
+    """Print the log of a workload, its sidecar (--sidecar) or its access log (--access)."""
+    from meshkit.runtime.local import MeshError  # noqa: PLC0415
+
+    mesh = _running_mesh()
+    try:
+        path = mesh.state.log(f"{instance}.access") if access else mesh.log_path(instance, sidecar=sidecar)
+    except MeshError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        _fail(EXIT_REJECTED, f"error: no log at {path}")
+    for line in lines[-tail:] if tail else lines:
+        typer.echo(line)
+
+
+@app.command()
+def kill(instance: Annotated[str, typer.Argument(help="Workload instance, e.g. reviews-v1-1.")]) -> None:
+    """Kill one instance's app abruptly (SIGKILL), as a crashing pod; its sidecar stays up."""
+    from meshkit.runtime.local import MeshError  # noqa: PLC0415
+
+    try:
+        _running_mesh().kill(instance)
+    except MeshError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+    Printer().line(f"{instance} killed")
+
+
+@app.command()
+def restart(instance: Annotated[str, typer.Argument(help="Workload instance, e.g. reviews-v1-1.")]) -> None:
+    """Start one instance's app again on its port (after `meshkit kill`, or to reset it)."""
+    from meshkit.runtime.local import MeshError  # noqa: PLC0415
+
+    try:
+        _running_mesh().restart(instance)
+    except MeshError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+    Printer().line(f"{instance} restarted")
+
+
+@app.command()
+def load(
+    rps: Annotated[float, typer.Option(help="Requests per second.")] = 10.0,
+    duration: Annotated[float, typer.Option(help="Seconds to run.")] = 30.0,
+    users: Annotated[str | None, typer.Option(help="Signed-in users' shares, e.g. jason:10%.")] = None,
+    path: Annotated[str, typer.Option(help="Path on the ingress.")] = "/productpage",
+) -> None:
+    """Send steady traffic through the ingress gateway, with a live progress line."""
+    from rich.live import Live  # noqa: PLC0415
+
+    from meshkit.runtime.load import LoadGenerator, parse_users  # noqa: PLC0415
+
+    state = _running_mesh().status()
+    try:
+        gen = LoadGenerator(f"{state['ingress']}{path}", rps=rps, duration=duration, users=parse_users(users))
+    except ValueError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+    gen.start()
+    with Live(_load_line(gen.stats), refresh_per_second=4, transient=True) as live:
+        try:
+            while gen.running():
+                time.sleep(0.25)
+                live.update(_load_line(gen.stats))
+        except KeyboardInterrupt:
+            pass
+        summary = gen.stop()
+    Printer().line(_load_line(summary))
+
+
+def _load_line(s: dict[str, Any]) -> str:
+    codes = " ".join(f"{k}:{v}" for k, v in s["codes"].items()) or "-"
+    return (f"sent {s['sent']}  done {s['completed']}  {s['rps']:.1f} req/s  errors {s['error_rate']:.1%}  "
+            f"p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  codes {codes}")
+
+
+@app.command()
+def top(
+    window: Annotated[float, typer.Option(help="Seconds of history each line covers.")] = 10.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one table and exit.")] = False,
+    output: OutputOption = "table",
+) -> None:
+    """Live request rate, errors and latency per edge (source workload -> destination version)."""
+    from rich.live import Live  # noqa: PLC0415
+
+    from meshkit.cli.common import _call, _client  # noqa: PLC0415
+
+    client = _client(None)
+
+    def fetch() -> dict[str, Any]:
+        result: dict[str, Any] = _call(client.request, "GET", "telemetry", query={"window": window})
+        return result
+
+    if once or output == "json":
+        answer = fetch()
+        if output == "json":
+            typer.echo(json.dumps(answer, indent=2))
+        else:
+            for line in _top_lines(answer):
+                typer.echo(line)
+        return
+    with Live("", refresh_per_second=1) as live:
+        try:
+            while True:
+                live.update("\n".join(_top_lines(fetch())))
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+
+
+def _top_lines(answer: dict[str, Any]) -> list[str]:
+    rows = [["SOURCE", "DESTINATION", "VERSION", "RPS", "ERRORS", "P50 ms", "P99 ms", "mTLS", "FLAGS"]]
+    for e in answer["edges"]:
+        lat = e["latency_ms"]
+        rows.append([
+            e["source_workload"], e["destination_service"], e["destination_version"], f"{e['rps']:.1f}",
+            f"{e['error_rate']:.1%}", _ms(lat["p50"]), _ms(lat["p99"]), "yes" if e["mtls"] else "no",
+            ",".join(f"{k}:{v}" for k, v in e["flags"].items()) or "-",
+        ])
+    if len(rows) == 1:
+        return [f"no traffic in the last {answer['window']:.0f}s (try `meshkit load`)"]
+    return table(rows)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+@app.command()
+def lab(
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser.")] = False,
+    port: Annotated[int, typer.Option(help="JupyterLab's port.")] = 8888,
+    labs_dir: Annotated[str, typer.Option("--dir", help="Folder of lab notebooks.")] = "labs",
+) -> None:
+    """Start the local mesh (if needed) and JupyterLab on the labs."""
+    import importlib.util  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    if importlib.util.find_spec("jupyterlab") is None:
+        _fail(EXIT_UNAVAILABLE, "error: JupyterLab is not installed here; install the lab extra: "
+              "pip install -e '.[lab]' (or run ./dev lab)")
+    folder = Path(labs_dir)
+    if not folder.is_dir():
+        _fail(EXIT_REJECTED, f"error: {folder} is not a folder of labs (run in the checkout, or --dir)")
+    up(app_sets=None, replicas=None, timeout=60.0)
+    argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={folder.resolve()}",
+            f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1"]
+    if no_browser:
+        argv.append("--no-browser")
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    os.execv(sys.executable, argv)

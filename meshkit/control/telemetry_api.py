@@ -1,0 +1,114 @@
+"""The telemetry part of the REST API: scrape targets and RED queries over `telemetry.TelemetryStore`.
+
+    GET    /api/v1/telemetry?window=S[&reporter=source|destination][&source=W][&destination=SVC]
+    GET    /api/v1/telemetry/graph?window=S
+    GET    /api/v1/telemetry/series?window=S&step=S[&destination=SVC]
+    GET    /api/v1/telemetry/targets
+    PUT    /api/v1/telemetry/targets/{name}      {"url": "http://127.0.0.1:PORT/stats/prometheus"}
+    DELETE /api/v1/telemetry/targets/{name}
+
+Query errors are 400s whose message names the parameter, like every other API error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from meshkit.config.messages import ConfigError, Message, Severity
+from meshkit.control.telemetry import Scraper
+
+API = "/api/v1/telemetry"
+CODE_BAD_QUERY = "MK0920"
+SCRAPER = web.AppKey("telemetry_scraper", Scraper)
+MAX_POINTS = 3600
+
+
+def _bad(field: str, text: str) -> ConfigError:
+    return ConfigError([Message(CODE_BAD_QUERY, Severity.ERROR, "telemetry query", field, text)])
+
+
+def _seconds(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.removesuffix("s"))
+    except ValueError:
+        raise _bad(name, f"{name}={raw!r} is not a number of seconds") from None
+    if not low <= value <= high:
+        raise _bad(name, f"{name}={value:g} must be between {low:g} and {high:g} seconds")
+    return value
+
+
+def _scraper(request: web.Request) -> Scraper:
+    return request.app[SCRAPER]
+
+
+async def query(request: web.Request) -> web.Response:
+    scraper = _scraper(request)
+    window = _seconds(request, "window", 60.0, 1.0, scraper.store.retention)
+    reporter = request.query.get("reporter")
+    if reporter not in (None, "source", "destination"):
+        raise _bad("reporter", f"reporter={reporter!r}: expected source or destination")
+    answer = scraper.store.query(window, reporter=reporter, source=request.query.get("source"),
+                                 destination=request.query.get("destination"))
+    return web.json_response(answer)
+
+
+async def graph(request: web.Request) -> web.Response:
+    scraper = _scraper(request)
+    window = _seconds(request, "window", 60.0, 1.0, scraper.store.retention)
+    return web.json_response(scraper.store.graph(window))
+
+
+async def series(request: web.Request) -> web.Response:
+    scraper = _scraper(request)
+    window = _seconds(request, "window", 60.0, 1.0, scraper.store.retention)
+    step = _seconds(request, "step", 1.0, 1.0, window)
+    if window / step > MAX_POINTS:
+        raise _bad("step", f"window/step gives {window / step:.0f} points; at most {MAX_POINTS}")
+    return web.json_response(scraper.store.series(window, step, destination=request.query.get("destination")))
+
+
+async def targets(request: web.Request) -> web.Response:
+    scraper = _scraper(request)
+    rows = [{"name": name, "url": url, "error": scraper.failures.get(name)}
+            for name, url in sorted(scraper.targets.items())]
+    return web.json_response({"targets": rows})
+
+
+async def put_target(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        raise _bad("body", "body is not valid JSON") from None
+    url = body.get("url") if isinstance(body, dict) else None
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _bad("url", f"targets/{name}: url must be an http(s) URL, got {url!r}")
+    _scraper(request).set_target(name, url)
+    return web.json_response({"name": name, "url": url})
+
+
+async def delete_target(request: web.Request) -> web.Response:
+    _scraper(request).remove_target(request.match_info["name"])
+    return web.json_response({"deleted": True})
+
+
+def add_routes(app: web.Application, scraper: Scraper) -> None:
+    app[SCRAPER] = scraper
+    routes: list[tuple[str, str, Callable[[web.Request], Any]]] = [
+        ("GET", API, query),
+        ("GET", f"{API}/graph", graph),
+        ("GET", f"{API}/series", series),
+        ("GET", f"{API}/targets", targets),
+        ("PUT", f"{API}/targets/{{name}}", put_target),
+        ("DELETE", f"{API}/targets/{{name}}", delete_target),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
