@@ -1,0 +1,89 @@
+"""Sending real requests into the mesh and reading the sidecars' Istio metrics, for the e2e tests.
+
+Requests go to 127.0.0.1 only: through the ingress gateway, or through a workload's sidecar
+used as HTTP proxy (what `meshkit curl --from` does). Every batch is bounded in count and
+each request in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+REQUEST_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int  # 0: no HTTP answer
+    body: str
+    headers: dict[str, str]
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def podname(self) -> str | None:
+        try:
+            doc = self.json()
+        except ValueError:
+            return None
+        return doc.get("podname") if isinstance(doc, dict) else None
+
+
+async def get_many(url: str, count: int, *, headers: dict[str, str] | None = None,
+                   cookies: dict[str, str] | None = None, proxy: str | None = None,
+                   concurrency: int = 8) -> list[Reply]:
+    """GET ``url`` ``count`` times, at most ``concurrency`` at once; one `Reply` per request."""
+    assert 0 < count <= 5000
+    gate = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout, cookies=cookies) as session:
+
+        async def one() -> Reply:
+            async with gate:
+                began = time.monotonic()
+                try:
+                    async with session.get(url, headers=headers, proxy=proxy) as resp:
+                        body = await resp.text()
+                        return Reply(resp.status, body, dict(resp.headers), time.monotonic() - began)
+                except (TimeoutError, aiohttp.ClientError) as error:
+                    return Reply(0, repr(error), {}, time.monotonic() - began)
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def get_one(url: str, **kwargs: Any) -> Reply:
+    return (await get_many(url, 1, **kwargs))[0]
+
+
+def pods(replies: list[Reply]) -> Counter[str | None]:
+    return Counter(r.podname for r in replies)
+
+
+def codes(replies: list[Reply]) -> Counter[int]:
+    return Counter(r.status for r in replies)
+
+
+def istio_requests(admin_port: int, **labels: str) -> float:
+    """Sum of ``istio_requests_total`` on one sidecar over the series matching ``labels``."""
+    url = f"http://127.0.0.1:{admin_port}/stats/prometheus"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("istio_requests", "istio_requests_total"):
+            continue
+        for s in family.samples:
+            if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
