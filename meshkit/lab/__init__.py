@@ -1,0 +1,70 @@
+"""meshkit.lab: the notebook side of meshkit — what a learner types in a lab.
+
+`connect()` gives a `Mesh` (apply/get/delete/analyze/history/rollback/status/load), `rules` builds
+real Istio resources that show their YAML, `Lab`/`Step` run checks against the mesh's real state
+and traffic with hints, hidden solutions and stored progress, `charts` draws live plotly figures
+from the telemetry API and `widgets` offers the canary slider and the YAML rule editor.
+
+It sits above `meshkit.runtime` and `meshkit.control` (it drives them through their public APIs)
+and below the CLI. It must not reach into the control plane's or the sidecar's internals, keep
+module-level mutable state, or block a notebook cell on anything unbounded. Heavy notebook
+libraries (ipywidgets, plotly) are imported only by the modules that draw.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC: dict[str, str] = {
+    "connect": "meshkit.lab.mesh",
+    "Mesh": "meshkit.lab.mesh",
+    "LoadHandle": "meshkit.lab.mesh",
+    "LabError": "meshkit.lab.display",
+    "Lab": "meshkit.lab.steps",
+    "Step": "meshkit.lab.steps",
+    "CheckResult": "meshkit.lab.steps",
+    "CheckFailed": "meshkit.lab.checks",
+    "canary": "meshkit.lab.rules",
+    "route": "meshkit.lab.rules",
+    "ab_test": "meshkit.lab.rules",
+    "mirror": "meshkit.lab.rules",
+    "fault": "meshkit.lab.rules",
+    "timeout": "meshkit.lab.rules",
+    "retries": "meshkit.lab.rules",
+    "circuit_breaker": "meshkit.lab.rules",
+    "mtls": "meshkit.lab.rules",
+    "allow": "meshkit.lab.rules",
+    "deny": "meshkit.lab.rules",
+    "Rule": "meshkit.lab.display",
+}
+
+__all__ = [
+    "CheckFailed",
+    "CheckResult",
+    "Lab",
+    "LabError",
+    "LoadHandle",
+    "Mesh",
+    "Rule",
+    "Step",
+    "ab_test",
+    "allow",
+    "canary",
+    "circuit_breaker",
+    "connect",
+    "deny",
+    "fault",
+    "mirror",
+    "mtls",
+    "retries",
+    "route",
+    "timeout",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'meshkit.lab' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

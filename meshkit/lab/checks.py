@@ -1,0 +1,118 @@
+"""Building blocks for `Step` checks: read the mesh's REAL config and traffic, say what is missing.
+
+A check function takes the `Mesh` and either returns (passed) or raises `CheckFailed` whose text
+tells the learner precisely what is not there yet. Traffic is judged only since the latest config
+change, so requests sent before the learner's rule cannot make a step pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from meshkit.lab.display import Rule
+from meshkit.lab.mesh import Mesh
+
+MAX_WINDOW = 600.0
+
+
+class CheckFailed(Exception):
+    """A step's check found the mesh not (yet) as the step wants it; the text says what is missing."""
+
+
+def expect(condition: bool, missing: str) -> None:
+    if not condition:
+        raise CheckFailed(missing)
+
+
+def require_rule(mesh: Mesh, kind: str, name: str, namespace: str = "default") -> Rule:
+    rule = mesh.get(kind, name, namespace)
+    if not isinstance(rule, Rule):
+        raise CheckFailed(f"there is no {kind} named {name!r} in namespace {namespace!r} yet; apply one")
+    return rule
+
+
+def default_weights(rule: Mapping[str, Any]) -> dict[str, int]:
+    """Subset -> weight of the VirtualService's catch-all route (its last http route without a match)."""
+    routes = [r for r in rule.get("spec", {}).get("http", []) or [] if not r.get("match")]
+    if not routes:
+        return {}
+    dests = routes[0].get("route", []) or []
+    single = len(dests) == 1
+    weights: dict[str, int] = {}
+    for d in dests:
+        subset = d.get("destination", {}).get("subset") or "(any)"
+        weights[subset] = weights.get(subset, 0) + int(d.get("weight", 100 if single else 0))
+    return {k: v for k, v in weights.items() if v}
+
+
+def require_weights(mesh: Mesh, host: str, expected: Mapping[str, int]) -> None:
+    rule = require_rule(mesh, "VirtualService", host)
+    actual = default_weights(rule)
+    expect(actual == dict(expected),
+           f"VirtualService {host!r} sends {_fmt(actual) or 'nothing'} by default; "
+           f"the step wants {_fmt(expected)}")
+
+
+def _fmt(weights: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}%" for k, v in weights.items())
+
+
+def window_since_change(mesh: Mesh) -> float:
+    """Seconds since the latest config change (at least 1 s, at most MAX_WINDOW)."""
+    since = time.time() - mesh.last_change()
+    return max(1.0, min(MAX_WINDOW, since))
+
+
+def requests_by_version(mesh: Mesh, service: str, window: float | None = None) -> dict[str, float]:
+    """Requests to ``service`` per destination version (as its callers' sidecars counted them)."""
+    window = window or window_since_change(mesh)
+    answer = mesh.telemetry(window, destination=service, reporter="source")
+    counts: dict[str, float] = {}
+    for edge in answer.get("edges", []):
+        if edge.get("destination_service") == service:
+            version = edge.get("destination_version") or "unknown"
+            counts[version] = counts.get(version, 0.0) + float(edge.get("requests", 0))
+    return counts
+
+
+def require_traffic(mesh: Mesh, service: str, shares: Mapping[str, tuple[float, float]],
+                    min_requests: int = 20) -> dict[str, float]:
+    """Since the last change, ``service`` got >= ``min_requests`` and each version's share is in range.
+
+    ``shares`` maps a version to (low, high) fractions, e.g. ``{"v3": (0.03, 0.3)}``.
+    """
+    counts = requests_by_version(mesh, service)
+    total = sum(counts.values())
+    expect(total >= min_requests,
+           f"{service} got {total:.0f} requests since your last change (at least {min_requests} needed): "
+           f"send traffic first, e.g. mesh.load(rps=20, duration=6).wait()")
+    for version, (low, high) in shares.items():
+        share = counts.get(version, 0.0) / total
+        expect(low <= share <= high,
+               f"{version} of {service} got {share:.0%} of its {total:.0f} requests since your last change; "
+               f"the step expects {low:.0%}..{high:.0%} (by version: {_counts(counts)})")
+    return counts
+
+
+def _counts(counts: Mapping[str, float]) -> str:
+    return ", ".join(f"{v} {n:.0f}" for v, n in sorted(counts.items())) or "none"
+
+
+def require_edge_traffic(mesh: Mesh, source: str, destination: str, min_requests: int = 1,
+                         window: float = 60.0) -> dict[str, Any]:
+    """Some request went from workload ``source`` to service ``destination`` in the last ``window`` s."""
+    answer = mesh.telemetry(window, source=source, destination=destination, reporter="source")
+    total = sum(float(e.get("requests", 0)) for e in answer.get("edges", []))
+    expect(total >= min_requests,
+           f"no traffic from {source} to {destination} in the last {window:.0f} s "
+           f"({total:.0f} requests); send some with mesh.load(...)")
+    return answer
+
+
+def require_healthy(mesh: Mesh) -> None:
+    sick = [w["name"] for w in mesh.workloads() if not w.get("healthy")]
+    expect(not sick, f"these workloads are not running: {', '.join(sick)} "
+                     "(mesh.restart(name) brings one back)")
+    expect(mesh.wait_synced(5.0), "not every sidecar has ACKed the latest config yet (see mesh.status())")

@@ -1,0 +1,144 @@
+"""How meshkit.lab things look in a notebook: rules as YAML, errors and findings as readable boxes.
+
+Every object here has a `_repr_html_` for JupyterLab and a plain-text `__str__`/`__repr__` for
+consoles and nbclient outputs. `LabError` is the one exception the lab raises for bad input or a
+refused change; IPython shows it as its message (never a traceback) through `_render_traceback_`.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import yaml
+
+_SEVERITY_COLOUR = {"Error": "#b00020", "Warning": "#a15c00", "Info": "#1f5f99"}
+
+
+def to_yaml(docs: Any) -> str:
+    """One or several resources as multi-document YAML, in Istio's key order (no sorting)."""
+    items = docs if isinstance(docs, list) else [docs]
+    return "---\n".join(yaml.safe_dump(_plain(d), sort_keys=False, default_flow_style=False) for d in items)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _pre(text: str, border: str = "#ccc") -> str:
+    return (f'<pre style="border-left:4px solid {border};padding:6px 10px;margin:4px 0;'
+            f'background:#f7f7f7;white-space:pre-wrap">{html.escape(text)}</pre>')
+
+
+class Rule(dict[str, Any]):
+    """An Istio resource (a plain dict, accepted wherever a resource is) that displays as YAML."""
+
+    @property
+    def ref(self) -> str:
+        meta = self.get("metadata", {})
+        return f"{self.get('kind')}/{meta.get('namespace', 'default')}/{meta.get('name')}"
+
+    def yaml(self) -> str:
+        return to_yaml(dict(self))
+
+    def _repr_html_(self) -> str:
+        return f"<div><b>{html.escape(self.ref)}</b>{_pre(self.yaml(), '#1f5f99')}</div>"
+
+    def __repr__(self) -> str:
+        return self.yaml()
+
+
+def message_line(msg: Mapping[str, str]) -> str:
+    """The CLI's one-line form of an analyzer message dict."""
+    where = f"{msg.get('resource', '')} {msg.get('field', '')}".strip()
+    return f"{msg.get('severity', 'Error')} [{msg.get('code', '?')}] ({where}) {msg.get('message', '')}"
+
+
+def _messages_html(messages: Iterable[Mapping[str, str]]) -> str:
+    rows = []
+    for m in messages:
+        colour = _SEVERITY_COLOUR.get(m.get("severity", "Error"), "#333")
+        rows.append(
+            f'<li><b style="color:{colour}">{html.escape(m.get("severity", ""))} '
+            f'{html.escape(m.get("code", ""))}</b> <code>{html.escape(m.get("resource", ""))}</code> '
+            f'field <code>{html.escape(m.get("field", ""))}</code>: {html.escape(m.get("message", ""))}</li>')
+    return f"<ul style='margin:4px 0'>{''.join(rows)}</ul>" if rows else ""
+
+
+class LabError(Exception):
+    """Bad input or a change the mesh refused; ``messages`` name the resource and the field."""
+
+    def __init__(self, summary: str, messages: list[dict[str, str]] | None = None) -> None:
+        self.summary = summary
+        self.messages = list(messages or [])
+        super().__init__(self.text())
+
+    def text(self) -> str:
+        lines = [self.summary, *(f"  {message_line(m)}" for m in self.messages)]
+        return "\n".join(lines)
+
+    def _render_traceback_(self) -> list[str]:  # IPython: show this instead of a traceback
+        return [f"LabError: {self.text()}"]
+
+    def _repr_html_(self) -> str:
+        return (f'<div style="border:1px solid #b00020;padding:6px 10px;border-radius:4px">'
+                f'<b style="color:#b00020">{html.escape(self.summary)}</b>'
+                f"{_messages_html(self.messages)}</div>")
+
+
+class Findings:
+    """The analyzer's answer: no messages is a green line, otherwise one line per message."""
+
+    def __init__(self, messages: list[dict[str, str]], subject: str = "the mesh's config") -> None:
+        self.messages = messages
+        self.subject = subject
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return [m for m in self.messages if m.get("severity") == "Error"]
+
+    def __bool__(self) -> bool:  # truthy when clean, so `assert mesh.analyze()` reads well
+        return not self.errors
+
+    def __str__(self) -> str:
+        if not self.messages:
+            return f"✔ No problems found in {self.subject}."
+        return "\n".join(message_line(m) for m in self.messages)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        if not self.messages:
+            return f'<div style="color:#1b7f3b">✔ No problems found in {html.escape(self.subject)}.</div>'
+        return f"<div>{_messages_html(self.messages)}</div>"
+
+
+class Table:
+    """Rows of dicts as an HTML table (and aligned text)."""
+
+    def __init__(self, rows: list[dict[str, Any]], columns: list[str], title: str = "") -> None:
+        self.rows = rows
+        self.columns = columns
+        self.title = title
+
+    def __str__(self) -> str:
+        cells = [[str(r.get(c, "")) for c in self.columns] for r in self.rows]
+        widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(self.columns)]
+        lines = [self.title] if self.title else []
+        lines.append("  ".join(c.upper().ljust(w) for c, w in zip(self.columns, widths, strict=True)))
+        lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in self.columns)
+                       + "</tr>" for r in self.rows)
+        title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
+        return f"{title}<table><tr>{head}</tr>{body}</table>"

@@ -1,0 +1,312 @@
+"""`connect()` and `Mesh`: the learner's handle on a running mesh (local, or any control plane URL).
+
+`Mesh` wraps `meshkit.control.client.ControlClient` for config (apply/get/delete/analyze/history/
+rollback), `meshkit.runtime.local.LocalMesh` for the local processes (status, kill, restart) and
+`meshkit.runtime.load.LoadGenerator` for background traffic. Refusals become `LabError`, whose
+messages name the resource and the field, and which a notebook shows without a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from collections.abc import Iterator
+from importlib import resources as package_files
+from typing import Any
+
+import yaml
+
+from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
+from meshkit.lab.display import Findings, LabError, Rule, Table
+from meshkit.runtime.load import LoadGenerator, parse_users
+from meshkit.runtime.local import LocalMesh, MeshError
+from meshkit.runtime.state import StateDir
+
+Applyable = Any  # YAML text, a dict / Rule, a config model with to_dict(), or a list of those
+MAX_LOAD_SECONDS = 600.0
+
+
+def _documents(value: Applyable) -> list[dict[str, Any]]:
+    """Everything `apply` accepts, as a list of plain resource dicts; LabError for what it is not."""
+    if isinstance(value, list | tuple):
+        return [doc for item in value for doc in _documents(item)]
+    if isinstance(value, str):
+        try:
+            docs = [d for d in yaml.safe_load_all(value) if d is not None]
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "the text"
+            raise LabError(f"The YAML does not parse at {where}: {getattr(exc, 'problem', exc)}") from None
+        if not docs:
+            raise LabError("The YAML holds no resources (only empty documents).")
+        return _documents(docs)
+    if isinstance(value, dict):
+        return [dict(value)]
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return [to_dict()]
+    raise LabError(f"Cannot apply a {type(value).__name__}: pass YAML text, a rule (dict) or a list of them.")
+
+
+def _key(doc: dict[str, Any]) -> tuple[str, str, str]:
+    meta = doc.get("metadata", {})
+    return str(doc.get("kind")), str(meta.get("namespace", "default")), str(meta.get("name"))
+
+
+class ApplyResult:
+    """What `Mesh.apply` did: the new revision and one line per resource."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.revision = int(answer.get("revision", 0))
+        self.changed = bool(answer.get("changed", False))
+        self.results = list(answer.get("results", []))
+        self.warnings = list(answer.get("warnings", []))
+
+    def __str__(self) -> str:
+        lines = [f"{r['resource']} {r['action']}" for r in self.results]
+        lines.append(f"revision {self.revision}" + ("" if self.changed else " (nothing changed)"))
+        lines += [f"warning: {w.get('message', w) if isinstance(w, dict) else w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return "<br>".join(f"✔ {html.escape(line)}" for line in str(self).splitlines())
+
+
+class LoadHandle:
+    """Background traffic through the ingress; `stop()` ends it early and returns its summary."""
+
+    def __init__(self, generator: LoadGenerator) -> None:
+        self.generator = generator
+
+    def running(self) -> bool:
+        return self.generator.running()
+
+    def stop(self) -> dict[str, Any]:
+        return self.generator.stop()
+
+    def wait(self, timeout: float = MAX_LOAD_SECONDS) -> dict[str, Any]:
+        """Block until the load has run its duration (bounded by ``timeout``), then its summary."""
+        deadline = time.monotonic() + timeout
+        while self.generator.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.stop()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.generator.stats
+
+    def __str__(self) -> str:
+        s = self.stats
+        state = "running" if self.running() else "stopped"
+        return (f"load {state}: {s['completed']} requests, {s['rps']} req/s, codes {s['codes']}, "
+                f"errors {s['error_rate']:.1%}, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
+
+    __repr__ = __str__
+
+
+class Mesh:
+    """A running mesh: its control plane (always) and its local processes (when started here)."""
+
+    def __init__(self, control_url: str, *, ingress_url: str | None = None,
+                 local: LocalMesh | None = None) -> None:
+        self.control_url = control_url.rstrip("/")
+        self.ingress_url = ingress_url.rstrip("/") if ingress_url else None
+        self.local = local
+        self.client = ControlClient(self.control_url, timeout=15.0)
+        self._loads: list[LoadHandle] = []
+
+    @property
+    def state_dir(self) -> StateDir:
+        return self.local.state if self.local is not None else StateDir.open()
+
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except ApiError as exc:
+            if exc.messages:
+                problems = f"{len(exc.messages)} problem" + ("s" if len(exc.messages) > 1 else "")
+                raise LabError(f"{what} was refused ({problems}):", exc.messages) from None
+            raise LabError(f"{what} was refused: {exc.error}") from None
+        except ControlUnreachable as exc:
+            raise LabError(f"{what} failed: {exc}. Is the mesh running? Try meshkit.lab.connect().") from None
+
+    # -- config ---------------------------------------------------------------------------------
+
+    def apply(self, rules: Applyable) -> ApplyResult:
+        """Apply Istio resources; the whole change is refused (and nothing changes) on any error."""
+        return ApplyResult(self._call("apply", "apply", _documents(rules)))
+
+    def delete(self, rules: Applyable | None = None, *, kind: str | None = None, name: str | None = None,
+               namespace: str = "default") -> ApplyResult:
+        """Delete the given resources, or one by ``kind`` and ``name``."""
+        if rules is not None:
+            return ApplyResult(self._call("delete", "delete_documents", _documents(rules)))
+        if not kind or not name:
+            raise LabError("delete needs the rules to delete, or kind= and name= "
+                           "(e.g. kind='VirtualService').")
+        return ApplyResult(self._call(f"delete {kind}/{namespace}/{name}", "delete", kind, name, namespace))
+
+    def get(self, kind: str | None = None, name: str | None = None,
+            namespace: str | None = None) -> Rule | list[Rule] | None:
+        """One resource (None when absent) when ``name`` is given, otherwise a list."""
+        if name is not None:
+            if kind is None:
+                raise LabError("get: a name needs a kind, e.g. get('VirtualService', 'reviews').")
+            try:
+                answer = self.client.get(kind, name, namespace or "default")
+            except ApiError as exc:
+                if exc.status == 404:
+                    return None
+                raise LabError(f"get {kind}/{name} was refused: {exc.error}", exc.messages) from None
+            except ControlUnreachable as exc:
+                raise LabError(f"get failed: {exc}") from None
+            items = answer.get("items", [answer]) if isinstance(answer, dict) else []
+            return Rule(items[0]["resource"]) if items and "resource" in items[0] else None
+        answer = self._call("get", "get", kind, None, namespace)
+        return [Rule(item["resource"]) for item in answer.get("items", [])]
+
+    def analyze(self, rules: Applyable | None = None) -> Findings:
+        """Check the stored config (or ``rules`` against it, without applying them)."""
+        docs = _documents(rules) if rules is not None else None
+        subject = "these rules" if docs else "the mesh's config"
+        try:
+            answer = self.client.analyze(docs)
+        except ApiError as exc:  # the rules did not even load: those messages are the findings
+            return Findings(exc.messages or [{"severity": "Error", "message": exc.error}], subject)
+        except ControlUnreachable as exc:
+            raise LabError(f"analyze failed: {exc}") from None
+        return Findings(list(answer.get("messages", [])), subject)
+
+    def history(self) -> Table:
+        answer = self._call("history", "history")
+        rows = [{"revision": r["revision"], "when": time.strftime("%H:%M:%S", time.localtime(r["timestamp"])),
+                 "change": r["summary"]} for r in answer.get("revisions", [])]
+        return Table(rows, ["revision", "when", "change"], title=f"current revision {answer.get('revision')}")
+
+    def revision(self) -> int:
+        return int(self._call("history", "history").get("revision", 0))
+
+    def last_change(self) -> float:
+        """Wall-clock time of the latest config revision (0 when there is none)."""
+        revisions = self._call("history", "history").get("revisions", [])
+        return float(revisions[-1]["timestamp"]) if revisions else 0.0
+
+    def rollback(self, revision: int) -> ApplyResult:
+        """Make the config what it was at ``revision`` again (as a new revision)."""
+        return ApplyResult(self._call(f"rollback to {revision}", "rollback", revision))
+
+    def reset(self) -> ApplyResult:
+        """Back to the Bookinfo baseline `meshkit up` applies: every other resource is deleted."""
+        baseline_file = package_files.files("meshkit.runtime").joinpath("defaults/bookinfo.yaml")
+        baseline = [d for d in yaml.safe_load_all(baseline_file.read_text()) if d]
+        keep = {_key(d) for d in baseline}
+        extra = [r for r in self.get() or [] if isinstance(r, dict) and _key(r) not in keep]
+        if extra:
+            self.delete(extra)
+        return self.apply(baseline)
+
+    def wait_synced(self, timeout: float = 10.0) -> bool:
+        """True once every connected proxy has ACKed the latest config (bounded by ``timeout``)."""
+        answer = self._call("proxy-status", "proxy_status", timeout)
+        rows = answer.get("proxies", []) if isinstance(answer, dict) else answer
+        return all(row.get("status") == "SYNCED" for row in rows)
+
+    # -- processes and traffic --------------------------------------------------------------------
+
+    def status(self) -> Table:
+        if self.local is None:
+            answer = self._call("proxy-status", "proxy_status")
+            rows = answer.get("proxies", []) if isinstance(answer, dict) else answer
+            return Table(rows, ["id", "status", "version"], title=f"proxies of {self.control_url}")
+        rows = self.local.status()["workloads"]
+        return Table(rows, ["name", "service", "version", "healthy", "pid", "inbound_port"],
+                     title=f"control plane {self.control_url}, ingress {self.ingress_url}")
+
+    def workloads(self) -> list[dict[str, Any]]:
+        return list(self.local.status()["workloads"]) if self.local is not None else []
+
+    def _local(self) -> LocalMesh:
+        if self.local is None:
+            raise LabError("this works on the local mesh only (connect() without a URL)")
+        return self.local
+
+    def kill(self, instance: str) -> None:
+        """Kill one instance's app (like a crashing pod); its sidecar stays."""
+        try:
+            self._local().kill(instance)
+        except MeshError as exc:
+            raise LabError(str(exc)) from None
+
+    def restart(self, instance: str) -> None:
+        try:
+            self._local().restart(instance)
+        except MeshError as exc:
+            raise LabError(str(exc)) from None
+
+    def load(self, rps: float = 10.0, users: dict[str, float] | str | None = None, duration: float = 30.0,
+             path: str = "/productpage") -> LoadHandle:
+        """Send ``rps`` requests a second through the ingress for ``duration`` seconds, in the background.
+
+        ``users`` gives signed-in users' shares, ``{"jason": 0.3}`` or ``"jason:30%"``.
+        """
+        if self.ingress_url is None:
+            raise LabError("load needs the ingress URL: connect(url, ingress=...) or the local mesh")
+        if not 0 < duration <= MAX_LOAD_SECONDS:
+            raise LabError(f"load: duration must be in (0, {MAX_LOAD_SECONDS:.0f}] seconds, got {duration}")
+        try:
+            shares = parse_users(users) if isinstance(users, str) else dict(users or {})
+            generator = LoadGenerator(self.ingress_url + path, rps=rps, duration=duration, users=shares,
+                                      timeout=15.0)
+        except ValueError as exc:
+            raise LabError(f"load: {exc}") from None
+        handle = LoadHandle(generator.start())
+        self._loads = [h for h in self._loads if h.running()] + [handle]
+        return handle
+
+    def loading(self) -> bool:
+        return any(h.running() for h in self._loads)
+
+    def loads(self) -> Iterator[LoadHandle]:
+        return iter(list(self._loads))
+
+    def stop_loads(self) -> None:
+        for handle in self._loads:
+            handle.stop()
+
+    # -- telemetry ----------------------------------------------------------------------------------
+
+    def telemetry(self, window: float = 60.0, **query: Any) -> dict[str, Any]:
+        return dict(self._call("telemetry", "request", "GET", "telemetry", query={"window": window, **query}))
+
+    def graph(self, window: float = 60.0) -> dict[str, Any]:
+        return dict(self._call("telemetry graph", "request", "GET", "telemetry/graph",
+                               query={"window": window}))
+
+    def series(self, destination: str, window: float = 60.0, step: float = 1.0) -> dict[str, Any]:
+        return dict(self._call("telemetry series", "request", "GET", "telemetry/series",
+                               query={"window": window, "step": step, "destination": destination}))
+
+    def __repr__(self) -> str:
+        return f"Mesh(control={self.control_url}, ingress={self.ingress_url})"
+
+
+def connect(url: str | None = None, *, ingress: str | None = None, start: bool = True) -> Mesh:
+    """The running local mesh ($MESHKIT_HOME), started if needed; or the control plane at ``url``."""
+    if url is not None:
+        mesh = Mesh(url, ingress_url=ingress)
+        mesh.revision()  # fails now, with a clear message, if nothing answers there
+        return mesh
+    local = LocalMesh(StateDir.open())
+    if not local.running():
+        if not start:
+            raise LabError("no local mesh is running; start one with `meshkit up` or connect(start=True)")
+        try:
+            local.up(base_port=int(os.environ["MESHKIT_PORT_BASE"]) if "MESHKIT_PORT_BASE" in os.environ
+                     else None)
+        except MeshError as exc:
+            raise LabError(f"the local mesh did not start: {exc}") from None
+    status = local.status()
+    return Mesh(str(status["control"]), ingress_url=ingress or status["ingress"], local=local)

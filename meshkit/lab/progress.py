@@ -1,0 +1,53 @@
+"""Where a learner's progress lives: ``$MESHKIT_HOME/lab/progress.json``, so reopening a notebook keeps it.
+
+One JSON document ``{lab: {step: {"passed", "done", "reason", "at"}}}``: ``passed`` is the latest
+check's verdict, ``done`` whether it ever passed. Written atomically (a crashed kernel never
+leaves half a file) and re-read on every access, so two notebooks of the same learner agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from meshkit.runtime.state import StateDir
+
+
+class ProgressStore:
+    def __init__(self, state: StateDir | None = None) -> None:
+        root = (state or StateDir.open()).root / "lab"
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = root / "progress.json"
+
+    def load(self) -> dict[str, dict[str, dict[str, Any]]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def of(self, lab: str) -> dict[str, dict[str, Any]]:
+        return dict(self.load().get(lab, {}))
+
+    def record(self, lab: str, step: str, passed: bool, reason: str, at: float) -> dict[str, Any]:
+        data = self.load()
+        steps = data.setdefault(lab, {})
+        previous = steps.get(step, {})
+        entry = {"passed": passed, "done": passed or bool(previous.get("done")), "reason": reason, "at": at}
+        steps[step] = entry
+        self._write(data)
+        return entry
+
+    def reset(self, lab: str) -> None:
+        data = self.load()
+        data.pop(lab, None)
+        self._write(data)
+
+    def _write(self, data: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".progress.", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        os.replace(tmp, Path(self.path))

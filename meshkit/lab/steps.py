@@ -1,0 +1,229 @@
+"""Labs and their steps: `Lab("02-canary")`, `lab.step(id, title, check=fn, hint=..., solution=...)`.
+
+`step.check()` runs the step's check function against the mesh (re-trying for a few seconds, as
+telemetry lags a scrape behind), records the verdict in the learner's progress and tells every
+listener registered with `lab.on_check` (the workshop reports results to the instructor through
+this hook). `hint()` shows a hint; `solution()` stays folded unless revealed, or open in
+instructor mode (``MESHKIT_INSTRUCTOR=1``). ``MESHKIT_LAB_STRICT=1`` makes a failing check raise,
+which is how the test suite runs every lab.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshkit.lab.checks import CheckFailed
+from meshkit.lab.display import LabError
+from meshkit.lab.mesh import Mesh, connect
+from meshkit.lab.progress import ProgressStore
+
+CheckFn = Callable[[Mesh], Any]
+Listener = Callable[["CheckResult"], None]
+RETRY_FOR = 4.0
+
+
+def instructor_mode() -> bool:
+    return os.environ.get("MESHKIT_INSTRUCTOR", "") not in ("", "0", "false", "no")
+
+
+def strict_mode() -> bool:
+    return os.environ.get("MESHKIT_LAB_STRICT", "") not in ("", "0", "false", "no")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's verdict: the event the workshop reports (lab, step, passed, reason, time)."""
+
+    lab: str
+    step: str
+    title: str
+    passed: bool
+    reason: str
+    at: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lab": self.lab, "step": self.step, "title": self.title, "passed": self.passed,
+                "reason": self.reason, "at": self.at, "seconds": round(self.seconds, 3)}
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        if self.passed:
+            return f"✔ {self.title}: passed"
+        return f"✘ {self.title}: not yet — {self.reason}"
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        colour = "#1b7f3b" if self.passed else "#b00020"
+        mark = "✔" if self.passed else "✘"
+        tail = "passed" if self.passed else f"not yet — {html.escape(self.reason)}"
+        return f'<div style="color:{colour}"><b>{mark} {html.escape(self.title)}</b>: {tail}</div>'
+
+
+class Note:
+    """A titled block of text (hints, solutions): folded HTML details, or plain text."""
+
+    def __init__(self, title: str, body: str, *, folded: bool = False, hidden_text: str = "") -> None:
+        self.title = title
+        self.body = body
+        self.folded = folded
+        self.hidden_text = hidden_text
+
+    def __str__(self) -> str:
+        if self.hidden_text:
+            return f"{self.title}: {self.hidden_text}"
+        if self.folded:
+            return f"{self.title}: hidden; call .solution(reveal=True) to see it"
+        return f"{self.title}:\n{self.body}"
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        if self.hidden_text:
+            return f"<div><i>{html.escape(self.title)}: {html.escape(self.hidden_text)}</i></div>"
+        body = f'<pre style="background:#f7f7f7;padding:6px">{html.escape(self.body)}</pre>'
+        opened = "" if self.folded else " open"
+        return f"<details{opened}><summary>{html.escape(self.title)}</summary>{body}</details>"
+
+
+@dataclass
+class Step:
+    lab: Lab
+    id: str
+    title: str
+    check_fn: CheckFn
+    hint_text: str = ""
+    solution_text: str = ""
+    retry_for: float = RETRY_FOR
+
+    def check(self) -> CheckResult:
+        """Verify the mesh's real state and traffic; passes, or says precisely what is missing."""
+        began = time.monotonic()
+        deadline = began + self.retry_for
+        while True:
+            reason = self._run_once()
+            if not reason or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        result = CheckResult(self.lab.name, self.id, self.title, not reason, reason, time.time(),
+                             time.monotonic() - began)
+        self.lab.record(result)
+        if not result.passed and strict_mode():
+            raise CheckFailed(str(result))
+        return result
+
+    def _run_once(self) -> str:
+        try:
+            outcome = self.check_fn(self.lab.mesh)
+        except CheckFailed as exc:
+            return str(exc)
+        except LabError as exc:
+            return exc.text()
+        if outcome is False:
+            return "the check found the step not done"
+        return outcome if isinstance(outcome, str) else ""
+
+    def hint(self) -> Note:
+        return Note(f"Hint for '{self.title}'", self.hint_text or "No hint for this step.")
+
+    def solution(self, reveal: bool = False) -> Note:
+        title = f"Solution of '{self.title}'"
+        locked = self.lab.solution_lock(self) if self.lab.solution_lock else None
+        if locked and not instructor_mode():
+            return Note(title, "", hidden_text=locked)
+        if reveal or instructor_mode():
+            return Note(title, self.solution_text or "(no solution text)")
+        return Note(title, self.solution_text or "(no solution text)", folded=True)
+
+    def done(self) -> bool:
+        return bool(self.lab.store.of(self.lab.name).get(self.id, {}).get("done"))
+
+
+@dataclass
+class Lab:
+    """A lab's steps, its progress and its listeners. ``mesh`` defaults to `connect()` on first use."""
+
+    name: str
+    mesh_: Mesh | None = None
+    store: ProgressStore = field(default_factory=ProgressStore)
+    steps: dict[str, Step] = field(default_factory=dict)
+    listeners: list[Listener] = field(default_factory=list)
+    solution_lock: Callable[[Step], str | None] | None = None
+    _widget: Any = None
+
+    @property
+    def mesh(self) -> Mesh:
+        if self.mesh_ is None:
+            self.mesh_ = connect()
+        return self.mesh_
+
+    def step(self, id: str, title: str, *, check: CheckFn, hint: str = "", solution: str = "",
+             retry_for: float = RETRY_FOR) -> Step:
+        if not id or id in self.steps:
+            raise LabError(f"step id: expected a new, non-empty id in lab {self.name!r}, got {id!r}")
+        made = Step(self, id, title, check, hint, solution, retry_for)
+        self.steps[id] = made
+        return made
+
+    def on_check(self, listener: Listener) -> None:
+        """Call ``listener(result)`` after every check of this lab (the workshop's reporting seam)."""
+        self.listeners.append(listener)
+
+    def record(self, result: CheckResult) -> None:
+        self.store.record(self.name, result.step, result.passed, result.reason, result.at)
+        for listener in list(self.listeners):
+            try:
+                listener(result)
+            except Exception as exc:  # a broken listener must not break the learner's check
+                print(f"meshkit.lab: a check listener failed: {exc!r}")
+        self._refresh_widget()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return self.store.of(self.name)
+
+    def done(self) -> list[str]:
+        saved = self.status()
+        return [s for s in self.steps if saved.get(s, {}).get("done")]
+
+    def reset_progress(self) -> None:
+        self.store.reset(self.name)
+        self._refresh_widget()
+
+    def progress(self) -> Any:
+        """A widget: a bar of steps done and one line per step (✔ done, ✘ failing, · not started)."""
+        import ipywidgets as widgets  # noqa: PLC0415
+
+        bar = widgets.IntProgress(min=0, max=max(1, len(self.steps)), description=self.name,
+                                  style={"description_width": "initial"})
+        lines = widgets.HTML()
+        self._widget = (bar, lines)
+        self._refresh_widget()
+        return widgets.VBox([bar, lines])
+
+    def _refresh_widget(self) -> None:
+        if self._widget is None:
+            return
+        bar, lines = self._widget
+        saved = self.status()
+        bar.max = max(1, len(self.steps))
+        bar.value = len(self.done())
+        rows = []
+        for sid, st in self.steps.items():
+            entry = saved.get(sid, {})
+            mark = "✔" if entry.get("done") else ("✘" if entry else "·")
+            rows.append(f"{mark} {html.escape(st.title)}")
+        lines.value = "<br>".join(rows)
+
+    def summary(self) -> str:
+        return f"{self.name}: {len(self.done())}/{len(self.steps)} steps done"
+
+    def __repr__(self) -> str:
+        return self.summary()
