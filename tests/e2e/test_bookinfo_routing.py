@@ -12,7 +12,7 @@ import re
 import time
 
 from tests.e2e.mesh import RunningMesh, rule, sample
-from tests.e2e.traffic import codes, get_many, get_one, istio_requests, pods
+from tests.e2e.traffic import codes, eventually, get_many, get_one, istio_requests, pods
 
 REVIEWS_API = "/api/v1/products/0/reviews"
 ALL_V1 = sample("virtual-service-all-v1.yaml")
@@ -123,13 +123,10 @@ async def test_half_of_ratings_requests_aborted_with_flag_fi(bookinfo: RunningMe
                         response_code="200")
     assert ok - before_ok == seen[200]
     # The control plane's telemetry shows the same flag on the reviews-v2 -> ratings edge.
-    deadline = time.monotonic() + 10.0
-    flags: dict[str, int] = {}
-    while time.monotonic() < deadline:
+    def edge_flags() -> dict[str, int]:
         answer = bookinfo.client.request("GET", "telemetry", query={"window": 120, "source": "reviews-v2",
                                                                     "destination": "ratings"})
-        flags = {k: v for e in answer["edges"] for k, v in e["flags"].items()}
-        if flags.get("FI") == seen[500]:
-            break
-        await asyncio.sleep(0.5)
+        return {k: v for e in answer["edges"] for k, v in e["flags"].items()}
+
+    flags = await eventually(edge_flags, lambda f: f.get("FI") == seen[500])
     assert flags.get("FI") == seen[500], flags

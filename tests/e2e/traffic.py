@@ -12,13 +12,15 @@ import json
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 REQUEST_TIMEOUT = 30.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,3 +89,16 @@ def istio_requests(admin_port: int, **labels: str) -> float:
             if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
+
+
+async def eventually(check: Callable[[], T], accept: Callable[[T], bool], *, seconds: float = 10.0,
+                     every: float = 0.2) -> T:
+    """Call ``check`` until ``accept`` takes its value or ``seconds`` pass; returns the last value."""
+    deadline = time.monotonic() + seconds
+    value = check()
+    for _ in range(int(seconds / every) + 1):
+        if accept(value) or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(every)
+        value = check()
+    return value
