@@ -1,0 +1,191 @@
+"""Live charts: plotly FigureWidgets fed by the control plane's telemetry API.
+
+`traffic_split(mesh, "reviews")` stacks the requests per second each version of a service gets;
+`service_graph(mesh)` draws a Kiali-like graph (workloads, per-edge rate, error ratio and a
+padlock when the hop used mutual TLS). Each returns a `LiveChart`: it draws once before returning
+(so a headless run under nbclient shows a snapshot), then refreshes every second in a daemon
+thread while a load of this mesh runs, and stops by itself after ``max_seconds`` at the latest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from meshkit.lab.display import LabError
+from meshkit.lab.mesh import Mesh
+
+PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6"]
+ERROR_RATIO_RED = 0.05
+IDLE_GRACE = 5.0
+
+
+def _go() -> Any:
+    import plotly.graph_objects as go  # noqa: PLC0415 (heavy; only drawing needs it)
+
+    return go
+
+
+class LiveChart:
+    """A figure plus the thread that keeps it current; `stop()` ends the refreshing."""
+
+    def __init__(self, mesh: Mesh, figure: Any, refresh: Callable[[], None], *, interval: float = 1.0,
+                 max_seconds: float = 300.0) -> None:
+        self.mesh = mesh
+        self.figure = figure
+        self._refresh = refresh
+        self.interval = interval
+        self.max_seconds = max_seconds
+        self.refreshes = 0
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        try:
+            self._refresh()
+            self.refreshes += 1
+            self.last_error = ""
+        except LabError as exc:  # the mesh went away: keep the last picture, say why in the title
+            self.last_error = exc.summary
+            self.figure.layout.title.text = f"telemetry unavailable: {exc.summary}"
+
+    def start(self) -> LiveChart:
+        self.refresh()
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="meshkit-chart", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        idle_since: float | None = None
+        while not self._stop.wait(self.interval) and time.monotonic() < deadline:
+            self.refresh()
+            if self.mesh.loading():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > IDLE_GRACE:  # one last picture of the finished load
+                break
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display  # noqa: PLC0415
+
+        display(self.figure)
+
+
+def traffic_split(mesh: Mesh, service: str = "reviews", *, window: float = 60.0, live: bool = True,
+                  max_seconds: float = 300.0) -> LiveChart:
+    """Requests per second to each version of ``service``, stacked, over the last ``window`` s."""
+    go = _go()
+    versions = sorted({w["version"] for w in mesh.workloads() if w.get("service") == service})
+    figure = go.FigureWidget(layout={
+        "title": {"text": f"{service}: requests/s by version"}, "height": 320,
+        "xaxis": {"title": "seconds ago"}, "yaxis": {"title": "req/s", "rangemode": "tozero"},
+        "margin": {"l": 50, "r": 20, "t": 50, "b": 40}})
+    for i, version in enumerate(versions):
+        figure.add_scatter(name=version, x=[], y=[], mode="lines", stackgroup="split",
+                           line={"color": PALETTE[i % len(PALETTE)]})
+
+    def refresh() -> None:
+        answer = mesh.series(service, window=window, step=1.0)
+        points = answer.get("points", [])
+        now = time.time()
+        xs = [round(p["t"] - now, 1) for p in points]
+        seen = sorted({v for p in points for v in p.get("rps", {})} | {t.name for t in figure.data})
+        for version in seen:
+            if version not in {t.name for t in figure.data}:
+                figure.add_scatter(name=version, x=[], y=[], mode="lines", stackgroup="split",
+                                   line={"color": PALETTE[len(figure.data) % len(PALETTE)]})
+        with figure.batch_update():
+            for trace in figure.data:
+                trace.x = xs
+                trace.y = [round(p.get("rps", {}).get(trace.name, 0.0), 2) for p in points]
+
+    chart = LiveChart(mesh, figure, refresh, max_seconds=max_seconds)
+    return chart.start() if live else _once(chart)
+
+
+def _once(chart: LiveChart) -> LiveChart:
+    chart.refresh()
+    return chart
+
+
+def _layers(nodes: list[dict[str, Any]], edges: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Left-to-right positions: a node's column is its longest path from a node nobody calls."""
+    depth = {n["id"]: 0 for n in nodes}
+    for _ in range(len(nodes)):  # bounded relaxation (the graph may have cycles)
+        changed = False
+        for e in edges:
+            if e["source"] in depth and e["target"] in depth and depth[e["target"]] < depth[e["source"]] + 1 \
+                    and depth[e["source"]] + 1 < len(nodes):
+                depth[e["target"]] = depth[e["source"]] + 1
+                changed = True
+        if not changed:
+            break
+    columns: dict[int, list[str]] = {}
+    for node_id in sorted(depth):
+        columns.setdefault(depth[node_id], []).append(node_id)
+    positions = {}
+    for col, ids in columns.items():
+        for row, node_id in enumerate(ids):
+            positions[node_id] = (float(col), (len(ids) - 1) / 2.0 - row)
+    return positions
+
+
+def edge_label(edge: dict[str, Any]) -> str:
+    lock = "🔒 " if edge.get("mtls") else ""
+    return f"{lock}{edge.get('rps', 0.0):.1f} rps, {edge.get('error_rate', 0.0):.0%} err"
+
+
+def service_graph(mesh: Mesh, *, window: float = 10.0, live: bool = True,
+                  max_seconds: float = 300.0) -> LiveChart:
+    """Workloads as nodes, calls as edges labelled with rate, error ratio and an mTLS padlock."""
+    go = _go()
+    figure = go.FigureWidget(layout={
+        "title": {"text": f"service graph (last {window:.0f} s)"}, "height": 380, "showlegend": False,
+        "xaxis": {"visible": False}, "yaxis": {"visible": False},
+        "margin": {"l": 20, "r": 20, "t": 50, "b": 20}})
+    figure.add_scatter(name="ok", x=[], y=[], mode="lines", line={"color": "#888", "width": 2},
+                       hoverinfo="skip")
+    figure.add_scatter(name="errors", x=[], y=[], mode="lines", line={"color": "#d62728", "width": 3},
+                       hoverinfo="skip")
+    figure.add_scatter(name="workloads", x=[], y=[], mode="markers+text", textposition="bottom center",
+                       marker={"size": 26, "color": "#4c78a8"})
+
+    def refresh() -> None:
+        answer = mesh.graph(window)
+        nodes, edges = answer.get("nodes", []), answer.get("edges", [])
+        pos = _layers(nodes, edges)
+        lines: dict[bool, tuple[list[float | None], list[float | None]]] = {False: ([], []), True: ([], [])}
+        notes = []
+        for e in edges:
+            (x0, y0), (x1, y1) = pos[e["source"]], pos[e["target"]]
+            xs, ys = lines[e.get("error_rate", 0.0) > ERROR_RATIO_RED]
+            xs += [x0, x1, None]
+            ys += [y0, y1, None]
+            notes.append({"x": (x0 + x1) / 2, "y": (y0 + y1) / 2, "text": edge_label(e), "showarrow": False,
+                          "font": {"size": 11}, "bgcolor": "rgba(255,255,255,0.8)"})
+        ids = [n["id"] for n in nodes]
+        with figure.batch_update():
+            figure.data[0].x, figure.data[0].y = lines[False]
+            figure.data[1].x, figure.data[1].y = lines[True]
+            figure.data[2].x = [pos[i][0] for i in ids]
+            figure.data[2].y = [pos[i][1] for i in ids]
+            figure.data[2].text = ids
+            figure.layout.annotations = notes
+
+    chart = LiveChart(mesh, figure, refresh, max_seconds=max_seconds)
+    return chart.start() if live else _once(chart)
