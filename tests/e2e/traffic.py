@@ -102,3 +102,32 @@ async def eventually(check: Callable[[], T], accept: Callable[[T], bool], *, sec
         await asyncio.sleep(every)
         value = check()
     return value
+
+
+@dataclass(frozen=True)
+class Sent:
+    at: float  # seconds after the first request was due
+    reply: Reply
+
+
+async def paced(url: str, *, rps: float, seconds: float, proxy: str | None = None,
+                headers: dict[str, str] | None = None) -> list[Sent]:
+    """Open-loop GETs at ``rps`` for ``seconds`` (each stamped with when it was sent)."""
+    assert 0 < rps <= 200 and 0 < seconds <= 60
+    count = int(rps * seconds)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        start = time.monotonic()
+
+        async def one(i: int) -> Sent:
+            await asyncio.sleep(max(0.0, start + i / rps - time.monotonic()))
+            at = time.monotonic() - start
+            try:
+                async with session.get(url, headers=headers, proxy=proxy) as resp:
+                    body = await resp.text()
+                    reply = Reply(resp.status, body, dict(resp.headers), time.monotonic() - start - at)
+            except (TimeoutError, aiohttp.ClientError) as error:
+                reply = Reply(0, repr(error), {}, time.monotonic() - start - at)
+            return Sent(at, reply)
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
