@@ -3,8 +3,9 @@
 ``Admin(...).handle`` is an ordinary terminal handler for a ``Listener``: GET only, small
 JSON or text replies, no filters. Pages: ``/config_dump`` (current snapshot, version, last
 NACK), ``/stats/prometheus`` (Istio metrics), ``/stats`` (JSON counters), ``/clusters``
-(per-cluster balancer view), ``/ready`` and ``/healthz/ready`` (200 once a snapshot is
-applied, else 503).
+(per-cluster balancer view), ``/certs`` (the workload certificate chain, validity, serial
+and time to rotation; ``{"ready": false}`` without mTLS), ``/ready`` and ``/healthz/ready``
+(200 once a snapshot is applied and, with mTLS, the first certificate installed; else 503).
 """
 
 from __future__ import annotations
@@ -40,11 +41,16 @@ class Admin:
         metrics: IstioMetrics,
         upstream: Upstream,
         listeners: dict[str, Listener],
+        *,
+        certificates: Any = None,
+        tls_stats: Any = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
         self.upstream = upstream
         self.listeners = listeners
+        self.certificates = certificates  # tls_sidecar.SidecarCertificates, None = plaintext sidecar
+        self.tls_stats = tls_stats  # tls_inbound.TlsStats
         self.started = time.time()
 
     async def handle(self, request: Request) -> Response:
@@ -60,7 +66,14 @@ class Admin:
     def ready(self) -> Response:
         if self.state.current is None:
             return _reply(503, "not ready: no snapshot applied yet\n", "text/plain")
+        if self.certificates is not None and not self.certificates.ready:
+            return _reply(503, "not ready: no workload certificate yet\n", "text/plain")
         return _reply(200, "LIVE\n", "text/plain")
+
+    def certs(self) -> Response:
+        if self.certificates is None:
+            return _json({"ready": False, "mtls": False, "reason": "this sidecar runs without a CA token"})
+        return _json({"mtls": True, **self.certificates.describe()})
 
     def config_dump(self) -> Response:
         current = self.state.current
@@ -89,7 +102,10 @@ class Admin:
                     "cx_active": upstream.cx_active,
                     "cx_connect_fail": upstream.cx_connect_fail,
                     "rq_total": upstream.rq_total,
+                    "cx_mtls_total": upstream.cx_mtls_total,
+                    "cx_peer_identity_fail": upstream.cx_peer_identity_fail,
                 },
+                "mtls": self.tls_stats.as_dict() if self.tls_stats is not None else None,
                 "config": {
                     "version": self.state.current.version if self.state.current is not None else None,
                     "applied": self.state.applied,
@@ -114,4 +130,5 @@ class Admin:
         "/stats/prometheus": prometheus,
         "/stats": stats,
         "/clusters": clusters,
+        "/certs": certs,
     }

@@ -81,10 +81,17 @@ class Listener:
         self.connections: set[DownstreamConnection] = set()
         self.server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # mTLS seam (meshkit.proxy.tls_inbound): accepts connections itself, sniffing TLS vs plaintext.
+        self.acceptor: Any = None
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: DownstreamConnection(self), host, port, backlog=1024)
+        if self.acceptor is not None:
+            self.server = await self.acceptor.serve(self, host, port)
+        else:
+            self.server = await loop.create_server(
+                lambda: DownstreamConnection(self), host, port, backlog=1024
+            )
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
         return int(self.server.sockets[0].getsockname()[1])
 
@@ -123,6 +130,8 @@ class Listener:
 
 class DownstreamConnection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
+
+    peer_identity: str | None = None  # the verified SPIFFE id of an mTLS peer (set by tls_inbound)
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -323,6 +332,7 @@ class DownstreamConnection(asyncio.Protocol):
             b"",
             direction=self.listener.direction,
             downstream_addr=self.peer,
+            peer_identity=self.peer_identity,
             start=self.head_started_at,
             version=version,
         )

@@ -4,6 +4,11 @@
 one event loop (uvloop when available), gets snapshots from ``--config FILE`` (reloaded on
 SIGHUP) or from ``--control URL --id ID``, writes the bound ports to ``--ports-file`` and
 shuts down cleanly on SIGTERM/SIGINT, giving in-flight requests a moment to finish.
+
+mTLS: with ``--control`` and a CA token (``MESHKIT_CA_TOKEN`` or ``--ca-token-file``) the
+sidecar gets its workload certificate before it reports ready (``tls_sidecar``), keeps it
+rotated, applies PeerAuthentication on its inbound port (``tls_inbound``) and speaks mTLS to
+ISTIO_MUTUAL clusters (``upstream``). Without a token it runs plaintext.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from meshkit.proxy.filters.accesslog import AccessLogSink
 from meshkit.proxy.listener import Listener, ListenerLimits
 from meshkit.proxy.pipeline import build_inbound, build_outbound
 from meshkit.proxy.stats import IstioMetrics
+from meshkit.proxy.tls_inbound import MtlsAcceptor
+from meshkit.proxy.tls_sidecar import SidecarCertificates
 from meshkit.proxy.upstream import Upstream
 from meshkit.proxy.xds import ConfigState, StaticConfig, XdsClient
 
 log = logging.getLogger("meshkit.proxy")
 
 DEFAULT_PORTS = {"outbound": 15001, "inbound": 15006, "admin": 15000}
+TOKEN_ENV = "MESHKIT_CA_TOKEN"
 SWEEP_INTERVAL = 5.0
 
 
@@ -54,10 +62,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-request-body", type=int, default=ListenerLimits.max_body_bytes, metavar="BYTES"
     )
     parser.add_argument("--drain-seconds", type=float, default=2.0, help="grace period on SIGTERM")
+    parser.add_argument(
+        "--ca-token-file", metavar="PATH",
+        help=f"bootstrap token for the control plane's CA (or env {TOKEN_ENV}); enables mTLS",
+    )
     args = parser.parse_args(argv)
     if args.control and not args.node_id:
         parser.error("--control needs --id <instance>.<namespace>")
+    args.ca_token = _ca_token(parser, args)
+    if args.ca_token and not args.control:
+        parser.error("a CA token needs --control URL (the CA that signs the certificate)")
     return args
+
+
+def _ca_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    if args.ca_token_file:
+        try:
+            token = Path(args.ca_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            parser.error(f"--ca-token-file {args.ca_token_file}: {exc.strerror or exc}")
+        if not token:
+            parser.error(f"--ca-token-file {args.ca_token_file}: the file is empty")
+        return token
+    return os.environ.get(TOKEN_ENV, "").strip() or None
 
 
 class Proxy:
@@ -69,6 +96,12 @@ class Proxy:
         self.metrics = IstioMetrics()
         self.upstream = Upstream()
         self.access = None if args.access_log == "off" else AccessLogSink(args.access_log)
+        self.certificates: SidecarCertificates | None = None
+        self.acceptor: MtlsAcceptor | None = None
+        if getattr(args, "ca_token", None):
+            self.certificates = SidecarCertificates(args.control, args.ca_token)
+            self.upstream.certificates = self.certificates
+            self.acceptor = MtlsAcceptor(self.certificates)
         limits = ListenerLimits(max_body_bytes=args.max_request_body)
         self.listeners: dict[str, Listener] = {
             "outbound": Listener(
@@ -78,12 +111,19 @@ class Proxy:
                 "inbound", build_inbound(self.upstream.send, self.metrics, self.access), self.state, limits
             ),
         }
-        self.admin = Admin(self.state, self.metrics, self.upstream, self.listeners)
+        if self.acceptor is not None:
+            self.listeners["inbound"].acceptor = self.acceptor
+            self.state.listeners.append(self.acceptor.on_snapshot)
+        self.admin = Admin(
+            self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
+            tls_stats=self.acceptor.stats if self.acceptor is not None else None,
+        )
         self.admin_listener = Listener("admin", self.admin.handle)
         self.ports: dict[str, int] = {}
         self.static: StaticConfig | None = None
         self.xds: XdsClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         args = self.args
@@ -97,6 +137,8 @@ class Proxy:
         for name, listener in self.listeners.items():
             self.ports[name] = await listener.start(args.address, getattr(args, f"{name}_port"))
         self.ports["admin"] = await self.admin_listener.start(args.address, args.admin_port)
+        if self.certificates is not None:  # before xds: it waits for the first snapshot's identity
+            self._tasks.append(asyncio.ensure_future(self.certificates.run(self.state, self._stopping)))
         if args.control:
             self.xds = XdsClient(args.control, args.node_id, self.state, kind=args.kind)
             self._tasks.append(asyncio.ensure_future(self.xds.run()))
@@ -115,6 +157,7 @@ class Proxy:
             self.upstream.sweep(loop.time())
 
     async def stop(self) -> None:
+        self._stopping.set()
         for task in self._tasks:
             task.cancel()
         if self.static is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshkit.proxy.balancer import Cluster
+from meshkit.proxy.filters.authn import mtls_mode_for_port
 from meshkit.proxy.filters.authz import compile_authz
 from meshkit.proxy.filters.fault import check_fault
 from meshkit.proxy.filters.mirror import check_mirror
@@ -75,11 +76,13 @@ class Snapshot:
         "inbound",
         "inbound_cluster",
         "inbound_service_fqdn",
+        "mtls_mode",
         "node",
         "node_labels",
         "rate_limiter",
         "routes",
         "source_headers",
+        "upstream_tls",
         "version",
     )
 
@@ -96,6 +99,8 @@ class Snapshot:
         self.node_labels = NodeLabels({})
         self.inbound_service_fqdn = UNKNOWN
         self.source_headers: list[tuple[str, str]] = []
+        self.mtls_mode = "PERMISSIVE"  # PeerAuthentication mode of the inbound port (Istio's default)
+        self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
 
     @classmethod
     def from_json(cls, doc: Any, previous: Snapshot | None = None) -> Snapshot:
@@ -125,8 +130,11 @@ class Snapshot:
         try:
             snap.rate_limiter = TokenBucket.from_snapshot(snap.inbound.get("rate_limit"))
             snap.authz = compile_authz(snap.inbound.get("authz"), port=snap.inbound.get("service_port"))
+            service_port = snap.inbound.get("service_port") or 0
+            snap.mtls_mode = mtls_mode_for_port(snap.inbound.get("mtls"), service_port)
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
+        snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
         labels = NodeLabels(snap.node)
         snap.node_labels = labels
         if labels.service:
@@ -167,6 +175,30 @@ class Snapshot:
                 cluster.adopt_state(previous.clusters[name])
             built[name] = cluster
         return built
+
+    @staticmethod
+    def _upstream_tls(clusters: Any) -> dict[str, frozenset[str]]:
+        """Clusters whose ``tls.mode`` is ISTIO_MUTUAL, with the SPIFFE ids their servers may present.
+
+        An empty set means "the chosen endpoint's own identity" (docs/snapshot.md).
+        """
+        found: dict[str, frozenset[str]] = {}
+        for name, spec in (clusters or {}).items():
+            tls = spec.get("tls")
+            if tls is None:
+                continue
+            where = f"clusters.{name}.tls"
+            mode = tls.get("mode")
+            if mode not in ("DISABLE", "ISTIO_MUTUAL"):
+                raise SnapshotError(f"{where}.mode: expected DISABLE or ISTIO_MUTUAL, got {mode!r}")
+            identities = tls.get("server_identities") or []
+            if not isinstance(identities, list) or not all(isinstance(i, str) for i in identities):
+                raise SnapshotError(
+                    f"{where}.server_identities: expected a list of SPIFFE ids, got {identities!r}"
+                )
+            if mode == "ISTIO_MUTUAL":
+                found[name] = frozenset(identities)
+        return found
 
     @staticmethod
     def _inbound(inbound: Any) -> dict[str, Any]:

@@ -8,20 +8,25 @@ returns the connection to the pool once it has been read to the end. Failures ra
 ``ConnectFailure`` (refused, unreachable, connect timeout) or ``UpstreamReset`` (closed
 or reset before a complete response head; ``UpstreamProtocolError`` for bad framing).
 
-TLS seam: ``ssl_context_for(endpoint)`` returns the client context for an endpoint
-(``None`` = plain TCP); the SECURITY part supplies real contexts later.
+Automatic mTLS: when the proxy holds a workload certificate (``certificates``) and the
+request's cluster is ``ISTIO_MUTUAL`` (``Snapshot.upstream_tls``), the connection is TLS with
+the CURRENT client context (so connections opened after a rotation use the new certificate;
+pooled ones keep theirs) and the server's SPIFFE id must be one of the cluster's
+``server_identities`` (else ``ConnectFailure``, flag UF, as Envoy). Pools are keyed by
+``(address, port, tls)``: a plaintext connection is never reused for mTLS or back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
 from meshkit.proxy.bodies import BodyStream
 from meshkit.proxy.http import ConnectFailure, Headers, Request, Response, UpstreamReset
+from meshkit.proxy.tls import CertificateError, PeerIdentityError, check_peer_identity
 
 # Never forwarded upstream or downstream (RFC 9110 7.6.1 plus the usual suspects); the framing
 # headers are re-created from the body type by whoever serialises the message.
@@ -41,6 +46,15 @@ HOP_BY_HOP = frozenset(
 )
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
+PoolKey = tuple[str, int, bool]  # (address, port, mutual TLS)
+
+
+class ClientContexts(Protocol):
+    """Where the client side of mutual TLS comes from (``tls_sidecar.SidecarCertificates``)."""
+
+    @property
+    def client_context(self) -> ssl.SSLContext: ...
+
 
 class UpstreamProtocolError(UpstreamReset):
     """The upstream sent a response the parser rejects (Envoy ``UPE``); answered with 502."""
@@ -56,9 +70,10 @@ def serialize_headers(headers: Headers) -> str:
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 client connection to an endpoint; carries one exchange at a time."""
 
-    def __init__(self, upstream: Upstream, key: tuple[str, int]) -> None:
+    def __init__(self, upstream: Upstream, key: PoolKey) -> None:
         self.upstream = upstream
         self.key = key
+        self.peer_identity: str | None = None  # the server's verified SPIFFE id (mTLS only)
         self.loop = asyncio.get_running_loop()  # cached: get_running_loop() costs a getpid() syscall
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -296,28 +311,43 @@ class Upstream:
     def __init__(self, connect_timeout: float = 10.0, idle_timeout: float = 20.0) -> None:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self._all: set[UpstreamConnection] = set()
         self.cx_total = 0
         self.cx_connect_fail = 0
         self.rq_total = 0
+        self.cx_mtls_total = 0
+        self.cx_peer_identity_fail = 0
+        self.certificates: ClientContexts | None = None  # set when this proxy has a workload certificate
 
     @property
     def cx_active(self) -> int:
         return len(self._all)
 
-    def ssl_context_for(self, endpoint: Any) -> ssl.SSLContext | None:
-        """The TLS client context for ``endpoint`` (None = plaintext). SECURITY overrides this seam."""
-        return None
+    def _server_identities(self, request: Request) -> frozenset[str] | None:
+        """The SPIFFE ids the server may present when this request goes over mTLS, else None."""
+        if self.certificates is None:
+            return None
+        config = request.config
+        if config is None or request.cluster is None:
+            return None
+        allowed: frozenset[str] | None = config.upstream_tls.get(request.cluster)
+        if allowed is None:
+            return None
+        if not allowed:  # ISTIO_MUTUAL without a list: the endpoint's own identity
+            identity = request.endpoint.identity
+            return frozenset((identity,)) if identity else frozenset()
+        return allowed
 
     async def send(self, request: Request) -> Response:
         endpoint = request.endpoint
-        key = (endpoint.address, endpoint.port)
+        allowed = self._server_identities(request)
+        key = (endpoint.address, endpoint.port, allowed is not None)
         self.rq_total += 1
         body = request.body
         replayable = isinstance(body, bytes)
         head = self._request_head(request)
-        conn = self._take_idle(key)
+        conn = self._take_idle(key, allowed)
         if conn is not None:
             try:
                 return await self._exchange(conn, request, head, body)
@@ -326,7 +356,7 @@ class Upstream:
                 # connection if nothing came back and the body can be replayed.
                 if conn._any_byte or not replayable:
                     raise
-        conn = await self._connect(key, endpoint, self._connect_timeout(request))
+        conn = await self._connect(key, allowed, self._connect_timeout(request))
         return await self._exchange(conn, request, head, body)
 
     def _request_head(self, request: Request) -> bytes:
@@ -409,17 +439,30 @@ class Upstream:
             return 0
         return cluster.max_requests_per_connection or 0
 
-    def _take_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
+    def _take_idle(self, key: PoolKey, allowed: frozenset[str] | None) -> UpstreamConnection | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
-                return conn
+            if conn.closed:
+                continue
+            if allowed is not None and conn.peer_identity not in allowed:
+                idle.append(conn)  # verified for another cluster's identities: leave it, open a new one
+                return None
+            return conn
         return None
 
-    async def _connect(self, key: tuple[str, int], endpoint: Any, limit: float) -> UpstreamConnection:
+    async def _connect(
+        self, key: PoolKey, allowed: frozenset[str] | None, limit: float
+    ) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        context = self.ssl_context_for(endpoint)
+        context: ssl.SSLContext | None = None
+        if allowed is not None:
+            assert self.certificates is not None
+            try:
+                context = self.certificates.client_context
+            except CertificateError as exc:
+                self.cx_connect_fail += 1
+                raise ConnectFailure(f"upstream connect error to {key[0]}:{key[1]}: {exc}") from exc
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
@@ -436,6 +479,17 @@ class Upstream:
             reason = "connect timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
             raise ConnectFailure(f"upstream connect error to {key[0]}:{key[1]}: {reason}") from exc
         self.cx_total += 1
+        if allowed is not None:
+            self.cx_mtls_total += 1
+            assert conn.transport is not None
+            try:
+                conn.peer_identity = check_peer_identity(conn.transport.get_extra_info("ssl_object"), allowed)
+            except PeerIdentityError as exc:
+                self.cx_connect_fail += 1
+                self.cx_peer_identity_fail += 1
+                conn.abort()
+                reason = f"upstream connect error to {key[0]}:{key[1]}: TLS error: {exc}"
+                raise ConnectFailure(reason) from exc
         self._all.add(conn)
         return conn
 
