@@ -38,16 +38,22 @@ def control(
     state_dir: Annotated[Path | None, typer.Option(
         help="The control plane's own state dir (default: $MESHKIT_HOME/control).")] = None,
     ca: Annotated[bool, typer.Option(help="Run the certificate authority (for mTLS).")] = True,
+    cert_ttl: Annotated[str, typer.Option(
+        help="Lifetime of workload certificates (30s, 5m, 24h); sidecars rotate at half.")] = "24h",
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
     import logging  # noqa: PLC0415
 
+    from meshkit.control.ca import CaError, parse_ttl  # noqa: PLC0415
     from meshkit.control.server import serve  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
     try:
-        serve(host, port, state_dir, with_ca=ca, announce=lambda text: print(text, flush=True))
+        ttl = parse_ttl(cert_ttl)
+    except CaError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+    try:
+        serve(host, port, state_dir, with_ca=ca, ca_ttl=ttl, announce=lambda text: print(text, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")
 

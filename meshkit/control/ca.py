@@ -95,6 +95,24 @@ def validate_identity(identity: str) -> str:
     return identity
 
 
+_DURATION_RE = re.compile(r"^\s*(?P<n>\d+(\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_ttl(text: str, where: str = "--cert-ttl") -> timedelta:
+    """``"30s"``, ``"5m"``, ``"24h"``, ``"7d"`` (a bare number is seconds) -> a workload TTL.
+
+    Raises CaError naming ``where`` for bad syntax or a TTL outside [1 s, 90 days].
+    """
+    match = _DURATION_RE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise CaError(f"{where} {text!r}: expected a duration such as 30s, 5m, 24h or 7d")
+    ttl = timedelta(seconds=float(match["n"]) * _UNITS[match["unit"] or "s"])
+    if not MIN_TTL <= ttl <= MAX_TTL:
+        raise CaError(f"{where} {text!r}: must be between {MIN_TTL} and {MAX_TTL.days} days")
+    return ttl
+
+
 # --------------------------------------------------------------------------- files
 
 

@@ -3,12 +3,18 @@ gateway, all processes on 127.0.0.1, with no Docker, cluster or root.
 
 `LocalMesh.up()` starts them in this order, as Istio would come up in a cluster:
 
-1. the control plane (config store, registry, push, CA) on the plan's control port;
+1. the control plane (config store, registry, push, CA) on the plan's control port, after
+   one CA bootstrap token per workload identity has been written to its token file
+   (``control/ca/tokens.json``, 0600, SHA-256 digests only; the tokens of a previous run are
+   revoked). Each sidecar gets its token in ``MESHKIT_CA_TOKEN``, so it can get a
+   certificate for its own SPIFFE identity only. No API mints tokens: only a process that can
+   write the control plane's state dir (the user who runs the mesh) can issue one;
 2. the services and endpoints of the chosen app sets are registered — each endpoint is the
    instance's *inbound sidecar port*, so every request crosses two sidecars, as in Istio;
 3. the app set's baseline config (Istio's destination-rule-all and the ingress route);
 4. every app and every sidecar at once, plus the ingress gateway (a sidecar with no app);
-5. it returns only when every app answers and every proxy has ACKed the latest snapshot.
+5. it returns only when every app answers, every proxy has ACKed the latest snapshot and
+   every sidecar reports ready (``/healthz/ready``: it has its workload certificate).
 
 Everything it started is written to ``mesh.json`` in the state dir, so `down()` stops it
 all even after the CLI that started it crashed.
@@ -28,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, CaError, parse_ttl, spiffe_identity
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.runtime import catalog
 from meshkit.runtime.catalog import WorkloadSpec
@@ -38,6 +45,9 @@ from meshkit.runtime.state import StateDir
 NAMESPACE = "default"
 INGRESS_ID = "istio-ingressgateway-0"
 INGRESS_NAMESPACE = "istio-system"
+INGRESS_SERVICE_ACCOUNT = "default"
+TOKEN_ENV = "MESHKIT_CA_TOKEN"
+DEFAULT_CERT_TTL = "24h"
 READY_TIMEOUT = 60.0
 
 Progress = Callable[[str, int, int], None]  # (what is happening, done, total)
@@ -81,6 +91,7 @@ class MeshRecord:
     apps: list[str]
     replicas: dict[str, int]
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    cert_ttl: str = DEFAULT_CERT_TTL
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,13 +99,15 @@ class MeshRecord:
             "base_port": self.base_port,
             "apps": self.apps,
             "replicas": self.replicas,
+            "cert_ttl": self.cert_ttl,
             "processes": {k: v.to_json() for k, v in self.processes.items()},
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MeshRecord:
         procs = {k: ProcessRecord.from_json(v) for k, v in data.get("processes", {}).items()}
-        return cls(data["base_port"], list(data["apps"]), dict(data.get("replicas", {})), procs)
+        return cls(data["base_port"], list(data["apps"]), dict(data.get("replicas", {})), procs,
+                   str(data.get("cert_ttl", DEFAULT_CERT_TTL)))
 
 
 def _quiet(_what: str, _done: int, _total: int) -> None:
@@ -169,11 +182,20 @@ class LocalMesh:
         base_port: int | None = None,
         progress: Progress = _quiet,
         timeout: float = READY_TIMEOUT,
+        cert_ttl: str = DEFAULT_CERT_TTL,
     ) -> dict[str, Any]:
-        """Bring the mesh up and return `status()`. Running it twice is harmless."""
+        """Bring the mesh up and return `status()`. Running it twice is harmless.
+
+        ``cert_ttl`` is the workload certificates' lifetime (``30s``, ``24h``); sidecars rotate
+        at half of it.
+        """
         apps = apps or ["bookinfo"]
         replicas = replicas or {}
         specs = catalog.resolve(apps, replicas)  # validates names before anything starts
+        try:
+            parse_ttl(cert_ttl)
+        except CaError as error:
+            raise ValueError(str(error)) from None
         existing = self.record()
         if existing is not None:
             if self.running():
@@ -181,7 +203,7 @@ class LocalMesh:
                 return self.status()
             progress("cleaning up a mesh that is only partly running", 0, 1)
             self.down()
-        rec = MeshRecord(base_port or _default_base(), apps, replicas)
+        rec = MeshRecord(base_port or _default_base(), apps, replicas, cert_ttl=cert_ttl)
         plan = PortPlan(rec.base_port)
         total_instances = sum(s.replicas for s in specs)
         busy = busy_ports(plan.all_ports(total_instances))
@@ -204,9 +226,10 @@ class LocalMesh:
         steps = 4
         progress("starting the control plane", 0, steps)
         control_url = f"http://127.0.0.1:{plan.control}"
+        tokens = self._issue_tokens(instances)
         self._spawn(rec, "control", python_argv(
             "meshkit.cli", "control", "--host", "127.0.0.1", "--port", str(plan.control),
-            "--state-dir", str(self.state.control_dir),
+            "--state-dir", str(self.state.control_dir), "--cert-ttl", rec.cert_ttl,
         ))
         client = ControlClient(control_url, timeout=5.0)
         self._wait(lambda: _answers(client), deadline, "the control plane", rec, "control")
@@ -221,13 +244,13 @@ class LocalMesh:
 
         progress(f"starting {len(instances)} workloads with their sidecars and the ingress gateway", 2, steps)
         for inst in instances:
-            self._start_instance(rec, inst, control_url)
+            self._start_instance(rec, inst, control_url, tokens)
         self._spawn(rec, "ingressgateway", python_argv(
             "meshkit.proxy", "--control", control_url, "--id", f"{INGRESS_ID}.{INGRESS_NAMESPACE}",
             "--kind", "gateway", "--outbound-port", str(plan.ingress), "--inbound-port", "0",
             "--admin-port", str(plan.ingress_admin),
             "--access-log", str(self.state.log("ingressgateway.access")),
-        ))
+        ), env=_sidecar_env(tokens[_ingress_identity()]))
 
         self._scrape(client, instances, plan)
 
@@ -239,6 +262,11 @@ class LocalMesh:
         proxy_ids.append(f"{INGRESS_ID}.{INGRESS_NAMESPACE}")
         self._wait(lambda: _all_synced(client, proxy_ids), deadline, "every sidecar to ACK its snapshot",
                    rec, None)
+        admins = {f"{i.name}.sidecar": i.ports.admin for i in instances if i.spec.sidecar}
+        admins["ingressgateway"] = plan.ingress_admin
+        for name, port in admins.items():
+            self._wait(lambda p=port: _http_ok(f"http://127.0.0.1:{p}/healthz/ready"), deadline,
+                       f"{name} to be ready (snapshot and workload certificate)", rec, name)
         progress("mesh ready", steps, steps)
 
     def _register(self, client: ControlClient, instances: list[Instance]) -> None:
@@ -264,7 +292,19 @@ class LocalMesh:
             client.request("PUT", f"telemetry/targets/{name}",
                            json_body={"url": f"http://127.0.0.1:{port}/stats/prometheus"})
 
-    def _start_instance(self, rec: MeshRecord, inst: Instance, control_url: str) -> None:
+    def _issue_tokens(self, instances: list[Instance]) -> dict[str, str]:
+        """One CA bootstrap token per workload identity, written to the CA's token file."""
+        identities = {_identity(i.spec) for i in instances if i.spec.sidecar}
+        identities.add(_ingress_identity())
+        store = BootstrapTokens.open(self.state.control_dir / "ca" / TOKENS_FILE)
+        tokens = {}
+        for identity in sorted(identities):
+            store.revoke(identity)  # the tokens of an earlier run stop working
+            tokens[identity] = store.issue_token(identity)
+        return tokens
+
+    def _start_instance(self, rec: MeshRecord, inst: Instance, control_url: str,
+                        tokens: dict[str, str]) -> None:
         spec, ports = inst.spec, inst.ports
         app_args = ["--port", str(ports.app), "--instance", inst.name, "--version", spec.version,
                     "--service-port", str(spec.service_port)]
@@ -275,7 +315,7 @@ class LocalMesh:
             "meshkit.proxy", "--control", control_url, "--id", f"{inst.name}.{NAMESPACE}",
             "--outbound-port", str(ports.outbound), "--inbound-port", str(ports.inbound),
             "--admin-port", str(ports.admin), "--access-log", str(self.state.log(f"{inst.name}.access")),
-        ))
+        ), env=_sidecar_env(tokens[_identity(spec)]))
 
     def _spawn(self, rec: MeshRecord, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         rec.processes[name] = spawn(name, argv, log=self.state.log(name), env=env)
@@ -337,6 +377,19 @@ class LocalMesh:
 
     def log_path(self, name: str, sidecar: bool = False) -> Path:
         return Path(self._process(f"{name}.sidecar" if sidecar else name).log)
+
+
+def _identity(spec: WorkloadSpec) -> str:
+    return spiffe_identity(NAMESPACE, spec.service_account)
+
+
+def _ingress_identity() -> str:
+    return spiffe_identity(INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT)
+
+
+def _sidecar_env(token: str) -> dict[str, str]:
+    """A sidecar's environment: ours plus its CA bootstrap token (never on the command line)."""
+    return {**os.environ, TOKEN_ENV: token}
 
 
 def _app_env(inst: Instance) -> dict[str, str]:
