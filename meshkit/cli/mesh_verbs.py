@@ -47,6 +47,8 @@ def up(
     replicas: Annotated[list[str] | None, typer.Option(
         "--replicas", help="WORKLOAD=N instances, e.g. reviews-v1=2. Repeatable.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the mesh to be ready.")] = 60.0,
+    cert_ttl: Annotated[str, typer.Option(
+        help="Workload certificate lifetime (30s, 5m, 24h); sidecars rotate at half.")] = "24h",
 ) -> None:
     """Start the local mesh: control plane, apps, one sidecar each, ingress gateway (127.0.0.1)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
@@ -64,7 +66,7 @@ def up(
 
         try:
             status = mesh.up(app_sets or ["bookinfo"], _replicas(replicas or []), progress=progress,
-                             timeout=timeout)
+                             timeout=timeout, cert_ttl=cert_ttl)
         except (MeshError, ValueError) as error:
             _fail(EXIT_REJECTED, f"error: {error}")
     printer = Printer()
