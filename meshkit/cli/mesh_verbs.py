@@ -81,6 +81,7 @@ def down() -> None:
     """Stop every process of the local mesh (even after a crash of the CLI that started it)."""
     mesh = _mesh()
     if mesh.record() is None:
+        mesh.down()  # nothing recorded, but it still stops what a CLI killed mid-start left unrecorded
         Printer().line("no local mesh is running")
         return
     killed = mesh.down()

@@ -39,7 +39,7 @@ from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.runtime import catalog
 from meshkit.runtime.catalog import WorkloadSpec
 from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports
-from meshkit.runtime.processes import ProcessRecord, python_argv, rss_bytes, spawn, stop
+from meshkit.runtime.processes import ProcessRecord, owned_by, python_argv, rss_bytes, spawn, stop
 from meshkit.runtime.state import StateDir
 
 NAMESPACE = "default"
@@ -318,7 +318,7 @@ class LocalMesh:
         ), env=_sidecar_env(tokens[_identity(spec)]))
 
     def _spawn(self, rec: MeshRecord, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        rec.processes[name] = spawn(name, argv, log=self.state.log(name), env=env)
+        rec.processes[name] = spawn(name, argv, log=self.state.log(name), env=env, owner=self._owner)
         self.state.write_mesh(rec.to_json())
 
     def _wait(self, ready: Callable[[], bool], deadline: float, what: str, rec: MeshRecord,
@@ -336,15 +336,22 @@ class LocalMesh:
     # -- down and single instances ------------------------------------------------------------
 
     def down(self) -> list[str]:
-        """Stop everything the record names; returns the names that had to be SIGKILLed."""
+        """Stop everything the record names, then any unrecorded process this state dir started
+        (a CLI killed between starting a process and recording it); returns the names that had to
+        be SIGKILLed."""
         rec = self.record()
-        if rec is None:
-            return []
-        # Sidecars and apps first, the control plane last (sidecars then never see it vanish first).
-        ordered = sorted(rec.processes.values(), key=lambda p: p.name == "control")
-        killed = stop(ordered)
+        killed: list[str] = []
+        if rec is not None:
+            # Sidecars and apps first, the control plane last (sidecars then never see it vanish first).
+            killed = stop(sorted(rec.processes.values(), key=lambda p: p.name == "control"))
+        killed += stop(owned_by(self._owner))
         self.state.clear_mesh()
         return killed
+
+    @property
+    def _owner(self) -> str:
+        """The tag every process of this mesh carries in its environment (processes.OWNER_ENV)."""
+        return str(self.state.root.resolve())
 
     def kill(self, instance: str) -> None:
         """Kill one instance's app abruptly (SIGKILL), like a crashing pod; its sidecar stays."""

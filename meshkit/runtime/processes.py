@@ -4,6 +4,10 @@ Each process is started in its own session (so it outlives the CLI that started 
 can be signalled as a group) and remembered as a `ProcessRecord`: its pid plus the
 kernel's start time for that pid, so a stale record can never make us signal a process
 that merely reused the pid after a crash or a reboot.
+
+A process may also carry an *owner* tag in its environment (``MESHKIT_MESH=<state dir>``):
+`owned_by` finds every live process with that tag, so a process started just before the CLI
+that started it was killed (and never recorded) is still found and stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+OWNER_ENV = "MESHKIT_MESH"
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -71,10 +77,16 @@ class ProcessRecord:
 
 
 def spawn(
-    name: str, argv: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    name: str, argv: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+    owner: str | None = None,
 ) -> ProcessRecord:
-    """Start ``argv`` detached in its own session, stdout and stderr appended to ``log``."""
+    """Start ``argv`` detached in its own session, stdout and stderr appended to ``log``.
+
+    ``owner`` (e.g. the state dir) is put in the child's environment as ``MESHKIT_MESH``.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        env = {**(env if env is not None else os.environ), OWNER_ENV: owner}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             argv,
@@ -87,6 +99,26 @@ def spawn(
             close_fds=True,
         )
     return ProcessRecord(name, proc.pid, _start_ticks(proc.pid), tuple(argv), str(log))
+
+
+def owned_by(owner: str) -> list[ProcessRecord]:
+    """Every live process of this user whose environment has ``MESHKIT_MESH=<owner>``."""
+    marker = f"{OWNER_ENV}={owner}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        argv = tuple(a.decode(errors="replace") for a in cmdline if a)
+        rec = ProcessRecord(f"pid {entry.name}", int(entry.name), _start_ticks(int(entry.name)), argv, "")
+        if rec.alive():
+            found.append(rec)
+    return found
 
 
 def python_argv(module: str, *args: str) -> list[str]:

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from meshkit.runtime.processes import ProcessRecord, rss_bytes, spawn, stop
+from meshkit.runtime.processes import ProcessRecord, owned_by, rss_bytes, spawn, stop
 
 
 def _sleeper(tmp_path: Path, name: str, *, ignore_term: bool = False) -> ProcessRecord:
@@ -46,3 +46,19 @@ def test_record_survives_json_and_refuses_reused_pid(tmp_path: Path) -> None:
     assert stop([imposter]) == []
     assert rec.alive()
     stop([rec])
+
+
+def test_owned_by_finds_unrecorded_processes_of_one_owner_only(tmp_path: Path) -> None:
+    mine = spawn("mine", [sys.executable, "-c", "import time; time.sleep(60)"], log=tmp_path / "m.log",
+                 owner=str(tmp_path / "home"))
+    other = spawn("other", [sys.executable, "-c", "import time; time.sleep(60)"], log=tmp_path / "o.log",
+                  owner=str(tmp_path / "elsewhere"))
+    try:
+        found = owned_by(str(tmp_path / "home"))
+        assert [r.pid for r in found] == [mine.pid]
+        assert found[0].start_ticks == mine.start_ticks and "time.sleep(60)" in found[0].argv[-1]
+        assert stop(found) == []
+        assert not mine.alive() and other.alive()
+        assert owned_by(str(tmp_path / "home")) == []
+    finally:
+        stop([mine, other])
