@@ -55,6 +55,20 @@ def require_weights(mesh: Mesh, host: str, expected: Mapping[str, int]) -> None:
            f"the step wants {_fmt(expected)}")
 
 
+def require_header_route(mesh: Mesh, host: str, *, header: str, value: str, to: str) -> None:
+    """The VirtualService for ``host`` sends requests whose ``header`` is exactly ``value`` to ``to``."""
+    rule = require_rule(mesh, "VirtualService", host)
+    for http in rule.get("spec", {}).get("http", []) or []:
+        for match in http.get("match", []) or []:
+            wanted = (match.get("headers") or {}).get(header) or {}
+            if wanted.get("exact") == value:
+                subsets = {d.get("destination", {}).get("subset") for d in http.get("route", []) or []}
+                expect(subsets == {to}, f"requests with {header}: {value} go to {sorted(map(str, subsets))} "
+                                        f"of {host}; the step wants them on {to}")
+                return
+    raise CheckFailed(f"VirtualService {host!r} has no route matching the header {header}: exact {value!r}")
+
+
 def _fmt(weights: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}%" for k, v in weights.items())
 
@@ -63,6 +77,11 @@ def window_since_change(mesh: Mesh) -> float:
     """Seconds since the latest config change (at least 1 s, at most MAX_WINDOW)."""
     since = time.time() - mesh.last_change()
     return max(1.0, min(MAX_WINDOW, since))
+
+
+def window_since(started: float) -> float:
+    """Seconds since wall-clock time ``started`` (at least 1 s, at most MAX_WINDOW), for telemetry windows."""
+    return max(1.0, min(MAX_WINDOW, time.time() - started))
 
 
 def requests_by_version(mesh: Mesh, service: str, window: float | None = None) -> dict[str, float]:

@@ -24,7 +24,14 @@ from meshkit.lab.progress import ProgressStore
 
 CheckFn = Callable[[Mesh], Any]
 Listener = Callable[["CheckResult"], None]
-RETRY_FOR = 4.0
+RETRY_FOR = 4.0  # telemetry lags up to a scrape (1 s) behind; $MESHKIT_LAB_RETRY_FOR overrides
+
+
+def default_retry() -> float:
+    try:
+        return max(0.0, float(os.environ.get("MESHKIT_LAB_RETRY_FOR", RETRY_FOR)))
+    except ValueError:
+        return RETRY_FOR
 
 
 def instructor_mode() -> bool:
@@ -102,12 +109,12 @@ class Step:
     check_fn: CheckFn
     hint_text: str = ""
     solution_text: str = ""
-    retry_for: float = RETRY_FOR
+    retry_for: float | None = None
 
     def check(self) -> CheckResult:
         """Verify the mesh's real state and traffic; passes, or says precisely what is missing."""
         began = time.monotonic()
-        deadline = began + self.retry_for
+        deadline = began + (self.retry_for if self.retry_for is not None else default_retry())
         while True:
             reason = self._run_once()
             if not reason or time.monotonic() >= deadline:
@@ -166,7 +173,7 @@ class Lab:
         return self.mesh_
 
     def step(self, id: str, title: str, *, check: CheckFn, hint: str = "", solution: str = "",
-             retry_for: float = RETRY_FOR) -> Step:
+             retry_for: float | None = None) -> Step:
         if not id or id in self.steps:
             raise LabError(f"step id: expected a new, non-empty id in lab {self.name!r}, got {id!r}")
         made = Step(self, id, title, check, hint, solution, retry_for)
