@@ -92,6 +92,7 @@ class MeshRecord:
     replicas: dict[str, int]
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
     cert_ttl: str = DEFAULT_CERT_TTL
+    ready: bool = False  # set once `up` saw the whole mesh ready; a killed `up` leaves it False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +101,7 @@ class MeshRecord:
             "apps": self.apps,
             "replicas": self.replicas,
             "cert_ttl": self.cert_ttl,
+            "ready": self.ready,
             "processes": {k: v.to_json() for k, v in self.processes.items()},
         }
 
@@ -107,7 +109,7 @@ class MeshRecord:
     def from_json(cls, data: dict[str, Any]) -> MeshRecord:
         procs = {k: ProcessRecord.from_json(v) for k, v in data.get("processes", {}).items()}
         return cls(data["base_port"], list(data["apps"]), dict(data.get("replicas", {})), procs,
-                   str(data.get("cert_ttl", DEFAULT_CERT_TTL)))
+                   str(data.get("cert_ttl", DEFAULT_CERT_TTL)), bool(data.get("ready", True)))
 
 
 def _quiet(_what: str, _done: int, _total: int) -> None:
@@ -131,8 +133,10 @@ class LocalMesh:
         return MeshRecord.from_json(data) if data else None
 
     def running(self) -> bool:
+        """The whole mesh is up: its `up` finished and every process it started is alive."""
         rec = self.record()
-        return rec is not None and bool(rec.processes) and all(p.alive() for p in rec.processes.values())
+        return (rec is not None and rec.ready and bool(rec.processes)
+                and all(p.alive() for p in rec.processes.values()))
 
     def instances(self, rec: MeshRecord | None = None) -> list[Instance]:
         rec = rec or self.record()
@@ -201,6 +205,7 @@ class LocalMesh:
             if self.running():
                 progress("mesh already running", 1, 1)
                 return self.status()
+            # Partly running: an instance died, or the `up` that started it was killed half-way.
             progress("cleaning up a mesh that is only partly running", 0, 1)
             self.down()
         rec = MeshRecord(base_port or _default_base(), apps, replicas, cert_ttl=cert_ttl)
@@ -218,6 +223,8 @@ class LocalMesh:
         except BaseException:
             self.down()
             raise
+        rec.ready = True
+        self.state.write_mesh(rec.to_json())
         return self.status()
 
     def _start(self, rec: MeshRecord, plan: PortPlan, progress: Progress, timeout: float) -> None:
