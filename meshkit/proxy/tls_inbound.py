@@ -5,8 +5,8 @@ that holds a workload certificate. It accepts raw sockets itself and, per connec
 
 1. reads the port's mode from the snapshot in effect (``Snapshot.mtls_mode``: STRICT,
    PERMISSIVE or DISABLE; PERMISSIVE before the first snapshot);
-2. under PERMISSIVE peeks at the first bytes (``sniff_tls``, nothing consumed) to tell a TLS
-   ClientHello from plaintext HTTP; STRICT assumes TLS, DISABLE plaintext;
+2. peeks at the first bytes (``sniff_tls``, nothing consumed) to tell a TLS ClientHello from
+   plaintext HTTP (needed for PERMISSIVE; done in every mode so refusals are counted by kind);
 3. refuses plaintext under STRICT and TLS under DISABLE before any handshake (the socket
    is closed; the caller's sidecar sees a reset and answers 503 UC/UF);
 4. hands the socket to ``loop.connect_accepted_socket`` with the CURRENT server context
@@ -170,20 +170,18 @@ class MtlsAcceptor:
 
     async def _admit_in_mode(self, listener: Listener, conn: socket.socket, mode: str) -> None:
         stats = self.stats
-        if mode == "PERMISSIVE":
-            try:
-                async with asyncio.timeout(SNIFF_TIMEOUT):
-                    sniffed = await sniff_tls(conn)
-            except TimeoutError:
-                stats.sniff_timeout += 1
-                conn.close()
-                return
-            if sniffed is None:  # closed before sending anything
-                conn.close()
-                return
-            is_tls = sniffed
-        else:
-            is_tls = mode == "STRICT"
+        # Sniffed in every mode (not only PERMISSIVE): a refusal then says what was refused.
+        try:
+            async with asyncio.timeout(SNIFF_TIMEOUT):
+                sniffed = await sniff_tls(conn)
+        except TimeoutError:
+            stats.sniff_timeout += 1
+            conn.close()
+            return
+        if sniffed is None:  # closed before sending anything
+            conn.close()
+            return
+        is_tls = sniffed
         early = decide_connection(mode, is_tls, has_valid_client_cert=True)
         if not early.accept:
             if is_tls:
