@@ -1,0 +1,92 @@
+"""Every lab notebook runs top to bottom under nbclient against a real mesh, and its checks are real.
+
+Two runs per lab: the whole notebook with MESHKIT_LAB_STRICT=1 (a failing check raises, so the run
+fails) after which every step is recorded as passed; and the notebook without its action and
+traffic cells, after which every step that has an action cell is recorded as failing with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.labs.conftest import LABS
+
+NOTEBOOKS = sorted(LABS.glob("[0-9][0-9]-*.ipynb"))
+CELL_TIMEOUT = 60
+
+
+def _run(path: Path, *, skip_tags: frozenset[str] = frozenset()) -> nbformat.NotebookNode:
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if not set(c.metadata.get("tags", [])) & skip_tags]
+    NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=60,
+                   resources={"metadata": {"path": str(LABS)}}).execute()
+    return nb
+
+
+def _progress(env: dict[str, str], lab: str) -> dict[str, dict[str, object]]:
+    data = json.loads((Path(env["MESHKIT_HOME"]) / "lab" / "progress.json").read_text())
+    return dict(data.get(lab, {}))
+
+
+def _action_steps(path: Path) -> set[str]:
+    nb = nbformat.read(path, as_version=4)
+    return {c.metadata["meshkit"]["action"] for c in nb.cells if "action" in c.metadata.get("meshkit", {})}
+
+
+def test_there_are_labs() -> None:
+    assert [p.name[:2] for p in NOTEBOOKS][:3] == ["00", "01", "02"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_lab_is_committed_clean_and_complete(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for needed in ("**Time:**", "**Difficulty:**", "## Recap", "## Challenge"):
+        assert needed in text, f"{path.name} lacks {needed}"
+    assert _action_steps(path), f"{path.name} has no cell tagged as a step's action"
+    sources = "\n".join(c.source for c in code)
+    assert "meshkit.lab" in sources and "import meshkit.runtime" not in sources
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_checks_fail_before_the_steps_are_done(path: Path, lab_env: dict[str, str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHKIT_LAB_STRICT", "0")
+    monkeypatch.setenv("MESHKIT_LAB_RETRY_FOR", "0")
+    began = time.time()
+    _run(path, skip_tags=frozenset({"action", "load"}))
+    progress = _progress(lab_env, path.stem)
+    for step in _action_steps(path):
+        entry = progress.get(step)
+        assert entry is not None, f"{path.stem}: step {step} was never checked"
+        assert entry["at"] >= began
+        assert entry["passed"] is False, f"{path.stem}: step {step} passed without its action"
+        assert str(entry["reason"]).strip(), f"{path.stem}: step {step} failed without saying why"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_lab_runs_top_to_bottom_and_every_check_passes(path: Path, lab_env: dict[str, str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHKIT_LAB_STRICT", "1")
+    began = time.time()
+    nb = _run(path)
+    progress = _progress(lab_env, path.stem)
+    assert progress, f"{path.stem} recorded no checks"
+    for step, entry in progress.items():
+        assert entry["passed"] is True and entry["at"] >= began, f"{path.stem}: {step}: {entry}"
+    assert _action_steps(path) <= set(progress)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    widget_views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widget_views, f"{path.stem} shows no widget (progress, chart or slider)"
+    assert os.environ["MESHKIT_HOME"] == lab_env["MESHKIT_HOME"]
