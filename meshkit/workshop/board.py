@@ -1,0 +1,120 @@
+"""The instructor's view of the room, computed from the store: grid, stuck, hardest steps, timeline.
+
+`board_state` returns one JSON-ready dict that the dashboard page renders (and that the SSE stream
+sends on every change). Columns are (lab, step) pairs: labs in name order, steps in the order a
+notebook announced them (outline), then in the order results first arrived. Cells are compact:
+``null`` (not started), ``["p", passed_at]`` or ``["f", last_reason, failing_since, failures]``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from meshkit.workshop.storage import WHOLE_LAB, WorkshopStore
+
+STUCK_LIMIT = 10
+HARDEST_LIMIT = 8
+FEED_LIMIT = 25
+TIMELINE_BUCKETS = 30
+
+
+def columns(store: WorkshopStore) -> list[tuple[str, str]]:
+    """Every (lab, step) anyone reported or a notebook announced, in display order."""
+    order: dict[tuple[str, str], tuple[int, int]] = {}
+    for lab, step, position in store.rows("SELECT lab, step, position FROM outline"):
+        order[(lab, step)] = (0, position)
+    for lab, step, first in store.rows("SELECT lab, step, MIN(seq) FROM results GROUP BY lab, step"):
+        order.setdefault((lab, step), (1, first))
+    return sorted(order, key=lambda key: (key[0], order[key]))
+
+
+def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    cols = columns(store)
+    index = {key: i for i, key in enumerate(cols)}
+    attendees: dict[str, dict[str, Any]] = {}
+    for attendee_id, name, joined_at, last_seen in store.rows(
+            "SELECT id, name, joined_at, last_seen FROM attendees ORDER BY joined_at, id"):
+        attendees[attendee_id] = {"id": attendee_id, "name": name, "joined_at": joined_at,
+                                  "last_seen": last_seen, "passed": 0, "cells": [None] * len(cols)}
+    stuck: list[dict[str, Any]] = []
+    per_step: dict[tuple[str, str], dict[str, int]] = {}
+    for attendee_id, lab, step, passed, reason, failures, last_at, failing_since, passed_at in store.rows(
+            "SELECT attendee_id, lab, step, passed, reason, failures, last_at, failing_since, passed_at "
+            "FROM progress"):
+        row = attendees.get(attendee_id)
+        if row is None or (lab, step) not in index:
+            continue
+        counts = per_step.setdefault((lab, step), {"failing": 0, "ever_failed": 0, "passed": 0})
+        counts["ever_failed"] += failures > 0
+        if passed:
+            row["passed"] += 1
+            counts["passed"] += 1
+            row["cells"][index[(lab, step)]] = ["p", passed_at]
+            continue
+        counts["failing"] += 1
+        row["cells"][index[(lab, step)]] = ["f", reason, failing_since, failures]
+        stuck.append({"attendee": attendee_id, "name": row["name"], "lab": lab, "step": step,
+                      "since": failing_since, "last_at": last_at, "reason": reason})
+    stuck = _longest_stuck(stuck)
+    hardest = sorted(
+        ({"lab": lab, "step": step, **counts} for (lab, step), counts in per_step.items()
+         if counts["failing"] or counts["ever_failed"]),
+        key=lambda item: (-item["failing"], -item["ever_failed"], item["lab"], item["step"]))[:HARDEST_LIMIT]
+    view = store.attendee_view()
+    released = {(lab, step or WHOLE_LAB) for lab, step in view["released"]}
+    labs = []
+    for lab in dict.fromkeys(lab for lab, _ in cols) | dict.fromkeys(view["locked"]):
+        labs.append({"lab": lab, "steps": [step for lab_, step in cols if lab_ == lab],
+                     "locked": lab in view["locked"], "released": (lab, WHOLE_LAB) in released,
+                     "released_steps": sorted(step for lab_, step in released if lab_ == lab and step)})
+    workshop = store.workshop
+    return {
+        "title": workshop.title, "join_code": workshop.join_code, "now": now, "version": store.version,
+        "columns": [list(key) for key in cols], "labs": labs,
+        "attendees": list(attendees.values()), "stuck": stuck, "hardest": hardest,
+        "timeline": _timeline(store, now), "feed": _feed(store, attendees),
+        "messages": view["messages"][-10:],
+    }
+
+
+def _longest_stuck(failing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per attendee, the step they failed on most recently, longest-failing first."""
+    latest: dict[str, dict[str, Any]] = {}
+    for item in failing:
+        current = latest.get(item["attendee"])
+        if current is None or item["last_at"] > current["last_at"]:
+            latest[item["attendee"]] = item
+    return sorted(latest.values(), key=lambda item: item["since"])[:STUCK_LIMIT]
+
+
+def _timeline(store: WorkshopStore, now: float) -> dict[str, Any]:
+    """Passes and failures per time bucket, covering the whole workshop in at most 30 buckets."""
+    first = store.rows("SELECT MIN(at) FROM results")[0][0]
+    start = float(first) if first is not None else now
+    bucket = max(60, math.ceil((now - start) / TIMELINE_BUCKETS / 60) * 60)
+    start = now - bucket * TIMELINE_BUCKETS
+    passes, fails = [0] * TIMELINE_BUCKETS, [0] * TIMELINE_BUCKETS
+    for at, passed in store.rows("SELECT at, passed FROM results WHERE at >= ?", (start,)):
+        slot = min(TIMELINE_BUCKETS - 1, int((at - start) // bucket))
+        (passes if passed else fails)[slot] += 1
+    return {"start": start, "bucket": bucket, "passes": passes, "fails": fails}
+
+
+def _feed(store: WorkshopStore, attendees: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest results and instructor actions, newest first."""
+    def name(attendee_id: str | None) -> str | None:
+        row = attendees.get(attendee_id or "")
+        return row["name"] if row else None
+
+    items = [{"at": at, "kind": "pass" if passed else "fail", "name": name(a), "lab": lab, "step": step,
+              "text": reason} for a, lab, step, passed, reason, at in store.rows(
+        "SELECT attendee_id, lab, step, passed, reason, received FROM results ORDER BY seq DESC LIMIT ?",
+        (FEED_LIMIT,))]
+    items += [{"at": at, "kind": kind, "name": name(a), "lab": lab, "step": step, "text": text}
+              for at, kind, a, lab, step, text in store.rows(
+        "SELECT at, kind, attendee_id, lab, step, text FROM activity ORDER BY seq DESC LIMIT ?",
+        (FEED_LIMIT,))]
+    return sorted(items, key=lambda item: -item["at"])[:FEED_LIMIT]

@@ -1,0 +1,319 @@
+"""The instructor server: the aiohttp app (`create_app`), a runner (`run_workshop`) and ``serve``.
+
+Routes (JSON unless said otherwise; tokens as ``Authorization: Bearer``):
+
+- public: ``GET /dashboard`` (the page; it reads the instructor token from the URL fragment, which
+  browsers never send to a server), ``GET /static/*``, ``GET /healthz``,
+  ``POST /api/join {code, name}`` -> ``{attendee_id, token, name, title}``
+- attendee token, own id only: ``GET /api/attendees/{id}``, ``POST /api/attendees/{id}/results
+  {results: [...]}``, ``POST /api/attendees/{id}/outline {lab, steps}``,
+  ``GET /api/attendees/{id}/view`` (broadcasts, released solutions, locked labs)
+- instructor token: everything under ``/api/instructor/``: ``state``, ``events`` (SSE), ``export.csv``,
+  ``broadcast {text}``, ``release {lab, step?}``, ``lock {lab, locked}``, ``attendees/{id}/reset``
+
+A missing token is 401, a wrong one 403, an attendee token on another attendee's path 403. Bodies
+are limited to `MAX_BODY` bytes (413). Bad input is a 400 ``{"error": "<resource.field>: <problem>"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from meshkit.workshop import auth, board, dashboard, events, export, live
+from meshkit.workshop.storage import WHOLE_LAB, Attendee, WorkshopStore
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 15080
+MAX_BODY = 64 * 1024
+MAX_ATTENDEES = 500
+SHUTDOWN_TIMEOUT = 3.0
+
+STORE: web.AppKey[WorkshopStore] = web.AppKey("store", WorkshopStore)
+FEED: web.AppKey[live.ChangeFeed] = web.AppKey("feed", live.ChangeFeed)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: type[web.HTTPException], text: str, **headers: str) -> web.HTTPException:
+    return status(text=json.dumps({"error": text}), content_type="application/json", headers=headers or None)
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except events.InputError as error:
+        raise _error(web.HTTPBadRequest, str(error)) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise _error(web.HTTPRequestEntityTooLarge,
+                     f"request body: larger than the limit of {MAX_BODY} bytes") from None
+
+
+async def _json(request: web.Request, resource: str) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    try:
+        return json.loads(await request.read())
+    except ValueError:
+        raise events.InputError(resource, "the body is not valid JSON") from None
+
+
+# -- authentication ---------------------------------------------------------------------------------
+
+
+def _require_instructor(request: web.Request) -> None:
+    token = auth.bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise _error(web.HTTPUnauthorized, "this endpoint needs the instructor token",
+                     **{"WWW-Authenticate": "Bearer"})
+    if not auth.same_secret(token, request.app[STORE].workshop.instructor_token):
+        raise _error(web.HTTPForbidden, "the instructor token is not valid")
+
+
+def _require_attendee(request: web.Request) -> Attendee:
+    """The attendee the token belongs to, who must also be the one named in the path."""
+    token = auth.bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise _error(web.HTTPUnauthorized, "this endpoint needs an attendee token",
+                     **{"WWW-Authenticate": "Bearer"})
+    attendee = request.app[STORE].attendee_for_token(token)
+    if attendee is None:
+        raise _error(web.HTTPUnauthorized, "unknown attendee token: join the workshop again",
+                     **{"WWW-Authenticate": "Bearer"})
+    if not auth.same_secret(attendee.id, request.match_info["attendee"]):
+        raise _error(web.HTTPForbidden, "an attendee token may only read and write its own progress")
+    return attendee
+
+
+def _changed(request: web.Request) -> None:
+    request.app[FEED].notify()
+
+
+# -- public -----------------------------------------------------------------------------------------
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def join(request: web.Request) -> web.Response:
+    doc = await _json(request, "join")
+    if not isinstance(doc, dict):
+        raise events.InputError("join", "expected {\"code\": ..., \"name\": ...}")
+    code = doc.get("code")
+    if not isinstance(code, str) or not code.strip():
+        raise events.InputError("join.code", "expected the workshop's join code, e.g. ABC-234")
+    name = events.check_name(doc.get("name"))
+    store = request.app[STORE]
+    if not auth.same_secret(auth.normalize_code(code), store.workshop.join_code):
+        raise _error(web.HTTPForbidden, "join.code: this is not the code of this workshop")
+    if store.rows("SELECT COUNT(*) FROM attendees")[0][0] >= MAX_ATTENDEES:
+        raise _error(web.HTTPConflict, f"join: the workshop is full ({MAX_ATTENDEES} attendees)")
+    attendee, token = store.add_attendee(name)
+    _changed(request)
+    return web.json_response({"attendee_id": attendee.id, "name": attendee.name, "token": token,
+                              "title": store.workshop.title}, status=201)
+
+
+# -- attendee ---------------------------------------------------------------------------------------
+
+
+async def attendee_me(request: web.Request) -> web.Response:
+    attendee = _require_attendee(request)
+    return web.json_response({"attendee_id": attendee.id, "name": attendee.name})
+
+
+async def attendee_results(request: web.Request) -> web.Response:
+    attendee = _require_attendee(request)
+    results = events.parse_results(await _json(request, "results"))
+    new, duplicates = request.app[STORE].record_results(attendee.id, results)
+    if new:
+        _changed(request)
+    return web.json_response({"accepted": new, "duplicates": duplicates})
+
+
+async def attendee_outline(request: web.Request) -> web.Response:
+    _require_attendee(request)
+    lab, steps = events.parse_outline(await _json(request, "outline"))
+    request.app[STORE].set_outline(lab, steps)
+    _changed(request)
+    return web.json_response({"lab": lab, "steps": steps})
+
+
+async def attendee_view(request: web.Request) -> web.Response:
+    _require_attendee(request)
+    return web.json_response(request.app[STORE].attendee_view())
+
+
+# -- instructor -------------------------------------------------------------------------------------
+
+
+async def instructor_state(request: web.Request) -> web.Response:
+    _require_instructor(request)
+    return web.json_response(board.board_state(request.app[STORE]))
+
+
+async def instructor_events(request: web.Request) -> web.StreamResponse:
+    _require_instructor(request)
+    store = request.app[STORE]
+    return await live.stream_board(request, request.app[FEED], lambda: board.board_state(store))
+
+
+async def instructor_export(request: web.Request) -> web.Response:
+    _require_instructor(request)
+    return web.Response(text=export.progress_csv(request.app[STORE]), content_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="workshop-progress.csv"'})
+
+
+async def instructor_broadcast(request: web.Request) -> web.Response:
+    _require_instructor(request)
+    doc = await _json(request, "broadcast")
+    text = events.check_message(doc.get("text") if isinstance(doc, dict) else None)
+    message_id = request.app[STORE].broadcast(text)
+    _changed(request)
+    return web.json_response({"id": message_id, "text": text}, status=201)
+
+
+async def instructor_release(request: web.Request) -> web.Response:
+    _require_instructor(request)
+    doc = await _json(request, "release")
+    if not isinstance(doc, dict):
+        raise events.InputError("release", 'expected {"lab": ..., "step": ...} (no step: the whole lab)')
+    lab = events.check_id(doc.get("lab"), "release.lab")
+    step = WHOLE_LAB if doc.get("step") in (None, "") else events.check_id(doc.get("step"), "release.step")
+    request.app[STORE].release(lab, step)
+    _changed(request)
+    return web.json_response({"lab": lab, "step": step or None})
+
+
+async def instructor_lock(request: web.Request) -> web.Response:
+    _require_instructor(request)
+    doc = await _json(request, "lock")
+    if not isinstance(doc, dict):
+        raise events.InputError("lock", 'expected {"lab": ..., "locked": true|false}')
+    lab = events.check_id(doc.get("lab"), "lock.lab")
+    locked = doc.get("locked", True)
+    if not isinstance(locked, bool):
+        raise events.InputError("lock.locked", "expected true or false")
+    request.app[STORE].set_locked(lab, locked)
+    _changed(request)
+    return web.json_response({"lab": lab, "locked": locked})
+
+
+async def instructor_reset(request: web.Request) -> web.Response:
+    _require_instructor(request)
+    attendee_id = request.match_info["attendee"]
+    if not request.app[STORE].reset_attendee(attendee_id):
+        raise _error(web.HTTPNotFound, f"attendee {attendee_id!r}: no such attendee")
+    _changed(request)
+    return web.json_response({"attendee_id": attendee_id, "reset": True})
+
+
+# -- the app ----------------------------------------------------------------------------------------
+
+
+def create_app(store: WorkshopStore) -> web.Application:
+    """The server's routes over ``store``; the store stays the caller's to close."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_as_json])
+    app[STORE] = store
+    app[FEED] = live.ChangeFeed()
+    dashboard.add_routes(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/api/join", join)
+    app.router.add_get("/api/attendees/{attendee}", attendee_me)
+    app.router.add_post("/api/attendees/{attendee}/results", attendee_results)
+    app.router.add_post("/api/attendees/{attendee}/outline", attendee_outline)
+    app.router.add_get("/api/attendees/{attendee}/view", attendee_view)
+    app.router.add_get("/api/instructor/state", instructor_state)
+    app.router.add_get("/api/instructor/events", instructor_events)
+    app.router.add_get("/api/instructor/export.csv", instructor_export)
+    app.router.add_post("/api/instructor/broadcast", instructor_broadcast)
+    app.router.add_post("/api/instructor/release", instructor_release)
+    app.router.add_post("/api/instructor/lock", instructor_lock)
+    app.router.add_post("/api/instructor/attendees/{attendee}/reset", instructor_reset)
+
+    async def close_streams(app: web.Application) -> None:
+        app[FEED].close()  # ends the dashboards' SSE streams so shutdown is prompt
+
+    app.on_shutdown.append(close_streams)
+    return app
+
+
+class RunningWorkshop:
+    """A workshop server listening on a socket; ``await close()`` (or ``async with``) stops it."""
+
+    def __init__(self, store: WorkshopStore, runner: web.AppRunner, host: str, port: int) -> None:
+        self.store = store
+        self.runner = runner
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard with the instructor token in the fragment (never sent to the server)."""
+        return f"{self.url}/dashboard#token={self.store.workshop.instructor_token}"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        self.store.close()
+
+    async def __aenter__(self) -> RunningWorkshop:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+
+async def run_workshop(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | str = ".",
+                       *, title: str = "meshkit workshop") -> RunningWorkshop:
+    """Open (or create) the workshop in ``state_dir`` and serve it on ``host:port`` (0 = a free port)."""
+    store = WorkshopStore(state_dir, title=title)
+    runner = web.AppRunner(create_app(store), shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None,
+                           handle_signals=False, handler_cancellation=True)
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        store.close()
+        raise
+    return RunningWorkshop(store, runner, host, int(runner.addresses[0][1]))
+
+
+def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit workshop",
+          announce: Callable[[str], None] = print) -> None:
+    """Run until SIGINT/SIGTERM (``meshkit workshop serve``), printing the token, code and URLs."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        running = await run_workshop(host, port, state_dir, title=title)
+        workshop = running.store.workshop
+        announce(f"workshop:         {workshop.title} (state: {running.store.directory})")
+        announce(f"instructor token: {workshop.instructor_token}")
+        announce(f"join code:        {workshop.join_code}")
+        announce(f"attendees join:   {running.url}  (meshkit.lab.join(url, code, name))")
+        announce(f"dashboard:        {running.dashboard_url}")
+        try:
+            await stop.wait()
+        finally:
+            await running.close()
+        announce("workshop server stopped")
+
+    asyncio.run(main())
