@@ -1,0 +1,63 @@
+"""Verbs for instructors: ``meshkit workshop serve`` and ``meshkit workshop export-student``.
+
+Thin like the rest of the CLI: parse options, call `meshkit.workshop`, print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meshkit.cli.common import EXIT_REJECTED, EXIT_UNAVAILABLE, _fail, app
+
+workshop_app = typer.Typer(name="workshop", no_args_is_help=True,
+                           help="Run a workshop: instructor server, dashboard, student labs.")
+app.add_typer(workshop_app, name="workshop")
+
+
+def _default_state_dir() -> Path:
+    from meshkit.control.address import default_home  # noqa: PLC0415
+
+    return default_home() / "workshop-server"
+
+
+@workshop_app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for a room on the same network).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 15080,
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", help="Where the workshop lives (default $MESHKIT_HOME/workshop-server); "
+                            "serving the same dir again resumes the workshop.")] = None,
+    title: Annotated[str, typer.Option(help="Title shown on the dashboard (for a new workshop).")]
+    = "meshkit workshop",
+) -> None:
+    """Run the instructor server: prints the instructor token, the join code and the dashboard URL."""
+    from meshkit.workshop.server import serve as run  # noqa: PLC0415
+
+    directory = state_dir or _default_state_dir()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: listening on {host} over plain HTTP; put it behind HTTPS outside a trusted room")
+    try:
+        run(host, port, directory, title=title, announce=lambda line: print(line, flush=True))
+    except OSError as error:
+        _fail(EXIT_UNAVAILABLE, f"error: cannot serve the workshop on {host}:{port}: {error}")
+
+
+@workshop_app.command("export-student")
+def export_student(
+    labs: Annotated[Path, typer.Argument(help="The labs directory (notebooks with solutions).")],
+    out: Annotated[Path, typer.Argument(help="Where to write the student edition.")],
+) -> None:
+    """Write the labs without their solutions (cells tagged `solution`, `# BEGIN/END SOLUTION` blocks)."""
+    from meshkit.workshop.student import ExportError  # noqa: PLC0415
+    from meshkit.workshop.student import export_student as export  # noqa: PLC0415
+
+    try:
+        report = export(labs, out)
+    except ExportError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+    print(f"wrote {len(report.notebooks)} notebooks to {out} ({report.removed_cells} solution cells and "
+          f"{report.removed_blocks} solution blocks removed, {len(report.copied)} other files copied)")
