@@ -1,27 +1,37 @@
-"""The two explicit filter lists of the sidecar (outbound and inbound), outermost first.
+"""The explicit filter lists of the sidecar (outbound and inbound), outermost first.
 
 This is the one place that says what runs on a request and in which order; see
 proxy-shared interfaces in docs and DESIGN.md's data flow. Filters that need
 process-wide state (the metrics registry, the access-log sink) are built here by
 factories; everything per-configuration comes from ``request.config``.
+
+Each direction has two parts. The filters every request runs (tracing, access log,
+metrics, local reply), then a fork: outbound at the route step, which continues with the
+route's own chain; inbound at the snapshot, which continues with the policy chain of the
+snapshot in effect. Those lower lists pair every filter with its "does this scope need me"
+predicate, and ``ScopedChains`` builds from them, once per route or snapshot, a chain that
+only holds the filters with work to do (a route with no fault section has no fault filter;
+a workload with no AuthorizationPolicy has no authz filter). Order is always this file's.
 """
 
 from __future__ import annotations
 
-from meshkit.proxy.chain import build_chain
+from typing import Any
+
+from meshkit.proxy.chain import Needs, ScopedChains, always, build_chain, per_snapshot
 from meshkit.proxy.filters.accesslog import AccessLogSink, access_log
 from meshkit.proxy.filters.authn import authn
 from meshkit.proxy.filters.authz import authz
 from meshkit.proxy.filters.circuit_breaker import circuit_breaker
-from meshkit.proxy.filters.fault import fault
+from meshkit.proxy.filters.fault import fault, has_fault
 from meshkit.proxy.filters.loadbalance import loadbalance
 from meshkit.proxy.filters.local_reply import local_reply
 from meshkit.proxy.filters.metrics import inbound_metrics, outbound_metrics
-from meshkit.proxy.filters.mirror import mirror
-from meshkit.proxy.filters.ratelimit import ratelimit
+from meshkit.proxy.filters.mirror import has_mirror, mirror
+from meshkit.proxy.filters.ratelimit import has_rate_limit, ratelimit
 from meshkit.proxy.filters.retry import retry
-from meshkit.proxy.filters.route import route
-from meshkit.proxy.filters.timeout import timeout
+from meshkit.proxy.filters.route import route_step
+from meshkit.proxy.filters.timeout import has_timeout, timeout
 from meshkit.proxy.filters.tracing import tracing
 from meshkit.proxy.http import Filter, Handler, Request, Response
 from meshkit.proxy.stats import IstioMetrics
@@ -37,42 +47,62 @@ async def to_local_app(request: Request, call_next: Handler) -> Response:
     return await call_next(request)
 
 
+def has_authz_policies(snapshot: Any) -> bool:
+    """Does this snapshot need the authz filter? (``authz`` is None when no policy applies.)"""
+    return getattr(snapshot, "authz", True) is not None  # no such attribute: let authz refuse (500)
+
+
 def outbound_filters(metrics: IstioMetrics, access: AccessLogSink | None) -> list[Filter]:
+    """Outbound, above the route step: runs on every request."""
     filters: list[Filter] = [tracing]
     if access is not None:
         filters.append(access_log(access, "outbound"))
-    filters += [
-        outbound_metrics(metrics),
-        local_reply,
-        route,
-        fault,
-        mirror,
-        timeout,
-        retry,
-        circuit_breaker,
-        loadbalance,
-    ]
+    filters += [outbound_metrics(metrics), local_reply]
     return filters
+
+
+# Outbound, below the route step, per matched route (scope: the route's snapshot dict).
+# retry stays everywhere: it sets x-envoy-attempt-count on every request, as Istio does.
+# circuit_breaker and loadbalance act on the cluster, which a mirror's shadow changes.
+OUTBOUND_ROUTE_FILTERS: tuple[tuple[Filter, Needs], ...] = (
+    (fault, has_fault),
+    (mirror, has_mirror),
+    (timeout, has_timeout),
+    (retry, always),
+    (circuit_breaker, always),
+    (loadbalance, always),
+)
 
 
 def inbound_filters(metrics: IstioMetrics, access: AccessLogSink | None) -> list[Filter]:
+    """Inbound, above the policy fork: runs on every request."""
     filters: list[Filter] = [tracing]
     if access is not None:
         filters.append(access_log(access, "inbound"))
-    filters += [
-        inbound_metrics(metrics),
-        local_reply,
-        authn,  # x-forwarded-client-cert from the mTLS peer (none until the listener speaks TLS)
-        authz,  # AuthorizationPolicy: DENY, then ALLOW -> 403 "RBAC: access denied"
-        ratelimit,
-        to_local_app,
-    ]
+    filters += [inbound_metrics(metrics), local_reply]
     return filters
 
 
+# Inbound, per snapshot (scope: the Snapshot in effect).
+INBOUND_POLICY_FILTERS: tuple[tuple[Filter, Needs], ...] = (
+    (authn, always),  # x-forwarded-client-cert: always sanitised, set from the mTLS peer
+    (authz, has_authz_policies),  # AuthorizationPolicy: DENY, then ALLOW -> 403 "RBAC: access denied"
+    (ratelimit, has_rate_limit),
+    (to_local_app, always),
+)
+
+
+def outbound_route_chains(terminal: Handler) -> ScopedChains:
+    return ScopedChains(OUTBOUND_ROUTE_FILTERS, terminal)
+
+
+def inbound_policy_chains(terminal: Handler) -> ScopedChains:
+    return ScopedChains(INBOUND_POLICY_FILTERS, terminal)
+
+
 def build_outbound(terminal: Handler, metrics: IstioMetrics, access: AccessLogSink | None) -> Handler:
-    return build_chain(outbound_filters(metrics, access), terminal)
+    return build_chain(outbound_filters(metrics, access), route_step(outbound_route_chains(terminal)))
 
 
 def build_inbound(terminal: Handler, metrics: IstioMetrics, access: AccessLogSink | None) -> Handler:
-    return build_chain(inbound_filters(metrics, access), terminal)
+    return build_chain(inbound_filters(metrics, access), per_snapshot(inbound_policy_chains(terminal)))

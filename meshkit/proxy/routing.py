@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
@@ -102,7 +103,10 @@ class CompiledMatch:
         self.conditions = tuple(conditions)
 
     def matches(self, request: Request, path: str, query: str | None) -> bool:
-        return all(condition(request, path, query) for condition in self.conditions)
+        for condition in self.conditions:  # noqa: SIM110 - hot path: a loop beats all(<genexpr>)
+            if not condition(request, path, query):
+                return False
+        return True
 
 
 def _header_condition(name: str, test: StringTest, negate: bool) -> Condition:
@@ -213,6 +217,7 @@ class CompiledRoute:
     __slots__ = (
         "cumulative",
         "destinations",
+        "handlers",
         "matches",
         "name",
         "raw",
@@ -228,6 +233,8 @@ class CompiledRoute:
             raise ValueError(f"{where}: expected an object")
         self.raw = spec
         self.where = where
+        # The filter chain specialised for this route, per pipeline (filled by the route filter).
+        self.handlers: dict[object, Any] = {}
         self.name = str(spec.get("name") or where)
         matches = spec.get("match") or []
         if not isinstance(matches, list):
@@ -269,11 +276,9 @@ class CompiledRoute:
         dests = self.destinations
         if len(dests) == 1:
             return dests[0]
-        point = random.random() * self.total_weight
-        for dest, bound in zip(dests, self.cumulative, strict=True):
-            if point < bound:
-                return dest
-        return dests[-1]
+        # The first destination whose cumulative weight exceeds the point (bisect runs in C).
+        index = bisect_right(self.cumulative, random.random() * self.total_weight)
+        return dests[index] if index < len(dests) else dests[-1]
 
     def rewritten_path(self, matched: CompiledMatch | bool, path: str, query: str | None) -> str:
         """The new origin-form path: replaces the matched prefix, or the whole path otherwise."""

@@ -54,6 +54,11 @@ def check_fault(route: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}.{name}.percent: expected a number 0-100, got {percent!r}")
 
 
+def has_fault(route: dict[str, Any]) -> bool:
+    """Does this route need the fault filter (pipeline predicate)?"""
+    return route.get("fault") is not None
+
+
 async def fault(request: Request, call_next: Handler) -> Response:
     route = request.route
     spec = route.get("fault") if route is not None else None

@@ -93,6 +93,11 @@ async def _send_shadow(
         traffic.mirror_rq_failed += 1
 
 
+def has_mirror(route: dict[str, Any]) -> bool:
+    """Does this route need the mirror filter (pipeline predicate)?"""
+    return route.get("mirror") is not None
+
+
 async def mirror(request: Request, call_next: Handler) -> Response:
     route = request.route
     spec = route.get("mirror") if route is not None else None

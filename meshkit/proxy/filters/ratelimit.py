@@ -61,6 +61,11 @@ class TokenBucket:
         return True
 
 
+def has_rate_limit(snapshot: Any) -> bool:
+    """Does this snapshot need the rate-limit filter (pipeline predicate)?"""
+    return snapshot.rate_limiter is not None
+
+
 async def ratelimit(request: Request, call_next: Handler) -> Response:
     bucket = request.config.rate_limiter
     if bucket is None or bucket.try_consume(time.monotonic()):

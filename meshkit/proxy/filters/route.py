@@ -1,43 +1,60 @@
-"""The route filter: picks the virtual host, route and weighted cluster for an outbound request.
+"""The route step: picks the virtual host, route and weighted cluster for an outbound request.
 
 Sets ``request.route`` (the route's snapshot dict, which the traffic filters read) and
 ``request.cluster``; applies the route's and the destination's request header operations
 and URI rewrite on the way down and their response header operations on the way up.
 Answers 404 ``NR`` when no virtual host or route matches and 503 ``NC`` when the picked
 cluster is not in the snapshot (docs/snapshot.md).
+
+This is where the outbound chain forks: ``route_step(chains)`` is the handler at the end of
+the filters every request runs, and it continues with the chain ``chains`` specialised for the
+matched route (built on the route's first request, kept on the compiled route, so it lives and
+dies with the snapshot). The per-route filters and their "does this route need me" predicates
+are listed in ``meshkit.proxy.pipeline``.
 """
 
 from __future__ import annotations
 
+from meshkit.proxy.chain import ScopedChains
 from meshkit.proxy.http import Handler, Request, Response
 
 
-async def route(request: Request, call_next: Handler) -> Response:
-    config = request.config
-    vhost, matched_route, matched = config.routes.route(request)
-    if matched_route is None:
-        where = "no virtual host" if vhost is None else f"no route in virtual host '{vhost.name}'"
-        return Response.local(
-            404, f"{where} matches host '{request.authority}' path '{request.path}'\n", "NR"
-        )
-    destination = matched_route.pick()
-    request.route = matched_route.raw
-    cluster = destination.cluster
-    request.cluster = cluster
-    if cluster not in config.clusters:
-        return Response.local(
-            503, f"no cluster '{cluster}' for route '{matched_route.name}' (no such subset?)\n", "NC"
-        )
-    if matched_route.request_ops is not None:
-        matched_route.request_ops.apply(request.headers)
-    if destination.request_ops is not None:
-        destination.request_ops.apply(request.headers)
-    if matched_route.rewrite_uri is not None:
-        path, sep, query = request.path.partition("?")
-        request.path = matched_route.rewritten_path(matched, path, query if sep else None)
-    response = await call_next(request)
-    if destination.response_ops is not None:
-        destination.response_ops.apply(response.headers)
-    if matched_route.response_ops is not None:
-        matched_route.response_ops.apply(response.headers)
-    return response
+def route_step(chains: ScopedChains) -> Handler:
+    """The route handler continuing with ``chains`` specialised per matched route."""
+
+    async def route(request: Request) -> Response:
+        config = request.config
+        vhost, matched_route, matched = config.routes.route(request)
+        if matched_route is None:
+            where = "no virtual host" if vhost is None else f"no route in virtual host '{vhost.name}'"
+            return Response.local(
+                404, f"{where} matches host '{request.authority}' path '{request.path}'\n", "NR"
+            )
+        destination = matched_route.pick()
+        raw = matched_route.raw
+        request.route = raw
+        cluster = destination.cluster
+        request.cluster = cluster
+        if cluster not in config.clusters:
+            return Response.local(
+                503, f"no cluster '{cluster}' for route '{matched_route.name}' (no such subset?)\n", "NC"
+            )
+        if matched_route.request_ops is not None:
+            matched_route.request_ops.apply(request.headers)
+        if destination.request_ops is not None:
+            destination.request_ops.apply(request.headers)
+        if matched_route.rewrite_uri is not None:
+            path, sep, query = request.path.partition("?")
+            request.path = matched_route.rewritten_path(matched, path, query if sep else None)
+        handlers = matched_route.handlers
+        handler = handlers.get(chains)
+        if handler is None:
+            handler = handlers[chains] = chains.build(raw)
+        response = await handler(request)
+        if destination.response_ops is not None:
+            destination.response_ops.apply(response.headers)
+        if matched_route.response_ops is not None:
+            matched_route.response_ops.apply(response.headers)
+        return response
+
+    return route

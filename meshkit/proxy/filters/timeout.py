@@ -64,6 +64,11 @@ def check_timeout(route: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}.timeout_ms: expected an integer >= 0 (ms) or null, got {value!r}")
 
 
+def has_timeout(route: dict[str, Any]) -> bool:
+    """Does this route need the timeout filter (pipeline predicate)? Null and 0 mean no timeout."""
+    return bool(route.get("timeout_ms"))
+
+
 async def timeout(request: Request, call_next: Handler) -> Response:
     route = request.route
     limit_ms = route.get("timeout_ms") if route is not None else None

@@ -19,10 +19,19 @@ _HEX = frozenset("0123456789abcdef")
 _bits = random.getrandbits  # ids need uniqueness, not secrecy: no syscall per request
 
 
+def _random_hex(nbytes: int) -> str:
+    # int.to_bytes().hex() is about 3x faster than f"{n:0{2 * nbytes}x}" for wide numbers.
+    return _bits(nbytes * 8).to_bytes(nbytes, "big").hex()
+
+
+def _uuid4_shaped(h: str) -> str:
+    """32 hex digits -> a UUID4-shaped id (version 4, RFC 4122 variant), like Envoy's x-request-id."""
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
+
+
 def new_request_id() -> str:
     """A UUID4-shaped id (version 4, RFC 4122 variant), like Envoy's x-request-id."""
-    h = f"{_bits(128):032x}"
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}"
+    return _uuid4_shaped(_random_hex(16))
 
 
 def _is_hex(value: str, length: int) -> bool:
@@ -61,17 +70,23 @@ def propagate(headers: Headers) -> None:
             found[name] = value
         elif name == "x-request-id":
             has_request_id = True
-    kept = items if found is None else [item for item in items if item[0] not in _TRACE_HEADERS]
+    if found is None:
+        # No trace context (the common case at the first hop): one random draw for every id.
+        h = _random_hex(40)  # request id (16 bytes), trace id (16), span id (8)
+        trace_id, span_id = h[32:64], h[64:]
+        if not has_request_id:
+            items.append(("x-request-id", _uuid4_shaped(h)))
+        items += (
+            ("traceparent", f"00-{trace_id}-{span_id}-01"),
+            ("x-b3-traceid", trace_id),
+            ("x-b3-spanid", span_id),
+            ("x-b3-sampled", "1"),
+        )
+        return
+    kept = [item for item in items if item[0] not in _TRACE_HEADERS]
     if not has_request_id:
         kept.append(("x-request-id", new_request_id()))
-    span_id = f"{_bits(64):016x}"
-    if found is None:
-        trace_id = f"{_bits(128):032x}"
-        kept.append(("traceparent", f"00-{trace_id}-{span_id}-01"))
-        kept.append(("x-b3-traceid", trace_id))
-        kept.append(("x-b3-spanid", span_id))
-        kept.append(("x-b3-sampled", "1"))
-        return
+    span_id = _random_hex(8)
     parsed = None
     traceparent = found.get("traceparent")
     if traceparent is not None:
@@ -88,7 +103,7 @@ def propagate(headers: Headers) -> None:
             if sampled not in ("0", "1"):
                 sampled = "1"
         else:
-            trace_id = f"{_bits(128):032x}"
+            trace_id = _random_hex(16)
             parent_id = ""
             sampled = "1"
         flags = "01" if sampled == "1" else "00"
