@@ -1,0 +1,164 @@
+"""meshkit.lab used from Python against a real local mesh: errors, rules, steps, progress, widgets, charts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from meshkit.config.loader import load_resources
+from meshkit.lab import CheckFailed, Lab, LabError, checks, connect, rules
+from meshkit.lab.charts import edge_label, service_graph, traffic_split
+from meshkit.lab.mesh import Mesh
+from meshkit.lab.progress import ProgressStore
+from meshkit.lab.widgets import canary_slider, rule_editor
+
+
+@pytest.fixture
+def mesh(lab_env: dict[str, str]) -> Mesh:
+    m = connect()
+    m.reset()
+    return m
+
+
+def test_a_refused_rule_names_the_resource_and_field_without_a_traceback(mesh: Mesh) -> None:
+    with pytest.raises(LabError) as caught:
+        mesh.apply(rules.route("reviews", to="v9"))
+    err = caught.value
+    assert err.messages[0]["field"] == "spec.http[0].route[0].destination.subset"
+    assert err.messages[0]["resource"] == "VirtualService/default/reviews"
+    shown = "\n".join(err._render_traceback_())
+    assert "Traceback" not in shown and "v9" in shown and "spec.http[0].route[0].destination.subset" in shown
+    assert "destination.subset" in err._repr_html_() and "<script" not in err._repr_html_()
+    assert mesh.get("VirtualService", "reviews") is None  # nothing changed
+
+
+def test_bad_yaml_and_bad_arguments_are_clear(mesh: Mesh) -> None:
+    with pytest.raises(LabError, match="line 2"):
+        mesh.apply("kind: VirtualService\n  bad: [")
+    with pytest.raises(LabError, match=r"weights: must add up to 100, they add up to 95"):
+        rules.canary("reviews", {"v1": 90, "v3": 5})
+    with pytest.raises(LabError, match=r"mode: expected one of"):
+        rules.mtls("STRICTEST")
+    with pytest.raises(LabError, match="rps must be"):
+        mesh.load(rps=0)
+    with pytest.raises(LabError, match="no meshkit control plane answered"):
+        connect("http://127.0.0.1:9")
+
+
+def test_every_builder_is_istio_yaml_the_config_loader_accepts() -> None:
+    built = [
+        rules.route("reviews", to="v1"), rules.canary("reviews", {"v1": 90, "v3": 10}),
+        rules.ab_test("reviews", value="jason", to="v2", default="v1"),
+        rules.mirror("httpbin", to="v2", percent=50, primary="v1"),
+        rules.fault("ratings", delay="7s", percent=100, match={"end-user": "jason"}, to="v1"),
+        rules.fault("ratings", abort=500, percent=50), rules.timeout("reviews", "0.5s", to="v2"),
+        rules.retries("ratings", 3, per_try_timeout="1s"),
+        rules.circuit_breaker("httpbin", consecutive_errors=1, subsets=("v1", "v2")),
+        rules.mtls("STRICT"), rules.mtls("PERMISSIVE", workload="reviews"),
+        rules.allow("reviews", from_=["bookinfo-productpage"], methods=["GET"]),
+        rules.deny("ratings", paths=["/admin"]),
+    ]
+    loaded = load_resources([dict(r) for r in built])
+    assert [r.ref for r in loaded] == [r.ref for r in built]
+    assert "fixedDelay: 7s" in rules.fault("ratings", delay="7s").yaml()
+    assert "subset: v3" in rules.canary("reviews", {"v1": 90, "v3": 10})._repr_html_()
+
+
+def test_analyze_history_rollback_and_reset(mesh: Mesh) -> None:
+    findings = mesh.analyze(rules.route("reviews", to="v9"))
+    assert not findings and "destination.subset" in str(findings)
+    assert mesh.analyze() and "No problems" in str(mesh.analyze())
+    first = mesh.apply(rules.route("reviews", to="v1")).revision
+    mesh.apply(rules.route("reviews", to="v2"))
+    mesh.rollback(first)
+    assert checks.default_weights(mesh.get("VirtualService", "reviews")) == {"v1": 100}
+    assert str(first) in str(mesh.history())
+    mesh.reset()
+    assert mesh.get("VirtualService", "reviews") is None
+    assert mesh.get("DestinationRule", "reviews") is not None
+
+
+def test_a_step_records_progress_tells_listeners_and_is_strict_when_asked(
+        mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ProgressStore(mesh.state_dir)
+    store.reset("t-steps")
+    lab = Lab("t-steps", mesh)
+    seen = []
+    lab.on_check(seen.append)
+    step = lab.step("v1", "reviews on v1", retry_for=0,
+                    check=lambda m: checks.require_weights(m, "reviews", {"v1": 100}),
+                    hint="use rules.route", solution="mesh.apply(rules.route('reviews', to='v1'))")
+    failed = step.check()
+    assert not failed and "no VirtualService named 'reviews'" in failed.reason
+    mesh.apply(rules.canary("reviews", {"v1": 50, "v2": 50}))
+    assert "sends v1 50%, v2 50% by default; the step wants v1 100%" in step.check().reason
+    mesh.apply(rules.route("reviews", to="v1"))
+    assert step.check().passed
+    assert [r.passed for r in seen] == [False, False, True] and seen[-1].to_dict()["lab"] == "t-steps"
+    again = Lab("t-steps", mesh)  # reopening the notebook
+    again.step("v1", "reviews on v1", check=lambda m: None)
+    assert again.done() == ["v1"]
+    widget = again.progress()
+    assert widget.children[0].value == 1 and "✔" in widget.children[1].value
+    monkeypatch.setenv("MESHKIT_LAB_STRICT", "1")
+    mesh.reset()
+    with pytest.raises(CheckFailed, match="no VirtualService"):
+        step.check()
+
+
+def test_solutions_stay_hidden_unless_revealed_or_instructor(mesh: Mesh,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MESHKIT_INSTRUCTOR", raising=False)
+    lab = Lab("t-solution", mesh)
+    step = lab.step("s", "a step", check=lambda m: None, solution="SECRET-ANSWER")
+    assert "SECRET-ANSWER" not in str(step.solution())
+    assert "<details>" in step.solution()._repr_html_()  # folded in the notebook until clicked
+    assert "SECRET-ANSWER" in str(step.solution(reveal=True))
+    monkeypatch.setenv("MESHKIT_INSTRUCTOR", "1")
+    assert "SECRET-ANSWER" in str(step.solution()) and "<details open>" in step.solution()._repr_html_()
+    lab.solution_lock = lambda _s: "the instructor releases this solution later"
+    monkeypatch.setenv("MESHKIT_INSTRUCTOR", "0")
+    assert "SECRET-ANSWER" not in step.solution(reveal=True)._repr_html_()
+
+
+def test_canary_slider_applies_weights_as_it_moves(mesh: Mesh) -> None:
+    slider = canary_slider(mesh, "reviews", stable="v1", canary="v3", value=0)
+    for value in (20, 60):
+        slider.slider.value = value
+        weights = checks.default_weights(mesh.get("VirtualService", "reviews"))
+        assert weights == {"v1": 100 - value, "v3": value}
+    assert slider.applied == [20, 60] and "v3 60%" in slider.status.value
+
+
+def test_rule_editor_shows_analyzer_messages_inline_and_applies(mesh: Mesh) -> None:
+    editor = rule_editor(mesh, rules.route("reviews", to="v9"))
+    editor.apply_button.click()
+    assert "spec.http[0].route[0].destination.subset" in editor.status.value
+    assert mesh.get("VirtualService", "reviews") is None
+    editor.text.value = rules.route("reviews", to="v2").yaml()
+    editor.analyze_button.click()
+    assert "No problems" in editor.status.value
+    editor.apply_button.click()
+    assert "configured" in editor.status.value or "created" in editor.status.value
+    assert checks.default_weights(mesh.get("VirtualService", "reviews")) == {"v2": 100}
+
+
+def test_live_charts_fill_from_telemetry_while_a_load_runs_then_stop(mesh: Mesh) -> None:
+    mesh.apply(rules.canary("reviews", {"v1": 50, "v3": 50}))
+    load = mesh.load(rps=20, duration=4)
+    split = traffic_split(mesh, "reviews", window=30, max_seconds=30)
+    graph = service_graph(mesh, window=10, max_seconds=30)
+    assert split.running() and graph.running()
+    load.wait(20)
+    deadline = time.monotonic() + 25  # the charts stop on their own a few seconds after the load
+    while (split.running() or graph.running()) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not split.running() and not graph.running()
+    assert split.refreshes >= 3 and not split.last_error
+    totals = {t.name: sum(t.y) for t in split.figure.data}
+    assert totals["v1"] > 0 and totals["v3"] > 0 and totals.get("v2", 0) == 0
+    labels = [a.text for a in graph.figure.layout.annotations]
+    assert any("rps" in label for label in labels)
+    assert "istio-ingressgateway" in graph.figure.data[2].text
+    assert edge_label({"rps": 2.0, "error_rate": 0.5, "mtls": True}) == "🔒 2.0 rps, 50% err"
