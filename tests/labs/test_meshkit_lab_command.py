@@ -1,0 +1,76 @@
+"""`meshkit lab --no-browser` starts the mesh and serves JupyterLab on labs/ (token: $JUPYTER_TOKEN)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.labs.conftest import LABS
+
+START_TIMEOUT = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_meshkit_lab_serves_the_labs_over_http(lab_env: dict[str, str], tmp_path: Path) -> None:
+    port = _free_port()
+    token = secrets.token_hex(16)
+    env = {**os.environ, **lab_env, "JUPYTER_TOKEN": token, "IPYTHONDIR": str(tmp_path / "ipython"),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    argv = [sys.executable, "-m", "meshkit.cli", "lab", "--no-browser", "--port", str(port)]
+    log = (tmp_path / "lab.log").open("w")
+    proc = subprocess.Popen(argv, cwd=LABS.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        status = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status, _ = _get(f"{base}/api/status?token={token}")
+            except OSError:
+                status = 0
+            if status == 200:
+                break
+            time.sleep(0.3)
+        assert status == 200, (tmp_path / "lab.log").read_text()[-3000:]
+        assert _get(f"{base}/api/contents")[0] == 403  # no token, no labs
+        code, page = _get(f"{base}/lab/tree/02-canary.ipynb?token={token}")
+        assert code == 200 and "JupyterLab" in page
+        code, body = _get(f"{base}/api/contents?token={token}")
+        names = {item["name"] for item in json.loads(body)["content"]}
+        assert {"00-welcome.ipynb", "01-request-routing.ipynb", "02-canary.ipynb"} <= names
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+    if proc.returncode not in (0, -signal.SIGTERM, 1):
+        pytest.fail(f"meshkit lab exited with {proc.returncode}")
