@@ -6,6 +6,7 @@ Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 - `common`: the Typer app, output helpers, how the control plane is found, exit codes
 - `config_verbs`: control, apply, get, delete, analyze, history, rollback, proxy-status, proxy, kind
 - `mesh_verbs`: up, down, status, curl, logs, kill, restart, load, top, lab
+- `security_verbs`: certs, tap
 - `workshop_verbs`: workshop serve, workshop export-student
 
 It must not hold logic of its own beyond parsing and printing.
@@ -16,7 +17,8 @@ from __future__ import annotations
 import os
 import sys
 
-from meshkit.cli import config_verbs, mesh_verbs, workshop_verbs  # noqa: F401 (registers the verbs on `app`)
+# Importing the verb modules registers their verbs on `app`.
+from meshkit.cli import config_verbs, mesh_verbs, security_verbs, workshop_verbs  # noqa: F401
 from meshkit.cli.common import EXIT_REJECTED, app
 
 __all__ = ["app", "main"]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 
 from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.tls import CertificateManager
+from meshkit.runtime.tap import describe, hexdump, tap
 from tests.e2e.mesh import RunningMesh
 from tests.security.e2e_support import (
     admin,
@@ -220,3 +224,42 @@ def test_authorization_policy_by_principal_method_and_path(mesh: RunningMesh) ->
         for why, (status, body) in denied.items():
             assert (status, body.strip()) == (403, "RBAC: access denied"), why
     assert through(mesh, "productpage-v1-0", RATINGS_URL)[0] == 200
+
+
+async def test_tap_shows_tls_records_then_plaintext_when_mtls_is_disabled(mesh: RunningMesh) -> None:
+    control, sleep_proxy = mesh.status["control"], mesh.workload("sleep-v1-0")["outbound_proxy"]
+    encrypted = await tap(control, sleep_proxy, "ratings-v1-0", path="/ratings/0", max_bytes=64)
+    assert encrypted.connections >= 1 and encrypted.statuses[-1] == 200
+    assert encrypted.client_to_server[:2] == b"\x16\x03" and encrypted.server_to_client[:2] == b"\x16\x03"
+    assert b"/ratings/0" not in encrypted.client_to_server
+    assert "TLS handshake" in describe(bytes(encrypted.client_to_server))
+    plain_dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "ratings", "namespace": "default"},
+                "spec": {"host": "ratings", "trafficPolicy": {"tls": {"mode": "DISABLE"}},
+                         "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}
+    with mesh.rules(plain_dr):
+        plain = await tap(control, sleep_proxy, "ratings-v1-0", path="/ratings/0", max_bytes=64)
+    assert plain.client_to_server.startswith(b"GET /ratings/0 HTTP/1.1\r\n"), bytes(plain.client_to_server)
+    assert plain.server_to_client.startswith(b"HTTP/1.1 200")
+    assert "|GET /ratings/0 H|" in hexdump(bytes(plain.client_to_server))[0]
+    # The endpoint is back on the sidecar's own port afterwards.
+    assert through(mesh, "sleep-v1-0", RATINGS_URL)[0] == 200
+    endpoints = mesh.client.request("GET", "registry/endpoints")["endpoints"]
+    ratings = next(e for e in endpoints if e["instance"] == "ratings-v1-0")
+    assert ratings["port"] == mesh.workload("ratings-v1-0")["inbound_port"]
+
+
+def test_meshkit_certs_prints_the_chain(mesh: RunningMesh) -> None:
+    env = {**os.environ, "MESHKIT_HOME": str(mesh.home)}
+    done = subprocess.run([sys.executable, "-m", "meshkit.cli", "certs", "ratings-v1"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith(f"ratings-v1-0  {spiffe('bookinfo-ratings')}")
+    serial = admin(mesh, "ratings-v1-0", "/certs")["chain"][0]["serial"]
+    for expected in (f"SPIFFE ID   {spiffe('bookinfo-ratings')}", f"serial      {serial}",
+                     "issuer      CN=meshkit root CA", "trusted root", "rotation    in "):
+        assert expected in out, out
+    missing = subprocess.run([sys.executable, "-m", "meshkit.cli", "certs", "nosuch"], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode != 0 and "no sidecar 'nosuch'" in missing.stderr
