@@ -53,8 +53,10 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
     except events.InputError as error:
         raise _error(web.HTTPBadRequest, str(error)) from None
     except web.HTTPRequestEntityTooLarge:
-        raise _error(web.HTTPRequestEntityTooLarge,
-                     f"request body: larger than the limit of {MAX_BODY} bytes") from None
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_BODY, actual_size=request.content_length or MAX_BODY + 1,
+            content_type="application/json",
+            text=json.dumps({"error": f"request body: larger than the limit of {MAX_BODY} bytes"})) from None
 
 
 async def _json(request: web.Request, resource: str) -> Any:

@@ -1,5 +1,5 @@
 // meshkit workshop dashboard. Renders the board the server streams over SSE.
-// Every piece of attendee-controlled text goes through textContent / properties, never innerHTML.
+// Every piece of attendee-controlled text goes through textContent / properties: never parsed as HTML.
 "use strict";
 
 const TOKEN_KEY = "meshkit-workshop-token";
