@@ -16,6 +16,7 @@ a workload with no AuthorizationPolicy has no authz filter). Order is always thi
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from meshkit.proxy.chain import Needs, ScopedChains, always, build_chain, per_snapshot
@@ -33,18 +34,18 @@ from meshkit.proxy.filters.retry import retry
 from meshkit.proxy.filters.route import route_step
 from meshkit.proxy.filters.timeout import has_timeout, timeout
 from meshkit.proxy.filters.tracing import tracing
-from meshkit.proxy.http import Filter, Handler, Request, Response
+from meshkit.proxy.http import Filter, Handler, Request, Response, answered
 from meshkit.proxy.stats import IstioMetrics
 
 
-async def to_local_app(request: Request, call_next: Handler) -> Response:
+def to_local_app(request: Request, call_next: Handler) -> Awaitable[Response]:
     """Inbound: the only destination is the local app (``inbound.app`` of the snapshot)."""
     cluster = request.config.inbound_cluster
     if cluster is None:
-        return Response.local(503, "no local app behind this proxy (inbound.app is null)\n", "NC")
+        return answered(Response.local(503, "no local app behind this proxy (inbound.app is null)\n", "NC"))
     request.cluster = cluster.name
     request.endpoint = cluster.endpoints[0]
-    return await call_next(request)
+    return call_next(request)
 
 
 def has_authz_policies(snapshot: Any) -> bool:

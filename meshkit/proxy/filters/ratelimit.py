@@ -11,9 +11,10 @@ lazily from the clock instead of by a timer task. One bucket per snapshot (built
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
-from meshkit.proxy.http import Handler, Request, Response
+from meshkit.proxy.http import Handler, Request, Response, answered
 
 RATE_LIMITED_TEXT = "local_rate_limited"
 MIN_FILL_INTERVAL_MS = 50  # Envoy rejects shorter fill intervals
@@ -66,8 +67,8 @@ def has_rate_limit(snapshot: Any) -> bool:
     return snapshot.rate_limiter is not None
 
 
-async def ratelimit(request: Request, call_next: Handler) -> Response:
+def ratelimit(request: Request, call_next: Handler) -> Awaitable[Response]:
     bucket = request.config.rate_limiter
     if bucket is None or bucket.try_consume(time.monotonic()):
-        return await call_next(request)
-    return Response.local(429, RATE_LIMITED_TEXT, "RL")
+        return call_next(request)
+    return answered(Response.local(429, RATE_LIMITED_TEXT, "RL"))

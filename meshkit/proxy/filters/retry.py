@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable
 from typing import Any
 
 from meshkit.proxy.balancer import ClusterTraffic
@@ -144,19 +145,25 @@ def _error_reply(error: UpstreamError, flag: str) -> Response:
     return Response.local(error.status, text, f"{error.flag},{flag}")
 
 
-async def retry(request: Request, call_next: Handler) -> Response:
+def retry(request: Request, call_next: Handler) -> Awaitable[Response]:
     request.attempt = 1
     request.headers.set(ATTEMPT_HEADER, "1")
     route = request.route
     spec = route.get("retries") if route is not None else None
     if spec is None:
-        return await call_next(request)
+        return call_next(request)  # nothing to retry: no coroutine frame of our own
     per_try_ms = spec.get("per_try_timeout_ms")
     retries_left = spec.get("attempts") or 0
     if not isinstance(request.body, bytes):
         retries_left = 0  # a streamed body cannot be replayed
     if not retries_left and not per_try_ms:
-        return await call_next(request)
+        return call_next(request)
+    return _with_retries(request, call_next, spec, per_try_ms, retries_left)
+
+
+async def _with_retries(
+    request: Request, call_next: Handler, spec: dict[str, Any], per_try_ms: int | None, retries_left: int
+) -> Response:
     per_try = per_try_ms / 1000.0 if per_try_ms else None
     policy: RetryPolicy | None = None
     traffic: ClusterTraffic | None = None

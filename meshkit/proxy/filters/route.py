@@ -15,30 +15,33 @@ are listed in ``meshkit.proxy.pipeline``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from meshkit.proxy.chain import ScopedChains
-from meshkit.proxy.http import Handler, Request, Response
+from meshkit.proxy.http import Handler, Request, Response, answered
+from meshkit.proxy.routing import CompiledRoute, Destination
 
 
 def route_step(chains: ScopedChains) -> Handler:
     """The route handler continuing with ``chains`` specialised per matched route."""
 
-    async def route(request: Request) -> Response:
+    def route(request: Request) -> Awaitable[Response]:
         config = request.config
         vhost, matched_route, matched = config.routes.route(request)
         if matched_route is None:
             where = "no virtual host" if vhost is None else f"no route in virtual host '{vhost.name}'"
-            return Response.local(
+            return answered(Response.local(
                 404, f"{where} matches host '{request.authority}' path '{request.path}'\n", "NR"
-            )
+            ))
         destination = matched_route.pick()
         raw = matched_route.raw
         request.route = raw
         cluster = destination.cluster
         request.cluster = cluster
         if cluster not in config.clusters:
-            return Response.local(
+            return answered(Response.local(
                 503, f"no cluster '{cluster}' for route '{matched_route.name}' (no such subset?)\n", "NC"
-            )
+            ))
         if matched_route.request_ops is not None:
             matched_route.request_ops.apply(request.headers)
         if destination.request_ops is not None:
@@ -50,11 +53,19 @@ def route_step(chains: ScopedChains) -> Handler:
         handler = handlers.get(chains)
         if handler is None:
             handler = handlers[chains] = chains.build(raw)
-        response = await handler(request)
-        if destination.response_ops is not None:
-            destination.response_ops.apply(response.headers)
-        if matched_route.response_ops is not None:
-            matched_route.response_ops.apply(response.headers)
-        return response
+        if destination.response_ops is None and matched_route.response_ops is None:
+            return handler(request)  # nothing to do on the way up: no coroutine frame of our own
+        return _response_ops(handler(request), matched_route, destination)
 
     return route
+
+
+async def _response_ops(
+    pending: Awaitable[Response], matched_route: CompiledRoute, destination: Destination
+) -> Response:
+    response = await pending
+    if destination.response_ops is not None:
+        destination.response_ops.apply(response.headers)
+    if matched_route.response_ops is not None:
+        matched_route.response_ops.apply(response.headers)
+    return response
