@@ -69,6 +69,24 @@ def require_header_route(mesh: Mesh, host: str, *, header: str, value: str, to: 
     raise CheckFailed(f"VirtualService {host!r} has no route matching the header {header}: exact {value!r}")
 
 
+def require_fault(mesh: Mesh, host: str, *, kind: str = "delay", header: str | None = None,
+                  value: str | None = None) -> dict[str, Any]:
+    """The VirtualService for ``host`` injects a ``kind`` fault ("delay" or "abort"), for ``header: value``
+    requests when given; returns the fault."""
+    rule = require_rule(mesh, "VirtualService", host)
+    for http in rule.get("spec", {}).get("http", []) or []:
+        injected = (http.get("fault") or {}).get(kind)
+        if not injected:
+            continue
+        if header is None:
+            return dict(injected)
+        for match in http.get("match", []) or []:
+            if ((match.get("headers") or {}).get(header) or {}).get("exact") == value:
+                return dict(injected)
+    who = f" for requests with {header}: {value}" if header else ""
+    raise CheckFailed(f"VirtualService {host!r} injects no {kind} fault{who}")
+
+
 def _fmt(weights: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}%" for k, v in weights.items())
 

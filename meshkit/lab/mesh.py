@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from importlib import resources as package_files
 from typing import Any
@@ -25,6 +28,7 @@ from meshkit.runtime.state import StateDir
 
 Applyable = Any  # YAML text, a dict / Rule, a config model with to_dict(), or a list of those
 MAX_LOAD_SECONDS = 600.0
+SYNC_WAIT = 5.0  # seconds apply/delete/rollback wait for every sidecar to ACK
 
 
 def _documents(value: Applyable) -> list[dict[str, Any]]:
@@ -107,6 +111,36 @@ class LoadHandle:
     __repr__ = __str__
 
 
+class PageVisit:
+    """One real request through the ingress: status, time taken and the page's text."""
+
+    NOTICE_MARKERS = ("unavailable", "Sorry", "error")
+
+    def __init__(self, path: str, user: str | None, status: int, seconds: float, text: str) -> None:
+        self.path = path
+        self.user = user
+        self.status = status
+        self.seconds = seconds
+        self.text = text
+
+    def says(self, words: str) -> bool:
+        return words in self.text
+
+    def notices(self) -> list[str]:
+        """The page's error notices (Bookinfo's "Sorry, ... unavailable" lines), tags stripped."""
+        body = re.sub(r"(?is)<(style|script)\b.*?</\1>", " ", self.text)
+        parts = (part.strip() for part in re.split(r"<[^>]+>", body))
+        found = [p for p in parts if p and any(m in p for m in self.NOTICE_MARKERS)]
+        return list(dict.fromkeys(found))[:5]
+
+    def __str__(self) -> str:
+        who = f" as {self.user}" if self.user else ""
+        found = "; ".join(self.notices()) or "no error notices on the page"
+        return f"GET {self.path}{who}: HTTP {self.status} in {self.seconds:.2f} s — {found}"
+
+    __repr__ = __str__
+
+
 class Mesh:
     """A running mesh: its control plane (always) and its local processes (when started here)."""
 
@@ -135,15 +169,23 @@ class Mesh:
 
     # -- config ---------------------------------------------------------------------------------
 
-    def apply(self, rules: Applyable) -> ApplyResult:
-        """Apply Istio resources; the whole change is refused (and nothing changes) on any error."""
-        return ApplyResult(self._call("apply", "apply", _documents(rules)))
+    def apply(self, rules: Applyable, *, wait: float = SYNC_WAIT) -> ApplyResult:
+        """Apply Istio resources; the whole change is refused (and nothing changes) on any error.
+
+        Returns once every sidecar has ACKed the new config (at most ``wait`` seconds).
+        """
+        result = ApplyResult(self._call("apply", "apply", _documents(rules)))
+        if wait > 0 and result.changed:
+            self.wait_synced(wait)
+        return result
 
     def delete(self, rules: Applyable | None = None, *, kind: str | None = None, name: str | None = None,
                namespace: str = "default") -> ApplyResult:
         """Delete the given resources, or one by ``kind`` and ``name``."""
         if rules is not None:
-            return ApplyResult(self._call("delete", "delete_documents", _documents(rules)))
+            result = ApplyResult(self._call("delete", "delete_documents", _documents(rules)))
+            self.wait_synced(SYNC_WAIT)
+            return result
         if not kind or not name:
             raise LabError("delete needs the rules to delete, or kind= and name= "
                            "(e.g. kind='VirtualService').")
@@ -196,7 +238,9 @@ class Mesh:
 
     def rollback(self, revision: int) -> ApplyResult:
         """Make the config what it was at ``revision`` again (as a new revision)."""
-        return ApplyResult(self._call(f"rollback to {revision}", "rollback", revision))
+        result = ApplyResult(self._call(f"rollback to {revision}", "rollback", revision))
+        self.wait_synced(SYNC_WAIT)
+        return result
 
     def reset(self) -> ApplyResult:
         """Back to the Bookinfo baseline `meshkit up` applies: every other resource is deleted."""
@@ -265,6 +309,23 @@ class Mesh:
         handle = LoadHandle(generator.start())
         self._loads = [h for h in self._loads if h.running()] + [handle]
         return handle
+
+    def visit(self, path: str = "/productpage", *, user: str | None = None,
+              timeout: float = 30.0) -> PageVisit:
+        """One request through the ingress (signed in as ``user``), timed; never raises on HTTP errors."""
+        if self.ingress_url is None:
+            raise LabError("visit needs the ingress URL: connect(url, ingress=...) or the local mesh")
+        headers = {"Cookie": f"user={user}"} if user else {}
+        request = urllib.request.Request(self.ingress_url + path, headers=headers)
+        began = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                status, text = resp.status, resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read().decode(errors="replace")
+        except OSError as exc:
+            raise LabError(f"visit {path}: no answer from the ingress {self.ingress_url} ({exc})") from None
+        return PageVisit(path, user, status, time.monotonic() - began, text)
 
     def loading(self) -> bool:
         return any(h.running() for h in self._loads)
