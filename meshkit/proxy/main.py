@@ -8,7 +8,8 @@ shuts down cleanly on SIGTERM/SIGINT, giving in-flight requests a moment to fini
 mTLS: with ``--control`` and a CA token (``MESHKIT_CA_TOKEN`` or ``--ca-token-file``) the
 sidecar gets its workload certificate before it reports ready (``tls_sidecar``), keeps it
 rotated, applies PeerAuthentication on its inbound port (``tls_inbound``) and speaks mTLS to
-ISTIO_MUTUAL clusters (``upstream``). Without a token it runs plaintext.
+ISTIO_MUTUAL clusters (``upstream``). ``--tls-dir DIR`` does the same with certificate files
+and no CA (``tls_static``, never rotated). Without either it runs plaintext.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from meshkit.proxy.filters.accesslog import AccessLogSink
 from meshkit.proxy.listener import Listener, ListenerLimits
 from meshkit.proxy.pipeline import build_inbound, build_outbound
 from meshkit.proxy.stats import IstioMetrics
+from meshkit.proxy.tls import CertificateError
 from meshkit.proxy.tls_inbound import MtlsAcceptor
 from meshkit.proxy.tls_sidecar import SidecarCertificates
+from meshkit.proxy.tls_static import StaticCertificates
 from meshkit.proxy.upstream import Upstream
 from meshkit.proxy.xds import ConfigState, StaticConfig, XdsClient
 
@@ -66,12 +69,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ca-token-file", metavar="PATH",
         help=f"bootstrap token for the control plane's CA (or env {TOKEN_ENV}); enables mTLS",
     )
+    parser.add_argument(
+        "--tls-dir", metavar="DIR",
+        help="mTLS with fixed certificates: DIR/cert-chain.pem, key.pem, root-cert.pem (no CA, no rotation)",
+    )
     args = parser.parse_args(argv)
     if args.control and not args.node_id:
         parser.error("--control needs --id <instance>.<namespace>")
     args.ca_token = _ca_token(parser, args)
     if args.ca_token and not args.control:
         parser.error("a CA token needs --control URL (the CA that signs the certificate)")
+    if args.ca_token and args.tls_dir:
+        parser.error("--tls-dir and a CA token exclude each other: certificates come from files or the CA")
     return args
 
 
@@ -96,10 +105,16 @@ class Proxy:
         self.metrics = IstioMetrics()
         self.upstream = Upstream()
         self.access = None if args.access_log == "off" else AccessLogSink(args.access_log)
-        self.certificates: SidecarCertificates | None = None
+        self.certificates: SidecarCertificates | StaticCertificates | None = None
         self.acceptor: MtlsAcceptor | None = None
         if getattr(args, "ca_token", None):
             self.certificates = SidecarCertificates(args.control, args.ca_token)
+        elif getattr(args, "tls_dir", None):
+            try:
+                self.certificates = StaticCertificates.load(args.tls_dir)
+            except CertificateError as exc:
+                raise SystemExit(f"meshkit proxy: --tls-dir: {exc}") from None
+        if self.certificates is not None:
             self.upstream.certificates = self.certificates
             self.acceptor = MtlsAcceptor(self.certificates)
         limits = ListenerLimits(max_body_bytes=args.max_request_body)
@@ -137,7 +152,7 @@ class Proxy:
         for name, listener in self.listeners.items():
             self.ports[name] = await listener.start(args.address, getattr(args, f"{name}_port"))
         self.ports["admin"] = await self.admin_listener.start(args.address, args.admin_port)
-        if self.certificates is not None:  # before xds: it waits for the first snapshot's identity
+        if isinstance(self.certificates, SidecarCertificates):  # before xds: waits for the identity
             self._tasks.append(asyncio.ensure_future(self.certificates.run(self.state, self._stopping)))
         if args.control:
             self.xds = XdsClient(args.control, args.node_id, self.state, kind=args.kind)

@@ -317,6 +317,13 @@ class CertificateManager:
         self._pending_key = None
         return bundle
 
+    def install(
+        self, key: ec.EllipticCurvePrivateKey, cert_chain_pem: str, root_pem: str, *, now: float | None = None
+    ) -> CertificateBundle:
+        """Like ``rotate`` for a key made elsewhere (certificate files mounted by an operator)."""
+        self._pending_key = key
+        return self.rotate(cert_chain_pem, root_pem, now=now)
+
     @property
     def current(self) -> CertificateBundle | None:
         return self._current

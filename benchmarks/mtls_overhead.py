@@ -1,0 +1,411 @@
+"""What does mutual TLS between two meshkit sidecars cost, next to nginx -> nginx over TLS?
+
+Usage: ``.venv/bin/python benchmarks/mtls_overhead.py [--quick] [--out FILE]``
+
+Same harness as benchmarks/proxy_overhead.py (proxybench: upstream nginx with 100-byte answers,
+wrk -t1 at 1 and 16 connections, interleaved rounds, CPU per request from /proc), measuring in
+ONE run:
+
+* ``meshkit-mesh``       two sidecars, plaintext between them (outbound A -> inbound B -> upstream)
+* ``meshkit-mesh-mtls``  the same two sidecars with mTLS between them (``--tls-dir`` certificates
+                         from a throwaway CA: P-256 workload keys, SPIFFE ids, server id checked)
+* ``nginx-x2``           two nginx in a row, plaintext
+* ``nginx-x2-tls``       two nginx in a row, TLS between them with client certificates
+                         (``proxy_ssl`` with verification, keep-alive and session reuse)
+
+It reports each target's added p50 (vs direct) and req/s, and the ratios mTLS/plaintext for both
+meshkit and nginx. Everything runs on 127.0.0.1 with free ports in a temporary directory; every
+process it starts is stopped, even on errors. Writes JSON (default
+benchmarks/results/mtls_overhead.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from proxybench import report, snapshots
+from proxybench.load import Wrk
+from proxybench.processes import (
+    Child,
+    HarnessError,
+    Supervisor,
+    free_port,
+    http_get,
+    wait_http_ok,
+    wait_until,
+)
+from proxybench.runner import Plan, run_rounds
+from proxybench.targets import (
+    HOST,
+    Direct,
+    MeshkitMesh,
+    NginxProxy,
+    Stage,
+    Target,
+    read_ports,
+    start_upstream,
+)
+from proxybench.tools import ToolsMissing, ensure_tools
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "mtls_overhead.json"
+FULL = Plan(rounds=5, seconds=5)
+QUICK = Plan(rounds=2, seconds=2)
+PAIRS = (("meshkit-mesh-mtls", "meshkit-mesh"), ("nginx-x2-tls", "nginx-x2"),
+         ("meshkit-mesh-mtls", "nginx-x2-tls"), ("meshkit-mesh", "nginx-x2"))
+
+
+# -- a throwaway CA (cryptography only: the harness measures the proxies, not meshkit's CA) -------
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class ThrowawayCa:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls) -> ThrowawayCa:
+        key = _key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench root")])
+        now = datetime.now(UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                             content_commitment=False, key_encipherment=False,
+                                             data_encipherment=False, key_agreement=False,
+                                             encipher_only=False, decipher_only=False), critical=True)
+                .sign(key, hashes.SHA256()))
+        return cls(key, cert)
+
+    def issue(self, san: x509.GeneralName, directory: Path, *, chain: str, key_file: str,
+              root: str) -> None:
+        """A leaf for ``san`` (server+client auth) written as ``chain``, ``key_file``, ``root``."""
+        key = _key()
+        now = datetime.now(UTC)
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.cert.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(hours=12))
+                .add_extension(x509.SubjectAlternativeName([san]), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(self.key, hashes.SHA256()))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / chain).write_bytes(_pem(cert))
+        key_path = directory / key_file
+        key_path.write_bytes(_pem_key(key))
+        key_path.chmod(0o600)
+        (directory / root).write_bytes(_pem(self.cert))
+
+
+# -- meshkit: two sidecars with mTLS ---------------------------------------------------------------
+
+
+def start_tls_sidecar(stage: Stage, name: str, snapshot: dict[str, Any],
+                      tls_dir: Path) -> tuple[Child, dict[str, int]]:
+    """``python -m meshkit.proxy --config ... --tls-dir DIR`` on ephemeral ports; waits for /ready."""
+    workdir = stage.subdir(name)
+    config, ports_file = workdir / "snapshot.json", workdir / "ports.json"
+    config.write_text(json.dumps(snapshot, indent=2))
+    ports_file.unlink(missing_ok=True)
+    argv = [stage.python, "-m", "meshkit.proxy", "--config", str(config), "--address", "127.0.0.1",
+            "--outbound-port", "0", "--inbound-port", "0", "--admin-port", "0",
+            "--access-log", "off", "--ports-file", str(ports_file), "--tls-dir", str(tls_dir)]
+    child = stage.supervisor.spawn(name, argv)
+    wait_until(child, f"ports file {ports_file}", lambda: bool(read_ports(ports_file)))
+    ports = read_ports(ports_file)
+    wait_until(child, "admin /ready", lambda: http_get(ports["admin"], "localhost", "/ready")[0] == 200)
+    return child, ports
+
+
+@dataclass
+class MeshkitMeshMtls(Target):
+    """The mesh path with mTLS: client sidecar outbound -(mTLS)-> server sidecar inbound -> upstream."""
+
+    sidecar: bool = True
+
+    def start(self, stage: Stage) -> None:
+        ca = ThrowawayCa.create()
+        server_id, client_id = snapshots.identity("bench-upstream"), snapshots.identity(snapshots.CLIENT)
+        dirs = {}
+        for role, identity in (("server", server_id), ("client", client_id)):
+            dirs[role] = stage.subdir(f"{self.name}-{role}-certs")
+            ca.issue(x509.UniformResourceIdentifier(identity), dirs[role], chain="cert-chain.pem",
+                     key_file="key.pem", root="root-cert.pem")
+        server, server_ports = start_tls_sidecar(
+            stage, f"{self.name}-server", snapshots.server_snapshot(stage.upstream_port), dirs["server"])
+        self.children.append(server)
+        dest = snapshots.Destination(port=server_ports["inbound"], has_sidecar=True)
+        tls = {"mode": "ISTIO_MUTUAL", "server_identities": [server_id]}
+        client, client_ports = start_tls_sidecar(
+            stage, f"{self.name}-client", snapshots.client_snapshot(dest, stage.upstream_port, tls=tls),
+            dirs["client"])
+        self.children.append(client)
+        self.port = client_ports["outbound"]
+        self.verify()
+        status, body = http_get(client_ports["admin"], "localhost", "/stats")
+        if status != 200 or json.loads(body)["upstream"]["cx_mtls_total"] < 1:
+            raise HarnessError(f"{self.name}: the client sidecar opened no mTLS connection: {body[:300]!r}")
+
+
+# -- nginx -> nginx with TLS (proxy_ssl) -----------------------------------------------------------
+
+
+def _nginx_conf(workdir: Path, servers: str) -> str:
+    temp = workdir / "temp"
+    return f"""worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+{servers}
+}}
+"""
+
+
+def _nginx_tls_backend(certs: Path, port: int, upstream_port: int) -> str:
+    return f"""    upstream origin {{
+        server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate {certs}/server.pem;
+        ssl_certificate_key {certs}/server-key.pem;
+        ssl_client_certificate {certs}/ca.pem;
+        ssl_verify_client on;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}"""
+
+
+def _nginx_tls_frontend(certs: Path, port: int, backend_port: int) -> str:
+    return f"""    upstream tlsbackend {{
+        server 127.0.0.1:{backend_port}; keepalive 64; keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass https://tlsbackend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_ssl_certificate {certs}/client.pem;
+            proxy_ssl_certificate_key {certs}/client-key.pem;
+            proxy_ssl_trusted_certificate {certs}/ca.pem;
+            proxy_ssl_verify on;
+            proxy_ssl_name bench-backend;
+            proxy_ssl_session_reuse on;
+            proxy_ssl_protocols TLSv1.2 TLSv1.3;
+        }}
+    }}"""
+
+
+@dataclass
+class NginxTlsPair(Target):
+    """Two nginx in a row with TLS and client certificates between them (1 worker each)."""
+
+    def start(self, stage: Stage) -> None:
+        certs = stage.subdir(f"{self.name}-certs")
+        ca = ThrowawayCa.create()
+        ca.issue(x509.DNSName("bench-backend"), certs, chain="server.pem", key_file="server-key.pem",
+                 root="ca.pem")
+        ca.issue(x509.DNSName("bench-frontend"), certs, chain="client.pem", key_file="client-key.pem",
+                 root="ca.pem")
+        backend_port = self._start_nginx(stage, "backend",
+                                         lambda port: _nginx_tls_backend(certs, port, stage.upstream_port),
+                                         probe=False)
+        self.port = self._start_nginx(stage, "frontend",
+                                      lambda port: _nginx_tls_frontend(certs, port, backend_port), probe=True)
+        self.verify()
+
+    def _start_nginx(self, stage: Stage, role: str, server: Any, *, probe: bool) -> int:
+        workdir = stage.subdir(f"{self.name}-{role}")
+        (workdir / "temp").mkdir(exist_ok=True)
+        for _ in range(3):
+            port = free_port()
+            (workdir / "nginx.conf").write_text(_nginx_conf(workdir, server(port)))
+            argv = [stage.tools.nginx, "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
+                    "-e", str(workdir / "error.log")]
+            child = stage.supervisor.spawn(f"{self.name}-{role}", argv)
+            try:
+                if probe:
+                    wait_http_ok(child, port, HOST)
+                else:
+                    wait_until(child, f"{role} listening on {port}", lambda p=port: _listening(p))
+            except HarnessError:
+                child.stop()
+                if "Address already in use" in (workdir / "error.log").read_text(errors="replace"):
+                    continue
+                raise
+            self.children.append(child)
+            return port
+        raise HarnessError(f"{self.name}-{role}: no free port after 3 attempts")
+
+
+def _listening(port: int) -> bool:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+
+def targets() -> list[Target]:
+    return [
+        Direct("direct", "wrk -> upstream nginx (baseline)"),
+        NginxProxy("nginx-x2", "two nginx in a row, plaintext", hops=2),
+        NginxTlsPair("nginx-x2-tls", "two nginx in a row, TLS + client certs between them (proxy_ssl)"),
+        MeshkitMesh("meshkit-mesh", "two meshkit sidecars, plaintext between them"),
+        MeshkitMeshMtls("meshkit-mesh-mtls", "two meshkit sidecars, mTLS between them (--tls-dir)"),
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK.rounds} rounds x {QUICK.seconds} s")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, choices=range(1, 61), metavar="1..60")
+    parser.add_argument("--seconds", type=int, choices=range(1, 61), metavar="1..60")
+    parser.add_argument("--no-install", action="store_true", help="never apt-get install missing tools")
+    return parser.parse_args(argv)
+
+
+def render(console: Console, summary: dict[str, Any], ratios: list[dict[str, Any]]) -> None:
+    table = Table(title="added p50 (vs direct) at 1 connection, throughput at 16 connections")
+    for column in ("target", "added p50 µs @1", "req/s @16", "p99 µs @16", "CPU µs/req @16", "errors"):
+        table.add_column(column, justify="right" if column != "target" else "left")
+    for name, per in summary.items():
+        low, high = per.get(1, {}), per.get(16, {})
+        errors = sum(cell["errors"] + cell["non_2xx"] for cell in per.values())
+        table.add_row(name, report._fmt(low.get("added_p50_us")), report._fmt(high.get("rps")),
+                      report._fmt(high.get("p99_us")), report._fmt(high.get("cpu_us_per_request"), 1),
+                      str(errors))
+    console.print(table)
+    for ratio in ratios:
+        console.print(f"{ratio['target']} / {ratio['reference']}: added p50 x{_x(ratio['added_p50_ratio'])}, "
+                      f"req/s x{_x(ratio['rps_ratio_16'])}, CPU/req x{_x(ratio['cpu_per_request_ratio_16'])}")
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    plan = FULL if not args.quick else QUICK
+    plan = Plan(rounds=args.rounds or plan.rounds, seconds=args.seconds or plan.seconds)
+    try:
+        tools = ensure_tools(install=not args.no_install)
+    except ToolsMissing as exc:
+        console.print(f"[red]cannot run the benchmark: {escape(str(exc))}[/]")
+        return 2
+    chosen = targets()
+    meta: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "plan": {"rounds": plan.rounds, "seconds": plan.seconds, "connections": list(plan.connections)},
+        "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                 "loadavg_at_start": list(os.getloadavg())},
+        "tools": tools.versions(),
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="meshkit-mtls-bench-"))
+    supervisor = Supervisor(workdir)
+    try:
+        stage = Stage(supervisor, tools, workdir)
+        start_upstream(stage)
+        for target in chosen:
+            console.print(f"starting {target.name}: {target.description}")
+            target.start(stage)
+        console.print(f"measuring {len(chosen)} targets, {plan.rounds} rounds x {plan.seconds} s "
+                      f"(about {plan.estimated_seconds(len(chosen))} s)")
+        started = time.monotonic()
+        samples = run_rounds(chosen, Wrk.prepare(tools.wrk, workdir), plan,
+                             lambda line: console.print(line, highlight=False))
+        meta["measured_seconds"] = round(time.monotonic() - started, 1)
+        meta["host"]["loadavg_at_end"] = list(os.getloadavg())
+    except HarnessError as exc:
+        console.print(f"[red]benchmark aborted: {escape(str(exc))}[/]")
+        return 1
+    finally:
+        supervisor.close()
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    summary = report.summarize(samples)
+    ratios = [found for t, r in PAIRS if (found := report.compare(summary, t, r)) is not None]
+    render(console, summary, ratios)
+    warning = report.busy_warning(samples, os.cpu_count() or 1)
+    if warning:
+        meta["warning"] = warning
+        console.print(f"[yellow]{escape(warning)}[/]")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    document = {"meta": meta, "summary": summary, "ratios": ratios}
+    args.out.write_text(json.dumps(document, indent=2, default=str))
+    console.print(f"results written to {args.out}")
+    failed = sum(cell["errors"] + cell["non_2xx"] for per in summary.values() for cell in per.values())
+    if failed:
+        console.print(f"[red]{failed} requests failed during measurement: the numbers are not trustworthy[/]")
+        return 1
+    return 0
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    console = Console() if sys.stdout.isatty() else Console(width=150)
+    return run(parse_args(argv), console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
