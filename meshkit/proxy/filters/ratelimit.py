@@ -21,9 +21,11 @@ MIN_FILL_INTERVAL_MS = 50  # Envoy rejects shorter fill intervals
 
 
 class TokenBucket:
-    __slots__ = ("fill_interval", "last_fill", "max_tokens", "tokens", "tokens_per_fill")
+    __slots__ = ("fill_interval", "last_fill", "max_tokens", "response_headers", "tokens", "tokens_per_fill")
 
-    def __init__(self, max_tokens: int, tokens_per_fill: int, fill_interval_ms: int) -> None:
+    def __init__(self, max_tokens: int, tokens_per_fill: int, fill_interval_ms: int,
+                 response_headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.response_headers = response_headers  # added to every 429 (Envoy's response_headers_to_add)
         self.max_tokens = max_tokens
         self.tokens_per_fill = tokens_per_fill
         self.fill_interval = fill_interval_ms / 1000.0
@@ -45,7 +47,13 @@ class TokenBucket:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{where}.{key}: expected an integer >= {minimum}, got {value!r}")
             values[key] = value
-        return cls(values["max_tokens"], values["tokens_per_fill"], values["fill_interval_ms"])
+        headers = spec.get("response_headers") or {}
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ValueError(f"{where}.response_headers: expected an object of strings, got {headers!r}")
+        return cls(values["max_tokens"], values["tokens_per_fill"], values["fill_interval_ms"],
+                   tuple((k.lower(), v) for k, v in headers.items()))
 
     def try_consume(self, now: float) -> bool:
         """Take one token at time ``now`` (``time.monotonic()`` seconds); False when empty."""
@@ -71,4 +79,7 @@ def ratelimit(request: Request, call_next: Handler) -> Awaitable[Response]:
     bucket = request.config.rate_limiter
     if bucket is None or bucket.try_consume(time.monotonic()):
         return call_next(request)
-    return answered(Response.local(429, RATE_LIMITED_TEXT, "RL"))
+    response = Response.local(429, RATE_LIMITED_TEXT, "RL")
+    for name, value in bucket.response_headers:
+        response.headers.set(name, value)
+    return answered(response)
