@@ -84,10 +84,20 @@ class Series:
         self.response_bytes = Histogram(BYTES_BUCKETS)
 
     def record(self, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        # Histogram.observe inlined three times: this runs once per request (3 calls less).
         self.requests += 1
-        self.duration.observe(duration_ms)
-        self.request_bytes.observe(request_bytes)
-        self.response_bytes.observe(response_bytes)
+        hist = self.duration
+        hist.counts[bisect_left(hist.bounds, duration_ms)] += 1
+        hist.sum += duration_ms
+        hist.count += 1
+        hist = self.request_bytes
+        hist.counts[bisect_left(hist.bounds, request_bytes)] += 1
+        hist.sum += request_bytes
+        hist.count += 1
+        hist = self.response_bytes
+        hist.counts[bisect_left(hist.bounds, response_bytes)] += 1
+        hist.sum += response_bytes
+        hist.count += 1
 
 
 class IstioMetrics:

@@ -59,7 +59,10 @@ def outbound_metrics(registry: IstioMetrics) -> Filter:
     fast = registry.fast_keys
 
     def record(request: Request, response: Response | None, status: int, sent: int) -> None:
-        flags = merged_flags(request, response)
+        if request.flags or response is None:
+            flags = merged_flags(request, response)
+        else:
+            flags = response.flags or "-"  # merged_flags' common case, without the call
         key = (request.config.node_labels, request.cluster, request.endpoint, status, flags)
         series = fast.get(key)
         if series is None:
