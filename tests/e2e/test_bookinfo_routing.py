@@ -12,7 +12,16 @@ import re
 import time
 
 from tests.e2e.mesh import RunningMesh, rule, sample
-from tests.e2e.traffic import codes, eventually, get_many, get_one, istio_requests, pods
+from tests.e2e.traffic import (
+    codes,
+    eventually,
+    flagged,
+    get_many,
+    get_one,
+    istio_requests,
+    outbound_active,
+    pods,
+)
 
 REVIEWS_API = "/api/v1/products/0/reviews"
 ALL_V1 = sample("virtual-service-all-v1.yaml")
@@ -90,6 +99,12 @@ async def test_ratings_delay_for_jason_breaks_his_page_only(bookinfo: RunningMes
         others = await get_many(page, 10, concurrency=2)
         others_done = time.monotonic() - began
         jason = await jason_task
+        # Reviews v2 still waits on its delayed ratings calls: let them finish (and be counted DI)
+        # before the rule goes, so they do not spill into the next test.
+        reviews_v2 = bookinfo.workload("reviews-v2-0")["admin_port"]
+        idle = await eventually(lambda: outbound_active(reviews_v2), lambda n: n == 0, seconds=15.0)
+        assert idle == 0
+        assert flagged(reviews_v2, "DI", reporter="source", destination_service_name="ratings") >= 1
     print(f"7 s ratings delay: jason's page after {jason.seconds:.2f} s; "
           f"10 other pages, max {max(r.seconds for r in others):.2f} s")
     assert jason.status == 200
@@ -106,6 +121,7 @@ async def test_ratings_delay_for_jason_breaks_his_page_only(bookinfo: RunningMes
 async def test_half_of_ratings_requests_aborted_with_flag_fi(bookinfo: RunningMesh) -> None:
     caller = bookinfo.workload("reviews-v2-0")  # reviews v2 calls ratings; send from its sidecar
     labels = {"reporter": "source", "destination_service_name": "ratings"}
+    assert await eventually(lambda: outbound_active(caller["admin_port"]), lambda n: n == 0) == 0
     before_fi = istio_requests(caller["admin_port"], response_flags="FI", response_code="500", **labels)
     before_ok = istio_requests(bookinfo.workload("ratings-v1-0")["admin_port"], reporter="destination",
                                response_code="200")

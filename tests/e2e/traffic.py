@@ -131,3 +131,22 @@ async def paced(url: str, *, rps: float, seconds: float, proxy: str | None = Non
             return Sent(at, reply)
 
         return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def outbound_active(admin_port: int) -> int:
+    """Requests a sidecar's outbound listener is handling right now (fault-delayed ones included)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=10) as resp:
+        stats: dict[str, Any] = json.load(resp)
+    return int(stats["listeners"]["outbound"]["downstream_rq_active"])
+
+
+def flagged(admin_port: int, flag: str, **labels: str) -> float:
+    """Requests counted by one sidecar whose ``response_flags`` include ``flag`` (e.g. DI in "DI,DC")."""
+    url = f"http://127.0.0.1:{admin_port}/stats/prometheus"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text)
+               if family.name in ("istio_requests", "istio_requests_total")
+               for s in family.samples
+               if s.name.endswith("_total") and flag in s.labels.get("response_flags", "").split(",")
+               and all(s.labels.get(k) == v for k, v in labels.items()))
