@@ -133,6 +133,8 @@ function render(state) {
   renderLists(state);
   renderTimeline(state.timeline);
   renderReleaseChoices(state);
+  const locked = state.labs.filter((lab) => lab.locked).map((lab) => lab.lab);
+  $("locked-labs").textContent = locked.length ? locked.join(", ") : "none";
 }
 
 function renderGrid(state) {
