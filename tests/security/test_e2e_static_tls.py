@@ -20,6 +20,7 @@ from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.main import Proxy, parse_args
 from meshkit.proxy.tls import build_csr, generate_key
 from meshkit.proxy.tls_static import CHAIN_FILE, KEY_FILE, ROOT_FILE
+from meshkit.proxy.xds import ConfigState
 
 SERVER = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
 CLIENT = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
@@ -151,3 +152,24 @@ async def test_bad_tls_dir_stops_the_start(tmp_path: Path, start: Start, app_por
     (mixed / ROOT_FILE).write_text(other.root_pem)  # a chain that does not lead to the given root
     with pytest.raises(SystemExit, match="does not chain to the root"):
         await start(snapshot("reviews", SERVER, app_port), mixed)
+
+
+@pytest.mark.parametrize(("tls", "reason"), [
+    ({"mode": "SIMPLE"}, "clusters.reviews|.tls.mode: expected DISABLE or ISTIO_MUTUAL, got 'SIMPLE'"),
+    ({"mode": "ISTIO_MUTUAL", "server_identities": "x"}, "clusters.reviews|.tls.server_identities: expected"),
+])
+def test_snapshot_with_a_bad_cluster_tls_is_nacked(tls: dict[str, Any], reason: str) -> None:
+    doc = snapshot("productpage", CLIENT, 1, upstream_port=2)
+    doc["clusters"]["reviews|"]["tls"] = tls
+    state = ConfigState()
+    assert (state.apply(doc) or "").startswith(reason)
+    assert state.current is None
+
+
+def test_snapshot_carries_the_inbound_mode_and_upstream_identities() -> None:
+    doc = snapshot("productpage", CLIENT, 1, upstream_port=2)
+    doc["inbound"]["mtls"] = {"mode": "PERMISSIVE", "port_level": {"9080": "DISABLE"}}
+    state = ConfigState()
+    assert state.apply(doc) is None and state.current is not None
+    assert state.current.mtls_mode == "DISABLE"
+    assert state.current.upstream_tls == {"reviews|": frozenset({SERVER})}
