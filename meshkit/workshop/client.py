@@ -128,9 +128,29 @@ def join(url: str, code: str, name: str, *, state_dir: Path | str | None = None,
             reason = answer.get("error") if isinstance(answer, dict) else f"HTTP {status}"
             raise WorkshopError(f"the workshop server at {url} refused to join: {reason}")
         row = (answer["attendee_id"], answer["token"])
-        with _database(directory) as db:
-            db.execute("INSERT OR REPLACE INTO identity VALUES (?, ?, ?, ?, ?)", (url, code, name, *row))
+    with _database(directory) as db:  # (re)written: the latest join is the one `joined()` finds
+        db.execute("INSERT OR REPLACE INTO identity VALUES (?, ?, ?, ?, ?)", (url, code, name, *row))
     attendee = Attendee(url, row[0], row[1], name, state_dir=directory)
+    if attendee.pending():
+        attendee.flush_in_background()
+    return attendee
+
+
+def joined(*, state_dir: Path | str | None = None) -> Attendee | None:
+    """The attendee this state dir joined most recently (what a notebook's `Lab` reports as), or None.
+
+    Lets every notebook of the attendee find their workshop identity without module-level state:
+    ``meshkit.lab.join(...)`` joins once; each ``Lab`` asks `joined()`.
+    """
+    directory = Path(state_dir) if state_dir is not None else default_state_dir()
+    if not (directory / CLIENT_DB).exists():
+        return None
+    with _database(directory) as db:
+        row = db.execute("SELECT url, attendee_id, token, name FROM identity "
+                         "ORDER BY rowid DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    attendee = Attendee(row[0], row[1], row[2], row[3], state_dir=directory)
     if attendee.pending():
         attendee.flush_in_background()
     return attendee
@@ -175,6 +195,8 @@ class Attendee:
         with _database(self.state_dir) as db:
             db.execute("INSERT INTO queue (attendee_id, event_id, body) VALUES (?, ?, ?)",
                        (self.id, event.id, json.dumps(event.to_wire())))
+        if self._retrying():  # the server is known to be away: do not make the cell wait for it
+            return False
         delivered = self.flush() == 0
         if not delivered:
             self.flush_in_background()
@@ -224,10 +246,13 @@ class Attendee:
                     db.execute(f"DELETE FROM queue WHERE seq IN ({','.join('?' * len(batch))})",
                                [seq for seq, _ in batch])
 
+    def _retrying(self) -> bool:
+        return self._retrier is not None and self._retrier.is_alive()
+
     def flush_in_background(self) -> None:
         """Keep retrying in a daemon thread until the queue is empty (or `close`)."""
         with self._retrier_lock:
-            if self._retrier is not None and self._retrier.is_alive():
+            if self._retrying():
                 return
             self._stop.clear()
             self._retrier = threading.Thread(target=self._retry, name=f"workshop-retry-{self.id}",
@@ -261,12 +286,12 @@ class Attendee:
         except _Transient as error:
             self.last_error = f"workshop server unreachable ({error})"
             status, answer = 0, None
-        if status == 200 and isinstance(answer, dict):
-            with _database(self.state_dir) as db:
-                db.execute("INSERT OR REPLACE INTO view VALUES (?, ?, ?)",
-                           (self.id, json.dumps(answer), time.time()))
-            return answer
-        return dict(json.loads(row[0])) if row else {"messages": [], "released": [], "locked": []}
+        if status != 200 or not isinstance(answer, dict):  # keep the last known view; ask again later
+            answer = dict(json.loads(row[0])) if row else {"messages": [], "released": [], "locked": []}
+        with _database(self.state_dir) as db:
+            db.execute("INSERT OR REPLACE INTO view VALUES (?, ?, ?)",
+                       (self.id, json.dumps(answer), time.time()))
+        return answer
 
     def messages(self) -> list[dict[str, Any]]:
         """The instructor's broadcasts, oldest first: ``[{"id", "text", "at"}]``."""
