@@ -30,6 +30,21 @@ def columns(store: WorkshopStore) -> list[tuple[str, str]]:
     return sorted(order, key=lambda key: (key[0], order[key]))
 
 
+class BoardCache:
+    """One board per store version, shared by every open dashboard (``now`` is always fresh)."""
+
+    def __init__(self, store: WorkshopStore) -> None:
+        self._store = store
+        self._version = -1
+        self._board: dict[str, Any] = {}
+
+    def get(self) -> dict[str, Any]:
+        if self._version != self._store.version:
+            self._board = board_state(self._store)
+            self._version = self._store.version
+        return {**self._board, "now": time.time()}
+
+
 def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     cols = columns(store)
@@ -97,9 +112,10 @@ def _timeline(store: WorkshopStore, now: float) -> dict[str, Any]:
     bucket = max(60, math.ceil((now - start) / TIMELINE_BUCKETS / 60) * 60)
     start = now - bucket * TIMELINE_BUCKETS
     passes, fails = [0] * TIMELINE_BUCKETS, [0] * TIMELINE_BUCKETS
-    for at, passed in store.rows("SELECT at, passed FROM results WHERE at >= ?", (start,)):
-        slot = min(TIMELINE_BUCKETS - 1, int((at - start) // bucket))
-        (passes if passed else fails)[slot] += 1
+    for slot, passed, count in store.rows(
+            "SELECT CAST((at - ?) / ? AS INTEGER) AS slot, passed, COUNT(*) FROM results WHERE at >= ? "
+            "GROUP BY slot, passed", (start, bucket, start)):
+        (passes if passed else fails)[min(TIMELINE_BUCKETS - 1, int(slot))] += count
     return {"start": start, "bucket": bucket, "passes": passes, "fails": fails}
 
 

@@ -38,6 +38,7 @@ SHUTDOWN_TIMEOUT = 3.0
 
 STORE: web.AppKey[WorkshopStore] = web.AppKey("store", WorkshopStore)
 FEED: web.AppKey[live.ChangeFeed] = web.AppKey("feed", live.ChangeFeed)
+BOARD: web.AppKey[board.BoardCache] = web.AppKey("board", board.BoardCache)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -160,13 +161,12 @@ async def attendee_view(request: web.Request) -> web.Response:
 
 async def instructor_state(request: web.Request) -> web.Response:
     _require_instructor(request)
-    return web.json_response(board.board_state(request.app[STORE]))
+    return web.json_response(request.app[BOARD].get())
 
 
 async def instructor_events(request: web.Request) -> web.StreamResponse:
     _require_instructor(request)
-    store = request.app[STORE]
-    return await live.stream_board(request, request.app[FEED], lambda: board.board_state(store))
+    return await live.stream_board(request, request.app[FEED], request.app[BOARD].get)
 
 
 async def instructor_export(request: web.Request) -> web.Response:
@@ -227,6 +227,7 @@ def create_app(store: WorkshopStore) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_as_json])
     app[STORE] = store
     app[FEED] = live.ChangeFeed()
+    app[BOARD] = board.BoardCache(store)
     dashboard.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api/join", join)

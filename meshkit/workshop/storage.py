@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS results (
     lab TEXT NOT NULL, step TEXT NOT NULL, passed INTEGER NOT NULL, reason TEXT NOT NULL,
     at REAL NOT NULL, received REAL NOT NULL, UNIQUE (attendee_id, event_id)
 );
+CREATE INDEX IF NOT EXISTS results_by_step ON results (lab, step, seq);
+CREATE INDEX IF NOT EXISTS results_by_time ON results (at, passed);
 CREATE TABLE IF NOT EXISTS progress (
     attendee_id TEXT NOT NULL, lab TEXT NOT NULL, step TEXT NOT NULL,
     passed INTEGER NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL, failures INTEGER NOT NULL,
