@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.hosts import resolve_host
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
@@ -93,7 +94,8 @@ def compile_snapshot(
             ]
         },
         "clusters": _clusters(services, registry, node, destination_rules, peer_authentications),
-        "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy)),
+        "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
+                            of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
     }
     return {"schema": SCHEMA, "version": snapshot_version(body), **body}
@@ -444,6 +446,7 @@ def _inbound(
     registry: RegistryView,
     peer_authentications: Sequence[PeerAuthentication],
     authorization_policies: Sequence[AuthorizationPolicy],
+    envoy_filters: Sequence[EnvoyFilter] = (),
 ) -> dict[str, Any]:
     service = registry.service(node.service, node.namespace) if node.service else None
     has_app = node.app_port is not None and node.kind == "sidecar"
@@ -459,7 +462,8 @@ def _inbound(
         "service_port": service.port if service else node.app_port,
         "mtls": mtls,
         "authz": authz,
-        "rate_limit": None,
+        "rate_limit": rate_limit_for(node.namespace, node.labels, list(envoy_filters))
+        if node.kind == "sidecar" else None,
     }
 
 

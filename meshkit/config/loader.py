@@ -23,13 +23,9 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from meshkit.config.kinds import RESOURCE_KINDS, UNSUPPORTED_ISTIO_KINDS
 from meshkit.config.messages import ConfigError, Message, Severity
-from meshkit.config.resources import (
-    RESOURCE_KINDS,
-    UNSUPPORTED_ISTIO_KINDS,
-    IstioModel,
-    Resource,
-)
+from meshkit.config.resources import IstioModel, Resource
 
 CODE_SYNTAX = "MK0001"
 CODE_MALFORMED = "MK0002"

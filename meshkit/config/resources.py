@@ -493,14 +493,3 @@ class AuthorizationPolicy(Resource):
 
     kind: Literal["AuthorizationPolicy"] = "AuthorizationPolicy"
     spec: AuthorizationPolicySpec = AuthorizationPolicySpec()
-
-
-RESOURCE_KINDS: dict[str, type[Resource]] = {
-    cls.__name__: cls for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy)
-}
-
-# Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
-UNSUPPORTED_ISTIO_KINDS = frozenset(
-    {"Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter",
-     "RequestAuthentication", "Telemetry", "ProxyConfig", "WasmPlugin"}
-)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from meshkit.config.kinds import RESOURCE_KINDS
 from meshkit.config.messages import ConfigError, Message, Severity
-from meshkit.config.resources import RESOURCE_KINDS
 
 CODE_UNKNOWN_KIND = "MK0930"
 
@@ -12,6 +12,7 @@ SHORT_NAMES: dict[str, str] = {
     "dr": "DestinationRule",
     "pa": "PeerAuthentication",
     "ap": "AuthorizationPolicy",
+    "ef": "EnvoyFilter",
 }
 
 

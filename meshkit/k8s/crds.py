@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from meshkit.config.resources import RESOURCE_KINDS, IstioModel, Resource
+from meshkit.config.kinds import RESOURCE_KINDS
+from meshkit.config.resources import IstioModel, Resource
 
 # keywords a structural schema may carry, copied through as they are
 _COPIED = ("description", "enum", "minItems", "maxItems", "minLength", "maxLength", "minimum", "maximum",
@@ -27,7 +28,7 @@ _COPIED = ("description", "enum", "minItems", "maxItems", "minLength", "maxLengt
 _DROPPED = ("title", "default", "additionalProperties", "const", "examples")
 
 SHORT_NAMES = {"VirtualService": ["vs"], "DestinationRule": ["dr"], "PeerAuthentication": ["pa"],
-               "AuthorizationPolicy": ["ap"]}
+               "AuthorizationPolicy": ["ap"], "EnvoyFilter": ["ef"]}
 STORAGE_VERSION = "v1"
 
 
@@ -173,7 +174,9 @@ def crd(resource: type[Resource]) -> dict[str, Any]:
                 {
                     "name": version,
                     "served": True,
-                    "storage": version == STORAGE_VERSION,
+                    # v1 where Istio has it; EnvoyFilter only exists as v1alpha3
+                    "storage": version == (STORAGE_VERSION if STORAGE_VERSION in resource.versions
+                                           else resource.versions[0]),
                     "schema": {"openAPIV3Schema": schema},
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [

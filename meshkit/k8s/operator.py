@@ -31,8 +31,8 @@ from typing import Any
 import jsonpatch
 import kopf
 
+from meshkit.config.kinds import RESOURCE_KINDS
 from meshkit.config.messages import Severity
-from meshkit.config.resources import RESOURCE_KINDS
 from meshkit.k8s import names
 from meshkit.k8s.admission import admission_messages, errors, rejection_text, status_messages
 from meshkit.k8s.crds import plural

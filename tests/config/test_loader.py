@@ -132,7 +132,8 @@ def test_unsupported_and_unknown_kinds() -> None:
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n---\n"
         "apiVersion: v1\nkind: Foo\nmetadata: {name: f}\n"
     )
-    supported = "(supported: AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService)"
+    supported = ("(supported: AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, "
+                 "VirtualService)")
     assert gateway.text == f"kind Gateway is not supported by meshkit {supported}"
     assert foo.text == f"kind Foo is not a known kind {supported}"
 
