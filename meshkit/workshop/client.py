@@ -207,6 +207,8 @@ class Attendee:
         """Tell the dashboard a lab's steps in order (so not-started steps show); best effort."""
         body = {"lab": lab, "steps": steps}
         events.parse_outline(body)
+        if self._retrying():
+            return False
         try:
             status, _ = _request("POST", f"{self.url}/api/attendees/{self.id}/outline", body,
                                       self._token, self.timeout)
@@ -279,8 +281,8 @@ class Attendee:
         """Broadcasts, released solutions and locked labs; the last known ones when offline."""
         with _database(self.state_dir) as db:
             row = db.execute("SELECT body, fetched FROM view WHERE attendee_id = ?", (self.id,)).fetchone()
-        if row is not None and time.time() - row[1] < max_age:
-            return dict(json.loads(row[0]))
+        if row is not None and (time.time() - row[1] < max_age or self._retrying()):
+            return dict(json.loads(row[0]))  # fresh enough, or the server is known to be away
         try:
             status, answer = _request("GET", f"{self.url}/api/attendees/{self.id}/view", None,
                                       self._token, self.timeout)
