@@ -75,7 +75,10 @@ async def circuit_breaker(request: Request, call_next: Handler) -> Response:
         raise
     body = response.body
     if isinstance(body, bytes):
-        _release(traffic)
+        if traffic.pending:
+            _release(traffic)
+        else:
+            traffic.rq_active -= 1  # _release's common case, without the call
     else:
         response.body = SlotHoldingBody(body, traffic)
     return response

@@ -127,17 +127,24 @@ def _source_labels(request: Request, status: int, flags: str) -> dict[str, str]:
 def inbound_metrics(registry: IstioMetrics) -> Filter:
     """The destination-side metrics filter (see the module docstring)."""
     parsed: dict[str, tuple[str, ...]] = {}
+    fast = registry.fast_keys
 
     def record(
         request: Request, source: tuple[str, ...], response: Response | None, status: int, sent: int
     ) -> None:
         config = request.config
-        flags = merged_flags(request, response)
+        if request.flags or response is None:
+            flags = merged_flags(request, response)
+        else:
+            flags = response.flags or "-"
         policy = "mutual_tls" if request.peer_identity else "none"
         key = (config.node_labels, source, status, flags, policy)
-        series = registry.series(key, lambda: _destination_labels(request, source, status, flags, policy))
+        series = fast.get(key)
+        if series is None:
+            series = registry.series(key, lambda: _destination_labels(request, source, status, flags, policy))
         duration = (time.monotonic() - request.start) * 1000.0
-        series.record(duration, body_size(request.body), sent)
+        body = request.body
+        series.record(duration, len(body) if isinstance(body, bytes) else body_size(body), sent)
 
     async def metrics(request: Request, call_next: Handler) -> Response:
         source = _take_source(request, parsed)
@@ -147,7 +154,11 @@ def inbound_metrics(registry: IstioMetrics) -> Filter:
             request.flags = f"{request.flags},DC" if request.flags else "DC"
             record(request, source, None, 0, 0)
             raise
-        _record_later(request, response, lambda r, sent: record(request, source, r, r.status, sent))
+        body = response.body
+        if isinstance(body, bytes):
+            record(request, source, response, response.status, len(body))
+        else:
+            _record_later(request, response, lambda r, sent: record(request, source, r, r.status, sent))
         return response
 
     return metrics
@@ -175,10 +186,15 @@ def _take_source(request: Request, cache: dict[str, tuple[str, ...]]) -> tuple[s
     """The caller's labels from the x-meshkit-source header (the last one wins), which is removed."""
     items = request.headers.items()
     value: str | None = None
-    for name, text in items:
+    found = last = 0
+    for index, (name, text) in enumerate(items):
         if name == SOURCE_HEADER:
             value = text
-    if value is not None:
+            found += 1
+            last = index
+    if found == 1:
+        del items[last]  # the usual case: one header, from the calling sidecar
+    elif found:
         items[:] = [i for i in items if i[0] != SOURCE_HEADER]
     peer = request.peer_identity
     if value is None and peer is None:
