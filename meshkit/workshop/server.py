@@ -311,6 +311,8 @@ def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit 
         announce(f"workshop:         {workshop.title} (state: {running.store.directory})")
         announce(f"instructor token: {workshop.instructor_token}")
         announce(f"join code:        {workshop.join_code}")
+        if host in ("0.0.0.0", "::", ""):
+            announce("(replace the address below with this machine's address on the room's network)")
         announce(f"attendees join:   {running.url}  (meshkit.lab.join(url, code, name))")
         announce(f"dashboard:        {running.dashboard_url}")
         try:
