@@ -32,7 +32,7 @@ from meshkit.cli.common import (
 
 
 @app.command()
-def control(
+def control(  # noqa: PLR0917 (typer maps parameters to options)
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for the API and push stream (0 = any free port).")] = 15010,
     state_dir: Annotated[Path | None, typer.Option(
@@ -40,8 +40,19 @@ def control(
     ca: Annotated[bool, typer.Option(help="Run the certificate authority (for mTLS).")] = True,
     cert_ttl: Annotated[str, typer.Option(
         help="Lifetime of workload certificates (30s, 5m, 24h); sidecars rotate at half.")] = "24h",
+    kubernetes: Annotated[bool, typer.Option(
+        "--kubernetes", help="Config from the Istio CRDs, endpoints from EndpointSlices and Pods, "
+                             "CSRs checked by TokenReview (docs/kubernetes.md).")] = False,
+    kubeconfig: Annotated[str | None, typer.Option(
+        help="With --kubernetes: this kubeconfig (default: in-cluster, else $KUBECONFIG).")] = None,
+    kube_api: Annotated[str | None, typer.Option(
+        help="With --kubernetes: an API URL without credentials (kubectl proxy).")] = None,
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
+    if kubernetes:
+        _control_on_kubernetes(host, port, state_dir, ca=ca, cert_ttl=cert_ttl, kubeconfig=kubeconfig,
+                               kube_api=kube_api)
+        return
     import logging  # noqa: PLC0415
 
     from meshkit.control.ca import CaError, parse_ttl  # noqa: PLC0415
@@ -54,6 +65,29 @@ def control(
         _fail(EXIT_REJECTED, f"error: {error}")
     try:
         serve(host, port, state_dir, with_ca=ca, ca_ttl=ttl, announce=lambda text: print(text, flush=True))
+    except OSError as error:
+        _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")
+
+
+def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: bool, cert_ttl: str,
+                           kubeconfig: str | None, kube_api: str | None) -> None:
+    import logging  # noqa: PLC0415
+
+    from meshkit.control.ca import CaError, parse_ttl  # noqa: PLC0415
+    from meshkit.runtime.kube_api import KubeAccess, KubeApiError  # noqa: PLC0415
+    from meshkit.runtime.kubernetes import serve_kubernetes  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        ttl = parse_ttl(cert_ttl)
+        access = KubeAccess.url(kube_api) if kube_api else KubeAccess.detect(kubeconfig)
+    except (CaError, KubeApiError) as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+    except Exception as error:  # the kubernetes package's config loaders raise their own types
+        _fail(EXIT_REJECTED, f"error: no Kubernetes API to follow: {error}")
+    try:
+        serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl,
+                         announce=lambda text: print(text, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")
 

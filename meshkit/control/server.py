@@ -79,7 +79,9 @@ class ControlPlane:
 
     def __init__(self, state_dir: Path | str | None = None, *, with_ca: bool = True,
                  ca_ttl: timedelta | None = None, debounce: float = 0.005, ping_interval: float = 15.0,
-                 retention: float = 300.0) -> None:
+                 retention: float = 300.0, authenticator: Any = None) -> None:
+        """``authenticator`` (a `ca.CallerAuthenticator`) replaces the bootstrap tokens as the CA's
+        check of who asks for a certificate (Kubernetes: a TokenReview of the pod's token)."""
         self.directory = Path(state_dir) if state_dir is not None else default_control_dir()
         self._db: sqlite3.Connection = open_database(self.directory)
         self.store = ConfigStore(self._db)
@@ -95,7 +97,8 @@ class ControlPlane:
             directory = self.directory / "ca"
             authority = ca.CertificateAuthority.open(directory)
             self.tokens = ca.BootstrapTokens.open(directory / ca.TOKENS_FILE)
-            authenticator = _TokensOnDisk(self.tokens, directory / ca.TOKENS_FILE, ca.BootstrapTokens)
+            if authenticator is None:
+                authenticator = _TokensOnDisk(self.tokens, directory / ca.TOKENS_FILE, ca.BootstrapTokens)
             service = ca.SigningService(authority, authenticator, ttl=ca_ttl or ca.DEFAULT_TTL)
             self.signer = _CaSigner(service)
             self.registry.set_root_pem(self.signer.root_pem)

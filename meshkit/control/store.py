@@ -11,7 +11,13 @@ must always be possible.
 
 Store message codes (next to the config package's MK00xx/MK01xx): MK0901 duplicate resource in
 one input, MK0902 resource not found, MK0903 revision not found, MK0904 revision conflict,
-MK0905 stored config unreadable.
+MK0905 stored config unreadable, MK0906 config owned by an external source.
+
+An external source of truth (Kubernetes: ``meshkit control --kubernetes``) keeps the config with
+``mirror``: the whole config becomes what the source holds, as one revision whose summary names
+the source, not gated by the analyzer (the source already accepted those objects; cross-resource
+findings are for its status to show). While a source owns the store (``owned_by``), apply, delete
+and rollback are refused with a message saying where to change the config instead.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ CODE_NOT_FOUND = "MK0902"
 CODE_NO_REVISION = "MK0903"
 CODE_CONFLICT = "MK0904"
 CODE_CORRUPT = "MK0905"
+CODE_OWNED = "MK0906"
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -133,6 +140,7 @@ class ConfigStore:
         self._listeners: list[Callable[[], None]] = []
         self._current: dict[Key, StoredResource] = {}
         self._revision = 0
+        self._owner: tuple[str, str] | None = None  # (source, where to change the config instead)
         self._load_latest()
 
     # -- reading --------------------------------------------------------------------------------
@@ -180,6 +188,39 @@ class ConfigStore:
 
     # -- changing -------------------------------------------------------------------------------
 
+    @property
+    def owned_by(self) -> str | None:
+        """The external source that owns the config (e.g. ``"kubernetes"``), or None."""
+        return None if self._owner is None else self._owner[0]
+
+    def own(self, source: str, advice: str) -> None:
+        """Let ``source`` own the config: from now on only ``mirror`` changes it.
+
+        ``advice`` tells a refused caller where to make the change (``"use kubectl apply"``).
+        """
+        self._owner = (source, advice)
+
+    def mirror(self, desired: Sequence[Resource], *, source: str) -> ChangeResult:
+        """Make the config exactly ``desired`` (what an external source holds), as one revision.
+
+        Not gated by the analyzer (the source's own status reports findings). Nothing changes (and
+        no revision is made) when the config already is ``desired``.
+        """
+        duplicates = self._duplicates(desired)
+        if duplicates:
+            raise ConfigError(duplicates)
+        target = {resource.key: resource for resource in desired}
+        current = {key: stored.resource for key, stored in self._current.items()}
+        actions = [
+            (_ref(key), "deleted" if key not in target else "created" if key not in current else "configured")
+            for key in sorted(set(current) | set(target))
+            if key not in current or key not in target or current[key].to_dict() != target[key].to_dict()
+        ]
+        if not actions:
+            return ChangeResult(self._revision, False, [])
+        self._commit(target, f"{source}: " + ", ".join(f"{action} {ref}" for ref, action in actions))
+        return ChangeResult(self._revision, True, actions)
+
     def analyze(self, incoming: Sequence[Resource] = (),
                 registry: RegistryView | None = None) -> list[Message]:
         """What the analyzer says about the current config with ``incoming`` applied over it."""
@@ -189,6 +230,7 @@ class ConfigStore:
     def apply(self, incoming: Sequence[Resource], registry: RegistryView | None = None, *,
               expected_revision: int | None = None) -> ChangeResult:
         """Create or replace ``incoming`` atomically; raise ConfigError (nothing changed) on any Error."""
+        self._check_writable()
         self._check_expected(expected_revision)
         duplicates = self._duplicates(incoming)
         if duplicates:
@@ -216,6 +258,7 @@ class ConfigStore:
     def delete(self, keys: Sequence[Key], registry: RegistryView | None = None, *,
                expected_revision: int | None = None) -> ChangeResult:
         """Delete every key or nothing (NotFound names all the missing ones)."""
+        self._check_writable()
         self._check_expected(expected_revision)
         unique = list(dict.fromkeys(keys))
         missing = [key for key in unique if key not in self._current]
@@ -233,6 +276,7 @@ class ConfigStore:
 
     def rollback(self, number: int, registry: RegistryView | None = None) -> ChangeResult:
         """Make the config as of revision ``number`` current again, as a new revision."""
+        self._check_writable()
         target = self._config_at(number)
         messages = analyze([target[key] for key in sorted(target)], registry)
         if _errors(messages):
@@ -265,6 +309,12 @@ class ConfigStore:
                                         f"{resource.ref} appears more than once in the same input"))
             seen.add(resource.key)
         return messages
+
+    def _check_writable(self) -> None:
+        if self._owner is not None:
+            source, advice = self._owner
+            text = f"the config of this control plane is mirrored from {source}; {advice}"
+            raise ConflictError([Message(CODE_OWNED, Severity.ERROR, "<store>", "", text)])
 
     def _check_expected(self, expected: int | None) -> None:
         if expected is not None and expected != self._revision:

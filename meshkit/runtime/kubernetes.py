@@ -1,0 +1,348 @@
+"""The control plane on Kubernetes: config from the Istio CRDs, endpoints from EndpointSlices and Pods.
+
+`KubernetesSync` lists and watches (in all namespaces) VirtualServices, DestinationRules,
+PeerAuthentications, AuthorizationPolicies, Services, EndpointSlices and Pods, keeps the
+objects in memory and mirrors them into the control plane's OWN store and registry — the
+single place the push server reads from — so sidecars get their snapshots exactly as in
+local mode:
+
+* the config: ``ConfigStore.mirror`` makes the store hold exactly the cluster's Istio objects,
+  one revision per batch of changes, summarised ``kubernetes: created VirtualService/ns/x, ...``
+  (``meshkit history`` shows them). The store is owned by Kubernetes: an apply, delete or
+  rollback through the control plane's API is refused with "use kubectl". An object that does
+  not load (it bypassed the admission webhook) is left out and logged with the loader's message;
+* the registry: Services, EndpointSlices and Pods become services and endpoints
+  (`meshkit.runtime.kube_sources.desired_registry`); registrations that are no longer in the
+  cluster are removed.
+
+Nothing is mirrored before every watched type has been listed once (a half-listed cluster
+would look like deletions). Watches resume from the last resourceVersion; a watch error
+relists that type (so nothing missed in between survives), with back-off up to 5 s. An Istio
+kind whose CRD is not installed is mirrored as empty and listed again every 30 s.
+
+`run_kubernetes_control_plane` starts a control plane (`meshkit.control.server`) whose CA
+authenticates CSRs by TokenReview (`meshkit.runtime.kube_tokenreview`), plus the sync;
+`serve_kubernetes` is ``meshkit control --kubernetes``. Unlike the local runtime, this module
+runs the control plane in-process (it is the control plane's backend, not a client of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from meshkit.config.resources import Resource
+from meshkit.control.registry import ServiceRegistry
+from meshkit.control.server import DEFAULT_HOST, DEFAULT_PORT, RunningControlPlane, run_control_plane
+from meshkit.control.store import ConfigStore
+from meshkit.runtime.kube_api import KubeAccess, KubeApi, KubeApiError, ResourceType
+from meshkit.runtime.kube_sources import (
+    ENDPOINT_SLICES,
+    ISTIO_TYPES,
+    PODS,
+    REGISTRY_TYPES,
+    SERVICES,
+    ObjectKey,
+    desired_registry,
+    istio_resource,
+    object_key,
+)
+from meshkit.runtime.kube_tokenreview import TokenReviewAuthenticator
+
+log = logging.getLogger("meshkit.runtime.kubernetes")
+
+SOURCE = "kubernetes"
+OWNER_ADVICE = ("change it in the cluster (kubectl apply -f FILE / kubectl delete -f FILE); "
+                "this API only reads it")
+# Kubernetes' own namespaces and kind's storage: their services are no part of the mesh
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "local-path-storage"})
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """How the sync follows the cluster."""
+
+    ignored_namespaces: frozenset[str] = SYSTEM_NAMESPACES  # for services, endpoints and pods
+    watch_timeout_s: int = 300  # the server ends a watch after this long; it resumes
+    debounce_s: float = 0.02  # a burst of events within this costs one mirror
+    max_backoff_s: float = 5.0
+    missing_crd_retry_s: float = 30.0
+
+
+@dataclass
+class SyncStats:
+    """Counters for tests and the log."""
+
+    lists: int = 0
+    events: int = 0
+    mirrors: int = 0
+    errors: int = 0
+    left_out: dict[str, str] = field(default_factory=dict)  # object -> why it is not mirrored
+
+
+class KubernetesSync:
+    """Follows the cluster and mirrors it into ``store`` and ``registry``. Runs on one event loop."""
+
+    def __init__(self, api: KubeApi, store: ConfigStore, registry: ServiceRegistry,
+                 options: SyncOptions | None = None) -> None:
+        self.api = api
+        self.store = store
+        self.registry = registry
+        self.options = options or SyncOptions()
+        self.stats = SyncStats()
+        self._objects: dict[ResourceType, dict[ObjectKey, dict[str, Any]]] = {
+            t: {} for t in (*ISTIO_TYPES, *REGISTRY_TYPES)
+        }
+        self._listed: set[ResourceType] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: asyncio.TimerHandle | None = None
+        self._synced = asyncio.Event()
+        self._config_done = False
+        self._registry_done = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the store over and start following every watched type."""
+        self.store.own(SOURCE, OWNER_ADVICE)
+        self._tasks = [asyncio.create_task(self._follow(t), name=f"kubernetes watch {t}")
+                       for t in self._objects]
+
+    async def wait_synced(self, timeout_s: float) -> bool:
+        """Whether the cluster has been mirrored once (every type listed) within ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._synced.wait(), timeout_s)
+        return self._synced.is_set()
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # -- following one type ---------------------------------------------------------------------
+
+    async def _follow(self, resource_type: ResourceType) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                items, version = await self.api.list(resource_type)
+                self.stats.lists += 1
+                self._objects[resource_type] = {object_key(obj): obj for obj in items}
+                self._listed.add(resource_type)
+                self._schedule()
+                backoff = 0.1
+                while True:  # a watch the server ended normally resumes where it was
+                    version = await self._watch(resource_type, version)
+            except KubeApiError as error:
+                self.stats.errors += 1
+                if error.status == 404 and resource_type in ISTIO_TYPES:
+                    log.warning("%s is not served (is its CRD installed?); retrying in %.0f s",
+                                resource_type, self.options.missing_crd_retry_s)
+                    self._objects[resource_type] = {}
+                    self._listed.add(resource_type)
+                    self._schedule()
+                    await asyncio.sleep(self.options.missing_crd_retry_s)
+                    continue
+                if error.status == 410:  # Gone: the version is too old, list again at once
+                    continue
+                log.warning("kubernetes %s: %s; listing again in %.1f s", resource_type, error, backoff)
+            except Exception:  # a bug must not end the watch of this type for good
+                self.stats.errors += 1
+                log.exception("kubernetes %s: unexpected error; listing again in %.1f s",
+                              resource_type, backoff)
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, self.options.max_backoff_s)
+
+    async def _watch(self, resource_type: ResourceType, version: str | None) -> str | None:
+        """Apply watch events until the server ends the watch; the last resourceVersion seen."""
+        objects = self._objects[resource_type]
+        async for event in self.api.watch(resource_type, version, self.options.watch_timeout_s):
+            obj = event.get("object") or {}
+            version = str((obj.get("metadata") or {}).get("resourceVersion") or "") or version
+            kind = event.get("type")
+            if kind in ("ADDED", "MODIFIED"):
+                objects[object_key(obj)] = obj
+            elif kind == "DELETED":
+                objects.pop(object_key(obj), None)
+            else:
+                continue  # BOOKMARK: only the version
+            self.stats.events += 1
+            self._schedule()
+        return version
+
+    # -- mirroring ------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(self.options.debounce_s, self._mirror)
+
+    def _mirror(self) -> None:
+        self._pending = None
+        try:
+            self._mirror_all()
+        except Exception:  # logged; the next event mirrors again
+            self.stats.errors += 1
+            log.exception("kubernetes: mirroring failed")
+
+    def _mirror_all(self) -> None:
+        if all(t in self._listed for t in ISTIO_TYPES):
+            self._mirror_config()
+            self._config_done = True
+        if all(t in self._listed for t in REGISTRY_TYPES):
+            self._mirror_registry()
+            self._registry_done = True
+        self.stats.mirrors += 1
+        if self._config_done and self._registry_done and not self._synced.is_set():
+            log.info("kubernetes: mirrored (revision %d, %d services, %d endpoints)", self.store.revision,
+                     len(self.registry.services()), len(self.registry.endpoints()))
+            self._synced.set()
+
+    def _mirror_config(self) -> None:
+        desired: list[Resource] = []
+        left_out: dict[str, str] = {}
+        for resource_type in ISTIO_TYPES:
+            for (namespace, name), obj in sorted(self._objects[resource_type].items()):
+                resource, messages = istio_resource(obj, resource_type)
+                if resource is None:
+                    left_out[f"{resource_type.kind}/{namespace}/{name}"] = "; ".join(map(str, messages))
+                else:
+                    desired.append(resource)
+        self._note_left_out("config", left_out)
+        result = self.store.mirror(desired, source=SOURCE)
+        if result.changed:
+            log.info("kubernetes: revision %d: %s", result.revision,
+                     ", ".join(f"{action} {ref}" for ref, action in result.actions))
+
+    def _mirror_registry(self) -> None:
+        desired = desired_registry(self._objects[SERVICES].values(), self._objects[ENDPOINT_SLICES].values(),
+                                   self._objects[PODS], self.options.ignored_namespaces)
+        self._note_left_out("registry", {line.split(": ", 1)[0]: line.split(": ", 1)[-1]
+                                         for line in desired.left_out})
+        registry = self.registry
+        for service in desired.services.values():
+            registry.register_service(service)
+        for registered in registry.endpoints():
+            e = registered.endpoint
+            if (e.namespace, e.instance) not in desired.endpoints:
+                registry.deregister_endpoint(e.namespace, e.instance)
+        for registered in desired.endpoints.values():
+            registry.register_endpoint(registered)
+        for service in registry.services():
+            if (service.namespace, service.name) not in desired.services:
+                registry.deregister_service(service.namespace, service.name)
+
+    def _note_left_out(self, part: str, now: dict[str, str]) -> None:
+        """Log what is newly left out (once, not at every mirror) and keep the current list."""
+        previous = {k: v for k, v in self.stats.left_out.items() if k.startswith(f"{part} ")}
+        current = {f"{part} {k}": v for k, v in now.items()}
+        for key, why in current.items():
+            if previous.get(key) != why:
+                log.warning("kubernetes: not mirrored: %s: %s", key.split(" ", 1)[1], why)
+        for key in previous:
+            self.stats.left_out.pop(key, None)
+        self.stats.left_out.update(current)
+
+
+# -- the control plane with this backend -------------------------------------------------------------
+
+
+class RunningKubernetesControlPlane:
+    """A control plane fed from a cluster; ``await close()`` (or ``async with``) stops all of it."""
+
+    def __init__(self, running: RunningControlPlane, sync: KubernetesSync, api: KubeApi) -> None:
+        self.running = running
+        self.sync = sync
+        self.api = api
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    @property
+    def control_plane(self) -> Any:
+        return self.running.control_plane
+
+    async def close(self) -> None:
+        await self.sync.close()
+        await self.running.close()
+        await self.api.close()
+
+    async def __aenter__(self) -> RunningKubernetesControlPlane:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+
+async def run_kubernetes_control_plane(access: KubeAccess, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                                       state_dir: Path | str | None = None, *,
+                                       sync_options: SyncOptions | None = None,
+                                       **options: Any) -> RunningKubernetesControlPlane:
+    """A control plane on ``host:port`` whose config and registry follow the cluster at ``access``.
+
+    With the CA (the default), CSRs are authenticated by TokenReview. ``options`` go to
+    `meshkit.control.server.ControlPlane` (``with_ca``, ``ca_ttl``, ``debounce``...). Returns once it
+    listens; ``sync.wait_synced()`` tells when the cluster has been mirrored.
+    """
+    api = KubeApi(access)
+    try:
+        running = await run_control_plane(host, port, state_dir,
+                                          authenticator=TokenReviewAuthenticator(api), **options)
+    except BaseException:
+        await api.close()
+        raise
+    plane = running.control_plane
+    sync = KubernetesSync(api, plane.store, plane.registry, sync_options)
+    sync.start()
+    return RunningKubernetesControlPlane(running, sync, api)
+
+
+def serve_kubernetes(access: KubeAccess, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                     state_dir: Path | str | None = None, *, announce: Callable[[str], Any] = print,
+                     **options: Any) -> None:
+    """``meshkit control --kubernetes``: run until SIGINT/SIGTERM, then stop gracefully."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        running = await run_kubernetes_control_plane(access, host, port, state_dir, **options)
+        announce(f"meshkit control plane listening on {running.url}, following the cluster at "
+                 f"{access.server} (state: {running.control_plane.directory})")
+        try:
+            await stop.wait()
+        finally:
+            await running.close()
+        announce("meshkit control plane stopped")
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _loop_factory() -> Any:
+    """uvloop's event loop when installed, else asyncio's (as `meshkit.control.server.serve`)."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
