@@ -1,5 +1,6 @@
 """The dashboard in a real browser (Debian chromium driven by Playwright): it loads, shows the
-attendees (hostile names as text), updates live without a reload, and an instructor action works.
+attendees (hostile names as text), updates live without a reload, and the instructor actions on the
+page (broadcast, release a solution, reset an attendee) reach the attendees.
 
 Screenshots for docs/instructor-guide.md are written to docs/images/ when
 ``MESHKIT_UPDATE_SCREENSHOTS=1`` (otherwise to the test's temp dir, so a test run leaves the tree clean).
@@ -12,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Page, Route, async_playwright, expect
+from playwright.async_api import Dialog, Page, Route, async_playwright, expect
 
 from meshkit.workshop import client
 from meshkit.workshop.server import RunningWorkshop
@@ -122,6 +123,24 @@ async def test_dashboard_loads_shows_attendees_and_updates_live(workshop: Runnin
             assert "Solutions for lab 01 are out" in [m["text"] for m in await in_thread(late.messages)]
             await expect(page.locator("#messages li").first).to_have_text("Solutions for lab 01 are out")
             await page.locator("#grid").screenshot(path=str(shots / "workshop-live-update.png"))
+
+            # release a step's solution and reset an attendee from the page (both ask to confirm)
+            async def accept(dialog: Dialog) -> None:
+                await dialog.accept()
+
+            page.on("dialog", accept)
+            await page.select_option("#release-lab", "02-canary")
+            await page.select_option("#release-step", "shift-10")
+            await page.click("#release-form button")
+            released = "solution released: 02-canary / shift-10"
+            await expect(page.locator("#action-result")).to_have_text(released, timeout=10000)
+            assert await in_thread(lambda: late.refresh(max_age=0) and late.released("02-canary", "shift-10"))
+            assert not await in_thread(late.released, "02-canary", "shift-50")
+            await expect(page.locator("th.step.released")).to_have_count(2, timeout=10000)
+            grace = attendees[1]
+            await page.click(f'tr[data-attendee="{grace.id}"] button.reset')
+            grace_done = page.locator(f'tr[data-attendee="{grace.id}"] td.done')
+            await expect(grace_done).to_have_text("0", timeout=10000)
             assert errors == [] and blocked == []
             await _login_page_without_a_token(page, workshop)
         finally:
