@@ -109,7 +109,8 @@ def parse_ttl(text: str, where: str = "--cert-ttl") -> timedelta:
         raise CaError(f"{where} {text!r}: expected a duration such as 30s, 5m, 24h or 7d")
     ttl = timedelta(seconds=float(match["n"]) * _UNITS[match["unit"] or "s"])
     if not MIN_TTL <= ttl <= MAX_TTL:
-        raise CaError(f"{where} {text!r}: must be between {MIN_TTL} and {MAX_TTL.days} days")
+        low, high = int(MIN_TTL.total_seconds()), MAX_TTL.days
+        raise CaError(f"{where} {text!r}: must be between {low}s and {high}d")
     return ttl
 
 
