@@ -1,6 +1,7 @@
 """Two real sidecars (in this process, real sockets) with mTLS from certificate files (``--tls-dir``):
 the static mode benchmarks use. Traffic is mutual TLS with the client's identity at the server;
 a server whose SPIFFE id is not the expected one is refused (503); bad files stop the start.
+Also the mTLS parts of the snapshot (NACK on a bad cluster ``tls``) and the ``--cert-ttl`` syntax.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshkit.control.ca import CertificateAuthority
+from meshkit.control.ca import CaError, CertificateAuthority, parse_ttl
 from meshkit.proxy.main import Proxy, parse_args
 from meshkit.proxy.tls import build_csr, generate_key
 from meshkit.proxy.tls_static import CHAIN_FILE, KEY_FILE, ROOT_FILE
@@ -173,3 +174,17 @@ def test_snapshot_carries_the_inbound_mode_and_upstream_identities() -> None:
     assert state.apply(doc) is None and state.current is not None
     assert state.current.mtls_mode == "DISABLE"
     assert state.current.upstream_tls == {"reviews|": frozenset({SERVER})}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30s", 30), ("4", 4), ("5m", 300), ("24h", 86400), ("7d", 604800), ("1.5s", 1.5)])
+def test_cert_ttl_syntax(text: str, seconds: float) -> None:
+    assert parse_ttl(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize(("text", "message"), [("2x", "expected a duration"), ("", "expected a duration"),
+                                               ("0s", "between 1s and 90d"), ("91d", "between 1s and 90d")])
+def test_cert_ttl_errors_name_the_option(text: str, message: str) -> None:
+    with pytest.raises(CaError, match=message) as caught:
+        parse_ttl(text)
+    assert str(caught.value).startswith(f"--cert-ttl {text!r}")
