@@ -65,7 +65,7 @@ def up(
             bar.update(task, description=what, completed=done, total=total)
 
         try:
-            status = mesh.up(app_sets or ["bookinfo"], _replicas(replicas or []), progress=progress,
+            status = mesh.up(app_sets or None, _replicas(replicas or []), progress=progress,
                              timeout=timeout, cert_ttl=cert_ttl)
         except (MeshError, ValueError) as error:
             _fail(EXIT_REJECTED, f"error: {error}")
@@ -165,7 +165,7 @@ def logs(
 
     mesh = _running_mesh()
     try:
-        path = mesh.state.log(f"{instance}.access") if access else mesh.log_path(instance, sidecar=sidecar)
+        path = mesh.log_path(instance, sidecar=sidecar, access=access)
     except MeshError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     try:

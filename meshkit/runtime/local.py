@@ -190,9 +190,12 @@ class LocalMesh:
     ) -> dict[str, Any]:
         """Bring the mesh up and return `status()`. Running it twice is harmless.
 
+        ``apps`` defaults to Bookinfo; when a mesh already runs, asking for other ``apps`` or
+        ``replicas`` than it has is a `MeshError` (stop it first), asking for nothing accepts it.
         ``cert_ttl`` is the workload certificates' lifetime (``30s``, ``24h``); sidecars rotate
         at half of it.
         """
+        asked = apps is not None or bool(replicas)
         apps = apps or ["bookinfo"]
         replicas = replicas or {}
         specs = catalog.resolve(apps, replicas)  # validates names before anything starts
@@ -203,6 +206,11 @@ class LocalMesh:
         existing = self.record()
         if existing is not None:
             if self.running():
+                if asked and (sorted(existing.apps), existing.replicas) != (sorted(apps), replicas):
+                    raise MeshError(
+                        f"a mesh of {_describe(existing.apps, existing.replicas)} is already running in "
+                        f"{self.state.root}; stop it with `meshkit down` to start {_describe(apps, replicas)}"
+                    )
                 progress("mesh already running", 1, 1)
                 return self.status()
             # Partly running: an instance died, or the `up` that started it was killed half-way.
@@ -389,8 +397,19 @@ class LocalMesh:
             raise MeshError(f"no instance {name!r}; known instances: {known}")
         return rec.processes[name]
 
-    def log_path(self, name: str, sidecar: bool = False) -> Path:
-        return Path(self._process(f"{name}.sidecar" if sidecar else name).log)
+    def log_path(self, name: str, sidecar: bool = False, access: bool = False) -> Path:
+        """The log of an instance's app, of its sidecar, or its sidecar's JSON access log."""
+        app = self._process(name)  # a clear error for an unknown instance
+        if name == "ingressgateway":  # a proxy with no app: its own log is the sidecar's
+            return self.state.log(f"{name}.access") if access else Path(app.log)
+        if not (sidecar or access):
+            return Path(app.log)
+        rec = self.record()
+        if rec is None or f"{name}.sidecar" not in rec.processes:
+            raise MeshError(f"{name} has no sidecar (it runs outside the mesh), so no sidecar or access log")
+        if access:
+            return self.state.log(f"{name}.access")
+        return Path(self._process(f"{name}.sidecar").log)
 
 
 def _identity(spec: WorkloadSpec) -> str:
@@ -404,6 +423,12 @@ def _ingress_identity() -> str:
 def _sidecar_env(token: str) -> dict[str, str]:
     """A sidecar's environment: ours plus its CA bootstrap token (never on the command line)."""
     return {**os.environ, TOKEN_ENV: token}
+
+
+def _describe(apps: list[str], replicas: dict[str, int]) -> str:
+    """``bookinfo + httpbin (reviews-v1=2)``, as `meshkit up` options read."""
+    extra = ", ".join(f"{name}={count}" for name, count in sorted(replicas.items()))
+    return " + ".join(apps) + (f" ({extra})" if extra else "")
 
 
 def _app_env(inst: Instance) -> dict[str, str]:

@@ -86,8 +86,13 @@ def test_logs_of_app_sidecar_and_access(mesh: RunningMesh) -> None:
     assert entry["direction"] == "inbound" and entry["path"] == "/ratings/0" and entry["status"] == 200
     control = meshkit(mesh, "logs", "control")
     assert control.returncode == 0
-    missing = meshkit(mesh, "logs", "nobody-v1-0")
-    assert missing.returncode != 0 and "no instance 'nobody-v1-0'" in missing.stderr
+    for flags in ([], ["--sidecar"], ["--access"]):
+        missing = meshkit(mesh, "logs", "nobody-v1-0", *flags)
+        assert missing.returncode != 0 and "no instance 'nobody-v1-0'; known instances:" in missing.stderr
+    outside = meshkit(mesh, "logs", "legacy-v1-0", "--sidecar")
+    assert outside.returncode != 0 and "legacy-v1-0 has no sidecar" in outside.stderr
+    gateway = meshkit(mesh, "logs", "ingressgateway", "--access", "--tail", "0")
+    assert gateway.returncode == 0, gateway.stderr
 
 
 async def test_kill_then_restart_an_instance(mesh: RunningMesh) -> None:

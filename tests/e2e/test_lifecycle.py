@@ -104,6 +104,13 @@ def test_up_status_up_again_down(home: Path, base: int) -> None:
         assert again.returncode == 0, again.stderr
         assert _recorded_pids(home) == recorded  # harmless: the same processes, nothing new
         assert _status(home, base) == status
+        same = meshkit(home, base, "up", "--app", "bookinfo")
+        assert same.returncode == 0, same.stderr
+        other = meshkit(home, base, "up", "--app", "httpbin", "--replicas", "httpbin-v1=2")
+        assert other.returncode != 0
+        assert "a mesh of bookinfo is already running" in other.stderr
+        assert "`meshkit down` to start httpbin (httpbin-v1=2)" in other.stderr
+        assert _recorded_pids(home) == recorded
     finally:
         stopped = meshkit(home, base, "down")
     assert stopped.returncode == 0, stopped.stderr
