@@ -15,6 +15,7 @@ from meshkit.lab.display import Rule
 from meshkit.lab.mesh import Mesh
 
 MAX_WINDOW = 600.0
+SETTLE = 1.5  # seconds after a change whose scrapes may still hold requests answered before it
 
 
 class CheckFailed(Exception):
@@ -92,8 +93,12 @@ def _fmt(weights: Mapping[str, Any]) -> str:
 
 
 def window_since_change(mesh: Mesh) -> float:
-    """Seconds since the latest config change (at least 1 s, at most MAX_WINDOW)."""
-    since = time.time() - mesh.last_change()
+    """Seconds since the latest config change, less the first SETTLE seconds (at least 1 s).
+
+    Requests answered just before a change can be scraped (every second) just after it, and
+    would otherwise count as traffic under the new rule.
+    """
+    since = time.time() - mesh.last_change() - SETTLE
     return max(1.0, min(MAX_WINDOW, since))
 
 
