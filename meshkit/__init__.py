@@ -17,9 +17,11 @@ _PUBLIC: dict[str, str] = {
     "analyze": "meshkit.config.analyze",
     "ConfigError": "meshkit.config.messages",
     "Message": "meshkit.config.messages",
+    "connect": "meshkit.lab.mesh",
+    "Mesh": "meshkit.lab.mesh",
 }
 
-__all__ = ["ConfigError", "Message", "__version__", "analyze", "load_resources"]
+__all__ = ["ConfigError", "Mesh", "Message", "__version__", "analyze", "connect", "load_resources"]
 
 
 def __getattr__(name: str) -> Any:
