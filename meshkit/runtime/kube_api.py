@@ -110,8 +110,11 @@ class KubeAccess:
             context.load_cert_chain(configuration.cert_file, configuration.key_file)
 
         def authorization() -> str | None:
-            value: str | None = configuration.get_api_key_with_prefix("authorization")  # refreshes
-            return value or None
+            # auth_settings() runs the loader's refresh hook (a rotated in-cluster token is read again)
+            for setting in configuration.auth_settings().values():
+                if setting.get("in") == "header" and str(setting.get("key")).lower() == "authorization":
+                    return str(setting["value"]) if setting.get("value") else None
+            return None
 
         return cls(server=str(configuration.host).rstrip("/"), ssl_context=context,
                    authorization=authorization)
