@@ -37,6 +37,8 @@ _PUBLIC: dict[str, str] = {
     "allow": "meshkit.lab.rules",
     "deny": "meshkit.lab.rules",
     "Rule": "meshkit.lab.display",
+    "join": "meshkit.lab.attend",
+    "instructor": "meshkit.lab.attend",
 }
 
 __all__ = [
@@ -55,6 +57,8 @@ __all__ = [
     "connect",
     "deny",
     "fault",
+    "instructor",
+    "join",
     "mirror",
     "mtls",
     "retries",

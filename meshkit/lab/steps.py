@@ -165,6 +165,12 @@ class Lab:
     listeners: list[Listener] = field(default_factory=list)
     solution_lock: Callable[[Step], str | None] | None = None
     _widget: Any = None
+    room: Any = None  # attend.Room when the learner joined a workshop
+
+    def __post_init__(self) -> None:
+        from meshkit.lab import attend  # noqa: PLC0415
+
+        self.room = attend.attach(self)
 
     @property
     def mesh(self) -> Mesh:
@@ -213,7 +219,10 @@ class Lab:
         lines = widgets.HTML()
         self._widget = (bar, lines)
         self._refresh_widget()
-        return widgets.VBox([bar, lines])
+        if self.room is None:
+            return widgets.VBox([bar, lines])
+        self.room.outline()
+        return widgets.VBox([widgets.HTML(self.room.banner_html()), bar, lines])
 
     def _refresh_widget(self) -> None:
         if self._widget is None:

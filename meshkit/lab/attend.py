@@ -1,0 +1,87 @@
+"""Taking part in a workshop from a notebook: `join()`, `instructor()` and wiring a `Lab` to the room.
+
+A joined learner's labs report every check result to the instructor's server, unlock solutions as
+the instructor releases them, and show the instructor's broadcasts — through the seams `Lab` has
+(`on_check`, `solution_lock`) and `meshkit.workshop.client`, which queues and retries on its own.
+Nothing changes for a learner who never joined (no workshop identity in $MESHKIT_HOME and no
+``MESHKIT_WORKSHOP_URL``). It must not block a cell for long nor raise for network trouble.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import TYPE_CHECKING, Any
+
+from meshkit.lab.display import LabError
+from meshkit.workshop import client, events
+
+if TYPE_CHECKING:
+    from meshkit.lab.steps import CheckResult, Lab, Step
+
+RELEASE_LATER = "The instructor will release this solution during the workshop."
+NOT_OPEN_YET = "The instructor has not opened this lab yet — you can read ahead."
+
+
+def join(url: str, code: str, name: str) -> client.Attendee:
+    """Join the workshop at ``url`` with the room's ``code`` as ``name`` (kept for every notebook)."""
+    try:
+        return client.join(url, code, name)
+    except (client.WorkshopError, events.InputError) as exc:
+        raise LabError(f"could not join the workshop at {url}: {exc}") from None
+
+
+def instructor(on: bool = True) -> None:
+    """Instructor mode for this kernel: every solution shows, whatever the workshop server says."""
+    os.environ["MESHKIT_INSTRUCTOR"] = "1" if on else "0"
+
+
+def attendee() -> client.Attendee | None:
+    try:
+        return client.joined() or client.join_from_env()
+    except (client.WorkshopError, events.InputError, OSError) as exc:
+        print(f"meshkit.lab: not reporting to the workshop ({exc})")
+        return None
+
+
+class Room:
+    """One lab's link to the workshop: reports results, locks solutions, shows new broadcasts once."""
+
+    def __init__(self, lab: Lab, who: client.Attendee) -> None:
+        self.lab = lab
+        self.who = who
+        self.shown: set[Any] = set()
+
+    def report(self, result: CheckResult) -> None:
+        self.outline()
+        self.who.report(result.lab, result.step, result.passed, result.reason, at=result.at)
+        for text in self.new_messages():
+            print(f"📣 instructor: {text}")
+
+    def outline(self) -> None:
+        self.who.outline(self.lab.name, list(self.lab.steps))
+
+    def lock(self, step: Step) -> str | None:
+        return None if self.who.released(self.lab.name, step.id) else RELEASE_LATER
+
+    def new_messages(self) -> list[str]:
+        fresh = [m for m in self.who.messages() if m.get("id") not in self.shown]
+        self.shown.update(m.get("id") for m in fresh)
+        return [str(m.get("text", "")) for m in fresh]
+
+    def banner_html(self) -> str:
+        lines = [NOT_OPEN_YET] if self.who.locked(self.lab.name) else []
+        lines += [f"📣 {text}" for text in self.new_messages()]
+        style = "background:#fff6d5;padding:4px 8px"
+        return "".join(f'<div style="{style}">{html.escape(t)}</div>' for t in lines)
+
+
+def attach(lab: Lab) -> Room | None:
+    """Wire ``lab`` to the workshop this learner joined, if any."""
+    who = attendee()
+    if who is None:
+        return None
+    room = Room(lab, who)
+    lab.on_check(room.report)
+    lab.solution_lock = room.lock
+    return room
