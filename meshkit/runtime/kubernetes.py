@@ -327,8 +327,8 @@ def serve_kubernetes(access: KubeAccess, host: str = DEFAULT_HOST, port: int = D
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         running = await run_kubernetes_control_plane(access, host, port, state_dir, **options)
-        announce(f"meshkit control plane listening on {running.url}, following the cluster at "
-                 f"{access.server} (state: {running.control_plane.directory})")
+        announce(f"meshkit control plane listening on {running.url} (config and endpoints from the "
+                 f"cluster at {access.server}; state: {running.control_plane.directory})")
         try:
             await stop.wait()
         finally:
