@@ -104,6 +104,7 @@ class KubernetesSync:
         self._listed: set[ResourceType] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: asyncio.TimerHandle | None = None
+        self._dirty: set[ResourceType] = set()  # types changed since the last mirror
         self._synced = asyncio.Event()
         self._config_done = False
         self._registry_done = False
@@ -147,7 +148,7 @@ class KubernetesSync:
                 self.stats.lists += 1
                 self._objects[resource_type] = {object_key(obj): obj for obj in items}
                 self._listed.add(resource_type)
-                self._schedule()
+                self._schedule(resource_type)
                 backoff = 0.1
                 while True:  # a watch the server ended normally resumes where it was
                     version = await self._watch(resource_type, version)
@@ -158,7 +159,7 @@ class KubernetesSync:
                                 resource_type, self.options.missing_crd_retry_s)
                     self._objects[resource_type] = {}
                     self._listed.add(resource_type)
-                    self._schedule()
+                    self._schedule(resource_type)
                     await asyncio.sleep(self.options.missing_crd_retry_s)
                     continue
                 if error.status == 410:  # Gone: the version is too old, list again at once
@@ -185,12 +186,13 @@ class KubernetesSync:
             else:
                 continue  # BOOKMARK: only the version
             self.stats.events += 1
-            self._schedule()
+            self._schedule(resource_type)
         return version
 
     # -- mirroring ------------------------------------------------------------------------------
 
-    def _schedule(self) -> None:
+    def _schedule(self, changed: ResourceType) -> None:
+        self._dirty.add(changed)
         if self._pending is None:
             self._pending = asyncio.get_running_loop().call_later(self.options.debounce_s, self._mirror)
 
@@ -198,15 +200,18 @@ class KubernetesSync:
         self._pending = None
         try:
             self._mirror_all()
-        except Exception:  # logged; the next event mirrors again
+        except Exception:  # logged; the next event mirrors everything again
             self.stats.errors += 1
+            self._dirty.update(self._objects)
             log.exception("kubernetes: mirroring failed")
 
     def _mirror_all(self) -> None:
-        if all(t in self._listed for t in ISTIO_TYPES):
+        """Mirror the parts whose types changed, once every type of that part has been listed."""
+        dirty, self._dirty = self._dirty, set()
+        if dirty & set(ISTIO_TYPES) and all(t in self._listed for t in ISTIO_TYPES):
             self._mirror_config()
             self._config_done = True
-        if all(t in self._listed for t in REGISTRY_TYPES):
+        if dirty & set(REGISTRY_TYPES) and all(t in self._listed for t in REGISTRY_TYPES):
             self._mirror_registry()
             self._registry_done = True
         self.stats.mirrors += 1
