@@ -198,7 +198,8 @@ class ServiceRegistry:
             # metrics name it as Istio does instead of "unknown".
             workload = re.sub(r"-\d+$", "", instance)
             return Node(instance=instance, namespace=namespace, kind=kind, workload=workload,
-                        labels={"app": workload, "istio": workload.removeprefix("istio-")})
+                        labels={"app": workload, "istio": workload.removeprefix("istio-")},
+                        service_account=f"{workload}-service-account")  # Istio's gateway SA
         if registered is None:
             return Node(instance=instance, namespace=namespace, kind=kind)
         return registered.node()

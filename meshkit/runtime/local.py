@@ -45,7 +45,7 @@ from meshkit.runtime.state import StateDir
 NAMESPACE = "default"
 INGRESS_ID = "istio-ingressgateway-0"
 INGRESS_NAMESPACE = "istio-system"
-INGRESS_SERVICE_ACCOUNT = "default"
+INGRESS_SERVICE_ACCOUNT = "istio-ingressgateway-service-account"  # as Istio's gateway
 TOKEN_ENV = "MESHKIT_CA_TOKEN"
 DEFAULT_CERT_TTL = "24h"
 READY_TIMEOUT = 60.0

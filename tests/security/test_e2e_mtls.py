@@ -62,6 +62,10 @@ def test_traffic_between_sidecars_is_mutual_tls(mesh: RunningMesh) -> None:
     assert mtls >= 5
     plain = requests_total(mesh, "details-v1-0", reporter="destination", connection_security_policy="none")
     assert plain == 0
+    # The ingress gateway has Istio's gateway identity and speaks mTLS to productpage.
+    gateway = spiffe("istio-ingressgateway-service-account", "istio-system")
+    assert requests_total(mesh, "productpage-v1-0", reporter="destination", source_principal=gateway,
+                          connection_security_policy="mutual_tls") >= 5
     certs = admin(mesh, "details-v1-0", "/certs")
     assert certs["ready"] and certs["identity"] == spiffe("bookinfo-details")
     assert certs["chain"][0]["spiffe_id"] == spiffe("bookinfo-details")
