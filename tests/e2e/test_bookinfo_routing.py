@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 
+from meshkit.runtime.load import LoadGenerator
 from tests.e2e.mesh import RunningMesh, rule, sample
 from tests.e2e.traffic import (
     codes,
@@ -88,6 +89,22 @@ async def test_user_jason_is_routed_to_v2(bookinfo: RunningMesh) -> None:
         assert 'data-color="black"' in signed_in.body
         signed_out = await get_one(f"{bookinfo.ingress}/productpage")
         assert _page_version(signed_out.body) == "v1"
+
+
+async def test_load_signed_in_as_jason_reaches_v2_exactly(bookinfo: RunningMesh) -> None:
+    # `meshkit load --users jason:25%`: those pages carry Bookinfo's login cookie, the rest none.
+    v1, v2 = (bookinfo.workload(f"reviews-{v}-0")["admin_port"] for v in ("v1", "v2"))
+    inbound = {"reporter": "destination", "response_code": "200"}
+    with bookinfo.rules(*ALL_V1), bookinfo.rules(*JASON_TO_V2):
+        before = istio_requests(v1, **inbound), istio_requests(v2, **inbound)
+        gen = LoadGenerator(f"{bookinfo.ingress}/productpage", rps=40, duration=3.0, users={"jason": 0.25})
+        summary = await gen.run()
+        after = istio_requests(v1, **inbound), istio_requests(v2, **inbound)
+    assert summary["codes"] == {"200": summary["sent"]}
+    jason = summary["users"].get("jason", 0)
+    assert 0 < jason < summary["sent"]
+    assert after[1] - before[1] == jason
+    assert after[0] - before[0] == summary["users"]["(anonymous)"]
 
 
 async def test_ratings_delay_for_jason_breaks_his_page_only(bookinfo: RunningMesh) -> None:
