@@ -13,7 +13,10 @@ local mode:
   not load (it bypassed the admission webhook) is left out and logged with the loader's message;
 * the registry: Services, EndpointSlices and Pods become services and endpoints
   (`meshkit.runtime.kube_sources.desired_registry`); registrations that are no longer in the
-  cluster are removed.
+  cluster are removed;
+* telemetry: every endpoint with a sidecar is a scrape target
+  (``http://<pod IP>:15000/stats/prometheus``, the sidecar's admin port), as the local runtime
+  registers its sidecars.
 
 Nothing is mirrored before every watched type has been listed once (a half-listed cluster
 would look like deletions). Watches resume from the last resourceVersion; a watch error
@@ -33,16 +36,17 @@ import contextlib
 import logging
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from meshkit.config.resources import Resource
-from meshkit.control.registry import ServiceRegistry
+from meshkit.control.registry import RegisteredEndpoint, ServiceRegistry
 from meshkit.control.server import DEFAULT_HOST, DEFAULT_PORT, RunningControlPlane, run_control_plane
 from meshkit.control.store import ConfigStore
+from meshkit.control.telemetry import Scraper
 from meshkit.runtime.kube_api import KubeAccess, KubeApi, KubeApiError, ResourceType
 from meshkit.runtime.kube_sources import (
     ENDPOINT_SLICES,
@@ -62,6 +66,7 @@ log = logging.getLogger("meshkit.runtime.kubernetes")
 SOURCE = "kubernetes"
 OWNER_ADVICE = ("change it in the cluster (kubectl apply -f FILE / kubectl delete -f FILE); "
                 "this API only reads it")
+SIDECAR_ADMIN_PORT = 15000  # where an injected sidecar serves /stats/prometheus (meshkit.k8s.names)
 # Kubernetes' own namespaces and kind's storage: their services are no part of the mesh
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "local-path-storage"})
 
@@ -72,7 +77,7 @@ class SyncOptions:
 
     ignored_namespaces: frozenset[str] = SYSTEM_NAMESPACES  # for services, endpoints and pods
     watch_timeout_s: int = 300  # the server ends a watch after this long; it resumes
-    debounce_s: float = 0.02  # a burst of events within this costs one mirror
+    debounce_s: float = 0.01  # a burst of events within this costs one mirror
     max_backoff_s: float = 5.0
     missing_crd_retry_s: float = 30.0
 
@@ -92,10 +97,12 @@ class KubernetesSync:
     """Follows the cluster and mirrors it into ``store`` and ``registry``. Runs on one event loop."""
 
     def __init__(self, api: KubeApi, store: ConfigStore, registry: ServiceRegistry,
-                 options: SyncOptions | None = None) -> None:
+                 options: SyncOptions | None = None, *, scraper: Scraper | None = None) -> None:
         self.api = api
         self.store = store
         self.registry = registry
+        self.scraper = scraper
+        self._scrape_targets: set[str] = set()  # the targets this sync added
         self.options = options or SyncOptions()
         self.stats = SyncStats()
         self._objects: dict[ResourceType, dict[ObjectKey, dict[str, Any]]] = {
@@ -253,6 +260,21 @@ class KubernetesSync:
         for service in registry.services():
             if (service.namespace, service.name) not in desired.services:
                 registry.deregister_service(service.namespace, service.name)
+        if self.scraper is not None:
+            self._mirror_scrape_targets(self.scraper, desired.endpoints.values())
+
+    def _mirror_scrape_targets(self, scraper: Scraper, endpoints: Iterable[RegisteredEndpoint]) -> None:
+        targets = {}
+        for registered in endpoints:
+            e = registered.endpoint
+            if e.has_sidecar:
+                host = f"[{e.address}]" if ":" in e.address else e.address
+                targets[f"{e.instance}.{e.namespace}"] = f"http://{host}:{SIDECAR_ADMIN_PORT}/stats/prometheus"
+        for name in self._scrape_targets - set(targets):
+            scraper.remove_target(name)
+        for name, url in targets.items():
+            scraper.set_target(name, url)
+        self._scrape_targets = set(targets)
 
     def _note_left_out(self, part: str, now: dict[str, str]) -> None:
         """Log what is newly left out (once, not at every mirror) and keep the current list."""
@@ -316,7 +338,7 @@ async def run_kubernetes_control_plane(access: KubeAccess, host: str = DEFAULT_H
         await api.close()
         raise
     plane = running.control_plane
-    sync = KubernetesSync(api, plane.store, plane.registry, sync_options)
+    sync = KubernetesSync(api, plane.store, plane.registry, sync_options, scraper=plane.telemetry)
     sync.start()
     return RunningKubernetesControlPlane(running, sync, api)
 

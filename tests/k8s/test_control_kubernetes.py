@@ -195,11 +195,17 @@ async def test_endpoint_readiness_removal_and_new_pods_propagate(
     assert (new.workload, new.has_sidecar, new.address) == ("reviews-v4", False, "10.244.0.20")
     assert kube_plane.sync.stats.left_out == {}
 
+    # telemetry scrapes the sidecars (v3 went, v4 has none), on their admin port
+    targets = kube_plane.control_plane.telemetry.targets
+    assert sorted(targets) == sorted(f"{w.pod}.{k.NAMESPACE}" for w in k.WORKLOADS if w != reviews("v3"))
+    assert targets[f"{reviews('v2').pod}.{k.NAMESPACE}"] == "http://10.244.0.12:15000/stats/prometheus"
+
     # the service goes: so do its endpoints
     await cluster.request("DELETE", f"/api/v1/namespaces/{k.NAMESPACE}/services/reviews")
     await until("the service removal mirrored",
                 lambda: [s.name for s in registry.services()] == ["productpage", "ratings"], WAIT_S)
     assert registry.endpoints(service="reviews") == []
+    assert not any(name.startswith("reviews-") for name in kube_plane.control_plane.telemetry.targets)
 
 
 async def test_an_object_that_does_not_load_is_left_out_and_named(
