@@ -107,10 +107,13 @@ def window_since(started: float) -> float:
     return max(1.0, min(MAX_WINDOW, time.time() - started))
 
 
-def requests_by_version(mesh: Mesh, service: str, window: float | None = None) -> dict[str, float]:
-    """Requests to ``service`` per destination version (as its callers' sidecars counted them)."""
+def requests_by_version(mesh: Mesh, service: str, window: float | None = None,
+                        reporter: str = "source") -> dict[str, float]:
+    """Requests to ``service`` per destination version, as the callers' sidecars counted them
+    (``reporter="source"``: what callers got answers from) or the callees' (``"destination"``:
+    what each version received, mirrored copies included)."""
     window = window or window_since_change(mesh)
-    answer = mesh.telemetry(window, destination=service, reporter="source")
+    answer = mesh.telemetry(window, destination=service, reporter=reporter)
     counts: dict[str, float] = {}
     for edge in answer.get("edges", []):
         if edge.get("destination_service") == service:
@@ -140,6 +143,24 @@ def require_traffic(mesh: Mesh, service: str, shares: Mapping[str, tuple[float, 
 
 def _counts(counts: Mapping[str, float]) -> str:
     return ", ".join(f"{v} {n:.0f}" for v, n in sorted(counts.items())) or "none"
+
+
+def require_mirrored(mesh: Mesh, service: str, *, primary: str, to: str, share: tuple[float, float],
+                     min_requests: int = 20) -> None:
+    """Since the last change, callers were answered by ``primary`` only, while ``to`` received a copy
+    of ``share`` (low, high) of those requests (counted by ``to``'s own sidecar)."""
+    rule = require_rule(mesh, "VirtualService", service)
+    mirrors = [h.get("mirror", {}).get("subset") for h in rule.get("spec", {}).get("http", []) or []]
+    expect(to in mirrors, f"VirtualService {service!r} mirrors to {[m for m in mirrors if m] or 'nothing'}; "
+                          f"the step wants a mirror to subset {to}")
+    require_traffic(mesh, service, {primary: (0.95, 1.0)}, min_requests)
+    served = requests_by_version(mesh, service).get(primary, 0.0)
+    received = requests_by_version(mesh, service, reporter="destination").get(to, 0.0)
+    ratio = received / served if served else 0.0
+    low, high = share
+    expect(low <= ratio <= high,
+           f"{to} of {service} received {received:.0f} mirrored requests for {served:.0f} answered by "
+           f"{primary} ({ratio:.0%}); the step expects {low:.0%}..{high:.0%}")
 
 
 def require_edge_traffic(mesh: Mesh, source: str, destination: str, min_requests: int = 1,
