@@ -149,6 +149,7 @@ class KubernetesSync:
 
     async def _follow(self, resource_type: ResourceType) -> None:
         backoff = 0.1
+        failures = 0  # in a row; the first (and every 10th) is a warning, the rest debug
         while True:
             try:
                 items, version = await self.api.list(resource_type)
@@ -156,7 +157,10 @@ class KubernetesSync:
                 self._objects[resource_type] = {object_key(obj): obj for obj in items}
                 self._listed.add(resource_type)
                 self._schedule(resource_type)
-                backoff = 0.1
+                if failures:
+                    log.info("kubernetes %s: listed again after %d failed attempt(s)",
+                             resource_type, failures)
+                backoff, failures = 0.1, 0
                 while True:  # a watch the server ended normally resumes where it was
                     version = await self._watch(resource_type, version)
             except KubeApiError as error:
@@ -171,9 +175,12 @@ class KubernetesSync:
                     continue
                 if error.status == 410:  # Gone: the version is too old, list again at once
                     continue
-                log.warning("kubernetes %s: %s; listing again in %.1f s", resource_type, error, backoff)
+                failures += 1
+                level = logging.WARNING if failures % 10 == 1 else logging.DEBUG
+                log.log(level, "kubernetes %s: %s; listing again in %.1f s", resource_type, error, backoff)
             except Exception:  # a bug must not end the watch of this type for good
                 self.stats.errors += 1
+                failures += 1
                 log.exception("kubernetes %s: unexpected error; listing again in %.1f s",
                               resource_type, backoff)
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
