@@ -2,7 +2,8 @@
 
 `traffic_split(mesh, "reviews")` stacks the requests per second each version of a service gets;
 `service_graph(mesh)` draws a Kiali-like graph (workloads, per-edge rate, error ratio and a
-padlock when the hop used mutual TLS). Each returns a `LiveChart`: it draws once before returning
+padlock when the hop used mutual TLS); `edge_latency(mesh)` shows p50/p90/p99 per edge with rate,
+errors and response flags on hover. Each returns a `LiveChart`: it draws once before returning
 (so a headless run under nbclient shows a snapshot), then refreshes every second in a daemon
 thread while a load of this mesh runs, and stops by itself after ``max_seconds`` at the latest.
 """
@@ -186,6 +187,32 @@ def service_graph(mesh: Mesh, *, window: float = 10.0, live: bool = True,
             figure.data[2].y = [pos[i][1] for i in ids]
             figure.data[2].text = ids
             figure.layout.annotations = notes
+
+    chart = LiveChart(mesh, figure, refresh, max_seconds=max_seconds)
+    return chart.start() if live else _once(chart)
+
+
+def edge_latency(mesh: Mesh, *, window: float = 30.0, live: bool = True,
+                 max_seconds: float = 300.0) -> LiveChart:
+    """Per edge (caller → service): p50/p90/p99 latency bars, with rate, errors and flags on hover."""
+    go = _go()
+    figure = go.FigureWidget(layout={
+        "title": {"text": f"latency per edge (last {window:.0f} s)"}, "height": 340, "barmode": "group",
+        "yaxis": {"title": "ms", "rangemode": "tozero"}, "margin": {"l": 50, "r": 20, "t": 50, "b": 90}})
+    for i, quantile in enumerate(("p50", "p90", "p99")):
+        figure.add_bar(name=quantile, x=[], y=[], marker={"color": PALETTE[i]})
+
+    def refresh() -> None:
+        edges = mesh.telemetry(window, reporter="source").get("edges", [])
+        names = [f"{e['source_workload']} → {e['destination_service']} {e['destination_version']}"
+                 for e in edges]
+        hover = [f"{e['rps']:.1f} rps, {e['error_rate']:.0%} errors, flags {e.get('flags') or '-'}"
+                 + (", mTLS" if e.get("mtls") else "") for e in edges]
+        with figure.batch_update():
+            for trace in figure.data:
+                trace.x = names
+                trace.y = [round((e.get("latency_ms") or {}).get(trace.name) or 0.0, 2) for e in edges]
+                trace.hovertext = hover
 
     chart = LiveChart(mesh, figure, refresh, max_seconds=max_seconds)
     return chart.start() if live else _once(chart)

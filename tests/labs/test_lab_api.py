@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
+from traitlets import TraitError
 
 from meshkit.config.loader import load_resources
 from meshkit.lab import CheckFailed, Lab, LabError, checks, connect, rules
-from meshkit.lab.charts import edge_label, service_graph, traffic_split
+from meshkit.lab.charts import edge_label, edge_latency, service_graph, traffic_split
 from meshkit.lab.mesh import Mesh
 from meshkit.lab.progress import ProgressStore
-from meshkit.lab.widgets import canary_slider, rule_editor
+from meshkit.lab.widgets import ABRouter, FaultPanel, MtlsToggle, canary_slider, rule_editor
 
 
 @pytest.fixture
@@ -162,3 +163,41 @@ def test_live_charts_fill_from_telemetry_while_a_load_runs_then_stop(mesh: Mesh)
     assert any("rps" in label for label in labels)
     assert "istio-ingressgateway" in graph.figure.data[2].text
     assert edge_label({"rps": 2.0, "error_rate": 0.5, "mtls": True}) == "🔒 2.0 rps, 50% err"
+
+
+def test_ab_router_fault_panel_and_mtls_toggle_apply_real_rules(mesh: Mesh) -> None:
+    router = ABRouter(mesh, "reviews")
+    router.value.value, router.to.value = "kim", "v3"
+    router.apply_button.click()
+    checks.require_header_route(mesh, "reviews", header="end-user", value="kim", to="v3")
+    with pytest.raises(TraitError):  # not an option: the dropdown refuses it before the mesh sees it
+        router.to.value = "v9"
+    router.value.value = ""
+    router.apply_button.click()  # an empty value is named, inline, and nothing changes
+    assert "header and value" in router.status.value
+    checks.require_header_route(mesh, "reviews", header="end-user", value="kim", to="v3")
+    panel = FaultPanel(mesh, "ratings")
+    panel.delay.value, panel.abort.value, panel.percent.value = 2.5, 503, 40
+    panel.apply_button.click()
+    injected = checks.require_fault(mesh, "ratings", kind="abort")
+    assert injected == {"httpStatus": 503, "percentage": {"value": 40.0}}
+    assert checks.require_fault(mesh, "ratings", kind="delay")["fixedDelay"] == "2.5s"
+    panel.clear_button.click()
+    assert mesh.get("VirtualService", "ratings") is None and "no fault" in panel.status.value
+    toggle = MtlsToggle(mesh, workload="reviews")
+    toggle.mode.value = "STRICT"
+    policy = mesh.get("PeerAuthentication", "reviews")
+    assert policy is not None and policy["spec"]["mtls"]["mode"] == "STRICT"
+    assert "mTLS STRICT" in toggle.status.value
+    mesh.delete(policy)
+
+
+def test_latency_chart_shows_quantiles_per_edge(mesh: Mesh) -> None:
+    mesh.load(rps=20, duration=2).wait(10)
+    time.sleep(1.5)  # one scrape
+    chart = edge_latency(mesh, window=10, live=False)
+    bars = {t.name: t for t in chart.figure.data}
+    assert set(bars) == {"p50", "p90", "p99"}
+    assert any("istio-ingressgateway → productpage" in x for x in bars["p50"].x)
+    assert all(p99 >= p50 for p50, p99 in zip(bars["p50"].y, bars["p99"].y, strict=True))
+    assert any(y > 0 for y in bars["p99"].y) and not chart.running()
