@@ -275,8 +275,11 @@ class LocalMesh:
                        f"app {inst.name}", rec, inst.name)
         proxy_ids = [f"{i.name}.{NAMESPACE}" for i in instances if i.spec.sidecar]
         proxy_ids.append(f"{INGRESS_ID}.{INGRESS_NAMESPACE}")
-        self._wait(lambda: _all_synced(client, proxy_ids), deadline, "every sidecar to ACK its snapshot",
-                   rec, None)
+        try:
+            self._wait(lambda: _all_synced(client, proxy_ids), deadline, "every sidecar to ACK its snapshot",
+                       rec, None)
+        except MeshError as error:
+            raise MeshError(f"{error}; not synced: {_unsynced(client, proxy_ids)}") from None
         admins = {f"{i.name}.sidecar": i.ports.admin for i in instances if i.spec.sidecar}
         admins["ingressgateway"] = plan.ingress_admin
         for name, port in admins.items():
@@ -464,6 +467,23 @@ def _all_synced(client: ControlClient, proxy_ids: list[str]) -> bool:
     proxies = rows.get("proxies", rows) if isinstance(rows, dict) else rows
     synced = {row.get("id") for row in proxies if row.get("status") == "SYNCED"}
     return all(pid in synced for pid in proxy_ids)
+
+
+def _unsynced(client: ControlClient, proxy_ids: list[str]) -> str:
+    """Which proxies have not ACKed, and why (NACK reason, compile error, never connected)."""
+    try:
+        rows = {row.get("id"): row for row in client.proxy_status().get("proxies", [])}
+    except (ControlUnreachable, ApiError) as error:
+        return f"(the control plane did not answer: {error})"
+    missing = []
+    for pid in proxy_ids:
+        row = rows.get(pid)
+        if row is None:
+            missing.append(f"{pid} never connected")
+        elif row.get("status") != "SYNCED":
+            why = row.get("compile_error") or row.get("reason") or ""
+            missing.append(f"{pid} {row.get('status')}" + (f" ({why})" if why else ""))
+    return "; ".join(missing) or "(all synced now)"
 
 
 def _tail(path: Path, lines: int = 15) -> str:
