@@ -7,6 +7,9 @@ the mesh (the local runtime re-registers anyway). ``view()`` hands the immutable
 
 An endpoint may carry the port of its local app (``app_port``): that is what a sidecar's inbound
 listener forwards to, so ``node_for(id)`` can build the full `Node` of a connecting sidecar.
+A sidecar of a workload that no service selects (a client pod in Kubernetes) is no endpoint;
+``set_workloads`` gives the registry its nodes (labels, service account) all at once, not
+persisted (their source sets them again when it starts).
 
 Registry message codes: MK0910 invalid registration field, MK0911 unknown service or endpoint.
 """
@@ -161,6 +164,7 @@ class ServiceRegistry:
         self._root_pem = root_pem
         self._services: dict[tuple[str, str], Service] = {}
         self._endpoints: dict[tuple[str, str], RegisteredEndpoint] = {}
+        self._workloads: dict[tuple[str, str], Node] = {}  # sidecars of no service, by (ns, instance)
         self._listeners: list[Callable[[], None]] = []
         self._view: RegistryView | None = None
         self._load()
@@ -201,7 +205,8 @@ class ServiceRegistry:
                         labels={"app": workload, "istio": workload.removeprefix("istio-")},
                         service_account=f"{workload}-service-account")  # Istio's gateway SA
         if registered is None:
-            return Node(instance=instance, namespace=namespace, kind=kind)
+            return self._workloads.get((namespace, instance)) or Node(instance=instance, namespace=namespace,
+                                                                      kind=kind)
         return registered.node()
 
     # -- notifications --------------------------------------------------------------------------
@@ -216,6 +221,15 @@ class ServiceRegistry:
         if root_pem != self._root_pem:
             self._root_pem = root_pem
             self._changed()
+
+    def set_workloads(self, nodes: list[Node]) -> bool:
+        """Replace the nodes of sidecars that belong to no service; returns whether anything changed."""
+        workloads = {(node.namespace, node.instance): node for node in nodes}
+        if workloads == self._workloads:
+            return False
+        self._workloads = workloads
+        self._changed()
+        return True
 
     def register_service(self, service: Service) -> bool:
         """Add or update ``service``; returns whether anything changed."""

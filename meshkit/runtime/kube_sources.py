@@ -19,7 +19,10 @@
     controller revision (``pod-template-hash``, ...) are left out, so replicas share a shape;
   - an endpoint with no Pod behind it (a Service with hand-made endpoints, the API server's
     ``kubernetes`` service) is an endpoint without sidecar named ``<service>-<address>``;
-  - an endpoint whose Pod is not known yet is left out until the Pod arrives.
+  - an endpoint whose Pod is not known yet is left out until the Pod arrives;
+  - a Pod with a sidecar that no Service selects (a client such as ``kubectl run``) is a
+    *workload*: its node (labels, service account, workload, first container port as the app
+    port) without a service, so its sidecar still gets its identity and ``sourceLabels`` match.
 
 Nothing here talks to a cluster or to the control plane.
 """
@@ -33,7 +36,7 @@ from typing import Any
 
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message
-from meshkit.config.registry import Endpoint, Service
+from meshkit.config.registry import Endpoint, Node, Service
 from meshkit.config.resources import Resource
 from meshkit.control.registry import RegisteredEndpoint
 from meshkit.runtime.kube_api import ResourceType
@@ -99,6 +102,7 @@ class DesiredRegistry:
 
     services: dict[ObjectKey, Service] = field(default_factory=dict)
     endpoints: dict[ObjectKey, RegisteredEndpoint] = field(default_factory=dict)
+    workloads: list[Node] = field(default_factory=list)  # sidecars of pods in no service
     left_out: list[str] = field(default_factory=list)
 
 
@@ -187,7 +191,25 @@ def desired_registry(services: Iterable[Mapping[str, Any]], endpoint_slices: Ite
                                         f"one service per instance ({kept.endpoint.service})")
                 continue
             desired.endpoints[key] = registered
+    for key, pod in sorted(pods.items()):
+        if key[0] not in ignored_namespaces and key not in desired.endpoints and has_sidecar(pod):
+            desired.workloads.append(_serviceless_node(key, pod))
     return desired
+
+
+def pod_labels(pod: Mapping[str, Any]) -> dict[str, str]:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return {k: str(v) for k, v in labels.items() if k not in PER_POD_LABELS}
+
+
+def _serviceless_node(key: ObjectKey, pod: Mapping[str, Any]) -> Node:
+    spec = pod.get("spec") or {}
+    ports = [int(port["containerPort"]) for container in spec.get("containers") or []
+             if container.get("name") != SIDECAR_CONTAINER
+             for port in container.get("ports") or [] if isinstance(port.get("containerPort"), int)]
+    return Node(instance=key[1], namespace=key[0], workload=workload_name(pod), labels=pod_labels(pod),
+                service_account=str(spec.get("serviceAccountName") or "default"),
+                app_port=ports[0] if ports else None)
 
 
 def _endpoint(entry: Mapping[str, Any], where: tuple[str, str, int],
@@ -211,11 +233,9 @@ def _endpoint(entry: Mapping[str, Any], where: tuple[str, str, int],
     if pod is None:
         left_out.append(f"Pod/{pod_key[0]}/{pod_key[1]}: in service {service} but not seen yet")
         return None
-    metadata = pod.get("metadata") or {}
-    labels = {k: str(v) for k, v in (metadata.get("labels") or {}).items() if k not in PER_POD_LABELS}
     endpoint = Endpoint(
         instance=pod_key[1], workload=workload_name(pod), service=service, namespace=pod_key[0],
-        address=address, port=port, labels=labels,
+        address=address, port=port, labels=pod_labels(pod),
         service_account=str((pod.get("spec") or {}).get("serviceAccountName") or "default"),
         has_sidecar=has_sidecar(pod), healthy=healthy,
     )

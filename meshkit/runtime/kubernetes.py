@@ -11,7 +11,8 @@ local mode:
   (``meshkit history`` shows them). The store is owned by Kubernetes: an apply, delete or
   rollback through the control plane's API is refused with "use kubectl". An object that does
   not load (it bypassed the admission webhook) is left out and logged with the loader's message;
-* the registry: Services, EndpointSlices and Pods become services and endpoints
+* the registry: Services, EndpointSlices and Pods become services and endpoints, and pods with
+  a sidecar in no Service become service-less workloads
   (`meshkit.runtime.kube_sources.desired_registry`); registrations that are no longer in the
   cluster are removed;
 * telemetry: every endpoint with a sidecar is a scrape target
@@ -267,6 +268,7 @@ class KubernetesSync:
         for service in registry.services():
             if (service.namespace, service.name) not in desired.services:
                 registry.deregister_service(service.namespace, service.name)
+        registry.set_workloads(desired.workloads)
         if self.scraper is not None:
             self._mirror_scrape_targets(self.scraper, desired.endpoints.values())
 

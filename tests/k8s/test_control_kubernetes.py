@@ -231,3 +231,22 @@ async def test_missing_crds_mirror_as_empty_config(kmock: Any, tmp_path: Path) -
         assert running.sync.stats.errors >= 4  # one 404 per Istio kind
     finally:
         await running.close()
+
+
+async def test_a_client_pod_in_no_service_gets_its_own_node(
+        kube_plane: RunningKubernetesControlPlane, cluster: k.Cluster) -> None:
+    sleep = k.pod(k.Workload("sleep", "v1", "10.244.0.30"))
+    sleep["spec"]["serviceAccountName"] = "sleep"
+    proxy_id = f"{sleep['metadata']['name']}.{k.NAMESPACE}"
+    await cluster.request("POST", f"/api/v1/namespaces/{k.NAMESPACE}/pods", sleep)
+    registry = kube_plane.control_plane.registry
+    node = await until("the client's node", lambda: registry.node_for(proxy_id).workload, WAIT_S)
+    assert node == "sleep-v1"
+    snapshot = snapshot_of(kube_plane.control_plane, proxy_id)
+    assert snapshot["node"]["identity"] == "spiffe://cluster.local/ns/bookinfo/sa/sleep"
+    assert snapshot["node"]["labels"] == {"app": "sleep", "version": "v1"}
+    assert snapshot["node"]["service"] is None
+    assert [s.name for s in registry.services()] == k.services()  # no service made up for it
+
+    await cluster.request("DELETE", f"/api/v1/namespaces/{k.NAMESPACE}/pods/{sleep['metadata']['name']}")
+    await until("the node gone", lambda: registry.node_for(proxy_id).workload is None, WAIT_S)

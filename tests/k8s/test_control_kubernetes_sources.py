@@ -146,3 +146,16 @@ async def test_api_errors_name_the_call_and_the_reason(kmock: Any) -> None:
         with pytest.raises(KubeApiError) as unreachable:
             await api.list(PODS)
     assert unreachable.value.status == 0 and "cannot reach http://127.0.0.1:" in str(unreachable.value)
+
+
+def test_pods_with_a_sidecar_in_no_service_are_workloads() -> None:
+    client = k.Workload("sleep", "v1", "10.244.0.30")
+    plain = k.Workload("job", "v1", "10.244.0.31", sidecar=False)
+    pods = {(k.NAMESPACE, w.pod): k.pod(w) for w in (client, plain)}
+    pods[("kube-system", "coredns-1")] = {**k.pod(client), "metadata": {"name": "coredns-1"}}
+    desired = desired_registry([], [], pods, frozenset({"kube-system"}))
+    [node] = desired.workloads
+    assert (node.instance, node.namespace, node.workload, node.service) == (client.pod, k.NAMESPACE,
+                                                                             "sleep-v1", None)
+    assert (node.labels, node.service_account, node.app_port) == (
+        {"app": "sleep", "version": "v1"}, "bookinfo-sleep", k.PORT)
