@@ -91,6 +91,32 @@ class LabError(Exception):
                 f"{_messages_html(self.messages)}</div>")
 
 
+def show_errors_as_html() -> bool:
+    """In IPython, show a `LabError` escaping a cell as its HTML box plus its one-line text.
+
+    The cell still fails (later cells of Run All do not run; nbclient still stops), but the
+    learner reads the resource and field instead of a traceback. False outside IPython.
+    """
+    try:
+        from IPython import get_ipython  # noqa: PLC0415
+        from IPython.display import display  # noqa: PLC0415
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+
+    def handler(_shell: Any, _etype: type, value: BaseException, _tb: Any,
+                tb_offset: Any = None) -> list[str]:
+        if isinstance(value, LabError):
+            display(value)
+            return [f"LabError: {value.summary}"]
+        return _shell.InteractiveTB.structured_traceback(_etype, value, _tb, tb_offset=tb_offset)
+
+    shell.set_custom_exc((LabError,), handler)
+    return True
+
+
 class Findings:
     """The analyzer's answer: no messages is a green line, otherwise one line per message."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
-from meshkit.lab.display import Findings, LabError, Rule, Table
+from meshkit.lab.display import Findings, LabError, Rule, Table, show_errors_as_html
 from meshkit.runtime.load import LoadGenerator, parse_users
 from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.state import StateDir
@@ -356,6 +356,7 @@ class Mesh:
 
 def connect(url: str | None = None, *, ingress: str | None = None, start: bool = True) -> Mesh:
     """The running local mesh ($MESHKIT_HOME), started if needed; or the control plane at ``url``."""
+    show_errors_as_html()
     if url is not None:
         mesh = Mesh(url, ingress_url=ingress)
         mesh.revision()  # fails now, with a clear message, if nothing answers there

@@ -15,6 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from nbformat.v4 import new_code_cell, new_notebook
 
 from tests.labs.conftest import LABS
 
@@ -90,3 +92,18 @@ def test_lab_runs_top_to_bottom_and_every_check_passes(path: Path, lab_env: dict
     widget_views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widget_views, f"{path.stem} shows no widget (progress, chart or slider)"
     assert os.environ["MESHKIT_HOME"] == lab_env["MESHKIT_HOME"]
+
+
+def test_a_refused_apply_shows_the_field_in_html_not_a_traceback_and_stops_the_run(
+        lab_env: dict[str, str]) -> None:
+    cells = [new_code_cell("from meshkit.lab import connect, rules\nmesh = connect()"),
+             new_code_cell('mesh.apply(rules.route("reviews", to="v9"))'),
+             new_code_cell('print("ran on")')]
+    nb = new_notebook(cells=cells)
+    with pytest.raises(CellExecutionError):
+        NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=60).execute()
+    outputs = nb.cells[1].outputs
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "spec.http[0].route[0].destination.subset" in html and "VirtualService/default/reviews" in html
+    assert not any("Traceback" in "".join(o.get("traceback", [])) for o in outputs)
+    assert not nb.cells[2].outputs  # Run All stops at the refused change
