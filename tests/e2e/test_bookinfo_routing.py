@@ -30,6 +30,9 @@ JASON_TO_V2 = sample("virtual-service-reviews-test-v2.yaml")
 SPLIT_80_20 = sample("virtual-service-reviews-80-20.yaml")
 RATINGS_DELAY = sample("virtual-service-ratings-test-delay.yaml")
 RATINGS_ABORT_50 = rule("ratings-abort-50.yaml")
+RATINGS_DELAY_2S = rule("ratings-delay-2s.yaml")
+REVIEWS_TO_V2 = rule("reviews-v2.yaml")
+REVIEWS_V2_TIMEOUT = sample("virtual-service-reviews-timeout.yaml")
 SPLIT_REQUESTS = 1000
 
 
@@ -133,6 +136,29 @@ async def test_ratings_delay_for_jason_breaks_his_page_only(bookinfo: RunningMes
     assert all(_page_version(r.body) == "v1" for r in others)
     assert max(r.seconds for r in others) < 3.0
     assert others_done < jason.seconds
+
+
+async def test_request_timeout_cuts_a_slow_reviews_call(bookinfo: RunningMesh) -> None:
+    # Istio's "Request Timeouts" task: reviews v2 waits 2 s on ratings; a 0.5 s route timeout on
+    # reviews makes the page come back in about 1 s (productpage tries twice) without reviews.
+    page = f"{bookinfo.ingress}/productpage"
+    productpage = bookinfo.workload("productpage-v1-0")["admin_port"]
+    reviews_v2 = bookinfo.workload("reviews-v2-0")["admin_port"]
+    ut = {"reporter": "source", "destination_service_name": "reviews", "response_code": "504"}
+    with bookinfo.rules(*ALL_V1), bookinfo.rules(*RATINGS_DELAY_2S):
+        with bookinfo.rules(*REVIEWS_TO_V2):
+            slow = await get_one(page)
+        before = flagged(productpage, "UT", **ut)
+        with bookinfo.rules(*REVIEWS_V2_TIMEOUT):
+            cut = await get_one(page)
+        after = flagged(productpage, "UT", **ut)
+        assert await eventually(lambda: outbound_active(reviews_v2), lambda n: n == 0) == 0
+    print(f"request timeout: page after {slow.seconds:.2f} s with the 2 s delay, "
+          f"{cut.seconds:.2f} s with a 0.5 s timeout")
+    assert slow.status == 200 and _page_version(slow.body) == "v2" and slow.seconds >= 1.9
+    assert cut.status == 200 and "Error fetching product reviews!" in cut.body
+    assert 0.9 <= cut.seconds < slow.seconds
+    assert after - before == 2  # productpage's two tries, each cut by the sidecar: 504 UT
 
 
 async def test_half_of_ratings_requests_aborted_with_flag_fi(bookinfo: RunningMesh) -> None:
