@@ -1,4 +1,5 @@
-"""Istio's Mirroring task on the real local mesh: httpbin v1 serves, v2 gets a shadow copy.
+"""Istio's httpbin tasks on the real local mesh: Mirroring (v1 serves, v2 gets a shadow copy)
+and Circuit Breaking (one connection, one pending request: the rest overflow with 503 UO).
 
 The mesh runs the `httpbin` app set (v1 and v2) and the `clients` set (`sleep` in the mesh);
 requests leave from sleep's sidecar, like `kubectl exec sleep -- curl http://httpbin:8000/...`.
@@ -14,9 +15,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.mesh import RunningMesh, sample, start_mesh
-from tests.e2e.traffic import codes, eventually, get_many, get_one, istio_requests, pods
+from tests.e2e.traffic import codes, eventually, flagged, get_many, get_one, istio_requests, pods
 
 MIRRORING = sample("httpbin-mirroring.yaml")
+CIRCUIT_BREAKER = sample("httpbin-circuit-breaker.yaml")
+OVERFLOW = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 REQUESTS = 20
 
 
@@ -69,3 +72,22 @@ async def test_without_the_rule_v2_serves_callers_too(httpbin: RunningMesh) -> N
     replies = await get_many("http://httpbin:8000/get", 40, proxy=sleep["outbound_proxy"])
     assert codes(replies) == {200: 40}
     assert set(pods(replies)) == {"httpbin-v1-0", "httpbin-v2-0"}
+
+
+async def test_circuit_breaker_lets_one_connection_and_one_pending_through(httpbin: RunningMesh) -> None:
+    sleep = httpbin.workload("sleep-v1-0")
+    labels = {"reporter": "source", "destination_service_name": "httpbin", "response_code": "503"}
+    before = flagged(sleep["admin_port"], "UO", **labels)
+    with httpbin.rules(*CIRCUIT_BREAKER):
+        # Eight callers at once on a 1 s answer: one is served, one waits, the others overflow.
+        replies = await get_many("http://httpbin:8000/delay/1", 8, proxy=sleep["outbound_proxy"],
+                                 concurrency=8)
+        after = flagged(sleep["admin_port"], "UO", **labels)
+    seen = codes(replies)
+    print(f"circuit breaking: 8 concurrent calls -> {dict(seen)}")
+    assert set(seen) == {200, 503} and seen[200] >= 1 and seen[503] >= 4, seen
+    assert all(r.body == OVERFLOW for r in replies if r.status == 503)
+    assert after - before == seen[503]
+    # Without the DestinationRule's limits the same burst is served in full.
+    again = await get_many("http://httpbin:8000/delay/1", 8, proxy=sleep["outbound_proxy"], concurrency=8)
+    assert codes(again) == {200: 8}
