@@ -84,7 +84,8 @@ def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: 
     except (CaError, KubeApiError) as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     except Exception as error:  # the kubernetes package's config loaders raise their own types
-        _fail(EXIT_REJECTED, f"error: no Kubernetes API to follow: {error}")
+        _fail(EXIT_REJECTED, f"error: no Kubernetes API to follow: {error} (run it in a pod, or pass "
+                             "--kubeconfig PATH or --kube-api URL, e.g. from kubectl proxy)")
     try:
         serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl,
                          announce=lambda text: print(text, flush=True))

@@ -55,3 +55,12 @@ async def test_meshkit_control_kubernetes_mirrors_the_cluster_and_refuses_cli_wr
             code = await control.stop()
     assert code == 0
     await until("nothing left", lambda: control.process.returncode is not None, 5)
+
+
+async def test_without_a_cluster_to_follow_it_says_so(tmp_path: Path) -> None:
+    env = {**cli_env(tmp_path), "KUBECONFIG": str(tmp_path / "missing-kubeconfig")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    result = await meshkit("control", "--kubernetes", "--port", "0", env=env)
+    assert result.code == 1
+    assert "error: no Kubernetes API to follow:" in result.err and "--kube-api URL" in result.err
+    assert "Traceback" not in result.err
