@@ -45,7 +45,13 @@ from typing import Any
 
 from meshkit.config.resources import Resource
 from meshkit.control.registry import RegisteredEndpoint, ServiceRegistry
-from meshkit.control.server import DEFAULT_HOST, DEFAULT_PORT, RunningControlPlane, run_control_plane
+from meshkit.control.server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ControlPlane,
+    RunningControlPlane,
+    run_control_plane,
+)
 from meshkit.control.store import ConfigStore
 from meshkit.control.telemetry import Scraper
 from meshkit.runtime.kube_api import KubeAccess, KubeApi, KubeApiError, ResourceType
@@ -313,7 +319,7 @@ class RunningKubernetesControlPlane:
         return self.running.url
 
     @property
-    def control_plane(self) -> Any:
+    def control_plane(self) -> ControlPlane:
         return self.running.control_plane
 
     async def close(self) -> None:
