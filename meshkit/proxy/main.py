@@ -40,6 +40,7 @@ log = logging.getLogger("meshkit.proxy")
 
 DEFAULT_PORTS = {"outbound": 15001, "inbound": 15006, "admin": 15000}
 TOKEN_ENV = "MESHKIT_CA_TOKEN"
+TOKEN_FILE_ENV = "MESHKIT_TOKEN_FILE"  # a file holding the token, re-read before every CSR (Kubernetes)
 SWEEP_INTERVAL = 5.0
 
 
@@ -67,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--drain-seconds", type=float, default=2.0, help="grace period on SIGTERM")
     parser.add_argument(
         "--ca-token-file", metavar="PATH",
-        help=f"bootstrap token for the control plane's CA (or env {TOKEN_ENV}); enables mTLS",
+        help=f"file with the CA bootstrap token, re-read at each renewal (or env {TOKEN_FILE_ENV}; "
+        f"or the token itself in env {TOKEN_ENV}); enables mTLS",
     )
     parser.add_argument(
         "--tls-dir", metavar="DIR",
@@ -85,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _ca_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    # In Kubernetes the injector mounts the pod's projected token and names it in MESHKIT_TOKEN_FILE.
+    args.ca_token_file = args.ca_token_file or os.environ.get(TOKEN_FILE_ENV) or None
     if args.ca_token_file:
         try:
             token = Path(args.ca_token_file).read_text(encoding="utf-8").strip()
@@ -108,7 +112,7 @@ class Proxy:
         self.certificates: SidecarCertificates | StaticCertificates | None = None
         self.acceptor: MtlsAcceptor | None = None
         if getattr(args, "ca_token", None):
-            self.certificates = SidecarCertificates(args.control, args.ca_token)
+            self.certificates = SidecarCertificates(args.control, args.ca_token, args.ca_token_file)
         elif getattr(args, "tls_dir", None):
             try:
                 self.certificates = StaticCertificates.load(args.tls_dir)

@@ -27,6 +27,7 @@ import random
 import ssl
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -44,15 +45,28 @@ SIGN_TIMEOUT = 10.0
 class SidecarCertificates:
     """See the module docstring."""
 
-    def __init__(self, control_url: str, token: str) -> None:
+    def __init__(self, control_url: str, token: str, token_file: str | None = None) -> None:
         if not token.strip():
             raise ValueError("the CA token is empty")
         self.control_url = control_url
         self._token = token.strip()
+        # A projected service-account token (Kubernetes) is rotated by the kubelet: read the file
+        # again before every CSR, keeping the last good token if it cannot be read.
+        self._token_file = token_file
         self.manager: CertificateManager | None = None
         self.ready_event = asyncio.Event()
         self.rotations = 0
         self.last_error: str | None = None
+
+    def _current_token(self) -> str:
+        if self._token_file:
+            try:
+                fresh = Path(self._token_file).read_text(encoding="utf-8").strip()
+            except OSError:
+                fresh = ""
+            if fresh:
+                self._token = fresh
+        return self._token
 
     # -- what listeners, pools and admin read -------------------------------------------------
 
@@ -124,7 +138,7 @@ class SidecarCertificates:
         assert manager is not None
         try:
             async with asyncio.timeout(SIGN_TIMEOUT):
-                bundle = await renew(manager, self.control_url, self._token)
+                bundle = await renew(manager, self.control_url, self._current_token())
         except (CertificateFetchError, CertificateError, TimeoutError) as exc:
             self.last_error = f"{time.strftime('%H:%M:%S')}: {exc}"
             raise

@@ -47,3 +47,22 @@ async def test_sidecars_get_certificates_from_the_control_plane_and_talk_mtls(tm
     async with again:
         assert again.control_plane.signer is not None
         assert again.control_plane.signer.root_pem == alice.current.root_pem
+
+
+async def test_a_token_file_is_read_again_before_every_csr(tmp_path: Path) -> None:
+    """Kubernetes rotates projected service-account tokens: the sidecar must not cache the first one."""
+    from meshkit.proxy.tls_sidecar import SidecarCertificates  # noqa: PLC0415
+
+    running = await run_control_plane("127.0.0.1", 0, tmp_path, record_address=False)
+    async with running:
+        token_file = tmp_path / "token"
+        token_file.write_text("stale-token-that-the-ca-never-issued\n")
+        certificates = SidecarCertificates(running.url, token_file.read_text(), str(token_file))
+        certificates.manager = CertificateManager(ALICE)
+        async with asyncio.timeout(20):
+            with pytest.raises(CertificateFetchError) as refused:
+                await certificates._renew_once()
+            assert refused.value.status == 401
+            token_file.write_text(running.control_plane.tokens.issue_token(ALICE) + "\n")
+            await certificates._renew_once()
+    assert certificates.ready and certificates.rotations == 1
