@@ -10,17 +10,28 @@ from pathlib import Path
 import pytest
 
 from meshkit.runtime import catalog
-from meshkit.runtime.local import LocalMesh
-from meshkit.runtime.ports import PortPlan, busy_ports
+from meshkit.runtime.local import LocalMesh, MeshError
+from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports
 from meshkit.runtime.state import StateDir
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_base(tries: int = 50) -> int:
+    """A port block free now and below the ephemeral range (outgoing connections cannot take it later)."""
     instances = sum(s.replicas for s in catalog.resolve(["bookinfo"], {}))
+    high = min(_ephemeral_low(), 65536) - PortPlan(0).instance(instances).app - 1
     for _ in range(tries):
-        base = random.randrange(30000, 60000, 100)
+        base = random.randrange(10000, max(high, 10100), 100)
+        if abs(base - DEFAULT_BASE) < 1000:  # where a default `meshkit up` would go
+            continue
         if not busy_ports(PortPlan(base).all_ports(instances)):
             return base
     raise RuntimeError("no free block of ports for a lab mesh")
@@ -34,10 +45,18 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     env = {"MESHKIT_HOME": str(home), "MESHKIT_PORT_BASE": str(base)}
     saved = {k: os.environ.get(k) for k in (*env, "MESHKIT_LAB_STRICT", "MESHKIT_LAB_RETRY_FOR",
                                              "MESHKIT_INSTRUCTOR")}
-    os.environ.update(env)
     mesh = LocalMesh(StateDir.open(home))
     try:
-        mesh.up(base_port=base, timeout=60.0)
+        for attempt in range(3):  # another suite may take the block between the check and the bind
+            env["MESHKIT_PORT_BASE"] = str(base)
+            os.environ.update(env)
+            try:
+                mesh.up(base_port=base, timeout=90.0)
+                break
+            except MeshError:
+                if attempt == 2:
+                    raise
+                base = free_base()
         yield env
     finally:
         mesh.down()
