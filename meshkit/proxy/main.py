@@ -23,18 +23,20 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshkit.proxy.admin import Admin
 from meshkit.proxy.filters.accesslog import AccessLogSink
 from meshkit.proxy.listener import Listener, ListenerLimits
 from meshkit.proxy.pipeline import build_inbound, build_outbound
 from meshkit.proxy.stats import IstioMetrics
-from meshkit.proxy.tls import CertificateError
-from meshkit.proxy.tls_inbound import MtlsAcceptor
-from meshkit.proxy.tls_sidecar import SidecarCertificates
-from meshkit.proxy.tls_static import StaticCertificates
 from meshkit.proxy.upstream import Upstream
 from meshkit.proxy.xds import ConfigState, StaticConfig, XdsClient
+
+if TYPE_CHECKING:
+    from meshkit.proxy.tls_inbound import MtlsAcceptor
+    from meshkit.proxy.tls_sidecar import SidecarCertificates
+    from meshkit.proxy.tls_static import StaticCertificates
 
 log = logging.getLogger("meshkit.proxy")
 
@@ -109,16 +111,27 @@ class Proxy:
         self.metrics = IstioMetrics()
         self.upstream = Upstream()
         self.access = None if args.access_log == "off" else AccessLogSink(args.access_log)
+        # The TLS modules (and cryptography, ~10 MiB) are imported only by a sidecar that does mTLS.
         self.certificates: SidecarCertificates | StaticCertificates | None = None
+        self.sidecar_certificates: SidecarCertificates | None = None
         self.acceptor: MtlsAcceptor | None = None
         if getattr(args, "ca_token", None):
-            self.certificates = SidecarCertificates(args.control, args.ca_token, args.ca_token_file)
+            from meshkit.proxy.tls_sidecar import SidecarCertificates  # noqa: PLC0415
+
+            self.certificates = self.sidecar_certificates = SidecarCertificates(
+                args.control, args.ca_token, args.ca_token_file
+            )
         elif getattr(args, "tls_dir", None):
+            from meshkit.proxy.tls import CertificateError  # noqa: PLC0415
+            from meshkit.proxy.tls_static import StaticCertificates  # noqa: PLC0415
+
             try:
                 self.certificates = StaticCertificates.load(args.tls_dir)
             except CertificateError as exc:
                 raise SystemExit(f"meshkit proxy: --tls-dir: {exc}") from None
         if self.certificates is not None:
+            from meshkit.proxy.tls_inbound import MtlsAcceptor  # noqa: PLC0415
+
             self.upstream.certificates = self.certificates
             self.acceptor = MtlsAcceptor(self.certificates)
         limits = ListenerLimits(max_body_bytes=args.max_request_body)
@@ -156,8 +169,9 @@ class Proxy:
         for name, listener in self.listeners.items():
             self.ports[name] = await listener.start(args.address, getattr(args, f"{name}_port"))
         self.ports["admin"] = await self.admin_listener.start(args.address, args.admin_port)
-        if isinstance(self.certificates, SidecarCertificates):  # before xds: waits for the identity
-            self._tasks.append(asyncio.ensure_future(self.certificates.run(self.state, self._stopping)))
+        if self.sidecar_certificates is not None:  # before xds: waits for the identity
+            certificates = self.sidecar_certificates
+            self._tasks.append(asyncio.ensure_future(certificates.run(self.state, self._stopping)))
         if args.control:
             self.xds = XdsClient(args.control, args.node_id, self.state, kind=args.kind)
             self._tasks.append(asyncio.ensure_future(self.xds.run()))

@@ -26,7 +26,6 @@ import httptools
 
 from meshkit.proxy.bodies import BodyStream
 from meshkit.proxy.http import ConnectFailure, Headers, Request, Response, UpstreamReset
-from meshkit.proxy.tls import CertificateError, PeerIdentityError, check_peer_identity
 
 # Never forwarded upstream or downstream (RFC 9110 7.6.1 plus the usual suspects); the framing
 # headers are re-created from the body type by whoever serialises the message.
@@ -457,6 +456,14 @@ class Upstream:
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
         if allowed is not None:
+            # Loaded on the first mTLS connect only: a plaintext sidecar never imports cryptography
+            # (about 10 MiB of RSS per sidecar).
+            from meshkit.proxy.tls import (  # noqa: PLC0415
+                CertificateError,
+                PeerIdentityError,
+                check_peer_identity,
+            )
+
             assert self.certificates is not None
             try:
                 context = self.certificates.client_context
