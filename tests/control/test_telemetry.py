@@ -100,3 +100,29 @@ def test_histogram_quantile_matches_prometheus_interpolation() -> None:
     assert histogram_quantile(0.5, buckets) == pytest.approx(17.5)
     assert histogram_quantile(0.99, {1.0: 0.0, float("inf"): 10.0}) == 1.0
     assert histogram_quantile(0.5, {}) is None
+
+
+def test_fast_parser_agrees_with_prometheus_client_on_sidecar_output() -> None:
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    from meshkit.control.telemetry import EDGE_LABELS, REQUEST_LABELS, ScrapeParser  # noqa: PLC0415
+
+    metrics = IstioMetrics()
+    _record(metrics, 3, 7.0, src='we"ird\\name', dst_version="v1", code="200")
+    _record(metrics, 2, 700.0, src="productpage-v1", dst_version="v2", code="503", flags="UO")
+    text = metrics.render()
+    requests, buckets = ScrapeParser().parse(text)
+    expected_requests = {}
+    expected_buckets = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "istio_requests_total":
+                expected_requests[tuple(s.labels.get(k, "") for k in REQUEST_LABELS)] = s.value
+            elif s.name == "istio_request_duration_milliseconds_bucket":
+                key = (tuple(s.labels.get(k, "") for k in EDGE_LABELS), float(s.labels["le"]))
+                expected_buckets[key] = s.value
+    assert requests == expected_requests
+    assert buckets == expected_buckets
+    assert any(key[1] == 'we"ird\\name' for key in requests)
+    with pytest.raises(ValueError, match="malformed"):
+        ScrapeParser().parse("istio_requests_total{reporter=\"source\"}\n")
