@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -183,15 +184,29 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | 
           *, announce: Any = print, **options: Any) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully (the `meshkit control` command)."""
 
+    async def start() -> RunningControlPlane:
+        running = await run_control_plane(host, port, state_dir, **options)
+        plane = running.control_plane
+        announce(f"meshkit control plane listening on {running.url} "
+                 f"(state: {plane.directory}, revision {plane.store.revision})")
+        return running
+
+    serve_until_signalled(start, announce)
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+def serve_until_signalled(start: Callable[[], Awaitable[_Closable]], announce: Any = print) -> None:
+    """Run what ``start`` starts on uvloop until SIGINT/SIGTERM, then close it gracefully."""
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        running = await run_control_plane(host, port, state_dir, **options)
-        plane = running.control_plane
-        announce(f"meshkit control plane listening on {running.url} "
-                 f"(state: {plane.directory}, revision {plane.store.revision})")
+        running = await start()
         try:
             await stop.wait()
         finally:

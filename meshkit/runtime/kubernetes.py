@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from meshkit.control.server import (
     ControlPlane,
     RunningControlPlane,
     run_control_plane,
+    serve_until_signalled,
 )
 from meshkit.control.store import ConfigStore
 from meshkit.control.telemetry import Scraper
@@ -363,28 +363,10 @@ def serve_kubernetes(access: KubeAccess, host: str = DEFAULT_HOST, port: int = D
                      **options: Any) -> None:
     """``meshkit control --kubernetes``: run until SIGINT/SIGTERM, then stop gracefully."""
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    async def start() -> RunningKubernetesControlPlane:
         running = await run_kubernetes_control_plane(access, host, port, state_dir, **options)
         announce(f"meshkit control plane listening on {running.url} (config and endpoints from the "
                  f"cluster at {access.server}; state: {running.control_plane.directory})")
-        try:
-            await stop.wait()
-        finally:
-            await running.close()
-        announce("meshkit control plane stopped")
+        return running
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(main())
-
-
-def _loop_factory() -> Any:
-    """uvloop's event loop when installed, else asyncio's (as `meshkit.control.server.serve`)."""
-    try:
-        import uvloop  # noqa: PLC0415
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+    serve_until_signalled(start, announce)
