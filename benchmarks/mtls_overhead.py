@@ -59,7 +59,7 @@ from proxybench.targets import (
     NginxProxy,
     Stage,
     Target,
-    read_ports,
+    start_sidecar,
     start_upstream,
 )
 from proxybench.tools import ToolsMissing, ensure_tools
@@ -138,18 +138,7 @@ class ThrowawayCa:
 def start_tls_sidecar(stage: Stage, name: str, snapshot: dict[str, Any],
                       tls_dir: Path) -> tuple[Child, dict[str, int]]:
     """``python -m meshkit.proxy --config ... --tls-dir DIR`` on ephemeral ports; waits for /ready."""
-    workdir = stage.subdir(name)
-    config, ports_file = workdir / "snapshot.json", workdir / "ports.json"
-    config.write_text(json.dumps(snapshot, indent=2))
-    ports_file.unlink(missing_ok=True)
-    argv = [stage.python, "-m", "meshkit.proxy", "--config", str(config), "--address", "127.0.0.1",
-            "--outbound-port", "0", "--inbound-port", "0", "--admin-port", "0",
-            "--access-log", "off", "--ports-file", str(ports_file), "--tls-dir", str(tls_dir)]
-    child = stage.supervisor.spawn(name, argv)
-    wait_until(child, f"ports file {ports_file}", lambda: bool(read_ports(ports_file)))
-    ports = read_ports(ports_file)
-    wait_until(child, "admin /ready", lambda: http_get(ports["admin"], "localhost", "/ready")[0] == 200)
-    return child, ports
+    return start_sidecar(stage, name, snapshot, ("--tls-dir", str(tls_dir)))
 
 
 @dataclass

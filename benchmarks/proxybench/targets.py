@@ -157,15 +157,18 @@ def read_ports(path: Path) -> dict[str, int]:
     return ports
 
 
-def start_sidecar(stage: Stage, name: str, snapshot: dict[str, Any]) -> tuple[Child, dict[str, int]]:
-    """``python -m meshkit.proxy`` on ephemeral ports with a static snapshot; waits for admin /ready."""
+def start_sidecar(stage: Stage, name: str, snapshot: dict[str, Any],
+                  extra_args: tuple[str, ...] = ()) -> tuple[Child, dict[str, int]]:
+    """``python -m meshkit.proxy`` on ephemeral ports with a static snapshot; waits for admin /ready.
+
+    ``extra_args`` go to the sidecar as well (``--tls-dir DIR`` for the mTLS variants)."""
     workdir = stage.subdir(name)
     config, ports_file = workdir / "snapshot.json", workdir / "ports.json"
     config.write_text(json.dumps(snapshot, indent=2))
     ports_file.unlink(missing_ok=True)
     argv = [stage.python, "-m", "meshkit.proxy", "--config", str(config), "--address", "127.0.0.1",
             "--outbound-port", "0", "--inbound-port", "0", "--admin-port", "0",
-            "--access-log", "off", "--ports-file", str(ports_file)]
+            "--access-log", "off", "--ports-file", str(ports_file), *extra_args]
     child = stage.supervisor.spawn(name, argv)
     wait_until(child, f"ports file {ports_file}", lambda: bool(read_ports(ports_file)))
     ports = read_ports(ports_file)
