@@ -34,6 +34,21 @@ def default_retry() -> float:
         return RETRY_FOR
 
 
+def _notebook_namespace() -> dict[str, Any]:
+    """The IPython kernel's user namespace (what the notebook's cells define)."""
+    try:
+        from IPython import get_ipython  # noqa: PLC0415
+    except ImportError:
+        shell = None
+    else:
+        shell = get_ipython()
+    if shell is None:
+        raise LabError("fast_forward: outside a notebook, pass namespace={...} with the names the "
+                       "solutions use (mesh, rules, ...)")
+    namespace: dict[str, Any] = shell.user_ns
+    return namespace
+
+
 def instructor_mode() -> bool:
     return os.environ.get("MESHKIT_INSTRUCTOR", "") not in ("", "0", "false", "no")
 
@@ -237,6 +252,34 @@ class Lab:
             mark = "✔" if entry.get("done") else ("✘" if entry else "·")
             rows.append(f"{mark} {html.escape(st.title)}")
         lines.value = "<br>".join(rows)
+
+    def fast_forward(self, to: str, namespace: dict[str, Any] | None = None) -> list[CheckResult]:
+        """Instructor mode: run the solutions of every step before ``to`` and check each one, so a
+        demo can start mid-lab. Solutions run as code in ``namespace`` (default: the notebook's own
+        namespace, so they see ``mesh``, ``rules``...); it stops at the first step that fails."""
+        if not instructor_mode():
+            raise LabError(f"fast_forward: lab {self.name!r} can only be fast-forwarded in instructor mode "
+                           "(MESHKIT_INSTRUCTOR=1 or meshkit.lab.instructor())")
+        if to not in self.steps:
+            known = ", ".join(self.steps) or "none"
+            raise LabError(f"fast_forward: lab {self.name!r} has no step {to!r} (steps: {known})")
+        scope = namespace if namespace is not None else _notebook_namespace()
+        results = []
+        for sid, step in self.steps.items():
+            if sid == to:
+                break
+            if not step.solution_text.strip():
+                raise LabError(f"fast_forward: step {sid!r} of lab {self.name!r} has no solution to run")
+            try:
+                exec(compile(step.solution_text, f"<solution of {self.name}/{sid}>", "exec"), scope)
+            except Exception as exc:
+                raise LabError(f"fast_forward: the solution of step {sid!r} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
+            result = step.check()
+            results.append(result)
+            if not result.passed:
+                raise LabError(f"fast_forward: step {sid!r} still fails after its solution: {result.reason}")
+        return results
 
     def summary(self) -> str:
         return f"{self.name}: {len(self.done())}/{len(self.steps)} steps done"

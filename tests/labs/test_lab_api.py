@@ -123,6 +123,39 @@ def test_solutions_stay_hidden_unless_revealed_or_instructor(mesh: Mesh,
     assert "SECRET-ANSWER" not in step.solution(reveal=True)._repr_html_()
 
 
+def test_instructor_fast_forwards_a_lab_by_running_earlier_solutions(
+        mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    mesh.reset()
+    ProgressStore(mesh.state_dir).reset("t-forward")
+    lab = Lab("t-forward", mesh)
+    lab.step("all-v1", "reviews on v1", retry_for=0,
+             check=lambda m: checks.require_weights(m, "reviews", {"v1": 100}),
+             solution="mesh.apply(rules.route('reviews', to='v1'))")
+    lab.step("canary", "10% to v3", retry_for=0,
+             check=lambda m: checks.require_weights(m, "reviews", {"v1": 90, "v3": 10}),
+             solution='mesh.apply(rules.canary("reviews", {"v1": 90, "v3": 10}))')
+    lab.step("promote", "all to v3", retry_for=0, check=lambda m: None, solution="")
+    namespace = {"mesh": mesh, "rules": rules}
+    monkeypatch.setenv("MESHKIT_INSTRUCTOR", "0")
+    with pytest.raises(LabError, match="only be fast-forwarded in instructor mode"):
+        lab.fast_forward("promote", namespace)
+    assert lab.done() == []
+    monkeypatch.setenv("MESHKIT_INSTRUCTOR", "1")
+    with pytest.raises(LabError, match="has no step 'nope'"):
+        lab.fast_forward("nope", namespace)
+    results = lab.fast_forward("promote", namespace)
+    assert [(r.step, r.passed) for r in results] == [("all-v1", True), ("canary", True)]
+    assert lab.done() == ["all-v1", "canary"]
+    # The mesh's real state moved: the canary rule is what the control plane now serves.
+    checks.require_weights(mesh, "reviews", {"v1": 90, "v3": 10})
+    broken = Lab("t-forward-broken", mesh)
+    broken.step("x", "x", retry_for=0, check=lambda m: None, solution="undefined_name.apply()")
+    broken.step("y", "y", retry_for=0, check=lambda m: None)
+    with pytest.raises(LabError, match="the solution of step 'x' failed: NameError"):
+        broken.fast_forward("y", namespace)
+    mesh.reset()
+
+
 def test_canary_slider_applies_weights_as_it_moves(mesh: Mesh) -> None:
     slider = canary_slider(mesh, "reviews", stable="v1", canary="v3", value=0)
     for value in (20, 60):
