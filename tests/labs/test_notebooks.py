@@ -110,3 +110,24 @@ def test_a_refused_apply_shows_the_field_in_html_not_a_traceback_and_stops_the_r
     assert "spec.http[0].route[0].destination.subset" in html and "VirtualService/default/reviews" in html
     assert not any("Traceback" in "".join(o.get("traceback", [])) for o in outputs)
     assert not nb.cells[2].outputs  # Run All stops at the refused change
+
+
+def test_instructor_fast_forwards_lab_02_in_a_real_kernel(lab_env: dict[str, str]) -> None:
+    """The instructor starts the canary demo at its last step: the earlier solutions run in the
+    notebook's own namespace and their checks pass against the mesh."""
+    path = LABS / "02-canary.ipynb"
+    setup = nbformat.read(path, as_version=4).cells
+    first_code = next(c for c in setup if c.cell_type == "code")
+    cells = [new_code_cell("import os\nos.environ.update(MESHKIT_LAB_STRICT='0', MESHKIT_LAB_RETRY_FOR='4')"),
+             new_code_cell(first_code.source),
+             new_code_cell("from meshkit.lab import instructor\ninstructor()\n"
+                           "done = lab.fast_forward('promote')\nprint([(r.step, r.passed) for r in done])")]
+    nb = new_notebook(cells=cells)
+    began = time.time()
+    NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=60,
+                   resources={"metadata": {"path": str(LABS)}}).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "[('canary-10', True), ('canary-50', True)]" in printed, nb.cells[2].outputs
+    progress = _progress(lab_env, "02-canary")
+    for step in ("canary-10", "canary-50"):
+        assert progress[step]["passed"] is True and progress[step]["at"] >= began
