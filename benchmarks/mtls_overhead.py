@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from proxybench import report, snapshots
+from proxybench.configs import nginx_main
 from proxybench.load import Wrk
 from proxybench.processes import (
     Child,
@@ -174,27 +175,6 @@ class MeshkitMeshMtls(Target):
 # -- nginx -> nginx with TLS (proxy_ssl) -----------------------------------------------------------
 
 
-def _nginx_conf(workdir: Path, servers: str) -> str:
-    temp = workdir / "temp"
-    return f"""worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    keepalive_requests 10000000;
-    keepalive_timeout 75s;
-{servers}
-}}
-"""
-
-
 def _nginx_tls_backend(certs: Path, port: int, upstream_port: int) -> str:
     return f"""    upstream origin {{
         server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 10000000;
@@ -260,7 +240,7 @@ class NginxTlsPair(Target):
         (workdir / "temp").mkdir(exist_ok=True)
         for _ in range(3):
             port = free_port()
-            (workdir / "nginx.conf").write_text(_nginx_conf(workdir, server(port)))
+            (workdir / "nginx.conf").write_text(nginx_main(workdir, server(port)))
             argv = [stage.tools.nginx, "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
                     "-e", str(workdir / "error.log")]
             child = stage.supervisor.spawn(f"{self.name}-{role}", argv)

@@ -14,7 +14,8 @@ BODY = ("meshkit-bench " * 8)[:99] + "\n"
 assert len(BODY) == 100
 
 
-def _nginx_main(workdir: Path, server_blocks: str) -> str:
+def nginx_main(workdir: Path, server_blocks: str) -> str:
+    """nginx's main config around ``server_blocks`` (one worker, everything under ``workdir``)."""
     temp = workdir / "temp"
     return f"""worker_processes 1;
 daemon off;
@@ -44,7 +45,7 @@ def nginx_upstream_conf(workdir: Path, port: int) -> str:
             return 200 "{BODY.rstrip()}\\n";
         }}
     }}"""
-    return _nginx_main(workdir, server)
+    return nginx_main(workdir, server)
 
 
 def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int) -> str:
@@ -63,7 +64,7 @@ def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int) -> str:
             proxy_set_header Host $host;
         }}
     }}"""
-    return _nginx_main(workdir, server)
+    return nginx_main(workdir, server)
 
 
 def nginx_argv(binary: str, workdir: Path) -> list[str]:
