@@ -350,19 +350,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     summary = report.summarize(samples)
     ratios = [found for t, r in PAIRS if (found := report.compare(summary, t, r)) is not None]
     render(console, summary, ratios)
-    warning = report.busy_warning(samples, os.cpu_count() or 1)
-    if warning:
-        meta["warning"] = warning
-        console.print(f"[yellow]{escape(warning)}[/]")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    document = {"meta": meta, "summary": summary, "ratios": ratios}
-    args.out.write_text(json.dumps(document, indent=2, default=str))
-    console.print(f"results written to {args.out}")
-    failed = sum(cell["errors"] + cell["non_2xx"] for per in summary.values() for cell in per.values())
-    if failed:
-        console.print(f"[red]{failed} requests failed during measurement: the numbers are not trustworthy[/]")
-        return 1
-    return 0
+    report.note_busy(console, samples, meta)
+    return report.publish(console, {"meta": meta, "summary": summary, "ratios": ratios}, args.out, summary)
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:

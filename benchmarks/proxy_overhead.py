@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import signal
@@ -137,19 +136,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     ratios = report.comparisons(summary)
     verdicts = report.checks(summary, targets)
     report.render(console, summary, ratios, verdicts)
-    warning = report.busy_warning(samples, os.cpu_count() or 1)
-    if warning:
-        meta["warning"] = warning
-        console.print(f"[yellow]{escape(warning)}[/]")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report.note_busy(console, samples, meta)
     document = report.to_json(meta, targets, samples, summary=summary, ratios=ratios, verdicts=verdicts)
-    args.out.write_text(json.dumps(document, indent=2))
-    console.print(f"results written to {args.out}")
-    failed = sum(cell["errors"] + cell["non_2xx"] for per in summary.values() for cell in per.values())
-    if failed:
-        console.print(f"[red]{failed} requests failed during measurement: the numbers are not trustworthy[/]")
-        return 1
-    return 0
+    return report.publish(console, document, args.out, summary)
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -7,12 +7,16 @@ medians over rounds, so one noisy round cannot decide a verdict.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .runner import Sample
@@ -170,6 +174,26 @@ def busy_warning(samples: Sequence[Sample], cpus: int) -> str | None:
         return None
     return (f"the machine was busy: 1-minute load average up to {peak:.1f} on {cpus} CPUs during the run; "
             "latencies (p99 above all) carry other processes' noise, CPU per request is the steadiest figure")
+
+
+def note_busy(console: Console, samples: Sequence[Sample], meta: dict[str, Any]) -> None:
+    """Record and print the busy-machine warning, if the run had one."""
+    warning = busy_warning(samples, os.cpu_count() or 1)
+    if warning:
+        meta["warning"] = warning
+        console.print(f"[yellow]{escape(warning)}[/]")
+
+
+def publish(console: Console, document: dict[str, Any], out: Path, summary: Summary) -> int:
+    """Write the JSON results; exit code 1 when any request failed during measurement, else 0."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2, default=str))
+    console.print(f"results written to {out}")
+    failed = sum(cell["errors"] + cell["non_2xx"] for per in summary.values() for cell in per.values())
+    if failed:
+        console.print(f"[red]{failed} requests failed during measurement: the numbers are not trustworthy[/]")
+        return 1
+    return 0
 
 
 def to_json(meta: dict[str, Any], targets: Sequence[Target], samples: Sequence[Sample], *,
