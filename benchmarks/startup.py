@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from meshkit.runtime.local import LocalMesh
-from meshkit.runtime.ports import PortPlan, busy_ports
+from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
 
 
@@ -53,23 +52,12 @@ def first_ok(url: str, limit: float = 30.0) -> float:
     raise RuntimeError(f"{url} never answered 200 within {limit}s")
 
 
-def free_base(instances: int = 20) -> int:
-    """A port base whose whole plan is free (other programs may hold random ports).
-
-    Searched below Linux's ephemeral range (32768+), where busy clients' outgoing connections
-    hold local ports and a block of a few thousand is rarely all free.
-    """
-    for _ in range(50):
-        base = random.randrange(10000, 30000 - 100 * (instances + 1), 100)
-        if not busy_ports(PortPlan(base).all_ports(instances)):
-            return base
-    raise RuntimeError("no free block of ports found between 10000 and 30000")
-
-
 def one_round(apps: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="meshkit-startup-") as home:
         mesh = LocalMesh(StateDir.open(home))
-        base = free_base()
+        base = next(free_bases(20), None)
+        if base is None:
+            raise RuntimeError("no free block of ports below the ephemeral range")
         began = time.monotonic()
         try:
             status = mesh.up(apps, base_port=base, timeout=60.0)

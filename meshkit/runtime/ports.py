@@ -9,8 +9,12 @@ easy to read in `meshkit status`, and stable from one `meshkit up` to the next.
 
 from __future__ import annotations
 
+import os
+import random
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_BASE = 21000
 BLOCK = 100
@@ -75,3 +79,30 @@ def busy_ports(ports: list[int], host: str = "127.0.0.1") -> list[int]:
             except OSError:
                 busy.append(port)
     return busy
+
+
+LOWEST_BASE = 10_000
+
+
+def ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports start (32768 on Linux by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_bases(instances: int) -> Iterator[int]:
+    """Port bases, in random order, whose whole plan for ``instances`` instances is free right now.
+
+    They lie below the ephemeral range, so outgoing connections never take a port of the plan
+    later, and away from the default plan a plain `meshkit up` would use. For tests, benchmarks
+    and several meshes side by side.
+    """
+    span = BLOCK * (instances + 2)
+    high = min(ephemeral_low(), 65536) - span
+    bases = [b for b in range(LOWEST_BASE, high, BLOCK) if abs(b - DEFAULT_BASE) >= span]
+    random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little")).shuffle(bases)
+    for base in bases:
+        if not busy_ports(PortPlan(base).all_ports(instances)):
+            yield base

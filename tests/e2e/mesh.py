@@ -8,8 +8,6 @@ pids of everything the mesh runs (to prove that `down` leaves nothing behind).
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,17 +19,12 @@ import yaml
 from meshkit.control.client import ApiError, ControlClient
 from meshkit.runtime import catalog
 from meshkit.runtime.local import LocalMesh, MeshError
-from meshkit.runtime.ports import BLOCK, DEFAULT_BASE, PortPlan, busy_ports
+from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
 
 SAMPLES = Path(__file__).resolve().parents[1] / "config" / "istio_samples"
 RULES = Path(__file__).resolve().parent / "rules"
 SYNC_SECONDS = 30.0
-
-# Port bases below the ephemeral range (32768+ here), so outgoing connections never hold them.
-LOWEST_BASE = 10_000
-HIGHEST_BASE = 31_000
-
 
 def sample(name: str) -> list[dict[str, Any]]:
     """The documents of one of Istio's sample files (tests/config/istio_samples), unchanged."""
@@ -45,12 +38,7 @@ def rule(name: str) -> list[dict[str, Any]]:
 
 def free_port_bases(instances: int) -> Iterator[int]:
     """Port bases (random order) whose whole plan for ``instances`` instances is free right now."""
-    span = BLOCK * (instances + 1) + BLOCK
-    bases = [b for b in range(LOWEST_BASE, HIGHEST_BASE - span, 1000) if b != DEFAULT_BASE]
-    random.Random(os.getpid()).shuffle(bases)
-    for base in bases:
-        if not busy_ports(PortPlan(base).all_ports(instances)):
-            yield base
+    return free_bases(instances)
 
 
 def ref(doc: dict[str, Any]) -> tuple[str, str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,30 +10,16 @@ import pytest
 
 from meshkit.runtime import catalog
 from meshkit.runtime.local import LocalMesh, MeshError
-from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports
+from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 
 
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_base(tries: int = 50) -> int:
+def free_base() -> int:
     """A port block free now and below the ephemeral range (outgoing connections cannot take it later)."""
     instances = sum(s.replicas for s in catalog.resolve(["bookinfo"], {}))
-    high = min(_ephemeral_low(), 65536) - PortPlan(0).instance(instances).app - 1
-    for _ in range(tries):
-        base = random.randrange(10000, max(high, 10100), 100)
-        if abs(base - DEFAULT_BASE) < 1000:  # where a default `meshkit up` would go
-            continue
-        if not busy_ports(PortPlan(base).all_ports(instances)):
-            return base
-    raise RuntimeError("no free block of ports for a lab mesh")
+    return next(free_bases(instances))
 
 
 @pytest.fixture(scope="session")

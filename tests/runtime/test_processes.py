@@ -62,3 +62,4 @@ def test_owned_by_finds_unrecorded_processes_of_one_owner_only(tmp_path: Path) -
         assert owned_by(str(tmp_path / "home")) == []
     finally:
         stop([mine, other])
+
