@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -41,3 +42,12 @@ def test_start_brings_the_mesh_up_and_execs_the_command(lab_env: dict[str, str])
     assert done.returncode == 7, done.stderr  # the exit status is the command's: start exec'd it
     assert "exec ok arg-passed" in done.stdout
     assert LocalMesh(StateDir.open(lab_env["MESHKIT_HOME"])).running()
+
+
+def test_readme_badge_launches_jupyterlab_on_the_labs() -> None:
+    """The README's "launch binder" badge opens JupyterLab (not the classic tree) on labs/."""
+    readme = (ROOT / "README.md").read_text()
+    link = re.search(r"\]\((https://mybinder\.org/v2/gh/[^)]+)\)", readme)
+    assert link, "README has no Binder launch badge"
+    assert link.group(1).endswith("?urlpath=lab/tree/labs"), link.group(1)
+    assert (ROOT / "labs").is_dir() and list((ROOT / "labs").glob("00-*.ipynb"))
