@@ -3,9 +3,11 @@
 `traffic_split(mesh, "reviews")` stacks the requests per second each version of a service gets;
 `service_graph(mesh)` draws a Kiali-like graph (workloads, per-edge rate, error ratio and a
 padlock when the hop used mutual TLS); `edge_latency(mesh)` shows p50/p90/p99 per edge with rate,
-errors and response flags on hover. Each returns a `LiveChart`: it draws once before returning
-(so a headless run under nbclient shows a snapshot), then refreshes every second in a daemon
-thread while a load of this mesh runs, and stops by itself after ``max_seconds`` at the latest.
+errors and response flags on hover; `response_flags(mesh)` stacks each destination's requests by
+Envoy response flag (FI, DI, UT, UO, URX, UH, RL, NR, UF, "-" for none). Each returns a
+`LiveChart`: it draws once before returning (so a headless run under nbclient shows a snapshot),
+then refreshes every second in a daemon thread while a load of this mesh runs, and stops by
+itself after ``max_seconds`` at the latest.
 """
 
 from __future__ import annotations
@@ -213,6 +215,94 @@ def edge_latency(mesh: Mesh, *, window: float = 30.0, live: bool = True,
                 trace.x = names
                 trace.y = [round((e.get("latency_ms") or {}).get(trace.name) or 0.0, 2) for e in edges]
                 trace.hovertext = hover
+
+    chart = LiveChart(mesh, figure, refresh, max_seconds=max_seconds)
+    return chart.start() if live else _once(chart)
+
+
+# Envoy's response flags in a fixed order and colour, so a flag keeps its colour across charts.
+FLAG_COLORS = {
+    "-": "#54a24b",  # none: the request went through untouched
+    "DI": "#eeca3b",  # injected delay (the request still succeeded, later)
+    "FI": "#e45756",  # injected abort
+    "UT": "#f58518",  # upstream timeout
+    "URX": "#b279a2",  # retries exhausted
+    "UO": "#9d755d",  # circuit-breaker overflow
+    "UH": "#4c78a8",  # no healthy upstream
+    "UF": "#72b7b2",  # upstream connect failure
+    "RL": "#ff9da6",  # rate limited
+    "NR": "#bab0ac",  # no route
+}
+FLAG_MEANINGS = {
+    "-": "no flag", "DI": "delay injected", "FI": "abort injected", "UT": "upstream timeout",
+    "URX": "retries exhausted", "UO": "circuit breaker overflow", "UH": "no healthy upstream",
+    "UF": "upstream connect failure", "RL": "rate limited", "NR": "no route", "DC": "downstream closed",
+}
+
+
+def flag_counts(edges: list[dict[str, Any]], service: str | None = None) -> dict[str, dict[str, float]]:
+    """Destination -> {flag: requests} from telemetry edges; requests without a flag count as "-".
+
+    With ``service`` the destinations are its versions ("reviews v2"), otherwise whole services.
+    A combined flag string ("DI,FI": delayed, then aborted) stays one category, as Envoy logs it.
+    """
+    counts: dict[str, dict[str, float]] = {}
+    for e in edges:
+        if service is not None and e.get("destination_service") != service:
+            continue
+        name = str(e.get("destination_service") or "unknown")
+        if service is not None:
+            name = f"{name} {e.get('destination_version') or '?'}"
+        flags = {str(k): float(v) for k, v in (e.get("flags") or {}).items()}
+        row = counts.setdefault(name, {})
+        for flag, n in flags.items():
+            row[flag] = row.get(flag, 0.0) + n
+        unflagged = float(e.get("requests", 0)) - sum(flags.values())
+        if unflagged > 0:
+            row["-"] = row.get("-", 0.0) + unflagged
+    return dict(sorted(counts.items()))
+
+
+def _flag_order(flag: str) -> tuple[int, str]:
+    known = list(FLAG_COLORS)
+    return (known.index(flag), flag) if flag in known else (len(known), flag)
+
+
+def response_flags(mesh: Mesh, service: str | None = None, *, window: float = 30.0, live: bool = True,
+                   max_seconds: float = 300.0) -> LiveChart:
+    """Requests of the last ``window`` s per destination, stacked by Envoy response flag.
+
+    Every destination service (or, with ``service``, every version of it) is a bar; its segments
+    are the requests by flag, "-" (green) for those that went through untouched. Counted by the
+    caller's sidecar (reporter="source"), which is the one that injects faults, times out and
+    retries; callers outside the mesh are counted by the destination.
+    """
+    go = _go()
+    subject = f"{service} by version" if service else "per destination service"
+    figure = go.FigureWidget(layout={
+        "title": {"text": f"response flags, {subject} (last {window:.0f} s)"}, "height": 340,
+        "barmode": "stack", "legend": {"title": {"text": "flag"}},
+        "yaxis": {"title": "requests", "rangemode": "tozero"},
+        "margin": {"l": 50, "r": 20, "t": 50, "b": 60}})
+    for flag, color in FLAG_COLORS.items():
+        figure.add_bar(name=flag, x=[], y=[], marker={"color": color})
+
+    def refresh() -> None:
+        counts = flag_counts(mesh.telemetry(window).get("edges", []), service)
+        names = list(counts)
+        flags = sorted({f for row in counts.values() for f in row} | {t.name for t in figure.data},
+                       key=_flag_order)
+        for flag in flags:
+            if flag not in {t.name for t in figure.data}:  # a combination such as "DI,FI"
+                color = PALETTE[len(figure.data) % len(PALETTE)]
+                figure.add_bar(name=flag, x=[], y=[], marker={"color": color})
+        with figure.batch_update():
+            for trace in figure.data:
+                meaning = " + ".join(FLAG_MEANINGS.get(f, f) for f in trace.name.split(","))
+                trace.x = names
+                trace.y = [round(counts[n].get(trace.name, 0.0)) for n in names]
+                trace.hovertext = [f"{trace.name} ({meaning}): {round(counts[n].get(trace.name, 0.0))} of "
+                                   f"{round(sum(counts[n].values()))} requests" for n in names]
 
     chart = LiveChart(mesh, figure, refresh, max_seconds=max_seconds)
     return chart.start() if live else _once(chart)
