@@ -7,9 +7,11 @@ answers into `ApiError` (status, summary, the analyzer's messages as dicts); it 
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 
@@ -33,11 +35,18 @@ class ApiError(Exception):
 
 
 class ControlClient:
-    """One method per API call; every call returns the parsed JSON body (or text for YAML)."""
+    """One method per API call; every call returns the parsed JSON body (or text for YAML).
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+    ``ssl_context`` and ``headers`` (asked before every request) are for a control plane reached
+    through an authenticating front, e.g. the Kubernetes API server's service proxy.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None,
+                 headers: Callable[[], dict[str, str]] | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.headers = headers
 
     def request(self, method: str, path: str, *, body: bytes | None = None, json_body: Any = None,
                 content_type: str = "application/json", query: dict[str, Any] | None = None) -> Any:
@@ -46,10 +55,12 @@ class ControlClient:
         url = f"{self.url}/api/v1/{path.lstrip('/')}"
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-        request = urllib.request.Request(url, data=body, method=method,
-                                         headers={"Content-Type": content_type} if body is not None else {})
+        headers = dict(self.headers()) if self.headers is not None else {}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.ssl_context) as response:
                 raw = response.read()
                 kind = response.headers.get_content_type()
         except urllib.error.HTTPError as error:
