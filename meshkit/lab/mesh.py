@@ -350,6 +350,11 @@ class Mesh:
         return dict(self._call("telemetry series", "request", "GET", "telemetry/series",
                                query={"window": window, "step": step, "destination": destination}))
 
+    def scrape_targets(self) -> list[dict[str, Any]]:
+        """The sidecars' metrics endpoints the control plane scrapes: ``{"name", "url", "error"}`` rows."""
+        answer = self._call("telemetry targets", "request", "GET", "telemetry/targets")
+        return list(answer.get("targets", [])) if isinstance(answer, dict) else []
+
     def __repr__(self) -> str:
         return f"Mesh(control={self.control_url}, ingress={self.ingress_url})"
 
