@@ -132,9 +132,13 @@ def _endpoint(client: ControlClient, instance: str, namespace: str) -> dict[str,
     raise ValueError(f"tap: {instance!r} is not a registered endpoint (known: {names})")
 
 
-async def tap(control_url: str, source_proxy: str, target: str, *, path: str = "/health",
+async def tap(control_url: str, source_proxy: str | None, target: str, *, path: str = "/health",
               namespace: str = "default", max_bytes: int = 256, seconds: float = 10.0) -> WireCapture:
-    """Capture the first bytes from the sidecar at ``source_proxy`` to instance ``target``."""
+    """Capture the first bytes from the sidecar at ``source_proxy`` to instance ``target``.
+
+    With ``source_proxy=None`` the requests go in plaintext straight to the target's inbound
+    port, as a client outside the mesh (no sidecar, like ``legacy``) sends them.
+    """
     if not 16 <= max_bytes <= 65536:
         raise ValueError(f"tap: max bytes must be in [16, 65536], got {max_bytes}")
     if not 0 < seconds <= 60:
@@ -151,6 +155,8 @@ async def tap(control_url: str, source_proxy: str, target: str, *, path: str = "
                                 json_body={**original, "port": relay_port})
         await asyncio.to_thread(client.proxy_status, SYNC_WAIT)
         url = f"http://{original['service']}.{namespace}:{service_port}{path}"
+        direct = f"http://127.0.0.1:{relay_port}{path}"  # an out-of-mesh client: no sidecar, no TLS
+        host = {"Host": f"{original['service']}:{service_port}"}
         timeout = aiohttp.ClientTimeout(total=max(1.0, min(5.0, deadline - time.monotonic())))
         async with aiohttp.ClientSession(timeout=timeout) as session:
             for _ in range(MAX_ATTEMPTS):
@@ -158,7 +164,9 @@ async def tap(control_url: str, source_proxy: str, target: str, *, path: str = "
                     break
                 capture.requests_sent += 1
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(url, proxy=source_proxy) as resp:
+                    request = (session.get(url, proxy=source_proxy) if source_proxy is not None
+                               else session.get(direct, headers=host))
+                    async with request as resp:
                         await resp.read()
                         capture.statuses.append(resp.status)
                 await asyncio.sleep(0.05)
