@@ -158,6 +158,58 @@ def circuit_breaker(host: str, *, max_connections: int | None = 1, max_pending: 
                  "spec": spec})
 
 
+def outlier_detection(host: str, *, consecutive_errors: int = 1, interval: str = "1s",
+                      ejection_time: str = "30s", max_ejection_percent: int = 100,
+                      subsets: Sequence[str] = (), namespace: str = "default") -> Rule:
+    """A DestinationRule that ejects an endpoint of ``host`` after ``consecutive_errors`` 5xx in a row.
+
+    Like `circuit_breaker`, it replaces the host's DestinationRule: list the ``subsets`` routes use.
+    """
+    if isinstance(consecutive_errors, bool) or not isinstance(consecutive_errors, int) \
+            or consecutive_errors < 1:
+        raise LabError(f"consecutive_errors: expected a whole number >= 1, got {consecutive_errors!r}")
+    if not 0 <= max_ejection_percent <= 100:
+        raise LabError(f"max_ejection_percent: expected 0..100, got {max_ejection_percent!r}")
+    spec: dict[str, Any] = {"host": host, "trafficPolicy": {"outlierDetection": {
+        "consecutive5xxErrors": consecutive_errors, "interval": interval, "baseEjectionTime": ejection_time,
+        "maxEjectionPercent": max_ejection_percent}}}
+    if subsets:
+        spec["subsets"] = [{"name": v, "labels": {"version": v}} for v in subsets]
+    return Rule({"apiVersion": NETWORKING, "kind": "DestinationRule", "metadata": _meta(host, namespace),
+                 "spec": spec})
+
+
+def rate_limit(workload: str, *, max_tokens: int, tokens_per_fill: int | None = None,
+               fill_interval: str = "1s", namespace: str = "default") -> Rule:
+    """Istio's local rate limit (task "Enabling Rate Limits using Envoy"): an EnvoyFilter putting
+    Envoy's token bucket on ``workload``'s inbound side; requests over it get 429 (flag RL)."""
+    if not workload:
+        raise LabError("workload: name the app label to limit, e.g. 'productpage'")
+    for name, value in (("max_tokens", max_tokens), ("tokens_per_fill", tokens_per_fill or max_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LabError(f"{name}: expected a whole number >= 1, got {value!r}")
+    bucket = {"max_tokens": max_tokens, "tokens_per_fill": tokens_per_fill or max_tokens,
+              "fill_interval": fill_interval}
+    percent = {"numerator": 100, "denominator": "HUNDRED"}
+    value = {"stat_prefix": "http_local_rate_limiter", "token_bucket": bucket,
+             "filter_enabled": {"runtime_key": "local_rate_limit_enabled", "default_value": percent},
+             "filter_enforced": {"runtime_key": "local_rate_limit_enforced", "default_value": percent},
+             "response_headers_to_add": [{"append": False,
+                                          "header": {"key": "x-local-rate-limit", "value": "true"}}]}
+    manager = {"filter": {"name": "envoy.filters.network.http_connection_manager"}}
+    patch = {"applyTo": "HTTP_FILTER",
+             "match": {"context": "SIDECAR_INBOUND", "listener": {"filterChain": manager}},
+             "patch": {"operation": "INSERT_BEFORE", "value": {
+                 "name": "envoy.filters.http.local_ratelimit",
+                 "typed_config": {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                                  "type_url": "type.googleapis.com/envoy.extensions.filters.http."
+                                              "local_ratelimit.v3.LocalRateLimit",
+                                  "value": value}}}}
+    return Rule({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+                 "metadata": _meta(f"{workload}-local-ratelimit", namespace),
+                 "spec": {"workloadSelector": {"labels": {"app": workload}}, "configPatches": [patch]}})
+
+
 def mtls(mode: str, *, namespace: str = "default", workload: str | None = None) -> Rule:
     """A PeerAuthentication: ``mtls("STRICT")`` for a namespace, ``workload="reviews"`` for one app."""
     upper = mode.upper() if isinstance(mode, str) else mode
