@@ -319,6 +319,10 @@ class TelemetryStore:
     def graph(self, window: float = 60.0, now: float | None = None) -> dict[str, Any]:
         """A Kiali-like service graph: workload and service nodes, edges with rate, errors, mTLS."""
         answer = self.query(window, now)
+        # Only the callee's sidecar knows whether the connection was mutual TLS (the caller reports
+        # connection_security_policy="unknown", as in Istio): take the padlock from its report.
+        secured = {(e["source_workload"], e["destination_service"], e["destination_workload"])
+                   for e in self.query(window, now, reporter="destination")["edges"] if e["mtls"]}
         nodes: dict[str, dict[str, Any]] = {}
         links = []
         for e in answer["edges"]:
@@ -329,8 +333,9 @@ class TelemetryStore:
             nodes.setdefault(dst, {"id": dst, "kind": "workload", "service": e["destination_service"],
                                    "version": e["destination_version"],
                                    "namespace": e["destination_namespace"]})
+            mtls = e["mtls"] or (src, e["destination_service"], e["destination_workload"]) in secured
             links.append({"source": src, "target": dst, "rps": e["rps"], "error_rate": e["error_rate"],
-                          "mtls": e["mtls"], "p99": e["latency_ms"]["p99"], "flags": e["flags"]})
+                          "mtls": mtls, "p99": e["latency_ms"]["p99"], "flags": e["flags"]})
         return {"window": window, "nodes": sorted(nodes.values(), key=lambda n: n["id"]), "edges": links}
 
     def series(self, window: float = 60.0, step: float = 1.0, now: float | None = None,

@@ -1,0 +1,28 @@
+"""The service graph's mTLS padlock: only the callee's sidecar knows the connection was mutual TLS."""
+
+from __future__ import annotations
+
+from meshkit.control.telemetry import TelemetryStore
+from meshkit.proxy.stats import IstioMetrics
+from tests.control.test_telemetry import _record
+
+
+def _graph(security: str) -> dict[tuple[str, str], bool]:
+    caller, callee = IstioMetrics(), IstioMetrics()
+    store = TelemetryStore()
+    store.add("productpage", 0.0, caller.render())
+    store.add("reviews", 0.0, callee.render())
+    _record(caller, 10, 5.0, src="productpage-v1", dst_version="v1", code="200")  # source: "unknown"
+    _record(callee, 10, 5.0, src="productpage-v1", dst_version="v1", code="200", reporter="destination",
+            security=security)
+    store.add("productpage", 5.0, caller.render())
+    store.add("reviews", 5.0, callee.render())
+    return {(e["source"], e["target"]): e["mtls"] for e in store.graph(window=5.0, now=5.0)["edges"]}
+
+
+def test_graph_edge_gets_the_padlock_from_the_destination_report() -> None:
+    assert _graph("mutual_tls") == {("productpage-v1", "reviews-v1"): True}
+
+
+def test_graph_edge_has_no_padlock_when_the_callee_saw_plaintext() -> None:
+    assert _graph("none") == {("productpage-v1", "reviews-v1"): False}
