@@ -1,0 +1,327 @@
+"""`Comparison`: lab 09's three shapes measured against one destination of the running mesh.
+
+``bench = Comparison(mesh)`` (destination ``details``, path ``/details/0``, client
+``productpage-v1-0``), then:
+
+- ``bench.library()``: a `ResilientClient` in this process calls the app's own port (no proxy);
+  the destination's sidecar counters, read before and after, show that the mesh saw nothing;
+- ``bench.node_agent()``: a shared `NodeProxy` (started once, kept until ``close()``) forwards to
+  the app's port; its own admin counters show what it served;
+- ``bench.sidecar()``: through the client's sidecar and the destination's sidecar (mTLS between
+  them), as every request in the mesh goes; the mesh's telemetry shows both sidecars counted it.
+
+``table()``, ``chart()`` (plotly FigureWidget, updated after each run) and ``capabilities()``
+report latency, proxies on the path, processes and proxy memory (RSS from /proc). The
+``check_*`` methods are the lab's step checks: they read real counters, never a flag set here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from meshkit.lab.checks import CheckFailed, expect
+from meshkit.lab.display import LabError, Table
+from meshkit.lab.history.library import ProxiedClient, ResilientClient
+from meshkit.lab.history.measure import Measurement, run_bounded
+from meshkit.lab.history.node_agent import NodeProxy, fetch_json, node_snapshot
+from meshkit.lab.mesh import Mesh
+from meshkit.runtime.processes import rss_bytes
+
+LIBRARY, NODE_AGENT, SIDECAR = "library", "node agent", "sidecar"
+SHAPES = (LIBRARY, NODE_AGENT, SIDECAR)
+PROXIES_ON_PATH = {LIBRARY: 0, NODE_AGENT: 1, SIDECAR: 2}
+COLOURS = {LIBRARY: "#54a24b", NODE_AGENT: "#f58518", SIDECAR: "#4c78a8"}
+MIB = 1024 * 1024
+MAX_TELEMETRY_WINDOW = 600.0
+
+CAPABILITIES = [
+    {"question": "language coupling", LIBRARY: "one library per language and framework",
+     NODE_AGENT: "none: any app speaks HTTP to it", SIDECAR: "none: any app speaks HTTP to it"},
+    {"question": "upgrading the mesh", LIBRARY: "rebuild and redeploy every app",
+     NODE_AGENT: "one proxy per node, all its workloads at once", SIDECAR: "restart each workload"},
+    {"question": "blast radius of a proxy bug/crash", LIBRARY: "the one app",
+     NODE_AGENT: "every workload on the node", SIDECAR: "the one workload"},
+    {"question": "mTLS identity per workload", LIBRARY: "only if each library does TLS itself",
+     NODE_AGENT: "holds the keys of every workload on the node (ztunnel) or one node identity (Linkerd 1)",
+     SIDECAR: "yes: one key, next to its workload"},
+    {"question": "L7 policy (routes, retries, authz)", LIBRARY: "in code, per language",
+     NODE_AGENT: "Linkerd 1: yes; ztunnel: L4 only, L7 needs a waypoint proxy",
+     SIDECAR: "yes, on both ends"},
+    {"question": "the mesh sees the traffic", LIBRARY: "no (only what the app reports)",
+     NODE_AGENT: "yes, one proxy per node", SIDECAR: "yes, on both ends"},
+]
+
+
+def capabilities() -> Table:
+    """What each shape can and cannot do (the qualitative half of the comparison)."""
+    return Table(CAPABILITIES, ["question", *SHAPES], title="library vs node agent vs sidecar")
+
+
+def _is_details_body(body: bytes) -> bool:
+    return b'"podname"' in body
+
+
+class Comparison:
+    """Measure the three shapes against ``service`` (``path``) of the local mesh, from ``client``."""
+
+    def __init__(self, mesh: Mesh, *, service: str = "details", path: str = "/details/0",
+                 client: str = "productpage-v1-0", min_requests: int = 200) -> None:
+        self.mesh = mesh
+        self.service = service
+        self.path = path
+        self.client = client
+        self.min_requests = min_requests
+        self.results: dict[str, Measurement] = {}
+        self.node: NodeProxy | None = None
+        self._figure: Any = None
+
+    # -- what the mesh runs -----------------------------------------------------------------------
+
+    def _workloads(self) -> list[dict[str, Any]]:
+        rows = self.mesh.workloads()
+        if not rows:
+            raise LabError("lab 09 measures processes of the local mesh: connect() without a URL")
+        return rows
+
+    def _destination_rows(self) -> list[dict[str, Any]]:
+        rows = [r for r in self._workloads() if r.get("service") == self.service and r.get("healthy")]
+        if not rows:
+            raise LabError(f"Comparison service: no healthy instance of {self.service!r} is running "
+                           "(mesh.status() lists them)")
+        return rows
+
+    def _client_row(self) -> dict[str, Any]:
+        for row in self._workloads():
+            if row["name"] == self.client:
+                if not row.get("admin_port") or not row.get("outbound_proxy"):
+                    raise LabError(f"Comparison client: {self.client!r} has no sidecar to send through")
+                return row
+        names = ", ".join(r["name"] for r in self._workloads())
+        raise LabError(f"Comparison client: no instance {self.client!r} in the mesh (instances: {names})")
+
+    def _client_dump(self) -> dict[str, Any]:
+        dump = fetch_json(f"http://127.0.0.1:{self._client_row()['admin_port']}/config_dump")
+        return dict(dump)
+
+    def _authority(self, dump: dict[str, Any]) -> str:
+        hosts = (dump.get("snapshot") or {}).get("outbound", {}).get("virtual_hosts", [])
+        for host in hosts:
+            if host.get("service") == self.service:
+                return f"{self.service}:{host.get('port')}"
+        raise LabError(f"Comparison service: {self.client}'s sidecar has no route to {self.service!r}")
+
+    def destination_sidecars_counted(self) -> int:
+        """Requests the destination's sidecars have received so far (their own inbound counters)."""
+        total = 0
+        for row in self._destination_rows():
+            if row.get("admin_port"):
+                stats = fetch_json(f"http://127.0.0.1:{row['admin_port']}/stats")
+                total += int(stats["listeners"]["inbound"]["downstream_rq_total"])
+        return total
+
+    def sidecar_rss(self) -> dict[str, int]:
+        """RSS in bytes of every sidecar of the mesh, by instance (from /proc)."""
+        rows = [r for r in self._workloads() if r.get("sidecar_pid")]
+        return {r["name"]: rss_bytes(int(r["sidecar_pid"])) for r in rows}
+
+    # -- the three shapes -------------------------------------------------------------------------
+
+    def library(self, requests: int = 500, max_seconds: float = 10.0) -> Measurement:
+        """The app's own port, with load balancing, timeouts and retries in this process."""
+        client = ResilientClient([("127.0.0.1", int(r["app_port"])) for r in self._destination_rows()])
+        seen = self.destination_sidecars_counted()
+        try:
+            result = self._run(LIBRARY, client.get, requests, max_seconds)
+        finally:
+            client.close()
+        result.extra.update(sidecars_counted=self.destination_sidecars_counted() - seen,
+                            retries=client.retries)
+        return self._keep(result)
+
+    def start_node_proxy(self) -> NodeProxy:
+        """The shared node proxy (started once): the client sidecar's routes, endpoints on app ports."""
+        if self.node is not None and self.node.alive():
+            return self.node
+        app_ports = {r["name"]: int(r["app_port"]) for r in self._workloads()}
+        self.node = NodeProxy(node_snapshot(self._client_dump(), app_ports)).start()
+        return self.node
+
+    def node_agent(self, requests: int = 500, max_seconds: float = 10.0) -> Measurement:
+        """Through one shared proxy process, straight to the app's port."""
+        node = self.start_node_proxy()
+        authority = self._authority(self._client_dump())
+        client = ProxiedClient("127.0.0.1", node.ports["outbound"], authority)
+        seen = self.destination_sidecars_counted()
+        try:
+            result = self._run(NODE_AGENT, client.get, requests, max_seconds)
+        finally:
+            client.close()
+        result.extra.update(sidecars_counted=self.destination_sidecars_counted() - seen,
+                            pid=node.pid, rss=node.rss())
+        return self._keep(result)
+
+    def sidecar(self, requests: int = 500, max_seconds: float = 10.0) -> Measurement:
+        """Through the client's sidecar (outbound) and the destination's sidecar (inbound), mTLS between."""
+        row = self._client_row()
+        port = int(str(row["outbound_proxy"]).rsplit(":", 1)[1])
+        client = ProxiedClient("127.0.0.1", port, self._authority(self._client_dump()))
+        seen = self.destination_sidecars_counted()
+        try:
+            result = self._run(SIDECAR, client.get, requests, max_seconds)
+        finally:
+            client.close()
+        result.extra.update(sidecars_counted=self.destination_sidecars_counted() - seen)
+        return self._keep(result)
+
+    def _run(self, shape: str, get: Any, requests: int, max_seconds: float) -> Measurement:
+        try:
+            return run_bounded(shape, get, self.path, requests=requests, max_seconds=max_seconds,
+                               validate=_is_details_body)
+        except ValueError as exc:
+            raise LabError(f"bench.{shape.replace(' ', '_')}: {exc}") from None
+
+    def _keep(self, result: Measurement) -> Measurement:
+        self.results[result.shape] = result
+        self._redraw()
+        return result
+
+    # -- checks (each reads counters of real processes) ---------------------------------------------
+
+    def _measured(self, shape: str, call: str) -> Measurement:
+        result = self.results.get(shape)
+        if result is None:
+            raise CheckFailed(f"no {shape} measurement yet: run {call}")
+        expect(result.ok >= self.min_requests and result.from_app >= self.min_requests,
+               f"the {shape} run got {result.ok} answers of 2xx and {result.from_app} from the "
+               f"{self.service} app; at least {self.min_requests} of each are needed ({result.summary()})")
+        return result
+
+    def check_library(self, mesh: Mesh) -> None:
+        result = self._measured(LIBRARY, "bench.library()")
+        counted = int(result.extra.get("sidecars_counted", 0))
+        expect(counted < result.requests // 2,
+               f"the {self.service} sidecar counted {counted} requests during the library run of "
+               f"{result.requests}: the library must call the app's own port, not its sidecar")
+
+    def check_node_agent(self, mesh: Mesh) -> None:
+        node = self.node
+        if node is None or not node.alive():
+            raise CheckFailed("no node proxy is running: bench.node_agent() starts one and sends traffic "
+                              "through it")
+        result = self._measured(NODE_AGENT, "bench.node_agent()")
+        served = int(node.stats()["listeners"]["outbound"]["downstream_rq_2xx"])
+        expect(served >= result.ok,
+               f"the node proxy (pid {node.pid}) counted {served} answered requests, fewer than the "
+               f"{result.ok} the run got: the requests did not go through it")
+        app_ports = {int(r["app_port"]) for r in self._destination_rows()}
+        cluster = node.clusters().get(f"{self.service}|", {})
+        ports = {int(str(e.get("hostport", ":0")).rsplit(":", 1)[-1]) for e in _endpoints(cluster)}
+        expect(bool(ports) and ports <= app_ports,
+               f"the node proxy sends {self.service} traffic to ports {sorted(ports)}, not to the app ports "
+               f"{sorted(app_ports)}")
+        counted = int(result.extra.get("sidecars_counted", 0))
+        expect(counted < result.requests // 2,
+               f"the {self.service} sidecar counted {counted} of the node agent's {result.requests} "
+               "requests: the node proxy should be the only proxy on the path")
+
+    def check_sidecar(self, mesh: Mesh) -> None:
+        result = self._measured(SIDECAR, "bench.sidecar()")
+        window = min(MAX_TELEMETRY_WINDOW, max(2.0, time.time() - result.started + 2.0))
+        source = self.client.rsplit("-", 1)[0]
+        by_reporter = {}
+        for reporter in ("source", "destination"):
+            answer = mesh.telemetry(window, source=source, destination=self.service, reporter=reporter)
+            edges = answer.get("edges", [])
+            by_reporter[reporter] = sum(float(e.get("requests", 0)) for e in edges)
+            if reporter == "destination":
+                expect(all(e.get("mtls") for e in edges),
+                       f"the {source} → {self.service} hop was not mutual TLS (telemetry: {edges})")
+        for reporter, counted in by_reporter.items():
+            expect(counted >= self.min_requests,
+                   f"the mesh's telemetry shows {counted:.0f} requests {source} → {self.service} reported by "
+                   f"the {reporter} sidecar in the last {window:.0f} s; at least {self.min_requests} are "
+                   "needed: both sidecars must be on the path")
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per measured shape: latency, proxies, processes, proxy memory."""
+        sidecars = self.sidecar_rss()
+        rows = []
+        for shape in SHAPES:
+            result = self.results.get(shape)
+            if result is None:
+                rows.append({"shape": shape, "requests": "not measured yet"})
+                continue
+            rss, processes, memory_note = self._memory(shape, result, sidecars)
+            rows.append({
+                "shape": shape, "requests": result.requests, "ok": result.ok,
+                "p50 ms": round(result.p50_ms, 2), "p99 ms": round(result.p99_ms, 2),
+                "proxies on path": PROXIES_ON_PATH[shape], "proxy processes": processes,
+                "proxy RSS MiB": round(rss / MIB, 1), "memory": memory_note,
+            })
+        return rows
+
+    def _memory(self, shape: str, result: Measurement, sidecars: dict[str, int]) -> tuple[int, int, str]:
+        if shape == LIBRARY:
+            return 0, 0, "inside every app (its code, in each language)"
+        if shape == NODE_AGENT:
+            rss = self.node.rss() if self.node is not None else int(result.extra.get("rss", 0))
+            return rss, 1, f"one per node, serving all {len(sidecars)} workloads here"
+        total = sum(sidecars.values())
+        each = total / len(sidecars) if sidecars else 0
+        return total, len(sidecars), f"{len(sidecars)} sidecars x {each / MIB:.1f} MiB"
+
+    def table(self) -> Table:
+        columns = ["shape", "requests", "ok", "p50 ms", "p99 ms", "proxies on path", "proxy processes",
+                   "proxy RSS MiB", "memory"]
+        return Table(self.rows(), columns, title=f"GET {self.service}{self.path}, measured on this machine")
+
+    def chart(self) -> Any:
+        """A FigureWidget: p50/p99 latency bars and proxy memory bars; redrawn after each run."""
+        import plotly.graph_objects as go  # noqa: PLC0415 (heavy; only drawing needs it)
+        from plotly.subplots import make_subplots  # noqa: PLC0415
+
+        base = make_subplots(rows=1, cols=2, subplot_titles=("latency per request (ms)",
+                                                             "memory of the proxies (MiB)"))
+        figure = go.FigureWidget(base)
+        for name in ("p50", "p99"):
+            figure.add_bar(name=name, x=list(SHAPES), y=[0, 0, 0], row=1, col=1)
+        figure.add_bar(name="proxy RSS", x=list(SHAPES), y=[0, 0, 0], row=1, col=2, showlegend=False,
+                       marker_color=[COLOURS[s] for s in SHAPES])
+        figure.update_layout(barmode="group", height=360, margin={"t": 40, "b": 40, "l": 40, "r": 10})
+        self._figure = figure
+        self._redraw()
+        return figure
+
+    def _redraw(self) -> None:
+        figure = self._figure
+        if figure is None:
+            return
+        rows = {r["shape"]: r for r in self.rows()}
+        with figure.batch_update():
+            for index, key in enumerate(("p50 ms", "p99 ms")):
+                figure.data[index].y = [rows[s].get(key, 0) for s in SHAPES]
+            figure.data[2].y = [rows[s].get("proxy RSS MiB", 0) for s in SHAPES]
+            figure.data[2].text = [rows[s].get("memory", "") for s in SHAPES]
+
+    def close(self) -> None:
+        """Stop the node proxy (the only process this comparison starts)."""
+        if self.node is not None:
+            self.node.stop()
+
+    def __enter__(self) -> Comparison:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        done = ", ".join(self.results) or "nothing yet"
+        return f"Comparison({self.service}{self.path} from {self.client}; measured: {done})"
+
+
+def _endpoints(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    endpoints = cluster.get("endpoints", [])
+    return [e for e in endpoints if isinstance(e, dict)] if isinstance(endpoints, list) else []
