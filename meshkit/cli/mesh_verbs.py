@@ -1,4 +1,4 @@
-"""Verbs that run the local mesh: up, down, status, curl, logs, kill, restart, load, top.
+"""Verbs that run the local mesh: up, down, status, deploy, scale, curl, logs, kill, restart, load, top.
 
 Thin like the rest of the CLI: each verb parses options, calls `meshkit.runtime` and prints
 (rich progress for what takes time, kubectl-like tables for what is read).
@@ -30,14 +30,27 @@ def _running_mesh() -> Any:
     return mesh
 
 
-def _replicas(values: list[str]) -> dict[str, int]:
+def _replicas(values: list[str], what: str = "--replicas ") -> dict[str, int]:
     replicas: dict[str, int] = {}
     for value in values:
         name, sep, count = value.partition("=")
         if not sep or not count.isdigit():
-            _fail(EXIT_REJECTED, f"error: --replicas {value!r}: expected WORKLOAD=N, e.g. reviews-v1=2")
+            _fail(EXIT_REJECTED, f"error: {what}{value!r}: expected WORKLOAD=N, e.g. reviews-v1=2")
         replicas[name] = int(count)
     return replicas
+
+
+def _progress_bar(steps: int) -> Any:
+    """A transient rich progress bar and the `Progress` callback that drives it."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True)
+    task = bar.add_task("starting", total=steps)
+
+    def progress(what: str, done: int, total: int) -> None:
+        bar.update(task, description=what, completed=done, total=total)
+
+    return bar, progress
 
 
 @app.command()
@@ -50,20 +63,16 @@ def up(
     cert_ttl: Annotated[str, typer.Option(
         help="Workload certificate lifetime (30s, 5m, 24h); sidecars rotate at half.")] = "24h",
 ) -> None:
-    """Start the local mesh: control plane, apps, one sidecar each, ingress gateway (127.0.0.1)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+    """Start the local mesh: control plane, apps, one sidecar each, ingress gateway (127.0.0.1).
 
+    On a running mesh it adds what is asked and missing (app sets, --replicas), as `deploy`/`scale`.
+    """
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
     mesh = _mesh()
     started = time.monotonic()
-    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("starting", total=4)
-
-        def progress(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what, completed=done, total=total)
-
+    bar, progress = _progress_bar(4)
+    with bar:
         try:
             status = mesh.up(app_sets or None, _replicas(replicas or []), progress=progress,
                              timeout=timeout, cert_ttl=cert_ttl)
@@ -110,6 +119,47 @@ def status(output: OutputOption = "table") -> None:
 
 
 @app.command()
+def deploy(
+    app_sets: Annotated[list[str], typer.Argument(help="App sets to add: bookinfo, httpbin, clients.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the new instances.")] = 60.0,
+) -> None:
+    """Add app sets to the running mesh (like `kubectl apply -f samples/sleep/sleep.yaml`)."""
+    from meshkit.runtime.local import MeshError  # noqa: PLC0415
+
+    mesh = _running_mesh()
+    started = time.monotonic()
+    bar, progress = _progress_bar(3)
+    with bar:
+        try:
+            state = mesh.deploy(app_sets, progress=progress, timeout=timeout)
+        except (MeshError, ValueError) as error:
+            _fail(EXIT_REJECTED, f"error: {error}")
+    Printer().line(f"deployed {', '.join(app_sets)} in {time.monotonic() - started:.1f}s: "
+                   f"{len(state['workloads'])} workloads")
+
+
+@app.command()
+def scale(
+    workloads: Annotated[list[str], typer.Argument(help="WORKLOAD=N, e.g. reviews-v1=2 (0 to 10).")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the new instances.")] = 60.0,
+) -> None:
+    """Run N instances of a workload (like `kubectl scale deployment reviews-v1 --replicas=2`)."""
+    from meshkit.runtime.local import MeshError  # noqa: PLC0415
+
+    counts = _replicas(workloads, "scale ")
+    mesh = _running_mesh()
+    bar, progress = _progress_bar(3)
+    with bar:
+        for name, count in counts.items():
+            try:
+                mesh.scale(name, count, progress=progress, timeout=timeout)
+            except MeshError as error:
+                _fail(EXIT_REJECTED, f"error: {error}")
+    for name, count in counts.items():
+        Printer().line(f"{name} scaled to {count}")
+
+
+@app.command()
 def curl(  # noqa: PLR0917 (typer maps parameters to options)
     url: Annotated[str, typer.Argument(help="URL as the app calls it: http://reviews:9080/reviews/0")],
     source: Annotated[str, typer.Option("--from", help="Workload instance to send from, e.g. sleep-v1-0.")],
@@ -118,38 +168,29 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
     data: Annotated[str | None, typer.Option("-d", "--data", help="Request body.")] = None,
     include: Annotated[bool, typer.Option("-i", "--include", help="Show response headers.")] = False,
 ) -> None:
-    """Send one request from a workload through its sidecar (like `kubectl exec sleep -- curl`)."""
-    import urllib.error  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
+    """Send one request from a workload through its sidecar (like `kubectl exec sleep -- curl`).
 
-    state = _running_mesh().status()
-    # An instance name (sleep-v1-0) or a workload name (sleep-v1: its first instance).
-    workload = next((w for w in state["workloads"] if source in (w["name"], w["name"].rsplit("-", 1)[0])),
-                    None)
-    if workload is None:
-        known = ", ".join(w["name"] for w in state["workloads"])
-        _fail(EXIT_REJECTED, f"error: --from {source}: no such workload (known: {known})")
-    proxy = workload["outbound_proxy"]
-    handler = urllib.request.ProxyHandler({"http": proxy} if proxy else {})
-    opener = urllib.request.build_opener(handler)
-    request = urllib.request.Request(url, data=data.encode() if data is not None else None, method=method)
-    for h in header or []:
-        name, _, value = h.partition(":")
-        request.add_header(name.strip(), value.strip())
+    From `legacy` (no sidecar) it goes in plaintext straight to one instance of the URL's service.
+    """
+    from meshkit.runtime.curl import CurlError  # noqa: PLC0415
+    from meshkit.runtime.curl import curl as send  # noqa: PLC0415
+
+    mesh = _running_mesh()
     try:
-        response = opener.open(request, timeout=60)
-        status_code, headers, body = response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        status_code, headers, body = error.code, error.headers, error.read()
-    except OSError as error:
-        _fail(EXIT_UNAVAILABLE, f"error: {url} from {workload['name']}: {getattr(error, 'reason', error)}")
+        result = send(mesh.state, mesh.status()["workloads"], source, url, method=method,
+                      headers=header or [], body=data)
+    except CurlError as error:
+        where = f"--from {source}" if error.field == "from" else error.field
+        _fail(EXIT_REJECTED, f"error: {where}: {error.message}")
+    if result.status is None:
+        _fail(EXIT_UNAVAILABLE, f"error: {url} from {result.source}: {result.error}")
     if include:
-        typer.echo(f"HTTP/1.1 {status_code}")
-        for name, value in headers.items():
+        typer.echo(f"HTTP/1.1 {result.status}")
+        for name, value in result.headers:
             typer.echo(f"{name}: {value}")
         typer.echo("")
-    typer.echo(body.decode(errors="replace"))
-    if status_code >= 400:
+    typer.echo(result.text)
+    if result.status >= 400:
         raise typer.Exit(EXIT_REJECTED)
 
 

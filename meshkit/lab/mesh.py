@@ -1,7 +1,8 @@
 """`connect()` and `Mesh`: the learner's handle on a running mesh (local, or any control plane URL).
 
 `Mesh` wraps `meshkit.control.client.ControlClient` for config (apply/get/delete/analyze/history/
-rollback), `meshkit.runtime.local.LocalMesh` for the local processes (status, kill, restart) and
+rollback), `meshkit.runtime.local.LocalMesh` for the local processes (status, deploy, scale, kill, restart),
+`meshkit.runtime.curl` for one request from a workload (`curl`) and
 `meshkit.runtime.load.LoadGenerator` for background traffic. Refusals become `LabError`, whose
 messages name the resource and the field, and which a notebook shows without a traceback.
 """
@@ -22,6 +23,8 @@ import yaml
 
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.lab.display import Findings, LabError, Rule, Table, show_errors_as_html
+from meshkit.runtime.curl import CurlError, CurlResult
+from meshkit.runtime.curl import curl as send_curl
 from meshkit.runtime.load import LoadGenerator, parse_users
 from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.state import StateDir
@@ -256,7 +259,7 @@ class Mesh:
         """True once every connected proxy has ACKed the latest config (bounded by ``timeout``)."""
         answer = self._call("proxy-status", "proxy_status", timeout)
         rows = answer.get("proxies", []) if isinstance(answer, dict) else answer
-        return all(row.get("status") == "SYNCED" for row in rows)
+        return all(row.get("status") == "SYNCED" for row in rows if row.get("connected", True))
 
     # -- processes and traffic --------------------------------------------------------------------
 
@@ -285,10 +288,41 @@ class Mesh:
             raise LabError(str(exc)) from None
 
     def restart(self, instance: str) -> None:
+        """Start an instance's app again, and its sidecar too if that died (new certificate)."""
         try:
             self._local().restart(instance)
         except MeshError as exc:
             raise LabError(str(exc)) from None
+
+    def deploy(self, *apps: str) -> Table:
+        """Add app sets to the running mesh, e.g. ``mesh.deploy("clients")`` (sleep + legacy)."""
+        try:
+            self._local().deploy(list(apps))
+        except (MeshError, ValueError) as exc:
+            raise LabError(f"deploy {', '.join(apps)}: {exc}") from None
+        return self.status()
+
+    def scale(self, workload: str, replicas: int) -> Table:
+        """Run ``replicas`` instances of ``workload``, e.g. ``mesh.scale("reviews-v1", 2)``."""
+        try:
+            self._local().scale(workload, replicas)
+        except (MeshError, ValueError) as exc:
+            raise LabError(str(exc)) from None
+        return self.status()
+
+    def curl(self, from_: str, url: str, *, method: str = "GET", headers: dict[str, str] | None = None,
+             body: str | bytes | None = None, timeout: float = 30.0) -> CurlResult:
+        """One request from workload ``from_`` (``"sleep"``, ``"legacy"``), like `kubectl exec sleep -- curl`.
+
+        Never raises for an HTTP error or a refused connection: look at ``.status``, ``.error``, ``.flags``.
+        """
+        local = self._local()
+        try:
+            return send_curl(local.state, local.status()["workloads"], from_, url, method=method,
+                             headers=headers, body=body, timeout=timeout)
+        except CurlError as exc:
+            field = "from_" if exc.field == "from" else exc.field
+            raise LabError(f"curl {field}: {exc.message}") from None
 
     def load(self, rps: float = 10.0, users: dict[str, float] | str | None = None, duration: float = 30.0,
              path: str = "/productpage") -> LoadHandle:

@@ -77,6 +77,6 @@ def resolve(app_sets: list[str], replicas: dict[str, int]) -> list[WorkloadSpec]
         if workload not in known:
             listing = ", ".join(sorted(known))
             raise ValueError(f"--replicas {workload}={count}: no such workload (known: {listing})")
-        if not 1 <= count <= 10:
-            raise ValueError(f"--replicas {workload}={count}: replicas must be between 1 and 10")
+        if not 0 <= count <= 10:
+            raise ValueError(f"--replicas {workload}={count}: replicas must be between 0 and 10")
     return [dataclasses.replace(s, replicas=replicas.get(s.workload, s.replicas)) for s in specs]

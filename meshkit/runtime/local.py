@@ -18,6 +18,10 @@ gateway, all processes on 127.0.0.1, with no Docker, cluster or root.
 
 Everything it started is written to ``mesh.json`` in the state dir, so `down()` stops it
 all even after the CLI that started it crashed.
+
+A running mesh can change as a cluster would (`meshkit.runtime.rollout`): `deploy()` adds app
+sets and scales workloads (`scale()`), `restart()` brings back an instance whose app or sidecar
+died. The pieces that start and wait for processes are `meshkit.runtime.launch`.
 """
 
 from __future__ import annotations
@@ -25,95 +29,34 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, CaError, parse_ttl, spiffe_identity
-from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
-from meshkit.runtime import catalog
-from meshkit.runtime.catalog import WorkloadSpec
+from meshkit.control.ca import CaError, parse_ttl
+from meshkit.runtime import catalog, rollout
+from meshkit.runtime.launch import (
+    INGRESS_ID,
+    INGRESS_NAMESPACE,
+    INGRESS_SERVICE_ACCOUNT,
+    TOKEN_ENV,
+    Launcher,
+    MeshError,
+    Progress,
+    identity,
+    ingress_identity,
+    quiet,
+)
 from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports
-from meshkit.runtime.processes import ProcessRecord, owned_by, python_argv, rss_bytes, spawn, stop
+from meshkit.runtime.processes import ProcessRecord, owned_by, python_argv, rss_bytes, stop
+from meshkit.runtime.record import DEFAULT_CERT_TTL, NAMESPACE, Instance, MeshRecord
 from meshkit.runtime.state import StateDir
 
-NAMESPACE = "default"
-INGRESS_ID = "istio-ingressgateway-0"
-INGRESS_NAMESPACE = "istio-system"
-INGRESS_SERVICE_ACCOUNT = "istio-ingressgateway-service-account"  # as Istio's gateway
-TOKEN_ENV = "MESHKIT_CA_TOKEN"
-DEFAULT_CERT_TTL = "24h"
+__all__ = [
+    "DEFAULT_CERT_TTL", "INGRESS_ID", "INGRESS_NAMESPACE", "INGRESS_SERVICE_ACCOUNT", "NAMESPACE",
+    "READY_TIMEOUT", "TOKEN_ENV", "Instance", "LocalMesh", "MeshError", "MeshRecord", "Progress",
+]
+
 READY_TIMEOUT = 60.0
-
-Progress = Callable[[str, int, int], None]  # (what is happening, done, total)
-
-
-class MeshError(RuntimeError):
-    """`meshkit up` could not bring the mesh up; the text says what and where to look."""
-
-
-@dataclass
-class Instance:
-    """One running workload instance: the app process and its sidecar."""
-
-    name: str  # "reviews-v1-0"
-    spec: WorkloadSpec
-    ports: Any  # ports.InstancePorts
-    app: ProcessRecord | None = None
-    sidecar: ProcessRecord | None = None
-
-    def status(self) -> dict[str, Any]:
-        healthy = bool(self.app and self.app.alive() and (self.sidecar is None or self.sidecar.alive()))
-        return {
-            "name": self.name,
-            "service": self.spec.service,
-            "version": self.spec.version,
-            "pid": self.app.pid if self.app else None,
-            "sidecar_pid": self.sidecar.pid if self.sidecar else None,
-            "app_port": self.ports.app,
-            "inbound_port": self.ports.inbound if self.spec.sidecar else None,
-            "outbound_proxy": f"http://127.0.0.1:{self.ports.outbound}" if self.spec.sidecar else None,
-            "admin_port": self.ports.admin if self.spec.sidecar else None,
-            "healthy": healthy,
-        }
-
-
-@dataclass
-class MeshRecord:
-    """What ``mesh.json`` holds."""
-
-    base_port: int
-    apps: list[str]
-    replicas: dict[str, int]
-    processes: dict[str, ProcessRecord] = field(default_factory=dict)
-    cert_ttl: str = DEFAULT_CERT_TTL
-    ready: bool = False  # set once `up` saw the whole mesh ready; a killed `up` leaves it False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "control": f"http://127.0.0.1:{PortPlan(self.base_port).control}",  # read by the CLI
-            "base_port": self.base_port,
-            "apps": self.apps,
-            "replicas": self.replicas,
-            "cert_ttl": self.cert_ttl,
-            "ready": self.ready,
-            "processes": {k: v.to_json() for k, v in self.processes.items()},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> MeshRecord:
-        procs = {k: ProcessRecord.from_json(v) for k, v in data.get("processes", {}).items()}
-        return cls(data["base_port"], list(data["apps"]), dict(data.get("replicas", {})), procs,
-                   str(data.get("cert_ttl", DEFAULT_CERT_TTL)), bool(data.get("ready", True)))
-
-
-def _quiet(_what: str, _done: int, _total: int) -> None:
-    return None
 
 
 def _default_base() -> int:
@@ -121,7 +64,7 @@ def _default_base() -> int:
 
 
 class LocalMesh:
-    """Start, inspect and stop the local mesh recorded in one state dir."""
+    """Start, inspect, change and stop the local mesh recorded in one state dir."""
 
     def __init__(self, state: StateDir | None = None) -> None:
         self.state = state or StateDir.open()
@@ -140,20 +83,7 @@ class LocalMesh:
 
     def instances(self, rec: MeshRecord | None = None) -> list[Instance]:
         rec = rec or self.record()
-        if rec is None:
-            return []
-        plan = PortPlan(rec.base_port)
-        specs = catalog.resolve(rec.apps, rec.replicas)
-        found = []
-        index = 0
-        for spec in specs:
-            for name in spec.instances():
-                inst = Instance(name, spec, plan.instance(index))
-                inst.app = rec.processes.get(name)
-                inst.sidecar = rec.processes.get(f"{name}.sidecar")
-                found.append(inst)
-                index += 1
-        return found
+        return rec.instances() if rec is not None else []
 
     def control_url(self, rec: MeshRecord | None = None) -> str | None:
         rec = rec or self.record()
@@ -184,14 +114,15 @@ class LocalMesh:
         replicas: dict[str, int] | None = None,
         *,
         base_port: int | None = None,
-        progress: Progress = _quiet,
+        progress: Progress = quiet,
         timeout: float = READY_TIMEOUT,
         cert_ttl: str = DEFAULT_CERT_TTL,
     ) -> dict[str, Any]:
         """Bring the mesh up and return `status()`. Running it twice is harmless.
 
-        ``apps`` defaults to Bookinfo; when a mesh already runs, asking for other ``apps`` or
-        ``replicas`` than it has is a `MeshError` (stop it first), asking for nothing accepts it.
+        ``apps`` defaults to Bookinfo. When a mesh already runs, ``up`` adds what is asked and
+        missing, as `deploy` does: app sets not running yet, and ``replicas`` counts (never
+        removing an app set); asking for nothing accepts the running mesh.
         ``cert_ttl`` is the workload certificates' lifetime (``30s``, ``24h``); sidecars rotate
         at half of it.
         """
@@ -206,11 +137,8 @@ class LocalMesh:
         existing = self.record()
         if existing is not None:
             if self.running():
-                if asked and (sorted(existing.apps), existing.replicas) != (sorted(apps), replicas):
-                    raise MeshError(
-                        f"a mesh of {_describe(existing.apps, existing.replicas)} is already running in "
-                        f"{self.state.root}; stop it with `meshkit down` to start {_describe(apps, replicas)}"
-                    )
+                if asked:
+                    return self.deploy(apps, replicas, progress=progress, timeout=timeout)
                 progress("mesh already running", 1, 1)
                 return self.status()
             # Partly running: an instance died, or the `up` that started it was killed half-way.
@@ -227,7 +155,7 @@ class LocalMesh:
             )
         self.state.write_mesh(rec.to_json())  # from here on, `down` can clean up whatever we start
         try:
-            self._start(rec, plan, progress, timeout)
+            self._start(Launcher(self.state, rec), progress, timeout)
         except BaseException:
             self.down()
             raise
@@ -235,121 +163,73 @@ class LocalMesh:
         self.state.write_mesh(rec.to_json())
         return self.status()
 
-    def _start(self, rec: MeshRecord, plan: PortPlan, progress: Progress, timeout: float) -> None:
+    def _start(self, launcher: Launcher, progress: Progress, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        instances = self.instances(rec)
+        rec = launcher.rec
+        instances = rec.instances()
         steps = 4
         progress("starting the control plane", 0, steps)
-        control_url = f"http://127.0.0.1:{plan.control}"
-        tokens = self._issue_tokens(instances)
-        self._spawn(rec, "control", python_argv(
-            "meshkit.cli", "control", "--host", "127.0.0.1", "--port", str(plan.control),
+        identities = {identity(i.spec) for i in instances if i.spec.sidecar} | {ingress_identity()}
+        tokens = launcher.issue_tokens(identities, revoke_earlier=True)  # an earlier run's stop working
+        launcher.spawn("control", python_argv(
+            "meshkit.cli", "control", "--host", "127.0.0.1", "--port", str(launcher.plan.control),
             "--state-dir", str(self.state.control_dir), "--cert-ttl", rec.cert_ttl,
         ))
-        client = ControlClient(control_url, timeout=5.0)
-        self._wait(lambda: _answers(client), deadline, "the control plane", rec, "control")
+        client = launcher.client(timeout=5.0)
+        launcher.wait_control(client, deadline)
 
         progress("registering services and endpoints", 1, steps)
-        self._register(client, instances)
-        for app_set in rec.apps:
-            baseline = resources.files("meshkit.runtime").joinpath(f"defaults/{app_set}.yaml")
-            if baseline.is_file():
-                docs = [d for d in yaml.safe_load_all(baseline.read_text()) if d]
-                client.apply(docs)
+        launcher.register(client, instances)
+        launcher.apply_defaults(client, rec.apps)
 
         progress(f"starting {len(instances)} workloads with their sidecars and the ingress gateway", 2, steps)
         for inst in instances:
-            self._start_instance(rec, inst, control_url, tokens)
-        self._spawn(rec, "ingressgateway", python_argv(
-            "meshkit.proxy", "--control", control_url, "--id", f"{INGRESS_ID}.{INGRESS_NAMESPACE}",
-            "--kind", "gateway", "--outbound-port", str(plan.ingress), "--inbound-port", "0",
-            "--admin-port", str(plan.ingress_admin),
-            "--access-log", str(self.state.log("ingressgateway.access")),
-        ), env=_sidecar_env(tokens[_ingress_identity()]))
-
-        self._scrape(client, instances, plan)
+            launcher.start_instance(inst, tokens)
+        launcher.start_ingress(tokens[ingress_identity()])
+        launcher.scrape(client, instances, ingress=True)
 
         progress("waiting for every app to answer and every proxy to ACK", 3, steps)
-        for inst in instances:
-            self._wait(lambda i=inst: _http_ok(f"http://127.0.0.1:{i.ports.app}/healthz"), deadline,
-                       f"app {inst.name}", rec, inst.name)
-        proxy_ids = [f"{i.name}.{NAMESPACE}" for i in instances if i.spec.sidecar]
-        proxy_ids.append(f"{INGRESS_ID}.{INGRESS_NAMESPACE}")
-        try:
-            self._wait(lambda: _all_synced(client, proxy_ids), deadline, "every sidecar to ACK its snapshot",
-                       rec, None)
-        except MeshError as error:
-            raise MeshError(f"{error}; not synced: {_unsynced(client, proxy_ids)}") from None
-        admins = {f"{i.name}.sidecar": i.ports.admin for i in instances if i.spec.sidecar}
-        admins["ingressgateway"] = plan.ingress_admin
-        for name, port in admins.items():
-            self._wait(lambda p=port: _http_ok(f"http://127.0.0.1:{p}/healthz/ready"), deadline,
-                       f"{name} to be ready (snapshot and workload certificate)", rec, name)
+        launcher.wait_ready(client, instances, deadline, ingress=True)
         progress("mesh ready", steps, steps)
 
-    def _register(self, client: ControlClient, instances: list[Instance]) -> None:
-        meshed = [i for i in instances if i.spec.sidecar]  # out-of-mesh clients serve nothing
-        services = {(i.spec.service, i.spec.service_port) for i in meshed}
-        for name, port in sorted(services):
-            client.request("POST", "registry/services",
-                           json_body={"name": name, "namespace": NAMESPACE, "port": port})
-        for inst in meshed:
-            client.request("POST", "registry/endpoints", json_body={
-                "instance": inst.name, "workload": inst.spec.workload, "service": inst.spec.service,
-                "namespace": NAMESPACE, "address": "127.0.0.1", "port": inst.ports.inbound,
-                "labels": inst.spec.labels, "service_account": inst.spec.service_account,
-                "has_sidecar": True, "healthy": True, "app_port": inst.ports.app,
-            })
+    # -- changing a running mesh -------------------------------------------------------------------
 
-    @staticmethod
-    def _scrape(client: ControlClient, instances: list[Instance], plan: PortPlan) -> None:
-        """Point telemetry at every sidecar's metrics, as a Prometheus scrape config would."""
-        targets = {f"{i.name}.{NAMESPACE}": i.ports.admin for i in instances if i.spec.sidecar}
-        targets[f"{INGRESS_ID}.{INGRESS_NAMESPACE}"] = plan.ingress_admin
-        for name, port in targets.items():
-            client.request("PUT", f"telemetry/targets/{name}",
-                           json_body={"url": f"http://127.0.0.1:{port}/stats/prometheus"})
+    def _running_record(self, what: str) -> MeshRecord:
+        rec = self.record()
+        if rec is None or not rec.ready:
+            raise MeshError(f"{what}: no mesh is running in {self.state.root}; start one with `meshkit up`")
+        control = rec.processes.get("control")
+        if control is None or not control.alive():
+            raise MeshError(f"{what}: the mesh's control plane is not running; "
+                            "start the mesh again with `meshkit down` and `meshkit up`")
+        return rec
 
-    def _issue_tokens(self, instances: list[Instance]) -> dict[str, str]:
-        """One CA bootstrap token per workload identity, written to the CA's token file."""
-        identities = {_identity(i.spec) for i in instances if i.spec.sidecar}
-        identities.add(_ingress_identity())
-        store = BootstrapTokens.open(self.state.control_dir / "ca" / TOKENS_FILE)
-        tokens = {}
-        for identity in sorted(identities):
-            store.revoke(identity)  # the tokens of an earlier run stop working
-            tokens[identity] = store.issue_token(identity)
-        return tokens
+    def deploy(self, apps: list[str] | None = None, replicas: dict[str, int] | None = None, *,
+               progress: Progress = quiet, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """Add app sets (``["clients"]``) and scale workloads (``{"reviews-v1": 2}``) in the running mesh.
 
-    def _start_instance(self, rec: MeshRecord, inst: Instance, control_url: str,
-                        tokens: dict[str, str]) -> None:
-        spec, ports = inst.spec, inst.ports
-        app_args = ["--port", str(ports.app), "--instance", inst.name, "--version", spec.version,
-                    "--service-port", str(spec.service_port)]
-        self._spawn(rec, inst.name, python_argv("meshkit.apps", spec.app, *app_args), env=_app_env(inst))
-        if not spec.sidecar:
-            return
-        self._spawn(rec, f"{inst.name}.sidecar", python_argv(
-            "meshkit.proxy", "--control", control_url, "--id", f"{inst.name}.{NAMESPACE}",
-            "--outbound-port", str(ports.outbound), "--inbound-port", str(ports.inbound),
-            "--admin-port", str(ports.admin), "--access-log", str(self.state.log(f"{inst.name}.access")),
-        ), env=_sidecar_env(tokens[_identity(spec)]))
+        Like `kubectl apply` of a sample plus `kubectl scale`: new instances get sidecars, CA
+        tokens, registration and their app set's default DestinationRules; removed ones are
+        deregistered, then stopped. Returns `status()` once every proxy ACKed the current snapshot.
+        """
+        rec = self._running_record("deploy")
+        rollout.deploy(self.state, rec, list(apps or []), dict(replicas or {}), progress=progress,
+                       timeout=timeout)
+        return self.status()
 
-    def _spawn(self, rec: MeshRecord, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        rec.processes[name] = spawn(name, argv, log=self.state.log(name), env=env, owner=self._owner)
-        self.state.write_mesh(rec.to_json())
-
-    def _wait(self, ready: Callable[[], bool], deadline: float, what: str, rec: MeshRecord,
-              process: str | None) -> None:
-        while time.monotonic() < deadline:
-            if ready():
-                return
-            proc = rec.processes.get(process) if process else None
-            if proc is not None and not proc.alive():
-                raise MeshError(f"{what} exited during start-up; see {proc.log}:\n{_tail(Path(proc.log))}")
-            time.sleep(0.05)
-        hint = f"; see {rec.processes[process].log}" if process and process in rec.processes else ""
-        raise MeshError(f"timed out waiting for {what}{hint}")
+    def scale(self, workload: str, replicas: int, *, progress: Progress = quiet,
+              timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """Run ``replicas`` (0-10) instances of ``workload`` (``reviews-v1``), like `kubectl scale`."""
+        rec = self._running_record(f"scale {workload}")
+        known = {spec.workload for spec in rec.specs()}
+        if workload not in known:
+            raise MeshError(f"scale {workload}: no such workload in this mesh "
+                            f"(running: {', '.join(sorted(known))})")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 10:
+            raise MeshError(f"scale {workload}: replicas must be a whole number from 0 to 10, "
+                            f"got {replicas!r}")
+        rollout.deploy(self.state, rec, [], {workload: replicas}, progress=progress, timeout=timeout)
+        return self.status()
 
     # -- down and single instances ------------------------------------------------------------
 
@@ -377,19 +257,16 @@ class LocalMesh:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, 9)
 
-    def restart(self, instance: str, timeout: float = 20.0) -> None:
-        """Stop (if needed) and start one instance's app again on the same port."""
+    def restart(self, instance: str, timeout: float = 30.0) -> None:
+        """Start one instance's app again on the same ports, and its sidecar too if that died.
+
+        ``ingressgateway`` restarts the ingress gateway. Returns once the instance answers and
+        its sidecar has its snapshot and (new) certificate.
+        """
         rec = self.record()
         if rec is None:
             raise MeshError("no mesh is running; start one with `meshkit up`")
-        inst = next((i for i in self.instances(rec) if i.name == instance), None)
-        if inst is None:
-            raise MeshError(f"no instance {instance!r}; see `meshkit status`")
-        stop([p for p in (inst.app,) if p is not None])
-        assert inst.app is not None
-        self._spawn(rec, instance, list(inst.app.argv), env=_app_env(inst))
-        self._wait(lambda: _http_ok(f"http://127.0.0.1:{inst.ports.app}/healthz"),
-                   time.monotonic() + timeout, f"app {instance}", rec, instance)
+        rollout.restart(self.state, rec, instance, timeout=timeout)
 
     def _process(self, name: str) -> ProcessRecord:
         rec = self.record()
@@ -413,81 +290,3 @@ class LocalMesh:
         if access:
             return self.state.log(f"{name}.access")
         return Path(self._process(f"{name}.sidecar").log)
-
-
-def _identity(spec: WorkloadSpec) -> str:
-    return spiffe_identity(NAMESPACE, spec.service_account)
-
-
-def _ingress_identity() -> str:
-    return spiffe_identity(INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT)
-
-
-def _sidecar_env(token: str) -> dict[str, str]:
-    """A sidecar's environment: ours plus its CA bootstrap token (never on the command line)."""
-    return {**os.environ, TOKEN_ENV: token}
-
-
-def _describe(apps: list[str], replicas: dict[str, int]) -> str:
-    """``bookinfo + httpbin (reviews-v1=2)``, as `meshkit up` options read."""
-    extra = ", ".join(f"{name}={count}" for name, count in sorted(replicas.items()))
-    return " + ".join(apps) + (f" ({extra})" if extra else "")
-
-
-def _app_env(inst: Instance) -> dict[str, str]:
-    """The app's environment: its sidecar as HTTP proxy (none for an out-of-mesh client)."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "no_proxy")}
-    if inst.spec.sidecar:
-        env["HTTP_PROXY"] = f"http://127.0.0.1:{inst.ports.outbound}"
-        env["NO_PROXY"] = "127.0.0.1,localhost"
-    return env
-
-
-def _answers(client: ControlClient) -> bool:
-    try:
-        client.healthz()
-    except (ControlUnreachable, ApiError):
-        return False
-    return True
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-def _all_synced(client: ControlClient, proxy_ids: list[str]) -> bool:
-    try:
-        rows = client.proxy_status()
-    except (ControlUnreachable, ApiError):
-        return False
-    proxies = rows.get("proxies", rows) if isinstance(rows, dict) else rows
-    synced = {row.get("id") for row in proxies if row.get("status") == "SYNCED"}
-    return all(pid in synced for pid in proxy_ids)
-
-
-def _unsynced(client: ControlClient, proxy_ids: list[str]) -> str:
-    """Which proxies have not ACKed, and why (NACK reason, compile error, never connected)."""
-    try:
-        rows = {row.get("id"): row for row in client.proxy_status().get("proxies", [])}
-    except (ControlUnreachable, ApiError) as error:
-        return f"(the control plane did not answer: {error})"
-    missing = []
-    for pid in proxy_ids:
-        row = rows.get(pid)
-        if row is None:
-            missing.append(f"{pid} never connected")
-        elif row.get("status") != "SYNCED":
-            why = row.get("compile_error") or row.get("reason") or ""
-            missing.append(f"{pid} {row.get('status')}" + (f" ({why})" if why else ""))
-    return "; ".join(missing) or "(all synced now)"
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

@@ -23,6 +23,7 @@ from tests.e2e.mesh import free_port_bases
 
 BOOKINFO_INSTANCES = ["productpage-v1-0", "details-v1-0", "reviews-v1-0", "reviews-v2-0", "reviews-v3-0",
                       "ratings-v1-0"]
+CLIENT_INSTANCES = ["sleep-v1-0", "legacy-v1-0"]  # legacy: no sidecar
 WORKLOAD_KEYS = {"name", "service", "version", "pid", "sidecar_pid", "app_port", "inbound_port",
                  "outbound_proxy", "admin_port", "healthy"}
 
@@ -34,7 +35,7 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def base() -> int:
-    return next(free_port_bases(len(BOOKINFO_INSTANCES)))
+    return next(free_port_bases(len(BOOKINFO_INSTANCES) + len(CLIENT_INSTANCES)))
 
 
 def _status(home: Path, base: int) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def _assert_nothing_left(home: Path, base: int, pids: list[int]) -> None:
         time.sleep(0.1)
     assert [p for p in pids if _alive(p)] == []
     assert processes_of(home) == []
-    assert busy_ports(PortPlan(base).all_ports(len(BOOKINFO_INSTANCES))) == []
+    assert busy_ports(PortPlan(base).all_ports(len(BOOKINFO_INSTANCES) + len(CLIENT_INSTANCES))) == []
     assert not (home / "mesh.json").exists()
 
 
@@ -106,11 +107,16 @@ def test_up_status_up_again_down(home: Path, base: int) -> None:
         assert _status(home, base) == status
         same = meshkit(home, base, "up", "--app", "bookinfo")
         assert same.returncode == 0, same.stderr
-        other = meshkit(home, base, "up", "--app", "httpbin", "--replicas", "httpbin-v1=2")
-        assert other.returncode != 0
-        assert "a mesh of bookinfo is already running" in other.stderr
-        assert "`meshkit down` to start httpbin (httpbin-v1=2)" in other.stderr
-        assert _recorded_pids(home) == recorded
+        # On a running mesh, up adds what is missing (as `meshkit deploy clients`) and restarts nothing.
+        added = meshkit(home, base, "up", "--app", "clients")
+        assert added.returncode == 0, added.stderr
+        names = [w["name"] for w in _status(home, base)["workloads"]]
+        assert names == [*BOOKINFO_INSTANCES, *CLIENT_INSTANCES]
+        grown = _recorded_pids(home)
+        assert {k: grown[k] for k in recorded} == recorded
+        assert set(grown) - set(recorded) == {*CLIENT_INSTANCES, "sleep-v1-0.sidecar"}
+        recorded = grown
+        assert sorted(processes_of(home)) == sorted(recorded.values())
     finally:
         stopped = meshkit(home, base, "down")
     assert stopped.returncode == 0, stopped.stderr

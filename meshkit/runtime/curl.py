@@ -1,0 +1,276 @@
+"""One request from a workload of the local mesh, like `kubectl exec sleep -- curl URL`.
+
+`curl(mesh_status, state, source, url)` sends the request the way that workload's app would:
+
+- from a workload with a sidecar (``sleep``): to its sidecar's outbound port as an HTTP proxy
+  (absolute-form request line), so the sidecar routes it by the URL's host, applies the mesh's
+  rules and, in STRICT mode, originates mTLS — exactly what the app's ``HTTP_PROXY`` does;
+- from ``legacy`` (no sidecar): in plaintext straight to one endpoint of the URL's service — an
+  instance's inbound sidecar port, as kube-proxy would pick a pod — with the original ``Host``;
+  a STRICT PeerAuthentication then refuses it, as in Istio's mTLS migration task.
+
+Loopback URLs (``http://127.0.0.1:PORT/``) bypass the sidecar, as ``NO_PROXY`` makes the apps do.
+The result is a `CurlResult`: status (None when the connection failed, with ``error``), headers,
+body, the time taken, and the Envoy response flags and upstream host that the sending sidecar
+(or, from ``legacy``, the receiving one) wrote for this request id in its access log.
+"""
+
+from __future__ import annotations
+
+import html
+import http.client
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from meshkit.runtime.state import StateDir
+
+DEFAULT_TIMEOUT = 30.0
+MAX_TIMEOUT = 300.0
+LOG_WAIT = 1.0  # seconds to wait for the access-log line of the request
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+CLUSTER_SUFFIXES = (".svc.cluster.local", ".svc", ".default")
+
+
+class CurlError(ValueError):
+    """The request could not be formed (unknown workload, bad URL, bad header): which argument, and why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field  # "from", "url", "header", "method", "timeout"
+        self.message = message
+
+
+@dataclass
+class CurlResult:
+    """What came back for one request sent from a workload."""
+
+    source: str  # the instance it was sent from ("sleep-v1-0")
+    method: str
+    url: str
+    status: int | None  # None: no HTTP answer (refused, reset, timed out); see error
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    seconds: float = 0.0
+    flags: str = ""  # Envoy response flags from the access log ("UO", "DI,FI"), "" for none or unknown
+    upstream: str | None = None  # the upstream host:port the sidecar used, from the access log
+    request_id: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 400
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.text) if self.body else None
+        except ValueError:
+            return None
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers if k.lower() == wanted), None)
+
+    def summary(self) -> str:
+        outcome = f"HTTP {self.status}" if self.status is not None else f"no answer ({self.error})"
+        extra = f", flags {self.flags}" if self.flags else ""
+        extra += f", upstream {self.upstream}" if self.upstream else ""
+        return f"{self.method} {self.url} from {self.source}: {outcome} in {self.seconds:.3f} s{extra}"
+
+    def __str__(self) -> str:
+        body = self.text
+        if len(body) > 2000:
+            body = body[:2000] + f"... ({len(self.body)} bytes)"
+        return self.summary() + (f"\n{body}" if body else "")
+
+    __repr__ = summary
+
+    def _repr_html_(self) -> str:
+        colour = "#1a7f37" if self.ok else "#cf222e"
+        rows = "".join(f"<tr><td><code>{html.escape(k)}</code></td>"
+                       f"<td><code>{html.escape(v)}</code></td></tr>" for k, v in self.headers)
+        parsed = self.json()
+        body = json.dumps(parsed, indent=2) if parsed is not None else self.text
+        if len(body) > 4000:
+            body = body[:4000] + f"\n... ({len(self.body)} bytes)"
+        return (f'<div><b style="color:{colour}">{html.escape(self.summary())}</b>'
+                f"<details><summary>headers</summary><table>{rows}</table></details>"
+                f"<pre>{html.escape(body)}</pre></div>")
+
+
+@dataclass(frozen=True)
+class _Route:
+    host: str
+    port: int
+    target: str  # request-target: absolute-form through a proxy, origin-form direct
+    access_log: Path | None
+    direction: str = "outbound"  # which of the log's entries for the request id is ours
+
+
+def find_source(workloads: list[dict[str, Any]], source: str) -> dict[str, Any]:
+    """The status row of ``source``: an instance (``sleep-v1-0``), else the first instance of a
+    workload (``sleep-v1``), else of a service (``sleep``)."""
+    for match in (lambda w: w["name"] == source, lambda w: w["name"].rsplit("-", 1)[0] == source,
+                  lambda w: w["service"] == source):
+        found = [w for w in workloads if match(w)]
+        if found:
+            return found[0]
+    known = ", ".join(w["name"] for w in workloads) or "none: is the mesh running?"
+    raise CurlError("from", f"no such workload {source!r} (known: {known})")
+
+
+def _service_of(host: str) -> str:
+    for suffix in CLUSTER_SUFFIXES:
+        if host.endswith(suffix):
+            return _service_of(host[: -len(suffix)])
+    return host.split(".", maxsplit=1)[0]
+
+
+def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any], url: str) -> _Route:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise CurlError("url", f"expected an absolute http:// URL such as http://httpbin:8000/headers, "
+                        f"got {url!r}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise CurlError("url", f"bad port in {url!r}") from None
+    origin_form = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if parts.hostname in LOOPBACK:
+        return _Route(parts.hostname, port, origin_form, None)
+    if row["outbound_proxy"]:  # through the workload's sidecar, as its HTTP_PROXY
+        proxy = urlsplit(row["outbound_proxy"])
+        return _Route(proxy.hostname or "127.0.0.1", proxy.port or 80, url,
+                      state.log(f"{row['name']}.access"))
+    service = _service_of(parts.hostname)
+    endpoints = [w for w in workloads if w["service"] == service and w["inbound_port"] and w["healthy"]]
+    if not endpoints:
+        known = sorted({w["service"] for w in workloads if w["inbound_port"]})
+        raise CurlError("url", f"{row['name']} has no sidecar, and {parts.hostname!r} names no running "
+                        f"service of the mesh it could reach (services: {', '.join(known)})")
+    chosen = random.choice(endpoints)  # as kube-proxy picks a pod
+    log = state.log(f"{chosen['name']}.access")
+    return _Route("127.0.0.1", int(chosen["inbound_port"]), origin_form, log, "inbound")
+
+
+def _headers(given: dict[str, str] | list[str] | None) -> list[tuple[str, str]]:
+    if given is None:
+        return []
+    if isinstance(given, dict):
+        pairs = list(given.items())
+    else:
+        pairs = []
+        for raw in given:
+            name, sep, value = raw.partition(":")
+            if not sep:
+                raise CurlError("header", f"expected 'Name: value', got {raw!r}")
+            pairs.append((name, value))
+    cleaned = []
+    for raw_name, raw_value in pairs:
+        name, value = str(raw_name).strip(), str(raw_value).strip()
+        if not name or any(c in name + value for c in "\r\n") or " " in name:
+            raise CurlError("header", f"invalid header {name!r}: {value!r}")
+        cleaned.append((name, value))
+    return cleaned
+
+
+def _log_size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
+
+
+def _logged(route: _Route, offset: int, request_id: str, wait: float) -> dict[str, Any] | None:
+    """The access-log entry of ``request_id`` written after ``offset`` (the sink flushes within a loop turn).
+
+    A mirrored copy (authority ``...-shadow``) carries the same request id; it is not ours.
+    """
+    path = route.access_log
+    if path is None:
+        return None
+    deadline = time.monotonic() + wait
+    marker = f'"request_id":"{request_id}"'
+    while True:
+        try:
+            with path.open("rb") as log:
+                log.seek(offset)
+                for line in log.read().decode(errors="replace").splitlines():
+                    if marker not in line:
+                        continue
+                    entry: dict[str, Any] = json.loads(line)
+                    if entry.get("direction") == route.direction and \
+                            not str(entry.get("authority", "")).endswith("-shadow"):
+                        return entry
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
+
+
+def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str, *, method: str = "GET",
+         headers: dict[str, str] | list[str] | None = None, body: str | bytes | None = None,
+         timeout: float = DEFAULT_TIMEOUT) -> CurlResult:
+    """Send one request from ``source`` (a `meshkit status` workload name) and return what came back.
+
+    ``workloads`` are the rows of `LocalMesh.status()`. Never raises for an HTTP error or a
+    failed connection (see `CurlResult.status` and ``error``); `CurlError` for bad arguments.
+    """
+    row = find_source(workloads, source)
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise CurlError("timeout", f"expected seconds in (0, {MAX_TIMEOUT:g}], got {timeout!r}")
+    method = method.upper()
+    if not method.isalpha():
+        raise CurlError("method", f"expected an HTTP method such as GET or POST, got {method!r}")
+    route = _route(state, workloads, row, url)
+    pairs = _headers(headers)
+    request_id = next((v for k, v in pairs if k.lower() == "x-request-id"), None) or str(uuid.uuid4())
+    if not any(k.lower() == "x-request-id" for k, _ in pairs):
+        pairs.append(("x-request-id", request_id))
+    parts = urlsplit(url)
+    if not any(k.lower() == "host" for k, _ in pairs):
+        pairs.insert(0, ("Host", parts.netloc))
+    payload = body.encode() if isinstance(body, str) else body
+    result = CurlResult(row["name"], method, url, None, request_id=request_id)
+    offset = _log_size(route.access_log)
+    began = time.monotonic()
+    conn = http.client.HTTPConnection(route.host, route.port, timeout=timeout)
+    try:
+        conn.putrequest(method, route.target, skip_host=True, skip_accept_encoding=True)
+        for name, value in pairs:
+            conn.putheader(name, value)
+        if payload is not None:
+            conn.putheader("Content-Length", str(len(payload)))
+        conn.endheaders(payload)
+        response = conn.getresponse()
+        result.status = response.status
+        result.headers = list(response.getheaders())
+        result.body = response.read()
+    except TimeoutError:
+        result.error = f"timed out after {timeout:g} s"
+    except ConnectionRefusedError:
+        result.error = f"connection refused by 127.0.0.1:{route.port}"
+    except (ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError):
+        result.error = f"connection reset by 127.0.0.1:{route.port} before an HTTP answer"
+    except (OSError, http.client.HTTPException) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    result.seconds = time.monotonic() - began
+    entry = _logged(route, offset, request_id, LOG_WAIT if result.status is not None else 0.2)
+    if entry is not None:
+        result.flags = "" if entry.get("response_flags") in (None, "", "-") else str(entry["response_flags"])
+        result.upstream = entry.get("upstream_host")
+    return result

@@ -1,0 +1,252 @@
+"""Starting the pieces of a local mesh and waiting for them: shared by `up`, `deploy`/`scale` and `restart`.
+
+A `Launcher` works on one state dir and its `MeshRecord`: it spawns processes (recording each
+one in ``mesh.json`` at once, so `down` finds it even if we crash next), issues CA bootstrap
+tokens, registers services and endpoints, applies an app set's default config, points
+telemetry at sidecars and waits, with a deadline, until apps answer and proxies ACK.
+
+CA tokens: each sidecar gets its token in ``MESHKIT_CA_TOKEN`` (never on a command line, never
+in plain text on disk; the CA's token file holds SHA-256 digests only). `up` revokes the tokens
+of an earlier run; later sidecars (new replicas, a restarted sidecar) get a *new* token for
+their identity, added beside the running sidecars' ones, which keep working: the control plane
+looks a token it does not know up again in its token file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
+from meshkit.control.client import ApiError, ControlClient
+from meshkit.runtime import readiness
+from meshkit.runtime.catalog import WorkloadSpec
+from meshkit.runtime.ports import PortPlan
+from meshkit.runtime.processes import ProcessRecord, python_argv, spawn
+from meshkit.runtime.record import NAMESPACE, Instance, MeshRecord
+from meshkit.runtime.state import StateDir
+
+INGRESS_ID = "istio-ingressgateway-0"
+INGRESS_NAMESPACE = "istio-system"
+INGRESS_SERVICE_ACCOUNT = "istio-ingressgateway-service-account"  # as Istio's gateway
+INGRESS_PROXY_ID = f"{INGRESS_ID}.{INGRESS_NAMESPACE}"
+TOKEN_ENV = "MESHKIT_CA_TOKEN"
+
+Progress = Callable[[str, int, int], None]  # (what is happening, done, total)
+
+
+class MeshError(RuntimeError):
+    """The local mesh could not do what was asked; the text says what and where to look."""
+
+
+def quiet(_what: str, _done: int, _total: int) -> None:
+    return None
+
+
+def identity(spec: WorkloadSpec) -> str:
+    return spiffe_identity(NAMESPACE, spec.service_account)
+
+
+def ingress_identity() -> str:
+    return spiffe_identity(INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT)
+
+
+def sidecar_env(token: str) -> dict[str, str]:
+    """A sidecar's environment: ours plus its CA bootstrap token (never on the command line)."""
+    return {**os.environ, TOKEN_ENV: token}
+
+
+def app_env(inst: Instance) -> dict[str, str]:
+    """The app's environment: its sidecar as HTTP proxy (none for an out-of-mesh client)."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "no_proxy")}
+    if inst.spec.sidecar:
+        env["HTTP_PROXY"] = f"http://127.0.0.1:{inst.ports.outbound}"
+        env["NO_PROXY"] = "127.0.0.1,localhost"
+    return env
+
+
+@dataclass
+class Launcher:
+    """Starts, registers and waits for the processes of the mesh recorded in ``rec``."""
+
+    state: StateDir
+    rec: MeshRecord
+
+    @property
+    def owner(self) -> str:
+        """The tag every process of this mesh carries in its environment (processes.OWNER_ENV)."""
+        return str(self.state.root.resolve())
+
+    @property
+    def plan(self) -> PortPlan:
+        return PortPlan(self.rec.base_port)
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.plan.control}"
+
+    def client(self, timeout: float = 5.0) -> ControlClient:
+        return ControlClient(self.control_url, timeout=timeout)
+
+    def save(self) -> None:
+        self.state.write_mesh(self.rec.to_json())
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessRecord:
+        proc = spawn(name, argv, log=self.state.log(name), env=env, owner=self.owner)
+        self.rec.processes[name] = proc
+        self.save()
+        return proc
+
+    def issue_tokens(self, identities: Iterable[str], *, revoke_earlier: bool) -> dict[str, str]:
+        """A new CA bootstrap token per identity; ``revoke_earlier`` (only `up`) drops older ones first."""
+        store = BootstrapTokens.open(self.state.control_dir / "ca" / TOKENS_FILE)
+        tokens = {}
+        for name in sorted(set(identities)):
+            if revoke_earlier:
+                store.revoke(name)
+            tokens[name] = store.issue_token(name)
+        return tokens
+
+    def start_app(self, inst: Instance) -> ProcessRecord:
+        spec, ports = inst.spec, inst.ports
+        args = ["--port", str(ports.app), "--instance", inst.name, "--version", spec.version,
+                "--service-port", str(spec.service_port)]
+        return self.spawn(inst.name, python_argv("meshkit.apps", spec.app, *args), env=app_env(inst))
+
+    def sidecar_argv(self, inst: Instance) -> list[str]:
+        ports = inst.ports
+        return python_argv(
+            "meshkit.proxy", "--control", self.control_url, "--id", inst.proxy_id,
+            "--outbound-port", str(ports.outbound), "--inbound-port", str(ports.inbound),
+            "--admin-port", str(ports.admin), "--access-log", str(self.state.log(f"{inst.name}.access")),
+        )
+
+    def start_sidecar(self, inst: Instance, token: str) -> ProcessRecord:
+        return self.spawn(inst.sidecar_name, self.sidecar_argv(inst), env=sidecar_env(token))
+
+    def start_instance(self, inst: Instance, tokens: dict[str, str]) -> None:
+        inst.app = self.start_app(inst)
+        if inst.spec.sidecar:
+            inst.sidecar = self.start_sidecar(inst, tokens[identity(inst.spec)])
+
+    def start_ingress(self, token: str) -> None:
+        plan = self.plan
+        self.spawn("ingressgateway", python_argv(
+            "meshkit.proxy", "--control", self.control_url, "--id", INGRESS_PROXY_ID,
+            "--kind", "gateway", "--outbound-port", str(plan.ingress), "--inbound-port", "0",
+            "--admin-port", str(plan.ingress_admin),
+            "--access-log", str(self.state.log("ingressgateway.access")),
+        ), env=sidecar_env(token))
+
+    # -- control plane calls -----------------------------------------------------------------------
+
+    @staticmethod
+    def register(client: ControlClient, instances: list[Instance], *, healthy: bool = True) -> None:
+        """Register the services and (inbound sidecar port) endpoints of the meshed ``instances``."""
+        meshed = [i for i in instances if i.spec.sidecar]  # out-of-mesh clients serve nothing
+        for name, port in sorted({(i.spec.service, i.spec.service_port) for i in meshed}):
+            client.request("POST", "registry/services",
+                           json_body={"name": name, "namespace": NAMESPACE, "port": port})
+        for inst in meshed:
+            client.request("POST", "registry/endpoints", json_body={
+                "instance": inst.name, "workload": inst.spec.workload, "service": inst.spec.service,
+                "namespace": NAMESPACE, "address": "127.0.0.1", "port": inst.ports.inbound,
+                "labels": inst.spec.labels, "service_account": inst.spec.service_account,
+                "has_sidecar": True, "healthy": healthy, "app_port": inst.ports.app,
+            })
+
+    @staticmethod
+    def set_healthy(client: ControlClient, instances: list[Instance]) -> None:
+        for inst in instances:
+            if inst.spec.sidecar:
+                client.request("PUT", f"registry/endpoints/{NAMESPACE}/{inst.name}/health",
+                               json_body={"healthy": True})
+
+    @staticmethod
+    def deregister(client: ControlClient, instances: list[Instance]) -> None:
+        """Remove the instances' endpoints and scrape targets (their services stay, as in Kubernetes)."""
+        for inst in instances:
+            if not inst.spec.sidecar:
+                continue
+            for path in (f"registry/endpoints/{NAMESPACE}/{inst.name}", f"telemetry/targets/{inst.proxy_id}"):
+                try:
+                    client.request("DELETE", path)
+                except ApiError as error:
+                    if error.status != 404:
+                        raise
+
+    @staticmethod
+    def apply_defaults(client: ControlClient, app_sets: list[str]) -> None:
+        """An app set's baseline config (Istio's destination-rule-all, the ingress route)."""
+        for app_set in app_sets:
+            baseline = resources.files("meshkit.runtime").joinpath(f"defaults/{app_set}.yaml")
+            if baseline.is_file():
+                docs = [d for d in yaml.safe_load_all(baseline.read_text()) if d]
+                client.apply(docs)
+
+    def scrape(self, client: ControlClient, instances: list[Instance], *, ingress: bool) -> None:
+        """Point telemetry at every sidecar's metrics, as a Prometheus scrape config would."""
+        targets = {i.proxy_id: i.ports.admin for i in instances if i.spec.sidecar}
+        if ingress:
+            targets[INGRESS_PROXY_ID] = self.plan.ingress_admin
+        for name, port in targets.items():
+            client.request("PUT", f"telemetry/targets/{name}",
+                           json_body={"url": f"http://127.0.0.1:{port}/stats/prometheus"})
+
+    # -- waiting ------------------------------------------------------------------------------------
+
+    def wait(self, ready: Callable[[], bool], deadline: float, what: str, process: str | None) -> None:
+        """Poll ``ready`` until ``deadline``; fail early, with its log, if ``process`` exited."""
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            proc = self.rec.processes.get(process) if process else None
+            if proc is not None and not proc.alive():
+                log = readiness.tail(Path(proc.log))
+                raise MeshError(f"{what} exited during start-up; see {proc.log}:\n{log}")
+            time.sleep(0.05)
+        hint = f"; see {self.rec.processes[process].log}" if process and process in self.rec.processes else ""
+        raise MeshError(f"timed out waiting for {what}{hint}")
+
+    def wait_control(self, client: ControlClient, deadline: float) -> None:
+        self.wait(lambda: readiness.control_answers(client), deadline, "the control plane", "control")
+
+    def wait_ready(self, client: ControlClient, instances: list[Instance], deadline: float, *,
+                   ingress: bool) -> None:
+        """Every app answers, every proxy ACKed its snapshot, every sidecar is ready (has its certificate)."""
+        for inst in instances:
+            self.wait(lambda i=inst: readiness.http_ok(f"http://127.0.0.1:{i.ports.app}/healthz"), deadline,
+                      f"app {inst.name}", inst.name)
+        proxy_ids = [i.proxy_id for i in instances if i.spec.sidecar]
+        if ingress:
+            proxy_ids.append(INGRESS_PROXY_ID)
+        try:
+            self.wait(lambda: readiness.all_synced(client, proxy_ids), deadline,
+                      "every sidecar to ACK its snapshot", None)
+        except MeshError as error:
+            raise MeshError(f"{error}; not synced: {readiness.unsynced(client, proxy_ids)}") from None
+        admins = {i.sidecar_name: i.ports.admin for i in instances if i.spec.sidecar}
+        if ingress:
+            admins["ingressgateway"] = self.plan.ingress_admin
+        for name, port in admins.items():
+            self.wait(lambda p=port: readiness.http_ok(f"http://127.0.0.1:{p}/healthz/ready"), deadline,
+                      f"{name} to be ready (snapshot and workload certificate)", name)
+
+    def wait_everything_synced(self, client: ControlClient, deadline: float) -> None:
+        """No recompilation pending and every connected proxy ACKed the current snapshot."""
+        while True:
+            left = deadline - time.monotonic()
+            if readiness.everything_synced(client, max(0.0, min(left, 10.0))):
+                return
+            if time.monotonic() >= deadline:
+                raise MeshError("timed out waiting for every proxy to ACK the new snapshot; "
+                                "see `meshkit proxy-status`")
+
