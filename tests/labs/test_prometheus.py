@@ -1,0 +1,97 @@
+"""meshkit.lab.prometheus: a real Prometheus (Debian package `prometheus`) scraping a real mesh's sidecars."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from meshkit.lab import LabError, connect
+from meshkit.lab.mesh import Mesh
+from meshkit.lab.prometheus import INSTALL_HINT, Prometheus, available, config, target_groups
+
+needs_prometheus = pytest.mark.skipif(
+    not available(), reason="no prometheus binary (apt-get install prometheus, or set MESHKIT_PROMETHEUS)")
+
+
+@pytest.fixture
+def mesh(lab_env: dict[str, str]) -> Mesh:
+    m = connect()
+    m.reset()
+    return m
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+
+
+def test_targets_become_file_discovery_groups_with_their_metrics_path() -> None:
+    groups = target_groups([{"name": "reviews-v1-0.default", "url": "http://127.0.0.1:24300/stats/prometheus"}])
+    assert groups == [{"targets": ["127.0.0.1:24300"],
+                       "labels": {"__metrics_path__": "/stats/prometheus", "__scheme__": "http",
+                                  "meshkit_target": "reviews-v1-0.default"}}]
+    with pytest.raises(LabError, match="scrape target 'x' has no usable url"):
+        target_groups([{"name": "x", "url": "127.0.0.1"}])
+    job = config(Path("/tmp/t.json"))["scrape_configs"][0]
+    assert job["file_sd_configs"][0]["files"] == ["/tmp/t.json"]
+
+
+def test_without_the_binary_start_says_how_to_install_it(mesh: Mesh, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    monkeypatch.setenv("MESHKIT_PROMETHEUS", str(tmp_path / "missing"))
+    assert not available()
+    with pytest.raises(LabError) as caught:
+        Prometheus(mesh, directory=tmp_path / "p").start()
+    assert caught.value.summary == INSTALL_HINT and "apt-get install prometheus" in INSTALL_HINT
+
+
+@needs_prometheus
+def test_promql_from_istios_docs_sees_the_mesh_traffic(mesh: Mesh, tmp_path: Path) -> None:
+    with Prometheus(mesh, directory=tmp_path / "prom") as prom:
+        pid = prom.process.pid if prom.process else 0
+        assert {r["health"] for r in prom.targets().rows} == {"up"}
+        assert len(prom.targets().rows) == len(mesh.scrape_targets())
+        mesh.load(rps=15, duration=3).wait(15)
+        promql = 'sum(rate(istio_requests_total{reporter="destination"}[1m])) by (destination_workload)'
+        result = prom.wait_for(promql, at_least=0.0, timeout=10)
+        rates = result.by("destination_workload")
+        assert {"productpage-v1", "details-v1"} <= set(rates) and rates["productpage-v1"] > 0
+        total = prom.wait_for('sum(istio_requests_total{reporter="destination",'
+                              'destination_workload="productpage-v1"})', at_least=44, timeout=10)
+        assert total.total() >= 45  # every request of the load, counted by productpage's sidecar
+        assert "destination_workload" in str(result)
+        with pytest.raises(LabError, match=r"PromQL 'sum\(rate\(' was refused: .*parse error"):
+            prom.query("sum(rate(")
+    assert not _alive(pid) and not prom.running()
+    with pytest.raises(LabError, match="prometheus is not running"):
+        prom.query("up")
+
+
+@needs_prometheus
+def test_prometheus_dies_with_the_process_that_started_it(lab_env: dict[str, str], tmp_path: Path) -> None:
+    script = ("import pathlib, time\nfrom meshkit.lab import connect\n"
+              "from meshkit.lab.prometheus import Prometheus\n"
+              f"p = Prometheus(connect(), directory=pathlib.Path({str(tmp_path / 'p')!r}))\n"
+              "p.start(scraped=False)\n"
+              "print(p.process.pid, flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ})
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert _alive(pid)
+    finally:
+        parent.send_signal(signal.SIGKILL)  # a crashed kernel: no stop() runs
+        parent.wait(10)
+    deadline = time.monotonic() + 15
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid), "prometheus outlived the process that started it"
