@@ -191,7 +191,7 @@ class KubeApi:
                                          timeout=timeout) as response:
                 if response.status >= 400:
                     raise KubeApiError(response.status, f"watch {resource}: HTTP {response.status}: "
-                                                        f"{_status_message(await response.text())}")
+                                                        f"{status_message(await response.text())}")
                 async for line in response.content:
                     event = _event(line, resource)
                     if event is not None:
@@ -209,14 +209,14 @@ class KubeApi:
             raise KubeApiError(0, f"{what}: cannot reach {self.access.server}: "
                                   f"{type(error).__name__}: {error}") from error
         if response.status >= 400:
-            raise KubeApiError(response.status, f"{what}: HTTP {response.status}: {_status_message(text)}")
+            raise KubeApiError(response.status, f"{what}: HTTP {response.status}: {status_message(text)}")
         try:
             return json.loads(text)
         except ValueError as error:
             raise KubeApiError(0, f"{what}: the answer is not JSON: {text[:200]!r}") from error
 
 
-def _status_message(text: str) -> str:
+def status_message(text: str) -> str:
     """The ``message`` of a Kubernetes Status document, else the (shortened) text."""
     with contextlib.suppress(ValueError, AttributeError):
         message = json.loads(text).get("message")

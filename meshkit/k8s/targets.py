@@ -1,0 +1,89 @@
+"""Names of clusters as people type them (``kind``, ``k8s:<context>``) -> a `ClusterClient`.
+
+One parser for ``meshkit.connect(target)`` and the CLI's ``--context`` / ``$MESHKIT_CONTEXT``:
+
+* ``kind`` — the kubeconfig context of ``meshkit kind up``'s cluster (``kind-meshkit``);
+  ``kind:<cluster>`` names another kind cluster (context ``kind-<cluster>``);
+* ``k8s`` — the kubeconfig's current context; ``k8s:<context>`` a named one;
+* ``k8s:http://HOST:PORT`` — an API server URL without credentials (``kubectl proxy``, a mock).
+
+The kubeconfig is ``$KUBECONFIG`` or ``~/.kube/config`` (read by the ``kubernetes`` package,
+the ``k8s`` extra). Problems are `ClusterTargetError`, whose message says what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshkit.k8s.cluster_config import ClusterClient
+from meshkit.k8s.kind import KindOptions
+from meshkit.runtime.kube_api import KubeAccess, KubeApiError
+from meshkit.runtime.kube_client import KubeClient
+
+PREFIXES = ("kind", "k8s")
+
+
+class ClusterTargetError(ValueError):
+    """The target names no reachable cluster configuration; the message says why and what to do."""
+
+
+def is_cluster_target(target: str | None) -> bool:
+    """Whether ``target`` names a cluster (rather than a control plane URL)."""
+    if not target:
+        return False
+    return target in PREFIXES or (target.split(":", 1)[0] in PREFIXES and ":" in target)
+
+
+def kube_context(target: str) -> str | None:
+    """The kubeconfig context ``target`` names (None: the current one, or a URL target)."""
+    prefix, _, rest = target.partition(":")
+    if prefix == "kind":
+        return KindOptions(cluster=rest).context if rest else KindOptions().context
+    if prefix == "k8s" and rest and not rest.startswith(("http://", "https://")):
+        return rest
+    return None
+
+
+def cluster_access(target: str, kubeconfig: str | None = None) -> KubeAccess:
+    """Where the API server of ``target`` is and how to authenticate there."""
+    if not is_cluster_target(target):
+        raise ClusterTargetError(f"{target!r} names no cluster: use kind, kind:<cluster>, k8s, "
+                                 "k8s:<context> or k8s:http://HOST:PORT")
+    rest = target.partition(":")[2]
+    if target.startswith("k8s:") and rest.startswith(("http://", "https://")):
+        return KubeAccess.url(rest)
+    context = kube_context(target)
+    try:
+        return KubeAccess.from_kubeconfig(kubeconfig, context)
+    except KubeApiError as error:  # the kubernetes package is missing
+        raise ClusterTargetError(str(error)) from None
+    except Exception as error:  # the kubernetes package's loaders raise their own types
+        raise ClusterTargetError(_no_context(target, context, kubeconfig, error)) from None
+
+
+def cluster_client(target: str, *, kubeconfig: str | None = None, timeout: float = 15.0,
+                   **options: Any) -> ClusterClient:
+    """A `ClusterClient` for ``target`` (``options`` go to `ClusterClient`, e.g. ``mirror_wait_s``)."""
+    access = cluster_access(target, kubeconfig)
+    label = kube_context(target) or target.partition(":")[2] or "the current context"
+    return ClusterClient(KubeClient(access, timeout_s=timeout), label=label, timeout=timeout, **options)
+
+
+def _no_context(target: str, context: str | None, kubeconfig: str | None, error: Exception) -> str:
+    known = _contexts(kubeconfig)
+    where = kubeconfig or "$KUBECONFIG or ~/.kube/config"
+    hint = "create the cluster with `meshkit kind up`" if target.startswith("kind") else \
+        "name a context of the kubeconfig"
+    names = f" (contexts there: {', '.join(known)})" if known else ""
+    what = f"context {context!r}" if context else "a current context"
+    return f"cannot use {what} from {where}: {error}; {hint}{names}"
+
+
+def _contexts(kubeconfig: str | None) -> list[str]:
+    try:
+        import kubernetes  # noqa: PLC0415 (optional: the k8s extra)
+
+        contexts, _ = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
+    except Exception:  # no kubeconfig at all: nothing to list
+        return []
+    return [str(c.get("name")) for c in contexts or [] if isinstance(c, dict)]
