@@ -148,11 +148,15 @@ class Mesh:
     """A running mesh: its control plane (always) and its local processes (when started here)."""
 
     def __init__(self, control_url: str, *, ingress_url: str | None = None,
-                 local: LocalMesh | None = None) -> None:
+                 local: LocalMesh | None = None, client: ControlClient | None = None,
+                 cluster: str | None = None) -> None:
         self.control_url = control_url.rstrip("/")
         self.ingress_url = ingress_url.rstrip("/") if ingress_url else None
         self.local = local
-        self.client = ControlClient(self.control_url, timeout=15.0)
+        # on Kubernetes (``cluster`` names the context) the client is a meshkit.k8s ClusterClient:
+        # the same calls, config through the Kubernetes API, reads through the API server's proxy
+        self.client = client if client is not None else ControlClient(self.control_url, timeout=15.0)
+        self.cluster = cluster
         self._loads: list[LoadHandle] = []
 
     @property
@@ -276,6 +280,11 @@ class Mesh:
         return list(self.local.status()["workloads"]) if self.local is not None else []
 
     def _local(self) -> LocalMesh:
+        if self.local is None and self.cluster is not None:
+            raise LabError(f"this works on the local mesh only; on Kubernetes ({self.cluster}) use kubectl: "
+                           "`kubectl delete pod POD` (its Deployment starts a new one), "
+                           "`kubectl scale deployment/NAME --replicas=N`, `kubectl apply -f` for new "
+                           "workloads, `kubectl exec POD -- curl URL` for a request from a pod")
         if self.local is None:
             raise LabError("this works on the local mesh only (connect() without a URL)")
         return self.local
@@ -394,8 +403,24 @@ class Mesh:
 
 
 def connect(url: str | None = None, *, ingress: str | None = None, start: bool = True) -> Mesh:
-    """The running local mesh ($MESHKIT_HOME), started if needed; or the control plane at ``url``."""
+    """The running local mesh ($MESHKIT_HOME), started if needed; or the control plane at ``url``.
+
+    ``url`` may also name a cluster: ``"kind"`` (the context of `meshkit kind up`, kind-meshkit),
+    ``"kind:<cluster>"``, ``"k8s"`` (the current kubeconfig context) or ``"k8s:<context>"``. The
+    Mesh then applies config through the Kubernetes API and reads telemetry and proxy status from
+    the control plane through the API server's service proxy (docs/kubernetes.md).
+    """
     show_errors_as_html()
+    from meshkit.k8s.targets import ClusterTargetError, cluster_client, is_cluster_target  # noqa: PLC0415
+
+    if is_cluster_target(url):
+        try:
+            client = cluster_client(str(url))
+        except ClusterTargetError as exc:
+            raise LabError(f"connect({url!r}): {exc}") from None
+        mesh = Mesh(client.url, ingress_url=ingress, client=client, cluster=client.label)
+        mesh.revision()  # fails now, with a clear message, if the control plane does not answer
+        return mesh
     if url is not None:
         mesh = Mesh(url, ingress_url=ingress)
         mesh.revision()  # fails now, with a clear message, if nothing answers there
