@@ -4,7 +4,10 @@ Thin on purpose: each verb parses its options, calls into `meshkit.control` (cli
 `meshkit.config` (offline analysis), and prints. Heavy modules are imported inside the verbs so
 ``meshkit --help`` stays fast. The control plane is found via ``--control URL``, then
 ``$MESHKIT_CONTROL``, then the address a running control plane recorded in the state dir
-(``$MESHKIT_HOME``), then ``http://127.0.0.1:15010``.
+(``$MESHKIT_HOME``), then ``http://127.0.0.1:15010``. With the global ``--context`` (or
+``$MESHKIT_CONTEXT``) naming a cluster — ``kind``, ``kind:<cluster>``, ``k8s``, ``k8s:<context>`` —
+the verbs use `meshkit.k8s.cluster_config.ClusterClient` instead: the same calls, config
+through the Kubernetes API, reads from the control plane through the API server's service proxy.
 
 Exit codes: 0 success, 1 rejected/invalid input or analyzer errors, 2 usage or no control plane.
 """
@@ -37,6 +40,11 @@ app = typer.Typer(
 ControlOption = Annotated[str | None, typer.Option(
     "--control", envvar="MESHKIT_CONTROL", show_envvar=True,
     help="Control plane URL (default: the one recorded in $MESHKIT_HOME, else http://127.0.0.1:15010).")]
+ContextOption = Annotated[str | None, typer.Option(
+    "--context", envvar="MESHKIT_CONTEXT", show_envvar=True,
+    help="Work against a cluster instead of a local control plane: kind (kind-meshkit), kind:CLUSTER, "
+         "k8s (the current kubeconfig context) or k8s:CONTEXT. apply/get/delete/analyze go through the "
+         "Kubernetes API; proxy-status, history and top through the API server's service proxy.")]
 FilesOption = Annotated[list[str] | None, typer.Option(
     "-f", "--filename", help="A YAML/JSON file, a directory of them, or - for stdin. Repeatable.")]
 NamespaceOption = Annotated[str, typer.Option("-n", "--namespace", help="Namespace.")]
@@ -122,9 +130,31 @@ def _control_url(explicit: str | None) -> str:
     return DEFAULT_CONTROL
 
 
+@app.callback()
+def global_options(context: ContextOption = None) -> None:
+    """A hands-on service mesh: Istio YAML, a real control plane and real sidecars on 127.0.0.1."""
+
+
+def _cluster_target() -> str | None:
+    """The cluster named by the global ``--context`` / ``$MESHKIT_CONTEXT`` of this invocation."""
+    import click  # noqa: PLC0415
+
+    current = click.get_current_context(silent=True)
+    value = current.find_root().params.get("context") if current is not None else None
+    return str(value) if value else None
+
+
 def _client(control: str | None) -> ControlClient:
     from meshkit.control.client import ControlClient  # noqa: PLC0415
 
+    target = _cluster_target()
+    if target is not None:
+        from meshkit.k8s.targets import ClusterTargetError, cluster_client  # noqa: PLC0415
+
+        try:
+            return cluster_client(target)
+        except ClusterTargetError as error:
+            _fail(EXIT_UNAVAILABLE, f"error: --context {target}: {error}")
     return ControlClient(_control_url(control))
 
 
@@ -143,6 +173,8 @@ def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return function(*args, **kwargs)
     except ControlUnreachable as error:
+        if _cluster_target() is not None:
+            _fail(EXIT_UNAVAILABLE, f"error: {error.reason} (at {error.url})")
         _fail(EXIT_UNAVAILABLE, f"error: no meshkit control plane is running at {error.url} "
               f"({error.reason}). Start one with `meshkit control`, "
               "or point --control / $MESHKIT_CONTROL at it.")
