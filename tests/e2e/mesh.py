@@ -77,7 +77,7 @@ class RunningMesh:
 
     def wait_synced(self) -> None:
         answer = self.client.proxy_status(wait=SYNC_SECONDS)
-        stale = [p["id"] for p in answer["proxies"] if p["status"] != "SYNCED"]
+        stale = [p["id"] for p in answer["proxies"] if p["connected"] and p["status"] != "SYNCED"]
         assert answer["synced"] and not stale, f"proxies not SYNCED after {SYNC_SECONDS}s: {stale}"
 
     @contextmanager
@@ -107,10 +107,13 @@ class RunningMesh:
 
 @contextmanager
 def start_mesh(home: Path, apps: list[str], replicas: dict[str, int] | None = None,
-               *, attempts: int = 4) -> Iterator[RunningMesh]:
-    """A mesh of ``apps`` with state in ``home``, on a free port base; always stopped on exit."""
+               *, attempts: int = 4, spare: int = 0) -> Iterator[RunningMesh]:
+    """A mesh of ``apps`` with state in ``home``, on a free port base; always stopped on exit.
+
+    ``spare`` more instance port blocks are free too, for instances a test deploys later.
+    """
     replicas = replicas or {}
-    instances = sum(s.replicas for s in catalog.resolve(apps, replicas))
+    instances = sum(s.replicas for s in catalog.resolve(apps, replicas)) + spare
     mesh = LocalMesh(StateDir.open(home))
     last: Exception | None = None
     for base in list(free_port_bases(instances))[:attempts]:
