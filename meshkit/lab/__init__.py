@@ -20,6 +20,7 @@ _PUBLIC: dict[str, str] = {
     "connect": "meshkit.lab.mesh",
     "Mesh": "meshkit.lab.mesh",
     "LoadHandle": "meshkit.lab.mesh",
+    "CurlResult": "meshkit.runtime.curl",
     "LabError": "meshkit.lab.display",
     "Lab": "meshkit.lab.steps",
     "Step": "meshkit.lab.steps",
@@ -46,6 +47,7 @@ _PUBLIC: dict[str, str] = {
 __all__ = [
     "CheckFailed",
     "CheckResult",
+    "CurlResult",
     "Lab",
     "LabError",
     "LoadHandle",
