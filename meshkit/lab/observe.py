@@ -163,8 +163,13 @@ def metrics(mesh: Mesh, target: str, name: str = "istio_requests_total", **label
     return Samples(found, title=title)
 
 
-def explain(sample: Sample) -> Table:
-    """Each label of ``sample`` with its value and what Istio means by it."""
+def explain(sample: Sample | Samples) -> Table:
+    """Each label of ``sample`` (or of the first of ``samples``) with its value and what Istio means by it."""
+    if isinstance(sample, Samples):
+        if not sample:
+            return Table([], ["label", "value", "meaning"],
+                         title=f"no samples in {sample.title or 'this selection'} yet: send traffic first")
+        sample = sample[0]
     rows = [{"label": k, "value": v, "meaning": LABEL_MEANINGS.get(k, "")} for k, v in sample.labels.items()]
     return Table(rows, ["label", "value", "meaning"], title=f"{sample.name} = {sample.value:g}")
 
@@ -385,7 +390,9 @@ def find(mesh: Mesh, request_id: str) -> list[dict[str, Any]]:
         sidecar = path.name.removesuffix(".access.log")
         lines = [line for line in _tail(path) if request_id in line]
         hops += [e for e in _entries(lines, sidecar) if e.get("request_id") == request_id]
-    hops.sort(key=lambda h: (str(h.get("start_time")), h.get("direction") != "outbound"))
+    # Same millisecond: the enclosing hop (a caller's, or a sidecar's inbound around its app's own
+    # calls) lasts longer, so it goes first.
+    hops.sort(key=lambda h: (str(h.get("start_time")), -float(h.get("duration_ms") or 0.0)))
     return hops
 
 

@@ -72,7 +72,8 @@ def test_red_edge_and_metrics_agree_with_the_traffic_sent(mesh: Mesh) -> None:
     served = metrics(mesh, "ratings-v1", reporter="destination", source_workload="reviews-v2")
     assert served and all(s.labels["destination_service_name"] == "ratings" for s in served)
     assert served.total() >= one["requests"]
-    explained = explain(served[0])
+    explained = explain(served)  # the first sample's labels
+    assert "send traffic first" in explain(metrics(mesh, "ratings-v1", response_code="999")).title
     meanings = {r["label"]: r["meaning"] for r in explained.rows}
     assert meanings["response_flags"] == LABEL_MEANINGS["response_flags"] and "reporter" in meanings
     assert "mutual_tls" in {s.labels["connection_security_policy"] for s in served}
