@@ -8,6 +8,6 @@ configured by the plain-JSON snapshot described in docs/snapshot.md.
 What it must not do: import pydantic, aiohttp or anything from ``meshkit.config``,
 ``meshkit.control``, ``meshkit.runtime`` or the notebook side (import-linter enforces
 this), or allocate per request what can be built once per snapshot. It may import
-the standard library, uvloop, httptools and ``cryptography`` (for its own key and CSR,
-off the request path).
+the standard library, uvloop and httptools. ``cryptography`` is for the short-lived key/CSR
+helper process only (``tls_csr_helper``, ``tls_x509``): the running sidecar never loads it.
 """

@@ -111,7 +111,9 @@ class Proxy:
         self.metrics = IstioMetrics()
         self.upstream = Upstream()
         self.access = None if args.access_log == "off" else AccessLogSink(args.access_log)
-        # The TLS modules (and cryptography, ~10 MiB) are imported only by a sidecar that does mTLS.
+        # The TLS modules are imported only by a sidecar that does mTLS. None of them loads
+        # cryptography (~10 MiB): keys, CSRs and certificate checks run in a short-lived helper
+        # process (tls_csr_client); tests/security/test_sidecar_memory.py keeps it that way.
         self.certificates: SidecarCertificates | StaticCertificates | None = None
         self.sidecar_certificates: SidecarCertificates | None = None
         self.acceptor: MtlsAcceptor | None = None

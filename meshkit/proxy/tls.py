@@ -1,29 +1,34 @@
-"""Mutual TLS for the sidecar: its key and CSR, its ``ssl.SSLContext``s, peer SPIFFE ids, rotation.
+"""Mutual TLS for the sidecar: its ``ssl.SSLContext``s, peer SPIFFE ids, the current certificate.
 
 How the pieces are used:
 
-* ``CertificateManager.new_csr()`` makes a fresh EC P-256 key and a CSR whose only URI SAN is
-  the workload's SPIFFE id; the CA's answer goes to ``rotate(cert_chain, root)``, which checks
-  it (our key, our identity, issued by the root, currently valid), builds a server and a client
-  context and swaps them in with one assignment. Listeners and connection pools read
-  ``manager.server_context`` / ``manager.client_context`` when they open a connection, so new
-  connections get the new certificate while established ones keep theirs.
+* A certificate request is a fresh EC P-256 key plus a CSR whose only URI SAN is the
+  workload's SPIFFE id. The running sidecar has them made by a short-lived helper process
+  (``tls_csr_client`` / ``tls_csr_helper``); ``CertificateManager.install_verified`` checks
+  the CA's answer with ``ssl`` alone (``tls_verify``: our key, our identity, issued by the
+  root, currently valid), builds a server and a client context and swaps them in with one
+  assignment. Listeners and
+  connection pools read ``manager.server_context`` / ``manager.client_context`` when they
+  open a connection, so new connections get the new certificate while established ones keep
+  theirs. ``new_csr`` / ``rotate`` do the same in-process, for tests and tools.
 * Both contexts require and verify the peer's certificate against the root bundle. SPIFFE ids
   are URI SANs, not DNS names, so hostname checking is off and the caller checks the peer's
   identity itself after the handshake with ``peer_identity`` / ``check_peer_identity``
-  (called once per connection; parsing is cached by certificate bytes).
+  (once per connection, from the standard library's decode of the verified certificate,
+  ``SSLObject.getpeercert()``).
 * PERMISSIVE inbound ports carry both plaintext and mTLS: ``looks_like_tls`` tells them apart
   from the first bytes, ``sniff_tls`` peeks at them on an accepted socket without consuming.
 
-The standard library's ``ssl`` does the handshakes; ``cryptography`` is only used off the
-request path (key/CSR generation, certificate parsing).
+The standard library's ``ssl`` does everything here. ``cryptography`` (~10 MiB of RSS) is
+never imported by this module: the X.509 work is in ``tls_x509``, which only the helper
+process, tests and tools load (``generate_key``, ``build_csr`` and ``identity_from_der`` are
+still importable from here: they load ``tls_x509`` on first use).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import itertools
+import importlib
 import os
 import socket
 import ssl
@@ -33,11 +38,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from meshkit.proxy.tls_certinfo import CertificateInfo, IssuedCertificate
 
 TLS_HANDSHAKE = 0x16
 
@@ -107,53 +110,37 @@ async def sniff_tls(sock: socket.socket) -> bool | None:
     return None
 
 
-# --------------------------------------------------------------------------- keys and identities
+# --------------------------------------------------------------------------- identities
+
+_X509_NAMES = frozenset({"generate_key", "build_csr", "identity_from_der"})
 
 
-def generate_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
+def __getattr__(name: str) -> Any:
+    """``generate_key``, ``build_csr``, ``identity_from_der``: load ``tls_x509`` (cryptography) lazily."""
+    if name in _X509_NAMES:
+        return getattr(importlib.import_module("meshkit.proxy.tls_x509"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_csr(key: ec.EllipticCurvePrivateKey, identity: str) -> str:
-    """A PEM CSR with an empty subject and ``identity`` as its only (URI) SAN."""
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _uri_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return san.get_values_for_type(x509.UniformResourceIdentifier)
-
-
-@functools.lru_cache(maxsize=512)
-def identity_from_der(der: bytes) -> str | None:
-    """The SPIFFE id in a DER certificate's URI SAN; None if it has none or several.
-
-    Pure and cached by the certificate bytes: a peer reconnecting with the same certificate
-    costs a dict lookup, not an X.509 parse.
-    """
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError:
-        return None
-    spiffe = [uri for uri in _uri_sans(cert) if uri.startswith("spiffe://")]
+def identity_from_decoded(cert: dict[str, Any]) -> str | None:
+    """The SPIFFE id in a certificate decoded by ``ssl`` (``getpeercert()``); None for none or several."""
+    spiffe = [
+        value for kind, value in cert.get("subjectAltName", ())
+        if kind == "URI" and value.startswith("spiffe://")
+    ]
     return spiffe[0] if len(spiffe) == 1 else None
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
-    """The verified peer's SPIFFE id after a handshake (``transport.get_extra_info('ssl_object')``)."""
+    """The verified peer's SPIFFE id after a handshake (``transport.get_extra_info('ssl_object')``).
+
+    ``getpeercert()`` decodes the certificate only when the handshake verified it (our contexts
+    always require that), so an unverified certificate has no identity.
+    """
     if ssl_object is None:
         return None
-    der = ssl_object.getpeercert(binary_form=True)
-    return identity_from_der(der) if der else None
+    decoded = ssl_object.getpeercert()
+    return identity_from_decoded(decoded) if decoded else None
 
 
 def check_peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, allowed: Collection[str]) -> str:
@@ -180,22 +167,17 @@ def _context(server_side: bool, root_pem: str, cert_file: Path, key_file: Path) 
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the bundle is the anchor, even an intermediate
     ctx.load_verify_locations(cadata=root_pem)
-    ctx.load_cert_chain(str(cert_file), str(key_file))
+    ctx.load_cert_chain(str(cert_file), str(key_file))  # also checks that the key matches the leaf
     return ctx
 
 
-def build_contexts(
-    cert_chain_pem: str, key: ec.EllipticCurvePrivateKey, root_pem: str
-) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def build_contexts(cert_chain_pem: str, key_pem: str, root_pem: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server, client) contexts for mutual TLS. ``ssl`` loads keys only from files, so the key
     is written to a private 0700 temporary directory (file 0600) and removed right after."""
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     with tempfile.TemporaryDirectory(prefix="meshkit-tls-") as tmp:
         cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "w") as fh:
             fh.write(key_pem)
         cert_file.write_text(cert_chain_pem)
         try:
@@ -222,6 +204,8 @@ class CertificateBundle:
     installed_at: float
     server_context: ssl.SSLContext
     client_context: ssl.SSLContext
+    chain: tuple[CertificateInfo, ...] = ()  # leaf first, as the admin /certs page lists them
+    root: tuple[CertificateInfo, ...] = ()
 
     @property
     def rotate_at(self) -> float:
@@ -243,86 +227,83 @@ class CertificateBundle:
         }
 
 
-def _load_chain(pem: str) -> list[x509.Certificate]:
-    try:
-        chain = x509.load_pem_x509_certificates(pem.encode())
-    except ValueError as exc:
-        raise CertificateError(f"cert_chain is not PEM ({exc})") from exc
-    if not chain:
-        raise CertificateError("cert_chain is empty")
-    return chain
-
-
-def _issued_by_bundle(chain: list[x509.Certificate], roots: list[x509.Certificate]) -> bool:
-    def issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
-        try:
-            child.verify_directly_issued_by(parent)
-        except (ValueError, TypeError, InvalidSignature):  # wrong issuer name, key type or signature
-            return False
-        return True
-
-    if not all(issued(child, parent) for child, parent in itertools.pairwise(chain)):
-        return False
-    return any(issued(chain[-1], root) for root in roots)
-
-
 class CertificateManager:
     """Holds the sidecar's current certificate and contexts and swaps them atomically on rotation.
 
-    No lock is needed: ``rotate`` builds everything first and publishes it with one attribute
+    No lock is needed: installing builds everything first and publishes it with one attribute
     assignment, and each connection reads the context once when it starts.
+
+    Two ways in: the sidecar's (``expect_key`` with the helper's key, then ``install_verified``,
+    checked with ``ssl`` alone: no ``cryptography`` in this process) and the in-process one
+    (``new_csr`` then ``rotate``; loads ``tls_x509``, and takes a ``now`` for tests).
     """
 
     def __init__(self, identity: str) -> None:
         if not identity.startswith("spiffe://"):
             raise CertificateError(f"identity {identity!r} is not a SPIFFE id")
         self.identity = identity
-        self._pending_key: ec.EllipticCurvePrivateKey | None = None
+        self._pending_key: str | None = None  # PEM
         self._current: CertificateBundle | None = None
 
+    def expect_key(self, key_pem: str) -> None:
+        """The private key (PEM) of the CSR just sent; kept until the certificate is installed."""
+        self._pending_key = key_pem
+
     def new_csr(self) -> str:
-        """A fresh key (kept until ``rotate``) and its CSR for this identity."""
-        self._pending_key = generate_key()
-        return build_csr(self._pending_key, self.identity)
+        """A fresh key (kept until ``rotate``) and its CSR for this identity, made in this process."""
+        from meshkit.proxy import tls_x509  # noqa: PLC0415 - cryptography only where it is used
+
+        private = tls_x509.generate_key()
+        self._pending_key = tls_x509.key_pem(private)
+        return tls_x509.build_csr(private, self.identity)
+
+    def _require_pending(self) -> str:
+        if self._pending_key is None:
+            raise CertificateError("rotate() without a pending key: call new_csr() first")
+        return self._pending_key
 
     def rotate(self, cert_chain_pem: str, root_pem: str, *, now: float | None = None) -> CertificateBundle:
-        """Check the CA's answer to the last ``new_csr`` and make it current; returns the new bundle."""
-        key = self._pending_key
-        if key is None:
-            raise CertificateError("rotate() without a pending key: call new_csr() first")
-        chain = _load_chain(cert_chain_pem)
-        roots = _load_chain(root_pem)
-        leaf = chain[0]
-        pub = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        if leaf.public_key().public_bytes(*pub) != key.public_key().public_bytes(*pub):
-            raise CertificateError("issued certificate is not for the key of our CSR")
-        uris = _uri_sans(leaf)
-        if uris != [self.identity]:
-            raise CertificateError(f"issued certificate names {uris}, expected [{self.identity}]")
-        if not _issued_by_bundle(chain, roots):
-            raise CertificateError("issued certificate does not chain to the root bundle")
+        """Check the CA's answer to the last ``new_csr`` in-process and make it current."""
+        from meshkit.proxy.tls_x509 import check_issued  # noqa: PLC0415 - cryptography only where used
+
+        key = self._require_pending()
         moment = time.time() if now is None else now
-        not_before = leaf.not_valid_before_utc.timestamp()
-        not_after = leaf.not_valid_after_utc.timestamp()
-        if not_after <= moment:
-            expired = leaf.not_valid_after_utc.isoformat()
-            raise CertificateError(f"issued certificate already expired at {expired}")
-        server, client = build_contexts(cert_chain_pem, key, root_pem)
+        issued = check_issued(key, cert_chain_pem, root_pem, self.identity, moment)
+        contexts = build_contexts(cert_chain_pem, key, root_pem)
+        return self._publish(cert_chain_pem, root_pem, issued, moment, contexts)
+
+    def install_verified(
+        self, cert_chain_pem: str, root_pem: str, *, now: float | None = None
+    ) -> CertificateBundle:
+        """Check the CA's answer for the pending key with ``ssl`` alone (``tls_verify``); make it current."""
+        from meshkit.proxy.tls_verify import verify_issued  # noqa: PLC0415 - tls_verify imports this module
+
+        key = self._require_pending()
+        moment = time.time() if now is None else now
+        issued, server, client = verify_issued(key, cert_chain_pem, root_pem, self.identity, moment)
+        return self._publish(cert_chain_pem, root_pem, issued, moment, (server, client))
+
+    def install(
+        self, key_pem: str, cert_chain_pem: str, root_pem: str, *, now: float | None = None
+    ) -> CertificateBundle:
+        """Like ``rotate`` for a key made elsewhere (PEM), checked in this process."""
+        self._pending_key = key_pem
+        return self.rotate(cert_chain_pem, root_pem, now=now)
+
+    def _publish(
+        self, cert_chain_pem: str, root_pem: str, issued: IssuedCertificate, moment: float,
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+    ) -> CertificateBundle:
+        server, client = contexts
         bundle = CertificateBundle(
             identity=self.identity, cert_chain_pem=cert_chain_pem, root_pem=root_pem,
-            serial=leaf.serial_number, not_before=not_before, not_after=not_after, installed_at=moment,
-            server_context=server, client_context=client,
+            serial=issued.serial, not_before=issued.not_before, not_after=issued.not_after,
+            installed_at=moment, server_context=server, client_context=client,
+            chain=issued.chain, root=issued.root,
         )
         self._current = bundle  # the atomic swap
         self._pending_key = None
         return bundle
-
-    def install(
-        self, key: ec.EllipticCurvePrivateKey, cert_chain_pem: str, root_pem: str, *, now: float | None = None
-    ) -> CertificateBundle:
-        """Like ``rotate`` for a key made elsewhere (certificate files mounted by an operator)."""
-        self._pending_key = key
-        return self.rotate(cert_chain_pem, root_pem, now=now)
 
     @property
     def current(self) -> CertificateBundle | None:

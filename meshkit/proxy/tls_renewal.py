@@ -1,7 +1,10 @@
 """Getting the sidecar's workload certificate from the control plane's CA, and keeping it fresh.
 
 ``fetch_certificate`` is one ``POST /api/v1/ca/sign {"csr", "token"}`` over raw asyncio streams
-(the sidecar has no aiohttp); ``renew`` ties it to a ``CertificateManager``; ``keep_rotated``
+(the sidecar has no aiohttp); ``renew`` ties it to a ``CertificateManager``: the key and the
+CSR come from a short-lived helper process (``tls_csr_client``; the sidecar itself never loads
+``cryptography``) or were prepared ahead, and the answer is checked with ``ssl`` alone
+(``CertificateManager.install_verified``); ``keep_rotated``
 renews at half the certificate's lifetime, retrying with jittered back-off when the control
 plane is unreachable (the old certificate stays in use meanwhile, as with Envoy's SDS).
 """
@@ -15,10 +18,11 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 from meshkit.proxy.tls import CertificateBundle, CertificateError, CertificateManager
+from meshkit.proxy.tls_csr_client import KeyAndCsr, make_key_and_csr
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +123,20 @@ async def fetch_certificate(
     return chain, root
 
 
-async def renew(manager: CertificateManager, control_url: str, token: str) -> CertificateBundle:
-    """New key + CSR, signed by the CA, installed in ``manager``."""
-    csr = manager.new_csr()
+async def renew(
+    manager: CertificateManager, control_url: str, token: str, *,
+    helper: Sequence[str] | None = None, prepared: KeyAndCsr | None = None,
+) -> CertificateBundle:
+    """New key + CSR, signed by the CA, checked and installed in ``manager``.
+
+    The key and CSR are ``prepared`` (made ahead, see ``tls_sidecar``) or made now by the helper
+    process (``helper`` replaces its command line). A failing helper raises ``CsrHelperError``,
+    a ``CertificateError``.
+    """
+    key, csr = prepared if prepared is not None else await make_key_and_csr(manager.identity, helper)
     chain, root = await fetch_certificate(control_url, token, csr)
-    return manager.rotate(chain, root)
+    manager.expect_key(key)
+    return manager.install_verified(chain, root)
 
 
 async def keep_rotated(

@@ -9,12 +9,19 @@ the source of truth for who a proxy is (its service account), and the CA indepen
 refuses a CSR for any identity other than the one the token was issued for, so a wrong
 snapshot can only make signing fail, never yield someone else's certificate.
 
-``run(state, stop)``: wait for that snapshot, then key + CSR -> ``POST /api/v1/ca/sign``
-(retried with back-off until it works), then ``keep_rotated`` (at half the TTL) until
+``run(state, stop)``: wait for that snapshot, then key + CSR (made by the short-lived helper
+process, ``tls_csr_client``: this process never loads ``cryptography``) -> ``POST
+/api/v1/ca/sign`` -> answer checked with ``ssl`` (retried with back-off until it works; a
+failing helper is retried the same way while the current certificate keeps serving), then
+``keep_rotated`` (at half the TTL) until
 ``stop``. ``ready`` turns True after the first certificate is installed; the admin
 ``/ready`` page waits for it. ``server_context`` / ``client_context`` raise
 ``CertificateError`` until then, which the listener and the pool turn into a refused
 connection / a 503 UF. ``describe()`` is the admin ``/certs`` page.
+
+The next key and CSR are made ``PREPARE_AHEAD`` seconds before each rotation is due (at once
+for short-lived certificates), so a rotation waits only for the CA, never for the helper
+process (which takes a few hundred ms of CPU to start on a busy machine).
 
 It must not do: TLS handshakes (listener, upstream) or HTTP beyond the CA call (tls_renewal).
 """
@@ -26,13 +33,13 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from meshkit.proxy.tls import CertificateError, CertificateManager
+from meshkit.proxy.tls_csr_client import KeyAndCsr, make_key_and_csr
 from meshkit.proxy.tls_renewal import CertificateFetchError, keep_rotated, renew
 
 log = logging.getLogger("meshkit.proxy.tls_sidecar")
@@ -40,12 +47,16 @@ log = logging.getLogger("meshkit.proxy.tls_sidecar")
 RETRY_MIN = 0.1
 RETRY_MAX = 5.0
 SIGN_TIMEOUT = 10.0
+PREPARE_AHEAD = 30.0  # seconds before a rotation is due to make its key and CSR
 
 
 class SidecarCertificates:
     """See the module docstring."""
 
-    def __init__(self, control_url: str, token: str, token_file: str | None = None) -> None:
+    def __init__(
+        self, control_url: str, token: str, token_file: str | None = None, *,
+        csr_helper: Sequence[str] | None = None,
+    ) -> None:
         if not token.strip():
             raise ValueError("the CA token is empty")
         self.control_url = control_url
@@ -53,6 +64,9 @@ class SidecarCertificates:
         # A projected service-account token (Kubernetes) is rotated by the kubelet: read the file
         # again before every CSR, keeping the last good token if it cannot be read.
         self._token_file = token_file
+        self._csr_helper = csr_helper  # None: python -m meshkit.proxy.tls_csr_helper
+        self._prepared: asyncio.Task[KeyAndCsr] | None = None  # the next key + CSR, made ahead
+        self._preparing = False  # True once that task stopped waiting and runs the helper
         self.manager: CertificateManager | None = None
         self.ready_event = asyncio.Event()
         self.rotations = 0
@@ -93,10 +107,14 @@ class SidecarCertificates:
         if identity is None:
             return
         self.manager = manager = CertificateManager(identity)
-        await self._first_certificate(manager, stop)
-        if stop.is_set():
-            return
-        await keep_rotated(manager, self._renew_once, stop=stop, retry_min=RETRY_MIN, retry_max=RETRY_MAX)
+        try:
+            await self._first_certificate(manager, stop)
+            if stop.is_set():
+                return
+            await keep_rotated(manager, self._renew_once, stop=stop, retry_min=RETRY_MIN, retry_max=RETRY_MAX)
+        finally:
+            if self._prepared is not None:  # cancelling it kills a helper still running
+                self._prepared.cancel()
 
     async def _identity(self, state: Any, stop: asyncio.Event) -> str | None:
         arrived = asyncio.Event()
@@ -138,13 +156,39 @@ class SidecarCertificates:
         assert manager is not None
         try:
             async with asyncio.timeout(SIGN_TIMEOUT):
-                bundle = await renew(manager, self.control_url, self._current_token())
+                prepared = await self._take_prepared()
+                token = self._current_token()
+                bundle = await renew(
+                    manager, self.control_url, token, helper=self._csr_helper, prepared=prepared
+                )
         except (CertificateFetchError, CertificateError, TimeoutError) as exc:
             self.last_error = f"{time.strftime('%H:%M:%S')}: {exc}"
             raise
         self.rotations += 1
         self.last_error = None
         log.info("workload certificate %x installed for %s", bundle.serial, bundle.identity)
+        delay = max(0.0, manager.seconds_until_rotation(time.time()) - PREPARE_AHEAD)
+        self._prepared = asyncio.ensure_future(self._prepare(manager.identity, delay))
+
+    async def _prepare(self, identity: str, delay: float) -> KeyAndCsr:
+        self._preparing = False
+        await asyncio.sleep(delay)
+        self._preparing = True
+        return await make_key_and_csr(identity, self._csr_helper)
+
+    async def _take_prepared(self) -> KeyAndCsr | None:
+        """The key + CSR made ahead, if that worked (None: ``renew`` makes them now)."""
+        task, self._prepared = self._prepared, None
+        if task is None:
+            return None
+        if not task.done() and not self._preparing:  # due earlier than planned: make them now
+            task.cancel()
+            return None
+        try:
+            return await task
+        except CertificateError as exc:
+            log.warning("the key prepared ahead could not be made (%s); making one now", exc)
+            return None
 
     # -- admin ----------------------------------------------------------------------------------
 
@@ -165,25 +209,6 @@ class SidecarCertificates:
             return doc
         doc["seconds_until_rotation"] = round(manager.seconds_until_rotation(moment), 3)
         doc["rotate_at"] = datetime.fromtimestamp(bundle.rotate_at, UTC).isoformat()
-        for key, pem in (("chain", bundle.cert_chain_pem), ("root", bundle.root_pem)):
-            doc[key] = [_describe(cert, moment) for cert in x509.load_pem_x509_certificates(pem.encode())]
+        doc["chain"] = [cert.admin_view(moment) for cert in bundle.chain]
+        doc["root"] = [cert.admin_view(moment) for cert in bundle.root]
         return doc
-
-
-def _describe(cert: x509.Certificate, now: float) -> dict[str, Any]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
-    not_before = cert.not_valid_before_utc
-    not_after = cert.not_valid_after_utc
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "spiffe_id": next((u for u in uris if u.startswith("spiffe://")), None),
-        "serial": f"{cert.serial_number:x}",
-        "not_before": not_before.isoformat(),
-        "not_after": not_after.isoformat(),
-        "seconds_left": round(not_after.timestamp() - now, 3),
-    }

@@ -1,7 +1,8 @@
 """Workload certificates from files, for a sidecar with no CA to ask (``--tls-dir DIR``).
 
 Istio's file-mounted layout: ``DIR/cert-chain.pem`` (leaf first), ``DIR/key.pem`` and
-``DIR/root-cert.pem``. Loaded once at start and never rotated (restart or SIGHUP-reload the
+``DIR/root-cert.pem``, checked by the helper process (no ``cryptography`` in the sidecar) and
+loaded once at start and never rotated (restart or SIGHUP-reload the
 config to change them); meant for static ``--config`` setups such as benchmarks and
 offline demos. Offers what ``tls_sidecar.SidecarCertificates`` offers to the listener, the
 pool and admin: ``ready``, ``server_context``, ``client_context`` and ``describe()``.
@@ -16,11 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from meshkit.proxy.tls import CertificateError, CertificateManager, identity_from_der
+from meshkit.proxy.tls import CertificateError, CertificateManager
+from meshkit.proxy.tls_verify import verify_issued
 
 CHAIN_FILE = "cert-chain.pem"
 KEY_FILE = "key.pem"
@@ -36,7 +34,11 @@ class StaticCertificates:
 
     @classmethod
     def load(cls, directory: Path | str) -> StaticCertificates:
-        """Read and check the three files; ``CertificateError`` names the file that is wrong."""
+        """Read and check the three files; ``CertificateError`` names the file that is wrong.
+
+        Checked with ``ssl`` alone (``CertificateManager.install_verified``): the sidecar never
+        loads ``cryptography``.
+        """
         folder = Path(directory)
         texts = {}
         for name in (CHAIN_FILE, KEY_FILE, ROOT_FILE):
@@ -44,23 +46,18 @@ class StaticCertificates:
                 texts[name] = (folder / name).read_text()
             except OSError as exc:
                 raise CertificateError(f"{folder / name}: {exc.strerror or exc}") from None
+        if "-----BEGIN" not in texts[KEY_FILE] or "PRIVATE KEY-----" not in texts[KEY_FILE]:
+            raise CertificateError(f"{folder / KEY_FILE}: not an unencrypted PEM private key")
+        try:  # the identity is the certificate's own: learn it from the first (same) check
+            issued, _, _ = verify_issued(
+                texts[KEY_FILE], texts[CHAIN_FILE], texts[ROOT_FILE], None, time.time()
+            )
+        except CertificateError as exc:
+            raise CertificateError(f"{folder / CHAIN_FILE}: {exc}") from None
+        manager = CertificateManager(issued.identity)
+        manager.expect_key(texts[KEY_FILE])
         try:
-            key = serialization.load_pem_private_key(texts[KEY_FILE].encode(), password=None)
-        except ValueError as exc:
-            reason = f"not an unencrypted PEM private key ({exc})"
-            raise CertificateError(f"{folder / KEY_FILE}: {reason}") from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CertificateError(f"{folder / KEY_FILE}: expected an EC private key (meshkit uses P-256)")
-        try:
-            leaf = x509.load_pem_x509_certificate(texts[CHAIN_FILE].encode())
-        except ValueError as exc:
-            raise CertificateError(f"{folder / CHAIN_FILE}: not a PEM certificate ({exc})") from None
-        identity = identity_from_der(leaf.public_bytes(serialization.Encoding.DER))
-        if identity is None:
-            raise CertificateError(f"{folder / CHAIN_FILE}: the certificate has no single spiffe:// URI SAN")
-        manager = CertificateManager(identity)
-        try:
-            manager.install(key, texts[CHAIN_FILE], texts[ROOT_FILE])
+            manager.install_verified(texts[CHAIN_FILE], texts[ROOT_FILE], now=time.time())
         except CertificateError as exc:
             raise CertificateError(f"{folder}: {exc}") from None
         return cls(manager)
@@ -88,3 +85,4 @@ class StaticCertificates:
             "seconds_left": round(current.not_after - moment, 3),
             "serial": f"{current.serial:x}",
         }
+

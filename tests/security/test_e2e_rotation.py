@@ -6,10 +6,12 @@ through the ingress gateway to productpage, which calls ratings: two mTLS hops p
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -69,6 +71,27 @@ def test_new_connections_get_the_rotated_certificate(mesh: RunningMesh) -> None:
             break
         time.sleep(0.2)
     assert len(seen) >= 2, f"the sidecar kept presenting {first}"
+
+
+def test_sidecars_never_load_cryptography(mesh: RunningMesh) -> None:
+    """Issue 4's memory budget: mTLS sidecars make keys in a helper process and check certificates
+    with ssl, so cryptography (~10 MiB of RSS each) is never mapped into them, even after rotations."""
+    own = _cryptography_mappings(os.getpid())
+    assert own, "the detector is broken: this test process has cryptography loaded and it found nothing"
+    checked = 0
+    for workload in mesh.status["workloads"]:
+        pid = workload["sidecar_pid"]
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "_ssl" in maps, f"{workload['name']}: pid {pid} does not look like an mTLS sidecar"
+        assert admin(mesh, workload["name"], "/certs")["certificates_issued"] >= 2, workload["name"]
+        loaded = _cryptography_mappings(pid)
+        assert loaded == [], f"{workload['name']}'s sidecar (pid {pid}) loaded cryptography: {loaded[:2]}"
+        checked += 1
+    assert checked >= 6
+
+
+def _cryptography_mappings(pid: int) -> list[str]:
+    return [line for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/cryptography/" in line]
 
 
 def _served_serial(port: int, context: ssl.SSLContext) -> str:

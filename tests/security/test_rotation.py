@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,8 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from meshkit.control.ca import ROOT_KEY_FILE, CaError, CertificateAuthority, SigningService
 from meshkit.proxy.tls import CertificateError, CertificateManager, build_csr, generate_key
 from meshkit.proxy.tls_renewal import CertificateFetchError, fetch_certificate, keep_rotated, renew
+from meshkit.proxy.xds import ConfigState
 
 from .conftest import ALICE, BOB, Issue, MeshListener, ask, peer_serial
+from .test_e2e_static_tls import snapshot as static_snapshot
 
 
 def test_rotation_is_due_at_half_the_ttl(issue: Issue) -> None:
@@ -52,28 +55,34 @@ def _forge(ca_dir: Path, csr_pem: str, identity: str, *, hours: float = 1.0) -> 
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def test_rotate_checks_the_answer(ca: CertificateAuthority, other_ca: CertificateAuthority) -> None:
+@pytest.mark.parametrize("checker", ["cryptography", "ssl"])
+def test_rotate_checks_the_answer(
+    ca: CertificateAuthority, other_ca: CertificateAuthority, checker: str
+) -> None:
+    """The same refusals, whether checked in-process with cryptography (``rotate``) or with ssl
+    alone as the running sidecar does (``install_verified``)."""
     manager = CertificateManager(ALICE)
+    install = manager.rotate if checker == "cryptography" else manager.install_verified
     with pytest.raises(CertificateError, match="call new_csr"):
-        manager.rotate("x", ca.root_pem)
+        install("x", ca.root_pem)
 
     manager.new_csr()
     someone_else = ca.sign_csr(build_csr(generate_key(), ALICE), ALICE)
     with pytest.raises(CertificateError, match="not for the key of our CSR"):
-        manager.rotate(someone_else, ca.root_pem)
+        install(someone_else, ca.root_pem)
 
     csr = manager.new_csr()
     with pytest.raises(CertificateError, match=rf"names \['{BOB}'\], expected \[{ALICE}\]"):
-        manager.rotate(_forge(ca.directory, csr, BOB), ca.root_pem)
+        install(_forge(ca.directory, csr, BOB), ca.root_pem)
     with pytest.raises(CertificateError, match="already expired"):
-        manager.rotate(_forge(ca.directory, csr, ALICE, hours=-1), ca.root_pem)
+        install(_forge(ca.directory, csr, ALICE, hours=-1), ca.root_pem)
     with pytest.raises(CertificateError, match="does not chain to the root bundle"):
-        manager.rotate(other_ca.sign_csr(csr, ALICE), ca.root_pem)
+        install(other_ca.sign_csr(csr, ALICE), ca.root_pem)
     with pytest.raises(CertificateError, match="not PEM"):
-        manager.rotate("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", ca.root_pem)
+        install("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", ca.root_pem)
     assert manager.current is None  # nothing half-installed
 
-    bundle = manager.rotate(ca.sign_csr(csr, ALICE), ca.root_pem)
+    bundle = install(ca.sign_csr(csr, ALICE), ca.root_pem)
     assert manager.current is bundle and bundle.identity == ALICE
 
 
@@ -206,3 +215,59 @@ async def test_keep_rotated_renews_at_half_ttl_and_survives_an_outage(tmp_path: 
         stop.set()
         async with asyncio.timeout(5):
             await task
+
+
+FLAKY_HELPER = """
+import os, runpy, sys
+from pathlib import Path
+state = Path(sys.argv[1])
+if state.read_text() == "broken":
+    sys.stderr.write("CSR helper broken on purpose (test)\\n")
+    sys.exit(1)
+sys.argv = sys.argv[1:]
+runpy.run_module("meshkit.proxy.tls_csr_helper", run_name="__main__")
+"""
+
+
+async def test_a_failing_csr_helper_is_retried_and_the_certificate_keeps_serving(tmp_path: Path) -> None:
+    """The sidecar's own renewal path (``SidecarCertificates``) with a helper that fails at will."""
+    from meshkit.proxy.tls_sidecar import SidecarCertificates  # noqa: PLC0415
+
+    service, tokens = SigningService.open_local(tmp_path / "ca", ttl=timedelta(seconds=3))
+    state = tmp_path / "helper-state"
+    state.write_text("broken")
+    helper = [sys.executable, "-c", FLAKY_HELPER, str(state)]
+    async with _control_plane(service) as url:
+        certificates = SidecarCertificates(url, tokens.issue_token(ALICE), csr_helper=helper)
+        stop = asyncio.Event()
+        config = ConfigState()
+        assert config.apply(static_snapshot("ratings", ALICE, app_port=1)) is None
+        task = asyncio.create_task(certificates.run(config, stop))
+        try:
+            for _ in range(100):  # up to 5 s: the first tries fail, and are retried
+                if certificates.last_error is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert not certificates.ready and "broken on purpose" in (certificates.last_error or "")
+            assert not task.done()
+            state.write_text("ok")
+            async with asyncio.timeout(20):
+                await certificates.ready_event.wait()
+            held = certificates.manager.current if certificates.manager else None
+            assert held is not None
+            state.write_text("broken")
+            await asyncio.sleep(2.5)  # past the rotation point (1.5 s): retried, the old one serves
+            assert certificates.manager is not None and certificates.manager.current is held
+            assert "broken on purpose" in (certificates.last_error or "") and not task.done()
+            assert certificates.server_context is held.server_context
+            state.write_text("ok")
+            for _ in range(200):  # up to 10 s
+                if certificates.manager.current is not held:
+                    break
+                await asyncio.sleep(0.05)
+            assert certificates.manager.current is not held and certificates.last_error is None
+        finally:
+            stop.set()
+            async with asyncio.timeout(10):
+                await task
+

@@ -1,0 +1,48 @@
+"""What the sidecar knows about its certificates, as plain data (no ``cryptography`` here).
+
+Made by the checks of an issued chain (``tls_verify`` with ``ssl`` in the running sidecar,
+``tls_x509`` with ``cryptography`` in tests and tools), read by the admin ``/certs`` page:
+
+* ``CertificateInfo``: one certificate as the admin ``/certs`` page shows it;
+* ``IssuedCertificate``: a checked answer of the CA (leaf serial, validity, and the
+  description of every certificate of the chain and of the root bundle).
+
+It must not do: parse or verify certificates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """One certificate, as the admin ``/certs`` page lists it (``seconds_left`` is added when shown)."""
+
+    subject: str  # RFC 4514
+    issuer: str
+    spiffe_id: str | None
+    serial: str  # hex
+    not_before: str  # ISO 8601, UTC
+    not_after: str
+    not_after_ts: float  # epoch seconds
+
+    def admin_view(self, now: float) -> dict[str, Any]:
+        return {
+            "subject": self.subject, "issuer": self.issuer, "spiffe_id": self.spiffe_id,
+            "serial": self.serial, "not_before": self.not_before, "not_after": self.not_after,
+            "seconds_left": round(self.not_after_ts - now, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """A chain that passed every check for one identity and key (``tls_x509.check_issued``)."""
+
+    identity: str
+    serial: int
+    not_before: float  # epoch seconds, of the leaf
+    not_after: float
+    chain: tuple[CertificateInfo, ...]
+    root: tuple[CertificateInfo, ...]

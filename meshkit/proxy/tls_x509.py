@@ -1,0 +1,176 @@
+"""The X.509 side of the sidecar's mTLS, with ``cryptography``: keys, CSRs and certificate checks.
+
+The long-running sidecar never imports this module (``cryptography`` costs ~10 MiB of RSS in
+every process that loads it). It runs in the short-lived helper process
+(``python -m meshkit.proxy.tls_csr_helper``), and in-process where memory does not matter
+(tests, tools, ``CertificateManager.new_csr``/``rotate`` called from a library):
+
+* ``generate_key`` / ``key_pem`` / ``build_csr``: a fresh EC P-256 key and a CSR whose only
+  URI SAN is the workload's SPIFFE id;
+* ``check_issued``: is the CA's answer for our key and identity, issued by the root bundle and
+  currently valid? Returns the plain-data ``IssuedCertificate`` (``tls_certinfo``);
+* ``check_files``: the same for a ``--tls-dir`` (identity taken from the certificate);
+* ``identity_from_der``: the single SPIFFE id of a DER certificate.
+
+It must not do: hold state, open sockets or build ``ssl`` contexts (that is ``tls``).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshkit.proxy.tls import CertificateError
+from meshkit.proxy.tls_certinfo import CertificateInfo, IssuedCertificate
+from meshkit.proxy.tls_static import CHAIN_FILE, KEY_FILE, ROOT_FILE
+
+
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    """The key as unencrypted PKCS#8 PEM (what ``ssl.SSLContext.load_cert_chain`` reads)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def build_csr(key: ec.EllipticCurvePrivateKey, identity: str) -> str:
+    """A PEM CSR with an empty subject and ``identity`` as its only (URI) SAN."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+@functools.lru_cache(maxsize=512)
+def identity_from_der(der: bytes) -> str | None:
+    """The SPIFFE id in a DER certificate's URI SAN; None if it has none or several (cached by bytes)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
+    spiffe = [uri for uri in _uri_sans(cert) if uri.startswith("spiffe://")]
+    return spiffe[0] if len(spiffe) == 1 else None
+
+
+def describe(cert: x509.Certificate) -> CertificateInfo:
+    """One certificate as the admin ``/certs`` page shows it."""
+    uris = _uri_sans(cert)
+    not_before = cert.not_valid_before_utc
+    not_after = cert.not_valid_after_utc
+    return CertificateInfo(
+        subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
+        spiffe_id=next((u for u in uris if u.startswith("spiffe://")), None),
+        serial=f"{cert.serial_number:x}", not_before=not_before.isoformat(), not_after=not_after.isoformat(),
+        not_after_ts=not_after.timestamp(),
+    )
+
+
+def _load_chain(pem: str) -> list[x509.Certificate]:
+    try:
+        chain = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError as exc:
+        raise CertificateError(f"cert_chain is not PEM ({exc})") from exc
+    if not chain:
+        raise CertificateError("cert_chain is empty")
+    return chain
+
+
+def _issued_by_bundle(chain: list[x509.Certificate], roots: list[x509.Certificate]) -> bool:
+    def issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):  # wrong issuer name, key type or signature
+            return False
+        return True
+
+    if not all(issued(child, parent) for child, parent in itertools.pairwise(chain)):
+        return False
+    return any(issued(chain[-1], root) for root in roots)
+
+
+def _load_key(pem: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise CertificateError(f"not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError("expected an EC private key (meshkit uses P-256)")
+    return key
+
+
+def check_issued(
+    key: str, cert_chain_pem: str, root_pem: str, identity: str, now: float
+) -> IssuedCertificate:
+    """Check the CA's answer: our key, our identity (only URI SAN), issued by the root bundle, not expired.
+
+    ``key`` is the PEM private key the CSR was made with. Raises ``CertificateError`` saying
+    what is wrong.
+    """
+    private = _load_key(key)
+    chain = _load_chain(cert_chain_pem)
+    roots = _load_chain(root_pem)
+    leaf = chain[0]
+    pub = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if leaf.public_key().public_bytes(*pub) != private.public_key().public_bytes(*pub):
+        raise CertificateError("issued certificate is not for the key of our CSR")
+    uris = _uri_sans(leaf)
+    if uris != [identity]:
+        raise CertificateError(f"issued certificate names {uris}, expected [{identity}]")
+    if not _issued_by_bundle(chain, roots):
+        raise CertificateError("issued certificate does not chain to the root bundle")
+    not_after = leaf.not_valid_after_utc
+    if not_after.timestamp() <= now:
+        raise CertificateError(f"issued certificate already expired at {not_after.isoformat()}")
+    return IssuedCertificate(
+        identity=identity, serial=leaf.serial_number,
+        not_before=leaf.not_valid_before_utc.timestamp(), not_after=not_after.timestamp(),
+        chain=tuple(describe(c) for c in chain), root=tuple(describe(c) for c in roots),
+    )
+
+
+def check_files(directory: Path | str, now: float | None = None) -> IssuedCertificate:
+    """Check a ``--tls-dir`` (Istio's file layout); ``CertificateError`` names the file that is wrong."""
+    folder = Path(directory)
+    texts = {}
+    for name in (CHAIN_FILE, KEY_FILE, ROOT_FILE):
+        try:
+            texts[name] = (folder / name).read_text()
+        except OSError as exc:
+            raise CertificateError(f"{folder / name}: {exc.strerror or exc}") from None
+    try:
+        _load_key(texts[KEY_FILE])
+    except CertificateError as exc:
+        raise CertificateError(f"{folder / KEY_FILE}: {exc}") from None
+    try:
+        leaf = x509.load_pem_x509_certificate(texts[CHAIN_FILE].encode())
+    except ValueError as exc:
+        raise CertificateError(f"{folder / CHAIN_FILE}: not a PEM certificate ({exc})") from None
+    identity = identity_from_der(leaf.public_bytes(serialization.Encoding.DER))
+    if identity is None:
+        raise CertificateError(f"{folder / CHAIN_FILE}: the certificate has no single spiffe:// URI SAN")
+    moment = time.time() if now is None else now
+    try:
+        return check_issued(texts[KEY_FILE], texts[CHAIN_FILE], texts[ROOT_FILE], identity, moment)
+    except CertificateError as exc:
+        raise CertificateError(f"{folder}: {exc}") from None
