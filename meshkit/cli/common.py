@@ -137,9 +137,12 @@ def global_options(context: ContextOption = None) -> None:
 
 def _cluster_target() -> str | None:
     """The cluster named by the global ``--context`` / ``$MESHKIT_CONTEXT`` of this invocation."""
-    import click  # noqa: PLC0415
+    try:  # typer vendors its own click (typer._click) since 0.2x; older versions use click itself
+        from typer._click.globals import get_current_context  # noqa: PLC0415
+    except ImportError:
+        from click import get_current_context  # noqa: PLC0415
 
-    current = click.get_current_context(silent=True)
+    current = get_current_context(silent=True)
     value = current.find_root().params.get("context") if current is not None else None
     return str(value) if value else None
 

@@ -7,8 +7,9 @@ One parser for ``meshkit.connect(target)`` and the CLI's ``--context`` / ``$MESH
 * ``k8s`` — the kubeconfig's current context; ``k8s:<context>`` a named one;
 * ``k8s:http://HOST:PORT`` — an API server URL without credentials (``kubectl proxy``, a mock).
 
-The kubeconfig is ``$KUBECONFIG`` or ``~/.kube/config`` (read by the ``kubernetes`` package,
-the ``k8s`` extra). Problems are `ClusterTargetError`, whose message says what to do.
+The kubeconfig is ``$KUBECONFIG`` or ``~/.kube/config``, read by `meshkit.runtime.kubeconfig`
+(exec and auth-provider plugins by the ``kubernetes`` package, the ``k8s`` extra). Problems
+are `ClusterTargetError`, whose message says what to do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from meshkit.k8s.cluster_config import ClusterClient
 from meshkit.k8s.kind import KindOptions
 from meshkit.runtime.kube_api import KubeAccess, KubeApiError
 from meshkit.runtime.kube_client import KubeClient
+from meshkit.runtime.kubeconfig import context_names, load_access
 
 PREFIXES = ("kind", "k8s")
 
@@ -54,10 +56,10 @@ def cluster_access(target: str, kubeconfig: str | None = None) -> KubeAccess:
         return KubeAccess.url(rest)
     context = kube_context(target)
     try:
-        return KubeAccess.from_kubeconfig(kubeconfig, context)
-    except KubeApiError as error:  # the kubernetes package is missing
+        return load_access(kubeconfig, context)
+    except KubeApiError as error:  # an exec plugin needs the kubernetes package, which is missing
         raise ClusterTargetError(str(error)) from None
-    except Exception as error:  # the kubernetes package's loaders raise their own types
+    except Exception as error:  # KubeconfigError, OSError, ssl.SSLError; the kubernetes package's own
         raise ClusterTargetError(_no_context(target, context, kubeconfig, error)) from None
 
 
@@ -70,20 +72,11 @@ def cluster_client(target: str, *, kubeconfig: str | None = None, timeout: float
 
 
 def _no_context(target: str, context: str | None, kubeconfig: str | None, error: Exception) -> str:
-    known = _contexts(kubeconfig)
-    where = kubeconfig or "$KUBECONFIG or ~/.kube/config"
+    known = context_names(kubeconfig)
     hint = "create the cluster with `meshkit kind up`" if target.startswith("kind") else \
         "name a context of the kubeconfig"
     names = f" (contexts there: {', '.join(known)})" if known else ""
     what = f"context {context!r}" if context else "a current context"
-    return f"cannot use {what} from {where}: {error}; {hint}{names}"
+    return f"cannot use {what}: {error}; {hint}{names}"
 
 
-def _contexts(kubeconfig: str | None) -> list[str]:
-    try:
-        import kubernetes  # noqa: PLC0415 (optional: the k8s extra)
-
-        contexts, _ = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
-    except Exception:  # no kubeconfig at all: nothing to list
-        return []
-    return [str(c.get("name")) for c in contexts or [] if isinstance(c, dict)]
