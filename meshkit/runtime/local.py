@@ -136,12 +136,13 @@ class LocalMesh:
             raise ValueError(str(error)) from None
         existing = self.record()
         if existing is not None:
-            if self.running():
+            # A dead instance is restarted, as a Deployment would; an `up` killed half-way or a dead
+            # control plane means starting afresh.
+            if self.running() or self._heal(existing, progress, timeout):
                 if asked:
                     return self.deploy(apps, replicas, progress=progress, timeout=timeout)
                 progress("mesh already running", 1, 1)
                 return self.status()
-            # Partly running: an instance died, or the `up` that started it was killed half-way.
             progress("cleaning up a mesh that is only partly running", 0, 1)
             self.down()
         rec = MeshRecord(base_port or _default_base(), apps, replicas, cert_ttl=cert_ttl)
@@ -191,6 +192,21 @@ class LocalMesh:
         progress("waiting for every app to answer and every proxy to ACK", 3, steps)
         launcher.wait_ready(client, instances, deadline, ingress=True)
         progress("mesh ready", steps, steps)
+
+    def _heal(self, rec: MeshRecord, progress: Progress, timeout: float) -> bool:
+        """Restart the dead instances of a mesh whose `up` finished and whose control plane runs."""
+        control = rec.processes.get("control")
+        if not rec.ready or control is None or not control.alive():
+            return False
+        dead = [name for name, proc in rec.processes.items() if not proc.alive()]
+        instances = sorted({name.removesuffix(".sidecar") for name in dead})
+        progress(f"restarting {', '.join(instances)}", 0, 1)
+        try:
+            for name in instances:
+                rollout.restart(self.state, rec, name, timeout=timeout)
+        except MeshError:
+            return False
+        return self.running()
 
     # -- changing a running mesh -------------------------------------------------------------------
 

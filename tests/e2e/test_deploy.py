@@ -239,3 +239,17 @@ def test_cli_deploy_scale_and_curl_from_legacy(mesh: RunningMesh, lab: Mesh) -> 
     assert again.returncode == 0, again.stderr
     assert lab.curl("sleep", "http://ratings:9080/ratings/0").status == 200
     _no_orphans(mesh)
+
+
+def test_up_on_a_mesh_with_a_dead_instance_restarts_only_that_instance(mesh: RunningMesh, lab: Mesh) -> None:
+    before = mesh.pids()
+    lab.kill("reviews-v2-0")
+    _wait_dead([before["reviews-v2-0"]])
+    assert not mesh.mesh.running()
+    mesh.mesh.up()
+    after = mesh.pids()
+    assert after["reviews-v2-0"] != before["reviews-v2-0"] and mesh.workload("reviews-v2-0")["healthy"]
+    assert {k: v for k, v in after.items() if k != "reviews-v2-0"} == \
+        {k: v for k, v in before.items() if k != "reviews-v2-0"}
+    assert mesh.mesh.running()
+    _no_orphans(mesh)
