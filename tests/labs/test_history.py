@@ -224,17 +224,19 @@ def test_three_shapes_fail_their_checks_before_and_pass_after_measuring(mesh: Me
         chart = bench.chart()
 
         library = bench.library(requests=100, max_seconds=10)
-        assert library.ok == library.from_app == 100 and library.extra["sidecars_counted"] < 50
+        assert library.ok == library.from_app == 100 and library.extra["proxies_on_path"] == []
         bench.check_library(mesh)
 
         node = bench.node_agent(requests=100, max_seconds=10)
         assert node.ok == 100 and bench.node is not None and bench.node.alive()
         served = bench.node.stats()["listeners"]["outbound"]["downstream_rq_2xx"]
         assert served >= 100  # the node proxy's own counter, warm-up requests included
+        assert node.extra["proxies_on_path"] == ["node proxy"]
         bench.check_node_agent(mesh)
 
         sidecar = bench.sidecar(requests=100, max_seconds=10)
-        assert sidecar.ok == 100 and sidecar.extra["sidecars_counted"] >= 100
+        assert sidecar.ok == 100
+        assert sidecar.extra["proxies_on_path"] == ["productpage-v1-0 sidecar", "details sidecar"]
         _eventually(bench.check_sidecar, mesh)
 
         rows = {r["shape"]: r for r in bench.rows()}
@@ -243,7 +245,17 @@ def test_three_shapes_fail_their_checks_before_and_pass_after_measuring(mesh: Me
         assert rows["sidecar"]["proxy processes"] == len(mesh.workloads())
         assert rows["node agent"]["proxy RSS MiB"] > 5 and rows["sidecar"]["proxy RSS MiB"] > 5 * 6
         assert all(y > 0 for y in chart.data[0].y) and chart.data[2].y[0] == 0 and chart.data[2].y[1] > 0
-        assert "p50" in str(bench.table()).lower()
+        assert "client → productpage-v1-0 sidecar → details sidecar → app" in str(bench.table())
+
+        pooled = bench.interleaved(rounds=2, requests=40, max_seconds=5)  # alternating order, pooled
+        assert [r["requests"] for r in pooled.rows] == [80, 80, 80]
+        assert [r["proxies on path"] for r in pooled.rows] == [0, 1, 2]
+        bench.check_library(mesh)
+        bench.check_node_agent(mesh)
+        _eventually(bench.check_sidecar, mesh)
+        with pytest.raises(LabError, match=r"rounds must be 1\.\.5"):
+            bench.interleaved(rounds=9)
+
         pid = bench.node.pid
     assert pid is not None and not _running(pid)
     with pytest.raises(CheckFailed, match="no node proxy is running"):

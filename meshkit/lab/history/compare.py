@@ -29,8 +29,8 @@ from meshkit.lab.mesh import Mesh
 from meshkit.runtime.processes import rss_bytes
 
 LIBRARY, NODE_AGENT, SIDECAR = "library", "node agent", "sidecar"
+NODE_PROXY = "node proxy"
 SHAPES = (LIBRARY, NODE_AGENT, SIDECAR)
-PROXIES_ON_PATH = {LIBRARY: 0, NODE_AGENT: 1, SIDECAR: 2}
 COLOURS = {LIBRARY: "#54a24b", NODE_AGENT: "#f58518", SIDECAR: "#4c78a8"}
 MIB = 1024 * 1024
 MAX_TELEMETRY_WINDOW = 600.0
@@ -111,14 +111,25 @@ class Comparison:
                 return f"{self.service}:{host.get('port')}"
         raise LabError(f"Comparison service: {self.client}'s sidecar has no route to {self.service!r}")
 
-    def destination_sidecars_counted(self) -> int:
-        """Requests the destination's sidecars have received so far (their own inbound counters)."""
-        total = 0
-        for row in self._destination_rows():
-            if row.get("admin_port"):
-                stats = fetch_json(f"http://127.0.0.1:{row['admin_port']}/stats")
-                total += int(stats["listeners"]["inbound"]["downstream_rq_total"])
-        return total
+    def proxy_counters(self) -> dict[str, int]:
+        """Requests handled so far by each proxy that could be on the path, from its own ``/stats``:
+        the client's sidecar (outbound listener), the destination's sidecars (inbound, summed over
+        its instances) and the node proxy when it runs."""
+        client = self._client_row()
+        counters = {self.client_sidecar: _listener_total(client["admin_port"], "outbound"),
+                    self.destination_sidecars: sum(_listener_total(r["admin_port"], "inbound")
+                                                   for r in self._destination_rows() if r.get("admin_port"))}
+        if self.node is not None and self.node.alive():
+            counters[NODE_PROXY] = int(self.node.stats()["listeners"]["outbound"]["downstream_rq_total"])
+        return counters
+
+    @property
+    def client_sidecar(self) -> str:
+        return f"{self.client} sidecar"
+
+    @property
+    def destination_sidecars(self) -> str:
+        return f"{self.service} sidecar"
 
     def sidecar_rss(self) -> dict[str, int]:
         """RSS in bytes of every sidecar of the mesh, by instance (from /proc)."""
@@ -130,13 +141,11 @@ class Comparison:
     def library(self, requests: int = 500, max_seconds: float = 10.0) -> Measurement:
         """The app's own port, with load balancing, timeouts and retries in this process."""
         client = ResilientClient([("127.0.0.1", int(r["app_port"])) for r in self._destination_rows()])
-        seen = self.destination_sidecars_counted()
         try:
-            result = self._run(LIBRARY, client.get, requests, max_seconds)
+            result = self._measure(LIBRARY, client.get, requests, max_seconds)
         finally:
             client.close()
-        result.extra.update(sidecars_counted=self.destination_sidecars_counted() - seen,
-                            retries=client.retries)
+        result.extra["retries"] = client.retries
         return self._keep(result)
 
     def start_node_proxy(self) -> NodeProxy:
@@ -150,15 +159,12 @@ class Comparison:
     def node_agent(self, requests: int = 500, max_seconds: float = 10.0) -> Measurement:
         """Through one shared proxy process, straight to the app's port."""
         node = self.start_node_proxy()
-        authority = self._authority(self._client_dump())
-        client = ProxiedClient("127.0.0.1", node.ports["outbound"], authority)
-        seen = self.destination_sidecars_counted()
+        client = ProxiedClient("127.0.0.1", node.ports["outbound"], self._authority(self._client_dump()))
         try:
-            result = self._run(NODE_AGENT, client.get, requests, max_seconds)
+            result = self._measure(NODE_AGENT, client.get, requests, max_seconds)
         finally:
             client.close()
-        result.extra.update(sidecars_counted=self.destination_sidecars_counted() - seen,
-                            pid=node.pid, rss=node.rss())
+        result.extra.update(pid=node.pid, rss=node.rss())
         return self._keep(result)
 
     def sidecar(self, requests: int = 500, max_seconds: float = 10.0) -> Measurement:
@@ -166,20 +172,41 @@ class Comparison:
         row = self._client_row()
         port = int(str(row["outbound_proxy"]).rsplit(":", 1)[1])
         client = ProxiedClient("127.0.0.1", port, self._authority(self._client_dump()))
-        seen = self.destination_sidecars_counted()
         try:
-            result = self._run(SIDECAR, client.get, requests, max_seconds)
+            result = self._measure(SIDECAR, client.get, requests, max_seconds)
         finally:
             client.close()
-        result.extra.update(sidecars_counted=self.destination_sidecars_counted() - seen)
         return self._keep(result)
 
-    def _run(self, shape: str, get: Any, requests: int, max_seconds: float) -> Measurement:
+    def interleaved(self, rounds: int = 3, requests: int = 200, max_seconds: float = 5.0) -> Table:
+        """Measure all three again in alternating order, ``rounds`` times, and pool each shape's
+        runs: on a busy machine that spreads the noise fairly. Returns the new table."""
+        if not 1 <= rounds <= 5:
+            raise LabError(f"bench.interleaved: rounds must be 1..5, got {rounds}")
+        pooled: dict[str, Measurement] = {}
+        runs = (self.library, self.node_agent, self.sidecar)
+        for round_ in range(rounds):
+            for run in runs[round_ % 3:] + runs[:round_ % 3]:
+                result = run(requests, max_seconds)
+                earlier = pooled.get(result.shape)
+                pooled[result.shape] = earlier.merged(result) if earlier is not None else result
+        self.results.update(pooled)
+        self._redraw()
+        return self.table()
+
+    def _measure(self, shape: str, get: Any, requests: int, max_seconds: float) -> Measurement:
+        before = self.proxy_counters()
         try:
-            return run_bounded(shape, get, self.path, requests=requests, max_seconds=max_seconds,
-                               validate=_is_details_body)
+            result = run_bounded(shape, get, self.path, requests=requests, max_seconds=max_seconds,
+                                 validate=_is_details_body)
         except ValueError as exc:
             raise LabError(f"bench.{shape.replace(' ', '_')}: {exc}") from None
+        after = self.proxy_counters()
+        # A proxy is on the path when its own counter grew by at least every request of the run.
+        sent = result.requests
+        result.extra["proxies_on_path"] = [name for name, count in after.items()
+                                           if sent and count - before.get(name, 0) >= sent]
+        return result
 
     def _keep(self, result: Measurement) -> Measurement:
         self.results[result.shape] = result
@@ -197,12 +224,16 @@ class Comparison:
                f"{self.service} app; at least {self.min_requests} of each are needed ({result.summary()})")
         return result
 
+    def _expect_path(self, result: Measurement, expected: list[str], why: str) -> None:
+        found = list(result.extra.get("proxies_on_path", []))
+        expect(sorted(found) == sorted(expected),
+               f"during the {result.shape} run of {result.requests} requests, the proxies whose own "
+               f"counters grew by that much were: {', '.join(found) or 'none'}; expected "
+               f"{', '.join(expected) or 'none'} ({why})")
+
     def check_library(self, mesh: Mesh) -> None:
         result = self._measured(LIBRARY, "bench.library()")
-        counted = int(result.extra.get("sidecars_counted", 0))
-        expect(counted < result.requests // 2,
-               f"the {self.service} sidecar counted {counted} requests during the library run of "
-               f"{result.requests}: the library must call the app's own port, not its sidecar")
+        self._expect_path(result, [], "the library calls the app's own port, past every proxy")
 
     def check_node_agent(self, mesh: Mesh) -> None:
         node = self.node
@@ -220,13 +251,12 @@ class Comparison:
         expect(bool(ports) and ports <= app_ports,
                f"the node proxy sends {self.service} traffic to ports {sorted(ports)}, not to the app ports "
                f"{sorted(app_ports)}")
-        counted = int(result.extra.get("sidecars_counted", 0))
-        expect(counted < result.requests // 2,
-               f"the {self.service} sidecar counted {counted} of the node agent's {result.requests} "
-               "requests: the node proxy should be the only proxy on the path")
+        self._expect_path(result, [NODE_PROXY], "the node proxy is the only proxy on the path")
 
     def check_sidecar(self, mesh: Mesh) -> None:
         result = self._measured(SIDECAR, "bench.sidecar()")
+        self._expect_path(result, [self.client_sidecar, self.destination_sidecars],
+                          "the client's sidecar, then the destination's")
         window = min(MAX_TELEMETRY_WINDOW, max(2.0, time.time() - result.started + 2.0))
         source = self.client.rsplit("-", 1)[0]
         by_reporter = {}
@@ -258,7 +288,9 @@ class Comparison:
             rows.append({
                 "shape": shape, "requests": result.requests, "ok": result.ok,
                 "p50 ms": round(result.p50_ms, 2), "p99 ms": round(result.p99_ms, 2),
-                "proxies on path": PROXIES_ON_PATH[shape], "proxy processes": processes,
+                "proxies on path": len(result.extra.get("proxies_on_path", [])),
+                "path": " → ".join(["client", *result.extra.get("proxies_on_path", []), "app"]),
+                "proxy processes": processes,
                 "proxy RSS MiB": round(rss / MIB, 1), "memory": memory_note,
             })
         return rows
@@ -274,9 +306,11 @@ class Comparison:
         return total, len(sidecars), f"{len(sidecars)} sidecars x {each / MIB:.1f} MiB"
 
     def table(self) -> Table:
-        columns = ["shape", "requests", "ok", "p50 ms", "p99 ms", "proxies on path", "proxy processes",
-                   "proxy RSS MiB", "memory"]
-        return Table(self.rows(), columns, title=f"GET {self.service}{self.path}, measured on this machine")
+        columns = ["shape", "requests", "ok", "p50 ms", "p99 ms", "proxies on path", "path",
+                   "proxy processes", "proxy RSS MiB", "memory"]
+        title = (f"GET {self.path} on {self.service}, measured on this machine "
+                 "(proxies on path: those whose own counters saw every request)")
+        return Table(self.rows(), columns, title=title)
 
     def chart(self) -> Any:
         """A FigureWidget: p50/p99 latency bars and proxy memory bars; redrawn after each run."""
@@ -320,6 +354,11 @@ class Comparison:
     def __repr__(self) -> str:
         done = ", ".join(self.results) or "nothing yet"
         return f"Comparison({self.service}{self.path} from {self.client}; measured: {done})"
+
+
+def _listener_total(admin_port: int, listener: str) -> int:
+    stats = fetch_json(f"http://127.0.0.1:{admin_port}/stats")
+    return int(stats["listeners"][listener]["downstream_rq_total"])
 
 
 def _endpoints(cluster: dict[str, Any]) -> list[dict[str, Any]]:

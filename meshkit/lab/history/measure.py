@@ -63,6 +63,19 @@ class Measurement:
     def p99_ms(self) -> float:
         return percentile(self.latencies_ms, 99)
 
+    def merged(self, other: Measurement) -> Measurement:
+        """This run and ``other`` (of the same shape) pooled: latencies, codes and counts added."""
+        codes = dict(self.codes)
+        for code, count in other.codes.items():
+            codes[code] = codes.get(code, 0) + count
+        theirs = other.extra.get("proxies_on_path", [])
+        on_path = [p for p in self.extra.get("proxies_on_path", []) if p in theirs]
+        return Measurement(self.shape, min(self.started, other.started), self.seconds + other.seconds,
+                           self.latencies_ms + other.latencies_ms, codes, self.from_app + other.from_app,
+                           self.tries + other.tries, self.failed + other.failed,
+                           (self.reasons + other.reasons)[:KEEP_REASONS],
+                           {**self.extra, **other.extra, "proxies_on_path": on_path})
+
     def summary(self) -> str:
         codes = ", ".join(f"{c}: {n}" for c, n in sorted(self.codes.items())) or "none"
         failed = f", {self.failed} failed ({'; '.join(self.reasons)})" if self.failed else ""
