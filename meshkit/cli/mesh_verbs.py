@@ -230,8 +230,9 @@ def kill(instance: Annotated[str, typer.Argument(help="Workload instance, e.g. r
 
 
 @app.command()
-def restart(instance: Annotated[str, typer.Argument(help="Workload instance, e.g. reviews-v1-1.")]) -> None:
-    """Start one instance's app again on its port (after `meshkit kill`, or to reset it)."""
+def restart(instance: Annotated[str, typer.Argument(
+        help="Workload instance, e.g. reviews-v1-1, or ingressgateway.")]) -> None:
+    """Start one instance's app again on its port, and its sidecar too if that died (new certificate)."""
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
     try:

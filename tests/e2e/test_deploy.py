@@ -253,3 +253,17 @@ def test_up_on_a_mesh_with_a_dead_instance_restarts_only_that_instance(mesh: Run
         {k: v for k, v in before.items() if k != "reviews-v2-0"}
     assert mesh.mesh.running()
     _no_orphans(mesh)
+
+
+def test_restart_of_a_dead_ingress_gateway(mesh: RunningMesh, lab: Mesh) -> None:
+    gateway = mesh.pids()["ingressgateway"]
+    os.kill(gateway, signal.SIGKILL)
+    _wait_dead([gateway])
+    with pytest.raises(LabError, match="no answer from the ingress"):
+        lab.visit("/productpage", timeout=5)
+    lab.restart("ingressgateway")
+    assert mesh.pids()["ingressgateway"] != gateway
+    page = lab.visit("/productpage")
+    assert page.status == 200, page
+    _no_orphans(mesh)
+
