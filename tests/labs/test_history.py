@@ -246,6 +246,9 @@ def test_three_shapes_fail_their_checks_before_and_pass_after_measuring(mesh: Me
         assert rows["node agent"]["proxy RSS MiB"] > 5 and rows["sidecar"]["proxy RSS MiB"] > 5 * 6
         assert all(y > 0 for y in chart.data[0].y) and chart.data[2].y[0] == 0 and chart.data[2].y[1] > 0
         assert "client → productpage-v1-0 sidecar → details sidecar → app" in str(bench.table())
+        identities = [rows[s]["caller identity at the destination"] for s in SHAPES]
+        assert identities[2] == "spiffe://cluster.local/ns/default/sa/bookinfo-productpage (mutual_tls)"
+        assert all(i.startswith("none") for i in identities[:2])
 
         pooled = bench.interleaved(rounds=2, requests=40, max_seconds=5)  # alternating order, pooled
         assert [r["requests"] for r in pooled.rows] == [80, 80, 80]

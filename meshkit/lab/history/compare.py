@@ -17,6 +17,7 @@ report latency, proxies on the path, processes and proxy memory (RSS from /proc)
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from meshkit.lab.checks import CheckFailed, expect
 from meshkit.lab.display import LabError, Table
 from meshkit.lab.history.library import ProxiedClient, ResilientClient
 from meshkit.lab.history.measure import Measurement, run_bounded
-from meshkit.lab.history.node_agent import NodeProxy, fetch_json, node_snapshot
+from meshkit.lab.history.node_agent import NodeProxy, fetch_json, fetch_text, node_snapshot
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime.processes import rss_bytes
 
@@ -34,6 +35,7 @@ SHAPES = (LIBRARY, NODE_AGENT, SIDECAR)
 COLOURS = {LIBRARY: "#54a24b", NODE_AGENT: "#f58518", SIDECAR: "#4c78a8"}
 MIB = 1024 * 1024
 MAX_TELEMETRY_WINDOW = 600.0
+LABEL = re.compile(r'(\w+)="([^"]*)"')  # one label of a Prometheus sample line
 
 CAPABILITIES = [
     {"question": "language coupling", LIBRARY: "one library per language and framework",
@@ -176,7 +178,26 @@ class Comparison:
             result = self._measure(SIDECAR, client.get, requests, max_seconds)
         finally:
             client.close()
+        result.extra["caller_identity"] = self.caller_identity_seen()
         return self._keep(result)
+
+    def caller_identity_seen(self) -> str:
+        """The client's identity as the destination's sidecars know it: the SPIFFE principal and the
+        connection security of their ``reporter="destination"`` metrics for calls from the client."""
+        workload = self.client.rsplit("-", 1)[0]
+        seen = set()
+        for row in self._destination_rows():
+            if not row.get("admin_port"):
+                continue
+            text = fetch_text(f"http://127.0.0.1:{row['admin_port']}/stats/prometheus")
+            for line in text.splitlines():
+                if not line.startswith("istio_requests_total{"):
+                    continue
+                labels = dict(LABEL.findall(line))
+                if labels.get("reporter") == "destination" and labels.get("source_workload") == workload:
+                    seen.add(f"{labels.get('source_principal', 'unknown')} "
+                             f"({labels.get('connection_security_policy', 'unknown')})")
+        return ", ".join(sorted(seen)) or "none"
 
     def interleaved(self, rounds: int = 3, requests: int = 200, max_seconds: float = 5.0) -> Table:
         """Measure all three again in alternating order, ``rounds`` times, and pool each shape's
@@ -257,6 +278,10 @@ class Comparison:
         result = self._measured(SIDECAR, "bench.sidecar()")
         self._expect_path(result, [self.client_sidecar, self.destination_sidecars],
                           "the client's sidecar, then the destination's")
+        identity = self.caller_identity_seen()
+        expect("spiffe://" in identity and "mutual_tls" in identity,
+               f"{self.service}'s sidecar knows the caller {self.client} as {identity!r}; with sidecars it "
+               "should be a SPIFFE identity proven by mutual TLS")
         window = min(MAX_TELEMETRY_WINDOW, max(2.0, time.time() - result.started + 2.0))
         source = self.client.rsplit("-", 1)[0]
         by_reporter = {}
@@ -292,6 +317,8 @@ class Comparison:
                 "path": " → ".join(["client", *result.extra.get("proxies_on_path", []), "app"]),
                 "proxy processes": processes,
                 "proxy RSS MiB": round(rss / MIB, 1), "memory": memory_note,
+                "caller identity at the destination": result.extra.get(
+                    "caller_identity", "none: no proxy at the destination, the app sees a TCP peer"),
             })
         return rows
 
@@ -300,14 +327,14 @@ class Comparison:
             return 0, 0, "inside every app (its code, in each language)"
         if shape == NODE_AGENT:
             rss = self.node.rss() if self.node is not None else int(result.extra.get("rss", 0))
-            return rss, 1, f"one per node, serving all {len(sidecars)} workloads here"
+            return rss, 1, f"one per node, serving all {len(self._workloads())} workloads here"
         total = sum(sidecars.values())
         each = total / len(sidecars) if sidecars else 0
         return total, len(sidecars), f"{len(sidecars)} sidecars x {each / MIB:.1f} MiB"
 
     def table(self) -> Table:
         columns = ["shape", "requests", "ok", "p50 ms", "p99 ms", "proxies on path", "path",
-                   "proxy processes", "proxy RSS MiB", "memory"]
+                   "proxy processes", "proxy RSS MiB", "memory", "caller identity at the destination"]
         title = (f"GET {self.path} on {self.service}, measured on this machine "
                  "(proxies on path: those whose own counters saw every request)")
         return Table(self.rows(), columns, title=title)

@@ -51,6 +51,15 @@ def fetch_json(url: str, timeout: float = 5.0) -> Any:
         raise LabError(f"{url} did not answer with JSON ({exc})") from None
 
 
+def fetch_text(url: str, timeout: float = 5.0) -> str:
+    """GET a text admin page (``/stats/prometheus``); LabError naming the URL when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return str(response.read().decode("utf-8", errors="replace"))
+    except OSError as exc:
+        raise LabError(f"{url} did not answer ({exc})") from None
+
+
 def node_snapshot(sidecar_dump: dict[str, Any], app_ports: dict[str, int]) -> dict[str, Any]:
     """A node proxy's snapshot from a sidecar's: endpoints on the apps' ports, no identity, no TLS.
 
