@@ -18,7 +18,8 @@ them, `meshkit.runtime.kubernetes`), so this client keeps `ControlClient`'s inte
   truth), ``analyze`` with the registry the control plane built from the cluster when it can;
 * **reads of the mesh** (``proxy_status``, ``history``, ``revision``, telemetry through
   ``request``) go to the control plane, ``meshkit-control`` in ``meshkit-system``, through the
-  API server's service proxy (same credentials, no local port, no subprocess);
+  API server's service proxy (same credentials, no local port, no subprocess) — or, given
+  ``control_url``, through a ``kubectl port-forward`` (`meshkit.k8s.port_forward`);
 * ``rollback`` is refused: the cluster is the source of truth, restore with git and kubectl.
   ``history`` stays: it is the control plane's record of what it mirrored.
 
@@ -28,7 +29,7 @@ Errors are the control client's: `ApiError` (refused, with messages) and `Contro
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -67,9 +68,14 @@ class ClusterClient(ControlClient):
 
     def __init__(self, kube: KubeClient, *, label: str, namespace: str = names.SYSTEM_NAMESPACE,
                  service: str = names.CONTROL_SERVICE, port_name: str = CONTROL_PORT_NAME,
-                 timeout: float = 15.0, mirror_wait_s: float = MIRROR_WAIT_S) -> None:
-        super().__init__(kube.server + service_proxy_path(namespace, service, port_name), timeout=timeout,
-                         ssl_context=kube.ssl_context(), headers=kube.headers)
+                 timeout: float = 15.0, mirror_wait_s: float = MIRROR_WAIT_S,
+                 control_url: str | None = None, on_close: Callable[[], None] | None = None) -> None:
+        if control_url is not None:  # reads through a port-forward (meshkit.k8s.port_forward)
+            super().__init__(control_url, timeout=timeout)
+        else:  # reads through the API server's service proxy, with the cluster's credentials
+            super().__init__(kube.server + service_proxy_path(namespace, service, port_name), timeout=timeout,
+                             ssl_context=kube.ssl_context(), headers=kube.headers)
+        self._on_close = on_close
         self.kube = kube
         self.label = label
         self.control_service = f"{namespace}/{service}"
@@ -78,6 +84,12 @@ class ClusterClient(ControlClient):
 
     def __repr__(self) -> str:
         return f"ClusterClient({self.label}: {self.kube.server})"
+
+    def close(self) -> None:
+        """Stop what the reads go through (a port-forward); the service proxy needs nothing."""
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     # -- the control plane, through the service proxy ---------------------------------------------
 

@@ -10,19 +10,26 @@ One parser for ``meshkit.connect(target)`` and the CLI's ``--context`` / ``$MESH
 The kubeconfig is ``$KUBECONFIG`` or ``~/.kube/config``, read by `meshkit.runtime.kubeconfig`
 (exec and auth-provider plugins by the ``kubernetes`` package, the ``k8s`` extra). Problems
 are `ClusterTargetError`, whose message says what to do.
+
+Reads reach the control plane through the API server's service proxy, or, with
+``$MESHKIT_KUBE_READS=port-forward`` (``reads=`` here), through ``kubectl port-forward``
+(`meshkit.k8s.port_forward`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from meshkit.k8s.cluster_config import ClusterClient
 from meshkit.k8s.kind import KindOptions
+from meshkit.k8s.port_forward import PortForward, PortForwardError, port_forward_argv
 from meshkit.runtime.kube_api import KubeAccess, KubeApiError
 from meshkit.runtime.kube_client import KubeClient
 from meshkit.runtime.kubeconfig import context_names, load_access
 
 PREFIXES = ("kind", "k8s")
+READS_ENV = "MESHKIT_KUBE_READS"
 
 
 class ClusterTargetError(ValueError):
@@ -64,11 +71,32 @@ def cluster_access(target: str, kubeconfig: str | None = None) -> KubeAccess:
 
 
 def cluster_client(target: str, *, kubeconfig: str | None = None, timeout: float = 15.0,
-                   **options: Any) -> ClusterClient:
-    """A `ClusterClient` for ``target`` (``options`` go to `ClusterClient`, e.g. ``mirror_wait_s``)."""
+                   reads: str | None = None, kubectl: str = "kubectl", **options: Any) -> ClusterClient:
+    """A `ClusterClient` for ``target`` (``options`` go to `ClusterClient`, e.g. ``mirror_wait_s``).
+
+    ``reads`` (default ``$MESHKIT_KUBE_READS``, else ``proxy``): how reads reach the control plane,
+    ``proxy`` (the API server's service proxy) or ``port-forward`` (``kubectl port-forward``,
+    stopped by ``client.close()`` or at exit).
+    """
+    reads = reads or os.environ.get(READS_ENV) or "proxy"
+    if reads not in ("proxy", "port-forward"):
+        raise ClusterTargetError(f"{READS_ENV}/reads: expected proxy or port-forward, got {reads!r}")
     access = cluster_access(target, kubeconfig)
     label = kube_context(target) or target.partition(":")[2] or "the current context"
-    return ClusterClient(KubeClient(access, timeout_s=timeout), label=label, timeout=timeout, **options)
+    kube = KubeClient(access, timeout_s=timeout)
+    if reads == "proxy":
+        return ClusterClient(kube, label=label, timeout=timeout, **options)
+    if target.startswith("k8s:http"):
+        raise ClusterTargetError("port-forward needs a kubeconfig context, not an API URL; use reads=proxy")
+    argv = port_forward_argv(kube_context(target), kubectl=kubectl)
+    if kubeconfig:
+        argv[1:1] = ["--kubeconfig", kubeconfig]
+    try:
+        forward = PortForward(argv).start()
+    except PortForwardError as error:
+        raise ClusterTargetError(str(error)) from None
+    return ClusterClient(kube, label=label, timeout=timeout, control_url=forward.url, on_close=forward.stop,
+                         **options)
 
 
 def _no_context(target: str, context: str | None, kubeconfig: str | None, error: Exception) -> str:
