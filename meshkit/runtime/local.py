@@ -27,10 +27,12 @@ died. The pieces that start and wait for processes are `meshkit.runtime.launch`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from meshkit.control.ca import CaError, parse_ttl
 from meshkit.runtime import catalog, rollout
@@ -63,11 +65,47 @@ def _default_base() -> int:
     return int(os.environ.get("MESHKIT_PORT_BASE", DEFAULT_BASE))
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _exclusive(method: Callable[Concatenate[LocalMesh, P], R]) -> Callable[Concatenate[LocalMesh, P], R]:
+    """Run a method that changes the mesh under the state dir's change lock (re-entrant per object)."""
+
+    @functools.wraps(method)
+    def locked(self: LocalMesh, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._changing():
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class LocalMesh:
     """Start, inspect, change and stop the local mesh recorded in one state dir."""
 
     def __init__(self, state: StateDir | None = None) -> None:
         self.state = state or StateDir.open()
+        self._changes = 0  # depth of nested changes holding the state dir's lock (up calls deploy)
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        if self._changes:
+            self._changes += 1
+            try:
+                yield
+            finally:
+                self._changes -= 1
+            return
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self.state.changing())
+            except TimeoutError as error:
+                raise MeshError(str(error)) from None
+            self._changes = 1
+            try:
+                yield
+            finally:
+                self._changes = 0
 
     # -- reading the record -----------------------------------------------------------------
 
@@ -108,6 +146,7 @@ class LocalMesh:
 
     # -- up ---------------------------------------------------------------------------------
 
+    @_exclusive
     def up(
         self,
         apps: list[str] | None = None,
@@ -220,6 +259,7 @@ class LocalMesh:
                             "start the mesh again with `meshkit down` and `meshkit up`")
         return rec
 
+    @_exclusive
     def deploy(self, apps: list[str] | None = None, replicas: dict[str, int] | None = None, *,
                progress: Progress = quiet, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         """Add app sets (``["clients"]``) and scale workloads (``{"reviews-v1": 2}``) in the running mesh.
@@ -233,6 +273,7 @@ class LocalMesh:
                        timeout=timeout)
         return self.status()
 
+    @_exclusive
     def scale(self, workload: str, replicas: int, *, progress: Progress = quiet,
               timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         """Run ``replicas`` (0-10) instances of ``workload`` (``reviews-v1``), like `kubectl scale`."""
@@ -273,6 +314,7 @@ class LocalMesh:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, 9)
 
+    @_exclusive
     def restart(self, instance: str, timeout: float = 30.0) -> None:
         """Start one instance's app again on the same ports, and its sidecar too if that died.
 

@@ -7,13 +7,18 @@ Layout::
       control/           the control plane's own state (config store, CA)
       logs/<name>.log    one log per process (apps and sidecars)
       run/               snapshots, port files and other per-run scratch files
+      .lock              held while a process changes the mesh (up, deploy, scale, restart)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,3 +71,27 @@ class StateDir:
 
     def clear_mesh(self) -> None:
         self.mesh_file.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def changing(self, timeout: float = 120.0) -> Iterator[None]:
+        """Hold the mesh's change lock (one `up`/`deploy`/`scale`/`restart` at a time, across processes).
+
+        Raises TimeoutError naming the lock file when another change holds it longer than ``timeout``.
+        The kernel releases the lock when its holder dies, so a crash never leaves the mesh locked.
+        """
+        path = self.root / ".lock"
+        with open(path, "a+b") as handle:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"another meshkit command is changing the mesh ({path} is held "
+                                           f"for more than {timeout:g} s)") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

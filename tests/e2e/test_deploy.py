@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -267,3 +268,21 @@ def test_restart_of_a_dead_ingress_gateway(mesh: RunningMesh, lab: Mesh) -> None
     assert page.status == 200, page
     _no_orphans(mesh)
 
+
+
+def test_changes_to_the_mesh_wait_for_each_other(mesh: RunningMesh) -> None:
+    errors: list[BaseException] = []
+
+    def scale() -> None:
+        try:
+            mesh.mesh.scale("reviews-v3", 1)  # no change, but it still takes the change lock
+        except BaseException as error:  # reported to the test thread
+            errors.append(error)
+
+    worker = threading.Thread(target=scale)
+    with mesh.mesh.state.changing():  # as another `meshkit deploy` would hold it
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive()  # waiting for the lock
+    worker.join(30.0)
+    assert not worker.is_alive() and errors == []
