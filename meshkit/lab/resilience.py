@@ -294,11 +294,12 @@ def require_absorbed(mesh: Mesh, caller: str, service: str, *, min_failures: int
     return got, served
 
 
-def require_ejected(mesh: Mesh, caller: str, host: str, *, quiet_for: float = 3.0,
-                    min_requests: int = 10) -> Upstream:
-    """``caller``'s sidecar (an instance, 'productpage-v1-0') has ejected an endpoint of ``host`` right
-    now, and in the last ``quiet_for`` seconds that endpoint received none of ``caller``'s requests
-    (counted by its own sidecar) while at least ``min_requests`` went to ``host``'s other endpoints."""
+def require_ejected(mesh: Mesh, caller: str, host: str, *, slack: int = 5,
+                    min_requests: int = 20) -> Upstream:
+    """``caller``'s sidecar (an instance, 'productpage-v1-0') has an endpoint of ``host`` ejected right
+    now, and since the latest change that endpoint received at most ``slack`` of ``caller``'s
+    requests (counted by its own sidecar: the failures that got it ejected) while ``caller`` sent at
+    least ``min_requests`` to ``host``. Without ejection it would get its share of every request."""
     require_outlier_detection(mesh, host)
     view = upstream(mesh, caller, host)
     ejected = {str(e.get("workload")) for e in view.endpoints if e.get("ejected")}
@@ -306,17 +307,20 @@ def require_ejected(mesh: Mesh, caller: str, host: str, *, quiet_for: float = 3.
            f"{caller}'s sidecar has no endpoint of {host} ejected right now (ejections so far: "
            f"{view.times_ejected()}); an endpoint must fail consecutive requests while traffic runs")
     source = _workload(caller)
-    sent = outcomes(mesh, host, source=source, window=quiet_for)
+    window = window_since_change(mesh)
+    sent = outcomes(mesh, host, source=source, window=window)
     expect(sent.requests >= min_requests,
-           f"only {sent.requests:.0f} calls from {source} to {host} in the last {quiet_for:g} s "
-           f"(at least {min_requests} needed); check while traffic runs")
+           f"{source} sent {sent.requests:.0f} requests to {host} since your last change (at least "
+           f"{min_requests} needed): send traffic, e.g. mesh.load(rps=20, duration=6).wait()")
     received: dict[str, float] = {}
-    for edge in mesh.telemetry(quiet_for, source=source, destination=host, reporter="destination")["edges"]:
+    answer = mesh.telemetry(window, source=source, destination=host, reporter="destination")
+    for edge in answer.get("edges", []):
         workload = str(edge.get("destination_workload"))
         received[workload] = received.get(workload, 0.0) + float(edge.get("requests", 0))
-    leaking = {w: n for w, n in received.items() if w in ejected and n > 0}
-    expect(not leaking, f"the ejected {', '.join(sorted(leaking))} still received "
-                        f"{sum(leaking.values()):.0f} requests in the last {quiet_for:g} s")
+    leaked = sum(n for w, n in received.items() if w in ejected)
+    expect(leaked <= slack,
+           f"the ejected {', '.join(sorted(ejected))} still received {leaked:.0f} of {source}'s requests "
+           f"since your last change (at most {slack} expected: the failures that got it ejected)")
     return view
 
 

@@ -110,11 +110,17 @@ def test_retries_absorb_real_failures_and_the_sidecar_counts_them(mesh: Mesh) ->
 
 def test_an_ejected_instance_gets_no_traffic_and_restore_brings_it_back(mesh: Mesh) -> None:
     mesh.kill("reviews-v3-0")
+    mesh.apply(rules.outlier_detection("reviews", consecutive_errors=1000, subsets=("v1", "v2", "v3")))
+    _settle()
+    mesh.load(rps=20, duration=3).wait()  # v3 fails, but never 1000 times in a row: no ejection
+    with pytest.raises(CheckFailed, match=r"productpage-v1-0's sidecar has no endpoint of reviews ejected"):
+        resilience.require_ejected(mesh, CALLER, "reviews")
+
+    mesh.reset()  # no outlier detection for a moment: the sidecar drops its consecutive-error counts
     mesh.apply(rules.outlier_detection("reviews", consecutive_errors=1, subsets=("v1", "v2", "v3")))
     _settle()
-    load = mesh.load(rps=20, duration=5)
-    load.wait()
-    view = resilience.require_ejected(mesh, CALLER, "reviews", quiet_for=3.0)
+    mesh.load(rps=20, duration=4).wait()
+    view = resilience.require_ejected(mesh, CALLER, "reviews")
     assert view.ejected() == ["reviews-v3-0"], view
     assert "EJECTED" in str(view) and "reviews-v3-0" in view._repr_html_()
 
