@@ -40,13 +40,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meshkit.proxy.tls_certinfo import CertificateInfo, IssuedCertificate
+from meshkit.proxy.tls_certinfo import CertificateError, CertificateInfo, IssuedCertificate
 
 TLS_HANDSHAKE = 0x16
-
-
-class CertificateError(ValueError):
-    """A certificate handed to the sidecar is unusable (wrong key, identity, issuer or validity)."""
 
 
 class PeerIdentityError(ConnectionError):

@@ -7,6 +7,9 @@ Made by the checks of an issued chain (``tls_verify`` with ``ssl`` in the runnin
 * ``IssuedCertificate``: a checked answer of the CA (leaf serial, validity, and the
   description of every certificate of the chain and of the root bundle).
 
+``CertificateError`` lives here (re-exported by ``tls``) so that the helper process can
+raise it without importing the sidecar's asyncio side.
+
 It must not do: parse or verify certificates.
 """
 
@@ -14,6 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+
+class CertificateError(ValueError):
+    """A certificate handed to the sidecar is unusable (wrong key, identity, issuer or validity)."""
+
+
+# Istio's file-mounted certificate layout (``--tls-dir``, ``tls_static``)
+CHAIN_FILE = "cert-chain.pem"
+KEY_FILE = "key.pem"
+ROOT_FILE = "root-cert.pem"
 
 
 @dataclass(frozen=True, slots=True)

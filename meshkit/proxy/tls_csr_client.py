@@ -66,10 +66,11 @@ async def make_key_and_csr(identity: str, command: Sequence[str] | None = None) 
         raise CsrHelperError(f"cannot start the CSR helper {argv[0]}: {exc}") from exc
     try:
         stdout, stderr = await proc.communicate()
-    finally:  # cancelled or timed out: do not leave it running (the event loop reaps it)
+    finally:  # cancelled or timed out: do not leave it running
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            await proc.wait()  # reaped at once after SIGKILL
     if proc.returncode != 0:
         lines = stderr.decode(errors="replace").strip().splitlines()
         raise CsrHelperError(f"CSR helper exited ({proc.returncode}): {lines[-1] if lines else 'no message'}")

@@ -29,6 +29,7 @@ It must not do: TLS handshakes (listener, upstream) or HTTP beyond the CA call (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -113,8 +114,11 @@ class SidecarCertificates:
                 return
             await keep_rotated(manager, self._renew_once, stop=stop, retry_min=RETRY_MIN, retry_max=RETRY_MAX)
         finally:
-            if self._prepared is not None:  # cancelling it kills a helper still running
-                self._prepared.cancel()
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None:  # cancelling it kills a helper still running
+                prepared.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CertificateError):
+                    await prepared
 
     async def _identity(self, state: Any, stop: asyncio.Event) -> str | None:
         arrived = asyncio.Event()

@@ -18,11 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.proxy.tls import CertificateError, CertificateManager
+from meshkit.proxy.tls_certinfo import CHAIN_FILE, KEY_FILE, ROOT_FILE
 from meshkit.proxy.tls_verify import verify_issued
-
-CHAIN_FILE = "cert-chain.pem"
-KEY_FILE = "key.pem"
-ROOT_FILE = "root-cert.pem"
 
 
 class StaticCertificates:

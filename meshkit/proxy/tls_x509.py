@@ -27,9 +27,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshkit.proxy.tls import CertificateError
-from meshkit.proxy.tls_certinfo import CertificateInfo, IssuedCertificate
-from meshkit.proxy.tls_static import CHAIN_FILE, KEY_FILE, ROOT_FILE
+from meshkit.proxy.tls_certinfo import (
+    CHAIN_FILE,
+    KEY_FILE,
+    ROOT_FILE,
+    CertificateError,
+    CertificateInfo,
+    IssuedCertificate,
+)
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
