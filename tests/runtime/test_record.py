@@ -1,0 +1,46 @@
+"""`MeshRecord` port slots: stable for running instances, lowest free for new ones, old records readable."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshkit.runtime import catalog
+from meshkit.runtime.record import MeshRecord
+from meshkit.runtime.rollout import overrides, replica_counts
+
+BOOKINFO = ["productpage-v1-0", "details-v1-0", "reviews-v1-0", "reviews-v2-0", "reviews-v3-0",
+            "ratings-v1-0"]
+
+
+def test_a_record_without_slots_gets_the_old_catalog_order() -> None:
+    old = {"base_port": 21000, "apps": ["bookinfo"], "replicas": {"reviews-v1": 2}, "processes": {}}
+    rec = MeshRecord.from_json(old)
+    names = [i.name for i in rec.instances()]
+    assert names == [*BOOKINFO[:3], "reviews-v1-1", *BOOKINFO[3:]]
+    assert [rec.slots[n] for n in names] == list(range(7))
+    assert rec.instances()[2].ports.app == 21000 + 100 * 3 + 80  # reviews-v1-0 as `up` always placed it
+
+
+def test_new_instances_take_the_lowest_free_slot_and_running_ones_never_move() -> None:
+    rec = MeshRecord(21000, ["bookinfo"], {"reviews-v1": 2})
+    before = {i.name: i.ports for i in rec.instances()}
+    rec.replicas = {}
+    rec.assign_slots()  # reviews-v1-1 (slot 3) is gone
+    assert "reviews-v1-1" not in rec.slots
+    assert all(before[i.name] == i.ports for i in rec.instances())
+    rec.apps = ["bookinfo", "clients"]
+    rec.assign_slots()
+    assert rec.slots["sleep-v1-0"] == 3 and rec.slots["legacy-v1-0"] == 7
+    assert rec.slot_count() == 8
+    again = MeshRecord.from_json(rec.to_json())
+    assert again.slots == rec.slots
+    assert [i.ports for i in again.instances()] == [i.ports for i in rec.instances()]
+
+
+def test_replica_counts_and_overrides() -> None:
+    assert replica_counts(["clients"], {"sleep-v1": 0}) == {"sleep-v1": 0, "legacy-v1": 1}
+    assert overrides(["bookinfo"], {"reviews-v1": 1, "reviews-v2": 3}) == {"reviews-v2": 3}
+    with pytest.raises(ValueError, match="replicas must be between 0 and 10"):
+        catalog.resolve(["bookinfo"], {"reviews-v1": 11})
+    with pytest.raises(ValueError, match="no such workload"):
+        replica_counts(["bookinfo"], {"sleep-v1": 1})
