@@ -276,3 +276,16 @@ def test_a_node_agent_run_that_bypassed_the_node_proxy_fails_its_check(mesh: Mes
         bench.start_node_proxy()  # a fresh process: its counters start at zero
         with pytest.raises(CheckFailed, match=r"counted 0 answered requests, fewer than the 40"):
             bench.check_node_agent(mesh)
+
+
+def test_bad_settings_name_the_field_and_start_nothing(mesh: Mesh) -> None:
+    with pytest.raises(LabError, match="Comparison service: no healthy instance of 'nope'"):
+        Comparison(mesh, service="nope").library(requests=10)
+    with pytest.raises(LabError, match="Comparison client: no instance 'nope-v1-0'"):
+        Comparison(mesh, client="nope-v1-0").sidecar(requests=10)
+    bench = Comparison(mesh)
+    with pytest.raises(LabError, match=r"bench\.library: requests: expected 1\.\.5000, got 0"):
+        bench.library(requests=0)
+    with pytest.raises(LabError, match=r"bench\.sidecar: max_seconds"):
+        bench.sidecar(requests=10, max_seconds=0)
+    assert bench.node is None and bench.results == {}
