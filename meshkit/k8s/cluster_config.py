@@ -153,7 +153,7 @@ class ClusterClient(ControlClient):
             found = [(resource_type, obj)]
         else:
             found = [(TYPES[k], obj) for k in kinds
-                     for obj in self._kube(lambda k=k: self.kube.list(TYPES[k], namespace))]
+                     for obj in self._kube(lambda k=k: self.kube.list(TYPES[k], namespace), missing=TYPES[k])]
         items = sorted((_item(t, obj) for t, obj in found), key=lambda item: item["ref"])
         if output == "yaml":
             return yaml.safe_dump_all([item["resource"] for item in items], sort_keys=False)
@@ -182,11 +182,18 @@ class ClusterClient(ControlClient):
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _kube(self, call: Any) -> Any:
-        """Run one Kubernetes API call; its errors as the control client's errors."""
+    def _kube(self, call: Any, *, missing: ResourceType | None = None) -> Any:
+        """Run one Kubernetes API call; its errors as the control client's errors.
+
+        ``missing``: the type being listed, whose 404 means its CRD is not installed.
+        """
         try:
             return call()
         except KubeApiError as error:
+            if error.status == 404 and missing is not None:
+                text = (f"{missing} is not served by the cluster of {self.label}: meshkit's CRDs are not "
+                        "installed (meshkit kind up, or kubectl apply -k operator/deploy/base)")
+                raise ApiError(404, text, [_message(CODE_CLUSTER_REFUSED, missing.kind, text)]) from None
             if error.status == 0:
                 raise ControlUnreachable(self.kube.server, f"the Kubernetes API of {self.label}: {error}") \
                     from None
@@ -208,7 +215,7 @@ class ClusterClient(ControlClient):
         objects: dict[Key, tuple[Resource | None, list[Message]]] = {}
         self._raw = {}
         for kind, resource_type in TYPES.items():
-            for obj in self._kube(lambda t=resource_type: self.kube.list(t)):
+            for obj in self._kube(lambda t=resource_type: self.kube.list(t), missing=resource_type):
                 metadata = obj.get("metadata") or {}
                 key = (kind, str(metadata.get("namespace") or "default"), str(metadata.get("name") or ""))
                 resource, problems = istio_resource(obj, resource_type)

@@ -257,6 +257,16 @@ async def test_without_a_control_plane_writes_still_land_and_reads_say_why(
     assert "could not reach the service meshkit-system/meshkit-control" in unreachable.value.reason
 
 
+async def test_a_cluster_without_the_crds_says_so(kmock: Any) -> None:
+    kmock.resources.load_bundled()  # Kubernetes' own kinds only: no Istio CRDs
+    client = cluster_client(f"k8s:{str(kmock.url).rstrip('/')}", mirror_wait_s=0.5)
+    for call_args in ((client.apply, documents()), (client.get, "vs"), (client.analyze,)):
+        with pytest.raises(ApiError) as missing:
+            await call(*call_args)
+        assert missing.value.status == 404
+        assert "meshkit's CRDs are not installed" in missing.value.error, call_args[0]
+
+
 async def test_control_plane_mirror_wait_is_bounded_and_says_so(
         kmock: Any, session: aiohttp.ClientSession, plane: RunningKubernetesControlPlane) -> None:
     await plane.sync.close()  # the control plane stops following the cluster
