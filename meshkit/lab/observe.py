@@ -283,7 +283,8 @@ def access_log(mesh: Mesh, instance: str, *, last: int = 10) -> Table:
         path = mesh.local.log_path(instance, access=True)
     except MeshError as exc:
         raise LabError(f"access_log: {exc}") from None
-    entries = _entries(_tail(path), instance)[-max(1, last):]
+    last = max(1, last)
+    entries = _entries(_tail(path)[-2 * last:], instance)[-last:]  # parse only the newest lines
     columns = ["start_time", "direction", "method", "authority", "path", "status", "response_flags",
                "duration_ms", "upstream_host", "request_id"]
     return Table(entries, columns,
