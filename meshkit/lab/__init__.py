@@ -4,6 +4,8 @@
 real Istio resources that show their YAML, `Lab`/`Step` run checks against the mesh's real state
 and traffic with hints, hidden solutions and stored progress, `charts` draws live plotly figures
 from the telemetry API and `widgets` offers the canary slider and the YAML rule editor.
+`observe` reads RED numbers, Istio's metrics, access logs and request traces from the mesh, and
+`prometheus` runs a real Prometheus against its sidecars where the binary is installed.
 
 It sits above `meshkit.runtime` and `meshkit.control` (it drives them through their public APIs)
 and below the CLI. It must not reach into the control plane's or the sidecar's internals, keep
