@@ -244,7 +244,7 @@ class Launcher:
         """No recompilation pending and every connected proxy ACKed the current snapshot."""
         while True:
             left = deadline - time.monotonic()
-            if readiness.everything_synced(client, max(0.0, min(left, 10.0))):
+            if readiness.everything_synced(client, max(0.0, min(left, 5.0))):  # < the client timeout
                 return
             if time.monotonic() >= deadline:
                 raise MeshError("timed out waiting for every proxy to ACK the new snapshot; "

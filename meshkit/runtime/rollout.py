@@ -140,6 +140,9 @@ def restart(state: StateDir, rec: MeshRecord, name: str, *, timeout: float = 30.
     launcher = Launcher(state, rec)
     deadline = time.monotonic() + timeout
     client = launcher.client(timeout=10.0)
+    if not readiness.control_answers(client):
+        raise MeshError(f"restart {name}: the mesh's control plane at {launcher.control_url} does not "
+                        "answer; start the mesh again with `meshkit down` and `meshkit up`")
     if name == "ingressgateway":
         _stop_recorded(rec.processes.get(name))
         tokens = launcher.issue_tokens([ingress_identity()], revoke_earlier=False)
