@@ -7,7 +7,10 @@ all start empty) several times, and for each round records:
   plus the seconds to the first 200 from the ingress's ``/productpage``;
 - the memory of every process of the mesh: RSS summed (what the issue's 500 MiB budget counts;
   it counts shared library pages once per process) and PSS summed (shared pages divided among
-  the processes that share them: the memory the mesh really takes from the machine).
+  the processes that share them: the memory the mesh really takes from the machine);
+- the same per process kind (control plane, sidecars including the ingress gateway, apps):
+  count, RSS and PSS summed, and how many of them have ``cryptography`` mapped (only the
+  control plane should: sidecars make their keys in a short-lived helper process).
 
 Usage: ``.venv/bin/python benchmarks/startup.py [--rounds 5] [--app bookinfo] [--out FILE]``.
 Prints a table and writes JSON (default benchmarks/results/startup.json). Bounded: at most
@@ -40,6 +43,23 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+def maps_cryptography(pid: int) -> bool:
+    try:
+        return "/cryptography/" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def kind_of(argv: tuple[str, ...]) -> str:
+    """control, sidecar (the ingress gateway too) or app, from the process's ``-m`` module."""
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+    if module.startswith("meshkit.proxy"):
+        return "sidecar"
+    if module.startswith("meshkit.apps"):
+        return "app"
+    return "control" if "control" in argv else "other"
+
+
 def first_ok(url: str, limit: float = 30.0) -> float:
     began = time.monotonic()
     while time.monotonic() - began < limit:
@@ -66,10 +86,18 @@ def one_round(apps: list[str]) -> dict[str, float]:
             rec = mesh.record()
             assert rec is not None
             pids = [p.pid for p in rec.processes.values()]
-            rss = sum(mesh.memory().values())
+            rss_by_name = mesh.memory()
+            rss = sum(rss_by_name.values())
             pss = sum(pss_bytes(pid) for pid in pids)
-            return {"ready_s": ready, "first_page_s": page, "rss_mib": rss / 2**20, "pss_mib": pss / 2**20,
-                    "processes": len(pids)}
+            result = {"ready_s": ready, "first_page_s": page, "rss_mib": rss / 2**20, "pss_mib": pss / 2**20,
+                      "processes": len(pids)}
+            for name, proc in rec.processes.items():
+                kind = kind_of(proc.argv)
+                for key, value in (("n", 1.0), ("rss_mib", rss_by_name.get(name, 0) / 2**20),
+                                   ("pss_mib", pss_bytes(proc.pid) / 2**20),
+                                   ("with_cryptography", float(maps_cryptography(proc.pid)))):
+                    result[f"{kind}.{key}"] = result.get(f"{kind}.{key}", 0.0) + value
+            return result
         finally:
             mesh.down()
 
@@ -89,10 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {i + 1}: ready {r['ready_s']:.2f}s, first page {r['first_page_s']:.2f}s, "
               f"RSS {r['rss_mib']:.0f} MiB, PSS {r['pss_mib']:.0f} MiB, {r['processes']:.0f} processes",
               flush=True)
-    summary = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    summary = {k: statistics.median(r.get(k, 0.0) for r in results) for k in results[0]}
     verdict = {"ready_le_5s": summary["ready_s"] <= 5.0, "rss_le_500mib": summary["rss_mib"] <= 500.0}
     print(f"median: ready {summary['ready_s']:.2f}s (target <= 5 s), RSS {summary['rss_mib']:.0f} MiB "
           f"(target <= 500), PSS {summary['pss_mib']:.0f} MiB")
+    for kind in ("control", "sidecar", "app", "other"):
+        n = summary.get(f"{kind}.n", 0.0)
+        if n:
+            rss, pss = summary[f"{kind}.rss_mib"], summary[f"{kind}.pss_mib"]
+            crypto = summary[f"{kind}.with_cryptography"]
+            print(f"  {kind:8} x{n:.0f}: RSS {rss:.0f} MiB ({rss / n:.1f} each), PSS {pss:.0f} MiB "
+                  f"({pss / n:.1f} each), {crypto:.0f} with cryptography loaded")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"apps": apps, "rounds": results, "median": summary, "verdict": verdict},
