@@ -232,6 +232,12 @@ async def test_analyze_runs_locally_on_the_cluster_objects(
     assert answer["errors"] == 1 and answer["messages"][0]["code"] == "MK0101"
     assert len(await objects(session, kmock, VS_COLLECTION)) == 1  # analyze writes nothing
 
+    # the registry the control plane built from the cluster takes part: a host no Service has
+    to_ghost = {"hosts": ["ghost"], "http": [{"route": [{"destination": {"host": "ghost"}}]}]}
+    ghost = {**virtual_service(to_ghost), "metadata": {"name": "ghost", "namespace": k.NAMESPACE}}
+    codes = {m["code"] for m in (await call(client.analyze, [ghost]))["messages"]}
+    assert "MK0103" in codes
+
     # an object that bypassed the admission webhook does not load: the finding names it
     broken = k.as_served({**copy.deepcopy(documents()[0]),
                           "metadata": {"name": "broken", "namespace": "bookinfo"}})
