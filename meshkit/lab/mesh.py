@@ -250,13 +250,21 @@ class Mesh:
         return result
 
     def reset(self) -> ApplyResult:
-        """Back to the Bookinfo baseline `meshkit up` applies: every other resource is deleted."""
-        baseline_file = package_files.files("meshkit.runtime").joinpath("defaults/bookinfo.yaml")
-        baseline = [d for d in yaml.safe_load_all(baseline_file.read_text()) if d]
+        """Back to the baseline `meshkit up`/`deploy` applies for the running app sets (Bookinfo's
+        DestinationRules and ingress route; httpbin's subsets when it runs): every other resource
+        is deleted."""
+        record = self.local.record() if self.local is not None else None
+        baseline = []
+        for app_set in record.apps if record is not None else ["bookinfo"]:
+            defaults = package_files.files("meshkit.runtime").joinpath(f"defaults/{app_set}.yaml")
+            if defaults.is_file():
+                baseline += [d for d in yaml.safe_load_all(defaults.read_text()) if d]
         keep = {_key(d) for d in baseline}
         extra = [r for r in self.get() or [] if isinstance(r, dict) and _key(r) not in keep]
         if extra:
             self.delete(extra)
+        if not baseline:  # app sets with no default config (clients)
+            return ApplyResult({"revision": self.revision(), "changed": bool(extra)})
         return self.apply(baseline)
 
     def wait_synced(self, timeout: float = 10.0) -> bool:

@@ -37,7 +37,7 @@ DETAILS_URL = "http://details:9080/details/0"
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    with start_mesh(tmp_path_factory.mktemp("deploy"), ["bookinfo"], spare=4) as running:
+    with start_mesh(tmp_path_factory.mktemp("deploy"), ["bookinfo"], spare=6) as running:
         yield running
 
 
@@ -286,3 +286,16 @@ def test_changes_to_the_mesh_wait_for_each_other(mesh: RunningMesh) -> None:
         assert worker.is_alive()  # waiting for the lock
     worker.join(30.0)
     assert not worker.is_alive() and errors == []
+
+
+def test_httpbin_deployed_later_gets_its_subsets_and_reset_keeps_them(mesh: RunningMesh, lab: Mesh) -> None:
+    lab.deploy("httpbin")
+    assert {w["name"] for w in mesh.status["workloads"]} >= {"httpbin-v1-0", "httpbin-v2-0"}
+    assert lab.get("DestinationRule", "httpbin") is not None  # its default subsets, as `up` applies them
+    lab.apply(sample("httpbin-mirroring.yaml"))  # routes to subset v1, mirrors to v2: needs the subsets
+    answer = lab.curl("sleep", "http://httpbin:8000/headers")
+    assert answer.status == 200 and answer.header("x-app-podname") == "httpbin-v1-0", answer
+    lab.reset()
+    kept = {(r["kind"], r["metadata"]["name"]) for r in lab.get() or [] if isinstance(r, dict)}
+    assert ("DestinationRule", "httpbin") in kept and ("DestinationRule", "reviews") in kept
+    assert ("VirtualService", "httpbin") not in kept
