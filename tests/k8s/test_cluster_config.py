@@ -19,6 +19,7 @@ import kmock as kmocklib
 import pytest
 
 from meshkit.control.client import ApiError, ControlUnreachable
+from meshkit.k8s.admission import admission_messages, rejection_text
 from meshkit.k8s.cluster_config import ClusterClient, merge_patch
 from meshkit.k8s.targets import cluster_client
 from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
@@ -168,6 +169,27 @@ async def test_a_refusal_of_the_api_server_is_shown_verbatim_with_what_was_writt
                "VirtualService/bookinfo/reviews, created PeerAuthentication/bookinfo/default")
     assert written in refused.value.error
     assert len(await objects(session, kmock, VS_COLLECTION)) == 1
+
+
+async def test_a_denial_of_the_admission_webhook_is_shown_verbatim(client: ClusterClient, kmock: Any) -> None:
+    await call(client.apply, documents())
+    # the operator's own verdict text (meshkit.k8s.admission), as the API server wraps it; here it
+    # denies an update the client found valid, as a webhook of another meshkit version might
+    bad = virtual_service({"hosts": ["reviews"], "http": [{"route": [
+        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 50},
+        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 40}]}]})
+    verdict = rejection_text(admission_messages(bad))
+    denial = f'admission webhook "virtualservices.validator.meshkit.dev" denied the request: {verdict}'
+    status = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 400, "message": denial}
+    kmock["patch /apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices/reviews"] << (
+        lambda: kmocklib.Response(status=400, payload=status))
+    with pytest.raises(ApiError) as refused:
+        await call(client.apply, [virtual_service(k.ALL_TO_V3)])
+    assert refused.value.status == 400
+    assert refused.value.messages[0]["message"].endswith(denial)
+    assert "Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route)" in denial
+    assert refused.value.error.endswith("refused it; nothing was written")
+    # (KMock's emulator still stores the patch behind the reaction; an API server would not)
 
 
 async def test_delete_by_name_and_by_documents_all_or_nothing(

@@ -154,6 +154,10 @@ async def test_cli_context_apply_get_delete_proxy_status_and_top(
     assert refused.code == 1
     assert "Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route)" in refused.err
 
+    analyzed = await meshkit("analyze", "-f", str(bad), env=env)  # with the cluster's objects
+    assert analyzed.code == 1
+    assert "Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route)" in analyzed.out
+
     status = await meshkit("proxy-status", env=env)  # through the API server's service proxy
     assert status.code == 0, status.err
     assert "(no proxies connected)" in status.out
