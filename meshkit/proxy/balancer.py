@@ -154,6 +154,15 @@ class OutlierPolicy:
             raise ValueError(f"{where}.max_ejection_percent: expected a number 0-100, got {percent!r}")
         self.max_ejection_percent = float(percent)
 
+    def _key(self) -> tuple[float, ...]:
+        return tuple(float(getattr(self, name)) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OutlierPolicy) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
 
 class ClusterTraffic:
     """Per-cluster gauges, counters and the circuit breaker's pending queue (Envoy cluster stats).
@@ -324,7 +333,7 @@ class Cluster:
         self.traffic = previous.traffic
         self._rr = previous._rr
         old = {ep.hostport: ep for ep in previous.endpoints}
-        keep_outlier = self._outlier is not None and previous._outlier is not None
+        keep_outlier = self._outlier is not None and self._outlier == previous._outlier
         for ep in self.endpoints:
             prev = old.get(ep.hostport)
             if prev is None:

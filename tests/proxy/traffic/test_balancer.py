@@ -200,3 +200,24 @@ async def test_loadbalance_filter_sets_endpoint_and_answers_uh_when_none(
     assert (response.status, response.flags, response.body) == (503, "UH", b"no healthy upstream")
     assert empty.clusters["svc|"].traffic.upstream_cx_none_healthy == 1
     assert len(one.seen) == 1
+
+
+def test_a_changed_outlier_policy_starts_a_fresh_detector() -> None:
+    """Lowering consecutive5xxErrors on a live cluster ejects at the next error (as Envoy's new
+    detector does), instead of never because the carried counter is already past the threshold."""
+    lenient = {"consecutive_5xx_errors": 1000, "interval_ms": 1000, "base_ejection_time_ms": 30000,
+               "max_ejection_percent": 100}
+    old = _cluster("ROUND_ROBIN", outlier_detection=lenient)
+    dead = old.endpoints[1]
+    for _ in range(10):
+        old.on_result(dead, None, 1.0)
+    assert not dead.ejected and dead.consecutive_5xx == 10
+    strict = _cluster("ROUND_ROBIN", outlier_detection={**lenient, "consecutive_5xx_errors": 1})
+    strict.adopt_state(old)
+    assert strict.endpoints[1].consecutive_5xx == 0 and strict.endpoints[1].rq_error == 10
+    strict.on_result(strict.endpoints[1], None, 2.0)
+    assert strict.endpoints[1].ejected
+    # the same policy pushed again (an unrelated change) keeps the detector's state
+    again = _cluster("ROUND_ROBIN", outlier_detection={**lenient, "consecutive_5xx_errors": 1})
+    again.adopt_state(strict)
+    assert again.endpoints[1].ejected
