@@ -327,8 +327,10 @@ class Cluster:
         """Carry state over from the same-named cluster of the previous snapshot.
 
         Endpoints are matched on ``hostport``. The in-flight gauge object is shared (requests in
-        flight on the old snapshot decrement it); counters and ejections are copied. Ejections
-        are kept only when both snapshots have outlier detection (Envoy drops them with it).
+        flight on the old snapshot decrement it); request counters are copied. The outlier
+        detector's state (consecutive errors, ejections) is kept only when both snapshots have
+        the SAME outlier policy: Envoy starts a fresh detector when the policy changes and drops
+        ejections with it (a carried counter already past a lowered threshold never ejects).
         """
         self.traffic = previous.traffic
         self._rr = previous._rr
