@@ -46,7 +46,19 @@ def _target(request: web.Request) -> URL:
         raise _bad("url", f"is not a URL: {raw!r}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise _bad("url", f"must be an absolute http:// or https:// URL, got {raw!r}")
+    if url.scheme == "https" and not _tls_available():
+        raise _bad("url", f"must be http://: the demo app processes run without TLS (their sidecar "
+                          f"does mutual TLS), got {raw!r}")
     return url
+
+
+def _tls_available() -> bool:
+    """False in an app process started by ``python -m meshkit.apps`` (it runs without ``ssl``)."""
+    try:
+        import ssl  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
 
 
 def _headers(request: web.Request) -> dict[str, str]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import signal
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +69,20 @@ def test_reviews_v4_with_a_colour_runs_and_sigterm_stops_it(processes: AppProces
         assert b'"podname": "rv4"' in answer.read()
     running.process.send_signal(signal.SIGTERM)
     assert running.process.wait(EXIT_TIMEOUT_S) == 0
+
+
+def test_app_processes_run_without_openssl(processes: AppProcesses) -> None:
+    """Issue 4's memory budget: an app process maps neither libssl nor libcrypto (about 7 MiB of
+    RSS each), and an https:// fetch is refused with a clear 400 instead of failing inside aiohttp."""
+    running = processes.launch("legacy")
+    maps = Path(f"/proc/{running.process.pid}/maps").read_text()
+    assert "libpython" in maps or "python" in maps  # the detector reads a real Python's maps
+    loaded = [line.split()[-1] for line in maps.splitlines() if "libssl" in line or "libcrypto" in line]
+    assert loaded == [], f"the app process loaded OpenSSL: {sorted(set(loaded))}"
+    try:
+        urllib.request.urlopen(f"{running.url}/fetch?url=https://127.0.0.1:9/x", timeout=10)
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 400
+        assert "must be http://" in refused.read().decode()
+    else:
+        raise AssertionError("an https:// fetch was not refused")
