@@ -143,6 +143,8 @@ def up(options: KindOptions | None = None, progress: Progress = print) -> None:
     steps = up_steps(options, root, cluster_exists(options.cluster))
     run_steps(steps, progress)
     progress(f"meshkit is running in kind cluster {options.cluster} (kubectl context {options.context})")
+    target = "kind" if options.cluster == KindOptions().cluster else f"kind:{options.cluster}"
+    progress(f"next: meshkit --context {target} proxy-status, or meshkit.lab.connect({target!r})")
 
 
 def down(options: KindOptions | None = None, progress: Progress = print) -> None:
