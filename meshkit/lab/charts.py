@@ -273,7 +273,8 @@ def response_flags(mesh: Mesh, service: str | None = None, *, window: float = 30
     """Requests of the last ``window`` s per destination, stacked by Envoy response flag.
 
     Every destination service (or, with ``service``, every version of it) is a bar; its segments
-    are the requests by flag, "-" (green) for those that went through untouched. Counted by the
+    are the requests by flag, "-" (green) for those that went through untouched; flags not seen in
+    the window stay in the legend, greyed, so the vocabulary is always in view. Counted by the
     caller's sidecar (reporter="source"), which is the one that injects faults, times out and
     retries; callers outside the mesh are counted by the destination.
     """
@@ -300,9 +301,11 @@ def response_flags(mesh: Mesh, service: str | None = None, *, window: float = 30
             for trace in figure.data:
                 meaning = " + ".join(FLAG_MEANINGS.get(f, f) for f in trace.name.split(","))
                 trace.x = names
-                trace.y = [round(counts[n].get(trace.name, 0.0)) for n in names]
+                ys = [round(counts[n].get(trace.name, 0.0)) for n in names]
+                trace.y = ys
                 trace.hovertext = [f"{trace.name} ({meaning}): {round(counts[n].get(trace.name, 0.0))} of "
                                    f"{round(sum(counts[n].values()))} requests" for n in names]
+                trace.visible = True if any(ys) else "legendonly"  # unseen flags: greyed in the legend
 
     chart = LiveChart(mesh, figure, refresh, max_seconds=max_seconds)
     return chart.start() if live else _once(chart)
