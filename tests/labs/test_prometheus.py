@@ -59,14 +59,15 @@ def test_promql_from_istios_docs_sees_the_mesh_traffic(mesh: Mesh, tmp_path: Pat
         pid = prom.process.pid if prom.process else 0
         assert {r["health"] for r in prom.targets().rows} == {"up"}
         assert len(prom.targets().rows) == len(mesh.scrape_targets())
-        mesh.load(rps=15, duration=3).wait(15)
+        counted = 'sum(istio_requests_total{reporter="destination",destination_workload="productpage-v1"})'
+        before = prom.query(counted).total()  # the counter as scraped so far (it counts since the mesh began)
+        sent = mesh.load(rps=15, duration=3).wait(15)["completed"]
         promql = 'sum(rate(istio_requests_total{reporter="destination"}[1m])) by (destination_workload)'
         result = prom.wait_for(promql, at_least=0.0, timeout=10)
         rates = result.by("destination_workload")
         assert {"productpage-v1", "details-v1"} <= set(rates) and rates["productpage-v1"] > 0
-        total = prom.wait_for('sum(istio_requests_total{reporter="destination",'
-                              'destination_workload="productpage-v1"})', at_least=44, timeout=10)
-        assert total.total() >= 45  # every request of the load, counted by productpage's sidecar
+        after = prom.wait_for(counted, at_least=before + sent - 1, timeout=10).total()
+        assert after - before == sent  # every request of the load, counted by productpage's sidecar, once
         assert "destination_workload" in str(result)
         with pytest.raises(LabError, match=r"PromQL 'sum\(rate\(' was refused: .*parse error"):
             prom.query("sum(rate(")
