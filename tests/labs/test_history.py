@@ -163,6 +163,7 @@ def test_the_node_proxy_stops_when_its_with_block_fails_and_when_its_parent_dies
     with pytest.raises(RuntimeError), NodeProxy(snap) as node:
         pid = node.pid
         assert node.alive() and node.stats()["config"]["applied"] == 1
+        assert node.workdir is None  # removed once ready: nothing to leak even on SIGKILL
         raise RuntimeError("a failing cell")
     assert pid is not None and not Path(f"/proc/{pid}").exists() and node.workdir is None
     (tmp_path / "snap.json").write_text(json.dumps(snap))

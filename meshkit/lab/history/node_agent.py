@@ -8,7 +8,8 @@ port instead of its sidecar, the proxy has no workload identity of its own and s
 
 `NodeProxy` runs it as a real ``python -m meshkit.proxy --config FILE`` process on free ports.
 It is a context manager, registers an ``atexit`` stop and asks the kernel to SIGTERM it when the
-process that started it dies, so the extra process never outlives the notebook. Its admin
+process that started it dies, so the extra process never outlives the notebook; its temporary
+directory (snapshot, ports file, logs) is removed as soon as it is ready. Its admin
 counters (``stats()``, ``clusters()``) are what lab 09's check reads: the proxy's own numbers.
 """
 
@@ -139,6 +140,10 @@ class NodeProxy:
                 break
             if ports_file.exists() and self._ready(ports_file):
                 self.last_rss = rss_bytes(self.process.pid)
+                # The proxy has read its snapshot and holds its log files open: the directory can go
+                # now, so nothing is left in /tmp even if this process is killed without clean-up.
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
                 return self
             time.sleep(0.05)
         reason = self._log_tail()
