@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from meshkit.lab.checks import CheckFailed, expect, require_rule, window_since_change
+from meshkit.lab.checks import CheckFailed, expect, require_rule, window_since, window_since_change
 from meshkit.lab.display import LabError, Table
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime import tap
@@ -486,8 +486,13 @@ def require_all_mtls(mesh: Mesh, min_requests: int = 10) -> None:
 
 
 def denials(mesh: Mesh, window: float | None = None) -> dict[str, float]:
-    """403 answers per destination service since the last change, as the callees' sidecars counted them."""
-    answer = mesh.telemetry(window or window_since_change(mesh), reporter="destination")
+    """403 answers per destination service, as the callees' sidecars counted them, over ``window``
+    seconds or (by default) since the last config change.
+
+    Unlike traffic shares, denials are counted from the change itself, without the scrape
+    settling time: a 403 answered just before a change came from an older policy, which the
+    labs' steps never rely on, and counting from the change keeps the checks quick."""
+    answer = mesh.telemetry(window or window_since(mesh.last_change()), reporter="destination")
     counts: dict[str, float] = {}
     for edge in answer.get("edges", []):
         denied = float(edge.get("codes", {}).get("403", 0))
