@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -24,6 +25,7 @@ from typing import NamedTuple
 from meshkit.proxy.tls import CertificateError
 
 HELPER_MODULE = "meshkit.proxy.tls_csr_helper"
+SECRET_ENV = ("MESHKIT_CA_TOKEN",)  # the helper needs no token: it never talks to the CA
 MAX_OUTPUT = 1 << 20
 
 
@@ -61,6 +63,7 @@ async def make_key_and_csr(identity: str, command: Sequence[str] | None = None) 
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, limit=MAX_OUTPUT,
+            env={name: value for name, value in os.environ.items() if name not in SECRET_ENV},
         )
     except OSError as exc:
         raise CsrHelperError(f"cannot start the CSR helper {argv[0]}: {exc}") from exc

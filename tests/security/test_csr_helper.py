@@ -117,3 +117,12 @@ async def test_a_broken_helper_is_a_csr_helper_error(command: list[str], message
         with pytest.raises(CsrHelperError, match=message):
             await make_key_and_csr(ALICE, command)
     assert issubclass(CsrHelperError, CertificateError)  # what the renewal loops retry
+
+
+async def test_the_helper_does_not_get_the_ca_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHKIT_CA_TOKEN", "secret-token")
+    show = ("import json, os; "
+            "print(json.dumps({'key': os.environ.get('MESHKIT_CA_TOKEN', 'absent'), 'csr': 'x'}))")
+    async with asyncio.timeout(LIMIT):
+        key, _ = await make_key_and_csr(ALICE, [sys.executable, "-c", show])
+    assert key == "absent"
