@@ -69,6 +69,8 @@ async def make_key_and_csr(identity: str, command: Sequence[str] | None = None) 
         raise CsrHelperError(f"cannot start the CSR helper {argv[0]}: {exc}") from exc
     try:
         stdout, stderr = await proc.communicate()
+    except OSError as exc:
+        raise CsrHelperError(f"CSR helper {argv[0]}: cannot read its answer: {exc}") from exc
     finally:  # cancelled or timed out: do not leave it running
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
