@@ -188,12 +188,12 @@ def test_live_charts_fill_from_telemetry_while_a_load_runs_then_stop(mesh: Mesh)
     deadline = time.monotonic() + 25  # the charts stop on their own a few seconds after the load
     while (split.running() or graph.running()) and time.monotonic() < deadline:
         time.sleep(0.25)
-    assert not split.running() and not graph.running()
-    assert split.refreshes >= 3 and not split.last_error
+    assert not split.running() and not graph.running(), (split.running(), graph.running())
+    assert split.refreshes >= 3 and not split.last_error, (split.refreshes, split.last_error)
     totals = {t.name: sum(t.y) for t in split.figure.data}
-    assert totals["v1"] > 0 and totals["v3"] > 0 and totals.get("v2", 0) == 0
+    assert totals["v1"] > 0 and totals["v3"] > 0 and totals.get("v2", 0) == 0, totals
     labels = [a.text for a in graph.figure.layout.annotations]
-    assert any("rps" in label for label in labels)
+    assert any("rps" in label for label in labels), (labels, graph.last_error)
     assert "istio-ingressgateway" in graph.figure.data[2].text
     assert edge_label({"rps": 2.0, "error_rate": 0.5, "mtls": True}) == "🔒 2.0 rps, 50% err"
 
