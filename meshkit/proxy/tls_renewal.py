@@ -150,8 +150,9 @@ async def keep_rotated(
 ) -> None:
     """Renew whenever ``manager.needs_rotation``; sleep until the next rotation point or ``stop``.
 
-    Failures are logged and retried with jittered exponential back-off (``retry_min`` doubling
-    to ``retry_max``); the current certificate keeps serving until it is replaced.
+    Failures (any exception, not only the expected ones) are logged and retried with jittered
+    exponential back-off (``retry_min`` doubling to ``retry_max``); the current certificate keeps
+    serving until it is replaced.
     """
     backoff = retry_min
     while not stop.is_set():
@@ -159,15 +160,21 @@ async def keep_rotated(
             try:
                 await renew_once()
                 backoff = retry_min
-            except (CertificateFetchError, CertificateError, TimeoutError) as exc:
+            except Exception as exc:  # anything: a loop that ended would let the certificate expire
                 delay = backoff * random.uniform(0.5, 1.0)
-                log.warning(
-                    "certificate renewal for %s failed (%s); retrying in %.2fs", manager.identity, exc, delay
-                )
+                log_renewal_failure(f"certificate renewal for {manager.identity}", exc, delay)
                 backoff = min(backoff * 2, retry_max)
                 await _sleep_or_stop(stop, delay)
                 continue
         await _sleep_or_stop(stop, max(0.01, manager.seconds_until_rotation(clock())))
+
+
+def log_renewal_failure(what: str, exc: BaseException, delay: float) -> None:
+    """A warning for the failures renewal expects (CA, helper, checks, timeouts); a traceback for bugs."""
+    if isinstance(exc, CertificateFetchError | CertificateError | TimeoutError):
+        log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
+    else:
+        log.exception("%s failed unexpectedly; retrying in %.2fs", what, delay)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

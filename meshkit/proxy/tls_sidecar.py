@@ -41,7 +41,7 @@ from typing import Any
 
 from meshkit.proxy.tls import CertificateError, CertificateManager
 from meshkit.proxy.tls_csr_client import KeyAndCsr, make_key_and_csr
-from meshkit.proxy.tls_renewal import CertificateFetchError, keep_rotated, renew
+from meshkit.proxy.tls_renewal import keep_rotated, log_renewal_failure, renew
 
 log = logging.getLogger("meshkit.proxy.tls_sidecar")
 
@@ -145,9 +145,9 @@ class SidecarCertificates:
                 await self._renew_once()
                 self.ready_event.set()
                 return
-            except (CertificateFetchError, CertificateError, TimeoutError) as exc:
+            except Exception as exc:  # anything: the sidecar must keep trying, never stop
                 delay = backoff * random.uniform(0.5, 1.0)
-                log.warning("no certificate for %s yet (%s); retrying in %.2fs", manager.identity, exc, delay)
+                log_renewal_failure(f"first certificate for {manager.identity}", exc, delay)
                 backoff = min(backoff * 2, RETRY_MAX)
                 try:
                     async with asyncio.timeout(delay):
@@ -165,8 +165,8 @@ class SidecarCertificates:
                 bundle = await renew(
                     manager, self.control_url, token, helper=self._csr_helper, prepared=prepared
                 )
-        except (CertificateFetchError, CertificateError, TimeoutError) as exc:
-            self.last_error = f"{time.strftime('%H:%M:%S')}: {exc}"
+        except Exception as exc:
+            self.last_error = f"{time.strftime('%H:%M:%S')}: {exc or type(exc).__name__}"
             raise
         self.rotations += 1
         self.last_error = None

@@ -271,3 +271,32 @@ async def test_a_failing_csr_helper_is_retried_and_the_certificate_keeps_serving
             async with asyncio.timeout(10):
                 await task
 
+
+
+async def test_keep_rotated_survives_an_unexpected_error(
+    ca: CertificateAuthority, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in one renewal (here a RuntimeError) is logged with its traceback and retried: the
+    loop must not end, or the certificate would silently expire."""
+    manager = CertificateManager(ALICE)
+    calls: list[int] = []
+
+    async def renew_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug (test)")
+        manager.rotate(ca.sign_csr(manager.new_csr(), ALICE), ca.root_pem)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(keep_rotated(manager, renew_once, stop=stop, retry_min=0.01, retry_max=0.05))
+    try:
+        for _ in range(200):  # up to 10 s
+            if manager.current is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert manager.current is not None and len(calls) >= 2 and not task.done()
+        assert any("failed unexpectedly" in r.getMessage() and r.exc_info for r in caplog.records)
+    finally:
+        stop.set()
+        async with asyncio.timeout(5):
+            await task
