@@ -377,9 +377,12 @@ class RotationWatch:
             chain = " → ".join(s[:12] + "…" for s in self.serials)
             return (f"{self.instance}: certificate rotated {len(self.serials) - 1} time(s) in "
                     f"{self.watched:.0f} s (serials {chain}){traffic}")
-        return (f"{self.instance}: no rotation during the {self.watched:.0f} s watched; the next one is "
-                f"due in {_duration(self.next_rotation)} (half of its {_duration(self.lifetime)} lifetime; "
-                f"`meshkit up --cert-ttl 30s` makes a mesh whose certificates rotate every 15 s){traffic}")
+        due = (f"the next rotation is due in {_duration(self.next_rotation)}, at half of the certificate's "
+               f"{_duration(self.lifetime)} lifetime")
+        if not self.statuses:  # returned at once: the rotation lies beyond the watch
+            return (f"{self.instance}: {due} — later than this watch, so there is nothing to wait for "
+                    "(`meshkit up --cert-ttl 30s` starts a mesh whose certificates rotate every 15 s)")
+        return f"{self.instance}: no rotation during the {self.watched:.0f} s watched; {due}{traffic}"
 
     __repr__ = __str__
 
