@@ -17,6 +17,7 @@ import pytest
 
 from meshkit.k8s import names
 from meshkit.k8s.kind import KindOptions, down, missing_prerequisites, up
+from tests.k8s.kube_objects import BAD_WEIGHTS
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(1800)]
 
@@ -51,18 +52,7 @@ def test_bookinfo_pods_carry_the_sidecar(cluster: KindOptions) -> None:
 
 
 def test_bad_virtual_service_is_rejected_by_the_webhook(cluster: KindOptions) -> None:
-    bad = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - {destination: {host: reviews, subset: v1}, weight: 50}
-    - {destination: {host: reviews, subset: v2}, weight: 40}
-"""
-    result = _kubectl("apply", "-f", "-", stdin=bad)
+    result = _kubectl("apply", "-f", "-", stdin=BAD_WEIGHTS)
     assert result.returncode != 0
     assert "[MK0102]" in result.stderr and "route weights sum to 90, not 100" in result.stderr
 

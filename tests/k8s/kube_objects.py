@@ -209,3 +209,16 @@ class Cluster:
                                endpoint_slice(name, entries))
         for document in istio_documents():
             await self.request("POST", istio_path(document), as_served(document))
+
+# weights that sum to 90: the analyzer's MK0102, refused by the webhook and by the cluster client
+BAD_WEIGHTS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50}
+    - {destination: {host: reviews, subset: v2}, weight: 40}
+"""

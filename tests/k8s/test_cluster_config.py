@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,25 +23,12 @@ from meshkit.k8s.targets import cluster_client
 from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
 from tests.control.sse import Subscriber
 from tests.k8s import kube_objects as k
-from tests.k8s.cluster_harness import WAIT_S, objects, running_cluster
+from tests.k8s.cluster_harness import WAIT_S, objects
 from tests.k8s.operator_harness import prepare, until
 
 pytestmark = pytest.mark.timeout(90)
 VS_COLLECTION = "/apis/networking.istio.io/v1/virtualservices"
 DR_COLLECTION = "/apis/networking.istio.io/v1/destinationrules"
-
-
-@pytest.fixture()
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as client:
-        yield client
-
-
-@pytest.fixture()
-async def plane(kmock: Any, session: aiohttp.ClientSession,
-                tmp_path: Path) -> AsyncIterator[RunningKubernetesControlPlane]:
-    async for running in running_cluster(kmock, session, tmp_path / "control"):
-        yield running
 
 
 @pytest.fixture()

@@ -11,7 +11,6 @@ plane serve on the test's loop); the CLI runs as real processes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +22,12 @@ from meshkit.lab.display import LabError
 from meshkit.lab.mesh import Mesh, connect
 from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
 from tests.k8s import kube_objects as k
-from tests.k8s.cluster_harness import objects, running_cluster
+from tests.k8s.cluster_harness import objects
 from tests.test_cli import cli_env, meshkit
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "learner-token-0123"
 VS_COLLECTION = "/apis/networking.istio.io/v1/virtualservices"
-BAD_WEIGHTS = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - {destination: {host: reviews, subset: v1}, weight: 50}
-    - {destination: {host: reviews, subset: v2}, weight: 40}
-"""
-
-
-@pytest.fixture()
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as client:
-        yield client
-
-
-@pytest.fixture()
-async def plane(kmock: Any, session: aiohttp.ClientSession,
-                tmp_path: Path) -> AsyncIterator[RunningKubernetesControlPlane]:
-    async for running in running_cluster(kmock, session, tmp_path / "control"):
-        yield running
 
 
 @pytest.fixture()
@@ -97,7 +72,7 @@ async def test_connect_kind_applies_through_the_kubernetes_api_and_reads_through
     assert not [m for m in findings.messages if m.get("severity") == "Error"]
 
     with pytest.raises(LabError) as refused:
-        await asyncio.to_thread(mesh.apply, BAD_WEIGHTS)
+        await asyncio.to_thread(mesh.apply, k.BAD_WEIGHTS)
     assert "spec.http[0].route" in str(refused.value) and "MK0102" in str(refused.value)
     [held] = await objects(session, kmock, VS_COLLECTION)
     assert held["spec"] == k.istio_documents()[1]["spec"]  # the old rule stays
@@ -149,7 +124,7 @@ async def test_cli_context_apply_get_delete_proxy_status_and_top(
     assert listed.out.split("\n")[1].split()[:2] == ["reviews", '["reviews"]']
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(BAD_WEIGHTS)
+    bad.write_text(k.BAD_WEIGHTS)
     refused = await meshkit("apply", "-f", str(bad), env=env)
     assert refused.code == 1
     assert "Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route)" in refused.err

@@ -36,12 +36,6 @@ WAIT_S = 15.0
 
 
 @pytest.fixture()
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as client:
-        yield client
-
-
-@pytest.fixture()
 async def cluster(kmock: Any, session: aiohttp.ClientSession) -> k.Cluster:
     prepare(kmock)
     return k.Cluster(session, kmock.url)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from meshkit.k8s.port_forward import PortForward, PortForwardError, port_forward
 from meshkit.k8s.targets import cluster_client
 from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
 from tests.k8s import kube_objects as k
-from tests.k8s.cluster_harness import objects, running_cluster
+from tests.k8s.cluster_harness import objects
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,19 +76,6 @@ def stand_in(tmp_path: Path) -> Path:
     path.write_text(f"#!{sys.executable}\n{STAND_IN}")
     path.chmod(0o755)
     return path
-
-
-@pytest.fixture()
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as client:
-        yield client
-
-
-@pytest.fixture()
-async def plane(kmock: Any, session: aiohttp.ClientSession,
-                tmp_path: Path) -> AsyncIterator[RunningKubernetesControlPlane]:
-    async for running in running_cluster(kmock, session, tmp_path / "control"):
-        yield running
 
 
 def kubeconfig_for(server: str, path: Path) -> Path:
