@@ -9,7 +9,6 @@ every process that loads it). It runs in the short-lived helper process
   URI SAN is the workload's SPIFFE id;
 * ``check_issued``: is the CA's answer for our key and identity, issued by the root bundle and
   currently valid? Returns the plain-data ``IssuedCertificate`` (``tls_certinfo``);
-* ``check_files``: the same for a ``--tls-dir`` (identity taken from the certificate);
 * ``identity_from_der``: the single SPIFFE id of a DER certificate.
 
 It must not do: hold state, open sockets or build ``ssl`` contexts (that is ``tls``).
@@ -19,8 +18,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import time
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -28,9 +25,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshkit.proxy.tls_certinfo import (
-    CHAIN_FILE,
-    KEY_FILE,
-    ROOT_FILE,
     CertificateError,
     CertificateInfo,
     IssuedCertificate,
@@ -153,29 +147,3 @@ def check_issued(
         chain=tuple(describe(c) for c in chain), root=tuple(describe(c) for c in roots),
     )
 
-
-def check_files(directory: Path | str, now: float | None = None) -> IssuedCertificate:
-    """Check a ``--tls-dir`` (Istio's file layout); ``CertificateError`` names the file that is wrong."""
-    folder = Path(directory)
-    texts = {}
-    for name in (CHAIN_FILE, KEY_FILE, ROOT_FILE):
-        try:
-            texts[name] = (folder / name).read_text()
-        except OSError as exc:
-            raise CertificateError(f"{folder / name}: {exc.strerror or exc}") from None
-    try:
-        _load_key(texts[KEY_FILE])
-    except CertificateError as exc:
-        raise CertificateError(f"{folder / KEY_FILE}: {exc}") from None
-    try:
-        leaf = x509.load_pem_x509_certificate(texts[CHAIN_FILE].encode())
-    except ValueError as exc:
-        raise CertificateError(f"{folder / CHAIN_FILE}: not a PEM certificate ({exc})") from None
-    identity = identity_from_der(leaf.public_bytes(serialization.Encoding.DER))
-    if identity is None:
-        raise CertificateError(f"{folder / CHAIN_FILE}: the certificate has no single spiffe:// URI SAN")
-    moment = time.time() if now is None else now
-    try:
-        return check_issued(texts[KEY_FILE], texts[CHAIN_FILE], texts[ROOT_FILE], identity, moment)
-    except CertificateError as exc:
-        raise CertificateError(f"{folder}: {exc}") from None

@@ -12,13 +12,13 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.e2e import cli
 from tests.e2e.mesh import RunningMesh, start_mesh
 from tests.e2e.traffic import get_one
+from tests.pids import alive
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
 
 def meshkit(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
     return cli.meshkit(mesh.home, mesh.base, *args)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 def test_status_table_lists_every_instance(mesh: RunningMesh) -> None:
@@ -99,9 +91,9 @@ async def test_kill_then_restart_an_instance(mesh: RunningMesh) -> None:
     before = mesh.workload("reviews-v2-0")
     killed = meshkit(mesh, "kill", "reviews-v2-0")
     assert killed.returncode == 0, killed.stderr
-    assert not _alive(before["pid"])
+    assert not alive(before["pid"])
     after_kill = mesh.workload("reviews-v2-0")
-    assert after_kill["healthy"] is False and _alive(after_kill["sidecar_pid"])
+    assert after_kill["healthy"] is False and alive(after_kill["sidecar_pid"])
     status = json.loads(meshkit(mesh, "status", "-o", "json").stdout)
     assert [w["healthy"] for w in status["workloads"] if w["name"] == "reviews-v2-0"] == [False]
     down = await get_one(f"http://127.0.0.1:{before['inbound_port']}/reviews/0")

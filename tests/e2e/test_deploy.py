@@ -16,7 +16,6 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from meshkit.runtime.ports import PortPlan
 from meshkit.runtime.processes import owned_by
 from tests.e2e import cli
 from tests.e2e.mesh import RunningMesh, sample, start_mesh
+from tests.pids import alive
 
 STRICT = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
           "metadata": {"name": "default", "namespace": "istio-system"}, "spec": {"mtls": {"mode": "STRICT"}}}
@@ -48,19 +48,11 @@ def lab(mesh: RunningMesh) -> Mesh:
     return Mesh(str(status["control"]), ingress_url=str(status["ingress"]), local=mesh.mesh)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
-
 def _wait_dead(pids: list[int], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
-    assert [p for p in pids if _alive(p)] == []
+    assert [p for p in pids if alive(p)] == []
 
 
 def _admin(mesh: RunningMesh, instance: str, page: str) -> Any:

@@ -20,6 +20,7 @@ import pytest
 from meshkit.runtime.ports import PortPlan, busy_ports
 from tests.e2e.cli import cli_argv, cli_env, meshkit, processes_of
 from tests.e2e.mesh import free_port_bases
+from tests.pids import alive
 
 BOOKINFO_INSTANCES = ["productpage-v1-0", "details-v1-0", "reviews-v1-0", "reviews-v2-0", "reviews-v3-0",
                       "ratings-v1-0"]
@@ -45,14 +46,6 @@ def _status(home: Path, base: int) -> dict[str, Any]:
     return answer
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
-
 def _recorded_pids(home: Path) -> dict[str, int]:
     try:
         mesh = json.loads((home / "mesh.json").read_text())
@@ -63,9 +56,9 @@ def _recorded_pids(home: Path) -> dict[str, int]:
 
 def _assert_nothing_left(home: Path, base: int, pids: list[int]) -> None:
     deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline and (processes_of(home) or any(_alive(p) for p in pids)):
+    while time.monotonic() < deadline and (processes_of(home) or any(alive(p) for p in pids)):
         time.sleep(0.1)
-    assert [p for p in pids if _alive(p)] == []
+    assert [p for p in pids if alive(p)] == []
     assert processes_of(home) == []
     assert busy_ports(PortPlan(base).all_ports(len(BOOKINFO_INSTANCES) + len(CLIENT_INSTANCES))) == []
     assert not (home / "mesh.json").exists()
@@ -85,7 +78,7 @@ def test_up_status_up_again_down(home: Path, base: int) -> None:
         assert [w["name"] for w in workloads] == BOOKINFO_INSTANCES
         for w in workloads:
             assert set(w) == WORKLOAD_KEYS
-            assert w["healthy"] is True and _alive(w["pid"]) and _alive(w["sidecar_pid"])
+            assert w["healthy"] is True and alive(w["pid"]) and alive(w["sidecar_pid"])
             assert w["outbound_proxy"] == f"http://127.0.0.1:{w['admin_port'] + 1}"
             assert len({w["app_port"], w["inbound_port"], w["admin_port"]}) == 3
         assert workloads[2] | {"pid": 0, "sidecar_pid": 0} == {
@@ -149,7 +142,7 @@ def _kill_up_midway(home: Path, base: int) -> dict[str, int]:
 def test_down_after_the_cli_was_killed_midway(home: Path, base: int) -> None:
     recorded = _kill_up_midway(home, base)
     try:
-        assert _alive(recorded["control"])
+        assert alive(recorded["control"])
         assert processes_of(home), "the killed CLI's processes should outlive it"
     finally:
         stopped = meshkit(home, base, "down")
@@ -165,7 +158,7 @@ def test_up_after_the_cli_was_killed_midway_replaces_the_partial_mesh(home: Path
         status = _status(home, base)
         assert all(w["healthy"] for w in status["workloads"])
         assert len(status["workloads"]) == len(BOOKINFO_INSTANCES)
-        assert not any(_alive(pid) for pid in partial.values())
+        assert not any(alive(pid) for pid in partial.values())
         recorded = _recorded_pids(home)
         assert sorted(processes_of(home)) == sorted(recorded.values())
     finally:

@@ -14,6 +14,7 @@ import pytest
 from meshkit.lab import LabError, connect
 from meshkit.lab.mesh import Mesh
 from meshkit.lab.prometheus import INSTALL_HINT, Prometheus, available, config, target_groups
+from tests.pids import alive
 
 needs_prometheus = pytest.mark.skipif(
     not available(), reason="no prometheus binary (apt-get install prometheus, or set MESHKIT_PROMETHEUS)")
@@ -24,13 +25,6 @@ def mesh(lab_env: dict[str, str]) -> Mesh:
     m = connect()
     m.reset()
     return m
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        return False
 
 
 def test_targets_become_file_discovery_groups_with_their_metrics_path() -> None:
@@ -71,7 +65,7 @@ def test_promql_from_istios_docs_sees_the_mesh_traffic(mesh: Mesh, tmp_path: Pat
         assert "destination_workload" in str(result)
         with pytest.raises(LabError, match=r"PromQL 'sum\(rate\(' was refused: .*parse error"):
             prom.query("sum(rate(")
-    assert not _alive(pid) and not prom.running()
+    assert not alive(pid) and not prom.running()
     with pytest.raises(LabError, match="prometheus is not running"):
         prom.query("up")
 
@@ -88,14 +82,14 @@ def test_prometheus_dies_with_the_process_that_started_it(lab_env: dict[str, str
     try:
         assert parent.stdout is not None
         pid = int(parent.stdout.readline())
-        assert _alive(pid)
+        assert alive(pid)
     finally:
         parent.send_signal(signal.SIGKILL)  # a crashed kernel: no stop() runs
         parent.wait(10)
     deadline = time.monotonic() + 15
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(pid), "prometheus outlived the process that started it"
+    assert not alive(pid), "prometheus outlived the process that started it"
 
 
 def test_lab_08s_prometheus_cells_say_how_to_install_it_when_it_is_missing(
