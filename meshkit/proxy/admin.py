@@ -1,7 +1,13 @@
 """The admin listener's pages (Envoy-like): config dump, Prometheus metrics, clusters, stats, readiness.
 
-``Admin(...).handle`` is an ordinary terminal handler for a ``Listener``: GET only, small
-JSON or text replies, no filters. Pages: ``/config_dump`` (current snapshot, version, last
+``Admin(...).handle`` is an ordinary terminal handler for a ``Listener``: small JSON or text
+replies, no filters. Pages are GET (read-only); the one mutating endpoint, like Envoy's admin
+``POST`` endpoints, is ``POST /certs/rotate`` (renew the workload certificate now; JSON with the
+old and new serial and expiry; 409 without mTLS or with fixed certificates, 503 when the CA is
+unreachable or refuses, the old certificate serving on). It is answered only to callers on the
+loopback interface (403 otherwise), even when the admin port listens wider (Kubernetes pods).
+
+Pages: ``/config_dump`` (current snapshot, version, last
 NACK), ``/stats/prometheus`` (Istio metrics), ``/stats`` (JSON counters), ``/clusters``
 (per-cluster balancer view), ``/certs`` (the workload certificate chain, validity, serial
 and time to rotation; ``{"ready": false}`` without mTLS), ``/ready`` and ``/healthz/ready``
@@ -10,8 +16,10 @@ and time to rotation; ``{"ready": false}`` without mTLS), ``/ready`` and ``/heal
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshkit.proxy.http import Headers, Request, Response
@@ -55,13 +63,40 @@ class Admin:
 
     async def handle(self, request: Request) -> Response:
         path = request.path.split("?", 1)[0]
+        action = self._actions.get(path)
+        if action is not None:
+            if request.method != "POST":
+                return _reply(405, f"{path} changes the sidecar: use POST\n", "text/plain")
+            if not _loopback(request.downstream_addr):
+                return _reply(403, f"{path} is answered only on 127.0.0.1 (caller "
+                                   f"{request.downstream_addr or 'unknown'})\n", "text/plain")
+            return await action(self)
         if request.method not in ("GET", "HEAD"):
-            return _reply(405, "admin pages are read-only (GET)\n", "text/plain")
+            return _reply(405, f"admin page {path!r} is read-only (GET); POST only to: "
+                               f"{', '.join(sorted(self._actions))}\n", "text/plain")
         page = self._pages.get(path)
         if page is None:
             known = ", ".join(sorted(self._pages))
-            return _reply(404, f"no admin page {path!r}; pages: {known}\n", "text/plain")
+            return _reply(404, f"no admin page {path!r}; pages: {known}; POST: "
+                               f"{', '.join(sorted(self._actions))}\n", "text/plain")
         return page(self)
+
+    async def rotate_certificate(self) -> Response:
+        certificates = self.certificates
+        if certificates is None:
+            return _json({"rotated": False, "error": "this sidecar runs without mTLS (no CA token): "
+                                                      "there is no workload certificate to rotate"}, 409)
+        rotate_now = getattr(certificates, "rotate_now", None)
+        if rotate_now is None:
+            return _json({"rotated": False, "error": "this sidecar's certificate comes from files "
+                                                      "(--tls-dir), not from a CA: it is never rotated"}, 409)
+        from meshkit.proxy.tls_sidecar import RotationRefused  # noqa: PLC0415 - TLS modules only with mTLS
+
+        try:
+            answer: dict[str, Any] = await rotate_now()
+        except RotationRefused as refused:
+            return _json({"rotated": False, "error": str(refused)}, refused.status)
+        return _json(answer)
 
     def ready(self) -> Response:
         if self.state.current is None:
@@ -123,6 +158,10 @@ class Admin:
             view[current.inbound_cluster.name] = current.inbound_cluster.admin_view()
         return _json(view)
 
+    _actions: dict[str, Callable[[Admin], Awaitable[Response]]] = {
+        "/certs/rotate": rotate_certificate,
+    }
+
     _pages = {
         "/ready": ready,
         "/healthz/ready": ready,
@@ -132,3 +171,13 @@ class Admin:
         "/clusters": clusters,
         "/certs": certs,
     }
+
+
+def _loopback(address: str) -> bool:
+    """The caller's address (the listener's peer host) is 127.0.0.0/8 or ::1 (also IPv4-mapped)."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)

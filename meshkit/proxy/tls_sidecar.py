@@ -14,9 +14,12 @@ process, ``tls_csr_client``: this process never loads ``cryptography``) -> ``POS
 /api/v1/ca/sign`` -> answer checked with ``ssl`` (retried with back-off until it works; a
 failing helper is retried the same way while the current certificate keeps serving), then
 ``keep_rotated`` (at half the TTL) until
-``stop``. ``ready`` turns True after the first certificate is installed; the admin
-``/ready`` page waits for it. ``server_context`` / ``client_context`` raise
-``CertificateError`` until then, which the listener and the pool turn into a refused
+``stop``. ``rotate_now()`` renews at once on request (the admin ``POST /certs/rotate``): every
+renewal, scheduled or asked for, runs as ONE shared task, so concurrent requests join the
+renewal in flight instead of starting a second one, and a failure leaves the current
+certificate serving (``RotationRefused`` says why). ``ready`` turns True after the first
+certificate is installed; the admin ``/ready`` page waits for it. ``server_context`` /
+``client_context`` raise ``CertificateError`` until then, which the listener and the pool turn into a refused
 connection / a 503 UF. ``describe()`` is the admin ``/certs`` page.
 
 The next key and CSR are made ``PREPARE_AHEAD`` seconds before each rotation is due (at once
@@ -39,11 +42,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meshkit.proxy.tls import CertificateError, CertificateManager
+from meshkit.proxy.tls import CertificateBundle, CertificateError, CertificateManager
 from meshkit.proxy.tls_csr_client import KeyAndCsr, make_key_and_csr
 from meshkit.proxy.tls_renewal import keep_rotated, log_renewal_failure, renew
 
 log = logging.getLogger("meshkit.proxy.tls_sidecar")
+
+
+class RotationRefused(Exception):
+    """An on-demand rotation that cannot happen or failed; ``status`` is the admin page's HTTP status.
+
+    409: this sidecar has nothing to rotate (no certificate yet). 503: the CA could not be
+    reached or refused, or the new key / certificate did not check out. Either way the current
+    certificate, if any, keeps serving.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 RETRY_MIN = 0.1
 RETRY_MAX = 5.0
@@ -71,7 +87,9 @@ class SidecarCertificates:
         self.manager: CertificateManager | None = None
         self.ready_event = asyncio.Event()
         self.rotations = 0
+        self.rotations_requested = 0  # on-demand renewals that installed a certificate
         self.last_error: str | None = None
+        self._renewal: asyncio.Task[CertificateBundle] | None = None  # the one renewal in flight
 
     def _current_token(self) -> str:
         if self._token_file:
@@ -114,6 +132,11 @@ class SidecarCertificates:
                 return
             await keep_rotated(manager, self._renew_once, stop=stop, retry_min=RETRY_MIN, retry_max=RETRY_MAX)
         finally:
+            renewal, self._renewal = self._renewal, None
+            if renewal is not None:
+                renewal.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await renewal
             prepared, self._prepared = self._prepared, None
             if prepared is not None:  # cancelling it kills a helper still running
                 prepared.cancel()
@@ -155,7 +178,50 @@ class SidecarCertificates:
                 except TimeoutError:
                     pass
 
-    async def _renew_once(self) -> None:
+    async def _renew_once(self) -> CertificateBundle:
+        """Renew now, or join the renewal already running (never two at once); its new bundle."""
+        task = self._renewal
+        if task is None or task.done():
+            task = self._renewal = asyncio.ensure_future(self._renew())
+        # shield: a caller that goes away (admin client disconnects) does not cancel the renewal
+        # for the others; the loops still end it through ``run``'s cancellation of this task.
+        return await asyncio.shield(task)
+
+    async def rotate_now(self) -> dict[str, Any]:
+        """Renew at once (admin ``POST /certs/rotate``): old and new serial and expiry, how long it took.
+
+        Raises ``RotationRefused`` (409 before the first certificate, 503 when the CA is
+        unreachable or refuses, or the answer does not check out); the old certificate keeps
+        serving then.
+        """
+        manager = self.manager
+        old = manager.current if manager is not None else None
+        if manager is None or old is None:
+            why = self.last_error or "the sidecar is still waiting for its identity or first certificate"
+            raise RotationRefused(409, f"no workload certificate to rotate yet ({why})")
+        joined = self._renewal is not None and not self._renewal.done()
+        began = time.monotonic()
+        try:
+            new = await self._renew_once()
+        except Exception as exc:  # CA, helper, checks, timeout: the old certificate stays
+            reason = f"{exc}" or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = f"no certificate within {SIGN_TIMEOUT:g} s (is the CA at {self.control_url} up?)"
+            raise RotationRefused(503, f"rotation of {manager.identity} failed: {reason}; the current "
+                                       f"certificate (serial {old.serial:x}) keeps serving") from None
+        if not joined:
+            self.rotations_requested += 1
+        return {
+            "rotated": new.serial != old.serial,
+            "identity": manager.identity,
+            "joined_renewal_in_flight": joined,
+            "seconds": round(time.monotonic() - began, 3),
+            "old": _summary(old),
+            "new": _summary(new),
+            "certificates_issued": self.rotations,
+        }
+
+    async def _renew(self) -> CertificateBundle:
         manager = self.manager
         assert manager is not None
         try:
@@ -173,6 +239,7 @@ class SidecarCertificates:
         log.info("workload certificate %x installed for %s", bundle.serial, bundle.identity)
         delay = max(0.0, manager.seconds_until_rotation(time.time()) - PREPARE_AHEAD)
         self._prepared = asyncio.ensure_future(self._prepare(manager.identity, delay))
+        return bundle
 
     async def _prepare(self, identity: str, delay: float) -> KeyAndCsr:
         self._preparing = False
@@ -205,6 +272,7 @@ class SidecarCertificates:
             "identity": manager.identity if manager is not None else None,
             "ready": bundle is not None,
             "certificates_issued": self.rotations,
+            "rotations_requested": self.rotations_requested,
             "last_error": self.last_error,
             "chain": [],
             "root": [],
@@ -216,3 +284,12 @@ class SidecarCertificates:
         doc["chain"] = [cert.admin_view(moment) for cert in bundle.chain]
         doc["root"] = [cert.admin_view(moment) for cert in bundle.root]
         return doc
+
+
+def _summary(bundle: CertificateBundle) -> dict[str, Any]:
+    return {
+        "serial": f"{bundle.serial:x}",
+        "not_before": datetime.fromtimestamp(bundle.not_before, UTC).isoformat(),
+        "not_after": datetime.fromtimestamp(bundle.not_after, UTC).isoformat(),
+        "rotate_at": datetime.fromtimestamp(bundle.rotate_at, UTC).isoformat(),
+    }
