@@ -23,49 +23,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from proxybench import report, snapshots
+from proxybench import report, session, snapshots
 from proxybench.configs import nginx_main
-from proxybench.load import Wrk
-from proxybench.processes import (
-    Child,
-    HarnessError,
-    Supervisor,
-    free_port,
-    http_get,
-    wait_http_ok,
-    wait_until,
-)
-from proxybench.runner import Plan, run_rounds
+from proxybench.processes import Child, HarnessError, http_get
+from proxybench.runner import Plan
 from proxybench.targets import (
-    HOST,
     Direct,
     MeshkitMesh,
     NginxProxy,
     Stage,
     Target,
+    start_nginx_config,
     start_sidecar,
-    start_upstream,
 )
-from proxybench.tools import ToolsMissing, ensure_tools
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,42 +209,16 @@ class NginxTlsPair(Target):
                  root="ca.pem")
         ca.issue(x509.DNSName("bench-frontend"), certs, chain="client.pem", key_file="client-key.pem",
                  root="ca.pem")
-        backend_port = self._start_nginx(stage, "backend",
-                                         lambda port: _nginx_tls_backend(certs, port, stage.upstream_port),
-                                         probe=False)
-        self.port = self._start_nginx(stage, "frontend",
-                                      lambda port: _nginx_tls_frontend(certs, port, backend_port), probe=True)
+        backend, backend_port = start_nginx_config(
+            stage, f"{self.name}-backend",
+            lambda workdir, port: nginx_main(workdir, _nginx_tls_backend(certs, port, stage.upstream_port)),
+            http_probe=False)  # it only speaks TLS with a client certificate
+        self.children.append(backend)
+        frontend, self.port = start_nginx_config(
+            stage, f"{self.name}-frontend",
+            lambda workdir, port: nginx_main(workdir, _nginx_tls_frontend(certs, port, backend_port)))
+        self.children.append(frontend)
         self.verify()
-
-    def _start_nginx(self, stage: Stage, role: str, server: Any, *, probe: bool) -> int:
-        workdir = stage.subdir(f"{self.name}-{role}")
-        (workdir / "temp").mkdir(exist_ok=True)
-        for _ in range(3):
-            port = free_port()
-            (workdir / "nginx.conf").write_text(nginx_main(workdir, server(port)))
-            argv = [stage.tools.nginx, "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
-                    "-e", str(workdir / "error.log")]
-            child = stage.supervisor.spawn(f"{self.name}-{role}", argv)
-            try:
-                if probe:
-                    wait_http_ok(child, port, HOST)
-                else:
-                    wait_until(child, f"{role} listening on {port}", lambda p=port: _listening(p))
-            except HarnessError:
-                child.stop()
-                if "Address already in use" in (workdir / "error.log").read_text(errors="replace"):
-                    continue
-                raise
-            self.children.append(child)
-            return port
-        raise HarnessError(f"{self.name}-{role}: no free port after 3 attempts")
-
-
-def _listening(port: int) -> bool:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -310,43 +265,22 @@ def _x(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    plan = FULL if not args.quick else QUICK
-    plan = Plan(rounds=args.rounds or plan.rounds, seconds=args.seconds or plan.seconds)
-    try:
-        tools = ensure_tools(install=not args.no_install)
-    except ToolsMissing as exc:
-        console.print(f"[red]cannot run the benchmark: {escape(str(exc))}[/]")
+    plan = session.chosen_plan(args, FULL, QUICK)
+    tools = session.tools_or_none(console, install=not args.no_install)
+    if tools is None:
         return 2
     chosen = targets()
     meta: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": session.command_line(),
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan": {"rounds": plan.rounds, "seconds": plan.seconds, "connections": list(plan.connections)},
-        "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-                 "loadavg_at_start": list(os.getloadavg())},
+        "host": session.host_facts(),
         "tools": tools.versions(),
     }
-    workdir = Path(tempfile.mkdtemp(prefix="meshkit-mtls-bench-"))
-    supervisor = Supervisor(workdir)
-    try:
-        stage = Stage(supervisor, tools, workdir)
-        start_upstream(stage)
-        for target in chosen:
-            console.print(f"starting {target.name}: {target.description}")
-            target.start(stage)
-        console.print(f"measuring {len(chosen)} targets, {plan.rounds} rounds x {plan.seconds} s "
-                      f"(about {plan.estimated_seconds(len(chosen))} s)")
-        started = time.monotonic()
-        samples = run_rounds(chosen, Wrk.prepare(tools.wrk, workdir), plan,
-                             lambda line: console.print(line, highlight=False))
-        meta["measured_seconds"] = round(time.monotonic() - started, 1)
-        meta["host"]["loadavg_at_end"] = list(os.getloadavg())
-    except HarnessError as exc:
-        console.print(f"[red]benchmark aborted: {escape(str(exc))}[/]")
+    samples = session.measure_targets(console, chosen, tools, plan, meta,
+                                      workdir_prefix="meshkit-mtls-bench-")
+    if samples is None:
         return 1
-    finally:
-        supervisor.close()
-        subprocess.run(["rm", "-rf", str(workdir)], check=False)
     summary = report.summarize(samples)
     ratios = [found for t, r in PAIRS if (found := report.compare(summary, t, r)) is not None]
     render(console, summary, ratios)
@@ -354,15 +288,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return report.publish(console, {"meta": meta, "summary": summary, "ratios": ratios}, args.out, summary)
 
 
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGHUP, _exit_on_signal)
-    console = Console() if sys.stdout.isatty() else Console(width=150)
-    return run(parse_args(argv), console)
+    args = parse_args(argv)
+    return session.main(lambda console: run(args, console))
 
 
 if __name__ == "__main__":

@@ -14,26 +14,17 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import platform
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from proxybench import report
-from proxybench.load import Wrk
-from proxybench.processes import HarnessError, Supervisor
-from proxybench.runner import Plan, run_rounds
-from proxybench.targets import Stage, Target, all_targets, start_upstream
-from proxybench.tools import Tools, ToolsMissing, ensure_tools
+from proxybench import report, session
+from proxybench.runner import Plan
+from proxybench.targets import Target, all_targets
+from proxybench.tools import Tools
 from rich.console import Console
-from rich.markup import escape
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "proxy_overhead.json"
@@ -86,52 +77,28 @@ def git_commit() -> str:
 
 def metadata(args: argparse.Namespace, plan: Plan, tools: Tools, skipped: dict[str, str]) -> dict[str, Any]:
     return {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": session.command_line(),
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_commit(),
         "plan": {"rounds": plan.rounds, "seconds": plan.seconds, "connections": list(plan.connections),
                  "warmup_seconds": plan.warmup_seconds, "wrk_threads": 1, "quick": args.quick},
-        "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-                 "loadavg_at_start": list(os.getloadavg())},
+        "host": session.host_facts(),
         "tools": tools.versions(),
         "skipped": skipped,
     }
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    plan = FULL if not args.quick else QUICK
-    plan = Plan(rounds=args.rounds or plan.rounds, seconds=args.seconds or plan.seconds)
-    try:
-        tools = ensure_tools(install=not args.no_install)
-    except ToolsMissing as exc:
-        console.print(f"[red]cannot run the benchmark: {escape(str(exc))}[/]")
+    plan = session.chosen_plan(args, FULL, QUICK)
+    tools = session.tools_or_none(console, install=not args.no_install)
+    if tools is None:
         return 2
     targets, skipped = choose_targets(args.targets, console)
     meta = metadata(args, plan, tools, skipped)
-    workdir = Path(tempfile.mkdtemp(prefix="meshkit-bench-"))
-    supervisor = Supervisor(workdir)
-    try:
-        stage = Stage(supervisor, tools, workdir)
-        start_upstream(stage)
-        for target in targets:
-            console.print(f"starting {target.name}: {target.description}")
-            target.start(stage)
-        console.print(f"measuring {len(targets)} targets, {plan.rounds} rounds x {plan.seconds} s at "
-                      f"{plan.connections} connections (about {plan.estimated_seconds(len(targets))} s)")
-        started = time.monotonic()
-        samples = run_rounds(targets, Wrk.prepare(tools.wrk, workdir), plan,
-                             lambda line: console.print(line, highlight=False))
-        meta["measured_seconds"] = round(time.monotonic() - started, 1)
-        meta["host"]["loadavg_at_end"] = list(os.getloadavg())
-    except HarnessError as exc:
-        console.print(f"[red]benchmark aborted: {escape(str(exc))}[/]")
+    samples = session.measure_targets(console, targets, tools, plan, meta, workdir_prefix="meshkit-bench-",
+                                      keep_workdir=args.keep_workdir)
+    if samples is None:
         return 1
-    finally:
-        supervisor.close()
-        if not args.keep_workdir:
-            subprocess.run(["rm", "-rf", str(workdir)], check=False)
-        else:
-            console.print(f"configs and logs kept in {workdir}")
     summary = report.summarize(samples)
     ratios = report.comparisons(summary)
     verdicts = report.checks(summary, targets)
@@ -141,15 +108,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return report.publish(console, document, args.out, summary)
 
 
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through ``finally``, which stops every child process
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGHUP, _exit_on_signal)
-    console = Console() if sys.stdout.isatty() else Console(width=150)  # logs: no wrapping at 80
-    return run(parse_args(argv), console)
+    args = parse_args(argv)
+    return session.main(lambda console: run(args, console))
 
 
 if __name__ == "__main__":

@@ -130,6 +130,15 @@ def wait_http_ok(child: Child, port: int, host: str, timeout: float = 20.0) -> N
                lambda: http_get(port, host)[0] == 200, timeout)
 
 
+def wait_listening(child: Child, port: int, timeout: float = 20.0) -> None:
+    """Wait until 127.0.0.1:``port`` accepts a TCP connection (for a server HTTP cannot probe)."""
+    def accepts() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(child, f"listening on 127.0.0.1:{port}", accepts, timeout)
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its live descendants (nginx master + workers, a sidecar and its helpers)."""
     found: list[int] = []

@@ -11,12 +11,22 @@ from __future__ import annotations
 import json
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import configs, snapshots
-from .processes import Child, HarnessError, Supervisor, free_port, http_get, wait_http_ok, wait_until
+from .processes import (
+    Child,
+    HarnessError,
+    Supervisor,
+    free_port,
+    http_get,
+    wait_http_ok,
+    wait_listening,
+    wait_until,
+)
 from .tools import Tools
 
 HOST = "bench"
@@ -70,15 +80,26 @@ class Target(ABC):
 
 def start_nginx(stage: Stage, name: str, upstream_port: int | None) -> tuple[Child, int]:
     """One nginx (1 worker): the origin when ``upstream_port`` is None, else a proxy in front of it."""
+    if upstream_port is None:
+        return start_nginx_config(stage, name, configs.nginx_upstream_conf)
+    return start_nginx_config(stage, name,
+                              lambda workdir, port: configs.nginx_proxy_conf(workdir, port, upstream_port))
+
+
+def start_nginx_config(stage: Stage, name: str, conf: Callable[[Path, int], str], *,
+                       http_probe: bool = True) -> tuple[Child, int]:
+    """One nginx with the config ``conf(workdir, port)`` on a free port, another one when that port
+    was taken in between; ready once it answers HTTP (``http_probe=False``: accepts connections)."""
     workdir = stage.subdir(name)
     for _ in range(BIND_ATTEMPTS):
         port = free_port()
-        conf = (configs.nginx_upstream_conf(workdir, port) if upstream_port is None
-                else configs.nginx_proxy_conf(workdir, port, upstream_port))
-        (workdir / "nginx.conf").write_text(conf)
+        (workdir / "nginx.conf").write_text(conf(workdir, port))
         child = stage.supervisor.spawn(name, configs.nginx_argv(stage.tools.nginx, workdir))
         try:
-            wait_http_ok(child, port, HOST)
+            if http_probe:
+                wait_http_ok(child, port, HOST)
+            else:
+                wait_listening(child, port)
         except HarnessError:
             child.stop()
             if "Address already in use" in (workdir / "error.log").read_text(errors="replace"):
