@@ -27,6 +27,17 @@ def snap(
     return compile_snapshot(resources, registry or bookinfo_registry(), node, **kwargs)
 
 
+def virtual_service(host: str, http: str) -> list[Resource]:
+    """One VirtualService named after ``host`` and routing it; ``http`` is its ``spec.http`` in YAML."""
+    return load_resources(f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {host}}}
+spec:
+  hosts: [{host}]
+  http:{http}""")
+
+
 def vhost(snapshot: dict[str, Any], service: str) -> dict[str, Any]:
     (found,) = [v for v in snapshot["outbound"]["virtual_hosts"] if v["service"] == service]
     return found
@@ -188,13 +199,7 @@ def test_subset_clusters_and_endpoints() -> None:
 
 
 def test_source_labels_resolved_against_the_node() -> None:
-    resources = load_resources("""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: ratings}
-spec:
-  hosts: [ratings]
-  http:
+    resources = virtual_service("ratings", """
   - name: from-reviews-v2
     match:
     - sourceLabels: {app: reviews, version: v2}
@@ -228,13 +233,7 @@ def test_fault_disables_timeout_and_retries() -> None:
     assert aborted["fault"] == {"delay": None, "abort": {"http_status": 500, "percent": 100.0}}
     legacy = routes(snap(sample("virtual-service-ratings-test-delay-v1alpha3-percent")), "ratings")[0]
     assert legacy["fault"]["delay"] == {"fixed_delay_ms": 7000, "percent": 100.0}
-    with_timeout = load_resources("""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: ratings}
-spec:
-  hosts: [ratings]
-  http:
+    with_timeout = virtual_service("ratings", """
   - route: [{destination: {host: ratings}}]
     timeout: 3s
     retries: {attempts: 5}
@@ -257,13 +256,7 @@ def test_timeout_and_retries() -> None:
         "retry_on": ["gateway-error", "connect-failure", "refused-stream"],
         "retriable_status_codes": [],
     }
-    custom = load_resources("""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
+    custom = virtual_service("reviews", """
   - route: [{destination: {host: reviews}}]
     retries: {attempts: 0}
   - route: [{destination: {host: reviews}}]
@@ -278,13 +271,7 @@ spec:
 def test_mirror_headers_and_rewrite() -> None:
     (route,) = routes(snap(sample("httpbin-mirroring"), registry=_httpbin_registry()), "httpbin")
     assert route["mirror"] == {"cluster": "httpbin|v2", "percent": 100.0}
-    resources = load_resources("""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
+    resources = virtual_service("reviews", """
   - match: [{uri: {prefix: /old}, ignoreUriCase: true, method: {exact: GET},
              queryParams: {Debug: {exact: "1"}}, withoutHeaders: {X-Canary: {exact: "no"}}}]
     rewrite: {uri: /new}
