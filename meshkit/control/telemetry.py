@@ -145,26 +145,22 @@ def _split(line: str, start: int) -> tuple[str, float]:
     return line[start:brace], float(fields[0])
 
 
-def _labels(text: str) -> dict[str, str]:
+def parse_labels(text: str) -> dict[str, str]:
+    """The labels of a sample, from the text between its braces (``a="1",b="say \\"hi\\""``), unescaped."""
     return {name: re.sub(r'\\[\\"n]', lambda m: _UNESCAPE[m.group(0)], value)
             for name, value in _LABEL.findall(text)}
 
 
 def _request_key(text: str) -> RequestKey:
-    labels = _labels(text)
+    labels = parse_labels(text)
     return tuple(labels.get(k, "") for k in REQUEST_LABELS)
 
 
 def _bucket_key(text: str) -> BucketKey:
-    labels = _labels(text)
+    labels = parse_labels(text)
     if "le" not in labels:
         raise ValueError(f"histogram bucket without le: {text[:120]!r}")
     return tuple(labels.get(k, "") for k in EDGE_LABELS), float(labels["le"])
-
-
-def parse_scrape(text: str) -> tuple[dict[RequestKey, float], dict[BucketKey, float]]:
-    """One-off parse (no cache shared across scrapes)."""
-    return ScrapeParser().parse(text)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from meshkit.control.telemetry import parse_labels
 from meshkit.lab.display import LabError, Table
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime.local import MeshError
@@ -62,7 +63,6 @@ LABEL_MEANINGS = {
 }
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 # -- metric text --------------------------------------------------------------------------------------
@@ -91,9 +91,7 @@ def parse_metrics(text: str) -> list[Sample]:
         if found is None:
             raise ValueError(f"line {number} is not a Prometheus sample: {line[:120]!r}")
         name, labels, value = found.groups()
-        parsed = {k: re.sub(r'\\(.)', lambda m: "\n" if m.group(1) == "n" else m.group(1), v)
-                  for k, v in _LABEL.findall(labels or "")}
-        samples.append(Sample(name, parsed, float(value)))
+        samples.append(Sample(name, parse_labels(labels or ""), float(value)))
     return samples
 
 
