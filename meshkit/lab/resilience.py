@@ -16,7 +16,6 @@ calls, or wait unboundedly (every request has a timeout).
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -24,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from meshkit.config.resources import parse_duration_ms
 from meshkit.lab.checks import CheckFailed, expect, require_rule, window_since_change
 from meshkit.lab.display import LabError, Table
 from meshkit.lab.mesh import Mesh
 
 ADMIN_TIMEOUT = 5.0
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 # -- app knobs ----------------------------------------------------------------------------------
@@ -219,11 +217,13 @@ def outcomes(mesh: Mesh, destination: str, *, source: str | None = None, reporte
 # -- checks ----------------------------------------------------------------------------------------
 
 def seconds(duration: str) -> float:
-    """Istio's duration text ("0.5s", "500ms", "1m") in seconds; LabError naming the value otherwise."""
-    found = DURATION.match(str(duration).strip())
-    if not found:
-        raise LabError(f"duration: expected a number with a unit (500ms, 0.5s, 1m), got {duration!r}")
-    return float(found.group(1)) * UNITS[found.group(2)]
+    """Istio's duration text ("0.5s", "500ms", "1m30s") in seconds, read as the config loader reads it;
+    LabError naming the value otherwise."""
+    try:
+        return parse_duration_ms(str(duration)) / 1000.0
+    except ValueError:
+        raise LabError(f"duration: expected a number with a unit (500ms, 0.5s, 1m), "
+                       f"got {duration!r}") from None
 
 
 def _http_routes(mesh: Mesh, host: str) -> list[dict[str, Any]]:
