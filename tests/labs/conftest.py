@@ -1,4 +1,5 @@
-"""A fresh local mesh for the lab tests: its own MESHKIT_HOME and a free port base, shared by the module."""
+"""A fresh local mesh for the lab tests (its own MESHKIT_HOME and a free port base, shared by the session)
+and the `mesh` fixture every test module connects with."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from meshkit.lab import connect
+from meshkit.lab.mesh import Mesh
 from meshkit.runtime import catalog
 from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.ports import free_bases
@@ -50,3 +53,12 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def mesh(lab_env: dict[str, str]) -> Mesh:
+    """The lab mesh as a notebook connects to it, its config back at the baseline (a module may
+    override this fixture, e.g. with one that also deploys the clients)."""
+    m = connect()
+    m.reset()
+    return m

@@ -15,13 +15,6 @@ from meshkit.lab.progress import ProgressStore
 from meshkit.lab.widgets import ABRouter, FaultPanel, MtlsToggle, canary_slider, rule_editor
 
 
-@pytest.fixture
-def mesh(lab_env: dict[str, str]) -> Mesh:
-    m = connect()
-    m.reset()
-    return m
-
-
 def test_a_refused_rule_names_the_resource_and_field_without_a_traceback(mesh: Mesh) -> None:
     with pytest.raises(LabError) as caught:
         mesh.apply(rules.route("reviews", to="v9"))

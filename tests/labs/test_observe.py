@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from meshkit.lab import LabError, connect, rules
+from meshkit.lab import LabError, rules
 from meshkit.lab.mesh import Mesh
 from meshkit.lab.observe import (
     LABEL_MEANINGS,
@@ -20,13 +20,6 @@ from meshkit.lab.observe import (
     trace,
     traced_request,
 )
-
-
-@pytest.fixture
-def mesh(lab_env: dict[str, str]) -> Mesh:
-    m = connect()
-    m.reset()
-    return m
 
 
 def test_red_rows_add_rates_and_errors_and_keep_the_worst_p99() -> None:

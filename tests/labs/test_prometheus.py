@@ -20,13 +20,6 @@ needs_prometheus = pytest.mark.skipif(
     not available(), reason="no prometheus binary (apt-get install prometheus, or set MESHKIT_PROMETHEUS)")
 
 
-@pytest.fixture
-def mesh(lab_env: dict[str, str]) -> Mesh:
-    m = connect()
-    m.reset()
-    return m
-
-
 def test_targets_become_file_discovery_groups_with_their_metrics_path() -> None:
     groups = target_groups([{"name": "reviews-v1-0.default", "url": "http://127.0.0.1:24300/stats/prometheus"}])
     assert groups == [{"targets": ["127.0.0.1:24300"],

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from meshkit.lab import checks, connect, rules
+from meshkit.lab import checks, rules
 from meshkit.lab.charts import FLAG_COLORS, flag_counts, response_flags
 from meshkit.lab.mesh import Mesh
-
-
-@pytest.fixture
-def mesh(lab_env: dict[str, str]) -> Mesh:
-    m = connect()
-    m.reset()
-    return m
 
 
 def _bars(chart: object) -> dict[str, dict[str, float]]:
