@@ -19,10 +19,10 @@ report latency, proxies on the path, processes and proxy memory (RSS from /proc)
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
+from meshkit.control.telemetry import REQUESTS_PREFIX, parse_labels
 from meshkit.lab.checks import CheckFailed, expect
 from meshkit.lab.display import LabError, Table
 from meshkit.lab.history.library import ProxiedClient, ResilientClient
@@ -37,7 +37,6 @@ SHAPES = (LIBRARY, NODE_AGENT, SIDECAR)
 COLOURS = {LIBRARY: "#54a24b", NODE_AGENT: "#f58518", SIDECAR: "#4c78a8"}
 MIB = 1024 * 1024
 MAX_TELEMETRY_WINDOW = 600.0
-LABEL = re.compile(r'(\w+)="([^"]*)"')  # one label of a Prometheus sample line
 
 CAPABILITIES = [
     {"question": "language coupling", LIBRARY: "one library per language and framework",
@@ -189,9 +188,9 @@ class Comparison:
                 continue
             text = fetch_text(f"http://127.0.0.1:{row['admin_port']}/stats/prometheus")
             for line in text.splitlines():
-                if not line.startswith("istio_requests_total{"):
+                if not line.startswith(REQUESTS_PREFIX):
                     continue
-                labels = dict(LABEL.findall(line))
+                labels = parse_labels(line)
                 if labels.get("reporter") == "destination" and labels.get("source_workload") == workload:
                     seen.add(f"{labels.get('source_principal', 'unknown')} "
                              f"({labels.get('connection_security_policy', 'unknown')})")
