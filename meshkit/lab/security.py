@@ -1,12 +1,13 @@
 """Helpers for the security labs (06 mTLS, 07 authorization): certificates, the wire, who may call whom.
 
 What a learner looks at: `certificate(mesh, "reviews-v1-0")` (a sidecar's workload certificate as
-a readable table, read from its admin ``/certs`` page), `wire(mesh, "sleep-v1-0", "reviews-v1-0")`
-(the first bytes between two workloads, captured by `meshkit.runtime.tap`: TLS records or
-plaintext HTTP), `exchange(mesh, ...)` / `access(mesh, ...)` (real requests from the ``sleep`` and
-``legacy`` clients, as a table of answers) and `watch_rotation(...)` (a bounded look at a
-certificate being replaced). The ``require_*`` functions are the labs' checks: each reads the
-mesh's real config, traffic and telemetry and raises `CheckFailed` saying what is missing.
+a readable table), `rotate(mesh, "reviews-v1-0")` (renew it now: old and new serial and expiry)
+and `watch_rotation(...)` (all three from `meshkit.lab.certs`, re-exported here),
+`wire(mesh, "sleep-v1-0", "reviews-v1-0")` (the first bytes between two workloads, captured by
+`meshkit.runtime.tap`: TLS records or plaintext HTTP), `exchange(mesh, ...)` / `access(mesh, ...)`
+(real requests from the ``sleep`` and ``legacy`` clients, as a table of answers). The
+``require_*`` functions are the labs' checks: each reads the mesh's real config, traffic and
+telemetry and raises `CheckFailed` saying what is missing.
 
 It must not: reach into the sidecar's or the control plane's internals (it reads their HTTP
 pages and APIs), keep module-level state, or wait unboundedly (every wait has a limit).
@@ -17,166 +18,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from meshkit.lab.certs import (
+    Certificate,
+    Rotation,
+    RotationWatch,
+    certificate,
+    certificates,
+    instance_row,
+    mtls_counters,
+    require_rotation_without_errors,
+    rotate,
+    watch_rotation,
+)
 from meshkit.lab.checks import CheckFailed, expect, require_rule, window_since, window_since_change
 from meshkit.lab.display import LabError, Table
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime import tap
 
-ADMIN_TIMEOUT = 5.0
 WIRE_SECONDS = 10.0
-MAX_WATCH = 60.0
 MAX_CALLS = 50
 DENIED_BODY = "RBAC: access denied"
-
-
-# -- reading sidecars ---------------------------------------------------------------------------
-
-
-def _workload(mesh: Mesh, instance: str) -> dict[str, Any]:
-    rows = mesh.workloads()
-    # an instance (sleep-v1-0), a workload (sleep-v1: its first instance) or a service (sleep)
-    found = next((w for w in rows if instance in (w["name"], w["name"].rsplit("-", 1)[0], w["service"])),
-                 None)
-    if found is None:
-        known = ", ".join(w["name"] for w in rows) or "none (is this a local mesh?)"
-        raise LabError(f"instance {instance!r}: no such workload instance (known: {known})")
-    return found
-
-
-def _admin(mesh: Mesh, instance: str, page: str) -> dict[str, Any]:
-    row = _workload(mesh, instance)
-    if not row.get("admin_port"):
-        raise LabError(f"instance {row['name']!r} has no sidecar (it runs outside the mesh), "
-                       "so it has no workload certificate and no admin page")
-    url = f"http://127.0.0.1:{row['admin_port']}{page}"
-    try:
-        with urllib.request.urlopen(url, timeout=ADMIN_TIMEOUT) as resp:
-            answer: dict[str, Any] = json.loads(resp.read())
-    except (OSError, ValueError) as exc:
-        raise LabError(f"instance {row['name']!r}: its sidecar's admin page {page} did not answer ({exc})") \
-            from None
-    return answer
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _when(iso: str) -> str:
-    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-@dataclass
-class Certificate:
-    """One sidecar's workload certificate, as its admin ``/certs`` page describes it."""
-
-    instance: str
-    identity: str
-    serial: str
-    issuer: str
-    not_before: str
-    not_after: str
-    seconds_left: float
-    seconds_until_rotation: float
-    rotate_at: str
-    issued: int
-    root_subject: str
-
-    @property
-    def lifetime(self) -> float:
-        span = datetime.fromisoformat(self.not_after) - datetime.fromisoformat(self.not_before)
-        return span.total_seconds()
-
-    def rows(self) -> list[dict[str, str]]:
-        namespace, account = _namespace_and_account(self.identity)
-        return [
-            {"field": "workload", "value": self.instance},
-            {"field": "SPIFFE ID (URI SAN)", "value": self.identity},
-            {"field": "namespace / service account", "value": f"{namespace} / {account}"},
-            {"field": "subject", "value": "(empty: the identity is the SAN, as in Istio)"},
-            {"field": "issuer", "value": self.issuer},
-            {"field": "serial", "value": self.serial},
-            {"field": "valid from", "value": _when(self.not_before)},
-            {"field": "valid until",
-             "value": f"{_when(self.not_after)} ({_duration(self.seconds_left)} left)"},
-            {"field": "lifetime (TTL)", "value": _duration(self.lifetime)},
-            {"field": "rotates at", "value": f"{_when(self.rotate_at)} (in "
-                                             f"{_duration(self.seconds_until_rotation)}, half the lifetime)"},
-            {"field": "certificates issued", "value": str(self.issued)},
-            {"field": "trusted root", "value": self.root_subject},
-        ]
-
-    def table(self) -> Table:
-        return Table(self.rows(), ["field", "value"], title=f"workload certificate of {self.instance}")
-
-    def __str__(self) -> str:
-        return str(self.table())
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        return self.table()._repr_html_()
-
-
-def _namespace_and_account(identity: str) -> tuple[str, str]:
-    parts = identity.removeprefix("spiffe://").split("/")
-    fields = dict(zip(parts[1::2], parts[2::2], strict=False))
-    return fields.get("ns", "?"), fields.get("sa", "?")
-
-
-def certificate(mesh: Mesh, instance: str) -> Certificate:
-    """The workload certificate ``instance``'s sidecar uses now (LabError if it has none yet)."""
-    doc = _admin(mesh, instance, "/certs")
-    name = _workload(mesh, instance)["name"]
-    if not doc.get("ready") or not doc.get("chain"):
-        why = doc.get("reason") or doc.get("last_error") or "no certificate yet"
-        raise LabError(f"instance {name!r}: no workload certificate ({why})")
-    leaf = doc["chain"][0]
-    root = (doc.get("root") or [{}])[0]
-    identity = leaf.get("spiffe_id") or doc.get("identity") or ""
-    return Certificate(name, identity, leaf["serial"], leaf["issuer"], leaf["not_before"],
-                       leaf["not_after"], float(leaf["seconds_left"]),
-                       float(doc.get("seconds_until_rotation", 0.0)), doc.get("rotate_at", leaf["not_after"]),
-                       int(doc.get("certificates_issued", 0)), root.get("subject", "?"))
-
-
-def certificates(mesh: Mesh) -> Table:
-    """Every sidecar's certificate, one row each: identity, serial, time left, next rotation."""
-    rows = []
-    for w in mesh.workloads():
-        if not w.get("admin_port"):
-            rows.append({"instance": w["name"], "SPIFFE ID": "(no sidecar: no identity)", "serial": "-",
-                         "expires in": "-", "rotates in": "-"})
-            continue
-        cert = certificate(mesh, w["name"])
-        rows.append({"instance": cert.instance, "SPIFFE ID": cert.identity, "serial": cert.serial[:12] + "…",
-                     "expires in": _duration(cert.seconds_left),
-                     "rotates in": _duration(cert.seconds_until_rotation)})
-    return Table(rows, ["instance", "SPIFFE ID", "serial", "expires in", "rotates in"],
-                 title="workload certificates (one per sidecar)")
-
-
-def mtls_counters(mesh: Mesh, instance: str) -> dict[str, int]:
-    """The inbound connection counters of ``instance``'s sidecar (mtls_accepted, plaintext_refused...)."""
-    counters = _admin(mesh, instance, "/stats").get("mtls") or {}
-    return {str(k): int(v) for k, v in counters.items()}
 
 
 # -- the wire ---------------------------------------------------------------------------------
@@ -254,8 +120,8 @@ def wire(mesh: Mesh, source: str, target: str, *, path: str = "/health", max_byt
     A source with a sidecar sends through it (mTLS when the mesh uses it); a source without one
     (``legacy``) sends plaintext straight to the target's inbound port, as that client does.
     """
-    src = _workload(mesh, source)
-    dst = _workload(mesh, target)
+    src = instance_row(mesh, source)
+    dst = instance_row(mesh, target)
     if not dst.get("inbound_port"):
         raise LabError(f"target {dst['name']!r} has no sidecar: there is no mesh hop to watch")
     if not 0 < seconds <= 30:
@@ -350,67 +216,6 @@ def access(mesh: Mesh, calls: Mapping[str, Iterable[str]]) -> Calls:
     """One request per (client, URL): ``{"sleep": ["http://details:9080/details/0"], ...}``."""
     return Calls({(client, url): [call(mesh, client, url)[0]]
                   for client, urls in calls.items() for url in urls})
-
-
-# -- rotation -----------------------------------------------------------------------------------
-
-
-@dataclass
-class RotationWatch:
-    """What a bounded watch of one sidecar's certificate saw (serials in order, traffic meanwhile)."""
-
-    instance: str
-    serials: list[str]
-    watched: float
-    next_rotation: float
-    lifetime: float
-    statuses: list[int]
-
-    @property
-    def rotated(self) -> bool:
-        return len(self.serials) > 1
-
-    def __str__(self) -> str:
-        ok = sum(1 for s in self.statuses if s == 200)
-        traffic = f"; meanwhile {ok}/{len(self.statuses)} page visits answered 200" if self.statuses else ""
-        if self.rotated:
-            chain = " → ".join(s[:12] + "…" for s in self.serials)
-            return (f"{self.instance}: certificate rotated {len(self.serials) - 1} time(s) in "
-                    f"{self.watched:.0f} s (serials {chain}){traffic}")
-        due = (f"the next rotation is due in {_duration(self.next_rotation)}, at half of the certificate's "
-               f"{_duration(self.lifetime)} lifetime")
-        if not self.statuses:  # returned at once: the rotation lies beyond the watch
-            return (f"{self.instance}: {due} — later than this watch, so there is nothing to wait for "
-                    "(`meshkit up --cert-ttl 30s` starts a mesh whose certificates rotate every 15 s)")
-        return f"{self.instance}: no rotation during the {self.watched:.0f} s watched; {due}{traffic}"
-
-    __repr__ = __str__
-
-
-def watch_rotation(mesh: Mesh, instance: str, *, seconds: float = 20.0,
-                   visit_every: float = 1.0) -> RotationWatch:
-    """Watch ``instance``'s certificate for up to ``seconds`` while visiting the product page.
-
-    Returns at once when the next rotation is due later than the watch would last (nothing to
-    see), and shortly after the first rotation otherwise.
-    """
-    if not 0 < seconds <= MAX_WATCH:
-        raise LabError(f"seconds: expected (0, {MAX_WATCH:g}], got {seconds!r}")
-    first = certificate(mesh, instance)
-    serials = [first.serial]
-    statuses: list[int] = []
-    began = time.monotonic()
-    if first.seconds_until_rotation <= seconds:
-        deadline = began + seconds
-        while time.monotonic() < deadline:
-            statuses.append(mesh.visit(timeout=5.0).status)
-            serial = certificate(mesh, instance).serial
-            if serial != serials[-1]:
-                serials.append(serial)
-                break
-            time.sleep(visit_every)
-    return RotationWatch(first.instance, serials, time.monotonic() - began,
-                         certificate(mesh, instance).seconds_until_rotation, first.lifetime, statuses)
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -531,6 +336,7 @@ __all__ = [
     "Calls",
     "Certificate",
     "CheckFailed",
+    "Rotation",
     "RotationWatch",
     "Wire",
     "access",
@@ -551,6 +357,8 @@ __all__ = [
     "require_policy",
     "require_reaches",
     "require_refused",
+    "require_rotation_without_errors",
+    "rotate",
     "watch_rotation",
     "wire",
 ]

@@ -281,6 +281,7 @@ class SidecarCertificates:
             return doc
         doc["seconds_until_rotation"] = round(manager.seconds_until_rotation(moment), 3)
         doc["rotate_at"] = datetime.fromtimestamp(bundle.rotate_at, UTC).isoformat()
+        doc["installed_at"] = datetime.fromtimestamp(bundle.installed_at, UTC).isoformat()
         doc["chain"] = [cert.admin_view(moment) for cert in bundle.chain]
         doc["root"] = [cert.admin_view(moment) for cert in bundle.root]
         return doc
