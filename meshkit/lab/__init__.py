@@ -7,7 +7,8 @@ from the telemetry API and `widgets` offers the canary slider and the YAML rule 
 `observe` reads RED numbers, Istio's metrics, access logs and request traces from the mesh, and
 `prometheus` runs a real Prometheus against its sidecars where the binary is installed.
 `security` shows workload certificates, the bytes on the wire (TLS or plaintext) and who may call
-whom, for the mTLS and authorization labs.
+whom, for the mTLS and authorization labs (certificates and their rotation live in `certs`,
+which `security` re-exports).
 
 It sits above `meshkit.runtime` and `meshkit.control` (it drives them through their public APIs)
 and below the CLI. It must not reach into the control plane's or the sidecar's internals, keep
