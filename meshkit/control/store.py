@@ -48,6 +48,18 @@ CODE_OWNED = "MK0906"
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
+def duplicate_messages(incoming: Sequence[Resource]) -> list[Message]:
+    """An MK0901 error for every resource that appears again in the same input."""
+    seen: set[Key] = set()
+    messages = []
+    for resource in incoming:
+        if resource.key in seen:
+            messages.append(Message(CODE_DUPLICATE, Severity.ERROR, resource.ref, "metadata.name",
+                                    f"{resource.ref} appears more than once in the same input"))
+        seen.add(resource.key)
+    return messages
+
+
 class NotFoundError(ConfigError):
     """A resource or revision that does not exist (HTTP 404)."""
 
@@ -206,7 +218,7 @@ class ConfigStore:
         Not gated by the analyzer (the source's own status reports findings). Nothing changes (and
         no revision is made) when the config already is ``desired``.
         """
-        duplicates = self._duplicates(desired)
+        duplicates = duplicate_messages(desired)
         if duplicates:
             raise ConfigError(duplicates)
         target = {resource.key: resource for resource in desired}
@@ -232,7 +244,7 @@ class ConfigStore:
         """Create or replace ``incoming`` atomically; raise ConfigError (nothing changed) on any Error."""
         self._check_writable()
         self._check_expected(expected_revision)
-        duplicates = self._duplicates(incoming)
+        duplicates = duplicate_messages(incoming)
         if duplicates:
             raise ConfigError(duplicates)
         merged = self._merged(incoming)
@@ -298,17 +310,6 @@ class ConfigStore:
         merged = {key: stored.resource for key, stored in self._current.items()}
         merged.update((resource.key, resource) for resource in incoming)
         return merged
-
-    @staticmethod
-    def _duplicates(incoming: Sequence[Resource]) -> list[Message]:
-        seen: set[Key] = set()
-        messages = []
-        for resource in incoming:
-            if resource.key in seen:
-                messages.append(Message(CODE_DUPLICATE, Severity.ERROR, resource.ref, "metadata.name",
-                                        f"{resource.ref} appears more than once in the same input"))
-            seen.add(resource.key)
-        return messages
 
     def _check_writable(self) -> None:
         if self._owner is not None:

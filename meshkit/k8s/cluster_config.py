@@ -44,6 +44,7 @@ from meshkit.config.resources import Resource
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.control.kinds import resolve_kind
 from meshkit.control.registry import parse_endpoint, parse_service
+from meshkit.control.store import CODE_NOT_FOUND, duplicate_messages
 from meshkit.k8s import names
 from meshkit.runtime.kube_api import KubeApiError, ResourceType
 from meshkit.runtime.kube_client import KubeClient, namespaced_collection, object_path, service_proxy_path
@@ -51,8 +52,6 @@ from meshkit.runtime.kube_sources import ISTIO_TYPES, istio_resource
 
 CODE_CLUSTER_REFUSED = "MK0950"  # the Kubernetes API refused a write or a read
 CODE_NOT_ON_CLUSTER = "MK0951"  # a verb that has no meaning when the cluster holds the config
-CODE_NOT_FOUND = "MK0902"  # as the store says it
-CODE_DUPLICATE = "MK0901"
 CONTROL_PORT_NAME = "http-control"  # the Service port name (operator/deploy/base/control.yaml)
 MIRROR_WAIT_S = 10.0
 POLL_S = 0.05
@@ -118,7 +117,7 @@ class ClusterClient(ControlClient):
         incoming = _load(documents)
         for resource in incoming:
             self._kinds(resource.key[0])
-        duplicates = _duplicates(incoming)
+        duplicates = duplicate_messages(incoming)
         if duplicates:
             raise _refusal(400, duplicates)
         current = self._cluster_objects()
@@ -336,17 +335,6 @@ def _load(documents: list[dict[str, Any]]) -> list[Resource]:
         return load_resources({"apiVersion": "v1", "kind": "List", "items": list(documents)}, origin="input")
     except ConfigError as error:
         raise _refusal(400, error.messages) from None
-
-
-def _duplicates(incoming: Sequence[Resource]) -> list[Message]:
-    seen: set[Key] = set()
-    found = []
-    for resource in incoming:
-        if resource.key in seen:
-            found.append(Message(CODE_DUPLICATE, Severity.ERROR, resource.ref, "metadata.name",
-                                 f"{resource.ref} appears more than once in the same input"))
-        seen.add(resource.key)
-    return found
 
 
 def _ref(key: Key) -> str:
