@@ -45,6 +45,15 @@ HOP_BY_HOP = frozenset(
 )
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
+# Response header names seen on most responses, as sent -> as stored (lower-cased str). Only
+# end-to-end names: hop-by-hop ones always take the slow path in ``on_header``.
+_HEADER_NAMES: dict[bytes, str] = {
+    spelling: name
+    for name in ("server", "date", "content-type", "cache-control", "etag", "last-modified", "vary",
+                 "x-envoy-upstream-service-time", "access-control-allow-origin", "location")
+    for spelling in (name.encode(), name.title().encode())
+}
+
 PoolKey = tuple[str, int, bool]  # (address, port, mutual TLS)
 
 
@@ -163,14 +172,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"content-length":
-                self._content_length = value.decode("latin-1")
-            elif lname == b"transfer-encoding":
-                self._chunked = b"chunked" in value.lower()
-            return
-        self._headers.append((lname.decode("latin-1"), value.decode("latin-1")))
+        text_name = _HEADER_NAMES.get(name)  # common names: no lower() + decode per header
+        if text_name is None:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"content-length":
+                    self._content_length = value.decode("latin-1")
+                elif lname == b"transfer-encoding":
+                    self._chunked = b"chunked" in value.lower()
+                return
+            text_name = lname.decode("latin-1")
+        self._headers.append((text_name, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -288,8 +300,7 @@ class UpstreamConnection(asyncio.Protocol):
     ) -> asyncio.Future[Response]:
         """Write a request head (and its bytes body, already in ``head``); return the response future."""
         loop = self.loop
-        self._reset_exchange()
-        self._busy = True
+        self._busy = True  # the exchange state was reset when the previous exchange ended
         self._last = last
         self._any_byte = False
         self._head_request = request.method == "HEAD"
@@ -339,22 +350,30 @@ class Upstream:
         return allowed
 
     async def send(self, request: Request) -> Response:
+        # One coroutine frame for the common case (a pooled connection, a bytes body): the
+        # exchange is inlined here rather than awaited through a second coroutine.
         endpoint = request.endpoint
-        allowed = self._server_identities(request)
+        allowed = self._server_identities(request) if self.certificates is not None else None
         key = (endpoint.address, endpoint.port, allowed is not None)
         self.rq_total += 1
         body = request.body
-        replayable = isinstance(body, bytes)
         head = self._request_head(request)
         conn = self._take_idle(key, allowed)
         if conn is not None:
-            try:
-                return await self._exchange(conn, request, head, body)
-            except UpstreamReset:
-                # A pooled connection the upstream closed while idle: retry once on a fresh
-                # connection if nothing came back and the body can be replayed.
-                if conn._any_byte or not replayable:
+            if isinstance(body, bytes):
+                waiter = conn.start(request, head, True, self._is_last(conn, request))
+                try:
+                    return await waiter
+                except asyncio.CancelledError:
+                    conn.abort()  # a timeout above us gave up: never reuse a half-used connection
                     raise
+                except UpstreamReset:
+                    # A pooled connection the upstream closed while idle: retry once on a fresh
+                    # connection if nothing came back (the bytes body can be replayed).
+                    if conn._any_byte:
+                        raise
+            else:
+                return await self._exchange(conn, request, head, body)
         conn = await self._connect(key, allowed, self._connect_timeout(request))
         return await self._exchange(conn, request, head, body)
 
@@ -374,13 +393,17 @@ class Upstream:
             head += "transfer-encoding: chunked\r\n\r\n"
         return head.encode("latin-1")
 
+    def _is_last(self, conn: UpstreamConnection, request: Request) -> bool:
+        """Does this exchange reach the cluster's max_requests_per_connection (close after it)?"""
+        limit = self._max_requests(request)
+        return bool(limit) and conn.requests + 1 >= limit
+
     async def _exchange(
         self, conn: UpstreamConnection, request: Request, head: bytes, body: object
     ) -> Response:
+        """An exchange on a new connection, or with a streamed body (pumped by a task of its own)."""
         streamed = not isinstance(body, bytes)
-        limit = self._max_requests(request)
-        last = bool(limit) and conn.requests + 1 >= limit
-        waiter = conn.start(request, head, body_done=not streamed, last=last)
+        waiter = conn.start(request, head, body_done=not streamed, last=self._is_last(conn, request))
         pump: asyncio.Task[None] | None = None
         if streamed:
             pump = asyncio.ensure_future(self._pump(conn, body))
