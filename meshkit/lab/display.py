@@ -168,3 +168,22 @@ class Table:
                        + "</tr>" for r in self.rows)
         title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
         return f"{title}<table><tr>{head}</tr>{body}</table>"
+
+
+class ShownAsTable:
+    """A result a notebook shows as its `table()` (HTML) and a console as the table's text.
+
+    A dataclass using it needs ``repr=False`` (else its generated ``__repr__`` wins).
+    """
+
+    def table(self) -> Table:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return str(self.table())
+
+    def __repr__(self) -> str:
+        return str(self.table())
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.control.telemetry import parse_labels
-from meshkit.lab.display import LabError, Table
+from meshkit.lab.display import LabError, ShownAsTable, Table
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime.local import MeshError
 
@@ -95,7 +95,7 @@ def parse_metrics(text: str) -> list[Sample]:
     return samples
 
 
-class Samples(list[Sample]):
+class Samples(ShownAsTable, list[Sample]):
     """Samples of one metric; shows as a table of the labels that differ between them, plus the value."""
 
     def __init__(self, samples: Iterable[Sample], title: str = "") -> None:
@@ -116,14 +116,6 @@ class Samples(list[Sample]):
 
     def total(self) -> float:
         return sum(s.value for s in self)
-
-    def __str__(self) -> str:
-        return str(self.table())
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        return self.table()._repr_html_()
 
 
 def _target(mesh: Mesh, name: str) -> dict[str, Any]:
@@ -326,8 +318,8 @@ def traced_request(mesh: Mesh, path: str = "/productpage", *, user: str | None =
     return TracedRequest(request_id, path, status, time.monotonic() - began)
 
 
-@dataclass
-class Trace:
+@dataclass(repr=False)
+class Trace(ShownAsTable):
     """Every access-log line with one request id, oldest first: the request's hops through the mesh."""
 
     request_id: str
@@ -364,14 +356,6 @@ class Trace:
         return Table(self.rows(), columns,
                      title=f"trace of x-request-id {self.request_id}: {len(self.hops)} access-log lines "
                            f"from {len(self.sidecars())} sidecars")
-
-    def __str__(self) -> str:
-        return str(self.table())
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        return self.table()._repr_html_()
 
 
 def _when(hop: dict[str, Any]) -> float:

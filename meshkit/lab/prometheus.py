@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from meshkit.lab.display import LabError, Table
+from meshkit.lab.display import LabError, ShownAsTable, Table
 from meshkit.lab.mesh import Mesh
 
 BINARY_ENV = "MESHKIT_PROMETHEUS"
@@ -100,7 +100,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class QueryResult:
+class QueryResult(ShownAsTable):
     """An instant query's answer: one row per series (its labels and value)."""
 
     def __init__(self, promql: str, data: dict[str, Any]) -> None:
@@ -131,14 +131,6 @@ class QueryResult:
         rows = [{**{n: r["labels"].get(n, "") for n in names}, "value": f"{r['value']:.3g}"}
                 for r in self.rows]
         return Table(rows, [*names, "value"], title=f"{self.promql}  ({len(self.rows)} series)")
-
-    def __str__(self) -> str:
-        return str(self.table())
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        return self.table()._repr_html_()
 
 
 class Prometheus:

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 from meshkit.config.resources import parse_duration_ms
 from meshkit.lab.checks import CheckFailed, expect, require_rule, window_since_change
-from meshkit.lab.display import LabError, Table
+from meshkit.lab.display import LabError, ShownAsTable, Table
 from meshkit.lab.mesh import Mesh
 
 ADMIN_TIMEOUT = 5.0
@@ -126,8 +126,8 @@ def clusters(mesh: Mesh, caller: str) -> dict[str, Any]:
         raise LabError(f"no answer from the sidecar of {caller} (admin port {port}): {exc}") from None
 
 
-@dataclass
-class Upstream:
+@dataclass(repr=False)
+class Upstream(ShownAsTable):
     """One host as a caller's sidecar sees it: Envoy's cluster counters (summed over subsets) and
     its endpoints (ejected or not)."""
 
@@ -149,14 +149,6 @@ class Upstream:
         counters = ", ".join(f"{k} {v}" for k, v in self.stats.items() if v) or "none yet"
         title = f"{self.host} as {self.caller}'s sidecar sees it (counters since it started: {counters})"
         return Table(rows, ["endpoint", "cluster", "ejected", "times_ejected", "ok", "errors"], title=title)
-
-    def _repr_html_(self) -> str:
-        return self.table()._repr_html_()
-
-    def __str__(self) -> str:
-        return str(self.table())
-
-    __repr__ = __str__
 
 
 def upstream(mesh: Mesh, caller: str, host: str) -> Upstream:
