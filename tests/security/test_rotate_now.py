@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from meshkit.proxy.admin import _loopback
 from tests.e2e.mesh import RunningMesh
 from tests.pids import alive
 from tests.security.e2e_support import (
@@ -240,3 +241,12 @@ def test_ca_unreachable_keeps_the_old_certificate(mesh: RunningMesh) -> None:
     assert "cannot reach the CA" in (doc["last_error"] or "")
     # The sidecars keep their config and certificates: sleep -> httpbin still works over mTLS.
     assert [through(mesh, "sleep-v1-0", HTTPBIN)[0] for _ in range(3)] == [200] * 3
+
+
+@pytest.mark.parametrize(("address", "local"), [
+    ("127.0.0.1", True), ("127.0.0.6", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.244.0.7", False), ("::ffff:10.0.0.1", False), ("fe80::1", False), ("", False), ("pod-a", False),
+])
+def test_only_loopback_callers_may_rotate(address: str, local: bool) -> None:
+    """The admin port listens on 0.0.0.0 in a Kubernetes pod: POST /certs/rotate is for the pod itself."""
+    assert _loopback(address) is local
