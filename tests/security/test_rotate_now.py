@@ -4,9 +4,9 @@ One mesh (httpbin v1/v2 + the sleep and legacy clients, 24 h certificates, so no
 rotation happens during the module): a rotation asked for changes the serial at once, new
 connections present the new certificate, traffic between sidecars keeps flowing over mTLS,
 concurrent requests share one renewal, GET never rotates, the CLI verb prints old -> new, the
-tap verb takes ``--from legacy``. The last test stops the control plane: the CA is then
+tap verb takes ``--from legacy``. The last mesh test stops the control plane: the CA is then
 unreachable, the answer is a 503 that says so, and the old certificate keeps serving.
-A sidecar started without a CA token answers 409.
+A sidecar started without a CA token, or with fixed ``--tls-dir`` certificates, answers 409.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.admin import _loopback
+from meshkit.proxy.tls import build_csr, generate_key
+from meshkit.proxy.tls_static import CHAIN_FILE, KEY_FILE, ROOT_FILE
 from tests.e2e.mesh import RunningMesh
 from tests.pids import alive
 from tests.security.e2e_support import (
@@ -194,7 +198,24 @@ def test_cli_tap_from_legacy_shows_plaintext(mesh: RunningMesh) -> None:
     assert wrong.returncode != 0 and "with --from give only TARGET" in wrong.stderr
 
 
-def test_no_mtls_sidecar_refuses_with_409(tmp_path: Path) -> None:
+def _write_tls_dir(directory: Path) -> Path:
+    """Fixed certificate files for ``--tls-dir`` (key, chain, root), from a throwaway CA."""
+    authority = CertificateAuthority.open(directory.parent / "files-ca")
+    identity = spiffe("httpbin")
+    key = generate_key()
+    directory.mkdir()
+    (directory / CHAIN_FILE).write_text(authority.sign_csr(build_csr(key, identity), identity))
+    (directory / KEY_FILE).write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / ROOT_FILE).write_text(authority.root_pem)
+    return directory
+
+
+@pytest.mark.parametrize(("mode", "says"), [
+    ("plaintext", "runs without mTLS (no CA token)"),
+    ("tls-dir", "comes from files (--tls-dir), not from a CA"),
+])
+def test_a_sidecar_without_a_ca_answers_409(tmp_path: Path, mode: str, says: str) -> None:
     ports_file = tmp_path / "ports.json"
     env = {k: v for k, v in os.environ.items() if k != "MESHKIT_CA_TOKEN"}
     with socket.socket() as probe:  # a control plane address nothing listens on: no config, no CA
@@ -203,6 +224,8 @@ def test_no_mtls_sidecar_refuses_with_409(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "meshkit.proxy", "--control", nowhere, "--id", "lonely-0.default",
             "--outbound-port", "0", "--inbound-port", "0", "--admin-port", "0",
             "--ports-file", str(ports_file)]
+    if mode == "tls-dir":
+        argv += ["--tls-dir", str(_write_tls_dir(tmp_path / "tls"))]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -212,7 +235,7 @@ def test_no_mtls_sidecar_refuses_with_409(tmp_path: Path) -> None:
         port = json.loads(ports_file.read_text())["admin"]
         status, answer = post(port)
         assert status == 409, answer
-        assert answer["rotated"] is False and "without mTLS" in answer["error"]
+        assert answer["rotated"] is False and says in answer["error"], answer
     finally:
         proc.terminate()
         try:
