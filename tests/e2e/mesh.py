@@ -18,7 +18,7 @@ import yaml
 
 from meshkit.control.client import ApiError, ControlClient
 from meshkit.runtime import catalog
-from meshkit.runtime.local import LocalMesh, MeshError
+from meshkit.runtime.local import DEFAULT_CERT_TTL, LocalMesh, MeshError
 from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
 
@@ -107,10 +107,12 @@ class RunningMesh:
 
 @contextmanager
 def start_mesh(home: Path, apps: list[str], replicas: dict[str, int] | None = None,
-               *, attempts: int = 4, spare: int = 0) -> Iterator[RunningMesh]:
+               *, attempts: int = 4, spare: int = 0,
+               cert_ttl: str = DEFAULT_CERT_TTL) -> Iterator[RunningMesh]:
     """A mesh of ``apps`` with state in ``home``, on a free port base; always stopped on exit.
 
-    ``spare`` more instance port blocks are free too, for instances a test deploys later.
+    ``spare`` more instance port blocks are free too, for instances a test deploys later;
+    ``cert_ttl`` is the workload certificates' lifetime.
     """
     replicas = replicas or {}
     instances = sum(s.replicas for s in catalog.resolve(apps, replicas)) + spare
@@ -118,7 +120,7 @@ def start_mesh(home: Path, apps: list[str], replicas: dict[str, int] | None = No
     last: Exception | None = None
     for base in list(free_port_bases(instances))[:attempts]:
         try:
-            mesh.up(apps, replicas, base_port=base, timeout=60.0)
+            mesh.up(apps, replicas, base_port=base, timeout=60.0, cert_ttl=cert_ttl)
         except MeshError as error:
             if "in use" not in str(error):
                 raise

@@ -24,10 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, CertificateAuthority
 from meshkit.proxy.tls import CertificateManager
-from meshkit.runtime import catalog
-from meshkit.runtime.local import LocalMesh, MeshError
-from meshkit.runtime.state import StateDir
-from tests.e2e.mesh import RunningMesh, free_port_bases
+from tests.e2e.mesh import RunningMesh, start_mesh
 
 TIMEOUT = 15.0
 NS = "default"
@@ -41,23 +38,8 @@ def spiffe(service_account: str, namespace: str = NS) -> str:
 def secure_mesh(home: Path, apps: list[str], *, cert_ttl: str = "24h",
                 attempts: int = 4) -> Iterator[RunningMesh]:
     """A mesh of ``apps`` on a free port base with certificates of ``cert_ttl``; always stopped."""
-    instances = sum(s.replicas for s in catalog.resolve(apps, {}))
-    mesh = LocalMesh(StateDir.open(home))
-    last: Exception | None = None
-    for base in list(free_port_bases(instances))[:attempts]:
-        try:
-            mesh.up(apps, base_port=base, timeout=60.0, cert_ttl=cert_ttl)
-        except MeshError as error:
-            if "in use" not in str(error):
-                raise
-            last = error
-            continue
-        try:
-            yield RunningMesh(mesh, home, base)
-        finally:
-            mesh.down()
-        return
-    raise AssertionError(f"could not start {apps} on any free port base: {last}")
+    with start_mesh(home, apps, attempts=attempts, cert_ttl=cert_ttl) as running:
+        yield running
 
 
 def through(mesh: RunningMesh, instance: str, url: str, *, method: str = "GET",
