@@ -86,3 +86,15 @@ def sample(*names: str) -> list[Resource]:
 def one(text: str) -> Resource:
     (resource,) = load_resources(text)
     return resource
+
+
+def vs(http: str, *, name: str = "reviews", hosts: str = "[reviews]", namespace: str = "default") -> str:
+    """A VirtualService's YAML around ``http`` (its ``spec.http`` list, indented as under ``http:``)."""
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: {hosts}
+  http:
+{http}"""

@@ -7,7 +7,7 @@ from meshkit.config.loader import load_resources
 from meshkit.config.messages import Message, Severity
 from meshkit.config.registry import Endpoint, RegistryView, Service
 from meshkit.config.resources import Resource
-from tests.config.bookinfo import bookinfo_registry, sample
+from tests.config.bookinfo import bookinfo_registry, sample, vs
 
 REVIEWS_DR = """
 apiVersion: networking.istio.io/v1
@@ -20,17 +20,6 @@ spec:
   - {name: v2, labels: {version: v2}}
   - {name: v3, labels: {version: v3}}
 """
-
-
-def vs(http: str, *, name: str = "reviews", hosts: str = "[reviews]", namespace: str = "default") -> str:
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  hosts: {hosts}
-  http:
-{http}"""
 
 
 def found(resources: list[Resource], registry: RegistryView | None = None) -> list[tuple[str, str, str, str]]:

@@ -10,7 +10,7 @@ from meshkit.config.compile import compile_snapshot, default_retry_policy
 from meshkit.config.loader import load_resources
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import Resource
-from tests.config.bookinfo import BOOKINFO_GATEWAY_VS, bookinfo_registry, node_for, sample
+from tests.config.bookinfo import BOOKINFO_GATEWAY_VS, bookinfo_registry, node_for, sample, vs
 
 PRODUCTPAGE = node_for("productpage")
 DEFAULT_RETRIES = {
@@ -29,13 +29,7 @@ def snap(
 
 def virtual_service(host: str, http: str) -> list[Resource]:
     """One VirtualService named after ``host`` and routing it; ``http`` is its ``spec.http`` in YAML."""
-    return load_resources(f"""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: {host}}}
-spec:
-  hosts: [{host}]
-  http:{http}""")
+    return load_resources(vs(http, name=host, hosts=f"[{host}]"))
 
 
 def vhost(snapshot: dict[str, Any], service: str) -> dict[str, Any]:
