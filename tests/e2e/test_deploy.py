@@ -291,3 +291,20 @@ def test_httpbin_deployed_later_gets_its_subsets_and_reset_keeps_them(mesh: Runn
     kept = {(r["kind"], r["metadata"]["name"]) for r in lab.get() or [] if isinstance(r, dict)}
     assert ("DestinationRule", "httpbin") in kept and ("DestinationRule", "reviews") in kept
     assert ("VirtualService", "httpbin") not in kept
+
+
+def test_changes_to_a_mesh_whose_control_plane_died_fail_at_once_saying_so(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    with start_mesh(tmp_path_factory.mktemp("headless"), ["httpbin"]) as running:
+        rec = running.mesh.record()
+        assert rec is not None
+        control = rec.processes["control"].pid
+        os.kill(control, signal.SIGKILL)
+        _wait_dead([control])
+        began = time.monotonic()
+        with pytest.raises(MeshError, match=r"^restart httpbin-v1-0: the mesh's control plane at "
+                                            r"http://127\.0\.0\.1:\d+ does not answer; start the mesh again"):
+            running.mesh.restart("httpbin-v1-0")
+        assert time.monotonic() - began < 20.0, "it should not wait out the restart's timeout"
+        with pytest.raises(MeshError, match="deploy: the mesh's control plane is not running"):
+            running.mesh.deploy(["clients"])
