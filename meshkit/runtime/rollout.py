@@ -28,7 +28,7 @@ from meshkit.runtime import catalog, readiness
 from meshkit.runtime.launch import Launcher, MeshError, Progress, identity, ingress_identity, quiet
 from meshkit.runtime.ports import busy_ports
 from meshkit.runtime.processes import ProcessRecord, stop
-from meshkit.runtime.record import MeshRecord
+from meshkit.runtime.record import Instance, MeshRecord
 from meshkit.runtime.state import StateDir
 
 
@@ -51,10 +51,7 @@ def deploy(state: StateDir, rec: MeshRecord, apps: list[str], replicas: dict[str
     target_apps = rec.apps + new_sets
     target = replica_counts(target_apps, {**rec.replicas, **replicas})  # validates every name first
     launcher = Launcher(state, rec)
-    client = launcher.client(timeout=10.0)
-    if not readiness.control_answers(client):
-        raise MeshError(f"the mesh's control plane at {launcher.control_url} does not answer; "
-                        "start the mesh again with `meshkit down` and `meshkit up`")
+    client = _answering_client(launcher, "")
     deadline = time.monotonic() + timeout
     shrunk = {w: min(n, target[w]) for w, n in old_counts.items()}
     if shrunk != old_counts:
@@ -64,6 +61,22 @@ def deploy(state: StateDir, rec: MeshRecord, apps: list[str], replicas: dict[str
         progress("starting the new instances", 1, 3)
         _add(launcher, client, target_apps, target, new_sets=new_sets, deadline=deadline, progress=progress)
     progress("deployed", 3, 3)
+
+
+def _answering_client(launcher: Launcher, what: str) -> ControlClient:
+    """A client of the mesh's control plane; MeshError (prefixed with ``what``) when it does not answer."""
+    client = launcher.client(timeout=10.0)
+    if not readiness.control_answers(client):
+        raise MeshError(f"{what}the mesh's control plane at {launcher.control_url} does not answer; "
+                        "start the mesh again with `meshkit down` and `meshkit up`")
+    return client
+
+
+def _forget(rec: MeshRecord, instances: list[Instance]) -> None:
+    """Drop the app and sidecar processes of ``instances`` from the record."""
+    for inst in instances:
+        rec.processes.pop(inst.name, None)
+        rec.processes.pop(inst.sidecar_name, None)
 
 
 def _reshape(rec: MeshRecord, apps: list[str], counts: dict[str, int]) -> None:
@@ -83,10 +96,14 @@ def _remove(launcher: Launcher, control: ControlClient, apps: list[str], counts:
     launcher.deregister(control, gone)
     launcher.wait_everything_synced(control, deadline)  # nobody routes to them any more
     stop([p for i in gone for p in (i.app, i.sidecar) if p is not None])
-    for inst in gone:
-        rec.processes.pop(inst.name, None)
-        rec.processes.pop(inst.sidecar_name, None)
+    _forget(rec, gone)
     launcher.save()
+
+
+def _restore(rec: MeshRecord, apps: list[str], replicas: dict[str, int]) -> None:
+    """Put back the app sets and replica overrides the record had before a failed addition."""
+    rec.apps, rec.replicas = apps, replicas
+    rec.assign_slots()
 
 
 def _add(launcher: Launcher, control: ControlClient, apps: list[str], counts: dict[str, int], *,
@@ -99,8 +116,7 @@ def _add(launcher: Launcher, control: ControlClient, apps: list[str], counts: di
     ports = [p for i in adding for p in (i.ports.admin, i.ports.outbound, i.ports.inbound, i.ports.app)]
     busy = busy_ports(ports)
     if busy:
-        rec.apps, rec.replicas = before_apps, before_replicas
-        rec.assign_slots()
+        _restore(rec, before_apps, before_replicas)
         raise MeshError(f"ports {', '.join(map(str, busy[:8]))} on 127.0.0.1 are in use, needed by "
                         f"{', '.join(i.name for i in adding)}; stop what uses them")
     launcher.save()
@@ -122,11 +138,8 @@ def _add(launcher: Launcher, control: ControlClient, apps: list[str], counts: di
             launcher.deregister(control, adding)
         stop([p for i in adding for p in (rec.processes.get(i.name), rec.processes.get(i.sidecar_name))
               if p is not None])
-        for inst in adding:
-            rec.processes.pop(inst.name, None)
-            rec.processes.pop(inst.sidecar_name, None)
-        rec.apps, rec.replicas = before_apps, before_replicas
-        rec.assign_slots()
+        _forget(rec, adding)
+        _restore(rec, before_apps, before_replicas)
         launcher.save()
         raise
 
@@ -139,10 +152,7 @@ def restart(state: StateDir, rec: MeshRecord, name: str, *, timeout: float = 30.
     """
     launcher = Launcher(state, rec)
     deadline = time.monotonic() + timeout
-    client = launcher.client(timeout=10.0)
-    if not readiness.control_answers(client):
-        raise MeshError(f"restart {name}: the mesh's control plane at {launcher.control_url} does not "
-                        "answer; start the mesh again with `meshkit down` and `meshkit up`")
+    client = _answering_client(launcher, f"restart {name}: ")
     if name == "ingressgateway":
         _stop_recorded(rec.processes.get(name))
         tokens = launcher.issue_tokens([ingress_identity()], revoke_earlier=False)
