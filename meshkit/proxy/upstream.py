@@ -45,14 +45,16 @@ HOP_BY_HOP = frozenset(
 )
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
-# Response header names seen on most responses, as sent -> as stored (lower-cased str). Only
-# end-to-end names: hop-by-hop ones always take the slow path in ``on_header``.
+# Response header names seen on most responses, as sent -> as stored (lower-cased str); "" for
+# the hop-by-hop names that carry nothing the exchange needs (dropped). Content-Length and
+# Transfer-Encoding always take the slow path in ``on_header``.
 _HEADER_NAMES: dict[bytes, str] = {
     spelling: name
     for name in ("server", "date", "content-type", "cache-control", "etag", "last-modified", "vary",
                  "x-envoy-upstream-service-time", "access-control-allow-origin", "location")
     for spelling in (name.encode(), name.title().encode())
 }
+_HEADER_NAMES.update({b"Connection": "", b"connection": "", b"Keep-Alive": "", b"keep-alive": ""})
 
 PoolKey = tuple[str, int, bool]  # (address, port, mutual TLS)
 
@@ -182,6 +184,8 @@ class UpstreamConnection(asyncio.Protocol):
                     self._chunked = b"chunked" in value.lower()
                 return
             text_name = lname.decode("latin-1")
+        elif not text_name:  # Connection / Keep-Alive (the parser keeps the keep-alive state)
+            return
         self._headers.append((text_name, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
