@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from meshkit.cli.common import EXIT_REJECTED, EXIT_UNAVAILABLE, Printer, _fail, app, table
 
+if TYPE_CHECKING:
+    from rich.progress import Progress as ProgressBar
+
+    from meshkit.runtime.launch import Progress
+    from meshkit.runtime.local import LocalMesh
+
 OutputOption = Annotated[str, typer.Option("-o", "--output", help="table or json.")]
 
 
-def _mesh() -> Any:
+def _mesh() -> LocalMesh:
     from meshkit.runtime.local import LocalMesh  # noqa: PLC0415
 
     return LocalMesh()
 
 
-def _running_mesh() -> Any:
+def _running_mesh() -> LocalMesh:
     mesh = _mesh()
     if mesh.record() is None:
         _fail(EXIT_UNAVAILABLE, "error: no local mesh is running; start one with `meshkit up`")
@@ -40,7 +46,7 @@ def _replicas(values: list[str], what: str = "--replicas ") -> dict[str, int]:
     return replicas
 
 
-def _progress_bar(steps: int) -> Any:
+def _progress_bar(steps: int) -> tuple[ProgressBar, Progress]:
     """A transient rich progress bar and the `Progress` callback that drives it."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -50,6 +50,7 @@ from meshkit.runtime.kube_api import KubeApiError, ResourceType
 from meshkit.runtime.kube_client import KubeClient, namespaced_collection, object_path, service_proxy_path
 from meshkit.runtime.kube_sources import ISTIO_TYPES, istio_resource
 
+T = TypeVar("T")
 CODE_CLUSTER_REFUSED = "MK0950"  # the Kubernetes API refused a write or a read
 CODE_NOT_ON_CLUSTER = "MK0951"  # a verb that has no meaning when the cluster holds the config
 CONTROL_PORT_NAME = "http-control"  # the Service port name (operator/deploy/base/control.yaml)
@@ -182,7 +183,7 @@ class ClusterClient(ControlClient):
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _kube(self, call: Any, *, missing: ResourceType | None = None) -> Any:
+    def _kube(self, call: Callable[[], T], *, missing: ResourceType | None = None) -> T:
         """Run one Kubernetes API call; its errors as the control client's errors.
 
         ``missing``: the type being listed, whose 404 means its CRD is not installed.

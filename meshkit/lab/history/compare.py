@@ -20,12 +20,13 @@ report latency, proxies on the path, processes and proxy memory (RSS from /proc)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from meshkit.control.telemetry import REQUESTS_PREFIX, parse_labels
 from meshkit.lab.checks import CheckFailed, expect
 from meshkit.lab.display import LabError, Table
-from meshkit.lab.history.library import ProxiedClient, ResilientClient
+from meshkit.lab.history.library import Answer, ProxiedClient, ResilientClient
 from meshkit.lab.history.measure import Measurement, run_bounded
 from meshkit.lab.history.node_agent import NodeProxy, fetch_json, fetch_text, node_snapshot
 from meshkit.lab.mesh import Mesh
@@ -212,7 +213,8 @@ class Comparison:
         self._redraw()
         return self.table()
 
-    def _measure(self, shape: str, get: Any, requests: int, max_seconds: float) -> Measurement:
+    def _measure(self, shape: str, get: Callable[[str], Answer], requests: int,
+                 max_seconds: float) -> Measurement:
         before = self.proxy_counters()
         # Every demo app stamps its JSON with its instance name ("podname"): the answer came from
         # the destination's app when that name is one of the destination's instances.
