@@ -16,13 +16,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from importlib import resources as package_files
 from typing import Any
 
 import yaml
 
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.lab.display import Findings, LabError, Rule, Table, show_errors_as_html
+from meshkit.runtime import catalog
 from meshkit.runtime.curl import CurlError, CurlResult
 from meshkit.runtime.curl import curl as send_curl
 from meshkit.runtime.load import LoadGenerator, parse_users
@@ -254,11 +254,8 @@ class Mesh:
         DestinationRules and ingress route; httpbin's subsets when it runs): every other resource
         is deleted."""
         record = self.local.record() if self.local is not None else None
-        baseline = []
-        for app_set in record.apps if record is not None else ["bookinfo"]:
-            defaults = package_files.files("meshkit.runtime").joinpath(f"defaults/{app_set}.yaml")
-            if defaults.is_file():
-                baseline += [d for d in yaml.safe_load_all(defaults.read_text()) if d]
+        app_sets = record.apps if record is not None else ["bookinfo"]
+        baseline = [doc for app_set in app_sets for doc in catalog.default_config(app_set)]
         keep = {_key(d) for d in baseline}
         extra = [r for r in self.get() or [] if isinstance(r, dict) and _key(r) not in keep]
         if extra:

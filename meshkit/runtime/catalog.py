@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
 
 
 @dataclass(frozen=True)
@@ -80,3 +84,12 @@ def resolve(app_sets: list[str], replicas: dict[str, int]) -> list[WorkloadSpec]
         if not 0 <= count <= 10:
             raise ValueError(f"--replicas {workload}={count}: replicas must be between 0 and 10")
     return [dataclasses.replace(s, replicas=replicas.get(s.workload, s.replicas)) for s in specs]
+
+
+def default_config(app_set: str) -> list[dict[str, Any]]:
+    """The Istio config `up` and `deploy` apply with ``app_set`` (``defaults/<set>.yaml``: Bookinfo's
+    destination-rule-all and ingress route, httpbin's subsets); none for the others (clients)."""
+    baseline = resources.files("meshkit.runtime").joinpath(f"defaults/{app_set}.yaml")
+    if not baseline.is_file():
+        return []
+    return [doc for doc in yaml.safe_load_all(baseline.read_text()) if doc]

@@ -18,14 +18,11 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-
-import yaml
 
 from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
 from meshkit.control.client import ApiError, ControlClient
-from meshkit.runtime import readiness
+from meshkit.runtime import catalog, readiness
 from meshkit.runtime.catalog import WorkloadSpec
 from meshkit.runtime.ports import PortPlan
 from meshkit.runtime.processes import ProcessRecord, python_argv, spawn
@@ -187,9 +184,8 @@ class Launcher:
     def apply_defaults(client: ControlClient, app_sets: list[str]) -> None:
         """An app set's baseline config (Istio's destination-rule-all, the ingress route)."""
         for app_set in app_sets:
-            baseline = resources.files("meshkit.runtime").joinpath(f"defaults/{app_set}.yaml")
-            if baseline.is_file():
-                docs = [d for d in yaml.safe_load_all(baseline.read_text()) if d]
+            docs = catalog.default_config(app_set)
+            if docs:
                 client.apply(docs)
 
     def scrape(self, client: ControlClient, instances: list[Instance], *, ingress: bool) -> None:
