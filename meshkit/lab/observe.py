@@ -133,11 +133,14 @@ def _target(mesh: Mesh, name: str) -> dict[str, Any]:
 
 def metric_text(mesh: Mesh, target: str) -> str:
     """The raw ``/stats/prometheus`` text of one sidecar (``target`` as in `mesh.scrape_targets()`)."""
-    url = str(_target(mesh, target)["url"])
+    return _scrape(target, str(_target(mesh, target)["url"]))
+
+
+def _scrape(target: str, url: str) -> str:
     try:
         with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as resp:
             return str(resp.read().decode())
-    except (OSError, urllib.error.URLError) as exc:
+    except OSError as exc:  # URLError included
         raise LabError(f"metrics: the sidecar {target!r} did not answer at {url} ({exc})") from None
 
 
@@ -146,10 +149,11 @@ def metrics(mesh: Mesh, target: str, name: str = "istio_requests_total", **label
 
     ``metrics(mesh, "reviews-v2", reporter="source", response_code="503")``.
     """
-    found = [s for s in parse_metrics(metric_text(mesh, target))
+    scraped = _target(mesh, target)
+    found = [s for s in parse_metrics(_scrape(target, str(scraped["url"])))
              if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
     where = ", ".join(f"{k}={v}" for k, v in labels.items())
-    title = f"{name} on {_target(mesh, target)['name']}" + (f" ({where})" if where else "")
+    title = f"{name} on {scraped['name']}" + (f" ({where})" if where else "")
     return Samples(found, title=title)
 
 
