@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from meshkit.config.compile import snapshot_version
 from meshkit.lab.display import LabError
 from meshkit.runtime.processes import rss_bytes
 
@@ -87,8 +87,7 @@ def node_snapshot(sidecar_dump: dict[str, Any], app_ports: dict[str, int]) -> di
     snap["inbound"] = None
     snap["trust"] = None
     snap.pop("revision", None)
-    body = json.dumps({k: v for k, v in snap.items() if k != "version"}, sort_keys=True).encode()
-    snap["version"] = hashlib.sha256(body).hexdigest()[:16]
+    snap["version"] = snapshot_version(snap)
     return snap
 
 
