@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -33,6 +32,7 @@ import yaml
 
 from meshkit.lab.display import LabError, ShownAsTable, Table
 from meshkit.lab.mesh import Mesh
+from meshkit.runtime.processes import dying_with_parent
 
 BINARY_ENV = "MESHKIT_PROMETHEUS"
 INSTALL_HINT = (
@@ -43,17 +43,6 @@ INSTALL_HINT = (
 )
 START_TIMEOUT = 30.0
 HTTP_TIMEOUT = 5.0
-PR_SET_PDEATHSIG = 1
-
-# Runs in the child before exec: ask the kernel for SIGTERM when the parent dies, then become prometheus.
-_LAUNCHER = (
-    "import ctypes, os, signal, sys\n"
-    "if sys.platform == 'linux':\n"
-    f"    ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, int(signal.SIGTERM), 0, 0, 0)\n"
-    "    if os.getppid() != int(sys.argv[1]):\n"
-    "        sys.exit(0)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
 
 
 def find_binary() -> str | None:
@@ -183,7 +172,7 @@ class Prometheus:
                 "--storage.tsdb.retention.time=1h", f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn"]
         with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(os.getpid()), *argv],
+            self.process = subprocess.Popen(dying_with_parent(argv),
                                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)
         (self.directory / "pid").write_text(str(self.process.pid))

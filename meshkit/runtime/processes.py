@@ -126,6 +126,27 @@ def python_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+PR_SET_PDEATHSIG = 1
+
+# Runs first in the child: ask Linux for a SIGTERM when the starting thread dies (the setting survives
+# exec), give up if that already happened, then become argv[2:].
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform == 'linux':\n"
+    f"    ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, int(signal.SIGTERM), 0, 0, 0)\n"
+    "    if os.getppid() != int(sys.argv[1]):\n"
+    "        sys.exit('the process that started it is gone')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def dying_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` (an executable's path first) started so that it gets SIGTERM when the thread that
+    starts it dies, even by SIGKILL: for helpers a notebook starts (a node proxy, Prometheus),
+    which must not outlive their kernel. Unlike the mesh's processes, these are not recorded."""
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+
+
 def stop(records: list[ProcessRecord], *, grace: float = 3.0) -> list[str]:
     """SIGTERM every live process group, wait up to ``grace`` seconds, then SIGKILL.
 

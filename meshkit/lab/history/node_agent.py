@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -34,13 +33,12 @@ from typing import Any
 
 from meshkit.config.compile import snapshot_version
 from meshkit.lab.display import LabError
-from meshkit.runtime.processes import rss_bytes
+from meshkit.runtime.processes import dying_with_parent, python_argv, rss_bytes
 
 NODE_NAME = "node-agent-0"
 NAMESPACE = "default"
 START_TIMEOUT = 20.0
 STOP_GRACE = 3.0
-PR_SET_PDEATHSIG = 1
 
 
 def fetch_json(url: str, timeout: float = 5.0) -> Any:
@@ -91,17 +89,6 @@ def node_snapshot(sidecar_dump: dict[str, Any], app_ports: dict[str, int]) -> di
     return snap
 
 
-# Run first in the child: ask Linux for a SIGTERM when the starting thread dies (the setting
-# survives exec), give up if that already happened, then become the proxy.
-DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    f"ctypes.CDLL(None).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM)\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit('the process that started the node proxy is gone')\n"
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
-)
-
-
 class NodeProxy:
     """One shared meshkit proxy process started from a static snapshot; stop() (or leaving the
     ``with`` block, or the interpreter exiting) ends it."""
@@ -124,11 +111,10 @@ class NodeProxy:
         config = self.workdir / "snapshot.json"
         config.write_text(json.dumps(self.snapshot), encoding="utf-8")
         ports_file = self.workdir / "ports.json"
-        argv = [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()),
-                "-m", "meshkit.proxy", "--config", str(config),
-                "--outbound-port", "0", "--inbound-port", "0", "--admin-port", "0",
-                "--ports-file", str(ports_file), "--drain-seconds", "0.2",
-                "--access-log", str(self.workdir / "access.log")]  # as the mesh's sidecars log
+        argv = dying_with_parent(python_argv(
+            "meshkit.proxy", "--config", str(config), "--outbound-port", "0", "--inbound-port", "0",
+            "--admin-port", "0", "--ports-file", str(ports_file), "--drain-seconds", "0.2",
+            "--access-log", str(self.workdir / "access.log")))  # as the mesh's sidecars log
         with open(self.workdir / "proxy.log", "ab") as log:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
