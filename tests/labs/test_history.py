@@ -35,6 +35,8 @@ from meshkit.lab.history import (
 from meshkit.lab.history.node_agent import fetch_json
 from meshkit.lab.mesh import Mesh
 
+SLOW_S = 2.0  # far above the 0.2 s per-try timeouts below, so a busy machine cannot blur the two
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -42,7 +44,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         behaviour = self.server.behaviour  # type: ignore[attr-defined]
         if behaviour == "slow":
-            time.sleep(1.0)
+            time.sleep(SLOW_S)
         status = 503 if behaviour == "503" else 200
         body = json.dumps({"podname": f"port-{self.server.server_port}"}).encode()
         self.send_response(status)
@@ -56,7 +58,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def servers() -> Iterator[dict[str, int]]:
-    """Three real HTTP servers on 127.0.0.1: one answering 200, one 503, one taking 1 s."""
+    """Three real HTTP servers on 127.0.0.1: one answering 200, one 503, one taking SLOW_S seconds."""
     started = []
     ports = {}
     for behaviour in ("200", "503", "slow"):
@@ -98,7 +100,7 @@ def test_the_library_gives_up_naming_the_endpoint_and_the_cause(servers: dict[st
     began = time.monotonic()
     with pytest.raises(RequestFailed, match="timed out"):
         slow.get("/b")
-    assert time.monotonic() - began < 0.9  # two 0.2 s tries, not the server's 1 s
+    assert time.monotonic() - began < SLOW_S - 0.2  # two 0.2 s tries, not the server's SLOW_S
     slow.close()
     only_503 = ResilientClient([("127.0.0.1", servers["503"])], attempts=3)
     assert only_503.get("/c").status == 503 and only_503.retries == 2  # the last answer is returned
