@@ -27,6 +27,7 @@ from meshkit.config.resources import parse_duration_ms
 from meshkit.lab.checks import CheckFailed, expect, require_rule, window_since_change
 from meshkit.lab.display import LabError, ShownAsTable, Table
 from meshkit.lab.mesh import Mesh
+from meshkit.runtime.catalog import workload_of
 
 ADMIN_TIMEOUT = 5.0
 
@@ -298,7 +299,7 @@ def require_ejected(mesh: Mesh, caller: str, host: str, *, slack: int = 5,
     expect(bool(ejected),
            f"{caller}'s sidecar has no endpoint of {host} ejected right now (ejections so far: "
            f"{view.times_ejected()}); an endpoint must fail consecutive requests while traffic runs")
-    source = _workload(caller)
+    source = workload_of(caller)
     window = window_since_change(mesh)
     sent = outcomes(mesh, host, source=source, window=window)
     expect(sent.requests >= min_requests,
@@ -334,9 +335,3 @@ def require_rate_limited(mesh: Mesh, workload: str, *, at_least: int = 5) -> Out
 def _selects(envoy_filter: Mapping[str, Any], workload: str) -> bool:
     selector = (envoy_filter.get("spec") or {}).get("workloadSelector") or {}
     return bool((selector.get("labels") or {}).get("app") == workload)
-
-
-def _workload(caller: str) -> str:
-    """'productpage-v1-0' (an instance) -> 'productpage-v1' (its workload); a workload stays."""
-    head, _, tail = caller.rpartition("-")
-    return head if head and tail.isdigit() else caller

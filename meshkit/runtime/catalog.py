@@ -86,6 +86,12 @@ def resolve(app_sets: list[str], replicas: dict[str, int]) -> list[WorkloadSpec]
     return [dataclasses.replace(s, replicas=replicas.get(s.workload, s.replicas)) for s in specs]
 
 
+def workload_of(name: str) -> str:
+    """The workload an instance belongs to (``reviews-v1-0`` -> ``reviews-v1``); any other name stays."""
+    head, _, tail = name.rpartition("-")
+    return head if head and tail.isdigit() else name
+
+
 def default_config(app_set: str) -> list[dict[str, Any]]:
     """The Istio config `up` and `deploy` apply with ``app_set`` (``defaults/<set>.yaml``: Bookinfo's
     destination-rule-all and ingress route, httpbin's subsets); none for the others (clients)."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from meshkit.runtime.catalog import workload_of
 from meshkit.runtime.state import StateDir
 
 DEFAULT_TIMEOUT = 30.0
@@ -121,7 +122,7 @@ class _Route:
 def find_source(workloads: list[dict[str, Any]], source: str) -> dict[str, Any]:
     """The status row of ``source``: an instance (``sleep-v1-0``), else the first instance of a
     workload (``sleep-v1``), else of a service (``sleep``)."""
-    for match in (lambda w: w["name"] == source, lambda w: w["name"].rsplit("-", 1)[0] == source,
+    for match in (lambda w: w["name"] == source, lambda w: workload_of(w["name"]) == source,
                   lambda w: w["service"] == source):
         found = [w for w in workloads if match(w)]
         if found:

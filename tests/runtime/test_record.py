@@ -44,3 +44,13 @@ def test_replica_counts_and_overrides() -> None:
         catalog.resolve(["bookinfo"], {"reviews-v1": 11})
     with pytest.raises(ValueError, match="no such workload"):
         replica_counts(["bookinfo"], {"sleep-v1": 1})
+
+
+def test_an_instance_name_gives_its_workload_and_other_names_stay() -> None:
+    specs = catalog.resolve(["bookinfo"], {"reviews-v1": 2})
+    instances = [name for spec in specs for name in spec.instances()]
+    assert {catalog.workload_of(name) for name in instances} == {
+        spec.workload for spec in catalog.resolve(["bookinfo"], {})}
+    assert catalog.workload_of("reviews-v1-1") == "reviews-v1"
+    assert [catalog.workload_of(n) for n in ("reviews-v1", "ingressgateway", "sleep")] == [
+        "reviews-v1", "ingressgateway", "sleep"]

@@ -30,6 +30,7 @@ from meshkit.lab.history.library import Answer, ProxiedClient, ResilientClient
 from meshkit.lab.history.measure import Measurement, run_bounded
 from meshkit.lab.history.node_agent import NodeProxy, fetch_json, fetch_text, node_snapshot
 from meshkit.lab.mesh import Mesh
+from meshkit.runtime.catalog import workload_of
 from meshkit.runtime.processes import rss_bytes
 
 LIBRARY, NODE_AGENT, SIDECAR = "library", "node agent", "sidecar"
@@ -182,7 +183,7 @@ class Comparison:
     def caller_identity_seen(self) -> str:
         """The client's identity as the destination's sidecars know it: the SPIFFE principal and the
         connection security of their ``reporter="destination"`` metrics for calls from the client."""
-        workload = self.client.rsplit("-", 1)[0]
+        workload = workload_of(self.client)
         seen = set()
         for row in self._destination_rows():
             if not row.get("admin_port"):
@@ -285,7 +286,7 @@ class Comparison:
                f"{self.service}'s sidecar knows the caller {self.client} as {identity!r}; with sidecars it "
                "should be a SPIFFE identity proven by mutual TLS")
         window = min(MAX_TELEMETRY_WINDOW, max(2.0, time.time() - result.started + 2.0))
-        source = self.client.rsplit("-", 1)[0]
+        source = workload_of(self.client)
         by_reporter = {}
         for reporter in ("source", "destination"):
             answer = mesh.telemetry(window, source=source, destination=self.service, reporter=reporter)
