@@ -122,9 +122,7 @@ class ClusterClient(ControlClient):
         if duplicates:
             raise _refusal(400, duplicates)
         current = self._cluster_objects()
-        merged = {key: resource for key, (resource, _) in current.items() if resource is not None}
-        merged.update((resource.key, resource) for resource in incoming)
-        messages = analyze_resources([merged[key] for key in sorted(merged)], self._registry())
+        messages = analyze_resources(_merged(current, incoming), self._registry())
         if any(m.severity == Severity.ERROR for m in messages):
             raise _refusal(400, messages)
         actions: list[tuple[str, str]] = []
@@ -172,11 +170,10 @@ class ClusterClient(ControlClient):
     def analyze(self, documents: list[dict[str, Any]] | None = None) -> Any:
         incoming = _load(documents) if documents else []
         current = self._cluster_objects()
-        merged = {key: resource for key, (resource, _) in current.items() if resource is not None}
-        merged.update((resource.key, resource) for resource in incoming)
+        replaced = {r.key for r in incoming}
         unloadable = [m for key, (resource, problems) in sorted(current.items()) if resource is None
-                      for m in problems if key not in {r.key for r in incoming}]
-        messages = unloadable + analyze_resources([merged[key] for key in sorted(merged)], self._registry())
+                      for m in problems if key not in replaced]
+        messages = unloadable + analyze_resources(_merged(current, incoming), self._registry())
         return {"errors": sum(1 for m in messages if m.severity == Severity.ERROR),
                 "warnings": sum(1 for m in messages if m.severity == Severity.WARNING),
                 "messages": [m.to_dict() for m in messages]}
@@ -336,6 +333,14 @@ def _load(documents: list[dict[str, Any]]) -> list[Resource]:
         return load_resources({"apiVersion": "v1", "kind": "List", "items": list(documents)}, origin="input")
     except ConfigError as error:
         raise _refusal(400, error.messages) from None
+
+
+def _merged(current: Mapping[Key, tuple[Resource | None, list[Message]]],
+            incoming: Sequence[Resource]) -> list[Resource]:
+    """The cluster's loadable objects with ``incoming`` in their place, in key order (what is analysed)."""
+    merged = {key: resource for key, (resource, _) in current.items() if resource is not None}
+    merged.update((resource.key, resource) for resource in incoming)
+    return [merged[key] for key in sorted(merged)]
 
 
 def _ref(key: Key) -> str:
