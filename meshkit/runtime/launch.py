@@ -76,11 +76,6 @@ class Launcher:
     rec: MeshRecord
 
     @property
-    def owner(self) -> str:
-        """The tag every process of this mesh carries in its environment (processes.OWNER_ENV)."""
-        return str(self.state.root.resolve())
-
-    @property
     def plan(self) -> PortPlan:
         return PortPlan(self.rec.base_port)
 
@@ -97,7 +92,7 @@ class Launcher:
     # -- processes ----------------------------------------------------------------------------
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessRecord:
-        proc = spawn(name, argv, log=self.state.log(name), env=env, owner=self.owner)
+        proc = spawn(name, argv, log=self.state.log(name), env=env, owner=self.state.owner)
         self.rec.processes[name] = proc
         self.save()
         return proc

@@ -299,14 +299,9 @@ class LocalMesh:
         if rec is not None:
             # Sidecars and apps first, the control plane last (sidecars then never see it vanish first).
             killed = stop(sorted(rec.processes.values(), key=lambda p: p.name == "control"))
-        killed += stop(owned_by(self._owner))
+        killed += stop(owned_by(self.state.owner))
         self.state.clear_mesh()
         return killed
-
-    @property
-    def _owner(self) -> str:
-        """The tag every process of this mesh carries in its environment (processes.OWNER_ENV)."""
-        return str(self.state.root.resolve())
 
     def kill(self, instance: str) -> None:
         """Kill one instance's app abruptly (SIGKILL), like a crashing pod; its sidecar stays."""

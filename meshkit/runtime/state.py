@@ -51,6 +51,11 @@ class StateDir:
     def run_dir(self) -> Path:
         return self.root / "run"
 
+    @property
+    def owner(self) -> str:
+        """The tag every process of this state dir's mesh carries in its environment (processes.OWNER_ENV)."""
+        return str(self.root.resolve())
+
     def log(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
 
