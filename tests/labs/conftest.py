@@ -4,6 +4,7 @@ and the `mesh` fixture every test module connects with."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,19 @@ def mesh(lab_env: dict[str, str]) -> Mesh:
     m = connect()
     m.reset()
     return m
+
+
+def settle(mesh: Mesh, quiet: float = 2.0, timeout: float = 20.0) -> None:
+    """Wait until the telemetry shows no request in the last ``quiet`` seconds (bounded).
+
+    Telemetry scrapes every second: requests an earlier test sent just before a test's start
+    are counted up to a second later, inside windows that begin at that start. Tests that
+    compare counts over a window with the load they sent settle first.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(e["requests"] for e in mesh.telemetry(quiet).get("edges", [])):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the mesh still carries traffic after {timeout:.0f} s: "
+                         "an earlier test left a load running")

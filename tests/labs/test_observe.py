@@ -20,6 +20,7 @@ from meshkit.lab.observe import (
     trace,
     traced_request,
 )
+from tests.labs.conftest import settle
 
 
 def test_red_rows_add_rates_and_errors_and_keep_the_worst_p99() -> None:
@@ -46,6 +47,7 @@ def test_parse_metrics_reads_labels_with_escapes_and_names_a_bad_line() -> None:
 
 def test_red_edge_and_metrics_agree_with_the_traffic_sent(mesh: Mesh) -> None:
     mesh.apply(rules.canary("reviews", {"v2": 50, "v3": 50}))
+    settle(mesh)  # nothing of an earlier test is still to be scraped
     started = time.time()
     summary = mesh.load(rps=15, duration=2).wait(15)
     time.sleep(2.0)  # a scrape after the last answer

@@ -7,6 +7,7 @@ import time
 from meshkit.lab import checks, rules
 from meshkit.lab.charts import FLAG_COLORS, flag_counts, response_flags
 from meshkit.lab.mesh import Mesh
+from tests.labs.conftest import settle
 
 
 def _bars(chart: object) -> dict[str, dict[str, float]]:
@@ -31,6 +32,7 @@ def test_flag_counts_keeps_unflagged_requests_and_combined_flags_apart() -> None
 
 def test_an_injected_abort_appears_as_fi_on_its_destination(mesh: Mesh) -> None:
     mesh.apply(rules.fault("details", abort=503, percent=100))
+    settle(mesh)  # nothing of an earlier test is still to be scraped
     started = time.time()
     mesh.load(rps=15, duration=2).wait(15)
     deadline = time.monotonic() + 15
@@ -61,6 +63,7 @@ def test_an_injected_abort_appears_as_fi_on_its_destination(mesh: Mesh) -> None:
 
 
 def test_per_version_bars_and_a_healthy_mesh_has_no_flags(mesh: Mesh) -> None:
+    settle(mesh)
     started = time.time()
     mesh.load(rps=15, duration=2).wait(15)
     time.sleep(2.0)  # a scrape after the last answer
