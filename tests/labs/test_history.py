@@ -34,6 +34,7 @@ from meshkit.lab.history import (
 )
 from meshkit.lab.history.node_agent import fetch_json
 from meshkit.lab.mesh import Mesh
+from tests.pids import alive
 
 SLOW_S = 2.0  # far above the 0.2 s per-try timeouts below, so a busy machine cannot blur the two
 
@@ -182,26 +183,12 @@ def test_the_node_proxy_stops_when_its_with_block_fails_and_when_its_parent_dies
         parent.send_signal(signal.SIGKILL)  # no atexit, no clean-up: only the kernel's death signal
         parent.wait(10)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _running(child):
+    while time.monotonic() < deadline and alive(child):
         time.sleep(0.05)
-    survived = _running(child)
+    survived = alive(child)
     if survived:  # do not leave it behind when the test fails
         os.kill(child, signal.SIGKILL)
     assert not survived, f"the node proxy {child} outlived the process that started it"
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat[stat.rfind(")") + 2] == "Z":  # a zombie waiting for init to reap it has exited
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _eventually(check: Any, mesh: Mesh, seconds: float = 8.0) -> None:
@@ -263,7 +250,7 @@ def test_three_shapes_fail_their_checks_before_and_pass_after_measuring(mesh: Me
             bench.interleaved(rounds=9)
 
         pid = bench.node.pid
-    assert pid is not None and not _running(pid)
+    assert pid is not None and not alive(pid)
     with pytest.raises(CheckFailed, match="no node proxy is running"):
         bench.check_node_agent(mesh)
 
