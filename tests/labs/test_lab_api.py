@@ -13,6 +13,7 @@ from meshkit.lab.charts import edge_label, edge_latency, service_graph, traffic_
 from meshkit.lab.mesh import Mesh
 from meshkit.lab.progress import ProgressStore
 from meshkit.lab.widgets import ABRouter, FaultPanel, MtlsToggle, canary_slider, rule_editor
+from tests.labs.conftest import settle
 
 
 def test_a_refused_rule_names_the_resource_and_field_without_a_traceback(mesh: Mesh) -> None:
@@ -173,8 +174,11 @@ def test_rule_editor_shows_analyzer_messages_inline_and_applies(mesh: Mesh) -> N
 
 def test_live_charts_fill_from_telemetry_while_a_load_runs_then_stop(mesh: Mesh) -> None:
     mesh.apply(rules.canary("reviews", {"v1": 50, "v3": 50}))
+    # The split's last picture (IDLE_GRACE after the 4 s load) looks back 10 s: about a second
+    # before the load began, which settling keeps free of earlier tests' requests to v2.
+    settle(mesh, quiet=3.0)
     load = mesh.load(rps=20, duration=4)
-    split = traffic_split(mesh, "reviews", window=30, max_seconds=30)
+    split = traffic_split(mesh, "reviews", window=10, max_seconds=30)
     graph = service_graph(mesh, window=10, max_seconds=30)
     assert split.running() and graph.running()
     load.wait(20)
