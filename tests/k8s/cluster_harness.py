@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import kmock as kmocklib
+import yaml
 
 from meshkit.runtime.kube_api import KubeAccess
 from meshkit.runtime.kubernetes import (
@@ -97,3 +98,16 @@ async def running_cluster(kmock: Any, session: aiohttp.ClientSession, state_dir:
         yield running
     finally:
         await running.close()
+
+
+def write_kubeconfig(path: Path, server: str, *, user: dict[str, Any], cluster: dict[str, Any] | None = None,
+                     context: str = "kind-meshkit", current: str | None = "kind-meshkit") -> Path:
+    """A one-cluster kubeconfig at ``path``: ``server`` (with ``cluster``'s fields), ``user``'s
+    credentials, one context named ``context``; ``current`` is its current-context."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": current,
+        "clusters": [{"name": "c", "cluster": {"server": server, **(cluster or {})}}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": context, "context": {"cluster": "c", "user": "u"}}],
+    }))
+    return path

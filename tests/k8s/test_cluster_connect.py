@@ -16,13 +16,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from meshkit.lab.display import LabError
 from meshkit.lab.mesh import Mesh, connect
 from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
 from tests.k8s import kube_objects as k
-from tests.k8s.cluster_harness import objects
+from tests.k8s.cluster_harness import objects, write_kubeconfig
 from tests.test_cli import cli_env, meshkit
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,13 +31,7 @@ VS_COLLECTION = "/apis/networking.istio.io/v1/virtualservices"
 
 @pytest.fixture()
 def kubeconfig(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kind-meshkit",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
-        "users": [{"name": "learner", "user": {"token": TOKEN}}],
-        "contexts": [{"name": "kind-meshkit", "context": {"cluster": "kmock", "user": "learner"}}],
-    }))
+    path = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"), user={"token": TOKEN})
     monkeypatch.setenv("KUBECONFIG", str(path))
     return path
 

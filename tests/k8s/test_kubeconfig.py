@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +30,7 @@ from meshkit.runtime.kube_api import KubeApiError
 from meshkit.runtime.kube_client import KubeClient
 from meshkit.runtime.kube_sources import ISTIO_TYPES
 from meshkit.runtime.kubeconfig import KubeconfigError, context_names, load_access
+from tests.k8s.cluster_harness import write_kubeconfig
 
 pytestmark = pytest.mark.timeout(60)
 VIRTUAL_SERVICES = ISTIO_TYPES[0]
@@ -109,23 +109,12 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
-def write_kubeconfig(path: Path, server: str, *, cluster: dict[str, Any], user: dict[str, Any],
-                     context: str = "kind-test", current: str | None = "kind-test") -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": current,
-        "clusters": [{"name": "c", "cluster": {"server": server, **cluster}}],
-        "users": [{"name": "u", "user": user}],
-        "contexts": [{"name": context, "context": {"cluster": "c", "user": "u"}}],
-    }))
-    return path
-
-
 async def test_client_certificate_and_ca_from_data_fields(server: Server, tmp_path: Path) -> None:
     path = write_kubeconfig(tmp_path / "config", server.url,
                             cluster={"certificate-authority-data": b64(server.ca.cert_pem)},
                             user={"client-certificate-data": b64(server.client.cert_pem),
                                   "client-key-data": b64(server.client.key_pem)})
-    client = KubeClient(load_access(str(path), "kind-test"), timeout_s=10)
+    client = KubeClient(load_access(str(path), "kind-meshkit"), timeout_s=10)
     assert await asyncio.to_thread(client.list, VIRTUAL_SERVICES) == []
     assert server.seen == [{"client": "kubernetes-admin", "authorization": None}]
 

@@ -22,14 +22,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from meshkit.control.client import ControlUnreachable
 from meshkit.k8s.port_forward import PortForward, PortForwardError, port_forward_argv
 from meshkit.k8s.targets import cluster_client
 from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
 from tests.k8s import kube_objects as k
-from tests.k8s.cluster_harness import objects
+from tests.k8s.cluster_harness import objects, write_kubeconfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,20 +77,11 @@ def stand_in(tmp_path: Path) -> Path:
     return path
 
 
-def kubeconfig_for(server: str, path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kind-meshkit",
-        "clusters": [{"name": "c", "cluster": {"server": server}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "kind-meshkit", "context": {"cluster": "c", "user": "u"}}],
-    }))
-    return path
-
-
 def test_the_real_kubectl_takes_the_command_line_and_its_failure_is_the_error(tmp_path: Path) -> None:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")
-    config = kubeconfig_for("http://127.0.0.1:9", tmp_path / "config")  # discard port: nothing listens
+    # the discard port: nothing listens there
+    config = write_kubeconfig(tmp_path / "config", "http://127.0.0.1:9", user={"token": "t"})
     argv = port_forward_argv("kind-meshkit")
     assert argv == ["kubectl", "--context", "kind-meshkit", "-n", "meshkit-system", "port-forward",
                     "svc/meshkit-control", ":15010", "--address", "127.0.0.1"]
@@ -108,7 +98,7 @@ def test_the_real_kubectl_takes_the_command_line_and_its_failure_is_the_error(tm
 async def test_reads_through_the_forwarded_port_and_close_stops_it(
         kmock: Any, session: aiohttp.ClientSession, plane: RunningKubernetesControlPlane,
         stand_in: Path, tmp_path: Path) -> None:
-    config = kubeconfig_for(str(kmock.url).rstrip("/"), tmp_path / "config")
+    config = write_kubeconfig(tmp_path / "config", str(kmock.url).rstrip("/"), user={"token": "t"})
     argv_file = tmp_path / "argv"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FAKE_KUBECTL_ARGV", str(argv_file))
