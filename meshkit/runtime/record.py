@@ -103,10 +103,6 @@ class MeshRecord:
                                       self.processes.get(name), self.processes.get(f"{name}.sidecar")))
         return found
 
-    def slot_count(self) -> int:
-        """How many port blocks the instances span (the highest slot + 1)."""
-        return max(self.slots.values(), default=-1) + 1
-
     def to_json(self) -> dict[str, Any]:
         return {
             "control": f"http://127.0.0.1:{PortPlan(self.base_port).control}",  # read by the CLI

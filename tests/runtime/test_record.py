@@ -31,7 +31,7 @@ def test_new_instances_take_the_lowest_free_slot_and_running_ones_never_move() -
     rec.apps = ["bookinfo", "clients"]
     rec.assign_slots()
     assert rec.slots["sleep-v1-0"] == 3 and rec.slots["legacy-v1-0"] == 7
-    assert rec.slot_count() == 8
+    assert max(rec.slots.values()) == 7  # 8 instances in 8 blocks: the freed slot 3 was reused
     again = MeshRecord.from_json(rec.to_json())
     assert again.slots == rec.slots
     assert [i.ports for i in again.instances()] == [i.ports for i in rec.instances()]
