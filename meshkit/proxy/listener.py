@@ -434,7 +434,9 @@ class DownstreamConnection(asyncio.Protocol):
                     except UpstreamError as exc:
                         response = Response.local(exc.status, str(exc) or type(exc).__name__, exc.flag)
             self.stats.count_status(response.status)
-            await self._write_response(request, response)
+            mode = self._write_head(request, response)
+            if mode != BODY_DONE or not isinstance(response.body, bytes):
+                await self._write_body(response.body, mode)
             stream = pending.stream
             if stream is not None and not stream.finished and not self.closed:
                 self.closing = True  # the request body was not consumed: the framing is lost
@@ -455,13 +457,23 @@ class DownstreamConnection(asyncio.Protocol):
             self._advance()
 
     async def _write_response(self, request: Request, response: Response) -> None:
+        mode = self._write_head(request, response)
+        if mode != BODY_DONE or not isinstance(response.body, bytes):
+            await self._write_body(response.body, mode)
+
+    def _write_head(self, request: Request, response: Response) -> int:
+        """Write the head (and a bytes body with it); returns how the body follows (framing.BODY_*).
+
+        Split from ``_write_body`` so the common case, a bytes body, costs no coroutine frame."""
         data, mode, self.closing = response_head(request, response, self.closing)
         self._head_written = True
         self._write(data)
-        body = response.body
+        return mode
+
+    async def _write_body(self, body: Any, mode: int) -> None:
         if mode != BODY_DONE:
             await self._stream_body(body, mode == BODY_CHUNKED)
-        elif not isinstance(body, bytes):
+        else:
             await _close_body(body)  # a streamed body that must not be sent (HEAD, 204, 304)
 
     async def _stream_body(self, body: Any, chunked: bool) -> None:
