@@ -73,10 +73,6 @@ class UpstreamProtocolError(UpstreamReset):
     status = 502
 
 
-def serialize_headers(headers: Headers) -> str:
-    return "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-
-
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 client connection to an endpoint; carries one exchange at a time."""
 
@@ -383,7 +379,8 @@ class Upstream:
 
     def _request_head(self, request: Request) -> bytes:
         body = request.body
-        head = f"{request.method} {request.path} HTTP/1.1\r\n{serialize_headers(request.headers)}"
+        fields = "".join([f"{name}: {value}\r\n" for name, value in request.headers.items()])
+        head = f"{request.method} {request.path} HTTP/1.1\r\n{fields}"
         if isinstance(body, bytes):
             if body or request.method not in _BODYLESS_METHODS:
                 head += f"content-length: {len(body)}\r\n\r\n"
@@ -397,9 +394,14 @@ class Upstream:
             head += "transfer-encoding: chunked\r\n\r\n"
         return head.encode("latin-1")
 
-    def _is_last(self, conn: UpstreamConnection, request: Request) -> bool:
+    @staticmethod
+    def _is_last(conn: UpstreamConnection, request: Request) -> bool:
         """Does this exchange reach the cluster's max_requests_per_connection (close after it)?"""
-        limit = self._max_requests(request)
+        config = request.config
+        if config is None or request.cluster is None:
+            return False
+        cluster = config.clusters.get(request.cluster)
+        limit = cluster.max_requests_per_connection if cluster is not None else None
         return bool(limit) and conn.requests + 1 >= limit
 
     async def _exchange(
@@ -454,16 +456,6 @@ class Upstream:
         cluster = config.clusters.get(request.cluster)
         millis = getattr(cluster, "connect_timeout_ms", None) if cluster is not None else None
         return millis / 1000.0 if millis else self.connect_timeout
-
-    @staticmethod
-    def _max_requests(request: Request) -> int:
-        config = request.config
-        if config is None or request.cluster is None:
-            return 0
-        cluster = config.clusters.get(request.cluster)
-        if cluster is None:
-            return 0
-        return cluster.max_requests_per_connection or 0
 
     def _take_idle(self, key: PoolKey, allowed: frozenset[str] | None) -> UpstreamConnection | None:
         idle = self._idle.get(key)
@@ -528,8 +520,12 @@ class Upstream:
         return conn
 
     def _release(self, conn: UpstreamConnection) -> None:
+        """Back into its pool: ``conn`` finished an exchange and may be reused."""
         conn.idle_since = conn.loop.time()
-        self._idle.setdefault(conn.key, []).append(conn)
+        idle = self._idle.get(conn.key)  # not setdefault: that builds an empty list on every call
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        idle.append(conn)
 
     def _forget(self, conn: UpstreamConnection) -> None:
         self._all.discard(conn)
