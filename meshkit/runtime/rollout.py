@@ -157,8 +157,7 @@ def restart(state: StateDir, rec: MeshRecord, name: str, *, timeout: float = 30.
         _stop_recorded(rec.processes.get(name))
         tokens = launcher.issue_tokens([ingress_identity()], revoke_earlier=False)
         launcher.start_ingress(tokens[ingress_identity()])
-        ready_url = f"http://127.0.0.1:{launcher.plan.ingress_admin}/healthz/ready"
-        launcher.wait(lambda: readiness.http_ok(ready_url), deadline, "the ingress gateway to be ready", name)
+        launcher.wait_ready(client, [], deadline, ingress=True)  # its snapshot ACKed, its certificate held
         return
     inst = next((i for i in rec.instances() if i.name == name), None)
     if inst is None:
