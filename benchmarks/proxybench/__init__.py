@@ -1,4 +1,5 @@
-"""Harness for ``benchmarks/proxy_overhead.py``: targets, load generation, process sampling, report.
+"""Harness for ``benchmarks/proxy_overhead.py`` and ``mtls_overhead.py``: targets, load generation,
+process sampling, report, and the run frame they share (``session``).
 
 What it is for: measuring what the meshkit sidecar adds to a request compared with nginx and
 haproxy doing the same job on the same machine, in the same run (ratios, medians of interleaved
