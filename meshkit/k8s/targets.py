@@ -43,12 +43,18 @@ def is_cluster_target(target: str | None) -> bool:
     return target in PREFIXES or (target.split(":", 1)[0] in PREFIXES and ":" in target)
 
 
+def api_url(target: str) -> str | None:
+    """The API server URL a ``k8s:http(s)://HOST:PORT`` target names; None for any other target."""
+    prefix, _, rest = target.partition(":")
+    return rest if prefix == "k8s" and rest.startswith(("http://", "https://")) else None
+
+
 def kube_context(target: str) -> str | None:
     """The kubeconfig context ``target`` names (None: the current one, or a URL target)."""
     prefix, _, rest = target.partition(":")
     if prefix == "kind":
         return KindOptions(cluster=rest).context if rest else KindOptions().context
-    if prefix == "k8s" and rest and not rest.startswith(("http://", "https://")):
+    if prefix == "k8s" and rest and api_url(target) is None:
         return rest
     return None
 
@@ -58,9 +64,9 @@ def cluster_access(target: str, kubeconfig: str | None = None) -> KubeAccess:
     if not is_cluster_target(target):
         raise ClusterTargetError(f"{target!r} names no cluster: use kind, kind:<cluster>, k8s, "
                                  "k8s:<context> or k8s:http://HOST:PORT")
-    rest = target.partition(":")[2]
-    if target.startswith("k8s:") and rest.startswith(("http://", "https://")):
-        return KubeAccess.url(rest)
+    url = api_url(target)
+    if url is not None:
+        return KubeAccess.url(url)
     context = kube_context(target)
     try:
         return load_access(kubeconfig, context)
@@ -86,7 +92,7 @@ def cluster_client(target: str, *, kubeconfig: str | None = None, timeout: float
     kube = KubeClient(access, timeout_s=timeout)
     if reads == "proxy":
         return ClusterClient(kube, label=label, timeout=timeout, **options)
-    if target.startswith("k8s:http"):
+    if api_url(target) is not None:
         raise ClusterTargetError("port-forward needs a kubeconfig context, not an API URL; use reads=proxy")
     argv = port_forward_argv(kube_context(target), kubectl=kubectl)
     if kubeconfig:
