@@ -31,12 +31,13 @@ def _running_mesh() -> Any:
 
 def _admin_ports(mesh: Any, name: str) -> dict[str, int]:
     """Instance name -> sidecar admin port, for an instance, a workload (all its instances) or the gateway."""
+    from meshkit.runtime.catalog import refers_to  # noqa: PLC0415
     from meshkit.runtime.ports import PortPlan  # noqa: PLC0415
 
     if name in GATEWAY_NAMES:
         return {"istio-ingressgateway-0": PortPlan(mesh.record().base_port).ingress_admin}
     rows = [w for w in mesh.status()["workloads"] if w["admin_port"]]
-    chosen = {w["name"]: w["admin_port"] for w in rows if name in (w["name"], w["name"].rsplit("-", 1)[0])}
+    chosen = {w["name"]: w["admin_port"] for w in rows if refers_to(name, w, by_service=False)}
     if not chosen:
         known = ", ".join([*sorted(w["name"] for w in rows), "ingressgateway"])
         _fail(EXIT_REJECTED, f"error: no sidecar {name!r}; known: {known}")
@@ -189,8 +190,9 @@ def tap(
     mesh = _running_mesh()
     workloads = mesh.status()["workloads"]
     # an instance (legacy-v1-0), a workload (legacy-v1: its first instance) or a service (legacy)
-    row = next((w for w in workloads if source in (w["name"], w["name"].rsplit("-", 1)[0], w["service"])),
-               None)
+    from meshkit.runtime.catalog import refers_to  # noqa: PLC0415
+
+    row = next((w for w in workloads if refers_to(source, w)), None)
     if row is None:
         known = ", ".join(w["name"] for w in workloads)
         _fail(EXIT_REJECTED, f"error: no instance {source!r}; known: {known}")

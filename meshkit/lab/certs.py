@@ -25,6 +25,7 @@ from typing import Any
 from meshkit.lab.checks import expect, window_since
 from meshkit.lab.display import LabError, Table
 from meshkit.lab.mesh import Mesh
+from meshkit.runtime.catalog import refers_to, workload_of
 
 ADMIN_TIMEOUT = 5.0
 ROTATE_TIMEOUT = 30.0  # the sidecar gives up on the CA after 10 s; this covers a loaded machine
@@ -37,8 +38,7 @@ MAX_WATCH = 60.0
 def instance_row(mesh: Mesh, instance: str) -> dict[str, Any]:
     rows = mesh.workloads()
     # an instance (sleep-v1-0), a workload (sleep-v1: its first instance) or a service (sleep)
-    found = next((w for w in rows if instance in (w["name"], w["name"].rsplit("-", 1)[0], w["service"])),
-                 None)
+    found = next((w for w in rows if refers_to(instance, w)), None)
     if found is None:
         known = ", ".join(w["name"] for w in rows) or "none (is this a local mesh?)"
         raise LabError(f"instance {instance!r}: no such workload instance (known: {known})")
@@ -332,7 +332,7 @@ def require_rotation_without_errors(mesh: Mesh, instance: str, before: str, serv
     expect(not failed, "requests failed since the rotation (status or response flag, and how many): "
                        + "; ".join(failed))
     served = mesh.telemetry(window, destination=service, reporter="destination").get("edges", [])
-    workload = cert.instance.rsplit("-", 1)[0]
+    workload = workload_of(cert.instance)
     reached = sum(float(e.get("requests", 0)) for e in served if e.get("destination_workload") == workload)
     expect(reached > 0, f"no request reached {workload} since its rotation ({total:.0f} went to other "
                         f"versions of {service}): send more traffic")

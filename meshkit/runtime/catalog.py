@@ -8,6 +8,7 @@ unchanged.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -90,6 +91,13 @@ def workload_of(name: str) -> str:
     """The workload an instance belongs to (``reviews-v1-0`` -> ``reviews-v1``); any other name stays."""
     head, _, tail = name.rpartition("-")
     return head if head and tail.isdigit() else name
+
+
+def refers_to(name: str, row: Mapping[str, Any], *, by_service: bool = True) -> bool:
+    """Does ``name`` name this `meshkit status` workload row: its instance (``sleep-v1-0``), its
+    workload (``sleep-v1``) or, with ``by_service``, its service (``sleep``)?"""
+    instance = str(row["name"])
+    return name in (instance, workload_of(instance)) or (by_service and name == row.get("service"))
 
 
 def default_config(app_set: str) -> list[dict[str, Any]]:

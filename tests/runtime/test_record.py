@@ -54,3 +54,10 @@ def test_an_instance_name_gives_its_workload_and_other_names_stay() -> None:
     assert catalog.workload_of("reviews-v1-1") == "reviews-v1"
     assert [catalog.workload_of(n) for n in ("reviews-v1", "ingressgateway", "sleep")] == [
         "reviews-v1", "ingressgateway", "sleep"]
+
+
+def test_a_name_refers_to_a_status_row_by_instance_workload_or_service() -> None:
+    row = {"name": "reviews-v1-1", "service": "reviews"}
+    assert [catalog.refers_to(n, row) for n in ("reviews-v1-1", "reviews-v1", "reviews")] == [True] * 3
+    assert not catalog.refers_to("reviews", row, by_service=False)
+    assert not any(catalog.refers_to(n, row) for n in ("reviews-v1-0", "reviews-v2", "ratings", "v1"))
