@@ -1,0 +1,173 @@
+"""Python cost of one outbound sidecar request, in process and without sockets: a steady A/B figure.
+
+Usage::
+
+    .venv/bin/python benchmarks/proxy_instructions.py                 # us per request (noisy)
+    .venv/bin/python benchmarks/proxy_instructions.py --instructions  # instructions per request
+    .venv/bin/python benchmarks/proxy_instructions.py --tree /tmp/old --instructions  # another checkout
+
+One request goes through the real listener (``DownstreamConnection`` parsing the bytes wrk
+sends), the real outbound filter chain for the realistic benchmark snapshot
+(``proxybench/snapshots.py``), the real upstream pool and the response framing. Only the
+transports are fake: the downstream one records what is written, the upstream one answers
+every request with nginx's 100-byte response on the next loop turn. So the figure is the
+Python (and asyncio/uvloop) work of the request path, without the kernel.
+
+``--instructions`` runs the harness twice under ``valgrind --tool=cachegrind --cache-sim=no``
+(500 and 3,500 requests) and prints the difference per request: deterministic to ~10
+instructions, so a change of 0.3% shows, which end-to-end runs on a shared machine never do
+(see docs/proxy.md, Performance). Needs ``valgrind`` (Debian package). Without it, the best
+of 7 x 20,000 requests by ``time.process_time`` is printed (only for big differences).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+UPSTREAM_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 03:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n" + b"x" * 100
+)
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"  # what wrk sends (proxy_overhead.py)
+
+
+class FakeTransport:
+    """The bits of ``asyncio.Transport`` the listener and the upstream pool use."""
+
+    def __init__(self, on_write: Any) -> None:
+        self.on_write = on_write
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.on_write(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def drive(requests: int, rounds: int) -> float:
+    """Serve ``rounds`` x ``requests`` requests; the best round's process time per request (us)."""
+    from proxybench import snapshots  # noqa: PLC0415 (sys.path is set in main)
+
+    from meshkit.proxy.listener import DownstreamConnection, Listener  # noqa: PLC0415
+    from meshkit.proxy.pipeline import build_outbound  # noqa: PLC0415
+    from meshkit.proxy.stats import IstioMetrics  # noqa: PLC0415
+    from meshkit.proxy.upstream import Upstream, UpstreamConnection  # noqa: PLC0415
+    from meshkit.proxy.xds import ConfigState  # noqa: PLC0415
+
+    loop = asyncio.get_running_loop()
+    port = 9  # never connected to: the pool holds one fake connection for it
+    state = ConfigState()
+    reason = state.apply(snapshots.client_snapshot(snapshots.Destination(port=port, has_sidecar=False), port))
+    if reason is not None:
+        raise SystemExit(f"benchmark snapshot rejected: {reason}")
+    upstream = Upstream()
+    listener = Listener("outbound", build_outbound(upstream.send, IstioMetrics(), None), state)
+    pooled = UpstreamConnection(upstream, ("127.0.0.1", port, False))
+    answer = FakeTransport(lambda _data: loop.call_soon(pooled.data_received, UPSTREAM_RESPONSE))
+    pooled.connection_made(answer)  # type: ignore[arg-type]
+    upstream._all.add(pooled)
+    upstream._release(pooled)
+
+    answered: list[asyncio.Future[bytes] | None] = [None]
+
+    def on_downstream_write(data: bytes) -> None:
+        future = answered[0]
+        if future is not None and not future.done():
+            future.set_result(data)
+
+    downstream = DownstreamConnection(listener)
+    downstream.connection_made(FakeTransport(on_downstream_write))  # type: ignore[arg-type]
+
+    async def one() -> bytes:
+        answered[0] = loop.create_future()
+        downstream.data_received(REQUEST)
+        return await answered[0]
+
+    first = await one()
+    if not first.startswith(b"HTTP/1.1 200 "):
+        raise SystemExit(f"unexpected response: {first[:200]!r}")
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(requests):
+            await one()
+        best = min(best, (time.process_time() - started) / requests * 1e6)
+    return best
+
+
+def run_inline(tree: Path, requests: int, rounds: int) -> float:
+    sys.path[:0] = [str(tree), str(HERE)]  # ahead of the editable install: measure ``tree``
+    try:
+        import uvloop  # noqa: PLC0415
+
+        return uvloop.run(drive(requests, rounds))
+    except ImportError:
+        return asyncio.run(drive(requests, rounds))
+
+
+def count_instructions(tree: Path) -> int:
+    """Instructions per request: cachegrind totals of two run lengths, differenced."""
+    totals = []
+    for requests in (500, 3500):
+        argv = [
+            "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+            sys.executable, __file__, "--tree", str(tree), "--requests", str(requests), "--rounds", "1",
+        ]
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600)
+        match = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+        if done.returncode != 0 or match is None:
+            raise SystemExit(f"valgrind run failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        totals.append(int(match.group(1).replace(",", "")))
+    return (totals[1] - totals[0]) // 3000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", type=Path, default=HERE.parent, help="checkout whose meshkit/ to measure")
+    parser.add_argument("--instructions", action="store_true", help="count instructions with valgrind")
+    parser.add_argument("--requests", type=int, default=20000, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=7, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    tree = args.tree.resolve()
+    if not (tree / "meshkit" / "proxy").is_dir():
+        parser.error(f"--tree {tree}: no meshkit/proxy in it")
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            print("valgrind is missing: apt-get install -y valgrind", file=sys.stderr)
+            return 2
+        print(f"{tree}: {count_instructions(tree)} instructions per request")
+        return 0
+    micros = run_inline(tree, args.requests, args.rounds)
+    print(f"{tree}: {micros:.2f} us per request (best of {args.rounds} x {args.requests}, process time)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
