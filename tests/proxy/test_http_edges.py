@@ -318,3 +318,38 @@ async def test_http10_client_gets_a_close_delimited_stream(outbound: int) -> Non
     response = await conn.response()  # no length, not chunked: read until close
     assert response.header("transfer-encoding") is None and response.header("connection") == "close"
     assert len(response.body) == 5 * 1024 and response.body[:5] == b"00000"
+
+
+async def test_upstream_response_headers_any_spelling(start_proxy: StartProxy, raw_upstream) -> None:
+    # The upstream parser maps common names through a table (both spellings) and drops
+    # hop-by-hop ones; uncommon or odd-cased names take the general path. Same result for all.
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nServer: nginx\r\ndate: Thu, 26 Nov 2026 03:00:00 GMT\r\n"
+                    b"CONTENT-TYPE: text/plain\r\nX-Custom: One\r\nConnection: keep-alive\r\n"
+                    b"keep-alive: timeout=5\r\nContent-Length: 2\r\n\r\nok"
+                )
+                await writer.drain()
+
+    port = await raw_upstream(handler)
+    proxy = await start_proxy(make_snapshot(port))
+    conn = await RawConnection.open(proxy.ports["outbound"])
+    for path in (b"/one", b"/two"):
+        await conn.send(GET % path)
+        response = await conn.response()
+        assert response.status == 200 and response.body == b"ok"
+        names = [name for name, _ in response.headers]
+        assert response.header("server") == "nginx"
+        assert response.header("date") == "Thu, 26 Nov 2026 03:00:00 GMT"
+        assert response.header("content-type") == "text/plain"
+        assert response.header("x-custom") == "One"
+        assert "keep-alive" not in names and "connection" not in names
+        assert names.count("content-length") == 1 and response.header("content-length") == "2"
+    assert connections == 1  # the upstream connection was kept alive and reused
+    await conn.close()
