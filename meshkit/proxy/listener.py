@@ -34,6 +34,19 @@ log = logging.getLogger("meshkit.proxy.listener")
 _REQUEST_SKIP = HOP_BY_HOP | {b"expect"}
 _REQUEST_SPECIAL = _REQUEST_SKIP | {b"host", b"x-forwarded-for", b"x-forwarded-proto"}
 _MAX_PIPELINE = 32  # queued requests per connection before we stop reading
+# Common end-to-end request header names, as sent -> as stored (lower-cased str): no lower() +
+# decode for them. A sidecar-to-sidecar request carries about a dozen of these. Never a name
+# in _REQUEST_SPECIAL: those take the general path in ``on_header``.
+_HEADER_NAMES: dict[bytes, str] = {
+    spelling: name
+    for name in (
+        "user-agent", "accept", "accept-encoding", "accept-language", "content-type", "cookie",
+        "authorization", "cache-control", "origin", "referer", "end-user", "x-request-id",
+        "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
+        "x-b3-sampled", "x-envoy-attempt-count", "x-meshkit-source", "x-forwarded-client-cert",
+    )
+    for spelling in (name.encode(), name.title().encode())
+}
 
 
 @dataclass
@@ -248,6 +261,10 @@ class DownstreamConnection(asyncio.Protocol):
         if self._head_bytes > self.limits.max_header_bytes:
             self._reject = (431, "request headers too large")
             raise ValueError("request head too large")
+        text_name = _HEADER_NAMES.get(name)
+        if text_name is not None:
+            self._headers.append((text_name, value.decode("latin-1")))
+            return
         lname = name.lower()
         if lname not in _REQUEST_SPECIAL:
             self._headers.append((lname.decode("latin-1"), value.decode("latin-1")))

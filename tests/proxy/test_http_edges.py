@@ -353,3 +353,24 @@ async def test_upstream_response_headers_any_spelling(start_proxy: StartProxy, r
         assert names.count("content-length") == 1 and response.header("content-length") == "2"
     assert connections == 1  # the upstream connection was kept alive and reused
     await conn.close()
+
+
+async def test_request_headers_any_spelling_reach_the_filters(outbound: int) -> None:
+    # Common request names are mapped through a table (both spellings), the rest lower-cased:
+    # the filters must find them either way (tracing keeps the caller's ids, adds no second one).
+    trace_id, span_id = "0cbfdfc21c274e4aa8802880830cdda0", "0cbfdfc21c274e4a"
+    conn = await RawConnection.open(outbound)
+    await conn.send(
+        b"GET /ids HTTP/1.1\r\nHost: reviews\r\nX-Request-Id: caller-id-1\r\nUser-Agent: UA/1\r\n"
+        + f"X-B3-Traceid: {trace_id}\r\nx-b3-spanid: {span_id}\r\nX-B3-SAMPLED: 1\r\n".encode()
+        + b"X-Odd-Name: kept\r\n\r\n"
+    )
+    response = await conn.response()
+    assert response.status == 200
+    seen = json.loads(response.body)["headers"]
+    assert [v for k, v in seen if k == "x-request-id"] == ["caller-id-1"]
+    assert [v for k, v in seen if k == "user-agent"] == ["UA/1"]
+    assert [v for k, v in seen if k == "x-b3-traceid"] == [trace_id]
+    assert [v for k, v in seen if k == "x-b3-parentspanid"] == [span_id]
+    assert [v for k, v in seen if k == "x-odd-name"] == ["kept"]
+    await conn.close()
