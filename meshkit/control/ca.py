@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -440,6 +441,20 @@ class BootstrapTokens:
         self._entries.append((hashlib.sha256(token.encode()).digest(), identity))
         self._save()
         return token
+
+    @staticmethod
+    def digest(token: str) -> str:
+        """The hex SHA-256 a token is stored as: what a runtime may keep to revoke that one token."""
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def revoke_digests(self, digests: Iterable[str]) -> int:
+        """Forget the tokens with these digests (``digest(token)``); returns how many there were."""
+        gone = {bytes.fromhex(d) for d in digests}
+        before = len(self._entries)
+        self._entries = [e for e in self._entries if e[0] not in gone]
+        if len(self._entries) != before:
+            self._save()
+        return before - len(self._entries)
 
     def identity_for_token(self, token: str) -> str | None:
         if not isinstance(token, str) or not token:

@@ -56,22 +56,39 @@ class _CaSigner:
 
 
 class _TokensOnDisk:
-    """Bootstrap tokens issued in this process, or by another one (the runtime) into the same file.
+    """Bootstrap tokens as the token file holds them: issued in this process, or by another one
+    (the runtime) into the same file, and revoked there too.
 
-    A token this process does not know is looked up again in the file, so a runtime that issues
-    a sidecar's token after the control plane started needs no API call (there is deliberately
-    no endpoint that mints tokens).
+    The file is read again whenever it changed (size or mtime), so a runtime that issues a
+    sidecar's token after the control plane started needs no API call (there is deliberately no
+    endpoint that mints tokens), and a token it revokes (a removed instance's) stops working.
     """
 
     def __init__(self, tokens: Any, path: Path, opener: Any) -> None:
         self._tokens = tokens
         self._path = path
         self._opener = opener
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self._path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size  # every save is a rename: a new inode
+
+    def _reload(self) -> None:
+        self._seen = self._stamp()
+        if self._seen is not None:
+            self._tokens = self._opener.open(self._path)
 
     async def authenticate(self, credential: str) -> str | None:
+        if self._stamp() != self._seen:
+            self._reload()
         identity: str | None = self._tokens.identity_for_token(credential)
-        if identity is None and self._path.exists():
-            identity = self._opener.open(self._path).identity_for_token(credential)
+        if identity is None and self._path.exists():  # issued within the same stamp: read it again
+            self._reload()
+            identity = self._tokens.identity_for_token(credential)
         return identity
 
 

@@ -66,3 +66,27 @@ async def test_a_token_file_is_read_again_before_every_csr(tmp_path: Path) -> No
             token_file.write_text(running.control_plane.tokens.issue_token(ALICE) + "\n")
             await certificates._renew_once()
     assert certificates.ready and certificates.rotations == 1
+
+
+async def test_a_token_revoked_in_the_file_stops_working_while_the_control_plane_runs(tmp_path: Path) -> None:
+    """The runtime revokes a removed instance's token in the token file (another process): the
+    running CA must refuse it from then on, even a token it loaded when it started (a control
+    plane restarted under running sidecars), and keep accepting the tokens still in the file."""
+    from meshkit.control.ca import TOKENS_FILE, BootstrapTokens  # noqa: PLC0415
+
+    path = tmp_path / "ca" / TOKENS_FILE
+    runtime = BootstrapTokens.open(path)  # as `meshkit up` / `meshkit scale` open it
+    kept, removed = runtime.issue_token(ALICE), runtime.issue_token(ALICE)
+    running = await run_control_plane("127.0.0.1", 0, tmp_path, record_address=False)
+    async with running:
+        late = BootstrapTokens.open(path).issue_token(BOB)  # issued after the start
+        async with asyncio.timeout(20):
+            for token, who in ((kept, ALICE), (removed, ALICE), (late, BOB)):
+                await fetch_certificate(running.url, token, build_csr(generate_key(), who))
+            assert BootstrapTokens.open(path).revoke_digests(
+                [BootstrapTokens.digest(removed), BootstrapTokens.digest(late)]) == 2
+            for token, who in ((removed, ALICE), (late, BOB)):
+                with pytest.raises(CertificateFetchError) as refused:
+                    await fetch_certificate(running.url, token, build_csr(generate_key(), who))
+                assert refused.value.status == 401
+            await fetch_certificate(running.url, kept, build_csr(generate_key(), ALICE))
