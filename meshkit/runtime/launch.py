@@ -9,7 +9,8 @@ CA tokens: each sidecar gets its token in ``MESHKIT_CA_TOKEN`` (never on a comma
 in plain text on disk; the CA's token file holds SHA-256 digests only). `up` revokes the tokens
 of an earlier run; later sidecars (new replicas, a restarted sidecar) get a *new* token for
 their identity, added beside the running sidecars' ones, which keep working: the control plane
-looks a token it does not know up again in its token file.
+reads its token file again whenever it changed. The record keeps each proxy's token digest, so
+the token of a removed or replaced sidecar is revoked once no recorded proxy runs with it.
 """
 
 from __future__ import annotations
@@ -97,15 +98,32 @@ class Launcher:
         self.save()
         return proc
 
+    def _tokens(self) -> BootstrapTokens:
+        return BootstrapTokens.open(self.state.control_dir / "ca" / TOKENS_FILE)
+
     def issue_tokens(self, identities: Iterable[str], *, revoke_earlier: bool) -> dict[str, str]:
         """A new CA bootstrap token per identity; ``revoke_earlier`` (only `up`) drops older ones first."""
-        store = BootstrapTokens.open(self.state.control_dir / "ca" / TOKENS_FILE)
+        store = self._tokens()
         tokens = {}
         for name in sorted(set(identities)):
             if revoke_earlier:
                 store.revoke(name)
+                self.rec.credentials.clear()
             tokens[name] = store.issue_token(name)
         return tokens
+
+    def _credential(self, proxy: str, token: str) -> None:
+        """Record which token ``proxy`` runs with; the token of the process it replaces is revoked."""
+        self.release_credentials([proxy])
+        self.rec.credentials[proxy] = BootstrapTokens.digest(token)
+
+    def release_credentials(self, proxies: Iterable[str]) -> None:
+        """Forget the tokens of these proxy processes (removed or replaced); revoke each token no
+        other recorded proxy still runs with (the replicas `up` started share one per identity)."""
+        dropped = {self.rec.credentials.pop(p) for p in proxies if p in self.rec.credentials}
+        unused = dropped - set(self.rec.credentials.values())
+        if unused:
+            self._tokens().revoke_digests(unused)
 
     def start_app(self, inst: Instance) -> ProcessRecord:
         spec, ports = inst.spec, inst.ports
@@ -122,6 +140,7 @@ class Launcher:
         )
 
     def start_sidecar(self, inst: Instance, token: str) -> ProcessRecord:
+        self._credential(inst.sidecar_name, token)
         return self.spawn(inst.sidecar_name, self.sidecar_argv(inst), env=sidecar_env(token))
 
     def start_instance(self, inst: Instance, tokens: dict[str, str]) -> None:
@@ -130,6 +149,7 @@ class Launcher:
             inst.sidecar = self.start_sidecar(inst, tokens[identity(inst.spec)])
 
     def start_ingress(self, token: str) -> None:
+        self._credential("ingressgateway", token)
         plan = self.plan
         self.spawn("ingressgateway", python_argv(
             "meshkit.proxy", "--control", self.control_url, "--id", INGRESS_PROXY_ID,

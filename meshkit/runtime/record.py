@@ -68,6 +68,9 @@ class MeshRecord:
     cert_ttl: str = DEFAULT_CERT_TTL
     ready: bool = False  # set once `up` saw the whole mesh ready; a killed `up` leaves it False
     slots: dict[str, int] = field(default_factory=dict)  # instance name -> port block index
+    # proxy process name -> SHA-256 (hex) of the CA token it was started with, so the token of a
+    # removed or replaced sidecar can be revoked alone (replicas of one identity may share one)
+    credentials: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.assign_slots()
@@ -112,6 +115,7 @@ class MeshRecord:
             "cert_ttl": self.cert_ttl,
             "ready": self.ready,
             "slots": self.slots,
+            "credentials": self.credentials,
             "processes": {k: v.to_json() for k, v in self.processes.items()},
         }
 
@@ -119,5 +123,7 @@ class MeshRecord:
     def from_json(cls, data: dict[str, Any]) -> MeshRecord:
         procs = {k: ProcessRecord.from_json(v) for k, v in data.get("processes", {}).items()}
         slots = {str(k): int(v) for k, v in data.get("slots", {}).items()}
+        credentials = {str(k): str(v) for k, v in data.get("credentials", {}).items()}
         return cls(data["base_port"], list(data["apps"]), dict(data.get("replicas", {})), procs,
-                   str(data.get("cert_ttl", DEFAULT_CERT_TTL)), bool(data.get("ready", True)), slots)
+                   str(data.get("cert_ttl", DEFAULT_CERT_TTL)), bool(data.get("ready", True)), slots,
+                   credentials)

@@ -72,11 +72,12 @@ def _answering_client(launcher: Launcher, what: str) -> ControlClient:
     return client
 
 
-def _forget(rec: MeshRecord, instances: list[Instance]) -> None:
-    """Drop the app and sidecar processes of ``instances`` from the record."""
+def _forget(launcher: Launcher, instances: list[Instance]) -> None:
+    """Drop the app and sidecar processes of ``instances`` from the record; revoke their tokens."""
     for inst in instances:
-        rec.processes.pop(inst.name, None)
-        rec.processes.pop(inst.sidecar_name, None)
+        launcher.rec.processes.pop(inst.name, None)
+        launcher.rec.processes.pop(inst.sidecar_name, None)
+    launcher.release_credentials(i.sidecar_name for i in instances)
 
 
 def _reshape(rec: MeshRecord, apps: list[str], counts: dict[str, int]) -> None:
@@ -96,7 +97,7 @@ def _remove(launcher: Launcher, control: ControlClient, apps: list[str], counts:
     launcher.deregister(control, gone)
     launcher.wait_everything_synced(control, deadline)  # nobody routes to them any more
     stop([p for i in gone for p in (i.app, i.sidecar) if p is not None])
-    _forget(rec, gone)
+    _forget(launcher, gone)
     launcher.save()
 
 
@@ -138,7 +139,7 @@ def _add(launcher: Launcher, control: ControlClient, apps: list[str], counts: di
             launcher.deregister(control, adding)
         stop([p for i in adding for p in (rec.processes.get(i.name), rec.processes.get(i.sidecar_name))
               if p is not None])
-        _forget(rec, adding)
+        _forget(launcher, adding)
         _restore(rec, before_apps, before_replicas)
         launcher.save()
         raise

@@ -7,6 +7,7 @@ deploys ``clients`` (a no-op once they run), so the tests do not depend on their
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,6 +109,26 @@ def test_deploy_clients_into_running_bookinfo_then_curl_from_sleep(mesh: Running
     assert mesh.pids() == recorded
 
 
+def _ca_token(pid: int) -> str:
+    """The CA bootstrap token a sidecar was started with (its environment; we are root or its owner)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"MESHKIT_CA_TOKEN="))
+
+
+def _csr_status(mesh: RunningMesh, token: str) -> int:
+    """What the mesh's CA answers a CSR for the reviews identity signed in with ``token``."""
+    from meshkit.proxy.tls import build_csr, generate_key  # noqa: PLC0415
+    from meshkit.proxy.tls_renewal import CertificateFetchError, fetch_certificate  # noqa: PLC0415
+
+    identity = spiffe_identity("default", "bookinfo-reviews")
+    try:
+        csr = build_csr(generate_key(), identity)
+        asyncio.run(fetch_certificate(str(mesh.status["control"]), token, csr))
+    except CertificateFetchError as refused:
+        return int(refused.status or 0)
+    return 200
+
+
 def test_scale_up_spreads_traffic_and_scale_down_leaves_no_process(mesh: RunningMesh, lab: Mesh) -> None:
     with mesh.rules(*sample("virtual-service-all-v1.yaml")):
         lab.scale("reviews-v1", 2)
@@ -120,8 +142,12 @@ def test_scale_up_spreads_traffic_and_scale_down_leaves_no_process(mesh: Running
         assert set(pods) == {"reviews-v1-0", "reviews-v1-1"}, pods
         _no_orphans(mesh)
 
+        tokens = {n: _ca_token(mesh.workload(n)["sidecar_pid"]) for n in ("reviews-v1-0", "reviews-v1-1")}
         lab.scale("reviews-v1", 1)
         assert "reviews-v1-1" not in [w["name"] for w in mesh.status["workloads"]]
+        # The removed sidecar's CA token is revoked; the token the others run with still works.
+        assert _csr_status(mesh, tokens["reviews-v1-1"]) == 401
+        assert _csr_status(mesh, tokens["reviews-v1-0"]) == 200
         _wait_dead([added["pid"], added["sidecar_pid"]])
         assert not any(name.startswith("reviews-v1-1") for name in mesh.pids())
         _no_orphans(mesh)
