@@ -107,8 +107,7 @@ def test_lab_05_renders_response_flags_bars_and_progress_in_jupyterlab(server: J
         flags = shown.locator(".js-plotly-plot").filter(has_text="response flags")
         flags.locator("svg.main-svg .barlayer").first.wait_for(state="attached", timeout=RENDER_TIMEOUT_MS)
         assert flags.count() == 1, f"{flags.count()} response-flags charts on the page"
-        page.wait_for_function(f"({BAR_HEIGHTS})(document.querySelector('.jp-OutputArea-output "
-                               ".js-plotly-plot .barlayer').closest('.js-plotly-plot')) > 0",
+        page.wait_for_function(f"plot => ({BAR_HEIGHTS})(plot) > 0", arg=flags.first.element_handle(),
                                timeout=RENDER_TIMEOUT_MS)
         bars = flags.first.evaluate(BAR_HEIGHTS)
         legend = flags.first.locator(".legend .traces .legendtext").all_text_contents()
