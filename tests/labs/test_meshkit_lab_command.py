@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.labs.conftest import LABS
+from tests.pids import stop_group
 
 START_TIMEOUT = 60.0
 
@@ -64,13 +65,7 @@ def test_meshkit_lab_serves_the_labs_over_http(lab_env: dict[str, str], tmp_path
         names = {item["name"] for item in json.loads(body)["content"]}
         assert {"00-welcome.ipynb", "01-request-routing.ipynb", "02-canary.ipynb"} <= names
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_group(proc)
         log.close()
     if proc.returncode not in (0, -signal.SIGTERM, 1):
         pytest.fail(f"meshkit lab exited with {proc.returncode}")
