@@ -38,6 +38,7 @@ from nbclient import NotebookClient
 
 from meshkit.runtime import catalog
 from meshkit.runtime.ports import free_bases
+from meshkit.runtime.processes import with_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = ROOT / "labs"
@@ -75,19 +76,6 @@ def _part(pid: int) -> str:
     return "other"
 
 
-def classroom_pids(marker: bytes) -> list[int]:
-    """Every process whose environment holds ``marker`` (``MESHKIT_HOME=<this run's home>``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
 
 
 @dataclass
@@ -101,7 +89,7 @@ class Peak:
 class Sampler(threading.Thread):
     """Reads the classroom's memory every SAMPLE_EVERY seconds; keeps the peak (by RSS)."""
 
-    def __init__(self, marker: bytes) -> None:
+    def __init__(self, marker: str) -> None:
         super().__init__(daemon=True, name="classroom-sampler")
         self.marker = marker
         self.peak = Peak()
@@ -110,7 +98,7 @@ class Sampler(threading.Thread):
     def sample(self) -> None:
         by_part: dict[str, int] = {}
         rss_total = pss_total = 0
-        pids = classroom_pids(self.marker)
+        pids = [rec.pid for rec in with_environment(self.marker)]
         for pid in pids:
             rss, pss = _rollup(pid)
             rss_total += rss
@@ -171,7 +159,7 @@ def main() -> None:
            **{f"JUPYTER_{d}_DIR": str(home / f"jupyter-{d.lower()}") for d in ("DATA", "CONFIG", "RUNTIME")},
            "IPYTHONDIR": str(home / "ipython")}
     os.environ.update({k: env[k] for k in ("MESHKIT_HOME", "MESHKIT_PORT_BASE", "MESHKIT_LAB_STRICT")})
-    sampler = Sampler(f"MESHKIT_HOME={home}".encode())
+    sampler = Sampler(f"MESHKIT_HOME={home}")
     lab_proc = _start_jupyterlab(env, home)
     sampler.start()
     times: dict[str, float] = {}

@@ -103,7 +103,12 @@ def spawn(
 
 def owned_by(owner: str) -> list[ProcessRecord]:
     """Every live process of this user whose environment has ``MESHKIT_MESH=<owner>``."""
-    marker = f"{OWNER_ENV}={owner}".encode()
+    return with_environment(f"{OWNER_ENV}={owner}")
+
+
+def with_environment(variable: str) -> list[ProcessRecord]:
+    """Every live process of this user whose environment holds ``variable`` (``NAME=value``)."""
+    marker = variable.encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from meshkit.runtime.processes import with_environment
+
 CLI_TIMEOUT = 90.0
 
 
@@ -34,16 +36,4 @@ def meshkit(home: Path, base: int, *args: str,
 
 def processes_of(home: Path) -> list[int]:
     """Pids of live (non-zombie) processes whose environment says ``MESHKIT_HOME=<home>``."""
-    marker = f"MESHKIT_HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") and stat[stat.rfind(")") + 2] != "Z":
-            found.append(int(entry.name))
-    return found
+    return [rec.pid for rec in with_environment(f"MESHKIT_HOME={home}")]
