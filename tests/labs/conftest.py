@@ -65,6 +65,16 @@ def mesh(lab_env: dict[str, str]) -> Mesh:
     return m
 
 
+
+@pytest.fixture(scope="module")
+def clients_mesh(lab_env: dict[str, str]) -> Iterator[Mesh]:
+    """The lab mesh with the clients (sleep, legacy) deployed, config reset before and after the module."""
+    m = connect(start=False)
+    m.reset()
+    m.deploy("clients")
+    yield m
+    m.reset()
+
 def settle(mesh: Mesh, quiet: float = 2.0, timeout: float = 20.0) -> None:
     """Wait until the telemetry shows no request in the last ``quiet`` seconds (bounded).
 

@@ -8,12 +8,11 @@ certificates live 4 s, so a rotation happens while it watches.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from meshkit.lab import CheckFailed, LabError, connect, rules, security
+from meshkit.lab import CheckFailed, LabError, rules, security
 from meshkit.lab.checks import window_since_change
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime.local import LocalMesh, MeshError
@@ -25,12 +24,8 @@ DETAILS = "http://details:9080/details/0"
 
 
 @pytest.fixture(scope="module")
-def mesh(lab_env: dict[str, str]) -> Iterator[Mesh]:
-    mesh = connect(start=False)
-    mesh.reset()
-    mesh.deploy("clients")
-    yield mesh
-    mesh.reset()
+def mesh(clients_mesh: Mesh) -> Mesh:
+    return clients_mesh
 
 
 def test_certificate_shows_the_spiffe_identity_issuer_and_half_life_rotation(mesh: Mesh) -> None:

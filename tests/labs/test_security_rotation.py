@@ -8,11 +8,11 @@ fail is produced for real here: no rotation, no traffic since, injected 503s, pl
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from meshkit.lab import CheckFailed, LabError, connect, rules, security
+from meshkit.lab import CheckFailed, LabError, rules, security
 from meshkit.lab.mesh import Mesh
 
 INSTANCE = "reviews-v1-0"
@@ -20,12 +20,8 @@ REVIEWS = "http://reviews:9080/reviews/0"
 
 
 @pytest.fixture(scope="module")
-def mesh(lab_env: dict[str, str]) -> Iterator[Mesh]:
-    mesh = connect(start=False)
-    mesh.reset()
-    mesh.deploy("clients")
-    yield mesh
-    mesh.reset()
+def mesh(clients_mesh: Mesh) -> Mesh:
+    return clients_mesh
 
 
 def _check(mesh: Mesh, before: str) -> Callable[[], object]:
