@@ -1,10 +1,12 @@
 """An httpbin-like echo service (Istio's samples use httpbin on port 8000).
 
 ``/status/{codes}`` (``418``, ``200,503`` or weighted ``200:0.9,503:0.1``), ``/delay/{s}``
-(capped at 30 s), ``/headers``, ``/get``, ``/anything[/{path}]`` and ``/post``-style echo
-routes, ``/ip``, ``/uuid``, ``/user-agent``. Every JSON answer carries ``podname`` and
-``version``; ``/headers`` shows exactly what reached the app, so a lesson can see what the
-sidecars added (``x-request-id``, ``x-forwarded-client-cert``, trace headers).
+(capped at 30 s), ``/bytes/{n}`` (n random bytes, ``?seed=`` repeatable, at most 100 KiB as
+httpbin's; Istio's performance method uses 1 KB answers), ``/headers``, ``/get``,
+``/anything[/{path}]`` and ``/post``-style echo routes, ``/ip``, ``/uuid``, ``/user-agent``.
+Every JSON answer carries ``podname`` and ``version``; ``/headers`` shows exactly what reached
+the app, so a lesson can see what the sidecars added (``x-request-id``,
+``x-forwarded-client-cert``, trace headers).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from meshkit.apps.application import new_application
 from meshkit.apps.identity import Workload, reply
 
 MAX_DELAY_S = 30.0
+MAX_BYTES = 100 * 1024  # httpbin's own cap on /bytes/{n}
 NO_BODY_STATUSES = frozenset({204, 304})
 CHOOSER = web.AppKey("status_chooser", random.Random)
 
@@ -130,6 +133,18 @@ async def delay(request: web.Request) -> web.Response:
     return reply(request, echo)
 
 
+async def random_bytes(request: web.Request) -> web.Response:
+    raw, seed = request.match_info["n"], request.query.get("seed")
+    if not raw.isdigit() or (seed is not None and not seed.lstrip("-").isdigit()):
+        raise web.HTTPBadRequest(
+            text=f"{request.path}: 'n' must be a whole number of bytes and 'seed' an integer; "
+            f"got n={raw!r}, seed={seed!r}"
+        )
+    size = min(int(raw), MAX_BYTES)
+    chooser = random.Random(int(seed)) if seed is not None else random
+    return web.Response(body=chooser.randbytes(size), content_type="application/octet-stream")
+
+
 def build(workload: Workload, *, seed: int | None = None) -> web.Application:
     app = new_application(workload, seed=seed)
     app[CHOOSER] = random.Random(seed)
@@ -144,4 +159,5 @@ def build(workload: Workload, *, seed: int | None = None) -> web.Application:
     app.router.add_route("*", "/anything/{path:.*}", anything)
     app.router.add_route("*", "/status/{codes}", status)
     app.router.add_get("/delay/{seconds}", delay)
+    app.router.add_get("/bytes/{n}", random_bytes)
     return app

@@ -82,3 +82,14 @@ async def test_small_endpoints(httpbin: RunningApp) -> None:
     assert status == 404 and body["error"] == "no route for GET /nowhere"
     status, body = await _json("DELETE", f"{httpbin.url}/get")
     assert status == 405 and "DELETE is not allowed on /get" in str(body["error"])
+
+
+async def test_bytes(httpbin: RunningApp) -> None:
+    status, headers, raw = await _call("GET", f"{httpbin.url}/bytes/1024?seed=7")
+    assert status == 200 and len(raw) == 1024 and headers["Content-Type"] == "application/octet-stream"
+    assert (await _call("GET", f"{httpbin.url}/bytes/1024?seed=7"))[2] == raw  # a seed repeats
+    assert (await _call("GET", f"{httpbin.url}/bytes/1024?seed=8"))[2] != raw
+    assert len((await _call("GET", f"{httpbin.url}/bytes/999999"))[2]) == 100 * 1024  # httpbin's cap
+    for bad in ("abc", "-1", "12?seed=x"):
+        status, _, raw = await _call("GET", f"{httpbin.url}/bytes/{bad}")
+        assert status == 400 and b"'n'" in raw, bad
