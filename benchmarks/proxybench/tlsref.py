@@ -120,8 +120,12 @@ def nginx_tls_frontend(certs: Path, port: int, backend_port: int) -> str:
     }}"""
 
 
-def start_nginx_tls_pair(stage: Stage, name: str, upstream_port: int) -> tuple[list[Child], int]:
-    """nginx -> (TLS, client certificates) -> nginx -> ``upstream_port``; the children and the front port."""
+def start_nginx_tls_pair(stage: Stage, name: str, upstream_port: int, *,
+                         http_probe: bool = True) -> tuple[list[Child], int]:
+    """nginx -> (TLS, client certificates) -> nginx -> ``upstream_port``; the children and the front port.
+
+    ``http_probe=False`` waits for the front to accept connections only (an upstream that does not
+    answer ``GET /`` with 200, such as httpbin); the caller checks the path it measures."""
     certs = stage.subdir(f"{name}-certs")
     ca = ThrowawayCa.create()
     for dns, chain, key_file in (("bench-backend", "server.pem", "server-key.pem"),
@@ -133,7 +137,8 @@ def start_nginx_tls_pair(stage: Stage, name: str, upstream_port: int) -> tuple[l
         http_probe=False)  # it only speaks TLS with a client certificate
     frontend, port = start_nginx_config(
         stage, f"{name}-frontend",
-        lambda workdir, port: nginx_main(workdir, nginx_tls_frontend(certs, port, backend_port)))
+        lambda workdir, port: nginx_main(workdir, nginx_tls_frontend(certs, port, backend_port)),
+        http_probe=http_probe)
     return [backend, frontend], port
 
 
