@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from proxybench import session
+from proxybench.load import LoadError, Wrk
 from proxybench.openloop import OpenLoopResult, Point, get_request, run_point
 from proxybench.processes import Child, HarnessError, Supervisor, cpu_seconds, process_tree, rss_bytes
 from proxybench.targets import Stage
@@ -63,6 +64,8 @@ ISTIO = {
 }
 # The targets of the data-plane issue, as (figure, limit, direction).
 TARGETS = {
+    "mesh req/s @16 closed loop / nginx-x2-tls": (0.6, ">="),
+    "mesh p99 @16 closed loop / nginx-x2-tls": (2.0, "<="),
     "mesh added p50 @1 conn / nginx-x2-tls added p50": (2.0, "<="),
     "pair added p90 ms @1000rps x16": (1.0, "<="),
     "vCPU per sidecar per 1000 rps @1000rps x16": (0.10, "<="),
@@ -108,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=60, choices=range(1, 121), metavar="1..120")
     parser.add_argument("--rounds", type=int, default=1, choices=range(1, 11), metavar="1..10")
     parser.add_argument("--points", default="1000x16,1000x4,200x1")
+    parser.add_argument("--max-seconds", type=int, default=10, choices=range(0, 61), metavar="0..60",
+                        help="closed-loop wrk -t1 -c16 per way for the throughput ceiling (0: skip)")
     parser.add_argument("--quick", action="store_true", help="5 s per point, 1 round")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
@@ -181,6 +186,18 @@ def run_rounds(ways: list[Way], points: list[Point], rounds: int, console: Conso
     return samples
 
 
+def ceilings(ways: list[Way], wrk: Wrk, seconds: int, console: Console) -> dict[str, dict[str, float]]:
+    """Closed loop at 16 connections (wrk -t1): the most each way answers, and its p99 meanwhile."""
+    found = {}
+    for way in ways:
+        load = wrk.run(way.port, HOST, 16, seconds, PATH)
+        found[way.name] = {"rps": round(load.rps, 1), "p99_us": load.p99_us,
+                           "errors": load.errors + load.non_2xx}
+        console.print(f"ceiling {way.name:<13} {load.rps:.0f} req/s, p99 {load.p99_us:.0f} µs at 16 "
+                      "connections (closed loop)", highlight=False)
+    return found
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -211,8 +228,15 @@ def summarize(samples: list[Sample], ways: list[Way]) -> dict[str, dict[str, Any
     return table
 
 
-def verdicts(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def verdicts(table: dict[str, dict[str, Any]],
+             ceiling: dict[str, dict[str, float]] | None) -> dict[str, dict[str, Any]]:
     figures: dict[str, float | None] = {}
+    if ceiling:
+        mesh, nginx = ceiling["mesh"], ceiling["nginx-x2-tls"]
+        figures["mesh req/s @16 closed loop / nginx-x2-tls"] = (
+            mesh["rps"] / nginx["rps"] if nginx["rps"] else None)
+        figures["mesh p99 @16 closed loop / nginx-x2-tls"] = (
+            mesh["p99_us"] / nginx["p99_us"] if nginx["p99_us"] else None)
     low = next((cells for label, cells in table.items() if label.endswith("x1")), None)
     if low is not None:
         mesh, nginx = low["mesh"]["added_p50_us"], low["nginx-x2-tls"]["added_p50_us"]
@@ -228,9 +252,10 @@ def verdicts(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     figures["RSS MiB per sidecar"] = max((r for r in rss if r is not None), default=None)
     out = {}
     for name, value in figures.items():
-        limit, _ = TARGETS[name]
-        out[name] = {"value": value, "limit": limit,
-                     "verdict": "n/a" if value is None else ("PASS" if value <= limit else "FAIL")}
+        limit, direction = TARGETS[name]
+        met = value is not None and (value >= limit if direction == ">=" else value <= limit)
+        out[name] = {"value": value, "limit": f"{direction} {limit}",
+                     "verdict": "n/a" if value is None else ("PASS" if met else "FAIL")}
     return out
 
 
@@ -250,7 +275,7 @@ def render(console: Console, table: dict[str, dict[str, Any]], checks: dict[str,
     for column in ("figure", "value", "target", "verdict"):
         grid.add_column(column)
     for name, check in checks.items():
-        grid.add_row(name, _fmt(check["value"], 3), f"<= {check['limit']}", check["verdict"])
+        grid.add_row(name, _fmt(check["value"], 3), check["limit"], check["verdict"])
     console.print(grid)
     console.print(f"Istio: {ISTIO['vcpu_per_sidecar_per_1000rps']} vCPU and {ISTIO['memory_mb_per_sidecar']} "
                   f"MB per sidecar per 1000 rps; pair added P90 {ISTIO['pair_added_p90_ms']} ms "
@@ -302,13 +327,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
         mtls_before = mtls_requests(httpbin["admin_port"])
         started = time.monotonic()
         samples = run_rounds(ways, points, rounds, console)
+        if args.max_seconds:
+            meta["ceilings"] = ceilings(ways, Wrk.prepare(tools.wrk, workdir), args.max_seconds, console)
         meta["measured_seconds"] = round(time.monotonic() - started, 1)
         meta["host"]["loadavg_at_end"] = list(os.getloadavg())
         meta["mesh_as_shipped"] = {
             "mtls_requests_reported_by_httpbin_sidecar": mtls_requests(httpbin["admin_port"]) - mtls_before,
             "access_log_bytes_written": _size(access_log) - log_before,
         }
-    except HarnessError as exc:
+    except (HarnessError, LoadError) as exc:
         console.print(f"[red]benchmark aborted: {exc}[/]")
         return 1
     finally:
@@ -317,7 +344,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         supervisor.close()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     table = summarize(samples, ways)
-    checks = verdicts(table)
+    checks = verdicts(table, meta.get("ceilings"))
     render(console, table, checks)
     shipped = meta["mesh_as_shipped"]
     console.print(f"mesh as shipped: {shipped['mtls_requests_reported_by_httpbin_sidecar']:.0f} requests "

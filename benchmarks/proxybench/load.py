@@ -63,14 +63,14 @@ class Wrk:
         script.write_text(DONE_SCRIPT)
         return cls(binary, script)
 
-    def run(self, port: int, host: str, connections: int, seconds: int) -> LoadResult:
-        return run_wrk(self, port, host, connections, seconds)
+    def run(self, port: int, host: str, connections: int, seconds: int, path: str = "/") -> LoadResult:
+        return run_wrk(self, port, host, connections, seconds, path=path)
 
 
-def run_wrk(wrk: Wrk, port: int, host: str, connections: int, seconds: int) -> LoadResult:
-    """``wrk -t1 -cN -dS`` on http://127.0.0.1:port/ with ``Host: host``; bounded by a hard timeout."""
+def run_wrk(wrk: Wrk, port: int, host: str, connections: int, seconds: int, *, path: str = "/") -> LoadResult:
+    """``wrk -t1 -cN -dS`` on http://127.0.0.1:port/path with ``Host: host``; bounded by a hard timeout."""
     argv = [wrk.binary, "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT_S}s",
-            "-s", str(wrk.script), "-H", f"Host: {host}", f"http://127.0.0.1:{port}/"]
+            "-s", str(wrk.script), "-H", f"Host: {host}", f"http://127.0.0.1:{port}{path}"]
     try:
         result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=seconds + 30)
     except subprocess.TimeoutExpired as exc:
