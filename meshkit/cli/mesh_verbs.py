@@ -341,11 +341,15 @@ def lab(
     port: Annotated[int, typer.Option(help="JupyterLab's port.")] = 8888,
     labs_dir: Annotated[str, typer.Option("--dir", help="Folder of lab notebooks.")] = "labs",
 ) -> None:
-    """Start the local mesh (if needed) and JupyterLab on the labs."""
+    """Start the local mesh (if needed) and JupyterLab on the labs, opened on the first lab.
+
+    Stopping JupyterLab (Ctrl-C twice, or closing it from its File menu) stops the mesh this command
+    started; a mesh that was already running keeps running (`meshkit down` stops it).
+    """
     import importlib.util  # noqa: PLC0415
-    import os  # noqa: PLC0415
-    import sys  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
+
+    from meshkit.lab.jupyter import JupyterSession  # noqa: PLC0415
 
     if importlib.util.find_spec("jupyterlab") is None:
         _fail(EXIT_UNAVAILABLE, "error: JupyterLab is not installed here; install the lab extra: "
@@ -353,11 +357,17 @@ def lab(
     folder = Path(labs_dir)
     if not folder.is_dir():
         _fail(EXIT_REJECTED, f"error: {folder} is not a folder of labs (run in the checkout, or --dir)")
+    mesh = _mesh()
+    started_here = mesh.record() is None  # a mesh that exists (even partly dead) is not ours to stop
     up(app_sets=None, replicas=None, timeout=60.0)
-    argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={folder.resolve()}",
-            f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1"]
-    if no_browser:
-        argv.append("--no-browser")
-    if os.geteuid() == 0:
-        argv.append("--allow-root")
-    os.execv(sys.executable, argv)
+    printer = Printer()
+
+    def after_jupyter() -> None:
+        if started_here:
+            mesh.down()
+            printer.line("JupyterLab stopped; the mesh it started is stopped too")
+        else:
+            printer.line("JupyterLab stopped; the mesh keeps running (`meshkit down` stops it)")
+
+    session = JupyterSession(folder, port, open_browser=not no_browser)
+    raise typer.Exit(session.run(after_jupyter))

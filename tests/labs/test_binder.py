@@ -45,9 +45,9 @@ def test_start_brings_the_mesh_up_and_execs_the_command(lab_env: dict[str, str])
 
 
 def test_readme_badge_launches_jupyterlab_on_the_labs() -> None:
-    """The README's "launch binder" badge opens JupyterLab (not the classic tree) on labs/."""
+    """The README's "launch binder" badge opens JupyterLab (not the classic tree) on the first lab."""
     readme = (ROOT / "README.md").read_text()
     link = re.search(r"\]\((https://mybinder\.org/v2/gh/[^)]+)\)", readme)
     assert link, "README has no Binder launch badge"
-    assert link.group(1).endswith("?urlpath=lab/tree/labs"), link.group(1)
-    assert (ROOT / "labs").is_dir() and list((ROOT / "labs").glob("00-*.ipynb"))
+    assert link.group(1).endswith("?urlpath=lab/tree/labs/00-welcome.ipynb"), link.group(1)
+    assert (ROOT / "labs" / "00-welcome.ipynb").is_file()

@@ -1,0 +1,102 @@
+"""JupyterLab beside the local mesh, as `meshkit lab` runs it.
+
+What it decides: the command line (the labs folder as root, the first lab as the page the browser
+opens instead of the Launcher), the environment (this Python's ``bin`` first on ``PATH``, so the
+terminal a lab hint sends a learner to runs ``meshkit``), and the end of the session (a mesh that this
+session started is stopped when JupyterLab exits; one that was already running is left running, and
+the learner is told how to stop it).
+
+It must not parse command-line options or print (the CLI does both), and must not start the mesh
+itself: the caller passes whether it did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["START_PAGE", "JupyterSession", "lab_environment", "start_page"]
+
+START_PAGE = "00-welcome.ipynb"
+STOP_GRACE_S = 20.0
+
+
+def start_page(folder: Path) -> str | None:
+    """The notebook the browser opens first: the welcome lab, else the first lab, else none."""
+    if (folder / START_PAGE).is_file():
+        return START_PAGE
+    labs = sorted(p.name for p in folder.glob("*.ipynb"))
+    return labs[0] if labs else None
+
+
+def lab_environment(base: Mapping[str, str], python: str = sys.executable) -> dict[str, str]:
+    """``base`` with the directory of ``python`` (the virtual environment's ``bin``) first on PATH."""
+    scripts = str(Path(python).parent)
+    rest = [entry for entry in base.get("PATH", os.defpath).split(os.pathsep) if entry and entry != scripts]
+    return {**base, "PATH": os.pathsep.join([scripts, *rest])}
+
+
+@dataclass
+class JupyterSession:
+    """One JupyterLab server on ``folder``; ``run`` blocks until it exits, then calls ``on_exit``."""
+
+    folder: Path
+    port: int
+    open_browser: bool = True
+    python: str = sys.executable
+
+    def argv(self) -> list[str]:
+        argv = [self.python, "-m", "jupyterlab", f"--ServerApp.root_dir={self.folder.resolve()}",
+                f"--ServerApp.port={self.port}", "--ServerApp.ip=127.0.0.1"]
+        page = start_page(self.folder)
+        if page is not None:
+            argv.append(f"--LabApp.default_url=/lab/tree/{page}")
+        if not self.open_browser:
+            argv.append("--no-browser")
+        if os.geteuid() == 0:
+            argv.append("--allow-root")
+        return argv
+
+    def run(self, on_exit: Callable[[], None]) -> int:
+        """Serve until JupyterLab exits (Ctrl-C goes to JupyterLab, which asks to confirm; SIGTERM and
+        SIGHUP are passed on to it); then ``on_exit()``, always. Returns JupyterLab's exit code."""
+        child = subprocess.Popen(self.argv(), env=lab_environment(os.environ, self.python))
+        try:
+            with _forwarding(child):
+                return child.wait()
+        finally:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+            on_exit()
+
+
+@contextlib.contextmanager
+def _forwarding(child: subprocess.Popen[bytes]) -> Iterator[None]:
+    """While JupyterLab runs: Ctrl-C is its business (the terminal sends it to both of us), SIGTERM
+    and SIGHUP are handed to it; the handlers in place before are put back afterwards."""
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
