@@ -48,7 +48,7 @@ from meshkit.runtime.launch import (
     ingress_identity,
     quiet,
 )
-from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports
+from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports, free_bases
 from meshkit.runtime.processes import ProcessRecord, owned_by, python_argv, rss_bytes, stop
 from meshkit.runtime.record import DEFAULT_CERT_TTL, NAMESPACE, Instance, MeshRecord
 from meshkit.runtime.state import StateDir
@@ -61,8 +61,24 @@ __all__ = [
 READY_TIMEOUT = 60.0
 
 
-def _default_base() -> int:
-    return int(os.environ.get("MESHKIT_PORT_BASE", DEFAULT_BASE))
+AUTO_BASE_HEADROOM = 10  # instances a chosen plan keeps free beyond the first `up` (deploy, scale)
+
+
+def _chosen_base(instances: int, progress: Progress) -> int:
+    """The port base of a new mesh: MESHKIT_PORT_BASE when set (kept even if busy: the caller asked
+    for it), else the default plan, else (another learner's mesh holds the default, as on a shared
+    JupyterHub) a free plan below the ephemeral range. The base is recorded in the state dir, so every
+    later command and notebook of this MESHKIT_HOME finds the mesh."""
+    asked = os.environ.get("MESHKIT_PORT_BASE")
+    if asked:
+        return int(asked)
+    if not busy_ports(PortPlan(DEFAULT_BASE).all_ports(instances)):
+        return DEFAULT_BASE
+    base = next(free_bases(instances + AUTO_BASE_HEADROOM), None)
+    if base is None:
+        return DEFAULT_BASE  # nothing free: the busy-port error below names the ports
+    progress(f"ports of the default plan ({DEFAULT_BASE}) are in use: using base {base}", 0, 1)
+    return base
 
 
 P = ParamSpec("P")
@@ -184,9 +200,10 @@ class LocalMesh:
                 return self.status()
             progress("cleaning up a mesh that is only partly running", 0, 1)
             self.down()
-        rec = MeshRecord(base_port or _default_base(), apps, replicas, cert_ttl=cert_ttl)
-        plan = PortPlan(rec.base_port)
         total_instances = sum(s.replicas for s in specs)
+        rec = MeshRecord(base_port or _chosen_base(total_instances, progress), apps, replicas,
+                         cert_ttl=cert_ttl)
+        plan = PortPlan(rec.base_port)
         busy = busy_ports(plan.all_ports(total_instances))
         if busy:
             raise MeshError(
