@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from meshkit.proxy.tls.ca_client import CaClient, CertificateFetchError
-from meshkit.proxy.tls.x509 import build_csr, generate_key
-from meshkit.runtime.kube_api import KubeAccess
-from meshkit.runtime.kubernetes import (
+from meshkit.k8s.api import KubeAccess
+from meshkit.k8s.control_plane import (
     RunningKubernetesControlPlane,
     SyncOptions,
     run_kubernetes_control_plane,
 )
+from meshkit.proxy.tls.ca_client import CaClient, CertificateFetchError
+from meshkit.proxy.tls.x509 import build_csr, generate_key
 from tests.k8s.operator_harness import prepare
 
 pytestmark = pytest.mark.timeout(60)
