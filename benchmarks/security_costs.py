@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.filters.authz import compile_authz
 from meshkit.proxy.http import Headers, Request
-from meshkit.proxy.tls import CertificateManager, build_csr, generate_key, identity_from_der, peer_identity
+from meshkit.proxy.tls import CertificateManager, peer_identity
+from meshkit.proxy.tls.x509 import LocalCertificateManager, build_csr, generate_key, identity_from_der
 
 ALICE = "spiffe://cluster.local/ns/default/sa/alice"
 BOB = "spiffe://cluster.local/ns/default/sa/bob"
@@ -40,7 +41,7 @@ def median_us(fn: Callable[[], object], rounds: int) -> float:
 
 
 def issue(ca: CertificateAuthority, identity: str) -> CertificateManager:
-    manager = CertificateManager(identity)
+    manager = LocalCertificateManager(identity)
     manager.rotate(ca.sign_csr(manager.new_csr(), identity), ca.root_pem)
     return manager
 

@@ -74,8 +74,8 @@ def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: 
     import logging  # noqa: PLC0415
 
     from meshkit.control.ca import CaError, parse_ttl  # noqa: PLC0415
-    from meshkit.runtime.kube_api import KubeAccess, KubeApiError  # noqa: PLC0415
-    from meshkit.runtime.kubernetes import serve_kubernetes  # noqa: PLC0415
+    from meshkit.k8s.api import KubeAccess, KubeApiError  # noqa: PLC0415
+    from meshkit.k8s.control_plane import serve_kubernetes  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -1,11 +1,11 @@
 """`ClusterClient`: the control-plane client (`ControlClient`) of a mesh that runs on Kubernetes.
 
 On a cluster the Istio objects in the API server are the config (the control plane only mirrors
-them, `meshkit.runtime.kubernetes`), so this client keeps `ControlClient`'s interface — the one
+them, `meshkit.k8s.control_plane`), so this client keeps `ControlClient`'s interface — the one
 `meshkit.lab.Mesh` and the ``meshkit`` CLI call — and changes where each call goes:
 
 * **writes** (``apply``, ``delete``, ``delete_documents``) go to the Kubernetes API
-  (`meshkit.runtime.kube_client`): the input is loaded and analysed first, together with the
+  (`meshkit.k8s.client`): the input is loaded and analysed first, together with the
   cluster's current Istio objects, exactly as the local store does, so a bad rule is refused
   with the field named and nothing is written. Then each object is created, or merge-patched
   to equal the input (its ``spec``; labels and annotations given are set, others kept — the
@@ -46,9 +46,9 @@ from meshkit.control.kinds import resolve_kind
 from meshkit.control.registry import parse_endpoint, parse_service
 from meshkit.control.store import CODE_NOT_FOUND, duplicate_messages
 from meshkit.k8s import names
-from meshkit.runtime.kube_api import KubeApiError, ResourceType
-from meshkit.runtime.kube_client import KubeClient, namespaced_collection, object_path, service_proxy_path
-from meshkit.runtime.kube_sources import ISTIO_TYPES, istio_resource
+from meshkit.k8s.api import KubeApiError, ResourceType
+from meshkit.k8s.client import KubeClient, namespaced_collection, object_path, service_proxy_path
+from meshkit.k8s.sources import ISTIO_TYPES, istio_resource
 
 T = TypeVar("T")
 CODE_CLUSTER_REFUSED = "MK0950"  # the Kubernetes API refused a write or a read

@@ -7,7 +7,7 @@ One parser for ``meshkit.connect(target)`` and the CLI's ``--context`` / ``$MESH
 * ``k8s`` — the kubeconfig's current context; ``k8s:<context>`` a named one;
 * ``k8s:http://HOST:PORT`` — an API server URL without credentials (``kubectl proxy``, a mock).
 
-The kubeconfig is ``$KUBECONFIG`` or ``~/.kube/config``, read by `meshkit.runtime.kubeconfig`
+The kubeconfig is ``$KUBECONFIG`` or ``~/.kube/config``, read by `meshkit.k8s.kubeconfig`
 (exec and auth-provider plugins by the ``kubernetes`` package, the ``k8s`` extra). Problems
 are `ClusterTargetError`, whose message says what to do.
 
@@ -21,12 +21,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from meshkit.k8s.api import KubeAccess, KubeApiError
+from meshkit.k8s.client import KubeClient
 from meshkit.k8s.cluster_config import ClusterClient
 from meshkit.k8s.kind import KindOptions
+from meshkit.k8s.kubeconfig import context_names, load_access
 from meshkit.k8s.port_forward import PortForward, PortForwardError, port_forward_argv
-from meshkit.runtime.kube_api import KubeAccess, KubeApiError
-from meshkit.runtime.kube_client import KubeClient
-from meshkit.runtime.kubeconfig import context_names, load_access
 
 PREFIXES = ("kind", "k8s")
 READS_ENV = "MESHKIT_KUBE_READS"

@@ -9,5 +9,5 @@ What it must not do: import pydantic, aiohttp or anything from ``meshkit.config`
 ``meshkit.control``, ``meshkit.runtime`` or the notebook side (import-linter enforces
 this), or allocate per request what can be built once per snapshot. It may import
 the standard library, uvloop and httptools. ``cryptography`` is for the short-lived key/CSR
-helper process only (``tls_csr_helper``, ``tls_x509``): the running sidecar never loads it.
+helper process only (``tls.csr_helper``, ``tls.x509``): the running sidecar never loads it.
 """

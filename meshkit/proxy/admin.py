@@ -57,8 +57,8 @@ class Admin:
         self.metrics = metrics
         self.upstream = upstream
         self.listeners = listeners
-        self.certificates = certificates  # tls_sidecar.SidecarCertificates, None = plaintext sidecar
-        self.tls_stats = tls_stats  # tls_inbound.TlsStats
+        self.certificates = certificates  # tls.sidecar.SidecarCertificates, None = plaintext sidecar
+        self.tls_stats = tls_stats  # tls.inbound.TlsStats
         self.started = time.time()
 
     async def handle(self, request: Request) -> Response:
@@ -90,7 +90,7 @@ class Admin:
         if rotate_now is None:
             return _json({"rotated": False, "error": "this sidecar's certificate comes from files "
                                                       "(--tls-dir), not from a CA: it is never rotated"}, 409)
-        from meshkit.proxy.tls_sidecar import RotationRefused  # noqa: PLC0415 - TLS modules only with mTLS
+        from meshkit.proxy.tls.sidecar import RotationRefused  # noqa: PLC0415 - TLS modules only with mTLS
 
         try:
             answer: dict[str, Any] = await rotate_now()

@@ -94,7 +94,7 @@ class Listener:
         self.connections: set[DownstreamConnection] = set()
         self.server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        # mTLS seam (meshkit.proxy.tls_inbound): accepts connections itself, sniffing TLS vs plaintext.
+        # mTLS seam (meshkit.proxy.tls.inbound): accepts connections itself, sniffing TLS vs plaintext.
         self.acceptor: Any = None
 
     async def start(self, host: str, port: int) -> int:
@@ -144,7 +144,7 @@ class Listener:
 class DownstreamConnection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
-    peer_identity: str | None = None  # the verified SPIFFE id of an mTLS peer (set by tls_inbound)
+    peer_identity: str | None = None  # the verified SPIFFE id of an mTLS peer (set by tls.inbound)
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener

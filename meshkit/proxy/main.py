@@ -6,10 +6,10 @@ SIGHUP) or from ``--control URL --id ID``, writes the bound ports to ``--ports-f
 shuts down cleanly on SIGTERM/SIGINT, giving in-flight requests a moment to finish.
 
 mTLS: with ``--control`` and a CA token (``MESHKIT_CA_TOKEN`` or ``--ca-token-file``) the
-sidecar gets its workload certificate before it reports ready (``tls_sidecar``), keeps it
-rotated, applies PeerAuthentication on its inbound port (``tls_inbound``) and speaks mTLS to
+sidecar gets its workload certificate before it reports ready (``tls.sidecar``), keeps it
+rotated, applies PeerAuthentication on its inbound port (``tls.inbound``) and speaks mTLS to
 ISTIO_MUTUAL clusters (``upstream``). ``--tls-dir DIR`` does the same with certificate files
-and no CA (``tls_static``, never rotated). Without either it runs plaintext.
+and no CA (``tls.static``, never rotated). Without either it runs plaintext.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from meshkit.proxy.upstream import Upstream
 from meshkit.proxy.xds import ConfigState, StaticConfig, XdsClient
 
 if TYPE_CHECKING:
-    from meshkit.proxy.tls_inbound import MtlsAcceptor
-    from meshkit.proxy.tls_sidecar import SidecarCertificates
-    from meshkit.proxy.tls_static import StaticCertificates
+    from meshkit.proxy.tls.inbound import MtlsAcceptor
+    from meshkit.proxy.tls.sidecar import SidecarCertificates
+    from meshkit.proxy.tls.static import StaticCertificates
 
 log = logging.getLogger("meshkit.proxy")
 
@@ -113,26 +113,27 @@ class Proxy:
         self.access = None if args.access_log == "off" else AccessLogSink(args.access_log)
         # The TLS modules are imported only by a sidecar that does mTLS. None of them loads
         # cryptography (~10 MiB): keys, CSRs and certificate checks run in a short-lived helper
-        # process (tls_csr_client); tests/security/test_sidecar_memory.py keeps it that way.
+        # process (tls.csr_client); tests/security/test_sidecar_no_cryptography.py and
+        # tests/security/test_e2e_rotation.py keep it that way.
         self.certificates: SidecarCertificates | StaticCertificates | None = None
         self.sidecar_certificates: SidecarCertificates | None = None
         self.acceptor: MtlsAcceptor | None = None
         if getattr(args, "ca_token", None):
-            from meshkit.proxy.tls_sidecar import SidecarCertificates  # noqa: PLC0415
+            from meshkit.proxy.tls.sidecar import SidecarCertificates  # noqa: PLC0415
 
             self.certificates = self.sidecar_certificates = SidecarCertificates(
                 args.control, args.ca_token, args.ca_token_file
             )
         elif getattr(args, "tls_dir", None):
             from meshkit.proxy.tls import CertificateError  # noqa: PLC0415
-            from meshkit.proxy.tls_static import StaticCertificates  # noqa: PLC0415
+            from meshkit.proxy.tls.static import StaticCertificates  # noqa: PLC0415
 
             try:
                 self.certificates = StaticCertificates.load(args.tls_dir)
             except CertificateError as exc:
                 raise SystemExit(f"meshkit proxy: --tls-dir: {exc}") from None
         if self.certificates is not None:
-            from meshkit.proxy.tls_inbound import MtlsAcceptor  # noqa: PLC0415
+            from meshkit.proxy.tls.inbound import MtlsAcceptor  # noqa: PLC0415
 
             self.upstream.certificates = self.certificates
             self.acceptor = MtlsAcceptor(self.certificates)

@@ -60,7 +60,7 @@ PoolKey = tuple[str, int, bool]  # (address, port, mutual TLS)
 
 
 class ClientContexts(Protocol):
-    """Where the client side of mutual TLS comes from (``tls_sidecar.SidecarCertificates``)."""
+    """Where the client side of mutual TLS comes from (``tls.sidecar.SidecarCertificates``)."""
 
     @property
     def client_context(self) -> ssl.SSLContext: ...
@@ -477,8 +477,8 @@ class Upstream:
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
         if allowed is not None:
-            # Loaded on the first mTLS connect only: a plaintext sidecar never imports cryptography
-            # (about 10 MiB of RSS per sidecar).
+            # Loaded on the first mTLS connect only: a plaintext sidecar never loads the TLS modules
+            # (meshkit.proxy.tls; none of them loads cryptography either).
             from meshkit.proxy.tls import (  # noqa: PLC0415
                 CertificateError,
                 PeerIdentityError,

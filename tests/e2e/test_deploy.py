@@ -117,13 +117,13 @@ def _ca_token(pid: int) -> str:
 
 def _csr_status(mesh: RunningMesh, token: str) -> int:
     """What the mesh's CA answers a CSR for the reviews identity signed in with ``token``."""
-    from meshkit.proxy.tls import build_csr, generate_key  # noqa: PLC0415
-    from meshkit.proxy.tls_renewal import CertificateFetchError, fetch_certificate  # noqa: PLC0415
+    from meshkit.proxy.tls.ca_client import CaClient, CertificateFetchError  # noqa: PLC0415
+    from meshkit.proxy.tls.x509 import build_csr, generate_key  # noqa: PLC0415
 
     identity = spiffe_identity("default", "bookinfo-reviews")
     try:
         csr = build_csr(generate_key(), identity)
-        asyncio.run(fetch_certificate(str(mesh.status["control"]), token, csr))
+        asyncio.run(CaClient(str(mesh.status["control"]), token).sign(csr))
     except CertificateFetchError as refused:
         return int(refused.status or 0)
     return 200

@@ -22,8 +22,8 @@ import aiohttp
 import kmock as kmocklib
 import yaml
 
-from meshkit.runtime.kube_api import KubeAccess
-from meshkit.runtime.kubernetes import (
+from meshkit.k8s.api import KubeAccess
+from meshkit.k8s.control_plane import (
     RunningKubernetesControlPlane,
     SyncOptions,
     run_kubernetes_control_plane,

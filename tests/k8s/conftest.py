@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
+from meshkit.k8s.control_plane import RunningKubernetesControlPlane
 from tests.k8s.cluster_harness import running_cluster
 
 

@@ -19,8 +19,8 @@ import pytest
 from meshkit.control.client import ApiError, ControlUnreachable
 from meshkit.k8s.admission import admission_messages, rejection_text
 from meshkit.k8s.cluster_config import ClusterClient, merge_patch
+from meshkit.k8s.control_plane import RunningKubernetesControlPlane
 from meshkit.k8s.targets import cluster_client
-from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
 from tests.control.sse import Subscriber
 from tests.k8s import kube_objects as k
 from tests.k8s.cluster_harness import WAIT_S, objects

@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshkit.k8s.control_plane import RunningKubernetesControlPlane
 from meshkit.lab.display import LabError
 from meshkit.lab.mesh import Mesh, connect
-from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
 from tests.k8s import kube_objects as k
 from tests.k8s.cluster_harness import objects, write_kubeconfig
 from tests.test_cli import cli_env, meshkit

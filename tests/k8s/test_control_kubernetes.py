@@ -21,8 +21,8 @@ from meshkit.config.compile import compile_snapshot
 from meshkit.config.loader import load_resources
 from meshkit.control.registry import parse_endpoint, parse_service
 from meshkit.control.server import ControlPlane
-from meshkit.runtime.kube_api import KubeAccess
-from meshkit.runtime.kubernetes import (
+from meshkit.k8s.api import KubeAccess
+from meshkit.k8s.control_plane import (
     RunningKubernetesControlPlane,
     SyncOptions,
     run_kubernetes_control_plane,

@@ -1,7 +1,7 @@
 """CSRs authenticated by TokenReview: the Kubernetes control plane's CA against KMock's answers.
 
 KMock plays the API server's TokenReview endpoint (told what to answer per token); the
-sidecar's own certificate client (`meshkit.proxy.tls_renewal.fetch_certificate`) asks a real
+sidecar's own certificate client (`meshkit.proxy.tls.ca_client.CaClient`) asks a real
 control plane started by `run_kubernetes_control_plane` for a certificate.
 """
 
@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from meshkit.proxy.tls import build_csr, generate_key
-from meshkit.proxy.tls_renewal import CertificateFetchError, fetch_certificate
-from meshkit.runtime.kube_api import KubeAccess
-from meshkit.runtime.kubernetes import (
+from meshkit.k8s.api import KubeAccess
+from meshkit.k8s.control_plane import (
     RunningKubernetesControlPlane,
     SyncOptions,
     run_kubernetes_control_plane,
 )
+from meshkit.proxy.tls.ca_client import CaClient, CertificateFetchError
+from meshkit.proxy.tls.x509 import build_csr, generate_key
 from tests.k8s.operator_harness import prepare
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,7 +84,7 @@ async def plane(kmock: Any, reviewer: TokenReviewer,
 
 
 async def sign(plane: RunningKubernetesControlPlane, token: str, identity: str = REVIEWS) -> x509.Certificate:
-    chain, _root = await fetch_certificate(plane.url, token, build_csr(generate_key(), identity))
+    chain, _root = await CaClient(plane.url, token).sign(build_csr(generate_key(), identity))
     return x509.load_pem_x509_certificate(chain.encode())
 
 

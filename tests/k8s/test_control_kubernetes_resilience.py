@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 import yarl
 
-from meshkit.runtime.kube_api import KubeAccess
-from meshkit.runtime.kubernetes import SyncOptions, run_kubernetes_control_plane
+from meshkit.k8s.api import KubeAccess
+from meshkit.k8s.control_plane import SyncOptions, run_kubernetes_control_plane
 from tests.k8s import kube_objects as k
 from tests.k8s.operator_harness import prepare, until
 

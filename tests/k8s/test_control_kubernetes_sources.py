@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
-from meshkit.k8s import names
+from meshkit.k8s import control_plane
+from meshkit.k8s.api import KubeAccess, KubeApi, KubeApiError
 from meshkit.k8s.inject import InjectSettings, proxy_args
-from meshkit.runtime import kube_sources, kube_tokenreview, kubernetes
-from meshkit.runtime.kube_api import KubeAccess, KubeApi, KubeApiError
-from meshkit.runtime.kube_sources import (
+from meshkit.k8s.sources import (
     ISTIO_TYPES,
     PODS,
     desired_registry,
@@ -26,11 +25,9 @@ pytestmark = pytest.mark.timeout(30)
 VIRTUAL_SERVICES = ISTIO_TYPES[0]
 
 
-def test_names_agree_with_the_injector() -> None:
-    assert kube_sources.SIDECAR_CONTAINER == names.SIDECAR_CONTAINER
-    assert kube_tokenreview.TOKEN_AUDIENCE == names.TOKEN_AUDIENCE
+def test_the_scrape_port_is_the_injected_sidecars_admin_port() -> None:
     args = proxy_args(InjectSettings())
-    assert int(args[args.index("--admin-port") + 1]) == kubernetes.SIDECAR_ADMIN_PORT  # metrics are there
+    assert int(args[args.index("--admin-port") + 1]) == control_plane.SIDECAR_ADMIN_PORT  # metrics are there
 
 
 def _pod(owner: dict[str, Any] | None, labels: dict[str, str] | None = None) -> dict[str, Any]:

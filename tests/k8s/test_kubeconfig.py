@@ -1,4 +1,4 @@
-"""`meshkit.runtime.kubeconfig` against a real HTTPS server that demands a client certificate.
+"""`meshkit.k8s.kubeconfig` against a real HTTPS server that demands a client certificate.
 
 The test makes a CA, a server certificate for 127.0.0.1 and a client certificate (as kind's
 kubeconfig carries them, base64 in ``*-data`` fields), serves a tiny API over TLS with
@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from meshkit.runtime.kube_api import KubeApiError
-from meshkit.runtime.kube_client import KubeClient
-from meshkit.runtime.kube_sources import ISTIO_TYPES
-from meshkit.runtime.kubeconfig import KubeconfigError, context_names, load_access
+from meshkit.k8s.api import KubeApiError
+from meshkit.k8s.client import KubeClient
+from meshkit.k8s.kubeconfig import KubeconfigError, context_names, load_access
+from meshkit.k8s.sources import ISTIO_TYPES
 from tests.k8s.cluster_harness import write_kubeconfig
 
 pytestmark = pytest.mark.timeout(60)

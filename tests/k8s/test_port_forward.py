@@ -24,9 +24,9 @@ import aiohttp
 import pytest
 
 from meshkit.control.client import ControlUnreachable
+from meshkit.k8s.control_plane import RunningKubernetesControlPlane
 from meshkit.k8s.port_forward import PortForward, PortForwardError, port_forward_argv
 from meshkit.k8s.targets import cluster_client
-from meshkit.runtime.kubernetes import RunningKubernetesControlPlane
 from tests.k8s import kube_objects as k
 from tests.k8s.cluster_harness import objects, write_kubeconfig
 

@@ -15,12 +15,13 @@ from cryptography import x509
 from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.filters.authn import decide_connection
 from meshkit.proxy.tls import CertificateManager, peer_identity, sniff_tls
+from meshkit.proxy.tls.x509 import LocalCertificateManager
 
 ALICE = "spiffe://cluster.local/ns/default/sa/alice"
 BOB = "spiffe://cluster.local/ns/default/sa/bob"
 MALLORY = "spiffe://cluster.local/ns/evil/sa/mallory"
 
-Issue = Callable[..., CertificateManager]
+Issue = Callable[..., LocalCertificateManager]
 
 
 @pytest.fixture
@@ -40,9 +41,9 @@ def issue_with(
     now: datetime | None = None,
     *,
     check_validity: bool = True,
-) -> CertificateManager:
+) -> LocalCertificateManager:
     """A sidecar's CertificateManager holding a certificate the given CA signed for ``identity``."""
-    manager = CertificateManager(identity)
+    manager = LocalCertificateManager(identity)
     cert = authority.sign_csr(manager.new_csr(), identity, ttl, now=now)
     # An already-expired certificate is refused by rotate(); tests that need one install it
     # with a 'now' inside its validity window.
@@ -55,7 +56,7 @@ def issue_with(
 def issue(ca: CertificateAuthority) -> Issue:
     def make(
         identity: str, ttl: timedelta = timedelta(hours=1), now: datetime | None = None
-    ) -> CertificateManager:
+    ) -> LocalCertificateManager:
         return issue_with(ca, identity, ttl, now, check_validity=now is None)
 
     return make

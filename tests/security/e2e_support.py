@@ -23,7 +23,7 @@ from urllib.parse import quote
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, CertificateAuthority
-from meshkit.proxy.tls import CertificateManager
+from meshkit.proxy.tls.x509 import LocalCertificateManager
 from tests.e2e.mesh import RunningMesh, start_mesh
 
 TIMEOUT = 15.0
@@ -104,13 +104,13 @@ def mesh_ca(mesh: RunningMesh) -> CertificateAuthority:
 
 
 def client_manager(authority: CertificateAuthority, identity: str, *, ttl: timedelta = timedelta(hours=1),
-                   now: datetime | None = None) -> CertificateManager:
+                   now: datetime | None = None) -> LocalCertificateManager:
     """A CertificateManager holding a certificate ``authority`` signed for ``identity``.
 
     With ``now`` in the past the certificate may already be expired; it is installed as of
     ``now`` (``rotate`` itself refuses an expired certificate).
     """
-    manager = CertificateManager(identity)
+    manager = LocalCertificateManager(identity)
     cert = authority.sign_csr(manager.new_csr(), identity, ttl, now=now)
     manager.rotate(cert, authority.root_pem, now=now.timestamp() if now is not None else None)
     return manager

@@ -22,7 +22,7 @@ from meshkit.control.ca import (
     spiffe_identity,
     validate_identity,
 )
-from meshkit.proxy.tls import build_csr, generate_key
+from meshkit.proxy.tls.x509 import build_csr, generate_key
 
 from .conftest import ALICE, BOB
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from meshkit.control.server import run_control_plane
-from meshkit.proxy.tls import CertificateManager, build_csr, generate_key
-from meshkit.proxy.tls_renewal import CertificateFetchError, fetch_certificate, renew
+from meshkit.proxy.tls import CertificateManager
+from meshkit.proxy.tls.ca_client import CaClient, CertificateFetchError
+from meshkit.proxy.tls.renewal import renew
+from meshkit.proxy.tls.x509 import build_csr, generate_key
 
 from .conftest import ALICE, BOB, MeshListener, ask
 
@@ -23,13 +25,13 @@ async def test_sidecars_get_certificates_from_the_control_plane_and_talk_mtls(tm
         tokens = running.control_plane.tokens
         alice, bob = CertificateManager(ALICE), CertificateManager(BOB)
         async with asyncio.timeout(20):
-            await renew(alice, running.url, tokens.issue_token(ALICE))
+            await renew(alice, CaClient(running.url, tokens.issue_token(ALICE)))
             bob_token = tokens.issue_token(BOB)
-            await renew(bob, running.url, bob_token)
+            await renew(bob, CaClient(running.url, bob_token))
 
             # Bob's token cannot get Alice's identity, whatever the CSR says.
             with pytest.raises(CertificateFetchError, match=f"authenticated as {BOB}") as err:
-                await fetch_certificate(running.url, bob_token, build_csr(generate_key(), ALICE))
+                await CaClient(running.url, bob_token).sign(build_csr(generate_key(), ALICE))
             assert err.value.status == 403
 
             async with MeshListener(bob) as server:
@@ -51,7 +53,7 @@ async def test_sidecars_get_certificates_from_the_control_plane_and_talk_mtls(tm
 
 async def test_a_token_file_is_read_again_before_every_csr(tmp_path: Path) -> None:
     """Kubernetes rotates projected service-account tokens: the sidecar must not cache the first one."""
-    from meshkit.proxy.tls_sidecar import SidecarCertificates  # noqa: PLC0415
+    from meshkit.proxy.tls.sidecar import SidecarCertificates  # noqa: PLC0415
 
     running = await run_control_plane("127.0.0.1", 0, tmp_path, record_address=False)
     async with running:
@@ -82,11 +84,11 @@ async def test_a_token_revoked_in_the_file_stops_working_while_the_control_plane
         late = BootstrapTokens.open(path).issue_token(BOB)  # issued after the start
         async with asyncio.timeout(20):
             for token, who in ((kept, ALICE), (removed, ALICE), (late, BOB)):
-                await fetch_certificate(running.url, token, build_csr(generate_key(), who))
+                await CaClient(running.url, token).sign(build_csr(generate_key(), who))
             assert BootstrapTokens.open(path).revoke_digests(
                 [BootstrapTokens.digest(removed), BootstrapTokens.digest(late)]) == 2
             for token, who in ((removed, ALICE), (late, BOB)):
                 with pytest.raises(CertificateFetchError) as refused:
-                    await fetch_certificate(running.url, token, build_csr(generate_key(), who))
+                    await CaClient(running.url, token).sign(build_csr(generate_key(), who))
                 assert refused.value.status == 401
-            await fetch_certificate(running.url, kept, build_csr(generate_key(), ALICE))
+            await CaClient(running.url, kept).sign(build_csr(generate_key(), ALICE))

@@ -1,5 +1,5 @@
-"""The key/CSR helper process (``python -m meshkit.proxy.tls_csr_helper``), its client, and the
-``ssl``-only check of the CA's answer (``tls_verify``) that the running sidecar uses instead of
+"""The key/CSR helper process (``python -m meshkit.proxy.tls.csr_helper``), its client, and the
+``ssl``-only check of the CA's answer (``tls.verify``) that the running sidecar uses instead of
 ``cryptography``.
 
 Real processes and a real CA. A helper that cannot start, dies or prints nonsense is a
@@ -20,9 +20,9 @@ import pytest
 
 from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.tls import CertificateError, CertificateManager
-from meshkit.proxy.tls_csr_client import CsrHelperError, make_key_and_csr
-from meshkit.proxy.tls_verify import verify_issued
-from meshkit.proxy.tls_x509 import build_csr, check_issued, generate_key, key_pem
+from meshkit.proxy.tls.csr_client import CsrHelperError, make_key_and_csr
+from meshkit.proxy.tls.verify import verify_issued
+from meshkit.proxy.tls.x509 import build_csr, check_issued, generate_key, key_pem
 
 from .conftest import ALICE, BOB, MeshListener, ask
 
@@ -84,7 +84,7 @@ async def test_helper_runs_once_and_exits(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     wrapper = ("import os, runpy, sys; open(sys.argv[1], 'w').write(str(os.getpid())); "
                "sys.argv = sys.argv[1:]; "
-               "runpy.run_module('meshkit.proxy.tls_csr_helper', run_name='__main__')")
+               "runpy.run_module('meshkit.proxy.tls.csr_helper', run_name='__main__')")
     async with asyncio.timeout(LIMIT):
         key, csr = await make_key_and_csr(ALICE, [sys.executable, "-c", wrapper, str(pidfile)])
     assert "PRIVATE KEY" in key and "CERTIFICATE REQUEST" in csr
@@ -109,7 +109,7 @@ async def test_a_hung_helper_is_killed_when_the_call_times_out(tmp_path: Path) -
         ([sys.executable, "-c", "print('hello')"], "expected a JSON object"),
         ([sys.executable, "-c", "print('{}')"], "lacks 'key' or 'csr'"),
         (["/nonexistent/meshkit-python"], "cannot start the CSR helper"),
-        ([sys.executable, "-m", "meshkit.proxy.tls_csr_helper", "extra"], r"exited \(2\): usage"),
+        ([sys.executable, "-m", "meshkit.proxy.tls.csr_helper", "extra"], r"exited \(2\): usage"),
     ],
 )
 async def test_a_broken_helper_is_a_csr_helper_error(command: list[str], message: str) -> None:

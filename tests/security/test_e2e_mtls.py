@@ -21,6 +21,7 @@ import pytest
 
 from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.tls import CertificateManager
+from meshkit.proxy.tls.x509 import LocalCertificateManager
 from meshkit.runtime.tap import describe, hexdump, tap
 from tests.e2e.mesh import RunningMesh
 from tests.security.e2e_support import (
@@ -177,7 +178,8 @@ async def test_server_with_the_wrong_spiffe_identity_is_refused(mesh: RunningMes
 
 def test_ca_api_signs_own_identity_and_refuses_a_foreign_one(mesh: RunningMesh) -> None:
     token = issue_token(mesh, spiffe("sleep"))
-    own, foreign = CertificateManager(spiffe("sleep")), CertificateManager(spiffe("bookinfo-ratings"))
+    own = LocalCertificateManager(spiffe("sleep"))
+    foreign = LocalCertificateManager(spiffe("bookinfo-ratings"))
     client = mesh.client
     signed = client.request("POST", "ca/sign", json_body={"csr": own.new_csr(), "token": token})
     own.rotate(signed["cert_chain"], signed["root"])

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshkit.control.ca import CaError, CertificateAuthority, parse_ttl
 from meshkit.proxy.main import Proxy, parse_args
-from meshkit.proxy.tls import build_csr, generate_key
-from meshkit.proxy.tls_static import CHAIN_FILE, KEY_FILE, ROOT_FILE
+from meshkit.proxy.tls import CHAIN_FILE, KEY_FILE, ROOT_FILE
+from meshkit.proxy.tls.x509 import build_csr, generate_key
 from meshkit.proxy.xds import ConfigState
 
 SERVER = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"

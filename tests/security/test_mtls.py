@@ -18,10 +18,10 @@ from meshkit.proxy.tls import (
     CertificateManager,
     PeerIdentityError,
     check_peer_identity,
-    identity_from_der,
     looks_like_tls,
     peer_identity,
 )
+from meshkit.proxy.tls.x509 import identity_from_der
 
 from .conftest import ALICE, BOB, MALLORY, Issue, MeshListener, ask, issue_with
 

@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import serialization
 
 from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.admin import _loopback
-from meshkit.proxy.tls import build_csr, generate_key
-from meshkit.proxy.tls_static import CHAIN_FILE, KEY_FILE, ROOT_FILE
+from meshkit.proxy.tls import CHAIN_FILE, KEY_FILE, ROOT_FILE
+from meshkit.proxy.tls.x509 import build_csr, generate_key
 from tests.e2e.mesh import RunningMesh
 from tests.pids import alive
 from tests.security.e2e_support import (

@@ -18,8 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from meshkit.control.ca import ROOT_KEY_FILE, CaError, CertificateAuthority, SigningService
-from meshkit.proxy.tls import CertificateError, CertificateManager, build_csr, generate_key
-from meshkit.proxy.tls_renewal import CertificateFetchError, fetch_certificate, keep_rotated, renew
+from meshkit.proxy.tls import CertificateError, CertificateManager
+from meshkit.proxy.tls.ca_client import CaClient, CertificateFetchError
+from meshkit.proxy.tls.renewal import keep_rotated, renew
+from meshkit.proxy.tls.x509 import LocalCertificateManager, build_csr, generate_key
 from meshkit.proxy.xds import ConfigState
 
 from .conftest import ALICE, BOB, Issue, MeshListener, ask, peer_serial
@@ -61,7 +63,7 @@ def test_rotate_checks_the_answer(
 ) -> None:
     """The same refusals, whether checked in-process with cryptography (``rotate``) or with ssl
     alone as the running sidecar does (``install_verified``)."""
-    manager = CertificateManager(ALICE)
+    manager = LocalCertificateManager(ALICE)
     install = manager.rotate if checker == "cryptography" else manager.install_verified
     with pytest.raises(CertificateError, match="call new_csr"):
         install("x", ca.root_pem)
@@ -152,15 +154,15 @@ async def test_renew_over_http_and_refusals(tmp_path: Path) -> None:
     async with _control_plane(service) as url:
         manager = CertificateManager(ALICE)
         async with asyncio.timeout(10):
-            bundle = await renew(manager, url, token)
+            bundle = await renew(manager, CaClient(url, token))
         assert bundle.identity == ALICE and bundle.root_pem == service.ca.root_pem
 
         async with asyncio.timeout(10):
             with pytest.raises(CertificateFetchError, match="unknown or revoked token") as unknown:
-                await fetch_certificate(url, "stolen?", build_csr(generate_key(), ALICE))
+                await CaClient(url, "stolen?").sign(build_csr(generate_key(), ALICE))
             assert unknown.value.status == 401
             with pytest.raises(CertificateFetchError, match=f"caller is authenticated as {ALICE}") as other:
-                await fetch_certificate(url, token, build_csr(generate_key(), BOB))
+                await CaClient(url, token).sign(build_csr(generate_key(), BOB))
             assert other.value.status == 403
 
     with socket.socket() as probe:  # a port nobody listens on
@@ -168,10 +170,10 @@ async def test_renew_over_http_and_refusals(tmp_path: Path) -> None:
         dead = probe.getsockname()[1]
     with pytest.raises(CertificateFetchError, match="cannot reach the CA") as down:
         async with asyncio.timeout(10):
-            await fetch_certificate(f"http://127.0.0.1:{dead}", token, build_csr(generate_key(), ALICE))
+            await CaClient(f"http://127.0.0.1:{dead}", token).sign(build_csr(generate_key(), ALICE))
     assert down.value.status == 0
     with pytest.raises(CertificateFetchError, match="must be http"):
-        await fetch_certificate("ftp://x", token, "csr")
+        await CaClient("ftp://x", token).sign("csr")
 
 
 async def test_keep_rotated_renews_at_half_ttl_and_survives_an_outage(tmp_path: Path) -> None:
@@ -187,7 +189,7 @@ async def test_keep_rotated_renews_at_half_ttl_and_survives_an_outage(tmp_path: 
             calls.append("try")
             if outage.is_set():
                 raise CertificateFetchError("CA is down (test)")
-            await renew(manager, url, token)
+            await renew(manager, CaClient(url, token))
 
         stop = asyncio.Event()
         loop = keep_rotated(manager, renew_once, stop=stop, retry_min=0.05, retry_max=0.2)
@@ -225,13 +227,13 @@ if state.read_text() == "broken":
     sys.stderr.write("CSR helper broken on purpose (test)\\n")
     sys.exit(1)
 sys.argv = sys.argv[1:]
-runpy.run_module("meshkit.proxy.tls_csr_helper", run_name="__main__")
+runpy.run_module("meshkit.proxy.tls.csr_helper", run_name="__main__")
 """
 
 
 async def test_a_failing_csr_helper_is_retried_and_the_certificate_keeps_serving(tmp_path: Path) -> None:
     """The sidecar's own renewal path (``SidecarCertificates``) with a helper that fails at will."""
-    from meshkit.proxy.tls_sidecar import SidecarCertificates  # noqa: PLC0415
+    from meshkit.proxy.tls.sidecar import SidecarCertificates  # noqa: PLC0415
 
     service, tokens = SigningService.open_local(tmp_path / "ca", ttl=timedelta(seconds=3))
     state = tmp_path / "helper-state"
@@ -278,7 +280,7 @@ async def test_keep_rotated_survives_an_unexpected_error(
 ) -> None:
     """A bug in one renewal (here a RuntimeError) is logged with its traceback and retried: the
     loop must not end, or the certificate would silently expire."""
-    manager = CertificateManager(ALICE)
+    manager = LocalCertificateManager(ALICE)
     calls: list[int] = []
 
     async def renew_once() -> None:

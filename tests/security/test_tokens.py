@@ -17,7 +17,7 @@ from meshkit.control.ca import (
     IdentityMismatch,
     SigningService,
 )
-from meshkit.proxy.tls import build_csr, generate_key
+from meshkit.proxy.tls.x509 import build_csr, generate_key
 
 from .conftest import ALICE, BOB
 

@@ -36,9 +36,11 @@ from typing import Any, Protocol
 
 from meshkit.proxy.filters.authn import DEFAULT_MODE, decide_connection
 from meshkit.proxy.listener import DownstreamConnection, Listener
-from meshkit.proxy.tls import CertificateError, peer_identity, sniff_tls
+from meshkit.proxy.tls.certinfo import CertificateError
+from meshkit.proxy.tls.contexts import peer_identity
+from meshkit.proxy.tls.sniff import sniff_tls
 
-log = logging.getLogger("meshkit.proxy.tls_inbound")
+log = logging.getLogger(__name__)
 
 SNIFF_TIMEOUT = 10.0  # a client that connects and sends nothing (Envoy's listener filter timeout is 15 s)
 HANDSHAKE_TIMEOUT = 10.0

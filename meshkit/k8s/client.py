@@ -1,9 +1,9 @@
 """A small synchronous client of the Kubernetes API (stdlib urllib), for the CLI and notebooks.
 
-What it is for: `meshkit.runtime.kube_config` writes and reads the Istio objects of a cluster
+What it is for: `meshkit.k8s.cluster_config` writes and reads the Istio objects of a cluster
 on behalf of ``meshkit apply`` and ``meshkit.connect("kind")``. Both are synchronous callers
 (a notebook cell already runs inside the kernel's event loop, so the async
-`meshkit.runtime.kube_api.KubeApi` cannot be driven from it), and need five plain calls: get,
+`meshkit.k8s.api.KubeApi` cannot be driven from it), and need five plain calls: get,
 list, create, merge-patch, delete. Where to connect and how to authenticate is the same
 `KubeAccess` the control plane's backend uses (kubeconfig, in-cluster, or a bare URL).
 
@@ -11,7 +11,7 @@ Errors are `KubeApiError`: ``status`` is the HTTP status (0 when the API server 
 unreachable) and the text carries the API server's own message verbatim (an admission
 webhook's denial, an RBAC refusal), prefixed with what was being done.
 
-What it must not do: interpret objects (that is `kube_config` and `kube_sources`).
+What it must not do: interpret objects (that is `cluster_config` and `sources`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from meshkit.runtime.kube_api import DEFAULT_TIMEOUT_S, KubeAccess, KubeApiError, ResourceType, status_message
+from meshkit.k8s.api import DEFAULT_TIMEOUT_S, KubeAccess, KubeApiError, ResourceType, status_message
 
 MERGE_PATCH = "application/merge-patch+json"
 

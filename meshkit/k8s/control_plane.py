@@ -13,7 +13,7 @@ local mode:
   not load (it bypassed the admission webhook) is left out and logged with the loader's message;
 * the registry: Services, EndpointSlices and Pods become services and endpoints, and pods with
   a sidecar in no Service become service-less workloads
-  (`meshkit.runtime.kube_sources.desired_registry`); registrations that are no longer in the
+  (`meshkit.k8s.sources.desired_registry`); registrations that are no longer in the
   cluster are removed;
 * telemetry: every endpoint with a sidecar is a scrape target
   (``http://<pod IP>:15000/stats/prometheus``, the sidecar's admin port), as the local runtime
@@ -25,7 +25,7 @@ relists that type (so nothing missed in between survives), with back-off up to 5
 kind whose CRD is not installed is mirrored as empty and listed again every 30 s.
 
 `run_kubernetes_control_plane` starts a control plane (`meshkit.control.server`) whose CA
-authenticates CSRs by TokenReview (`meshkit.runtime.kube_tokenreview`), plus the sync;
+authenticates CSRs by TokenReview (`meshkit.k8s.tokenreview`), plus the sync;
 `serve_kubernetes` is ``meshkit control --kubernetes``. Unlike the local runtime, this module
 runs the control plane in-process (it is the control plane's backend, not a client of it).
 """
@@ -54,8 +54,9 @@ from meshkit.control.server import (
 )
 from meshkit.control.store import ConfigStore
 from meshkit.control.telemetry import Scraper
-from meshkit.runtime.kube_api import KubeAccess, KubeApi, KubeApiError, ResourceType
-from meshkit.runtime.kube_sources import (
+from meshkit.k8s import names
+from meshkit.k8s.api import KubeAccess, KubeApi, KubeApiError, ResourceType
+from meshkit.k8s.sources import (
     ENDPOINT_SLICES,
     ISTIO_TYPES,
     PODS,
@@ -66,14 +67,14 @@ from meshkit.runtime.kube_sources import (
     istio_resource,
     object_key,
 )
-from meshkit.runtime.kube_tokenreview import TokenReviewAuthenticator
+from meshkit.k8s.tokenreview import TokenReviewAuthenticator
 
-log = logging.getLogger("meshkit.runtime.kubernetes")
+log = logging.getLogger("meshkit.k8s.control_plane")
 
 SOURCE = "kubernetes"
 OWNER_ADVICE = ("change it in the cluster (kubectl apply -f FILE / kubectl delete -f FILE); "
                 "this API only reads it")
-SIDECAR_ADMIN_PORT = 15000  # where an injected sidecar serves /stats/prometheus (meshkit.k8s.names)
+SIDECAR_ADMIN_PORT = names.PORT_ADMIN  # where an injected sidecar serves /stats/prometheus
 # Kubernetes' own namespaces and kind's storage: their services are no part of the mesh
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "local-path-storage"})
 

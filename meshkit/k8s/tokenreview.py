@@ -19,12 +19,11 @@ import logging
 import re
 
 from meshkit.control.ca import AuthenticationFailed, CaError, spiffe_identity
-from meshkit.runtime.kube_api import KubeApi, KubeApiError
+from meshkit.k8s.api import KubeApi, KubeApiError
+from meshkit.k8s.names import TOKEN_AUDIENCE
 
-log = logging.getLogger("meshkit.runtime.kubernetes")
+log = logging.getLogger("meshkit.k8s.control_plane")
 
-# the projected token's audience (meshkit.k8s.names.TOKEN_AUDIENCE; k8s sits above runtime)
-TOKEN_AUDIENCE = "meshkit-ca"
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 _SERVICE_ACCOUNT = re.compile(r"^system:serviceaccount:(?P<ns>[^:]+):(?P<sa>[^:]+)$")
 

@@ -2,33 +2,38 @@
 
 The long-running sidecar never imports this module (``cryptography`` costs ~10 MiB of RSS in
 every process that loads it). It runs in the short-lived helper process
-(``python -m meshkit.proxy.tls_csr_helper``), and in-process where memory does not matter
-(tests, tools, ``CertificateManager.new_csr``/``rotate`` called from a library):
+(``python -m meshkit.proxy.tls.csr_helper``), and in-process where memory does not matter
+(tests and tools). import-linter lets only ``csr_helper`` import it inside ``meshkit``:
 
 * ``generate_key`` / ``key_pem`` / ``build_csr``: a fresh EC P-256 key and a CSR whose only
   URI SAN is the workload's SPIFFE id;
 * ``check_issued``: is the CA's answer for our key and identity, issued by the root bundle and
-  currently valid? Returns the plain-data ``IssuedCertificate`` (``tls_certinfo``);
-* ``identity_from_der``: the single SPIFFE id of a DER certificate.
+  currently valid? Returns the plain-data ``IssuedCertificate`` (``certinfo``);
+* ``identity_from_der``: the single SPIFFE id of a DER certificate;
+* ``LocalCertificateManager``: a ``CertificateManager`` that makes its key and CSR in this
+  process (``new_csr``) and checks the CA's answer with ``cryptography`` (``rotate``).
 
-It must not do: hold state, open sockets or build ``ssl`` contexts (that is ``tls``).
+It must not do: open sockets or build ``ssl`` contexts itself (that is ``contexts``).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import time
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshkit.proxy.tls_certinfo import (
+from meshkit.proxy.tls.certinfo import (
     CertificateError,
     CertificateInfo,
     IssuedCertificate,
 )
+from meshkit.proxy.tls.contexts import build_contexts
+from meshkit.proxy.tls.manager import CertificateBundle, CertificateManager
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -147,3 +152,33 @@ def check_issued(
         chain=tuple(describe(c) for c in chain), root=tuple(describe(c) for c in roots),
     )
 
+
+
+class LocalCertificateManager(CertificateManager):
+    """A ``CertificateManager`` whose key, CSR and checks are made in this process (tests, tools).
+
+    ``new_csr`` then ``rotate`` (or ``install`` for a key made elsewhere); ``now`` is for tests.
+    The running sidecar uses the plain ``CertificateManager`` (key from the helper process,
+    answer checked with ``ssl``) and never loads this module.
+    """
+
+    def new_csr(self) -> str:
+        """A fresh key (kept until ``rotate``) and its CSR for this identity."""
+        private = generate_key()
+        self.expect_key(key_pem(private))
+        return build_csr(private, self.identity)
+
+    def rotate(self, cert_chain_pem: str, root_pem: str, *, now: float | None = None) -> CertificateBundle:
+        """Check the CA's answer to the last ``new_csr`` with ``cryptography`` and make it current."""
+        key = self._require_pending()
+        moment = time.time() if now is None else now
+        issued = check_issued(key, cert_chain_pem, root_pem, self.identity, moment)
+        contexts = build_contexts(cert_chain_pem, key, root_pem)
+        return self._publish(cert_chain_pem, root_pem, issued, moment, contexts)
+
+    def install(
+        self, key_pem: str, cert_chain_pem: str, root_pem: str, *, now: float | None = None
+    ) -> CertificateBundle:
+        """Like ``rotate`` for a key made elsewhere (PEM)."""
+        self.expect_key(key_pem)
+        return self.rotate(cert_chain_pem, root_pem, now=now)

@@ -1,12 +1,17 @@
-"""Getting the sidecar's workload certificate from the control plane's CA, and keeping it fresh.
+"""The sidecar's one HTTP client of the control plane: the CA's ``POST /api/v1/ca/sign``.
 
-``fetch_certificate`` is one ``POST /api/v1/ca/sign {"csr", "token"}`` over raw asyncio streams
-(the sidecar has no aiohttp); ``renew`` ties it to a ``CertificateManager``: the key and the
-CSR come from a short-lived helper process (``tls_csr_client``; the sidecar itself never loads
-``cryptography``) or were prepared ahead, and the answer is checked with ``ssl`` alone
-(``CertificateManager.install_verified``); ``keep_rotated``
-renews at half the certificate's lifetime, retrying with jittered back-off when the control
-plane is unreachable (the old certificate stays in use meanwhile, as with Envoy's SDS).
+``CaClient(control_url, token, token_file)`` holds where the CA is and how to authenticate;
+``await client.sign(csr_pem)`` sends ``{"csr", "token"}`` over raw asyncio streams (the sidecar
+has no aiohttp) and returns ``(cert_chain_pem, root_pem)``. A projected service-account token
+(Kubernetes) is rotated by the kubelet: with a ``token_file`` the file is read again before every
+CSR, keeping the last good token if it cannot be read. Every failure is a
+``CertificateFetchError`` carrying the CA's own error text and HTTP status (0: no answer).
+
+Everything the sidecar says to the control plane about certificates goes through here
+(``renewal.renew`` is the only caller in the sidecar); snapshots come over xDS (``proxy.xds``).
+
+It must not do: make keys or CSRs (``csr_client``), check the answer (``manager``), or retry
+(the renewal loops do, with back-off).
 """
 
 from __future__ import annotations
@@ -14,17 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-import random
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
-
-from meshkit.proxy.tls import CertificateBundle, CertificateError, CertificateManager
-from meshkit.proxy.tls_csr_client import KeyAndCsr, make_key_and_csr
-
-log = logging.getLogger(__name__)
 
 SIGN_PATH = "/api/v1/ca/sign"
 MAX_RESPONSE = 1 << 20
@@ -94,14 +91,39 @@ async def _post_json(url: str, payload: dict[str, str], tls: ssl.SSLContext | No
             await writer.wait_closed()
 
 
-async def fetch_certificate(
-    control_url: str, token: str, csr_pem: str, *, tls: ssl.SSLContext | None = None
-) -> tuple[str, str]:
-    """POST the CSR to ``<control_url>/api/v1/ca/sign``; returns ``(cert_chain_pem, root_pem)``.
+class CaClient:
+    """See the module docstring."""
 
-    Bound it with ``asyncio.timeout``. Raises ``CertificateFetchError`` with the CA's own error
-    text (e.g. the identity mismatch) when it refuses.
-    """
+    def __init__(
+        self, control_url: str, token: str, token_file: str | None = None, *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.control_url = control_url
+        self._token = token.strip()
+        self._token_file = token_file
+        self._tls = tls  # for an https:// control URL
+
+    def current_token(self) -> str:
+        """The token to present now: the token file's content when it has one, else the last one."""
+        if self._token_file:
+            try:
+                fresh = Path(self._token_file).read_text(encoding="utf-8").strip()
+            except OSError:
+                fresh = ""
+            if fresh:
+                self._token = fresh
+        return self._token
+
+    async def sign(self, csr_pem: str) -> tuple[str, str]:
+        """POST the CSR to ``<control_url>/api/v1/ca/sign``; returns ``(cert_chain_pem, root_pem)``.
+
+        Bound it with ``asyncio.timeout``. Raises ``CertificateFetchError`` with the CA's own error
+        text (e.g. the identity mismatch) when it refuses.
+        """
+        return await _sign(self.control_url, self.current_token(), csr_pem, self._tls)
+
+
+async def _sign(control_url: str, token: str, csr_pem: str, tls: ssl.SSLContext | None) -> tuple[str, str]:
     try:
         status, raw = await _post_json(control_url, {"csr": csr_pem, "token": token}, tls)
     except CertificateFetchError:
@@ -121,65 +143,3 @@ async def fetch_certificate(
     if not isinstance(chain, str) or not isinstance(root, str):
         raise CertificateFetchError("CA answer lacks 'cert_chain' or 'root'", status)
     return chain, root
-
-
-async def renew(
-    manager: CertificateManager, control_url: str, token: str, *,
-    helper: Sequence[str] | None = None, prepared: KeyAndCsr | None = None,
-) -> CertificateBundle:
-    """New key + CSR, signed by the CA, checked and installed in ``manager``.
-
-    The key and CSR are ``prepared`` (made ahead, see ``tls_sidecar``) or made now by the helper
-    process (``helper`` replaces its command line). A failing helper raises ``CsrHelperError``,
-    a ``CertificateError``.
-    """
-    key, csr = prepared if prepared is not None else await make_key_and_csr(manager.identity, helper)
-    chain, root = await fetch_certificate(control_url, token, csr)
-    manager.expect_key(key)
-    return manager.install_verified(chain, root)
-
-
-async def keep_rotated(
-    manager: CertificateManager,
-    renew_once: Callable[[], Awaitable[object]],
-    *,
-    stop: asyncio.Event,
-    retry_min: float = 0.1,
-    retry_max: float = 5.0,
-    clock: Callable[[], float] = time.time,
-) -> None:
-    """Renew whenever ``manager.needs_rotation``; sleep until the next rotation point or ``stop``.
-
-    Failures (any exception, not only the expected ones) are logged and retried with jittered
-    exponential back-off (``retry_min`` doubling to ``retry_max``); the current certificate keeps
-    serving until it is replaced.
-    """
-    backoff = retry_min
-    while not stop.is_set():
-        if manager.needs_rotation(clock()):
-            try:
-                await renew_once()
-                backoff = retry_min
-            except Exception as exc:  # anything: a loop that ended would let the certificate expire
-                delay = backoff * random.uniform(0.5, 1.0)
-                log_renewal_failure(f"certificate renewal for {manager.identity}", exc, delay)
-                backoff = min(backoff * 2, retry_max)
-                await _sleep_or_stop(stop, delay)
-                continue
-        await _sleep_or_stop(stop, max(0.01, manager.seconds_until_rotation(clock())))
-
-
-def log_renewal_failure(what: str, exc: BaseException, delay: float) -> None:
-    """A warning for the failures renewal expects (CA, helper, checks, timeouts); a traceback for bugs."""
-    if isinstance(exc, CertificateFetchError | CertificateError | TimeoutError):
-        log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
-    else:
-        log.exception("%s failed unexpectedly; retrying in %.2fs", what, delay)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass

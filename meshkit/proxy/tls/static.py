@@ -1,10 +1,10 @@
 """Workload certificates from files, for a sidecar with no CA to ask (``--tls-dir DIR``).
 
 Istio's file-mounted layout: ``DIR/cert-chain.pem`` (leaf first), ``DIR/key.pem`` and
-``DIR/root-cert.pem``, checked by the helper process (no ``cryptography`` in the sidecar) and
+``DIR/root-cert.pem``, checked with ``ssl`` alone (``verify``: no ``cryptography`` in the sidecar) and
 loaded once at start and never rotated (restart or SIGHUP-reload the
 config to change them); meant for static ``--config`` setups such as benchmarks and
-offline demos. Offers what ``tls_sidecar.SidecarCertificates`` offers to the listener, the
+offline demos. Offers what ``sidecar.SidecarCertificates`` offers to the listener, the
 pool and admin: ``ready``, ``server_context``, ``client_context`` and ``describe()``.
 
 It must not do: talk to a CA or rotate.
@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshkit.proxy.tls import CertificateError, CertificateManager
-from meshkit.proxy.tls_certinfo import CHAIN_FILE, KEY_FILE, ROOT_FILE
-from meshkit.proxy.tls_verify import verify_issued
+from meshkit.proxy.tls.certinfo import CHAIN_FILE, KEY_FILE, ROOT_FILE, CertificateError
+from meshkit.proxy.tls.manager import CertificateManager
+from meshkit.proxy.tls.verify import verify_issued
 
 
 class StaticCertificates:

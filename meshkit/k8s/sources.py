@@ -39,10 +39,9 @@ from meshkit.config.messages import ConfigError, Message
 from meshkit.config.registry import Endpoint, Node, Service
 from meshkit.config.resources import Resource
 from meshkit.control.registry import RegisteredEndpoint
-from meshkit.runtime.kube_api import ResourceType
+from meshkit.k8s.api import ResourceType
+from meshkit.k8s.names import SIDECAR_CONTAINER
 
-# the sidecar container the injector adds (meshkit.k8s.names.SIDECAR_CONTAINER; k8s sits above runtime)
-SIDECAR_CONTAINER = "meshkit-proxy"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # labels that differ between replicas or revisions of one workload

@@ -1,6 +1,6 @@
-"""The sidecar's side of the key/CSR helper process (``tls_csr_helper``): run it, read its answer.
+"""The sidecar's side of the key/CSR helper process (``csr_helper``): run it, read its answer.
 
-``await make_key_and_csr(identity)`` starts ``python -m meshkit.proxy.tls_csr_helper IDENTITY``
+``await make_key_and_csr(identity)`` starts ``python -m meshkit.proxy.tls.csr_helper IDENTITY``
 with this interpreter and returns its ``KeyAndCsr`` (PEM strings). Bound it with
 ``asyncio.timeout``: when the call is cancelled or times out the helper is killed, so it
 never outlives the call.
@@ -22,9 +22,9 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from meshkit.proxy.tls import CertificateError
+from meshkit.proxy.tls.certinfo import CertificateError
 
-HELPER_MODULE = "meshkit.proxy.tls_csr_helper"
+HELPER_MODULE = "meshkit.proxy.tls.csr_helper"
 SECRET_ENV = ("MESHKIT_CA_TOKEN",)  # the helper needs no token: it never talks to the CA
 MAX_OUTPUT = 1 << 20
 
@@ -39,7 +39,7 @@ class KeyAndCsr(NamedTuple):
 
 
 def helper_command() -> list[str]:
-    """The helper's command line without the identity: this interpreter, ``-m tls_csr_helper``."""
+    """The helper's command line without the identity: this interpreter, ``-m HELPER_MODULE``."""
     return [sys.executable, "-m", HELPER_MODULE]
 
 

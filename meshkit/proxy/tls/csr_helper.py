@@ -1,14 +1,15 @@
-"""The short-lived key/CSR helper process: ``python -m meshkit.proxy.tls_csr_helper IDENTITY``.
+"""The short-lived key/CSR helper process: ``python -m meshkit.proxy.tls.csr_helper IDENTITY``.
 
 The sidecar runs for hours and must stay small, so it never imports ``cryptography``
 (~10 MiB of RSS per process). Each time it needs a new key it starts this helper, which
 imports ``cryptography``, makes a fresh EC P-256 key and a CSR whose only URI SAN is
-``IDENTITY`` (``tls_x509``), prints them as one JSON line ``{"key": PEM, "csr": PEM}`` on
+``IDENTITY`` (``x509``), prints them as one JSON line ``{"key": PEM, "csr": PEM}`` on
 stdout and exits 0. A bad command line exits 2 with a usage line on stderr; anything
-unexpected leaves a traceback on stderr and a non-zero status. ``tls_csr_client`` is the
-sidecar's side; the CA's answer is checked in the sidecar with ``ssl`` (``tls_verify``).
+unexpected leaves a traceback on stderr and a non-zero status. ``csr_client`` is the
+sidecar's side; the CA's answer is checked in the sidecar with ``ssl`` (``verify``).
 
-It must not do: talk to the CA, write the key anywhere but stdout, or keep running.
+It must not do: talk to the CA, write the key anywhere but stdout, or keep running. It is the
+only module of ``meshkit.proxy`` that may import ``x509`` (import-linter).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 import json
 import sys
 
-from meshkit.proxy.tls_x509 import build_csr, generate_key, key_pem
+from meshkit.proxy.tls.x509 import build_csr, generate_key, key_pem
 
-USAGE = "usage: python -m meshkit.proxy.tls_csr_helper spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT"
+USAGE = "usage: python -m meshkit.proxy.tls.csr_helper spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT"
 
 
 def main(argv: list[str] | None = None) -> int:

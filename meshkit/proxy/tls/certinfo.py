@@ -1,14 +1,14 @@
 """What the sidecar knows about its certificates, as plain data (no ``cryptography`` here).
 
-Made by the checks of an issued chain (``tls_verify`` with ``ssl`` in the running sidecar,
-``tls_x509`` with ``cryptography`` in tests and tools), read by the admin ``/certs`` page:
+Made by the checks of an issued chain (``verify`` with ``ssl`` in the running sidecar,
+``x509`` with ``cryptography`` in the helper, tests and tools), read by the admin ``/certs`` page:
 
 * ``CertificateInfo``: one certificate as the admin ``/certs`` page shows it;
 * ``IssuedCertificate``: a checked answer of the CA (leaf serial, validity, and the
   description of every certificate of the chain and of the root bundle).
 
-``CertificateError`` lives here (re-exported by ``tls``) so that the helper process can
-raise it without importing the sidecar's asyncio side.
+``CertificateError`` lives here (re-exported by ``meshkit.proxy.tls``) so that every module of
+the package, the helper process's included, can raise it without importing anything else.
 
 It must not do: parse or verify certificates.
 """
@@ -23,7 +23,7 @@ class CertificateError(ValueError):
     """A certificate handed to the sidecar is unusable (wrong key, identity, issuer or validity)."""
 
 
-# Istio's file-mounted certificate layout (``--tls-dir``, ``tls_static``)
+# Istio's file-mounted certificate layout (``--tls-dir``, ``static``)
 CHAIN_FILE = "cert-chain.pem"
 KEY_FILE = "key.pem"
 ROOT_FILE = "root-cert.pem"
@@ -51,7 +51,7 @@ class CertificateInfo:
 
 @dataclass(frozen=True, slots=True)
 class IssuedCertificate:
-    """A chain that passed every check for one identity and key (``tls_x509.check_issued``)."""
+    """A chain that passed every check for one identity and key (``verify_issued``, ``check_issued``)."""
 
     identity: str
     serial: int

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from meshkit.runtime.kube_api import KubeAccess
+from meshkit.k8s.api import KubeAccess
 
 
 class KubeconfigError(ValueError):

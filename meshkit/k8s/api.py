@@ -1,6 +1,6 @@
 """A small async client of the Kubernetes API: list, watch and create, over aiohttp.
 
-What it is for: the control plane's Kubernetes backend (`meshkit.runtime.kubernetes`) reads
+What it is for: the control plane's Kubernetes backend (`meshkit.k8s.control_plane`) reads
 the Istio CRDs, Services, EndpointSlices and Pods and posts TokenReviews. It needs four
 verbs, not a whole client library, and it must stay on the control plane's event loop
 (the ``kubernetes`` package's client is synchronous).
@@ -10,7 +10,7 @@ credentials), or the ``kubernetes`` package's loaders for a kubeconfig or the in
 service account (the token is read again before each request, so a rotated projected token
 is picked up). That package is the ``k8s`` extra; without it only the explicit URL works.
 
-What it must not do: interpret objects (that is `meshkit.runtime.kube_sources`).
+What it must not do: interpret objects (that is `meshkit.k8s.sources`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ refuses a CSR for any identity other than the one the token was issued for, so a
 snapshot can only make signing fail, never yield someone else's certificate.
 
 ``run(state, stop)``: wait for that snapshot, then key + CSR (made by the short-lived helper
-process, ``tls_csr_client``: this process never loads ``cryptography``) -> ``POST
-/api/v1/ca/sign`` -> answer checked with ``ssl`` (retried with back-off until it works; a
+process, ``csr_client``: this process never loads ``cryptography``) -> ``POST
+/api/v1/ca/sign`` (``ca_client``) -> answer checked with ``ssl`` (retried with back-off until it works; a
 failing helper is retried the same way while the current certificate keeps serving), then
 ``keep_rotated`` (at half the TTL) until
 ``stop``. ``rotate_now()`` renews at once on request (the admin ``POST /certs/rotate``): every
@@ -26,7 +26,7 @@ The next key and CSR are made ``PREPARE_AHEAD`` seconds before each rotation is 
 for short-lived certificates), so a rotation waits only for the CA, never for the helper
 process (which takes a few hundred ms of CPU to start on a busy machine).
 
-It must not do: TLS handshakes (listener, upstream) or HTTP beyond the CA call (tls_renewal).
+It must not do: TLS handshakes (``inbound``, ``proxy.upstream``) or HTTP (``ca_client``).
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ import ssl
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from meshkit.proxy.tls import CertificateBundle, CertificateError, CertificateManager
-from meshkit.proxy.tls_csr_client import KeyAndCsr, make_key_and_csr
-from meshkit.proxy.tls_renewal import keep_rotated, log_renewal_failure, renew
+from meshkit.proxy.tls.ca_client import CaClient
+from meshkit.proxy.tls.certinfo import CertificateError
+from meshkit.proxy.tls.csr_client import KeyAndCsr, make_key_and_csr
+from meshkit.proxy.tls.manager import CertificateBundle, CertificateManager
+from meshkit.proxy.tls.renewal import keep_rotated, log_renewal_failure, renew
 
-log = logging.getLogger("meshkit.proxy.tls_sidecar")
+log = logging.getLogger(__name__)
 
 
 class RotationRefused(Exception):
@@ -77,11 +78,10 @@ class SidecarCertificates:
         if not token.strip():
             raise ValueError("the CA token is empty")
         self.control_url = control_url
-        self._token = token.strip()
-        # A projected service-account token (Kubernetes) is rotated by the kubelet: read the file
-        # again before every CSR, keeping the last good token if it cannot be read.
-        self._token_file = token_file
-        self._csr_helper = csr_helper  # None: python -m meshkit.proxy.tls_csr_helper
+        # A projected service-account token (Kubernetes) is rotated by the kubelet: the client
+        # reads the file again before every CSR, keeping the last good token if it cannot be read.
+        self.ca = CaClient(control_url, token, token_file)
+        self._csr_helper = csr_helper  # None: python -m meshkit.proxy.tls.csr_helper
         self._prepared: asyncio.Task[KeyAndCsr] | None = None  # the next key + CSR, made ahead
         self._preparing = False  # True once that task stopped waiting and runs the helper
         self.manager: CertificateManager | None = None
@@ -90,16 +90,6 @@ class SidecarCertificates:
         self.rotations_requested = 0  # on-demand renewals that installed a certificate
         self.last_error: str | None = None
         self._renewal: asyncio.Task[CertificateBundle] | None = None  # the one renewal in flight
-
-    def _current_token(self) -> str:
-        if self._token_file:
-            try:
-                fresh = Path(self._token_file).read_text(encoding="utf-8").strip()
-            except OSError:
-                fresh = ""
-            if fresh:
-                self._token = fresh
-        return self._token
 
     # -- what listeners, pools and admin read -------------------------------------------------
 
@@ -227,10 +217,7 @@ class SidecarCertificates:
         try:
             async with asyncio.timeout(SIGN_TIMEOUT):
                 prepared = await self._take_prepared()
-                token = self._current_token()
-                bundle = await renew(
-                    manager, self.control_url, token, helper=self._csr_helper, prepared=prepared
-                )
+                bundle = await renew(manager, self.ca, helper=self._csr_helper, prepared=prepared)
         except Exception as exc:
             self.last_error = f"{time.strftime('%H:%M:%S')}: {exc or type(exc).__name__}"
             raise

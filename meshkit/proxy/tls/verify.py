@@ -15,7 +15,7 @@ documented ``ssl`` calls:
 4. ``SSLContext.get_ca_certs()`` decodes the root bundle (and intermediates) for the admin page.
 
 Returns the ``IssuedCertificate`` and the two ready contexts. ``CertificateError`` says what is
-wrong, in the words of ``tls_x509.check_issued`` (its in-process twin, used by tests and tools).
+wrong, in the words of ``x509.check_issued`` (its in-process twin, used by tests and tools).
 
 It must not do: hold state or open sockets.
 """
@@ -26,8 +26,8 @@ import ssl
 from datetime import UTC, datetime
 from typing import Any
 
-from meshkit.proxy.tls import CertificateError, build_contexts
-from meshkit.proxy.tls_certinfo import CertificateInfo, IssuedCertificate
+from meshkit.proxy.tls.certinfo import CertificateError, CertificateInfo, IssuedCertificate
+from meshkit.proxy.tls.contexts import build_contexts
 
 PEM_CERT = "-----BEGIN CERTIFICATE-----"
 HANDSHAKE_ROUNDS = 20  # a TLS 1.3 mutual handshake needs 3-4 rounds
@@ -115,7 +115,7 @@ def verify_issued(
 ) -> tuple[IssuedCertificate, ssl.SSLContext, ssl.SSLContext]:
     """See the module docstring; returns ``(issued, server_context, client_context)``.
 
-    ``identity`` None (certificate files, ``tls_static``): the leaf's single SPIFFE id is taken.
+    ``identity`` None (certificate files, ``static``): the leaf's single SPIFFE id is taken.
     """
     chain_pems = _split_pem(cert_chain_pem)
     if not chain_pems:
