@@ -16,8 +16,9 @@ Python (and asyncio/uvloop) work of the request path, without the kernel.
 ``--instructions`` runs the harness twice under ``valgrind --tool=cachegrind --cache-sim=no``
 (500 and 3,500 requests) and prints the difference per request: deterministic to ~10
 instructions, so a change of 0.3% shows, which end-to-end runs on a shared machine never do
-(see docs/proxy.md, Performance). Needs ``valgrind`` (Debian package). Without it, the best
-of 7 x 20,000 requests by ``time.process_time`` is printed (only for big differences).
+(see benchmarks/README.md, "History: the sidecar's performance work"). Needs ``valgrind``
+(Debian package). Without it, the best of 7 x 20,000 requests by ``time.process_time`` is
+printed (only for big differences).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Static checks that keep the codebase honest: ruff, and the import layers of DESIGN.md."""
+"""Static checks that keep the codebase honest: ruff, and the import rules (.importlinter)."""
 
 from __future__ import annotations
 

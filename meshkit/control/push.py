@@ -127,7 +127,6 @@ class PushServer:
         self._dirty = False
         self._closing = False
         self._unsubscribe: list[Callable[[], None]] = []
-        self._ack_listeners: list[Callable[[str, str, str], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -286,10 +285,6 @@ class PushServer:
 
     # -- ACK / NACK -----------------------------------------------------------------------------
 
-    def add_ack_listener(self, listener: Callable[[str, str, str], None]) -> None:
-        """Call ``listener(proxy_id, version, status)`` on every ACK/NACK (benchmarks, tests)."""
-        self._ack_listeners.append(listener)
-
     async def respond(self, body: object) -> ProxyState:
         """Record ``{"id", "version", "status": "ACK"|"NACK", "reason"?}``; ConfigError/NotFound if bad."""
         proxy_id, version, status, reason = self._parse_response(body)
@@ -306,8 +301,6 @@ class PushServer:
         else:
             self.stats.nacks += 1
             proxy.nack_version, proxy.nack_reason = version, reason
-        for listener in list(self._ack_listeners):
-            listener(proxy_id, version, status)
         return proxy
 
     @staticmethod

@@ -24,7 +24,7 @@ TOKEN_AUDIENCE = "meshkit-ca"
 PROXY_UID = 1337
 PROXY_GID = 1337
 
-# sidecar ports (DESIGN.md "Ports"), named the way Istio names them where it does
+# sidecar ports (as in meshkit/runtime/ports.py and docs/architecture.md), named the way Istio names them
 PORT_ADMIN = 15000
 PORT_OUTBOUND = 15001
 PORT_INBOUND = 15006

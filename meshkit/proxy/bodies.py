@@ -121,18 +121,6 @@ class BodyStream:
             self._resume()
         return data
 
-    async def read_all(self, limit: int) -> bytes:
-        """Collect the whole body (used for small bodies and tests); BodyError above ``limit``."""
-        parts = []
-        total = 0
-        async for chunk in self:
-            total += len(chunk)
-            if total > limit:
-                await self.aclose()
-                raise BodyError(f"body larger than {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
-
     async def aclose(self) -> None:
         """The consumer is done: if the body was not complete, the producer is told to abandon it."""
         if not self._done:

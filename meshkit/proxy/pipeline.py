@@ -1,7 +1,7 @@
 """The explicit filter lists of the sidecar (outbound and inbound), outermost first.
 
 This is the one place that says what runs on a request and in which order; see
-proxy-shared interfaces in docs and DESIGN.md's data flow. Filters that need
+docs/architecture.md ("One request through the sidecar") and docs/proxy.md. Filters that need
 process-wide state (the metrics registry, the access-log sink) are built here by
 factories; everything per-configuration comes from ``request.config``.
 

@@ -32,12 +32,11 @@ log = logging.getLogger("meshkit.proxy.xds")
 BACKOFF_START = 0.1
 BACKOFF_MAX = 5.0
 STREAM_IDLE_TIMEOUT = 45.0  # the control plane pings every 15 s; three missed pings = reconnect
-HISTORY = 20
 UNKNOWN_VERSION = "(unknown)"
 
 
 class ConfigState:
-    """The snapshot in effect plus what happened to the recent ones (for /config_dump)."""
+    """The snapshot in effect, the last NACK and the counts of both (for /config_dump)."""
 
     def __init__(self) -> None:
         self.current: Snapshot | None = None
@@ -45,7 +44,6 @@ class ConfigState:
         self.applied = 0
         self.rejected = 0
         self.source = ""
-        self.history: list[dict[str, Any]] = []
         self.listeners: list[Callable[[Snapshot], None]] = []
 
     def apply(self, doc: Any) -> str | None:
@@ -57,20 +55,14 @@ class ConfigState:
             reason = str(exc)
             self.rejected += 1
             self.last_nack = {"version": version, "reason": reason, "time": time.time()}
-            self._remember(version, "NACK", reason)
             log.warning("snapshot %s rejected: %s", version, reason)
             return reason
         self.current = snapshot
         self.applied += 1
-        self._remember(snapshot.version, "ACK", None)
         for callback in self.listeners:
             callback(snapshot)
         log.info("snapshot %s applied", snapshot.version)
         return None
-
-    def _remember(self, version: Any, status: str, reason: str | None) -> None:
-        self.history.append({"version": version, "status": status, "reason": reason, "time": time.time()})
-        del self.history[:-HISTORY]
 
 
 class StaticConfig:
@@ -173,7 +165,6 @@ class XdsClient:
         self.connected = False
         self.connects = 0
         self.snapshots_received = 0
-        self.acks_sent: list[dict[str, Any]] = []
         self._ack_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -270,14 +261,10 @@ class XdsClient:
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
             fields = status_line.split()
-            ok = len(fields) >= 2 and fields[1].startswith(b"2")
-            if not ok:
+            if len(fields) < 2 or not fields[1].startswith(b"2"):
                 log.warning("control plane refused %s for %s: %r", ack["status"], ack["version"], status_line)
-            self.acks_sent.append({**ack, "delivered": ok})
         except (OSError, TimeoutError) as exc:
             log.warning("could not send %s for %s: %s", ack["status"], ack["version"], exc)
-            self.acks_sent.append({**ack, "delivered": False})
-        del self.acks_sent[:-HISTORY]
 
     async def close(self) -> None:
         for task in list(self._ack_tasks):

@@ -4,7 +4,7 @@ wait for its kernel, Run All, wait until the last cell answered or a cell failed
 
 JupyterLab serves a scratch copy of the notebooks (the browser's autosave must never touch labs/), with
 its own Jupyter and IPython directories and a token; the browser may only reach loopback. Every wait is
-bounded. Pitfalls measured on this machine are in /work/shared/TESTING-NOTES.md.
+bounded.
 It must not start or configure a mesh: the tests pass the environment of the one they use.
 """
 

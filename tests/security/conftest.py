@@ -14,7 +14,8 @@ from cryptography import x509
 
 from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.filters.authn import decide_connection
-from meshkit.proxy.tls import CertificateManager, peer_identity, sniff_tls
+from meshkit.proxy.tls import CertificateManager, peer_identity
+from meshkit.proxy.tls.sniff import sniff_tls
 from meshkit.proxy.tls.x509 import LocalCertificateManager
 
 ALICE = "spiffe://cluster.local/ns/default/sa/alice"

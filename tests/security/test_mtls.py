@@ -18,9 +18,9 @@ from meshkit.proxy.tls import (
     CertificateManager,
     PeerIdentityError,
     check_peer_identity,
-    looks_like_tls,
     peer_identity,
 )
+from meshkit.proxy.tls.sniff import looks_like_tls
 from meshkit.proxy.tls.x509 import identity_from_der
 
 from .conftest import ALICE, BOB, MALLORY, Issue, MeshListener, ask, issue_with

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from meshkit.proxy.tls import sniff_tls
+from meshkit.proxy.tls.sniff import sniff_tls
 
 
 @contextlib.asynccontextmanager

@@ -6,7 +6,7 @@ pure helpers for the inbound listener:
 1. ``mtls_mode_for_port(snapshot.inbound["mtls"], port)`` -> ``"STRICT" | "PERMISSIVE" |
    "DISABLE"`` (``port`` is the workload port, ``inbound.service_port``; port-level settings
    win over the workload-wide mode; an absent setting means Istio's default, PERMISSIVE).
-2. On accept: for PERMISSIVE peek at the first bytes (``meshkit.proxy.tls.sniff_tls``); for
+2. On accept: for PERMISSIVE peek at the first bytes (``meshkit.proxy.tls.sniff.sniff_tls``); for
    STRICT treat the connection as TLS; for DISABLE as plaintext. If TLS, complete the
    handshake with ``CertificateManager.server_context`` (it always requires a client
    certificate from the mesh CA) and take ``peer_identity(ssl_object)``.

@@ -18,6 +18,8 @@ Inside (each module's docstring says more; import-linter keeps these layers, top
 The rest of the sidecar imports the names below from ``meshkit.proxy.tls``, and the three
 entry points by module (``tls.sidecar.SidecarCertificates``, ``tls.static.StaticCertificates``,
 ``tls.inbound.MtlsAcceptor``), which ``proxy.main`` loads only for a sidecar that does mTLS.
+This module imports no asyncio: the helper process (a subpackage, so it runs this first) stays
+quick to start.
 
 What it must not do: import ``cryptography`` anywhere but ``x509``, which only the short-lived
 helper process ``python -m meshkit.proxy.tls.csr_helper`` imports (plus tests and tools): it
@@ -34,7 +36,6 @@ from meshkit.proxy.tls.contexts import (
     peer_identity,
 )
 from meshkit.proxy.tls.manager import CertificateBundle, CertificateManager
-from meshkit.proxy.tls.sniff import looks_like_tls, sniff_tls
 
 __all__ = [
     "CHAIN_FILE",
@@ -48,7 +49,5 @@ __all__ = [
     "build_contexts",
     "check_peer_identity",
     "identity_from_decoded",
-    "looks_like_tls",
     "peer_identity",
-    "sniff_tls",
 ]
