@@ -18,17 +18,17 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from meshkit.config import codes
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.control.telemetry import Scraper
 
 API = "/api/v1/telemetry"
-CODE_BAD_QUERY = "MK0920"
 SCRAPER = web.AppKey("telemetry_scraper", Scraper)
 MAX_POINTS = 3600
 
 
 def _bad(field: str, text: str) -> ConfigError:
-    return ConfigError([Message(CODE_BAD_QUERY, Severity.ERROR, "telemetry query", field, text)])
+    return ConfigError([Message(codes.MK0960, Severity.ERROR, "telemetry query", field, text)])
 
 
 def _seconds(request: web.Request, name: str, default: float, low: float, high: float) -> float:
