@@ -1,4 +1,4 @@
-"""The runtime snapshot: docs/snapshot.md's JSON validated and compiled once, then read-only.
+"""The runtime snapshot: docs/snapshot.md's JSON (typed in `proxy.schema`) validated and compiled once.
 
 ``Snapshot.from_json(doc, previous)`` checks the document and builds everything the
 request path needs (route table, clusters with their balancing state carried over from
@@ -21,10 +21,10 @@ from meshkit.proxy.filters.ratelimit import TokenBucket
 from meshkit.proxy.filters.retry import check_retries
 from meshkit.proxy.filters.timeout import check_timeout
 from meshkit.proxy.routing import RouteTable
+from meshkit.proxy.schema import SCHEMA
 
 ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
 
-SCHEMA = 1
 UNKNOWN = "unknown"
 SOURCE_HEADER = "x-meshkit-source"  # "<workload>;<namespace>;<app>;<version>;<principal>"
 

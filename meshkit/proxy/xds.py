@@ -54,12 +54,7 @@ class ConfigState:
         try:
             snapshot = Snapshot.from_json(doc, self.current)
         except SnapshotError as exc:
-            reason = str(exc)
-            self.rejected += 1
-            self.last_nack = {"version": version, "reason": reason, "time": time.time()}
-            self._remember(version, "NACK", reason)
-            log.warning("snapshot %s rejected: %s", version, reason)
-            return reason
+            return self.reject(version, str(exc))
         self.current = snapshot
         self.applied += 1
         self._remember(snapshot.version, "ACK", None)
@@ -67,6 +62,17 @@ class ConfigState:
             callback(snapshot)
         log.info("snapshot %s applied", snapshot.version)
         return None
+
+    def reject(self, version: Any, reason: str) -> str:
+        """The one NACK path (invalid snapshot, unreadable file, bad JSON): count, record, log.
+
+        Returns ``reason``; the snapshot in effect stays.
+        """
+        self.rejected += 1
+        self.last_nack = {"version": version, "reason": reason, "time": time.time()}
+        self._remember(version, "NACK", reason)
+        log.warning("snapshot %s rejected: %s", version, reason)
+        return reason
 
     def _remember(self, version: Any, status: str, reason: str | None) -> None:
         self.history.append({"version": version, "status": status, "reason": reason, "time": time.time()})
@@ -85,11 +91,7 @@ class StaticConfig:
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            reason = f"{self.path}: cannot read snapshot JSON: {exc}"
-            self.state.rejected += 1
-            self.state.last_nack = {"version": None, "reason": reason, "time": time.time()}
-            log.warning("%s", reason)
-            return reason
+            return self.state.reject(None, f"{self.path}: cannot read snapshot JSON: {exc}")
         return self.state.apply(doc)
 
     def install_reload(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -234,10 +236,8 @@ class XdsClient:
         try:
             doc = json.loads(payload)
         except ValueError as exc:
-            reason = f"snapshot: not valid JSON: {exc}"
             version = None
-            self.state.rejected += 1
-            self.state.last_nack = {"version": None, "reason": reason, "time": time.time()}
+            reason: str | None = self.state.reject(None, f"snapshot: not valid JSON: {exc}")
         else:
             version = doc.get("version") if isinstance(doc, dict) else None
             reason = self.state.apply(doc)

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from meshkit.proxy.xds import SseDecoder
+from meshkit.proxy.xds import ConfigState, SseDecoder, StaticConfig, XdsClient
 from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot, simple_route, spawn_proxy, stop_process
 
 
@@ -235,3 +235,22 @@ async def test_snapshot_swaps_under_load_lose_no_request(
     assert failures == []
     assert done == 480 and results[-1] > 10
     assert proxy.state.current.version.startswith("swap-")
+
+
+async def test_every_nack_source_takes_the_one_nack_path(tmp_path: Path) -> None:
+    """An invalid snapshot, an unreadable file and a stream event that is not JSON are NACKed alike:
+    counted, recorded as the last NACK (with version and reason) and the snapshot in effect kept."""
+    state = ConfigState()
+    assert state.apply(make_snapshot(40000, version="good")) is None
+    reasons = [state.apply({"schema": 1, "version": "bad", "clusters": []})]
+    reasons.append(StaticConfig(str(tmp_path / "missing.json"), state).load())
+    client = XdsClient("http://127.0.0.1:9", "node-0.default", state)
+    client._on_snapshot("{not json")
+    await client.close()
+    assert [reason is not None for reason in reasons] == [True, True]
+    assert state.rejected == 3 and state.applied == 1
+    assert state.current is not None and state.current.version == "good"
+    assert state.last_nack is not None and state.last_nack["version"] is None
+    assert state.last_nack["reason"].startswith("snapshot: not valid JSON")
+    assert [(h["version"], h["status"]) for h in state.history] == [
+        ("good", "ACK"), ("bad", "NACK"), (None, "NACK"), (None, "NACK")]
