@@ -46,7 +46,8 @@ class _SafeLoader(_BASE_LOADER):  # type: ignore[valid-type,misc]
                 first_line[key] = key_node.start_mark.line + 1
             except TypeError:  # an unhashable key: the base constructor reports it
                 break
-        return super().construct_mapping(node, deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        return mapping
 
 
 def load_resources(
@@ -239,11 +240,11 @@ def _message(model: type[BaseModel], error: Any, resource_label: str) -> Message
         return Message(codes.MK0007, Severity.ERROR, resource_label, path, f"{path}: {reason}")
     if kind == "too_short":
         return Message(codes.MK0007, Severity.ERROR, resource_label, path, f"{path}: must not be empty")
-    expected = _EXPECTED.get(kind)
-    reason = f"expected {expected}" if expected else f"{error['msg'][:1].lower()}{error['msg'][1:]}"
+    expected_type = _EXPECTED.get(kind)
+    reason = f"expected {expected_type}" if expected_type else f"{error['msg'][:1].lower()}{error['msg'][1:]}"
     if loc and loc[-1] == "[key]":  # a mapping key of the wrong type
         path = _path(loc[:-1])
-        reason = f"the key must be {expected}" if expected else f"invalid key: {reason}"
+        reason = f"the key must be {expected_type}" if expected_type else f"invalid key: {reason}"
     text = f"{path}: {reason} (got {_short(error.get('input'))})"
     return Message(codes.MK0007, Severity.ERROR, resource_label, path, text)
 

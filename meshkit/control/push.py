@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,7 +248,7 @@ class PushServer:
             raise ConfigError(messages)
         return str(proxy_id), kind
 
-    async def events(self, proxy_id: str, kind: str = "sidecar") -> AsyncIterator[bytes]:
+    async def events(self, proxy_id: str, kind: str = "sidecar") -> AsyncGenerator[bytes, None]:
         """The SSE byte chunks for one connected proxy: its snapshot now, then each change, pings between.
 
         Ends when the control plane closes or a newer stream for the same id replaces this one.

@@ -89,7 +89,8 @@ async def put_target(request: web.Request) -> web.Response:
         raise _bad("body", "body is not valid JSON") from None
     url = body.get("url") if isinstance(body, dict) else None
     parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if not isinstance(url, str) or parts is None or parts.scheme not in ("http", "https") \
+            or not parts.hostname:
         raise _bad("url", f"targets/{name}: url must be an http(s) URL, got {url!r}")
     _scraper(request).set_target(name, url)
     return web.json_response({"name": name, "url": url})

@@ -28,6 +28,7 @@ Errors are the control client's: `ApiError` (refused, with messages) and `Contro
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -151,7 +152,8 @@ class ClusterClient(ControlClient):
             found = [(resource_type, obj)]
         else:
             found = [(TYPES[k], obj) for k in kinds
-                     for obj in self._kube(lambda k=k: self.kube.list(TYPES[k], namespace), missing=TYPES[k])]
+                     for obj in self._kube(functools.partial(self.kube.list, TYPES[k], namespace),
+                                           missing=TYPES[k])]
         items = sorted((_item(t, obj) for t, obj in found), key=lambda item: item["ref"])
         if output == "yaml":
             return yaml.safe_dump_all([item["resource"] for item in items], sort_keys=False)
@@ -263,7 +265,7 @@ class ClusterClient(ControlClient):
         for kind, _, _ in unique:
             self._kinds(kind)
         missing = [key for key in unique if self._kube(
-            lambda key=key: self.kube.get(object_path(TYPES[key[0]], key[1], key[2]))) is None]
+            functools.partial(self.kube.get, object_path(TYPES[key[0]], key[1], key[2]))) is None]
         if missing:
             raise _refusal(404, [_message(codes.MK0902, _ref(key), f"{_ref(key)} not found")
                                  for key in missing])

@@ -10,7 +10,7 @@ A request holds on to the Snapshot it started with, so swapping is one assignmen
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.filters.authn import mtls_mode_for_port
@@ -121,7 +121,7 @@ class Snapshot:
             for vhost in snap.routes.virtual_hosts:
                 for compiled in vhost.routes:
                     for check in ROUTE_CHECKS:
-                        check(compiled.raw, compiled.where)
+                        check(cast(dict[str, Any], compiled.raw), compiled.where)  # validators: untrusted
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         snap.clusters = cls._clusters(doc.get("clusters"), previous)
