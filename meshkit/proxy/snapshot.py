@@ -14,14 +14,14 @@ from typing import Any, cast
 
 from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.filters.authn import mtls_mode_for_port
-from meshkit.proxy.filters.authz import compile_authz
+from meshkit.proxy.filters.authz import AuthzPolicies, compile_authz
 from meshkit.proxy.filters.fault import check_fault
 from meshkit.proxy.filters.mirror import check_mirror
 from meshkit.proxy.filters.ratelimit import TokenBucket
 from meshkit.proxy.filters.retry import check_retries
 from meshkit.proxy.filters.timeout import check_timeout
 from meshkit.proxy.routing import RouteTable
-from meshkit.proxy.schema import SCHEMA
+from meshkit.proxy.schema import SCHEMA, SnapshotDoc
 
 ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
 
@@ -88,13 +88,13 @@ class Snapshot:
 
     def __init__(self) -> None:
         self.version = ""
-        self.doc: dict[str, Any] = {}
+        self.doc: SnapshotDoc = {"schema": SCHEMA, "version": ""}  # the document as received
         self.node: dict[str, Any] = {}
         self.routes = RouteTable([])
         self.clusters: dict[str, Cluster] = {}
         self.inbound: dict[str, Any] = {}
-        self.rate_limiter: Any = None
-        self.authz: Any = None  # compiled AuthorizationPolicies (None: no policy)
+        self.rate_limiter: TokenBucket | None = None
+        self.authz: AuthzPolicies | None = None  # compiled AuthorizationPolicies (None: no policy)
         self.inbound_cluster: Cluster | None = None
         self.node_labels = NodeLabels({})
         self.inbound_service_fqdn = UNKNOWN
@@ -114,7 +114,7 @@ class Snapshot:
             raise SnapshotError(f"version: expected a non-empty string, got {version!r}")
         snap = cls()
         snap.version = version
-        snap.doc = doc
+        snap.doc = cast(SnapshotDoc, doc)  # checked by everything below before anyone reads it
         snap.node = cls._node(doc.get("node"))
         try:
             snap.routes = RouteTable.from_snapshot(doc.get("outbound"))
