@@ -140,7 +140,7 @@ def _cluster_target() -> str | None:
     try:  # typer vendors its own click (typer._click) since 0.2x; older versions use click itself
         from typer._click.globals import get_current_context  # noqa: PLC0415
     except ImportError:
-        from click import get_current_context  # noqa: PLC0415
+        from click import get_current_context  # type: ignore[no-redef]  # noqa: PLC0415
 
     current = get_current_context(silent=True)
     value = current.find_root().params.get("context") if current is not None else None

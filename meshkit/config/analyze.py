@@ -2,19 +2,8 @@
 
 `analyze` never raises on valid resources; it returns findings sorted by resource and field.
 Errors mean "this config would not do what it says" (the control plane rejects it);
-warnings mean "probably not what you meant". Codes (docs/config-reference.md):
-
-MK0101 E route/mirror subset not defined        MK0110 E retries.attempts < 0
-MK0102 E route weights do not sum to 100        MK0111 E abort httpStatus outside 200-599
-MK0103 W destination host not in the registry   MK0112 E duplicate subset name
-MK0104 E two VirtualServices for one host       MK0113 W fault without a percentage
-MK0105 W two DestinationRules for one host      MK0114 E the same resource twice in the input
-MK0106 E invalid regex                          MK0115 I fault disables the route's timeout/retries
-MK0107 E percentage outside 0-100               MK0116 E http route without destinations
-MK0108 W subset selects no endpoint             MK0117 E authorization condition key not supported
-MK0109 E DestinationRule tls DISABLE vs PeerAuthentication STRICT
-MK0118 W destination port is not the service's port (meshkit services have one port)
-MK0119 W JWT-based authorization (requestPrincipals, request.auth.*) never matches in meshkit
+warnings mean "probably not what you meant". Codes MK0101-MK0119: their severity and meaning are
+in `meshkit.config.codes` (and the table of docs/config-reference.md generated from it).
 """
 
 from __future__ import annotations
@@ -23,6 +12,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
+from meshkit.config import codes
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
 from meshkit.config.registry import Endpoint, RegistryView
@@ -65,7 +55,7 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
     seen: set[tuple[str, str, str]] = set()
     for resource in resources:
         if resource.key in seen:
-            messages.append(Message("MK0114", Severity.ERROR, resource.ref, "",
+            messages.append(Message(codes.MK0114, Severity.ERROR, resource.ref, "",
                                     f"{resource.ref} is defined more than once in the input"))
         seen.add(resource.key)
     for vs in virtual_services:
@@ -99,7 +89,7 @@ def _check_virtual_service(
         yield from _check_matches(http, at)
         destinations = http.route or []
         if not destinations:
-            yield "MK0116", Severity.ERROR, f"{at}.route", "http route has no route destinations"
+            yield codes.MK0116, Severity.ERROR, f"{at}.route", "http route has no route destinations"
         for j, route in enumerate(destinations):
             where = f"{at}.route[{j}].destination"
             yield from _check_destination(vs, route.destination, where, subsets, registry)
@@ -112,7 +102,7 @@ def _check_virtual_service(
         if http.mirror_percent is not None:
             yield from _percentage(http.mirror_percent, f"{at}.mirrorPercent")
         if http.retries is not None and http.retries.attempts < 0:
-            yield ("MK0110", Severity.ERROR, f"{at}.retries.attempts",
+            yield (codes.MK0110, Severity.ERROR, f"{at}.retries.attempts",
                    f"retries.attempts must be >= 0 (got {http.retries.attempts})")
 
 
@@ -128,17 +118,17 @@ def _check_destination(
         known = subsets.get(resolved.host, [])
         if destination.subset not in known:
             listed = ", ".join(known) if known else "none"
-            yield ("MK0101", Severity.ERROR, f"{at}.subset",
+            yield (codes.MK0101, Severity.ERROR, f"{at}.subset",
                    f'subset "{destination.subset}" of host "{destination.host}" is not defined by any '
                    f"DestinationRule (known subsets: {listed})")
     if registry is None:
         return
     service = registry.service(resolved.name, resolved.namespace or "") if resolved.name else None
     if service is None:
-        yield ("MK0103", Severity.WARNING, f"{at}.host",
+        yield (codes.MK0103, Severity.WARNING, f"{at}.host",
                f'host "{destination.host}" is not a service in the registry')
     elif destination.port is not None and destination.port.number != service.port:
-        yield ("MK0118", Severity.WARNING, f"{at}.port.number",
+        yield (codes.MK0118, Severity.WARNING, f"{at}.port.number",
                f'port {destination.port.number} is not the port of service "{service.name}" ({service.port})')
 
 
@@ -148,7 +138,7 @@ def _check_weights(http: HTTPRoute, at: str) -> Iterator[Finding]:
     if len(destinations) > 1 or (len(destinations) == 1 and weights[0] is not None):
         total = sum(w or 0 for w in weights)
         if total != 100:
-            yield "MK0102", Severity.ERROR, f"{at}.route", f"route weights sum to {total}, not 100"
+            yield codes.MK0102, Severity.ERROR, f"{at}.route", f"route weights sum to {total}, not 100"
 
 
 def _check_fault(http: HTTPRoute, at: str) -> Iterator[Finding]:
@@ -161,25 +151,25 @@ def _check_fault(http: HTTPRoute, at: str) -> Iterator[Finding]:
         elif delay.percent is not None:
             yield from _percentage(delay.percent, f"{at}.fault.delay.percent")
         else:
-            yield ("MK0113", Severity.WARNING, f"{at}.fault.delay",
+            yield (codes.MK0113, Severity.WARNING, f"{at}.fault.delay",
                    "fault.delay sets no percentage: no request will be delayed")
     if (abort := fault.abort) is not None:
         if not 200 <= abort.http_status <= 599:
-            yield ("MK0111", Severity.ERROR, f"{at}.fault.abort.httpStatus",
+            yield (codes.MK0111, Severity.ERROR, f"{at}.fault.abort.httpStatus",
                    f"abort httpStatus {abort.http_status} is outside 200-599")
         if abort.percentage is not None:
             yield from _percentage(abort.percentage.value, f"{at}.fault.abort.percentage.value")
         else:
-            yield ("MK0113", Severity.WARNING, f"{at}.fault.abort",
+            yield (codes.MK0113, Severity.WARNING, f"{at}.fault.abort",
                    "fault.abort sets no percentage: no request will be aborted")
     if (fault.delay or fault.abort) and (http.timeout is not None or http.retries is not None):
-        yield ("MK0115", Severity.INFO, f"{at}.fault",
+        yield (codes.MK0115, Severity.INFO, f"{at}.fault",
                "fault injection disables this route's timeout and retries (as in Istio)")
 
 
 def _percentage(value: float, at: str) -> Iterator[Finding]:
     if not 0 <= value <= 100:
-        yield "MK0107", Severity.ERROR, at, f"percentage {value:g} is outside 0-100"
+        yield codes.MK0107, Severity.ERROR, at, f"percentage {value:g} is outside 0-100"
 
 
 def _string_matches(http: HTTPRoute, at: str) -> Iterator[tuple[str, StringMatch]]:
@@ -202,7 +192,7 @@ def _check_matches(http: HTTPRoute, at: str) -> Iterator[Finding]:
         try:
             re.compile(match.regex)
         except re.error as error:
-            yield "MK0106", Severity.ERROR, f"{where}.regex", f'invalid regex "{match.regex}": {error}'
+            yield codes.MK0106, Severity.ERROR, f"{where}.regex", f'invalid regex "{match.regex}": {error}'
 
 
 def _host_conflicts(
@@ -219,7 +209,7 @@ def _host_conflicts(
         for vs, i in claimants[1:]:
             if vs.key == first.key:
                 continue
-            yield Message("MK0104", Severity.ERROR, vs.ref, f"spec.hosts[{i}]",
+            yield Message(codes.MK0104, Severity.ERROR, vs.ref, f"spec.hosts[{i}]",
                           f'host "{vs.spec.hosts[i]}" is also claimed by {first.ref}; '
                           f"only one VirtualService per host is used ({first.ref})")
     rules: dict[tuple[str, str], list[DestinationRule]] = defaultdict(list)
@@ -230,7 +220,7 @@ def _host_conflicts(
         for rule in same[1:]:
             if rule.key == same[0].key:
                 continue
-            yield Message("MK0105", Severity.WARNING, rule.ref, "spec.host",
+            yield Message(codes.MK0105, Severity.WARNING, rule.ref, "spec.host",
                           f'host "{rule.spec.host}" already has {same[0].ref} in this namespace; '
                           f"only one DestinationRule per host is used ({same[0].ref})")
 
@@ -256,7 +246,7 @@ def _check_destination_rule(
     for j, subset in enumerate(rule.spec.subsets or []):
         at = f"spec.subsets[{j}]"
         if subset.name in names:
-            yield ("MK0112", Severity.ERROR, f"{at}.name",
+            yield (codes.MK0112, Severity.ERROR, f"{at}.name",
                    f'subset name "{subset.name}" is defined more than once')
         names.add(subset.name)
         labels = subset.labels or {}
@@ -267,7 +257,7 @@ def _check_destination_rule(
                 shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
                 text = (f'subset "{subset.name}" of host "{rule.spec.host}" selects no endpoint '
                         f"(labels: {shown})")
-                yield "MK0108", Severity.WARNING, f"{at}.labels", text
+                yield codes.MK0108, Severity.WARNING, f"{at}.labels", text
         yield from _check_policy(rule, subset.traffic_policy, f"{at}.trafficPolicy", labels,
                                  selected, peer_authentications=peer_authentications)
 
@@ -299,7 +289,7 @@ def _check_policy(
     for namespace, labels in workloads:
         mtls, decided_by = resolve_mtls(namespace, labels, peer_authentications)
         if mtls["mode"] == "STRICT" and decided_by is not None:
-            yield ("MK0109", Severity.ERROR, f"{at}.tls.mode",
+            yield (codes.MK0109, Severity.ERROR, f"{at}.tls.mode",
                    f'tls mode DISABLE for host "{rule.spec.host}" conflicts with STRICT mTLS required by '
                    f"{decided_by.ref}; requests will be rejected")
             return
@@ -319,16 +309,16 @@ def _check_authorization_policy(policy: AuthorizationPolicy) -> Iterator[Finding
             for name, alias in (("request_principals", "requestPrincipals"),
                                 ("not_request_principals", "notRequestPrincipals")):
                 if getattr(source.source, name):
-                    yield ("MK0119", Severity.WARNING, f"spec.rules[{i}].from[{j}].source.{alias}",
+                    yield (codes.MK0119, Severity.WARNING, f"spec.rules[{i}].from[{j}].source.{alias}",
                            f"{alias}: {_NO_JWT}")
         for j, condition in enumerate(rule.when or []):
             key = condition.key
             at = f"spec.rules[{i}].when[{j}].key"
             known = _HEADER_KEY.match(key) or _CLAIMS_KEY.match(key) or key in SUPPORTED_CONDITION_KEYS
             if not known:
-                yield ("MK0117", Severity.ERROR, at,
+                yield (codes.MK0117, Severity.ERROR, at,
                        f'condition key "{key}" is not supported by meshkit '
                        f"(supported: {', '.join(SUPPORTED_CONDITION_KEYS)})")
             elif key.startswith("request.auth."):
-                yield "MK0119", Severity.WARNING, at, f'condition key "{key}": {_NO_JWT}'
+                yield codes.MK0119, Severity.WARNING, at, f'condition key "{key}": {_NO_JWT}'
 

@@ -63,7 +63,7 @@ def default_retry_policy() -> dict[str, Any]:
             "retriable_status_codes": [503]}
 
 
-def snapshot_version(snapshot: Mapping[str, Any]) -> str:
+def snapshot_version(snapshot: Mapping[str, object]) -> str:
     """First 16 hex chars of sha256 over the canonical JSON of the content.
 
     ``version`` itself and ``revision`` (information only) are left out, so a store revision
@@ -77,7 +77,8 @@ def snapshot_version(snapshot: Mapping[str, Any]) -> str:
 def compile_snapshot(
     resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0
 ) -> dict[str, Any]:
-    """The snapshot for ``node`` (docs/snapshot.md)."""
+    """The snapshot for ``node`` (docs/snapshot.md; its fields and their types are `meshkit.proxy.schema`
+    .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them)."""
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)

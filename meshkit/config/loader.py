@@ -6,10 +6,7 @@ dict or a list of dicts; it dispatches on ``apiVersion`` + ``kind`` to the model
 not just the first), each naming the resource and the field path.
 ``load_files`` does the same for files and directories.
 
-Loader message codes (stable; docs/config-reference.md):
-MK0001 YAML/JSON syntax, MK0002 malformed document, MK0003 apiVersion/kind not accepted,
-MK0004 field not supported by meshkit, MK0005 unknown field, MK0006 required field missing,
-MK0007 invalid value.
+Loader message codes: MK0001-MK0007 (their meanings: `meshkit.config.codes`).
 """
 
 from __future__ import annotations
@@ -23,17 +20,10 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from meshkit.config import codes
 from meshkit.config.kinds import RESOURCE_KINDS, UNSUPPORTED_ISTIO_KINDS
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import IstioModel, Resource
-
-CODE_SYNTAX = "MK0001"
-CODE_MALFORMED = "MK0002"
-CODE_KIND = "MK0003"
-CODE_UNSUPPORTED = "MK0004"
-CODE_UNKNOWN = "MK0005"
-CODE_MISSING = "MK0006"
-CODE_INVALID = "MK0007"
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's safe loader when built in (about 10x faster), the pure-Python one otherwise
@@ -56,7 +46,8 @@ class _SafeLoader(_BASE_LOADER):  # type: ignore[valid-type,misc]
                 first_line[key] = key_node.start_mark.line + 1
             except TypeError:  # an unhashable key: the base constructor reports it
                 break
-        return super().construct_mapping(node, deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        return mapping
 
 
 def load_resources(
@@ -88,7 +79,7 @@ def load_files(paths: Iterable[str | Path]) -> list[Resource]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             text = f"cannot read file: {error}"
-            messages.append(Message(CODE_MALFORMED, Severity.ERROR, str(path), "", text))
+            messages.append(Message(codes.MK0002, Severity.ERROR, str(path), "", text))
             continue
         try:
             resources.extend(load_resources(text, origin=str(path)))
@@ -129,7 +120,7 @@ def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
             source = source.decode("utf-8")
         except UnicodeDecodeError as error:
             raise ConfigError(
-                [Message(CODE_SYNTAX, Severity.ERROR, origin, "", f"input is not UTF-8: {error}")]
+                [Message(codes.MK0001, Severity.ERROR, origin, "", f"input is not UTF-8: {error}")]
             ) from None
     if isinstance(source, str):
         try:
@@ -142,7 +133,7 @@ def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
         parsed = list(source)
     else:
         raise ConfigError(
-            [Message(CODE_MALFORMED, Severity.ERROR, origin, "",
+            [Message(codes.MK0002, Severity.ERROR, origin, "",
                      f"expected YAML/JSON text, a dict or a list of dicts, got {type(source).__name__}")]
         )
     documents: list[tuple[int, Any]] = []
@@ -166,7 +157,7 @@ def _syntax_message(error: yaml.YAMLError, origin: str) -> Message:
         text = f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {detail}"
     else:
         text = f"YAML syntax error: {detail}"
-    return Message(CODE_SYNTAX, Severity.ERROR, origin, "", text)
+    return Message(codes.MK0001, Severity.ERROR, origin, "", text)
 
 
 def _label(document: dict[str, Any], fallback: str) -> str:
@@ -182,24 +173,24 @@ def _label(document: dict[str, Any], fallback: str) -> str:
 def _load_document(document: Any, fallback: str) -> tuple[Resource | None, list[Message]]:
     if not isinstance(document, dict):
         text = f"expected a mapping with apiVersion, kind, metadata and spec, got {type(document).__name__}"
-        return None, [Message(CODE_MALFORMED, Severity.ERROR, fallback, "", text)]
+        return None, [Message(codes.MK0002, Severity.ERROR, fallback, "", text)]
     resource_label = _label(document, fallback)
     kind = document.get("kind")
     api_version = document.get("apiVersion")
     if not isinstance(kind, str) or not kind:
         text = "kind: required field is missing"
-        return None, [Message(CODE_MISSING, Severity.ERROR, resource_label, "kind", text)]
+        return None, [Message(codes.MK0006, Severity.ERROR, resource_label, "kind", text)]
     model = RESOURCE_KINDS.get(kind)
     if model is None:
         supported = ", ".join(sorted(RESOURCE_KINDS))
         reason = "is not supported by meshkit" if kind in UNSUPPORTED_ISTIO_KINDS else "is not a known kind"
         text = f"kind {kind} {reason} (supported: {supported})"
-        return None, [Message(CODE_KIND, Severity.ERROR, resource_label, "kind", text)]
+        return None, [Message(codes.MK0003, Severity.ERROR, resource_label, "kind", text)]
     accepted = model.accepted_api_versions()
     if api_version not in accepted:
         shown = "missing" if api_version is None else f'"{api_version}"'
         text = f"apiVersion {shown} is not accepted for kind {kind} (accepted: {', '.join(accepted)})"
-        return None, [Message(CODE_KIND, Severity.ERROR, resource_label, "apiVersion", text)]
+        return None, [Message(codes.MK0003, Severity.ERROR, resource_label, "apiVersion", text)]
     try:
         return model.model_validate(document), []
     except ValidationError as error:
@@ -230,32 +221,32 @@ def _message(model: type[BaseModel], error: Any, resource_label: str) -> Message
         name = str(loc[-1])
         if owner is not None and name in owner.unsupported_fields:
             text = f"{path} is not supported by meshkit"
-            return Message(CODE_UNSUPPORTED, Severity.ERROR, resource_label, path, text)
-        return Message(CODE_UNKNOWN, Severity.ERROR, resource_label, path, f"{path}: unknown field")
+            return Message(codes.MK0004, Severity.ERROR, resource_label, path, text)
+        return Message(codes.MK0005, Severity.ERROR, resource_label, path, f"{path}: unknown field")
     if kind == "missing":
         text = f"{path}: required field is missing"
-        return Message(CODE_MISSING, Severity.ERROR, resource_label, path, text)
+        return Message(codes.MK0006, Severity.ERROR, resource_label, path, text)
     if kind == "literal_error":
         owner = _model_at(model, loc[:-1])
         value = error.get("input")
         expected = str(error.get("ctx", {}).get("expected", "")).replace("'", "").replace(" or ", ", ")
         if owner is not None and value in owner.unsupported_values.get(str(loc[-1]), frozenset()):
             text = f"{path}: {value} is not supported by meshkit (supported: {expected})"
-            return Message(CODE_UNSUPPORTED, Severity.ERROR, resource_label, path, text)
-        return Message(CODE_INVALID, Severity.ERROR, resource_label, path,
+            return Message(codes.MK0004, Severity.ERROR, resource_label, path, text)
+        return Message(codes.MK0007, Severity.ERROR, resource_label, path,
                        f"{path}: {value!r} is not one of {expected}")
     if kind == "value_error":
         reason = str(error["msg"]).removeprefix("Value error, ")
-        return Message(CODE_INVALID, Severity.ERROR, resource_label, path, f"{path}: {reason}")
+        return Message(codes.MK0007, Severity.ERROR, resource_label, path, f"{path}: {reason}")
     if kind == "too_short":
-        return Message(CODE_INVALID, Severity.ERROR, resource_label, path, f"{path}: must not be empty")
-    expected = _EXPECTED.get(kind)
-    reason = f"expected {expected}" if expected else f"{error['msg'][:1].lower()}{error['msg'][1:]}"
+        return Message(codes.MK0007, Severity.ERROR, resource_label, path, f"{path}: must not be empty")
+    expected_type = _EXPECTED.get(kind)
+    reason = f"expected {expected_type}" if expected_type else f"{error['msg'][:1].lower()}{error['msg'][1:]}"
     if loc and loc[-1] == "[key]":  # a mapping key of the wrong type
         path = _path(loc[:-1])
-        reason = f"the key must be {expected}" if expected else f"invalid key: {reason}"
+        reason = f"the key must be {expected_type}" if expected_type else f"invalid key: {reason}"
     text = f"{path}: {reason} (got {_short(error.get('input'))})"
-    return Message(CODE_INVALID, Severity.ERROR, resource_label, path, text)
+    return Message(codes.MK0007, Severity.ERROR, resource_label, path, text)
 
 
 _EXPECTED = {

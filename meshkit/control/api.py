@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import yaml
 from aiohttp import web
 
+from meshkit.config import codes
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import Resource
@@ -42,7 +43,6 @@ from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry, parse_endpoint, parse_service, service_to_dict
 from meshkit.control.store import ConfigStore, ConflictError, NotFoundError
 
-CODE_BAD_REQUEST = "MK0940"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 API = "/api/v1"
 
@@ -81,7 +81,7 @@ def _components(request: web.Request) -> Components:
 
 
 def _bad_request(text: str, field: str = "", resource: str = "request") -> ConfigError:
-    return ConfigError([Message(CODE_BAD_REQUEST, Severity.ERROR, resource, field, text)])
+    return ConfigError([Message(codes.MK0940, Severity.ERROR, resource, field, text)])
 
 
 def error_response(status: int, error: str, messages: list[Message] | None = None) -> web.Response:
@@ -354,7 +354,7 @@ async def xds_ack(request: web.Request) -> web.Response:
 def _signer(request: web.Request) -> Signer:
     signer = _components(request).signer
     if signer is None:
-        raise NotFoundError([Message(CODE_BAD_REQUEST, Severity.ERROR, "ca", "",
+        raise NotFoundError([Message(codes.MK0940, Severity.ERROR, "ca", "",
                                      "this control plane runs without a certificate authority")])
     return signer
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from meshkit.config import codes
 from meshkit.config.kinds import RESOURCE_KINDS
 from meshkit.config.messages import ConfigError, Message, Severity
-
-CODE_UNKNOWN_KIND = "MK0930"
 
 SHORT_NAMES: dict[str, str] = {
     "vs": "VirtualService",
@@ -37,5 +36,5 @@ def resolve_kind(name: str) -> str | None:
     if kind is None:
         known = ", ".join(f"{kind} ({short})" for short, kind in SHORT_NAMES.items())
         text = f"unknown resource kind {name!r} (known: {known}, or all)"
-        raise ConfigError([Message(CODE_UNKNOWN_KIND, Severity.ERROR, name, "kind", text)])
+        raise ConfigError([Message(codes.MK0930, Severity.ERROR, name, "kind", text)])
     return kind

@@ -18,10 +18,11 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkit.config import codes
 from meshkit.config.compile import compile_snapshot
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import Node
@@ -31,8 +32,6 @@ from meshkit.control.store import ConfigStore, NotFoundError
 
 log = logging.getLogger("meshkit.control.push")
 
-CODE_BAD_ACK = "MK0920"
-CODE_UNKNOWN_PROXY = "MK0921"
 
 SYNCED, STALE, NACKED = "SYNCED", "STALE", "NACKED"
 PROXY_KINDS = ("sidecar", "gateway")
@@ -238,17 +237,17 @@ class PushServer:
     def validate_subscription(self, proxy_id: str | None, kind: str | None) -> tuple[str, str]:
         messages = []
         if not proxy_id or "." not in proxy_id.strip(".") or proxy_id != proxy_id.strip():
-            messages.append(Message(CODE_BAD_ACK, Severity.ERROR, "xds/stream", "id",
+            messages.append(Message(codes.MK0920, Severity.ERROR, "xds/stream", "id",
                                     f"id: expected '<instance>.<namespace>', got {proxy_id!r}"))
         kind = kind or "sidecar"
         if kind not in PROXY_KINDS:
-            messages.append(Message(CODE_BAD_ACK, Severity.ERROR, "xds/stream", "kind",
+            messages.append(Message(codes.MK0920, Severity.ERROR, "xds/stream", "kind",
                                     f"kind: expected one of {', '.join(PROXY_KINDS)}, got {kind!r}"))
         if messages:
             raise ConfigError(messages)
         return str(proxy_id), kind
 
-    async def events(self, proxy_id: str, kind: str = "sidecar") -> AsyncIterator[bytes]:
+    async def events(self, proxy_id: str, kind: str = "sidecar") -> AsyncGenerator[bytes, None]:
         """The SSE byte chunks for one connected proxy: its snapshot now, then each change, pings between.
 
         Ends when the control plane closes or a newer stream for the same id replaces this one.
@@ -290,7 +289,7 @@ class PushServer:
         proxy_id, version, status, reason = self._parse_response(body)
         proxy = self._proxies.get(proxy_id)
         if proxy is None:
-            raise NotFoundError([Message(CODE_UNKNOWN_PROXY, Severity.ERROR, f"proxy {proxy_id}", "id",
+            raise NotFoundError([Message(codes.MK0921, Severity.ERROR, f"proxy {proxy_id}", "id",
                                          f"proxy {proxy_id} has never connected to this control plane")])
         proxy.last_response_at = time.time()
         if status == "ACK":
@@ -307,20 +306,20 @@ class PushServer:
     def _parse_response(body: object) -> tuple[str, str, str, str | None]:
         where = "xds/ack"
         if not isinstance(body, dict):
-            raise ConfigError([Message(CODE_BAD_ACK, Severity.ERROR, where, "",
+            raise ConfigError([Message(codes.MK0920, Severity.ERROR, where, "",
                                        f"expected a JSON object, got {type(body).__name__}")])
         messages = []
         for name in ("id", "version", "status"):
             if not isinstance(body.get(name), str) or not body.get(name):
-                messages.append(Message(CODE_BAD_ACK, Severity.ERROR, where, name,
+                messages.append(Message(codes.MK0920, Severity.ERROR, where, name,
                                         f"{name}: required non-empty string, got {body.get(name)!r}"))
         status = body.get("status")
         if isinstance(status, str) and status and status not in ("ACK", "NACK"):
-            messages.append(Message(CODE_BAD_ACK, Severity.ERROR, where, "status",
+            messages.append(Message(codes.MK0920, Severity.ERROR, where, "status",
                                     f"status: expected ACK or NACK, got {status!r}"))
         reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
-            messages.append(Message(CODE_BAD_ACK, Severity.ERROR, where, "reason",
+            messages.append(Message(codes.MK0920, Severity.ERROR, where, "reason",
                                     f"reason: expected a string, got {reason!r}"))
         if messages:
             raise ConfigError(messages)

@@ -11,7 +11,7 @@ A sidecar of a workload that no service selects (a client pod in Kubernetes) is 
 ``set_workloads`` gives the registry its nodes (labels, service account) all at once, not
 persisted (their source sets them again when it starts).
 
-Registry message codes: MK0910 invalid registration field, MK0911 unknown service or endpoint.
+Registry message codes: MK0910, MK0911 (their meanings: `meshkit.config.codes`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshkit.config import codes
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.control.store import NotFoundError
-
-CODE_INVALID = "MK0910"
-CODE_UNKNOWN = "MK0911"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +67,7 @@ class _Fields:
         self.messages: list[Message] = []
 
     def _bad(self, name: str, text: str) -> None:
-        self.messages.append(Message(CODE_INVALID, Severity.ERROR, self.resource, name, text))
+        self.messages.append(Message(codes.MK0910, Severity.ERROR, self.resource, name, text))
 
     def string(self, name: str, default: str | None = None) -> str:
         value = self.doc.get(name, default)
@@ -115,7 +113,7 @@ class _Fields:
 def _object(doc: object, what: str) -> Mapping[str, Any]:
     if not isinstance(doc, dict):
         text = f"expected a JSON object, got {type(doc).__name__}"
-        raise ConfigError([Message(CODE_INVALID, Severity.ERROR, what, "", text)])
+        raise ConfigError([Message(codes.MK0910, Severity.ERROR, what, "", text)])
     return doc
 
 
@@ -303,7 +301,7 @@ class ServiceRegistry:
 
     @staticmethod
     def _unknown(resource: str, text: str, field: str = "") -> NotFoundError:
-        return NotFoundError([Message(CODE_UNKNOWN, Severity.ERROR, resource, field, text)])
+        return NotFoundError([Message(codes.MK0911, Severity.ERROR, resource, field, text)])
 
     def _changed(self) -> None:
         self._view = None

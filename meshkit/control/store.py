@@ -9,9 +9,7 @@ incoming) goes through ``config.analyze``; any Error rejects the apply and chang
 Deleting is never blocked by the analyzer (its warnings are returned), since removing config
 must always be possible.
 
-Store message codes (next to the config package's MK00xx/MK01xx): MK0901 duplicate resource in
-one input, MK0902 resource not found, MK0903 revision not found, MK0904 revision conflict,
-MK0905 stored config unreadable, MK0906 config owned by an external source.
+Store message codes: MK0901-MK0906 (their meanings: `meshkit.config.codes`).
 
 An external source of truth (Kubernetes: ``meshkit control --kubernetes``) keeps the config with
 ``mirror``: the whole config becomes what the source holds, as one revision whose summary names
@@ -32,18 +30,12 @@ from typing import Any
 
 import yaml
 
+from meshkit.config import codes
 from meshkit.config.analyze import analyze
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import RegistryView
 from meshkit.config.resources import Resource
-
-CODE_DUPLICATE = "MK0901"
-CODE_NOT_FOUND = "MK0902"
-CODE_NO_REVISION = "MK0903"
-CODE_CONFLICT = "MK0904"
-CODE_CORRUPT = "MK0905"
-CODE_OWNED = "MK0906"
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -54,7 +46,7 @@ def duplicate_messages(incoming: Sequence[Resource]) -> list[Message]:
     messages = []
     for resource in incoming:
         if resource.key in seen:
-            messages.append(Message(CODE_DUPLICATE, Severity.ERROR, resource.ref, "metadata.name",
+            messages.append(Message(codes.MK0901, Severity.ERROR, resource.ref, "metadata.name",
                                     f"{resource.ref} appears more than once in the same input"))
         seen.add(resource.key)
     return messages
@@ -176,7 +168,7 @@ class ConfigStore:
         ]
         if name is not None and not found:
             ref = f"{kind or '*'}/{namespace or '*'}/{name}"
-            raise NotFoundError([Message(CODE_NOT_FOUND, Severity.ERROR, ref, "", f"{ref} not found")])
+            raise NotFoundError([Message(codes.MK0902, Severity.ERROR, ref, "", f"{ref} not found")])
         return found
 
     def history(self) -> list[Revision]:
@@ -276,7 +268,7 @@ class ConfigStore:
         missing = [key for key in unique if key not in self._current]
         if missing:
             raise NotFoundError([
-                Message(CODE_NOT_FOUND, Severity.ERROR, _ref(key), "", f"{_ref(key)} not found")
+                Message(codes.MK0902, Severity.ERROR, _ref(key), "", f"{_ref(key)} not found")
                 for key in missing
             ])
         remaining = {key: stored.resource for key, stored in self._current.items() if key not in unique}
@@ -315,17 +307,17 @@ class ConfigStore:
         if self._owner is not None:
             source, advice = self._owner
             text = f"the config of this control plane is mirrored from {source}; {advice}"
-            raise ConflictError([Message(CODE_OWNED, Severity.ERROR, "<store>", "", text)])
+            raise ConflictError([Message(codes.MK0906, Severity.ERROR, "<store>", "", text)])
 
     def _check_expected(self, expected: int | None) -> None:
         if expected is not None and expected != self._revision:
             text = (f"expected revision {expected} but the store is at revision {self._revision}; "
                     "reload and retry")
-            raise ConflictError([Message(CODE_CONFLICT, Severity.ERROR, "<store>", "", text)])
+            raise ConflictError([Message(codes.MK0904, Severity.ERROR, "<store>", "", text)])
 
     def _no_revision(self, number: int) -> NotFoundError:
         text = f"revision {number} does not exist (current revision: {self._revision})"
-        return NotFoundError([Message(CODE_NO_REVISION, Severity.ERROR, f"revision {number}", "", text)])
+        return NotFoundError([Message(codes.MK0903, Severity.ERROR, f"revision {number}", "", text)])
 
     def _commit(self, config: dict[Key, Resource], summary: str) -> None:
         """Write ``config`` as the next revision, then make it current and notify listeners."""
@@ -369,7 +361,7 @@ class ConfigStore:
             resources = load_resources([entry["resource"] for entry in entries], origin=f"revision {number}")
         except (ValueError, KeyError, TypeError, ConfigError) as error:
             text = f"stored config of revision {number} cannot be read: {error}"
-            message = Message(CODE_CORRUPT, Severity.ERROR, f"revision {number}", "", text)
+            message = Message(codes.MK0905, Severity.ERROR, f"revision {number}", "", text)
             raise ConfigError([message]) from error
         return [StoredResource(resource, float(entry["created"]), int(entry["revision"]))
                 for resource, entry in zip(resources, entries, strict=True)]

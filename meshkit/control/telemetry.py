@@ -24,9 +24,9 @@ import math
 import re
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -53,6 +53,25 @@ RequestKey = tuple[str, ...]  # values of REQUEST_LABELS
 BucketKey = tuple[tuple[str, ...], float]  # (values of EDGE_LABELS, le)
 
 
+
+def _new_edge(key: tuple[str, ...]) -> Edge:
+    """An empty Edge for the EDGE_LABELS values ``key``."""
+    reporter, source, source_namespace, service, namespace, workload, version = key
+    return Edge(reporter, source, source_namespace, service, namespace, workload, version)
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def _fill(columns: dict[K, array[float]], values: dict[K, float], slot: int, capacity: int) -> None:
+    """Write one sample of every series into ``slot`` (NaN for a series absent from ``values``)."""
+    for key, column in columns.items():
+        column[slot] = values.pop(key, NAN)
+    for key, value in values.items():  # series seen for the first time
+        column = array("d", [NAN]) * capacity
+        column[slot] = value
+        columns[key] = column
+
 class TargetHistory:
     """One target's samples in fixed-size rings: a time column plus one column per series.
 
@@ -71,13 +90,8 @@ class TargetHistory:
     def add(self, t: float, requests: dict[RequestKey, float], buckets: dict[BucketKey, float]) -> None:
         slot = self.count % self.capacity
         self.times[slot] = t
-        for columns, values in ((self.requests, requests), (self.buckets, buckets)):
-            for key, column in columns.items():
-                column[slot] = values.pop(key, NAN)
-            for key, value in values.items():  # series seen for the first time
-                column = array("d", [NAN]) * self.capacity
-                column[slot] = value
-                columns[key] = column
+        _fill(self.requests, requests, slot, self.capacity)
+        _fill(self.buckets, buckets, slot, self.capacity)
         self.count += 1
 
     def slot_at_or_before(self, t: float) -> int | None:
@@ -282,7 +296,7 @@ class TelemetryStore:
                 if inc <= 0:
                     continue
                 edge_key = key[:width]
-                edge = edges.get(edge_key) or edges.setdefault(edge_key, Edge(*edge_key))
+                edge = edges.get(edge_key) or edges.setdefault(edge_key, _new_edge(edge_key))
                 code, flags, security = key[width:]
                 edge.requests += inc
                 edge.codes[code] = edge.codes.get(code, 0.0) + inc

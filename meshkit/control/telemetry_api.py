@@ -18,17 +18,17 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from meshkit.config import codes
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.control.telemetry import Scraper
 
 API = "/api/v1/telemetry"
-CODE_BAD_QUERY = "MK0920"
 SCRAPER = web.AppKey("telemetry_scraper", Scraper)
 MAX_POINTS = 3600
 
 
 def _bad(field: str, text: str) -> ConfigError:
-    return ConfigError([Message(CODE_BAD_QUERY, Severity.ERROR, "telemetry query", field, text)])
+    return ConfigError([Message(codes.MK0960, Severity.ERROR, "telemetry query", field, text)])
 
 
 def _seconds(request: web.Request, name: str, default: float, low: float, high: float) -> float:
@@ -89,7 +89,8 @@ async def put_target(request: web.Request) -> web.Response:
         raise _bad("body", "body is not valid JSON") from None
     url = body.get("url") if isinstance(body, dict) else None
     parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if not isinstance(url, str) or parts is None or parts.scheme not in ("http", "https") \
+            or not parts.hostname:
         raise _bad("url", f"targets/{name}: url must be an http(s) URL, got {url!r}")
     _scraper(request).set_target(name, url)
     return web.json_response({"name": name, "url": url})

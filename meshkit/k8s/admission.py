@@ -19,13 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from meshkit.config import codes
 from meshkit.config.analyze import analyze
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import Resource
 
 # analyzer codes whose verdict depends on resources other than the one being admitted
-CROSS_RESOURCE_CODES = frozenset({"MK0101", "MK0104", "MK0105", "MK0109", "MK0114"})
+CROSS_RESOURCE_CODES = frozenset({codes.MK0101, codes.MK0104, codes.MK0105, codes.MK0109, codes.MK0114})
 _KEPT_METADATA = ("name", "namespace", "labels", "annotations")
 
 

@@ -28,6 +28,7 @@ Errors are the control client's: `ApiError` (refused, with messages) and `Contro
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from meshkit.config import codes
 from meshkit.config.analyze import analyze as analyze_resources
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
@@ -44,15 +46,13 @@ from meshkit.config.resources import Resource
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.control.kinds import resolve_kind
 from meshkit.control.registry import parse_endpoint, parse_service
-from meshkit.control.store import CODE_NOT_FOUND, duplicate_messages
+from meshkit.control.store import duplicate_messages
 from meshkit.k8s import names
 from meshkit.k8s.api import KubeApiError, ResourceType
 from meshkit.k8s.client import KubeClient, namespaced_collection, object_path, service_proxy_path
 from meshkit.k8s.sources import ISTIO_TYPES, istio_resource
 
 T = TypeVar("T")
-CODE_CLUSTER_REFUSED = "MK0950"  # the Kubernetes API refused a write or a read
-CODE_NOT_ON_CLUSTER = "MK0951"  # a verb that has no meaning when the cluster holds the config
 CONTROL_PORT_NAME = "http-control"  # the Service port name (operator/deploy/base/control.yaml)
 MIRROR_WAIT_S = 10.0
 POLL_S = 0.05
@@ -107,14 +107,14 @@ class ClusterClient(ControlClient):
             raise ControlUnreachable(self.url, reason) from None
 
     def rollback(self, number: int) -> Any:
-        raise ApiError(409, ROLLBACK_ADVICE, [_message(CODE_NOT_ON_CLUSTER, "<cluster>", ROLLBACK_ADVICE)])
+        raise ApiError(409, ROLLBACK_ADVICE, [_message(codes.MK0951, "<cluster>", ROLLBACK_ADVICE)])
 
     # -- config, from and to the Kubernetes API ---------------------------------------------------
 
     def apply(self, documents: list[dict[str, Any]], *, expect_revision: int | None = None) -> Any:
         if expect_revision is not None:
             text = "expect_revision: not available on Kubernetes (the API server orders the writes)"
-            raise ApiError(400, text, [_message(CODE_NOT_ON_CLUSTER, "request", text, "expect_revision")])
+            raise ApiError(400, text, [_message(codes.MK0951, "request", text, "expect_revision")])
         incoming = _load(documents)
         for resource in incoming:
             self._kinds(resource.key[0])
@@ -148,11 +148,12 @@ class ClusterClient(ControlClient):
             obj = self._kube(lambda: self.kube.get(object_path(resource_type, namespace or "default", name)))
             if obj is None:
                 ref = f"{kinds[0]}/{namespace or 'default'}/{name}"
-                raise ApiError(404, f"{ref} not found", [_message(CODE_NOT_FOUND, ref, f"{ref} not found")])
+                raise ApiError(404, f"{ref} not found", [_message(codes.MK0902, ref, f"{ref} not found")])
             found = [(resource_type, obj)]
         else:
             found = [(TYPES[k], obj) for k in kinds
-                     for obj in self._kube(lambda k=k: self.kube.list(TYPES[k], namespace), missing=TYPES[k])]
+                     for obj in self._kube(functools.partial(self.kube.list, TYPES[k], namespace),
+                                           missing=TYPES[k])]
         items = sorted((_item(t, obj) for t, obj in found), key=lambda item: item["ref"])
         if output == "yaml":
             return yaml.safe_dump_all([item["resource"] for item in items], sort_keys=False)
@@ -191,12 +192,12 @@ class ClusterClient(ControlClient):
             if error.status == 404 and missing is not None:
                 text = (f"{missing} is not served by the cluster of {self.label}: meshkit's CRDs are not "
                         "installed (meshkit kind up, or kubectl apply -k operator/deploy/base)")
-                raise ApiError(404, text, [_message(CODE_CLUSTER_REFUSED, missing.kind, text)]) from None
+                raise ApiError(404, text, [_message(codes.MK0950, missing.kind, text)]) from None
             if error.status == 0:
                 raise ControlUnreachable(self.kube.server, f"the Kubernetes API of {self.label}: {error}") \
                     from None
             raise ApiError(error.status, f"the Kubernetes API refused: {error}",
-                           [_message(CODE_CLUSTER_REFUSED, self.label, str(error))]) from None
+                           [_message(codes.MK0950, self.label, str(error))]) from None
 
     def _kinds(self, kind: str | None) -> list[str]:
         try:
@@ -205,7 +206,7 @@ class ClusterClient(ControlClient):
             raise _refusal(400, error.messages) from None
         if resolved is not None and resolved not in TYPES:
             text = f"{resolved} is not served on Kubernetes by meshkit (its CRDs: {', '.join(TYPES)})"
-            raise ApiError(400, text, [_message(CODE_NOT_ON_CLUSTER, resolved, text, "kind")])
+            raise ApiError(400, text, [_message(codes.MK0951, resolved, text, "kind")])
         return [resolved] if resolved else list(TYPES)
 
     def _cluster_objects(self) -> dict[Key, tuple[Resource | None, list[Message]]]:
@@ -257,16 +258,16 @@ class ClusterClient(ControlClient):
         already = (f"; already written before it: {', '.join(written)} (Kubernetes has no multi-object "
                    "transactions: fix the input and apply again)") if written else "; nothing was written"
         text = f"{ref}: the Kubernetes API of {self.label} refused it{already}"
-        return ApiError(error.status or 502, text, [_message(CODE_CLUSTER_REFUSED, ref, str(error))])
+        return ApiError(error.status or 502, text, [_message(codes.MK0950, ref, str(error))])
 
     def _delete_keys(self, keys: Sequence[Key]) -> Any:
         unique = list(dict.fromkeys(keys))
         for kind, _, _ in unique:
             self._kinds(kind)
         missing = [key for key in unique if self._kube(
-            lambda key=key: self.kube.get(object_path(TYPES[key[0]], key[1], key[2]))) is None]
+            functools.partial(self.kube.get, object_path(TYPES[key[0]], key[1], key[2]))) is None]
         if missing:
-            raise _refusal(404, [_message(CODE_NOT_FOUND, _ref(key), f"{_ref(key)} not found")
+            raise _refusal(404, [_message(codes.MK0902, _ref(key), f"{_ref(key)} not found")
                                  for key in missing])
         actions: list[tuple[str, str]] = []
         for key in unique:
@@ -283,7 +284,7 @@ class ClusterClient(ControlClient):
         revision, note = self._mirrored(expected)
         notes = [m.to_dict() for m in warnings]
         if note:
-            notes.append(_message(CODE_CLUSTER_REFUSED, "<control plane>", note, severity=Severity.WARNING))
+            notes.append(_message(codes.MK0950, "<control plane>", note, severity=Severity.WARNING))
         results = [{"resource": ref, "action": action} for ref, action in actions]
         return {"revision": revision, "changed": bool(expected), "results": results, "warnings": notes}
 

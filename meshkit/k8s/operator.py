@@ -137,7 +137,7 @@ def _register_injection(registry: kopf.OperatorRegistry, config: OperatorConfig)
         return {name: dict(labels)}
 
     @kopf.on.mutate("pods", id=INJECT_HANDLER, operations=["CREATE"], registry=registry)
-    def inject_sidecar(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **kwargs: Any) -> None:
+    def inject_sidecar(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **kwargs: Any) -> None:
         index: kopf.Index[str, dict[str, str]] = kwargs[NAMESPACE_INDEX]
         namespace = body.metadata.namespace or ""
         labels = next(iter(index.get(namespace, [])), {})
@@ -157,8 +157,10 @@ def _register_istio_kind(
 ) -> None:
     @kopf.on.validate(group, plural_name, id=validate_handler_id(plural_name),
                       operations=["CREATE", "UPDATE"], registry=registry)
-    def validate(body: kopf.Body, old: kopf.Body | None, operation: str | None,
-                 warnings: list[str], **_: Any) -> None:
+    def validate(body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
+        # kopf passes ``old`` and ``operation`` too, but its WebhookFn protocol does not declare them
+        old: kopf.Body | None = kwargs.get("old")
+        operation: str | None = kwargs.get("operation")
         if operation == "UPDATE" and old is not None and old.get("spec") == body.get("spec"):
             return  # metadata-only change (labels, kopf's annotations): nothing meshkit checks changed
         messages = admission_messages(_plain(body))

@@ -172,15 +172,16 @@ def desired_registry(services: Iterable[Mapping[str, Any]], endpoint_slices: Ite
     for endpoint_slice in sorted(endpoint_slices, key=object_key):
         namespace, slice_name = object_key(endpoint_slice)
         service = ((endpoint_slice.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
-        if (namespace, service) not in ports or endpoint_slice.get("addressType") == "FQDN":
+        if not isinstance(service, str) or (namespace, service) not in ports \
+                or endpoint_slice.get("addressType") == "FQDN":
             continue
-        port = _slice_port(endpoint_slice, ports[(namespace, service)][1])
-        if port is None:
+        slice_port = _slice_port(endpoint_slice, ports[(namespace, service)][1])
+        if slice_port is None:
             desired.left_out.append(f"EndpointSlice/{namespace}/{slice_name}: no port for service "
                                     f"{service}'s port {ports[(namespace, service)][1] or '(unnamed)'}")
             continue
         for entry in endpoint_slice.get("endpoints") or []:
-            registered = _endpoint(entry, (namespace, str(service), port), pods, desired.left_out)
+            registered = _endpoint(entry, (namespace, str(service), slice_port), pods, desired.left_out)
             if registered is None:
                 continue
             key = (registered.endpoint.namespace, registered.endpoint.instance)

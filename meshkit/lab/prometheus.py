@@ -96,6 +96,7 @@ class QueryResult(ShownAsTable):
         self.promql = promql
         self.type = str(data.get("resultType", ""))
         result = data.get("result", [])
+        self.rows: list[dict[str, Any]]
         if self.type == "vector":
             self.rows = [{"labels": dict(r.get("metric", {})), "value": float(r["value"][1])} for r in result]
         elif self.type == "scalar":

@@ -191,7 +191,7 @@ def rate_limit(workload: str, *, max_tokens: int, tokens_per_fill: int | None = 
     bucket = {"max_tokens": max_tokens, "tokens_per_fill": tokens_per_fill or max_tokens,
               "fill_interval": fill_interval}
     percent = {"numerator": 100, "denominator": "HUNDRED"}
-    value = {"stat_prefix": "http_local_rate_limiter", "token_bucket": bucket,
+    limiter = {"stat_prefix": "http_local_rate_limiter", "token_bucket": bucket,
              "filter_enabled": {"runtime_key": "local_rate_limit_enabled", "default_value": percent},
              "filter_enforced": {"runtime_key": "local_rate_limit_enforced", "default_value": percent},
              "response_headers_to_add": [{"append": False,
@@ -204,7 +204,7 @@ def rate_limit(workload: str, *, max_tokens: int, tokens_per_fill: int | None = 
                  "typed_config": {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
                                   "type_url": "type.googleapis.com/envoy.extensions.filters.http."
                                               "local_ratelimit.v3.LocalRateLimit",
-                                  "value": value}}}}
+                                  "value": limiter}}}}
     return Rule({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
                  "metadata": _meta(f"{workload}-local-ratelimit", namespace),
                  "spec": {"workloadSelector": {"labels": {"app": workload}}, "configPatches": [patch]}})

@@ -206,6 +206,20 @@ class ClusterTraffic:
         "mirror_rq_skipped_streamed",
         "mirror_rq_no_cluster",
     )
+    # the COUNTERS, set to 0 by __init__ (declared for the type checker)
+    upstream_cx_none_healthy: int
+    upstream_rq_overflow: int
+    upstream_rq_pending_overflow: int
+    upstream_rq_retry: int
+    upstream_rq_retry_success: int
+    upstream_rq_retry_overflow: int
+    upstream_rq_retry_limit_exceeded: int
+    upstream_rq_timeout: int
+    upstream_rq_per_try_timeout: int
+    mirror_rq_sent: int
+    mirror_rq_failed: int
+    mirror_rq_skipped_streamed: int
+    mirror_rq_no_cluster: int
 
     def __init__(self) -> None:
         self.rq_active = 0  # requests holding a connection slot (HTTP/1.1: one per connection)

@@ -139,10 +139,8 @@ class BodyStream:
 
 async def drain(body: object) -> None:
     """Discard a response body that will not be sent (a replaced or mirrored response)."""
-    if isinstance(body, BodyStream):
+    if isinstance(body, BodyStream) or (body is not None and hasattr(body, "aclose")):
         await body.aclose()
-    elif body is not None and hasattr(body, "aclose"):
-        await body.aclose()  # type: ignore[union-attr]
 
 
 class ObservedBody:

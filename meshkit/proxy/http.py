@@ -9,9 +9,19 @@ never buffered; not retried).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # types only: these modules import this one
+    from meshkit.proxy.balancer import Endpoint
+    from meshkit.proxy.schema import RouteDoc
+    from meshkit.proxy.snapshot import Snapshot
 
 Body = bytes | AsyncIterator[bytes]
+
+# The value of a Request field that the listener or an earlier step of the chain sets before any
+# filter reads it (the order of pipeline.py): the field is typed as set, so the filters on the
+# request path need no None checks. Only code outside that order (upstream, timeouts) tests for None.
+_NOT_YET: Any = None
 
 
 class Headers:
@@ -98,7 +108,7 @@ class Request:
         direction: str = "outbound",
         downstream_addr: str = "",
         peer_identity: str | None = None,
-        config: Any = None,
+        config: Snapshot = _NOT_YET,
         start: float = 0.0,
         version: str = "1.1",
     ) -> None:
@@ -114,9 +124,9 @@ class Request:
         self.start = start  # loop.time() at the first byte
         self.version = version  # HTTP version of the downstream request
         # Set by filters as the request goes down the chain:
-        self.route: Any = None  # the matched route (outbound) from the snapshot
-        self.cluster: str | None = None  # "reviews|v2"
-        self.endpoint: Any = None  # the endpoint chosen by the balancer
+        self.route: RouteDoc = _NOT_YET  # the matched route (outbound) from the snapshot
+        self.cluster: str = _NOT_YET  # "reviews|v2"
+        self.endpoint: Endpoint = _NOT_YET  # the endpoint chosen by the balancer
         self.flags: str = ""  # response flags raised on the way down ("DI")
         self.attempt = 1  # x-envoy-attempt-count
 

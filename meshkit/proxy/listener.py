@@ -18,8 +18,9 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
@@ -28,6 +29,11 @@ from meshkit.proxy.framing import BODY_CHUNKED, BODY_DONE, response_head, status
 from meshkit.proxy.http import Handler, Headers, Request, Response, UpstreamError
 from meshkit.proxy.stats import ProxyStats
 from meshkit.proxy.upstream import HOP_BY_HOP
+
+if TYPE_CHECKING:  # types only: the snapshot module imports the filters, which import this one
+    import socket
+
+    from meshkit.proxy.snapshot import Snapshot
 
 log = logging.getLogger("meshkit.proxy.listener")
 
@@ -47,6 +53,29 @@ _HEADER_NAMES: dict[bytes, str] = {
     )
     for spelling in (name.encode(), name.title().encode())
 }
+
+
+class SnapshotSource(Protocol):
+    """Where a listener finds the snapshot in effect (``xds.ConfigState``)."""
+
+    current: Snapshot | None
+
+
+class Serving(Protocol):
+    """A listening server: asyncio's, or the mTLS acceptor's own (``tls_inbound``)."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class Acceptor(Protocol):
+    """The mTLS seam: accepts a listener's connections itself (``tls_inbound.MtlsAcceptor``)."""
+
+    async def serve(self, listener: Listener, host: str, port: int) -> Serving: ...
 
 
 @dataclass
@@ -82,7 +111,7 @@ class Listener:
         self,
         direction: str,
         handler: Handler,
-        state: Any = None,
+        state: SnapshotSource | None = None,
         limits: ListenerLimits | None = None,
         stats: ProxyStats | None = None,
     ) -> None:
@@ -92,10 +121,10 @@ class Listener:
         self.limits = limits or ListenerLimits()
         self.stats = stats or ProxyStats()
         self.connections: set[DownstreamConnection] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.server: Serving | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # mTLS seam (meshkit.proxy.tls.inbound): accepts connections itself, sniffing TLS vs plaintext.
-        self.acceptor: Any = None
+        self.acceptor: Acceptor | None = None
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -438,10 +467,11 @@ class DownstreamConnection(asyncio.Protocol):
             if response is None:
                 state = self.listener.state
                 config = state.current if state is not None else None
-                if state is not None and config is None:
-                    response = Response.local(503, "no configuration yet: waiting for a snapshot\n")
-                else:
+                if config is not None:
                     request.config = config
+                elif state is not None:
+                    response = Response.local(503, "no configuration yet: waiting for a snapshot\n")
+                if response is None:  # (no state: a listener that needs no snapshot, the admin one)
                     try:
                         response = await self.listener.handler(request)
                     except UpstreamError as exc:

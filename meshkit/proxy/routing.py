@@ -13,9 +13,10 @@ import random
 import re
 from bisect import bisect_right
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from meshkit.proxy.http import Headers, Request
+from meshkit.proxy.http import Handler, Headers, Request
+from meshkit.proxy.schema import RouteDoc
 
 StringTest = Callable[[str], bool]
 Condition = Callable[[Request, str, str | None], bool]
@@ -80,13 +81,13 @@ class CompiledMatch:
             self.uri_kind = next(iter(uri))
             if self.uri_kind == "prefix":
                 self.prefix = uri["prefix"]
-            conditions.append(lambda r, path, q, t=test: t(path))
+            conditions.append(_path_condition(test))
         if spec.get("method") is not None:
             test = _compile_string_match(spec["method"], f"{where}.method")
-            conditions.append(lambda r, path, q, t=test: t(r.method))
+            conditions.append(_method_condition(test))
         if spec.get("authority") is not None:
             test = _compile_string_match(spec["authority"], f"{where}.authority")
-            conditions.append(lambda r, path, q, t=test: t(r.authority))
+            conditions.append(_authority_condition(test))
         for field, negate in (("headers", False), ("without_headers", True)):
             headers = spec.get(field) or {}
             if not isinstance(headers, dict):
@@ -107,6 +108,27 @@ class CompiledMatch:
             if not condition(request, path, query):
                 return False
         return True
+
+
+def _path_condition(test: StringTest) -> Condition:
+    def condition(request: Request, path: str, query: str | None) -> bool:
+        return test(path)
+
+    return condition
+
+
+def _method_condition(test: StringTest) -> Condition:
+    def condition(request: Request, path: str, query: str | None) -> bool:
+        return test(request.method)
+
+    return condition
+
+
+def _authority_condition(test: StringTest) -> Condition:
+    def condition(request: Request, path: str, query: str | None) -> bool:
+        return test(request.authority)
+
+    return condition
 
 
 def _header_condition(name: str, test: StringTest, negate: bool) -> Condition:
@@ -231,10 +253,10 @@ class CompiledRoute:
     def __init__(self, spec: Any, where: str) -> None:
         if not isinstance(spec, dict):
             raise ValueError(f"{where}: expected an object")
-        self.raw = spec
+        self.raw = cast("RouteDoc", spec)  # checked field by field below and by the filters' checks
         self.where = where
         # The filter chain specialised for this route, per pipeline (filled by the route filter).
-        self.handlers: dict[object, Any] = {}
+        self.handlers: dict[object, Handler] = {}
         self.name = str(spec.get("name") or where)
         matches = spec.get("match") or []
         if not isinstance(matches, list):

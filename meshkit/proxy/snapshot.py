@@ -1,4 +1,4 @@
-"""The runtime snapshot: docs/snapshot.md's JSON validated and compiled once, then read-only.
+"""The runtime snapshot: docs/snapshot.md's JSON (typed in `proxy.schema`) validated and compiled once.
 
 ``Snapshot.from_json(doc, previous)`` checks the document and builds everything the
 request path needs (route table, clusters with their balancing state carried over from
@@ -10,21 +10,21 @@ A request holds on to the Snapshot it started with, so swapping is one assignmen
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.filters.authn import mtls_mode_for_port
-from meshkit.proxy.filters.authz import compile_authz
+from meshkit.proxy.filters.authz import AuthzPolicies, compile_authz
 from meshkit.proxy.filters.fault import check_fault
 from meshkit.proxy.filters.mirror import check_mirror
 from meshkit.proxy.filters.ratelimit import TokenBucket
 from meshkit.proxy.filters.retry import check_retries
 from meshkit.proxy.filters.timeout import check_timeout
 from meshkit.proxy.routing import RouteTable
+from meshkit.proxy.schema import SCHEMA, SnapshotDoc
 
 ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
 
-SCHEMA = 1
 UNKNOWN = "unknown"
 SOURCE_HEADER = "x-meshkit-source"  # "<workload>;<namespace>;<app>;<version>;<principal>"
 
@@ -88,13 +88,13 @@ class Snapshot:
 
     def __init__(self) -> None:
         self.version = ""
-        self.doc: dict[str, Any] = {}
+        self.doc: SnapshotDoc = {"schema": SCHEMA, "version": ""}  # the document as received
         self.node: dict[str, Any] = {}
         self.routes = RouteTable([])
         self.clusters: dict[str, Cluster] = {}
         self.inbound: dict[str, Any] = {}
-        self.rate_limiter: Any = None
-        self.authz: Any = None  # compiled AuthorizationPolicies (None: no policy)
+        self.rate_limiter: TokenBucket | None = None
+        self.authz: AuthzPolicies | None = None  # compiled AuthorizationPolicies (None: no policy)
         self.inbound_cluster: Cluster | None = None
         self.node_labels = NodeLabels({})
         self.inbound_service_fqdn = UNKNOWN
@@ -114,14 +114,14 @@ class Snapshot:
             raise SnapshotError(f"version: expected a non-empty string, got {version!r}")
         snap = cls()
         snap.version = version
-        snap.doc = doc
+        snap.doc = cast(SnapshotDoc, doc)  # checked by everything below before anyone reads it
         snap.node = cls._node(doc.get("node"))
         try:
             snap.routes = RouteTable.from_snapshot(doc.get("outbound"))
             for vhost in snap.routes.virtual_hosts:
                 for compiled in vhost.routes:
                     for check in ROUTE_CHECKS:
-                        check(compiled.raw, compiled.where)
+                        check(cast(dict[str, Any], compiled.raw), compiled.where)  # validators: untrusted
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         snap.clusters = cls._clusters(doc.get("clusters"), previous)

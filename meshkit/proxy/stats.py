@@ -168,6 +168,16 @@ class ProxyStats:
         "downstream_rq_rejected",
         "downstream_rq_total",
     )
+    downstream_cx_active: int
+    downstream_cx_total: int
+    downstream_rq_1xx: int
+    downstream_rq_2xx: int
+    downstream_rq_3xx: int
+    downstream_rq_4xx: int
+    downstream_rq_5xx: int
+    downstream_rq_active: int
+    downstream_rq_rejected: int
+    downstream_rq_total: int
 
     def __init__(self) -> None:
         for name in self.__slots__:

@@ -404,7 +404,9 @@ class Upstream:
             return False
         cluster = config.clusters.get(request.cluster)
         limit = cluster.max_requests_per_connection if cluster is not None else None
-        return bool(limit) and conn.requests + 1 >= limit
+        if not limit:
+            return False
+        return conn.requests + 1 >= limit
 
     async def _exchange(
         self, conn: UpstreamConnection, request: Request, head: bytes, body: object

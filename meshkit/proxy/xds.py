@@ -52,17 +52,23 @@ class ConfigState:
         try:
             snapshot = Snapshot.from_json(doc, self.current)
         except SnapshotError as exc:
-            reason = str(exc)
-            self.rejected += 1
-            self.last_nack = {"version": version, "reason": reason, "time": time.time()}
-            log.warning("snapshot %s rejected: %s", version, reason)
-            return reason
+            return self.reject(version, str(exc))
         self.current = snapshot
         self.applied += 1
         for callback in self.listeners:
             callback(snapshot)
         log.info("snapshot %s applied", snapshot.version)
         return None
+
+    def reject(self, version: Any, reason: str) -> str:
+        """The one NACK path (invalid snapshot, unreadable file, bad JSON): count, record, log.
+
+        Returns ``reason``; the snapshot in effect stays.
+        """
+        self.rejected += 1
+        self.last_nack = {"version": version, "reason": reason, "time": time.time()}
+        log.warning("snapshot %s rejected: %s", version, reason)
+        return reason
 
 
 class StaticConfig:
@@ -77,11 +83,7 @@ class StaticConfig:
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            reason = f"{self.path}: cannot read snapshot JSON: {exc}"
-            self.state.rejected += 1
-            self.state.last_nack = {"version": None, "reason": reason, "time": time.time()}
-            log.warning("%s", reason)
-            return reason
+            return self.state.reject(None, f"{self.path}: cannot read snapshot JSON: {exc}")
         return self.state.apply(doc)
 
     def install_reload(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -225,10 +227,8 @@ class XdsClient:
         try:
             doc = json.loads(payload)
         except ValueError as exc:
-            reason = f"snapshot: not valid JSON: {exc}"
             version = None
-            self.state.rejected += 1
-            self.state.last_nack = {"version": None, "reason": reason, "time": time.time()}
+            reason: str | None = self.state.reject(None, f"snapshot: not valid JSON: {exc}")
         else:
             version = doc.get("version") if isinstance(doc, dict) else None
             reason = self.state.apply(doc)

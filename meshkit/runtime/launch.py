@@ -15,6 +15,7 @@ the token of a removed or replaced sidecar is revoked once no recorded proxy run
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -234,8 +235,9 @@ class Launcher:
                    ingress: bool) -> None:
         """Every app answers, every proxy ACKed its snapshot, every sidecar is ready (has its certificate)."""
         for inst in instances:
-            self.wait(lambda i=inst: readiness.http_ok(f"http://127.0.0.1:{i.ports.app}/healthz"), deadline,
-                      f"app {inst.name}", inst.name)
+            app_health = f"http://127.0.0.1:{inst.ports.app}/healthz"
+            self.wait(functools.partial(readiness.http_ok, app_health), deadline, f"app {inst.name}",
+                      inst.name)
         proxy_ids = [i.proxy_id for i in instances if i.spec.sidecar]
         if ingress:
             proxy_ids.append(INGRESS_PROXY_ID)
@@ -248,7 +250,8 @@ class Launcher:
         if ingress:
             admins["ingressgateway"] = self.plan.ingress_admin
         for name, port in admins.items():
-            self.wait(lambda p=port: readiness.http_ok(f"http://127.0.0.1:{p}/healthz/ready"), deadline,
+            ready_url = f"http://127.0.0.1:{port}/healthz/ready"
+            self.wait(functools.partial(readiness.http_ok, ready_url), deadline,
                       f"{name} to be ready (snapshot and workload certificate)", name)
 
     def wait_everything_synced(self, client: ControlClient, deadline: float) -> None:

@@ -74,10 +74,10 @@ def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any
         stuck.append({"attendee": attendee_id, "name": row["name"], "lab": lab, "step": step,
                       "since": failing_since, "last_at": last_at, "reason": reason})
     stuck = _longest_stuck(stuck)
-    hardest = sorted(
-        ({"lab": lab, "step": step, **counts} for (lab, step), counts in per_step.items()
-         if counts["failing"] or counts["ever_failed"]),
-        key=lambda item: (-item["failing"], -item["ever_failed"], item["lab"], item["step"]))[:HARDEST_LIMIT]
+    troubled = sorted(
+        ((where, counts) for where, counts in per_step.items() if counts["failing"] or counts["ever_failed"]),
+        key=lambda item: (-item[1]["failing"], -item[1]["ever_failed"], *item[0]))[:HARDEST_LIMIT]
+    hardest = [{"lab": lab, "step": step, **counts} for (lab, step), counts in troubled]
     view = store.attendee_view()
     released = {(lab, step or WHOLE_LAB) for lab, step in view["released"]}
     labs = []

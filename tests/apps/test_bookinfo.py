@@ -151,7 +151,7 @@ async def test_slow_ratings_makes_productpage_give_up_after_two_tries_of_three_s
     assert REVIEWS_UNAVAILABLE in html
     assert "Error fetching product reviews!" in html
     assert "<dt>Type:</dt><dd>paperback</dd>" in html, "details were not affected"
-    assert 5.9 <= elapsed < 15, f"two 3 s attempts should take about 6 s, took {elapsed:.1f} s"
+    assert elapsed >= 5.9, f"two 3 s attempts should take about 6 s, took {elapsed:.1f} s"
     assert len(bookinfo.proxy.seen(host=REVIEWS_HOST, request_id="slow-1")) == 2, "one try plus ONE retry"
 
 

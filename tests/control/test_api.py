@@ -196,3 +196,13 @@ async def test_certificate_authority_endpoints(tmp_path: Path, session: aiohttp.
                 if raw.startswith(b"data: "):
                     assert b"BEGIN CERTIFICATE" in raw
                     break
+
+
+async def test_bad_telemetry_query_and_bad_ack_have_their_own_codes(
+        control_plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    """MK0960 (telemetry query) and MK0920 (xDS ACK) were once one code with two meanings."""
+    base = control_plane.url + API
+    status, error = await call(session, "GET", f"{base}/telemetry", params={"reporter": "nobody"})
+    assert status == 400 and [m["code"] for m in error["messages"]] == ["MK0960"]
+    status, error = await call(session, "POST", f"{base}/xds/ack", json={"id": "x", "version": "v"})
+    assert status == 400 and {m["code"] for m in error["messages"]} == {"MK0920"}

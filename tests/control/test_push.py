@@ -14,6 +14,7 @@ from meshkit.control.server import RunningControlPlane, run_control_plane
 from tests.control.conftest import SubscriberFactory
 from tests.control.resources import BOOKINFO_REVIEWS, SERVICE, endpoint, virtual_service
 from tests.control.sse import Subscriber
+from tests.waiting import async_wait_until
 
 
 async def register(session: aiohttp.ClientSession, url: str, *endpoints: dict[str, Any]) -> None:
@@ -38,12 +39,8 @@ async def status_of(session: aiohttp.ClientSession, url: str) -> dict[str, dict[
 
 
 async def eventually(check: Any, within: float = 10.0) -> None:
-    """Poll ``check()`` (bounded) until it is truthy."""
-    for _ in range(int(within / 0.05)):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {within}s")
+    """Poll the coroutine function ``check`` until it is truthy."""
+    await async_wait_until(check, within, getattr(check, "__name__", "the condition"), interval=0.05)
 
 
 def first_route_subset(snapshot: dict[str, Any]) -> str:

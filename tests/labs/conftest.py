@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.lab import connect
+from meshkit.lab import checks, connect
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime import catalog
 from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
+from tests.waiting import wait_until
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 
@@ -82,10 +83,23 @@ def settle(mesh: Mesh, quiet: float = 2.0, timeout: float = 20.0) -> None:
     are counted up to a second later, inside windows that begin at that start. Tests that
     compare counts over a window with the load they sent settle first.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(e["requests"] for e in mesh.telemetry(quiet).get("edges", [])):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the mesh still carries traffic after {timeout:.0f} s: "
-                         "an earlier test left a load running")
+    wait_until(lambda: not any(e["requests"] for e in mesh.telemetry(quiet).get("edges", [])), timeout,
+               "a quiet mesh (an earlier test left a load running?)", interval=0.5)
+
+
+def window_open(mesh: Mesh, extra: float = 0.0) -> None:
+    """Wait until the checks' telemetry window has begun (and spans ``extra`` seconds): the checks
+    count traffic from ``checks.SETTLE`` seconds after the latest config change."""
+    wait_until(lambda: time.time() >= mesh.last_change() + checks.SETTLE + extra, checks.SETTLE + extra + 10,
+               "the checks' window after the latest change", interval=0.05)
+
+
+def counted(mesh: Mesh, service: str, at_least: int, since: float, *, reporter: str = "destination") -> int:
+    """Wait until the telemetry counts ``at_least`` requests to ``service`` since wall-clock ``since``
+    (as ``reporter`` saw them): everything sent before is scraped. Returns the count."""
+    def total() -> int:
+        edges = mesh.telemetry(time.time() - since + 1, reporter=reporter).get("edges", [])
+        count = sum(e["requests"] for e in edges if e["destination_service"] == service)
+        return count if count >= at_least else 0
+
+    return wait_until(total, 20, f"{at_least} requests to {service} in the telemetry", interval=0.25)

@@ -13,7 +13,7 @@ from meshkit.lab.charts import edge_label, edge_latency, service_graph, traffic_
 from meshkit.lab.mesh import Mesh
 from meshkit.lab.progress import ProgressStore
 from meshkit.lab.widgets import ABRouter, FaultPanel, MtlsToggle, canary_slider, rule_editor
-from tests.labs.conftest import settle
+from tests.labs.conftest import counted, settle
 
 
 def test_a_refused_rule_names_the_resource_and_field_without_a_traceback(mesh: Mesh) -> None:
@@ -223,8 +223,9 @@ def test_ab_router_fault_panel_and_mtls_toggle_apply_real_rules(mesh: Mesh) -> N
 
 
 def test_latency_chart_shows_quantiles_per_edge(mesh: Mesh) -> None:
-    mesh.load(rps=20, duration=2).wait(10)
-    time.sleep(1.5)  # one scrape
+    started = time.time()
+    summary = mesh.load(rps=20, duration=2).wait(10)
+    counted(mesh, "productpage", summary["completed"], started)  # one scrape after the last answer
     chart = edge_latency(mesh, window=10, live=False)
     bars = {t.name: t for t in chart.figure.data}
     assert set(bars) == {"p50", "p90", "p99"}

@@ -20,7 +20,7 @@ from meshkit.lab.observe import (
     trace,
     traced_request,
 )
-from tests.labs.conftest import settle
+from tests.labs.conftest import counted, settle
 
 
 def test_red_rows_add_rates_and_errors_and_keep_the_worst_p99() -> None:
@@ -50,7 +50,7 @@ def test_red_edge_and_metrics_agree_with_the_traffic_sent(mesh: Mesh) -> None:
     settle(mesh)  # nothing of an earlier test is still to be scraped
     started = time.time()
     summary = mesh.load(rps=15, duration=2).wait(15)
-    time.sleep(2.0)  # a scrape after the last answer
+    counted(mesh, "productpage", summary["completed"], started)  # a scrape after the last answer
     window = time.time() - started + 1
     table = red(mesh, window)
     rows = {r["service"]: r for r in table.rows}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +10,8 @@ import pytest
 from meshkit.config.loader import load_resources
 from meshkit.lab import CheckFailed, LabError, connect, resilience, rules
 from meshkit.lab.mesh import Mesh
+from tests.labs.conftest import window_open
+from tests.waiting import wait_until
 
 CALLER = "productpage-v1-0"
 
@@ -22,10 +23,6 @@ def mesh(lab_env: dict[str, str]) -> Iterator[Mesh]:
     resilience.heal(m)
     yield m
     resilience.restore(m)  # the next test (and the labs after it) get a healthy, rule-free mesh
-
-
-def _settle() -> None:
-    time.sleep(1.6)  # checks judge traffic from 1.5 s after the latest change
 
 
 def test_new_builders_are_istio_yaml_the_config_loader_accepts() -> None:
@@ -66,8 +63,13 @@ def test_a_flaky_app_fails_for_real_and_heal_fixes_it(mesh: Mesh) -> None:
     assert all(p.says("product details are currently unavailable") for p in pages), pages
     resilience.heal(mesh, "details")
     assert not mesh.visit().says("product details are currently unavailable")
-    time.sleep(1.5)  # one scrape
-    seen = resilience.outcomes(mesh, "details", source="productpage-v1", reporter="destination", window=30)
+
+    def scraped() -> resilience.Outcome | None:
+        seen = resilience.outcomes(mesh, "details", source="productpage-v1", reporter="destination",
+                                   window=30)
+        return seen if seen.count("500") >= 3 and seen.count("2") >= 1 else None
+
+    seen = wait_until(scraped, 20, "three 500s and a 2xx of details in the telemetry", interval=0.25)
     assert seen.count("500") >= 3 and seen.count("2") >= 1, seen
 
 
@@ -91,7 +93,7 @@ def test_checks_say_what_is_missing_before_the_rules(mesh: Mesh) -> None:
 def test_retries_absorb_real_failures_and_the_sidecar_counts_them(mesh: Mesh) -> None:
     resilience.make_flaky(mesh, "details", rate=0.5, code=500)
     mesh.apply(rules.retries("details", attempts=0))  # no retries at all: the check must fail
-    _settle()
+    window_open(mesh)  # checks judge traffic from 1.5 s after the latest change
     mesh.load(rps=25, duration=3).wait()
     with pytest.raises(CheckFailed, match=r"VirtualService 'details' has no retry policy"):
         resilience.require_retries(mesh, "details")
@@ -100,7 +102,7 @@ def test_retries_absorb_real_failures_and_the_sidecar_counts_them(mesh: Mesh) ->
     before = resilience.upstream(mesh, CALLER, "details").stats.get("upstream_rq_retry", 0)
 
     mesh.apply(rules.retries("details", attempts=3, per_try_timeout="1s"))
-    _settle()
+    window_open(mesh)  # checks judge traffic from 1.5 s after the latest change
     mesh.load(rps=25, duration=3).wait()
     got, served = resilience.require_absorbed(mesh, "productpage-v1", "details", max_error_share=0.2)
     assert served.count("5") > got.count("5")  # details failed more often than productpage saw
@@ -111,14 +113,14 @@ def test_retries_absorb_real_failures_and_the_sidecar_counts_them(mesh: Mesh) ->
 def test_an_ejected_instance_gets_no_traffic_and_restore_brings_it_back(mesh: Mesh) -> None:
     mesh.kill("reviews-v3-0")
     mesh.apply(rules.outlier_detection("reviews", consecutive_errors=1000, subsets=("v1", "v2", "v3")))
-    _settle()
+    window_open(mesh)  # checks judge traffic from 1.5 s after the latest change
     mesh.load(rps=20, duration=3).wait()  # v3 fails, but never 1000 times in a row: no ejection
     with pytest.raises(CheckFailed, match=r"productpage-v1-0's sidecar has no endpoint of reviews ejected"):
         resilience.require_ejected(mesh, CALLER, "reviews")
 
     mesh.reset()  # no outlier detection for a moment: the sidecar drops its consecutive-error counts
     mesh.apply(rules.outlier_detection("reviews", consecutive_errors=1, subsets=("v1", "v2", "v3")))
-    _settle()
+    window_open(mesh)  # checks judge traffic from 1.5 s after the latest change
     mesh.load(rps=20, duration=4).wait()
     view = resilience.require_ejected(mesh, CALLER, "reviews")
     assert view.ejected() == ["reviews-v3-0"], view
@@ -131,7 +133,7 @@ def test_an_ejected_instance_gets_no_traffic_and_restore_brings_it_back(mesh: Me
 
 def test_rate_limit_answers_429_with_flag_rl(mesh: Mesh) -> None:
     mesh.apply(rules.rate_limit("productpage", max_tokens=5, fill_interval="1s"))
-    _settle()
+    window_open(mesh)  # checks judge traffic from 1.5 s after the latest change
     mesh.load(rps=20, duration=3).wait()
     seen = resilience.require_rate_limited(mesh, "productpage", at_least=10)
     assert seen.flags["RL"] == seen.count("429")

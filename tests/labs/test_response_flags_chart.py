@@ -7,7 +7,7 @@ import time
 from meshkit.lab import checks, rules
 from meshkit.lab.charts import FLAG_COLORS, flag_counts, response_flags
 from meshkit.lab.mesh import Mesh
-from tests.labs.conftest import settle
+from tests.labs.conftest import counted, settle
 
 
 def _bars(chart: object) -> dict[str, dict[str, float]]:
@@ -65,8 +65,8 @@ def test_an_injected_abort_appears_as_fi_on_its_destination(mesh: Mesh) -> None:
 def test_per_version_bars_and_a_healthy_mesh_has_no_flags(mesh: Mesh) -> None:
     settle(mesh)
     started = time.time()
-    mesh.load(rps=15, duration=2).wait(15)
-    time.sleep(2.0)  # a scrape after the last answer
+    summary = mesh.load(rps=15, duration=2).wait(15)
+    counted(mesh, "reviews", summary["completed"], started)  # a scrape after the last answer
     chart = response_flags(mesh, "reviews", window=checks.window_since(started) + 2, live=False)
     bars = _bars(chart)
     assert not chart.running()

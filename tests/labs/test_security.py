@@ -18,6 +18,7 @@ from meshkit.lab.mesh import Mesh
 from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
+from tests.labs.conftest import window_open
 
 REVIEWS = "http://reviews:9080/reviews/0"
 DETAILS = "http://details:9080/details/0"
@@ -69,7 +70,7 @@ def test_permissive_then_strict_checks_follow_the_real_mesh(mesh: Mesh) -> None:
     with pytest.raises(CheckFailed, match="no PeerAuthentication"):
         security.require_namespace_mtls(mesh, "PERMISSIVE")
     mesh.apply(rules.mtls("PERMISSIVE"))
-    time.sleep(2.6)  # the window starts 1.5 s after the change and spans >= 1 s: not earlier tests' calls
+    window_open(mesh, extra=1.0)  # the window starts 1.5 s after the change, spans >= 1 s: no earlier calls
     with pytest.raises(CheckFailed, match=r"answered 0 mTLS and 0 plaintext"):
         security.require_mtls_and_plaintext(mesh, "reviews")
     calls = security.exchange(mesh, [REVIEWS], count=8, interval=0.4)
@@ -94,13 +95,13 @@ def test_permissive_then_strict_checks_follow_the_real_mesh(mesh: Mesh) -> None:
 def test_all_mtls_check_sees_the_plaintext_hop(mesh: Mesh) -> None:
     mesh.reset()
     mesh.apply(rules.mtls("PERMISSIVE"))
-    time.sleep(1.6)  # the check counts traffic from 1.5 s after the change
+    window_open(mesh)  # the check counts traffic from 1.5 s after the change
     security.exchange(mesh, [DETAILS], clients=("legacy",), count=3, interval=0.1)
     mesh.load(rps=10, duration=2).wait()
     _eventually(lambda: _raises(lambda: security.require_all_mtls(mesh, min_requests=10),
                                 "not mutual TLS: unknown → details"))
     mesh.apply(rules.mtls("STRICT"))
-    time.sleep(1.6)
+    window_open(mesh)
     mesh.load(rps=10, duration=2).wait()
     _eventually(lambda: security.require_all_mtls(mesh, min_requests=10))
     graph = mesh.graph(window_since_change(mesh))  # the STRICT period only: its hops all carry the padlock
@@ -114,7 +115,7 @@ def test_denials_are_counted_from_the_telemetry(mesh: Mesh) -> None:
     mesh.apply(rules.deny("details", paths=["/details/*"], name="details-closed"))
     with pytest.raises(CheckFailed, match="details's sidecar answered 0 requests with 403"):
         security.require_denied(mesh, "details", min_count=1)
-    time.sleep(1.6)
+    window_open(mesh)
     assert security.access(mesh, {"sleep": [DETAILS]}).statuses("sleep") == [403]
     status, body = security.call(mesh, "sleep", DETAILS)
     assert (status, body) == (403, security.DENIED_BODY)

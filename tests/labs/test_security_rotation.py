@@ -14,6 +14,7 @@ import pytest
 
 from meshkit.lab import CheckFailed, LabError, rules, security
 from meshkit.lab.mesh import Mesh
+from tests.labs.conftest import settle
 
 INSTANCE = "reviews-v1-0"
 REVIEWS = "http://reviews:9080/reviews/0"
@@ -61,7 +62,7 @@ def test_rotate_under_load_passes_the_check_only_after_the_rotation(mesh: Mesh) 
     before = security.certificate(mesh, INSTANCE)
     with pytest.raises(CheckFailed, match=r"still uses the certificate with serial .*security\.rotate"):
         _check(mesh, before.serial)()
-    time.sleep(2.0)  # nothing of earlier tests' traffic is scraped after the rotation
+    settle(mesh)  # nothing of earlier tests' traffic is scraped after the rotation
     rotation = security.rotate(mesh, INSTANCE)
     assert rotation.rotated and rotation.old["serial"] == before.serial
     assert rotation.new["serial"] == security.certificate(mesh, INSTANCE).serial
@@ -93,7 +94,7 @@ def test_the_check_sees_failed_requests_and_plaintext_hops(mesh: Mesh) -> None:
         assert "productpage-v1 → reviews" in str(exc) and "503" in str(exc), str(exc)
 
     mesh.reset()  # PERMISSIVE: the legacy client's plaintext calls are answered
-    time.sleep(2.0)  # the aborted requests are all scraped before the next rotation
+    settle(mesh)  # the aborted requests are all scraped before the next rotation
     before = security.certificate(mesh, INSTANCE).serial
     security.rotate(mesh, INSTANCE)
     mesh.load(rps=10, duration=2).wait()

@@ -10,6 +10,11 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.proxy.conftest import EchoApp, make_snapshot, spawn_proxy, stop_process
+from tests.waiting import async_wait_until
+
+
+def _in_flight(admin: int) -> bool:
+    return bool(json.loads(_get(admin, "/stats")[1])["listeners"]["outbound"]["downstream_rq_active"])
 
 
 def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -83,7 +88,7 @@ async def test_sigterm_drains_in_flight_requests(echo_app: EchoApp, tmp_path) ->
     try:
         request = asyncio.to_thread(_get, proxy.outbound, "/slow/700", {"Host": "reviews"})
         slow = asyncio.ensure_future(request)
-        await asyncio.sleep(0.3)
+        await async_wait_until(lambda: _in_flight(proxy.admin), 10, "the slow request to be in flight")
         proxy.signal(signal.SIGTERM)
         status, body = await asyncio.wait_for(slow, 10)
         assert status == 200 and json.loads(body)["path"] == "/slow/700"

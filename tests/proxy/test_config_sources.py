@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,8 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from meshkit.proxy.xds import SseDecoder
+from meshkit.proxy.xds import ConfigState, SseDecoder, StaticConfig, XdsClient
 from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot, simple_route, spawn_proxy, stop_process
+from tests.waiting import async_wait_until
 
 
 def _get(port: int, path: str, host: str | None = None) -> tuple[int, str]:
@@ -31,13 +31,8 @@ def _get(port: int, path: str, host: str | None = None) -> tuple[int, str]:
 
 
 async def _wait_for(check: Any, what: str, limit: float = 10.0) -> Any:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    """Poll the blocking ``check`` (off the event loop: the fake control plane runs on it)."""
+    return await async_wait_until(lambda: asyncio.to_thread(check), limit, what)
 
 
 def _dump(port: int) -> dict[str, Any]:
@@ -184,7 +179,7 @@ async def test_dynamic_mode_ack_nack_and_reconnect(
         # ... and reconnects (back-off capped at 5 s) when it is back, getting the current snapshot.
         control.snapshots = [make_snapshot(echo_v2.port, version="d3")]
         control.acks.clear()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the scenario: the control plane stays down a moment (not a wait)
         await control.start(port)
         await _wait_for(lambda: _dump(proxy.admin)["version"] == "d3", "the reconnect", limit=15)
         status, body = await asyncio.to_thread(_get, proxy.outbound, "/", "reviews")
@@ -235,3 +230,22 @@ async def test_snapshot_swaps_under_load_lose_no_request(
     assert failures == []
     assert done == 480 and results[-1] > 10
     assert proxy.state.current.version.startswith("swap-")
+
+
+async def test_every_nack_source_takes_the_one_nack_path(tmp_path: Path) -> None:
+    """An invalid snapshot, an unreadable file and a stream event that is not JSON are NACKed alike:
+    counted, recorded as the last NACK (with version and reason) and the snapshot in effect kept."""
+    state = ConfigState()
+    assert state.apply(make_snapshot(40000, version="good")) is None
+    reasons = [state.apply({"schema": 1, "version": "bad", "clusters": []})]
+    reasons.append(StaticConfig(str(tmp_path / "missing.json"), state).load())
+    client = XdsClient("http://127.0.0.1:9", "node-0.default", state)
+    client._on_snapshot("{not json")
+    await client.close()
+    assert [reason is not None for reason in reasons] == [True, True]
+    assert state.rejected == 3 and state.applied == 1
+    assert state.current is not None and state.current.version == "good"
+    assert state.last_nack is not None and state.last_nack["version"] is None
+    assert state.last_nack["reason"].startswith("snapshot: not valid JSON")
+    assert [(h["version"], h["status"]) for h in state.history] == [
+        ("good", "ACK"), ("bad", "NACK"), (None, "NACK"), (None, "NACK")]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import aiohttp
 
 from meshkit.control.server import run_control_plane
 from tests.proxy.conftest import EchoApp, spawn_proxy, stop_process
+from tests.waiting import async_wait_until
 
 RULES = """\
 apiVersion: networking.istio.io/v1
@@ -42,13 +41,7 @@ def _endpoint(instance: str, version: str, port: int) -> dict[str, Any]:
 
 
 async def _eventually(check: Any, what: str, within: float = 15.0) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return await async_wait_until(check, within, what, interval=0.1)
 
 
 async def test_sidecar_follows_the_control_plane(

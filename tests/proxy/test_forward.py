@@ -11,6 +11,7 @@ import struct
 import aiohttp
 
 from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot
+from tests.waiting import async_wait_until
 
 
 def _headers(info: dict) -> dict[str, str]:
@@ -135,16 +136,13 @@ async def test_client_gone_mid_request_is_dc_and_frees_the_upstream(
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["outbound"])
     writer.write(b"GET /slow/600 HTTP/1.1\r\nHost: reviews\r\n\r\n")
     await writer.drain()
-    await asyncio.sleep(0.2)
+    await async_wait_until(lambda: proxy.upstream.cx_active >= 1, 10, "the request to reach the upstream")
     # A reset (not a FIN: a half-closed client still gets its answer).
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
-    for _ in range(100):
-        if 'response_code="0",response_flags="DC"' in proxy.metrics.render():
-            break
-        await asyncio.sleep(0.02)
-    assert 'response_code="0",response_flags="DC"' in proxy.metrics.render()
+    await async_wait_until(lambda: 'response_code="0",response_flags="DC"' in proxy.metrics.render(), 10,
+                           "the DC request in the metrics")
     assert proxy.upstream.cx_active == 0  # the half-used upstream connection was discarded
     del reader
 

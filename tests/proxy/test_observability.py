@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from meshkit.proxy.filters.tracing import new_request_id, propagate
 from meshkit.proxy.http import Headers
 from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot
+from tests.waiting import async_wait_until
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -74,7 +74,9 @@ async def test_trace_and_access_log_across_two_hops(
     assert seen["x-request-id"] == "rid-1"
     assert seen["traceparent"].split("-")[1] == TRACE
     assert seen["x-b3-parentspanid"] not in (PARENT, seen["x-b3-spanid"])  # two hops: two new spans
-    await asyncio.sleep(0.05)  # lines are flushed once per loop iteration
+    # lines are flushed once per loop iteration: wait for a's two requests and b's one
+    await async_wait_until(lambda: len(log_a.read_text().splitlines()) >= 2, 10, "proxy a's access log lines")
+    await async_wait_until(lambda: log_b.read_text().splitlines(), 10, "proxy b's access log line")
     lines_a = [json.loads(line) for line in log_a.read_text().splitlines()]
     lines_b = [json.loads(line) for line in log_b.read_text().splitlines()]
     first = lines_a[0]

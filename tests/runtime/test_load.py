@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from meshkit.runtime.load import LoadGenerator, parse_users
+from tests.waiting import async_wait_until, wait_until
 
 
 def test_parse_users() -> None:
@@ -47,7 +48,7 @@ async def test_paced_run_sends_about_rps_times_duration(server: tuple[str, Count
     gen = LoadGenerator(url, rps=50, duration=2.0, users={"jason": 0.5})
     began = time.monotonic()
     summary = await gen.run()
-    assert 1.9 <= time.monotonic() - began < 6.0
+    assert time.monotonic() - began >= 1.9  # paced over the whole duration
     assert 80 <= summary["sent"] <= 101, summary
     assert summary["codes"] == {"200": summary["completed"]}
     # Half signed in as jason, give or take chance (binomial, n=100: 5 sigma is 25).
@@ -59,7 +60,7 @@ def test_background_start_stop_counts_failures() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     gen = LoadGenerator(f"http://127.0.0.1:{port}/", rps=20, duration=30.0).start()
-    time.sleep(1.0)
+    wait_until(lambda: gen.stats["completed"] >= 5, 20, "five failed requests")
     assert gen.running()
     summary = gen.stop()
     assert not gen.running()
@@ -72,7 +73,7 @@ async def test_stop_from_another_task_ends_the_run(server: tuple[str, Counter[st
     url, _ = server
     gen = LoadGenerator(url, rps=20, duration=60.0)
     task = asyncio.ensure_future(gen.run())
-    await asyncio.sleep(0.5)
+    await async_wait_until(lambda: gen.stats["completed"] >= 1, 20, "a first answer")
     gen._stop.set()
     summary = await asyncio.wait_for(task, 10.0)
     assert 1 <= summary["sent"] <= 30

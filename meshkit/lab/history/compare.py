@@ -306,7 +306,7 @@ class Comparison:
     def rows(self) -> list[dict[str, Any]]:
         """One row per measured shape: latency, proxies, processes, proxy memory."""
         sidecars = self.sidecar_rss()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for shape in SHAPES:
             result = self.results.get(shape)
             if result is None:

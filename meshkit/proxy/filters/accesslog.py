@@ -54,7 +54,7 @@ class AccessLogSink:
             self._file.close()
 
 
-_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C: str -> JSON literal
+_string = json.encoder.encode_basestring_ascii  # C: str -> JSON literal
 
 
 def _nullable(value: str | None) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 from meshkit.proxy.balancer import ClusterTraffic
 from meshkit.proxy.filters.timeout import call_with_deadline, timeout_reply
 from meshkit.proxy.http import ConnectFailure, Handler, Request, Response, UpstreamError
+from meshkit.proxy.schema import RetriesDoc
 
 ATTEMPT_HEADER = "x-envoy-attempt-count"
 BACKOFF_BASE = 0.025
@@ -68,7 +69,7 @@ class RetryPolicy:
 
     __slots__ = ("codes", "on_5xx", "on_connect_failure", "on_gateway_error", "on_reset")
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: RetriesDoc) -> None:
         conditions = set(spec.get("retry_on") or ())
         self.on_5xx = "5xx" in conditions
         self.on_gateway_error = "gateway-error" in conditions
@@ -162,7 +163,7 @@ def retry(request: Request, call_next: Handler) -> Awaitable[Response]:
 
 
 async def _with_retries(
-    request: Request, call_next: Handler, spec: dict[str, Any], per_try_ms: int | None, retries_left: int
+    request: Request, call_next: Handler, spec: RetriesDoc, per_try_ms: int | None, retries_left: int
 ) -> Response:
     per_try = per_try_ms / 1000.0 if per_try_ms else None
     policy: RetryPolicy | None = None

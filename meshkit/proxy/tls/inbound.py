@@ -32,7 +32,7 @@ import logging
 import socket
 import ssl
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from meshkit.proxy.filters.authn import DEFAULT_MODE, decide_connection
 from meshkit.proxy.listener import DownstreamConnection, Listener
@@ -89,7 +89,7 @@ class MtlsDownstreamConnection(DownstreamConnection):
             self.closed = True  # never tracked: connection_lost has nothing to undo
             self.acceptor.stats.no_identity_refused += 1
             log.info("inbound connection refused: %s", decision.reason)
-            transport.abort()
+            cast(asyncio.Transport, transport).abort()
             return
         if self.is_tls:
             self.acceptor.stats.mtls_accepted += 1

@@ -12,6 +12,7 @@ from meshkit.proxy.balancer import ClusterTraffic
 from meshkit.proxy.filters.circuit_breaker import OVERFLOW_TEXT, SlotHoldingBody
 from meshkit.proxy.http import ConnectFailure, Handler
 from meshkit.proxy.snapshot import Snapshot
+from tests.waiting import async_wait_until
 
 from .conftest import Action, cluster_spec, free_port, make_request, outbound_chain, snapshot_with
 
@@ -59,8 +60,7 @@ async def test_a_cancelled_waiter_gives_its_place_back(backends: Any, send: Hand
     handler = outbound_chain(send)
     first = asyncio.ensure_future(handler(make_request(config, ROUTE)))
     waiting = asyncio.ensure_future(handler(make_request(config, ROUTE)))
-    await asyncio.sleep(0.05)
-    assert len(config.clusters["svc|"].traffic.pending) == 1
+    await async_wait_until(lambda: len(config.clusters["svc|"].traffic.pending) == 1, 10, "a queued request")
     waiting.cancel()
     await asyncio.sleep(0)
     third = await asyncio.wait_for(handler(make_request(config, ROUTE)), 5)
@@ -122,8 +122,8 @@ async def test_a_streamed_response_holds_its_connection_until_read(backends: Any
     assert not isinstance(first.body, bytes)
     assert first.body.length == len(b"x" * 2_000_000) + len(b" from b")  # delegated to the stream
     second = asyncio.ensure_future(handler(make_request(config, ROUTE)))
-    await asyncio.sleep(0.1)
-    assert not second.done() and len(traffic.pending) == 1  # the connection is still busy
+    await async_wait_until(lambda: len(traffic.pending) == 1, 10, "the second request to queue")
+    assert not second.done()  # the connection is still busy
     received = b"".join([chunk async for chunk in first.body])
     assert len(received) == 2_000_007
     reply = await asyncio.wait_for(second, 5)

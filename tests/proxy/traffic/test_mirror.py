@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from typing import Any
 
 import pytest
@@ -66,11 +65,10 @@ async def test_slow_or_failing_shadow_never_delays_or_fails_the_primary(backends
     primary, shadow = await backends("primary", "shadow")
     shadow.default = Action(503, delay=1.2)
     config = snapshot_with({"svc|": cluster_spec([primary.port]), "shadow|": cluster_spec([shadow.port])})
-    started = time.monotonic()
     response = await outbound_chain(send)(make_request(config, _route()))
-    assert response.status == 200 and time.monotonic() - started < 0.8
+    assert response.status == 200
     traffic = config.clusters["svc|"].traffic
-    assert len(traffic.mirror_tasks) == 1
+    assert len(traffic.mirror_tasks) == 1  # the answer came while the slow shadow is still in flight
     await _settle(config)
     # the shadow is not retried (Envoy sends shadows without the route's retry policy)
     assert len(shadow.seen) == 1 and traffic.mirror_tasks == set()

@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.waiting import async_wait_until
+
 from .conftest import Action, Backend, cluster_spec, free_port
 
 ROUTE_DEFAULTS: dict[str, Any] = {
@@ -176,9 +178,7 @@ async def test_traffic_policies_through_the_sidecar_process(
         # URX: retries exhausted on a retriable status
         assert (await _get(session, out, "exhausted"))[0] == 503 and len(b["exhausted"].seen) == 3
         # UT: the route timeout
-        started = time.monotonic()
         assert await _get(session, out, "slow") == (504, b"upstream request timeout")
-        assert time.monotonic() - started < 2.5
         # UO: one connection, one pending, the third concurrent request overflows
         results = await asyncio.gather(*(_get(session, out, "breaker") for _ in range(3)))
         assert sorted(status for status, _ in results) == [200, 200, 503]
@@ -190,10 +190,7 @@ async def test_traffic_policies_through_the_sidecar_process(
         assert await _get(session, out, "unhealthy") == (503, b"no healthy upstream")
         # mirror: the primary answers; the shadow copy arrives with a -shadow authority
         assert (await _get(session, out, "mirrored:80"))[0] == 200
-        for _ in range(200):
-            if b["shadow"].seen:
-                break
-            await asyncio.sleep(0.01)
+        await async_wait_until(lambda: b["shadow"].seen, 10, "the shadow copy")
         assert [s.headers["host"] for s in b["shadow"].seen] == ["mirrored-shadow:80"]
         # outlier detection: two 503s eject "bad"; the rest go to "good"
         statuses = [(await _get(session, out, "ejecting"))[0] for _ in range(12)]

@@ -10,21 +10,13 @@ import pytest
 
 from meshkit.proxy.filters.timeout import check_timeout
 from meshkit.proxy.http import Handler
+from tests.waiting import async_wait_until
 
 from .conftest import Action, cluster_spec, make_request, outbound_chain, snapshot_with
 
 
 def _route(timeout_ms: int | None, retries: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"timeout_ms": timeout_ms, "fault": None, "mirror": None, "retries": retries}
-
-
-async def _eventually(predicate: Any, seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 async def test_route_timeout_answers_504_ut_and_drops_the_upstream_connection(
@@ -38,8 +30,8 @@ async def test_route_timeout_answers_504_ut_and_drops_the_upstream_connection(
     response = await outbound_chain(send)(make_request(config, _route(200)))
     elapsed = time.monotonic() - started
     assert (response.status, response.flags, response.body) == (504, "UT", b"upstream request timeout")
-    assert 0.15 < elapsed < 2.0
-    assert await _eventually(lambda: backend.connections_lost == 1, seconds=1.0)
+    assert elapsed > 0.15  # the 200 ms route timeout, not the 3 s upstream (504 UT says which answered)
+    await async_wait_until(lambda: backend.connections_lost == 1, 10, "the upstream connection to be dropped")
     assert send.__self__.cx_active == 0  # type: ignore[attr-defined]  # not kept in the pool
     cluster = config.clusters["svc|"]
     assert cluster.traffic.upstream_rq_timeout == 1
@@ -53,12 +45,10 @@ async def test_route_timeout_covers_all_retries(backends: Any, send: Handler) ->
     (backend,) = await backends("b")
     backend.default = Action(503, delay=0.1)
     config = snapshot_with({"svc|": cluster_spec([backend.port])})
-    started = time.monotonic()
     response = await outbound_chain(send)(
         make_request(config, _route(600, {"attempts": 10, "retry_on": ["5xx"]}))
     )
     assert (response.status, response.flags) == (504, "UT")
-    assert time.monotonic() - started < 2.5
     assert 2 <= len(backend.seen) <= 7
     traffic = config.clusters["svc|"].traffic
     assert traffic.rq_retry_active == 0 and traffic.rq_active == 0
@@ -99,7 +89,7 @@ async def test_client_cancellation_is_not_an_upstream_error(backends: Any, send:
     backend.default = Action(delay=3.0)
     config = snapshot_with({"svc|": cluster_spec([backend.port])})
     task = asyncio.ensure_future(outbound_chain(send)(make_request(config, _route(5000))))
-    assert await _eventually(lambda: len(backend.seen) == 1)
+    await async_wait_until(lambda: len(backend.seen) == 1, 10, "the request to reach the upstream")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

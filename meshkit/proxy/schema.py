@@ -1,0 +1,255 @@
+"""The snapshot JSON (docs/snapshot.md) as types: the one definition of its fields.
+
+The compiler (``meshkit.config.compile``) writes these documents, the sidecar reads them
+(``proxy.snapshot`` and the modules it calls validate every value and NACK what is wrong), and
+docs/snapshot.md explains them. The sidecar cannot import config, so this module is the definition
+and ``tests/config/test_snapshot_schema.py`` checks the other two against it: every snapshot the
+compiler produces for the Istio samples has exactly these fields and passes the sidecar's
+validation, and docs/snapshot.md names exactly these fields.
+
+Types only: nothing here runs per request or validates anything (``TypedDict`` is a plain dict at
+run time). Maps keyed by data (cluster names, labels, header names) are ``dict[str, ...]``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+SCHEMA = 1
+
+LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PASSTHROUGH"]
+TlsMode = Literal["DISABLE", "ISTIO_MUTUAL"]
+ProxyKind = Literal["sidecar", "gateway"]
+
+
+class NodeDoc(TypedDict):
+    id: str
+    workload: str | None
+    instance: str
+    namespace: str
+    service: str | None
+    version: str | None
+    labels: dict[str, str]
+    identity: str | None
+    kind: ProxyKind
+
+
+class StringMatchDoc(TypedDict, total=False):
+    exact: str
+    prefix: str
+    regex: str
+
+
+class MatchDoc(TypedDict, total=False):
+    uri: StringMatchDoc
+    method: StringMatchDoc
+    authority: StringMatchDoc
+    headers: dict[str, StringMatchDoc]
+    without_headers: dict[str, StringMatchDoc]
+    query_params: dict[str, StringMatchDoc]
+    ignore_uri_case: bool
+
+
+class HeaderOpsDoc(TypedDict):
+    set: dict[str, str]
+    add: dict[str, str]
+    remove: list[str]
+
+
+class HeadersDoc(TypedDict):
+    request: HeaderOpsDoc
+    response: HeaderOpsDoc
+
+
+class WeightedClusterDoc(TypedDict):
+    cluster: str
+    weight: int
+    headers: HeadersDoc | None
+
+
+class RewriteDoc(TypedDict):
+    uri: str
+
+
+class DelayDoc(TypedDict):
+    fixed_delay_ms: int
+    percent: float
+
+
+class AbortDoc(TypedDict):
+    http_status: int
+    percent: float
+
+
+class FaultDoc(TypedDict):
+    delay: DelayDoc | None
+    abort: AbortDoc | None
+
+
+class MirrorDoc(TypedDict):
+    cluster: str
+    percent: float
+
+
+class RetriesDoc(TypedDict):
+    attempts: int
+    per_try_timeout_ms: int | None
+    retry_on: list[str]
+    retriable_status_codes: list[int]
+
+
+class RouteDoc(TypedDict):
+    name: str
+    source: str
+    match: list[MatchDoc]
+    route: list[WeightedClusterDoc]
+    headers: HeadersDoc | None
+    rewrite: RewriteDoc | None
+    fault: FaultDoc | None
+    mirror: MirrorDoc | None
+    timeout_ms: int | None
+    retries: RetriesDoc | None
+
+
+class VirtualHostDoc(TypedDict):
+    name: str
+    service: str | None
+    domains: list[str]
+    port: int | None
+    routes: list[RouteDoc]
+
+
+class OutboundDoc(TypedDict):
+    virtual_hosts: list[VirtualHostDoc]
+
+
+class EndpointDoc(TypedDict):
+    address: str
+    port: int
+    instance: str
+    workload: str
+    version: str | None
+    labels: dict[str, str]
+    identity: str | None
+    has_sidecar: bool
+    healthy: bool
+
+
+class ConnectionPoolDoc(TypedDict):
+    max_connections: int | None
+    connect_timeout_ms: int | None
+    http1_max_pending_requests: int | None
+    max_requests: int | None
+    max_requests_per_connection: int
+    max_retries: int | None
+
+
+class OutlierDetectionDoc(TypedDict):
+    consecutive_5xx_errors: int
+    consecutive_gateway_errors: int | None
+    interval_ms: int
+    base_ejection_time_ms: int
+    max_ejection_percent: int
+
+
+class ClusterTlsDoc(TypedDict):
+    mode: TlsMode
+    server_identities: list[str]
+
+
+class ClusterDoc(TypedDict):
+    service: str
+    subset: str
+    port: int
+    lb: LbPolicy
+    endpoints: list[EndpointDoc]
+    connection_pool: NotRequired[ConnectionPoolDoc | None]
+    outlier_detection: NotRequired[OutlierDetectionDoc | None]
+    tls: NotRequired[ClusterTlsDoc | None]
+
+
+class InboundAppDoc(TypedDict):
+    address: str
+    port: int
+
+
+class MtlsDoc(TypedDict):
+    mode: str
+    port_level: dict[str, str]
+
+
+class SourceDoc(TypedDict):
+    principals: list[str]
+    not_principals: list[str]
+    namespaces: list[str]
+    not_namespaces: list[str]
+    ip_blocks: list[str]
+    not_ip_blocks: list[str]
+    remote_ip_blocks: list[str]
+    not_remote_ip_blocks: list[str]
+    request_principals: list[str]
+    not_request_principals: list[str]
+
+
+class OperationDoc(TypedDict):
+    hosts: list[str]
+    not_hosts: list[str]
+    methods: list[str]
+    not_methods: list[str]
+    paths: list[str]
+    not_paths: list[str]
+    ports: list[str]
+    not_ports: list[str]
+
+
+class ConditionDoc(TypedDict):
+    key: str
+    values: list[str]
+    not_values: list[str]
+
+
+# "from" is a Python keyword, hence the functional form.
+AuthzRuleDoc = TypedDict(
+    "AuthzRuleDoc", {"from": list[SourceDoc], "to": list[OperationDoc], "when": list[ConditionDoc]}
+)
+
+
+class AuthzPolicyDoc(TypedDict):
+    name: str
+    rules: list[AuthzRuleDoc]
+
+
+class AuthzDoc(TypedDict):
+    deny: list[AuthzPolicyDoc]
+    allow: list[AuthzPolicyDoc]
+    audit: list[AuthzPolicyDoc]
+
+
+class RateLimitDoc(TypedDict):
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval_ms: int
+    response_headers: dict[str, str]
+
+
+class InboundDoc(TypedDict, total=False):
+    app: InboundAppDoc | None
+    service_port: int | None
+    mtls: MtlsDoc | None
+    authz: AuthzDoc | None
+    rate_limit: RateLimitDoc | None
+
+
+class TrustDoc(TypedDict):
+    root_pem: str
+
+
+class SnapshotDoc(TypedDict):
+    schema: int
+    version: str
+    revision: NotRequired[int]
+    node: NotRequired[NodeDoc | None]
+    outbound: NotRequired[OutboundDoc | None]
+    clusters: NotRequired[dict[str, ClusterDoc] | None]
+    inbound: NotRequired[InboundDoc | None]
+    trust: NotRequired[TrustDoc | None]
