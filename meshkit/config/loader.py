@@ -9,7 +9,11 @@ not just the first), each naming the resource and the field path.
 Loader message codes (stable; docs/config-reference.md):
 MK0001 YAML/JSON syntax, MK0002 malformed document, MK0003 apiVersion/kind not accepted,
 MK0004 field not supported by meshkit, MK0005 unknown field, MK0006 required field missing,
-MK0007 invalid value.
+MK0007 invalid value, MK0008 YAML over a size bound (aliases or expanded nodes).
+
+YAML aliases are bounded before anything is built from them: at most `MAX_ALIASES` alias
+references per input and `MAX_EXPANDED_NODES` nodes once every alias is expanded (a
+"billion laughs" document of a few hundred bytes would otherwise expand to gigabytes).
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ CODE_UNSUPPORTED = "MK0004"
 CODE_UNKNOWN = "MK0005"
 CODE_MISSING = "MK0006"
 CODE_INVALID = "MK0007"
+CODE_TOO_LARGE = "MK0008"
+
+MAX_ALIASES = 100  # Istio config rarely uses anchors; a few dozen is plenty
+MAX_EXPANDED_NODES = 1_000_000  # about 10 MB of YAML once aliases are expanded
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's safe loader when built in (about 10x faster), the pure-Python one otherwise
@@ -133,7 +141,7 @@ def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
             ) from None
     if isinstance(source, str):
         try:
-            parsed: list[Any] = list(yaml.load_all(source, Loader=_SafeLoader))
+            parsed: list[Any] = _load_bounded(source, origin)
         except yaml.YAMLError as error:
             raise ConfigError([_syntax_message(error, origin)]) from None
     elif isinstance(source, dict):
@@ -155,6 +163,65 @@ def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
         else:
             documents.append((number, document))
     return documents
+
+
+def _load_bounded(text: str, origin: str) -> list[Any]:
+    """``yaml.load_all`` that checks each composed document's aliases before constructing it."""
+    loader = _SafeLoader(text)
+    documents: list[Any] = []
+    aliases = 0
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            aliases += _check_expansion(node, origin, aliases)
+            documents.append(loader.construct_document(node))
+    finally:
+        loader.dispose()
+    return documents
+
+
+def _check_expansion(root: yaml.Node, origin: str, aliases_before: int) -> int:
+    """The alias references under ``root``; raise ConfigError (MK0008) past a bound.
+
+    Iterative and linear in the composed nodes: a node seen again is an alias, and its expanded
+    size is memoized, so a bomb is measured without being expanded.
+    """
+    sizes: dict[int, int] = {}
+    aliases = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_EXPANDED_NODES:
+                _too_large(origin, node, f"expands to more than {MAX_EXPANDED_NODES} nodes once its "
+                                         "aliases are expanded")
+            continue
+        if key in sizes:
+            aliases += 1
+            if aliases_before + aliases > MAX_ALIASES:
+                _too_large(origin, node, f"has more than {MAX_ALIASES} alias references (*name)")
+            continue
+        sizes[key] = 0  # in progress: a reference back to it (a recursive alias) counts as small
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node))
+    return aliases
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _too_large(origin: str, node: yaml.Node, what: str) -> None:
+    mark = node.start_mark
+    text = f"the YAML document at line {mark.line + 1} {what}; refused (limit of the config loader)"
+    raise ConfigError([Message(CODE_TOO_LARGE, Severity.ERROR, origin, "", text)])
 
 
 def _syntax_message(error: yaml.YAMLError, origin: str) -> Message:
