@@ -176,15 +176,16 @@ class Subscriber:
 class ControlPlaneProcess:
     """`meshkit control` in a temporary state dir; ``stop()`` always ends it."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, *, ca: bool = False) -> None:
         self.state_dir = state_dir
+        self.ca = ca
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
 
     async def start(self) -> None:
         env = {**os.environ, "MESHKIT_HOME": self.state_dir, "PYTHONPATH": str(ROOT)}
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "meshkit.cli", "control", "--port", "0", "--no-ca",
+            sys.executable, "-m", "meshkit.cli", "control", "--port", "0", "--ca" if self.ca else "--no-ca",
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         assert self.process.stdout is not None
         line = b""

@@ -12,8 +12,10 @@ MK0004 field not supported by meshkit, MK0005 unknown field, MK0006 required fie
 MK0007 invalid value, MK0008 YAML over a size bound (aliases or expanded nodes).
 
 YAML aliases are bounded before anything is built from them: at most `MAX_ALIASES` alias
-references per input and `MAX_EXPANDED_NODES` nodes once every alias is expanded (a
-"billion laughs" document of a few hundred bytes would otherwise expand to gigabytes).
+references per input (counted on the event stream, so a document full of them stops at the
+first one too many) and `MAX_EXPANDED_NODES` nodes once every alias is expanded (a "billion
+laughs" document of a few hundred bytes would otherwise expand to gigabytes); at most
+`MAX_DOCUMENTS` documents per input.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ CODE_TOO_LARGE = "MK0008"
 
 MAX_ALIASES = 100  # Istio config rarely uses anchors; a few dozen is plenty
 MAX_EXPANDED_NODES = 1_000_000  # about 10 MB of YAML once aliases are expanded
+MAX_DOCUMENTS = 5000  # YAML documents in one input
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's safe loader when built in (about 10x faster), the pure-Python one otherwise
@@ -167,17 +170,35 @@ def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
 
 def _load_bounded(text: str, origin: str) -> list[Any]:
     """``yaml.load_all`` that checks each composed document's aliases before constructing it."""
+    if "*" in text:  # an alias is possible: count them on the event stream first, stopping early
+        _count_aliases(text, origin)
     loader = _SafeLoader(text)
     documents: list[Any] = []
     aliases = 0
     try:
         while loader.check_node():
+            if len(documents) >= MAX_DOCUMENTS:
+                why = f"more than {MAX_DOCUMENTS} YAML documents in one input; apply them in parts"
+                raise ConfigError([Message(CODE_TOO_LARGE, Severity.ERROR, origin, "", why)])
             node = loader.get_node()
             aliases += _check_expansion(node, origin, aliases)
             documents.append(loader.construct_document(node))
     finally:
         loader.dispose()
     return documents
+
+
+def _count_aliases(text: str, origin: str) -> None:
+    count = 0
+    for event in yaml.parse(text, Loader=_BASE_LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            count += 1
+            if count > MAX_ALIASES:
+                mark = event.start_mark
+                where = f"line {mark.line + 1}" if mark is not None else "the input"
+                raise ConfigError([Message(CODE_TOO_LARGE, Severity.ERROR, origin, "",
+                                           f"more than {MAX_ALIASES} alias references (*name), the last at "
+                                           f"{where}; refused (limit of the config loader)")])
 
 
 def _check_expansion(root: yaml.Node, origin: str, aliases_before: int) -> int:

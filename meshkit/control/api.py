@@ -94,8 +94,15 @@ def _bad_request(text: str, field: str = "", resource: str = "request") -> Confi
     return ConfigError([Message(CODE_BAD_REQUEST, Severity.ERROR, resource, field, text)])
 
 
+MAX_MESSAGES = 200  # an answer lists at most this many messages (and says how many it left out)
+
+
 def error_response(status: int, error: str, messages: list[Message] | None = None) -> web.Response:
-    body = {"error": error, "messages": [m.to_dict() for m in messages or []]}
+    listed = [m.to_dict() for m in (messages or [])[:MAX_MESSAGES]]
+    if messages and len(messages) > MAX_MESSAGES:
+        listed.append(Message(CODE_BAD_REQUEST, Severity.ERROR, "request", "",
+                              f"... and {len(messages) - MAX_MESSAGES} more messages").to_dict())
+    body = {"error": error, "messages": listed}
     return web.json_response(body, status=status)
 
 
