@@ -168,8 +168,9 @@ async def run(sizes: list[int]) -> dict[str, Any]:
                     csr_ms: list[float] = []
                     probe = asyncio.ensure_future(probe_csr(session, url, token, stop, csr_ms))
                     start = time.perf_counter()
+                    yaml_admin = {**admin, "Content-Type": "application/yaml"}
                     async with session.post(f"{url}/api/v1/apply", data=text.encode(),
-                                            headers={**admin, "Content-Type": "application/yaml"}) as response:
+                                            headers=yaml_admin) as response:
                         answer = await response.text()
                     seconds = time.perf_counter() - start
                     stop.set()
