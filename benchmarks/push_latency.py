@@ -38,6 +38,10 @@ from typing import Any
 
 import aiohttp
 
+from meshkit.control.auth import ensure_admin_token
+
+YAML = {"Content-Type": "application/yaml"}
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "push_latency.json"
 WORKLOADS = [("productpage", "v1"), ("details", "v1"), ("reviews", "v1"), ("reviews", "v2"),
@@ -118,6 +122,7 @@ class Subscriber:
 
     proxy_id: str
     board: AckBoard
+    token: str = ""  # the bearer token of its stream and ACKs
     acks: dict[int, tuple[float, float]] = field(default_factory=dict)  # revision -> (sent, done)
     task: asyncio.Task[None] | None = None
 
@@ -126,7 +131,7 @@ class Subscriber:
         ack_reader, ack_writer = await asyncio.open_connection(host, port)
         try:
             writer.write(f"GET /api/v1/xds/stream?id={self.proxy_id} HTTP/1.1\r\nHost: {host}\r\n"
-                         "Accept: text/event-stream\r\n\r\n".encode())
+                         f"Authorization: Bearer {self.token}\r\nAccept: text/event-stream\r\n\r\n".encode())
             status = await reader.readline()
             if b" 200 " not in status:
                 raise RuntimeError(f"{self.proxy_id}: stream answered {status!r}")
@@ -154,6 +159,7 @@ class Subscriber:
         sent = time.perf_counter()
         body = json.dumps({"id": self.proxy_id, "version": version, "status": "ACK"}).encode()
         writer.write(f"POST /api/v1/xds/ack HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Authorization: Bearer {self.token}\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         status = await reader.readline()
         if b" 200 " not in status:
@@ -170,15 +176,16 @@ class Subscriber:
 class ControlPlaneProcess:
     """`meshkit control` in a temporary state dir; ``stop()`` always ends it."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, *, ca: bool = False) -> None:
         self.state_dir = state_dir
+        self.ca = ca
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
 
     async def start(self) -> None:
         env = {**os.environ, "MESHKIT_HOME": self.state_dir, "PYTHONPATH": str(ROOT)}
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "meshkit.cli", "control", "--port", "0", "--no-ca",
+            sys.executable, "-m", "meshkit.cli", "control", "--port", "0", "--ca" if self.ca else "--no-ca",
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         assert self.process.stdout is not None
         line = b""
@@ -226,7 +233,9 @@ async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
     """One control plane, ``subscribers`` streams, ``rounds`` measured applies."""
     with tempfile.TemporaryDirectory(prefix="meshkit-push-") as state_dir:
         control = ControlPlaneProcess(state_dir)
-        async with aiohttp.ClientSession() as api:
+        token = ensure_admin_token(Path(state_dir) / "control")  # made first, as `meshkit up` does
+        admin = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=admin) as api:
             subs: list[Subscriber] = []
             board = AckBoard(subscribers)
             cpu_start: float | None = None
@@ -242,8 +251,8 @@ async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
                         "instance": instance, "workload": f"{service}-{version}", "service": service,
                         "port": 20000 + index, "labels": {"app": service, "version": version},
                         "app_port": 9080, "service_account": f"bookinfo-{service}"})
-                    subs.append(Subscriber(f"{instance}.default", board))
-                await _post(api, f"{url}/api/v1/apply", data=DESTINATION_RULE)
+                    subs.append(Subscriber(f"{instance}.default", board, token=token))
+                await _post(api, f"{url}/api/v1/apply", data=DESTINATION_RULE, headers=YAML)
                 for sub in subs:
                     connected = asyncio.Event()
                     host, port = url.removeprefix("http://").rsplit(":", 1)
@@ -254,7 +263,8 @@ async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
                 apply_latencies: list[float] = []
                 for number in range(warmup + rounds):
                     wall_start, start = time.time(), time.perf_counter()
-                    result = await _post(api, f"{url}/api/v1/apply", data=virtual_service(number))
+                    result = await _post(api, f"{url}/api/v1/apply", data=virtual_service(number),
+                                         headers=YAML)
                     applied = time.perf_counter()
                     revision = result["revision"]
                     waiting = asyncio.ensure_future(board.wait(revision))

@@ -17,6 +17,7 @@ import pytest
 
 from meshkit.config.analyze import analyze
 from meshkit.config.loader import load_files
+from meshkit.control.auth import read_admin_token
 from tests.control.resources import BAD_VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE, endpoint, virtual_service
 from tests.control.sse import Subscriber
 
@@ -52,6 +53,11 @@ def cli_env(home: Path, control: str | None = None) -> dict[str, str]:
     if control is not None:
         env["MESHKIT_CONTROL"] = control
     return env
+
+
+def admin(home: Path) -> dict[str, str]:
+    """The admin token's header for the control plane of MESHKIT_HOME=``home`` (it made the token)."""
+    return {"Authorization": f"Bearer {read_admin_token(home / 'control')}"}
 
 
 @dataclass
@@ -202,7 +208,7 @@ async def test_proxy_status_and_restart_keeps_config(control: ControlProcess, tm
                                                      files: Path) -> None:
     env = cli_env(tmp_path, control=control.url)
     assert (await meshkit("apply", "-f", str(files), env=env)).code == 0
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=admin(tmp_path)) as session:
         synced = await Subscriber(session, control.url, "reviews-v1-0.default").start()
         silent = await Subscriber(session, control.url, "ratings-v1-0.default", mode="silent").start()
         try:
@@ -239,13 +245,14 @@ async def test_proxy_verb_runs_the_real_sidecar(control: ControlProcess, tmp_pat
     env = cli_env(tmp_path, control=control.url)
     usage = await meshkit("proxy", "--help", env=env)
     assert usage.code == 0 and "usage: meshkit proxy" in usage.out and "--control URL" in usage.out
-    async with aiohttp.ClientSession() as session:  # the runtime's part: the service and this instance
+    async with aiohttp.ClientSession(headers=admin(tmp_path)) as session:  # the runtime's part
         for path, body in (("services", SERVICE), ("endpoints", endpoint("reviews-v1-0"))):
             async with session.post(f"{control.url}/api/v1/registry/{path}", json=body) as response:
                 assert response.status == 200
     sidecar = await asyncio.create_subprocess_exec(
         *MESHKIT, "proxy", "--control", control.url, "--id", "reviews-v1-0.default", "--outbound-port", "0",
-        "--inbound-port", "0", "--admin-port", "0", "--access-log", "off", env=env, cwd=ROOT,
+        "--inbound-port", "0", "--admin-port", "0", "--access-log", "off", cwd=ROOT,
+        env={**env, "MESHKIT_CONTROL_TOKEN_FILE": str(tmp_path / "control" / "admin-token")},  # no CA
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         async def sidecar_status() -> dict[str, str]:

@@ -47,11 +47,19 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
         help="With --kubernetes: this kubeconfig (default: in-cluster, else $KUBECONFIG).")] = None,
     kube_api: Annotated[str | None, typer.Option(
         help="With --kubernetes: an API URL without credentials (kubectl proxy).")] = None,
+    max_body: Annotated[int, typer.Option(
+        help="Largest request body (a config document) accepted, in bytes; larger: 413.")] = 1024 * 1024,
+    keep_revisions: Annotated[int, typer.Option(
+        help="Config revisions kept for history and rollback (older ones are pruned).")] = 1000,
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
+    if max_body < 1024 or keep_revisions < 1:
+        _fail(EXIT_REJECTED, f"error: --max-body must be at least 1024 (got {max_body}) and --keep-revisions "
+                             f"at least 1 (got {keep_revisions})")
+    limits = {"max_body": max_body, "keep_revisions": keep_revisions}
     if kubernetes:
         _control_on_kubernetes(host, port, state_dir, ca=ca, cert_ttl=cert_ttl, kubeconfig=kubeconfig,
-                               kube_api=kube_api)
+                               kube_api=kube_api, limits=limits)
         return
     import logging  # noqa: PLC0415
 
@@ -64,13 +72,14 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
     except CaError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     try:
-        serve(host, port, state_dir, with_ca=ca, ca_ttl=ttl, announce=lambda text: print(text, flush=True))
+        serve(host, port, state_dir, with_ca=ca, ca_ttl=ttl, announce=lambda text: print(text, flush=True),
+              **limits)
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")
 
 
 def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: bool, cert_ttl: str,
-                           kubeconfig: str | None, kube_api: str | None) -> None:
+                           kubeconfig: str | None, kube_api: str | None, limits: dict[str, int]) -> None:
     import logging  # noqa: PLC0415
 
     from meshkit.control.ca import CaError, parse_ttl  # noqa: PLC0415
@@ -87,7 +96,7 @@ def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: 
         _fail(EXIT_REJECTED, f"error: no Kubernetes API to follow: {error} (run it in a pod, or pass "
                              "--kubeconfig PATH or --kube-api URL, e.g. from kubectl proxy)")
     try:
-        serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl,
+        serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl, **limits,
                          announce=lambda text: print(text, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")

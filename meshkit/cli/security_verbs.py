@@ -200,7 +200,7 @@ def tap(
     source_proxy = row["outbound_proxy"] or None  # None: no sidecar, plaintext straight to TARGET
     try:
         capture = asyncio.run(wire.tap(mesh.control_url(), source_proxy, target, path=path,
-                                       max_bytes=max_bytes, seconds=seconds))
+                                       max_bytes=max_bytes, seconds=seconds, token=mesh.admin_token()))
     except ValueError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     printer = Printer()

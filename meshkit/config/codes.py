@@ -58,6 +58,8 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0005", E, "loader", "`<path>: unknown field`", _VALIDATION),
     Code("MK0006", E, "loader", "`<path>: required field is missing`", _VALIDATION),
     Code("MK0007", E, "loader", "`<path>: ...` invalid value (type, duration, one-of, port)", _VALIDATION),
+    Code("MK0008", E, "loader", "input over a size bound: too many YAML aliases, nodes once aliases are "
+         "expanded, or documents (a 'billion laughs' upload)"),
     # -- analyzer: across resources ----------------------------------------------------------------
     Code("MK0101", E, "analyzer", "route or mirror subset defined by no DestinationRule for the host",
          "IST0101 ReferencedResourceNotFound",
@@ -125,13 +127,20 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0951", E, "kubernetes", "a verb that has no meaning when the cluster holds the config "
          "(rollback, expect_revision)"),
     Code("MK0960", E, "telemetry", "invalid telemetry query (window, workload, metric)"),
+    Code("MK0970", E, "auth", "no or unknown token: every control-plane call needs the admin token or a "
+         "proxy's bootstrap token (401)"),
+    Code("MK0971", E, "auth", "the token is valid but may not make this call (a proxy reading another "
+         "proxy's snapshot or registering another identity's endpoints) (403)"),
+    Code("MK0972", E, "auth", "a cross-site state-changing request (its Origin is not the control plane's) "
+         "(403)"),
+    Code("MK0973", E, "auth", "a body that is not application/json or application/yaml (415)"),
 )
 
 CODES: Mapping[str, Code] = MappingProxyType({entry.code: entry for entry in _TABLE})
 
 # The names every caller uses (``codes.MK0101``); the test checks each one is in CODES.
-MK0001, MK0002, MK0003, MK0004, MK0005, MK0006, MK0007 = (
-    "MK0001", "MK0002", "MK0003", "MK0004", "MK0005", "MK0006", "MK0007")
+MK0001, MK0002, MK0003, MK0004, MK0005, MK0006, MK0007, MK0008 = (
+    "MK0001", "MK0002", "MK0003", "MK0004", "MK0005", "MK0006", "MK0007", "MK0008")
 MK0101, MK0102, MK0103, MK0104, MK0105, MK0106, MK0107, MK0108, MK0109, MK0110 = (
     "MK0101", "MK0102", "MK0103", "MK0104", "MK0105", "MK0106", "MK0107", "MK0108", "MK0109", "MK0110")
 MK0111, MK0112, MK0113, MK0114, MK0115, MK0116, MK0117, MK0118, MK0119 = (
@@ -139,6 +148,7 @@ MK0111, MK0112, MK0113, MK0114, MK0115, MK0116, MK0117, MK0118, MK0119 = (
 MK0901, MK0902, MK0903, MK0904, MK0905, MK0906 = ("MK0901", "MK0902", "MK0903", "MK0904", "MK0905", "MK0906")
 MK0910, MK0911, MK0920, MK0921, MK0930, MK0940 = ("MK0910", "MK0911", "MK0920", "MK0921", "MK0930", "MK0940")
 MK0950, MK0951, MK0960 = ("MK0950", "MK0951", "MK0960")
+MK0970, MK0971, MK0972, MK0973 = ("MK0970", "MK0971", "MK0972", "MK0973")
 
 
 def get(code: str) -> Code:

@@ -6,7 +6,13 @@ dict or a list of dicts; it dispatches on ``apiVersion`` + ``kind`` to the model
 not just the first), each naming the resource and the field path.
 ``load_files`` does the same for files and directories.
 
-Loader message codes: MK0001-MK0007 (their meanings: `meshkit.config.codes`).
+Loader message codes: MK0001-MK0008 (their meanings: `meshkit.config.codes`).
+
+YAML aliases are bounded before anything is built from them: at most `MAX_ALIASES` alias
+references per input (counted on the event stream, so a document full of them stops at the
+first one too many) and `MAX_EXPANDED_NODES` nodes once every alias is expanded (a "billion
+laughs" document of a few hundred bytes would otherwise expand to gigabytes); at most
+`MAX_DOCUMENTS` documents per input.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from meshkit.config import codes
 from meshkit.config.kinds import RESOURCE_KINDS, UNSUPPORTED_ISTIO_KINDS
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import IstioModel, Resource
+
+MAX_ALIASES = 100  # Istio config rarely uses anchors; a few dozen is plenty
+MAX_EXPANDED_NODES = 1_000_000  # about 10 MB of YAML once aliases are expanded
+MAX_DOCUMENTS = 5000  # YAML documents in one input
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's safe loader when built in (about 10x faster), the pure-Python one otherwise
@@ -124,7 +134,7 @@ def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
             ) from None
     if isinstance(source, str):
         try:
-            parsed: list[Any] = list(yaml.load_all(source, Loader=_SafeLoader))
+            parsed: list[Any] = _load_bounded(source, origin)
         except yaml.YAMLError as error:
             raise ConfigError([_syntax_message(error, origin)]) from None
     elif isinstance(source, dict):
@@ -146,6 +156,83 @@ def _documents(source: Source, origin: str) -> list[tuple[int, Any]]:
         else:
             documents.append((number, document))
     return documents
+
+
+def _load_bounded(text: str, origin: str) -> list[Any]:
+    """``yaml.load_all`` that checks each composed document's aliases before constructing it."""
+    if "*" in text:  # an alias is possible: count them on the event stream first, stopping early
+        _count_aliases(text, origin)
+    loader = _SafeLoader(text)
+    documents: list[Any] = []
+    aliases = 0
+    try:
+        while loader.check_node():
+            if len(documents) >= MAX_DOCUMENTS:
+                why = f"more than {MAX_DOCUMENTS} YAML documents in one input; apply them in parts"
+                raise ConfigError([Message(codes.MK0008, Severity.ERROR, origin, "", why)])
+            node = loader.get_node()
+            aliases += _check_expansion(node, origin, aliases)
+            documents.append(loader.construct_document(node))
+    finally:
+        loader.dispose()
+    return documents
+
+
+def _count_aliases(text: str, origin: str) -> None:
+    count = 0
+    for event in yaml.parse(text, Loader=_BASE_LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            count += 1
+            if count > MAX_ALIASES:
+                mark = event.start_mark
+                where = f"line {mark.line + 1}" if mark is not None else "the input"
+                raise ConfigError([Message(codes.MK0008, Severity.ERROR, origin, "",
+                                           f"more than {MAX_ALIASES} alias references (*name), the last at "
+                                           f"{where}; refused (limit of the config loader)")])
+
+
+def _check_expansion(root: yaml.Node, origin: str, aliases_before: int) -> int:
+    """The alias references under ``root``; raise ConfigError (MK0008) past a bound.
+
+    Iterative and linear in the composed nodes: a node seen again is an alias, and its expanded
+    size is memoized, so a bomb is measured without being expanded.
+    """
+    sizes: dict[int, int] = {}
+    aliases = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_EXPANDED_NODES:
+                _too_large(origin, node, f"expands to more than {MAX_EXPANDED_NODES} nodes once its "
+                                         "aliases are expanded")
+            continue
+        if key in sizes:
+            aliases += 1
+            if aliases_before + aliases > MAX_ALIASES:
+                _too_large(origin, node, f"has more than {MAX_ALIASES} alias references (*name)")
+            continue
+        sizes[key] = 0  # in progress: a reference back to it (a recursive alias) counts as small
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node))
+    return aliases
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _too_large(origin: str, node: yaml.Node, what: str) -> None:
+    mark = node.start_mark
+    text = f"the YAML document at line {mark.line + 1} {what}; refused (limit of the config loader)"
+    raise ConfigError([Message(codes.MK0008, Severity.ERROR, origin, "", text)])
 
 
 def _syntax_message(error: yaml.YAMLError, origin: str) -> Message:

@@ -1,5 +1,9 @@
 """The control plane's REST API under ``/api/v1/`` (aiohttp handlers; no listening here, see `server`).
 
+Every call needs a bearer token (`meshkit.control.auth`: the admin token, or a sidecar's own
+credential for its stream, ACKs and certificate); bodies must be ``application/json`` or
+``application/yaml`` (415 otherwise) and cross-site state changes are refused (403).
+
 Every error is JSON: ``{"error": "...", "messages": [Message.to_dict(), ...]}`` with 400 for
 invalid input, 404 for an unknown resource/revision/proxy, 409 for a revision conflict and 413 for
 a body over the size limit. A rejected apply changes nothing.
@@ -19,13 +23,15 @@ Routes::
     GET|POST /api/v1/registry/endpoints, DELETE /api/v1/registry/endpoints/{namespace}/{instance}
     PUT    /api/v1/registry/endpoints/{namespace}/{instance}/health   {"healthy": bool}
     GET    /api/v1/proxy-status[?wait=SECONDS]            (wait: until every connected proxy is SYNCED)
-    GET    /api/v1/xds/stream?id=<instance>.<namespace>[&kind=sidecar|gateway]   (SSE)
+    GET    /api/v1/xds/stream?id=<instance>.<namespace>[&kind=sidecar|gateway][&admin_port=P]   (SSE;
+           admin_port: the proxy's metrics, scraped on the address it connected from)
     POST   /api/v1/xds/ack
     POST   /api/v1/ca/sign, GET /api/v1/ca/root      (when the control plane runs a CA)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,12 +44,14 @@ from meshkit.config import codes
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import Resource
+from meshkit.control.auth import Authenticator, caller_of, make_guard, may_act_as
 from meshkit.control.kinds import resolve_kind
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry, parse_endpoint, parse_service, service_to_dict
 from meshkit.control.store import ConfigStore, ConflictError, NotFoundError
+from meshkit.control.telemetry_api import SCRAPER
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = 1024 * 1024  # `meshkit control --max-body` changes it
 API = "/api/v1"
 
 
@@ -71,6 +79,8 @@ class Components:
 
 
 COMPONENTS = web.AppKey("components", Components)
+WRITES = web.AppKey("config_writes", asyncio.Lock)  # one config change prepared at a time
+BODY_LIMIT = web.AppKey("body_limit", int)
 
 
 def _components(request: web.Request) -> Components:
@@ -84,8 +94,15 @@ def _bad_request(text: str, field: str = "", resource: str = "request") -> Confi
     return ConfigError([Message(codes.MK0940, Severity.ERROR, resource, field, text)])
 
 
+MAX_MESSAGES = 200  # an answer lists at most this many messages (and says how many it left out)
+
+
 def error_response(status: int, error: str, messages: list[Message] | None = None) -> web.Response:
-    body = {"error": error, "messages": [m.to_dict() for m in messages or []]}
+    listed = [m.to_dict() for m in (messages or [])[:MAX_MESSAGES]]
+    if messages and len(messages) > MAX_MESSAGES:
+        listed.append(Message(codes.MK0940, Severity.ERROR, "request", "",
+                              f"... and {len(messages) - MAX_MESSAGES} more messages").to_dict())
+    body = {"error": error, "messages": listed}
     return web.json_response(body, status=status)
 
 
@@ -112,7 +129,8 @@ async def json_errors(request: web.Request,
             raise
         text = error.text if error.text and not error.text.startswith("<") else error.reason
         if error.status == 413:
-            text = f"request body too large (limit {MAX_BODY_BYTES} bytes)"
+            text = (f"request body too large (limit {request.app[BODY_LIMIT]} bytes; "
+                    "`meshkit control --max-body BYTES` sets it)")
         return error_response(error.status, f"{error.status}: {text} ({request.method} {request.path})")
 
 
@@ -123,7 +141,7 @@ async def _json_body(request: web.Request) -> Any:
     raw = await request.read()
     try:
         return json.loads(raw or b"null")
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise _bad_request(f"body is not valid JSON: {error}") from None
 
 
@@ -133,10 +151,25 @@ async def _resources_body(request: web.Request, *, required: bool = True) -> lis
         if required:
             raise _bad_request("request body is empty: send YAML or JSON resources", resource="request body")
         return []
-    resources = load_resources(raw, origin="request body")
+    # parsing (and its alias/size bounds) runs in a worker thread: the loop keeps serving pushes and CSRs
+    as_json = request.content_type == "application/json"
+    resources = await asyncio.to_thread(_parse_resources, raw, as_json)
     if required and not resources:
         raise _bad_request("request body holds no resources (only empty documents)", resource="request body")
     return resources
+
+
+def _parse_resources(raw: bytes, as_json: bool) -> list[Resource]:
+    """A JSON body through the (much faster) JSON parser, YAML through the bounded YAML loader."""
+    if not as_json:
+        return load_resources(raw, origin="request body")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise _bad_request(f"body is not valid JSON: {error}", resource="request body") from None
+    if not isinstance(doc, dict | list):
+        raise _bad_request("body: expected a JSON object or a list of objects", resource="request body")
+    return load_resources(doc, origin="request body")
 
 
 def _int_query(request: web.Request, name: str) -> int | None:
@@ -154,16 +187,28 @@ def _int_query(request: web.Request, name: str) -> int | None:
 
 async def healthz(request: web.Request) -> web.Response:
     c = _components(request)
+    if caller_of(request) is None:  # liveness for anyone; the mesh's state only for callers
+        return web.json_response({"status": "ok"})
     return web.json_response({"status": "ok", "revision": c.store.revision,
                               "proxies": len(c.push.proxy_status())})
+
+
+async def _change(request: web.Request, prepare: Callable[..., Any], *args: Any,
+                  **kwargs: Any) -> web.Response:
+    """Prepare a config change in a worker thread (analyzer, diff), then commit it on the loop."""
+    c = _components(request)
+    async with request.app[WRITES]:
+        prepared = await asyncio.to_thread(prepare, *args, **kwargs)
+        result = c.store.commit(prepared)
+    return web.json_response(result.to_dict())
 
 
 async def apply(request: web.Request) -> web.Response:
     c = _components(request)
     expected = _int_query(request, "expect_revision")
     resources = await _resources_body(request)
-    result = c.store.apply(resources, c.registry.view(), expected_revision=expected)
-    return web.json_response(result.to_dict())
+    return await _change(request, c.store.prepare_apply, resources, c.registry.view(),
+                         expected_revision=expected)
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -191,23 +236,23 @@ async def delete_named(request: web.Request) -> web.Response:
         raise _bad_request("delete needs a kind (not 'all')", field="kind")
     key = (kind, request.match_info["namespace"], request.match_info["name"])
     expected = _int_query(request, "expect_revision")
-    result = c.store.delete([key], c.registry.view(), expected_revision=expected)
-    return web.json_response(result.to_dict())
+    return await _change(request, c.store.prepare_delete, [key], c.registry.view(),
+                         expected_revision=expected)
 
 
 async def delete_body(request: web.Request) -> web.Response:
     c = _components(request)
     expected = _int_query(request, "expect_revision")
     resources = await _resources_body(request)
-    result = c.store.delete([r.key for r in resources], c.registry.view(), expected_revision=expected)
-    return web.json_response(result.to_dict())
+    return await _change(request, c.store.prepare_delete, [r.key for r in resources], c.registry.view(),
+                         expected_revision=expected)
 
 
 async def analyze(request: web.Request) -> web.Response:
     c = _components(request)
     try:
         incoming = await _resources_body(request, required=False)
-        messages = c.store.analyze(incoming, c.registry.view())
+        messages = await asyncio.to_thread(c.store.analyze, incoming, c.registry.view())
     except (NotFoundError, ConflictError):
         raise
     except ConfigError as error:
@@ -239,7 +284,8 @@ async def rollback(request: web.Request) -> web.Response:
     if isinstance(number, bool) or not isinstance(number, int) or number < 0:
         text = f'revision: expected {{"revision": N}} with N >= 0, got {body!r}'
         raise _bad_request(text, field="revision")
-    return web.json_response(c.store.rollback(number, c.registry.view()).to_dict())
+    target = c.store.config_at(number)
+    return await _change(request, c.store.prepare_rollback, number, target, c.registry.view())
 
 
 # -- registry ---------------------------------------------------------------------------------------
@@ -329,6 +375,8 @@ async def proxy_status(request: web.Request) -> web.Response:
 async def xds_stream(request: web.Request) -> web.StreamResponse:
     push = _components(request).push
     proxy_id, kind = push.validate_subscription(request.query.get("id"), request.query.get("kind"))
+    _authorize_proxy(request, proxy_id, kind)
+    _scrape_admin_port(request, proxy_id)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     events = push.events(proxy_id, kind)
@@ -342,9 +390,38 @@ async def xds_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _scrape_admin_port(request: web.Request, proxy_id: str) -> None:
+    """Scrape targets come from connected proxies only: the admin port the stream names, on the
+    address the proxy connected from (never a URL a client chose)."""
+    raw = request.query.get("admin_port")
+    scraper = request.app.get(SCRAPER)
+    if raw is None or scraper is None:
+        return
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise _bad_request(f"admin_port: expected a port number, got {raw!r}", field="admin_port")
+    host = request.remote or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    scraper.set_target(proxy_id, f"http://{host}:{int(raw)}/stats/prometheus")
+
+
+def _authorize_proxy(request: web.Request, proxy_id: str, kind: str) -> None:
+    """A sidecar's credential covers its own proxy id only (403 otherwise)."""
+    caller = caller_of(request)
+    registry = _components(request).registry
+    if caller is None or not may_act_as(caller, proxy_id, registry.service_account_of(proxy_id, kind)):
+        who = caller.identity if caller is not None else "an anonymous caller"
+        raise web.HTTPForbidden(text=f"{who} may not act as proxy {proxy_id!r} ({kind}): a sidecar's "
+                                "credential covers only its own identity's proxies")
+
+
 async def xds_ack(request: web.Request) -> web.Response:
     push = _components(request).push
-    proxy = await push.respond(await _json_body(request))
+    body = await _json_body(request)
+    proxy_id = body.get("id") if isinstance(body, dict) else None
+    if isinstance(proxy_id, str):
+        known = push.proxy(proxy_id)
+        _authorize_proxy(request, proxy_id, known.kind if known is not None else "sidecar")
+    proxy = await push.respond(body)
     return web.json_response({"id": proxy.id, "status": proxy.status, "latest": proxy.latest_version})
 
 
@@ -379,10 +456,13 @@ async def ca_root(request: web.Request) -> web.Response:
 # -- the application --------------------------------------------------------------------------------
 
 
-def create_app(components: Components, *, max_body: int = MAX_BODY_BYTES) -> web.Application:
-    """The aiohttp application serving the API over ``components``."""
-    app = web.Application(middlewares=[json_errors], client_max_size=max_body)
+def create_app(components: Components, authenticator: Authenticator, *,
+               max_body: int = MAX_BODY_BYTES) -> web.Application:
+    """The aiohttp application serving the API over ``components``; ``authenticator`` checks every call."""
+    app = web.Application(middlewares=[make_guard(authenticator), json_errors], client_max_size=max_body)
     app[COMPONENTS] = components
+    app[WRITES] = asyncio.Lock()
+    app[BODY_LIMIT] = max_body
     app.router.add_get(f"{API}/healthz", healthz)
     app.router.add_post(f"{API}/apply", apply)
     app.router.add_get(f"{API}/config", get_config)

@@ -37,16 +37,23 @@ class ApiError(Exception):
 class ControlClient:
     """One method per API call; every call returns the parsed JSON body (or text for YAML).
 
-    ``ssl_context`` and ``headers`` (asked before every request) are for a control plane reached
-    through an authenticating front, e.g. the Kubernetes API server's service proxy.
+    ``token`` is the admin token sent as ``Authorization: Bearer``; None finds the one of this
+    machine's mesh (`meshkit.control.auth.discover_admin_token`), "" sends none. ``ssl_context``
+    and ``headers`` (asked before every request) are for a control plane reached through an
+    authenticating front, e.g. the Kubernetes API server's service proxy.
     """
 
     def __init__(self, url: str, *, timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None,
-                 headers: Callable[[], dict[str, str]] | None = None) -> None:
+                 headers: Callable[[], dict[str, str]] | None = None, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.headers = headers
+        if token is None and headers is None:
+            from meshkit.control.auth import discover_admin_token  # noqa: PLC0415
+
+            token = discover_admin_token()
+        self.token = token or None
 
     def request(self, method: str, path: str, *, body: bytes | None = None, json_body: Any = None,
                 content_type: str = "application/json", query: dict[str, Any] | None = None) -> Any:
@@ -56,6 +63,8 @@ class ControlClient:
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         headers = dict(self.headers()) if self.headers is not None else {}
+        if self.token is not None:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
         if body is not None:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(url, data=body, method=method, headers=headers)

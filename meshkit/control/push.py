@@ -182,8 +182,13 @@ class PushServer:
                     self._dirty = True
                     self.stats.abandoned += 1
                     break
-                self._update(group, inputs)
-                await asyncio.sleep(0)
+                # compiling is CPU work: a worker thread does it, the loop keeps serving streams and CSRs
+                compiled = await asyncio.to_thread(self._compile, group, inputs)
+                if self._dirty or not self._inputs_current(inputs):
+                    self._dirty = True
+                    self.stats.abandoned += 1
+                    break
+                self._publish(group, compiled, inputs[2])
             if not self._dirty:
                 return
 
@@ -207,15 +212,24 @@ class PushServer:
 
     def _update(self, group: list[ProxyState], inputs: tuple[Any, Any, int]) -> None:
         """Compile once for ``group`` (proxies of one shape), render each, wake those that changed."""
+        self._publish(group, self._compile(group, inputs), inputs[2])
+
+    def _compile(self, group: list[ProxyState], inputs: tuple[Any, Any, int]) -> SnapshotTemplate | Exception:
+        """The snapshot template of ``group``'s shape, or the compiler's exception (pure: any thread)."""
         resources, view, revision = inputs
         self.stats.compiles += 1
         try:
-            template = SnapshotTemplate(compile_snapshot(
+            return SnapshotTemplate(compile_snapshot(
                 resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision))
         except Exception as error:  # a compiler bug must not stop the pushes to everyone else
             log.exception("compiling the snapshot of %s failed at revision %s", group[0].id, revision)
+            return error
+
+    def _publish(self, group: list[ProxyState], template: SnapshotTemplate | Exception,
+                 revision: int) -> None:
+        if isinstance(template, Exception):
             for proxy in group:
-                proxy.compile_error = f"revision {revision}: {type(error).__name__}: {error}"
+                proxy.compile_error = f"revision {revision}: {type(template).__name__}: {template}"
             return
         for proxy in group:
             proxy.compile_error = None

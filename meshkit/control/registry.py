@@ -207,6 +207,13 @@ class ServiceRegistry:
                                                                       kind=kind)
         return registered.node()
 
+    def service_account_of(self, proxy_id: str, kind: str = "sidecar") -> str | None:
+        """The service account proxy ``proxy_id`` runs as, when the registry knows it (else None)."""
+        instance, _, namespace = proxy_id.rpartition(".")
+        known = kind != "sidecar" or (namespace, instance) in self._endpoints \
+            or (namespace, instance) in self._workloads
+        return self.node_for(proxy_id, kind).service_account if known else None
+
     # -- notifications --------------------------------------------------------------------------
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:

@@ -4,7 +4,8 @@
 state directory (default ``$MESHKIT_HOME/control``, i.e. ``~/.meshkit/control``: ``control.db``,
 ``ca/``) and builds the aiohttp application. ``run_control_plane`` binds it to a host/port (port 0
 picks a free one) and records the address in ``<state dir>/address.json`` so the CLI can find it
-(under the default state dir, without being told); ``serve`` is the
+(under the default state dir, without being told) next to ``admin-token`` (0600, see
+`meshkit.control.auth`), the token every caller but a sidecar needs; ``serve`` is the
 blocking entry point of ``meshkit control`` with a graceful shutdown on SIGINT/SIGTERM.
 """
 
@@ -28,11 +29,12 @@ from meshkit.control.address import (
     forget_address,
     write_address,
 )
-from meshkit.control.api import Components, SignedCertificate, create_app
+from meshkit.control.api import MAX_BODY_BYTES, Components, SignedCertificate, create_app
+from meshkit.control.auth import Authenticator, ensure_admin_token
 from meshkit.control.database import open_database
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry
-from meshkit.control.store import ConfigStore
+from meshkit.control.store import KEEP_REVISIONS, ConfigStore
 from meshkit.control.telemetry import Scraper, TelemetryStore
 
 DEFAULT_HOST = "127.0.0.1"
@@ -97,18 +99,21 @@ class ControlPlane:
 
     def __init__(self, state_dir: Path | str | None = None, *, with_ca: bool = True,
                  ca_ttl: timedelta | None = None, debounce: float = 0.005, ping_interval: float = 15.0,
-                 retention: float = 300.0, authenticator: Any = None) -> None:
+                 retention: float = 300.0, authenticator: Any = None, max_body: int = MAX_BODY_BYTES,
+                 keep_revisions: int = KEEP_REVISIONS) -> None:
         """``authenticator`` (a `ca.CallerAuthenticator`) replaces the bootstrap tokens as the CA's
         check of who asks for a certificate (Kubernetes: a TokenReview of the pod's token)."""
         self.directory = Path(state_dir) if state_dir is not None else default_control_dir()
         self._db: sqlite3.Connection = open_database(self.directory)
-        self.store = ConfigStore(self._db)
+        self.max_body = max_body
+        self.store = ConfigStore(self._db, keep_revisions=keep_revisions)
         self.registry = ServiceRegistry(self._db)
         self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
                                retention=retention)
         self.telemetry = Scraper(TelemetryStore())
         self.signer: _CaSigner | None = None
         self.tokens: Any = None  # meshkit.control.ca.BootstrapTokens when the CA runs
+        self.admin_token = ensure_admin_token(self.directory)
         if with_ca:
             from meshkit.control import ca  # noqa: PLC0415 (optional part)
 
@@ -120,9 +125,12 @@ class ControlPlane:
             service = ca.SigningService(authority, authenticator, ttl=ca_ttl or ca.DEFAULT_TTL)
             self.signer = _CaSigner(service)
             self.registry.set_root_pem(self.signer.root_pem)
+        # sidecars present the credential the CA knows them by (bootstrap token or ServiceAccount token)
+        self.authenticator = Authenticator(self.admin_token, authenticator)
 
     def create_app(self) -> web.Application:
-        app = create_app(Components(self.store, self.registry, self.push, self.signer))
+        app = create_app(Components(self.store, self.registry, self.push, self.signer), self.authenticator,
+                         max_body=self.max_body)
         telemetry_api.add_routes(app, self.telemetry)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
@@ -155,6 +163,15 @@ class RunningControlPlane:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_token(self) -> str:
+        return self.control_plane.admin_token
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """``Authorization`` for an admin call."""
+        return {"Authorization": f"Bearer {self.control_plane.admin_token}"}
 
     async def close(self) -> None:
         await self.runner.cleanup()

@@ -11,6 +11,14 @@ must always be possible.
 
 Store message codes: MK0901-MK0906 (their meanings: `meshkit.config.codes`).
 
+Bounded work: a change is *prepared* (`prepare_apply`, `prepare_delete`, `prepare_rollback`:
+analyzer, diff, serialization; pure, safe in a worker thread) and then *committed* (`commit`:
+one INSERT, on the caller's thread; it refuses a preparation the store moved past). The diff is
+linear: common leading and trailing lines are trimmed and a middle over `DIFF_MAX_LINES` lines
+is shown as removed-then-added instead of being searched for matches. Only the last
+``keep_revisions`` revisions are kept (default `KEEP_REVISIONS`); older ones are pruned, and
+rolling back to one says so.
+
 An external source of truth (Kubernetes: ``meshkit control --kubernetes``) keeps the config with
 ``mirror``: the whole config becomes what the source holds, as one revision whose summary names
 the source, not gated by the analyzer (the source already accepted those objects; cross-resource
@@ -21,6 +29,7 @@ and rollback are refused with a message saying where to change the config instea
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import sqlite3
 import time
@@ -38,6 +47,10 @@ from meshkit.config.registry import RegistryView
 from meshkit.config.resources import Resource
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
+KEEP_REVISIONS = 1000
+DIFF_MAX_LINES = 2000  # a changed middle longer than this is not searched for matching lines
+DIFF_MAX_BYTES = 256 * 1024  # a resource larger than this (as JSON) gets a one-line diff
+_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def duplicate_messages(incoming: Sequence[Resource]) -> list[Message]:
@@ -111,21 +124,72 @@ class ChangeResult:
         }
 
 
-def _resource_yaml(resource: Resource | None) -> list[str]:
-    if resource is None:
+class Documents:
+    """Each resource's ``to_dict()`` computed once (a 1 MB resource takes ~0.1 s per dump)."""
+
+    def __init__(self) -> None:
+        self._docs: dict[int, tuple[Resource, dict[str, Any]]] = {}
+
+    def __call__(self, resource: Resource) -> dict[str, Any]:
+        found = self._docs.get(id(resource))
+        if found is None:
+            found = self._docs[id(resource)] = (resource, resource.to_dict())  # keeps the id taken
+        return found[1]
+
+
+def _yaml_lines(doc: dict[str, Any] | None) -> list[str]:
+    if doc is None:
         return []
-    return yaml.safe_dump(resource.to_dict(), sort_keys=False).splitlines(keepends=True)
+    text: str = yaml.dump(doc, Dumper=_DUMPER, sort_keys=False)
+    return text.splitlines(keepends=True)
 
 
-def config_diff(old: dict[Key, Resource], new: dict[Key, Resource]) -> str:
+def _lines_diff(before: list[str], after: list[str], fromfile: str, tofile: str) -> list[str]:
+    """A unified diff in linear time when the changed middle is large (see the module docstring)."""
+    start = 0
+    for start, (a, b) in enumerate(itertools.zip_longest(before, after)):  # noqa: B007
+        if a != b:
+            break
+    else:
+        return []
+    end_b, end_a = len(before), len(after)
+    while end_b > start and end_a > start and before[end_b - 1] == after[end_a - 1]:
+        end_b, end_a = end_b - 1, end_a - 1
+    if max(end_b - start, end_a - start) <= DIFF_MAX_LINES:
+        return list(difflib.unified_diff(before, after, fromfile=fromfile, tofile=tofile))
+    context = 3
+    low, high_b, high_a = max(0, start - context), min(len(before), end_b + context), \
+        min(len(after), end_a + context)
+    hunk = [f"--- {fromfile}\n", f"+++ {tofile}\n",
+            f"@@ -{low + 1},{high_b - low} +{low + 1},{high_a - low} @@\n"]
+    hunk.extend(" " + line for line in before[low:start])
+    hunk.extend("-" + line for line in before[start:end_b])
+    hunk.extend("+" + line for line in after[start:end_a])
+    hunk.extend(" " + line for line in before[end_b:high_b])
+    return [line if line.endswith("\n") else line + "\n" for line in hunk]
+
+
+def config_diff(old: dict[Key, Resource], new: dict[Key, Resource], docs: Documents | None = None) -> str:
     """Unified diff of every resource that differs, as YAML, one file header per resource."""
+    docs = docs or Documents()
     chunks: list[str] = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key), new.get(key)
-        if before is not None and after is not None and before.to_dict() == after.to_dict():
+        if before is after:
             continue
-        chunks.extend(difflib.unified_diff(
-            _resource_yaml(before), _resource_yaml(after),
+        old_doc = docs(before) if before is not None else None
+        new_doc = docs(after) if after is not None else None
+        if old_doc is not None and old_doc == new_doc:
+            continue
+        sizes = [len(json.dumps(d)) for d in (old_doc, new_doc) if d is not None]
+        if max(sizes) > DIFF_MAX_BYTES:
+            chunks.append(f"--- {'a/' + _ref(key) if before is not None else '/dev/null'}\n"
+                          f"+++ {'b/' + _ref(key) if after is not None else '/dev/null'}\n"
+                          f"@@ diff omitted: the resource is {max(sizes)} bytes as JSON "
+                          f"(over {DIFF_MAX_BYTES}); `meshkit get` shows it @@\n")
+            continue
+        chunks.extend(_lines_diff(
+            _yaml_lines(old_doc), _yaml_lines(new_doc),
             fromfile=f"a/{_ref(key)}" if before is not None else "/dev/null",
             tofile=f"b/{_ref(key)}" if after is not None else "/dev/null",
         ))
@@ -136,10 +200,31 @@ def _errors(messages: Iterable[Message]) -> list[Message]:
     return [m for m in messages if m.severity == Severity.ERROR]
 
 
-class ConfigStore:
-    """The accepted config, its revisions, and change notifications. Not thread-safe: one event loop."""
+@dataclass(frozen=True, slots=True)
+class PreparedChange:
+    """A change worked out against revision ``base``, ready to `ConfigStore.commit`."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    base: int
+    summary: str
+    actions: list[tuple[str, str]]
+    messages: list[Message]
+    entries: dict[Key, StoredResource]
+    diff: str
+    document: str
+    timestamp: float
+
+
+class ConfigStore:
+    """The accepted config, its revisions, and change notifications.
+
+    Not thread-safe: every method runs on one thread (the event loop), except the ``prepare_*``
+    methods, which only read and may run in a worker thread while the loop goes on.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, *, keep_revisions: int = KEEP_REVISIONS) -> None:
+        if keep_revisions < 1:
+            raise ValueError(f"keep_revisions: expected at least 1, got {keep_revisions}")
+        self.keep_revisions = keep_revisions
         self._db = connection
         self._listeners: list[Callable[[], None]] = []
         self._current: dict[Key, StoredResource] = {}
@@ -234,67 +319,101 @@ class ConfigStore:
     def apply(self, incoming: Sequence[Resource], registry: RegistryView | None = None, *,
               expected_revision: int | None = None) -> ChangeResult:
         """Create or replace ``incoming`` atomically; raise ConfigError (nothing changed) on any Error."""
+        return self.commit(self.prepare_apply(incoming, registry, expected_revision=expected_revision))
+
+    def prepare_apply(self, incoming: Sequence[Resource], registry: RegistryView | None = None, *,
+                      expected_revision: int | None = None) -> PreparedChange | ChangeResult:
+        """`apply`'s work without the commit: a ChangeResult when nothing changes."""
+        base, current = self._revision, self._current
         self._check_writable()
         self._check_expected(expected_revision)
         duplicates = duplicate_messages(incoming)
         if duplicates:
             raise ConfigError(duplicates)
-        merged = self._merged(incoming)
+        merged = {key: stored.resource for key, stored in current.items()}
+        merged.update((resource.key, resource) for resource in incoming)
         messages = analyze([merged[key] for key in sorted(merged)], registry)
         if _errors(messages):
             raise ConfigError(messages)
         actions: list[tuple[str, str]] = []
+        docs = Documents()
         for resource in incoming:
-            before = self._current.get(resource.key)
+            before = current.get(resource.key)
             if before is None:
                 actions.append((resource.ref, "created"))
-            elif before.resource.to_dict() != resource.to_dict():
+            elif docs(before.resource) != docs(resource):
                 actions.append((resource.ref, "configured"))
             else:
                 actions.append((resource.ref, "unchanged"))
         changed = [(ref, action) for ref, action in actions if action != "unchanged"]
         if not changed:
-            return ChangeResult(self._revision, False, actions, messages)
+            return ChangeResult(base, False, actions, messages)
         summary = "apply: " + ", ".join(f"{action} {ref}" for ref, action in changed)
-        self._commit(merged, summary)
-        return ChangeResult(self._revision, True, actions, messages)
+        return self._prepare(base, current, merged, summary, actions=actions, messages=messages, docs=docs)
 
     def delete(self, keys: Sequence[Key], registry: RegistryView | None = None, *,
                expected_revision: int | None = None) -> ChangeResult:
         """Delete every key or nothing (NotFound names all the missing ones)."""
+        return self.commit(self.prepare_delete(keys, registry, expected_revision=expected_revision))
+
+    def prepare_delete(self, keys: Sequence[Key], registry: RegistryView | None = None, *,
+                       expected_revision: int | None = None) -> PreparedChange | ChangeResult:
+        base, current = self._revision, self._current
         self._check_writable()
         self._check_expected(expected_revision)
         unique = list(dict.fromkeys(keys))
-        missing = [key for key in unique if key not in self._current]
+        missing = [key for key in unique if key not in current]
         if missing:
             raise NotFoundError([
                 Message(codes.MK0902, Severity.ERROR, _ref(key), "", f"{_ref(key)} not found")
                 for key in missing
             ])
-        remaining = {key: stored.resource for key, stored in self._current.items() if key not in unique}
+        remaining = {key: stored.resource for key, stored in current.items() if key not in unique}
         if not unique:
-            return ChangeResult(self._revision, False, [], [])
-        self._commit(remaining, "delete: " + ", ".join(_ref(key) for key in unique))
+            return ChangeResult(base, False, [], [])
         warnings = analyze([remaining[key] for key in sorted(remaining)], registry)
-        return ChangeResult(self._revision, True, [(_ref(key), "deleted") for key in unique], warnings)
+        return self._prepare(base, current, remaining, "delete: " + ", ".join(_ref(key) for key in unique),
+                             actions=[(_ref(key), "deleted") for key in unique], messages=warnings)
 
     def rollback(self, number: int, registry: RegistryView | None = None) -> ChangeResult:
         """Make the config as of revision ``number`` current again, as a new revision."""
+        return self.commit(self.prepare_rollback(number, self.config_at(number), registry))
+
+    def config_at(self, number: int) -> dict[Key, Resource]:
+        """The config as of revision ``number`` (a database read: on the store's thread)."""
         self._check_writable()
-        target = self._config_at(number)
+        return self._config_at(number)
+
+    def prepare_rollback(self, number: int, target: dict[Key, Resource],
+                         registry: RegistryView | None = None) -> PreparedChange | ChangeResult:
+        base, stored = self._revision, self._current
+        self._check_writable()
         messages = analyze([target[key] for key in sorted(target)], registry)
         if _errors(messages):
             raise ConfigError(messages)
-        current = {key: stored.resource for key, stored in self._current.items()}
-        if config_diff(current, target) == "":
-            return ChangeResult(self._revision, False, [], messages)
+        current = {key: entry.resource for key, entry in stored.items()}
+        docs = Documents()
         actions = [
             (_ref(key), "deleted" if key not in target else "created" if key not in current else "configured")
             for key in sorted(set(current) | set(target))
-            if key not in current or key not in target or current[key].to_dict() != target[key].to_dict()
+            if key not in current or key not in target or docs(current[key]) != docs(target[key])
         ]
-        self._commit(target, f"rollback to revision {number}")
-        return ChangeResult(self._revision, True, actions, messages)
+        if not actions:
+            return ChangeResult(base, False, [], messages)
+        return self._prepare(base, stored, target, f"rollback to revision {number}", actions=actions,
+                             messages=messages, docs=docs)
+
+    def commit(self, change: PreparedChange | ChangeResult) -> ChangeResult:
+        """Make a prepared change the next revision (a ChangeResult passes through unchanged)."""
+        if isinstance(change, ChangeResult):
+            return change
+        self._check_writable()
+        if change.base != self._revision:
+            text = (f"the config changed (revision {self._revision}) while this change was prepared "
+                    f"against revision {change.base}; retry")
+            raise ConflictError([Message(codes.MK0904, Severity.ERROR, "<store>", "", text)])
+        self._commit_prepared(change)
+        return ChangeResult(self._revision, True, change.actions, change.messages)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -302,6 +421,44 @@ class ConfigStore:
         merged = {key: stored.resource for key, stored in self._current.items()}
         merged.update((resource.key, resource) for resource in incoming)
         return merged
+
+    @staticmethod
+    def _prepare(base: int, current: dict[Key, StoredResource], config: dict[Key, Resource], summary: str,
+                 *, actions: list[tuple[str, str]], messages: list[Message],
+                 docs: Documents | None = None) -> PreparedChange:
+        """Diff and serialize ``config`` as revision ``base + 1`` (pure: a worker thread may run it)."""
+        docs = docs or Documents()
+        now = time.time()
+        number = base + 1
+        previous = {key: stored.resource for key, stored in current.items()}
+        diff = config_diff(previous, config, docs)
+        entries: dict[Key, StoredResource] = {}
+        for key, resource in config.items():
+            before = current.get(key)
+            unchanged = before is not None and (before.resource is resource
+                                                or docs(before.resource) == docs(resource))
+            if before is not None and unchanged:
+                entries[key] = before
+            else:
+                entries[key] = StoredResource(resource, before.created if before else now, number)
+        document = json.dumps([
+            {"resource": docs(entries[key].resource), "created": entries[key].created,
+             "revision": entries[key].revision}
+            for key in sorted(entries)
+        ])
+        return PreparedChange(base, summary, actions, messages, entries, diff, document, now)
+
+    def _commit_prepared(self, change: PreparedChange) -> None:
+        number = change.base + 1
+        self._db.execute(
+            "INSERT INTO revisions (number, timestamp, summary, diff, config) VALUES (?, ?, ?, ?, ?)",
+            (number, change.timestamp, change.summary, change.diff, change.document),
+        )
+        self._db.execute("DELETE FROM revisions WHERE number <= ?", (number - self.keep_revisions,))
+        self._current = change.entries
+        self._revision = number
+        for listener in list(self._listeners):
+            listener()
 
     def _check_writable(self) -> None:
         if self._owner is not None:
@@ -317,34 +474,16 @@ class ConfigStore:
 
     def _no_revision(self, number: int) -> NotFoundError:
         text = f"revision {number} does not exist (current revision: {self._revision})"
+        oldest = self._db.execute("SELECT MIN(number) FROM revisions").fetchone()[0]
+        if oldest is not None and 0 < number < oldest:
+            text = (f"revision {number} was pruned: the control plane keeps the last {self.keep_revisions} "
+                    f"revisions ({oldest}..{self._revision}); roll back to one of those")
         return NotFoundError([Message(codes.MK0903, Severity.ERROR, f"revision {number}", "", text)])
 
     def _commit(self, config: dict[Key, Resource], summary: str) -> None:
         """Write ``config`` as the next revision, then make it current and notify listeners."""
-        now = time.time()
-        number = self._revision + 1
-        previous = {key: stored.resource for key, stored in self._current.items()}
-        diff = config_diff(previous, config)
-        entries: dict[Key, StoredResource] = {}
-        for key, resource in config.items():
-            before = self._current.get(key)
-            if before is not None and before.resource.to_dict() == resource.to_dict():
-                entries[key] = before
-            else:
-                entries[key] = StoredResource(resource, before.created if before else now, number)
-        document = json.dumps([
-            {"resource": entries[key].resource.to_dict(), "created": entries[key].created,
-             "revision": entries[key].revision}
-            for key in sorted(entries)
-        ])
-        self._db.execute(
-            "INSERT INTO revisions (number, timestamp, summary, diff, config) VALUES (?, ?, ?, ?, ?)",
-            (number, now, summary, diff, document),
-        )
-        self._current = entries
-        self._revision = number
-        for listener in list(self._listeners):
-            listener()
+        self._commit_prepared(self._prepare(self._revision, self._current, config, summary, actions=[],
+                                            messages=[]))
 
     def _config_at(self, number: int) -> dict[Key, Resource]:
         if number == 0:

@@ -4,8 +4,10 @@
     GET    /api/v1/telemetry/graph?window=S
     GET    /api/v1/telemetry/series?window=S&step=S[&destination=SVC]
     GET    /api/v1/telemetry/targets
-    PUT    /api/v1/telemetry/targets/{name}      {"url": "http://127.0.0.1:PORT/stats/prometheus"}
     DELETE /api/v1/telemetry/targets/{name}
+
+Targets are the connected proxies' admin ports (``xds/stream?admin_port=``) and, on Kubernetes,
+the mirrored pods: no client names a URL the control plane would fetch.
 
 Query errors are 400s whose message names the parameter, like every other API error.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -81,21 +82,6 @@ async def targets(request: web.Request) -> web.Response:
     return web.json_response({"targets": rows})
 
 
-async def put_target(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    try:
-        body: Any = await request.json()
-    except ValueError:
-        raise _bad("body", "body is not valid JSON") from None
-    url = body.get("url") if isinstance(body, dict) else None
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if not isinstance(url, str) or parts is None or parts.scheme not in ("http", "https") \
-            or not parts.hostname:
-        raise _bad("url", f"targets/{name}: url must be an http(s) URL, got {url!r}")
-    _scraper(request).set_target(name, url)
-    return web.json_response({"name": name, "url": url})
-
-
 async def delete_target(request: web.Request) -> web.Response:
     _scraper(request).remove_target(request.match_info["name"])
     return web.json_response({"deleted": True})
@@ -108,7 +94,6 @@ def add_routes(app: web.Application, scraper: Scraper) -> None:
         ("GET", f"{API}/graph", graph),
         ("GET", f"{API}/series", series),
         ("GET", f"{API}/targets", targets),
-        ("PUT", f"{API}/targets/{{name}}", put_target),
         ("DELETE", f"{API}/targets/{{name}}", delete_target),
     ]
     for method, path, handler in routes:

@@ -174,6 +174,13 @@ class KubeApi:
             raise KubeApiError(0, f"POST {path}: the answer is not a JSON object")
         return doc
 
+    async def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT ``body`` to ``path`` (an object that exists); the object as the API answers it."""
+        doc = await self._json("PUT", path, body=body, what=f"PUT {path}")
+        if not isinstance(doc, dict):
+            raise KubeApiError(0, f"PUT {path}: the answer is not a JSON object")
+        return doc
+
     async def watch(self, resource: ResourceType, resource_version: str | None,
                     timeout_s: int) -> AsyncIterator[dict[str, Any]]:
         """Watch events (``{"type", "object"}``) of ``resource`` in all namespaces, for up to ``timeout_s``.

@@ -28,6 +28,7 @@ Errors are the control client's: `ApiError` (refused, with messages) and `Contro
 
 from __future__ import annotations
 
+import base64
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import RegistryView
 from meshkit.config.resources import Resource
+from meshkit.control.auth import ADMIN_SECRET, ADMIN_SECRET_KEY, TOKEN_HEADER
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.control.kinds import resolve_kind
 from meshkit.control.registry import parse_endpoint, parse_service
@@ -71,11 +73,16 @@ class ClusterClient(ControlClient):
                  service: str = names.CONTROL_SERVICE, port_name: str = CONTROL_PORT_NAME,
                  timeout: float = 15.0, mirror_wait_s: float = MIRROR_WAIT_S,
                  control_url: str | None = None, on_close: Callable[[], None] | None = None) -> None:
+        # The control plane's admin token, from the Secret it publishes (RBAC decides who may read
+        # it), goes in X-Meshkit-Token: the API server's service proxy drops Authorization.
+        self._secret_path = f"/api/v1/namespaces/{namespace}/secrets/{ADMIN_SECRET}"
+        self._admin_token: str | None = None
         if control_url is not None:  # reads through a port-forward (meshkit.k8s.port_forward)
-            super().__init__(control_url, timeout=timeout)
+            super().__init__(control_url, timeout=timeout, headers=self._token_header)
         else:  # reads through the API server's service proxy, with the cluster's credentials
             super().__init__(kube.server + service_proxy_path(namespace, service, port_name), timeout=timeout,
-                             ssl_context=kube.ssl_context(), headers=kube.headers)
+                             ssl_context=kube.ssl_context(),
+                             headers=lambda: {**kube.headers(), **self._token_header()})
         self._on_close = on_close
         self.kube = kube
         self.label = label
@@ -85,6 +92,16 @@ class ClusterClient(ControlClient):
 
     def __repr__(self) -> str:
         return f"ClusterClient({self.label}: {self.kube.server})"
+
+    def _token_header(self) -> dict[str, str]:
+        if self._admin_token is None:
+            try:
+                secret = self.kube.get(self._secret_path) or {}
+            except KubeApiError:
+                secret = {}
+            encoded = (secret.get("data") or {}).get(ADMIN_SECRET_KEY)
+            self._admin_token = base64.b64decode(encoded).decode().strip() if isinstance(encoded, str) else ""
+        return {TOKEN_HEADER: self._admin_token} if self._admin_token else {}
 
     def close(self) -> None:
         """Stop what the reads go through (a port-forward); the service proxy needs nothing."""
@@ -97,8 +114,15 @@ class ClusterClient(ControlClient):
     def request(self, method: str, path: str, *, body: bytes | None = None, json_body: Any = None,
                 content_type: str = "application/json", query: dict[str, Any] | None = None) -> Any:
         try:
-            return super().request(method, path, body=body, json_body=json_body, content_type=content_type,
-                                   query=query)
+            try:
+                return super().request(method, path, body=body, json_body=json_body,
+                                       content_type=content_type, query=query)
+            except ApiError as error:
+                if error.status != 401:
+                    raise
+                self._admin_token = None  # the control plane restarted with a new token: read it again
+                return super().request(method, path, body=body, json_body=json_body,
+                                       content_type=content_type, query=query)
         except ApiError as error:
             if error.messages or not error.error.startswith(f"HTTP {error.status}"):
                 raise  # the control plane's own refusal

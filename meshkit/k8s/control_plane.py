@@ -33,8 +33,10 @@ runs the control plane in-process (it is the control plane's backend, not a clie
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from types import TracebackType
 from typing import Any
 
 from meshkit.config.resources import Resource
+from meshkit.control.auth import ADMIN_SECRET, ADMIN_SECRET_KEY
 from meshkit.control.registry import RegisteredEndpoint, ServiceRegistry
 from meshkit.control.server import (
     DEFAULT_HOST,
@@ -354,9 +357,34 @@ async def run_kubernetes_control_plane(access: KubeAccess, host: str = DEFAULT_H
         await api.close()
         raise
     plane = running.control_plane
+    await publish_admin_token(api, plane.admin_token)
     sync = KubernetesSync(api, plane.store, plane.registry, sync_options, scraper=plane.telemetry)
     sync.start()
     return RunningKubernetesControlPlane(running, sync, api)
+
+
+def admin_secret_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/secrets/{ADMIN_SECRET}"
+
+
+async def publish_admin_token(api: KubeApi, token: str) -> None:
+    """Keep the admin token in the Secret ``meshkit-control-admin`` of the control plane's namespace
+    ($POD_NAMESPACE, else meshkit-system): whoever RBAC lets read it may call the API as admin."""
+    namespace = os.environ.get("POD_NAMESPACE") or "meshkit-system"
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": ADMIN_SECRET, "namespace": namespace,
+                           "labels": {"app.kubernetes.io/managed-by": "meshkit"}},
+              "data": {ADMIN_SECRET_KEY: base64.b64encode(token.encode()).decode()}}
+    try:
+        try:
+            await api.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
+        except KubeApiError as error:
+            if error.status != 409:
+                raise
+            await api.replace(admin_secret_path(namespace), secret)
+    except KubeApiError as error:
+        log.warning("kubernetes: could not publish the admin token in secret %s/%s (%s); the CLI on "
+                    "this cluster will get 401s", namespace, ADMIN_SECRET, error)
 
 
 def serve_kubernetes(access: KubeAccess, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,

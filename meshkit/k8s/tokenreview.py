@@ -31,6 +31,8 @@ _SERVICE_ACCOUNT = re.compile(r"^system:serviceaccount:(?P<ns>[^:]+):(?P<sa>[^:]
 class TokenReviewAuthenticator:
     """Token -> SPIFFE identity by a TokenReview (``authentication.k8s.io/v1``)."""
 
+    cache_seconds = 30.0  # the control plane API reuses an answer this long (not one review per ACK)
+
     def __init__(self, api: KubeApi, audience: str = TOKEN_AUDIENCE) -> None:
         self.api = api
         self.audience = audience

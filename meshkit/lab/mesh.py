@@ -155,7 +155,10 @@ class Mesh:
         self.local = local
         # on Kubernetes (``cluster`` names the context) the client is a meshkit.k8s ClusterClient:
         # the same calls, config through the Kubernetes API, reads through the API server's proxy
-        self.client = client if client is not None else ControlClient(self.control_url, timeout=15.0)
+        if client is None:
+            token = local.admin_token() if local is not None else None
+            client = ControlClient(self.control_url, timeout=15.0, token=token)
+        self.client = client
         self.cluster = cluster
         self._loads: list[LoadHandle] = []
 

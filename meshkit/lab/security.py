@@ -127,7 +127,7 @@ def wire(mesh: Mesh, source: str, target: str, *, path: str = "/health", max_byt
     if not 0 < seconds <= 30:
         raise LabError(f"seconds: expected (0, 30], got {seconds!r}")
     coro = tap.tap(mesh.control_url, src.get("outbound_proxy") or None, dst["name"], path=path,
-                   max_bytes=max_bytes, seconds=seconds)
+                   max_bytes=max_bytes, seconds=seconds, token=getattr(mesh.client, "token", None))
     try:
         capture = _run(coro, seconds + 40.0)
     except (ValueError, concurrent.futures.TimeoutError) as exc:

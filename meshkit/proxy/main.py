@@ -43,6 +43,7 @@ log = logging.getLogger("meshkit.proxy")
 DEFAULT_PORTS = {"outbound": 15001, "inbound": 15006, "admin": 15000}
 TOKEN_ENV = "MESHKIT_CA_TOKEN"
 TOKEN_FILE_ENV = "MESHKIT_TOKEN_FILE"  # a file holding the token, re-read before every CSR (Kubernetes)
+CONTROL_TOKEN_FILE_ENV = "MESHKIT_CONTROL_TOKEN_FILE"  # the control plane credential of a proxy without CA
 SWEEP_INTERVAL = 5.0
 
 
@@ -74,6 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"or the token itself in env {TOKEN_ENV}); enables mTLS",
     )
     parser.add_argument(
+        "--control-token-file", metavar="PATH",
+        help=f"file with the token for the control plane's API (or env {CONTROL_TOKEN_FILE_ENV}); "
+        "default: the CA token",
+    )
+    parser.add_argument(
         "--tls-dir", metavar="DIR",
         help="mTLS with fixed certificates: DIR/cert-chain.pem, key.pem, root-cert.pem (no CA, no rotation)",
     )
@@ -100,6 +106,21 @@ def _ca_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str 
             parser.error(f"--ca-token-file {args.ca_token_file}: the file is empty")
         return token
     return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
+def control_credential(args: argparse.Namespace) -> str | None:
+    """The bearer token of the xDS calls, read at each connection: ``--control-token-file``, else
+    the CA token (its file again when there is one: Kubernetes rotates projected tokens)."""
+    named = getattr(args, "control_token_file", None) or os.environ.get(CONTROL_TOKEN_FILE_ENV)
+    path = named or getattr(args, "ca_token_file", None)
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            log.warning("control plane token file %s: %s", path, exc.strerror or exc)
+            return None
+    token = getattr(args, "ca_token", None)
+    return str(token) if token else None
 
 
 class Proxy:
@@ -176,7 +197,8 @@ class Proxy:
             certificates = self.sidecar_certificates
             self._tasks.append(asyncio.ensure_future(certificates.run(self.state, self._stopping)))
         if args.control:
-            self.xds = XdsClient(args.control, args.node_id, self.state, kind=args.kind)
+            self.xds = XdsClient(args.control, args.node_id, self.state, kind=args.kind,
+                                 token=lambda: control_credential(args), admin_port=self.ports["admin"])
             self._tasks.append(asyncio.ensure_future(self.xds.run()))
         self._tasks.append(asyncio.ensure_future(self._sweep_upstream()))
         if args.ports_file:

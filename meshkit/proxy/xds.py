@@ -7,6 +7,9 @@ re-reads it on SIGHUP. ``XdsClient`` follows the push protocol of docs/snapshot.
 raw asyncio streams (no aiohttp in the sidecar): ``GET /api/v1/xds/stream?id=ID`` as a
 ``text/event-stream``, ACK/NACK per snapshot with ``POST /api/v1/xds/ack``, reconnect with
 jittered exponential back-off (100 ms doubling to 5 s) while serving the last snapshot.
+Both calls carry ``Authorization: Bearer`` with the sidecar's credential (its CA bootstrap
+token, or the token file it was given), asked again at every connection; the stream names
+the admin port, whose ``/stats/prometheus`` the control plane then scrapes.
 """
 
 from __future__ import annotations
@@ -153,7 +156,8 @@ class _StreamParser:
 class XdsClient:
     """Subscribes to the control plane and keeps ``state`` up to date (see the module docstring)."""
 
-    def __init__(self, url: str, node_id: str, state: ConfigState, kind: str = "sidecar") -> None:
+    def __init__(self, url: str, node_id: str, state: ConfigState, kind: str = "sidecar", *,
+                 token: Callable[[], str | None] | None = None, admin_port: int | None = None) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"--control: expected http://HOST:PORT, got {url!r}")
@@ -163,11 +167,17 @@ class XdsClient:
         self.node_id = node_id
         self.kind = kind  # "sidecar" | "gateway": the control plane compiles differently for each
         self.state = state
+        self.token = token
+        self.admin_port = admin_port
         state.source = f"control:{url} id={node_id}"
         self.connected = False
         self.connects = 0
         self.snapshots_received = 0
         self._ack_tasks: set[asyncio.Task[None]] = set()
+
+    def _auth_header(self) -> str:
+        token = self.token() if self.token is not None else None
+        return f"authorization: Bearer {token}\r\n" if token else ""
 
     async def run(self) -> None:
         """Stream forever, reconnecting with jittered back-off; cancel to stop."""
@@ -190,8 +200,10 @@ class XdsClient:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
         try:
             path = f"{self.base_path}/api/v1/xds/stream?id={quote(self.node_id)}&kind={self.kind}"
+            if self.admin_port:
+                path += f"&admin_port={self.admin_port}"
             writer.write(
-                f"GET {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+                f"GET {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n{self._auth_header()}"
                 f"accept: text/event-stream\r\ncache-control: no-cache\r\n\r\n".encode()
             )
             await writer.drain()
@@ -249,7 +261,7 @@ class XdsClient:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
             try:
                 writer.write(
-                    f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+                    f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n{self._auth_header()}"
                     f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
                     f"connection: close\r\n\r\n".encode()
                     + body

@@ -2,8 +2,12 @@
 
 A `Launcher` works on one state dir and its `MeshRecord`: it spawns processes (recording each
 one in ``mesh.json`` at once, so `down` finds it even if we crash next), issues CA bootstrap
-tokens, registers services and endpoints, applies an app set's default config, points
-telemetry at sidecars and waits, with a deadline, until apps answer and proxies ACK.
+tokens, registers services and endpoints, applies an app set's default config and waits,
+with a deadline, until apps answer and proxies ACK.
+
+Telemetry needs no call: each sidecar names its admin port on its xDS stream and the control
+plane scrapes that. The admin token (`meshkit.control.auth`) is created here, before the
+control plane starts, if the mesh has none.
 
 CA tokens: each sidecar gets its token in ``MESHKIT_CA_TOKEN`` (never on a command line, never
 in plain text on disk; the CA's token file holds SHA-256 digests only). `up` revokes the tokens
@@ -22,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshkit.control.auth import ensure_admin_token
 from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
 from meshkit.control.client import ApiError, ControlClient
 from meshkit.runtime import catalog, readiness
@@ -86,7 +91,9 @@ class Launcher:
         return f"http://127.0.0.1:{self.plan.control}"
 
     def client(self, timeout: float = 5.0) -> ControlClient:
-        return ControlClient(self.control_url, timeout=timeout)
+        """An admin client; the admin token is created here first if the mesh has none yet."""
+        token = ensure_admin_token(self.state.control_dir)
+        return ControlClient(self.control_url, timeout=timeout, token=token)
 
     def save(self) -> None:
         self.state.write_mesh(self.rec.to_json())
@@ -203,15 +210,6 @@ class Launcher:
             docs = catalog.default_config(app_set)
             if docs:
                 client.apply(docs)
-
-    def scrape(self, client: ControlClient, instances: list[Instance], *, ingress: bool) -> None:
-        """Point telemetry at every sidecar's metrics, as a Prometheus scrape config would."""
-        targets = {i.proxy_id: i.ports.admin for i in instances if i.spec.sidecar}
-        if ingress:
-            targets[INGRESS_PROXY_ID] = self.plan.ingress_admin
-        for name, port in targets.items():
-            client.request("PUT", f"telemetry/targets/{name}",
-                           json_body={"url": f"http://127.0.0.1:{port}/stats/prometheus"})
 
     # -- waiting ------------------------------------------------------------------------------------
 

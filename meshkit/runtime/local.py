@@ -34,7 +34,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from meshkit.control.auth import read_admin_token
 from meshkit.control.ca import CaError, parse_ttl
+from meshkit.control.client import ControlClient
 from meshkit.runtime import catalog, rollout
 from meshkit.runtime.launch import (
     INGRESS_ID,
@@ -143,6 +145,15 @@ class LocalMesh:
         rec = rec or self.record()
         return f"http://127.0.0.1:{PortPlan(rec.base_port).control}" if rec else None
 
+    def admin_token(self) -> str | None:
+        """The control plane's admin token (``<state>/control/admin-token``, 0600), if `up` made one."""
+        return read_admin_token(self.state.control_dir)
+
+    def client(self, timeout: float = 15.0) -> ControlClient:
+        """An admin client of this mesh's control plane."""
+        return ControlClient(self.control_url() or "http://127.0.0.1:0", timeout=timeout,
+                             token=self.admin_token() or "")
+
     def status(self) -> dict[str, Any]:
         """The documented `meshkit status -o json` shape (keys fixed for scripts and tests)."""
         rec = self.record()
@@ -243,7 +254,6 @@ class LocalMesh:
         for inst in instances:
             launcher.start_instance(inst, tokens)
         launcher.start_ingress(tokens[ingress_identity()])
-        launcher.scrape(client, instances, ingress=True)
 
         progress("waiting for every app to answer and every proxy to ACK", 3, steps)
         launcher.wait_ready(client, instances, deadline, ingress=True)

@@ -129,7 +129,6 @@ def _add(launcher: Launcher, control: ControlClient, apps: list[str], counts: di
         progress(f"starting {len(adding)} instances with their sidecars", 1, 3)
         for inst in adding:
             launcher.start_instance(inst, tokens)
-        launcher.scrape(control, adding, ingress=False)
         progress("waiting for the new apps to answer and their sidecars to ACK", 2, 3)
         launcher.wait_ready(control, adding, deadline, ingress=False)
         launcher.set_healthy(control, adding)

@@ -133,17 +133,19 @@ def _endpoint(client: ControlClient, instance: str, namespace: str) -> dict[str,
 
 
 async def tap(control_url: str, source_proxy: str | None, target: str, *, path: str = "/health",
-              namespace: str = "default", max_bytes: int = 256, seconds: float = 10.0) -> WireCapture:
+              namespace: str = "default", max_bytes: int = 256, seconds: float = 10.0,
+              token: str | None = None) -> WireCapture:
     """Capture the first bytes from the sidecar at ``source_proxy`` to instance ``target``.
 
     With ``source_proxy=None`` the requests go in plaintext straight to the target's inbound
-    port, as a client outside the mesh (no sidecar, like ``legacy``) sends them.
+    port, as a client outside the mesh (no sidecar, like ``legacy``) sends them. ``token``: the
+    control plane's admin token (None: this machine's, `meshkit.control.auth.discover_admin_token`).
     """
     if not 16 <= max_bytes <= 65536:
         raise ValueError(f"tap: max bytes must be in [16, 65536], got {max_bytes}")
     if not 0 < seconds <= 60:
         raise ValueError(f"tap: seconds must be in (0, 60], got {seconds}")
-    client = ControlClient(control_url, timeout=SYNC_WAIT + 5.0)
+    client = ControlClient(control_url, timeout=SYNC_WAIT + 5.0, token=token)
     original = await asyncio.to_thread(_endpoint, client, target, namespace)
     service_port = await asyncio.to_thread(_service_port, client, original["service"], namespace)
     capture = WireCapture()

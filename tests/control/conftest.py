@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshkit.control.auth import ensure_admin_token
 from meshkit.control.server import RunningControlPlane, run_control_plane
 from tests.control.sse import Subscriber
 
@@ -23,8 +24,11 @@ async def control_plane(tmp_path: Path) -> AsyncIterator[RunningControlPlane]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
+async def session(tmp_path: Path) -> AsyncIterator[aiohttp.ClientSession]:
+    """An admin session for the control planes whose state dir is ``tmp_path``: the admin token
+    is made there first, as `meshkit up` does, and the control plane then uses it."""
+    headers = {"Authorization": f"Bearer {ensure_admin_token(tmp_path)}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=headers) as client:
         yield client
 
 

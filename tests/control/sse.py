@@ -17,8 +17,9 @@ class Subscriber:
     """
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, proxy_id: str,
-                 mode: str = "ack") -> None:
+                 mode: str = "ack", headers: dict[str, str] | None = None) -> None:
         self.session = session
+        self.headers = headers or {}  # its credential, when the session carries none
         self.base_url = base_url
         self.proxy_id = proxy_id
         self.mode = mode
@@ -30,7 +31,7 @@ class Subscriber:
 
     async def start(self) -> Subscriber:
         url = f"{self.base_url}/api/v1/xds/stream"
-        self._response = await self.session.get(url, params={"id": self.proxy_id},
+        self._response = await self.session.get(url, params={"id": self.proxy_id}, headers=self.headers,
                                                 timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
         assert self._response.status == 200, await self._response.text()
         assert self._response.headers["Content-Type"].startswith("text/event-stream")
@@ -59,7 +60,8 @@ class Subscriber:
         body: dict[str, Any] = {"id": self.proxy_id, "version": version, "status": status}
         if reason is not None:
             body["reason"] = reason
-        async with self.session.post(f"{self.base_url}/api/v1/xds/ack", json=body) as response:
+        async with self.session.post(f"{self.base_url}/api/v1/xds/ack", json=body,
+                                     headers=self.headers) as response:
             return response.status
 
     async def next(self, within: float = 10.0) -> dict[str, Any]:

@@ -20,7 +20,12 @@ from tests.control.resources import BAD_VIRTUAL_SERVICE, BOOKINFO_REVIEWS, DESTI
 API = "/api/v1"
 
 
+YAML = {"Content-Type": "application/yaml"}
+
+
 async def call(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+    if "data" in kwargs:  # a YAML body, as `meshkit apply` sends it
+        kwargs.setdefault("headers", YAML)
     async with session.request(method, url, **kwargs) as response:
         if response.content_type == "application/json":
             return response.status, await response.json()

@@ -16,6 +16,8 @@ from tests.control.resources import BOOKINFO_REVIEWS, SERVICE, endpoint, virtual
 from tests.control.sse import Subscriber
 from tests.waiting import async_wait_until
 
+YAML = {"Content-Type": "application/yaml"}
+
 
 async def register(session: aiohttp.ClientSession, url: str, *endpoints: dict[str, Any]) -> None:
     async with session.post(f"{url}/api/v1/registry/services", json=SERVICE) as response:
@@ -26,7 +28,7 @@ async def register(session: aiohttp.ClientSession, url: str, *endpoints: dict[st
 
 
 async def apply(session: aiohttp.ClientSession, url: str, text: str) -> dict[str, Any]:
-    async with session.post(f"{url}/api/v1/apply", data=text) as response:
+    async with session.post(f"{url}/api/v1/apply", data=text, headers=YAML) as response:
         assert response.status == 200, await response.text()
         result: dict[str, Any] = await response.json()
         return result

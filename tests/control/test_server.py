@@ -11,6 +11,8 @@ from meshkit.control.address import address_file, read_recorded_address
 from meshkit.control.server import run_control_plane
 from tests.control.resources import BOOKINFO_REVIEWS, SERVICE, endpoint, virtual_service
 
+YAML = {"Content-Type": "application/yaml"}
+
 
 async def test_restart_keeps_config_history_and_registry(tmp_path: Path,
                                                          session: aiohttp.ClientSession) -> None:
@@ -22,7 +24,7 @@ async def test_restart_keeps_config_history_and_registry(tmp_path: Path,
             async with session.post(f"{base}/{path}", json=body) as response:
                 assert response.status == 200
         for text in (BOOKINFO_REVIEWS, virtual_service("v2")):
-            async with session.post(f"{base}/apply", data=text) as response:
+            async with session.post(f"{base}/apply", data=text, headers=YAML) as response:
                 assert response.status == 200
         async with session.get(f"{base}/config", params={"format": "yaml"}) as response:
             config_before = await response.text()

@@ -62,7 +62,7 @@ class RunningMesh:
 
     @property
     def client(self) -> ControlClient:
-        return ControlClient(str(self.status["control"]), timeout=30.0)
+        return ControlClient(str(self.status["control"]), timeout=30.0, token=self.mesh.admin_token() or "")
 
     def workload(self, name: str) -> dict[str, Any]:
         """The `meshkit status` row of one instance (``reviews-v1-0``)."""

@@ -45,8 +45,9 @@ def serve_control_proxy(kmock: Any, session: aiohttp.ClientSession, control_url:
         assert match is not None
         if seen is not None:
             seen.append(f"{request.method.value} {match.group(1)}")
-        kind = request.headers.get("Content-Type")
-        headers = {"Content-Type": kind} if kind else {}
+        # as the API server's proxy: its own Authorization dropped, the other headers passed on
+        passed = ("content-type", "x-meshkit-token")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in passed}
         async with session.request(request.method.value, control_url + match.group(1), params=request.params,
                                    data=request.body or None, headers=headers) as answer:
             body = await answer.read()

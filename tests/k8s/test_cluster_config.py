@@ -206,7 +206,7 @@ async def test_mesh_reads_reach_the_control_plane_through_the_service_proxy(
                                "/proxy")
     await call(client.apply, documents())
     proxy_id = f"{k.WORKLOADS[0].pod}.{k.NAMESPACE}"
-    subscriber = await Subscriber(session, plane.url, proxy_id).start()
+    subscriber = await Subscriber(session, plane.url, proxy_id, headers=plane.running.admin_headers).start()
     try:
         await subscriber.next(WAIT_S)
         status = await call(client.proxy_status, 5.0)

@@ -109,7 +109,8 @@ async def test_a_sidecar_gets_the_same_snapshot_over_the_push_stream_and_cluster
         kube_plane: RunningKubernetesControlPlane, local_plane: Any, session: aiohttp.ClientSession,
         cluster: k.Cluster) -> None:
     proxy_id = f"{k.WORKLOADS[0].pod}.{k.NAMESPACE}"
-    subscriber = await Subscriber(session, kube_plane.url, proxy_id).start()
+    admin = kube_plane.running.admin_headers
+    subscriber = await Subscriber(session, kube_plane.url, proxy_id, headers=admin).start()
     try:
         first = await subscriber.next(WAIT_S)
         expected = snapshot_of(local_plane, proxy_id)
@@ -135,7 +136,8 @@ async def test_history_names_kubernetes_and_api_writes_are_refused(
     for method, path, body in (("POST", "/api/v1/apply", k.ISTIO_YAML),
                                ("DELETE", "/api/v1/config/vs/bookinfo/reviews", None),
                                ("POST", "/api/v1/rollback", '{"revision": 0}')):
-        async with session.request(method, kube_plane.url + path, data=body) as response:
+        headers = {**kube_plane.running.admin_headers, "Content-Type": "application/yaml"}
+        async with session.request(method, kube_plane.url + path, data=body, headers=headers) as response:
             assert response.status == 409, await response.text()
             answer = await response.json()
         assert answer["messages"][0]["code"] == "MK0906"

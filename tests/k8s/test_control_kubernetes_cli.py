@@ -12,7 +12,7 @@ import pytest
 
 from tests.k8s import kube_objects as k
 from tests.k8s.operator_harness import prepare, until
-from tests.test_cli import cli_env, meshkit, start_control
+from tests.test_cli import admin, cli_env, meshkit, start_control
 
 pytestmark = pytest.mark.timeout(90)
 WAIT_S = 20.0
@@ -29,7 +29,7 @@ async def test_meshkit_control_kubernetes_mirrors_the_cluster_and_refuses_cli_wr
             registry: dict[str, Any] = {}
 
             async def poll() -> bool:
-                async with session.get(f"{control.url}/api/v1/registry") as response:
+                async with session.get(f"{control.url}/api/v1/registry", headers=admin(tmp_path)) as response:
                     registry.update(await response.json())
                 return len(registry.get("endpoints") or []) == len(k.WORKLOADS)
 

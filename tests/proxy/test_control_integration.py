@@ -8,10 +8,12 @@ from typing import Any
 
 import aiohttp
 
+from meshkit.control.auth import admin_token_file
 from meshkit.control.server import run_control_plane
 from tests.proxy.conftest import EchoApp, spawn_proxy, stop_process
 from tests.waiting import async_wait_until
 
+YAML = {"Content-Type": "application/yaml"}
 RULES = """\
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -48,9 +50,11 @@ async def test_sidecar_follows_the_control_plane(
     echo_app: EchoApp, echo_v2: EchoApp, tmp_path: Path
 ) -> None:
     running = await run_control_plane(port=0, state_dir=tmp_path / "control", with_ca=False)
+    token_file = admin_token_file(running.control_plane.directory)  # no CA: the proxy uses the admin token
     proxy = None
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20),
+                                         headers=running.admin_headers) as session:
             url = running.url
             async with session.post(f"{url}/api/v1/registry/services",
                                     json={"name": "reviews", "namespace": "default", "port": 9080}) as r:
@@ -60,9 +64,10 @@ async def test_sidecar_follows_the_control_plane(
             for doc in endpoints:
                 async with session.post(f"{url}/api/v1/registry/endpoints", json=doc) as r:
                     assert r.status == 200, await r.text()
-            async with session.post(f"{url}/api/v1/apply", data=RULES.format(subset="v2")) as r:
+            async with session.post(f"{url}/api/v1/apply", data=RULES.format(subset="v2"), headers=YAML) as r:
                 assert r.status == 200, await r.text()
-            proxy = spawn_proxy(["--control", url, "--id", "productpage-v1-0.default"], tmp_path)
+            proxy = spawn_proxy(["--control", url, "--id", "productpage-v1-0.default",
+                                 "--control-token-file", str(token_file)], tmp_path)
 
             async def synced() -> dict[str, Any] | None:
                 async with session.get(f"{url}/api/v1/proxy-status") as r:
@@ -78,7 +83,7 @@ async def test_sidecar_follows_the_control_plane(
                     return json.loads(await r.text())["app"] if r.status == 200 else ""
 
             assert await app_seen() == "echo-v2"
-            async with session.post(f"{url}/api/v1/apply", data=RULES.format(subset="v1")) as r:
+            async with session.post(f"{url}/api/v1/apply", data=RULES.format(subset="v1"), headers=YAML) as r:
                 assert r.status == 200, await r.text()
             await _eventually(lambda: _is(app_seen, "echo-v1"), "the switch to v1")
             second = await _eventually(synced, "SYNCED again")

@@ -234,7 +234,8 @@ def test_authorization_policy_by_principal_method_and_path(mesh: RunningMesh) ->
 
 async def test_tap_shows_tls_records_then_plaintext_when_mtls_is_disabled(mesh: RunningMesh) -> None:
     control, sleep_proxy = mesh.status["control"], mesh.workload("sleep-v1-0")["outbound_proxy"]
-    encrypted = await tap(control, sleep_proxy, "ratings-v1-0", path="/ratings/0", max_bytes=64)
+    token = mesh.mesh.admin_token()
+    encrypted = await tap(control, sleep_proxy, "ratings-v1-0", path="/ratings/0", max_bytes=64, token=token)
     assert encrypted.connections >= 1 and encrypted.statuses[-1] == 200
     assert encrypted.client_to_server[:2] == b"\x16\x03" and encrypted.server_to_client[:2] == b"\x16\x03"
     assert b"/ratings/0" not in encrypted.client_to_server
@@ -244,7 +245,7 @@ async def test_tap_shows_tls_records_then_plaintext_when_mtls_is_disabled(mesh: 
                 "spec": {"host": "ratings", "trafficPolicy": {"tls": {"mode": "DISABLE"}},
                          "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}
     with mesh.rules(plain_dr):
-        plain = await tap(control, sleep_proxy, "ratings-v1-0", path="/ratings/0", max_bytes=64)
+        plain = await tap(control, sleep_proxy, "ratings-v1-0", path="/ratings/0", max_bytes=64, token=token)
     assert plain.client_to_server.startswith(b"GET /ratings/0 HTTP/1.1\r\n"), bytes(plain.client_to_server)
     assert plain.server_to_client.startswith(b"HTTP/1.1 200")
     assert "|GET /ratings/0 H|" in hexdump(bytes(plain.client_to_server))[0]

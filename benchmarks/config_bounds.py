@@ -1,0 +1,207 @@
+"""How long an apply takes for 10 KB / 100 KB / 1 MB documents, and whether the control plane stays
+responsive meanwhile and under hostile uploads.
+
+One `meshkit control` (with its CA) in a temporary MESHKIT_HOME. For each size, a DestinationRule
+plus one VirtualService of that size is applied as JSON (what the CLI and notebooks send) and then
+re-applied with every route changed (the case whose diff took minutes before); for each apply,
+CSRs (``POST /api/v1/ca/sign``) and a proxy's push (an SSE stream ACKing every snapshot) are timed
+concurrently. Then hostile YAML documents under 1 MB are sent: each must get a 4xx, and its time
+is reported. Output: a table and ``benchmarks/results/config_bounds.json``.
+
+    .venv/bin/python benchmarks/config_bounds.py [--sizes 10000,100000,1000000] [--out FILE]
+
+Targets (issue 15): apply of a 1 MB document <= 1 s; any hostile YAML under 1 MB answered in
+<= 1 s with a 4xx; CSR and push latency unaffected while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.push_latency import ControlPlaneProcess, percentile  # noqa: E402
+from meshkit.control.auth import ensure_admin_token  # noqa: E402
+from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity  # noqa: E402
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "config_bounds.json"
+IDENTITY = spiffe_identity("default", "bookinfo-reviews")
+DESTINATION_RULE = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                    "metadata": {"name": "reviews"},
+                    "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                            {"name": "v2", "labels": {"version": "v2"}}]}}
+
+
+def document(size: int, subset: str) -> bytes:
+    """A List of the DestinationRule and one VirtualService, ``size`` bytes of JSON or just over."""
+    routes: list[dict[str, Any]] = []
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "big"},
+          "spec": {"hosts": ["reviews"], "http": routes}}
+    route_size = len(json.dumps(_route(0, subset))) + 2
+    routes.extend(_route(n, subset) for n in range(max(1, (size - 600) // route_size)))
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [DESTINATION_RULE, vs]}).encode()
+
+
+def _route(n: int, subset: str) -> dict[str, Any]:
+    return {"match": [{"uri": {"prefix": f"/route-{n:07d}/"}}],
+            "route": [{"destination": {"host": "reviews", "subset": subset}}]}
+
+
+def hostile() -> dict[str, str]:
+    """YAML documents under 1 MB built to cost a parser time or memory."""
+    bomb = "\n".join([f'a0: &a0 ["{"lol" * 3}"' + ', "lol"' * 8 + "]"]
+                     + [f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 9) + "]" for n in range(1, 9)]) + "\n"
+    wide_bomb = "a: &a [" + ", ".join(["x"] * 1000) + "]\n" + "".join(f"k{n}: *a\n" for n in range(90_000))
+    return {
+        "alias bomb (647 B, 9**9 nodes)": bomb,
+        "alias fan-out (~1 MB, 90k aliases)": wide_bomb[: 1000 * 1000],
+        "deep flow nesting (~1 MB)": "[" * 999_000,
+        "deep block nesting (~1 MB)": "".join("  " * n + f"k{n}:\n" for n in range(700)) * 1,
+        "1 MB of one scalar": "kind: " + "x" * 999_000,
+        "100k tiny documents (~1 MB)": "---\na: 1\n" * 100_000,
+    }
+
+
+def csr() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshkit")]))
+               .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(IDENTITY)]),
+                              critical=False)
+               .sign(key, hashes.SHA256()))
+    return request.public_bytes(serialization.Encoding.PEM).decode()
+
+
+async def probe_csr(session: aiohttp.ClientSession, url: str, token: str, stop: asyncio.Event,
+                    latencies: list[float]) -> None:
+    """Sign CSRs back to back until ``stop``; each round trip's latency in ms."""
+    while not stop.is_set():
+        body = {"csr": csr(), "token": token}
+        start = time.perf_counter()
+        async with session.post(f"{url}/api/v1/ca/sign", json=body) as response:
+            await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"ca/sign answered {response.status}")
+        latencies.append((time.perf_counter() - start) * 1000)
+        await asyncio.sleep(0.01)
+
+
+async def push_latency(session: aiohttp.ClientSession, url: str, admin: dict[str, str],
+                       stream: aiohttp.ClientResponse, revision: int) -> float:
+    """From the end of a small apply to the snapshot of that revision on the stream, in ms."""
+    start = time.perf_counter()
+    async with session.post(f"{url}/api/v1/registry/services", headers=admin,
+                            json={"name": f"probe-{revision}", "namespace": "default", "port": 9080}) as r:
+        await r.read()
+    async for raw in stream.content:
+        if raw.startswith(b"data: "):
+            return (time.perf_counter() - start) * 1000
+    raise RuntimeError("the stream ended")
+
+
+async def measure_apply(session: aiohttp.ClientSession, url: str, admin: dict[str, str], token: str,
+                        body: bytes) -> dict[str, Any]:
+    stop = asyncio.Event()
+    csr_ms: list[float] = []
+    probe = asyncio.ensure_future(probe_csr(session, url, token, stop, csr_ms))
+    start = time.perf_counter()
+    async with session.post(f"{url}/api/v1/apply", data=body,
+                            headers={**admin, "Content-Type": "application/json"}) as response:
+        answer = await response.json()
+    seconds = time.perf_counter() - start
+    stop.set()
+    await probe
+    if response.status != 200:
+        raise RuntimeError(f"apply answered {response.status}: {str(answer)[:300]}")
+    return {"bytes": len(body), "apply_s": round(seconds, 3), "revision": answer["revision"],
+            "csr_during_apply": len(csr_ms),
+            "csr_ms_p50": round(percentile(csr_ms, 0.5), 1) if csr_ms else None,
+            "csr_ms_max": round(max(csr_ms), 1) if csr_ms else None}
+
+
+async def run(sizes: list[int]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="meshkit-bounds-") as home:
+        control_dir = Path(home) / "control"
+        admin = {"Authorization": f"Bearer {ensure_admin_token(control_dir)}"}
+        token = BootstrapTokens.open(control_dir / "ca" / TOKENS_FILE).issue_token(IDENTITY)
+        plane = ControlPlaneProcess(home, ca=True)
+        results: dict[str, Any] = {"applies": [], "hostile": [], "push_idle_ms": None}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            try:
+                await plane.start()
+                url = plane.url
+                stream = await session.get(f"{url}/api/v1/xds/stream", params={"id": "reviews-v1-0.default"},
+                                           headers=admin, timeout=aiohttp.ClientTimeout(total=None))
+                async for raw in stream.content:  # the first snapshot
+                    if raw.startswith(b"data: "):
+                        break
+                results["push_idle_ms"] = round(await push_latency(session, url, admin, stream, 0), 1)
+                for size in sizes:
+                    for subset in ("v1", "v2"):
+                        row = await measure_apply(session, url, admin, token, document(size, subset))
+                        change = "create" if subset == "v1" else "every route changed"
+                        row["case"] = f"{size // 1000} KB, {change}"
+                        row["push_after_ms"] = round(await push_latency(session, url, admin, stream, size), 1)
+                        results["applies"].append(row)
+                        print(f"{row['case']:<32} apply {row['apply_s']:>6.3f} s   CSRs meanwhile "
+                              f"{row['csr_during_apply']:>4} (p50 {row['csr_ms_p50']} ms, "
+                              f"max {row['csr_ms_max']} ms)   push after {row['push_after_ms']} ms",
+                              flush=True)
+                for name, text in hostile().items():
+                    stop = asyncio.Event()
+                    csr_ms: list[float] = []
+                    probe = asyncio.ensure_future(probe_csr(session, url, token, stop, csr_ms))
+                    start = time.perf_counter()
+                    yaml_admin = {**admin, "Content-Type": "application/yaml"}
+                    async with session.post(f"{url}/api/v1/apply", data=text.encode(),
+                                            headers=yaml_admin) as response:
+                        answer = await response.text()
+                    seconds = time.perf_counter() - start
+                    stop.set()
+                    await probe
+                    row = {"case": name, "bytes": len(text.encode()), "status": response.status,
+                           "seconds": round(seconds, 3), "error": answer[:160],
+                           "csr_ms_max": round(max(csr_ms), 1) if csr_ms else None}
+                    results["hostile"].append(row)
+                    print(f"{name:<36} {row['bytes']:>8} B  HTTP {row['status']}  {row['seconds']:>6.3f} s   "
+                          f"CSR max {row['csr_ms_max']} ms", flush=True)
+                stream.close()
+            finally:
+                await plane.stop()
+        return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="document sizes in bytes")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    results = asyncio.run(run(sizes))
+    results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
+                          "load": os.getloadavg()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"results: {args.out}")
+    bad = [r for r in results["hostile"] if not 400 <= r["status"] < 500]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
