@@ -20,6 +20,8 @@ from meshkit.proxy.filters.mirror import check_mirror
 from meshkit.proxy.filters.ratelimit import TokenBucket
 from meshkit.proxy.filters.retry import check_retries
 from meshkit.proxy.filters.timeout import check_timeout
+from meshkit.proxy.paths import DEFAULT_MODE as DEFAULT_PATH_MODE
+from meshkit.proxy.paths import check_mode as check_path_mode
 from meshkit.proxy.routing import RouteTable
 
 ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
@@ -79,9 +81,11 @@ class Snapshot:
         "mtls_mode",
         "node",
         "node_labels",
+        "path_normalization",
         "rate_limiter",
         "routes",
         "source_headers",
+        "stream_idle_timeout",
         "upstream_tls",
         "version",
     )
@@ -101,6 +105,8 @@ class Snapshot:
         self.source_headers: list[tuple[str, str]] = []
         self.mtls_mode = "PERMISSIVE"  # PeerAuthentication mode of the inbound port (Istio's default)
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
+        self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
+        self.stream_idle_timeout: float | None = None  # seconds; None: the listener's own limit
 
     @classmethod
     def from_json(cls, doc: Any, previous: Snapshot | None = None) -> Snapshot:
@@ -135,6 +141,7 @@ class Snapshot:
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
+        snap.path_normalization, snap.stream_idle_timeout = cls._mesh(doc.get("mesh"))
         labels = NodeLabels(snap.node)
         snap.node_labels = labels
         if labels.service:
@@ -143,6 +150,22 @@ class Snapshot:
         source = ";".join((labels.workload, labels.namespace, labels.app, labels.version, labels.principal))
         snap.source_headers = [(SOURCE_HEADER, source)]
         return snap
+
+    @staticmethod
+    def _mesh(mesh: Any) -> tuple[str, float | None]:
+        """``mesh``: the mesh-wide settings (Istio's meshConfig) that change request handling."""
+        if mesh is None:
+            return DEFAULT_PATH_MODE, None
+        if not isinstance(mesh, dict):
+            raise SnapshotError(f"mesh: expected an object, got {mesh!r}")
+        try:
+            mode = check_path_mode(mesh.get("path_normalization"), "mesh.path_normalization")
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
+        idle = mesh.get("stream_idle_timeout_ms")
+        if idle is not None and (not isinstance(idle, int) or isinstance(idle, bool) or idle <= 0):
+            raise SnapshotError(f"mesh.stream_idle_timeout_ms: expected a positive integer, got {idle!r}")
+        return mode, None if idle is None else idle / 1000.0
 
     @staticmethod
     def _node(node: Any) -> dict[str, Any]:

@@ -165,6 +165,7 @@ class ProxyStats:
         "downstream_rq_4xx",
         "downstream_rq_5xx",
         "downstream_rq_active",
+        "downstream_rq_idle_timeout",
         "downstream_rq_rejected",
         "downstream_rq_total",
     )

@@ -76,7 +76,10 @@ async def test_two_sidecars_in_a_row(echo_app: EchoApp, start_proxy: StartProxy)
     xff = _headers(info)["x-forwarded-for"]
     assert xff == "127.0.0.1, 127.0.0.1"  # appended by each hop
     text = b.metrics.render()
-    assert 'reporter="destination",source_workload="productpage-v1"' in text
+    # Plaintext hop: the destination trusts nothing the caller sent about itself (issue 15).
+    assert 'reporter="destination",source_workload="unknown"' in text
+    destination_side = text.split('reporter="destination"', 1)[1]
+    assert "productpage-v1" not in destination_side.split(",destination_workload", 1)[0]
 
 
 async def test_keep_alive_reuses_upstream_connections(echo_app: EchoApp, start_proxy: StartProxy) -> None:

@@ -5,8 +5,10 @@ proxy's node, destination labels come from the chosen endpoint and its cluster. 
 tells the destination sidecar who the source is, with one ``x-meshkit-source`` header
 (appended after any the app sent; the destination keeps the last one).
 ``inbound_metrics(registry)`` reports as ``reporter="destination"``: destination labels
-are this node, source labels come from the mTLS peer identity when there is one, else
-from those headers, which it strips before the app sees them. A streamed response is
+are this node; source labels exist only for an mTLS caller: the principal is the verified
+peer identity, the rest comes from those headers (appended by the caller's sidecar, after
+anything its app sent). A plaintext caller's labels are all ``unknown``: nothing it sends
+is trusted. The headers are always stripped before the app sees them. A streamed response is
 recorded when its body ends (as Envoy records at stream completion); a cancelled
 exchange (downstream went away) as status 0 with flag ``DC``.
 """
@@ -197,12 +199,13 @@ def _take_source(request: Request, cache: dict[str, tuple[str, ...]]) -> tuple[s
     elif found:
         items[:] = [i for i in items if i[0] != SOURCE_HEADER]
     peer = request.peer_identity
-    if value is None and peer is None:
+    if peer is None:
+        # Plaintext: nothing the caller sends is evidence of who it is (a forged header would set
+        # source_principal and friends), so every source label is unknown, as for Istio without
+        # a verified peer.
         return _NO_SOURCE
     source = parse_source(value, cache) if value is not None else _NO_SOURCE
-    if peer is not None:
-        source = (*source[:4], peer)
-    return source
+    return (*source[:4], peer)
 
 
 def _destination_labels(
