@@ -234,15 +234,14 @@ class DownstreamConnection(asyncio.Protocol):
             self._pause_reading()  # a client that pipelines without reading: stop reading it
 
     def eof_received(self) -> bool | None:
-        """The client half-closed: answer what was asked (keep writing), then close."""
+        """The client closed its side: as Envoy (no HTTP half-close), the connection ends here.
+
+        Requests in flight are reset: the upstream call is cancelled (its circuit-breaker slot
+        released, its half-used upstream connection discarded) and logged as code 0, flag DC.
+        """
         self.input_done = True
         self.closing = True
-        if self.current is not None and self.current.stream is not None:
-            self.current.stream.fail(BodyError("downstream closed before the end of the body"))
-        if self.active is not None or any(p.ready for p in self.queue):
-            return True
-        return None
-
+        return None  # the transport closes; connection_lost cancels what is in flight
     def pause_writing(self) -> None:
         self._write_paused = True
 
