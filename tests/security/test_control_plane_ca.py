@@ -12,7 +12,7 @@ from meshkit.control.server import run_control_plane
 from meshkit.proxy.tls import CertificateManager, build_csr, generate_key
 from meshkit.proxy.tls_renewal import CertificateFetchError, fetch_certificate, renew
 
-from .conftest import ALICE, BOB, MeshListener, ask
+from .conftest import ALICE, BOB, InboundSidecar, ask
 
 
 async def test_sidecars_get_certificates_from_the_control_plane_and_talk_mtls(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ async def test_sidecars_get_certificates_from_the_control_plane_and_talk_mtls(tm
                 await fetch_certificate(running.url, bob_token, build_csr(generate_key(), ALICE))
             assert err.value.status == 403
 
-            async with MeshListener(bob) as server:
+            async with InboundSidecar(bob) as server:
                 reader, writer = await asyncio.open_connection(
                     "127.0.0.1", server.port, ssl=alice.client_context
                 )

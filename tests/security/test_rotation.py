@@ -22,7 +22,7 @@ from meshkit.proxy.tls import CertificateError, CertificateManager, build_csr, g
 from meshkit.proxy.tls_renewal import CertificateFetchError, fetch_certificate, keep_rotated, renew
 from meshkit.proxy.xds import ConfigState
 
-from .conftest import ALICE, BOB, Issue, MeshListener, ask, peer_serial
+from .conftest import ALICE, BOB, InboundSidecar, Issue, ask, peer_serial
 from .test_e2e_static_tls import snapshot as static_snapshot
 
 
@@ -90,7 +90,7 @@ async def test_rotation_swaps_contexts_for_new_connections_only(
     ca: CertificateAuthority, issue: Issue
 ) -> None:
     alice, bob = issue(ALICE), issue(BOB)
-    async with MeshListener(bob) as server:
+    async with InboundSidecar(bob) as server:
         old_reader, old_writer = await asyncio.open_connection(
             "127.0.0.1", server.port, ssl=alice.client_context
         )
