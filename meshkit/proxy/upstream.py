@@ -343,6 +343,14 @@ class Upstream:
     def cx_active(self) -> int:
         return len(self._all)
 
+    def cx_active_by_endpoint(self) -> dict[tuple[str, int], int]:
+        """Open upstream connections per ``(address, port)`` (admin pages: per-cluster gauges)."""
+        counts: dict[tuple[str, int], int] = {}
+        for conn in self._all:
+            endpoint = (conn.key[0], conn.key[1])
+            counts[endpoint] = counts.get(endpoint, 0) + 1
+        return counts
+
     def _server_identities(self, request: Request) -> frozenset[str] | None:
         """The SPIFFE ids the server may present when this request goes over mTLS, else None."""
         if self.certificates is None:
