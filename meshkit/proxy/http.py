@@ -83,6 +83,7 @@ class Request:
         "path",
         "peer_identity",
         "route",
+        "rq_timeout_ms",
         "start",
         "version",
     )
@@ -119,6 +120,7 @@ class Request:
         self.endpoint: Any = None  # the endpoint chosen by the balancer
         self.flags: str = ""  # response flags raised on the way down ("DI")
         self.attempt = 1  # x-envoy-attempt-count
+        self.rq_timeout_ms: int | None = None  # x-envoy-upstream-rq-timeout-ms from the app (0 = none)
 
 
 class Response:

@@ -32,7 +32,8 @@ from meshkit.proxy.upstream import HOP_BY_HOP
 
 log = logging.getLogger("meshkit.proxy.listener")
 
-_REQUEST_SKIP = HOP_BY_HOP | {b"expect"}
+RQ_TIMEOUT = b"x-envoy-upstream-rq-timeout-ms"  # Envoy: overrides the route timeout; never forwarded
+_REQUEST_SKIP = HOP_BY_HOP | {b"expect", RQ_TIMEOUT}
 _REQUEST_SPECIAL = _REQUEST_SKIP | {b"host", b"x-forwarded-for", b"x-forwarded-proto"}
 _MAX_PIPELINE = 32  # queued requests per connection before we stop reading
 # Common end-to-end request header names, as sent -> as stored (lower-cased str): no lower() +
@@ -186,6 +187,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._host: str | None = None
         self._connection_tokens: list[str] | None = None
         self._reject: tuple[int, str] | None = None
+        self._rq_timeout: int | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -298,6 +300,9 @@ class DownstreamConnection(asyncio.Protocol):
                 self._chunked = True
             elif lname == b"expect":
                 self._expect_continue = value.lower() == b"100-continue"
+            elif lname == RQ_TIMEOUT:
+                # Envoy's router takes a non-negative integer and ignores anything else.
+                self._rq_timeout = int(value) if value.isdigit() and len(value) < 10 else None
             elif lname == b"connection":
                 tokens = [t.strip() for t in value.decode("latin-1").lower().split(",")]
                 self._connection_tokens = (self._connection_tokens or []) + tokens
@@ -380,6 +385,8 @@ class DownstreamConnection(asyncio.Protocol):
         request.peer_identity = self.peer_identity
         request.start = self.head_started_at
         request.version = version
+        if self._rq_timeout is not None and self.listener.direction == "outbound":
+            request.rq_timeout_ms = self._rq_timeout  # from the app: Envoy honours internal callers
         pending = _Pending(request)
         self.current = pending
         self.queue.append(pending)

@@ -74,3 +74,31 @@ async def test_retry_and_timeout_counters(echo_app: EchoApp, start_proxy: StartP
     assert f"cluster.{REVIEWS}.upstream_rq_retry_limit_exceeded: 1" in text
     assert f"cluster.{REVIEWS}.upstream_rq_timeout: 1" in text
     assert f"cluster.{REVIEWS}.outlier_detection_ejections_active: 0" in text
+
+
+async def test_upstream_rq_timeout_header_is_honoured_as_envoy(
+    echo_app: EchoApp, start_proxy: StartProxy
+) -> None:
+    """x-envoy-upstream-rq-timeout-ms from the app overrides the route timeout (0: none) and is not
+    forwarded."""
+    timed = {**simple_route("reviews|"), "name": "timed", "timeout_ms": 100,
+             "match": [{"headers": {"x-route": {"exact": "timed"}}}]}
+    proxy = await start_proxy(make_snapshot(echo_app.port, routes=[timed, simple_route("reviews|")]))
+    base = f"http://127.0.0.1:{proxy.ports['outbound']}"
+
+    async def get(path: str, value: str | None) -> tuple[int, str]:
+        route, _, path = path.rpartition("|")
+        headers = {"Host": "reviews", "x-route": route}
+        if value is not None:
+            headers["x-envoy-upstream-rq-timeout-ms"] = value
+        async with aiohttp.ClientSession() as session, session.get(base + path, headers=headers) as resp:
+            return resp.status, await resp.text()
+
+    assert (await get("/slow/1500", "100"))[0] == 504  # a route without timeout gets one
+    assert (await get("/slow/300", None))[0] == 200
+    assert (await get("timed|/slow/300", None))[0] == 504  # the route's 100 ms
+    assert (await get("timed|/slow/300", "5000"))[0] == 200  # the header wins
+    assert (await get("timed|/slow/300", "0"))[0] == 200  # 0 disables the timeout
+    assert (await get("timed|/slow/300", "soon"))[0] == 504  # not a number: ignored, as Envoy does
+    status, body = await get("/echo", "5000")
+    assert status == 200 and "x-envoy-upstream-rq-timeout-ms" not in body  # never forwarded
