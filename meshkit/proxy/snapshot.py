@@ -29,6 +29,7 @@ ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
 SCHEMA = 1
 UNKNOWN = "unknown"
 SOURCE_HEADER = "x-meshkit-source"  # "<workload>;<namespace>;<app>;<version>;<principal>"
+GATEWAY_SERVER_NAME = "istio-envoy"
 
 
 class SnapshotError(ValueError):
@@ -84,6 +85,7 @@ class Snapshot:
         "path_normalization",
         "rate_limiter",
         "routes",
+        "server_name",
         "source_headers",
         "stream_idle_timeout",
         "upstream_tls",
@@ -107,6 +109,7 @@ class Snapshot:
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
         self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
         self.stream_idle_timeout: float | None = None  # seconds; None: the listener's own limit
+        self.server_name: str | None = None  # the ``server`` header this proxy sets on responses
 
     @classmethod
     def from_json(cls, doc: Any, previous: Snapshot | None = None) -> Snapshot:
@@ -142,6 +145,9 @@ class Snapshot:
             raise SnapshotError(str(exc)) from None
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
         snap.path_normalization, snap.stream_idle_timeout = cls._mesh(doc.get("mesh"))
+        # Istio's gateways answer with Envoy's server_name "istio-envoy" (HCM server_header
+        # OVERWRITE); sidecars pass the app's own ``server`` header through.
+        snap.server_name = GATEWAY_SERVER_NAME if snap.node.get("kind") == "gateway" else None
         labels = NodeLabels(snap.node)
         snap.node_labels = labels
         if labels.service:

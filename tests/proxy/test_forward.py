@@ -233,3 +233,20 @@ async def _poll(condition: Callable[[], bool], wait: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached before the deadline"
         await asyncio.sleep(0.02)
+
+
+async def test_the_ingress_answers_as_istio_envoy(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    """Istio's gateways overwrite `server` with "istio-envoy" (local replies too); sidecars pass the app's."""
+    gateway = make_snapshot(echo_app.port)
+    gateway["node"].update(kind="gateway", service=None, workload="istio-ingressgateway")
+    ingress = await start_proxy(gateway)
+    sidecar = await start_proxy(make_snapshot(echo_app.port))
+    async with aiohttp.ClientSession() as session:
+        front = f"http://127.0.0.1:{ingress.ports['outbound']}/x"
+        for host, status in (("reviews", 200), ("nowhere.example", 404)):
+            async with session.get(front, headers={"Host": host}) as resp:
+                assert resp.status == status
+                assert resp.headers.getall("server") == ["istio-envoy"]
+        side = f"http://127.0.0.1:{sidecar.ports['outbound']}/x"
+        async with session.get(side, headers={"Host": "reviews"}) as resp:
+            assert "aiohttp" in resp.headers["server"]
