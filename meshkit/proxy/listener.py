@@ -489,7 +489,7 @@ class DownstreamConnection(asyncio.Protocol):
                         response = await self.listener.handler(request)
                     except UpstreamError as exc:
                         response = Response.local(exc.status, str(exc) or type(exc).__name__, exc.flag)
-                    if config.server_name is not None:
+                    if config is not None and config.server_name is not None:
                         response.headers.set("server", config.server_name)  # Istio's gateways
             self.stats.count_status(response.status)
             mode = self._write_head(request, response)

@@ -23,6 +23,7 @@ from meshkit.proxy.filters.timeout import check_timeout
 from meshkit.proxy.paths import DEFAULT_MODE as DEFAULT_PATH_MODE
 from meshkit.proxy.paths import check_mode as check_path_mode
 from meshkit.proxy.routing import RouteTable
+from meshkit.proxy.stats import canonical_revision, canonical_service
 
 ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
 
@@ -57,7 +58,10 @@ def _namespace_of(identity: str | None) -> str | None:
 class NodeLabels:
     """What this proxy says about its own workload in metrics and propagation headers."""
 
-    __slots__ = ("app", "namespace", "principal", "service", "version", "workload")
+    __slots__ = (
+        "app", "canonical_revision", "canonical_service", "namespace", "principal", "service", "version",
+        "workload",
+    )
 
     def __init__(self, node: dict[str, Any]) -> None:
         labels = node.get("labels") or {}
@@ -67,6 +71,8 @@ class NodeLabels:
         self.version = node.get("version") or labels.get("version") or UNKNOWN
         self.principal = node.get("identity") or UNKNOWN
         self.service = node.get("service")
+        self.canonical_service = canonical_service(labels, self.workload)
+        self.canonical_revision = canonical_revision({"version": node.get("version") or "", **labels})
 
 
 class Snapshot:
