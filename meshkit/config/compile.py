@@ -46,10 +46,16 @@ from meshkit.config.selection import (
 
 SCHEMA = 1
 DEFAULT_LB = "LEAST_REQUEST"
-DEFAULT_RETRY_ON = ["connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"]
+# Istio's default retry policy (pilot/pkg/networking/core/route/retry, Istio 1.24+): 2 attempts on
+# these conditions and NO retriable status code. Istio <= 1.23 also had "retriable-status-codes"
+# with 503; 1.24 dropped the 503 retry (it re-ran non-idempotent calls the app had answered).
+DEFAULT_RETRY_ON = ["connect-failure", "refused-stream", "unavailable", "cancelled"]
+DEFAULT_RETRY_ATTEMPTS = 2
 LB_ALIASES = {"LEAST_CONN": "LEAST_REQUEST", "UNSPECIFIED": DEFAULT_LB}
 OUTLIER_DEFAULTS = {"consecutive_5xx_errors": 5, "interval_ms": 10_000, "base_ejection_time_ms": 30_000,
                     "max_ejection_percent": 10}
+PATH_NORMALIZATIONS = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
+DEFAULT_PATH_NORMALIZATION = "BASE"  # Istio's meshConfig.pathNormalization default (1.8+)
 _STATUS_CODE = re.compile(r"^\d{3}$")
 
 
@@ -59,8 +65,8 @@ def _ms(duration: str) -> int:
 
 def default_retry_policy() -> dict[str, Any]:
     """Istio's retry policy for a route whose VirtualService sets no ``retries``."""
-    return {"attempts": 2, "per_try_timeout_ms": None, "retry_on": list(DEFAULT_RETRY_ON),
-            "retriable_status_codes": [503]}
+    return {"attempts": DEFAULT_RETRY_ATTEMPTS, "per_try_timeout_ms": None,
+            "retry_on": list(DEFAULT_RETRY_ON), "retriable_status_codes": []}
 
 
 def snapshot_version(snapshot: Mapping[str, object]) -> str:
@@ -74,11 +80,29 @@ def snapshot_version(snapshot: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The snapshot's ``mesh`` section from Istio's ``meshConfig`` (its YAML shape).
+
+    ``pathNormalization.normalization``: NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES,
+    Istio's default BASE (istio/api mesh/v1alpha1 ``MeshConfig.ProxyPathNormalization``, 1.8+).
+    """
+    config = mesh_config or {}
+    normalization = (config.get("pathNormalization") or {}).get("normalization") or DEFAULT_PATH_NORMALIZATION
+    if normalization not in PATH_NORMALIZATIONS:
+        raise ValueError(
+            f"meshConfig.pathNormalization.normalization: {normalization!r} is not one of "
+            f"{', '.join(PATH_NORMALIZATIONS)}"
+        )
+    return {"path_normalization": normalization}
+
+
 def compile_snapshot(
-    resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0
+    resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0,
+    mesh_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The snapshot for ``node`` (docs/snapshot.md; its fields and their types are `meshkit.proxy.schema`
-    .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them)."""
+    .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them);
+    ``mesh_config`` is Istio's meshConfig."""
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
@@ -98,6 +122,7 @@ def compile_snapshot(
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
+        "mesh": mesh_settings(mesh_config),
     }
     return {"schema": SCHEMA, "version": snapshot_version(body), **body}
 
@@ -302,7 +327,7 @@ def _retries(http: HTTPRoute) -> dict[str, Any]:
         return default_retry_policy()
     retry_on = retries.retry_on_list
     if not retry_on:
-        codes = [503]
+        codes = []
         retry_on = list(DEFAULT_RETRY_ON)
     else:
         codes = sorted({int(item) for item in retry_on if _STATUS_CODE.match(item)})

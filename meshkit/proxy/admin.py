@@ -8,7 +8,9 @@ unreachable or refuses, the old certificate serving on). It is answered only to 
 loopback interface (403 otherwise), even when the admin port listens wider (Kubernetes pods).
 
 Pages: ``/config_dump`` (current snapshot, version, last
-NACK), ``/stats/prometheus`` (Istio metrics), ``/stats`` (JSON counters), ``/clusters``
+NACK), ``/stats/prometheus`` (Istio metrics, then Envoy's ``envoy_cluster_*`` per-cluster
+series), ``/stats`` (JSON counters; ``"cluster"`` holds Envoy's per-cluster stats by their
+Envoy names; ``/stats?format=text`` is Envoy's text form of those), ``/clusters``
 (per-cluster balancer view), ``/certs`` (the workload certificate chain, validity, serial
 and time to rotation; ``{"ready": false}`` without mTLS), ``/ready`` and ``/healthz/ready``
 (200 once a snapshot is applied and, with mTLS, the first certificate installed; else 503).
@@ -19,9 +21,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from meshkit.proxy.cluster_stats import cluster_stats, flat, render_prometheus, render_text
 from meshkit.proxy.http import Headers, Request, Response
 from meshkit.proxy.listener import Listener
 from meshkit.proxy.stats import IstioMetrics
@@ -62,7 +66,7 @@ class Admin:
         self.started = time.time()
 
     async def handle(self, request: Request) -> Response:
-        path = request.path.split("?", 1)[0]
+        path, _, query = request.path.partition("?")
         action = self._actions.get(path)
         if action is not None:
             if request.method != "POST":
@@ -74,6 +78,8 @@ class Admin:
         if request.method not in ("GET", "HEAD"):
             return _reply(405, f"admin page {path!r} is read-only (GET); POST only to: "
                                f"{', '.join(sorted(self._actions))}\n", "text/plain")
+        if path == "/stats":
+            return self.stats(query)
         page = self._pages.get(path)
         if page is None:
             known = ", ".join(sorted(self._pages))
@@ -124,10 +130,15 @@ class Admin:
         )
 
     def prometheus(self) -> Response:
-        return _reply(200, self.metrics.render(), PROMETHEUS_TYPE)
+        clusters = cluster_stats(self.state.current, self.upstream)
+        return _reply(200, self.metrics.render() + render_prometheus(clusters), PROMETHEUS_TYPE)
 
-    def stats(self) -> Response:
+    def stats(self, query: str = "") -> Response:
         upstream = self.upstream
+        params = urllib.parse.parse_qs(query)
+        clusters = cluster_stats(self.state.current, self.upstream)
+        if params.get("format") == ["text"]:
+            return _reply(200, render_text(clusters), "text/plain")
         return _json(
             {
                 "uptime_s": round(time.time() - self.started, 3),
@@ -141,6 +152,7 @@ class Admin:
                     "cx_peer_identity_fail": upstream.cx_peer_identity_fail,
                 },
                 "mtls": self.tls_stats.as_dict() if self.tls_stats is not None else None,
+                "cluster": flat(clusters),
                 "config": {
                     "version": self.state.current.version if self.state.current is not None else None,
                     "applied": self.state.applied,
@@ -162,7 +174,7 @@ class Admin:
         "/certs/rotate": rotate_certificate,
     }
 
-    _pages = {
+    _pages: dict[str, Callable[[Admin], Response]] = {
         "/ready": ready,
         "/healthz/ready": ready,
         "/config_dump": config_dump,

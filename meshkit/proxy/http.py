@@ -93,6 +93,7 @@ class Request:
         "path",
         "peer_identity",
         "route",
+        "rq_timeout_ms",
         "start",
         "version",
     )
@@ -129,6 +130,7 @@ class Request:
         self.endpoint: Endpoint = _NOT_YET  # the endpoint chosen by the balancer
         self.flags: str = ""  # response flags raised on the way down ("DI")
         self.attempt = 1  # x-envoy-attempt-count
+        self.rq_timeout_ms: int | None = None  # x-envoy-upstream-rq-timeout-ms from the app (0 = none)
 
 
 class Response:

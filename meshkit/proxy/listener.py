@@ -27,6 +27,7 @@ import httptools
 from meshkit.proxy.bodies import BodyError, BodyStream
 from meshkit.proxy.framing import BODY_CHUNKED, BODY_DONE, response_head, status_line
 from meshkit.proxy.http import Handler, Headers, Request, Response, UpstreamError
+from meshkit.proxy.paths import DEFAULT_MODE, normalize
 from meshkit.proxy.stats import ProxyStats
 from meshkit.proxy.upstream import HOP_BY_HOP
 
@@ -37,7 +38,8 @@ if TYPE_CHECKING:  # types only: the snapshot module imports the filters, which 
 
 log = logging.getLogger("meshkit.proxy.listener")
 
-_REQUEST_SKIP = HOP_BY_HOP | {b"expect"}
+RQ_TIMEOUT = b"x-envoy-upstream-rq-timeout-ms"  # Envoy: overrides the route timeout; never forwarded
+_REQUEST_SKIP = HOP_BY_HOP | {b"expect", RQ_TIMEOUT}
 _REQUEST_SPECIAL = _REQUEST_SKIP | {b"host", b"x-forwarded-for", b"x-forwarded-proto"}
 _MAX_PIPELINE = 32  # queued requests per connection before we stop reading
 # Common end-to-end request header names, as sent -> as stored (lower-cased str): no lower() +
@@ -62,7 +64,7 @@ class SnapshotSource(Protocol):
 
 
 class Serving(Protocol):
-    """A listening server: asyncio's, or the mTLS acceptor's own (``tls_inbound``)."""
+    """A listening server: asyncio's, or the mTLS acceptor's own (``tls.inbound``)."""
 
     @property
     def sockets(self) -> Sequence[socket.socket]: ...
@@ -73,7 +75,7 @@ class Serving(Protocol):
 
 
 class Acceptor(Protocol):
-    """The mTLS seam: accepts a listener's connections itself (``tls_inbound.MtlsAcceptor``)."""
+    """The mTLS seam: accepts a listener's connections itself (``tls.inbound.MtlsAcceptor``)."""
 
     async def serve(self, listener: Listener, host: str, port: int) -> Serving: ...
 
@@ -87,6 +89,10 @@ class ListenerLimits:
     buffer_limit: int = 64 * 1024  # Content-Length bodies up to this are buffered as bytes
     header_timeout: float = 10.0  # time to receive a complete request head -> 408
     idle_timeout: float = 300.0  # keep-alive connection with no request in flight -> closed
+    # Envoy's stream_idle_timeout (default 5 min): a request whose body stops arriving for this
+    # long is ended with 408 (flag SI) and the connection closed. The snapshot's
+    # ``mesh.stream_idle_timeout_ms`` overrides it for sidecar listeners.
+    stream_idle_timeout: float = 300.0
 
 
 class _Pending:
@@ -210,6 +216,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._host: str | None = None
         self._connection_tokens: list[str] | None = None
         self._reject: tuple[int, str] | None = None
+        self._rq_timeout: int | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -254,17 +261,18 @@ class DownstreamConnection(asyncio.Protocol):
             self._fail_connection(status, text)
             return
         self._advance()
+        if len(self.queue) >= _MAX_PIPELINE:
+            self._pause_reading()  # a client that pipelines without reading: stop reading it
 
     def eof_received(self) -> bool | None:
-        """The client half-closed: answer what was asked (keep writing), then close."""
+        """The client closed its side: as Envoy (no HTTP half-close), the connection ends here.
+
+        Requests in flight are reset: the upstream call is cancelled (its circuit-breaker slot
+        released, its half-used upstream connection discarded) and logged as code 0, flag DC.
+        """
         self.input_done = True
         self.closing = True
-        if self.current is not None and self.current.stream is not None:
-            self.current.stream.fail(BodyError("downstream closed before the end of the body"))
-        if self.active is not None or any(p.ready for p in self.queue):
-            return True
-        return None
-
+        return None  # the transport closes; connection_lost cancels what is in flight
     def pause_writing(self) -> None:
         self._write_paused = True
 
@@ -272,6 +280,8 @@ class DownstreamConnection(asyncio.Protocol):
         self._write_paused = False
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        if self.active is None and not self.closed:
+            self._advance()  # the next queued request waited for the client to read
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -290,6 +300,9 @@ class DownstreamConnection(asyncio.Protocol):
         if self._head_bytes > self.limits.max_header_bytes:
             self._reject = (431, "request headers too large")
             raise ValueError("request head too large")
+        # Envoy trims leading/trailing whitespace (OWS) of every value before anything matches on
+        # it; bytes.strip returns the same object when there is nothing to trim (no allocation).
+        value = value.strip(b" \t")
         text_name = _HEADER_NAMES.get(name)
         if text_name is not None:
             self._headers.append((text_name, value.decode("latin-1")))
@@ -305,15 +318,29 @@ class DownstreamConnection(asyncio.Protocol):
                     raise ValueError("conflicting content-length")
                 self._content_length = int(value)
             elif lname == b"transfer-encoding":
+                # Only ``chunked`` is a transfer coding a proxy may pass on (Envoy, nginx): a second
+                # Transfer-Encoding field or any other coding is a smuggling vector -> 400.
+                if self._chunked:
+                    self._reject = (400, "conflicting transfer-encoding headers")
+                    raise ValueError("conflicting transfer-encoding")
+                if value.lower() != b"chunked":
+                    self._reject = (400, "unsupported transfer coding")
+                    raise ValueError("unsupported transfer coding")
                 self._chunked = True
             elif lname == b"expect":
                 self._expect_continue = value.lower() == b"100-continue"
+            elif lname == RQ_TIMEOUT:
+                # Envoy's router takes a non-negative integer and ignores anything else.
+                self._rq_timeout = int(value) if value.isdigit() and len(value) < 10 else None
             elif lname == b"connection":
                 tokens = [t.strip() for t in value.decode("latin-1").lower().split(",")]
                 self._connection_tokens = (self._connection_tokens or []) + tokens
             return
         text_value = value.decode("latin-1")
         if lname == b"host":
+            if self._host is not None:
+                self._reject = (400, "duplicate Host header")
+                raise ValueError("duplicate host")
             self._host = text_value
         elif lname == b"x-forwarded-for":
             self._xff_index = len(self._headers)
@@ -356,6 +383,15 @@ class DownstreamConnection(asyncio.Protocol):
                 authority = self._host
         if "@" in authority:
             authority = authority.rsplit("@", 1)[1]
+        state = self.listener.state
+        if state is not None:
+            # Istio's path normalization: the path every filter judges is the one sent upstream.
+            config = state.current
+            normal = normalize(path, config.path_normalization if config is not None else DEFAULT_MODE)
+            if normal is None:
+                self._reject = (400, "invalid path: bad %-escape")
+                raise ValueError("invalid path")
+            path = normal
         if self._connection_tokens:
             extra = {t for t in self._connection_tokens if t not in ("close", "keep-alive", "upgrade")}
             if extra:
@@ -378,6 +414,8 @@ class DownstreamConnection(asyncio.Protocol):
         request.peer_identity = self.peer_identity
         request.start = self.head_started_at
         request.version = version
+        if self._rq_timeout is not None and self.listener.direction == "outbound":
+            request.rq_timeout_ms = self._rq_timeout  # from the app: Envoy honours internal callers
         pending = _Pending(request)
         self.current = pending
         self.queue.append(pending)
@@ -448,6 +486,11 @@ class DownstreamConnection(asyncio.Protocol):
                 head.continue_sent = True
                 self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
+        if self._write_paused:
+            # Back-pressure: the client is not reading what we already wrote (the transport's
+            # buffer is above its high-water mark). Serve nothing more until it drains; the
+            # queue then fills to _MAX_PIPELINE and reading stops, so memory stays bounded.
+            return
         queue.popleft()
         if len(queue) < _MAX_PIPELINE and self._paused_reading and head.stream is None:
             self._resume_reading()
@@ -476,6 +519,8 @@ class DownstreamConnection(asyncio.Protocol):
                         response = await self.listener.handler(request)
                     except UpstreamError as exc:
                         response = Response.local(exc.status, str(exc) or type(exc).__name__, exc.flag)
+                    if config is not None and config.server_name is not None:
+                        response.headers.set("server", config.server_name)  # Istio's gateways
             self.stats.count_status(response.status)
             mode = self._write_head(request, response)
             if mode != BODY_DONE or not isinstance(response.body, bytes):
@@ -609,13 +654,25 @@ class DownstreamConnection(asyncio.Protocol):
             else:
                 self.closing = True
             return
+        current = self.current
+        if current is not None:
+            # A request head is in and its body is still coming: Envoy's stream idle timeout.
+            if now - self.last_activity > self._stream_idle_timeout():
+                self.stats.downstream_rq_idle_timeout += 1
+                self._fail_connection(408, "stream timeout")
+            return
         if (
             self.active is None
             and not self.queue
-            and self.current is None
             and now - self.last_activity > self.limits.idle_timeout
         ):
             self._close_transport()
+
+    def _stream_idle_timeout(self) -> float:
+        state = self.listener.state
+        config = state.current if state is not None else None
+        configured = getattr(config, "stream_idle_timeout", None)
+        return configured if configured is not None else self.limits.stream_idle_timeout
 
     def close_when_idle(self) -> None:
         self.closing = True

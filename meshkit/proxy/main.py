@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-request-body", type=int, default=ListenerLimits.max_body_bytes, metavar="BYTES"
     )
+    parser.add_argument(
+        "--stream-idle-timeout", type=float, default=ListenerLimits.stream_idle_timeout, metavar="SECONDS",
+        help="end a request whose body stalls this long with 408 (Envoy's stream_idle_timeout, default "
+        "300; the snapshot's mesh.stream_idle_timeout_ms wins)",
+    )
     parser.add_argument("--drain-seconds", type=float, default=2.0, help="grace period on SIGTERM")
     parser.add_argument(
         "--ca-token-file", metavar="PATH",
@@ -158,7 +163,9 @@ class Proxy:
 
             self.upstream.certificates = self.certificates
             self.acceptor = MtlsAcceptor(self.certificates)
-        limits = ListenerLimits(max_body_bytes=args.max_request_body)
+        limits = ListenerLimits(
+            max_body_bytes=args.max_request_body, stream_idle_timeout=args.stream_idle_timeout
+        )
         self.listeners: dict[str, Listener] = {
             "outbound": Listener(
                 "outbound", build_outbound(self.upstream.send, self.metrics, self.access), self.state, limits
@@ -174,7 +181,9 @@ class Proxy:
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
             tls_stats=self.acceptor.stats if self.acceptor is not None else None,
         )
-        self.admin_listener = Listener("admin", self.admin.handle)
+        self.admin_listener = Listener(
+            "admin", self.admin.handle, limits=ListenerLimits(stream_idle_timeout=args.stream_idle_timeout)
+        )
         self.ports: dict[str, int] = {}
         self.static: StaticConfig | None = None
         self.xds: XdsClient | None = None

@@ -20,13 +20,17 @@ from meshkit.proxy.filters.mirror import check_mirror
 from meshkit.proxy.filters.ratelimit import TokenBucket
 from meshkit.proxy.filters.retry import check_retries
 from meshkit.proxy.filters.timeout import check_timeout
+from meshkit.proxy.paths import DEFAULT_MODE as DEFAULT_PATH_MODE
+from meshkit.proxy.paths import check_mode as check_path_mode
 from meshkit.proxy.routing import RouteTable
 from meshkit.proxy.schema import SCHEMA, SnapshotDoc
+from meshkit.proxy.stats import canonical_revision, canonical_service
 
 ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
 
 UNKNOWN = "unknown"
 SOURCE_HEADER = "x-meshkit-source"  # "<workload>;<namespace>;<app>;<version>;<principal>"
+GATEWAY_SERVER_NAME = "istio-envoy"
 
 
 class SnapshotError(ValueError):
@@ -54,7 +58,10 @@ def _namespace_of(identity: str | None) -> str | None:
 class NodeLabels:
     """What this proxy says about its own workload in metrics and propagation headers."""
 
-    __slots__ = ("app", "namespace", "principal", "service", "version", "workload")
+    __slots__ = (
+        "app", "canonical_revision", "canonical_service", "namespace", "principal", "service", "version",
+        "workload",
+    )
 
     def __init__(self, node: dict[str, Any]) -> None:
         labels = node.get("labels") or {}
@@ -64,6 +71,8 @@ class NodeLabels:
         self.version = node.get("version") or labels.get("version") or UNKNOWN
         self.principal = node.get("identity") or UNKNOWN
         self.service = node.get("service")
+        self.canonical_service = canonical_service(labels, self.workload)
+        self.canonical_revision = canonical_revision({"version": node.get("version") or "", **labels})
 
 
 class Snapshot:
@@ -79,9 +88,12 @@ class Snapshot:
         "mtls_mode",
         "node",
         "node_labels",
+        "path_normalization",
         "rate_limiter",
         "routes",
+        "server_name",
         "source_headers",
+        "stream_idle_timeout",
         "upstream_tls",
         "version",
     )
@@ -101,6 +113,9 @@ class Snapshot:
         self.source_headers: list[tuple[str, str]] = []
         self.mtls_mode = "PERMISSIVE"  # PeerAuthentication mode of the inbound port (Istio's default)
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
+        self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
+        self.stream_idle_timeout: float | None = None  # seconds; None: the listener's own limit
+        self.server_name: str | None = None  # the ``server`` header this proxy sets on responses
 
     @classmethod
     def from_json(cls, doc: Any, previous: Snapshot | None = None) -> Snapshot:
@@ -135,6 +150,10 @@ class Snapshot:
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
+        snap.path_normalization, snap.stream_idle_timeout = cls._mesh(doc.get("mesh"))
+        # Istio's gateways answer with Envoy's server_name "istio-envoy" (HCM server_header
+        # OVERWRITE); sidecars pass the app's own ``server`` header through.
+        snap.server_name = GATEWAY_SERVER_NAME if snap.node.get("kind") == "gateway" else None
         labels = NodeLabels(snap.node)
         snap.node_labels = labels
         if labels.service:
@@ -143,6 +162,22 @@ class Snapshot:
         source = ";".join((labels.workload, labels.namespace, labels.app, labels.version, labels.principal))
         snap.source_headers = [(SOURCE_HEADER, source)]
         return snap
+
+    @staticmethod
+    def _mesh(mesh: Any) -> tuple[str, float | None]:
+        """``mesh``: the mesh-wide settings (Istio's meshConfig) that change request handling."""
+        if mesh is None:
+            return DEFAULT_PATH_MODE, None
+        if not isinstance(mesh, dict):
+            raise SnapshotError(f"mesh: expected an object, got {mesh!r}")
+        try:
+            mode = check_path_mode(mesh.get("path_normalization"), "mesh.path_normalization")
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
+        idle = mesh.get("stream_idle_timeout_ms")
+        if idle is not None and (not isinstance(idle, int) or isinstance(idle, bool) or idle <= 0):
+            raise SnapshotError(f"mesh.stream_idle_timeout_ms: expected a positive integer, got {idle!r}")
+        return mode, None if idle is None else idle / 1000.0
 
     @staticmethod
     def _node(node: Any) -> dict[str, Any]:

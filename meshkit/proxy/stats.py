@@ -21,27 +21,53 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 BYTES_BUCKETS: tuple[float, ...] = tuple(float(10**i) for i in range(10))  # 1 .. 1e9
 
+# Istio's standard labels, in the order Istio's stats plugin emits them (Istio 1.2x).
 LABEL_NAMES: tuple[str, ...] = (
     "reporter",
     "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
     "source_workload_namespace",
     "source_principal",
     "source_app",
     "source_version",
+    "source_cluster",
     "destination_workload",
     "destination_workload_namespace",
     "destination_principal",
     "destination_app",
     "destination_version",
     "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
     "destination_service_name",
     "destination_service_namespace",
+    "destination_cluster",
     "request_protocol",
     "response_code",
     "response_flags",
     "connection_security_policy",
 )
+CLUSTER_ID = "Kubernetes"  # Istio's default cluster ID (values.global.multiCluster.clusterName)
 MAX_FAST_KEYS = 4096  # the key cache is dropped (not the series) when it grows beyond this
+
+
+def canonical_service(labels: dict[str, str], fallback: str) -> str:
+    """Istio's canonical service: ``service.istio.io/canonical-name``, ``app.kubernetes.io/name``,
+    ``app``, else the workload name."""
+    return (
+        labels.get("service.istio.io/canonical-name") or labels.get("app.kubernetes.io/name")
+        or labels.get("app") or fallback
+    )
+
+
+def canonical_revision(labels: dict[str, str]) -> str:
+    """Istio's canonical revision: ``service.istio.io/canonical-revision``,
+    ``app.kubernetes.io/version``, ``version``, else ``latest``."""
+    return (
+        labels.get("service.istio.io/canonical-revision") or labels.get("app.kubernetes.io/version")
+        or labels.get("version") or "latest"
+    )
 
 
 def _escape(value: str) -> str:
@@ -165,6 +191,7 @@ class ProxyStats:
         "downstream_rq_4xx",
         "downstream_rq_5xx",
         "downstream_rq_active",
+        "downstream_rq_idle_timeout",
         "downstream_rq_rejected",
         "downstream_rq_total",
     )

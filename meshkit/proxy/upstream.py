@@ -27,6 +27,8 @@ import httptools
 from meshkit.proxy.bodies import BodyStream
 from meshkit.proxy.http import ConnectFailure, Headers, Request, Response, UpstreamReset
 
+SERVICE_TIME = "x-envoy-upstream-service-time"
+
 # Never forwarded upstream or downstream (RFC 9110 7.6.1 plus the usual suspects); the framing
 # headers are re-created from the body type by whoever serialises the message.
 HOP_BY_HOP = frozenset(
@@ -89,7 +91,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[Response] | None = None
         self._busy = False  # an exchange is in progress (request sent, response not finished)
         self._last = False  # max_requests_per_connection reached: close after this exchange
-        self._status = 0
+        self._head_request = False
+        self._sent_at = 0.0
         self._chunked = False
         self._head_request = False
         self._headers: list[tuple[str, str]] = []
@@ -229,6 +232,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._parts = []
             self._stream = stream
             body = stream
+        # Envoy's router: the upstream's time from our request to its response head, in ms
+        # (replacing any value the upstream sent, as Envoy does).
+        headers.set(SERVICE_TIME, str(int((self.loop.time() - self._sent_at) * 1000)))
         if waiter is not None and not waiter.done():
             response = Response(status, headers, body)  # no keyword call: ~1k instructions less
             response.upstream_host = self.hostport
@@ -308,6 +314,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = request.method == "HEAD"
         self._request_sent = body_done
         self._waiter = waiter = loop.create_future()
+        self._sent_at = loop.time()
         self.requests += 1
         assert self.transport is not None
         self.transport.write(head)
@@ -335,6 +342,14 @@ class Upstream:
     @property
     def cx_active(self) -> int:
         return len(self._all)
+
+    def cx_active_by_endpoint(self) -> dict[tuple[str, int], int]:
+        """Open upstream connections per ``(address, port)`` (admin pages: per-cluster gauges)."""
+        counts: dict[tuple[str, int], int] = {}
+        for conn in self._all:
+            endpoint = (conn.key[0], conn.key[1])
+            counts[endpoint] = counts.get(endpoint, 0) + 1
+        return counts
 
     def _server_identities(self, request: Request) -> frozenset[str] | None:
         """The SPIFFE ids the server may present when this request goes over mTLS, else None."""

@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any
 
+import pytest
+
 from meshkit.config.compile import compile_snapshot, default_retry_policy
 from meshkit.config.loader import load_resources
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
@@ -16,8 +18,8 @@ PRODUCTPAGE = node_for("productpage")
 DEFAULT_RETRIES = {
     "attempts": 2,
     "per_try_timeout_ms": None,
-    "retry_on": ["connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"],
-    "retriable_status_codes": [503],
+    "retry_on": ["connect-failure", "refused-stream", "unavailable", "cancelled"],
+    "retriable_status_codes": [],  # Istio 1.24+: the default no longer retries 503
 }
 
 
@@ -52,7 +54,9 @@ def test_top_level_shape_node_and_trust() -> None:
         "clusters",
         "inbound",
         "trust",
+        "mesh",
     ]
+    assert snapshot["mesh"] == {"path_normalization": "BASE"}  # Istio's meshConfig default
     assert snapshot["schema"] == 1 and snapshot["revision"] == 7
     assert snapshot["node"] == {
         "id": "reviews-v2-0.default",
@@ -488,3 +492,11 @@ def test_hosts_that_are_not_registry_services_get_their_own_virtual_hosts() -> N
     assert [h["name"] for h in sidecar_hosts][-1] == "httpbin.org"  # the gateway-bound "*" is not here
     assert sidecar_hosts[-1]["domains"] == ["httpbin.org"]
     assert sidecar_hosts[-1]["routes"][0]["timeout_ms"] == 3000
+
+
+def test_mesh_config_path_normalization() -> None:
+    strict = snap([], mesh_config={"pathNormalization": {"normalization": "MERGE_SLASHES"}})
+    assert strict["mesh"] == {"path_normalization": "MERGE_SLASHES"}
+    assert snap([])["version"] != strict["version"]  # a change of mode is pushed
+    with pytest.raises(ValueError, match=r"meshConfig\.pathNormalization\.normalization: 'SOMETIMES'"):
+        snap([], mesh_config={"pathNormalization": {"normalization": "SOMETIMES"}})

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import urllib.error
 import urllib.request
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.proxy.conftest import EchoApp, make_snapshot, spawn_proxy, stop_process
+from meshkit.proxy.http import Headers, Request
+from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot, spawn_proxy, stop_process
 from tests.waiting import async_wait_until
 
 
@@ -95,3 +98,52 @@ async def test_sigterm_drains_in_flight_requests(echo_app: EchoApp, tmp_path) ->
         assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
     finally:
         stop_process(proxy)
+
+
+async def test_certs_rotate_is_refused_to_callers_off_loopback(
+    echo_app: EchoApp, start_proxy: StartProxy
+) -> None:
+    """On Kubernetes the admin port listens on 0.0.0.0: POST /certs/rotate is for the pod itself.
+
+    The real sidecar's admin handler, with the caller address its listener would have taken
+    from the socket (this machine's tests only send traffic to 127.0.0.0/8)."""
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+
+    async def rotate(caller: str) -> tuple[int, bytes]:
+        request = Request(
+            "POST", "/certs/rotate", "pod:15000", Headers(), direction="admin", downstream_addr=caller
+        )
+        response = await proxy.admin.handle(request)
+        assert isinstance(response.body, bytes)
+        return response.status, response.body
+
+    for outsider in ("10.244.0.7", "::ffff:10.0.0.1", "fe80::1", ""):
+        status, body = await rotate(outsider)
+        assert status == 403 and b"answered only on 127.0.0.1" in body, (outsider, body)
+    for local in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        status, body = await rotate(local)
+        assert status == 409 and b"without mTLS" in body, (local, body)  # past the guard
+    # Over a real socket from 127.0.0.1 too, and reads stay open to everyone.
+    assert (await asyncio.to_thread(_get, proxy.ports["admin"], "/certs"))[0] == 200
+    status, body = await asyncio.to_thread(_post, proxy.ports["admin"], "/certs/rotate")
+    assert status == 409
+    status, _ = await rotate_get(proxy)
+    assert status == 405
+
+
+async def rotate_get(proxy: Any) -> tuple[int, bytes]:
+    request = Request(
+        "GET", "/certs/rotate", "pod:15000", Headers(), direction="admin", downstream_addr="127.0.0.1"
+    )
+    response = await proxy.admin.handle(request)
+    return response.status, response.body  # type: ignore[return-value]
+
+
+def _post(port: int, path: str) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST", data=b"")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

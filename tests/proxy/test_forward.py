@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 
@@ -77,7 +81,10 @@ async def test_two_sidecars_in_a_row(echo_app: EchoApp, start_proxy: StartProxy)
     xff = _headers(info)["x-forwarded-for"]
     assert xff == "127.0.0.1, 127.0.0.1"  # appended by each hop
     text = b.metrics.render()
-    assert 'reporter="destination",source_workload="productpage-v1"' in text
+    # Plaintext hop: the destination trusts nothing the caller sent about itself (issue 15).
+    assert 'reporter="destination",source_workload="unknown"' in text
+    destination_side = text.split('reporter="destination"', 1)[1]
+    assert "productpage-v1" not in destination_side.split(",destination_workload", 1)[0]
 
 
 async def test_keep_alive_reuses_upstream_connections(echo_app: EchoApp, start_proxy: StartProxy) -> None:
@@ -181,3 +188,63 @@ async def test_inbound_enforces_authorization_policies(echo_app: EchoApp, start_
             assert resp.status == 200
     assert 'reporter="destination"' in proxy.metrics.render()
     assert 'response_code="403"' in proxy.metrics.render()
+
+
+async def test_upstream_service_time_header(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    """Envoy's router adds x-envoy-upstream-service-time (ms from the request to the response head)."""
+    proxy = await start_proxy(make_snapshot(echo_app.port))
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{proxy.ports['outbound']}/slow/200"
+        async with session.get(url, headers={"Host": "reviews"}) as resp:
+            assert resp.status == 200
+            values = resp.headers.getall("x-envoy-upstream-service-time")
+    assert len(values) == 1 and values[0].isdigit() and int(values[0]) >= 200
+
+
+async def test_client_closing_mid_request_cancels_the_call_as_dc(
+    echo_app: EchoApp, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    """A normal close (FIN) mid-request: the upstream call is cancelled, logged code 0 flag DC,
+    and the circuit-breaker slot it held is released (issue 13)."""
+    snapshot = make_snapshot(echo_app.port)
+    pool = {"max_connections": 1, "http1_max_pending_requests": 1}
+    snapshot["clusters"]["reviews|"]["connection_pool"] = pool
+    log = tmp_path / "access.log"
+    proxy = await start_proxy(snapshot, "--access-log", str(log))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["outbound"])
+    writer.write(b"GET /slow/5000 HTTP/1.1\r\nHost: reviews\r\n\r\n")
+    await writer.drain()
+    traffic = proxy.state.current.clusters["reviews|"].traffic
+    await _poll(lambda: traffic.rq_active == 1)  # the slow call holds the only slot
+    writer.close()  # FIN, as curl does when interrupted
+    await _poll(lambda: 'response_code="0",response_flags="DC"' in proxy.metrics.render())
+    assert traffic.rq_active == 0 and not traffic.pending
+    await _poll(lambda: proxy.upstream.cx_active == 0)  # the half-used upstream connection was dropped
+    await _poll(lambda: log.exists() and '"status":0' in log.read_text())
+    (line,) = [json.loads(raw) for raw in log.read_text().splitlines()]
+    assert (line["status"], line["response_flags"], line["path"]) == (0, "DC", "/slow/5000")
+    del reader
+
+
+async def _poll(condition: Callable[[], bool], wait: float = 10.0) -> None:
+    deadline = time.monotonic() + wait
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_ingress_answers_as_istio_envoy(echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    """Istio's gateways overwrite `server` with "istio-envoy" (local replies too); sidecars pass the app's."""
+    gateway = make_snapshot(echo_app.port)
+    gateway["node"].update(kind="gateway", service=None, workload="istio-ingressgateway")
+    ingress = await start_proxy(gateway)
+    sidecar = await start_proxy(make_snapshot(echo_app.port))
+    async with aiohttp.ClientSession() as session:
+        front = f"http://127.0.0.1:{ingress.ports['outbound']}/x"
+        for host, status in (("reviews", 200), ("nowhere.example", 404)):
+            async with session.get(front, headers={"Host": host}) as resp:
+                assert resp.status == status
+                assert resp.headers.getall("server") == ["istio-envoy"]
+        side = f"http://127.0.0.1:{sidecar.ports['outbound']}/x"
+        async with session.get(side, headers={"Host": "reviews"}) as resp:
+            assert "aiohttp" in resp.headers["server"]

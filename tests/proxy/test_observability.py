@@ -119,11 +119,24 @@ async def test_istio_metrics_both_reporters(echo_app: EchoApp, start_proxy: Star
     assert labels["reporter"] == "source" and labels["connection_security_policy"] == "unknown"
     assert labels["destination_workload"] == "reviews-v1" and labels["destination_app"] == "reviews"
     assert labels["destination_service_name"] == "reviews" and labels["request_protocol"] == "http"
+    # Istio's canonical service/revision and cluster labels (istio.io standard metrics).
+    canonical = [labels[f"{side}_canonical_{what}"] for side in ("source", "destination")
+                 for what in ("service", "revision")]
+    assert canonical == ["productpage", "v1", "reviews", "v1"]
+    assert labels["source_cluster"] == labels["destination_cluster"] == "Kubernetes"
     dest = _samples(b.metrics.render(), "istio_requests_total")
     dlabels = next(s.labels for s in dest if s.labels["response_code"] == "500")
-    assert dlabels["reporter"] == "destination" and dlabels["source_workload"] == "productpage-v1"
-    assert dlabels["source_app"] == "productpage" and dlabels["source_version"] == "v1"
-    assert dlabels["source_principal"] == "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+    # Plaintext between the sidecars: nothing the caller sends is trusted for telemetry (issue 15),
+    # so the destination reports an unknown source (over mTLS: tests/security/test_e2e_mtls.py).
+    assert dlabels["reporter"] == "destination" and dlabels["source_workload"] == "unknown"
+    assert dlabels["source_app"] == "unknown" and dlabels["source_version"] == "unknown"
+    assert dlabels["source_principal"] == "unknown"
+    assert dlabels["source_canonical_service"] == "unknown"
+    assert dlabels["source_canonical_revision"] == "latest"
+    assert (dlabels["source_cluster"], dlabels["destination_cluster"]) == ("unknown", "Kubernetes")
+    assert (dlabels["destination_canonical_service"], dlabels["destination_canonical_revision"]) == (
+        "productpage", "v1"
+    )
     assert dlabels["destination_service"] == "productpage.default.svc.cluster.local"
     assert dlabels["connection_security_policy"] == "none"
     # Bytes histograms: streamed bodies are counted when they end.

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import ssl
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,14 +12,17 @@ import pytest
 from cryptography import x509
 
 from meshkit.control.ca import CertificateAuthority
-from meshkit.proxy.filters.authn import decide_connection
-from meshkit.proxy.tls import CertificateManager, peer_identity
-from meshkit.proxy.tls.sniff import sniff_tls
+from meshkit.proxy.http import Request, Response
+from meshkit.proxy.listener import Listener
+from meshkit.proxy.tls import CertificateManager
+from meshkit.proxy.tls.inbound import MtlsAcceptor, TlsStats
 from meshkit.proxy.tls.x509 import LocalCertificateManager
+from meshkit.proxy.xds import ConfigState
 
 ALICE = "spiffe://cluster.local/ns/default/sa/alice"
 BOB = "spiffe://cluster.local/ns/default/sa/bob"
 MALLORY = "spiffe://cluster.local/ns/evil/sa/mallory"
+SERVICE_PORT = 9080
 
 Issue = Callable[..., LocalCertificateManager]
 
@@ -63,103 +65,109 @@ def issue(ca: CertificateAuthority) -> Issue:
     return make
 
 
-class MeshListener:
-    """A minimal inbound listener built the way the sidecar's should be (the recipe in authn.py).
+class InboundSidecar:
+    """The sidecar's REAL inbound listener (``Listener`` + ``MtlsAcceptor``) in front of a probe app.
 
-    Accept a raw socket, sniff plaintext vs TLS, apply the PeerAuthentication decision, do the
-    handshake with the manager's CURRENT server context (so rotation affects new connections
-    only), then answer each line with ``"<security_policy> <peer identity> <peer serial hex>"``.
+    The PeerAuthentication mode comes from a real ``Snapshot`` (``inbound.mtls``, port-level
+    settings included) applied to a real ``ConfigState``, exactly as a pushed one would be;
+    ``apply(mode)`` pushes another. The terminal handler stands in for the app: it answers
+    ``"<security_policy> <peer identity> <peer certificate serial hex>"`` from what the real
+    listener established for the connection. ``refused`` collects the acceptor's own refusal
+    reasons (its log records); ``stats`` are its counters.
     """
 
-    def __init__(self, manager: CertificateManager | None, mode: str = "STRICT") -> None:
+    def __init__(
+        self,
+        manager: CertificateManager | None,
+        mode: str = "STRICT",
+        port_level: dict[str, str] | None = None,
+        service_port: int = SERVICE_PORT,
+    ) -> None:
         self.manager = manager
-        self.mode = mode
+        self.state = ConfigState()
+        self.service_port = service_port
+        self.apply(mode, port_level)
+        self.listener = Listener("inbound", self._answer, self.state)
+        self.acceptor = MtlsAcceptor(manager)  # type: ignore[arg-type]
+        self.listener.acceptor = self.acceptor
+        self.state.listeners.append(self.acceptor.on_snapshot)
         self.accepted: list[tuple[str, str | None]] = []
         self.refused: list[str] = []
-        self._sock: socket.socket | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._records = _Collector(self.refused)
+        self._logger = logging.getLogger("meshkit.proxy.tls.inbound")
+        self._level = self._logger.level
 
-    async def __aenter__(self) -> MeshListener:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        sock.setblocking(False)
-        self._sock = sock
-        self._tasks.add(asyncio.create_task(self._accept_loop()))
+    def apply(self, mode: str, port_level: dict[str, str] | None = None) -> None:
+        """Push a snapshot with this PeerAuthentication (as the control plane would)."""
+        doc = {
+            "schema": 1,
+            "version": f"mtls-{mode}-{sorted((port_level or {}).items())}",
+            "node": {"identity": self.manager.identity if self.manager else None, "kind": "sidecar"},
+            "inbound": {"app": None, "service_port": self.service_port,
+                        "mtls": {"mode": mode, "port_level": port_level or {}}},
+        }
+        assert self.state.apply(doc) is None
+
+    @property
+    def stats(self) -> TlsStats:
+        return self.acceptor.stats
+
+    async def __aenter__(self) -> InboundSidecar:
+        self._logger.addHandler(self._records)
+        self._logger.setLevel(logging.INFO)
+        await self.listener.start("127.0.0.1", 0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._sock is not None:
-            self._sock.close()
+        await self.listener.close(0.2)
+        self._logger.removeHandler(self._records)
+        self._logger.setLevel(self._level)
 
     @property
     def port(self) -> int:
-        assert self._sock is not None
-        return int(self._sock.getsockname()[1])
+        return self.listener.port
 
-    async def _accept_loop(self) -> None:
-        assert self._sock is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            conn, _ = await loop.sock_accept(self._sock)
-            conn.setblocking(False)
-            task = asyncio.create_task(self._serve(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    async def _answer(self, request: Request) -> Response:
+        task = asyncio.current_task()
+        (conn,) = [c for c in self.listener.connections if c.active is task]
+        assert conn.transport is not None
+        ssl_object = conn.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        serial = f"{x509.load_der_x509_certificate(der).serial_number:x}" if der else "-"
+        policy = "mutual_tls" if request.peer_identity else "none"
+        self.accepted.append((policy, request.peer_identity))
+        return Response.local(200, f"{policy} {request.peer_identity} {serial}\n")
 
-    async def _serve(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(5):
-                is_tls = await sniff_tls(conn)
-            if is_tls is None:
-                conn.close()
-                return
-            early = decide_connection(self.mode, is_tls, has_valid_client_cert=True)
-            if not early.accept:  # plaintext under STRICT, TLS under DISABLE: refuse before any handshake
-                self.refused.append(early.reason)
-                conn.close()
-                return
-            reader = asyncio.StreamReader()
-            protocol = asyncio.StreamReaderProtocol(reader)
-            context = self.manager.server_context if (is_tls and self.manager) else None
-            try:
-                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=context)
-            except (ssl.SSLError, OSError) as exc:
-                self.refused.append(f"handshake failed: {exc}")
-                conn.close()
-                return
-            ssl_object = transport.get_extra_info("ssl_object")
-            identity = peer_identity(ssl_object)
-            decision = decide_connection(self.mode, is_tls, identity is not None)
-            if not decision.accept:
-                self.refused.append(decision.reason)
-                transport.close()
-                return
-            self.accepted.append((decision.security_policy, identity))
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-            serial = f"{x509.load_der_x509_certificate(der).serial_number:x}" if der else "-"
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            for _ in range(100):
-                line = await reader.readline()
-                if not line:
-                    break
-                writer.write(f"{decision.security_policy} {identity} {serial}\n".encode())
-                await writer.drain()
-            writer.close()
-        except (TimeoutError, ConnectionError):
-            conn.close()
+
+class _Collector(logging.Handler):
+    """The acceptor's refusal reasons, as it logs them."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        for prefix, keep in (
+            ("inbound connection refused: ", ""),
+            ("inbound TLS handshake failed: ", "handshake failed: "),
+        ):
+            if message.startswith(prefix):
+                self.into.append(keep + message[len(prefix):])
 
 
 async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
-    """One line out, one line back (bounded)."""
-    writer.write(b"hello\n")
+    """One HTTP request on the connection, the answer's body back ("" when refused or closed)."""
+    writer.write(b"GET /whoami HTTP/1.1\r\nHost: bob:9080\r\n\r\n")
     await writer.drain()
     async with asyncio.timeout(5):
-        return (await reader.readline()).decode().strip()
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return ""  # closed without an answer
+        lines = head.lower().split(b"\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:"))
+        return (await reader.readexactly(length)).decode().strip()
 
 
 def peer_serial(writer: asyncio.StreamWriter) -> int:

@@ -13,7 +13,7 @@ from meshkit.proxy.chain import build_chain
 from meshkit.proxy.filters.authn import XFCC, authn, decide_connection, mtls_mode_for_port
 from meshkit.proxy.http import Headers, Request, Response
 
-from .conftest import ALICE, BOB, Issue, MeshListener, ask
+from .conftest import ALICE, BOB, InboundSidecar, Issue, ask
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ async def _mtls(port: int, context: ssl.SSLContext) -> str:
 
 async def test_permissive_port_serves_plaintext_and_mtls(issue: Issue) -> None:
     alice, bob = issue(ALICE), issue(BOB)
-    async with MeshListener(bob, mode="PERMISSIVE") as server:
+    async with InboundSidecar(bob, mode="PERMISSIVE") as server:
         assert await _plaintext(server.port) == "none None -"
         serial = alice.current.serial  # type: ignore[union-attr]
         assert await _mtls(server.port, alice.client_context) == f"mutual_tls {ALICE} {serial:x}"
@@ -111,7 +111,7 @@ async def test_permissive_port_serves_plaintext_and_mtls(issue: Issue) -> None:
 
 async def test_strict_port_refuses_plaintext(issue: Issue) -> None:
     alice, bob = issue(ALICE), issue(BOB)
-    async with MeshListener(bob, mode="STRICT") as server:
+    async with InboundSidecar(bob, mode="STRICT") as server:
         assert await _plaintext(server.port) == ""
         assert (await _mtls(server.port, alice.client_context)).startswith("mutual_tls")
     assert server.refused == ["plaintext connection refused: mTLS is STRICT on this port"]
@@ -119,10 +119,48 @@ async def test_strict_port_refuses_plaintext(issue: Issue) -> None:
 
 async def test_disabled_port_refuses_tls(issue: Issue) -> None:
     alice, bob = issue(ALICE), issue(BOB)
-    async with MeshListener(bob, mode="DISABLE") as server:
+    async with InboundSidecar(bob, mode="DISABLE") as server:
         assert await _mtls(server.port, alice.client_context) == ""
         assert await _plaintext(server.port) == "none None -"
     assert server.refused == ["mTLS is DISABLEd on this port; TLS connection refused"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "port_level", "plaintext_ok", "mtls_ok"),
+    [
+        ("STRICT", {"9080": "PERMISSIVE"}, True, True),  # the workload port is relaxed
+        ("STRICT", {"9080": "DISABLE"}, True, False),
+        ("DISABLE", {"9080": "STRICT"}, False, True),
+        ("PERMISSIVE", {"9080": "STRICT"}, False, True),
+        ("STRICT", {"8080": "DISABLE"}, False, True),  # another port's setting does not apply here
+        ("DISABLE", {"9080": "UNSET"}, True, False),  # UNSET inherits the workload mode
+    ],
+)
+async def test_port_level_mtls_on_the_real_listener(
+    issue: Issue, mode: str, port_level: dict[str, str], plaintext_ok: bool, mtls_ok: bool
+) -> None:
+    alice, bob = issue(ALICE), issue(BOB)
+    async with InboundSidecar(bob, mode=mode, port_level=port_level) as server:
+        assert (await _plaintext(server.port) == "none None -") is plaintext_ok
+        assert (await _mtls(server.port, alice.client_context)).startswith("mutual_tls") is mtls_ok
+    assert server.stats.plaintext_refused == (0 if plaintext_ok else 1)
+    assert server.stats.tls_refused == (0 if mtls_ok else 1)
+
+
+async def test_a_pushed_mode_applies_to_new_connections_and_closes_refused_ones(issue: Issue) -> None:
+    """PERMISSIVE -> STRICT by a new snapshot: plaintext is refused from then on, and an open
+    plaintext connection is closed once idle (Envoy drains listeners whose chains changed)."""
+    alice, bob = issue(ALICE), issue(BOB)
+    async with InboundSidecar(bob, mode="PERMISSIVE") as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await ask(reader, writer) == "none None -"
+        server.apply("STRICT")
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # the idle plaintext connection was closed
+        writer.close()
+        assert await _plaintext(server.port) == ""
+        assert (await _mtls(server.port, alice.client_context)).startswith(f"mutual_tls {ALICE}")
+    assert server.stats.closed_on_mode_change == 1 and server.stats.plaintext_refused == 1
 
 
 # --------------------------------------------------------------------------- x-forwarded-client-cert

@@ -20,6 +20,7 @@ from meshkit.proxy.filters.authz import (
     policy_names,
 )
 from meshkit.proxy.http import Headers, Request, Response
+from meshkit.proxy.paths import BASE, normalize
 
 from .conftest import ALICE, BOB, MALLORY
 
@@ -55,8 +56,10 @@ async def _status(
 ) -> int:
     app = _App()
     handler = build_chain([authz], app)
+    normal = normalize(path, BASE)  # what the listener hands the chain (meshConfig default)
+    assert normal is not None
     request = Request(
-        method, path, authority, Headers(list(headers or [])), direction="inbound",
+        method, normal, authority, Headers(list(headers or [])), direction="inbound",
         downstream_addr=source, peer_identity=peer, config=_Snapshot(compile_authz(doc, port=port)),
     )
     response = await handler(request)

@@ -83,10 +83,10 @@ def test_half_a_root_on_disk_is_an_error(tmp_path: Path) -> None:
         CertificateAuthority.open(directory)
 
 
-def _rsa_root(*, ca: bool = True) -> tuple[str, str, rsa.RSAPrivateKey]:
+def _rsa_root(*, ca: bool = True, expired: bool = False) -> tuple[str, str, rsa.RSAPrivateKey]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp root")])
-    now = datetime.now(UTC)
+    now = datetime.now(UTC) - (timedelta(days=60) if expired else timedelta(0))
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -125,6 +125,20 @@ def test_user_provided_root_is_checked(tmp_path: Path) -> None:
         CertificateAuthority.open(tmp_path / "c", root_cert_pem=cert_pem)
     with pytest.raises(CaError, match=r"not a PEM X\.509"):
         CertificateAuthority.open(tmp_path / "d", root_cert_pem="junk", root_key_pem=other_key_pem)
+
+
+def test_an_expired_user_provided_root_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    cert_pem, key_pem, _ = _rsa_root(expired=True)
+    with pytest.raises(CaError, match=r"root certificate expired at 20"):
+        CertificateAuthority.open(tmp_path / "ca", root_cert_pem=cert_pem, root_key_pem=key_pem)
+    assert not (tmp_path / "ca" / ROOT_CERT_FILE).exists() and not (tmp_path / "ca" / ROOT_KEY_FILE).exists()
+    # A stored root that has expired since is refused at the next start, not used to sign.
+    valid_pem, valid_key, _ = _rsa_root()
+    CertificateAuthority.open(tmp_path / "ca2", root_cert_pem=valid_pem, root_key_pem=valid_key)
+    (tmp_path / "ca2" / ROOT_CERT_FILE).write_text(cert_pem)
+    (tmp_path / "ca2" / ROOT_KEY_FILE).write_text(key_pem)
+    with pytest.raises(CaError, match="root certificate expired at"):
+        CertificateAuthority.open(tmp_path / "ca2")
 
 
 def test_workload_certificate_contents(ca: CertificateAuthority) -> None:

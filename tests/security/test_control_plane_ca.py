@@ -14,7 +14,7 @@ from meshkit.proxy.tls.ca_client import CaClient, CertificateFetchError
 from meshkit.proxy.tls.renewal import renew
 from meshkit.proxy.tls.x509 import build_csr, generate_key
 
-from .conftest import ALICE, BOB, MeshListener, ask
+from .conftest import ALICE, BOB, InboundSidecar, ask
 
 
 async def test_sidecars_get_certificates_from_the_control_plane_and_talk_mtls(tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ async def test_sidecars_get_certificates_from_the_control_plane_and_talk_mtls(tm
                 await CaClient(running.url, bob_token).sign(build_csr(generate_key(), ALICE))
             assert err.value.status == 403
 
-            async with MeshListener(bob) as server:
+            async with InboundSidecar(bob) as server:
                 reader, writer = await asyncio.open_connection(
                     "127.0.0.1", server.port, ssl=alice.client_context
                 )

@@ -24,7 +24,7 @@ from meshkit.proxy.tls.csr_client import CsrHelperError, make_key_and_csr
 from meshkit.proxy.tls.verify import verify_issued
 from meshkit.proxy.tls.x509 import build_csr, check_issued, generate_key, key_pem
 
-from .conftest import ALICE, BOB, MeshListener, ask
+from .conftest import ALICE, BOB, InboundSidecar, ask
 
 LIMIT = 30.0  # seconds for one helper run: generous for a busy 2-core machine
 
@@ -55,7 +55,7 @@ async def test_helper_key_and_ssl_checked_certificate_do_mutual_tls(ca: Certific
     bundle = alice.current
     assert bundle is not None and bundle.identity == ALICE
     assert [c.spiffe_id for c in bundle.chain] == [ALICE] and bundle.root[0].spiffe_id is None
-    async with MeshListener(bob) as server:
+    async with InboundSidecar(bob) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=alice.client_context)
         assert await ask(reader, writer) == f"mutual_tls {ALICE} {bundle.serial:x}"
         writer.close()

@@ -23,7 +23,7 @@ from meshkit.proxy.tls import (
 from meshkit.proxy.tls.sniff import looks_like_tls
 from meshkit.proxy.tls.x509 import identity_from_der
 
-from .conftest import ALICE, BOB, MALLORY, Issue, MeshListener, ask, issue_with
+from .conftest import ALICE, BOB, MALLORY, InboundSidecar, Issue, ask, issue_with
 
 STALE = datetime.now(UTC) - timedelta(hours=2)  # certificates issued "then" with a 1 h TTL are expired
 
@@ -44,7 +44,7 @@ async def _refused(port: int, context: ssl.SSLContext) -> bool:
 
 async def test_mutual_tls_handshake_with_ca_issued_certificates(issue: Issue) -> None:
     alice, bob = issue(ALICE), issue(BOB)
-    async with MeshListener(bob) as server:
+    async with InboundSidecar(bob) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=alice.client_context)
         assert await ask(reader, writer) == f"mutual_tls {ALICE} {alice.current.serial:x}"  # type: ignore[union-attr]
         ssl_object = writer.get_extra_info("ssl_object")
@@ -59,7 +59,7 @@ async def test_server_certificate_from_another_ca_is_rejected(
 ) -> None:
     alice = issue(ALICE)
     impostor = issue_with(other_ca, BOB)
-    async with MeshListener(impostor) as server:
+    async with InboundSidecar(impostor) as server:
         with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
             await asyncio.open_connection("127.0.0.1", server.port, ssl=alice.client_context)
     assert server.accepted == []
@@ -70,7 +70,7 @@ async def test_client_certificate_from_another_ca_is_rejected(
 ) -> None:
     bob = issue(BOB)
     intruder = issue_with(other_ca, ALICE)  # right name, wrong CA
-    async with MeshListener(bob) as server:
+    async with InboundSidecar(bob) as server:
         assert await _refused(server.port, intruder.client_context)
         for _ in range(100):  # the server side notices asynchronously (TLS 1.3 client auth)
             if server.refused:
@@ -85,7 +85,7 @@ async def test_client_without_a_certificate_is_rejected(issue: Issue, ca: Certif
     anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     anonymous.check_hostname = False
     anonymous.load_verify_locations(cadata=ca.root_pem)
-    async with MeshListener(bob) as server:
+    async with InboundSidecar(bob) as server:
         assert await _refused(server.port, anonymous)
     assert server.accepted == []
 
@@ -94,10 +94,10 @@ async def test_expired_certificates_are_rejected_both_ways(issue: Issue) -> None
     alice, bob = issue(ALICE), issue(BOB)
     old_alice, old_bob = issue(ALICE, now=STALE), issue(BOB, now=STALE)
     assert old_bob.current is not None and old_bob.current.not_after < datetime.now(UTC).timestamp()
-    async with MeshListener(old_bob) as server:
+    async with InboundSidecar(old_bob) as server:
         with pytest.raises(ssl.SSLCertVerificationError, match="certificate has expired"):
             await asyncio.open_connection("127.0.0.1", server.port, ssl=alice.client_context)
-    async with MeshListener(bob) as server:
+    async with InboundSidecar(bob) as server:
         assert await _refused(server.port, old_alice.client_context)
     assert server.accepted == []
 
@@ -106,7 +106,7 @@ async def test_short_ttl_certificate_really_expires(issue: Issue) -> None:
     """Issued for 1 s: works now, refused once it has expired (waits about 2 s)."""
     bob = issue(BOB)
     brief = issue(ALICE, ttl=timedelta(seconds=1))
-    async with MeshListener(bob) as server:
+    async with InboundSidecar(bob) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=brief.client_context)
         assert (await ask(reader, writer)).startswith("mutual_tls")
         writer.close()
@@ -118,7 +118,7 @@ async def test_short_ttl_certificate_really_expires(issue: Issue) -> None:
 async def test_wrong_spiffe_identity_is_detected_by_the_client(issue: Issue) -> None:
     """Mallory has a perfectly valid mesh certificate; the client expected Bob."""
     alice, mallory = issue(ALICE), issue(MALLORY)
-    async with MeshListener(mallory) as server:
+    async with InboundSidecar(mallory) as server:
         _, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=alice.client_context)
         ssl_object = writer.get_extra_info("ssl_object")
         assert peer_identity(ssl_object) == MALLORY

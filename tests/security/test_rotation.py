@@ -24,7 +24,7 @@ from meshkit.proxy.tls.renewal import keep_rotated, renew
 from meshkit.proxy.tls.x509 import LocalCertificateManager, build_csr, generate_key
 from meshkit.proxy.xds import ConfigState
 
-from .conftest import ALICE, BOB, Issue, MeshListener, ask, peer_serial
+from .conftest import ALICE, BOB, InboundSidecar, Issue, ask, peer_serial
 from .test_e2e_static_tls import snapshot as static_snapshot
 
 
@@ -92,7 +92,7 @@ async def test_rotation_swaps_contexts_for_new_connections_only(
     ca: CertificateAuthority, issue: Issue
 ) -> None:
     alice, bob = issue(ALICE), issue(BOB)
-    async with MeshListener(bob) as server:
+    async with InboundSidecar(bob) as server:
         old_reader, old_writer = await asyncio.open_connection(
             "127.0.0.1", server.port, ssl=alice.client_context
         )

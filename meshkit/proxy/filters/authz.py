@@ -16,8 +16,10 @@ cannot enforce faithfully, so the snapshot is NACKed instead of half-applied.
 Request attributes: ``source.principal`` is ``request.peer_identity`` without ``spiffe://``;
 ``source.namespace`` is the ``/ns/<ns>/`` part of it (both absent on plaintext);
 ``destination.port`` is ``inbound.service_port`` (the workload port PeerAuthentication and
-AuthorizationPolicy use); paths are normalised like Envoy's default (RFC 3986 dot segments,
-``\\`` -> ``/``, unreserved %-escapes decoded, query dropped) before matching. meshkit has no
+AuthorizationPolicy use); ``request.path`` is matched as the listener normalized it under
+``meshConfig.pathNormalization`` (meshkit.proxy.paths), query dropped: the path judged here
+is exactly the path forwarded to the app. ``normalize_path`` (BASE) stays for callers that
+judge a raw path outside a listener. meshkit has no
 RequestAuthentication (JWT), so ``request.auth.*`` and ``request_principals`` are always
 absent: they never match, and their ``not_`` forms always do, exactly as in Istio for a
 request without a JWT.
@@ -60,12 +62,18 @@ class Attributes:
             principal=principal,
             namespace=_namespace_of(principal),
             method=request.method,
-            path=normalize_path(request.path),
+            path=_without_query(request.path),
             host=request.authority.lower(),
             port=port,
             source_ip=request.downstream_addr,
             headers=request.headers,
         )
+
+
+def _without_query(path: str) -> str:
+    """The path as the listener normalized it (meshkit.proxy.paths), query left out."""
+    cut = path.find("?")
+    return path if cut == -1 else path[:cut]
 
 
 def _strip_spiffe(value: str) -> str:

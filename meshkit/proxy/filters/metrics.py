@@ -5,8 +5,10 @@ proxy's node, destination labels come from the chosen endpoint and its cluster. 
 tells the destination sidecar who the source is, with one ``x-meshkit-source`` header
 (appended after any the app sent; the destination keeps the last one).
 ``inbound_metrics(registry)`` reports as ``reporter="destination"``: destination labels
-are this node, source labels come from the mTLS peer identity when there is one, else
-from those headers, which it strips before the app sees them. A streamed response is
+are this node; source labels exist only for an mTLS caller: the principal is the verified
+peer identity, the rest comes from those headers (appended by the caller's sidecar, after
+anything its app sent). A plaintext caller's labels are all ``unknown``: nothing it sends
+is trusted. The headers are always stripped before the app sees them. A streamed response is
 recorded when its body ends (as Envoy records at stream completion); a cancelled
 exchange (downstream went away) as status 0 with flag ``DC``.
 """
@@ -20,7 +22,7 @@ from typing import Any
 
 from meshkit.proxy.bodies import ObservedBody
 from meshkit.proxy.http import Filter, Handler, Request, Response
-from meshkit.proxy.stats import IstioMetrics
+from meshkit.proxy.stats import CLUSTER_ID, IstioMetrics, canonical_revision, canonical_service
 
 UNKNOWN = "unknown"
 SOURCE_HEADER = "x-meshkit-source"  # "<workload>;<namespace>;<app>;<version>;<principal>"
@@ -99,10 +101,13 @@ def _source_labels(request: Request, status: int, flags: str) -> dict[str, str]:
     labels = {
         "reporter": "source",
         "source_workload": node.workload,
+        "source_canonical_service": node.canonical_service,
+        "source_canonical_revision": node.canonical_revision,
         "source_workload_namespace": node.namespace,
         "source_principal": node.principal,
         "source_app": node.app,
         "source_version": node.version,
+        "source_cluster": CLUSTER_ID,
         "request_protocol": "http",
         "response_code": str(status),
         "response_flags": flags,
@@ -117,6 +122,12 @@ def _source_labels(request: Request, status: int, flags: str) -> dict[str, str]:
         labels["destination_principal"] = identity or UNKNOWN
         labels["destination_app"] = endpoint.labels.get("app") or service or UNKNOWN
         labels["destination_version"] = endpoint.version or UNKNOWN
+        ep_labels = {"version": endpoint.version or "", **(endpoint.labels or {})}
+        labels["destination_canonical_service"] = canonical_service(
+            ep_labels, endpoint.workload or service or UNKNOWN
+        )
+        labels["destination_canonical_revision"] = canonical_revision(ep_labels)
+        labels["destination_cluster"] = CLUSTER_ID
     if service:
         labels["destination_service"] = f"{service}.{namespace}.svc.cluster.local"
         labels["destination_service_name"] = service
@@ -197,12 +208,13 @@ def _take_source(request: Request, cache: dict[str, tuple[str, ...]]) -> tuple[s
     elif found:
         items[:] = [i for i in items if i[0] != SOURCE_HEADER]
     peer = request.peer_identity
-    if value is None and peer is None:
+    if peer is None:
+        # Plaintext: nothing the caller sends is evidence of who it is (a forged header would set
+        # source_principal and friends), so every source label is unknown, as for Istio without
+        # a verified peer.
         return _NO_SOURCE
     source = parse_source(value, cache) if value is not None else _NO_SOURCE
-    if peer is not None:
-        source = (*source[:4], peer)
-    return source
+    return (*source[:4], peer)
 
 
 def _destination_labels(
@@ -215,19 +227,26 @@ def _destination_labels(
         parts = principal.split("/")
         if "ns" in parts[:-1]:
             namespace = parts[parts.index("ns") + 1]
+    known = workload != UNKNOWN or principal != UNKNOWN
     return {
         "reporter": "destination",
         "source_workload": workload,
+        "source_canonical_service": app if app != UNKNOWN else workload,
+        "source_canonical_revision": version if version != UNKNOWN else "latest",
         "source_workload_namespace": namespace,
         "source_principal": principal,
         "source_app": app,
         "source_version": version,
+        "source_cluster": CLUSTER_ID if known else UNKNOWN,
         "destination_workload": node.workload,
         "destination_workload_namespace": node.namespace,
         "destination_principal": node.principal,
         "destination_app": node.app,
         "destination_version": node.version,
         "destination_service": config.inbound_service_fqdn,
+        "destination_canonical_service": node.canonical_service,
+        "destination_canonical_revision": node.canonical_revision,
+        "destination_cluster": CLUSTER_ID,
         "destination_service_name": node.service or UNKNOWN,
         "destination_service_namespace": node.namespace if node.service else UNKNOWN,
         "request_protocol": "http",

@@ -21,6 +21,8 @@ from meshkit.proxy.chain import ScopedChains
 from meshkit.proxy.http import Handler, Request, Response, answered
 from meshkit.proxy.routing import CompiledRoute, Destination
 
+RQ_TIMEOUT_CHAIN = "x-envoy-upstream-rq-timeout-ms"
+
 
 def route_step(chains: ScopedChains) -> Handler:
     """The route handler continuing with ``chains`` specialised per matched route."""
@@ -50,9 +52,16 @@ def route_step(chains: ScopedChains) -> Handler:
             path, sep, query = request.path.partition("?")
             request.path = matched_route.rewritten_path(matched, path, query if sep else None)
         handlers = matched_route.handlers
-        handler = handlers.get(chains)
-        if handler is None:
-            handler = handlers[chains] = chains.build(raw)
+        if request.rq_timeout_ms is None:
+            handler = handlers.get(chains)
+            if handler is None:
+                handler = handlers[chains] = chains.build(raw)
+        else:
+            # x-envoy-upstream-rq-timeout-ms: the chain with the timeout filter in its place,
+            # even when the route has no timeout of its own (built once per route, like the other).
+            handler = handlers.get((chains, RQ_TIMEOUT_CHAIN))
+            if handler is None:
+                handler = handlers[(chains, RQ_TIMEOUT_CHAIN)] = chains.build({**raw, "timeout_ms": 1})
         if destination.response_ops is None and matched_route.response_ops is None:
             return handler(request)  # nothing to do on the way up: no coroutine frame of our own
         return _response_ops(handler(request), matched_route, destination)

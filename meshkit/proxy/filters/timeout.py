@@ -2,8 +2,12 @@
 
 The route's ``timeout_ms`` bounds everything below this filter — retries and their back-off
 included — until the response headers arrive (the body then streams without it, as in Envoy).
-When it fires the in-flight attempt is cancelled (the upstream connection is discarded, never
-reused) and the client gets 504 ``upstream request timeout`` with flag ``UT``.
+A request from the app carrying ``x-envoy-upstream-rq-timeout-ms: N`` (Envoy's header; the
+listener takes it off the request, so it is never forwarded) uses ``N`` ms instead, ``0``
+meaning no timeout, as Envoy's router does; the route step then runs a chain with this filter
+even for a route without a timeout. When it fires the in-flight attempt is cancelled (the
+upstream connection is discarded, never reused) and the client gets 504 ``upstream request
+timeout`` with flag ``UT``.
 
 ``call_with_deadline`` is the one deadline primitive of the traffic filters (the retry filter's
 per-try timeout uses it too). It cancels with ``TIMEOUT_CANCEL`` as the cancellation message so
@@ -70,8 +74,10 @@ def has_timeout(route: dict[str, Any]) -> bool:
 
 
 async def timeout(request: Request, call_next: Handler) -> Response:
-    route = request.route
-    limit_ms = route.get("timeout_ms") if route is not None else None
+    limit_ms = request.rq_timeout_ms  # x-envoy-upstream-rq-timeout-ms wins over the route's
+    if limit_ms is None:
+        route = request.route
+        limit_ms = route.get("timeout_ms") if route is not None else None
     if not limit_ms:  # null or 0: disabled (Istio's default)
         return await call_next(request)
     response = await call_with_deadline(call_next, request, limit_ms / 1000.0)
