@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -36,19 +36,36 @@ HISTORY = 20
 UNKNOWN_VERSION = "(unknown)"
 
 
+class Nack(TypedDict):
+    """The last snapshot the proxy refused (``/config_dump``'s ``last_nack``)."""
+
+    version: object  # the document's "version" as received (None: none, or not JSON at all)
+    reason: str  # starts with the offending key path
+    time: float
+
+
+class Ack(TypedDict):
+    """What ``POST /api/v1/xds/ack`` carries (docs/snapshot.md, "Push protocol")."""
+
+    id: str
+    version: str
+    status: Literal["ACK", "NACK"]
+    reason: NotRequired[str]
+
+
 class ConfigState:
     """The snapshot in effect plus what happened to the recent ones (for /config_dump)."""
 
     def __init__(self) -> None:
         self.current: Snapshot | None = None
-        self.last_nack: dict[str, Any] | None = None
+        self.last_nack: Nack | None = None
         self.applied = 0
         self.rejected = 0
         self.source = ""
         self.history: list[dict[str, Any]] = []
         self.listeners: list[Callable[[Snapshot], None]] = []
 
-    def apply(self, doc: Any) -> str | None:
+    def apply(self, doc: object) -> str | None:
         """Validate and swap in ``doc``; returns None (ACK) or the NACK reason."""
         version = doc.get("version") if isinstance(doc, dict) else None
         try:
@@ -63,7 +80,7 @@ class ConfigState:
         log.info("snapshot %s applied", snapshot.version)
         return None
 
-    def reject(self, version: Any, reason: str) -> str:
+    def reject(self, version: object, reason: str) -> str:
         """The one NACK path (invalid snapshot, unreadable file, bad JSON): count, record, log.
 
         Returns ``reason``; the snapshot in effect stays.
@@ -74,7 +91,7 @@ class ConfigState:
         log.warning("snapshot %s rejected: %s", version, reason)
         return reason
 
-    def _remember(self, version: Any, status: str, reason: str | None) -> None:
+    def _remember(self, version: object, status: str, reason: str | None) -> None:
         self.history.append({"version": version, "status": status, "reason": reason, "time": time.time()})
         del self.history[:-HISTORY]
 
@@ -243,7 +260,7 @@ class XdsClient:
             reason = self.state.apply(doc)
         if not isinstance(version, str) or not version:
             version = UNKNOWN_VERSION  # the ACK endpoint needs a non-empty version string
-        ack: dict[str, Any] = {"id": self.node_id, "version": version, "status": "ACK"}
+        ack: Ack = {"id": self.node_id, "version": version, "status": "ACK"}
         if reason is not None:
             ack["status"] = "NACK"
             ack["reason"] = reason
@@ -251,7 +268,7 @@ class XdsClient:
         self._ack_tasks.add(task)
         task.add_done_callback(self._ack_tasks.discard)
 
-    async def _send_ack(self, ack: dict[str, Any]) -> None:
+    async def _send_ack(self, ack: Ack) -> None:
         body = json.dumps(ack).encode()
         path = f"{self.base_path}/api/v1/xds/ack"
         try:
