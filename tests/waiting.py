@@ -7,6 +7,8 @@ else; a wall-clock upper bound fails the same way. Poll for what the test needs 
     await async_wait_until(lambda: dump()["version"] == "d3", 15, "the reconnect")
 
 Both return the predicate's first truthy value and fail naming ``what`` and the time waited.
+``wait_until_passes`` retries a check that raises until it passes (a lab check reading telemetry
+that lags a scrape behind) and re-raises its last failure at the deadline.
 """
 
 from __future__ import annotations
@@ -31,6 +33,20 @@ def wait_until(predicate: Callable[[], T], within: float, what: str, *, interval
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {within:g} s waiting for {what} (last value: {value!r})")
+        time.sleep(interval)
+
+
+def wait_until_passes(check: Callable[[], T], within: float, *,
+                      errors: tuple[type[BaseException], ...] = (AssertionError,),
+                      interval: float = 0.5) -> T:
+    """Call ``check`` until it returns without raising one of ``errors``; at the deadline its last error."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return check()
+        except errors:
+            if time.monotonic() >= deadline:
+                raise
         time.sleep(interval)
 
 

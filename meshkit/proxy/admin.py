@@ -30,6 +30,7 @@ from meshkit.proxy.http import Headers, Request, Response
 from meshkit.proxy.listener import Listener
 from meshkit.proxy.stats import IstioMetrics
 from meshkit.proxy.upstream import Upstream
+from meshkit.proxy.xds import ConfigState
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -49,7 +50,7 @@ class Admin:
 
     def __init__(
         self,
-        state: Any,
+        state: ConfigState,
         metrics: IstioMetrics,
         upstream: Upstream,
         listeners: dict[str, Listener],

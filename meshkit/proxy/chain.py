@@ -15,14 +15,18 @@ order is kept, so the pipeline stays the one source of order.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from meshkit.proxy.http import Filter, Handler, Request, Response
 
-Needs = Callable[[Any], bool]  # scope -> does this filter have work to do there?
+if TYPE_CHECKING:  # types only: the snapshot module imports the filters, which import this one
+    from meshkit.proxy.snapshot import Snapshot
+
+Scope = TypeVar("Scope")  # what a chain is specialised for: a route (RouteDoc) or a Snapshot
+Needs = Callable[[Scope], bool]  # scope -> does this filter have work to do there?
 
 
-def always(scope: Any) -> bool:
+def always(scope: object) -> bool:
     """For filters that must run everywhere (counters, header sanitising, endpoint choice)."""
     return True
 
@@ -48,40 +52,42 @@ def filter_name(filt: Filter) -> str:
     return str(getattr(filt, "__name__", type(filt).__name__))
 
 
-class ScopedChains:
+class ScopedChains(Generic[Scope]):
     """Chains specialised per scope from one ordered list of ``(filter, needs)`` (see module docstring)."""
 
     __slots__ = ("filters", "terminal")
 
-    def __init__(self, filters: Sequence[tuple[Filter, Needs]], terminal: Handler) -> None:
+    def __init__(self, filters: Sequence[tuple[Filter, Needs[Scope]]], terminal: Handler) -> None:
         self.filters = tuple(filters)
         self.terminal = terminal
 
-    def selected(self, scope: Any) -> list[Filter]:
+    def selected(self, scope: Scope) -> list[Filter]:
         """The filters that run in ``scope``, outermost first."""
         return [filt for filt, needs in self.filters if needs(scope)]
 
-    def names(self, scope: Any) -> list[str]:
+    def names(self, scope: Scope) -> list[str]:
         """``selected(scope)`` by name: what ``/config_dump`` and tests show."""
         return [filter_name(filt) for filt in self.selected(scope)]
 
-    def build(self, scope: Any) -> Handler:
+    def build(self, scope: Scope) -> Handler:
         return build_chain(self.selected(scope), self.terminal)
 
 
-def per_snapshot(chains: ScopedChains) -> Handler:
+def per_snapshot(chains: ScopedChains[Snapshot]) -> Handler:
     """A handler running ``chains`` specialised for ``request.config`` (the snapshot in effect).
 
     It remembers the chain of the last snapshot it saw: snapshots change rarely and requests
     start on the newest one, so this is one identity check per request.
     """
-    last: list[Any] = [None, None]  # [snapshot, its handler]
+    last_config: Snapshot | None = None
+    last_handler: Handler = chains.terminal  # replaced on the first request
 
     def handler(request: Request) -> Awaitable[Response]:
+        nonlocal last_config, last_handler
         config = request.config
-        if config is not last[0]:
-            last[1] = chains.build(config)
-            last[0] = config
-        return last[1](request)  # type: ignore[no-any-return]
+        if config is not last_config:
+            last_handler = chains.build(config)
+            last_config = config
+        return last_handler(request)
 
     return handler

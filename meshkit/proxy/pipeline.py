@@ -17,7 +17,7 @@ a workload with no AuthorizationPolicy has no authz filter). Order is always thi
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from meshkit.proxy.chain import Needs, ScopedChains, always, build_chain, per_snapshot
 from meshkit.proxy.filters.accesslog import AccessLogSink, access_log
@@ -35,7 +35,11 @@ from meshkit.proxy.filters.route import route_step
 from meshkit.proxy.filters.timeout import has_timeout, timeout
 from meshkit.proxy.filters.tracing import tracing
 from meshkit.proxy.http import Filter, Handler, Request, Response, answered
+from meshkit.proxy.schema import RouteDoc
 from meshkit.proxy.stats import IstioMetrics
+
+if TYPE_CHECKING:  # types only: the snapshot module imports the filters
+    from meshkit.proxy.snapshot import Snapshot
 
 
 def to_local_app(request: Request, call_next: Handler) -> Awaitable[Response]:
@@ -48,7 +52,7 @@ def to_local_app(request: Request, call_next: Handler) -> Awaitable[Response]:
     return call_next(request)
 
 
-def has_authz_policies(snapshot: Any) -> bool:
+def has_authz_policies(snapshot: object) -> bool:
     """Does this snapshot need the authz filter? (``authz`` is None when no policy applies.)"""
     return getattr(snapshot, "authz", True) is not None  # no such attribute: let authz refuse (500)
 
@@ -65,7 +69,7 @@ def outbound_filters(metrics: IstioMetrics, access: AccessLogSink | None) -> lis
 # Outbound, below the route step, per matched route (scope: the route's snapshot dict).
 # retry stays everywhere: it sets x-envoy-attempt-count on every request, as Istio does.
 # circuit_breaker and loadbalance act on the cluster, which a mirror's shadow changes.
-OUTBOUND_ROUTE_FILTERS: tuple[tuple[Filter, Needs], ...] = (
+OUTBOUND_ROUTE_FILTERS: tuple[tuple[Filter, Needs[RouteDoc]], ...] = (
     (fault, has_fault),
     (mirror, has_mirror),
     (timeout, has_timeout),
@@ -85,7 +89,7 @@ def inbound_filters(metrics: IstioMetrics, access: AccessLogSink | None) -> list
 
 
 # Inbound, per snapshot (scope: the Snapshot in effect).
-INBOUND_POLICY_FILTERS: tuple[tuple[Filter, Needs], ...] = (
+INBOUND_POLICY_FILTERS: tuple[tuple[Filter, Needs[Snapshot]], ...] = (
     (authn, always),  # x-forwarded-client-cert: always sanitised, set from the mTLS peer
     (authz, has_authz_policies),  # AuthorizationPolicy: DENY, then ALLOW -> 403 "RBAC: access denied"
     (ratelimit, has_rate_limit),
@@ -93,11 +97,11 @@ INBOUND_POLICY_FILTERS: tuple[tuple[Filter, Needs], ...] = (
 )
 
 
-def outbound_route_chains(terminal: Handler) -> ScopedChains:
+def outbound_route_chains(terminal: Handler) -> ScopedChains[RouteDoc]:
     return ScopedChains(OUTBOUND_ROUTE_FILTERS, terminal)
 
 
-def inbound_policy_chains(terminal: Handler) -> ScopedChains:
+def inbound_policy_chains(terminal: Handler) -> ScopedChains[Snapshot]:
     return ScopedChains(INBOUND_POLICY_FILTERS, terminal)
 
 

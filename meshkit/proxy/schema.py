@@ -244,6 +244,16 @@ class TrustDoc(TypedDict):
     root_pem: str
 
 
+PathNormalization = Literal["NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"]
+
+
+class MeshDoc(TypedDict, total=False):
+    """Mesh-wide request handling (Istio's meshConfig)."""
+
+    path_normalization: PathNormalization
+    stream_idle_timeout_ms: int
+
+
 class SnapshotDoc(TypedDict):
     schema: int
     version: str
@@ -253,3 +263,4 @@ class SnapshotDoc(TypedDict):
     clusters: NotRequired[dict[str, ClusterDoc] | None]
     inbound: NotRequired[InboundDoc | None]
     trust: NotRequired[TrustDoc | None]
+    mesh: NotRequired[MeshDoc | None]

@@ -23,7 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Literal, NotRequired, TypedDict
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -38,18 +38,35 @@ STREAM_IDLE_TIMEOUT = 45.0  # the control plane pings every 15 s; three missed p
 UNKNOWN_VERSION = "(unknown)"
 
 
+class Nack(TypedDict):
+    """The last snapshot the proxy refused (``/config_dump``'s ``last_nack``)."""
+
+    version: object  # the document's "version" as received (None: none, or not JSON at all)
+    reason: str  # starts with the offending key path
+    time: float
+
+
+class Ack(TypedDict):
+    """What ``POST /api/v1/xds/ack`` carries (docs/snapshot.md, "Push protocol")."""
+
+    id: str
+    version: str
+    status: Literal["ACK", "NACK"]
+    reason: NotRequired[str]
+
+
 class ConfigState:
     """The snapshot in effect, the last NACK and the counts of both (for /config_dump)."""
 
     def __init__(self) -> None:
         self.current: Snapshot | None = None
-        self.last_nack: dict[str, Any] | None = None
+        self.last_nack: Nack | None = None
         self.applied = 0
         self.rejected = 0
         self.source = ""
         self.listeners: list[Callable[[Snapshot], None]] = []
 
-    def apply(self, doc: Any) -> str | None:
+    def apply(self, doc: object) -> str | None:
         """Validate and swap in ``doc``; returns None (ACK) or the NACK reason."""
         version = doc.get("version") if isinstance(doc, dict) else None
         try:
@@ -63,7 +80,7 @@ class ConfigState:
         log.info("snapshot %s applied", snapshot.version)
         return None
 
-    def reject(self, version: Any, reason: str) -> str:
+    def reject(self, version: object, reason: str) -> str:
         """The one NACK path (invalid snapshot, unreadable file, bad JSON): count, record, log.
 
         Returns ``reason``; the snapshot in effect stays.
@@ -246,7 +263,7 @@ class XdsClient:
             reason = self.state.apply(doc)
         if not isinstance(version, str) or not version:
             version = UNKNOWN_VERSION  # the ACK endpoint needs a non-empty version string
-        ack: dict[str, Any] = {"id": self.node_id, "version": version, "status": "ACK"}
+        ack: Ack = {"id": self.node_id, "version": version, "status": "ACK"}
         if reason is not None:
             ack["status"] = "NACK"
             ack["reason"] = reason
@@ -254,7 +271,7 @@ class XdsClient:
         self._ack_tasks.add(task)
         task.add_done_callback(self._ack_tasks.discard)
 
-    async def _send_ack(self, ack: dict[str, Any]) -> None:
+    async def _send_ack(self, ack: Ack) -> None:
         body = json.dumps(ack).encode()
         path = f"{self.base_path}/api/v1/xds/ack"
         try:

@@ -49,7 +49,7 @@ def test_every_constant_is_registered_under_its_own_name() -> None:
 def test_every_code_named_anywhere_is_registered() -> None:
     named: dict[str, set[str]] = {}
     for path in (*_files("meshkit", "tests", "operator"), *_files("docs", suffixes=(".md",)),
-                 ROOT / "README.md"):
+                 *_files("labs", suffixes=(".ipynb", ".md", ".py")), ROOT / "README.md"):
         for code in codes.CODE_PATTERN.findall(path.read_text(encoding="utf-8")):
             named.setdefault(code, set()).add(str(path.relative_to(ROOT)))
     unknown = {code: sorted(where) for code, where in named.items() if code not in codes.CODES}

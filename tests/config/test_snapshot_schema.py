@@ -134,12 +134,20 @@ def test_compiled_snapshot_has_exactly_the_declared_fields_and_passes_the_sideca
     assert Snapshot.from_json(doc).version == doc["version"]
 
 
+# Fields the sidecar takes from hand-written snapshots (``--config FILE``, the benchmarks) that no Istio
+# resource sets, so the compiler never writes them: Istio sets Envoy's stream idle timeout only through
+# an EnvoyFilter, which meshkit does not translate into it.
+SIDECAR_ONLY_FIELDS = {("MeshDoc", "stream_idle_timeout_ms")}
+
+
 def test_every_declared_field_is_produced_by_the_compiler() -> None:
     seen: set[tuple[str, str]] = set()
     for _, doc in COMPILED:
         _check(doc, schema.SnapshotDoc, "snapshot", seen)
     declared = {(td.__name__, key) for td in _typeddicts() for key in typing.get_type_hints(td)}
-    assert declared - seen == set(), "declared but never compiled (stale in the schema?)"
+    stale = declared - seen - SIDECAR_ONLY_FIELDS
+    assert stale == set(), "declared but never compiled (stale in the schema?)"
+    assert declared >= SIDECAR_ONLY_FIELDS
 
 
 def test_the_compiler_and_the_sidecar_agree_on_the_schema_number() -> None:

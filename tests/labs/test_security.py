@@ -7,6 +7,8 @@ certificates live 4 s, so a rotation happens while it watches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
 from tests.labs.conftest import window_open
+from tests.waiting import wait_until_passes
 
 REVIEWS = "http://reviews:9080/reviews/0"
 DETAILS = "http://details:9080/details/0"
@@ -173,14 +176,6 @@ def _raises(fn: object, text: str) -> None:
     raise CheckFailed(f"expected a failure saying {text!r}")
 
 
-def _eventually(fn: object, seconds: float = 10.0) -> None:
+def _eventually(fn: Callable[[], object], seconds: float = 10.0) -> None:
     """Telemetry lags a scrape (1 s) behind: retry a check for a bounded time."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            fn()  # type: ignore[operator]
-            return
-        except CheckFailed:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.5)
+    wait_until_passes(fn, seconds, errors=(CheckFailed,))

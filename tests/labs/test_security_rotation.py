@@ -15,6 +15,7 @@ import pytest
 from meshkit.lab import CheckFailed, LabError, rules, security
 from meshkit.lab.mesh import Mesh
 from tests.labs.conftest import settle
+from tests.waiting import wait_until_passes
 
 INSTANCE = "reviews-v1-0"
 REVIEWS = "http://reviews:9080/reviews/0"
@@ -31,15 +32,7 @@ def _check(mesh: Mesh, before: str) -> Callable[[], object]:
 
 def _eventually(fn: Callable[[], object], seconds: float = 10.0) -> None:
     """Telemetry lags a scrape (1 s) behind: retry a check for a bounded time."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            fn()
-            return
-        except CheckFailed:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.5)
+    wait_until_passes(fn, seconds, errors=(CheckFailed,))
 
 
 def _fails_saying(fn: Callable[[], object], text: str, seconds: float = 10.0) -> None:

@@ -83,7 +83,7 @@ async def test_a_sidecar_with_a_ca_rotates_without_loading_cryptography(tmp_path
     proxy = None
     try:
         timeout = aiohttp.ClientTimeout(total=20)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout, headers=running.admin_headers) as session:
             endpoint = {"instance": "productpage-v1-0", "workload": "productpage-v1",
                         "service": "productpage",
                         "namespace": "default", "address": "127.0.0.1", "port": 1,

@@ -15,6 +15,7 @@ import random
 from typing import Any
 
 from meshkit.proxy.http import Handler, Request, Response
+from meshkit.proxy.schema import RouteDoc
 
 ABORT_TEXT = "fault filter abort"
 
@@ -54,7 +55,7 @@ def check_fault(route: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}.{name}.percent: expected a number 0-100, got {percent!r}")
 
 
-def has_fault(route: dict[str, Any]) -> bool:
+def has_fault(route: RouteDoc) -> bool:
     """Does this route need the fault filter (pipeline predicate)?"""
     return route.get("fault") is not None
 

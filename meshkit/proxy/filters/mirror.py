@@ -22,6 +22,7 @@ from typing import Any
 from meshkit.proxy.balancer import ClusterTraffic
 from meshkit.proxy.filters.timeout import call_with_deadline
 from meshkit.proxy.http import Handler, Request, Response
+from meshkit.proxy.schema import RouteDoc
 
 SHADOW_SUFFIX = "-shadow"
 SHADOW_TIMEOUT_MS = 30_000
@@ -93,7 +94,7 @@ async def _send_shadow(
         traffic.mirror_rq_failed += 1
 
 
-def has_mirror(route: dict[str, Any]) -> bool:
+def has_mirror(route: RouteDoc) -> bool:
     """Does this route need the mirror filter (pipeline predicate)?"""
     return route.get("mirror") is not None
 

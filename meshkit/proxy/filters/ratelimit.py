@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshkit.proxy.http import Handler, Request, Response, answered
+
+if TYPE_CHECKING:  # types only: the snapshot module imports this one
+    from meshkit.proxy.snapshot import Snapshot
 
 RATE_LIMITED_TEXT = "local_rate_limited"
 MIN_FILL_INTERVAL_MS = 50  # Envoy rejects shorter fill intervals
@@ -70,7 +73,7 @@ class TokenBucket:
         return True
 
 
-def has_rate_limit(snapshot: Any) -> bool:
+def has_rate_limit(snapshot: Snapshot) -> bool:
     """Does this snapshot need the rate-limit filter (pipeline predicate)?"""
     return snapshot.rate_limiter is not None
 

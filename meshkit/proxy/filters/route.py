@@ -20,11 +20,12 @@ from collections.abc import Awaitable
 from meshkit.proxy.chain import ScopedChains
 from meshkit.proxy.http import Handler, Request, Response, answered
 from meshkit.proxy.routing import CompiledRoute, Destination
+from meshkit.proxy.schema import RouteDoc
 
 RQ_TIMEOUT_CHAIN = "x-envoy-upstream-rq-timeout-ms"
 
 
-def route_step(chains: ScopedChains) -> Handler:
+def route_step(chains: ScopedChains[RouteDoc]) -> Handler:
     """The route handler continuing with ``chains`` specialised per matched route."""
 
     def route(request: Request) -> Awaitable[Response]:

@@ -21,6 +21,7 @@ import asyncio
 from typing import Any
 
 from meshkit.proxy.http import Handler, Request, Response
+from meshkit.proxy.schema import RouteDoc
 
 TIMEOUT_CANCEL = "meshkit: upstream timeout"
 TIMEOUT_TEXT = "upstream request timeout"
@@ -68,7 +69,7 @@ def check_timeout(route: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}.timeout_ms: expected an integer >= 0 (ms) or null, got {value!r}")
 
 
-def has_timeout(route: dict[str, Any]) -> bool:
+def has_timeout(route: RouteDoc) -> bool:
     """Does this route need the timeout filter (pipeline predicate)? Null and 0 mean no timeout."""
     return bool(route.get("timeout_ms"))
 
