@@ -11,6 +11,7 @@ blocking entry point of ``meshkit control`` with a graceful shutdown on SIGINT/S
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshkit.control import telemetry_api
+from meshkit.control import telemetry_api, traces_api
 from meshkit.control.address import (
     address_file,
     default_control_dir,
@@ -34,10 +35,22 @@ from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry
 from meshkit.control.store import ConfigStore
 from meshkit.control.telemetry import Scraper, TelemetryStore
+from meshkit.control.traces import TraceExporter, TraceStore
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 15010
 SHUTDOWN_TIMEOUT = 3.0
+TRACE_EXPORT_ENV = "MESHKIT_TRACE_EXPORT"  # "otlp=http://HOST:4318/v1/traces" or "zipkin=http://HOST:9411/api/v2/spans"
+
+
+def trace_exporter(setting: str | None) -> TraceExporter | None:
+    """``FORMAT=URL`` (the value of $MESHKIT_TRACE_EXPORT) -> an exporter; empty -> None."""
+    if not setting:
+        return None
+    fmt, sep, url = setting.partition("=")
+    if not sep or not url.startswith(("http://", "https://")):
+        raise ValueError(f"{TRACE_EXPORT_ENV}={setting!r}: expected otlp=URL or zipkin=URL")
+    return TraceExporter(url, fmt.strip().lower())
 
 
 class _CaSigner:
@@ -107,6 +120,10 @@ class ControlPlane:
         self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
                                retention=retention)
         self.telemetry = Scraper(TelemetryStore())
+        self.traces = TraceStore()
+        self.trace_exporter = trace_exporter(os.environ.get(TRACE_EXPORT_ENV))
+        if self.trace_exporter is not None:
+            self.traces.listeners.append(self.trace_exporter)
         self.signer: _CaSigner | None = None
         self.tokens: Any = None  # meshkit.control.ca.BootstrapTokens when the CA runs
         if with_ca:
@@ -124,6 +141,7 @@ class ControlPlane:
     def create_app(self) -> web.Application:
         app = create_app(Components(self.store, self.registry, self.push, self.signer))
         telemetry_api.add_routes(app, self.telemetry)
+        traces_api.add_routes(app, self.traces)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -131,10 +149,14 @@ class ControlPlane:
     async def _on_startup(self, _app: web.Application) -> None:
         self.push.start()
         self.telemetry.start()
+        if self.trace_exporter is not None:
+            self.trace_exporter.start()
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self.push.close()  # ends the long-lived SSE streams, so the server can stop promptly
         await self.telemetry.close()
+        if self.trace_exporter is not None:
+            await self.trace_exporter.close()
 
     def close(self) -> None:
         self.push.close()

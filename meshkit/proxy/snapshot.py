@@ -20,6 +20,7 @@ from meshkit.proxy.filters.mirror import check_mirror
 from meshkit.proxy.filters.ratelimit import TokenBucket
 from meshkit.proxy.filters.retry import check_retries
 from meshkit.proxy.filters.timeout import check_timeout
+from meshkit.proxy.filters.tracing import DEFAULT_SAMPLING
 from meshkit.proxy.routing import RouteTable
 
 ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
@@ -82,6 +83,7 @@ class Snapshot:
         "rate_limiter",
         "routes",
         "source_headers",
+        "trace_sampling",
         "upstream_tls",
         "version",
     )
@@ -101,6 +103,7 @@ class Snapshot:
         self.source_headers: list[tuple[str, str]] = []
         self.mtls_mode = "PERMISSIVE"  # PeerAuthentication mode of the inbound port (Istio's default)
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
+        self.trace_sampling = DEFAULT_SAMPLING  # percent of new traces sampled (tracing.sampling)
 
     @classmethod
     def from_json(cls, doc: Any, previous: Snapshot | None = None) -> Snapshot:
@@ -135,6 +138,7 @@ class Snapshot:
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
+        snap.trace_sampling = cls._sampling(doc.get("tracing"))
         labels = NodeLabels(snap.node)
         snap.node_labels = labels
         if labels.service:
@@ -143,6 +147,20 @@ class Snapshot:
         source = ";".join((labels.workload, labels.namespace, labels.app, labels.version, labels.principal))
         snap.source_headers = [(SOURCE_HEADER, source)]
         return snap
+
+    @staticmethod
+    def _sampling(tracing: Any) -> float:
+        """``tracing: {"sampling": PERCENT}`` (absent or null: Istio's default of 1%)."""
+        if tracing is None:
+            return DEFAULT_SAMPLING
+        if not isinstance(tracing, dict):
+            raise SnapshotError(f"tracing: expected an object or null, got {tracing!r}")
+        value = tracing.get("sampling", DEFAULT_SAMPLING)
+        if value is None:
+            return DEFAULT_SAMPLING
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 100.0:
+            raise SnapshotError(f"tracing.sampling: expected a percentage from 0 to 100, got {value!r}")
+        return float(value)
 
     @staticmethod
     def _node(node: Any) -> dict[str, Any]:

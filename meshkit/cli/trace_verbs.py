@@ -1,0 +1,107 @@
+"""``meshkit traces`` (recent traces, filtered) and ``meshkit trace ID`` (one trace as a waterfall)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+from meshkit.cli.common import app, table
+
+OutputOption = Annotated[str, typer.Option("-o", "--output", help="table or json.")]
+BAR_WIDTH = 40
+
+
+@app.command()
+def traces(  # noqa: PLR0917 (typer maps parameters to options)
+    service: Annotated[str | None, typer.Option(
+        help="Only traces through this service (e.g. ratings).")] = None,
+    errors: Annotated[bool, typer.Option(
+        "--errors", help="Only traces where a span failed (5xx, no response).")] = False,
+    min_duration: Annotated[str | None, typer.Option(
+        help="Only traces at least this long (250ms, 1.5s, 2m).")] = None,
+    request_id: Annotated[str | None, typer.Option(help="The trace of this x-request-id.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 20,
+    output: OutputOption = "table",
+) -> None:
+    """Recent traces the control plane collected (sampled as Istio samples: 1% unless configured)."""
+    from meshkit.cli.common import _call, _client  # noqa: PLC0415
+
+    query: dict[str, Any] = {"limit": limit}
+    if service:
+        query["service"] = service
+    if errors:
+        query["errors"] = "true"
+    if min_duration:
+        query["min_duration"] = min_duration
+    if request_id:
+        query["request_id"] = request_id
+    answer = _call(_client(None).request, "GET", "traces", query=query)
+    if output == "json":
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    for line in traces_lines(answer):
+        typer.echo(line)
+
+
+def traces_lines(answer: dict[str, Any]) -> list[str]:
+    rows = [["TRACE ID", "START", "DURATION", "SPANS", "ROOT", "STATUS", "SERVICES"]]
+    for t in answer["traces"]:
+        start = datetime.fromtimestamp(t["start_us"] / 1e6, UTC).strftime("%H:%M:%S.%f")[:-3]
+        root = t["root"]
+        rows.append([t["trace_id"], start, f"{t['duration_ms']:.1f}ms", str(t["spans"]),
+                     f"{root['service']} {root['name']}", ("ERROR " if t["error"] else "") + root["status"],
+                     ",".join(t["services"])])
+    if len(rows) == 1:
+        stats = answer.get("stats", {})
+        return [f"no traces match (the collector holds {stats.get('traces', 0)}; the mesh samples 1% "
+                "of requests unless configured: send x-client-trace-id to force one)"]
+    return table(rows)
+
+
+@app.command()
+def trace(
+    trace_id: Annotated[str, typer.Argument(metavar="ID", help="A trace id or an x-request-id.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="table, json, otlp or zipkin.")] = "table",
+) -> None:
+    """One trace as a waterfall: every sidecar's client and server span, where the time went."""
+    from meshkit.cli.common import _call, _client  # noqa: PLC0415
+
+    client = _client(None)
+    if output in ("otlp", "zipkin"):
+        typer.echo(json.dumps(_call(client.request, "GET", f"traces/{trace_id}/{output}"), indent=2))
+        return
+    answer = _call(client.request, "GET", f"traces/{trace_id}")
+    if output == "json":
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    from rich.console import Console  # noqa: PLC0415
+
+    Console().print(waterfall_table(answer["trace_id"], answer["spans"]))
+
+
+def waterfall_table(trace_id: str, spans: list[dict[str, Any]]) -> Any:
+    """A rich Table: one row per span, indented by depth, with a bar placed on the trace's timeline."""
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    from meshkit.control.trace_view import waterfall  # noqa: PLC0415
+
+    rows = waterfall(spans)
+    total = max((r.offset_ms + r.duration_ms for r in rows), default=0.0) or 1.0
+    grid = Table(title=f"trace {trace_id}  ({len(rows)} spans, {total:.1f} ms)", title_justify="left")
+    for name, justify in (("SPAN", "left"), ("STATUS", "right"), ("FLAGS", "left"), ("START", "right"),
+                          ("DURATION", "right"), ("TIMELINE", "left")):
+        grid.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        begin = int(r.offset_ms / total * BAR_WIDTH)
+        width = max(1, round(r.duration_ms / total * BAR_WIDTH))
+        colour = "red" if r.error else ("yellow" if r.flags not in ("-", "") else
+                                        ("cyan" if r.kind == "CLIENT" else "green"))
+        bar = Text(" " * begin)
+        bar.append("█" * min(width, BAR_WIDTH - begin), style=colour)
+        grid.add_row(Text("  " * r.depth + r.label), r.status, r.flags, f"{r.offset_ms:.1f}ms",
+                     f"{r.duration_ms:.1f}ms", bar)
+    return grid
