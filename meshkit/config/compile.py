@@ -31,6 +31,7 @@ from meshkit.config.resources import (
     Rule,
     Source,
     StringMatch,
+    Telemetry,
     TrafficPolicy,
     VirtualService,
     parse_duration_ms,
@@ -41,10 +42,12 @@ from meshkit.config.selection import (
     labels_match,
     of_kind,
     resolve_mtls,
+    resolve_tracing,
     virtual_services_for,
 )
 
 SCHEMA = 1
+DEFAULT_TRACE_SAMPLING = 1.0  # percent: Istio's meshConfig.defaultConfig.tracing.sampling default
 DEFAULT_LB = "LEAST_REQUEST"
 DEFAULT_RETRY_ON = ["connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"]
 LB_ALIASES = {"LEAST_CONN": "LEAST_REQUEST", "UNSPECIFIED": DEFAULT_LB}
@@ -75,9 +78,11 @@ def snapshot_version(snapshot: Mapping[str, Any]) -> str:
 
 
 def compile_snapshot(
-    resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0
+    resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0,
+    trace_sampling: float = DEFAULT_TRACE_SAMPLING,
 ) -> dict[str, Any]:
-    """The snapshot for ``node`` (docs/snapshot.md)."""
+    """The snapshot for ``node`` (docs/snapshot.md); ``trace_sampling`` is the mesh config's
+    ``defaultConfig.tracing.sampling`` (percent), which Telemetry resources override."""
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
@@ -97,6 +102,8 @@ def compile_snapshot(
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
+        "tracing": resolve_tracing(node.namespace, node.labels, of_kind(resources, Telemetry),
+                                   trace_sampling)[0],
     }
     return {"schema": SCHEMA, "version": snapshot_version(body), **body}
 

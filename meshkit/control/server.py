@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from meshkit.config.compile import DEFAULT_TRACE_SAMPLING
 from meshkit.control import telemetry_api, traces_api
 from meshkit.control.address import (
     address_file,
@@ -40,7 +41,21 @@ from meshkit.control.traces import TraceExporter, TraceStore
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 15010
 SHUTDOWN_TIMEOUT = 3.0
+TRACE_SAMPLING_ENV = "MESHKIT_TRACE_SAMPLING"  # meshConfig.defaultConfig.tracing.sampling, percent
 TRACE_EXPORT_ENV = "MESHKIT_TRACE_EXPORT"  # "otlp=http://HOST:4318/v1/traces" or "zipkin=http://HOST:9411/api/v2/spans"
+
+
+def parse_trace_sampling(setting: str | None) -> float:
+    """The mesh's default sampling percentage (``$MESHKIT_TRACE_SAMPLING``; Istio's default 1%)."""
+    if setting is None or not setting.strip():
+        return DEFAULT_TRACE_SAMPLING
+    try:
+        value = float(setting)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(f"{TRACE_SAMPLING_ENV}={setting!r}: expected a percentage from 0 to 100")
+    return value
 
 
 def trace_exporter(setting: str | None) -> TraceExporter | None:
@@ -110,15 +125,20 @@ class ControlPlane:
 
     def __init__(self, state_dir: Path | str | None = None, *, with_ca: bool = True,
                  ca_ttl: timedelta | None = None, debounce: float = 0.005, ping_interval: float = 15.0,
-                 retention: float = 300.0, authenticator: Any = None) -> None:
+                 retention: float = 300.0, authenticator: Any = None,
+                 trace_sampling: float | None = None) -> None:
         """``authenticator`` (a `ca.CallerAuthenticator`) replaces the bootstrap tokens as the CA's
-        check of who asks for a certificate (Kubernetes: a TokenReview of the pod's token)."""
+        check of who asks for a certificate (Kubernetes: a TokenReview of the pod's token).
+        ``trace_sampling`` is the mesh config's ``defaultConfig.tracing.sampling`` (percent; default
+        ``$MESHKIT_TRACE_SAMPLING``, else Istio's 1%); Telemetry resources override it."""
         self.directory = Path(state_dir) if state_dir is not None else default_control_dir()
         self._db: sqlite3.Connection = open_database(self.directory)
         self.store = ConfigStore(self._db)
         self.registry = ServiceRegistry(self._db)
+        if trace_sampling is None:
+            trace_sampling = parse_trace_sampling(os.environ.get(TRACE_SAMPLING_ENV))
         self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
-                               retention=retention)
+                               retention=retention, trace_sampling=trace_sampling)
         self.telemetry = Scraper(TelemetryStore())
         self.traces = TraceStore()
         self.trace_exporter = trace_exporter(os.environ.get(TRACE_EXPORT_ENV))

@@ -83,6 +83,7 @@ class Snapshot:
         "rate_limiter",
         "routes",
         "source_headers",
+        "trace_report",
         "trace_sampling",
         "upstream_tls",
         "version",
@@ -104,6 +105,7 @@ class Snapshot:
         self.mtls_mode = "PERMISSIVE"  # PeerAuthentication mode of the inbound port (Istio's default)
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
         self.trace_sampling = DEFAULT_SAMPLING  # percent of new traces sampled (tracing.sampling)
+        self.trace_report = True  # record spans of sampled requests (Telemetry disableSpanReporting: False)
 
     @classmethod
     def from_json(cls, doc: Any, previous: Snapshot | None = None) -> Snapshot:
@@ -139,6 +141,10 @@ class Snapshot:
             raise SnapshotError(str(exc)) from None
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
         snap.trace_sampling = cls._sampling(doc.get("tracing"))
+        report = (doc.get("tracing") or {}).get("report", True)
+        if not isinstance(report, bool):
+            raise SnapshotError(f"tracing.report: expected true or false, got {report!r}")
+        snap.trace_report = report
         labels = NodeLabels(snap.node)
         snap.node_labels = labels
         if labels.service:
@@ -150,7 +156,7 @@ class Snapshot:
 
     @staticmethod
     def _sampling(tracing: Any) -> float:
-        """``tracing: {"sampling": PERCENT}`` (absent or null: Istio's default of 1%)."""
+        """``tracing: {"sampling": PERCENT, "report": BOOL}`` (absent or null: Istio's default of 1%)."""
         if tracing is None:
             return DEFAULT_SAMPLING
         if not isinstance(tracing, dict):

@@ -16,6 +16,9 @@ from typing import Any
 import httpx
 
 from meshkit.control.client import ApiError
+from meshkit.lab import charts
+from meshkit.lab.mesh import Mesh
+from tests.e2e.cli import meshkit
 from tests.e2e.mesh import RunningMesh, rule
 from tests.e2e.traffic import eventually
 
@@ -96,3 +99,48 @@ async def test_one_request_is_one_trace_with_the_delay_on_the_faulted_hop(bookin
     assert spans[0]["traceId"] in [t["trace_id"] for t in found["traces"]]
     otlp = mesh.client.request("GET", f"traces/{spans[0]['traceId']}/otlp")
     assert sum(len(r["scopeSpans"][0]["spans"]) for r in otlp["resourceSpans"]) == len(spans)
+    # The same trace in the terminal (rich waterfall) and in a notebook (plotly waterfall).
+    shown = meshkit(mesh.home, mesh.base, "trace", request_id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"trace {spans[0]['traceId']}" in shown.stdout
+    delayed = next(line for line in shown.stdout.splitlines() if "reviews → ratings" in line)
+    assert " DI " in delayed and "█" in delayed
+    listed = meshkit(mesh.home, mesh.base, "traces", "--service", "ratings", "--min-duration", "1s")
+    assert listed.returncode == 0 and spans[0]["traceId"] in listed.stdout, listed.stdout + listed.stderr
+    figure = charts.trace(Mesh(str(mesh.status["control"])), request_id)
+    bars = figure.data[0]
+    assert len(bars.y) == len(spans)
+    slowest = max(range(len(spans)), key=lambda i: bars.x[i] if "ratings" in bars.hovertext[i] else 0)
+    assert "reviews" in figure.layout.yaxis.ticktext[slowest] and bars.marker.color[slowest] == charts.FLAGGED
+
+
+def _telemetry(percent: float) -> dict[str, Any]:
+    return {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+            "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+            "spec": {"tracing": [{"randomSamplingPercentage": percent}]}}
+
+
+async def _traced(mesh: RunningMesh, n: int, headers: dict[str, str] | None = None) -> list[str]:
+    """Send ``n`` requests through the ingress; their request ids."""
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        for request_id in ids:
+            response = await http.get(f"{mesh.ingress}/productpage",
+                                      headers={"x-request-id": request_id, **(headers or {})})
+            assert response.status_code == 200
+    return ids
+
+
+async def test_the_telemetry_api_sets_the_mesh_sampling_rate(bookinfo: RunningMesh) -> None:
+    mesh = bookinfo
+    with mesh.rules(_telemetry(100)):
+        every = await _traced(mesh, 5)
+        found = await eventually(lambda: [i for i in every if len(_trace(mesh, i)) >= 6],
+                                 lambda f: len(f) == 5, seconds=15.0)
+        assert found == every
+    with mesh.rules(_telemetry(0)):
+        unsampled = await _traced(mesh, 5)
+        (forced,) = await _traced(mesh, 1, {"x-client-trace-id": "forced"})
+        await eventually(lambda: _trace(mesh, forced), lambda s: len(s) >= 6, seconds=15.0)
+        # the forced request's spans arrived, and were shipped after the unsampled ones would have been
+        assert [i for i in unsampled if _trace(mesh, i)] == []

@@ -143,3 +143,28 @@ async def test_buffer_is_bounded_and_shipping_reaches_the_collector(tmp_path: Pa
         store = control.control_plane.traces
         assert store.stats()["spans"] == 6
         assert store.trace("r24") is not None and store.trace("r18") is None  # the oldest were dropped
+
+
+async def test_span_reporting_disabled_still_propagates(echo_app: EchoApp) -> None:
+    recorder = SpanRecorder("reviews-v1-0.default")
+    snapshot = {**make_snapshot(echo_app.port), "tracing": {"sampling": 100, "report": False}}
+    listener, port = await _listener("outbound", snapshot, recorder)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{port}/", headers={"Host": "reviews"}
+        ) as response:
+            seen = dict((await response.json())["headers"])
+    finally:
+        await listener.close(0.1)
+    assert seen["x-b3-sampled"] == "1" and recorder.recorded == 0  # Telemetry disableSpanReporting
+
+
+@pytest.mark.parametrize(("tracing", "error"), [
+    ({"sampling": 101}, "tracing.sampling: expected a percentage from 0 to 100, got 101"),
+    ({"sampling": "1%"}, "tracing.sampling: expected a percentage from 0 to 100, got '1%'"),
+    ({"report": "no"}, "tracing.report: expected true or false, got 'no'"),
+    ([], "tracing: expected an object or null, got []"),
+])
+def test_bad_tracing_sections_are_nacked_by_key(tracing: Any, error: str) -> None:
+    state = ConfigState()
+    assert state.apply({**make_snapshot(9), "tracing": tracing}) == error

@@ -171,7 +171,7 @@ def tracing_filter(recorder: SpanRecorder | None, kind: str) -> Filter:
 
     def tracing(request: Request, call_next: Handler) -> Awaitable[Response]:
         context = propagate(request.headers, sampling_of(request))
-        if context is None or recorder is None:
+        if context is None or recorder is None or not getattr(request.config, "trace_report", True):
             return call_next(request)
         return _traced(recorder, kind, context, request, call_next)
 
