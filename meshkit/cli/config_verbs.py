@@ -47,6 +47,14 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
         help="With --kubernetes: this kubeconfig (default: in-cluster, else $KUBECONFIG).")] = None,
     kube_api: Annotated[str | None, typer.Option(
         help="With --kubernetes: an API URL without credentials (kubectl proxy).")] = None,
+    trace_sampling: Annotated[float | None, typer.Option(
+        min=0.0, max=100.0,
+        help="Percent of requests traced, as meshConfig.defaultConfig.tracing.sampling "
+             "(default $MESHKIT_TRACE_SAMPLING, else 1); Telemetry resources override it.")]
+    = None,
+    trace_export: Annotated[str | None, typer.Option(
+        help="Also send every span to a tracing backend: otlp=URL (OTLP/HTTP JSON, e.g. "
+             "http://127.0.0.1:4318/v1/traces) or zipkin=URL (default $MESHKIT_TRACE_EXPORT).")] = None,
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
     if kubernetes:
@@ -64,7 +72,10 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
     except CaError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     try:
-        serve(host, port, state_dir, with_ca=ca, ca_ttl=ttl, announce=lambda text: print(text, flush=True))
+        serve(host, port, state_dir, with_ca=ca, ca_ttl=ttl, announce=lambda text: print(text, flush=True),
+              trace_sampling=trace_sampling, trace_export=trace_export)
+    except ValueError as error:  # a --trace-export or $MESHKIT_TRACE_* value that makes no sense
+        _fail(EXIT_REJECTED, f"error: {error}")
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")
 

@@ -126,11 +126,12 @@ class ControlPlane:
     def __init__(self, state_dir: Path | str | None = None, *, with_ca: bool = True,
                  ca_ttl: timedelta | None = None, debounce: float = 0.005, ping_interval: float = 15.0,
                  retention: float = 300.0, authenticator: Any = None,
-                 trace_sampling: float | None = None) -> None:
+                 trace_sampling: float | None = None, trace_export: str | None = None) -> None:
         """``authenticator`` (a `ca.CallerAuthenticator`) replaces the bootstrap tokens as the CA's
         check of who asks for a certificate (Kubernetes: a TokenReview of the pod's token).
         ``trace_sampling`` is the mesh config's ``defaultConfig.tracing.sampling`` (percent; default
-        ``$MESHKIT_TRACE_SAMPLING``, else Istio's 1%); Telemetry resources override it."""
+        ``$MESHKIT_TRACE_SAMPLING``, else Istio's 1%); Telemetry resources override it. ``trace_export``
+        (``otlp=URL`` or ``zipkin=URL``, default ``$MESHKIT_TRACE_EXPORT``) forwards every span there."""
         self.directory = Path(state_dir) if state_dir is not None else default_control_dir()
         self._db: sqlite3.Connection = open_database(self.directory)
         self.store = ConfigStore(self._db)
@@ -141,7 +142,7 @@ class ControlPlane:
                                retention=retention, trace_sampling=trace_sampling)
         self.telemetry = Scraper(TelemetryStore())
         self.traces = TraceStore()
-        self.trace_exporter = trace_exporter(os.environ.get(TRACE_EXPORT_ENV))
+        self.trace_exporter = trace_exporter(trace_export or os.environ.get(TRACE_EXPORT_ENV))
         if self.trace_exporter is not None:
             self.traces.listeners.append(self.trace_exporter)
         self.signer: _CaSigner | None = None

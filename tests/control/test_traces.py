@@ -218,3 +218,18 @@ async def test_exporter_forwards_stored_spans_to_a_backend(backend: tuple[str, l
         assert sum(len(r.scope_spans[0].spans) for r in validate_otlp(received[0]).resource_spans) == 4
     else:
         assert [s["id"] for s in received[0]] == [f"{i:016x}" for i in (1, 2, 3, 4)]
+
+
+def test_mesh_sampling_and_export_settings_are_checked() -> None:
+    from meshkit.control.server import parse_trace_sampling, trace_exporter  # noqa: PLC0415
+
+    assert parse_trace_sampling(None) == 1.0 and parse_trace_sampling("100") == 100.0
+    for bad in ("150", "-1", "often"):
+        with pytest.raises(ValueError, match="MESHKIT_TRACE_SAMPLING"):
+            parse_trace_sampling(bad)
+    assert trace_exporter(None) is None
+    exporter = trace_exporter("zipkin=http://127.0.0.1:9411/api/v2/spans")
+    assert exporter is not None and exporter.format == "zipkin"
+    for bad in ("http://127.0.0.1:4318", "jaeger=http://127.0.0.1:14268", "otlp=127.0.0.1:4318"):
+        with pytest.raises(ValueError):
+            trace_exporter(bad)
