@@ -1,4 +1,5 @@
-"""``meshkit traces`` (recent traces, filtered) and ``meshkit trace ID`` (one trace as a waterfall)."""
+"""``meshkit traces`` (recent traces, filtered), ``meshkit trace ID`` (one trace as a waterfall) and
+``meshkit explain ID`` (every hop of one request: rule, subset, fault, retries, flags in words)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,53 @@ def waterfall_table(trace_id: str, spans: list[dict[str, Any]]) -> Any:
         grid.add_row(Text("  " * r.depth + r.label), r.status, r.flags, f"{r.offset_ms:.1f}ms",
                      f"{r.duration_ms:.1f}ms", bar)
     return grid
+
+
+@app.command()
+def explain(
+    request_id: Annotated[str, typer.Argument(metavar="ID", help="An x-request-id or a trace id.")],
+    output: OutputOption = "table",
+) -> None:
+    """Every hop of one traced request: the rule that routed it, subset and endpoint, fault, attempts,
+    timeout, response flags in words with their likely cause, mTLS, and where the time went."""
+    from meshkit.cli.common import _call, _client  # noqa: PLC0415
+
+    answer = _call(_client(None).request, "GET", f"traces/{request_id}/explain")
+    if output == "json":
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    for line in explain_lines(answer):
+        typer.echo(line)
+
+
+def explain_lines(answer: dict[str, Any]) -> list[str]:
+    lines = [f"request {answer['request_id'] or '-'}  trace {answer['trace_id']}", ""]
+    for number, hop in enumerate(answer["hops"], 1):
+        lines.append(f"{number}. {hop['from']} → {hop['to']}: {hop['status']}"
+                     + (f" {hop['flags']}" if hop["flags"] not in ("-", "") else "")
+                     + f" in {hop['duration_ms']:.1f} ms" + ("  (mTLS)" if hop["mtls"] else "  (plaintext)"))
+        if hop["route"] is not None:
+            name = f" ({hop['route_name']})" if hop["route_name"] else ""
+            lines.append(f"   route     {hop['route']}{name}")
+        if hop["cluster"] is not None:
+            endpoint = f" → {hop['endpoint']}" if hop["endpoint"] else ""
+            lines.append(f"   upstream  {hop['cluster']}{endpoint}")
+        if hop["fault"]:
+            fired = "  FIRED" if hop["fault_fired"] else "  (did not fire)"
+            lines.append(f"   fault     {hop['fault']}{fired}")
+        if hop["attempts"] is not None:
+            lines.append(f"   attempts  {hop['attempts']}"
+                         + ("" if hop["timeout_ms"] is None else f", timeout {hop['timeout_ms']} ms"))
+        for word in hop["flags_explained"]:
+            lines.append(f"   {word['flag']:<9} {word['meaning']}")
+            if word["cause"]:
+                lines.append(f"   {'':<9} likely: {word['cause']}")
+        if hop.get("app_ms") is not None:
+            timing = f"   time      app {hop['app_ms']:.1f} ms"
+            if hop.get("caller_proxy_and_network_ms") is not None:
+                timing += f", caller's proxies and network {hop['caller_proxy_and_network_ms']:.1f} ms"
+            lines.append(timing)
+        elif not hop["reached_server"]:
+            lines.append("   time      the request never reached a sidecar on the other side")
+    lines += ["", f"verdict: {answer['verdict']}"]
+    return lines

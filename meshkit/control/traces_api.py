@@ -6,6 +6,8 @@
     GET  /api/v1/traces/{id}                     one trace (trace id or x-request-id): its spans
     GET  /api/v1/traces/{id}/otlp                the trace as an OTLP/HTTP JSON export request
     GET  /api/v1/traces/{id}/zipkin              the trace as Zipkin v2 JSON
+    GET  /api/v1/traces/{id}/explain             every hop: rule, subset, endpoint, fault, retries,
+                                                 timeout, response flags in words, time (`explain`)
 
 Errors are 400/404s whose message names the parameter, like every other API error.
 """
@@ -18,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from meshkit.config.messages import ConfigError, Message, Severity
+from meshkit.control.explain import explain
 from meshkit.control.traces import TraceStore, otlp_json, zipkin_json
 
 API = "/api/v1/traces"
@@ -117,6 +120,10 @@ async def trace_zipkin(request: web.Request) -> web.Response:
     return web.json_response(zipkin_json(_spans(request)))
 
 
+async def trace_explain(request: web.Request) -> web.Response:
+    return web.json_response(explain(_spans(request)))
+
+
 def add_routes(app: web.Application, store: TraceStore) -> None:
     app[STORE] = store
     routes: list[tuple[str, str, Callable[[web.Request], Any]]] = [
@@ -126,6 +133,7 @@ def add_routes(app: web.Application, store: TraceStore) -> None:
         ("GET", f"{API}/{{id}}", trace),
         ("GET", f"{API}/{{id}}/otlp", trace_otlp),
         ("GET", f"{API}/{{id}}/zipkin", trace_zipkin),
+        ("GET", f"{API}/{{id}}/explain", trace_explain),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

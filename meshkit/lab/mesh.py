@@ -425,6 +425,11 @@ class Mesh:
         answer = self._call(f"trace {trace_id}", "request", "GET", f"traces/{trace_id}")
         return list(answer.get("spans", [])) if isinstance(answer, dict) else []
 
+    def explain(self, request_id: str) -> dict[str, Any]:
+        """Every hop of one traced request (x-request-id or trace id): rule, subset, fault, attempts,
+        timeout, response flags in words, time; as ``meshkit explain`` prints it (docs/tracing.md)."""
+        return dict(self._call(f"explain {request_id}", "request", "GET", f"traces/{request_id}/explain"))
+
     def __repr__(self) -> str:
         return f"Mesh(control={self.control_url}, ingress={self.ingress_url})"
 
