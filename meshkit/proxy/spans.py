@@ -81,7 +81,8 @@ class SpanRecorder:
         buffer.append((kind, trace_id, span_id, parent_id, time.time() - duration, duration,
                        request.config, request.method, request.authority, request.path, request.version,
                        status, flags, request.cluster, upstream_host, request.downstream_addr,
-                       request.peer_identity, request_id, user_agent, size, sent))
+                       request.peer_identity, request_id, user_agent, size, sent, request.route,
+                       request.attempt))
         self.recorded += 1
 
     def pending(self) -> int:
@@ -127,6 +128,25 @@ def _cut(value: str | None) -> str:
     return value if len(value) <= MAX_TAG else value[:MAX_TAG]
 
 
+def route_tags(route: dict[str, Any], attempts: int) -> dict[str, str]:
+    """What the route step chose, for ``meshkit explain``: the rule (``VirtualService/ns/name#http[i]``
+    or ``default``), its fault, timeout and the attempts made (1 + retries)."""
+    tags = {"meshkit.route": str(route.get("source") or "-"),
+            "meshkit.route_name": str(route.get("name") or "-"), "retry.attempts": str(attempts)}
+    timeout = route.get("timeout_ms")
+    if timeout is not None:
+        tags["meshkit.timeout_ms"] = str(timeout)
+    fault = route.get("fault") or {}
+    parts = []
+    if delay := fault.get("delay"):
+        parts.append(f"delay {delay.get('fixed_delay_ms')} ms for {delay.get('percent', 100):g}%")
+    if abort := fault.get("abort"):
+        parts.append(f"abort {abort.get('http_status')} for {abort.get('percent', 100):g}%")
+    if parts:
+        tags["meshkit.fault"] = "; ".join(parts)
+    return tags
+
+
 def operation_name(kind: str, config: Any, authority: str) -> str:
     """Istio's route decorator: ``<service FQDN>:<port>/*`` (inbound), ``<authority>/*`` (outbound)."""
     if kind == "SERVER" and config is not None:
@@ -141,7 +161,7 @@ def zipkin_span(record: SpanRecord, node_id: str) -> dict[str, Any]:
     """A buffered record as a Zipkin v2 span with Istio's (Envoy's) tags."""
     (kind, trace_id, span_id, parent_id, start, duration, config, method, authority, path, version,
      status, flags, cluster, upstream_host, peer_address, peer_identity, request_id, user_agent,
-     request_size, sent) = record
+     request_size, sent, route, attempts) = record
     labels = getattr(config, "node_labels", None)
     service = getattr(labels, "app", "unknown")
     namespace = getattr(labels, "namespace", "unknown")
@@ -173,6 +193,8 @@ def zipkin_span(record: SpanRecord, node_id: str) -> dict[str, Any]:
     }
     if peer_identity:
         tags["peer.identity"] = peer_identity
+    if kind == "CLIENT" and isinstance(route, dict):
+        tags.update(route_tags(route, attempts))
     if status == 0 or status >= 500:
         tags["error"] = "true"
     span: dict[str, Any] = {

@@ -107,6 +107,20 @@ async def test_one_request_is_one_trace_with_the_delay_on_the_faulted_hop(bookin
     assert " DI " in delayed and "█" in delayed
     listed = meshkit(mesh.home, mesh.base, "traces", "--service", "ratings", "--min-duration", "1s")
     assert listed.returncode == 0 and spans[0]["traceId"] in listed.stdout, listed.stdout + listed.stderr
+    # explain names the rule that delayed the request, and the rules the other hops took.
+    explained = Mesh(str(mesh.status["control"])).explain(request_id)
+    hops = {(h["from"], h["to"]): h for h in explained["hops"]}
+    delayed_hop = hops[("reviews", "ratings")]
+    assert delayed_hop["route"] == "VirtualService/default/ratings#http[0]" and delayed_hop["subset"] == "v1"
+    assert delayed_hop["fault"] == f"delay {DELAY_S * 1000:.0f} ms for 100%" and delayed_hop["fault_fired"]
+    assert [w["flag"] for w in delayed_hop["flags_explained"]] == ["DI"] and delayed_hop["mtls"]
+    assert hops[("productpage", "reviews")]["route"] == "VirtualService/default/reviews#http[0]"
+    assert hops[("productpage", "reviews")]["subset"] == "v2"
+    assert hops[("productpage", "details")]["route"] == "default"  # no VirtualService for details
+    assert explained["verdict"].startswith("reviews → ratings answered 200: DI: delay injected")
+    told = meshkit(mesh.home, mesh.base, "explain", request_id)
+    assert told.returncode == 0, told.stderr
+    assert "route     VirtualService/default/ratings#http[0]" in told.stdout, told.stdout
     figure = charts.trace(Mesh(str(mesh.status["control"])), request_id)
     bars = figure.data[0]
     assert len(bars.y) == len(spans)

@@ -73,7 +73,10 @@ def _decide(sampling: float, headers: Headers) -> bool:
     """A new sampling decision: forced by header, else ``sampling`` percent of requests."""
     if sampling >= 100.0 or (sampling > 0.0 and _random() * 100.0 < sampling):
         return True
-    return any(name in _FORCE_HEADERS for name, _ in headers.items())
+    for name, _ in headers.items():  # noqa: SIM110 (a loop: no generator frame on the common path)
+        if name in _FORCE_HEADERS:
+            return True
+    return False
 
 
 def propagate(headers: Headers, sampling: float = 100.0) -> SpanContext | None:
