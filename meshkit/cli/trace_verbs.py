@@ -109,20 +109,59 @@ def waterfall_table(trace_id: str, spans: list[dict[str, Any]]) -> Any:
 
 
 @app.command()
-def explain(
-    request_id: Annotated[str, typer.Argument(metavar="ID", help="An x-request-id or a trace id.")],
+def explain(  # noqa: PLR0917 (typer maps parameters to options)
+    request_id: Annotated[str | None, typer.Argument(
+        metavar="[ID]", help="An x-request-id or a trace id (omit with --host for a dry run).")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Dry run, no traffic: which rule a request to this host would match, from each caller.")] = None,
+    header: Annotated[list[str] | None, typer.Option(
+        help="With --host: a request header NAME=VALUE (repeatable), e.g. end-user=jason.")] = None,
+    path: Annotated[str, typer.Option(help="With --host: the request path.")] = "/",
+    method: Annotated[str, typer.Option(help="With --host: the request method.")] = "GET",
+    caller: Annotated[str | None, typer.Option(
+        "--from", help="With --host: only this caller workload or app (default: every one).")] = None,
     output: OutputOption = "table",
 ) -> None:
     """Every hop of one traced request: the rule that routed it, subset and endpoint, fault, attempts,
-    timeout, response flags in words with their likely cause, mTLS, and where the time went."""
-    from meshkit.cli.common import _call, _client  # noqa: PLC0415
+    timeout, response flags in words with their likely cause, mTLS, and where the time went. With
+    --host instead: a dry run against the current config (why is my rule not applied?)."""
+    from meshkit.cli.common import _call, _client, _fail  # noqa: PLC0415
 
-    answer = _call(_client(None).request, "GET", f"traces/{request_id}/explain")
+    if (request_id is None) == (host is None):
+        _fail(2, "error: give a request ID, or --host HOST for a dry run (not both)")
+    if host is not None:
+        from urllib.parse import urlencode  # noqa: PLC0415
+
+        pairs = [("host", host), ("path", path), ("method", method)]
+        pairs += [("header", h if ":" in h else h.replace("=", ":", 1)) for h in header or []]
+        if caller:
+            pairs.append(("from", caller))
+        answer = _call(_client(None).request, "GET", f"explain/route?{urlencode(pairs)}")
+        lines = dry_run_lines(answer)
+    else:
+        answer = _call(_client(None).request, "GET", f"traces/{request_id}/explain")
+        lines = explain_lines(answer)
     if output == "json":
         typer.echo(json.dumps(answer, indent=2))
         return
-    for line in explain_lines(answer):
+    for line in lines:
         typer.echo(line)
+
+
+def dry_run_lines(answer: dict[str, Any]) -> list[str]:
+    headers = " ".join(f"{k}={v}" for k, v in answer["headers"].items())
+    lines = [f"{answer['method']} {answer['host']}{answer['path']} {headers}".rstrip(), ""]
+    for caller in answer["callers"]:
+        matched = caller["matched"]
+        if matched is None:
+            lines.append(f"from {caller['caller']}.{caller['namespace']}: no rule matches")
+        else:
+            dests = ", ".join(f"{d['cluster']} ({d['weight']:g})" for d in matched["destinations"])
+            lines.append(f"from {caller['caller']}.{caller['namespace']}: {matched['source']} → {dests}")
+        lines += [f"   {cause}" for cause in caller["causes"]]
+    if not answer["callers"]:
+        lines.append("no caller: no workload with a sidecar is registered")
+    return lines
 
 
 def explain_lines(answer: dict[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshkit.config.compile import DEFAULT_TRACE_SAMPLING
-from meshkit.control import telemetry_api, traces_api
+from meshkit.control import explain_api, telemetry_api, traces_api
 from meshkit.control.address import (
     address_file,
     default_control_dir,
@@ -163,6 +163,7 @@ class ControlPlane:
         app = create_app(Components(self.store, self.registry, self.push, self.signer))
         telemetry_api.add_routes(app, self.telemetry)
         traces_api.add_routes(app, self.traces)
+        explain_api.add_routes(app, self.store, self.registry, self.push)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
