@@ -19,7 +19,7 @@ from meshkit.control.client import ApiError
 from meshkit.lab import charts
 from meshkit.lab.mesh import Mesh
 from tests.e2e.cli import meshkit
-from tests.e2e.mesh import RunningMesh, rule
+from tests.e2e.mesh import RunningMesh, rule, sample
 from tests.e2e.traffic import eventually
 
 DELAY_S = 1.0
@@ -158,3 +158,16 @@ async def test_the_telemetry_api_sets_the_mesh_sampling_rate(bookinfo: RunningMe
         await eventually(lambda: _trace(mesh, forced), lambda s: len(s) >= 6, seconds=15.0)
         # the forced request's spans arrived, and were shipped after the unsampled ones would have been
         assert [i for i in unsampled if _trace(mesh, i)] == []
+
+
+async def test_explain_dry_run_names_the_rule_from_each_caller(bookinfo: RunningMesh) -> None:
+    mesh = bookinfo
+    with mesh.rules(*sample("virtual-service-reviews-test-v2.yaml")):
+        told = meshkit(mesh.home, mesh.base, "explain", "--host", "reviews", "--header", "end-user=jason")
+        other = meshkit(mesh.home, mesh.base, "explain", "--host", "reviews", "--from", "productpage")
+    assert told.returncode == 0, told.stderr
+    assert ("from productpage-v1.default: VirtualService/default/reviews#http[0] → reviews|v2 (100)"
+            in told.stdout), told.stdout
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.splitlines()[2] == (
+        "from productpage-v1.default: VirtualService/default/reviews#http[1] → reviews|v1 (100)")
