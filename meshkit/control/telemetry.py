@@ -10,6 +10,8 @@ two samples, exactly as ``rate()`` and ``histogram_quantile()`` would.
 Which reporter describes an edge: the source sidecar's (``reporter="source"``) whenever the caller
 has a sidecar, since only it sees faults injected before a request leaves; the destination's for
 callers outside the mesh (``source_workload="unknown"``), which only the server side sees.
+Except mTLS: a caller reports ``connection_security_policy="unknown"`` (as in Istio), so every edge
+takes its ``mtls`` from the receiving side's report of the same edge (`meshkit top`, the graph).
 
 `TelemetryStore` is pure data (tested without sockets); `Scraper` is the aiohttp loop around it.
 """

@@ -28,7 +28,7 @@ _HEX_DIGITS = "0123456789abcdef"
 
 _bits = random.getrandbits  # ids need uniqueness, not secrecy: no syscall per request
 _random = random.random
-_FORCE_HEADERS = ("x-client-trace-id", "x-envoy-force-trace")
+_FORCE_HEADERS = frozenset({"x-client-trace-id", "x-envoy-force-trace"})
 DEFAULT_SAMPLING = 1.0  # percent: Istio's meshConfig.defaultConfig.tracing.sampling default
 
 
@@ -69,14 +69,9 @@ _TRACE_HEADERS = frozenset(
 SpanContext = tuple[str, str, str]  # (trace id, this hop's span id, parent span id or "")
 
 
-def _decide(sampling: float, headers: Headers) -> bool:
+def _decide(sampling: float, forced: bool) -> bool:
     """A new sampling decision: forced by header, else ``sampling`` percent of requests."""
-    if sampling >= 100.0 or (sampling > 0.0 and _random() * 100.0 < sampling):
-        return True
-    for name, _ in headers.items():  # noqa: SIM110 (a loop: no generator frame on the common path)
-        if name in _FORCE_HEADERS:
-            return True
-    return False
+    return forced or sampling >= 100.0 or (sampling > 0.0 and _random() * 100.0 < sampling)
 
 
 def propagate(headers: Headers, sampling: float = 100.0) -> SpanContext | None:
@@ -89,7 +84,7 @@ def propagate(headers: Headers, sampling: float = 100.0) -> SpanContext | None:
     """
     items = headers.items()
     found: dict[str, str] | None = None
-    has_request_id = False
+    has_request_id = forced = False
     for name, value in items:
         if name in _TRACE_HEADERS:
             if found is None:
@@ -97,13 +92,15 @@ def propagate(headers: Headers, sampling: float = 100.0) -> SpanContext | None:
             found[name] = value
         elif name == "x-request-id":
             has_request_id = True
+        elif name in _FORCE_HEADERS:
+            forced = True
     if found is None:
         # No trace context (the common case at the first hop): one random draw for every id.
         h = _random_hex(40)  # request id (16 bytes), trace id (16), span id (8)
         trace_id, span_id = h[32:64], h[64:]
         if not has_request_id:
             items.append(("x-request-id", _uuid4_shaped(h)))
-        sampled = _decide(sampling, headers)
+        sampled = _decide(sampling, forced)
         items += (
             ("traceparent", f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"),
             ("x-b3-traceid", trace_id),
@@ -147,7 +144,7 @@ def propagate(headers: Headers, sampling: float = 100.0) -> SpanContext | None:
     if found.get("x-b3-flags") == "1":
         decision = "1"  # B3 debug: always sampled
     if decision is None:  # context without a decision: this hop decides (an explicit "0" stands)
-        decision = "1" if _decide(sampling, headers) else "0"
+        decision = "1" if _decide(sampling, forced) else "0"
     sampled = decision
     flags = "01" if sampled == "1" else "00"
     kept.append(("traceparent", f"00-{trace_id}-{span_id}-{flags}"))
@@ -160,11 +157,6 @@ def propagate(headers: Headers, sampling: float = 100.0) -> SpanContext | None:
     return (trace_id, span_id, parent_id) if sampled == "1" else None
 
 
-def sampling_of(request: Request) -> float:
-    """The sampling percentage of the snapshot in effect (Istio's default without one)."""
-    return getattr(request.config, "trace_sampling", DEFAULT_SAMPLING)
-
-
 def tracing_filter(recorder: SpanRecorder | None, kind: str) -> Filter:
     """The tracing filter of one listener: ``kind`` is the span kind it records (CLIENT/SERVER).
 
@@ -173,7 +165,7 @@ def tracing_filter(recorder: SpanRecorder | None, kind: str) -> Filter:
     """
 
     def tracing(request: Request, call_next: Handler) -> Awaitable[Response]:
-        context = propagate(request.headers, sampling_of(request))
+        context = propagate(request.headers, getattr(request.config, "trace_sampling", DEFAULT_SAMPLING))
         if context is None or recorder is None or not getattr(request.config, "trace_report", True):
             return call_next(request)
         return _traced(recorder, kind, context, request, call_next)
