@@ -8,7 +8,8 @@ unreachable or refuses, the old certificate serving on). It is answered only to 
 loopback interface (403 otherwise), even when the admin port listens wider (Kubernetes pods).
 
 Pages: ``/config_dump`` (current snapshot, version, last
-NACK), ``/stats/prometheus`` (Istio metrics), ``/stats`` (JSON counters), ``/clusters``
+NACK), ``/stats/prometheus`` (Istio metrics), ``/stats`` (JSON counters; ``tracing``: spans
+recorded, shipped, dropped), ``/clusters``
 (per-cluster balancer view), ``/certs`` (the workload certificate chain, validity, serial
 and time to rotation; ``{"ready": false}`` without mTLS), ``/ready`` and ``/healthz/ready``
 (200 once a snapshot is applied and, with mTLS, the first certificate installed; else 503).
@@ -52,6 +53,7 @@ class Admin:
         *,
         certificates: Any = None,
         tls_stats: Any = None,
+        spans: Any = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
@@ -59,6 +61,7 @@ class Admin:
         self.listeners = listeners
         self.certificates = certificates  # tls_sidecar.SidecarCertificates, None = plaintext sidecar
         self.tls_stats = tls_stats  # tls_inbound.TlsStats
+        self.spans = spans  # spans.SpanRecorder, None = no collector to ship spans to
         self.started = time.time()
 
     async def handle(self, request: Request) -> Response:
@@ -141,6 +144,7 @@ class Admin:
                     "cx_peer_identity_fail": upstream.cx_peer_identity_fail,
                 },
                 "mtls": self.tls_stats.as_dict() if self.tls_stats is not None else None,
+                "tracing": self.spans.stats() if self.spans is not None else None,
                 "config": {
                     "version": self.state.current.version if self.state.current is not None else None,
                     "applied": self.state.applied,

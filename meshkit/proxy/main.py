@@ -151,7 +151,7 @@ class Proxy:
             self.state.listeners.append(self.acceptor.on_snapshot)
         self.admin = Admin(
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
-            tls_stats=self.acceptor.stats if self.acceptor is not None else None,
+            tls_stats=self.acceptor.stats if self.acceptor is not None else None, spans=self.spans,
         )
         self.admin_listener = Listener("admin", self.admin.handle)
         self.ports: dict[str, int] = {}

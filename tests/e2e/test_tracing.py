@@ -94,6 +94,11 @@ async def test_one_request_is_one_trace_with_the_delay_on_the_faulted_hop(bookin
         assert int(tags["response_size"]) > 0
     assert reviews_in["tags"]["connection_security_policy"] == "mutual_tls"
     assert reviews_to_ratings["tags"]["upstream_cluster"].startswith("ratings")
+    # The sidecar's own span counters (admin /stats): shipped, nothing dropped.
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        admin = await http.get(f"http://127.0.0.1:{mesh.workload('ratings-v1-0')['admin_port']}/stats")
+    counters = admin.json()["tracing"]
+    assert counters["shipped"] >= 1 and counters["dropped"] == 0 and counters["capacity"] == 4096
     # The queries find it: by request id, by service, by minimum duration.
     found = mesh.client.request("GET", "traces", query={"service": "ratings", "min_duration": "1s"})
     assert spans[0]["traceId"] in [t["trace_id"] for t in found["traces"]]
