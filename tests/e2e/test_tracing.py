@@ -176,3 +176,36 @@ async def test_explain_dry_run_names_the_rule_from_each_caller(bookinfo: Running
     assert other.returncode == 0, other.stderr
     assert other.stdout.splitlines()[2] == (
         "from productpage-v1.default: VirtualService/default/reviews#http[1] → reviews|v1 (100)")
+
+
+RATINGS_ABORT = {**RATINGS_DELAY, "spec": {
+    "hosts": ["ratings"],
+    "http": [{"fault": {"abort": {"percentage": {"value": 100}, "httpStatus": 500}},
+              "route": [{"destination": {"host": "ratings", "subset": "v1"}}]}],
+}}
+
+
+async def test_explain_names_an_abort_and_a_missing_route(bookinfo: RunningMesh) -> None:
+    mesh = bookinfo
+    with mesh.rules(*rule("reviews-v2.yaml"), RATINGS_ABORT):
+        (aborted,) = await _traced(mesh, 1, {"x-client-trace-id": "abort"})  # the page still answers 200
+        await eventually(lambda: _trace(mesh, aborted), lambda s: len(s) >= 7, seconds=15.0)
+    lost = str(uuid.uuid4())
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        response = await http.get(f"{mesh.ingress}/nowhere",  # no rule of the gateway's VirtualService
+                                  headers={"x-request-id": lost, "x-client-trace-id": "nr"})
+    assert response.status_code == 404
+    await eventually(lambda: _trace(mesh, lost), lambda s: len(s) >= 1, seconds=15.0)
+    client = Mesh(str(mesh.status["control"]))
+    answer = client.explain(aborted)
+    hop = next(h for h in answer["hops"] if (h["from"], h["to"]) == ("reviews", "ratings"))
+    assert (hop["status"], hop["flags"], hop["reached_server"]) == (500, "FI", False)
+    assert hop["route"] == "VirtualService/default/ratings#http[0]"
+    assert hop["fault"] == "abort 500 for 100%" and hop["fault_fired"]
+    assert answer["verdict"].startswith("reviews → ratings answered 500: FI: fault injected")
+    answer = client.explain(lost)
+    (hop,) = answer["hops"]
+    assert (hop["from"], hop["status"], hop["flags"]) == ("istio-ingressgateway", 404, "NR")
+    assert hop["route"] is None and not hop["reached_server"]
+    assert answer["verdict"].startswith("istio-ingressgateway → ")
+    assert "answered 404: NR: no route" in answer["verdict"]
