@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python benchmarks/proxy_instructions.py                 # us per request (noisy)
     .venv/bin/python benchmarks/proxy_instructions.py --instructions  # instructions per request
     .venv/bin/python benchmarks/proxy_instructions.py --tree /tmp/old --instructions  # another checkout
+    .venv/bin/python benchmarks/proxy_instructions.py --tracing 1 --instructions      # spans at 1%
 
 One request goes through the real listener (``DownstreamConnection`` parsing the bytes wrk
 sends), the real outbound filter chain for the realistic benchmark snapshot
@@ -12,6 +13,12 @@ sends), the real outbound filter chain for the realistic benchmark snapshot
 transports are fake: the downstream one records what is written, the upstream one answers
 every request with nginx's 100-byte response on the next loop turn. So the figure is the
 Python (and asyncio/uvloop) work of the request path, without the kernel.
+
+``--tracing off|PERCENT``: ``off`` (default) runs the chain as a sidecar without a trace
+collector (propagation only, nothing sampled); ``PERCENT`` gives the snapshot that sampling rate
+and the listener a span recorder, whose buffer is turned into the JSON batch a sidecar ships
+every 1,000 requests (the socket write itself is left out), so the figure includes recording
+and encoding the sampled spans.
 
 ``--instructions`` runs the harness twice under ``valgrind --tool=cachegrind --cache-sim=no``
 (500 and 3,500 requests) and prints the difference per request: deterministic to ~10
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -71,7 +79,7 @@ class FakeTransport:
         pass
 
 
-async def drive(requests: int, rounds: int) -> float:
+async def drive(requests: int, rounds: int, tracing: str = "off") -> float:
     """Serve ``rounds`` x ``requests`` requests; the best round's process time per request (us)."""
     from proxybench import snapshots  # noqa: PLC0415 (sys.path is set in main)
 
@@ -84,11 +92,20 @@ async def drive(requests: int, rounds: int) -> float:
     loop = asyncio.get_running_loop()
     port = 9  # never connected to: the pool holds one fake connection for it
     state = ConfigState()
-    reason = state.apply(snapshots.client_snapshot(snapshots.Destination(port=port, has_sidecar=False), port))
+    snapshot = snapshots.client_snapshot(snapshots.Destination(port=port, has_sidecar=False), port)
+    recorder: Any = None
+    if tracing != "off":
+        from meshkit.proxy.spans import SpanRecorder  # noqa: PLC0415 (absent from older trees)
+
+        snapshot["tracing"] = {"sampling": float(tracing)}
+        recorder = SpanRecorder("bench-0.default")
+    reason = state.apply(snapshot)
     if reason is not None:
         raise SystemExit(f"benchmark snapshot rejected: {reason}")
     upstream = Upstream()
-    listener = Listener("outbound", build_outbound(upstream.send, IstioMetrics(), None), state)
+    chain = build_outbound(upstream.send, IstioMetrics(), None, recorder) if recorder is not None \
+        else build_outbound(upstream.send, IstioMetrics(), None)
+    listener = Listener("outbound", chain, state)
     pooled = UpstreamConnection(upstream, ("127.0.0.1", port, False))
     answer = FakeTransport(lambda _data: loop.call_soon(pooled.data_received, UPSTREAM_RESPONSE))
     pooled.connection_made(answer)  # type: ignore[arg-type]
@@ -116,29 +133,34 @@ async def drive(requests: int, rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
         started = time.process_time()
-        for _ in range(requests):
+        for i in range(requests):
             await one()
+            if recorder is not None and i % 1000 == 999:
+                json.dumps(recorder.take(), separators=(",", ":")).encode()  # what ship() posts
         best = min(best, (time.process_time() - started) / requests * 1e6)
+    if recorder is not None:
+        print(f"spans recorded: {recorder.recorded} of {rounds * requests + 1} requests", file=sys.stderr)
     return best
 
 
-def run_inline(tree: Path, requests: int, rounds: int) -> float:
+def run_inline(tree: Path, requests: int, rounds: int, tracing: str = "off") -> float:
     sys.path[:0] = [str(tree), str(HERE)]  # ahead of the editable install: measure ``tree``
     try:
         import uvloop  # noqa: PLC0415
 
-        return uvloop.run(drive(requests, rounds))
+        return uvloop.run(drive(requests, rounds, tracing))
     except ImportError:
-        return asyncio.run(drive(requests, rounds))
+        return asyncio.run(drive(requests, rounds, tracing))
 
 
-def count_instructions(tree: Path) -> int:
+def count_instructions(tree: Path, tracing: str = "off") -> int:
     """Instructions per request: cachegrind totals of two run lengths, differenced."""
     totals = []
     for requests in (500, 3500):
         argv = [
             "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
             sys.executable, __file__, "--tree", str(tree), "--requests", str(requests), "--rounds", "1",
+            *(["--tracing", tracing] if tracing != "off" else []),
         ]
         env = dict(os.environ, PYTHONHASHSEED="0")
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600)
@@ -153,20 +175,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=Path, default=HERE.parent, help="checkout whose meshkit/ to measure")
     parser.add_argument("--instructions", action="store_true", help="count instructions with valgrind")
+    parser.add_argument("--tracing", default="off", metavar="off|PERCENT",
+                        help="off (no collector), or a sampling percentage with spans recorded and encoded")
     parser.add_argument("--requests", type=int, default=20000, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     tree = args.tree.resolve()
     if not (tree / "meshkit" / "proxy").is_dir():
         parser.error(f"--tree {tree}: no meshkit/proxy in it")
+    if args.tracing != "off":
+        try:
+            ok = 0.0 <= float(args.tracing) <= 100.0
+        except ValueError:
+            ok = False
+        if not ok:
+            parser.error(f"--tracing {args.tracing}: expected off or a percentage from 0 to 100")
     if args.instructions:
         if shutil.which("valgrind") is None:
             print("valgrind is missing: apt-get install -y valgrind", file=sys.stderr)
             return 2
-        print(f"{tree}: {count_instructions(tree)} instructions per request")
+        count = count_instructions(tree, args.tracing)
+        print(f"{tree} (tracing {args.tracing}): {count} instructions per request")
         return 0
-    micros = run_inline(tree, args.requests, args.rounds)
-    print(f"{tree}: {micros:.2f} us per request (best of {args.rounds} x {args.requests}, process time)")
+    micros = run_inline(tree, args.requests, args.rounds, args.tracing)
+    print(f"{tree} (tracing {args.tracing}): {micros:.2f} us per request "
+          f"(best of {args.rounds} x {args.requests}, process time)")
     return 0
 
 

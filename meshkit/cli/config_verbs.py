@@ -51,6 +51,14 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
         help="Largest request body (a config document) accepted, in bytes; larger: 413.")] = 1024 * 1024,
     keep_revisions: Annotated[int, typer.Option(
         help="Config revisions kept for history and rollback (older ones are pruned).")] = 1000,
+    trace_sampling: Annotated[float | None, typer.Option(
+        min=0.0, max=100.0,
+        help="Percent of requests traced, as meshConfig.defaultConfig.tracing.sampling "
+             "(default $MESHKIT_TRACE_SAMPLING, else 1); Telemetry resources override it.")]
+    = None,
+    trace_export: Annotated[str | None, typer.Option(
+        help="Also send every span to a tracing backend: otlp=URL (OTLP/HTTP JSON, e.g. "
+             "http://127.0.0.1:4318/v1/traces) or zipkin=URL (default $MESHKIT_TRACE_EXPORT).")] = None,
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
     if max_body < 1024 or keep_revisions < 1:
@@ -73,7 +81,9 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
         _fail(EXIT_REJECTED, f"error: {error}")
     try:
         serve(host, port, state_dir, with_ca=ca, ca_ttl=ttl, announce=lambda text: print(text, flush=True),
-              **limits)
+              trace_sampling=trace_sampling, trace_export=trace_export, **limits)
+    except ValueError as error:  # a --trace-export or $MESHKIT_TRACE_* value that makes no sense
+        _fail(EXIT_REJECTED, f"error: {error}")
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")
 

@@ -31,6 +31,7 @@ from meshkit.config.resources import (
     Rule,
     Source,
     StringMatch,
+    Telemetry,
     TrafficPolicy,
     VirtualService,
     parse_duration_ms,
@@ -41,10 +42,12 @@ from meshkit.config.selection import (
     labels_match,
     of_kind,
     resolve_mtls,
+    resolve_tracing,
     virtual_services_for,
 )
 
 SCHEMA = 1
+DEFAULT_TRACE_SAMPLING = 1.0  # percent: Istio's meshConfig.defaultConfig.tracing.sampling default
 DEFAULT_LB = "LEAST_REQUEST"
 # Istio's default retry policy (pilot/pkg/networking/core/route/retry, Istio 1.24+): 2 attempts on
 # these conditions and NO retriable status code. Istio <= 1.23 also had "retriable-status-codes"
@@ -98,11 +101,12 @@ def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any
 
 def compile_snapshot(
     resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0,
-    mesh_config: Mapping[str, Any] | None = None,
+    mesh_config: Mapping[str, Any] | None = None, trace_sampling: float = DEFAULT_TRACE_SAMPLING,
 ) -> dict[str, Any]:
     """The snapshot for ``node`` (docs/snapshot.md; its fields and their types are `meshkit.proxy.schema`
     .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them);
-    ``mesh_config`` is Istio's meshConfig."""
+    ``mesh_config`` is Istio's meshConfig; ``trace_sampling`` is its ``defaultConfig.tracing.sampling``
+    (percent), which Telemetry resources override."""
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
@@ -123,6 +127,8 @@ def compile_snapshot(
                             of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
         "mesh": mesh_settings(mesh_config),
+        "tracing": resolve_tracing(node.namespace, node.labels, of_kind(resources, Telemetry),
+                                   trace_sampling)[0],
     }
     return {"schema": SCHEMA, "version": snapshot_version(body), **body}
 

@@ -8,16 +8,18 @@ from meshkit.config.resources import (
     DestinationRule,
     PeerAuthentication,
     Resource,
+    Telemetry,
     VirtualService,
 )
 
 RESOURCE_KINDS: dict[str, type[Resource]] = {
     cls.__name__: cls
-    for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, EnvoyFilter)
+    for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, EnvoyFilter,
+                Telemetry)
 }
 
 # Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
 UNSUPPORTED_ISTIO_KINDS = frozenset(
     {"Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup",
-     "RequestAuthentication", "Telemetry", "ProxyConfig", "WasmPlugin"}
+     "RequestAuthentication", "ProxyConfig", "WasmPlugin"}
 )

@@ -1,7 +1,8 @@
 """Typed models of the Istio API subset meshkit implements.
 
 VirtualService and DestinationRule (``networking.istio.io``), PeerAuthentication and
-AuthorizationPolicy (``security.istio.io``), with Istio's own camelCase field names.
+AuthorizationPolicy (``security.istio.io``) and Telemetry's tracing part (``telemetry.istio.io``),
+with Istio's own camelCase field names.
 Every model forbids extra fields; each one lists the real Istio fields it does *not*
 implement in ``unsupported_fields`` (and enum values in ``unsupported_values``) so the
 loader can say "is not supported by meshkit" instead of "unknown field".
@@ -493,3 +494,30 @@ class AuthorizationPolicy(Resource):
 
     kind: Literal["AuthorizationPolicy"] = "AuthorizationPolicy"
     spec: AuthorizationPolicySpec = AuthorizationPolicySpec()
+
+
+class TracingProvider(IstioModel):
+    name: str = Field(min_length=1)  # any name: every span goes to the control plane's collector
+
+
+class Tracing(IstioModel):
+    unsupported_fields = frozenset({"match", "customTags", "useRequestIdForTraceSampling", "enableIstioTags"})
+
+    providers: list[TracingProvider] | None = None
+    random_sampling_percentage: float | None = Field(default=None, ge=0.0, le=100.0)
+    disable_span_reporting: bool | None = None
+
+
+class TelemetrySpec(IstioModel):
+    unsupported_fields = frozenset({"metrics", "accessLogging", "targetRef", "targetRefs"})
+
+    selector: WorkloadSelector | None = None
+    tracing: list[Tracing] | None = None
+
+
+class Telemetry(Resource):
+    group = "telemetry.istio.io"
+    versions = ("v1", "v1alpha1")
+
+    kind: Literal["Telemetry"] = "Telemetry"
+    spec: TelemetrySpec = TelemetrySpec()

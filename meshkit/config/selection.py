@@ -8,6 +8,8 @@
   ``istio-system``); ``UNSET`` inherits; default PERMISSIVE. Port-level modes only on workload policies.
 - AuthorizationPolicy for a workload: those in its namespace (selector matching or absent) and those in
   the root namespace (selector matching or absent).
+- Telemetry (tracing) for a workload: workload selector > namespace-wide > mesh-wide (root namespace),
+  each field inherited from the less specific one when unset; the mesh config's sampling below all.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from meshkit.config.resources import (
     DestinationRule,
     PeerAuthentication,
     Resource,
+    Telemetry,
     VirtualService,
     WorkloadSelector,
 )
@@ -126,3 +129,36 @@ def authorization_policies_for(
         if labels_match(selector.match_labels if selector else None, labels):
             selected.append(policy)
     return selected
+
+
+def telemetries_for(
+    namespace: str, labels: Mapping[str, str], telemetries: Sequence[Telemetry]
+) -> list[Telemetry]:
+    """The Telemetry resources that apply to a workload, least specific first (mesh, namespace, workload)."""
+    mesh = next((t for t in telemetries
+                 if t.metadata.namespace == ROOT_NAMESPACE and not _has_selector(t.spec.selector)), None)
+    namespace_wide = next((t for t in telemetries
+                           if t.metadata.namespace == namespace and not _has_selector(t.spec.selector)), None)
+    workload = next(
+        (t for t in telemetries if t.metadata.namespace == namespace and _has_selector(t.spec.selector)
+         and labels_match(t.spec.selector.match_labels if t.spec.selector else None, labels)),
+        None,
+    )
+    return [t for t in (mesh, namespace_wide, workload) if t is not None]
+
+
+def resolve_tracing(
+    namespace: str, labels: Mapping[str, str], telemetries: Sequence[Telemetry], mesh_sampling: float
+) -> tuple[dict[str, object], Telemetry | None]:
+    """The snapshot's ``tracing`` for a workload (sampling percent, whether spans are reported) and the
+    Telemetry that set the sampling (None: the mesh config's ``defaultConfig.tracing.sampling``)."""
+    sampling, report = mesh_sampling, True
+    decided_by: Telemetry | None = None
+    for telemetry in telemetries_for(namespace, labels, telemetries):
+        for tracing in telemetry.spec.tracing or []:
+            if tracing.random_sampling_percentage is not None:
+                sampling = tracing.random_sampling_percentage
+                decided_by = telemetry
+            if tracing.disable_span_reporting is not None:
+                report = not tracing.disable_span_reporting
+    return {"sampling": sampling, "report": report}, decided_by

@@ -193,6 +193,7 @@ class Authenticator:
 WORKLOAD_ROUTES = frozenset({
     ("GET", "/api/v1/xds/stream"), ("POST", "/api/v1/xds/ack"), ("GET", "/api/v1/ca/root"),
     ("POST", "/api/v1/ca/sign"), ("GET", "/api/v1/healthz"),
+    ("POST", "/api/v1/traces/spans"),  # a sidecar's batches of spans (control/traces_api.py)
 })
 # answered without a credential: liveness (status only) and the CSR, whose body carries its token
 PUBLIC_ROUTES = frozenset({("GET", "/api/v1/healthz"), ("HEAD", "/api/v1/healthz"),

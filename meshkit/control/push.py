@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshkit.config import codes
-from meshkit.config.compile import compile_snapshot
+from meshkit.config.compile import DEFAULT_TRACE_SAMPLING, compile_snapshot
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import Node
 from meshkit.control.registry import ServiceRegistry
@@ -113,8 +113,10 @@ class PushServer:
     """Per-proxy snapshots, their streams, ACK/NACK bookkeeping. Runs on the control plane's loop."""
 
     def __init__(self, store: ConfigStore, registry: ServiceRegistry, *, debounce: float = 0.005,
-                 ping_interval: float = 15.0, retention: float = 300.0) -> None:
+                 ping_interval: float = 15.0, retention: float = 300.0,
+                 trace_sampling: float = DEFAULT_TRACE_SAMPLING) -> None:
         self.store = store
+        self.trace_sampling = trace_sampling  # meshConfig.defaultConfig.tracing.sampling (percent)
         self.registry = registry
         self.debounce = debounce
         self.ping_interval = ping_interval
@@ -220,7 +222,8 @@ class PushServer:
         self.stats.compiles += 1
         try:
             return SnapshotTemplate(compile_snapshot(
-                resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision))
+                resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision,
+                trace_sampling=self.trace_sampling))
         except Exception as error:  # a compiler bug must not stop the pushes to everyone else
             log.exception("compiling the snapshot of %s failed at revision %s", group[0].id, revision)
             return error

@@ -12,6 +12,7 @@ blocking entry point of ``meshkit control`` with a graceful shutdown on SIGINT/S
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshkit.control import telemetry_api
+from meshkit.config.compile import DEFAULT_TRACE_SAMPLING
+from meshkit.control import explain_api, telemetry_api, traces_api
 from meshkit.control.address import (
     address_file,
     default_control_dir,
@@ -36,10 +38,36 @@ from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry
 from meshkit.control.store import KEEP_REVISIONS, ConfigStore
 from meshkit.control.telemetry import Scraper, TelemetryStore
+from meshkit.control.traces import TraceExporter, TraceStore
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 15010
 SHUTDOWN_TIMEOUT = 3.0
+TRACE_SAMPLING_ENV = "MESHKIT_TRACE_SAMPLING"  # meshConfig.defaultConfig.tracing.sampling, percent
+TRACE_EXPORT_ENV = "MESHKIT_TRACE_EXPORT"  # "otlp=http://HOST:4318/v1/traces" or "zipkin=http://HOST:9411/api/v2/spans"
+
+
+def parse_trace_sampling(setting: str | None) -> float:
+    """The mesh's default sampling percentage (``$MESHKIT_TRACE_SAMPLING``; Istio's default 1%)."""
+    if setting is None or not setting.strip():
+        return DEFAULT_TRACE_SAMPLING
+    try:
+        value = float(setting)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(f"{TRACE_SAMPLING_ENV}={setting!r}: expected a percentage from 0 to 100")
+    return value
+
+
+def trace_exporter(setting: str | None) -> TraceExporter | None:
+    """``FORMAT=URL`` (the value of $MESHKIT_TRACE_EXPORT) -> an exporter; empty -> None."""
+    if not setting:
+        return None
+    fmt, sep, url = setting.partition("=")
+    if not sep or not url.startswith(("http://", "https://")):
+        raise ValueError(f"{TRACE_EXPORT_ENV}={setting!r}: expected otlp=URL or zipkin=URL")
+    return TraceExporter(url, fmt.strip().lower())
 
 
 class _CaSigner:
@@ -100,17 +128,27 @@ class ControlPlane:
     def __init__(self, state_dir: Path | str | None = None, *, with_ca: bool = True,
                  ca_ttl: timedelta | None = None, debounce: float = 0.005, ping_interval: float = 15.0,
                  retention: float = 300.0, authenticator: Any = None, max_body: int = MAX_BODY_BYTES,
-                 keep_revisions: int = KEEP_REVISIONS) -> None:
+                 keep_revisions: int = KEEP_REVISIONS, trace_sampling: float | None = None,
+                 trace_export: str | None = None) -> None:
         """``authenticator`` (a `ca.CallerAuthenticator`) replaces the bootstrap tokens as the CA's
-        check of who asks for a certificate (Kubernetes: a TokenReview of the pod's token)."""
+        check of who asks for a certificate (Kubernetes: a TokenReview of the pod's token).
+        ``trace_sampling`` is the mesh config's ``defaultConfig.tracing.sampling`` (percent; default
+        ``$MESHKIT_TRACE_SAMPLING``, else Istio's 1%); Telemetry resources override it. ``trace_export``
+        (``otlp=URL`` or ``zipkin=URL``, default ``$MESHKIT_TRACE_EXPORT``) forwards every span there."""
         self.directory = Path(state_dir) if state_dir is not None else default_control_dir()
         self._db: sqlite3.Connection = open_database(self.directory)
         self.max_body = max_body
         self.store = ConfigStore(self._db, keep_revisions=keep_revisions)
         self.registry = ServiceRegistry(self._db)
+        if trace_sampling is None:
+            trace_sampling = parse_trace_sampling(os.environ.get(TRACE_SAMPLING_ENV))
         self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
-                               retention=retention)
+                               retention=retention, trace_sampling=trace_sampling)
         self.telemetry = Scraper(TelemetryStore())
+        self.traces = TraceStore()
+        self.trace_exporter = trace_exporter(trace_export or os.environ.get(TRACE_EXPORT_ENV))
+        if self.trace_exporter is not None:
+            self.traces.listeners.append(self.trace_exporter)
         self.signer: _CaSigner | None = None
         self.tokens: Any = None  # meshkit.control.ca.BootstrapTokens when the CA runs
         self.admin_token = ensure_admin_token(self.directory)
@@ -132,6 +170,8 @@ class ControlPlane:
         app = create_app(Components(self.store, self.registry, self.push, self.signer), self.authenticator,
                          max_body=self.max_body)
         telemetry_api.add_routes(app, self.telemetry)
+        traces_api.add_routes(app, self.traces)
+        explain_api.add_routes(app, self.store, self.registry, self.push)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -139,10 +179,14 @@ class ControlPlane:
     async def _on_startup(self, _app: web.Application) -> None:
         self.push.start()
         self.telemetry.start()
+        if self.trace_exporter is not None:
+            self.trace_exporter.start()
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self.push.close()  # ends the long-lived SSE streams, so the server can stop promptly
         await self.telemetry.close()
+        if self.trace_exporter is not None:
+            await self.trace_exporter.close()
 
     def close(self) -> None:
         self.push.close()

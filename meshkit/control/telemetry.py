@@ -10,6 +10,8 @@ two samples, exactly as ``rate()`` and ``histogram_quantile()`` would.
 Which reporter describes an edge: the source sidecar's (``reporter="source"``) whenever the caller
 has a sidecar, since only it sees faults injected before a request leaves; the destination's for
 callers outside the mesh (``source_workload="unknown"``), which only the server side sees.
+Except mTLS: a caller reports ``connection_security_policy="unknown"`` (as in Istio), so every edge
+takes its ``mtls`` from the receiving side's report of the same edge (`meshkit top`, the graph).
 
 `TelemetryStore` is pure data (tested without sockets); `Scraper` is the aiohttp loop around it.
 """
@@ -215,6 +217,12 @@ class Edge:
         }
 
 
+def _edge_id(edge: Edge) -> tuple[str, str, str, str]:
+    """An edge apart from who reported it: caller, service, workload and version called."""
+    return (edge.source_workload, edge.destination_service, edge.destination_workload,
+            edge.destination_version)
+
+
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     """Prometheus's histogram_quantile over cumulative bucket counts (``le`` -> count)."""
     if not buckets:
@@ -319,20 +327,26 @@ class TelemetryStore:
         """The ``/api/v1/telemetry`` answer: per-edge RED metrics over ``window`` seconds."""
         edges, seconds = self.edges(window, now)
         chosen = [e for e in edges if _keep(e, reporter)]
+        # Only the callee's sidecar knows whether the connection was mutual TLS (the caller reports
+        # connection_security_policy="unknown", as in Istio): a caller's edge takes its padlock from
+        # the receiving side's report of the same edge.
+        secured = {_edge_id(e) for e in edges if e.reporter == "destination" and e.requests
+                   and e.mtls >= e.requests * 0.5}
         if source:
             chosen = [e for e in chosen if e.source_workload == source]
         if destination:
             chosen = [e for e in chosen if destination in (e.destination_service, e.destination_workload)]
         chosen.sort(key=lambda e: (e.source_workload, e.destination_service, e.destination_version))
-        return {"window": window, "seconds": seconds, "edges": [e.to_dict(seconds) for e in chosen]}
+        answer = []
+        for e in chosen:
+            row = e.to_dict(seconds)
+            row["mtls"] = row["mtls"] or _edge_id(e) in secured
+            answer.append(row)
+        return {"window": window, "seconds": seconds, "edges": answer}
 
     def graph(self, window: float = 60.0, now: float | None = None) -> dict[str, Any]:
         """A Kiali-like service graph: workload and service nodes, edges with rate, errors, mTLS."""
-        answer = self.query(window, now)
-        # Only the callee's sidecar knows whether the connection was mutual TLS (the caller reports
-        # connection_security_policy="unknown", as in Istio): take the padlock from its report.
-        secured = {(e["source_workload"], e["destination_service"], e["destination_workload"])
-                   for e in self.query(window, now, reporter="destination")["edges"] if e["mtls"]}
+        answer = self.query(window, now)  # mTLS already taken from the receiving side (see query)
         nodes: dict[str, dict[str, Any]] = {}
         links = []
         for e in answer["edges"]:
@@ -343,9 +357,8 @@ class TelemetryStore:
             nodes.setdefault(dst, {"id": dst, "kind": "workload", "service": e["destination_service"],
                                    "version": e["destination_version"],
                                    "namespace": e["destination_namespace"]})
-            mtls = e["mtls"] or (src, e["destination_service"], e["destination_workload"]) in secured
             links.append({"source": src, "target": dst, "rps": e["rps"], "error_rate": e["error_rate"],
-                          "mtls": mtls, "p99": e["latency_ms"]["p99"], "flags": e["flags"]})
+                          "mtls": e["mtls"], "p99": e["latency_ms"]["p99"], "flags": e["flags"]})
         return {"window": window, "nodes": sorted(nodes.values(), key=lambda n: n["id"]), "edges": links}
 
     def series(self, window: float = 60.0, step: float = 1.0, now: float | None = None,

@@ -7,7 +7,8 @@ errors and response flags on hover; `response_flags(mesh)` stacks each destinati
 Envoy response flag (FI, DI, UT, UO, URX, UH, RL, NR, UF, "-" for none). Each returns a
 `LiveChart`: it draws once before returning (so a headless run under nbclient shows a snapshot),
 then refreshes every second in a daemon thread while a load of this mesh runs, and stops by
-itself after ``max_seconds`` at the latest.
+itself after ``max_seconds`` at the latest. `trace(mesh, id)` draws one trace as a waterfall
+(a plain figure: a finished trace does not change).
 """
 
 from __future__ import annotations
@@ -309,3 +310,45 @@ def response_flags(mesh: Mesh, service: str | None = None, *, window: float = 30
 
     chart = LiveChart(mesh, figure, refresh, max_seconds=max_seconds)
     return chart.start() if live else _once(chart)
+
+
+SPAN_COLOURS = {"CLIENT": "#4c78a8", "SERVER": "#54a24b"}
+FLAGGED = "#f58518"
+FAILED = "#e45756"
+
+
+def trace(mesh: Mesh, trace_id: str) -> Any:
+    """One trace (a trace id or an x-request-id) as a waterfall: a bar per span on the trace's timeline,
+    indented by depth, coloured by kind (client blue, server green), amber with a response flag, red
+    when it failed; the hover tells status, flags, upstream cluster and peer."""
+    from meshkit.control.trace_view import waterfall  # noqa: PLC0415
+
+    spans = mesh.trace(trace_id)
+    if not spans:
+        raise LabError(f"trace {trace_id}: the collector has no such trace (only sampled requests are "
+                       "traced, 1% by default: send x-client-trace-id to force one)")
+    rows = waterfall(spans)
+    tags = {s["id"]: s.get("tags") or {} for s in spans}
+    go = _go()
+    labels = [f"{'  ' * r.depth}{r.label}" for r in rows]
+    colours = [FAILED if r.error else FLAGGED if r.flags not in ("-", "")
+               else SPAN_COLOURS.get(r.kind, "#999") for r in rows]
+    hover = [f"{r.kind} span of {r.service}<br>{r.name}<br>status {r.status}, flags {r.flags}<br>"
+             f"start +{r.offset_ms:.1f} ms, {r.duration_ms:.1f} ms<br>"
+             f"cluster {tags[r.span_id].get('upstream_cluster', '-')}, "
+             f"peer {tags[r.span_id].get('peer.address', '-')}" for r in rows]
+    total = max(r.offset_ms + r.duration_ms for r in rows)
+    figure = go.Figure(go.Bar(
+        y=list(range(len(rows))), x=[max(r.duration_ms, total / 500) for r in rows],
+        base=[r.offset_ms for r in rows], orientation="h", marker_color=colours,
+        text=[f"{r.duration_ms:.1f} ms" for r in rows], textposition="outside",
+        hovertext=hover, hoverinfo="text",
+    ))
+    figure.update_layout(
+        title=f"trace {spans[0]['traceId']} ({len(rows)} spans, {total:.1f} ms)",
+        xaxis_title="ms since the first span started", height=120 + 28 * len(rows),
+        yaxis={"tickmode": "array", "tickvals": list(range(len(rows))), "ticktext": labels,
+               "autorange": "reversed"},
+        margin={"l": 20, "r": 40, "t": 50, "b": 40}, showlegend=False,
+    )
+    return figure

@@ -406,6 +406,33 @@ class Mesh:
         answer = self._call("telemetry targets", "request", "GET", "telemetry/targets")
         return list(answer.get("targets", [])) if isinstance(answer, dict) else []
 
+    # -- traces -------------------------------------------------------------------------------------
+
+    def traces(self, service: str | None = None, *, errors: bool = False, min_duration: str | None = None,
+               request_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Summaries of recent traces (newest first), as ``meshkit traces`` lists them."""
+        query: dict[str, Any] = {"limit": limit}
+        if service:
+            query["service"] = service
+        if errors:
+            query["errors"] = "true"
+        if min_duration:
+            query["min_duration"] = min_duration
+        if request_id:
+            query["request_id"] = request_id
+        answer = self._call("traces", "request", "GET", "traces", query=query)
+        return list(answer.get("traces", [])) if isinstance(answer, dict) else []
+
+    def trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """The spans (Zipkin v2 JSON) of one trace, by trace id or x-request-id."""
+        answer = self._call(f"trace {trace_id}", "request", "GET", f"traces/{trace_id}")
+        return list(answer.get("spans", [])) if isinstance(answer, dict) else []
+
+    def explain(self, request_id: str) -> dict[str, Any]:
+        """Every hop of one traced request (x-request-id or trace id): rule, subset, fault, attempts,
+        timeout, response flags in words, time; as ``meshkit explain`` prints it (docs/tracing.md)."""
+        return dict(self._call(f"explain {request_id}", "request", "GET", f"traces/{request_id}/explain"))
+
     def __repr__(self) -> str:
         return f"Mesh(control={self.control_url}, ingress={self.ingress_url})"
 

@@ -10,7 +10,8 @@ loopback interface (403 otherwise), even when the admin port listens wider (Kube
 Pages: ``/config_dump`` (current snapshot, version, last
 NACK), ``/stats/prometheus`` (Istio metrics, then Envoy's ``envoy_cluster_*`` per-cluster
 series), ``/stats`` (JSON counters; ``"cluster"`` holds Envoy's per-cluster stats by their
-Envoy names; ``/stats?format=text`` is Envoy's text form of those), ``/clusters``
+Envoy names; ``/stats?format=text`` is Envoy's text form of those; ``tracing``: spans recorded,
+shipped, dropped), ``/clusters``
 (per-cluster balancer view), ``/certs`` (the workload certificate chain, validity, serial
 and time to rotation; ``{"ready": false}`` without mTLS), ``/ready`` and ``/healthz/ready``
 (200 once a snapshot is applied and, with mTLS, the first certificate installed; else 503).
@@ -57,6 +58,7 @@ class Admin:
         *,
         certificates: Any = None,
         tls_stats: Any = None,
+        spans: Any = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
@@ -64,6 +66,7 @@ class Admin:
         self.listeners = listeners
         self.certificates = certificates  # tls.sidecar.SidecarCertificates, None = plaintext sidecar
         self.tls_stats = tls_stats  # tls.inbound.TlsStats
+        self.spans = spans  # spans.SpanRecorder, None = no collector to ship spans to
         self.started = time.time()
 
     async def handle(self, request: Request) -> Response:
@@ -154,6 +157,7 @@ class Admin:
                 },
                 "mtls": self.tls_stats.as_dict() if self.tls_stats is not None else None,
                 "cluster": flat(clusters),
+                "tracing": self.spans.stats() if self.spans is not None else None,
                 "config": {
                     "version": self.state.current.version if self.state.current is not None else None,
                     "applied": self.state.applied,

@@ -29,6 +29,7 @@ from meshkit.proxy.admin import Admin
 from meshkit.proxy.filters.accesslog import AccessLogSink
 from meshkit.proxy.listener import Listener, ListenerLimits
 from meshkit.proxy.pipeline import build_inbound, build_outbound
+from meshkit.proxy.spans import SpanRecorder
 from meshkit.proxy.stats import IstioMetrics
 from meshkit.proxy.upstream import Upstream
 from meshkit.proxy.xds import ConfigState, StaticConfig, XdsClient
@@ -166,20 +167,20 @@ class Proxy:
         limits = ListenerLimits(
             max_body_bytes=args.max_request_body, stream_idle_timeout=args.stream_idle_timeout
         )
+        # Spans go to the control plane's collector: only a proxy that has one records them.
+        self.spans = SpanRecorder(args.node_id or "") if args.control else None
+        outbound = build_outbound(self.upstream.send, self.metrics, self.access, self.spans)
+        inbound = build_inbound(self.upstream.send, self.metrics, self.access, self.spans)
         self.listeners: dict[str, Listener] = {
-            "outbound": Listener(
-                "outbound", build_outbound(self.upstream.send, self.metrics, self.access), self.state, limits
-            ),
-            "inbound": Listener(
-                "inbound", build_inbound(self.upstream.send, self.metrics, self.access), self.state, limits
-            ),
+            "outbound": Listener("outbound", outbound, self.state, limits),
+            "inbound": Listener("inbound", inbound, self.state, limits),
         }
         if self.acceptor is not None:
             self.listeners["inbound"].acceptor = self.acceptor
             self.state.listeners.append(self.acceptor.on_snapshot)
         self.admin = Admin(
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
-            tls_stats=self.acceptor.stats if self.acceptor is not None else None,
+            tls_stats=self.acceptor.stats if self.acceptor is not None else None, spans=self.spans,
         )
         self.admin_listener = Listener(
             "admin", self.admin.handle, limits=ListenerLimits(stream_idle_timeout=args.stream_idle_timeout)
@@ -209,6 +210,8 @@ class Proxy:
             self.xds = XdsClient(args.control, args.node_id, self.state, kind=args.kind,
                                  token=lambda: control_credential(args), admin_port=self.ports["admin"])
             self._tasks.append(asyncio.ensure_future(self.xds.run()))
+            if self.spans is not None:
+                self._tasks.append(asyncio.ensure_future(self.spans.ship(self.xds.post)))
         self._tasks.append(asyncio.ensure_future(self._sweep_upstream()))
         if args.ports_file:
             path = Path(args.ports_file)
@@ -230,6 +233,9 @@ class Proxy:
         if self.static is not None:
             self.static.remove_reload(asyncio.get_running_loop())
         if self.xds is not None:
+            if self.spans is not None:  # what is buffered still reaches the collector
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.spans.flush(self.xds.post), 1.0)
             await self.xds.close()
         await asyncio.gather(
             *(listener.close(self.args.drain_seconds) for listener in self.listeners.values())

@@ -33,9 +33,10 @@ from meshkit.proxy.filters.ratelimit import has_rate_limit, ratelimit
 from meshkit.proxy.filters.retry import retry
 from meshkit.proxy.filters.route import route_step
 from meshkit.proxy.filters.timeout import has_timeout, timeout
-from meshkit.proxy.filters.tracing import tracing
+from meshkit.proxy.filters.tracing import tracing_filter
 from meshkit.proxy.http import Filter, Handler, Request, Response, answered
 from meshkit.proxy.schema import RouteDoc
+from meshkit.proxy.spans import SpanRecorder
 from meshkit.proxy.stats import IstioMetrics
 
 if TYPE_CHECKING:  # types only: the snapshot module imports the filters
@@ -57,9 +58,11 @@ def has_authz_policies(snapshot: object) -> bool:
     return getattr(snapshot, "authz", True) is not None  # no such attribute: let authz refuse (500)
 
 
-def outbound_filters(metrics: IstioMetrics, access: AccessLogSink | None) -> list[Filter]:
+def outbound_filters(
+    metrics: IstioMetrics, access: AccessLogSink | None, spans: SpanRecorder | None = None
+) -> list[Filter]:
     """Outbound, above the route step: runs on every request."""
-    filters: list[Filter] = [tracing]
+    filters: list[Filter] = [tracing_filter(spans, "CLIENT")]
     if access is not None:
         filters.append(access_log(access, "outbound"))
     filters += [outbound_metrics(metrics), local_reply]
@@ -79,9 +82,11 @@ OUTBOUND_ROUTE_FILTERS: tuple[tuple[Filter, Needs[RouteDoc]], ...] = (
 )
 
 
-def inbound_filters(metrics: IstioMetrics, access: AccessLogSink | None) -> list[Filter]:
+def inbound_filters(
+    metrics: IstioMetrics, access: AccessLogSink | None, spans: SpanRecorder | None = None
+) -> list[Filter]:
     """Inbound, above the policy fork: runs on every request."""
-    filters: list[Filter] = [tracing]
+    filters: list[Filter] = [tracing_filter(spans, "SERVER")]
     if access is not None:
         filters.append(access_log(access, "inbound"))
     filters += [inbound_metrics(metrics), local_reply]
@@ -105,9 +110,13 @@ def inbound_policy_chains(terminal: Handler) -> ScopedChains[Snapshot]:
     return ScopedChains(INBOUND_POLICY_FILTERS, terminal)
 
 
-def build_outbound(terminal: Handler, metrics: IstioMetrics, access: AccessLogSink | None) -> Handler:
-    return build_chain(outbound_filters(metrics, access), route_step(outbound_route_chains(terminal)))
+def build_outbound(
+    terminal: Handler, metrics: IstioMetrics, access: AccessLogSink | None, spans: SpanRecorder | None = None
+) -> Handler:
+    return build_chain(outbound_filters(metrics, access, spans), route_step(outbound_route_chains(terminal)))
 
 
-def build_inbound(terminal: Handler, metrics: IstioMetrics, access: AccessLogSink | None) -> Handler:
-    return build_chain(inbound_filters(metrics, access), per_snapshot(inbound_policy_chains(terminal)))
+def build_inbound(
+    terminal: Handler, metrics: IstioMetrics, access: AccessLogSink | None, spans: SpanRecorder | None = None
+) -> Handler:
+    return build_chain(inbound_filters(metrics, access, spans), per_snapshot(inbound_policy_chains(terminal)))

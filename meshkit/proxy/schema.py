@@ -254,6 +254,13 @@ class MeshDoc(TypedDict, total=False):
     stream_idle_timeout_ms: int
 
 
+class TracingDoc(TypedDict, total=False):
+    """Tracing (mesh config's defaultConfig.tracing.sampling, then Telemetry resources)."""
+
+    sampling: float
+    report: bool
+
+
 class SnapshotDoc(TypedDict):
     schema: int
     version: str
@@ -264,3 +271,4 @@ class SnapshotDoc(TypedDict):
     inbound: NotRequired[InboundDoc | None]
     trust: NotRequired[TrustDoc | None]
     mesh: NotRequired[MeshDoc | None]
+    tracing: NotRequired[TracingDoc | None]

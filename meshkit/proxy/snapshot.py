@@ -20,6 +20,7 @@ from meshkit.proxy.filters.mirror import check_mirror
 from meshkit.proxy.filters.ratelimit import TokenBucket
 from meshkit.proxy.filters.retry import check_retries
 from meshkit.proxy.filters.timeout import check_timeout
+from meshkit.proxy.filters.tracing import DEFAULT_SAMPLING
 from meshkit.proxy.paths import DEFAULT_MODE as DEFAULT_PATH_MODE
 from meshkit.proxy.paths import check_mode as check_path_mode
 from meshkit.proxy.routing import RouteTable
@@ -94,6 +95,8 @@ class Snapshot:
         "server_name",
         "source_headers",
         "stream_idle_timeout",
+        "trace_report",
+        "trace_sampling",
         "upstream_tls",
         "version",
     )
@@ -116,6 +119,8 @@ class Snapshot:
         self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
         self.stream_idle_timeout: float | None = None  # seconds; None: the listener's own limit
         self.server_name: str | None = None  # the ``server`` header this proxy sets on responses
+        self.trace_sampling = DEFAULT_SAMPLING  # percent of new traces sampled (tracing.sampling)
+        self.trace_report = True  # record spans of sampled requests (Telemetry disableSpanReporting: False)
 
     @classmethod
     def from_json(cls, doc: Any, previous: Snapshot | None = None) -> Snapshot:
@@ -154,6 +159,11 @@ class Snapshot:
         # Istio's gateways answer with Envoy's server_name "istio-envoy" (HCM server_header
         # OVERWRITE); sidecars pass the app's own ``server`` header through.
         snap.server_name = GATEWAY_SERVER_NAME if snap.node.get("kind") == "gateway" else None
+        snap.trace_sampling = cls._sampling(doc.get("tracing"))
+        report = (doc.get("tracing") or {}).get("report", True)
+        if not isinstance(report, bool):
+            raise SnapshotError(f"tracing.report: expected true or false, got {report!r}")
+        snap.trace_report = report
         labels = NodeLabels(snap.node)
         snap.node_labels = labels
         if labels.service:
@@ -178,6 +188,20 @@ class Snapshot:
         if idle is not None and (not isinstance(idle, int) or isinstance(idle, bool) or idle <= 0):
             raise SnapshotError(f"mesh.stream_idle_timeout_ms: expected a positive integer, got {idle!r}")
         return mode, None if idle is None else idle / 1000.0
+
+    @staticmethod
+    def _sampling(tracing: Any) -> float:
+        """``tracing: {"sampling": PERCENT, "report": BOOL}`` (absent or null: Istio's default of 1%)."""
+        if tracing is None:
+            return DEFAULT_SAMPLING
+        if not isinstance(tracing, dict):
+            raise SnapshotError(f"tracing: expected an object or null, got {tracing!r}")
+        value = tracing.get("sampling", DEFAULT_SAMPLING)
+        if value is None:
+            return DEFAULT_SAMPLING
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 100.0:
+            raise SnapshotError(f"tracing.sampling: expected a percentage from 0 to 100, got {value!r}")
+        return float(value)
 
     @staticmethod
     def _node(node: Any) -> dict[str, Any]:

@@ -271,27 +271,39 @@ class XdsClient:
         self._ack_tasks.add(task)
         task.add_done_callback(self._ack_tasks.discard)
 
+    async def post(self, path: str, body: bytes) -> int:
+        """POST a JSON ``body`` to ``path`` of the control plane; its status (raises OSError/TimeoutError).
+
+        The one way the sidecar sends to the control plane (ACKs, spans): connection, host and the
+        bootstrap token are set here for all of them.
+        """
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+        try:
+            writer.write(
+                f"POST {self.base_path}{path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+                f"{self._auth_header()}"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                f"connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 5.0)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        fields = status_line.split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            return int(fields[1])
+        log.warning("control plane answered %r to POST %s", status_line, path)
+        return 0
+
     async def _send_ack(self, ack: Ack) -> None:
         body = json.dumps(ack).encode()
-        path = f"{self.base_path}/api/v1/xds/ack"
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
-            try:
-                writer.write(
-                    f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n{self._auth_header()}"
-                    f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-                    f"connection: close\r\n\r\n".encode()
-                    + body
-                )
-                await writer.drain()
-                status_line = await asyncio.wait_for(reader.readline(), 5.0)
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-            fields = status_line.split()
-            if len(fields) < 2 or not fields[1].startswith(b"2"):
-                log.warning("control plane refused %s for %s: %r", ack["status"], ack["version"], status_line)
+            status = await self.post("/api/v1/xds/ack", body)
+            if not 200 <= status < 300:
+                log.warning("control plane refused %s for %s: %s", ack["status"], ack["version"], status)
         except (OSError, TimeoutError) as exc:
             log.warning("could not send %s for %s: %s", ack["status"], ack["version"], exc)
 

@@ -55,9 +55,11 @@ def test_top_level_shape_node_and_trust() -> None:
         "inbound",
         "trust",
         "mesh",
+        "tracing",
     ]
     assert snapshot["mesh"] == {"path_normalization": "BASE"}  # Istio's meshConfig default
     assert snapshot["schema"] == 1 and snapshot["revision"] == 7
+    assert snapshot["tracing"] == {"sampling": 1.0, "report": True}  # Istio's default: 1%
     assert snapshot["node"] == {
         "id": "reviews-v2-0.default",
         "workload": "reviews-v2",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from meshkit.cli.mesh_verbs import _top_lines
 from meshkit.control.telemetry import TelemetryStore
 from meshkit.proxy.stats import IstioMetrics
 from tests.control.test_telemetry import _record
@@ -26,3 +29,37 @@ def test_graph_edge_gets_the_padlock_from_the_destination_report() -> None:
 
 def test_graph_edge_has_no_padlock_when_the_callee_saw_plaintext() -> None:
     assert _graph("none") == {("productpage-v1", "reviews-v1"): False}
+
+
+
+def _top_answer(security: str) -> dict[str, Any]:
+    """The telemetry query `meshkit top` prints: one caller-side row per edge."""
+    caller, callee = IstioMetrics(), IstioMetrics()
+    store = TelemetryStore()
+    store.add("productpage", 0.0, caller.render())
+    store.add("reviews", 0.0, callee.render())
+    _record(caller, 10, 5.0, src="productpage-v1", dst_version="v1", code="200")  # source: "unknown"
+    _record(callee, 10, 5.0, src="productpage-v1", dst_version="v1", code="200", reporter="destination",
+            security=security)
+    store.add("productpage", 5.0, caller.render())
+    store.add("reviews", 5.0, callee.render())
+    return store.query(window=5.0, now=5.0)
+
+
+def _mtls_column(answer: dict[str, Any]) -> list[str]:
+    header, *rows = _top_lines(answer)
+    column = header.index("mTLS")  # columns are left-aligned: a cell starts where its heading does
+    return [row[column:].split()[0] for row in rows]
+
+
+def test_top_under_strict_says_mtls_yes_from_the_receiving_side() -> None:
+    answer = _top_answer("mutual_tls")
+    assert [(e["reporter"], e["source_workload"], e["mtls"]) for e in answer["edges"]] == [
+        ("source", "productpage-v1", True)]
+    assert _mtls_column(answer) == ["yes"]
+
+
+def test_top_under_plaintext_says_mtls_no() -> None:
+    answer = _top_answer("none")
+    assert [e["mtls"] for e in answer["edges"]] == [False]
+    assert _mtls_column(answer) == ["no"]
