@@ -127,6 +127,8 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0951", E, "kubernetes", "a verb that has no meaning when the cluster holds the config "
          "(rollback, expect_revision)"),
     Code("MK0960", E, "telemetry", "invalid telemetry query (window, workload, metric)"),
+    Code("MK0961", E, "traces", "invalid span batch or trace query (service, min duration, limit)"),
+    Code("MK0962", E, "traces", "invalid explain request (request id, or host/header/path of a dry run)"),
     Code("MK0970", E, "auth", "no or unknown token: every control-plane call needs the admin token or a "
          "proxy's bootstrap token (401)"),
     Code("MK0971", E, "auth", "the token is valid but may not make this call (a proxy reading another "
@@ -147,7 +149,7 @@ MK0111, MK0112, MK0113, MK0114, MK0115, MK0116, MK0117, MK0118, MK0119 = (
     "MK0111", "MK0112", "MK0113", "MK0114", "MK0115", "MK0116", "MK0117", "MK0118", "MK0119")
 MK0901, MK0902, MK0903, MK0904, MK0905, MK0906 = ("MK0901", "MK0902", "MK0903", "MK0904", "MK0905", "MK0906")
 MK0910, MK0911, MK0920, MK0921, MK0930, MK0940 = ("MK0910", "MK0911", "MK0920", "MK0921", "MK0930", "MK0940")
-MK0950, MK0951, MK0960 = ("MK0950", "MK0951", "MK0960")
+MK0950, MK0951, MK0960, MK0961, MK0962 = ("MK0950", "MK0951", "MK0960", "MK0961", "MK0962")
 MK0970, MK0971, MK0972, MK0973 = ("MK0970", "MK0971", "MK0972", "MK0973")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshkit.config import codes
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import Node
 from meshkit.control.dry_run import route_dry_run
@@ -20,7 +21,7 @@ from meshkit.control.registry import ServiceRegistry
 from meshkit.control.store import ConfigStore
 
 API = "/api/v1/explain/route"
-CODE_BAD_QUERY = "MK0922"
+CODE_BAD_QUERY = codes.MK0962
 PARTS = web.AppKey("explain_parts", tuple)
 
 

@@ -19,12 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
+from meshkit.config import codes
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.control.explain import explain
 from meshkit.control.traces import TraceStore, otlp_json, zipkin_json
 
 API = "/api/v1/traces"
-CODE_BAD_QUERY = "MK0921"
+CODE_BAD_QUERY = codes.MK0961
 STORE = web.AppKey("trace_store", TraceStore)
 MAX_LIMIT = 500
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}

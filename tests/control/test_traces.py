@@ -159,7 +159,7 @@ async def test_api_takes_spans_answers_queries_and_exports(control_plane: Runnin
     url = control_plane.url + API
     async with session.post(f"{url}/spans", json=three_hop_trace(1) + three_hop_trace(2, slow_ms=300)) as r:
         assert r.status == 202 and (await r.json())["stored"] == 8
-    async with session.post(f"{url}/spans", data=b"[{") as r:
+    async with session.post(f"{url}/spans", data=b"[{", headers={"Content-Type": "application/json"}) as r:
         assert r.status == 400
     async with session.get(url, params={"min_duration": "250ms"}) as r:
         answer = await r.json()

@@ -137,7 +137,8 @@ async def test_buffer_is_bounded_and_shipping_reaches_the_collector(tmp_path: Pa
     assert (recorder.dropped, recorder.batches_failed, recorder.pending()) == (19, 1, 6)
     async with await run_control_plane(port=0, state_dir=tmp_path / "control", record_address=False,
                                        with_ca=False) as control:
-        client = XdsClient(control.url, "ratings-v1-0.default", ConfigState())
+        token = control.control_plane.admin_token  # any credential of the control plane: here, the admin's
+        client = XdsClient(control.url, "ratings-v1-0.default", ConfigState(), token=lambda: token)
         await recorder.flush(client.post)
         assert (recorder.shipped, recorder.pending()) == (6, 0)
         store = control.control_plane.traces
