@@ -190,19 +190,24 @@ def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
 def _load(files: list[str]) -> list[dict[str, Any]]:
     """Resources of every file (``-`` = stdin) as Istio dicts; loader errors are printed and exit 1."""
     from meshkit.config.loader import load_files, load_resources  # noqa: PLC0415
-    from meshkit.config.messages import ConfigError  # noqa: PLC0415
+    from meshkit.config.messages import ConfigError, Message  # noqa: PLC0415
 
     resources = []
+    ignored: list[Message] = []  # Kubernetes kinds the local mesh does not model: a warning each
     try:
         for name in files:
             if name == "-":
-                resources.extend(load_resources(sys.stdin.read(), origin="<stdin>"))
+                resources.extend(load_resources(sys.stdin.read(), origin="<stdin>", warnings=ignored))
             elif not Path(name).exists():
                 _fail(EXIT_REJECTED, f"error: {name}: no such file or directory")
             else:
-                resources.extend(load_files([name]))
+                resources.extend(load_files([name], warnings=ignored))
     except ConfigError as error:
         _fail(EXIT_REJECTED, "error: the input is not valid", [m.to_dict() for m in error.messages])
+    printer = Printer() if ignored else None
+    for message in ignored:
+        if printer is not None:
+            printer.message(message.to_dict(), to_stderr=True)
     return [resource.to_dict() for resource in resources]
 
 

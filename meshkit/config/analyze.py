@@ -15,6 +15,7 @@ MK0108 W subset selects no endpoint             MK0117 E authorization condition
 MK0109 E DestinationRule tls DISABLE vs PeerAuthentication STRICT
 MK0118 W destination port is not the service's port (meshkit services have one port)
 MK0119 W JWT-based authorization (requestPrincipals, request.auth.*) never matches in meshkit
+MK03xx (Kubernetes workloads) and MK04xx (Gateways): see `analyze_front_door`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
+from meshkit.config.analyze_front_door import check_front_door, with_config_services
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
 from meshkit.config.registry import Endpoint, RegistryView
@@ -52,6 +54,7 @@ Finding = tuple[str, Severity, str, str]  # code, severity, field, text
 
 def analyze(resources: Sequence[Resource], registry: RegistryView | None = None) -> list[Message]:
     """Every finding about ``resources`` (and, when given, how they fit the ``registry``)."""
+    registry = with_config_services(registry, resources)
     virtual_services = of_kind(resources, VirtualService)
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
@@ -75,6 +78,7 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
         report(rule, _check_destination_rule(rule, registry, peer_authentications))
     for policy in of_kind(resources, AuthorizationPolicy):
         report(policy, _check_authorization_policy(policy))
+    messages.extend(check_front_door(resources, registry))  # Kubernetes workloads, Gateways: MK03xx, MK04xx
     return sorted(messages, key=lambda m: (m.resource, m.field, m.code))
 
 

@@ -9,7 +9,12 @@ not just the first), each naming the resource and the field path.
 Loader message codes (stable; docs/config-reference.md):
 MK0001 YAML/JSON syntax, MK0002 malformed document, MK0003 apiVersion/kind not accepted,
 MK0004 field not supported by meshkit, MK0005 unknown field, MK0006 required field missing,
-MK0007 invalid value.
+MK0007 invalid value, MK0008 (warning) a Kubernetes kind the local mesh does not model (ConfigMap,
+HorizontalPodAutoscaler...) was ignored.
+
+Those ignored kinds are never a reason to refuse a file: each is left out of the result with an
+MK0008 warning, appended to the ``warnings`` list the caller passes (the CLI prints them, the
+control plane returns them with the apply's result).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from meshkit.config.kinds import RESOURCE_KINDS, UNSUPPORTED_ISTIO_KINDS
+from meshkit.config.kinds import IGNORED_KUBERNETES_KINDS, RESOURCE_KINDS, UNSUPPORTED_ISTIO_KINDS
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import IstioModel, Resource
 
@@ -34,6 +39,7 @@ CODE_UNSUPPORTED = "MK0004"
 CODE_UNKNOWN = "MK0005"
 CODE_MISSING = "MK0006"
 CODE_INVALID = "MK0007"
+CODE_IGNORED = "MK0008"
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's safe loader when built in (about 10x faster), the pure-Python one otherwise
@@ -60,14 +66,23 @@ class _SafeLoader(_BASE_LOADER):  # type: ignore[valid-type,misc]
 
 
 def load_resources(
-    source: str | bytes | dict[str, Any] | list[dict[str, Any]], *, origin: str = "<input>"
+    source: str | bytes | dict[str, Any] | list[dict[str, Any]], *, origin: str = "<input>",
+    warnings: list[Message] | None = None,
 ) -> list[Resource]:
-    """Parse and validate ``source``; raise `ConfigError` listing every problem found."""
+    """Parse and validate ``source``; raise `ConfigError` listing every problem found.
+
+    Documents of an ignored Kubernetes kind are left out; their MK0008 warnings go to ``warnings``.
+    """
     documents = _documents(source, origin)
     resources: list[Resource] = []
     messages: list[Message] = []
     for number, document in documents:
-        resource, problems = _load_document(document, f"{origin} document {number}")
+        where = f"{origin} document {number}"
+        if isinstance(document, dict) and document.get("kind") in IGNORED_KUBERNETES_KINDS:
+            if warnings is not None:
+                warnings.append(_ignored(document, where))
+            continue
+        resource, problems = _load_document(document, where)
         messages.extend(problems)
         if resource is not None:
             resources.append(resource)
@@ -76,7 +91,14 @@ def load_resources(
     return resources
 
 
-def load_files(paths: Iterable[str | Path]) -> list[Resource]:
+def _ignored(document: dict[str, Any], where: str) -> Message:
+    kind = document["kind"]
+    text = (f"kind {kind} is not modelled by the local mesh: ignored (nothing applied for it); "
+            "the rest of the input is applied")
+    return Message(CODE_IGNORED, Severity.WARNING, _label(document, where), "kind", text)
+
+
+def load_files(paths: Iterable[str | Path], warnings: list[Message] | None = None) -> list[Resource]:
     """Load files; a directory contributes its *.yaml, *.yml and *.json files (sorted, not recursive).
 
     Messages about a named resource are prefixed with the file (``"vs.yaml: VirtualService/default/x"``).
@@ -91,7 +113,7 @@ def load_files(paths: Iterable[str | Path]) -> list[Resource]:
             messages.append(Message(CODE_MALFORMED, Severity.ERROR, str(path), "", text))
             continue
         try:
-            resources.extend(load_resources(text, origin=str(path)))
+            resources.extend(load_resources(text, origin=str(path), warnings=warnings))
         except ConfigError as error:
             for message in error.messages:
                 where = message.resource

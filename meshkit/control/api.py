@@ -127,14 +127,18 @@ async def _json_body(request: web.Request) -> Any:
         raise _bad_request(f"body is not valid JSON: {error}") from None
 
 
-async def _resources_body(request: web.Request, *, required: bool = True) -> list[Resource]:
+async def _resources_body(request: web.Request, *, required: bool = True,
+                          warnings: list[Message] | None = None) -> list[Resource]:
     raw = await request.read()
     if not raw.strip():
         if required:
             raise _bad_request("request body is empty: send YAML or JSON resources", resource="request body")
         return []
-    resources = load_resources(raw, origin="request body")
-    if required and not resources:
+    ignored: list[Message] = []  # Kubernetes kinds the mesh does not model (ConfigMap, HPA...)
+    resources = load_resources(raw, origin="request body", warnings=ignored)
+    if warnings is not None:
+        warnings.extend(ignored)
+    if required and not resources and not ignored:
         raise _bad_request("request body holds no resources (only empty documents)", resource="request body")
     return resources
 
@@ -161,8 +165,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def apply(request: web.Request) -> web.Response:
     c = _components(request)
     expected = _int_query(request, "expect_revision")
-    resources = await _resources_body(request)
+    ignored: list[Message] = []
+    resources = await _resources_body(request, warnings=ignored)
     result = c.store.apply(resources, c.registry.view(), expected_revision=expected)
+    result.warnings[:0] = ignored
     return web.json_response(result.to_dict())
 
 
