@@ -22,6 +22,7 @@ It must not start processes any other way than through `Launcher`, nor touch cat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError
 from meshkit.config.resources import Resource
 from meshkit.config.workloads import WORKLOAD_KINDS, WorkloadPlan, plan_workloads
-from meshkit.control.client import ApiError, ControlClient
+from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.runtime import catalog
 from meshkit.runtime.catalog import WorkloadSpec
 from meshkit.runtime.launch import Launcher, MeshError, Progress, quiet
@@ -105,6 +106,7 @@ def deploy(state: StateDir, rec: MeshRecord, new_sets: Sequence[str], replicas: 
     documents = [doc for name in new_sets
                  for doc in catalog.with_replicas(catalog.default_config(name), replicas)]
     named = {(doc.get("metadata") or {}).get("name") for doc in documents if doc.get("kind") == "Deployment"}
+    previous: list[dict[str, Any]] = []  # the Deployments as they were, put back if the instances fail
     for workload, count in replicas.items():
         if workload in named:
             continue
@@ -113,6 +115,7 @@ def deploy(state: StateDir, rec: MeshRecord, new_sets: Sequence[str], replicas: 
         except ApiError as error:
             raise MeshError(f"scale {workload}: no Deployment {NAMESPACE}/{workload} in the mesh's config "
                             f"({error.error})") from None
+        previous.append(stored)
         documents.extend(catalog.with_replicas([stored], {workload: count}))
     if documents:
         try:
@@ -121,7 +124,13 @@ def deploy(state: StateDir, rec: MeshRecord, new_sets: Sequence[str], replicas: 
             details = "; ".join(m.get("message", "") for m in error.messages) or error.error
             raise MeshError(f"the control plane refused the manifests: {details}") from None
     rec.apps = list(dict.fromkeys([*rec.apps, *new_sets]))
-    reconcile(state, rec, progress=progress, timeout=timeout)
+    try:
+        reconcile(state, rec, progress=progress, timeout=timeout)
+    except BaseException:
+        if previous:  # a scale that could not start its instances leaves the Deployment as it was
+            with contextlib.suppress(ApiError, ControlUnreachable):
+                client.apply(previous)
+        raise
 
 
 def reconcile(state: StateDir, rec: MeshRecord, *, progress: Progress = quiet,

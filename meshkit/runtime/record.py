@@ -86,7 +86,7 @@ class MeshRecord:
         known = {spec.workload for name in sets for spec in catalog.APP_SETS.get(name, ())}
         listed = catalog.resolve(sets, {w: n for w, n in self.replicas.items() if w in known})
         taken = {spec.workload for spec in listed}
-        return listed + [spec for spec in self.manifests if spec.workload not in taken]
+        return [spec for spec in self.manifests if spec.workload not in taken] + listed
 
     def instance_names(self) -> list[str]:
         return [name for spec in self.specs() for name in spec.instances()]
