@@ -86,7 +86,8 @@ class MeshRecord:
         known = {spec.workload for name in sets for spec in catalog.APP_SETS.get(name, ())}
         listed = catalog.resolve(sets, {w: n for w, n in self.replicas.items() if w in known})
         taken = {spec.workload for spec in listed}
-        return [spec for spec in self.manifests if spec.workload not in taken] + listed
+        manifests = sorted((s for s in self.manifests if s.workload not in taken), key=_listing_order)
+        return manifests + listed
 
     def instance_names(self) -> list[str]:
         return [name for spec in self.specs() for name in spec.instances()]
@@ -143,6 +144,16 @@ class MeshRecord:
             replicas = {w: n for w, n in replicas.items() if w not in {s.workload for s in manifests}}
         return cls(data["base_port"], apps, replicas, procs, str(data.get("cert_ttl", DEFAULT_CERT_TTL)),
                    bool(data.get("ready", True)), slots, credentials, manifests)
+
+
+_CATALOG_ORDER = {spec.workload: index for index, spec in enumerate(s for set_ in catalog.APP_SETS.values()
+                                                                   for s in set_)}
+
+
+def _listing_order(spec: WorkloadSpec) -> tuple[int, str]:
+    """Manifest workloads in the catalog's order where it names them (productpage first, as `up` always
+    listed Bookinfo), then by name."""
+    return (_CATALOG_ORDER.get(spec.workload, len(_CATALOG_ORDER)), spec.workload)
 
 
 def legacy_manifests(apps: list[str], replicas: dict[str, int]) -> list[WorkloadSpec]:
