@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from meshkit.runtime.local import LocalMesh
 
 WORKLOAD_KIND_NAMES = ("Namespace", "Service", "ServiceAccount", "Deployment")
+OptionalNamespace = Annotated[str | None, typer.Option(
+    "-n", "--namespace",
+    help="Namespace for objects that name none; one naming another is an error (kubectl).")]
 
 # -- verbs ------------------------------------------------------------------------------------------
 
@@ -102,7 +105,8 @@ def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: 
 
 
 @app.command()
-def apply(files: FilesOption = None, control: ControlOption = None) -> None:
+def apply(files: FilesOption = None, namespace: OptionalNamespace = None,
+          control: ControlOption = None) -> None:
     """Create or update resources from files (all files are applied as ONE atomic change).
 
     Istio kinds and the Kubernetes objects of Istio's samples (Namespace, Service, ServiceAccount,
@@ -110,7 +114,7 @@ def apply(files: FilesOption = None, control: ControlOption = None) -> None:
     """
     if not files:
         _fail(EXIT_UNAVAILABLE, "error: give at least one -f FILE|DIR|-")
-    documents = _load(files)
+    documents = _load(files, namespace)
     if not documents:
         _fail(EXIT_REJECTED, "error: no resources found in the input")
     mesh = _local_workloads(control, documents)
@@ -256,15 +260,17 @@ def delete(
     kind: Annotated[str | None, typer.Argument(help="Kind (vs, dr, pa, ap or the full names).")] = None,
     name: Annotated[str | None, typer.Argument(help="Name of the resource.")] = None,
     files: FilesOption = None,
-    namespace: NamespaceOption = "default",
+    namespace: OptionalNamespace = None,
     control: ControlOption = None,
 ) -> None:
     """Delete resources named in files (-f), or one resource by KIND NAME. All or nothing."""
+    namespace_given = namespace is not None
+    namespace = namespace or "default"
     client = _client(control)
     if files:
         if kind or name:
             _fail(EXIT_UNAVAILABLE, "error: give either -f FILE or KIND NAME, not both")
-        result = _call(client.delete_documents, _load(files))
+        result = _call(client.delete_documents, _load(files, namespace if namespace_given else None))
     elif kind and name:
         result = _call(client.delete, kind, name, namespace)  # the control plane resolves the kind
     else:

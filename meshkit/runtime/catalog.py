@@ -78,7 +78,10 @@ CLIENTS: tuple[WorkloadSpec, ...] = (
     WorkloadSpec("legacy", "v1", "legacy", 80, "legacy", sidecar=False),
 )
 
-APP_SETS: dict[str, tuple[WorkloadSpec, ...]] = {"bookinfo": BOOKINFO, "httpbin": HTTPBIN, "clients": CLIENTS}
+# "none": the mesh alone (control plane and ingress gateway), as after `istioctl install`; apps come later
+# from manifests (`meshkit apply -f samples/bookinfo/platform/kube/bookinfo.yaml`).
+APP_SETS: dict[str, tuple[WorkloadSpec, ...]] = {"bookinfo": BOOKINFO, "httpbin": HTTPBIN, "clients": CLIENTS,
+                                                 "none": ()}
 
 # App sets whose workloads are Kubernetes manifests (defaults/<set>/: Istio's own sample files, verbatim):
 # `up`/`deploy` apply them and the runtime runs what their Deployments say, exactly as for a learner's
