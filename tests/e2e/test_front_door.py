@@ -149,7 +149,8 @@ def test_bad_input_gets_a_named_error_and_changes_nothing(mesh: RunningMesh, tmp
 def test_a_mixed_file_is_one_change_whose_bad_subset_is_reported(mesh: RunningMesh,
                                                                   tmp_path: Path) -> None:
     route = ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: httpbin}\n"
-             "spec:\n  hosts: [httpbin]\n  http:\n  - route:\n    - destination: {host: httpbin, subset: v9}\n")
+             "spec:\n  hosts: [httpbin]\n  http:\n  - route:\n"
+             "    - destination: {host: httpbin, subset: v9}\n")
     parts = [(SAMPLES / "httpbin.yaml").read_text(), (SAMPLES / "sleep.yaml").read_text(),
              "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {level: debug}\n", route]
     mixed = written(tmp_path, "mixed.yaml", "\n---\n".join(parts))
