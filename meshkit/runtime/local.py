@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from meshkit.control.ca import CaError, parse_ttl
+from meshkit.control.client import ControlClient
 from meshkit.runtime import catalog, manifests, rollout
 from meshkit.runtime.launch import (
     INGRESS_ID,
@@ -225,6 +226,7 @@ class LocalMesh:
 
         progress("registering services and endpoints", 1, steps)
         launcher.apply_defaults(client, rec.apps, {s.workload: s.replicas for s in rec.manifests})
+        instances = self._persisted_workloads(launcher, client, tokens)
         launcher.register(client, instances)
 
         progress(f"starting {len(instances)} workloads with their sidecars and the ingress gateway", 2, steps)
@@ -236,6 +238,29 @@ class LocalMesh:
         progress("waiting for every app to answer and every proxy to ACK", 3, steps)
         launcher.wait_ready(client, instances, deadline, ingress=True)
         progress("mesh ready", steps, steps)
+
+    @staticmethod
+    def _persisted_workloads(launcher: Launcher, client: ControlClient,
+                             tokens: dict[str, str]) -> list[Instance]:
+        """The instances to start: the store persists across `down`/`up`, so the Deployments a learner
+        applied before run again (as after a cluster restart), beside the app sets' own."""
+        rec = launcher.rec
+        stored = manifests.specs_of(manifests.stored_resources(client))
+        if stored != rec.manifests:
+            rec.manifests = stored
+            rec.assign_slots()
+            instances = rec.instances()
+            ports = [p for i in instances
+                     for p in (i.ports.admin, i.ports.outbound, i.ports.inbound, i.ports.app)]
+            busy = busy_ports(ports)
+            if busy:
+                raise MeshError(f"ports {', '.join(map(str, busy[:8]))} on 127.0.0.1 are in use, needed by "
+                                "the Deployments in the mesh's config; stop what uses them or choose another "
+                                f"MESHKIT_PORT_BASE (now {rec.base_port})")
+            launcher.save()
+            missing = {identity(i.spec) for i in instances if i.spec.sidecar} - set(tokens)
+            tokens.update(launcher.issue_tokens(missing, revoke_earlier=False))
+        return rec.instances()
 
     def _heal(self, rec: MeshRecord, progress: Progress, timeout: float) -> bool:
         """Restart the dead instances of a mesh whose `up` finished and whose control plane runs."""

@@ -190,3 +190,15 @@ def test_deleting_bookinfo_yaml_stops_its_pods(mesh: RunningMesh) -> None:
     assert code == 0 and "No resources found in default namespace." in err
     code, out, _ = run(mesh, "get", "pods", "-n", "istio-system")
     assert "istio-ingressgateway-0" in out and "1/1" in out
+
+
+def test_up_again_runs_the_deployments_the_store_kept(mesh: RunningMesh) -> None:
+    code, out, err = run(mesh, "apply", "-f", str(SAMPLES / "sleep.yaml"))
+    assert code == 0 and "pod/sleep-0 started" in out, err
+    mesh.mesh.down()
+    status = mesh.mesh.up(["none"], base_port=mesh.base, timeout=60.0)
+    assert [w["name"] for w in status["workloads"]] == ["sleep-0"]  # the config persists, as a cluster's
+    code, out, _ = run(mesh, "get", "pods")
+    assert any(line.split()[:3] == ["sleep-0", "2/2", "Running"] for line in out.splitlines())
+    code, out, err = run(mesh, "curl", "--from", "sleep-0", "http://sleep:80/healthz")
+    assert code == 0, err
