@@ -130,7 +130,7 @@ def _local_workloads(control: str | None, documents: list[dict[str, Any]]) -> Lo
     (their Deployments must then run); None otherwise. Refuses what the local mesh cannot run."""
     from meshkit.runtime.launch import MeshError  # noqa: PLC0415
     from meshkit.runtime.local import LocalMesh  # noqa: PLC0415
-    from meshkit.runtime.manifests import check_namespaces, touches_workloads  # noqa: PLC0415
+    from meshkit.runtime.manifests import check_local, touches_workloads  # noqa: PLC0415
 
     if _cluster_target() is not None or not touches_workloads(documents):
         return None
@@ -139,7 +139,7 @@ def _local_workloads(control: str | None, documents: list[dict[str, Any]]) -> Lo
     if rec is None or not rec.ready or mesh.control_url(rec) != _control_url(control):
         return None
     try:
-        check_namespaces(documents)
+        check_local(documents)
     except MeshError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     return mesh

@@ -27,7 +27,7 @@ from meshkit.runtime.curl import CurlError, CurlResult
 from meshkit.runtime.curl import curl as send_curl
 from meshkit.runtime.load import LoadGenerator, parse_users
 from meshkit.runtime.local import LocalMesh, MeshError
-from meshkit.runtime.manifests import check_namespaces, touches_workloads
+from meshkit.runtime.manifests import check_local, touches_workloads
 from meshkit.runtime.state import StateDir
 
 Applyable = Any  # YAML text, a dict / Rule, a config model with to_dict(), or a list of those
@@ -185,7 +185,7 @@ class Mesh:
         documents = _documents(rules)
         if self.local is not None and touches_workloads(documents):
             try:
-                check_namespaces(documents)
+                check_local(documents)
             except MeshError as exc:
                 raise LabError(str(exc)) from None
         result = ApplyResult(self._call("apply", "apply", documents))

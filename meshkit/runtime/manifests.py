@@ -59,15 +59,25 @@ def touches_workloads(documents: Sequence[Mapping[str, Any]]) -> bool:
     return any(doc.get("kind") in WORKLOAD_KIND_NAMES for doc in documents)
 
 
-def check_namespaces(documents: Sequence[Mapping[str, Any]]) -> None:
-    """The local mesh runs workloads in namespace ``default`` only (for now): MeshError naming the object."""
+MAX_REPLICAS = 10  # as `meshkit scale`: every instance is two processes on a laptop
+
+
+def check_local(documents: Sequence[Mapping[str, Any]]) -> None:
+    """What the local mesh cannot run, before anything is applied: workloads outside namespace ``default``
+    (for now) and more than ``MAX_REPLICAS`` replicas. MeshError naming the object and field."""
     for doc in documents:
-        if doc.get("kind") in WORKLOAD_KIND_NAMES - {"Namespace"}:
-            meta = doc.get("metadata") or {}
-            namespace = meta.get("namespace") or NAMESPACE
-            if namespace != NAMESPACE:
-                raise MeshError(f"{doc['kind']}/{namespace}/{meta.get('name')} metadata.namespace: the local "
-                                f"mesh runs workloads in namespace {NAMESPACE} only; nothing was applied")
+        if doc.get("kind") not in WORKLOAD_KIND_NAMES - {"Namespace"}:
+            continue
+        meta = doc.get("metadata") or {}
+        namespace = meta.get("namespace") or NAMESPACE
+        ref = f"{doc['kind']}/{namespace}/{meta.get('name')}"
+        if namespace != NAMESPACE:
+            raise MeshError(f"{ref} metadata.namespace: the local mesh runs workloads in namespace "
+                            f"{NAMESPACE} only; nothing was applied")
+        replicas = (doc.get("spec") or {}).get("replicas", 1) if doc.get("kind") == "Deployment" else 0
+        if isinstance(replicas, int) and replicas > MAX_REPLICAS:
+            raise MeshError(f"{ref} spec.replicas: {replicas} is more than the local mesh runs "
+                            f"({MAX_REPLICAS} at most); nothing was applied")
 
 
 def default_specs(app_sets: Sequence[str], replicas: Mapping[str, int]) -> list[WorkloadSpec]:

@@ -138,6 +138,9 @@ def test_bad_input_gets_a_named_error_and_changes_nothing(mesh: RunningMesh, tmp
     code, _, err = run(mesh, "apply", "-n", "bar", "-f", elsewhere)
     assert code == 1 and "does not match the namespace" in err and "--namespace=foo" in err
     assert "ServiceAccount/foo/sleep metadata.namespace" in err
+    many = written(tmp_path, "many.yaml", text.replace("replicas: 1", "replicas: 50", 1))
+    code, _, err = run(mesh, "apply", "-f", many)
+    assert code == 1 and "Deployment/default/details-v1 spec.replicas: 50 is more than" in err
     assert mesh.client.history()["revision"] == revision
     record = mesh.mesh.record()
     assert record is not None and mesh.pids() == before
