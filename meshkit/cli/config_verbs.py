@@ -159,6 +159,25 @@ def _reconcile(mesh: LocalMesh | None) -> None:
         printer.line(f"pod/{change}")
 
 
+create_app = typer.Typer(help="Create an object from the command line, like kubectl create.",
+                         no_args_is_help=True)
+app.add_typer(create_app, name="create")
+
+
+@create_app.command("namespace")
+def create_namespace(
+    name: Annotated[str, typer.Argument(help="The namespace's name.")],
+    control: ControlOption = None,
+) -> None:
+    """Create a Namespace (label it `istio-injection=disabled` in a YAML file to keep sidecars out)."""
+    doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    existing = _call(_client(control).get, "Namespace", None, None)["items"]
+    if any(item["resource"]["metadata"]["name"] == name for item in existing):
+        _fail(EXIT_REJECTED, f'error: namespaces "{name}" already exists')
+    result = _call(_client(control).apply, [doc])
+    Printer().line(f"namespace/{name} created (revision {result['revision']})")
+
+
 @app.command()
 def get(  # noqa: PLR0917 (typer maps parameters to options)
     kind: Annotated[str, typer.Argument(help="virtualservice|vs, destinationrule|dr, peerauthentication|pa, "

@@ -60,16 +60,10 @@ class NamespaceSpec(IstioModel):
 
 
 class Namespace(CoreResource):
+    """Cluster-scoped in Kubernetes; stored under the ``default`` namespace its metadata defaults to."""
+
     kind: Literal["Namespace"] = "Namespace"
     spec: NamespaceSpec | None = None
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.kind, "", self.metadata.name)  # cluster-scoped
-
-    @property
-    def ref(self) -> str:
-        return f"{self.kind}/{self.metadata.name}"
 
     @property
     def injection(self) -> bool | None:

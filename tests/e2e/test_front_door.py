@@ -205,3 +205,14 @@ def test_up_again_runs_the_deployments_the_store_kept(mesh: RunningMesh) -> None
     assert any(line.split()[:3] == ["sleep-0", "2/2", "Running"] for line in out.splitlines())
     code, out, err = run(mesh, "curl", "--from", "sleep-0", "http://sleep:80/healthz")
     assert code == 0, err
+
+
+def test_create_namespace_and_list_it(mesh: RunningMesh) -> None:
+    code, out, err = run(mesh, "create", "namespace", "foo")
+    assert code == 0 and "namespace/foo created" in out, err
+    code, _, err = run(mesh, "create", "namespace", "foo")
+    assert code == 1 and 'namespaces "foo" already exists' in err
+    code, out, _ = run(mesh, "get", "namespaces")
+    assert [line.split()[:2] for line in out.splitlines()[1:]] == [["foo", "Active"]]
+    code, out, err = run(mesh, "delete", "ns", "foo")
+    assert code == 0 and "Namespace/default/foo deleted" in out, err
