@@ -187,23 +187,75 @@ def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
         _fail(EXIT_REJECTED, f"error: {summary}", error.messages)
 
 
-def _load(files: list[str]) -> list[dict[str, Any]]:
-    """Resources of every file (``-`` = stdin) as Istio dicts; loader errors are printed and exit 1."""
-    from meshkit.config.loader import load_files, load_resources  # noqa: PLC0415
-    from meshkit.config.messages import ConfigError  # noqa: PLC0415
+def _texts(files: list[str]) -> list[tuple[str, str]]:
+    """(origin, text) of every file, directory entry (*.yaml, *.yml, *.json) and ``-`` (stdin)."""
+    from meshkit.config.loader import FILE_SUFFIXES  # noqa: PLC0415
+
+    texts = []
+    for name in files:
+        path = Path(name)
+        if name == "-":
+            texts.append(("<stdin>", sys.stdin.read()))
+        elif not path.exists():
+            _fail(EXIT_REJECTED, f"error: {name}: no such file or directory")
+        elif path.is_dir():
+            texts += [(str(p), p.read_text(encoding="utf-8")) for p in sorted(path.iterdir())
+                      if p.is_file() and p.suffix in FILE_SUFFIXES]
+        else:
+            texts.append((name, path.read_text(encoding="utf-8")))
+    return texts
+
+
+def _load(files: list[str], namespace: str | None = None) -> list[dict[str, Any]]:
+    """Resources of every file (``-`` = stdin) as Istio dicts; loader errors are printed and exit 1.
+
+    ``namespace`` is kubectl's ``-n`` (`with_namespace`), applied to the documents as written.
+    """
+    import yaml  # noqa: PLC0415
+
+    from meshkit.config.loader import load_resources  # noqa: PLC0415
+    from meshkit.config.messages import ConfigError, Message  # noqa: PLC0415
 
     resources = []
+    ignored: list[Message] = []  # Kubernetes kinds the local mesh does not model: a warning each
     try:
-        for name in files:
-            if name == "-":
-                resources.extend(load_resources(sys.stdin.read(), origin="<stdin>"))
-            elif not Path(name).exists():
-                _fail(EXIT_REJECTED, f"error: {name}: no such file or directory")
-            else:
-                resources.extend(load_files([name]))
+        for origin, text in _texts(files):
+            found = load_resources(text, origin=origin, warnings=ignored)  # every problem, with its line
+            if namespace is not None and found:
+                written = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+                written = [i for d in written
+                           for i in (d.get("items") or [] if d.get("kind") == "List" else [d])]
+                found = load_resources(with_namespace(written, namespace), origin=origin)
+            resources.extend(found)
+    except (OSError, UnicodeDecodeError) as error:
+        _fail(EXIT_REJECTED, f"error: cannot read the input: {error}")
     except ConfigError as error:
         _fail(EXIT_REJECTED, "error: the input is not valid", [m.to_dict() for m in error.messages])
+    printer = Printer() if ignored else None
+    for message in ignored:
+        if printer is not None:
+            printer.message(message.to_dict(), to_stderr=True)
     return [resource.to_dict() for resource in resources]
+
+
+def with_namespace(documents: list[dict[str, Any]], namespace: str | None) -> list[dict[str, Any]]:
+    """kubectl's ``-n``: objects without a namespace get it; one whose own namespace differs is an error
+    (exit 1, nothing sent). Namespaces themselves are cluster-scoped."""
+    if namespace is None:
+        return documents
+    out = []
+    for doc in documents:
+        meta = dict(doc.get("metadata") or {})
+        if doc.get("kind") != "Namespace":
+            own = meta.get("namespace")
+            if own and own != namespace:
+                _fail(EXIT_REJECTED, f"error: {doc.get('kind')}/{own}/{meta.get('name')} metadata.namespace: "
+                      f'the namespace from the provided object "{own}" does not match the namespace '
+                      f'"{namespace}". '
+                      f"You must pass '--namespace={own}' to perform this operation.")
+            meta["namespace"] = namespace
+        out.append({**doc, "metadata": meta})
+    return out
 
 
 def _print_changes(result: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,8 @@ from meshkit.cli.common import (
     Printer,
     _call,
     _client,
+    _cluster_target,
+    _control_url,
     _fail,
     _load,
     _print_changes,
@@ -27,6 +29,15 @@ from meshkit.cli.common import (
     app,
     table,
 )
+from meshkit.cli.kube_tables import POD_KINDS, WIDE, pod_rows, ready_by_deployment
+
+if TYPE_CHECKING:
+    from meshkit.runtime.local import LocalMesh
+
+WORKLOAD_KIND_NAMES = ("Namespace", "Service", "ServiceAccount", "Deployment")
+OptionalNamespace = Annotated[str | None, typer.Option(
+    "-n", "--namespace",
+    help="Namespace for objects that name none; one naming another is an error (kubectl).")]
 
 # -- verbs ------------------------------------------------------------------------------------------
 
@@ -113,17 +124,77 @@ def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: 
 
 
 @app.command()
-def apply(files: FilesOption = None, control: ControlOption = None) -> None:
-    """Create or update resources from files (all files are applied as ONE atomic change)."""
+def apply(files: FilesOption = None, namespace: OptionalNamespace = None,
+          control: ControlOption = None) -> None:
+    """Create or update resources from files (all files are applied as ONE atomic change).
+
+    Istio kinds and the Kubernetes objects of Istio's samples (Namespace, Service, ServiceAccount,
+    Deployment) alike; on the local mesh the Deployments then run as instances (docs/local-mesh.md).
+    """
     if not files:
         _fail(EXIT_UNAVAILABLE, "error: give at least one -f FILE|DIR|-")
-    documents = _load(files)
+    documents = _load(files, namespace)
     if not documents:
         _fail(EXIT_REJECTED, "error: no resources found in the input")
+    mesh = _local_workloads(control, documents)
     result = _call(_client(control).apply, documents)
     _print_changes(result)
     if result.get("changed"):
         Printer().line(f"revision {result['revision']}")
+        _reconcile(mesh)
+
+
+def _local_workloads(control: str | None, documents: list[dict[str, Any]]) -> LocalMesh | None:
+    """The running local mesh whose control plane this input goes to, when it holds workload objects
+    (their Deployments must then run); None otherwise. Refuses what the local mesh cannot run."""
+    from meshkit.runtime.launch import MeshError  # noqa: PLC0415
+    from meshkit.runtime.local import LocalMesh  # noqa: PLC0415
+    from meshkit.runtime.manifests import check_local, touches_workloads  # noqa: PLC0415
+
+    if _cluster_target() is not None or not touches_workloads(documents):
+        return None
+    mesh = LocalMesh()
+    rec = mesh.record()
+    if rec is None or not rec.ready or mesh.control_url(rec) != _control_url(control):
+        return None
+    try:
+        check_local(documents)
+    except MeshError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+    return mesh
+
+
+def _reconcile(mesh: LocalMesh | None) -> None:
+    if mesh is None:
+        return
+    from meshkit.runtime.launch import MeshError  # noqa: PLC0415
+
+    try:
+        changes = mesh.reconcile()
+    except MeshError as error:
+        _fail(EXIT_REJECTED, f"error: the config was applied, but the local mesh could not run it: {error}")
+    printer = Printer()
+    for change in changes:
+        printer.line(f"pod/{change}")
+
+
+create_app = typer.Typer(help="Create an object from the command line, like kubectl create.",
+                         no_args_is_help=True)
+app.add_typer(create_app, name="create")
+
+
+@create_app.command("namespace")
+def create_namespace(
+    name: Annotated[str, typer.Argument(help="The namespace's name.")],
+    control: ControlOption = None,
+) -> None:
+    """Create a Namespace (label it `istio-injection=disabled` in a YAML file to keep sidecars out)."""
+    doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    existing = _call(_client(control).get, "Namespace", None, None)["items"]
+    if any(item["resource"]["metadata"]["name"] == name for item in existing):
+        _fail(EXIT_REJECTED, f'error: namespaces "{name}" already exists')
+    result = _call(_client(control).apply, [doc])
+    Printer().line(f"namespace/{name} created (revision {result['revision']})")
 
 
 @app.command()
@@ -142,6 +213,11 @@ def get(  # noqa: PLR0917 (typer maps parameters to options)
     everything = kind.lower() == "all"
     resolved = None if everything else kind  # the control plane resolves vs, virtualservices, ...
     ns = None if all_namespaces and name is None else namespace
+    if kind.lower() in POD_KINDS:
+        _print_pods(ns)
+        return
+    if kind.lower() in ("ns", "namespace", "namespaces"):
+        ns = None  # cluster-scoped
     client = _client(control)
     if output == "yaml":
         sys.stdout.write(_call(client.get, resolved, name, ns, "yaml"))
@@ -167,20 +243,50 @@ _COLUMNS = {
 }
 
 
+def _print_pods(namespace: str | None) -> None:
+    """`meshkit get pods`: the local mesh's instances, as kubectl shows pods."""
+    from meshkit.runtime.local import LocalMesh  # noqa: PLC0415
+
+    mesh = LocalMesh()
+    if mesh.record() is None:
+        _fail(EXIT_UNAVAILABLE, "error: no local mesh is running; start one with `meshkit up`")
+    rows = pod_rows(mesh, namespace)
+    if not rows:
+        where = "any namespace" if namespace is None else f"{namespace} namespace"
+        Printer().err.print(f"No resources found in {where}.")
+        return
+    header = (["NAMESPACE"] if namespace is None else []) + ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    for line in table([header, *rows]):
+        Printer().line(line)
+
+
+def _local_mesh_or_none() -> LocalMesh | None:
+    if _cluster_target() is not None:
+        return None
+    from meshkit.runtime.local import LocalMesh  # noqa: PLC0415
+
+    mesh = LocalMesh()
+    return mesh if mesh.record() is not None else None
+
+
 def _print_tables(items: list[dict[str, Any]], *, show_namespace: bool, prefix_kind: bool) -> None:
     printer = Printer()
     kinds = list(dict.fromkeys(item["resource"]["kind"] for item in items))
+    context = {"ready": ready_by_deployment(_local_mesh_or_none())} if "Deployment" in kinds else {}
     for index, kind in enumerate(kinds):
         header, cell = _COLUMNS.get(kind, ("", lambda spec: ""))
-        rows = [(["NAMESPACE"] if show_namespace else []) + ["NAME", header, "AGE"]]
+        headers, wide = WIDE.get(kind, ([header], lambda item, _c, cell=cell: [  # type: ignore[misc]
+            str(cell(item["resource"].get("spec") or {}))]))
+        scoped = show_namespace and kind != "Namespace"
+        rows = [(["NAMESPACE"] if scoped else []) + ["NAME", *headers, "AGE"]]
         for item in items:
             resource = item["resource"]
             if resource["kind"] != kind:
                 continue
             name = resource["metadata"]["name"]
             name = f"{kind.lower()}/{name}" if prefix_kind else name
-            rows.append(([resource["metadata"].get("namespace", "default")] if show_namespace else [])
-                        + [name, str(cell(resource.get("spec") or {})), age(item.get("created"))])
+            rows.append(([resource["metadata"].get("namespace", "default")] if scoped else [])
+                        + [name, *wide(item, context), age(item.get("created"))])
         if index:
             printer.line("")
         for line in table(rows):
@@ -192,21 +298,32 @@ def delete(
     kind: Annotated[str | None, typer.Argument(help="Kind (vs, dr, pa, ap or the full names).")] = None,
     name: Annotated[str | None, typer.Argument(help="Name of the resource.")] = None,
     files: FilesOption = None,
-    namespace: NamespaceOption = "default",
+    namespace: OptionalNamespace = None,
     control: ControlOption = None,
 ) -> None:
     """Delete resources named in files (-f), or one resource by KIND NAME. All or nothing."""
+    namespace_given = namespace is not None
+    namespace = namespace or "default"
     client = _client(control)
     if files:
         if kind or name:
             _fail(EXIT_UNAVAILABLE, "error: give either -f FILE or KIND NAME, not both")
-        result = _call(client.delete_documents, _load(files))
+        result = _call(client.delete_documents, _load(files, namespace if namespace_given else None))
     elif kind and name:
         result = _call(client.delete, kind, name, namespace)  # the control plane resolves the kind
     else:
         _fail(EXIT_UNAVAILABLE, "error: give -f FILE or KIND NAME")
     _print_changes(result)
     Printer().line(f"revision {result['revision']}")
+    if any(item["resource"].split("/")[0] in WORKLOAD_KIND_NAMES for item in result.get("results", [])):
+        from meshkit.runtime.launch import MeshError  # noqa: PLC0415
+
+        mesh = _local_mesh_or_none()
+        try:
+            if mesh is not None and mesh.running() and mesh.control_url() == client.url:
+                _reconcile(mesh)
+        except MeshError as error:
+            _fail(EXIT_REJECTED, f"error: {error}")
 
 
 @app.command()

@@ -4,6 +4,7 @@
 Errors mean "this config would not do what it says" (the control plane rejects it);
 warnings mean "probably not what you meant". Codes MK0101-MK0119: their severity and meaning are
 in `meshkit.config.codes` (and the table of docs/config-reference.md generated from it).
+MK03xx (Kubernetes workloads) and MK04xx (Gateways): see `analyze_front_door`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
 from meshkit.config import codes
+from meshkit.config.analyze_front_door import check_front_door, with_config_services
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
 from meshkit.config.registry import Endpoint, RegistryView
@@ -42,6 +44,7 @@ Finding = tuple[str, Severity, str, str]  # code, severity, field, text
 
 def analyze(resources: Sequence[Resource], registry: RegistryView | None = None) -> list[Message]:
     """Every finding about ``resources`` (and, when given, how they fit the ``registry``)."""
+    registry = with_config_services(registry, resources)
     virtual_services = of_kind(resources, VirtualService)
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
@@ -65,6 +68,7 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
         report(rule, _check_destination_rule(rule, registry, peer_authentications))
     for policy in of_kind(resources, AuthorizationPolicy):
         report(policy, _check_authorization_policy(policy))
+    messages.extend(check_front_door(resources, registry))  # Kubernetes workloads, Gateways: MK03xx, MK04xx
     return sorted(messages, key=lambda m: (m.resource, m.field, m.code))
 
 

@@ -60,6 +60,8 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0007", E, "loader", "`<path>: ...` invalid value (type, duration, one-of, port)", _VALIDATION),
     Code("MK0008", E, "loader", "input over a size bound: too many YAML aliases, nodes once aliases are "
          "expanded, or documents (a 'billion laughs' upload)"),
+    Code("MK0009", W, "loader", "a Kubernetes kind the local mesh does not model (ConfigMap, "
+         "HorizontalPodAutoscaler, ...) was left out; the rest of the input applies"),
     # -- analyzer: across resources ----------------------------------------------------------------
     Code("MK0101", E, "analyzer", "route or mirror subset defined by no DestinationRule for the host",
          "IST0101 ReferencedResourceNotFound",
@@ -109,6 +111,20 @@ _TABLE: tuple[Code, ...] = (
          "matches: meshkit has no RequestAuthentication", "",
          'condition key "request.auth.claims[iss]": meshkit has no RequestAuthentication (JWT), so it '
          "never matches (and its negation always does)"),
+    # -- Kubernetes workloads on the local mesh (MK03xx) and Gateways (MK04xx) -------------------------
+    Code("MK0301", E, "workloads", "a Deployment's image is not one of Istio's sample images (the message "
+         "lists them)"),
+    Code("MK0302", E, "workloads", "a Deployment's pod template labels do not carry its "
+         "spec.selector.matchLabels"),
+    Code("MK0303", E, "workloads", "a Service with no selector, or whose selector selects no pod of its "
+         "namespace"),
+    Code("MK0304", W, "workloads", "a Deployment names a ServiceAccount that is not defined (only "
+         "`default` always exists)"),
+    Code("MK0305", W, "workloads", "a Deployment with more than one container: the local mesh runs the first"),
+    Code("MK0401", W, "gateways", "a VirtualService names a gateway that does not exist (it does nothing "
+         "for that gateway)", "IST0101 ReferencedResourceNotFound"),
+    Code("MK0402", W, "gateways", "a Gateway selects no gateway proxy of the mesh (`istio: ingressgateway` "
+         "is the one)", "IST0107 GatewayPortNotOnWorkload"),
     # -- control plane -----------------------------------------------------------------------------
     Code("MK0901", E, "store", "a resource repeated in one input"),
     Code("MK0902", E, "store", "resource not found"),
@@ -141,8 +157,10 @@ _TABLE: tuple[Code, ...] = (
 CODES: Mapping[str, Code] = MappingProxyType({entry.code: entry for entry in _TABLE})
 
 # The names every caller uses (``codes.MK0101``); the test checks each one is in CODES.
-MK0001, MK0002, MK0003, MK0004, MK0005, MK0006, MK0007, MK0008 = (
-    "MK0001", "MK0002", "MK0003", "MK0004", "MK0005", "MK0006", "MK0007", "MK0008")
+MK0001, MK0002, MK0003, MK0004, MK0005, MK0006, MK0007, MK0008, MK0009 = (
+    "MK0001", "MK0002", "MK0003", "MK0004", "MK0005", "MK0006", "MK0007", "MK0008", "MK0009")
+MK0301, MK0302, MK0303, MK0304, MK0305, MK0401, MK0402 = (
+    "MK0301", "MK0302", "MK0303", "MK0304", "MK0305", "MK0401", "MK0402")
 MK0101, MK0102, MK0103, MK0104, MK0105, MK0106, MK0107, MK0108, MK0109, MK0110 = (
     "MK0101", "MK0102", "MK0103", "MK0104", "MK0105", "MK0106", "MK0107", "MK0108", "MK0109", "MK0110")
 MK0111, MK0112, MK0113, MK0114, MK0115, MK0116, MK0117, MK0118, MK0119 = (

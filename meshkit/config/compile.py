@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
+from meshkit.config.gateways import bound_hosts
 from meshkit.config.hosts import resolve_host
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
@@ -116,7 +117,7 @@ def compile_snapshot(
         "revision": revision,
         "node": _node(node),
         "outbound": {
-            "virtual_hosts": [
+            "virtual_hosts": _gateway_virtual_hosts(node, resources) if node.kind == "gateway" else [
                 *(_virtual_host(svc, node, virtual_services)
                   for svc in sorted(registry.services, key=lambda s: (s.namespace, s.name))),
                 *_other_virtual_hosts(node, registry, virtual_services),
@@ -217,6 +218,24 @@ def _other_virtual_hosts(
             ],
         }
         for host, vs in sorted(chosen.items())
+    ]
+
+
+def _gateway_virtual_hosts(node: Node, resources: Sequence[Resource]) -> list[dict[str, Any]]:
+    """A gateway serves only the hosts bound by a Gateway selecting it and a VirtualService naming that
+    Gateway (`meshkit.config.gateways`); any other Host finds no virtual host: 404 ``NR``, as in Istio."""
+    return [
+        {
+            "name": host,
+            "service": None,
+            "domains": [host],
+            "port": None,
+            "routes": [
+                route for index, http in enumerate(vs.spec.http or [])
+                if (route := _route(vs, index, http, node)) is not None
+            ],
+        }
+        for host, vs in bound_hosts(node, resources)
     ]
 
 

@@ -1,8 +1,10 @@
-"""Every Istio kind meshkit knows, by name: the ones it implements and the ones it names as unsupported."""
+"""Every Istio and Kubernetes kind meshkit knows, by name: the ones it implements, the ones it names as
+unsupported and the Kubernetes ones it ignores with a warning."""
 
 from __future__ import annotations
 
 from meshkit.config.envoyfilter import EnvoyFilter
+from meshkit.config.gateways import Gateway
 from meshkit.config.resources import (
     AuthorizationPolicy,
     DestinationRule,
@@ -11,15 +13,24 @@ from meshkit.config.resources import (
     Telemetry,
     VirtualService,
 )
+from meshkit.config.workloads import IGNORED_KINDS, WORKLOAD_KINDS
 
-RESOURCE_KINDS: dict[str, type[Resource]] = {
+# The Istio kinds (custom resources on Kubernetes: meshkit.k8s.crds makes their CRDs).
+ISTIO_KINDS: dict[str, type[Resource]] = {
     cls.__name__: cls
     for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, EnvoyFilter,
-                Telemetry)
+                Telemetry, Gateway)
 }
+
+# Every kind `meshkit apply` takes: the Istio kinds and the Kubernetes workload kinds of Istio's samples.
+RESOURCE_KINDS: dict[str, type[Resource]] = {**ISTIO_KINDS, **{cls.__name__: cls for cls in WORKLOAD_KINDS}}
+
+# Kubernetes kinds of Istio's sample files that the local mesh does not model: loaded as a warning
+# ("ignored"), never a reason to refuse the file.
+IGNORED_KUBERNETES_KINDS = IGNORED_KINDS
 
 # Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
 UNSUPPORTED_ISTIO_KINDS = frozenset(
-    {"Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup",
+    {"ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup",
      "RequestAuthentication", "ProxyConfig", "WasmPlugin"}
 )

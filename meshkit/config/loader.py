@@ -6,13 +6,18 @@ dict or a list of dicts; it dispatches on ``apiVersion`` + ``kind`` to the model
 not just the first), each naming the resource and the field path.
 ``load_files`` does the same for files and directories.
 
-Loader message codes: MK0001-MK0008 (their meanings: `meshkit.config.codes`).
+Loader message codes: MK0001-MK0009 (their meanings: `meshkit.config.codes`).
 
 YAML aliases are bounded before anything is built from them: at most `MAX_ALIASES` alias
 references per input (counted on the event stream, so a document full of them stops at the
 first one too many) and `MAX_EXPANDED_NODES` nodes once every alias is expanded (a "billion
 laughs" document of a few hundred bytes would otherwise expand to gigabytes); at most
 `MAX_DOCUMENTS` documents per input.
+
+Kubernetes kinds the local mesh does not model (ConfigMap, HorizontalPodAutoscaler...) are never a
+reason to refuse a file: each is left out of the result with an MK0009 warning, appended to the
+``warnings`` list the caller passes (the CLI prints them, the control plane returns them with the
+apply's result).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from meshkit.config import codes
-from meshkit.config.kinds import RESOURCE_KINDS, UNSUPPORTED_ISTIO_KINDS
+from meshkit.config.kinds import IGNORED_KUBERNETES_KINDS, RESOURCE_KINDS, UNSUPPORTED_ISTIO_KINDS
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import IstioModel, Resource
 
@@ -61,14 +66,23 @@ class _SafeLoader(_BASE_LOADER):  # type: ignore[valid-type,misc]
 
 
 def load_resources(
-    source: str | bytes | dict[str, Any] | list[dict[str, Any]], *, origin: str = "<input>"
+    source: str | bytes | dict[str, Any] | list[dict[str, Any]], *, origin: str = "<input>",
+    warnings: list[Message] | None = None,
 ) -> list[Resource]:
-    """Parse and validate ``source``; raise `ConfigError` listing every problem found."""
+    """Parse and validate ``source``; raise `ConfigError` listing every problem found.
+
+    Documents of an ignored Kubernetes kind are left out; their MK0009 warnings go to ``warnings``.
+    """
     documents = _documents(source, origin)
     resources: list[Resource] = []
     messages: list[Message] = []
     for number, document in documents:
-        resource, problems = _load_document(document, f"{origin} document {number}")
+        where = f"{origin} document {number}"
+        if isinstance(document, dict) and document.get("kind") in IGNORED_KUBERNETES_KINDS:
+            if warnings is not None:
+                warnings.append(_ignored(document, where))
+            continue
+        resource, problems = _load_document(document, where)
         messages.extend(problems)
         if resource is not None:
             resources.append(resource)
@@ -77,7 +91,14 @@ def load_resources(
     return resources
 
 
-def load_files(paths: Iterable[str | Path]) -> list[Resource]:
+def _ignored(document: dict[str, Any], where: str) -> Message:
+    kind = document["kind"]
+    text = (f"kind {kind} is not modelled by the local mesh: ignored (nothing applied for it); "
+            "the rest of the input is applied")
+    return Message(codes.MK0009, Severity.WARNING, _label(document, where), "kind", text)
+
+
+def load_files(paths: Iterable[str | Path], warnings: list[Message] | None = None) -> list[Resource]:
     """Load files; a directory contributes its *.yaml, *.yml and *.json files (sorted, not recursive).
 
     Messages about a named resource are prefixed with the file (``"vs.yaml: VirtualService/default/x"``).
@@ -92,7 +113,7 @@ def load_files(paths: Iterable[str | Path]) -> list[Resource]:
             messages.append(Message(codes.MK0002, Severity.ERROR, str(path), "", text))
             continue
         try:
-            resources.extend(load_resources(text, origin=str(path)))
+            resources.extend(load_resources(text, origin=str(path), warnings=warnings))
         except ConfigError as error:
             for message in error.messages:
                 where = message.resource

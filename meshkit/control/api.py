@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -145,7 +145,8 @@ async def _json_body(request: web.Request) -> Any:
         raise _bad_request(f"body is not valid JSON: {error}") from None
 
 
-async def _resources_body(request: web.Request, *, required: bool = True) -> list[Resource]:
+async def _resources_body(request: web.Request, *, required: bool = True,
+                          warnings: list[Message] | None = None) -> list[Resource]:
     raw = await request.read()
     if not raw.strip():
         if required:
@@ -153,23 +154,27 @@ async def _resources_body(request: web.Request, *, required: bool = True) -> lis
         return []
     # parsing (and its alias/size bounds) runs in a worker thread: the loop keeps serving pushes and CSRs
     as_json = request.content_type == "application/json"
-    resources = await asyncio.to_thread(_parse_resources, raw, as_json)
-    if required and not resources:
+    ignored: list[Message] = []  # Kubernetes kinds the mesh does not model (ConfigMap, HPA...)
+    resources = await asyncio.to_thread(_parse_resources, raw, as_json, ignored)
+    if warnings is not None:
+        warnings.extend(ignored)
+    if required and not resources and not ignored:
         raise _bad_request("request body holds no resources (only empty documents)", resource="request body")
     return resources
 
 
-def _parse_resources(raw: bytes, as_json: bool) -> list[Resource]:
-    """A JSON body through the (much faster) JSON parser, YAML through the bounded YAML loader."""
+def _parse_resources(raw: bytes, as_json: bool, warnings: list[Message]) -> list[Resource]:
+    """A JSON body through the (much faster) JSON parser, YAML through the bounded YAML loader;
+    kinds the mesh does not model are left out with a warning appended to ``warnings``."""
     if not as_json:
-        return load_resources(raw, origin="request body")
+        return load_resources(raw, origin="request body", warnings=warnings)
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as error:
         raise _bad_request(f"body is not valid JSON: {error}", resource="request body") from None
     if not isinstance(doc, dict | list):
         raise _bad_request("body: expected a JSON object or a list of objects", resource="request body")
-    return load_resources(doc, origin="request body")
+    return load_resources(doc, origin="request body", warnings=warnings)
 
 
 def _int_query(request: web.Request, name: str) -> int | None:
@@ -194,21 +199,24 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def _change(request: web.Request, prepare: Callable[..., Any], *args: Any,
-                  **kwargs: Any) -> web.Response:
-    """Prepare a config change in a worker thread (analyzer, diff), then commit it on the loop."""
+                  notes: Sequence[Message] = (), **kwargs: Any) -> web.Response:
+    """Prepare a config change in a worker thread (analyzer, diff), then commit it on the loop;
+    ``notes`` (the loader's warnings) come first in the answer's warnings."""
     c = _components(request)
     async with request.app[WRITES]:
         prepared = await asyncio.to_thread(prepare, *args, **kwargs)
         result = c.store.commit(prepared)
+    result.warnings[:0] = notes
     return web.json_response(result.to_dict())
 
 
 async def apply(request: web.Request) -> web.Response:
     c = _components(request)
     expected = _int_query(request, "expect_revision")
-    resources = await _resources_body(request)
+    ignored: list[Message] = []
+    resources = await _resources_body(request, warnings=ignored)
     return await _change(request, c.store.prepare_apply, resources, c.registry.view(),
-                         expected_revision=expected)
+                         expected_revision=expected, notes=ignored)
 
 
 async def get_config(request: web.Request) -> web.Response:

@@ -12,6 +12,11 @@ SHORT_NAMES: dict[str, str] = {
     "pa": "PeerAuthentication",
     "ap": "AuthorizationPolicy",
     "ef": "EnvoyFilter",
+    "gw": "Gateway",
+    "deploy": "Deployment",
+    "svc": "Service",
+    "sa": "ServiceAccount",
+    "ns": "Namespace",
 }
 
 

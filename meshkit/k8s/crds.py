@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from meshkit.config.kinds import RESOURCE_KINDS
+from meshkit.config.kinds import ISTIO_KINDS as RESOURCE_KINDS
 from meshkit.config.resources import IstioModel, Resource
 
 # keywords a structural schema may carry, copied through as they are

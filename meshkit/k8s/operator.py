@@ -31,7 +31,7 @@ from typing import Any
 import jsonpatch
 import kopf
 
-from meshkit.config.kinds import RESOURCE_KINDS
+from meshkit.config.kinds import ISTIO_KINDS as RESOURCE_KINDS
 from meshkit.config.messages import Severity
 from meshkit.k8s import names
 from meshkit.k8s.admission import admission_messages, errors, rejection_text, status_messages

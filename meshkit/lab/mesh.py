@@ -27,6 +27,7 @@ from meshkit.runtime.curl import CurlError, CurlResult
 from meshkit.runtime.curl import curl as send_curl
 from meshkit.runtime.load import LoadGenerator, parse_users
 from meshkit.runtime.local import LocalMesh, MeshError
+from meshkit.runtime.manifests import check_local, touches_workloads
 from meshkit.runtime.state import StateDir
 
 Applyable = Any  # YAML text, a dict / Rule, a config model with to_dict(), or a list of those
@@ -184,16 +185,35 @@ class Mesh:
 
         Returns once every sidecar has ACKed the new config (at most ``wait`` seconds).
         """
-        result = ApplyResult(self._call("apply", "apply", _documents(rules)))
+        documents = _documents(rules)
+        if self.local is not None and touches_workloads(documents):
+            try:
+                check_local(documents)
+            except MeshError as exc:
+                raise LabError(str(exc)) from None
+        result = ApplyResult(self._call("apply", "apply", documents))
+        if result.changed:
+            self._run_workloads(documents)
         if wait > 0 and result.changed:
             self.wait_synced(wait)
         return result
+
+    def _run_workloads(self, documents: list[dict[str, Any]]) -> None:
+        """On the local mesh, start/stop instances as the Deployments now in the store say."""
+        if self.local is None or not touches_workloads(documents):
+            return
+        try:
+            self.local.reconcile()
+        except MeshError as exc:
+            raise LabError(f"the config was applied, but the local mesh could not run it: {exc}") from None
 
     def delete(self, rules: Applyable | None = None, *, kind: str | None = None, name: str | None = None,
                namespace: str = "default") -> ApplyResult:
         """Delete the given resources, or one by ``kind`` and ``name``."""
         if rules is not None:
-            result = ApplyResult(self._call("delete", "delete_documents", _documents(rules)))
+            documents = _documents(rules)
+            result = ApplyResult(self._call("delete", "delete_documents", documents))
+            self._run_workloads(documents)
             self.wait_synced(SYNC_WAIT)
             return result
         if not kind or not name:

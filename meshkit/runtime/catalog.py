@@ -27,11 +27,13 @@ class WorkloadSpec:
     service_account: str
     sidecar: bool = True
     replicas: int = 1
+    deployment: str | None = None  # from a Deployment manifest: its name (else service-version)
+    pod_labels: tuple[tuple[str, str], ...] = ()  # from a Deployment manifest: its pod template's labels
 
     @property
     def workload(self) -> str:
         """Istio's workload name (the Deployment): ``reviews-v1``."""
-        return f"{self.service}-{self.version}"
+        return self.deployment or f"{self.service}-{self.version}"
 
     def instances(self) -> list[str]:
         """Pod-like instance names: ``reviews-v1-0``, ``reviews-v1-1``, ..."""
@@ -39,7 +41,19 @@ class WorkloadSpec:
 
     @property
     def labels(self) -> dict[str, str]:
+        if self.pod_labels:
+            return dict(self.pod_labels)
         return {"app": self.service, "version": self.version}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "pod_labels": [list(pair) for pair in self.pod_labels]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WorkloadSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["pod_labels"] = tuple((str(k), str(v)) for k, v in values.get("pod_labels", ()))
+        return cls(**values)
 
 
 BOOKINFO: tuple[WorkloadSpec, ...] = (
@@ -64,7 +78,15 @@ CLIENTS: tuple[WorkloadSpec, ...] = (
     WorkloadSpec("legacy", "v1", "legacy", 80, "legacy", sidecar=False),
 )
 
-APP_SETS: dict[str, tuple[WorkloadSpec, ...]] = {"bookinfo": BOOKINFO, "httpbin": HTTPBIN, "clients": CLIENTS}
+# "none": the mesh alone (control plane and ingress gateway), as after `istioctl install`; apps come later
+# from manifests (`meshkit apply -f samples/bookinfo/platform/kube/bookinfo.yaml`).
+APP_SETS: dict[str, tuple[WorkloadSpec, ...]] = {"bookinfo": BOOKINFO, "httpbin": HTTPBIN, "clients": CLIENTS,
+                                                 "none": ()}
+
+# App sets whose workloads are Kubernetes manifests (defaults/<set>/: Istio's own sample files, verbatim):
+# `up`/`deploy` apply them and the runtime runs what their Deployments say, exactly as for a learner's
+# `meshkit apply -f bookinfo.yaml`. Their entry in APP_SETS only names the workloads (for --replicas).
+MANIFEST_SETS = frozenset({"bookinfo"})
 
 
 def resolve(app_sets: list[str], replicas: dict[str, int]) -> list[WorkloadSpec]:
@@ -101,9 +123,26 @@ def refers_to(name: str, row: Mapping[str, Any], *, by_service: bool = True) -> 
 
 
 def default_config(app_set: str) -> list[dict[str, Any]]:
-    """The Istio config `up` and `deploy` apply with ``app_set`` (``defaults/<set>.yaml``: Bookinfo's
-    destination-rule-all and ingress route, httpbin's subsets); none for the others (clients)."""
-    baseline = resources.files("meshkit.runtime").joinpath(f"defaults/{app_set}.yaml")
-    if not baseline.is_file():
-        return []
-    return [doc for doc in yaml.safe_load_all(baseline.read_text()) if doc]
+    """The config `up` and `deploy` apply with ``app_set``: the files of ``defaults/<set>/`` in name order
+    (Bookinfo: Istio's bookinfo.yaml, bookinfo-gateway.yaml and destination-rule-all.yaml, unchanged) or
+    ``defaults/<set>.yaml`` (httpbin's subsets); none for the others (clients)."""
+    defaults = resources.files("meshkit.runtime").joinpath("defaults")
+    folder = defaults.joinpath(app_set)
+    if folder.is_dir():
+        files = sorted((f for f in folder.iterdir() if f.name.endswith(".yaml")), key=lambda f: f.name)
+    else:
+        files = [f for f in [defaults.joinpath(f"{app_set}.yaml")] if f.is_file()]
+    return [doc for f in files for doc in yaml.safe_load_all(f.read_text()) if doc]
+
+
+def with_replicas(documents: list[dict[str, Any]], replicas: Mapping[str, int]) -> list[dict[str, Any]]:
+    """``documents`` with the ``spec.replicas`` of the named Deployments set (`up --replicas
+    reviews-v1=2`)."""
+    out = []
+    for doc in documents:
+        name = (doc.get("metadata") or {}).get("name")
+        if doc.get("kind") == "Deployment" and name in replicas:
+            out.append({**doc, "spec": {**doc.get("spec", {}), "replicas": replicas[name]}})
+        else:
+            out.append(doc)
+    return out

@@ -204,10 +204,12 @@ class Launcher:
                         raise
 
     @staticmethod
-    def apply_defaults(client: ControlClient, app_sets: list[str]) -> None:
-        """An app set's baseline config (Istio's destination-rule-all, the ingress route)."""
+    def apply_defaults(client: ControlClient, app_sets: list[str],
+                       replicas: dict[str, int] | None = None) -> None:
+        """An app set's baseline config (Bookinfo: Istio's bookinfo.yaml, bookinfo-gateway.yaml and its
+        subsets; httpbin's subsets), with ``replicas`` set on the named Deployments."""
         for app_set in app_sets:
-            docs = catalog.default_config(app_set)
+            docs = catalog.with_replicas(catalog.default_config(app_set), replicas or {})
             if docs:
                 client.apply(docs)
 

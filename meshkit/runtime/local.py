@@ -37,7 +37,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from meshkit.control.auth import read_admin_token
 from meshkit.control.ca import CaError, parse_ttl
 from meshkit.control.client import ControlClient
-from meshkit.runtime import catalog, rollout
+from meshkit.runtime import catalog, manifests, rollout
 from meshkit.runtime.launch import (
     INGRESS_ID,
     INGRESS_NAMESPACE,
@@ -195,7 +195,7 @@ class LocalMesh:
         asked = apps is not None or bool(replicas)
         apps = apps or ["bookinfo"]
         replicas = replicas or {}
-        specs = catalog.resolve(apps, replicas)  # validates names before anything starts
+        catalog.resolve(apps, replicas)  # validates names before anything starts
         try:
             parse_ttl(cert_ttl)
         except CaError as error:
@@ -211,9 +211,14 @@ class LocalMesh:
                 return self.status()
             progress("cleaning up a mesh that is only partly running", 0, 1)
             self.down()
-        total_instances = sum(s.replicas for s in specs)
-        rec = MeshRecord(base_port or _chosen_base(total_instances, progress), apps, replicas,
-                         cert_ttl=cert_ttl)
+        by_manifest = manifests.manifest_workloads(MeshRecord(0, apps, {}))
+        rec = MeshRecord(base_port or 0, apps,
+                         {w: n for w, n in replicas.items() if w not in by_manifest}, cert_ttl=cert_ttl)
+        # Bookinfo is Istio's manifests: the instances are what their Deployments say (with --replicas)
+        rec.manifests = manifests.default_specs(apps, {w: n for w, n in replicas.items() if w in by_manifest})
+        rec.assign_slots()
+        total_instances = len(rec.instances())
+        rec.base_port = base_port or _chosen_base(total_instances, progress)
         plan = PortPlan(rec.base_port)
         busy = busy_ports(plan.all_ports(total_instances))
         if busy:
@@ -247,8 +252,9 @@ class LocalMesh:
         launcher.wait_control(client, deadline)
 
         progress("registering services and endpoints", 1, steps)
+        launcher.apply_defaults(client, rec.apps, {s.workload: s.replicas for s in rec.manifests})
+        instances = self._persisted_workloads(launcher, client, tokens)
         launcher.register(client, instances)
-        launcher.apply_defaults(client, rec.apps)
 
         progress(f"starting {len(instances)} workloads with their sidecars and the ingress gateway", 2, steps)
         for inst in instances:
@@ -258,6 +264,29 @@ class LocalMesh:
         progress("waiting for every app to answer and every proxy to ACK", 3, steps)
         launcher.wait_ready(client, instances, deadline, ingress=True)
         progress("mesh ready", steps, steps)
+
+    @staticmethod
+    def _persisted_workloads(launcher: Launcher, client: ControlClient,
+                             tokens: dict[str, str]) -> list[Instance]:
+        """The instances to start: the store persists across `down`/`up`, so the Deployments a learner
+        applied before run again (as after a cluster restart), beside the app sets' own."""
+        rec = launcher.rec
+        stored = manifests.specs_of(manifests.stored_resources(client))
+        if stored != rec.manifests:
+            rec.manifests = stored
+            rec.assign_slots()
+            instances = rec.instances()
+            ports = [p for i in instances
+                     for p in (i.ports.admin, i.ports.outbound, i.ports.inbound, i.ports.app)]
+            busy = busy_ports(ports)
+            if busy:
+                raise MeshError(f"ports {', '.join(map(str, busy[:8]))} on 127.0.0.1 are in use, needed by "
+                                "the Deployments in the mesh's config; stop what uses them or choose another "
+                                f"MESHKIT_PORT_BASE (now {rec.base_port})")
+            launcher.save()
+            missing = {identity(i.spec) for i in instances if i.spec.sidecar} - set(tokens)
+            tokens.update(launcher.issue_tokens(missing, revoke_earlier=False))
+        return rec.instances()
 
     def _heal(self, rec: MeshRecord, progress: Progress, timeout: float) -> bool:
         """Restart the dead instances of a mesh whose `up` finished and whose control plane runs."""
@@ -296,9 +325,30 @@ class LocalMesh:
         deregistered, then stopped. Returns `status()` once every proxy ACKed the current snapshot.
         """
         rec = self._running_record("deploy")
-        rollout.deploy(self.state, rec, list(apps or []), dict(replicas or {}), progress=progress,
-                       timeout=timeout)
+        self._deploy(rec, list(apps or []), dict(replicas or {}), progress=progress, timeout=timeout)
         return self.status()
+
+    def _deploy(self, rec: MeshRecord, apps: list[str], replicas: dict[str, int], *, progress: Progress,
+                timeout: float) -> None:
+        """Catalog app sets through `rollout`; manifest-backed ones (Bookinfo) and the replicas of any
+        Deployment through the store and `manifests.reconcile`."""
+        catalog.resolve([*rec.apps, *apps], {})  # unknown app set names, before anything changes
+        new_manifest_sets = [a for a in dict.fromkeys(apps)
+                             if a in catalog.MANIFEST_SETS and a not in rec.apps]
+        by_manifest = manifests.manifest_workloads(rec, new_manifest_sets)
+        rollout.deploy(self.state, rec, [a for a in apps if a not in catalog.MANIFEST_SETS],
+                       {w: n for w, n in replicas.items() if w not in by_manifest}, progress=progress,
+                       timeout=timeout)
+        deployment_replicas = {w: n for w, n in replicas.items() if w in by_manifest}
+        if new_manifest_sets or deployment_replicas:
+            manifests.deploy(self.state, rec, new_manifest_sets, deployment_replicas, progress=progress,
+                             timeout=timeout)
+
+    @_exclusive
+    def reconcile(self, *, progress: Progress = quiet, timeout: float = READY_TIMEOUT) -> list[str]:
+        """Run what the Deployments in the control plane's store say (after `meshkit apply`/`delete`)."""
+        rec = self._running_record("apply")
+        return manifests.reconcile(self.state, rec, progress=progress, timeout=timeout)
 
     @_exclusive
     def scale(self, workload: str, replicas: int, *, progress: Progress = quiet,
@@ -312,7 +362,7 @@ class LocalMesh:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 10:
             raise MeshError(f"scale {workload}: replicas must be a whole number from 0 to 10, "
                             f"got {replicas!r}")
-        rollout.deploy(self.state, rec, [], {workload: replicas}, progress=progress, timeout=timeout)
+        self._deploy(rec, [], {workload: replicas}, progress=progress, timeout=timeout)
         return self.status()
 
     # -- down and single instances ------------------------------------------------------------

@@ -66,6 +66,17 @@ class ProcessRecord:
                 return False
         return True
 
+    def started_at(self) -> float | None:
+        """Wall-clock start time (from the kernel's start ticks and boot time), None if unknown."""
+        if self.start_ticks is None:
+            return None
+        try:
+            boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                        if line.startswith("btime "))
+        except (OSError, StopIteration, ValueError):
+            return None
+        return boot + self.start_ticks / os.sysconf("SC_CLK_TCK")
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["argv"] = list(self.argv)

@@ -71,12 +71,23 @@ class MeshRecord:
     # proxy process name -> SHA-256 (hex) of the CA token it was started with, so the token of a
     # removed or replaced sidecar can be revoked alone (replicas of one identity may share one)
     credentials: dict[str, str] = field(default_factory=dict)
+    # the workloads of Deployment manifests in the control plane's store (`meshkit.runtime.manifests`)
+    manifests: list[WorkloadSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.assign_slots()
 
+    def catalog_sets(self) -> list[str]:
+        """The app sets run from the catalog (the manifest-backed ones run from their Deployments)."""
+        return [a for a in self.apps if a not in catalog.MANIFEST_SETS]
+
     def specs(self) -> list[WorkloadSpec]:
-        return catalog.resolve(self.apps, self.replicas)
+        sets = self.catalog_sets()
+        known = {spec.workload for name in sets for spec in catalog.APP_SETS.get(name, ())}
+        listed = catalog.resolve(sets, {w: n for w, n in self.replicas.items() if w in known})
+        taken = {spec.workload for spec in listed}
+        manifests = sorted((s for s in self.manifests if s.workload not in taken), key=_listing_order)
+        return manifests + listed
 
     def instance_names(self) -> list[str]:
         return [name for spec in self.specs() for name in spec.instances()]
@@ -116,6 +127,7 @@ class MeshRecord:
             "ready": self.ready,
             "slots": self.slots,
             "credentials": self.credentials,
+            "manifests": [spec.to_json() for spec in self.manifests],
             "processes": {k: v.to_json() for k, v in self.processes.items()},
         }
 
@@ -124,6 +136,28 @@ class MeshRecord:
         procs = {k: ProcessRecord.from_json(v) for k, v in data.get("processes", {}).items()}
         slots = {str(k): int(v) for k, v in data.get("slots", {}).items()}
         credentials = {str(k): str(v) for k, v in data.get("credentials", {}).items()}
-        return cls(data["base_port"], list(data["apps"]), dict(data.get("replicas", {})), procs,
-                   str(data.get("cert_ttl", DEFAULT_CERT_TTL)), bool(data.get("ready", True)), slots,
-                   credentials)
+        apps, replicas = list(data["apps"]), dict(data.get("replicas", {}))
+        if "manifests" in data:
+            manifests = [WorkloadSpec.from_json(spec) for spec in data["manifests"]]
+        else:  # a record from before manifests: its Bookinfo ran from the catalog, in catalog order
+            manifests = legacy_manifests(apps, replicas)
+            replicas = {w: n for w, n in replicas.items() if w not in {s.workload for s in manifests}}
+        return cls(data["base_port"], apps, replicas, procs, str(data.get("cert_ttl", DEFAULT_CERT_TTL)),
+                   bool(data.get("ready", True)), slots, credentials, manifests)
+
+
+_CATALOG_ORDER = {spec.workload: index for index, spec in enumerate(s for set_ in catalog.APP_SETS.values()
+                                                                   for s in set_)}
+
+
+def _listing_order(spec: WorkloadSpec) -> tuple[int, str]:
+    """Manifest workloads in the catalog's order where it names them (productpage first, as `up` always
+    listed Bookinfo), then by name."""
+    return (_CATALOG_ORDER.get(spec.workload, len(_CATALOG_ORDER)), spec.workload)
+
+
+def legacy_manifests(apps: list[str], replicas: dict[str, int]) -> list[WorkloadSpec]:
+    """The catalog's specs of the manifest-backed app sets among ``apps`` (as `up` ran them before)."""
+    sets = [a for a in apps if a in catalog.MANIFEST_SETS]
+    names = {s.workload for a in sets for s in catalog.APP_SETS[a]}
+    return catalog.resolve(sets, {w: n for w, n in replicas.items() if w in names})

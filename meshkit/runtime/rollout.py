@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.runtime import catalog, readiness
@@ -45,25 +46,30 @@ def overrides(apps: list[str], counts: dict[str, int]) -> dict[str, int]:
 
 def deploy(state: StateDir, rec: MeshRecord, apps: list[str], replicas: dict[str, int], *,
            progress: Progress = quiet, timeout: float = 60.0) -> None:
-    """Add the app sets of ``apps`` not running yet and scale workloads to ``replicas``; wait for ACKs."""
-    new_sets = [a for a in dict.fromkeys(apps) if a not in rec.apps]
-    old_counts = replica_counts(rec.apps, rec.replicas)
-    target_apps = rec.apps + new_sets
+    """Add the app sets of ``apps`` not running yet and scale workloads to ``replicas``; wait for ACKs.
+
+    Only for the catalog's app sets: the manifest-backed ones (`catalog.MANIFEST_SETS`) change through
+    their Deployments (`meshkit.runtime.manifests`).
+    """
+    running = rec.catalog_sets()
+    new_sets = [a for a in dict.fromkeys(apps) if a not in running]
+    old_counts = replica_counts(running, rec.replicas)
+    target_apps = running + new_sets
     target = replica_counts(target_apps, {**rec.replicas, **replicas})  # validates every name first
     launcher = Launcher(state, rec)
-    client = _answering_client(launcher, "")
+    client = answering_client(launcher, "")
     deadline = time.monotonic() + timeout
     shrunk = {w: min(n, target[w]) for w, n in old_counts.items()}
     if shrunk != old_counts:
         progress("scaling down", 0, 3)
-        _remove(launcher, client, rec.apps, shrunk, deadline)
-    if target_apps != rec.apps or target != replica_counts(rec.apps, rec.replicas):
+        _remove(launcher, client, running, shrunk, deadline)
+    if target_apps != running or target != replica_counts(running, rec.replicas):
         progress("starting the new instances", 1, 3)
         _add(launcher, client, target_apps, target, new_sets=new_sets, deadline=deadline, progress=progress)
     progress("deployed", 3, 3)
 
 
-def _answering_client(launcher: Launcher, what: str) -> ControlClient:
+def answering_client(launcher: Launcher, what: str) -> ControlClient:
     """A client of the mesh's control plane; MeshError (prefixed with ``what``) when it does not answer."""
     client = launcher.client(timeout=10.0)
     if not readiness.control_answers(client):
@@ -81,7 +87,8 @@ def _forget(launcher: Launcher, instances: list[Instance]) -> None:
 
 
 def _reshape(rec: MeshRecord, apps: list[str], counts: dict[str, int]) -> None:
-    rec.apps = list(apps)
+    """The record's catalog app sets become ``apps`` with ``counts``; manifest-backed sets stay listed."""
+    rec.apps = list(dict.fromkeys([*(a for a in rec.apps if a in catalog.MANIFEST_SETS), *apps]))
     rec.replicas = overrides(apps, counts)
     rec.assign_slots()
 
@@ -92,7 +99,15 @@ def _remove(launcher: Launcher, control: ControlClient, apps: list[str], counts:
     before = rec.instances()
     _reshape(rec, apps, counts)
     kept = set(rec.instance_names())
-    gone = [i for i in before if i.name not in kept]
+    remove_instances(launcher, control, [i for i in before if i.name not in kept], deadline)
+
+
+def remove_instances(launcher: Launcher, control: ControlClient, gone: list[Instance],
+                     deadline: float) -> None:
+    """Deregister ``gone``, wait until every proxy ACKed that, then stop them and drop them from the record.
+
+    The record must already say what stays (its processes of ``gone`` are still listed).
+    """
     launcher.save()  # the processes stay in the record until they are stopped
     launcher.deregister(control, gone)
     launcher.wait_everything_synced(control, deadline)  # nobody routes to them any more
@@ -114,10 +129,22 @@ def _add(launcher: Launcher, control: ControlClient, apps: list[str], counts: di
     running = set(rec.instance_names())
     _reshape(rec, apps, counts)
     adding = [i for i in rec.instances() if i.name not in running]
+    add_instances(launcher, control, adding, new_sets=new_sets, deadline=deadline, progress=progress,
+                  undo=lambda: _restore(rec, before_apps, before_replicas))
+
+
+def add_instances(launcher: Launcher, control: ControlClient, adding: list[Instance], *,
+                  new_sets: list[str], deadline: float, progress: Progress, undo: Callable[[], None]) -> None:
+    """Start ``adding`` (already in the record's shape) registered not-ready, then ready once they answer.
+
+    On failure what was started is stopped and deregistered, ``undo()`` puts the record's shape back
+    and the error is raised again.
+    """
+    rec = launcher.rec
     ports = [p for i in adding for p in (i.ports.admin, i.ports.outbound, i.ports.inbound, i.ports.app)]
     busy = busy_ports(ports)
     if busy:
-        _restore(rec, before_apps, before_replicas)
+        undo()
         raise MeshError(f"ports {', '.join(map(str, busy[:8]))} on 127.0.0.1 are in use, needed by "
                         f"{', '.join(i.name for i in adding)}; stop what uses them")
     launcher.save()
@@ -139,7 +166,7 @@ def _add(launcher: Launcher, control: ControlClient, apps: list[str], counts: di
         stop([p for i in adding for p in (rec.processes.get(i.name), rec.processes.get(i.sidecar_name))
               if p is not None])
         _forget(launcher, adding)
-        _restore(rec, before_apps, before_replicas)
+        undo()
         launcher.save()
         raise
 
@@ -152,7 +179,7 @@ def restart(state: StateDir, rec: MeshRecord, name: str, *, timeout: float = 30.
     """
     launcher = Launcher(state, rec)
     deadline = time.monotonic() + timeout
-    client = _answering_client(launcher, f"restart {name}: ")
+    client = answering_client(launcher, f"restart {name}: ")
     if name == "ingressgateway":
         _stop_recorded(rec.processes.get(name))
         tokens = launcher.issue_tokens([ingress_identity()], revoke_earlier=False)

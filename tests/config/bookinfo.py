@@ -21,6 +21,13 @@ VERSIONS = {"productpage": ["v1"], "reviews": ["v1", "v2", "v3"], "ratings": ["v
 # Bookinfo's ingress VirtualService (hosts "*", bound to a gateway) and an external host
 BOOKINFO_GATEWAY_VS = """
 apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: bookinfo}
 spec:

@@ -437,8 +437,19 @@ spec:
   http: [{route: [{destination: {host: reviews, subset: v3}}]}]
 """)
     assert routes(snap(resources), "reviews")[0]["name"] == "default"
-    gateway = Node("ingress-0", namespace="istio-system", kind="gateway")
-    assert routes(snap(resources, gateway), "reviews")[0]["route"][0]["cluster"] == "reviews|v3"
+    gateway = Node("ingress-0", namespace="istio-system", kind="gateway",
+                   labels={"app": "istio-ingressgateway", "istio": "ingressgateway"})
+    assert snap(resources, gateway)["outbound"]["virtual_hosts"] == []  # no Gateway named bookinfo-gateway
+    bound = [*resources, *load_resources("""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+""")]
+    (host,) = snap(bound, gateway)["outbound"]["virtual_hosts"]
+    assert host["domains"] == ["reviews"] and host["routes"][0]["route"][0]["cluster"] == "reviews|v3"
     both = load_resources(
         json.dumps(resources[0].to_dict()).replace('["bookinfo-gateway"]', '["bookinfo-gateway", "mesh"]')
     )
@@ -479,13 +490,7 @@ def test_hosts_that_are_not_registry_services_get_their_own_virtual_hosts() -> N
     resources = load_resources(BOOKINFO_GATEWAY_VS)
     gateway = Node("ingress-0", namespace="istio-system", labels={"istio": "ingressgateway"}, kind="gateway")
     hosts = snap(resources, gateway)["outbound"]["virtual_hosts"]
-    assert [h["name"] for h in hosts] == [
-        "details.default.svc.cluster.local:9080",
-        "productpage.default.svc.cluster.local:9080",
-        "ratings.default.svc.cluster.local:9080",
-        "reviews.default.svc.cluster.local:9080",
-        "*",
-    ]
+    assert [h["name"] for h in hosts] == ["*"]  # only what Gateway + VirtualService bind: no internal names
     wildcard = hosts[-1]
     assert (wildcard["service"], wildcard["domains"], wildcard["port"]) == (None, ["*"], None)
     assert [r["source"] for r in wildcard["routes"]] == ["VirtualService/default/bookinfo#http[0]"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshkit.runtime import catalog
-from meshkit.runtime.record import MeshRecord
+from meshkit.runtime.record import MeshRecord, legacy_manifests
 from meshkit.runtime.rollout import overrides, replica_counts
 
 BOOKINFO = ["productpage-v1-0", "details-v1-0", "reviews-v1-0", "reviews-v2-0", "reviews-v3-0",
@@ -22,9 +22,9 @@ def test_a_record_without_slots_gets_the_old_catalog_order() -> None:
 
 
 def test_new_instances_take_the_lowest_free_slot_and_running_ones_never_move() -> None:
-    rec = MeshRecord(21000, ["bookinfo"], {"reviews-v1": 2})
+    rec = MeshRecord(21000, ["bookinfo"], {}, manifests=legacy_manifests(["bookinfo"], {"reviews-v1": 2}))
     before = {i.name: i.ports for i in rec.instances()}
-    rec.replicas = {}
+    rec.manifests = legacy_manifests(["bookinfo"], {})
     rec.assign_slots()  # reviews-v1-1 (slot 3) is gone
     assert "reviews-v1-1" not in rec.slots
     assert all(before[i.name] == i.ports for i in rec.instances())

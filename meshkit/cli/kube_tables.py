@@ -1,0 +1,98 @@
+"""kubectl-like tables for the Kubernetes kinds and the local mesh's pods (`meshkit get pods|deploy|...`).
+
+Only formatting: the rows come from the control plane's store (the objects) and from the local
+mesh's record (the instances, i.e. pods). Nothing here changes anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from meshkit.cli.common import age
+
+if TYPE_CHECKING:
+    from meshkit.runtime.local import LocalMesh
+
+POD_KINDS = frozenset({"pods", "pod", "po"})
+
+Row = Callable[[dict[str, Any], dict[str, Any]], list[str]]  # (store item, context) -> cells
+
+
+def _ports(spec: dict[str, Any]) -> str:
+    return ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports", [])) or "<none>"
+
+
+def _deployment(item: dict[str, Any], context: dict[str, Any]) -> list[str]:
+    resource = item["resource"]
+    wanted = int((resource.get("spec") or {}).get("replicas", 1))
+    ready = context.get("ready", {}).get(resource["metadata"]["name"], 0)
+    return [f"{ready}/{wanted}", str(wanted), str(ready)]
+
+
+def _service(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:
+    spec = item["resource"].get("spec") or {}
+    return [spec.get("type", "ClusterIP"), spec.get("clusterIP") or "<local>", "<none>", _ports(spec)]
+
+
+def _account(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:
+    return [str(len(item["resource"].get("secrets") or []))]
+
+
+def _namespace(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:
+    return ["Active", ",".join(f"{k}={v}" for k, v in sorted((item["resource"]["metadata"].get("labels") or
+                                                              {}).items())) or "<none>"]
+
+
+def _gateway(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:
+    servers = (item["resource"].get("spec") or {}).get("servers", [])
+    return [json.dumps(sorted({h for s in servers for h in s.get("hosts", [])}))]
+
+
+WIDE: dict[str, tuple[list[str], Row]] = {
+    "Deployment": (["READY", "UP-TO-DATE", "AVAILABLE"], _deployment),
+    "Service": (["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"], _service),
+    "ServiceAccount": (["SECRETS"], _account),
+    "Namespace": (["STATUS", "LABELS"], _namespace),
+    "Gateway": (["HOSTS"], _gateway),
+}
+
+
+def ready_by_deployment(mesh: LocalMesh | None) -> dict[str, int]:
+    """Running instances per Deployment of the local mesh (app and sidecar alive)."""
+    counts: dict[str, int] = {}
+    if mesh is None:
+        return counts
+    for inst in mesh.instances():
+        if inst.spec.deployment and inst.status()["healthy"]:
+            counts[inst.spec.deployment] = counts.get(inst.spec.deployment, 0) + 1
+    return counts
+
+
+def pod_rows(mesh: LocalMesh, namespace: str | None) -> list[list[str]]:
+    """NAMESPACE (with -A), NAME, READY (2/2 with the sidecar), STATUS, RESTARTS, AGE of every instance."""
+    from meshkit.runtime.launch import INGRESS_ID, INGRESS_NAMESPACE  # noqa: PLC0415
+    from meshkit.runtime.record import NAMESPACE  # noqa: PLC0415
+
+    rec = mesh.record()
+    if rec is None:
+        return []
+    pods: list[tuple[str, str, list[Any]]] = []
+    for inst in mesh.instances(rec):
+        processes = [inst.app] + ([inst.sidecar] if inst.spec.sidecar else [])
+        pods.append((NAMESPACE, inst.name, processes))
+    gateway = rec.processes.get("ingressgateway")
+    if gateway is not None:
+        pods.append((INGRESS_NAMESPACE, INGRESS_ID, [gateway]))
+    rows = []
+    for ns, name, processes in pods:
+        if namespace is not None and ns != namespace:
+            continue
+        alive = sum(1 for p in processes if p is not None and p.alive())
+        started = [p.started_at() for p in processes if p is not None]
+        since = min((s for s in started if s is not None), default=None)
+        status = "Running" if alive == len(processes) else "Error"
+        rows.append(([ns] if namespace is None else []) +
+                    [name, f"{alive}/{len(processes)}", status, "0", age(since)])
+    return rows

@@ -1,0 +1,115 @@
+"""Analyzer checks for the front door of Istio's docs: Kubernetes workload objects and Gateways.
+
+Called by `meshkit.config.analyze.analyze` over the whole config set (current plus incoming),
+so an Error here rejects an apply atomically, naming the resource and the field. Codes
+(docs/config-reference.md):
+
+MK0301 E a Deployment's image is not one of Istio's sample images (the message lists them)
+MK0302 E a Deployment's pod template labels do not carry its ``spec.selector.matchLabels``
+MK0303 E a Service with no selector, or whose selector selects no pod of its namespace
+MK0304 W a Deployment names a ServiceAccount that is not defined (only ``default`` always exists)
+MK0305 W a Deployment with more than one container: the local mesh runs the first one
+MK0401 W a VirtualService names a gateway that does not exist (it does nothing for that gateway)
+MK0402 W a Gateway selects no gateway proxy of the mesh (``istio: ingressgateway`` is the one)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from meshkit.config.gateways import Gateway, missing_gateways
+from meshkit.config import codes
+from meshkit.config.messages import Message, Severity
+from meshkit.config.registry import RegistryView
+from meshkit.config.registry import Service as RegistryService
+from meshkit.config.resources import Resource, VirtualService
+from meshkit.config.workloads import Deployment, Service, ServiceAccount, known_images, sample_app, selects
+
+# The labels of the gateway proxies the local mesh runs (Istio's default ingress gateway's).
+MESH_GATEWAY_LABELS = ({"app": "istio-ingressgateway", "istio": "ingressgateway"},)
+
+
+def with_config_services(registry: RegistryView | None, resources: Sequence[Resource]) -> RegistryView | None:
+    """The registry plus the Services of the config itself (applied with their rules in one input, a
+    Service is known before the runtime registers it)."""
+    if registry is None:
+        return None
+    known = {(s.name, s.namespace) for s in registry.services}
+    extra = tuple(RegistryService(r.metadata.name, r.metadata.namespace, r.spec.ports[0].port)
+                  for r in resources if isinstance(r, Service)
+                  and (r.metadata.name, r.metadata.namespace) not in known)
+    return dataclasses.replace(registry, services=registry.services + extra) if extra else registry
+
+
+def check_front_door(resources: Sequence[Resource], registry: RegistryView | None) -> list[Message]:
+    """Every MK03xx/MK04xx finding about ``resources``."""
+    messages: list[Message] = []
+    deployments = [r for r in resources if isinstance(r, Deployment)]
+    accounts = {(r.metadata.namespace, r.metadata.name) for r in resources if isinstance(r, ServiceAccount)}
+    for deployment in deployments:
+        messages.extend(_check_deployment(deployment, accounts))
+    for service in (r for r in resources if isinstance(r, Service)):
+        messages.extend(_check_service(service, deployments, registry))
+    for vs in (r for r in resources if isinstance(r, VirtualService)):
+        for index, reference in missing_gateways(vs, resources):
+            messages.append(Message(
+                codes.MK0401, Severity.WARNING, vs.ref, f"spec.gateways[{index}]",
+                f'gateway "{reference}" does not exist: this VirtualService does nothing for it '
+                "(apply the Gateway, e.g. samples/bookinfo/networking/bookinfo-gateway.yaml)"))
+    for gateway in (r for r in resources if isinstance(r, Gateway)):
+        if not any(selects(gateway.spec.selector, labels) or not gateway.spec.selector
+                   for labels in MESH_GATEWAY_LABELS):
+            messages.append(Message(
+                codes.MK0402, Severity.WARNING, gateway.ref, "spec.selector",
+                "selects no gateway proxy of this mesh (its ingress gateway has the labels "
+                "istio=ingressgateway, app=istio-ingressgateway), so nothing serves it"))
+    return messages
+
+
+def _check_deployment(deployment: Deployment, accounts: set[tuple[str, str]]) -> list[Message]:
+    found: list[Message] = []
+    ref, spec = deployment.ref, deployment.spec
+    containers = spec.template.spec.containers
+    image = containers[0].image
+    if sample_app(image) is None:
+        found.append(Message(
+            codes.MK0301, Severity.ERROR, ref, "spec.template.spec.containers[0].image",
+            f'image "{image}" is not one of Istio\'s sample images, so the local mesh has nothing to run '
+            f"for it (known: {known_images()})"))
+    labels = deployment.pod_labels
+    missing = {k: v for k, v in spec.selector.match_labels.items() if labels.get(k) != v}
+    if missing:
+        wanted = ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
+        found.append(Message(
+            codes.MK0302, Severity.ERROR, ref, "spec.template.metadata.labels",
+            f"the pod template must carry the labels of spec.selector.matchLabels ({wanted}); "
+            "`selector` does not match template `labels`"))
+    account = spec.template.spec.account
+    if account != "default" and (deployment.metadata.namespace, account) not in accounts:
+        found.append(Message(
+            codes.MK0304, Severity.WARNING, ref, "spec.template.spec.serviceAccountName",
+            f'ServiceAccount "{account}" is not defined in namespace {deployment.metadata.namespace} '
+            "(the instances still run with its identity)"))
+    if len(containers) > 1:
+        found.append(Message(
+            codes.MK0305, Severity.WARNING, ref, "spec.template.spec.containers",
+            f"{len(containers)} containers: the local mesh runs the first one ({containers[0].name})"))
+    return found
+
+
+def _check_service(service: Service, deployments: Sequence[Deployment],
+                   registry: RegistryView | None) -> list[Message]:
+    selector = service.spec.selector
+    if not selector:
+        return [Message(codes.MK0303, Severity.ERROR, service.ref, "spec.selector",
+                        "a Service needs a selector on the local mesh (it has no endpoints to list by hand)")]
+    namespace = service.metadata.namespace
+    if any(d.metadata.namespace == namespace and selects(selector, d.pod_labels) for d in deployments):
+        return []
+    if registry is not None and any(e.namespace == namespace and selects(selector, e.labels)
+                                    for e in registry.endpoints):
+        return []
+    wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    return [Message(codes.MK0303, Severity.ERROR, service.ref, "spec.selector",
+                    f"selects no pod: no Deployment in namespace {namespace} has pods labelled {wanted}")]
