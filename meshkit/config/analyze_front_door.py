@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from meshkit.config.gateways import Gateway, missing_gateways
 from meshkit.config import codes
+from meshkit.config.gateways import Gateway, missing_gateways
 from meshkit.config.messages import Message, Severity
 from meshkit.config.registry import RegistryView
 from meshkit.config.registry import Service as RegistryService

@@ -120,7 +120,8 @@ _TABLE: tuple[Code, ...] = (
          "namespace"),
     Code("MK0304", W, "workloads", "a Deployment names a ServiceAccount that is not defined (only "
          "`default` always exists)"),
-    Code("MK0305", W, "workloads", "a Deployment with more than one container: the local mesh runs the first"),
+    Code("MK0305", W, "workloads", "a Deployment with more than one container: the local mesh runs "
+         "the first"),
     Code("MK0401", W, "gateways", "a VirtualService names a gateway that does not exist (it does nothing "
          "for that gateway)", "IST0101 ReferencedResourceNotFound"),
     Code("MK0402", W, "gateways", "a Gateway selects no gateway proxy of the mesh (`istio: ingressgateway` "
