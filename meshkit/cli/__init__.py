@@ -7,6 +7,7 @@ Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 - `config_verbs`: control, apply, get, delete, analyze, history, rollback, proxy-status, proxy, kind
 - `mesh_verbs`: up, down, status, curl, logs, kill, restart, load, top, lab
 - `security_verbs`: certs, tap
+- `jwt_verbs`: jwt issue, jwt jwks-uri, jwt status
 - `workshop_verbs`: workshop serve, workshop export-student
 
 It must not hold logic of its own beyond parsing and printing.
@@ -18,7 +19,7 @@ import os
 import sys
 
 # Importing the verb modules registers their verbs on `app`.
-from meshkit.cli import config_verbs, mesh_verbs, security_verbs, workshop_verbs  # noqa: F401
+from meshkit.cli import config_verbs, jwt_verbs, mesh_verbs, security_verbs, workshop_verbs  # noqa: F401
 from meshkit.cli.common import EXIT_REJECTED, app
 
 __all__ = ["app", "main"]

@@ -14,7 +14,8 @@ MK0107 E percentage outside 0-100               MK0116 E http route without dest
 MK0108 W subset selects no endpoint             MK0117 E authorization condition key not supported
 MK0109 E DestinationRule tls DISABLE vs PeerAuthentication STRICT
 MK0118 W destination port is not the service's port (meshkit services have one port)
-MK0119 W JWT-based authorization (requestPrincipals, request.auth.*) never matches in meshkit
+MK0119 W JWT-based authorization (requestPrincipals, request.auth.*) with no RequestAuthentication
+        in the policy's namespace or the root namespace (it can never match)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
+from meshkit.config.authn import RequestAuthentication
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
 from meshkit.config.registry import Endpoint, RegistryView
@@ -37,7 +39,7 @@ from meshkit.config.resources import (
     TrafficPolicy,
     VirtualService,
 )
-from meshkit.config.selection import of_kind, resolve_mtls
+from meshkit.config.selection import ROOT_NAMESPACE, of_kind, resolve_mtls
 
 SUPPORTED_CONDITION_KEYS = (
     "request.headers[<name>]", "source.principal", "source.namespace", "source.ip", "remote.ip",
@@ -45,7 +47,7 @@ SUPPORTED_CONDITION_KEYS = (
     "request.auth.claims[<name>]",
 )
 _HEADER_KEY = re.compile(r"^request\.headers\[[^\]]+\]$")
-_CLAIMS_KEY = re.compile(r"^request\.auth\.claims\[[^\]]+\]$")
+_CLAIMS_KEY = re.compile(r"^request\.auth\.claims(\[[^\[\]]+\])+$")
 
 Finding = tuple[str, Severity, str, str]  # code, severity, field, text
 
@@ -73,8 +75,10 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
     messages.extend(_host_conflicts(virtual_services, destination_rules))
     for rule in destination_rules:
         report(rule, _check_destination_rule(rule, registry, peer_authentications))
+    authn_namespaces = {r.metadata.namespace for r in of_kind(resources, RequestAuthentication)}
     for policy in of_kind(resources, AuthorizationPolicy):
-        report(policy, _check_authorization_policy(policy))
+        has_authn = bool({policy.metadata.namespace, ROOT_NAMESPACE} & authn_namespaces)
+        report(policy, _check_authorization_policy(policy, has_authn))
     return sorted(messages, key=lambda m: (m.resource, m.field, m.code))
 
 
@@ -310,17 +314,20 @@ def _check_policy(
 # ---------------------------------------------------------------------------------------------
 
 
-_NO_JWT = "meshkit has no RequestAuthentication (JWT), so it never matches (and its negation always does)"
+def _no_jwt(namespace: str) -> str:
+    return (f"no RequestAuthentication in namespace {namespace} or {ROOT_NAMESPACE} validates tokens, "
+            "so it never matches (and its negation always does)")
 
 
-def _check_authorization_policy(policy: AuthorizationPolicy) -> Iterator[Finding]:
+def _check_authorization_policy(policy: AuthorizationPolicy, has_authn: bool = True) -> Iterator[Finding]:
+    no_jwt = _no_jwt(policy.metadata.namespace)
     for i, rule in enumerate(policy.spec.rules or []):
         for j, source in enumerate(rule.from_ or []):
             for name, alias in (("request_principals", "requestPrincipals"),
                                 ("not_request_principals", "notRequestPrincipals")):
-                if getattr(source.source, name):
+                if getattr(source.source, name) and not has_authn:
                     yield ("MK0119", Severity.WARNING, f"spec.rules[{i}].from[{j}].source.{alias}",
-                           f"{alias}: {_NO_JWT}")
+                           f"{alias}: {no_jwt}")
         for j, condition in enumerate(rule.when or []):
             key = condition.key
             at = f"spec.rules[{i}].when[{j}].key"
@@ -329,6 +336,6 @@ def _check_authorization_policy(policy: AuthorizationPolicy) -> Iterator[Finding
                 yield ("MK0117", Severity.ERROR, at,
                        f'condition key "{key}" is not supported by meshkit '
                        f"(supported: {', '.join(SUPPORTED_CONDITION_KEYS)})")
-            elif key.startswith("request.auth."):
-                yield "MK0119", Severity.WARNING, at, f'condition key "{key}": {_NO_JWT}'
+            elif key.startswith("request.auth.") and not has_authn:
+                yield "MK0119", Severity.WARNING, at, f'condition key "{key}": {no_jwt}'
 

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshkit.config.authn import RequestAuthentication, compile_jwt, request_authentications_for
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.hosts import resolve_host
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
@@ -75,9 +76,14 @@ def snapshot_version(snapshot: Mapping[str, Any]) -> str:
 
 
 def compile_snapshot(
-    resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0
+    resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0,
+    jwks: Mapping[str, str | None] | None = None, jwks_errors: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The snapshot for ``node`` (docs/snapshot.md)."""
+    """The snapshot for ``node`` (docs/snapshot.md).
+
+    ``jwks`` maps a RequestAuthentication ``jwksUri`` to the key set the control plane fetched
+    from it, ``jwks_errors`` to why it could not (see `authn`).
+    """
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
@@ -98,6 +104,12 @@ def compile_snapshot(
                             of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
     }
+    if node.kind == "sidecar":
+        selected = request_authentications_for(
+            node.namespace, node.labels, of_kind(resources, RequestAuthentication))
+        rules = compile_jwt(selected, jwks, jwks_errors)
+        if rules is not None:  # absent when no RequestAuthentication selects this workload
+            body["inbound"]["jwt"] = rules
     return {"schema": SCHEMA, "version": snapshot_version(body), **body}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meshkit.config.authn import RequestAuthentication
 from meshkit.config.envoyfilter import EnvoyFilter
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -13,11 +14,12 @@ from meshkit.config.resources import (
 
 RESOURCE_KINDS: dict[str, type[Resource]] = {
     cls.__name__: cls
-    for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, EnvoyFilter)
+    for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, EnvoyFilter,
+                RequestAuthentication)
 }
 
 # Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
 UNSUPPORTED_ISTIO_KINDS = frozenset(
     {"Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup",
-     "RequestAuthentication", "Telemetry", "ProxyConfig", "WasmPlugin"}
+     "Telemetry", "ProxyConfig", "WasmPlugin"}
 )

@@ -13,6 +13,7 @@ SHORT_NAMES: dict[str, str] = {
     "pa": "PeerAuthentication",
     "ap": "AuthorizationPolicy",
     "ef": "EnvoyFilter",
+    "ra": "RequestAuthentication",
 }
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshkit.control import telemetry_api
+from meshkit.control import jwt_api, telemetry_api
 from meshkit.control.address import (
     address_file,
     default_control_dir,
@@ -30,6 +30,7 @@ from meshkit.control.address import (
 )
 from meshkit.control.api import Components, SignedCertificate, create_app
 from meshkit.control.database import open_database
+from meshkit.control.jwks import JwksResolver
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry
 from meshkit.control.store import ConfigStore
@@ -106,6 +107,9 @@ class ControlPlane:
         self.registry = ServiceRegistry(self._db)
         self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
                                retention=retention)
+        self.jwks = JwksResolver(self.store.resources, self.push.schedule)
+        self.push.jwks = self.jwks
+        self._unsubscribe_jwks: Callable[[], None] = lambda: None
         self.telemetry = Scraper(TelemetryStore())
         self.signer: _CaSigner | None = None
         self.tokens: Any = None  # meshkit.control.ca.BootstrapTokens when the CA runs
@@ -124,16 +128,21 @@ class ControlPlane:
     def create_app(self) -> web.Application:
         app = create_app(Components(self.store, self.registry, self.push, self.signer))
         telemetry_api.add_routes(app, self.telemetry)
+        jwt_api.add_routes(app, self.jwks, self.directory)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
         self.push.start()
+        self._unsubscribe_jwks = self.store.subscribe(self.jwks.sync)
+        self.jwks.sync()
         self.telemetry.start()
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self.push.close()  # ends the long-lived SSE streams, so the server can stop promptly
+        self._unsubscribe_jwks()
+        await self.jwks.close()
         await self.telemetry.close()
 
     def close(self) -> None:

@@ -70,6 +70,7 @@ class Request:
 
     __slots__ = (
         "attempt",
+        "auth",
         "authority",
         "body",
         "cluster",
@@ -119,6 +120,7 @@ class Request:
         self.endpoint: Any = None  # the endpoint chosen by the balancer
         self.flags: str = ""  # response flags raised on the way down ("DI")
         self.attempt = 1  # x-envoy-attempt-count
+        self.auth: Any = None  # filters/jwt.AuthInfo of a verified end-user JWT (inbound only)
 
 
 class Response:

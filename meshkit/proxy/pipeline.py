@@ -25,6 +25,7 @@ from meshkit.proxy.filters.authn import authn
 from meshkit.proxy.filters.authz import authz
 from meshkit.proxy.filters.circuit_breaker import circuit_breaker
 from meshkit.proxy.filters.fault import fault, has_fault
+from meshkit.proxy.filters.jwt import has_jwt_rules, jwt_authn
 from meshkit.proxy.filters.loadbalance import loadbalance
 from meshkit.proxy.filters.local_reply import local_reply
 from meshkit.proxy.filters.metrics import inbound_metrics, outbound_metrics
@@ -87,6 +88,7 @@ def inbound_filters(metrics: IstioMetrics, access: AccessLogSink | None) -> list
 # Inbound, per snapshot (scope: the Snapshot in effect).
 INBOUND_POLICY_FILTERS: tuple[tuple[Filter, Needs], ...] = (
     (authn, always),  # x-forwarded-client-cert: always sanitised, set from the mTLS peer
+    (jwt_authn, has_jwt_rules),  # RequestAuthentication: bad token -> 401, good one -> request.auth
     (authz, has_authz_policies),  # AuthorizationPolicy: DENY, then ALLOW -> 403 "RBAC: access denied"
     (ratelimit, has_rate_limit),
     (to_local_app, always),

@@ -387,7 +387,7 @@ spec:
     ]
 
 
-def test_jwt_based_authorization_never_matches() -> None:
+def test_jwt_based_authorization_without_request_authentication_never_matches() -> None:
     resources = sample("authorization-policy-httpbin-deny") + load_resources("""
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -396,23 +396,43 @@ spec:
   rules:
   - from: [{source: {requestPrincipals: ["*"]}}]
 """)
-    no_jwt = "meshkit has no RequestAuthentication (JWT), so it never matches (and its negation always does)"
+    tail = "validates tokens, so it never matches (and its negation always does)"
     assert [(m.resource, m.code, m.severity.value, m.field, m.text) for m in analyze(resources)] == [
         (
             "AuthorizationPolicy/default/jwt",
             "MK0119",
             "Warning",
             "spec.rules[0].from[0].source.requestPrincipals",
-            f"requestPrincipals: {no_jwt}",
+            f"requestPrincipals: no RequestAuthentication in namespace default or istio-system {tail}",
         ),
         (
             "AuthorizationPolicy/foo/httpbin",
             "MK0119",
             "Warning",
             "spec.rules[0].when[0].key",
-            f'condition key "request.auth.claims[iss]": {no_jwt}',
+            'condition key "request.auth.claims[iss]": no RequestAuthentication in namespace foo or '
+            f"istio-system {tail}",
         ),
     ]
+
+
+def test_jwt_based_authorization_with_a_request_authentication_is_fine() -> None:
+    resources = sample("authorization-policy-httpbin-deny") + load_resources("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt, namespace: foo}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+    when: [{key: "request.auth.claims[a][b]", values: ["x"]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istio-system}
+spec:
+  jwtRules: [{issuer: me, jwksUri: "http://127.0.0.1:1/jwks.json"}]
+""")
+    assert analyze(resources) == []
 
 
 def test_registry_in_other_namespace_and_external_hosts() -> None:

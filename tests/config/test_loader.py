@@ -133,7 +133,7 @@ def test_unsupported_and_unknown_kinds() -> None:
         "apiVersion: v1\nkind: Foo\nmetadata: {name: f}\n"
     )
     supported = ("(supported: AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, "
-                 "VirtualService)")
+                 "RequestAuthentication, VirtualService)")
     assert gateway.text == f"kind Gateway is not supported by meshkit {supported}"
     assert foo.text == f"kind Foo is not a known kind {supported}"
 
