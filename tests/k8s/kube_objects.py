@@ -99,7 +99,8 @@ ALL_TO_V3 = {"hosts": ["reviews"],
 PLURALS = {"VirtualService": ("networking.istio.io", "virtualservices"),
            "DestinationRule": ("networking.istio.io", "destinationrules"),
            "PeerAuthentication": ("security.istio.io", "peerauthentications"),
-           "AuthorizationPolicy": ("security.istio.io", "authorizationpolicies")}
+           "AuthorizationPolicy": ("security.istio.io", "authorizationpolicies"),
+           "RequestAuthentication": ("security.istio.io", "requestauthentications")}
 
 
 def istio_documents() -> list[dict[str, Any]]:

@@ -75,6 +75,7 @@ def test_versions_and_groups_as_istio() -> None:
         "PeerAuthentication": ("security.istio.io", ["v1", "v1beta1"]),
         "AuthorizationPolicy": ("security.istio.io", ["v1", "v1beta1"]),
         "EnvoyFilter": ("networking.istio.io", ["v1alpha3"]),
+        "RequestAuthentication": ("security.istio.io", ["v1", "v1beta1"]),
     }
     names = {c["metadata"]["name"] for c in CRDS}
     assert "authorizationpolicies.security.istio.io" in names
