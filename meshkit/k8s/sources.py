@@ -1,8 +1,8 @@
 """Kubernetes objects (plain dicts from the API) -> what the control plane keeps: pure functions.
 
 * `istio_resource`: a VirtualService/DestinationRule/PeerAuthentication/AuthorizationPolicy/
-  RequestAuthentication object -> a typed `Resource` (server-set metadata and kubectl's last-applied annotation
-  dropped), or the loader's messages naming the resource and field.
+  RequestAuthentication object -> a typed `Resource` (server-set metadata and kubectl's
+  last-applied annotation dropped), or the loader's messages naming the resource and field.
 * `desired_registry`: Services + EndpointSlices + Pods -> the services and endpoints the
   registry must hold, the way local mode registers them:
 
