@@ -9,7 +9,7 @@ MK0102 E route weights do not sum to 100        MK0111 E abort httpStatus outsid
 MK0103 W destination host not in the registry   MK0112 E duplicate subset name
 MK0104 E two VirtualServices for one host       MK0113 W fault without a percentage
 MK0105 W two DestinationRules for one host      MK0114 E the same resource twice in the input
-MK0106 E invalid regex                          MK0115 I fault disables the route's timeout/retries
+MK0106 E invalid regex (RE2, as Istio)          MK0115 I fault disables the route's timeout/retries
 MK0107 E percentage outside 0-100               MK0116 E http route without destinations
 MK0108 W subset selects no endpoint             MK0117 E authorization condition key not supported
 MK0109 E DestinationRule tls DISABLE vs PeerAuthentication STRICT
@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from meshkit.config.authn import RequestAuthentication
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
+from meshkit.config.regex import re2_error, sidecar_error
 from meshkit.config.registry import Endpoint, RegistryView
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -203,10 +204,16 @@ def _check_matches(http: HTTPRoute, at: str) -> Iterator[Finding]:
     for where, match in _string_matches(http, at):
         if match.regex is None:
             continue
-        try:
-            re.compile(match.regex)
-        except re.error as error:
-            yield "MK0106", Severity.ERROR, f"{where}.regex", f'invalid regex "{match.regex}": {error}'
+        refused = re2_error(match.regex)
+        if refused is not None:
+            yield ("MK0106", Severity.ERROR, f"{where}.regex",
+                   f'invalid regex "{match.regex}": {refused} (RE2, the regex engine of Envoy and Istio)')
+            continue
+        unsupported = sidecar_error(match.regex)
+        if unsupported is not None:
+            yield ("MK0106", Severity.ERROR, f"{where}.regex",
+                   f'regex "{match.regex}" is valid RE2 but meshkit\'s sidecar (Python re) cannot evaluate '
+                   f"it: {unsupported}")
 
 
 def _host_conflicts(

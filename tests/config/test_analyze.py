@@ -176,25 +176,49 @@ def test_invalid_regex_in_any_string_match() -> None:
     - destination: {host: reviews}
 """)
     )
+    engine = "(RE2, the regex engine of Envoy and Istio)"
     assert found(resources) == [
         (
             "MK0106",
             "Error",
             "spec.http[0].match[0].headers.end-user.regex",
-            'invalid regex "*jason": nothing to repeat at position 0',
+            f'invalid regex "*jason": no argument for repetition operator: * {engine}',
         ),
         (
             "MK0106",
             "Error",
             "spec.http[0].match[0].uri.regex",
-            'invalid regex "^/(reviews": missing ), unterminated subpattern at position 2',
+            f'invalid regex "^/(reviews": missing ): ^/(reviews {engine}',
         ),
         (
             "MK0106",
             "Error",
             "spec.http[0].match[1].queryParams.q.regex",
-            'invalid regex "[a-": unterminated character set at position 0',
+            f'invalid regex "[a-": missing ]: [a- {engine}',
         ),
+    ]
+
+
+def test_regexes_are_judged_by_re2_as_istio_does() -> None:
+    resources = load(
+        vs("""  - match:
+    - uri: {regex: "^/(?!admin).*"}
+      headers: {end-user: {regex: "(a)\\\\1"}}
+    - uri: {regex: "^/api/v[0-9]+/.*"}
+      headers: {x-lang: {regex: "\\\\pL+"}}
+    route:
+    - destination: {host: reviews}
+""")
+    )
+    engine = "(RE2, the regex engine of Envoy and Istio)"
+    assert found(resources) == [
+        ("MK0106", "Error", "spec.http[0].match[0].headers.end-user.regex",
+         f'invalid regex "(a)\\1": invalid escape sequence: \\1 {engine}'),
+        ("MK0106", "Error", "spec.http[0].match[0].uri.regex",
+         f'invalid regex "^/(?!admin).*": invalid perl operator: (?! {engine}'),
+        ("MK0106", "Error", "spec.http[0].match[1].headers.x-lang.regex",
+         'regex "\\pL+" is valid RE2 but meshkit\'s sidecar (Python re) cannot evaluate it: '
+         "bad escape \\p at position 0"),
     ]
 
 
