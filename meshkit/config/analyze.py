@@ -5,7 +5,7 @@ Errors mean "this config would not do what it says" (the control plane rejects i
 warnings mean "probably not what you meant". Codes (docs/config-reference.md):
 
 MK0101 E route/mirror subset not defined        MK0110 E retries.attempts < 0
-MK0102 E route weights do not sum to 100        MK0111 E abort httpStatus outside 200-599
+MK0102 E/W weight < 0 or all 0 / sum != 100  MK0111 E abort httpStatus outside 200-599
 MK0103 W destination host not in the registry   MK0112 E duplicate subset name
 MK0104 E two VirtualServices for one host       MK0113 W fault without a percentage
 MK0105 W two DestinationRules for one host      MK0114 E the same resource twice in the input
@@ -147,13 +147,44 @@ def _check_destination(
                f'port {destination.port.number} is not the port of service "{service.name}" ({service.port})')
 
 
+def _destination_label(destination: Destination, same_host: bool) -> str:
+    if destination.subset is None:
+        return destination.host
+    return destination.subset if same_host else f"{destination.host} {destination.subset}"
+
+
 def _check_weights(http: HTTPRoute, at: str) -> Iterator[Finding]:
+    """Istio's rule: no negative weight, not all zero when there are several destinations; any
+    other total is valid and splits traffic proportionally (the warning shows the effective split)."""
     destinations = http.route or []
-    weights = [d.weight for d in destinations]
-    if len(destinations) > 1 or (len(destinations) == 1 and weights[0] is not None):
-        total = sum(w or 0 for w in weights)
-        if total != 100:
-            yield "MK0102", Severity.ERROR, f"{at}.route", f"route weights sum to {total}, not 100"
+    weights = [d.weight or 0 for d in destinations]
+    negative = False
+    for j, weight in enumerate(weights):
+        if weight < 0:
+            negative = True
+            yield "MK0102", Severity.ERROR, f"{at}.route[{j}].weight", f"weight {weight} is negative"
+    if negative:
+        return
+    if len(destinations) == 1:
+        if destinations[0].weight not in (None, 100):
+            yield ("MK0102", Severity.WARNING, f"{at}.route[0].weight",
+                   f"weight {destinations[0].weight} has no effect: the only destination gets all traffic")
+        return
+    total = sum(weights)
+    if len(destinations) > 1 and total == 0:
+        yield ("MK0102", Severity.ERROR, f"{at}.route",
+               "route weights sum to 0: no destination would receive traffic (Istio: total destination "
+               "weight = 0)")
+    elif len(destinations) > 1 and total != 100:
+        same_host = len({d.destination.host for d in destinations}) == 1
+        shares = [
+            f"{_destination_label(d.destination, same_host)} {w * 100 / total:.1f}%"
+            for d, w in zip(destinations, weights, strict=True)
+        ]
+        first, _, share = shares[0].rpartition(" ")
+        split = ", ".join([f"{first} gets {share}", *shares[1:]])
+        yield ("MK0102", Severity.WARNING, f"{at}.route",
+               f"route weights sum to {total}: {split} (traffic is split in proportion to the weights)")
 
 
 def _check_fault(http: HTTPRoute, at: str) -> Iterator[Finding]:

@@ -230,7 +230,9 @@ def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node) -> dict[
         "match": matches,
         "route": [
             {"cluster": _cluster_key(d.destination, namespace),
-             "weight": d.weight if d.weight is not None else (100 if single else 0),
+             # Istio: the only destination gets all traffic whatever its weight; several
+             # destinations split in proportion to their weights (unset = 0), summing to any total
+             "weight": 100 if single else (d.weight or 0),
              "headers": _headers(d.headers)}
             for d in destinations
         ],

@@ -89,7 +89,7 @@ def test_subset_lookup_understands_host_spellings() -> None:
     assert [m.code for m in analyze(other_namespace)] == ["MK0101"]  # reviews.prod has no DestinationRule
 
 
-def test_weights_must_sum_to_100() -> None:
+def test_weights_as_istio_accepts_them_with_the_effective_split() -> None:
     resources = load(
         REVIEWS_DR,
         vs("""  - route:
@@ -108,10 +108,39 @@ def test_weights_must_sum_to_100() -> None:
     - destination: {host: reviews, subset: v2}
 """),
     )
+    proportional = "(traffic is split in proportion to the weights)"
     assert found(resources) == [
-        ("MK0102", "Error", "spec.http[0].route", "route weights sum to 90, not 100"),
-        ("MK0102", "Error", "spec.http[1].route", "route weights sum to 50, not 100"),
-        ("MK0102", "Error", "spec.http[3].route", "route weights sum to 0, not 100"),
+        ("MK0102", "Warning", "spec.http[0].route",
+         f"route weights sum to 90: v1 gets 88.9%, v2 11.1% {proportional}"),
+        ("MK0102", "Warning", "spec.http[1].route[0].weight",
+         "weight 50 has no effect: the only destination gets all traffic"),
+        ("MK0102", "Error", "spec.http[3].route",
+         "route weights sum to 0: no destination would receive traffic "
+         "(Istio: total destination weight = 0)"),
+    ]
+    assert [m.severity.value for m in analyze(resources)].count("Error") == 1
+
+
+def test_negative_weights_and_splits_across_hosts() -> None:
+    resources = load(
+        REVIEWS_DR,
+        vs("""  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: -10
+    - destination: {host: reviews, subset: v2}
+      weight: 110
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 1
+    - destination: {host: ratings}
+      weight: 2
+"""),
+    )
+    assert found(resources) == [
+        ("MK0102", "Error", "spec.http[0].route[0].weight", "weight -10 is negative"),
+        ("MK0102", "Warning", "spec.http[1].route",
+         "route weights sum to 3: reviews v1 gets 33.3%, ratings 66.7% "
+         "(traffic is split in proportion to the weights)"),
     ]
 
 
