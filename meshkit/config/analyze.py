@@ -5,7 +5,7 @@ Errors mean "this config would not do what it says" (the control plane rejects i
 warnings mean "probably not what you meant". Codes (docs/config-reference.md):
 
 MK0101 E route/mirror subset not defined        MK0110 E retries.attempts < 0
-MK0102 E/W weight < 0 or all 0 / sum != 100  MK0111 E abort httpStatus outside 200-599
+MK0102 E/W weight < 0, all 0 / sum != 100     MK0111 E abort httpStatus outside 200-599
 MK0103 W destination host not in the registry   MK0112 E duplicate subset name
 MK0104 E two VirtualServices for one host       MK0113 W fault without a percentage
 MK0105 W two DestinationRules for one host      MK0114 E the same resource twice in the input
@@ -16,6 +16,7 @@ MK0109 E DestinationRule tls DISABLE vs PeerAuthentication STRICT
 MK0118 W destination port is not the service's port (meshkit services have one port)
 MK0119 W JWT-based authorization (requestPrincipals, request.auth.*) with no RequestAuthentication
         in the policy's namespace or the root namespace (it can never match)
+MK0120 E/W @request.auth.claims header match malformed (E) or on a mesh VirtualService (W)
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def _check_virtual_service(
     for index, http in enumerate(vs.spec.http or []):
         at = f"spec.http[{index}]"
         yield from _check_matches(http, at)
+        yield from _check_claim_matches(vs, http, at)
         destinations = http.route or []
         if not destinations:
             yield "MK0116", Severity.ERROR, f"{at}.route", "http route has no route destinations"
@@ -245,6 +247,29 @@ def _check_matches(http: HTTPRoute, at: str) -> Iterator[Finding]:
             yield ("MK0106", Severity.ERROR, f"{where}.regex",
                    f'regex "{match.regex}" is valid RE2 but meshkit\'s sidecar (Python re) cannot evaluate '
                    f"it: {unsupported}")
+
+
+_CLAIM_HEADER = re.compile(r"^@request\.auth\.claims(?:(?:\.[^.\[\]]+)+|(?:\[[^\[\]]+\])+)$")
+
+
+def _check_claim_matches(vs: VirtualService, http: HTTPRoute, at: str) -> Iterator[Finding]:
+    """``@request.auth.claims.NAME`` header matches: well-formed, and on gateways only (Istio's rule)."""
+    on_sidecars = not vs.spec.gateways or "mesh" in vs.spec.gateways
+    for i, match in enumerate(http.match or []):
+        for alias, field in (("headers", match.headers), ("withoutHeaders", match.without_headers)):
+            for name in field or {}:
+                if not name.startswith("@request.auth.claims"):
+                    continue
+                where = f"{at}.match[{i}].{alias}.{name}"
+                if not _CLAIM_HEADER.match(name):
+                    yield ("MK0120", Severity.ERROR, where,
+                           f'"{name}" is not a JWT claim match (expected @request.auth.claims.NAME[.NESTED] '
+                           "or @request.auth.claims[NAME][NESTED])")
+                elif on_sidecars:
+                    yield ("MK0120", Severity.WARNING, where,
+                           f'JWT claim routing ("{name}") works only on gateways (Istio\'s rule): on '
+                           "sidecars this match never holds; bind the VirtualService to a gateway with a "
+                           "RequestAuthentication")
 
 
 def _host_conflicts(

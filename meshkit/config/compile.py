@@ -104,12 +104,11 @@ def compile_snapshot(
                             of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
     }
-    if node.kind == "sidecar":
-        selected = request_authentications_for(
-            node.namespace, node.labels, of_kind(resources, RequestAuthentication))
-        rules = compile_jwt(selected, jwks, jwks_errors)
-        if rules is not None:  # absent when no RequestAuthentication selects this workload
-            body["inbound"]["jwt"] = rules
+    selected = request_authentications_for(
+        node.namespace, node.labels, of_kind(resources, RequestAuthentication))
+    rules = compile_jwt(selected, jwks, jwks_errors)
+    if rules is not None:  # absent when no RequestAuthentication selects this proxy
+        body["inbound"]["jwt"] = rules  # a gateway verifies on its (outbound) listener
     return {"schema": SCHEMA, "version": snapshot_version(body), **body}
 
 
@@ -251,7 +250,10 @@ def _string_match(match: StringMatch) -> dict[str, str]:
 
 
 def _match_map(items: Mapping[str, StringMatch] | None) -> dict[str, dict[str, str]]:
-    return {name.lower(): _string_match(m) for name, m in sorted((items or {}).items())}
+    """Header names lower-cased, except JWT claim matches (``@request.auth.claims.Name``): claims
+    are case-sensitive."""
+    return {name if name.startswith("@request.auth.claims") else name.lower(): _string_match(m)
+            for name, m in sorted((items or {}).items())}
 
 
 def _match(m: HTTPMatchRequest) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from meshkit.proxy.filters.authn import authn
 from meshkit.proxy.filters.authz import authz
 from meshkit.proxy.filters.circuit_breaker import circuit_breaker
 from meshkit.proxy.filters.fault import fault, has_fault
-from meshkit.proxy.filters.jwt import has_jwt_rules, jwt_authn
+from meshkit.proxy.filters.jwt import gateway_jwt_authn, has_jwt_rules, jwt_authn
 from meshkit.proxy.filters.loadbalance import loadbalance
 from meshkit.proxy.filters.local_reply import local_reply
 from meshkit.proxy.filters.metrics import inbound_metrics, outbound_metrics
@@ -59,7 +59,9 @@ def outbound_filters(metrics: IstioMetrics, access: AccessLogSink | None) -> lis
     filters: list[Filter] = [tracing]
     if access is not None:
         filters.append(access_log(access, "outbound"))
-    filters += [outbound_metrics(metrics), local_reply]
+    # gateway_jwt_authn: a gateway's RequestAuthentication, before the route step (claim-based
+    # routing); one attribute read on a sidecar
+    filters += [outbound_metrics(metrics), local_reply, gateway_jwt_authn]
     return filters
 
 

@@ -74,6 +74,7 @@ class Snapshot:
         "authz",
         "clusters",
         "doc",
+        "gateway_jwt",
         "inbound",
         "inbound_cluster",
         "inbound_service_fqdn",
@@ -98,6 +99,7 @@ class Snapshot:
         self.rate_limiter: Any = None
         self.authz: Any = None  # compiled AuthorizationPolicies (None: no policy)
         self.jwt: Any = None  # compiled RequestAuthentication rules (None: none applies)
+        self.gateway_jwt: Any = None  # the same for a gateway, checked before routing
         self.inbound_cluster: Cluster | None = None
         self.node_labels = NodeLabels({})
         self.inbound_service_fqdn = UNKNOWN
@@ -132,7 +134,12 @@ class Snapshot:
         snap.inbound_cluster = cls._inbound_cluster(snap.node, snap.inbound, previous)
         try:
             snap.rate_limiter = TokenBucket.from_snapshot(snap.inbound.get("rate_limit"))
-            snap.jwt = compile_jwt(snap.inbound.get("jwt"), previous.jwt if previous is not None else None)
+            before = (previous.jwt or previous.gateway_jwt) if previous is not None else None
+            compiled_jwt = compile_jwt(snap.inbound.get("jwt"), before)
+            if snap.node.get("kind") == "gateway":
+                snap.gateway_jwt = compiled_jwt
+            else:
+                snap.jwt = compiled_jwt
             snap.authz = compile_authz(snap.inbound.get("authz"), port=snap.inbound.get("service_port"))
             service_port = snap.inbound.get("service_port") or 0
             snap.mtls_mode = mtls_mode_for_port(snap.inbound.get("mtls"), service_port)

@@ -529,3 +529,29 @@ def test_destination_port_must_be_the_service_port() -> None:
             'port 9090 is not the port of service "reviews" (9080)',
         ),
     ]
+
+
+def _claim_route(gateways: str, header: str = "@request.auth.claims.groups") -> str:
+    return f"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin}}
+spec:
+  hosts: ["*"]
+  {gateways}
+  http:
+  - match:
+    - headers: {{"{header}": {{exact: group1}}}}
+    route:
+    - destination: {{host: httpbin}}
+"""
+
+
+def test_jwt_claim_routes_belong_on_gateways() -> None:
+    assert found(load(_claim_route("gateways: [httpbin-gateway]"))) == []
+    assert found(load(_claim_route("gateways: [httpbin-gateway]", "@request.auth.claims[realm][role]"))) == []
+    [(code, severity, field, text)] = found(load(_claim_route("gateways: [mesh]")))
+    assert (code, severity) == ("MK0120", "Warning")
+    assert field == "spec.http[0].match[0].headers.@request.auth.claims.groups"
+    assert "works only on gateways" in text
+    [(code, severity, _, text)] = found(load(_claim_route("gateways: [gw]", "@request.auth.claims")))
+    assert (code, severity) == ("MK0120", "Error") and "is not a JWT claim match" in text

@@ -190,3 +190,67 @@ def test_a_jwks_that_cannot_be_fetched_is_named_and_nothing_else_is_lost(mesh: R
             assert curl(mesh)[0] == 200  # the sidecar keeps serving requests without a token
             assert curl(mesh, "not-a-jwt")[:2] == (401, BAD_FORMAT)
         eventually(lambda: curl(mesh, DEMO)[0] == 200, "the inline rule is back")
+
+
+# Istio's "JWT claim based routing" task: RequestAuthentication on the ingress gateway, a
+# VirtualService on the gateway routing /headers only for tokens whose groups claim has group1.
+CLAIM_ROUTING = [r.to_dict() for r in load_resources(f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: ingress-jwt
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: ingressgateway
+  jwtRules:
+  - issuer: "testing@secure.istio.io"
+    jwks: {json.dumps(JWKS)}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+  namespace: default
+spec:
+  hosts:
+  - "*"
+  gateways:
+  - httpbin-gateway
+  http:
+  - match:
+    - uri:
+        prefix: /headers
+      headers:
+        "@request.auth.claims.groups":
+          exact: group1
+    route:
+    - destination:
+        port:
+          number: 8000
+        host: httpbin
+""")]
+
+
+def ingress(mesh: RunningMesh, token: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(f"{mesh.ingress}/headers", headers={"Host": "httpbin.example.com"})
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=TIMEOUT) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_jwt_claim_based_routing_on_the_ingress_gateway(mesh: RunningMesh) -> None:
+    with mesh.rules(*CLAIM_ROUTING):
+        status, body = ingress(mesh, GROUPS)  # groups: [group1, group2]
+        assert status == 200 and json.loads(body)["headers"]
+        assert ingress(mesh, DEMO)[0] == 404  # valid, but no groups claim: no route
+        assert ingress(mesh, None)[0] == 404  # no token: no claims, no route
+        assert ingress(mesh, "invalidToken") == (401, BAD_FORMAT)
+        minted = meshkit(mesh, "jwt", "issue", "--claims", "groups=group2")
+        assert ingress(mesh, minted)[0] == 401  # the demo key is not in this inline JWKS

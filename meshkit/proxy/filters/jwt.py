@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -233,10 +233,23 @@ def _unauthorized(request: Request, reason: str) -> Response:
 
 
 async def jwt_authn(request: Request, call_next: Handler) -> Response:
-    """Verify the request's JWT against ``request.config.jwt`` (compiled per snapshot)."""
+    """Sidecar inbound: verify the request's JWT against ``request.config.jwt`` (compiled per snapshot)."""
     policy: JwtAuthn | None = request.config.jwt
     if policy is None:
         return await call_next(request)
+    return await _authenticate(policy, request, call_next)
+
+
+def gateway_jwt_authn(request: Request, call_next: Handler) -> Awaitable[Response]:
+    """Gateway, before routing (so a VirtualService can match ``@request.auth.claims.*``); on a
+    sidecar's outbound listener ``gateway_jwt`` is None and this is one attribute read."""
+    policy: JwtAuthn | None = getattr(request.config, "gateway_jwt", None)
+    if policy is None:
+        return call_next(request)
+    return _authenticate(policy, request, call_next)
+
+
+async def _authenticate(policy: JwtAuthn, request: Request, call_next: Handler) -> Response:
     for header in policy.output_headers:  # never trust what a client says a verified token held
         request.headers.remove(header)
     found = policy.extract(request)
