@@ -180,6 +180,8 @@ def test_a_jwks_that_cannot_be_fetched_is_named_and_nothing_else_is_lost(mesh: R
             names = [item["resource"]["metadata"]["name"]
                      for item in mesh.client.get("RequestAuthentication")["items"]]
             assert sorted(names) == ["jwt-example", "unreachable"]  # both applied, nothing lost
+            listed = meshkit(mesh, "get", "ra")
+            assert "jwt-example" in listed and "unreachable" in listed and "testing@secure.istio.io" in listed
             # two rules for one issuer: the first (by namespace/name) decides, as Envoy picks one
             # provider per issuer; here that is jwt-example, which still verifies
             assert curl(mesh, DEMO)[0] == 200
