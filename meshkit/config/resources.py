@@ -92,7 +92,7 @@ class IstioModel(BaseModel):
 
 
 class StringMatch(IstioModel):
-    """Exactly one of ``exact``, ``prefix``, ``regex`` (RE2, checked by `analyze`; sidecar: ``re``)."""
+    """Exactly one of ``exact``, ``prefix``, ``regex`` (RE2 syntax in Istio; Python ``re`` here)."""
 
     exact: str | None = None
     prefix: str | None = None
