@@ -4,7 +4,7 @@ Sidecars never fetch keys: the fetched key set goes inline into their snapshots 
 `JwksResolver.keys` / `.errors`). Whenever the config changes, URIs not known yet are fetched (a
 ``GET`` with a 5 s timeout; the answer must be a JSON Web Key Set); a fetch that fails is logged as
 a warning naming the RequestAuthentication(s) that use the URI, kept in ``errors`` (shown by
-``GET /api/v1/jwks``) and retried with back-off up to a minute, and good key sets are refreshed
+``GET /api/v1/jwks``) and retried with back-off (0.25 s doubling to a minute), and good key sets are refreshed
 every 20 minutes (istiod's default refresh). Each change of a key set or an error triggers a
 recompute, so the sidecars get the keys, or reject every token of that issuer with 401, within
 moments. Nothing already applied is lost: the resolver never touches the config store.
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 5.0
 REFRESH_S = 20 * 60.0
-RETRY_FIRST_S = 1.0
+RETRY_FIRST_S = 0.25  # quick: at start-up a jwksUri may point at this very control plane, not listening yet
 RETRY_MAX_S = 60.0
 MAX_JWKS_BYTES = 1 << 20
 
@@ -128,9 +128,12 @@ class JwksResolver:
             error = f"cannot fetch the JWKS at {state.uri}: {exc or type(exc).__name__}"
             changed = state.error != error or state.jwks is not None
             state.error, state.jwks = error, None
+            if changed or state.attempts == 2:
+                # the first try may come too early (a jwksUri of this very control plane, not yet listening)
+                level = logging.INFO if state.attempts == 1 else logging.WARNING
+                log.log(level, "%s: %s; every token of this issuer is rejected (401) until it can be fetched",
+                        ", ".join(state.resources), error)
             if changed:
-                log.warning("%s: %s; every token of this issuer is rejected (401) until it can be fetched",
-                            ", ".join(state.resources), error)
                 self._on_change()
             return False
         state.fetched_at = time.time()
