@@ -5,7 +5,8 @@ Sidecars never fetch keys: the fetched key set goes inline into their snapshots 
 ``GET`` with a 5 s timeout; the answer must be a JSON Web Key Set); a fetch that fails is logged as
 a warning naming the RequestAuthentication(s) that use the URI, kept in ``errors`` (shown by
 ``GET /api/v1/jwks``) and retried with back-off (0.25 s doubling to a minute), and good key sets are refreshed
-every 20 minutes (istiod's default refresh). Each change of a key set or an error triggers a
+every 20 minutes (istiod's default refresh); a refresh that fails keeps the last good keys (the
+error is still shown). Each change of a key set or an error triggers a
 recompute, so the sidecars get the keys, or reject every token of that issuer with 401, within
 moments. Nothing already applied is lost: the resolver never touches the config store.
 
@@ -126,6 +127,12 @@ class JwksResolver:
             raise
         except Exception as exc:  # any failure: named, kept, retried
             error = f"cannot fetch the JWKS at {state.uri}: {exc or type(exc).__name__}"
+            if state.jwks is not None:  # a refresh failed: keep the last good keys, as istiod does
+                if state.error != error:
+                    log.warning("%s: %s; the keys fetched before stay in force",
+                                ", ".join(state.resources), error)
+                state.error = error
+                return False
             changed = state.error != error or state.jwks is not None
             state.error, state.jwks = error, None
             if changed or state.attempts == 2:
