@@ -163,6 +163,27 @@ async def test_from_headers_and_from_params() -> None:
     assert refused.status == 401
 
 
+def _unsigned(payload: object) -> str:
+    def segment(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{segment({'alg': 'RS256'})}.{segment(payload)}.c2ln"
+
+
+@pytest.mark.parametrize(("token", "body"), [
+    (_unsigned({"iss": ["not", "a", "string"]}), UNKNOWN_ISSUER),
+    (_unsigned({"iss": {"a": 1}}), UNKNOWN_ISSUER),
+    (_unsigned(["a list"]), "Jwt payload is an invalid JSON"),
+    (_unsigned({"iss": ISSUER, "sub": "x"}), VERIFICATION_FAILS),  # right issuer, signature "sig"
+    ("a.b.c", "Jwt header is an invalid JSON"),
+    ("e30.%%%.c2ln", "Jwt payload is an invalid JSON"),
+    ("only.two", BAD_FORMAT),
+])
+async def test_hostile_tokens_get_a_named_401(token: str, body: str) -> None:
+    response, app = await send(snapshot(REQUEST_AUTHENTICATION), bearer(token))
+    assert (response.status, response.body.decode()) == (401, body) and not app.requests
+
+
 async def test_issuer_audience_and_expiry() -> None:
     wrong_issuer = REQUEST_AUTHENTICATION.replace('issuer: "testing@secure.istio.io"', 'issuer: "other"')
     refused, _ = await send(snapshot(wrong_issuer), bearer(DEMO))

@@ -172,9 +172,11 @@ class JwtAuthn:
         if not isinstance(payload, dict):
             raise JwtFailure(BAD_PAYLOAD)
         issuer = payload.get("iss")
+        if not isinstance(issuer, str):
+            raise JwtFailure(UNKNOWN_ISSUER)
         candidates = [
-            r for r in self.by_issuer.get(issuer, []) if isinstance(issuer, str)
-            and (location in r.headers if location is not None else bool(r.params))
+            r for r in self.by_issuer.get(issuer, [])
+            if (location in r.headers if location is not None else bool(r.params))
         ]
         if not candidates:
             raise JwtFailure(UNKNOWN_ISSUER)
