@@ -17,6 +17,7 @@ MK0118 W destination port is not the service's port (meshkit services have one p
 MK0119 W JWT-based authorization (requestPrincipals, request.auth.*) with no RequestAuthentication
         in the policy's namespace or the root namespace (it can never match)
 MK0120 E/W @request.auth.claims header match malformed (E) or on a mesh VirtualService (W)
+MK0121 W RequestAuthentication rule with neither jwks nor jwksUri (no OpenID discovery here)
 """
 
 from __future__ import annotations
@@ -77,7 +78,10 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
     messages.extend(_host_conflicts(virtual_services, destination_rules))
     for rule in destination_rules:
         report(rule, _check_destination_rule(rule, registry, peer_authentications))
-    authn_namespaces = {r.metadata.namespace for r in of_kind(resources, RequestAuthentication)}
+    request_authentications = of_kind(resources, RequestAuthentication)
+    for authentication in request_authentications:
+        report(authentication, _check_request_authentication(authentication))
+    authn_namespaces = {r.metadata.namespace for r in request_authentications}
     for policy in of_kind(resources, AuthorizationPolicy):
         has_authn = bool({policy.metadata.namespace, ROOT_NAMESPACE} & authn_namespaces)
         report(policy, _check_authorization_policy(policy, has_authn))
@@ -375,6 +379,15 @@ def _check_policy(
 # ---------------------------------------------------------------------------------------------
 # AuthorizationPolicy
 # ---------------------------------------------------------------------------------------------
+
+
+def _check_request_authentication(policy: RequestAuthentication) -> Iterator[Finding]:
+    for i, rule in enumerate(policy.spec.jwt_rules or []):
+        if rule.jwks is None and rule.jwks_uri is None:
+            yield ("MK0121", Severity.WARNING, f"spec.jwtRules[{i}]",
+                   f'issuer "{rule.issuer}" has neither jwks nor jwksUri: Istio would discover the keys from '
+                   "the issuer's OpenID configuration, meshkit (no internet) does not, so every token of "
+                   "this issuer is rejected (401); set jwksUri (e.g. `meshkit jwt jwks-uri`) or inline jwks")
 
 
 def _no_jwt(namespace: str) -> str:

@@ -555,3 +555,18 @@ def test_jwt_claim_routes_belong_on_gateways() -> None:
     assert "works only on gateways" in text
     [(code, severity, _, text)] = found(load(_claim_route("gateways: [gw]", "@request.auth.claims")))
     assert (code, severity) == ("MK0120", "Error") and "is not a JWT claim match" in text
+
+
+def test_a_jwt_rule_without_keys_is_named() -> None:
+    resources = load("""apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  jwtRules:
+  - issuer: https://accounts.example.com
+  - issuer: me
+    jwksUri: http://127.0.0.1:1/jwks.json
+""")
+    [(code, severity, field, text)] = found(resources)
+    assert (code, severity, field) == ("MK0121", "Warning", "spec.jwtRules[0]")
+    assert 'issuer "https://accounts.example.com" has neither jwks nor jwksUri' in text
