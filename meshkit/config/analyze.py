@@ -5,7 +5,7 @@ Errors mean "this config would not do what it says" (the control plane rejects i
 warnings mean "probably not what you meant". Codes (docs/config-reference.md):
 
 MK0101 E route/mirror subset not defined        MK0110 E retries.attempts < 0
-MK0102 E/W weight < 0, all 0 / sum != 100     MK0111 E abort httpStatus outside 200-599
+MK0102 E a weight < 0, or all weights 0       MK0111 E abort httpStatus outside 200-599
 MK0103 W destination host not in the registry   MK0112 E duplicate subset name
 MK0104 E two VirtualServices for one host       MK0113 W fault without a percentage
 MK0105 W two DestinationRules for one host      MK0114 E the same resource twice in the input
@@ -16,8 +16,10 @@ MK0109 E DestinationRule tls DISABLE vs PeerAuthentication STRICT
 MK0118 W destination port is not the service's port (meshkit services have one port)
 MK0119 W JWT-based authorization (requestPrincipals, request.auth.*) with no RequestAuthentication
         in the policy's namespace or the root namespace (it can never match)
-MK0120 E/W @request.auth.claims header match malformed (E) or on a mesh VirtualService (W)
+MK0120 W @request.auth.claims header match on a VirtualService for sidecars (gateways only)
 MK0121 W RequestAuthentication rule with neither jwks nor jwksUri (no OpenID discovery here)
+MK0122 W weights not summing to 100 (the effective split), or a weight on the only destination
+MK0123 E malformed @request.auth.claims header match name
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ def _check_weights(http: HTTPRoute, at: str) -> Iterator[Finding]:
         return
     if len(destinations) == 1:
         if destinations[0].weight not in (None, 100):
-            yield ("MK0102", Severity.WARNING, f"{at}.route[0].weight",
+            yield ("MK0122", Severity.WARNING, f"{at}.route[0].weight",
                    f"weight {destinations[0].weight} has no effect: the only destination gets all traffic")
         return
     total = sum(weights)
@@ -189,7 +191,7 @@ def _check_weights(http: HTTPRoute, at: str) -> Iterator[Finding]:
         ]
         first, _, share = shares[0].rpartition(" ")
         split = ", ".join([f"{first} gets {share}", *shares[1:]])
-        yield ("MK0102", Severity.WARNING, f"{at}.route",
+        yield ("MK0122", Severity.WARNING, f"{at}.route",
                f"route weights sum to {total}: {split} (traffic is split in proportion to the weights)")
 
 
@@ -266,7 +268,7 @@ def _check_claim_matches(vs: VirtualService, http: HTTPRoute, at: str) -> Iterat
                     continue
                 where = f"{at}.match[{i}].{alias}.{name}"
                 if not _CLAIM_HEADER.match(name):
-                    yield ("MK0120", Severity.ERROR, where,
+                    yield ("MK0123", Severity.ERROR, where,
                            f'"{name}" is not a JWT claim match (expected @request.auth.claims.NAME[.NESTED] '
                            "or @request.auth.claims[NAME][NESTED])")
                 elif on_sidecars:

@@ -110,9 +110,9 @@ def test_weights_as_istio_accepts_them_with_the_effective_split() -> None:
     )
     proportional = "(traffic is split in proportion to the weights)"
     assert found(resources) == [
-        ("MK0102", "Warning", "spec.http[0].route",
+        ("MK0122", "Warning", "spec.http[0].route",
          f"route weights sum to 90: v1 gets 88.9%, v2 11.1% {proportional}"),
-        ("MK0102", "Warning", "spec.http[1].route[0].weight",
+        ("MK0122", "Warning", "spec.http[1].route[0].weight",
          "weight 50 has no effect: the only destination gets all traffic"),
         ("MK0102", "Error", "spec.http[3].route",
          "route weights sum to 0: no destination would receive traffic "
@@ -138,7 +138,7 @@ def test_negative_weights_and_splits_across_hosts() -> None:
     )
     assert found(resources) == [
         ("MK0102", "Error", "spec.http[0].route[0].weight", "weight -10 is negative"),
-        ("MK0102", "Warning", "spec.http[1].route",
+        ("MK0122", "Warning", "spec.http[1].route",
          "route weights sum to 3: reviews v1 gets 33.3%, ratings 66.7% "
          "(traffic is split in proportion to the weights)"),
     ]
@@ -554,7 +554,7 @@ def test_jwt_claim_routes_belong_on_gateways() -> None:
     assert field == "spec.http[0].match[0].headers.@request.auth.claims.groups"
     assert "works only on gateways" in text
     [(code, severity, _, text)] = found(load(_claim_route("gateways: [gw]", "@request.auth.claims")))
-    assert (code, severity) == ("MK0120", "Error") and "is not a JWT claim match" in text
+    assert (code, severity) == ("MK0123", "Error") and "is not a JWT claim match" in text
 
 
 def test_a_jwt_rule_without_keys_is_named() -> None:

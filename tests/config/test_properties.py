@@ -42,7 +42,7 @@ def test_weight_check_matches_its_rule(weights: list[int | None]) -> None:
     if several and total == 0:
         assert findings == [("MK0102", "Error")]
     elif (several and total != 100) or (not several and weights[0] not in (None, 100)):
-        assert findings == [("MK0102", "Warning")]
+        assert findings == [("MK0122", "Warning")]
     else:
         assert findings == []
 

@@ -1,5 +1,5 @@
 """Weights that do not sum to 100 (valid in Istio): the compiler keeps them and the sidecar splits
-traffic in proportion, exactly the split the analyzer's MK0102 warning announces.
+traffic in proportion, exactly the split the analyzer's MK0122 warning announces.
 
 Istio YAML -> compile_snapshot -> the sidecar's RouteTable -> 3000 weighted picks.
 """
