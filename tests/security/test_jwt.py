@@ -184,6 +184,19 @@ async def test_hostile_tokens_get_a_named_401(token: str, body: str) -> None:
     assert (response.status, response.body.decode()) == (401, body) and not app.requests
 
 
+async def test_a_cached_token_is_not_accepted_where_its_rule_does_not_look() -> None:
+    other_issuer_rule = (
+        "  - issuer: someone-else\n"
+        f"    jwks: {json.dumps(ISTIO_JWKS)}\n"
+        "    fromHeaders: [{name: x-other-token}]\n"
+    )
+    snap = snapshot(REQUEST_AUTHENTICATION + other_issuer_rule)
+    assert (await send(snap, bearer(DEMO)))[0].status == 200  # verified and cached for Authorization
+    # the same token in x-other-token: only the someone-else rule reads that header -> not its issuer
+    refused, _ = await send(snap, [("x-other-token", DEMO)])
+    assert (refused.status, refused.body) == (401, UNKNOWN_ISSUER.encode())
+
+
 async def test_issuer_audience_and_expiry() -> None:
     wrong_issuer = REQUEST_AUTHENTICATION.replace('issuer: "testing@secure.istio.io"', 'issuer: "other"')
     refused, _ = await send(snapshot(wrong_issuer), bearer(DEMO))

@@ -102,6 +102,9 @@ def _claim_text(value: Any) -> str | None:
     return None
 
 
+CacheKey = tuple[str, tuple[str, str] | None]  # (token, header it came from; None: a query parameter)
+
+
 class JwtAuthn:
     """The compiled ``inbound.jwt`` of one snapshot."""
 
@@ -123,7 +126,9 @@ class JwtAuthn:
             {h for r in self.rules for h in ([r.payload_header] if r.payload_header else [])}
             | {h for r in self.rules for h, _ in r.claim_headers}
         )
-        self._cache: OrderedDict[str, tuple[AuthInfo, JwtRule, float | None]] = OrderedDict()
+        # (token, where it was found) -> the verified result: a token accepted in one location is not
+        # thereby accepted in another its rule does not read
+        self._cache: OrderedDict[CacheKey, tuple[AuthInfo, JwtRule, float | None]] = OrderedDict()
 
     # -- finding the token ------------------------------------------------------------------------
 
@@ -150,13 +155,14 @@ class JwtAuthn:
     # -- verifying it -----------------------------------------------------------------------------
 
     def verify(self, token: str, location: tuple[str, str] | None) -> tuple[AuthInfo, JwtRule]:
-        cached = self._cache.get(token)
+        key = (token, location)
+        cached = self._cache.get(key)
         now = time.time()
         if cached is not None:
             info, rule, exp = cached
             if exp is not None and now > exp + CLOCK_SKEW_S:
                 raise JwtFailure(EXPIRED)
-            self._cache.move_to_end(token)
+            self._cache.move_to_end(key)
             return info, rule
         parts = token.split(".")
         if len(parts) != 3:
@@ -209,7 +215,7 @@ class JwtAuthn:
             issuer=str(issuer),
         )
         if nbf is None or not isinstance(nbf, int | float) or now >= nbf:
-            self._cache[token] = (info, rule, exp)
+            self._cache[key] = (info, rule, exp)
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return info, rule
