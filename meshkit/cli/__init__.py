@@ -8,6 +8,7 @@ Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 - `mesh_verbs`: up, down, status, curl, logs, kill, restart, load, top, lab
 - `security_verbs`: certs, tap
 - `trace_verbs`: traces, trace, explain
+- `jwt_verbs`: jwt issue, jwt jwks-uri, jwt status
 - `workshop_verbs`: workshop serve, workshop export-student
 
 It must not hold logic of its own beyond parsing and printing.
@@ -19,7 +20,14 @@ import os
 import sys
 
 # Importing the verb modules registers their verbs on `app`.
-from meshkit.cli import config_verbs, mesh_verbs, security_verbs, trace_verbs, workshop_verbs  # noqa: F401
+from meshkit.cli import (  # noqa: F401
+    config_verbs,
+    jwt_verbs,
+    mesh_verbs,
+    security_verbs,
+    trace_verbs,
+    workshop_verbs,
+)
 from meshkit.cli.common import EXIT_REJECTED, app
 
 __all__ = ["app", "main"]

@@ -240,6 +240,8 @@ _COLUMNS = {
     "DestinationRule": ("HOST", lambda spec: spec.get("host", "")),
     "PeerAuthentication": ("MODE", lambda spec: (spec.get("mtls") or {}).get("mode", "UNSET")),
     "AuthorizationPolicy": ("ACTION", lambda spec: spec.get("action", "ALLOW")),
+    "RequestAuthentication": (
+        "ISSUERS", lambda spec: ",".join(r.get("issuer", "") for r in spec.get("jwtRules") or [])),
 }
 
 

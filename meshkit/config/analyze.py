@@ -2,7 +2,7 @@
 
 `analyze` never raises on valid resources; it returns findings sorted by resource and field.
 Errors mean "this config would not do what it says" (the control plane rejects it);
-warnings mean "probably not what you meant". Codes MK0101-MK0119: their severity and meaning are
+warnings mean "probably not what you meant". Codes MK0101-MK0123: their severity and meaning are
 in `meshkit.config.codes` (and the table of docs/config-reference.md generated from it).
 MK03xx (Kubernetes workloads) and MK04xx (Gateways): see `analyze_front_door`.
 """
@@ -15,8 +15,10 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from meshkit.config import codes
 from meshkit.config.analyze_front_door import check_front_door, with_config_services
+from meshkit.config.authn import RequestAuthentication
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
+from meshkit.config.regex import re2_error, sidecar_error
 from meshkit.config.registry import Endpoint, RegistryView
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -29,7 +31,7 @@ from meshkit.config.resources import (
     TrafficPolicy,
     VirtualService,
 )
-from meshkit.config.selection import of_kind, resolve_mtls
+from meshkit.config.selection import ROOT_NAMESPACE, of_kind, resolve_mtls
 
 SUPPORTED_CONDITION_KEYS = (
     "request.headers[<name>]", "source.principal", "source.namespace", "source.ip", "remote.ip",
@@ -37,7 +39,7 @@ SUPPORTED_CONDITION_KEYS = (
     "request.auth.claims[<name>]",
 )
 _HEADER_KEY = re.compile(r"^request\.headers\[[^\]]+\]$")
-_CLAIMS_KEY = re.compile(r"^request\.auth\.claims\[[^\]]+\]$")
+_CLAIMS_KEY = re.compile(r"^request\.auth\.claims(\[[^\[\]]+\])+$")
 
 Finding = tuple[str, Severity, str, str]  # code, severity, field, text
 
@@ -66,8 +68,13 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
     messages.extend(_host_conflicts(virtual_services, destination_rules))
     for rule in destination_rules:
         report(rule, _check_destination_rule(rule, registry, peer_authentications))
+    request_authentications = of_kind(resources, RequestAuthentication)
+    for authentication in request_authentications:
+        report(authentication, _check_request_authentication(authentication))
+    authn_namespaces = {r.metadata.namespace for r in request_authentications}
     for policy in of_kind(resources, AuthorizationPolicy):
-        report(policy, _check_authorization_policy(policy))
+        has_authn = bool({policy.metadata.namespace, ROOT_NAMESPACE} & authn_namespaces)
+        report(policy, _check_authorization_policy(policy, has_authn))
     messages.extend(check_front_door(resources, registry))  # Kubernetes workloads, Gateways: MK03xx, MK04xx
     return sorted(messages, key=lambda m: (m.resource, m.field, m.code))
 
@@ -91,6 +98,7 @@ def _check_virtual_service(
     for index, http in enumerate(vs.spec.http or []):
         at = f"spec.http[{index}]"
         yield from _check_matches(http, at)
+        yield from _check_claim_matches(vs, http, at)
         destinations = http.route or []
         if not destinations:
             yield codes.MK0116, Severity.ERROR, f"{at}.route", "http route has no route destinations"
@@ -136,13 +144,44 @@ def _check_destination(
                f'port {destination.port.number} is not the port of service "{service.name}" ({service.port})')
 
 
+def _destination_label(destination: Destination, same_host: bool) -> str:
+    if destination.subset is None:
+        return destination.host
+    return destination.subset if same_host else f"{destination.host} {destination.subset}"
+
+
 def _check_weights(http: HTTPRoute, at: str) -> Iterator[Finding]:
+    """Istio's rule: no negative weight, not all zero when there are several destinations; any
+    other total is valid and splits traffic proportionally (the warning shows the effective split)."""
     destinations = http.route or []
-    weights = [d.weight for d in destinations]
-    if len(destinations) > 1 or (len(destinations) == 1 and weights[0] is not None):
-        total = sum(w or 0 for w in weights)
-        if total != 100:
-            yield codes.MK0102, Severity.ERROR, f"{at}.route", f"route weights sum to {total}, not 100"
+    weights = [d.weight or 0 for d in destinations]
+    negative = False
+    for j, weight in enumerate(weights):
+        if weight < 0:
+            negative = True
+            yield codes.MK0102, Severity.ERROR, f"{at}.route[{j}].weight", f"weight {weight} is negative"
+    if negative:
+        return
+    if len(destinations) == 1:
+        if destinations[0].weight not in (None, 100):
+            yield (codes.MK0122, Severity.WARNING, f"{at}.route[0].weight",
+                   f"weight {destinations[0].weight} has no effect: the only destination gets all traffic")
+        return
+    total = sum(weights)
+    if len(destinations) > 1 and total == 0:
+        yield (codes.MK0102, Severity.ERROR, f"{at}.route",
+               "route weights sum to 0: no destination would receive traffic (Istio: total destination "
+               "weight = 0)")
+    elif len(destinations) > 1 and total != 100:
+        same_host = len({d.destination.host for d in destinations}) == 1
+        shares = [
+            f"{_destination_label(d.destination, same_host)} {w * 100 / total:.1f}%"
+            for d, w in zip(destinations, weights, strict=True)
+        ]
+        first, _, share = shares[0].rpartition(" ")
+        split = ", ".join([f"{first} gets {share}", *shares[1:]])
+        yield (codes.MK0122, Severity.WARNING, f"{at}.route",
+               f"route weights sum to {total}: {split} (traffic is split in proportion to the weights)")
 
 
 def _check_fault(http: HTTPRoute, at: str) -> Iterator[Finding]:
@@ -193,10 +232,39 @@ def _check_matches(http: HTTPRoute, at: str) -> Iterator[Finding]:
     for where, match in _string_matches(http, at):
         if match.regex is None:
             continue
-        try:
-            re.compile(match.regex)
-        except re.error as error:
-            yield codes.MK0106, Severity.ERROR, f"{where}.regex", f'invalid regex "{match.regex}": {error}'
+        refused = re2_error(match.regex)
+        if refused is not None:
+            yield (codes.MK0106, Severity.ERROR, f"{where}.regex",
+                   f'invalid regex "{match.regex}": {refused} (RE2, the regex engine of Envoy and Istio)')
+            continue
+        unsupported = sidecar_error(match.regex)
+        if unsupported is not None:
+            yield (codes.MK0106, Severity.ERROR, f"{where}.regex",
+                   f'regex "{match.regex}" is valid RE2 but meshkit\'s sidecar (Python re) cannot evaluate '
+                   f"it: {unsupported}")
+
+
+_CLAIM_HEADER = re.compile(r"^@request\.auth\.claims(?:(?:\.[^.\[\]]+)+|(?:\[[^\[\]]+\])+)$")
+
+
+def _check_claim_matches(vs: VirtualService, http: HTTPRoute, at: str) -> Iterator[Finding]:
+    """``@request.auth.claims.NAME`` header matches: well-formed, and on gateways only (Istio's rule)."""
+    on_sidecars = not vs.spec.gateways or "mesh" in vs.spec.gateways
+    for i, match in enumerate(http.match or []):
+        for alias, field in (("headers", match.headers), ("withoutHeaders", match.without_headers)):
+            for name in field or {}:
+                if not name.startswith("@request.auth.claims"):
+                    continue
+                where = f"{at}.match[{i}].{alias}.{name}"
+                if not _CLAIM_HEADER.match(name):
+                    yield (codes.MK0123, Severity.ERROR, where,
+                           f'"{name}" is not a JWT claim match (expected @request.auth.claims.NAME[.NESTED] '
+                           "or @request.auth.claims[NAME][NESTED])")
+                elif on_sidecars:
+                    yield (codes.MK0120, Severity.WARNING, where,
+                           f'JWT claim routing ("{name}") works only on gateways (Istio\'s rule): on '
+                           "sidecars this match never holds; bind the VirtualService to a gateway with a "
+                           "RequestAuthentication")
 
 
 def _host_conflicts(
@@ -304,17 +372,29 @@ def _check_policy(
 # ---------------------------------------------------------------------------------------------
 
 
-_NO_JWT = "meshkit has no RequestAuthentication (JWT), so it never matches (and its negation always does)"
+def _check_request_authentication(policy: RequestAuthentication) -> Iterator[Finding]:
+    for i, rule in enumerate(policy.spec.jwt_rules or []):
+        if rule.jwks is None and rule.jwks_uri is None:
+            yield ("MK0121", Severity.WARNING, f"spec.jwtRules[{i}]",
+                   f'issuer "{rule.issuer}" has neither jwks nor jwksUri: Istio would discover the keys from '
+                   "the issuer's OpenID configuration, meshkit (no internet) does not, so every token of "
+                   "this issuer is rejected (401); set jwksUri (e.g. `meshkit jwt jwks-uri`) or inline jwks")
 
 
-def _check_authorization_policy(policy: AuthorizationPolicy) -> Iterator[Finding]:
+def _no_jwt(namespace: str) -> str:
+    return (f"no RequestAuthentication in namespace {namespace} or {ROOT_NAMESPACE} validates tokens, "
+            "so it never matches (and its negation always does)")
+
+
+def _check_authorization_policy(policy: AuthorizationPolicy, has_authn: bool = True) -> Iterator[Finding]:
+    no_jwt = _no_jwt(policy.metadata.namespace)
     for i, rule in enumerate(policy.spec.rules or []):
         for j, source in enumerate(rule.from_ or []):
             for name, alias in (("request_principals", "requestPrincipals"),
                                 ("not_request_principals", "notRequestPrincipals")):
-                if getattr(source.source, name):
+                if getattr(source.source, name) and not has_authn:
                     yield (codes.MK0119, Severity.WARNING, f"spec.rules[{i}].from[{j}].source.{alias}",
-                           f"{alias}: {_NO_JWT}")
+                           f"{alias}: {no_jwt}")
         for j, condition in enumerate(rule.when or []):
             key = condition.key
             at = f"spec.rules[{i}].when[{j}].key"
@@ -323,6 +403,6 @@ def _check_authorization_policy(policy: AuthorizationPolicy) -> Iterator[Finding
                 yield (codes.MK0117, Severity.ERROR, at,
                        f'condition key "{key}" is not supported by meshkit '
                        f"(supported: {', '.join(SUPPORTED_CONDITION_KEYS)})")
-            elif key.startswith("request.auth."):
-                yield codes.MK0119, Severity.WARNING, at, f'condition key "{key}": {_NO_JWT}'
+            elif key.startswith("request.auth.") and not has_authn:
+                yield codes.MK0119, Severity.WARNING, at, f'condition key "{key}": {no_jwt}'
 

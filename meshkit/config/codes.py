@@ -66,8 +66,10 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0101", E, "analyzer", "route or mirror subset defined by no DestinationRule for the host",
          "IST0101 ReferencedResourceNotFound",
          'subset "v4" of host "reviews" is not defined by any DestinationRule (known subsets: v1, v2, v3)'),
-    Code("MK0102", E, "analyzer", "weights do not sum to 100 (several destinations, or one with a weight)",
-         _VALIDATION, "route weights sum to 90, not 100"),
+    Code("MK0102", E, "analyzer", "a negative weight, or several destinations whose weights sum to 0 "
+         "(Istio refuses both)", _VALIDATION,
+         "route weights sum to 0: no destination would receive traffic "
+         "(Istio: total destination weight = 0)"),
     Code("MK0103", W, "analyzer", "*registry*: destination host is not a registry service",
          "IST0101 ReferencedResourceNotFound", 'host "ratingz" is not a service in the registry'),
     Code("MK0104", E, "analyzer", "two VirtualServices (for sidecars) claim one host",
@@ -77,8 +79,12 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0105", W, "analyzer", "two DestinationRules for one host in one namespace", "",
          'host "reviews" already has DestinationRule/default/reviews in this namespace; only one '
          "DestinationRule per host is used (...)"),
-    Code("MK0106", E, "analyzer", "invalid regex in any StringMatch", "IST0122 InvalidRegexp",
-         'invalid regex "*jason": nothing to repeat at position 0'),
+    Code("MK0106", E, "analyzer", "invalid regex in any StringMatch, judged by RE2 (Envoy's engine): "
+         "lookarounds and backreferences refused as on Istio; also valid RE2 the sidecar's Python re "
+         "cannot run",
+         "IST0122 InvalidRegexp",
+         'invalid regex "^/(?!admin).*": invalid perl operator: (?! '
+         "(RE2, the regex engine of Envoy and Istio)"),
     Code("MK0107", E, "analyzer", "percentage outside 0-100 (fault, mirror, maxEjectionPercent)",
          _VALIDATION, "percentage 150 is outside 0-100"),
     Code("MK0108", W, "analyzer", "*registry*: subset labels select no endpoint",
@@ -107,11 +113,23 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0118", W, "analyzer", "*registry*: `destination.port.number` is not the service's port "
          "(a meshkit service has one port)", "",
          'port 9090 is not the port of service "reviews" (9080)'),
-    Code("MK0119", W, "analyzer", "JWT-based authorization (`requestPrincipals`, `request.auth.*`) never "
-         "matches: meshkit has no RequestAuthentication", "",
-         'condition key "request.auth.claims[iss]": meshkit has no RequestAuthentication (JWT), so it '
-         "never matches (and its negation always does)"),
-    # -- Kubernetes workloads on the local mesh (MK03xx) and Gateways (MK04xx) -------------------------
+    Code("MK0119", W, "analyzer", "JWT-based authorization (`requestPrincipals`, `request.auth.*`) with no "
+         "RequestAuthentication in the policy's namespace or istio-system", "",
+         'condition key "request.auth.claims[iss]": no RequestAuthentication in namespace foo or '
+         "istio-system "
+         "validates tokens, so it never matches (and its negation always does)"),
+    Code("MK0120", W, "analyzer", "`@request.auth.claims` header match on a VirtualService for sidecars "
+         "(gateways only)", "",
+         'JWT claim routing ("@request.auth.claims.groups") works only on gateways (Istio\'s rule): ...'),
+    Code("MK0121", W, "analyzer", "RequestAuthentication rule with neither jwks nor jwksUri (no OpenID "
+         "discovery)", "", 'issuer "https://accounts.example.com" has neither jwks nor jwksUri: ...'),
+    Code("MK0122", W, "analyzer", "weights that do not sum to 100 (split in proportion), or a weight on the "
+         "only destination (ignored)", "",
+         "route weights sum to 90: v1 gets 77.8%, v2 22.2% "
+         "(traffic is split in proportion to the weights)"),
+    Code("MK0123", E, "analyzer", "malformed `@request.auth.claims` header match name", "",
+         '"@request.auth.claims" is not a JWT claim match '
+         "(expected @request.auth.claims.NAME[.NESTED] or ...)"),
     Code("MK0301", E, "workloads", "a Deployment's image is not one of Istio's sample images (the message "
          "lists them)"),
     Code("MK0302", E, "workloads", "a Deployment's pod template labels do not carry its "
@@ -166,6 +184,7 @@ MK0101, MK0102, MK0103, MK0104, MK0105, MK0106, MK0107, MK0108, MK0109, MK0110 =
     "MK0101", "MK0102", "MK0103", "MK0104", "MK0105", "MK0106", "MK0107", "MK0108", "MK0109", "MK0110")
 MK0111, MK0112, MK0113, MK0114, MK0115, MK0116, MK0117, MK0118, MK0119 = (
     "MK0111", "MK0112", "MK0113", "MK0114", "MK0115", "MK0116", "MK0117", "MK0118", "MK0119")
+MK0120, MK0121, MK0122, MK0123 = ("MK0120", "MK0121", "MK0122", "MK0123")
 MK0901, MK0902, MK0903, MK0904, MK0905, MK0906 = ("MK0901", "MK0902", "MK0903", "MK0904", "MK0905", "MK0906")
 MK0910, MK0911, MK0920, MK0921, MK0930, MK0940 = ("MK0910", "MK0911", "MK0920", "MK0921", "MK0930", "MK0940")
 MK0950, MK0951, MK0960, MK0961, MK0962 = ("MK0950", "MK0951", "MK0960", "MK0961", "MK0962")

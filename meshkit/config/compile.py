@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshkit.config.authn import RequestAuthentication, compile_jwt, request_authentications_for
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateways import bound_hosts
 from meshkit.config.hosts import resolve_host
@@ -103,11 +104,15 @@ def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any
 def compile_snapshot(
     resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0,
     mesh_config: Mapping[str, Any] | None = None, trace_sampling: float = DEFAULT_TRACE_SAMPLING,
+    jwks: Mapping[str, str | None] | None = None, jwks_errors: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The snapshot for ``node`` (docs/snapshot.md; its fields and their types are `meshkit.proxy.schema`
-    .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them);
+    .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them).
+
     ``mesh_config`` is Istio's meshConfig; ``trace_sampling`` is its ``defaultConfig.tracing.sampling``
-    (percent), which Telemetry resources override."""
+    (percent), which Telemetry resources override. ``jwks`` maps a RequestAuthentication ``jwksUri``
+    to the key set the control plane fetched from it, ``jwks_errors`` to why it could not (see `authn`).
+    """
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
@@ -131,6 +136,11 @@ def compile_snapshot(
         "tracing": resolve_tracing(node.namespace, node.labels, of_kind(resources, Telemetry),
                                    trace_sampling)[0],
     }
+    selected = request_authentications_for(
+        node.namespace, node.labels, of_kind(resources, RequestAuthentication))
+    rules = compile_jwt(selected, jwks, jwks_errors)
+    if rules is not None:  # absent when no RequestAuthentication selects this proxy
+        body["inbound"]["jwt"] = rules  # a gateway verifies on its (outbound) listener
     return {"schema": SCHEMA, "version": snapshot_version(body), **body}
 
 
@@ -269,7 +279,9 @@ def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node) -> dict[
         "match": matches,
         "route": [
             {"cluster": _cluster_key(d.destination, namespace),
-             "weight": d.weight if d.weight is not None else (100 if single else 0),
+             # Istio: the only destination gets all traffic whatever its weight; several
+             # destinations split in proportion to their weights (unset = 0), summing to any total
+             "weight": 100 if single else (d.weight or 0),
              "headers": _headers(d.headers)}
             for d in destinations
         ],
@@ -288,7 +300,10 @@ def _string_match(match: StringMatch) -> dict[str, str]:
 
 
 def _match_map(items: Mapping[str, StringMatch] | None) -> dict[str, dict[str, str]]:
-    return {name.lower(): _string_match(m) for name, m in sorted((items or {}).items())}
+    """Header names lower-cased, except JWT claim matches (``@request.auth.claims.Name``): claims
+    are case-sensitive."""
+    return {name if name.startswith("@request.auth.claims") else name.lower(): _string_match(m)
+            for name, m in sorted((items or {}).items())}
 
 
 def _match(m: HTTPMatchRequest) -> dict[str, Any]:

@@ -3,6 +3,7 @@ unsupported and the Kubernetes ones it ignores with a warning."""
 
 from __future__ import annotations
 
+from meshkit.config.authn import RequestAuthentication
 from meshkit.config.envoyfilter import EnvoyFilter
 from meshkit.config.gateways import Gateway
 from meshkit.config.resources import (
@@ -19,7 +20,7 @@ from meshkit.config.workloads import IGNORED_KINDS, WORKLOAD_KINDS
 ISTIO_KINDS: dict[str, type[Resource]] = {
     cls.__name__: cls
     for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, EnvoyFilter,
-                Telemetry, Gateway)
+                Telemetry, Gateway, RequestAuthentication)
 }
 
 # Every kind `meshkit apply` takes: the Istio kinds and the Kubernetes workload kinds of Istio's samples.
@@ -31,6 +32,5 @@ IGNORED_KUBERNETES_KINDS = IGNORED_KINDS
 
 # Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
 UNSUPPORTED_ISTIO_KINDS = frozenset(
-    {"ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup",
-     "RequestAuthentication", "ProxyConfig", "WasmPlugin"}
+    {"ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "WasmPlugin"}
 )

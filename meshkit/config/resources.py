@@ -343,7 +343,7 @@ class Source(IstioModel):
     not_ip_blocks: list[str] | None = None
     remote_ip_blocks: list[str] | None = None
     not_remote_ip_blocks: list[str] | None = None
-    # meshkit has no RequestAuthentication (JWT): these never match, their not_ forms always do
+    # the request principal ``<iss>/<sub>`` of a token a RequestAuthentication verified (config/authn.py)
     request_principals: list[str] | None = None
     not_request_principals: list[str] | None = None
 

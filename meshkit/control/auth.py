@@ -197,7 +197,10 @@ WORKLOAD_ROUTES = frozenset({
 })
 # answered without a credential: liveness (status only) and the CSR, whose body carries its token
 PUBLIC_ROUTES = frozenset({("GET", "/api/v1/healthz"), ("HEAD", "/api/v1/healthz"),
-                           ("POST", "/api/v1/ca/sign")})
+                           ("POST", "/api/v1/ca/sign"),
+                           # public keys: a jwksUri is fetched without credentials (control/jwt_api.py)
+                           ("GET", "/.well-known/jwks.json"),
+                           ("GET", "/.well-known/istio-samples/jwks.json")})
 
 
 def may_act_as(caller: Caller, proxy_id: str, service_account: str | None) -> bool:

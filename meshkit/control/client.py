@@ -129,6 +129,13 @@ class ControlClient:
     def proxy_status(self, wait: float | None = None) -> Any:
         return self.request("GET", "proxy-status", query={"wait": wait})
 
+    def jwks_status(self) -> Any:
+        """Every RequestAuthentication jwksUri: who uses it, fetched or why not (``GET /api/v1/jwks``)."""
+        return self.request("GET", "jwks")
+
+    def jwks_refresh(self, uri: str) -> Any:
+        return self.request("POST", "jwks/refresh", json_body={"uri": uri})
+
 
 def _as_list(documents: list[dict[str, Any]]) -> dict[str, Any]:
     """Several resources as one body: a ``kind: List`` the loader expands."""

@@ -17,6 +17,7 @@ SHORT_NAMES: dict[str, str] = {
     "svc": "Service",
     "sa": "ServiceAccount",
     "ns": "Namespace",
+    "ra": "RequestAuthentication",
 }
 
 

@@ -128,6 +128,7 @@ class PushServer:
         self._dirty = False
         self._closing = False
         self._unsubscribe: list[Callable[[], None]] = []
+        self.jwks: Any = None  # control/jwks.JwksResolver: fetched jwksUri key sets for the compiler
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -221,9 +222,12 @@ class PushServer:
         resources, view, revision = inputs
         self.stats.compiles += 1
         try:
+            jwks = self.jwks
             return SnapshotTemplate(compile_snapshot(
                 resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision,
-                trace_sampling=self.trace_sampling))
+                trace_sampling=self.trace_sampling,
+                jwks=jwks.keys if jwks is not None else None,
+                jwks_errors=jwks.errors if jwks is not None else None))
         except Exception as error:  # a compiler bug must not stop the pushes to everyone else
             log.exception("compiling the snapshot of %s failed at revision %s", group[0].id, revision)
             return error

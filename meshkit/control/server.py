@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshkit.config.compile import DEFAULT_TRACE_SAMPLING
-from meshkit.control import explain_api, telemetry_api, traces_api
+from meshkit.control import explain_api, jwt_api, telemetry_api, traces_api
 from meshkit.control.address import (
     address_file,
     default_control_dir,
@@ -34,6 +34,7 @@ from meshkit.control.address import (
 from meshkit.control.api import MAX_BODY_BYTES, Components, SignedCertificate, create_app
 from meshkit.control.auth import Authenticator, ensure_admin_token
 from meshkit.control.database import open_database
+from meshkit.control.jwks import JwksResolver
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry
 from meshkit.control.store import KEEP_REVISIONS, ConfigStore
@@ -144,6 +145,9 @@ class ControlPlane:
             trace_sampling = parse_trace_sampling(os.environ.get(TRACE_SAMPLING_ENV))
         self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
                                retention=retention, trace_sampling=trace_sampling)
+        self.jwks = JwksResolver(self.store.resources, self.push.schedule)
+        self.push.jwks = self.jwks
+        self._unsubscribe_jwks: Callable[[], None] = lambda: None
         self.telemetry = Scraper(TelemetryStore())
         self.traces = TraceStore()
         self.trace_exporter = trace_exporter(trace_export or os.environ.get(TRACE_EXPORT_ENV))
@@ -172,18 +176,23 @@ class ControlPlane:
         telemetry_api.add_routes(app, self.telemetry)
         traces_api.add_routes(app, self.traces)
         explain_api.add_routes(app, self.store, self.registry, self.push)
+        jwt_api.add_routes(app, self.jwks, self.directory)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
         self.push.start()
+        self._unsubscribe_jwks = self.store.subscribe(self.jwks.sync)
+        self.jwks.sync()
         self.telemetry.start()
         if self.trace_exporter is not None:
             self.trace_exporter.start()
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self.push.close()  # ends the long-lived SSE streams, so the server can stop promptly
+        self._unsubscribe_jwks()
+        await self.jwks.close()
         await self.telemetry.close()
         if self.trace_exporter is not None:
             await self.trace_exporter.close()

@@ -28,7 +28,7 @@ _COPIED = ("description", "enum", "minItems", "maxItems", "minLength", "maxLengt
 _DROPPED = ("title", "default", "additionalProperties", "const", "examples")
 
 SHORT_NAMES = {"VirtualService": ["vs"], "DestinationRule": ["dr"], "PeerAuthentication": ["pa"],
-               "AuthorizationPolicy": ["ap"], "EnvoyFilter": ["ef"]}
+               "AuthorizationPolicy": ["ap"], "EnvoyFilter": ["ef"], "RequestAuthentication": ["ra"]}
 STORAGE_VERSION = "v1"
 
 

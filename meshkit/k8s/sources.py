@@ -1,8 +1,8 @@
 """Kubernetes objects (plain dicts from the API) -> what the control plane keeps: pure functions.
 
-* `istio_resource`: a VirtualService/DestinationRule/PeerAuthentication/AuthorizationPolicy
-  object -> a typed `Resource` (server-set metadata and kubectl's last-applied annotation
-  dropped), or the loader's messages naming the resource and field.
+* `istio_resource`: a VirtualService/DestinationRule/PeerAuthentication/AuthorizationPolicy/
+  RequestAuthentication object -> a typed `Resource` (server-set metadata and kubectl's
+  last-applied annotation dropped), or the loader's messages naming the resource and field.
 * `desired_registry`: Services + EndpointSlices + Pods -> the services and endpoints the
   registry must hold, the way local mode registers them:
 
@@ -53,6 +53,7 @@ ISTIO_TYPES: tuple[ResourceType, ...] = (
     ResourceType("networking.istio.io", "v1", "destinationrules", "DestinationRule"),
     ResourceType("security.istio.io", "v1", "peerauthentications", "PeerAuthentication"),
     ResourceType("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy"),
+    ResourceType("security.istio.io", "v1", "requestauthentications", "RequestAuthentication"),
 )
 SERVICES = ResourceType("", "v1", "services", "Service")
 ENDPOINT_SLICES = ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")

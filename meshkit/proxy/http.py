@@ -80,6 +80,7 @@ class Request:
 
     __slots__ = (
         "attempt",
+        "auth",
         "authority",
         "body",
         "cluster",
@@ -131,6 +132,7 @@ class Request:
         self.flags: str = ""  # response flags raised on the way down ("DI")
         self.attempt = 1  # x-envoy-attempt-count
         self.rq_timeout_ms: int | None = None  # x-envoy-upstream-rq-timeout-ms from the app (0 = none)
+        self.auth: Any = None  # filters/jwt.AuthInfo of a verified end-user JWT (inbound only)
 
 
 class Response:

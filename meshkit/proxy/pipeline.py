@@ -25,6 +25,7 @@ from meshkit.proxy.filters.authn import authn
 from meshkit.proxy.filters.authz import authz
 from meshkit.proxy.filters.circuit_breaker import circuit_breaker
 from meshkit.proxy.filters.fault import fault, has_fault
+from meshkit.proxy.filters.jwt import gateway_jwt_authn, has_jwt_rules, jwt_authn
 from meshkit.proxy.filters.loadbalance import loadbalance
 from meshkit.proxy.filters.local_reply import local_reply
 from meshkit.proxy.filters.metrics import inbound_metrics, outbound_metrics
@@ -65,7 +66,9 @@ def outbound_filters(
     filters: list[Filter] = [tracing_filter(spans, "CLIENT")]
     if access is not None:
         filters.append(access_log(access, "outbound"))
-    filters += [outbound_metrics(metrics), local_reply]
+    # gateway_jwt_authn: a gateway's RequestAuthentication, before the route step (claim-based
+    # routing); one attribute read on a sidecar
+    filters += [outbound_metrics(metrics), local_reply, gateway_jwt_authn]
     return filters
 
 
@@ -96,6 +99,7 @@ def inbound_filters(
 # Inbound, per snapshot (scope: the Snapshot in effect).
 INBOUND_POLICY_FILTERS: tuple[tuple[Filter, Needs[Snapshot]], ...] = (
     (authn, always),  # x-forwarded-client-cert: always sanitised, set from the mTLS peer
+    (jwt_authn, has_jwt_rules),  # RequestAuthentication: bad token -> 401, good one -> request.auth
     (authz, has_authz_policies),  # AuthorizationPolicy: DENY, then ALLOW -> 403 "RBAC: access denied"
     (ratelimit, has_rate_limit),
     (to_local_app, always),

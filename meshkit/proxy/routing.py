@@ -94,7 +94,14 @@ class CompiledMatch:
                 raise ValueError(f"{where}.{field}: expected an object of header matches")
             for name, hspec in headers.items():
                 test = _compile_string_match(hspec, f"{where}.{field}.{name}")
-                conditions.append(_header_condition(name.lower(), test, negate))
+                if name.startswith(CLAIMS_HEADER):
+                    claim = claim_path(name)
+                    if claim is None:
+                        raise ValueError(f"{where}.{field}.{name}: expected {CLAIMS_HEADER}.NAME[.NESTED] "
+                                         f"or {CLAIMS_HEADER}[NAME][NESTED]")
+                    conditions.append(_claim_condition(claim, test, negate))
+                else:
+                    conditions.append(_header_condition(name.lower(), test, negate))
         params = spec.get("query_params") or {}
         if not isinstance(params, dict):
             raise ValueError(f"{where}.query_params: expected an object of matches")
@@ -127,6 +134,37 @@ def _method_condition(test: StringTest) -> Condition:
 def _authority_condition(test: StringTest) -> Condition:
     def condition(request: Request, path: str, query: str | None) -> bool:
         return test(request.authority)
+
+    return condition
+
+
+CLAIMS_HEADER = "@request.auth.claims"
+_CLAIM_DOTTED = re.compile(r"^@request\.auth\.claims((?:\.[^.\[\]]+)+)$")
+_CLAIM_BRACKETED = re.compile(r"^@request\.auth\.claims((?:\[[^\[\]]+\])+)$")
+
+
+def claim_path(name: str) -> list[str] | None:
+    """``@request.auth.claims.group.id`` or ``@request.auth.claims[group][id]`` -> ``["group", "id"]``
+    (Istio's two spellings); None for anything else."""
+    if match := _CLAIM_DOTTED.match(name):
+        return match[1].split(".")[1:]
+    if match := _CLAIM_BRACKETED.match(name):
+        return match[1][1:-1].split("][")
+    return None
+
+
+def _claim_condition(path: list[str], test: StringTest, negate: bool) -> Condition:
+    """A JWT claim the gateway verified (``request.auth``); a list claim matches if any string does."""
+
+    def condition(request: Request, _path: str, _query: str | None) -> bool:
+        value: Any = request.auth.claims if request.auth is not None else None
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, list):
+            matched = any(isinstance(item, str) and test(item) for item in value)
+        else:
+            matched = isinstance(value, str) and test(value)
+        return matched != negate
 
     return condition
 

@@ -232,12 +232,40 @@ class RateLimitDoc(TypedDict):
     response_headers: dict[str, str]
 
 
+class JwtHeaderDoc(TypedDict):
+    name: str
+    prefix: str
+
+
+class ClaimToHeaderDoc(TypedDict):
+    header: str
+    claim: str
+
+
+class JwtRuleDoc(TypedDict):
+    """One jwtRule of a RequestAuthentication selecting this proxy (keys inline, fetched by the control
+    plane)."""
+
+    name: str
+    rule: int
+    issuer: str
+    audiences: list[str]
+    jwks: str | None
+    jwks_error: str | None
+    from_headers: list[JwtHeaderDoc]
+    from_params: list[str]
+    forward_original_token: bool
+    output_payload_to_header: str | None
+    output_claim_to_headers: list[ClaimToHeaderDoc]
+
+
 class InboundDoc(TypedDict, total=False):
     app: InboundAppDoc | None
     service_port: int | None
     mtls: MtlsDoc | None
     authz: AuthzDoc | None
     rate_limit: RateLimitDoc | None
+    jwt: list[JwtRuleDoc]  # present only when a RequestAuthentication selects the proxy
 
 
 class TrustDoc(TypedDict):

@@ -16,6 +16,7 @@ from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.filters.authn import mtls_mode_for_port
 from meshkit.proxy.filters.authz import AuthzPolicies, compile_authz
 from meshkit.proxy.filters.fault import check_fault
+from meshkit.proxy.filters.jwt import compile_jwt
 from meshkit.proxy.filters.mirror import check_mirror
 from meshkit.proxy.filters.ratelimit import TokenBucket
 from meshkit.proxy.filters.retry import check_retries
@@ -83,9 +84,11 @@ class Snapshot:
         "authz",
         "clusters",
         "doc",
+        "gateway_jwt",
         "inbound",
         "inbound_cluster",
         "inbound_service_fqdn",
+        "jwt",
         "mtls_mode",
         "node",
         "node_labels",
@@ -110,6 +113,8 @@ class Snapshot:
         self.inbound: dict[str, Any] = {}
         self.rate_limiter: TokenBucket | None = None
         self.authz: AuthzPolicies | None = None  # compiled AuthorizationPolicies (None: no policy)
+        self.jwt: Any = None  # compiled RequestAuthentication rules (None: none applies)
+        self.gateway_jwt: Any = None  # the same for a gateway, checked before routing
         self.inbound_cluster: Cluster | None = None
         self.node_labels = NodeLabels({})
         self.inbound_service_fqdn = UNKNOWN
@@ -149,6 +154,12 @@ class Snapshot:
         snap.inbound_cluster = cls._inbound_cluster(snap.node, snap.inbound, previous)
         try:
             snap.rate_limiter = TokenBucket.from_snapshot(snap.inbound.get("rate_limit"))
+            before = (previous.jwt or previous.gateway_jwt) if previous is not None else None
+            compiled_jwt = compile_jwt(snap.inbound.get("jwt"), before)
+            if snap.node.get("kind") == "gateway":
+                snap.gateway_jwt = compiled_jwt
+            else:
+                snap.jwt = compiled_jwt
             snap.authz = compile_authz(snap.inbound.get("authz"), port=snap.inbound.get("service_port"))
             service_port = snap.inbound.get("service_port") or 0
             snap.mtls_mode = mtls_mode_for_port(snap.inbound.get("mtls"), service_port)

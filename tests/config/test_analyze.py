@@ -89,7 +89,7 @@ def test_subset_lookup_understands_host_spellings() -> None:
     assert [m.code for m in analyze(other_namespace)] == ["MK0101"]  # reviews.prod has no DestinationRule
 
 
-def test_weights_must_sum_to_100() -> None:
+def test_weights_as_istio_accepts_them_with_the_effective_split() -> None:
     resources = load(
         REVIEWS_DR,
         vs("""  - route:
@@ -108,10 +108,39 @@ def test_weights_must_sum_to_100() -> None:
     - destination: {host: reviews, subset: v2}
 """),
     )
+    proportional = "(traffic is split in proportion to the weights)"
     assert found(resources) == [
-        ("MK0102", "Error", "spec.http[0].route", "route weights sum to 90, not 100"),
-        ("MK0102", "Error", "spec.http[1].route", "route weights sum to 50, not 100"),
-        ("MK0102", "Error", "spec.http[3].route", "route weights sum to 0, not 100"),
+        ("MK0122", "Warning", "spec.http[0].route",
+         f"route weights sum to 90: v1 gets 88.9%, v2 11.1% {proportional}"),
+        ("MK0122", "Warning", "spec.http[1].route[0].weight",
+         "weight 50 has no effect: the only destination gets all traffic"),
+        ("MK0102", "Error", "spec.http[3].route",
+         "route weights sum to 0: no destination would receive traffic "
+         "(Istio: total destination weight = 0)"),
+    ]
+    assert [m.severity.value for m in analyze(resources)].count("Error") == 1
+
+
+def test_negative_weights_and_splits_across_hosts() -> None:
+    resources = load(
+        REVIEWS_DR,
+        vs("""  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: -10
+    - destination: {host: reviews, subset: v2}
+      weight: 110
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 1
+    - destination: {host: ratings}
+      weight: 2
+"""),
+    )
+    assert found(resources) == [
+        ("MK0102", "Error", "spec.http[0].route[0].weight", "weight -10 is negative"),
+        ("MK0122", "Warning", "spec.http[1].route",
+         "route weights sum to 3: reviews v1 gets 33.3%, ratings 66.7% "
+         "(traffic is split in proportion to the weights)"),
     ]
 
 
@@ -176,25 +205,49 @@ def test_invalid_regex_in_any_string_match() -> None:
     - destination: {host: reviews}
 """)
     )
+    engine = "(RE2, the regex engine of Envoy and Istio)"
     assert found(resources) == [
         (
             "MK0106",
             "Error",
             "spec.http[0].match[0].headers.end-user.regex",
-            'invalid regex "*jason": nothing to repeat at position 0',
+            f'invalid regex "*jason": no argument for repetition operator: * {engine}',
         ),
         (
             "MK0106",
             "Error",
             "spec.http[0].match[0].uri.regex",
-            'invalid regex "^/(reviews": missing ), unterminated subpattern at position 2',
+            f'invalid regex "^/(reviews": missing ): ^/(reviews {engine}',
         ),
         (
             "MK0106",
             "Error",
             "spec.http[0].match[1].queryParams.q.regex",
-            'invalid regex "[a-": unterminated character set at position 0',
+            f'invalid regex "[a-": missing ]: [a- {engine}',
         ),
+    ]
+
+
+def test_regexes_are_judged_by_re2_as_istio_does() -> None:
+    resources = load(
+        vs("""  - match:
+    - uri: {regex: "^/(?!admin).*"}
+      headers: {end-user: {regex: "(a)\\\\1"}}
+    - uri: {regex: "^/api/v[0-9]+/.*"}
+      headers: {x-lang: {regex: "\\\\pL+"}}
+    route:
+    - destination: {host: reviews}
+""")
+    )
+    engine = "(RE2, the regex engine of Envoy and Istio)"
+    assert found(resources) == [
+        ("MK0106", "Error", "spec.http[0].match[0].headers.end-user.regex",
+         f'invalid regex "(a)\\1": invalid escape sequence: \\1 {engine}'),
+        ("MK0106", "Error", "spec.http[0].match[0].uri.regex",
+         f'invalid regex "^/(?!admin).*": invalid perl operator: (?! {engine}'),
+        ("MK0106", "Error", "spec.http[0].match[1].headers.x-lang.regex",
+         'regex "\\pL+" is valid RE2 but meshkit\'s sidecar (Python re) cannot evaluate it: '
+         "bad escape \\p at position 0"),
     ]
 
 
@@ -387,7 +440,7 @@ spec:
     ]
 
 
-def test_jwt_based_authorization_never_matches() -> None:
+def test_jwt_based_authorization_without_request_authentication_never_matches() -> None:
     resources = sample("authorization-policy-httpbin-deny") + load_resources("""
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -396,23 +449,43 @@ spec:
   rules:
   - from: [{source: {requestPrincipals: ["*"]}}]
 """)
-    no_jwt = "meshkit has no RequestAuthentication (JWT), so it never matches (and its negation always does)"
+    tail = "validates tokens, so it never matches (and its negation always does)"
     assert [(m.resource, m.code, m.severity.value, m.field, m.text) for m in analyze(resources)] == [
         (
             "AuthorizationPolicy/default/jwt",
             "MK0119",
             "Warning",
             "spec.rules[0].from[0].source.requestPrincipals",
-            f"requestPrincipals: {no_jwt}",
+            f"requestPrincipals: no RequestAuthentication in namespace default or istio-system {tail}",
         ),
         (
             "AuthorizationPolicy/foo/httpbin",
             "MK0119",
             "Warning",
             "spec.rules[0].when[0].key",
-            f'condition key "request.auth.claims[iss]": {no_jwt}',
+            'condition key "request.auth.claims[iss]": no RequestAuthentication in namespace foo or '
+            f"istio-system {tail}",
         ),
     ]
+
+
+def test_jwt_based_authorization_with_a_request_authentication_is_fine() -> None:
+    resources = sample("authorization-policy-httpbin-deny") + load_resources("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt, namespace: foo}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+    when: [{key: "request.auth.claims[a][b]", values: ["x"]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istio-system}
+spec:
+  jwtRules: [{issuer: me, jwksUri: "http://127.0.0.1:1/jwks.json"}]
+""")
+    assert analyze(resources) == []
 
 
 def test_registry_in_other_namespace_and_external_hosts() -> None:
@@ -456,3 +529,44 @@ def test_destination_port_must_be_the_service_port() -> None:
             'port 9090 is not the port of service "reviews" (9080)',
         ),
     ]
+
+
+def _claim_route(gateways: str, header: str = "@request.auth.claims.groups") -> str:
+    return f"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin}}
+spec:
+  hosts: ["*"]
+  {gateways}
+  http:
+  - match:
+    - headers: {{"{header}": {{exact: group1}}}}
+    route:
+    - destination: {{host: httpbin}}
+"""
+
+
+def test_jwt_claim_routes_belong_on_gateways() -> None:
+    assert found(load(_claim_route("gateways: [httpbin-gateway]"))) == []
+    assert found(load(_claim_route("gateways: [httpbin-gateway]", "@request.auth.claims[realm][role]"))) == []
+    [(code, severity, field, text)] = found(load(_claim_route("gateways: [mesh]")))
+    assert (code, severity) == ("MK0120", "Warning")
+    assert field == "spec.http[0].match[0].headers.@request.auth.claims.groups"
+    assert "works only on gateways" in text
+    [(code, severity, _, text)] = found(load(_claim_route("gateways: [gw]", "@request.auth.claims")))
+    assert (code, severity) == ("MK0123", "Error") and "is not a JWT claim match" in text
+
+
+def test_a_jwt_rule_without_keys_is_named() -> None:
+    resources = load("""apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  jwtRules:
+  - issuer: https://accounts.example.com
+  - issuer: me
+    jwksUri: http://127.0.0.1:1/jwks.json
+""")
+    [(code, severity, field, text)] = found(resources)
+    assert (code, severity, field) == ("MK0121", "Warning", "spec.jwtRules[0]")
+    assert 'issuer "https://accounts.example.com" has neither jwks nor jwksUri' in text

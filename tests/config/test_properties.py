@@ -37,9 +37,14 @@ def test_weight_check_matches_its_rule(weights: list[int | None]) -> None:
         }
     )
     total = sum(w or 0 for w in weights)
-    checked = len(weights) > 1 or weights[0] is not None
-    codes = [m.code for m in analyze([vs])]
-    assert codes == (["MK0102"] if checked and total != 100 else [])
+    several = len(weights) > 1
+    findings = [(m.code, m.severity.value) for m in analyze([vs])]
+    if several and total == 0:
+        assert findings == [("MK0102", "Error")]
+    elif (several and total != 100) or (not several and weights[0] not in (None, 100)):
+        assert findings == [("MK0122", "Warning")]
+    else:
+        assert findings == []
 
 
 # one resource per Kind/namespace/name (the samples reuse names), as in the control plane's store

@@ -99,7 +99,8 @@ ALL_TO_V3 = {"hosts": ["reviews"],
 PLURALS = {"VirtualService": ("networking.istio.io", "virtualservices"),
            "DestinationRule": ("networking.istio.io", "destinationrules"),
            "PeerAuthentication": ("security.istio.io", "peerauthentications"),
-           "AuthorizationPolicy": ("security.istio.io", "authorizationpolicies")}
+           "AuthorizationPolicy": ("security.istio.io", "authorizationpolicies"),
+           "RequestAuthentication": ("security.istio.io", "requestauthentications")}
 
 
 def istio_documents() -> list[dict[str, Any]]:
@@ -210,7 +211,8 @@ class Cluster:
         for document in istio_documents():
             await self.request("POST", istio_path(document), as_served(document))
 
-# weights that sum to 90: the analyzer's MK0102, refused by the webhook and by the cluster client
+# weights that sum to 0 (Istio: "total destination weight = 0"): the analyzer's MK0102, refused by
+# the webhook and by the cluster client
 BAD_WEIGHTS = """
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -219,6 +221,6 @@ spec:
   hosts: [reviews]
   http:
   - route:
-    - {destination: {host: reviews, subset: v1}, weight: 50}
-    - {destination: {host: reviews, subset: v2}, weight: 40}
+    - {destination: {host: reviews, subset: v1}, weight: 0}
+    - {destination: {host: reviews, subset: v2}, weight: 0}
 """

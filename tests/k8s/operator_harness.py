@@ -34,6 +34,7 @@ ISTIO_KINDS = [
     ("networking.istio.io", "v1", "destinationrules", "DestinationRule"),
     ("security.istio.io", "v1", "peerauthentications", "PeerAuthentication"),
     ("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy"),
+    ("security.istio.io", "v1", "requestauthentications", "RequestAuthentication"),
 ]
 WAIT_S = 20.0
 

@@ -111,14 +111,14 @@ async def test_get_reads_the_cluster_objects(client: ClusterClient) -> None:
 async def test_a_bad_rule_is_refused_with_the_field_named_and_nothing_is_written(
         client: ClusterClient, kmock: Any, session: aiohttp.ClientSession) -> None:
     bad_weights = virtual_service({"hosts": ["reviews"], "http": [{"route": [
-        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 50},
-        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 40}]}]})
+        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 0},
+        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 0}]}]})
     with pytest.raises(ApiError) as refused:
         await call(client.apply, [documents()[0], bad_weights])  # a good DestinationRule first
     [message] = [m for m in refused.value.messages if m["severity"] == "Error"]
     assert (message["code"], message["field"]) == ("MK0102", "spec.http[0].route")
     assert message["resource"] == "VirtualService/bookinfo/reviews"
-    assert refused.value.status == 400 and "route weights sum to 90, not 100" in refused.value.error
+    assert refused.value.status == 400 and "route weights sum to 0: no destination" in refused.value.error
 
     unknown_field = virtual_service({"hosts": ["reviews"], "tcp": [{"route": []}]})
     with pytest.raises(ApiError) as loader:
@@ -161,8 +161,8 @@ async def test_a_denial_of_the_admission_webhook_is_shown_verbatim(client: Clust
     # the operator's own verdict text (meshkit.k8s.admission), as the API server wraps it; here it
     # denies an update the client found valid, as a webhook of another meshkit version might
     bad = virtual_service({"hosts": ["reviews"], "http": [{"route": [
-        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 50},
-        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 40}]}]})
+        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 0},
+        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 0}]}]})
     verdict = rejection_text(admission_messages(bad))
     denial = f'admission webhook "virtualservices.validator.meshkit.dev" denied the request: {verdict}'
     status = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 400, "message": denial}

@@ -139,7 +139,7 @@ def test_webhooks_select_as_istio_and_point_at_the_operator() -> None:
     validating = _find(docs, "ValidatingWebhookConfiguration", names.VALIDATING_WEBHOOK_CONFIG)["webhooks"]
     resources = sorted(r for hook in validating for rule in hook["rules"] for r in rule["resources"])
     assert resources == sorted(["virtualservices", "destinationrules", "peerauthentications",
-                                "authorizationpolicies"])
+                                "authorizationpolicies", "requestauthentications"])
     for hook in [*mutating, *validating]:
         service = hook["clientConfig"]["service"]
         assert (service["name"], service["namespace"], service["port"]) == (

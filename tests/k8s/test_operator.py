@@ -113,11 +113,12 @@ def _virtual_service(name: str, weights: tuple[int, int]) -> dict[str, Any]:
 async def test_bad_virtual_service_is_rejected_with_the_analyzer_message(operator: Running) -> None:
     resource = ("networking.istio.io", "v1", "virtualservices")
     handler = validate_handler_id("virtualservices")
-    response = await operator.review(handler, _virtual_service("reviews", (50, 40)), resource, "bookinfo")
+    response = await operator.review(handler, _virtual_service("reviews", (0, 0)), resource, "bookinfo")
     assert response["allowed"] is False
     message = response["status"]["message"]
     assert message == "Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route) " \
-                      "route weights sum to 90, not 100"
+                      "route weights sum to 0: no destination would receive traffic " \
+                      "(Istio: total destination weight = 0)"
     assert response["status"]["code"] == 400
 
     # a valid one passes; the subsets it names may come later (a status matter, not a rejection)
@@ -133,12 +134,12 @@ async def test_bad_virtual_service_is_rejected_with_the_analyzer_message(operato
 
     # an UPDATE that changes the spec is checked like a CREATE ...
     good = _virtual_service("reviews", (50, 50))
-    response = await operator.review(handler, _virtual_service("reviews", (50, 40)), resource, "bookinfo",
+    response = await operator.review(handler, _virtual_service("reviews", (0, 0)), resource, "bookinfo",
                                      operation="UPDATE", old=good)
     assert response["allowed"] is False
     # ... one that leaves the spec alone (labels, the operator's own annotations) is not blocked,
     # even on an object that predates the webhook and would not pass it
-    legacy = _virtual_service("reviews", (50, 40))
+    legacy = _virtual_service("reviews", (0, 0))
     relabelled = {**legacy, "metadata": {**legacy["metadata"], "labels": {"team": "books"}}}
     response = await operator.review(handler, relabelled, resource, "bookinfo",
                                      operation="UPDATE", old=legacy)

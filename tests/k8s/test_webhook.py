@@ -61,9 +61,9 @@ async def test_cluster_mode_publishes_ca_and_serves_https(kmock: Any, monkeypatc
         def published() -> list[str]:
             hooks = [h for c in _configs_in(kmock) for h in c.get("webhooks") or []]
             bundles = [h.get("clientConfig", {}).get("caBundle") for h in hooks]
-            return bundles if len(bundles) == 6 and all(bundles) else []
+            return bundles if len(bundles) == 7 and all(bundles) else []
 
-        bundles = await until("caBundle on all six static webhooks", published)
+        bundles = await until("caBundle on all seven static webhooks", published)
         assert len(set(bundles)) == 1
         ca_pem = base64.b64decode(bundles[0])
         # nothing else in the static configurations changed
@@ -91,8 +91,9 @@ async def test_cluster_mode_publishes_ca_and_serves_https(kmock: Any, monkeypatc
                        if h["name"].startswith("virtualservices."))
         bad = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                "metadata": {"name": "reviews"},
-               "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"},
-                                                                   "weight": 50}]}]}}
+               "spec": {"hosts": ["reviews"], "http": [{"route": [  # weights summing to 0: refused
+                   {"destination": {"host": "reviews", "subset": "v1"}, "weight": 0},
+                   {"destination": {"host": "reviews", "subset": "v2"}, "weight": 0}]}]}}
         review = admission_review(bad, ("networking.istio.io", "v1", "virtualservices"), "bookinfo")
         response = await running.post_review(f"https://localhost:{port}{vs_path}", review, ssl=trusted)
         assert response["allowed"] is False

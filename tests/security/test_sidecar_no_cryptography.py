@@ -10,7 +10,10 @@ these tests check real processes:
 * a real sidecar process (``python -m meshkit.proxy --control ... --ca-token-file ...``) against a
   real control plane with a CA gets its certificate and rotates it (so the helper ran several
   times) without ``cryptography`` mapped into its memory (``/proc/PID/maps``);
-* the same for a sidecar with certificate files (``--tls-dir``).
+* the same for a sidecar with certificate files (``--tls-dir``);
+* the one exception: a sidecar whose snapshot carries a RequestAuthentication verifies tokens with
+  the JOSE library (``proxy.filters.jwt`` imports ``joserfc`` lazily, only then), so it does map
+  ``cryptography``, and answers 200 / 401 as Istio does.
 
 The e2e twin over a whole mesh: ``test_e2e_rotation.py::test_sidecars_never_load_cryptography``.
 """
@@ -38,7 +41,7 @@ IDENTITY = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
 SIDECAR_MODULES = (
     "meshkit.proxy.main", "meshkit.proxy.tls", "meshkit.proxy.tls.sidecar", "meshkit.proxy.tls.static",
     "meshkit.proxy.tls.inbound", "meshkit.proxy.tls.renewal", "meshkit.proxy.tls.ca_client",
-    "meshkit.proxy.tls.csr_client",
+    "meshkit.proxy.tls.csr_client", "meshkit.proxy.filters.jwt", "meshkit.proxy.snapshot",
 )
 
 
@@ -60,7 +63,8 @@ def test_no_sidecar_module_imports_cryptography() -> None:
     code = (
         "import importlib, sys\n"
         f"for name in {SIDECAR_MODULES!r}: importlib.import_module(name)\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography')))\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('cryptography', 'joserfc')]\n"
+        "print(json.dumps(sorted(loaded)))\n"
     )
     result = subprocess.run([sys.executable, "-c", "import json\n" + code], cwd=ROOT,
                             capture_output=True, text=True, check=True)
@@ -129,3 +133,38 @@ async def test_a_sidecar_with_certificate_files_does_not_load_cryptography(tmp_p
         assert cryptography_mappings(proxy.proc.pid) == []
     finally:
         assert stop_process(proxy) == 0
+
+
+async def test_a_sidecar_with_a_request_authentication_loads_the_jose_library_and_verifies(
+    tmp_path: Path,
+) -> None:
+    from meshkit.config.compile import compile_snapshot  # noqa: PLC0415
+    from meshkit.config.loader import load_resources  # noqa: PLC0415
+    from meshkit.config.registry import Node, RegistryView, Service  # noqa: PLC0415
+    from tests.proxy.conftest import EchoApp  # noqa: PLC0415
+    from tests.security.test_jwt import DEMO, REQUEST_AUTHENTICATION  # noqa: PLC0415
+
+    app = EchoApp("httpbin")
+    await app.start()
+    node = Node("httpbin-v1-0", "foo", "httpbin-v1", "httpbin", {"app": "httpbin"}, app_port=app.port)
+    doc = compile_snapshot(load_resources(REQUEST_AUTHENTICATION),
+                           RegistryView(services=(Service("httpbin", "foo", 8000),)), node)
+    config = tmp_path / "snapshot.json"
+    config.write_text(json.dumps(doc))
+    proxy = spawn_proxy(["--config", str(config)], tmp_path)
+    try:
+        url = f"http://127.0.0.1:{proxy.inbound}/headers"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            async with session.get(url, headers={"Authorization": f"Bearer {DEMO}"}) as response:
+                assert response.status == 200, await response.text()
+                echoed = dict((await response.json())["headers"])
+            assert "authorization" not in echoed  # forwardOriginalToken: false
+            async with session.get(url, headers={"Authorization": "Bearer a.b.c"}) as response:
+                assert response.status == 401
+                assert await response.text() == "Jwt header is an invalid JSON"
+            async with session.get(url) as response:
+                assert response.status == 200
+        assert cryptography_mappings(proxy.proc.pid), "the JWT sidecar should have loaded the JOSE library"
+    finally:
+        assert stop_process(proxy) == 0
+        await app.stop()

@@ -19,10 +19,12 @@ Request attributes: ``source.principal`` is ``request.peer_identity`` without ``
 AuthorizationPolicy use); ``request.path`` is matched as the listener normalized it under
 ``meshConfig.pathNormalization`` (meshkit.proxy.paths), query dropped: the path judged here
 is exactly the path forwarded to the app. ``normalize_path`` (BASE) stays for callers that
-judge a raw path outside a listener. meshkit has no
-RequestAuthentication (JWT), so ``request.auth.*`` and ``request_principals`` are always
-absent: they never match, and their ``not_`` forms always do, exactly as in Istio for a
-request without a JWT.
+judge a raw path outside a listener. ``request_principals`` and ``request.auth.*`` read
+``request.auth``, which the jwt filter (filters/jwt.py, RequestAuthentication) sets for a
+verified token: principal ``<iss>/<sub>``, audiences, presenter (``azp``), claims
+(``request.auth.claims[a][b]`` for nested ones; a list claim matches when any of its strings
+does). Without a verified token they are absent: they never match, and their ``not_`` forms
+always do, as in Istio.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Attributes:
     port: int | None
     source_ip: str
     headers: Any  # meshkit.proxy.http.Headers
+    auth: Any  # filters/jwt.AuthInfo of a verified JWT, or None
 
     @classmethod
     def of(cls, request: Request, port: int | None) -> Attributes:
@@ -67,6 +70,7 @@ class Attributes:
             port=port,
             source_ip=request.downstream_addr,
             headers=request.headers,
+            auth=request.auth,
         )
 
 
@@ -265,7 +269,7 @@ _SOURCE_FIELDS: dict[str, Field] = {
     "namespaces": (_string_match, lambda a: a.namespace),
     "ip_blocks": (_ip_match, lambda a: a.source_ip),
     "remote_ip_blocks": (_ip_match, lambda a: a.source_ip),  # no trusted proxy hops: remote == source
-    "request_principals": (lambda p, w: _never, lambda a: None),  # no JWT authentication in meshkit
+    "request_principals": (_string_match, lambda a: a.auth.principal if a.auth is not None else None),
 }
 _OPERATION_FIELDS: dict[str, Field] = {
     "methods": (_string_match, lambda a: a.method),
@@ -294,6 +298,47 @@ def _section(doc: object, fields: dict[str, Field], where: str) -> Predicate:
 
 
 _HEADER_KEY = re.compile(r"^request\.headers\[([^\]]+)\]$")
+_CLAIMS_KEY = re.compile(r"^request\.auth\.claims((?:\[[^\[\]]+\])+)$")
+_CLAIM_PART = re.compile(r"\[([^\[\]]+)\]")
+
+
+def _any_string_match(pattern: object, where: str) -> Callable[[Any], bool]:
+    """Istio's string match on a value that may be several strings (a list claim, audiences)."""
+    match = _string_match(pattern, where)
+
+    def any_match(value: Any) -> bool:
+        if isinstance(value, tuple):
+            for item in value:  # noqa: SIM110 - hot path
+                if match(item):
+                    return True
+            return False
+        return match(value)
+
+    return any_match
+
+
+def _claim_getter(path: list[str]) -> Callable[[Attributes], Any]:
+    """``request.auth.claims[a][b]`` -> claim ``b`` inside ``a``: a string, a tuple of strings, or None."""
+
+    def get(attrs: Attributes) -> Any:
+        if attrs.auth is None:
+            return None
+        value: Any = attrs.auth.claims
+        for part in path:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return str(value)
+        if isinstance(value, list):
+            return tuple(v for v in value if isinstance(v, str))
+        return None
+
+    return get
 
 
 def _condition_getter(key: object, where: str) -> Field:
@@ -314,14 +359,18 @@ def _condition_getter(key: object, where: str) -> Field:
         "source.ip": (_ip_match, lambda a: a.source_ip),
         "remote.ip": (_ip_match, lambda a: a.source_ip),
         "destination.port": (_port_match, _port_get),
-        "request.auth.principal": (lambda p, w: _never, lambda a: None),
-        "request.auth.audiences": (lambda p, w: _never, lambda a: None),
-        "request.auth.presenter": (lambda p, w: _never, lambda a: None),
+        "request.auth.principal": (
+            _string_match, lambda a: a.auth.principal if a.auth is not None else None),
+        "request.auth.audiences": (
+            _any_string_match, lambda a: a.auth.audiences if a.auth is not None else None),
+        "request.auth.presenter": (
+            _string_match, lambda a: a.auth.presenter if a.auth is not None else None),
     }
     if key in simple:
         return simple[key]
-    if key.startswith("request.auth.claims["):
-        return (lambda p, w: _never), (lambda a: None)
+    claim = _CLAIMS_KEY.match(key)
+    if claim:
+        return _any_string_match, _claim_getter(_CLAIM_PART.findall(claim[1]))
     raise ValueError(
         f"{where}.key: unsupported condition key {key!r} (supported: request.headers[<name>], "
         f"{', '.join(simple)}, request.auth.claims[...])"
