@@ -277,7 +277,7 @@ def _print_tables(items: list[dict[str, Any]], *, show_namespace: bool, prefix_k
     context = {"ready": ready_by_deployment(_local_mesh_or_none())} if "Deployment" in kinds else {}
     for index, kind in enumerate(kinds):
         header, cell = _COLUMNS.get(kind, ("", lambda spec: ""))
-        headers, wide = WIDE.get(kind, ([header], lambda item, _c, cell=cell: [  # type: ignore[misc]
+        headers, wide = WIDE.get(kind, ([header], lambda item, _c, cell=cell: [
             str(cell(item["resource"].get("spec") or {}))]))
         scoped = show_namespace and kind != "Namespace"
         rows = [(["NAMESPACE"] if scoped else []) + ["NAME", *headers, "AGE"]]

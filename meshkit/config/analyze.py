@@ -375,7 +375,7 @@ def _check_policy(
 def _check_request_authentication(policy: RequestAuthentication) -> Iterator[Finding]:
     for i, rule in enumerate(policy.spec.jwt_rules or []):
         if rule.jwks is None and rule.jwks_uri is None:
-            yield ("MK0121", Severity.WARNING, f"spec.jwtRules[{i}]",
+            yield (codes.MK0121, Severity.WARNING, f"spec.jwtRules[{i}]",
                    f'issuer "{rule.issuer}" has neither jwks nor jwksUri: Istio would discover the keys from '
                    "the issuer's OpenID configuration, meshkit (no internet) does not, so every token of "
                    "this issuer is rejected (401); set jwksUri (e.g. `meshkit jwt jwks-uri`) or inline jwks")

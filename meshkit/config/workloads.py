@@ -335,7 +335,7 @@ def plan_workloads(resources: Sequence[Resource]) -> list[WorkloadPlan]:
             app = "legacy"  # the out-of-mesh client: calls go straight to the service, in plaintext
         backing = sorted((s for s in services if s.metadata.namespace == deployment.metadata.namespace
                           and selects(s.spec.selector, labels)), key=lambda s: s.metadata.name)
-        container_port = (container.ports or [None])[0]
+        container_port = container.ports[0] if container.ports else None
         if backing:
             service, port = backing[0].metadata.name, backing[0].spec.ports[0].port
         else:

@@ -90,9 +90,9 @@ class JwksResolver:
             wanted.setdefault(uri, []).append(ref)
         for uri in list(self._states):
             if uri not in wanted:
-                state = self._states.pop(uri)
-                if state.task is not None:
-                    state.task.cancel()
+                gone = self._states.pop(uri)
+                if gone.task is not None:
+                    gone.task.cancel()
         for uri, refs in wanted.items():
             state = self._states.get(uri)
             if state is None:

@@ -82,8 +82,8 @@ def normalize(span: Any) -> dict[str, Any]:
             continue
         if not isinstance(endpoint, dict):
             raise SpanError(f"{key}: expected an object, got {endpoint!r}")
-        kept = {k: _cut(v, 128) for k, v in endpoint.items() if k in ("serviceName", "ipv4", "ipv6")
-                and isinstance(v, str)}
+        kept: dict[str, str | int] = {k: _cut(v, 128) for k, v in endpoint.items()
+                                      if k in ("serviceName", "ipv4", "ipv6") and isinstance(v, str)}
         port = endpoint.get("port")
         if isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535:
             kept["port"] = port
@@ -175,7 +175,8 @@ class TraceStore:
         """Summaries of the newest traces that match every given condition (``min_duration`` in s)."""
         if request_id:
             trace_id = self._by_request.get(request_id)
-            candidates: Iterable[str] = [trace_id] if trace_id in self._traces else []
+            known = trace_id is not None and trace_id in self._traces
+            candidates: Iterable[str] = [trace_id] if known and trace_id is not None else []
         else:
             candidates = reversed(self._traces)
         answer = []

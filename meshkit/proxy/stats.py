@@ -203,6 +203,7 @@ class ProxyStats:
     downstream_rq_4xx: int
     downstream_rq_5xx: int
     downstream_rq_active: int
+    downstream_rq_idle_timeout: int
     downstream_rq_rejected: int
     downstream_rq_total: int
 

@@ -141,7 +141,7 @@ def with_replicas(documents: list[dict[str, Any]], replicas: Mapping[str, int]) 
     out = []
     for doc in documents:
         name = (doc.get("metadata") or {}).get("name")
-        if doc.get("kind") == "Deployment" and name in replicas:
+        if doc.get("kind") == "Deployment" and isinstance(name, str) and name in replicas:
             out.append({**doc, "spec": {**doc.get("spec", {}), "replicas": replicas[name]}})
         else:
             out.append(doc)

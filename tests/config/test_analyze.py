@@ -531,8 +531,21 @@ def test_destination_port_must_be_the_service_port() -> None:
     ]
 
 
+_GATEWAYS = "".join(f"""apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+""" for name in ("httpbin-gateway", "gw"))
+
+
 def _claim_route(gateways: str, header: str = "@request.auth.claims.groups") -> str:
-    return f"""apiVersion: networking.istio.io/v1
+    """A VirtualService routing on a JWT claim, with the gateways it may name (as in Istio's task)."""
+    return _GATEWAYS + f"""apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: httpbin}}
 spec:

@@ -111,10 +111,32 @@ def _check(value: Any, expected: Any, where: str, seen: set[tuple[str, str]]) ->
         assert isinstance(value, expected), f"{where}: expected {expected.__name__}, got {value!r}"
 
 
+# Every field of a RequestAuthentication rule, with Istio's own sample key set inline.
+ISTIO_JWKS = (Path(__file__).resolve().parents[1] / "security" / "istio_jwt" / "jwks.json").read_text()
+ISTIO_JWKS = ISTIO_JWKS.strip()
+RICH_AUTHN = f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    audiences: [bookinfo]
+    jwks: '{ISTIO_JWKS}'
+    fromHeaders: [{{name: x-jwt, prefix: "Bearer "}}]
+    fromParams: [token]
+    forwardOriginalToken: true
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders: [{{header: x-jwt-group, claim: groups}}]
+"""
+
+
 def _compiled() -> list[tuple[str, dict[str, Any]]]:
     registry = _registry()
     inputs = [(path.stem, path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))]
     inputs.append(("rich-route-and-cluster", RICH_ROUTE + "---\n" + RICH_CLUSTER))
+    inputs.append(("rich-request-authentication", RICH_AUTHN))
     found = []
     for name, text in inputs:
         resources = load_resources(text)

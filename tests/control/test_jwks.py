@@ -84,7 +84,8 @@ async def test_fetched_keys_go_inline_and_follow_the_server(
     base = control_plane.url + "/api/v1"
     sidecar = await subscribe("httpbin-v1-0.default")
     await sidecar.next()
-    async with session.post(f"{base}/apply", data=request_authentication(jwks_server.url)) as response:
+    async with session.post(f"{base}/apply", data=request_authentication(jwks_server.url),
+                            headers={"Content-Type": "application/yaml"}) as response:
         assert response.status == 200, await response.text()
 
     async def rule() -> dict[str, Any] | None:

@@ -211,6 +211,22 @@ spec:
     jwks: {json.dumps(JWKS)}
 ---
 apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+  namespace: default
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - "*"
+---
+apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
   name: httpbin

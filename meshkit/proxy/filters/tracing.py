@@ -145,16 +145,15 @@ def propagate(headers: Headers, sampling: float = 100.0) -> SpanContext | None:
         decision = "1"  # B3 debug: always sampled
     if decision is None:  # context without a decision: this hop decides (an explicit "0" stands)
         decision = "1" if _decide(sampling, forced) else "0"
-    sampled = decision
-    flags = "01" if sampled == "1" else "00"
+    flags = "01" if decision == "1" else "00"
     kept.append(("traceparent", f"00-{trace_id}-{span_id}-{flags}"))
     kept.append(("x-b3-traceid", trace_id))
     kept.append(("x-b3-spanid", span_id))
     if parent_id:
         kept.append(("x-b3-parentspanid", parent_id))
-    kept.append(("x-b3-sampled", sampled))
+    kept.append(("x-b3-sampled", decision))
     items[:] = kept
-    return (trace_id, span_id, parent_id) if sampled == "1" else None
+    return (trace_id, span_id, parent_id) if decision == "1" else None
 
 
 def tracing_filter(recorder: SpanRecorder | None, kind: str) -> Filter:
