@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkit.config.api_kinds import istio_kinds
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message
 from meshkit.config.registry import Endpoint, Node, Service
@@ -49,11 +50,9 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 PER_POD_LABELS = frozenset({"pod-template-hash", "controller-revision-hash",
                             "statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index"})
 
-ISTIO_TYPES: tuple[ResourceType, ...] = (
-    ResourceType("networking.istio.io", "v1", "virtualservices", "VirtualService"),
-    ResourceType("networking.istio.io", "v1", "destinationrules", "DestinationRule"),
-    ResourceType("security.istio.io", "v1", "peerauthentications", "PeerAuthentication"),
-    ResourceType("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy"),
+# every Istio kind meshkit implements, from the list the RBAC rules come from (meshkit.config.api_kinds)
+ISTIO_TYPES: tuple[ResourceType, ...] = tuple(
+    ResourceType(kind.group, kind.version, kind.plural, kind.kind) for kind in istio_kinds()
 )
 SERVICES = ResourceType("", "v1", "services", "Service")
 ENDPOINT_SLICES = ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
