@@ -50,12 +50,20 @@ class InjectSettings:
     )
 
 
-def should_inject(pod: dict[str, Any], namespace_labels: dict[str, str]) -> bool:
-    """The injection decision alone: override label first, then the namespace label."""
+def should_inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None) -> bool:
+    """The injection decision alone: override label first, then the namespace label.
+
+    ``namespace_labels=None`` means the caller trusts the webhook's selectors, as Istio's
+    injector does: the API server only calls the injection webhook for a pod in a namespace
+    labelled ``meshkit-injection=enabled`` or labelled ``sidecar.meshkit.dev/inject=true``
+    itself, so only the pod's own opt-out is left to check.
+    """
     labels = (pod.get("metadata") or {}).get("labels") or {}
     override = str(labels.get(names.INJECT_OVERRIDE_LABEL, "")).lower()
     if override in ("true", "false"):
         return override == "true"
+    if namespace_labels is None:
+        return True
     return namespace_labels.get(names.INJECTION_LABEL) == names.INJECTION_ENABLED
 
 
@@ -64,10 +72,12 @@ def is_injected(pod: dict[str, Any]) -> bool:
     return names.STATUS_ANNOTATION in annotations
 
 
-def inject(pod: dict[str, Any], namespace_labels: dict[str, str], settings: InjectSettings) -> JSONPatch:
+def inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None,
+           settings: InjectSettings) -> JSONPatch:
     """JSONPatch (RFC 6902) operations that inject the sidecar into ``pod``; ``[]`` when nothing to do.
 
     Host-network pods are never injected (capture rules would hit the node), like Istio.
+    ``namespace_labels=None``: the webhook's selectors already chose the pod (`should_inject`).
     """
     spec = pod.get("spec") or {}
     if is_injected(pod) or spec.get("hostNetwork") or not should_inject(pod, namespace_labels):

@@ -84,6 +84,11 @@ class OperatorConfig:
         ("mutating", names.MUTATING_WEBHOOK_CONFIG),
         ("validating", names.VALIDATING_WEBHOOK_CONFIG),
     )
+    # injection trusts the webhook configuration's namespace/object selectors (Istio's way); None:
+    # when the configurations are the static ones (they carry the selectors; kopf-managed ones
+    # select every pod, so the operator decides from its namespace index, and denies a pod whose
+    # namespace it has not seen yet so the ReplicaSet retries, instead of admitting it bare)
+    trust_selectors: bool | None = None
     # how often each resource's status is re-analysed against the others (seconds)
     status_resync_s: float = 30.0
     hostnames: tuple[str, ...] = (
@@ -150,7 +155,15 @@ def _register_injection(registry: kopf.OperatorRegistry, config: OperatorConfig)
     def inject_sidecar(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **kwargs: Any) -> None:
         index: kopf.Index[str, dict[str, str]] = kwargs[NAMESPACE_INDEX]
         namespace = body.metadata.namespace or ""
-        labels = next(iter(index.get(namespace, [])), {})
+        trust = config.managed is None if config.trust_selectors is None else config.trust_selectors
+        labels: dict[str, str] | None = None
+        if not trust:
+            if namespace not in index:
+                # never a silent skip: a pod admitted now would run without its sidecar for good
+                raise kopf.AdmissionError(
+                    f"meshkit injector: namespace {namespace!r} is not known to the operator yet "
+                    f"(it is starting); the pod is refused so that its controller retries", code=503)
+            labels = next(iter(index.get(namespace, [])), {})
         ops = inject(_plain(body), labels, config.inject)
         if ops:
             logger.info(f"injecting {names.SIDECAR_CONTAINER} into a pod in namespace {namespace}")

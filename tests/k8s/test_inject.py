@@ -160,3 +160,14 @@ def test_should_inject(pod_label: str | None, namespace_labels: dict[str, str], 
 
 def test_host_network_pods_are_not_injected() -> None:
     assert inject(_pod("p", hostNetwork=True), ENABLED, SETTINGS) == []
+
+
+def test_trusting_the_webhook_selectors_injects_without_the_namespace_labels() -> None:
+    """The operator's namespace index is empty after a restart; the static webhook's selectors
+    already chose the pod, so injection does not depend on the index (Istio's injector works so).
+    Before, the injector read missing labels as "not enabled" and admitted the pod bare."""
+    pod = _pod("details-v1-a")
+    containers = [op for op in inject(pod, None, SETTINGS) if op["path"].startswith("/spec/containers")]
+    assert [op["value"]["name"] for op in containers] == [names.SIDECAR_CONTAINER]
+    opted_out = _pod("details-v1-b", labels={names.INJECT_OVERRIDE_LABEL: "false"})
+    assert inject(opted_out, None, SETTINGS) == []
