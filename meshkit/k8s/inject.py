@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshkit.k8s import names
+from meshkit.k8s.iptables import EXCLUDE_ENV
 
 JSONPatch = list[dict[str, Any]]
 
@@ -83,7 +84,8 @@ def inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None,
     if is_injected(pod) or spec.get("hostNetwork") or not should_inject(pod, namespace_labels):
         return []
     ops: JSONPatch = []
-    ops += _append(spec, "initContainers", [init_container(settings)])
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    ops += _append(spec, "initContainers", [init_container(settings, annotations)])
     ops += _append(spec, "containers", [sidecar_container(spec, settings)])
     ops += _append(spec, "volumes", [token_volume(settings)])
     status = {
@@ -153,9 +155,15 @@ def proxy_args(settings: InjectSettings) -> list[str]:
     ]
 
 
-def init_container(settings: InjectSettings) -> dict[str, Any]:
-    """The ``meshkit-init`` container: runs the generated capture script, then exits."""
-    return {
+def init_container(settings: InjectSettings, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``meshkit-init`` container: runs the generated capture script, then exits.
+
+    Istio's exclusion annotations of the pod (``traffic.sidecar.istio.io/exclude...``) reach the
+    script as environment variables (`meshkit.k8s.iptables.EXCLUDE_ENV`)."""
+    env = [{"name": variable, "value": str(annotations[annotation]).replace(" ", "")}
+           for annotation, (variable, _, _) in EXCLUDE_ENV.items()
+           if annotations and str(annotations.get(annotation) or "").strip()]
+    container: dict[str, Any] = {
         "name": names.INIT_CONTAINER,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -170,6 +178,9 @@ def init_container(settings: InjectSettings) -> dict[str, Any]:
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
         },
     }
+    if env:
+        container["env"] = env
+    return container
 
 
 def token_volume(settings: InjectSettings) -> dict[str, Any]:

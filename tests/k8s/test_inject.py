@@ -171,3 +171,18 @@ def test_trusting_the_webhook_selectors_injects_without_the_namespace_labels() -
     assert [op["value"]["name"] for op in containers] == [names.SIDECAR_CONTAINER]
     opted_out = _pod("details-v1-b", labels={names.INJECT_OVERRIDE_LABEL: "false"})
     assert inject(opted_out, None, SETTINGS) == []
+
+
+def test_exclusion_annotations_become_the_init_containers_environment() -> None:
+    pod = _pod("details-v1-a")
+    pod["metadata"]["annotations"] = {
+        "traffic.sidecar.istio.io/excludeOutboundPorts": "5432, 9443",
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.96.0.0/12",
+        "traffic.sidecar.istio.io/excludeInboundPorts": "",
+    }
+    patched = jsonpatch.apply_patch(pod, inject(pod, ENABLED, SETTINGS))
+    init = next(c for c in patched["spec"]["initContainers"] if c["name"] == names.INIT_CONTAINER)
+    assert init["env"] == [{"name": "EXCLUDE_OUTBOUND_PORTS", "value": "5432,9443"},
+                           {"name": "EXCLUDE_OUTBOUND_IP_RANGES", "value": "10.96.0.0/12"}]
+    plain = jsonpatch.apply_patch(_pod("details-v1-b"), inject(_pod("details-v1-b"), ENABLED, SETTINGS))
+    assert "env" not in plain["spec"]["initContainers"][0]

@@ -173,3 +173,45 @@ def test_capture_for_real_in_a_network_namespace(namespaces: Namespaces) -> None
     assert namespaces.connect(peer, POD_IP, 9080) == f"{pod} 15006 {POD_IP}:9080"
     # excluded inbound ports (the sidecar's health port) are not redirected
     assert namespaces.connect(peer, POD_IP, 15021).startswith(f"{pod} 15021 ")
+
+
+def _init(namespaces: Namespaces, **env: str) -> str:
+    """Run the committed init script in the pod namespace (with ``env``); its nat table after."""
+    result = subprocess.run(["ip", "netns", "exec", namespaces.pod, "sh", str(SCRIPT)],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **env})
+    assert result.returncode == 0, f"the init script failed: {result.stderr}"
+    table = subprocess.run(["ip", "netns", "exec", namespaces.pod, "iptables", "-t", "nat", "-S"],
+                           capture_output=True, text=True, timeout=30, check=True)
+    return table.stdout
+
+
+def test_the_init_script_runs_twice(namespaces: Namespaces) -> None:
+    """A restarted init container runs the script again in the same network namespace. The script
+    used ``iptables -N`` under ``set -e``, so the second run failed ("Chain already exists") and
+    the pod crash-looped; now both runs succeed and leave the same table, still capturing."""
+    pod = namespaces.pod
+    namespaces.listen(pod, 15001, 15006)
+    first = _init(namespaces)
+    second = _init(namespaces)
+    assert second == first
+    assert first.count("-j MESHKIT_OUTPUT") == 1 and first.count("-j MESHKIT_INBOUND") == 1
+    assert namespaces.connect(pod, SERVICE_IP, 9080) == f"{pod} 15001 {SERVICE_IP}:9080"
+
+
+def test_exclusion_annotations_reach_the_rules(namespaces: Namespaces) -> None:
+    """Istio's ``traffic.sidecar.istio.io/exclude*`` annotations, as the injector passes them."""
+    pod, peer = namespaces.pod, namespaces.peer
+    namespaces.listen(pod, 15001, 15006, 9080, 9443)
+    namespaces.listen(peer, 9080, 9443, 5432)
+    _init(namespaces, EXCLUDE_OUTBOUND_PORTS="5432,9443", EXCLUDE_OUTBOUND_IP_RANGES="10.96.0.0/12",
+          EXCLUDE_INBOUND_PORTS="9443")
+    assert namespaces.connect(pod, PEER_IP, 5432).startswith(f"{peer} 5432 ")  # excluded port
+    assert namespaces.connect(pod, PEER_IP, 9443).startswith(f"{peer} 9443 ")
+    assert namespaces.connect(pod, PEER_IP, 9080) == f"{pod} 15001 {PEER_IP}:9080"  # still captured
+    assert namespaces.connect(pod, SERVICE_IP, 9080).startswith("error")  # excluded range: not redirected
+    assert namespaces.connect(peer, POD_IP, 9443).startswith(f"{pod} 9443 ")  # excluded inbound
+    assert namespaces.connect(peer, POD_IP, 9080) == f"{pod} 15006 {POD_IP}:9080"
+    # a re-run with other exclusions replaces them (the chains are flushed, not appended to)
+    _init(namespaces)
+    assert namespaces.connect(pod, PEER_IP, 5432) == f"{pod} 15001 {PEER_IP}:5432"
