@@ -152,6 +152,7 @@ def proxy_args(settings: InjectSettings) -> list[str]:
         "--outbound-port", str(names.PORT_OUTBOUND),
         "--inbound-port", str(names.PORT_INBOUND),
         "--admin-port", str(names.PORT_ADMIN),
+        "--capture",
     ]
 
 

@@ -52,6 +52,7 @@ class Admin:
         *,
         certificates: Any = None,
         tls_stats: Any = None,
+        passthrough: Any = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
@@ -59,6 +60,7 @@ class Admin:
         self.listeners = listeners
         self.certificates = certificates  # tls_sidecar.SidecarCertificates, None = plaintext sidecar
         self.tls_stats = tls_stats  # tls_inbound.TlsStats
+        self.passthrough = passthrough  # passthrough.PassthroughStats (a captured pod's sidecar)
         self.started = time.time()
 
     async def handle(self, request: Request) -> Response:
@@ -124,7 +126,10 @@ class Admin:
         )
 
     def prometheus(self) -> Response:
-        return _reply(200, self.metrics.render(), PROMETHEUS_TYPE)
+        text = self.metrics.render()
+        if self.passthrough is not None:
+            text += self.passthrough.prometheus()
+        return _reply(200, text, PROMETHEUS_TYPE)
 
     def stats(self) -> Response:
         upstream = self.upstream
@@ -141,6 +146,7 @@ class Admin:
                     "cx_peer_identity_fail": upstream.cx_peer_identity_fail,
                 },
                 "mtls": self.tls_stats.as_dict() if self.tls_stats is not None else None,
+                "passthrough": self.passthrough.as_dict() if self.passthrough is not None else None,
                 "config": {
                     "version": self.state.current.version if self.state.current is not None else None,
                     "applied": self.state.applied,

@@ -67,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-request-body", type=int, default=ListenerLimits.max_body_bytes, metavar="BYTES"
     )
+    parser.add_argument(
+        "--capture", action="store_true",
+        help="the pod's traffic is redirected here by iptables (Kubernetes): honour SO_ORIGINAL_DST and "
+        "pass non-HTTP outbound TCP through to it (PassthroughCluster)",
+    )
     parser.add_argument("--drain-seconds", type=float, default=2.0, help="grace period on SIGTERM")
     parser.add_argument(
         "--ca-token-file", metavar="PATH",
@@ -148,9 +153,16 @@ class Proxy:
         if self.acceptor is not None:
             self.listeners["inbound"].acceptor = self.acceptor
             self.state.listeners.append(self.acceptor.on_snapshot)
+        passthrough = None
+        if getattr(args, "capture", False):
+            from meshkit.proxy.passthrough import OutboundAcceptor  # noqa: PLC0415
+
+            outbound = OutboundAcceptor()
+            self.listeners["outbound"].acceptor = outbound
+            passthrough = outbound.stats
         self.admin = Admin(
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
-            tls_stats=self.acceptor.stats if self.acceptor is not None else None,
+            tls_stats=self.acceptor.stats if self.acceptor is not None else None, passthrough=passthrough,
         )
         self.admin_listener = Listener("admin", self.admin.handle)
         self.ports: dict[str, int] = {}
