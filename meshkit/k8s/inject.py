@@ -33,9 +33,8 @@ class InjectSettings:
     proxy_uid: int = names.PROXY_UID
     token_audience: str = names.TOKEN_AUDIENCE
     token_expiration_seconds: int = 3600
-    # where the readiness probe asks /healthz/ready: meshkit's sidecar answers it on its admin
-    # port; Istio's 15021 (pilot-agent) once the sidecar gets a health listener of its own
-    health_port: int = names.PORT_ADMIN
+    # where the readiness probe asks /healthz/ready: the sidecar's status port, as Istio's 15021
+    health_port: int = names.PORT_HEALTH
     # requests sized for kind; limits keep a runaway sidecar from starving the node
     proxy_resources: dict[str, dict[str, str]] = field(
         default_factory=lambda: {
@@ -86,7 +85,13 @@ def inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None,
     ops: JSONPatch = []
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     ops += _append(spec, "initContainers", [init_container(settings, annotations)])
-    ops += _append(spec, "containers", [sidecar_container(spec, settings)])
+    probers: dict[str, Any] = {}
+    if str(annotations.get(REWRITE_PROBES_ANNOTATION, "true")).lower() != "false":
+        ops += rewrite_probes(spec, probers)
+    sidecar = sidecar_container(spec, settings)
+    if probers:
+        sidecar["env"].append({"name": PROBERS_ENV, "value": json.dumps(probers, sort_keys=True)})
+    ops += _append(spec, "containers", [sidecar])
     ops += _append(spec, "volumes", [token_volume(settings)])
     status = {
         "initContainers": [names.INIT_CONTAINER],
@@ -101,6 +106,48 @@ def inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None,
     else:
         ops.append({"op": "add", "path": f"/metadata/annotations/{_escape(names.STATUS_ANNOTATION)}",
                     "value": value})
+    return ops
+
+
+REWRITE_PROBES_ANNOTATION = "sidecar.istio.io/rewriteAppHTTPProbers"
+PROBERS_ENV = "MESHKIT_APP_PROBERS"  # meshkit.proxy.probes reads it (k8s does not import the proxy)
+_PROBES = {"readinessProbe": "readyz", "livenessProbe": "livez", "startupProbe": "startupz"}
+
+
+def rewrite_probes(pod_spec: dict[str, Any], probers: dict[str, Any]) -> JSONPatch:
+    """Point the app containers' ``httpGet``/``tcpSocket`` probes at the sidecar's status port.
+
+    As Istio: ``/app-health/<container>/readyz|livez|startupz`` on 15021, which is not captured,
+    so kubelet's plain probe passes STRICT mTLS; the sidecar runs the original probe against
+    the app (`meshkit.proxy.probes`), whose spec goes into ``probers`` (path -> probe). Named
+    ports are resolved from the container's ports; exec and gRPC probes are left alone.
+    """
+    ops: JSONPatch = []
+    for index, container in enumerate(pod_spec.get("containers") or []):
+        named = {str(p.get("name")): p.get("containerPort")
+                 for p in container.get("ports") or [] if p.get("name")}
+        for field_name, suffix in _PROBES.items():
+            probe = container.get(field_name)
+            if not isinstance(probe, dict):
+                continue
+            kind = "httpGet" if "httpGet" in probe else "tcpSocket" if "tcpSocket" in probe else None
+            if kind is None:
+                continue
+            action = dict(probe[kind])
+            port = action.get("port")
+            if isinstance(port, str):
+                port = int(port) if port.isdigit() else named.get(port)
+            if not isinstance(port, int):
+                continue  # a port name the container does not declare: kubelet would fail it too
+            if action.get("host"):
+                continue  # probing another host: not the app behind this sidecar
+            path = f"/app-health/{container.get('name')}/{suffix}"
+            probers[path] = {kind: {**action, "port": port},
+                             "timeoutSeconds": int(probe.get("timeoutSeconds") or 1)}
+            rewritten = {k: v for k, v in probe.items() if k not in ("httpGet", "tcpSocket")}
+            rewritten["httpGet"] = {"path": path, "port": names.PORT_HEALTH, "scheme": "HTTP"}
+            where = f"/spec/containers/{index}/{field_name}"
+            ops.append({"op": "replace", "path": where, "value": rewritten})
     return ops
 
 
@@ -152,6 +199,7 @@ def proxy_args(settings: InjectSettings) -> list[str]:
         "--outbound-port", str(names.PORT_OUTBOUND),
         "--inbound-port", str(names.PORT_INBOUND),
         "--admin-port", str(names.PORT_ADMIN),
+        "--health-port", str(names.PORT_HEALTH),
         "--capture",
     ]
 

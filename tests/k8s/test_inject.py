@@ -16,7 +16,8 @@ import jsonpatch
 import pytest
 
 from meshkit.k8s import names
-from meshkit.k8s.inject import InjectSettings, inject, should_inject
+from meshkit.k8s.inject import PROBERS_ENV, InjectSettings, inject, should_inject
+from meshkit.proxy.probes import AppProbe, parse_probers
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = InjectSettings(image="meshkit:test", control_address="http://meshkit-control.meshkit-system.svc:15010")
@@ -109,11 +110,12 @@ def test_injected_pod_has_everything_the_sidecar_needs() -> None:
         15001: "tcp-outbound", 15006: "tcp-inbound", 15000: "http-admin",
         15090: "http-envoy-prom", 15021: "status-port",
     }
-    # the sidecar serves /healthz/ready on its admin port (meshkit/proxy/admin.py)
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15000}
-    with_health_port = inject(pod, labels, InjectSettings(health_port=15021))
-    sidecar_op = next(op for op in with_health_port if op["path"].startswith("/spec/containers"))
-    assert sidecar_op["value"]["readinessProbe"]["httpGet"]["port"] == 15021
+    # the sidecar serves /healthz/ready on its status port, as Istio's 15021 (meshkit/proxy/probes.py)
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    assert sidecar["args"][sidecar["args"].index("--health-port") + 1] == "15021"
+    with_admin_port = inject(pod, labels, InjectSettings(health_port=15000))
+    sidecar_op = next(op for op in with_admin_port if op["path"].startswith("/spec/containers"))
+    assert sidecar_op["value"]["readinessProbe"]["httpGet"]["port"] == 15000
     env = {e["name"]: e for e in sidecar["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -186,3 +188,30 @@ def test_exclusion_annotations_become_the_init_containers_environment() -> None:
                            {"name": "EXCLUDE_OUTBOUND_IP_RANGES", "value": "10.96.0.0/12"}]
     plain = jsonpatch.apply_patch(_pod("details-v1-b"), inject(_pod("details-v1-b"), ENABLED, SETTINGS))
     assert "env" not in plain["spec"]["initContainers"][0]
+
+
+def test_app_probes_are_rewritten_to_the_status_port() -> None:
+    """Kubelet's probes would be captured (failing under STRICT, or a TCP probe passing against the
+    sidecar while the app is down): they go to 15021 and the sidecar runs the originals."""
+    app = {"name": "app", "image": "bookinfo/details:1", "ports": [{"name": "http", "containerPort": 9080}],
+           "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 3},
+           "livenessProbe": {"tcpSocket": {"port": 9080}, "timeoutSeconds": 2},
+           "startupProbe": {"exec": {"command": ["true"]}}}
+    pod = _pod("details-v1-a", containers=[app])
+    patched = jsonpatch.apply_patch(pod, inject(pod, ENABLED, SETTINGS))
+    container = patched["spec"]["containers"][0]
+    assert container["readinessProbe"] == {"httpGet": {"path": "/app-health/app/readyz", "port": 15021,
+                                                       "scheme": "HTTP"}, "periodSeconds": 3}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/app-health/app/livez"
+    assert container["livenessProbe"]["timeoutSeconds"] == 2
+    assert container["startupProbe"] == {"exec": {"command": ["true"]}}  # exec: left alone
+    sidecar = patched["spec"]["containers"][-1]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert PROBERS_ENV == "MESHKIT_APP_PROBERS"
+    probers = parse_probers(env[PROBERS_ENV])  # what the sidecar will read
+    assert probers["/app-health/app/readyz"] == AppProbe("http", 9080, "/ready")
+    assert probers["/app-health/app/livez"] == AppProbe("tcp", 9080, timeout_s=2.0)
+    opted_out = _pod("details-v1-b", containers=[app])
+    opted_out["metadata"]["annotations"] = {"sidecar.istio.io/rewriteAppHTTPProbers": "false"}
+    kept = jsonpatch.apply_patch(opted_out, inject(opted_out, ENABLED, SETTINGS))
+    assert kept["spec"]["containers"][0]["readinessProbe"] == app["readinessProbe"]

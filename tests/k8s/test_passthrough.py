@@ -30,15 +30,16 @@ from tests.k8s.netns_pod import PEER_IP, SCRIPT, Namespaces
 pytestmark = pytest.mark.timeout(120)
 
 
-def _proxy(namespaces: Namespaces, readable: Path, *extra: str) -> None:
+def _proxy(namespaces: Namespaces, readable: Path, *extra: str, env: dict[str, str] | None = None) -> None:
     snapshot = readable / "snapshot.json"
     snapshot.write_text(json.dumps({"schema": 1, "version": "empty"}))
     snapshot.chmod(0o644)
     argv = [sys.executable, "-m", "meshkit.proxy", "--config", str(snapshot), "--address", "0.0.0.0",
             "--outbound-port", str(names.PORT_OUTBOUND), "--inbound-port", str(names.PORT_INBOUND),
             "--admin-port", str(names.PORT_ADMIN), *extra]
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = namespaces.start(namespaces.pod, argv, uid=names.PROXY_UID, env=env)
+    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                   **(env or {})}
+    process = namespaces.start(namespaces.pod, argv, uid=names.PROXY_UID, env=environment)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # ready once the admin port answers inside the pod
         assert process.poll() is None, f"the proxy exited: {process.stderr.read() if process.stderr else ''}"
