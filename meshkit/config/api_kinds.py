@@ -29,6 +29,8 @@ OPERATOR_WATCH = ("list", "watch", "patch")
 CONTROL = "meshkit-control"
 OPERATOR = "meshkit-operator"
 ROLES = (CONTROL, OPERATOR)
+SYSTEM_NAMESPACE = "meshkit-system"  # meshkit.k8s.names.SYSTEM_NAMESPACE
+CA_ROOT_SECRET = "meshkit-ca-root"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ class ApiKind:
     resource_names: tuple[str, ...] = ()  # restrict the grant to these objects
     # None: active when meshkit has a model of this kind and group; True/False: said here
     enabled: bool | None = None
+    # granted by a Role in this namespace only (not the ClusterRole)
+    only_in: str | None = None
 
     @property
     def active(self) -> bool:
@@ -94,6 +98,11 @@ API_KINDS: tuple[ApiKind, ...] = (
     # read by the local mesh's workload model; the control plane does not read them on a cluster yet
     ApiKind("", "v1", "serviceaccounts", "ServiceAccount", control=READ, enabled=False),
     ApiKind("apps", "v1", "deployments", "Deployment", control=READ, enabled=False),
+    # the mesh's root CA, kept in a Secret so it outlives the control plane's pod (create: the
+    # first start; RBAC cannot restrict create by name, so the grant is a Role in meshkit-system)
+    ApiKind("", "v1", "secrets", "Secret", control=("get",), resource_names=(CA_ROOT_SECRET,),
+            only_in=SYSTEM_NAMESPACE, enabled=True),
+    ApiKind("", "v1", "secrets", "Secret", control=("create",), only_in=SYSTEM_NAMESPACE, enabled=True),
     # the CA checks the projected service-account tokens sidecars present
     ApiKind("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False,
             control=("create",), enabled=True),

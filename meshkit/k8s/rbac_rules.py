@@ -33,11 +33,12 @@ Rule = dict[str, Any]
 DISCOVERY_PATHS = ("/api", "/apis", "/version", "/healthz", "/livez", "/readyz", "/openapi")
 
 
-def cluster_role_rules(role: str) -> list[Rule]:
-    """The rules of ``role``'s ClusterRole: one per (group, verbs, resourceNames), resources sorted."""
+def cluster_role_rules(role: str, namespace: str | None = None) -> list[Rule]:
+    """The rules of ``role``'s ClusterRole (``namespace`` None) or of its Role in ``namespace``:
+    one per (group, verbs, resourceNames), resources sorted."""
     grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
     for kind in API_KINDS:
-        if not kind.active:
+        if not kind.active or kind.only_in != namespace:
             continue
         verbs = kind.verbs(role)
         if verbs:
@@ -70,6 +71,7 @@ def documents() -> list[tuple[str, dict[str, Any]]]:
         docs.append(("", {"apiVersion": "v1", "kind": "ServiceAccount",
                           "metadata": {"name": role, "namespace": names.SYSTEM_NAMESPACE}}))
     for role in ROLES:
+        subjects = [{"kind": "ServiceAccount", "name": role, "namespace": names.SYSTEM_NAMESPACE}]
         docs.append((_ROLE_PURPOSE[role], {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": {"name": role}, "rules": cluster_role_rules(role)}))
@@ -77,7 +79,17 @@ def documents() -> list[tuple[str, dict[str, Any]]]:
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": role},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": role, "namespace": names.SYSTEM_NAMESPACE}]}))
+            "subjects": subjects}))
+        for namespace in sorted({k.only_in for k in API_KINDS if k.only_in and k.active and k.verbs(role)}):
+            docs.append((f"What {role} may do in {namespace} only.", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": role, "namespace": namespace},
+                "rules": cluster_role_rules(role, namespace)}))
+            docs.append(("", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": role, "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                "subjects": subjects}))
     return docs
 
 
@@ -188,6 +200,25 @@ def role_rules(docs: Iterable[Mapping[str, Any]], role: str) -> list[Mapping[str
         if doc.get("kind") == "ClusterRole" and (doc.get("metadata") or {}).get("name") == role:
             return list(doc.get("rules") or [])
     raise KeyError(f"no ClusterRole {role!r} in the manifests")
+
+
+def namespaced_rules(docs: Iterable[Mapping[str, Any]], role: str) -> dict[str, list[Mapping[str, Any]]]:
+    """namespace -> the rules of the Role named ``role`` there (bound to the same account)."""
+    found: dict[str, list[Mapping[str, Any]]] = {}
+    for doc in docs:
+        metadata = doc.get("metadata") or {}
+        if doc.get("kind") == "Role" and metadata.get("name") == role:
+            found.setdefault(str(metadata.get("namespace")), []).extend(doc.get("rules") or [])
+    return found
+
+
+def authorized(cluster_rules: Iterable[Mapping[str, Any]], roles: Mapping[str, Iterable[Mapping[str, Any]]],
+               request: ApiRequest) -> bool:
+    """A ClusterRole's rules, plus Roles' rules for requests in their namespace."""
+    if allows(cluster_rules, request):
+        return True
+    in_namespace = roles.get(request.namespace, []) if request.namespace else []
+    return request.is_resource and allows(in_namespace, request)
 
 
 def main() -> None:

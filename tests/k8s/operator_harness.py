@@ -30,7 +30,7 @@ from kmock._internal import parsing
 
 from meshkit.config.api_kinds import OPERATOR, ROLES, istio_kinds
 from meshkit.k8s.operator import OperatorConfig, build_registry
-from meshkit.k8s.rbac_rules import allows, api_request, role_rules
+from meshkit.k8s.rbac_rules import api_request, authorized, namespaced_rules, role_rules
 
 MANAGED = "meshkit-test"
 # every Istio kind the operator watches (the same list its RBAC rules come from)
@@ -77,11 +77,12 @@ def enforce_rbac(kmock: Any, manifest: Path = RBAC_MANIFEST,
     """Make KMock authorize as the API server's RBAC would, from the committed ClusterRoles.
 
     A request carrying ``Authorization: Bearer <role>`` (``meshkit-operator``, ``meshkit-control``)
-    is evaluated against that ClusterRole (`meshkit.k8s.rbac_rules.allows`) and answered 403
+    is evaluated against that ClusterRole and its Roles (`meshkit.k8s.rbac_rules.authorized`) and answered 403
     Forbidden when it is not allowed; requests without a token (the test's own set-up) pass.
     """
     docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
     rules = {role: [*role_rules(docs, role), *(extra or {}).get(role, [])] for role in ROLES}
+    in_namespace = {role: namespaced_rules(docs, role) for role in ROLES}
     rbac = Rbac()
 
     def refused(request: kmocklib.Request) -> bool:
@@ -92,7 +93,7 @@ def enforce_rbac(kmock: Any, manifest: Path = RBAC_MANIFEST,
         line = f"{role}: {attributes}"
         if line not in rbac.seen:
             rbac.seen.append(line)
-        if allows(rules[role], attributes):
+        if authorized(rules[role], in_namespace[role], attributes):
             return False
         if line not in rbac.refused:
             rbac.refused.append(line)

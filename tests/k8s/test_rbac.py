@@ -174,8 +174,8 @@ async def test_the_control_plane_syncs_under_its_cluster_role(kmock: Any, sessio
     for document in k.istio_documents():
         await cluster.request("POST", k.istio_path(document), k.as_served(document))
     access = KubeAccess(server=str(kmock.url).rstrip("/"), authorization=lambda: f"Bearer {CONTROL}")
-    running = await run_kubernetes_control_plane(
-        access, port=0, state_dir=tmp_path / "control", record_address=False, with_ca=False,
+    running = await run_kubernetes_control_plane(  # with its CA: the root's Secret is read and created
+        access, port=0, state_dir=tmp_path / "control", record_address=False,
         sync_options=SyncOptions(debounce_s=0.01, max_backoff_s=0.5))
     try:
         synced = await running.sync.wait_synced(15)
@@ -188,3 +188,8 @@ async def test_the_control_plane_syncs_under_its_cluster_role(kmock: Any, sessio
     for kind in ISTIO_TYPES:
         assert f"list {kind.plural}.{kind.group}" in seen
     assert "watch endpointslices.discovery.k8s.io" in seen
+    assert "get secrets.core 'meshkit-ca-root' in meshkit-system" in seen
+    assert "create secrets.core in meshkit-system" in seen  # allowed by the Role there only
+    control = [d for d in yaml.safe_load_all(RBAC_MANIFEST.read_text()) if d]
+    assert not any("secrets" in rule["resources"] for rule in cluster_role_rules(CONTROL))
+    assert any(d["kind"] == "Role" and d["metadata"]["namespace"] == "meshkit-system" for d in control)
