@@ -13,9 +13,11 @@ dependency); the Service's DNS names are its SANs.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import datetime
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+log = logging.getLogger("meshkit.k8s.webhook")
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 CERT_VALIDITY = datetime.timedelta(days=365)
 
@@ -185,11 +188,28 @@ async def publish_ca_bundle(api: ApiAccess, targets: Sequence[tuple[str, str]], 
                     )
 
 
-def ca_bundle_publisher(api: ApiAccess, targets: Sequence[tuple[str, str]]) -> ClientConfigHook:
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def ca_bundle_publisher(api: ApiAccess, targets: Sequence[tuple[str, str]],
+                        delays: Sequence[float] = RETRY_DELAYS_S) -> ClientConfigHook:
+    """Publish the bundle, retrying until it is in place: the webhook configurations may not exist
+    yet (applied after the operator), or the API may be briefly unreachable. Failing instead made
+    the operator exit at start. The webhook server already serves while this retries."""
+
     async def publish(client_config: dict[str, Any]) -> None:
         bundle = client_config.get("caBundle")
-        if bundle:
-            await publish_ca_bundle(api, targets, bundle)
+        attempt = 0
+        while bundle:
+            try:
+                await publish_ca_bundle(api, targets, bundle)
+                return
+            except (RuntimeError, aiohttp.ClientError, OSError, TimeoutError) as error:
+                delay = delays[min(attempt, len(delays) - 1)]
+                attempt += 1
+                log.warning("cannot publish the webhook CA bundle yet (attempt %d): %s; retrying in %.1f s",
+                            attempt, error, delay)
+                await asyncio.sleep(delay)
 
     return publish
 

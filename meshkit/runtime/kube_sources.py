@@ -46,6 +46,10 @@ from meshkit.runtime.kube_api import ResourceType
 SIDECAR_CONTAINER = "meshkit-proxy"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+# bookkeeping of tools, not config: kopf's progress and diff-base (meshkit.k8s.operator writes them
+# under operator.meshkit.dev/; kopf's default prefix is kopf.zalando.org/). Kept, every status
+# handling by the operator would make a new config revision and a push to every sidecar.
+BOOKKEEPING_PREFIXES = ("operator.meshkit.dev/", "kopf.zalando.org/")
 # labels that differ between replicas or revisions of one workload
 PER_POD_LABELS = frozenset({"pod-template-hash", "controller-revision-hash",
                             "statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index"})
@@ -76,7 +80,8 @@ def istio_resource(obj: Mapping[str, Any],
     metadata = obj.get("metadata") or {}
     kept: dict[str, Any] = {key: metadata[key] for key in ("name", "namespace", "labels")
                             if metadata.get(key) is not None}
-    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k != LAST_APPLIED}
+    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items()
+                   if k != LAST_APPLIED and not k.startswith(BOOKKEEPING_PREFIXES)}
     if annotations:
         kept["annotations"] = annotations
     document: dict[str, Any] = {

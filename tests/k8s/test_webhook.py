@@ -114,3 +114,30 @@ def test_self_signed_certificate_names_the_service() -> None:
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["meshkit-webhook.meshkit-system.svc", "localhost"]
     assert b"PRIVATE KEY" in key_pem
+
+
+async def test_the_bundle_is_published_once_the_configurations_exist(
+        kmock: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The operator starting before ``webhooks.yaml`` is applied (or with the API briefly away) used
+    to fail publishing and exit; it retries until the configurations are there."""
+    namespaces_parsed(monkeypatch)
+    static = [doc for doc in yaml.safe_load_all(WEBHOOKS_YAML.read_text()) if doc]
+    config = OperatorConfig(
+        webhook_addr="127.0.0.1", webhook_port=free_port(), cert_dir=tmp_path / "certs", managed=None,
+        api=ApiAccess(server=str(kmock.url).rstrip("/"), insecure=True),
+        hostnames=(f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc", "localhost"),
+    )
+    async with running_operator(kmock, config) as running:
+        await until("a failed attempt to read a webhook configuration", lambda: any(
+            r.method == "GET" and r.resource is not None
+            and (r.resource.plural or "").endswith("webhookconfigurations") for r in list(kmock)))
+        for doc in static:  # applied late
+            url = f"/apis/admissionregistration.k8s.io/v1/{PLURALS[doc['kind']]}"
+            async with running.session.post(f"{str(kmock.url).rstrip('/')}{url}", json=doc) as response:
+                assert response.status in (200, 201), await response.text()
+
+        def published() -> bool:
+            hooks = [h for c in _configs_in(kmock) for h in c.get("webhooks") or []]
+            return len(hooks) == 6 and all(h.get("clientConfig", {}).get("caBundle") for h in hooks)
+
+        await until("caBundle on all six static webhooks after the late apply", published)
