@@ -33,6 +33,9 @@ class InjectSettings:
     proxy_uid: int = names.PROXY_UID
     token_audience: str = names.TOKEN_AUDIENCE
     token_expiration_seconds: int = 3600
+    # run the proxy as a native sidecar (an init container with restartPolicy Always, Kubernetes
+    # >= 1.29); the operator turns it on when the API server is new enough
+    native_sidecar: bool = False
     # where the readiness probe asks /healthz/ready: the sidecar's status port, as Istio's 15021
     health_port: int = names.PORT_HEALTH
     # requests sized for kind; limits keep a runaway sidecar from starving the node
@@ -84,18 +87,33 @@ def inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None,
         return []
     ops: JSONPatch = []
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    ops += _append(spec, "initContainers", [init_container(settings, annotations)])
+    init = [init_container(settings, annotations)]
     probers: dict[str, Any] = {}
     if str(annotations.get(REWRITE_PROBES_ANNOTATION, "true")).lower() != "false":
-        ops += rewrite_probes(spec, probers)
+        probe_ops = rewrite_probes(spec, probers)
+    else:
+        probe_ops = []
     sidecar = sidecar_container(spec, settings)
     if probers:
         sidecar["env"].append({"name": PROBERS_ENV, "value": json.dumps(probers, sort_keys=True)})
-    ops += _append(spec, "containers", [sidecar])
+    if settings.native_sidecar:
+        # a native sidecar (Kubernetes >= 1.29): an init container that keeps running. Kubelet starts
+        # the app only once its startup probe passes (the proxy is ready), and a Job's pod completes
+        # when the app exits.
+        sidecar["restartPolicy"] = "Always"
+        sidecar["startupProbe"] = {"httpGet": {"path": names.READY_PATH, "port": settings.health_port},
+                                   "periodSeconds": 1, "failureThreshold": 600}
+        ops += _append(spec, "initContainers", [*init, sidecar])
+        ops += probe_ops
+    else:
+        ops += _append(spec, "initContainers", init)
+        ops += probe_ops
+        ops += _append(spec, "containers", [sidecar])
     ops += _append(spec, "volumes", [token_volume(settings)])
+    native = [names.SIDECAR_CONTAINER] if settings.native_sidecar else []
     status = {
-        "initContainers": [names.INIT_CONTAINER],
-        "containers": [names.SIDECAR_CONTAINER],
+        "initContainers": [names.INIT_CONTAINER, *native],
+        "containers": [] if native else [names.SIDECAR_CONTAINER],
         "volumes": [names.TOKEN_VOLUME],
         "image": settings.image,
     }

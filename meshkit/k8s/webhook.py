@@ -17,8 +17,10 @@ import asyncio
 import base64
 import copy
 import datetime
+import json
 import logging
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +147,31 @@ class ApiAccess:
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+NATIVE_SIDECAR_MINOR = 29  # SidecarContainers is on by default from Kubernetes 1.29
+
+
+def server_version(api: ApiAccess, timeout_s: float = 10.0) -> tuple[int, int] | None:
+    """(major, minor) of the API server (``GET /version``), or None when it cannot be read."""
+    request = urllib.request.Request(f"{api.server.rstrip('/')}/version", headers=api.headers())
+    context = api.ssl_context()
+    tls = context if isinstance(context, ssl.SSLContext) else None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=tls) as answer:
+            doc = json.loads(answer.read())
+        major = int(str(doc.get("major", "")).rstrip("+"))
+        minor = int(str(doc.get("minor", "")).rstrip("+"))
+    except (OSError, ValueError, AttributeError) as error:
+        log.warning("cannot read the API server's version: %s", error)
+        return None
+    return major, minor
+
+
+def native_sidecars_supported(api: ApiAccess) -> bool:
+    """Whether the cluster runs init containers with ``restartPolicy: Always`` as sidecars."""
+    version = server_version(api)
+    return version is not None and version >= (1, NATIVE_SIDECAR_MINOR)
 
 
 WEBHOOK_PATHS = {

@@ -146,8 +146,11 @@ def workload_name(pod: Mapping[str, Any]) -> str:
 
 
 def has_sidecar(pod: Mapping[str, Any]) -> bool:
-    containers = (pod.get("spec") or {}).get("containers") or []
-    return any(c.get("name") == SIDECAR_CONTAINER for c in containers)
+    """A ``meshkit-proxy`` container, or a native sidecar (an init container that keeps running)."""
+    spec = pod.get("spec") or {}
+    return any(c.get("name") == SIDECAR_CONTAINER for c in spec.get("containers") or []) or any(
+        c.get("name") == SIDECAR_CONTAINER and c.get("restartPolicy") == "Always"
+        for c in spec.get("initContainers") or [])
 
 
 def _slice_port(endpoint_slice: Mapping[str, Any], port_name: str) -> int | None:

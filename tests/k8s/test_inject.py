@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonpatch
+import kubernetes_validate
 import pytest
 
 from meshkit.k8s import names
 from meshkit.k8s.inject import PROBERS_ENV, InjectSettings, inject, should_inject
 from meshkit.proxy.probes import AppProbe, parse_probers
+from meshkit.runtime import kube_sources
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = InjectSettings(image="meshkit:test", control_address="http://meshkit-control.meshkit-system.svc:15010")
@@ -215,3 +217,21 @@ def test_app_probes_are_rewritten_to_the_status_port() -> None:
     opted_out["metadata"]["annotations"] = {"sidecar.istio.io/rewriteAppHTTPProbers": "false"}
     kept = jsonpatch.apply_patch(opted_out, inject(opted_out, ENABLED, SETTINGS))
     assert kept["spec"]["containers"][0]["readinessProbe"] == app["readinessProbe"]
+
+
+def test_a_native_sidecar_runs_first_and_lets_a_job_complete() -> None:
+    """Kubernetes >= 1.29: the proxy as an init container with ``restartPolicy: Always`` (started
+    after the capture rules, before the app, which waits for its startup probe); a Job's pod then
+    completes when its app exits. The result is a valid Pod at 1.30."""
+    settings = InjectSettings(image="meshkit:test", native_sidecar=True)
+    job_pod = _pod("migrate-x1", containers=[{"name": "migrate", "image": "tools:1", "command": ["true"]}],
+                   restartPolicy="Never")
+    patched = jsonpatch.apply_patch(job_pod, inject(job_pod, ENABLED, settings))
+    init = patched["spec"]["initContainers"]
+    assert [c["name"] for c in init] == [names.INIT_CONTAINER, names.SIDECAR_CONTAINER]
+    assert init[1]["restartPolicy"] == "Always"
+    assert init[1]["startupProbe"]["httpGet"] == {"path": "/healthz/ready", "port": names.PORT_HEALTH}
+    assert [c["name"] for c in patched["spec"]["containers"]] == ["migrate"]
+    assert kube_sources.has_sidecar(patched)  # the control plane still sees the sidecar
+    assert inject(patched, ENABLED, settings) == []
+    kubernetes_validate.validate(patched, "1.30.0", strict=True)

@@ -8,6 +8,7 @@ then talks HTTPS to the service paths of those configurations, trusting only tha
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 from pathlib import Path
@@ -21,7 +22,13 @@ from cryptography import x509
 
 from meshkit.k8s import names
 from meshkit.k8s.operator import OperatorConfig
-from meshkit.k8s.webhook import ApiAccess, fill_namespace, self_signed_certificate
+from meshkit.k8s.webhook import (
+    ApiAccess,
+    fill_namespace,
+    native_sidecars_supported,
+    self_signed_certificate,
+    server_version,
+)
 from tests.k8s.operator_harness import admission_review, free_port, namespaces_parsed, running_operator, until
 
 pytestmark = pytest.mark.timeout(90)
@@ -141,3 +148,14 @@ async def test_the_bundle_is_published_once_the_configurations_exist(
             return len(hooks) == 6 and all(h.get("clientConfig", {}).get("caBundle") for h in hooks)
 
         await until("caBundle on all six static webhooks after the late apply", published)
+
+
+async def test_native_sidecars_follow_the_api_servers_version(kmock: Any) -> None:
+    api = ApiAccess(server=str(kmock.url).rstrip("/"), insecure=True)
+    # KMock says 1.26: no SidecarContainers by default, so the proxy stays a regular container
+    assert await asyncio.to_thread(server_version, api) == (1, 26)
+    assert not await asyncio.to_thread(native_sidecars_supported, api)
+    kmock["get /version"] << {"major": "1", "minor": "30+", "gitVersion": "v1.30.0"}
+    assert await asyncio.to_thread(native_sidecars_supported, api)
+    unreachable = ApiAccess(server=f"http://127.0.0.1:{free_port()}", insecure=True)
+    assert not await asyncio.to_thread(native_sidecars_supported, unreachable)
