@@ -47,11 +47,13 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
         help="With --kubernetes: this kubeconfig (default: in-cluster, else $KUBECONFIG).")] = None,
     kube_api: Annotated[str | None, typer.Option(
         help="With --kubernetes: an API URL without credentials (kubectl proxy).")] = None,
+    ready_port: Annotated[int | None, typer.Option(
+        help="With --kubernetes: serve GET /ready on this port, 200 once the cluster is mirrored.")] = None,
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
     if kubernetes:
         _control_on_kubernetes(host, port, state_dir, ca=ca, cert_ttl=cert_ttl, kubeconfig=kubeconfig,
-                               kube_api=kube_api)
+                               kube_api=kube_api, ready_port=ready_port)
         return
     import logging  # noqa: PLC0415
 
@@ -70,7 +72,8 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
 
 
 def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: bool, cert_ttl: str,
-                           kubeconfig: str | None, kube_api: str | None) -> None:
+                           kubeconfig: str | None, kube_api: str | None,
+                           ready_port: int | None = None) -> None:
     import logging  # noqa: PLC0415
 
     from meshkit.control.ca import CaError, parse_ttl  # noqa: PLC0415
@@ -87,7 +90,7 @@ def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: 
         _fail(EXIT_REJECTED, f"error: no Kubernetes API to follow: {error} (run it in a pod, or pass "
                              "--kubeconfig PATH or --kube-api URL, e.g. from kubectl proxy)")
     try:
-        serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl,
+        serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl, ready_port=ready_port,
                          announce=lambda text: print(text, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")

@@ -43,6 +43,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from aiohttp import web
+
 from meshkit.config.resources import Resource
 from meshkit.control.address import default_control_dir
 from meshkit.control.registry import RegisteredEndpoint, ServiceRegistry
@@ -315,6 +317,26 @@ class RunningKubernetesControlPlane:
         self.running = running
         self.sync = sync
         self.api = api
+        self.readiness: web.AppRunner | None = None  # the /ready listener (``ready_port``)
+
+    async def serve_readiness(self, host: str, port: int) -> int:
+        """``GET /ready``: 200 once the cluster has been mirrored, 503 before (the pod's readiness
+        probe: a Service should not send sidecars to a control plane with an empty registry)."""
+
+        async def ready(_: web.Request) -> web.Response:
+            if self.sync.synced:
+                return web.Response(text="ready\n")
+            return web.Response(status=503, text=f"not synced with the cluster yet: {self.sync.stats}\n")
+
+        app = web.Application()
+        app.router.add_get("/ready", ready)
+        self.readiness = web.AppRunner(app, access_log=None)
+        await self.readiness.setup()
+        site = web.TCPSite(self.readiness, host, port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
 
     @property
     def url(self) -> str:
@@ -325,6 +347,9 @@ class RunningKubernetesControlPlane:
         return self.running.control_plane
 
     async def close(self) -> None:
+        if self.readiness is not None:
+            await self.readiness.cleanup()
+            self.readiness = None
         await self.sync.close()
         await self.running.close()
         await self.api.close()
@@ -420,11 +445,13 @@ async def run_kubernetes_control_plane(access: KubeAccess, host: str = DEFAULT_H
 
 def serve_kubernetes(access: KubeAccess, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                      state_dir: Path | str | None = None, *, announce: Callable[[str], Any] = print,
-                     **options: Any) -> None:
+                     ready_port: int | None = None, **options: Any) -> None:
     """``meshkit control --kubernetes``: run until SIGINT/SIGTERM, then stop gracefully."""
 
     async def start() -> RunningKubernetesControlPlane:
         running = await run_kubernetes_control_plane(access, host, port, state_dir, **options)
+        if ready_port is not None:
+            await running.serve_readiness(host, ready_port)
         announce(f"meshkit control plane listening on {running.url} (config and endpoints from the "
                  f"cluster at {access.server}; state: {running.control_plane.directory})")
         return running
