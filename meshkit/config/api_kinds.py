@@ -103,6 +103,12 @@ API_KINDS: tuple[ApiKind, ...] = (
     ApiKind("", "v1", "secrets", "Secret", control=("get",), resource_names=(CA_ROOT_SECRET,),
             only_in=SYSTEM_NAMESPACE, enabled=True),
     ApiKind("", "v1", "secrets", "Secret", control=("create",), only_in=SYSTEM_NAMESPACE, enabled=True),
+    # the operator copies the root certificate (not the key) into each injected namespace
+    ApiKind("", "v1", "secrets", "Secret", operator=("get",), resource_names=(CA_ROOT_SECRET,),
+            only_in=SYSTEM_NAMESPACE, enabled=True),
+    ApiKind("", "v1", "configmaps", "ConfigMap", operator=("get", "patch"),
+            resource_names=("meshkit-ca-root-cert",), enabled=True),
+    ApiKind("", "v1", "configmaps", "ConfigMap", operator=("create",), enabled=True),
     # the CA checks the projected service-account tokens sidecars present
     ApiKind("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False,
             control=("create",), enabled=True),

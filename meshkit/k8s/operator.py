@@ -41,8 +41,9 @@ from meshkit.config.messages import Severity
 from meshkit.k8s import names
 from meshkit.k8s.admission import admission_messages, errors, rejection_text, status_messages
 from meshkit.k8s.inject import InjectSettings, inject
+from meshkit.k8s.root_cert_publisher import RootCertPublisher
 from meshkit.k8s.status import build_status
-from meshkit.k8s.status_resync import StatusResync, kopf_patcher
+from meshkit.k8s.status_resync import StatusResync, every, kopf_patcher, kopf_requester
 from meshkit.k8s.webhook import ApiAccess, MeshkitWebhookServer, ca_bundle_publisher, kopf_server
 
 ANNOTATION_PREFIX = "operator.meshkit.dev"
@@ -218,7 +219,17 @@ def _register_status_resync(registry: kopf.OperatorRegistry, period_s: float) ->
                     for kind, index in indices.items()}
 
         resync = StatusResync(indexed, period_s, kopf_patcher(settings, logger), logger)
-        tasks.append(asyncio.get_running_loop().create_task(resync.run(), name="meshkit status resync"))
+        loop = asyncio.get_running_loop()
+        tasks.append(loop.create_task(resync.run(), name="meshkit status resync"))
+        # the root certificate for each injected namespace, from the same index the injector uses
+        publisher = RootCertPublisher(kopf_requester(settings, logger), logger)
+        namespaces: kopf.Index[str, dict[str, str]] = kwargs[NAMESPACE_INDEX]
+
+        def labels() -> dict[str, dict[str, str]]:
+            return {name: next(iter(store), {}) for name, store in namespaces.items()}
+
+        tasks.append(loop.create_task(every(period_s, lambda: publisher.once(labels()), logger,
+                                            "publishing the root certificate"), name="meshkit root cert"))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_status_resync(**_: Any) -> None:

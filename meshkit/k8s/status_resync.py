@@ -90,6 +90,36 @@ class StatusResync:
         return count
 
 
+def kopf_requester(settings: Any, logger: Any) -> Callable[..., Any]:
+    """``request(method, path, body=None)`` through kopf's API client: the JSON answer, None on 404
+    (must be called from a task kopf's context started)."""
+
+    async def request(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            if method == "GET":
+                return await kopf_api.get(url=path, settings=settings, logger=logger)
+            if method == "POST":
+                return await kopf_api.post(url=path, payload=body, settings=settings, logger=logger)
+            return await kopf_api.patch(url=path, payload=body, settings=settings, logger=logger,
+                                        headers={"Content-Type": "application/merge-patch+json"})
+        except kopf_errors.APINotFoundError:
+            return None
+
+    return request
+
+
+async def every(period_s: float, step: Callable[[], Any], logger: Any, what: str) -> None:
+    """Run ``await step()`` every ``period_s`` seconds until cancelled; a failure is logged, not fatal."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            logger.warning(f"{what} failed: {error}")
+
+
 def kopf_patcher(settings: Any, logger: Any) -> Patcher:
     """A merge-patch through kopf's API client (must be called from a task kopf's context started)."""
 
