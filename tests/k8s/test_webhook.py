@@ -68,9 +68,9 @@ async def test_cluster_mode_publishes_ca_and_serves_https(kmock: Any, monkeypatc
         def published() -> list[str]:
             hooks = [h for c in _configs_in(kmock) for h in c.get("webhooks") or []]
             bundles = [h.get("clientConfig", {}).get("caBundle") for h in hooks]
-            return bundles if len(bundles) == 6 and all(bundles) else []
+            return bundles if len(bundles) == 7 and all(bundles) else []
 
-        bundles = await until("caBundle on all six static webhooks", published)
+        bundles = await until("caBundle on all seven static webhooks", published)
         assert len(set(bundles)) == 1
         ca_pem = base64.b64decode(bundles[0])
         # nothing else in the static configurations changed
@@ -145,9 +145,9 @@ async def test_the_bundle_is_published_once_the_configurations_exist(
 
         def published() -> bool:
             hooks = [h for c in _configs_in(kmock) for h in c.get("webhooks") or []]
-            return len(hooks) == 6 and all(h.get("clientConfig", {}).get("caBundle") for h in hooks)
+            return len(hooks) == 7 and all(h.get("clientConfig", {}).get("caBundle") for h in hooks)
 
-        await until("caBundle on all six static webhooks after the late apply", published)
+        await until("caBundle on all seven static webhooks after the late apply", published)
 
 
 async def test_native_sidecars_follow_the_api_servers_version(kmock: Any) -> None:
