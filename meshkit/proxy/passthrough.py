@@ -8,12 +8,14 @@ external HTTPS, DNS over TCP, databases. ``OutboundAcceptor`` (installed with
 1. reads the address the app meant to reach (``SO_ORIGINAL_DST``, kept by the kernel's NAT);
    a connection that was not redirected (someone called 15001 itself) has none;
 2. peeks (``MSG_PEEK``, nothing consumed) at the first bytes for up to ``sniff_timeout_s``:
-   an HTTP/1.x request line goes to the HTTP pipeline (``DownstreamConnection``: routes,
-   retries, metrics, as before), like Envoy's ``http_inspector``;
-3. anything else — TLS, another protocol, or a server-first protocol that sends nothing —
-   is proxied as plain TCP to the original destination, unchanged, as Envoy's
-   ``PassthroughCluster`` does with ``outboundTrafficPolicy: ALLOW_ANY``. The proxy's own
-   connection leaves as uid 1337, which the capture rules let through.
+   an HTTP/1.x request whose ``Host`` the mesh routes (a virtual host of the snapshot in
+   effect) goes to the HTTP pipeline (``DownstreamConnection``: routes, retries, metrics, as
+   before), like Envoy's ``http_inspector``;
+3. anything else — HTTP to a host the mesh does not know, TLS, another protocol, or a
+   server-first protocol that sends nothing — is proxied as plain TCP to the original
+   destination, unchanged, as Envoy's ``PassthroughCluster`` does with
+   ``outboundTrafficPolicy: ALLOW_ANY``. The proxy's own connection leaves as uid 1337,
+   which the capture rules let through.
 
 Passthrough connections are counted in ``PassthroughStats`` (admin ``/stats`` ->
 ``"passthrough"``) and as Istio's TCP metrics with ``destination_service="PassthroughCluster"``
@@ -43,6 +45,7 @@ PASSTHROUGH_CLUSTER = "PassthroughCluster"
 SNIFF_TIMEOUT_S = 0.1  # a client-first protocol has sent its first bytes by then on a pod's network
 CONNECT_TIMEOUT_S = 10.0
 CHUNK = 65536
+PEEK_LIMIT = 8192  # an HTTP request head longer than this goes to the HTTP pipeline unread
 BACKLOG = 1024
 _HTTP_REQUEST_LINE = re.compile(rb"^(GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) ")
 _TCP_METRICS = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
@@ -66,11 +69,24 @@ def looks_like_http(head: bytes) -> bool:
     return bool(_HTTP_REQUEST_LINE.match(head))
 
 
+def host_header(head: bytes) -> str | None:
+    """The lower-cased ``Host`` of a request head (complete up to its blank line), else None."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    for line in head[:end].split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"host":
+            return value.strip().decode("latin-1").lower() or None
+    return None
+
+
 @dataclass
 class PassthroughStats:
     """Connection counters of the outbound acceptor (admin ``/stats`` -> ``passthrough``)."""
 
     http: int = 0  # handed to the HTTP pipeline
+    http_unknown_host: int = 0  # HTTP for a host the mesh does not route: passed through
     cx_total: int = 0  # passed through as TCP
     cx_active: int = 0
     cx_connect_fail: int = 0
@@ -157,7 +173,7 @@ class OutboundAcceptor:
             destination = original_destination(conn)
             if destination is None:
                 self.stats.not_redirected += 1
-            elif not looks_like_http(await _peek(conn, self.sniff_timeout_s)):
+            elif not self._mesh_http(listener, await _peek(conn, self.sniff_timeout_s)):
                 await self._pass_through(conn, destination)
                 return
             else:
@@ -166,6 +182,20 @@ class OutboundAcceptor:
         except BaseException:
             conn.close()
             raise
+
+    def _mesh_http(self, listener: Listener, head: bytes) -> bool:
+        """Whether the HTTP pipeline serves it: an HTTP request for a host the mesh routes (or one
+        it cannot tell yet: no ``Host`` in the peeked head, no config applied)."""
+        if not looks_like_http(head):
+            return False
+        host = host_header(head)
+        snapshot = getattr(listener.state, "current", None) if listener.state is not None else None
+        if host is None or snapshot is None:
+            return True
+        if snapshot.routes.virtual_host(host) is None:
+            self.stats.http_unknown_host += 1
+            return False
+        return True
 
     async def _pass_through(self, conn: socket.socket, destination: tuple[str, int]) -> None:
         stats = self.stats
@@ -204,17 +234,21 @@ class OutboundAcceptor:
 
 
 async def _peek(sock: socket.socket, timeout_s: float) -> bytes:
-    """Up to 16 bytes at the head of ``sock``, not consumed; b"" when nothing came within ``timeout_s``."""
+    """The head of ``sock``, not consumed: up to the end of an HTTP request head (``PEEK_LIMIT``
+    bytes at most), or the first bytes of anything else; b"" when nothing came within ``timeout_s``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
         try:
-            head = sock.recv(16, socket.MSG_PEEK)
+            head = sock.recv(PEEK_LIMIT, socket.MSG_PEEK)
         except BlockingIOError:
             head = None
         except OSError:
             return b""
-        if head is not None and (len(head) >= 16 or head == b"" or b" " in head):
+        if head == b"":
+            return head
+        if head is not None and len(head) >= 8 and (
+                not looks_like_http(head) or b"\r\n\r\n" in head or len(head) >= PEEK_LIMIT):
             return head
         remaining = deadline - loop.time()
         if remaining <= 0:

@@ -26,13 +26,15 @@ import pytest
 from meshkit.k8s import names
 from meshkit.k8s.webhook import write_certificate
 from tests.k8s.netns_pod import PEER_IP, SCRIPT, Namespaces
+from tests.proxy.conftest import make_snapshot
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _proxy(namespaces: Namespaces, readable: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+def _proxy(namespaces: Namespaces, readable: Path, *extra: str, env: dict[str, str] | None = None,
+           config: dict[str, object] | None = None) -> None:
     snapshot = readable / "snapshot.json"
-    snapshot.write_text(json.dumps({"schema": 1, "version": "empty"}))
+    snapshot.write_text(json.dumps(config or {"schema": 1, "version": "empty"}))
     snapshot.chmod(0o644)
     argv = [sys.executable, "-m", "meshkit.proxy", "--config", str(snapshot), "--address", "0.0.0.0",
             "--outbound-port", str(names.PORT_OUTBOUND), "--inbound-port", str(names.PORT_INBOUND),
@@ -83,22 +85,32 @@ def test_non_http_and_tls_pass_through_the_sidecar(namespaces: Namespaces, reada
     pod, peer = namespaces.pod, namespaces.peer
     namespaces.listen(peer, 5432)  # answers first: "<peer> 5432 none"
     namespaces.listen_tls(peer, 8443, *certificate)
-    _proxy(namespaces, readable, "--capture")
+    namespaces.listen(peer, 9080)  # not HTTP: it answers its line, so a passed-through call shows it
+    # the mesh knows "reviews": its endpoint is an HTTP app in the pod (127.0.0.1:9081)
+    namespaces.start(pod, [sys.executable, "-m", "http.server", "9081", "--bind", "127.0.0.1",
+                           "--directory", str(readable)])
+    _proxy(namespaces, readable, "--capture", config=make_snapshot(9081))
     _capture(namespaces)
 
     assert namespaces.connect(pod, PEER_IP, 5432) == f"{peer} 5432 none"
     tls = namespaces.probe(pod, "tls-connect", PEER_IP, "8443", certificate[0], "api.example.test")
     assert tls == f"{peer} tls api.example.test"
-    # HTTP still goes to the mesh's HTTP pipeline (no route for this host in an empty snapshot)
-    assert namespaces.probe(pod, "http", PEER_IP, "9080", "nowhere.example") == "HTTP/1.1 404 Not Found"
+    # HTTP for a mesh host goes to the HTTP pipeline (routed to reviews' endpoint) ...
+    deadline = time.monotonic() + 20
+    while (routed := namespaces.probe(pod, "http", PEER_IP, "9080", "reviews")) != "HTTP/1.1 200 OK":
+        assert time.monotonic() < deadline, routed  # (until the app in the pod listens)
+        time.sleep(0.1)
+    # ... HTTP for a host the mesh does not know passes through to where it was going (ALLOW_ANY)
+    assert namespaces.probe(pod, "http", PEER_IP, "9080", "example.com") == f"{peer} 9080 none"
 
     stats = json.loads(_admin(namespaces, "/stats"))["passthrough"]
-    assert stats["cx_total"] == 2 and stats["http"] == 1 and stats["cx_connect_fail"] == 0
+    assert stats["cx_total"] == 3 and stats["http_unknown_host"] == 1 and stats["cx_connect_fail"] == 0
+    assert stats["http"] >= 1
     assert stats["bytes_received"] > 0 and stats["bytes_sent"] > 0
     metrics = _admin(namespaces, "/stats/prometheus")
     opened = next(line for line in metrics.splitlines()
                   if line.startswith("istio_tcp_connections_opened_total{"))
-    assert 'destination_service="PassthroughCluster"' in opened and opened.endswith(" 2")
+    assert 'destination_service="PassthroughCluster"' in opened and opened.endswith(" 3")
 
 
 def test_without_passthrough_the_captured_calls_fail(namespaces: Namespaces, readable: Path,
