@@ -1,8 +1,8 @@
 """End to end on a real kind cluster: `meshkit kind up`, sidecars injected, bad config rejected,
 ``meshkit.connect("kind")`` applying through the Kubernetes API and reading telemetry; then what only
 a cluster shows: status written under the real ClusterRole, egress TLS through the sidecar's
-passthrough, probes under STRICT, a control-plane restart keeping the root CA, uninstall in any
-order (last: it removes meshkit); down.
+passthrough, probes under STRICT, a control-plane restart keeping the root CA, a Job with a
+native sidecar completing, uninstall in any order (last: it removes meshkit); down.
 
 Needs Docker (with a running daemon), kind and kubectl; marked ``kind`` and skipped elsewhere
 with the exact reason. Takes minutes (image build, cluster creation).
@@ -187,6 +187,35 @@ def test_a_control_plane_restart_keeps_the_root_and_mtls(cluster: KindOptions) -
     sent = _kubectl("-n", "bookinfo", "exec", "deploy/productpage-v1", "-c", "productpage", "--",
                     "python", "-c", TRAFFIC)
     assert sent.returncode == 0, sent.stderr
+
+
+JOB = """
+apiVersion: batch/v1
+kind: Job
+metadata: {name: meshkit-e2e-job, namespace: bookinfo}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: call
+        image: meshkit:dev
+        imagePullPolicy: IfNotPresent
+        command: [python, -c, "import urllib.request as u; u.urlopen('http://reviews:9080/reviews/0', timeout=10)"]
+"""
+
+
+def test_a_job_with_a_sidecar_completes(cluster: KindOptions) -> None:
+    """kind's Kubernetes is >= 1.29: the proxy is a native sidecar, so the Job's pod completes (and its
+    app started only once the proxy was ready, so its first call went through the mesh)."""
+    assert _kubectl("apply", "-f", "-", stdin=JOB).returncode == 0
+    try:
+        done = _kubectl("-n", "bookinfo", "wait", "--for=condition=complete", "job/meshkit-e2e-job",
+                        "--timeout=180s")
+        assert done.returncode == 0, done.stderr + _kubectl("-n", "bookinfo", "describe", "job").stdout
+    finally:
+        _kubectl("delete", "-f", "-", "--wait=false", stdin=JOB)
 
 
 def test_uninstall_in_any_order(cluster: KindOptions) -> None:
