@@ -202,7 +202,8 @@ spec:
       - name: call
         image: meshkit:dev
         imagePullPolicy: IfNotPresent
-        command: [python, -c, "import urllib.request as u; u.urlopen('http://reviews:9080/reviews/0', timeout=10)"]
+        command: [python, -c, "import urllib.request as u; u.urlopen('http://reviews:9080/reviews/0',
+                  timeout=10)"]
 """
 
 
