@@ -55,7 +55,8 @@ async def test_cluster_mode_publishes_ca_and_serves_https(kmock: Any, monkeypatc
     port = free_port()
     config = OperatorConfig(
         webhook_addr="127.0.0.1", webhook_port=port, cert_dir=tmp_path / "certs", managed=None,
-        api=ApiAccess(server=str(kmock.url).rstrip("/"), insecure=True),
+        # as the operator's service account: KMock authorizes it with the committed ClusterRole
+        api=ApiAccess(server=str(kmock.url).rstrip("/"), token="meshkit-operator", insecure=True),
         hostnames=(f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc", "localhost"),
     )
     async with aiohttp.ClientSession() as session:
@@ -71,6 +72,8 @@ async def test_cluster_mode_publishes_ca_and_serves_https(kmock: Any, monkeypatc
             return bundles if len(bundles) == 7 and all(bundles) else []
 
         bundles = await until("caBundle on all seven static webhooks", published)
+        assert running.rbac.refused == []
+        assert any("patch mutatingwebhookconfigurations" in call for call in running.rbac.seen)
         assert len(set(bundles)) == 1
         ca_pem = base64.b64decode(bundles[0])
         # nothing else in the static configurations changed
@@ -131,7 +134,8 @@ async def test_the_bundle_is_published_once_the_configurations_exist(
     static = [doc for doc in yaml.safe_load_all(WEBHOOKS_YAML.read_text()) if doc]
     config = OperatorConfig(
         webhook_addr="127.0.0.1", webhook_port=free_port(), cert_dir=tmp_path / "certs", managed=None,
-        api=ApiAccess(server=str(kmock.url).rstrip("/"), insecure=True),
+        # as the operator's service account: KMock authorizes it with the committed ClusterRole
+        api=ApiAccess(server=str(kmock.url).rstrip("/"), token="meshkit-operator", insecure=True),
         hostnames=(f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc", "localhost"),
     )
     async with running_operator(kmock, config) as running:
@@ -148,6 +152,7 @@ async def test_the_bundle_is_published_once_the_configurations_exist(
             return len(hooks) == 7 and all(h.get("clientConfig", {}).get("caBundle") for h in hooks)
 
         await until("caBundle on all seven static webhooks after the late apply", published)
+        assert running.rbac.refused == []
 
 
 async def test_native_sidecars_follow_the_api_servers_version(kmock: Any) -> None:
