@@ -27,7 +27,7 @@ import kopf
 from meshkit.k8s import names
 from meshkit.k8s.inject import InjectSettings
 from meshkit.k8s.operator import OperatorConfig, add_cluster_login, build_registry
-from meshkit.k8s.webhook import ApiAccess
+from meshkit.k8s.webhook import ApiAccess, native_sidecars_supported
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="sidecar image (env MESHKIT_IMAGE)")
     parser.add_argument("--control", default=os.environ.get("MESHKIT_CONTROL", names.DEFAULT_CONTROL_ADDRESS),
                         help="control plane URL the sidecars use (env MESHKIT_CONTROL)")
+    parser.add_argument("--native-sidecar", choices=["auto", "on", "off"], default="auto",
+                        help="inject the proxy as a native sidecar (init container, restartPolicy Always); "
+                        "auto: when the API server is 1.29 or newer")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.cluster and args.liveness is None:
@@ -61,8 +64,10 @@ def build(args: argparse.Namespace) -> tuple[kopf.OperatorRegistry, OperatorConf
         api = ApiAccess.in_cluster(dict(os.environ))
     elif args.api_server:
         api = ApiAccess(server=args.api_server, insecure=True)
+    native = args.native_sidecar == "on" or (
+        args.native_sidecar == "auto" and api is not None and native_sidecars_supported(api))
     config = OperatorConfig(
-        inject=InjectSettings(image=args.image, control_address=args.control),
+        inject=InjectSettings(image=args.image, control_address=args.control, native_sidecar=native),
         webhook_addr=args.webhook_addr,
         webhook_port=args.webhook_port,
         webhook_host=args.webhook_host,

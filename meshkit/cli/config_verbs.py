@@ -70,6 +70,8 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
     trace_export: Annotated[str | None, typer.Option(
         help="Also send every span to a tracing backend: otlp=URL (OTLP/HTTP JSON, e.g. "
              "http://127.0.0.1:4318/v1/traces) or zipkin=URL (default $MESHKIT_TRACE_EXPORT).")] = None,
+    ready_port: Annotated[int | None, typer.Option(
+        help="With --kubernetes: serve GET /ready on this port, 200 once the cluster is mirrored.")] = None,
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
     if max_body < 1024 or keep_revisions < 1:
@@ -78,7 +80,7 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
     limits = {"max_body": max_body, "keep_revisions": keep_revisions}
     if kubernetes:
         _control_on_kubernetes(host, port, state_dir, ca=ca, cert_ttl=cert_ttl, kubeconfig=kubeconfig,
-                               kube_api=kube_api, limits=limits)
+                               kube_api=kube_api, limits=limits, ready_port=ready_port)
         return
     import logging  # noqa: PLC0415
 
@@ -100,7 +102,8 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
 
 
 def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: bool, cert_ttl: str,
-                           kubeconfig: str | None, kube_api: str | None, limits: dict[str, int]) -> None:
+                           kubeconfig: str | None, kube_api: str | None, limits: dict[str, int],
+                           ready_port: int | None = None) -> None:
     import logging  # noqa: PLC0415
 
     from meshkit.control.ca import CaError, parse_ttl  # noqa: PLC0415
@@ -117,7 +120,7 @@ def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: 
         _fail(EXIT_REJECTED, f"error: no Kubernetes API to follow: {error} (run it in a pod, or pass "
                              "--kubeconfig PATH or --kube-api URL, e.g. from kubectl proxy)")
     try:
-        serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl, **limits,
+        serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl, **limits, ready_port=ready_port,
                          announce=lambda text: print(text, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")

@@ -167,6 +167,18 @@ class KubeApi:
         objects = [item for item in items if isinstance(item, dict)]
         return objects, version if isinstance(version, str) else None
 
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """GET one object at ``path``; None when the API answers 404."""
+        try:
+            doc = await self._json("GET", path, what=f"GET {path}")
+        except KubeApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        if not isinstance(doc, dict):
+            raise KubeApiError(0, f"GET {path}: the answer is not a JSON object")
+        return doc
+
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``path`` (e.g. a TokenReview); the created object as the API answers it."""
         doc = await self._json("POST", path, body=body, what=f"POST {path}")

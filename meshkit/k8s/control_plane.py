@@ -44,8 +44,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from aiohttp import web
+
 from meshkit.config.resources import Resource
 from meshkit.control.auth import ADMIN_SECRET, ADMIN_SECRET_KEY
+from meshkit.control.address import default_control_dir
 from meshkit.control.registry import RegisteredEndpoint, ServiceRegistry
 from meshkit.control.server import (
     DEFAULT_HOST,
@@ -317,6 +320,26 @@ class RunningKubernetesControlPlane:
         self.running = running
         self.sync = sync
         self.api = api
+        self.readiness: web.AppRunner | None = None  # the /ready listener (``ready_port``)
+
+    async def serve_readiness(self, host: str, port: int) -> int:
+        """``GET /ready``: 200 once the cluster has been mirrored, 503 before (the pod's readiness
+        probe: a Service should not send sidecars to a control plane with an empty registry)."""
+
+        async def ready(_: web.Request) -> web.Response:
+            if self.sync.synced:
+                return web.Response(text="ready\n")
+            return web.Response(status=503, text=f"not synced with the cluster yet: {self.sync.stats}\n")
+
+        app = web.Application()
+        app.router.add_get("/ready", ready)
+        self.readiness = web.AppRunner(app, access_log=None)
+        await self.readiness.setup()
+        site = web.TCPSite(self.readiness, host, port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
 
     @property
     def url(self) -> str:
@@ -327,6 +350,9 @@ class RunningKubernetesControlPlane:
         return self.running.control_plane
 
     async def close(self) -> None:
+        if self.readiness is not None:
+            await self.readiness.cleanup()
+            self.readiness = None
         await self.sync.close()
         await self.running.close()
         await self.api.close()
@@ -337,6 +363,61 @@ class RunningKubernetesControlPlane:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+
+CA_ROOT_SECRET = "meshkit-ca-root"  # in the control plane's namespace (meshkit.k8s.names.SYSTEM_NAMESPACE)
+CA_NAMESPACE = "meshkit-system"
+
+
+async def ensure_ca_root(api: KubeApi, ca_dir: Path, namespace: str = CA_NAMESPACE,
+                         name: str = CA_ROOT_SECRET) -> str:
+    """Keep the mesh's root CA in a Secret, so it outlives the control plane's pod.
+
+    The first control plane creates the root (`CertificateAuthority.open` in ``ca_dir``) and
+    stores it in the Secret; every later one (a restart, a rescheduled pod with an empty
+    ``emptyDir``) writes the Secret's root into ``ca_dir`` before its CA opens it, so sidecars
+    keep trusting each other's certificates. Two starting at once: the loser of the create
+    (409) takes the winner's root. Returns "created" or "loaded".
+    """
+    from meshkit.control import ca  # noqa: PLC0415 (only with the CA)
+
+    path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
+    secret = await api.get(path)
+    outcome = "loaded"
+    if secret is None:
+        ca.CertificateAuthority.open(ca_dir)  # the root there, or a new self-signed one
+        data = {filename: base64.b64encode((ca_dir / filename).read_bytes()).decode()
+                for filename in (ca.ROOT_CERT_FILE, ca.ROOT_KEY_FILE)}
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": data,
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": {"app.kubernetes.io/part-of": "meshkit"}}}
+        try:
+            await api.create(f"/api/v1/namespaces/{namespace}/secrets", body)
+            log.info("kubernetes: stored the mesh's root CA in Secret %s/%s", namespace, name)
+            return "created"
+        except KubeApiError as error:
+            if error.status != 409:
+                raise
+            secret = await api.get(path)  # another control plane stored its root first
+            if secret is None:
+                raise
+    data = secret.get("data") or {}
+    missing = [f for f in (ca.ROOT_CERT_FILE, ca.ROOT_KEY_FILE) if not data.get(f)]
+    if missing:
+        raise KubeApiError(0, f"Secret {namespace}/{name}: no {', '.join(missing)} in data; "
+                              f"delete the Secret to let the control plane create a new root")
+    _write_root(ca_dir, {filename: base64.b64decode(data[filename])
+                         for filename in (ca.ROOT_CERT_FILE, ca.ROOT_KEY_FILE)})
+    log.info("kubernetes: the mesh's root CA comes from Secret %s/%s", namespace, name)
+    return outcome
+
+
+def _write_root(ca_dir: Path, files: dict[str, bytes]) -> None:
+    ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for filename, content in files.items():
+        target = ca_dir / filename
+        target.touch(mode=0o600)
+        target.write_bytes(content)
 
 
 async def run_kubernetes_control_plane(access: KubeAccess, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -351,6 +432,9 @@ async def run_kubernetes_control_plane(access: KubeAccess, host: str = DEFAULT_H
     """
     api = KubeApi(access)
     try:
+        if options.get("with_ca", True):
+            directory = Path(state_dir) if state_dir is not None else default_control_dir()
+            await ensure_ca_root(api, directory / "ca")
         running = await run_control_plane(host, port, state_dir,
                                           authenticator=TokenReviewAuthenticator(api), **options)
     except BaseException:
@@ -389,11 +473,13 @@ async def publish_admin_token(api: KubeApi, token: str) -> None:
 
 def serve_kubernetes(access: KubeAccess, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                      state_dir: Path | str | None = None, *, announce: Callable[[str], Any] = print,
-                     **options: Any) -> None:
+                     ready_port: int | None = None, **options: Any) -> None:
     """``meshkit control --kubernetes``: run until SIGINT/SIGTERM, then stop gracefully."""
 
     async def start() -> RunningKubernetesControlPlane:
         running = await run_kubernetes_control_plane(access, host, port, state_dir, **options)
+        if ready_port is not None:
+            await running.serve_readiness(host, ready_port)
         announce(f"meshkit control plane listening on {running.url} (config and endpoints from the "
                  f"cluster at {access.server}; state: {running.control_plane.directory})")
         return running

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshkit.k8s import names
+from meshkit.k8s.iptables import EXCLUDE_ENV
 
 JSONPatch = list[dict[str, Any]]
 
@@ -32,9 +33,11 @@ class InjectSettings:
     proxy_uid: int = names.PROXY_UID
     token_audience: str = names.TOKEN_AUDIENCE
     token_expiration_seconds: int = 3600
-    # where the readiness probe asks /healthz/ready: meshkit's sidecar answers it on its admin
-    # port; Istio's 15021 (pilot-agent) once the sidecar gets a health listener of its own
-    health_port: int = names.PORT_ADMIN
+    # run the proxy as a native sidecar (an init container with restartPolicy Always, Kubernetes
+    # >= 1.29); the operator turns it on when the API server is new enough
+    native_sidecar: bool = False
+    # where the readiness probe asks /healthz/ready: the sidecar's status port, as Istio's 15021
+    health_port: int = names.PORT_HEALTH
     # requests sized for kind; limits keep a runaway sidecar from starving the node
     proxy_resources: dict[str, dict[str, str]] = field(
         default_factory=lambda: {
@@ -50,12 +53,20 @@ class InjectSettings:
     )
 
 
-def should_inject(pod: dict[str, Any], namespace_labels: dict[str, str]) -> bool:
-    """The injection decision alone: override label first, then the namespace label."""
+def should_inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None) -> bool:
+    """The injection decision alone: override label first, then the namespace label.
+
+    ``namespace_labels=None`` means the caller trusts the webhook's selectors, as Istio's
+    injector does: the API server only calls the injection webhook for a pod in a namespace
+    labelled ``meshkit-injection=enabled`` or labelled ``sidecar.meshkit.dev/inject=true``
+    itself, so only the pod's own opt-out is left to check.
+    """
     labels = (pod.get("metadata") or {}).get("labels") or {}
     override = str(labels.get(names.INJECT_OVERRIDE_LABEL, "")).lower()
     if override in ("true", "false"):
         return override == "true"
+    if namespace_labels is None:
+        return True
     return namespace_labels.get(names.INJECTION_LABEL) == names.INJECTION_ENABLED
 
 
@@ -64,21 +75,45 @@ def is_injected(pod: dict[str, Any]) -> bool:
     return names.STATUS_ANNOTATION in annotations
 
 
-def inject(pod: dict[str, Any], namespace_labels: dict[str, str], settings: InjectSettings) -> JSONPatch:
+def inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None,
+           settings: InjectSettings) -> JSONPatch:
     """JSONPatch (RFC 6902) operations that inject the sidecar into ``pod``; ``[]`` when nothing to do.
 
     Host-network pods are never injected (capture rules would hit the node), like Istio.
+    ``namespace_labels=None``: the webhook's selectors already chose the pod (`should_inject`).
     """
     spec = pod.get("spec") or {}
     if is_injected(pod) or spec.get("hostNetwork") or not should_inject(pod, namespace_labels):
         return []
     ops: JSONPatch = []
-    ops += _append(spec, "initContainers", [init_container(settings)])
-    ops += _append(spec, "containers", [sidecar_container(spec, settings)])
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    init = [init_container(settings, annotations)]
+    probers: dict[str, Any] = {}
+    if str(annotations.get(REWRITE_PROBES_ANNOTATION, "true")).lower() != "false":
+        probe_ops = rewrite_probes(spec, probers)
+    else:
+        probe_ops = []
+    sidecar = sidecar_container(spec, settings)
+    if probers:
+        sidecar["env"].append({"name": PROBERS_ENV, "value": json.dumps(probers, sort_keys=True)})
+    if settings.native_sidecar:
+        # a native sidecar (Kubernetes >= 1.29): an init container that keeps running. Kubelet starts
+        # the app only once its startup probe passes (the proxy is ready), and a Job's pod completes
+        # when the app exits.
+        sidecar["restartPolicy"] = "Always"
+        sidecar["startupProbe"] = {"httpGet": {"path": names.READY_PATH, "port": settings.health_port},
+                                   "periodSeconds": 1, "failureThreshold": 600}
+        ops += _append(spec, "initContainers", [*init, sidecar])
+        ops += probe_ops
+    else:
+        ops += _append(spec, "initContainers", init)
+        ops += probe_ops
+        ops += _append(spec, "containers", [sidecar])
     ops += _append(spec, "volumes", [token_volume(settings)])
+    native = [names.SIDECAR_CONTAINER] if settings.native_sidecar else []
     status = {
-        "initContainers": [names.INIT_CONTAINER],
-        "containers": [names.SIDECAR_CONTAINER],
+        "initContainers": [names.INIT_CONTAINER, *native],
+        "containers": [] if native else [names.SIDECAR_CONTAINER],
         "volumes": [names.TOKEN_VOLUME],
         "image": settings.image,
     }
@@ -89,6 +124,48 @@ def inject(pod: dict[str, Any], namespace_labels: dict[str, str], settings: Inje
     else:
         ops.append({"op": "add", "path": f"/metadata/annotations/{_escape(names.STATUS_ANNOTATION)}",
                     "value": value})
+    return ops
+
+
+REWRITE_PROBES_ANNOTATION = "sidecar.istio.io/rewriteAppHTTPProbers"
+PROBERS_ENV = "MESHKIT_APP_PROBERS"  # meshkit.proxy.probes reads it (k8s does not import the proxy)
+_PROBES = {"readinessProbe": "readyz", "livenessProbe": "livez", "startupProbe": "startupz"}
+
+
+def rewrite_probes(pod_spec: dict[str, Any], probers: dict[str, Any]) -> JSONPatch:
+    """Point the app containers' ``httpGet``/``tcpSocket`` probes at the sidecar's status port.
+
+    As Istio: ``/app-health/<container>/readyz|livez|startupz`` on 15021, which is not captured,
+    so kubelet's plain probe passes STRICT mTLS; the sidecar runs the original probe against
+    the app (`meshkit.proxy.probes`), whose spec goes into ``probers`` (path -> probe). Named
+    ports are resolved from the container's ports; exec and gRPC probes are left alone.
+    """
+    ops: JSONPatch = []
+    for index, container in enumerate(pod_spec.get("containers") or []):
+        named = {str(p.get("name")): p.get("containerPort")
+                 for p in container.get("ports") or [] if p.get("name")}
+        for field_name, suffix in _PROBES.items():
+            probe = container.get(field_name)
+            if not isinstance(probe, dict):
+                continue
+            kind = "httpGet" if "httpGet" in probe else "tcpSocket" if "tcpSocket" in probe else None
+            if kind is None:
+                continue
+            action = dict(probe[kind])
+            port = action.get("port")
+            if isinstance(port, str):
+                port = int(port) if port.isdigit() else named.get(port)
+            if not isinstance(port, int):
+                continue  # a port name the container does not declare: kubelet would fail it too
+            if action.get("host"):
+                continue  # probing another host: not the app behind this sidecar
+            path = f"/app-health/{container.get('name')}/{suffix}"
+            probers[path] = {kind: {**action, "port": port},
+                             "timeoutSeconds": int(probe.get("timeoutSeconds") or 1)}
+            rewritten = {k: v for k, v in probe.items() if k not in ("httpGet", "tcpSocket")}
+            rewritten["httpGet"] = {"path": path, "port": names.PORT_HEALTH, "scheme": "HTTP"}
+            where = f"/spec/containers/{index}/{field_name}"
+            ops.append({"op": "replace", "path": where, "value": rewritten})
     return ops
 
 
@@ -140,12 +217,20 @@ def proxy_args(settings: InjectSettings) -> list[str]:
         "--outbound-port", str(names.PORT_OUTBOUND),
         "--inbound-port", str(names.PORT_INBOUND),
         "--admin-port", str(names.PORT_ADMIN),
+        "--health-port", str(names.PORT_HEALTH),
+        "--capture",
     ]
 
 
-def init_container(settings: InjectSettings) -> dict[str, Any]:
-    """The ``meshkit-init`` container: runs the generated capture script, then exits."""
-    return {
+def init_container(settings: InjectSettings, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``meshkit-init`` container: runs the generated capture script, then exits.
+
+    Istio's exclusion annotations of the pod (``traffic.sidecar.istio.io/exclude...``) reach the
+    script as environment variables (`meshkit.k8s.iptables.EXCLUDE_ENV`)."""
+    env = [{"name": variable, "value": str(annotations[annotation]).replace(" ", "")}
+           for annotation, (variable, _, _) in EXCLUDE_ENV.items()
+           if annotations and str(annotations.get(annotation) or "").strip()]
+    container: dict[str, Any] = {
         "name": names.INIT_CONTAINER,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -160,6 +245,9 @@ def init_container(settings: InjectSettings) -> dict[str, Any]:
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
         },
     }
+    if env:
+        container["env"] = env
+    return container
 
 
 def token_volume(settings: InjectSettings) -> dict[str, Any]:

@@ -13,6 +13,13 @@ What the rules do (REDIRECT mode, like ``istio-iptables``):
   except traffic of the proxy itself (uid/gid 1337) and loopback traffic; the one loopback
   case that *is* redirected is the proxy calling its own pod IP (it goes to inbound, as
   in Istio), so a pod calling itself still crosses its sidecar.
+
+The script is idempotent (an init container may run again after a crash or a node restart,
+in the same network namespace): it creates each meshkit chain or flushes it when it exists,
+and adds the jumps from the built-in chains only when they are not there (``iptables -C``).
+It honours Istio's per-pod exclusions, which the injector passes from the pod's annotations
+(``traffic.sidecar.istio.io/excludeOutboundPorts``, ``excludeOutboundIPRanges``,
+``excludeInboundPorts``) as comma-separated environment variables (`EXCLUDE_ENV`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,13 @@ REDIRECT = "MESHKIT_REDIRECT"
 # the source address the proxy uses to reach its app for inbound passthrough (Istio's 127.0.0.6)
 INBOUND_PASSTHROUGH_SOURCE = "127.0.0.6/32"
 LOCALHOST = "127.0.0.1/32"
+BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"})
+# pod annotation (Istio's names) -> environment variable of the init container -> (chain, match)
+EXCLUDE_ENV: dict[str, tuple[str, str, str]] = {
+    "traffic.sidecar.istio.io/excludeOutboundPorts": ("EXCLUDE_OUTBOUND_PORTS", OUTPUT, "--dport"),
+    "traffic.sidecar.istio.io/excludeOutboundIPRanges": ("EXCLUDE_OUTBOUND_IP_RANGES", OUTPUT, "-d"),
+    "traffic.sidecar.istio.io/excludeInboundPorts": ("EXCLUDE_INBOUND_PORTS", INBOUND, "--dport"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +63,7 @@ class CaptureSettings:
 class Rule:
     """One iptables operation: ``-N CHAIN`` (new chain) or ``-A CHAIN <match> -j <target>``."""
 
-    operation: str  # "-N" | "-A"
+    operation: str  # "-N" | "-A" (| "-C", a check)
     chain: str
     spec: tuple[str, ...] = ()
     table: str = TABLE
@@ -97,8 +111,35 @@ def render_commands(rules: list[Rule]) -> list[str]:
     return [shlex.join(rule.argv()) for rule in rules]
 
 
+def _script_line(rule: Rule) -> str:
+    """One rule as an idempotent shell line (see the module doc)."""
+    command = shlex.join(rule.argv())
+    if rule.operation == "-N":
+        flush = shlex.join(["iptables", "-t", rule.table, "-F", rule.chain])
+        return f"{command} 2>/dev/null || {flush}"
+    if rule.chain in BUILTIN_CHAINS:
+        check = shlex.join(Rule("-C", rule.chain, rule.spec, rule.table).argv())
+        return f"{check} 2>/dev/null || {command}"
+    return command
+
+
+def _exclusions(chain: str) -> list[str]:
+    """Shell loops adding the per-pod exclusions of ``chain`` (before its catch-all redirect)."""
+    lines = []
+    for variable, excluded_chain, match in EXCLUDE_ENV.values():
+        if excluded_chain != chain:
+            continue
+        rule = shlex.join(["iptables", "-t", TABLE, "-A", chain, "-p", "tcp", match])
+        lines += [
+            f'for value in $(echo "${{{variable}:-}}" | tr "," " "); do',
+            f'  {rule} "$value" -j RETURN',
+            "done",
+        ]
+    return lines
+
+
 def render_script(settings: CaptureSettings | None = None) -> str:
-    """The POSIX shell script the ``meshkit-init`` container runs (fails on the first error)."""
+    """The POSIX shell script the ``meshkit-init`` container runs: idempotent, fails on the first error."""
     s = settings or CaptureSettings()
     header = [
         "#!/bin/sh",
@@ -106,10 +147,20 @@ def render_script(settings: CaptureSettings | None = None) -> str:
         f"# Captures the pod's TCP: outbound -> {s.outbound_port}, inbound -> {s.inbound_port};",
         f"# the proxy (uid {s.proxy_uid}) is exempt. Inbound ports left alone: "
         f"{', '.join(str(p) for p in sorted(set(s.exclude_inbound_ports)))}.",
+        "# Safe to run again: meshkit's chains are created or flushed, built-in jumps added once.",
+        "# Per-pod exclusions (comma-separated): "
+        + ", ".join(variable for variable, _, _ in EXCLUDE_ENV.values()) + ".",
         "set -eu",
         "",
     ]
-    return "\n".join([*header, *render_commands(capture_rules(s)), ""])
+    body: list[str] = []
+    for rule in capture_rules(s):
+        catch_all = rule.operation == "-A" and rule.spec in (("-p", "tcp", "-j", IN_REDIRECT),
+                                                             ("-j", REDIRECT))
+        if catch_all and rule.chain in (INBOUND, OUTPUT):
+            body += _exclusions(rule.chain)
+        body.append(_script_line(rule))
+    return "\n".join([*header, *body, ""])
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ The CLI (`meshkit.cli`) calls `up(KindOptions(...), progress=...)` and `down(...
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -101,10 +102,13 @@ def up_steps(options: KindOptions, root: Path, cluster_exists: bool) -> list[Ste
         Step(f"build image {names.DEFAULT_IMAGE}",
              ("docker", "build", "-f", str(root / "operator" / "Dockerfile"), "-t", names.DEFAULT_IMAGE,
               str(root)), timeout_s=1800),
-        Step("load the image into the cluster",
-             ("kind", "load", "docker-image", names.DEFAULT_IMAGE, "--name", options.cluster)),
+        Step("load the image into the cluster", load_image_argv(options.cluster)),
         Step("apply operator/deploy/base",
              (*kubectl, "apply", "-k", str(root / "operator" / "deploy" / "base"))),
+        # the tag stays meshkit:dev: pods made before this build keep the old image until replaced
+        Step("restart meshkit's deployments on the image just loaded",
+             (*kubectl, "-n", names.SYSTEM_NAMESPACE, "rollout", "restart",
+              *(f"deployment/{d}" for d in DEPLOYMENTS))),
     ]
     steps += [
         Step(f"wait for {deployment}",
@@ -120,6 +124,18 @@ def up_steps(options: KindOptions, root: Path, cluster_exists: bool) -> list[Ste
                                        "deployment", "--all", wait), timeout_s=options.wait_timeout_s + 30),
         ]
     return steps
+
+
+def load_image_argv(cluster: str, image: str = names.DEFAULT_IMAGE) -> tuple[str, ...]:
+    """``kind load docker-image``, falling back to ``docker save`` + ``kind load image-archive``:
+    with Docker's containerd image store the first can fail (the image is reported as not
+    present locally); an archive works with both stores."""
+    archive = f"/tmp/meshkit-kind-{cluster}.tar"
+    load = shlex.join(["kind", "load", "docker-image", image, "--name", cluster])
+    save = shlex.join(["docker", "save", image, "-o", archive])
+    from_archive = shlex.join(["kind", "load", "image-archive", archive, "--name", cluster])
+    fallback = f"{{ {save} && {from_archive}; status=$?; rm -f {archive}; exit $status; }}"
+    return ("sh", "-c", f"{load} || {fallback}")
 
 
 def down_steps(options: KindOptions) -> list[Step]:

@@ -8,9 +8,12 @@
   object and rejects it with the analyzer's messages (`meshkit.k8s.admission`);
 * ``status-<plural>``: on create / update / resume, writes ``status`` (observedGeneration,
   a Ready condition, validationMessages) from an analysis against every Istio resource
-  the operator has indexed; a timer every ``status_resync_s`` re-analyses and patches only
-  when the findings changed (a DestinationRule applied after its VirtualService turns the
-  VirtualService Ready within one period);
+  the operator has indexed; one operator-wide task (`meshkit.k8s.status_resync`) every
+  ``status_resync_s`` re-analyses all of them and patches only the statuses whose findings
+  changed (a DestinationRule applied after its VirtualService turns the VirtualService Ready
+  within one period). No handler needs a finalizer, so deletes never wait for the operator;
+* the kinds (and the RBAC rules that let the operator serve them) come from one list,
+  `meshkit.config.api_kinds`;
 * a start-up handler that configures kopf: standalone, progress in annotations (the CRDs'
   status schema has no room for kopf's own status), and the webhook server
   (`meshkit.k8s.webhook`): kopf-managed webhook configurations (``config.managed``: tests,
@@ -21,6 +24,8 @@ Run it with ``python operator/main.py`` (see there) or ``kopf.operator(registry=
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import logging
 from collections.abc import Iterator, Mapping
@@ -31,22 +36,25 @@ from typing import Any
 import jsonpatch
 import kopf
 
-from meshkit.config.kinds import ISTIO_KINDS as RESOURCE_KINDS
+from meshkit.config.api_kinds import ApiKind, istio_kinds
 from meshkit.config.messages import Severity
 from meshkit.k8s import names
 from meshkit.k8s.admission import admission_messages, errors, rejection_text, status_messages
-from meshkit.k8s.crds import plural
 from meshkit.k8s.inject import InjectSettings, inject
+from meshkit.k8s.root_cert_publisher import RootCertPublisher
 from meshkit.k8s.status import build_status
+from meshkit.k8s.status_resync import StatusResync, every, kopf_patcher, kopf_requester
 from meshkit.k8s.webhook import ApiAccess, MeshkitWebhookServer, ca_bundle_publisher, kopf_server
 
 ANNOTATION_PREFIX = "operator.meshkit.dev"
 NAMESPACE_INDEX = "namespace_labels"
 INJECT_HANDLER = "inject"
 
-# (group, plural) of every Istio kind meshkit implements
-ISTIO_RESOURCES: tuple[tuple[str, str], ...] = tuple(
-    (model.group, plural(kind)) for kind, model in RESOURCE_KINDS.items()
+# (group, plural) of every Istio kind meshkit implements: the same list the RBAC rules come from
+# (group, version, plural): with the version, as kopf serves a versionless selector only in the
+# group's preferred version (v1), which would leave EnvoyFilter (v1alpha3 only) unserved
+ISTIO_RESOURCES: tuple[tuple[str, str, str], ...] = tuple(
+    (kind.group, kind.version, kind.plural) for kind in istio_kinds()
 )
 
 
@@ -77,6 +85,11 @@ class OperatorConfig:
         ("mutating", names.MUTATING_WEBHOOK_CONFIG),
         ("validating", names.VALIDATING_WEBHOOK_CONFIG),
     )
+    # injection trusts the webhook configuration's namespace/object selectors (Istio's way); None:
+    # when the configurations are the static ones (they carry the selectors; kopf-managed ones
+    # select every pod, so the operator decides from its namespace index, and denies a pod whose
+    # namespace it has not seen yet so the ReplicaSet retries, instead of admitting it bare)
+    trust_selectors: bool | None = None
     # how often each resource's status is re-analysed against the others (seconds)
     status_resync_s: float = 30.0
     hostnames: tuple[str, ...] = (
@@ -91,8 +104,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     _register_startup(registry, config)
     _register_injection(registry, config)
-    for group, plural_name in ISTIO_RESOURCES:
-        _register_istio_kind(registry, group, plural_name, config.status_resync_s)
+    for group, version, plural_name in ISTIO_RESOURCES:
+        _register_istio_kind(registry, f"{group}/{version}", plural_name)
+    _register_status_resync(registry, config.status_resync_s)
     return registry
 
 
@@ -116,6 +130,8 @@ def _register_startup(registry: kopf.OperatorRegistry, config: OperatorConfig) -
         settings.posting.level = logging.WARNING
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+        # no handler here needs one (no deletion handlers, timers or daemons): if kopf ever adds
+        # one, it carries meshkit's name
         settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
         inner = kopf_server(addr=config.webhook_addr, port=config.webhook_port, host=config.webhook_host,
                             cert_dir=config.cert_dir, hostnames=list(config.hostnames))
@@ -140,7 +156,15 @@ def _register_injection(registry: kopf.OperatorRegistry, config: OperatorConfig)
     def inject_sidecar(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **kwargs: Any) -> None:
         index: kopf.Index[str, dict[str, str]] = kwargs[NAMESPACE_INDEX]
         namespace = body.metadata.namespace or ""
-        labels = next(iter(index.get(namespace, [])), {})
+        trust = config.managed is None if config.trust_selectors is None else config.trust_selectors
+        labels: dict[str, str] | None = None
+        if not trust:
+            if namespace not in index:
+                # never a silent skip: a pod admitted now would run without its sidecar for good
+                raise kopf.AdmissionError(
+                    f"meshkit injector: namespace {namespace!r} is not known to the operator yet "
+                    f"(it is starting); the pod is refused so that its controller retries", code=503)
+            labels = next(iter(index.get(namespace, [])), {})
         ops = inject(_plain(body), labels, config.inject)
         if ops:
             logger.info(f"injecting {names.SIDECAR_CONTAINER} into a pod in namespace {namespace}")
@@ -152,9 +176,7 @@ def _register_injection(registry: kopf.OperatorRegistry, config: OperatorConfig)
 # ---------------------------------------------------------------------------------------------
 
 
-def _register_istio_kind(
-    registry: kopf.OperatorRegistry, group: str, plural_name: str, resync_s: float
-) -> None:
+def _register_istio_kind(registry: kopf.OperatorRegistry, group: str, plural_name: str) -> None:
     @kopf.on.validate(group, plural_name, id=validate_handler_id(plural_name),
                       operations=["CREATE", "UPDATE"], registry=registry)
     def validate(body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
@@ -182,19 +204,46 @@ def _register_istio_kind(
         handler_id = f"status-{plural_name}-{decorator.__name__}"
         decorator(group, plural_name, id=handler_id, registry=registry)(report_status)
 
-    @kopf.timer(group, plural_name, id=f"status-{plural_name}-resync", interval=resync_s,
-                initial_delay=resync_s, registry=registry)
-    def resync_status(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch,
-                      **kwargs: Any) -> None:
-        messages = status_messages(_plain(body), _indexed_objects(kwargs))
-        current = _plain(status)
-        fresh = build_status(meta.get("generation"), messages, previous=current)
-        if {key: current.get(key) for key in fresh} != fresh:
-            patch.status.update(fresh)
+
+def _register_status_resync(registry: kopf.OperatorRegistry, period_s: float) -> None:
+    """One resync task for the whole operator (`meshkit.k8s.status_resync`): no per-object timer,
+    so no finalizer on any Istio object."""
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(registry=registry)
+    async def start_status_resync(settings: kopf.OperatorSettings, logger: logging.Logger,
+                                  **kwargs: Any) -> None:
+        # kopf's indices are live mappings, empty (and so falsy) until the first listing
+        indices = {kind: kwargs[_index_id(kind.plural)] for kind in istio_kinds()}
+
+        def indexed() -> dict[ApiKind, list[dict[str, Any]]]:
+            return {kind: [obj for store in index.values() for obj in store]
+                    for kind, index in indices.items()}
+
+        resync = StatusResync(indexed, period_s, kopf_patcher(settings, logger), logger)
+        loop = asyncio.get_running_loop()
+        tasks.append(loop.create_task(resync.run(), name="meshkit status resync"))
+        # the root certificate for each injected namespace, from the same index the injector uses
+        publisher = RootCertPublisher(kopf_requester(settings, logger), logger)
+        namespaces: kopf.Index[str, dict[str, str]] = kwargs[NAMESPACE_INDEX]
+
+        def labels() -> dict[str, dict[str, str]]:
+            return {name: next(iter(store), {}) for name, store in namespaces.items()}
+
+        tasks.append(loop.create_task(every(period_s, lambda: publisher.once(labels()), logger,
+                                            "publishing the root certificate"), name="meshkit root cert"))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_status_resync(**_: Any) -> None:
+        while tasks:
+            task = tasks.pop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _indexed_objects(kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for _, plural_name in ISTIO_RESOURCES:
+    for _, _, plural_name in ISTIO_RESOURCES:
         index = kwargs.get(_index_id(plural_name))
         if index is None:
             continue

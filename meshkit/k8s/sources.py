@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkit.config.api_kinds import istio_kinds
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message
 from meshkit.config.registry import Endpoint, Node, Service
@@ -44,16 +45,17 @@ from meshkit.k8s.names import SIDECAR_CONTAINER
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+# bookkeeping of tools, not config: kopf's progress and diff-base (meshkit.k8s.operator writes them
+# under operator.meshkit.dev/; kopf's default prefix is kopf.zalando.org/). Kept, every status
+# handling by the operator would make a new config revision and a push to every sidecar.
+BOOKKEEPING_PREFIXES = ("operator.meshkit.dev/", "kopf.zalando.org/")
 # labels that differ between replicas or revisions of one workload
 PER_POD_LABELS = frozenset({"pod-template-hash", "controller-revision-hash",
                             "statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index"})
 
-ISTIO_TYPES: tuple[ResourceType, ...] = (
-    ResourceType("networking.istio.io", "v1", "virtualservices", "VirtualService"),
-    ResourceType("networking.istio.io", "v1", "destinationrules", "DestinationRule"),
-    ResourceType("security.istio.io", "v1", "peerauthentications", "PeerAuthentication"),
-    ResourceType("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy"),
-    ResourceType("security.istio.io", "v1", "requestauthentications", "RequestAuthentication"),
+# every Istio kind meshkit implements, from the list the RBAC rules come from (meshkit.config.api_kinds)
+ISTIO_TYPES: tuple[ResourceType, ...] = tuple(
+    ResourceType(kind.group, kind.version, kind.plural, kind.kind) for kind in istio_kinds()
 )
 SERVICES = ResourceType("", "v1", "services", "Service")
 ENDPOINT_SLICES = ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
@@ -77,7 +79,8 @@ def istio_resource(obj: Mapping[str, Any],
     metadata = obj.get("metadata") or {}
     kept: dict[str, Any] = {key: metadata[key] for key in ("name", "namespace", "labels")
                             if metadata.get(key) is not None}
-    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k != LAST_APPLIED}
+    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items()
+                   if k != LAST_APPLIED and not k.startswith(BOOKKEEPING_PREFIXES)}
     if annotations:
         kept["annotations"] = annotations
     document: dict[str, Any] = {
@@ -142,8 +145,11 @@ def workload_name(pod: Mapping[str, Any]) -> str:
 
 
 def has_sidecar(pod: Mapping[str, Any]) -> bool:
-    containers = (pod.get("spec") or {}).get("containers") or []
-    return any(c.get("name") == SIDECAR_CONTAINER for c in containers)
+    """A ``meshkit-proxy`` container, or a native sidecar (an init container that keeps running)."""
+    spec = pod.get("spec") or {}
+    return any(c.get("name") == SIDECAR_CONTAINER for c in spec.get("containers") or []) or any(
+        c.get("name") == SIDECAR_CONTAINER and c.get("restartPolicy") == "Always"
+        for c in spec.get("initContainers") or [])
 
 
 def _slice_port(endpoint_slice: Mapping[str, Any], port_name: str) -> int | None:

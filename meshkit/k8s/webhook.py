@@ -13,10 +13,14 @@ dependency); the Service's DNS names are its SANs.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import datetime
+import json
+import logging
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+log = logging.getLogger("meshkit.k8s.webhook")
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 CERT_VALIDITY = datetime.timedelta(days=365)
 
@@ -144,6 +149,31 @@ class ApiAccess:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
+NATIVE_SIDECAR_MINOR = 29  # SidecarContainers is on by default from Kubernetes 1.29
+
+
+def server_version(api: ApiAccess, timeout_s: float = 10.0) -> tuple[int, int] | None:
+    """(major, minor) of the API server (``GET /version``), or None when it cannot be read."""
+    request = urllib.request.Request(f"{api.server.rstrip('/')}/version", headers=api.headers())
+    context = api.ssl_context()
+    tls = context if isinstance(context, ssl.SSLContext) else None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=tls) as answer:
+            doc = json.loads(answer.read())
+        major = int(str(doc.get("major", "")).rstrip("+"))
+        minor = int(str(doc.get("minor", "")).rstrip("+"))
+    except (OSError, ValueError, AttributeError) as error:
+        log.warning("cannot read the API server's version: %s", error)
+        return None
+    return major, minor
+
+
+def native_sidecars_supported(api: ApiAccess) -> bool:
+    """Whether the cluster runs init containers with ``restartPolicy: Always`` as sidecars."""
+    version = server_version(api)
+    return version is not None and version >= (1, NATIVE_SIDECAR_MINOR)
+
+
 WEBHOOK_PATHS = {
     "mutating": "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
     "validating": "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
@@ -185,11 +215,28 @@ async def publish_ca_bundle(api: ApiAccess, targets: Sequence[tuple[str, str]], 
                     )
 
 
-def ca_bundle_publisher(api: ApiAccess, targets: Sequence[tuple[str, str]]) -> ClientConfigHook:
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def ca_bundle_publisher(api: ApiAccess, targets: Sequence[tuple[str, str]],
+                        delays: Sequence[float] = RETRY_DELAYS_S) -> ClientConfigHook:
+    """Publish the bundle, retrying until it is in place: the webhook configurations may not exist
+    yet (applied after the operator), or the API may be briefly unreachable. Failing instead made
+    the operator exit at start. The webhook server already serves while this retries."""
+
     async def publish(client_config: dict[str, Any]) -> None:
         bundle = client_config.get("caBundle")
-        if bundle:
-            await publish_ca_bundle(api, targets, bundle)
+        attempt = 0
+        while bundle:
+            try:
+                await publish_ca_bundle(api, targets, bundle)
+                return
+            except (RuntimeError, aiohttp.ClientError, OSError, TimeoutError) as error:
+                delay = delays[min(attempt, len(delays) - 1)]
+                attempt += 1
+                log.warning("cannot publish the webhook CA bundle yet (attempt %d): %s; retrying in %.1f s",
+                            attempt, error, delay)
+                await asyncio.sleep(delay)
 
     return publish
 

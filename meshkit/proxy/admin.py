@@ -59,6 +59,7 @@ class Admin:
         certificates: Any = None,
         tls_stats: Any = None,
         spans: Any = None,
+        passthrough: Any = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
@@ -67,6 +68,7 @@ class Admin:
         self.certificates = certificates  # tls.sidecar.SidecarCertificates, None = plaintext sidecar
         self.tls_stats = tls_stats  # tls.inbound.TlsStats
         self.spans = spans  # spans.SpanRecorder, None = no collector to ship spans to
+        self.passthrough = passthrough  # passthrough.PassthroughStats (a captured pod's sidecar)
         self.started = time.time()
 
     async def handle(self, request: Request) -> Response:
@@ -135,7 +137,10 @@ class Admin:
 
     def prometheus(self) -> Response:
         clusters = cluster_stats(self.state.current, self.upstream)
-        return _reply(200, self.metrics.render() + render_prometheus(clusters), PROMETHEUS_TYPE)
+        text = self.metrics.render() + render_prometheus(clusters)
+        if self.passthrough is not None:
+            text += self.passthrough.prometheus()
+        return _reply(200, text, PROMETHEUS_TYPE)
 
     def stats(self, query: str = "") -> Response:
         upstream = self.upstream
@@ -158,6 +163,7 @@ class Admin:
                 "mtls": self.tls_stats.as_dict() if self.tls_stats is not None else None,
                 "cluster": flat(clusters),
                 "tracing": self.spans.stats() if self.spans is not None else None,
+                "passthrough": self.passthrough.as_dict() if self.passthrough is not None else None,
                 "config": {
                     "version": self.state.current.version if self.state.current is not None else None,
                     "applied": self.state.applied,

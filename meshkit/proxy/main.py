@@ -74,6 +74,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="end a request whose body stalls this long with 408 (Envoy's stream_idle_timeout, default "
         "300; the snapshot's mesh.stream_idle_timeout_ms wins)",
     )
+    parser.add_argument(
+        "--health-port", type=int, metavar="PORT",
+        help="serve the status port (Kubernetes: 15021): /healthz/ready and the app probes the injector "
+        "rewrote (/app-health/..., from env MESHKIT_APP_PROBERS)",
+    )
+    parser.add_argument(
+        "--capture", action="store_true",
+        help="the pod's traffic is redirected here by iptables (Kubernetes): honour SO_ORIGINAL_DST and "
+        "pass non-HTTP outbound TCP through to it (PassthroughCluster)",
+    )
     parser.add_argument("--drain-seconds", type=float, default=2.0, help="grace period on SIGTERM")
     parser.add_argument(
         "--ca-token-file", metavar="PATH",
@@ -178,13 +188,30 @@ class Proxy:
         if self.acceptor is not None:
             self.listeners["inbound"].acceptor = self.acceptor
             self.state.listeners.append(self.acceptor.on_snapshot)
+        passthrough = None
+        if getattr(args, "capture", False):
+            from meshkit.proxy.passthrough import OutboundAcceptor  # noqa: PLC0415
+
+            outbound = OutboundAcceptor()
+            self.listeners["outbound"].acceptor = outbound
+            passthrough = outbound.stats
         self.admin = Admin(
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
             tls_stats=self.acceptor.stats if self.acceptor is not None else None, spans=self.spans,
+            passthrough=passthrough,
         )
         self.admin_listener = Listener(
             "admin", self.admin.handle, limits=ListenerLimits(stream_idle_timeout=args.stream_idle_timeout)
         )
+        self.health_listener: Listener | None = None
+        if getattr(args, "health_port", None) is not None:
+            from meshkit.proxy.probes import ProberError, from_environment  # noqa: PLC0415
+
+            try:
+                probers = from_environment(dict(os.environ), self.admin.ready)
+            except ProberError as exc:
+                raise SystemExit(f"meshkit proxy: {exc}") from None
+            self.health_listener = Listener("health", probers.handle)
         self.ports: dict[str, int] = {}
         self.static: StaticConfig | None = None
         self.xds: XdsClient | None = None
@@ -203,6 +230,8 @@ class Proxy:
         for name, listener in self.listeners.items():
             self.ports[name] = await listener.start(args.address, getattr(args, f"{name}_port"))
         self.ports["admin"] = await self.admin_listener.start(args.address, args.admin_port)
+        if self.health_listener is not None:
+            self.ports["health"] = await self.health_listener.start(args.address, args.health_port)
         if self.sidecar_certificates is not None:  # before xds: waits for the identity
             certificates = self.sidecar_certificates
             self._tasks.append(asyncio.ensure_future(certificates.run(self.state, self._stopping)))
@@ -241,6 +270,8 @@ class Proxy:
             *(listener.close(self.args.drain_seconds) for listener in self.listeners.values())
         )
         await self.admin_listener.close(0.1)
+        if self.health_listener is not None:
+            await self.health_listener.close(0.1)
         self.upstream.close()
         if self.access is not None:
             self.access.close()

@@ -1,5 +1,8 @@
 """End to end on a real kind cluster: `meshkit kind up`, sidecars injected, bad config rejected,
-``meshkit.connect("kind")`` applying through the Kubernetes API and reading telemetry, down.
+``meshkit.connect("kind")`` applying through the Kubernetes API and reading telemetry; then what only
+a cluster shows: status written under the real ClusterRole, egress TLS through the sidecar's
+passthrough, probes under STRICT, a control-plane restart keeping the root CA, a Job with a
+native sidecar completing, uninstall in any order (last: it removes meshkit); down.
 
 Needs Docker (with a running daemon), kind and kubectl; marked ``kind`` and skipped elsewhere
 with the exact reason. Takes minutes (image build, cluster creation).
@@ -105,3 +108,122 @@ def test_connect_kind_applies_through_the_api_and_reads_telemetry(cluster: KindO
     assert edges, "no reviews traffic in the control plane's telemetry within 90 s"
     assert {e["destination_version"] for e in edges} == {"v1"}
     mesh.delete(ALL_TO_V1)
+
+
+# --- what only a cluster can show (issue 18): RBAC, egress, probes under STRICT, a CA restart, uninstall ---
+
+STRICT = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: bookinfo}
+spec:
+  mtls: {mode: STRICT}
+"""
+# from inside a captured pod: TLS to the API server (not a mesh host) passes through the sidecar
+EGRESS = ("import socket, ssl\n"
+          "c = ssl.create_default_context(cafile='/var/run/secrets/kubernetes.io/serviceaccount/ca.crt')\n"
+          "s = c.wrap_socket(socket.create_connection(('kubernetes.default.svc', 443), timeout=10),"
+          " server_hostname='kubernetes.default.svc')\n"
+          "print(s.version())")
+
+
+def _wait(what: str, check: object, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        time.sleep(2)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_the_operator_writes_status_under_its_cluster_role(cluster: KindOptions) -> None:
+    assert _kubectl("apply", "-f", "-", stdin=ALL_TO_V1).returncode == 0
+
+    def ready() -> bool:
+        out = _kubectl("-n", "bookinfo", "get", "virtualservice", "reviews", "-o",
+                       "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
+        return out.stdout.strip() == "True"
+
+    _wait("the VirtualService's Ready condition", ready)
+    logs = _kubectl("-n", names.SYSTEM_NAMESPACE, "logs", "deploy/meshkit-operator").stdout
+    assert "Forbidden" not in logs and " 403" not in logs
+
+
+def test_egress_tls_passes_through_the_sidecar(cluster: KindOptions) -> None:
+    result = _kubectl("-n", "bookinfo", "exec", "deploy/productpage-v1", "-c", "productpage", "--",
+                      "python", "-c", EGRESS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("TLSv1")
+    metrics = _kubectl("-n", "bookinfo", "exec", "deploy/productpage-v1", "-c", names.SIDECAR_CONTAINER, "--",
+                       "python", "-c", "import urllib.request as u; print(u.urlopen("
+                       "'http://127.0.0.1:15000/stats/prometheus').read().decode())").stdout
+    assert 'destination_service="PassthroughCluster"' in metrics
+
+
+def test_probes_pass_under_strict_mtls(cluster: KindOptions) -> None:
+    assert _kubectl("apply", "-f", "-", stdin=STRICT).returncode == 0
+    try:
+        restarted = _kubectl("-n", "bookinfo", "rollout", "restart", "deployment")
+        assert restarted.returncode == 0, restarted.stderr
+        waited = _kubectl("-n", "bookinfo", "rollout", "status", "deployment/details-v1", "--timeout=180s")
+        assert waited.returncode == 0, waited.stderr  # kubelet's rewritten probes reach 15021
+    finally:
+        _kubectl("delete", "-f", "-", stdin=STRICT)
+
+
+def test_a_control_plane_restart_keeps_the_root_and_mtls(cluster: KindOptions) -> None:
+    def root() -> str:
+        return _kubectl("-n", names.SYSTEM_NAMESPACE, "get", "secret", "meshkit-ca-root", "-o",
+                        "jsonpath={.data.root-cert\\.pem}").stdout
+
+    before = root()
+    assert before
+    deleted = _kubectl("-n", names.SYSTEM_NAMESPACE, "delete", "pod", "-l", "app=meshkit-control")
+    assert deleted.returncode == 0, deleted.stderr
+    waited = _kubectl("-n", names.SYSTEM_NAMESPACE, "rollout", "status", "deployment/meshkit-control",
+                      "--timeout=180s")
+    assert waited.returncode == 0, waited.stderr
+    assert root() == before
+    sent = _kubectl("-n", "bookinfo", "exec", "deploy/productpage-v1", "-c", "productpage", "--",
+                    "python", "-c", TRAFFIC)
+    assert sent.returncode == 0, sent.stderr
+
+
+JOB = """
+apiVersion: batch/v1
+kind: Job
+metadata: {name: meshkit-e2e-job, namespace: bookinfo}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: call
+        image: meshkit:dev
+        imagePullPolicy: IfNotPresent
+        command: [python, -c, "import urllib.request as u; u.urlopen('http://reviews:9080/reviews/0',
+                  timeout=10)"]
+"""
+
+
+def test_a_job_with_a_sidecar_completes(cluster: KindOptions) -> None:
+    """kind's Kubernetes is >= 1.29: the proxy is a native sidecar, so the Job's pod completes (and its
+    app started only once the proxy was ready, so its first call went through the mesh)."""
+    assert _kubectl("apply", "-f", "-", stdin=JOB).returncode == 0
+    try:
+        done = _kubectl("-n", "bookinfo", "wait", "--for=condition=complete", "job/meshkit-e2e-job",
+                        "--timeout=180s")
+        assert done.returncode == 0, done.stderr + _kubectl("-n", "bookinfo", "describe", "job").stdout
+    finally:
+        _kubectl("delete", "-f", "-", "--wait=false", stdin=JOB)
+
+
+def test_uninstall_in_any_order(cluster: KindOptions) -> None:
+    """The operator goes first; the Istio objects still delete at once (no finalizer waits for it)."""
+    assert _kubectl("apply", "-f", "-", stdin=ALL_TO_V1).returncode == 0
+    assert _kubectl("-n", names.SYSTEM_NAMESPACE, "delete", "deployment", "meshkit-operator").returncode == 0
+    deleted = _kubectl("delete", "-f", "-", "--timeout=30s", stdin=ALL_TO_V1)
+    assert deleted.returncode == 0, deleted.stderr
+    gone = _kubectl("delete", "-k", str(ROOT / "operator" / "deploy" / "base"), "--timeout=120s")
+    assert gone.returncode == 0, gone.stderr

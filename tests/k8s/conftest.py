@@ -11,6 +11,7 @@ import pytest
 
 from meshkit.k8s.control_plane import RunningKubernetesControlPlane
 from tests.k8s.cluster_harness import running_cluster
+from tests.k8s.netns_pod import namespaces_fixture  # noqa: F401  (the ``namespaces`` fixture)
 
 
 @pytest.fixture()

@@ -17,26 +17,33 @@ import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import kmock as kmocklib
 import kopf
 import pytest
+import yaml
 from kmock._internal import parsing
 
+from meshkit.config.api_kinds import OPERATOR, ROLES, istio_kinds
 from meshkit.k8s.operator import OperatorConfig, build_registry
+from meshkit.k8s.rbac_rules import api_request, authorized, namespaced_rules, role_rules
 
 MANAGED = "meshkit-test"
-ISTIO_KINDS = [
-    ("networking.istio.io", "v1", "virtualservices", "VirtualService"),
-    ("networking.istio.io", "v1", "destinationrules", "DestinationRule"),
-    ("security.istio.io", "v1", "peerauthentications", "PeerAuthentication"),
-    ("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy"),
-    ("security.istio.io", "v1", "requestauthentications", "RequestAuthentication"),
-]
+# every Istio kind the operator watches (the same list its RBAC rules come from)
+ISTIO_KINDS = [(kind.group, kind.version, kind.plural, kind.kind) for kind in istio_kinds()]
 WAIT_S = 20.0
+RBAC_MANIFEST = Path(__file__).resolve().parents[2] / "operator" / "deploy" / "base" / "rbac.yaml"
+# kopf-managed webhook configurations (``--managed``, development and these tests) are written by
+# the operator itself: a grant the cluster install (static configurations) does not have
+MANAGED_MODE_RULES = [
+    {"apiGroups": ["admissionregistration.k8s.io"],
+     "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+     "verbs": ["create", "get", "list", "watch", "patch"]},
+]
 
 
 def free_port() -> int:
@@ -58,9 +65,56 @@ async def until(what: str, probe: Callable[[], Any], within_s: float = WAIT_S) -
 
 
 @dataclass
+class Rbac:
+    """What the RBAC check in front of KMock saw: each request of a meshkit identity, the refused ones."""
+
+    seen: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def enforce_rbac(kmock: Any, manifest: Path = RBAC_MANIFEST,
+                 extra: dict[str, list[dict[str, Any]]] | None = None) -> Rbac:
+    """Make KMock authorize as the API server's RBAC would, from the committed ClusterRoles.
+
+    A request carrying ``Authorization: Bearer <role>`` (``meshkit-operator``, ``meshkit-control``)
+    is evaluated against that ClusterRole and its Roles (`meshkit.k8s.rbac_rules.authorized`) and answered 403
+    Forbidden when it is not allowed; requests without a token (the test's own set-up) pass.
+    """
+    docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
+    rules = {role: [*role_rules(docs, role), *(extra or {}).get(role, [])] for role in ROLES}
+    in_namespace = {role: namespaced_rules(docs, role) for role in ROLES}
+    rbac = Rbac()
+
+    def refused(request: kmocklib.Request) -> bool:
+        role = next((r for r in ROLES if request.headers.get("Authorization") == f"Bearer {r}"), None)
+        if role is None:
+            return False
+        attributes = api_request(request.method.value, request.url.path, dict(request.params))
+        line = f"{role}: {attributes}"
+        if line not in rbac.seen:
+            rbac.seen.append(line)
+        if authorized(rules[role], in_namespace[role], attributes):
+            return False
+        if line not in rbac.refused:
+            rbac.refused.append(line)
+        return True
+
+    def forbidden(request: kmocklib.Request) -> kmocklib.Response:
+        attributes = api_request(request.method.value, request.url.path, dict(request.params))
+        who = request.headers.get("Authorization", "")[len("Bearer "):]
+        status = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Forbidden",
+                  "code": 403, "message": f"forbidden: {who} cannot {attributes}"}
+        return kmocklib.Response(status=403, payload=status)
+
+    kmock[refused] << forbidden
+    return rbac
+
+
+@dataclass
 class Running:
     kmock: Any
     session: aiohttp.ClientSession
+    rbac: Rbac = field(default_factory=Rbac)
 
     def webhook_urls(self) -> dict[str, str]:
         """handler id -> URL, from the webhook configurations kopf manages in KMock."""
@@ -75,6 +129,10 @@ class Running:
         return urls
 
     async def create(self, path: str, obj: dict[str, Any]) -> None:
+        """POST ``obj``, with a ``metadata.uid`` as the API server gives every object (KMock gives none,
+        and kopf's indices key objects by namespace, name and uid: without one, a VirtualService and
+        a DestinationRule of the same name would replace each other in the operator's indices)."""
+        obj = {**obj, "metadata": {"uid": str(uuid.uuid4()), **(obj.get("metadata") or {})}}
         async with self.session.post(f"{self.kmock.url}{path}", json=obj) as response:
             assert response.status in (200, 201), await response.text()
 
@@ -150,14 +208,22 @@ def watching_everything(kmock: Any) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(kmock: Any, config: OperatorConfig) -> AsyncIterator[Running]:
-    """The operator running against ``kmock`` with ``config``, its watches up; stopped on exit."""
+async def running_operator(kmock: Any, config: OperatorConfig,
+                           manifest: Path = RBAC_MANIFEST,
+                           unwatched: frozenset[str] = frozenset()) -> AsyncIterator[Running]:
+    """The operator running against ``kmock`` with ``config``, its watches up; stopped on exit.
+
+    It authenticates as ``meshkit-operator`` and KMock authorizes it with the committed
+    ClusterRole (`enforce_rbac`; plus the managed-webhook grant when ``config.managed``).
+    """
     prepare(kmock)
+    rbac = enforce_rbac(kmock, manifest, {OPERATOR: MANAGED_MODE_RULES} if config.managed else None)
     registry = build_registry(config)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=str(kmock.url).rstrip("/"), insecure=True)
+        return kopf.ConnectionInfo(server=str(kmock.url).rstrip("/"), insecure=True, scheme="Bearer",
+                                   token=OPERATOR)
 
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(kopf.operator(
@@ -165,10 +231,10 @@ async def running_operator(kmock: Any, config: OperatorConfig) -> AsyncIterator[
     ))
     try:
         await asyncio.wait_for(ready.wait(), WAIT_S)
-        for plural in ("namespaces", *(kind[2] for kind in ISTIO_KINDS)):
+        for plural in ("namespaces", *(kind[2] for kind in ISTIO_KINDS if kind[2] not in unwatched)):
             await until(f"the operator watching {plural}", lambda p=plural: _watching(kmock, p))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-            yield Running(kmock, session)
+            yield Running(kmock, session, rbac)
     finally:
         # graceful stop first; then cut kopf's 5 s wait for "hung" tasks, which in-process are
         # KMock's own streaming handlers (kopf counts every task created after its start as its own)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import kmock as kmocklib
 import pytest
 from cryptography import x509
 
@@ -124,3 +125,31 @@ async def test_an_unreachable_token_review_refuses_with_a_reason_and_recovers(
     assert "could not be checked with a Kubernetes TokenReview" in str(refused.value)
     reviewer.down = False
     assert (await sign(plane, "reviews-token")).serial_number > 0
+
+
+async def test_the_root_survives_a_control_plane_restart_in_a_secret(
+        kmock: Any, reviewer: TokenReviewer, tmp_path: Path) -> None:
+    """The root CA lived in the pod's emptyDir: a restarted control plane made a new root and every
+    sidecar's peers stopped verifying. Now it is kept in Secret meshkit-system/meshkit-ca-root."""
+    access, sync = KubeAccess.url(str(kmock.url)), SyncOptions(debounce_s=0.01)
+    first = await run_kubernetes_control_plane(access, port=0, state_dir=tmp_path / "first",
+                                               record_address=False, sync_options=sync)
+    try:
+        before, root_before = await fetch_certificate(first.url, "reviews-token",
+                                                      build_csr(generate_key(), REVIEWS))
+    finally:
+        await first.close()
+    secret = kmock.objects[(kmocklib.resource("", "v1", "secrets"), "meshkit-system", "meshkit-ca-root")]
+    assert set(secret["data"]) == {"root-cert.pem", "root-key.pem"}
+    # a new pod: an empty state directory, the same cluster
+    second = await run_kubernetes_control_plane(access, port=0, state_dir=tmp_path / "second",
+                                                record_address=False, sync_options=sync)
+    try:
+        after, root_after = await fetch_certificate(second.url, "reviews-token",
+                                                    build_csr(generate_key(), REVIEWS))
+    finally:
+        await second.close()
+    assert root_after == root_before
+    root = x509.load_pem_x509_certificate(root_after.encode())
+    for chain in (before, after):  # a sidecar of either generation verifies against the one root
+        x509.load_pem_x509_certificate(chain.encode()).verify_directly_issued_by(root)

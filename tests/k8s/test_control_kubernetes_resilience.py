@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kmock as kmocklib
 import pytest
 import yarl
 
@@ -111,3 +112,28 @@ async def test_a_lost_api_server_keeps_the_mirror_and_the_sync_catches_up(
             await until("every type listed again", lambda: running.sync.stats.lists >= lists + 7, WAIT_S)
         finally:
             await running.close()
+
+
+async def test_ready_only_after_the_first_sync(kmock: Any, tmp_path: Path) -> None:
+    """The deployed readiness probe (``--ready-port``): a control plane that has not mirrored the
+    cluster yet answers 503 (it used to be a TCP check, ready with an empty registry)."""
+    prepare(kmock)
+    blocked = {"pods": True}
+    kmock[lambda request: blocked["pods"] and request.url.path == "/api/v1/pods"] << (
+        lambda: kmocklib.Response(status=503, payload={"kind": "Status", "code": 503, "message": "busy"}))
+    running = await run_kubernetes_control_plane(
+        KubeAccess.url(str(kmock.url)), port=0, state_dir=tmp_path / "control", record_address=False,
+        with_ca=False, sync_options=SyncOptions(debounce_s=0.01, max_backoff_s=0.2))
+    try:
+        port = await running.serve_readiness("127.0.0.1", 0)
+        async with aiohttp.ClientSession() as session:
+            async def status() -> int:
+                async with session.get(f"http://127.0.0.1:{port}/ready") as response:
+                    return response.status
+
+            assert await status() == 503
+            blocked["pods"] = False
+            assert await running.sync.wait_synced(15)
+            assert await status() == 200
+    finally:
+        await running.close()

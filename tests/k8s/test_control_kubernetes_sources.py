@@ -98,6 +98,9 @@ def test_istio_objects_lose_server_metadata_and_keep_their_own() -> None:
     [vs] = [d for d in k.istio_documents() if d["kind"] == "VirtualService"]
     served = k.as_served(vs)
     served["metadata"]["annotations"]["team"] = "reviews"
+    # the operator's kopf bookkeeping would be a new config revision at every status write
+    served["metadata"]["annotations"]["operator.meshkit.dev/last-handled-configuration"] = "{}"
+    served["metadata"]["annotations"]["operator.meshkit.dev/kopf-managed"] = "yes"
     served["metadata"]["labels"] = {"app": "reviews"}
     resource, messages = istio_resource(served, VIRTUAL_SERVICES)
     assert messages == [] and resource is not None

@@ -41,3 +41,11 @@ def test_files_land_where_the_pods_expect_them() -> None:
     for sources in copies.values():
         for source in sources.split():
             assert (ROOT / source).exists(), source
+
+
+def test_dockerignore_keeps_the_context_small_but_not_what_the_image_copies() -> None:
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert {".git", ".venv", "tests", "labs"} <= set(ignored)
+    for copied in ("pyproject.toml", "README.md", "meshkit", "operator"):  # what COPY needs
+        assert copied not in ignored and not any(copied.startswith(p.rstrip("/") + "/") for p in ignored)

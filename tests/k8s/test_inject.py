@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonpatch
+import kubernetes_validate
 import pytest
 
 from meshkit.k8s import names
-from meshkit.k8s.inject import InjectSettings, inject, should_inject
+from meshkit.k8s.inject import PROBERS_ENV, InjectSettings, inject, should_inject
+from meshkit.proxy.probes import AppProbe, parse_probers
+from meshkit.runtime import kube_sources
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = InjectSettings(image="meshkit:test", control_address="http://meshkit-control.meshkit-system.svc:15010")
@@ -109,11 +112,12 @@ def test_injected_pod_has_everything_the_sidecar_needs() -> None:
         15001: "tcp-outbound", 15006: "tcp-inbound", 15000: "http-admin",
         15090: "http-envoy-prom", 15021: "status-port",
     }
-    # the sidecar serves /healthz/ready on its admin port (meshkit/proxy/admin.py)
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15000}
-    with_health_port = inject(pod, labels, InjectSettings(health_port=15021))
-    sidecar_op = next(op for op in with_health_port if op["path"].startswith("/spec/containers"))
-    assert sidecar_op["value"]["readinessProbe"]["httpGet"]["port"] == 15021
+    # the sidecar serves /healthz/ready on its status port, as Istio's 15021 (meshkit/proxy/probes.py)
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    assert sidecar["args"][sidecar["args"].index("--health-port") + 1] == "15021"
+    with_admin_port = inject(pod, labels, InjectSettings(health_port=15000))
+    sidecar_op = next(op for op in with_admin_port if op["path"].startswith("/spec/containers"))
+    assert sidecar_op["value"]["readinessProbe"]["httpGet"]["port"] == 15000
     env = {e["name"]: e for e in sidecar["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -160,3 +164,74 @@ def test_should_inject(pod_label: str | None, namespace_labels: dict[str, str], 
 
 def test_host_network_pods_are_not_injected() -> None:
     assert inject(_pod("p", hostNetwork=True), ENABLED, SETTINGS) == []
+
+
+def test_trusting_the_webhook_selectors_injects_without_the_namespace_labels() -> None:
+    """The operator's namespace index is empty after a restart; the static webhook's selectors
+    already chose the pod, so injection does not depend on the index (Istio's injector works so).
+    Before, the injector read missing labels as "not enabled" and admitted the pod bare."""
+    pod = _pod("details-v1-a")
+    containers = [op for op in inject(pod, None, SETTINGS) if op["path"].startswith("/spec/containers")]
+    assert [op["value"]["name"] for op in containers] == [names.SIDECAR_CONTAINER]
+    opted_out = _pod("details-v1-b", labels={names.INJECT_OVERRIDE_LABEL: "false"})
+    assert inject(opted_out, None, SETTINGS) == []
+
+
+def test_exclusion_annotations_become_the_init_containers_environment() -> None:
+    pod = _pod("details-v1-a")
+    pod["metadata"]["annotations"] = {
+        "traffic.sidecar.istio.io/excludeOutboundPorts": "5432, 9443",
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.96.0.0/12",
+        "traffic.sidecar.istio.io/excludeInboundPorts": "",
+    }
+    patched = jsonpatch.apply_patch(pod, inject(pod, ENABLED, SETTINGS))
+    init = next(c for c in patched["spec"]["initContainers"] if c["name"] == names.INIT_CONTAINER)
+    assert init["env"] == [{"name": "EXCLUDE_OUTBOUND_PORTS", "value": "5432,9443"},
+                           {"name": "EXCLUDE_OUTBOUND_IP_RANGES", "value": "10.96.0.0/12"}]
+    plain = jsonpatch.apply_patch(_pod("details-v1-b"), inject(_pod("details-v1-b"), ENABLED, SETTINGS))
+    assert "env" not in plain["spec"]["initContainers"][0]
+
+
+def test_app_probes_are_rewritten_to_the_status_port() -> None:
+    """Kubelet's probes would be captured (failing under STRICT, or a TCP probe passing against the
+    sidecar while the app is down): they go to 15021 and the sidecar runs the originals."""
+    app = {"name": "app", "image": "bookinfo/details:1", "ports": [{"name": "http", "containerPort": 9080}],
+           "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 3},
+           "livenessProbe": {"tcpSocket": {"port": 9080}, "timeoutSeconds": 2},
+           "startupProbe": {"exec": {"command": ["true"]}}}
+    pod = _pod("details-v1-a", containers=[app])
+    patched = jsonpatch.apply_patch(pod, inject(pod, ENABLED, SETTINGS))
+    container = patched["spec"]["containers"][0]
+    assert container["readinessProbe"] == {"httpGet": {"path": "/app-health/app/readyz", "port": 15021,
+                                                       "scheme": "HTTP"}, "periodSeconds": 3}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/app-health/app/livez"
+    assert container["livenessProbe"]["timeoutSeconds"] == 2
+    assert container["startupProbe"] == {"exec": {"command": ["true"]}}  # exec: left alone
+    sidecar = patched["spec"]["containers"][-1]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert PROBERS_ENV == "MESHKIT_APP_PROBERS"
+    probers = parse_probers(env[PROBERS_ENV])  # what the sidecar will read
+    assert probers["/app-health/app/readyz"] == AppProbe("http", 9080, "/ready")
+    assert probers["/app-health/app/livez"] == AppProbe("tcp", 9080, timeout_s=2.0)
+    opted_out = _pod("details-v1-b", containers=[app])
+    opted_out["metadata"]["annotations"] = {"sidecar.istio.io/rewriteAppHTTPProbers": "false"}
+    kept = jsonpatch.apply_patch(opted_out, inject(opted_out, ENABLED, SETTINGS))
+    assert kept["spec"]["containers"][0]["readinessProbe"] == app["readinessProbe"]
+
+
+def test_a_native_sidecar_runs_first_and_lets_a_job_complete() -> None:
+    """Kubernetes >= 1.29: the proxy as an init container with ``restartPolicy: Always`` (started
+    after the capture rules, before the app, which waits for its startup probe); a Job's pod then
+    completes when its app exits. The result is a valid Pod at 1.30."""
+    settings = InjectSettings(image="meshkit:test", native_sidecar=True)
+    job_pod = _pod("migrate-x1", containers=[{"name": "migrate", "image": "tools:1", "command": ["true"]}],
+                   restartPolicy="Never")
+    patched = jsonpatch.apply_patch(job_pod, inject(job_pod, ENABLED, settings))
+    init = patched["spec"]["initContainers"]
+    assert [c["name"] for c in init] == [names.INIT_CONTAINER, names.SIDECAR_CONTAINER]
+    assert init[1]["restartPolicy"] == "Always"
+    assert init[1]["startupProbe"]["httpGet"] == {"path": "/healthz/ready", "port": names.PORT_HEALTH}
+    assert [c["name"] for c in patched["spec"]["containers"]] == ["migrate"]
+    assert kube_sources.has_sidecar(patched)  # the control plane still sees the sidecar
+    assert inject(patched, ENABLED, settings) == []
+    kubernetes_validate.validate(patched, "1.30.0", strict=True)

@@ -10,22 +10,13 @@ Needs root, ``ip`` and ``iptables``; skipped with the reason otherwise.
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from meshkit.k8s.iptables import CaptureSettings, Rule, capture_rules, render_commands, render_script
+from tests.k8s.netns_pod import PEER_IP, POD_IP, SCRIPT, SERVICE_IP, Namespaces
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "operator" / "meshkit-init.sh"
-PROBE = Path(__file__).with_name("netns_probe.py")
-POD_IP, PEER_IP = "10.77.0.2", "10.77.0.1"
-SERVICE_IP = "10.96.0.10"  # a ClusterIP-like address nobody owns: only the redirect can answer
 
 
 def test_committed_init_script_is_generated_from_the_rules() -> None:
@@ -62,92 +53,6 @@ def test_settings_change_the_rules() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _why_not_runnable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    for tool in ("ip", "iptables", "setpriv"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed (apt-get install -y iptables iproute2 util-linux)"
-    return None
-
-
-def _run(*argv: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
-
-
-class Namespaces:
-    """A pod namespace and a peer namespace joined by a veth pair, with probe listeners."""
-
-    def __init__(self) -> None:
-        tag = secrets.token_hex(3)
-        self.pod, self.peer = f"mk-pod-{tag}", f"mk-peer-{tag}"
-        self.listeners: list[subprocess.Popen[str]] = []
-        self._veth = (f"mkp{tag}", f"mkq{tag}")
-
-    def create(self) -> None:
-        a, b = self._veth
-        _run("ip", "netns", "add", self.pod)
-        _run("ip", "netns", "add", self.peer)
-        _run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-        _run("ip", "link", "set", a, "netns", self.pod)
-        _run("ip", "link", "set", b, "netns", self.peer)
-        for ns, dev, ip in ((self.pod, a, POD_IP), (self.peer, b, PEER_IP)):
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-            _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            _run("ip", "-n", ns, "link", "set", dev, "up")
-        _run("ip", "-n", self.pod, "route", "add", "default", "via", PEER_IP)
-
-    def listen(self, ns: str, *ports: int) -> None:
-        process = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(PROBE), "listen", ns, *map(str, ports)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.listeners.append(process)
-        assert process.stdout is not None
-        line = process.stdout.readline()  # the probe exits by itself after 60 s, so this is bounded
-        assert line.strip() == "ready", f"listener in {ns} did not start: {line!r} {process.stderr.read()}"
-
-    def connect(self, ns: str, host: str, port: int, *, uid: int | None = None) -> str:
-        prefix = ["ip", "netns", "exec", ns]
-        if uid is not None:
-            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-        result = subprocess.run(
-            [*prefix, sys.executable, "-I", str(PROBE), "connect", host, str(port)],
-            capture_output=True, text=True, timeout=20, check=False,
-        )
-        return (result.stdout + result.stderr).strip()
-
-    def destroy(self) -> None:
-        for process in self.listeners:
-            process.kill()
-            process.wait(timeout=10)
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    stream.close()
-        for ns in (self.pod, self.peer):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
-
-
-@pytest.fixture()
-def namespaces() -> Iterator[Namespaces]:
-    reason = _why_not_runnable()
-    if reason is not None:
-        pytest.skip(reason)
-    spaces = Namespaces()
-    try:
-        try:
-            spaces.create()
-        except RuntimeError as error:
-            pytest.skip(f"cannot build network namespaces here: {error}")
-        yield spaces
-    finally:
-        spaces.destroy()
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-        assert spaces.pod not in left and spaces.peer not in left
-
-
 def test_capture_for_real_in_a_network_namespace(namespaces: Namespaces) -> None:
     pod, peer = namespaces.pod, namespaces.peer
     # the sidecar's listeners and an app on 9080 in the pod; a plain server on 9080 in the peer
@@ -173,3 +78,45 @@ def test_capture_for_real_in_a_network_namespace(namespaces: Namespaces) -> None
     assert namespaces.connect(peer, POD_IP, 9080) == f"{pod} 15006 {POD_IP}:9080"
     # excluded inbound ports (the sidecar's health port) are not redirected
     assert namespaces.connect(peer, POD_IP, 15021).startswith(f"{pod} 15021 ")
+
+
+def _init(namespaces: Namespaces, **env: str) -> str:
+    """Run the committed init script in the pod namespace (with ``env``); its nat table after."""
+    result = subprocess.run(["ip", "netns", "exec", namespaces.pod, "sh", str(SCRIPT)],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **env})
+    assert result.returncode == 0, f"the init script failed: {result.stderr}"
+    table = subprocess.run(["ip", "netns", "exec", namespaces.pod, "iptables", "-t", "nat", "-S"],
+                           capture_output=True, text=True, timeout=30, check=True)
+    return table.stdout
+
+
+def test_the_init_script_runs_twice(namespaces: Namespaces) -> None:
+    """A restarted init container runs the script again in the same network namespace. The script
+    used ``iptables -N`` under ``set -e``, so the second run failed ("Chain already exists") and
+    the pod crash-looped; now both runs succeed and leave the same table, still capturing."""
+    pod = namespaces.pod
+    namespaces.listen(pod, 15001, 15006)
+    first = _init(namespaces)
+    second = _init(namespaces)
+    assert second == first
+    assert first.count("-j MESHKIT_OUTPUT") == 1 and first.count("-j MESHKIT_INBOUND") == 1
+    assert namespaces.connect(pod, SERVICE_IP, 9080) == f"{pod} 15001 {SERVICE_IP}:9080"
+
+
+def test_exclusion_annotations_reach_the_rules(namespaces: Namespaces) -> None:
+    """Istio's ``traffic.sidecar.istio.io/exclude*`` annotations, as the injector passes them."""
+    pod, peer = namespaces.pod, namespaces.peer
+    namespaces.listen(pod, 15001, 15006, 9080, 9443)
+    namespaces.listen(peer, 9080, 9443, 5432)
+    _init(namespaces, EXCLUDE_OUTBOUND_PORTS="5432,9443", EXCLUDE_OUTBOUND_IP_RANGES="10.96.0.0/12",
+          EXCLUDE_INBOUND_PORTS="9443")
+    assert namespaces.connect(pod, PEER_IP, 5432).startswith(f"{peer} 5432 ")  # excluded port
+    assert namespaces.connect(pod, PEER_IP, 9443).startswith(f"{peer} 9443 ")
+    assert namespaces.connect(pod, PEER_IP, 9080) == f"{pod} 15001 {PEER_IP}:9080"  # still captured
+    assert namespaces.connect(pod, SERVICE_IP, 9080).startswith("error")  # excluded range: not redirected
+    assert namespaces.connect(peer, POD_IP, 9443).startswith(f"{pod} 9443 ")  # excluded inbound
+    assert namespaces.connect(peer, POD_IP, 9080) == f"{pod} 15006 {POD_IP}:9080"
+    # a re-run with other exclusions replaces them (the chains are flushed, not appended to)
+    _init(namespaces)
+    assert namespaces.connect(pod, PEER_IP, 5432) == f"{pod} 15001 {PEER_IP}:5432"

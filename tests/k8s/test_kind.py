@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from meshkit.k8s.kind import (
     Step,
     down_steps,
     find_root,
+    load_image_argv,
     missing_prerequisites,
     run_steps,
     up_steps,
@@ -37,11 +39,16 @@ def test_up_plan_builds_loads_applies_and_waits() -> None:
     commands = [" ".join(step.argv) for step in steps]
     assert commands[0] == "kind create cluster --name k --wait 120s"
     assert commands[1].startswith(f"docker build -f {ROOT}/operator/Dockerfile -t meshkit:dev")
-    assert commands[2] == "kind load docker-image meshkit:dev --name k"
+    # docker-image first; Docker's containerd image store needs the archive route
+    assert steps[2].argv[:2] == ("sh", "-c")
+    assert steps[2].argv[2].startswith("kind load docker-image meshkit:dev --name k || { docker save")
+    assert "kind load image-archive /tmp/meshkit-kind-k.tar --name k" in steps[2].argv[2]
     assert commands[3] == f"kubectl --context kind-k apply -k {ROOT}/operator/deploy/base"
-    assert "rollout status deployment/meshkit-operator" in commands[5]
-    assert commands[6].endswith("operator/deploy/overlays/demo")
-    assert "wait --for=condition=Available deployment --all" in commands[7]
+    assert commands[4] == ("kubectl --context kind-k -n meshkit-system rollout restart "
+                           "deployment/meshkit-control deployment/meshkit-operator")
+    assert "rollout status deployment/meshkit-operator" in commands[6]
+    assert commands[7].endswith("operator/deploy/overlays/demo")
+    assert "wait --for=condition=Available deployment --all" in commands[8]
     for step in steps:  # every path a step names exists in the checkout
         for arg in step.argv:
             if arg.startswith(str(ROOT)):
@@ -104,3 +111,25 @@ def test_run_steps_stops_a_hung_step() -> None:
 def test_missing_command_is_reported() -> None:
     with pytest.raises(KindError, match="cannot start"):
         run_steps([Step("nothing", (os.devnull + "-no-such-tool",))], lambda _: None)
+
+
+def test_the_image_load_falls_back_to_an_archive(tmp_path: Path) -> None:
+    """The load step's shell, run with stand-in ``kind`` and ``docker`` that behave like Docker's
+    containerd image store (``kind load docker-image`` fails, ``docker save`` works)."""
+    calls = tmp_path / "calls"
+    for tool, script in {
+        "kind": 'echo "kind $*" >> "$CALLS"; [ "$2" = image-archive ] && [ -s "$3" ]',
+        "docker": 'echo "docker $*" >> "$CALLS"; echo image > "$4"',
+    }.items():
+        path = tmp_path / tool
+        path.write_text(f"#!/bin/sh\n{script}\n")
+        path.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLS": str(calls)}
+    argv = load_image_argv(f"k{tmp_path.name[-6:]}")
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text().splitlines()
+    assert [line.split()[:3] for line in lines] == [
+        ["kind", "load", "docker-image"], ["docker", "save", "meshkit:dev"],
+        ["kind", "load", "image-archive"]]
+    assert not Path(lines[1].split()[-1]).exists()  # the archive is removed afterwards

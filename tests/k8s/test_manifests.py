@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from meshkit.config.api_kinds import istio_kinds
 from meshkit.k8s import names
 from meshkit.k8s.inject import InjectSettings, inject
 
@@ -138,8 +139,8 @@ def test_webhooks_select_as_istio_and_point_at_the_operator() -> None:
     assert by_object["namespaceSelector"]["matchExpressions"][0]["operator"] == "NotIn"
     validating = _find(docs, "ValidatingWebhookConfiguration", names.VALIDATING_WEBHOOK_CONFIG)["webhooks"]
     resources = sorted(r for hook in validating for rule in hook["rules"] for r in rule["resources"])
-    assert resources == sorted(["virtualservices", "destinationrules", "peerauthentications",
-                                "authorizationpolicies", "requestauthentications"])
+    # every Istio kind the operator validates (the list the RBAC rules come from) has its webhook
+    assert resources == sorted(kind.plural for kind in istio_kinds())
     for hook in [*mutating, *validating]:
         service = hook["clientConfig"]["service"]
         assert (service["name"], service["namespace"], service["port"]) == (

@@ -8,6 +8,7 @@ then talks HTTPS to the service paths of those configurations, trusting only tha
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 from pathlib import Path
@@ -21,7 +22,13 @@ from cryptography import x509
 
 from meshkit.k8s import names
 from meshkit.k8s.operator import OperatorConfig
-from meshkit.k8s.webhook import ApiAccess, fill_namespace, self_signed_certificate
+from meshkit.k8s.webhook import (
+    ApiAccess,
+    fill_namespace,
+    native_sidecars_supported,
+    self_signed_certificate,
+    server_version,
+)
 from tests.k8s.operator_harness import admission_review, free_port, namespaces_parsed, running_operator, until
 
 pytestmark = pytest.mark.timeout(90)
@@ -48,7 +55,8 @@ async def test_cluster_mode_publishes_ca_and_serves_https(kmock: Any, monkeypatc
     port = free_port()
     config = OperatorConfig(
         webhook_addr="127.0.0.1", webhook_port=port, cert_dir=tmp_path / "certs", managed=None,
-        api=ApiAccess(server=str(kmock.url).rstrip("/"), insecure=True),
+        # as the operator's service account: KMock authorizes it with the committed ClusterRole
+        api=ApiAccess(server=str(kmock.url).rstrip("/"), token="meshkit-operator", insecure=True),
         hostnames=(f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc", "localhost"),
     )
     async with aiohttp.ClientSession() as session:
@@ -64,6 +72,8 @@ async def test_cluster_mode_publishes_ca_and_serves_https(kmock: Any, monkeypatc
             return bundles if len(bundles) == 7 and all(bundles) else []
 
         bundles = await until("caBundle on all seven static webhooks", published)
+        assert running.rbac.refused == []
+        assert any("patch mutatingwebhookconfigurations" in call for call in running.rbac.seen)
         assert len(set(bundles)) == 1
         ca_pem = base64.b64decode(bundles[0])
         # nothing else in the static configurations changed
@@ -115,3 +125,43 @@ def test_self_signed_certificate_names_the_service() -> None:
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["meshkit-webhook.meshkit-system.svc", "localhost"]
     assert b"PRIVATE KEY" in key_pem
+
+
+async def test_the_bundle_is_published_once_the_configurations_exist(
+        kmock: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The operator starting before ``webhooks.yaml`` is applied (or with the API briefly away) used
+    to fail publishing and exit; it retries until the configurations are there."""
+    namespaces_parsed(monkeypatch)
+    static = [doc for doc in yaml.safe_load_all(WEBHOOKS_YAML.read_text()) if doc]
+    config = OperatorConfig(
+        webhook_addr="127.0.0.1", webhook_port=free_port(), cert_dir=tmp_path / "certs", managed=None,
+        # as the operator's service account: KMock authorizes it with the committed ClusterRole
+        api=ApiAccess(server=str(kmock.url).rstrip("/"), token="meshkit-operator", insecure=True),
+        hostnames=(f"{names.WEBHOOK_SERVICE}.{names.SYSTEM_NAMESPACE}.svc", "localhost"),
+    )
+    async with running_operator(kmock, config) as running:
+        await until("a failed attempt to read a webhook configuration", lambda: any(
+            r.method == "GET" and r.resource is not None
+            and (r.resource.plural or "").endswith("webhookconfigurations") for r in list(kmock)))
+        for doc in static:  # applied late
+            url = f"/apis/admissionregistration.k8s.io/v1/{PLURALS[doc['kind']]}"
+            async with running.session.post(f"{str(kmock.url).rstrip('/')}{url}", json=doc) as response:
+                assert response.status in (200, 201), await response.text()
+
+        def published() -> bool:
+            hooks = [h for c in _configs_in(kmock) for h in c.get("webhooks") or []]
+            return len(hooks) == 7 and all(h.get("clientConfig", {}).get("caBundle") for h in hooks)
+
+        await until("caBundle on all seven static webhooks after the late apply", published)
+        assert running.rbac.refused == []
+
+
+async def test_native_sidecars_follow_the_api_servers_version(kmock: Any) -> None:
+    api = ApiAccess(server=str(kmock.url).rstrip("/"), insecure=True)
+    # KMock says 1.26: no SidecarContainers by default, so the proxy stays a regular container
+    assert await asyncio.to_thread(server_version, api) == (1, 26)
+    assert not await asyncio.to_thread(native_sidecars_supported, api)
+    kmock["get /version"] << {"major": "1", "minor": "30+", "gitVersion": "v1.30.0"}
+    assert await asyncio.to_thread(native_sidecars_supported, api)
+    unreachable = ApiAccess(server=f"http://127.0.0.1:{free_port()}", insecure=True)
+    assert not await asyncio.to_thread(native_sidecars_supported, unreachable)

@@ -1,0 +1,229 @@
+"""RBAC for meshkit on a cluster: the ClusterRoles rendered from one list, and a small rules evaluator.
+
+* `cluster_role_rules(role)` turns `meshkit.config.api_kinds.API_KINDS` into the rules of
+  ``meshkit-control`` or ``meshkit-operator``; ``python -m meshkit.k8s.rbac_rules >
+  operator/deploy/base/rbac.yaml`` writes the ServiceAccounts, ClusterRoles and bindings
+  (a test keeps the committed file current).
+* `api_request(method, path, query)` says what an HTTP request to the API server asks for
+  (verb, API group, resource, subresource, namespace, name), the way the API server's
+  request-info resolver does; `allows(rules, request)` evaluates ClusterRole rules against it
+  as the RBAC authorizer does (apiGroups, resources with ``resource/subresource``, verbs,
+  resourceNames; non-resource URLs by path). The tests run the operator and the control
+  plane against KMock answering 403 to whatever the committed roles do not allow.
+
+Nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import yaml
+
+from meshkit.config.api_kinds import API_KINDS, CONTROL, OPERATOR, ROLES
+from meshkit.k8s import names
+
+Rule = dict[str, Any]
+
+# what every authenticated client may read (the system:discovery / system:basic-user roles)
+DISCOVERY_PATHS = ("/api", "/apis", "/version", "/healthz", "/livez", "/readyz", "/openapi")
+
+
+def cluster_role_rules(role: str, namespace: str | None = None) -> list[Rule]:
+    """The rules of ``role``'s ClusterRole (``namespace`` None) or of its Role in ``namespace``:
+    one per (group, verbs, resourceNames), resources sorted."""
+    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
+    for kind in API_KINDS:
+        if not kind.active or kind.only_in != namespace:
+            continue
+        verbs = kind.verbs(role)
+        if verbs:
+            grouped.setdefault((kind.group, verbs, kind.resource_names), []).append(kind.plural)
+        if role == OPERATOR and kind.operator_status:
+            grouped.setdefault((kind.group, ("patch",), ()), []).append(f"{kind.plural}/status")
+    rules: list[Rule] = []
+    for (group, verbs, resource_names), resources in grouped.items():
+        rule: Rule = {"apiGroups": [group], "resources": sorted(set(resources))}
+        if resource_names:
+            rule["resourceNames"] = list(resource_names)
+        rule["verbs"] = list(verbs)
+        rules.append(rule)
+    return rules
+
+
+_ROLE_PURPOSE = {
+    CONTROL: "The control plane mirrors the Istio config and the service registry, and checks the\n"
+             "# projected service-account tokens sidecars present to its CA.",
+    OPERATOR: "The operator (kopf): discovers resources, indexes namespace labels for injection,\n"
+              "# writes status (and kopf's progress annotations) on the Istio resources, posts events,\n"
+              "# and puts its CA bundle into the two webhook configurations it serves (and no others).",
+}
+
+
+def documents() -> list[tuple[str, dict[str, Any]]]:
+    """(comment, object) for every RBAC object meshkit installs."""
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for role in ROLES:
+        docs.append(("", {"apiVersion": "v1", "kind": "ServiceAccount",
+                          "metadata": {"name": role, "namespace": names.SYSTEM_NAMESPACE}}))
+    for role in ROLES:
+        subjects = [{"kind": "ServiceAccount", "name": role, "namespace": names.SYSTEM_NAMESPACE}]
+        docs.append((_ROLE_PURPOSE[role], {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": role}, "rules": cluster_role_rules(role)}))
+        docs.append(("", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": subjects}))
+        for namespace in sorted({k.only_in for k in API_KINDS if k.only_in and k.active and k.verbs(role)}):
+            docs.append((f"What {role} may do in {namespace} only.", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": role, "namespace": namespace},
+                "rules": cluster_role_rules(role, namespace)}))
+            docs.append(("", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": role, "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                "subjects": subjects}))
+    return docs
+
+
+def render() -> str:
+    """The YAML committed as ``operator/deploy/base/rbac.yaml``."""
+    parts = ["# Generated by `python -m meshkit.k8s.rbac_rules` from meshkit/config/api_kinds.py;\n"
+             "# do not edit. Least privilege: each ServiceAccount gets exactly the verbs on exactly\n"
+             "# the resources it uses.\n"]
+    for index, (comment, obj) in enumerate(documents()):
+        text = ""
+        if index:
+            text += "---\n"
+        if comment:
+            text += f"# {comment}\n"
+        text += yaml.safe_dump(obj, sort_keys=False, default_flow_style=None, width=110)
+        parts.append(text)
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluator
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRequest:
+    """What one HTTP request asks the API server for (its RBAC attributes)."""
+
+    verb: str
+    path: str
+    resource: str = ""  # "" for a non-resource URL
+    group: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+
+    @property
+    def is_resource(self) -> bool:
+        return bool(self.resource)
+
+    def __str__(self) -> str:
+        if not self.is_resource:
+            return f"{self.verb} {self.path}"
+        what = self.resource + (f"/{self.subresource}" if self.subresource else "")
+        where = f" in {self.namespace}" if self.namespace else ""
+        named = f" {self.name!r}" if self.name else ""
+        return f"{self.verb} {what}.{self.group or 'core'}{named}{where}"
+
+
+_HTTP_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete", "HEAD": "get"}
+
+
+def api_request(method: str, path: str, query: Mapping[str, str] | str = "") -> ApiRequest:
+    """The RBAC attributes of ``method path?query`` (as Kubernetes' RequestInfoFactory resolves them)."""
+    params = {k: v[-1] for k, v in parse_qs(query).items()} if isinstance(query, str) else dict(query)
+    method = method.upper()
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 2:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return ApiRequest(verb=method.lower() if method != "GET" else "get", path=path)
+    if not rest:  # /api/v1, /apis/<group>/<version>: discovery
+        return ApiRequest(verb="get", path=path)
+    namespace = ""
+    # /namespaces/<ns>/<resource>...; /namespaces/<name>/status|finalize are the namespace's own
+    if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in ("status", "finalize"):
+        namespace, rest = rest[1], rest[2:]
+    resource, name, subresource = rest[0], (rest[1] if len(rest) > 1 else ""), "/".join(rest[2:])
+    if method == "GET":
+        verb = "watch" if params.get("watch") in ("true", "1") else ("get" if name else "list")
+    elif method == "DELETE" and not name:
+        verb = "deletecollection"
+    else:
+        verb = _HTTP_VERBS.get(method, method.lower())
+    return ApiRequest(verb=verb, path=path, resource=resource, group=group, subresource=subresource,
+                      namespace=namespace, name=name)
+
+
+def allows(rules: Iterable[Mapping[str, Any]], request: ApiRequest) -> bool:
+    """Whether any of ``rules`` (a ClusterRole's, bound cluster-wide) allows ``request``."""
+    if not request.is_resource:
+        return request.verb == "get" and any(
+            request.path == p or request.path.startswith(p + "/") for p in DISCOVERY_PATHS)
+    resource = request.resource + (f"/{request.subresource}" if request.subresource else "")
+    for rule in rules:
+        if not _matches(rule.get("verbs"), request.verb):
+            continue
+        if not _matches(rule.get("apiGroups"), request.group):
+            continue
+        if not _matches(rule.get("resources"), resource):
+            continue
+        names_allowed = rule.get("resourceNames") or []
+        if names_allowed and request.name not in names_allowed:
+            continue
+        return True
+    return False
+
+
+def _matches(values: Sequence[str] | None, value: str) -> bool:
+    return bool(values) and ("*" in values or value in values)  # type: ignore[operator]
+
+
+def role_rules(docs: Iterable[Mapping[str, Any]], role: str) -> list[Mapping[str, Any]]:
+    """The rules of the ClusterRole named ``role`` among rendered manifests."""
+    for doc in docs:
+        if doc.get("kind") == "ClusterRole" and (doc.get("metadata") or {}).get("name") == role:
+            return list(doc.get("rules") or [])
+    raise KeyError(f"no ClusterRole {role!r} in the manifests")
+
+
+def namespaced_rules(docs: Iterable[Mapping[str, Any]], role: str) -> dict[str, list[Mapping[str, Any]]]:
+    """namespace -> the rules of the Role named ``role`` there (bound to the same account)."""
+    found: dict[str, list[Mapping[str, Any]]] = {}
+    for doc in docs:
+        metadata = doc.get("metadata") or {}
+        if doc.get("kind") == "Role" and metadata.get("name") == role:
+            found.setdefault(str(metadata.get("namespace")), []).extend(doc.get("rules") or [])
+    return found
+
+
+def authorized(cluster_rules: Iterable[Mapping[str, Any]], roles: Mapping[str, Iterable[Mapping[str, Any]]],
+               request: ApiRequest) -> bool:
+    """A ClusterRole's rules, plus Roles' rules for requests in their namespace."""
+    if allows(cluster_rules, request):
+        return True
+    in_namespace = roles.get(request.namespace, []) if request.namespace else []
+    return request.is_resource and allows(in_namespace, request)
+
+
+def main() -> None:
+    sys.stdout.write(render())
+
+
+if __name__ == "__main__":
+    main()
