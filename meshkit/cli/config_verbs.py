@@ -120,8 +120,8 @@ def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: 
         _fail(EXIT_REJECTED, f"error: no Kubernetes API to follow: {error} (run it in a pod, or pass "
                              "--kubeconfig PATH or --kube-api URL, e.g. from kubectl proxy)")
     try:
-        serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl, **limits, ready_port=ready_port,
-                         announce=lambda text: print(text, flush=True))
+        serve_kubernetes(access, host, port, state_dir, with_ca=ca, ca_ttl=ttl, **limits,
+                         ready_port=ready_port, announce=lambda text: print(text, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot listen on {host}:{port}: {error}")
 

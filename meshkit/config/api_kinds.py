@@ -5,7 +5,7 @@
 * the RBAC rules of the control plane's and the operator's ClusterRoles
   (`meshkit.k8s.rbac_rules` renders ``operator/deploy/base/rbac.yaml`` from it);
 * the Istio kinds the operator validates, indexes and writes status on (`meshkit.k8s.operator`);
-* the Istio kinds the control plane's Kubernetes backend follows (``kube_sources.ISTIO_TYPES``).
+* the Istio kinds the control plane's Kubernetes backend follows (``meshkit.k8s.sources.ISTIO_TYPES``).
 
 An Istio or Gateway API kind is *active* once meshkit has a model for it (a class in
 `meshkit.config.kinds.RESOURCE_KINDS` with that name and group): adding the model is what

@@ -47,8 +47,8 @@ from typing import Any
 from aiohttp import web
 
 from meshkit.config.resources import Resource
-from meshkit.control.auth import ADMIN_SECRET, ADMIN_SECRET_KEY
 from meshkit.control.address import default_control_dir
+from meshkit.control.auth import ADMIN_SECRET, ADMIN_SECRET_KEY
 from meshkit.control.registry import RegisteredEndpoint, ServiceRegistry
 from meshkit.control.server import (
     DEFAULT_HOST,

@@ -211,8 +211,8 @@ def _register_status_resync(registry: kopf.OperatorRegistry, period_s: float) ->
     tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(registry=registry)
-    async def start_status_resync(settings: kopf.OperatorSettings, logger: logging.Logger,
-                                  **kwargs: Any) -> None:
+    async def start_status_resync(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        logger: logging.Logger = kwargs["logger"]
         # kopf's indices are live mappings, empty (and so falsy) until the first listing
         indices = {kind: kwargs[_index_id(kind.plural)] for kind in istio_kinds()}
 

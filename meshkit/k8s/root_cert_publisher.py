@@ -1,7 +1,7 @@
 """The mesh's root certificate as a ConfigMap in every injected namespace (Istio's ``istio-ca-root-cert``).
 
 The control plane keeps the root CA in the Secret ``meshkit-system/meshkit-ca-root``
-(`meshkit.runtime.kubernetes.ensure_ca_root`). Workloads must not read that Secret (it holds
+(`meshkit.k8s.control_plane.ensure_ca_root`). Workloads must not read that Secret (it holds
 the key); what they may read is the public root, which `RootCertPublisher` copies — the
 certificate only — into the ConfigMap ``meshkit-ca-root-cert`` (key ``root-cert.pem``) of every
 namespace labelled ``meshkit-injection=enabled``, and keeps there: created when missing,

@@ -192,9 +192,9 @@ class Proxy:
         if getattr(args, "capture", False):
             from meshkit.proxy.passthrough import OutboundAcceptor  # noqa: PLC0415
 
-            outbound = OutboundAcceptor()
-            self.listeners["outbound"].acceptor = outbound
-            passthrough = outbound.stats
+            captured = OutboundAcceptor()
+            self.listeners["outbound"].acceptor = captured
+            passthrough = captured.stats
         self.admin = Admin(
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
             tls_stats=self.acceptor.stats if self.acceptor is not None else None, spans=self.spans,

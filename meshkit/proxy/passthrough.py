@@ -262,7 +262,11 @@ async def _peek(sock: socket.socket, timeout_s: float) -> bytes:
 async def _readable(fd: int, timeout_s: float) -> None:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[Any] = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_readable)
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ready, timeout_s)

@@ -82,9 +82,10 @@ async def run_probe(probe: AppProbe, host: str = "127.0.0.1") -> tuple[bool, str
             if probe.scheme.upper() == "HTTPS":
                 import ssl  # noqa: PLC0415
 
-                context: ssl.SSLContext | None = ssl.create_default_context()
-                context.check_hostname = False  # kubelet does not verify the app's certificate
-                context.verify_mode = ssl.CERT_NONE
+                unverified = ssl.create_default_context()
+                unverified.check_hostname = False  # kubelet does not verify the app's certificate
+                unverified.verify_mode = ssl.CERT_NONE
+                context: ssl.SSLContext | None = unverified
             else:
                 context = None
             reader, writer = await asyncio.open_connection(host, probe.port, ssl=context)

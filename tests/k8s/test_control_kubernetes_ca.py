@@ -135,8 +135,8 @@ async def test_the_root_survives_a_control_plane_restart_in_a_secret(
     first = await run_kubernetes_control_plane(access, port=0, state_dir=tmp_path / "first",
                                                record_address=False, sync_options=sync)
     try:
-        before, root_before = await fetch_certificate(first.url, "reviews-token",
-                                                      build_csr(generate_key(), REVIEWS))
+        before, root_before = await CaClient(first.url, "reviews-token").sign(
+            build_csr(generate_key(), REVIEWS))
     finally:
         await first.close()
     secret = kmock.objects[(kmocklib.resource("", "v1", "secrets"), "meshkit-system", "meshkit-ca-root")]
@@ -145,8 +145,8 @@ async def test_the_root_survives_a_control_plane_restart_in_a_secret(
     second = await run_kubernetes_control_plane(access, port=0, state_dir=tmp_path / "second",
                                                 record_address=False, sync_options=sync)
     try:
-        after, root_after = await fetch_certificate(second.url, "reviews-token",
-                                                    build_csr(generate_key(), REVIEWS))
+        after, root_after = await CaClient(second.url, "reviews-token").sign(
+            build_csr(generate_key(), REVIEWS))
     finally:
         await second.close()
     assert root_after == root_before

@@ -17,9 +17,9 @@ import kubernetes_validate
 import pytest
 
 from meshkit.k8s import names
+from meshkit.k8s import sources as kube_sources
 from meshkit.k8s.inject import PROBERS_ENV, InjectSettings, inject, should_inject
 from meshkit.proxy.probes import AppProbe, parse_probers
-from meshkit.runtime import kube_sources
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = InjectSettings(image="meshkit:test", control_address="http://meshkit-control.meshkit-system.svc:15010")

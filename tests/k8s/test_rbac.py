@@ -21,12 +21,12 @@ import yaml
 from meshkit.config.api_kinds import API_KINDS, CONTROL, OPERATOR, istio_kinds
 from meshkit.config.kinds import RESOURCE_KINDS
 from meshkit.k8s import rbac_rules
+from meshkit.k8s.api import KubeAccess
+from meshkit.k8s.control_plane import SyncOptions, run_kubernetes_control_plane
 from meshkit.k8s.inject import InjectSettings
 from meshkit.k8s.operator import ISTIO_RESOURCES, OperatorConfig
 from meshkit.k8s.rbac_rules import allows, api_request, cluster_role_rules
-from meshkit.runtime.kube_api import KubeAccess
-from meshkit.runtime.kube_sources import ISTIO_TYPES
-from meshkit.runtime.kubernetes import SyncOptions, run_kubernetes_control_plane
+from meshkit.k8s.sources import ISTIO_TYPES
 from tests.k8s import kube_objects as k
 from tests.k8s.operator_harness import (
     MANAGED,
@@ -58,7 +58,7 @@ def test_every_implemented_istio_kind_is_in_the_list_and_watched_by_both() -> No
     assert ("networking.istio.io", "envoyfilters") in istio
     # planned kinds are listed, granted nothing until meshkit has their model
     planned = [kind for kind in API_KINDS if not kind.active]
-    assert {kind.kind for kind in planned} >= {"ServiceEntry", "RequestAuthentication", "HTTPRoute"}
+    assert {kind.kind for kind in planned} >= {"ServiceEntry", "HTTPRoute"}
     for role in (CONTROL, OPERATOR):
         granted = {r for rule in cluster_role_rules(role) for r in rule["resources"]}
         assert not {kind.plural for kind in planned if kind.group.endswith("istio.io")} & granted - {
