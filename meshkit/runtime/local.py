@@ -50,7 +50,7 @@ from meshkit.runtime.launch import (
     ingress_identity,
     quiet,
 )
-from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports
+from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, check_port_plan
 from meshkit.runtime.processes import ProcessRecord, owned_by, python_argv, rss_bytes, stop
 from meshkit.runtime.record import DEFAULT_CERT_TTL, NAMESPACE, Instance, MeshRecord
 from meshkit.runtime.state import StateDir
@@ -186,8 +186,14 @@ class LocalMesh:
             raise ValueError(str(error)) from None
         existing = self.record()
         if existing is not None:
-            # A dead instance is restarted, as a Deployment would; an `up` killed half-way or a dead
-            # control plane means starting afresh.
+            # A dead control plane is restarted alone (its state is on disk; the sidecars keep their
+            # last snapshot and reconnect), then dead instances, as a Deployment would; only an `up`
+            # killed half-way means starting afresh.
+            control = existing.processes.get("control")
+            if existing.ready and control is not None and not control.alive():
+                progress("restarting the control plane (the rest of the mesh keeps running)", 0, 1)
+                self.restart_control(timeout=timeout)
+                existing = self.record() or existing
             if self.running() or self._heal(existing, progress, timeout):
                 if asked:
                     return self.deploy(apps, replicas, progress=progress, timeout=timeout)
@@ -198,12 +204,9 @@ class LocalMesh:
         rec = MeshRecord(base_port or _default_base(), apps, replicas, cert_ttl=cert_ttl)
         plan = PortPlan(rec.base_port)
         total_instances = sum(s.replicas for s in specs)
-        busy = busy_ports(plan.all_ports(total_instances))
-        if busy:
-            raise MeshError(
-                f"ports {', '.join(map(str, busy[:8]))} on 127.0.0.1 are in use; stop what uses them or "
-                f"choose another base with MESHKIT_PORT_BASE (now {rec.base_port})"
-            )
+        problem = check_port_plan(plan.all_ports(total_instances), rec.base_port)
+        if problem:
+            raise MeshError(problem)
         self.state.write_mesh(rec.to_json())  # from here on, `down` can clean up whatever we start
         try:
             self._start(Launcher(self.state, rec), progress, timeout)
@@ -222,12 +225,7 @@ class LocalMesh:
         progress("starting the control plane", 0, steps)
         identities = {identity(i.spec) for i in instances if i.spec.sidecar} | {ingress_identity()}
         tokens = launcher.issue_tokens(identities, revoke_earlier=True)  # an earlier run's stop working
-        launcher.spawn("control", python_argv(
-            "meshkit.cli", "control", "--host", "127.0.0.1", "--port", str(launcher.plan.control),
-            "--state-dir", str(self.state.control_dir), "--cert-ttl", rec.cert_ttl,
-        ))
-        client = launcher.client(timeout=5.0)
-        launcher.wait_control(client, deadline)
+        client = self._spawn_control(launcher, deadline)
 
         progress("registering services and endpoints", 1, steps)
         launcher.register(client, instances)
@@ -241,6 +239,32 @@ class LocalMesh:
         progress("waiting for every app to answer and every proxy to ACK", 3, steps)
         launcher.wait_ready(client, instances, deadline, ingress=True)
         progress("mesh ready", steps, steps)
+
+    @_exclusive
+    def restart_control(self, timeout: float = READY_TIMEOUT) -> None:
+        """Start the control plane again on its port (`meshkit restart control`); nothing else is
+        stopped. Its config, registry, CA and tokens are on disk; sidecars reconnect by themselves."""
+        rec = self.record()
+        if rec is None or not rec.ready:
+            raise MeshError(f"restart control: no mesh is running in {self.state.root}; "
+                            "start one with `meshkit up`")
+        control = rec.processes.get("control")
+        if control is not None and control.alive():
+            stop([control])
+        launcher = Launcher(self.state, rec)
+        problem = check_port_plan([launcher.plan.control], rec.base_port, what="the control plane's port")
+        if problem:
+            raise MeshError(f"restart control: {problem}")
+        self._spawn_control(launcher, time.monotonic() + timeout)
+
+    def _spawn_control(self, launcher: Launcher, deadline: float) -> ControlClient:
+        launcher.spawn("control", python_argv(
+            "meshkit.cli", "control", "--host", "127.0.0.1", "--port", str(launcher.plan.control),
+            "--state-dir", str(self.state.control_dir), "--cert-ttl", launcher.rec.cert_ttl,
+        ))
+        client = launcher.client(timeout=5.0)
+        launcher.wait_control(client, deadline)
+        return client
 
     def _heal(self, rec: MeshRecord, progress: Progress, timeout: float) -> bool:
         """Restart the dead instances of a mesh whose `up` finished and whose control plane runs."""
@@ -265,8 +289,8 @@ class LocalMesh:
             raise MeshError(f"{what}: no mesh is running in {self.state.root}; start one with `meshkit up`")
         control = rec.processes.get("control")
         if control is None or not control.alive():
-            raise MeshError(f"{what}: the mesh's control plane is not running; "
-                            "start the mesh again with `meshkit down` and `meshkit up`")
+            raise MeshError(f"{what}: the mesh's control plane is not running; start it again with "
+                            "`meshkit restart control` (the rest of the mesh keeps running)")
         return rec
 
     @_exclusive
@@ -326,6 +350,9 @@ class LocalMesh:
         ``ingressgateway`` restarts the ingress gateway. Returns once the instance answers and
         its sidecar has its snapshot and (new) certificate.
         """
+        if instance == "control":
+            self.restart_control(timeout=max(timeout, READY_TIMEOUT))
+            return
         rec = self.record()
         if rec is None:
             raise MeshError("no mesh is running; start one with `meshkit up`")
