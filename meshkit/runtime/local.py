@@ -6,7 +6,7 @@ gateway, all processes on 127.0.0.1, with no Docker, cluster or root.
 1. the control plane (config store, registry, push, CA) on the plan's control port, after
    one CA bootstrap token per workload identity has been written to its token file
    (``control/ca/tokens.json``, 0600, SHA-256 digests only; the tokens of a previous run are
-   revoked). Each sidecar gets its token in ``MESHKIT_CA_TOKEN``, so it can get a
+   revoked). Each sidecar gets its token in a 0600 file (``--ca-token-file``), so it can get a
    certificate for its own SPIFFE identity only. No API mints tokens: only a process that can
    write the control plane's state dir (the user who runs the mesh) can issue one;
 2. the services and endpoints of the chosen app sets are registered — each endpoint is the
@@ -334,6 +334,8 @@ class LocalMesh:
             # Sidecars and apps first, the control plane last (sidecars then never see it vanish first).
             killed = stop(sorted(rec.processes.values(), key=lambda p: p.name == "control"))
         killed += stop(owned_by(self.state.owner))
+        for token_file in (self.state.run_dir / "tokens").glob("*.token"):  # the sidecars' CA tokens
+            token_file.unlink(missing_ok=True)
         self.state.clear_mesh()
         return killed
 
