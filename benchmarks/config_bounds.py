@@ -6,7 +6,8 @@ plus one VirtualService of that size is applied as JSON (what the CLI and notebo
 re-applied with every route changed (the case whose diff took minutes before); for each apply,
 CSRs (``POST /api/v1/ca/sign``) are signed back to back concurrently and timed, and a proxy's
 stream times the push of the new snapshot after the apply answered ("its push"). Then hostile
-YAML documents under 1 MB are sent: each must get a 4xx, and its time is reported. Output: a table and ``benchmarks/results/config_bounds.json``.
+YAML documents under 1 MB are sent: each must get a 4xx, and its time is reported. Output: a
+table and ``benchmarks/results/config_bounds.json``.
 
     .venv/bin/python benchmarks/config_bounds.py [--sizes 10000,100000,1000000] [--out FILE]
 
