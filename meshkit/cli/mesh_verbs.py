@@ -122,6 +122,20 @@ def status(output: OutputOption = "table") -> None:
                      str(w["admin_port"] or "-")])
     for line in table(rows):
         printer.line(line)
+    printer.line("")
+    printer.line("what the local mesh cannot protect (docs/security.md, threat model):")
+    for line in LOCAL_LIMITS:
+        printer.line(f"  - {line}")
+
+
+LOCAL_LIMITS = (
+    "any local user can reach the apps' own ports (APP) directly, past the sidecar: only the "
+    "mesh's ports (INBOUND) enforce mTLS and AuthorizationPolicy; on Kubernetes, pods are apart",
+    "any local user can send through a workload's OUTBOUND PROXY port and be seen as that "
+    "workload: keep untrusted users off this machine (or run the mesh in its own container)",
+    "the admin token and CA tokens are files readable by your user only (0600); every process "
+    "of your user can read them, as it can read your kubeconfig",
+)
 
 
 @app.command()

@@ -195,6 +195,19 @@ class PushServer:
             if not self._dirty:
                 return
 
+    async def _recompute_one(self, proxy: ProxyState) -> None:
+        """A new stream's snapshot, compiled in a worker thread (a change meanwhile: the scheduled
+        pass compiles it again over the new inputs)."""
+        self.stats.recomputes += 1
+        self._forget_expired()
+        inputs = (self.store.resources(), self.registry.view(), self.store.revision)
+        for group in self._by_shape([proxy]):
+            compiled = await asyncio.to_thread(self._compile, group, inputs)
+            if self._inputs_current(inputs):
+                self._publish(group, compiled, inputs[2])
+            else:
+                self.schedule()
+
     def recompute(self, only: list[ProxyState] | None = None) -> None:
         """Compile the snapshot of every tracked proxy (or ``only`` these) now and wake those that changed."""
         self.stats.recomputes += 1
@@ -286,7 +299,7 @@ class PushServer:
         proxy.connected, proxy.connected_at, proxy.disconnected_at = True, time.time(), None
         proxy.sent_version = None  # a new stream always starts with the full snapshot
         proxy.wake.set()  # a replaced older stream wakes up and ends
-        self.recompute(only=[proxy])
+        await self._recompute_one(proxy)
         try:
             while not self._closing and proxy.generation == generation:
                 if proxy.latest is not None and proxy.sent_version != proxy.latest_version:

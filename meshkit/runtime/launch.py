@@ -9,8 +9,10 @@ Telemetry needs no call: each sidecar names its admin port on its xDS stream and
 plane scrapes that. The admin token (`meshkit.control.auth`) is created here, before the
 control plane starts, if the mesh has none.
 
-CA tokens: each sidecar gets its token in ``MESHKIT_CA_TOKEN`` (never on a command line, never
-in plain text on disk; the CA's token file holds SHA-256 digests only). `up` revokes the tokens
+CA tokens: each sidecar gets its token in a file of its own, ``<state>/run/tokens/<proxy>.token``
+(mode 0600 in a 0700 directory, named by ``--ca-token-file``; never on a command line and not
+in the process environment, which children inherit; the CA's token file holds SHA-256 digests
+only). The file goes when the sidecar's token is released. `up` revokes the tokens
 of an earlier run; later sidecars (new replicas, a restarted sidecar) get a *new* token for
 their identity, added beside the running sidecars' ones, which keep working: the control plane
 reads its token file again whenever it changed. The record keeps each proxy's token digest, so
@@ -61,9 +63,22 @@ def ingress_identity() -> str:
     return spiffe_identity(INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT)
 
 
-def sidecar_env(token: str) -> dict[str, str]:
-    """A sidecar's environment: ours plus its CA bootstrap token (never on the command line)."""
-    return {**os.environ, TOKEN_ENV: token}
+def sidecar_env() -> dict[str, str]:
+    """A sidecar's environment: ours without any CA token (it reads its own from a file)."""
+    return {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+
+
+def write_token_file(directory: Path, name: str, token: str) -> Path:
+    """``directory/name.token`` holding ``token``, 0600 from the first byte, in a 0700 directory."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    path = directory / f"{name}.token"
+    tmp = directory / f".{name}.token.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token)
+    os.replace(tmp, path)
+    return path
 
 
 def app_env(inst: Instance) -> dict[str, str]:
@@ -120,14 +135,22 @@ class Launcher:
             tokens[name] = store.issue_token(name)
         return tokens
 
-    def _credential(self, proxy: str, token: str) -> None:
-        """Record which token ``proxy`` runs with; the token of the process it replaces is revoked."""
+    @property
+    def token_dir(self) -> Path:
+        return self.state.run_dir / "tokens"
+
+    def _credential(self, proxy: str, token: str) -> Path:
+        """Record which token ``proxy`` runs with (the one it replaces is revoked); its token file."""
         self.release_credentials([proxy])
         self.rec.credentials[proxy] = BootstrapTokens.digest(token)
+        return write_token_file(self.token_dir, proxy, token)
 
     def release_credentials(self, proxies: Iterable[str]) -> None:
         """Forget the tokens of these proxy processes (removed or replaced); revoke each token no
         other recorded proxy still runs with (the replicas `up` started share one per identity)."""
+        proxies = list(proxies)
+        for proxy in proxies:
+            (self.token_dir / f"{proxy}.token").unlink(missing_ok=True)
         dropped = {self.rec.credentials.pop(p) for p in proxies if p in self.rec.credentials}
         unused = dropped - set(self.rec.credentials.values())
         if unused:
@@ -148,8 +171,9 @@ class Launcher:
         )
 
     def start_sidecar(self, inst: Instance, token: str) -> ProcessRecord:
-        self._credential(inst.sidecar_name, token)
-        return self.spawn(inst.sidecar_name, self.sidecar_argv(inst), env=sidecar_env(token))
+        token_file = self._credential(inst.sidecar_name, token)
+        argv = [*self.sidecar_argv(inst), "--ca-token-file", str(token_file)]
+        return self.spawn(inst.sidecar_name, argv, env=sidecar_env())
 
     def start_instance(self, inst: Instance, tokens: dict[str, str]) -> None:
         inst.app = self.start_app(inst)
@@ -157,14 +181,15 @@ class Launcher:
             inst.sidecar = self.start_sidecar(inst, tokens[identity(inst.spec)])
 
     def start_ingress(self, token: str) -> None:
-        self._credential("ingressgateway", token)
+        token_file = self._credential("ingressgateway", token)
         plan = self.plan
         self.spawn("ingressgateway", python_argv(
             "meshkit.proxy", "--control", self.control_url, "--id", INGRESS_PROXY_ID,
             "--kind", "gateway", "--outbound-port", str(plan.ingress), "--inbound-port", "0",
             "--admin-port", str(plan.ingress_admin),
             "--access-log", str(self.state.log("ingressgateway.access")),
-        ), env=sidecar_env(token))
+            "--ca-token-file", str(token_file),
+        ), env=sidecar_env())
 
     # -- control plane calls -----------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ gateway, all processes on 127.0.0.1, with no Docker, cluster or root.
 1. the control plane (config store, registry, push, CA) on the plan's control port, after
    one CA bootstrap token per workload identity has been written to its token file
    (``control/ca/tokens.json``, 0600, SHA-256 digests only; the tokens of a previous run are
-   revoked). Each sidecar gets its token in ``MESHKIT_CA_TOKEN``, so it can get a
+   revoked). Each sidecar gets its token in a 0600 file (``--ca-token-file``), so it can get a
    certificate for its own SPIFFE identity only. No API mints tokens: only a process that can
    write the control plane's state dir (the user who runs the mesh) can issue one;
 2. the services and endpoints of the chosen app sets are registered — each endpoint is the
@@ -50,7 +50,7 @@ from meshkit.runtime.launch import (
     ingress_identity,
     quiet,
 )
-from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports, free_bases
+from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports, check_port_plan, free_bases
 from meshkit.runtime.processes import ProcessRecord, owned_by, python_argv, rss_bytes, stop
 from meshkit.runtime.record import DEFAULT_CERT_TTL, NAMESPACE, Instance, MeshRecord
 from meshkit.runtime.state import StateDir
@@ -202,8 +202,14 @@ class LocalMesh:
             raise ValueError(str(error)) from None
         existing = self.record()
         if existing is not None:
-            # A dead instance is restarted, as a Deployment would; an `up` killed half-way or a dead
-            # control plane means starting afresh.
+            # A dead control plane is restarted alone (its state is on disk; the sidecars keep their
+            # last snapshot and reconnect), then dead instances, as a Deployment would; only an `up`
+            # killed half-way means starting afresh.
+            control = existing.processes.get("control")
+            if existing.ready and control is not None and not control.alive():
+                progress("restarting the control plane (the rest of the mesh keeps running)", 0, 1)
+                self.restart_control(timeout=timeout)
+                existing = self.record() or existing
             if self.running() or self._heal(existing, progress, timeout):
                 if asked:
                     return self.deploy(apps, replicas, progress=progress, timeout=timeout)
@@ -220,12 +226,9 @@ class LocalMesh:
         total_instances = len(rec.instances())
         rec.base_port = base_port or _chosen_base(total_instances, progress)
         plan = PortPlan(rec.base_port)
-        busy = busy_ports(plan.all_ports(total_instances))
-        if busy:
-            raise MeshError(
-                f"ports {', '.join(map(str, busy[:8]))} on 127.0.0.1 are in use; stop what uses them or "
-                f"choose another base with MESHKIT_PORT_BASE (now {rec.base_port})"
-            )
+        problem = check_port_plan(plan.all_ports(total_instances), rec.base_port)
+        if problem:
+            raise MeshError(problem)
         self.state.write_mesh(rec.to_json())  # from here on, `down` can clean up whatever we start
         try:
             self._start(Launcher(self.state, rec), progress, timeout)
@@ -244,12 +247,7 @@ class LocalMesh:
         progress("starting the control plane", 0, steps)
         identities = {identity(i.spec) for i in instances if i.spec.sidecar} | {ingress_identity()}
         tokens = launcher.issue_tokens(identities, revoke_earlier=True)  # an earlier run's stop working
-        launcher.spawn("control", python_argv(
-            "meshkit.cli", "control", "--host", "127.0.0.1", "--port", str(launcher.plan.control),
-            "--state-dir", str(self.state.control_dir), "--cert-ttl", rec.cert_ttl,
-        ))
-        client = launcher.client(timeout=5.0)
-        launcher.wait_control(client, deadline)
+        client = self._spawn_control(launcher, deadline)
 
         progress("registering services and endpoints", 1, steps)
         launcher.apply_defaults(client, rec.apps, {s.workload: s.replicas for s in rec.manifests})
@@ -288,6 +286,32 @@ class LocalMesh:
             tokens.update(launcher.issue_tokens(missing, revoke_earlier=False))
         return rec.instances()
 
+    @_exclusive
+    def restart_control(self, timeout: float = READY_TIMEOUT) -> None:
+        """Start the control plane again on its port (`meshkit restart control`); nothing else is
+        stopped. Its config, registry, CA and tokens are on disk; sidecars reconnect by themselves."""
+        rec = self.record()
+        if rec is None or not rec.ready:
+            raise MeshError(f"restart control: no mesh is running in {self.state.root}; "
+                            "start one with `meshkit up`")
+        control = rec.processes.get("control")
+        if control is not None and control.alive():
+            stop([control])
+        launcher = Launcher(self.state, rec)
+        problem = check_port_plan([launcher.plan.control], rec.base_port, what="the control plane's port")
+        if problem:
+            raise MeshError(f"restart control: {problem}")
+        self._spawn_control(launcher, time.monotonic() + timeout)
+
+    def _spawn_control(self, launcher: Launcher, deadline: float) -> ControlClient:
+        launcher.spawn("control", python_argv(
+            "meshkit.cli", "control", "--host", "127.0.0.1", "--port", str(launcher.plan.control),
+            "--state-dir", str(self.state.control_dir), "--cert-ttl", launcher.rec.cert_ttl,
+        ))
+        client = launcher.client(timeout=5.0)
+        launcher.wait_control(client, deadline)
+        return client
+
     def _heal(self, rec: MeshRecord, progress: Progress, timeout: float) -> bool:
         """Restart the dead instances of a mesh whose `up` finished and whose control plane runs."""
         control = rec.processes.get("control")
@@ -311,8 +335,8 @@ class LocalMesh:
             raise MeshError(f"{what}: no mesh is running in {self.state.root}; start one with `meshkit up`")
         control = rec.processes.get("control")
         if control is None or not control.alive():
-            raise MeshError(f"{what}: the mesh's control plane is not running; "
-                            "start the mesh again with `meshkit down` and `meshkit up`")
+            raise MeshError(f"{what}: the mesh's control plane is not running; start it again with "
+                            "`meshkit restart control` (the rest of the mesh keeps running)")
         return rec
 
     @_exclusive
@@ -377,6 +401,8 @@ class LocalMesh:
             # Sidecars and apps first, the control plane last (sidecars then never see it vanish first).
             killed = stop(sorted(rec.processes.values(), key=lambda p: p.name == "control"))
         killed += stop(owned_by(self.state.owner))
+        for token_file in (self.state.run_dir / "tokens").glob("*.token"):  # the sidecars' CA tokens
+            token_file.unlink(missing_ok=True)
         self.state.clear_mesh()
         return killed
 
@@ -393,6 +419,9 @@ class LocalMesh:
         ``ingressgateway`` restarts the ingress gateway. Returns once the instance answers and
         its sidecar has its snapshot and (new) certificate.
         """
+        if instance == "control":
+            self.restart_control(timeout=max(timeout, READY_TIMEOUT))
+            return
         rec = self.record()
         if rec is None:
             raise MeshError("no mesh is running; start one with `meshkit up`")

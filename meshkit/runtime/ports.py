@@ -84,12 +84,70 @@ def busy_ports(ports: list[int], host: str = "127.0.0.1") -> list[int]:
 LOWEST_BASE = 10_000
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral ports (32768-60999 on Linux by default): any outgoing connection may
+    take one of them at any moment, so a listening port in there can be stolen."""
+    try:
+        low, high = (int(v) for v in EPHEMERAL_RANGE_FILE.read_text().split()[:2])
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def ephemeral_low() -> int:
     """Where the kernel's ephemeral ports start (32768 on Linux by default)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+    return ephemeral_range()[0]
+
+
+def port_holders(ports: list[int]) -> dict[int, str]:
+    """Which program listens on each of ``ports`` (127.0.0.1 / any address), as far as /proc tells
+    (another user's processes are not visible: then the port is named without a program)."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A":  # LISTEN
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if port in ports:
+                    inodes[fields[9]] = port
+    found: dict[int, str] = {}
+    if not inodes:
+        return found
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            for fd in (pid_dir / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    found[inodes[target[8:-1]]] = f"pid {pid_dir.name} ({cmd.strip()[:80]})"
+        except OSError:
+            continue
+    return found
+
+
+def check_port_plan(ports: list[int], base: int, what: str = "the mesh's ports") -> str | None:
+    """Why ``ports`` (planned from ``base``) cannot be used, with the fix; None when they can."""
+    low, high = ephemeral_range()
+    inside = [p for p in ports if low <= p <= high]
+    if inside:
+        return (f"port base {base} puts {what} ({min(inside)}..{max(inside)}) inside the kernel's ephemeral "
+                f"range {low}-{high} ({EPHEMERAL_RANGE_FILE}), where any outgoing connection may take them; "
+                f"choose a base below {low - (max(ports) - base) - 1} with MESHKIT_PORT_BASE or --port-base")
+    busy = busy_ports(ports)
+    if busy:
+        holders = port_holders(busy)
+        named = ", ".join(f"{p} (held by {holders[p]})" if p in holders else str(p) for p in busy[:8])
+        return (f"{what} {named} on 127.0.0.1 are in use; stop what holds them (`meshkit down` if it is an "
+                f"earlier mesh, else the program named) or choose another base with MESHKIT_PORT_BASE "
+                f"(now {base})")
+    return None
 
 
 def free_bases(instances: int) -> Iterator[int]:

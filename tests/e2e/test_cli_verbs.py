@@ -37,8 +37,11 @@ def test_status_table_lists_every_instance(mesh: RunningMesh) -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == f"control plane  {mesh.status['control']}"
     assert lines[1] == f"ingress        {mesh.status['ingress']}"
-    rows = {line.split()[0]: line.split() for line in lines[3:]}
+    end = lines.index("")  # the table, then what the local mesh cannot protect
+    rows = {line.split()[0]: line.split() for line in lines[3:end]}
     assert set(rows) == {w["name"] for w in mesh.status["workloads"]}
+    assert lines[end + 1] == "what the local mesh cannot protect (docs/security.md, threat model):"
+    assert "APP" in lines[end + 2] and "OUTBOUND PROXY" in lines[end + 3]
     assert rows["reviews-v2-0"][1:4] == ["reviews", "v2", "yes"]
     assert "(no sidecar)" in " ".join(rows["legacy-v1-0"])
 

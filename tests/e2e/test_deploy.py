@@ -109,9 +109,13 @@ def test_deploy_clients_into_running_bookinfo_then_curl_from_sleep(mesh: Running
 
 
 def _ca_token(pid: int) -> str:
-    """The CA bootstrap token a sidecar was started with (its environment; we are root or its owner)."""
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"MESHKIT_CA_TOKEN="))
+    """The CA bootstrap token a sidecar was started with: the 0600 file its command line names."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    path = Path(argv[argv.index(b"--ca-token-file") + 1].decode())
+    assert path.stat().st_mode & 0o777 == 0o600
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"MESHKIT_CA_TOKEN=" not in environ  # not in the environment any more
+    return path.read_text()
 
 
 def _csr_status(mesh: RunningMesh, token: str) -> int:

@@ -165,3 +165,35 @@ def test_up_after_the_cli_was_killed_midway_replaces_the_partial_mesh(home: Path
         stopped = meshkit(home, base, "down")
     assert stopped.returncode == 0, stopped.stderr
     _assert_nothing_left(home, base, list(recorded.values()))
+
+
+def test_up_restarts_a_dead_control_plane_alone(home: Path, base: int) -> None:
+    """The review: `up` on a mesh whose control plane died stopped everything, then failed on a port."""
+    started = meshkit(home, base, "up")
+    assert started.returncode == 0, started.stderr
+    try:
+        before = _recorded_pids(home)
+        applied = meshkit(home, base, "apply", "-f", str(Path(__file__).parent / "rules" / "reviews-v2.yaml"))
+        assert applied.returncode == 0, applied.stderr
+        subprocess.run(["kill", "-9", str(before["control"])], check=True)
+        deadline = time.monotonic() + 10
+        while alive(before["control"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        refused = meshkit(home, base, "scale", "reviews-v1=2")
+        assert refused.returncode != 0 and "meshkit restart control" in refused.stderr
+        again = meshkit(home, base, "up")
+        assert again.returncode == 0, again.stderr
+        after = _recorded_pids(home)
+        assert after["control"] != before["control"] and alive(after["control"])
+        assert {k: v for k, v in after.items() if k != "control"} == \
+            {k: v for k, v in before.items() if k != "control"}  # nothing else was stopped
+        listed = meshkit(home, base, "get", "vs", "-o", "json")
+        assert listed.returncode == 0 and "reviews" in listed.stdout  # the config survived
+        subprocess.run(["kill", "-9", str(after["control"])], check=True)
+        restarted = meshkit(home, base, "restart", "control")
+        assert restarted.returncode == 0, restarted.stderr
+        assert {k: v for k, v in _recorded_pids(home).items() if k != "control"} == \
+            {k: v for k, v in before.items() if k != "control"}
+    finally:
+        stopped = meshkit(home, base, "down")
+    assert stopped.returncode == 0, stopped.stderr
