@@ -144,6 +144,13 @@ class Findings:
         return f"<div>{_messages_html(self.messages)}</div>"
 
 
+class Plain(str):
+    """Text a notebook shows as text (a plain ``str`` result would show quoted)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class Table:
     """Rows of dicts as an HTML table (and aligned text)."""
 
