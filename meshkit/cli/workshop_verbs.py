@@ -51,13 +51,17 @@ def export_student(
     labs: Annotated[Path, typer.Argument(help="The labs directory (notebooks with solutions).")],
     out: Annotated[Path, typer.Argument(help="Where to write the student edition.")],
 ) -> None:
-    """Write the labs without their solutions (cells tagged `solution`, `# BEGIN/END SOLUTION` blocks)."""
+    """Write the learner edition of the labs: exercise cells of catalog labs back to their placeholders,
+    cells tagged `solution` and `# BEGIN/END SOLUTION` blocks removed."""
+    from meshkit.lab.editions import EditionError, learner_cells  # noqa: PLC0415
     from meshkit.workshop.student import ExportError  # noqa: PLC0415
     from meshkit.workshop.student import export_student as export  # noqa: PLC0415
 
     try:
-        report = export(labs, out)
-    except ExportError as error:
+        report = export(labs, out, transform=learner_cells)
+    except (ExportError, EditionError) as error:
         _fail(EXIT_REJECTED, f"error: {error}")
-    print(f"wrote {len(report.notebooks)} notebooks to {out} ({report.removed_cells} solution cells and "
-          f"{report.removed_blocks} solution blocks removed, {len(report.copied)} other files copied)")
+    print(f"wrote {len(report.notebooks)} notebooks to {out} ({report.emptied_exercises} exercise cells "
+          f"emptied, "
+          f"{report.removed_cells} solution cells and {report.removed_blocks} solution blocks removed, "
+          f"{len(report.copied)} other files copied)")

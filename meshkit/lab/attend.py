@@ -16,6 +16,16 @@ from typing import TYPE_CHECKING, Any
 from meshkit.lab.display import LabError
 from meshkit.workshop import client, events
 
+__all__ = [
+    "NOT_OPEN_YET",
+    "RELEASE_LATER",
+    "Room",
+    "attach",
+    "attendee",
+    "instructor",
+    "join",
+]
+
 if TYPE_CHECKING:
     from meshkit.lab.steps import CheckResult, Lab, Step
 

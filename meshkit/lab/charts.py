@@ -20,6 +20,21 @@ from typing import Any
 from meshkit.lab.display import LabError
 from meshkit.lab.mesh import Mesh
 
+__all__ = [
+    "ERROR_RATIO_RED",
+    "FLAG_COLORS",
+    "FLAG_MEANINGS",
+    "IDLE_GRACE",
+    "PALETTE",
+    "LiveChart",
+    "edge_label",
+    "edge_latency",
+    "flag_counts",
+    "response_flags",
+    "service_graph",
+    "traffic_split",
+]
+
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6"]
 ERROR_RATIO_RED = 0.05
 IDLE_GRACE = 5.0

@@ -13,6 +13,11 @@ from typing import Any
 
 import yaml
 
+__all__ = [
+    "Findings", "LabError", "Plain", "Rule", "ShownAsTable", "Table", "message_line", "show_errors_as_html",
+    "to_yaml",
+]
+
 _SEVERITY_COLOUR = {"Error": "#b00020", "Warning": "#a15c00", "Info": "#1f5f99"}
 
 

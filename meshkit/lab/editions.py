@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,10 @@ import nbformat
 
 from meshkit.lab import catalog
 
-__all__ = ["EditionError", "exercise_cells", "lab_of", "learner", "main", "placeholder", "reference", "write"]
+__all__ = [
+    "EditionError", "exercise_cells", "lab_of", "learner", "learner_cells", "main", "placeholder",
+    "reference", "write",
+]
 
 Edition = Literal["learner", "reference"]
 EXERCISE_TAG = "exercise"
@@ -126,6 +130,19 @@ def learner(nb: Any, path: Path | None = None) -> Any:
 def reference(nb: Any, path: Path | None = None) -> Any:
     """The reference edition: every exercise cell holds its step's solution from the catalog."""
     return _edition(nb, lab_of(nb, path), "reference", str(path or "notebook"))
+
+
+def learner_cells(notebook: dict[str, Any], name: str) -> tuple[dict[str, Any], int]:
+    """`meshkit workshop export-student`'s transform: the learner edition of a catalog lab (others
+    unchanged), and how many exercise cells held something other than their placeholder."""
+    nb = nbformat.from_dict(notebook)
+    exercised = any("exercise" in c.get("metadata", {}).get("meshkit", {}) for c in nb.cells)
+    if not exercised and not nb.metadata.get("meshkit", {}).get("lab"):
+        return notebook, 0  # not a notebook with exercises: nothing to empty
+    made = learner(nb, Path(name))
+    emptied = sum(1 for old, new in zip(nb.cells, made.cells, strict=True)
+                  if "exercise" in new.metadata.get("meshkit", {}) and old.source != new.source)
+    return dict(json.loads(nbformat.writes(made))), emptied
 
 
 def write(which: Edition, source: Path, out: Path) -> Path:

@@ -17,6 +17,8 @@ from typing import Any
 
 from meshkit.runtime.state import StateDir
 
+__all__ = ["ProgressStore"]
+
 
 class ProgressStore:
     def __init__(self, state: StateDir | None = None) -> None:

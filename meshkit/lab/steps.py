@@ -28,7 +28,7 @@ from meshkit.lab.display import LabError, Plain
 from meshkit.lab.mesh import Mesh, connect
 from meshkit.lab.progress import ProgressStore
 
-__all__ = ["CheckResult", "Lab", "Note", "Step", "instructor_mode", "strict_mode"]
+__all__ = ["CheckResult", "Lab", "Note", "Step", "default_retry", "instructor_mode", "strict_mode"]
 
 CheckFn = Callable[[Mesh], Any]
 Listener = Callable[["CheckResult"], None]
