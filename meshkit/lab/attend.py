@@ -68,6 +68,10 @@ class Room:
         for text in self.new_messages():
             print(f"📣 instructor: {text}")
 
+    def solution_seen(self, step: Step) -> None:
+        """Tell the instructor that this learner revealed ``step``'s solution (the dashboard marks it)."""
+        self.who.report(self.lab.name, step.id, False, at=None, kind="solution")
+
     def outline(self) -> None:
         self.who.outline(self.lab.name, list(self.lab.steps))
 

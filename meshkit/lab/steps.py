@@ -276,6 +276,8 @@ class Lab:
     def solution_seen(self, step: Step) -> None:
         """Record that the learner saw ``step``'s solution (the workshop dashboard shows it)."""
         self.store.mark(self.name, step.id, solution_seen=time.time())
+        if self.room is not None:
+            self.room.solution_seen(step)
 
     def recheck(self) -> list[CheckResult]:
         """Check again, once and without raising, every step with recorded progress: progress is

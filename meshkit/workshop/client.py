@@ -189,10 +189,12 @@ class Attendee:
 
     # -- reporting --------------------------------------------------------------------------------
 
-    def report(self, lab: str, step: str, passed: bool, reason: str = "", at: float | None = None) -> bool:
-        """Record one check result (``at``: when it was checked, default now); True if the server has
+    def report(self, lab: str, step: str, passed: bool, reason: str = "", at: float | None = None, *,
+               kind: str = "check") -> bool:
+        """Record one check result (``at``: when it was checked, default now), or with
+        ``kind="solution"`` that the learner revealed the step's solution; True if the server has
         it now, False if it is queued for retry. Raises `events.InputError` only for bad ids."""
-        event = events.new_result(lab, step, bool(passed), reason[: events.MAX_REASON], at)
+        event = events.new_result(lab, step, bool(passed), reason[: events.MAX_REASON], at, kind=kind)
         with _database(self.state_dir) as db:
             db.execute("INSERT INTO queue (attendee_id, event_id, body) VALUES (?, ?, ?)",
                        (self.id, event.id, json.dumps(event.to_wire())))

@@ -191,3 +191,33 @@ async def test_csv_export_has_every_attendee_and_step_and_defuses_formulas(
         ("Ada, Countess", "s1", "passed"), ("Ada, Countess", "s2", "not started"),
         ("'=HYPERLINK(\"http://x\")", "s1", "not started"), ("'=HYPERLINK(\"http://x\")", "s2", "failing")]
     assert rows[3]["last_reason"] == "'-1 replicas" and rows[0]["passed_at"].endswith("+00:00")
+
+
+async def test_a_step_that_fails_after_passing_is_regressed_and_revealed_solutions_show(
+        workshop: RunningWorkshop, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Progress is state: pass then fail shows ``r`` (regressed), not a stale tick; a revealed
+    solution is listed once per attendee and step (a retried delivery counts once)."""
+    learner = await join(workshop, "learner", tmp_path / "learner")
+    results_url = f"{workshop.url}/api/attendees/{learner.id}/results"
+    other = await join(workshop, "other", tmp_path / "other")
+    await in_thread(learner.outline, LAB, STEPS)
+    assert await in_thread(learner.report, LAB, "apply-v1", True)
+    assert await in_thread(learner.report, LAB, "apply-v1", False, "the VirtualService is gone")
+    assert await in_thread(other.report, LAB, "apply-v1", False, "not yet")
+    assert await in_thread(learner.report, LAB, "shift-10", False, kind="solution")
+    status, answer = await in_thread(client._request, "POST", results_url,
+                                     {"results": [{"id": "solution-0001", "lab": LAB, "step": "shift-10",
+                                                   "passed": False, "kind": "solution"}]}, learner._token)
+    assert status == 200 and answer == {"accepted": 0, "duplicates": 1}
+    state = await board(workshop, http)
+    column = state["columns"].index([LAB, "apply-v1"])
+    rows = {row["name"]: row for row in state["attendees"]}
+    assert rows["learner"]["cells"][column][:2] == ["r", "the VirtualService is gone"]
+    assert rows["other"]["cells"][column][0] == "f"
+    assert rows["learner"]["passed"] == 0
+    assert [(s["name"], s["lab"], s["step"]) for s in state["solutions"]] == [("learner", LAB, "shift-10")]
+    assert any(item["kind"] == "solution" and item["name"] == "learner" for item in state["feed"])
+    status, answer = await in_thread(client._request, "POST", results_url,
+                                     {"results": [{"id": "solution-0002", "lab": LAB, "step": "x",
+                                                   "passed": False, "kind": "hint"}]}, learner._token)
+    assert status == 400 and "results[0].kind" in str(answer)
