@@ -335,6 +335,9 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+FIRST_LAB = "00-welcome.ipynb"
+
+
 @app.command()
 def lab(
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser.")] = False,
@@ -356,6 +359,8 @@ def lab(
     up(app_sets=None, replicas=None, timeout=60.0)
     argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={folder.resolve()}",
             f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1"]
+    if (folder / FIRST_LAB).is_file():  # open the first lab, not the generic Launcher
+        argv.append(f"--ServerApp.default_url=/lab/tree/{FIRST_LAB}")
     if no_browser:
         argv.append("--no-browser")
     if os.geteuid() == 0:

@@ -1,4 +1,5 @@
-"""`meshkit lab --no-browser` starts the mesh and serves JupyterLab on labs/ (token: $JUPYTER_TOKEN)."""
+"""`meshkit lab --no-browser` starts the mesh and serves JupyterLab on labs/ (token: $JUPYTER_TOKEN),
+opening lab 00 rather than the Launcher."""
 
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def test_meshkit_lab_serves_the_labs_over_http(lab_env: dict[str, str], tmp_path
             time.sleep(0.3)
         assert status == 200, (tmp_path / "lab.log").read_text()[-3000:]
         assert _get(f"{base}/api/contents")[0] == 403  # no token, no labs
+        with urllib.request.urlopen(f"{base}/?token={token}", timeout=5) as first:  # follows the redirect
+            assert first.url.split("?")[0].endswith("/lab/tree/00-welcome.ipynb"), first.url
         code, page = _get(f"{base}/lab/tree/02-canary.ipynb?token={token}")
         assert code == 200 and "JupyterLab" in page
         code, body = _get(f"{base}/api/contents?token={token}")

@@ -34,6 +34,18 @@ def fixed(mesh: Mesh, _lab: Lab) -> None:
                                       f"4.5 s")
 
 
+def half_aborted(mesh: Mesh, _lab: Lab) -> None:
+    """An abort fault on ratings fails about half of the calls to it since the change (exact
+    binomial test over the calls the callers' sidecars counted): all or none fails the check."""
+    checks.require_fault(mesh, "ratings", kind="abort")
+    window = checks.window_since_change(mesh)
+    edges = mesh.telemetry(window, destination="ratings", reporter="source")["edges"]
+    calls = sum(float(e.get("requests", 0)) for e in edges)
+    failed = sum(float(e.get("requests", 0)) * float(e.get("error_rate", 0)) for e in edges)
+    checks.require_share({"failed": failed, "answered": calls - failed}, "failed", 0.5,
+                         what="calls to ratings since your last change")
+
+
 LAB = LabSpec(
     name="04-fault-injection",
     title="Fault injection",
@@ -59,5 +71,12 @@ LAB = LabSpec(
                  hint="reviews v3 waits only 2.5 s for ratings: shorter than productpage's 3 s.",
                  solution='mesh.apply(rules.ab_test("reviews", header="end-user", value="jason", to="v3", '
                           'default="v1"))'),
+        StepSpec("challenge", "Challenge: half of the calls to ratings are aborted with HTTP 500",
+                 half_aborted,
+                 task="Abort 50 % of the calls to ratings with HTTP 500, then send 20 page views a second "
+                      "for 6 s as Jason (whose reviews version calls ratings).",
+                 hint='rules.fault(host, abort=..., percent=...); mesh.load(..., users={"jason": 1.0}).',
+                 solution='mesh.apply(rules.fault("ratings", abort=500, percent=50))\n'
+                          'mesh.load(rps=20, duration=6, users={"jason": 1.0}).wait()'),
     ),
 )

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["LAB", "REVIEWS"]
 
 REVIEWS = "http://reviews:9080/reviews/0"
+RATINGS = "http://ratings:9080/ratings/0"
 INSTANCE = "reviews-v1-0"
 
 
@@ -44,6 +45,15 @@ def rotated(mesh: Mesh, lab: Lab) -> None:
     security.require_namespace_mtls(mesh, "STRICT")
 
 
+def only_ratings_strict(mesh: Mesh, _lab: Lab) -> None:
+    """Behaviour, whatever the policies are called: plaintext still reaches reviews, ratings
+    refuses it, and the sidecar'd client reaches both."""
+    security.require_reaches(mesh, "legacy", REVIEWS)
+    security.require_refused(mesh, "legacy", RATINGS, "ratings")
+    security.require_reaches(mesh, "sleep", RATINGS)
+    security.require_reaches(mesh, "sleep", REVIEWS)
+
+
 LAB = LabSpec(
     name="06-mtls",
     title="Mutual TLS",
@@ -64,7 +74,8 @@ LAB = LabSpec(
                                "client", permissive,
                  task="Apply the namespace's PeerAuthentication in PERMISSIVE mode.",
                  hint="rules.mtls(mode) builds the namespace's PeerAuthentication.",
-                 solution='rule = rules.mtls("PERMISSIVE")\nmesh.apply(rule)\nrule'),
+                 solution='rule = rules.mtls("PERMISSIVE")\nmesh.apply(rule)\nrule',
+                 traffic="security.exchange(mesh, [REVIEWS], count=8)"),
         StepSpec("strict", "STRICT: sleep still gets in, legacy is refused", strict,
                  task="Switch the namespace to STRICT.",
                  hint="The same PeerAuthentication, another mode.",
@@ -83,5 +94,13 @@ LAB = LabSpec(
                       "for a new certificate.",
                  solution='mesh.load(rps=10, duration=8)                 # Bookinfo page views for 8 s\n'
                           'security.rotate(mesh, "reviews-v1-0")       # POST /certs/rotate on its sidecar'),
+        StepSpec("challenge",
+                 "Challenge: only ratings is STRICT; the rest of the namespace accepts plaintext",
+                 only_ratings_strict,
+                 task="Leave the namespace PERMISSIVE and make only the workload ratings STRICT. The check "
+                      "calls reviews and ratings from legacy and from sleep.",
+                 hint='rules.mtls(mode, workload="ratings") selects one app; the namespace-wide one has no '
+                      "selector.",
+                 solution='mesh.apply([rules.mtls("PERMISSIVE"), rules.mtls("STRICT", workload="ratings")])'),
     ),
 )

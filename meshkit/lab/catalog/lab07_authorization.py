@@ -94,6 +94,33 @@ spec:
         methods: ["GET"]
 """
 
+def debug_header_denied(mesh: Mesh, _lab: Lab) -> None:
+    """Behaviour: with an x-debug header sleep is refused by details, without one it still reads it."""
+    status, body = security.call(mesh, "sleep", DETAILS, headers={"x-debug": "1"})
+    checks.expect(status == 403 and body == RBAC,
+                  f"sleep → details with an x-debug header answered {status}; the challenge wants 403 "
+                  f"{RBAC!r}")
+    security.require_reaches(mesh, "sleep", DETAILS)
+
+
+DENY_DEBUG = """%%mesh apply
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-debug
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: details
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[x-debug]
+      values: ["*"]
+"""
+
+
 LAB = LabSpec(
     name="07-authorization",
     title="Authorization",
@@ -146,5 +173,13 @@ LAB = LabSpec(
                  hint="rules.deny(to, paths=[...], name=...) — a trailing * matches a prefix.",
                  solution='deny_api = rules.deny("productpage", paths=["/api/v1/products*"], '
                           'name="deny-products-api")\nmesh.apply(deny_api)\ndeny_api'),
+        StepSpec("challenge", "Challenge: details refuses any request that carries an x-debug header",
+                 debug_header_denied, exercise="yaml",
+                 task="Write a DENY policy on details for requests that carry the header x-debug (any "
+                      "value); "
+                      "sleep keeps reading details without it.",
+                 hint='A DENY rule with `when: [{key: "request.headers[x-debug]", values: ["*"]}]` and a '
+                      "selector for app: details.",
+                 solution=DENY_DEBUG),
     ),
 )
