@@ -360,7 +360,7 @@ def lab(
     argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={folder.resolve()}",
             f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1"]
     if (folder / FIRST_LAB).is_file():  # open the first lab, not the generic Launcher
-        argv.append(f"--ServerApp.default_url=/lab/tree/{FIRST_LAB}")
+        argv.append(f"--LabApp.default_url=/lab/tree/{FIRST_LAB}")
     if no_browser:
         argv.append("--no-browser")
     if os.geteuid() == 0:
