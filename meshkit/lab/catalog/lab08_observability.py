@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meshkit.lab import checks, observe
+from meshkit.lab import checks, observe, resilience
 from meshkit.lab.catalog import LabSpec, StepSpec
 from meshkit.lab.catalog._common import predict, require_passed_before, require_variable
 
@@ -60,6 +60,16 @@ def recovered(mesh: Mesh, lab: Lab) -> None:
     checks.expect(not errors, f"calls to ratings still fail in the last 6 s: {errors}")
 
 
+def half_delayed(mesh: Mesh, _lab: Lab) -> None:
+    """A delay fault on ratings holds about half of the calls to it (flag DI), judged by an exact
+    binomial test over the calls the callers' sidecars counted since the change."""
+    checks.require_fault(mesh, "ratings", kind="delay")
+    seen = resilience.outcomes(mesh, "ratings")
+    delayed = sum(n for flag, n in seen.flags.items() if "DI" in flag.split(","))
+    checks.require_share({"DI": delayed, "not delayed": seen.requests - delayed}, "DI", 0.5,
+                         what="calls to ratings since your last change (flag DI = delay injected)")
+
+
 LAB = LabSpec(
     name="08-observability",
     title="Observability",
@@ -94,5 +104,14 @@ LAB = LabSpec(
                  task="Bring ratings back (the next cell sends traffic).",
                  hint="mesh.restart(instance); the check reads the edges to ratings.",
                  solution="mesh.restart(RATINGS)"),
+        StepSpec("challenge", "Challenge: half of the calls to ratings are delayed 2 s, seen as "
+                              "DI", half_delayed,
+                 task="Delay half of the calls to ratings by 2 s and send 15 page views a second for 6 s; "
+                      "then "
+                      "find the delay with what you learned (flags, RED numbers, a trace).",
+                 hint="rules.fault(host, delay=..., percent=...); the response-flags chart shows DI.",
+                 solution='mesh.apply(rules.fault("ratings", delay="2s", percent=50))\n'
+                          "mesh.load(rps=15, duration=6).wait()\n"
+                          'response_flags(mesh, "ratings", window=10, live=False)'),
     ),
 )
