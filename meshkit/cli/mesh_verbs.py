@@ -365,4 +365,9 @@ def lab(
         argv.append("--no-browser")
     if os.geteuid() == 0:
         argv.append("--allow-root")
+    # JupyterLab's terminals inherit this PATH: `meshkit` (and this Python) must be found there,
+    # as the labs' hints send learners to the terminal
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
     os.execv(sys.executable, argv)

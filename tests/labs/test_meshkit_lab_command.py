@@ -1,5 +1,5 @@
 """`meshkit lab --no-browser` starts the mesh and serves JupyterLab on labs/ (token: $JUPYTER_TOKEN),
-opening lab 00 rather than the Launcher."""
+opening lab 00 rather than the Launcher, with this environment's bin on the PATH its terminals get."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def test_meshkit_lab_serves_the_labs_over_http(lab_env: dict[str, str], tmp_path
     token = secrets.token_hex(16)
     env = {**os.environ, **lab_env, "JUPYTER_TOKEN": token, "IPYTHONDIR": str(tmp_path / "ipython"),
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    bin_dir = str(Path(sys.executable).parent)  # started from elsewhere: the venv's bin is not on PATH
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)
     argv = [sys.executable, "-m", "meshkit.cli", "lab", "--no-browser", "--port", str(port)]
     log = (tmp_path / "lab.log").open("w")
     proc = subprocess.Popen(argv, cwd=LABS.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -62,6 +64,9 @@ def test_meshkit_lab_serves_the_labs_over_http(lab_env: dict[str, str], tmp_path
         assert _get(f"{base}/api/contents")[0] == 403  # no token, no labs
         with urllib.request.urlopen(f"{base}/?token={token}", timeout=5) as first:  # follows the redirect
             assert first.url.split("?")[0].endswith("/lab/tree/00-welcome.ipynb"), first.url
+        served_env = dict(item.split("=", 1) for item in
+                          Path(f"/proc/{proc.pid}/environ").read_text().split("\0") if "=" in item)
+        assert bin_dir in served_env["PATH"].split(os.pathsep)  # JupyterLab's terminals find meshkit
         code, page = _get(f"{base}/lab/tree/02-canary.ipynb?token={token}")
         assert code == 200 and "JupyterLab" in page
         code, body = _get(f"{base}/api/contents?token={token}")
