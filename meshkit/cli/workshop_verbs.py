@@ -34,14 +34,21 @@ def serve(
     title: Annotated[str, typer.Option(help="Title shown on the dashboard (for a new workshop).")]
     = "meshkit workshop",
 ) -> None:
-    """Run the instructor server: prints the instructor token, the join code and the dashboard URL."""
+    """Run the instructor server: prints the instructor token, the join code and the dashboard URL.
+    The labs and their steps come from meshkit's lab catalog: attendees cannot add steps, and a
+    release or lock of a lab or step that does not exist is refused with the valid ids."""
+    from meshkit.lab import catalog  # noqa: PLC0415
     from meshkit.workshop.server import serve as run  # noqa: PLC0415
+
+    outlines = {name: [step.id for step in spec.steps]
+                for name in catalog.names() if (spec := catalog.get(name)) is not None}
 
     directory = state_dir or _default_state_dir()
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {host} over plain HTTP; put it behind HTTPS outside a trusted room")
     try:
-        run(host, port, directory, title=title, announce=lambda line: print(line, flush=True))
+        run(host, port, directory, title=title, outlines=outlines,
+            announce=lambda line: print(line, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot serve the workshop on {host}:{port}: {error}")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,6 +39,7 @@ SHUTDOWN_TIMEOUT = 3.0
 STORE: web.AppKey[WorkshopStore] = web.AppKey("store", WorkshopStore)
 FEED: web.AppKey[live.ChangeFeed] = web.AppKey("feed", live.ChangeFeed)
 BOARD: web.AppKey[board.BoardCache] = web.AppKey("board", board.BoardCache)
+OUTLINES: web.AppKey[dict[str, list[str]]] = web.AppKey("outlines", dict)  # empty: attendees announce labs
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -144,11 +145,33 @@ async def attendee_results(request: web.Request) -> web.Response:
 
 
 async def attendee_outline(request: web.Request) -> web.Response:
+    """A notebook announces its lab's steps. When the server owns the outlines (``outlines`` at
+    start: meshkit's lab catalog), a known lab keeps the server's steps — attendees cannot add or
+    reorder columns — and an unknown lab is refused with the list of labs."""
     _require_attendee(request)
     lab, steps = events.parse_outline(await _json(request, "outline"))
+    owned = request.app[OUTLINES]
+    if owned:
+        if lab not in owned:
+            raise events.InputError("outline.lab",
+                                    f"no lab {lab!r} in this workshop (labs: {', '.join(owned)})")
+        return web.json_response({"lab": lab, "steps": owned[lab]})
     request.app[STORE].set_outline(lab, steps)
     _changed(request)
     return web.json_response({"lab": lab, "steps": steps})
+
+
+def _require_known(request: web.Request, lab: str, step: str | None, where: str) -> None:
+    """With server-owned outlines, an instructor action on a lab or step that does not exist is a 404
+    that lists the valid ids."""
+    owned = request.app[OUTLINES]
+    if not owned:
+        return
+    if lab not in owned:
+        raise _error(web.HTTPNotFound, f"{where}.lab: no lab {lab!r} (labs: {', '.join(owned)})")
+    if step and step not in owned[lab]:
+        raise _error(web.HTTPNotFound, f"{where}.step: lab {lab!r} has no step {step!r} "
+                                       f"(steps: {', '.join(owned[lab])})")
 
 
 async def attendee_view(request: web.Request) -> web.Response:
@@ -191,6 +214,7 @@ async def instructor_release(request: web.Request) -> web.Response:
         raise events.InputError("release", 'expected {"lab": ..., "step": ...} (no step: the whole lab)')
     lab = events.check_id(doc.get("lab"), "release.lab")
     step = WHOLE_LAB if doc.get("step") in (None, "") else events.check_id(doc.get("step"), "release.step")
+    _require_known(request, lab, step, "release")
     request.app[STORE].release(lab, step)
     _changed(request)
     return web.json_response({"lab": lab, "step": step or None})
@@ -205,6 +229,7 @@ async def instructor_lock(request: web.Request) -> web.Response:
     locked = doc.get("locked", True)
     if not isinstance(locked, bool):
         raise events.InputError("lock.locked", "expected true or false")
+    _require_known(request, lab, None, "lock")
     request.app[STORE].set_locked(lab, locked)
     _changed(request)
     return web.json_response({"lab": lab, "locked": locked})
@@ -222,10 +247,14 @@ async def instructor_reset(request: web.Request) -> web.Response:
 # -- the app ----------------------------------------------------------------------------------------
 
 
-def create_app(store: WorkshopStore) -> web.Application:
-    """The server's routes over ``store``; the store stays the caller's to close."""
+def create_app(store: WorkshopStore, outlines: Mapping[str, Sequence[str]] | None = None) -> web.Application:
+    """The server's routes over ``store``; the store stays the caller's to close. ``outlines``
+    (lab -> steps in order) makes the server own the labs' columns (see `attendee_outline`)."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_as_json])
     app[STORE] = store
+    app[OUTLINES] = {lab: list(steps) for lab, steps in (outlines or {}).items()}
+    for lab, steps in app[OUTLINES].items():
+        store.set_outline(lab, steps)
     app[FEED] = live.ChangeFeed()
     app[BOARD] = board.BoardCache(store)
     dashboard.add_routes(app)
@@ -282,10 +311,11 @@ class RunningWorkshop:
 
 
 async def run_workshop(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | str = ".",
-                       *, title: str = "meshkit workshop") -> RunningWorkshop:
+                       *, title: str = "meshkit workshop",
+                       outlines: Mapping[str, Sequence[str]] | None = None) -> RunningWorkshop:
     """Open (or create) the workshop in ``state_dir`` and serve it on ``host:port`` (0 = a free port)."""
     store = WorkshopStore(state_dir, title=title)
-    runner = web.AppRunner(create_app(store), shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None,
+    runner = web.AppRunner(create_app(store, outlines), shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None,
                            handle_signals=False, handler_cancellation=True)
     try:
         await runner.setup()
@@ -298,7 +328,8 @@ async def run_workshop(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state
 
 
 def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit workshop",
-          announce: Callable[[str], None] = print) -> None:
+          announce: Callable[[str], None] = print,
+          outlines: Mapping[str, Sequence[str]] | None = None) -> None:
     """Run until SIGINT/SIGTERM (``meshkit workshop serve``), printing the token, code and URLs."""
 
     async def main() -> None:
@@ -306,7 +337,7 @@ def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        running = await run_workshop(host, port, state_dir, title=title)
+        running = await run_workshop(host, port, state_dir, title=title, outlines=outlines)
         workshop = running.store.workshop
         announce(f"workshop:         {workshop.title} (state: {running.store.directory})")
         announce(f"instructor token: {workshop.instructor_token}")

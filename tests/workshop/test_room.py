@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from meshkit.workshop import client
-from meshkit.workshop.server import RunningWorkshop
+from meshkit.workshop.server import RunningWorkshop, run_workshop
 from tests.workshop.conftest import board, executor, in_thread, instructor, join
 
 LAB = "02-canary"
@@ -221,3 +221,35 @@ async def test_a_step_that_fails_after_passing_is_regressed_and_revealed_solutio
                                      {"results": [{"id": "solution-0002", "lab": LAB, "step": "x",
                                                    "passed": False, "kind": "hint"}]}, learner._token)
     assert status == 400 and "results[0].kind" in str(answer)
+
+
+async def test_a_server_that_owns_the_outlines_keeps_its_columns_and_names_the_valid_ids(
+        tmp_path: Path) -> None:
+    """``meshkit workshop serve`` passes meshkit's lab catalog: an attendee cannot add or reorder a
+    lab's steps, and releasing or locking a lab or step that does not exist is a 404 listing the ids."""
+    outlines = {LAB: STEPS, "03-mirroring": ["mirror-100", "mirror-50"]}
+    async with await run_workshop("127.0.0.1", 0, tmp_path / "server", outlines=outlines) as running, \
+            aiohttp.ClientSession() as http:
+        learner = await join(running, "learner", tmp_path / "learner")
+        state = await board(running, http)
+        assert state["columns"] == [["02-canary", s] for s in STEPS] + [["03-mirroring", "mirror-100"],
+                                                                       ["03-mirroring", "mirror-50"]]
+        status, answer = await in_thread(client._request, "POST",
+                                         f"{running.url}/api/attendees/{learner.id}/outline",
+                                         {"lab": LAB, "steps": ["promote", "my-own-step"]}, learner._token)
+        assert status == 200 and answer == {"lab": LAB, "steps": STEPS}
+        status, answer = await in_thread(client._request, "POST",
+                                         f"{running.url}/api/attendees/{learner.id}/outline",
+                                         {"lab": "99-mine", "steps": ["x"]}, learner._token)
+        assert status == 400 and "labs: 02-canary, 03-mirroring" in str(answer)
+        assert (await board(running, http))["columns"] == state["columns"]
+        for path, body, expected in (
+                ("release", {"lab": LAB, "step": "shift-99"}, "steps: apply-v1, shift-10, shift-50, promote"),
+                ("release", {"lab": "99-mine"}, "labs: 02-canary, 03-mirroring"),
+                ("lock", {"lab": "99-mine", "locked": True}, "lock.lab: no lab '99-mine'")):
+            async with http.post(f"{running.url}/api/instructor/{path}", json=body,
+                                 headers=instructor(running)) as response:
+                assert response.status == 404 and expected in await response.text()
+        async with http.post(f"{running.url}/api/instructor/release", json={"lab": LAB, "step": "shift-10"},
+                             headers=instructor(running)) as response:
+            assert response.status == 200
