@@ -62,7 +62,11 @@ def default_state_dir() -> Path:
 @contextmanager
 def _database(state_dir: Path) -> Iterator[sqlite3.Connection]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    connection = sqlite3.connect(state_dir / CLIENT_DB, timeout=10, isolation_level=None)
+    state_dir.chmod(0o700)  # the attendee token lives here, even if the directory existed before
+    database = state_dir / CLIENT_DB
+    database.touch(mode=0o600, exist_ok=True)
+    database.chmod(0o600)
+    connection = sqlite3.connect(database, timeout=10, isolation_level=None)
     try:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(_SCHEMA)

@@ -22,6 +22,7 @@ MAX_REASON = 2000
 MAX_MESSAGE = 1000   # a broadcast
 MAX_BATCH = 200      # result events per request
 MAX_OUTLINE = 100    # steps announced per lab
+EARLIEST = 1_577_836_800.0  # 2020-01-01 UTC: a result checked before that is a clock or unit error
 
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _EVENT_FIELDS = {"id", "lab", "step", "passed", "reason", "at", "kind"}
@@ -113,6 +114,9 @@ def parse_result(doc: object, where: str) -> ResultEvent:
     at = doc.get("at", time.time())
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) or at < 0:
         raise InputError(f"{where}.at", "expected a Unix time in seconds")
+    if at < EARLIEST:
+        raise InputError(f"{where}.at", f"{at} is before 2020: expected a Unix time in seconds "
+                                        "(a clock or unit error, e.g. 0 or milliseconds divided twice)")
     kind = doc.get("kind", "check")
     if kind not in EVENT_KINDS:
         raise InputError(f"{where}.kind", f"expected one of {', '.join(EVENT_KINDS)}")

@@ -87,7 +87,11 @@ class WorkshopStore:
     def __init__(self, directory: Path | str, *, title: str = "meshkit workshop") -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(self.directory / DATABASE_FILE, isolation_level=None)
+        self.directory.chmod(0o700)  # private even when the directory existed before (mkdir keeps its mode)
+        database = self.directory / DATABASE_FILE
+        database.touch(mode=0o600, exist_ok=True)
+        database.chmod(0o600)  # it holds the instructor token; SQLite's -wal/-shm files copy this mode
+        self._db = sqlite3.connect(database, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
