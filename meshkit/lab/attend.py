@@ -1,7 +1,8 @@
 """Taking part in a workshop from a notebook: `join()`, `instructor()` and wiring a `Lab` to the room.
 
 A joined learner's labs report every check result to the instructor's server, unlock solutions as
-the instructor releases them, and show the instructor's broadcasts — through the seams `Lab` has
+the instructor releases them, and show the instructor's broadcasts (each once per learner, across
+labs: the ids shown are kept in the attendee's state dir) — through the seams `Lab` has
 (`on_check`, `solution_lock`) and `meshkit.workshop.client`, which queues and retries on its own.
 Nothing changes for a learner who never joined (no workshop identity in $MESHKIT_HOME and no
 ``MESHKIT_WORKSHOP_URL``). It must not block a cell for long nor raise for network trouble.
@@ -10,7 +11,9 @@ Nothing changes for a learner who never joined (no workshop identity in $MESHKIT
 from __future__ import annotations
 
 import html
+import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshkit.lab.display import LabError
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 RELEASE_LATER = "The instructor will release this solution during the workshop."
 NOT_OPEN_YET = "The instructor has not opened this lab yet — you can read ahead."
+SHOWN_FILE = "broadcasts-shown.json"
 
 
 def join(url: str, code: str, name: str) -> client.Attendee:
@@ -60,7 +64,21 @@ class Room:
     def __init__(self, lab: Lab, who: client.Attendee) -> None:
         self.lab = lab
         self.who = who
-        self.shown: set[Any] = set()
+        self.seen_file = Path(who.state_dir) / SHOWN_FILE  # shared by every lab of this learner
+
+    @property
+    def shown(self) -> set[Any]:
+        """Broadcast ids already shown to this learner, in any lab (an old one is not news later)."""
+        try:
+            ids = json.loads(self.seen_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return set()
+        return set(ids) if isinstance(ids, list) else set()
+
+    def _mark_shown(self, ids: set[Any]) -> None:
+        tmp = self.seen_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(ids, key=str)))
+        os.replace(tmp, self.seen_file)
 
     def report(self, result: CheckResult) -> None:
         self.outline()
@@ -79,8 +97,10 @@ class Room:
         return None if self.who.released(self.lab.name, step.id) else RELEASE_LATER
 
     def new_messages(self) -> list[str]:
-        fresh = [m for m in self.who.messages() if m.get("id") not in self.shown]
-        self.shown.update(m.get("id") for m in fresh)
+        shown = self.shown
+        fresh = [m for m in self.who.messages() if m.get("id") not in shown]
+        if fresh:
+            self._mark_shown(shown | {m.get("id") for m in fresh})
         return [str(m.get("text", "")) for m in fresh]
 
     def banner_html(self) -> str:

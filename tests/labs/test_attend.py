@@ -58,6 +58,17 @@ async def test_a_joined_lab_reports_checks_and_follows_releases_and_broadcasts(
         solution, banner = await asyncio.to_thread(after_release)
         assert "SOLUTION-B" in solution
         assert "Break until &lt;b&gt;10:30&lt;/b&gt;" in banner
+
+        def next_lab() -> str:  # the next lab (another Lab, as a new notebook) does not repeat it
+            later = Lab("t-next-lab", Mesh("http://127.0.0.1:9"))
+            later.step("s", "s", check=lambda m: None)
+            assert later.room is not None
+            later.room.who.refresh(max_age=0)
+            return str(later.progress().children[0].value)
+
+        assert "Break until" not in await asyncio.to_thread(next_lab)
+        running.store.broadcast("Lunch")
+        assert "Lunch" in await asyncio.to_thread(next_lab)
     finally:
         await running.close()
 
