@@ -13,6 +13,8 @@ from __future__ import annotations
 import html
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 RELEASE_LATER = "The instructor will release this solution during the workshop."
 NOT_OPEN_YET = "The instructor has not opened this lab yet — you can read ahead."
 SHOWN_FILE = "broadcasts-shown.json"
+WATCH_EVERY = 3.0        # seconds between polls for new broadcasts while a progress widget is shown
+WATCH_MAX = 4 * 3600.0   # a watcher stops after a workshop day
 
 
 def join(url: str, code: str, name: str) -> client.Attendee:
@@ -65,6 +69,7 @@ class Room:
         self.lab = lab
         self.who = who
         self.seen_file = Path(who.state_dir) / SHOWN_FILE  # shared by every lab of this learner
+        self._watching: threading.Event | None = None
 
     @property
     def shown(self) -> set[Any]:
@@ -84,7 +89,7 @@ class Room:
         self.outline()
         self.who.report(result.lab, result.step, result.passed, result.reason, at=result.at)
         for text in self.new_messages():
-            print(f"📣 instructor: {text}")
+            print(f"Instructor: {text}")
 
     def solution_seen(self, step: Step) -> None:
         """Tell the instructor that this learner revealed ``step``'s solution (the dashboard marks it)."""
@@ -105,9 +110,37 @@ class Room:
 
     def banner_html(self) -> str:
         lines = [NOT_OPEN_YET] if self.who.locked(self.lab.name) else []
-        lines += [f"📣 {text}" for text in self.new_messages()]
-        style = "background:#fff6d5;padding:4px 8px"
-        return "".join(f'<div style="{style}">{html.escape(t)}</div>' for t in lines)
+        lines += [f"Instructor: {text}" for text in self.new_messages()]
+        return "".join(_banner_line(t) for t in lines)
+
+    def watch(self, banner: Any, every: float = WATCH_EVERY,
+              max_seconds: float = WATCH_MAX) -> threading.Event:
+        """Push new broadcasts into the ``banner`` widget as they arrive, without the learner running
+        a cell: a daemon thread polls the server every ``every`` s for at most ``max_seconds``.
+        Returns the event that stops it (a later `watch` stops the earlier one)."""
+        if self._watching is not None:
+            self._watching.set()
+        stop = threading.Event()
+        self._watching = stop
+
+        def poll() -> None:
+            deadline = time.monotonic() + max_seconds
+            while not stop.wait(every) and time.monotonic() < deadline:
+                try:
+                    self.who.refresh(max_age=every / 2)
+                    fresh = self.new_messages()
+                except Exception as exc:  # a network hiccup must not kill the watcher
+                    self.who.last_error = str(exc)
+                    continue
+                if fresh:
+                    banner.value += "".join(_banner_line(f"Instructor: {text}") for text in fresh)
+
+        threading.Thread(target=poll, name=f"meshkit-broadcasts-{self.lab.name}", daemon=True).start()
+        return stop
+
+
+def _banner_line(text: str) -> str:
+    return f'<div style="background:#fff6d5;padding:4px 8px">{html.escape(text)}</div>'
 
 
 def attach(lab: Lab) -> Room | None:

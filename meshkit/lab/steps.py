@@ -342,7 +342,9 @@ class Lab:
         if self.room is None:
             return widgets.VBox([bar, lines])
         self.room.outline()
-        return widgets.VBox([widgets.HTML(self.room.banner_html()), bar, lines])
+        banner = widgets.HTML(self.room.banner_html())
+        self.room.watch(banner)  # later broadcasts appear in it without running a cell
+        return widgets.VBox([banner, bar, lines])
 
     def _refresh_widget(self) -> None:
         if self._widget is None:
