@@ -370,4 +370,6 @@ def lab(
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
+    print("JupyterLab is starting; stopping it (Ctrl-C) leaves the mesh running: `meshkit down` stops it.",
+          flush=True)
     os.execv(sys.executable, argv)

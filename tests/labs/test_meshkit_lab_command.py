@@ -67,6 +67,7 @@ def test_meshkit_lab_serves_the_labs_over_http(lab_env: dict[str, str], tmp_path
         served_env = dict(item.split("=", 1) for item in
                           Path(f"/proc/{proc.pid}/environ").read_text().split("\0") if "=" in item)
         assert bin_dir in served_env["PATH"].split(os.pathsep)  # JupyterLab's terminals find meshkit
+        assert "`meshkit down` stops it" in (tmp_path / "lab.log").read_text()  # says how to stop the mesh
         code, page = _get(f"{base}/lab/tree/02-canary.ipynb?token={token}")
         assert code == 200 and "JupyterLab" in page
         code, body = _get(f"{base}/api/contents?token={token}")
