@@ -31,7 +31,8 @@ SURFACE: dict[str, list[str]] = {
         "require_rotation_without_errors", "rotate", "watch_rotation",
     ],
     "meshkit.lab.charts": [
-        "ERROR_RATIO_RED", "FLAG_COLORS", "FLAG_MEANINGS", "IDLE_GRACE", "LiveChart", "PALETTE",
+        "ERROR_RATIO_RED", "FLAG_COLORS", "FLAG_MEANINGS", "IDLE_GRACE", "LiveChart", "NODE_FAILING", "NODE_OK",
+        "PALETTE",
         "edge_label", "edge_latency", "flag_counts", "response_flags", "service_graph", "traffic_split",
     ],
     "meshkit.lab.checks": [
