@@ -33,6 +33,9 @@ def serve(
                             "serving the same dir again resumes the workshop.")] = None,
     title: Annotated[str, typer.Option(help="Title shown on the dashboard (for a new workshop).")]
     = "meshkit workshop",
+    max_attendees: Annotated[int, typer.Option(
+        "--max-attendees", min=1, max=500, help="Cap on attendees: a join beyond it is refused (409).")]
+    = 500,
 ) -> None:
     """Run the instructor server: prints the instructor token, the join code and the dashboard URL.
     The labs and their steps come from meshkit's lab catalog: attendees cannot add steps, and a
@@ -47,7 +50,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {host} over plain HTTP; put it behind HTTPS outside a trusted room")
     try:
-        run(host, port, directory, title=title, outlines=outlines,
+        run(host, port, directory, title=title, outlines=outlines, max_attendees=max_attendees,
             announce=lambda line: print(line, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot serve the workshop on {host}:{port}: {error}")

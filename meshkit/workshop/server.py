@@ -40,6 +40,7 @@ STORE: web.AppKey[WorkshopStore] = web.AppKey("store", WorkshopStore)
 FEED: web.AppKey[live.ChangeFeed] = web.AppKey("feed", live.ChangeFeed)
 BOARD: web.AppKey[board.BoardCache] = web.AppKey("board", board.BoardCache)
 OUTLINES: web.AppKey[dict[str, list[str]]] = web.AppKey("outlines", dict)  # empty: attendees announce labs
+CAP: web.AppKey[int] = web.AppKey("max_attendees", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -119,8 +120,9 @@ async def join(request: web.Request) -> web.Response:
     store = request.app[STORE]
     if not auth.same_secret(auth.normalize_code(code), store.workshop.join_code):
         raise _error(web.HTTPForbidden, "join.code: this is not the code of this workshop")
-    if store.rows("SELECT COUNT(*) FROM attendees")[0][0] >= MAX_ATTENDEES:
-        raise _error(web.HTTPConflict, f"join: the workshop is full ({MAX_ATTENDEES} attendees)")
+    cap = request.app[CAP]
+    if store.rows("SELECT COUNT(*) FROM attendees")[0][0] >= cap:
+        raise _error(web.HTTPConflict, f"join: the workshop is full ({cap} attendees)")
     attendee, token = store.add_attendee(name)
     _changed(request)
     return web.json_response({"attendee_id": attendee.id, "name": attendee.name, "token": token,
@@ -247,11 +249,16 @@ async def instructor_reset(request: web.Request) -> web.Response:
 # -- the app ----------------------------------------------------------------------------------------
 
 
-def create_app(store: WorkshopStore, outlines: Mapping[str, Sequence[str]] | None = None) -> web.Application:
+def create_app(store: WorkshopStore, outlines: Mapping[str, Sequence[str]] | None = None,
+               max_attendees: int = MAX_ATTENDEES) -> web.Application:
     """The server's routes over ``store``; the store stays the caller's to close. ``outlines``
-    (lab -> steps in order) makes the server own the labs' columns (see `attendee_outline`)."""
+    (lab -> steps in order) makes the server own the labs' columns (see `attendee_outline`);
+    ``max_attendees`` caps the room (the instructor sets it at start)."""
+    if not 1 <= max_attendees <= MAX_ATTENDEES:
+        raise ValueError(f"max_attendees: expected 1..{MAX_ATTENDEES}, got {max_attendees}")
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_as_json])
     app[STORE] = store
+    app[CAP] = max_attendees
     app[OUTLINES] = {lab: list(steps) for lab, steps in (outlines or {}).items()}
     for lab, steps in app[OUTLINES].items():
         store.set_outline(lab, steps)
@@ -312,10 +319,16 @@ class RunningWorkshop:
 
 async def run_workshop(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | str = ".",
                        *, title: str = "meshkit workshop",
-                       outlines: Mapping[str, Sequence[str]] | None = None) -> RunningWorkshop:
+                       outlines: Mapping[str, Sequence[str]] | None = None,
+                       max_attendees: int = MAX_ATTENDEES) -> RunningWorkshop:
     """Open (or create) the workshop in ``state_dir`` and serve it on ``host:port`` (0 = a free port)."""
     store = WorkshopStore(state_dir, title=title)
-    runner = web.AppRunner(create_app(store, outlines), shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None,
+    try:
+        app = create_app(store, outlines, max_attendees)
+    except ValueError:
+        store.close()
+        raise
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None,
                            handle_signals=False, handler_cancellation=True)
     try:
         await runner.setup()
@@ -329,7 +342,7 @@ async def run_workshop(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state
 
 def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit workshop",
           announce: Callable[[str], None] = print,
-          outlines: Mapping[str, Sequence[str]] | None = None) -> None:
+          outlines: Mapping[str, Sequence[str]] | None = None, max_attendees: int = MAX_ATTENDEES) -> None:
     """Run until SIGINT/SIGTERM (``meshkit workshop serve``), printing the token, code and URLs."""
 
     async def main() -> None:
@@ -337,11 +350,13 @@ def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        running = await run_workshop(host, port, state_dir, title=title, outlines=outlines)
+        running = await run_workshop(host, port, state_dir, title=title, outlines=outlines,
+                                     max_attendees=max_attendees)
         workshop = running.store.workshop
         announce(f"workshop:         {workshop.title} (state: {running.store.directory})")
         announce(f"instructor token: {workshop.instructor_token}")
         announce(f"join code:        {workshop.join_code}")
+        announce(f"room size:        up to {max_attendees} attendees")
         if host in ("0.0.0.0", "::", ""):
             announce("(replace the address below with this machine's address on the room's network)")
         announce(f"attendees join:   {running.url}  (meshkit.lab.join(url, code, name))")

@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from meshkit.workshop import client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +37,7 @@ def _serve(state_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str,
     """Start the CLI and read what it announces (bounded: 20 s)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "meshkit.cli", "workshop", "serve", "--port", str(port),
-         "--state-dir", str(state_dir), "--title", "Restart drill"],
+         "--state-dir", str(state_dir), "--title", "Restart drill", "--max-attendees", str(ROOM)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert process.stdout is not None
@@ -82,6 +84,9 @@ def test_a_crash_mid_workshop_loses_nothing_and_queued_results_arrive_after_rest
         assert announced["attendees join"].startswith(url)
         attendees = [client.join(url, code, f"learner {i}", state_dir=tmp_path / f"a{i}")
                      for i in range(ROOM)]
+        assert announced["room size"] == f"up to {ROOM} attendees"
+        with pytest.raises(client.WorkshopError, match=f"the workshop is full \\({ROOM} attendees\\)"):
+            client.join(url, code, "one too many", state_dir=tmp_path / "extra")
         assert all(a.report(LAB, "all-v1", True) for a in attendees)
         first.send_signal(signal.SIGKILL)  # a crash, not a clean stop
         first.wait(10)

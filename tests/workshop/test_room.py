@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from meshkit.workshop import client
 from meshkit.workshop.server import RunningWorkshop, run_workshop
@@ -253,3 +254,13 @@ async def test_a_server_that_owns_the_outlines_keeps_its_columns_and_names_the_v
         async with http.post(f"{running.url}/api/instructor/release", json={"lab": LAB, "step": "shift-10"},
                              headers=instructor(running)) as response:
             assert response.status == 200
+
+
+async def test_the_instructor_caps_the_room_at_start(tmp_path: Path) -> None:
+    async with await run_workshop("127.0.0.1", 0, tmp_path / "server", max_attendees=2) as running:
+        await join(running, "first", tmp_path / "first")
+        await join(running, "second", tmp_path / "second")
+        with pytest.raises(client.WorkshopError, match=r"the workshop is full \(2 attendees\)"):
+            await join(running, "third", tmp_path / "third")
+    with pytest.raises(ValueError, match=r"max_attendees: expected 1\.\.500, got 0"):
+        await run_workshop("127.0.0.1", 0, tmp_path / "other", max_attendees=0)
