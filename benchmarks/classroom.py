@@ -1,7 +1,7 @@
 """What does a learner's classroom cost: the lab suite's run time, and the peak memory of it all?
 
 Starts what `meshkit lab --no-browser` starts (the local mesh, then JupyterLab on ``labs/``) in a
-fresh ``MESHKIT_HOME``, then runs every lab notebook top to bottom with nbclient, strict (a failing
+fresh ``MESHKIT_HOME``, then runs every lab's reference edition top to bottom with nbclient, strict (a failing
 check fails the run), one kernel per lab as a learner opening them one after another would. While
 it runs, a sampler reads every 0.5 s the memory of EVERY process of the classroom: each process
 whose environment carries this run's ``MESHKIT_HOME`` (the control plane, apps, sidecars, the
@@ -36,6 +36,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from meshkit.lab import editions
 from meshkit.runtime import catalog
 from meshkit.runtime.ports import free_bases
 from meshkit.runtime.processes import with_environment
@@ -137,8 +138,9 @@ def _start_jupyterlab(env: dict[str, str], home: Path) -> subprocess.Popen[bytes
 
 
 def run_lab(path: Path) -> float:
-    """Seconds to run one lab top to bottom, strict, in a fresh kernel."""
-    notebook = nbformat.read(path, as_version=4)
+    """Seconds to run one lab's reference edition (solutions filled in) top to bottom, strict, in a
+    fresh kernel."""
+    notebook = editions.reference(nbformat.read(path, as_version=4), path)
     began = time.monotonic()
     NotebookClient(notebook, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=60,
                    resources={"metadata": {"path": str(LABS)}}).execute()

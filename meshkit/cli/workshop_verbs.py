@@ -33,15 +33,25 @@ def serve(
                             "serving the same dir again resumes the workshop.")] = None,
     title: Annotated[str, typer.Option(help="Title shown on the dashboard (for a new workshop).")]
     = "meshkit workshop",
+    max_attendees: Annotated[int, typer.Option(
+        "--max-attendees", min=1, max=500, help="Cap on attendees: a join beyond it is refused (409).")]
+    = 500,
 ) -> None:
-    """Run the instructor server: prints the instructor token, the join code and the dashboard URL."""
+    """Run the instructor server: prints the instructor token, the join code and the dashboard URL.
+    The labs and their steps come from meshkit's lab catalog: attendees cannot add steps, and a
+    release or lock of a lab or step that does not exist is refused with the valid ids."""
+    from meshkit.lab import catalog  # noqa: PLC0415
     from meshkit.workshop.server import serve as run  # noqa: PLC0415
+
+    outlines = {name: [step.id for step in spec.steps]
+                for name in catalog.names() if (spec := catalog.get(name)) is not None}
 
     directory = state_dir or _default_state_dir()
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {host} over plain HTTP; put it behind HTTPS outside a trusted room")
     try:
-        run(host, port, directory, title=title, announce=lambda line: print(line, flush=True))
+        run(host, port, directory, title=title, outlines=outlines, max_attendees=max_attendees,
+            announce=lambda line: print(line, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot serve the workshop on {host}:{port}: {error}")
 
@@ -51,13 +61,17 @@ def export_student(
     labs: Annotated[Path, typer.Argument(help="The labs directory (notebooks with solutions).")],
     out: Annotated[Path, typer.Argument(help="Where to write the student edition.")],
 ) -> None:
-    """Write the labs without their solutions (cells tagged `solution`, `# BEGIN/END SOLUTION` blocks)."""
+    """Write the learner edition of the labs: exercise cells of catalog labs back to their placeholders,
+    cells tagged `solution` and `# BEGIN/END SOLUTION` blocks removed."""
+    from meshkit.lab.editions import EditionError, learner_cells  # noqa: PLC0415
     from meshkit.workshop.student import ExportError  # noqa: PLC0415
     from meshkit.workshop.student import export_student as export  # noqa: PLC0415
 
     try:
-        report = export(labs, out)
-    except ExportError as error:
+        report = export(labs, out, transform=learner_cells)
+    except (ExportError, EditionError) as error:
         _fail(EXIT_REJECTED, f"error: {error}")
-    print(f"wrote {len(report.notebooks)} notebooks to {out} ({report.removed_cells} solution cells and "
-          f"{report.removed_blocks} solution blocks removed, {len(report.copied)} other files copied)")
+    print(f"wrote {len(report.notebooks)} notebooks to {out} ({report.emptied_exercises} exercise cells "
+          f"emptied, "
+          f"{report.removed_cells} solution cells and {report.removed_blocks} solution blocks removed, "
+          f"{len(report.copied)} other files copied)")

@@ -1,8 +1,10 @@
 """meshkit.lab: the notebook side of meshkit — what a learner types in a lab.
 
 `connect()` gives a `Mesh` (apply/get/delete/analyze/history/rollback/status/load), `rules` builds
-real Istio resources that show their YAML, `Lab`/`Step` run checks against the mesh's real state
-and traffic with hints, hidden solutions and stored progress, `charts` draws live plotly figures
+real Istio resources that show their YAML, `Lab`/`Step` run the checks of `catalog` (one module per
+lab: steps, checks, hints, solutions) against the mesh's real state and traffic, with stored
+progress; `editions` makes a notebook's learner and reference editions and `magic` is the
+``%%mesh apply`` cell magic; `charts` draws live plotly figures
 from the telemetry API and `widgets` offers the canary slider and the YAML rule editor.
 `observe` reads RED numbers, Istio's metrics, access logs and request traces from the mesh, and
 `prometheus` runs a real Prometheus against its sidecars where the binary is installed.
@@ -24,62 +26,38 @@ from typing import Any
 _PUBLIC: dict[str, str] = {
     "connect": "meshkit.lab.mesh",
     "Mesh": "meshkit.lab.mesh",
-    "LoadHandle": "meshkit.lab.mesh",
-    "CurlResult": "meshkit.runtime.curl",
-    "LabError": "meshkit.lab.display",
     "Lab": "meshkit.lab.steps",
     "Step": "meshkit.lab.steps",
     "CheckResult": "meshkit.lab.steps",
     "CheckFailed": "meshkit.lab.checks",
-    "canary": "meshkit.lab.rules",
-    "route": "meshkit.lab.rules",
-    "ab_test": "meshkit.lab.rules",
-    "mirror": "meshkit.lab.rules",
-    "fault": "meshkit.lab.rules",
-    "timeout": "meshkit.lab.rules",
-    "retries": "meshkit.lab.rules",
-    "circuit_breaker": "meshkit.lab.rules",
-    "outlier_detection": "meshkit.lab.rules",
-    "rate_limit": "meshkit.lab.rules",
-    "mtls": "meshkit.lab.rules",
-    "allow": "meshkit.lab.rules",
-    "deny": "meshkit.lab.rules",
-    "Rule": "meshkit.lab.display",
+    "LabError": "meshkit.lab.display",
     "join": "meshkit.lab.attend",
     "instructor": "meshkit.lab.attend",
 }
 
+# The learner API has one spelling, the one the labs teach: a few names at the top
+# (``from meshkit.lab import Lab, connect``) and everything else in its submodule
+# (``rules.canary(...)``, ``checks.require_traffic(...)``, ``charts.service_graph(...)``).
+SUBMODULES = ("catalog", "charts", "checks", "editions", "history", "magic", "observe", "prometheus",
+              "resilience", "rules", "security", "widgets")
+
 __all__ = [
     "CheckFailed",
     "CheckResult",
-    "CurlResult",
     "Lab",
     "LabError",
-    "LoadHandle",
     "Mesh",
-    "Rule",
     "Step",
-    "ab_test",
-    "allow",
-    "canary",
-    "circuit_breaker",
     "connect",
-    "deny",
-    "fault",
     "instructor",
     "join",
-    "mirror",
-    "mtls",
-    "outlier_detection",
-    "rate_limit",
-    "retries",
-    "route",
-    "timeout",
 ]
 
 
 def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'meshkit.lab' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    if module is not None:
+        return getattr(importlib.import_module(module), name)
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'meshkit.lab' has no attribute {name!r}")

@@ -27,6 +27,23 @@ from meshkit.lab.display import LabError, Table
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime.catalog import refers_to, workload_of
 
+__all__ = [
+    "ADMIN_TIMEOUT",
+    "MAX_WATCH",
+    "ROTATE_TIMEOUT",
+    "Certificate",
+    "Rotation",
+    "RotationWatch",
+    "admin_page",
+    "certificate",
+    "certificates",
+    "instance_row",
+    "mtls_counters",
+    "require_rotation_without_errors",
+    "rotate",
+    "watch_rotation",
+]
+
 ADMIN_TIMEOUT = 5.0
 ROTATE_TIMEOUT = 30.0  # the sidecar gives up on the CA after 10 s; this covers a loaded machine
 MAX_WATCH = 60.0

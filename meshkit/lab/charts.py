@@ -21,6 +21,23 @@ from typing import Any
 from meshkit.lab.display import LabError
 from meshkit.lab.mesh import Mesh
 
+__all__ = [
+    "ERROR_RATIO_RED",
+    "FLAG_COLORS",
+    "FLAG_MEANINGS",
+    "IDLE_GRACE",
+    "NODE_FAILING",
+    "NODE_OK",
+    "PALETTE",
+    "LiveChart",
+    "edge_label",
+    "edge_latency",
+    "flag_counts",
+    "response_flags",
+    "service_graph",
+    "traffic_split",
+]
+
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6"]
 ERROR_RATIO_RED = 0.05
 IDLE_GRACE = 5.0
@@ -154,12 +171,17 @@ def edge_label(edge: dict[str, Any]) -> str:
     return f"{lock}{edge.get('rps', 0.0):.1f} rps, {edge.get('error_rate', 0.0):.0%} err"
 
 
+NODE_OK = "#4c78a8"
+NODE_FAILING = "#d62728"  # its callers got errors from it (a killed app's sidecar answers 503)
+
+
 def service_graph(mesh: Mesh, *, window: float = 10.0, live: bool = True,
                   max_seconds: float = 300.0) -> LiveChart:
     """Workloads as nodes, calls as edges labelled with rate, error ratio and an mTLS padlock."""
     go = _go()
+    title = f"service graph (last {window:.0f} s)"
     figure = go.FigureWidget(layout={
-        "title": {"text": f"service graph (last {window:.0f} s)"}, "height": 380, "showlegend": False,
+        "title": {"text": title}, "height": 380, "showlegend": False,
         "xaxis": {"visible": False}, "yaxis": {"visible": False},
         "margin": {"l": 20, "r": 20, "t": 50, "b": 20}})
     figure.add_scatter(name="ok", x=[], y=[], mode="lines", line={"color": "#888", "width": 2},
@@ -172,6 +194,10 @@ def service_graph(mesh: Mesh, *, window: float = 10.0, live: bool = True,
     def refresh() -> None:
         answer = mesh.graph(window)
         nodes, edges = answer.get("nodes", []), answer.get("edges", [])
+        if not edges:  # keep the last picture rather than redrawing it empty
+            figure.layout.title.text = f"{title}: no traffic in the last {window:.0f} s — run a load cell"
+            return
+        failing = {e["target"] for e in edges if e.get("error_rate", 0.0) > ERROR_RATIO_RED}
         pos = _layers(nodes, edges)
         lines: dict[bool, tuple[list[float | None], list[float | None]]] = {False: ([], []), True: ([], [])}
         notes = []
@@ -189,7 +215,11 @@ def service_graph(mesh: Mesh, *, window: float = 10.0, live: bool = True,
             figure.data[2].x = [pos[i][0] for i in ids]
             figure.data[2].y = [pos[i][1] for i in ids]
             figure.data[2].text = ids
+            figure.data[2].marker.color = [NODE_FAILING if i in failing else NODE_OK for i in ids]
             figure.layout.annotations = notes
+            figure.layout.title.text = title
+            # room left and right for the outer nodes' labels (istio-ingressgateway was cut off)
+            figure.layout.xaxis.range = [-0.6, max((x for x, _ in pos.values()), default=0.0) + 0.6]
 
     chart = LiveChart(mesh, figure, refresh, max_seconds=max_seconds)
     return chart.start() if live else _once(chart)

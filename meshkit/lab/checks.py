@@ -7,12 +7,21 @@ change, so requests sent before the learner's rule cannot make a step pass.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from meshkit.lab.display import Rule
 from meshkit.lab.mesh import Mesh
+
+__all__ = [
+    "ALPHA", "CheckFailed", "binomial_p_value", "default_weights", "expect", "probe_versions",
+    "requests_by_version", "require_edge_traffic", "require_fault", "require_header_route", "require_healthy",
+    "require_mirrored", "require_rule", "require_share", "require_traffic", "require_weights", "served_by",
+    "window_since", "window_since_change",
+]
 
 MAX_WINDOW = 600.0
 SETTLE = 1.5  # seconds after a change whose scrapes may still hold requests answered before it
@@ -179,3 +188,57 @@ def require_healthy(mesh: Mesh) -> None:
     expect(not sick, f"these workloads are not running: {', '.join(sick)} "
                      "(mesh.restart(name) brings one back)")
     expect(mesh.wait_synced(5.0), "not every sidecar has ACKed the latest config yet (see mesh.status())")
+
+
+# -- behaviour judged statistically ---------------------------------------------------------------
+
+ALPHA = 0.001  # a check refuses a share only when traffic this far from it would happen < 0.1 % of the time
+_SERVED_BY = re.compile(r"Reviews served by:</dt><dd><u>reviews-(v\d+)-")
+
+
+def binomial_p_value(successes: int, trials: int, p: float) -> float:
+    """Two-sided exact binomial test: the probability of an outcome at most as likely as ``successes``."""
+    if trials <= 0:
+        return 1.0
+    if p <= 0.0 or p >= 1.0:
+        return 1.0 if successes == round(p * trials) else 0.0
+
+    def log_pmf(k: int) -> float:
+        return (math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
+                + k * math.log(p) + (trials - k) * math.log1p(-p))
+
+    observed = log_pmf(successes) + 1e-9
+    return min(1.0, sum(math.exp(lp) for k in range(trials + 1) if (lp := log_pmf(k)) <= observed))
+
+
+def require_share(counts: Mapping[str, float], version: str, expected: float, *, what: str,
+                  min_requests: int = 40, alpha: float = ALPHA) -> None:
+    """``version``'s share of ``counts`` is statistically compatible with ``expected`` (exact binomial
+    test at level ``alpha``): a 50/50 split where 90/10 is asked fails, noise around 90/10 does not."""
+    total = round(sum(counts.values()))
+    expect(total >= min_requests, f"{what}: only {total} requests to judge (at least {min_requests} needed): "
+                                  "send traffic first, e.g. mesh.load(rps=20, duration=6).wait()")
+    hits = min(total, round(counts.get(version, 0.0)))
+    p_value = binomial_p_value(hits, total, expected)
+    expect(p_value >= alpha,
+           f"{what}: {version} got {hits} of {total} requests ({hits / total:.0%}); the step asks for "
+           f"{expected:.0%}, and a share this far from it happens with probability {p_value:.2g} "
+           f"(by version: {_counts(counts)})")
+
+
+def served_by(page_text: str) -> str | None:
+    """The reviews version that answered a Bookinfo page (from its "Reviews served by" line)."""
+    found = _SERVED_BY.search(page_text)
+    return found.group(1) if found else None
+
+
+def probe_versions(mesh: Mesh, requests: int, user: str | None = None) -> dict[str, float]:
+    """Send ``requests`` page views through the ingress (signed in as ``user``) and count which
+    reviews version answered each: the check's own traffic, independent of what the learner sent."""
+    counts: dict[str, float] = {}
+    for _ in range(requests):
+        page = mesh.visit(user=user, timeout=10.0)
+        key = served_by(page.text) if page.status == 200 else f"HTTP {page.status}"
+        key = key or "no reviews"
+        counts[key] = counts.get(key, 0.0) + 1
+    return counts

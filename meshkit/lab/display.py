@@ -13,6 +13,11 @@ from typing import Any
 
 import yaml
 
+__all__ = [
+    "Findings", "LabError", "Plain", "Rule", "ShownAsTable", "Table", "message_line", "show_errors_as_html",
+    "to_yaml",
+]
+
 _SEVERITY_COLOUR = {"Error": "#b00020", "Warning": "#a15c00", "Info": "#1f5f99"}
 
 
@@ -142,6 +147,13 @@ class Findings:
         if not self.messages:
             return f'<div style="color:#1b7f3b">✔ No problems found in {html.escape(self.subject)}.</div>'
         return f"<div>{_messages_html(self.messages)}</div>"
+
+
+class Plain(str):
+    """Text a notebook shows as text (a plain ``str`` result would show quoted)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 class Table:

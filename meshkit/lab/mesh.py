@@ -30,6 +30,8 @@ from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.manifests import check_local, touches_workloads
 from meshkit.runtime.state import StateDir
 
+__all__ = ["MAX_LOAD_SECONDS", "SYNC_WAIT", "ApplyResult", "LoadHandle", "Mesh", "PageVisit", "connect"]
+
 Applyable = Any  # YAML text, a dict / Rule, a config model with to_dict(), or a list of those
 MAX_LOAD_SECONDS = 600.0
 SYNC_WAIT = 5.0  # seconds apply/delete/rollback wait for every sidecar to ACK

@@ -35,6 +35,27 @@ from meshkit.lab.display import LabError, ShownAsTable, Table
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime.local import MeshError
 
+__all__ = [
+    "FETCH_TIMEOUT",
+    "LABEL_MEANINGS",
+    "TAIL_BYTES",
+    "Sample",
+    "Samples",
+    "Trace",
+    "TracedRequest",
+    "access_log",
+    "edge",
+    "explain",
+    "find",
+    "metric_text",
+    "metrics",
+    "parse_metrics",
+    "red",
+    "red_rows",
+    "trace",
+    "traced_request",
+]
+
 TAIL_BYTES = 2 * 1024 * 1024  # of each access log read (the newest lines: a request just sent is there)
 FETCH_TIMEOUT = 5.0
 

@@ -1,7 +1,9 @@
 """Where a learner's progress lives: ``$MESHKIT_HOME/lab/progress.json``, so reopening a notebook keeps it.
 
-One JSON document ``{lab: {step: {"passed", "done", "reason", "at"}}}``: ``passed`` is the latest
-check's verdict, ``done`` whether it ever passed. Written atomically (a crashed kernel never
+One JSON document ``{lab: {step: {"passed", "done", "ever", "regressed", "reason", "at", ...}}}``.
+Progress is state, not history: ``passed`` and ``done`` are the latest check's verdict, ``ever``
+whether it ever passed, ``regressed`` that it passed before and fails now. `mark` adds facts that
+are not verdicts (``prediction``, ``solution_seen``). Written atomically (a crashed kernel never
 leaves half a file) and re-read on every access, so two notebooks of the same learner agree.
 """
 
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.runtime.state import StateDir
+
+__all__ = ["ProgressStore"]
 
 
 class ProgressStore:
@@ -36,10 +40,20 @@ class ProgressStore:
         data = self.load()
         steps = data.setdefault(lab, {})
         previous = steps.get(step, {})
-        entry = {"passed": passed, "done": passed or bool(previous.get("done")), "reason": reason, "at": at}
+        ever = passed or bool(previous.get("ever"))
+        entry = {**previous, "passed": passed, "done": passed, "ever": ever, "regressed": ever and not passed,
+                 "reason": reason, "at": at}
         steps[step] = entry
         self._write(data)
         return entry
+
+    def mark(self, lab: str, step: str, **facts: Any) -> dict[str, Any]:
+        """Record facts about a step that are not a check's verdict (a prediction, a solution seen)."""
+        data = self.load()
+        entry = data.setdefault(lab, {}).setdefault(step, {})
+        entry.update(facts)
+        self._write(data)
+        return dict(entry)
 
     def reset(self, lab: str) -> None:
         data = self.load()

@@ -34,6 +34,19 @@ from meshkit.lab.display import LabError, ShownAsTable, Table
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime.processes import dying_with_parent
 
+__all__ = [
+    "BINARY_ENV",
+    "HTTP_TIMEOUT",
+    "INSTALL_HINT",
+    "START_TIMEOUT",
+    "Prometheus",
+    "QueryResult",
+    "available",
+    "config",
+    "find_binary",
+    "target_groups",
+]
+
 BINARY_ENV = "MESHKIT_PROMETHEUS"
 INSTALL_HINT = (
     "Prometheus is not installed here. On Debian/Ubuntu: `sudo apt-get install prometheus` (then "

@@ -29,6 +29,13 @@ from meshkit.lab.display import LabError, ShownAsTable, Table
 from meshkit.lab.mesh import Mesh
 from meshkit.runtime.catalog import workload_of
 
+__all__ = [
+    "ADMIN_TIMEOUT", "Outcome", "Upstream", "clusters", "heal", "make_flaky", "make_slow", "outcomes",
+    "require_absorbed", "require_connection_pool", "require_ejected", "require_flag",
+    "require_outlier_detection", "require_rate_limited", "require_retries", "require_timeout", "restore",
+    "seconds", "upstream",
+]
+
 ADMIN_TIMEOUT = 5.0
 
 

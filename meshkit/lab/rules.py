@@ -14,6 +14,12 @@ from typing import Any
 
 from meshkit.lab.display import LabError, Rule
 
+__all__ = [
+    "MTLS_MODES", "NETWORKING", "SECURITY", "TRUST_DOMAIN", "ab_test", "allow", "canary", "circuit_breaker",
+    "deny", "fault", "mirror", "mtls", "outlier_detection", "principal", "rate_limit", "retries", "route",
+    "timeout", "virtual_service",
+]
+
 NETWORKING = "networking.istio.io/v1"
 SECURITY = "security.istio.io/v1"
 TRUST_DOMAIN = "cluster.local"

@@ -1,11 +1,16 @@
-"""Labs and their steps: `Lab("02-canary")`, `lab.step(id, title, check=fn, hint=..., solution=...)`.
+"""Labs and their steps: `Lab("02-canary", mesh)` loads the lab's steps from `meshkit.lab.catalog`;
+`lab.step(id, title, check=fn, hint=..., solution=...)` adds one by hand (tests, custom labs).
 
-`step.check()` runs the step's check function against the mesh (re-trying for a few seconds, as
-telemetry lags a scrape behind), records the verdict in the learner's progress and tells every
-listener registered with `lab.on_check` (the workshop reports results to the instructor through
-this hook). `hint()` shows a hint; `solution()` stays folded unless revealed, or open in
-instructor mode (``MESHKIT_INSTRUCTOR=1``). ``MESHKIT_LAB_STRICT=1`` makes a failing check raise,
-which is how the test suite runs every lab.
+`lab.check(id)` (or ``lab[id].check()``) runs the step's check against the mesh (re-trying for a
+few seconds, as telemetry lags a scrape behind), records the verdict in the learner's progress —
+the state now, not history: a step that passed and fails later shows as *regressed* — and tells
+every listener registered with `lab.on_check` (the workshop reports results to the instructor
+through this hook). Opening a lab again (a kernel restart re-runs the first cell) re-checks every
+step with recorded progress. `hint()` shows a hint; `solution()` shows a solution only in
+self-study (no workshop joined), once the instructor released it, or in instructor mode
+(``MESHKIT_INSTRUCTOR=1``), and records that the learner saw it. `lab.predict(id, answer)` records
+a prediction before the learner observes the outcome. ``MESHKIT_LAB_STRICT=1`` makes a failing
+check raise, which is how the test suite runs every lab.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkit.lab import catalog
 from meshkit.lab.checks import CheckFailed
-from meshkit.lab.display import LabError
+from meshkit.lab.display import LabError, Plain
 from meshkit.lab.mesh import Mesh, connect
 from meshkit.lab.progress import ProgressStore
+
+__all__ = ["CheckResult", "Lab", "Note", "Step", "default_retry", "instructor_mode", "strict_mode"]
 
 CheckFn = Callable[[Mesh], Any]
 Listener = Callable[["CheckResult"], None]
@@ -32,6 +40,19 @@ def default_retry() -> float:
         return max(0.0, float(os.environ.get("MESHKIT_LAB_RETRY_FOR", RETRY_FOR)))
     except ValueError:
         return RETRY_FOR
+
+
+def _kernel_namespace() -> dict[str, Any] | None:
+    """The IPython kernel's user namespace, or None outside a notebook."""
+    try:
+        from IPython import get_ipython  # noqa: PLC0415
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None:
+        return None
+    namespace: dict[str, Any] = shell.user_ns
+    return namespace
 
 
 def _notebook_namespace() -> dict[str, Any]:
@@ -125,11 +146,13 @@ class Step:
     hint_text: str = ""
     solution_text: str = ""
     retry_for: float | None = None
+    spec: catalog.StepSpec | None = None
 
-    def check(self) -> CheckResult:
+    def check(self, *, retry_for: float | None = None, strict: bool | None = None) -> CheckResult:
         """Verify the mesh's real state and traffic; passes, or says precisely what is missing."""
         began = time.monotonic()
-        deadline = began + (self.retry_for if self.retry_for is not None else default_retry())
+        wait = retry_for if retry_for is not None else self.retry_for
+        deadline = began + (wait if wait is not None else default_retry())
         while True:
             reason = self._run_once()
             if not reason or time.monotonic() >= deadline:
@@ -138,7 +161,7 @@ class Step:
         result = CheckResult(self.lab.name, self.id, self.title, not reason, reason, time.time(),
                              time.monotonic() - began)
         self.lab.record(result)
-        if not result.passed and strict_mode():
+        if not result.passed and (strict_mode() if strict is None else strict):
             raise CheckFailed(str(result))
         return result
 
@@ -157,15 +180,20 @@ class Step:
         return Note(f"Hint for '{self.title}'", self.hint_text or "No hint for this step.")
 
     def solution(self, reveal: bool = False) -> Note:
+        """The solution: hidden while the instructor has not released it (in a workshop); folded
+        until ``reveal=True`` otherwise. A revealed solution is recorded (and reported)."""
         title = f"Solution of '{self.title}'"
         locked = self.lab.solution_lock(self) if self.lab.solution_lock else None
         if locked and not instructor_mode():
             return Note(title, "", hidden_text=locked)
         if reveal or instructor_mode():
+            if not instructor_mode():
+                self.lab.solution_seen(self)
             return Note(title, self.solution_text or "(no solution text)")
         return Note(title, self.solution_text or "(no solution text)", folded=True)
 
     def done(self) -> bool:
+        """Whether the latest check passed (a step that passed once and fails now is not done)."""
         return bool(self.lab.store.of(self.lab.name).get(self.id, {}).get("done"))
 
 
@@ -179,13 +207,84 @@ class Lab:
     steps: dict[str, Step] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
     solution_lock: Callable[[Step], str | None] | None = None
+    namespace: dict[str, Any] | None = None  # the notebook's variables (default: the kernel's)
+    state: dict[str, Any] = field(default_factory=dict)  # what the catalog's setup recorded
+    spec: catalog.LabSpec | None = None
     _widget: Any = None
     room: Any = None  # attend.Room when the learner joined a workshop
 
     def __post_init__(self) -> None:
         from meshkit.lab import attend  # noqa: PLC0415
 
+        if self.namespace is None:
+            self.namespace = _kernel_namespace() or {}
+            _register_magic()
+        self.spec = catalog.get(self.name) if not self.steps else None
+        if self.spec is not None:
+            self._load(self.spec)
         self.room = attend.attach(self)
+        if self.spec is not None:
+            self.recheck()
+
+    def _load(self, spec: catalog.LabSpec) -> None:
+        if spec.setup is not None:
+            spec.setup(self.mesh, self.state)
+        for item in spec.steps:
+            made = Step(self, item.id, item.title, _bound(item.check, self), item.hint, item.solution,
+                        item.retry_for, item)
+            self.steps[item.id] = made
+
+    def __getitem__(self, step_id: str) -> Step:
+        step = self.steps.get(step_id)
+        if step is None:
+            raise LabError(f"lab {self.name!r} has no step {step_id!r} (steps: "
+                           f"{', '.join(self.steps) or 'none'})")
+        return step
+
+    def check(self, step_id: str) -> CheckResult:
+        """Check step ``step_id`` against the mesh (see `Step.check`)."""
+        return self[step_id].check()
+
+    def hint(self, step_id: str) -> Note:
+        return self[step_id].hint()
+
+    def solution(self, step_id: str, reveal: bool = False) -> Note:
+        return self[step_id].solution(reveal)
+
+    def predict(self, step_id: str, answer: str | None = None) -> Note:
+        """A prediction step: without ``answer``, the question and its choices; with one, records
+        it (before you observe the outcome — the step's check then wants a recorded answer)."""
+        step = self[step_id]
+        spec = step.spec
+        if spec is None or spec.exercise != "predict":
+            raise LabError(f"step {step_id!r} of lab {self.name!r} is not a prediction")
+        choices = "\n".join(f"  {c}" for c in spec.choices)
+        if answer is None:
+            return Note(f"Predict: {spec.title}", f"{spec.task}\n{choices}\n"
+                        f'Answer with lab.predict("{step_id}", "<one of the choices>").')
+        picked = _choice(answer, spec.choices)
+        if picked is None:
+            raise LabError(f"predict: {answer!r} is not one of the choices of {step_id!r}:\n{choices}")
+        self.store.mark(self.name, step_id, prediction=picked, predicted_at=time.time())
+        return Note(f"Prediction recorded for '{spec.title}'", f"You predicted: {picked}\n"
+                    "Now run the next cells and compare.")
+
+    def prediction(self, step_id: str) -> str | None:
+        value = self.store.of(self.name).get(step_id, {}).get("prediction")
+        return str(value) if value else None
+
+    def solution_seen(self, step: Step) -> None:
+        """Record that the learner saw ``step``'s solution (the workshop dashboard shows it)."""
+        self.store.mark(self.name, step.id, solution_seen=time.time())
+        if self.room is not None:
+            self.room.solution_seen(step)
+
+    def recheck(self) -> list[CheckResult]:
+        """Check again, once and without raising, every step with recorded progress: progress is
+        the mesh's state now, so after `mesh.reset()` or a kernel restart stale ticks turn into
+        *regressed* steps instead of staying green."""
+        saved = self.status()
+        return [step.check(retry_for=0, strict=False) for sid, step in self.steps.items() if sid in saved]
 
     @property
     def mesh(self) -> Mesh:
@@ -221,12 +320,18 @@ class Lab:
         saved = self.status()
         return [s for s in self.steps if saved.get(s, {}).get("done")]
 
+    def regressed(self) -> list[str]:
+        """Steps whose check passed before and fails now."""
+        saved = self.status()
+        return [s for s in self.steps if saved.get(s, {}).get("regressed")]
+
     def reset_progress(self) -> None:
         self.store.reset(self.name)
         self._refresh_widget()
 
     def progress(self) -> Any:
-        """A widget: a bar of steps done and one line per step (✔ done, ✘ failing, · not started)."""
+        """A widget: a bar of steps done and one line per step (✔ done, ↺ regressed: passed before
+        and fails now, ✘ failing, · not started)."""
         import ipywidgets as widgets  # noqa: PLC0415
 
         bar = widgets.IntProgress(min=0, max=max(1, len(self.steps)), description=self.name,
@@ -237,7 +342,9 @@ class Lab:
         if self.room is None:
             return widgets.VBox([bar, lines])
         self.room.outline()
-        return widgets.VBox([widgets.HTML(self.room.banner_html()), bar, lines])
+        banner = widgets.HTML(self.room.banner_html())
+        self.room.watch(banner)  # later broadcasts appear in it without running a cell
+        return widgets.VBox([banner, bar, lines])
 
     def _refresh_widget(self) -> None:
         if self._widget is None:
@@ -249,8 +356,15 @@ class Lab:
         rows = []
         for sid, st in self.steps.items():
             entry = saved.get(sid, {})
-            mark = "✔" if entry.get("done") else ("✘" if entry else "·")
-            rows.append(f"{mark} {html.escape(st.title)}")
+            if entry.get("done"):
+                mark, note = "✔", ""
+            elif entry.get("regressed"):
+                mark, note = "↺", " <i>(regressed: passed before, fails now)</i>"
+            elif "passed" in entry:
+                mark, note = "✘", ""
+            else:
+                mark, note = "·", ""
+            rows.append(f"{mark} {html.escape(st.title)}{note}")
         lines.value = "<br>".join(rows)
 
     def fast_forward(self, to: str, namespace: dict[str, Any] | None = None) -> list[CheckResult]:
@@ -270,8 +384,15 @@ class Lab:
                 break
             if not step.solution_text.strip():
                 raise LabError(f"fast_forward: step {sid!r} of lab {self.name!r} has no solution to run")
+            code = step.solution_text + ("\n" + step.spec.traffic if step.spec and step.spec.traffic else "")
             try:
-                exec(compile(step.solution_text, f"<solution of {self.name}/{sid}>", "exec"), scope)
+                if code.startswith("%%mesh"):  # a YAML exercise: what the cell magic does
+                    from meshkit.lab.magic import mesh_cell  # noqa: PLC0415
+
+                    line, _, body = code.partition("\n")
+                    mesh_cell(line.removeprefix("%%mesh"), body, scope)
+                else:
+                    exec(compile(code, f"<solution of {self.name}/{sid}>", "exec"), scope)
             except Exception as exc:
                 raise LabError(f"fast_forward: the solution of step {sid!r} failed: "
                                f"{type(exc).__name__}: {exc}") from exc
@@ -281,8 +402,38 @@ class Lab:
                 raise LabError(f"fast_forward: step {sid!r} still fails after its solution: {result.reason}")
         return results
 
-    def summary(self) -> str:
-        return f"{self.name}: {len(self.done())}/{len(self.steps)} steps done"
+    def summary(self) -> Plain:
+        regressed = self.regressed()
+        tail = f", {len(regressed)} regressed ({', '.join(regressed)})" if regressed else ""
+        return Plain(f"{self.name}: {len(self.done())}/{len(self.steps)} steps done{tail}")
 
     def __repr__(self) -> str:
-        return self.summary()
+        return str(self.summary())
+
+
+def _register_magic() -> None:
+    """``%%mesh apply`` in the notebook's kernel (a no-op outside IPython)."""
+    try:
+        from IPython import get_ipython  # noqa: PLC0415
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "register_magic_function"):
+        from meshkit.lab import magic  # noqa: PLC0415
+
+        magic.register(shell)
+
+
+def _bound(check: catalog.CheckFn, lab: Lab) -> CheckFn:
+    def run(mesh: Mesh) -> Any:
+        return check(mesh, lab)
+    return run
+
+
+def _choice(answer: str, choices: tuple[str, ...]) -> str | None:
+    wanted = answer.strip().lower()
+    for choice in choices:
+        label = choice.split(")", 1)[0].strip().lower()
+        if wanted in (choice.lower(), label):
+            return choice
+    return None

@@ -18,6 +18,10 @@ from meshkit.lab.display import LabError, Rule, to_yaml
 from meshkit.lab.mesh import Mesh
 from meshkit.lab.rules import ab_test, canary, fault, mtls
 
+__all__ = [
+    "ABRouter", "CanarySlider", "FaultPanel", "MtlsToggle", "RuleEditor", "canary_slider", "rule_editor",
+]
+
 
 def _ok(text: str) -> str:
     return f'<span style="color:#1b7f3b">✔ {html.escape(text)}</span>'

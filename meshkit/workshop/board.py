@@ -3,7 +3,9 @@
 `board_state` returns one JSON-ready dict that the dashboard page renders (and that the SSE stream
 sends on every change). Columns are (lab, step) pairs: labs in name order, steps in the order a
 notebook announced them (outline), then in the order results first arrived. Cells are compact:
-``null`` (not started), ``["p", passed_at]`` or ``["f", last_reason, failing_since, failures]``.
+``null`` (not started), ``["p", passed_at]``, ``["f", last_reason, failing_since, failures]`` or, for
+a step that passed before and fails now, ``["r", last_reason, failing_since, failures]`` (regressed:
+progress is the learner's state now). ``solutions`` lists who revealed which step's solution.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any
             row["cells"][index[(lab, step)]] = ["p", passed_at]
             continue
         counts["failing"] += 1
-        row["cells"][index[(lab, step)]] = ["f", reason, failing_since, failures]
+        row["cells"][index[(lab, step)]] = ["r" if passed_at else "f", reason, failing_since, failures]
         stuck.append({"attendee": attendee_id, "name": row["name"], "lab": lab, "step": step,
                       "since": failing_since, "last_at": last_at, "reason": reason})
     stuck = _longest_stuck(stuck)
@@ -92,6 +94,10 @@ def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any
         "attendees": list(attendees.values()), "stuck": stuck, "hardest": hardest,
         "timeline": _timeline(store, now), "feed": _feed(store, attendees),
         "messages": view["messages"][-10:],
+        "solutions": [{"attendee": a, "name": attendees[a]["name"], "lab": lab, "step": step, "at": at}
+                      for a, lab, step, at in store.rows(
+                          "SELECT attendee_id, lab, step, at FROM solutions ORDER BY at")
+                      if a in attendees],
     }
 
 

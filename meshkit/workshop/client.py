@@ -62,7 +62,11 @@ def default_state_dir() -> Path:
 @contextmanager
 def _database(state_dir: Path) -> Iterator[sqlite3.Connection]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    connection = sqlite3.connect(state_dir / CLIENT_DB, timeout=10, isolation_level=None)
+    state_dir.chmod(0o700)  # the attendee token lives here, even if the directory existed before
+    database = state_dir / CLIENT_DB
+    database.touch(mode=0o600, exist_ok=True)
+    database.chmod(0o600)
+    connection = sqlite3.connect(database, timeout=10, isolation_level=None)
     try:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(_SCHEMA)
@@ -189,10 +193,12 @@ class Attendee:
 
     # -- reporting --------------------------------------------------------------------------------
 
-    def report(self, lab: str, step: str, passed: bool, reason: str = "", at: float | None = None) -> bool:
-        """Record one check result (``at``: when it was checked, default now); True if the server has
+    def report(self, lab: str, step: str, passed: bool, reason: str = "", at: float | None = None, *,
+               kind: str = "check") -> bool:
+        """Record one check result (``at``: when it was checked, default now), or with
+        ``kind="solution"`` that the learner revealed the step's solution; True if the server has
         it now, False if it is queued for retry. Raises `events.InputError` only for bad ids."""
-        event = events.new_result(lab, step, bool(passed), reason[: events.MAX_REASON], at)
+        event = events.new_result(lab, step, bool(passed), reason[: events.MAX_REASON], at, kind=kind)
         with _database(self.state_dir) as db:
             db.execute("INSERT INTO queue (attendee_id, event_id, body) VALUES (?, ?, ?)",
                        (self.id, event.id, json.dumps(event.to_wire())))

@@ -1,6 +1,7 @@
 """The wire format shared by the attendee client and the server, with its checks.
 
-A result event is one ``check()`` outcome: ``{"id", "lab", "step", "passed", "reason", "at"}``.
+A result event is one ``check()`` outcome: ``{"id", "lab", "step", "passed", "reason", "at"}``, or,
+with ``"kind": "solution"``, the record that the learner revealed the step's solution.
 ``id`` is made by the client once, so a retried delivery is recognised and counted once. Every
 check raises `InputError` naming the resource and the field (``results[3].lab: ...``), which the
 server answers as a 400 with that text.
@@ -21,9 +22,11 @@ MAX_REASON = 2000
 MAX_MESSAGE = 1000   # a broadcast
 MAX_BATCH = 200      # result events per request
 MAX_OUTLINE = 100    # steps announced per lab
+EARLIEST = 1_577_836_800.0  # 2020-01-01 UTC: a result checked before that is a clock or unit error
 
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-_EVENT_FIELDS = {"id", "lab", "step", "passed", "reason", "at"}
+_EVENT_FIELDS = {"id", "lab", "step", "passed", "reason", "at", "kind"}
+EVENT_KINDS = ("check", "solution")
 
 
 class InputError(ValueError):
@@ -45,16 +48,19 @@ class ResultEvent:
     passed: bool
     reason: str
     at: float
+    kind: str = "check"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "lab": self.lab, "step": self.step, "passed": self.passed,
+        wire = {"id": self.id, "lab": self.lab, "step": self.step, "passed": self.passed,
                 "reason": self.reason, "at": self.at}
+        return wire if self.kind == "check" else {**wire, "kind": self.kind}
 
 
-def new_result(lab: str, step: str, passed: bool, reason: str = "", at: float | None = None) -> ResultEvent:
+def new_result(lab: str, step: str, passed: bool, reason: str = "", at: float | None = None, *,
+               kind: str = "check") -> ResultEvent:
     """A result event with a fresh id, checked as the server will check it."""
     event = {"id": uuid.uuid4().hex, "lab": lab, "step": step, "passed": passed,
-             "reason": reason or "", "at": time.time() if at is None else at}
+             "reason": reason or "", "at": time.time() if at is None else at, "kind": kind}
     return parse_result(event, "result")
 
 
@@ -108,6 +114,12 @@ def parse_result(doc: object, where: str) -> ResultEvent:
     at = doc.get("at", time.time())
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) or at < 0:
         raise InputError(f"{where}.at", "expected a Unix time in seconds")
+    if at < EARLIEST:
+        raise InputError(f"{where}.at", f"{at} is before 2020: expected a Unix time in seconds "
+                                        "(a clock or unit error, e.g. 0 or milliseconds divided twice)")
+    kind = doc.get("kind", "check")
+    if kind not in EVENT_KINDS:
+        raise InputError(f"{where}.kind", f"expected one of {', '.join(EVENT_KINDS)}")
     return ResultEvent(
         id=event_id,
         lab=check_id(doc.get("lab"), f"{where}.lab"),
@@ -115,6 +127,7 @@ def parse_result(doc: object, where: str) -> ResultEvent:
         passed=passed,
         reason=_text(doc.get("reason", ""), f"{where}.reason", limit=MAX_REASON, allow_empty=True),
         at=float(at),
+        kind=str(kind),
     )
 
 

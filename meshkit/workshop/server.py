@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,6 +39,8 @@ SHUTDOWN_TIMEOUT = 3.0
 STORE: web.AppKey[WorkshopStore] = web.AppKey("store", WorkshopStore)
 FEED: web.AppKey[live.ChangeFeed] = web.AppKey("feed", live.ChangeFeed)
 BOARD: web.AppKey[board.BoardCache] = web.AppKey("board", board.BoardCache)
+OUTLINES: web.AppKey[dict[str, list[str]]] = web.AppKey("outlines", dict)  # empty: attendees announce labs
+CAP: web.AppKey[int] = web.AppKey("max_attendees", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -118,8 +120,9 @@ async def join(request: web.Request) -> web.Response:
     store = request.app[STORE]
     if not auth.same_secret(auth.normalize_code(code), store.workshop.join_code):
         raise _error(web.HTTPForbidden, "join.code: this is not the code of this workshop")
-    if store.rows("SELECT COUNT(*) FROM attendees")[0][0] >= MAX_ATTENDEES:
-        raise _error(web.HTTPConflict, f"join: the workshop is full ({MAX_ATTENDEES} attendees)")
+    cap = request.app[CAP]
+    if store.rows("SELECT COUNT(*) FROM attendees")[0][0] >= cap:
+        raise _error(web.HTTPConflict, f"join: the workshop is full ({cap} attendees)")
     attendee, token = store.add_attendee(name)
     _changed(request)
     return web.json_response({"attendee_id": attendee.id, "name": attendee.name, "token": token,
@@ -144,11 +147,33 @@ async def attendee_results(request: web.Request) -> web.Response:
 
 
 async def attendee_outline(request: web.Request) -> web.Response:
+    """A notebook announces its lab's steps. When the server owns the outlines (``outlines`` at
+    start: meshkit's lab catalog), a known lab keeps the server's steps — attendees cannot add or
+    reorder columns — and an unknown lab is refused with the list of labs."""
     _require_attendee(request)
     lab, steps = events.parse_outline(await _json(request, "outline"))
+    owned = request.app[OUTLINES]
+    if owned:
+        if lab not in owned:
+            raise events.InputError("outline.lab",
+                                    f"no lab {lab!r} in this workshop (labs: {', '.join(owned)})")
+        return web.json_response({"lab": lab, "steps": owned[lab]})
     request.app[STORE].set_outline(lab, steps)
     _changed(request)
     return web.json_response({"lab": lab, "steps": steps})
+
+
+def _require_known(request: web.Request, lab: str, step: str | None, where: str) -> None:
+    """With server-owned outlines, an instructor action on a lab or step that does not exist is a 404
+    that lists the valid ids."""
+    owned = request.app[OUTLINES]
+    if not owned:
+        return
+    if lab not in owned:
+        raise _error(web.HTTPNotFound, f"{where}.lab: no lab {lab!r} (labs: {', '.join(owned)})")
+    if step and step not in owned[lab]:
+        raise _error(web.HTTPNotFound, f"{where}.step: lab {lab!r} has no step {step!r} "
+                                       f"(steps: {', '.join(owned[lab])})")
 
 
 async def attendee_view(request: web.Request) -> web.Response:
@@ -191,6 +216,7 @@ async def instructor_release(request: web.Request) -> web.Response:
         raise events.InputError("release", 'expected {"lab": ..., "step": ...} (no step: the whole lab)')
     lab = events.check_id(doc.get("lab"), "release.lab")
     step = WHOLE_LAB if doc.get("step") in (None, "") else events.check_id(doc.get("step"), "release.step")
+    _require_known(request, lab, step, "release")
     request.app[STORE].release(lab, step)
     _changed(request)
     return web.json_response({"lab": lab, "step": step or None})
@@ -205,6 +231,7 @@ async def instructor_lock(request: web.Request) -> web.Response:
     locked = doc.get("locked", True)
     if not isinstance(locked, bool):
         raise events.InputError("lock.locked", "expected true or false")
+    _require_known(request, lab, None, "lock")
     request.app[STORE].set_locked(lab, locked)
     _changed(request)
     return web.json_response({"lab": lab, "locked": locked})
@@ -222,10 +249,19 @@ async def instructor_reset(request: web.Request) -> web.Response:
 # -- the app ----------------------------------------------------------------------------------------
 
 
-def create_app(store: WorkshopStore) -> web.Application:
-    """The server's routes over ``store``; the store stays the caller's to close."""
+def create_app(store: WorkshopStore, outlines: Mapping[str, Sequence[str]] | None = None,
+               max_attendees: int = MAX_ATTENDEES) -> web.Application:
+    """The server's routes over ``store``; the store stays the caller's to close. ``outlines``
+    (lab -> steps in order) makes the server own the labs' columns (see `attendee_outline`);
+    ``max_attendees`` caps the room (the instructor sets it at start)."""
+    if not 1 <= max_attendees <= MAX_ATTENDEES:
+        raise ValueError(f"max_attendees: expected 1..{MAX_ATTENDEES}, got {max_attendees}")
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_as_json])
     app[STORE] = store
+    app[CAP] = max_attendees
+    app[OUTLINES] = {lab: list(steps) for lab, steps in (outlines or {}).items()}
+    for lab, steps in app[OUTLINES].items():
+        store.set_outline(lab, steps)
     app[FEED] = live.ChangeFeed()
     app[BOARD] = board.BoardCache(store)
     dashboard.add_routes(app)
@@ -282,10 +318,17 @@ class RunningWorkshop:
 
 
 async def run_workshop(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | str = ".",
-                       *, title: str = "meshkit workshop") -> RunningWorkshop:
+                       *, title: str = "meshkit workshop",
+                       outlines: Mapping[str, Sequence[str]] | None = None,
+                       max_attendees: int = MAX_ATTENDEES) -> RunningWorkshop:
     """Open (or create) the workshop in ``state_dir`` and serve it on ``host:port`` (0 = a free port)."""
     store = WorkshopStore(state_dir, title=title)
-    runner = web.AppRunner(create_app(store), shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None,
+    try:
+        app = create_app(store, outlines, max_attendees)
+    except ValueError:
+        store.close()
+        raise
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None,
                            handle_signals=False, handler_cancellation=True)
     try:
         await runner.setup()
@@ -298,7 +341,8 @@ async def run_workshop(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state
 
 
 def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit workshop",
-          announce: Callable[[str], None] = print) -> None:
+          announce: Callable[[str], None] = print,
+          outlines: Mapping[str, Sequence[str]] | None = None, max_attendees: int = MAX_ATTENDEES) -> None:
     """Run until SIGINT/SIGTERM (``meshkit workshop serve``), printing the token, code and URLs."""
 
     async def main() -> None:
@@ -306,11 +350,13 @@ def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        running = await run_workshop(host, port, state_dir, title=title)
+        running = await run_workshop(host, port, state_dir, title=title, outlines=outlines,
+                                     max_attendees=max_attendees)
         workshop = running.store.workshop
         announce(f"workshop:         {workshop.title} (state: {running.store.directory})")
         announce(f"instructor token: {workshop.instructor_token}")
         announce(f"join code:        {workshop.join_code}")
+        announce(f"room size:        up to {max_attendees} attendees")
         if host in ("0.0.0.0", "::", ""):
             announce("(replace the address below with this machine's address on the room's network)")
         announce(f"attendees join:   {running.url}  (meshkit.lab.join(url, code, name))")

@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS progress (
     first_at REAL NOT NULL, last_at REAL NOT NULL, failing_since REAL, passed_at REAL,
     PRIMARY KEY (attendee_id, lab, step)
 );
+CREATE TABLE IF NOT EXISTS solutions (
+    attendee_id TEXT NOT NULL, lab TEXT NOT NULL, step TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (attendee_id, lab, step)
+);
 CREATE TABLE IF NOT EXISTS outline (
     lab TEXT NOT NULL, step TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (lab, step)
 );
@@ -83,7 +87,11 @@ class WorkshopStore:
     def __init__(self, directory: Path | str, *, title: str = "meshkit workshop") -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(self.directory / DATABASE_FILE, isolation_level=None)
+        self.directory.chmod(0o700)  # private even when the directory existed before (mkdir keeps its mode)
+        database = self.directory / DATABASE_FILE
+        database.touch(mode=0o600, exist_ok=True)
+        database.chmod(0o600)  # it holds the instructor token; SQLite's -wal/-shm files copy this mode
+        self._db = sqlite3.connect(database, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -159,6 +167,13 @@ class WorkshopStore:
             reset_at = float(row[0]) if row else 0.0
             for event in events:
                 at = min(event.at, now)  # a client clock ahead of ours does not write the future
+                if event.kind == "solution":  # who revealed which solution (first time kept)
+                    seen = self._db.execute("INSERT OR IGNORE INTO solutions VALUES (?, ?, ?, ?)",
+                                            (attendee_id, event.lab, event.step, at)).rowcount
+                    if seen:
+                        self._activity("solution", at, attendee_id, lab=event.lab, step=event.step)
+                    new, duplicates = new + seen, duplicates + (1 - seen)
+                    continue
                 inserted = self._db.execute(
                     "INSERT OR IGNORE INTO results (attendee_id, event_id, lab, step, passed, reason, at, "
                     "received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

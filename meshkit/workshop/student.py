@@ -7,6 +7,10 @@ Markers (the lab author's side; see docs/instructor-guide.md):
   any indentation, case-insensitive) are replaced by one ``# YOUR CODE HERE`` line at the marker's
   indentation; everything else in the cell — checks, hints, set-up — stays.
 
+- a notebook of meshkit's lab catalog gets its learner edition: every exercise cell back to its
+  placeholder (``transform``: the CLI passes `meshkit.lab.editions.learner_cells`, as this package
+  sits below `meshkit.lab` and must not import it).
+
 Outputs and execution counts are cleared in every cell. Files that are not notebooks are copied as
 they are; ``.ipynb_checkpoints`` are skipped. A BEGIN without END (or the reverse) is an error
 naming the notebook, the cell and the line, and nothing is written for that notebook.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,10 @@ class ExportReport:
     copied: list[str] = field(default_factory=list)
     removed_cells: int = 0
     removed_blocks: int = 0
+    emptied_exercises: int = 0
+
+
+Transform = Callable[[dict[str, Any], str], tuple[dict[str, Any], int]]
 
 
 def _source(cell: dict[str, Any]) -> str:
@@ -96,8 +105,10 @@ def student_notebook(notebook: dict[str, Any], name: str) -> tuple[dict[str, Any
     return {**notebook, "cells": kept}, removed_cells, removed_blocks
 
 
-def export_student(source_dir: Path | str, out_dir: Path | str) -> ExportReport:
-    """Write the student edition of every notebook under ``source_dir`` into ``out_dir``."""
+def export_student(source_dir: Path | str, out_dir: Path | str,
+                   transform: Transform | None = None) -> ExportReport:
+    """Write the student edition of every notebook under ``source_dir`` into ``out_dir``;
+    ``transform(notebook, name)`` then returns the edition and how many exercise cells it emptied."""
     source, out = Path(source_dir), Path(out_dir)
     if not source.is_dir():
         raise ExportError(f"{source}: not a directory of labs")
@@ -117,6 +128,9 @@ def export_student(source_dir: Path | str, out_dir: Path | str) -> ExportReport:
             if not isinstance(notebook, dict):
                 raise ExportError(f"{relative}: not a Jupyter notebook")
             edition, cells, blocks = student_notebook(notebook, str(relative))
+            if transform is not None:
+                edition, emptied = transform(edition, str(relative))
+                report.emptied_exercises += emptied
             editions.append((relative, edition))
             report.removed_cells += cells
             report.removed_blocks += blocks

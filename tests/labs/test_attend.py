@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -58,6 +59,27 @@ async def test_a_joined_lab_reports_checks_and_follows_releases_and_broadcasts(
         solution, banner = await asyncio.to_thread(after_release)
         assert "SOLUTION-B" in solution
         assert "Break until &lt;b&gt;10:30&lt;/b&gt;" in banner
+
+        def next_lab() -> str:  # the next lab (another Lab, as a new notebook) does not repeat it
+            later = Lab("t-next-lab", Mesh("http://127.0.0.1:9"))
+            later.step("s", "s", check=lambda m: None)
+            assert later.room is not None
+            later.room.who.refresh(max_age=0)
+            return str(later.progress().children[0].value)
+
+        assert "Break until" not in await asyncio.to_thread(next_lab)
+        running.store.broadcast("Lunch")
+        assert "Lunch" in await asyncio.to_thread(next_lab)
+
+        # pushed: an open progress widget shows a new broadcast without the learner running anything
+        shown = await asyncio.to_thread(lab.progress)
+        stop = lab.room.watch(shown.children[0], every=0.2)  # the watcher progress() started, faster
+        running.store.broadcast("Back in 5 minutes")
+        deadline = time.monotonic() + 20
+        while "Back in 5 minutes" not in shown.children[0].value and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stop.set()
+        assert "Instructor: Back in 5 minutes" in shown.children[0].value
     finally:
         await running.close()
 

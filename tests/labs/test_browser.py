@@ -1,7 +1,7 @@
 """Labs in a real JupyterLab, driven by Debian's chromium through Playwright, as a person sees them.
 
-Lab 02: Run All renders the canary slider and the live plotly chart, every check passes, and mesh +
-JupyterLab + kernel fit Binder's 2 GB. Lab 05: Run All (strict) renders the response-flags chart as SVG
+The generated reference editions (with solutions) run in the browser. Lab 02: Run All renders the
+canary slider and the live plotly chart, every check passes, and mesh + JupyterLab + kernel fit Binder's 2 GB. Lab 05: Run All (strict) renders the response-flags chart as SVG
 bars, the progress widget at every step done, and no error. One JupyterLab and one browser serve the
 module (tests/labs/browser.py); each test shuts its notebook's kernel down.
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from meshkit.lab import editions
 from meshkit.runtime.local import LocalMesh
 from meshkit.runtime.processes import rss_bytes
 from meshkit.runtime.state import StateDir
@@ -68,7 +69,8 @@ def _no_trouble(page: object) -> None:
 
 def test_lab_02_renders_slider_and_live_chart_in_jupyterlab(lab_env: dict[str, str], server: JupyterLab,
                                                             browser: Browser, tmp_path: Path) -> None:
-    page = browser.open_notebook(server.add(LABS / "02-canary.ipynb"), "02-canary.ipynb")
+    reference = editions.write("reference", LABS / "02-canary.ipynb", tmp_path)
+    page = browser.open_notebook(server.add(reference), "02-canary.ipynb")
     try:
         ran = run_all(page, "v3 takes all the traffic: passed", RUN_TIMEOUT_MS)
         shown = outputs(page)
@@ -100,9 +102,10 @@ BAR_HEIGHTS = """plot => Array.from(plot.querySelectorAll('.barlayer .point path
 
 def test_lab_05_renders_response_flags_bars_and_progress_in_jupyterlab(server: JupyterLab, browser: Browser,
                                                                        tmp_path: Path) -> None:
-    page = browser.open_notebook(server.add(LABS / "05-resilience.ipynb"), "05-resilience.ipynb")
+    reference = editions.write("reference", LABS / "05-resilience.ipynb", tmp_path)
+    page = browser.open_notebook(server.add(reference), "05-resilience.ipynb")
     try:
-        ran = run_all(page, "05-resilience: 5/5 steps done", RUN_TIMEOUT_MS)
+        ran = run_all(page, "05-resilience: 6/6 steps done", RUN_TIMEOUT_MS)
         shown = outputs(page)
         flags = shown.locator(".js-plotly-plot").filter(has_text="response flags")
         flags.locator("svg.main-svg .barlayer").first.wait_for(state="attached", timeout=RENDER_TIMEOUT_MS)
@@ -127,5 +130,5 @@ def test_lab_05_renders_response_flags_bars_and_progress_in_jupyterlab(server: J
     assert bars >= 1, "the response-flags chart drew no bar"
     assert {"-", "UT", "UO", "RL"} <= set(legend), f"the legend lacks flags: {legend}"
     assert filled == "100%", f"the progress bar is filled {filled!r}"
-    assert steps_text.count("✔") == 5, f"the progress widget shows {steps_text!r}"
+    assert steps_text.count("✔") == 6, f"the progress widget shows {steps_text!r}"
     assert "✘" not in steps_text, f"the progress widget shows a failing step: {steps_text!r}"

@@ -9,7 +9,7 @@ from traitlets import TraitError
 
 from meshkit.config.loader import load_resources
 from meshkit.lab import CheckFailed, Lab, LabError, checks, connect, rules
-from meshkit.lab.charts import edge_label, edge_latency, service_graph, traffic_split
+from meshkit.lab.charts import NODE_FAILING, NODE_OK, edge_label, edge_latency, service_graph, traffic_split
 from meshkit.lab.mesh import Mesh
 from meshkit.lab.progress import ProgressStore
 from meshkit.lab.widgets import ABRouter, FaultPanel, MtlsToggle, canary_slider, rule_editor
@@ -232,3 +232,33 @@ def test_latency_chart_shows_quantiles_per_edge(mesh: Mesh) -> None:
     assert any("istio-ingressgateway → productpage" in x for x in bars["p50"].x)
     assert all(p99 >= p50 for p50, p99 in zip(bars["p50"].y, bars["p99"].y, strict=True))
     assert any(y > 0 for y in bars["p99"].y) and not chart.running()
+
+
+def test_service_graph_colours_a_failing_service_and_keeps_its_picture_when_traffic_stops(mesh: Mesh) -> None:
+    settle(mesh, quiet=3.0)
+    empty = service_graph(mesh, window=2, live=False)
+    assert "no traffic in the last 2 s" in empty.figure.layout.title.text and not empty.figure.data[2].x
+    mesh.apply(rules.route("reviews", to="v2"))  # every page calls ratings
+    mesh.kill("ratings-v1-0")
+    try:
+        mesh.load(rps=20, duration=3).wait(15)
+        graph = service_graph(mesh, window=5, live=False)
+        deadline = time.monotonic() + 10  # telemetry lags a scrape behind
+        while time.monotonic() < deadline:
+            graph.refresh()
+            colours = dict(zip(graph.figure.data[2].text, graph.figure.data[2].marker.color, strict=True))
+            if colours.get("ratings-v1") == NODE_FAILING:
+                break
+            time.sleep(0.5)
+        assert colours.get("ratings-v1") == NODE_FAILING, (colours, graph.last_error)
+        assert colours["productpage-v1"] == NODE_OK
+        assert "no traffic" not in graph.figure.layout.title.text
+        low, high = graph.figure.layout.xaxis.range
+        assert low < 0 and high > max(graph.figure.data[2].x)  # room for the outer labels
+    finally:
+        mesh.restart("ratings-v1-0")
+    settle(mesh, quiet=5.0)
+    drawn = list(graph.figure.data[2].text)
+    graph.refresh()  # no traffic in its 5 s window now: the last picture stays, the title says why
+    assert list(graph.figure.data[2].text) == drawn
+    assert "no traffic in the last 5 s" in graph.figure.layout.title.text

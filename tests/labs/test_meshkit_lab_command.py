@@ -57,6 +57,8 @@ def _meshkit_lab(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subproce
     tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **env, "JUPYTER_TOKEN": token, "IPYTHONDIR": str(tmp_path / "ipython"),
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    bin_dir = str(Path(sys.executable).parent)  # started from elsewhere: the venv's bin is not on PATH
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir)
     argv = [sys.executable, "-m", "meshkit.cli", "lab", "--no-browser", "--port", str(port)]
     with (tmp_path / "lab.log").open("w") as log:
         proc = subprocess.Popen(argv, cwd=LABS.parent, env=env, stdout=log, stderr=subprocess.STDOUT,

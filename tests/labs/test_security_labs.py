@@ -29,9 +29,10 @@ def test_instructor_fast_forwards_labs_06_and_07(lab_env: dict[str, str]) -> Non
     NotebookClient(nb, kernel_name="python3", timeout=60, startup_timeout=60,
                    resources={"metadata": {"path": str(LABS)}}).execute()
     printed = ["".join(o.get("text", "") for o in nb.cells[i].outputs) for i in (2, 4)]
-    assert "[('permissive', True), ('strict', True)]" in printed[0], nb.cells[2].outputs
-    assert ("[('deny-all', True), ('productpage', True), ('backends', True), ('identity', True)]"
-            in printed[1]), nb.cells[4].outputs
+    assert "[('predict-permissive', True), ('permissive', True), ('strict', True)]" in printed[0], \
+        nb.cells[2].outputs
+    assert ("[('predict-deny-all', True), ('deny-all', True), ('productpage', True), ('backends', True), "
+            "('identity', True)]" in printed[1]), nb.cells[4].outputs
     progress = json.loads((Path(lab_env["MESHKIT_HOME"]) / "lab" / "progress.json").read_text())
     for lab, steps in (("06-mtls", ("permissive", "strict")),
                        ("07-authorization", ("deny-all", "productpage", "backends", "identity"))):

@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from meshkit.workshop import client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +37,7 @@ def _serve(state_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str,
     """Start the CLI and read what it announces (bounded: 20 s)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "meshkit.cli", "workshop", "serve", "--port", str(port),
-         "--state-dir", str(state_dir), "--title", "Restart drill"],
+         "--state-dir", str(state_dir), "--title", "Restart drill", "--max-attendees", str(ROOM)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert process.stdout is not None
@@ -63,6 +65,9 @@ def _board(url: str, token: str) -> dict[str, Any]:
         return result
 
 
+LAB = "01-request-routing"
+
+
 def _stop(process: subprocess.Popen[str]) -> None:
     if process.poll() is None:
         process.kill()
@@ -79,13 +84,16 @@ def test_a_crash_mid_workshop_loses_nothing_and_queued_results_arrive_after_rest
         assert announced["attendees join"].startswith(url)
         attendees = [client.join(url, code, f"learner {i}", state_dir=tmp_path / f"a{i}")
                      for i in range(ROOM)]
-        assert all(a.report("01-routing", "s1", True) for a in attendees)
+        assert announced["room size"] == f"up to {ROOM} attendees"
+        with pytest.raises(client.WorkshopError, match=f"the workshop is full \\({ROOM} attendees\\)"):
+            client.join(url, code, "one too many", state_dir=tmp_path / "extra")
+        assert all(a.report(LAB, "all-v1", True) for a in attendees)
         first.send_signal(signal.SIGKILL)  # a crash, not a clean stop
         first.wait(10)
 
         for attendee in attendees:  # the room keeps working while the server is down
-            assert attendee.report("01-routing", "s2", False, "reviews has no VirtualService") is False
-            assert attendee.report("01-routing", "s3", True) is False
+            assert attendee.report(LAB, "predict-subset", False, "reviews has no VirtualService") is False
+            assert attendee.report(LAB, "jason-v2", True) is False
             assert attendee.pending() == 2 and "unreachable" in (attendee.last_error or "")
         again = client.join(url, code, "learner 0", state_dir=tmp_path / "a0")  # a restarted kernel
         assert again.id == attendees[0].id and again.pending() == 2
@@ -98,11 +106,14 @@ def test_a_crash_mid_workshop_loses_nothing_and_queued_results_arrive_after_rest
                 time.sleep(0.2)
             assert [a.pending() for a in attendees] == [0] * ROOM
             board = _board(url, token)
-            assert board["columns"] == [["01-routing", step] for step in ("s1", "s2", "s3")]
+            # the server owns the outlines (meshkit's lab catalog): every lab's columns, in order
+            assert [LAB, "all-v1"] in board["columns"] and ["00-welcome", "up"] in board["columns"]
+            index = [board["columns"].index([LAB, step]) for step in ("all-v1", "predict-subset", "jason-v2")]
+            assert index == sorted(index)
             assert sorted(row["name"] for row in board["attendees"]) == [f"learner {i}" for i in range(ROOM)]
             for row in board["attendees"]:
-                assert [cell[0] for cell in row["cells"]] == ["p", "f", "p"], row
-                assert row["cells"][1][1] == "reviews has no VirtualService"
+                assert [row["cells"][i][0] for i in index] == ["p", "f", "p"], row
+                assert row["cells"][index[1]][1] == "reviews has no VirtualService"
             assert board["title"] == "Restart drill"
             second.send_signal(signal.SIGTERM)
             assert second.wait(15) == 0

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from meshkit.workshop import client
-from meshkit.workshop.server import RunningWorkshop
+from meshkit.workshop.server import RunningWorkshop, run_workshop
 from tests.workshop.conftest import board, executor, in_thread, instructor, join
 
 LAB = "02-canary"
@@ -191,3 +192,75 @@ async def test_csv_export_has_every_attendee_and_step_and_defuses_formulas(
         ("Ada, Countess", "s1", "passed"), ("Ada, Countess", "s2", "not started"),
         ("'=HYPERLINK(\"http://x\")", "s1", "not started"), ("'=HYPERLINK(\"http://x\")", "s2", "failing")]
     assert rows[3]["last_reason"] == "'-1 replicas" and rows[0]["passed_at"].endswith("+00:00")
+
+
+async def test_a_step_that_fails_after_passing_is_regressed_and_revealed_solutions_show(
+        workshop: RunningWorkshop, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Progress is state: pass then fail shows ``r`` (regressed), not a stale tick; a revealed
+    solution is listed once per attendee and step (a retried delivery counts once)."""
+    learner = await join(workshop, "learner", tmp_path / "learner")
+    results_url = f"{workshop.url}/api/attendees/{learner.id}/results"
+    other = await join(workshop, "other", tmp_path / "other")
+    await in_thread(learner.outline, LAB, STEPS)
+    assert await in_thread(learner.report, LAB, "apply-v1", True)
+    assert await in_thread(learner.report, LAB, "apply-v1", False, "the VirtualService is gone")
+    assert await in_thread(other.report, LAB, "apply-v1", False, "not yet")
+    assert await in_thread(learner.report, LAB, "shift-10", False, kind="solution")
+    status, answer = await in_thread(client._request, "POST", results_url,
+                                     {"results": [{"id": "solution-0001", "lab": LAB, "step": "shift-10",
+                                                   "passed": False, "kind": "solution"}]}, learner._token)
+    assert status == 200 and answer == {"accepted": 0, "duplicates": 1}
+    state = await board(workshop, http)
+    column = state["columns"].index([LAB, "apply-v1"])
+    rows = {row["name"]: row for row in state["attendees"]}
+    assert rows["learner"]["cells"][column][:2] == ["r", "the VirtualService is gone"]
+    assert rows["other"]["cells"][column][0] == "f"
+    assert rows["learner"]["passed"] == 0
+    assert [(s["name"], s["lab"], s["step"]) for s in state["solutions"]] == [("learner", LAB, "shift-10")]
+    assert any(item["kind"] == "solution" and item["name"] == "learner" for item in state["feed"])
+    status, answer = await in_thread(client._request, "POST", results_url,
+                                     {"results": [{"id": "solution-0002", "lab": LAB, "step": "x",
+                                                   "passed": False, "kind": "hint"}]}, learner._token)
+    assert status == 400 and "results[0].kind" in str(answer)
+
+
+async def test_a_server_that_owns_the_outlines_keeps_its_columns_and_names_the_valid_ids(
+        tmp_path: Path) -> None:
+    """``meshkit workshop serve`` passes meshkit's lab catalog: an attendee cannot add or reorder a
+    lab's steps, and releasing or locking a lab or step that does not exist is a 404 listing the ids."""
+    outlines = {LAB: STEPS, "03-mirroring": ["mirror-100", "mirror-50"]}
+    async with await run_workshop("127.0.0.1", 0, tmp_path / "server", outlines=outlines) as running, \
+            aiohttp.ClientSession() as http:
+        learner = await join(running, "learner", tmp_path / "learner")
+        state = await board(running, http)
+        assert state["columns"] == [["02-canary", s] for s in STEPS] + [["03-mirroring", "mirror-100"],
+                                                                       ["03-mirroring", "mirror-50"]]
+        status, answer = await in_thread(client._request, "POST",
+                                         f"{running.url}/api/attendees/{learner.id}/outline",
+                                         {"lab": LAB, "steps": ["promote", "my-own-step"]}, learner._token)
+        assert status == 200 and answer == {"lab": LAB, "steps": STEPS}
+        status, answer = await in_thread(client._request, "POST",
+                                         f"{running.url}/api/attendees/{learner.id}/outline",
+                                         {"lab": "99-mine", "steps": ["x"]}, learner._token)
+        assert status == 400 and "labs: 02-canary, 03-mirroring" in str(answer)
+        assert (await board(running, http))["columns"] == state["columns"]
+        for path, body, expected in (
+                ("release", {"lab": LAB, "step": "shift-99"}, "steps: apply-v1, shift-10, shift-50, promote"),
+                ("release", {"lab": "99-mine"}, "labs: 02-canary, 03-mirroring"),
+                ("lock", {"lab": "99-mine", "locked": True}, "lock.lab: no lab '99-mine'")):
+            async with http.post(f"{running.url}/api/instructor/{path}", json=body,
+                                 headers=instructor(running)) as response:
+                assert response.status == 404 and expected in await response.text()
+        async with http.post(f"{running.url}/api/instructor/release", json={"lab": LAB, "step": "shift-10"},
+                             headers=instructor(running)) as response:
+            assert response.status == 200
+
+
+async def test_the_instructor_caps_the_room_at_start(tmp_path: Path) -> None:
+    async with await run_workshop("127.0.0.1", 0, tmp_path / "server", max_attendees=2) as running:
+        await join(running, "first", tmp_path / "first")
+        await join(running, "second", tmp_path / "second")
+        with pytest.raises(client.WorkshopError, match=r"the workshop is full \(2 attendees\)"):
+            await join(running, "third", tmp_path / "third")
+    with pytest.raises(ValueError, match=r"max_attendees: expected 1\.\.500, got 0"):
+        await run_workshop("127.0.0.1", 0, tmp_path / "other", max_attendees=0)

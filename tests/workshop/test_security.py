@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from meshkit.workshop import auth
+from meshkit.workshop import auth, client
 from meshkit.workshop.server import MAX_BODY, RunningWorkshop
 from tests.workshop.conftest import bearer, board, in_thread, instructor, join
 
@@ -118,7 +118,7 @@ async def test_bad_results_are_refused_with_the_field_named(
     ok = {"id": "event-000001", "lab": "l", "step": "s", "passed": True}
     cases = (({**ok, "passed": "yes"}, "results[0].passed"), ({**ok, "id": "x"}, "results[0].id"),
              ({**ok, "lab": ""}, "results[0].lab"), ({**ok, "reason": "r" * 2001}, "results[0].reason"),
-             ({**ok, "at": "now"}, "results[0].at"))
+             ({**ok, "at": "now"}, "results[0].at"), ({**ok, "at": 0}, "results[0].at"))
     for result, field in cases:
         async with http.post(f"{workshop.url}/api/attendees/{attendee.id}/results",
                              headers=bearer(attendee._token), json={"results": [result]}) as response:
@@ -150,3 +150,21 @@ def test_secrets_compare_in_constant_time_and_codes_normalize() -> None:
     assert auth.normalize_code("abc 234") == "ABC-234" and auth.normalize_code("ABC-234") == "ABC-234"
     assert len({auth.new_join_code() for _ in range(20)}) > 1
     assert auth.bearer_token("Bearer  t ") == "t" and auth.bearer_token("Basic t") is None
+
+
+def test_state_dirs_and_databases_are_private_even_when_the_directory_existed(tmp_path: Path) -> None:
+    import stat  # noqa: PLC0415
+
+    from meshkit.workshop.storage import DATABASE_FILE, WorkshopStore  # noqa: PLC0415
+
+    server_dir, attendee_dir = tmp_path / "server", tmp_path / "attendee"
+    for made in (server_dir, attendee_dir):
+        made.mkdir(mode=0o755)
+        made.chmod(0o755)
+    store = WorkshopStore(server_dir)
+    store.close()
+    with client._database(attendee_dir):
+        pass
+    for directory, database in ((server_dir, DATABASE_FILE), (attendee_dir, client.CLIENT_DB)):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+        assert stat.S_IMODE((directory / database).stat().st_mode) == 0o600, database

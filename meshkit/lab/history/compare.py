@@ -33,6 +33,21 @@ from meshkit.lab.mesh import Mesh
 from meshkit.runtime.catalog import workload_of
 from meshkit.runtime.processes import rss_bytes
 
+__all__ = [
+    "CAPABILITIES",
+    "COLOURS",
+    "LIBRARY",
+    "MAX_TELEMETRY_WINDOW",
+    "MIB",
+    "NODE_AGENT",
+    "NODE_PROXY",
+    "REQUESTS_PREFIX",
+    "SHAPES",
+    "SIDECAR",
+    "Comparison",
+    "capabilities",
+]
+
 LIBRARY, NODE_AGENT, SIDECAR = "library", "node agent", "sidecar"
 NODE_PROXY = "node proxy"
 SHAPES = (LIBRARY, NODE_AGENT, SIDECAR)

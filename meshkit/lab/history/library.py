@@ -17,6 +17,8 @@ import http.client
 import socket
 from dataclasses import dataclass, field
 
+__all__ = ["RETRY_STATUSES", "Answer", "ProxiedClient", "RequestFailed", "ResilientClient"]
+
 RETRY_STATUSES = frozenset({502, 503, 504})
 
 

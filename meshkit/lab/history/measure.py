@@ -17,6 +17,16 @@ from typing import Any
 
 from meshkit.lab.history.library import Answer, RequestFailed
 
+__all__ = [
+    "KEEP_REASONS",
+    "MAX_REQUESTS",
+    "MAX_SECONDS",
+    "WARMUP",
+    "Measurement",
+    "percentile",
+    "run_bounded",
+]
+
 MAX_REQUESTS = 5000
 MAX_SECONDS = 30.0
 WARMUP = 10

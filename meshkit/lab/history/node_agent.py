@@ -35,6 +35,17 @@ from meshkit.config.compile import snapshot_version
 from meshkit.lab.display import LabError
 from meshkit.runtime.processes import dying_with_parent, python_argv, rss_bytes
 
+__all__ = [
+    "NAMESPACE",
+    "NODE_NAME",
+    "START_TIMEOUT",
+    "STOP_GRACE",
+    "NodeProxy",
+    "fetch_json",
+    "fetch_text",
+    "node_snapshot",
+]
+
 NODE_NAME = "node-agent-0"
 NAMESPACE = "default"
 START_TIMEOUT = 20.0

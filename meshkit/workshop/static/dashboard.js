@@ -158,6 +158,7 @@ function renderGrid(state) {
   }
   head.append(labRow, stepRow);
   const body = el("tbody");
+  const usedSolution = new Set((state.solutions || []).map((s) => s.attendee + "\u0000" + s.lab + "\u0000" + s.step));
   for (const attendee of state.attendees) {
     const reset = el("button", { type: "button", class: "reset", text: "reset",
       title: "Reset this attendee's progress" });
@@ -176,10 +177,19 @@ function renderGrid(state) {
         td.className = "cell cell-passed";
         td.textContent = "✓";
         td.title = attendee.name + ": " + step + " passed";
+      } else if (cell[0] === "r") {
+        td.className = "cell cell-regressed";
+        td.textContent = "↺";
+        td.title = attendee.name + ": " + step + " passed before, failing again for " +
+          ago(serverNow() - cell[2]) + "\n" + cell[1];
       } else {
         td.className = "cell cell-failing";
         td.textContent = "✗";
         td.title = attendee.name + ": " + step + " failing for " + ago(serverNow() - cell[2]) + "\n" + cell[1];
+      }
+      if (usedSolution.has(attendee.id + "\u0000" + lab + "\u0000" + step)) {
+        td.classList.add("used-solution");
+        td.title += "\n(revealed the solution)";
       }
       row.append(td);
     });
@@ -207,6 +217,7 @@ function renderLists(state) {
       : item.kind === "release" ? "solution released: " + item.lab + (item.step ? " / " + item.step : "")
       : item.kind === "lock" || item.kind === "unlock" ? item.kind + "ed " + item.lab
       : item.kind === "reset" ? "progress reset"
+      : item.kind === "solution" ? "revealed the solution of " + item.lab + " / " + item.step
       : item.kind === "broadcast" ? "broadcast: " + item.text : item.kind;
     return el("li", { class: "feed-" + item.kind },
       el("span", { class: "age", text: ago(serverNow() - item.at) + " ago " }),

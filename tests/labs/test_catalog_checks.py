@@ -1,0 +1,100 @@
+"""The catalog's checks judge behaviour on real traffic: each one fails when the rule is there but
+the traffic is wrong (a 50/50 split where 90/10 is asked, every request mirrored where half is
+asked, a sticky route whose others' split is off), and passes when it is right. Progress is state:
+reopening a lab re-checks, and a step that no longer holds is regressed."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import pytest
+
+from meshkit.lab import Lab, catalog, connect, rules
+from meshkit.lab.magic import mesh_cell
+from meshkit.lab.mesh import Mesh
+from meshkit.lab.progress import ProgressStore
+from tests.labs.conftest import settle
+
+
+@pytest.fixture
+def quiet_mesh(lab_env: dict[str, str]) -> Iterator[Mesh]:
+    m = connect(start=False)
+    m.reset()
+    settle(m)
+    yield m
+    m.reset()
+
+
+def _lab(mesh: Mesh, name: str) -> Lab:
+    ProgressStore(mesh.state_dir).reset(name)
+    return Lab(name, mesh, namespace={})
+
+
+def _swapped_subsets(mesh: Mesh, host: str, a: str, b: str) -> dict[str, object]:
+    """The DestinationRule of ``host`` with the pod labels of subsets ``a`` and ``b`` swapped: the
+    VirtualService still reads as asked, but the traffic lands on the other version."""
+    rule = copy.deepcopy(dict(mesh.get("DestinationRule", host)))
+    subsets = {s["name"]: s for s in rule["spec"]["subsets"]}
+    subsets[a]["labels"], subsets[b]["labels"] = subsets[b]["labels"], subsets[a]["labels"]
+    return rule
+
+
+def test_canary_check_fails_on_the_wrong_split_even_with_the_rule_as_asked(quiet_mesh: Mesh) -> None:
+    lab = _lab(quiet_mesh, "02-canary")
+    quiet_mesh.apply(rules.canary("reviews", {"v1": 50, "v3": 50}))  # 50/50 where 90/10 is asked
+    quiet_mesh.load(rps=25, duration=4).wait()
+    assert "sends v1 50%, v3 50% by default; the step wants v1 90%, v3 10%" in \
+        lab["canary-10"].check(retry_for=0, strict=False).reason
+    # the rule exactly as asked, but the subsets' pods swapped: the traffic is 10/90
+    quiet_mesh.apply([rules.canary("reviews", {"v1": 90, "v3": 10}),
+                      _swapped_subsets(quiet_mesh, "reviews", "v1", "v3")])
+    quiet_mesh.load(rps=25, duration=4).wait()
+    failed = lab["canary-10"].check(retry_for=2, strict=False)
+    assert not failed.passed and "a share this far from it happens with probability" in failed.reason, failed
+    quiet_mesh.reset()
+    quiet_mesh.apply(rules.canary("reviews", {"v1": 90, "v3": 10}))
+    quiet_mesh.load(rps=25, duration=4).wait()
+    assert lab["canary-10"].check(retry_for=4, strict=False).passed
+
+
+def test_mirror_check_fails_when_every_request_is_copied_where_half_is_asked(quiet_mesh: Mesh) -> None:
+    lab = _lab(quiet_mesh, "03-mirroring")
+    quiet_mesh.apply(rules.mirror("reviews", to="v2", percent=100, primary="v1"))  # a mirror to v2, as asked
+    quiet_mesh.load(rps=25, duration=4).wait()
+    failed = lab["mirror-50"].check(retry_for=2, strict=False)
+    assert not failed.passed and "copies of the" in failed.reason and "asks for 50%" in failed.reason, failed
+    assert lab["mirror-100"].check(retry_for=4, strict=False).passed
+    quiet_mesh.apply(rules.mirror("reviews", to="v2", percent=50, primary="v1"))
+    quiet_mesh.load(rps=25, duration=4).wait()
+    assert lab["mirror-50"].check(retry_for=4, strict=False).passed
+
+
+def test_sticky_challenge_is_judged_on_the_checks_own_page_views(quiet_mesh: Mesh) -> None:
+    lab = _lab(quiet_mesh, "01-request-routing")
+    quiet_mesh.apply(rules.ab_test("reviews", header="end-user", value="jason", to="v3", default="v1"))
+    failed = lab["challenge"].check(retry_for=0, strict=False)  # Jason on v3, but the others all on v1
+    assert not failed.passed and "page views of users other than jason" in failed.reason
+    assert "v1 got 60 of 60 requests (100%); the step asks for 50%" in failed.reason, failed
+    spec = catalog.get("01-request-routing")
+    assert spec is not None
+    line, _, yaml_text = spec.step("challenge").solution.partition("\n")
+    shown = mesh_cell(line.removeprefix("%%mesh"), yaml_text, {"mesh": quiet_mesh})
+    assert "No problems found" in str(shown[0]) and "VirtualService" in str(shown[1])
+    assert lab["challenge"].check(retry_for=4, strict=False).passed
+
+
+def test_reopening_a_lab_rechecks_and_shows_what_no_longer_holds_as_regressed(quiet_mesh: Mesh) -> None:
+    lab = _lab(quiet_mesh, "03-mirroring")
+    quiet_mesh.apply(rules.mirror("reviews", to="v2", percent=100, primary="v1"))
+    quiet_mesh.load(rps=25, duration=4).wait()
+    assert lab["mirror-100"].check(retry_for=4, strict=False).passed
+    shown = lab.solution("mirror-100", reveal=True)  # self-study: shown, and recorded
+    assert "rules.mirror" in str(shown)
+    quiet_mesh.reset()
+    again = Lab("03-mirroring", quiet_mesh, namespace={})  # a kernel restart re-runs the first cell
+    assert again.done() == [] and again.regressed() == ["mirror-100"]
+    entry = again.status()["mirror-100"]
+    assert entry["ever"] is True and entry["passed"] is False and entry["solution_seen"] > 0
+    assert "1 regressed (mirror-100)" in str(again.summary())
+    assert repr(again.summary()) == str(again.summary())  # shown as text, not as a quoted string
