@@ -36,6 +36,8 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from meshkit.proxy import accept_loop
+from meshkit.proxy.accept_loop import AcceptingServer
 from meshkit.proxy.listener import DownstreamConnection, Listener
 
 log = logging.getLogger("meshkit.proxy.passthrough")
@@ -46,7 +48,6 @@ SNIFF_TIMEOUT_S = 0.1  # a client-first protocol has sent its first bytes by the
 CONNECT_TIMEOUT_S = 10.0
 CHUNK = 65536
 PEEK_LIMIT = 8192  # an HTTP request head longer than this goes to the HTTP pipeline unread
-BACKLOG = 1024
 _HTTP_REQUEST_LINE = re.compile(rb"^(GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) ")
 _TCP_METRICS = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
                 "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total")
@@ -110,23 +111,6 @@ class PassthroughStats:
         return "\n".join(lines) + "\n"
 
 
-class _AcceptingServer:
-    """The bits of ``asyncio.AbstractServer`` that ``Listener`` uses, over our accept loop."""
-
-    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
-        self.sockets = [sock]
-        self._task = task
-
-    def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(OSError):
-            self.sockets[0].close()
-
-    async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
 class OutboundAcceptor:
     """Accepts the outbound listener's connections (see the module docstring)."""
 
@@ -134,38 +118,9 @@ class OutboundAcceptor:
                  sniff_timeout_s: float = SNIFF_TIMEOUT_S) -> None:
         self.stats = stats or PassthroughStats()
         self.sniff_timeout_s = sniff_timeout_s
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def serve(self, listener: Listener, host: str, port: int) -> _AcceptingServer:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        return _AcceptingServer(sock, asyncio.ensure_future(self._accept_forever(listener, sock)))
-
-    async def _accept_forever(self, listener: Listener, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                try:
-                    conn, _ = await loop.sock_accept(sock)
-                except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                    log.warning("outbound accept failed: %s", exc)
-                    await asyncio.sleep(0.1)
-                    continue
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                task = loop.create_task(self._admit(listener, conn))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
+    async def serve(self, listener: Listener, host: str, port: int) -> AcceptingServer:
+        return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "outbound")
 
     async def _admit(self, listener: Listener, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()

@@ -27,13 +27,14 @@ It must not do: HTTP (that is ``DownstreamConnection``), or decide policy itself
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, cast
 
+from meshkit.proxy import accept_loop
+from meshkit.proxy.accept_loop import AcceptingServer
 from meshkit.proxy.filters.authn import DEFAULT_MODE, decide_connection
 from meshkit.proxy.listener import DownstreamConnection, Listener
 from meshkit.proxy.tls.certinfo import CertificateError
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 SNIFF_TIMEOUT = 10.0  # a client that connects and sends nothing (Envoy's listener filter timeout is 15 s)
 HANDSHAKE_TIMEOUT = 10.0
-BACKLOG = 1024
 
 
 class ServerContexts(Protocol):
@@ -98,23 +98,6 @@ class MtlsDownstreamConnection(DownstreamConnection):
         super().connection_made(transport)
 
 
-class _AcceptingServer:
-    """The bits of ``asyncio.AbstractServer`` that ``Listener`` uses, over our accept loop."""
-
-    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
-        self.sockets = [sock]
-        self._task = task
-
-    def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(OSError):
-            self.sockets[0].close()
-
-    async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
 class MtlsAcceptor:
     """Accepts inbound connections and applies PeerAuthentication (see the module docstring)."""
 
@@ -122,45 +105,15 @@ class MtlsAcceptor:
         self.certificates = certificates
         self.stats = stats or TlsStats()
         self.listener: Listener | None = None
-        self._handshakes: set[asyncio.Task[None]] = set()
 
-    async def serve(self, listener: Listener, host: str, port: int) -> _AcceptingServer:
+    async def serve(self, listener: Listener, host: str, port: int) -> AcceptingServer:
         self.listener = listener
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        task = asyncio.ensure_future(self._accept_forever(listener, sock))
-        return _AcceptingServer(sock, task)
+        return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "inbound")
 
     def current_mode(self, listener: Listener) -> str:
         state = listener.state
         snapshot = state.current if state is not None else None
         return snapshot.mtls_mode if snapshot is not None else DEFAULT_MODE
-
-    async def _accept_forever(self, listener: Listener, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(sock)
-            except asyncio.CancelledError:
-                break
-            except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                log.warning("inbound accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(self._admit(listener, conn))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
-        for task in list(self._handshakes):
-            task.cancel()
 
     async def _admit(self, listener: Listener, conn: socket.socket) -> None:
         mode = self.current_mode(listener)
