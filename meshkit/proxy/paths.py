@@ -56,7 +56,8 @@ def _decode_slash(match: re.Match[str]) -> str:
     return "/" if match[1] in ("2F", "2f") else "\\"
 
 
-def _resolve_dots(path: str) -> str:
+def resolve_dots(path: str) -> str:
+    """RFC 3986 dot-segment removal: ``/a/./b/../c`` -> ``/a/c`` (a trailing ``..`` keeps its slash)."""
     segments = path.split("/")
     out: list[str] = []
     last = len(segments) - 1
@@ -85,7 +86,7 @@ def normalize_only_path(path: str, mode: str) -> str | None:
     if "\\" in path:
         path = path.replace("\\", "/")
     if "/." in path or not path.startswith("/"):
-        path = _resolve_dots(path)
+        path = resolve_dots(path)
     if mode != BASE and "//" in path:
         path = _MULTI_SLASH.sub("/", path)
     return path

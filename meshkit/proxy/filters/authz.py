@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshkit.proxy.http import Handler, Request, Response
+from meshkit.proxy.paths import resolve_dots
 
 log = logging.getLogger(__name__)
 
@@ -109,20 +110,7 @@ def normalize_path(raw: str) -> str:
     if "://" in path[:10]:  # absolute-form request target
         slash = path.find("/", path.index("://") + 3)
         path = path[slash:] if slash >= 0 else "/"
-    path = _ESCAPE_RE.sub(_decode_unreserved, path.replace("\\", "/"))
-    segments = path.split("/")
-    out: list[str] = []
-    last = len(segments) - 1
-    for index, segment in enumerate(segments):
-        if segment in (".", ".."):
-            if segment == ".." and len(out) > 1:
-                out.pop()
-            if index == last:
-                out.append("")
-            continue
-        out.append(segment)
-    result = "/".join(out)
-    return result if result.startswith("/") else "/" + result
+    return resolve_dots(_ESCAPE_RE.sub(_decode_unreserved, path.replace("\\", "/")))
 
 
 # --------------------------------------------------------------------------- compiling matchers
