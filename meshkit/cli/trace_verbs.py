@@ -30,16 +30,8 @@ def traces(  # noqa: PLR0917 (typer maps parameters to options)
     """Recent traces the control plane collected (sampled as Istio samples: 1% unless configured)."""
     from meshkit.cli.common import _call, _client  # noqa: PLC0415
 
-    query: dict[str, Any] = {"limit": limit}
-    if service:
-        query["service"] = service
-    if errors:
-        query["errors"] = "true"
-    if min_duration:
-        query["min_duration"] = min_duration
-    if request_id:
-        query["request_id"] = request_id
-    answer = _call(_client(None).request, "GET", "traces", query=query)
+    answer = _call(_client(None).traces, service, errors=errors, min_duration=min_duration,
+                   request_id=request_id, limit=limit)
     if output == "json":
         typer.echo(json.dumps(answer, indent=2))
         return

@@ -136,6 +136,13 @@ class ControlClient:
     def jwks_refresh(self, uri: str) -> Any:
         return self.request("POST", "jwks/refresh", json_body={"uri": uri})
 
+    def traces(self, service: str | None = None, *, errors: bool = False, min_duration: str | None = None,
+               request_id: str | None = None, limit: int = 20) -> Any:
+        """Summaries of recent traces, newest first (``GET /api/v1/traces``; docs/tracing.md)."""
+        return self.request("GET", "traces", query={  # None values are left out of the URL
+            "limit": limit, "service": service or None, "errors": "true" if errors else None,
+            "min_duration": min_duration or None, "request_id": request_id or None})
+
 
 def _as_list(documents: list[dict[str, Any]]) -> dict[str, Any]:
     """Several resources as one body: a ``kind: List`` the loader expands."""

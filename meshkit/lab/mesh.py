@@ -433,16 +433,8 @@ class Mesh:
     def traces(self, service: str | None = None, *, errors: bool = False, min_duration: str | None = None,
                request_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Summaries of recent traces (newest first), as ``meshkit traces`` lists them."""
-        query: dict[str, Any] = {"limit": limit}
-        if service:
-            query["service"] = service
-        if errors:
-            query["errors"] = "true"
-        if min_duration:
-            query["min_duration"] = min_duration
-        if request_id:
-            query["request_id"] = request_id
-        answer = self._call("traces", "request", "GET", "traces", query=query)
+        answer = self._call("traces", "traces", service, errors=errors, min_duration=min_duration,
+                            request_id=request_id, limit=limit)
         return list(answer.get("traces", [])) if isinstance(answer, dict) else []
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from meshkit.lab import security
 from meshkit.lab.catalog import LabSpec, StepSpec
 from meshkit.lab.catalog._common import predict
+from meshkit.lab.checks import expect
 
 if TYPE_CHECKING:
     from meshkit.lab.mesh import Mesh
@@ -40,8 +41,10 @@ def padlocks(mesh: Mesh, _lab: Lab) -> None:
 
 
 def rotated(mesh: Mesh, lab: Lab) -> None:
-    security.require_rotation_without_errors(mesh, INSTANCE, lab.state.get("serial_before"), "reviews",
-                                             min_requests=20)
+    before = lab.state.get("serial_before")
+    expect(isinstance(before, str), f"the lab noted no serial of {INSTANCE}'s certificate before the "
+           "rotation: run the lab's first cell again (Lab(...) notes it), then rotate")
+    security.require_rotation_without_errors(mesh, INSTANCE, str(before), "reviews", min_requests=20)
     security.require_namespace_mtls(mesh, "STRICT")
 
 
