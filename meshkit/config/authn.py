@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from meshkit.config.resources import IstioModel, Resource, WorkloadSelector
-from meshkit.config.selection import ROOT_NAMESPACE, labels_match
+from meshkit.config.selection import policies_for
 
 # Envoy's default token locations when a rule names none.
 DEFAULT_HEADER = {"name": "authorization", "prefix": "Bearer "}
@@ -81,15 +81,8 @@ class RequestAuthentication(Resource):
 def request_authentications_for(
     namespace: str, labels: Mapping[str, str], policies: Sequence[RequestAuthentication]
 ) -> list[RequestAuthentication]:
-    """Those selecting a workload: its namespace's and the root namespace's, by (namespace, name)."""
-    selected: list[RequestAuthentication] = []
-    for policy in policies:
-        if policy.metadata.namespace not in (namespace, ROOT_NAMESPACE):
-            continue
-        selector = policy.spec.selector
-        if labels_match(selector.match_labels if selector else None, labels):
-            selected.append(policy)
-    return selected
+    """Those selecting a workload: its namespace's and the root namespace's (`policies_for`)."""
+    return policies_for(namespace, labels, policies)
 
 
 def jwks_uris(policies: Sequence[Any]) -> Iterator[tuple[str, str]]:

@@ -216,37 +216,27 @@ def _other_virtual_hosts(
             resolved = resolve_host(host, vs.metadata.namespace)
             if resolved.name is None or registry.service(resolved.name, resolved.namespace or "") is None:
                 chosen.setdefault(host.strip().lower(), vs)
-    return [
-        {
-            "name": host,
-            "service": None,
-            "domains": [host],
-            "port": None,
-            "routes": [
-                route for index, http in enumerate(vs.spec.http or [])
-                if (route := _route(vs, index, http, node)) is not None
-            ],
-        }
-        for host, vs in sorted(chosen.items())
-    ]
+    return [_host_only_virtual_host(host, vs, node) for host, vs in sorted(chosen.items())]
 
 
 def _gateway_virtual_hosts(node: Node, resources: Sequence[Resource]) -> list[dict[str, Any]]:
     """A gateway serves only the hosts bound by a Gateway selecting it and a VirtualService naming that
     Gateway (`meshkit.config.gateways`); any other Host finds no virtual host: 404 ``NR``, as in Istio."""
-    return [
-        {
-            "name": host,
-            "service": None,
-            "domains": [host],
-            "port": None,
-            "routes": [
-                route for index, http in enumerate(vs.spec.http or [])
-                if (route := _route(vs, index, http, node)) is not None
-            ],
-        }
-        for host, vs in bound_hosts(node, resources)
-    ]
+    return [_host_only_virtual_host(host, vs, node) for host, vs in bound_hosts(node, resources)]
+
+
+def _host_only_virtual_host(host: str, vs: VirtualService, node: Node) -> dict[str, Any]:
+    """A virtual host that is one name and no registry service: ``vs``'s routes for ``host``."""
+    return {
+        "name": host,
+        "service": None,
+        "domains": [host],
+        "port": None,
+        "routes": [
+            route for index, http in enumerate(vs.spec.http or [])
+            if (route := _route(vs, index, http, node)) is not None
+        ],
+    }
 
 
 def _default_route(svc: Service) -> dict[str, Any]:

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from meshkit.config.hosts import resolve_host
 from meshkit.config.resources import (
@@ -117,10 +117,22 @@ def resolve_mtls(
     return {"mode": mode, "port_level": port_level}, decided_by
 
 
-def authorization_policies_for(
-    namespace: str, labels: Mapping[str, str], policies: Sequence[AuthorizationPolicy]
-) -> list[AuthorizationPolicy]:
-    """Policies selecting a workload: its namespace's and the root namespace's, by (namespace, name)."""
+class _Selecting(Protocol):
+    """A policy kind with ``metadata.namespace`` and an optional ``spec.selector.matchLabels``."""
+
+    @property
+    def metadata(self) -> Any: ...
+
+    @property
+    def spec(self) -> Any: ...
+
+
+P = TypeVar("P", bound=_Selecting)
+
+
+def policies_for(namespace: str, labels: Mapping[str, str], policies: Sequence[P]) -> list[P]:
+    """Policies selecting a workload: its namespace's and the root namespace's whose selector (if any)
+    matches ``labels``, in the given order. AuthorizationPolicy, RequestAuthentication, ..."""
     selected = []
     for policy in policies:
         if policy.metadata.namespace not in (namespace, ROOT_NAMESPACE):
@@ -129,6 +141,13 @@ def authorization_policies_for(
         if labels_match(selector.match_labels if selector else None, labels):
             selected.append(policy)
     return selected
+
+
+def authorization_policies_for(
+    namespace: str, labels: Mapping[str, str], policies: Sequence[AuthorizationPolicy]
+) -> list[AuthorizationPolicy]:
+    """AuthorizationPolicies selecting a workload (`policies_for`)."""
+    return policies_for(namespace, labels, policies)
 
 
 def telemetries_for(
