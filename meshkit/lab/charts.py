@@ -35,6 +35,7 @@ __all__ = [
     "flag_counts",
     "response_flags",
     "service_graph",
+    "trace",
     "traffic_split",
 ]
 

@@ -113,7 +113,7 @@ async def test_one_request_is_one_trace_with_the_delay_on_the_faulted_hop(bookin
     listed = meshkit(mesh.home, mesh.base, "traces", "--service", "ratings", "--min-duration", "1s")
     assert listed.returncode == 0 and spans[0]["traceId"] in listed.stdout, listed.stdout + listed.stderr
     # explain names the rule that delayed the request, and the rules the other hops took.
-    explained = Mesh(str(mesh.status["control"])).explain(request_id)
+    explained = Mesh(str(mesh.status["control"]), local=mesh.mesh).explain(request_id)
     hops = {(h["from"], h["to"]): h for h in explained["hops"]}
     delayed_hop = hops[("reviews", "ratings")]
     assert delayed_hop["route"] == "VirtualService/default/ratings#http[0]" and delayed_hop["subset"] == "v1"
@@ -126,7 +126,7 @@ async def test_one_request_is_one_trace_with_the_delay_on_the_faulted_hop(bookin
     told = meshkit(mesh.home, mesh.base, "explain", request_id)
     assert told.returncode == 0, told.stderr
     assert "route     VirtualService/default/ratings#http[0]" in told.stdout, told.stdout
-    figure = charts.trace(Mesh(str(mesh.status["control"])), request_id)
+    figure = charts.trace(Mesh(str(mesh.status["control"]), local=mesh.mesh), request_id)
     bars = figure.data[0]
     assert len(bars.y) == len(spans)
     slowest = max(range(len(spans)), key=lambda i: bars.x[i] if "ratings" in bars.hovertext[i] else 0)
@@ -196,7 +196,7 @@ async def test_explain_names_an_abort_and_a_missing_route(bookinfo: RunningMesh)
                                   headers={"x-request-id": lost, "x-client-trace-id": "nr"})
     assert response.status_code == 404
     await eventually(lambda: _trace(mesh, lost), lambda s: len(s) >= 1, seconds=15.0)
-    client = Mesh(str(mesh.status["control"]))
+    client = Mesh(str(mesh.status["control"]), local=mesh.mesh)
     answer = client.explain(aborted)
     hop = next(h for h in answer["hops"] if (h["from"], h["to"]) == ("reviews", "ratings"))
     assert (hop["status"], hop["flags"], hop["reached_server"]) == (500, "FI", False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +13,7 @@ from meshkit.lab import Lab, attend
 from meshkit.lab.checks import CheckFailed
 from meshkit.lab.mesh import Mesh
 from meshkit.workshop.server import run_workshop
+from tests.waiting import async_wait_until
 
 
 def _fail(_mesh: Mesh) -> None:
@@ -75,9 +75,8 @@ async def test_a_joined_lab_reports_checks_and_follows_releases_and_broadcasts(
         shown = await asyncio.to_thread(lab.progress)
         stop = lab.room.watch(shown.children[0], every=0.2)  # the watcher progress() started, faster
         running.store.broadcast("Back in 5 minutes")
-        deadline = time.monotonic() + 20
-        while "Back in 5 minutes" not in shown.children[0].value and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await async_wait_until(lambda: "Back in 5 minutes" in shown.children[0].value, 20,
+                               "the broadcast to show in the open progress widget")
         stop.set()
         assert "Instructor: Back in 5 minutes" in shown.children[0].value
     finally:

@@ -1,9 +1,10 @@
 """Labs in a real JupyterLab, driven by Debian's chromium through Playwright, as a person sees them.
 
 The generated reference editions (with solutions) run in the browser. Lab 02: Run All renders the
-canary slider and the live plotly chart, every check passes, and mesh + JupyterLab + kernel fit Binder's 2 GB. Lab 05: Run All (strict) renders the response-flags chart as SVG
-bars, the progress widget at every step done, and no error. One JupyterLab and one browser serve the
-module (tests/labs/browser.py); each test shuts its notebook's kernel down.
+canary slider and the live plotly chart, every check passes, and mesh + JupyterLab + kernel fit
+Binder's 2 GB. Lab 05: Run All (strict) renders the response-flags chart as SVG bars, the progress
+widget at every step done, and no error. One JupyterLab and one browser serve the module
+(tests/labs/browser.py); each test shuts its notebook's kernel down.
 
 Set-up: Debian ``chromium`` (``./dev test`` installs it as root) and the pip package ``playwright``
 (test extra); Playwright's own browser download is never used. Only loopback requests are allowed.
@@ -78,7 +79,8 @@ def test_lab_02_renders_slider_and_live_chart_in_jupyterlab(lab_env: dict[str, s
         slider.wait_for(state="attached", timeout=RENDER_TIMEOUT_MS)
         shown.locator(".js-plotly-plot").first.wait_for(state="attached", timeout=RENDER_TIMEOUT_MS)
         traces = page.evaluate("document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length")
-        slider_value = shown.locator(".widget-readout").first.inner_text()
+        slider.scroll_into_view_if_needed()  # JupyterLab renders cells far below the fold lazily
+        slider_value = slider.locator(".widget-readout").first.text_content() or ""
         _no_trouble(page)
         mesh_bytes = sum(LocalMesh(StateDir.open(lab_env["MESHKIT_HOME"])).memory().values())
         jupyter_bytes = sum(rss_bytes(pid) for pid in descendants(server.proc.pid))

@@ -37,9 +37,11 @@ def test_reference_edition_fills_every_exercise_with_its_catalog_solution() -> N
     assert nbformat.writes(editions.learner(reference, MIRRORING)) == nbformat.writes(learner)
 
 
-def test_editions_command_writes_the_reference_and_check_finds_a_stale_learner_edition(tmp_path: Path) -> None:
+def test_editions_command_writes_the_reference_and_check_finds_a_stale_learner_edition(
+        tmp_path: Path) -> None:
     out = tmp_path / "build"
-    made = subprocess.run([sys.executable, "-m", "meshkit.lab.editions", "reference", str(MIRRORING), "-o", str(out)],
+    made = subprocess.run([sys.executable, "-m", "meshkit.lab.editions", "reference", str(MIRRORING),
+                           "-o", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert made.returncode == 0, made.stderr
     written = out / MIRRORING.name
@@ -48,7 +50,8 @@ def test_editions_command_writes_the_reference_and_check_finds_a_stale_learner_e
     stale = subprocess.run([sys.executable, "-m", "meshkit.lab.editions", "check", str(written)],
                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert stale.returncode == 1 and "not the learner edition" in stale.stderr
-    fresh = subprocess.run([sys.executable, "-m", "meshkit.lab.editions", "check", *map(str, sorted(LABS.glob("*.ipynb")))],
+    fresh = subprocess.run([sys.executable, "-m", "meshkit.lab.editions", "check",
+                            *map(str, sorted(LABS.glob("*.ipynb")))],
                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert fresh.returncode == 0, fresh.stderr
 
@@ -58,7 +61,8 @@ def test_export_student_turns_reference_editions_into_the_learner_editions(tmp_p
     reference_dir.mkdir()
     for path in (MIRRORING, LABS / "07-authorization.ipynb"):
         editions.write("reference", path, reference_dir)
-    command = [sys.executable, "-m", "meshkit.cli", "workshop", "export-student", str(reference_dir), str(out)]
+    command = [sys.executable, "-m", "meshkit.cli", "workshop", "export-student", str(reference_dir),
+               str(out)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "wrote 2 notebooks" in result.stdout, result.stdout
@@ -76,11 +80,11 @@ def test_exercise_cells_must_match_the_lab_steps() -> None:
     nb = nbformat.read(MIRRORING, as_version=4)
     index = editions.exercise_cells(nb, spec)["mirror-50"]
     nb.cells[index].metadata["meshkit"]["exercise"] = "mirror-75"
-    with pytest.raises(editions.EditionError, match="cell .*step 'mirror-75', which lab '03-mirroring' "
-                                                    "does not have"):
+    with pytest.raises(editions.EditionError, match=r"cell .*step 'mirror-75', which lab '03-mirroring' "
+                                                    r"does not have"):
         editions.reference(nb, MIRRORING)
     del nb.cells[index]
-    with pytest.raises(editions.EditionError, match="no exercise cell for step.*mirror-50"):
+    with pytest.raises(editions.EditionError, match=r"no exercise cell for step.*mirror-50"):
         editions.learner(nb, MIRRORING)
 
 
@@ -106,10 +110,12 @@ def test_progress_is_state_a_step_that_fails_again_is_regressed(tmp_path: Path) 
 
 @pytest.mark.parametrize(("hits", "total", "expected", "passes"), [
     (10, 100, 0.1, True), (4, 100, 0.1, True), (17, 100, 0.1, True),   # noise around 90/10
-    (50, 100, 0.1, False), (0, 100, 0.1, False), (30, 60, 0.1, False),  # 50/50 (or nothing) where 90/10 is asked
+    # 50/50 (or nothing) where 90/10 is asked
+    (50, 100, 0.1, False), (0, 100, 0.1, False), (30, 60, 0.1, False),
     (0, 80, 0.0, True), (1, 80, 0.0, False), (52, 100, 0.5, True),
 ])
-def test_shares_are_judged_by_an_exact_binomial_test(hits: int, total: int, expected: float, passes: bool) -> None:
+def test_shares_are_judged_by_an_exact_binomial_test(hits: int, total: int, expected: float,
+                                                     passes: bool) -> None:
     counts = {"v3": float(hits), "v1": float(total - hits)}
     if passes:
         checks.require_share(counts, "v3", expected, what="reviews")

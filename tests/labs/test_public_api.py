@@ -31,9 +31,10 @@ SURFACE: dict[str, list[str]] = {
         "require_rotation_without_errors", "rotate", "watch_rotation",
     ],
     "meshkit.lab.charts": [
-        "ERROR_RATIO_RED", "FLAG_COLORS", "FLAG_MEANINGS", "IDLE_GRACE", "LiveChart", "NODE_FAILING", "NODE_OK",
-        "PALETTE",
-        "edge_label", "edge_latency", "flag_counts", "response_flags", "service_graph", "traffic_split",
+        "ERROR_RATIO_RED", "FLAG_COLORS", "FLAG_MEANINGS", "IDLE_GRACE", "LiveChart", "NODE_FAILING",
+        "NODE_OK", "PALETTE",
+        "edge_label", "edge_latency", "flag_counts", "response_flags", "service_graph", "trace",
+        "traffic_split",
     ],
     "meshkit.lab.checks": [
         "ALPHA", "CheckFailed", "binomial_p_value", "default_weights", "expect", "probe_versions",
@@ -46,8 +47,8 @@ SURFACE: dict[str, list[str]] = {
         "show_errors_as_html", "to_yaml",
     ],
     "meshkit.lab.editions": [
-        "EditionError", "exercise_cells", "lab_of", "learner", "learner_cells", "main", "placeholder", "reference",
-        "write",
+        "EditionError", "exercise_cells", "lab_of", "learner", "learner_cells", "main", "placeholder",
+        "reference", "write",
     ],
     "meshkit.lab.magic": ["load_ipython_extension", "mesh_cell", "register"],
     "meshkit.lab.mesh": [
@@ -82,7 +83,9 @@ SURFACE: dict[str, list[str]] = {
         "require_reaches", "require_refused", "require_rotation_without_errors", "rotate", "watch_rotation",
         "wire",
     ],
-    "meshkit.lab.steps": ["CheckResult", "Lab", "Note", "Step", "default_retry", "instructor_mode", "strict_mode"],
+    "meshkit.lab.steps": [
+        "CheckResult", "Lab", "Note", "Step", "default_retry", "instructor_mode", "strict_mode",
+    ],
     "meshkit.lab.widgets": [
         "ABRouter", "CanarySlider", "FaultPanel", "MtlsToggle", "RuleEditor", "canary_slider",
         "rule_editor",
@@ -145,5 +148,6 @@ def test_notebooks_import_only_the_public_surface(path) -> None:  # type: ignore
     for module, names in re.findall(r"^from (meshkit\.lab[\w.]*) import ([^\n]+)$", source, re.MULTILINE):
         exported = importlib.import_module(module).__all__
         for imported in (n.strip() for n in names.split("#")[0].split(",")):
-            submodule = module == "meshkit.lab" and importlib.util.find_spec(f"{module}.{imported}") is not None
-            assert imported in exported or submodule, f"{path.name}: from {module} import {imported} is private"
+            found = importlib.util.find_spec(f"{module}.{imported}") if module == "meshkit.lab" else None
+            assert imported in exported or found is not None, \
+                f"{path.name}: from {module} import {imported} is private"

@@ -7,9 +7,8 @@ certificates live 4 s, so a rotation happens while it watches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
