@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from meshkit.config.authn import RequestAuthentication
 from meshkit.config.envoyfilter import EnvoyFilter
+from meshkit.config.gateway_api import GATEWAY_API_KINDS
 from meshkit.config.gateways import Gateway
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -23,8 +24,10 @@ ISTIO_KINDS: dict[str, type[Resource]] = {
                 Telemetry, Gateway, RequestAuthentication)
 }
 
-# Every kind `meshkit apply` takes: the Istio kinds and the Kubernetes workload kinds of Istio's samples.
-RESOURCE_KINDS: dict[str, type[Resource]] = {**ISTIO_KINDS, **{cls.__name__: cls for cls in WORKLOAD_KINDS}}
+# Every kind `meshkit apply` takes: the Istio kinds, the Gateway API kinds (their CRDs come from the
+# Gateway API standard channel, not from meshkit) and the Kubernetes workload kinds of Istio's samples.
+RESOURCE_KINDS: dict[str, type[Resource]] = {
+    **ISTIO_KINDS, **GATEWAY_API_KINDS, **{cls.__name__: cls for cls in WORKLOAD_KINDS}}
 
 # Kubernetes kinds of Istio's sample files that the local mesh does not model: loaded as a warning
 # ("ignored"), never a reason to refuse the file.
