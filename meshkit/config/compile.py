@@ -116,7 +116,7 @@ def compile_snapshot(
     """
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     if node.kind == "sidecar":  # Gateway API routes attached to Services (GAMMA): `httproutes`
-        virtual_services = [*mesh_virtual_services(resources), *virtual_services]
+        virtual_services = [*mesh_virtual_services(resources, registry), *virtual_services]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
     services = sorted(registry.services, key=lambda s: (s.namespace == node.namespace, s.namespace, s.name))

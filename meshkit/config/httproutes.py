@@ -158,20 +158,20 @@ def _precedence(entry: tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | Non
             -len(match.query_params or []) if match else 0, route.key, index)
 
 
-def mesh_virtual_services(resources: Sequence[Resource]) -> list[VirtualService]:
+def mesh_virtual_services(resources: Sequence[Resource], registry: RegistryView) -> list[VirtualService]:
     """The internal VirtualServices of the HTTPRoutes attached to Services (one per Service)."""
     by_host: dict[tuple[str, str], list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]]]
     by_host = defaultdict(list)
-    known = _service_manifests(resources)
     for route in http_routes(resources):
         for parent in route.spec.parent_refs:
             if not parent.is_service:
                 continue
             ns = parent.namespace or route.metadata.namespace
-            if (ns, parent.name) not in known:
+            if not service_exists(parent.name, ns, resources, registry):
                 continue  # not Accepted (status says so); analyze names it
             for index, rule in enumerate(route.spec.rules or []):
-                for match in rule.matches or [None]:
+                matches: list[HTTPRouteMatch | None] = list(rule.matches or []) or [None]
+                for match in matches:
                     by_host[(ns, parent.name)].append((route, index, rule, match))
     out = []
     for (ns, name), entries in sorted(by_host.items()):
