@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.cli import meshkit
 from tests.e2e.mesh import RunningMesh, rule, sample, start_mesh
 from tests.e2e.traffic import (
     codes,
@@ -207,6 +208,12 @@ spec:
                 "False", "NoMatchingParent")
             assert (conditions["ResolvedRefs"]["status"], conditions["ResolvedRefs"]["reason"]) == (
                 "False", "BackendNotFound")
+            # what a learner types: `meshkit get httproute NAME -o yaml` (a real CLI process)
+            shown = meshkit(bookinfo.home, bookinfo.base, "get", "httproute", "ratings-typo", "-o", "yaml")
+            assert shown.returncode == 0, shown.stderr
+            assert "reason: BackendNotFound" in shown.stdout and "ratings-v9" in shown.stdout
+            table = meshkit(bookinfo.home, bookinfo.base, "get", "httproutes")
+            assert "ratings-typo" in table.stdout and "HOSTNAMES" in table.stdout, table.stdout + table.stderr
             (good,) = docs(bookinfo.client.get("HTTPRoute", "reviews", "default", "yaml"))
             assert [c["status"] for c in good["status"]["parents"][0]["conditions"]] == ["True", "True"]
             bookinfo.wait_synced()
