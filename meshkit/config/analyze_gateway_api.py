@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from meshkit.config import codes
-from meshkit.config.gateway_api import ISTIO_CONTROLLER, GatewayClass, HTTPRoute
+from meshkit.config.gateway_api import ISTIO_CONTROLLER, GatewayClass, HTTPRoute, KubeGateway
 from meshkit.config.hosts import resolve_host
-from meshkit.config.httproutes import missing_backends, service_exists
+from meshkit.config.httproutes import GATEWAY_CLASS, gateway_of, missing_backends, service_exists
 from meshkit.config.messages import Message, Severity
 from meshkit.config.registry import RegistryView
 from meshkit.config.resources import Resource, VirtualService
@@ -36,11 +36,18 @@ def check_gateway_api(resources: Sequence[Resource], registry: RegistryView | No
             ns = parent.namespace or namespace
             at = f"spec.parentRefs[{index}]"
             if not parent.is_service:
-                messages.append(Message(
-                    codes.MK0412, Severity.WARNING, route.ref, at,
-                    f"{parent.kind or 'Gateway'} {ns}/{parent.name}: meshkit attaches HTTPRoutes to "
-                    'Services only (kind: Service, group: ""); for ingress use an Istio Gateway and a '
-                    "VirtualService"))
+                gateway = gateway_of(parent, namespace, resources)
+                if gateway is None:
+                    messages.append(Message(
+                        codes.MK0410, Severity.WARNING, route.ref, f"{at}.name",
+                        f"{parent.kind or 'Gateway'} {ns}/{parent.name} does not exist (Gateway API's "
+                        "Gateway, gateway.networking.k8s.io): this route attaches to nothing"))
+                elif gateway.spec.gateway_class_name != GATEWAY_CLASS:
+                    messages.append(Message(
+                        codes.MK0412, Severity.WARNING, route.ref, at,
+                        f"Gateway {ns}/{parent.name} has gatewayClassName "
+                        f"{gateway.spec.gateway_class_name}: only class {GATEWAY_CLASS} is served (by the "
+                        "mesh's ingress gateway)"))
                 continue
             if not service_exists(parent.name, ns, resources, view):
                 messages.append(Message(
@@ -58,6 +65,12 @@ def check_gateway_api(resources: Sequence[Resource], registry: RegistryView | No
                 codes.MK0411, Severity.WARNING, route.ref, field,
                 f"Service {name} does not exist: requests routed to it get 503 "
                 "(status: ResolvedRefs False, BackendNotFound)"))
+    for gateway in (r for r in resources if isinstance(r, KubeGateway)):
+        if gateway.spec.gateway_class_name != GATEWAY_CLASS:
+            messages.append(Message(
+                codes.MK0412, Severity.WARNING, gateway.ref, "spec.gatewayClassName",
+                f"class {gateway.spec.gateway_class_name}: only {GATEWAY_CLASS} is served (by the mesh's "
+                "ingress gateway)"))
     for gateway_class in (r for r in resources if isinstance(r, GatewayClass)):
         if gateway_class.spec.controller_name != ISTIO_CONTROLLER:
             messages.append(Message(

@@ -146,14 +146,14 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0402", W, "gateways", "a Gateway selects no gateway proxy of the mesh (`istio: ingressgateway` "
          "is the one)", "IST0107 GatewayPortNotOnWorkload"),
     Code("MK0410", W, "gateway-api", "an HTTPRoute `parentRefs` entry names no Service (mesh) or no Gateway "
-         "(its status says Accepted False, NoMatchingParent)", "",
+         "(ingress); its status says Accepted False, NoMatchingParent", "",
          'parentRefs[0]: Service default/reviewz does not exist: this route attaches to nothing'),
     Code("MK0411", W, "gateway-api", "an HTTPRoute `backendRefs` (or `requestMirror.backendRef`) entry names "
          "a Service that does not exist (status ResolvedRefs False, BackendNotFound)", "",
          'backendRef "reviews-v9": Service default/reviews-v9 does not exist (requests to it get 503)'),
-    Code("MK0412", W, "gateway-api", "an HTTPRoute attached to a Gateway (ingress): meshkit attaches "
-         "HTTPRoutes to Services only", "",
-         "parentRefs[0]: Gateway default/bookinfo-gateway: meshkit attaches HTTPRoutes to Services only"),
+    Code("MK0412", W, "gateway-api", "a Gateway API Gateway (or an HTTPRoute's parent Gateway) whose "
+         "gatewayClassName is not `istio`: no gateway proxy of the mesh serves it", "",
+         "class other: only istio is served (by the mesh's ingress gateway)"),
     Code("MK0413", INFO, "gateway-api", "an HTTPRoute and a VirtualService target the same Service: the "
          "HTTPRoute's rules apply, the VirtualService's do not (for sidecars)", "",
          "HTTPRoute default/reviews also targets reviews.default.svc.cluster.local: its rules win"),

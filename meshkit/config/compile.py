@@ -18,7 +18,7 @@ from meshkit.config.authn import RequestAuthentication, compile_jwt, request_aut
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateways import bound_hosts
 from meshkit.config.hosts import resolve_host
-from meshkit.config.httproutes import mesh_virtual_services, selector_services
+from meshkit.config.httproutes import ingress_virtual_services, mesh_virtual_services, selector_services
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -253,8 +253,17 @@ def _gateway_virtual_hosts(node: Node, resources: Sequence[Resource]) -> list[di
                 if (route := _route(vs, index, http, node)) is not None
             ],
         }
-        for host, vs in bound_hosts(node, resources)
+        for host, vs in _gateway_bindings(node, resources)
     ]
+
+
+def _gateway_bindings(node: Node, resources: Sequence[Resource]) -> list[tuple[str, VirtualService]]:
+    """Istio Gateway + VirtualService bindings, and HTTPRoutes attached to a Gateway API Gateway
+    (`httproutes`); the HTTPRoute wins a host both claim, as for sidecars."""
+    chosen = dict(bound_hosts(node, resources))
+    if node.labels.get("istio") == "ingressgateway":  # the mesh's one ingress serves Gateway API Gateways
+        chosen.update(ingress_virtual_services(resources))
+    return sorted(chosen.items())
 
 
 def _default_route(svc: Service) -> dict[str, Any]:

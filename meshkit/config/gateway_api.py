@@ -1,6 +1,7 @@
 """The Kubernetes Gateway API kinds meshkit reads (``gateway.networking.k8s.io/v1``): models only.
 
-``GatewayClass`` (the ``istio`` class) and ``HTTPRoute``. An HTTPRoute attaches to a Service
+``GatewayClass`` (the ``istio`` class), ``Gateway`` (HTTP listeners; `KubeGateway`, as its name is
+Istio's ``Gateway`` too) and ``HTTPRoute``. An HTTPRoute attaches to a Service
 (``parentRefs`` kind Service: mesh traffic, the GAMMA pattern) or to a Gateway (ingress). Every
 field of the standard channel meshkit does not implement is refused by name
 (``unsupported_fields``), and a filter ``type`` that Gateway API does not define is a named
@@ -12,7 +13,7 @@ Data only: no sockets, no compile.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -43,6 +44,56 @@ class GatewayClass(Resource):
 
     kind: Literal["GatewayClass"] = "GatewayClass"
     spec: GatewayClassSpec
+
+
+# ---------------------------------------------------------------------------------------------
+# Gateway (Gateway API's: the kind shares its name with Istio's ``Gateway``)
+# ---------------------------------------------------------------------------------------------
+
+
+class AllowedRoutes(IstioModel):
+    unsupported_fields = frozenset({"kinds"})
+
+    namespaces: dict[str, object] | None = None
+
+
+class Listener(IstioModel):
+    unsupported_fields = frozenset({"tls"})
+    unsupported_values = {"protocol": frozenset({"HTTPS", "TLS", "TCP", "UDP", "GRPC"})}
+
+    name: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["HTTP"]
+    hostname: str | None = None
+    allowed_routes: AllowedRoutes | None = None
+
+
+class KubeGatewaySpec(IstioModel):
+    unsupported_fields = frozenset({"addresses", "infrastructure", "backendTLS"})
+
+    gateway_class_name: str = Field(min_length=1)
+    listeners: list[Listener] = Field(min_length=1)
+
+
+class KubeGateway(Resource):
+    """Gateway API's ``Gateway``. Its store key is ``Gateway.gateway.networking.k8s.io`` (kubectl's full
+    name) so that it and Istio's ``Gateway`` of the same name (Bookinfo names both
+    ``bookinfo-gateway``) live side by side, as on a cluster."""
+
+    group = GROUP
+    versions = ("v1", "v1beta1")
+    store_kind: ClassVar[str] = f"Gateway.{GROUP}"
+
+    kind: Literal["Gateway"] = "Gateway"
+    spec: KubeGatewaySpec
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.store_kind, self.metadata.namespace, self.metadata.name)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.store_kind}/{self.metadata.namespace}/{self.metadata.name}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,3 +246,5 @@ class HTTPRoute(Resource):
 
 
 GATEWAY_API_KINDS: dict[str, type[Resource]] = {"GatewayClass": GatewayClass, "HTTPRoute": HTTPRoute}
+# kinds whose name an Istio kind already has: the loader picks them by apiVersion group
+SAME_NAME_KINDS: dict[tuple[str, str], type[Resource]] = {("Gateway", GROUP): KubeGateway}

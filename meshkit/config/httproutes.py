@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from meshkit.config.gateway_api import (
+    GROUP,
     ISTIO_CONTROLLER,
     GatewayClass,
     HTTPBackendRef,
@@ -31,8 +32,10 @@ from meshkit.config.gateway_api import (
     HTTPRoute,
     HTTPRouteMatch,
     HTTPRouteRule,
+    KubeGateway,
     ParentReference,
 )
+from meshkit.config.gateways import intersect_hosts
 from meshkit.config.registry import Endpoint, RegistryView
 from meshkit.config.registry import Service as RegistryService
 from meshkit.config.resources import (
@@ -173,20 +176,61 @@ def mesh_virtual_services(resources: Sequence[Resource], registry: RegistryView)
                 matches: list[HTTPRouteMatch | None] = list(rule.matches or []) or [None]
                 for match in matches:
                     by_host[(ns, parent.name)].append((route, index, rule, match))
-    out = []
-    for (ns, name), entries in sorted(by_host.items()):
-        routes = []
-        for route, index, rule, match in sorted(entries, key=_precedence):
-            single = rule.model_copy(update={"matches": [match] if match is not None else None})
-            routes.append(_vs_route(route, index, single))
-        owner = min((e[0] for e in entries), key=lambda r: r.key) if entries else None
-        spec = VirtualServiceSpec(hosts=[_fqdn(name, ns)], http=routes)
-        # kind HTTPRoute: the snapshot's route sources name the HTTPRoute, and the internal
-        # VirtualService sorts before the user's VirtualServices of the namespace (HTTPRoute wins)
-        out.append(VirtualService.model_construct(
-            api_version="gateway.networking.k8s.io/v1", kind="HTTPRoute",
-            metadata=ObjectMeta(name=owner.metadata.name if owner else name, namespace=ns), spec=spec))
-    return out
+    return [_internal(entries, [_fqdn(name, ns)], ns) for (ns, name), entries in sorted(by_host.items())]
+
+
+def gateway_of(parent: ParentReference, namespace: str, resources: Sequence[Resource]) -> KubeGateway | None:
+    """The Gateway API Gateway a parentRef names (kind Gateway, the default), if it exists."""
+    if parent.kind not in (None, "Gateway") or (parent.group or GROUP) != GROUP:
+        return None
+    ns = parent.namespace or namespace
+    return next((g for g in resources if isinstance(g, KubeGateway)
+                 and (g.metadata.namespace, g.metadata.name) == (ns, parent.name)), None)
+
+
+def _listener_hosts(gateway: KubeGateway, route: HTTPRoute, section: str | None) -> list[str]:
+    """The hosts a route serves on ``gateway``: its hostnames narrowed by the listeners' hostname."""
+    hosts: list[str] = []
+    for listener in gateway.spec.listeners:
+        if section is not None and listener.name != section:
+            continue
+        for wanted in route.spec.hostnames or ["*"]:
+            host = intersect_hosts(listener.hostname or "*", wanted.lower())
+            if host is not None and host not in hosts:
+                hosts.append(host)
+    return hosts
+
+
+def ingress_virtual_services(resources: Sequence[Resource]) -> list[tuple[str, VirtualService]]:
+    """(host, internal VirtualService) for every host that HTTPRoutes attached to a Gateway API Gateway of
+    class ``istio`` serve; the local mesh's one ingress gateway serves them (as Istio's Gateway)."""
+    by_host: dict[str, list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]]] = defaultdict(list)
+    for route in http_routes(resources):
+        for parent in route.spec.parent_refs:
+            gateway = gateway_of(parent, route.metadata.namespace, resources)
+            if gateway is None or gateway.spec.gateway_class_name != GATEWAY_CLASS:
+                continue
+            for host in _listener_hosts(gateway, route, parent.section_name):
+                for index, rule in enumerate(route.spec.rules or []):
+                    matches: list[HTTPRouteMatch | None] = list(rule.matches or []) or [None]
+                    by_host[host].extend((route, index, rule, match) for match in matches)
+    return [(host, _internal(entries, [host], entries[0][0].metadata.namespace))
+            for host, entries in sorted(by_host.items())]
+
+
+def _internal(entries: list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]], hosts: list[str],
+              namespace: str) -> VirtualService:
+    routes = []
+    for route, index, rule, match in sorted(entries, key=_precedence):
+        single = rule.model_copy(update={"matches": [match] if match is not None else None})
+        routes.append(_vs_route(route, index, single))
+    owner = min((e[0] for e in entries), key=lambda r: r.key)
+    # kind HTTPRoute: the snapshot's route sources name the HTTPRoute, and the internal
+    # VirtualService sorts before the user's VirtualServices of the namespace (HTTPRoute wins)
+    return VirtualService.model_construct(
+        api_version="gateway.networking.k8s.io/v1", kind="HTTPRoute",
+        metadata=ObjectMeta(name=owner.metadata.name, namespace=namespace),
+        spec=VirtualServiceSpec(hosts=hosts, http=routes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,10 +276,17 @@ def _parent_found(parent: ParentReference, namespace: str, resources: Sequence[R
         if service_exists(parent.name, ns, resources, registry):
             return True, "Accepted", "Route was valid"
         return False, "NoMatchingParent", f"parent Service {ns}/{parent.name} does not exist"
-    kind = parent.kind or "Gateway"
-    return False, "NoMatchingParent", (
-        f"parent {kind} {ns}/{parent.name}: meshkit attaches HTTPRoutes to Services (mesh) only; "
-        "use an Istio Gateway (networking.istio.io) with a VirtualService for ingress")
+    gateway = gateway_of(parent, namespace, resources)
+    if gateway is None:
+        kind = parent.kind or "Gateway"
+        return False, "NoMatchingParent", f"parent {kind} {ns}/{parent.name} does not exist"
+    if gateway.spec.gateway_class_name != GATEWAY_CLASS:
+        return False, "NoMatchingParent", (f"Gateway {ns}/{parent.name} has class "
+                                           f"{gateway.spec.gateway_class_name}, not {GATEWAY_CLASS}")
+    if parent.section_name is not None and parent.section_name not in {
+            listener.name for listener in gateway.spec.listeners}:
+        return False, "NoMatchingParent", f"Gateway {ns}/{parent.name} has no listener {parent.section_name}"
+    return True, "Accepted", "Route was valid"
 
 
 def missing_backends(route: HTTPRoute, resources: Sequence[Resource],
@@ -284,6 +335,32 @@ def gateway_class_status(gateway_class: GatewayClass) -> dict[str, Any]:
     return {"conditions": [condition]}
 
 
+def gateway_status(gateway: KubeGateway, resources: Sequence[Resource]) -> dict[str, Any]:
+    """Accepted and Programmed (served by the local mesh's ingress gateway), and each listener's
+    attached routes."""
+    ours = gateway.spec.gateway_class_name == GATEWAY_CLASS
+    reason = "Accepted" if ours else "InvalidParameters"
+    attached: dict[str, int] = {listener.name: 0 for listener in gateway.spec.listeners}
+    for route in http_routes(resources):
+        for parent in route.spec.parent_refs:
+            if gateway_of(parent, route.metadata.namespace, resources) is gateway:
+                for name in attached:
+                    if parent.section_name in (None, name):
+                        attached[name] += 1
+    return {
+        "conditions": [
+            _condition("Accepted", ours, reason, "Resource accepted" if ours else
+                       f"gatewayClassName {gateway.spec.gateway_class_name} is not {GATEWAY_CLASS}"),
+            _condition("Programmed", ours, "Programmed" if ours else "Invalid",
+                       "served by the local mesh's ingress gateway (istio-ingressgateway)" if ours
+                       else "no gateway proxy serves it"),
+        ],
+        "listeners": [{"name": name, "attachedRoutes": count,
+                       "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}]}
+                      for name, count in attached.items()],
+    }
+
+
 def with_status(resource: Resource, resources: Sequence[Resource], registry: RegistryView) -> dict[str, Any]:
     """``resource.to_dict()`` plus its computed ``status`` for the Gateway API kinds."""
     doc = resource.to_dict()
@@ -291,5 +368,7 @@ def with_status(resource: Resource, resources: Sequence[Resource], registry: Reg
         doc["status"] = route_status(resource, resources, registry)
     elif isinstance(resource, GatewayClass):
         doc["status"] = gateway_class_status(resource)
+    elif isinstance(resource, KubeGateway):
+        doc["status"] = gateway_status(resource, resources)
     return doc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from meshkit.config.authn import RequestAuthentication
 from meshkit.config.envoyfilter import EnvoyFilter
-from meshkit.config.gateway_api import GATEWAY_API_KINDS
+from meshkit.config.gateway_api import GATEWAY_API_KINDS, SAME_NAME_KINDS
 from meshkit.config.gateways import Gateway
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -32,6 +32,9 @@ RESOURCE_KINDS: dict[str, type[Resource]] = {
 # Kubernetes kinds of Istio's sample files that the local mesh does not model: loaded as a warning
 # ("ignored"), never a reason to refuse the file.
 IGNORED_KUBERNETES_KINDS = IGNORED_KINDS
+
+# (kind, group) -> model for kinds whose name an Istio kind already has (Gateway API's Gateway)
+KINDS_BY_GROUP = SAME_NAME_KINDS
 
 # Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
 UNSUPPORTED_ISTIO_KINDS = frozenset(

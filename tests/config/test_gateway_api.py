@@ -14,10 +14,11 @@ import pytest
 
 from meshkit.config.analyze import analyze
 from meshkit.config.compile import compile_snapshot
-from meshkit.config.gateway_api import HTTPRoute
+from meshkit.config.gateway_api import HTTPRoute, KubeGateway
 from meshkit.config.httproutes import route_status, with_status
 from meshkit.config.loader import load_files, load_resources
 from meshkit.config.messages import ConfigError, Message
+from meshkit.config.registry import Node
 from meshkit.config.resources import Resource
 from tests.config.bookinfo import SAMPLES, bookinfo_registry, node_for
 
@@ -106,7 +107,7 @@ def errors(text: str) -> list[Message]:
 def test_istio_gateway_api_samples_load_unchanged() -> None:
     resources = load_files([*sorted(SAMPLES.glob("gateway-api-*.yaml")), SAMPLES / "bookinfo-versions.yaml"])
     routes = [r for r in resources if isinstance(r, HTTPRoute)]
-    assert {r.metadata.name for r in routes} == {"reviews", "productpage", "ratings", "details"}
+    assert {r.metadata.name for r in routes} == {"reviews", "productpage", "ratings", "details", "bookinfo"}
     assert routes[0].api_version == "gateway.networking.k8s.io/v1"
 
 
@@ -218,7 +219,7 @@ spec:
     found = [(m.code, m.resource, m.field) for m in analyze(config(text), bookinfo_registry())]
     assert found == [
         ("MK0410", "HTTPRoute/default/typo", "spec.parentRefs[0].name"),
-        ("MK0412", "HTTPRoute/default/typo", "spec.parentRefs[1]"),
+        ("MK0410", "HTTPRoute/default/typo", "spec.parentRefs[1].name"),
         ("MK0411", "HTTPRoute/default/typo", "spec.rules[0].backendRefs[0].name"),
     ]
     # a route attached to nothing changes no snapshot
@@ -257,3 +258,82 @@ spec: {controllerName: istio.io/gateway-controller}
     doc = with_status(gateway_class, [gateway_class], bookinfo_registry())
     assert doc["status"]["conditions"][0]["status"] == "True"
     assert analyze([gateway_class]) == []
+
+
+INGRESS = Node("istio-ingressgateway-0", namespace="istio-system", kind="gateway",
+               labels={"app": "istio-ingressgateway", "istio": "ingressgateway"})
+
+
+def test_ingress_tab_gateway_and_route_serve_bookinfo_at_the_ingress() -> None:
+    resources = config() + load_files([SAMPLES / "gateway-api-bookinfo-gateway.yaml"])
+    (gateway,) = [r for r in resources if isinstance(r, KubeGateway)]
+    assert gateway.key == ("Gateway.gateway.networking.k8s.io", "default", "bookinfo-gateway")
+    snapshot = compile_snapshot(resources, bookinfo_registry(), INGRESS)
+    (host,) = snapshot["outbound"]["virtual_hosts"]
+    assert host["domains"] == ["*"]
+    uris = [r["match"][0]["uri"] for r in host["routes"]]
+    # Exact paths first (they never overlap), then the longest prefix
+    assert sorted(u["exact"] for u in uris[:3]) == ["/login", "/logout", "/productpage"]
+    assert uris[3:] == [{"prefix": "/api/v1/products"}, {"prefix": "/static"}]
+    assert {d["cluster"] for r in host["routes"] for d in r["route"]} == {"productpage|"}
+    assert all(r["source"].startswith("HTTPRoute/default/bookinfo#") for r in host["routes"])
+    status = with_status(gateway, resources, bookinfo_registry())["status"]
+    assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Accepted", "True"),
+                                                                      ("Programmed", "True")]
+    assert status["listeners"] == [{"name": "http", "attachedRoutes": 1, "supportedKinds": [
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]}]
+    assert analyze(resources, bookinfo_registry()) == []
+    # sidecars do not get the ingress route
+    assert all(h["domains"] != ["*"] for h in compile_snapshot(
+        resources, bookinfo_registry(), node_for("productpage"))["outbound"]["virtual_hosts"])
+
+
+def test_istio_and_gateway_api_gateways_of_one_name_live_side_by_side() -> None:
+    resources = config() + load_files([SAMPLES / "bookinfo-gateway.yaml",
+                                       SAMPLES / "gateway-api-bookinfo-gateway.yaml"])
+    gateways = sorted(r.key for r in resources if r.kind == "Gateway")
+    assert gateways == [("Gateway", "default", "bookinfo-gateway"),
+                        ("Gateway.gateway.networking.k8s.io", "default", "bookinfo-gateway")]
+    assert [m.code for m in analyze(resources, bookinfo_registry()) if m.code == "MK0114"] == []
+    # the host both claim: the HTTPRoute's rules serve it
+    (host,) = compile_snapshot(resources, bookinfo_registry(), INGRESS)["outbound"]["virtual_hosts"]
+    assert host["routes"][0]["source"].startswith("HTTPRoute/")
+
+
+def test_a_gateway_of_another_class_serves_nothing_and_is_named() -> None:
+    other = load_resources("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: other}
+spec:
+  gatewayClassName: nginx
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: via-other}
+spec:
+  parentRefs: [{name: other}]
+  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
+""")
+    resources = config() + other
+    assert compile_snapshot(resources, bookinfo_registry(), INGRESS)["outbound"]["virtual_hosts"] == []
+    found = [(m.code, m.resource, m.field) for m in analyze(resources, bookinfo_registry())]
+    assert found == [
+        ("MK0412", "Gateway.gateway.networking.k8s.io/default/other", "spec.gatewayClassName"),
+        ("MK0412", "HTTPRoute/default/via-other", "spec.parentRefs[0]"),
+    ]
+
+
+def test_https_listeners_are_refused_by_name() -> None:
+    messages = errors("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tls}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {mode: Terminate}}]
+""")
+    fields = {m.field for m in messages}
+    assert "spec.listeners[0].protocol" in fields and "spec.listeners[0].tls" in fields, messages
+    assert all("not supported by meshkit" in m.text for m in messages), messages

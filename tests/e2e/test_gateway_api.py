@@ -31,6 +31,8 @@ REVIEWS_API = "/api/v1/products/0/reviews"
 VERSIONS = sample("bookinfo-versions.yaml")
 REVIEWS_V1 = sample("gateway-api-route-reviews-v1.yaml")
 REVIEWS_50_V3 = sample("gateway-api-route-reviews-50-v3.yaml")
+INGRESS_GATEWAY_API = sample("gateway-api-bookinfo-gateway.yaml")
+INGRESS_ISTIO = sample("bookinfo-gateway.yaml")
 RATINGS_DELAY_2S = rule("ratings-delay-2s.yaml")  # Istio's tab uses a VirtualService: no Gateway API fault
 SPLIT_REQUESTS = 600
 
@@ -220,6 +222,31 @@ spec:
             assert pods(await get_many(url, 20)) == {"reviews-v1-0": 20}  # nothing applied was lost
         finally:
             bookinfo.client.delete_documents(dangling)
+
+
+async def test_ingress_tab_gateway_api_gateway_serves_bookinfo_alone(bookinfo: RunningMesh) -> None:
+    page = f"{bookinfo.ingress}/productpage"
+    with bookinfo.rules(*INGRESS_GATEWAY_API):
+        bookinfo.client.delete_documents(INGRESS_ISTIO)  # only the Gateway API objects bind the ingress
+        try:
+            bookinfo.wait_synced()
+            served = await get_one(page)
+            unrouted = await get_one(f"{bookinfo.ingress}/headers")
+            (gateway,) = docs(bookinfo.client.get("gateways.gateway.networking.k8s.io", "bookinfo-gateway",
+                                                  "default", "yaml"))
+            (istio,) = [d for d in docs(bookinfo.client.get("gateways", None, "default", "yaml"))
+                        if d["metadata"]["name"] == "bookinfo-gateway"] or [None]
+        finally:
+            bookinfo.client.apply(INGRESS_ISTIO)
+    bookinfo.wait_synced()
+    assert served.status == 200 and served.headers.get("x-app-podname") == "productpage-v1-0"
+    assert unrouted.status == 404  # the route lists /productpage, /static, /login, /logout, /api/v1/products
+    assert gateway["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert {c["type"]: c["status"] for c in gateway["status"]["conditions"]} == {
+        "Accepted": "True", "Programmed": "True"}
+    assert gateway["status"]["listeners"][0]["attachedRoutes"] == 1
+    assert istio is None  # Istio's Gateway of the same name was deleted on its own
+    assert (await get_one(page)).status == 200  # and Istio's objects serve again
 
 
 @pytest.fixture(scope="module")
