@@ -7,12 +7,17 @@ the same, so there is one router: `compile`'s ``_route`` turns both into snapsho
 * A route whose ``parentRefs`` name a Service (GAMMA) becomes a mesh VirtualService for that
   Service's host. Its internal VirtualService is ordered before the user's VirtualServices of the
   same namespace, so when both target a host the HTTPRoute wins.
+* A route whose parent is a Gateway API ``Gateway`` of class ``istio`` becomes, per host (its
+  ``hostnames`` narrowed by the listeners' ``hostname``), an internal VirtualService that the local
+  mesh's one ingress gateway serves (`ingress_virtual_services`), winning a host an Istio
+  Gateway + VirtualService also bind.
 * A ``backendRef`` is a Service: ``reviews`` or a per-version Service such as ``reviews-v1``
   (``app: reviews, version: v1`` in Istio's ``bookinfo-versions.yaml``). A Service manifest that the
   registry does not hold (it backs no workload of its own) becomes a cluster of the registered
   endpoints its selector selects (`selector_clusters`).
 * ``status`` (`route_status`) follows Gateway API: per parent, ``Accepted`` and ``ResolvedRefs``
-  with their reasons, computed from the config and the registry as a controller would.
+  with their reasons, computed from the config and the registry as a controller would; a Gateway's
+  ``Accepted``/``Programmed`` and its listeners' ``attachedRoutes``.
 
 Pure functions of resources + registry: no sockets.
 """
