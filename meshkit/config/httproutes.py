@@ -85,7 +85,9 @@ def _match(match: HTTPRouteMatch) -> HTTPMatchRequest:
     path = match.path
     if path is not None:
         kind = {"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex"}[path.type]
-        uri = StringMatch(**{kind: path.value})
+        # Istio's conversion trims a PathPrefix's trailing slash: "/api/" matches "/api" too
+        value = (path.value.rstrip("/") or "/") if path.type == "PathPrefix" else path.value
+        uri = StringMatch(**{kind: value})
     else:
         uri = StringMatch(prefix="/")
 

@@ -171,13 +171,13 @@ def test_filters_become_header_mirror_and_rewrite_settings() -> None:
 def test_rules_follow_gateway_api_precedence_exact_then_longest_prefix() -> None:
     text = route("""  - matches: [{path: {type: PathPrefix, value: /}}]
     backendRefs: [{name: reviews-v1, port: 9080}]
-  - matches: [{path: {type: PathPrefix, value: /api/v2}}, {path: {type: Exact, value: /exact}}]
+  - matches: [{path: {type: PathPrefix, value: /api/v2/}}, {path: {type: Exact, value: /exact}}]
     backendRefs: [{name: reviews-v2, port: 9080}]
   - matches: [{path: {type: PathPrefix, value: /api}, method: POST}]
     backendRefs: [{name: reviews-v3, port: 9080}]""")
     routes = routes_for(config(text))
     assert [r["match"][0]["uri"] for r in routes] == [
-        {"exact": "/exact"}, {"prefix": "/api/v2"}, {"prefix": "/api"}, {"prefix": "/"}]
+        {"exact": "/exact"}, {"prefix": "/api/v2"}, {"prefix": "/api"}, {"prefix": "/"}]  # "/api/v2/" trimmed
     assert routes[2]["match"][0]["method"] == {"exact": "POST"}
 
 
