@@ -245,6 +245,8 @@ _COLUMNS = {
     "AuthorizationPolicy": ("ACTION", lambda spec: spec.get("action", "ALLOW")),
     "RequestAuthentication": (
         "ISSUERS", lambda spec: ",".join(r.get("issuer", "") for r in spec.get("jwtRules") or [])),
+    "HTTPRoute": ("HOSTNAMES", lambda spec: json.dumps(spec.get("hostnames", []))),
+    "GatewayClass": ("CONTROLLER", lambda spec: spec.get("controllerName", "")),
 }
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from meshkit.config import codes
 from meshkit.config.analyze_front_door import check_front_door, with_config_services
+from meshkit.config.analyze_gateway_api import check_gateway_api
 from meshkit.config.authn import RequestAuthentication
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
@@ -76,6 +77,7 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
         has_authn = bool({policy.metadata.namespace, ROOT_NAMESPACE} & authn_namespaces)
         report(policy, _check_authorization_policy(policy, has_authn))
     messages.extend(check_front_door(resources, registry))  # Kubernetes workloads, Gateways: MK03xx, MK04xx
+    messages.extend(check_gateway_api(resources, registry))  # HTTPRoute, GatewayClass: MK041x
     return sorted(messages, key=lambda m: (m.resource, m.field, m.code))
 
 

@@ -5,12 +5,13 @@
 * the RBAC rules of the control plane's and the operator's ClusterRoles
   (`meshkit.k8s.rbac_rules` renders ``operator/deploy/base/rbac.yaml`` from it);
 * the Istio kinds the operator validates, indexes and writes status on (`meshkit.k8s.operator`);
-* the Istio kinds the control plane's Kubernetes backend follows (``meshkit.k8s.sources.ISTIO_TYPES``).
+* the Istio and Gateway API kinds the control plane's Kubernetes backend follows
+  (``meshkit.k8s.sources.ISTIO_TYPES``, from `config_kinds`).
 
 An Istio or Gateway API kind is *active* once meshkit has a model for it (a class in
 `meshkit.config.kinds.RESOURCE_KINDS` with that name and group): adding the model is what
 turns its RBAC rules, the operator's handlers and the control plane's watch on, together.
-Planned kinds (ServiceEntry, the Gateway API kinds) are listed now, inactive. Workload kinds say
+Planned kinds (ServiceEntry, Gateway API's Gateway) are listed now, inactive. Workload kinds say
 explicitly whether the control plane reads them yet.
 
 Pure data: nothing here talks to a cluster.
@@ -127,6 +128,7 @@ API_KINDS: tuple[ApiKind, ...] = (
 )
 
 ISTIO_GROUPS = frozenset({"networking.istio.io", "security.istio.io", "telemetry.istio.io"})
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 
 def active_kinds() -> list[ApiKind]:
@@ -136,3 +138,10 @@ def active_kinds() -> list[ApiKind]:
 def istio_kinds() -> list[ApiKind]:
     """The active Istio kinds: validated and given status by the operator, mirrored by the control plane."""
     return [kind for kind in active_kinds() if kind.group in ISTIO_GROUPS]
+
+
+def config_kinds() -> list[ApiKind]:
+    """The active kinds the control plane mirrors as config: the Istio kinds and the Gateway API kinds
+    (HTTPRoute, GatewayClass; their CRDs come from the Gateway API standard channel, and the operator
+    neither validates them nor writes their status)."""
+    return [kind for kind in active_kinds() if kind.group in ISTIO_GROUPS or kind.group == GATEWAY_API_GROUP]

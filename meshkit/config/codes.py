@@ -7,6 +7,7 @@ in the source, the tests and the docs is registered, and that docs/config-refere
 
 - MK00xx: the loader (syntax and schema of one document; Istio's validation webhook)
 - MK01xx: the analyzer (findings across resources, like ``istioctl analyze``)
+- MK03xx/MK04xx: the analyzer's checks of Kubernetes workloads, Gateways and the Gateway API kinds
 - MK09xx: the control plane (store, registry, push, API, telemetry, Kubernetes-backed config)
 
 This module is data only: it must not import anything but ``meshkit.config.messages`` (the sidecar
@@ -144,6 +145,20 @@ _TABLE: tuple[Code, ...] = (
          "for that gateway)", "IST0101 ReferencedResourceNotFound"),
     Code("MK0402", W, "gateways", "a Gateway selects no gateway proxy of the mesh (`istio: ingressgateway` "
          "is the one)", "IST0107 GatewayPortNotOnWorkload"),
+    Code("MK0410", W, "gateway-api", "an HTTPRoute `parentRefs` entry names no Service (mesh) or no Gateway "
+         "(ingress); its status says Accepted False, NoMatchingParent", "",
+         'parentRefs[0]: Service default/reviewz does not exist: this route attaches to nothing'),
+    Code("MK0411", W, "gateway-api", "an HTTPRoute `backendRefs` (or `requestMirror.backendRef`) entry names "
+         "a Service that does not exist (status ResolvedRefs False, BackendNotFound)", "",
+         'backendRef "reviews-v9": Service default/reviews-v9 does not exist (requests to it get 503)'),
+    Code("MK0412", W, "gateway-api", "a Gateway API Gateway (or an HTTPRoute's parent Gateway) whose "
+         "gatewayClassName is not `istio`: no gateway proxy of the mesh serves it", "",
+         "class other: only istio is served (by the mesh's ingress gateway)"),
+    Code("MK0413", INFO, "gateway-api", "an HTTPRoute and a VirtualService target the same Service: the "
+         "HTTPRoute's rules apply, the VirtualService's do not (for sidecars)", "",
+         "HTTPRoute default/reviews also targets reviews.default.svc.cluster.local: its rules win"),
+    Code("MK0414", W, "gateway-api", "a GatewayClass whose controllerName is not istio.io/gateway-controller "
+         "(no controller of the mesh handles it)", ""),
     # -- control plane -----------------------------------------------------------------------------
     Code("MK0901", E, "store", "a resource repeated in one input"),
     Code("MK0902", E, "store", "resource not found"),
@@ -180,6 +195,7 @@ MK0001, MK0002, MK0003, MK0004, MK0005, MK0006, MK0007, MK0008, MK0009 = (
     "MK0001", "MK0002", "MK0003", "MK0004", "MK0005", "MK0006", "MK0007", "MK0008", "MK0009")
 MK0301, MK0302, MK0303, MK0304, MK0305, MK0401, MK0402 = (
     "MK0301", "MK0302", "MK0303", "MK0304", "MK0305", "MK0401", "MK0402")
+MK0410, MK0411, MK0412, MK0413, MK0414 = ("MK0410", "MK0411", "MK0412", "MK0413", "MK0414")
 MK0101, MK0102, MK0103, MK0104, MK0105, MK0106, MK0107, MK0108, MK0109, MK0110 = (
     "MK0101", "MK0102", "MK0103", "MK0104", "MK0105", "MK0106", "MK0107", "MK0108", "MK0109", "MK0110")
 MK0111, MK0112, MK0113, MK0114, MK0115, MK0116, MK0117, MK0118, MK0119 = (

@@ -18,6 +18,7 @@ from meshkit.config.authn import RequestAuthentication, compile_jwt, request_aut
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateways import bound_hosts
 from meshkit.config.hosts import resolve_host
+from meshkit.config.httproutes import ingress_virtual_services, mesh_virtual_services, selector_services
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -114,6 +115,8 @@ def compile_snapshot(
     to the key set the control plane fetched from it, ``jwks_errors`` to why it could not (see `authn`).
     """
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
+    if node.kind == "sidecar":  # Gateway API routes attached to Services (GAMMA): `httproutes`
+        virtual_services = [*mesh_virtual_services(resources, registry), *virtual_services]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
     services = sorted(registry.services, key=lambda s: (s.namespace == node.namespace, s.namespace, s.name))
@@ -128,7 +131,12 @@ def compile_snapshot(
                 *_other_virtual_hosts(node, registry, virtual_services),
             ]
         },
-        "clusters": _clusters(services, registry, node, destination_rules, peer_authentications),
+        "clusters": {
+            **_clusters(services, registry, node, destination_rules, peer_authentications),
+            # Services the registry does not hold (reviews-v1 of bookinfo-versions.yaml): their selector
+            **{f"{svc.name}|": _cluster(svc, "", None, endpoints, peer_authentications)
+               for svc, endpoints in selector_services(resources, registry)},
+        },
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
@@ -222,7 +230,7 @@ def _other_virtual_hosts(
 def _gateway_virtual_hosts(node: Node, resources: Sequence[Resource]) -> list[dict[str, Any]]:
     """A gateway serves only the hosts bound by a Gateway selecting it and a VirtualService naming that
     Gateway (`meshkit.config.gateways`); any other Host finds no virtual host: 404 ``NR``, as in Istio."""
-    return [_host_only_virtual_host(host, vs, node) for host, vs in bound_hosts(node, resources)]
+    return [_host_only_virtual_host(host, vs, node) for host, vs in _gateway_bindings(node, resources)]
 
 
 def _host_only_virtual_host(host: str, vs: VirtualService, node: Node) -> dict[str, Any]:
@@ -237,6 +245,15 @@ def _host_only_virtual_host(host: str, vs: VirtualService, node: Node) -> dict[s
             if (route := _route(vs, index, http, node)) is not None
         ],
     }
+
+
+def _gateway_bindings(node: Node, resources: Sequence[Resource]) -> list[tuple[str, VirtualService]]:
+    """Istio Gateway + VirtualService bindings, and HTTPRoutes attached to a Gateway API Gateway
+    (`httproutes`); the HTTPRoute wins a host both claim, as for sidecars."""
+    chosen = dict(bound_hosts(node, resources))
+    if node.labels.get("istio") == "ingressgateway":  # the mesh's one ingress serves Gateway API Gateways
+        chosen.update(ingress_virtual_services(resources))
+    return sorted(chosen.items())
 
 
 def _default_route(svc: Service) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def _host_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
-def _intersection(server_host: str, vs_host: str) -> str | None:
+def intersect_hosts(server_host: str, vs_host: str) -> str | None:
     """The host both accept: the narrower of the two (Istio's gateway/VirtualService host matching)."""
     if _host_matches(server_host, vs_host):
         return vs_host
@@ -127,7 +127,7 @@ def _hosts_of(vs: VirtualService, selected: Mapping[tuple[str, str], Gateway]) -
                 if server_host is None:
                     continue
                 for vs_host in vs.spec.hosts:
-                    host = _intersection(server_host.lower(), vs_host.strip().lower())
+                    host = intersect_hosts(server_host.lower(), vs_host.strip().lower())
                     if host is not None:
                         yield host
 

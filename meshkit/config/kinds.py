@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from meshkit.config.authn import RequestAuthentication
 from meshkit.config.envoyfilter import EnvoyFilter
+from meshkit.config.gateway_api import GATEWAY_API_KINDS, SAME_NAME_KINDS
 from meshkit.config.gateways import Gateway
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -23,12 +24,17 @@ ISTIO_KINDS: dict[str, type[Resource]] = {
                 Telemetry, Gateway, RequestAuthentication)
 }
 
-# Every kind `meshkit apply` takes: the Istio kinds and the Kubernetes workload kinds of Istio's samples.
-RESOURCE_KINDS: dict[str, type[Resource]] = {**ISTIO_KINDS, **{cls.__name__: cls for cls in WORKLOAD_KINDS}}
+# Every kind `meshkit apply` takes: the Istio kinds, the Gateway API kinds (their CRDs come from the
+# Gateway API standard channel, not from meshkit) and the Kubernetes workload kinds of Istio's samples.
+RESOURCE_KINDS: dict[str, type[Resource]] = {
+    **ISTIO_KINDS, **GATEWAY_API_KINDS, **{cls.__name__: cls for cls in WORKLOAD_KINDS}}
 
 # Kubernetes kinds of Istio's sample files that the local mesh does not model: loaded as a warning
 # ("ignored"), never a reason to refuse the file.
 IGNORED_KUBERNETES_KINDS = IGNORED_KINDS
+
+# (kind, group) -> model for kinds whose name an Istio kind already has (Gateway API's Gateway)
+KINDS_BY_GROUP = SAME_NAME_KINDS
 
 # Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
 UNSUPPORTED_ISTIO_KINDS = frozenset(

@@ -32,7 +32,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from meshkit.config import codes
-from meshkit.config.kinds import IGNORED_KUBERNETES_KINDS, RESOURCE_KINDS, UNSUPPORTED_ISTIO_KINDS
+from meshkit.config.kinds import (
+    IGNORED_KUBERNETES_KINDS,
+    KINDS_BY_GROUP,
+    RESOURCE_KINDS,
+    UNSUPPORTED_ISTIO_KINDS,
+)
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import IstioModel, Resource
 
@@ -289,6 +294,8 @@ def _load_document(document: Any, fallback: str) -> tuple[Resource | None, list[
         text = "kind: required field is missing"
         return None, [Message(codes.MK0006, Severity.ERROR, resource_label, "kind", text)]
     model = RESOURCE_KINDS.get(kind)
+    group = api_version.partition("/")[0] if isinstance(api_version, str) else ""
+    model = KINDS_BY_GROUP.get((kind, group), model)  # Gateway API's Gateway, not Istio's
     if model is None:
         supported = ", ".join(sorted(RESOURCE_KINDS))
         reason = "is not supported by meshkit" if kind in UNSUPPORTED_ISTIO_KINDS else "is not a known kind"

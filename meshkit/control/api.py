@@ -41,6 +41,7 @@ import yaml
 from aiohttp import web
 
 from meshkit.config import codes
+from meshkit.config.httproutes import with_status
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import Resource
@@ -230,7 +231,9 @@ async def get_config(request: web.Request) -> web.Response:
     found = c.store.get(kind, namespace, name)
     output = request.query.get("format", "json")
     if output == "yaml":
-        text = yaml.safe_dump_all([s.resource.to_dict() for s in found], sort_keys=False)
+        everything = [s.resource for s in c.store.get(None, None, None)]
+        view = c.registry.view()
+        text = yaml.safe_dump_all([with_status(s.resource, everything, view) for s in found], sort_keys=False)
         return web.Response(text=text, content_type="application/yaml")
     if output != "json":
         raise _bad_request(f"format: expected yaml or json, got {output!r}", field="format")

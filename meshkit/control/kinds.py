@@ -19,10 +19,13 @@ SHORT_NAMES: dict[str, str] = {
     "ns": "Namespace",
     "ra": "RequestAuthentication",
 }
+# kubectl's full names, the way to name Gateway API's Gateway (``gateway`` is Istio's)
+FULL_NAMES: dict[str, str] = {"gateways.gateway.networking.k8s.io": "Gateway.gateway.networking.k8s.io",
+                              "gateway.gateway.networking.k8s.io": "Gateway.gateway.networking.k8s.io"}
 
 
 def _aliases() -> dict[str, str]:
-    table = dict(SHORT_NAMES)
+    table = {**SHORT_NAMES, **FULL_NAMES}
     for kind in RESOURCE_KINDS:
         lower = kind.lower()
         table[lower] = kind

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshkit.config.api_kinds import istio_kinds
+from meshkit.config.api_kinds import config_kinds
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message
 from meshkit.config.registry import Endpoint, Node, Service
@@ -53,9 +53,10 @@ BOOKKEEPING_PREFIXES = ("operator.meshkit.dev/", "kopf.zalando.org/")
 PER_POD_LABELS = frozenset({"pod-template-hash", "controller-revision-hash",
                             "statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index"})
 
-# every Istio kind meshkit implements, from the list the RBAC rules come from (meshkit.config.api_kinds)
+# every Istio and Gateway API kind meshkit implements, from the list the RBAC rules come from
+# (meshkit.config.api_kinds)
 ISTIO_TYPES: tuple[ResourceType, ...] = tuple(
-    ResourceType(kind.group, kind.version, kind.plural, kind.kind) for kind in istio_kinds()
+    ResourceType(kind.group, kind.version, kind.plural, kind.kind) for kind in config_kinds()
 )
 SERVICES = ResourceType("", "v1", "services", "Service")
 ENDPOINT_SLICES = ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")

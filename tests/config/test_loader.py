@@ -133,8 +133,8 @@ def test_unsupported_and_unknown_kinds() -> None:
         "apiVersion: v1\nkind: Foo\nmetadata: {name: f}\n"
     )
     supported = ("(supported: AuthorizationPolicy, Deployment, DestinationRule, EnvoyFilter, Gateway, "
-                 "Namespace, PeerAuthentication, RequestAuthentication, Service, ServiceAccount, Telemetry, "
-                 "VirtualService)")
+                 "GatewayClass, HTTPRoute, Namespace, PeerAuthentication, RequestAuthentication, Service, "
+                 "ServiceAccount, Telemetry, VirtualService)")
     assert gateway.text == f"kind ServiceEntry is not supported by meshkit {supported}"
     assert foo.text == f"kind Foo is not a known kind {supported}"
 

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import yaml
 
-from meshkit.config.api_kinds import API_KINDS, CONTROL, OPERATOR, istio_kinds
+from meshkit.config.api_kinds import API_KINDS, CONTROL, OPERATOR, config_kinds, istio_kinds
 from meshkit.config.kinds import RESOURCE_KINDS
 from meshkit.k8s import rbac_rules
 from meshkit.k8s.api import KubeAccess
@@ -54,11 +54,16 @@ def test_every_implemented_istio_kind_is_in_the_list_and_watched_by_both() -> No
         assert (name, model.group) in listed, f"{name} is implemented but missing from API_KINDS"
     istio = {(kind.group, kind.plural) for kind in istio_kinds()}
     assert {(g, p) for g, _, p in ISTIO_RESOURCES} == istio  # what the operator watches
-    assert {(t.group, t.plural) for t in ISTIO_TYPES} == istio  # what the control plane mirrors
+    mirrored = {(kind.group, kind.plural) for kind in config_kinds()}
+    assert mirrored == istio | {("gateway.networking.k8s.io", "httproutes"),
+                                ("gateway.networking.k8s.io", "gatewayclasses")}
+    assert {(t.group, t.plural) for t in ISTIO_TYPES} == mirrored  # what the control plane mirrors
     assert ("networking.istio.io", "envoyfilters") in istio
     # planned kinds are listed, granted nothing until meshkit has their model
     planned = [kind for kind in API_KINDS if not kind.active]
-    assert {kind.kind for kind in planned} >= {"ServiceEntry", "HTTPRoute"}
+    assert ("Gateway", "gateway.networking.k8s.io") in {(kind.kind, kind.group) for kind in planned}
+    control = {r for rule in cluster_role_rules(CONTROL) for r in rule["resources"]}
+    assert {"httproutes", "gatewayclasses"} <= control
     for role in (CONTROL, OPERATOR):
         granted = {r for rule in cluster_role_rules(role) for r in rule["resources"]}
         assert not {kind.plural for kind in planned if kind.group.endswith("istio.io")} & granted - {

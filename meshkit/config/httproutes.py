@@ -1,0 +1,381 @@
+"""Gateway API HTTPRoutes -> the VirtualService routes `compile` already knows, and their ``status``.
+
+Istio implements HTTPRoute by converting it into internal VirtualServices (one per host, the rules
+of every route attached to that host merged and sorted by Gateway API's precedence); meshkit does
+the same, so there is one router: `compile`'s ``_route`` turns both into snapshot routes.
+
+* A route whose ``parentRefs`` name a Service (GAMMA) becomes a mesh VirtualService for that
+  Service's host. Its internal VirtualService is ordered before the user's VirtualServices of the
+  same namespace, so when both target a host the HTTPRoute wins.
+* A route whose parent is a Gateway API ``Gateway`` of class ``istio`` becomes, per host (its
+  ``hostnames`` narrowed by the listeners' ``hostname``), an internal VirtualService that the local
+  mesh's one ingress gateway serves (`ingress_virtual_services`), winning a host an Istio
+  Gateway + VirtualService also bind.
+* A ``backendRef`` is a Service: ``reviews`` or a per-version Service such as ``reviews-v1``
+  (``app: reviews, version: v1`` in Istio's ``bookinfo-versions.yaml``). A Service manifest that the
+  registry does not hold (it backs no workload of its own) becomes a cluster of the registered
+  endpoints its selector selects (`selector_clusters`).
+* ``status`` (`route_status`) follows Gateway API: per parent, ``Accepted`` and ``ResolvedRefs``
+  with their reasons, computed from the config and the registry as a controller would; a Gateway's
+  ``Accepted``/``Programmed`` and its listeners' ``attachedRoutes``.
+
+Pure functions of resources + registry: no sockets.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from meshkit.config.gateway_api import (
+    GROUP,
+    ISTIO_CONTROLLER,
+    GatewayClass,
+    HTTPBackendRef,
+    HTTPHeaderFilter,
+    HTTPRoute,
+    HTTPRouteMatch,
+    HTTPRouteRule,
+    KubeGateway,
+    ParentReference,
+)
+from meshkit.config.gateways import intersect_hosts
+from meshkit.config.registry import Endpoint, RegistryView
+from meshkit.config.registry import Service as RegistryService
+from meshkit.config.resources import (
+    Destination,
+    HeaderOperations,
+    Headers,
+    HTTPMatchRequest,
+    HTTPRetry,
+    HTTPRewrite,
+    HTTPRouteDestination,
+    ObjectMeta,
+    Percent,
+    PortSelector,
+    Resource,
+    StringMatch,
+    VirtualService,
+    VirtualServiceSpec,
+)
+from meshkit.config.resources import HTTPRoute as VSRoute
+from meshkit.config.workloads import Service as ServiceManifest
+from meshkit.config.workloads import selects
+
+GATEWAY_CLASS = "istio"
+DEFAULT_ATTEMPTS = 2
+
+
+def _fqdn(name: str, namespace: str) -> str:
+    return f"{name}.{namespace}.svc.cluster.local"
+
+
+def http_routes(resources: Sequence[Resource]) -> list[HTTPRoute]:
+    return sorted((r for r in resources if isinstance(r, HTTPRoute)), key=lambda r: r.key)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTPRoute -> VirtualService
+# ---------------------------------------------------------------------------------------------
+
+
+def _match(match: HTTPRouteMatch) -> HTTPMatchRequest:
+    uri = None
+    path = match.path
+    if path is not None:
+        kind = {"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex"}[path.type]
+        # Istio's conversion trims a PathPrefix's trailing slash: "/api/" matches "/api" too
+        value = (path.value.rstrip("/") or "/") if path.type == "PathPrefix" else path.value
+        uri = StringMatch(**{kind: value})
+    else:
+        uri = StringMatch(prefix="/")
+
+    def strings(items: Sequence[Any] | None) -> dict[str, StringMatch] | None:
+        if not items:
+            return None
+        return {item.name: StringMatch(**{"exact" if item.type == "Exact" else "regex": item.value})
+                for item in items}
+
+    return HTTPMatchRequest(
+        uri=uri,
+        method=StringMatch(exact=match.method) if match.method else None,
+        headers=strings(match.headers),
+        query_params=strings(match.query_params),
+    )
+
+
+def _header_ops(spec: HTTPHeaderFilter | None) -> HeaderOperations | None:
+    if spec is None:
+        return None
+    return HeaderOperations(
+        set={h.name: h.value for h in spec.set} if spec.set else None,
+        add={h.name: h.value for h in spec.add} if spec.add else None,
+        remove=list(spec.remove) if spec.remove else None,
+    )
+
+
+def _destination(ref: HTTPBackendRef | Any, namespace: str) -> Destination:
+    ns = ref.namespace or namespace
+    return Destination(host=_fqdn(ref.name, ns),
+                       port=PortSelector(number=ref.port) if ref.port is not None else None)
+
+
+def _vs_route(route: HTTPRoute, index: int, rule: HTTPRouteRule) -> VSRoute:
+    namespace = route.metadata.namespace
+    fields: dict[str, Any] = {"name": rule.name or f"{route.metadata.name}.{index}"}
+    if rule.matches:
+        fields["match"] = [_match(m) for m in rule.matches]
+    backends = [b for b in rule.backend_refs or [] if b.weight > 0] or list(rule.backend_refs or [])
+    fields["route"] = [HTTPRouteDestination(destination=_destination(b, namespace), weight=b.weight)
+                       for b in backends]
+    request = response = None
+    for item in rule.filters or []:
+        if item.type == "RequestHeaderModifier":
+            request = _header_ops(item.request_header_modifier)
+        elif item.type == "ResponseHeaderModifier":
+            response = _header_ops(item.response_header_modifier)
+        elif item.type == "RequestMirror" and item.request_mirror is not None:
+            mirror = item.request_mirror
+            fields["mirror"] = _destination(mirror.backend_ref, namespace)
+            if mirror.percent is not None:
+                fields["mirror_percentage"] = Percent(value=float(mirror.percent))
+        elif item.type == "URLRewrite" and item.url_rewrite is not None and item.url_rewrite.path is not None:
+            fields["rewrite"] = HTTPRewrite(uri=item.url_rewrite.path.replace_prefix_match)
+    if request is not None or response is not None:
+        fields["headers"] = Headers(request=request, response=response)
+    timeouts = rule.timeouts
+    if timeouts is not None:
+        # Istio's conversion: request -> the route timeout; backendRequest -> the per-try timeout
+        # (and the route timeout when request is unset)
+        if timeouts.request is not None:
+            fields["timeout"] = timeouts.request
+        if timeouts.backend_request is not None:
+            fields["retries"] = HTTPRetry(attempts=DEFAULT_ATTEMPTS, per_try_timeout=timeouts.backend_request)
+            fields.setdefault("timeout", timeouts.backend_request)
+    return VSRoute(**fields)
+
+
+def _precedence(entry: tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]) -> tuple[Any, ...]:
+    """Gateway API's order between rules of the routes of one host: Exact path, the longest prefix,
+    a method, the most headers, the most query params; then the oldest route (by name here)."""
+    route, index, _, match = entry
+    path = match.path if match and match.path else None
+    path_type = path.type if path else "PathPrefix"
+    value = path.value if path else "/"
+    return ({"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}[path_type], -len(value),
+            0 if match and match.method else 1, -len(match.headers or []) if match else 0,
+            -len(match.query_params or []) if match else 0, route.key, index)
+
+
+def mesh_virtual_services(resources: Sequence[Resource], registry: RegistryView) -> list[VirtualService]:
+    """The internal VirtualServices of the HTTPRoutes attached to Services (one per Service)."""
+    by_host: dict[tuple[str, str], list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]]]
+    by_host = defaultdict(list)
+    for route in http_routes(resources):
+        for parent in route.spec.parent_refs:
+            if not parent.is_service:
+                continue
+            ns = parent.namespace or route.metadata.namespace
+            if not service_exists(parent.name, ns, resources, registry):
+                continue  # not Accepted (status says so); analyze names it
+            for index, rule in enumerate(route.spec.rules or []):
+                matches: list[HTTPRouteMatch | None] = list(rule.matches or []) or [None]
+                for match in matches:
+                    by_host[(ns, parent.name)].append((route, index, rule, match))
+    return [_internal(entries, [_fqdn(name, ns)], ns) for (ns, name), entries in sorted(by_host.items())]
+
+
+def gateway_of(parent: ParentReference, namespace: str, resources: Sequence[Resource]) -> KubeGateway | None:
+    """The Gateway API Gateway a parentRef names (kind Gateway, the default), if it exists."""
+    if parent.kind not in (None, "Gateway") or (parent.group or GROUP) != GROUP:
+        return None
+    ns = parent.namespace or namespace
+    return next((g for g in resources if isinstance(g, KubeGateway)
+                 and (g.metadata.namespace, g.metadata.name) == (ns, parent.name)), None)
+
+
+def _listener_hosts(gateway: KubeGateway, route: HTTPRoute, section: str | None) -> list[str]:
+    """The hosts a route serves on ``gateway``: its hostnames narrowed by the listeners' hostname."""
+    hosts: list[str] = []
+    for listener in gateway.spec.listeners:
+        if section is not None and listener.name != section:
+            continue
+        for wanted in route.spec.hostnames or ["*"]:
+            host = intersect_hosts(listener.hostname or "*", wanted.lower())
+            if host is not None and host not in hosts:
+                hosts.append(host)
+    return hosts
+
+
+def ingress_virtual_services(resources: Sequence[Resource]) -> list[tuple[str, VirtualService]]:
+    """(host, internal VirtualService) for every host that HTTPRoutes attached to a Gateway API Gateway of
+    class ``istio`` serve; the local mesh's one ingress gateway serves them (as Istio's Gateway)."""
+    by_host: dict[str, list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]]] = defaultdict(list)
+    for route in http_routes(resources):
+        for parent in route.spec.parent_refs:
+            gateway = gateway_of(parent, route.metadata.namespace, resources)
+            if gateway is None or gateway.spec.gateway_class_name != GATEWAY_CLASS:
+                continue
+            for host in _listener_hosts(gateway, route, parent.section_name):
+                for index, rule in enumerate(route.spec.rules or []):
+                    matches: list[HTTPRouteMatch | None] = list(rule.matches or []) or [None]
+                    by_host[host].extend((route, index, rule, match) for match in matches)
+    return [(host, _internal(entries, [host], entries[0][0].metadata.namespace))
+            for host, entries in sorted(by_host.items())]
+
+
+def _internal(entries: list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]], hosts: list[str],
+              namespace: str) -> VirtualService:
+    routes = []
+    for route, index, rule, match in sorted(entries, key=_precedence):
+        single = rule.model_copy(update={"matches": [match] if match is not None else None})
+        routes.append(_vs_route(route, index, single))
+    owner = min((e[0] for e in entries), key=lambda r: r.key)
+    # kind HTTPRoute: the snapshot's route sources name the HTTPRoute, and the internal
+    # VirtualService sorts before the user's VirtualServices of the namespace (HTTPRoute wins)
+    return VirtualService.model_construct(
+        api_version="gateway.networking.k8s.io/v1", kind="HTTPRoute",
+        metadata=ObjectMeta(name=owner.metadata.name, namespace=namespace),
+        spec=VirtualServiceSpec(hosts=hosts, http=routes))
+
+
+# ---------------------------------------------------------------------------------------------
+# per-version Services
+# ---------------------------------------------------------------------------------------------
+
+
+def _service_manifests(resources: Sequence[Resource]) -> dict[tuple[str, str], ServiceManifest]:
+    return {(r.metadata.namespace, r.metadata.name): r for r in resources if isinstance(r, ServiceManifest)}
+
+
+def selector_services(
+    resources: Sequence[Resource], registry: RegistryView
+) -> Iterator[tuple[RegistryService, list[Endpoint]]]:
+    """Service manifests the registry does not hold, with the registered endpoints they select
+    (``reviews-v1`` -> the reviews endpoints labelled version v1), sorted by (namespace, name)."""
+    for (ns, name), manifest in sorted(_service_manifests(resources).items()):
+        if registry.service(name, ns) is not None:
+            continue
+        selected = [e for e in registry.endpoints
+                    if e.namespace == ns and selects(manifest.spec.selector, e.labels)]
+        yield RegistryService(name=name, namespace=ns, port=manifest.spec.ports[0].port), selected
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+# ---------------------------------------------------------------------------------------------
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, generation: int = 1) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message,
+            "observedGeneration": generation}
+
+
+def service_exists(name: str, namespace: str, resources: Sequence[Resource], registry: RegistryView) -> bool:
+    return registry.service(name, namespace) is not None or (namespace, name) in _service_manifests(resources)
+
+
+def _parent_found(parent: ParentReference, namespace: str, resources: Sequence[Resource],
+                  registry: RegistryView) -> tuple[bool, str, str]:
+    ns = parent.namespace or namespace
+    if parent.is_service:
+        if service_exists(parent.name, ns, resources, registry):
+            return True, "Accepted", "Route was valid"
+        return False, "NoMatchingParent", f"parent Service {ns}/{parent.name} does not exist"
+    gateway = gateway_of(parent, namespace, resources)
+    if gateway is None:
+        kind = parent.kind or "Gateway"
+        return False, "NoMatchingParent", f"parent {kind} {ns}/{parent.name} does not exist"
+    if gateway.spec.gateway_class_name != GATEWAY_CLASS:
+        return False, "NoMatchingParent", (f"Gateway {ns}/{parent.name} has class "
+                                           f"{gateway.spec.gateway_class_name}, not {GATEWAY_CLASS}")
+    if parent.section_name is not None and parent.section_name not in {
+            listener.name for listener in gateway.spec.listeners}:
+        return False, "NoMatchingParent", f"Gateway {ns}/{parent.name} has no listener {parent.section_name}"
+    return True, "Accepted", "Route was valid"
+
+
+def missing_backends(route: HTTPRoute, resources: Sequence[Resource],
+                     registry: RegistryView) -> list[tuple[str, str]]:
+    """(field path, namespace/name) of every backendRef and mirror backend naming no Service."""
+    ns = route.metadata.namespace
+    out = []
+    for i, rule in enumerate(route.spec.rules or []):
+        for j, ref in enumerate(rule.backend_refs or []):
+            if not service_exists(ref.name, ref.namespace or ns, resources, registry):
+                out.append((f"spec.rules[{i}].backendRefs[{j}].name", f"{ref.namespace or ns}/{ref.name}"))
+        for j, item in enumerate(rule.filters or []):
+            if item.request_mirror is None:
+                continue
+            target = item.request_mirror.backend_ref
+            if not service_exists(target.name, target.namespace or ns, resources, registry):
+                out.append((f"spec.rules[{i}].filters[{j}].requestMirror.backendRef.name",
+                            f"{target.namespace or ns}/{target.name}"))
+    return out
+
+
+def route_status(route: HTTPRoute, resources: Sequence[Resource], registry: RegistryView) -> dict[str, Any]:
+    """The route's ``status`` as Istio's controller writes it: one entry per parentRef."""
+    missing = missing_backends(route, resources, registry)
+    resolved = (True, "ResolvedRefs", "All references resolved") if not missing else (
+        False, "BackendNotFound", "; ".join(f"backend({name}) not found" for _, name in missing))
+    parents = []
+    for parent in route.spec.parent_refs:
+        accepted, reason, message = _parent_found(parent, route.metadata.namespace, resources, registry)
+        parents.append({
+            "parentRef": parent.model_dump(by_alias=True, exclude_none=True),
+            "controllerName": ISTIO_CONTROLLER,
+            "conditions": [_condition("Accepted", accepted, reason, message),
+                           _condition("ResolvedRefs", *resolved)],
+        })
+    return {"parents": parents}
+
+
+def gateway_class_status(gateway_class: GatewayClass) -> dict[str, Any]:
+    controller = gateway_class.spec.controller_name
+    if controller == ISTIO_CONTROLLER:
+        condition = _condition("Accepted", True, "Accepted", "Handled by Istio controller")
+    else:
+        condition = _condition("Accepted", False, "Unsupported", f"controllerName {controller} is not "
+                               f"{ISTIO_CONTROLLER}: no controller of this mesh handles it")
+    return {"conditions": [condition]}
+
+
+def gateway_status(gateway: KubeGateway, resources: Sequence[Resource]) -> dict[str, Any]:
+    """Accepted and Programmed (served by the local mesh's ingress gateway), and each listener's
+    attached routes."""
+    ours = gateway.spec.gateway_class_name == GATEWAY_CLASS
+    reason = "Accepted" if ours else "InvalidParameters"
+    attached: dict[str, int] = {listener.name: 0 for listener in gateway.spec.listeners}
+    for route in http_routes(resources):
+        for parent in route.spec.parent_refs:
+            if gateway_of(parent, route.metadata.namespace, resources) is gateway:
+                for name in attached:
+                    if parent.section_name in (None, name):
+                        attached[name] += 1
+    return {
+        "conditions": [
+            _condition("Accepted", ours, reason, "Resource accepted" if ours else
+                       f"gatewayClassName {gateway.spec.gateway_class_name} is not {GATEWAY_CLASS}"),
+            _condition("Programmed", ours, "Programmed" if ours else "Invalid",
+                       "served by the local mesh's ingress gateway (istio-ingressgateway)" if ours
+                       else "no gateway proxy serves it"),
+        ],
+        "listeners": [{"name": name, "attachedRoutes": count,
+                       "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}]}
+                      for name, count in attached.items()],
+    }
+
+
+def with_status(resource: Resource, resources: Sequence[Resource], registry: RegistryView) -> dict[str, Any]:
+    """``resource.to_dict()`` plus its computed ``status`` for the Gateway API kinds."""
+    doc = resource.to_dict()
+    if isinstance(resource, HTTPRoute):
+        doc["status"] = route_status(resource, resources, registry)
+    elif isinstance(resource, GatewayClass):
+        doc["status"] = gateway_class_status(resource)
+    elif isinstance(resource, KubeGateway):
+        doc["status"] = gateway_status(resource, resources)
+    return doc
+
