@@ -7,11 +7,13 @@
 (function () {
   const mk = window.mk;
   const YAML_HEADERS = { "Content-Type": "application/yaml" };
+  const K8S_KINDS = new Set(["Deployment", "Service", "ServiceAccount", "Namespace", "Pod", "ConfigMap"]);
   let typing = null, versionsByService = {};
 
   function messageRow(m) {
-    return mk.el("div", { class: "msg " + (m.severity || "").toLowerCase() },
-      `${m.severity === "error" ? "Error" : m.severity === "warning" ? "Warning" : "Info"} [${m.code}] (${m.resource}${m.field ? " " + m.field : ""}) ${m.message || m.text || ""}`);
+    const severity = (m.severity || "info").toLowerCase();
+    return mk.el("div", { class: "msg " + severity },
+      `${severity[0].toUpperCase() + severity.slice(1)} [${m.code}] (${m.resource}${m.field ? " " + m.field : ""}) ${m.message || m.text || ""}`);
   }
 
   async function openResource(ref) {
@@ -49,7 +51,7 @@
     const byRef = {};
     for (const m of analysis.messages) (byRef[m.resource] = byRef[m.resource] || []).push(m);
     mk.table(document.getElementById("config-list"), ["kind", "namespace", "name", "revision", "analyzer"],
-      config.items.map((item) => {
+      config.items.filter((item) => document.getElementById("config-k8s").checked || !K8S_KINDS.has(item.ref.split("/")[0])).map((item) => {
         const [kind, ns, name] = item.ref.split("/");
         const msgs = byRef[item.ref] || [];
         return mk.el("tr", { class: "config-row", "data-ref": item.ref },
@@ -60,7 +62,7 @@
       }));
     const rows = history.revisions.slice().reverse().map((r) => mk.el("tr", {},
       mk.el("td", {}, r.revision), mk.el("td", {}, new Date(r.timestamp * 1000).toLocaleTimeString()),
-      mk.el("td", {}, r.summary),
+      mk.el("td", { title: r.summary }, r.summary.length > 140 ? r.summary.slice(0, 137) + "..." : r.summary),
       mk.el("td", {}, mk.el("button", { onclick: () => showDiff(r.revision) }, "diff"), " ",
         r.revision === history.revision ? mk.el("span", { class: "muted" }, "current") :
           mk.el("button", { class: "rollback", onclick: () => rollback(r.revision) }, "roll back to this"))));
@@ -74,8 +76,8 @@
     if (!text.trim()) { box.replaceChildren(); return; }
     try {
       const doc = await mk.api("analyze", { method: "POST", headers: YAML_HEADERS, body: text });
-      box.replaceChildren(doc.messages.length ? doc.messages.map(messageRow) :
-        mk.el("div", { class: "msg ok-text" }, "valid: the analyzer found no issues over the current config"));
+      box.replaceChildren(...(doc.messages.length ? doc.messages.map(messageRow) :
+        [mk.el("div", { class: "msg ok-text" }, "valid: the analyzer found no issues over the current config")]));
     } catch (e) {
       box.replaceChildren(...((e.doc && e.doc.messages) || [{ severity: "error", code: "", resource: "request", message: e.message }]).map(messageRow));
     }
@@ -128,5 +130,6 @@
     });
     document.getElementById("wiz-host").addEventListener("change", wizardWeights);
     document.getElementById("wiz-fill").addEventListener("click", wizardYaml);
+    document.getElementById("config-k8s").addEventListener("change", () => refresh().catch((e) => mk.status(e.message, true)));
   });
 })();

@@ -49,7 +49,7 @@ mk.el = function (tag, attrs, ...children) {
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -122,7 +122,7 @@ mk.explain = async function (id) {
       mk.el("ol", { class: "hops" }, doc.hops.map((h) => mk.el("li", { class: h.status >= 500 || (h.flags && h.flags !== "-") ? "hop bad" : "hop" },
         mk.el("div", { class: "hop-head" }, `${h.from} -> ${h.to}: ${h.status || "no response"} ${h.flags && h.flags !== "-" ? h.flags : ""} in ${mk.ms(h.duration_ms)}`, h.mtls ? " (mTLS)" : ""),
         mk.el("dl", {},
-          h.route ? [mk.el("dt", {}, "route"), mk.el("dd", {}, h.route + (h.route_name ? " (" + h.route_name + ")" : ""))] : null,
+          h.route ? [mk.el("dt", {}, "route"), mk.el("dd", {}, h.route + (h.route_name && h.route_name !== h.route ? " (" + h.route_name + ")" : ""))] : null,
           h.cluster ? [mk.el("dt", {}, "upstream"), mk.el("dd", {}, h.cluster + (h.endpoint ? " -> " + h.endpoint : ""))] : null,
           h.fault ? [mk.el("dt", {}, "fault"), mk.el("dd", { class: h.fault_fired ? "bad" : "" }, h.fault + (h.fault_fired ? "  FIRED" : "  not fired"))] : null,
           h.attempts ? [mk.el("dt", {}, "attempts"), mk.el("dd", {}, h.attempts)] : null,
@@ -144,6 +144,7 @@ mk.pages.explain = {
         mk.el("td", {}, t.root ? t.root.service + " " + t.root.name : ""), mk.el("td", {}, (t.services || []).join(", ")),
         mk.el("td", {}, mk.ms(t.duration_ms)), mk.el("td", { class: t.error ? "bad" : "" }, t.error ? "error" : ""),
         mk.el("td", {}, mk.el("button", { onclick: () => mk.explain((t.request_ids || [])[0] || t.trace_id) }, "explain")))));
+    mk.status(`${doc.traces.length} recent traces`);
   },
 };
 

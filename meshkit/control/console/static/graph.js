@@ -7,8 +7,9 @@
 (function () {
   const mk = window.mk;
   const SVG = "http://www.w3.org/2000/svg";
-  const COL = 270, ROW = 92, NODE_W = 150, NODE_H = 44, PAD = 40;
+  const COL = 320, ROW = 110, NODE_W = 170, NODE_H = 44, PAD = 40;
   const state = { data: null, timer: null, selected: null };
+  const BADGE_NAMES = { VS: "VirtualService", F: "fault injection", M: "mirror", CB: "circuit breaker" };
 
   function s(tag, attrs, ...children) {
     const node = document.createElementNS(SVG, tag);
@@ -72,7 +73,7 @@
     for (const e of telemetry.edges) {
       const src = byWorkload[e.source_workload] || { app: e.source_workload || "unknown", version: "" };
       const dstWl = e.destination_workload && e.destination_workload !== "unknown" ? e.destination_workload : e.destination_service;
-      const dst = { app: (byWorkload[dstWl] || {}).app || e.destination_service, version: e.destination_version };
+      const dst = { app: (byWorkload[dstWl] || {}).app || e.destination_service, version: e.destination_version === "unknown" ? "" : e.destination_version };
       const a = node(nodeKey(view, e.source_workload || "unknown", src.app, src.version), { app: src.app, version: view === "app" ? "" : src.version });
       const b = node(nodeKey(view, dstWl, dst.app, dst.version), { app: dst.app, version: view === "app" ? "" : dst.version, service: e.destination_service });
       const key = a.id + "\u0000" + b.id;
@@ -112,12 +113,12 @@
       list.forEach((n, i) => { n.x = PAD + Number(d) * COL; n.y = PAD + 20 + i * ROW; });
       rows = Math.max(rows, list.length);
     }
-    return { width: PAD * 2 + Object.keys(columns).length * COL, height: PAD * 2 + 20 + rows * ROW };
+    return { width: PAD * 2 + (Object.keys(columns).length - 1) * COL + NODE_W, height: PAD * 2 + 20 + rows * ROW };
   }
 
   function label(l) {
-    const p95 = l.p95 == null ? "" : " | p95 " + mk.ms(l.p95);
-    return `${mk.rps(l.rps)} | ${mk.pct(l.rps ? l.errRps / l.rps : 0)} err${p95}`;
+    const p95 = l.p95 == null ? "" : ", p95 " + mk.ms(l.p95);
+    return `${mk.rps(l.rps)}, ${mk.pct(l.rps ? l.errRps / l.rps : 0)} err${p95}`;
   }
 
   function draw(graph) {
@@ -128,7 +129,9 @@
     }
     const size = layout(graph);
     const byId = Object.fromEntries(graph.nodes.map((n) => [n.id, n]));
-    const svg = s("svg", { width: size.width, height: size.height, viewBox: `0 0 ${size.width} ${size.height}`, class: "graph-svg" });
+    // scaled to the pane (as Kiali fits the graph to the view)
+    const svg = s("svg", { width: "100%", viewBox: `0 0 ${size.width} ${size.height}`, class: "graph-svg", preserveAspectRatio: "xMinYMin meet",
+      style: `max-width:${size.width}px` });
     svg.append(s("defs", {}, s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
       s("path", { d: "M0 0 L10 5 L0 10 z", class: "arrowhead" }))));
     // app boxes around the versions of one app in one column (versioned view)
@@ -143,7 +146,10 @@
     for (const l of graph.links) {
       const a = byId[l.source], b = byId[l.target];
       const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
-      const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
+      const mx = (x1 + x2) / 2;
+      // the label sits 60% along the curve: edges leaving one node fan out by then
+      const t = 0.6, u = 1 - t, lx = u * u * u * x1 + 3 * u * u * t * mx + 3 * u * t * t * mx + t * t * t * x2;
+      const ly = u * u * u * y1 + 3 * u * u * t * y1 + 3 * u * t * t * y2 + t * t * t * y2;
       const d = a === b ? `M${a.x + NODE_W / 2} ${a.y} c -40 -50, 40 -50, 10 0` : `M${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2 - 2} ${y2}`;
       const health = mk.health(l.rps ? l.errRps / l.rps : 0);
       const g = s("g", { class: "edge " + health + (state.selected === "e:" + l.source + ">" + l.target ? " selected" : ""), "data-edge": l.source + " > " + l.target,
@@ -152,9 +158,11 @@
       const speed = Math.max(0.4, Math.min(6, 4 / Math.max(l.rps, 0.05))); // faster dots for more traffic
       g.append(s("path", { d, class: "edge-flow", style: `animation-duration:${speed.toFixed(2)}s` }));
       g.append(s("path", { d, class: "edge-hit" }));
-      const t = s("text", { x: mx, y: my - 6, class: "edge-label", "text-anchor": "middle" }, label(l));
-      g.append(t);
-      if (l.mtls) g.append(padlock(mx, my - 14 - 8));
+      // two short lines, as Kiali labels edges: rate and errors, then p95
+      const [first, second] = label(l).split(", p95 ");
+      g.append(s("text", { x: lx, y: ly - 19, class: "edge-label", "text-anchor": "middle" },
+        s("tspan", { x: lx, dy: 0 }, first), second ? s("tspan", { x: lx, dy: 13 }, "p95 " + second) : ""));
+      if (l.mtls) g.append(padlock(lx - first.length * 3.1 - 10, ly - 16));
       svg.append(g);
     }
     for (const n of graph.nodes) {
@@ -162,12 +170,12 @@
       const g = s("g", { class: "node " + health + (state.selected === "n:" + n.id ? " selected" : ""), "data-node": n.id, transform: `translate(${n.x},${n.y})`,
         onclick: () => select("n:" + n.id) });
       g.append(s("rect", { width: NODE_W, height: NODE_H, rx: 8 }));
-      g.append(s("text", { x: 10, y: 18, class: "node-name" }, n.app));
+      g.append(s("text", { x: 10, y: 18, class: "node-name" }, s("title", {}, n.id), n.app.length > 21 ? n.app.slice(0, 20) + "..." : n.app));
       g.append(s("text", { x: 10, y: 34, class: "node-sub" }, n.version ? n.version : n.service ? "service" : ""));
       n.badges.forEach((b, i) => {
         const bx = NODE_W - 8 - (n.badges.length - i) * 26;
         g.append(s("g", { class: "badge badge-" + b, transform: `translate(${bx + 4},${NODE_H - 16})` },
-          s("title", {}, { VS: "VirtualService", F: "fault injection", M: "mirror", CB: "circuit breaker" }[b]),
+          s("title", {}, BADGE_NAMES[b]),
           s("rect", { width: 24, height: 13, rx: 3 }), s("text", { x: 12, y: 10, "text-anchor": "middle" }, b)));
       });
       svg.append(g);
@@ -223,7 +231,7 @@
       const inbound = g.links.filter((l) => l.target === n.id), outbound = g.links.filter((l) => l.source === n.id);
       service = n.service || n.app;
       box.replaceChildren(mk.el("h3", {}, n.app + (n.version ? " " + n.version : "")),
-        n.badges.length ? mk.el("p", {}, "config: " + n.badges.join(", ")) : null,
+        mk.el("p", {}, n.badges.length ? "config: " + n.badges.map((b) => BADGE_NAMES[b]).join(", ") : ""),
         mk.el("h4", {}, "inbound"), red(n.inRps, n.inRps ? n.inErr / n.inRps : 0, inbound.length === 1 ? inbound[0] : null),
         mk.el("h4", {}, "outbound"), mk.el("ul", {}, outbound.map((l) => mk.el("li", {}, `to ${l.target}: ${label(l)}`))),
         mk.el("h4", {}, "traffic to " + service), chartBox, mk.el("h4", {}, "recent traces"), traceBox);
