@@ -120,3 +120,22 @@ async def test_the_page_may_change_config_same_origin_but_no_other_site_may(
     async with http.post(f"{plane.url}/api/v1/rollback", json={"revision": 0}, headers=other) as response:
         assert response.status == 403
         assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_meshkit_dashboard_prints_the_console_url_with_the_token_in_the_fragment(
+        plane: RunningControlPlane) -> None:
+    import asyncio  # noqa: PLC0415
+
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from meshkit.cli import app  # noqa: PLC0415
+
+    env = {"MESHKIT_CONTROL_TOKEN": plane.admin_token, "MESHKIT_HOME": str(plane.control_plane.directory)}
+    argv = ["dashboard", "--no-browser", "--control", plane.url]
+    result = await asyncio.to_thread(CliRunner().invoke, app, argv, env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{plane.url}/ui#token={plane.admin_token}"
+    wrong = await asyncio.to_thread(CliRunner().invoke, app, argv,
+                                    env={**env, "MESHKIT_CONTROL_TOKEN": "not-the-token"})
+    assert wrong.exit_code != 0
+    assert "/ui#token" not in wrong.output
