@@ -139,3 +139,18 @@ async def test_meshkit_dashboard_prints_the_console_url_with_the_token_in_the_fr
                                     env={**env, "MESHKIT_CONTROL_TOKEN": "not-the-token"})
     assert wrong.exit_code != 0
     assert "/ui#token" not in wrong.output
+
+
+async def test_plotly_is_sent_gzipped_to_a_browser_that_accepts_it(plane: RunningControlPlane,
+                                                                    http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{plane.url}/ui/{PLOTLY}", headers={"Accept-Encoding": "identity"}) as response:
+        plain = await response.read()
+        assert "Content-Encoding" not in response.headers
+    async with http.get(f"{plane.url}/ui/{PLOTLY}", headers={"Accept-Encoding": "gzip"},
+                        auto_decompress=False) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        packed = await response.read()
+    import gzip  # noqa: PLC0415
+
+    assert gzip.decompress(packed) == plain
+    assert len(packed) < len(plain) / 2

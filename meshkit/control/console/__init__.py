@@ -16,6 +16,8 @@ page reads the same REST API the CLI uses.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import importlib.resources
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ PREFIX = "/ui"
 FILES = {"index.html": "text/html", "console.js": "text/javascript", "console.css": "text/css",
          "graph.js": "text/javascript", "config.js": "text/javascript"}
 PLOTLY = "vendor/plotly.min.js"
+GZIP_OVER = 64 * 1024  # bytes: only plotly.js is larger
 # the page is ours alone: no frames, no inline script, no other origin (the token must not leak)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -55,14 +58,23 @@ def load_files() -> dict[str, StaticFile]:
 
 
 def _serve(files: dict[str, StaticFile]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    compressed: dict[str, bytes] = {}  # gzip of the large files, made on their first request
+
     async def handler(request: web.Request) -> web.Response:
         name = request.match_info.get("name", "index.html") or "index.html"
         found = files.get(name)
         if found is None:
             raise web.HTTPNotFound(text=f"{PREFIX}/{name}: no such console file\n")
         charset = "utf-8" if found.content_type.startswith("text/") else None
-        return web.Response(body=found.body, content_type=found.content_type, charset=charset,
-                            headers=SECURITY_HEADERS)
+        headers = dict(SECURITY_HEADERS)
+        body = found.body
+        if len(body) > GZIP_OVER and "gzip" in request.headers.get("Accept-Encoding", ""):
+            if name not in compressed:
+                compressed[name] = await asyncio.to_thread(gzip.compress, body, 6)
+            body = compressed[name]
+            headers["Content-Encoding"] = "gzip"
+            headers["Vary"] = "Accept-Encoding"
+        return web.Response(body=body, content_type=found.content_type, charset=charset, headers=headers)
 
     return handler
 
