@@ -31,7 +31,7 @@ def dashboard(
         _fail(EXIT_UNAVAILABLE, "error: no admin token found ($MESHKIT_HOME/control/admin-token, "
               "$MESHKIT_CONTROL_TOKEN): start the mesh with `meshkit up` first")
     _call(client.request, "GET", "proxy-status")  # answers with this token, or says why not
-    url = f"{client.url}/ui#token={client.token}"
+    url = f"{client.url}/ui/#token={client.token}"
     typer.echo(url)
     if not no_browser:
         import webbrowser  # noqa: PLC0415

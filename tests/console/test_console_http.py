@@ -17,7 +17,7 @@ from meshkit.control.server import RunningControlPlane, run_control_plane
 STATIC = Path(__file__).resolve().parents[2] / "meshkit" / "control" / "console" / "static"
 # mk.api("path...") in the page's scripts: literal or template-literal first argument
 CALL = re.compile(r"""mk\.api\(\s*["`]([^"`$?]+)""")
-FETCH = re.compile(r"""fetch\(\s*[`"]([^`"$]+)""")
+FETCH = re.compile(r"""fetch\(\s*(?:mk\.base\s*\+\s*)?[`"]([^`"$]+)""")
 
 
 @pytest.fixture
@@ -48,6 +48,9 @@ def page_calls() -> set[str]:
 
 async def test_ui_and_its_files_are_served_without_a_token(plane: RunningControlPlane,
                                                            http: aiohttp.ClientSession) -> None:
+    async with http.get(plane.url + "/ui", allow_redirects=False) as response:
+        assert response.status == 302
+        assert response.headers["Location"] == "ui/"  # relative: a proxy's prefix is kept
     for path in ("/ui", "/ui/", *(f"/ui/{name}" for name in FILES), f"/ui/{PLOTLY}"):
         async with http.get(plane.url + path) as response:
             body = await response.read()
@@ -60,7 +63,7 @@ async def test_ui_and_its_files_are_served_without_a_token(plane: RunningControl
     assert response.content_type == "text/html"
     for name in FILES:
         if name.endswith(".js"):
-            assert f'src="/ui/{name}"' in page
+            assert f'src="{name}"' in page  # relative: the page works behind a proxy prefix
     assert "<script>" not in page  # no inline script: the CSP forbids it
 
 
@@ -134,7 +137,7 @@ async def test_meshkit_dashboard_prints_the_console_url_with_the_token_in_the_fr
     argv = ["dashboard", "--no-browser", "--control", plane.url]
     result = await asyncio.to_thread(CliRunner().invoke, app, argv, env=env)
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"{plane.url}/ui#token={plane.admin_token}"
+    assert result.output.strip() == f"{plane.url}/ui/#token={plane.admin_token}"
     wrong = await asyncio.to_thread(CliRunner().invoke, app, argv,
                                     env={**env, "MESHKIT_CONTROL_TOKEN": "not-the-token"})
     assert wrong.exit_code != 0

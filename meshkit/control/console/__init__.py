@@ -1,6 +1,7 @@
 """The web console's routes: the static page at ``/ui`` and the one API call only it needs.
 
-    GET /ui, /ui/                        the single page (``static/index.html``)
+    GET /ui                              redirects to ``ui/`` (relative: works behind a proxy prefix)
+    GET /ui/                             the single page (``static/index.html``)
     GET /ui/{name}                       its scripts and styles (a fixed list, see `FILES`)
     GET /ui/vendor/plotly.min.js         plotly.js from the installed ``plotly`` Python package
     GET /api/v1/console/certificates     every connected sidecar's workload certificate (admin token)
@@ -79,10 +80,16 @@ def _serve(files: dict[str, StaticFile]) -> Callable[[web.Request], Awaitable[we
     return handler
 
 
+async def _to_slash(_request: web.Request) -> web.Response:
+    # relative, so a proxy's prefix (jupyter-server-proxy: /user/NAME/proxy/PORT) is kept; the
+    # browser keeps the #token fragment across the redirect
+    raise web.HTTPFound("ui/")
+
+
 def add_routes(app: web.Application, scraper: Scraper) -> None:
     """Register ``/ui`` (public static files) and ``/api/v1/console/certificates``."""
     handler = _serve(load_files())
-    app.router.add_get(PREFIX, handler)
+    app.router.add_get(PREFIX, _to_slash)
     app.router.add_get(f"{PREFIX}/", handler)
     app.router.add_get(f"{PREFIX}/{{name:[A-Za-z0-9_./-]+}}", handler)
     add_certificate_route(app, scraper)

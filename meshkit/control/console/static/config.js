@@ -18,7 +18,7 @@
 
   async function openResource(ref) {
     const [kind, ns, name] = ref.split("/");
-    const response = await fetch(`/api/v1/config/${kind.toLowerCase()}/${encodeURIComponent(ns)}/${encodeURIComponent(name)}?format=yaml`,
+    const response = await fetch(mk.base + `/api/v1/config/${kind.toLowerCase()}/${encodeURIComponent(ns)}/${encodeURIComponent(name)}?format=yaml`,
       { headers: { Authorization: "Bearer " + sessionStorage.getItem("meshkit.token") }, cache: "no-store" });
     mk.calls += 1;
     document.getElementById("editor").value = await response.text();

@@ -15,6 +15,9 @@ const TOKEN_KEY = "meshkit.token";
   }
 })();
 
+// the page lives at <prefix>/ui/: <prefix> is "" when the browser talks to the control plane directly,
+// "/user/NAME/proxy/4010" behind jupyter-server-proxy (Binder); every URL is built from it
+mk.base = location.pathname.replace(/\/ui\/[^/]*$/, "");
 mk.calls = 0; // API calls made, for the page's own measurement (docs/console.md)
 
 mk.api = async function (path, options = {}) {
@@ -25,7 +28,7 @@ mk.api = async function (path, options = {}) {
   }
   const headers = Object.assign({ Authorization: "Bearer " + token }, options.headers || {});
   mk.calls += 1;
-  const response = await fetch("/api/v1/" + path, Object.assign({}, options, { headers, cache: "no-store" }));
+  const response = await fetch(mk.base + "/api/v1/" + path, Object.assign({}, options, { headers, cache: "no-store" }));
   const text = await response.text();
   let doc = null;
   try { doc = text ? JSON.parse(text) : null; } catch (e) { doc = { error: text }; }

@@ -274,7 +274,7 @@
     if (window.Plotly) return Promise.resolve();
     if (!plotlyLoading) plotlyLoading = new Promise((resolve, reject) => {
       const tag = document.createElement("script");
-      tag.src = "/ui/vendor/plotly.min.js";
+      tag.src = "vendor/plotly.min.js"; // relative to the page: works behind a proxy prefix
       tag.onload = resolve; tag.onerror = () => reject(new Error("could not load plotly.js"));
       document.head.append(tag);
     });
