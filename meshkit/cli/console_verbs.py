@@ -7,11 +7,15 @@ check it answers with the token, print.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
 from meshkit.cli.common import EXIT_UNAVAILABLE, ControlOption, app
+
+HUB_PREFIX_ENV = "JUPYTERHUB_SERVICE_PREFIX"  # set by JupyterHub (and Binder): /user/<name>/
 
 
 @app.command()
@@ -33,6 +37,11 @@ def dashboard(
     _call(client.request, "GET", "proxy-status")  # answers with this token, or says why not
     url = f"{client.url}/ui/#token={client.token}"
     typer.echo(url)
+    prefix = os.environ.get(HUB_PREFIX_ENV)
+    port = urlsplit(client.url).port
+    if prefix and port:  # JupyterHub / Binder: the same page through jupyter-server-proxy
+        typer.echo(f"through Jupyter (append to this server's address): "
+                   f"{prefix.rstrip('/')}/proxy/{port}/ui/#token={client.token}")
     if not no_browser:
         import webbrowser  # noqa: PLC0415
 

@@ -81,7 +81,7 @@ class Mesh:
 
     @property
     def console(self) -> str:
-        return f"{self.control}/ui#token={self.local.admin_token()}"  # redirected to /ui/, fragment kept
+        return f"{self.control}/ui#token={self.local.admin_token()}"  # <base href="ui/"> there
 
 
 @pytest.fixture(scope="module")

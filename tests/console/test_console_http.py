@@ -49,8 +49,10 @@ def page_calls() -> set[str]:
 async def test_ui_and_its_files_are_served_without_a_token(plane: RunningControlPlane,
                                                            http: aiohttp.ClientSession) -> None:
     async with http.get(plane.url + "/ui", allow_redirects=False) as response:
-        assert response.status == 302
-        assert response.headers["Location"] == "ui/"  # relative: a proxy's prefix is kept
+        assert response.status == 200
+        assert '<base href="ui/">' in await response.text()  # relative URLs, also behind a proxy prefix
+    async with http.get(plane.url + "/ui/") as response:
+        assert "<base" not in await response.text()
     for path in ("/ui", "/ui/", *(f"/ui/{name}" for name in FILES), f"/ui/{PLOTLY}"):
         async with http.get(plane.url + path) as response:
             body = await response.read()
@@ -133,11 +135,16 @@ async def test_meshkit_dashboard_prints_the_console_url_with_the_token_in_the_fr
 
     from meshkit.cli import app  # noqa: PLC0415
 
-    env = {"MESHKIT_CONTROL_TOKEN": plane.admin_token, "MESHKIT_HOME": str(plane.control_plane.directory)}
+    env = {"MESHKIT_CONTROL_TOKEN": plane.admin_token, "MESHKIT_HOME": str(plane.control_plane.directory),
+           "JUPYTERHUB_SERVICE_PREFIX": None}
     argv = ["dashboard", "--no-browser", "--control", plane.url]
     result = await asyncio.to_thread(CliRunner().invoke, app, argv, env=env)
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"{plane.url}/ui/#token={plane.admin_token}"
+    hub = await asyncio.to_thread(CliRunner().invoke, app, argv,
+                                  env={**env, "JUPYTERHUB_SERVICE_PREFIX": "/user/ada/"})
+    assert hub.output.splitlines()[1].endswith(
+        f"/user/ada/proxy/{plane.port}/ui/#token={plane.admin_token}"), hub.output
     wrong = await asyncio.to_thread(CliRunner().invoke, app, argv,
                                     env={**env, "MESHKIT_CONTROL_TOKEN": "not-the-token"})
     assert wrong.exit_code != 0

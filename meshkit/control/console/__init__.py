@@ -1,7 +1,7 @@
 """The web console's routes: the static page at ``/ui`` and the one API call only it needs.
 
-    GET /ui                              redirects to ``ui/`` (relative: works behind a proxy prefix)
-    GET /ui/                             the single page (``static/index.html``)
+    GET /ui/, /ui                        the single page (``static/index.html``; at ``/ui`` with
+                                         ``<base href="ui/">``, since a proxy may follow redirects itself)
     GET /ui/{name}                       its scripts and styles (a fixed list, see `FILES`)
     GET /ui/vendor/plotly.min.js         plotly.js from the installed ``plotly`` Python package
     GET /api/v1/console/certificates     every connected sidecar's workload certificate (admin token)
@@ -62,7 +62,7 @@ def _serve(files: dict[str, StaticFile]) -> Callable[[web.Request], Awaitable[we
     compressed: dict[str, bytes] = {}  # gzip of the large files, made on their first request
 
     async def handler(request: web.Request) -> web.Response:
-        name = request.match_info.get("name", "index.html") or "index.html"
+        name = request.match_info.get("name", "" if request.path == PREFIX else "index.html")
         found = files.get(name)
         if found is None:
             raise web.HTTPNotFound(text=f"{PREFIX}/{name}: no such console file\n")
@@ -80,16 +80,15 @@ def _serve(files: dict[str, StaticFile]) -> Callable[[web.Request], Awaitable[we
     return handler
 
 
-async def _to_slash(_request: web.Request) -> web.Response:
-    # relative, so a proxy's prefix (jupyter-server-proxy: /user/NAME/proxy/PORT) is kept; the
-    # browser keeps the #token fragment across the redirect
-    raise web.HTTPFound("ui/")
-
-
 def add_routes(app: web.Application, scraper: Scraper) -> None:
     """Register ``/ui`` (public static files) and ``/api/v1/console/certificates``."""
-    handler = _serve(load_files())
-    app.router.add_get(PREFIX, _to_slash)
+    files = load_files()
+    # every URL in the page is relative; at /ui (no slash) they need <base href="ui/">. Not a redirect:
+    # jupyter-server-proxy follows redirects itself, so the browser would never see the new path
+    page = files["index.html"]
+    files[""] = StaticFile(page.body.replace(b"<head>", b'<head>\n<base href="ui/">', 1), page.content_type)
+    handler = _serve(files)
+    app.router.add_get(PREFIX, handler)
     app.router.add_get(f"{PREFIX}/", handler)
     app.router.add_get(f"{PREFIX}/{{name:[A-Za-z0-9_./-]+}}", handler)
     add_certificate_route(app, scraper)

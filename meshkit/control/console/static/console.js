@@ -17,7 +17,7 @@ const TOKEN_KEY = "meshkit.token";
 
 // the page lives at <prefix>/ui/: <prefix> is "" when the browser talks to the control plane directly,
 // "/user/NAME/proxy/4010" behind jupyter-server-proxy (Binder); every URL is built from it
-mk.base = location.pathname.replace(/\/ui\/[^/]*$/, "");
+mk.base = location.pathname.replace(/\/ui(\/[^/]*)?$/, "");
 mk.calls = 0; // API calls made, for the page's own measurement (docs/console.md)
 
 mk.api = async function (path, options = {}) {
