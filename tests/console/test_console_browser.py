@@ -174,7 +174,17 @@ def test_editor_applies_a_virtual_service_and_shows_the_analyzers_message(mesh: 
         assert mesh.client.get("virtualservice", "reviews")["items"][0]["resource"]["spec"]["http"][0][
             "route"][0]["destination"]["subset"] == "v2"
         page.locator("#history button.rollback").first.wait_for(timeout=WAIT_MS)
+        page.locator("#history button", has_text="diff").first.click()  # the newest revision: this apply
+        page.locator("#diff .add", has_text="subset: v2").wait_for(timeout=WAIT_MS)
         page.screenshot(path=str(IMAGES / "console-config.png"), full_page=True)
+        revision = mesh.client.request("GET", "history")["revision"]
+        page.locator("#history button.rollback").first.click()  # one click: back to the revision before
+        page.locator(".config-row[data-ref='VirtualService/default/reviews']").wait_for(state="detached",
+                                                                                     timeout=WAIT_MS)
+        # a rollback is a new revision, without the VirtualService
+        assert mesh.client.request("GET", "history")["revision"] == revision + 1
+        refs = [i["ref"] for i in mesh.client.get("virtualservice")["items"]]
+        assert "VirtualService/default/reviews" not in refs, refs
         assert not page.errors, page.errors
     finally:
         page.close()
