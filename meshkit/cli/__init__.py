@@ -8,6 +8,7 @@ Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 - `mesh_verbs`: up, down, status, curl, logs, kill, restart, load, top, lab
 - `security_verbs`: certs, tap
 - `trace_verbs`: traces, trace, explain
+- `console_verbs`: dashboard (the web console's URL)
 - `jwt_verbs`: jwt issue, jwt jwks-uri, jwt status
 - `workshop_verbs`: workshop serve, workshop export-student
 
@@ -22,6 +23,7 @@ import sys
 # Importing the verb modules registers their verbs on `app`.
 from meshkit.cli import (  # noqa: F401
     config_verbs,
+    console_verbs,
     jwt_verbs,
     mesh_verbs,
     security_verbs,

@@ -200,7 +200,9 @@ PUBLIC_ROUTES = frozenset({("GET", "/api/v1/healthz"), ("HEAD", "/api/v1/healthz
                            ("POST", "/api/v1/ca/sign"),
                            # public keys: a jwksUri is fetched without credentials (control/jwt_api.py)
                            ("GET", "/.well-known/jwks.json"),
-                           ("GET", "/.well-known/istio-samples/jwks.json")})
+                           ("GET", "/.well-known/istio-samples/jwks.json"),
+                           # the web console's static files: no data (control/console)
+                           ("GET", "/ui"), ("GET", "/ui/"), ("GET", "/ui/{name}")})
 
 
 def may_act_as(caller: Caller, proxy_id: str, service_account: str | None) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshkit.config.compile import DEFAULT_TRACE_SAMPLING
-from meshkit.control import explain_api, jwt_api, telemetry_api, traces_api
+from meshkit.control import console, explain_api, jwt_api, telemetry_api, traces_api
 from meshkit.control.address import (
     address_file,
     default_control_dir,
@@ -177,6 +177,7 @@ class ControlPlane:
         traces_api.add_routes(app, self.traces)
         explain_api.add_routes(app, self.store, self.registry, self.push)
         jwt_api.add_routes(app, self.jwks, self.directory)
+        console.add_routes(app, self.telemetry)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app

@@ -1,0 +1,167 @@
+// meshkit console: the token, the one API helper, the pages' switch, Workloads and Explain.
+// The admin token comes from the URL fragment (#token=..., which a browser never sends to a server),
+// goes to sessionStorage (this tab only), and leaves the address bar at once. Every API call is a
+// fetch() with "Authorization: Bearer": no token in any URL, no EventSource (it cannot set headers).
+"use strict";
+
+const mk = (window.mk = {});
+const TOKEN_KEY = "meshkit.token";
+
+(function takeToken() {
+  const m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+})();
+
+// the page lives at <prefix>/ui/: <prefix> is "" when the browser talks to the control plane directly,
+// "/user/NAME/proxy/4010" behind jupyter-server-proxy (Binder); every URL is built from it
+mk.base = location.pathname.replace(/\/ui(\/[^/]*)?$/, "");
+mk.calls = 0; // API calls made, for the page's own measurement (docs/console.md)
+
+mk.api = async function (path, options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) {
+    document.getElementById("notoken").hidden = false;
+    throw new Error("no token");
+  }
+  const headers = Object.assign({ Authorization: "Bearer " + token }, options.headers || {});
+  mk.calls += 1;
+  const response = await fetch(mk.base + "/api/v1/" + path, Object.assign({}, options, { headers, cache: "no-store" }));
+  const text = await response.text();
+  let doc = null;
+  try { doc = text ? JSON.parse(text) : null; } catch (e) { doc = { error: text }; }
+  if (response.status === 401) {
+    document.getElementById("notoken").hidden = false;
+    mk.status("the token was refused (401)", true);
+  }
+  if (!response.ok) {
+    const err = new Error((doc && doc.error) || response.status + " " + response.statusText);
+    err.status = response.status;
+    err.doc = doc;
+    throw err;
+  }
+  return doc;
+};
+
+mk.el = function (tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+};
+
+mk.table = function (table, head, rows) {
+  table.replaceChildren(
+    mk.el("thead", {}, mk.el("tr", {}, head.map((h) => mk.el("th", {}, h)))),
+    mk.el("tbody", {}, rows.length ? rows : [mk.el("tr", {}, mk.el("td", { colspan: head.length, class: "muted" }, "none"))]),
+  );
+};
+
+mk.status = function (text, bad) {
+  const s = document.getElementById("status");
+  s.textContent = text;
+  s.className = "status" + (bad ? " bad" : "");
+};
+
+mk.ms = (v) => (v === null || v === undefined ? "-" : v < 10 ? v.toFixed(1) + " ms" : Math.round(v) + " ms");
+mk.pct = (v) => (v * 100 >= 10 ? (v * 100).toFixed(0) : (v * 100).toFixed(1)) + "%";
+mk.rps = (v) => (v >= 10 ? v.toFixed(0) : v.toFixed(2)) + " rps";
+mk.health = (rate) => (rate >= 0.2 ? "bad" : rate >= 0.001 ? "warn" : "ok");
+
+// -- pages -------------------------------------------------------------------------------------------
+mk.pages = {};
+mk.current = "graph";
+mk.show = function (name) {
+  mk.current = name;
+  for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.page === name);
+  for (const p of document.querySelectorAll(".page")) p.hidden = p.id !== "page-" + name;
+  const page = mk.pages[name];
+  if (page && page.refresh) page.refresh().catch((e) => mk.status(e.message, true));
+};
+
+// -- Workloads: proxy-status and certificates ---------------------------------------------------------
+mk.pages.workloads = {
+  async refresh() {
+    const [status, certs] = await Promise.all([mk.api("proxy-status"), mk.api("console/certificates")]);
+    mk.table(document.getElementById("proxies"), ["proxy", "kind", "status", "acked", "latest", "stream", "reason"],
+      status.proxies.map((p) => mk.el("tr", {},
+        mk.el("td", {}, p.id), mk.el("td", {}, p.kind || ""),
+        mk.el("td", { class: "st-" + (p.status || "").toLowerCase() }, p.status),
+        mk.el("td", { class: "mono" }, (p.acked || "-").slice(0, 12)),
+        mk.el("td", { class: "mono" }, (p.latest || "-").slice(0, 12)),
+        mk.el("td", {}, p.connected ? "connected" : "disconnected"),
+        mk.el("td", {}, p.reason || ""))));
+    mk.table(document.getElementById("certs"), ["proxy", "SPIFFE identity", "serial", "expires", "left", "issued", "note"],
+      certs.certificates.map((c) => mk.el("tr", {},
+        mk.el("td", {}, c.proxy), mk.el("td", { class: "mono" }, c.identity || "-"),
+        mk.el("td", { class: "mono" }, c.serial ? String(c.serial).slice(0, 16) : "-"),
+        mk.el("td", {}, c.not_after || "-"),
+        mk.el("td", {}, c.seconds_left == null ? "-" : Math.round(c.seconds_left / 60) + " min"),
+        mk.el("td", {}, c.issued == null ? "" : c.issued),
+        mk.el("td", { class: c.error ? "bad" : "" }, c.error || (c.ready ? "" : "no certificate")))));
+    mk.status("workloads at revision " + status.revision);
+  },
+};
+
+// -- Explain -------------------------------------------------------------------------------------------
+mk.explain = async function (id) {
+  const out = document.getElementById("explain-out");
+  document.getElementById("explain-id").value = id;
+  mk.show("explain");
+  out.replaceChildren(mk.el("p", { class: "muted" }, "explaining " + id + "..."));
+  try {
+    const doc = await mk.api("traces/" + encodeURIComponent(id) + "/explain");
+    out.replaceChildren(
+      mk.el("p", { class: "verdict" }, doc.verdict),
+      mk.el("ol", { class: "hops" }, doc.hops.map((h) => mk.el("li", { class: h.status >= 500 || (h.flags && h.flags !== "-") ? "hop bad" : "hop" },
+        mk.el("div", { class: "hop-head" }, `${h.from} -> ${h.to}: ${h.status || "no response"} ${h.flags && h.flags !== "-" ? h.flags : ""} in ${mk.ms(h.duration_ms)}`, h.mtls ? " (mTLS)" : ""),
+        mk.el("dl", {},
+          h.route ? [mk.el("dt", {}, "route"), mk.el("dd", {}, h.route + (h.route_name && h.route_name !== h.route ? " (" + h.route_name + ")" : ""))] : null,
+          h.cluster ? [mk.el("dt", {}, "upstream"), mk.el("dd", {}, h.cluster + (h.endpoint ? " -> " + h.endpoint : ""))] : null,
+          h.fault ? [mk.el("dt", {}, "fault"), mk.el("dd", { class: h.fault_fired ? "bad" : "" }, h.fault + (h.fault_fired ? "  FIRED" : "  not fired"))] : null,
+          h.attempts ? [mk.el("dt", {}, "attempts"), mk.el("dd", {}, h.attempts)] : null,
+          h.timeout_ms ? [mk.el("dt", {}, "timeout"), mk.el("dd", {}, h.timeout_ms + " ms")] : null,
+          (h.flags_explained || []).map((f) => [mk.el("dt", {}, f.flag), mk.el("dd", {}, f.meaning + (f.cause ? " - likely: " + f.cause : ""))]),
+        ))),
+    ));
+  } catch (e) {
+    out.replaceChildren(mk.el("p", { class: "bad" }, e.status === 404 ? `no trace for ${id}: only sampled requests can be explained (send x-client-trace-id)` : e.message));
+  }
+};
+
+mk.pages.explain = {
+  async refresh() {
+    const doc = await mk.api("traces?limit=20");
+    mk.table(document.getElementById("recent"), ["when", "root", "services", "duration", "error", ""],
+      doc.traces.map((t) => mk.el("tr", {},
+        mk.el("td", {}, new Date(t.start_us / 1000).toLocaleTimeString()),
+        mk.el("td", {}, t.root ? t.root.service + " " + t.root.name : ""), mk.el("td", {}, (t.services || []).join(", ")),
+        mk.el("td", {}, mk.ms(t.duration_ms)), mk.el("td", { class: t.error ? "bad" : "" }, t.error ? "error" : ""),
+        mk.el("td", {}, mk.el("button", { onclick: () => mk.explain((t.request_ids || [])[0] || t.trace_id) }, "explain")))));
+    mk.status(`${doc.traces.length} recent traces`);
+  },
+};
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => mk.show(b.dataset.page));
+  document.getElementById("token-save").addEventListener("click", () => {
+    sessionStorage.setItem(TOKEN_KEY, document.getElementById("token-input").value.trim());
+    document.getElementById("notoken").hidden = true;
+    mk.show(mk.current);
+  });
+  document.getElementById("explain-go").addEventListener("click", () => {
+    const id = document.getElementById("explain-id").value.trim();
+    if (id) mk.explain(id);
+  });
+  if (!sessionStorage.getItem(TOKEN_KEY)) document.getElementById("notoken").hidden = false;
+  setTimeout(() => mk.show("graph"), 0);
+});

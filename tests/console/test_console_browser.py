@@ -1,0 +1,231 @@
+"""The web console in Debian's chromium (Playwright) against a real local Bookinfo mesh.
+
+After load the graph draws live edges (rate, errors, p95, padlocks) and refreshes; a VirtualService
+typed into the editor and applied shows in the config list; an invalid one shows the analyzer's
+message as it is typed; explain shows the hop where a fault fired. Screenshots go to
+docs/images/console-*.png (the docs show them). Only loopback requests are allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshkit.control.client import ApiError, ControlClient
+from meshkit.runtime import catalog
+from meshkit.runtime.local import LocalMesh, MeshError
+from meshkit.runtime.ports import free_bases
+from meshkit.runtime.state import StateDir
+from tests.labs.browser import CHROMIUM, Browser, chromium
+from tests.waiting import wait_until
+
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+WAIT_MS = 30_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} is absent: install Debian's chromium (./dev test does, as root)"),
+]
+pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+
+REVIEWS_V2 = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: default
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v2
+"""
+BAD_SUBSET = REVIEWS_V2.replace("subset: v2", "subset: v9")
+RATINGS_ABORT = {
+    "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+    "metadata": {"name": "ratings", "namespace": "default"},
+    "spec": {"hosts": ["ratings"], "http": [{
+        "fault": {"abort": {"percentage": {"value": 100}, "httpStatus": 503}},
+        "route": [{"destination": {"host": "ratings", "subset": "v1"}}]}]},
+}
+
+
+class Mesh:
+    def __init__(self, local: LocalMesh) -> None:
+        self.local = local
+        status = local.status()
+        self.ingress: str = status["ingress"]
+        self.control = local.control_url() or ""
+        self.client = ControlClient(self.control, token=local.admin_token())
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> int:
+        request = urllib.request.Request(self.ingress + path, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=15) as response:
+            response.read()
+            return int(response.status)
+
+    def traffic(self, count: int) -> None:
+        for _ in range(count):  # bounded: count requests, each with a 15 s timeout
+            self.get("/productpage")
+
+    @property
+    def console(self) -> str:
+        return f"{self.control}/ui#token={self.local.admin_token()}"  # <base href="ui/"> there
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    home = tmp_path_factory.mktemp("meshkit-console-home")
+    saved = {k: os.environ.get(k) for k in ("MESHKIT_HOME", "MESHKIT_PORT_BASE", "MESHKIT_TRACE_SAMPLING")}
+    os.environ.update({"MESHKIT_HOME": str(home), "MESHKIT_TRACE_SAMPLING": "100"})
+    local = LocalMesh(StateDir.open(home))
+    instances = sum(s.replicas for s in catalog.resolve(["bookinfo"], {}))
+    try:
+        for attempt in range(3):  # another suite may take the block between the check and the bind
+            base = next(free_bases(instances))
+            os.environ["MESHKIT_PORT_BASE"] = str(base)
+            try:
+                local.up(base_port=base, timeout=90.0)
+                break
+            except MeshError:
+                if attempt == 2:
+                    raise
+        yield Mesh(local)
+    finally:
+        local.down()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def browser(mesh: Mesh) -> Iterator[Browser]:
+    with chromium() as opened:
+        yield opened
+    assert not opened.outside, f"requests left the machine: {opened.outside[:5]}"
+
+
+def open_console(browser: Browser, mesh: Mesh) -> Any:
+    page = browser.context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(mesh.console)
+    page.errors = errors
+    return page
+
+
+def test_graph_draws_live_edges_after_load(mesh: Mesh, browser: Browser) -> None:
+    mesh.traffic(30)
+    wait_until(lambda: len(mesh.client.request("GET", "telemetry", query={"window": "60"})["edges"]) >= 4,
+               30, "telemetry edges for the traffic sent")
+    page = open_console(browser, mesh)
+    try:
+        assert "#token" not in page.url  # the token left the address bar for sessionStorage
+        page.locator(".edge").nth(3).wait_for(timeout=WAIT_MS)
+        edges = page.locator(".edge").evaluate_all("els => els.map(e => e.dataset.edge)")
+        assert "productpage v1 > reviews v1" in edges or "productpage v1 > reviews v2" in edges, edges
+        assert page.locator(".edge .padlock").count() >= 3  # STRICT bookinfo: mTLS on the mesh's edges
+        assert "rps" in page.locator(".edge-label").first.text_content()
+        assert page.locator(".node[data-node='productpage v1'].ok").count() == 1
+        calls = page.evaluate("window.mk.calls")
+        mesh.traffic(5)
+        # live: the page refreshes by itself (3 API calls per refresh)
+        page.wait_for_function("n => window.mk.calls >= n + 3", arg=calls, timeout=WAIT_MS)
+        page.locator(".node[data-node='reviews v2']").click()
+        page.locator("#detail .red").wait_for(timeout=WAIT_MS)
+        page.locator("#detail .chart .main-svg").first.wait_for(timeout=WAIT_MS)
+        page.screenshot(path=str(IMAGES / "console-graph.png"))
+        assert not page.errors, page.errors
+    finally:
+        page.close()
+
+
+def test_editor_applies_a_virtual_service_and_shows_the_analyzers_message(mesh: Mesh,
+                                                                         browser: Browser) -> None:
+    page = open_console(browser, mesh)
+    try:
+        page.click("nav button[data-page=config]")
+        page.locator("#config-list .config-row").first.wait_for(timeout=WAIT_MS)
+        page.fill("#editor", BAD_SUBSET)  # as typed: validated without a click
+        message = page.locator("#analysis .msg.error", has_text="MK0101")
+        message.wait_for(timeout=WAIT_MS)
+        assert "v9" in message.inner_text()
+        page.screenshot(path=str(IMAGES / "console-invalid.png"))
+        page.fill("#editor", "kind: VirtualService\nmetadata: [broken")
+        page.locator("#analysis .msg.error").first.wait_for(timeout=WAIT_MS)
+        page.fill("#editor", REVIEWS_V2)
+        page.locator("#analysis .msg.ok-text").wait_for(timeout=WAIT_MS)
+        page.click("#editor-apply")
+        page.locator("#analysis .applied").wait_for(timeout=WAIT_MS)
+        page.locator(".config-row[data-ref='VirtualService/default/reviews']").wait_for(timeout=WAIT_MS)
+        assert mesh.client.get("virtualservice", "reviews")["items"][0]["resource"]["spec"]["http"][0][
+            "route"][0]["destination"]["subset"] == "v2"
+        page.locator("#history button.rollback").first.wait_for(timeout=WAIT_MS)
+        page.locator("#history button", has_text="diff").first.click()  # the newest revision: this apply
+        page.locator("#diff .add", has_text="subset: v2").wait_for(timeout=WAIT_MS)
+        page.screenshot(path=str(IMAGES / "console-config.png"), full_page=True)
+        revision = mesh.client.request("GET", "history")["revision"]
+        page.locator("#history button.rollback").first.click()  # one click: back to the revision before
+        page.locator(".config-row[data-ref='VirtualService/default/reviews']").wait_for(state="detached",
+                                                                                     timeout=WAIT_MS)
+        # a rollback is a new revision, without the VirtualService
+        assert mesh.client.request("GET", "history")["revision"] == revision + 1
+        refs = [i["ref"] for i in mesh.client.get("virtualservice")["items"]]
+        assert "VirtualService/default/reviews" not in refs, refs
+        assert not page.errors, page.errors
+    finally:
+        page.close()
+
+
+def test_explain_shows_the_hop_where_the_fault_fired(mesh: Mesh, browser: Browser) -> None:
+    mesh.client.apply([RATINGS_ABORT])
+    try:
+        mesh.client.apply([{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                            "metadata": {"name": "reviews", "namespace": "default"},
+                            "spec": {"hosts": ["reviews"], "http": [{"route": [
+                                {"destination": {"host": "reviews", "subset": "v2"}}]}]}}])
+        request_id = f"console-{uuid.uuid4()}"
+
+        def explained() -> dict[str, Any] | None:
+            mesh.get("/productpage", {"x-request-id": request_id, "x-client-trace-id": request_id})
+            try:
+                doc: dict[str, Any] = mesh.client.request("GET", f"traces/{request_id}/explain")
+            except ApiError:
+                return None
+            return doc if any(h["fault_fired"] for h in doc["hops"]) else None
+
+        wait_until(explained, 30, "a trace of the faulted request")
+        page = open_console(browser, mesh)
+        try:
+            page.click("nav button[data-page=explain]")
+            page.fill("#explain-id", request_id)
+            page.click("#explain-go")
+            hop = page.locator(".hop.bad", has_text="ratings")
+            hop.first.wait_for(timeout=WAIT_MS)
+            text = hop.first.inner_text()
+            assert "FIRED" in text and "FI" in text, text
+            assert "fault injected" in text, text  # the flag in words
+            assert "[object" not in page.locator("#explain-out").inner_text()
+            page.screenshot(path=str(IMAGES / "console-explain.png"), full_page=True)
+            page.click("nav button[data-page=workloads]")
+            page.locator("#proxies .st-synced").first.wait_for(timeout=WAIT_MS)
+            page.locator("#certs td.mono", has_text="spiffe://").first.wait_for(timeout=WAIT_MS)
+            page.screenshot(path=str(IMAGES / "console-workloads.png"))
+            assert not page.errors, page.errors
+        finally:
+            page.close()
+    finally:
+        mesh.client.delete("virtualservice", "ratings")
