@@ -197,17 +197,18 @@ def test_explain_shows_the_hop_where_the_fault_fired(mesh: Mesh, browser: Browse
                             "metadata": {"name": "reviews", "namespace": "default"},
                             "spec": {"hosts": ["reviews"], "http": [{"route": [
                                 {"destination": {"host": "reviews", "subset": "v2"}}]}]}}])
+        # one page view, one id (reused ids would make several traces): v2 calls ratings, which aborts
         request_id = f"console-{uuid.uuid4()}"
+        mesh.get("/productpage", {"x-request-id": request_id, "x-client-trace-id": request_id})
 
         def explained() -> dict[str, Any] | None:
-            mesh.get("/productpage", {"x-request-id": request_id, "x-client-trace-id": request_id})
             try:
                 doc: dict[str, Any] = mesh.client.request("GET", f"traces/{request_id}/explain")
             except ApiError:
-                return None
+                return None  # its spans are still on their way to the collector
             return doc if any(h["fault_fired"] for h in doc["hops"]) else None
 
-        wait_until(explained, 30, "a trace of the faulted request")
+        wait_until(explained, 30, "the whole trace of the faulted request, its fired fault included")
         page = open_console(browser, mesh)
         try:
             page.click("nav button[data-page=explain]")
