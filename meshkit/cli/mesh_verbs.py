@@ -68,20 +68,29 @@ def up(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the mesh to be ready.")] = 60.0,
     cert_ttl: Annotated[str, typer.Option(
         help="Workload certificate lifetime (30s, 5m, 24h); sidecars rotate at half.")] = "24h",
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="istioctl install's meshConfig values, e.g. "
+                      "meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY. Repeatable.")] = None,
 ) -> None:
     """Start the local mesh: control plane, apps, one sidecar each, ingress gateway (127.0.0.1).
 
     On a running mesh it adds what is asked and missing (app sets, --replicas), as `deploy`/`scale`.
+    ``--set meshConfig...`` writes Istio's mesh config ConfigMap (istio-system/istio), as istioctl does.
     """
+    from meshkit.config.meshconfig import set_values  # noqa: PLC0415
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
+    try:
+        mesh_config = set_values(settings) if settings else None
+    except ValueError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
     mesh = _mesh()
     started = time.monotonic()
     bar, progress = _progress_bar(4)
     with bar:
         try:
             status = mesh.up(app_sets or None, _replicas(replicas or []), progress=progress,
-                             timeout=timeout, cert_ttl=cert_ttl)
+                             timeout=timeout, cert_ttl=cert_ttl, mesh_config=mesh_config)
         except (MeshError, ValueError) as error:
             _fail(EXIT_REJECTED, f"error: {error}")
     printer = Printer()

@@ -18,6 +18,7 @@ from meshkit.config.authn import RequestAuthentication, compile_jwt, request_aut
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateways import bound_hosts
 from meshkit.config.hosts import resolve_host
+from meshkit.config.meshconfig import mesh_config_of, outbound_policy
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -98,13 +99,14 @@ def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any
             f"meshConfig.pathNormalization.normalization: {normalization!r} is not one of "
             f"{', '.join(PATH_NORMALIZATIONS)}"
         )
-    return {"path_normalization": normalization}
+    return {"path_normalization": normalization, "outbound_traffic_policy": outbound_policy(config)}
 
 
 def compile_snapshot(
     resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0,
     mesh_config: Mapping[str, Any] | None = None, trace_sampling: float = DEFAULT_TRACE_SAMPLING,
     jwks: Mapping[str, str | None] | None = None, jwks_errors: Mapping[str, str] | None = None,
+    egress_hosts: Mapping[str, str] | None = None, real_dns: bool = False,
 ) -> dict[str, Any]:
     """The snapshot for ``node`` (docs/snapshot.md; its fields and their types are `meshkit.proxy.schema`
     .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them).
@@ -112,7 +114,11 @@ def compile_snapshot(
     ``mesh_config`` is Istio's meshConfig; ``trace_sampling`` is its ``defaultConfig.tracing.sampling``
     (percent), which Telemetry resources override. ``jwks`` maps a RequestAuthentication ``jwksUri``
     to the key set the control plane fetched from it, ``jwks_errors`` to why it could not (see `authn`).
+    Istio's mesh config ConfigMap, when applied, replaces ``mesh_config`` (`meshconfig`).
+    ``egress_hosts`` maps ``"host:port"`` of external hosts to ``"address:port"`` (the local mesh's
+    stand-ins) and ``real_dns`` lets other names resolve (snapshot ``egress``).
     """
+    mesh_config = mesh_config_of(resources, mesh_config)
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
@@ -135,6 +141,7 @@ def compile_snapshot(
         "mesh": mesh_settings(mesh_config),
         "tracing": resolve_tracing(node.namespace, node.labels, of_kind(resources, Telemetry),
                                    trace_sampling)[0],
+        "egress": {"hosts": dict(sorted((egress_hosts or {}).items())), "real_dns": real_dns},
     }
     selected = request_authentications_for(
         node.namespace, node.labels, of_kind(resources, RequestAuthentication))

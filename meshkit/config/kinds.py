@@ -6,6 +6,7 @@ from __future__ import annotations
 from meshkit.config.authn import RequestAuthentication
 from meshkit.config.envoyfilter import EnvoyFilter
 from meshkit.config.gateways import Gateway
+from meshkit.config.meshconfig import ConfigMap
 from meshkit.config.resources import (
     AuthorizationPolicy,
     DestinationRule,
@@ -24,7 +25,9 @@ ISTIO_KINDS: dict[str, type[Resource]] = {
 }
 
 # Every kind `meshkit apply` takes: the Istio kinds and the Kubernetes workload kinds of Istio's samples.
-RESOURCE_KINDS: dict[str, type[Resource]] = {**ISTIO_KINDS, **{cls.__name__: cls for cls in WORKLOAD_KINDS}}
+# ConfigMap: only Istio's mesh config (istio-system/istio); the loader ignores any other with MK0009.
+RESOURCE_KINDS: dict[str, type[Resource]] = {
+    **ISTIO_KINDS, **{cls.__name__: cls for cls in (*WORKLOAD_KINDS, ConfigMap)}}
 
 # Kubernetes kinds of Istio's sample files that the local mesh does not model: loaded as a warning
 # ("ignored"), never a reason to refuse the file.
