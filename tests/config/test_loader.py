@@ -132,9 +132,9 @@ def test_unsupported_and_unknown_kinds() -> None:
         "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: g}\n---\n"
         "apiVersion: v1\nkind: Foo\nmetadata: {name: f}\n"
     )
-    supported = ("(supported: AuthorizationPolicy, ConfigMap, Deployment, DestinationRule, EnvoyFilter, Gateway, "
-                 "Namespace, PeerAuthentication, RequestAuthentication, Service, ServiceAccount, Telemetry, "
-                 "VirtualService)")
+    supported = ("(supported: AuthorizationPolicy, ConfigMap, Deployment, DestinationRule, EnvoyFilter, "
+                 "Gateway, Namespace, PeerAuthentication, RequestAuthentication, Service, ServiceAccount, "
+                 "Telemetry, VirtualService)")
     assert gateway.text == f"kind Sidecar is not supported by meshkit {supported}"
     assert foo.text == f"kind Foo is not a known kind {supported}"
 
