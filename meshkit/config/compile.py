@@ -15,6 +15,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshkit.config.authn import RequestAuthentication, compile_jwt, request_authentications_for
+from meshkit.config.egress import (
+    ExternalService,
+    external_clusters,
+    external_services,
+    external_virtual_hosts,
+)
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateways import bound_hosts
 from meshkit.config.hosts import resolve_host
@@ -123,6 +129,10 @@ def compile_snapshot(
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
     services = sorted(registry.services, key=lambda s: (s.namespace == node.namespace, s.namespace, s.name))
+    egress_hosts = dict(registry.external_hosts) if egress_hosts is None else egress_hosts
+    real_dns = real_dns or registry.real_dns
+    # ServiceEntry hosts (meshkit.config.egress): a sidecar's virtual hosts and clusters like any service's
+    external = external_services(resources, node.namespace) if node.kind == "sidecar" else []
     body: dict[str, Any] = {
         "schema": SCHEMA,
         "revision": revision,
@@ -131,10 +141,15 @@ def compile_snapshot(
             "virtual_hosts": _gateway_virtual_hosts(node, resources) if node.kind == "gateway" else [
                 *(_virtual_host(svc, node, virtual_services)
                   for svc in sorted(registry.services, key=lambda s: (s.namespace, s.name))),
-                *_other_virtual_hosts(node, registry, virtual_services),
+                *external_virtual_hosts(external, virtual_services, lambda vs: _routes_of(vs, node),
+                                        _route_to),
+                *_other_virtual_hosts(node, registry, virtual_services, {s.host for s in external}),
             ]
         },
-        "clusters": _clusters(services, registry, node, destination_rules, peer_authentications),
+        "clusters": dict(sorted({
+            **_clusters(services, registry, node, destination_rules, peer_authentications),
+            **_external_clusters(external, destination_rules, egress_hosts, real_dns),
+        }.items())),
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
@@ -212,7 +227,8 @@ def _virtual_host(svc: Service, node: Node, virtual_services: Sequence[VirtualSe
 
 
 def _other_virtual_hosts(
-    node: Node, registry: RegistryView, virtual_services: Sequence[VirtualService]
+    node: Node, registry: RegistryView, virtual_services: Sequence[VirtualService],
+    external: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Virtual hosts for VirtualService hosts that name no registry service: external names and
     wildcards (``*``, ``*.example.com``), typically bound to a gateway. The first VirtualService
@@ -221,6 +237,8 @@ def _other_virtual_hosts(
     for vs in virtual_services:
         for host in vs.spec.hosts:
             resolved = resolve_host(host, vs.metadata.namespace)
+            if host.strip().lower() in external:
+                continue  # a ServiceEntry host: its virtual host is the ServiceEntry's
             if resolved.name is None or registry.service(resolved.name, resolved.namespace or "") is None:
                 chosen.setdefault(host.strip().lower(), vs)
     return [
@@ -256,10 +274,20 @@ def _gateway_virtual_hosts(node: Node, resources: Sequence[Resource]) -> list[di
     ]
 
 
+def _routes_of(vs: VirtualService, node: Node) -> list[dict[str, Any]]:
+    return [route for index, http in enumerate(vs.spec.http or [])
+            if (route := _route(vs, index, http, node)) is not None]
+
+
 def _default_route(svc: Service) -> dict[str, Any]:
+    return _route_to(f"{svc.name}|")
+
+
+def _route_to(cluster: str) -> dict[str, Any]:
+    """The route of a host no VirtualService claims: all of it to ``cluster``, Istio's default retries."""
     return {
         "name": "default", "source": "default", "match": [],
-        "route": [{"cluster": f"{svc.name}|", "weight": 100, "headers": None}],
+        "route": [{"cluster": cluster, "weight": 100, "headers": None}],
         "headers": None, "rewrite": None, "fault": None, "mirror": None,
         "timeout_ms": None, "retries": default_retry_policy(),
     }
@@ -411,6 +439,27 @@ def _clusters(
             clusters[f"{svc.name}|{subset.name}"] = _cluster(svc, subset.name, policy, selected,
                                                               peer_authentications)
     return dict(sorted(clusters.items()))
+
+
+def _external_clusters(
+    external: Sequence[ExternalService], destination_rules: Sequence[DestinationRule],
+    hosts: Mapping[str, str], real_dns: bool,
+) -> dict[str, Any]:
+    def cluster(host: str, port: int, subset: str, policy: TrafficPolicy | None,
+                endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        lb = policy.load_balancer.simple if policy and policy.load_balancer else None
+        tls = policy.tls.mode if policy is not None and policy.tls is not None else "DISABLE"
+        return {
+            "service": host, "subset": subset, "port": port,
+            "lb": LB_ALIASES.get(lb, lb) if lb else DEFAULT_LB,
+            "endpoints": endpoints,
+            "connection_pool": _connection_pool(policy),
+            "outlier_detection": _outlier_detection(policy),
+            "tls": {"mode": tls, "server_identities": []},  # outside the mesh: no auto mTLS
+        }
+
+    return external_clusters(external, destination_rules, hosts, real_dns,
+                             cluster=cluster, merge=_merge_policy)
 
 
 def _merge_policy(top: TrafficPolicy | None, subset: TrafficPolicy | None) -> TrafficPolicy | None:

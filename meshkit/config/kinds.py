@@ -4,6 +4,7 @@ unsupported and the Kubernetes ones it ignores with a warning."""
 from __future__ import annotations
 
 from meshkit.config.authn import RequestAuthentication
+from meshkit.config.egress import ServiceEntry
 from meshkit.config.envoyfilter import EnvoyFilter
 from meshkit.config.gateways import Gateway
 from meshkit.config.meshconfig import ConfigMap
@@ -21,7 +22,7 @@ from meshkit.config.workloads import IGNORED_KINDS, WORKLOAD_KINDS
 ISTIO_KINDS: dict[str, type[Resource]] = {
     cls.__name__: cls
     for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, EnvoyFilter,
-                Telemetry, Gateway, RequestAuthentication)
+                Telemetry, Gateway, RequestAuthentication, ServiceEntry)
 }
 
 # Every kind `meshkit apply` takes: the Istio kinds and the Kubernetes workload kinds of Istio's samples.
@@ -35,5 +36,5 @@ IGNORED_KUBERNETES_KINDS = IGNORED_KINDS
 
 # Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
 UNSUPPORTED_ISTIO_KINDS = frozenset(
-    {"ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "WasmPlugin"}
+    {"Sidecar", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "WasmPlugin"}
 )

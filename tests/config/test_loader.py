@@ -134,7 +134,7 @@ def test_unsupported_and_unknown_kinds() -> None:
     )
     supported = ("(supported: AuthorizationPolicy, ConfigMap, Deployment, DestinationRule, EnvoyFilter, "
                  "Gateway, Namespace, PeerAuthentication, RequestAuthentication, Service, ServiceAccount, "
-                 "Telemetry, VirtualService)")
+                 "ServiceEntry, Telemetry, VirtualService)")
     assert gateway.text == f"kind Sidecar is not supported by meshkit {supported}"
     assert foo.text == f"kind Foo is not a known kind {supported}"
 

@@ -81,7 +81,7 @@ def test_every_sample_round_trips_through_to_dict() -> None:
     resources = load_resources(
         [r.to_dict() for r in sample(*(p.stem for p in sorted(SAMPLES.glob("*.yaml"))))]
     )
-    assert len(resources) == 64  # Istio kinds and the Kubernetes objects of bookinfo/httpbin/sleep/curl
+    assert len(resources) == 67  # Istio kinds and the Kubernetes objects of bookinfo/httpbin/sleep/curl
     again = load_resources([r.to_dict() for r in resources])
     assert again == resources
 

@@ -58,7 +58,7 @@ def test_every_implemented_istio_kind_is_in_the_list_and_watched_by_both() -> No
     assert ("networking.istio.io", "envoyfilters") in istio
     # planned kinds are listed, granted nothing until meshkit has their model
     planned = [kind for kind in API_KINDS if not kind.active]
-    assert {kind.kind for kind in planned} >= {"ServiceEntry", "HTTPRoute"}
+    assert {kind.kind for kind in planned} >= {"HTTPRoute"}
     for role in (CONTROL, OPERATOR):
         granted = {r for rule in cluster_role_rules(role) for r in rule["resources"]}
         assert not {kind.plural for kind in planned if kind.group.endswith("istio.io")} & granted - {
