@@ -18,6 +18,8 @@ SHORT_NAMES: dict[str, str] = {
     "sa": "ServiceAccount",
     "ns": "Namespace",
     "ra": "RequestAuthentication",
+    "se": "ServiceEntry",
+    "cm": "ConfigMap",
 }
 
 

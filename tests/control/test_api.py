@@ -100,8 +100,8 @@ async def test_not_found_conflict_and_limits(control_plane: RunningControlPlane,
     assert status == 400 and error["messages"][0]["field"] == "revision"
     status, error = await call(session, "GET", f"{base}/history/5")
     assert status == 404
-    status, error = await call(session, "GET", f"{base}/config/serviceentries")
-    assert status == 400 and "unknown resource kind 'serviceentries'" in error["error"]
+    status, error = await call(session, "GET", f"{base}/config/sidecars")
+    assert status == 400 and "unknown resource kind 'sidecars'" in error["error"]
     status, error = await call(session, "POST", f"{base}/apply", params={"expect_revision": "3"},
                                data=DESTINATION_RULE)
     assert status == 409 and "expected revision 3" in error["error"]
