@@ -221,8 +221,11 @@ class Launcher:
 
     @staticmethod
     def deregister(client: ControlClient, instances: list[Instance]) -> None:
-        """Remove the instances' endpoints and scrape targets (their services stay, as in Kubernetes)."""
+        """Remove the instances' endpoints and scrape targets (their services stay, as in Kubernetes);
+        stopping the external stand-ins empties the external host map."""
         for inst in instances:
+            if inst.spec.app == "external":
+                client.set_external({})
             if not inst.spec.sidecar:
                 continue
             for path in (f"registry/endpoints/{NAMESPACE}/{inst.name}", f"telemetry/targets/{inst.proxy_id}"):

@@ -254,6 +254,7 @@ class LocalMesh:
         identities = {identity(i.spec) for i in instances if i.spec.sidecar} | {ingress_identity()}
         tokens = launcher.issue_tokens(identities, revoke_earlier=True)  # an earlier run's stop working
         client = self._spawn_control(launcher, deadline)
+        client.set_external({})  # a fresh mesh: no stand-ins until `external` runs (launcher.register)
         if mesh_config is not None:  # before any sidecar starts: its first snapshot has the policy
             client.apply([mesh_config_map(mesh_config)])
 
