@@ -12,9 +12,9 @@ virtual host of the snapshot, Istio's ``meshConfig.outboundTrafficPolicy.mode`` 
 Where a host name goes is ``Egress.resolve``: the snapshot's ``egress.hosts`` map
 (``"httpbin.org:80" -> "127.0.0.1:8101"``, how the local mesh sends Istio's external hosts to
 its stand-ins, never /etc/hosts), then, only with ``egress.real_dns``, the name itself (the
-system resolver). Without real DNS a name outside the map is never connected to (503 ``UF``,
-"no stand-in"), so a classroom without internet never tries the real host; an IP literal
-goes where it says.
+system resolver). Without real DNS a name outside the map is never connected to (503 with
+Envoy's DNS-failure flag ``DF``, "no stand-in"), so a classroom without internet never tries
+the real host; an IP literal goes where it says.
 
 It must not do: routing for known hosts (that is ``routing``), TLS origination (``upstream``),
 or anything but the standard library (the proxy is a leaf).
@@ -138,6 +138,6 @@ class Egress:
         if target is None:
             return answered(Response.local(
                 503, f"no stand-in for '{host}:{port}' and real DNS is off "
-                     "(meshkit deploy external, or --real-dns)\n", "UF"))
+                     "(meshkit deploy external, or --real-dns)\n", "DF"))
         request.endpoint = self._endpoint(*target)
         return terminal(request)
