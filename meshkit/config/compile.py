@@ -24,7 +24,7 @@ from meshkit.config.egress import (
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateways import bound_hosts
 from meshkit.config.hosts import resolve_host
-from meshkit.config.meshconfig import mesh_config_of, outbound_policy
+from meshkit.config.meshconfig import mesh_config_of, mesh_settings
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -66,8 +66,6 @@ DEFAULT_RETRY_ATTEMPTS = 2
 LB_ALIASES = {"LEAST_CONN": "LEAST_REQUEST", "UNSPECIFIED": DEFAULT_LB}
 OUTLIER_DEFAULTS = {"consecutive_5xx_errors": 5, "interval_ms": 10_000, "base_ejection_time_ms": 30_000,
                     "max_ejection_percent": 10}
-PATH_NORMALIZATIONS = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
-DEFAULT_PATH_NORMALIZATION = "BASE"  # Istio's meshConfig.pathNormalization default (1.8+)
 _STATUS_CODE = re.compile(r"^\d{3}$")
 
 
@@ -90,22 +88,6 @@ def snapshot_version(snapshot: Mapping[str, object]) -> str:
     content = {k: v for k, v in snapshot.items() if k not in ("version", "revision")}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-
-def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The snapshot's ``mesh`` section from Istio's ``meshConfig`` (its YAML shape).
-
-    ``pathNormalization.normalization``: NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES,
-    Istio's default BASE (istio/api mesh/v1alpha1 ``MeshConfig.ProxyPathNormalization``, 1.8+).
-    """
-    config = mesh_config or {}
-    normalization = (config.get("pathNormalization") or {}).get("normalization") or DEFAULT_PATH_NORMALIZATION
-    if normalization not in PATH_NORMALIZATIONS:
-        raise ValueError(
-            f"meshConfig.pathNormalization.normalization: {normalization!r} is not one of "
-            f"{', '.join(PATH_NORMALIZATIONS)}"
-        )
-    return {"path_normalization": normalization, "outbound_traffic_policy": outbound_policy(config)}
 
 
 def compile_snapshot(
@@ -209,14 +191,7 @@ def _domains(svc: Service, node: Node) -> list[str]:
 
 def _virtual_host(svc: Service, node: Node, virtual_services: Sequence[VirtualService]) -> dict[str, Any]:
     claiming = virtual_services_for(svc.fqdn, svc.namespace, virtual_services)
-    if claiming:
-        vs = claiming[0]
-        routes = [
-            route for index, http in enumerate(vs.spec.http or [])
-            if (route := _route(vs, index, http, node)) is not None
-        ]
-    else:
-        routes = [_default_route(svc)]
+    routes = _routes_of(claiming[0], node) if claiming else [_default_route(svc)]
     return {
         "name": f"{svc.fqdn}:{svc.port}",
         "service": svc.name,
@@ -247,10 +222,7 @@ def _other_virtual_hosts(
             "service": None,
             "domains": [host],
             "port": None,
-            "routes": [
-                route for index, http in enumerate(vs.spec.http or [])
-                if (route := _route(vs, index, http, node)) is not None
-            ],
+            "routes": _routes_of(vs, node),
         }
         for host, vs in sorted(chosen.items())
     ]
@@ -265,10 +237,7 @@ def _gateway_virtual_hosts(node: Node, resources: Sequence[Resource]) -> list[di
             "service": None,
             "domains": [host],
             "port": None,
-            "routes": [
-                route for index, http in enumerate(vs.spec.http or [])
-                if (route := _route(vs, index, http, node)) is not None
-            ],
+            "routes": _routes_of(vs, node),
         }
         for host, vs in bound_hosts(node, resources)
     ]

@@ -3,9 +3,10 @@
 ``istioctl install --set meshConfig.X=Y`` writes that ConfigMap; ``kubectl apply`` of it changes
 the mesh config. meshkit reads the same object: ``meshkit up --set meshConfig...`` applies it,
 and ``meshkit apply -f`` of Istio's own ConfigMap does too. Any other ConfigMap is still left
-out with MK0009 (`is_mesh_config_map` is the loader's test). What the compiler takes from it:
-``outboundTrafficPolicy.mode`` (ALLOW_ANY | REGISTRY_ONLY) and ``pathNormalization``; the
-other meshConfig fields are accepted and have no effect on the local mesh.
+out with MK0009 (`is_mesh_config_map` is the loader's test). What the compiler takes from it
+(`mesh_settings`, the snapshot's ``mesh`` section): ``outboundTrafficPolicy.mode`` (ALLOW_ANY |
+REGISTRY_ONLY) and ``pathNormalization``; the other meshConfig fields are accepted and have no
+effect on the local mesh.
 
 Pure data: no sockets, no files.
 """
@@ -25,6 +26,8 @@ MESH_CONFIG_MAP = "istio"
 MESH_KEY = "mesh"
 OUTBOUND_POLICIES = ("ALLOW_ANY", "REGISTRY_ONLY")
 DEFAULT_OUTBOUND_POLICY = "ALLOW_ANY"  # Istio's default (meshConfig.outboundTrafficPolicy.mode)
+PATH_NORMALIZATIONS = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
+DEFAULT_PATH_NORMALIZATION = "BASE"  # Istio's meshConfig.pathNormalization default (1.8+)
 
 
 def is_mesh_config_map(document: Mapping[str, Any]) -> bool:
@@ -47,6 +50,22 @@ def outbound_policy(mesh_config: Mapping[str, Any] | None) -> str:
     return str(mode)
 
 
+def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The snapshot's ``mesh`` section from Istio's ``meshConfig`` (its YAML shape).
+
+    ``pathNormalization.normalization``: NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES,
+    Istio's default BASE (istio/api mesh/v1alpha1 ``MeshConfig.ProxyPathNormalization``, 1.8+).
+    """
+    config = mesh_config or {}
+    normalization = (config.get("pathNormalization") or {}).get("normalization") or DEFAULT_PATH_NORMALIZATION
+    if normalization not in PATH_NORMALIZATIONS:
+        raise ValueError(
+            f"meshConfig.pathNormalization.normalization: {normalization!r} is not one of "
+            f"{', '.join(PATH_NORMALIZATIONS)}"
+        )
+    return {"path_normalization": normalization, "outbound_traffic_policy": outbound_policy(config)}
+
+
 def parse_mesh(text: str) -> dict[str, Any]:
     """The ``mesh`` key's YAML -> meshConfig dict (ValueError naming what is wrong)."""
     try:
@@ -58,9 +77,9 @@ def parse_mesh(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"data.mesh: expected a YAML mapping (meshConfig), got {type(value).__name__}")
     try:
-        outbound_policy(value)
+        mesh_settings(value)  # what the compiler reads from it must be valid
     except ValueError as exc:
-        raise ValueError(f"data.mesh.{exc}") from None
+        raise ValueError(f"data.mesh: {exc}") from None
     return value
 
 
