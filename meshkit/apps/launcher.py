@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from meshkit.apps import clients, httpbin
+from meshkit.apps import clients, external, httpbin
 from meshkit.apps.bookinfo import details, productpage, ratings, reviews
 from meshkit.apps.identity import Workload
 from meshkit.apps.outbound import ProxySettings
@@ -32,6 +32,7 @@ BUILDERS: dict[str, Builder] = {
     "httpbin": lambda w, a, p: httpbin.build(w, seed=a.seed),
     "sleep": lambda w, a, p: clients.build_sleep(w, proxies=p, seed=a.seed),
     "legacy": lambda w, a, p: clients.build_legacy(w, seed=a.seed),
+    "external": lambda w, a, p: external.build(w, seed=a.seed),
 }
 
 SUMMARIES = {
@@ -42,6 +43,7 @@ SUMMARIES = {
     "httpbin": "echo service: /status/{code}, /delay/{s}, /headers, /anything, ...",
     "sleep": "in-mesh client: /fetch?url=... through its sidecar (HTTP_PROXY)",
     "legacy": "out-of-mesh client: /fetch?url=... always direct (no sidecar)",
+    "external": "stand-ins outside the mesh for httpbin.org, edition.cnn.com, www.google.com (by Host)",
 }
 
 

@@ -60,28 +60,42 @@ def _progress_bar(steps: int) -> tuple[ProgressBar, Progress]:
 
 
 @app.command()
-def up(
+def up(  # noqa: PLR0917 (typer maps parameters to options)
     app_sets: Annotated[list[str] | None, typer.Option(
-        "--app", help="App set to run: bookinfo, httpbin, clients. Repeatable.")] = None,
+        "--app", help="App set to run: bookinfo, httpbin, clients, external, none. Repeatable.")] = None,
     replicas: Annotated[list[str] | None, typer.Option(
         "--replicas", help="WORKLOAD=N instances, e.g. reviews-v1=2. Repeatable.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the mesh to be ready.")] = 60.0,
     cert_ttl: Annotated[str, typer.Option(
         help="Workload certificate lifetime (30s, 5m, 24h); sidecars rotate at half.")] = "24h",
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="istioctl install's meshConfig values, e.g. "
+                      "meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY. Repeatable.")] = None,
+    real_dns: Annotated[bool, typer.Option(
+        "--real-dns", help="Sidecars resolve external hosts with the system resolver (real internet) "
+                           "instead of the local stand-ins (`--app external`).")] = False,
 ) -> None:
     """Start the local mesh: control plane, apps, one sidecar each, ingress gateway (127.0.0.1).
 
     On a running mesh it adds what is asked and missing (app sets, --replicas), as `deploy`/`scale`.
+    ``--set meshConfig...`` writes Istio's mesh config ConfigMap (istio-system/istio), as istioctl does.
     """
+    from meshkit.config.meshconfig import set_values  # noqa: PLC0415
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
+    try:
+        mesh_config = set_values(settings) if settings else None
+    except ValueError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
     mesh = _mesh()
     started = time.monotonic()
     bar, progress = _progress_bar(4)
     with bar:
         try:
             status = mesh.up(app_sets or None, _replicas(replicas or []), progress=progress,
-                             timeout=timeout, cert_ttl=cert_ttl)
+                             timeout=timeout, cert_ttl=cert_ttl, mesh_config=mesh_config)
+            if real_dns:
+                mesh.client().set_external({}, real_dns=True)
         except (MeshError, ValueError) as error:
             _fail(EXIT_REJECTED, f"error: {error}")
     printer = Printer()
@@ -140,7 +154,9 @@ LOCAL_LIMITS = (
 
 @app.command()
 def deploy(
-    app_sets: Annotated[list[str], typer.Argument(help="App sets to add: bookinfo, httpbin, clients.")],
+    app_sets: Annotated[list[str], typer.Argument(
+        help="App sets to add: bookinfo, httpbin, clients, external (stand-ins for httpbin.org, "
+             "edition.cnn.com, www.google.com).")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the new instances.")] = 60.0,
 ) -> None:
     """Add app sets to the running mesh (like `kubectl apply -f samples/sleep/sleep.yaml`)."""

@@ -15,10 +15,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshkit.config.authn import RequestAuthentication, compile_jwt, request_authentications_for
+from meshkit.config.egress import (
+    ExternalService,
+    external_clusters,
+    external_services,
+    external_virtual_hosts,
+)
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateways import bound_hosts
 from meshkit.config.hosts import resolve_host
 from meshkit.config.httproutes import ingress_virtual_services, mesh_virtual_services, selector_services
+from meshkit.config.meshconfig import mesh_config_of, mesh_settings
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
     AuthorizationPolicy,
@@ -60,8 +67,6 @@ DEFAULT_RETRY_ATTEMPTS = 2
 LB_ALIASES = {"LEAST_CONN": "LEAST_REQUEST", "UNSPECIFIED": DEFAULT_LB}
 OUTLIER_DEFAULTS = {"consecutive_5xx_errors": 5, "interval_ms": 10_000, "base_ejection_time_ms": 30_000,
                     "max_ejection_percent": 10}
-PATH_NORMALIZATIONS = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
-DEFAULT_PATH_NORMALIZATION = "BASE"  # Istio's meshConfig.pathNormalization default (1.8+)
 _STATUS_CODE = re.compile(r"^\d{3}$")
 
 
@@ -86,26 +91,11 @@ def snapshot_version(snapshot: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The snapshot's ``mesh`` section from Istio's ``meshConfig`` (its YAML shape).
-
-    ``pathNormalization.normalization``: NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES,
-    Istio's default BASE (istio/api mesh/v1alpha1 ``MeshConfig.ProxyPathNormalization``, 1.8+).
-    """
-    config = mesh_config or {}
-    normalization = (config.get("pathNormalization") or {}).get("normalization") or DEFAULT_PATH_NORMALIZATION
-    if normalization not in PATH_NORMALIZATIONS:
-        raise ValueError(
-            f"meshConfig.pathNormalization.normalization: {normalization!r} is not one of "
-            f"{', '.join(PATH_NORMALIZATIONS)}"
-        )
-    return {"path_normalization": normalization}
-
-
 def compile_snapshot(
     resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0,
     mesh_config: Mapping[str, Any] | None = None, trace_sampling: float = DEFAULT_TRACE_SAMPLING,
     jwks: Mapping[str, str | None] | None = None, jwks_errors: Mapping[str, str] | None = None,
+    egress_hosts: Mapping[str, str] | None = None, real_dns: bool = False,
 ) -> dict[str, Any]:
     """The snapshot for ``node`` (docs/snapshot.md; its fields and their types are `meshkit.proxy.schema`
     .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them).
@@ -113,13 +103,21 @@ def compile_snapshot(
     ``mesh_config`` is Istio's meshConfig; ``trace_sampling`` is its ``defaultConfig.tracing.sampling``
     (percent), which Telemetry resources override. ``jwks`` maps a RequestAuthentication ``jwksUri``
     to the key set the control plane fetched from it, ``jwks_errors`` to why it could not (see `authn`).
+    Istio's mesh config ConfigMap, when applied, replaces ``mesh_config`` (`meshconfig`).
+    ``egress_hosts`` maps ``"host:port"`` of external hosts to ``"address:port"`` (the local mesh's
+    stand-ins) and ``real_dns`` lets other names resolve (snapshot ``egress``).
     """
+    mesh_config = mesh_config_of(resources, mesh_config)
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     if node.kind == "sidecar":  # Gateway API routes attached to Services (GAMMA): `httproutes`
         virtual_services = [*mesh_virtual_services(resources, registry), *virtual_services]
     destination_rules = of_kind(resources, DestinationRule)
     peer_authentications = of_kind(resources, PeerAuthentication)
     services = sorted(registry.services, key=lambda s: (s.namespace == node.namespace, s.namespace, s.name))
+    egress_hosts = dict(registry.external_hosts) if egress_hosts is None else egress_hosts
+    real_dns = real_dns or registry.real_dns
+    # ServiceEntry hosts (meshkit.config.egress): a sidecar's virtual hosts and clusters like any service's
+    external = external_services(resources, node.namespace) if node.kind == "sidecar" else []
     body: dict[str, Any] = {
         "schema": SCHEMA,
         "revision": revision,
@@ -128,21 +126,25 @@ def compile_snapshot(
             "virtual_hosts": _gateway_virtual_hosts(node, resources) if node.kind == "gateway" else [
                 *(_virtual_host(svc, node, virtual_services)
                   for svc in sorted(registry.services, key=lambda s: (s.namespace, s.name))),
-                *_other_virtual_hosts(node, registry, virtual_services),
+                *external_virtual_hosts(external, virtual_services, lambda vs: _routes_of(vs, node),
+                                        _route_to),
+                *_other_virtual_hosts(node, registry, virtual_services, {s.host for s in external}),
             ]
         },
-        "clusters": {
+        "clusters": dict(sorted({
             **_clusters(services, registry, node, destination_rules, peer_authentications),
             # Services the registry does not hold (reviews-v1 of bookinfo-versions.yaml): their selector
             **{f"{svc.name}|": _cluster(svc, "", None, endpoints, peer_authentications)
                for svc, endpoints in selector_services(resources, registry)},
-        },
+            **_external_clusters(external, destination_rules, egress_hosts, real_dns),
+        }.items())),
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
         "mesh": mesh_settings(mesh_config),
         "tracing": resolve_tracing(node.namespace, node.labels, of_kind(resources, Telemetry),
                                    trace_sampling)[0],
+        "egress": {"hosts": dict(sorted((egress_hosts or {}).items())), "real_dns": real_dns},
     }
     selected = request_authentications_for(
         node.namespace, node.labels, of_kind(resources, RequestAuthentication))
@@ -195,14 +197,7 @@ def _domains(svc: Service, node: Node) -> list[str]:
 
 def _virtual_host(svc: Service, node: Node, virtual_services: Sequence[VirtualService]) -> dict[str, Any]:
     claiming = virtual_services_for(svc.fqdn, svc.namespace, virtual_services)
-    if claiming:
-        vs = claiming[0]
-        routes = [
-            route for index, http in enumerate(vs.spec.http or [])
-            if (route := _route(vs, index, http, node)) is not None
-        ]
-    else:
-        routes = [_default_route(svc)]
+    routes = _routes_of(claiming[0], node) if claiming else [_default_route(svc)]
     return {
         "name": f"{svc.fqdn}:{svc.port}",
         "service": svc.name,
@@ -213,7 +208,8 @@ def _virtual_host(svc: Service, node: Node, virtual_services: Sequence[VirtualSe
 
 
 def _other_virtual_hosts(
-    node: Node, registry: RegistryView, virtual_services: Sequence[VirtualService]
+    node: Node, registry: RegistryView, virtual_services: Sequence[VirtualService],
+    external: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Virtual hosts for VirtualService hosts that name no registry service: external names and
     wildcards (``*``, ``*.example.com``), typically bound to a gateway. The first VirtualService
@@ -222,6 +218,8 @@ def _other_virtual_hosts(
     for vs in virtual_services:
         for host in vs.spec.hosts:
             resolved = resolve_host(host, vs.metadata.namespace)
+            if host.strip().lower() in external:
+                continue  # a ServiceEntry host: its virtual host is the ServiceEntry's
             if resolved.name is None or registry.service(resolved.name, resolved.namespace or "") is None:
                 chosen.setdefault(host.strip().lower(), vs)
     return [_host_only_virtual_host(host, vs, node) for host, vs in sorted(chosen.items())]
@@ -240,10 +238,7 @@ def _host_only_virtual_host(host: str, vs: VirtualService, node: Node) -> dict[s
         "service": None,
         "domains": [host],
         "port": None,
-        "routes": [
-            route for index, http in enumerate(vs.spec.http or [])
-            if (route := _route(vs, index, http, node)) is not None
-        ],
+        "routes": _routes_of(vs, node),
     }
 
 
@@ -256,10 +251,20 @@ def _gateway_bindings(node: Node, resources: Sequence[Resource]) -> list[tuple[s
     return sorted(chosen.items())
 
 
+def _routes_of(vs: VirtualService, node: Node) -> list[dict[str, Any]]:
+    return [route for index, http in enumerate(vs.spec.http or [])
+            if (route := _route(vs, index, http, node)) is not None]
+
+
 def _default_route(svc: Service) -> dict[str, Any]:
+    return _route_to(f"{svc.name}|")
+
+
+def _route_to(cluster: str) -> dict[str, Any]:
+    """The route of a host no VirtualService claims: all of it to ``cluster``, Istio's default retries."""
     return {
         "name": "default", "source": "default", "match": [],
-        "route": [{"cluster": f"{svc.name}|", "weight": 100, "headers": None}],
+        "route": [{"cluster": cluster, "weight": 100, "headers": None}],
         "headers": None, "rewrite": None, "fault": None, "mirror": None,
         "timeout_ms": None, "retries": default_retry_policy(),
     }
@@ -411,6 +416,27 @@ def _clusters(
             clusters[f"{svc.name}|{subset.name}"] = _cluster(svc, subset.name, policy, selected,
                                                               peer_authentications)
     return dict(sorted(clusters.items()))
+
+
+def _external_clusters(
+    external: Sequence[ExternalService], destination_rules: Sequence[DestinationRule],
+    hosts: Mapping[str, str], real_dns: bool,
+) -> dict[str, Any]:
+    def cluster(host: str, port: int, subset: str, policy: TrafficPolicy | None,
+                endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        lb = policy.load_balancer.simple if policy and policy.load_balancer else None
+        tls = policy.tls.mode if policy is not None and policy.tls is not None else "DISABLE"
+        return {
+            "service": host, "subset": subset, "port": port,
+            "lb": LB_ALIASES.get(lb, lb) if lb else DEFAULT_LB,
+            "endpoints": endpoints,
+            "connection_pool": _connection_pool(policy),
+            "outlier_detection": _outlier_detection(policy),
+            "tls": {"mode": tls, "server_identities": []},  # outside the mesh: no auto mTLS
+        }
+
+    return external_clusters(external, destination_rules, hosts, real_dns,
+                             cluster=cluster, merge=_merge_policy)
 
 
 def _merge_policy(top: TrafficPolicy | None, subset: TrafficPolicy | None) -> TrafficPolicy | None:

@@ -4,9 +4,11 @@ unsupported and the Kubernetes ones it ignores with a warning."""
 from __future__ import annotations
 
 from meshkit.config.authn import RequestAuthentication
+from meshkit.config.egress import ServiceEntry
 from meshkit.config.envoyfilter import EnvoyFilter
 from meshkit.config.gateway_api import GATEWAY_API_KINDS, SAME_NAME_KINDS
 from meshkit.config.gateways import Gateway
+from meshkit.config.meshconfig import ConfigMap
 from meshkit.config.resources import (
     AuthorizationPolicy,
     DestinationRule,
@@ -21,13 +23,15 @@ from meshkit.config.workloads import IGNORED_KINDS, WORKLOAD_KINDS
 ISTIO_KINDS: dict[str, type[Resource]] = {
     cls.__name__: cls
     for cls in (VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, EnvoyFilter,
-                Telemetry, Gateway, RequestAuthentication)
+                Telemetry, Gateway, RequestAuthentication, ServiceEntry)
 }
 
 # Every kind `meshkit apply` takes: the Istio kinds, the Gateway API kinds (their CRDs come from the
 # Gateway API standard channel, not from meshkit) and the Kubernetes workload kinds of Istio's samples.
+# ConfigMap: only Istio's mesh config (istio-system/istio); the loader ignores any other with MK0009.
+_KUBERNETES_KINDS: tuple[type[Resource], ...] = (*WORKLOAD_KINDS, ConfigMap)
 RESOURCE_KINDS: dict[str, type[Resource]] = {
-    **ISTIO_KINDS, **GATEWAY_API_KINDS, **{cls.__name__: cls for cls in WORKLOAD_KINDS}}
+    **ISTIO_KINDS, **GATEWAY_API_KINDS, **{cls.__name__: cls for cls in _KUBERNETES_KINDS}}
 
 # Kubernetes kinds of Istio's sample files that the local mesh does not model: loaded as a warning
 # ("ignored"), never a reason to refuse the file.
@@ -38,5 +42,5 @@ KINDS_BY_GROUP = SAME_NAME_KINDS
 
 # Istio kinds that exist but meshkit does not implement (yet): named as such, not as unknown.
 UNSUPPORTED_ISTIO_KINDS = frozenset(
-    {"ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "WasmPlugin"}
+    {"Sidecar", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "WasmPlugin"}
 )

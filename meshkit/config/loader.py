@@ -38,6 +38,7 @@ from meshkit.config.kinds import (
     RESOURCE_KINDS,
     UNSUPPORTED_ISTIO_KINDS,
 )
+from meshkit.config.meshconfig import is_mesh_config_map
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import IstioModel, Resource
 
@@ -83,7 +84,8 @@ def load_resources(
     messages: list[Message] = []
     for number, document in documents:
         where = f"{origin} document {number}"
-        if isinstance(document, dict) and document.get("kind") in IGNORED_KUBERNETES_KINDS:
+        if (isinstance(document, dict) and document.get("kind") in IGNORED_KUBERNETES_KINDS
+                and not is_mesh_config_map(document)):  # Istio's mesh config is the one ConfigMap used
             if warnings is not None:
                 warnings.append(_ignored(document, where))
             continue

@@ -76,6 +76,10 @@ class RegistryView:
     services: tuple[Service, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
     root_pem: str | None = None
+    # hosts outside the mesh: "host:port" -> "address:port" (the local mesh's stand-ins), and whether
+    # other names may be resolved by real DNS (snapshot ``egress``)
+    external_hosts: tuple[tuple[str, str], ...] = ()
+    real_dns: bool = False
 
     def service(self, name: str, namespace: str = "default") -> Service | None:
         for svc in self.services:

@@ -22,6 +22,8 @@ Routes::
     GET|POST /api/v1/registry/services,  DELETE /api/v1/registry/services/{namespace}/{name}
     GET|POST /api/v1/registry/endpoints, DELETE /api/v1/registry/endpoints/{namespace}/{instance}
     PUT    /api/v1/registry/endpoints/{namespace}/{instance}/health   {"healthy": bool}
+    GET|PUT /api/v1/registry/external   {"hosts": {"httpbin.org:80": "127.0.0.1:8100"}, "real_dns": bool}
+           (where hosts outside the mesh are: the local mesh's stand-ins; snapshot ``egress``)
     GET    /api/v1/proxy-status[?wait=SECONDS]            (wait: until every connected proxy is SYNCED)
     GET    /api/v1/xds/stream?id=<instance>.<namespace>[&kind=sidecar|gateway][&admin_port=P]   (SSE;
            admin_port: the proxy's metrics, scraped on the address it connected from)
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -348,6 +351,26 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     return web.json_response({"deleted": True})
 
 
+_HOSTPORT = re.compile(r"^[A-Za-z0-9*.\-]+:\d{1,5}$")
+
+
+async def get_external(request: web.Request) -> web.Response:
+    return web.json_response(_components(request).registry.external())
+
+
+async def put_external(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    hosts, real_dns = body.get("hosts"), body.get("real_dns", False)
+    if not isinstance(hosts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and _HOSTPORT.match(k) and _HOSTPORT.match(v)
+            for k, v in hosts.items()):
+        raise _bad_request('hosts: expected {"host:port": "address:port", ...}', field="hosts")
+    if not isinstance(real_dns, bool):
+        raise _bad_request(f"real_dns: expected true or false, got {real_dns!r}", field="real_dns")
+    changed = _components(request).registry.set_external(hosts, real_dns)
+    return web.json_response({**_components(request).registry.external(), "changed": changed})
+
+
 async def put_health(request: web.Request) -> web.Response:
     registry = _components(request).registry
     body = await _json_body(request)
@@ -493,6 +516,8 @@ def create_app(components: Components, authenticator: Authenticator, *,
     app.router.add_post(f"{API}/registry/endpoints", post_endpoint)
     app.router.add_delete(f"{API}/registry/endpoints/{{namespace}}/{{instance}}", delete_endpoint)
     app.router.add_put(f"{API}/registry/endpoints/{{namespace}}/{{instance}}/health", put_health)
+    app.router.add_get(f"{API}/registry/external", get_external)
+    app.router.add_put(f"{API}/registry/external", put_external)
     app.router.add_get(f"{API}/proxy-status", proxy_status)
     app.router.add_get(f"{API}/xds/stream", xds_stream)
     app.router.add_post(f"{API}/xds/ack", xds_ack)

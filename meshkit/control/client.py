@@ -96,6 +96,10 @@ class ControlClient:
         result: dict[str, Any] = self.request("GET", "healthz")
         return result
 
+    def set_external(self, hosts: dict[str, str], real_dns: bool = False) -> Any:
+        """Where hosts outside the mesh are (``"host:port" -> "address:port"``), and real DNS on/off."""
+        return self.request("PUT", "registry/external", json_body={"hosts": hosts, "real_dns": real_dns})
+
     def apply(self, documents: list[dict[str, Any]], *, expect_revision: int | None = None) -> Any:
         return self.request("POST", "apply", json_body=_as_list(documents),
                             query={"expect_revision": expect_revision})

@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS registry_endpoints (
     doc       TEXT NOT NULL,
     PRIMARY KEY (namespace, instance)
 );
+CREATE TABLE IF NOT EXISTS registry_external (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    doc TEXT NOT NULL
+);
 """
 
 

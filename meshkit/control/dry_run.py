@@ -8,7 +8,8 @@ VirtualService and ``http[i]``), the destinations and whether their clusters exi
 the winner shadows, and, when the winner is not the rule the user expected, the likely cause: no
 VirtualService for the host from this caller (bound to a gateway only, written for another namespace,
 ``sourceLabels`` that exclude this caller), no DestinationRule subset behind a destination (NC), or
-no route at all (NR).
+no route at all (NR), or, for a sidecar, a host outside the registry (the outboundTrafficPolicy:
+PassthroughCluster or BlackHoleCluster).
 
 Pure: no I/O (callers, resources and registry are given).
 """
@@ -46,6 +47,16 @@ def _for_caller(resources: Sequence[Resource], view: RegistryView, caller: Node,
     vhost = table.virtual_host(request.authority)
     answer: dict[str, Any] = {"caller": caller.workload or caller.instance, "namespace": caller.namespace,
                               "rules": [], "matched": None, "causes": []}
+    if vhost is None and caller.kind == "sidecar":
+        # a sidecar's unknown host: the mesh's outboundTrafficPolicy (meshkit.proxy.egress)
+        policy = (snapshot.get("mesh") or {}).get("outbound_traffic_policy", "ALLOW_ANY")
+        outcome = ("answered 502 (BlackHoleCluster)" if policy == "REGISTRY_ONLY" else
+                   "passed through to the host itself (PassthroughCluster; 503 DF for a name with no "
+                   "stand-in while real DNS is off)")
+        answer["causes"].append(f"{policy}: from {answer['caller']} no service, ServiceEntry or "
+                                f"VirtualService is reachable as {host!r}: the request would be {outcome}")
+        answer["causes"] += _unapplied(resources, caller, host, None)
+        return answer
     if vhost is None:
         answer["causes"].append(f"NR: from {answer['caller']} no service and no VirtualService is reachable "
                                 f"as {host!r}: the request would get 404 NR")

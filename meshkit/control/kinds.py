@@ -18,6 +18,8 @@ SHORT_NAMES: dict[str, str] = {
     "sa": "ServiceAccount",
     "ns": "Namespace",
     "ra": "RequestAuthentication",
+    "se": "ServiceEntry",
+    "cm": "ConfigMap",
 }
 # kubectl's full names, the way to name Gateway API's Gateway (``gateway`` is Istio's)
 FULL_NAMES: dict[str, str] = {"gateways.gateway.networking.k8s.io": "Gateway.gateway.networking.k8s.io",

@@ -239,6 +239,7 @@ class PushServer:
             return SnapshotTemplate(compile_snapshot(
                 resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision,
                 trace_sampling=self.trace_sampling,
+                egress_hosts=dict(view.external_hosts), real_dns=view.real_dns,
                 jwks=jwks.keys if jwks is not None else None,
                 jwks_errors=jwks.errors if jwks is not None else None))
         except Exception as error:  # a compiler bug must not stop the pushes to everyone else

@@ -165,6 +165,8 @@ class ServiceRegistry:
         self._workloads: dict[tuple[str, str], Node] = {}  # sidecars of no service, by (ns, instance)
         self._listeners: list[Callable[[], None]] = []
         self._view: RegistryView | None = None
+        self._external: dict[str, str] = {}  # "host:port" -> "address:port" (external stand-ins)
+        self._real_dns = False
         self._load()
 
     # -- reading --------------------------------------------------------------------------------
@@ -176,6 +178,8 @@ class ServiceRegistry:
                 services=tuple(self._services[k] for k in sorted(self._services)),
                 endpoints=tuple(self._endpoints[k].endpoint for k in sorted(self._endpoints)),
                 root_pem=self._root_pem,
+                external_hosts=tuple(sorted(self._external.items())),
+                real_dns=self._real_dns,
             )
         return self._view
 
@@ -226,6 +230,20 @@ class ServiceRegistry:
         if root_pem != self._root_pem:
             self._root_pem = root_pem
             self._changed()
+
+    def external(self) -> dict[str, Any]:
+        """Where hosts outside the mesh are: ``{"hosts": {"host:port": "address:port"}, "real_dns": b}``."""
+        return {"hosts": dict(sorted(self._external.items())), "real_dns": self._real_dns}
+
+    def set_external(self, hosts: Mapping[str, str], real_dns: bool) -> bool:
+        """Replace the external host map (``meshkit deploy external``, ``--real-dns``); whether it changed."""
+        if dict(hosts) == self._external and real_dns == self._real_dns:
+            return False
+        self._external, self._real_dns = dict(hosts), real_dns
+        self._db.execute("INSERT OR REPLACE INTO registry_external (id, doc) VALUES (1, ?)",
+                         (json.dumps(self.external()),))
+        self._changed()
+        return True
 
     def set_workloads(self, nodes: list[Node]) -> bool:
         """Replace the nodes of sidecars that belong to no service; returns whether anything changed."""
@@ -319,6 +337,9 @@ class ServiceRegistry:
         for (doc,) in self._db.execute("SELECT doc FROM registry_services"):
             service = parse_service(json.loads(doc))
             self._services[(service.namespace, service.name)] = service
+        for (doc,) in self._db.execute("SELECT doc FROM registry_external"):
+            external = json.loads(doc)
+            self._external, self._real_dns = dict(external["hosts"]), bool(external["real_dns"])
         for (doc,) in self._db.execute("SELECT doc FROM registry_endpoints"):
             registered = parse_endpoint(json.loads(doc))
             self._endpoints[(registered.endpoint.namespace, registered.endpoint.instance)] = registered

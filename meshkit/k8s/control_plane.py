@@ -115,6 +115,8 @@ class KubernetesSync:
         self.api = api
         self.store = store
         self.registry = registry
+        # a cluster has DNS: ServiceEntry hosts resolve by name (no stand-ins; meshkit.config.egress)
+        registry.set_external({}, real_dns=True)
         self.scraper = scraper
         self._scrape_targets: set[str] = set()  # the targets this sync added
         self.options = options or SyncOptions()

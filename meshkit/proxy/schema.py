@@ -280,6 +280,14 @@ class MeshDoc(TypedDict, total=False):
 
     path_normalization: PathNormalization
     stream_idle_timeout_ms: int
+    outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"]
+
+
+class EgressDoc(TypedDict):
+    """Where hosts outside the mesh are (meshkit.proxy.egress)."""
+
+    hosts: dict[str, str]  # "host:port" -> "address:port"
+    real_dns: bool
 
 
 class TracingDoc(TypedDict, total=False):
@@ -299,4 +307,5 @@ class SnapshotDoc(TypedDict):
     inbound: NotRequired[InboundDoc | None]
     trust: NotRequired[TrustDoc | None]
     mesh: NotRequired[MeshDoc | None]
+    egress: NotRequired[EgressDoc | None]
     tracing: NotRequired[TracingDoc | None]

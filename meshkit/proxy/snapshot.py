@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from meshkit.proxy.balancer import Cluster
+from meshkit.proxy.egress import Egress, EgressError
 from meshkit.proxy.filters.authn import mtls_mode_for_port
 from meshkit.proxy.filters.authz import AuthzPolicies, compile_authz
 from meshkit.proxy.filters.fault import check_fault
@@ -84,6 +85,7 @@ class Snapshot:
         "authz",
         "clusters",
         "doc",
+        "egress",
         "gateway_jwt",
         "inbound",
         "inbound_cluster",
@@ -121,6 +123,8 @@ class Snapshot:
         self.source_headers: list[tuple[str, str]] = []
         self.mtls_mode = "PERMISSIVE"  # PeerAuthentication mode of the inbound port (Istio's default)
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
+        # unknown hosts: outboundTrafficPolicy, the stand-in map (proxy/egress.py); None on a gateway
+        self.egress: Egress | None = Egress()
         self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
         self.stream_idle_timeout: float | None = None  # seconds; None: the listener's own limit
         self.server_name: str | None = None  # the ``server`` header this proxy sets on responses
@@ -167,6 +171,12 @@ class Snapshot:
             raise SnapshotError(str(exc)) from None
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
         snap.path_normalization, snap.stream_idle_timeout = cls._mesh(doc.get("mesh"))
+        try:
+            egress = Egress.from_snapshot(doc.get("mesh"), doc.get("egress"))
+            # a gateway, or a hand-written snapshot without "egress": unknown hosts are 404 NR
+            snap.egress = None if snap.node.get("kind") == "gateway" or doc.get("egress") is None else egress
+        except EgressError as exc:
+            raise SnapshotError(str(exc)) from None
         # Istio's gateways answer with Envoy's server_name "istio-envoy" (HCM server_header
         # OVERWRITE); sidecars pass the app's own ``server`` header through.
         snap.server_name = GATEWAY_SERVER_NAME if snap.node.get("kind") == "gateway" else None

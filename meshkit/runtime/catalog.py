@@ -78,10 +78,24 @@ CLIENTS: tuple[WorkloadSpec, ...] = (
     WorkloadSpec("legacy", "v1", "legacy", 80, "legacy", sidecar=False),
 )
 
+# Stand-ins for the external hosts of Istio's egress tasks (httpbin.org, edition.cnn.com, www.google.com),
+# outside the mesh (no sidecar, not in the registry): the sidecars reach them through the control plane's
+# external host map (`external_hosts`), as if DNS had resolved those names to them.
+EXTERNAL: tuple[WorkloadSpec, ...] = (
+    WorkloadSpec("external", "v1", "external", 80, "external", sidecar=False),
+)
+EXTERNAL_HOSTS = ("httpbin.org", "edition.cnn.com", "www.google.com")
+
+
+def external_hosts(port: int) -> dict[str, str]:
+    """The control plane's external host map for stand-ins listening on 127.0.0.1:``port`` (HTTP, port 80)."""
+    return {f"{host}:80": f"127.0.0.1:{port}" for host in EXTERNAL_HOSTS}
+
+
 # "none": the mesh alone (control plane and ingress gateway), as after `istioctl install`; apps come later
 # from manifests (`meshkit apply -f samples/bookinfo/platform/kube/bookinfo.yaml`).
 APP_SETS: dict[str, tuple[WorkloadSpec, ...]] = {"bookinfo": BOOKINFO, "httpbin": HTTPBIN, "clients": CLIENTS,
-                                                 "none": ()}
+                                                 "external": EXTERNAL, "none": ()}
 
 # App sets whose workloads are Kubernetes manifests (defaults/<set>/: Istio's own sample files, verbatim):
 # `up`/`deploy` apply them and the runtime runs what their Deployments say, exactly as for a learner's

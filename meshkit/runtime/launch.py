@@ -195,7 +195,11 @@ class Launcher:
 
     @staticmethod
     def register(client: ControlClient, instances: list[Instance], *, healthy: bool = True) -> None:
-        """Register the services and (inbound sidecar port) endpoints of the meshed ``instances``."""
+        """Register the services and (inbound sidecar port) endpoints of the meshed ``instances``; the
+        external stand-ins (app ``external``, outside the mesh) as the control plane's external host map."""
+        for inst in instances:
+            if inst.spec.app == "external":
+                client.set_external(catalog.external_hosts(inst.ports.app))
         meshed = [i for i in instances if i.spec.sidecar]  # out-of-mesh clients serve nothing
         for name, port in sorted({(i.spec.service, i.spec.service_port) for i in meshed}):
             client.request("POST", "registry/services",
@@ -217,8 +221,11 @@ class Launcher:
 
     @staticmethod
     def deregister(client: ControlClient, instances: list[Instance]) -> None:
-        """Remove the instances' endpoints and scrape targets (their services stay, as in Kubernetes)."""
+        """Remove the instances' endpoints and scrape targets (their services stay, as in Kubernetes);
+        stopping the external stand-ins empties the external host map."""
         for inst in instances:
+            if inst.spec.app == "external":
+                client.set_external({})
             if not inst.spec.sidecar:
                 continue
             for path in (f"registry/endpoints/{NAMESPACE}/{inst.name}", f"telemetry/targets/{inst.proxy_id}"):

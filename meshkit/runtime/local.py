@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from meshkit.config.meshconfig import mesh_config_map
 from meshkit.control.auth import read_admin_token
 from meshkit.control.ca import CaError, parse_ttl
 from meshkit.control.client import ControlClient
@@ -183,6 +184,7 @@ class LocalMesh:
         progress: Progress = quiet,
         timeout: float = READY_TIMEOUT,
         cert_ttl: str = DEFAULT_CERT_TTL,
+        mesh_config: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Bring the mesh up and return `status()`. Running it twice is harmless.
 
@@ -190,7 +192,8 @@ class LocalMesh:
         missing, as `deploy` does: app sets not running yet, and ``replicas`` counts (never
         removing an app set); asking for nothing accepts the running mesh.
         ``cert_ttl`` is the workload certificates' lifetime (``30s``, ``24h``); sidecars rotate
-        at half of it.
+        at half of it. ``mesh_config`` (Istio's meshConfig, from ``--set meshConfig...``) is applied as
+        Istio's ``istio`` ConfigMap in ``istio-system``, as ``istioctl install --set`` writes it.
         """
         asked = apps is not None or bool(replicas)
         apps = apps or ["bookinfo"]
@@ -211,6 +214,8 @@ class LocalMesh:
                 self.restart_control(timeout=timeout)
                 existing = self.record() or existing
             if self.running() or self._heal(existing, progress, timeout):
+                if mesh_config is not None:
+                    self.client().apply([mesh_config_map(mesh_config)])
                 if asked:
                     return self.deploy(apps, replicas, progress=progress, timeout=timeout)
                 progress("mesh already running", 1, 1)
@@ -231,7 +236,7 @@ class LocalMesh:
             raise MeshError(problem)
         self.state.write_mesh(rec.to_json())  # from here on, `down` can clean up whatever we start
         try:
-            self._start(Launcher(self.state, rec), progress, timeout)
+            self._start(Launcher(self.state, rec), progress, timeout, mesh_config)
         except BaseException:
             self.down()
             raise
@@ -239,7 +244,8 @@ class LocalMesh:
         self.state.write_mesh(rec.to_json())
         return self.status()
 
-    def _start(self, launcher: Launcher, progress: Progress, timeout: float) -> None:
+    def _start(self, launcher: Launcher, progress: Progress, timeout: float,
+               mesh_config: dict[str, Any] | None = None) -> None:
         deadline = time.monotonic() + timeout
         rec = launcher.rec
         instances = rec.instances()
@@ -248,6 +254,9 @@ class LocalMesh:
         identities = {identity(i.spec) for i in instances if i.spec.sidecar} | {ingress_identity()}
         tokens = launcher.issue_tokens(identities, revoke_earlier=True)  # an earlier run's stop working
         client = self._spawn_control(launcher, deadline)
+        client.set_external({})  # a fresh mesh: no stand-ins until `external` runs (launcher.register)
+        if mesh_config is not None:  # before any sidecar starts: its first snapshot has the policy
+            client.apply([mesh_config_map(mesh_config)])
 
         progress("registering services and endpoints", 1, steps)
         launcher.apply_defaults(client, rec.apps, {s.workload: s.replicas for s in rec.manifests})

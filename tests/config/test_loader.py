@@ -129,13 +129,13 @@ def test_networking_kind_under_security_group_is_rejected() -> None:
 
 def test_unsupported_and_unknown_kinds() -> None:
     gateway, foo = problems(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: g}\n---\n"
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: g}\n---\n"
         "apiVersion: v1\nkind: Foo\nmetadata: {name: f}\n"
     )
-    supported = ("(supported: AuthorizationPolicy, Deployment, DestinationRule, EnvoyFilter, Gateway, "
-                 "GatewayClass, HTTPRoute, Namespace, PeerAuthentication, RequestAuthentication, Service, "
-                 "ServiceAccount, Telemetry, VirtualService)")
-    assert gateway.text == f"kind ServiceEntry is not supported by meshkit {supported}"
+    supported = ("(supported: AuthorizationPolicy, ConfigMap, Deployment, DestinationRule, EnvoyFilter, "
+                 "Gateway, GatewayClass, HTTPRoute, Namespace, PeerAuthentication, RequestAuthentication, "
+                 "Service, ServiceAccount, ServiceEntry, Telemetry, VirtualService)")
+    assert gateway.text == f"kind Sidecar is not supported by meshkit {supported}"
     assert foo.text == f"kind Foo is not a known kind {supported}"
 
 

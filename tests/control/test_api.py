@@ -100,8 +100,8 @@ async def test_not_found_conflict_and_limits(control_plane: RunningControlPlane,
     assert status == 400 and error["messages"][0]["field"] == "revision"
     status, error = await call(session, "GET", f"{base}/history/5")
     assert status == 404
-    status, error = await call(session, "GET", f"{base}/config/serviceentries")
-    assert status == 400 and "unknown resource kind 'serviceentries'" in error["error"]
+    status, error = await call(session, "GET", f"{base}/config/sidecars")
+    assert status == 400 and "unknown resource kind 'sidecars'" in error["error"]
     status, error = await call(session, "POST", f"{base}/apply", params={"expect_revision": "3"},
                                data=DESTINATION_RULE)
     assert status == 409 and "expected revision 3" in error["error"]
@@ -211,3 +211,20 @@ async def test_bad_telemetry_query_and_bad_ack_have_their_own_codes(
     assert status == 400 and [m["code"] for m in error["messages"]] == ["MK0960"]
     status, error = await call(session, "POST", f"{base}/xds/ack", json={"id": "x", "version": "v"})
     assert status == 400 and {m["code"] for m in error["messages"]} == {"MK0920"}
+
+
+async def test_the_external_host_map(
+        control_plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    base = control_plane.url + API
+    status, answer = await call(session, "GET", f"{base}/registry/external")
+    assert status == 200 and answer == {"hosts": {}, "real_dns": False}
+    hosts = {"httpbin.org:80": "127.0.0.1:8100"}
+    status, answer = await call(session, "PUT", f"{base}/registry/external", json={"hosts": hosts})
+    assert status == 200 and answer == {"hosts": hosts, "real_dns": False, "changed": True}
+    for bad, field in (({"hosts": {"httpbin.org": "127.0.0.1:1"}}, "hosts"),
+                       ({"hosts": ["httpbin.org:80"]}, "hosts"),
+                       ({"hosts": {}, "real_dns": "yes"}, "real_dns")):
+        status, error = await call(session, "PUT", f"{base}/registry/external", json=bad)
+        assert status == 400 and error["messages"][0]["field"] == field
+    status, answer = await call(session, "GET", f"{base}/registry/external")
+    assert answer == {"hosts": hosts, "real_dns": False}  # a refused change changed nothing

@@ -77,9 +77,11 @@ def test_gateway_only_wrong_namespace_and_source_labels_are_named() -> None:
     assert excluded["matched"] is None and excluded["causes"][0].startswith("NR: no rule of")
 
 
-def test_an_unknown_host_is_nr() -> None:
+def test_an_unknown_host_is_the_outbound_traffic_policys() -> None:
     answer = run(sample("destination-rule-all"), host="reveiws")
-    assert answer["matched"] is None and answer["causes"][0].startswith("NR: from productpage-v1 no service")
+    assert answer["matched"] is None
+    assert answer["causes"][0].startswith("ALLOW_ANY: from productpage-v1 no service")
+    assert "PassthroughCluster" in answer["causes"][0]
 
 
 async def test_api_and_cli_lines(control_plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:

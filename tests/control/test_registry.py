@@ -90,3 +90,18 @@ def test_registry_survives_reopening(tmp_path: Path) -> None:
     [registered] = reopened.endpoints()
     assert (registered.endpoint.healthy, registered.app_port) == (False, 9080)
     second.close()
+
+
+def test_the_external_host_map_is_in_the_view_and_survives_a_restart(tmp_path: Path) -> None:
+    registry = ServiceRegistry(open_database(tmp_path))
+    changes: list[int] = []
+    registry.subscribe(lambda: changes.append(1))
+    assert registry.set_external({"httpbin.org:80": "127.0.0.1:8100"}, real_dns=False)
+    assert not registry.set_external({"httpbin.org:80": "127.0.0.1:8100"}, real_dns=False)  # no change
+    assert changes == [1]
+    view = registry.view()
+    assert view.external_hosts == (("httpbin.org:80", "127.0.0.1:8100"),) and view.real_dns is False
+    again = ServiceRegistry(open_database(tmp_path))  # a restarted control plane
+    assert again.external() == {"hosts": {"httpbin.org:80": "127.0.0.1:8100"}, "real_dns": False}
+    assert again.set_external({}, real_dns=True)
+    assert ServiceRegistry(open_database(tmp_path)).view().real_dns is True

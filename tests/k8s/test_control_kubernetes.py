@@ -69,6 +69,7 @@ def local_plane(tmp_path: Path) -> Any:
     for workload in k.WORKLOADS:
         plane.registry.register_endpoint(parse_endpoint(k.local_endpoint(workload)))
     plane.store.apply(load_resources(k.ISTIO_YAML), plane.registry.view())
+    plane.registry.set_external({}, real_dns=True)  # as on a cluster: names resolve with its DNS
     yield plane
     plane.close()
 

@@ -78,6 +78,7 @@ def test_versions_and_groups_as_istio() -> None:
         "Telemetry": ("telemetry.istio.io", ["v1", "v1alpha1"]),
         "Gateway": ("networking.istio.io", ["v1", "v1beta1", "v1alpha3"]),
         "RequestAuthentication": ("security.istio.io", ["v1", "v1beta1"]),
+        "ServiceEntry": ("networking.istio.io", ["v1", "v1beta1", "v1alpha3"]),
     }
     names = {c["metadata"]["name"] for c in CRDS}
     assert "authorizationpolicies.security.istio.io" in names

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshkit.proxy.bodies import ObservedBody
+from meshkit.proxy.egress import EGRESS_CLUSTERS
 from meshkit.proxy.http import Filter, Handler, Request, Response
 from meshkit.proxy.stats import CLUSTER_ID, IstioMetrics, canonical_revision, canonical_service
 
@@ -132,6 +133,9 @@ def _source_labels(request: Request, status: int, flags: str) -> dict[str, str]:
         labels["destination_service"] = f"{service}.{namespace}.svc.cluster.local"
         labels["destination_service_name"] = service
         labels["destination_service_namespace"] = namespace
+    elif request.cluster in EGRESS_CLUSTERS:  # a host outside the registry (proxy/egress.py)
+        labels["destination_service"] = request.authority or UNKNOWN
+        labels["destination_service_name"] = request.cluster
     return labels
 
 

@@ -3,7 +3,9 @@
 Sets ``request.route`` (the route's snapshot dict, which the traffic filters read) and
 ``request.cluster``; applies the route's and the destination's request header operations
 and URI rewrite on the way down and their response header operations on the way up.
-Answers 404 ``NR`` when no virtual host or route matches and 503 ``NC`` when the picked
+A host no virtual host serves is ``Snapshot.egress``'s on a sidecar (``PassthroughCluster`` or
+``BlackHoleCluster``, meshkit.proxy.egress); answers 404 ``NR`` when no route (or, on a gateway,
+no virtual host) matches and 503 ``NC`` when the picked
 cluster is not in the snapshot (docs/snapshot.md).
 
 This is where the outbound chain forks: ``route_step(chains)`` is the handler at the end of
@@ -32,6 +34,9 @@ def route_step(chains: ScopedChains[RouteDoc]) -> Handler:
         config = request.config
         vhost, matched_route, matched = config.routes.route(request)
         if matched_route is None:
+            egress = config.egress
+            if vhost is None and egress is not None:  # a sidecar, a host the mesh does not know
+                return egress.unmatched(request, chains.terminal)  # outboundTrafficPolicy (proxy/egress.py)
             where = "no virtual host" if vhost is None else f"no route in virtual host '{vhost.name}'"
             return answered(Response.local(
                 404, f"{where} matches host '{request.authority}' path '{request.path}'\n", "NR"

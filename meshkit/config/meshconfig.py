@@ -1,0 +1,157 @@
+"""Istio's mesh config as Istio keeps it: the ``istio`` ConfigMap in ``istio-system``, key ``mesh`` (YAML).
+
+``istioctl install --set meshConfig.X=Y`` writes that ConfigMap; ``kubectl apply`` of it changes
+the mesh config. meshkit reads the same object: ``meshkit up --set meshConfig...`` applies it,
+and ``meshkit apply -f`` of Istio's own ConfigMap does too. Any other ConfigMap is still left
+out with MK0009 (`is_mesh_config_map` is the loader's test). What the compiler takes from it
+(`mesh_settings`, the snapshot's ``mesh`` section): ``outboundTrafficPolicy.mode`` (ALLOW_ANY |
+REGISTRY_ONLY) and ``pathNormalization``; the other meshConfig fields are accepted and have no
+effect on the local mesh.
+
+Pure data: no sockets, no files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import yaml
+from pydantic import field_validator, model_validator
+
+from meshkit.config.workloads import CoreResource
+
+ROOT_NAMESPACE = "istio-system"
+MESH_CONFIG_MAP = "istio"
+MESH_KEY = "mesh"
+OUTBOUND_POLICIES = ("ALLOW_ANY", "REGISTRY_ONLY")
+DEFAULT_OUTBOUND_POLICY = "ALLOW_ANY"  # Istio's default (meshConfig.outboundTrafficPolicy.mode)
+PATH_NORMALIZATIONS = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
+DEFAULT_PATH_NORMALIZATION = "BASE"  # Istio's meshConfig.pathNormalization default (1.8+)
+
+
+def is_mesh_config_map(document: Mapping[str, Any]) -> bool:
+    """Is this document Istio's mesh config (ConfigMap ``istio`` in ``istio-system``)?"""
+    meta = document.get("metadata")
+    return (document.get("kind") == "ConfigMap" and isinstance(meta, dict)
+            and meta.get("name") == MESH_CONFIG_MAP and meta.get("namespace") == ROOT_NAMESPACE)
+
+
+def outbound_policy(mesh_config: Mapping[str, Any] | None) -> str:
+    """``outboundTrafficPolicy.mode`` of a meshConfig (ALLOW_ANY when unset); ValueError when bad."""
+    policy = (mesh_config or {}).get("outboundTrafficPolicy")
+    if policy is None:
+        return DEFAULT_OUTBOUND_POLICY
+    if not isinstance(policy, dict):
+        raise ValueError(f"outboundTrafficPolicy: expected an object with 'mode', got {policy!r}")
+    mode = policy.get("mode", DEFAULT_OUTBOUND_POLICY)
+    if mode not in OUTBOUND_POLICIES:
+        raise ValueError(f"outboundTrafficPolicy.mode: {mode!r} is not one of {', '.join(OUTBOUND_POLICIES)}")
+    return str(mode)
+
+
+def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The snapshot's ``mesh`` section from Istio's ``meshConfig`` (its YAML shape).
+
+    ``pathNormalization.normalization``: NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES,
+    Istio's default BASE (istio/api mesh/v1alpha1 ``MeshConfig.ProxyPathNormalization``, 1.8+).
+    """
+    config = mesh_config or {}
+    normalization = (config.get("pathNormalization") or {}).get("normalization") or DEFAULT_PATH_NORMALIZATION
+    if normalization not in PATH_NORMALIZATIONS:
+        raise ValueError(
+            f"meshConfig.pathNormalization.normalization: {normalization!r} is not one of "
+            f"{', '.join(PATH_NORMALIZATIONS)}"
+        )
+    return {"path_normalization": normalization, "outbound_traffic_policy": outbound_policy(config)}
+
+
+def parse_mesh(text: str) -> dict[str, Any]:
+    """The ``mesh`` key's YAML -> meshConfig dict (ValueError naming what is wrong)."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"data.mesh: not valid YAML: {exc}") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"data.mesh: expected a YAML mapping (meshConfig), got {type(value).__name__}")
+    try:
+        mesh_settings(value)  # what the compiler reads from it must be valid
+    except ValueError as exc:
+        raise ValueError(f"data.mesh: {exc}") from None
+    return value
+
+
+def set_values(assignments: Sequence[str]) -> dict[str, Any]:
+    """``istioctl install --set`` values under ``meshConfig.`` -> a meshConfig dict.
+
+    ``["meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY"]`` -> ``{"outboundTrafficPolicy":
+    {"mode": "REGISTRY_ONLY"}}``. ValueError for anything that is not ``meshConfig.PATH=VALUE``.
+    """
+    config: dict[str, Any] = {}
+    for item in assignments:
+        path, sep, raw = item.partition("=")
+        parts = path.strip().split(".")
+        if not sep or len(parts) < 2 or parts[0] != "meshConfig" or not all(parts[1:]):
+            raise ValueError(f"--set {item!r}: expected meshConfig.FIELD=VALUE "
+                             "(e.g. meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY)")
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        node = config
+        for part in parts[1:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {item!r}: {part} is already a value")
+            node = child
+        node[parts[-1]] = value
+    try:
+        outbound_policy(config)
+    except ValueError as exc:
+        raise ValueError(f"--set meshConfig.{exc}") from None
+    return config
+
+
+def mesh_config_map(mesh_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``istio`` ConfigMap document holding ``mesh_config`` (what istioctl install writes)."""
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": MESH_CONFIG_MAP, "namespace": ROOT_NAMESPACE},
+        "data": {MESH_KEY: yaml.safe_dump(dict(mesh_config), sort_keys=True)},
+    }
+
+
+class ConfigMap(CoreResource):
+    """Istio's mesh config ConfigMap (the only ConfigMap the loader models; see the module docstring)."""
+
+    kind: Literal["ConfigMap"] = "ConfigMap"
+    data: dict[str, str] | None = None
+    spec: None = None
+
+    @field_validator("data")
+    @classmethod
+    def _mesh_is_mesh_config(cls, data: dict[str, str] | None) -> dict[str, str] | None:
+        if data is not None and MESH_KEY in data:
+            parse_mesh(data[MESH_KEY])
+        return data
+
+    @model_validator(mode="after")
+    def _only_the_mesh_config(self) -> ConfigMap:
+        if (self.metadata.name, self.metadata.namespace) != (MESH_CONFIG_MAP, ROOT_NAMESPACE):
+            raise ValueError(f"only ConfigMap {ROOT_NAMESPACE}/{MESH_CONFIG_MAP} (Istio's mesh config) "
+                             "is modelled; other ConfigMaps are ignored")
+        return self
+
+    @property
+    def mesh_config(self) -> dict[str, Any]:
+        return parse_mesh((self.data or {}).get(MESH_KEY, ""))
+
+
+def mesh_config_of(
+    resources: Sequence[Any], base: Mapping[str, Any] | None = None
+) -> Mapping[str, Any] | None:
+    """The meshConfig in effect: Istio's ConfigMap when one is applied (it replaces the whole mesh
+    config, as on Istio), else ``base``."""
+    for resource in resources:
+        if isinstance(resource, ConfigMap):
+            return resource.mesh_config
+    return base

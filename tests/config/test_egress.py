@@ -1,0 +1,103 @@
+"""ServiceEntry in the compiled snapshot: Istio's "Accessing External Services" YAML, verbatim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from meshkit.config.compile import compile_snapshot
+from meshkit.config.loader import load_resources
+from meshkit.config.messages import ConfigError
+from meshkit.config.registry import RegistryView
+from meshkit.proxy.snapshot import Snapshot
+from tests.config.bookinfo import node_for, sample
+from tests.config.test_compile_contract import GATEWAY as GATEWAY_NODE
+
+STAND_IN = "127.0.0.1:8100"
+HOSTS = {"httpbin.org:80": STAND_IN}
+
+
+def _compiled(*names: str, hosts: dict[str, str] | None = None, real_dns: bool = False,
+              node: Any = None) -> dict[str, Any]:
+    registry = RegistryView(external_hosts=tuple((hosts if hosts is not None else HOSTS).items()),
+                            real_dns=real_dns)
+    doc = compile_snapshot(sample(*names), registry, node or node_for("productpage"))
+    Snapshot.from_json(doc)  # the sidecar takes it
+    return doc
+
+
+def _vhost(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    [vhost] = [v for v in doc["outbound"]["virtual_hosts"] if v["name"] == name]
+    return vhost
+
+
+def test_an_http_service_entry_is_a_virtual_host_and_a_cluster_at_its_stand_in() -> None:
+    doc = _compiled("egress-serviceentry-httpbin-ext")
+    vhost = _vhost(doc, "httpbin.org:80")
+    assert vhost["domains"] == ["httpbin.org", "httpbin.org:80"]
+    assert vhost["routes"][0]["route"][0]["cluster"] == "httpbin.org|"
+    cluster = doc["clusters"]["httpbin.org|"]
+    assert [(e["address"], e["port"]) for e in cluster["endpoints"]] == [("127.0.0.1", 8100)]
+    assert cluster["tls"] == {"mode": "DISABLE", "server_identities": []}  # outside the mesh: no mTLS
+
+
+def test_without_a_stand_in_or_real_dns_there_is_no_endpoint() -> None:
+    doc = _compiled("egress-serviceentry-httpbin-ext", hosts={})
+    assert doc["clusters"]["httpbin.org|"]["endpoints"] == []  # 503 UH, never a real host
+    real = _compiled("egress-serviceentry-httpbin-ext", hosts={}, real_dns=True)
+    assert [(e["address"], e["port"]) for e in real["clusters"]["httpbin.org|"]["endpoints"]] == [
+        ("httpbin.org", 80)]
+
+
+def test_the_timeout_virtual_service_applies_to_the_external_host() -> None:
+    doc = _compiled("egress-serviceentry-httpbin-ext", "egress-virtualservice-httpbin-ext-timeout")
+    [route] = _vhost(doc, "httpbin.org:80")["routes"]
+    assert route["timeout_ms"] == 3000
+    assert route["route"] == [{"cluster": "httpbin.org|", "weight": 100, "headers": None}]
+    assert [v["name"] for v in doc["outbound"]["virtual_hosts"]].count("httpbin.org") == 0  # no second one
+
+
+def test_an_https_service_entry_adds_no_http_virtual_host() -> None:
+    doc = _compiled("egress-serviceentry-google")
+    assert not [v for v in doc["outbound"]["virtual_hosts"] if "www.google.com" in v["domains"]]
+
+
+def test_a_gateway_gets_no_service_entry_host() -> None:
+    doc = _compiled("egress-serviceentry-httpbin-ext", node=GATEWAY_NODE)
+    assert "httpbin.org|" not in doc["clusters"]
+
+
+def test_static_endpoints_and_export_to() -> None:
+    text = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{address: 127.0.0.2, ports: {http: 9999}}, {address: 127.0.0.3}]
+"""
+    doc = compile_snapshot(load_resources(text), RegistryView(), node_for("productpage"))
+    assert [(e["address"], e["port"]) for e in doc["clusters"]["api.example.com|"]["endpoints"]] == [
+        ("127.0.0.2", 9999), ("127.0.0.3", 80)]
+    hidden = text.replace("location: MESH_EXTERNAL", "location: MESH_EXTERNAL\n  exportTo: [other]")
+    doc = compile_snapshot(load_resources(hidden), RegistryView(), node_for("productpage"))
+    assert "api.example.com|" not in doc["clusters"]
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ("resolution: DNS", "spec.resolution"),
+    ("location: MESH_EXTERNAL", "spec.location"),
+])
+def test_bad_enum_values_are_named(change: str, field: str) -> None:
+    sample_text = (
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\n"
+        "spec:\n  hosts: [a.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n"
+        "  resolution: DNS\n  location: MESH_EXTERNAL\n"
+    ).replace(change, change.split(":", maxsplit=1)[0] + ": BOGUS")
+    with pytest.raises(ConfigError) as error:
+        load_resources(sample_text)
+    assert field in str(error.value)
