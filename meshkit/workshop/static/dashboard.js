@@ -163,8 +163,15 @@ function renderGrid(state) {
     const reset = el("button", { type: "button", class: "reset", text: "reset",
       title: "Reset this attendee's progress" });
     reset.addEventListener("click", () => resetAttendee(attendee));
+    const remove = el("button", { type: "button", class: "remove", text: "remove",
+      title: "Remove this attendee from the room (their results stop counting)" });
+    remove.addEventListener("click", () => removeAttendee(attendee));
+    const refused = (state.throttled || {})[attendee.id] || 0;
+    const limited = refused ? el("span", { class: "throttled", text: refused + " rate-limited",
+      title: refused + " result requests refused by the rate limit" }) : "";
     const row = el("tr", { dataset: { attendee: attendee.id } },
-      el("th", { class: "name", scope: "row" }, el("span", { class: "attendee-name", text: attendee.name }), reset),
+      el("th", { class: "name", scope: "row" }, el("span", { class: "attendee-name", text: attendee.name }),
+        reset, remove, limited),
       el("td", { class: "done", text: String(attendee.passed) }));
     attendee.cells.forEach((cell, i) => {
       const [lab, step] = state.columns[i];
@@ -217,6 +224,7 @@ function renderLists(state) {
       : item.kind === "release" ? "solution released: " + item.lab + (item.step ? " / " + item.step : "")
       : item.kind === "lock" || item.kind === "unlock" ? item.kind + "ed " + item.lab
       : item.kind === "reset" ? "progress reset"
+      : item.kind === "remove" ? "removed from the room"
       : item.kind === "solution" ? "revealed the solution of " + item.lab + " / " + item.step
       : item.kind === "broadcast" ? "broadcast: " + item.text : item.kind;
     return el("li", { class: "feed-" + item.kind },
@@ -289,6 +297,12 @@ async function resetAttendee(attendee) {
   if (!confirm("Reset the progress of " + attendee.name + "?")) return;
   await action("/api/instructor/attendees/" + encodeURIComponent(attendee.id) + "/reset", {},
     () => "progress of " + attendee.name + " reset");
+}
+
+async function removeAttendee(attendee) {
+  if (!confirm("Remove " + attendee.name + " from the workshop? Their results stop counting.")) return;
+  await action("/api/instructor/attendees/" + encodeURIComponent(attendee.id) + "/remove", {},
+    () => attendee.name + " removed");
 }
 
 async function exportCsv() {
