@@ -3,9 +3,10 @@
 `board_state` returns one JSON-ready dict that the dashboard page renders (and that the SSE stream
 sends on every change). Columns are (lab, step) pairs: labs in name order, steps in the order a
 notebook announced them (outline), then in the order results first arrived. Cells are compact:
-``null`` (not started), ``["p", passed_at]``, ``["f", last_reason, failing_since, failures]`` or, for
-a step that passed before and fails now, ``["r", last_reason, failing_since, failures]`` (regressed:
-progress is the learner's state now). ``solutions`` lists who revealed which step's solution;
+``null`` (not started), ``["p", passed_at]``, ``["f", last_reason, failing_since, failures]`` (times
+in whole seconds, to keep the board small) or, for a step that passed before and fails now,
+``["r", last_reason, failing_since, failures]`` (regressed: progress is the learner's state
+now). ``solutions`` lists who revealed which step's solution;
 ``throttled`` counts, per attendee, the result requests the rate limit refused. Removed attendees
 are not on the board and their results do not count (timeline, feed).
 """
@@ -79,10 +80,11 @@ def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any
         if passed:
             row["passed"] += 1
             counts["passed"] += 1
-            row["cells"][index[(lab, step)]] = ["p", passed_at]
+            row["cells"][index[(lab, step)]] = ["p", round(passed_at)]
             continue
         counts["failing"] += 1
-        row["cells"][index[(lab, step)]] = ["r" if passed_at else "f", reason, failing_since, failures]
+        since = round(failing_since or last_at)
+        row["cells"][index[(lab, step)]] = ["r" if passed_at else "f", reason, since, failures]
         stuck.append({"attendee": attendee_id, "name": row["name"], "lab": lab, "step": step,
                       "since": failing_since, "last_at": last_at, "reason": reason})
     stuck = _longest_stuck(stuck)

@@ -2,8 +2,12 @@
 
 Every change to the store calls `ChangeFeed.notify`; each open dashboard stream waits for it,
 lets a burst settle (``settle`` seconds, so 50 attendees reporting at once cost one update, not 50)
-and sends the whole board as one ``event: board``. A comment line every ``keepalive`` seconds keeps
-idle connections (and proxies) open. Streams are bounded in number; closing the feed ends them.
+and sends what changed since its last frame: ``event: patch`` with the attendee rows that changed
+(``rows``) and the other top-level fields that changed, or the whole board as ``event: board``
+when the attendee list or the columns changed (and as the first frame). With 100 attendees x 10
+labs the whole board is ~200 kB; a patch after one result is one row plus the lists (a few kB,
+see benchmarks/README.md). A comment line every ``keepalive`` seconds keeps idle connections (and
+proxies) open. Streams are bounded in number; closing the feed ends them.
 
 A dashboard that stops reading (a laptop lid closed, a half-open TCP connection) must not hold the
 server's memory or a stream slot: each stream's kernel send buffer is bounded (``send_buffer``),
@@ -73,6 +77,25 @@ def _frame(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+def board_patch(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any] | None:
+    """What changed from ``previous`` to ``current`` (see the module doc); None: send the board."""
+    old_rows, new_rows = previous.get("attendees", []), current.get("attendees", [])
+    if previous.get("columns") != current.get("columns") or \
+            [row["id"] for row in old_rows] != [row["id"] for row in new_rows]:
+        return None
+    patch = {key: value for key, value in current.items()
+             if key != "attendees" and previous.get(key) != value}
+    patch["rows"] = [row for old, row in zip(old_rows, new_rows, strict=True) if old != row]
+    return patch
+
+
+def apply_patch(state: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The board a client has after ``patch`` (what dashboard.js does; for Python followers)."""
+    rows = {row["id"]: row for row in patch.get("rows", [])}
+    rest = {key: value for key, value in patch.items() if key != "rows"}
+    return {**state, **rest, "attendees": [rows.get(row["id"], row) for row in state["attendees"]]}
+
+
 def _bound_socket(request: web.Request, send_buffer: int, write_timeout: float) -> None:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None:
@@ -110,7 +133,8 @@ async def stream_board(request: web.Request, feed: ChangeFeed, board: Callable[[
                 return False
             return True
 
-        if not await send(b"retry: 1000\n\n" + _frame("board", board())):
+        last = board()
+        if not await send(b"retry: 1000\n\n" + _frame("board", last)):
             return response
         while not feed.closed:
             try:
@@ -121,6 +145,11 @@ async def stream_board(request: web.Request, feed: ChangeFeed, board: Callable[[
                 continue
             await asyncio.sleep(settle)
             changed.clear()
-            if feed.closed or not await send(_frame("board", board())):
+            if feed.closed:
+                break
+            current = board()
+            patch = board_patch(last, current)
+            last = current
+            if not await send(_frame("board", current) if patch is None else _frame("patch", patch)):
                 break
         return response

@@ -196,3 +196,34 @@ async def test_a_dashboard_that_stops_reading_is_dropped_and_others_stay_live(
             await async_wait_until(lambda: shown("after"), 30, "the live dashboard to stay live")
             reader.cancel()
         stalled.close()
+
+
+def test_a_live_update_after_one_result_is_one_row_with_100_attendees_x_10_labs(tmp_path: Path) -> None:
+    from meshkit.lab import catalog  # noqa: PLC0415
+    from meshkit.workshop import board, events, live  # noqa: PLC0415
+    from meshkit.workshop.storage import WorkshopStore  # noqa: PLC0415
+
+    store = WorkshopStore(tmp_path / "server")
+    labs = {name: [step.id for step in spec.steps] for name in catalog.names()
+            if (spec := catalog.get(name)) is not None}
+    assert len(labs) == 10
+    for lab, steps in labs.items():
+        store.set_outline(lab, steps)
+    ids = [store.add_attendee(f"attendee {n:03d}")[0].id for n in range(100)]
+    for n, attendee in enumerate(ids):
+        store.record_results(attendee, [events.new_result(lab, step, (n + i) % 5 != 0, "v3 got 0% of traffic")
+                                        for lab, steps in labs.items() for i, step in enumerate(steps)])
+    cache = board.BoardCache(store)
+    before = cache.get()
+    lab, steps = next(iter(labs.items()))
+    store.record_results(ids[42], [events.new_result(lab, steps[0], True)])
+    after = cache.get()
+    patch = live.board_patch(before, after)
+    assert patch is not None and [row["id"] for row in patch["rows"]] == [ids[42]]
+    assert live.apply_patch(before, patch) == after
+    whole, small = len(live._frame("board", after)), len(live._frame("patch", patch))
+    assert small * 10 < whole, (small, whole)  # figures for 100 x 10 in benchmarks/README.md
+    # a new attendee changes the row list: the whole board goes out again
+    store.add_attendee("late")
+    assert live.board_patch(after, cache.get()) is None
+    store.close()

@@ -117,7 +117,17 @@ function handleFrame(frame) {
     if (line.startsWith("event:")) event = line.slice(6).trim();
     else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
   }
-  if (event === "board" && data.length) render(JSON.parse(data.join("\n")));
+  if (!data.length) return;
+  if (event === "board") render(JSON.parse(data.join("\n")));
+  else if (event === "patch" && board) render(applyPatch(board, JSON.parse(data.join("\n"))));
+}
+
+// A live update after the first board: the rows that changed (by attendee id) and the other
+// top-level fields that changed; the attendee list and the columns are those of the last board.
+function applyPatch(state, patch) {
+  const rows = new Map((patch.rows || []).map((row) => [row.id, row]));
+  delete patch.rows;
+  return { ...state, ...patch, attendees: state.attendees.map((row) => rows.get(row.id) || row) };
 }
 
 // -- rendering ------------------------------------------------------------------------------------
