@@ -116,6 +116,10 @@ def jupyterlab(scratch: Path, env: dict[str, str]) -> Iterator[JupyterLab]:
     full_env = {**os.environ, **env, "JUPYTER_CONFIG_DIR": str(scratch / "config"),
                 "JUPYTER_DATA_DIR": str(scratch / "data"), "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"),
                 "IPYTHONDIR": str(scratch / "ipython")}
+    # no "get notified about official Jupyter news?" toast over the notebook (and its screenshots)
+    settings = scratch / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     with (scratch / "jupyterlab.log").open("w") as log:
         proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
