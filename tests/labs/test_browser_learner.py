@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,56 @@ def test_a_learner_types_a_solution_sees_the_step_done_and_a_broadcast_arrive(
     row = next(r for r in state["attendees"] if r["id"] == learner.id)
     column = state["columns"].index([LAB, STEP])
     assert row["cells"][column] is not None and row["cells"][column][0] == "p", row["cells"]
+
+
+ALL_CODE_CELLS_RAN = """() => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const cells = panel.content.widgets.filter((cell) => cell.model.type === 'code');
+  return cells.every((cell) => cell.model.executionCount !== null)
+    && panel.sessionContext.session?.kernel?.status === 'idle';
+}"""
+
+
+@pytest.fixture(scope="module")
+def learner_lab(lab_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One JupyterLab (lenient checks, no retries: the learner editions' checks fail fast) and one
+    browser for the screenshots of every lab."""
+    env = {**lab_env, "MESHKIT_LAB_STRICT": "0", "MESHKIT_LAB_RETRY_FOR": "0"}
+    with jupyterlab(tmp_path_factory.mktemp("jupyterlab-learner"), env) as server, chromium() as browser:
+        yield server, browser
+    assert not browser.outside, f"requests left the machine: {browser.outside[:5]}"
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in LABS.glob("*.ipynb")))
+def test_every_learner_edition_runs_and_renders_in_jupyterlab(name: str, learner_lab: Any,
+                                                              tmp_path: Path) -> None:
+    """Run All on the learner edition: every code cell runs (no traceback), no widget error, the
+    progress widget shows no exercised step done; a screenshot of its top for docs/images/labs/."""
+    server, browser = learner_lab
+    shots = DOCS_IMAGES if os.environ.get("MESHKIT_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    page = browser.open_notebook(server.add(LABS / name), name)
+    try:
+        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        failed = outputs(page).filter(has_text="Traceback")
+        page.wait_for_function(f"() => ({ALL_CODE_CELLS_RAN})() || [...document.querySelectorAll("
+                               "'.jp-OutputArea-output')].some((o) => o.textContent.includes('Traceback'))",
+                               timeout=RUN_TIMEOUT_MS)
+        assert not failed.count(), f"{name}: a cell failed:\n{failed.first.inner_text()[:2000]}"
+        for trouble in ("Error displaying widget", "Loading widget"):
+            assert not outputs(page).filter(has_text=trouble).count(), f"{name}: an output says {trouble!r}"
+        has_bar = page.locator(".widget-hprogress")
+        progress = outputs(page).locator(".widget-vbox").filter(has=has_bar).first
+        progress.wait_for(state="attached", timeout=WAIT_MS)
+        progress.scroll_into_view_if_needed()
+        progress.wait_for(state="visible", timeout=WAIT_MS)
+        page.screenshot(path=str(shots / name.replace(".ipynb", ".png")))
+        spec = catalog.get(name.removesuffix(".ipynb"))
+        assert spec is not None
+        shown = progress.text_content() or ""
+        for step in spec.steps:
+            if step.exercise != "none":
+                assert f"✔ {step.title}" not in shown, f"{name}: Run All did step {step.id}"
+    finally:
+        page.close()
+        server.shutdown_kernels()
