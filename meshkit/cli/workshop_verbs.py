@@ -24,7 +24,7 @@ def _default_state_dir() -> Path:
 
 
 @workshop_app.command()
-def serve(
+def serve(  # noqa: PLR0917 (typer maps parameters to options)
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for a room on the same network).")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 15080,
@@ -36,11 +36,21 @@ def serve(
     max_attendees: Annotated[int, typer.Option(
         "--max-attendees", min=1, max=500, help="Cap on attendees: a join beyond it is refused (409).")]
     = 500,
+    results_per_second: Annotated[float, typer.Option(
+        "--results-per-second", min=0.01, max=1000,
+        help="Result requests per second per attendee beyond a burst; more get 429 with Retry-After.")]
+    = 2.0,
+    results_burst: Annotated[int, typer.Option(
+        "--results-burst", min=1, max=10000, help="Result requests an attendee may send at once.")] = 30,
+    idle_timeout: Annotated[float, typer.Option(
+        "--idle-timeout", min=1, max=3600,
+        help="Seconds before a connection with no request (or half of one) is closed.")] = 30.0,
 ) -> None:
     """Run the instructor server: prints the instructor token, the join code and the dashboard URL.
     The labs and their steps come from meshkit's lab catalog: attendees cannot add steps, and a
     release or lock of a lab or step that does not exist is refused with the valid ids."""
     from meshkit.lab import catalog  # noqa: PLC0415
+    from meshkit.workshop.limits import RoomLimits  # noqa: PLC0415
     from meshkit.workshop.server import serve as run  # noqa: PLC0415
 
     outlines = {name: [step.id for step in spec.steps]
@@ -50,8 +60,10 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {host} over plain HTTP; put it behind HTTPS outside a trusted room")
     try:
+        limits = RoomLimits(results_per_second=results_per_second, results_burst=results_burst,
+                            idle_timeout=idle_timeout)
         run(host, port, directory, title=title, outlines=outlines, max_attendees=max_attendees,
-            announce=lambda line: print(line, flush=True))
+            limits=limits, announce=lambda line: print(line, flush=True))
     except OSError as error:
         _fail(EXIT_UNAVAILABLE, f"error: cannot serve the workshop on {host}:{port}: {error}")
 

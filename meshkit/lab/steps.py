@@ -260,7 +260,8 @@ class Lab:
             raise LabError(f"step {step_id!r} of lab {self.name!r} is not a prediction")
         choices = "\n".join(f"  {c}" for c in spec.choices)
         if answer is None:
-            return Note(f"Predict: {spec.title}", f"{spec.task}\n{choices}\n"
+            title = spec.title if spec.title.startswith("Predict") else f"Predict: {spec.title}"
+            return Note(title, f"{spec.task}\n{choices}\n"
                         f'Answer with lab.predict("{step_id}", "<one of the choices>").')
         picked = _choice(answer, spec.choices)
         if picked is None:

@@ -3,15 +3,19 @@
 `board_state` returns one JSON-ready dict that the dashboard page renders (and that the SSE stream
 sends on every change). Columns are (lab, step) pairs: labs in name order, steps in the order a
 notebook announced them (outline), then in the order results first arrived. Cells are compact:
-``null`` (not started), ``["p", passed_at]``, ``["f", last_reason, failing_since, failures]`` or, for
-a step that passed before and fails now, ``["r", last_reason, failing_since, failures]`` (regressed:
-progress is the learner's state now). ``solutions`` lists who revealed which step's solution.
+``null`` (not started), ``["p", passed_at]``, ``["f", last_reason, failing_since, failures]`` (times
+in whole seconds, to keep the board small) or, for a step that passed before and fails now,
+``["r", last_reason, failing_since, failures]`` (regressed: progress is the learner's state
+now). ``solutions`` lists who revealed which step's solution;
+``throttled`` counts, per attendee, the result requests the rate limit refused. Removed attendees
+are not on the board and their results do not count (timeline, feed).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from meshkit.workshop.storage import WHOLE_LAB, WorkshopStore
@@ -20,6 +24,8 @@ STUCK_LIMIT = 10
 HARDEST_LIMIT = 8
 FEED_LIMIT = 25
 TIMELINE_BUCKETS = 30
+# results that count: not those of a removed attendee
+_COUNTED = "attendee_id NOT IN (SELECT id FROM attendees WHERE removed_at IS NOT NULL)"
 
 
 def columns(store: WorkshopStore) -> list[tuple[str, str]]:
@@ -35,16 +41,20 @@ def columns(store: WorkshopStore) -> list[tuple[str, str]]:
 class BoardCache:
     """One board per store version, shared by every open dashboard (``now`` is always fresh)."""
 
-    def __init__(self, store: WorkshopStore) -> None:
+    def __init__(self, store: WorkshopStore, throttled: Mapping[str, int] | None = None) -> None:
         self._store = store
         self._version = -1
         self._board: dict[str, Any] = {}
+        self._throttled = throttled if throttled is not None else {}
 
     def get(self) -> dict[str, Any]:
         if self._version != self._store.version:
             self._board = board_state(self._store)
             self._version = self._store.version
-        return {**self._board, "now": time.time()}
+        # result requests refused by the rate limit, per attendee (live counts, not in the store)
+        present = {row["id"] for row in self._board["attendees"]}
+        throttled = {a: n for a, n in self._throttled.items() if a in present}
+        return {**self._board, "now": time.time(), "throttled": throttled}
 
 
 def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any]:
@@ -53,7 +63,8 @@ def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any
     index = {key: i for i, key in enumerate(cols)}
     attendees: dict[str, dict[str, Any]] = {}
     for attendee_id, name, joined_at, last_seen in store.rows(
-            "SELECT id, name, joined_at, last_seen FROM attendees ORDER BY joined_at, id"):
+            "SELECT id, name, joined_at, last_seen FROM attendees WHERE removed_at IS NULL "
+            "ORDER BY joined_at, id"):
         attendees[attendee_id] = {"id": attendee_id, "name": name, "joined_at": joined_at,
                                   "last_seen": last_seen, "passed": 0, "cells": [None] * len(cols)}
     stuck: list[dict[str, Any]] = []
@@ -69,10 +80,11 @@ def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any
         if passed:
             row["passed"] += 1
             counts["passed"] += 1
-            row["cells"][index[(lab, step)]] = ["p", passed_at]
+            row["cells"][index[(lab, step)]] = ["p", round(passed_at)]
             continue
         counts["failing"] += 1
-        row["cells"][index[(lab, step)]] = ["r" if passed_at else "f", reason, failing_since, failures]
+        since = round(failing_since or last_at)
+        row["cells"][index[(lab, step)]] = ["r" if passed_at else "f", reason, since, failures]
         stuck.append({"attendee": attendee_id, "name": row["name"], "lab": lab, "step": step,
                       "since": failing_since, "last_at": last_at, "reason": reason})
     stuck = _longest_stuck(stuck)
@@ -92,7 +104,7 @@ def board_state(store: WorkshopStore, now: float | None = None) -> dict[str, Any
         "title": workshop.title, "join_code": workshop.join_code, "now": now, "version": store.version,
         "columns": [list(key) for key in cols], "labs": labs,
         "attendees": list(attendees.values()), "stuck": stuck, "hardest": hardest,
-        "timeline": _timeline(store, now), "feed": _feed(store, attendees),
+        "timeline": _timeline(store, now), "feed": _feed(store),
         "messages": view["messages"][-10:],
         "solutions": [{"attendee": a, "name": attendees[a]["name"], "lab": lab, "step": step, "at": at}
                       for a, lab, step, at in store.rows(
@@ -120,20 +132,22 @@ def _timeline(store: WorkshopStore, now: float) -> dict[str, Any]:
     passes, fails = [0] * TIMELINE_BUCKETS, [0] * TIMELINE_BUCKETS
     for slot, passed, count in store.rows(
             "SELECT CAST((at - ?) / ? AS INTEGER) AS slot, passed, COUNT(*) FROM results WHERE at >= ? "
-            "GROUP BY slot, passed", (start, bucket, start)):
+            f"AND {_COUNTED} GROUP BY slot, passed", (start, bucket, start)):
         (passes if passed else fails)[min(TIMELINE_BUCKETS - 1, int(slot))] += count
     return {"start": start, "bucket": bucket, "passes": passes, "fails": fails}
 
 
-def _feed(store: WorkshopStore, attendees: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _feed(store: WorkshopStore) -> list[dict[str, Any]]:
     """The latest results and instructor actions, newest first."""
+    names = dict(store.rows("SELECT id, name FROM attendees"))  # a removed attendee keeps a name here
+
     def name(attendee_id: str | None) -> str | None:
-        row = attendees.get(attendee_id or "")
-        return row["name"] if row else None
+        return names.get(attendee_id or "")
 
     items = [{"at": at, "kind": "pass" if passed else "fail", "name": name(a), "lab": lab, "step": step,
               "text": reason} for a, lab, step, passed, reason, at in store.rows(
-        "SELECT attendee_id, lab, step, passed, reason, received FROM results ORDER BY seq DESC LIMIT ?",
+        f"SELECT attendee_id, lab, step, passed, reason, received FROM results WHERE {_COUNTED} "
+        "ORDER BY seq DESC LIMIT ?",
         (FEED_LIMIT,))]
     items += [{"at": at, "kind": kind, "name": name(a), "lab": lab, "step": step, "text": text}
               for at, kind, a, lab, step, text in store.rows(

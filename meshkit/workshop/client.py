@@ -76,7 +76,12 @@ def _database(state_dir: Path) -> Iterator[sqlite3.Connection]:
 
 
 class _Transient(Exception):
-    """The server did not answer (down, restarting, network): try again later."""
+    """The server did not answer (down, restarting, network) or asked to slow down: try again later
+    (``retry_after`` seconds at the earliest, when the server said so)."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def _request(method: str, url: str, body: object | None = None, token: str | None = None,
@@ -94,6 +99,13 @@ def _request(method: str, url: str, body: object | None = None, token: str | Non
     except urllib.error.HTTPError as error:
         if error.code >= 500:
             raise _Transient(f"HTTP {error.code}") from None
+        if error.code == 429:  # rate limited: the results stay queued until Retry-After
+            try:
+                wait = float(error.headers.get("Retry-After") or 1)
+            except ValueError:
+                wait = 1.0
+            raise _Transient(f"rate limited by the workshop server (retry after {wait:g} s)",
+                             min(max(wait, 0.0), MAX_BACKOFF)) from None
         try:
             answer = json.loads(error.read() or b"null")
         except ValueError:
@@ -182,6 +194,8 @@ class Attendee:
         self.state_dir = Path(state_dir)
         self.timeout = timeout
         self.last_error: str | None = None
+        self.removed: str | None = None  # the server's message once the instructor removed us
+        self._retry_after = 0.0
         self._token = token
         self._flush_lock = threading.Lock()
         self._retrier: threading.Thread | None = None
@@ -199,12 +213,17 @@ class Attendee:
         ``kind="solution"`` that the learner revealed the step's solution; True if the server has
         it now, False if it is queued for retry. Raises `events.InputError` only for bad ids."""
         event = events.new_result(lab, step, bool(passed), reason[: events.MAX_REASON], at, kind=kind)
+        if self.removed is not None:  # the instructor took us out of the room: nothing more to send
+            self.last_error = self.removed
+            return False
         with _database(self.state_dir) as db:
             db.execute("INSERT INTO queue (attendee_id, event_id, body) VALUES (?, ?, ?)",
                        (self.id, event.id, json.dumps(event.to_wire())))
         if self._retrying():  # the server is known to be away: do not make the cell wait for it
             return False
         delivered = self.flush() == 0
+        if self.removed is not None:  # told just now: the event was dropped, not delivered
+            return False
         if not delivered:
             self.flush_in_background()
         return delivered
@@ -244,8 +263,13 @@ class Attendee:
                                               {"results": [json.loads(body) for _, body in batch]},
                                               self._token, self.timeout)
                 except _Transient as error:
-                    self.last_error = f"workshop server unreachable ({error}); results are queued"
+                    self._retry_after = error.retry_after
+                    self.last_error = (f"{error}; results are queued" if error.retry_after else
+                                       f"workshop server unreachable ({error}); results are queued")
                     return self.pending()
+                if status == 410:  # removed by the instructor: these results can never count
+                    self._removed((answer or {}).get("error", "removed from the workshop"))
+                    return 0
                 if status == 400:  # cannot ever be accepted: drop it rather than block the queue
                     self.last_error = f"the server rejected results: {(answer or {}).get('error')}"
                 elif status != 200:
@@ -254,6 +278,11 @@ class Attendee:
                 with _database(self.state_dir) as db:
                     db.execute(f"DELETE FROM queue WHERE seq IN ({','.join('?' * len(batch))})",
                                [seq for seq, _ in batch])
+
+    def _removed(self, message: str) -> None:
+        self.removed = self.last_error = message
+        with _database(self.state_dir) as db:
+            db.execute("DELETE FROM queue WHERE attendee_id = ?", (self.id,))
 
     def _retrying(self) -> bool:
         return self._retrier is not None and self._retrier.is_alive()
@@ -270,7 +299,7 @@ class Attendee:
 
     def _retry(self) -> None:
         delay = 0.5
-        while not self._stop.wait(delay):
+        while not self._stop.wait(max(delay, self._retry_after)):
             if self.flush() == 0:
                 return
             delay = min(delay * 2, MAX_BACKOFF)
@@ -295,6 +324,8 @@ class Attendee:
         except _Transient as error:
             self.last_error = f"workshop server unreachable ({error})"
             status, answer = 0, None
+        if status == 410 and isinstance(answer, dict):
+            self._removed(str(answer.get("error", "removed from the workshop")))
         if status != 200 or not isinstance(answer, dict):  # keep the last known view; ask again later
             answer = dict(json.loads(row[0])) if row else {"messages": [], "released": [], "locked": []}
         with _database(self.state_dir) as db:

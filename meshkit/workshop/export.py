@@ -35,7 +35,8 @@ def progress_csv(store: WorkshopStore) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(HEADER)
     cols = columns(store)
-    for attendee_id, name in store.rows("SELECT id, name FROM attendees ORDER BY joined_at, id"):
+    for attendee_id, name in store.rows("SELECT id, name FROM attendees WHERE removed_at IS NULL "
+                                          "ORDER BY joined_at, id"):
         for lab, step in cols:
             row = progress.get((attendee_id, lab, step))
             if row is None:

@@ -9,7 +9,14 @@ Routes (JSON unless said otherwise; tokens as ``Authorization: Bearer``):
   {results: [...]}``, ``POST /api/attendees/{id}/outline {lab, steps}``,
   ``GET /api/attendees/{id}/view`` (broadcasts, released solutions, locked labs)
 - instructor token: everything under ``/api/instructor/``: ``state``, ``events`` (SSE), ``export.csv``,
-  ``broadcast {text}``, ``release {lab, step?}``, ``lock {lab, locked}``, ``attendees/{id}/reset``
+  ``broadcast {text}``, ``release {lab, step?}``, ``lock {lab, locked}``, ``attendees/{id}/reset``,
+  ``attendees/{id}/remove``
+
+Room limits (`limits.RoomLimits`): results are rate limited per attendee (429 with ``Retry-After``,
+counted on the board); a removed attendee's token gets 410 ("removed by the instructor"); a
+connection with no request for ``idle_timeout`` seconds (including one that sent half a request) is
+closed, a body that stops arriving is a 408, and a dashboard that stops reading its live stream is
+dropped after ``stream_write_timeout`` seconds (see `live.stream_board`).
 
 A missing token is 401, a wrong one 403, an attendee token on another attendee's path 403. Bodies
 are limited to `MAX_BODY` bytes (413). Bad input is a 400 ``{"error": "<resource.field>: <problem>"}``.
@@ -28,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from meshkit.workshop import auth, board, dashboard, events, export, live
+from meshkit.workshop.limits import ResultLimiter, RoomLimits
 from meshkit.workshop.storage import WHOLE_LAB, Attendee, WorkshopStore
 
 DEFAULT_HOST = "127.0.0.1"
@@ -41,6 +49,8 @@ FEED: web.AppKey[live.ChangeFeed] = web.AppKey("feed", live.ChangeFeed)
 BOARD: web.AppKey[board.BoardCache] = web.AppKey("board", board.BoardCache)
 OUTLINES: web.AppKey[dict[str, list[str]]] = web.AppKey("outlines", dict)  # empty: attendees announce labs
 CAP: web.AppKey[int] = web.AppKey("max_attendees", int)
+LIMITS: web.AppKey[RoomLimits] = web.AppKey("limits", RoomLimits)
+LIMITER: web.AppKey[ResultLimiter] = web.AppKey("limiter", ResultLimiter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,7 +76,12 @@ async def _json(request: web.Request, resource: str) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
     try:
-        return json.loads(await request.read())
+        async with asyncio.timeout(request.app[LIMITS].body_timeout):
+            body = await request.read()
+    except TimeoutError:
+        raise _error(web.HTTPRequestTimeout, f"{resource}: the request body stopped arriving") from None
+    try:
+        return json.loads(body)
     except ValueError:
         raise events.InputError(resource, "the body is not valid JSON") from None
 
@@ -95,6 +110,9 @@ def _require_attendee(request: web.Request) -> Attendee:
                      **{"WWW-Authenticate": "Bearer"})
     if not auth.same_secret(attendee.id, request.match_info["attendee"]):
         raise _error(web.HTTPForbidden, "an attendee token may only read and write its own progress")
+    if attendee.removed_at is not None:
+        raise _error(web.HTTPGone, f"attendee {attendee.name!r}: removed from the workshop by the "
+                                   "instructor; results are no longer accepted")
     return attendee
 
 
@@ -121,7 +139,7 @@ async def join(request: web.Request) -> web.Response:
     if not auth.same_secret(auth.normalize_code(code), store.workshop.join_code):
         raise _error(web.HTTPForbidden, "join.code: this is not the code of this workshop")
     cap = request.app[CAP]
-    if store.rows("SELECT COUNT(*) FROM attendees")[0][0] >= cap:
+    if store.active_attendees() >= cap:
         raise _error(web.HTTPConflict, f"join: the workshop is full ({cap} attendees)")
     attendee, token = store.add_attendee(name)
     _changed(request)
@@ -139,6 +157,12 @@ async def attendee_me(request: web.Request) -> web.Response:
 
 async def attendee_results(request: web.Request) -> web.Response:
     attendee = _require_attendee(request)
+    wait = request.app[LIMITER].take(attendee.id)
+    if wait:
+        raise _error(web.HTTPTooManyRequests,
+                     f"results: more than {request.app[LIMITS].results_per_second:g} requests per second "
+                     f"from attendee {attendee.name!r}; try again later",
+                     **{"Retry-After": ResultLimiter.retry_after(wait)})
     results = events.parse_results(await _json(request, "results"))
     new, duplicates = request.app[STORE].record_results(attendee.id, results)
     if new:
@@ -191,7 +215,10 @@ async def instructor_state(request: web.Request) -> web.Response:
 
 async def instructor_events(request: web.Request) -> web.StreamResponse:
     _require_instructor(request)
-    return await live.stream_board(request, request.app[FEED], request.app[BOARD].get)
+    limits = request.app[LIMITS]
+    return await live.stream_board(request, request.app[FEED], request.app[BOARD].get,
+                                   write_timeout=limits.stream_write_timeout,
+                                   send_buffer=limits.stream_send_buffer)
 
 
 async def instructor_export(request: web.Request) -> web.Response:
@@ -246,24 +273,37 @@ async def instructor_reset(request: web.Request) -> web.Response:
     return web.json_response({"attendee_id": attendee_id, "reset": True})
 
 
+async def instructor_remove(request: web.Request) -> web.Response:
+    """Take an attendee out of the room (their results stop counting; their client gets 410)."""
+    _require_instructor(request)
+    attendee_id = request.match_info["attendee"]
+    if not request.app[STORE].remove_attendee(attendee_id):
+        raise _error(web.HTTPNotFound, f"attendee {attendee_id!r}: no such attendee in the room")
+    request.app[LIMITER].forget(attendee_id)
+    _changed(request)
+    return web.json_response({"attendee_id": attendee_id, "removed": True})
+
+
 # -- the app ----------------------------------------------------------------------------------------
 
 
 def create_app(store: WorkshopStore, outlines: Mapping[str, Sequence[str]] | None = None,
-               max_attendees: int = MAX_ATTENDEES) -> web.Application:
+               max_attendees: int = MAX_ATTENDEES, limits: RoomLimits | None = None) -> web.Application:
     """The server's routes over ``store``; the store stays the caller's to close. ``outlines``
     (lab -> steps in order) makes the server own the labs' columns (see `attendee_outline`);
-    ``max_attendees`` caps the room (the instructor sets it at start)."""
+    ``max_attendees`` caps the room (the instructor sets it at start); ``limits`` the rest."""
     if not 1 <= max_attendees <= MAX_ATTENDEES:
         raise ValueError(f"max_attendees: expected 1..{MAX_ATTENDEES}, got {max_attendees}")
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_as_json])
     app[STORE] = store
     app[CAP] = max_attendees
+    app[LIMITS] = limits = limits or RoomLimits()
+    app[LIMITER] = ResultLimiter(limits.results_per_second, limits.results_burst)
     app[OUTLINES] = {lab: list(steps) for lab, steps in (outlines or {}).items()}
     for lab, steps in app[OUTLINES].items():
         store.set_outline(lab, steps)
     app[FEED] = live.ChangeFeed()
-    app[BOARD] = board.BoardCache(store)
+    app[BOARD] = board.BoardCache(store, app[LIMITER].refused)
     dashboard.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api/join", join)
@@ -278,6 +318,7 @@ def create_app(store: WorkshopStore, outlines: Mapping[str, Sequence[str]] | Non
     app.router.add_post("/api/instructor/release", instructor_release)
     app.router.add_post("/api/instructor/lock", instructor_lock)
     app.router.add_post("/api/instructor/attendees/{attendee}/reset", instructor_reset)
+    app.router.add_post("/api/instructor/attendees/{attendee}/remove", instructor_remove)
 
     async def close_streams(app: web.Application) -> None:
         app[FEED].close()  # ends the dashboards' SSE streams so shutdown is prompt
@@ -320,16 +361,18 @@ class RunningWorkshop:
 async def run_workshop(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | str = ".",
                        *, title: str = "meshkit workshop",
                        outlines: Mapping[str, Sequence[str]] | None = None,
-                       max_attendees: int = MAX_ATTENDEES) -> RunningWorkshop:
+                       max_attendees: int = MAX_ATTENDEES,
+                       limits: RoomLimits | None = None) -> RunningWorkshop:
     """Open (or create) the workshop in ``state_dir`` and serve it on ``host:port`` (0 = a free port)."""
     store = WorkshopStore(state_dir, title=title)
     try:
-        app = create_app(store, outlines, max_attendees)
+        app = create_app(store, outlines, max_attendees, limits)
     except ValueError:
         store.close()
         raise
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None,
-                           handle_signals=False, handler_cancellation=True)
+                           handle_signals=False, handler_cancellation=True,
+                           keepalive_timeout=app[LIMITS].idle_timeout)
     try:
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
@@ -342,7 +385,8 @@ async def run_workshop(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state
 
 def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit workshop",
           announce: Callable[[str], None] = print,
-          outlines: Mapping[str, Sequence[str]] | None = None, max_attendees: int = MAX_ATTENDEES) -> None:
+          outlines: Mapping[str, Sequence[str]] | None = None, max_attendees: int = MAX_ATTENDEES,
+          limits: RoomLimits | None = None) -> None:
     """Run until SIGINT/SIGTERM (``meshkit workshop serve``), printing the token, code and URLs."""
 
     async def main() -> None:
@@ -351,12 +395,15 @@ def serve(host: str, port: int, state_dir: Path | str, *, title: str = "meshkit 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         running = await run_workshop(host, port, state_dir, title=title, outlines=outlines,
-                                     max_attendees=max_attendees)
+                                     max_attendees=max_attendees, limits=limits)
         workshop = running.store.workshop
         announce(f"workshop:         {workshop.title} (state: {running.store.directory})")
         announce(f"instructor token: {workshop.instructor_token}")
         announce(f"join code:        {workshop.join_code}")
         announce(f"room size:        up to {max_attendees} attendees")
+        room = limits or RoomLimits()
+        announce(f"result limit:     {room.results_per_second:g}/s per attendee "
+                 f"(bursts of {room.results_burst})")
         if host in ("0.0.0.0", "::", ""):
             announce("(replace the address below with this machine's address on the room's network)")
         announce(f"attendees join:   {running.url}  (meshkit.lab.join(url, code, name))")

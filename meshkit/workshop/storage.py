@@ -5,7 +5,9 @@ was acknowledged. Results are deduplicated on ``(attendee, event id)``: an atten
 retries a delivery counts once. ``progress`` holds the current state of each (attendee, lab, step)
 — the latest result by the attendee's clock wins, so a result that was queued while the server was
 down does not overwrite a newer one. Resetting an attendee clears their progress (their raw results
-stay for the record, and results older than the reset no longer count).
+stay for the record, and results older than the reset no longer count). Removing an attendee keeps
+their row and raw results for the record but takes them off the board, the export and the room's
+count; their token is refused from then on (the server answers 410).
 
 Synchronous and quick (each call is a few small statements); the server calls it from its loop.
 """
@@ -28,7 +30,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS attendees (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, token_digest TEXT NOT NULL UNIQUE,
-    joined_at REAL NOT NULL, last_seen REAL NOT NULL, reset_at REAL NOT NULL DEFAULT 0
+    joined_at REAL NOT NULL, last_seen REAL NOT NULL, reset_at REAL NOT NULL DEFAULT 0,
+    removed_at REAL
 );
 CREATE TABLE IF NOT EXISTS results (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, attendee_id TEXT NOT NULL, event_id TEXT NOT NULL,
@@ -71,6 +74,7 @@ class Attendee:
     id: str
     name: str
     joined_at: float
+    removed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +99,18 @@ class WorkshopStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self.version = 0
         self.workshop = self._load_or_create(title)
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Columns added since a state dir was created (a workshop.db from an older meshkit)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(attendees)").fetchall()}
+        if "removed_at" not in have:
+            self._db.execute("ALTER TABLE attendees ADD COLUMN removed_at REAL")
 
     # -- the workshop itself ----------------------------------------------------------------------
 
@@ -130,14 +141,14 @@ class WorkshopStore:
 
     def attendee_for_token(self, token: str) -> Attendee | None:
         wanted = auth.digest(token)
-        row = self._db.execute("SELECT id, name, joined_at, token_digest FROM attendees "
+        row = self._db.execute("SELECT id, name, joined_at, token_digest, removed_at FROM attendees "
                                "WHERE token_digest = ?", (wanted,)).fetchone()
         if row is None or not auth.same_secret(row[3], wanted):
             return None
-        return Attendee(row[0], row[1], row[2])
+        return Attendee(row[0], row[1], row[2], row[4])
 
     def attendee(self, attendee_id: str) -> Attendee | None:
-        row = self._db.execute("SELECT id, name, joined_at FROM attendees WHERE id = ?",
+        row = self._db.execute("SELECT id, name, joined_at, removed_at FROM attendees WHERE id = ?",
                                (attendee_id,)).fetchone()
         return Attendee(*row) if row else None
 
@@ -152,6 +163,25 @@ class WorkshopStore:
                 return False
             self._db.execute("DELETE FROM progress WHERE attendee_id = ?", (attendee_id,))
             self._activity("reset", now, attendee_id)
+        self.version += 1
+        return True
+
+    def active_attendees(self) -> int:
+        """Attendees in the room (joined and not removed): what the cap counts."""
+        return int(self._db.execute("SELECT COUNT(*) FROM attendees WHERE removed_at IS NULL").fetchone()[0])
+
+    def remove_attendee(self, attendee_id: str) -> bool:
+        """Take an attendee out of the room: off the board and the export, their progress cleared and
+        their token refused from now on; False when there is no such attendee (or already removed)."""
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN")
+            updated = self._db.execute("UPDATE attendees SET removed_at = ? WHERE id = ? "
+                                       "AND removed_at IS NULL", (now, attendee_id)).rowcount
+            if not updated:
+                return False
+            self._db.execute("DELETE FROM progress WHERE attendee_id = ?", (attendee_id,))
+            self._activity("remove", now, attendee_id)
         self.version += 1
         return True
 

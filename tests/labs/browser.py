@@ -116,6 +116,15 @@ def jupyterlab(scratch: Path, env: dict[str, str]) -> Iterator[JupyterLab]:
     full_env = {**os.environ, **env, "JUPYTER_CONFIG_DIR": str(scratch / "config"),
                 "JUPYTER_DATA_DIR": str(scratch / "data"), "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"),
                 "IPYTHONDIR": str(scratch / "ipython")}
+    # no "get notified about official Jupyter news?" toast over the notebook (and its screenshots)
+    settings = scratch / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    # every cell rendered (JupyterLab 4 paints only the cells in view by default: a cell scrolled to
+    # for a screenshot could still be blank)
+    notebook_settings = settings.parent / "notebook-extension"
+    notebook_settings.mkdir(parents=True, exist_ok=True)
+    (notebook_settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     with (scratch / "jupyterlab.log").open("w") as log:
         proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meshkit.workshop import client
+from meshkit.workshop import client, live
 from meshkit.workshop.server import RunningWorkshop, run_workshop
 from tests.workshop.conftest import board, executor, in_thread, instructor, join
 
@@ -52,8 +52,9 @@ async def _first_board_with(http: aiohttp.ClientSession, running: RunningWorksho
             text = line.decode().rstrip("\n")
             if text.startswith("event:"):
                 event = text[6:].strip()
-            elif text.startswith("data:") and event == "board":
-                last = json.loads(text[5:])
+            elif text.startswith("data:") and event in ("board", "patch"):
+                data = json.loads(text[5:])
+                last = data if event == "board" else live.apply_patch(last, data)
                 done = sum(cell is not None for row in last["attendees"] for cell in row["cells"])
                 if done == wanted:
                     return last

@@ -117,7 +117,17 @@ function handleFrame(frame) {
     if (line.startsWith("event:")) event = line.slice(6).trim();
     else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
   }
-  if (event === "board" && data.length) render(JSON.parse(data.join("\n")));
+  if (!data.length) return;
+  if (event === "board") render(JSON.parse(data.join("\n")));
+  else if (event === "patch" && board) render(applyPatch(board, JSON.parse(data.join("\n"))));
+}
+
+// A live update after the first board: the rows that changed (by attendee id) and the other
+// top-level fields that changed; the attendee list and the columns are those of the last board.
+function applyPatch(state, patch) {
+  const rows = new Map((patch.rows || []).map((row) => [row.id, row]));
+  delete patch.rows;
+  return { ...state, ...patch, attendees: state.attendees.map((row) => rows.get(row.id) || row) };
 }
 
 // -- rendering ------------------------------------------------------------------------------------
@@ -163,8 +173,15 @@ function renderGrid(state) {
     const reset = el("button", { type: "button", class: "reset", text: "reset",
       title: "Reset this attendee's progress" });
     reset.addEventListener("click", () => resetAttendee(attendee));
+    const remove = el("button", { type: "button", class: "remove", text: "remove",
+      title: "Remove this attendee from the room (their results stop counting)" });
+    remove.addEventListener("click", () => removeAttendee(attendee));
+    const refused = (state.throttled || {})[attendee.id] || 0;
+    const limited = refused ? el("span", { class: "throttled", text: refused + " rate-limited",
+      title: refused + " result requests refused by the rate limit" }) : "";
     const row = el("tr", { dataset: { attendee: attendee.id } },
-      el("th", { class: "name", scope: "row" }, el("span", { class: "attendee-name", text: attendee.name }), reset),
+      el("th", { class: "name", scope: "row" }, el("span", { class: "attendee-name", text: attendee.name }),
+        reset, remove, limited),
       el("td", { class: "done", text: String(attendee.passed) }));
     attendee.cells.forEach((cell, i) => {
       const [lab, step] = state.columns[i];
@@ -217,6 +234,7 @@ function renderLists(state) {
       : item.kind === "release" ? "solution released: " + item.lab + (item.step ? " / " + item.step : "")
       : item.kind === "lock" || item.kind === "unlock" ? item.kind + "ed " + item.lab
       : item.kind === "reset" ? "progress reset"
+      : item.kind === "remove" ? "removed from the room"
       : item.kind === "solution" ? "revealed the solution of " + item.lab + " / " + item.step
       : item.kind === "broadcast" ? "broadcast: " + item.text : item.kind;
     return el("li", { class: "feed-" + item.kind },
@@ -289,6 +307,12 @@ async function resetAttendee(attendee) {
   if (!confirm("Reset the progress of " + attendee.name + "?")) return;
   await action("/api/instructor/attendees/" + encodeURIComponent(attendee.id) + "/reset", {},
     () => "progress of " + attendee.name + " reset");
+}
+
+async function removeAttendee(attendee) {
+  if (!confirm("Remove " + attendee.name + " from the workshop? Their results stop counting.")) return;
+  await action("/api/instructor/attendees/" + encodeURIComponent(attendee.id) + "/remove", {},
+    () => attendee.name + " removed");
 }
 
 async function exportCsv() {
