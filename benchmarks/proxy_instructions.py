@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python benchmarks/proxy_instructions.py --instructions  # instructions per request
     .venv/bin/python benchmarks/proxy_instructions.py --tree /tmp/old --instructions  # another checkout
     .venv/bin/python benchmarks/proxy_instructions.py --tracing 1 --instructions      # spans at 1%
+    .venv/bin/python benchmarks/proxy_instructions.py --tracing 1 --access-log --instructions  # as shipped
 
 One request goes through the real listener (``DownstreamConnection`` parsing the bytes wrk
 sends), the real outbound filter chain for the realistic benchmark snapshot
@@ -19,6 +20,10 @@ collector (propagation only, nothing sampled); ``PERCENT`` gives the snapshot th
 and the listener a span recorder, whose buffer is turned into the JSON batch a sidecar ships
 every 1,000 requests (the socket write itself is left out), so the figure includes recording
 and encoding the sampled spans.
+
+``--access-log``: the chain gets the access-log filter and a sink writing to a temporary file, as
+``meshkit up`` ships every sidecar (``--tracing 1 --access-log`` is the shipped outbound chain;
+mTLS is the transport's work, in C, and outside this figure).
 
 ``--instructions`` runs the harness twice under ``valgrind --tool=cachegrind --cache-sim=no``
 (500 and 3,500 requests) and prints the difference per request: deterministic to ~10
@@ -38,6 +43,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -79,7 +85,7 @@ class FakeTransport:
         pass
 
 
-async def drive(requests: int, rounds: int, tracing: str = "off") -> float:
+async def drive(requests: int, rounds: int, tracing: str = "off", access_log: str | None = None) -> float:
     """Serve ``rounds`` x ``requests`` requests; the best round's process time per request (us)."""
     from proxybench import snapshots  # noqa: PLC0415 (sys.path is set in main)
 
@@ -102,9 +108,14 @@ async def drive(requests: int, rounds: int, tracing: str = "off") -> float:
     reason = state.apply(snapshot)
     if reason is not None:
         raise SystemExit(f"benchmark snapshot rejected: {reason}")
+    sink: Any = None
+    if access_log is not None:
+        from meshkit.proxy.filters.accesslog import AccessLogSink  # noqa: PLC0415
+
+        sink = AccessLogSink(access_log)
     upstream = Upstream()
-    chain = build_outbound(upstream.send, IstioMetrics(), None, recorder) if recorder is not None \
-        else build_outbound(upstream.send, IstioMetrics(), None)
+    chain = build_outbound(upstream.send, IstioMetrics(), sink, recorder) if recorder is not None \
+        else build_outbound(upstream.send, IstioMetrics(), sink)
     listener = Listener("outbound", chain, state)
     pooled = UpstreamConnection(upstream, ("127.0.0.1", port, False))
     answer = FakeTransport(lambda _data: loop.call_soon(pooled.data_received, UPSTREAM_RESPONSE))
@@ -138,22 +149,28 @@ async def drive(requests: int, rounds: int, tracing: str = "off") -> float:
             if recorder is not None and i % 1000 == 999:
                 json.dumps(recorder.take(), separators=(",", ":")).encode()  # what ship() posts
         best = min(best, (time.process_time() - started) / requests * 1e6)
+    if sink is not None:
+        sink.close()
     if recorder is not None:
         print(f"spans recorded: {recorder.recorded} of {rounds * requests + 1} requests", file=sys.stderr)
     return best
 
 
-def run_inline(tree: Path, requests: int, rounds: int, tracing: str = "off") -> float:
+def run_inline(
+    tree: Path, requests: int, rounds: int, tracing: str = "off", access_log: bool = False
+) -> float:
     sys.path[:0] = [str(tree), str(HERE)]  # ahead of the editable install: measure ``tree``
-    try:
-        import uvloop  # noqa: PLC0415
+    with tempfile.TemporaryDirectory(prefix="meshkit-instr-") as scratch:
+        log = str(Path(scratch) / "access.log") if access_log else None
+        try:
+            import uvloop  # noqa: PLC0415
 
-        return uvloop.run(drive(requests, rounds, tracing))
-    except ImportError:
-        return asyncio.run(drive(requests, rounds, tracing))
+            return uvloop.run(drive(requests, rounds, tracing, log))
+        except ImportError:
+            return asyncio.run(drive(requests, rounds, tracing, log))
 
 
-def count_instructions(tree: Path, tracing: str = "off") -> int:
+def count_instructions(tree: Path, tracing: str = "off", access_log: bool = False) -> int:
     """Instructions per request: cachegrind totals of two run lengths, differenced."""
     totals = []
     for requests in (500, 3500):
@@ -161,6 +178,7 @@ def count_instructions(tree: Path, tracing: str = "off") -> int:
             "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
             sys.executable, __file__, "--tree", str(tree), "--requests", str(requests), "--rounds", "1",
             *(["--tracing", tracing] if tracing != "off" else []),
+            *(["--access-log"] if access_log else []),
         ]
         env = dict(os.environ, PYTHONHASHSEED="0")
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600)
@@ -177,6 +195,8 @@ def main() -> int:
     parser.add_argument("--instructions", action="store_true", help="count instructions with valgrind")
     parser.add_argument("--tracing", default="off", metavar="off|PERCENT",
                         help="off (no collector), or a sampling percentage with spans recorded and encoded")
+    parser.add_argument("--access-log", action="store_true",
+                        help="with the access-log filter writing to a temporary file (as meshkit up ships)")
     parser.add_argument("--requests", type=int, default=20000, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,15 +210,16 @@ def main() -> int:
             ok = False
         if not ok:
             parser.error(f"--tracing {args.tracing}: expected off or a percentage from 0 to 100")
+    label = ", access log on" if args.access_log else ""
     if args.instructions:
         if shutil.which("valgrind") is None:
             print("valgrind is missing: apt-get install -y valgrind", file=sys.stderr)
             return 2
-        count = count_instructions(tree, args.tracing)
-        print(f"{tree} (tracing {args.tracing}): {count} instructions per request")
+        count = count_instructions(tree, args.tracing, args.access_log)
+        print(f"{tree} (tracing {args.tracing}{label}): {count} instructions per request")
         return 0
-    micros = run_inline(tree, args.requests, args.rounds, args.tracing)
-    print(f"{tree} (tracing {args.tracing}): {micros:.2f} us per request "
+    micros = run_inline(tree, args.requests, args.rounds, args.tracing, args.access_log)
+    print(f"{tree} (tracing {args.tracing}{label}): {micros:.2f} us per request "
           f"(best of {args.rounds} x {args.requests}, process time)")
     return 0
 
