@@ -4,9 +4,9 @@ An apply body under `Preparation.threshold` bytes is prepared on a worker thread
 costs milliseconds). A larger one goes to one worker *process* (spawn context; at most
 `MAX_QUEUED` preparations waiting for it): a thread shares the GIL with the event loop that serves
 pushes and signs certificates, and a 1 MB apply held it for hundreds of milliseconds at a time.
-The worker is started by the first large body, which is itself prepared on a thread (starting a
-Python process with the config modules takes about a second, longer than the preparation);
-once the worker answers, large bodies go to it. A worker that died is started again; one unused
+The first large body is prepared on a thread; then the worker is started (starting a Python
+process with the config models takes a second or more of CPU, which would compete with that
+preparation) and decodes the config that body made; once it answers, large bodies go to it. A worker that died is started again; one unused
 for `Preparation.idle` seconds is stopped (its memory, ~70 MiB, is only spent while large
 documents are being applied).
 
@@ -147,8 +147,12 @@ _KNOWN: dict[str, tuple[dict[Key, StoredResource], Documents]] = {}
 _DROPPED: list[Any] = []
 
 
-def warm_up() -> int:
-    """Nothing but this module's imports (the config models, the analyzer): the worker is ready."""
+def warm_up(base: int, token: str, document: str) -> int:
+    """Import this module (the config models, the analyzer) and decode the config named ``token``
+    (the one the large body that started the worker made), so the next job finds it known."""
+    with GC_PAUSED:
+        current = {s.resource.key: s for s in ConfigStore.decode(document, base)}
+    _KNOWN[token] = (current, Documents())
     return os.getpid()
 
 
@@ -203,12 +207,15 @@ class Preparation:
     async def apply(self, store: ConfigStore, raw: bytes, as_json: bool, registry: RegistryView | None,
                     expected_revision: int | None) -> Outcome:
         """The loader's warnings and the prepared change (nothing committed)."""
-        if len(raw) >= self.threshold and not self.ready:
-            self._start()  # in the background: this body is prepared on a thread meanwhile
-            self._schedule_retire()
         if len(raw) < self.threshold or not self.ready:
-            return await asyncio.to_thread(prepare_apply_here, store, raw, as_json, registry,
-                                           expected_revision)
+            outcome = await asyncio.to_thread(prepare_apply_here, store, raw, as_json, registry,
+                                              expected_revision)
+            change = outcome[1]
+            if len(raw) >= self.threshold and self._executor is None and isinstance(change, PreparedChange):
+                # start the worker now, not while this body was prepared (both would compete for the CPU)
+                self._start((change.base + 1, change.token, change.document))
+                self._schedule_retire()
+            return outcome
         store.check_writable(expected_revision)
         revision, token, document = store.state
         job = ApplyJob(raw, as_json, revision, token, document, registry)
@@ -247,11 +254,12 @@ class Preparation:
         return (self._executor is not None and warm is not None and warm.done() and not warm.cancelled()
                 and warm.exception() is None)
 
-    def _start(self) -> ProcessPoolExecutor:
+    def _start(self, state: tuple[int, str, str] = (0, "", "[]")) -> ProcessPoolExecutor:
+        """The worker process, started if needed; ``state``: (revision, token, document) to decode."""
         if self._executor is None:
             spawn = multiprocessing.get_context("spawn")  # no fork of a process running threads and a loop
             self._executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
-            self._warm = self._executor.submit(warm_up)
+            self._warm = self._executor.submit(warm_up, *state)
         return self._executor
 
     def _schedule_retire(self) -> None:
