@@ -149,16 +149,22 @@ async def measure_apply(session: aiohttp.ClientSession, url: str, admin: dict[st
             "csr_ms_max": round(max(csr_ms), 1) if csr_ms else None}
 
 
-def _has_children(plane: ControlPlaneProcess) -> bool:
-    """Whether the control plane has a child process (its worker for large documents) right now."""
+def _worker_rss(plane: ControlPlaneProcess) -> float | None:
+    """RSS in MiB of the control plane's child processes (its worker for large documents), if any."""
     pid = plane.process.pid if plane.process is not None else None
     if pid is None:
-        return False
-    tasks = Path(f"/proc/{pid}/task")
+        return None
+    total, found = 0, False
     try:
-        return any((task / "children").read_text().strip() for task in tasks.iterdir())
+        children = [c for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+        for child in children:
+            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total, found = total + int(line.split()[1]), True
     except OSError:
-        return False
+        return None
+    return round(total / 1024, 1) if found else None
 
 
 async def run(sizes: list[int]) -> dict[str, Any]:
@@ -179,7 +185,7 @@ async def run(sizes: list[int]) -> dict[str, Any]:
                 for size in sizes:
                     for round_number, subset in enumerate(("v1", "v2", "v1")):
                         row = await measure_apply(session, url, admin, token, document(size, subset))
-                        row["worker_process"] = _has_children(plane)
+                        row["worker_rss_mib"] = _worker_rss(plane)
                         started = time.perf_counter()
                         row["snapshot_bytes"] = await snapshots.next(10.0)  # the apply's own push
                         row["its_push_ms"] = round((time.perf_counter() - started) * 1000, 1)
@@ -189,7 +195,7 @@ async def run(sizes: list[int]) -> dict[str, Any]:
                         print(f"{row['case']:<32} apply {row['apply_s']:>6.3f} s   CSRs meanwhile "
                               f"{row['csr_during_apply']:>4} (p50 {row['csr_ms_p50']} ms, "
                               f"max {row['csr_ms_max']} ms)   its push +{row['its_push_ms']} ms"
-                              f"{'   (worker process up)' if row['worker_process'] else ''}", flush=True)
+                              f"   worker process RSS {row['worker_rss_mib']} MiB", flush=True)
                 for name, text in hostile().items():
                     stop = asyncio.Event()
                     csr_ms: list[float] = []

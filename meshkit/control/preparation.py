@@ -6,12 +6,13 @@ costs milliseconds). A larger one goes to one worker *process* (spawn context; a
 pushes and signs certificates, and a 1 MB apply held it for hundreds of milliseconds at a time.
 The first large body is prepared on a thread; then the worker is started (starting a Python
 process with the config models takes a second or more of CPU, which would compete with that
-preparation) and decodes the config that body made; once it answers, large bodies go to it. A worker that died is started again; one unused
-for `Preparation.idle` seconds is stopped (its memory, ~70 MiB, is only spent while large
+preparation) and decodes the config that body made; once it answers, large bodies go to it. A
+worker that died is started again; one unused for `Preparation.idle` seconds is stopped (its
+memory, about 50 MiB plus 50-100 MiB per MB of config it holds, is only spent while large
 documents are being applied).
 
 Only pure functions cross the boundary, with picklable inputs and outputs: the body, the store's
-current config as its stored JSON plus a token naming it (the worker keeps the configs it last
+current config as its stored JSON plus a token naming it (the worker keeps the config it last
 decoded or prepared by token, so a run of large applies decodes the config once), the registry
 view; back come the loader's warnings and a `PreparedChange` whose unchanged entries are left out
 (``kept``: the store has them). The SQLite write, `ConfigStore.commit`, stays in the control
@@ -141,8 +142,8 @@ class ApplyJob:
     registry: RegistryView | None
 
 
-# In the worker process only: configs it decoded or prepared, by token (the base and the latest),
-# and those it no longer needs, freed at the start of the next job (not while the caller waits).
+# In the worker process only: the config it last decoded or prepared, by token, and those it no
+# longer needs, freed at the start of the next job (not while the caller waits).
 _KNOWN: dict[str, tuple[dict[Key, StoredResource], Documents]] = {}
 _DROPPED: list[Any] = []
 
@@ -176,13 +177,14 @@ def _apply_job(job: ApplyJob) -> Outcome:
     current, docs = known
     change = prepare_apply_to(job.base, current, incoming, job.registry, docs.copy())
     _DROPPED.extend(_KNOWN.values())
-    _KNOWN.clear()
-    _KNOWN[job.token] = known
+    _KNOWN.clear()  # one config known: the one this change makes (or the base, when nothing changed)
     if isinstance(change, PreparedChange):
         _KNOWN[change.token] = (change.entries, change.docs or Documents())
         kept = tuple(key for key, stored in change.entries.items() if current.get(key) is stored)
         changed = {key: stored for key, stored in change.entries.items() if key not in kept}
         change = dataclasses.replace(change, entries=changed, kept=kept, docs=None)
+    else:
+        _KNOWN[job.token] = known
     return warnings, change
 
 
