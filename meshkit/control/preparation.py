@@ -33,6 +33,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -56,6 +57,8 @@ from meshkit.control.store import (
     StoredResource,
     prepare_apply_to,
 )
+
+log = logging.getLogger("meshkit.control.preparation")
 
 PREPARE_IN_PROCESS_ABOVE = 128 * 1024  # bytes of body; smaller bodies stay on a worker thread
 IDLE_SECONDS = 120.0  # an unused worker process is stopped after this long (memory)
@@ -193,6 +196,13 @@ def _loads(data: bytes) -> Any:
         return pickle.loads(data)
 
 
+def _report_failed_start(warm: Future[int]) -> None:
+    error = None if warm.cancelled() else warm.exception()
+    if error is not None:  # large bodies keep being prepared on a thread
+        log.warning("the worker process for large config changes did not start: %s: %s",
+                    type(error).__name__, error)
+
+
 class Preparation:
     """Runs apply preparations on a thread or, for large bodies, in the worker process."""
 
@@ -262,6 +272,7 @@ class Preparation:
             spawn = multiprocessing.get_context("spawn")  # no fork of a process running threads and a loop
             self._executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
             self._warm = self._executor.submit(warm_up, *state)
+            self._warm.add_done_callback(_report_failed_start)
         return self._executor
 
     def _schedule_retire(self) -> None:
