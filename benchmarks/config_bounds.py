@@ -3,7 +3,8 @@ responsive meanwhile and under hostile uploads.
 
 One `meshkit control` (with its CA) in a temporary MESHKIT_HOME. For each size, a DestinationRule
 plus one VirtualService of that size is applied as JSON (what the CLI and notebooks send) and then
-re-applied with every route changed (the case whose diff took minutes before); for each apply,
+re-applied with every route changed (the case whose diff took minutes before), and changed back
+(by then a large document goes to the worker process the first one started); for each apply,
 CSRs (``POST /api/v1/ca/sign``) are signed back to back concurrently and timed, and a proxy's
 stream times the push of the new snapshot after the apply answered ("its push"). Then hostile
 YAML documents under 1 MB are sent: each must get a 4xx, and its time is reported. Output: a
@@ -148,6 +149,24 @@ async def measure_apply(session: aiohttp.ClientSession, url: str, admin: dict[st
             "csr_ms_max": round(max(csr_ms), 1) if csr_ms else None}
 
 
+def _worker_rss(plane: ControlPlaneProcess) -> float | None:
+    """RSS in MiB of the control plane's child processes (its worker for large documents), if any."""
+    pid = plane.process.pid if plane.process is not None else None
+    if pid is None:
+        return None
+    total, found = 0, False
+    try:
+        children = [c for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+        for child in children:
+            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total, found = total + int(line.split()[1]), True
+    except OSError:
+        return None
+    return round(total / 1024, 1) if found else None
+
+
 async def run(sizes: list[int]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="meshkit-bounds-") as home:
         control_dir = Path(home) / "control"
@@ -164,18 +183,19 @@ async def run(sizes: list[int]) -> dict[str, Any]:
                 snapshots = Snapshots(stream)
                 await snapshots.next()  # the first snapshot
                 for size in sizes:
-                    for subset in ("v1", "v2"):
+                    for round_number, subset in enumerate(("v1", "v2", "v1")):
                         row = await measure_apply(session, url, admin, token, document(size, subset))
+                        row["worker_rss_mib"] = _worker_rss(plane)
                         started = time.perf_counter()
                         row["snapshot_bytes"] = await snapshots.next(10.0)  # the apply's own push
                         row["its_push_ms"] = round((time.perf_counter() - started) * 1000, 1)
-                        change = "create" if subset == "v1" else "every route changed"
+                        change = ("create", "every route changed", "changed back")[round_number]
                         row["case"] = f"{size // 1000} KB, {change}"
                         results["applies"].append(row)
                         print(f"{row['case']:<32} apply {row['apply_s']:>6.3f} s   CSRs meanwhile "
                               f"{row['csr_during_apply']:>4} (p50 {row['csr_ms_p50']} ms, "
-                              f"max {row['csr_ms_max']} ms)   its push +{row['its_push_ms']} ms",
-                              flush=True)
+                              f"max {row['csr_ms_max']} ms)   its push +{row['its_push_ms']} ms"
+                              f"   worker process RSS {row['worker_rss_mib']} MiB", flush=True)
                 for name, text in hostile().items():
                     stop = asyncio.Event()
                     csr_ms: list[float] = []

@@ -37,7 +37,7 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import yaml
@@ -45,11 +45,11 @@ from aiohttp import web
 
 from meshkit.config import codes
 from meshkit.config.httproutes import with_status
-from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import Resource
 from meshkit.control.auth import Authenticator, caller_of, make_guard, may_act_as
 from meshkit.control.kinds import resolve_kind
+from meshkit.control.preparation import Preparation, parse_resources
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry, parse_endpoint, parse_service, service_to_dict
 from meshkit.control.store import ConfigStore, ConflictError, NotFoundError
@@ -80,6 +80,7 @@ class Components:
     registry: ServiceRegistry
     push: PushServer
     signer: Signer | None = None
+    preparation: Preparation = field(default_factory=Preparation)  # where large applies are prepared
 
 
 COMPONENTS = web.AppKey("components", Components)
@@ -152,33 +153,13 @@ async def _json_body(request: web.Request) -> Any:
 async def _resources_body(request: web.Request, *, required: bool = True,
                           warnings: list[Message] | None = None) -> list[Resource]:
     raw = await request.read()
-    if not raw.strip():
-        if required:
-            raise _bad_request("request body is empty: send YAML or JSON resources", resource="request body")
-        return []
     # parsing (and its alias/size bounds) runs in a worker thread: the loop keeps serving pushes and CSRs
     as_json = request.content_type == "application/json"
     ignored: list[Message] = []  # Kubernetes kinds the mesh does not model (ConfigMap, HPA...)
-    resources = await asyncio.to_thread(_parse_resources, raw, as_json, ignored)
+    resources = await asyncio.to_thread(parse_resources, raw, as_json, ignored, required=required)
     if warnings is not None:
         warnings.extend(ignored)
-    if required and not resources and not ignored:
-        raise _bad_request("request body holds no resources (only empty documents)", resource="request body")
     return resources
-
-
-def _parse_resources(raw: bytes, as_json: bool, warnings: list[Message]) -> list[Resource]:
-    """A JSON body through the (much faster) JSON parser, YAML through the bounded YAML loader;
-    kinds the mesh does not model are left out with a warning appended to ``warnings``."""
-    if not as_json:
-        return load_resources(raw, origin="request body", warnings=warnings)
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError) as error:
-        raise _bad_request(f"body is not valid JSON: {error}", resource="request body") from None
-    if not isinstance(doc, dict | list):
-        raise _bad_request("body: expected a JSON object or a list of objects", resource="request body")
-    return load_resources(doc, origin="request body", warnings=warnings)
 
 
 def _int_query(request: web.Request, name: str) -> int | None:
@@ -215,12 +196,17 @@ async def _change(request: web.Request, prepare: Callable[..., Any], *args: Any,
 
 
 async def apply(request: web.Request) -> web.Response:
+    """Parse, analyze and diff on a worker thread, or in the worker process for a large body
+    (`meshkit.control.preparation`); commit on the loop."""
     c = _components(request)
     expected = _int_query(request, "expect_revision")
-    ignored: list[Message] = []
-    resources = await _resources_body(request, warnings=ignored)
-    return await _change(request, c.store.prepare_apply, resources, c.registry.view(),
-                         expected_revision=expected, notes=ignored)
+    raw = await request.read()
+    as_json = request.content_type == "application/json"
+    async with request.app[WRITES]:
+        notes, prepared = await c.preparation.apply(c.store, raw, as_json, c.registry.view(), expected)
+        result = c.store.commit(prepared)
+    result.warnings[:0] = notes
+    return web.json_response(result.to_dict())
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -490,6 +476,10 @@ async def ca_root(request: web.Request) -> web.Response:
 # -- the application --------------------------------------------------------------------------------
 
 
+async def _stop_worker(app: web.Application) -> None:
+    app[COMPONENTS].preparation.close()
+
+
 def create_app(components: Components, authenticator: Authenticator, *,
                max_body: int = MAX_BODY_BYTES) -> web.Application:
     """The aiohttp application serving the API over ``components``; ``authenticator`` checks every call."""
@@ -497,6 +487,7 @@ def create_app(components: Components, authenticator: Authenticator, *,
     app[COMPONENTS] = components
     app[WRITES] = asyncio.Lock()
     app[BODY_LIMIT] = max_body
+    app.on_cleanup.append(_stop_worker)
     app.router.add_get(f"{API}/healthz", healthz)
     app.router.add_post(f"{API}/apply", apply)
     app.router.add_get(f"{API}/config", get_config)

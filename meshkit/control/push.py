@@ -26,6 +26,7 @@ from meshkit.config import codes
 from meshkit.config.compile import DEFAULT_TRACE_SAMPLING, compile_snapshot
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import Node
+from meshkit.control.preparation import GC_PAUSED
 from meshkit.control.registry import ServiceRegistry
 from meshkit.control.rendering import SnapshotTemplate
 from meshkit.control.store import ConfigStore, NotFoundError
@@ -236,12 +237,13 @@ class PushServer:
         self.stats.compiles += 1
         try:
             jwks = self.jwks
-            return SnapshotTemplate(compile_snapshot(
-                resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision,
-                trace_sampling=self.trace_sampling,
-                egress_hosts=dict(view.external_hosts), real_dns=view.real_dns,
-                jwks=jwks.keys if jwks is not None else None,
-                jwks_errors=jwks.errors if jwks is not None else None))
+            with GC_PAUSED:  # see preparation.py: its passes cost more than compiling
+                return SnapshotTemplate(compile_snapshot(
+                    resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision,
+                    trace_sampling=self.trace_sampling,
+                    egress_hosts=dict(view.external_hosts), real_dns=view.real_dns,
+                    jwks=jwks.keys if jwks is not None else None,
+                    jwks_errors=jwks.errors if jwks is not None else None))
         except Exception as error:  # a compiler bug must not stop the pushes to everyone else
             log.exception("compiling the snapshot of %s failed at revision %s", group[0].id, revision)
             return error

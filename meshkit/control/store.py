@@ -28,11 +28,13 @@ and rollback are refused with a message saying where to change the config instea
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,15 +127,34 @@ class ChangeResult:
 
 
 class Documents:
-    """Each resource's ``to_dict()`` computed once (a 1 MB resource takes ~0.1 s per dump)."""
+    """Each resource's ``to_dict()`` and its JSON computed once (a 1 MB resource takes ~0.1 s per
+    dump); the store keeps those of its current resources, so a change dumps only what it brings."""
 
-    def __init__(self) -> None:
-        self._docs: dict[int, tuple[Resource, dict[str, Any]]] = {}
+    def __init__(self, docs: dict[int, tuple[Resource, dict[str, Any]]] | None = None,
+                 texts: dict[int, tuple[Resource, str]] | None = None) -> None:
+        self._docs: dict[int, tuple[Resource, dict[str, Any]]] = dict(docs or {})
+        self._texts: dict[int, tuple[Resource, str]] = dict(texts or {})
+
+    def copy(self) -> Documents:
+        return Documents(self._docs, self._texts)
+
+    def only(self, resources: Iterable[Resource]) -> Documents:
+        """The documents of ``resources`` already computed (the others are dropped)."""
+        ids = {id(r) for r in resources}
+        return Documents({i: d for i, d in self._docs.items() if i in ids},
+                         {i: t for i, t in self._texts.items() if i in ids})
 
     def __call__(self, resource: Resource) -> dict[str, Any]:
         found = self._docs.get(id(resource))
         if found is None:
             found = self._docs[id(resource)] = (resource, resource.to_dict())  # keeps the id taken
+        return found[1]
+
+    def json(self, resource: Resource) -> str:
+        """``json.dumps(self(resource))``, computed once."""
+        found = self._texts.get(id(resource))
+        if found is None:
+            found = self._texts[id(resource)] = (resource, json.dumps(self(resource)))
         return found[1]
 
 
@@ -181,7 +202,7 @@ def config_diff(old: dict[Key, Resource], new: dict[Key, Resource], docs: Docume
         new_doc = docs(after) if after is not None else None
         if old_doc is not None and old_doc == new_doc:
             continue
-        sizes = [len(json.dumps(d)) for d in (old_doc, new_doc) if d is not None]
+        sizes = [len(docs.json(r)) for r in (before, after) if r is not None]
         if max(sizes) > DIFF_MAX_BYTES:
             chunks.append(f"--- {'a/' + _ref(key) if before is not None else '/dev/null'}\n"
                           f"+++ {'b/' + _ref(key) if after is not None else '/dev/null'}\n"
@@ -212,6 +233,66 @@ class PreparedChange:
     diff: str
     document: str
     timestamp: float
+    token: str = ""  # names the config this change makes (a worker process caches it by this name)
+    kept: tuple[Key, ...] = ()  # entries left out of ``entries``: the base revision's own, unchanged
+    docs: Documents | None = field(default=None, compare=False)  # to_dict() memo (never pickled)
+
+
+def prepare_apply_to(base: int, current: dict[Key, StoredResource], incoming: Sequence[Resource],
+                     registry: RegistryView | None, docs: Documents | None = None
+                     ) -> PreparedChange | ChangeResult:
+    """`ConfigStore.prepare_apply` over ``current`` at revision ``base`` (pure: any thread or process)."""
+    duplicates = duplicate_messages(incoming)
+    if duplicates:
+        raise ConfigError(duplicates)
+    merged = {key: stored.resource for key, stored in current.items()}
+    merged.update((resource.key, resource) for resource in incoming)
+    messages = analyze([merged[key] for key in sorted(merged)], registry)
+    if _errors(messages):
+        raise ConfigError(messages)
+    actions: list[tuple[str, str]] = []
+    docs = docs or Documents()
+    for resource in incoming:
+        before = current.get(resource.key)
+        if before is None:
+            actions.append((resource.ref, "created"))
+        elif docs(before.resource) != docs(resource):
+            actions.append((resource.ref, "configured"))
+        else:
+            actions.append((resource.ref, "unchanged"))
+    changed = [(ref, action) for ref, action in actions if action != "unchanged"]
+    if not changed:
+        return ChangeResult(base, False, actions, messages)
+    summary = "apply: " + ", ".join(f"{action} {ref}" for ref, action in changed)
+    return _prepare(base, current, merged, summary, actions=actions, messages=messages, docs=docs)
+
+
+def _prepare(base: int, current: dict[Key, StoredResource], config: dict[Key, Resource], summary: str,
+             *, actions: list[tuple[str, str]], messages: list[Message],
+             docs: Documents | None = None) -> PreparedChange:
+    """Diff and serialize ``config`` as revision ``base + 1`` (pure: a worker may run it)."""
+    docs = docs or Documents()
+    now = time.time()
+    number = base + 1
+    previous = {key: stored.resource for key, stored in current.items()}
+    diff = config_diff(previous, config, docs)
+    entries: dict[Key, StoredResource] = {}
+    for key, resource in config.items():
+        before = current.get(key)
+        unchanged = before is not None and (before.resource is resource
+                                            or docs(before.resource) == docs(resource))
+        if before is not None and unchanged:
+            entries[key] = before
+        else:
+            entries[key] = StoredResource(resource, before.created if before else now, number)
+    document = "[" + ", ".join(  # json.dumps of the list, reusing each resource's JSON
+        f'{{"resource": {docs.json(entries[key].resource)}, "created": {json.dumps(entries[key].created)}, '
+        f'"revision": {entries[key].revision}}}'
+        for key in sorted(entries)
+    ) + "]"
+    docs = docs.only(stored.resource for stored in entries.values())
+    return PreparedChange(base, summary, actions, messages, entries, diff, document, now,
+                          token=uuid.uuid4().hex, docs=docs)
 
 
 class ConfigStore:
@@ -229,6 +310,9 @@ class ConfigStore:
         self._listeners: list[Callable[[], None]] = []
         self._current: dict[Key, StoredResource] = {}
         self._revision = 0
+        self._docs = Documents()
+        self._token = uuid.uuid4().hex
+        self._document = "[]"
         self._owner: tuple[str, str] | None = None  # (source, where to change the config instead)
         self._load_latest()
 
@@ -324,32 +408,20 @@ class ConfigStore:
     def prepare_apply(self, incoming: Sequence[Resource], registry: RegistryView | None = None, *,
                       expected_revision: int | None = None) -> PreparedChange | ChangeResult:
         """`apply`'s work without the commit: a ChangeResult when nothing changes."""
-        base, current = self._revision, self._current
+        base, current, docs = self._revision, self._current, self._docs.copy()
+        self.check_writable(expected_revision)
+        return prepare_apply_to(base, current, incoming, registry, docs)
+
+    def check_writable(self, expected_revision: int | None = None) -> None:
+        """Raise ConflictError when a source owns the config or it is not at ``expected_revision``."""
         self._check_writable()
         self._check_expected(expected_revision)
-        duplicates = duplicate_messages(incoming)
-        if duplicates:
-            raise ConfigError(duplicates)
-        merged = {key: stored.resource for key, stored in current.items()}
-        merged.update((resource.key, resource) for resource in incoming)
-        messages = analyze([merged[key] for key in sorted(merged)], registry)
-        if _errors(messages):
-            raise ConfigError(messages)
-        actions: list[tuple[str, str]] = []
-        docs = Documents()
-        for resource in incoming:
-            before = current.get(resource.key)
-            if before is None:
-                actions.append((resource.ref, "created"))
-            elif docs(before.resource) != docs(resource):
-                actions.append((resource.ref, "configured"))
-            else:
-                actions.append((resource.ref, "unchanged"))
-        changed = [(ref, action) for ref, action in actions if action != "unchanged"]
-        if not changed:
-            return ChangeResult(base, False, actions, messages)
-        summary = "apply: " + ", ".join(f"{action} {ref}" for ref, action in changed)
-        return self._prepare(base, current, merged, summary, actions=actions, messages=messages, docs=docs)
+
+    @property
+    def state(self) -> tuple[int, str, str]:
+        """(revision, token, document): the current config as its revision's stored JSON and the
+        token naming it (for a worker process that prepares changes away from this store)."""
+        return self._revision, self._token, self._document
 
     def delete(self, keys: Sequence[Key], registry: RegistryView | None = None, *,
                expected_revision: int | None = None) -> ChangeResult:
@@ -372,8 +444,9 @@ class ConfigStore:
         if not unique:
             return ChangeResult(base, False, [], [])
         warnings = analyze([remaining[key] for key in sorted(remaining)], registry)
-        return self._prepare(base, current, remaining, "delete: " + ", ".join(_ref(key) for key in unique),
-                             actions=[(_ref(key), "deleted") for key in unique], messages=warnings)
+        return _prepare(base, current, remaining, "delete: " + ", ".join(_ref(key) for key in unique),
+                        actions=[(_ref(key), "deleted") for key in unique], messages=warnings,
+                        docs=self._docs.copy())
 
     def rollback(self, number: int, registry: RegistryView | None = None) -> ChangeResult:
         """Make the config as of revision ``number`` current again, as a new revision."""
@@ -392,7 +465,7 @@ class ConfigStore:
         if _errors(messages):
             raise ConfigError(messages)
         current = {key: entry.resource for key, entry in stored.items()}
-        docs = Documents()
+        docs = self._docs.copy()
         actions = [
             (_ref(key), "deleted" if key not in target else "created" if key not in current else "configured")
             for key in sorted(set(current) | set(target))
@@ -400,8 +473,8 @@ class ConfigStore:
         ]
         if not actions:
             return ChangeResult(base, False, [], messages)
-        return self._prepare(base, stored, target, f"rollback to revision {number}", actions=actions,
-                             messages=messages, docs=docs)
+        return _prepare(base, stored, target, f"rollback to revision {number}", actions=actions,
+                        messages=messages, docs=docs)
 
     def commit(self, change: PreparedChange | ChangeResult) -> ChangeResult:
         """Make a prepared change the next revision (a ChangeResult passes through unchanged)."""
@@ -412,6 +485,10 @@ class ConfigStore:
             text = (f"the config changed (revision {self._revision}) while this change was prepared "
                     f"against revision {change.base}; retry")
             raise ConflictError([Message(codes.MK0904, Severity.ERROR, "<store>", "", text)])
+        if change.kept:  # prepared in a worker process: the unchanged entries are this store's own
+            entries = {key: self._current[key] for key in change.kept}
+            entries.update(change.entries)
+            change = dataclasses.replace(change, entries=entries, kept=())
         self._commit_prepared(change)
         return ChangeResult(self._revision, True, change.actions, change.messages)
 
@@ -422,32 +499,6 @@ class ConfigStore:
         merged.update((resource.key, resource) for resource in incoming)
         return merged
 
-    @staticmethod
-    def _prepare(base: int, current: dict[Key, StoredResource], config: dict[Key, Resource], summary: str,
-                 *, actions: list[tuple[str, str]], messages: list[Message],
-                 docs: Documents | None = None) -> PreparedChange:
-        """Diff and serialize ``config`` as revision ``base + 1`` (pure: a worker thread may run it)."""
-        docs = docs or Documents()
-        now = time.time()
-        number = base + 1
-        previous = {key: stored.resource for key, stored in current.items()}
-        diff = config_diff(previous, config, docs)
-        entries: dict[Key, StoredResource] = {}
-        for key, resource in config.items():
-            before = current.get(key)
-            unchanged = before is not None and (before.resource is resource
-                                                or docs(before.resource) == docs(resource))
-            if before is not None and unchanged:
-                entries[key] = before
-            else:
-                entries[key] = StoredResource(resource, before.created if before else now, number)
-        document = json.dumps([
-            {"resource": docs(entries[key].resource), "created": entries[key].created,
-             "revision": entries[key].revision}
-            for key in sorted(entries)
-        ])
-        return PreparedChange(base, summary, actions, messages, entries, diff, document, now)
-
     def _commit_prepared(self, change: PreparedChange) -> None:
         number = change.base + 1
         self._db.execute(
@@ -457,6 +508,9 @@ class ConfigStore:
         self._db.execute("DELETE FROM revisions WHERE number <= ?", (number - self.keep_revisions,))
         self._current = change.entries
         self._revision = number
+        self._docs = change.docs if change.docs is not None else Documents()
+        self._token = change.token or uuid.uuid4().hex
+        self._document = change.document
         for listener in list(self._listeners):
             listener()
 
@@ -482,8 +536,8 @@ class ConfigStore:
 
     def _commit(self, config: dict[Key, Resource], summary: str) -> None:
         """Write ``config`` as the next revision, then make it current and notify listeners."""
-        self._commit_prepared(self._prepare(self._revision, self._current, config, summary, actions=[],
-                                            messages=[]))
+        self._commit_prepared(_prepare(self._revision, self._current, config, summary, actions=[],
+                                       messages=[], docs=self._docs.copy()))
 
     def _config_at(self, number: int) -> dict[Key, Resource]:
         if number == 0:
@@ -491,10 +545,10 @@ class ConfigStore:
         row = self._db.execute("SELECT config FROM revisions WHERE number = ?", (number,)).fetchone()
         if row is None:
             raise self._no_revision(number)
-        return {stored.resource.key: stored.resource for stored in self._decode(row[0], number)}
+        return {stored.resource.key: stored.resource for stored in self.decode(row[0], number)}
 
     @staticmethod
-    def _decode(document: str, number: int) -> list[StoredResource]:
+    def decode(document: str, number: int) -> list[StoredResource]:
         try:
             entries = json.loads(document)
             resources = load_resources([entry["resource"] for entry in entries], origin=f"revision {number}")
@@ -510,5 +564,6 @@ class ConfigStore:
         if row is None:
             return
         number, document = row
-        self._current = {stored.resource.key: stored for stored in self._decode(document, number)}
+        self._current = {stored.resource.key: stored for stored in self.decode(document, number)}
         self._revision = number
+        self._document = document

@@ -1,0 +1,294 @@
+"""Where a config change's CPU-heavy preparation runs: parsing the body, the analyzer, the diff.
+
+An apply body under `Preparation.threshold` bytes is prepared on a worker thread (a process hop
+costs milliseconds). A larger one goes to one worker *process* (spawn context; at most
+`MAX_QUEUED` preparations waiting for it): a thread shares the GIL with the event loop that serves
+pushes and signs certificates, and a 1 MB apply held it for hundreds of milliseconds at a time.
+The first large body is prepared on a thread; then the worker is started (starting a Python
+process with the config models takes a second or more of CPU, which would compete with that
+preparation) and decodes the config that body made; once it answers, large bodies go to it. A
+worker that died is started again; one unused for `Preparation.idle` seconds is stopped (its
+memory, about 50 MiB plus 50-100 MiB per MB of config it holds, is only spent while large
+documents are being applied).
+
+Only pure functions cross the boundary, with picklable inputs and outputs: the body, the store's
+current config as its stored JSON plus a token naming it (the worker keeps the config it last
+decoded or prepared by token, so a run of large applies decodes the config once), the registry
+view; back come the loader's warnings and a `PreparedChange` whose unchanged entries are left out
+(``kept``: the store has them). The SQLite write, `ConfigStore.commit`, stays in the control
+plane's process, under the API's write lock.
+
+Python's cyclic garbage collector, triggered by the hundreds of thousands of objects a 1 MB
+document makes, cost more than half of a large preparation (each pass walks the whole heap); it is
+paused while one runs (`GC_PAUSED`), in the worker process and on the thread alike. Reference
+counting still frees everything; the collector runs again afterwards.
+
+Must not: touch the store's database or the event loop from the worker; import aiohttp (the
+worker imports this module).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+from meshkit.config import codes
+from meshkit.config.loader import load_resources
+from meshkit.config.messages import ConfigError, Message, Severity
+from meshkit.config.registry import RegistryView
+from meshkit.config.resources import Resource
+from meshkit.control.store import (
+    ChangeResult,
+    ConfigStore,
+    Documents,
+    Key,
+    PreparedChange,
+    StoredResource,
+    prepare_apply_to,
+)
+
+log = logging.getLogger("meshkit.control.preparation")
+
+PREPARE_IN_PROCESS_ABOVE = 128 * 1024  # bytes of body; smaller bodies stay on a worker thread
+IDLE_SECONDS = 120.0  # an unused worker process is stopped after this long (memory)
+MAX_QUEUED = 4  # preparations waiting for the worker process; more wait on the loop, not in a queue
+
+
+class _GcPause:
+    """Pauses the cyclic garbage collector while at least one holder is inside (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._was_enabled = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._holders == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._holders += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0 and self._was_enabled:
+                gc.enable()
+
+
+GC_PAUSED = _GcPause()  # the collector is one per process, and so is its pause
+
+
+def _bad_request(text: str) -> ConfigError:
+    return ConfigError([Message(codes.MK0940, Severity.ERROR, "request body", "", text)])
+
+
+def parse_resources(raw: bytes, as_json: bool, warnings: list[Message], *,
+                    required: bool = True) -> list[Resource]:
+    """A JSON body through the (much faster) JSON parser, YAML through the bounded YAML loader;
+    kinds the mesh does not model are left out with a warning appended to ``warnings``."""
+    if not raw.strip():
+        if required:
+            raise _bad_request("request body is empty: send YAML or JSON resources")
+        return []
+    with GC_PAUSED:
+        if as_json:
+            try:
+                doc = json.loads(raw)
+            except (ValueError, RecursionError) as error:
+                raise _bad_request(f"body is not valid JSON: {error}") from None
+            if not isinstance(doc, dict | list):
+                raise _bad_request("body: expected a JSON object or a list of objects")
+            resources = load_resources(doc, origin="request body", warnings=warnings)
+        else:
+            resources = load_resources(raw, origin="request body", warnings=warnings)
+    if required and not resources and not warnings:
+        raise _bad_request("request body holds no resources (only empty documents)")
+    return resources
+
+
+Outcome = tuple[list[Message], PreparedChange | ChangeResult]  # (the loader's warnings, the change)
+
+
+def prepare_apply_here(store: ConfigStore, raw: bytes, as_json: bool,
+                       registry: RegistryView | None, expected_revision: int | None) -> Outcome:
+    """Parse and prepare an apply in this process (a worker thread; the store is only read)."""
+    warnings: list[Message] = []
+    resources = parse_resources(raw, as_json, warnings)
+    with GC_PAUSED:
+        return warnings, store.prepare_apply(resources, registry, expected_revision=expected_revision)
+
+
+# -- the worker process -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyJob:
+    """What the worker process needs to prepare an apply (picklable)."""
+
+    raw: bytes
+    as_json: bool
+    base: int  # the store's revision
+    token: str  # names the store's config
+    document: str  # the store's config as stored (decoded only when the worker does not know `token`)
+    registry: RegistryView | None
+
+
+# In the worker process only: the config it last decoded or prepared, by token, and those it no
+# longer needs, freed at the start of the next job (not while the caller waits).
+_KNOWN: dict[str, tuple[dict[Key, StoredResource], Documents]] = {}
+_DROPPED: list[Any] = []
+
+
+def warm_up(base: int, token: str, document: str) -> int:
+    """Import this module (the config models, the analyzer) and decode the config named ``token``
+    (the one the large body that started the worker made), so the next job finds it known."""
+    with GC_PAUSED:
+        current = {s.resource.key: s for s in ConfigStore.decode(document, base)}
+    _KNOWN[token] = (current, Documents())
+    return os.getpid()
+
+
+def run_apply_job(job: ApplyJob) -> tuple[int, bytes]:
+    """(this process's pid, the pickled `Outcome` or (error class, messages)): runs in the worker."""
+    with GC_PAUSED:
+        try:
+            result: Any = _apply_job(job)
+        except ConfigError as error:
+            result = (type(error), error.messages)
+        return os.getpid(), pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _apply_job(job: ApplyJob) -> Outcome:
+    _DROPPED.clear()
+    warnings: list[Message] = []
+    incoming = parse_resources(job.raw, job.as_json, warnings)
+    known = _KNOWN.get(job.token)
+    if known is None:
+        known = ({s.resource.key: s for s in ConfigStore.decode(job.document, job.base)}, Documents())
+    current, docs = known
+    change = prepare_apply_to(job.base, current, incoming, job.registry, docs.copy())
+    _DROPPED.extend(_KNOWN.values())
+    _KNOWN.clear()  # one config known: the one this change makes (or the base, when nothing changed)
+    if isinstance(change, PreparedChange):
+        _KNOWN[change.token] = (change.entries, change.docs or Documents())
+        kept = tuple(key for key, stored in change.entries.items() if current.get(key) is stored)
+        changed = {key: stored for key, stored in change.entries.items() if key not in kept}
+        change = dataclasses.replace(change, entries=changed, kept=kept, docs=None)
+    else:
+        _KNOWN[job.token] = known
+    return warnings, change
+
+
+def _loads(data: bytes) -> Any:
+    with GC_PAUSED:
+        return pickle.loads(data)
+
+
+def _report_failed_start(warm: Future[int]) -> None:
+    error = None if warm.cancelled() else warm.exception()
+    if error is not None:  # large bodies keep being prepared on a thread
+        log.warning("the worker process for large config changes did not start: %s: %s",
+                    type(error).__name__, error)
+
+
+class Preparation:
+    """Runs apply preparations on a thread or, for large bodies, in the worker process."""
+
+    def __init__(self, threshold: int = PREPARE_IN_PROCESS_ABOVE, idle: float = IDLE_SECONDS) -> None:
+        self.threshold = threshold
+        self.idle = idle
+        self.worker_pid: int | None = None  # the worker process that prepared the last large body
+        self.in_worker = 0  # preparations the worker process ran
+        self._executor: ProcessPoolExecutor | None = None
+        self._warm: Future[int] | None = None
+        self._retire: asyncio.TimerHandle | None = None
+        self._slots = asyncio.Semaphore(MAX_QUEUED)
+
+    async def apply(self, store: ConfigStore, raw: bytes, as_json: bool, registry: RegistryView | None,
+                    expected_revision: int | None) -> Outcome:
+        """The loader's warnings and the prepared change (nothing committed)."""
+        if len(raw) < self.threshold or not self.ready:
+            outcome = await asyncio.to_thread(prepare_apply_here, store, raw, as_json, registry,
+                                              expected_revision)
+            change = outcome[1]
+            if len(raw) >= self.threshold and self._executor is None and isinstance(change, PreparedChange):
+                # start the worker now, not while this body was prepared (both would compete for the CPU)
+                self._start((change.base + 1, change.token, change.document))
+                self._schedule_retire()
+            return outcome
+        store.check_writable(expected_revision)
+        revision, token, document = store.state
+        job = ApplyJob(raw, as_json, revision, token, document, registry)
+        pid, data = await self._in_worker(job)
+        self.worker_pid, self.in_worker = pid, self.in_worker + 1
+        result = await asyncio.to_thread(_loads, data)
+        if isinstance(result[0], type):
+            error_class, messages = result
+            raise error_class(messages)
+        warnings, change = result
+        return warnings, change
+
+    async def _in_worker(self, job: ApplyJob) -> tuple[int, bytes]:
+        async with self._slots:
+            if self._retire is not None:
+                self._retire.cancel()
+            for attempt in (1, 2):  # a worker that died (killed, out of memory) is replaced once
+                executor = self._start()
+                try:
+                    return await asyncio.wrap_future(executor.submit(run_apply_job, job))
+                except BrokenProcessPool:
+                    self._stop(executor)
+                    if attempt == 2:
+                        raise ConfigError([Message(
+                            codes.MK0940, Severity.ERROR, "request body", "",
+                            "the worker process preparing this change died twice (out of memory?); "
+                            "nothing was applied")]) from None
+                finally:
+                    self._schedule_retire()
+        raise AssertionError("unreachable")
+
+    @property
+    def ready(self) -> bool:
+        """The worker process is up and has answered (large bodies go to it)."""
+        warm = self._warm
+        return (self._executor is not None and warm is not None and warm.done() and not warm.cancelled()
+                and warm.exception() is None)
+
+    def _start(self, state: tuple[int, str, str] = (0, "", "[]")) -> ProcessPoolExecutor:
+        """The worker process, started if needed; ``state``: (revision, token, document) to decode."""
+        if self._executor is None:
+            spawn = multiprocessing.get_context("spawn")  # no fork of a process running threads and a loop
+            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
+            self._warm = self._executor.submit(warm_up, *state)
+            self._warm.add_done_callback(_report_failed_start)
+        return self._executor
+
+    def _schedule_retire(self) -> None:
+        if self._retire is not None:
+            self._retire.cancel()
+        self._retire = asyncio.get_running_loop().call_later(self.idle, self.close)
+
+    def _stop(self, executor: ProcessPoolExecutor) -> None:
+        if executor is self._executor:
+            self._executor, self._warm = None, None
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the worker process (a later large body starts a new one)."""
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
+        if self._executor is not None:
+            self._stop(self._executor)

@@ -1,0 +1,124 @@
+"""A large apply is prepared in a worker process (not a thread sharing the event loop's GIL): the CA
+keeps signing meanwhile, the result is committed by the control plane's store, errors come back
+as the same 4xx, a dead worker is replaced, and small bodies never start one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from meshkit.control.api import COMPONENTS
+from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
+from meshkit.control.preparation import PREPARE_IN_PROCESS_ABOVE, Preparation
+from meshkit.control.server import RunningControlPlane, run_control_plane
+from tests.control.resources import DESTINATION_RULE
+from tests.control.test_bounds import _csr, big_virtual_service, call
+
+API = "/api/v1"
+JSON = {"Content-Type": "application/json"}
+YAML = {"Content-Type": "application/yaml"}
+
+
+def body(*items: dict[str, Any]) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(items)})
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[RunningControlPlane]:
+    running = await run_control_plane(port=0, state_dir=tmp_path)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+def preparation_of(plane: RunningControlPlane) -> Preparation:
+    return plane.runner.app[COMPONENTS].preparation
+
+
+async def until_ready(preparation: Preparation) -> None:
+    """Poll (bounded) until the worker process started by the first large body has answered."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while not preparation.ready:
+        assert loop.time() < deadline, "the worker process never became ready"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_large_apply_is_prepared_in_a_worker_process_while_the_ca_signs(
+        plane: RunningControlPlane, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    base = plane.url + API
+    preparation = preparation_of(plane)
+    status, _ = await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE, headers=YAML)
+    assert status == 200 and not preparation.ready  # a small body starts no worker
+    first = body(big_virtual_service(6000, "v1"))
+    assert PREPARE_IN_PROCESS_ABOVE < len(first) < 1024 * 1024
+    status, result = await call(session, "POST", f"{base}/apply", data=first, headers=JSON)
+    assert status == 200 and result["changed"] is True
+    assert preparation.in_worker == 0  # the first large body: on a thread while the worker starts
+    await until_ready(preparation)
+
+    identity = spiffe_identity("default", "bookinfo-reviews")
+    token = BootstrapTokens.open(tmp_path / "ca" / TOKENS_FILE).issue_token(identity)
+    applying = asyncio.ensure_future(call(session, "POST", f"{base}/apply",
+                                          data=body(big_virtual_service(6000, "v2")), headers=JSON))
+    signed_during_apply = 0
+    for _ in range(500):  # bounded: the apply ends first on a very fast machine
+        status, answer = await call(session, "POST", f"{base}/ca/sign",
+                                    json={"csr": _csr(identity), "token": token})
+        assert status == 200 and "BEGIN CERTIFICATE" in answer["cert_chain"]
+        if applying.done():
+            break
+        signed_during_apply += 1
+    status, result = await applying
+    assert status == 200 and result["changed"] is True
+    assert [r["action"] for r in result["results"]] == ["configured"]
+    assert preparation.in_worker == 1
+    assert preparation.worker_pid is not None and preparation.worker_pid != os.getpid()
+    assert signed_during_apply >= 3
+
+    # committed by this process's store: served, in history, pushed from the new revision
+    status, config = await call(session, "GET", f"{base}/config/VirtualService/default/big")
+    routes = config["items"][0]["resource"]["spec"]["http"]
+    assert status == 200 and len(routes) == 6000
+    assert {r["route"][0]["destination"]["subset"] for r in routes} == {"v2"}
+    status, health = await call(session, "GET", f"{base}/healthz")
+    assert health["revision"] == 3
+    status, entry = await call(session, "GET", f"{base}/history/3")
+    assert "configured VirtualService/default/big" in entry["summary"]
+    [stored] = plane.control_plane.store.get("DestinationRule")
+    assert stored.revision == 1  # the unchanged DestinationRule kept its revision across the hop
+
+
+async def test_worker_errors_are_the_same_4xx_and_a_dead_worker_is_replaced(
+        plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    base = plane.url + API
+    preparation = preparation_of(plane)
+    status, _ = await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE, headers=YAML)
+    status, _ = await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000)),
+                           headers=JSON)
+    assert status == 200
+    await until_ready(preparation)
+    twice = body(big_virtual_service(2500, "v2"), big_virtual_service(2500, "v2"))
+    assert len(twice) >= PREPARE_IN_PROCESS_ABOVE
+    status, error = await call(session, "POST", f"{base}/apply", data=twice, headers=JSON)
+    assert status == 400 and error["messages"][0]["code"] == "MK0901"  # the worker's ConfigError
+    status, error = await call(session, "POST", f"{base}/apply?expect_revision=7",
+                               data=body(big_virtual_service(3000, "v2")), headers=JSON)
+    assert status == 409 and error["messages"][0]["code"] == "MK0904"
+    first_pid = preparation.worker_pid
+    assert first_pid is not None and preparation.in_worker == 1
+
+    os.kill(first_pid, signal.SIGKILL)  # out of memory, or killed by hand
+    status, result = await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v2")),
+                                headers=JSON)
+    assert status == 200 and result["changed"] is True and result["revision"] == 3
+    assert preparation.worker_pid not in (None, first_pid, os.getpid())
