@@ -54,8 +54,11 @@ def test_curl_from_a_workload_goes_through_its_sidecar(mesh: RunningMesh) -> Non
     # -i shows the status and headers; a workload name (no instance suffix) means its first instance.
     shown = meshkit(mesh, "curl", "--from", "sleep-v1", "-i", "-H", "end-user: jason",
                     "http://httpbin-nowhere:8000/get")
-    assert shown.returncode != 0  # no such service in the mesh: the sidecar answers 404 (NR)
-    assert shown.stdout.startswith("HTTP/1.1 404")
+    # no such service in the mesh: under ALLOW_ANY the sidecar would pass it through, but nothing
+    # resolves the name (no stand-in, real DNS off), so it answers 503 with Envoy's DF flag
+    assert shown.returncode != 0
+    assert shown.stdout.startswith("HTTP/1.1 503")
+    assert "no stand-in for 'httpbin-nowhere:8000'" in shown.stdout
     page = meshkit(mesh, "curl", "--from", "sleep-v1", "-i", "http://productpage:9080/productpage")
     assert page.returncode == 0
     assert page.stdout.startswith("HTTP/1.1 200") and "x-app-podname: productpage-v1-0" in page.stdout.lower()

@@ -12,13 +12,26 @@ import pytest
 
 from meshkit.lab import checks, connect
 from meshkit.lab.mesh import Mesh
+from meshkit.lab.progress import ProgressStore
 from meshkit.runtime import catalog
 from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
+from meshkit.workshop import client as workshop_client
 from tests.waiting import wait_until
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
+
+
+def as_first_time_learner(env: dict[str, str], lab: str) -> None:
+    """The session's labs share one MESHKIT_HOME: forget ``lab``'s progress and predictions, which
+    another test may have recorded (a reference edition run, a catalog check)."""
+    ProgressStore(StateDir.open(env["MESHKIT_HOME"])).reset(lab)
+
+
+def leave_workshops(env: dict[str, str]) -> None:
+    """Forget the workshop identity a test joined with, so later tests are self-study learners again."""
+    (Path(env["MESHKIT_HOME"]) / "workshop" / workshop_client.CLIENT_DB).unlink(missing_ok=True)
 
 
 def free_base() -> int:

@@ -23,7 +23,7 @@ import pytest
 from meshkit.lab import catalog
 from meshkit.workshop import client
 from tests.labs.browser import CHROMIUM, chromium, free_port, jupyterlab, outputs, run_all
-from tests.labs.conftest import LABS
+from tests.labs.conftest import LABS, as_first_time_learner, leave_workshops
 from tests.pids import stop_group
 
 pytestmark = [
@@ -80,8 +80,17 @@ def test_a_learner_types_a_solution_sees_the_step_done_and_a_broadcast_arrive(
     step = next(s for s in spec.steps if s.id == STEP)
     assert "\n" not in step.solution  # typed on one line: no editor auto-indent in play
     # the learner joins (meshkit.lab.join); the notebook's Lab finds the identity in $MESHKIT_HOME
+    as_first_time_learner(lab_env, LAB)
     learner = client.join(workshop["url"], workshop["code"], "Browser Learner",
                           state_dir=Path(lab_env["MESHKIT_HOME"]) / "workshop")
+    try:
+        _type_the_solution_and_see_a_broadcast(lab_env, workshop, tmp_path, step, learner)
+    finally:
+        leave_workshops(lab_env)  # the session's later labs are self-study again
+
+
+def _type_the_solution_and_see_a_broadcast(lab_env: dict[str, str], workshop: dict[str, str],
+                                           tmp_path: Path, step: Any, learner: Any) -> None:
     env = dict(lab_env)
     (tmp_path / "jupyterlab").mkdir()
     shots = DOCS_IMAGES if os.environ.get("MESHKIT_UPDATE_SCREENSHOTS") == "1" else tmp_path
@@ -153,13 +162,14 @@ def learner_lab(lab_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in LABS.glob("*.ipynb")))
-def test_every_learner_edition_runs_and_renders_in_jupyterlab(name: str, learner_lab: Any,
-                                                              tmp_path: Path) -> None:
+def test_every_learner_edition_runs_and_renders_in_jupyterlab(
+        name: str, learner_lab: Any, lab_env: dict[str, str], tmp_path: Path) -> None:
     """Run All on the learner edition: every code cell runs (no traceback), no widget error, the
     progress widget shows no exercised step done; a screenshot of its top for docs/images/labs/."""
     server, browser = learner_lab
     shots = DOCS_IMAGES if os.environ.get("MESHKIT_UPDATE_SCREENSHOTS") == "1" else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
+    as_first_time_learner(lab_env, name.removesuffix(".ipynb"))
     page = browser.open_notebook(server.add(LABS / name), name)
     try:
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")

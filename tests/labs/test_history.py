@@ -229,7 +229,8 @@ def test_three_shapes_fail_their_checks_before_and_pass_after_measuring(mesh: Me
         rows = {r["shape"]: r for r in bench.rows()}
         assert [rows[s]["proxies on path"] for s in SHAPES] == [0, 1, 2]
         assert rows["library"]["proxy processes"] == 0 and rows["node agent"]["proxy processes"] == 1
-        assert rows["sidecar"]["proxy processes"] == len(mesh.workloads())
+        with_sidecars = [w for w in mesh.workloads() if w.get("sidecar_pid")]  # legacy (clients) has none
+        assert rows["sidecar"]["proxy processes"] == len(with_sidecars)
         assert rows["node agent"]["proxy RSS MiB"] > 5 and rows["sidecar"]["proxy RSS MiB"] > 5 * 6
         assert all(y > 0 for y in chart.data[0].y) and chart.data[2].y[0] == 0 and chart.data[2].y[1] > 0
         assert "client → productpage-v1-0 sidecar → details sidecar → app" in str(bench.table())

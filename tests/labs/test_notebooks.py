@@ -21,9 +21,7 @@ from nbclient.exceptions import CellExecutionError
 from nbformat.v4 import new_code_cell, new_notebook
 
 from meshkit.lab import catalog, editions
-from meshkit.lab.progress import ProgressStore
-from meshkit.runtime.state import StateDir
-from tests.labs.conftest import LABS
+from tests.labs.conftest import LABS, as_first_time_learner
 
 NOTEBOOKS = sorted(LABS.glob("[0-9][0-9]-*.ipynb"))
 CELL_TIMEOUT = 60
@@ -84,7 +82,7 @@ def test_learner_edition_leaves_exercises_undone_and_reference_edition_passes(
     spec = _spec(path)
     # a learner who opens this lab for the first time: nothing recorded (other tests of the session,
     # the browser test's reference run of lab 05 among them, may have recorded progress and predictions)
-    ProgressStore(StateDir.open(lab_env["MESHKIT_HOME"])).reset(path.stem)
+    as_first_time_learner(lab_env, path.stem)
     learner = nbformat.read(path, as_version=4)
     reference = editions.reference(nbformat.read(path, as_version=4), path)
     exercised = [s.id for s in spec.steps if s.exercise != "none"]
