@@ -83,6 +83,23 @@ def _csr(identity: str) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+async def csrs_signed_while(session: aiohttp.ClientSession, base: str, ca_dir: Path,
+                            applying: asyncio.Future[tuple[int, Any]], limit: int) -> int:
+    """Sign CSRs back to back (each must succeed) until ``applying`` is done; how many were signed
+    while it was still running. Bounded by ``limit``: the apply may end first on a fast machine."""
+    identity = spiffe_identity("default", "bookinfo-reviews")
+    token = BootstrapTokens.open(ca_dir / TOKENS_FILE).issue_token(identity)
+    signed = 0
+    for _ in range(limit):
+        status, answer = await call(session, "POST", f"{base}/ca/sign",
+                                    json={"csr": _csr(identity), "token": token})
+        assert status == 200 and "BEGIN CERTIFICATE" in answer["cert_chain"]
+        if applying.done():
+            break
+        signed += 1
+    return signed
+
+
 @pytest.fixture
 async def plane_with_ca(tmp_path: Path) -> AsyncIterator[RunningControlPlane]:
     running = await run_control_plane(port=0, state_dir=tmp_path)
@@ -99,20 +116,11 @@ async def test_the_ca_signs_while_a_large_apply_is_worked_out(plane_with_ca: Run
     base = plane_with_ca.url + API
     status, _ = await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE, headers=YAML)
     assert status == 200
-    identity = spiffe_identity("default", "bookinfo-reviews")
-    token = BootstrapTokens.open(tmp_path / "ca" / TOKENS_FILE).issue_token(identity)
     body = json.dumps({"apiVersion": "v1", "kind": "List", "items": [big_virtual_service(7000)]})
     assert 500_000 < len(body) < 1024 * 1024
     applying = asyncio.ensure_future(call(session, "POST", f"{base}/apply", data=body,
                                           headers={"Content-Type": "application/json"}))
-    signed_during_apply = 0
-    for _ in range(200):  # bounded: the apply ends first on a very fast machine
-        status, answer = await call(session, "POST", f"{base}/ca/sign",
-                                    json={"csr": _csr(identity), "token": token})
-        assert status == 200 and "BEGIN CERTIFICATE" in answer["cert_chain"]
-        if applying.done():
-            break
-        signed_during_apply += 1
+    signed_during_apply = await csrs_signed_while(session, base, tmp_path / "ca", applying, 200)
     status, result = await applying
     assert status == 200 and result["changed"] is True
     assert signed_during_apply >= 3  # the old code signed nothing while the apply held the loop

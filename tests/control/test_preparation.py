@@ -16,11 +16,10 @@ import aiohttp
 import pytest
 
 from meshkit.control.api import COMPONENTS
-from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
 from meshkit.control.preparation import PREPARE_IN_PROCESS_ABOVE, Preparation
 from meshkit.control.server import RunningControlPlane, run_control_plane
 from tests.control.resources import DESTINATION_RULE
-from tests.control.test_bounds import _csr, big_virtual_service, call
+from tests.control.test_bounds import big_virtual_service, call, csrs_signed_while
 
 API = "/api/v1"
 JSON = {"Content-Type": "application/json"}
@@ -66,18 +65,9 @@ async def test_a_large_apply_is_prepared_in_a_worker_process_while_the_ca_signs(
     assert preparation.in_worker == 0  # the first large body: on a thread while the worker starts
     await until_ready(preparation)
 
-    identity = spiffe_identity("default", "bookinfo-reviews")
-    token = BootstrapTokens.open(tmp_path / "ca" / TOKENS_FILE).issue_token(identity)
     applying = asyncio.ensure_future(call(session, "POST", f"{base}/apply",
                                           data=body(big_virtual_service(6000, "v2")), headers=JSON))
-    signed_during_apply = 0
-    for _ in range(500):  # bounded: the apply ends first on a very fast machine
-        status, answer = await call(session, "POST", f"{base}/ca/sign",
-                                    json={"csr": _csr(identity), "token": token})
-        assert status == 200 and "BEGIN CERTIFICATE" in answer["cert_chain"]
-        if applying.done():
-            break
-        signed_during_apply += 1
+    signed_during_apply = await csrs_signed_while(session, base, tmp_path / "ca", applying, 500)
     status, result = await applying
     assert status == 200 and result["changed"] is True
     assert [r["action"] for r in result["results"]] == ["configured"]
