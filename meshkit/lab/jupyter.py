@@ -22,10 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["START_PAGE", "JupyterSession", "lab_environment", "start_page"]
+__all__ = ["START_PAGE", "JupyterSession", "exit_status", "lab_environment", "start_page"]
 
 START_PAGE = "00-welcome.ipynb"
 STOP_GRACE_S = 20.0
+
+
+def exit_status(returncode: int, requested: set[int]) -> int:
+    """What `meshkit lab` exits with, given JupyterLab's ``returncode`` (negative: killed by that
+    signal) and the signals a user asked it to stop with: a stop that was asked for is a clean exit
+    (JupyterLab may die of the second SIGTERM a process-group kill delivers), any other signal death
+    is reported as a shell does (128 + N), never as a negative code the OS would wrap to 241."""
+    if returncode >= 0:
+        return returncode
+    if -returncode in requested:
+        return 0
+    return 128 - returncode
 
 
 def start_page(folder: Path) -> str | None:
@@ -66,11 +78,13 @@ class JupyterSession:
 
     def run(self, on_exit: Callable[[], None]) -> int:
         """Serve until JupyterLab exits (Ctrl-C goes to JupyterLab, which asks to confirm; SIGTERM and
-        SIGHUP are passed on to it); then ``on_exit()``, always. Returns JupyterLab's exit code."""
+        SIGHUP are passed on to it); then ``on_exit()``, always. Returns the exit status for the
+        command (``exit_status``: a stop that was asked for is 0)."""
         child = subprocess.Popen(self.argv(), env=lab_environment(os.environ, self.python))
+        requested: set[int] = set()
         try:
-            with _forwarding(child):
-                return child.wait()
+            with _forwarding(child, requested):
+                return exit_status(child.wait(), requested)
         finally:
             if child.poll() is None:
                 child.terminate()
@@ -83,11 +97,13 @@ class JupyterSession:
 
 
 @contextlib.contextmanager
-def _forwarding(child: subprocess.Popen[bytes]) -> Iterator[None]:
+def _forwarding(child: subprocess.Popen[bytes], requested: set[int]) -> Iterator[None]:
     """While JupyterLab runs: Ctrl-C is its business (the terminal sends it to both of us), SIGTERM
-    and SIGHUP are handed to it; the handlers in place before are put back afterwards."""
+    and SIGHUP are handed to it (and noted in ``requested``); the handlers in place before are put
+    back afterwards."""
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        requested.add(signum)
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
 
