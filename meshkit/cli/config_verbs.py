@@ -72,12 +72,24 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
              "http://127.0.0.1:4318/v1/traces) or zipkin=URL (default $MESHKIT_TRACE_EXPORT).")] = None,
     ready_port: Annotated[int | None, typer.Option(
         help="With --kubernetes: serve GET /ready on this port, 200 once the cluster is mirrored.")] = None,
+    tls_port: Annotated[int | None, typer.Option(
+        help="Also serve the API over TLS on this port (istiod's 15012; 0 = any free port), with a "
+             "certificate from the mesh's own CA: what a cluster's sidecars use.")] = None,
+    tls_host: Annotated[list[str] | None, typer.Option(
+        help="A DNS name for that certificate (repeat; default: the meshkit-control Service's "
+             "names and localhost).")] = None,
 ) -> None:
     """Run the control plane (config store, registry, push to sidecars, CA) until Ctrl-C."""
     if max_body < 1024 or keep_revisions < 1:
         _fail(EXIT_REJECTED, f"error: --max-body must be at least 1024 (got {max_body}) and --keep-revisions "
                              f"at least 1 (got {keep_revisions})")
-    limits = {"max_body": max_body, "keep_revisions": keep_revisions}
+    limits: dict[str, Any] = {"max_body": max_body, "keep_revisions": keep_revisions}
+    if tls_port is not None:
+        if not ca:
+            _fail(EXIT_REJECTED, "error: --tls-port needs the CA (the mesh root issues its certificate)")
+        limits["tls_port"] = tls_port
+        if tls_host:
+            limits["tls_hosts"] = tuple(tls_host)
     if kubernetes:
         _control_on_kubernetes(host, port, state_dir, ca=ca, cert_ttl=cert_ttl, kubeconfig=kubeconfig,
                                kube_api=kube_api, limits=limits, ready_port=ready_port)
@@ -102,7 +114,7 @@ def control(  # noqa: PLR0917 (typer maps parameters to options)
 
 
 def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: bool, cert_ttl: str,
-                           kubeconfig: str | None, kube_api: str | None, limits: dict[str, int],
+                           kubeconfig: str | None, kube_api: str | None, limits: dict[str, Any],
                            ready_port: int | None = None) -> None:
     import logging  # noqa: PLC0415
 

@@ -6,6 +6,8 @@ What it does:
   0700 and key files 0600), self-signed on first use or provided by the user, reloaded on restart;
 * signs a sidecar's CSR into a short-lived workload certificate whose only URI SAN is the
   workload's SPIFFE identity ``spiffe://cluster.local/ns/<ns>/sa/<sa>`` (istiod's job);
+* issues the control plane's own server certificate (DNS SANs) for its TLS listener on 15012
+  (``meshkit.control.serving_tls``), so sidecars verify the control plane against the mesh root;
 * authenticates the caller of the signing endpoint. In local mode every sidecar is started
   with a bootstrap token bound to its identity (stored as SHA-256 only, compared in constant
   time), so a sidecar can only get a certificate for ITS identity. Kubernetes will plug a
@@ -331,17 +333,43 @@ class CertificateAuthority:
         if not_after <= not_before:
             expiry = self._cert.not_valid_after_utc.isoformat()
             raise CaError(f"the root expires at {expiry}; rotate the root first")
+        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)])
+        cert = self._leaf(csr.public_key(), san, not_before, not_after, client_auth=True)
+        log.info("issued %s serial=%x until %s", identity, cert.serial_number, not_after.isoformat())
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def issue_serving(self, dns_names: Iterable[str], ttl: timedelta = DEFAULT_TTL) -> tuple[str, str]:
+        """A fresh key and a server certificate for ``dns_names`` (its DNS SANs), signed by the root:
+        the control plane's own TLS certificate for its 15012 listener, as istiod's
+        ``istiod.istio-system.svc`` certificate. Returns ``(cert_pem, key_pem)``."""
+        names = [name for name in dict.fromkeys(dns_names) if name]
+        if not names:
+            raise CaError("a serving certificate needs at least one DNS name")
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        not_after = min(now + ttl, self._cert.not_valid_after_utc)
+        san = x509.SubjectAlternativeName([x509.DNSName(name) for name in names])
+        cert = self._leaf(key.public_key(), san, now - CLOCK_SKEW, not_after, client_auth=False)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+    def _leaf(self, public_key: Any, san: x509.SubjectAlternativeName, not_before: datetime,
+              not_after: datetime, *, client_auth: bool) -> x509.Certificate:
+        """A leaf certificate under the root: empty subject, ``san`` critical (as Istio's), key usage
+        digitalSignature+keyEncipherment, serverAuth (+clientAuth for workloads), random serial."""
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+        if client_auth:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self._cert.subject)
-            .public_key(csr.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True
-            )
+            .add_extension(san, critical=True)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -351,18 +379,13 @@ class CertificateAuthority:
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 critical=False,
             )
         )
-        cert = builder.sign(self._key, hashes.SHA256())
-        log.info("issued %s serial=%x until %s", identity, cert.serial_number, not_after.isoformat())
-        return cert.public_bytes(serialization.Encoding.PEM).decode()
+        return builder.sign(self._key, hashes.SHA256())
 
 
 def _bytes(value: str | bytes) -> bytes:

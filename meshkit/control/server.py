@@ -15,11 +15,12 @@ import asyncio
 import os
 import signal
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -41,8 +42,16 @@ from meshkit.control.store import KEEP_REVISIONS, ConfigStore
 from meshkit.control.telemetry import Scraper, TelemetryStore
 from meshkit.control.traces import TraceExporter, TraceStore
 
+if TYPE_CHECKING:
+    from meshkit.control.serving_tls import ServingTls
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 15010
+TLS_PORT = 15012  # istiod's: xDS and CA over TLS, what a cluster's sidecars use
+# The names the control plane's certificate is for: its Kubernetes Service (meshkit.k8s.names), and
+# localhost for a port-forward.
+DEFAULT_TLS_HOSTS = ("meshkit-control.meshkit-system.svc", "meshkit-control.meshkit-system.svc.cluster.local",
+                     "localhost")
 SHUTDOWN_TIMEOUT = 3.0
 TRACE_SAMPLING_ENV = "MESHKIT_TRACE_SAMPLING"  # meshConfig.defaultConfig.tracing.sampling, percent
 TRACE_EXPORT_ENV = "MESHKIT_TRACE_EXPORT"  # "otlp=http://HOST:4318/v1/traces" or "zipkin=http://HOST:9411/api/v2/spans"
@@ -154,13 +163,14 @@ class ControlPlane:
         if self.trace_exporter is not None:
             self.traces.listeners.append(self.trace_exporter)
         self.signer: _CaSigner | None = None
+        self.authority: Any = None  # meshkit.control.ca.CertificateAuthority when the CA runs
         self.tokens: Any = None  # meshkit.control.ca.BootstrapTokens when the CA runs
         self.admin_token = ensure_admin_token(self.directory)
         if with_ca:
             from meshkit.control import ca  # noqa: PLC0415 (optional part)
 
             directory = self.directory / "ca"
-            authority = ca.CertificateAuthority.open(directory)
+            authority = self.authority = ca.CertificateAuthority.open(directory)
             self.tokens = ca.BootstrapTokens.open(directory / ca.TOKENS_FILE)
             if authenticator is None:
                 authenticator = _TokensOnDisk(self.tokens, directory / ca.TOKENS_FILE, ca.BootstrapTokens)
@@ -207,16 +217,24 @@ class RunningControlPlane:
     """A control plane listening on a socket; ``await close()`` (or ``async with``) stops it."""
 
     def __init__(self, control_plane: ControlPlane, runner: web.AppRunner, host: str, port: int,
-                 recorded: Path | None) -> None:
+                 recorded: Path | None, *, tls: TlsListener | None = None) -> None:
         self.control_plane = control_plane
         self.runner = runner
         self.host = host
         self.port = port
         self._recorded = recorded
+        self.tls = tls
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def tls_note(self) -> str:
+        """`` and TLS on :PORT for NAMES`` when the TLS listener runs, else empty (for announcements)."""
+        if self.tls is None:
+            return ""
+        return f" and TLS on :{self.tls.port} for {', '.join(self.tls.serving.dns_names)}"
 
     @property
     def admin_token(self) -> str:
@@ -228,6 +246,8 @@ class RunningControlPlane:
         return {"Authorization": f"Bearer {self.control_plane.admin_token}"}
 
     async def close(self) -> None:
+        if self.tls is not None:
+            self.tls.renewal.cancel()
         await self.runner.cleanup()
         self.control_plane.close()
         if self._recorded is not None:
@@ -241,21 +261,46 @@ class RunningControlPlane:
         await self.close()
 
 
+@dataclass
+class TlsListener:
+    """The TLS port (istiod's 15012) of a running control plane: the same API, the mesh CA's
+    certificate for ``serving.dns_names``; ``renewal`` re-issues it at half its lifetime."""
+
+    port: int
+    serving: ServingTls
+    renewal: asyncio.Task[None]
+
+
 async def run_control_plane(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                             state_dir: Path | str | None = None, *, record_address: bool = True,
+                            tls_port: int | None = None, tls_hosts: Sequence[str] = DEFAULT_TLS_HOSTS,
                             **options: Any) -> RunningControlPlane:
     """Start a control plane on ``host:port`` (0 = a free port) and return once it accepts connections.
 
-    ``options`` go to `ControlPlane` (``with_ca``, ``debounce``, ``ping_interval``, ``retention``...).
+    With ``tls_port`` (0 = a free port) it also serves the same API over TLS there, with a
+    certificate for ``tls_hosts`` issued by its own CA (``meshkit.control.serving_tls``); the
+    sidecars of a cluster use that port. ``options`` go to `ControlPlane` (``with_ca``,
+    ``debounce``, ``ping_interval``, ``retention``...).
     """
     control_plane = ControlPlane(state_dir, **options)
+    if tls_port is not None and control_plane.authority is None:
+        control_plane.close()
+        raise ValueError("a TLS port needs the CA (its certificate is issued by the mesh's root)")
     runner = web.AppRunner(control_plane.create_app(), shutdown_timeout=SHUTDOWN_TIMEOUT,
                            access_log=None, handle_signals=False,
                            handler_cancellation=True)  # a dropped SSE client ends its stream at once
+    tls = None
     try:
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
+        if tls_port is not None:
+            from meshkit.control.serving_tls import ServingTls  # noqa: PLC0415 (with the CA only)
+
+            serving = ServingTls(control_plane.authority, tls_hosts, control_plane.directory / "serving")
+            tls_site = web.TCPSite(runner, host, tls_port, ssl_context=serving.context)
+            await tls_site.start()
+            tls = TlsListener(int(runner.addresses[-1][1]), serving, asyncio.ensure_future(serving.run()))
     except BaseException:
         await runner.cleanup()
         control_plane.close()
@@ -265,7 +310,7 @@ async def run_control_plane(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     if record_address:
         recorded = address_file(control_plane.directory)
         write_address(recorded, f"http://{host}:{bound}")
-    return RunningControlPlane(control_plane, runner, host, bound, recorded)
+    return RunningControlPlane(control_plane, runner, host, bound, recorded, tls=tls)
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | str | None = None,
@@ -275,7 +320,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | 
     async def start() -> RunningControlPlane:
         running = await run_control_plane(host, port, state_dir, **options)
         plane = running.control_plane
-        announce(f"meshkit control plane listening on {running.url} "
+        announce(f"meshkit control plane listening on {running.url}{running.tls_note} "
                  f"(state: {plane.directory}, revision {plane.store.revision})")
         return running
 

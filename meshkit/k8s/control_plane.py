@@ -482,7 +482,8 @@ def serve_kubernetes(access: KubeAccess, host: str = DEFAULT_HOST, port: int = D
         running = await run_kubernetes_control_plane(access, host, port, state_dir, **options)
         if ready_port is not None:
             await running.serve_readiness(host, ready_port)
-        announce(f"meshkit control plane listening on {running.url} (config and endpoints from the "
+        announce(f"meshkit control plane listening on {running.url}{running.running.tls_note} (config and "
+                 f"endpoints from the "
                  f"cluster at {access.server}; state: {running.control_plane.directory})")
         return running
 

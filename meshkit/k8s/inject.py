@@ -109,12 +109,12 @@ def inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None,
         ops += _append(spec, "initContainers", init)
         ops += probe_ops
         ops += _append(spec, "containers", [sidecar])
-    ops += _append(spec, "volumes", [token_volume(settings)])
+    ops += _append(spec, "volumes", [token_volume(settings), root_cert_volume()])
     native = [names.SIDECAR_CONTAINER] if settings.native_sidecar else []
     status = {
         "initContainers": [names.INIT_CONTAINER, *native],
         "containers": [] if native else [names.SIDECAR_CONTAINER],
-        "volumes": [names.TOKEN_VOLUME],
+        "volumes": [names.TOKEN_VOLUME, names.ROOT_CERT_VOLUME],
         "image": settings.image,
     }
     annotations = (pod.get("metadata") or {}).get("annotations")
@@ -187,6 +187,8 @@ def sidecar_container(pod_spec: dict[str, Any], settings: InjectSettings) -> dic
             _field_env("INSTANCE_IP", "status.podIP"),
             {"name": "MESHKIT_CONTROL", "value": settings.control_address},
             {"name": "MESHKIT_TOKEN_FILE", "value": f"{names.TOKEN_MOUNT_PATH}/{names.TOKEN_FILE}"},
+            # the root that signed the control plane's TLS certificate (https:// control address)
+            {"name": "MESHKIT_CONTROL_CA", "value": f"{names.ROOT_CERT_MOUNT_PATH}/{names.ROOT_CERT_KEY}"},
             {"name": "MESHKIT_APP_PORTS", "value": ",".join(str(p) for p in app_ports(pod_spec))},
         ],
         "readinessProbe": {
@@ -204,7 +206,10 @@ def sidecar_container(pod_spec: dict[str, Any], settings: InjectSettings) -> dic
             "privileged": False,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": names.TOKEN_VOLUME, "mountPath": names.TOKEN_MOUNT_PATH, "readOnly": True}],
+        "volumeMounts": [
+            {"name": names.TOKEN_VOLUME, "mountPath": names.TOKEN_MOUNT_PATH, "readOnly": True},
+            {"name": names.ROOT_CERT_VOLUME, "mountPath": names.ROOT_CERT_MOUNT_PATH, "readOnly": True},
+        ],
     }
 
 
@@ -264,6 +269,14 @@ def token_volume(settings: InjectSettings) -> dict[str, Any]:
             }]
         },
     }
+
+
+def root_cert_volume() -> dict[str, Any]:
+    """The mesh's root certificate (ConfigMap ``meshkit-ca-root-cert``, published in every namespace
+    by `meshkit.k8s.root_cert_publisher`), as Istio mounts ``istio-ca-root-cert``: not optional, so
+    kubelet holds the pod until it exists rather than starting a sidecar that cannot verify the
+    control plane."""
+    return {"name": names.ROOT_CERT_VOLUME, "configMap": {"name": names.ROOT_CONFIGMAP}}
 
 
 def app_ports(pod_spec: dict[str, Any]) -> list[int]:

@@ -18,6 +18,12 @@ SIDECAR_CONTAINER = "meshkit-proxy"
 INIT_CONTAINER = "meshkit-init"
 TOKEN_VOLUME = "meshkit-token"
 TOKEN_MOUNT_PATH = "/var/run/secrets/tokens"
+# the mesh's root certificate, published in every namespace (Istio's istio-ca-root-cert) and mounted
+# by the sidecar to verify the control plane's TLS certificate (Istio's /var/run/secrets/istio)
+ROOT_CONFIGMAP = "meshkit-ca-root-cert"
+ROOT_CERT_KEY = "root-cert.pem"
+ROOT_CERT_VOLUME = "meshkit-ca-root"
+ROOT_CERT_MOUNT_PATH = "/var/run/secrets/meshkit"
 TOKEN_FILE = "meshkit-token"
 TOKEN_AUDIENCE = "meshkit-ca"
 
@@ -40,14 +46,16 @@ SIDECAR_PORTS: tuple[tuple[str, int], ...] = (
 READY_PATH = "/healthz/ready"
 
 # control plane ports and in-cluster names
-PORT_CONTROL = 15010
+PORT_CONTROL = 15010  # plaintext API: the CLI (through a port-forward) and the operator
+PORT_CONTROL_TLS = 15012  # the same API over TLS (istiod's xDS+CA port): what sidecars use
 PORT_WEBHOOK = 15017
 SYSTEM_NAMESPACE = "meshkit-system"
 CONTROL_SERVICE = "meshkit-control"
 WEBHOOK_SERVICE = "meshkit-webhook"
 MUTATING_WEBHOOK_CONFIG = "meshkit-sidecar-injector"
 VALIDATING_WEBHOOK_CONFIG = "meshkit-validator"
-DEFAULT_CONTROL_ADDRESS = f"http://{CONTROL_SERVICE}.{SYSTEM_NAMESPACE}.svc:{PORT_CONTROL}"
+# where injected sidecars reach the control plane: TLS, verified against the mounted root
+DEFAULT_CONTROL_ADDRESS = f"https://{CONTROL_SERVICE}.{SYSTEM_NAMESPACE}.svc:{PORT_CONTROL_TLS}"
 DEFAULT_IMAGE = "meshkit:dev"
 
 # where the image keeps the capture script the init container runs

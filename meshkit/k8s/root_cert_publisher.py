@@ -4,12 +4,14 @@ The control plane keeps the root CA in the Secret ``meshkit-system/meshkit-ca-ro
 (`meshkit.k8s.control_plane.ensure_ca_root`). Workloads must not read that Secret (it holds
 the key); what they may read is the public root, which `RootCertPublisher` copies — the
 certificate only — into the ConfigMap ``meshkit-ca-root-cert`` (key ``root-cert.pem``) of every
-namespace labelled ``meshkit-injection=enabled``, and keeps there: created when missing,
-patched when the root changed. It runs in the operator's periodic task
-(`meshkit.k8s.operator`), from the operator's namespace index.
+namespace but Kubernetes' own (as Istio's namespace controller does: a pod can be injected by its
+own label in any namespace, and its sidecar mounts this ConfigMap to verify the control plane's
+TLS certificate on 15012), and keeps there: created when missing, patched when the root changed.
+It runs in the operator's periodic task (`meshkit.k8s.operator`), from the operator's namespace
+index.
 
-It must not do: copy the key, touch namespaces that are not injected, or delete anything (a
-namespace that stops being injected keeps its ConfigMap, as in Istio).
+It must not do: copy the key, touch Kubernetes' own namespaces, or delete anything (the
+ConfigMap stays as long as its namespace, as in Istio).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 from meshkit.config.api_kinds import CA_ROOT_SECRET, SYSTEM_NAMESPACE
 from meshkit.k8s import names
 
-ROOT_CONFIGMAP = "meshkit-ca-root-cert"
-ROOT_KEY = "root-cert.pem"
+ROOT_CONFIGMAP = names.ROOT_CONFIGMAP
+ROOT_KEY = names.ROOT_CERT_KEY
+# Kubernetes' own namespaces (Istio's inject.IgnoredNamespaces): no mesh workload runs there
+IGNORED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "local-path-storage"})
 
 Request = Callable[..., Awaitable[Any]]  # (method, path, body=None) -> JSON answer, None on 404
 
@@ -44,9 +48,8 @@ class RootCertPublisher:
         return base64.b64decode(data[ROOT_KEY]).decode()
 
     async def once(self, namespace_labels: Mapping[str, Mapping[str, str]]) -> int:
-        """Publish into every injected namespace that lacks the current root; how many were written."""
-        injected = sorted(ns for ns, labels in namespace_labels.items()
-                          if labels.get(names.INJECTION_LABEL) == names.INJECTION_ENABLED)
+        """Publish into every namespace that lacks the current root; how many were written."""
+        injected = sorted(ns for ns in namespace_labels if ns not in IGNORED_NAMESPACES)
         if not injected:
             return 0
         root = await self.root()

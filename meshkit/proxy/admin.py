@@ -132,6 +132,7 @@ class Admin:
                 "applied": self.state.applied,
                 "rejected": self.state.rejected,
                 "source": self.state.source,
+                "source_error": self.state.source_error,
             }
         )
 

@@ -35,6 +35,8 @@ from meshkit.proxy.upstream import Upstream
 from meshkit.proxy.xds import ConfigState, StaticConfig, XdsClient
 
 if TYPE_CHECKING:
+    import ssl
+
     from meshkit.proxy.tls.inbound import MtlsAcceptor
     from meshkit.proxy.tls.sidecar import SidecarCertificates
     from meshkit.proxy.tls.static import StaticCertificates
@@ -44,6 +46,7 @@ log = logging.getLogger("meshkit.proxy")
 DEFAULT_PORTS = {"outbound": 15001, "inbound": 15006, "admin": 15000}
 TOKEN_ENV = "MESHKIT_CA_TOKEN"
 TOKEN_FILE_ENV = "MESHKIT_TOKEN_FILE"  # a file holding the token, re-read before every CSR (Kubernetes)
+CONTROL_CA_ENV = "MESHKIT_CONTROL_CA"  # the root that signed the control plane's TLS certificate
 CONTROL_TOKEN_FILE_ENV = "MESHKIT_CONTROL_TOKEN_FILE"  # the control plane credential of a proxy without CA
 SWEEP_INTERVAL = 5.0
 
@@ -96,6 +99,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "default: the CA token",
     )
     parser.add_argument(
+        "--control-ca", metavar="PATH", default=os.environ.get(CONTROL_CA_ENV) or None,
+        help="with an https:// --control URL: the root certificate(s) to verify the control plane "
+        f"against (Kubernetes: the mesh root the injector mounts; env {CONTROL_CA_ENV}); default: "
+        "the system's CAs",
+    )
+    parser.add_argument(
         "--tls-dir", metavar="DIR",
         help="mTLS with fixed certificates: DIR/cert-chain.pem, key.pem, root-cert.pem (no CA, no rotation)",
     )
@@ -107,7 +116,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("a CA token needs --control URL (the CA that signs the certificate)")
     if args.ca_token and args.tls_dir:
         parser.error("--tls-dir and a CA token exclude each other: certificates come from files or the CA")
+    args.control_tls = _control_tls(parser, args)
     return args
+
+
+def _control_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
+    """How to reach an ``https://`` control plane (istiod's 15012): the server's certificate is
+    verified, hostname included, against ``--control-ca``; never a plaintext fallback."""
+    if not args.control or not args.control.startswith("https://"):
+        if args.control_ca and args.control:
+            parser.error("--control-ca is for an https:// --control URL")
+        return None
+    import ssl  # noqa: PLC0415 (only a sidecar with a TLS control plane needs it here)
+
+    try:
+        return ssl.create_default_context(cafile=args.control_ca)
+    except (OSError, ssl.SSLError) as exc:
+        parser.error(f"--control-ca {args.control_ca}: {getattr(exc, 'strerror', None) or exc}")
 
 
 def _ca_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
@@ -159,7 +184,7 @@ class Proxy:
             from meshkit.proxy.tls.sidecar import SidecarCertificates  # noqa: PLC0415
 
             self.certificates = self.sidecar_certificates = SidecarCertificates(
-                args.control, args.ca_token, args.ca_token_file
+                args.control, args.ca_token, args.ca_token_file, tls=args.control_tls
             )
         elif getattr(args, "tls_dir", None):
             from meshkit.proxy.tls import CertificateError  # noqa: PLC0415
@@ -236,7 +261,7 @@ class Proxy:
             certificates = self.sidecar_certificates
             self._tasks.append(asyncio.ensure_future(certificates.run(self.state, self._stopping)))
         if args.control:
-            self.xds = XdsClient(args.control, args.node_id, self.state, kind=args.kind,
+            self.xds = XdsClient(args.control, args.node_id, self.state, kind=args.kind, tls=args.control_tls,
                                  token=lambda: control_credential(args), admin_port=self.ports["admin"])
             self._tasks.append(asyncio.ensure_future(self.xds.run()))
             if self.spans is not None:

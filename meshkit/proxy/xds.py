@@ -21,14 +21,17 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict
 from urllib.parse import quote, urlsplit
 
 import httptools
 
 from meshkit.proxy.snapshot import Snapshot, SnapshotError
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("meshkit.proxy.xds")
 
@@ -64,6 +67,7 @@ class ConfigState:
         self.applied = 0
         self.rejected = 0
         self.source = ""
+        self.source_error: str | None = None  # why the control plane stream is down, while it is
         self.listeners: list[Callable[[Snapshot], None]] = []
 
     def apply(self, doc: object) -> str | None:
@@ -174,12 +178,16 @@ class XdsClient:
     """Subscribes to the control plane and keeps ``state`` up to date (see the module docstring)."""
 
     def __init__(self, url: str, node_id: str, state: ConfigState, kind: str = "sidecar", *,
-                 token: Callable[[], str | None] | None = None, admin_port: int | None = None) -> None:
+                 token: Callable[[], str | None] | None = None, admin_port: int | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"--control: expected http://HOST:PORT, got {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"--control: expected http://HOST:PORT or https://HOST:PORT, got {url!r}")
+        if parts.scheme == "https" and tls is None:
+            raise ValueError(f"--control {url}: an https:// control plane needs a TLS context")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.tls = tls if parts.scheme == "https" else None
         self.base_path = parts.path.rstrip("/")
         self.node_id = node_id
         self.kind = kind  # "sidecar" | "gateway": the control plane compiles differently for each
@@ -191,6 +199,22 @@ class XdsClient:
         self.connects = 0
         self.snapshots_received = 0
         self._ack_tasks: set[asyncio.Task[None]] = set()
+
+    def _note_broken(self, exc: BaseException) -> None:
+        """Record why the stream broke (``/config_dump``'s ``source_error``). A control plane whose
+        TLS certificate does not verify is a misconfiguration, not a blip: a warning, once per cause."""
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if getattr(exc, "verify_message", None) is not None and error != self.state.source_error:
+            log.warning("control plane at %s:%s not trusted: %s", self.host, self.port, exc)
+        else:
+            log.info("control plane stream to %s:%s broken: %s", self.host, self.port, exc)
+        self.state.source_error = error
+
+    def _connect(self) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        """A connection to the control plane: TLS (certificate and hostname verified) for https://."""
+        if self.tls is None:
+            return asyncio.open_connection(self.host, self.port)
+        return asyncio.open_connection(self.host, self.port, ssl=self.tls, server_hostname=self.host)
 
     def _auth_header(self) -> str:
         token = self.token() if self.token is not None else None
@@ -204,7 +228,7 @@ class XdsClient:
             try:
                 await self._stream_once()
             except (OSError, StreamError, TimeoutError, httptools.HttpParserError, UnicodeDecodeError) as exc:
-                log.info("control plane stream to %s:%s broken: %s", self.host, self.port, exc)
+                self._note_broken(exc)
             finally:
                 self.connected = False
             if self.snapshots_received > before:
@@ -214,7 +238,7 @@ class XdsClient:
 
     async def _stream_once(self) -> None:
         """One stream connection; returns only by raising (closed, broken, idle too long)."""
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+        reader, writer = await asyncio.wait_for(self._connect(), 5.0)
         try:
             path = f"{self.base_path}/api/v1/xds/stream?id={quote(self.node_id)}&kind={self.kind}"
             if self.admin_port:
@@ -238,6 +262,7 @@ class XdsClient:
                         raise StreamError(f"control plane answered {status} to the stream request")
                     self.connected = True
                     self.connects += 1
+                    self.state.source_error = None
                 if callbacks.body:
                     text = b"".join(callbacks.body).decode("utf-8")
                     callbacks.body.clear()
@@ -277,7 +302,7 @@ class XdsClient:
         The one way the sidecar sends to the control plane (ACKs, spans): connection, host and the
         bootstrap token are set here for all of them.
         """
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+        reader, writer = await asyncio.wait_for(self._connect(), 5.0)
         try:
             writer.write(
                 f"POST {self.base_path}{path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"

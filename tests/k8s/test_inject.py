@@ -22,7 +22,7 @@ from meshkit.k8s.inject import PROBERS_ENV, InjectSettings, inject, should_injec
 from meshkit.proxy.probes import AppProbe, parse_probers
 
 GOLDEN = Path(__file__).parent / "golden"
-SETTINGS = InjectSettings(image="meshkit:test", control_address="http://meshkit-control.meshkit-system.svc:15010")
+SETTINGS = InjectSettings(image="meshkit:test")
 ENABLED = {names.INJECTION_LABEL: names.INJECTION_ENABLED}
 
 
@@ -127,9 +127,17 @@ def test_injected_pod_has_everything_the_sidecar_needs() -> None:
     assert env["MESHKIT_APP_PORTS"]["value"] == "9080"
     assert sidecar["securityContext"]["runAsUser"] == 1337
     assert sidecar["resources"]["requests"]
-    token = spec["volumes"][-1]["projected"]["sources"][0]["serviceAccountToken"]
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    mounts = {mount["name"]: mount["mountPath"] for mount in sidecar["volumeMounts"]}
+    token = volumes["meshkit-token"]["projected"]["sources"][0]["serviceAccountToken"]
     assert token == {"audience": "meshkit-ca", "expirationSeconds": 3600, "path": "meshkit-token"}
-    assert sidecar["volumeMounts"][0]["name"] == spec["volumes"][-1]["name"]
+    assert mounts["meshkit-token"] == "/var/run/secrets/tokens"
+    # the control plane is reached over TLS on 15012 and verified against the mesh root, which the
+    # sidecar mounts from the ConfigMap published in every namespace (Istio's istio-ca-root-cert)
+    assert SETTINGS.control_address == "https://meshkit-control.meshkit-system.svc:15012"
+    assert volumes["meshkit-ca-root"] == {"name": "meshkit-ca-root",
+                                          "configMap": {"name": "meshkit-ca-root-cert"}}
+    assert env["MESHKIT_CONTROL_CA"]["value"] == f"{mounts['meshkit-ca-root']}/root-cert.pem"
     init = spec["initContainers"][-1]
     assert [c["name"] for c in spec["initContainers"]] == ["wait-for-db", "meshkit-init"]
     assert sorted(init["securityContext"]["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]

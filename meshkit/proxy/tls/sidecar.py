@@ -73,14 +73,14 @@ class SidecarCertificates:
 
     def __init__(
         self, control_url: str, token: str, token_file: str | None = None, *,
-        csr_helper: Sequence[str] | None = None,
+        csr_helper: Sequence[str] | None = None, tls: ssl.SSLContext | None = None,
     ) -> None:
         if not token.strip():
             raise ValueError("the CA token is empty")
         self.control_url = control_url
         # A projected service-account token (Kubernetes) is rotated by the kubelet: the client
         # reads the file again before every CSR, keeping the last good token if it cannot be read.
-        self.ca = CaClient(control_url, token, token_file)
+        self.ca = CaClient(control_url, token, token_file, tls=tls)  # tls: for an https:// control plane
         self._csr_helper = csr_helper  # None: python -m meshkit.proxy.tls.csr_helper
         self._prepared: asyncio.Task[KeyAndCsr] | None = None  # the next key + CSR, made ahead
         self._preparing = False  # True once that task stopped waiting and runs the helper
