@@ -46,6 +46,8 @@ log = logging.getLogger("meshkit.proxy")
 DEFAULT_PORTS = {"outbound": 15001, "inbound": 15006, "admin": 15000}
 TOKEN_ENV = "MESHKIT_CA_TOKEN"
 TOKEN_FILE_ENV = "MESHKIT_TOKEN_FILE"  # a file holding the token, re-read before every CSR (Kubernetes)
+INSTANCE_IP_ENV = "INSTANCE_IP"  # the pod's IP (the injector sets it from status.podIP)
+INBOUND_SOURCE_ADDRESS = "127.0.0.6"  # Istio's: inbound delivery to the pod IP, let through by capture
 CONTROL_CA_ENV = "MESHKIT_CONTROL_CA"  # the root that signed the control plane's TLS certificate
 CONTROL_TOKEN_FILE_ENV = "MESHKIT_CONTROL_TOKEN_FILE"  # the control plane credential of a proxy without CA
 SWEEP_INTERVAL = 5.0
@@ -220,6 +222,12 @@ class Proxy:
             captured = OutboundAcceptor()
             self.listeners["outbound"].acceptor = captured
             passthrough = captured.stats
+            # As Istio >= 1.10: inbound requests reach the app at the pod's IP (an app bound to it
+            # alone is reached too), from 127.0.0.6, which the capture rules let through.
+            pod_ip = os.environ.get(INSTANCE_IP_ENV, "").strip()
+            if pod_ip:
+                self.state.app_address = pod_ip
+                self.upstream.source_address[pod_ip] = INBOUND_SOURCE_ADDRESS
         self.admin = Admin(
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
             tls_stats=self.acceptor.stats if self.acceptor is not None else None, spans=self.spans,

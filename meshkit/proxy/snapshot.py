@@ -132,7 +132,11 @@ class Snapshot:
         self.trace_report = True  # record spans of sampled requests (Telemetry disableSpanReporting: False)
 
     @classmethod
-    def from_json(cls, doc: Any, previous: Snapshot | None = None) -> Snapshot:
+    def from_json(
+        cls, doc: Any, previous: Snapshot | None = None, *, app_address: str | None = None
+    ) -> Snapshot:
+        """``app_address``: where inbound requests are delivered instead of the snapshot's
+        ``inbound.app.address`` (a captured pod's own IP, as Istio >= 1.10 delivers)."""
         if not isinstance(doc, dict):
             raise SnapshotError(f"snapshot: expected a JSON object, got {type(doc).__name__}")
         schema = doc.get("schema")
@@ -155,7 +159,7 @@ class Snapshot:
             raise SnapshotError(str(exc)) from None
         snap.clusters = cls._clusters(doc.get("clusters"), previous)
         snap.inbound = cls._inbound(doc.get("inbound"))
-        snap.inbound_cluster = cls._inbound_cluster(snap.node, snap.inbound, previous)
+        snap.inbound_cluster = cls._inbound_cluster(snap.node, snap.inbound, previous, app_address)
         try:
             snap.rate_limiter = TokenBucket.from_snapshot(snap.inbound.get("rate_limit"))
             before = (previous.jwt or previous.gateway_jwt) if previous is not None else None
@@ -300,7 +304,8 @@ class Snapshot:
 
     @staticmethod
     def _inbound_cluster(
-        node: dict[str, Any], inbound: dict[str, Any], previous: Snapshot | None
+        node: dict[str, Any], inbound: dict[str, Any], previous: Snapshot | None,
+        app_address: str | None = None,
     ) -> Cluster | None:
         app = inbound.get("app")
         if not app:
@@ -314,7 +319,7 @@ class Snapshot:
             "lb": "ROUND_ROBIN",
             "endpoints": [
                 {
-                    "address": app["address"],
+                    "address": app_address or app["address"],
                     "port": app["port"],
                     "instance": node.get("instance") or "app",
                     "workload": node.get("workload") or "app",

@@ -338,6 +338,11 @@ class Upstream:
         self.cx_mtls_total = 0
         self.cx_peer_identity_fail = 0
         self.certificates: ClientContexts | None = None  # set when this proxy has a workload certificate
+        # plaintext connections to these addresses leave from the given source address: a captured
+        # pod's own IP, reached from 127.0.0.6 so the capture rules let inbound delivery to the app
+        # through instead of redirecting it to the inbound listener again (Istio's
+        # InboundPassthroughCluster bind address; ``meshkit proxy --capture`` sets it)
+        self.source_address: dict[str, str] = {}
 
     @property
     def cx_active(self) -> int:
@@ -508,6 +513,7 @@ class Upstream:
             except CertificateError as exc:
                 self.cx_connect_fail += 1
                 raise ConnectFailure(f"upstream connect error to {key[0]}:{key[1]}: {exc}") from exc
+        source = self.source_address.get(key[0]) if context is None else None
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
@@ -516,6 +522,7 @@ class Upstream:
                     key[1],
                     ssl=context,
                     server_hostname="" if context is not None else None,
+                    local_addr=(source, 0) if source is not None else None,
                 ),
                 limit,
             )

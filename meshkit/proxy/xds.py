@@ -68,13 +68,14 @@ class ConfigState:
         self.rejected = 0
         self.source = ""
         self.source_error: str | None = None  # why the control plane stream is down, while it is
+        self.app_address: str | None = None  # a captured pod's IP: inbound is delivered there
         self.listeners: list[Callable[[Snapshot], None]] = []
 
     def apply(self, doc: object) -> str | None:
         """Validate and swap in ``doc``; returns None (ACK) or the NACK reason."""
         version = doc.get("version") if isinstance(doc, dict) else None
         try:
-            snapshot = Snapshot.from_json(doc, self.current)
+            snapshot = Snapshot.from_json(doc, self.current, app_address=self.app_address)
         except SnapshotError as exc:
             return self.reject(version, str(exc))
         self.current = snapshot
