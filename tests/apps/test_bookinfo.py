@@ -129,9 +129,40 @@ async def test_login_sends_end_user_to_reviews_and_ratings(bookinfo: Bookinfo) -
         assert "end-user" not in hop.headers
 
 
-async def test_login_rejects_a_bad_username(bookinfo: Bookinfo) -> None:
+async def test_any_name_signs_in_as_on_istio_s_page(bookinfo: Bookinfo) -> None:
+    url = bookinfo.productpage.url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(f"{url}/login", data={"username": " John Doe ", "passwd": ""},
+                                allow_redirects=False) as answer:
+            assert answer.status == 303, await answer.text()
+        with bookinfo.route_reviews("v2"):
+            async with session.get(f"{url}/productpage", headers={"x-request-id": "login-jd"}) as answer:
+                html = await answer.text()
+        assert 'Signed in as <b id="user">John Doe</b>' in html
+        (hop,) = bookinfo.proxy.seen(host=REVIEWS_HOST, request_id="login-jd")
+        assert hop.headers.get("end-user") == "John Doe"
+
+
+async def test_an_end_user_header_from_outside_logs_nobody_in(bookinfo: Bookinfo) -> None:
+    """Istio's productpage takes ``end-user`` from its session only: a client cannot claim to be
+    jason with a header; signed in, the session's name wins over the header."""
+    url = f"{bookinfo.productpage.url}/productpage"
+    with bookinfo.route_reviews("v2"):
+        status, _, _ = await _get(url, **{"x-request-id": "claim-1", "end-user": "jason"})
+        assert status == 200
+        async with aiohttp.ClientSession(cookies={"user": "kim"}) as session, session.get(
+                url, headers={"x-request-id": "claim-2", "end-user": "jason"}) as answer:
+            assert answer.status == 200
+    (anonymous,) = bookinfo.proxy.seen(host=REVIEWS_HOST, request_id="claim-1")
+    assert "end-user" not in anonymous.headers
+    (signed_in,) = bookinfo.proxy.seen(host=REVIEWS_HOST, request_id="claim-2")
+    assert signed_in.headers.get("end-user") == "kim"
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 101, "tab\there", "caf\u00e9"])
+async def test_login_rejects_a_name_that_cannot_travel_as_a_header(bookinfo: Bookinfo, name: str) -> None:
     async with aiohttp.ClientSession() as session, session.post(
-        f"{bookinfo.productpage.url}/login", data={"username": "a b;c"}, allow_redirects=False
+        f"{bookinfo.productpage.url}/login", data={"username": name}, allow_redirects=False
     ) as answer:
         body = await answer.json()
     assert answer.status == 400

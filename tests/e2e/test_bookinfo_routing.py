@@ -79,8 +79,8 @@ async def test_weighted_80_20_split(bookinfo: RunningMesh) -> None:
 async def test_user_jason_is_routed_to_v2(bookinfo: RunningMesh) -> None:
     url = f"{bookinfo.ingress}{REVIEWS_API}"
     with bookinfo.rules(*ALL_V1), bookinfo.rules(*JASON_TO_V2):
-        jason = await get_many(url, 20, headers={"end-user": "jason"})
-        others = await get_many(url, 20, headers={"end-user": "kim"})
+        jason = await get_many(url, 20, cookies={"user": "jason"})
+        others = await get_many(url, 20, cookies={"user": "kim"})
         anonymous = await get_many(url, 20)
         assert pods(jason) == {"reviews-v2-0": 20}
         assert pods(others) == {"reviews-v1-0": 20}

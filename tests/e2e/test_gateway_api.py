@@ -142,8 +142,8 @@ async def test_request_routing_tab_every_user_to_v1_and_jason_to_v2(bookinfo: Ru
     with bookinfo.rules(*VERSIONS), bookinfo.rules(*REVIEWS_V1):
         assert pods(await get_many(url, 30)) == {"reviews-v1-0": 30}
         with bookinfo.rules(*JASON_V2):
-            jason = await get_many(url, 20, headers={"end-user": "jason"})
-            others = await get_many(url, 20, headers={"end-user": "kim"})
+            jason = await get_many(url, 20, cookies={"user": "jason"})
+            others = await get_many(url, 20, cookies={"user": "kim"})
     assert pods(jason) == {"reviews-v2-0": 20}
     assert pods(others) == {"reviews-v1-0": 20}
     # the rules are undone: the three versions answer again

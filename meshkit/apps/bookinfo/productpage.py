@@ -5,9 +5,11 @@ Istio's productpage.py does, so the fault-injection lesson reproduces: a 7 s del
 ratings for ``jason`` makes reviews v2 wait, productpage gives up after 2 x 3 s and shows
 "Sorry, product reviews are currently unavailable for this book.".
 
-Signing in (``POST /login`` with ``username``) sets a ``user`` cookie; while it is set,
-every call productpage makes carries ``end-user: <user>``, the header Istio's
-request-routing lesson matches on.
+Signing in (``POST /login`` with ``username``, any name as on Istio's page: "John Doe" too)
+sets a ``user`` cookie; while it is set, every call productpage makes carries
+``end-user: <user>``, the header Istio's request-routing lesson matches on. As Istio's
+productpage, the session is the only source of ``end-user``: one sent to productpage from
+outside is not passed on (it logs nobody in); reviews and the others pass on what they get.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ REVIEWS_TIMEOUT_S = 3.0
 REVIEWS_ATTEMPTS = 2
 RATINGS_TIMEOUT_S = 3.0
 USER_COOKIE = "user"
-USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+# Any name a person types (Istio's page takes anything): printable ASCII, because it travels as a
+# header value and in a cookie; surrounding spaces are dropped.
+USERNAME = re.compile(r"[\x20-\x7e]{1,100}")
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,13 @@ class Fetched:
 
 
 def signed_in_user(request: web.Request) -> str | None:
-    user = request.cookies.get(USER_COOKIE, "")
+    user = request.cookies.get(USER_COOKIE, "").strip()
     return user if USERNAME.fullmatch(user) else None
 
 
 def _outbound_headers(request: web.Request) -> dict[str, str]:
     headers = forwarded_headers(request.headers)
+    headers.pop("end-user", None)  # only the session says who is signed in (Istio's productpage)
     user = signed_in_user(request)
     if user is not None:
         headers["end-user"] = user
@@ -163,11 +168,12 @@ async def _username(request: web.Request) -> str:
         raw = body.get("username") if isinstance(body, dict) else None
     else:
         raw = (await request.post()).get("username")
-    if not isinstance(raw, str) or not USERNAME.fullmatch(raw):
+    name = raw.strip() if isinstance(raw, str) else raw
+    if not isinstance(name, str) or not USERNAME.fullmatch(name):
         raise web.HTTPBadRequest(
-            text=f"/login: field 'username' must be 1-64 letters, digits or . _ @ -, got {raw!r}"
+            text=f"/login: field 'username' must be 1-100 printable ASCII characters, got {raw!r}"
         )
-    return raw
+    return name
 
 
 def _back_to_page() -> web.Response:
