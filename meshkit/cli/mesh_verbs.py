@@ -1,4 +1,4 @@
-"""Verbs that run the local mesh: up, down, status, deploy, scale, curl, logs, kill, restart, load, top.
+"""Verbs that run the local mesh: up, down, status, deploy, scale, curl, exec, logs, kill, restart, load, top.
 
 Thin like the rest of the CLI: each verb parses options, calls `meshkit.runtime` and prints
 (rich progress for what takes time, kubectl-like tables for what is read).
@@ -228,6 +228,34 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
     typer.echo(result.text)
     if result.status >= 400:
         raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command(name="exec", context_settings={"ignore_unknown_options": True})
+def exec_(
+    target: Annotated[str, typer.Argument(help="Pod (instance), deploy/NAME, or a workload's name.")],
+    command: Annotated[list[str] | None, typer.Argument(
+        help="After --: the command, as Istio's task runs it.")] = None,
+    container: Annotated[str | None, typer.Option(
+        "-c", "--container",
+        help="fortio, curl...; istio-proxy for the sidecar (pilot-agent request GET stats).")] = None,
+    _stdin: Annotated[bool, typer.Option("-i", "--stdin", help="Accepted, as kubectl's (no effect).")]
+    = False,
+    _tty: Annotated[bool, typer.Option("-t", "--tty", help="Accepted, as kubectl's (no effect).")] = False,
+) -> None:
+    """Run a command of Istio's tasks in a workload, as `kubectl exec POD -- COMMAND` does.
+
+    Supported: curl (with the flags the tasks use), fortio curl and fortio load (the
+    circuit-breaking task), and pilot-agent request GET stats in the istio-proxy container.
+    """
+    from meshkit.runtime.exec_command import ExecError, execute  # noqa: PLC0415
+
+    mesh = _running_mesh()
+    try:
+        code = execute(mesh.state, mesh.status()["workloads"], target, list(command or []),
+                       out=lambda text: typer.echo(text, nl=False), container=container)
+    except ExecError as error:
+        _fail(EXIT_REJECTED, f"error: exec {target}: {error}")
+    raise typer.Exit(code)
 
 
 @app.command()

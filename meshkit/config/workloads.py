@@ -247,6 +247,10 @@ SAMPLE_IMAGES: tuple[SampleImage, ...] = (
                 "docker.io/mccutchen/go-httpbin, docker.io/kong/httpbin, docker.io/kennethreitz/httpbin"),
     SampleImage(re.compile(r"(?:^|/)(?:curl|curl-ssl)$"), "sleep",
                 "docker.io/curlimages/curl (samples/sleep, samples/curl), governmentpaas/curl-ssl"),
+    # the circuit-breaking task's load client: an in-mesh client whose `fortio load|curl` commands run
+    # through `meshkit exec` (meshkit.runtime.exec_command)
+    SampleImage(re.compile(r"(?:^|/)fortio$"), "sleep",
+                "fortio/fortio (samples/httpbin/sample-client/fortio-deploy.yaml)"),
 )
 
 

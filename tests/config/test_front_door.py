@@ -59,7 +59,7 @@ def test_sample_images_of_any_registry_and_tag() -> None:
     assert sample_app("istio/examples-bookinfo-ratings-v2@sha256:abc") == "ratings"
     assert sample_app("docker.io/kong/httpbin:0.1.0") == "httpbin"
     assert sample_app("localhost:5000/mccutchen/go-httpbin") == "httpbin"
-    assert sample_app("curlimages/curl") == "sleep"
+    assert sample_app("curlimages/curl") == "sleep" and sample_app("fortio/fortio:latest_release") == "sleep"
     assert sample_app("nginx:1.25") is None and sample_app("docker.io/istio/examples-helloworld-v1") is None
     assert repository_of("registry.istio.io/release/x:1") == "release/x"
 

@@ -1,0 +1,258 @@
+"""`kubectl exec POD -- COMMAND` for the local mesh: the commands Istio's tasks run inside pods.
+
+Istio's task pages run a handful of programs in pods, and a learner copies those lines. ``meshkit
+exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchanged and runs:
+
+- ``curl [-s] [-S] [-i] [-I] [-v] [-o FILE] [-w FORMAT] [-H H] [-X M] [-d D] [-m S] URL`` from the
+  app container (the mTLS-migration loop's ``curl -s URL -s -o /dev/null -w "%{http_code}\\n"``),
+  sent as that app sends (`meshkit.runtime.curl`); like curl, an HTTP error is exit 0 and a
+  connection that gets no answer prints ``000`` for ``%{http_code}`` and exits 56 (reset) or 7
+  (refused) or 28 (timed out);
+- ``fortio curl [-quiet] URL`` and ``fortio load [-c N] [-qps Q] [-n N | -t D] [-H H] [-loglevel L]
+  [-quiet] URL`` from a fortio pod (`meshkit.runtime.fortio`), the circuit-breaking task;
+- ``pilot-agent request GET stats`` (or ``curl localhost:15000/stats``) in the ``istio-proxy``
+  container: the sidecar's admin page, Envoy's text stats for ``| grep pending``.
+
+`execute` returns the exit status and prints through ``out``; an unsupported program or flag is an
+`ExecError` naming it and listing what is supported (never silently ignored).
+
+It must not run anything on the host: nothing here starts a process.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from meshkit.runtime.curl import CurlError, CurlResult, curl, find_source
+from meshkit.runtime.fortio import LoadSpec, run_load
+from meshkit.runtime.state import StateDir
+
+SUPPORTED = ("curl ... URL", "fortio curl URL", "fortio load [-c -qps -n -t -H] URL",
+             "pilot-agent request GET stats (-c istio-proxy)")
+SIDECAR_CONTAINERS = frozenset({"istio-proxy", "meshkit-proxy"})
+# curl's exit codes for what happened to a request with no HTTP answer
+CURL_EXIT = {"refused": 7, "timed out": 28, "reset": 56}
+# options taking a value, and the flags meshkit accepts and ignores (they change nothing here)
+_CURL_VALUE = {"-o", "--output", "-w", "--write-out", "-H", "--header", "-X", "--request", "-d", "--data",
+               "--data-raw", "-m", "--max-time", "--connect-timeout", "--resolve", "-u", "--user"}
+_CURL_FLAGS = {"-s", "--silent", "-S", "--show-error", "-i", "--include", "-I", "--head", "-v", "--verbose",
+               "-L", "--location", "-f", "--fail", "-k", "--insecure", "--http1.1", "-4", "-q"}
+
+
+class ExecError(ValueError):
+    """The command cannot run on the local mesh: what, and what can."""
+
+
+@dataclass
+class CurlCall:
+    url: str = ""
+    method: str = "GET"
+    headers: list[str] = field(default_factory=list)
+    data: str | None = None
+    include: bool = False
+    head: bool = False
+    silent: bool = False
+    show_error: bool = False
+    fail: bool = False
+    output: str | None = None
+    write_out: str | None = None
+    timeout: float = 30.0
+
+
+def parse_curl(argv: list[str]) -> CurlCall:
+    """curl's command line, the flags Istio's tasks use (combined short flags such as ``-sS`` too)."""
+    call = CurlCall()
+    words = list(argv)
+    while words:
+        word = words.pop(0)
+        combined = word.startswith("-") and not word.startswith("--") and len(word) > 2
+        if combined and word[:2] not in _CURL_VALUE:
+            words[:0] = [f"-{letter}" for letter in word[1:]]  # -sSI -> -s -S -I
+            continue
+        if word in _CURL_VALUE:
+            if not words:
+                raise ExecError(f"curl: option {word} needs a value")
+            _curl_option(call, word, words.pop(0))
+        elif word in _CURL_FLAGS:
+            _curl_flag(call, word)
+        elif word.startswith("-"):
+            raise ExecError(f"curl: option {word} is not supported here (supported: "
+                            f"{', '.join(sorted(_CURL_VALUE | _CURL_FLAGS))})")
+        elif call.url:
+            raise ExecError(f"curl: one URL only (got {call.url!r} and {word!r})")
+        else:
+            call.url = word if "://" in word else f"http://{word}"
+    if not call.url:
+        raise ExecError("curl: no URL given")
+    return call
+
+
+def _curl_option(call: CurlCall, option: str, value: str) -> None:
+    if option in ("-o", "--output"):
+        call.output = value
+    elif option in ("-w", "--write-out"):
+        call.write_out = value
+    elif option in ("-H", "--header"):
+        call.headers.append(value)
+    elif option in ("-X", "--request"):
+        call.method = value.upper()
+    elif option in ("-d", "--data", "--data-raw"):
+        call.data = value
+        if call.method == "GET":
+            call.method = "POST"
+    elif option in ("-m", "--max-time"):
+        try:
+            call.timeout = float(value)
+        except ValueError:
+            raise ExecError(f"curl: {option} expects seconds, got {value!r}") from None
+
+
+def _curl_flag(call: CurlCall, flag: str) -> None:
+    if flag in ("-s", "--silent"):
+        call.silent = True
+    elif flag in ("-S", "--show-error"):
+        call.show_error = True
+    elif flag in ("-i", "--include", "-v", "--verbose"):
+        call.include = True
+    elif flag in ("-I", "--head"):
+        call.head, call.include, call.method = True, True, "HEAD"
+    elif flag in ("-f", "--fail"):
+        call.fail = True
+
+
+def _write_out(template: str, result: CurlResult) -> str:
+    code = f"{result.status:03d}" if result.status is not None else "000"
+    text = template.replace("\\n", "\n").replace("\\t", "\t")
+    text = text.replace("%{http_code}", code).replace("%{response_code}", code)
+    return text.replace("%{time_total}", f"{result.seconds:.6f}")
+
+
+def _curl_exit(result: CurlResult) -> int:
+    error = result.error or ""
+    return next((code for word, code in CURL_EXIT.items() if word in error), 56)
+
+
+def run_curl(result_of: Callable[[CurlCall], CurlResult], call: CurlCall, out: Callable[[str], None]) -> int:
+    result = result_of(call)
+    if call.include and result.status is not None:
+        out(f"HTTP/1.1 {result.status}\n" + "".join(f"{k}: {v}\n" for k, v in result.headers) + "\n")
+    if result.status is not None and not call.head and call.output is None:  # -o: a file in the pod
+        out(result.text)
+    if call.write_out is not None:
+        out(_write_out(call.write_out, result))
+    if result.status is None:
+        if not call.silent or call.show_error:
+            out(f"curl: ({_curl_exit(result)}) {result.error}\n")
+        return _curl_exit(result)
+    return 22 if call.fail and result.status >= 400 else 0
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+
+
+def parse_fortio_load(argv: list[str]) -> LoadSpec:
+    options: dict[str, Any] = {}
+    headers: list[tuple[str, str]] = []
+    url = ""
+    words = list(argv)
+    while words:
+        word = words.pop(0)
+        name = word.lstrip("-")
+        if word.startswith("-") and name in ("c", "qps", "n", "t", "H", "loglevel", "timeout", "p", "r"):
+            if not words:
+                raise ExecError(f"fortio load: {word} needs a value")
+            value = words.pop(0)
+            if name == "H":
+                key, sep, val = value.partition(":")
+                if not sep:
+                    raise ExecError(f"fortio load: -H expects 'Name: value', got {value!r}")
+                headers.append((key.strip(), val.strip()))
+            else:
+                options[name] = value
+        elif word.startswith("-") and name in ("quiet", "a", "json", "allow-initial-errors"):
+            continue
+        elif word.startswith("-"):
+            raise ExecError(f"fortio load: flag {word} is not supported here (supported: -c -qps -n -t -H "
+                            "-loglevel -quiet)")
+        else:
+            url = word if "://" in word else f"http://{word}"
+    if not url:
+        raise ExecError("fortio load: no URL given")
+    try:
+        spec = LoadSpec(url, connections=int(options.get("c", 4)), qps=float(options.get("qps", 8)),
+                        calls=int(options["n"]) if "n" in options else None,
+                        seconds=_seconds(options.get("t", "5s")), headers=tuple(headers))
+        spec.check()
+    except ValueError as error:
+        raise ExecError(f"fortio load: {error}") from None
+    return spec
+
+
+def _seconds(text: str) -> float:
+    found = _DURATION.match(text.strip())
+    if found is None:
+        raise ValueError(f"-t: expected a duration such as 10s, got {text!r}")
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[found.group(2) or "s"]
+    return float(found.group(1)) * unit
+
+
+def execute(state: StateDir, workloads: list[dict[str, Any]], target: str, argv: list[str], *,
+            out: Callable[[str], None], container: str | None = None) -> int:
+    """Run ``argv`` as if in ``target``'s pod (``container`` as ``-c``); the exit status."""
+    target = target.split("/", 1)[1] if target.split("/", 1)[0] in ("deploy", "deployment", "pod") else target
+    try:
+        row = find_source(workloads, target)
+    except CurlError as error:
+        raise ExecError(f"{target}: {error.message}") from None
+    if not argv:
+        raise ExecError(f"no command given (after --); supported: {'; '.join(SUPPORTED)}")
+    program, args = argv[0].rsplit("/", 1)[-1], argv[1:]
+    if container in SIDECAR_CONTAINERS or program == "pilot-agent":
+        return _sidecar_admin(row, program, args, out)
+    if program == "curl":
+        return run_curl(lambda call: _send(state, workloads, row, call), parse_curl(args), out)
+    if program == "fortio" and args[:1] == ["curl"]:
+        call = parse_curl([word for word in args[1:] if word not in ("-quiet", "--quiet")])
+        call.include = True
+        return run_curl(lambda c: _send(state, workloads, row, c), call, out)
+    if program == "fortio" and args[:1] == ["load"]:
+        spec = parse_fortio_load(args[1:])
+        proxy = urlsplit(row["outbound_proxy"] or "")
+        if not row["outbound_proxy"] or proxy.hostname is None or proxy.port is None:
+            raise ExecError(f"{row['name']} has no sidecar: fortio load here runs through one")
+        for line in run_load((proxy.hostname, proxy.port), spec).report():
+            out(line + "\n")
+        return 0
+    raise ExecError(f"{program!r} does not run on the local mesh; supported: {'; '.join(SUPPORTED)}")
+
+
+def _send(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any],
+          call: CurlCall) -> CurlResult:
+    try:
+        return curl(state, workloads, row["name"], call.url, method=call.method, headers=call.headers,
+                    body=call.data, timeout=call.timeout)
+    except CurlError as error:
+        raise ExecError(f"curl: {error.message}") from None
+
+
+def _sidecar_admin(row: dict[str, Any], program: str, args: list[str], out: Callable[[str], None]) -> int:
+    """``pilot-agent request GET stats`` / ``curl localhost:15000/PATH``: the sidecar's admin page."""
+    if program == "pilot-agent" and len(args) >= 3 and args[0] == "request" and args[1].upper() == "GET":
+        path = "/" + args[2].lstrip("/")
+    elif program == "curl" and args:
+        path = urlsplit(args[-1] if "://" in args[-1] else f"http://{args[-1]}").path or "/"
+    else:
+        raise ExecError("in the sidecar container: pilot-agent request GET PATH, or "
+                        "curl localhost:15000/PATH")
+    if not row["admin_port"]:
+        raise ExecError(f"{row['name']} has no sidecar")
+    if path == "/stats":
+        path = "/stats?format=text"  # Envoy's default form of /stats is text
+    with urllib.request.urlopen(f"http://127.0.0.1:{row['admin_port']}{path}", timeout=10) as answer:
+        out(answer.read().decode("utf-8", errors="replace"))
+    return 0
