@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from meshkit.apps import clients, external, httpbin
+from meshkit.apps import clients, external, helloworld, httpbin
 from meshkit.apps.bookinfo import details, productpage, ratings, reviews
 from meshkit.apps.identity import Workload
 from meshkit.apps.outbound import ProxySettings
@@ -30,6 +30,7 @@ BUILDERS: dict[str, Builder] = {
     "reviews": lambda w, a, p: reviews.build(w, proxies=p, star_colour=a.star_color, seed=a.seed),
     "ratings": lambda w, a, p: ratings.build(w, seed=a.seed),
     "httpbin": lambda w, a, p: httpbin.build(w, seed=a.seed),
+    "helloworld": lambda w, a, p: helloworld.build(w, seed=a.seed),
     "sleep": lambda w, a, p: clients.build_sleep(w, proxies=p, seed=a.seed),
     "legacy": lambda w, a, p: clients.build_legacy(w, seed=a.seed),
     "external": lambda w, a, p: external.build(w, seed=a.seed),
@@ -41,6 +42,7 @@ SUMMARIES = {
     "reviews": "Bookinfo reviews: /reviews/{id} (v1 no stars, v2 black, v3 red)",
     "ratings": "Bookinfo ratings: /ratings/{id}",
     "httpbin": "echo service: /status/{code}, /delay/{s}, /headers, /anything, ...",
+    "helloworld": "Istio's helloworld sample: /hello answers its version and instance",
     "sleep": "in-mesh client: /fetch?url=... through its sidecar (HTTP_PROXY)",
     "legacy": "out-of-mesh client: /fetch?url=... always direct (no sidecar)",
     "external": "stand-ins outside the mesh for httpbin.org, edition.cnn.com, www.google.com (by Host)",

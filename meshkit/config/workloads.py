@@ -251,6 +251,8 @@ SAMPLE_IMAGES: tuple[SampleImage, ...] = (
     # through `meshkit exec` (meshkit.runtime.exec_command)
     SampleImage(re.compile(r"(?:^|/)fortio$"), "sleep",
                 "fortio/fortio (samples/httpbin/sample-client/fortio-deploy.yaml)"),
+    SampleImage(re.compile(r"(?:^|/)examples-helloworld-v[\w-]*$"), "helloworld",
+                "docker.io/istio/examples-helloworld-v<N> (samples/helloworld)"),
 )
 
 

@@ -6,7 +6,8 @@ fortio-deploy.yaml``, then from the fortio pod ``fortio curl -quiet http://httpb
 ``fortio load -c 3 -qps 0 -n 30 -loglevel Warning http://httpbin:8000/get`` (some ``Code 503``),
 and ``pilot-agent request GET stats | grep httpbin | grep pending`` in the istio-proxy container
 (``upstream_rq_pending_overflow`` counts them). Here each ``kubectl exec POD -c C -- ...`` is
-``meshkit exec POD -c C -- ...`` with the same words after ``--``.
+``meshkit exec POD -c C -- ...`` with the same words after ``--``. Also the other sample whose
+image runs here, helloworld (``samples/helloworld/helloworld.yaml``), called from sleep.
 """
 
 from __future__ import annotations
@@ -112,3 +113,72 @@ def test_the_circuit_breaking_task_with_fortio(mesh: RunningMesh, tmp_path: Path
     # what cannot run says so, with what can
     code, out = _run(mesh, "exec", "fortio-deploy", "--", "wget", "http://httpbin:8000/get")
     assert code != 0 and "'wget' does not run on the local mesh" in out and "fortio load" in out
+
+
+def _helloworld(version: str) -> str:
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: helloworld-{version}
+  labels:
+    app: helloworld
+    version: {version}
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: helloworld
+      version: {version}
+  template:
+    metadata:
+      labels:
+        app: helloworld
+        version: {version}
+    spec:
+      containers:
+      - name: helloworld
+        image: docker.io/istio/examples-helloworld-{version}:1.0
+        resources:
+          requests:
+            cpu: "100m"
+        imagePullPolicy: IfNotPresent #Always
+        ports:
+        - containerPort: 5000
+"""
+
+
+# samples/helloworld/helloworld.yaml, as Istio ships it: a Service and two versioned Deployments
+HELLOWORLD = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: helloworld
+  labels:
+    app: helloworld
+    service: helloworld
+spec:
+  ports:
+  - port: 5000
+    name: http
+  selector:
+    app: helloworld
+---
+""" + _helloworld("v1") + "---\n" + _helloworld("v2")
+
+
+def test_the_helloworld_sample_answers_with_its_version(mesh: RunningMesh, tmp_path: Path) -> None:
+    sample = tmp_path / "helloworld.yaml"
+    sample.write_text(HELLOWORLD)
+    for path in (sample, SAMPLES / "sleep.yaml"):
+        code, out = _run(mesh, "apply", "-f", str(path))
+        assert code == 0, out
+    seen: set[str] = set()
+    for _ in range(12):  # round robin over the two versions
+        code, out = _run(mesh, "exec", "deploy/sleep", "--", "curl", "-sS", "helloworld:5000/hello")
+        assert code == 0, out
+        assert re.fullmatch(r"Hello version: (v1|v2), instance: helloworld-\1-\w+\n", out), out
+        seen.add(out.split(",")[0])
+        if len(seen) == 2:
+            break
+    assert seen == {"Hello version: v1", "Hello version: v2"}
