@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 BURST_PAGES = 24          # page views a plant sends (while a background load of BURST_RPS runs)
-BURST_RPS = 15.0
+BURST_RPS = 20.0
 BURST_SECONDS = 3.0
 SLOW_SERVICES = ("details", "reviews", "ratings")
 SLOW_SECONDS = 0.6

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FIX_YAML", "LAB", "MIN_CALLS"]
 
-MIN_CALLS = 30   # calls to the service after the fix before the traffic can prove it
+MIN_CALLS = 20   # calls to the service after the fix before the traffic can prove it
 
 FIX_YAML = {
     1: """%%mesh apply
@@ -155,7 +155,7 @@ LAB = LabSpec(
                  hint="A subset selects the pods that carry all of its labels. Compare the DestinationRule's "
                       "subset v3 (mesh.get('DestinationRule', 'reviews')) with the pods' labels "
                       "(mesh.status()).",
-                 solution=FIX_YAML[1], traffic="mesh.load(rps=15, duration=4).wait()"),
+                 solution=FIX_YAML[1], traffic="mesh.load(rps=20, duration=4).wait()"),
         StepSpec("find-2", "Incident 2 found: the failing service and its response flag", _found(2),
                  task='Find a failing trace of incident 2, explain it, and set found_2 = ("<service>", '
                       '"<flag>").',
@@ -171,7 +171,7 @@ LAB = LabSpec(
                       "answered under this load. The next cell sends the same traffic.",
                  hint="UO means the caller's sidecar refused the call: the DestinationRule's "
                       "trafficPolicy.connectionPool allows too few connections and pending requests.",
-                 solution=FIX_YAML[2], traffic="mesh.load(rps=15, duration=4).wait()"),
+                 solution=FIX_YAML[2], traffic="mesh.load(rps=20, duration=4).wait()"),
         StepSpec("find-3", "Challenge: incident 3 found", _found(3),
                  task='Find incident 3 on your own and set found_3 = ("<service>", "<flag>").',
                  hint="Which rule routed the failing hop? explain names it (route).",
@@ -183,6 +183,6 @@ LAB = LabSpec(
                  hint="explain's route says which VirtualService injected the fault: mesh.delete(kind=..., "
                       "name=...).",
                  solution='mesh.delete(kind="VirtualService", name="chaos-friday")',
-                 traffic="mesh.load(rps=15, duration=4).wait()"),
+                 traffic="mesh.load(rps=20, duration=4).wait()"),
     ),
 )
