@@ -240,11 +240,13 @@ def evidence(mesh: Mesh, service: str, flag: str, *, limit: int = 50) -> list[di
 
 
 def slowest_apps(mesh: Mesh, *, min_duration: str = "500ms", limit: int = 10) -> dict[str, str]:
-    """Recent traces of at least ``min_duration``: trace id -> the service whose app took longest in it
-    (its server span minus the calls it made, as `meshkit explain` splits the time)."""
+    """Recent traces of at least ``min_duration`` whose time an app spent (no injected delay or abort
+    on any hop), newest first: trace id -> the service whose app took longest in it (its server span
+    minus the calls it made, as `meshkit explain` splits the time)."""
     slowest: dict[str, str] = {}
     for summary in mesh.traces(min_duration=min_duration, limit=limit):
-        hops = [h for h in mesh.explain(summary["trace_id"]).get("hops", []) if h.get("app_ms") is not None]
-        if hops:
-            slowest[summary["trace_id"]] = str(max(hops, key=lambda h: h["app_ms"])["to"])
+        hops = mesh.explain(summary["trace_id"]).get("hops", [])
+        served = [h for h in hops if h.get("app_ms") is not None]
+        if served and not any(h.get("fault_fired") for h in hops):
+            slowest[summary["trace_id"]] = str(max(served, key=lambda h: h["app_ms"])["to"])
     return slowest

@@ -64,7 +64,7 @@ def slow_hop_found(mesh: Mesh, lab: Lab) -> None:
     """The learner names the service whose app took longest in the newest slow trace (at least
     500 ms): the hop the planted delay is on, read from the trace itself."""
     answer: Any = require_variable(lab, "slow_hop", 'slow_hop = "<service>"')
-    slowest = incidents.slowest_apps(mesh, min_duration="500ms", limit=1)
+    slowest = incidents.slowest_apps(mesh, min_duration="500ms", limit=5)  # the challenge's DI left out
     checks.expect(bool(slowest), "the collector holds no trace of 500 ms or more: run the cell that plants "
                                  "the delay (it sends traced page views)")
     trace_id, service = next(iter(slowest.items()))
