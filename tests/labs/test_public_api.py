@@ -50,6 +50,10 @@ SURFACE: dict[str, list[str]] = {
         "EditionError", "exercise_cells", "lab_of", "learner", "learner_cells", "main", "placeholder",
         "reference", "write",
     ],
+    "meshkit.lab.incidents": [
+        "BURST_PAGES", "INCIDENTS", "Incident", "SLOW_SERVICES", "Symptoms", "clear", "evidence", "plant",
+        "plant_slow_hop", "slowest_apps", "trace_everything",
+    ],
     "meshkit.lab.magic": ["load_ipython_extension", "mesh_cell", "register"],
     "meshkit.lab.mesh": [
         "ApplyResult", "LoadHandle", "MAX_LOAD_SECONDS", "Mesh", "PageVisit", "SYNC_WAIT", "connect",

@@ -40,6 +40,7 @@ _MODULES: dict[str, str] = {
     "07-authorization": "lab07_authorization",
     "08-observability": "lab08_observability",
     "09-library-node-agent-sidecar": "lab09_library_node_agent_sidecar",
+    "10-debugging-503s": "lab10_debugging_503s",
 }
 
 

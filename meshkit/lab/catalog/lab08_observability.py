@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meshkit.lab import checks, observe, resilience
+from meshkit.lab import checks, incidents, observe, resilience
 from meshkit.lab.catalog import LabSpec, StepSpec
 from meshkit.lab.catalog._common import predict, require_passed_before, require_variable
 
@@ -60,6 +60,19 @@ def recovered(mesh: Mesh, lab: Lab) -> None:
     checks.expect(not errors, f"calls to ratings still fail in the last 6 s: {errors}")
 
 
+def slow_hop_found(mesh: Mesh, lab: Lab) -> None:
+    """The learner names the service whose app took longest in the newest slow trace (at least
+    500 ms): the hop the planted delay is on, read from the trace itself."""
+    answer: Any = require_variable(lab, "slow_hop", 'slow_hop = "<service>"')
+    slowest = incidents.slowest_apps(mesh, min_duration="500ms", limit=5)  # the challenge's DI left out
+    checks.expect(bool(slowest), "the collector holds no trace of 500 ms or more: run the cell that plants "
+                                 "the delay (it sends traced page views)")
+    trace_id, service = next(iter(slowest.items()))
+    checks.expect(str(answer).strip().lower() == service,
+                  f"in the newest slow trace ({trace_id}) the time is not spent in {answer}'s app: compare "
+                  "each span's own time with the calls it made (charts.trace, mesh.explain)")
+
+
 def half_delayed(mesh: Mesh, _lab: Lab) -> None:
     """A delay fault on ratings holds about half of the calls to it (flag DI), judged by an exact
     binomial test over the calls the callers' sidecars counted since the change."""
@@ -76,7 +89,8 @@ LAB = LabSpec(
     objectives=("Read RED numbers (rate, errors, duration) per service and per edge from the sidecars",
                 "Find an outage that hides behind healthy 200s at the edge",
                 "Follow one request through every sidecar by its x-request-id (access logs)",
-                "Prove a recovery with the telemetry of one edge"),
+                "Prove a recovery with the telemetry of one edge",
+                "Follow a slow request through its spans and find the delayed hop"),
     prerequisites=("Lab 00", "Percentiles (p50, p99)"),
     steps=(
         StepSpec("baseline", "RED numbers for all four Bookinfo services, all healthy", healthy_baseline,
@@ -104,6 +118,16 @@ LAB = LabSpec(
                  task="Bring ratings back (the next cell sends traffic).",
                  hint="mesh.restart(instance); the check reads the edges to ratings.",
                  solution="mesh.restart(RATINGS)"),
+        StepSpec("slow-hop", "A slow page followed span by span: the delayed hop found", slow_hop_found,
+                 task='Find a trace of 500 ms or more, look at its spans, and set slow_hop = "<service>": '
+                      "the service whose own work takes the time.",
+                 hint='mesh.traces(min_duration="500ms") lists slow traces; charts.trace(mesh, trace_id) '
+                      "draws the spans; mesh.explain(trace_id) splits each hop's time (app_ms: the app's "
+                      "own).",
+                 solution='slow_trace = mesh.traces(min_duration="500ms")[0]["trace_id"]\n'
+                          'hops = [h for h in mesh.explain(slow_trace)["hops"] if h.get("app_ms")]\n'
+                          'slow_hop = max(hops, key=lambda h: h["app_ms"])["to"]\n'
+                          "charts.trace(mesh, slow_trace)"),
         StepSpec("challenge", "Challenge: half of the calls to ratings are delayed 2 s, seen as "
                               "DI", half_delayed,
                  task="Delay half of the calls to ratings by 2 s and send 15 page views a second for 6 s; "
