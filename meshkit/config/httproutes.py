@@ -34,6 +34,7 @@ from meshkit.config.gateway_api import (
     GatewayClass,
     HTTPBackendRef,
     HTTPHeaderFilter,
+    HTTPRequestRedirectFilter,
     HTTPRoute,
     HTTPRouteMatch,
     HTTPRouteRule,
@@ -44,10 +45,12 @@ from meshkit.config.gateways import intersect_hosts
 from meshkit.config.registry import Endpoint, RegistryView
 from meshkit.config.registry import Service as RegistryService
 from meshkit.config.resources import (
+    PREFIX_MARK,
     Destination,
     HeaderOperations,
     Headers,
     HTTPMatchRequest,
+    HTTPRedirect,
     HTTPRetry,
     HTTPRewrite,
     HTTPRouteDestination,
@@ -121,14 +124,31 @@ def _destination(ref: HTTPBackendRef | Any, namespace: str) -> Destination:
                        port=PortSelector(number=ref.port) if ref.port is not None else None)
 
 
+def _redirect(spec: HTTPRequestRedirectFilter) -> HTTPRedirect:
+    """Istio's conversion: no port -> the scheme's default port when a scheme is given, else the
+    request's port; ReplacePrefixMatch -> ``%PREFIX()%`` (the matched prefix replaced)."""
+    uri = None
+    if spec.path is not None:
+        uri = (spec.path.replace_full_path if spec.path.type == "ReplaceFullPath"
+               else f"{PREFIX_MARK}{spec.path.replace_prefix_match}")
+    derive = None
+    if spec.port is None:
+        derive = "FROM_PROTOCOL_DEFAULT" if spec.scheme else "FROM_REQUEST_PORT"
+    # built unchecked: a user's VirtualService may not write %PREFIX()% (Istio: a literal path there)
+    return HTTPRedirect.model_construct(uri=uri, authority=spec.hostname, port=spec.port, derive_port=derive,
+                                        scheme=spec.scheme, redirect_code=spec.status_code)
+
+
 def _vs_route(route: HTTPRoute, index: int, rule: HTTPRouteRule) -> VSRoute:
     namespace = route.metadata.namespace
     fields: dict[str, Any] = {"name": rule.name or f"{route.metadata.name}.{index}"}
     if rule.matches:
         fields["match"] = [_match(m) for m in rule.matches]
     backends = [b for b in rule.backend_refs or [] if b.weight > 0] or list(rule.backend_refs or [])
-    fields["route"] = [HTTPRouteDestination(destination=_destination(b, namespace), weight=b.weight)
-                       for b in backends]
+    redirect = next((f.request_redirect for f in rule.filters or [] if f.request_redirect is not None), None)
+    if redirect is None:  # with one, the proxy answers: the backends are never called
+        fields["route"] = [HTTPRouteDestination(destination=_destination(b, namespace), weight=b.weight)
+                           for b in backends]
     request = response = None
     for item in rule.filters or []:
         if item.type == "RequestHeaderModifier":
@@ -153,7 +173,10 @@ def _vs_route(route: HTTPRoute, index: int, rule: HTTPRouteRule) -> VSRoute:
         if timeouts.backend_request is not None:
             fields["retries"] = HTTPRetry(attempts=DEFAULT_ATTEMPTS, per_try_timeout=timeouts.backend_request)
             fields.setdefault("timeout", timeouts.backend_request)
-    return VSRoute(**fields)
+    converted = VSRoute(**fields)
+    if redirect is not None:  # added unchecked: %PREFIX()% is refused in a user's VirtualService
+        converted = converted.model_copy(update={"redirect": _redirect(redirect)})
+    return converted
 
 
 def _precedence(entry: tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]) -> tuple[Any, ...]:
@@ -223,6 +246,12 @@ def ingress_virtual_services(resources: Sequence[Resource]) -> list[tuple[str, V
                     by_host[host].extend((route, index, rule, match) for match in matches)
     return [(host, _internal(entries, [host], entries[0][0].metadata.namespace))
             for host, entries in sorted(by_host.items())]
+
+
+def from_http_route(vs: VirtualService) -> bool:
+    """Whether ``vs`` is an HTTPRoute's internal VirtualService (Istio's "gateway semantics": whole-segment
+    PathPrefix, ``%PREFIX()%`` redirects)."""
+    return vs.api_version.startswith(f"{GROUP}/")
 
 
 def _internal(entries: list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]], hosts: list[str],

@@ -52,7 +52,7 @@ from meshkit.control.store import duplicate_messages
 from meshkit.k8s import names
 from meshkit.k8s.api import KubeApiError, ResourceType
 from meshkit.k8s.client import KubeClient, namespaced_collection, object_path, service_proxy_path
-from meshkit.k8s.sources import ISTIO_TYPES, istio_resource
+from meshkit.k8s.sources import ISTIO_TYPES, STORE_KINDS, istio_resource
 
 T = TypeVar("T")
 CONTROL_PORT_NAME = "http-control"  # the Service port name (operator/deploy/base/control.yaml)
@@ -63,7 +63,8 @@ ROLLBACK_ADVICE = ("rollback is not available on Kubernetes: the Istio objects i
                    "`kubectl apply -f FILE`; `meshkit history` shows what the control plane mirrored.")
 
 Key = tuple[str, str, str]  # (kind, namespace, name), as Resource.key
-TYPES: dict[str, ResourceType] = {t.kind: t for t in ISTIO_TYPES}
+# by the store's kind (Resource.key[0]): Gateway API's Gateway is Gateway.gateway.networking.k8s.io
+TYPES: dict[str, ResourceType] = {STORE_KINDS[t]: t for t in ISTIO_TYPES}
 
 
 class ClusterClient(ControlClient):
@@ -386,7 +387,7 @@ def _item(resource_type: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         "apiVersion": obj.get("apiVersion"), "kind": resource_type.kind,
         "metadata": {"name": metadata.get("name"), "namespace": metadata.get("namespace")},
         "spec": obj.get("spec")}
-    ref = f"{resource_type.kind}/{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
+    ref = f"{STORE_KINDS[resource_type]}/{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
     return {"ref": ref, "created": _timestamp(metadata.get("creationTimestamp")),
             "generation": metadata.get("generation"), "resource": document}
 

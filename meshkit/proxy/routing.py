@@ -16,18 +16,21 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from meshkit.proxy.http import Handler, Headers, Request
+from meshkit.proxy.redirect import Redirect
 from meshkit.proxy.schema import RouteDoc
 
 StringTest = Callable[[str], bool]
 Condition = Callable[[Request, str, str | None], bool]
 
 
-def _compile_string_match(spec: Any, where: str, ignore_case: bool = False) -> StringTest:
+def _compile_string_match(spec: Any, where: str, ignore_case: bool = False, path: bool = False) -> StringTest:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ValueError(f"{where}: expected exactly one of exact/prefix/regex, got {spec!r}")
     (kind, value), = spec.items()
     if not isinstance(value, str):
         raise ValueError(f"{where}.{kind}: expected a string, got {value!r}")
+    if kind == PATH_SEPARATED_PREFIX and path:
+        return _path_separated_prefix(value, f"{where}.{kind}", ignore_case)
     if kind == "exact":
         if ignore_case:
             folded = value.lower()
@@ -45,7 +48,27 @@ def _compile_string_match(spec: Any, where: str, ignore_case: bool = False) -> S
             raise ValueError(f"{where}.regex: invalid regular expression {value!r}: {exc}") from None
         # Envoy's safe_regex must match the whole value.
         return lambda s: pattern.fullmatch(s) is not None
-    raise ValueError(f"{where}: unknown string match {kind!r} (expected exact, prefix or regex)")
+    expected = "exact, prefix, path_separated_prefix or regex" if path else "exact, prefix or regex"
+    raise ValueError(f"{where}: unknown string match {kind!r} (expected {expected})")
+
+
+# Envoy's ``path_separated_prefix`` (a Gateway API ``PathPrefix``): whole path segments, so "/api"
+# matches "/api", "/api/" and "/api/x" but not "/apix". A plain ``prefix`` (a VirtualService's) is a
+# string prefix. Only a URI match may use it.
+PATH_SEPARATED_PREFIX = "path_separated_prefix"
+
+
+def _path_separated_prefix(value: str, where: str, ignore_case: bool) -> StringTest:
+    if not value.startswith("/") or (value.endswith("/") and value != "/"):
+        raise ValueError(f"{where}: expected a path starting with '/' and not ending with '/', got {value!r}")
+    if value == "/":
+        return lambda s: True
+    if ignore_case:
+        value = value.lower()
+        folded_segment = value + "/"
+        return lambda s: (low := s.lower()) == value or low.startswith(folded_segment)
+    segment = value + "/"
+    return lambda s: s == value or s.startswith(segment)
 
 
 def _query_value(query: str | None, name: str) -> str | None:
@@ -77,10 +100,10 @@ class CompiledMatch:
         self.prefix = ""
         uri = spec.get("uri")
         if uri is not None:
-            test = _compile_string_match(uri, f"{where}.uri", ignore_case)
+            test = _compile_string_match(uri, f"{where}.uri", ignore_case, path=True)
             self.uri_kind = next(iter(uri))
-            if self.uri_kind == "prefix":
-                self.prefix = uri["prefix"]
+            if self.uri_kind in ("prefix", PATH_SEPARATED_PREFIX):
+                self.prefix = uri[self.uri_kind]
             conditions.append(_path_condition(test))
         if spec.get("method") is not None:
             test = _compile_string_match(spec["method"], f"{where}.method")
@@ -281,6 +304,7 @@ class CompiledRoute:
         "matches",
         "name",
         "raw",
+        "redirect",
         "request_ops",
         "response_ops",
         "rewrite_uri",
@@ -300,12 +324,18 @@ class CompiledRoute:
         if not isinstance(matches, list):
             raise ValueError(f"{where}.match: expected a list")
         self.matches = [CompiledMatch(m, f"{where}.match[{i}]") for i, m in enumerate(matches)]
+        redirect = spec.get("redirect")
+        self.redirect = Redirect(redirect, f"{where}.redirect") if redirect is not None else None
         dests = spec.get("route")
-        if not isinstance(dests, list) or not dests:
+        if self.redirect is not None:  # answered by the proxy: no destination (Envoy's route or redirect)
+            if dests:
+                raise ValueError(f"{where}.route: a route with a redirect has no destinations")
+            dests = []
+        elif not isinstance(dests, list) or not dests:
             raise ValueError(f"{where}.route: expected a non-empty list of destinations")
         self.destinations = [Destination(d, f"{where}.route[{i}]") for i, d in enumerate(dests)]
         self.total_weight = sum(d.weight for d in self.destinations)
-        if self.total_weight <= 0:
+        if self.total_weight <= 0 and self.redirect is None:
             raise ValueError(f"{where}.route: weights sum to 0")
         running = 0.0
         self.cumulative = []
@@ -343,8 +373,12 @@ class CompiledRoute:
     def rewritten_path(self, matched: CompiledMatch | bool, path: str, query: str | None) -> str:
         """The new origin-form path: replaces the matched prefix, or the whole path otherwise."""
         assert self.rewrite_uri is not None
-        if isinstance(matched, CompiledMatch) and matched.uri_kind == "prefix":
-            new = self.rewrite_uri + path[len(matched.prefix):]
+        if isinstance(matched, CompiledMatch) and matched.uri_kind in ("prefix", PATH_SEPARATED_PREFIX):
+            rest = path[len(matched.prefix):]
+            separated = matched.uri_kind == PATH_SEPARATED_PREFIX
+            if separated and self.rewrite_uri.endswith("/") and rest[:1] == "/":
+                rest = rest[1:]  # Gateway API: "/foo/bar" with prefix "/foo" -> "/xyz/" is "/xyz/bar"
+            new = self.rewrite_uri + rest
             if new.startswith("//"):
                 new = new[1:]
         else:

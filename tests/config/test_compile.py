@@ -107,6 +107,7 @@ def test_every_service_gets_a_virtual_host_with_documented_domains_and_default_r
             "route": [{"cluster": "reviews|", "weight": 100, "headers": None}],
             "headers": None,
             "rewrite": None,
+            "redirect": None,
             "fault": None,
             "mirror": None,
             "timeout_ms": None,

@@ -8,6 +8,7 @@ load unchanged; the docs tabs' YAML (request routing, timeouts, mirroring) is wr
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -20,6 +21,9 @@ from meshkit.config.loader import load_files, load_resources
 from meshkit.config.messages import ConfigError, Message
 from meshkit.config.registry import Node
 from meshkit.config.resources import Resource
+from meshkit.proxy.http import Headers, Request
+from meshkit.proxy.routing import CompiledMatch
+from meshkit.proxy.snapshot import Snapshot
 from tests.config.bookinfo import SAMPLES, bookinfo_registry, node_for
 
 # istio.io, Tasks > Traffic Management > Request Routing, "Gateway API" tab (user jason -> v2)
@@ -177,7 +181,8 @@ def test_rules_follow_gateway_api_precedence_exact_then_longest_prefix() -> None
     backendRefs: [{name: reviews-v3, port: 9080}]""")
     routes = routes_for(config(text))
     assert [r["match"][0]["uri"] for r in routes] == [
-        {"exact": "/exact"}, {"prefix": "/api/v2"}, {"prefix": "/api"}, {"prefix": "/"}]  # "/api/v2/" trimmed
+        {"exact": "/exact"}, {"path_separated_prefix": "/api/v2"}, {"path_separated_prefix": "/api"},
+        {"prefix": "/"}]  # "/api/v2/" trimmed; Gateway API's PathPrefix matches whole segments
     assert routes[2]["match"][0]["method"] == {"exact": "POST"}
 
 
@@ -237,8 +242,19 @@ def test_fault_injection_has_no_gateway_api_form() -> None:
 
 
 @pytest.mark.parametrize(("rule", "field", "words"), [
-    ("  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]", "spec.rules[0].filters[0]",
-     "not supported"),
+    ("  - filters: [{type: CORS, cors: {allowOrigins: ['*']}}]", "spec.rules[0].filters[0]", "not supported"),
+    ("  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 307}}]",
+     "spec.rules[0].filters[0].requestRedirect.statusCode", ""),
+    ("""  - matches: [{path: {type: Exact, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /n}}""",
+     "spec.rules[0]", "ReplacePrefixMatch needs exactly one match with path type PathPrefix"),
+    ("""  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https}},
+              {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /n}}}]""",
+     "spec.rules[0]", "RequestRedirect or a URLRewrite filter, not both"),
+    ("  - filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath}}}]",
+     "spec.rules[0].filters[0].requestRedirect.path", "needs replaceFullPath"),
     ("  - retry: {attempts: 3}", "spec.rules[0].retry", "not supported"),
     ("  - filters: [{type: Bogus}]", "spec.rules[0].filters[0]", "does not exist"),
     ("  - filters: [{type: RequestMirror}]", "spec.rules[0].filters[0]", "requestMirror"),
@@ -274,7 +290,7 @@ def test_ingress_tab_gateway_and_route_serve_bookinfo_at_the_ingress() -> None:
     uris = [r["match"][0]["uri"] for r in host["routes"]]
     # Exact paths first (they never overlap), then the longest prefix
     assert sorted(u["exact"] for u in uris[:3]) == ["/login", "/logout", "/productpage"]
-    assert uris[3:] == [{"prefix": "/api/v1/products"}, {"prefix": "/static"}]
+    assert uris[3:] == [{"path_separated_prefix": "/api/v1/products"}, {"path_separated_prefix": "/static"}]
     assert {d["cluster"] for r in host["routes"] for d in r["route"]} == {"productpage|"}
     assert all(r["source"].startswith("HTTPRoute/default/bookinfo#") for r in host["routes"])
     status = with_status(gateway, resources, bookinfo_registry())["status"]
@@ -337,3 +353,111 @@ spec:
     fields = {m.field for m in messages}
     assert "spec.listeners[0].protocol" in fields and "spec.listeners[0].tls" in fields, messages
     assert all("not supported by meshkit" in m.text for m in messages), messages
+
+
+def test_path_prefix_compiles_to_whole_segments_and_a_virtual_service_prefix_stays_a_string() -> None:
+    """Istio's gateway semantics: an HTTPRoute's PathPrefix is Envoy's path_separated_prefix; a
+    VirtualService's prefix is not."""
+    gamma = routes_for(config(route("""  - matches: [{path: {type: PathPrefix, value: /reviews/}}]
+    backendRefs: [{name: reviews-v2, port: 9080}]""")))
+    assert gamma[0]["match"][0]["uri"] == {"path_separated_prefix": "/reviews"}
+    vs = routes_for(config("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /reviews/}}]
+    route: [{destination: {host: reviews}}]
+"""))
+    assert vs[0]["match"][0]["uri"] == {"prefix": "/reviews/"}
+
+
+def _redirect_of(text: str, path: str, authority: str = "reviews:9080") -> tuple[dict[str, Any], str]:
+    """The compiled route's ``redirect`` and the Location the sidecar's route table makes for ``path``."""
+    resources = config(text)
+    snapshot = compile_snapshot(resources, bookinfo_registry(), node_for("productpage"))
+    compiled = Snapshot.from_json(json.loads(json.dumps(snapshot)))
+    request = Request("GET", path, authority, Headers([("x-forwarded-proto", "http")]))
+    _, matched_route, matched = compiled.routes.route(request)
+    assert matched_route is not None and matched_route.redirect is not None
+    separated = isinstance(matched, CompiledMatch) and matched.uri_kind == "path_separated_prefix"
+    prefix = matched.prefix if isinstance(matched, CompiledMatch) else None
+    location = matched_route.redirect.location(request, prefix, separated)
+    raw = dict(matched_route.raw)
+    assert raw["route"] == []  # answered by the proxy: no destination
+    return raw["redirect"], location
+
+
+@pytest.mark.parametrize(("redirect", "path", "code", "location"), [
+    ("{path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}", "/old/a?x=1", 302,
+     "http://reviews:9080/new/a?x=1"),
+    ("{path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}", "/old/a", 302, "http://reviews:9080/a"),
+    ("{path: {type: ReplaceFullPath, replaceFullPath: /full}, statusCode: 301}", "/old/a?x=1", 301,
+     "http://reviews:9080/full?x=1"),
+    ("{scheme: https}", "/old", 302, "https://reviews/old"),  # the scheme's default port, not written
+    ("{hostname: example.com}", "/old", 302, "http://example.com:9080/old"),  # the request's port
+    ("{hostname: example.com, port: 8443, scheme: https}", "/old", 302, "https://example.com:8443/old"),
+    ("{scheme: http, port: 80}", "/old", 302, "http://reviews/old"),
+])
+def test_request_redirect_becomes_a_redirect_the_sidecar_answers(
+        redirect: str, path: str, code: int, location: str) -> None:
+    text = route(f"""  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+    filters: [{{type: RequestRedirect, requestRedirect: {redirect}}}]
+    backendRefs: [{{name: reviews-v1, port: 9080}}]""")
+    compiled, made = _redirect_of(text, path)
+    assert compiled["response_code"] == code
+    assert made == location
+
+
+def test_virtual_service_redirect_is_compiled_as_envoy_takes_it() -> None:
+    text = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /v1/old}}]
+    redirect: {uri: /v1/new, authority: newreviews}
+  - route: [{destination: {host: reviews}}]
+"""
+    compiled, location = _redirect_of(text, "/v1/older?q=2")  # a VirtualService prefix is a string prefix
+    assert compiled == {"scheme": None, "host": "newreviews", "port": None, "derive_port": None,
+                        "path": "/v1/new", "prefix_rewrite": None, "response_code": 301}
+    assert location == "http://newreviews/v1/new?q=2"
+    assert analyze(config(text), bookinfo_registry()) == []  # no "route has no destinations"
+
+
+@pytest.mark.parametrize(("redirect", "words"), [
+    ("{uri: /x, redirectCode: 305}", "not supported"),
+    ("{uri: '%PREFIX()%/x'}", "expected a path starting with '/'"),
+    ("{port: 80, derivePort: FROM_REQUEST_PORT}", "exclusive"),
+    ("{}", "must specify"),
+])
+def test_bad_virtual_service_redirects_are_refused_by_name(redirect: str, words: str) -> None:
+    messages = errors(f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - redirect: {redirect}
+""")
+    assert any(m.field.startswith("spec.http[0].redirect") and words in m.text for m in messages), messages
+
+
+def test_a_redirect_with_a_route_is_refused() -> None:
+    messages = errors("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - redirect: {uri: /x}
+    route: [{destination: {host: reviews}}]
+""")
+    assert any(m.field.startswith("spec.http[0]") and "both redirect and route" in m.text for m in messages)
