@@ -386,6 +386,14 @@ class CompiledRoute:
         return f"{new}?{query}" if query is not None else new
 
 
+def matched_prefix(matched: CompiledMatch | bool) -> tuple[str | None, bool]:
+    """(the URI prefix ``matched`` matched, whether it is a path-separated one); (None, False) when the
+    match was not on a prefix: what a redirect's ``prefix_rewrite`` replaces."""
+    if isinstance(matched, CompiledMatch) and matched.uri_kind in ("prefix", PATH_SEPARATED_PREFIX):
+        return matched.prefix, matched.uri_kind == PATH_SEPARATED_PREFIX
+    return None, False
+
+
 class VirtualHost:
     __slots__ = ("domains", "name", "routes", "service")
 

@@ -22,7 +22,7 @@ from meshkit.config.messages import ConfigError, Message
 from meshkit.config.registry import Node
 from meshkit.config.resources import Resource
 from meshkit.proxy.http import Headers, Request
-from meshkit.proxy.routing import CompiledMatch
+from meshkit.proxy.routing import matched_prefix
 from meshkit.proxy.snapshot import Snapshot
 from tests.config.bookinfo import SAMPLES, bookinfo_registry, node_for
 
@@ -382,9 +382,7 @@ def _redirect_of(text: str, path: str, authority: str = "reviews:9080") -> tuple
     request = Request("GET", path, authority, Headers([("x-forwarded-proto", "http")]))
     _, matched_route, matched = compiled.routes.route(request)
     assert matched_route is not None and matched_route.redirect is not None
-    separated = isinstance(matched, CompiledMatch) and matched.uri_kind == "path_separated_prefix"
-    prefix = matched.prefix if isinstance(matched, CompiledMatch) else None
-    location = matched_route.redirect.location(request, prefix, separated)
+    location = matched_route.redirect.location(request, *matched_prefix(matched))
     raw = dict(matched_route.raw)
     assert raw["route"] == []  # answered by the proxy: no destination
     return raw["redirect"], location

@@ -23,7 +23,7 @@ from collections.abc import Awaitable
 from meshkit.proxy.chain import ScopedChains
 from meshkit.proxy.http import Handler, Request, Response, answered
 from meshkit.proxy.redirect import Redirect
-from meshkit.proxy.routing import PATH_SEPARATED_PREFIX, CompiledMatch, CompiledRoute, Destination
+from meshkit.proxy.routing import CompiledMatch, CompiledRoute, Destination, matched_prefix
 from meshkit.proxy.schema import RouteDoc
 
 RQ_TIMEOUT_CHAIN = "x-envoy-upstream-rq-timeout-ms"
@@ -92,12 +92,8 @@ async def _response_ops(
 
 
 def _redirected(request: Request, matched_route: CompiledRoute, redirect: Redirect,
-                matched: object) -> Response:
-    prefix: str | None = None
-    separated = False
-    if isinstance(matched, CompiledMatch) and matched.uri_kind in ("prefix", PATH_SEPARATED_PREFIX):
-        prefix, separated = matched.prefix, matched.uri_kind == PATH_SEPARATED_PREFIX
-    response = redirect.response(request, prefix, separated)
+                matched: CompiledMatch | bool) -> Response:
+    response = redirect.response(request, *matched_prefix(matched))
     if matched_route.response_ops is not None:  # Envoy finalizes a redirect's headers with the route's
         matched_route.response_ops.apply(response.headers)
     return response
