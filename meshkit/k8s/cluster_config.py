@@ -40,6 +40,8 @@ import yaml
 
 from meshkit.config import codes
 from meshkit.config.analyze import analyze as analyze_resources
+from meshkit.config.api_kinds import GATEWAY_API_GROUP
+from meshkit.config.httproutes import with_status
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import RegistryView
@@ -181,8 +183,37 @@ class ClusterClient(ControlClient):
                                            missing=TYPES[k])]
         items = sorted((_item(t, obj) for t, obj in found), key=lambda item: item["ref"])
         if output == "yaml":
-            return yaml.safe_dump_all([item["resource"] for item in items], sort_keys=False)
+            documents = [item["resource"] for item in items]
+            if any(str(doc.get("apiVersion") or "").startswith(f"{GATEWAY_API_GROUP}/") for doc in documents):
+                documents = self._with_status(found, documents)
+            return yaml.safe_dump_all(documents, sort_keys=False)
         return {"items": items}
+
+    def _with_status(self, found: list[tuple[ResourceType, dict[str, Any]]],
+                     documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Gateway API objects with their ``status``: the one a controller wrote on the object, else the
+        one meshkit computes from the cluster's config and the control plane's registry (as locally)."""
+        written = {}
+        for resource_type, obj in found:
+            metadata = obj.get("metadata") or {}
+            key = (STORE_KINDS[resource_type], str(metadata.get("namespace") or "default"),
+                   str(metadata.get("name") or ""))
+            written[key] = obj.get("status")
+        everything = [resource for resource, _ in self._cluster_objects().values() if resource is not None]
+        by_key = {resource.key: resource for resource in everything}
+        view = self._registry() or RegistryView()
+        out = []
+        for doc in documents:
+            metadata = doc.get("metadata") or {}
+            key = (resource_kind(doc), str(metadata.get("namespace") or "default"), str(metadata.get("name")))
+            resource = by_key.get(key)
+            if written.get(key):
+                out.append({**doc, "status": written[key]})
+            elif resource is not None:
+                out.append(with_status(resource, everything, view))
+            else:
+                out.append(doc)
+        return out
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> Any:
         if not kind or kind.lower() == "all":
@@ -377,6 +408,13 @@ def _same(held: dict[str, Any] | None, want: dict[str, Any] | None) -> bool:
     if want is None or held is None:
         return held is want
     return held.get("spec") == want.get("spec")
+
+
+def resource_kind(document: Mapping[str, Any]) -> str:
+    """The store's kind of a document: ``Gateway.gateway.networking.k8s.io`` for Gateway API's Gateway."""
+    kind = str(document.get("kind") or "")
+    group = str(document.get("apiVersion") or "").rpartition("/")[0]
+    return f"{kind}.{group}" if kind == "Gateway" and group == GATEWAY_API_GROUP else kind
 
 
 def _item(resource_type: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:

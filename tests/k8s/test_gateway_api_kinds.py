@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from meshkit.config.compile import compile_snapshot
 from meshkit.k8s.cluster_config import ClusterClient
@@ -142,3 +143,38 @@ async def test_the_cluster_client_writes_and_reads_gateway_apis_gateway_at_its_o
     assert deleted["revision"] == plane.control_plane.store.revision
     assert await objects(session, kmock, f"/apis/{GROUP}/v1/gateways") == []
     assert len(await objects(session, kmock, "/apis/networking.istio.io/v1/gateways")) == 1
+
+
+async def test_httproute_status_on_a_cluster_names_a_parent_to_nothing_and_a_missing_backend(
+        kmock: Any, plane: RunningKubernetesControlPlane, session: aiohttp.ClientSession) -> None:
+    """``meshkit --context k8s:... get httproute NAME -o yaml``: the status a controller wrote, else the one
+    meshkit computes from the cluster's objects and the control plane's registry, as on the local mesh."""
+    kube = k.Cluster(session, str(kmock.url))
+    typo = copy.deepcopy(MESH_ROUTE)
+    typo["metadata"]["name"] = "typo"
+    typo["spec"]["parentRefs"][0]["name"] = "reviewz"
+    typo["spec"]["rules"][0]["backendRefs"][0]["name"] = "reviews-v9"
+    written = copy.deepcopy(INGRESS_ROUTE)
+    accepted = {"type": "Accepted", "status": "True", "reason": "Accepted"}
+    written_status = {"parents": [{"parentRef": {"name": "bookinfo-gateway"},
+                                   "controllerName": "example.com/gw", "conditions": [accepted]}]}
+    for document in (MESH_ROUTE, typo):
+        await kube.request("POST", path_of(document), served(document))
+    await kube.request("POST", path_of(written), {**served(written), "status": written_status})
+    client = cluster_client(f"k8s:{str(kmock.url).rstrip('/')}", mirror_wait_s=WAIT_S)
+
+    async def status_of(name: str) -> dict[str, Any]:
+        text = await call(client.get, "httproute", name, k.NAMESPACE, "yaml")
+        (doc,) = [d for d in yaml.safe_load_all(text) if d]
+        status: dict[str, Any] = doc["status"]
+        return status
+
+    (parent,) = (await status_of("typo"))["parents"]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in parent["conditions"]}
+    assert conditions == {"Accepted": ("False", "NoMatchingParent"),
+                          "ResolvedRefs": ("False", "BackendNotFound")}
+    assert f"{k.NAMESPACE}/reviews-v9" in parent["conditions"][1]["message"]
+    (good,) = (await status_of("reviews"))["parents"]
+    assert [(c["status"], c["reason"]) for c in good["conditions"]] == [("True", "Accepted"),
+                                                                       ("True", "ResolvedRefs")]
+    assert await status_of("bookinfo") == written_status  # a controller's own status is shown as written
