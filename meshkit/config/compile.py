@@ -41,6 +41,7 @@ from meshkit.config.resources import (
     Headers,
     HTTPMatchRequest,
     HTTPRedirect,
+    HTTPRewrite,
     HTTPRoute,
     Operation,
     PeerAuthentication,
@@ -309,13 +310,21 @@ def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node) -> dict[
             for d in destinations
         ],
         "headers": _headers(http.headers),
-        "rewrite": {"uri": http.rewrite.uri} if http.rewrite and http.rewrite.uri is not None else None,
+        "rewrite": _rewrite(http.rewrite),
         "redirect": _redirect(http.redirect, gateway_semantics) if http.redirect is not None else None,
         "fault": fault,
         "mirror": _mirror(http, namespace),
         "timeout_ms": None if fault or http.timeout is None else _ms(http.timeout),
         "retries": None if fault else _retries(http),
     }
+
+
+def _rewrite(rewrite: HTTPRewrite | None) -> dict[str, Any] | None:
+    regex = rewrite.uri_regex_rewrite if rewrite is not None else None
+    if rewrite is None or (rewrite.uri is None and rewrite.authority is None and regex is None):
+        return None
+    return {"uri": rewrite.uri, "authority": rewrite.authority,
+            "uri_regex": {"match": regex.match, "rewrite": regex.rewrite} if regex is not None else None}
 
 
 def _redirect(redirect: HTTPRedirect, gateway_semantics: bool) -> dict[str, Any]:

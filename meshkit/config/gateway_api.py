@@ -164,19 +164,12 @@ class HTTPRequestMirrorFilter(IstioModel):
 
 
 class HTTPPathModifier(IstioModel):
-    unsupported_values = {"type": frozenset({"ReplaceFullPath"})}
-
-    type: Literal["ReplacePrefixMatch"]
-    replace_prefix_match: str
-
-
-class HTTPRedirectPathModifier(IstioModel):
     type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
     replace_full_path: str | None = None
     replace_prefix_match: str | None = None
 
     @model_validator(mode="after")
-    def _value_of_type(self) -> HTTPRedirectPathModifier:
+    def _value_of_type(self) -> HTTPPathModifier:
         wanted, other = (("replaceFullPath", "replacePrefixMatch") if self.type == "ReplaceFullPath"
                          else ("replacePrefixMatch", "replaceFullPath"))
         values = {"replaceFullPath": self.replace_full_path, "replacePrefixMatch": self.replace_prefix_match}
@@ -194,14 +187,13 @@ class HTTPRequestRedirectFilter(IstioModel):
 
     scheme: Literal["http", "https"] | None = None
     hostname: str | None = Field(default=None, min_length=1)
-    path: HTTPRedirectPathModifier | None = None
+    path: HTTPPathModifier | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     status_code: Literal[301, 302] = 302  # Gateway API's default (a VirtualService's is 301)
 
 
 class HTTPURLRewriteFilter(IstioModel):
-    unsupported_fields = frozenset({"hostname"})
-
+    hostname: str | None = Field(default=None, min_length=1)
     path: HTTPPathModifier | None = None
 
 
@@ -261,19 +253,21 @@ class HTTPRouteRule(IstioModel):
 
     @model_validator(mode="after")
     def _redirect_rules(self) -> HTTPRouteRule:
-        """Gateway API's CRD rules: a redirect and a rewrite are exclusive, and ReplacePrefixMatch in a
-        redirect needs exactly one match, of type PathPrefix."""
+        """Gateway API's CRD rules: a redirect and a rewrite are exclusive, and ReplacePrefixMatch (in a
+        redirect or a rewrite) needs exactly one match, of type PathPrefix."""
         types = [f.type for f in self.filters or []]
         if "RequestRedirect" in types and "URLRewrite" in types:
             raise ValueError("a rule may have a RequestRedirect or a URLRewrite filter, not both")
         for item in self.filters or []:
-            path = item.request_redirect.path if item.request_redirect is not None else None
+            path = (item.request_redirect.path if item.request_redirect is not None else
+                    item.url_rewrite.path if item.url_rewrite is not None else None)
             if path is not None and path.type == "ReplacePrefixMatch":
                 # an absent match or path is Gateway API's default, PathPrefix "/"
                 matches = self.matches or [HTTPRouteMatch()]
                 path_match = matches[0].path
                 if len(matches) != 1 or (path_match is not None and path_match.type != "PathPrefix"):
-                    raise ValueError("requestRedirect.path ReplacePrefixMatch needs exactly one match "
+                    field = "requestRedirect" if item.request_redirect is not None else "urlRewrite"
+                    raise ValueError(f"{field}.path ReplacePrefixMatch needs exactly one match "
                                      "with path type PathPrefix")
         return self
 

@@ -38,6 +38,7 @@ from meshkit.config.gateway_api import (
     HTTPRoute,
     HTTPRouteMatch,
     HTTPRouteRule,
+    HTTPURLRewriteFilter,
     KubeGateway,
     ParentReference,
 )
@@ -57,6 +58,7 @@ from meshkit.config.resources import (
     ObjectMeta,
     Percent,
     PortSelector,
+    RegexRewrite,
     Resource,
     StringMatch,
     VirtualService,
@@ -124,6 +126,16 @@ def _destination(ref: HTTPBackendRef | Any, namespace: str) -> Destination:
                        port=PortSelector(number=ref.port) if ref.port is not None else None)
 
 
+def _rewrite(spec: HTTPURLRewriteFilter) -> HTTPRewrite:
+    """Istio's conversion: ReplacePrefixMatch -> ``uri`` (the matched prefix replaced), ReplaceFullPath ->
+    ``uriRegexRewrite`` of the whole path, ``hostname`` -> ``authority``."""
+    path = spec.path
+    if path is not None and path.type == "ReplaceFullPath":
+        full = RegexRewrite(match="/.*", rewrite=path.replace_full_path or "/")
+        return HTTPRewrite(uri_regex_rewrite=full, authority=spec.hostname)
+    return HTTPRewrite(uri=path.replace_prefix_match if path is not None else None, authority=spec.hostname)
+
+
 def _redirect(spec: HTTPRequestRedirectFilter) -> HTTPRedirect:
     """Istio's conversion: no port -> the scheme's default port when a scheme is given, else the
     request's port; ReplacePrefixMatch -> ``%PREFIX()%`` (the matched prefix replaced)."""
@@ -160,8 +172,8 @@ def _vs_route(route: HTTPRoute, index: int, rule: HTTPRouteRule) -> VSRoute:
             fields["mirror"] = _destination(mirror.backend_ref, namespace)
             if mirror.percent is not None:
                 fields["mirror_percentage"] = Percent(value=float(mirror.percent))
-        elif item.type == "URLRewrite" and item.url_rewrite is not None and item.url_rewrite.path is not None:
-            fields["rewrite"] = HTTPRewrite(uri=item.url_rewrite.path.replace_prefix_match)
+        elif item.type == "URLRewrite" and item.url_rewrite is not None:
+            fields["rewrite"] = _rewrite(item.url_rewrite)
     if request is not None or response is not None:
         fields["headers"] = Headers(request=request, response=response)
     timeouts = rule.timeouts

@@ -183,10 +183,26 @@ class HTTPFaultInjection(IstioModel):
     abort: HTTPFaultInjectionAbort | None = None
 
 
-class HTTPRewrite(IstioModel):
-    unsupported_fields = frozenset({"authority", "uriRegexRewrite"})
+class RegexRewrite(IstioModel):
+    match: str = Field(min_length=1)
+    rewrite: str
 
+
+class HTTPRewrite(IstioModel):
     uri: str | None = None
+    authority: str | None = Field(default=None, min_length=1)
+    uri_regex_rewrite: RegexRewrite | None = None
+
+    @model_validator(mode="after")
+    def _uri_or_regex(self) -> HTTPRewrite:
+        if self.uri is not None and self.uri_regex_rewrite is not None:
+            raise ValueError("rewrite: uri and uriRegexRewrite are exclusive")
+        if self.uri_regex_rewrite is not None:
+            try:
+                re.compile(self.uri_regex_rewrite.match).sub(self.uri_regex_rewrite.rewrite, "/")
+            except (re.error, IndexError) as exc:
+                raise ValueError(f"rewrite.uriRegexRewrite: {exc}") from None
+        return self
 
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)  # what Istio translates (Envoy's RedirectResponseCode)

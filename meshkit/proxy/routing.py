@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from meshkit.proxy.http import Handler, Headers, Request
 from meshkit.proxy.redirect import Redirect
+from meshkit.proxy.rewrite import Rewrite
 from meshkit.proxy.schema import RouteDoc
 
 StringTest = Callable[[str], bool]
@@ -307,6 +308,7 @@ class CompiledRoute:
         "redirect",
         "request_ops",
         "response_ops",
+        "rewrite",
         "rewrite_uri",
         "total_weight",
         "where",
@@ -344,14 +346,8 @@ class CompiledRoute:
             self.cumulative.append(running)
         self.request_ops, self.response_ops = _header_pair(spec.get("headers"), f"{where}.headers")
         rewrite = spec.get("rewrite")
-        self.rewrite_uri: str | None = None
-        if rewrite is not None:
-            if not isinstance(rewrite, dict):
-                raise ValueError(f"{where}.rewrite: expected an object")
-            uri = rewrite.get("uri")
-            if uri is not None and not isinstance(uri, str):
-                raise ValueError(f"{where}.rewrite.uri: expected a string, got {uri!r}")
-            self.rewrite_uri = uri
+        self.rewrite = Rewrite(rewrite, f"{where}.rewrite") if rewrite is not None else None
+        self.rewrite_uri = self.rewrite.uri if self.rewrite is not None else None
 
     def match(self, request: Request, path: str, query: str | None) -> CompiledMatch | bool:
         """The matching ``CompiledMatch`` (or True for a match-all route), else False."""
@@ -372,18 +368,8 @@ class CompiledRoute:
 
     def rewritten_path(self, matched: CompiledMatch | bool, path: str, query: str | None) -> str:
         """The new origin-form path: replaces the matched prefix, or the whole path otherwise."""
-        assert self.rewrite_uri is not None
-        if isinstance(matched, CompiledMatch) and matched.uri_kind in ("prefix", PATH_SEPARATED_PREFIX):
-            rest = path[len(matched.prefix):]
-            separated = matched.uri_kind == PATH_SEPARATED_PREFIX
-            if separated and self.rewrite_uri.endswith("/") and rest[:1] == "/":
-                rest = rest[1:]  # Gateway API: "/foo/bar" with prefix "/foo" -> "/xyz/" is "/xyz/bar"
-            new = self.rewrite_uri + rest
-            if new.startswith("//"):
-                new = new[1:]
-        else:
-            new = self.rewrite_uri
-        return f"{new}?{query}" if query is not None else new
+        assert self.rewrite is not None
+        return self.rewrite.path(path, query, *matched_prefix(matched))
 
 
 def matched_prefix(matched: CompiledMatch | bool) -> tuple[str | None, bool]:

@@ -68,8 +68,15 @@ class WeightedClusterDoc(TypedDict):
     headers: HeadersDoc | None
 
 
+class RegexRewriteDoc(TypedDict):
+    match: str
+    rewrite: str
+
+
 class RewriteDoc(TypedDict):
-    uri: str
+    uri: str | None  # replaces the matched prefix, or the whole path
+    authority: str | None  # replaces the Host header
+    uri_regex: RegexRewriteDoc | None  # every match in the path replaced (Envoy's regex_rewrite)
 
 
 class DelayDoc(TypedDict):

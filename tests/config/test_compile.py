@@ -299,7 +299,7 @@ def test_mirror_headers_and_rewrite() -> None:
             "ignore_uri_case": True,
         }
     ]
-    assert first["rewrite"] == {"uri": "/new"}
+    assert first["rewrite"] == {"uri": "/new", "authority": None, "uri_regex": None}
     assert first["headers"] == {
         "request": {"set": {"x-a": "1"}, "add": {}, "remove": ["x-b"]},
         "response": {"set": {}, "add": {}, "remove": []},

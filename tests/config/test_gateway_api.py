@@ -169,7 +169,7 @@ def test_filters_become_header_mirror_and_rewrite_settings() -> None:
                                           "remove": ["x-drop"]}
     assert only["headers"]["response"]["set"] == {"x-served-by": "mesh"}
     assert only["mirror"] == {"cluster": "reviews-v3|", "percent": 25.0}
-    assert only["rewrite"] == {"uri": "/new"}
+    assert only["rewrite"] == {"uri": "/new", "authority": None, "uri_regex": None}
 
 
 def test_rules_follow_gateway_api_precedence_exact_then_longest_prefix() -> None:
@@ -459,3 +459,50 @@ spec:
     route: [{destination: {host: reviews}}]
 """)
     assert any(m.field.startswith("spec.http[0]") and "both redirect and route" in m.text for m in messages)
+
+
+def test_url_rewrite_full_path_and_hostname_follow_istios_conversion() -> None:
+    text = route("""  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: backend.example, path: {type: ReplaceFullPath, replaceFullPath: /full}}
+    backendRefs: [{name: reviews-v1, port: 9080}]""")
+    (only,) = routes_for(config(text))
+    assert only["rewrite"] == {"uri": None, "authority": "backend.example",
+                               "uri_regex": {"match": "/.*", "rewrite": "/full"}}
+    snapshot = compile_snapshot(config(text), bookinfo_registry(), node_for("productpage"))
+    request = Request("GET", "/old/a/b?q=1", "reviews", Headers([("host", "reviews")]))
+    _, matched_route, matched = Snapshot.from_json(json.loads(json.dumps(snapshot))).routes.route(request)
+    assert matched_route is not None and matched_route.rewrite is not None
+    matched_route.rewrite.apply(request, *matched_prefix(matched))
+    assert (request.path, request.headers.get("host")) == ("/full?q=1", "backend.example")
+
+
+def test_virtual_service_rewrite_authority_and_uri_regex_rewrite() -> None:
+    text = vs_text("""  - match: [{uri: {prefix: /service}}]
+    rewrite:
+      authority: other.example
+      uriRegexRewrite: {match: "^/service/([^/]+)(/.*)$", rewrite: '\\2/i/\\1'}
+    route: [{destination: {host: reviews}}]""")
+    (first, _) = routes_for(config(text))
+    assert first["rewrite"] == {"uri": None, "authority": "other.example",
+                                "uri_regex": {"match": "^/service/([^/]+)(/.*)$", "rewrite": "\\2/i/\\1"}}
+    (message,) = [m for m in errors(vs_text("""  - rewrite: {uriRegexRewrite: {match: "([a-", rewrite: x}}
+    route: [{destination: {host: reviews}}]""")) if m.field.startswith("spec.http[0].rewrite")]
+    assert "uriRegexRewrite" in message.text
+    (both,) = errors(vs_text("""  - rewrite: {uri: /a, uriRegexRewrite: {match: a, rewrite: b}}
+    route: [{destination: {host: reviews}}]"""))
+    assert "exclusive" in both.text
+
+
+def vs_text(http: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+{http}
+  - route: [{{destination: {{host: reviews}}}}]
+"""

@@ -186,8 +186,8 @@ def test_unknown_field_is_named_as_unknown() -> None:
             "spec.http[0].fault.abort.grpcStatus",
         ),
         (
-            "  http:\n  - route: [{destination: {host: r}}]\n    rewrite: {authority: x}\n",
-            "spec.http[0].rewrite.authority",
+            "  http:\n  - route: [{destination: {host: r}}]\n    mirrors: [{destination: {host: r}}]\n",
+            "spec.http[0].mirrors",
         ),
     ],
 )

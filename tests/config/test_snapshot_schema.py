@@ -55,6 +55,14 @@ RICH_REDIRECT = vs("""
     match:
     - uri: {prefix: /old}
     redirect: {uri: /new, authority: example.com, port: 8443, scheme: https, redirectCode: 302}
+  - name: regex-rewrite
+    match:
+    - uri: {prefix: /service}
+    rewrite:
+      uriRegexRewrite: {match: "^/service/([^/]+)(/.*)$", rewrite: '\\2/instance/\\1'}
+      authority: x.example
+    route:
+    - destination: {host: reviews}
   - route:
     - destination: {host: reviews}
 """)

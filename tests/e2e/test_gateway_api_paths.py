@@ -5,6 +5,7 @@
   keeps Istio's string semantics and takes ``/anything/apix`` too.
 * ``RequestRedirect`` (and a VirtualService's ``redirect``) is answered by the sidecar or the ingress
   gateway itself with the status code and a ``Location``, as Envoy does; nothing reaches the app.
+* ``URLRewrite`` (``ReplaceFullPath``, ``ReplacePrefixMatch``, ``hostname``) changes what the app receives.
 
 Evidence is what the callers get back (status, ``Location``, the pod that answered) and the app's
 inbound request count on its sidecar.
@@ -127,6 +128,39 @@ spec:
         scheme: https
         hostname: login.example.com
   - backendRefs:
+    - name: httpbin-v1
+      port: 80
+"""
+URL_REWRITE = PER_VERSION_SERVICES + """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: httpbin
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: httpbin
+    port: 8000
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /full}
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        hostname: rewritten.example
+        path: {type: ReplaceFullPath, replaceFullPath: /anything/replaced}
+    backendRefs:
+    - name: httpbin-v1
+      port: 80
+  - matches:
+    - path: {type: PathPrefix, value: /prefix/}
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /anything/}
+    backendRefs:
     - name: httpbin-v1
       port: 80
 """
@@ -272,3 +306,18 @@ async def test_request_redirect_through_the_ingress_gateway(httpbin: RunningMesh
     assert (secure.status, secure.headers.get("Location")) == (302, "https://httpbin.example.com/secure/area?q=1")
     assert served.status == 200 and served.json()["podname"] == "httpbin-v1-0"
     assert other_host.status == 404
+
+
+async def test_url_rewrite_full_path_prefix_and_hostname_reach_the_app(httpbin: RunningMesh) -> None:
+    proxy = httpbin.workload("sleep-v1-0")["outbound_proxy"]
+    with httpbin.rules(*docs(URL_REWRITE)):
+        full = await get_many("http://httpbin:8000/full/a/b?q=1", 1, proxy=proxy)
+        prefix = await get_many("http://httpbin:8000/prefix/x/y", 1, proxy=proxy)
+        bare = await get_many("http://httpbin:8000/prefix", 1, proxy=proxy)
+    echoed = [reply.json() for reply in (*full, *prefix, *bare)]
+    assert [(e["podname"], e["path"]) for e in echoed] == [
+        ("httpbin-v1-0", "/anything/replaced"), ("httpbin-v1-0", "/anything/x/y"),
+        ("httpbin-v1-0", "/anything/")]
+    assert echoed[0]["args"] == {"q": "1"}
+    assert echoed[0]["headers"]["Host"] == "rewritten.example"
+    assert echoed[1]["headers"]["Host"] == "httpbin:8000"

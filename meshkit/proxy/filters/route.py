@@ -2,8 +2,9 @@
 
 Sets ``request.route`` (the route's snapshot dict, which the traffic filters read) and
 ``request.cluster``; applies the route's and the destination's request header operations
-and URI rewrite on the way down and their response header operations on the way up. A route with
-a ``redirect`` is answered here (``meshkit.proxy.redirect``): a 3xx with a ``location``, no cluster.
+and rewrite (path, Host: ``meshkit.proxy.rewrite``) on the way down and their response header
+operations on the way up. A route with a ``redirect`` is answered here (``meshkit.proxy.redirect``):
+a 3xx with a ``location``, no cluster.
 A host no virtual host serves is ``Snapshot.egress``'s on a sidecar (``PassthroughCluster`` or
 ``BlackHoleCluster``, meshkit.proxy.egress); answers 404 ``NR`` when no route (or, on a gateway,
 no virtual host) matches and 503 ``NC`` when the picked
@@ -59,9 +60,8 @@ def route_step(chains: ScopedChains[RouteDoc]) -> Handler:
             matched_route.request_ops.apply(request.headers)
         if destination.request_ops is not None:
             destination.request_ops.apply(request.headers)
-        if matched_route.rewrite_uri is not None:
-            path, sep, query = request.path.partition("?")
-            request.path = matched_route.rewritten_path(matched, path, query if sep else None)
+        if matched_route.rewrite is not None:
+            matched_route.rewrite.apply(request, *matched_prefix(matched))
         handlers = matched_route.handlers
         if request.rq_timeout_ms is None:
             handler = handlers.get(chains)
