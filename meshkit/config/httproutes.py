@@ -318,7 +318,7 @@ def service_exists(name: str, namespace: str, resources: Sequence[Resource], reg
 
 
 def _parent_found(parent: ParentReference, namespace: str, resources: Sequence[Resource],
-                  registry: RegistryView) -> tuple[bool, str, str]:
+                  registry: RegistryView, route: HTTPRoute | None = None) -> tuple[bool, str, str]:
     ns = parent.namespace or namespace
     if parent.is_service:
         if service_exists(parent.name, ns, resources, registry):
@@ -334,6 +334,10 @@ def _parent_found(parent: ParentReference, namespace: str, resources: Sequence[R
     if parent.section_name is not None and parent.section_name not in {
             listener.name for listener in gateway.spec.listeners}:
         return False, "NoMatchingParent", f"Gateway {ns}/{parent.name} has no listener {parent.section_name}"
+    if route is not None and not _listener_hosts(gateway, route, parent.section_name):
+        wanted = ", ".join(route.spec.hostnames or ["*"])
+        return False, "NoMatchingListenerHostname", (f"no listener of Gateway {ns}/{parent.name} accepts the "
+                                                     f"route's hostnames ({wanted})")
     return True, "Accepted", "Route was valid"
 
 
@@ -363,7 +367,8 @@ def route_status(route: HTTPRoute, resources: Sequence[Resource], registry: Regi
         False, "BackendNotFound", "; ".join(f"backend({name}) not found" for _, name in missing))
     parents = []
     for parent in route.spec.parent_refs:
-        accepted, reason, message = _parent_found(parent, route.metadata.namespace, resources, registry)
+        namespace = route.metadata.namespace
+        accepted, reason, message = _parent_found(parent, namespace, resources, registry, route)
         parents.append({
             "parentRef": parent.model_dump(by_alias=True, exclude_none=True),
             "controllerName": ISTIO_CONTROLLER,
@@ -392,8 +397,8 @@ def gateway_status(gateway: KubeGateway, resources: Sequence[Resource]) -> dict[
     for route in http_routes(resources):
         for parent in route.spec.parent_refs:
             if gateway_of(parent, route.metadata.namespace, resources) is gateway:
-                for name in attached:
-                    if parent.section_name in (None, name):
+                for name in attached:  # attached: the listener accepts one of the route's hostnames
+                    if parent.section_name in (None, name) and _listener_hosts(gateway, route, name):
                         attached[name] += 1
     return {
         "conditions": [
@@ -404,9 +409,22 @@ def gateway_status(gateway: KubeGateway, resources: Sequence[Resource]) -> dict[
                        else "no gateway proxy serves it"),
         ],
         "listeners": [{"name": name, "attachedRoutes": count,
-                       "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}]}
+                       "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}],
+                       "conditions": _listener_conditions(ours)}
                       for name, count in attached.items()],
     }
+
+
+def _listener_conditions(ours: bool) -> list[dict[str, Any]]:
+    """A listener's conditions as Gateway API defines them (every listener here is HTTP: no TLS refs, no
+    conflicts between listeners of one Gateway on the local mesh's one ingress listener)."""
+    if not ours:
+        return [_condition("Accepted", False, "Pending", "the Gateway's class is not served"),
+                _condition("Programmed", False, "Pending", "no gateway proxy serves it")]
+    return [_condition("Accepted", True, "Accepted", "No errors found"),
+            _condition("Programmed", True, "Programmed", "No errors found"),
+            _condition("ResolvedRefs", True, "ResolvedRefs", "No errors found"),
+            _condition("Conflicted", False, "NoConflicts", "No conflicts found")]
 
 
 def with_status(resource: Resource, resources: Sequence[Resource], registry: RegistryView) -> dict[str, Any]:

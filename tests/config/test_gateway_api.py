@@ -296,8 +296,12 @@ def test_ingress_tab_gateway_and_route_serve_bookinfo_at_the_ingress() -> None:
     status = with_status(gateway, resources, bookinfo_registry())["status"]
     assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Accepted", "True"),
                                                                       ("Programmed", "True")]
-    assert status["listeners"] == [{"name": "http", "attachedRoutes": 1, "supportedKinds": [
-        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]}]
+    (listener,) = status["listeners"]
+    assert (listener["name"], listener["attachedRoutes"], listener["supportedKinds"]) == (
+        "http", 1, [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+    assert [(c["type"], c["status"], c["reason"]) for c in listener["conditions"]] == [
+        ("Accepted", "True", "Accepted"), ("Programmed", "True", "Programmed"),
+        ("ResolvedRefs", "True", "ResolvedRefs"), ("Conflicted", "False", "NoConflicts")]
     assert analyze(resources, bookinfo_registry()) == []
     # sidecars do not get the ingress route
     assert all(h["domains"] != ["*"] for h in compile_snapshot(
@@ -506,3 +510,41 @@ spec:
 {http}
   - route: [{{destination: {{host: reviews}}}}]
 """
+
+
+def test_a_route_whose_hostnames_no_listener_accepts_is_not_accepted() -> None:
+    gateway = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP, hostname: "*.example.com"}]
+"""
+    routes = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere}
+spec:
+  parentRefs: [{name: web}]
+  hostnames: [bookinfo.example.org]
+  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: here}
+spec:
+  parentRefs: [{name: web}]
+  hostnames: [bookinfo.example.com]
+  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
+"""
+    resources = config(gateway, routes)
+    by_name = {r.metadata.name: r for r in resources if isinstance(r, HTTPRoute)}
+    (elsewhere,) = route_status(by_name["elsewhere"], resources, bookinfo_registry())["parents"]
+    accepted = elsewhere["conditions"][0]
+    assert (accepted["status"], accepted["reason"]) == ("False", "NoMatchingListenerHostname")
+    assert "bookinfo.example.org" in accepted["message"]
+    (here,) = route_status(by_name["here"], resources, bookinfo_registry())["parents"]
+    assert (here["conditions"][0]["status"], here["conditions"][0]["reason"]) == ("True", "Accepted")
+    (web,) = [r for r in resources if isinstance(r, KubeGateway)]
+    assert with_status(web, resources, bookinfo_registry())["status"]["listeners"][0]["attachedRoutes"] == 1
