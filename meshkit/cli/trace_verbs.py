@@ -149,6 +149,8 @@ def dry_run_lines(answer: dict[str, Any]) -> list[str]:
             lines.append(f"from {caller['caller']}.{caller['namespace']}: no rule matches")
         else:
             dests = ", ".join(f"{d['cluster']} ({d['weight']:g})" for d in matched["destinations"])
+            if matched.get("redirect"):
+                dests = f"redirect {matched['redirect']['code']} {matched['redirect']['location']}"
             lines.append(f"from {caller['caller']}.{caller['namespace']}: {matched['source']} → {dests}")
         lines += [f"   {cause}" for cause in caller["causes"]]
     if not answer["callers"]:

@@ -102,7 +102,7 @@ def _check_virtual_service(
         yield from _check_matches(http, at)
         yield from _check_claim_matches(vs, http, at)
         destinations = http.route or []
-        if not destinations:
+        if not destinations and http.redirect is None:  # a redirect is answered by the proxy
             yield codes.MK0116, Severity.ERROR, f"{at}.route", "http route has no route destinations"
         for j, route in enumerate(destinations):
             where = f"{at}.route[{j}].destination"

@@ -11,8 +11,8 @@
 An Istio or Gateway API kind is *active* once meshkit has a model for it (a class in
 `meshkit.config.kinds.RESOURCE_KINDS` with that name and group): adding the model is what
 turns its RBAC rules, the operator's handlers and the control plane's watch on, together.
-Planned kinds (ServiceEntry, Gateway API's Gateway) are listed now, inactive. Workload kinds say
-explicitly whether the control plane reads them yet.
+Gateway API's ``Gateway`` shares its kind name with Istio's: it is told apart by group everywhere
+(`ApiKind.store_kind`). Workload kinds say explicitly whether the control plane reads them yet.
 
 Pure data: nothing here talks to a cluster.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshkit.config.kinds import RESOURCE_KINDS
+from meshkit.config.kinds import KINDS_BY_GROUP, RESOURCE_KINDS
 
 READ = ("get", "list", "watch")
 # what kopf needs to index, validate and annotate an object (progress lives in annotations)
@@ -56,7 +56,14 @@ class ApiKind:
     def active(self) -> bool:
         if self.enabled is not None:
             return self.enabled
-        return any(name == self.kind and model.group == self.group for name, model in RESOURCE_KINDS.items())
+        return (self.kind, self.group) in KINDS_BY_GROUP or any(
+            name == self.kind and model.group == self.group for name, model in RESOURCE_KINDS.items())
+
+    @property
+    def store_kind(self) -> str:
+        """The kind part of the config store's keys: ``Gateway.gateway.networking.k8s.io`` for Gateway
+        API's Gateway (Istio's is ``Gateway``), the kind's name otherwise (`Resource.key`)."""
+        return f"{self.kind}.{self.group}" if (self.kind, self.group) in KINDS_BY_GROUP else self.kind
 
     @property
     def api_version(self) -> str:
@@ -142,6 +149,6 @@ def istio_kinds() -> list[ApiKind]:
 
 def config_kinds() -> list[ApiKind]:
     """The active kinds the control plane mirrors as config: the Istio kinds and the Gateway API kinds
-    (HTTPRoute, GatewayClass; their CRDs come from the Gateway API standard channel, and the operator
-    neither validates them nor writes their status)."""
+    (GatewayClass, Gateway, HTTPRoute; their CRDs come from the Gateway API standard channel, and the
+    operator neither validates them nor writes their status)."""
     return [kind for kind in active_kinds() if kind.group in ISTIO_GROUPS or kind.group == GATEWAY_API_GROUP]

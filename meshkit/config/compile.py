@@ -24,16 +24,24 @@ from meshkit.config.egress import (
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateways import bound_hosts
 from meshkit.config.hosts import resolve_host
-from meshkit.config.httproutes import ingress_virtual_services, mesh_virtual_services, selector_services
+from meshkit.config.httproutes import (
+    from_http_route,
+    ingress_virtual_services,
+    mesh_virtual_services,
+    selector_services,
+)
 from meshkit.config.meshconfig import mesh_config_of, mesh_settings
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
+    PREFIX_MARK,
     AuthorizationPolicy,
     Destination,
     DestinationRule,
     HeaderOperations,
     Headers,
     HTTPMatchRequest,
+    HTTPRedirect,
+    HTTPRewrite,
     HTTPRoute,
     Operation,
     PeerAuthentication,
@@ -265,7 +273,7 @@ def _route_to(cluster: str) -> dict[str, Any]:
     return {
         "name": "default", "source": "default", "match": [],
         "route": [{"cluster": cluster, "weight": 100, "headers": None}],
-        "headers": None, "rewrite": None, "fault": None, "mirror": None,
+        "headers": None, "rewrite": None, "redirect": None, "fault": None, "mirror": None,
         "timeout_ms": None, "retries": default_retry_policy(),
     }
 
@@ -278,8 +286,12 @@ def _cluster_key(destination: Destination, namespace: str) -> str:
 def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node) -> dict[str, Any] | None:
     namespace = vs.metadata.namespace
     matches: list[dict[str, Any]] = []
+    # Istio's "gateway semantics" for an HTTPRoute's internal VirtualService: a Gateway API PathPrefix
+    # matches whole path segments (a VirtualService's prefix stays a string prefix), %PREFIX()% redirects
+    gateway_semantics = from_http_route(vs)
     if http.match:
-        matches = [_match(m) for m in http.match if labels_match(m.source_labels, node.labels)]
+        matches = [_match(m, gateway_semantics) for m in http.match
+                   if labels_match(m.source_labels, node.labels)]
         if not matches:
             return None  # every match is for other source workloads
     destinations = http.route or []
@@ -298,11 +310,34 @@ def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node) -> dict[
             for d in destinations
         ],
         "headers": _headers(http.headers),
-        "rewrite": {"uri": http.rewrite.uri} if http.rewrite and http.rewrite.uri is not None else None,
+        "rewrite": _rewrite(http.rewrite),
+        "redirect": _redirect(http.redirect, gateway_semantics) if http.redirect is not None else None,
         "fault": fault,
         "mirror": _mirror(http, namespace),
         "timeout_ms": None if fault or http.timeout is None else _ms(http.timeout),
         "retries": None if fault else _retries(http),
+    }
+
+
+def _rewrite(rewrite: HTTPRewrite | None) -> dict[str, Any] | None:
+    regex = rewrite.uri_regex_rewrite if rewrite is not None else None
+    if rewrite is None or (rewrite.uri is None and rewrite.authority is None and regex is None):
+        return None
+    return {"uri": rewrite.uri, "authority": rewrite.authority,
+            "uri_regex": {"match": regex.match, "rewrite": regex.rewrite} if regex is not None else None}
+
+
+def _redirect(redirect: HTTPRedirect, gateway_semantics: bool) -> dict[str, Any]:
+    """Istio's translation of a redirect: ``%PREFIX()%/x`` replaces the matched prefix only for an
+    HTTPRoute's internal VirtualService (in a user's VirtualService it is a literal path)."""
+    uri = redirect.uri
+    prefix_rewrite = None
+    if uri is not None and gateway_semantics and uri.startswith(PREFIX_MARK):
+        prefix_rewrite, uri = uri[len(PREFIX_MARK):] or "/", None
+    return {
+        "scheme": redirect.scheme, "host": redirect.authority, "port": redirect.port,
+        "derive_port": redirect.derive_port, "path": uri, "prefix_rewrite": prefix_rewrite,
+        "response_code": redirect.redirect_code or 301,
     }
 
 
@@ -318,11 +353,14 @@ def _match_map(items: Mapping[str, StringMatch] | None) -> dict[str, dict[str, s
             for name, m in sorted((items or {}).items())}
 
 
-def _match(m: HTTPMatchRequest) -> dict[str, Any]:
+def _match(m: HTTPMatchRequest, gateway_semantics: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in (("uri", m.uri), ("method", m.method), ("authority", m.authority)):
         if value is not None:
             out[key] = _string_match(value)
+    prefix = m.uri.prefix if m.uri is not None else None
+    if gateway_semantics and prefix is not None and prefix != "/":
+        out["uri"] = {"path_separated_prefix": prefix.rstrip("/") or "/"}
     if m.headers:
         out["headers"] = _match_map(m.headers)
     if m.without_headers:

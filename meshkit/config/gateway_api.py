@@ -24,12 +24,14 @@ ISTIO_CONTROLLER = "istio.io/gateway-controller"
 # the filter types of Gateway API v1 (standard + experimental channel)
 FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "URLRewrite",
                 "RequestRedirect", "ExtensionRef", "CORS")
-SUPPORTED_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "URLRewrite")
+SUPPORTED_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "URLRewrite",
+                     "RequestRedirect")
 _FAULT_WORDS = ("fault", "delay", "abort", "chaos")
 _FILTER_FIELDS = {"RequestHeaderModifier": ("request_header_modifier", "requestHeaderModifier"),
                   "ResponseHeaderModifier": ("response_header_modifier", "responseHeaderModifier"),
                   "RequestMirror": ("request_mirror", "requestMirror"),
-                  "URLRewrite": ("url_rewrite", "urlRewrite")}
+                  "URLRewrite": ("url_rewrite", "urlRewrite"),
+                  "RequestRedirect": ("request_redirect", "requestRedirect")}
 
 
 class GatewayClassSpec(IstioModel):
@@ -162,27 +164,49 @@ class HTTPRequestMirrorFilter(IstioModel):
 
 
 class HTTPPathModifier(IstioModel):
-    unsupported_values = {"type": frozenset({"ReplaceFullPath"})}
+    type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+    replace_full_path: str | None = None
+    replace_prefix_match: str | None = None
 
-    type: Literal["ReplacePrefixMatch"]
-    replace_prefix_match: str
+    @model_validator(mode="after")
+    def _value_of_type(self) -> HTTPPathModifier:
+        wanted, other = (("replaceFullPath", "replacePrefixMatch") if self.type == "ReplaceFullPath"
+                         else ("replacePrefixMatch", "replaceFullPath"))
+        values = {"replaceFullPath": self.replace_full_path, "replacePrefixMatch": self.replace_prefix_match}
+        if values[wanted] is None:
+            raise ValueError(f"path type {self.type} needs {wanted}")
+        if values[other] is not None:
+            raise ValueError(f"path type {self.type} must not set {other}")
+        if not values[wanted].startswith("/"):  # type: ignore[union-attr]
+            raise ValueError(f"{wanted}: expected a path starting with '/', got {values[wanted]!r}")
+        return self
+
+
+class HTTPRequestRedirectFilter(IstioModel):
+    """Answered by the proxy with a 3xx and a Location (Istio: a VirtualService ``redirect``)."""
+
+    scheme: Literal["http", "https"] | None = None
+    hostname: str | None = Field(default=None, min_length=1)
+    path: HTTPPathModifier | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    status_code: Literal[301, 302] = 302  # Gateway API's default (a VirtualService's is 301)
 
 
 class HTTPURLRewriteFilter(IstioModel):
-    unsupported_fields = frozenset({"hostname"})
-
+    hostname: str | None = Field(default=None, min_length=1)
     path: HTTPPathModifier | None = None
 
 
 class HTTPRouteFilter(IstioModel):
-    # the sidecar answers no redirects (as a VirtualService's ``redirect``) and has no CORS filter
-    unsupported_fields = frozenset({"requestRedirect", "extensionRef", "cors"})
+    # the sidecar has no CORS filter and no extensions
+    unsupported_fields = frozenset({"extensionRef", "cors"})
 
     type: str
     request_header_modifier: HTTPHeaderFilter | None = None
     response_header_modifier: HTTPHeaderFilter | None = None
     request_mirror: HTTPRequestMirrorFilter | None = None
     url_rewrite: HTTPURLRewriteFilter | None = None
+    request_redirect: HTTPRequestRedirectFilter | None = None
 
     @model_validator(mode="after")
     def _known_type(self) -> HTTPRouteFilter:
@@ -226,6 +250,26 @@ class HTTPRouteRule(IstioModel):
     filters: list[HTTPRouteFilter] | None = None
     backend_refs: list[HTTPBackendRef] | None = None
     timeouts: HTTPRouteTimeouts | None = None
+
+    @model_validator(mode="after")
+    def _redirect_rules(self) -> HTTPRouteRule:
+        """Gateway API's CRD rules: a redirect and a rewrite are exclusive, and ReplacePrefixMatch (in a
+        redirect or a rewrite) needs exactly one match, of type PathPrefix."""
+        types = [f.type for f in self.filters or []]
+        if "RequestRedirect" in types and "URLRewrite" in types:
+            raise ValueError("a rule may have a RequestRedirect or a URLRewrite filter, not both")
+        for item in self.filters or []:
+            path = (item.request_redirect.path if item.request_redirect is not None else
+                    item.url_rewrite.path if item.url_rewrite is not None else None)
+            if path is not None and path.type == "ReplacePrefixMatch":
+                # an absent match or path is Gateway API's default, PathPrefix "/"
+                matches = self.matches or [HTTPRouteMatch()]
+                path_match = matches[0].path
+                if len(matches) != 1 or (path_match is not None and path_match.type != "PathPrefix"):
+                    field = "requestRedirect" if item.request_redirect is not None else "urlRewrite"
+                    raise ValueError(f"{field}.path ReplacePrefixMatch needs exactly one match "
+                                     "with path type PathPrefix")
+        return self
 
 
 class HTTPRouteSpec(IstioModel):

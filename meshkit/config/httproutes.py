@@ -34,9 +34,11 @@ from meshkit.config.gateway_api import (
     GatewayClass,
     HTTPBackendRef,
     HTTPHeaderFilter,
+    HTTPRequestRedirectFilter,
     HTTPRoute,
     HTTPRouteMatch,
     HTTPRouteRule,
+    HTTPURLRewriteFilter,
     KubeGateway,
     ParentReference,
 )
@@ -44,16 +46,19 @@ from meshkit.config.gateways import intersect_hosts
 from meshkit.config.registry import Endpoint, RegistryView
 from meshkit.config.registry import Service as RegistryService
 from meshkit.config.resources import (
+    PREFIX_MARK,
     Destination,
     HeaderOperations,
     Headers,
     HTTPMatchRequest,
+    HTTPRedirect,
     HTTPRetry,
     HTTPRewrite,
     HTTPRouteDestination,
     ObjectMeta,
     Percent,
     PortSelector,
+    RegexRewrite,
     Resource,
     StringMatch,
     VirtualService,
@@ -121,14 +126,41 @@ def _destination(ref: HTTPBackendRef | Any, namespace: str) -> Destination:
                        port=PortSelector(number=ref.port) if ref.port is not None else None)
 
 
+def _rewrite(spec: HTTPURLRewriteFilter) -> HTTPRewrite:
+    """Istio's conversion: ReplacePrefixMatch -> ``uri`` (the matched prefix replaced), ReplaceFullPath ->
+    ``uriRegexRewrite`` of the whole path, ``hostname`` -> ``authority``."""
+    path = spec.path
+    if path is not None and path.type == "ReplaceFullPath":
+        full = RegexRewrite(match="/.*", rewrite=path.replace_full_path or "/")
+        return HTTPRewrite(uri_regex_rewrite=full, authority=spec.hostname)
+    return HTTPRewrite(uri=path.replace_prefix_match if path is not None else None, authority=spec.hostname)
+
+
+def _redirect(spec: HTTPRequestRedirectFilter) -> HTTPRedirect:
+    """Istio's conversion: no port -> the scheme's default port when a scheme is given, else the
+    request's port; ReplacePrefixMatch -> ``%PREFIX()%`` (the matched prefix replaced)."""
+    uri = None
+    if spec.path is not None:
+        uri = (spec.path.replace_full_path if spec.path.type == "ReplaceFullPath"
+               else f"{PREFIX_MARK}{spec.path.replace_prefix_match}")
+    derive = None
+    if spec.port is None:
+        derive = "FROM_PROTOCOL_DEFAULT" if spec.scheme else "FROM_REQUEST_PORT"
+    # built unchecked: a user's VirtualService may not write %PREFIX()% (Istio: a literal path there)
+    return HTTPRedirect.model_construct(uri=uri, authority=spec.hostname, port=spec.port, derive_port=derive,
+                                        scheme=spec.scheme, redirect_code=spec.status_code)
+
+
 def _vs_route(route: HTTPRoute, index: int, rule: HTTPRouteRule) -> VSRoute:
     namespace = route.metadata.namespace
     fields: dict[str, Any] = {"name": rule.name or f"{route.metadata.name}.{index}"}
     if rule.matches:
         fields["match"] = [_match(m) for m in rule.matches]
     backends = [b for b in rule.backend_refs or [] if b.weight > 0] or list(rule.backend_refs or [])
-    fields["route"] = [HTTPRouteDestination(destination=_destination(b, namespace), weight=b.weight)
-                       for b in backends]
+    redirect = next((f.request_redirect for f in rule.filters or [] if f.request_redirect is not None), None)
+    if redirect is None:  # with one, the proxy answers: the backends are never called
+        fields["route"] = [HTTPRouteDestination(destination=_destination(b, namespace), weight=b.weight)
+                           for b in backends]
     request = response = None
     for item in rule.filters or []:
         if item.type == "RequestHeaderModifier":
@@ -140,8 +172,8 @@ def _vs_route(route: HTTPRoute, index: int, rule: HTTPRouteRule) -> VSRoute:
             fields["mirror"] = _destination(mirror.backend_ref, namespace)
             if mirror.percent is not None:
                 fields["mirror_percentage"] = Percent(value=float(mirror.percent))
-        elif item.type == "URLRewrite" and item.url_rewrite is not None and item.url_rewrite.path is not None:
-            fields["rewrite"] = HTTPRewrite(uri=item.url_rewrite.path.replace_prefix_match)
+        elif item.type == "URLRewrite" and item.url_rewrite is not None:
+            fields["rewrite"] = _rewrite(item.url_rewrite)
     if request is not None or response is not None:
         fields["headers"] = Headers(request=request, response=response)
     timeouts = rule.timeouts
@@ -153,7 +185,10 @@ def _vs_route(route: HTTPRoute, index: int, rule: HTTPRouteRule) -> VSRoute:
         if timeouts.backend_request is not None:
             fields["retries"] = HTTPRetry(attempts=DEFAULT_ATTEMPTS, per_try_timeout=timeouts.backend_request)
             fields.setdefault("timeout", timeouts.backend_request)
-    return VSRoute(**fields)
+    converted = VSRoute(**fields)
+    if redirect is not None:  # added unchecked: %PREFIX()% is refused in a user's VirtualService
+        converted = converted.model_copy(update={"redirect": _redirect(redirect)})
+    return converted
 
 
 def _precedence(entry: tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]) -> tuple[Any, ...]:
@@ -225,6 +260,12 @@ def ingress_virtual_services(resources: Sequence[Resource]) -> list[tuple[str, V
             for host, entries in sorted(by_host.items())]
 
 
+def from_http_route(vs: VirtualService) -> bool:
+    """Whether ``vs`` is an HTTPRoute's internal VirtualService (Istio's "gateway semantics": whole-segment
+    PathPrefix, ``%PREFIX()%`` redirects)."""
+    return vs.api_version.startswith(f"{GROUP}/")
+
+
 def _internal(entries: list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]], hosts: list[str],
               namespace: str) -> VirtualService:
     routes = []
@@ -277,7 +318,7 @@ def service_exists(name: str, namespace: str, resources: Sequence[Resource], reg
 
 
 def _parent_found(parent: ParentReference, namespace: str, resources: Sequence[Resource],
-                  registry: RegistryView) -> tuple[bool, str, str]:
+                  registry: RegistryView, route: HTTPRoute | None = None) -> tuple[bool, str, str]:
     ns = parent.namespace or namespace
     if parent.is_service:
         if service_exists(parent.name, ns, resources, registry):
@@ -293,6 +334,10 @@ def _parent_found(parent: ParentReference, namespace: str, resources: Sequence[R
     if parent.section_name is not None and parent.section_name not in {
             listener.name for listener in gateway.spec.listeners}:
         return False, "NoMatchingParent", f"Gateway {ns}/{parent.name} has no listener {parent.section_name}"
+    if route is not None and not _listener_hosts(gateway, route, parent.section_name):
+        wanted = ", ".join(route.spec.hostnames or ["*"])
+        return False, "NoMatchingListenerHostname", (f"no listener of Gateway {ns}/{parent.name} accepts the "
+                                                     f"route's hostnames ({wanted})")
     return True, "Accepted", "Route was valid"
 
 
@@ -322,7 +367,8 @@ def route_status(route: HTTPRoute, resources: Sequence[Resource], registry: Regi
         False, "BackendNotFound", "; ".join(f"backend({name}) not found" for _, name in missing))
     parents = []
     for parent in route.spec.parent_refs:
-        accepted, reason, message = _parent_found(parent, route.metadata.namespace, resources, registry)
+        namespace = route.metadata.namespace
+        accepted, reason, message = _parent_found(parent, namespace, resources, registry, route)
         parents.append({
             "parentRef": parent.model_dump(by_alias=True, exclude_none=True),
             "controllerName": ISTIO_CONTROLLER,
@@ -351,8 +397,8 @@ def gateway_status(gateway: KubeGateway, resources: Sequence[Resource]) -> dict[
     for route in http_routes(resources):
         for parent in route.spec.parent_refs:
             if gateway_of(parent, route.metadata.namespace, resources) is gateway:
-                for name in attached:
-                    if parent.section_name in (None, name):
+                for name in attached:  # attached: the listener accepts one of the route's hostnames
+                    if parent.section_name in (None, name) and _listener_hosts(gateway, route, name):
                         attached[name] += 1
     return {
         "conditions": [
@@ -363,9 +409,22 @@ def gateway_status(gateway: KubeGateway, resources: Sequence[Resource]) -> dict[
                        else "no gateway proxy serves it"),
         ],
         "listeners": [{"name": name, "attachedRoutes": count,
-                       "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}]}
+                       "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}],
+                       "conditions": _listener_conditions(ours)}
                       for name, count in attached.items()],
     }
+
+
+def _listener_conditions(ours: bool) -> list[dict[str, Any]]:
+    """A listener's conditions as Gateway API defines them (every listener here is HTTP: no TLS refs, no
+    conflicts between listeners of one Gateway on the local mesh's one ingress listener)."""
+    if not ours:
+        return [_condition("Accepted", False, "Pending", "the Gateway's class is not served"),
+                _condition("Programmed", False, "Pending", "no gateway proxy serves it")]
+    return [_condition("Accepted", True, "Accepted", "No errors found"),
+            _condition("Programmed", True, "Programmed", "No errors found"),
+            _condition("ResolvedRefs", True, "ResolvedRefs", "No errors found"),
+            _condition("Conflicted", False, "NoConflicts", "No conflicts found")]
 
 
 def with_status(resource: Resource, resources: Sequence[Resource], registry: RegistryView) -> dict[str, Any]:

@@ -183,10 +183,57 @@ class HTTPFaultInjection(IstioModel):
     abort: HTTPFaultInjectionAbort | None = None
 
 
+class RegexRewrite(IstioModel):
+    match: str = Field(min_length=1)
+    rewrite: str
+
+
 class HTTPRewrite(IstioModel):
-    unsupported_fields = frozenset({"authority", "uriRegexRewrite"})
+    uri: str | None = None
+    authority: str | None = Field(default=None, min_length=1)
+    uri_regex_rewrite: RegexRewrite | None = None
+
+    @model_validator(mode="after")
+    def _uri_or_regex(self) -> HTTPRewrite:
+        if self.uri is not None and self.uri_regex_rewrite is not None:
+            raise ValueError("rewrite: uri and uriRegexRewrite are exclusive")
+        if self.uri_regex_rewrite is not None:
+            try:
+                re.compile(self.uri_regex_rewrite.match).sub(self.uri_regex_rewrite.rewrite, "/")
+            except (re.error, IndexError) as exc:
+                raise ValueError(f"rewrite.uriRegexRewrite: {exc}") from None
+        return self
+
+
+REDIRECT_CODES = (301, 302, 303, 307, 308)  # what Istio translates (Envoy's RedirectResponseCode)
+# Istio: a redirect ``uri`` starting with this replaces only the matched prefix, in an HTTPRoute's
+# internal VirtualService (Gateway API ReplacePrefixMatch); elsewhere it is a literal path
+PREFIX_MARK = "%PREFIX()%"
+
+
+class HTTPRedirect(IstioModel):
+    """A redirect answered by the proxy (Envoy's RedirectAction): ``uri`` replaces the whole path."""
 
     uri: str | None = None
+    authority: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    derive_port: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None = None
+    scheme: Literal["http", "https"] | None = None
+    redirect_code: int | None = None
+
+    @model_validator(mode="after")
+    def _checked(self) -> HTTPRedirect:
+        if self.uri is None and self.authority is None and self.port is None and self.derive_port is None \
+                and self.scheme is None:
+            raise ValueError("redirect must specify uri, authority, scheme, port or derivePort")
+        if self.port is not None and self.derive_port is not None:
+            raise ValueError("redirect: port and derivePort are exclusive")
+        if self.uri is not None and not self.uri.startswith("/"):
+            raise ValueError(f"redirect.uri: expected a path starting with '/', got {self.uri!r}")
+        if self.redirect_code is not None and self.redirect_code not in REDIRECT_CODES:
+            raise ValueError(f"redirect.redirectCode {self.redirect_code} is not supported "
+                             f"(Istio translates {', '.join(map(str, REDIRECT_CODES))})")
+        return self
 
 
 class HTTPRetry(IstioModel):
@@ -205,7 +252,7 @@ class HTTPRetry(IstioModel):
 
 class HTTPRoute(IstioModel):
     unsupported_fields = frozenset(
-        {"redirect", "directResponse", "delegate", "mirrors", "corsPolicy"}
+        {"directResponse", "delegate", "mirrors", "corsPolicy"}
     )
 
     name: str | None = None
@@ -219,6 +266,16 @@ class HTTPRoute(IstioModel):
     mirror_percentage: Percent | None = None
     mirror_percent: int | None = None  # deprecated integer form
     headers: Headers | None = None
+    redirect: HTTPRedirect | None = None
+
+    @model_validator(mode="after")
+    def _redirect_alone(self) -> HTTPRoute:
+        # Istio's validation: a redirect replaces the route (and a rewrite makes no sense with it)
+        if self.redirect is not None:
+            for name, value in (("route", self.route), ("rewrite", self.rewrite)):
+                if value:
+                    raise ValueError(f"an http route cannot have both redirect and {name}")
+        return self
 
 
 class VirtualServiceSpec(IstioModel):

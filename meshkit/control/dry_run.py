@@ -25,7 +25,7 @@ from meshkit.config.registry import Node, RegistryView
 from meshkit.config.resources import Resource, VirtualService
 from meshkit.config.selection import labels_match, of_kind
 from meshkit.proxy.http import Headers, Request
-from meshkit.proxy.routing import RouteTable
+from meshkit.proxy.routing import CompiledMatch, CompiledRoute, RouteTable, matched_prefix
 
 
 def route_dry_run(resources: Sequence[Resource], view: RegistryView, callers: Sequence[Node], host: str, *,
@@ -71,6 +71,7 @@ def _for_caller(resources: Sequence[Resource], view: RegistryView, caller: Node,
             "destinations": [
                 {"cluster": d.cluster, "weight": d.weight, "exists": d.cluster in snapshot["clusters"]}
                 for d in route.destinations],
+            "redirect": _redirect_of(route, matched, request),
         })
     hits = [r for r in answer["rules"] if r["matches"]]
     if not hits:
@@ -81,6 +82,10 @@ def _for_caller(resources: Sequence[Resource], view: RegistryView, caller: Node,
     for shadowed in [r for r in hits[1:] if r["match"]]:  # a later catch-all is the intended fallback
         answer["causes"].append(f"rule {shadowed['source']} also matches, but {winner['source']} comes first "
                                 "and wins (first match wins): it is shadowed for this request")
+    if winner["redirect"] is not None:
+        redirect = winner["redirect"]
+        answer["causes"].append(f"redirect: {winner['source']} is answered by the proxy itself with "
+                                f"{redirect['code']} Location {redirect['location']} (nothing goes upstream)")
     for dest in winner["destinations"]:
         if not dest["exists"]:
             subset = dest["cluster"].partition("|")[2]
@@ -90,6 +95,15 @@ def _for_caller(resources: Sequence[Resource], view: RegistryView, caller: Node,
     if winner["source"] == "default":
         answer["causes"] += _unapplied(resources, caller, host, vhost.service)
     return answer
+
+
+def _redirect_of(route: CompiledRoute, matched: CompiledMatch | bool,
+                 request: Request) -> dict[str, Any] | None:
+    """The code and Location the proxy would answer for a redirect route, as its route step makes them."""
+    if route.redirect is None or matched is False:
+        return None
+    location = route.redirect.location(request, *matched_prefix(matched))
+    return {"code": route.redirect.code, "location": location}
 
 
 def _why_not(rule: dict[str, Any], headers: dict[str, str], path: str, method: str) -> str:

@@ -40,6 +40,8 @@ import yaml
 
 from meshkit.config import codes
 from meshkit.config.analyze import analyze as analyze_resources
+from meshkit.config.api_kinds import GATEWAY_API_GROUP
+from meshkit.config.httproutes import with_status
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import RegistryView
@@ -52,7 +54,7 @@ from meshkit.control.store import duplicate_messages
 from meshkit.k8s import names
 from meshkit.k8s.api import KubeApiError, ResourceType
 from meshkit.k8s.client import KubeClient, namespaced_collection, object_path, service_proxy_path
-from meshkit.k8s.sources import ISTIO_TYPES, istio_resource
+from meshkit.k8s.sources import ISTIO_TYPES, STORE_KINDS, istio_resource
 
 T = TypeVar("T")
 CONTROL_PORT_NAME = "http-control"  # the Service port name (operator/deploy/base/control.yaml)
@@ -63,7 +65,8 @@ ROLLBACK_ADVICE = ("rollback is not available on Kubernetes: the Istio objects i
                    "`kubectl apply -f FILE`; `meshkit history` shows what the control plane mirrored.")
 
 Key = tuple[str, str, str]  # (kind, namespace, name), as Resource.key
-TYPES: dict[str, ResourceType] = {t.kind: t for t in ISTIO_TYPES}
+# by the store's kind (Resource.key[0]): Gateway API's Gateway is Gateway.gateway.networking.k8s.io
+TYPES: dict[str, ResourceType] = {STORE_KINDS[t]: t for t in ISTIO_TYPES}
 
 
 class ClusterClient(ControlClient):
@@ -180,8 +183,37 @@ class ClusterClient(ControlClient):
                                            missing=TYPES[k])]
         items = sorted((_item(t, obj) for t, obj in found), key=lambda item: item["ref"])
         if output == "yaml":
-            return yaml.safe_dump_all([item["resource"] for item in items], sort_keys=False)
+            documents = [item["resource"] for item in items]
+            if any(str(doc.get("apiVersion") or "").startswith(f"{GATEWAY_API_GROUP}/") for doc in documents):
+                documents = self._with_status(found, documents)
+            return yaml.safe_dump_all(documents, sort_keys=False)
         return {"items": items}
+
+    def _with_status(self, found: list[tuple[ResourceType, dict[str, Any]]],
+                     documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Gateway API objects with their ``status``: the one a controller wrote on the object, else the
+        one meshkit computes from the cluster's config and the control plane's registry (as locally)."""
+        written = {}
+        for resource_type, obj in found:
+            metadata = obj.get("metadata") or {}
+            key = (STORE_KINDS[resource_type], str(metadata.get("namespace") or "default"),
+                   str(metadata.get("name") or ""))
+            written[key] = obj.get("status")
+        everything = [resource for resource, _ in self._cluster_objects().values() if resource is not None]
+        by_key = {resource.key: resource for resource in everything}
+        view = self._registry() or RegistryView()
+        out = []
+        for doc in documents:
+            metadata = doc.get("metadata") or {}
+            key = (resource_kind(doc), str(metadata.get("namespace") or "default"), str(metadata.get("name")))
+            resource = by_key.get(key)
+            if written.get(key):
+                out.append({**doc, "status": written[key]})
+            elif resource is not None:
+                out.append(with_status(resource, everything, view))
+            else:
+                out.append(doc)
+        return out
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> Any:
         if not kind or kind.lower() == "all":
@@ -378,6 +410,13 @@ def _same(held: dict[str, Any] | None, want: dict[str, Any] | None) -> bool:
     return held.get("spec") == want.get("spec")
 
 
+def resource_kind(document: Mapping[str, Any]) -> str:
+    """The store's kind of a document: ``Gateway.gateway.networking.k8s.io`` for Gateway API's Gateway."""
+    kind = str(document.get("kind") or "")
+    group = str(document.get("apiVersion") or "").rpartition("/")[0]
+    return f"{kind}.{group}" if kind == "Gateway" and group == GATEWAY_API_GROUP else kind
+
+
 def _item(resource_type: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
     """One object as the control plane's ``get`` lists it: ref, created (epoch seconds), resource."""
     metadata = obj.get("metadata") or {}
@@ -386,7 +425,7 @@ def _item(resource_type: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         "apiVersion": obj.get("apiVersion"), "kind": resource_type.kind,
         "metadata": {"name": metadata.get("name"), "namespace": metadata.get("namespace")},
         "spec": obj.get("spec")}
-    ref = f"{resource_type.kind}/{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
+    ref = f"{STORE_KINDS[resource_type]}/{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
     return {"ref": ref, "created": _timestamp(metadata.get("creationTimestamp")),
             "generation": metadata.get("generation"), "resource": document}
 

@@ -68,6 +68,7 @@ from meshkit.k8s.sources import (
     PODS,
     REGISTRY_TYPES,
     SERVICES,
+    STORE_KINDS,
     ObjectKey,
     desired_registry,
     istio_resource,
@@ -257,7 +258,8 @@ class KubernetesSync:
             for (namespace, name), obj in sorted(self._objects[resource_type].items()):
                 resource, messages = istio_resource(obj, resource_type)
                 if resource is None:
-                    left_out[f"{resource_type.kind}/{namespace}/{name}"] = "; ".join(map(str, messages))
+                    ref = f"{STORE_KINDS[resource_type]}/{namespace}/{name}"
+                    left_out[ref] = "; ".join(map(str, messages))
                 else:
                     desired.append(resource)
         self._note_left_out("config", left_out)

@@ -58,6 +58,11 @@ PER_POD_LABELS = frozenset({"pod-template-hash", "controller-revision-hash",
 ISTIO_TYPES: tuple[ResourceType, ...] = tuple(
     ResourceType(kind.group, kind.version, kind.plural, kind.kind) for kind in config_kinds()
 )
+# the kind part of the config store's keys per type: Gateway API's Gateway is
+# ``Gateway.gateway.networking.k8s.io``, Istio's ``Gateway`` (meshkit.config.api_kinds.ApiKind.store_kind)
+STORE_KINDS: dict[ResourceType, str] = {
+    ResourceType(kind.group, kind.version, kind.plural, kind.kind): kind.store_kind for kind in config_kinds()
+}
 SERVICES = ResourceType("", "v1", "services", "Service")
 ENDPOINT_SLICES = ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 PODS = ResourceType("", "v1", "pods", "Pod")

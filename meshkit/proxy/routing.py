@@ -16,18 +16,22 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from meshkit.proxy.http import Handler, Headers, Request
+from meshkit.proxy.redirect import Redirect
+from meshkit.proxy.rewrite import Rewrite
 from meshkit.proxy.schema import RouteDoc
 
 StringTest = Callable[[str], bool]
 Condition = Callable[[Request, str, str | None], bool]
 
 
-def _compile_string_match(spec: Any, where: str, ignore_case: bool = False) -> StringTest:
+def _compile_string_match(spec: Any, where: str, ignore_case: bool = False, path: bool = False) -> StringTest:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ValueError(f"{where}: expected exactly one of exact/prefix/regex, got {spec!r}")
     (kind, value), = spec.items()
     if not isinstance(value, str):
         raise ValueError(f"{where}.{kind}: expected a string, got {value!r}")
+    if kind == PATH_SEPARATED_PREFIX and path:
+        return _path_separated_prefix(value, f"{where}.{kind}", ignore_case)
     if kind == "exact":
         if ignore_case:
             folded = value.lower()
@@ -45,7 +49,27 @@ def _compile_string_match(spec: Any, where: str, ignore_case: bool = False) -> S
             raise ValueError(f"{where}.regex: invalid regular expression {value!r}: {exc}") from None
         # Envoy's safe_regex must match the whole value.
         return lambda s: pattern.fullmatch(s) is not None
-    raise ValueError(f"{where}: unknown string match {kind!r} (expected exact, prefix or regex)")
+    expected = "exact, prefix, path_separated_prefix or regex" if path else "exact, prefix or regex"
+    raise ValueError(f"{where}: unknown string match {kind!r} (expected {expected})")
+
+
+# Envoy's ``path_separated_prefix`` (a Gateway API ``PathPrefix``): whole path segments, so "/api"
+# matches "/api", "/api/" and "/api/x" but not "/apix". A plain ``prefix`` (a VirtualService's) is a
+# string prefix. Only a URI match may use it.
+PATH_SEPARATED_PREFIX = "path_separated_prefix"
+
+
+def _path_separated_prefix(value: str, where: str, ignore_case: bool) -> StringTest:
+    if not value.startswith("/") or (value.endswith("/") and value != "/"):
+        raise ValueError(f"{where}: expected a path starting with '/' and not ending with '/', got {value!r}")
+    if value == "/":
+        return lambda s: True
+    if ignore_case:
+        value = value.lower()
+        folded_segment = value + "/"
+        return lambda s: (low := s.lower()) == value or low.startswith(folded_segment)
+    segment = value + "/"
+    return lambda s: s == value or s.startswith(segment)
 
 
 def _query_value(query: str | None, name: str) -> str | None:
@@ -77,10 +101,10 @@ class CompiledMatch:
         self.prefix = ""
         uri = spec.get("uri")
         if uri is not None:
-            test = _compile_string_match(uri, f"{where}.uri", ignore_case)
+            test = _compile_string_match(uri, f"{where}.uri", ignore_case, path=True)
             self.uri_kind = next(iter(uri))
-            if self.uri_kind == "prefix":
-                self.prefix = uri["prefix"]
+            if self.uri_kind in ("prefix", PATH_SEPARATED_PREFIX):
+                self.prefix = uri[self.uri_kind]
             conditions.append(_path_condition(test))
         if spec.get("method") is not None:
             test = _compile_string_match(spec["method"], f"{where}.method")
@@ -281,8 +305,10 @@ class CompiledRoute:
         "matches",
         "name",
         "raw",
+        "redirect",
         "request_ops",
         "response_ops",
+        "rewrite",
         "rewrite_uri",
         "total_weight",
         "where",
@@ -300,12 +326,18 @@ class CompiledRoute:
         if not isinstance(matches, list):
             raise ValueError(f"{where}.match: expected a list")
         self.matches = [CompiledMatch(m, f"{where}.match[{i}]") for i, m in enumerate(matches)]
+        redirect = spec.get("redirect")
+        self.redirect = Redirect(redirect, f"{where}.redirect") if redirect is not None else None
         dests = spec.get("route")
-        if not isinstance(dests, list) or not dests:
+        if self.redirect is not None:  # answered by the proxy: no destination (Envoy's route or redirect)
+            if dests:
+                raise ValueError(f"{where}.route: a route with a redirect has no destinations")
+            dests = []
+        elif not isinstance(dests, list) or not dests:
             raise ValueError(f"{where}.route: expected a non-empty list of destinations")
         self.destinations = [Destination(d, f"{where}.route[{i}]") for i, d in enumerate(dests)]
         self.total_weight = sum(d.weight for d in self.destinations)
-        if self.total_weight <= 0:
+        if self.total_weight <= 0 and self.redirect is None:
             raise ValueError(f"{where}.route: weights sum to 0")
         running = 0.0
         self.cumulative = []
@@ -314,14 +346,8 @@ class CompiledRoute:
             self.cumulative.append(running)
         self.request_ops, self.response_ops = _header_pair(spec.get("headers"), f"{where}.headers")
         rewrite = spec.get("rewrite")
-        self.rewrite_uri: str | None = None
-        if rewrite is not None:
-            if not isinstance(rewrite, dict):
-                raise ValueError(f"{where}.rewrite: expected an object")
-            uri = rewrite.get("uri")
-            if uri is not None and not isinstance(uri, str):
-                raise ValueError(f"{where}.rewrite.uri: expected a string, got {uri!r}")
-            self.rewrite_uri = uri
+        self.rewrite = Rewrite(rewrite, f"{where}.rewrite") if rewrite is not None else None
+        self.rewrite_uri = self.rewrite.uri if self.rewrite is not None else None
 
     def match(self, request: Request, path: str, query: str | None) -> CompiledMatch | bool:
         """The matching ``CompiledMatch`` (or True for a match-all route), else False."""
@@ -342,14 +368,16 @@ class CompiledRoute:
 
     def rewritten_path(self, matched: CompiledMatch | bool, path: str, query: str | None) -> str:
         """The new origin-form path: replaces the matched prefix, or the whole path otherwise."""
-        assert self.rewrite_uri is not None
-        if isinstance(matched, CompiledMatch) and matched.uri_kind == "prefix":
-            new = self.rewrite_uri + path[len(matched.prefix):]
-            if new.startswith("//"):
-                new = new[1:]
-        else:
-            new = self.rewrite_uri
-        return f"{new}?{query}" if query is not None else new
+        assert self.rewrite is not None
+        return self.rewrite.path(path, query, *matched_prefix(matched))
+
+
+def matched_prefix(matched: CompiledMatch | bool) -> tuple[str | None, bool]:
+    """(the URI prefix ``matched`` matched, whether it is a path-separated one); (None, False) when the
+    match was not on a prefix: what a redirect's ``prefix_rewrite`` replaces."""
+    if isinstance(matched, CompiledMatch) and matched.uri_kind in ("prefix", PATH_SEPARATED_PREFIX):
+        return matched.prefix, matched.uri_kind == PATH_SEPARATED_PREFIX
+    return None, False
 
 
 class VirtualHost:

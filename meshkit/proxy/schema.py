@@ -36,7 +36,8 @@ class NodeDoc(TypedDict):
 
 class StringMatchDoc(TypedDict, total=False):
     exact: str
-    prefix: str
+    prefix: str  # a string prefix (a VirtualService's): "/api" matches "/apix" too
+    path_separated_prefix: str  # uri only: whole path segments (a Gateway API PathPrefix, Envoy's)
     regex: str
 
 
@@ -67,8 +68,15 @@ class WeightedClusterDoc(TypedDict):
     headers: HeadersDoc | None
 
 
+class RegexRewriteDoc(TypedDict):
+    match: str
+    rewrite: str
+
+
 class RewriteDoc(TypedDict):
-    uri: str
+    uri: str | None  # replaces the matched prefix, or the whole path
+    authority: str | None  # replaces the Host header
+    uri_regex: RegexRewriteDoc | None  # every match in the path replaced (Envoy's regex_rewrite)
 
 
 class DelayDoc(TypedDict):
@@ -98,6 +106,18 @@ class RetriesDoc(TypedDict):
     retriable_status_codes: list[int]
 
 
+class RedirectDoc(TypedDict):
+    """A VirtualService ``redirect`` / HTTPRoute ``RequestRedirect`` (Envoy's RedirectAction)."""
+
+    scheme: str | None
+    host: str | None
+    port: int | None
+    derive_port: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None
+    path: str | None  # replaces the whole path
+    prefix_rewrite: str | None  # replaces the matched prefix
+    response_code: int
+
+
 class RouteDoc(TypedDict):
     name: str
     source: str
@@ -105,6 +125,7 @@ class RouteDoc(TypedDict):
     route: list[WeightedClusterDoc]
     headers: HeadersDoc | None
     rewrite: RewriteDoc | None
+    redirect: RedirectDoc | None  # set: the proxy answers with a 3xx, ``route`` is []
     fault: FaultDoc | None
     mirror: MirrorDoc | None
     timeout_ms: int | None

@@ -107,6 +107,7 @@ def test_every_service_gets_a_virtual_host_with_documented_domains_and_default_r
             "route": [{"cluster": "reviews|", "weight": 100, "headers": None}],
             "headers": None,
             "rewrite": None,
+            "redirect": None,
             "fault": None,
             "mirror": None,
             "timeout_ms": None,
@@ -298,7 +299,7 @@ def test_mirror_headers_and_rewrite() -> None:
             "ignore_uri_case": True,
         }
     ]
-    assert first["rewrite"] == {"uri": "/new"}
+    assert first["rewrite"] == {"uri": "/new", "authority": None, "uri_regex": None}
     assert first["headers"] == {
         "request": {"set": {"x-a": "1"}, "add": {}, "remove": ["x-b"]},
         "response": {"set": {}, "add": {}, "remove": []},

@@ -8,6 +8,7 @@ load unchanged; the docs tabs' YAML (request routing, timeouts, mirroring) is wr
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -20,6 +21,9 @@ from meshkit.config.loader import load_files, load_resources
 from meshkit.config.messages import ConfigError, Message
 from meshkit.config.registry import Node
 from meshkit.config.resources import Resource
+from meshkit.proxy.http import Headers, Request
+from meshkit.proxy.routing import matched_prefix
+from meshkit.proxy.snapshot import Snapshot
 from tests.config.bookinfo import SAMPLES, bookinfo_registry, node_for
 
 # istio.io, Tasks > Traffic Management > Request Routing, "Gateway API" tab (user jason -> v2)
@@ -165,7 +169,7 @@ def test_filters_become_header_mirror_and_rewrite_settings() -> None:
                                           "remove": ["x-drop"]}
     assert only["headers"]["response"]["set"] == {"x-served-by": "mesh"}
     assert only["mirror"] == {"cluster": "reviews-v3|", "percent": 25.0}
-    assert only["rewrite"] == {"uri": "/new"}
+    assert only["rewrite"] == {"uri": "/new", "authority": None, "uri_regex": None}
 
 
 def test_rules_follow_gateway_api_precedence_exact_then_longest_prefix() -> None:
@@ -177,7 +181,8 @@ def test_rules_follow_gateway_api_precedence_exact_then_longest_prefix() -> None
     backendRefs: [{name: reviews-v3, port: 9080}]""")
     routes = routes_for(config(text))
     assert [r["match"][0]["uri"] for r in routes] == [
-        {"exact": "/exact"}, {"prefix": "/api/v2"}, {"prefix": "/api"}, {"prefix": "/"}]  # "/api/v2/" trimmed
+        {"exact": "/exact"}, {"path_separated_prefix": "/api/v2"}, {"path_separated_prefix": "/api"},
+        {"prefix": "/"}]  # "/api/v2/" trimmed; Gateway API's PathPrefix matches whole segments
     assert routes[2]["match"][0]["method"] == {"exact": "POST"}
 
 
@@ -237,8 +242,19 @@ def test_fault_injection_has_no_gateway_api_form() -> None:
 
 
 @pytest.mark.parametrize(("rule", "field", "words"), [
-    ("  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]", "spec.rules[0].filters[0]",
-     "not supported"),
+    ("  - filters: [{type: CORS, cors: {allowOrigins: ['*']}}]", "spec.rules[0].filters[0]", "not supported"),
+    ("  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 307}}]",
+     "spec.rules[0].filters[0].requestRedirect.statusCode", ""),
+    ("""  - matches: [{path: {type: Exact, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /n}}""",
+     "spec.rules[0]", "ReplacePrefixMatch needs exactly one match with path type PathPrefix"),
+    ("""  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https}},
+              {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /n}}}]""",
+     "spec.rules[0]", "RequestRedirect or a URLRewrite filter, not both"),
+    ("  - filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath}}}]",
+     "spec.rules[0].filters[0].requestRedirect.path", "needs replaceFullPath"),
     ("  - retry: {attempts: 3}", "spec.rules[0].retry", "not supported"),
     ("  - filters: [{type: Bogus}]", "spec.rules[0].filters[0]", "does not exist"),
     ("  - filters: [{type: RequestMirror}]", "spec.rules[0].filters[0]", "requestMirror"),
@@ -274,14 +290,18 @@ def test_ingress_tab_gateway_and_route_serve_bookinfo_at_the_ingress() -> None:
     uris = [r["match"][0]["uri"] for r in host["routes"]]
     # Exact paths first (they never overlap), then the longest prefix
     assert sorted(u["exact"] for u in uris[:3]) == ["/login", "/logout", "/productpage"]
-    assert uris[3:] == [{"prefix": "/api/v1/products"}, {"prefix": "/static"}]
+    assert uris[3:] == [{"path_separated_prefix": "/api/v1/products"}, {"path_separated_prefix": "/static"}]
     assert {d["cluster"] for r in host["routes"] for d in r["route"]} == {"productpage|"}
     assert all(r["source"].startswith("HTTPRoute/default/bookinfo#") for r in host["routes"])
     status = with_status(gateway, resources, bookinfo_registry())["status"]
     assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Accepted", "True"),
                                                                       ("Programmed", "True")]
-    assert status["listeners"] == [{"name": "http", "attachedRoutes": 1, "supportedKinds": [
-        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]}]
+    (listener,) = status["listeners"]
+    assert (listener["name"], listener["attachedRoutes"], listener["supportedKinds"]) == (
+        "http", 1, [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+    assert [(c["type"], c["status"], c["reason"]) for c in listener["conditions"]] == [
+        ("Accepted", "True", "Accepted"), ("Programmed", "True", "Programmed"),
+        ("ResolvedRefs", "True", "ResolvedRefs"), ("Conflicted", "False", "NoConflicts")]
     assert analyze(resources, bookinfo_registry()) == []
     # sidecars do not get the ingress route
     assert all(h["domains"] != ["*"] for h in compile_snapshot(
@@ -337,3 +357,194 @@ spec:
     fields = {m.field for m in messages}
     assert "spec.listeners[0].protocol" in fields and "spec.listeners[0].tls" in fields, messages
     assert all("not supported by meshkit" in m.text for m in messages), messages
+
+
+def test_path_prefix_compiles_to_whole_segments_and_a_virtual_service_prefix_stays_a_string() -> None:
+    """Istio's gateway semantics: an HTTPRoute's PathPrefix is Envoy's path_separated_prefix; a
+    VirtualService's prefix is not."""
+    gamma = routes_for(config(route("""  - matches: [{path: {type: PathPrefix, value: /reviews/}}]
+    backendRefs: [{name: reviews-v2, port: 9080}]""")))
+    assert gamma[0]["match"][0]["uri"] == {"path_separated_prefix": "/reviews"}
+    vs = routes_for(config("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /reviews/}}]
+    route: [{destination: {host: reviews}}]
+"""))
+    assert vs[0]["match"][0]["uri"] == {"prefix": "/reviews/"}
+
+
+def _redirect_of(text: str, path: str, authority: str = "reviews:9080") -> tuple[dict[str, Any], str]:
+    """The compiled route's ``redirect`` and the Location the sidecar's route table makes for ``path``."""
+    resources = config(text)
+    snapshot = compile_snapshot(resources, bookinfo_registry(), node_for("productpage"))
+    compiled = Snapshot.from_json(json.loads(json.dumps(snapshot)))
+    request = Request("GET", path, authority, Headers([("x-forwarded-proto", "http")]))
+    _, matched_route, matched = compiled.routes.route(request)
+    assert matched_route is not None and matched_route.redirect is not None
+    location = matched_route.redirect.location(request, *matched_prefix(matched))
+    raw = dict(matched_route.raw)
+    assert raw["route"] == []  # answered by the proxy: no destination
+    return raw["redirect"], location
+
+
+@pytest.mark.parametrize(("redirect", "path", "code", "location"), [
+    ("{path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}", "/old/a?x=1", 302,
+     "http://reviews:9080/new/a?x=1"),
+    ("{path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}", "/old/a", 302, "http://reviews:9080/a"),
+    ("{path: {type: ReplaceFullPath, replaceFullPath: /full}, statusCode: 301}", "/old/a?x=1", 301,
+     "http://reviews:9080/full?x=1"),
+    ("{scheme: https}", "/old", 302, "https://reviews/old"),  # the scheme's default port, not written
+    ("{hostname: example.com}", "/old", 302, "http://example.com:9080/old"),  # the request's port
+    ("{hostname: example.com, port: 8443, scheme: https}", "/old", 302, "https://example.com:8443/old"),
+    ("{scheme: http, port: 80}", "/old", 302, "http://reviews/old"),
+])
+def test_request_redirect_becomes_a_redirect_the_sidecar_answers(
+        redirect: str, path: str, code: int, location: str) -> None:
+    text = route(f"""  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+    filters: [{{type: RequestRedirect, requestRedirect: {redirect}}}]
+    backendRefs: [{{name: reviews-v1, port: 9080}}]""")
+    compiled, made = _redirect_of(text, path)
+    assert compiled["response_code"] == code
+    assert made == location
+
+
+def test_virtual_service_redirect_is_compiled_as_envoy_takes_it() -> None:
+    text = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /v1/old}}]
+    redirect: {uri: /v1/new, authority: newreviews}
+  - route: [{destination: {host: reviews}}]
+"""
+    compiled, location = _redirect_of(text, "/v1/older?q=2")  # a VirtualService prefix is a string prefix
+    assert compiled == {"scheme": None, "host": "newreviews", "port": None, "derive_port": None,
+                        "path": "/v1/new", "prefix_rewrite": None, "response_code": 301}
+    assert location == "http://newreviews/v1/new?q=2"
+    assert analyze(config(text), bookinfo_registry()) == []  # no "route has no destinations"
+
+
+@pytest.mark.parametrize(("redirect", "words"), [
+    ("{uri: /x, redirectCode: 305}", "not supported"),
+    ("{uri: '%PREFIX()%/x'}", "expected a path starting with '/'"),
+    ("{port: 80, derivePort: FROM_REQUEST_PORT}", "exclusive"),
+    ("{}", "must specify"),
+])
+def test_bad_virtual_service_redirects_are_refused_by_name(redirect: str, words: str) -> None:
+    messages = errors(f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - redirect: {redirect}
+""")
+    assert any(m.field.startswith("spec.http[0].redirect") and words in m.text for m in messages), messages
+
+
+def test_a_redirect_with_a_route_is_refused() -> None:
+    messages = errors("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - redirect: {uri: /x}
+    route: [{destination: {host: reviews}}]
+""")
+    assert any(m.field.startswith("spec.http[0]") and "both redirect and route" in m.text for m in messages)
+
+
+def test_url_rewrite_full_path_and_hostname_follow_istios_conversion() -> None:
+    text = route("""  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: backend.example, path: {type: ReplaceFullPath, replaceFullPath: /full}}
+    backendRefs: [{name: reviews-v1, port: 9080}]""")
+    (only,) = routes_for(config(text))
+    assert only["rewrite"] == {"uri": None, "authority": "backend.example",
+                               "uri_regex": {"match": "/.*", "rewrite": "/full"}}
+    snapshot = compile_snapshot(config(text), bookinfo_registry(), node_for("productpage"))
+    request = Request("GET", "/old/a/b?q=1", "reviews", Headers([("host", "reviews")]))
+    _, matched_route, matched = Snapshot.from_json(json.loads(json.dumps(snapshot))).routes.route(request)
+    assert matched_route is not None and matched_route.rewrite is not None
+    matched_route.rewrite.apply(request, *matched_prefix(matched))
+    assert (request.path, request.headers.get("host")) == ("/full?q=1", "backend.example")
+
+
+def test_virtual_service_rewrite_authority_and_uri_regex_rewrite() -> None:
+    text = vs_text("""  - match: [{uri: {prefix: /service}}]
+    rewrite:
+      authority: other.example
+      uriRegexRewrite: {match: "^/service/([^/]+)(/.*)$", rewrite: '\\2/i/\\1'}
+    route: [{destination: {host: reviews}}]""")
+    (first, _) = routes_for(config(text))
+    assert first["rewrite"] == {"uri": None, "authority": "other.example",
+                                "uri_regex": {"match": "^/service/([^/]+)(/.*)$", "rewrite": "\\2/i/\\1"}}
+    (message,) = [m for m in errors(vs_text("""  - rewrite: {uriRegexRewrite: {match: "([a-", rewrite: x}}
+    route: [{destination: {host: reviews}}]""")) if m.field.startswith("spec.http[0].rewrite")]
+    assert "uriRegexRewrite" in message.text
+    (both,) = errors(vs_text("""  - rewrite: {uri: /a, uriRegexRewrite: {match: a, rewrite: b}}
+    route: [{destination: {host: reviews}}]"""))
+    assert "exclusive" in both.text
+
+
+def vs_text(http: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+{http}
+  - route: [{{destination: {{host: reviews}}}}]
+"""
+
+
+def test_a_route_whose_hostnames_no_listener_accepts_is_not_accepted() -> None:
+    gateway = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP, hostname: "*.example.com"}]
+"""
+    routes = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere}
+spec:
+  parentRefs: [{name: web}]
+  hostnames: [bookinfo.example.org]
+  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: here}
+spec:
+  parentRefs: [{name: web}]
+  hostnames: [bookinfo.example.com]
+  rules: [{backendRefs: [{name: productpage, port: 9080}]}]
+"""
+    resources = config(gateway, routes)
+    by_name = {r.metadata.name: r for r in resources if isinstance(r, HTTPRoute)}
+    (elsewhere,) = route_status(by_name["elsewhere"], resources, bookinfo_registry())["parents"]
+    accepted = elsewhere["conditions"][0]
+    assert (accepted["status"], accepted["reason"]) == ("False", "NoMatchingListenerHostname")
+    assert "bookinfo.example.org" in accepted["message"]
+    (here,) = route_status(by_name["here"], resources, bookinfo_registry())["parents"]
+    assert (here["conditions"][0]["status"], here["conditions"][0]["reason"]) == ("True", "Accepted")
+    (web,) = [r for r in resources if isinstance(r, KubeGateway)]
+    assert with_status(web, resources, bookinfo_registry())["status"]["listeners"][0]["attachedRoutes"] == 1

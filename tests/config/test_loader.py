@@ -167,7 +167,7 @@ def test_unknown_field_is_named_as_unknown() -> None:
     [
         ("  tcp: []\n", "spec.tcp"),
         ("  exportTo: ['.']\n", "spec.exportTo"),
-        ("  http:\n  - redirect: {uri: /x}\n", "spec.http[0].redirect"),
+        ("  http:\n  - directResponse: {status: 503}\n", "spec.http[0].directResponse"),
         (
             "  http:\n  - corsPolicy: {allowOrigins: [{exact: a}]}\n    route: [{destination: {host: r}}]\n",
             "spec.http[0].corsPolicy",
@@ -186,8 +186,8 @@ def test_unknown_field_is_named_as_unknown() -> None:
             "spec.http[0].fault.abort.grpcStatus",
         ),
         (
-            "  http:\n  - route: [{destination: {host: r}}]\n    rewrite: {authority: x}\n",
-            "spec.http[0].rewrite.authority",
+            "  http:\n  - route: [{destination: {host: r}}]\n    mirrors: [{destination: {host: r}}]\n",
+            "spec.http[0].mirrors",
         ),
     ],
 )

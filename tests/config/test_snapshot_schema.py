@@ -49,6 +49,23 @@ RICH_ROUTE = vs("""
       headers:
         response: {set: {x-d: "1"}}
 """)
+# A redirect (no Istio sample has one): answered by the proxy, no destination.
+RICH_REDIRECT = vs("""
+  - name: moved
+    match:
+    - uri: {prefix: /old}
+    redirect: {uri: /new, authority: example.com, port: 8443, scheme: https, redirectCode: 302}
+  - name: regex-rewrite
+    match:
+    - uri: {prefix: /service}
+    rewrite:
+      uriRegexRewrite: {match: "^/service/([^/]+)(/.*)$", rewrite: '\\2/instance/\\1'}
+      authority: x.example
+    route:
+    - destination: {host: reviews}
+  - route:
+    - destination: {host: reviews}
+""")
 RICH_CLUSTER = """
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -137,6 +154,7 @@ def _compiled() -> list[tuple[str, dict[str, Any]]]:
     inputs = [(path.stem, path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))]
     inputs.append(("rich-route-and-cluster", RICH_ROUTE + "---\n" + RICH_CLUSTER))
     inputs.append(("rich-request-authentication", RICH_AUTHN))
+    inputs.append(("rich-redirect", RICH_REDIRECT))
     found = []
     for name, text in inputs:
         resources = load_resources(text)

@@ -109,3 +109,21 @@ async def test_api_and_cli_lines(control_plane: RunningControlPlane, session: ai
         assert r.status == 400 and "from" in await r.text()
     async with session.get(url) as r:
         assert r.status == 400 and "host is required" in await r.text()
+
+
+def test_a_redirect_rule_names_the_code_and_location_the_proxy_answers() -> None:
+    http = """  - match:
+    - uri: {prefix: /old}
+    redirect: {uri: /new, authority: example.com, scheme: https}
+  - route:
+    - destination: {host: reviews}
+"""
+    (answer,) = route_dry_run(load_resources(vs(http)), bookinfo_registry(), [PRODUCTPAGE], "reviews",
+                              path="/old/x?q=1")["callers"]
+    assert answer["matched"]["destinations"] == []
+    assert answer["matched"]["redirect"] == {"code": 301, "location": "https://example.com/new?q=1"}
+    assert answer["causes"] == [
+        "redirect: VirtualService/default/reviews#http[0] is answered by the proxy itself with 301 "
+        "Location https://example.com/new?q=1 (nothing goes upstream)"]
+    other = run(load_resources(vs(http)))
+    assert other["matched"]["redirect"] is None and other["causes"] == []

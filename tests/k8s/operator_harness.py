@@ -28,13 +28,17 @@ import pytest
 import yaml
 from kmock._internal import parsing
 
-from meshkit.config.api_kinds import OPERATOR, ROLES, istio_kinds
+from meshkit.config.api_kinds import GATEWAY_API_GROUP, OPERATOR, ROLES, config_kinds, istio_kinds
 from meshkit.k8s.operator import OperatorConfig, build_registry
 from meshkit.k8s.rbac_rules import api_request, authorized, namespaced_rules, role_rules
 
 MANAGED = "meshkit-test"
 # every Istio kind the operator watches (the same list its RBAC rules come from)
 ISTIO_KINDS = [(kind.group, kind.version, kind.plural, kind.kind) for kind in istio_kinds()]
+# the Gateway API kinds meshkit mirrors, as their standard-channel CRDs serve them (GatewayClass is
+# cluster-scoped)
+GATEWAY_API_KINDS = [(kind.group, kind.version, kind.plural, kind.kind, kind.namespaced)
+                     for kind in config_kinds() if kind.group == GATEWAY_API_GROUP]
 WAIT_S = 20.0
 RBAC_MANIFEST = Path(__file__).resolve().parents[2] / "operator" / "deploy" / "base" / "rbac.yaml"
 # kopf-managed webhook configurations (``--managed``, development and these tests) are written by
@@ -194,11 +198,17 @@ def namespaces_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def prepare(kmock: Any) -> None:
-    """Bundled Kubernetes resources plus the Istio kinds (list/watch/patch, status subresource)."""
+    """Bundled Kubernetes resources plus the Istio and Gateway API kinds (list/watch/patch, status
+    subresource)."""
     kmock.resources.load_bundled()
     for group, version, plural, kind in ISTIO_KINDS:
         kmock.resources[f"{group}/{version}/{plural}"] = kmocklib.ResourceInfo(
             kind=kind, namespaced=True, verbs={"list", "watch", "patch", "get", "create", "update"},
+            subresources={"status"},
+        )
+    for group, version, plural, kind, namespaced in GATEWAY_API_KINDS:
+        kmock.resources[f"{group}/{version}/{plural}"] = kmocklib.ResourceInfo(
+            kind=kind, namespaced=namespaced, verbs={"list", "watch", "patch", "get", "create", "update"},
             subresources={"status"},
         )
 

@@ -64,6 +64,38 @@ def test_uri_matches_and_first_match_wins() -> None:
     assert _name(table, _req("/other")) is None
 
 
+def test_path_separated_prefix_matches_whole_segments_and_prefix_stays_a_string_prefix() -> None:
+    """Gateway API's PathPrefix (Envoy's path_separated_prefix) against a VirtualService's prefix."""
+    table = _table([
+        _r("segments", {"uri": {"path_separated_prefix": "/api"}}),
+        _r("string", {"uri": {"prefix": "/api"}}),
+        _r("nocase", {"uri": {"path_separated_prefix": "/Static"}, "ignore_uri_case": True}),
+    ])
+    for path in ("/api", "/api/", "/api/x", "/api/x/y", "/api?q=1", "/api/?q=1"):
+        assert _name(table, _req(path)) == "segments", path
+    for path in ("/apix", "/api-v2", "/apix/y"):
+        assert _name(table, _req(path)) == "string", path  # the string prefix still takes them
+    assert _name(table, _req("/STATIC/app.js")) == "nocase"
+    assert _name(table, _req("/static")) == "nocase"
+    assert _name(table, _req("/staticx")) is None
+    assert _name(table, _req("/ap")) is None
+    root = _table([_r("root", {"uri": {"path_separated_prefix": "/"}})])
+    assert _name(root, _req("/anything")) == "root"
+
+
+def test_rewrite_of_a_path_separated_prefix_follows_gateway_api() -> None:
+    """ReplacePrefixMatch as Gateway API defines it: /foo -> /xyz, /xyz/ or / on /foo, /foo/ and /foo/bar."""
+    cases = {("/xyz", "/foo/bar"): "/xyz/bar", ("/xyz/", "/foo/bar"): "/xyz/bar", ("/", "/foo/bar"): "/bar",
+             ("/xyz", "/foo"): "/xyz", ("/xyz/", "/foo"): "/xyz/", ("/", "/foo"): "/",
+             ("/xyz", "/foo/"): "/xyz/", ("/", "/foo/"): "/"}
+    for (replacement, path), expected in cases.items():
+        rewriting = _r("p", {"uri": {"path_separated_prefix": "/foo"}}) | {"rewrite": {"uri": replacement}}
+        table = _table([rewriting])
+        _, route, matched = table.route(_req(path))
+        assert route is not None
+        assert route.rewritten_path(matched, path, None) == expected, (replacement, path)
+
+
 def test_method_authority_headers_query_and_or_semantics() -> None:
     table = _table([
         _r("jason", {"headers": {"end-user": {"exact": "jason"}}},
@@ -112,6 +144,12 @@ def test_rewrite_replaces_prefix_or_whole_path() -> None:
         (lambda r: r["match"].append({"uri": {"regex": "([a-"}}), "routes[0].match[0].uri.regex"),
         (lambda r: r["match"].append({"uri": {"glob": "/x"}}), "routes[0].match[0].uri"),
         (lambda r: r["match"].append({"source_labels": {}}), "routes[0].match[0].source_labels"),
+        (lambda r: r["match"].append({"uri": {"path_separated_prefix": "/api/"}}),
+         "routes[0].match[0].uri.path_separated_prefix"),
+        (lambda r: r["match"].append({"uri": {"path_separated_prefix": "api"}}),
+         "routes[0].match[0].uri.path_separated_prefix"),
+        (lambda r: r["match"].append({"headers": {"x": {"path_separated_prefix": "/a"}}}),
+         "routes[0].match[0].headers.x"),
         (lambda r: r.update(route=[]), "routes[0].route"),
         (lambda r: r["route"][0].update(weight=-1), "routes[0].route[0].weight"),
         (lambda r: r.update(headers={"request": {"append": {}}}), "routes[0].headers.request.append"),

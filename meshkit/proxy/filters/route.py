@@ -2,7 +2,9 @@
 
 Sets ``request.route`` (the route's snapshot dict, which the traffic filters read) and
 ``request.cluster``; applies the route's and the destination's request header operations
-and URI rewrite on the way down and their response header operations on the way up.
+and rewrite (path, Host: ``meshkit.proxy.rewrite``) on the way down and their response header
+operations on the way up. A route with a ``redirect`` is answered here (``meshkit.proxy.redirect``):
+a 3xx with a ``location``, no cluster.
 A host no virtual host serves is ``Snapshot.egress``'s on a sidecar (``PassthroughCluster`` or
 ``BlackHoleCluster``, meshkit.proxy.egress); answers 404 ``NR`` when no route (or, on a gateway,
 no virtual host) matches and 503 ``NC`` when the picked
@@ -21,7 +23,8 @@ from collections.abc import Awaitable
 
 from meshkit.proxy.chain import ScopedChains
 from meshkit.proxy.http import Handler, Request, Response, answered
-from meshkit.proxy.routing import CompiledRoute, Destination
+from meshkit.proxy.redirect import Redirect
+from meshkit.proxy.routing import CompiledMatch, CompiledRoute, Destination, matched_prefix
 from meshkit.proxy.schema import RouteDoc
 
 RQ_TIMEOUT_CHAIN = "x-envoy-upstream-rq-timeout-ms"
@@ -41,6 +44,9 @@ def route_step(chains: ScopedChains[RouteDoc]) -> Handler:
             return answered(Response.local(
                 404, f"{where} matches host '{request.authority}' path '{request.path}'\n", "NR"
             ))
+        redirect = matched_route.redirect
+        if redirect is not None:  # Envoy's redirect: a local 3xx with a Location, nothing sent upstream
+            return answered(_redirected(request, matched_route, redirect, matched))
         destination = matched_route.pick()
         raw = matched_route.raw
         request.route = raw
@@ -54,9 +60,8 @@ def route_step(chains: ScopedChains[RouteDoc]) -> Handler:
             matched_route.request_ops.apply(request.headers)
         if destination.request_ops is not None:
             destination.request_ops.apply(request.headers)
-        if matched_route.rewrite_uri is not None:
-            path, sep, query = request.path.partition("?")
-            request.path = matched_route.rewritten_path(matched, path, query if sep else None)
+        if matched_route.rewrite is not None:
+            matched_route.rewrite.apply(request, *matched_prefix(matched))
         handlers = matched_route.handlers
         if request.rq_timeout_ms is None:
             handler = handlers.get(chains)
@@ -82,5 +87,13 @@ async def _response_ops(
     if destination.response_ops is not None:
         destination.response_ops.apply(response.headers)
     if matched_route.response_ops is not None:
+        matched_route.response_ops.apply(response.headers)
+    return response
+
+
+def _redirected(request: Request, matched_route: CompiledRoute, redirect: Redirect,
+                matched: CompiledMatch | bool) -> Response:
+    response = redirect.response(request, *matched_prefix(matched))
+    if matched_route.response_ops is not None:  # Envoy finalizes a redirect's headers with the route's
         matched_route.response_ops.apply(response.headers)
     return response
