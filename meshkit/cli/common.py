@@ -22,12 +22,18 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from meshkit.config.messages import format_message
+
 if TYPE_CHECKING:
     from meshkit.control.client import ControlClient
 
 DEFAULT_CONTROL = "http://127.0.0.1:15010"
 EXIT_REJECTED = 1
 EXIT_UNAVAILABLE = 2
+# `meshkit analyze`, as istioctl analyze: the input could not be read (istioctl's ExitDataError), and
+# the analysis found errors (ExitAnalyzerFoundIssues); warnings and notes exit 0
+EXIT_INPUT_UNREADABLE = 65
+EXIT_ANALYSIS_ERRORS = 79
 
 app = typer.Typer(
     name="meshkit",
@@ -77,15 +83,6 @@ class Printer:
 
         style = {"Error": "red", "Warning": "yellow"}.get(message.get("severity", "Error"), "")
         (self.err if to_stderr else self.out).print(Text(format_message(message), style=style))
-
-
-def format_message(message: dict[str, str]) -> str:
-    """One finding as ``istioctl analyze`` lays it out, exactly ``str(Message)`` (the notebook's and
-    the Kubernetes admission webhook's text): ``Error [MK0101] (VirtualService/default/reviews
-    spec.http[0].route[0].destination.subset) subset "v9" ...``."""
-    where = f"{message.get('resource', '')} {message.get('field', '')}".strip()
-    severity, code = message.get("severity", "Error"), message.get("code", "")
-    return f"{severity} [{code}] ({where}) {message.get('message', '')}"
 
 
 def age(timestamp: float | None, now: float | None = None) -> str:

@@ -203,9 +203,17 @@ class HTTPRetry(IstioModel):
         return [part.strip() for part in self.retry_on.split(",") if part.strip()]
 
 
+class Delegate(IstioModel):
+    """``http[].delegate``: the rule's requests are routed by the rules of another VirtualService (one
+    without hosts), in ``namespace`` (default: this VirtualService's). `meshkit.config.delegates`."""
+
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+
+
 class HTTPRoute(IstioModel):
     unsupported_fields = frozenset(
-        {"redirect", "directResponse", "delegate", "mirrors", "corsPolicy"}
+        {"redirect", "directResponse", "mirrors", "corsPolicy"}
     )
 
     name: str | None = None
@@ -219,12 +227,14 @@ class HTTPRoute(IstioModel):
     mirror_percentage: Percent | None = None
     mirror_percent: int | None = None  # deprecated integer form
     headers: Headers | None = None
+    delegate: Delegate | None = None
 
 
 class VirtualServiceSpec(IstioModel):
     unsupported_fields = frozenset({"tls", "tcp", "exportTo"})
 
-    hosts: list[str] = Field(min_length=1)
+    # no hosts: a delegate, used only through the ``delegate`` of a root VirtualService
+    hosts: list[str] = Field(default_factory=list)
     gateways: list[str] | None = None
     http: list[HTTPRoute] | None = None
 
