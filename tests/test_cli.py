@@ -133,9 +133,9 @@ async def test_no_control_plane_is_said_clearly_and_analyze_works_offline(tmp_pa
     bad_file = str(tmp_path / "bad.yaml")
     bad = await meshkit("analyze", "-f", bad_file, env=env)
     assert bad.code == 79  # istioctl's "analyzers found issues"
-    assert f'Error [MK0101] (VirtualService/default/ratings-bad {bad_file}:1 ' \
-           'spec.http[0].route[0].destination.subset) subset "v9" of host "ratings" is not defined by any ' \
-           "DestinationRule (known subsets: none) [IST0101]" in bad.out
+    assert 'Error [MK0101] (VirtualService/default/ratings-bad spec.http[0].route[0].destination.subset ' \
+           f'{bad_file}:1) subset "v9" of host "ratings" is not defined by any DestinationRule ' \
+           "(known subsets: none) [IST0101]" in bad.out
     # the very text of str(Message): what notebooks and the Kubernetes admission webhook show too
     expected = analyze(load_files([tmp_path / "bad.yaml"]), None)
     located = locate_messages(expected, index_locations((tmp_path / "bad.yaml").read_text(), bad_file))
@@ -192,7 +192,8 @@ async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_pa
     rejected = await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), "-f", str(tmp_path / "bad.yaml"),
                              env=env)
     assert rejected.code == 1
-    assert "Error [MK0101] (VirtualService/default/ratings-bad" in rejected.err
+    assert "Error [MK0101] (VirtualService/default/ratings-bad spec.http[0].route[0].destination.subset " \
+           f"{tmp_path / 'bad.yaml'}:1)" in rejected.err
     assert "Traceback" not in rejected.err
     still = json.loads((await meshkit("get", "vs", "-o", "json", env=env)).out)
     assert [item["spec"]["http"][0]["route"][0]["destination"]["subset"] for item in still["items"]] == ["v1"]

@@ -34,6 +34,7 @@ from meshkit.cli.common import (
 from meshkit.cli.kube_tables import POD_KINDS, WIDE, pod_rows, ready_by_deployment
 
 if TYPE_CHECKING:
+    from meshkit.config.locations import Location
     from meshkit.runtime.local import LocalMesh
 
 WORKLOAD_KIND_NAMES = ("Namespace", "Service", "ServiceAccount", "Deployment")
@@ -138,12 +139,13 @@ def apply(files: FilesOption = None, namespace: OptionalNamespace = None,
     """
     if not files:
         _fail(EXIT_UNAVAILABLE, "error: give at least one -f FILE|DIR|-")
-    documents = _load(files, namespace)
+    locations: dict[str, Location] = {}  # where each resource starts, for the messages about it
+    documents = _load(files, namespace, locations)
     if not documents:
         _fail(EXIT_REJECTED, "error: no resources found in the input")
     mesh = _local_workloads(control, documents)
-    result = _call(_client(control).apply, documents)
-    _print_changes(result)
+    result = _call(_client(control).apply, documents, locations=locations)
+    _print_changes(result, locations)
     if result.get("changed"):
         Printer().line(f"revision {result['revision']}")
         _reconcile(mesh)

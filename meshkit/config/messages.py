@@ -58,10 +58,10 @@ class Message:
 
 def format_message(message: dict[str, str]) -> str:
     """One finding as ``istioctl analyze`` lays it out, for a `Message` or its ``to_dict()``:
-    ``Error [MK0101] (VirtualService/default/reviews vs.yaml:12 spec.http[0].route[0].destination.subset)
+    ``Error [MK0101] (VirtualService/default/reviews spec.http[0].route[0].destination.subset vs.yaml:12)
     subset "v9" ... [IST0101]`` (the location when known, Istio's code when there is one)."""
-    where = " ".join(part for part in (message.get("resource", ""), message.get("location", ""),
-                                       message.get("field", "")) if part)
+    where = " ".join(part for part in (message.get("resource", ""), message.get("field", ""),
+                                       message.get("location", "")) if part)
     severity, code = message.get("severity", "Error"), message.get("code", "")
     istio = f" [{message['istio']}]" if message.get("istio") else ""
     return f"{severity} [{code}] ({where}) {message.get('message', '')}{istio}"
