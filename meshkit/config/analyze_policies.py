@@ -74,7 +74,7 @@ def _is_empty(policy: TrafficPolicy) -> bool:
 
 
 def _destination_rule(rule: DestinationRule) -> Iterator[Message]:
-    empty = "traffic policy must have at least one field (remove `trafficPolicy: {}` or set a policy)"
+    empty = 'traffic policy must have at least one field (remove "trafficPolicy: {}" or set a policy)'
     if rule.spec.traffic_policy is not None and _is_empty(rule.spec.traffic_policy):
         yield Message(codes.MK0129, Severity.ERROR, rule.ref, "spec.trafficPolicy", empty)
     for j, subset in enumerate(rule.spec.subsets or []):

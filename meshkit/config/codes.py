@@ -148,7 +148,7 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0128", E, "analyzer", "a subset name that is not a DNS-1123 label", _VALIDATION,
          'subset name is invalid: "V1" (a DNS-1123 label: ...)'),
     Code("MK0129", E, "analyzer", "an empty `trafficPolicy` (top level or a subset's)", _VALIDATION,
-         "traffic policy must have at least one field (remove `trafficPolicy: {}` or set a policy)"),
+         'traffic policy must have at least one field (remove "trafficPolicy: {}" or set a policy)'),
     Code("MK0130", E, "analyzer", "`portLevelMtls` on a PeerAuthentication without a workload selector "
          "(mesh-wide or namespace-wide); Istio refuses it", _VALIDATION,
          "portLevelMtls requires a workload selector: mesh/namespace peer authentication cannot have port "

@@ -46,7 +46,7 @@ def test_subset_names_must_be_dns_labels() -> None:
 def test_an_empty_traffic_policy_is_refused() -> None:
     resources = rule("  - {name: v1, labels: {version: v1}, trafficPolicy: {}}\n",
                      policy="  trafficPolicy: {}\n")
-    empty = "traffic policy must have at least one field (remove `trafficPolicy: {}` or set a policy)"
+    empty = 'traffic policy must have at least one field (remove "trafficPolicy: {}" or set a policy)'
     assert codes_of(resources, "MK0129") == [
         ("MK0129", "Error", "spec.subsets[0].trafficPolicy", empty),
         ("MK0129", "Error", "spec.trafficPolicy", empty),
