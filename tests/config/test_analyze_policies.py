@@ -4,10 +4,10 @@ and a case that must not trigger it."""
 from __future__ import annotations
 
 from meshkit.config.analyze import analyze
-from meshkit.config.loader import load_resources
+from meshkit.config.loader import load_files, load_resources
 from meshkit.config.registry import RegistryView
 from meshkit.config.resources import Resource
-from tests.config.bookinfo import bookinfo_registry, sample
+from tests.config.bookinfo import SAMPLES, bookinfo_registry, sample
 
 
 def codes_of(resources: list[Resource], *wanted: str,
@@ -160,3 +160,14 @@ def test_istio_samples_stay_clean_with_the_registry() -> None:
                    "authorization-policy-bookinfo")):
         messages = analyze(sample(*names), bookinfo_registry())
         assert [m for m in messages if m.code >= "MK0124"] == [], names
+
+
+def test_no_istio_sample_is_refused_by_the_new_checks() -> None:
+    """Every committed Istio sample, alone and with the Bookinfo registry: no istioctl-level check
+    (MK0120, MK0124-MK0138) reports an Error, so nothing valid is refused at apply."""
+    for path in sorted(SAMPLES.glob("*.yaml")):
+        resources = load_files([path])
+        for registry in (None, bookinfo_registry()):
+            refused = [m for m in analyze(resources, registry) if m.severity.value == "Error"
+                       and (m.code == "MK0120" or "MK0124" <= m.code <= "MK0138")]
+            assert refused == [], path.name
