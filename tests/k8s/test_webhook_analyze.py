@@ -9,11 +9,19 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import kmock as kmocklib
 import pytest
 
 from meshkit.k8s.inject import InjectSettings
 from meshkit.k8s.operator import OperatorConfig, validate_handler_id
-from tests.k8s.operator_harness import MANAGED, Running, free_port, namespaces_parsed, running_operator
+from tests.k8s.operator_harness import (
+    MANAGED,
+    Running,
+    free_port,
+    namespaces_parsed,
+    running_operator,
+    until,
+)
 
 VIRTUAL_SERVICES = ("networking.istio.io", "v1", "virtualservices")
 DESTINATION_RULES = ("networking.istio.io", "v1", "destinationrules")
@@ -107,3 +115,27 @@ async def test_delegates_are_admitted(operator: Running) -> None:
     misused = _vs("reviews-delegate", {**delegate, "gateways": ["bookinfo-gateway"]})
     refused = await _review(operator, VIRTUAL_SERVICES, misused)
     assert refused["allowed"] is False and "[MK0138]" in refused["status"]["message"]
+
+
+async def test_the_status_judges_a_root_with_the_other_virtual_services(operator: Running) -> None:
+    """Cross-resource findings are the status's: a delegate that is missing, then applied."""
+    collection = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices"
+    root = _vs("root", {"hosts": ["reviews"], "http": [
+        {"match": [{"uri": {"prefix": "/reviews"}}], "delegate": {"name": "reviews-delegate"}}, REVIEWS_V1]})
+    await operator.create(collection, root)
+    key = (kmocklib.resource(*VIRTUAL_SERVICES), "bookinfo", "root")
+
+    def codes() -> tuple[set[str]] | None:  # a one-element tuple: truthy even when no code is left
+        status = operator.kmock.objects[key].get("status") if key in operator.kmock.objects else None
+        return ({m["code"] for m in status["validationMessages"]},) if status else None
+
+    (first,) = await until("status on VirtualService/bookinfo/root", codes)
+    assert "MK0137" in first  # Referenced delegate virtual service not found (IST0101)
+    await operator.create(collection, _vs("reviews-delegate", {"http": [REVIEWS_V1]}))
+
+    def without_missing_delegate() -> tuple[set[str]] | None:
+        found = codes()
+        return found if found is not None and "MK0137" not in found[0] else None
+
+    (healed,) = await until("the root's status without MK0137", without_missing_delegate)
+    assert "MK0137" not in healed
