@@ -34,13 +34,15 @@ def _get(node: yaml.Node, key: str) -> yaml.Node | None:
     return None
 
 
-def _ref(node: yaml.Node) -> str | None:
+def _refs(node: yaml.Node) -> list[str]:
+    """``Kind/namespace/name``; a resource that names no namespace also ``Kind/*/name`` (it takes
+    the namespace given on the command line, ``apply -n``)."""
     kind, metadata = _scalar(_get(node, "kind")), _get(node, "metadata")
     name = _scalar(_get(metadata, "name")) if metadata is not None else None
     if kind is None or name is None:
-        return None
+        return []
     namespace = _scalar(_get(metadata, "namespace")) if metadata is not None else None
-    return f"{kind}/{namespace or 'default'}/{name}"
+    return [f"{kind}/{namespace}/{name}"] if namespace else [f"{kind}/default/{name}", f"{kind}/*/{name}"]
 
 
 def index_locations(text: str, origin: str) -> dict[str, Location]:
@@ -61,8 +63,7 @@ def index_locations(text: str, origin: str) -> dict[str, Location]:
         found.setdefault(f"{origin} document {number}", (origin, line))
         items = _get(node, "items") if _scalar(_get(node, "kind")) == "List" else None
         for item in items.value if isinstance(items, yaml.SequenceNode) else [node]:
-            ref = _ref(item)
-            if ref is not None:
+            for ref in _refs(item):
                 found.setdefault(ref, (origin, item.start_mark.line + 1))
     return found
 
@@ -77,10 +78,13 @@ def merge(indexes: Iterable[Mapping[str, Location]]) -> dict[str, Location]:
 
 
 def _lookup(resource: str, index: Mapping[str, Location]) -> Location | None:
-    if resource in index:
-        return index[resource]
     _, colon, ref = resource.partition(": ")  # the loader's "file.yaml: Kind/ns/name"
-    return index.get(ref) if colon else None
+    ref = ref if colon else resource
+    if ref in index:
+        return index[ref]
+    kind, _, rest = ref.partition("/")
+    _, slash, name = rest.partition("/")
+    return index.get(f"{kind}/*/{name}") if slash else None
 
 
 def locate(messages: Iterable[dict[str, str]], index: Mapping[str, Location]) -> list[dict[str, str]]:
