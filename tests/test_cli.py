@@ -17,6 +17,7 @@ import pytest
 
 from meshkit.config.analyze import analyze
 from meshkit.config.loader import load_files
+from meshkit.config.locations import index_locations, locate_messages
 from meshkit.control.auth import read_admin_token
 from tests.control.resources import BAD_VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE, endpoint, virtual_service
 from tests.control.sse import Subscriber
@@ -129,21 +130,43 @@ async def test_no_control_plane_is_said_clearly_and_analyze_works_offline(tmp_pa
     good = await meshkit("analyze", "-f", str(files), env=env)
     assert good.code == 0, good.err
     assert "No validation issues found" in good.out
-    bad = await meshkit("analyze", "-f", str(tmp_path / "bad.yaml"), env=env)
-    assert bad.code == 1
-    assert 'Error [MK0101] (VirtualService/default/ratings-bad spec.http[0].route[0].destination.subset) ' \
-           'subset "v9" of host "ratings" is not defined by any DestinationRule' in bad.out
+    bad_file = str(tmp_path / "bad.yaml")
+    bad = await meshkit("analyze", "-f", bad_file, env=env)
+    assert bad.code == 79  # istioctl's "analyzers found issues"
+    assert 'Error [MK0101] (VirtualService/default/ratings-bad spec.http[0].route[0].destination.subset ' \
+           f'{bad_file}:1) subset "v9" of host "ratings" is not defined by any DestinationRule ' \
+           "(known subsets: none) [IST0101]" in bad.out
     # the very text of str(Message): what notebooks and the Kubernetes admission webhook show too
     expected = analyze(load_files([tmp_path / "bad.yaml"]), None)
-    assert expected and bad.out.splitlines() == [str(m) for m in expected]
-    forced = await meshkit("analyze", "--offline", "-f", str(tmp_path / "bad.yaml"), env=cli_env(tmp_path))
-    assert forced.code == 1
+    located = locate_messages(expected, index_locations((tmp_path / "bad.yaml").read_text(), bad_file))
+    assert expected and bad.out.splitlines() == [str(m) for m in located]
+    forced = await meshkit("analyze", "--offline", "-f", bad_file, env=cli_env(tmp_path))
+    assert forced.code == 79
     without_files = await meshkit("analyze", env=env)
     assert without_files.code == 2 and "no meshkit control plane" in without_files.err
     broken = tmp_path / "broken.yaml"
     broken.write_text("kind: [")
     invalid = await meshkit("analyze", "-f", str(broken), env=env)
-    assert invalid.code == 1 and "MK0001" in invalid.err and "Traceback" not in invalid.err
+    assert invalid.code == 65 and "MK0001" in invalid.err and "Traceback" not in invalid.err
+    missing = await meshkit("analyze", "-f", str(tmp_path / "nowhere.yaml"), env=env)
+    assert missing.code == 65 and "nowhere.yaml" in missing.err and "no such file" in missing.err
+
+
+async def test_analyze_exit_codes_warnings_never_fail(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, control=f"http://127.0.0.1:{closed_port()}")
+    warned = tmp_path / "warned.yaml"  # a rule after a catch-all: IST0130, a Warning
+    warned.write_text(DESTINATION_RULE + "---\n" + virtual_service("v1").replace(
+        "  http:\n", "  http:\n  - route: [{destination: {host: reviews, subset: v1}}]\n", 1))
+    result = await meshkit("analyze", "-f", str(warned), env=env)
+    assert result.code == 0, result.out + result.err
+    assert "Warning [MK0124]" in result.out and "[IST0130]" in result.out
+    assert f"{warned}:" in result.out  # the file and line of the resource
+    schema = tmp_path / "schema.yaml"  # parses, but is not valid Istio: a finding (79), not unreadable (65)
+    schema.write_text(DESTINATION_RULE + "---\n" + virtual_service("v1").replace("hosts:", "hostz:"))
+    invalid = await meshkit("analyze", "-f", str(schema), env=env)
+    assert invalid.code == 79, invalid.out + invalid.err
+    assert "[MK0005]" in invalid.out and "spec.hostz: unknown field" in invalid.out
+    assert f"{schema}:" in invalid.out
 
 
 async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_path: Path,
@@ -169,7 +192,8 @@ async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_pa
     rejected = await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), "-f", str(tmp_path / "bad.yaml"),
                              env=env)
     assert rejected.code == 1
-    assert "Error [MK0101] (VirtualService/default/ratings-bad" in rejected.err
+    assert "Error [MK0101] (VirtualService/default/ratings-bad spec.http[0].route[0].destination.subset " \
+           f"{tmp_path / 'bad.yaml'}:1)" in rejected.err
     assert "Traceback" not in rejected.err
     still = json.loads((await meshkit("get", "vs", "-o", "json", env=env)).out)
     assert [item["spec"]["http"][0]["route"][0]["destination"]["subset"] for item in still["items"]] == ["v1"]
@@ -177,7 +201,7 @@ async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_pa
     online = await meshkit("analyze", env=env)
     assert online.code == 0, online.out + online.err
     online_bad = await meshkit("analyze", "-f", str(tmp_path / "bad.yaml"), env=env)
-    assert online_bad.code == 1 and "MK0101" in online_bad.out
+    assert online_bad.code == 79 and "MK0101" in online_bad.out
 
     assert (await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), env=env)).code == 0
     deleted = await meshkit("delete", "vs", "reviews", env=env)

@@ -22,12 +22,21 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from meshkit.config.messages import format_message
+
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from meshkit.config.locations import Location
     from meshkit.control.client import ControlClient
 
 DEFAULT_CONTROL = "http://127.0.0.1:15010"
 EXIT_REJECTED = 1
 EXIT_UNAVAILABLE = 2
+# `meshkit analyze`, as istioctl analyze: the input could not be read (istioctl's ExitDataError), and
+# the analysis found errors (ExitAnalyzerFoundIssues); warnings and notes exit 0
+EXIT_INPUT_UNREADABLE = 65
+EXIT_ANALYSIS_ERRORS = 79
 
 app = typer.Typer(
     name="meshkit",
@@ -77,15 +86,6 @@ class Printer:
 
         style = {"Error": "red", "Warning": "yellow"}.get(message.get("severity", "Error"), "")
         (self.err if to_stderr else self.out).print(Text(format_message(message), style=style))
-
-
-def format_message(message: dict[str, str]) -> str:
-    """One finding as ``istioctl analyze`` lays it out, exactly ``str(Message)`` (the notebook's and
-    the Kubernetes admission webhook's text): ``Error [MK0101] (VirtualService/default/reviews
-    spec.http[0].route[0].destination.subset) subset "v9" ...``."""
-    where = f"{message.get('resource', '')} {message.get('field', '')}".strip()
-    severity, code = message.get("severity", "Error"), message.get("code", "")
-    return f"{severity} [{code}] ({where}) {message.get('message', '')}"
 
 
 def age(timestamp: float | None, now: float | None = None) -> str:
@@ -169,8 +169,11 @@ def _fail(code: int, text: str, messages: list[dict[str, str]] | None = None) ->
     raise typer.Exit(code)
 
 
-def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one API call; print the control plane's refusal or absence and exit."""
+def _call(function: Any, *args: Any, locations: Mapping[str, Location] | None = None, **kwargs: Any) -> Any:
+    """Run one API call; print the control plane's refusal or absence and exit.
+
+    ``locations`` (`_load`'s) puts the file and line of each resource on the refusal's messages."""
+    from meshkit.config.locations import locate  # noqa: PLC0415
     from meshkit.control.client import ApiError, ControlUnreachable  # noqa: PLC0415
 
     try:
@@ -184,7 +187,7 @@ def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
     except ApiError as error:
         summary = error.error if not error.messages else \
             f"the control plane rejected the request (HTTP {error.status}):"
-        _fail(EXIT_REJECTED, f"error: {summary}", error.messages)
+        _fail(EXIT_REJECTED, f"error: {summary}", locate(error.messages or [], locations or {}))
 
 
 def _texts(files: list[str]) -> list[tuple[str, str]]:
@@ -206,20 +209,26 @@ def _texts(files: list[str]) -> list[tuple[str, str]]:
     return texts
 
 
-def _load(files: list[str], namespace: str | None = None) -> list[dict[str, Any]]:
+def _load(files: list[str], namespace: str | None = None,
+          locations: dict[str, Location] | None = None) -> list[dict[str, Any]]:
     """Resources of every file (``-`` = stdin) as Istio dicts; loader errors are printed and exit 1.
 
     ``namespace`` is kubectl's ``-n`` (`with_namespace`), applied to the documents as written.
+    ``locations``, when given, receives where each resource starts (`meshkit.config.locations`).
     """
     import yaml  # noqa: PLC0415
 
     from meshkit.config.loader import load_resources  # noqa: PLC0415
+    from meshkit.config.locations import index_locations, locate  # noqa: PLC0415
     from meshkit.config.messages import ConfigError, Message  # noqa: PLC0415
 
     resources = []
     ignored: list[Message] = []  # Kubernetes kinds the local mesh does not model: a warning each
+    where: dict[str, Location] = {} if locations is None else locations
     try:
         for origin, text in _texts(files):
+            for ref, place in index_locations(text, origin).items():
+                where.setdefault(ref, place)
             found = load_resources(text, origin=origin, warnings=ignored)  # every problem, with its line
             if namespace is not None and found:
                 written = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
@@ -230,7 +239,8 @@ def _load(files: list[str], namespace: str | None = None) -> list[dict[str, Any]
     except (OSError, UnicodeDecodeError) as error:
         _fail(EXIT_REJECTED, f"error: cannot read the input: {error}")
     except ConfigError as error:
-        _fail(EXIT_REJECTED, "error: the input is not valid", [m.to_dict() for m in error.messages])
+        _fail(EXIT_REJECTED, "error: the input is not valid",
+              locate([m.to_dict() for m in error.messages], where))
     printer = Printer() if ignored else None
     for message in ignored:
         if printer is not None:
@@ -258,9 +268,11 @@ def with_namespace(documents: list[dict[str, Any]], namespace: str | None) -> li
     return out
 
 
-def _print_changes(result: dict[str, Any]) -> None:
+def _print_changes(result: dict[str, Any], locations: Mapping[str, Location] | None = None) -> None:
+    from meshkit.config.locations import locate  # noqa: PLC0415
+
     printer = Printer()
     for item in result.get("results", []):
         printer.line(f"{item['resource']} {item['action']}")
-    for message in result.get("warnings", []):
+    for message in locate(result.get("warnings", []), locations or {}):
         printer.message(message)

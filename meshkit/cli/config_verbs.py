@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from meshkit.cli.common import (
+    EXIT_ANALYSIS_ERRORS,
+    EXIT_INPUT_UNREADABLE,
     EXIT_REJECTED,
     EXIT_UNAVAILABLE,
     ControlOption,
@@ -32,6 +34,7 @@ from meshkit.cli.common import (
 from meshkit.cli.kube_tables import POD_KINDS, WIDE, pod_rows, ready_by_deployment
 
 if TYPE_CHECKING:
+    from meshkit.config.locations import Location
     from meshkit.runtime.local import LocalMesh
 
 WORKLOAD_KIND_NAMES = ("Namespace", "Service", "ServiceAccount", "Deployment")
@@ -148,12 +151,13 @@ def apply(files: FilesOption = None, namespace: OptionalNamespace = None,
     """
     if not files:
         _fail(EXIT_UNAVAILABLE, "error: give at least one -f FILE|DIR|-")
-    documents = _load(files, namespace)
+    locations: dict[str, Location] = {}  # where each resource starts, for the messages about it
+    documents = _load(files, namespace, locations)
     if not documents:
         _fail(EXIT_REJECTED, "error: no resources found in the input")
     mesh = _local_workloads(control, documents)
-    result = _call(_client(control).apply, documents)
-    _print_changes(result)
+    result = _call(_client(control).apply, documents, locations=locations)
+    _print_changes(result, locations)
     if result.get("changed"):
         Printer().line(f"revision {result['revision']}")
         _reconcile(mesh)
@@ -353,17 +357,27 @@ def analyze(
 ) -> None:
     """Check resources like `istioctl analyze`: files (-f) with the running mesh's config, or the mesh itself.
 
-    With -f and no control plane running, the files are analyzed alone. Exit 1 when there are errors.
+    With -f and no control plane running, the files are analyzed alone. Each message names the resource,
+    its file and line, the field, and the matching Istio code. Exit codes, as istioctl's: 0 no errors
+    (warnings and notes never fail), 79 the analysis found errors, 65 the input could not be read
+    (a missing file, YAML that does not parse), 2 no control plane to ask.
     """
+    from meshkit.cli.analysis import read_for_analysis  # noqa: PLC0415
+    from meshkit.config.locations import locate  # noqa: PLC0415
     from meshkit.control.client import ControlUnreachable  # noqa: PLC0415
 
-    documents = _load(files) if files else []
+    read = read_for_analysis(files or [])
+    printer = Printer()
+    if read.unreadable:
+        _fail(EXIT_INPUT_UNREADABLE, "error: the input could not be read",
+              locate(read.unreadable, read.index))
+    documents = read.documents
     messages: list[dict[str, str]] | None = None
     where = "the files"
     if not offline:
         client = _client(control)
         try:
-            messages = client.analyze(documents or None)["messages"]
+            messages = client.analyze(documents or None)["messages"] if documents or not files else []
             where = f"the mesh at {client.url}"
         except ControlUnreachable:
             if not files:
@@ -374,13 +388,13 @@ def analyze(
 
         found = analyze_resources(load_resources(documents), None) if documents else []
         messages = [m.to_dict() for m in found]
-    printer = Printer()
+    messages = locate([*read.invalid, *messages], read.index)
     for message in messages:
         printer.message(message)
     if not messages:
         printer.line(f"✔ No validation issues found when analyzing {where}.")
     if any(m.get("severity") == "Error" for m in messages):
-        raise typer.Exit(EXIT_REJECTED)
+        raise typer.Exit(EXIT_ANALYSIS_ERRORS)
 
 
 @app.command()

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from meshkit.config import codes
 from meshkit.config.analyze_front_door import check_front_door, with_config_services
 from meshkit.config.analyze_gateway_api import check_gateway_api
+from meshkit.config.analyze_policies import check_policies
+from meshkit.config.analyze_routes import check_routes, for_sidecars
 from meshkit.config.authn import RequestAuthentication
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
@@ -78,6 +80,8 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
         report(policy, _check_authorization_policy(policy, has_authn))
     messages.extend(check_front_door(resources, registry))  # Kubernetes workloads, Gateways: MK03xx, MK04xx
     messages.extend(check_gateway_api(resources, registry))  # HTTPRoute, GatewayClass: MK041x
+    messages.extend(check_routes(resources))  # istioctl's VirtualService checks: MK0124-MK0127, MK0134-MK0138
+    messages.extend(check_policies(resources, registry))  # DestinationRule, policies: MK0128-MK0133
     return sorted(messages, key=lambda m: (m.resource, m.field, m.code))
 
 
@@ -102,7 +106,8 @@ def _check_virtual_service(
         yield from _check_matches(http, at)
         yield from _check_claim_matches(vs, http, at)
         destinations = http.route or []
-        if not destinations and http.redirect is None:  # a redirect is answered by the proxy
+        # a redirect is answered by the proxy; a delegate's rules route
+        if not destinations and http.redirect is None and http.delegate is None:
             yield codes.MK0116, Severity.ERROR, f"{at}.route", "http route has no route destinations"
         for j, route in enumerate(destinations):
             where = f"{at}.route[{j}].destination"
@@ -251,7 +256,7 @@ _CLAIM_HEADER = re.compile(r"^@request\.auth\.claims(?:(?:\.[^.\[\]]+)+|(?:\[[^\
 
 def _check_claim_matches(vs: VirtualService, http: HTTPRoute, at: str) -> Iterator[Finding]:
     """``@request.auth.claims.NAME`` header matches: well-formed, and on gateways only (Istio's rule)."""
-    on_sidecars = not vs.spec.gateways or "mesh" in vs.spec.gateways
+    on_sidecars = for_sidecars(vs)
     for i, match in enumerate(http.match or []):
         for alias, field in (("headers", match.headers), ("withoutHeaders", match.without_headers)):
             for name in field or {}:
@@ -263,10 +268,11 @@ def _check_claim_matches(vs: VirtualService, http: HTTPRoute, at: str) -> Iterat
                            f'"{name}" is not a JWT claim match (expected @request.auth.claims.NAME[.NESTED] '
                            "or @request.auth.claims[NAME][NESTED])")
                 elif on_sidecars:
-                    yield (codes.MK0120, Severity.WARNING, where,
-                           f'JWT claim routing ("{name}") works only on gateways (Istio\'s rule): on '
-                           "sidecars this match never holds; bind the VirtualService to a gateway with a "
-                           "RequestAuthentication")
+                    gateways = "[" + " ".join(vs.spec.gateways or []) + "]"
+                    yield (codes.MK0120, Severity.ERROR, where,
+                           f"JWT claim based routing (key: {name.removeprefix('@request.auth.claims.')}) is "
+                           f"only supported for gateway, found no gateways: {gateways} (bind the "
+                           "VirtualService to a Gateway that a RequestAuthentication covers)")
 
 
 def _host_conflicts(
@@ -285,7 +291,8 @@ def _host_conflicts(
                 continue
             yield Message(codes.MK0104, Severity.ERROR, vs.ref, f"spec.hosts[{i}]",
                           f'host "{vs.spec.hosts[i]}" is also claimed by {first.ref}; '
-                          f"only one VirtualService per host is used ({first.ref})")
+                          f"only one VirtualService per host is used ({first.ref}). This can be fixed by "
+                          "merging the conflicting VirtualServices into a single resource.")
     rules: dict[tuple[str, str], list[DestinationRule]] = defaultdict(list)
     for rule in destination_rules:
         host = resolve_host(rule.spec.host, rule.metadata.namespace).host

@@ -77,7 +77,8 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0104", E, "analyzer", "two VirtualServices (for sidecars) claim one host",
          "IST0109 ConflictingMeshGatewayVirtualServiceHosts",
          'host "reviews" is also claimed by VirtualService/default/a; only one VirtualService per host '
-         "is used (VirtualService/default/a)"),
+         "is used (VirtualService/default/a). This can be fixed by merging the conflicting "
+         "VirtualServices into a single resource."),
     Code("MK0105", W, "analyzer", "two DestinationRules for one host in one namespace", "",
          'host "reviews" already has DestinationRule/default/reviews in this namespace; only one '
          "DestinationRule per host is used (...)"),
@@ -120,9 +121,9 @@ _TABLE: tuple[Code, ...] = (
          'condition key "request.auth.claims[iss]": no RequestAuthentication in namespace foo or '
          "istio-system "
          "validates tokens, so it never matches (and its negation always does)"),
-    Code("MK0120", W, "analyzer", "`@request.auth.claims` header match on a VirtualService for sidecars "
-         "(gateways only)", "",
-         'JWT claim routing ("@request.auth.claims.groups") works only on gateways (Istio\'s rule): ...'),
+    Code("MK0120", E, "analyzer", "`@request.auth.claims` header match on a VirtualService for sidecars "
+         "(no `gateways`, or `mesh` among them): Istio's validation refuses it", _VALIDATION,
+         "JWT claim based routing (key: groups) is only supported for gateway, found no gateways: [] ..."),
     Code("MK0121", W, "analyzer", "RequestAuthentication rule with neither jwks nor jwksUri (no OpenID "
          "discovery)", "", 'issuer "https://accounts.example.com" has neither jwks nor jwksUri: ...'),
     Code("MK0122", W, "analyzer", "weights that do not sum to 100 (split in proportion), or a weight on the "
@@ -132,6 +133,55 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0123", E, "analyzer", "malformed `@request.auth.claims` header match name", "",
          '"@request.auth.claims" is not a JWT claim match '
          "(expected @request.auth.claims.NAME[.NESTED] or ...)"),
+    Code("MK0124", W, "analyzer", "a VirtualService rule that is never used: after a rule without "
+         "matches (a catch-all), or every match already in a previous rule",
+         "IST0130 VirtualServiceUnreachableRule",
+         "VirtualService rule #1 not used (route without matches defined before)."),
+    Code("MK0125", INFO, "analyzer", "a match that a previous rule already has (the same match, or a prefix "
+         "inside an earlier prefix with the same other conditions)",
+         "IST0131 VirtualServiceIneffectiveMatch",
+         "VirtualService rule #1 match #0 is not used (duplicate/overlapping match in rule #0)."),
+    Code("MK0126", E, "analyzer", "`hosts: [\"*\"]` on a VirtualService for sidecars", _VALIDATION,
+         "wildcard host * is not allowed for virtual services bound to the mesh gateway ..."),
+    Code("MK0127", E, "analyzer", "the same host twice in one VirtualService (a wildcard covering another "
+         "host counts)", _VALIDATION, "duplicate hosts in virtual service: reviews & reviews"),
+    Code("MK0128", E, "analyzer", "a subset name that is not a DNS-1123 label", _VALIDATION,
+         'subset name is invalid: "V1" (a DNS-1123 label: ...)'),
+    Code("MK0129", E, "analyzer", "an empty `trafficPolicy` (top level or a subset's)", _VALIDATION,
+         'traffic policy must have at least one field (remove "trafficPolicy: {}" or set a policy)'),
+    Code("MK0130", E, "analyzer", "`portLevelMtls` on a PeerAuthentication without a workload selector "
+         "(mesh-wide or namespace-wide); Istio refuses it", _VALIDATION,
+         "portLevelMtls requires a workload selector: mesh/namespace peer authentication cannot have port "
+         "level mTLS ..."),
+    Code("MK0131", W, "analyzer", "*registry*: a DestinationRule host that matches no service (nor a "
+         "ServiceEntry host)", "IST0101 ReferencedResourceNotFound",
+         'Referenced host not found: "ratingz" (no service ratingz.default in the registry: ...)'),
+    Code("MK0132", W, "analyzer", "*registry*: an AuthorizationPolicy whose selector selects no workload",
+         "IST0127 NoMatchingWorkloadsFound",
+         "No matching workloads for this resource with the following labels: app=ratingz (...)"),
+    Code("MK0133", W, "analyzer", "*registry*: an AuthorizationPolicy `namespaces`/`notNamespaces` entry "
+         "naming a namespace that does not exist", "IST0101 ReferencedResourceNotFound",
+         'Referenced namespace not found: "fooo" (...)'),
+    Code("MK0134", W, "analyzer", "a VirtualService host that no server of a bound Gateway exposes",
+         "IST0132 VirtualServiceHostNotFoundInGateway",
+         "one or more host [wrong.com] defined in VirtualService default/testing-service not found in "
+         "Gateway istio-system/testing-gateway."),
+    Code("MK0135", W, "analyzer", "two VirtualServices bound to one Gateway claim the same host (the first "
+         "by namespace/name is used)", "IST0109 ConflictingMeshGatewayVirtualServiceHosts",
+         "The VirtualServices default/a,default/b associated with gateway default/gw define the same host "
+         "x.com ... This can be fixed by merging the conflicting VirtualServices into a single resource."),
+    Code("MK0136", W, "analyzer", "JWT claim routing on a gateway that no RequestAuthentication covers "
+         "(Istio: Error in istioctl analyze; a Warning here so the order of applies does not matter)",
+         "IST0149 JwtClaimBasedRoutingWithoutRequestAuthN",
+         "The virtual service uses the JWT claim based routing (key: groups) but found no request "
+         "authentication for the gateway (default/httpbin-gateway) pod (istio-ingressgateway). ..."),
+    Code("MK0137", W, "analyzer", "an `http[].delegate` naming a VirtualService that does not exist",
+         "IST0101 ReferencedResourceNotFound",
+         'Referenced delegate virtual service not found: "default/reviews-delegate" (...)'),
+    Code("MK0138", E, "analyzer", "a delegate misused: a delegate (no hosts) with `gateways` or its own "
+         "`delegate`, a rule with both `delegate` and `route`, a `delegate` naming a VirtualService that "
+         "has hosts", _VALIDATION,
+         "delegate virtual service must have no gateways specified (...)"),
     Code("MK0301", E, "workloads", "a Deployment's image is not one of Istio's sample images (the message "
          "lists them)"),
     Code("MK0302", E, "workloads", "a Deployment's pod template labels do not carry its "
@@ -202,6 +252,10 @@ MK0101, MK0102, MK0103, MK0104, MK0105, MK0106, MK0107, MK0108, MK0109, MK0110 =
 MK0111, MK0112, MK0113, MK0114, MK0115, MK0116, MK0117, MK0118, MK0119 = (
     "MK0111", "MK0112", "MK0113", "MK0114", "MK0115", "MK0116", "MK0117", "MK0118", "MK0119")
 MK0120, MK0121, MK0122, MK0123 = ("MK0120", "MK0121", "MK0122", "MK0123")
+MK0124, MK0125, MK0126, MK0127, MK0128, MK0129, MK0130, MK0131 = (
+    "MK0124", "MK0125", "MK0126", "MK0127", "MK0128", "MK0129", "MK0130", "MK0131")
+MK0132, MK0133, MK0134, MK0135, MK0136, MK0137, MK0138 = (
+    "MK0132", "MK0133", "MK0134", "MK0135", "MK0136", "MK0137", "MK0138")
 MK0901, MK0902, MK0903, MK0904, MK0905, MK0906 = ("MK0901", "MK0902", "MK0903", "MK0904", "MK0905", "MK0906")
 MK0910, MK0911, MK0920, MK0921, MK0930, MK0940 = ("MK0910", "MK0911", "MK0920", "MK0921", "MK0930", "MK0940")
 MK0950, MK0951, MK0960, MK0961, MK0962 = ("MK0950", "MK0951", "MK0960", "MK0961", "MK0962")

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshkit.config.authn import RequestAuthentication, compile_jwt, request_authentications_for
+from meshkit.config.delegates import expand_delegates
 from meshkit.config.egress import (
     ExternalService,
     external_clusters,
@@ -115,6 +116,7 @@ def compile_snapshot(
     ``egress_hosts`` maps ``"host:port"`` of external hosts to ``"address:port"`` (the local mesh's
     stand-ins) and ``real_dns`` lets other names resolve (snapshot ``egress``).
     """
+    resources = expand_delegates(resources)  # VirtualService delegation, as Istio merges it
     mesh_config = mesh_config_of(resources, mesh_config)
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     if node.kind == "sidecar":  # Gateway API routes attached to Services (GAMMA): `httproutes`

@@ -250,9 +250,17 @@ class HTTPRetry(IstioModel):
         return [part.strip() for part in self.retry_on.split(",") if part.strip()]
 
 
+class Delegate(IstioModel):
+    """``http[].delegate``: the rule's requests are routed by the rules of another VirtualService (one
+    without hosts), in ``namespace`` (default: this VirtualService's). `meshkit.config.delegates`."""
+
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+
+
 class HTTPRoute(IstioModel):
     unsupported_fields = frozenset(
-        {"directResponse", "delegate", "mirrors", "corsPolicy"}
+        {"directResponse", "mirrors", "corsPolicy"}
     )
 
     name: str | None = None
@@ -267,6 +275,7 @@ class HTTPRoute(IstioModel):
     mirror_percent: int | None = None  # deprecated integer form
     headers: Headers | None = None
     redirect: HTTPRedirect | None = None
+    delegate: Delegate | None = None
 
     @model_validator(mode="after")
     def _redirect_alone(self) -> HTTPRoute:
@@ -281,7 +290,8 @@ class HTTPRoute(IstioModel):
 class VirtualServiceSpec(IstioModel):
     unsupported_fields = frozenset({"tls", "tcp", "exportTo"})
 
-    hosts: list[str] = Field(min_length=1)
+    # no hosts: a delegate, used only through the ``delegate`` of a root VirtualService
+    hosts: list[str] = Field(default_factory=list)
     gateways: list[str] | None = None
     http: list[HTTPRoute] | None = None
 

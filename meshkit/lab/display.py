@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from meshkit.config.messages import format_message
+
 __all__ = [
     "Findings", "LabError", "Plain", "Rule", "ShownAsTable", "Table", "message_line", "show_errors_as_html",
     "to_yaml",
@@ -59,9 +61,8 @@ class Rule(dict[str, Any]):
 
 
 def message_line(msg: Mapping[str, str]) -> str:
-    """The CLI's one-line form of an analyzer message dict."""
-    where = f"{msg.get('resource', '')} {msg.get('field', '')}".strip()
-    return f"{msg.get('severity', 'Error')} [{msg.get('code', '?')}] ({where}) {msg.get('message', '')}"
+    """The CLI's one-line form of an analyzer message dict (with Istio's code when there is one)."""
+    return format_message(dict(msg))
 
 
 def _messages_html(messages: Iterable[Mapping[str, str]]) -> str:
@@ -71,7 +72,8 @@ def _messages_html(messages: Iterable[Mapping[str, str]]) -> str:
         rows.append(
             f'<li><b style="color:{colour}">{html.escape(m.get("severity", ""))} '
             f'{html.escape(m.get("code", ""))}</b> <code>{html.escape(m.get("resource", ""))}</code> '
-            f'field <code>{html.escape(m.get("field", ""))}</code>: {html.escape(m.get("message", ""))}</li>')
+            f'field <code>{html.escape(m.get("field", ""))}</code>: {html.escape(m.get("message", ""))}'
+            + (f' <small>({html.escape(m["istio"])} in Istio)</small>' if m.get("istio") else "") + "</li>")
     return f"<ul style='margin:4px 0'>{''.join(rows)}</ul>" if rows else ""
 
 

@@ -320,7 +320,6 @@ spec:
 """)
     assert [(m.resource, m.text) for m in messages] == [
         ("<input> document 1", "metadata.name: required field is missing"),
-        ("<input> document 1", "spec.hosts: must not be empty"),
         ("<input> document 1", "spec.http[0].route[0].destination.host: required field is missing"),
         (
             "<input> document 1",

@@ -38,7 +38,8 @@ async def test_apply_get_delete_round_trip(control_plane: RunningControlPlane,
     status, result = await call(session, "POST", f"{base}/apply", data=BOOKINFO_REVIEWS)
     assert status == 200 and result["revision"] == 1 and result["changed"] is True
     assert {r["action"] for r in result["results"]} == {"created"}
-    assert [w["code"] for w in result["warnings"]] == ["MK0103"]  # host not in the (empty) registry
+    # the DestinationRule's and the route's host are not in the (empty) registry
+    assert [w["code"] for w in result["warnings"]] == ["MK0131", "MK0103"]
     status, listed = await call(session, "GET", f"{base}/config")
     assert status == 200 and [i["ref"] for i in listed["items"]] == ["DestinationRule/default/reviews",
                                                                      "VirtualService/default/reviews"]
@@ -75,7 +76,8 @@ async def test_invalid_input_is_400_with_messages_and_changes_nothing(
     assert status == 400
     assert error["messages"][0] == {
         "code": "MK0101", "severity": "Error", "resource": "VirtualService/default/ratings-bad",
-        "field": error["messages"][0]["field"], "message": error["messages"][0]["message"]}
+        "field": error["messages"][0]["field"], "message": error["messages"][0]["message"],
+        "istio": "IST0101"}  # the matching istioctl analyze code
     assert "v9" in error["error"]
     status, error = await call(session, "POST", f"{base}/apply", data=b"")
     assert status == 400 and "empty" in error["error"]

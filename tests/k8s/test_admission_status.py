@@ -56,7 +56,7 @@ def test_per_resource_errors_reject_cross_resource_findings_do_not() -> None:
     assert [m.code for m in messages] == ["MK0102"]
     assert rejection_text(messages) == (
         "Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route) route weights sum to 0: "
-        "no destination would receive traffic (Istio: total destination weight = 0)"
+        "no destination would receive traffic (Istio: total destination weight = 0) [IST0106]"
     )
     # subsets no DestinationRule defines (yet): not an admission matter
     assert admission_messages(_vs((50, 50), ("v7", "v8"))) == []

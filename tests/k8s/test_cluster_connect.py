@@ -120,11 +120,12 @@ async def test_cli_context_apply_get_delete_proxy_status_and_top(
     bad.write_text(k.BAD_WEIGHTS)
     refused = await meshkit("apply", "-f", str(bad), env=env)
     assert refused.code == 1
-    assert "Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route)" in refused.err
+    # the resource, the field, then the file and line it starts at
+    assert f"Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route {bad}:" in refused.err
 
     analyzed = await meshkit("analyze", "-f", str(bad), env=env)  # with the cluster's objects
-    assert analyzed.code == 1
-    assert "Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route)" in analyzed.out
+    assert analyzed.code == 79  # istioctl's "analyzers found issues"
+    assert f"Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route {bad}:" in analyzed.out
 
     status = await meshkit("proxy-status", env=env)  # through the API server's service proxy
     assert status.code == 0, status.err

@@ -128,7 +128,7 @@ async def test_bad_virtual_service_is_rejected_with_the_analyzer_message(operato
     message = response["status"]["message"]
     assert message == "Error [MK0102] (VirtualService/bookinfo/reviews spec.http[0].route) " \
                       "route weights sum to 0: no destination would receive traffic " \
-                      "(Istio: total destination weight = 0)"
+                      "(Istio: total destination weight = 0) [IST0106]"
     assert response["status"]["code"] == 400
 
     # a valid one passes; the subsets it names may come later (a status matter, not a rejection)
