@@ -46,11 +46,11 @@ def check_policies(resources: Sequence[Resource], registry: RegistryView | None)
     messages: list[Message] = []
     for rule in of_kind(resources, DestinationRule):
         messages.extend(_destination_rule(rule))
-    for policy in of_kind(resources, PeerAuthentication):
-        if policy.spec.port_level_mtls and not (policy.spec.selector and policy.spec.selector.match_labels):
-            scope = "mesh-wide" if policy.metadata.namespace == ROOT_NAMESPACE else "namespace-wide"
+    for peer in of_kind(resources, PeerAuthentication):
+        if peer.spec.port_level_mtls and not (peer.spec.selector and peer.spec.selector.match_labels):
+            scope = "mesh-wide" if peer.metadata.namespace == ROOT_NAMESPACE else "namespace-wide"
             messages.append(Message(
-                codes.MK0130, Severity.ERROR, policy.ref, "spec.portLevelMtls",
+                codes.MK0130, Severity.ERROR, peer.ref, "spec.portLevelMtls",
                 f"portLevelMtls requires a workload selector: mesh/namespace peer authentication cannot have "
                 f"port level mTLS (this {scope} policy has no selector; Istio refuses it, so its port modes "
                 "would never apply)"))

@@ -247,7 +247,7 @@ def _gateway_hosts(virtual_services: Sequence[VirtualService],
 
 
 def _claim_keys(vs: VirtualService) -> list[str]:
-    keys = []
+    keys: list[str] = []
     for http in vs.spec.http or []:
         for match in http.match or []:
             for field in (match.headers, match.without_headers):

@@ -30,7 +30,7 @@ def _get(node: yaml.Node, key: str) -> yaml.Node | None:
         return None
     for key_node, value_node in node.value:
         if _scalar(key_node) == key:
-            return value_node
+            return value_node if isinstance(value_node, yaml.Node) else None
     return None
 
 
