@@ -19,7 +19,14 @@ from meshkit.config.analyze import analyze
 from meshkit.config.loader import load_files
 from meshkit.config.locations import index_locations, locate_messages
 from meshkit.control.auth import read_admin_token
-from tests.control.resources import BAD_VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE, endpoint, virtual_service
+from tests.control.resources import (
+    BAD_VIRTUAL_SERVICE,
+    DESTINATION_RULE,
+    REFUSED_VIRTUAL_SERVICE,
+    SERVICE,
+    endpoint,
+    virtual_service,
+)
 from tests.control.sse import Subscriber
 
 MESHKIT = [sys.executable, "-m", "meshkit.cli"]
@@ -103,6 +110,7 @@ def files(tmp_path: Path) -> Path:
     (folder / "a-destination-rule.yaml").write_text(DESTINATION_RULE)
     (folder / "b-virtual-service.yaml").write_text(virtual_service("v1"))
     (tmp_path / "bad.yaml").write_text(BAD_VIRTUAL_SERVICE)
+    (tmp_path / "refused.yaml").write_text(REFUSED_VIRTUAL_SERVICE)
     (tmp_path / "vs-v2.yaml").write_text(virtual_service("v2"))
     return folder
 
@@ -189,11 +197,12 @@ async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_pa
     reapplied = await meshkit("apply", "-f", "-", env=env, stdin=as_yaml.out)
     assert reapplied.code == 0 and "VirtualService/default/reviews unchanged" in reapplied.out
 
-    rejected = await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), "-f", str(tmp_path / "bad.yaml"),
+    # what Istio's validation refuses refuses the whole apply, with file and line
+    rejected = await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), "-f", str(tmp_path / "refused.yaml"),
                              env=env)
     assert rejected.code == 1
-    assert "Error [MK0101] (VirtualService/default/ratings-bad spec.http[0].route[0].destination.subset " \
-           f"{tmp_path / 'bad.yaml'}:1)" in rejected.err
+    assert "Error [MK0102] (VirtualService/default/ratings-refused " in rejected.err
+    assert f"{tmp_path / 'refused.yaml'}:1)" in rejected.err
     assert "Traceback" not in rejected.err
     still = json.loads((await meshkit("get", "vs", "-o", "json", env=env)).out)
     assert [item["spec"]["http"][0]["route"][0]["destination"]["subset"] for item in still["items"]] == ["v1"]
@@ -202,6 +211,14 @@ async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_pa
     assert online.code == 0, online.out + online.err
     online_bad = await meshkit("analyze", "-f", str(tmp_path / "bad.yaml"), env=env)
     assert online_bad.code == 79 and "MK0101" in online_bad.out
+    # a route to an undefined subset: applied and reported, as Istio's API server accepts it
+    accepted = await meshkit("apply", "-f", str(tmp_path / "bad.yaml"), env=env)
+    assert accepted.code == 0, accepted.err
+    assert "VirtualService/default/ratings-bad created" in accepted.out
+    assert "Error [MK0101] (VirtualService/default/ratings-bad spec.http[0].route[0].destination.subset " \
+           f"{tmp_path / 'bad.yaml'}:1)" in accepted.out + accepted.err
+    assert (await meshkit("analyze", env=env)).code == 79  # the running config now has it
+    assert (await meshkit("delete", "vs", "ratings-bad", env=env)).code == 0
 
     assert (await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), env=env)).code == 0
     deleted = await meshkit("delete", "vs", "reviews", env=env)
@@ -216,12 +233,13 @@ async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_pa
     history = await meshkit("history", env=env)
     lines = history.out.splitlines()
     assert lines[0].split() == ["REVISION", "AGE", "SUMMARY"]
-    assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3", "4"]
-    diff = await meshkit("history", "2", env=env)
+    # 1 the files, 2 ratings-bad applied, 3 it deleted, 4 v2, 5 reviews deleted, 6 the rule deleted
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3", "4", "5", "6"]
+    diff = await meshkit("history", "4", env=env)
     assert "-        subset: v1" in diff.out and "+        subset: v2" in diff.out
 
     rolled = await meshkit("rollback", "1", env=env)
-    assert rolled.code == 0 and "now at revision 5" in rolled.out
+    assert rolled.code == 0 and "now at revision 7" in rolled.out
     restored = await meshkit("get", "all", env=env)
     assert "virtualservice/reviews" in restored.out and "destinationrule/reviews" in restored.out
     unknown = await meshkit("rollback", "42", env=env)

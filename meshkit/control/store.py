@@ -218,7 +218,9 @@ def config_diff(old: dict[Key, Resource], new: dict[Key, Resource], docs: Docume
 
 
 def _errors(messages: Iterable[Message]) -> list[Message]:
-    return [m for m in messages if m.severity == Severity.ERROR]
+    """The messages that refuse a change: every Error but those Istio's API server accepts
+    (`codes.REPORTED_NOT_REFUSED`, returned with the change's warnings)."""
+    return [m for m in messages if m.severity == Severity.ERROR and m.code not in codes.REPORTED_NOT_REFUSED]
 
 
 @dataclass(frozen=True, slots=True)

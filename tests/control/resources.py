@@ -33,8 +33,24 @@ spec:
 
 BOOKINFO_REVIEWS = DESTINATION_RULE + "---\n" + virtual_service("v1")
 
-# a route to a subset no DestinationRule defines: the analyzer's Error MK0101
+# a route to a subset no DestinationRule defines: the analyzer's Error MK0101, reported, not refused
+# (Istio's API server accepts it)
 BAD_VIRTUAL_SERVICE = virtual_service("v9", name="ratings-bad", host="ratings")
+
+# what Istio's validation refuses: weights that sum to 0 (MK0102)
+REFUSED_VIRTUAL_SERVICE = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings-refused}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - destination: {host: ratings}
+      weight: 0
+    - destination: {host: reviews}
+      weight: 0
+"""
 
 SERVICE: dict[str, Any] = {"name": "reviews", "namespace": "default", "port": 9080}
 

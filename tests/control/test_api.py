@@ -15,7 +15,14 @@ from cryptography.x509.oid import NameOID
 from meshkit.control.api import MAX_BODY_BYTES
 from meshkit.control.ca import TOKENS_FILE, BootstrapTokens
 from meshkit.control.server import RunningControlPlane, run_control_plane
-from tests.control.resources import BAD_VIRTUAL_SERVICE, BOOKINFO_REVIEWS, DESTINATION_RULE, SERVICE, endpoint
+from tests.control.resources import (
+    BAD_VIRTUAL_SERVICE,
+    BOOKINFO_REVIEWS,
+    DESTINATION_RULE,
+    REFUSED_VIRTUAL_SERVICE,
+    SERVICE,
+    endpoint,
+)
 
 API = "/api/v1"
 
@@ -72,13 +79,13 @@ async def test_invalid_input_is_400_with_messages_and_changes_nothing(
     status, error = await call(session, "POST", f"{base}/apply", data=misspelt)
     assert status == 400 and any(m["field"].startswith("spec.hots") for m in error["messages"])
     status, error = await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE + "---\n" +
-                               BAD_VIRTUAL_SERVICE)
+                               REFUSED_VIRTUAL_SERVICE)
     assert status == 400
     assert error["messages"][0] == {
-        "code": "MK0101", "severity": "Error", "resource": "VirtualService/default/ratings-bad",
+        "code": "MK0102", "severity": "Error", "resource": "VirtualService/default/ratings-refused",
         "field": error["messages"][0]["field"], "message": error["messages"][0]["message"],
-        "istio": "IST0101"}  # the matching istioctl analyze code
-    assert "v9" in error["error"]
+        "istio": "IST0106"}  # the matching istioctl analyze code
+    assert "sum to 0" in error["error"]
     status, error = await call(session, "POST", f"{base}/apply", data=b"")
     assert status == 400 and "empty" in error["error"]
     status, error = await call(session, "POST", f"{base}/apply", data="---\n# nothing\n---\n")
@@ -87,6 +94,21 @@ async def test_invalid_input_is_400_with_messages_and_changes_nothing(
     assert [i["revision"] for i in listed["items"]] == [1, 1]
     _, history = await call(session, "GET", f"{base}/history")
     assert history["revision"] == 1 and len(history["revisions"]) == 1
+
+
+async def test_a_route_to_an_undefined_subset_is_applied_and_reported(
+        control_plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    """As on Istio: the API server accepts it (a DestinationRule may come later) and `istioctl
+    analyze` reports IST0101; requests routed there get 503 NC until the subset exists."""
+    base = control_plane.url + API
+    status, result = await call(session, "POST", f"{base}/apply", data=BAD_VIRTUAL_SERVICE)
+    assert status == 200 and result["changed"], result
+    (reported,) = [m for m in result["warnings"] if m["code"] == "MK0101"]
+    assert reported["severity"] == "Error" and reported["istio"] == "IST0101"
+    assert reported["resource"] == "VirtualService/default/ratings-bad" and "v9" in reported["message"]
+    status, stored = await call(session, "GET", f"{base}/config/vs/default/ratings-bad")
+    route = stored["items"][0]["resource"]["spec"]["http"][0]["route"][0]
+    assert status == 200 and route["destination"]["subset"] == "v9"
 
 
 async def test_not_found_conflict_and_limits(control_plane: RunningControlPlane,
