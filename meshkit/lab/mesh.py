@@ -64,6 +64,17 @@ def _key(doc: dict[str, Any]) -> tuple[str, str, str]:
     return str(doc.get("kind")), str(meta.get("namespace", "default")), str(meta.get("name"))
 
 
+def _finding(message: Any) -> str:
+    """One message of an apply's answer: ``error [MK0101] (resource field) text [IST0101]`` (an Error
+    Istio's API server accepts, applied and reported) or ``warning [...] ...``."""
+    if not isinstance(message, dict):
+        return f"warning: {message}"
+    where = " ".join(part for part in (message.get("resource"), message.get("field")) if part)
+    istio = f" [{message['istio']}]" if message.get("istio") else ""
+    return (f"{str(message.get('severity', 'Warning')).lower()} [{message.get('code', '')}] "
+            f"({where}) {message.get('message', '')}{istio}")
+
+
 class ApplyResult:
     """What `Mesh.apply` did: the new revision and one line per resource."""
 
@@ -76,7 +87,7 @@ class ApplyResult:
     def __str__(self) -> str:
         lines = [f"{r['resource']} {r['action']}" for r in self.results]
         lines.append(f"revision {self.revision}" + ("" if self.changed else " (nothing changed)"))
-        lines += [f"warning: {w.get('message', w) if isinstance(w, dict) else w}" for w in self.warnings]
+        lines += [_finding(w) for w in self.warnings]
         return "\n".join(lines)
 
     __repr__ = __str__

@@ -15,17 +15,31 @@ from meshkit.lab.progress import ProgressStore
 from meshkit.lab.widgets import ABRouter, FaultPanel, MtlsToggle, canary_slider, rule_editor
 from tests.labs.conftest import counted, settle
 
+# what Istio's validation refuses: every weight 0 (MK0102)
+ZERO_WEIGHTS = rules.virtual_service("reviews", [{"route": [
+    {"destination": {"host": "reviews", "subset": "v1"}, "weight": 0},
+    {"destination": {"host": "reviews", "subset": "v2"}, "weight": 0}]}])
+
 
 def test_a_refused_rule_names_the_resource_and_field_without_a_traceback(mesh: Mesh) -> None:
     with pytest.raises(LabError) as caught:
-        mesh.apply(rules.route("reviews", to="v9"))
+        mesh.apply(ZERO_WEIGHTS)
     err = caught.value
-    assert err.messages[0]["field"] == "spec.http[0].route[0].destination.subset"
+    assert err.messages[0]["field"] == "spec.http[0].route"
     assert err.messages[0]["resource"] == "VirtualService/default/reviews"
     shown = "\n".join(err._render_traceback_())
-    assert "Traceback" not in shown and "v9" in shown and "spec.http[0].route[0].destination.subset" in shown
-    assert "destination.subset" in err._repr_html_() and "<script" not in err._repr_html_()
+    assert "Traceback" not in shown and "sum to 0" in shown and "spec.http[0].route" in shown
+    assert "spec.http[0].route" in err._repr_html_() and "<script" not in err._repr_html_()
     assert mesh.get("VirtualService", "reviews") is None  # nothing changed
+
+
+def test_a_route_to_an_undefined_subset_is_applied_and_its_error_shown(mesh: Mesh) -> None:
+    """As on Istio, the mesh takes it (requests fail with 503 NC until v9 exists); the answer says why."""
+    result = mesh.apply(rules.route("reviews", to="v9"))
+    assert result.changed and mesh.get("VirtualService", "reviews") is not None
+    shown = str(result)
+    assert "error [MK0101]" in shown and "v9" in shown and "[IST0101]" in shown
+    assert "MK0101" in result._repr_html_()
 
 
 def test_bad_yaml_and_bad_arguments_are_clear(mesh: Mesh) -> None:
@@ -160,9 +174,9 @@ def test_canary_slider_applies_weights_as_it_moves(mesh: Mesh) -> None:
 
 
 def test_rule_editor_shows_analyzer_messages_inline_and_applies(mesh: Mesh) -> None:
-    editor = rule_editor(mesh, rules.route("reviews", to="v9"))
+    editor = rule_editor(mesh, ZERO_WEIGHTS)
     editor.apply_button.click()
-    assert "spec.http[0].route[0].destination.subset" in editor.status.value
+    assert "spec.http[0].route" in editor.status.value and "sum to 0" in editor.status.value
     assert mesh.get("VirtualService", "reviews") is None
     editor.text.value = rules.route("reviews", to="v2").yaml()
     editor.analyze_button.click()

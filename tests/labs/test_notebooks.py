@@ -123,14 +123,16 @@ def test_learner_edition_leaves_exercises_undone_and_reference_edition_passes(
 def test_a_refused_apply_shows_the_field_in_html_not_a_traceback_and_stops_the_run(
         lab_env: dict[str, str]) -> None:
     cells = [new_code_cell("from meshkit.lab import connect, rules\nmesh = connect()"),
-             new_code_cell('mesh.apply(rules.route("reviews", to="v9"))'),
+             new_code_cell('mesh.apply(rules.virtual_service("reviews", [{"route": [\n'
+                           '    {"destination": {"host": "reviews", "subset": "v1"}, "weight": 0},\n'
+                           '    {"destination": {"host": "reviews", "subset": "v2"}, "weight": 0}]}]))'),
              new_code_cell('print("ran on")')]
     nb = new_notebook(cells=cells)
     with pytest.raises(CellExecutionError):
         NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=60).execute()
     outputs = nb.cells[1].outputs
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
-    assert "spec.http[0].route[0].destination.subset" in html and "VirtualService/default/reviews" in html
+    assert "spec.http[0].route" in html and "sum to 0" in html and "VirtualService/default/reviews" in html
     assert not any("Traceback" in "".join(o.get("traceback", [])) for o in outputs)
     assert not nb.cells[2].outputs  # Run All stops at the refused change
 
