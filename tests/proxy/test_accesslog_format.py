@@ -91,7 +91,7 @@ class _Upstream:
 
 
 async def test_start_time_and_duration_match_datetime_and_round(tmp_path: Path, monkeypatch) -> None:
-    """The filter's inline clock and duration steps give what datetime and round(ms, 3) give, and the
+    """The filter's start time and duration are what datetime and round(ms, 3) give, and the
     cached parts of the line (request, upstream, client) never go stale: every line is compared with
     json.dumps of the entry built from scratch."""
     clocks = _Clocks()
