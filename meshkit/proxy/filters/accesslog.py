@@ -88,8 +88,8 @@ _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))  # a start time's end, by m
 # upstream, the same client): each is encoded once and kept in a small per-filter cache keyed by
 # its values. A cache is emptied when it reaches _CACHE_ENTRIES; a part longer than _CACHE_CHARS
 # (a long path) is encoded every time instead of kept.
-_CACHE_ENTRIES = 1024
-_CACHE_CHARS = 512
+_CACHE_ENTRIES = 256  # 3 caches x 2 directions x 256 x (part + key, ~1 KB at most): ~1.5 MB at worst
+_CACHE_CHARS = 384
 
 
 class WallClock:
