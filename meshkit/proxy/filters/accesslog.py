@@ -31,6 +31,9 @@ class AccessLogSink:
         self._file: IO[bytes] = sys.stdout.buffer if self._stdout else open(target, "ab", buffering=0)  # noqa: SIM115
         self._pending: list[str] = []
         self._scheduled = False
+        # The loop the flush is scheduled on, remembered: asyncio.get_running_loop() makes a
+        # getpid() system call each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def write(self, entry: dict[str, Any]) -> None:
         self.write_line(json.dumps(entry, separators=(",", ":")))
@@ -39,24 +42,39 @@ class AccessLogSink:
         """Queue one ready-made JSON line (no newline)."""
         self._pending.append(line)
         if not self._scheduled:
-            self._scheduled = True
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Flush at the next loop iteration (at once when no loop runs)."""
+        self._scheduled = True
+        loop = self._loop
+        if loop is None or not loop.is_running():
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                loop = self._loop = asyncio.get_running_loop()
             except RuntimeError:
                 self.flush()
+                return
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
-        if self._pending:
-            lines, self._pending = self._pending, []
-            data = memoryview(("\n".join(lines) + "\n").encode())
-            while data:  # a regular file takes it all at once; a pipe may take part of it
-                written = self._file.write(data)
-                if written is None:  # a non-blocking stdout that is full: drop the rest, never block
-                    return
-                data = data[written:]
+        lines = self._pending
+        if lines:
+            self._pending = []
+            lines.append("")  # the last line's newline
+            data = "\n".join(lines).encode()
+            written = self._file.write(data)  # a regular file takes it all at once
+            if written is not None and written < len(data):
+                self._write_rest(memoryview(data)[written:])
             if self._stdout:
                 self._file.flush()
+
+    def _write_rest(self, data: memoryview) -> None:
+        while data:  # a pipe may take part of it
+            written = self._file.write(data)
+            if written is None:  # a non-blocking stdout that is full: drop the rest, never block
+                return
+            data = data[written:]
 
     def close(self) -> None:
         self.flush()
@@ -65,16 +83,28 @@ class AccessLogSink:
 
 
 _string = json.encoder.encode_basestring_ascii  # C: str -> JSON literal
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))  # a start time's end, by millisecond
+# Parts of the line repeat from request to request (the same method, path and status, the same
+# upstream, the same client): each is encoded once and kept in a small per-filter cache keyed by
+# its values. A cache is emptied when it reaches _CACHE_ENTRIES; a part longer than _CACHE_CHARS
+# (a long path) is encoded every time instead of kept.
+_CACHE_ENTRIES = 256  # 3 caches x 2 directions x 256 x (part + key, ~1 KB at most): ~1.5 MB at worst
+_CACHE_CHARS = 384
 
 
 class WallClock:
     """Start times as ``2026-11-26T00:50:00.123Z``; the date-and-seconds part is formatted once a second."""
 
-    __slots__ = ("_prefix", "_second")
+    __slots__ = ("prefix", "second")
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self.second = -1
+        self.prefix = ""
+
+    def enter(self, second: int) -> None:
+        """Make ``second`` (Unix time) the current one: its ``2026-11-26T00:50:00`` part."""
+        self.second = second
+        self.prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
     def stamp(self, wall: float) -> str:
         """``datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")`` with a ``Z``."""
@@ -82,32 +112,71 @@ class WallClock:
         micro = round((wall - second) * 1e6)  # datetime rounds to the microsecond, then truncates
         if micro >= 1_000_000:
             second, micro = second + 1, 0
-        if second != self._second:
-            self._second = second
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{micro // 1000:03d}Z"
+        if second != self.second:
+            self.enter(second)
+        return self.prefix + _MILLIS[micro // 1000]
+
+
+def _remember(cache: dict[Any, str], key: Any, part: str) -> str:
+    if len(part) <= _CACHE_CHARS:
+        if len(cache) >= _CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = part
+    return part
+
+
+def _request_part(key: tuple[str, str, str, str, int, str]) -> str:
+    method, path, authority, version, status, flags = key
+    return (
+        f'"method":{_string(method)},"path":{_string(path)},"authority":{_string(authority)},'
+        f'"protocol":{_string("HTTP/" + version)},"status":{int(status)},"response_flags":{_string(flags)}'
+    )
+
+
+def _upstream_part(key: tuple[str | None, str | None]) -> str:
+    host, cluster = key
+    return (
+        f'"upstream_host":{"null" if host is None else _string(host)},'
+        f'"upstream_cluster":{"null" if cluster is None else _string(cluster)}'
+    )
+
+
+def _client_part(key: tuple[int, int, str | None, str | None], direction: str) -> str:
+    received, sent, user_agent, forwarded_for = key
+    return (
+        f'"bytes_received":{int(received)},"bytes_sent":{int(sent)},'
+        f'"user_agent":{"null" if user_agent is None else _string(user_agent)},'
+        f'"x_forwarded_for":{"null" if forwarded_for is None else _string(forwarded_for)},'
+        f'"direction":{_string(direction)}}}'
+    )
+
+
+_LOGGED_HEADERS = frozenset({"x-request-id", "user-agent", "x-forwarded-for"})
 
 
 def access_log(sink: AccessLogSink, direction: str) -> Filter:
     """The access-log filter for one listener direction ("outbound" or "inbound")."""
     clock = WallClock()
-    direction_json = _string(direction)
+    requests: dict[tuple[str, str, str, str, int, str], str] = {}
+    upstreams: dict[tuple[str | None, str | None], str] = {}
+    clients: dict[tuple[int, int, str | None, str | None], str] = {}
 
     def emit(request: Request, response: Response | None, status: int, sent: int) -> None:
-        # The JSON line is built by hand (strings escaped by the json module's C encoder): the
-        # same bytes as json.dumps(entry, separators=(",", ":")), at a third of the cost.
+        # The JSON line is built by hand (strings escaped by the json module's C encoder, repeated
+        # parts from the caches above): the same bytes as json.dumps(entry, separators=(",", ":")).
+        # No helper calls on the common path: a Python call is ~500 instructions.
         now = time.monotonic()
         elapsed = now - request.start
         request_id = user_agent = forwarded_for = None
         for name, value in request.headers.items():  # one pass for the three headers logged
-            if name == "x-request-id":
-                request_id = request_id if request_id is not None else value
-            elif name == "user-agent":
-                user_agent = user_agent if user_agent is not None else value
-            elif name == "x-forwarded-for" and forwarded_for is None:
-                forwarded_for = value
+            if name in _LOGGED_HEADERS:
+                if name == "x-request-id":
+                    request_id = request_id if request_id is not None else value
+                elif name == "user-agent":
+                    user_agent = user_agent if user_agent is not None else value
+                elif forwarded_for is None:
+                    forwarded_for = value
         endpoint = request.endpoint
-        cluster = request.cluster
         body = request.body
         received = len(body) if isinstance(body, bytes) else int(body_size(body))
         if request.flags or response is None:
@@ -117,20 +186,24 @@ def access_log(sink: AccessLogSink, direction: str) -> Filter:
         upstream_host = (response.upstream_host if response is not None else "") or (
             endpoint.hostport if endpoint is not None else None
         )
-        sink.write_line(
-            f'{{"start_time":"{clock.stamp(time.time() - elapsed)}","method":{_string(request.method)},'
-            f'"path":{_string(request.path)},"authority":{_string(request.authority)},'
-            f'"protocol":{_string("HTTP/" + request.version)},"status":{int(status)},'
-            f'"response_flags":{_string(flags)},'
-            f'"duration_ms":{float(round(elapsed * 1000.0, 3))!r},'
-            f'"upstream_host":{"null" if upstream_host is None else _string(upstream_host)},'
-            f'"upstream_cluster":{"null" if cluster is None else _string(cluster)},'
-            f'"request_id":{"null" if request_id is None else _string(request_id)},'
-            f'"bytes_received":{received},"bytes_sent":{int(sent)},'
-            f'"user_agent":{"null" if user_agent is None else _string(user_agent)},'
-            f'"x_forwarded_for":{"null" if forwarded_for is None else _string(forwarded_for)},'
-            f'"direction":{direction_json}}}'
-        )  # no helper calls for null-or-string, flags and sizes: a Python call is ~500 instructions
+        stamp = clock.stamp(time.time() - elapsed)
+        # round(ms, 3) and its repr: the same digits (both correctly rounded), at half the cost
+        duration = f"{elapsed * 1000.0:.3f}".rstrip("0")
+        if duration[-1] == ".":
+            duration += "0"
+        key = (request.method, request.path, request.authority, request.version, status, flags)
+        head = requests.get(key) or _remember(requests, key, _request_part(key))
+        hop = (upstream_host, request.cluster)
+        upstream = upstreams.get(hop) or _remember(upstreams, hop, _upstream_part(hop))
+        peer = (received, sent, user_agent, forwarded_for)
+        client = clients.get(peer) or _remember(clients, peer, _client_part(peer, direction))
+        line = (
+            f'{{"start_time":"{stamp}",{head},"duration_ms":{duration},'
+            f'{upstream},"request_id":{"null" if request_id is None else _string(request_id)},{client}'
+        )
+        sink._pending.append(line)  # sink.write_line(line), inline
+        if not sink._scheduled:
+            sink.schedule()
 
     async def accesslog(request: Request, call_next: Handler) -> Response:
         try:
