@@ -26,7 +26,7 @@ import math
 import re
 import time
 from array import array
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -398,6 +398,7 @@ class Scraper:
         self.interval = interval
         self.targets: dict[str, str] = {}  # name -> /stats/prometheus URL
         self.failures: dict[str, str] = {}
+        self.listeners: list[Callable[[str, str], None]] = []  # (target, text) of each good scrape
         self._task: asyncio.Task[None] | None = None
 
     def set_target(self, name: str, url: str) -> None:
@@ -432,6 +433,9 @@ class Scraper:
                 self.store.add(name, now, result)
             except ValueError as exc:  # a malformed exposition: keep the old samples
                 self.failures[name] = f"unparsable metrics: {exc}"
+                continue
+            for listener in self.listeners:
+                listener(name, result)
 
     async def _fetch(self, session: aiohttp.ClientSession, url: str) -> str:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=self.interval * 0.9)) as resp:

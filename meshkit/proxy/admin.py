@@ -46,6 +46,28 @@ def _json(value: Any, status: int = 200) -> Response:
     return _reply(status, json.dumps(value, indent=2, default=str) + "\n", "application/json")
 
 
+def _config_gauges(current: Any) -> str:
+    """When the snapshot in effect was applied, and when it served its first request (if it has):
+    the control plane's scraper reads these for the apply-to-effect timeline."""
+    if current is None:
+        return ""
+    version = current.version.replace("\\", "\\\\").replace('"', '\\"')
+    lines = [
+        "# HELP meshkit_config_applied_timestamp_seconds When the snapshot in effect was applied.",
+        "# TYPE meshkit_config_applied_timestamp_seconds gauge",
+        f'meshkit_config_applied_timestamp_seconds{{version="{version}"}} {current.applied_at:.6f}',
+    ]
+    if current.first_request_at is not None:
+        lines += [
+            "# HELP meshkit_config_first_request_timestamp_seconds When the snapshot in effect served "
+            "its first request.",
+            "# TYPE meshkit_config_first_request_timestamp_seconds gauge",
+            f'meshkit_config_first_request_timestamp_seconds{{version="{version}"}} '
+            f"{current.first_request_at:.6f}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 class Admin:
     """Answers admin requests from the proxy's live state."""
 
@@ -137,7 +159,7 @@ class Admin:
 
     def prometheus(self) -> Response:
         clusters = cluster_stats(self.state.current, self.upstream)
-        text = self.metrics.render() + render_prometheus(clusters)
+        text = self.metrics.render() + render_prometheus(clusters) + _config_gauges(self.state.current)
         if self.passthrough is not None:
             text += self.passthrough.prometheus()
         return _reply(200, text, PROMETHEUS_TYPE)

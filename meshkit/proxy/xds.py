@@ -73,6 +73,7 @@ class ConfigState:
             snapshot = Snapshot.from_json(doc, self.current)
         except SnapshotError as exc:
             return self.reject(version, str(exc))
+        snapshot.applied_at = time.time()
         self.current = snapshot
         self.applied += 1
         for callback in self.listeners:
