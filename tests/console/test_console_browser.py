@@ -147,7 +147,17 @@ def test_graph_draws_live_edges_after_load(mesh: Mesh, browser: Browser) -> None
         page.locator(".node[data-node='reviews v2']").click()
         page.locator("#detail .red").wait_for(timeout=WAIT_MS)
         page.locator("#detail .chart .main-svg").first.wait_for(timeout=WAIT_MS)
+        page.locator("#detail .chart-latency .main-svg").first.wait_for(timeout=WAIT_MS)
+        lines = page.evaluate("[...document.querySelector('#detail .chart-latency').data]"
+                              ".map(d => [d.name, d.y.filter(v => v !== null).length])")
+        assert [name for name, _ in lines] == ["p50", "p95", "p99"], lines
+        assert all(points > 0 for _, points in lines), lines  # steps with traffic have quantiles
         page.screenshot(path=str(IMAGES / "console-graph.png"))
+        # an edge's own charts: only its caller's requests (productpage v1 -> reviews v2)
+        page.locator(".edge[data-edge='productpage v1 > reviews v2'] .edge-hit").click()
+        page.locator("#detail h3", has_text="productpage v1 -> reviews v2").wait_for(timeout=WAIT_MS)
+        page.locator("#detail .chart-latency .main-svg").first.wait_for(timeout=WAIT_MS)
+        page.screenshot(path=str(IMAGES / "console-edge-latency.png"))
         assert not page.errors, page.errors
     finally:
         page.close()
