@@ -302,6 +302,7 @@ def test_explain_shows_the_hop_where_the_fault_fired(mesh: Mesh, browser: Browse
             text = hop.first.inner_text()
             assert "FIRED" in text and "FI" in text, text
             assert "fault injected" in text, text  # the flag in words
+            assert "caller log" in text and '" 503 FI ' in text, text  # reviews' sidecar's access-log line
             assert "[object" not in page.locator("#explain-out").inner_text()
             page.screenshot(path=str(IMAGES / "console-explain.png"), full_page=True)
             page.click("nav button[data-page=workloads]")
