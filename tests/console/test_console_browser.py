@@ -236,7 +236,6 @@ def test_wizards_show_their_yaml_apply_it_and_the_fault_shows_on_traffic(mesh: M
         acked = page.locator("#timeline .tl-row .ok-text").all_inner_texts()
         assert acked and all(t.startswith("+") and t.endswith(("ms", "s")) for t in acked), acked
         assert page.locator("#timeline .tl-mark.tl-acked").count() == len(acked)
-        page.screenshot(path=str(IMAGES / "console-timeline.png"), full_page=True)
 
         # request routing: end-user: jason to v2, everyone else to v1
         page.select_option("#wizard", "route")
@@ -254,7 +253,7 @@ def test_wizards_show_their_yaml_apply_it_and_the_fault_shows_on_traffic(mesh: M
         text = _wizard_yaml(page, "fault")
         assert "abort:" in text and "httpStatus: 503" in text and "delay:" not in text, text
         page.screenshot(path=str(IMAGES / "console-wizard-fault.png"), full_page=True)
-        _apply_from_editor(page, mesh)
+        fault_revision = _apply_from_editor(page, mesh)
         ratings = mesh.client.get("virtualservice", "ratings")["items"][0]["resource"]
         fault = ratings["spec"]["http"][0]["fault"]
         assert fault["abort"] == {"percentage": {"value": 100}, "httpStatus": 503}, fault
@@ -267,6 +266,19 @@ def test_wizards_show_their_yaml_apply_it_and_the_fault_shows_on_traffic(mesh: M
         label = " ".join(edge.first.locator(".edge-label").all_text_contents())
         assert "100% err" in label, label  # every call there was aborted
         page.screenshot(path=str(IMAGES / "console-fault-graph.png"))
+
+        # the fault's revision took effect: reviews v2's sidecar routed requests with it
+        page.click("nav button[data-page=config]")
+        row = page.locator("#timeline .tl-row[data-proxy='reviews-v2-0.default']")
+
+        def first_request_shown() -> bool:
+            page.locator("#history button.timeline-open").first.click()  # the newest revision
+            page.locator("#timeline h3", has_text=f"Revision {fault_revision}").wait_for(timeout=WAIT_MS)
+            return row.locator("td").nth(3).inner_text().startswith("+")
+
+        wait_until(first_request_shown, 30, "reviews v2's first request under the fault's revision")
+        assert row.locator(".tl-mark.tl-first_request").count() == 1
+        page.screenshot(path=str(IMAGES / "console-timeline.png"), full_page=True)
         assert not page.errors, page.errors
     finally:
         page.close()
