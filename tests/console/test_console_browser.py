@@ -292,6 +292,7 @@ def test_explain_shows_the_hop_where_the_fault_fired(mesh: Mesh, browser: Browse
                             "metadata": {"name": "reviews", "namespace": "default"},
                             "spec": {"hosts": ["reviews"], "http": [{"route": [
                                 {"destination": {"host": "reviews", "subset": "v2"}}]}]}}])
+        assert mesh.client.proxy_status(wait=30)["synced"]  # every sidecar routes by both rules now
         # one page view, one id (reused ids would make several traces): v2 calls ratings, which aborts
         request_id = f"console-{uuid.uuid4()}"
         mesh.get("/productpage", {"x-request-id": request_id, "x-client-trace-id": request_id})
