@@ -232,7 +232,14 @@ def test_wizards_show_their_yaml_apply_it_and_the_fault_shows_on_traffic(mesh: M
         assert rule["timeout"] == "0.5s" and rule["retries"]["attempts"] == 2, rule
         page.locator("#timeline h3", has_text=f"Revision {revision}").wait_for(timeout=WAIT_MS)
         page.locator("#timeline .tl-row").first.wait_for(timeout=WAIT_MS)
-        page.locator("#timeline .tl-state", has_text="synced").wait_for(timeout=WAIT_MS)
+
+        def synced() -> bool:  # shown after Apply; on a loaded machine the proxies may answer later
+            if page.locator("#timeline .tl-state", has_text="synced").count():
+                return True
+            page.locator("#history button.timeline-open").first.click()  # the newest revision: this one
+            return False
+
+        wait_until(synced, 30, f"revision {revision}'s timeline to show every proxy's ACK", interval=0.5)
         acked = page.locator("#timeline .tl-row .ok-text").all_inner_texts()
         assert acked and all(t.startswith("+") and t.endswith(("ms", "s")) for t in acked), acked
         assert page.locator("#timeline .tl-mark.tl-acked").count() == len(acked)
@@ -276,7 +283,8 @@ def test_wizards_show_their_yaml_apply_it_and_the_fault_shows_on_traffic(mesh: M
             page.locator("#timeline h3", has_text=f"Revision {fault_revision}").wait_for(timeout=WAIT_MS)
             return row.locator("td").nth(3).inner_text().startswith("+")
 
-        wait_until(first_request_shown, 30, "reviews v2's first request under the fault's revision")
+        wait_until(first_request_shown, 30, "reviews v2's first request under the fault's revision",
+                   interval=0.5)
         assert row.locator(".tl-mark.tl-first_request").count() == 1
         page.screenshot(path=str(IMAGES / "console-timeline.png"), full_page=True)
         assert not page.errors, page.errors
