@@ -20,6 +20,8 @@ STATE_WORDS = {
     "pending": "waiting for proxies to answer",
     "nacked": "a proxy REJECTED its snapshot (NACK)",
     "superseded": "a later revision replaced it before every proxy ACKed it",
+    "unrecorded": "no push of it was recorded (compiled together with a later revision, or before "
+                  "this control plane started)",
 }
 
 
@@ -76,7 +78,7 @@ def render(doc: dict[str, Any]) -> Any:
         more = ", ..." if len(unchanged) > 6 else ""
         lines.append(f"{len(unchanged)} other {'proxy' if len(unchanged) == 1 else 'proxies'} unchanged: "
                      f"{', '.join(unchanged[:6])}{more}")
-    if not rows:
+    if not rows and doc["state"] != "unrecorded":
         lines.append("no proxy's snapshot changed with this revision")
     table.caption = "\n".join(lines)
     table.caption_justify = "left"

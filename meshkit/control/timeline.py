@@ -154,7 +154,9 @@ def describe(entry: RevisionRollout | None, revision: int, *, stored: float | No
 
     ``state``: ``pending`` (not compiled yet, or a connected proxy has not answered), ``nacked`` (a
     proxy refused its snapshot), ``synced`` (every affected connected proxy ACKed), or ``superseded``
-    (a later revision replaced a snapshot before it was ACKed, and that one was ACKed).
+    (a later revision replaced a snapshot before it was ACKed), or ``unrecorded`` (no compile at this
+    revision was seen: it was compiled together with a later one, or before this control plane
+    started; the record is in memory).
     """
     status = {row["id"]: row for row in proxies}
     rows = [] if entry is None else [r.to_dict() for r in sorted(entry.proxies.values(), key=lambda r: r.id)]
@@ -170,6 +172,8 @@ def describe(entry: RevisionRollout | None, revision: int, *, stored: float | No
             state = "pending"
     if compiled_revision < revision and state != "nacked":
         state = "pending"
+    elif entry is None:
+        state = "unrecorded"  # compiled together with a later revision, or before this process started
     if state == "synced" and any(r["superseded"] for r in rows):
         state = "superseded"
     return {"revision": revision, "stored": stored, "summary": summary, "state": state,

@@ -85,6 +85,8 @@ def test_states_pending_nacked_superseded_and_the_bound() -> None:
     timeline.compiled(5, "a.default", "v5", changed=True, now=5.0)
     timeline.compiled(6, "a.default", "v6", changed=True, now=6.0)
     assert timeline.get(1) is None and timeline.get(2) is None  # only the last 3 kept
+    forgotten = describe(timeline.get(1), 1, stored=0.5, summary="", proxies=replaced, compiled_revision=6)
+    assert (forgotten["state"], forgotten["proxies"]) == ("unrecorded", [])
     timeline.responded("a.default", "v1", ack=True, reason=None, now=7.0)  # forgotten: ignored
     assert timeline.get(6) is not None
 
