@@ -100,6 +100,27 @@ def test_a_malformed_gauge_line_is_ignored() -> None:
     assert entry is not None and entry.proxies["a.default"].first_request is None
 
 
+def test_the_sidecars_gauges_are_valid_prometheus_and_the_timeline_reads_them() -> None:
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    from meshkit.proxy.admin import _config_gauges  # noqa: PLC0415
+
+    current = SimpleNamespace(version="0f3a", applied_at=100.25, first_request_at=None)
+    assert "first_request" not in _config_gauges(current)  # no request served under it yet
+    current.first_request_at = 101.5
+    text = _config_gauges(current)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["meshkit_config_first_request_timestamp_seconds"].samples[0].value == 101.5
+    assert families["meshkit_config_applied_timestamp_seconds"].samples[0].labels == {"version": "0f3a"}
+    timeline = RolloutTimeline()
+    timeline.compiled(1, "a.default", "0f3a", changed=True, now=100.0)
+    timeline.scraped("a.default", text)
+    entry = timeline.get(1)
+    assert entry is not None and entry.proxies["a.default"].first_request == 101.5
+
+
 # -- real processes ----------------------------------------------------------------------------------
 
 
