@@ -198,8 +198,8 @@ async def test_apply_get_delete_history_rollback(control: ControlProcess, tmp_pa
     assert reapplied.code == 0 and "VirtualService/default/reviews unchanged" in reapplied.out
 
     # what Istio's validation refuses refuses the whole apply, with file and line
-    rejected = await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"), "-f", str(tmp_path / "refused.yaml"),
-                             env=env)
+    rejected = await meshkit("apply", "-f", str(tmp_path / "vs-v2.yaml"),
+                             "-f", str(tmp_path / "refused.yaml"), env=env)
     assert rejected.code == 1
     assert "Error [MK0102] (VirtualService/default/ratings-refused " in rejected.err
     assert f"{tmp_path / 'refused.yaml'}:1)" in rejected.err

@@ -143,6 +143,11 @@ def _control_on_kubernetes(host: str, port: int, state_dir: Path | None, *, ca: 
 
 @app.command()
 def apply(files: FilesOption = None, namespace: OptionalNamespace = None,
+          wait: Annotated[bool, typer.Option(
+              "--wait", help="Then wait until every proxy the change reaches has ACKed it and show the "
+                             "apply-to-effect timeline; exit 1 on a NACK or when --timeout passes.")] = False,
+          timeout: Annotated[float, typer.Option(
+              min=0.0, max=600.0, help="With --wait: give up after this many seconds.")] = 30.0,
           control: ControlOption = None) -> None:
     """Create or update resources from files (all files are applied as ONE atomic change).
 
@@ -156,11 +161,27 @@ def apply(files: FilesOption = None, namespace: OptionalNamespace = None,
     if not documents:
         _fail(EXIT_REJECTED, "error: no resources found in the input")
     mesh = _local_workloads(control, documents)
-    result = _call(_client(control).apply, documents, locations=locations)
+    client = _client(control)
+    result = _call(client.apply, documents, locations=locations)
     _print_changes(result, locations)
     if result.get("changed"):
         Printer().line(f"revision {result['revision']}")
         _reconcile(mesh)
+    if wait:
+        _wait_for_effect(client, int(result["revision"]), timeout)
+
+
+def _wait_for_effect(client: Any, revision: int, timeout: float) -> None:
+    """`apply --wait`: the revision's timeline once every proxy answered; exit 1 on NACK or timeout."""
+    from meshkit.cli.timeline_view import render, wait_for  # noqa: PLC0415
+
+    doc = _call(wait_for, client, revision, timeout)
+    Printer().out.print(render(doc))
+    if doc["state"] == "nacked":
+        _fail(EXIT_REJECTED, f"error: revision {revision} was rejected (NACK) by "
+                             f"{', '.join(r['id'] for r in doc['proxies'] if r.get('nacked'))}")
+    if not doc.get("waited"):
+        _fail(EXIT_REJECTED, f"error: not every proxy ACKed revision {revision} within {timeout:g} s")
 
 
 def _local_workloads(control: str | None, documents: list[dict[str, Any]]) -> LocalMesh | None:
@@ -400,15 +421,22 @@ def analyze(
 @app.command()
 def history(
     revision: Annotated[int | None, typer.Argument(help="Show this revision's diff.")] = None,
+    timeline: Annotated[bool, typer.Option(
+        help="With REVISION: also its apply-to-effect timeline (pushed, ACKed, first request per "
+             "proxy).")] = True,
     control: ControlOption = None,
 ) -> None:
-    """List config revisions (REVISION, AGE, SUMMARY), or show one revision's YAML diff."""
+    """List config revisions (REVISION, AGE, SUMMARY), or show one revision's YAML diff and timeline."""
     client = _client(control)
     printer = Printer()
     if revision is not None:
         entry = _call(client.revision, revision)
         printer.line(f"revision {entry['revision']} ({age(entry['timestamp'])} ago): {entry['summary']}")
         sys.stdout.write(entry["diff"])
+        if timeline:
+            from meshkit.cli.timeline_view import render  # noqa: PLC0415
+
+            printer.out.print(render(_call(client.timeline, revision)))
         return
     doc = _call(client.history)
     rows = [["REVISION", "AGE", "SUMMARY"]]

@@ -187,5 +187,20 @@ def explain_lines(answer: dict[str, Any]) -> list[str]:
             lines.append(timing)
         elif not hop["reached_server"]:
             lines.append("   time      the request never reached a sidecar on the other side")
+        for side in ("caller", "server"):
+            entry = (hop.get("access_log") or {}).get(side)
+            if entry:
+                lines.append(f"   {side + ' log':<9} {access_line(entry)}")
     lines += ["", f"verdict: {answer['verdict']}"]
+    for node, reason in sorted((answer.get("access_log_errors") or {}).items()):
+        lines.append(f"(no access-log lines from {node}: {reason})")
     return lines
+
+
+def access_line(entry: dict[str, Any]) -> str:
+    """One access-log line as Envoy's default text format shows it."""
+    e = {key: "-" if value is None else value for key, value in entry.items()}
+    return (f'[{e.get("start_time")}] "{e.get("method")} {e.get("path")} {e.get("protocol")}" '
+            f'{e.get("status")} {e.get("response_flags")} {e.get("bytes_received")} {e.get("bytes_sent")} '
+            f'{round(float(entry.get("duration_ms") or 0))} "{e.get("authority")}" '
+            f'"{e.get("upstream_host")}" {e.get("upstream_cluster")} ({e.get("direction")})')

@@ -127,6 +127,10 @@ class ControlClient:
     def revision(self, number: int) -> Any:
         return self.request("GET", f"history/{number}")
 
+    def timeline(self, number: int, wait: float | None = None) -> Any:
+        """Revision ``number``'s apply-to-effect timeline; ``wait``: first until it is no longer pending."""
+        return self.request("GET", f"history/{number}/timeline", query={"wait": wait})
+
     def rollback(self, number: int) -> Any:
         return self.request("POST", "rollback", json_body={"revision": number})
 

@@ -30,6 +30,7 @@ from meshkit.control.preparation import GC_PAUSED
 from meshkit.control.registry import ServiceRegistry
 from meshkit.control.rendering import SnapshotTemplate
 from meshkit.control.store import ConfigStore, NotFoundError
+from meshkit.control.timeline import RolloutTimeline
 
 log = logging.getLogger("meshkit.control.push")
 
@@ -123,6 +124,7 @@ class PushServer:
         self.ping_interval = ping_interval
         self.retention = retention
         self.stats = PushStats()
+        self.timeline = RolloutTimeline()  # per revision: compiled, pushed, ACKed, first request
         self._proxies: dict[str, ProxyState] = {}
         self._pending: asyncio.TimerHandle | None = None
         self._running: asyncio.Task[None] | None = None
@@ -194,6 +196,7 @@ class PushServer:
                     break
                 self._publish(group, compiled, inputs[2])
             if not self._dirty:
+                self.timeline.pass_done(inputs[2], time.time())
                 return
 
     async def _recompute_one(self, proxy: ProxyState) -> None:
@@ -216,6 +219,8 @@ class PushServer:
         inputs = (self.store.resources(), self.registry.view(), self.store.revision)
         for group in self._by_shape(list(self._proxies.values()) if only is None else only):
             self._update(group, inputs)
+        if only is None:
+            self.timeline.pass_done(inputs[2], time.time())
 
     def _inputs_current(self, inputs: tuple[Any, Any, int]) -> bool:
         return self.registry.view() is inputs[1] and self.store.revision == inputs[2]
@@ -254,10 +259,13 @@ class PushServer:
             for proxy in group:
                 proxy.compile_error = f"revision {revision}: {type(template).__name__}: {template}"
             return
+        now = time.time()
         for proxy in group:
             proxy.compile_error = None
             snapshot, payload = template.render(proxy.node)
-            if snapshot["version"] != proxy.latest_version:
+            changed = snapshot["version"] != proxy.latest_version
+            self.timeline.compiled(revision, proxy.id, snapshot["version"], changed=changed, now=now)
+            if changed:
                 proxy.latest = snapshot
                 proxy.latest_json = payload
                 proxy.wake.set()
@@ -306,8 +314,10 @@ class PushServer:
         try:
             while not self._closing and proxy.generation == generation:
                 if proxy.latest is not None and proxy.sent_version != proxy.latest_version:
-                    proxy.sent_version = proxy.latest_version
+                    version = proxy.sent_version = proxy.latest_version
                     self.stats.pushes += 1
+                    if version is not None:
+                        self.timeline.pushed(proxy.id, version, time.time())
                     yield _sse("snapshot", proxy.latest_json or "{}")
                     continue
                 proxy.wake.clear()
@@ -329,6 +339,8 @@ class PushServer:
             raise NotFoundError([Message(codes.MK0921, Severity.ERROR, f"proxy {proxy_id}", "id",
                                          f"proxy {proxy_id} has never connected to this control plane")])
         proxy.last_response_at = time.time()
+        self.timeline.responded(proxy_id, version, ack=status == "ACK", reason=reason,
+                                now=proxy.last_response_at)
         if status == "ACK":
             self.stats.acks += 1
             proxy.acked_version = version

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from meshkit.config.compile import DEFAULT_TRACE_SAMPLING
-from meshkit.control import console, explain_api, jwt_api, telemetry_api, traces_api
+from meshkit.control import console, explain_api, jwt_api, telemetry_api, timeline_api, traces_api
 from meshkit.control.address import (
     address_file,
     default_control_dir,
@@ -158,6 +158,7 @@ class ControlPlane:
         self.push.jwks = self.jwks
         self._unsubscribe_jwks: Callable[[], None] = lambda: None
         self.telemetry = Scraper(TelemetryStore())
+        self.telemetry.listeners.append(self.push.timeline.scraped)  # first request per snapshot version
         self.traces = TraceStore()
         self.trace_exporter = trace_exporter(trace_export or os.environ.get(TRACE_EXPORT_ENV))
         if self.trace_exporter is not None:
@@ -186,6 +187,7 @@ class ControlPlane:
         telemetry_api.add_routes(app, self.telemetry)
         traces_api.add_routes(app, self.traces)
         explain_api.add_routes(app, self.store, self.registry, self.push)
+        timeline_api.add_routes(app, self.store, self.push)
         jwt_api.add_routes(app, self.jwks, self.directory)
         console.add_routes(app, self.telemetry)
         app.on_startup.append(self._on_startup)

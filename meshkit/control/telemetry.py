@@ -26,7 +26,7 @@ import math
 import re
 import time
 from array import array
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ RETENTION = 16 * 60.0  # seconds of history kept (15 min windows, Istio's longes
 NAN = float("nan")
 SCRAPE_INTERVAL = 1.0
 QUANTILES = (0.5, 0.9, 0.95, 0.99)  # p95: the web console's edge label, as Kiali's
+SERIES_QUANTILES = (0.5, 0.95, 0.99)  # the console's duration-over-time chart, as Kiali's
 
 # The labels an edge is keyed by (a subset of Istio's), in this order.
 EDGE_LABELS = (
@@ -315,11 +316,9 @@ class TelemetryStore:
                 if security == "mutual_tls":
                     edge.mtls += inc
             for (edge_key, le), column in history.buckets.items():
-                if edge_key in edges:
-                    inc = _increase(column, old, new)
-                    if inc > 0:
-                        b = edges[edge_key].buckets
-                        b[le] = b.get(le, 0.0) + inc
+                if edge_key in edges:  # empty buckets too: quantiles interpolate from them as lower bounds
+                    b = edges[edge_key].buckets
+                    b[le] = b.get(le, 0.0) + max(0.0, _increase(column, old, new))
         return list(edges.values()), covered or window
 
     def query(self, window: float = 60.0, now: float | None = None, reporter: str | None = None,
@@ -362,8 +361,12 @@ class TelemetryStore:
         return {"window": window, "nodes": sorted(nodes.values(), key=lambda n: n["id"]), "edges": links}
 
     def series(self, window: float = 60.0, step: float = 1.0, now: float | None = None,
-               destination: str | None = None) -> dict[str, Any]:
-        """Per-step request rates by destination version (for the live traffic-split chart)."""
+               destination: str | None = None, *, sources: frozenset[str] | None = None,
+               versions: frozenset[str] | None = None) -> dict[str, Any]:
+        """Per-step request rates by destination version (the live traffic-split chart), errors per
+        second, and the duration quantiles of each step (``latency_ms``: p50/p95/p99, None in a step
+        without requests), over the edges to ``destination`` (from ``sources`` workloads, to
+        ``versions`` of it, when given)."""
         end = now if now is not None else time.time()
         points = []
         t = end - window
@@ -371,13 +374,20 @@ class TelemetryStore:
             edges, seconds = self.edges(step, now=t + step)
             by_version: dict[str, float] = {}
             errors = 0.0
+            buckets: dict[float, float] = {}
             for e in edges:
-                if not _keep(e, None) or (destination and e.destination_service != destination):
+                if not _keep(e, None) or (destination and e.destination_service != destination) or \
+                        (sources is not None and e.source_workload not in sources) or \
+                        (versions is not None and e.destination_version not in versions):
                     continue
                 by_version[e.destination_version] = by_version.get(e.destination_version, 0.0) + e.requests
                 errors += e.errors
+                for le, count in e.buckets.items():
+                    buckets[le] = buckets.get(le, 0.0) + count
             points.append({"t": t + step, "rps": {v: n / seconds for v, n in sorted(by_version.items())},
-                           "errors_per_s": errors / seconds})
+                           "errors_per_s": errors / seconds,
+                           "latency_ms": {f"p{round(q * 100)}": histogram_quantile(q, buckets)
+                                          for q in SERIES_QUANTILES}})
             t += step
         return {"window": window, "step": step, "points": points}
 
@@ -398,6 +408,7 @@ class Scraper:
         self.interval = interval
         self.targets: dict[str, str] = {}  # name -> /stats/prometheus URL
         self.failures: dict[str, str] = {}
+        self.listeners: list[Callable[[str, str], None]] = []  # (target, text) of each good scrape
         self._task: asyncio.Task[None] | None = None
 
     def set_target(self, name: str, url: str) -> None:
@@ -432,6 +443,9 @@ class Scraper:
                 self.store.add(name, now, result)
             except ValueError as exc:  # a malformed exposition: keep the old samples
                 self.failures[name] = f"unparsable metrics: {exc}"
+                continue
+            for listener in self.listeners:
+                listener(name, result)
 
     async def _fetch(self, session: aiohttp.ClientSession, url: str) -> str:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=self.interval * 0.9)) as resp:

@@ -2,7 +2,8 @@
 
     GET    /api/v1/telemetry?window=S[&reporter=source|destination][&source=W][&destination=SVC]
     GET    /api/v1/telemetry/graph?window=S
-    GET    /api/v1/telemetry/series?window=S&step=S[&destination=SVC]
+    GET    /api/v1/telemetry/series?window=S&step=S[&destination=SVC][&source=W ...][&version=V ...]
+           (per step: rate by version, errors/s, duration p50/p95/p99 in ms)
     GET    /api/v1/telemetry/targets
     DELETE /api/v1/telemetry/targets/{name}
 
@@ -72,7 +73,10 @@ async def series(request: web.Request) -> web.Response:
     step = _seconds(request, "step", 1.0, 1.0, window)
     if window / step > MAX_POINTS:
         raise _bad("step", f"window/step gives {window / step:.0f} points; at most {MAX_POINTS}")
-    return web.json_response(scraper.store.series(window, step, destination=request.query.get("destination")))
+    sources = frozenset(request.query.getall("source", [])) or None
+    versions = frozenset(request.query.getall("version", [])) or None
+    return web.json_response(scraper.store.series(window, step, destination=request.query.get("destination"),
+                                                  sources=sources, versions=versions))
 
 
 async def targets(request: web.Request) -> web.Response:

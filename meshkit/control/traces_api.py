@@ -6,8 +6,9 @@
     GET  /api/v1/traces/{id}                     one trace (trace id or x-request-id): its spans
     GET  /api/v1/traces/{id}/otlp                the trace as an OTLP/HTTP JSON export request
     GET  /api/v1/traces/{id}/zipkin              the trace as Zipkin v2 JSON
-    GET  /api/v1/traces/{id}/explain             every hop: rule, subset, endpoint, fault, retries,
-                                                 timeout, response flags in words, time (`explain`)
+    GET  /api/v1/traces/{id}/explain[?logs=0]    every hop: rule, subset, endpoint, fault, retries,
+                                                 timeout, response flags in words, time (`explain`),
+                                                 and its access-log lines (`access_logs`; logs=0: not)
 
 Errors are 400/404s whose message names the parameter, like every other API error.
 """
@@ -21,7 +22,9 @@ from aiohttp import web
 
 from meshkit.config import codes
 from meshkit.config.messages import ConfigError, Message, Severity
+from meshkit.control.access_logs import merge_access_logs
 from meshkit.control.explain import explain
+from meshkit.control.telemetry_api import SCRAPER
 from meshkit.control.traces import TraceStore, otlp_json, zipkin_json
 
 API = "/api/v1/traces"
@@ -122,7 +125,12 @@ async def trace_zipkin(request: web.Request) -> web.Response:
 
 
 async def trace_explain(request: web.Request) -> web.Response:
-    return web.json_response(explain(_spans(request)))
+    spans = _spans(request)
+    explained = explain(spans)
+    scraper = request.app.get(SCRAPER)
+    if scraper is not None and request.query.get("logs", "1") != "0":
+        await merge_access_logs(explained, spans, dict(scraper.targets))
+    return web.json_response(explained)
 
 
 def add_routes(app: web.Application, store: TraceStore) -> None:

@@ -14,7 +14,8 @@ Envoy names; ``/stats?format=text`` is Envoy's text form of those; ``tracing``: 
 shipped, dropped), ``/clusters``
 (per-cluster balancer view), ``/certs`` (the workload certificate chain, validity, serial
 and time to rotation; ``{"ready": false}`` without mTLS), ``/ready`` and ``/healthz/ready``
-(200 once a snapshot is applied and, with mTLS, the first certificate installed; else 503).
+(200 once a snapshot is applied and, with mTLS, the first certificate installed; else 503),
+``/access_log?request_id=ID`` (this sidecar's access-log lines of one request: `access_search`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from meshkit.proxy.access_search import MAX_ID, find_lines
 from meshkit.proxy.cluster_stats import cluster_stats, flat, render_prometheus, render_text
 from meshkit.proxy.http import Headers, Request, Response
 from meshkit.proxy.listener import Listener
@@ -46,6 +48,28 @@ def _json(value: Any, status: int = 200) -> Response:
     return _reply(status, json.dumps(value, indent=2, default=str) + "\n", "application/json")
 
 
+def _config_gauges(current: Any) -> str:
+    """When the snapshot in effect was applied, and when it served its first request (if it has):
+    the control plane's scraper reads these for the apply-to-effect timeline."""
+    if current is None:
+        return ""
+    version = current.version.replace("\\", "\\\\").replace('"', '\\"')
+    lines = [
+        "# HELP meshkit_config_applied_timestamp_seconds When the snapshot in effect was applied.",
+        "# TYPE meshkit_config_applied_timestamp_seconds gauge",
+        f'meshkit_config_applied_timestamp_seconds{{version="{version}"}} {current.applied_at:.6f}',
+    ]
+    if current.first_request_at is not None:
+        lines += [
+            "# HELP meshkit_config_first_request_timestamp_seconds When the snapshot in effect served "
+            "its first request.",
+            "# TYPE meshkit_config_first_request_timestamp_seconds gauge",
+            f'meshkit_config_first_request_timestamp_seconds{{version="{version}"}} '
+            f"{current.first_request_at:.6f}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 class Admin:
     """Answers admin requests from the proxy's live state."""
 
@@ -60,6 +84,7 @@ class Admin:
         tls_stats: Any = None,
         spans: Any = None,
         passthrough: Any = None,
+        access_log_path: str | None = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
@@ -69,6 +94,7 @@ class Admin:
         self.tls_stats = tls_stats  # tls.inbound.TlsStats
         self.spans = spans  # spans.SpanRecorder, None = no collector to ship spans to
         self.passthrough = passthrough  # passthrough.PassthroughStats (a captured pod's sidecar)
+        self.access_log_path = access_log_path  # the JSON access log file (None: off, or stdout)
         self.started = time.time()
 
     async def handle(self, request: Request) -> Response:
@@ -86,6 +112,8 @@ class Admin:
                                f"{', '.join(sorted(self._actions))}\n", "text/plain")
         if path == "/stats":
             return self.stats(query)
+        if path == "/access_log":
+            return self.access_lines(query)
         page = self._pages.get(path)
         if page is None:
             known = ", ".join(sorted(self._pages))
@@ -117,6 +145,21 @@ class Admin:
             return _reply(503, "not ready: no workload certificate yet\n", "text/plain")
         return _reply(200, "LIVE\n", "text/plain")
 
+    def access_lines(self, query: str) -> Response:
+        """``/access_log?request_id=ID``: this sidecar's access-log lines of that request."""
+        request_id = (urllib.parse.parse_qs(query).get("request_id") or [""])[0]
+        if not request_id or len(request_id) > MAX_ID:
+            return _json({"error": f"request_id: required, at most {MAX_ID} characters"}, 400)
+        if self.access_log_path is None:
+            return _json({"request_id": request_id, "lines": [], "reason": "this sidecar writes no access "
+                          "log file (--access-log off or -)"})
+        try:
+            lines = find_lines(self.access_log_path, request_id)
+        except OSError as exc:
+            reason = f"cannot read the access log: {exc}"
+            return _json({"request_id": request_id, "lines": [], "reason": reason})
+        return _json({"request_id": request_id, "lines": lines})
+
     def certs(self) -> Response:
         if self.certificates is None:
             return _json({"ready": False, "mtls": False, "reason": "this sidecar runs without a CA token"})
@@ -138,7 +181,7 @@ class Admin:
 
     def prometheus(self) -> Response:
         clusters = cluster_stats(self.state.current, self.upstream)
-        text = self.metrics.render() + render_prometheus(clusters)
+        text = self.metrics.render() + render_prometheus(clusters) + _config_gauges(self.state.current)
         if self.passthrough is not None:
             text += self.passthrough.prometheus()
         return _reply(200, text, PROMETHEUS_TYPE)

@@ -512,6 +512,8 @@ class DownstreamConnection(asyncio.Protocol):
                 config = state.current if state is not None else None
                 if config is not None:
                     request.config = config
+                    if config.first_request_at is None:  # once per snapshot: the timeline's "in effect"
+                        config.first_request_at = time.time()
                 elif state is not None:
                     response = Response.local(503, "no configuration yet: waiting for a snapshot\n")
                 if response is None:  # (no state: a listener that needs no snapshot, the admin one)

@@ -232,6 +232,7 @@ class Proxy:
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
             tls_stats=self.acceptor.stats if self.acceptor is not None else None, spans=self.spans,
             passthrough=passthrough,
+            access_log_path=None if args.access_log in ("off", "-") else args.access_log,
         )
         self.admin_listener = Listener(
             "admin", self.admin.handle, limits=ListenerLimits(stream_idle_timeout=args.stream_idle_timeout)

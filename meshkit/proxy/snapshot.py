@@ -82,10 +82,12 @@ class Snapshot:
     """One applied configuration; see the module docstring."""
 
     __slots__ = (
+        "applied_at",
         "authz",
         "clusters",
         "doc",
         "egress",
+        "first_request_at",
         "gateway_jwt",
         "inbound",
         "inbound_cluster",
@@ -130,6 +132,9 @@ class Snapshot:
         self.server_name: str | None = None  # the ``server`` header this proxy sets on responses
         self.trace_sampling = DEFAULT_SAMPLING  # percent of new traces sampled (tracing.sampling)
         self.trace_report = True  # record spans of sampled requests (Telemetry disableSpanReporting: False)
+        self.applied_at = 0.0  # wall clock when this proxy put it in effect (xds.ConfigState.apply)
+        # wall clock of the first request a listener served under it (the apply-to-effect timeline)
+        self.first_request_at: float | None = None
 
     @classmethod
     def from_json(

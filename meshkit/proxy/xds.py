@@ -78,6 +78,7 @@ class ConfigState:
             snapshot = Snapshot.from_json(doc, self.current, app_address=self.app_address)
         except SnapshotError as exc:
             return self.reject(version, str(exc))
+        snapshot.applied_at = time.time()
         self.current = snapshot
         self.applied += 1
         for callback in self.listeners:

@@ -147,7 +147,17 @@ def test_graph_draws_live_edges_after_load(mesh: Mesh, browser: Browser) -> None
         page.locator(".node[data-node='reviews v2']").click()
         page.locator("#detail .red").wait_for(timeout=WAIT_MS)
         page.locator("#detail .chart .main-svg").first.wait_for(timeout=WAIT_MS)
+        page.locator("#detail .chart-latency .main-svg").first.wait_for(timeout=WAIT_MS)
+        lines = page.evaluate("[...document.querySelector('#detail .chart-latency').data]"
+                              ".map(d => [d.name, d.y.filter(v => v !== null).length])")
+        assert [name for name, _ in lines] == ["p50", "p95", "p99"], lines
+        assert all(points > 0 for _, points in lines), lines  # steps with traffic have quantiles
         page.screenshot(path=str(IMAGES / "console-graph.png"))
+        # an edge's own charts: only its caller's requests (productpage v1 -> reviews v2)
+        page.locator(".edge[data-edge='productpage v1 > reviews v2'] .edge-hit").click()
+        page.locator("#detail h3", has_text="productpage v1 -> reviews v2").wait_for(timeout=WAIT_MS)
+        page.locator("#detail .chart-latency .main-svg").first.wait_for(timeout=WAIT_MS)
+        page.screenshot(path=str(IMAGES / "console-edge-latency.png"))
         assert not page.errors, page.errors
     finally:
         page.close()
@@ -190,6 +200,99 @@ def test_editor_applies_a_virtual_service_and_shows_the_analyzers_message(mesh: 
         page.close()
 
 
+def _wizard_yaml(page: Any, which: str) -> str:
+    """Pick a wizard, fill the editor from its form, and wait for the analyzer to call it valid."""
+    page.select_option("#wizard", which)
+    page.locator(f"#wizard-{which}").wait_for(timeout=WAIT_MS)
+    page.click(f"#wizard-{which}-fill")
+    page.locator("#analysis .msg.ok-text").wait_for(timeout=WAIT_MS)  # valid over the current config
+    return str(page.input_value("#editor"))
+
+
+def _apply_from_editor(page: Any, mesh: Mesh) -> int:
+    before = mesh.client.request("GET", "history")["revision"]
+    page.click("#editor-apply")
+    page.locator("#analysis .applied", has_text=f"revision {before + 1}").wait_for(timeout=WAIT_MS)
+    return before + 1
+
+
+def test_wizards_show_their_yaml_apply_it_and_the_fault_shows_on_traffic(mesh: Mesh,
+                                                                          browser: Browser) -> None:
+    start = mesh.client.request("GET", "history")["revision"]
+    page = open_console(browser, mesh)
+    try:
+        page.click("nav button[data-page=config]")
+        page.locator("#config-list .config-row").first.wait_for(timeout=WAIT_MS)
+
+        # request timeouts: the YAML first, then applied, then its apply-to-effect timeline
+        text = _wizard_yaml(page, "timeout")
+        assert "timeout: 0.5s" in text and "attempts: 2" in text and "perTryTimeout: 0.2s" in text, text
+        revision = _apply_from_editor(page, mesh)
+        rule = mesh.client.get("virtualservice", "reviews")["items"][0]["resource"]["spec"]["http"][0]
+        assert rule["timeout"] == "0.5s" and rule["retries"]["attempts"] == 2, rule
+        page.locator("#timeline h3", has_text=f"Revision {revision}").wait_for(timeout=WAIT_MS)
+        page.locator("#timeline .tl-row").first.wait_for(timeout=WAIT_MS)
+
+        def synced() -> bool:  # shown after Apply; on a loaded machine the proxies may answer later
+            if page.locator("#timeline .tl-state", has_text="synced").count():
+                return True
+            page.locator("#history button.timeline-open").first.click()  # the newest revision: this one
+            return False
+
+        wait_until(synced, 30, f"revision {revision}'s timeline to show every proxy's ACK", interval=0.5)
+        acked = page.locator("#timeline .tl-row .ok-text").all_inner_texts()
+        assert acked and all(t.startswith("+") and t.endswith(("ms", "s")) for t in acked), acked
+        assert page.locator("#timeline .tl-mark.tl-acked").count() == len(acked)
+
+        # request routing: end-user: jason to v2, everyone else to v1
+        page.select_option("#wizard", "route")
+        page.locator("#wr-subset option[value=v2]").wait_for(state="attached", timeout=WAIT_MS)
+        page.select_option("#wr-subset", "v2")
+        page.select_option("#wr-default", "v1")
+        text = _wizard_yaml(page, "route")
+        assert 'exact: "jason"' in text and "kind: DestinationRule" in text, text
+        _apply_from_editor(page, mesh)
+        spec = mesh.client.get("virtualservice", "reviews")["items"][0]["resource"]["spec"]
+        assert spec["http"][0]["match"] == [{"headers": {"end-user": {"exact": "jason"}}}], spec
+        assert [r["route"][0]["destination"]["subset"] for r in spec["http"]] == ["v2", "v1"], spec
+
+        # fault injection on ratings, seen on traffic: reviews v2 (jason's) -> ratings turns red
+        text = _wizard_yaml(page, "fault")
+        assert "abort:" in text and "httpStatus: 503" in text and "delay:" not in text, text
+        page.screenshot(path=str(IMAGES / "console-wizard-fault.png"), full_page=True)
+        fault_revision = _apply_from_editor(page, mesh)
+        ratings = mesh.client.get("virtualservice", "ratings")["items"][0]["resource"]
+        fault = ratings["spec"]["http"][0]["fault"]
+        assert fault["abort"] == {"percentage": {"value": 100}, "httpStatus": 503}, fault
+        for _ in range(20):  # bounded: 20 page views as jason, each calling ratings through reviews v2
+            assert mesh.get("/productpage", {"end-user": "jason"}) == 200  # productpage degrades, not fails
+        page.click("nav button[data-page=graph]")
+        # aborted before it left reviews' sidecar: Istio reports the destination version unknown
+        edge = page.locator(".edge.bad[data-edge^='reviews v2 > ratings']")
+        edge.first.wait_for(timeout=WAIT_MS)
+        label = " ".join(edge.first.locator(".edge-label").all_text_contents())
+        assert "100% err" in label, label  # every call there was aborted
+        page.screenshot(path=str(IMAGES / "console-fault-graph.png"))
+
+        # the fault's revision took effect: reviews v2's sidecar routed requests with it
+        page.click("nav button[data-page=config]")
+        row = page.locator("#timeline .tl-row[data-proxy='reviews-v2-0.default']")
+
+        def first_request_shown() -> bool:
+            page.locator("#history button.timeline-open").first.click()  # the newest revision
+            page.locator("#timeline h3", has_text=f"Revision {fault_revision}").wait_for(timeout=WAIT_MS)
+            return row.locator("td").nth(3).inner_text().startswith("+")
+
+        wait_until(first_request_shown, 30, "reviews v2's first request under the fault's revision",
+                   interval=0.5)
+        assert row.locator(".tl-mark.tl-first_request").count() == 1
+        page.screenshot(path=str(IMAGES / "console-timeline.png"), full_page=True)
+        assert not page.errors, page.errors
+    finally:
+        page.close()
+        mesh.client.rollback(start)
+
+
 def test_explain_shows_the_hop_where_the_fault_fired(mesh: Mesh, browser: Browser) -> None:
     mesh.client.apply([RATINGS_ABORT])
     try:
@@ -197,6 +300,7 @@ def test_explain_shows_the_hop_where_the_fault_fired(mesh: Mesh, browser: Browse
                             "metadata": {"name": "reviews", "namespace": "default"},
                             "spec": {"hosts": ["reviews"], "http": [{"route": [
                                 {"destination": {"host": "reviews", "subset": "v2"}}]}]}}])
+        assert mesh.client.proxy_status(wait=30)["synced"]  # every sidecar routes by both rules now
         # one page view, one id (reused ids would make several traces): v2 calls ratings, which aborts
         request_id = f"console-{uuid.uuid4()}"
         mesh.get("/productpage", {"x-request-id": request_id, "x-client-trace-id": request_id})
@@ -219,6 +323,7 @@ def test_explain_shows_the_hop_where_the_fault_fired(mesh: Mesh, browser: Browse
             text = hop.first.inner_text()
             assert "FIRED" in text and "FI" in text, text
             assert "fault injected" in text, text  # the flag in words
+            assert "caller log" in text and '" 503 FI ' in text, text  # reviews' sidecar's access-log line
             assert "[object" not in page.locator("#explain-out").inner_text()
             page.screenshot(path=str(IMAGES / "console-explain.png"), full_page=True)
             page.click("nav button[data-page=workloads]")

@@ -203,9 +203,27 @@ async def test_explain_names_an_abort_and_a_missing_route(bookinfo: RunningMesh)
     assert hop["route"] == "VirtualService/default/ratings#http[0]"
     assert hop["fault"] == "abort 500 for 100%" and hop["fault_fired"]
     assert answer["verdict"].startswith("reviews → ratings answered 500: FI: fault injected")
+    # each hop carries its sidecars' access-log lines for this x-request-id
+    line = hop["access_log"]["caller"]
+    assert line is not None, answer.get("access_log_errors")
+    assert (line["request_id"], line["status"], line["response_flags"], line["direction"]) == \
+        (aborted, 500, "FI", "outbound")
+    assert line["upstream_cluster"] == hop["cluster"]
+    assert hop["access_log"]["server"] is None  # the fault fired before it left reviews' sidecar
+    reached = next(h for h in answer["hops"] if (h["from"], h["to"]) == ("productpage", "reviews"))
+    both = reached["access_log"]
+    assert both["caller"]["direction"] == "outbound" and both["server"]["direction"] == "inbound", both
+    assert both["caller"]["request_id"] == both["server"]["request_id"] == aborted
+    assert both["caller"]["upstream_cluster"] == reached["cluster"]
+    assert answer["access_log_errors"] == {}
+    told = meshkit(mesh.home, mesh.base, "explain", aborted).stdout
+    assert "caller log" in told and "server log" in told and '" 500 FI ' in told, told
     answer = client.explain(lost)
     (hop,) = answer["hops"]
     assert (hop["from"], hop["status"], hop["flags"]) == ("istio-ingressgateway", 404, "NR")
     assert hop["route"] is None and not hop["reached_server"]
     assert answer["verdict"].startswith("istio-ingressgateway → ")
     assert "answered 404: NR: no route" in answer["verdict"]
+    gateway_line = hop["access_log"]["caller"]
+    assert (gateway_line["status"], gateway_line["response_flags"], gateway_line["path"]) == \
+        (404, "NR", "/nowhere")

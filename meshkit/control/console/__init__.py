@@ -30,7 +30,8 @@ from meshkit.control.telemetry import Scraper
 
 PREFIX = "/ui"
 FILES = {"index.html": "text/html", "console.js": "text/javascript", "console.css": "text/css",
-         "graph.js": "text/javascript", "config.js": "text/javascript"}
+         "graph.js": "text/javascript", "config.js": "text/javascript", "timeline.js": "text/javascript",
+         "wizards.js": "text/javascript"}
 PLOTLY = "vendor/plotly.min.js"
 GZIP_OVER = 64 * 1024  # bytes: only plotly.js is larger
 # the page is ours alone: no frames, no inline script, no other origin (the token must not leak)

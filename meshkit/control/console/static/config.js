@@ -1,7 +1,7 @@
 // Istio config: every resource with the analyzer's messages, a YAML editor validated as you type
 // (POST /api/v1/analyze with the editor's YAML: the analyzer runs it over the current config),
-// apply, revision history with diffs and one-click rollback, and a traffic-shifting wizard that
-// shows the YAML it will apply.
+// apply, revision history with diffs, apply-to-effect timelines (timeline.js) and one-click rollback,
+// and a traffic-shifting wizard that shows the YAML it will apply (the other wizards: wizards.js).
 "use strict";
 
 (function () {
@@ -64,6 +64,7 @@
       mk.el("td", {}, r.revision), mk.el("td", {}, new Date(r.timestamp * 1000).toLocaleTimeString()),
       mk.el("td", { title: r.summary }, r.summary.length > 140 ? r.summary.slice(0, 137) + "..." : r.summary),
       mk.el("td", {}, mk.el("button", { onclick: () => showDiff(r.revision) }, "diff"), " ",
+        mk.el("button", { class: "timeline-open", onclick: () => mk.timeline(r.revision, document.getElementById("timeline")).catch((e) => mk.status(e.message, true)) }, "timeline"), " ",
         r.revision === history.revision ? mk.el("span", { class: "muted" }, "current") :
           mk.el("button", { class: "rollback", onclick: () => rollback(r.revision) }, "roll back to this"))));
     mk.table(document.getElementById("history"), ["rev", "time", "summary", ""], rows);
@@ -92,6 +93,7 @@
         `applied: revision ${doc.revision}; ` + doc.results.map((r) => `${r.resource} ${r.action}`).join(", ")),
         ...doc.warnings.map(messageRow));
       await refresh();
+      if (doc.changed) await mk.timeline(doc.revision, document.getElementById("timeline"), 10);
     } catch (e) {
       box.replaceChildren(mk.el("div", { class: "msg error" }, "not applied: " + e.message),
         ...((e.doc && e.doc.messages) || []).map(messageRow));
@@ -119,6 +121,7 @@
   }
 
   mk.pages.config = { refresh };
+  mk.versionsOf = (host) => [...(versionsByService[host] || [])].sort(); // for the wizards (wizards.js)
   document.addEventListener("DOMContentLoaded", () => {
     const editor = document.getElementById("editor");
     editor.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(validate, 400); });

@@ -131,12 +131,18 @@ mk.explain = async function (id) {
           h.attempts ? [mk.el("dt", {}, "attempts"), mk.el("dd", {}, h.attempts)] : null,
           h.timeout_ms ? [mk.el("dt", {}, "timeout"), mk.el("dd", {}, h.timeout_ms + " ms")] : null,
           (h.flags_explained || []).map((f) => [mk.el("dt", {}, f.flag), mk.el("dd", {}, f.meaning + (f.cause ? " - likely: " + f.cause : ""))]),
+          ["caller", "server"].map((side) => h.access_log && h.access_log[side] ?
+            [mk.el("dt", {}, side + " log"), mk.el("dd", { class: "mono access-line" }, mk.accessLine(h.access_log[side]))] : null),
         ))),
     ));
   } catch (e) {
     out.replaceChildren(mk.el("p", { class: "bad" }, e.status === 404 ? `no trace for ${id}: only sampled requests can be explained (send x-client-trace-id)` : e.message));
   }
 };
+
+// one access-log line as Envoy's default text format shows it
+mk.accessLine = (l) => `[${l.start_time}] "${l.method} ${l.path} ${l.protocol}" ${l.status} ${l.response_flags} ` +
+  `${l.bytes_received} ${l.bytes_sent} ${Math.round(l.duration_ms)} "${l.authority}" "${l.upstream_host || "-"}" ${l.upstream_cluster || "-"} (${l.direction})`;
 
 mk.pages.explain = {
   async refresh() {

@@ -193,17 +193,28 @@
     } catch (e) { box.replaceChildren(mk.el("p", { class: "bad" }, e.message)); }
   }
 
-  async function chart(service, box) {
+  // two charts over the window: rate by version and errors/s, then duration p50/p95/p99 (Kiali's
+  // request and duration charts); ``filter``: the edge's source workloads or the node's version
+  async function chart(service, box, filter) {
     const windowS = Number(document.getElementById("graph-window").value);
     const step = Math.max(1, Math.round(windowS / 60));
-    const doc = await mk.api(`telemetry/series?window=${windowS}&step=${step}&destination=${encodeURIComponent(service)}`);
+    const extra = (filter.sources || []).map((w) => "&source=" + encodeURIComponent(w)).join("") +
+      (filter.versions || []).map((v) => "&version=" + encodeURIComponent(v)).join("");
+    const doc = await mk.api(`telemetry/series?window=${windowS}&step=${step}&destination=${encodeURIComponent(service)}` + extra);
     await mk.plotly();
     const t = doc.points.map((p) => new Date(p.t * 1000));
     const versions = [...new Set(doc.points.flatMap((p) => Object.keys(p.rps)))];
     const lines = versions.map((v) => ({ x: t, y: doc.points.map((p) => p.rps[v] || 0), name: "rate " + (v || "?"), type: "scatter", mode: "lines" }));
     lines.push({ x: t, y: doc.points.map((p) => p.errors_per_s), name: "errors/s", type: "scatter", mode: "lines", line: { color: "#c62828" } });
-    window.Plotly.react(box, lines, { height: 200, margin: { l: 40, r: 10, t: 10, b: 30 }, legend: { orientation: "h" }, yaxis: { title: "req/s" } },
-      { displayModeBar: false, responsive: true });
+    const rateBox = mk.el("div", { class: "chart chart-rate" }), latencyBox = mk.el("div", { class: "chart chart-latency" });
+    box.replaceChildren(rateBox, latencyBox);
+    const layout = (title) => ({ height: 190, margin: { l: 52, r: 10, t: 8, b: 30 }, legend: { orientation: "h", y: -0.2 },
+      xaxis: { tickformat: "%H:%M:%S" }, yaxis: { title: { text: title }, rangemode: "tozero" } });
+    window.Plotly.react(rateBox, lines, layout("req/s"), { displayModeBar: false, responsive: true });
+    const colors = { p50: "#2b6cb0", p95: "#ec7a08", p99: "#a23e8b" };
+    const quantiles = Object.keys(colors).map((q) => ({ x: t, y: doc.points.map((p) => (p.latency_ms || {})[q] ?? null), name: q,
+      type: "scatter", mode: "lines+markers", marker: { size: 3 }, connectgaps: false, line: { color: colors[q] } }));
+    window.Plotly.react(latencyBox, quantiles, layout("duration ms"), { displayModeBar: false, responsive: true });
   }
 
   function red(rps, err, l) {
@@ -224,7 +235,7 @@
     const g = state.data, key = state.selected;
     if (!g || !key) return;
     const chartBox = mk.el("div", { class: "chart" }), traceBox = mk.el("div", {}, mk.el("p", { class: "muted" }, "loading traces..."));
-    let service;
+    let service, filter = {};
     if (key.startsWith("n:")) {
       const n = g.nodes.find((x) => "n:" + x.id === key);
       if (!n) return;
@@ -234,7 +245,9 @@
         mk.el("p", {}, n.badges.length ? "config: " + n.badges.map((b) => BADGE_NAMES[b]).join(", ") : ""),
         mk.el("h4", {}, "inbound"), red(n.inRps, n.inRps ? n.inErr / n.inRps : 0, inbound.length === 1 ? inbound[0] : null),
         mk.el("h4", {}, "outbound"), mk.el("ul", {}, outbound.map((l) => mk.el("li", {}, `to ${l.target}: ${label(l)}`))),
-        mk.el("h4", {}, "traffic to " + service), chartBox, mk.el("h4", {}, "recent traces"), traceBox);
+        mk.el("h4", {}, "traffic and duration to " + service + (n.version ? " " + n.version : "")), chartBox,
+        mk.el("h4", {}, "recent traces"), traceBox);
+      filter = n.version ? { versions: [n.version] } : {};
     } else {
       const l = g.links.find((x) => "e:" + x.source + ">" + x.target === key);
       if (!l) return;
@@ -244,10 +257,11 @@
         mk.el("p", {}, "mTLS: " + (l.mtls ? "yes (receiving side)" : "no")),
         mk.el("p", {}, "codes: " + (Object.entries(l.codes).map(([c, n]) => `${c} x${n}`).join(", ") || "-")),
         mk.el("p", {}, "flags: " + (Object.entries(l.flags).map(([c, n]) => `${c} x${n}`).join(", ") || "-")),
-        mk.el("h4", {}, "traffic to " + service), chartBox, mk.el("h4", {}, "recent traces"), traceBox);
+        mk.el("h4", {}, "traffic and duration on this edge"), chartBox, mk.el("h4", {}, "recent traces"), traceBox);
+      filter = { sources: [...new Set(l.raw.map((e) => e.source_workload))], versions: [...new Set(l.raw.map((e) => e.destination_version))] };
     }
     traces(service, traceBox);
-    chart(service, chartBox).catch((e) => chartBox.replaceChildren(mk.el("p", { class: "bad" }, e.message)));
+    chart(service, chartBox, filter).catch((e) => chartBox.replaceChildren(mk.el("p", { class: "bad" }, e.message)));
   }
 
   async function refresh() {
