@@ -25,6 +25,7 @@ from meshkit.cli.common import (
     _fail,
     _load,
     _print_changes,
+    _texts,
     age,
     app,
     table,
@@ -179,6 +180,29 @@ def _reconcile(mesh: LocalMesh | None) -> None:
     printer = Printer()
     for change in changes:
         printer.line(f"pod/{change}")
+
+
+@app.command("kube-inject")
+def kube_inject(files: FilesOption = None) -> None:
+    """Print the files with their Deployments' pods marked for a sidecar, like `istioctl kube-inject -f`.
+
+    `meshkit apply -f <(meshkit kube-inject -f samples/httpbin/httpbin.yaml) -n foo` runs httpbin
+    with a sidecar in a namespace that has no `istio-injection=enabled` label (the pod template gets
+    the label `sidecar.istio.io/inject: "true"`).
+    """
+    import yaml  # noqa: PLC0415
+
+    from meshkit.config.workloads import inject_manifests  # noqa: PLC0415
+
+    if not files:
+        _fail(EXIT_UNAVAILABLE, "error: give at least one -f FILE|DIR|-")
+    documents: list[Any] = []
+    for origin, text in _texts(files):
+        try:
+            documents += [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as error:
+            _fail(EXIT_REJECTED, f"error: {origin}: not YAML: {error}")
+    sys.stdout.write(yaml.safe_dump_all(inject_manifests(documents), sort_keys=False))
 
 
 create_app = typer.Typer(help="Create an object from the command line, like kubectl create.",

@@ -203,11 +203,17 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
     method: Annotated[str, typer.Option("-X", "--request", help="HTTP method.")] = "GET",
     data: Annotated[str | None, typer.Option("-d", "--data", help="Request body.")] = None,
     include: Annotated[bool, typer.Option("-i", "--include", help="Show response headers.")] = False,
+    namespace: Annotated[str | None, typer.Option(
+        "-n", "--namespace", help="The namespace of --from (kubectl exec -n): --from sleep -n foo "
+                                  "is sleep.foo.")] = None,
 ) -> None:
     """Send one request from a workload through its sidecar (like `kubectl exec sleep -- curl`).
 
     From `legacy` (no sidecar) it goes in plaintext straight to one instance of the URL's service.
+    Short host names resolve in the sender's namespace, `httpbin.bar` in namespace bar.
     """
+    if namespace and namespace != "default" and not source.endswith(f".{namespace}"):
+        source = f"{source}.{namespace}"
     from meshkit.runtime.curl import CurlError  # noqa: PLC0415
     from meshkit.runtime.curl import curl as send  # noqa: PLC0415
 

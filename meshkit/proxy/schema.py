@@ -159,6 +159,7 @@ class ClusterTlsDoc(TypedDict):
 
 class ClusterDoc(TypedDict):
     service: str
+    namespace: str | None
     subset: str
     port: int
     lb: LbPolicy

@@ -29,6 +29,7 @@ class WorkloadSpec:
     replicas: int = 1
     deployment: str | None = None  # from a Deployment manifest: its name (else service-version)
     pod_labels: tuple[tuple[str, str], ...] = ()  # from a Deployment manifest: its pod template's labels
+    namespace: str = "default"
 
     @property
     def workload(self) -> str:
@@ -36,8 +37,10 @@ class WorkloadSpec:
         return self.deployment or f"{self.service}-{self.version}"
 
     def instances(self) -> list[str]:
-        """Pod-like instance names: ``reviews-v1-0``, ``reviews-v1-1``, ..."""
-        return [f"{self.workload}-{i}" for i in range(self.replicas)]
+        """Pod-like instance names: ``reviews-v1-0``, ``reviews-v1-1``, ...; outside namespace ``default``
+        the namespace follows a dot (``httpbin-0.foo``), which is also the sidecar's proxy id."""
+        suffix = "" if self.namespace == "default" else f".{self.namespace}"
+        return [f"{self.workload}-{i}{suffix}" for i in range(self.replicas)]
 
     @property
     def labels(self) -> dict[str, str]:
@@ -124,9 +127,11 @@ def resolve(app_sets: list[str], replicas: dict[str, int]) -> list[WorkloadSpec]
 
 
 def workload_of(name: str) -> str:
-    """The workload an instance belongs to (``reviews-v1-0`` -> ``reviews-v1``); any other name stays."""
-    head, _, tail = name.rpartition("-")
-    return head if head and tail.isdigit() else name
+    """The workload an instance belongs to (``reviews-v1-0`` -> ``reviews-v1``, ``httpbin-0.foo`` ->
+    ``httpbin.foo``); any other name stays."""
+    pod, dot, namespace = name.partition(".")
+    head, _, tail = pod.rpartition("-")
+    return (head if head and tail.isdigit() else pod) + dot + namespace
 
 
 def refers_to(name: str, row: Mapping[str, Any], *, by_service: bool = True) -> bool:

@@ -47,7 +47,7 @@ def spec_of(plan: WorkloadPlan) -> WorkloadSpec:
     return WorkloadSpec(app=plan.app, version=plan.version, service=plan.service,
                         service_port=plan.service_port, service_account=plan.service_account,
                         sidecar=plan.sidecar, replicas=plan.replicas, deployment=plan.name,
-                        pod_labels=plan.labels)
+                        pod_labels=plan.labels, namespace=plan.namespace)
 
 
 def specs_of(resources: Sequence[Resource]) -> list[WorkloadSpec]:
@@ -63,17 +63,15 @@ MAX_REPLICAS = 10  # as `meshkit scale`: every instance is two processes on a la
 
 
 def check_local(documents: Sequence[Mapping[str, Any]]) -> None:
-    """What the local mesh cannot run, before anything is applied: workloads outside namespace ``default``
-    (for now) and more than ``MAX_REPLICAS`` replicas. MeshError naming the object and field."""
+    """What the local mesh cannot run, before anything is applied: more than ``MAX_REPLICAS`` replicas.
+    MeshError naming the object and field. (Any namespace runs: instances outside ``default`` are named
+    ``<pod>.<namespace>``, `WorkloadSpec.instances`.)"""
     for doc in documents:
         if doc.get("kind") not in WORKLOAD_KIND_NAMES - {"Namespace"}:
             continue
         meta = doc.get("metadata") or {}
         namespace = meta.get("namespace") or NAMESPACE
         ref = f"{doc['kind']}/{namespace}/{meta.get('name')}"
-        if namespace != NAMESPACE:
-            raise MeshError(f"{ref} metadata.namespace: the local mesh runs workloads in namespace "
-                            f"{NAMESPACE} only; nothing was applied")
         replicas = (doc.get("spec") or {}).get("replicas", 1) if doc.get("kind") == "Deployment" else 0
         if isinstance(replicas, int) and replicas > MAX_REPLICAS:
             raise MeshError(f"{ref} spec.replicas: {replicas} is more than the local mesh runs "
@@ -163,7 +161,7 @@ def converge(launcher: Launcher, client: ControlClient, desired: list[WorkloadSp
     if desired == rec.manifests:
         return []
     before = {i.name: i for i in rec.instances()}
-    old_services = {s.service for s in rec.manifests if s.sidecar}
+    old_services = {(s.namespace, s.service) for s in rec.manifests if s.sidecar}
     rec.manifests = list(desired)
     rec.assign_slots()
     after = {i.name: i for i in rec.instances()}
@@ -189,10 +187,10 @@ def converge(launcher: Launcher, client: ControlClient, desired: list[WorkloadSp
 
         add_instances(launcher, client, adding, new_sets=[], deadline=deadline, progress=progress, undo=undo)
         changes += [f"{inst.name} {'replaced' if inst.name in changed else 'started'}" for inst in adding]
-    still = {s.service for s in rec.specs() if s.sidecar}
-    for service in sorted(old_services - still):
+    still = {(s.namespace, s.service) for s in rec.specs() if s.sidecar}
+    for namespace, service in sorted(old_services - still):
         try:
-            client.request("DELETE", f"registry/services/{NAMESPACE}/{service}")
+            client.request("DELETE", f"registry/services/{namespace}/{service}")
         except ApiError as error:
             if error.status != 404:
                 raise
