@@ -224,6 +224,48 @@ def create_namespace(
     Printer().line(f"namespace/{name} created (revision {result['revision']})")
 
 
+create_app.command("ns", hidden=True, help="Same as `create namespace` (kubectl's short name).")(
+    create_namespace)
+
+
+@app.command("label")
+def label(
+    kind: Annotated[str, typer.Argument(help="namespace (ns): the one kind labels act on here.")],
+    name: Annotated[str, typer.Argument(help="The namespace's name.")],
+    labels: Annotated[list[str], typer.Argument(help="KEY=VALUE to set, KEY- to remove.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Change a label that has a value.")] = False,
+    control: ControlOption = None,
+) -> None:
+    """Label a namespace, like `kubectl label namespace foo istio-injection=enabled`.
+
+    The injection label decides for workloads applied afterwards (running ones keep what they have
+    until a later apply reconciles them).
+    """
+    if kind.lower() not in ("ns", "namespace", "namespaces"):
+        _fail(EXIT_REJECTED, f"error: meshkit labels namespaces only, not {kind!r}")
+    client = _client(control)
+    found = [item["resource"] for item in _call(client.get, "Namespace", None, None)["items"]
+             if item["resource"]["metadata"]["name"] == name]
+    if not found:
+        _fail(EXIT_REJECTED, f'error: namespaces "{name}" not found')
+    doc = found[0]
+    current = dict(doc["metadata"].get("labels") or {})
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep and key.endswith("-"):
+            current.pop(key[:-1], None)
+        elif not sep or not key:
+            _fail(EXIT_REJECTED, f"error: {item!r}: expected KEY=VALUE or KEY-")
+        elif key in current and current[key] != value and not overwrite:
+            _fail(EXIT_REJECTED, f"error: '{key}' already has a value ({current[key]}), "
+                                 "and --overwrite is false")
+        else:
+            current[key] = value
+    doc = {**doc, "metadata": {**doc["metadata"], "labels": current}}
+    _call(client.apply, [doc])
+    Printer().line(f"namespace/{name} labeled")
+
+
 @app.command()
 def get(  # noqa: PLR0917 (typer maps parameters to options)
     kind: Annotated[str, typer.Argument(help="virtualservice|vs, destinationrule|dr, peerauthentication|pa, "

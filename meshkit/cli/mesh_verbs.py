@@ -209,6 +209,8 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
         "-n", "--namespace", help="The namespace of --from (kubectl exec -n): --from sleep -n foo "
                                   "is sleep.foo.")] = None,
     silent: Annotated[bool, typer.Option("-s", "--silent", help="No error text (curl -s).")] = False,
+    show_error: Annotated[bool, typer.Option("-S", "--show-error",
+                                             help="With -s, still say what failed (curl -sS).")] = False,
     output: Annotated[str | None, typer.Option("-o", "--output", help="Write the body to FILE.")] = None,
     write_out: Annotated[str | None, typer.Option(
         "-w", "--write-out", help="Print this after the transfer, as curl: %{http_code} (000 for no "
@@ -235,7 +237,7 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
         if write_out is not None:
             sys.stdout.write(_write_out(write_out, 0))
             sys.stdout.flush()
-        if silent:
+        if silent and not show_error:
             raise typer.Exit(EXIT_UNAVAILABLE)
         _fail(EXIT_UNAVAILABLE, f"error: {url} from {result.source}: {result.error}")
     head = "".join(f"{name}: {value}\n" for name, value in result.headers)

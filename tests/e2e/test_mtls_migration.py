@@ -129,3 +129,58 @@ EOF
     mesh.wait_synced()
     code, out, err = bash(mesh, LOOP)
     assert out.splitlines() == ALL_200, err
+
+
+CURL = ('meshkit curl -n foo --from curl {url} {extra} -sS -o /dev/null -w "%{{http_code}}\\n"')
+DENY_GET = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-method-get
+  namespace: foo
+spec:
+  selector:
+    matchLabels:
+      app: httpbin
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        methods: ["GET"]
+"""
+
+
+def test_explicit_deny_in_namespace_foo(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Istio's "Explicit deny" task: foo labelled for injection, httpbin and curl in it, a DENY policy."""
+    with start_mesh(tmp_path_factory.mktemp("explicit-deny"), ["none"], spare=2) as mesh:
+        code, out, err = bash(mesh, """
+set -e
+meshkit create ns foo
+meshkit label ns foo istio-injection=enabled
+meshkit apply -f httpbin.yaml -n foo
+meshkit apply -f curl.yaml -n foo
+""")
+        assert code == 0 and "namespace/foo labeled" in out, out + err
+        assert mesh.workload("curl-0.foo")["outbound_proxy"]
+        assert mesh.workload("httpbin-0.foo")["outbound_proxy"]
+        mesh.wait_synced()
+        code, out, err = bash(mesh, CURL.format(url="http://httpbin.foo:8000/ip", extra=""))
+        assert out.splitlines() == ["200"], err
+
+        code, out, err = bash(mesh, f"meshkit apply -f - <<EOF\n{DENY_GET}EOF\n")
+        assert code == 0, out + err
+        mesh.wait_synced()
+        code, out, err = bash(mesh, "\n".join([
+            CURL.format(url='"http://httpbin.foo:8000/get"', extra="-X GET"),
+            CURL.format(url='"http://httpbin.foo:8000/post"', extra="-X POST"),
+        ]))
+        assert out.splitlines() == ["403", "200"], err
+
+        with_token = DENY_GET + '    when:\n    - key: request.headers[x-token]\n      notValues: ["admin"]\n'
+        code, out, err = bash(mesh, f"meshkit apply -f - <<EOF\n{with_token}EOF\n")
+        assert code == 0, out + err
+        mesh.wait_synced()
+        code, out, err = bash(mesh, "\n".join([
+            CURL.format(url="http://httpbin.foo:8000/get", extra='-X GET -H "x-token: admin"'),
+            CURL.format(url="http://httpbin.foo:8000/get", extra='-X GET -H "x-token: guest"'),
+        ]))
+        assert out.splitlines() == ["200", "403"], err
