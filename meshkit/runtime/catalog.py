@@ -36,6 +36,11 @@ class WorkloadSpec:
         """Istio's workload name (the Deployment): ``reviews-v1``."""
         return self.deployment or f"{self.service}-{self.version}"
 
+    @property
+    def qualified(self) -> str:
+        """How `meshkit scale` names it: ``reviews-v1`` in ``default``, ``httpbin.foo`` elsewhere."""
+        return self.workload if self.namespace == "default" else f"{self.workload}.{self.namespace}"
+
     def instances(self) -> list[str]:
         """Pod-like instance names: ``reviews-v1-0``, ``reviews-v1-1``, ...; outside namespace ``default``
         the namespace follows a dot (``httpbin-0.foo``), which is also the sidecar's proxy id."""

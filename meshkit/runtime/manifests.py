@@ -89,7 +89,7 @@ def manifest_workloads(rec: MeshRecord, extra_sets: Sequence[str] = ()) -> set[s
     """Workload names whose replicas live in a Deployment: the running manifests' and those of the
     manifest-backed app sets of the record (and ``extra_sets``)."""
     sets = [a for a in (*rec.apps, *extra_sets) if a in catalog.MANIFEST_SETS]
-    return {s.workload for s in rec.manifests} | {s.workload for a in sets for s in catalog.APP_SETS[a]}
+    return {s.qualified for s in rec.manifests} | {s.workload for a in sets for s in catalog.APP_SETS[a]}
 
 
 def stored_resources(client: ControlClient) -> list[Resource]:
@@ -118,13 +118,15 @@ def deploy(state: StateDir, rec: MeshRecord, new_sets: Sequence[str], replicas: 
     for workload, count in replicas.items():
         if workload in named:
             continue
+        name, _, namespace = workload.partition(".")  # "httpbin.foo": Deployment httpbin of namespace foo
+        namespace = namespace or NAMESPACE
         try:
-            stored = client.get("Deployment", workload, NAMESPACE)["items"][0]["resource"]
+            stored = client.get("Deployment", name, namespace)["items"][0]["resource"]
         except ApiError as error:
-            raise MeshError(f"scale {workload}: no Deployment {NAMESPACE}/{workload} in the mesh's config "
+            raise MeshError(f"scale {workload}: no Deployment {namespace}/{name} in the mesh's config "
                             f"({error.error})") from None
         previous.append(stored)
-        documents.extend(catalog.with_replicas([stored], {workload: count}))
+        documents.extend(catalog.with_replicas([stored], {name: count}))
     if documents:
         try:
             client.apply(documents)

@@ -184,3 +184,11 @@ meshkit apply -f curl.yaml -n foo
             CURL.format(url="http://httpbin.foo:8000/get", extra='-X GET -H "x-token: guest"'),
         ]))
         assert out.splitlines() == ["200", "403"], err
+
+        code, out, err = bash(mesh, "meshkit scale httpbin.foo=2 && meshkit get pods -n foo")
+        assert code == 0 and "httpbin.foo scaled to 2" in out, out + err
+        assert [line.split()[:2] for line in out.splitlines() if line.startswith("httpbin-")] == [
+            ["httpbin-0", "2/2"], ["httpbin-1", "2/2"]]
+        admin = CURL.format(url="http://httpbin.foo:8000/get", extra='-H "x-token: admin"')
+        code, out, err = bash(mesh, admin)
+        assert out.splitlines() == ["200"], err
