@@ -130,6 +130,14 @@ EOF
     code, out, err = bash(mesh, LOOP)
     assert out.splitlines() == ALL_200, err
 
+    # deleting foo's httpbin stops it and removes foo's Service from the registry, bar's stays
+    code, out, err = bash(mesh, "meshkit delete -f <(meshkit kube-inject -f httpbin.yaml) -n foo")
+    assert code == 0 and "pod/httpbin-0.foo removed" in out, out + err
+    assert "httpbin-0.foo" not in {w["name"] for w in mesh.status["workloads"]}
+    services = mesh.client.request("GET", "registry/services")["services"]
+    assert sorted((s["namespace"], s["name"]) for s in services
+                  if s["name"] == "httpbin") == [("bar", "httpbin")]
+
 
 CURL = ('meshkit curl -n foo --from curl {url} {extra} -sS -o /dev/null -w "%{{http_code}}\\n"')
 DENY_GET = """apiVersion: security.istio.io/v1
