@@ -49,6 +49,7 @@ from meshkit.config.resources import (
 from meshkit.config.selection import (
     authorization_policies_for,
     destination_rules_for,
+    exported_to,
     labels_match,
     of_kind,
     resolve_mtls,
@@ -109,9 +110,14 @@ def compile_snapshot(
     """
     mesh_config = mesh_config_of(resources, mesh_config)
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
-    if node.kind == "sidecar":  # Gateway API routes attached to Services (GAMMA): `httproutes`
-        virtual_services = [*mesh_virtual_services(resources, registry), *virtual_services]
     destination_rules = of_kind(resources, DestinationRule)
+    if node.kind == "sidecar":  # a sidecar sees the rules exported to its namespace (Istio's exportTo)
+        virtual_services = [vs for vs in virtual_services
+                            if exported_to(vs.metadata.namespace, vs.spec.export_to, node.namespace)]
+        destination_rules = [dr for dr in destination_rules
+                             if exported_to(dr.metadata.namespace, dr.spec.export_to, node.namespace)]
+        # Gateway API routes attached to Services (GAMMA): `httproutes`
+        virtual_services = [*mesh_virtual_services(resources, registry), *virtual_services]
     peer_authentications = of_kind(resources, PeerAuthentication)
     services = sorted(registry.services, key=lambda s: (s.namespace == node.namespace, s.namespace, s.name))
     egress_hosts = dict(registry.external_hosts) if egress_hosts is None else egress_hosts

@@ -222,11 +222,12 @@ class HTTPRoute(IstioModel):
 
 
 class VirtualServiceSpec(IstioModel):
-    unsupported_fields = frozenset({"tls", "tcp", "exportTo"})
+    unsupported_fields = frozenset({"tls", "tcp"})
 
     hosts: list[str] = Field(min_length=1)
     gateways: list[str] | None = None
     http: list[HTTPRoute] | None = None
+    export_to: list[str] | None = None  # "." own namespace, "*" all (absent), names, "~" none
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,11 +307,12 @@ class Subset(IstioModel):
 
 
 class DestinationRuleSpec(IstioModel):
-    unsupported_fields = frozenset({"exportTo", "workloadSelector"})
+    unsupported_fields = frozenset({"workloadSelector"})
 
     host: str
     traffic_policy: TrafficPolicy | None = None
     subsets: list[Subset] | None = None
+    export_to: list[str] | None = None  # as VirtualServiceSpec.export_to
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,3 +112,40 @@ def test_which_namespaces_get_sidecars_as_in_istio() -> None:
         ("foo", "httpbin"): (True, "httpbin"),
     }
     assert plans[("foo", "httpbin")].service == "httpbin" and plans[("foo", "httpbin")].service_port == 8000
+
+
+def test_export_to_limits_which_namespaces_see_a_rule() -> None:
+    """A VirtualService and a DestinationRule of bar exported to ``.`` route bar's callers only;
+    ``exportTo: [foo]`` makes them foo's too, as in Istio."""
+    text = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: bar}
+spec:
+  hosts: [httpbin]
+  exportTo: ["%s"]
+  http:
+  - route:
+    - destination: {host: httpbin, subset: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: bar}
+spec:
+  host: httpbin
+  exportTo: ["%s"]
+  subsets:
+  - {name: v1, labels: {version: v1}}
+"""
+    sleep_bar = Node("sleep-0", "bar", "sleep", "sleep", {"app": "sleep"}, "sleep")
+    own = load_resources(text % (".", "."), origin="test")
+
+    def seen(snapshot: dict[str, Any]) -> tuple[str, bool]:
+        route = host(snapshot, "httpbin.bar.svc.cluster.local:8000")["routes"][0]["route"][0]["cluster"]
+        return route, "httpbin.bar|v1" in snapshot["clusters"]
+
+    assert seen(snap(own, sleep_bar)) == ("httpbin.bar|v1", True)
+    assert seen(snap(own)) == ("httpbin.bar|", False)  # from foo: neither is visible
+    to_foo = load_resources(text % ("foo", "foo"), origin="test")
+    assert seen(snap(to_foo)) == ("httpbin.bar|v1", True)
+    assert seen(snap(to_foo, sleep_bar)) == ("httpbin.bar|", False)  # not exported to bar itself
