@@ -149,3 +149,16 @@ spec:
     to_foo = load_resources(text % ("foo", "foo"), origin="test")
     assert seen(snap(to_foo)) == ("httpbin.bar|v1", True)
     assert seen(snap(to_foo, sleep_bar)) == ("httpbin.bar|", False)  # not exported to bar itself
+
+
+def test_a_gateway_and_virtual_service_of_foo_route_the_ingress_to_foos_service() -> None:
+    """Istio's httpbin-gateway.yaml applied with ``-n foo``: the ingress routes to httpbin.foo."""
+    docs = [d for d in yaml.safe_load_all((SAMPLES / "httpbin-gateway.yaml").read_text()) if d]
+    for doc in docs:
+        doc["metadata"]["namespace"] = "foo"
+    ingress = Node("istio-ingressgateway-0", "istio-system", "istio-ingressgateway", None,
+                   {"istio": "ingressgateway"}, "istio-ingressgateway-service-account", kind="gateway")
+    snapshot = compile_snapshot(load_resources(docs, origin="test"), REGISTRY, ingress)
+    (only,) = snapshot["outbound"]["virtual_hosts"]
+    assert only["domains"] == ["*"] and only["routes"][0]["route"][0]["cluster"] == "httpbin.foo|"
+    assert snapshot["clusters"]["httpbin.foo|"]["endpoints"][0]["port"] == 1006
