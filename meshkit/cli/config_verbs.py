@@ -27,6 +27,7 @@ from meshkit.cli.common import (
     _fail,
     _load,
     _print_changes,
+    _texts,
     age,
     app,
     table,
@@ -218,6 +219,29 @@ def _reconcile(mesh: LocalMesh | None) -> None:
         printer.line(f"pod/{change}")
 
 
+@app.command("kube-inject")
+def kube_inject(files: FilesOption = None) -> None:
+    """Print the files with their Deployments' pods marked for a sidecar, like `istioctl kube-inject -f`.
+
+    `meshkit apply -f <(meshkit kube-inject -f samples/httpbin/httpbin.yaml) -n foo` runs httpbin
+    with a sidecar in a namespace that has no `istio-injection=enabled` label (the pod template gets
+    the label `sidecar.istio.io/inject: "true"`).
+    """
+    import yaml  # noqa: PLC0415
+
+    from meshkit.config.workloads import inject_manifests  # noqa: PLC0415
+
+    if not files:
+        _fail(EXIT_UNAVAILABLE, "error: give at least one -f FILE|DIR|-")
+    documents: list[Any] = []
+    for origin, text in _texts(files):
+        try:
+            documents += [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as error:
+            _fail(EXIT_REJECTED, f"error: {origin}: not YAML: {error}")
+    sys.stdout.write(yaml.safe_dump_all(inject_manifests(documents), sort_keys=False))
+
+
 create_app = typer.Typer(help="Create an object from the command line, like kubectl create.",
                          no_args_is_help=True)
 app.add_typer(create_app, name="create")
@@ -235,6 +259,48 @@ def create_namespace(
         _fail(EXIT_REJECTED, f'error: namespaces "{name}" already exists')
     result = _call(_client(control).apply, [doc])
     Printer().line(f"namespace/{name} created (revision {result['revision']})")
+
+
+create_app.command("ns", hidden=True, help="Same as `create namespace` (kubectl's short name).")(
+    create_namespace)
+
+
+@app.command("label")
+def label(
+    kind: Annotated[str, typer.Argument(help="namespace (ns): the one kind labels act on here.")],
+    name: Annotated[str, typer.Argument(help="The namespace's name.")],
+    labels: Annotated[list[str], typer.Argument(help="KEY=VALUE to set, KEY- to remove.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Change a label that has a value.")] = False,
+    control: ControlOption = None,
+) -> None:
+    """Label a namespace, like `kubectl label namespace foo istio-injection=enabled`.
+
+    The injection label decides for workloads applied afterwards (running ones keep what they have
+    until a later apply reconciles them).
+    """
+    if kind.lower() not in ("ns", "namespace", "namespaces"):
+        _fail(EXIT_REJECTED, f"error: meshkit labels namespaces only, not {kind!r}")
+    client = _client(control)
+    found = [item["resource"] for item in _call(client.get, "Namespace", None, None)["items"]
+             if item["resource"]["metadata"]["name"] == name]
+    if not found:
+        _fail(EXIT_REJECTED, f'error: namespaces "{name}" not found')
+    doc = found[0]
+    current = dict(doc["metadata"].get("labels") or {})
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep and key.endswith("-"):
+            current.pop(key[:-1], None)
+        elif not sep or not key:
+            _fail(EXIT_REJECTED, f"error: {item!r}: expected KEY=VALUE or KEY-")
+        elif key in current and current[key] != value and not overwrite:
+            _fail(EXIT_REJECTED, f"error: '{key}' already has a value ({current[key]}), "
+                                 "and --overwrite is false")
+        else:
+            current[key] = value
+    doc = {**doc, "metadata": {**doc["metadata"], "labels": current}}
+    _call(client.apply, [doc])
+    Printer().line(f"namespace/{name} labeled")
 
 
 @app.command()

@@ -73,15 +73,13 @@ def ready_by_deployment(mesh: LocalMesh | None) -> dict[str, int]:
 def pod_rows(mesh: LocalMesh, namespace: str | None) -> list[list[str]]:
     """NAMESPACE (with -A), NAME, READY (2/2 with the sidecar), STATUS, RESTARTS, AGE of every instance."""
     from meshkit.runtime.launch import INGRESS_ID, INGRESS_NAMESPACE  # noqa: PLC0415
-    from meshkit.runtime.record import NAMESPACE  # noqa: PLC0415
-
     rec = mesh.record()
     if rec is None:
         return []
     pods: list[tuple[str, str, list[Any]]] = []
     for inst in mesh.instances(rec):
         processes = [inst.app] + ([inst.sidecar] if inst.spec.sidecar else [])
-        pods.append((NAMESPACE, inst.name, processes))
+        pods.append((inst.namespace, inst.pod, processes))  # kubectl's pod name: in its namespace
     gateway = rec.processes.get("ingressgateway")
     if gateway is not None:
         pods.append((INGRESS_NAMESPACE, INGRESS_ID, [gateway]))

@@ -7,7 +7,9 @@ Thin like the rest of the CLI: each verb parses options, calls `meshkit.runtime`
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -203,11 +205,24 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
     method: Annotated[str, typer.Option("-X", "--request", help="HTTP method.")] = "GET",
     data: Annotated[str | None, typer.Option("-d", "--data", help="Request body.")] = None,
     include: Annotated[bool, typer.Option("-i", "--include", help="Show response headers.")] = False,
+    namespace: Annotated[str | None, typer.Option(
+        "-n", "--namespace", help="The namespace of --from (kubectl exec -n): --from sleep -n foo "
+                                  "is sleep.foo.")] = None,
+    silent: Annotated[bool, typer.Option("-s", "--silent", help="No error text (curl -s).")] = False,
+    show_error: Annotated[bool, typer.Option("-S", "--show-error",
+                                             help="With -s, still say what failed (curl -sS).")] = False,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Write the body to FILE.")] = None,
+    write_out: Annotated[str | None, typer.Option(
+        "-w", "--write-out", help="Print this after the transfer, as curl: %{http_code} (000 for no "
+                                  "answer), \\n.")] = None,
 ) -> None:
     """Send one request from a workload through its sidecar (like `kubectl exec sleep -- curl`).
 
     From `legacy` (no sidecar) it goes in plaintext straight to one instance of the URL's service.
+    Short host names resolve in the sender's namespace, `httpbin.bar` in namespace bar.
     """
+    if namespace and namespace != "default" and not source.endswith(f".{namespace}"):
+        source = f"{source}.{namespace}"
     from meshkit.runtime.curl import CurlError  # noqa: PLC0415
     from meshkit.runtime.curl import curl as send  # noqa: PLC0415
 
@@ -219,15 +234,31 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
         where = f"--from {source}" if error.field == "from" else error.field
         _fail(EXIT_REJECTED, f"error: {where}: {error.message}")
     if result.status is None:
+        if write_out is not None:
+            sys.stdout.write(_write_out(write_out, 0))
+            sys.stdout.flush()
+        if silent and not show_error:
+            raise typer.Exit(EXIT_UNAVAILABLE)
         _fail(EXIT_UNAVAILABLE, f"error: {url} from {result.source}: {result.error}")
-    if include:
-        typer.echo(f"HTTP/1.1 {result.status}")
-        for name, value in result.headers:
-            typer.echo(f"{name}: {value}")
-        typer.echo("")
-    typer.echo(result.text)
+    head = "".join(f"{name}: {value}\n" for name, value in result.headers)
+    shown = (f"HTTP/1.1 {result.status}\n{head}\n" if include else "") + result.text + "\n"
+    if output is not None:
+        try:
+            Path(output).write_text(shown, encoding="utf-8")
+        except OSError as error:
+            _fail(EXIT_REJECTED, f"error: -o {output}: {error}")
+    else:
+        sys.stdout.write(shown)
+    if write_out is not None:
+        sys.stdout.write(_write_out(write_out, result.status))
+    sys.stdout.flush()
     if result.status >= 400:
         raise typer.Exit(EXIT_REJECTED)
+
+
+def _write_out(template: str, status: int) -> str:
+    """curl's ``-w``: ``%{http_code}`` (``000`` when nothing answered) and the ``\\n``/``\\t`` escapes."""
+    return template.replace("%{http_code}", f"{status:03d}").replace("\\n", "\n").replace("\\t", "\t")
 
 
 @app.command(name="exec", context_settings={"ignore_unknown_options": True})

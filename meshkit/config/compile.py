@@ -58,6 +58,7 @@ from meshkit.config.resources import (
 from meshkit.config.selection import (
     authorization_policies_for,
     destination_rules_for,
+    exported_to,
     labels_match,
     of_kind,
     resolve_mtls,
@@ -119,9 +120,14 @@ def compile_snapshot(
     resources = expand_delegates(resources)  # VirtualService delegation, as Istio merges it
     mesh_config = mesh_config_of(resources, mesh_config)
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
-    if node.kind == "sidecar":  # Gateway API routes attached to Services (GAMMA): `httproutes`
-        virtual_services = [*mesh_virtual_services(resources, registry), *virtual_services]
     destination_rules = of_kind(resources, DestinationRule)
+    if node.kind == "sidecar":  # a sidecar sees the rules exported to its namespace (Istio's exportTo)
+        virtual_services = [vs for vs in virtual_services
+                            if exported_to(vs.metadata.namespace, vs.spec.export_to, node.namespace)]
+        destination_rules = [dr for dr in destination_rules
+                             if exported_to(dr.metadata.namespace, dr.spec.export_to, node.namespace)]
+        # Gateway API routes attached to Services (GAMMA): `httproutes`
+        virtual_services = [*mesh_virtual_services(resources, registry), *virtual_services]
     peer_authentications = of_kind(resources, PeerAuthentication)
     services = sorted(registry.services, key=lambda s: (s.namespace == node.namespace, s.namespace, s.name))
     egress_hosts = dict(registry.external_hosts) if egress_hosts is None else egress_hosts
@@ -144,7 +150,7 @@ def compile_snapshot(
         "clusters": dict(sorted({
             **_clusters(services, registry, node, destination_rules, peer_authentications),
             # Services the registry does not hold (reviews-v1 of bookinfo-versions.yaml): their selector
-            **{f"{svc.name}|": _cluster(svc, "", None, endpoints, peer_authentications)
+            **{cluster_name(svc.name, svc.namespace): _cluster(svc, "", None, endpoints, peer_authentications)
                for svc, endpoints in selector_services(resources, registry)},
             **_external_clusters(external, destination_rules, egress_hosts, real_dns),
         }.items())),
@@ -266,8 +272,16 @@ def _routes_of(vs: VirtualService, node: Node) -> list[dict[str, Any]]:
             if (route := _route(vs, index, http, node)) is not None]
 
 
+def cluster_name(service: str, namespace: str, subset: str = "") -> str:
+    """The snapshot's key of a registry service's cluster: ``<service>.<namespace>|<subset>``
+    (``httpbin.foo|``, ``reviews.default|v1``), so same-named services of two namespaces never
+    share one. Envoy's own name (``outbound|<port>|<subset>|<fqdn>``) is what the sidecar's
+    stats show (`meshkit.proxy.cluster_stats`). External hosts are ``<host>|<subset>``."""
+    return f"{service}.{namespace}|{subset}"
+
+
 def _default_route(svc: Service) -> dict[str, Any]:
-    return _route_to(f"{svc.name}|")
+    return _route_to(cluster_name(svc.name, svc.namespace))
 
 
 def _route_to(cluster: str) -> dict[str, Any]:
@@ -282,7 +296,9 @@ def _route_to(cluster: str) -> dict[str, Any]:
 
 def _cluster_key(destination: Destination, namespace: str) -> str:
     resolved = resolve_host(destination.host, namespace)
-    return f"{resolved.name or resolved.host}|{destination.subset or ''}"
+    if resolved.name is not None and resolved.namespace is not None:
+        return cluster_name(resolved.name, resolved.namespace, destination.subset or "")
+    return f"{resolved.host}|{destination.subset or ''}"
 
 
 def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node) -> dict[str, Any] | None:
@@ -449,12 +465,13 @@ def _clusters(
         rules = destination_rules_for(svc.fqdn, svc.namespace, node.namespace, destination_rules)
         rule = rules[0] if rules else None
         top = rule.spec.traffic_policy if rule else None
-        clusters[f"{svc.name}|"] = _cluster(svc, "", top, endpoints, peer_authentications)
+        clusters[cluster_name(svc.name, svc.namespace)] = _cluster(svc, "", top, endpoints,
+                                                                   peer_authentications)
         for subset in (rule.spec.subsets or []) if rule else []:
             selected = [e for e in endpoints if labels_match(subset.labels, e.labels)]
             policy = _merge_policy(top, subset.traffic_policy)
-            clusters[f"{svc.name}|{subset.name}"] = _cluster(svc, subset.name, policy, selected,
-                                                              peer_authentications)
+            clusters[cluster_name(svc.name, svc.namespace, subset.name)] = _cluster(
+                svc, subset.name, policy, selected, peer_authentications)
     return dict(sorted(clusters.items()))
 
 
@@ -467,7 +484,7 @@ def _external_clusters(
         lb = policy.load_balancer.simple if policy and policy.load_balancer else None
         tls = policy.tls.mode if policy is not None and policy.tls is not None else "DISABLE"
         return {
-            "service": host, "subset": subset, "port": port,
+            "service": host, "namespace": None, "subset": subset, "port": port,
             "lb": LB_ALIASES.get(lb, lb) if lb else DEFAULT_LB,
             "endpoints": endpoints,
             "connection_pool": _connection_pool(policy),
@@ -508,6 +525,7 @@ def _cluster(
     lb = policy.load_balancer.simple if policy and policy.load_balancer else None
     return {
         "service": svc.name,
+        "namespace": svc.namespace,
         "subset": subset,
         "port": svc.port,
         "lb": LB_ALIASES.get(lb, lb) if lb else DEFAULT_LB,

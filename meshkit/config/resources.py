@@ -288,12 +288,13 @@ class HTTPRoute(IstioModel):
 
 
 class VirtualServiceSpec(IstioModel):
-    unsupported_fields = frozenset({"tls", "tcp", "exportTo"})
+    unsupported_fields = frozenset({"tls", "tcp"})
 
     # no hosts: a delegate, used only through the ``delegate`` of a root VirtualService
     hosts: list[str] = Field(default_factory=list)
     gateways: list[str] | None = None
     http: list[HTTPRoute] | None = None
+    export_to: list[str] | None = None  # "." own namespace, "*" all (absent), names, "~" none
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,11 +374,12 @@ class Subset(IstioModel):
 
 
 class DestinationRuleSpec(IstioModel):
-    unsupported_fields = frozenset({"exportTo", "workloadSelector"})
+    unsupported_fields = frozenset({"workloadSelector"})
 
     host: str
     traffic_policy: TrafficPolicy | None = None
     subsets: list[Subset] | None = None
+    export_to: list[str] | None = None  # as VirtualServiceSpec.export_to
 
 
 # ---------------------------------------------------------------------------------------------

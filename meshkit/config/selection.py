@@ -53,6 +53,14 @@ def _has_selector(selector: WorkloadSelector | None) -> bool:
     return selector is not None and bool(selector.match_labels)
 
 
+def exported_to(owner_namespace: str, export_to: Sequence[str] | None, namespace: str) -> bool:
+    """Istio's ``exportTo``: is a rule of ``owner_namespace`` visible from ``namespace``? Absent or
+    ``*``: everywhere; ``.``: its own namespace; names: those namespaces; ``~``: nowhere."""
+    if not export_to:
+        return True
+    return "*" in export_to or namespace in export_to or ("." in export_to and owner_namespace == namespace)
+
+
 def virtual_services_for(
     services_fqdn: str, service_namespace: str, virtual_services: Sequence[VirtualService]
 ) -> list[VirtualService]:

@@ -17,6 +17,7 @@ reconciles its processes to. This module is data only: no sockets, no processes.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from meshkit.config.resources import IstioModel, Resource
 
 INJECT_ANNOTATION = "sidecar.istio.io/inject"
 INJECTION_LABEL = "istio-injection"
+DEFAULT_NAMESPACE = "default"
 
 # Fields Kubernetes defines that the local mesh accepts and does not act on (no kubelet here).
 LOCAL_NO_EFFECT = (
@@ -314,15 +316,34 @@ def selects(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bo
 
 def injection_enabled(deployment: Deployment, namespaces: Mapping[str, Namespace]) -> bool:
     """Istio's rule: the pod's ``sidecar.istio.io/inject`` (label, then annotation) wins; else the
-    namespace's ``istio-injection`` label; the local mesh injects when neither says (its default
-    namespace behaves as if labelled ``istio-injection=enabled``)."""
+    namespace's ``istio-injection`` label; when neither says, the local mesh injects in ``default``
+    only (it behaves as if labelled ``istio-injection=enabled``, as Istio's getting-started has it
+    labelled), and, as Istio, not in other namespaces: the mTLS migration task's ``legacy``
+    namespace runs its client without a sidecar, while ``foo`` and ``bar`` are injected with
+    ``istioctl kube-inject`` (`inject_manifests`, ``meshkit kube-inject``) or the namespace label."""
     template = deployment.spec.template.metadata
     for source in (template.labels or {}, template.annotations or {}):
         if INJECT_ANNOTATION in source:
             return source[INJECT_ANNOTATION].lower() == "true"
     namespace = namespaces.get(deployment.metadata.namespace)
     decided = namespace.injection if namespace is not None else None
-    return True if decided is None else decided
+    return deployment.metadata.namespace == DEFAULT_NAMESPACE if decided is None else decided
+
+
+def inject_manifests(documents: Sequence[Any]) -> list[Any]:
+    """What ``istioctl kube-inject -f`` gives, for the local mesh: every Deployment's pod template
+    labelled ``sidecar.istio.io/inject: "true"`` (it then gets a sidecar whatever its namespace says);
+    everything else unchanged. ``documents`` are parsed YAML documents (dicts; others pass through)."""
+    out = []
+    for doc in documents:
+        injected = doc
+        if isinstance(doc, dict) and doc.get("kind") == "Deployment":
+            injected = copy.deepcopy(doc)
+            template = injected.setdefault("spec", {}).setdefault("template", {})
+            labels = template.setdefault("metadata", {}).setdefault("labels", {})
+            labels[INJECT_ANNOTATION] = "true"
+        out.append(injected)
+    return out
 
 
 def plan_workloads(resources: Sequence[Resource]) -> list[WorkloadPlan]:

@@ -218,6 +218,14 @@ class Edge:
         }
 
 
+def _node_id(workload: str, namespace: str) -> str:
+    """A graph node: the workload's name in ``default`` and ``istio-system`` (``reviews-v1``,
+    ``istio-ingressgateway``), ``<workload>.<namespace>`` elsewhere (``sleep.foo`` and ``sleep.bar``
+    are two nodes, as Kiali's nodes are per namespace)."""
+    plain = namespace in ("default", "istio-system", "", "unknown")
+    return workload if plain else f"{workload}.{namespace}"
+
+
 def _edge_id(edge: Edge) -> tuple[str, str, str, str]:
     """An edge apart from who reported it: caller, service, workload and version called."""
     return (edge.source_workload, edge.destination_service, edge.destination_workload,
@@ -349,9 +357,9 @@ class TelemetryStore:
         nodes: dict[str, dict[str, Any]] = {}
         links = []
         for e in answer["edges"]:
-            src = e["source_workload"]
-            dst = e["destination_workload"] if e["destination_workload"] not in ("", "unknown") \
-                else e["destination_service"]
+            src = _node_id(e["source_workload"], e["source_namespace"])
+            dst = _node_id(e["destination_workload"], e["destination_namespace"]) \
+                if e["destination_workload"] not in ("", "unknown") else e["destination_service"]
             nodes.setdefault(src, {"id": src, "kind": "workload", "namespace": e["source_namespace"]})
             nodes.setdefault(dst, {"id": dst, "kind": "workload", "service": e["destination_service"],
                                    "version": e["destination_version"],

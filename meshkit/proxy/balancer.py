@@ -253,12 +253,14 @@ class Cluster:
         connection_pool: dict[str, Any] | None = None,
         outlier_detection: dict[str, Any] | None = None,
         tls: dict[str, Any] | None = None,
+        namespace: str | None = None,
     ) -> None:
         where = f"clusters.{name}"
         if lb not in LB_POLICIES:
             raise ValueError(f"{where}.lb: unknown policy {lb!r} (expected one of {sorted(LB_POLICIES)})")
         self.name = name
         self.service = service
+        self.namespace = namespace  # the service's namespace; None for a host outside the registry
         self.subset = subset
         self.port = port
         self.lb = lb
@@ -312,6 +314,9 @@ class Cluster:
         if not isinstance(subset, str):
             raise ValueError(f"{where}.subset: expected a string, got {subset!r}")
         port = _req_port(spec, "port", where)
+        namespace = spec.get("namespace")
+        if namespace is not None and (not isinstance(namespace, str) or not namespace):
+            raise ValueError(f"{where}.namespace: expected a namespace name or null, got {namespace!r}")
         lb = spec.get("lb", "LEAST_REQUEST")
         if lb not in LB_POLICIES:
             raise ValueError(f"{where}.lb: unknown policy {lb!r} (expected one of {sorted(LB_POLICIES)})")
@@ -335,6 +340,7 @@ class Cluster:
             connection_pool=sections["connection_pool"],
             outlier_detection=sections["outlier_detection"],
             tls=sections["tls"],
+            namespace=namespace,
         )
 
     def adopt_state(self, previous: Cluster) -> None:

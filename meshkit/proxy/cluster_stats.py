@@ -40,8 +40,10 @@ def envoy_cluster_name(cluster: Any, snapshot: Any) -> str:
     """Istio's name of the Envoy cluster behind ``cluster`` (a ``balancer.Cluster``)."""
     if cluster.name.startswith("inbound|"):
         return str(cluster.name)
-    identity = next((ep.identity for ep in cluster.endpoints if ep.identity), None)
-    namespace = snapshot.destination_namespace(identity)
+    namespace = cluster.namespace
+    if namespace is None:
+        identity = next((ep.identity for ep in cluster.endpoints if ep.identity), None)
+        namespace = snapshot.destination_namespace(identity)
     return f"outbound|{cluster.port}|{cluster.subset or ''}|{cluster.service}.{namespace}.svc.cluster.local"
 
 

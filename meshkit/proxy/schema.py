@@ -180,6 +180,7 @@ class ClusterTlsDoc(TypedDict):
 
 class ClusterDoc(TypedDict):
     service: str
+    namespace: str | None
     subset: str
     port: int
     lb: LbPolicy

@@ -29,15 +29,23 @@ class WorkloadSpec:
     replicas: int = 1
     deployment: str | None = None  # from a Deployment manifest: its name (else service-version)
     pod_labels: tuple[tuple[str, str], ...] = ()  # from a Deployment manifest: its pod template's labels
+    namespace: str = "default"
 
     @property
     def workload(self) -> str:
         """Istio's workload name (the Deployment): ``reviews-v1``."""
         return self.deployment or f"{self.service}-{self.version}"
 
+    @property
+    def qualified(self) -> str:
+        """How `meshkit scale` names it: ``reviews-v1`` in ``default``, ``httpbin.foo`` elsewhere."""
+        return self.workload if self.namespace == "default" else f"{self.workload}.{self.namespace}"
+
     def instances(self) -> list[str]:
-        """Pod-like instance names: ``reviews-v1-0``, ``reviews-v1-1``, ..."""
-        return [f"{self.workload}-{i}" for i in range(self.replicas)]
+        """Pod-like instance names: ``reviews-v1-0``, ``reviews-v1-1``, ...; outside namespace ``default``
+        the namespace follows a dot (``httpbin-0.foo``), which is also the sidecar's proxy id."""
+        suffix = "" if self.namespace == "default" else f".{self.namespace}"
+        return [f"{self.workload}-{i}{suffix}" for i in range(self.replicas)]
 
     @property
     def labels(self) -> dict[str, str]:
@@ -124,9 +132,11 @@ def resolve(app_sets: list[str], replicas: dict[str, int]) -> list[WorkloadSpec]
 
 
 def workload_of(name: str) -> str:
-    """The workload an instance belongs to (``reviews-v1-0`` -> ``reviews-v1``); any other name stays."""
-    head, _, tail = name.rpartition("-")
-    return head if head and tail.isdigit() else name
+    """The workload an instance belongs to (``reviews-v1-0`` -> ``reviews-v1``, ``httpbin-0.foo`` ->
+    ``httpbin.foo``); any other name stays."""
+    pod, dot, namespace = name.partition(".")
+    head, _, tail = pod.rpartition("-")
+    return (head if head and tail.isdigit() else pod) + dot + namespace
 
 
 def refers_to(name: str, row: Mapping[str, Any], *, by_service: bool = True) -> bool:

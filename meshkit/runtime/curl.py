@@ -7,7 +7,9 @@
   rules and, in STRICT mode, originates mTLS — exactly what the app's ``HTTP_PROXY`` does;
 - from ``legacy`` (no sidecar): in plaintext straight to one endpoint of the URL's service — an
   instance's inbound sidecar port, as kube-proxy would pick a pod — with the original ``Host``;
-  a STRICT PeerAuthentication then refuses it, as in Istio's mTLS migration task.
+  a STRICT PeerAuthentication then refuses it, as in Istio's mTLS migration task. The URL's host
+  resolves as Kubernetes DNS does: a short name in the sender's namespace, ``svc.ns`` and
+  ``svc.ns.svc.cluster.local`` in ``ns``.
 
 Loopback URLs (``http://127.0.0.1:PORT/``) bypass the sidecar, as ``NO_PROXY`` makes the apps do.
 The result is a `CurlResult`: status (None when the connection failed, with ``error``), headers,
@@ -35,7 +37,7 @@ DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 300.0
 LOG_WAIT = 1.0  # seconds to wait for the access-log line of the request
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-CLUSTER_SUFFIXES = (".svc.cluster.local", ".svc", ".default")
+CLUSTER_SUFFIXES = (".svc.cluster.local", ".svc")
 
 
 class CurlError(ValueError):
@@ -120,10 +122,13 @@ class _Route:
 
 
 def find_source(workloads: list[dict[str, Any]], source: str) -> dict[str, Any]:
-    """The status row of ``source``: an instance (``sleep-v1-0``), else the first instance of a
-    workload (``sleep-v1``), else of a service (``sleep``)."""
+    """The status row of ``source``: an instance (``sleep-v1-0``, ``sleep-0.foo``), else the first
+    instance of a workload (``sleep-v1``, ``sleep.foo``), else of a service (``sleep``, in ``default``
+    first; ``sleep.foo``)."""
     for match in (lambda w: w["name"] == source, lambda w: workload_of(w["name"]) == source,
-                  lambda w: w["service"] == source):
+                  lambda w: w["service"] == source and _namespace(w) == "default",
+                  lambda w: w["service"] == source,
+                  lambda w: f"{w['service']}.{_namespace(w)}" == source):
         found = [w for w in workloads if match(w)]
         if found:
             return found[0]
@@ -131,11 +136,18 @@ def find_source(workloads: list[dict[str, Any]], source: str) -> dict[str, Any]:
     raise CurlError("from", f"no such workload {source!r} (known: {known})")
 
 
-def _service_of(host: str) -> str:
+def _namespace(row: dict[str, Any]) -> str:
+    return str(row.get("namespace") or "default")
+
+
+def _service_of(host: str, namespace: str) -> tuple[str, str]:
+    """(service, namespace) a host names from a workload of ``namespace``, as Kubernetes DNS resolves it."""
     for suffix in CLUSTER_SUFFIXES:
         if host.endswith(suffix):
-            return _service_of(host[: -len(suffix)])
-    return host.split(".", maxsplit=1)[0]
+            host = host[: -len(suffix)]
+            break
+    name, _, rest = host.partition(".")
+    return name, rest.split(".", maxsplit=1)[0] if rest else namespace
 
 
 def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any], url: str) -> _Route:
@@ -154,10 +166,11 @@ def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any]
         proxy = urlsplit(row["outbound_proxy"])
         return _Route(proxy.hostname or "127.0.0.1", proxy.port or 80, url,
                       state.log(f"{row['name']}.access"))
-    service = _service_of(parts.hostname)
-    endpoints = [w for w in workloads if w["service"] == service and w["inbound_port"] and w["healthy"]]
+    service, namespace = _service_of(parts.hostname, _namespace(row))
+    endpoints = [w for w in workloads if w["service"] == service and _namespace(w) == namespace
+                 and w["inbound_port"] and w["healthy"]]
     if not endpoints:
-        known = sorted({w["service"] for w in workloads if w["inbound_port"]})
+        known = sorted({f"{w['service']}.{_namespace(w)}" for w in workloads if w["inbound_port"]})
         raise CurlError("url", f"{row['name']} has no sidecar, and {parts.hostname!r} names no running "
                         f"service of the mesh it could reach (services: {', '.join(known)})")
     chosen = random.choice(endpoints)  # as kube-proxy picks a pod

@@ -35,7 +35,7 @@ from meshkit.runtime import catalog, readiness
 from meshkit.runtime.catalog import WorkloadSpec
 from meshkit.runtime.ports import PortPlan
 from meshkit.runtime.processes import ProcessRecord, python_argv, spawn
-from meshkit.runtime.record import NAMESPACE, Instance, MeshRecord
+from meshkit.runtime.record import Instance, MeshRecord
 from meshkit.runtime.state import StateDir
 
 INGRESS_ID = "istio-ingressgateway-0"
@@ -56,7 +56,7 @@ def quiet(_what: str, _done: int, _total: int) -> None:
 
 
 def identity(spec: WorkloadSpec) -> str:
-    return spiffe_identity(NAMESPACE, spec.service_account)
+    return spiffe_identity(spec.namespace, spec.service_account)
 
 
 def ingress_identity() -> str:
@@ -201,13 +201,14 @@ class Launcher:
             if inst.spec.app == "external":
                 client.set_external(catalog.external_hosts(inst.ports.app))
         meshed = [i for i in instances if i.spec.sidecar]  # out-of-mesh clients serve nothing
-        for name, port in sorted({(i.spec.service, i.spec.service_port) for i in meshed}):
+        for namespace, name, port in sorted({(i.namespace, i.spec.service, i.spec.service_port)
+                                             for i in meshed}):
             client.request("POST", "registry/services",
-                           json_body={"name": name, "namespace": NAMESPACE, "port": port})
+                           json_body={"name": name, "namespace": namespace, "port": port})
         for inst in meshed:
             client.request("POST", "registry/endpoints", json_body={
-                "instance": inst.name, "workload": inst.spec.workload, "service": inst.spec.service,
-                "namespace": NAMESPACE, "address": "127.0.0.1", "port": inst.ports.inbound,
+                "instance": inst.pod, "workload": inst.spec.workload, "service": inst.spec.service,
+                "namespace": inst.namespace, "address": "127.0.0.1", "port": inst.ports.inbound,
                 "labels": inst.spec.labels, "service_account": inst.spec.service_account,
                 "has_sidecar": True, "healthy": healthy, "app_port": inst.ports.app,
             })
@@ -216,7 +217,7 @@ class Launcher:
     def set_healthy(client: ControlClient, instances: list[Instance]) -> None:
         for inst in instances:
             if inst.spec.sidecar:
-                client.request("PUT", f"registry/endpoints/{NAMESPACE}/{inst.name}/health",
+                client.request("PUT", f"registry/endpoints/{inst.namespace}/{inst.pod}/health",
                                json_body={"healthy": True})
 
     @staticmethod
@@ -228,7 +229,8 @@ class Launcher:
                 client.set_external({})
             if not inst.spec.sidecar:
                 continue
-            for path in (f"registry/endpoints/{NAMESPACE}/{inst.name}", f"telemetry/targets/{inst.proxy_id}"):
+            for path in (f"registry/endpoints/{inst.namespace}/{inst.pod}",
+                         f"telemetry/targets/{inst.proxy_id}"):
                 try:
                     client.request("DELETE", path)
                 except ApiError as error:

@@ -388,7 +388,7 @@ class LocalMesh:
               timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         """Run ``replicas`` (0-10) instances of ``workload`` (``reviews-v1``), like `kubectl scale`."""
         rec = self._running_record(f"scale {workload}")
-        known = {spec.workload for spec in rec.specs()}
+        known = {spec.qualified for spec in rec.specs()}
         if workload not in known:
             raise MeshError(f"scale {workload}: no such workload in this mesh "
                             f"(running: {', '.join(sorted(known))})")

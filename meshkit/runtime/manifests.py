@@ -47,7 +47,7 @@ def spec_of(plan: WorkloadPlan) -> WorkloadSpec:
     return WorkloadSpec(app=plan.app, version=plan.version, service=plan.service,
                         service_port=plan.service_port, service_account=plan.service_account,
                         sidecar=plan.sidecar, replicas=plan.replicas, deployment=plan.name,
-                        pod_labels=plan.labels)
+                        pod_labels=plan.labels, namespace=plan.namespace)
 
 
 def specs_of(resources: Sequence[Resource]) -> list[WorkloadSpec]:
@@ -63,17 +63,15 @@ MAX_REPLICAS = 10  # as `meshkit scale`: every instance is two processes on a la
 
 
 def check_local(documents: Sequence[Mapping[str, Any]]) -> None:
-    """What the local mesh cannot run, before anything is applied: workloads outside namespace ``default``
-    (for now) and more than ``MAX_REPLICAS`` replicas. MeshError naming the object and field."""
+    """What the local mesh cannot run, before anything is applied: more than ``MAX_REPLICAS`` replicas.
+    MeshError naming the object and field. (Any namespace runs: instances outside ``default`` are named
+    ``<pod>.<namespace>``, `WorkloadSpec.instances`.)"""
     for doc in documents:
         if doc.get("kind") not in WORKLOAD_KIND_NAMES - {"Namespace"}:
             continue
         meta = doc.get("metadata") or {}
         namespace = meta.get("namespace") or NAMESPACE
         ref = f"{doc['kind']}/{namespace}/{meta.get('name')}"
-        if namespace != NAMESPACE:
-            raise MeshError(f"{ref} metadata.namespace: the local mesh runs workloads in namespace "
-                            f"{NAMESPACE} only; nothing was applied")
         replicas = (doc.get("spec") or {}).get("replicas", 1) if doc.get("kind") == "Deployment" else 0
         if isinstance(replicas, int) and replicas > MAX_REPLICAS:
             raise MeshError(f"{ref} spec.replicas: {replicas} is more than the local mesh runs "
@@ -91,7 +89,7 @@ def manifest_workloads(rec: MeshRecord, extra_sets: Sequence[str] = ()) -> set[s
     """Workload names whose replicas live in a Deployment: the running manifests' and those of the
     manifest-backed app sets of the record (and ``extra_sets``)."""
     sets = [a for a in (*rec.apps, *extra_sets) if a in catalog.MANIFEST_SETS]
-    return {s.workload for s in rec.manifests} | {s.workload for a in sets for s in catalog.APP_SETS[a]}
+    return {s.qualified for s in rec.manifests} | {s.workload for a in sets for s in catalog.APP_SETS[a]}
 
 
 def stored_resources(client: ControlClient) -> list[Resource]:
@@ -120,13 +118,15 @@ def deploy(state: StateDir, rec: MeshRecord, new_sets: Sequence[str], replicas: 
     for workload, count in replicas.items():
         if workload in named:
             continue
+        name, _, namespace = workload.partition(".")  # "httpbin.foo": Deployment httpbin of namespace foo
+        namespace = namespace or NAMESPACE
         try:
-            stored = client.get("Deployment", workload, NAMESPACE)["items"][0]["resource"]
+            stored = client.get("Deployment", name, namespace)["items"][0]["resource"]
         except ApiError as error:
-            raise MeshError(f"scale {workload}: no Deployment {NAMESPACE}/{workload} in the mesh's config "
+            raise MeshError(f"scale {workload}: no Deployment {namespace}/{name} in the mesh's config "
                             f"({error.error})") from None
         previous.append(stored)
-        documents.extend(catalog.with_replicas([stored], {workload: count}))
+        documents.extend(catalog.with_replicas([stored], {name: count}))
     if documents:
         try:
             client.apply(documents)
@@ -163,7 +163,7 @@ def converge(launcher: Launcher, client: ControlClient, desired: list[WorkloadSp
     if desired == rec.manifests:
         return []
     before = {i.name: i for i in rec.instances()}
-    old_services = {s.service for s in rec.manifests if s.sidecar}
+    old_services = {(s.namespace, s.service) for s in rec.manifests if s.sidecar}
     rec.manifests = list(desired)
     rec.assign_slots()
     after = {i.name: i for i in rec.instances()}
@@ -189,10 +189,10 @@ def converge(launcher: Launcher, client: ControlClient, desired: list[WorkloadSp
 
         add_instances(launcher, client, adding, new_sets=[], deadline=deadline, progress=progress, undo=undo)
         changes += [f"{inst.name} {'replaced' if inst.name in changed else 'started'}" for inst in adding]
-    still = {s.service for s in rec.specs() if s.sidecar}
-    for service in sorted(old_services - still):
+    still = {(s.namespace, s.service) for s in rec.specs() if s.sidecar}
+    for namespace, service in sorted(old_services - still):
         try:
-            client.request("DELETE", f"registry/services/{NAMESPACE}/{service}")
+            client.request("DELETE", f"registry/services/{namespace}/{service}")
         except ApiError as error:
             if error.status != 404:
                 raise

@@ -37,14 +37,24 @@ class Instance:
         return f"{self.name}.sidecar"
 
     @property
+    def namespace(self) -> str:
+        return self.spec.namespace
+
+    @property
+    def pod(self) -> str:
+        """The pod-like name in its namespace (``httpbin-0`` for instance ``httpbin-0.foo``)."""
+        return self.name.partition(".")[0]
+
+    @property
     def proxy_id(self) -> str:
-        """The sidecar's id at the control plane (``reviews-v1-0.default``)."""
-        return f"{self.name}.{NAMESPACE}"
+        """The sidecar's id at the control plane (``reviews-v1-0.default``, ``httpbin-0.foo``)."""
+        return f"{self.pod}.{self.namespace}"
 
     def status(self) -> dict[str, Any]:
         healthy = bool(self.app and self.app.alive() and (self.sidecar is None or self.sidecar.alive()))
         return {
             "name": self.name,
+            "namespace": self.namespace,
             "service": self.spec.service,
             "version": self.spec.version,
             "pid": self.app.pid if self.app else None,

@@ -104,7 +104,7 @@ def test_every_service_gets_a_virtual_host_with_documented_domains_and_default_r
             "name": "default",
             "source": "default",
             "match": [],
-            "route": [{"cluster": "reviews|", "weight": 100, "headers": None}],
+            "route": [{"cluster": "reviews.default|", "weight": 100, "headers": None}],
             "headers": None,
             "rewrite": None,
             "redirect": None,
@@ -135,22 +135,22 @@ def test_header_match_route_compiled_in_order() -> None:
     assert jason["name"] == "reviews.0"
     assert jason["source"] == "VirtualService/default/reviews#http[0]"
     assert jason["match"] == [{"headers": {"end-user": {"exact": "jason"}}, "ignore_uri_case": False}]
-    assert jason["route"] == [{"cluster": "reviews|v2", "weight": 100, "headers": None}]
+    assert jason["route"] == [{"cluster": "reviews.default|v2", "weight": 100, "headers": None}]
     assert jason["retries"] == DEFAULT_RETRIES and jason["timeout_ms"] is None
-    assert everyone["match"] == [] and everyone["route"][0]["cluster"] == "reviews|v1"
+    assert everyone["match"] == [] and everyone["route"][0]["cluster"] == "reviews.default|v1"
     assert routes(snapshot, "ratings")[0]["name"] == "default"  # no VirtualService for ratings here
 
 
 def test_weights() -> None:
     snapshot = snap(sample("virtual-service-reviews-80-20", "destination-rule-all"))
     assert [(r["cluster"], r["weight"]) for r in routes(snapshot, "reviews")[0]["route"]] == [
-        ("reviews|v1", 80),
-        ("reviews|v2", 20),
+        ("reviews.default|v1", 80),
+        ("reviews.default|v2", 20),
     ]
     snapshot = snap(sample("virtual-service-reviews-50-v3", "destination-rule-all"))
     assert [(r["cluster"], r["weight"]) for r in routes(snapshot, "reviews")[0]["route"]] == [
-        ("reviews|v1", 50),
-        ("reviews|v3", 50),
+        ("reviews.default|v1", 50),
+        ("reviews.default|v3", 50),
     ]
 
 
@@ -158,27 +158,27 @@ def test_subset_clusters_and_endpoints() -> None:
     clusters = snap(sample("destination-rule-all"))["clusters"]
     assert list(clusters) == sorted(clusters)
     assert set(clusters) == {
-        "details|",
-        "details|v1",
-        "details|v2",
-        "productpage|",
-        "productpage|v1",
-        "ratings|",
-        "ratings|v1",
-        "ratings|v2",
-        "ratings|v2-mysql",
-        "ratings|v2-mysql-vm",
-        "reviews|",
-        "reviews|v1",
-        "reviews|v2",
-        "reviews|v3",
+        "details.default|",
+        "details.default|v1",
+        "details.default|v2",
+        "productpage.default|",
+        "productpage.default|v1",
+        "ratings.default|",
+        "ratings.default|v1",
+        "ratings.default|v2",
+        "ratings.default|v2-mysql",
+        "ratings.default|v2-mysql-vm",
+        "reviews.default|",
+        "reviews.default|v1",
+        "reviews.default|v2",
+        "reviews.default|v3",
     }
-    assert [e["instance"] for e in clusters["reviews|"]["endpoints"]] == [
+    assert [e["instance"] for e in clusters["reviews.default|"]["endpoints"]] == [
         "reviews-v1-0",
         "reviews-v2-0",
         "reviews-v3-0",
     ]
-    v2 = clusters["reviews|v2"]
+    v2 = clusters["reviews.default|v2"]
     assert (v2["service"], v2["subset"], v2["port"], v2["lb"]) == ("reviews", "v2", 9080, "LEAST_REQUEST")
     assert v2["endpoints"] == [
         {
@@ -198,8 +198,8 @@ def test_subset_clusters_and_endpoints() -> None:
         "mode": "ISTIO_MUTUAL",
         "server_identities": ["spiffe://cluster.local/ns/default/sa/bookinfo-reviews"],
     }
-    assert clusters["details|v2"]["endpoints"] == []
-    assert clusters["reviews|"]["subset"] == ""
+    assert clusters["details.default|v2"]["endpoints"] == []
+    assert clusters["reviews.default|"]["subset"] == ""
 
 
 def test_source_labels_resolved_against_the_node() -> None:
@@ -253,7 +253,7 @@ def test_timeout_and_retries() -> None:
     registry = RegistryView(services=(Service("ratings", "prod", 9080),))
     (host,) = snap(sample("virtual-service-ratings-retries"), registry=registry)["outbound"]["virtual_hosts"]
     (route,) = host["routes"]
-    assert route["route"][0]["cluster"] == "ratings|v1"
+    assert route["route"][0]["cluster"] == "ratings.prod|v1"
     assert route["retries"] == {
         "attempts": 3,
         "per_try_timeout_ms": 2000,
@@ -274,7 +274,7 @@ def test_timeout_and_retries() -> None:
 
 def test_mirror_headers_and_rewrite() -> None:
     (route,) = routes(snap(sample("httpbin-mirroring"), registry=_httpbin_registry()), "httpbin")
-    assert route["mirror"] == {"cluster": "httpbin|v2", "percent": 100.0}
+    assert route["mirror"] == {"cluster": "httpbin.default|v2", "percent": 100.0}
     resources = virtual_service("reviews", """
   - match: [{uri: {prefix: /old}, ignoreUriCase: true, method: {exact: GET},
              queryParams: {Debug: {exact: "1"}}, withoutHeaders: {X-Canary: {exact: "no"}}}]
@@ -308,8 +308,8 @@ def test_mirror_headers_and_rewrite() -> None:
         "request": {"set": {}, "add": {}, "remove": []},
         "response": {"set": {}, "add": {"x-served-by": "reviews"}, "remove": []},
     }
-    assert first["mirror"] == {"cluster": "reviews|", "percent": 5.0}
-    assert second["mirror"] == {"cluster": "reviews|", "percent": 100.0}
+    assert first["mirror"] == {"cluster": "reviews.default|", "percent": 5.0}
+    assert second["mirror"] == {"cluster": "reviews.default|", "percent": 100.0}
 
 
 def _httpbin_registry(*, legacy_v2: bool = False) -> RegistryView:
@@ -333,7 +333,8 @@ def _httpbin_registry(*, legacy_v2: bool = False) -> RegistryView:
 
 
 def test_circuit_breaker_policy() -> None:
-    cluster = snap(sample("httpbin-circuit-breaker"), registry=_httpbin_registry())["clusters"]["httpbin|"]
+    clusters = snap(sample("httpbin-circuit-breaker"), registry=_httpbin_registry())["clusters"]
+    cluster = clusters["httpbin.default|"]
     assert cluster["connection_pool"] == {
         "max_connections": 1,
         "connect_timeout_ms": None,
@@ -359,7 +360,7 @@ spec:
     connectionPool: {tcp: {connectTimeout: 250ms}, http: {http2MaxRequests: 10, maxRetries: 2}}
     outlierDetection: {consecutiveGatewayErrors: 3}
 """)
-    cluster = snap(defaults, registry=_httpbin_registry())["clusters"]["httpbin|"]
+    cluster = snap(defaults, registry=_httpbin_registry())["clusters"]["httpbin.default|"]
     assert cluster["connection_pool"] == {
         "max_connections": None,
         "connect_timeout_ms": 250,
@@ -380,10 +381,10 @@ spec:
 def test_subset_policy_merged_over_top_level() -> None:
     clusters = snap(sample("destination-rule-reviews-lb"))["clusters"]
     assert {k: c["lb"] for k, c in clusters.items() if k.startswith("reviews")} == {
-        "reviews|": "RANDOM",
-        "reviews|v1": "RANDOM",
-        "reviews|v2": "ROUND_ROBIN",
-        "reviews|v3": "RANDOM",
+        "reviews.default|": "RANDOM",
+        "reviews.default|v1": "RANDOM",
+        "reviews.default|v2": "ROUND_ROBIN",
+        "reviews.default|v3": "RANDOM",
     }
     merged = load_resources("""
 apiVersion: networking.istio.io/v1
@@ -400,23 +401,23 @@ spec:
     trafficPolicy: {connectionPool: {http: {http1MaxPendingRequests: 2}}, tls: {mode: DISABLE}}
 """)
     clusters = snap(merged)["clusters"]
-    assert clusters["reviews|v1"]["lb"] == "LEAST_REQUEST"  # LEAST_CONN is Istio's old name
+    assert clusters["reviews.default|v1"]["lb"] == "LEAST_REQUEST"  # LEAST_CONN is Istio's old name
     # the subset's connectionPool replaces the top-level one as a whole (Istio's merge)
-    assert clusters["reviews|v1"]["connection_pool"]["max_connections"] is None
-    assert clusters["reviews|v1"]["connection_pool"]["http1_max_pending_requests"] == 2
-    assert clusters["reviews|"]["connection_pool"]["max_connections"] == 10
-    assert clusters["reviews|v1"]["tls"] == {"mode": "DISABLE", "server_identities": []}
-    assert clusters["reviews|"]["tls"]["mode"] == "ISTIO_MUTUAL"
+    assert clusters["reviews.default|v1"]["connection_pool"]["max_connections"] is None
+    assert clusters["reviews.default|v1"]["connection_pool"]["http1_max_pending_requests"] == 2
+    assert clusters["reviews.default|"]["connection_pool"]["max_connections"] == 10
+    assert clusters["reviews.default|v1"]["tls"] == {"mode": "DISABLE", "server_identities": []}
+    assert clusters["reviews.default|"]["tls"]["mode"] == "ISTIO_MUTUAL"
 
 
 def test_automatic_mtls() -> None:
     clusters = snap(sample("httpbin-mirroring"), registry=_httpbin_registry(legacy_v2=True))["clusters"]
-    assert clusters["httpbin|v1"]["tls"] == {
+    assert clusters["httpbin.default|v1"]["tls"] == {
         "mode": "ISTIO_MUTUAL",
         "server_identities": ["spiffe://cluster.local/ns/default/sa/httpbin"],
     }
-    assert clusters["httpbin|v2"]["tls"]["mode"] == "DISABLE"  # no sidecar there
-    assert clusters["httpbin|"]["tls"]["mode"] == "DISABLE"  # not every endpoint has one
+    assert clusters["httpbin.default|v2"]["tls"]["mode"] == "DISABLE"  # no sidecar there
+    assert clusters["httpbin.default|"]["tls"]["mode"] == "DISABLE"  # not every endpoint has one
     disabled_peer = load_resources("""
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -424,10 +425,10 @@ metadata: {name: httpbin-v1}
 spec: {selector: {matchLabels: {app: httpbin, version: v1}}, mtls: {mode: DISABLE}}
 """)
     clusters = snap(disabled_peer, registry=_httpbin_registry())["clusters"]
-    assert clusters["httpbin|"]["tls"]["mode"] == "DISABLE"  # the v1 workload only accepts plaintext
+    assert clusters["httpbin.default|"]["tls"]["mode"] == "DISABLE"  # the v1 workload only accepts plaintext
     mutual = sample("destination-rule-all-mtls")
     clusters = snap(mutual, registry=bookinfo_registry(has_sidecar=False))["clusters"]
-    assert clusters["reviews|v1"]["tls"]["mode"] == "ISTIO_MUTUAL"  # the DestinationRule says so
+    assert clusters["reviews.default|v1"]["tls"]["mode"] == "ISTIO_MUTUAL"  # the DestinationRule says so
 
 
 def test_gateway_bound_virtual_services_do_not_apply_to_sidecars() -> None:
@@ -453,11 +454,11 @@ spec:
   servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
 """)]
     (host,) = snap(bound, gateway)["outbound"]["virtual_hosts"]
-    assert host["domains"] == ["reviews"] and host["routes"][0]["route"][0]["cluster"] == "reviews|v3"
+    assert host["domains"] == ["reviews"] and host["routes"][0]["route"][0]["cluster"] == "reviews.default|v3"
     both = load_resources(
         json.dumps(resources[0].to_dict()).replace('["bookinfo-gateway"]', '["bookinfo-gateway", "mesh"]')
     )
-    assert routes(snap(both), "reviews")[0]["route"][0]["cluster"] == "reviews|v3"
+    assert routes(snap(both), "reviews")[0]["route"][0]["cluster"] == "reviews.default|v3"
 
 
 def test_version_is_a_stable_content_hash() -> None:
@@ -484,10 +485,11 @@ def test_same_resource_twice_keeps_the_last() -> None:
     first, second = sample("virtual-service-reviews-v3", "virtual-service-reviews-80-20")
     assert first.key == second.key
     assert [r["cluster"] for r in routes(snap([first, second]), "reviews")[0]["route"]] == [
-        "reviews|v1",
-        "reviews|v2",
+        "reviews.default|v1",
+        "reviews.default|v2",
     ]
-    assert [r["cluster"] for r in routes(snap([second, first]), "reviews")[0]["route"]] == ["reviews|v3"]
+    chosen = routes(snap([second, first]), "reviews")[0]["route"]
+    assert [r["cluster"] for r in chosen] == ["reviews.default|v3"]
 
 
 def test_hosts_that_are_not_registry_services_get_their_own_virtual_hosts() -> None:
@@ -498,7 +500,7 @@ def test_hosts_that_are_not_registry_services_get_their_own_virtual_hosts() -> N
     wildcard = hosts[-1]
     assert (wildcard["service"], wildcard["domains"], wildcard["port"]) == (None, ["*"], None)
     assert [r["source"] for r in wildcard["routes"]] == ["VirtualService/default/bookinfo#http[0]"]
-    assert wildcard["routes"][0]["route"][0]["cluster"] == "productpage|"
+    assert wildcard["routes"][0]["route"][0]["cluster"] == "productpage.default|"
     sidecar_hosts = snap(resources)["outbound"]["virtual_hosts"]
     assert [h["name"] for h in sidecar_hosts][-1] == "httpbin.org"  # the gateway-bound "*" is not here
     assert sidecar_hosts[-1]["domains"] == ["httpbin.org"]

@@ -95,7 +95,7 @@ def test_the_sidecar_rejects_what_the_contract_forbids() -> None:
         _registry(),
         node_for("productpage"),
     )
-    doc["clusters"]["reviews|v1"]["lb"] = "FOO"
+    doc["clusters"]["reviews.default|v1"]["lb"] = "FOO"
     with pytest.raises(ValueError, match="lb"):
         Snapshot.from_json(doc)
 

@@ -128,7 +128,7 @@ def test_the_ingress_serves_only_hosts_bound_by_gateway_and_virtual_service() ->
     snapshot = compile_snapshot(gateway_file, bookinfo_registry(), INGRESS)
     hosts = snapshot["outbound"]["virtual_hosts"]
     assert [h["domains"] for h in hosts] == [["*"]]  # no reviews.default.svc.cluster.local:9080 of its own
-    assert hosts[0]["routes"][0]["route"][0]["cluster"] == "productpage|"
+    assert hosts[0]["routes"][0]["route"][0]["cluster"] == "productpage.default|"
     vs_only = [r for r in gateway_file if not isinstance(r, Gateway)]
     assert compile_snapshot(vs_only, bookinfo_registry(), INGRESS)["outbound"]["virtual_hosts"] == []
     (missing,) = analyze(vs_only)

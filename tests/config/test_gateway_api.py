@@ -118,17 +118,17 @@ def test_istio_gateway_api_samples_load_unchanged() -> None:
 def test_per_version_services_become_clusters_of_the_endpoints_they_select() -> None:
     snapshot = compile_snapshot(config(), bookinfo_registry(), node_for("productpage"))
     clusters = snapshot["clusters"]
-    assert [e["instance"] for e in clusters["reviews-v1|"]["endpoints"]] == ["reviews-v1-0"]
-    assert [e["instance"] for e in clusters["reviews-v3|"]["endpoints"]] == ["reviews-v3-0"]
-    assert clusters["reviews-v1|"]["tls"]["mode"] == "ISTIO_MUTUAL"
-    assert sorted(e["instance"] for e in clusters["reviews|"]["endpoints"]) == [
+    assert [e["instance"] for e in clusters["reviews-v1.default|"]["endpoints"]] == ["reviews-v1-0"]
+    assert [e["instance"] for e in clusters["reviews-v3.default|"]["endpoints"]] == ["reviews-v3-0"]
+    assert clusters["reviews-v1.default|"]["tls"]["mode"] == "ISTIO_MUTUAL"
+    assert sorted(e["instance"] for e in clusters["reviews.default|"]["endpoints"]) == [
         "reviews-v1-0", "reviews-v2-0", "reviews-v3-0"]
 
 
 def test_request_routing_tab_jason_to_v2_everybody_else_v1() -> None:
     snapshot = compile_snapshot(config(JASON_V2), bookinfo_registry(), node_for("productpage"))
     routes = reviews_host(snapshot)["routes"]
-    assert [r["route"][0]["cluster"] for r in routes] == ["reviews-v2|", "reviews-v1|"]
+    assert [r["route"][0]["cluster"] for r in routes] == ["reviews-v2.default|", "reviews-v1.default|"]
     assert routes[0]["match"][0]["headers"] == {"end-user": {"exact": "jason"}}
     assert routes[0]["source"] == "HTTPRoute/default/reviews#http[0]"
     assert routes[1]["match"] == []  # no matches: every request
@@ -137,7 +137,8 @@ def test_request_routing_tab_jason_to_v2_everybody_else_v1() -> None:
 def test_traffic_shifting_sample_splits_by_weight() -> None:
     resources = config() + load_files([SAMPLES / "gateway-api-route-reviews-50-v3.yaml"])
     (only,) = routes_for(resources)
-    assert [(d["cluster"], d["weight"]) for d in only["route"]] == [("reviews-v1|", 50), ("reviews-v3|", 50)]
+    assert [(d["cluster"], d["weight"]) for d in only["route"]] == [("reviews-v1.default|", 50),
+                                                                     ("reviews-v3.default|", 50)]
 
 
 def test_timeouts_tab_sets_the_route_timeout_and_backend_request_the_per_try_timeout() -> None:
@@ -168,7 +169,7 @@ def test_filters_become_header_mirror_and_rewrite_settings() -> None:
     assert only["headers"]["request"] == {"set": {"x-env": "test"}, "add": {"x-tag": "a"},
                                           "remove": ["x-drop"]}
     assert only["headers"]["response"]["set"] == {"x-served-by": "mesh"}
-    assert only["mirror"] == {"cluster": "reviews-v3|", "percent": 25.0}
+    assert only["mirror"] == {"cluster": "reviews-v3.default|", "percent": 25.0}
     assert only["rewrite"] == {"uri": "/new", "authority": None, "uri_regex": None}
 
 
@@ -291,7 +292,7 @@ def test_ingress_tab_gateway_and_route_serve_bookinfo_at_the_ingress() -> None:
     # Exact paths first (they never overlap), then the longest prefix
     assert sorted(u["exact"] for u in uris[:3]) == ["/login", "/logout", "/productpage"]
     assert uris[3:] == [{"path_separated_prefix": "/api/v1/products"}, {"path_separated_prefix": "/static"}]
-    assert {d["cluster"] for r in host["routes"] for d in r["route"]} == {"productpage|"}
+    assert {d["cluster"] for r in host["routes"] for d in r["route"]} == {"productpage.default|"}
     assert all(r["source"].startswith("HTTPRoute/default/bookinfo#") for r in host["routes"])
     status = with_status(gateway, resources, bookinfo_registry())["status"]
     assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Accepted", "True"),

@@ -166,7 +166,6 @@ def test_unknown_field_is_named_as_unknown() -> None:
     ("yaml_tail", "field"),
     [
         ("  tcp: []\n", "spec.tcp"),
-        ("  exportTo: ['.']\n", "spec.exportTo"),
         ("  http:\n  - directResponse: {status: 503}\n", "spec.http[0].directResponse"),
         (
             "  http:\n  - corsPolicy: {allowOrigins: [{exact: a}]}\n    route: [{destination: {host: r}}]\n",

@@ -53,9 +53,9 @@ def test_weights_summing_to_90_split_as_the_warning_says() -> None:
         counts = Counter(route.pick().cluster for _ in range(PICKS))
     finally:
         random.setstate(rng_state)
-    share_v1 = 100 * counts["reviews|v1"] / PICKS
+    share_v1 = 100 * counts["reviews.default|v1"] / PICKS
     assert abs(share_v1 - 77.8) < 5, counts
-    assert counts["reviews|v1"] + counts["reviews|v2"] == PICKS
+    assert counts["reviews.default|v1"] + counts["reviews.default|v2"] == PICKS
 
 
 def test_the_only_destination_gets_everything_whatever_its_weight() -> None:
@@ -63,4 +63,4 @@ def test_the_only_destination_gets_everything_whatever_its_weight() -> None:
     resources = load_resources(only_v1.replace("weight: 70", "weight: 0"))
     snapshot = compile_snapshot(resources, bookinfo_registry(), node_for("productpage"))
     vhost = RouteTable.from_snapshot(snapshot["outbound"]).virtual_host("reviews:9080")
-    assert vhost is not None and vhost.routes[0].pick().cluster == "reviews|v1"
+    assert vhost is not None and vhost.routes[0].pick().cluster == "reviews.default|v1"

@@ -27,7 +27,7 @@ def test_the_header_rule_matches_for_jason_and_the_default_rule_otherwise() -> N
     rules = sample("destination-rule-all", "virtual-service-reviews-test-v2")
     jason = run(rules, JASON)
     assert jason["matched"]["source"] == "VirtualService/default/reviews#http[0]"
-    assert [d["cluster"] for d in jason["matched"]["destinations"]] == ["reviews|v2"]
+    assert [d["cluster"] for d in jason["matched"]["destinations"]] == ["reviews.default|v2"]
     assert jason["causes"] == []
     anyone = run(rules, {"end-user": "mary"})
     assert anyone["matched"]["source"] == "VirtualService/default/reviews#http[1]"
@@ -36,7 +36,8 @@ def test_the_header_rule_matches_for_jason_and_the_default_rule_otherwise() -> N
 
 def test_a_missing_destination_rule_subset_is_named_as_nc() -> None:
     jason = run(sample("virtual-service-reviews-test-v2"), JASON)  # no DestinationRule applied
-    assert jason["matched"]["destinations"][0] == {"cluster": "reviews|v2", "weight": 100.0, "exists": False}
+    assert jason["matched"]["destinations"][0] == {"cluster": "reviews.default|v2", "weight": 100.0,
+                                                   "exists": False}
     assert any(c.startswith("NC: VirtualService/default/reviews#http[0] routes to subset 'v2'")
                for c in jason["causes"]), jason["causes"]
 
@@ -104,7 +105,7 @@ async def test_api_and_cli_lines(control_plane: RunningControlPlane, session: ai
     lines = dry_run_lines(answer)
     assert lines[0] == "GET reviews/ end-user=jason"
     assert lines[2] == ("from productpage-v1.default: VirtualService/default/reviews#http[0] → "
-                        "reviews|v2 (100)")
+                        "reviews.default|v2 (100)")
     async with session.get(url, params={"host": "reviews", "from": "nobody"}) as r:
         assert r.status == 400 and "from" in await r.text()
     async with session.get(url) as r:

@@ -18,7 +18,7 @@ T0 = 1_700_000_000_000_000
 
 
 def call(status: str, flags: str = "-", *, route: str = "VirtualService/default/reviews#http[0]",
-         cluster: str = "reviews|v2", reached: bool = True, attempts: str = "1", timeout: str = "",
+         cluster: str = "reviews.default|v2", reached: bool = True, attempts: str = "1", timeout: str = "",
          fault: str = "", mtls: bool = True) -> list[dict[str, Any]]:
     """productpage's client span to reviews, and reviews' server span when the request got there."""
     client = span(1, 1, None, service="productpage", kind="CLIENT", start=T0, duration=30_000, status=status,
@@ -84,7 +84,7 @@ def test_a_trace_of_several_hops_is_in_call_order_and_blames_the_deepest_failure
     ratings = span(1, 3, 2, service="reviews", kind="CLIENT", start=T0 + 3_000, duration=5_000, status="503",
                    flags="UH")
     ratings["name"] = "ratings:9080/*"
-    ratings["tags"]["upstream_cluster"] = "ratings|v1"
+    ratings["tags"]["upstream_cluster"] = "ratings.default|v1"
     answer = explain([*page, ratings])
     assert [(h["from"], h["to"]) for h in answer["hops"]] == [
         ("productpage", "reviews"), ("reviews", "ratings")]

@@ -61,7 +61,7 @@ async def test_subscribers_get_their_snapshot_then_every_change(
         first = await subscriber.next()
         assert first["node"]["id"] == proxy_id
         assert first["revision"] == 0
-        assert first_route_subset(first) == "reviews|"
+        assert first_route_subset(first) == "reviews.default|"
     assert subscribers[0].received[0]["node"]["version"] == "v1"
     assert subscribers[0].received[0]["inbound"]["app"] == {"address": "127.0.0.1", "port": 9080}
     assert subscribers[2].received[0]["node"]["service"] is None  # unknown id: a bare node
@@ -70,7 +70,7 @@ async def test_subscribers_get_their_snapshot_then_every_change(
     for subscriber in subscribers:
         second = await subscriber.next()
         assert second["revision"] == result["revision"] == 1
-        assert first_route_subset(second) == "reviews|v1"
+        assert first_route_subset(second) == "reviews.default|v1"
     assert await control_plane.control_plane.push.wait_synced(within=10)
     status = await status_of(session, url)
     assert sorted(status) == sorted(ids)
@@ -176,18 +176,18 @@ async def test_registry_changes_are_pushed(control_plane: RunningControlPlane, s
     await register(session, url, endpoint("reviews-v1-0"))
     subscriber = await subscribe("client-0.default")
     first = await subscriber.next()
-    assert [e["instance"] for e in first["clusters"]["reviews|"]["endpoints"]] == ["reviews-v1-0"]
+    assert [e["instance"] for e in first["clusters"]["reviews.default|"]["endpoints"]] == ["reviews-v1-0"]
     another = endpoint("reviews-v2-0", "v2", 41001)
     async with session.post(f"{url}/api/v1/registry/endpoints", json=another) as r:
         assert r.status == 200
     second = await subscriber.next()
-    instances = [e["instance"] for e in second["clusters"]["reviews|"]["endpoints"]]
+    instances = [e["instance"] for e in second["clusters"]["reviews.default|"]["endpoints"]]
     assert instances == ["reviews-v1-0", "reviews-v2-0"]
     async with session.put(f"{url}/api/v1/registry/endpoints/default/reviews-v1-0/health",
                            json={"healthy": False}) as r:
         assert r.status == 200
     third = await subscriber.next()
-    assert [e["healthy"] for e in third["clusters"]["reviews|"]["endpoints"]] == [False, True]
+    assert [e["healthy"] for e in third["clusters"]["reviews.default|"]["endpoints"]] == [False, True]
 
 
 async def test_a_reconnect_replaces_the_old_stream_and_gets_the_full_snapshot(

@@ -63,3 +63,26 @@ def test_top_under_plaintext_says_mtls_no() -> None:
     answer = _top_answer("none")
     assert [e["mtls"] for e in answer["edges"]] == [False]
     assert _mtls_column(answer) == ["no"]
+
+
+def test_same_named_workloads_of_two_namespaces_are_two_graph_nodes() -> None:
+    """Istio's mTLS migration layout: sleep in foo and in bar both call httpbin in bar."""
+    metrics = IstioMetrics()
+    store = TelemetryStore()
+    store.add("httpbin-0.bar", 0.0, metrics.render())
+    for source_namespace in ("foo", "bar"):
+        values = {
+            "reporter": "source", "source_workload": "sleep", "source_workload_namespace": source_namespace,
+            "destination_workload": "httpbin", "destination_workload_namespace": "bar",
+            "destination_version": "v1", "destination_service_name": "httpbin",
+            "destination_service_namespace": "bar", "destination_service": "httpbin.bar.svc.cluster.local",
+            "response_code": "200", "response_flags": "-", "connection_security_policy": "mutual_tls",
+        }
+        series = metrics.series(tuple(sorted(values.items())), lambda values=values: values)
+        series.record(3.0, 0, 100)
+    store.add("httpbin-0.bar", 5.0, metrics.render())
+    graph = store.graph(window=5.0, now=5.0)
+    assert {(n["id"], n["namespace"]) for n in graph["nodes"]} == {
+        ("sleep.foo", "foo"), ("sleep.bar", "bar"), ("httpbin.bar", "bar")}
+    assert sorted((e["source"], e["target"]) for e in graph["edges"]) == [
+        ("sleep.bar", "httpbin.bar"), ("sleep.foo", "httpbin.bar")]

@@ -60,7 +60,7 @@ async def test_killed_instance_is_ejected_and_callers_see_no_errors(two_reviews_
         direct = await get_one(f"http://127.0.0.1:{victim['inbound_port']}/reviews/0")
         assert direct.status == 503, direct
         assert not mesh.workload("reviews-v1-1")["healthy"]
-        cluster = _clusters(caller["admin_port"])["reviews|v1"]
+        cluster = _clusters(caller["admin_port"])["reviews.default|v1"]
         ejected = {e["instance"]: e["ejected"] for e in cluster["endpoints"]}
         assert ejected == {"reviews-v1-0": False, "reviews-v1-1": True}, cluster["endpoints"]
         assert cluster["stats"]["upstream_rq_retry"] >= 1  # a retry hid the failure

@@ -171,11 +171,11 @@ async def test_explain_dry_run_names_the_rule_from_each_caller(bookinfo: Running
         told = meshkit(mesh.home, mesh.base, "explain", "--host", "reviews", "--header", "end-user=jason")
         other = meshkit(mesh.home, mesh.base, "explain", "--host", "reviews", "--from", "productpage")
     assert told.returncode == 0, told.stderr
-    assert ("from productpage-v1.default: VirtualService/default/reviews#http[0] → reviews|v2 (100)"
+    assert ("from productpage-v1.default: VirtualService/default/reviews#http[0] → reviews.default|v2 (100)"
             in told.stdout), told.stdout
     assert other.returncode == 0, other.stderr
     assert other.stdout.splitlines()[2] == (
-        "from productpage-v1.default: VirtualService/default/reviews#http[1] → reviews|v1 (100)")
+        "from productpage-v1.default: VirtualService/default/reviews#http[1] → reviews.default|v1 (100)")
 
 
 RATINGS_ABORT = {**RATINGS_DELAY, "spec": {

@@ -98,10 +98,11 @@ async def test_snapshots_from_crds_and_endpointslices_equal_the_local_registry(
     assert snapshot["node"]["identity"] == "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews"
     assert snapshot["inbound"]["app"]["port"] == k.PORT
     assert snapshot["inbound"]["mtls"]["mode"] == "STRICT"
-    [endpoint] = snapshot["clusters"]["reviews|v2"]["endpoints"]
+    [endpoint] = snapshot["clusters"]["reviews.bookinfo|v2"]["endpoints"]
     assert (endpoint["address"], endpoint["port"], endpoint["has_sidecar"]) == ("10.244.0.12", k.PORT, True)
     host = next(h for h in snapshot["outbound"]["virtual_hosts"] if h["service"] == "reviews")
-    assert [r["route"][0]["cluster"] for r in host["routes"]] == ["reviews|v2", "reviews|v1"]
+    assert [r["route"][0]["cluster"] for r in host["routes"]] == ["reviews.bookinfo|v2",
+                                                                   "reviews.bookinfo|v1"]
     ratings = snapshot_of(plane, f"{k.WORKLOADS[-1].pod}.{k.NAMESPACE}")
     assert ratings["inbound"]["authz"]["allow"][0]["name"] == "bookinfo/ratings-viewer"
 
@@ -124,7 +125,7 @@ async def test_a_sidecar_gets_the_same_snapshot_over_the_push_stream_and_cluster
     finally:
         await subscriber.close()
     host = next(h for h in pushed["outbound"]["virtual_hosts"] if h["service"] == "reviews")
-    assert [r["route"][0]["cluster"] for r in host["routes"]] == ["reviews|v3"]
+    assert [r["route"][0]["cluster"] for r in host["routes"]] == ["reviews.bookinfo|v3"]
     assert pushed["revision"] == first["revision"] + 1
 
 
@@ -157,13 +158,13 @@ async def test_crd_update_and_delete_propagate_to_the_snapshot(
                     if h["service"] == "reviews")
         return [r["route"][0]["cluster"] for r in host["routes"]]
 
-    assert first_routes() == ["reviews|v2", "reviews|v1"]
+    assert first_routes() == ["reviews.bookinfo|v2", "reviews.bookinfo|v1"]
     await cluster.request("PATCH", k.istio_path(vs, named=True), {"spec": k.ALL_TO_V3})
-    await until("the update mirrored", lambda: first_routes() == ["reviews|v3"], WAIT_S)
+    await until("the update mirrored", lambda: first_routes() == ["reviews.bookinfo|v3"], WAIT_S)
     assert plane.store.history()[-1].summary == "kubernetes: configured VirtualService/bookinfo/reviews"
 
     await cluster.request("DELETE", k.istio_path(vs, named=True))
-    await until("the delete mirrored", lambda: first_routes() == ["reviews|"], WAIT_S)
+    await until("the delete mirrored", lambda: first_routes() == ["reviews.bookinfo|"], WAIT_S)
     assert plane.store.history()[-1].summary == "kubernetes: deleted VirtualService/bookinfo/reviews"
     assert [r.kind for r in plane.store.resources()] == ["AuthorizationPolicy", "DestinationRule",
                                                          "PeerAuthentication"]

@@ -61,3 +61,20 @@ def test_headers_and_result() -> None:
     assert "no healthy" in str(result) and "#cf222e" in result._repr_html_()
     failed = CurlResult("legacy-v1-0", "GET", "http://x/", None, error="connection reset")
     assert "no answer (connection reset)" in repr(failed) and not failed.ok
+
+
+def test_names_resolve_in_the_senders_namespace(tmp_path: Path) -> None:
+    """Kubernetes DNS: a short name in the sender's namespace, ``svc.ns`` and the FQDN in ``ns``."""
+    state = StateDir.open(tmp_path)
+    rows = [{**_row("httpbin-0.foo", "httpbin", port=5000), "namespace": "foo"},
+            {**_row("httpbin-0.bar", "httpbin", port=6000), "namespace": "bar"},
+            {**_row("sleep-0.legacy", "sleep", sidecar=False, port=7000), "namespace": "legacy"},
+            {**_row("sleep-0.foo", "sleep", port=8000), "namespace": "foo"}]
+    legacy = find_source(rows, "sleep.legacy")
+    assert legacy["name"] == "sleep-0.legacy" and find_source(rows, "sleep-0.foo")["name"] == "sleep-0.foo"
+    assert _route(state, rows, legacy, "http://httpbin.foo:8000/ip").port == 5006
+    assert _route(state, rows, legacy, "http://httpbin.bar.svc.cluster.local:8000/ip").port == 6006
+    with pytest.raises(CurlError, match=r"'httpbin' names no running service.*httpbin\.bar, httpbin\.foo"):
+        _route(state, rows, legacy, "http://httpbin:8000/ip")  # there is no httpbin in legacy
+    from_foo = rows[3]
+    assert _route(state, rows, from_foo, "http://httpbin:8000/ip").target == "http://httpbin:8000/ip"

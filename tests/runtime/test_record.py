@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from meshkit.runtime import catalog
+from meshkit.runtime import catalog, launch
 from meshkit.runtime.record import MeshRecord, legacy_manifests
 from meshkit.runtime.rollout import overrides, replica_counts
 
@@ -61,3 +63,20 @@ def test_a_name_refers_to_a_status_row_by_instance_workload_or_service() -> None
     assert [catalog.refers_to(n, row) for n in ("reviews-v1-1", "reviews-v1", "reviews")] == [True] * 3
     assert not catalog.refers_to("reviews", row, by_service=False)
     assert not any(catalog.refers_to(n, row) for n in ("reviews-v1-0", "reviews-v2", "ratings", "v1"))
+
+
+def test_instances_outside_default_carry_their_namespace() -> None:
+    foo = catalog.WorkloadSpec("httpbin", "v1", "httpbin", 8000, "httpbin", deployment="httpbin",
+                               namespace="foo")
+    bar = dataclasses.replace(foo, namespace="bar")
+    rec = MeshRecord(21000, [], {}, manifests=[foo, bar, dataclasses.replace(foo, namespace="default")])
+    instances = {i.name: i for i in rec.instances()}
+    assert sorted(instances) == ["httpbin-0", "httpbin-0.bar", "httpbin-0.foo"]
+    assert len({i.ports.app for i in instances.values()}) == 3  # three slots: nothing collides
+    one = instances["httpbin-0.foo"]
+    assert (one.pod, one.namespace, one.proxy_id) == ("httpbin-0", "foo", "httpbin-0.foo")
+    assert instances["httpbin-0"].proxy_id == "httpbin-0.default"
+    assert one.status()["namespace"] == "foo"
+    assert launch.identity(one.spec) == "spiffe://cluster.local/ns/foo/sa/httpbin"
+    assert [catalog.workload_of(n) for n in ("httpbin-0.foo", "sleep-1.legacy")] == ["httpbin.foo",
+                                                                                    "sleep.legacy"]

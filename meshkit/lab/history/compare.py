@@ -285,7 +285,7 @@ class Comparison:
                f"the node proxy (pid {node.pid}) counted {served} answered requests, fewer than the "
                f"{result.ok} the run got: the requests did not go through it")
         app_ports = {int(r["app_port"]) for r in self._destination_rows()}
-        cluster = node.clusters().get(f"{self.service}|", {})
+        cluster = node.clusters().get(f"{self.service}.default|", {})  # the bench runs in default
         ports = {int(str(e.get("hostport", ":0")).rsplit(":", 1)[-1]) for e in _endpoints(cluster)}
         expect(bool(ports) and ports <= app_ports,
                f"the node proxy sends {self.service} traffic to ports {sorted(ports)}, not to the app ports "

@@ -116,7 +116,10 @@ def _source_labels(request: Request, status: int, flags: str) -> dict[str, str]:
     }
     service = cluster.service if cluster is not None else None
     identity = endpoint.identity if endpoint is not None else None
-    namespace = config.destination_namespace(identity) if (service or identity) else UNKNOWN
+    if cluster is not None and cluster.namespace is not None:
+        namespace = cluster.namespace
+    else:
+        namespace = config.destination_namespace(identity) if (service or identity) else UNKNOWN
     if endpoint is not None:
         labels["destination_workload"] = endpoint.workload or UNKNOWN
         labels["destination_workload_namespace"] = namespace
