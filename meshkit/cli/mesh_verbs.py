@@ -272,6 +272,9 @@ def exec_(
     _stdin: Annotated[bool, typer.Option("-i", "--stdin", help="Accepted, as kubectl's (no effect).")]
     = False,
     _tty: Annotated[bool, typer.Option("-t", "--tty", help="Accepted, as kubectl's (no effect).")] = False,
+    namespace: Annotated[str | None, typer.Option(
+        "-n", "--namespace", help="The pod's namespace (kubectl exec -n): sleep -n foo is sleep.foo.")]
+    = None,
 ) -> None:
     """Run a command of Istio's tasks in a workload, as `kubectl exec POD -- COMMAND` does.
 
@@ -281,6 +284,9 @@ def exec_(
     from meshkit.runtime.exec_command import ExecError, execute  # noqa: PLC0415
 
     mesh = _running_mesh()
+    kind, slash, name = target.rpartition("/")
+    if namespace and namespace != "default" and not name.endswith(f".{namespace}"):
+        target = f"{kind}{slash}{name}.{namespace}"
     try:
         code = execute(mesh.state, mesh.status()["workloads"], target, list(command or []),
                        out=lambda text: typer.echo(text, nl=False), container=container)

@@ -28,6 +28,12 @@ for from in "foo" "bar" "legacy"; do for to in "foo" "bar"; do meshkit curl -n $
 "http://httpbin.${to}:8000/ip" -s -o /dev/null -w "sleep.${from} to httpbin.${to}: %{http_code}\\n"; \
 done; done
 """
+# the same loop with the task's own words after `meshkit exec ... --` (kubectl exec's shape)
+EXEC_LOOP = """
+for from in "foo" "bar" "legacy"; do for to in "foo" "bar"; do \
+meshkit exec deploy/sleep -c sleep -n ${from} -- curl -s "http://httpbin.${to}:8000/ip" -s -o /dev/null \
+-w "sleep.${from} to httpbin.${to}: %{http_code}\\n"; done; done
+"""
 ALL_200 = [f"sleep.{a} to httpbin.{b}: 200" for a in ("foo", "bar", "legacy") for b in ("foo", "bar")]
 
 
@@ -103,6 +109,8 @@ EOF
     mesh.wait_synced()
     code, out, err = bash(mesh, LOOP)
     expected = [line.replace("legacy to httpbin.foo: 200", "legacy to httpbin.foo: 000") for line in ALL_200]
+    assert out.splitlines() == expected, err
+    code, out, err = bash(mesh, EXEC_LOOP)
     assert out.splitlines() == expected, err
 
     # Lock down mutual TLS for the entire mesh (istio-system is the root namespace)
