@@ -18,7 +18,7 @@ from typing import Literal, NotRequired, TypedDict
 SCHEMA = 1
 
 LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PASSTHROUGH"]
-TlsMode = Literal["DISABLE", "ISTIO_MUTUAL"]
+TlsMode = Literal["DISABLE", "ISTIO_MUTUAL", "SIMPLE"]
 ProxyKind = Literal["sidecar", "gateway"]
 
 
@@ -152,7 +152,16 @@ class OutlierDetectionDoc(TypedDict):
     max_ejection_percent: int
 
 
-class ClusterTlsDoc(TypedDict):
+class _OriginationDoc(TypedDict, total=False):
+    """SIMPLE only (TLS origination, proxy.tls.originate): the server name sent, the names the server's
+    certificate may carry instead of it, and whether the certificate is checked at all."""
+
+    sni: str
+    subject_alt_names: list[str]
+    insecure_skip_verify: bool
+
+
+class ClusterTlsDoc(_OriginationDoc):
     mode: TlsMode
     server_identities: list[str]
 
@@ -283,7 +292,11 @@ class MeshDoc(TypedDict, total=False):
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"]
 
 
-class EgressDoc(TypedDict):
+class _StandinCaDoc(TypedDict, total=False):
+    ca_pem: str  # the stand-ins' CA, trusted for TLS origination (absent: none)
+
+
+class EgressDoc(_StandinCaDoc):
     """Where hosts outside the mesh are (meshkit.proxy.egress)."""
 
     hosts: dict[str, str]  # "host:port" -> "address:port"
