@@ -23,7 +23,7 @@ from meshkit.config.egress import (
     origination_tls,
 )
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
-from meshkit.config.gateways import bound_hosts
+from meshkit.config.gateways import bound_hosts, tls_servers
 from meshkit.config.hosts import resolve_host
 from meshkit.config.httproutes import ingress_virtual_services, mesh_virtual_services, selector_services
 from meshkit.config.meshconfig import mesh_config_of, mesh_settings
@@ -47,6 +47,7 @@ from meshkit.config.resources import (
     VirtualService,
     parse_duration_ms,
 )
+from meshkit.config.secrets import credential_pairs
 from meshkit.config.selection import (
     authorization_policies_for,
     destination_rules_for,
@@ -148,6 +149,8 @@ def compile_snapshot(
         "egress": {"hosts": dict(sorted((egress_hosts or {}).items())), "real_dns": real_dns,
                    **({"ca_pem": registry.external_ca} if registry.external_ca else {})},
     }
+    if node.kind == "gateway":  # HTTPS servers with their Secrets' certificates (config.gateways)
+        body["gateway_tls"] = {"servers": tls_servers(node, resources, credential_pairs(resources))}
     selected = request_authentications_for(
         node.namespace, node.labels, of_kind(resources, RequestAuthentication))
     rules = compile_jwt(selected, jwks, jwks_errors)

@@ -310,7 +310,27 @@ class TracingDoc(TypedDict, total=False):
     report: bool
 
 
-class SnapshotDoc(TypedDict):
+class GatewayTlsServerDoc(TypedDict):
+    """An HTTPS server of a Gateway selecting this gateway proxy (proxy.tls.serving)."""
+
+    gateway: str  # "namespace/name"
+    server: int  # index in spec.servers
+    port: int
+    hosts: list[str]  # SNI names it answers for ("*", "*.example.com", exact)
+    credential: str  # the Secret's name (credentialName)
+    cert_pem: str
+    key_pem: str
+
+
+class GatewayTlsDoc(TypedDict):
+    servers: list[GatewayTlsServerDoc]
+
+
+class _GatewayTlsSection(TypedDict, total=False):
+    gateway_tls: GatewayTlsDoc | None  # gateway proxies only
+
+
+class SnapshotDoc(_GatewayTlsSection):
     schema: int
     version: str
     revision: NotRequired[int]

@@ -87,6 +87,7 @@ class Snapshot:
         "doc",
         "egress",
         "gateway_jwt",
+        "gateway_tls",
         "inbound",
         "inbound_cluster",
         "inbound_service_fqdn",
@@ -125,6 +126,7 @@ class Snapshot:
         self.mtls_mode = "PERMISSIVE"  # PeerAuthentication mode of the inbound port (Istio's default)
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
         self.originate: dict[str, Any] = {}  # SIMPLE cluster -> tls.originate.Origination (TLS origination)
+        self.gateway_tls: list[Any] = []  # a gateway's HTTPS servers (tls.serving.ServerCertificate)
         # unknown hosts: outboundTrafficPolicy, the stand-in map (proxy/egress.py); None on a gateway
         self.egress: Egress | None = Egress()
         self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
@@ -173,6 +175,7 @@ class Snapshot:
             raise SnapshotError(str(exc)) from None
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
         snap.originate = cls._originate(doc.get("clusters"), doc.get("egress"), previous)
+        snap.gateway_tls = cls._gateway_tls(doc.get("gateway_tls"), previous)
         snap.path_normalization, snap.stream_idle_timeout = cls._mesh(doc.get("mesh"))
         try:
             egress = Egress.from_snapshot(doc.get("mesh"), doc.get("egress"))
@@ -294,6 +297,18 @@ class Snapshot:
 
         try:
             return originations(clusters, egress, previous.originate if previous is not None else None)
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
+
+    @staticmethod
+    def _gateway_tls(section: Any, previous: Snapshot | None) -> list[Any]:
+        """A gateway's HTTPS servers with their loaded certificates (``ssl`` only when there is one)."""
+        if section is None or (isinstance(section, dict) and section.get("servers") == []):
+            return []
+        from meshkit.proxy.tls.servercerts import server_certificates  # noqa: PLC0415 - only with HTTPS servers
+
+        try:
+            return server_certificates(section, previous.gateway_tls if previous is not None else ())
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
 

@@ -25,7 +25,7 @@ from meshkit.config.compile import compile_snapshot
 from meshkit.config.loader import load_resources
 from meshkit.proxy import schema
 from meshkit.proxy.snapshot import Snapshot
-from meshkit.runtime.standin_tls import issue_ca, pem
+from meshkit.runtime.standin_tls import issue_ca, issue_server, key_pem, pem
 from tests.config.bookinfo import SAMPLES, node_for, vs
 from tests.config.test_compile_contract import GATEWAY, HTTPBIN_V1, _registry
 
@@ -157,6 +157,29 @@ spec:
 """
 
 
+_CA, _CA_KEY = issue_ca()
+_CERT, _KEY = issue_server(["httpbin.example.com"], _CA, _CA_KEY)
+HTTPS_GATEWAY = f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: httpbin-credential, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: {json.dumps(pem(_CERT))}
+  tls.key: {json.dumps(key_pem(_KEY))}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mygateway}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    tls: {{mode: SIMPLE, credentialName: httpbin-credential}}
+    hosts: [httpbin.example.com]
+"""
+
+
 def _compiled() -> list[tuple[str, dict[str, Any]]]:
     registry = _registry()
     inputs = [(path.stem, path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))]
@@ -169,6 +192,8 @@ def _compiled() -> list[tuple[str, dict[str, Any]]]:
     origination = compile_snapshot(load_resources(RICH_ORIGINATION), standins, node_for("productpage"),
                                    revision=3)
     found.append(("rich-tls-origination for productpage", json.loads(json.dumps(origination))))
+    https = compile_snapshot(load_resources(HTTPS_GATEWAY), registry, GATEWAY, revision=3)
+    found.append(("https-gateway for the ingress", json.loads(json.dumps(https))))
     for name, text in inputs:
         resources = load_resources(text)
         for node in (node_for("productpage"), node_for("reviews", "v2"), GATEWAY, HTTPBIN_V1):
