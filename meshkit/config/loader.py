@@ -310,6 +310,10 @@ def _load_document(document: Any, fallback: str) -> tuple[Resource | None, list[
         shown = "missing" if api_version is None else f'"{api_version}"'
         text = f"apiVersion {shown} is not accepted for kind {kind} (accepted: {', '.join(accepted)})"
         return None, [Message(codes.MK0003, Severity.ERROR, resource_label, "apiVersion", text)]
+    metadata = document.get("metadata")
+    if isinstance(metadata, dict) and "creationTimestamp" in metadata and not metadata["creationTimestamp"]:
+        # what `kubectl create ... --dry-run=client -o yaml` writes: no timestamp, nothing to refuse
+        document = {**document, "metadata": {k: v for k, v in metadata.items() if k != "creationTimestamp"}}
     try:
         return model.model_validate(document), []
     except ValidationError as error:

@@ -151,3 +151,12 @@ def test_an_https_server_without_a_credential_is_an_error() -> None:
     no_tls = GATEWAY_YAML.replace("    tls:\n      mode: SIMPLE\n", "").replace(
         "      credentialName: httpbin-credential # must be the same as secret\n", "")
     assert _codes(no_tls) == [("MK0403", "spec.servers[0].tls")]
+
+
+def test_kubectl_dry_run_output_loads_as_written() -> None:
+    """``kubectl create ... --dry-run=client -o yaml`` writes ``creationTimestamp: null``: accepted."""
+    text = tls_secret().replace("metadata:\n", "metadata:\n  creationTimestamp: null\n")
+    [secret] = load_resources(text)
+    assert secret.ref == "Secret/istio-system/httpbin-credential"
+    with pytest.raises(ConfigError):  # a real timestamp still names the field (kubectl get output)
+        load_resources(text.replace("creationTimestamp: null", "creationTimestamp: '2026-12-07T05:00:00Z'"))
