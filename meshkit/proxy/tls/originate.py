@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -33,11 +33,13 @@ class Origination:
     context: ssl.SSLContext
     subject_alt_names: frozenset[str]
     trust: tuple[str | None, bool, bool, bool]  # (ca_pem, system CAs, verify, check hostname)
+    # the pool key's TLS part (built once, read per request): connections with another SNI or trust
+    # are never shared
+    pool_tag: str = field(init=False)
 
-    @property
-    def pool_tag(self) -> str:
-        """The pool key's TLS part: connections with another SNI or trust are never shared."""
-        return f"simple:{self.sni}:{hash(self.trust)}:{','.join(sorted(self.subject_alt_names))}"
+    def __post_init__(self) -> None:
+        names = ",".join(sorted(self.subject_alt_names))
+        object.__setattr__(self, "pool_tag", f"simple:{self.sni}:{hash(self.trust)}:{names}")
 
 
 class OriginationError(ssl.SSLError):
