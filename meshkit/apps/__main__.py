@@ -6,16 +6,19 @@ imported keeps libssl/libcrypto and their initialisation out of every app proces
 of RSS each, for issue 4's whole-mesh budget). asyncio and aiohttp then treat TLS as
 unavailable, as on a Python built without it (an ``https://`` URL given to the
 ``sleep``/``legacy`` clients fails with an error), and ``hashlib`` uses its built-in hashes.
+The one exception is ``external``: the stand-ins for Istio's external hosts also serve HTTPS
+(``--tls-port``), so that process keeps ``ssl``.
 """
 
 from __future__ import annotations
 
 import sys
 
-for _module in ("ssl", "_hashlib"):  # before anything imports asyncio
-    sys.modules.setdefault(_module, None)  # type: ignore[arg-type]
+if sys.argv[1:2] != ["external"]:
+    for _module in ("ssl", "_hashlib"):  # before anything imports asyncio
+        sys.modules.setdefault(_module, None)  # type: ignore[arg-type]
 
-from meshkit.apps.launcher import main  # noqa: E402 - after the lines above, on purpose
+from meshkit.apps.launcher import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,6 +5,8 @@ which), ``--host`` (127.0.0.1), ``--instance`` (pod name, default ``<app>-<versi
 ``--version`` (v1), ``--service-port`` (the port in the URLs of called services: 9080 for
 Bookinfo), ``--seed`` (makes ``/admin/fail`` and weighted ``/status`` reproducible).
 ``reviews`` also takes ``--star-color black|red|none`` for versions other than v1-v3.
+``external`` also takes ``--tls-port N --tls-cert FILE --tls-key FILE``: HTTPS on a second port
+(the stand-ins' own CA, ``meshkit.runtime.standin_tls``).
 """
 
 from __future__ import annotations
@@ -74,7 +76,30 @@ def parser() -> argparse.ArgumentParser:
                 "--star-color", choices=("black", "red", "none"),
                 help="star colour (default from --version: v1 none, v2 black, v3 red)",
             )
+        if name == "external":
+            sub.add_argument("--tls-port", type=_port,
+                             help="also serve HTTPS on this port (0: any free port)")
+            sub.add_argument("--tls-cert", help="server certificate chain (PEM) for --tls-port")
+            sub.add_argument("--tls-key", help="its private key (PEM)")
     return top
+
+
+def _tls(args: argparse.Namespace) -> tuple[int, object] | None:
+    """(port, server SSLContext) for ``--tls-port``; ValueError names the missing option."""
+    if getattr(args, "tls_port", None) is None:
+        return None
+    if not args.tls_cert or not args.tls_key:
+        raise ValueError("--tls-port needs --tls-cert and --tls-key")
+    import ssl  # noqa: PLC0415 - only this app's process has ssl (see __main__)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--tls-cert/--tls-key: {exc}") from exc
+    return args.tls_port, context
 
 
 def build_app(args: argparse.Namespace, env: dict[str, str]) -> web.Application:
@@ -93,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         app = build_app(args, dict(os.environ))
+        tls = _tls(args)
     except ValueError as exc:
         print(f"error: {args.app}: {exc}", file=sys.stderr)
         return 2
-    return run(app, args.host, args.port)
+    return run(app, args.host, args.port, tls)

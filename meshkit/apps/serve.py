@@ -6,7 +6,8 @@ supervisor (or a test) never races for a port. The line is JSON::
     {"ready": true, "app": "reviews", "instance": "reviews-v2-0", "version": "v2",
      "host": "127.0.0.1", "port": 41234}
 
-(one line in reality).
+(one line in reality). With ``tls`` (the external stand-ins' ``--tls-port``), the same app is
+also served over HTTPS on a second port, and the ready line adds ``"tls_port"``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -27,8 +29,8 @@ class ListenError(Exception):
     """The app could not bind its port."""
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
-    """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT."""
+async def serve(app: web.Application, host: str, port: int, tls: tuple[int, Any] | None = None) -> None:
+    """Serve ``app`` on ``host:port`` (and over HTTPS on ``tls``: (port, SSLContext)) until SIGTERM/SIGINT."""
     workload = app[WORKLOAD]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,6 +47,16 @@ async def serve(app: web.Application, host: str, port: int) -> None:
                 f"{workload.instance}: cannot listen on {host}:{port}: {exc.strerror or exc}"
             ) from exc
         bound_host, bound_port = runner.addresses[0][:2]
+        extra: dict[str, Any] = {}
+        if tls is not None:
+            tls_site = web.TCPSite(runner, host, tls[0], reuse_address=True, ssl_context=tls[1])
+            try:
+                await tls_site.start()
+            except OSError as exc:
+                raise ListenError(
+                    f"{workload.instance}: cannot listen on {host}:{tls[0]}: {exc.strerror or exc}"
+                ) from exc
+            extra["tls_port"] = runner.addresses[-1][1]
         ready = {
             "ready": True,
             "app": workload.app,
@@ -52,6 +64,7 @@ async def serve(app: web.Application, host: str, port: int) -> None:
             "version": workload.version,
             "host": bound_host,
             "port": bound_port,
+            **extra,
         }
         print(json.dumps(ready), flush=True)
         await stop.wait()
@@ -59,10 +72,10 @@ async def serve(app: web.Application, host: str, port: int) -> None:
         await runner.cleanup()
 
 
-def run(app: web.Application, host: str, port: int) -> int:
+def run(app: web.Application, host: str, port: int, tls: tuple[int, Any] | None = None) -> int:
     """Blocking entry point; returns the process exit code."""
     try:
-        asyncio.run(serve(app, host, port))
+        asyncio.run(serve(app, host, port, tls))
     except ListenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

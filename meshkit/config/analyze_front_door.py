@@ -11,6 +11,8 @@ MK0304 W a Deployment names a ServiceAccount that is not defined (only ``default
 MK0305 W a Deployment with more than one container: the local mesh runs the first one
 MK0401 W a VirtualService names a gateway that does not exist (it does nothing for that gateway)
 MK0402 W a Gateway selects no gateway proxy of the mesh (``istio: ingressgateway`` is the one)
+MK0403 E an HTTPS Gateway server without ``tls.mode: SIMPLE`` and a ``credentialName``
+MK0404 E a ``credentialName`` that names no TLS Secret (istio-system, or the Gateway's namespace)
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import dataclasses
 from collections.abc import Sequence
 
 from meshkit.config import codes
-from meshkit.config.gateways import Gateway, missing_gateways
+from meshkit.config.gateways import Gateway, credential_namespaces, https_servers, missing_gateways
 from meshkit.config.messages import Message, Severity
 from meshkit.config.registry import RegistryView
 from meshkit.config.registry import Service as RegistryService
 from meshkit.config.resources import Resource, VirtualService
+from meshkit.config.secrets import find_secret
 from meshkit.config.workloads import Deployment, Service, ServiceAccount, known_images, sample_app, selects
 
 # The labels of the gateway proxies the local mesh runs (Istio's default ingress gateway's).
@@ -64,7 +67,29 @@ def check_front_door(resources: Sequence[Resource], registry: RegistryView | Non
                 codes.MK0402, Severity.WARNING, gateway.ref, "spec.selector",
                 "selects no gateway proxy of this mesh (its ingress gateway has the labels "
                 "istio=ingressgateway, app=istio-ingressgateway), so nothing serves it"))
+        messages.extend(_check_https_servers(gateway, resources))
     return messages
+
+
+def _check_https_servers(gateway: Gateway, resources: Sequence[Resource]) -> list[Message]:
+    """MK0403/MK0404: an HTTPS server needs ``tls.mode: SIMPLE`` with a Secret that exists."""
+    found: list[Message] = []
+    for index, server in https_servers(gateway):
+        where = f"spec.servers[{index}].tls"
+        credential = server.tls.credential_name if server.tls is not None else None
+        if not credential:
+            found.append(Message(codes.MK0403, Severity.ERROR, gateway.ref, where,
+                                 "an HTTPS server needs tls.mode SIMPLE and a credentialName (a TLS Secret, "
+                                 "e.g. kubectl create -n istio-system secret tls NAME --key=... --cert=...)"))
+            continue
+        namespaces = credential_namespaces(gateway)
+        if find_secret(resources, credential, namespaces) is None:
+            found.append(Message(
+                codes.MK0404, Severity.ERROR, gateway.ref, f"{where}.credentialName",
+                f'Secret "{credential}" not found in namespace {" or ".join(namespaces)}: apply it first '
+                f"(kubectl create -n {namespaces[0]} secret tls {credential} --key=KEY --cert=CERT "
+                "--dry-run=client -o yaml | meshkit apply -f -)"))
+    return found
 
 
 def _check_deployment(deployment: Deployment, accounts: set[tuple[str, str]]) -> list[Message]:

@@ -62,8 +62,8 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0008", E, "loader", "input over a size bound: too many YAML aliases, nodes once aliases are "
          "expanded, or documents (a 'billion laughs' upload)"),
     Code("MK0009", W, "loader", "a Kubernetes kind the local mesh does not model (a ConfigMap other "
-         "than Istio's mesh config istio-system/istio, HorizontalPodAutoscaler, ...) was left out; the "
-         "rest of the input applies"),
+         "than Istio's mesh config istio-system/istio, a Secret that is not a TLS credential, "
+         "HorizontalPodAutoscaler, ...) was left out; the rest of the input applies"),
     # -- analyzer: across resources ----------------------------------------------------------------
     Code("MK0101", E, "analyzer", "route or mirror subset defined by no DestinationRule for the host "
          "(reported, not refused: Istio's API server accepts the rule and its requests fail with 503 NC "
@@ -198,6 +198,10 @@ _TABLE: tuple[Code, ...] = (
          "for that gateway)", "IST0101 ReferencedResourceNotFound"),
     Code("MK0402", W, "gateways", "a Gateway selects no gateway proxy of the mesh (`istio: ingressgateway` "
          "is the one)", "IST0107 GatewayPortNotOnWorkload"),
+    Code("MK0403", E, "gateways", "an HTTPS Gateway server without `tls.mode: SIMPLE` and a `credentialName` "
+         "(the local mesh's HTTPS ingress serves a certificate from a TLS Secret)"),
+    Code("MK0404", E, "gateways", "a Gateway server's `credentialName` names no TLS Secret in the gateway "
+         "workload's namespace (istio-system) or the Gateway's own", "IST0101 ReferencedResourceNotFound"),
     Code("MK0410", W, "gateway-api", "an HTTPRoute `parentRefs` entry names no Service (mesh) or no Gateway "
          "(ingress); its status says Accepted False, NoMatchingParent", "",
          'parentRefs[0]: Service default/reviewz does not exist: this route attaches to nothing'),
@@ -251,8 +255,8 @@ REPORTED_NOT_REFUSED = frozenset({"MK0101"})
 # The names every caller uses (``codes.MK0101``); the test checks each one is in CODES.
 MK0001, MK0002, MK0003, MK0004, MK0005, MK0006, MK0007, MK0008, MK0009 = (
     "MK0001", "MK0002", "MK0003", "MK0004", "MK0005", "MK0006", "MK0007", "MK0008", "MK0009")
-MK0301, MK0302, MK0303, MK0304, MK0305, MK0401, MK0402 = (
-    "MK0301", "MK0302", "MK0303", "MK0304", "MK0305", "MK0401", "MK0402")
+MK0301, MK0302, MK0303, MK0304, MK0305, MK0401, MK0402, MK0403, MK0404 = (
+    "MK0301", "MK0302", "MK0303", "MK0304", "MK0305", "MK0401", "MK0402", "MK0403", "MK0404")
 MK0410, MK0411, MK0412, MK0413, MK0414 = ("MK0410", "MK0411", "MK0412", "MK0413", "MK0414")
 MK0101, MK0102, MK0103, MK0104, MK0105, MK0106, MK0107, MK0108, MK0109, MK0110 = (
     "MK0101", "MK0102", "MK0103", "MK0104", "MK0105", "MK0106", "MK0107", "MK0108", "MK0109", "MK0110")

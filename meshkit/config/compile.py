@@ -21,9 +21,10 @@ from meshkit.config.egress import (
     external_clusters,
     external_services,
     external_virtual_hosts,
+    origination_tls,
 )
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
-from meshkit.config.gateways import bound_hosts
+from meshkit.config.gateways import bound_hosts, tls_servers
 from meshkit.config.hosts import resolve_host
 from meshkit.config.httproutes import (
     from_http_route,
@@ -55,6 +56,7 @@ from meshkit.config.resources import (
     VirtualService,
     parse_duration_ms,
 )
+from meshkit.config.secrets import credential_pairs
 from meshkit.config.selection import (
     authorization_policies_for,
     destination_rules_for,
@@ -160,8 +162,11 @@ def compile_snapshot(
         "mesh": mesh_settings(mesh_config),
         "tracing": resolve_tracing(node.namespace, node.labels, of_kind(resources, Telemetry),
                                    trace_sampling)[0],
-        "egress": {"hosts": dict(sorted((egress_hosts or {}).items())), "real_dns": real_dns},
+        "egress": {"hosts": dict(sorted((egress_hosts or {}).items())), "real_dns": real_dns,
+                   **({"ca_pem": registry.external_ca} if registry.external_ca else {})},
     }
+    if node.kind == "gateway":  # HTTPS servers with their Secrets' certificates (config.gateways)
+        body["gateway_tls"] = {"servers": tls_servers(node, resources, credential_pairs(resources))}
     selected = request_authentications_for(
         node.namespace, node.labels, of_kind(resources, RequestAuthentication))
     rules = compile_jwt(selected, jwks, jwks_errors)
@@ -481,15 +486,15 @@ def _external_clusters(
 ) -> dict[str, Any]:
     def cluster(host: str, port: int, subset: str, policy: TrafficPolicy | None,
                 endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        policy = policy.for_port(port) if policy is not None else None
         lb = policy.load_balancer.simple if policy and policy.load_balancer else None
-        tls = policy.tls.mode if policy is not None and policy.tls is not None else "DISABLE"
         return {
             "service": host, "namespace": None, "subset": subset, "port": port,
             "lb": LB_ALIASES.get(lb, lb) if lb else DEFAULT_LB,
             "endpoints": endpoints,
             "connection_pool": _connection_pool(policy),
             "outlier_detection": _outlier_detection(policy),
-            "tls": {"mode": tls, "server_identities": []},  # outside the mesh: no auto mTLS
+            "tls": origination_tls(policy, host),  # outside the mesh: no auto mTLS
         }
 
     return external_clusters(external, destination_rules, hosts, real_dns,
@@ -522,6 +527,7 @@ def _cluster(
     endpoints: Sequence[Endpoint],
     peer_authentications: Sequence[PeerAuthentication],
 ) -> dict[str, Any]:
+    policy = policy.for_port(svc.port) if policy is not None else None
     lb = policy.load_balancer.simple if policy and policy.load_balancer else None
     return {
         "service": svc.name,
@@ -532,7 +538,8 @@ def _cluster(
         "endpoints": [_endpoint(e) for e in endpoints],
         "connection_pool": _connection_pool(policy),
         "outlier_detection": _outlier_detection(policy),
-        "tls": _tls(policy, endpoints, peer_authentications),
+        "tls": _tls(policy, endpoints, peer_authentications) if not _simple(policy)
+        else origination_tls(policy, svc.fqdn),
     }
 
 
@@ -587,6 +594,10 @@ def _tls(
         mode = "ISTIO_MUTUAL" if automatic else "DISABLE"
     identities = sorted({e.identity for e in endpoints}) if mode == "ISTIO_MUTUAL" else []
     return {"mode": mode, "server_identities": identities}
+
+
+def _simple(policy: TrafficPolicy | None) -> bool:
+    return policy is not None and policy.tls is not None and policy.tls.mode == "SIMPLE"
 
 
 def _mtls_mode(endpoint: Endpoint, peer_authentications: Sequence[PeerAuthentication]) -> object:

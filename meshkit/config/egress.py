@@ -111,6 +111,17 @@ def external_services(resources: Sequence[Resource], namespace: str) -> list[Ext
     return [chosen[host] for host in sorted(chosen)]
 
 
+def origination_tls(policy: TrafficPolicy | None, host: str) -> dict[str, Any]:
+    """A cluster's ``tls`` for a DestinationRule's mode outside the mesh: ``SIMPLE`` originates TLS
+    with the DestinationRule's ``sni`` (else the host), checking ``subjectAltNames`` (else that name)."""
+    tls = policy.tls if policy is not None else None
+    if tls is None or tls.mode != "SIMPLE":
+        return {"mode": tls.mode if tls is not None else "DISABLE", "server_identities": []}
+    return {"mode": "SIMPLE", "server_identities": [], "sni": tls.sni or host,
+            "subject_alt_names": list(tls.subject_alt_names or []),
+            "insecure_skip_verify": bool(tls.insecure_skip_verify)}
+
+
 def _is_ip(address: str) -> bool:
     try:
         ipaddress.ip_address(address)

@@ -6,14 +6,18 @@ servers (port, protocol, hosts). A VirtualService binds to it by naming it in ``
 the sidecars. A gateway proxy serves only the hosts that a bound VirtualService and one of
 the Gateway's servers both accept; any other Host gets Envoy's 404 ``NR``, as in Istio.
 
-The local mesh has one ingress listener, so every server of a selected Gateway is served on
-it whatever its ``port.number`` (Istio's ingress Service maps 80 to the pods' 8080 the same
-way). Data only: no sockets.
+The local mesh's ingress has one HTTP listener and one HTTPS listener: every HTTP server of a
+selected Gateway is served on the first and every HTTPS server on the second, whatever its
+``port.number`` (Istio's ingress Service maps 80 and 443 to the pods' 8080 and 8443 the same
+way). An HTTPS server (``tls.mode: SIMPLE``) presents the certificate of the TLS Secret its
+``credentialName`` names, found in the gateway workload's namespace (``istio-system``) or the
+Gateway's own (`tls_servers`), chosen by the client's SNI among the server's hosts. Data only: no
+sockets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 from pydantic import Field
@@ -25,20 +29,36 @@ MESH = "mesh"
 
 
 class GatewayPort(IstioModel):
-    unsupported_values = {"protocol": frozenset({"HTTPS", "HTTP2", "GRPC", "TCP", "TLS", "MONGO"})}
+    unsupported_values = {"protocol": frozenset({"HTTP2", "GRPC", "TCP", "TLS", "MONGO"})}
 
     number: int = Field(ge=1, le=65535)
     name: str | None = None
-    protocol: Literal["HTTP"] = "HTTP"
+    protocol: Literal["HTTP", "HTTPS"] = "HTTP"
     target_port: int | None = None
 
 
+class ServerTLSSettings(IstioModel):
+    """An HTTPS server's TLS: ``SIMPLE`` with the certificate of the Secret ``credentialName``."""
+
+    unsupported_fields = frozenset({
+        "serverCertificate", "privateKey", "caCertificates", "credentialNames", "subjectAltNames",
+        "verifyCertificateSpki", "verifyCertificateHash", "minProtocolVersion", "maxProtocolVersion",
+        "cipherSuites", "caCrl", "tlsCertificates"})
+    unsupported_values = {"mode": frozenset({"PASSTHROUGH", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL",
+                                             "OPTIONAL_MUTUAL"})}
+
+    mode: Literal["SIMPLE"] = "SIMPLE"
+    credential_name: str | None = None
+    https_redirect: bool | None = None
+
+
 class GatewayServer(IstioModel):
-    unsupported_fields = frozenset({"tls", "bind", "defaultEndpoint"})
+    unsupported_fields = frozenset({"bind", "defaultEndpoint"})
 
     port: GatewayPort
     hosts: list[str] = Field(min_length=1)
     name: str | None = None
+    tls: ServerTLSSettings | None = None
 
 
 class GatewaySpec(IstioModel):
@@ -137,3 +157,43 @@ def missing_gateways(vs: VirtualService, resources: Sequence[Resource]) -> list[
     known = {(g.metadata.namespace, g.metadata.name) for g in resources if isinstance(g, Gateway)}
     return [(index, reference) for index, reference in enumerate(vs.spec.gateways or [])
             if reference != MESH and gateway_key(reference, vs.metadata.namespace) not in known]
+
+
+# The namespace of the mesh's gateway proxies (the ingress gateway's workload).
+GATEWAY_WORKLOAD_NAMESPACE = "istio-system"
+
+
+def credential_namespaces(gateway: Gateway,
+                          workload_namespace: str = GATEWAY_WORKLOAD_NAMESPACE) -> list[str]:
+    """Where a server's ``credentialName`` is looked up: the gateway workload's namespace, then the
+    Gateway's own."""
+    return list(dict.fromkeys((workload_namespace, gateway.metadata.namespace)))
+
+
+def https_servers(gateway: Gateway) -> Iterator[tuple[int, GatewayServer]]:
+    """(index, server) of the Gateway's HTTPS servers."""
+    for index, server in enumerate(gateway.spec.servers):
+        if server.port.protocol == "HTTPS":
+            yield index, server
+
+
+def tls_servers(node: Node, resources: Sequence[Resource],
+                find_secret: Callable[[str, Sequence[str]], tuple[str, str] | None],
+                ) -> list[dict[str, object]]:
+    """The HTTPS servers the gateway proxy ``node`` serves (snapshot ``gateway_tls.servers``), each with
+    the certificate pair of its ``credentialName`` (``find_secret(name, namespaces)``); a server whose
+    Secret is missing is left out (its hosts get no TLS, as on Istio; the analyzer reports it)."""
+    servers: list[dict[str, object]] = []
+    for (namespace, name), gateway in sorted(gateways_for(node, resources).items()):
+        for index, server in https_servers(gateway):
+            credential = server.tls.credential_name if server.tls is not None else None
+            if not credential:
+                continue
+            pair = find_secret(credential, credential_namespaces(gateway, node.namespace))
+            if pair is None:
+                continue
+            hosts = sorted({entry.partition("/")[2] if "/" in entry else entry for entry in server.hosts})
+            servers.append({"gateway": f"{namespace}/{name}", "server": index, "port": server.port.number,
+                            "hosts": [h.lower() for h in hosts], "credential": credential,
+                            "cert_pem": pair[0], "key_pem": pair[1]})
+    return servers

@@ -17,6 +17,7 @@ from meshkit.config.resources import (
     Telemetry,
     VirtualService,
 )
+from meshkit.config.secrets import Secret
 from meshkit.config.workloads import IGNORED_KINDS, WORKLOAD_KINDS
 
 # The Istio kinds (custom resources on Kubernetes: meshkit.k8s.crds makes their CRDs).
@@ -28,8 +29,9 @@ ISTIO_KINDS: dict[str, type[Resource]] = {
 
 # Every kind `meshkit apply` takes: the Istio kinds, the Gateway API kinds (their CRDs come from the
 # Gateway API standard channel, not from meshkit) and the Kubernetes workload kinds of Istio's samples.
-# ConfigMap: only Istio's mesh config (istio-system/istio); the loader ignores any other with MK0009.
-_KUBERNETES_KINDS: tuple[type[Resource], ...] = (*WORKLOAD_KINDS, ConfigMap)
+# ConfigMap: only Istio's mesh config (istio-system/istio); Secret: only TLS credentials (a Gateway's
+# credentialName); the loader ignores any other ConfigMap or Secret with MK0009.
+_KUBERNETES_KINDS: tuple[type[Resource], ...] = (*WORKLOAD_KINDS, ConfigMap, Secret)
 RESOURCE_KINDS: dict[str, type[Resource]] = {
     **ISTIO_KINDS, **GATEWAY_API_KINDS, **{cls.__name__: cls for cls in _KUBERNETES_KINDS}}
 

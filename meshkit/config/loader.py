@@ -14,10 +14,10 @@ first one too many) and `MAX_EXPANDED_NODES` nodes once every alias is expanded 
 laughs" document of a few hundred bytes would otherwise expand to gigabytes); at most
 `MAX_DOCUMENTS` documents per input.
 
-Kubernetes kinds the local mesh does not model (ConfigMap, HorizontalPodAutoscaler...) are never a
-reason to refuse a file: each is left out of the result with an MK0009 warning, appended to the
-``warnings`` list the caller passes (the CLI prints them, the control plane returns them with the
-apply's result).
+Kubernetes kinds the local mesh does not model (ConfigMap, HorizontalPodAutoscaler...; a Secret
+that is not a TLS credential) are never a reason to refuse a file: each is left out of the result
+with an MK0009 warning, appended to the ``warnings`` list the caller passes (the CLI prints them,
+the control plane returns them with the apply's result).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from meshkit.config.kinds import (
 from meshkit.config.meshconfig import is_mesh_config_map
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import IstioModel, Resource
+from meshkit.config.secrets import is_tls_secret
 
 MAX_ALIASES = 100  # Istio config rarely uses anchors; a few dozen is plenty
 MAX_EXPANDED_NODES = 1_000_000  # about 10 MB of YAML once aliases are expanded
@@ -85,7 +86,8 @@ def load_resources(
     for number, document in documents:
         where = f"{origin} document {number}"
         if (isinstance(document, dict) and document.get("kind") in IGNORED_KUBERNETES_KINDS
-                and not is_mesh_config_map(document)):  # Istio's mesh config is the one ConfigMap used
+                # Istio's mesh config is the one ConfigMap used; TLS Secrets feed Gateways' credentialName
+                and not is_mesh_config_map(document) and not is_tls_secret(document)):
             if warnings is not None:
                 warnings.append(_ignored(document, where))
             continue
@@ -308,6 +310,10 @@ def _load_document(document: Any, fallback: str) -> tuple[Resource | None, list[
         shown = "missing" if api_version is None else f'"{api_version}"'
         text = f"apiVersion {shown} is not accepted for kind {kind} (accepted: {', '.join(accepted)})"
         return None, [Message(codes.MK0003, Severity.ERROR, resource_label, "apiVersion", text)]
+    metadata = document.get("metadata")
+    if isinstance(metadata, dict) and "creationTimestamp" in metadata and not metadata["creationTimestamp"]:
+        # what `kubectl create ... --dry-run=client -o yaml` writes: no timestamp, nothing to refuse
+        document = {**document, "metadata": {k: v for k, v in metadata.items() if k != "creationTimestamp"}}
     try:
         return model.model_validate(document), []
     except ValidationError as error:

@@ -80,6 +80,7 @@ class RegistryView:
     # other names may be resolved by real DNS (snapshot ``egress``)
     external_hosts: tuple[tuple[str, str], ...] = ()
     real_dns: bool = False
+    external_ca: str | None = None  # the CA (PEM) of the stand-ins' HTTPS, trusted for TLS origination
 
     def service(self, name: str, namespace: str = "default") -> Service | None:
         for svc in self.services:

@@ -349,22 +349,48 @@ class OutlierDetection(IstioModel):
 
 
 class ClientTLSSettings(IstioModel):
-    unsupported_fields = frozenset(
-        {"clientCertificate", "privateKey", "caCertificates", "credentialName", "subjectAltNames", "sni",
-         "insecureSkipVerify", "caCrl"}
-    )
-    unsupported_values = {"mode": frozenset({"SIMPLE", "MUTUAL"})}
+    """``SIMPLE`` originates TLS (the server's certificate checked against the stand-in CA, or the
+    system's CAs with real DNS, and its name against ``sni``/``subjectAltNames``)."""
 
-    mode: Literal["DISABLE", "ISTIO_MUTUAL"]
+    unsupported_fields = frozenset(
+        {"clientCertificate", "privateKey", "caCertificates", "credentialName", "caCrl"}
+    )
+    unsupported_values = {"mode": frozenset({"MUTUAL"})}
+
+    mode: Literal["DISABLE", "ISTIO_MUTUAL", "SIMPLE"]
+    sni: str | None = None
+    subject_alt_names: list[str] | None = None
+    insecure_skip_verify: bool | None = None
+
+
+class PortTrafficPolicy(IstioModel):
+    """``portLevelSettings[]``: these settings replace the DestinationRule's for one port."""
+
+    port: PortSelector
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
 
 
 class TrafficPolicy(IstioModel):
-    unsupported_fields = frozenset({"portLevelSettings", "tunnel", "proxyProtocol", "retryBudget"})
+    unsupported_fields = frozenset({"tunnel", "proxyProtocol", "retryBudget"})
 
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ClientTLSSettings | None = None
+    port_level_settings: list[PortTrafficPolicy] | None = None
+
+    def for_port(self, port: int) -> TrafficPolicy:
+        """The policy for one port: each setting of a matching ``portLevelSettings`` entry replaces
+        the top-level one (Istio's merge)."""
+        for level in self.port_level_settings or []:
+            if level.port.number == port:
+                overrides = {name: getattr(level, name) for name in type(level).model_fields
+                             if name != "port" and getattr(level, name) is not None}
+                return self.model_copy(update=overrides)
+        return self
 
 
 class Subset(IstioModel):

@@ -22,7 +22,8 @@ Routes::
     GET|POST /api/v1/registry/services,  DELETE /api/v1/registry/services/{namespace}/{name}
     GET|POST /api/v1/registry/endpoints, DELETE /api/v1/registry/endpoints/{namespace}/{instance}
     PUT    /api/v1/registry/endpoints/{namespace}/{instance}/health   {"healthy": bool}
-    GET|PUT /api/v1/registry/external   {"hosts": {"httpbin.org:80": "127.0.0.1:8100"}, "real_dns": bool}
+    GET|PUT /api/v1/registry/external   {"hosts": {"httpbin.org:80": "127.0.0.1:8100"}, "real_dns": bool,
+                                         "ca_pem": the stand-ins' CA (PEM) or null}
            (where hosts outside the mesh are: the local mesh's stand-ins; snapshot ``egress``)
     GET    /api/v1/proxy-status[?wait=SECONDS]            (wait: until every connected proxy is SYNCED)
     GET    /api/v1/xds/stream?id=<instance>.<namespace>[&kind=sidecar|gateway][&admin_port=P]   (SSE;
@@ -353,7 +354,10 @@ async def put_external(request: web.Request) -> web.Response:
         raise _bad_request('hosts: expected {"host:port": "address:port", ...}', field="hosts")
     if not isinstance(real_dns, bool):
         raise _bad_request(f"real_dns: expected true or false, got {real_dns!r}", field="real_dns")
-    changed = _components(request).registry.set_external(hosts, real_dns)
+    ca_pem = body.get("ca_pem")
+    if ca_pem is not None and (not isinstance(ca_pem, str) or "-----BEGIN CERTIFICATE-----" not in ca_pem):
+        raise _bad_request("ca_pem: expected a PEM certificate or null", field="ca_pem")
+    changed = _components(request).registry.set_external(hosts, real_dns, ca_pem)
     return web.json_response({**_components(request).registry.external(), "changed": changed})
 
 

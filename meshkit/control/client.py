@@ -96,9 +96,11 @@ class ControlClient:
         result: dict[str, Any] = self.request("GET", "healthz")
         return result
 
-    def set_external(self, hosts: dict[str, str], real_dns: bool = False) -> Any:
-        """Where hosts outside the mesh are (``"host:port" -> "address:port"``), and real DNS on/off."""
-        return self.request("PUT", "registry/external", json_body={"hosts": hosts, "real_dns": real_dns})
+    def set_external(self, hosts: dict[str, str], real_dns: bool = False, ca_pem: str | None = None) -> Any:
+        """Where hosts outside the mesh are (``"host:port" -> "address:port"``), real DNS on/off, and the
+        CA of the stand-ins' HTTPS (trusted by sidecars that originate TLS)."""
+        return self.request("PUT", "registry/external",
+                            json_body={"hosts": hosts, "real_dns": real_dns, "ca_pem": ca_pem})
 
     def apply(self, documents: list[dict[str, Any]], *, expect_revision: int | None = None) -> Any:
         return self.request("POST", "apply", json_body=_as_list(documents),

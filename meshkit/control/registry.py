@@ -167,6 +167,7 @@ class ServiceRegistry:
         self._view: RegistryView | None = None
         self._external: dict[str, str] = {}  # "host:port" -> "address:port" (external stand-ins)
         self._real_dns = False
+        self._external_ca: str | None = None  # CA (PEM) of the stand-ins' HTTPS certificates
         self._load()
 
     # -- reading --------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ class ServiceRegistry:
                 root_pem=self._root_pem,
                 external_hosts=tuple(sorted(self._external.items())),
                 real_dns=self._real_dns,
+                external_ca=self._external_ca,
             )
         return self._view
 
@@ -232,14 +234,17 @@ class ServiceRegistry:
             self._changed()
 
     def external(self) -> dict[str, Any]:
-        """Where hosts outside the mesh are: ``{"hosts": {"host:port": "address:port"}, "real_dns": b}``."""
-        return {"hosts": dict(sorted(self._external.items())), "real_dns": self._real_dns}
+        """Where hosts outside the mesh are: ``{"hosts": {"host:port": "address:port"}, "real_dns": b,
+        "ca_pem": the stand-ins' CA or None}``."""
+        return {"hosts": dict(sorted(self._external.items())), "real_dns": self._real_dns,
+                "ca_pem": self._external_ca}
 
-    def set_external(self, hosts: Mapping[str, str], real_dns: bool) -> bool:
-        """Replace the external host map (``meshkit deploy external``, ``--real-dns``); whether it changed."""
-        if dict(hosts) == self._external and real_dns == self._real_dns:
+    def set_external(self, hosts: Mapping[str, str], real_dns: bool, ca_pem: str | None = None) -> bool:
+        """Replace the external host map (``meshkit deploy external``, ``--real-dns``) and the CA of the
+        stand-ins' HTTPS; whether it changed."""
+        if dict(hosts) == self._external and real_dns == self._real_dns and ca_pem == self._external_ca:
             return False
-        self._external, self._real_dns = dict(hosts), real_dns
+        self._external, self._real_dns, self._external_ca = dict(hosts), real_dns, ca_pem
         self._db.execute("INSERT OR REPLACE INTO registry_external (id, doc) VALUES (1, ?)",
                          (json.dumps(self.external()),))
         self._changed()
@@ -340,6 +345,7 @@ class ServiceRegistry:
         for (doc,) in self._db.execute("SELECT doc FROM registry_external"):
             external = json.loads(doc)
             self._external, self._real_dns = dict(external["hosts"]), bool(external["real_dns"])
+            self._external_ca = external.get("ca_pem")
         for (doc,) in self._db.execute("SELECT doc FROM registry_endpoints"):
             registered = parse_endpoint(json.loads(doc))
             self._endpoints[(registered.endpoint.namespace, registered.endpoint.instance)] = registered

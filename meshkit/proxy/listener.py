@@ -131,6 +131,7 @@ class Listener:
         self._sweeper: asyncio.Task[None] | None = None
         # mTLS seam (meshkit.proxy.tls.inbound): accepts connections itself, sniffing TLS vs plaintext.
         self.acceptor: Acceptor | None = None
+        self.scheme = "http"  # x-forwarded-proto when the client sent none ("https": a gateway's TLS port)
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -403,7 +404,7 @@ class DownstreamConnection(asyncio.Protocol):
         else:
             headers.append(("x-forwarded-for", self.peer))
         if not self._has_xfp:
-            headers.append(("x-forwarded-proto", "http"))
+            headers.append(("x-forwarded-proto", self.listener.scheme))
         if not parser.should_keep_alive():
             self.closing = True
         # Built positionally, the rest set afterwards: a call with keyword arguments costs ~1k

@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     for name, port in DEFAULT_PORTS.items():
         parser.add_argument(f"--{name}-port", type=int, default=port, help=f"0 = free port ({port})")
+    parser.add_argument(
+        "--https-port", type=int, metavar="PORT",
+        help="a gateway's HTTPS listener (0 = free port): its Gateways' HTTPS servers, certificate by SNI",
+    )
     parser.add_argument("--access-log", default="off", metavar="PATH|-|off", help="JSON access log target")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--ports-file", metavar="PATH", help="write the bound ports as JSON here")
@@ -111,6 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="mTLS with fixed certificates: DIR/cert-chain.pem, key.pem, root-cert.pem (no CA, no rotation)",
     )
     args = parser.parse_args(argv)
+    if args.https_port is not None and args.kind != "gateway":
+        parser.error("--https-port is for a gateway (--kind gateway)")
     if args.control and not args.node_id:
         parser.error("--control needs --id <instance>.<namespace>")
     args.ca_token = _ca_token(parser, args)
@@ -212,6 +218,11 @@ class Proxy:
             "outbound": Listener("outbound", outbound, self.state, limits),
             "inbound": Listener("inbound", inbound, self.state, limits),
         }
+        if getattr(args, "https_port", None) is not None:  # a gateway's HTTPS servers (tls.serving)
+            from meshkit.proxy.tls.serving import GatewayTlsAcceptor  # noqa: PLC0415
+
+            https = self.listeners["https"] = Listener("outbound", outbound, self.state, limits)
+            https.acceptor, https.scheme = GatewayTlsAcceptor(self.state), "https"
         if self.acceptor is not None:
             self.listeners["inbound"].acceptor = self.acceptor
             self.state.listeners.append(self.acceptor.on_snapshot)

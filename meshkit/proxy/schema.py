@@ -18,7 +18,7 @@ from typing import Literal, NotRequired, TypedDict
 SCHEMA = 1
 
 LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PASSTHROUGH"]
-TlsMode = Literal["DISABLE", "ISTIO_MUTUAL"]
+TlsMode = Literal["DISABLE", "ISTIO_MUTUAL", "SIMPLE"]
 ProxyKind = Literal["sidecar", "gateway"]
 
 
@@ -173,7 +173,16 @@ class OutlierDetectionDoc(TypedDict):
     max_ejection_percent: int
 
 
-class ClusterTlsDoc(TypedDict):
+class _OriginationDoc(TypedDict, total=False):
+    """SIMPLE only (TLS origination, proxy.tls.originate): the server name sent, the names the server's
+    certificate may carry instead of it, and whether the certificate is checked at all."""
+
+    sni: str
+    subject_alt_names: list[str]
+    insecure_skip_verify: bool
+
+
+class ClusterTlsDoc(_OriginationDoc):
     mode: TlsMode
     server_identities: list[str]
 
@@ -305,7 +314,11 @@ class MeshDoc(TypedDict, total=False):
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"]
 
 
-class EgressDoc(TypedDict):
+class _StandinCaDoc(TypedDict, total=False):
+    ca_pem: str  # the stand-ins' CA, trusted for TLS origination (absent: none)
+
+
+class EgressDoc(_StandinCaDoc):
     """Where hosts outside the mesh are (meshkit.proxy.egress)."""
 
     hosts: dict[str, str]  # "host:port" -> "address:port"
@@ -319,7 +332,27 @@ class TracingDoc(TypedDict, total=False):
     report: bool
 
 
-class SnapshotDoc(TypedDict):
+class GatewayTlsServerDoc(TypedDict):
+    """An HTTPS server of a Gateway selecting this gateway proxy (proxy.tls.serving)."""
+
+    gateway: str  # "namespace/name"
+    server: int  # index in spec.servers
+    port: int
+    hosts: list[str]  # SNI names it answers for ("*", "*.example.com", exact)
+    credential: str  # the Secret's name (credentialName)
+    cert_pem: str
+    key_pem: str
+
+
+class GatewayTlsDoc(TypedDict):
+    servers: list[GatewayTlsServerDoc]
+
+
+class _GatewayTlsSection(TypedDict, total=False):
+    gateway_tls: GatewayTlsDoc | None  # gateway proxies only
+
+
+class SnapshotDoc(_GatewayTlsSection):
     schema: int
     version: str
     revision: NotRequired[int]

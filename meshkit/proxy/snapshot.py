@@ -89,6 +89,7 @@ class Snapshot:
         "egress",
         "first_request_at",
         "gateway_jwt",
+        "gateway_tls",
         "inbound",
         "inbound_cluster",
         "inbound_service_fqdn",
@@ -96,6 +97,7 @@ class Snapshot:
         "mtls_mode",
         "node",
         "node_labels",
+        "originate",
         "path_normalization",
         "rate_limiter",
         "routes",
@@ -125,6 +127,8 @@ class Snapshot:
         self.source_headers: list[tuple[str, str]] = []
         self.mtls_mode = "PERMISSIVE"  # PeerAuthentication mode of the inbound port (Istio's default)
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
+        self.originate: dict[str, Any] = {}  # SIMPLE cluster -> tls.originate.Origination (TLS origination)
+        self.gateway_tls: list[Any] = []  # a gateway's HTTPS servers (tls.serving.ServerCertificate)
         # unknown hosts: outboundTrafficPolicy, the stand-in map (proxy/egress.py); None on a gateway
         self.egress: Egress | None = Egress()
         self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
@@ -179,6 +183,8 @@ class Snapshot:
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
+        snap.originate = cls._originate(doc.get("clusters"), doc.get("egress"), previous)
+        snap.gateway_tls = cls._gateway_tls(doc.get("gateway_tls"), previous)
         snap.path_normalization, snap.stream_idle_timeout = cls._mesh(doc.get("mesh"))
         try:
             egress = Egress.from_snapshot(doc.get("mesh"), doc.get("egress"))
@@ -278,8 +284,8 @@ class Snapshot:
                 continue
             where = f"clusters.{name}.tls"
             mode = tls.get("mode")
-            if mode not in ("DISABLE", "ISTIO_MUTUAL"):
-                raise SnapshotError(f"{where}.mode: expected DISABLE or ISTIO_MUTUAL, got {mode!r}")
+            if mode not in ("DISABLE", "ISTIO_MUTUAL", "SIMPLE"):
+                raise SnapshotError(f"{where}.mode: expected DISABLE, ISTIO_MUTUAL or SIMPLE, got {mode!r}")
             identities = tls.get("server_identities") or []
             if not isinstance(identities, list) or not all(isinstance(i, str) for i in identities):
                 raise SnapshotError(
@@ -288,6 +294,32 @@ class Snapshot:
             if mode == "ISTIO_MUTUAL":
                 found[name] = frozenset(identities)
         return found
+
+    @staticmethod
+    def _originate(clusters: Any, egress: Any, previous: Snapshot | None) -> dict[str, Any]:
+        """Clusters whose ``tls.mode`` is SIMPLE (TLS origination), with their client contexts; the
+        ``ssl`` machinery is loaded only when there is one."""
+        if not any(isinstance(spec, dict) and isinstance(spec.get("tls"), dict)
+                   and spec["tls"].get("mode") == "SIMPLE" for spec in (clusters or {}).values()):
+            return {}
+        from meshkit.proxy.tls.originate import originations  # noqa: PLC0415 - only with TLS origination
+
+        try:
+            return originations(clusters, egress, previous.originate if previous is not None else None)
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
+
+    @staticmethod
+    def _gateway_tls(section: Any, previous: Snapshot | None) -> list[Any]:
+        """A gateway's HTTPS servers with their loaded certificates (``ssl`` only when there is one)."""
+        if section is None or (isinstance(section, dict) and section.get("servers") == []):
+            return []
+        from meshkit.proxy.tls.servercerts import server_certificates  # noqa: PLC0415 - only with HTTPS servers
+
+        try:
+            return server_certificates(section, previous.gateway_tls if previous is not None else ())
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
 
     @staticmethod
     def _inbound(inbound: Any) -> dict[str, Any]:

@@ -14,6 +14,10 @@ the CURRENT client context (so connections opened after a rotation use the new c
 pooled ones keep theirs) and the server's SPIFFE id must be one of the cluster's
 ``server_identities`` (else ``ConnectFailure``, flag UF, as Envoy). Pools are keyed by
 ``(address, port, tls)``: a plaintext connection is never reused for mTLS or back.
+
+TLS origination: a cluster with ``tls.mode: SIMPLE`` (``Snapshot.originate``, built by
+``tls.originate``) is reached over TLS with its SNI and server-certificate checks; its pool key's
+TLS part names the SNI and trust, so those connections are shared with no other cluster setting.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ _HEADER_NAMES: dict[bytes, str] = {
 }
 _HEADER_NAMES.update({b"Connection": "", b"connection": "", b"Keep-Alive": "", b"keep-alive": ""})
 
-PoolKey = tuple[str, int, bool]  # (address, port, mutual TLS)
+PoolKey = tuple[str, int, bool | str]  # (address, port, mutual TLS | TLS origination's pool tag)
 
 
 class ClientContexts(Protocol):
@@ -376,7 +380,13 @@ class Upstream:
         # exchange is inlined here rather than awaited through a second coroutine.
         endpoint = request.endpoint
         allowed = self._server_identities(request) if self.certificates is not None else None
-        key = (endpoint.address, endpoint.port, allowed is not None)
+        key: PoolKey = (endpoint.address, endpoint.port, allowed is not None)
+        originate = None
+        config = request.config
+        if allowed is None and config is not None and config.originate:
+            originate = config.originate.get(request.cluster)
+            if originate is not None:
+                key = (endpoint.address, endpoint.port, originate.pool_tag)
         self.rq_total += 1
         body = request.body
         head = self._request_head(request)
@@ -396,7 +406,7 @@ class Upstream:
                         raise
             else:
                 return await self._exchange(conn, request, head, body)
-        conn = await self._connect(key, allowed, self._connect_timeout(request))
+        conn = await self._connect(key, allowed, self._connect_timeout(request), originate)
         return await self._exchange(conn, request, head, body)
 
     def _request_head(self, request: Request) -> bytes:
@@ -494,11 +504,14 @@ class Upstream:
         return None
 
     async def _connect(
-        self, key: PoolKey, allowed: frozenset[str] | None, limit: float
+        self, key: PoolKey, allowed: frozenset[str] | None, limit: float, originate: Any = None
     ) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
-        if allowed is not None:
+        server_hostname: str | None = None
+        if originate is not None:  # TLS origination (tls.originate.Origination)
+            context, server_hostname = originate.context, originate.sni
+        elif allowed is not None:
             # Loaded on the first mTLS connect only: a plaintext sidecar never loads the TLS modules
             # (meshkit.proxy.tls; none of them loads cryptography either).
             from meshkit.proxy.tls import (  # noqa: PLC0415
@@ -513,6 +526,7 @@ class Upstream:
             except CertificateError as exc:
                 self.cx_connect_fail += 1
                 raise ConnectFailure(f"upstream connect error to {key[0]}:{key[1]}: {exc}") from exc
+            server_hostname = ""
         source = self.source_address.get(key[0]) if context is None else None
         try:
             _, conn = await asyncio.wait_for(
@@ -521,7 +535,7 @@ class Upstream:
                     key[0],
                     key[1],
                     ssl=context,
-                    server_hostname="" if context is not None else None,
+                    server_hostname=server_hostname,
                     local_addr=(source, 0) if source is not None else None,
                 ),
                 limit,
@@ -531,6 +545,17 @@ class Upstream:
             reason = "connect timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
             raise ConnectFailure(f"upstream connect error to {key[0]}:{key[1]}: {reason}") from exc
         self.cx_total += 1
+        if originate is not None and originate.subject_alt_names:
+            from meshkit.proxy.tls.originate import check_names  # noqa: PLC0415 - only with TLS origination
+
+            assert conn.transport is not None
+            try:
+                check_names(conn.transport.get_extra_info("ssl_object"), originate.subject_alt_names)
+            except ssl.SSLError as exc:
+                self.cx_connect_fail += 1
+                conn.abort()
+                reason = f"upstream connect error to {key[0]}:{key[1]}: TLS error: {exc}"
+                raise ConnectFailure(reason) from exc
         if allowed is not None:
             self.cx_mtls_total += 1
             assert conn.transport is not None

@@ -95,9 +95,16 @@ EXTERNAL: tuple[WorkloadSpec, ...] = (
 EXTERNAL_HOSTS = ("httpbin.org", "edition.cnn.com", "www.google.com")
 
 
-def external_hosts(port: int) -> dict[str, str]:
-    """The control plane's external host map for stand-ins listening on 127.0.0.1:``port`` (HTTP, port 80)."""
-    return {f"{host}:80": f"127.0.0.1:{port}" for host in EXTERNAL_HOSTS}
+EXTERNAL_TLS_DELTA = 1  # the stand-ins' HTTPS listens on their app port + 1 (the +81 of the instance's block)
+
+
+def external_hosts(port: int, tls_port: int | None = None) -> dict[str, str]:
+    """The control plane's external host map for stand-ins listening on 127.0.0.1:``port`` (HTTP, port 80)
+    and ``tls_port`` (HTTPS, port 443)."""
+    hosts = {f"{host}:80": f"127.0.0.1:{port}" for host in EXTERNAL_HOSTS}
+    if tls_port is not None:
+        hosts.update({f"{host}:443": f"127.0.0.1:{tls_port}" for host in EXTERNAL_HOSTS})
+    return dict(sorted(hosts.items()))
 
 
 # "none": the mesh alone (control plane and ingress gateway), as after `istioctl install`; apps come later

@@ -31,11 +31,12 @@ from pathlib import Path
 from meshkit.control.auth import ensure_admin_token
 from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
 from meshkit.control.client import ApiError, ControlClient
-from meshkit.runtime import catalog, readiness
+from meshkit.runtime import catalog, readiness, standin_tls
 from meshkit.runtime.catalog import WorkloadSpec
 from meshkit.runtime.ports import PortPlan
 from meshkit.runtime.processes import ProcessRecord, python_argv, spawn
 from meshkit.runtime.record import Instance, MeshRecord
+from meshkit.runtime.standin_tls import StandinTls
 from meshkit.runtime.state import StateDir
 
 INGRESS_ID = "istio-ingressgateway-0"
@@ -156,10 +157,18 @@ class Launcher:
         if unused:
             self._tokens().revoke_digests(unused)
 
+    def standin_tls(self) -> StandinTls:
+        """The external stand-ins' CA and certificate (``<home>/external-tls``), made on first use."""
+        return standin_tls.ensure(self.state.root, catalog.EXTERNAL_HOSTS)
+
     def start_app(self, inst: Instance) -> ProcessRecord:
         spec, ports = inst.spec, inst.ports
         args = ["--port", str(ports.app), "--instance", inst.name, "--version", spec.version,
                 "--service-port", str(spec.service_port)]
+        if spec.app == "external":
+            files = self.standin_tls()
+            args += ["--tls-port", str(ports.app + catalog.EXTERNAL_TLS_DELTA),
+                     "--tls-cert", str(files.cert_file), "--tls-key", str(files.key_file)]
         return self.spawn(inst.name, python_argv("meshkit.apps", spec.app, *args), env=app_env(inst))
 
     def sidecar_argv(self, inst: Instance) -> list[str]:
@@ -186,6 +195,7 @@ class Launcher:
         self.spawn("ingressgateway", python_argv(
             "meshkit.proxy", "--control", self.control_url, "--id", INGRESS_PROXY_ID,
             "--kind", "gateway", "--outbound-port", str(plan.ingress), "--inbound-port", "0",
+            "--https-port", str(plan.ingress_https),
             "--admin-port", str(plan.ingress_admin),
             "--access-log", str(self.state.log("ingressgateway.access")),
             "--ca-token-file", str(token_file),
@@ -193,13 +203,14 @@ class Launcher:
 
     # -- control plane calls -----------------------------------------------------------------------
 
-    @staticmethod
-    def register(client: ControlClient, instances: list[Instance], *, healthy: bool = True) -> None:
+    def register(self, client: ControlClient, instances: list[Instance], *, healthy: bool = True) -> None:
         """Register the services and (inbound sidecar port) endpoints of the meshed ``instances``; the
-        external stand-ins (app ``external``, outside the mesh) as the control plane's external host map."""
+        external stand-ins (app ``external``, outside the mesh) as the control plane's external host map,
+        with the CA of their HTTPS."""
         for inst in instances:
             if inst.spec.app == "external":
-                client.set_external(catalog.external_hosts(inst.ports.app))
+                hosts = catalog.external_hosts(inst.ports.app, inst.ports.app + catalog.EXTERNAL_TLS_DELTA)
+                client.set_external(hosts, ca_pem=self.standin_tls().ca_pem)
         meshed = [i for i in instances if i.spec.sidecar]  # out-of-mesh clients serve nothing
         for namespace, name, port in sorted({(i.namespace, i.spec.service, i.spec.service_port)
                                              for i in meshed}):

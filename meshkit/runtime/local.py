@@ -159,11 +159,12 @@ class LocalMesh:
         """The documented `meshkit status -o json` shape (keys fixed for scripts and tests)."""
         rec = self.record()
         if rec is None:
-            return {"control": None, "ingress": None, "workloads": []}
+            return {"control": None, "ingress": None, "ingress_https": None, "workloads": []}
         plan = PortPlan(rec.base_port)
         return {
             "control": f"http://127.0.0.1:{plan.control}",
             "ingress": f"http://127.0.0.1:{plan.ingress}",
+            "ingress_https": f"https://127.0.0.1:{plan.ingress_https}",
             "workloads": [inst.status() for inst in self.instances(rec)],
         }
 

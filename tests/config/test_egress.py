@@ -101,3 +101,75 @@ def test_bad_enum_values_are_named(change: str, field: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_resources(sample_text)
     assert field in str(error.value)
+
+
+# -- Istio's "Egress TLS Origination" task --------------------------------------------------------
+
+CNN = {"edition.cnn.com:80": "127.0.0.1:8100", "edition.cnn.com:443": "127.0.0.1:8101"}
+STAND_IN_CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_before_origination_port_80_goes_to_the_plain_http_stand_in() -> None:
+    doc = _compiled("egress-tls-origination-serviceentry", hosts=CNN)
+    cluster = doc["clusters"]["edition.cnn.com|"]
+    assert [(e["address"], e["port"]) for e in cluster["endpoints"]] == [("127.0.0.1", 8100)]
+    assert cluster["tls"]["mode"] == "DISABLE"
+
+
+def test_the_task_s_destination_rule_originates_tls_to_the_target_port() -> None:
+    doc = _compiled("egress-tls-origination", hosts=CNN)
+    assert _vhost(doc, "edition.cnn.com:80")["routes"][0]["route"][0]["cluster"] == "edition.cnn.com|"
+    cluster = doc["clusters"]["edition.cnn.com|"]
+    # targetPort 443: the endpoint is the HTTPS stand-in, reached with TLS and the host as SNI
+    assert [(e["address"], e["port"]) for e in cluster["endpoints"]] == [("127.0.0.1", 8101)]
+    assert cluster["tls"] == {"mode": "SIMPLE", "server_identities": [], "sni": "edition.cnn.com",
+                              "subject_alt_names": [], "insecure_skip_verify": False}
+
+
+def test_the_stand_in_ca_is_in_the_snapshot() -> None:
+    registry = RegistryView(external_hosts=tuple(CNN.items()), external_ca=STAND_IN_CA)
+    doc = compile_snapshot(sample("egress-tls-origination"), registry, node_for("productpage"))
+    assert doc["egress"]["ca_pem"] == STAND_IN_CA
+    assert "ca_pem" not in _compiled("egress-tls-origination", hosts=CNN)["egress"]  # no stand-ins: absent
+
+
+def test_port_level_settings_apply_to_their_port_only() -> None:
+    text = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    portLevelSettings:
+    - port: {number: 9999}
+      tls: {mode: SIMPLE}
+    - port: {number: 8080}
+      loadBalancer: {simple: LEAST_REQUEST}
+      tls: {mode: SIMPLE, sni: api.internal, subjectAltNames: [api.example.com]}
+"""
+    doc = compile_snapshot(load_resources(text), RegistryView(), node_for("productpage"))
+    cluster = doc["clusters"]["api.example.com|"]
+    assert cluster["lb"] == "LEAST_REQUEST"
+    assert cluster["tls"]["sni"] == "api.internal"
+    assert cluster["tls"]["subject_alt_names"] == ["api.example.com"]
+    Snapshot.from_json(doc)
+
+
+def test_mutual_tls_origination_is_named_as_unsupported() -> None:
+    text = ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x}\n"
+            "spec:\n  host: a.example.com\n  trafficPolicy:\n    portLevelSettings:\n"
+            "    - port: {number: 443}\n      tls: {mode: MUTUAL, credentialName: client-credential}\n")
+    with pytest.raises(ConfigError) as error:
+        load_resources(text)
+    assert "spec.trafficPolicy.portLevelSettings[0].tls" in str(error.value)

@@ -161,7 +161,8 @@ spec:
     assert "httpbin.example.com" in [h["name"] for h in sidecar["outbound"]["virtual_hosts"]]  # mesh too
 
 
-def test_https_servers_are_named_as_not_supported() -> None:
+def test_tls_modes_other_than_simple_are_named_as_not_supported() -> None:
+    """HTTPS servers with tls.mode SIMPLE work (tests/config/test_gateway_tls.py); the others are named."""
     with pytest.raises(ConfigError) as refused:
         load_resources("""
 apiVersion: networking.istio.io/v1
@@ -170,9 +171,9 @@ metadata: {name: gw}
 spec:
   selector: {istio: ingressgateway}
   servers:
-  - port: {number: 443, name: https, protocol: HTTPS}
+  - port: {number: 443, name: tls, protocol: TLS}
     hosts: ["*"]
-    tls: {mode: SIMPLE, credentialName: cert}
+    tls: {mode: PASSTHROUGH}
 """)
     assert sorted((m.code, m.field) for m in refused.value.messages) == [
-        ("MK0004", "spec.servers[0].port.protocol"), ("MK0004", "spec.servers[0].tls")]
+        ("MK0004", "spec.servers[0].port.protocol"), ("MK0004", "spec.servers[0].tls.mode")]

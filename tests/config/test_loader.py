@@ -134,7 +134,7 @@ def test_unsupported_and_unknown_kinds() -> None:
     )
     supported = ("(supported: AuthorizationPolicy, ConfigMap, Deployment, DestinationRule, EnvoyFilter, "
                  "Gateway, GatewayClass, HTTPRoute, Namespace, PeerAuthentication, RequestAuthentication, "
-                 "Service, ServiceAccount, ServiceEntry, Telemetry, VirtualService)")
+                 "Secret, Service, ServiceAccount, ServiceEntry, Telemetry, VirtualService)")
     assert gateway.text == f"kind Sidecar is not supported by meshkit {supported}"
     assert foo.text == f"kind Foo is not a known kind {supported}"
 
@@ -202,10 +202,10 @@ def test_virtual_service_unsupported_fields(yaml_tail: str, field: str) -> None:
             {"host": "r", "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x"}}}},
             "spec.trafficPolicy.loadBalancer.consistentHash",
         ),
-        ({"host": "r", "trafficPolicy": {"portLevelSettings": []}}, "spec.trafficPolicy.portLevelSettings"),
+        ({"host": "r", "trafficPolicy": {"tunnel": {}}}, "spec.trafficPolicy.tunnel"),
         (
-            {"host": "r", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL", "sni": "x"}}},
-            "spec.trafficPolicy.tls.sni",
+            {"host": "r", "trafficPolicy": {"tls": {"mode": "SIMPLE", "caCertificates": "/etc/ca.pem"}}},
+            "spec.trafficPolicy.tls.caCertificates",
         ),
         (
             {
@@ -267,13 +267,14 @@ def test_tls_modes_meshkit_does_not_implement() -> None:
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
         "metadata": {"name": "r"},
-        "spec": {"host": "r", "trafficPolicy": {"tls": {"mode": "SIMPLE"}}},
+        "spec": {"host": "r", "trafficPolicy": {"tls": {"mode": "MUTUAL"}}},
     }
     assert texts(doc) == [
-        "spec.trafficPolicy.tls.mode: SIMPLE is not supported by meshkit (supported: DISABLE, ISTIO_MUTUAL)"
+        "spec.trafficPolicy.tls.mode: MUTUAL is not supported by meshkit "
+        "(supported: DISABLE, ISTIO_MUTUAL, SIMPLE)"
     ]
     doc["spec"] = {"host": "r", "trafficPolicy": {"tls": {"mode": "BOGUS"}}}
-    assert texts(doc) == ["spec.trafficPolicy.tls.mode: 'BOGUS' is not one of DISABLE, ISTIO_MUTUAL"]
+    assert texts(doc) == ["spec.trafficPolicy.tls.mode: 'BOGUS' is not one of DISABLE, ISTIO_MUTUAL, SIMPLE"]
 
 
 def test_metadata_fields_from_kubectl_get_are_named() -> None:

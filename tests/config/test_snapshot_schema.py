@@ -10,6 +10,7 @@ exactly the declared fields.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import types
@@ -24,6 +25,7 @@ from meshkit.config.compile import compile_snapshot
 from meshkit.config.loader import load_resources
 from meshkit.proxy import schema
 from meshkit.proxy.snapshot import Snapshot
+from meshkit.runtime.standin_tls import issue_ca, issue_server, key_pem, pem
 from tests.config.bookinfo import SAMPLES, node_for, vs
 from tests.config.test_compile_contract import GATEWAY, HTTPBIN_V1, _registry
 
@@ -83,7 +85,10 @@ spec:
 
 
 def _typeddicts() -> list[type]:
-    return [value for value in vars(schema).values() if typing.is_typeddict(value)]
+    """The schema's documents (``_Name`` mixins only make some keys optional: their fields are checked
+    in the documents that inherit them)."""
+    return [value for name, value in vars(schema).items()
+            if typing.is_typeddict(value) and not name.startswith("_")]
 
 
 def _check(value: Any, expected: Any, where: str, seen: set[tuple[str, str]]) -> None:
@@ -149,6 +154,49 @@ spec:
 """
 
 
+STAND_IN_CA = pem(issue_ca()[0])
+RICH_ORIGINATION = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cnn}
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, sni: edition.cnn.com, subjectAltNames: [edition.cnn.com], insecureSkipVerify: false}
+"""
+
+
+_CA, _CA_KEY = issue_ca()
+_CERT, _KEY = issue_server(["httpbin.example.com"], _CA, _CA_KEY)
+HTTPS_GATEWAY = f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: httpbin-credential, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: {json.dumps(pem(_CERT))}
+  tls.key: {json.dumps(key_pem(_KEY))}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mygateway}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    tls: {{mode: SIMPLE, credentialName: httpbin-credential}}
+    hosts: [httpbin.example.com]
+"""
+
+
 def _compiled() -> list[tuple[str, dict[str, Any]]]:
     registry = _registry()
     inputs = [(path.stem, path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))]
@@ -156,6 +204,14 @@ def _compiled() -> list[tuple[str, dict[str, Any]]]:
     inputs.append(("rich-request-authentication", RICH_AUTHN))
     inputs.append(("rich-redirect", RICH_REDIRECT))
     found = []
+    # TLS origination with every field set, and the stand-ins' CA (meshkit deploy external)
+    standins = dataclasses.replace(registry, external_ca=STAND_IN_CA,
+                                   external_hosts=(("edition.cnn.com:443", "127.0.0.1:8101"),))
+    origination = compile_snapshot(load_resources(RICH_ORIGINATION), standins, node_for("productpage"),
+                                   revision=3)
+    found.append(("rich-tls-origination for productpage", json.loads(json.dumps(origination))))
+    https = compile_snapshot(load_resources(HTTPS_GATEWAY), registry, GATEWAY, revision=3)
+    found.append(("https-gateway for the ingress", json.loads(json.dumps(https))))
     for name, text in inputs:
         resources = load_resources(text)
         for node in (node_for("productpage"), node_for("reviews", "v2"), GATEWAY, HTTPBIN_V1):

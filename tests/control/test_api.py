@@ -241,14 +241,19 @@ async def test_the_external_host_map(
         control_plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
     base = control_plane.url + API
     status, answer = await call(session, "GET", f"{base}/registry/external")
-    assert status == 200 and answer == {"hosts": {}, "real_dns": False}
+    assert status == 200 and answer == {"hosts": {}, "real_dns": False, "ca_pem": None}
     hosts = {"httpbin.org:80": "127.0.0.1:8100"}
     status, answer = await call(session, "PUT", f"{base}/registry/external", json={"hosts": hosts})
-    assert status == 200 and answer == {"hosts": hosts, "real_dns": False, "changed": True}
+    assert status == 200 and answer == {"hosts": hosts, "real_dns": False, "ca_pem": None, "changed": True}
     for bad, field in (({"hosts": {"httpbin.org": "127.0.0.1:1"}}, "hosts"),
                        ({"hosts": ["httpbin.org:80"]}, "hosts"),
-                       ({"hosts": {}, "real_dns": "yes"}, "real_dns")):
+                       ({"hosts": {}, "real_dns": "yes"}, "real_dns"),
+                       ({"hosts": {}, "ca_pem": "not a certificate"}, "ca_pem")):
         status, error = await call(session, "PUT", f"{base}/registry/external", json=bad)
         assert status == 400 and error["messages"][0]["field"] == field
     status, answer = await call(session, "GET", f"{base}/registry/external")
-    assert answer == {"hosts": hosts, "real_dns": False}  # a refused change changed nothing
+    assert answer == {"hosts": hosts, "real_dns": False, "ca_pem": None}  # a refused change changed nothing
+    ca_pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    status, answer = await call(session, "PUT", f"{base}/registry/external",
+                                json={"hosts": hosts, "ca_pem": ca_pem})
+    assert status == 200 and answer["ca_pem"] == ca_pem and answer["changed"] is True

@@ -102,6 +102,11 @@ def test_the_external_host_map_is_in_the_view_and_survives_a_restart(tmp_path: P
     view = registry.view()
     assert view.external_hosts == (("httpbin.org:80", "127.0.0.1:8100"),) and view.real_dns is False
     again = ServiceRegistry(open_database(tmp_path))  # a restarted control plane
-    assert again.external() == {"hosts": {"httpbin.org:80": "127.0.0.1:8100"}, "real_dns": False}
+    assert again.external() == {"hosts": {"httpbin.org:80": "127.0.0.1:8100"}, "real_dns": False,
+                                "ca_pem": None}
+    ca_pem = "-----BEGIN CERTIFICATE-----\nstand-in CA\n-----END CERTIFICATE-----\n"
+    assert again.set_external({"httpbin.org:443": "127.0.0.1:8101"}, real_dns=False, ca_pem=ca_pem)
+    assert again.view().external_ca == ca_pem
+    assert ServiceRegistry(open_database(tmp_path)).external()["ca_pem"] == ca_pem  # kept across a restart
     assert again.set_external({}, real_dns=True)
     assert ServiceRegistry(open_database(tmp_path)).view().real_dns is True

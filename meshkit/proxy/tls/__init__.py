@@ -6,13 +6,15 @@ it, PeerAuthentication on the inbound listener and the peer check on the outboun
 
 Inside (each module's docstring says more; import-linter keeps these layers, top to bottom)::
 
-    sidecar | static | inbound | csr_helper   what proxy.main / admin use; the helper process
+    sidecar | static | inbound | csr_helper   what proxy.main / admin use; the helper process;
+      | serving                                a gateway's HTTPS listener (certificate by SNI)
     renewal                                  one renewal, and the half-life loop
     ca_client | csr_client                   POST /api/v1/ca/sign; run the key/CSR helper
     x509                                     cryptography: keys, CSRs, checks (helper, tests)
     manager                                  the current certificate, swapped atomically
     verify                                   the CA's answer checked with ``ssl`` alone
     contexts | sniff                         SSLContexts and peer ids; TLS-or-plaintext peek
+    originate | servercerts                  TLS origination (SIMPLE clusters); a gateway's HTTPS certificates
     certinfo                                 plain data and ``CertificateError``
 
 The rest of the sidecar imports the names below from ``meshkit.proxy.tls``, and the three

@@ -1,0 +1,89 @@
+"""A gateway's HTTPS server certificates: the snapshot's ``gateway_tls.servers`` checked and loaded.
+
+``gateway_tls.servers[]`` = ``{"gateway", "server", "port", "hosts", "credential", "cert_pem",
+"key_pem"}``: one entry per HTTPS server of a Gateway selecting this proxy, with the certificate
+chain and key of the TLS Secret its ``credentialName`` names (docs/snapshot.md).
+``server_certificates()`` checks them and loads each pair into a server ``SSLContext`` once (a pair
+that does not load NACKs the snapshot, naming the entry); unchanged pairs keep the previous
+snapshot's context. ``tls.serving`` serves them.
+
+It must not do: accept connections (``serving``), or anything but the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCertificate:
+    """One HTTPS server of the snapshot: the hosts it answers for and its loaded certificate."""
+
+    hosts: tuple[str, ...]
+    context: ssl.SSLContext
+    pair: tuple[str, str]  # (cert_pem, key_pem): the context's key for reuse
+
+    def covers(self, name: str | None) -> bool:
+        for pattern in self.hosts:
+            if pattern == "*":
+                return True
+            if name is None:
+                continue
+            if pattern.startswith("*.") and name.endswith(pattern[1:]) and name != pattern[2:]:
+                return True
+            if pattern == name:
+                return True
+        return False
+
+
+def server_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    """A TLS server context with this certificate chain and key (ssl.SSLError when they do not load)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    with tempfile.TemporaryDirectory(prefix="meshkit-gw-") as directory:  # 0700: only this process
+        cert_file, key_file = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        for path, text in ((cert_file, cert_pem), (key_file, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def server_certificates(section: Any, previous: Sequence[ServerCertificate] = ()) -> list[ServerCertificate]:
+    """The snapshot's ``gateway_tls`` checked and loaded (ValueError naming the key)."""
+    if section is None:
+        return []
+    if not isinstance(section, dict) or not isinstance(section.get("servers"), list):
+        raise ValueError(f"gateway_tls: expected {{\"servers\": [...]}} or null, got {section!r}")
+    known = {c.pair: c.context for c in previous}
+    loaded: list[ServerCertificate] = []
+    for index, server in enumerate(section["servers"]):
+        where = f"gateway_tls.servers[{index}]"
+        if not isinstance(server, dict):
+            raise ValueError(f"{where}: expected an object, got {server!r}")
+        hosts = server.get("hosts")
+        if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) and h for h in hosts):
+            raise ValueError(f"{where}.hosts: expected a list of host names, got {hosts!r}")
+        cert_pem, key_pem = server.get("cert_pem"), server.get("key_pem")
+        if not isinstance(cert_pem, str) or "BEGIN CERTIFICATE" not in cert_pem:
+            raise ValueError(f"{where}.cert_pem: expected a PEM certificate chain")
+        if not isinstance(key_pem, str) or "PRIVATE KEY" not in key_pem:
+            raise ValueError(f"{where}.key_pem: expected a PEM private key")
+        pair = (cert_pem, key_pem)
+        context = known.get(pair)
+        if context is None:
+            try:
+                context = known[pair] = server_context(cert_pem, key_pem)
+            except (ssl.SSLError, OSError) as exc:
+                credential = server.get("credential")
+                raise ValueError(f"{where}: the certificate and key of Secret {credential!r} do not load: "
+                                 f"{exc}") from None
+        loaded.append(ServerCertificate(tuple(h.lower() for h in hosts), context, pair))
+    return loaded

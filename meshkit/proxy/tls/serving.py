@@ -1,0 +1,65 @@
+"""The ingress gateway's HTTPS listener: Gateway servers with ``tls.mode: SIMPLE``, chosen by SNI.
+
+The snapshot's ``gateway_tls.servers`` (gateway proxies only) are loaded by ``servercerts`` into
+one server ``SSLContext`` each.
+
+``GatewayTlsAcceptor`` serves a ``Listener`` over TLS: a new connection's ClientHello names a host
+(SNI) and the SNI callback switches the handshake to the context of the first server whose hosts
+cover it (exact, ``*.example.com``, ``*``), as Envoy's filter chain match on ``server_names`` does;
+no match (or no SNI and no ``*`` server) fails the handshake, as Envoy resets a connection no
+filter chain takes. The servers are those of the snapshot in effect at the handshake, so a
+rotated Secret (deleted and created again) serves its new certificate to new connections.
+Requests on it then go through the gateway's routing like those of the HTTP listener
+(``x-forwarded-proto: https``).
+
+It must not do: client TLS (``originate``), mutual TLS (``inbound``), or anything but the
+standard library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from meshkit.proxy.listener import DownstreamConnection, Listener
+from meshkit.proxy.tls.servercerts import ServerCertificate
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class SnapshotSource(Protocol):
+    @property
+    def current(self) -> Any: ...
+
+
+class GatewayTlsAcceptor:
+    """Serves a Listener over TLS with the certificate the SNI selects (see the module docstring)."""
+
+    def __init__(self, state: SnapshotSource) -> None:
+        self.state = state
+        self.handshakes_refused = 0  # no server for the client's SNI (admin /stats: "gateway_tls")
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.set_alpn_protocols(["http/1.1"])
+        self.context.sni_callback = self._choose
+
+    def _servers(self) -> Sequence[ServerCertificate]:
+        snapshot = self.state.current
+        return getattr(snapshot, "gateway_tls", None) or ()
+
+    def _choose(self, ssl_object: Any, server_name: str | None, _context: ssl.SSLContext) -> int | None:
+        name = server_name.lower() if server_name else None
+        for server in self._servers():
+            if server.covers(name):
+                ssl_object.context = server.context
+                return None
+        self.handshakes_refused += 1
+        return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+
+    async def serve(self, listener: Listener, host: str, port: int) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(lambda: DownstreamConnection(listener), host, port, backlog=1024,
+                                        ssl=self.context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+
