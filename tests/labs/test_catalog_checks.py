@@ -1,7 +1,7 @@
 """The catalog's checks judge behaviour on real traffic: each one fails when the rule is there but
 the traffic is wrong (a 50/50 split where 90/10 is asked, every request mirrored where half is
 asked, a sticky route whose others' split is off, stars from v1's pods, a retry budget against the
-wrong failure rate), and passes when it is right (lab 00's through the real `meshkit apply -f`).
+wrong failure rate), and pass when it is right (lab 00's through the real `meshkit apply -f`).
 Progress is state: `mesh.reset()` and reopening a lab re-check; a step that no longer holds is regressed."""
 
 from __future__ import annotations
@@ -91,18 +91,14 @@ def test_sticky_challenge_is_judged_on_the_checks_own_page_views(quiet_mesh: Mes
 def test_reset_and_reopening_a_lab_recheck_and_show_what_no_longer_holds_as_regressed(
         quiet_mesh: Mesh) -> None:
     lab = _lab(quiet_mesh, "03-mirroring")
-    mirror = rules.mirror("reviews", to="v2", percent=100, primary="v1")
-    quiet_mesh.apply(mirror)
+    quiet_mesh.apply(rules.mirror("reviews", to="v2", percent=100, primary="v1"))
     quiet_mesh.load(rps=25, duration=4).wait()
     assert lab["mirror-100"].check(retry_for=4, strict=False).passed
     quiet_mesh.reset(recheck=False)  # a lab's clean-up between its parts: the step stays done
     assert lab.done() == ["mirror-100"] and lab.regressed() == []
-    quiet_mesh.apply(mirror)
-    quiet_mesh.load(rps=25, duration=4).wait()
-    assert lab["mirror-100"].check(retry_for=4, strict=False).passed
     shown = lab.solution("mirror-100", reveal=True)  # self-study: shown, and recorded
     assert "rules.mirror" in str(shown)
-    quiet_mesh.reset()  # the open lab re-checks at once: the mirror is gone, so the tick is too
+    quiet_mesh.reset()  # the open lab re-checks at once: the mirror is gone, so is the tick
     assert lab.done() == [] and lab.regressed() == ["mirror-100"]
     assert "1 regressed (mirror-100)" in str(lab.summary())
     again = Lab("03-mirroring", quiet_mesh, namespace={})  # a kernel restart re-runs the first cell
@@ -140,11 +136,7 @@ def test_retry_budget_challenge_fails_on_the_wrong_failure_rate_with_the_rule_as
         quiet_mesh.load(rps=25, duration=6).wait()
         failed = lab["challenge"].check(retry_for=2, strict=False)
         assert not failed.passed and "the tries details' own sidecar answered" in failed.reason, failed
-        resilience.make_flaky(quiet_mesh, "details", rate=0.3, code=503)
-        quiet_mesh.apply(rules.retries("details", attempts=1, per_try_timeout="2s"))  # a new change
-        quiet_mesh.load(rps=25, duration=6).wait()
-        result = lab["challenge"].check(retry_for=4, strict=False)
-        assert result.passed, result
+        # (the reference edition of lab 05 passes it: 30 %, one retry, test_notebooks.py)
     finally:
         resilience.heal(quiet_mesh, "details")
 

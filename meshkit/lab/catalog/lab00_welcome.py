@@ -34,7 +34,7 @@ def stars_everywhere(mesh: Mesh, _lab: Lab) -> None:
     """Behaviour, not the file or the command: the check's own page views show stars on every page,
     black (v2) and red (v3) about half each (exact binomial test), never v1's page without stars."""
     seen: dict[str, float] = {}
-    for batch in (12, 48):  # a page without stars among the first 12 fails at once
+    for batch in (12, 28):  # a page without stars among the first 12 fails at once
         for version, count in checks.probe_versions(mesh, batch).items():
             seen[version] = seen.get(version, 0.0) + count
         views = round(sum(seen.values()))
@@ -95,7 +95,7 @@ LAB = LabSpec(
                  stars_everywhere, exercise="cli",
                  task="In JupyterLab's terminal, write a file with a VirtualService for reviews that sends "
                       "half of its requests to subset v2 (black stars) and half to v3 (red stars), apply it "
-                      "with `meshkit apply -f FILE`, then check here. The check sends its own 60 page views "
+                      "with `meshkit apply -f FILE`, then check here. The check sends its own 40 page views "
                       "and judges the stars statistically.",
                  hint="The YAML is a VirtualService (apiVersion networking.istio.io/v1, hosts: [reviews]) "
                       "with one http route holding two destinations, each with a subset and a weight of 50. "
