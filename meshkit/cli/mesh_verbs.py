@@ -444,7 +444,7 @@ def lab(
     import importlib.util  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from meshkit.lab.jupyter import JupyterSession  # noqa: PLC0415
+    from meshkit.lab.jupyter import JupyterSession, settings_dir  # noqa: PLC0415
 
     if importlib.util.find_spec("jupyterlab") is None:
         _fail(EXIT_UNAVAILABLE, "error: JupyterLab is not installed here; install the lab extra: "
@@ -464,5 +464,6 @@ def lab(
         else:
             printer.line("JupyterLab stopped; the mesh keeps running (`meshkit down` stops it)")
 
-    session = JupyterSession(folder, port, open_browser=not no_browser)
+    session = JupyterSession(folder, port, open_browser=not no_browser,
+                             settings=settings_dir(mesh.state.root / "lab"))
     raise typer.Exit(session.run(after_jupyter))

@@ -417,6 +417,7 @@ class Scraper:
         self.targets: dict[str, str] = {}  # name -> /stats/prometheus URL
         self.failures: dict[str, str] = {}
         self.listeners: list[Callable[[str, str], None]] = []  # (target, text) of each good scrape
+        self.last_round = 0.0  # wall-clock time of the newest round's samples
         self._task: asyncio.Task[None] | None = None
 
     def set_target(self, name: str, url: str) -> None:
@@ -442,6 +443,7 @@ class Scraper:
         results = await asyncio.gather(*(self._fetch(session, self.targets[n]) for n in names),
                                        return_exceptions=True)
         now = time.time()
+        self.last_round = now
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
                 self.failures[name] = f"{type(result).__name__}: {result}"
@@ -454,6 +456,15 @@ class Scraper:
                 continue
             for listener in self.listeners:
                 listener(name, result)
+
+    async def scrape_now(self) -> float:
+        """One extra round at once, outside the schedule; returns its samples' time. A client that
+        just changed the config (or just ended a load) counts requests from (or up to) this sample
+        instead of guessing which scheduled scrape came after the change: every request answered
+        before it is in, every later one out."""
+        async with aiohttp.ClientSession() as session:
+            await self.scrape_once(session)
+        return self.last_round
 
     async def _fetch(self, session: aiohttp.ClientSession, url: str) -> str:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=self.interval * 0.9)) as resp:

@@ -5,6 +5,7 @@
     GET    /api/v1/telemetry/series?window=S&step=S[&destination=SVC][&source=W ...][&version=V ...]
            (per step: rate by version, errors/s, duration p50/p95/p99 in ms)
     GET    /api/v1/telemetry/targets
+    POST   /api/v1/telemetry/scrape    (one round now: {"scraped_at": epoch seconds})
     DELETE /api/v1/telemetry/targets/{name}
 
 Targets are the connected proxies' admin ports (``xds/stream?admin_port=``) and, on Kubernetes,
@@ -86,6 +87,12 @@ async def targets(request: web.Request) -> web.Response:
     return web.json_response({"targets": rows})
 
 
+async def scrape(request: web.Request) -> web.Response:
+    """Scrape every target now: the sample a lab counts from after a config change (or up to, after
+    a load), so per-version counts hold every request sent, none from before the change."""
+    return web.json_response({"scraped_at": await _scraper(request).scrape_now()})
+
+
 async def delete_target(request: web.Request) -> web.Response:
     _scraper(request).remove_target(request.match_info["name"])
     return web.json_response({"deleted": True})
@@ -98,6 +105,7 @@ def add_routes(app: web.Application, scraper: Scraper) -> None:
         ("GET", f"{API}/graph", graph),
         ("GET", f"{API}/series", series),
         ("GET", f"{API}/targets", targets),
+        ("POST", f"{API}/scrape", scrape),
         ("DELETE", f"{API}/targets/{{name}}", delete_target),
     ]
     for method, path, handler in routes:

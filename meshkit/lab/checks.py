@@ -24,7 +24,6 @@ __all__ = [
 ]
 
 MAX_WINDOW = 600.0
-SETTLE = 1.5  # seconds after a change whose scrapes may still hold requests answered before it
 
 
 class CheckFailed(Exception):
@@ -102,13 +101,13 @@ def _fmt(weights: Mapping[str, Any]) -> str:
 
 
 def window_since_change(mesh: Mesh) -> float:
-    """Seconds since the latest config change, less the first SETTLE seconds (at least 1 s).
+    """Seconds since traffic counts under the latest config change (`Mesh.counting_since`: the
+    control plane's scrape right after the change took effect; at least 1 s).
 
-    Requests answered just before a change can be scraped (every second) just after it, and
-    would otherwise count as traffic under the new rule.
+    Requests answered just before a change must not count under the new rule, and every request
+    sent after it must: a window starting at a scheduled scrape would do one or the other wrong.
     """
-    since = time.time() - mesh.last_change() - SETTLE
-    return max(1.0, min(MAX_WINDOW, since))
+    return max(1.0, min(MAX_WINDOW, time.time() - mesh.counting_since()))
 
 
 def window_since(started: float) -> float:

@@ -8,6 +8,7 @@ refused change; IPython shows it as its message (never a traceback) through `_re
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,8 +17,8 @@ import yaml
 from meshkit.config.messages import format_message
 
 __all__ = [
-    "Findings", "LabError", "Plain", "Rule", "ShownAsTable", "Table", "message_line", "show_errors_as_html",
-    "to_yaml",
+    "BrowserPage", "Findings", "LabError", "Plain", "Rule", "ShownAsTable", "Table", "message_line",
+    "show_errors_as_html", "to_yaml",
 ]
 
 _SEVERITY_COLOUR = {"Error": "#b00020", "Warning": "#a15c00", "Info": "#1f5f99"}
@@ -201,3 +202,33 @@ class ShownAsTable:
 
     def _repr_html_(self) -> str:
         return self.table()._repr_html_()
+
+
+class BrowserPage:
+    """A page of the mesh's ingress as the learner's browser shows it, in a cell: an iframe through
+    JupyterLab's own server (jupyter-server-proxy's ``/proxy/<port>/``), so it works on Binder and
+    JupyterHub too, where the browser cannot reach 127.0.0.1. The base URL is JupyterHub's
+    ``JUPYTERHUB_SERVICE_PREFIX`` when set, else ``/`` (`meshkit lab`)."""
+
+    def __init__(self, port: int, path: str = "/productpage", *, height: int = 520) -> None:
+        self.port = port
+        self.path = path if path.startswith("/") else f"/{path}"
+        self.height = height
+
+    @property
+    def url(self) -> str:
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+        return f"{prefix.rstrip('/')}/proxy/{self.port}{self.path}"
+
+    def __str__(self) -> str:
+        return f"{self.path} of the ingress (port {self.port}), in JupyterLab at {self.url}"
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        url = html.escape(self.url, quote=True)
+        return (f'<iframe src="{url}" title="Bookinfo" style="width:100%;height:{self.height}px;'
+                'border:1px solid #ccc"></iframe>'
+                f'<div style="font-size:90%">What a user\'s browser shows, through JupyterLab '
+                f'(jupyter-server-proxy). Run the cell again to reload it, or <a href="{url}" '
+                'target="_blank" rel="noopener">open it in a tab</a> and refresh there.</div>')

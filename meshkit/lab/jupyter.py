@@ -4,7 +4,9 @@ What it decides: the command line (the labs folder as root, the first lab as the
 opens instead of the Launcher), the environment (this Python's ``bin`` first on ``PATH``, so the
 terminal a lab hint sends a learner to runs ``meshkit``), and the end of the session (a mesh that this
 session started is stopped when JupyterLab exits; one that was already running is left running, and
-the learner is told how to stop it).
+the learner is told how to stop it), and JupyterLab's settings: widget state is saved in the notebook
+when it is saved (``saveState``), so a lab reopened later shows its widgets as they were instead of
+"Error displaying widget: model not found" (`write_overrides`; `binder/postBuild` writes the same).
 
 It must not parse command-line options or print (the CLI does both), and must not start the mesh
 itself: the caller passes whether it did.
@@ -13,7 +15,9 @@ itself: the caller passes whether it did.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["START_PAGE", "JupyterSession", "exit_status", "lab_environment", "start_page"]
+__all__ = ["LAB_SETTINGS", "START_PAGE", "JupyterSession", "exit_status", "lab_environment", "settings_dir",
+           "start_page", "write_overrides"]
 
 START_PAGE = "00-welcome.ipynb"
+# JupyterLab settings the labs need, as an overrides.d file (defaults the learner can still change)
+LAB_SETTINGS: dict[str, dict[str, object]] = {
+    "@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True},
+}
 STOP_GRACE_S = 20.0
 
 
@@ -55,6 +64,29 @@ def lab_environment(base: Mapping[str, str], python: str = sys.executable) -> di
     return {**base, "PATH": os.pathsep.join([scripts, *rest])}
 
 
+def write_overrides(app_settings_dir: Path) -> Path:
+    """Write `LAB_SETTINGS` as ``overrides.d/meshkit.json`` under JupyterLab's application settings
+    directory (other packages' overrides and the user's own ``overrides.json`` stay as they are)."""
+    target = app_settings_dir / "overrides.d" / "meshkit.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(LAB_SETTINGS, indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+def settings_dir(state_root: Path, python: str = sys.executable) -> Path:
+    """An application settings directory for `meshkit lab` under ``state_root``: a copy of the
+    environment's own (``<prefix>/share/jupyter/lab/settings``: page config, other overrides) plus
+    `LAB_SETTINGS`. Written on every start, so it follows the installed environment."""
+    target = state_root / "jupyterlab-settings"
+    default = Path(python).parent.parent / "share" / "jupyter" / "lab" / "settings"
+    if target.exists():
+        shutil.rmtree(target)
+    if default.is_dir():
+        shutil.copytree(default, target)
+    write_overrides(target)
+    return target
+
+
 @dataclass
 class JupyterSession:
     """One JupyterLab server on ``folder``; ``run`` blocks until it exits, then calls ``on_exit``."""
@@ -63,10 +95,13 @@ class JupyterSession:
     port: int
     open_browser: bool = True
     python: str = sys.executable
+    settings: Path | None = None  # the application settings directory (`settings_dir`)
 
     def argv(self) -> list[str]:
         argv = [self.python, "-m", "jupyterlab", f"--ServerApp.root_dir={self.folder.resolve()}",
                 f"--ServerApp.port={self.port}", "--ServerApp.ip=127.0.0.1"]
+        if self.settings is not None:
+            argv.append(f"--LabApp.app_settings_dir={self.settings}")
         page = start_page(self.folder)
         if page is not None:
             argv.append(f"--LabApp.default_url=/lab/tree/{page}")

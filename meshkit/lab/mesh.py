@@ -14,14 +14,16 @@ import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
-from meshkit.lab.display import Findings, LabError, Rule, Table, show_errors_as_html
+from meshkit.lab.display import BrowserPage, Findings, LabError, Rule, Table, show_errors_as_html
 from meshkit.runtime import catalog
 from meshkit.runtime.curl import CurlError, CurlResult
 from meshkit.runtime.curl import curl as send_curl
@@ -30,11 +32,16 @@ from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.manifests import check_local, touches_workloads
 from meshkit.runtime.state import StateDir
 
-__all__ = ["MAX_LOAD_SECONDS", "SYNC_WAIT", "ApplyResult", "LoadHandle", "Mesh", "PageVisit", "connect"]
+if TYPE_CHECKING:
+    from meshkit.lab.steps import Lab
+
+__all__ = ["MAX_LOAD_SECONDS", "SETTLE", "SYNC_WAIT", "ApplyResult", "LoadHandle", "Mesh", "PageVisit",
+           "connect"]
 
 Applyable = Any  # YAML text, a dict / Rule, a config model with to_dict(), or a list of those
 MAX_LOAD_SECONDS = 600.0
 SYNC_WAIT = 5.0  # seconds apply/delete/rollback wait for every sidecar to ACK
+SETTLE = 1.5  # seconds after a change made elsewhere whose scrapes may still hold requests answered before it
 
 
 def _documents(value: Applyable) -> list[dict[str, Any]]:
@@ -99,14 +106,19 @@ class ApplyResult:
 class LoadHandle:
     """Background traffic through the ingress; `stop()` ends it early and returns its summary."""
 
-    def __init__(self, generator: LoadGenerator) -> None:
+    def __init__(self, generator: LoadGenerator, on_end: Callable[[], object] | None = None) -> None:
         self.generator = generator
+        self._on_end = on_end  # once, when stopped or waited for: the sample that ends the count
 
     def running(self) -> bool:
         return self.generator.running()
 
     def stop(self) -> dict[str, Any]:
-        return self.generator.stop()
+        summary = self.generator.stop()
+        end, self._on_end = self._on_end, None
+        if end is not None:
+            end()
+        return summary
 
     def wait(self, timeout: float = MAX_LOAD_SECONDS) -> dict[str, Any]:
         """Block until the load has run its duration (bounded by ``timeout``), then its summary."""
@@ -175,6 +187,8 @@ class Mesh:
         self.client = client
         self.cluster = cluster
         self._loads: list[LoadHandle] = []
+        self._since: tuple[float, float] | None = None  # (change time, the scrape after it took effect)
+        self._open_labs: list[weakref.ref[Lab]] = []  # the labs opened on this mesh (re-checked on reset)
 
     @property
     def state_dir(self) -> StateDir:
@@ -209,6 +223,7 @@ class Mesh:
             self._run_workloads(documents)
         if wait > 0 and result.changed:
             self.wait_synced(wait)
+            self._took_effect()
         return result
 
     def _run_workloads(self, documents: list[dict[str, Any]]) -> None:
@@ -228,11 +243,15 @@ class Mesh:
             result = ApplyResult(self._call("delete", "delete_documents", documents))
             self._run_workloads(documents)
             self.wait_synced(SYNC_WAIT)
+            self._took_effect()
             return result
         if not kind or not name:
             raise LabError("delete needs the rules to delete, or kind= and name= "
                            "(e.g. kind='VirtualService').")
-        return ApplyResult(self._call(f"delete {kind}/{namespace}/{name}", "delete", kind, name, namespace))
+        result = ApplyResult(self._call(f"delete {kind}/{namespace}/{name}", "delete", kind, name, namespace))
+        self.wait_synced(SYNC_WAIT)
+        self._took_effect()
+        return result
 
     def get(self, kind: str | None = None, name: str | None = None,
             namespace: str | None = None) -> Rule | list[Rule] | None:
@@ -279,16 +298,61 @@ class Mesh:
         revisions = self._call("history", "history").get("revisions", [])
         return float(revisions[-1]["timestamp"]) if revisions else 0.0
 
+    def counting_since(self) -> float:
+        """Wall-clock time from which requests count as traffic under the current config: the
+        control plane's scrape taken right after the latest change took effect, when this `Mesh`
+        made the change (every request answered before it is out, every later one in); else the
+        change's time plus `SETTLE` (a change from the CLI or another notebook)."""
+        changed = self.last_change()
+        if self._since is not None and self._since[0] == changed:
+            return self._since[1]
+        return changed + SETTLE
+
+    def _took_effect(self) -> None:
+        """A change of this Mesh was ACKed by every proxy: sample the counters now (`counting_since`)."""
+        scraped = self._scrape_now()
+        self._since = (self.last_change(), scraped) if scraped else None
+
+    def _scrape_now(self) -> float | None:
+        """Ask the control plane for a scrape round now (POST telemetry/scrape); its time, or None
+        from a control plane without it."""
+        try:
+            answer = self.client.request("POST", "telemetry/scrape")
+        except (ApiError, ControlUnreachable, OSError):
+            return None
+        at = answer.get("scraped_at") if isinstance(answer, dict) else None
+        return float(at) if at else None
+
     def rollback(self, revision: int) -> ApplyResult:
         """Make the config what it was at ``revision`` again (as a new revision)."""
         result = ApplyResult(self._call(f"rollback to {revision}", "rollback", revision))
         self.wait_synced(SYNC_WAIT)
+        self._took_effect()
         return result
 
-    def reset(self) -> ApplyResult:
+    def reset(self, *, recheck: bool = True) -> ApplyResult:
         """Back to the baseline `meshkit up`/`deploy` applies for the running app sets (Bookinfo's
         DestinationRules and ingress route; httpbin's subsets when it runs): every other resource
-        is deleted."""
+        is deleted. Then every lab opened on this mesh re-checks its recorded steps (progress is
+        state: a step whose rule the reset removed shows as regressed); ``recheck=False`` is for a
+        lab's own clean-up between sections, where the steps done so far stay done."""
+        answer = self._reset_config()
+        if recheck:
+            for ref in list(self._open_labs):
+                lab = ref()
+                if lab is None:
+                    self._open_labs.remove(ref)
+                else:
+                    lab.recheck()
+        return answer
+
+    def _lab_opened(self, lab: Lab) -> None:
+        """``lab`` was opened on this mesh: `reset` re-checks it (held weakly; a re-opened lab replaces
+        the older object of the same name)."""
+        self._open_labs = [r for r in self._open_labs if (old := r()) is not None and old.name != lab.name]
+        self._open_labs.append(weakref.ref(lab))
+
+    def _reset_config(self) -> ApplyResult:
         record = self.local.record() if self.local is not None else None
         app_sets = record.apps if record is not None else ["bookinfo"]
         baseline = [doc for app_set in app_sets for doc in catalog.default_config(app_set)]
@@ -390,9 +454,19 @@ class Mesh:
                                       timeout=15.0)
         except ValueError as exc:
             raise LabError(f"load: {exc}") from None
-        handle = LoadHandle(generator.start())
+        handle = LoadHandle(generator.start(), on_end=self._scrape_now)
         self._loads = [h for h in self._loads if h.running()] + [handle]
         return handle
+
+    def page(self, path: str = "/productpage") -> BrowserPage:
+        """The ingress's ``path`` as a browser shows it, in the notebook (an iframe through JupyterLab's
+        jupyter-server-proxy): refresh it and watch the stars change as the routes say."""
+        if self.ingress_url is None:
+            raise LabError("page needs the ingress URL: connect(url, ingress=...) or the local mesh")
+        port = urllib.parse.urlsplit(self.ingress_url).port
+        if port is None:
+            raise LabError(f"page: the ingress URL {self.ingress_url} names no port")
+        return BrowserPage(port, path)
 
     def visit(self, path: str = "/productpage", *, user: str | None = None,
               timeout: float = 30.0) -> PageVisit:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,6 +112,10 @@ class CheckResult:
         return f'<div style="color:{colour}"><b>{mark} {html.escape(self.title)}</b>: {tail}</div>'
 
 
+NOTE_STYLE = ("background:#f7f7f7;padding:6px;white-space:pre-wrap;word-break:normal;"
+              "overflow-wrap:break-word")
+
+
 class Note:
     """A titled block of text (hints, solutions): folded HTML details, or plain text."""
 
@@ -132,7 +137,11 @@ class Note:
     def _repr_html_(self) -> str:
         if self.hidden_text:
             return f"<div><i>{html.escape(self.title)}: {html.escape(self.hidden_text)}</i></div>"
-        body = f'<pre style="background:#f7f7f7;padding:6px">{html.escape(self.body)}</pre>'
+        # JupyterLab's output CSS breaks <pre> text anywhere (word-break: break-all): a prediction's
+        # question wrapped mid-word ("p / roductpage"). Wrap at spaces; split a word only when it is
+        # longer than the whole line.
+        body = (f'<pre style="{NOTE_STYLE}">'
+                f"{html.escape(self.body)}</pre>")
         opened = "" if self.folded else " open"
         return f"<details{opened}><summary>{html.escape(self.title)}</summary>{body}</details>"
 
@@ -225,6 +234,7 @@ class Lab:
         self.room = attend.attach(self)
         if self.spec is not None:
             self.recheck()
+            self.mesh._lab_opened(self)  # `mesh.reset()` re-checks this lab
 
     def _load(self, spec: catalog.LabSpec) -> None:
         if spec.setup is not None:
@@ -282,8 +292,8 @@ class Lab:
 
     def recheck(self) -> list[CheckResult]:
         """Check again, once and without raising, every step with recorded progress: progress is
-        the mesh's state now, so after `mesh.reset()` or a kernel restart stale ticks turn into
-        *regressed* steps instead of staying green."""
+        the mesh's state now, so after `mesh.reset()` (which calls this for every lab opened on the
+        mesh) or a kernel restart stale ticks turn into *regressed* steps instead of staying green."""
         saved = self.status()
         return [step.check(retry_for=0, strict=False) for sid, step in self.steps.items() if sid in saved]
 
@@ -387,7 +397,9 @@ class Lab:
                 raise LabError(f"fast_forward: step {sid!r} of lab {self.name!r} has no solution to run")
             code = step.solution_text + ("\n" + step.spec.traffic if step.spec and step.spec.traffic else "")
             try:
-                if code.startswith("%%mesh"):  # a YAML exercise: what the cell magic does
+                if code.startswith("%%bash"):  # a terminal exercise: the same commands in a shell
+                    _run_shell(code.partition("\n")[2], f"{self.name}/{sid}")
+                elif code.startswith("%%mesh"):  # a YAML exercise: what the cell magic does
                     from meshkit.lab.magic import mesh_cell  # noqa: PLC0415
 
                     line, _, body = code.partition("\n")
@@ -412,8 +424,21 @@ class Lab:
         return str(self.summary())
 
 
+def _run_shell(script: str, what: str) -> None:
+    """Run a terminal exercise's commands (instructor fast-forward) as JupyterLab's terminal would."""
+    from meshkit.lab.jupyter import lab_environment  # noqa: PLC0415
+
+    done = subprocess.run(["bash", "-e", "-c", script], env=lab_environment(os.environ), capture_output=True,
+                          text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise LabError(f"the commands of {what} failed (exit {done.returncode}): "
+                       f"{(done.stderr or done.stdout).strip()[-500:]}")
+
+
 def _register_magic() -> None:
-    """``%%mesh apply`` in the notebook's kernel (a no-op outside IPython)."""
+    """``%%mesh apply`` in the notebook's kernel (a no-op outside IPython), and the kernel's Python's
+    ``bin`` first on ``PATH``: a ``!meshkit`` or ``%%bash`` cell runs the meshkit of this kernel, as
+    JupyterLab's terminal does (`meshkit.lab.jupyter.lab_environment`)."""
     try:
         from IPython import get_ipython  # noqa: PLC0415
     except ImportError:
@@ -421,8 +446,10 @@ def _register_magic() -> None:
     shell = get_ipython()
     if shell is not None and hasattr(shell, "register_magic_function"):
         from meshkit.lab import magic  # noqa: PLC0415
+        from meshkit.lab.jupyter import lab_environment  # noqa: PLC0415
 
         magic.register(shell)
+        os.environ["PATH"] = lab_environment(os.environ)["PATH"]
 
 
 def _bound(check: catalog.CheckFn, lab: Lab) -> CheckFn:

@@ -22,7 +22,7 @@ from tests.control.resources import BOOKINFO_REVIEWS
 ROUTES = ["apply", "delete", "analyze", "rollback", "config", "config/vs/default/reviews", "history",
           "history/1", "registry", "registry/services", "registry/endpoints",
           "registry/endpoints/default/x-0/health", "proxy-status", "xds/ack", "ca/sign", "ca/root",
-          "telemetry", "telemetry/targets", "telemetry/targets/x", "healthz", "nope"]
+          "telemetry", "telemetry/targets", "telemetry/targets/x", "telemetry/scrape", "healthz", "nope"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 TYPES = [None, "application/json", "application/yaml", "text/plain", "application/x-www-form-urlencoded",
          "multipart/form-data; boundary=x", "application/json; charset=utf-8", "text/yaml", "*/*", ""]

@@ -102,6 +102,7 @@ async def test_no_token_no_access(plane: RunningControlPlane, session: aiohttp.C
                ("POST", "rollback", {"revision": 0}), ("GET", "registry", None),
                ("POST", "registry/endpoints", endpoint("ratings-v1-0")), ("GET", "proxy-status", None),
                ("DELETE", "config/vs/default/reviews", None), ("GET", "telemetry/targets", None),
+               ("POST", "telemetry/scrape", None),
                ("GET", "xds/stream?id=reviews-v1-0.default", None), ("GET", "ca/root", None),
                ("POST", "xds/ack", {"id": "x-0.default", "version": "v", "status": "ACK"})]
     for token in (None, "wrong", plane.admin_token + "x"):

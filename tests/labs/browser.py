@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,16 +101,16 @@ class JupyterLab:
 
 
 @contextmanager
-def jupyterlab(scratch: Path, env: dict[str, str]) -> Iterator[JupyterLab]:
-    """Start JupyterLab in ``scratch`` with ``env`` added for its kernels; stop it (waiting for its exit,
-    so the port is free again) on the way out."""
+def jupyterlab(scratch: Path, env: dict[str, str], extra: Sequence[str] = ()) -> Iterator[JupyterLab]:
+    """Start JupyterLab in ``scratch`` with ``env`` added for its kernels (and ``extra`` options);
+    stop it (waiting for its exit, so the port is free again) on the way out."""
     root = scratch / "notebooks"
     root.mkdir()
     port, token = free_port(), secrets.token_hex(16)
     argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.port={port}",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}",
             "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-            "jupyterlab.NeverCheckForUpdate"]
+            "jupyterlab.NeverCheckForUpdate", *extra]
     if os.geteuid() == 0:
         argv.append("--allow-root")
     full_env = {**os.environ, **env, "JUPYTER_CONFIG_DIR": str(scratch / "config"),

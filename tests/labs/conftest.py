@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.lab import checks, connect
-from meshkit.lab.mesh import Mesh
+from meshkit.lab import connect
+from meshkit.lab.mesh import SETTLE, Mesh
 from meshkit.lab.progress import ProgressStore
 from meshkit.runtime import catalog
 from meshkit.runtime.local import LocalMesh, MeshError
@@ -102,8 +102,8 @@ def settle(mesh: Mesh, quiet: float = 2.0, timeout: float = 20.0) -> None:
 
 def window_open(mesh: Mesh, extra: float = 0.0) -> None:
     """Wait until the checks' telemetry window has begun (and spans ``extra`` seconds): the checks
-    count traffic from ``checks.SETTLE`` seconds after the latest config change."""
-    wait_until(lambda: time.time() >= mesh.last_change() + checks.SETTLE + extra, checks.SETTLE + extra + 10,
+    count traffic from `Mesh.counting_since` (the scrape after the latest change took effect)."""
+    wait_until(lambda: time.time() >= mesh.counting_since() + extra, SETTLE + extra + 10,
                "the checks' window after the latest change", interval=0.05)
 
 

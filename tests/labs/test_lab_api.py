@@ -12,6 +12,7 @@ from meshkit.lab import CheckFailed, Lab, LabError, checks, connect, rules
 from meshkit.lab.charts import NODE_FAILING, NODE_OK, edge_label, edge_latency, service_graph, traffic_split
 from meshkit.lab.mesh import Mesh
 from meshkit.lab.progress import ProgressStore
+from meshkit.lab.steps import Note
 from meshkit.lab.widgets import ABRouter, FaultPanel, MtlsToggle, canary_slider, rule_editor
 from tests.labs.conftest import counted, settle
 
@@ -276,3 +277,14 @@ def test_service_graph_colours_a_failing_service_and_keeps_its_picture_when_traf
     graph.refresh()  # no traffic in its 5 s window now: the last picture stays, the title says why
     assert list(graph.figure.data[2].text) == drawn
     assert "no traffic in the last 5 s" in graph.figure.layout.title.text
+
+
+def test_a_note_wraps_between_words_not_inside_them() -> None:
+    """Lab 04's prediction wrapped mid-word in JupyterLab ("p / roductpage"): its output CSS gives a
+    <pre> `word-break: break-all`, which the note's own style overrides."""
+    note = Note("Predict: what does Jason see?", "reviews v2 calls ratings; productpage calls reviews")
+    shown = note._repr_html_()
+    style = shown.split('<pre style="', 1)[1].split('"', 1)[0]
+    rules = dict(item.split(":", 1) for item in style.split(";"))
+    assert rules["word-break"] == "normal" and rules["white-space"] == "pre-wrap", rules
+    assert rules["overflow-wrap"] == "break-word"  # only a word longer than the line is split

@@ -1,5 +1,6 @@
 """`meshkit lab --no-browser` starts the mesh and serves JupyterLab on labs/ (token: $JUPYTER_TOKEN),
-opened on the first lab, with `meshkit` on its terminals' PATH; stopping it stops the mesh it started."""
+opened on the first lab, with `meshkit` on its terminals' PATH, widget state saved with a notebook, and
+Bookinfo's page through jupyter-server-proxy; stopping it stops the mesh it started."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from meshkit.lab import connect
 from meshkit.runtime.catalog import resolve
 from meshkit.runtime.local import LocalMesh
 from meshkit.runtime.ports import free_bases
@@ -102,6 +104,17 @@ def test_meshkit_lab_serves_the_labs_over_http(lab_env: dict[str, str], tmp_path
                        Path(f"/proc/{jupyter}/environ").read_text().split("\0") if "=" in item)
         first = environ["PATH"].split(os.pathsep)[0]
         assert first == str(Path(sys.executable).parent) and (Path(first) / "meshkit").exists()
+        # Widget state is saved with the notebook: a reopened lab shows its widgets, not "model not found".
+        widgets = "@jupyter-widgets/jupyterlab-manager:plugin"
+        code, body, _ = _get(f"{base}/lab/api/settings/{widgets}?token={token}")
+        assert code == 200, body  # JupyterLab applies overrides to the schema's defaults
+        assert json.loads(body)["schema"]["properties"]["saveState"]["default"] is True, body
+        # The Bookinfo page a lab cell shows comes through JupyterLab's own server (jupyter-server-proxy),
+        # as on Binder, where the browser cannot reach the ingress on 127.0.0.1.
+        shown = connect(start=False).page()
+        assert f'src="{shown.url}"' in shown._repr_html_()
+        code, page, _ = _get(f"{base}{shown.url}?token={token}")
+        assert code == 200 and "BookInfo Sample" in page and "Reviews served by" in page, (code, page[:300])
     if proc.returncode not in (0, -signal.SIGTERM, 1):
         pytest.fail(f"meshkit lab exited with {proc.returncode}")
     assert LocalMesh(StateDir.open(lab_env["MESHKIT_HOME"])).running(), "a mesh it did not start was stopped"

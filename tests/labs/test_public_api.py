@@ -43,7 +43,7 @@ SURFACE: dict[str, list[str]] = {
         "require_weights", "served_by", "window_since", "window_since_change",
     ],
     "meshkit.lab.display": [
-        "Findings", "LabError", "Plain", "Rule", "ShownAsTable", "Table", "message_line",
+        "BrowserPage", "Findings", "LabError", "Plain", "Rule", "ShownAsTable", "Table", "message_line",
         "show_errors_as_html", "to_yaml",
     ],
     "meshkit.lab.editions": [
@@ -56,7 +56,8 @@ SURFACE: dict[str, list[str]] = {
     ],
     "meshkit.lab.magic": ["load_ipython_extension", "mesh_cell", "register"],
     "meshkit.lab.mesh": [
-        "ApplyResult", "LoadHandle", "MAX_LOAD_SECONDS", "Mesh", "PageVisit", "SYNC_WAIT", "connect",
+        "ApplyResult", "LoadHandle", "MAX_LOAD_SECONDS", "Mesh", "PageVisit", "SETTLE", "SYNC_WAIT",
+        "connect",
     ],
     "meshkit.lab.observe": [
         "FETCH_TIMEOUT", "LABEL_MEANINGS", "Sample", "Samples", "TAIL_BYTES", "Trace", "TracedRequest",

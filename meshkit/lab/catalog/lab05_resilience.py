@@ -43,6 +43,37 @@ def limited(mesh: Mesh, _lab: Lab) -> None:
     resilience.require_rate_limited(mesh, "productpage", at_least=5)
 
 
+def _retry_policy(mesh: Mesh, host: str) -> dict[str, object]:
+    rule = checks.require_rule(mesh, "VirtualService", host)
+    policies = [h.get("retries") or {} for h in rule.get("spec", {}).get("http", []) or []]
+    checks.expect(any(policies), f"VirtualService {host!r} has no retry policy (http[].retries)")
+    return next(p for p in policies if p)
+
+
+def retry_budget(mesh: Mesh, _lab: Lab) -> None:
+    """One retry per request against a details failing 30 % with 503, judged on the traffic since the
+    change: details' own sidecar saw ~30 % of the tries fail and at most two tries per request, and
+    productpage got an error for ~9 % (0.3 x 0.3) of its calls (exact binomial tests). No retries
+    leaves ~30 %, three retries ~1 %."""
+    policy = _retry_policy(mesh, "details")
+    checks.expect(int(str(policy.get("attempts", 0))) == 1,
+                  f"details' retry policy allows {policy.get('attempts')} retries; the budget is one retry "
+                  "per request (two tries)")
+    got = resilience.outcomes(mesh, "details", source="productpage-v1", reporter="source")
+    tried = resilience.outcomes(mesh, "details", source="productpage-v1", reporter="destination")
+    since = "since your last change"
+    checks.expect(got.requests >= 100,
+                  f"productpage made {got.requests:.0f} calls to details {since} (at least 100 needed): send "
+                  "traffic, e.g. mesh.load(rps=25, duration=6).wait()")
+    checks.require_share({"5xx": tried.count("5"), "ok": tried.requests - tried.count("5")}, "5xx", 0.3,
+                         what=f"the tries details' own sidecar answered {since}")
+    checks.require_share({"5xx": got.count("5"), "ok": got.requests - got.count("5")}, "5xx", 0.09,
+                         what=f"the answers productpage got from details {since} (one retry: 0.3 x 0.3)")
+    checks.expect(tried.requests <= 2 * got.requests + 5,
+                  f"details' sidecar counted {tried.requests:.0f} tries for {got.requests:.0f} requests: "
+                  "more than two tries per request")
+
+
 LAB = LabSpec(
     name="05-resilience",
     title="Resilience: timeouts, retries, circuit breaking, outlier detection, rate limits",
@@ -89,5 +120,15 @@ LAB = LabSpec(
                  hint="rules.rate_limit(workload, max_tokens=..., tokens_per_fill=..., fill_interval=...).",
                  solution='rule = rules.rate_limit("productpage", max_tokens=10, tokens_per_fill=10, '
                           'fill_interval="1s")\nmesh.apply(rule)\nrule'),
+        StepSpec("challenge", "Challenge: a retry budget of one retry takes details' 30 % failures down to "
+                              "about 9 %", retry_budget,
+                 task="Make details fail 30 % of its requests with 503, give its calls exactly one retry, "
+                      "then send 25 page views a second for 6 s. The check judges the traffic: about 30 % of "
+                      "the tries fail, about 9 % of the answers productpage gets, at most two tries each.",
+                 hint="resilience.make_flaky(mesh, service, rate=..., code=...), then rules.retries(host, "
+                      "attempts=...): in Istio `attempts` counts the retries, not the first try.",
+                 solution='print(resilience.make_flaky(mesh, "details", rate=0.3, code=503))\n'
+                          'mesh.apply(rules.retries("details", attempts=1))\n'
+                          "mesh.load(rps=25, duration=6).wait()"),
     ),
 )

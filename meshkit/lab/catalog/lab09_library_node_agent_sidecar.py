@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from meshkit.lab import checks
 from meshkit.lab.catalog import LabSpec, StepSpec
 from meshkit.lab.catalog._common import predict, require_variable
+from meshkit.lab.checks import CheckFailed
 
 if TYPE_CHECKING:
     from meshkit.lab.mesh import Mesh
@@ -13,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LAB"]
 
+FAULT_RUN = 100
 _HOW = 'bench = Comparison(mesh, service="details", path="/details/0", client="productpage-v1-0")'
 
 
@@ -30,6 +33,39 @@ def node_agent(mesh: Mesh, lab: Lab) -> Any:
 
 def sidecar(mesh: Mesh, lab: Lab) -> Any:
     return _bench(lab).check_sidecar(mesh)
+
+
+def _after(mesh: Mesh, lab: Lab, shape: str, call: str) -> Any:
+    result = _bench(lab).results.get(shape)
+    changed = mesh.last_change()
+    if result is None or result.started < changed or result.requests < FAULT_RUN:
+        raise CheckFailed(f"measure the {shape} shape again after applying the fault, with at least "
+                          f"{FAULT_RUN} requests: {call}")
+    return result
+
+
+def fault_seen(mesh: Mesh, lab: Lab) -> None:
+    """Behaviour on the runs themselves: after a 50 % abort on details, the sidecar run's answers are
+    503 about half the time (exact binomial test), the library's never, and the node agent's as its
+    own config says: it copied the routes when it started, so a fault applied later never reaches it."""
+    bench = _bench(lab)
+    sidecar_run = _after(mesh, lab, "sidecar", "bench.sidecar(requests=200)")
+    node_run = _after(mesh, lab, "node agent", "bench.node_agent(requests=200)")
+    library_run = _after(mesh, lab, "library", "bench.library(requests=200)")
+
+    def aborted(result: Any) -> dict[str, float]:
+        hits = result.codes.get(503, 0)
+        return {"503": hits, "other": result.requests - hits}
+
+    checks.require_share(aborted(sidecar_run), "503", 0.5, what="the sidecar run after the fault")
+    checks.expect(library_run.codes.get(503, 0) == 0,
+                  f"the library run got {library_run.codes.get(503, 0)} answers 503: it calls the app's own "
+                  "port, where no mesh fault exists")
+    node_started = float(getattr(bench.node, "snapshot_at", 0.0) or 0.0)
+    expected = 0.5 if node_started > mesh.last_change() else 0.0
+    checks.require_share(aborted(node_run), "503", expected,
+                         what=f"the node agent run (its proxy started {'after' if expected else 'before'} "
+                              "the fault, with a copy of the config of that moment)")
 
 
 LAB = LabSpec(
@@ -65,5 +101,16 @@ LAB = LabSpec(
                  task="Measure the sidecar shape: 500 requests, at most 10 s.",
                  hint="bench.sidecar(...) sends the requests to productpage's sidecar (its outbound port).",
                  solution="bench.sidecar(requests=500, max_seconds=10)"),
+        StepSpec("challenge", "Challenge: a fault on details, measured through all three shapes", fault_seen,
+                 task="Abort half of the calls to details with HTTP 503 (a fault in a VirtualService), "
+                      "then measure all three shapes again, 200 requests each. The check judges each run's "
+                      "answers: which shapes see the fault, and how often?",
+                 hint="from meshkit.lab import rules; rules.fault(host, abort=..., percent=...); then "
+                      "bench.library(requests=200), bench.node_agent(requests=200), "
+                      "bench.sidecar(requests=200).",
+                 solution='from meshkit.lab import rules\n\n'
+                          'mesh.apply(rules.fault("details", abort=503, percent=50))\n'
+                          "for measure in (bench.library, bench.node_agent, bench.sidecar):\n"
+                          "    print(measure(requests=200, max_seconds=10))"),
     ),
 )

@@ -106,6 +106,7 @@ class NodeProxy:
 
     def __init__(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
+        self.snapshot_at = time.time()  # the config it serves is the control plane's of this moment
         self.workdir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, int] = {}
