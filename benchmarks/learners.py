@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.classroom import _rollup  # one reader of smaps_rollup for both benchmarks
 from meshkit.runtime.load import LoadGenerator
 from meshkit.runtime.local import LocalMesh
 from meshkit.runtime.processes import with_environment
@@ -46,20 +48,6 @@ MAX_SECONDS = 60.0
 UP_TIMEOUT = 120
 SAMPLE_EVERY = 0.5
 MIB = 2**20
-
-
-def _rollup(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes from /proc/<pid>/smaps_rollup; (0, 0) when the process is gone."""
-    rss = pss = 0
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return rss, pss
 
 
 def _mem_available() -> int:
