@@ -11,7 +11,12 @@ from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Severity
 from meshkit.control.database import open_database
 from meshkit.control.store import ConfigStore, ConflictError, NotFoundError
-from tests.control.resources import BAD_VIRTUAL_SERVICE, BOOKINFO_REVIEWS, DESTINATION_RULE, virtual_service
+from tests.control.resources import (
+    BOOKINFO_REVIEWS,
+    DESTINATION_RULE,
+    REFUSED_VIRTUAL_SERVICE,
+    virtual_service,
+)
 
 VS_KEY = ("VirtualService", "default", "reviews")
 DR_KEY = ("DestinationRule", "default", "reviews")
@@ -40,13 +45,13 @@ def test_apply_creates_a_revision_with_actions(store: ConfigStore) -> None:
 def test_one_bad_document_rejects_the_whole_apply(store: ConfigStore) -> None:
     store.apply(load_resources(BOOKINFO_REVIEWS))
     before = snapshot_of(store)
-    # a valid change to an existing resource and a new resource routing to an undefined subset
-    incoming = load_resources(virtual_service("v2") + "---\n" + BAD_VIRTUAL_SERVICE)
+    # a valid change to an existing resource and a new resource Istio's validation refuses
+    incoming = load_resources(virtual_service("v2") + "---\n" + REFUSED_VIRTUAL_SERVICE)
     with pytest.raises(ConfigError) as caught:
         store.apply(incoming)
     errors = [m for m in caught.value.messages if m.severity == Severity.ERROR]
-    assert errors and all(m.resource == "VirtualService/default/ratings-bad" for m in errors)
-    assert "v9" in errors[0].text
+    assert errors and all(m.resource == "VirtualService/default/ratings-refused" for m in errors)
+    assert "sum to 0" in errors[0].text
     assert snapshot_of(store) == before
     assert store.revision == 1
     assert len(store.history()) == 1
@@ -139,7 +144,7 @@ def test_listeners_hear_accepted_changes_only(store: ConfigStore) -> None:
     unsubscribe = store.subscribe(lambda: calls.append(store.revision))
     store.apply(load_resources(BOOKINFO_REVIEWS))
     with pytest.raises(ConfigError):
-        store.apply(load_resources(BAD_VIRTUAL_SERVICE))
+        store.apply(load_resources(REFUSED_VIRTUAL_SERVICE))
     store.apply(load_resources(BOOKINFO_REVIEWS))  # unchanged
     store.delete([VS_KEY])
     unsubscribe()
