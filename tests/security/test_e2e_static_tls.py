@@ -156,7 +156,8 @@ async def test_bad_tls_dir_stops_the_start(tmp_path: Path, start: Start, app_por
 
 
 @pytest.mark.parametrize(("tls", "reason"), [
-    ({"mode": "MUTUAL"}, "clusters.reviews|.tls.mode: expected DISABLE, ISTIO_MUTUAL or SIMPLE, got 'MUTUAL'"),
+    ({"mode": "MUTUAL"},
+     "clusters.reviews|.tls.mode: expected DISABLE, ISTIO_MUTUAL or SIMPLE, got 'MUTUAL'"),
     ({"mode": "ISTIO_MUTUAL", "server_identities": "x"}, "clusters.reviews|.tls.server_identities: expected"),
 ])
 def test_snapshot_with_a_bad_cluster_tls_is_nacked(tls: dict[str, Any], reason: str) -> None:
