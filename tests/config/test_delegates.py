@@ -51,10 +51,10 @@ def test_a_delegate_takes_the_place_of_the_root_rule() -> None:
     assert [([(m["uri"], m["headers"]) for m in r["match"]], [d["cluster"] for d in r["route"]],
              r["timeout_ms"]) for r in routes] == [
         # the root's match narrowed by the delegate's: prefix /reviews/v2 and the root's header
-        ([({"prefix": "/reviews/v2"}, jason)], ["reviews|v2"], 2000),
+        ([({"prefix": "/reviews/v2"}, jason)], ["reviews.default|v2"], 2000),
         # the delegate rule without a match inherits the root's; its own timeout wins
-        ([({"prefix": "/reviews"}, jason)], ["reviews|v3"], 5000),
-        ([], ["reviews|v1"], None),
+        ([({"prefix": "/reviews"}, jason)], ["reviews.default|v3"], 5000),
+        ([], ["reviews.default|v1"], None),
     ]
     # /ratings is outside the root's /reviews: dropped, as Istio drops a conflicting delegate match
 
@@ -71,7 +71,7 @@ def test_a_delegate_alone_routes_nothing_and_a_missing_one_matches_nothing() -> 
     plain = _reviews_routes("")
     assert _reviews_routes(DELEGATE) == plain  # no hosts: it applies nowhere by itself
     routes = _reviews_routes(ROOT)  # its delegate is not applied (yet): the rule matches nothing
-    assert [r["route"][0]["cluster"] for r in routes] == ["reviews|v1"]
+    assert [r["route"][0]["cluster"] for r in routes] == ["reviews.default|v1"]
 
 
 def test_a_root_without_delegates_is_left_as_it_is() -> None:
@@ -94,4 +94,4 @@ spec:
     snapshot = compile_snapshot(load_resources(gateway + root + DELEGATE), bookinfo_registry(), ingress)
     (vhost,) = snapshot["outbound"]["virtual_hosts"]
     assert [[d["cluster"] for d in r["route"]] for r in vhost["routes"]] == [
-        ["reviews|v2"], ["reviews|v3"], ["reviews|v1"]]
+        ["reviews.default|v2"], ["reviews.default|v3"], ["reviews.default|v1"]]

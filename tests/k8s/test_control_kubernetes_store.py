@@ -41,11 +41,17 @@ def test_mirror_makes_the_config_exactly_the_source_in_one_revision(tmp_path: Pa
     assert store.revision == 2
 
 
+# what Istio's validation refuses (every weight 0): apply refuses it, the mirror takes the cluster's word
+REFUSED = LONELY.replace("http: [{route: [{destination: {host: ratings, subset: v2}}]}]",
+                         "http: [{route: [{destination: {host: ratings}, weight: 0},\n"
+                         "                {destination: {host: reviews}, weight: 0}]}]")
+
+
 def test_mirror_is_not_gated_by_the_analyzer_but_apply_is(tmp_path: Path) -> None:
     store = ConfigStore(open_database(tmp_path))
-    with pytest.raises(ConfigError, match="MK0101"):
-        store.apply(load_resources(LONELY))
-    assert store.mirror(load_resources(LONELY), source="kubernetes").changed
+    with pytest.raises(ConfigError, match="MK0102"):
+        store.apply(load_resources(REFUSED))
+    assert store.mirror(load_resources(REFUSED), source="kubernetes").changed
     assert [r.ref for r in store.resources()] == ["VirtualService/bookinfo/ratings"]
 
 
