@@ -249,8 +249,9 @@ async def run(clients: int = 30, refreshes: int = 6, samples: int = 40, applies:
             assert mesh.control.process is not None
             pid = mesh.control.process.pid
             served = await traffic(mesh, 30)
-            fds_before = open_fds(pid)
             alone = await measure_api(mesh, samples, applies)
+            # the descriptors before any tab opens (after the applies, whose store and workers stay)
+            fds_before = open_fds(pid)
             rng = random.Random(17)  # tabs opened at different moments of the 5 s cycle
             tabs = [ConsoleClient(i, mesh.control.url, mesh.headers, refreshes, rng.uniform(0, REFRESH_EVERY))
                     for i in range(clients)]

@@ -264,8 +264,10 @@ def test_wizards_show_their_yaml_apply_it_and_the_fault_shows_on_traffic(mesh: M
         ratings = mesh.client.get("virtualservice", "ratings")["items"][0]["resource"]
         fault = ratings["spec"]["http"][0]["fault"]
         assert fault["abort"] == {"percentage": {"value": 100}, "httpStatus": 503}, fault
-        for _ in range(20):  # bounded: 20 page views as jason, each calling ratings through reviews v2
-            assert mesh.get("/productpage", {"end-user": "jason"}) == 200  # productpage degrades, not fails
+        # bounded: 20 page views as jason, signed in (Bookinfo's login cookie), each calling ratings
+        # through reviews v2
+        for _ in range(20):
+            assert mesh.get("/productpage", {"Cookie": "user=jason"}) == 200  # degrades, not fails
         page.click("nav button[data-page=graph]")
         # aborted before it left reviews' sidecar: Istio reports the destination version unknown
         edge = page.locator(".edge.bad[data-edge^='reviews v2 > ratings']")

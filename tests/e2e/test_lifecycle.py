@@ -25,7 +25,7 @@ from tests.pids import alive
 BOOKINFO_INSTANCES = ["productpage-v1-0", "details-v1-0", "reviews-v1-0", "reviews-v2-0", "reviews-v3-0",
                       "ratings-v1-0"]
 CLIENT_INSTANCES = ["sleep-v1-0", "legacy-v1-0"]  # legacy: no sidecar
-WORKLOAD_KEYS = {"name", "service", "version", "pid", "sidecar_pid", "app_port", "inbound_port",
+WORKLOAD_KEYS = {"name", "namespace", "service", "version", "pid", "sidecar_pid", "app_port", "inbound_port",
                  "outbound_proxy", "admin_port", "healthy"}
 
 

@@ -111,7 +111,9 @@ def test_meshkit_lab_serves_the_labs_over_http(lab_env: dict[str, str], tmp_path
         assert json.loads(body)["schema"]["properties"]["saveState"]["default"] is True, body
         # The Bookinfo page a lab cell shows comes through JupyterLab's own server (jupyter-server-proxy),
         # as on Binder, where the browser cannot reach the ingress on 127.0.0.1.
-        shown = connect(start=False).page()
+        lab_mesh = connect(start=False)
+        lab_mesh.reset()  # Bookinfo's baseline, its Gateway included (an earlier test may have changed it)
+        shown = lab_mesh.page()
         assert f'src="{shown.url}"' in shown._repr_html_()
         code, page, _ = _get(f"{base}{shown.url}?token={token}")
         assert code == 200 and "BookInfo Sample" in page and "Reviews served by" in page, (code, page[:300])
