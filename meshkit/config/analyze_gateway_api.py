@@ -14,10 +14,18 @@ from collections.abc import Sequence
 from meshkit.config import codes
 from meshkit.config.gateway_api import ISTIO_CONTROLLER, GatewayClass, HTTPRoute, KubeGateway
 from meshkit.config.hosts import resolve_host
-from meshkit.config.httproutes import GATEWAY_CLASS, gateway_of, missing_backends, service_exists
+from meshkit.config.httproutes import (
+    GATEWAY_CLASS,
+    gateway_of,
+    https_listeners,
+    listener_secret,
+    missing_backends,
+    service_exists,
+)
 from meshkit.config.messages import Message, Severity
 from meshkit.config.registry import RegistryView
 from meshkit.config.resources import Resource, VirtualService
+from meshkit.config.secrets import find_secret
 
 
 def check_gateway_api(resources: Sequence[Resource], registry: RegistryView | None) -> list[Message]:
@@ -65,6 +73,15 @@ def check_gateway_api(resources: Sequence[Resource], registry: RegistryView | No
                 codes.MK0411, Severity.WARNING, route.ref, field,
                 f"Service {name} does not exist: requests routed to it get 503 "
                 "(status: ResolvedRefs False, BackendNotFound)"))
+    for gateway, index, listener in https_listeners(resources):
+        namespace, name = listener_secret(gateway, listener)
+        if find_secret(resources, name, [namespace]) is None:
+            at = f"spec.listeners[{index}].tls.certificateRefs[0]"
+            messages.append(Message(
+                codes.MK0415, Severity.WARNING, gateway.ref, at,
+                f"Secret {namespace}/{name} does not exist: this HTTPS listener is not served until it does "
+                f"(kubectl create -n {namespace} secret tls {name} --key=KEY --cert=CERT --dry-run=client "
+                "-o yaml | meshkit apply -f -)"))
     for gateway in (r for r in resources if isinstance(r, KubeGateway)):
         if gateway.spec.gateway_class_name != GATEWAY_CLASS:
             messages.append(Message(

@@ -217,6 +217,9 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0414", W, "gateway-api", "a GatewayClass whose controllerName is not istio.io/gateway-controller "
          "(no controller of the mesh handles it)", ""),
     # -- control plane -----------------------------------------------------------------------------
+    Code("MK0415", W, "gateway-api", "an HTTPS listener's `tls.certificateRefs` names no TLS Secret: the "
+         "listener is not served (status: ResolvedRefs False, InvalidCertificateRef)", "IST0101 "
+         "ReferencedResourceNotFound"),
     Code("MK0901", E, "store", "a resource repeated in one input"),
     Code("MK0902", E, "store", "resource not found"),
     Code("MK0903", E, "store", "revision not found"),
@@ -257,7 +260,7 @@ MK0001, MK0002, MK0003, MK0004, MK0005, MK0006, MK0007, MK0008, MK0009 = (
     "MK0001", "MK0002", "MK0003", "MK0004", "MK0005", "MK0006", "MK0007", "MK0008", "MK0009")
 MK0301, MK0302, MK0303, MK0304, MK0305, MK0401, MK0402, MK0403, MK0404 = (
     "MK0301", "MK0302", "MK0303", "MK0304", "MK0305", "MK0401", "MK0402", "MK0403", "MK0404")
-MK0410, MK0411, MK0412, MK0413, MK0414 = ("MK0410", "MK0411", "MK0412", "MK0413", "MK0414")
+MK0410, MK0411, MK0412, MK0413, MK0414, MK0415 = ("MK0410", "MK0411", "MK0412", "MK0413", "MK0414", "MK0415")
 MK0101, MK0102, MK0103, MK0104, MK0105, MK0106, MK0107, MK0108, MK0109, MK0110 = (
     "MK0101", "MK0102", "MK0103", "MK0104", "MK0105", "MK0106", "MK0107", "MK0108", "MK0109", "MK0110")
 MK0111, MK0112, MK0113, MK0114, MK0115, MK0116, MK0117, MK0118, MK0119 = (

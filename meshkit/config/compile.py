@@ -29,6 +29,7 @@ from meshkit.config.hosts import resolve_host
 from meshkit.config.httproutes import (
     from_http_route,
     ingress_virtual_services,
+    listener_tls_servers,
     mesh_virtual_services,
     selector_services,
 )
@@ -166,7 +167,9 @@ def compile_snapshot(
                    **({"ca_pem": registry.external_ca} if registry.external_ca else {})},
     }
     if node.kind == "gateway":  # HTTPS servers with their Secrets' certificates (config.gateways)
-        body["gateway_tls"] = {"servers": tls_servers(node, resources, credential_pairs(resources))}
+        pairs = credential_pairs(resources)  # Istio Gateways' HTTPS servers, then Gateway API listeners
+        servers = tls_servers(node, resources, pairs) + listener_tls_servers(resources, pairs)
+        body["gateway_tls"] = {"servers": servers}
     selected = request_authentications_for(
         node.namespace, node.labels, of_kind(resources, RequestAuthentication))
     rules = compile_jwt(selected, jwks, jwks_errors)

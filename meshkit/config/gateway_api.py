@@ -59,15 +59,41 @@ class AllowedRoutes(IstioModel):
     namespaces: dict[str, object] | None = None
 
 
+class SecretObjectReference(IstioModel):
+    """``listeners[].tls.certificateRefs[]``: a TLS Secret, in the Gateway's namespace by default."""
+
+    unsupported_values = {"kind": frozenset({"ConfigMap"})}
+
+    group: str | None = None
+    kind: Literal["Secret"] | None = None
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+
+
+class GatewayTLSConfig(IstioModel):
+    unsupported_fields = frozenset({"frontendValidation", "options"})
+    unsupported_values = {"mode": frozenset({"Passthrough"})}
+
+    mode: Literal["Terminate"] = "Terminate"
+    certificate_refs: list[SecretObjectReference] | None = None
+
+
 class Listener(IstioModel):
-    unsupported_fields = frozenset({"tls"})
-    unsupported_values = {"protocol": frozenset({"HTTPS", "TLS", "TCP", "UDP", "GRPC"})}
+    unsupported_values = {"protocol": frozenset({"TLS", "TCP", "UDP", "GRPC"})}
 
     name: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
-    protocol: Literal["HTTP"]
+    protocol: Literal["HTTP", "HTTPS"]
     hostname: str | None = None
+    tls: GatewayTLSConfig | None = None
     allowed_routes: AllowedRoutes | None = None
+
+    @model_validator(mode="after")
+    def _https_terminates_tls(self) -> Listener:
+        # Gateway API: an HTTPS listener needs tls with at least one certificateRef (Terminate)
+        if self.protocol == "HTTPS" and (self.tls is None or not self.tls.certificate_refs):
+            raise ValueError("an HTTPS listener needs tls.certificateRefs (a TLS Secret)")
+        return self
 
 
 class KubeGatewaySpec(IstioModel):

@@ -25,7 +25,7 @@ Pure functions of resources + registry: no sockets.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from meshkit.config.gateway_api import (
@@ -40,6 +40,7 @@ from meshkit.config.gateway_api import (
     HTTPRouteRule,
     HTTPURLRewriteFilter,
     KubeGateway,
+    Listener,
     ParentReference,
 )
 from meshkit.config.gateways import intersect_hosts
@@ -65,6 +66,7 @@ from meshkit.config.resources import (
     VirtualServiceSpec,
 )
 from meshkit.config.resources import HTTPRoute as VSRoute
+from meshkit.config.secrets import find_secret
 from meshkit.config.workloads import Service as ServiceManifest
 from meshkit.config.workloads import selects
 
@@ -243,6 +245,39 @@ def _listener_hosts(gateway: KubeGateway, route: HTTPRoute, section: str | None)
     return hosts
 
 
+def https_listeners(resources: Sequence[Resource]) -> list[tuple[KubeGateway, int, Listener]]:
+    """(gateway, index, listener) of every HTTPS listener of a Gateway of class ``istio``."""
+    return [(gateway, index, listener)
+            for gateway in sorted((r for r in resources if isinstance(r, KubeGateway)), key=lambda g: g.key)
+            if gateway.spec.gateway_class_name == GATEWAY_CLASS
+            for index, listener in enumerate(gateway.spec.listeners) if listener.protocol == "HTTPS"]
+
+
+def listener_secret(gateway: KubeGateway, listener: Listener) -> tuple[str, str]:
+    """(namespace, name) of the TLS Secret an HTTPS listener's first certificateRef names."""
+    assert listener.tls is not None and listener.tls.certificate_refs  # the model requires it for HTTPS
+    ref = listener.tls.certificate_refs[0]
+    return ref.namespace or gateway.metadata.namespace, ref.name
+
+
+def listener_tls_servers(resources: Sequence[Resource],
+                         find_secret: Callable[[str, Sequence[str]], tuple[str, str] | None],
+                         ) -> list[dict[str, object]]:
+    """The HTTPS listeners the ingress serves, as snapshot ``gateway_tls.servers`` entries (the same
+    shape as an Istio Gateway's HTTPS servers: `meshkit.config.gateways.tls_servers`); a listener whose
+    Secret is missing is left out (status ``ResolvedRefs`` False, the analyzer reports it)."""
+    servers: list[dict[str, object]] = []
+    for gateway, index, listener in https_listeners(resources):
+        namespace, name = listener_secret(gateway, listener)
+        pair = find_secret(name, [namespace])
+        if pair is None:
+            continue
+        servers.append({"gateway": f"{gateway.metadata.namespace}/{gateway.metadata.name}", "server": index,
+                        "port": listener.port, "hosts": [(listener.hostname or "*").lower()],
+                        "credential": name, "cert_pem": pair[0], "key_pem": pair[1]})
+    return servers
+
+
 def ingress_virtual_services(resources: Sequence[Resource]) -> list[tuple[str, VirtualService]]:
     """(host, internal VirtualService) for every host that HTTPRoutes attached to a Gateway API Gateway of
     class ``istio`` serve; the local mesh's one ingress gateway serves them (as Istio's Gateway)."""
@@ -408,19 +443,35 @@ def gateway_status(gateway: KubeGateway, resources: Sequence[Resource]) -> dict[
                        "served by the local mesh's ingress gateway (istio-ingressgateway)" if ours
                        else "no gateway proxy serves it"),
         ],
-        "listeners": [{"name": name, "attachedRoutes": count,
+        "listeners": [{"name": listener.name, "attachedRoutes": attached[listener.name],
                        "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}],
-                       "conditions": _listener_conditions(ours)}
-                      for name, count in attached.items()],
+                       "conditions": _listener_conditions(
+                           ours, _missing_secret(gateway, listener, resources))}
+                      for listener in gateway.spec.listeners],
     }
 
 
-def _listener_conditions(ours: bool) -> list[dict[str, Any]]:
-    """A listener's conditions as Gateway API defines them (every listener here is HTTP: no TLS refs, no
-    conflicts between listeners of one Gateway on the local mesh's one ingress listener)."""
+def _missing_secret(gateway: KubeGateway, listener: Listener, resources: Sequence[Resource]) -> str | None:
+    """``namespace/name`` of the TLS Secret an HTTPS listener names when it does not exist, else None."""
+    if listener.protocol != "HTTPS":
+        return None
+    namespace, name = listener_secret(gateway, listener)
+    return None if find_secret(resources, name, [namespace]) is not None else f"{namespace}/{name}"
+
+
+def _listener_conditions(ours: bool, missing_secret: str | None = None) -> list[dict[str, Any]]:
+    """A listener's conditions as Gateway API defines them (no conflicts between listeners of one
+    Gateway: the ingress serves each protocol on one listener); an HTTPS listener whose Secret does
+    not exist is not programmed (ResolvedRefs False, InvalidCertificateRef)."""
     if not ours:
         return [_condition("Accepted", False, "Pending", "the Gateway's class is not served"),
                 _condition("Programmed", False, "Pending", "no gateway proxy serves it")]
+    if missing_secret is not None:
+        text = f"Secret {missing_secret} does not exist"
+        return [_condition("Accepted", True, "Accepted", "No errors found"),
+                _condition("Programmed", False, "Invalid", text),
+                _condition("ResolvedRefs", False, "InvalidCertificateRef", text),
+                _condition("Conflicted", False, "NoConflicts", "No conflicts found")]
     return [_condition("Accepted", True, "Accepted", "No errors found"),
             _condition("Programmed", True, "Programmed", "No errors found"),
             _condition("ResolvedRefs", True, "ResolvedRefs", "No errors found"),

@@ -160,3 +160,96 @@ def test_kubectl_dry_run_output_loads_as_written() -> None:
     assert secret.ref == "Secret/istio-system/httpbin-credential"
     with pytest.raises(ConfigError):  # a real timestamp still names the field (kubectl get output)
         load_resources(text.replace("creationTimestamp: null", "creationTimestamp: '2026-12-07T05:00:00Z'"))
+
+
+# The "Secure Gateways" task's "Gateway API" tab (istio.io): the Gateway in istio-system with an HTTPS
+# listener whose certificateRefs names the task's Secret, and the HTTPRoute in default
+KUBE_GATEWAY_YAML = """apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: mygateway
+  namespace: istio-system
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: https
+    hostname: "httpbin.example.com"
+    port: 443
+    protocol: HTTPS
+    tls:
+      mode: Terminate
+      certificateRefs:
+      - name: httpbin-credential
+    allowedRoutes:
+      namespaces:
+        from: Selector
+        selector:
+          matchLabels:
+            kubernetes.io/metadata.name: default
+"""
+HTTP_ROUTE_YAML = """apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: httpbin
+  namespace: default
+spec:
+  parentRefs:
+  - name: mygateway
+    namespace: istio-system
+  hostnames: ["httpbin.example.com"]
+  rules:
+  - matches:
+    - path:
+        type: PathPrefix
+        value: /status
+    - path:
+        type: PathPrefix
+        value: /delay
+    backendRefs:
+    - name: httpbin
+      port: 8000
+"""
+
+
+def test_a_gateway_api_https_listener_serves_its_secret_s_certificate() -> None:
+    from meshkit.config.httproutes import with_status  # noqa: PLC0415
+
+    resources = load_resources(tls_secret() + "---\n" + KUBE_GATEWAY_YAML + "---\n" + HTTP_ROUTE_YAML)
+    doc = compile_snapshot(resources, RegistryView(), GATEWAY)
+    [server] = doc["gateway_tls"]["servers"]
+    assert server["hosts"] == ["httpbin.example.com"] and server["credential"] == "httpbin-credential"
+    assert (server["cert_pem"], server["key_pem"]) == (CERT, KEY) and server["port"] == 443
+    assert server["gateway"] == "istio-system/mygateway"
+    assert "httpbin.example.com" in [v["name"] for v in doc["outbound"]["virtual_hosts"]]
+    assert Snapshot.from_json(doc).gateway_tls[0].hosts == ("httpbin.example.com",)
+    [gateway] = [r for r in resources if r.kind == "Gateway"]
+    [listener] = with_status(gateway, resources, RegistryView())["status"]["listeners"]
+    resolved = {c["type"]: (c["status"], c["reason"]) for c in listener["conditions"]}
+    assert resolved["ResolvedRefs"] == ("True", "ResolvedRefs") and listener["attachedRoutes"] == 1
+
+
+def test_a_listener_whose_secret_is_missing_is_reported_and_not_served() -> None:
+    from meshkit.config.httproutes import with_status  # noqa: PLC0415
+
+    resources = load_resources(KUBE_GATEWAY_YAML + "---\n" + HTTP_ROUTE_YAML)
+    [message] = [m for m in analyze(resources) if m.code == "MK0415"]
+    assert message.resource == "Gateway.gateway.networking.k8s.io/istio-system/mygateway"
+    assert message.field == "spec.listeners[0].tls.certificateRefs[0]"
+    assert "Secret istio-system/httpbin-credential does not exist" in message.text
+    assert compile_snapshot(resources, RegistryView(), GATEWAY)["gateway_tls"] == {"servers": []}
+    [gateway] = [r for r in resources if r.kind == "Gateway"]
+    [listener] = with_status(gateway, resources, RegistryView())["status"]["listeners"]
+    resolved = {c["type"]: (c["status"], c["reason"]) for c in listener["conditions"]}
+    assert resolved["ResolvedRefs"] == ("False", "InvalidCertificateRef")
+    assert resolved["Programmed"] == ("False", "Invalid")
+
+
+@pytest.mark.parametrize(("change", "text"), [
+    (("      certificateRefs:\n      - name: httpbin-credential\n", ""), "needs tls.certificateRefs"),
+    (("mode: Terminate", "mode: Passthrough"), "Passthrough"),
+])
+def test_an_https_listener_without_a_certificate_or_passing_tls_through_is_named(
+        change: tuple[str, str], text: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_resources(KUBE_GATEWAY_YAML.replace(*change))
+    assert text in str(error.value) and "spec.listeners[0]" in str(error.value)

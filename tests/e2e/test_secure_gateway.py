@@ -13,6 +13,7 @@ naming a Secret that does not exist (a named error; nothing applied).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -94,3 +95,26 @@ async def test_a_gateway_naming_a_missing_secret_is_refused_and_nothing_changes(
     assert message["field"] == "spec.servers[0].tls.credentialName"
     assert "no-such-credential" in message["message"]
     assert client.history()["revision"] == revision
+
+
+async def test_the_secure_gateways_task_gateway_api_tab(mesh: RunningMesh) -> None:
+    """The task's "Gateway API" tab: the Gateway in istio-system with an HTTPS listener whose
+    certificateRefs names the Secret, the HTTPRoute in default (tests/config/test_gateway_tls.py)."""
+    from tests.config.test_gateway_tls import HTTP_ROUTE_YAML, KUBE_GATEWAY_YAML  # noqa: PLC0415
+
+    client = mesh.client
+    for kind, name in (("VirtualService", "httpbin"), ("Gateway", "mygateway")):
+        with contextlib.suppress(ApiError):  # the Istio-API tab's rules, if the test above left them
+            client.delete(kind, name, "default")
+    root, cert, key = _certificates()
+    with contextlib.suppress(ApiError):
+        client.delete("Secret", "httpbin-credential", "istio-system")
+    client.apply(_docs(tls_secret(cert=cert, key=key)))
+    client.apply(_docs(KUBE_GATEWAY_YAML) + _docs(HTTP_ROUTE_YAML))
+    mesh.wait_synced()
+    answer = await _curl(mesh, root)
+    assert answer.startswith("HTTP/1.1 418 I'm a Teapot"), answer
+    assert (await _curl(mesh, root, "/headers")).startswith("HTTP/1.1 404"), "only /status and /delay route"
+    other_root, _, _ = _certificates()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await _curl(mesh, other_root)
