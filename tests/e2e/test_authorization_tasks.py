@@ -7,7 +7,7 @@ looks at the page in a browser, the test reads ``/productpage`` through the ingr
 runs the getting-started's in-mesh check (``kubectl exec ... -c ratings -- curl -sS
 productpage:9080/productpage``) as ``meshkit exec`` with the same words after ``--``.
 
-The JWT Token task runs in namespace ``foo`` (httpbin.yaml and curl.yaml ``-n foo``), with the
+The JWT Token and Dry Run tasks run in namespace ``foo`` (httpbin.yaml and curl.yaml ``-n foo``), with the
 task's RequestAuthentication (its ``jwksUri`` on raw.githubusercontent.com, served from the copy of
 Istio's sample JWKS that meshkit ships, since classrooms are offline) and Istio's demo tokens
 (tests/security/istio_jwt, the files the task downloads).
@@ -221,7 +221,9 @@ EXEC = ('meshkit exec deploy/curl -c curl -n foo -- curl "http://httpbin.foo:800
         '{header} -w "%{{http_code}}\\n"')
 
 
-def test_jwt_token_in_namespace_foo(mesh: RunningMesh) -> None:
+@pytest.fixture(scope="module")
+def foo(mesh: RunningMesh) -> RunningMesh:
+    """The tasks' namespace foo with httpbin and curl, each with its sidecar."""
     code, out, err = bash(mesh, """
 set -e
 meshkit create ns foo
@@ -230,6 +232,11 @@ meshkit apply -f <(meshkit kube-inject -f curl.yaml) -n foo
 """)
     assert code == 0, out + err
     mesh.wait_synced()
+    return mesh
+
+
+def test_jwt_token_in_namespace_foo(foo: RunningMesh) -> None:
+    mesh = foo
     code, out, err = bash(mesh, EXEC.format(header=""))
     assert out.splitlines() == ["200"], out + err
 
@@ -254,4 +261,51 @@ meshkit apply -f <(meshkit kube-inject -f curl.yaml) -n foo
 
     code, out, err = bash(mesh, "meshkit delete authorizationpolicy require-jwt -n foo\n"
                                 "meshkit delete requestauthentication jwt-example -n foo\n")
+    assert code == 0, out + err
+
+
+DRY_RUN_DENY = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-path-headers
+  annotations:
+    "istio.io/dry-run": "true"
+spec:
+  selector:
+    matchLabels:
+      app: httpbin
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: ["/headers"]
+"""
+DRY_RUN_LOOP = ('for i in {1..5}; do meshkit exec deploy/curl -c curl -n foo -- '
+                'curl http://httpbin.foo:8000/headers -H "X-B3-Sampled: 1" -s -o /dev/null '
+                '-w "%{http_code}\\n"; done')
+
+
+def test_dry_run_in_namespace_foo(foo: RunningMesh) -> None:
+    """Istio's "Dry Run" task: the annotated DENY policy is not enforced; the sidecar logs the result."""
+    mesh = foo
+    code, out, err = bash(mesh, f"meshkit apply -n foo -f - <<EOF\n{DRY_RUN_DENY}EOF\n")
+    assert code == 0 and "AuthorizationPolicy/foo/deny-path-headers created" in out, out + err
+    mesh.wait_synced()
+    code, out, err = bash(mesh, DRY_RUN_LOOP)
+    assert out.splitlines() == ["200"] * 5, out + err
+    # kubectl logs "$(kubectl -n foo -l app=httpbin get pods ...)" -c istio-proxy -n foo \
+    #   | grep "shadow denied"
+    code, out, err = bash(mesh, 'meshkit logs httpbin-0.foo --sidecar --tail 0 | grep "shadow denied"')
+    shadow = [line for line in out.splitlines()
+              if line.endswith("shadow denied, matched policy ns[foo]-policy[deny-path-headers]-rule[0]")]
+    assert len(shadow) == 5, out + err
+
+    # without the annotation the same policy is enforced: 403
+    enforced = DRY_RUN_DENY.replace('  annotations:\n    "istio.io/dry-run": "true"\n', "")
+    code, out, err = bash(mesh, f"meshkit apply -n foo -f - <<EOF\n{enforced}EOF\n")
+    assert code == 0 and "configured" in out, out + err
+    mesh.wait_synced()
+    code, out, err = bash(mesh, DRY_RUN_LOOP.replace("{1..5}", "{1..2}"))
+    assert out.splitlines() == ["403"] * 2, out + err
+    code, out, err = bash(mesh, "meshkit delete authorizationpolicy deny-path-headers -n foo")
     assert code == 0, out + err
