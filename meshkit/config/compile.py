@@ -625,7 +625,10 @@ def _inbound(
     mtls, _ = resolve_mtls(node.namespace, node.labels, peer_authentications)
     authz: dict[str, list[dict[str, Any]]] = {"deny": [], "allow": [], "audit": []}
     for policy in authorization_policies_for(node.namespace, node.labels, authorization_policies):
-        authz[policy.spec.effective_action.lower()].append(_authz_policy(policy))
+        action = policy.spec.effective_action.lower()
+        if action in ("allow", "deny") and _dry_run(policy):  # shadow only: evaluated and logged
+            action = f"dry_run_{action}"
+        authz.setdefault(action, []).append(_authz_policy(policy))
     for policies in authz.values():
         policies.sort(key=lambda p: p["name"])
     return {
@@ -636,6 +639,15 @@ def _inbound(
         "rate_limit": rate_limit_for(node.namespace, node.labels, list(envoy_filters))
         if node.kind == "sidecar" else None,
     }
+
+
+DRY_RUN_ANNOTATION = "istio.io/dry-run"
+
+
+def _dry_run(policy: AuthorizationPolicy) -> bool:
+    """Istio's ``istio.io/dry-run: "true"`` annotation (ALLOW and DENY policies): not enforced."""
+    annotations = policy.metadata.annotations or {}
+    return str(annotations.get(DRY_RUN_ANNOTATION, "")).strip().lower() == "true"
 
 
 def _authz_policy(policy: AuthorizationPolicy) -> dict[str, Any]:

@@ -10,6 +10,12 @@ error is still shown). Each change of a key set or an error triggers a
 recompute, so the sidecars get the keys, or reject every token of that issuer with 401, within
 moments. Nothing already applied is lost: the resolver never touches the config store.
 
+Istio's own sample key set, the ``jwksUri`` its JWT tasks write
+(``https://raw.githubusercontent.com/istio/istio/<branch>/security/tools/jwt/samples/jwks.json``), is
+answered from the verbatim copy meshkit ships (`jwt_demo.istio_sample_jwks`) without going to the
+network: classrooms are offline, and it is the key set Istio's sample tokens (``demo.jwt``,
+``groups-scope.jwt``) are signed with, so the tasks' YAML works unchanged.
+
 Must not: decide what a rule means (that is `config.authn`), block the loop, keep state outside
 this object.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +35,7 @@ import aiohttp
 
 from meshkit.config.authn import jwks_uris
 from meshkit.config.resources import Resource
+from meshkit.control.jwt_demo import istio_sample_jwks
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,9 @@ REFRESH_S = 20 * 60.0
 RETRY_FIRST_S = 0.25  # quick: at start-up a jwksUri may point at this very control plane, not listening yet
 RETRY_MAX_S = 60.0
 MAX_JWKS_BYTES = 1 << 20
+# the URL of Istio's sample JWKS in its JWT tasks, any branch or tag (release-1.2x, master)
+ISTIO_SAMPLE_JWKS_URI = re.compile(
+    r"https://raw\.githubusercontent\.com/istio/istio/[^/]+/security/tools/jwt/samples/jwks\.json")
 
 
 @dataclass
@@ -152,6 +163,8 @@ class JwksResolver:
         return True
 
     async def _get(self, uri: str) -> str:
+        if ISTIO_SAMPLE_JWKS_URI.fullmatch(uri):
+            return json.dumps(istio_sample_jwks(), sort_keys=True, separators=(",", ":"))
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S))
         async with self._session.get(uri) as response:

@@ -250,7 +250,14 @@ class AuthzPolicyDoc(TypedDict):
     rules: list[AuthzRuleDoc]
 
 
-class AuthzDoc(TypedDict):
+class _AuthzDryRunDoc(TypedDict, total=False):
+    """Present only when such policies exist (``istio.io/dry-run: "true"``): evaluated, never enforced."""
+
+    dry_run_deny: list[AuthzPolicyDoc]
+    dry_run_allow: list[AuthzPolicyDoc]
+
+
+class AuthzDoc(_AuthzDryRunDoc):
     deny: list[AuthzPolicyDoc]
     allow: list[AuthzPolicyDoc]
     audit: list[AuthzPolicyDoc]

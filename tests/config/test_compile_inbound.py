@@ -161,3 +161,30 @@ def test_authorization_policies_split_by_action() -> None:
         "spec: {action: DENY, rules: [{to: [{operation: {methods: [POST]}}]}]}\n"
     )
     assert [p["name"] for p in snap(root, v1)["inbound"]["authz"]["deny"]] == ["istio-system/deny-all-posts"]
+
+
+def test_dry_run_policies_are_shadow_only() -> None:
+    """``istio.io/dry-run: "true"`` (the Dry Run task): the policy goes to dry_run_<action>, unenforced."""
+    text = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-path-headers
+  namespace: default
+  annotations:
+    "istio.io/dry-run": "true"
+spec:
+  selector:
+    matchLabels:
+      app: productpage
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: ["/headers"]
+"""
+    authz = snap(load_resources(text))["inbound"]["authz"]
+    assert authz["deny"] == [] and authz["allow"] == []
+    assert [p["name"] for p in authz["dry_run_deny"]] == ["default/deny-path-headers"]
+    enforced = snap(load_resources(text.replace('"true"', '"false"')))["inbound"]["authz"]
+    assert [p["name"] for p in enforced["deny"]] == ["default/deny-path-headers"]
+    assert "dry_run_deny" not in enforced

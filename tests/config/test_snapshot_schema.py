@@ -68,6 +68,31 @@ RICH_REDIRECT = vs("""
   - route:
     - destination: {host: reviews}
 """)
+# Istio's Dry Run task's annotation, on a DENY and an ALLOW policy (inbound.authz.dry_run_*)
+RICH_DRY_RUN = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-path-headers
+  namespace: default
+  annotations: {"istio.io/dry-run": "true"}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: ["/headers"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: allow-get
+  namespace: default
+  annotations: {"istio.io/dry-run": "true"}
+spec:
+  rules:
+  - to:
+    - operation: {methods: ["GET"]}
+"""
 RICH_CLUSTER = """
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -203,6 +228,7 @@ def _compiled() -> list[tuple[str, dict[str, Any]]]:
     inputs.append(("rich-route-and-cluster", RICH_ROUTE + "---\n" + RICH_CLUSTER))
     inputs.append(("rich-request-authentication", RICH_AUTHN))
     inputs.append(("rich-redirect", RICH_REDIRECT))
+    inputs.append(("rich-dry-run", RICH_DRY_RUN))
     found = []
     # TLS origination with every field set, and the stand-ins' CA (meshkit deploy external)
     standins = dataclasses.replace(registry, external_ca=STAND_IN_CA,

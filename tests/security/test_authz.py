@@ -194,6 +194,28 @@ async def test_audit_policies_log_but_never_decide(caplog: pytest.LogCaptureFixt
     assert await _status(with_deny, method="POST") == 403  # AUDIT does not rescue a DENY
 
 
+async def test_dry_run_policies_log_their_shadow_result_but_never_decide(caplog: pytest.LogCaptureFixture) -> None:
+    """Istio's ``istio.io/dry-run``: the DENY shadow engine denies on a match, the ALLOW one when none matches."""
+    headers_deny = {"name": "foo/deny-path-headers", "rules": [to(paths=["/ip"]), to(paths=["/headers"])]}
+    policies = {"dry_run_deny": [headers_deny]}
+    with caplog.at_level(logging.INFO, logger="meshkit.proxy.filters.authz"):
+        assert await _status(policies, path="/headers") == 200
+        assert await _status(policies, path="/get") == 200
+    assert [r.getMessage() for r in caplog.records if "shadow" in r.getMessage()] == [
+        "rbac GET /headers: shadow denied, matched policy ns[foo]-policy[deny-path-headers]-rule[1]",
+        "rbac GET /get: shadow allowed, no policy matched",
+    ]
+    compiled = compile_authz({"dry_run_allow": [{"name": "foo/allow-get", "rules": [to(methods=["GET"])]}]})
+    assert compiled is not None and policy_names(compiled) == ["DRY-RUN ALLOW foo/allow-get"]
+    post = compiled.evaluate(Request("POST", "/", "bob", Headers(), peer_identity=ALICE))
+    assert post.allowed and [(s.engine, s.denied, s.policy_id) for s in post.shadows] == [
+        ("istio_dry_run_allow_", True, "")]
+    get = compiled.evaluate(Request("GET", "/", "bob", Headers(), peer_identity=ALICE))
+    assert [(s.denied, s.policy_id) for s in get.shadows] == [(False, "ns[foo]-policy[allow-get]-rule[0]")]
+    # an enforced DENY still decides next to a dry-run one
+    assert await _status({**policies, **deny(to(paths=["/headers"]))}, path="/headers") == 403
+
+
 def test_decision_names_the_policy() -> None:
     compiled = compile_authz({**allow(frm(principals=[P]), name="ns/a"), **deny(to(paths=["/x"]), name="ns/d")})
     assert compiled is not None

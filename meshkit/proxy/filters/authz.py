@@ -25,6 +25,14 @@ verified token: principal ``<iss>/<sub>``, audiences, presenter (``azp``), claim
 (``request.auth.claims[a][b]`` for nested ones; a list claim matches when any of its strings
 does). Without a verified token they are absent: they never match, and their ``not_`` forms
 always do, as in Istio.
+
+Dry run (Istio's ``istio.io/dry-run: "true"`` annotation): such policies arrive as
+``dry_run_deny`` / ``dry_run_allow`` and never change the outcome. They are evaluated as Envoy's
+shadow rules are: the DENY shadow engine denies when a dry-run DENY policy matches, the ALLOW
+shadow engine denies when no dry-run ALLOW policy does; each result is logged with Envoy's words
+(``shadow denied, matched policy ns[foo]-policy[deny-path-headers]-rule[0]``) in the sidecar's log:
+a shadow denial as a warning, so it shows at the sidecar's default level (Envoy logs both at debug,
+after the task's ``istioctl proxy-config log ... --level rbac:debug``), a shadow allow at info.
 """
 
 from __future__ import annotations
@@ -437,11 +445,41 @@ def _policy(doc: object, where: str) -> CompiledPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    """One shadow engine's result for a request (dry-run policies): Envoy's dynamic metadata."""
+
+    engine: str  # "istio_dry_run_deny_" / "istio_dry_run_allow_" (Envoy's shadow rules stat prefix)
+    denied: bool
+    policy_id: str  # "ns[foo]-policy[deny-path-headers]-rule[0]", "" when no policy matched
+
+    def log_line(self) -> str:
+        result = "denied" if self.denied else "allowed"
+        if self.policy_id:
+            return f"shadow {result}, matched policy {self.policy_id}"
+        return f"shadow {result}, no policy matched"
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
     policy: str | None  # the policy that decided ("ns/name"), None when no policy matched
     reason: str  # Envoy-style: "rbac_access_denied_matched_policy[ns/name]" / "allowed_by[...]"
     audited: tuple[str, ...] = ()
+    shadows: tuple[Shadow, ...] = ()
+
+
+def _policy_id(policy: CompiledPolicy, rule: int) -> str:
+    """Istio's RBAC policy id: ``ns[NS]-policy[NAME]-rule[I]``."""
+    namespace, _, name = policy.name.partition("/")
+    return f"ns[{namespace}]-policy[{name}]-rule[{rule}]"
+
+
+def _first(policies: tuple[CompiledPolicy, ...], attrs: Attributes) -> str:
+    for policy in policies:
+        rule = policy.first_match(attrs)
+        if rule is not None:
+            return _policy_id(policy, rule)
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,9 +488,24 @@ class AuthzPolicies:
     allow: tuple[CompiledPolicy, ...]
     audit: tuple[CompiledPolicy, ...]
     port: int | None
+    dry_run_deny: tuple[CompiledPolicy, ...] = ()
+    dry_run_allow: tuple[CompiledPolicy, ...] = ()
 
     def evaluate(self, request: Request) -> Decision:
         attrs = Attributes.of(request, self.port)
+        decision = self._enforced(attrs)
+        if not (self.dry_run_deny or self.dry_run_allow):
+            return decision
+        shadows = []
+        if self.dry_run_deny:
+            matched = _first(self.dry_run_deny, attrs)
+            shadows.append(Shadow("istio_dry_run_deny_", bool(matched), matched))
+        if self.dry_run_allow:
+            matched = _first(self.dry_run_allow, attrs)
+            shadows.append(Shadow("istio_dry_run_allow_", not matched, matched))
+        return Decision(decision.allowed, decision.policy, decision.reason, decision.audited, tuple(shadows))
+
+    def _enforced(self, attrs: Attributes) -> Decision:
         audited = tuple(p.name for p in self.audit if p.first_match(attrs) is not None)
         for policy in self.deny:
             if policy.first_match(attrs) is not None:
@@ -466,6 +519,9 @@ class AuthzPolicies:
         return Decision(True, None, "no_allow_policy", audited)
 
 
+ACTIONS = ("deny", "allow", "audit", "dry_run_deny", "dry_run_allow")
+
+
 def compile_authz(authz: object, *, port: int | None = None) -> AuthzPolicies | None:
     """Compile ``inbound.authz`` (``{"deny": [...], "allow": [...], "audit": [...]}`` or None).
 
@@ -477,15 +533,17 @@ def compile_authz(authz: object, *, port: int | None = None) -> AuthzPolicies | 
     if not isinstance(authz, dict):
         raise ValueError(f"inbound.authz: expected an object, got {type(authz).__name__}")
     for key in authz:
-        if key not in ("deny", "allow", "audit"):
-            raise ValueError(f"inbound.authz.{key}: unsupported action (meshkit enforces deny, allow, audit)")
+        if key not in ACTIONS:
+            raise ValueError(f"inbound.authz.{key}: unsupported action (supported: {', '.join(ACTIONS)})")
 
     def compiled(action: str) -> tuple[CompiledPolicy, ...]:
         where = f"inbound.authz.{action}"
         return tuple(_policy(p, f"{where}[{i}]") for i, p in enumerate(_list(authz.get(action), where)))
 
-    policies = AuthzPolicies(compiled("deny"), compiled("allow"), compiled("audit"), port)
-    if not (policies.deny or policies.allow or policies.audit):
+    policies = AuthzPolicies(compiled("deny"), compiled("allow"), compiled("audit"), port,
+                             compiled("dry_run_deny"), compiled("dry_run_allow"))
+    if not any((policies.deny, policies.allow, policies.audit,
+                policies.dry_run_deny, policies.dry_run_allow)):
         return None
     return policies
 
@@ -510,6 +568,9 @@ async def authz(request: Request, call_next: Handler) -> Response:
             request.method, request.path, request.peer_identity or request.downstream_addr,
             ", ".join(decision.audited),
         )
+    for shadow in decision.shadows:  # a shadow denial shows at the sidecar's default level (warning)
+        log.log(logging.WARNING if shadow.denied else logging.INFO,
+                "rbac %s %s: %s", request.method, request.path, shadow.log_line())
     if not decision.allowed:
         log.debug("denied %s %s: %s", request.method, request.path, decision.reason)
         return denied()
@@ -522,6 +583,8 @@ def policy_names(policies: AuthzPolicies | None) -> Sequence[str]:
         return []
     return [
         f"{action} {p.name}"
-        for action, group in (("DENY", policies.deny), ("ALLOW", policies.allow), ("AUDIT", policies.audit))
+        for action, group in (("DENY", policies.deny), ("ALLOW", policies.allow), ("AUDIT", policies.audit),
+                              ("DRY-RUN DENY", policies.dry_run_deny),
+                              ("DRY-RUN ALLOW", policies.dry_run_allow))
         for p in group
     ]
