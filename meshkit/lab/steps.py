@@ -380,8 +380,11 @@ class Lab:
 
     def fast_forward(self, to: str, namespace: dict[str, Any] | None = None) -> list[CheckResult]:
         """Instructor mode: run the solutions of every step before ``to`` and check each one, so a
-        demo can start mid-lab. Solutions run as code in ``namespace`` (default: the notebook's own
-        namespace, so they see ``mesh``, ``rules``...); it stops at the first step that fails."""
+        demo can start mid-lab. Each step's ``before`` code (what its lab runs ahead of the exercise,
+        e.g. lab 10's planted incidents) runs first, its ``traffic`` after the solution; ``to``'s own
+        ``before`` runs too, so the lab stands where the notebook has it at ``to``'s exercise.
+        Solutions run as code in ``namespace`` (default: the notebook's own namespace, so they see
+        ``mesh``, ``rules``...); it stops at the first step that fails."""
         if not instructor_mode():
             raise LabError(f"fast_forward: lab {self.name!r} can only be fast-forwarded in instructor mode "
                            "(MESHKIT_INSTRUCTOR=1 or meshkit.lab.instructor())")
@@ -391,11 +394,16 @@ class Lab:
         scope = namespace if namespace is not None else _notebook_namespace()
         results = []
         for sid, step in self.steps.items():
-            if sid == to:
+            if sid == to:  # the lab as the notebook has it just before this step's exercise
+                if step.spec and step.spec.before:
+                    self._run_before(sid, step.spec.before, scope)
                 break
             if not step.solution_text.strip():
                 raise LabError(f"fast_forward: step {sid!r} of lab {self.name!r} has no solution to run")
-            code = step.solution_text + ("\n" + step.spec.traffic if step.spec and step.spec.traffic else "")
+            code = step.solution_text
+            before, traffic = (step.spec.before, step.spec.traffic) if step.spec else ("", "")
+            if before:  # what the notebook runs before the exercise (lab 10 plants an incident)
+                self._run_before(sid, before, scope)
             try:
                 if code.startswith("%%bash"):  # a terminal exercise: the same commands in a shell
                     _run_shell(code.partition("\n")[2], f"{self.name}/{sid}")
@@ -406,6 +414,8 @@ class Lab:
                     mesh_cell(line.removeprefix("%%mesh"), body, scope)
                 else:
                     exec(compile(code, f"<solution of {self.name}/{sid}>", "exec"), scope)
+                if traffic:  # the notebook's traffic cell after the exercise (Python, also after YAML)
+                    exec(compile(traffic, f"<traffic of {self.name}/{sid}>", "exec"), scope)
             except Exception as exc:
                 raise LabError(f"fast_forward: the solution of step {sid!r} failed: "
                                f"{type(exc).__name__}: {exc}") from exc
@@ -414,6 +424,13 @@ class Lab:
             if not result.passed:
                 raise LabError(f"fast_forward: step {sid!r} still fails after its solution: {result.reason}")
         return results
+
+    def _run_before(self, sid: str, code: str, scope: dict[str, Any]) -> None:
+        try:
+            exec(compile(code, f"<before {self.name}/{sid}>", "exec"), scope)
+        except Exception as exc:
+            raise LabError(f"fast_forward: what lab {self.name!r} runs before step {sid!r} failed: "
+                           f"{type(exc).__name__}: {exc}") from exc
 
     def summary(self) -> Plain:
         regressed = self.regressed()

@@ -1,9 +1,9 @@
 """A learner in a real browser (Debian chromium, Playwright) on a lab's *learner* edition in JupyterLab,
 joined to a real workshop server: Run All leaves the exercised step not done; then the learner types
 the step's solution into its exercise cell with the keyboard, runs it and the cells after it, and the
-step turns done (✔) in the progress widget; a broadcast from the instructor then appears in the open
-notebook without running any cell. The screenshot goes to docs/images/labs/ with
-``MESHKIT_UPDATE_SCREENSHOTS=1`` (otherwise to the test's temp dir).
+step turns done (✔) in the progress widget (in every lab, one step each); a broadcast from the
+instructor then appears in the open notebook without running any cell. The screenshot goes to
+docs/images/labs/ with ``MESHKIT_UPDATE_SCREENSHOTS=1`` (otherwise to the test's temp dir).
 """
 
 from __future__ import annotations
@@ -35,9 +35,84 @@ pytestmark = [
 pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
 
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images" / "labs"
-LAB, STEP, EXERCISE_CELL = "00-welcome", "traffic", 10
+LAB, STEP = "00-welcome", "traffic"
 RUN_TIMEOUT_MS = 300_000  # a bound, not a timing claim: lab 05's challenge sends real traffic
 WAIT_MS = 60_000
+
+# The step each lab's browser test types, key by key, after Run All: a short solution and a quick check
+# (lab -> step id). Lab 00's traffic step is typed by the workshop test above, with the broadcast.
+TYPED_STEPS: dict[str, str] = {
+    "00-welcome": "predict-sidecars",
+    "01-request-routing": "all-v1",
+    "02-canary": "promote",
+    "03-mirroring": "mirror-100",
+    "04-fault-injection": "delay",
+    "05-resilience": "timeout",
+    "06-mtls": "strict",
+    "07-authorization": "identity",
+    "08-observability": "baseline",
+    "09-library-node-agent-sidecar": "library",
+    "10-debugging-503s": "fix-3",
+}
+# where the learner starts running (the first code cell holding this text), when it is not the
+# exercise cell: what the step stands on that Run All's later cells undid. Lab 05's later steps
+# replace step 1's slow ratings; lab 10 ends with incidents.clear(), so incident 3 is planted again.
+START_AT: dict[str, str] = {
+    "05-resilience": 'rules.fault("ratings", delay="2s"',
+    "10-debugging-503s": "incidents.plant(mesh, 3)",
+}
+
+PROGRESS_SAYS = """([line]) => [...document.querySelectorAll('.jp-OutputArea-output .widget-vbox')]
+  .some((box) => box.querySelector('.widget-hprogress') && box.textContent.includes(line))"""
+
+CELL_RAN_AGAIN = """([index, before]) => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const count = panel.content.widgets[index].model.executionCount;
+  return count !== null && count !== before && panel.sessionContext.session?.kernel?.status === 'idle';
+}"""
+
+CELL_MODEL = "window.jupyterapp.shell.currentWidget.content.widgets[index].model"
+CELL_SOURCE = f"index => {CELL_MODEL}.sharedModel.getSource()"
+EXECUTION_COUNT = f"index => {CELL_MODEL}.executionCount"
+
+
+def _cell_index(notebook: Path, predicate: Any) -> int:
+    cells = json.loads(notebook.read_text())["cells"]
+    return next(i for i, cell in enumerate(cells) if predicate(cell, "".join(cell["source"])))
+
+
+def type_the_solution_and_check(page: Any, notebook: Path, step: Any, start: str | None = None) -> None:
+    """As a learner would: click into ``step``'s exercise cell, replace its placeholder by typing the
+    step's solution key by key, run the cells from there (or from the code cell holding ``start``)
+    down to the step's check cell with Shift+Enter, and wait until the check cell ran again and the
+    progress widget shows the step done. Every wait polls the page for its condition."""
+    exercise = _cell_index(notebook, lambda c, _s: c.get("metadata", {}).get("meshkit", {}).get("exercise")
+                           == step.id)
+    check = _cell_index(notebook, lambda c, s: c["cell_type"] == "code"
+                        and s.strip() == f'lab.check("{step.id}")')
+    first = exercise if start is None else _cell_index(notebook, lambda c, s: c["cell_type"] == "code"
+                                                       and start in s)
+    assert first <= exercise < check, (first, exercise, check)
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    cell = cells.nth(exercise)
+    cell.scroll_into_view_if_needed()
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type(step.solution, delay=15)  # like a person, key by key (Enter between lines)
+    # what was typed is the solution: no auto-indent, no auto-closed bracket
+    page.wait_for_function(f"([index, text]) => ({CELL_SOURCE})(index) === text",
+                           arg=[exercise, step.solution], timeout=WAIT_MS)
+    before = page.evaluate(EXECUTION_COUNT, check)
+    if first != exercise:
+        cells.nth(first).scroll_into_view_if_needed()
+        cells.nth(first).locator(".cm-content").click()
+    for _ in range(check - first + 1):  # markdown cells in between just render again
+        page.keyboard.press("Shift+Enter")
+    page.wait_for_function(CELL_RAN_AGAIN, arg=[check, before], timeout=RUN_TIMEOUT_MS)
+    check_output = cells.nth(check).locator(".jp-OutputArea-output")
+    said = " ".join(check_output.all_text_contents())
+    assert f"✔ {step.title}: passed" in said, f"lab.check({step.id!r}) after its solution said: {said[:2000]}"
+    page.wait_for_function(PROGRESS_SAYS, arg=[f"✔ {step.title}"], timeout=WAIT_MS)
 
 
 @pytest.fixture
@@ -106,25 +181,15 @@ def _type_the_solution_and_see_a_broadcast(lab_env: dict[str, str], workshop: di
             line = f"✔ {step.title}"
             assert line not in (progress.text_content() or ""), "Run All did the learner's exercise"
 
-            cell = page.locator(".jp-Notebook .jp-Cell").nth(EXERCISE_CELL)
-            cell.scroll_into_view_if_needed()
-            cell.locator(".cm-content").click()
-            page.keyboard.press("Control+a")
-            page.keyboard.type(step.solution, delay=15)  # like a person, key by key
-            for _ in range(4):  # the exercise, the service graph, the wait for the load, the check
-                page.keyboard.press("Shift+Enter")
-            page.wait_for_function(
-                "([el, line]) => el.textContent.includes(line)", arg=[progress.element_handle(), line],
-                timeout=RUN_TIMEOUT_MS)
-            check_output = cell.locator("xpath=following-sibling::*[3]").locator(".jp-OutputArea-output")
-            assert "passed" in check_output.first.inner_text(), check_output.first.inner_text()
-            prompts = page.locator(".jp-InputPrompt").all_inner_texts()
+            type_the_solution_and_check(page, LABS / name, step)
+            # the check cell has answered and the kernel is idle: from here on no prompt may change
+            prompts = page.locator(".jp-InputPrompt").all_text_contents()
 
             text = "Break: back at 10:30"
             _broadcast(workshop, text)  # no cell runs from here on
-            page.wait_for_function("([el, text]) => el.textContent.includes(text)",
-                                   arg=[progress.element_handle(), f"Instructor: {text}"], timeout=WAIT_MS)
-            assert page.locator(".jp-InputPrompt").all_inner_texts() == prompts, "a cell ran"
+            # polls the page itself (a handle on the widget's element would go stale if it re-rendered)
+            page.wait_for_function(PROGRESS_SAYS, arg=[f"Instructor: {text}"], timeout=WAIT_MS)
+            assert page.locator(".jp-InputPrompt").all_text_contents() == prompts, "a cell ran"
             for trouble in ("Error displaying widget", "Traceback"):
                 assert not outputs(page).filter(has_text=trouble).count(), f"an output says {trouble!r}"
             progress.scroll_into_view_if_needed()
@@ -161,11 +226,24 @@ def learner_lab(lab_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     assert not browser.outside, f"requests left the machine: {browser.outside[:5]}"
 
 
+def test_every_lab_has_a_step_typed_in_the_browser() -> None:
+    labs = sorted(path.stem for path in LABS.glob("*.ipynb"))
+    assert sorted(TYPED_STEPS) == labs
+    for lab, step_id in TYPED_STEPS.items():
+        spec = catalog.get(lab)
+        assert spec is not None
+        step = next(step for step in spec.steps if step.id == step_id)
+        assert step.exercise in ("python", "predict"), f"{lab}: {step_id} is not typed into a code cell"
+        assert "    " not in step.solution, f"{lab}: {step_id}'s solution is indented (editor auto-indent)"
+
+
 @pytest.mark.parametrize("name", sorted(path.name for path in LABS.glob("*.ipynb")))
 def test_every_learner_edition_runs_and_renders_in_jupyterlab(
         name: str, learner_lab: Any, lab_env: dict[str, str], tmp_path: Path) -> None:
     """Run All on the learner edition: every code cell runs (no traceback), no widget error, the
-    progress widget shows no exercised step done; a screenshot of its top for docs/images/labs/."""
+    progress widget shows no exercised step done; a screenshot of its top for docs/images/labs/. Then
+    the learner types one step's solution (`TYPED_STEPS`) into its exercise cell, runs it and its check
+    cell, and the step turns done, in the same kernel (no extra JupyterLab nor kernel)."""
     server, browser = learner_lab
     shots = DOCS_IMAGES if os.environ.get("MESHKIT_UPDATE_SCREENSHOTS") == "1" else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
@@ -192,6 +270,11 @@ def test_every_learner_edition_runs_and_renders_in_jupyterlab(
         for step in spec.steps:
             if step.exercise != "none":
                 assert f"✔ {step.title}" not in shown, f"{name}: Run All did step {step.id}"
+        # then the learner does one step by hand: types its solution, runs it, sees it turn done
+        lab = name.removesuffix(".ipynb")
+        typed = next(step for step in spec.steps if step.id == TYPED_STEPS[lab])
+        type_the_solution_and_check(page, LABS / name, typed, START_AT.get(lab))
+        assert not failed.count(), f"{name}: a cell failed:\n{failed.first.inner_text()[:2000]}"
     finally:
         page.close()
         server.shutdown_kernels()

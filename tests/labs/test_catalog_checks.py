@@ -154,3 +154,32 @@ def test_counts_per_version_hold_every_request_sent_and_none_from_before_the_cha
     quiet_mesh.load(rps=25, duration=2).wait()
     counts = checks.requests_by_version(quiet_mesh, "reviews")
     assert sum(counts.values()) == 50, counts  # none of the 100 before the change
+
+
+def test_shapes_challenge_fails_with_the_fault_as_asked_when_the_app_itself_fails(quiet_mesh: Mesh) -> None:
+    """Lab 09's challenge: the VirtualService fault exactly as asked (details aborts 50 % with 503), but
+    details' own app fails too, so the runs' answers are wrong (the sidecar's 503s near 75 %, the
+    library's calls, which no mesh fault reaches, answered 503): the check fails. Healed, the same
+    rule and fresh runs pass — the traffic decided, not the rule."""
+    from meshkit.lab.history import Comparison  # noqa: PLC0415 (only this test needs it)
+
+    bench = Comparison(quiet_mesh, service="details", path="/details/0", client="productpage-v1-0")
+    ProgressStore(quiet_mesh.state_dir).reset("09-library-node-agent-sidecar")
+    lab = Lab("09-library-node-agent-sidecar", quiet_mesh, namespace={"bench": bench})
+    try:
+        quiet_mesh.apply(rules.fault("details", abort=503, percent=50))  # the challenge's rule
+        resilience.make_flaky(quiet_mesh, "details", rate=0.5, code=503)  # the app fails by itself
+        for measure in (bench.library, bench.node_agent, bench.sidecar):
+            measure(requests=200, max_seconds=10)
+        failed = lab["challenge"].check(retry_for=0, strict=False)
+        assert not failed.passed, failed
+        assert "the sidecar run after the fault" in failed.reason or "the library run got" in failed.reason, \
+            failed
+        resilience.heal(quiet_mesh, "details")
+        for measure in (bench.library, bench.node_agent, bench.sidecar):
+            measure(requests=200, max_seconds=10)
+        passed = lab["challenge"].check(retry_for=0, strict=False)
+        assert passed.passed, passed
+    finally:
+        bench.close()
+        resilience.heal(quiet_mesh, "details")

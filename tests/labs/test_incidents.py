@@ -145,3 +145,22 @@ def test_lab_08_slow_hop_answer_is_compared_with_the_newest_slow_trace(quiet_mes
     assert namespace["slow_hop"] == service
     lab.namespace["slow_hop"] = service
     _passes(lab, "slow-hop")
+
+
+def test_instructor_fast_forwards_lab_10_planting_each_incident_on_the_way(
+        quiet_mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fast-forward runs what the notebook runs before each find step (`incidents.plant`), each YAML
+    fix through the cell magic and then its traffic cell; at the target it plants that step's incident,
+    so the instructor's demo starts where the notebook stands."""
+    monkeypatch.setenv("MESHKIT_INSTRUCTOR", "1")
+    ProgressStore(quiet_mesh.state_dir).reset(LAB)
+    namespace: dict[str, object] = {"mesh": quiet_mesh}  # the notebook's variables, shared with the lab
+    lab = namespace["lab"] = Lab(LAB, quiet_mesh, namespace=namespace)
+    results = lab.fast_forward("find-2", namespace)
+    assert [(r.step, r.passed) for r in results] == [("predict-canary", True), ("find-1", True),
+                                                     ("fix-1", True)]
+    assert not lab["find-2"].check(retry_for=0, strict=False).passed  # not found yet, but planted:
+    spec = catalog.get(LAB)
+    assert spec is not None
+    exec(spec.step("find-2").solution, namespace)  # the traces show incident 2 (details, UO)
+    assert lab["find-2"].check(retry_for=0, strict=False).passed

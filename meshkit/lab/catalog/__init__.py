@@ -63,6 +63,9 @@ class StepSpec:
     answer: str = ""
     retry_for: float | None = None
     traffic: str = ""  # what the notebook's traffic cell after the exercise does (instructor fast-forward)
+    # what the notebook runs before the exercise that the step depends on, beyond earlier steps' solutions
+    # (lab 10 plants its incident): the instructor fast-forward runs it first; self-contained code
+    before: str = ""
 
     def __post_init__(self) -> None:
         if self.exercise not in EXERCISE_KINDS:

@@ -125,6 +125,9 @@ def fixed_chaos(mesh: Mesh, _lab: Lab) -> None:
     _no_failures(mesh, "ratings", 3)
 
 
+# the cell before each find step plants its incident (instructor fast-forward runs it too)
+PLANT = "from meshkit.lab import incidents\nincidents.plant(mesh, {})"
+
 LAB = LabSpec(
     name="10-debugging-503s",
     title="Debugging 503s",
@@ -147,7 +150,8 @@ LAB = LabSpec(
                       "tells each hop's status, flags and their likely cause.",
                  solution='failing = mesh.traces(errors=True)[0]["trace_id"]\n'
                           "explained = mesh.explain(failing)\nprint(explained['verdict'])\n"
-                          'found_1 = ("reviews", "UH")'),
+                          'found_1 = ("reviews", "UH")',
+                 before=PLANT.format(1)),
         StepSpec("fix-1", "Incident 1 fixed: the canary reaches v3, no call to reviews fails", fixed_canary,
                  exercise="yaml",
                  task="Keep the 80/20 canary, and fix the config that leaves subset v3 without a healthy "
@@ -163,7 +167,8 @@ LAB = LabSpec(
                       "see where the red bar is.",
                  solution='failing = mesh.traces(errors=True)[0]["trace_id"]\n'
                           "print(mesh.explain(failing)['verdict'])\n"
-                          'found_2 = ("details", "UO")'),
+                          'found_2 = ("details", "UO")',
+                 before=PLANT.format(2)),
         StepSpec("fix-2", "Incident 2 fixed: no call to details overflows, under the same load",
                  fixed_breaker,
                  exercise="yaml",
@@ -177,7 +182,8 @@ LAB = LabSpec(
                  hint="Which rule routed the failing hop? explain names it (route).",
                  solution='failing = mesh.traces(errors=True)[0]["trace_id"]\n'
                           "print(mesh.explain(failing)['verdict'])\n"
-                          'found_3 = ("ratings", "FI")'),
+                          'found_3 = ("ratings", "FI")',
+                 before=PLANT.format(3)),
         StepSpec("fix-3", "Challenge: incident 3 fixed, ratings answers every call", fixed_chaos,
                  task="Remove the cause of incident 3 (nothing else). The next cell sends traffic.",
                  hint="explain's route says which VirtualService injected the fault: mesh.delete(kind=..., "
