@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import nbformat
 import pytest
 
 from meshkit.control.client import ApiError, ControlClient
@@ -381,3 +382,17 @@ def test_console_through_jupyter_server_proxy(mesh: Mesh, browser: Browser, tmp_
         finally:
             page.close()
             mesh.client.rollback(start)
+        # mesh.console() in a notebook: an iframe on the same path, found from inside the kernel
+        notebook = tmp_path / "console.ipynb"
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+            "from meshkit.lab import connect\nconnect(start=False).console()")], metadata={"kernelspec": {
+                "name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}}), notebook)
+        page = browser.open_notebook(lab.add(notebook), notebook.name)
+        try:
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            frame = page.frame_locator(f".jp-OutputArea-output iframe[src^='/proxy/{port}/ui/#token=']")
+            frame.locator(".edge").nth(3).wait_for(timeout=WAIT_MS)
+            assert frame.locator(".edge .padlock").count() >= 3
+        finally:
+            lab.shutdown_kernels()
+            page.close()
