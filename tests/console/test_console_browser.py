@@ -364,14 +364,15 @@ def test_console_through_jupyter_server_proxy(mesh: Mesh, browser: Browser, tmp_
             page.wait_for_function("n => window.mk.calls >= n + 3", arg=calls, timeout=WAIT_MS)  # live
             page.click("nav button[data-page=config]")
             page.locator("#config-list .config-row").first.wait_for(timeout=WAIT_MS)
-            page.fill("#editor", REVIEWS_V2)
+            # v3: no other test leaves it, so the apply is a change (a new revision) whatever ran before
+            page.fill("#editor", REVIEWS_V2.replace("subset: v2", "subset: v3"))
             page.locator("#analysis .msg.ok-text").wait_for(timeout=WAIT_MS)  # POST analyze, proxied
             page.click("#editor-apply")
             page.locator("#analysis .applied", has_text=f"revision {start + 1}").wait_for(timeout=WAIT_MS)
             spec = mesh.client.get("virtualservice", "reviews")["items"][0]["resource"]["spec"]
-            assert spec["http"][0]["route"][0]["destination"]["subset"] == "v2", spec
+            assert spec["http"][0]["route"][0]["destination"]["subset"] == "v3", spec
             page.click("nav button[data-page=graph]")
-            page.locator(".node[data-node='reviews v2']").click()
+            page.locator(".node[data-node='productpage v1']").click()
             page.locator("#detail .chart .main-svg").first.wait_for(timeout=WAIT_MS)  # plotly.js, proxied
             console = [url for url in requests if "/api/status" not in url]
             assert any(url.startswith(f"{proxied}vendor/plotly") for url in console), console
