@@ -7,15 +7,12 @@ check it answers with the token, print.
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
 
 from meshkit.cli.common import EXIT_UNAVAILABLE, ControlOption, app
-
-HUB_PREFIX_ENV = "JUPYTERHUB_SERVICE_PREFIX"  # set by JupyterHub (and Binder): /user/<name>/
 
 
 @app.command()
@@ -25,6 +22,7 @@ def dashboard(
 ) -> None:
     """The web console (service graph, workloads, Istio config, explain): prints its URL and opens it."""
     from meshkit.cli.common import _call, _client, _cluster_target, _fail  # noqa: PLC0415
+    from meshkit.control.console.proxied import console_path, jupyter_server  # noqa: PLC0415
 
     if _cluster_target() is not None:
         _fail(EXIT_UNAVAILABLE, "error: meshkit dashboard serves the local control plane; on Kubernetes run "
@@ -37,11 +35,17 @@ def dashboard(
     _call(client.request, "GET", "proxy-status")  # answers with this token, or says why not
     url = f"{client.url}/ui/#token={client.token}"
     typer.echo(url)
-    prefix = os.environ.get(HUB_PREFIX_ENV)
-    port = urlsplit(client.url).port
-    if prefix and port:  # JupyterHub / Binder: the same page through jupyter-server-proxy
-        typer.echo(f"through Jupyter (append to this server's address): "
-                   f"{prefix.rstrip('/')}/proxy/{port}/ui/#token={client.token}")
+    server = jupyter_server()
+    if server is not None:  # JupyterHub / Binder / a Jupyter terminal: the page through jupyter-server-proxy
+        try:
+            path = console_path(client.url, server.base_url) + f"#token={client.token}"
+        except ValueError:
+            path = None
+        if path is not None and server.url:
+            split = urlsplit(server.url)
+            typer.echo(f"through Jupyter: {split.scheme}://{split.netloc}{path}")
+        elif path is not None:
+            typer.echo(f"through Jupyter (append to this server's address): {path}")
     if not no_browser:
         import webbrowser  # noqa: PLC0415
 

@@ -33,6 +33,7 @@ from meshkit.runtime.manifests import check_local, touches_workloads
 from meshkit.runtime.state import StateDir
 
 if TYPE_CHECKING:
+    from meshkit.lab.console import ConsolePage
     from meshkit.lab.steps import Lab
 
 __all__ = ["MAX_LOAD_SECONDS", "SETTLE", "SYNC_WAIT", "ApplyResult", "LoadHandle", "Mesh", "PageVisit",
@@ -467,6 +468,17 @@ class Mesh:
         if port is None:
             raise LabError(f"page: the ingress URL {self.ingress_url} names no port")
         return BrowserPage(port, path)
+
+    def console(self, *, height: int = 760) -> ConsolePage:
+        """The web console (`meshkit dashboard`) in the notebook: an iframe through Jupyter's
+        jupyter-server-proxy, so it works on Binder and JupyterHub too (docs/console.md)."""
+        from meshkit.lab.console import ConsolePage  # noqa: PLC0415
+
+        if self.cluster is not None:
+            raise LabError(f"console: {self.cluster} serves its console in the cluster; run "
+                           "`kubectl -n meshkit-system port-forward svc/meshkit-control 15010` and "
+                           "connect('http://127.0.0.1:15010')")
+        return ConsolePage(self.control_url, getattr(self.client, "token", None), height=height)
 
     def visit(self, path: str = "/productpage", *, user: str | None = None,
               timeout: float = 30.0) -> PageVisit:

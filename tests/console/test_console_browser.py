@@ -14,7 +14,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import nbformat
 import pytest
 
 from meshkit.control.client import ApiError, ControlClient
@@ -22,7 +24,7 @@ from meshkit.runtime import catalog
 from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
-from tests.labs.browser import CHROMIUM, Browser, chromium
+from tests.labs.browser import CHROMIUM, Browser, chromium, jupyterlab
 from tests.waiting import wait_until
 
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -337,3 +339,63 @@ def test_explain_shows_the_hop_where_the_fault_fired(mesh: Mesh, browser: Browse
             page.close()
     finally:
         mesh.client.delete("virtualservice", "ratings")
+
+
+def test_console_through_jupyter_server_proxy(mesh: Mesh, browser: Browser, tmp_path: Path) -> None:
+    """As on Binder: the browser reaches only JupyterLab, which forwards ``/proxy/<control port>/ui/``
+    (jupyter-server-proxy, installed with the lab extra) to the control plane. The page, its scripts
+    and every API call go through that prefix; a POST from the editor (Apply) passes the Origin check."""
+    port = urlsplit(mesh.control).port
+    start = mesh.client.request("GET", "history")["revision"]
+    mesh.traffic(10)
+    with jupyterlab(tmp_path, {}) as lab:
+        page = browser.context.new_page()
+        requests: list[str] = []
+        errors: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(f"{lab.base}/api/status?token={lab.token}")  # logged in to Jupyter (its cookie)
+            proxied = f"{lab.base}/proxy/{port}/ui/"
+            page.goto(f"{proxied}#token={mesh.local.admin_token()}")
+            assert "#token" not in page.url
+            page.locator(".edge").nth(3).wait_for(timeout=WAIT_MS)
+            assert page.locator(".edge .padlock").count() >= 3
+            calls = page.evaluate("window.mk.calls")
+            mesh.traffic(3)
+            page.wait_for_function("n => window.mk.calls >= n + 3", arg=calls, timeout=WAIT_MS)  # live
+            page.click("nav button[data-page=config]")
+            page.locator("#config-list .config-row").first.wait_for(timeout=WAIT_MS)
+            # v3: no other test leaves it, so the apply is a change (a new revision) whatever ran before
+            page.fill("#editor", REVIEWS_V2.replace("subset: v2", "subset: v3"))
+            page.locator("#analysis .msg.ok-text").wait_for(timeout=WAIT_MS)  # POST analyze, proxied
+            page.click("#editor-apply")
+            page.locator("#analysis .applied", has_text=f"revision {start + 1}").wait_for(timeout=WAIT_MS)
+            spec = mesh.client.get("virtualservice", "reviews")["items"][0]["resource"]["spec"]
+            assert spec["http"][0]["route"][0]["destination"]["subset"] == "v3", spec
+            page.click("nav button[data-page=graph]")
+            page.locator(".node[data-node='productpage v1']").click()
+            page.locator("#detail .chart .main-svg").first.wait_for(timeout=WAIT_MS)  # plotly.js, proxied
+            console = [url for url in requests if "/api/status" not in url]
+            assert any(url.startswith(f"{proxied}vendor/plotly") for url in console), console
+            assert any(url.startswith(f"{lab.base}/proxy/{port}/api/v1/") for url in console), console
+            outside = [url for url in console if not url.startswith(f"{lab.base}/proxy/{port}/")]
+            assert not outside, f"the page left the proxy prefix: {outside[:5]}"
+            assert not errors, errors
+        finally:
+            page.close()
+            mesh.client.rollback(start)
+        # mesh.console() in a notebook: an iframe on the same path, found from inside the kernel
+        notebook = tmp_path / "console.ipynb"
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+            "from meshkit.lab import connect\nconnect(start=False).console()")], metadata={"kernelspec": {
+                "name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}}), notebook)
+        page = browser.open_notebook(lab.add(notebook), notebook.name)
+        try:
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            frame = page.frame_locator(f".jp-OutputArea-output iframe[src^='/proxy/{port}/ui/#token=']")
+            frame.locator(".edge").nth(3).wait_for(timeout=WAIT_MS)
+            assert frame.locator(".edge .padlock").count() >= 3
+        finally:
+            lab.shutdown_kernels()
+            page.close()

@@ -128,15 +128,17 @@ async def test_the_page_may_change_config_same_origin_but_no_other_site_may(
 
 
 async def test_meshkit_dashboard_prints_the_console_url_with_the_token_in_the_fragment(
-        plane: RunningControlPlane) -> None:
+        plane: RunningControlPlane, tmp_path: Path) -> None:
     import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
     from typer.testing import CliRunner  # noqa: PLC0415
 
     from meshkit.cli import app  # noqa: PLC0415
 
     env = {"MESHKIT_CONTROL_TOKEN": plane.admin_token, "MESHKIT_HOME": str(plane.control_plane.directory),
-           "JUPYTERHUB_SERVICE_PREFIX": None}
+           "JUPYTERHUB_SERVICE_PREFIX": None, "JUPYTER_RUNTIME_DIR": str(tmp_path)}
     argv = ["dashboard", "--no-browser", "--control", plane.url]
     result = await asyncio.to_thread(CliRunner().invoke, app, argv, env=env)
     assert result.exit_code == 0, result.output
@@ -145,6 +147,12 @@ async def test_meshkit_dashboard_prints_the_console_url_with_the_token_in_the_fr
                                   env={**env, "JUPYTERHUB_SERVICE_PREFIX": "/user/ada/"})
     assert hub.output.splitlines()[1].endswith(
         f"/user/ada/proxy/{plane.port}/ui/#token={plane.admin_token}"), hub.output
+    # in a Jupyter terminal (or a kernel): the Jupyter server above this process, from its info file
+    (tmp_path / f"jpserver-{os.getpid()}.json").write_text(json.dumps(
+        {"base_url": "/jh/", "url": "http://127.0.0.1:8899/jh/", "pid": os.getpid()}))
+    terminal = await asyncio.to_thread(CliRunner().invoke, app, argv, env=env)
+    assert terminal.output.splitlines()[1] == (f"through Jupyter: http://127.0.0.1:8899/jh/proxy/{plane.port}"
+                                               f"/ui/#token={plane.admin_token}"), terminal.output
     wrong = await asyncio.to_thread(CliRunner().invoke, app, argv,
                                     env={**env, "MESHKIT_CONTROL_TOKEN": "not-the-token"})
     assert wrong.exit_code != 0
