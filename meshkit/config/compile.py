@@ -138,13 +138,13 @@ def compile_snapshot(
     external = external_services(resources, node.namespace) if node.kind == "sidecar" else []
     # a gateway reaches ServiceEntry hosts too (an egress gateway's routes), through their clusters only
     external_targets = external if node.kind == "sidecar" else external_services(resources, node.namespace)
-    selected = gateways_for(node, resources) if node.kind == "gateway" else {}
+    selecting = gateways_for(node, resources) if node.kind == "gateway" else {}  # Gateways selecting it
     body: dict[str, Any] = {
         "schema": SCHEMA,
         "revision": revision,
         "node": _node(node),
         "outbound": {
-            "virtual_hosts": _gateway_virtual_hosts(node, resources, selected)
+            "virtual_hosts": _gateway_virtual_hosts(node, resources, selecting)
             if node.kind == "gateway" else [
                 *(_virtual_host(svc, node, virtual_services)
                   for svc in sorted(registry.services, key=lambda s: (s.namespace, s.name))),
