@@ -1,7 +1,8 @@
 """Istio's "Egress Gateways" task (HTTP part) on the real local mesh, with the task's YAML verbatim.
 
 The mesh runs `clients` (sleep, in the mesh) and `external` (the stand-ins); `meshkit deploy egressgateway`
-adds the ``istio-egressgateway`` gateway proxy (``istio: egressgateway``, istio-system), as istioctl's demo
+(or ``meshkit up --set components.egressGateways[0].enabled=true``, istioctl's flag) adds the
+``istio-egressgateway`` gateway proxy (``istio: egressgateway``, istio-system), as istioctl's demo
 profile has it. Everything is done through the CLI a learner types: ``meshkit apply -f`` of the task's
 files (tests/config/istio_samples/egress-gateway-*.yaml), ``meshkit curl -i --from sleep-v1-0`` for
 ``kubectl exec sleep -- curl -sSL -o /dev/null -D - http://edition.cnn.com/politics`` and ``meshkit logs
@@ -54,7 +55,9 @@ def _status_line(headers: str) -> str:
 
 
 def test_http_traffic_through_the_egress_gateway(mesh: RunningMesh) -> None:
-    meshkit(mesh, "deploy", "egressgateway")
+    # istioctl install --set profile=demo has it; here istioctl's own flag, on the running mesh
+    meshkit(mesh, "up", "--set", "components.egressGateways[0].enabled=true")
+    gateway_pid = mesh.pids()["egressgateway"]
     meshkit(mesh, "apply", "-f", str(SERVICE_ENTRY))
     direct = _curl_cnn(mesh)  # the task's first check: the ServiceEntry alone, straight out
     assert " 301" in _status_line(direct), direct
@@ -84,3 +87,6 @@ def test_http_traffic_through_the_egress_gateway(mesh: RunningMesh) -> None:
     again = _curl_cnn(mesh)
     assert " 301" in _status_line(again), again
     assert len(_gateway_log(mesh)) == before
+    # `meshkit deploy egressgateway` (the other way to ask for it) keeps the running one
+    meshkit(mesh, "deploy", "egressgateway")
+    assert mesh.pids()["egressgateway"] == gateway_pid
