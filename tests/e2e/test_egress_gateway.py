@@ -58,6 +58,9 @@ def test_http_traffic_through_the_egress_gateway(mesh: RunningMesh) -> None:
     # istioctl install --set profile=demo has it; here istioctl's own flag, on the running mesh
     meshkit(mesh, "up", "--set", "components.egressGateways[0].enabled=true")
     gateway_pid = mesh.pids()["egressgateway"]
+    pods = meshkit(mesh, "get", "pods", "-n", "istio-system").stdout  # kubectl get pod -n istio-system
+    assert [line.split()[:3] for line in pods.splitlines() if "egress" in line] == [
+        ["istio-egressgateway-0", "1/1", "Running"]], pods
     meshkit(mesh, "apply", "-f", str(SERVICE_ENTRY))
     direct = _curl_cnn(mesh)  # the task's first check: the ServiceEntry alone, straight out
     assert " 301" in _status_line(direct), direct
