@@ -91,3 +91,15 @@ def load(text: str) -> list[Any]:
     from meshkit.config.loader import load_resources  # noqa: PLC0415
 
     return list(load_resources(text))
+
+
+def test_analyze_knows_the_egress_gateway_and_service_entry_hosts() -> None:
+    from meshkit.config.analyze import analyze  # noqa: PLC0415
+
+    found = {(m.code, m.field) for m in analyze(sample(*TASK), _registry())}
+    # edition.cnn.com is a ServiceEntry host, not "not a service in the registry"
+    assert ("MK0103", "spec.http[1].route[0].destination.host") not in found
+    assert not [code for code, _ in found if code == "MK0402"]  # the egress gateway is deployed
+    without = [m for m in analyze(sample(*TASK), RegistryView()) if m.code == "MK0402"]
+    assert [m.text for m in without] == [
+        "selects the egress gateway, which is not running: start it with `meshkit deploy egressgateway`"]
