@@ -361,3 +361,25 @@ async def test_a_server_that_is_not_a_control_plane_gets_one_clear_line(tmp_path
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_the_egress_gateway_setting_is_istioctls_and_other_settings_pass_on() -> None:
+    from meshkit.cli.mesh_verbs import _egress_gateway_setting  # noqa: PLC0415
+
+    mode = "meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY"
+    assert _egress_gateway_setting(["components.egressGateways[0].enabled=true", mode]) == (True, [mode])
+    assert _egress_gateway_setting(["components.egressGateways[0].enabled=false"]) == (False, [])
+    assert _egress_gateway_setting([mode]) == (False, [mode])
+    with pytest.raises(ValueError, match=r"components\.egressGateways\[0\]\.enabled=true or =false"):
+        _egress_gateway_setting(["components.egressGateways[0].enabled=yes please"])
+
+
+def test_up_refuses_a_bad_egress_gateway_setting_before_starting_anything(tmp_path: Path) -> None:
+    import subprocess  # noqa: PLC0415
+
+    env = {**os.environ, "MESHKIT_HOME": str(tmp_path), "MESHKIT_PORT_BASE": "7000"}
+    done = subprocess.run([*MESHKIT, "up", "--set", "components.egressGateways[0].enabled=maybe"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert "components.egressGateways[0].enabled=true or =false" in done.stdout + done.stderr
+    assert not (tmp_path / "mesh.json").exists()

@@ -72,6 +72,7 @@ def ready_by_deployment(mesh: LocalMesh | None) -> dict[str, int]:
 
 def pod_rows(mesh: LocalMesh, namespace: str | None) -> list[list[str]]:
     """NAMESPACE (with -A), NAME, READY (2/2 with the sidecar), STATUS, RESTARTS, AGE of every instance."""
+    from meshkit.runtime import egressgw  # noqa: PLC0415
     from meshkit.runtime.launch import INGRESS_ID, INGRESS_NAMESPACE  # noqa: PLC0415
     rec = mesh.record()
     if rec is None:
@@ -83,6 +84,9 @@ def pod_rows(mesh: LocalMesh, namespace: str | None) -> list[list[str]]:
     gateway = rec.processes.get("ingressgateway")
     if gateway is not None:
         pods.append((INGRESS_NAMESPACE, INGRESS_ID, [gateway]))
+    egress = rec.processes.get(egressgw.PROCESS)  # when deployed (`meshkit deploy egressgateway`)
+    if egress is not None:
+        pods.append((egressgw.NAMESPACE, egressgw.INSTANCE, [egress]))
     rows = []
     for ns, name, processes in pods:
         if namespace is not None and ns != namespace:

@@ -61,6 +61,24 @@ def _progress_bar(steps: int) -> tuple[ProgressBar, Progress]:
     return bar, progress
 
 
+EGRESS_GATEWAY_SETTING = "components.egressGateways[0].enabled"
+
+
+def _egress_gateway_setting(settings: list[str]) -> tuple[bool, list[str]]:
+    """istioctl's ``--set components.egressGateways[0].enabled=true|false``, and the other settings."""
+    enabled, rest = False, []
+    for item in settings:
+        path, _, raw = item.partition("=")
+        if path.strip() != EGRESS_GATEWAY_SETTING:
+            rest.append(item)
+            continue
+        value = raw.strip().lower()
+        if value not in ("true", "false"):
+            raise ValueError(f"--set {item!r}: expected {EGRESS_GATEWAY_SETTING}=true or =false")
+        enabled = value == "true"
+    return enabled, rest
+
+
 @app.command()
 def up(  # noqa: PLR0917 (typer maps parameters to options)
     app_sets: Annotated[list[str] | None, typer.Option(
@@ -72,7 +90,9 @@ def up(  # noqa: PLR0917 (typer maps parameters to options)
         help="Workload certificate lifetime (30s, 5m, 24h); sidecars rotate at half.")] = "24h",
     settings: Annotated[list[str] | None, typer.Option(
         "--set", help="istioctl install's meshConfig values, e.g. "
-                      "meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY. Repeatable.")] = None,
+                      "meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY, and "
+                      "components.egressGateways[0].enabled=true (the egress gateway, as the demo "
+                      "profile). Repeatable.")] = None,
     real_dns: Annotated[bool, typer.Option(
         "--real-dns", help="Sidecars resolve external hosts with the system resolver (real internet) "
                            "instead of the local stand-ins (`--app external`).")] = False,
@@ -86,6 +106,7 @@ def up(  # noqa: PLR0917 (typer maps parameters to options)
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
     try:
+        egress_gateway, settings = _egress_gateway_setting(settings or [])
         mesh_config = set_values(settings) if settings else None
     except ValueError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
@@ -98,6 +119,8 @@ def up(  # noqa: PLR0917 (typer maps parameters to options)
                              timeout=timeout, cert_ttl=cert_ttl, mesh_config=mesh_config)
             if real_dns:
                 mesh.client().set_external({}, real_dns=True)
+            if egress_gateway:  # as `meshkit deploy egressgateway`
+                status = mesh.deploy(["egressgateway"], timeout=timeout)
         except (MeshError, ValueError) as error:
             _fail(EXIT_REJECTED, f"error: {error}")
     printer = Printer()
@@ -158,7 +181,7 @@ LOCAL_LIMITS = (
 def deploy(
     app_sets: Annotated[list[str], typer.Argument(
         help="App sets to add: bookinfo, httpbin, clients, external (stand-ins for httpbin.org, "
-             "edition.cnn.com, www.google.com).")],
+             "edition.cnn.com, www.google.com), egressgateway (istio-egressgateway in istio-system).")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the new instances.")] = 60.0,
 ) -> None:
     """Add app sets to the running mesh (like `kubectl apply -f samples/sleep/sleep.yaml`)."""

@@ -19,6 +19,7 @@ from meshkit.config.analyze_gateway_api import check_gateway_api
 from meshkit.config.analyze_policies import check_policies
 from meshkit.config.analyze_routes import check_routes, for_sidecars
 from meshkit.config.authn import RequestAuthentication
+from meshkit.config.egress import ServiceEntry
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
 from meshkit.config.regex import re2_error, sidecar_error
@@ -66,8 +67,9 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
             messages.append(Message(codes.MK0114, Severity.ERROR, resource.ref, "",
                                     f"{resource.ref} is defined more than once in the input"))
         seen.add(resource.key)
+    external = frozenset(h.lower() for se in of_kind(resources, ServiceEntry) for h in se.spec.hosts)
     for vs in virtual_services:
-        report(vs, _check_virtual_service(vs, subsets, registry))
+        report(vs, _check_virtual_service(vs, subsets, registry, external))
     messages.extend(_host_conflicts(virtual_services, destination_rules))
     for rule in destination_rules:
         report(rule, _check_destination_rule(rule, registry, peer_authentications))
@@ -99,8 +101,10 @@ def _known_subsets(rules: Sequence[DestinationRule]) -> dict[str, list[str]]:
 
 
 def _check_virtual_service(
-    vs: VirtualService, subsets: Mapping[str, list[str]], registry: RegistryView | None
+    vs: VirtualService, subsets: Mapping[str, list[str]], registry: RegistryView | None,
+    external: frozenset[str] = frozenset(),
 ) -> Iterator[Finding]:
+    """``external``: the hosts ServiceEntries declare (a destination as good as a registry service)."""
     for index, http in enumerate(vs.spec.http or []):
         at = f"spec.http[{index}]"
         yield from _check_matches(http, at)
@@ -111,7 +115,7 @@ def _check_virtual_service(
             yield codes.MK0116, Severity.ERROR, f"{at}.route", "http route has no route destinations"
         for j, route in enumerate(destinations):
             where = f"{at}.route[{j}].destination"
-            yield from _check_destination(vs, route.destination, where, subsets, registry)
+            yield from _check_destination(vs, route.destination, where, subsets, registry, external=external)
         yield from _check_weights(http, at)
         if http.mirror is not None:
             yield from _check_destination(vs, http.mirror, f"{at}.mirror", subsets, registry)
@@ -131,6 +135,7 @@ def _check_destination(
     at: str,
     subsets: Mapping[str, list[str]],
     registry: RegistryView | None,
+    *, external: frozenset[str] = frozenset(),
 ) -> Iterator[Finding]:
     resolved = resolve_host(destination.host, vs.metadata.namespace)
     if destination.subset is not None:
@@ -140,7 +145,7 @@ def _check_destination(
             yield (codes.MK0101, Severity.ERROR, f"{at}.subset",
                    f'subset "{destination.subset}" of host "{destination.host}" is not defined by any '
                    f"DestinationRule (known subsets: {listed})")
-    if registry is None:
+    if registry is None or destination.host.strip().lower() in external:
         return
     service = registry.service(resolved.name, resolved.namespace or "") if resolved.name else None
     if service is None:

@@ -10,7 +10,8 @@ MK0303 E a Service with no selector, or whose selector selects no pod of its nam
 MK0304 W a Deployment names a ServiceAccount that is not defined (only ``default`` always exists)
 MK0305 W a Deployment with more than one container: the local mesh runs the first one
 MK0401 W a VirtualService names a gateway that does not exist (it does nothing for that gateway)
-MK0402 W a Gateway selects no gateway proxy of the mesh (``istio: ingressgateway`` is the one)
+MK0402 W a Gateway selects no gateway proxy of the mesh (``istio: ingressgateway``; ``istio: egressgateway``
+      once deployed)
 MK0403 E an HTTPS Gateway server without ``tls.mode: SIMPLE`` and a ``credentialName``
 MK0404 E a ``credentialName`` that names no TLS Secret (istio-system, or the Gateway's namespace)
 """
@@ -31,6 +32,9 @@ from meshkit.config.workloads import Deployment, Service, ServiceAccount, known_
 
 # The labels of the gateway proxies the local mesh runs (Istio's default ingress gateway's).
 MESH_GATEWAY_LABELS = ({"app": "istio-ingressgateway", "istio": "ingressgateway"},)
+# the egress gateway, when deployed (`meshkit deploy egressgateway`: meshkit.runtime.egressgw registers it)
+EGRESS_GATEWAY_LABELS = {"app": "istio-egressgateway", "istio": "egressgateway"}
+EGRESS_GATEWAY_SERVICE = ("istio-egressgateway", "istio-system")
 
 
 def with_config_services(registry: RegistryView | None, resources: Sequence[Resource]) -> RegistryView | None:
@@ -60,11 +64,15 @@ def check_front_door(resources: Sequence[Resource], registry: RegistryView | Non
                 codes.MK0401, Severity.WARNING, vs.ref, f"spec.gateways[{index}]",
                 f'gateway "{reference}" does not exist: this VirtualService does nothing for it '
                 "(apply the Gateway, e.g. samples/bookinfo/networking/bookinfo-gateway.yaml)"))
+    egress_running = registry is not None and registry.service(*EGRESS_GATEWAY_SERVICE) is not None
+    proxies = MESH_GATEWAY_LABELS + ((EGRESS_GATEWAY_LABELS,) if egress_running else ())
     for gateway in (r for r in resources if isinstance(r, Gateway)):
-        if not any(selects(gateway.spec.selector, labels) or not gateway.spec.selector
-                   for labels in MESH_GATEWAY_LABELS):
+        if not any(selects(gateway.spec.selector, labels) or not gateway.spec.selector for labels in proxies):
+            egress = selects(gateway.spec.selector, EGRESS_GATEWAY_LABELS)
             messages.append(Message(
                 codes.MK0402, Severity.WARNING, gateway.ref, "spec.selector",
+                "selects the egress gateway, which is not running: start it with `meshkit deploy "
+                "egressgateway`" if egress else
                 "selects no gateway proxy of this mesh (its ingress gateway has the labels "
                 "istio=ingressgateway, app=istio-ingressgateway), so nothing serves it"))
         messages.extend(_check_https_servers(gateway, resources))

@@ -24,7 +24,7 @@ from meshkit.config.egress import (
     origination_tls,
 )
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
-from meshkit.config.gateways import bound_hosts, tls_servers
+from meshkit.config.gateways import Gateway, bound_hosts, gateways_for, match_scope, tls_servers
 from meshkit.config.hosts import resolve_host
 from meshkit.config.httproutes import (
     from_http_route,
@@ -137,12 +137,16 @@ def compile_snapshot(
     real_dns = real_dns or registry.real_dns
     # ServiceEntry hosts (meshkit.config.egress): a sidecar's virtual hosts and clusters like any service's
     external = external_services(resources, node.namespace) if node.kind == "sidecar" else []
+    # a gateway reaches ServiceEntry hosts too (an egress gateway's routes), through their clusters only
+    external_targets = external if node.kind == "sidecar" else external_services(resources, node.namespace)
+    selecting = gateways_for(node, resources) if node.kind == "gateway" else {}  # Gateways selecting it
     body: dict[str, Any] = {
         "schema": SCHEMA,
         "revision": revision,
         "node": _node(node),
         "outbound": {
-            "virtual_hosts": _gateway_virtual_hosts(node, resources) if node.kind == "gateway" else [
+            "virtual_hosts": _gateway_virtual_hosts(node, resources, selecting)
+            if node.kind == "gateway" else [
                 *(_virtual_host(svc, node, virtual_services)
                   for svc in sorted(registry.services, key=lambda s: (s.namespace, s.name))),
                 *external_virtual_hosts(external, virtual_services, lambda vs: _routes_of(vs, node),
@@ -155,7 +159,7 @@ def compile_snapshot(
             # Services the registry does not hold (reviews-v1 of bookinfo-versions.yaml): their selector
             **{cluster_name(svc.name, svc.namespace): _cluster(svc, "", None, endpoints, peer_authentications)
                for svc, endpoints in selector_services(resources, registry)},
-            **_external_clusters(external, destination_rules, egress_hosts, real_dns),
+            **_external_clusters(external_targets, destination_rules, egress_hosts, real_dns),
         }.items())),
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
@@ -249,20 +253,23 @@ def _other_virtual_hosts(
     return [_host_only_virtual_host(host, vs, node) for host, vs in sorted(chosen.items())]
 
 
-def _gateway_virtual_hosts(node: Node, resources: Sequence[Resource]) -> list[dict[str, Any]]:
+def _gateway_virtual_hosts(node: Node, resources: Sequence[Resource],
+                           selected: Mapping[tuple[str, str], Gateway]) -> list[dict[str, Any]]:
     """A gateway serves only the hosts bound by a Gateway selecting it and a VirtualService naming that
     Gateway (`meshkit.config.gateways`); any other Host finds no virtual host: 404 ``NR``, as in Istio."""
-    return [_host_only_virtual_host(host, vs, node) for host, vs in _gateway_bindings(node, resources)]
+    return [_host_only_virtual_host(host, vs, node, selected)
+            for host, vs in _gateway_bindings(node, resources)]
 
 
-def _host_only_virtual_host(host: str, vs: VirtualService, node: Node) -> dict[str, Any]:
+def _host_only_virtual_host(host: str, vs: VirtualService, node: Node,
+                            selected: Mapping[tuple[str, str], Gateway] | None = None) -> dict[str, Any]:
     """A virtual host that is one name and no registry service: ``vs``'s routes for ``host``."""
     return {
         "name": host,
         "service": None,
         "domains": [host],
         "port": None,
-        "routes": _routes_of(vs, node),
+        "routes": _routes_of(vs, node, selected),
     }
 
 
@@ -275,9 +282,11 @@ def _gateway_bindings(node: Node, resources: Sequence[Resource]) -> list[tuple[s
     return sorted(chosen.items())
 
 
-def _routes_of(vs: VirtualService, node: Node) -> list[dict[str, Any]]:
+def _routes_of(vs: VirtualService, node: Node,
+               selected: Mapping[tuple[str, str], Gateway] | None = None) -> list[dict[str, Any]]:
+    """``vs``'s routes for ``node`` (``selected``: the Gateways selecting a gateway proxy)."""
     return [route for index, http in enumerate(vs.spec.http or [])
-            if (route := _route(vs, index, http, node)) is not None]
+            if (route := _route(vs, index, http, node, selected or {})) is not None]
 
 
 def cluster_name(service: str, namespace: str, subset: str = "") -> str:
@@ -309,17 +318,20 @@ def _cluster_key(destination: Destination, namespace: str) -> str:
     return f"{resolved.host}|{destination.subset or ''}"
 
 
-def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node) -> dict[str, Any] | None:
+def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node,
+           selected: Mapping[tuple[str, str], Gateway]) -> dict[str, Any] | None:
     namespace = vs.metadata.namespace
     matches: list[dict[str, Any]] = []
     # Istio's "gateway semantics" for an HTTPRoute's internal VirtualService: a Gateway API PathPrefix
     # matches whole path segments (a VirtualService's prefix stays a string prefix), %PREFIX()% redirects
     gateway_semantics = from_http_route(vs)
     if http.match:
-        matches = [_match(m, gateway_semantics) for m in http.match
-                   if labels_match(m.source_labels, node.labels)]
+        for m in http.match:
+            applies, port = match_scope(m, vs, node, selected)  # match.gateways, match.port (gateways)
+            if applies and labels_match(m.source_labels, node.labels):
+                matches.append({**_match(m, gateway_semantics), **({"port": port} if port else {})})
         if not matches:
-            return None  # every match is for other source workloads
+            return None  # every match is for other source workloads or other gateways
     destinations = http.route or []
     single = len(destinations) == 1
     fault = _fault(http)

@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from meshkit.config.registry import Node
-from meshkit.config.resources import IstioModel, Resource, VirtualService
+from meshkit.config.resources import HTTPMatchRequest, IstioModel, Resource, VirtualService
 
 MESH = "mesh"
 
@@ -150,6 +150,27 @@ def _hosts_of(vs: VirtualService, selected: Mapping[tuple[str, str], Gateway]) -
                     host = intersect_hosts(server_host.lower(), vs_host.strip().lower())
                     if host is not None:
                         yield host
+
+
+def match_scope(m: HTTPMatchRequest, vs: VirtualService, node: Node,
+                selected: Mapping[tuple[str, str], Gateway]) -> tuple[bool, int | None]:
+    """Is the VirtualService ``vs``'s match ``m`` for the proxy ``node`` (``selected``: the Gateways that
+    select it), and the port left for the proxy to match per request.
+
+    A match's ``gateways`` replaces the VirtualService's for that match (Istio); ``mesh`` names the
+    sidecars. A sidecar matches ``port`` per request (the Host's port). A gateway matches it here, against
+    the ports of the named Gateways' servers: the local gateway proxy serves all of them on one listener.
+    """
+    if node.kind != "gateway":  # the VirtualService is for the mesh (compile's _applies_to)
+        return m.gateways is None or MESH in m.gateways, m.port
+    if m.gateways is None and m.port is None:  # bound to this gateway by its VirtualService (or HTTPRoute)
+        return True, None
+    references = m.gateways or vs.spec.gateways or []
+    gateways = [gateway for reference in references if reference != MESH
+                and (gateway := selected.get(gateway_key(reference, vs.metadata.namespace))) is not None]
+    if m.port is not None:
+        gateways = [g for g in gateways if any(s.port.number == m.port for s in g.spec.servers)]
+    return bool(gateways), None
 
 
 def missing_gateways(vs: VirtualService, resources: Sequence[Resource]) -> list[tuple[int, str]]:

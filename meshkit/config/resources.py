@@ -117,11 +117,14 @@ class StringMatch(IstioModel):
 
 
 class HTTPMatchRequest(IstioModel):
-    unsupported_fields = frozenset(
-        {"scheme", "port", "gateways", "sourceNamespace", "statPrefix"}
-    )
+    unsupported_fields = frozenset({"scheme", "sourceNamespace", "statPrefix"})
 
     name: str | None = None
+    # Istio: the destination port the request is for (a sidecar: the Host's port, 80 when none; a
+    # gateway: the port of its Gateway server), and the gateways this match is for (``mesh`` = sidecars;
+    # given, it replaces the VirtualService's own ``gateways`` for this match).
+    port: int | None = Field(default=None, ge=1, le=65535)
+    gateways: list[str] | None = None
     uri: StringMatch | None = None
     method: StringMatch | None = None
     authority: StringMatch | None = None

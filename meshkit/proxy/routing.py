@@ -91,7 +91,7 @@ class CompiledMatch:
         if not isinstance(spec, dict):
             raise ValueError(f"{where}: expected an object, got {spec!r}")
         known = {"uri", "method", "authority", "headers", "without_headers", "query_params",
-                 "ignore_uri_case", "name"}
+                 "ignore_uri_case", "name", "port"}
         for key in spec:
             if key not in known:
                 raise ValueError(f"{where}.{key}: unknown match field")
@@ -126,6 +126,11 @@ class CompiledMatch:
                     conditions.append(_claim_condition(claim, test, negate))
                 else:
                     conditions.append(_header_condition(name.lower(), test, negate))
+        port = spec.get("port")
+        if port is not None:
+            if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+                raise ValueError(f"{where}.port: expected a port number 1-65535, got {port!r}")
+            conditions.append(_port_condition(port))
         params = spec.get("query_params") or {}
         if not isinstance(params, dict):
             raise ValueError(f"{where}.query_params: expected an object of matches")
@@ -144,6 +149,19 @@ class CompiledMatch:
 def _path_condition(test: StringTest) -> Condition:
     def condition(request: Request, path: str, query: str | None) -> bool:
         return test(path)
+
+    return condition
+
+
+def request_port(authority: str) -> int:
+    """The destination port a request names: its Host's port (``reviews:9080``), else HTTP's 80."""
+    host, colon, port = authority.rpartition(":")
+    return int(port) if colon and port.isdigit() and host else 80
+
+
+def _port_condition(port: int) -> Condition:
+    def condition(request: Request, path: str, query: str | None) -> bool:
+        return request_port(request.authority) == port
 
     return condition
 

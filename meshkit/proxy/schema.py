@@ -49,6 +49,7 @@ class MatchDoc(TypedDict, total=False):
     without_headers: dict[str, StringMatchDoc]
     query_params: dict[str, StringMatchDoc]
     ignore_uri_case: bool
+    port: int  # the request's destination port: the Host's port, 80 when it names none (a sidecar's)
 
 
 class HeaderOpsDoc(TypedDict):

@@ -140,6 +140,10 @@ class Launcher:
     def token_dir(self) -> Path:
         return self.state.run_dir / "tokens"
 
+    def credential(self, proxy: str, token: str) -> Path:
+        """`_credential` for a proxy started outside this class (the egress gateway, `runtime.egressgw`)."""
+        return self._credential(proxy, token)
+
     def _credential(self, proxy: str, token: str) -> Path:
         """Record which token ``proxy`` runs with (the one it replaces is revoked); its token file."""
         self.release_credentials([proxy])

@@ -38,7 +38,7 @@ from meshkit.config.meshconfig import mesh_config_map
 from meshkit.control.auth import read_admin_token
 from meshkit.control.ca import CaError, parse_ttl
 from meshkit.control.client import ControlClient
-from meshkit.runtime import catalog, manifests, rollout
+from meshkit.runtime import catalog, egressgw, manifests, rollout
 from meshkit.runtime.launch import (
     INGRESS_ID,
     INGRESS_NAMESPACE,
@@ -359,7 +359,11 @@ class LocalMesh:
         deregistered, then stopped. Returns `status()` once every proxy ACKed the current snapshot.
         """
         rec = self._running_record("deploy")
-        self._deploy(rec, list(apps or []), dict(replicas or {}), progress=progress, timeout=timeout)
+        sets = [a for a in apps or [] if a != egressgw.APP_SET]
+        if sets or replicas:
+            self._deploy(rec, sets, dict(replicas or {}), progress=progress, timeout=timeout)
+        if egressgw.APP_SET in (apps or []):  # a gateway proxy, no app: `meshkit.runtime.egressgw`
+            egressgw.deploy(self.state, self._running_record("deploy"), timeout=timeout)
         return self.status()
 
     def _deploy(self, rec: MeshRecord, apps: list[str], replicas: dict[str, int], *, progress: Progress,
@@ -449,7 +453,7 @@ class LocalMesh:
     def log_path(self, name: str, sidecar: bool = False, access: bool = False) -> Path:
         """The log of an instance's app, of its sidecar, or its sidecar's JSON access log."""
         app = self._process(name)  # a clear error for an unknown instance
-        if name == "ingressgateway":  # a proxy with no app: its own log is the sidecar's
+        if name in ("ingressgateway", egressgw.PROCESS):  # a proxy with no app: its own log is the sidecar's
             return self.state.log(f"{name}.access") if access else Path(app.log)
         if not (sidecar or access):
             return Path(app.log)

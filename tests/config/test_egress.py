@@ -63,9 +63,13 @@ def test_an_https_service_entry_adds_no_http_virtual_host() -> None:
     assert not [v for v in doc["outbound"]["virtual_hosts"] if "www.google.com" in v["domains"]]
 
 
-def test_a_gateway_gets_no_service_entry_host() -> None:
+def test_a_gateway_gets_no_service_entry_host_only_its_cluster() -> None:
+    """A gateway serves only the hosts its Gateways bind; it can route to a ServiceEntry host (an egress
+    gateway's routes, tests/config/test_egress_gateway.py), so it has the host's cluster."""
     doc = _compiled("egress-serviceentry-httpbin-ext", node=GATEWAY_NODE)
-    assert "httpbin.org|" not in doc["clusters"]
+    assert not [v for v in doc["outbound"]["virtual_hosts"] if "httpbin.org" in v["domains"]]
+    assert [(e["address"], e["port"]) for e in doc["clusters"]["httpbin.org|"]["endpoints"]] == [
+        ("127.0.0.1", 8100)]
 
 
 def test_static_endpoints_and_export_to() -> None:

@@ -172,8 +172,8 @@ def test_unknown_field_is_named_as_unknown() -> None:
             "spec.http[0].corsPolicy",
         ),
         (
-            "  http:\n  - match: [{port: 80}]\n    route: [{destination: {host: r}}]\n",
-            "spec.http[0].match[0].port",
+            "  http:\n  - match: [{scheme: {exact: http}}]\n    route: [{destination: {host: r}}]\n",
+            "spec.http[0].match[0].scheme",
         ),
         (
             "  http:\n  - route: [{destination: {host: r}}]\n    retries: {attempts: 1, backoff: 1s}\n",

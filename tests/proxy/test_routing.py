@@ -48,6 +48,18 @@ def test_virtual_host_lookup_with_and_without_port() -> None:
     assert wild.virtual_host("example.org") is None
 
 
+def test_a_port_match_is_the_hosts_port_or_80() -> None:
+    """VirtualService ``match.port`` on a sidecar: the port the request is for (Istio matches the
+    outbound listener's port); a Host without one is HTTP's 80."""
+    table = _table([_r("p9080", {"port": 9080}), _r("p80", {"port": 80})],
+                   domains=["reviews", "reviews:9080", "reviews:80"])
+    assert _name(table, _req(authority="reviews:9080")) == "p9080"
+    assert _name(table, _req(authority="reviews")) == "p80"
+    assert _name(table, _req(authority="reviews:80")) == "p80"
+    only = _table([_r("p9080", {"port": 9080})], domains=["reviews", "reviews:9080"])
+    assert _name(only, _req(authority="reviews")) is None  # 404 NR: no route for port 80
+
+
 def test_uri_matches_and_first_match_wins() -> None:
     table = _table([
         _r("exact", {"uri": {"exact": "/reviews/0"}}),
@@ -150,6 +162,8 @@ def test_rewrite_replaces_prefix_or_whole_path() -> None:
          "routes[0].match[0].uri.path_separated_prefix"),
         (lambda r: r["match"].append({"headers": {"x": {"path_separated_prefix": "/a"}}}),
          "routes[0].match[0].headers.x"),
+        (lambda r: r["match"].append({"port": "80"}), "routes[0].match[0].port"),
+        (lambda r: r["match"].append({"port": 0}), "routes[0].match[0].port"),
         (lambda r: r.update(route=[]), "routes[0].route"),
         (lambda r: r["route"][0].update(weight=-1), "routes[0].route[0].weight"),
         (lambda r: r.update(headers={"request": {"append": {}}}), "routes[0].headers.request.append"),
