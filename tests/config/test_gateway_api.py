@@ -346,18 +346,22 @@ spec:
     ]
 
 
-def test_https_listeners_are_refused_by_name() -> None:
-    messages = errors("""
+def test_an_https_listener_needs_a_certificate_and_tls_passthrough_is_refused_by_name() -> None:
+    """HTTPS listeners are served (tests/config/test_gateway_tls.py); without certificateRefs the
+    listener is refused, as the Gateway API requires one; TLS listeners are not supported."""
+    gateway = """
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: tls}
 spec:
   gatewayClassName: istio
-  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {mode: Terminate}}]
-""")
-    fields = {m.field for m in messages}
-    assert "spec.listeners[0].protocol" in fields and "spec.listeners[0].tls" in fields, messages
-    assert all("not supported by meshkit" in m.text for m in messages), messages
+  listeners: [{name: https, port: 443, protocol: PROTOCOL, tls: {mode: Terminate}}]
+"""
+    [message] = errors(gateway.replace("PROTOCOL", "HTTPS"))
+    assert message.field == "spec.listeners[0]" and "needs tls.certificateRefs" in message.text
+    messages = errors(gateway.replace("PROTOCOL", "TLS"))
+    assert "spec.listeners[0].protocol" in {m.field for m in messages}, messages
+    assert any("not supported by meshkit" in m.text for m in messages), messages
 
 
 def test_path_prefix_compiles_to_whole_segments_and_a_virtual_service_prefix_stays_a_string() -> None:
