@@ -168,7 +168,8 @@ def _layers(nodes: list[dict[str, Any]], edges: list[dict[str, Any]]) -> dict[st
 
 
 def edge_label(edge: dict[str, Any]) -> str:
-    lock = "🔒 " if edge.get("mtls") else ""
+    # text, not a padlock glyph: an emoji needs a font Debian's chromium (and many JupyterLab hosts) lack
+    lock = "mTLS · " if edge.get("mtls") else ""
     return f"{lock}{edge.get('rps', 0.0):.1f} rps, {edge.get('error_rate', 0.0):.0%} err"
 
 

@@ -207,7 +207,7 @@ def test_live_charts_fill_from_telemetry_while_a_load_runs_then_stop(mesh: Mesh)
     labels = [a.text for a in graph.figure.layout.annotations]
     assert any("rps" in label for label in labels), (labels, graph.last_error)
     assert "istio-ingressgateway" in graph.figure.data[2].text
-    assert edge_label({"rps": 2.0, "error_rate": 0.5, "mtls": True}) == "🔒 2.0 rps, 50% err"
+    assert edge_label({"rps": 2.0, "error_rate": 0.5, "mtls": True}) == "mTLS · 2.0 rps, 50% err"
 
 
 def test_ab_router_fault_panel_and_mtls_toggle_apply_real_rules(mesh: Mesh) -> None:
