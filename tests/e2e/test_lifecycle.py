@@ -82,7 +82,8 @@ def test_up_status_up_again_down(home: Path, base: int) -> None:
             assert w["outbound_proxy"] == f"http://127.0.0.1:{w['admin_port'] + 1}"
             assert len({w["app_port"], w["inbound_port"], w["admin_port"]}) == 3
         assert workloads[2] | {"pid": 0, "sidecar_pid": 0} == {
-            "name": "reviews-v1-0", "service": "reviews", "version": "v1", "pid": 0, "sidecar_pid": 0,
+            "name": "reviews-v1-0", "namespace": "default", "service": "reviews", "version": "v1", "pid": 0,
+            "sidecar_pid": 0,
             "app_port": base + 380, "inbound_port": base + 306, "admin_port": base + 300,
             "outbound_proxy": f"http://127.0.0.1:{base + 301}", "healthy": True}
         with urllib.request.urlopen(f"{status['ingress']}/productpage", timeout=30) as page:

@@ -28,7 +28,7 @@ from tests.pids import stop_group
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.timeout(300),
+    pytest.mark.timeout(420),  # above RUN_TIMEOUT_MS, so a stuck Run All reports what it shows
     pytest.mark.skipif(not Path(CHROMIUM).exists(),
                        reason=f"{CHROMIUM} is absent: install Debian's chromium (./dev test does, as root)"),
 ]

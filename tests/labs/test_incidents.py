@@ -130,7 +130,8 @@ def test_incident_3_fails_while_ratings_fails_even_with_the_fault_removed(quiet_
 def test_lab_08_slow_hop_answer_is_compared_with_the_newest_slow_trace(quiet_mesh: Mesh) -> None:
     lab = _lab(quiet_mesh, "08-observability")
     shown = incidents.plant_slow_hop(quiet_mesh)
-    assert len(shown.rows) == 3 and all(float(r["seconds"]) >= incidents.SLOW_SECONDS for r in shown.rows)
+    slow = [r for r in shown.rows if float(r["seconds"]) >= incidents.SLOW_SECONDS]
+    assert 3 <= len(shown.rows) <= 12 and slow  # a page served by reviews v1 skips a slow ratings
     slowest = incidents.slowest_apps(quiet_mesh, limit=5)
     trace_id, service = next(iter(slowest.items()))  # the newest
     assert service in incidents.SLOW_SERVICES
