@@ -132,6 +132,11 @@ class PushServer:
         self._closing = False
         self._unsubscribe: list[Callable[[], None]] = []
         self.jwks: Any = None  # control/jwks.JwksResolver: fetched jwksUri key sets for the compiler
+        self.listeners: list[Callable[[], None]] = []  # told when a proxy connects, leaves, ACKs or NACKs
+
+    def _proxies_changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -310,6 +315,7 @@ class PushServer:
         proxy.connected, proxy.connected_at, proxy.disconnected_at = True, time.time(), None
         proxy.sent_version = None  # a new stream always starts with the full snapshot
         proxy.wake.set()  # a replaced older stream wakes up and ends
+        self._proxies_changed()
         await self._recompute_one(proxy)
         try:
             while not self._closing and proxy.generation == generation:
@@ -328,6 +334,7 @@ class PushServer:
         finally:
             if proxy.generation == generation:
                 proxy.connected, proxy.disconnected_at = False, time.time()
+                self._proxies_changed()
 
     # -- ACK / NACK -----------------------------------------------------------------------------
 
@@ -349,6 +356,7 @@ class PushServer:
         else:
             self.stats.nacks += 1
             proxy.nack_version, proxy.nack_reason = version, reason
+        self._proxies_changed()
         return proxy
 
     @staticmethod

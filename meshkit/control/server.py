@@ -34,6 +34,8 @@ from meshkit.control.address import (
 )
 from meshkit.control.api import MAX_BODY_BYTES, Components, SignedCertificate, create_app
 from meshkit.control.auth import Authenticator, ensure_admin_token
+from meshkit.control.console.events import ConsoleEvents
+from meshkit.control.console.events import add_route as add_events_route
 from meshkit.control.database import open_database
 from meshkit.control.jwks import JwksResolver
 from meshkit.control.push import PushServer
@@ -160,6 +162,8 @@ class ControlPlane:
         self.telemetry = Scraper(TelemetryStore())
         self.telemetry.listeners.append(self.push.timeline.scraped)  # first request per snapshot version
         self.traces = TraceStore()
+        self.console_events = ConsoleEvents()  # what the open consoles hear about (GET /api/v1/events)
+        self._unsubscribe_console: Callable[[], None] = lambda: None
         self.trace_exporter = trace_exporter(trace_export or os.environ.get(TRACE_EXPORT_ENV))
         if self.trace_exporter is not None:
             self.traces.listeners.append(self.trace_exporter)
@@ -190,6 +194,7 @@ class ControlPlane:
         timeline_api.add_routes(app, self.store, self.push)
         jwt_api.add_routes(app, self.jwks, self.directory)
         console.add_routes(app, self.telemetry)
+        add_events_route(app, self.console_events, lambda: self.store.revision)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -201,8 +206,19 @@ class ControlPlane:
         self.telemetry.start()
         if self.trace_exporter is not None:
             self.trace_exporter.start()
+        self._follow_for_consoles()
+
+    def _follow_for_consoles(self) -> None:
+        """Tell the open consoles when the config, a proxy or the telemetry changed."""
+        events = self.console_events
+        self._unsubscribe_console = self.store.subscribe(
+            lambda: events.publish("config", {"revision": self.store.revision}))
+        self.push.listeners.append(lambda: events.publish("proxies", {"revision": self.store.revision}))
+        self.telemetry.rounds.append(lambda at: events.publish("telemetry", {"at": at}))
 
     async def _on_shutdown(self, _app: web.Application) -> None:
+        self.console_events.close()  # the consoles' streams end too
+        self._unsubscribe_console()
         self.push.close()  # ends the long-lived SSE streams, so the server can stop promptly
         self._unsubscribe_jwks()
         await self.jwks.close()

@@ -417,6 +417,7 @@ class Scraper:
         self.targets: dict[str, str] = {}  # name -> /stats/prometheus URL
         self.failures: dict[str, str] = {}
         self.listeners: list[Callable[[str, str], None]] = []  # (target, text) of each good scrape
+        self.rounds: list[Callable[[float], None]] = []  # the samples' time, after each round
         self.last_round = 0.0  # wall-clock time of the newest round's samples
         self._task: asyncio.Task[None] | None = None
 
@@ -456,6 +457,8 @@ class Scraper:
                 continue
             for listener in self.listeners:
                 listener(name, result)
+        for done in self.rounds:
+            done(now)
 
     async def scrape_now(self) -> float:
         """One extra round at once, outside the schedule; returns its samples' time. A client that

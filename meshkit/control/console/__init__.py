@@ -5,6 +5,7 @@
     GET /ui/{name}                       its scripts and styles (a fixed list, see `FILES`)
     GET /ui/vendor/plotly.min.js         plotly.js from the installed ``plotly`` Python package
     GET /api/v1/console/certificates     every connected sidecar's workload certificate (admin token)
+    GET /api/v1/events                   live updates: what changed, as Server-Sent Events (`events`)
 
 The static files hold no data, so they are public (`meshkit.control.auth.PUBLIC_ROUTES`); the page
 reads the admin token from its URL fragment (``/ui#token=...``, never sent to the server) and sends

@@ -1,7 +1,8 @@
 // meshkit console: the token, the one API helper, the pages' switch, Workloads and Explain.
 // The admin token comes from the URL fragment (#token=..., which a browser never sends to a server),
 // goes to sessionStorage (this tab only), and leaves the address bar at once. Every API call is a
-// fetch() with "Authorization: Bearer": no token in any URL, no EventSource (it cannot set headers).
+// fetch() with "Authorization: Bearer": no token in any URL, no EventSource (it cannot set headers);
+// live updates are the same: GET /api/v1/events read as a stream through fetch() (mk.follow below).
 "use strict";
 
 const mk = (window.mk = {});
@@ -77,6 +78,69 @@ mk.pct = (v) => (v * 100 >= 10 ? (v * 100).toFixed(0) : (v * 100).toFixed(1)) + 
 mk.rps = (v) => (v >= 10 ? v.toFixed(0) : v.toFixed(2)) + " rps";
 mk.health = (rate) => (rate >= 0.2 ? "bad" : rate >= 0.001 ? "warn" : "ok");
 
+// -- live updates ------------------------------------------------------------------------------------
+// GET /api/v1/events (Server-Sent Events) read with fetch(): the token goes in a header, and
+// "Accept: text/event-stream" makes jupyter-server-proxy stream the answer instead of buffering it.
+// A frame only says what changed (config, proxies, telemetry); the page in view re-reads it from the
+// API. No stream (refused, dropped, or no first frame within 5 s: a proxy that buffers) means the
+// pages poll instead; the stream is tried again, backing off to 30 s.
+mk.live = false;
+mk.listeners = { config: [], proxies: [], telemetry: [], live: [] };
+mk.on = (kind, fn) => mk.listeners[kind].push(fn);
+let liveRetry = 1000;
+
+function setLive(live) {
+  if (live === mk.live) return;
+  mk.live = live;
+  const badge = document.getElementById("live");
+  badge.textContent = live ? "live" : "polling";
+  badge.className = "live" + (live ? " on" : "");
+  badge.title = live ? "updates stream from the control plane (GET /api/v1/events)" :
+    "no live stream: the pages poll (retrying the stream)";
+  for (const fn of mk.listeners.live) fn(live);
+}
+
+function sseFrame(text) {
+  let event = "message";
+  const data = [];
+  for (const line of text.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+  }
+  return [event, data.length ? JSON.parse(data.join("\n")) : null];
+}
+
+mk.follow = async function () {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const abort = new AbortController();
+  const noHello = setTimeout(() => abort.abort(), 5000);
+  try {
+    if (!token) throw new Error("no token");
+    const response = await fetch(mk.base + "/api/v1/events", {
+      headers: { Authorization: "Bearer " + token, Accept: "text/event-stream" }, cache: "no-store", signal: abort.signal });
+    if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const [event, data] = sseFrame(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event === "hello") { clearTimeout(noHello); liveRetry = 1000; setLive(true); }
+        else if (data && mk.listeners[event]) for (const fn of mk.listeners[event]) fn(data);
+      }
+    }
+  } catch (e) { /* refused, dropped, or aborted for want of a first frame: poll, retry later */ }
+  clearTimeout(noHello);
+  setLive(false);
+  setTimeout(mk.follow, liveRetry);
+  liveRetry = Math.min(liveRetry * 2, 30000);
+};
+
 // -- pages -------------------------------------------------------------------------------------------
 mk.pages = {};
 mk.current = "graph";
@@ -111,6 +175,13 @@ mk.pages.workloads = {
     mk.status("workloads at revision " + status.revision);
   },
 };
+
+// the Workloads and Istio config tabs follow what they show while they are in view
+for (const [kind, page] of [["proxies", "workloads"], ["config", "workloads"], ["config", "config"]]) {
+  mk.on(kind, () => {
+    if (mk.current === page && !document.hidden) mk.pages[page].refresh().catch((e) => mk.status(e.message, true));
+  });
+}
 
 // -- Explain -------------------------------------------------------------------------------------------
 mk.explain = async function (id) {
@@ -170,4 +241,5 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   if (!sessionStorage.getItem(TOKEN_KEY)) document.getElementById("notoken").hidden = false;
   setTimeout(() => mk.show("graph"), 0);
+  mk.follow();
 });

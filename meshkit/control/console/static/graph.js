@@ -274,9 +274,32 @@
     mk.status(`graph: ${state.data.nodes.length} nodes, ${state.data.links.length} edges, revision ${config.revision}, ${new Date().toLocaleTimeString()}`);
   }
 
+  // "Live": redraw when the stream says the telemetry or the config changed, at most once per
+  // LIVE_GAP_MS (a scrape round ends every second); without a stream, poll every FALLBACK_MS
+  const LIVE_GAP_MS = 3000, FALLBACK_MS = 5000;
+  let inFlight = false, again = false, lastDrawn = 0, liveTimer = null;
+
+  async function refreshOnce() { // one refresh at a time; a change during one runs one more after it
+    if (inFlight) { again = true; return; }
+    inFlight = true;
+    try { await refresh(); lastDrawn = Date.now(); } catch (e) { mk.status(e.message, true); }
+    inFlight = false;
+    if (again) { again = false; liveRefresh(); }
+  }
+
+  function liveRefresh() {
+    if (mk.current !== "graph" || document.hidden || document.getElementById("graph-refresh").value !== "live") return;
+    if (liveTimer !== null) return;
+    liveTimer = setTimeout(() => { liveTimer = null; refreshOnce(); }, Math.max(0, lastDrawn + LIVE_GAP_MS - Date.now()));
+  }
+  mk.on("telemetry", liveRefresh);
+  mk.on("config", liveRefresh);
+  mk.on("live", () => schedule());
+
   function schedule() {
     clearTimeout(state.timer);
-    const every = Number(document.getElementById("graph-refresh").value);
+    const choice = document.getElementById("graph-refresh").value;
+    const every = choice === "live" ? (mk.live ? 0 : FALLBACK_MS) : Number(choice);
     if (every > 0) state.timer = setTimeout(async () => {
       if (mk.current === "graph" && !document.hidden) await refresh().catch((e) => mk.status(e.message, true));
       schedule();
@@ -295,7 +318,7 @@
     return plotlyLoading;
   };
 
-  mk.pages.graph = { refresh: async () => { await refresh(); schedule(); } };
+  mk.pages.graph = { refresh: async () => { await refresh(); lastDrawn = Date.now(); schedule(); } };
   document.addEventListener("DOMContentLoaded", () => {
     for (const id of ["graph-view", "graph-window"]) document.getElementById(id).addEventListener("change", () => { state.selected = null; mk.show("graph"); });
     document.getElementById("graph-refresh").addEventListener("change", schedule);
