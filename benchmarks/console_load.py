@@ -9,10 +9,12 @@ to), sends some traffic through them (so the telemetry answers have series), the
 the mesh itself uses, twice in the same run:
 
 * ``alone``: no console open;
-* ``console``: ``--clients`` console clients, each doing what an open console tab does: load the
-  page once (``/ui/`` and its files), then refresh the graph every 5 s with the same three calls the
-  page makes (``telemetry?window=60``, ``registry``, ``config``, concurrently), each on its own
-  keep-alive connection like a browser.
+* ``console``: ``--clients`` console clients, each doing what an open console tab does on its
+  default "Live" setting: load the page once (``/ui/`` and its files), draw the graph, open the
+  event stream (``GET /api/v1/events``, held open on its own connection) and redraw the graph
+  when a frame says the telemetry or the config changed, at most every 3 s (graph.js
+  ``LIVE_GAP_MS``), with the same three calls the page makes (``telemetry?window=60``,
+  ``registry``, ``config``, concurrently) on keep-alive connections like a browser.
 
 Measured API answers: ``GET /api/v1/proxy-status`` (the answer's latency) and apply -> SYNCED (a
 changed VirtualService applied, then ``history/N/timeline?wait=`` until every proxy ACKed it).
@@ -48,7 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "console_load.json"
 PAGE_FILES = ("", "console.css", "console.js", "graph.js", "config.js", "timeline.js", "wizards.js")
 REFRESH_CALLS = ("telemetry?window=60", "registry", "config")  # graph.js refresh(): 3 calls
-REFRESH_EVERY = 5.0  # the graph's default refresh interval
+LIVE_GAP = 3.0  # graph.js LIVE_GAP_MS: the live graph redraws at most this often
+REDRAW_ON = (b"telemetry", b"config")  # the stream's frames that redraw the graph
 SIDECARS = ("productpage-v1-0.default", "reviews-v1-0.default", "ratings-v1-0.default")
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 ROUTE = """\
@@ -66,7 +69,7 @@ spec:
 
 @dataclass
 class ConsoleClient:
-    """One open console tab: its own connection, the page once, then a graph refresh every 5 s."""
+    """One open console tab: the page once, a graph drawn, then redrawn as its event stream says."""
 
     index: int
     url: str
@@ -76,8 +79,9 @@ class ConsoleClient:
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    frames: dict[str, int] = field(default_factory=dict)  # event kind -> frames received
     page_bytes: int = 0
-    polling: asyncio.Event = field(default_factory=asyncio.Event)  # its first refresh is done
+    following: asyncio.Event = field(default_factory=asyncio.Event)  # stream open, graph drawn
 
     async def _get(self, session: aiohttp.ClientSession, path: str) -> int:
         try:
@@ -91,20 +95,45 @@ class ConsoleClient:
             self.errors.append(f"{path}: {type(error).__name__}: {error}")
             return 0
 
+    async def _redraw(self, session: aiohttp.ClientSession) -> None:
+        began = time.perf_counter()
+        await asyncio.gather(*(self._get(session, "/api/v1/" + call) for call in REFRESH_CALLS))
+        self.latencies.append(time.perf_counter() - began)
+
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=6)  # a browser's connections per host
         async with aiohttp.ClientSession(headers=self.headers, timeout=REQUEST_TIMEOUT,
                                          connector=connector) as session:
             for name in PAGE_FILES:  # public files: the page loads them without the token
                 self.page_bytes += await self._get(session, "/ui/" + name)
-            start = time.monotonic() + self.offset
-            for number in range(self.refreshes):
-                await asyncio.sleep(max(0.0, start + number * REFRESH_EVERY - time.monotonic()))
-                began = time.perf_counter()
-                await asyncio.gather(*(self._get(session, "/api/v1/" + call) for call in REFRESH_CALLS))
-                self.latencies.append(time.perf_counter() - began)
-                self.polling.set()
-        self.polling.set()
+            await asyncio.sleep(self.offset)
+            try:  # bounded: the redraws it waits for, or this long
+                async with asyncio.timeout(self.refreshes * LIVE_GAP + 60):
+                    await self._follow(session)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                self.errors.append(f"events: {type(error).__name__}: {error}")
+        self.following.set()
+
+    async def _follow(self, session: aiohttp.ClientSession) -> None:
+        async with session.get(self.url + "/api/v1/events", headers={"Accept": "text/event-stream"},
+                               timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as stream:
+            self.statuses[stream.status] = self.statuses.get(stream.status, 0) + 1
+            if stream.status != 200:
+                self.errors.append(f"events: HTTP {stream.status}")
+                return
+            await self._redraw(session)  # the page draws the graph when it opens
+            drawn = time.monotonic()
+            self.following.set()
+            async for line in stream.content:
+                if not line.startswith(b"event: "):
+                    continue
+                kind = line[len(b"event: "):].strip()
+                self.frames[kind.decode()] = self.frames.get(kind.decode(), 0) + 1
+                if len(self.latencies) >= self.refreshes:
+                    return  # the tab closes: its stream's slot must come back
+                if kind in REDRAW_ON and time.monotonic() - drawn >= LIVE_GAP:
+                    await self._redraw(session)
+                    drawn = time.monotonic()
 
 
 @dataclass
@@ -252,11 +281,11 @@ async def run(clients: int = 30, refreshes: int = 6, samples: int = 40, applies:
             alone = await measure_api(mesh, samples, applies)
             # the descriptors before any tab opens (after the applies, whose store and workers stay)
             fds_before = open_fds(pid)
-            rng = random.Random(17)  # tabs opened at different moments of the 5 s cycle
-            tabs = [ConsoleClient(i, mesh.control.url, mesh.headers, refreshes, rng.uniform(0, REFRESH_EVERY))
+            rng = random.Random(17)  # tabs opened at different moments of the redraw cycle
+            tabs = [ConsoleClient(i, mesh.control.url, mesh.headers, refreshes, rng.uniform(0, LIVE_GAP))
                     for i in range(clients)]
             running = [asyncio.create_task(tab.run()) for tab in tabs]
-            await asyncio.wait_for(asyncio.gather(*(t.polling.wait() for t in tabs)), 60)  # all polling
+            await asyncio.wait_for(asyncio.gather(*(t.following.wait() for t in tabs)), 60)  # all following
             loaded = await measure_api(mesh, samples, applies)
             await asyncio.gather(*running)
             for _ in range(300):  # up to 30 s for the server to close the tabs' connections
@@ -278,7 +307,8 @@ def summary(values: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=30)
-    parser.add_argument("--refreshes", type=int, default=6, help="graph refreshes per client (5 s apart)")
+    parser.add_argument("--refreshes", type=int, default=6,
+                        help="graph redraws per client (the first, then live: 3 s apart at most)")
     parser.add_argument("--samples", type=int, default=40, help="proxy-status samples per phase")
     parser.add_argument("--applies", type=int, default=10, help="applies per phase")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -142,9 +142,10 @@ def test_graph_draws_live_edges_after_load(mesh: Mesh, browser: Browser) -> None
         assert page.locator(".edge .padlock").count() >= 3  # STRICT bookinfo: mTLS on the mesh's edges
         assert "rps" in page.locator(".edge-label").first.text_content()
         assert page.locator(".node[data-node='productpage v1'].ok").count() == 1
+        page.locator("#live.on", has_text="live").wait_for(timeout=WAIT_MS)  # the event stream is open
         calls = page.evaluate("window.mk.calls")
         mesh.traffic(5)
-        # live: the page refreshes by itself (3 API calls per refresh)
+        # live: the page redraws by itself when the stream says the telemetry changed (3 API calls)
         page.wait_for_function("n => window.mk.calls >= n + 3", arg=calls, timeout=WAIT_MS)
         page.locator(".node[data-node='reviews v2']").click()
         page.locator("#detail .red").wait_for(timeout=WAIT_MS)
@@ -197,6 +198,30 @@ def test_editor_applies_a_virtual_service_and_shows_the_analyzers_message(mesh: 
         assert mesh.client.request("GET", "history")["revision"] == revision + 1
         refs = [i["ref"] for i in mesh.client.get("virtualservice")["items"]]
         assert "VirtualService/default/reviews" not in refs, refs
+        assert not page.errors, page.errors
+    finally:
+        page.close()
+
+
+def test_open_tabs_follow_changes_made_elsewhere_as_they_happen(mesh: Mesh, browser: Browser) -> None:
+    """The Istio config tab never polls: a VirtualService applied from the CLI's API shows in its list,
+    and its deletion leaves it, only because the event stream said the config changed."""
+    page = open_console(browser, mesh)
+    try:
+        page.locator("#live.on").wait_for(timeout=WAIT_MS)
+        page.click("nav button[data-page=config]")
+        page.locator("#config-list .config-row").first.wait_for(timeout=WAIT_MS)
+        row = page.locator(".config-row[data-ref='VirtualService/default/details']")
+        assert row.count() == 0
+        mesh.client.apply([{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                            "metadata": {"name": "details", "namespace": "default"},
+                            "spec": {"hosts": ["details"], "http": [{"route": [{"destination": {
+                                "host": "details"}}]}]}}])
+        try:
+            row.wait_for(timeout=5_000)  # the stream's settle time and one refresh, not a poll
+        finally:
+            mesh.client.delete("virtualservice", "details")
+        row.wait_for(state="detached", timeout=5_000)
         assert not page.errors, page.errors
     finally:
         page.close()
@@ -361,6 +386,8 @@ def test_console_through_jupyter_server_proxy(mesh: Mesh, browser: Browser, tmp_
             assert "#token" not in page.url
             page.locator(".edge").nth(3).wait_for(timeout=WAIT_MS)
             assert page.locator(".edge .padlock").count() >= 3
+            # the event stream passes the proxy (it streams a response asked for as text/event-stream)
+            page.locator("#live.on", has_text="live").wait_for(timeout=WAIT_MS)
             calls = page.evaluate("window.mk.calls")
             mesh.traffic(3)
             page.wait_for_function("n => window.mk.calls >= n + 3", arg=calls, timeout=WAIT_MS)  # live
