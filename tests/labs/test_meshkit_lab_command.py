@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,18 @@ def _get(url: str, *, follow: bool = True) -> tuple[int, str, str]:
             return resp.status, resp.read().decode(), resp.headers.get("Location", "")
     except urllib.error.HTTPError as exc:
         return exc.code, "", exc.headers.get("Location", "")
+
+
+def _sign_in(url: str, user: str, token: str) -> tuple[int, str, str]:
+    """POST Bookinfo's sign-in form as a browser does; status, Set-Cookie and Location (not followed)."""
+    form = urllib.parse.urlencode({"username": user, "passwd": ""}).encode()
+    request = urllib.request.Request(url, data=form, headers={
+        "Authorization": f"token {token}", "Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=15) as resp:
+            return resp.status, resp.headers.get("Set-Cookie", ""), resp.headers.get("Location", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Set-Cookie", ""), exc.headers.get("Location", "")
 
 
 @contextmanager
@@ -117,6 +130,17 @@ def test_meshkit_lab_serves_the_labs_over_http(lab_env: dict[str, str], tmp_path
         assert f'src="{shown.url}"' in shown._repr_html_()
         code, page, _ = _get(f"{base}{shown.url}?token={token}")
         assert code == 200 and "BookInfo Sample" in page and "Reviews served by" in page, (code, page[:300])
+        # Signing in works inside the cell too: the form posts to a relative "login", so under the
+        # proxy's prefix, and the proxy rewrites the answer's Location back under it.
+        assert '<form method="post" action="login">' in page
+        prefix = shown.url.rsplit("/", 1)[0]  # /proxy/<ingress port>
+        code, cookie, location = _sign_in(f"{base}{prefix}/login", "jason", token)
+        assert (code, location) == (303, f"{prefix}/productpage") and cookie.startswith("user=jason;"), \
+            (code, location, cookie)
+        signed = urllib.request.Request(f"{base}{prefix}/productpage",
+                                        headers={"Authorization": f"token {token}", "Cookie": "user=jason"})
+        with urllib.request.urlopen(signed, timeout=15) as resp:
+            assert 'Signed in as <b id="user">jason</b>' in resp.read().decode()
     if proc.returncode not in (0, -signal.SIGTERM, 1):
         pytest.fail(f"meshkit lab exited with {proc.returncode}")
     assert LocalMesh(StateDir.open(lab_env["MESHKIT_HOME"])).running(), "a mesh it did not start was stopped"

@@ -59,10 +59,10 @@ def _sign_in(user: str | None) -> str:
     if user:
         return (
             f'Signed in as <b id="user">{_text(user)}</b> '
-            '<form method="post" action="/logout"><button type="submit">Sign out</button></form>'
+            '<form method="post" action="logout"><button type="submit">Sign out</button></form>'
         )
     return (
-        '<form method="post" action="/login">'
+        '<form method="post" action="login">'
         '<input name="username" placeholder="User Name" aria-label="User Name"> '
         '<input name="passwd" type="password" placeholder="Password" aria-label="Password"> '
         '<button type="submit">Sign in</button></form>'
@@ -143,12 +143,12 @@ def render_index(workload: Workload) -> str:
     """``/``: where to go from here."""
     body = (
         "<h1>Hello! This is a simple bookstore application.</h1>"
-        '<p><a href="/productpage">Open the product page</a></p>'
+        '<p><a href="productpage">Open the product page</a></p>'
         "<h2>JSON API</h2><ul>"
-        '<li><a href="/api/v1/products">/api/v1/products</a></li>'
-        '<li><a href="/api/v1/products/0">/api/v1/products/0</a></li>'
-        '<li><a href="/api/v1/products/0/reviews">/api/v1/products/0/reviews</a></li>'
-        '<li><a href="/api/v1/products/0/ratings">/api/v1/products/0/ratings</a></li></ul>'
+        '<li><a href="api/v1/products">/api/v1/products</a></li>'
+        '<li><a href="api/v1/products/0">/api/v1/products/0</a></li>'
+        '<li><a href="api/v1/products/0/reviews">/api/v1/products/0/reviews</a></li>'
+        '<li><a href="api/v1/products/0/ratings">/api/v1/products/0/ratings</a></li></ul>'
         f"<footer>Served by {_text(workload.instance)} ({_text(workload.version)})</footer>"
     )
     return _layout("Simple Bookstore App", "", body)

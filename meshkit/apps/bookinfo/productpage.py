@@ -177,6 +177,8 @@ async def _username(request: web.Request) -> str:
 
 
 def _back_to_page() -> web.Response:
+    # the page's links and forms are relative (as Istio's productpage template): behind a path prefix
+    # (jupyter-server-proxy's /proxy/<port>/, which rewrites this Location) signing in stays under it
     return web.Response(status=303, headers={"Location": "/productpage"}, text="See /productpage\n")
 
 
