@@ -405,27 +405,33 @@ def _print_tables(items: list[dict[str, Any]], *, show_namespace: bool, prefix_k
 
 @app.command()
 def delete(
-    kind: Annotated[str | None, typer.Argument(help="Kind (vs, dr, pa, ap or the full names).")] = None,
-    name: Annotated[str | None, typer.Argument(help="Name of the resource.")] = None,
+    kind: Annotated[str | None, typer.Argument(help="Kind (vs, dr, pa, ap, ns or the full names).")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Names of the resources.")] = None,
     files: FilesOption = None,
     namespace: OptionalNamespace = None,
     control: ControlOption = None,
 ) -> None:
-    """Delete resources named in files (-f), or one resource by KIND NAME. All or nothing."""
+    """Delete resources named in files (-f), all or nothing, or by KIND NAME... (each name on its own,
+    as kubectl). Deleting a namespace deletes everything in it: ``meshkit delete ns foo bar legacy``."""
     namespace_given = namespace is not None
     namespace = namespace or "default"
     client = _client(control)
+    results: list[dict[str, Any]] = []
     if files:
-        if kind or name:
+        if kind or names:
             _fail(EXIT_UNAVAILABLE, "error: give either -f FILE or KIND NAME, not both")
-        result = _call(client.delete_documents, _load(files, namespace if namespace_given else None))
-    elif kind and name:
-        result = _call(client.delete, kind, name, namespace)  # the control plane resolves the kind
+        results.append(_call(client.delete_documents, _load(files, namespace if namespace_given else None)))
+    elif kind and names:
+        for name in names:  # the control plane resolves the kind
+            results.append(_call(client.delete, kind, name, namespace))
+            _print_changes(results[-1])
     else:
         _fail(EXIT_UNAVAILABLE, "error: give -f FILE or KIND NAME")
-    _print_changes(result)
-    Printer().line(f"revision {result['revision']}")
-    if any(item["resource"].split("/")[0] in WORKLOAD_KIND_NAMES for item in result.get("results", [])):
+    if files:
+        _print_changes(results[-1])
+    Printer().line(f"revision {results[-1]['revision']}")
+    if any(item["resource"].split("/")[0] in WORKLOAD_KIND_NAMES
+           for result in results for item in result.get("results", [])):
         from meshkit.runtime.launch import MeshError  # noqa: PLC0415
 
         mesh = _local_mesh_or_none()

@@ -227,6 +227,8 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0905", E, "store", "stored config unreadable"),
     Code("MK0906", E, "store", "config owned by an external source (mirrored from Kubernetes: change it "
          "with kubectl)"),
+    Code("MK0907", E, "store", "a namespace Kubernetes never deletes (default, kube-system, kube-public, "
+         "kube-node-lease)"),
     Code("MK0910", E, "registry", "invalid registry field"),
     Code("MK0911", E, "registry", "unknown service or endpoint"),
     Code("MK0920", E, "push", "invalid xDS stream or ACK/NACK request"),
@@ -271,6 +273,7 @@ MK0124, MK0125, MK0126, MK0127, MK0128, MK0129, MK0130, MK0131 = (
 MK0132, MK0133, MK0134, MK0135, MK0136, MK0137, MK0138 = (
     "MK0132", "MK0133", "MK0134", "MK0135", "MK0136", "MK0137", "MK0138")
 MK0901, MK0902, MK0903, MK0904, MK0905, MK0906 = ("MK0901", "MK0902", "MK0903", "MK0904", "MK0905", "MK0906")
+MK0907 = "MK0907"
 MK0910, MK0911, MK0920, MK0921, MK0930, MK0940 = ("MK0910", "MK0911", "MK0920", "MK0921", "MK0930", "MK0940")
 MK0950, MK0951, MK0960, MK0961, MK0962 = ("MK0950", "MK0951", "MK0960", "MK0961", "MK0962")
 MK0970, MK0971, MK0972, MK0973 = ("MK0970", "MK0971", "MK0972", "MK0973")

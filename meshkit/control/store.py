@@ -35,7 +35,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,6 +297,27 @@ def _prepare(base: int, current: dict[Key, StoredResource], config: dict[Key, Re
                           token=uuid.uuid4().hex, docs=docs)
 
 
+KEPT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")  # Kubernetes refuses these
+
+
+def _refuse_kept_namespaces(keys: list[Key]) -> None:
+    kept = [key for key in keys if key[0] == "Namespace" and key[2] in KEPT_NAMESPACES]
+    if kept:
+        raise ConfigError([Message(codes.MK0907, Severity.ERROR, _ref(key), "metadata.name",
+                                   f'namespaces "{key[2]}" is forbidden: this namespace may not be deleted')
+                           for key in kept])
+
+
+def _with_namespace_contents(keys: list[Key], current: Mapping[Key, object]) -> list[Key]:
+    """``keys`` and, after each Namespace among them, everything stored in that namespace: deleting
+    a namespace deletes what it holds, as on Kubernetes (Istio's clean-up is ``kubectl delete ns foo``)."""
+    doomed = {key[2] for key in keys if key[0] == "Namespace"}
+    if not doomed:
+        return keys
+    contents = [key for key in sorted(current) if key[1] in doomed and key[0] != "Namespace"]
+    return list(dict.fromkeys([*keys, *contents]))
+
+
 class ConfigStore:
     """The accepted config, its revisions, and change notifications.
 
@@ -436,12 +457,14 @@ class ConfigStore:
         self._check_writable()
         self._check_expected(expected_revision)
         unique = list(dict.fromkeys(keys))
+        _refuse_kept_namespaces(unique)
         missing = [key for key in unique if key not in current]
         if missing:
             raise NotFoundError([
                 Message(codes.MK0902, Severity.ERROR, _ref(key), "", f"{_ref(key)} not found")
                 for key in missing
             ])
+        unique = _with_namespace_contents(unique, current)
         remaining = {key: stored.resource for key, stored in current.items() if key not in unique}
         if not unique:
             return ChangeResult(base, False, [], [])

@@ -123,6 +123,47 @@ def test_delete_is_all_or_nothing(store: ConfigStore) -> None:
     assert "--- a/VirtualService/default/reviews\n+++ /dev/null" in store.revision_info(2).diff
 
 
+FOO = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: foo}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bar}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing, namespace: foo}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing, namespace: bar}
+spec: {}
+"""
+
+
+def test_deleting_a_namespace_deletes_what_it_holds_and_default_is_kept(store: ConfigStore) -> None:
+    store.apply(load_resources(FOO))
+    store.apply(load_resources(BOOKINFO_REVIEWS))
+    result = store.delete([("Namespace", "default", "foo")])
+    assert sorted(result.actions) == [("AuthorizationPolicy/foo/allow-nothing", "deleted"),
+                                      ("Namespace/default/foo", "deleted"),
+                                      ("PeerAuthentication/foo/default", "deleted")]
+    assert sorted(r.key for r in store.resources()) == sorted(
+        [("Namespace", "default", "bar"), ("AuthorizationPolicy", "bar", "allow-nothing"), VS_KEY, DR_KEY])
+    with pytest.raises(ConfigError) as caught:  # as Kubernetes: "this namespace may not be deleted"
+        store.delete([("Namespace", "default", "default")])
+    assert [m.code for m in caught.value.messages] == ["MK0907"]
+    assert "may not be deleted" in str(caught.value)
+
+
 def test_get_filters_and_reports_missing_names(store: ConfigStore) -> None:
     store.apply(load_resources(BOOKINFO_REVIEWS))
     assert [s.resource.kind for s in store.get("DestinationRule")] == ["DestinationRule"]

@@ -146,6 +146,20 @@ EOF
     assert sorted((s["namespace"], s["name"]) for s in services
                   if s["name"] == "httpbin") == [("bar", "httpbin")]
 
+    # the task's last clean-up, `kubectl delete ns foo bar legacy`: a namespace goes with what it holds
+    code, out, err = bash(mesh, "meshkit delete ns foo bar legacy")
+    assert code == 0, out + err
+    for gone in ("Namespace/default/foo deleted", "Namespace/default/legacy deleted",
+                 "Deployment/bar/httpbin deleted", "Service/bar/httpbin deleted",
+                 "pod/sleep-0.legacy removed"):
+        assert gone in out, out + err
+    namespaces = ("foo", "bar", "legacy")
+    assert [w["name"] for w in mesh.status["workloads"] if w.get("namespace") in namespaces] == []
+    services = mesh.client.request("GET", "registry/services")["services"]
+    assert [s for s in services if s["namespace"] in ("foo", "bar", "legacy")] == []
+    assert [i["ref"] for i in mesh.client.request("GET", "config")["items"]
+            if i["ref"].split("/")[1] in ("foo", "bar", "legacy")] == []
+
 
 CURL = ('meshkit curl -n foo --from curl {url} {extra} -sS -o /dev/null -w "%{{http_code}}\\n"')
 DENY_GET = """apiVersion: security.istio.io/v1
