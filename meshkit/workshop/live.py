@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
 
+from meshkit.control import sse
+
 MAX_STREAMS = 32
-log = logging.getLogger(__name__)
 
 
 class TooManyStreams(Exception):
@@ -73,10 +72,6 @@ class ChangeFeed:
             self._waiters.discard(waiter)
 
 
-def _frame(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
 def board_patch(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any] | None:
     """What changed from ``previous`` to ``current`` (see the module doc); None: send the board."""
     old_rows, new_rows = previous.get("attendees", []), current.get("attendees", [])
@@ -96,18 +91,6 @@ def apply_patch(state: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return {**state, **rest, "attendees": [rows.get(row["id"], row) for row in state["attendees"]]}
 
 
-def _bound_socket(request: web.Request, send_buffer: int, write_timeout: float) -> None:
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(write_timeout * 1000))
-    except OSError as error:  # not fatal: the write timeout still applies
-        log.debug("live stream: cannot bound the socket: %s", error)
-
-
 async def stream_board(request: web.Request, feed: ChangeFeed, board: Callable[[], dict[str, Any]], *,
                        settle: float = 0.25, keepalive: float = 15.0, write_timeout: float = 10.0,
                        send_buffer: int = 256 * 1024) -> web.StreamResponse:
@@ -117,24 +100,13 @@ async def stream_board(request: web.Request, feed: ChangeFeed, board: Callable[[
         raise web.HTTPServiceUnavailable(text=json.dumps({"error": "too many dashboards are open"}),
                                          content_type="application/json")
     with feed.subscribe() as changed:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-        _bound_socket(request, send_buffer, write_timeout)
-        await response.prepare(request)
+        response = await sse.open_stream(request, write_timeout=write_timeout, send_buffer=send_buffer)
 
         async def send(data: bytes) -> bool:
-            try:
-                async with asyncio.timeout(write_timeout):
-                    await response.write(data)
-            except TimeoutError:
-                log.info("live stream: the dashboard stopped reading for %.0f s; dropped", write_timeout)
-                if request.transport is not None:
-                    request.transport.abort()
-                return False
-            return True
+            return await sse.send(request, response, data, write_timeout=write_timeout, reader="a dashboard")
 
         last = board()
-        if not await send(b"retry: 1000\n\n" + _frame("board", last)):
+        if not await send(b"retry: 1000\n\n" + sse.frame("board", last)):
             return response
         while not feed.closed:
             try:
@@ -150,6 +122,6 @@ async def stream_board(request: web.Request, feed: ChangeFeed, board: Callable[[
             current = board()
             patch = board_patch(last, current)
             last = current
-            if not await send(_frame("board", current) if patch is None else _frame("patch", patch)):
+            if not await send(sse.frame("board", current) if patch is None else sse.frame("patch", patch)):
                 break
         return response

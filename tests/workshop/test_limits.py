@@ -199,6 +199,7 @@ async def test_a_dashboard_that_stops_reading_is_dropped_and_others_stay_live(
 
 
 def test_a_live_update_after_one_result_is_one_row_with_100_attendees_x_10_labs(tmp_path: Path) -> None:
+    from meshkit.control import sse  # noqa: PLC0415
     from meshkit.lab import catalog  # noqa: PLC0415
     from meshkit.workshop import board, events, live  # noqa: PLC0415
     from meshkit.workshop.storage import WorkshopStore  # noqa: PLC0415
@@ -221,7 +222,7 @@ def test_a_live_update_after_one_result_is_one_row_with_100_attendees_x_10_labs(
     patch = live.board_patch(before, after)
     assert patch is not None and [row["id"] for row in patch["rows"]] == [ids[42]]
     assert live.apply_patch(before, patch) == after
-    whole, small = len(live._frame("board", after)), len(live._frame("patch", patch))
+    whole, small = len(sse.frame("board", after)), len(sse.frame("patch", patch))
     assert small * 10 < whole, (small, whole)  # figures for 100 x 10 in benchmarks/README.md
     # a new attendee changes the row list: the whole board goes out again
     store.add_attendee("late")

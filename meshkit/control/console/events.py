@@ -23,20 +23,19 @@ It must not read or change the mesh itself: the control plane's parts call `publ
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
 
+from meshkit.control import sse
+
 API = "/api/v1/events"
 MAX_STREAMS = 64  # consoles open at once: a workshop's projector plus a room's laptops
 KINDS = ("config", "proxies", "telemetry")
 LEFT_CHECK = 1.0  # seconds between checks that the console is still connected
 EVENTS_KEY = web.AppKey("console_events", object)
-log = logging.getLogger(__name__)
 
 
 class _Subscriber:
@@ -81,10 +80,6 @@ class ConsoleEvents:
             self._subscribers.discard(subscriber)
 
 
-def frame(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
 async def stream(request: web.Request, events: ConsoleEvents, hello: dict[str, Any], *, settle: float = 0.2,
                  keepalive: float = 15.0, write_timeout: float = 10.0) -> web.StreamResponse:
     """Send ``hello``, then the coalesced changes, until the page leaves, stops reading or the feed closes."""
@@ -92,31 +87,19 @@ async def stream(request: web.Request, events: ConsoleEvents, hello: dict[str, A
         raise web.HTTPServiceUnavailable(text=f"{events.max_streams} consoles are already following this "
                                               "control plane: close one (the others poll meanwhile)")
     with events.subscribe() as subscriber:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-        await response.prepare(request)
+        response = await sse.open_stream(request, write_timeout=write_timeout)
 
         async def send(data: bytes) -> bool:
-            try:
-                async with asyncio.timeout(write_timeout):
-                    await response.write(data)
-            except TimeoutError:
-                log.info("console events: a console stopped reading for %.0f s; dropped", write_timeout)
-                if request.transport is not None:
-                    request.transport.abort()
-                return False
-            except ConnectionError:
-                return False
-            return True
+            return await sse.send(request, response, data, write_timeout=write_timeout, reader="a console")
 
-        if not await send(b"retry: 2000\n\n" + frame("hello", hello)):
+        if not await send(b"retry: 2000\n\n" + sse.frame("hello", hello)):
             return response
         idle_since = asyncio.get_running_loop().time()
         while not events.closed:
             try:  # wake at least once a second: a closed tab frees its slot then, not at the next write
                 await asyncio.wait_for(subscriber.wake.wait(), min(keepalive, LEFT_CHECK))
             except TimeoutError:
-                if request.transport is None or request.transport.is_closing():
+                if sse.reader_left(request):
                     break
                 if asyncio.get_running_loop().time() - idle_since >= keepalive:
                     if not await send(b": keepalive\n\n"):
@@ -127,7 +110,8 @@ async def stream(request: web.Request, events: ConsoleEvents, hello: dict[str, A
             await asyncio.sleep(settle)
             subscriber.wake.clear()
             pending, subscriber.pending = subscriber.pending, {}
-            if events.closed or not await send(b"".join(frame(kind, data) for kind, data in pending.items())):
+            frames = b"".join(sse.frame(kind, data) for kind, data in pending.items())
+            if events.closed or not await send(frames):
                 break
         return response
 
