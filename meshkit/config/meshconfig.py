@@ -5,8 +5,9 @@ the mesh config. meshkit reads the same object: ``meshkit up --set meshConfig...
 and ``meshkit apply -f`` of Istio's own ConfigMap does too. Any other ConfigMap is still left
 out with MK0009 (`is_mesh_config_map` is the loader's test). What the compiler takes from it
 (`mesh_settings`, the snapshot's ``mesh`` section): ``outboundTrafficPolicy.mode`` (ALLOW_ANY |
-REGISTRY_ONLY) and ``pathNormalization``; the other meshConfig fields are accepted and have no
-effect on the local mesh.
+REGISTRY_ONLY), ``pathNormalization`` and ``defaultConfig.gatewayTopology.numTrustedProxies`` (the
+proxies in front of a gateway whose ``X-Forwarded-For`` entries it trusts); the other meshConfig
+fields are accepted and have no effect on the local mesh.
 
 Pure data: no sockets, no files.
 """
@@ -63,7 +64,21 @@ def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any
             f"meshConfig.pathNormalization.normalization: {normalization!r} is not one of "
             f"{', '.join(PATH_NORMALIZATIONS)}"
         )
-    return {"path_normalization": normalization, "outbound_traffic_policy": outbound_policy(config)}
+    return {"path_normalization": normalization, "outbound_traffic_policy": outbound_policy(config),
+            "num_trusted_proxies": num_trusted_proxies(config)}
+
+
+def num_trusted_proxies(mesh_config: Mapping[str, Any]) -> int:
+    """``defaultConfig.gatewayTopology.numTrustedProxies`` (0 when unset): a gateway takes the client's
+    address (``remote.ip``) from that many trusted hops of ``X-Forwarded-For``, as Envoy's
+    ``xff_num_trusted_hops`` with ``use_remote_address`` on. ValueError when bad."""
+    default = mesh_config.get("defaultConfig") or {}
+    topology = default.get("gatewayTopology") if isinstance(default, dict) else None
+    value = (topology or {}).get("numTrustedProxies", 0) if isinstance(topology, dict | None) else None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 64:
+        raise ValueError(f"defaultConfig.gatewayTopology.numTrustedProxies: expected a whole number "
+                         f"from 0 to 64, got {value!r}")
+    return value
 
 
 def parse_mesh(text: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from meshkit.proxy.chain import Needs, ScopedChains, always, build_chain, per_snapshot
 from meshkit.proxy.filters.accesslog import AccessLogSink, access_log
 from meshkit.proxy.filters.authn import authn
-from meshkit.proxy.filters.authz import authz
+from meshkit.proxy.filters.authz import authz, gateway_authz
 from meshkit.proxy.filters.circuit_breaker import circuit_breaker
 from meshkit.proxy.filters.fault import fault, has_fault
 from meshkit.proxy.filters.jwt import gateway_jwt_authn, has_jwt_rules, jwt_authn
@@ -66,9 +66,10 @@ def outbound_filters(
     filters: list[Filter] = [tracing_filter(spans, "CLIENT")]
     if access is not None:
         filters.append(access_log(access, "outbound"))
-    # gateway_jwt_authn: a gateway's RequestAuthentication, before the route step (claim-based
-    # routing); one attribute read on a sidecar
-    filters += [outbound_metrics(metrics), local_reply, gateway_jwt_authn]
+    # gateway_jwt_authn, gateway_authz: a gateway's RequestAuthentication (before the route step, for
+    # claim-based routing) and AuthorizationPolicy, as Envoy's jwt_authn and rbac filters on a
+    # gateway's listener; one attribute read each on a sidecar
+    filters += [outbound_metrics(metrics), local_reply, gateway_jwt_authn, gateway_authz]
     return filters
 
 

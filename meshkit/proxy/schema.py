@@ -320,6 +320,7 @@ class MeshDoc(TypedDict, total=False):
     path_normalization: PathNormalization
     stream_idle_timeout_ms: int
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"]
+    num_trusted_proxies: int  # gateways: X-Forwarded-For hops trusted for remote.ip
 
 
 class _StandinCaDoc(TypedDict, total=False):

@@ -88,6 +88,7 @@ class Snapshot:
         "doc",
         "egress",
         "first_request_at",
+        "gateway_authz",
         "gateway_jwt",
         "gateway_tls",
         "inbound",
@@ -121,6 +122,7 @@ class Snapshot:
         self.authz: AuthzPolicies | None = None  # compiled AuthorizationPolicies (None: no policy)
         self.jwt: Any = None  # compiled RequestAuthentication rules (None: none applies)
         self.gateway_jwt: Any = None  # the same for a gateway, checked before routing
+        self.gateway_authz: AuthzPolicies | None = None  # a gateway's AuthorizationPolicies, before routing
         self.inbound_cluster: Cluster | None = None
         self.node_labels = NodeLabels({})
         self.inbound_service_fqdn = UNKNOWN
@@ -177,7 +179,10 @@ class Snapshot:
                 snap.gateway_jwt = compiled_jwt
             else:
                 snap.jwt = compiled_jwt
-            snap.authz = compile_authz(snap.inbound.get("authz"), port=snap.inbound.get("service_port"))
+            snap.authz = compile_authz(snap.inbound.get("authz"), port=snap.inbound.get("service_port"),
+                                       trusted_hops=cls._trusted_hops(doc.get("mesh"), snap.node))
+            if snap.node.get("kind") == "gateway":  # judged before routing (filters/authz.gateway_authz)
+                snap.gateway_authz, snap.authz = snap.authz, None
             service_port = snap.inbound.get("service_port") or 0
             snap.mtls_mode = mtls_mode_for_port(snap.inbound.get("mtls"), service_port)
         except ValueError as exc:
@@ -208,6 +213,16 @@ class Snapshot:
         source = ";".join((labels.workload, labels.namespace, labels.app, labels.version, labels.principal))
         snap.source_headers = [(SOURCE_HEADER, source)]
         return snap
+
+    @staticmethod
+    def _trusted_hops(mesh: Any, node: dict[str, Any]) -> int:
+        """A gateway's ``mesh.num_trusted_proxies`` (sidecars trust no ``X-Forwarded-For``)."""
+        if node.get("kind") != "gateway" or not isinstance(mesh, dict):
+            return 0
+        hops = mesh.get("num_trusted_proxies", 0)
+        if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
+            raise ValueError(f"mesh.num_trusted_proxies: expected a whole number >= 0, got {hops!r}")
+        return hops
 
     @staticmethod
     def _mesh(mesh: Any) -> tuple[str, float | None]:

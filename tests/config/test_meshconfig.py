@@ -76,3 +76,16 @@ def test_a_bad_mode_in_the_config_map_is_refused_with_its_field() -> None:
     message = str(error.value)
     assert "ConfigMap/istio-system/istio" in message
     assert "outboundTrafficPolicy.mode" in message and "BLOCK" in message
+
+
+def test_gateway_topology_trusted_proxies_reach_the_snapshot_and_bad_values_are_named() -> None:
+    config = set_values(["meshConfig.defaultConfig.gatewayTopology.numTrustedProxies=2"])
+    resources = load_resources([mesh_config_map(config)])
+    doc = compile_snapshot(resources, RegistryView(), node_for("productpage"))
+    assert doc["mesh"]["num_trusted_proxies"] == 2
+    text = ISTIO_CONFIG_MAP.replace("discoveryAddress: istiod.istio-system.svc:15012",
+                                    "gatewayTopology: {numTrustedProxies: -1}")
+    with pytest.raises(ConfigError) as error:
+        load_resources(text)
+    assert "ConfigMap/istio-system/istio" in str(error.value)
+    assert "defaultConfig.gatewayTopology.numTrustedProxies" in str(error.value) and "-1" in str(error.value)

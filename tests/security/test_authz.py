@@ -216,6 +216,27 @@ async def test_dry_run_policies_log_their_shadow_result_but_never_decide(caplog:
     assert await _status({**policies, **deny(to(paths=["/headers"]))}, path="/headers") == 403
 
 
+@pytest.mark.parametrize(("trusted", "forwarded", "remote"), [
+    (0, "5.6.7.8, 127.0.0.1", "127.0.0.1"),  # a sidecar, or a gateway trusting no one: the connection
+    (1, "5.6.7.8, 127.0.0.1", "5.6.7.8"),  # the load balancer's entry (the listener appended the peer)
+    (1, "1.1.1.1, 5.6.7.8, 127.0.0.1", "5.6.7.8"),  # what the client forged to the left is not trusted
+    (2, "1.1.1.1, 5.6.7.8, 127.0.0.1", "1.1.1.1"),
+    (2, "5.6.7.8, 127.0.0.1", "127.0.0.1"),  # fewer hops than trusted: the connection's address
+])
+def test_remote_ip_blocks_read_x_forwarded_for_as_far_as_hops_are_trusted(
+        trusted: int, forwarded: str, remote: str) -> None:
+    """Envoy with use_remote_address and xff_num_trusted_hops N: the Nth address from the right of the
+    client's X-Forwarded-For, else the connection's; source.ip (ipBlocks) is always the connection's."""
+    compiled = compile_authz(allow(frm(remote_ip_blocks=[remote])), trusted_hops=trusted)
+    assert compiled is not None
+    request = Request("GET", "/", "httpbin", Headers([("x-forwarded-for", forwarded)]), downstream_addr="127.0.0.1")
+    assert compiled.evaluate(request).allowed
+    other = compile_authz(allow(frm(remote_ip_blocks=["9.9.9.9"])), trusted_hops=trusted)
+    assert other is not None and not other.evaluate(request).allowed
+    by_source = compile_authz(allow(frm(ip_blocks=["127.0.0.1"])), trusted_hops=trusted)
+    assert by_source is not None and by_source.evaluate(request).allowed
+
+
 def test_decision_names_the_policy() -> None:
     compiled = compile_authz({**allow(frm(principals=[P]), name="ns/a"), **deny(to(paths=["/x"]), name="ns/d")})
     assert compiled is not None

@@ -40,7 +40,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,13 +63,15 @@ class Attributes:
     path: str  # normalised, no query
     host: str
     port: int | None
-    source_ip: str
+    source_ip: str  # the downstream connection's address (source.ip, ipBlocks)
+    remote_ip: str  # the original client's (remote.ip, remoteIpBlocks): source_ip, or from X-Forwarded-For
     headers: Any  # meshkit.proxy.http.Headers
     auth: Any  # filters/jwt.AuthInfo of a verified JWT, or None
 
     @classmethod
-    def of(cls, request: Request, port: int | None) -> Attributes:
+    def of(cls, request: Request, port: int | None, trusted_hops: int = 0) -> Attributes:
         principal = _strip_spiffe(request.peer_identity) if request.peer_identity else None
+        source_ip = request.downstream_addr
         return cls(
             principal=principal,
             namespace=_namespace_of(principal),
@@ -77,10 +79,21 @@ class Attributes:
             path=_without_query(request.path),
             host=request.authority.lower(),
             port=port,
-            source_ip=request.downstream_addr,
+            source_ip=source_ip,
+            remote_ip=_trusted_client(request, trusted_hops) if trusted_hops else source_ip,
             headers=request.headers,
             auth=request.auth,
         )
+
+
+def _trusted_client(request: Request, trusted_hops: int) -> str:
+    """Envoy with ``use_remote_address`` and ``xff_num_trusted_hops`` N (Istio's gateways with
+    ``gatewayTopology.numTrustedProxies``): the Nth address from the right of X-Forwarded-For as the
+    client sent it, else the connection's. The listener has already appended the connection's
+    address, so here it is the (N+1)th from the right."""
+    forwarded = request.headers.get("x-forwarded-for")
+    hops = [hop.strip() for hop in forwarded.split(",")] if forwarded else []
+    return hops[-1 - trusted_hops] if len(hops) > trusted_hops else request.downstream_addr
 
 
 def _without_query(path: str) -> str:
@@ -264,7 +277,7 @@ _SOURCE_FIELDS: dict[str, Field] = {
     "principals": (lambda p, w: _string_match(_strip_spiffe(str(p)), w), lambda a: a.principal),
     "namespaces": (_string_match, lambda a: a.namespace),
     "ip_blocks": (_ip_match, lambda a: a.source_ip),
-    "remote_ip_blocks": (_ip_match, lambda a: a.source_ip),  # no trusted proxy hops: remote == source
+    "remote_ip_blocks": (_ip_match, lambda a: a.remote_ip),
     "request_principals": (_string_match, lambda a: a.auth.principal if a.auth is not None else None),
 }
 _OPERATION_FIELDS: dict[str, Field] = {
@@ -490,9 +503,10 @@ class AuthzPolicies:
     port: int | None
     dry_run_deny: tuple[CompiledPolicy, ...] = ()
     dry_run_allow: tuple[CompiledPolicy, ...] = ()
+    trusted_hops: int = 0  # a gateway's numTrustedProxies: where remote.ip comes from
 
     def evaluate(self, request: Request) -> Decision:
-        attrs = Attributes.of(request, self.port)
+        attrs = Attributes.of(request, self.port, self.trusted_hops)
         decision = self._enforced(attrs)
         if not (self.dry_run_deny or self.dry_run_allow):
             return decision
@@ -522,10 +536,11 @@ class AuthzPolicies:
 ACTIONS = ("deny", "allow", "audit", "dry_run_deny", "dry_run_allow")
 
 
-def compile_authz(authz: object, *, port: int | None = None) -> AuthzPolicies | None:
+def compile_authz(authz: object, *, port: int | None = None, trusted_hops: int = 0) -> AuthzPolicies | None:
     """Compile ``inbound.authz`` (``{"deny": [...], "allow": [...], "audit": [...]}`` or None).
 
-    ``port`` is ``inbound.service_port``. Returns None when there is no policy at all.
+    ``port`` is ``inbound.service_port``; ``trusted_hops`` a gateway's ``X-Forwarded-For`` hops to
+    trust for ``remote.ip``. Returns None when there is no policy at all.
     Raises ``ValueError("inbound.authz.<action>[i]...: ...")`` for what it cannot enforce.
     """
     if authz is None:
@@ -541,7 +556,7 @@ def compile_authz(authz: object, *, port: int | None = None) -> AuthzPolicies | 
         return tuple(_policy(p, f"{where}[{i}]") for i, p in enumerate(_list(authz.get(action), where)))
 
     policies = AuthzPolicies(compiled("deny"), compiled("allow"), compiled("audit"), port,
-                             compiled("dry_run_deny"), compiled("dry_run_allow"))
+                             compiled("dry_run_deny"), compiled("dry_run_allow"), trusted_hops)
     if not any((policies.deny, policies.allow, policies.audit,
                 policies.dry_run_deny, policies.dry_run_allow)):
         return None
@@ -561,6 +576,20 @@ async def authz(request: Request, call_next: Handler) -> Response:
         return Response.local(500, "authz: the snapshot carries no compiled authorization policies")
     if policies is None:
         return await call_next(request)
+    return await _enforce(policies, request, call_next)
+
+
+def gateway_authz(request: Request, call_next: Handler) -> Awaitable[Response]:
+    """A gateway's AuthorizationPolicies (selected by its labels, e.g. ``app: istio-ingressgateway``),
+    judged before routing as Envoy's RBAC filter on the gateway's listener; on a sidecar's outbound
+    listener ``gateway_authz`` is None and this is one attribute read."""
+    policies: AuthzPolicies | None = getattr(request.config, "gateway_authz", None)
+    if policies is None:
+        return call_next(request)
+    return _enforce(policies, request, call_next)
+
+
+async def _enforce(policies: AuthzPolicies, request: Request, call_next: Handler) -> Response:
     decision = policies.evaluate(request)
     if decision.audited:
         log.info(
