@@ -14,21 +14,11 @@ import aiohttp
 
 from meshkit.control.server import RunningControlPlane, run_control_plane
 from tests.control.conftest import SubscriberFactory
+from tests.control.resources import BOOKINFO_REVIEWS
 from tests.waiting import async_wait_until
 
 EVENTS = "/api/v1/events"
 YAML = {"Content-Type": "application/yaml"}
-ROUTE = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: default}}
-spec:
-  hosts: [reviews]
-  http:
-  - timeout: {timeout}s
-    route:
-    - destination: {{host: reviews}}
-"""
 
 
 class ConsoleStream:
@@ -81,8 +71,8 @@ async def console(session: aiohttp.ClientSession, url: str) -> AsyncIterator[Con
         await stream.close()
 
 
-async def _apply(session: aiohttp.ClientSession, url: str, seconds: int) -> int:
-    async with session.post(f"{url}/api/v1/apply", data=ROUTE.format(timeout=seconds), headers=YAML) as r:
+async def _apply(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.post(f"{url}/api/v1/apply", data=BOOKINFO_REVIEWS, headers=YAML) as r:
         assert r.status == 200, await r.text()
         return int((await r.json())["revision"])
 
@@ -93,7 +83,7 @@ async def test_a_console_hears_of_config_proxy_and_telemetry_changes(
     url = control_plane.url
     async with console(session, url) as stream:
         assert await stream.next("hello") == {"revision": 0}
-        revision = await _apply(session, url, 5)
+        revision = await _apply(session, url)
         assert await stream.next("config") == {"revision": revision}
         await subscribe("reviews-v1-0.default")  # a sidecar connects, is sent its snapshot and ACKs it
         assert await stream.next("proxies") == {"revision": revision}
