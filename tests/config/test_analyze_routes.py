@@ -102,6 +102,26 @@ def test_a_longer_prefix_after_a_shorter_one_is_covered() -> None:
     ]
 
 
+def test_the_first_covering_prefix_of_another_rule_is_named() -> None:
+    resources = load(reviews_vs("""  - match: [{uri: {prefix: /api/v}}, {uri: {prefix: /api/v2/x}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /ap}}, {uri: {prefix: /api/v2/x/y}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{uri: {prefix: /api/v2/x/y/z}}]
+    route: [{destination: {host: reviews, subset: v3}}]
+"""))
+    # /api/v2/x/y is covered by /api/v (seen first), not only by /api/v2/x; its own rule's /ap does
+    # not count for it; /api/v2/x/y/z is covered by all three earlier ones: /api/v is named
+    assert codes_of(resources, "MK0125") == [
+        ("MK0125", "Info", "spec.http[1].match",
+         "VirtualService rule #1 match #1 of prefix /api/v2/x/y is not used (duplicate/overlapping match in "
+         "rule #0 of prefix /api/v on #0)."),
+        ("MK0125", "Info", "spec.http[2].match",
+         "VirtualService rule #2 match #0 of prefix /api/v2/x/y/z is not used (duplicate/overlapping match "
+         "in rule #0 of prefix /api/v on #0)."),
+    ]
+
+
 def test_specific_rules_first_and_one_catch_all_last_are_clean() -> None:
     resources = load(reviews_vs("""  - match: [{uri: {prefix: /api/v2}}]
     route: [{destination: {host: reviews, subset: v2}}]
