@@ -14,6 +14,7 @@ import time
 from meshkit.runtime.load import LoadGenerator
 from tests.e2e.mesh import RunningMesh, rule, sample
 from tests.e2e.traffic import (
+    assert_share,
     codes,
     eventually,
     flagged,
@@ -73,7 +74,7 @@ async def test_weighted_80_20_split(bookinfo: RunningMesh) -> None:
     assert set(seen) == {"reviews-v1-0", "reviews-v2-0"}, seen
     share_v1 = 100.0 * seen["reviews-v1-0"] / SPLIT_REQUESTS
     print(f"80/20 split over {SPLIT_REQUESTS} requests: v1 {share_v1:.1f}%, v2 {100 - share_v1:.1f}%")
-    assert 75.0 <= share_v1 <= 85.0
+    assert_share(seen["reviews-v1-0"], SPLIT_REQUESTS, 0.8, "80/20, v1")
 
 
 async def test_user_jason_is_routed_to_v2(bookinfo: RunningMesh) -> None:

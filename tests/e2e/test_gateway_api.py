@@ -17,6 +17,7 @@ import yaml
 from tests.e2e.cli import meshkit
 from tests.e2e.mesh import RunningMesh, rule, sample, start_mesh
 from tests.e2e.traffic import (
+    assert_share,
     codes,
     eventually,
     flagged,
@@ -158,7 +159,7 @@ async def test_traffic_shifting_tab_splits_50_50(bookinfo: RunningMesh) -> None:
     assert set(seen) == {"reviews-v1-0", "reviews-v3-0"}, seen
     share_v1 = 100.0 * seen["reviews-v1-0"] / SPLIT_REQUESTS
     print(f"HTTPRoute 50/50 over {SPLIT_REQUESTS} requests: v1 {share_v1:.1f}%, v3 {100 - share_v1:.1f}%")
-    assert 45.0 <= share_v1 <= 55.0
+    assert_share(seen["reviews-v1-0"], SPLIT_REQUESTS, 0.5, "HTTPRoute 50/50, v1")
 
 
 async def test_request_timeouts_tab_cuts_the_slow_reviews_call(bookinfo: RunningMesh) -> None:

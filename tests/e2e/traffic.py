@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshkit.lab.checks import binomial_p_value
+
 REQUEST_TIMEOUT = 30.0
 T = TypeVar("T")
 
@@ -70,6 +72,15 @@ async def get_one(url: str, **kwargs: Any) -> Reply:
 
 def pods(replies: list[Reply]) -> Counter[str | None]:
     return Counter(r.podname for r in replies)
+
+
+def assert_share(hits: int, total: int, expected: float, what: str, *, alpha: float = 1e-6) -> None:
+    """``hits`` of ``total`` are compatible with the weight ``expected`` (exact binomial test): a
+    random weighted pick is judged by how unlikely its share is, not by a fixed band (±5 % of 600
+    requests at 50/50 is 2.4 standard deviations: about 1 run in 70 would fail a correct split)."""
+    p_value = binomial_p_value(hits, total, expected)
+    assert p_value >= alpha, (f"{what}: {hits} of {total} ({100.0 * hits / total:.1f}%) where "
+                              f"{100.0 * expected:.0f}% is asked; as likely as {p_value:.2g}")
 
 
 def codes(replies: list[Reply]) -> Counter[int]:
