@@ -100,8 +100,9 @@ async def test_a_burst_is_one_frame_with_the_newest_state(
         for revision in range(1, 21):
             events.publish("config", {"revision": revision})
         assert await stream.next("config") == {"revision": 20}
-        await asyncio.sleep(0.5)  # well past the settle time: nothing else was sent
-        assert stream.frames.empty()
+        events.publish("telemetry", {"at": 1.0})  # a marker: the next frame, with no config before it
+        async with asyncio.timeout(10):
+            assert await stream.frames.get() == ("telemetry", {"at": 1.0})
 
 
 async def test_the_stream_needs_the_admin_token_and_is_bounded(
