@@ -322,6 +322,53 @@ def test_wizards_show_their_yaml_apply_it_and_the_fault_shows_on_traffic(mesh: M
         mesh.client.rollback(start)
 
 
+RECENT_RATES = """chart => Object.fromEntries([...chart.data].filter(d => d.name.startsWith("rate "))
+    .map(d => [d.name, d.y.slice(-4, -1).reduce((a, b) => a + (b || 0), 0)]))"""
+
+
+def test_the_traffic_shifting_wizard_applies_a_split_that_the_graph_then_shows(mesh: Mesh,
+                                                                             browser: Browser) -> None:
+    """All of reviews to v3 from the wizard's form; the reviews node's chart then shows requests to v3
+    alone in its newest steps (one step a second over the last minute), while traffic flows."""
+    start = mesh.client.request("GET", "history")["revision"]
+    page = open_console(browser, mesh)
+    try:
+        page.click("nav button[data-page=config]")
+        page.locator("#config-list .config-row").first.wait_for(timeout=WAIT_MS)
+        page.select_option("#wizard", "shift")
+        page.locator(".wiz-weight[data-version=v3]").wait_for(timeout=WAIT_MS)
+        for version, weight in (("v1", "0"), ("v2", "0"), ("v3", "100")):
+            page.fill(f".wiz-weight[data-version={version}]", weight)
+        page.click("#wiz-fill")
+        page.locator("#analysis .msg.ok-text").wait_for(timeout=WAIT_MS)
+        assert "weight: 100" in page.input_value("#editor")
+        _apply_from_editor(page, mesh)
+        spec = mesh.client.get("virtualservice", "reviews")["items"][0]["resource"]["spec"]
+        routes = [(r["destination"]["subset"], r.get("weight")) for r in spec["http"][0]["route"]]
+        assert routes == [("v1", 0), ("v2", 0), ("v3", 100)], routes
+        page.click("nav button[data-page=graph]")
+        page.select_option("#graph-view", "app")
+        node = page.locator(".node[data-node='reviews']")
+
+        def only_v3() -> dict[str, float] | None:  # bounded: 8 page views a round, 40 s at most
+            mesh.traffic(8)
+            node.first.click()
+            chart = page.locator("#detail .chart-rate").first
+            chart.locator(".main-svg").first.wait_for(timeout=WAIT_MS)
+            rates: dict[str, float] = chart.evaluate(RECENT_RATES)
+            v3 = rates.get("rate v3", 0.0)
+            others = sum(v for name, v in rates.items() if name != "rate v3")
+            return rates if v3 > 0 and others == 0 else None
+
+        rates = wait_until(only_v3, 40, "the reviews chart's newest steps to show v3 alone", interval=0.5)
+        assert rates["rate v3"] > 0, rates
+        page.screenshot(path=str(IMAGES / "console-wizard-split.png"))
+        assert not page.errors, page.errors
+    finally:
+        page.close()
+        mesh.client.rollback(start)
+
+
 def test_explain_shows_the_hop_where_the_fault_fired(mesh: Mesh, browser: Browser) -> None:
     mesh.client.apply([RATINGS_ABORT])
     try:
