@@ -155,6 +155,20 @@ def check_port_plan(ports: list[int], base: int, what: str = "the mesh's ports")
     return None
 
 
+SLICE_ENV = "MESHKIT_PORT_SLICE"  # "I/N": keep to the I-th of N equal slices of the range
+
+
+def _slice(low: int, top: int) -> tuple[int, int]:
+    """``$MESHKIT_PORT_SLICE`` ("I/N", 0 <= I < N) narrows [low, top) to its I-th of N slices, so
+    processes that each pick plans at random (parallel test workers) never pick overlapping ones,
+    even for blocks one of them checked free but fills only later. Unset or malformed: the whole."""
+    index, sep, count = os.environ.get(SLICE_ENV, "").partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        return low, top
+    width = (top - low) // int(count) // BLOCK * BLOCK
+    return low + int(index) * width, low + (int(index) + 1) * width
+
+
 def free_bases(instances: int) -> Iterator[int]:
     """Port bases, in random order, whose whole plan for ``instances`` instances is free right now.
 
@@ -163,8 +177,8 @@ def free_bases(instances: int) -> Iterator[int]:
     and several meshes side by side.
     """
     span = BLOCK * (instances + 2)
-    high = min(ephemeral_low(), 65536) - span
-    bases = [b for b in range(LOWEST_BASE, high, BLOCK) if abs(b - DEFAULT_BASE) >= span]
+    low, top = _slice(LOWEST_BASE, min(ephemeral_low(), 65536))
+    bases = [b for b in range(low, top - span, BLOCK) if abs(b - DEFAULT_BASE) >= span]
     random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little")).shuffle(bases)
     for base in bases:
         if not busy_ports(PortPlan(base).all_ports(instances)):

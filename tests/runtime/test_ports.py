@@ -10,7 +10,9 @@ import pytest
 
 from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.ports import (
+    BLOCK,
     DEFAULT_BASE,
+    SLICE_ENV,
     PortPlan,
     busy_ports,
     ephemeral_low,
@@ -56,3 +58,18 @@ def test_a_port_held_by_another_program_is_named_with_a_fix(tmp_path: Path) -> N
     text = str(refused.value)
     assert f"{PortPlan(base).control} (held by pid {os.getpid()} (" in text
     assert "stop what holds them" in text and "MESHKIT_PORT_BASE" in text
+
+
+def test_a_port_slice_keeps_every_plan_inside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parallel test workers ($MESHKIT_PORT_SLICE "I/N") pick plans that can never overlap."""
+    instances = 6
+    span = BLOCK * (instances + 2)
+    chosen = {}
+    for index in (0, 1):
+        monkeypatch.setenv(SLICE_ENV, f"{index}/2")
+        chosen[index] = list(free_bases(instances))[:20]
+        assert chosen[index]
+    low_top = max(chosen[0]) + span
+    assert low_top <= min(chosen[1]), (max(chosen[0]), min(chosen[1]))
+    monkeypatch.setenv(SLICE_ENV, "nonsense")
+    assert next(free_bases(instances))  # malformed: the whole range
