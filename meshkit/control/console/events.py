@@ -35,7 +35,6 @@ API = "/api/v1/events"
 MAX_STREAMS = 64  # consoles open at once: a workshop's projector plus a room's laptops
 KINDS = ("config", "proxies", "telemetry")
 LEFT_CHECK = 1.0  # seconds between checks that the console is still connected
-EVENTS_KEY = web.AppKey("console_events", object)
 
 
 class _Subscriber:
@@ -122,5 +121,4 @@ def add_route(app: web.Application, events: ConsoleEvents, revision: Callable[[]
     async def handler(request: web.Request) -> web.StreamResponse:
         return await stream(request, events, {"revision": revision()})
 
-    app[EVENTS_KEY] = events
     app.router.add_get(API, handler)
