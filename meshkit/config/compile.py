@@ -68,6 +68,7 @@ from meshkit.config.selection import (
     resolve_tracing,
     virtual_services_for,
 )
+from meshkit.config.tls_routes import tls_section
 
 SCHEMA = 1
 DEFAULT_TRACE_SAMPLING = 1.0  # percent: Istio's meshConfig.defaultConfig.tracing.sampling default
@@ -131,6 +132,9 @@ def compile_snapshot(
                              if exported_to(dr.metadata.namespace, dr.spec.export_to, node.namespace)]
         # Gateway API routes attached to Services (GAMMA): `httproutes`
         virtual_services = [*mesh_virtual_services(resources, registry), *virtual_services]
+    tls_virtual_services = virtual_services
+    # a VirtualService with only ``tls`` routes claims no HTTP host (its SNI routes: `tls_routes`)
+    virtual_services = [vs for vs in virtual_services if vs.spec.http or not vs.spec.tls]
     peer_authentications = of_kind(resources, PeerAuthentication)
     services = sorted(registry.services, key=lambda s: (s.namespace == node.namespace, s.namespace, s.name))
     egress_hosts = dict(registry.external_hosts) if egress_hosts is None else egress_hosts
@@ -169,6 +173,7 @@ def compile_snapshot(
                                    trace_sampling)[0],
         "egress": {"hosts": dict(sorted((egress_hosts or {}).items())), "real_dns": real_dns,
                    **({"ca_pem": registry.external_ca} if registry.external_ca else {})},
+        "tls": tls_section(node, resources, tls_virtual_services, registry, selecting),
     }
     if node.kind == "gateway":  # HTTPS servers with their Secrets' certificates (config.gateways)
         pairs = credential_pairs(resources)  # Istio Gateways' HTTPS servers, then Gateway API listeners

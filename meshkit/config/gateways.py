@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from meshkit.config.registry import Node
 from meshkit.config.resources import HTTPMatchRequest, IstioModel, Resource, VirtualService
@@ -29,25 +29,26 @@ MESH = "mesh"
 
 
 class GatewayPort(IstioModel):
-    unsupported_values = {"protocol": frozenset({"HTTP2", "GRPC", "TCP", "TLS", "MONGO"})}
+    unsupported_values = {"protocol": frozenset({"HTTP2", "GRPC", "TCP", "MONGO"})}
 
     number: int = Field(ge=1, le=65535)
     name: str | None = None
-    protocol: Literal["HTTP", "HTTPS"] = "HTTP"
+    protocol: Literal["HTTP", "HTTPS", "TLS"] = "HTTP"
     target_port: int | None = None
 
 
 class ServerTLSSettings(IstioModel):
-    """An HTTPS server's TLS: ``SIMPLE`` with the certificate of the Secret ``credentialName``."""
+    """An HTTPS server's TLS: ``SIMPLE`` with the certificate of the Secret ``credentialName``; a TLS
+    server's ``PASSTHROUGH`` (the client's TLS carried unopened, routed by SNI: ``tls_routes``)."""
 
     unsupported_fields = frozenset({
         "serverCertificate", "privateKey", "caCertificates", "credentialNames", "subjectAltNames",
         "verifyCertificateSpki", "verifyCertificateHash", "minProtocolVersion", "maxProtocolVersion",
         "cipherSuites", "caCrl", "tlsCertificates"})
-    unsupported_values = {"mode": frozenset({"PASSTHROUGH", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL",
-                                             "OPTIONAL_MUTUAL"})}
+    unsupported_values = {
+        "mode": frozenset({"MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"})}
 
-    mode: Literal["SIMPLE"] = "SIMPLE"
+    mode: Literal["SIMPLE", "PASSTHROUGH"] = "SIMPLE"
     credential_name: str | None = None
     https_redirect: bool | None = None
 
@@ -59,6 +60,15 @@ class GatewayServer(IstioModel):
     hosts: list[str] = Field(min_length=1)
     name: str | None = None
     tls: ServerTLSSettings | None = None
+
+    @model_validator(mode="after")
+    def _tls_is_passed_through(self) -> GatewayServer:
+        if self.port.protocol == "TLS" and (self.tls is None or self.tls.mode != "PASSTHROUGH"):
+            raise ValueError("a TLS server needs tls.mode PASSTHROUGH in meshkit (a TLS server that "
+                             "terminates TLS routes TCP, which meshkit does not model)")
+        if self.port.protocol == "HTTP" and self.tls is not None and self.tls.mode == "PASSTHROUGH":
+            raise ValueError("tls.mode PASSTHROUGH needs protocol HTTPS or TLS")
+        return self
 
 
 class GatewaySpec(IstioModel):
@@ -128,6 +138,8 @@ def bound_hosts(node: Node, resources: Sequence[Resource]) -> list[tuple[str, Vi
     chosen: dict[str, VirtualService] = {}
     services = sorted((r for r in resources if isinstance(r, VirtualService)), key=lambda v: v.key)
     for vs in services:
+        if vs.spec.tls and not vs.spec.http:
+            continue  # only SNI routes (tls_routes): no HTTP host
         for host in _hosts_of(vs, selected):
             chosen.setdefault(host.lower(), vs)
     return sorted(chosen.items())
@@ -142,6 +154,8 @@ def _hosts_of(vs: VirtualService, selected: Mapping[tuple[str, str], Gateway]) -
         if gateway is None:
             continue
         for server in gateway.spec.servers:
+            if is_passthrough(server):
+                continue  # its TLS is not opened: SNI routes (tls_routes), not HTTP virtual hosts
             for entry in server.hosts:
                 server_host = _server_host(entry, gateway.metadata.namespace, namespace)
                 if server_host is None:
@@ -191,11 +205,21 @@ def credential_namespaces(gateway: Gateway,
     return list(dict.fromkeys((workload_namespace, gateway.metadata.namespace)))
 
 
+def is_passthrough(server: GatewayServer) -> bool:
+    """A server whose TLS the gateway carries unopened (``tls.mode: PASSTHROUGH``, HTTPS or TLS)."""
+    return server.tls is not None and server.tls.mode == "PASSTHROUGH"
+
+
 def https_servers(gateway: Gateway) -> Iterator[tuple[int, GatewayServer]]:
-    """(index, server) of the Gateway's HTTPS servers."""
+    """(index, server) of the Gateway's HTTPS servers that terminate TLS."""
     for index, server in enumerate(gateway.spec.servers):
-        if server.port.protocol == "HTTPS":
+        if server.port.protocol == "HTTPS" and not is_passthrough(server):
             yield index, server
+
+
+def passthrough_servers(gateway: Gateway) -> Iterator[GatewayServer]:
+    """The Gateway's PASSTHROUGH servers: their traffic is routed by SNI (`tls_routes`)."""
+    return (server for server in gateway.spec.servers if is_passthrough(server))
 
 
 def tls_servers(node: Node, resources: Sequence[Resource],

@@ -290,13 +290,37 @@ class HTTPRoute(IstioModel):
         return self
 
 
+class TLSMatchAttributes(IstioModel):
+    """A ``tls`` route's match: the SNI the client's ClientHello names, and port/gateways/source."""
+
+    unsupported_fields = frozenset({"destinationSubnets", "sourceNamespace"})
+
+    sni_hosts: list[str] = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    gateways: list[str] | None = None
+    source_labels: dict[str, str] | None = None
+
+
+class RouteDestination(IstioModel):
+    destination: Destination
+    weight: int | None = Field(default=None, ge=0)
+
+
+class TLSRoute(IstioModel):
+    """Non-terminated TLS (HTTPS passed through), routed by SNI (proxy/tunnel.py carries it)."""
+
+    match: list[TLSMatchAttributes] = Field(min_length=1)
+    route: list[RouteDestination] = Field(min_length=1)
+
+
 class VirtualServiceSpec(IstioModel):
-    unsupported_fields = frozenset({"tls", "tcp"})
+    unsupported_fields = frozenset({"tcp"})
 
     # no hosts: a delegate, used only through the ``delegate`` of a root VirtualService
     hosts: list[str] = Field(default_factory=list)
     gateways: list[str] | None = None
     http: list[HTTPRoute] | None = None
+    tls: list[TLSRoute] | None = None
     export_to: list[str] | None = None  # "." own namespace, "*" all (absent), names, "~" none
 
 

@@ -84,6 +84,7 @@ class Admin:
         tls_stats: Any = None,
         spans: Any = None,
         passthrough: Any = None,
+        tunnels: Any = None,
         access_log_path: str | None = None,
     ) -> None:
         self.state = state
@@ -94,6 +95,7 @@ class Admin:
         self.tls_stats = tls_stats  # tls.inbound.TlsStats
         self.spans = spans  # spans.SpanRecorder, None = no collector to ship spans to
         self.passthrough = passthrough  # passthrough.PassthroughStats (a captured pod's sidecar)
+        self.tunnels = tunnels  # tunnel.TcpMetrics: Istio's TCP metrics of CONNECT/passthrough tunnels
         self.access_log_path = access_log_path  # the JSON access log file (None: off, or stdout)
         self.started = time.time()
 
@@ -184,6 +186,8 @@ class Admin:
         text = self.metrics.render() + render_prometheus(clusters) + _config_gauges(self.state.current)
         if self.passthrough is not None:
             text += self.passthrough.prometheus()
+        if self.tunnels is not None:
+            text += self.tunnels.prometheus()
         return _reply(200, text, PROMETHEUS_TYPE)
 
     def stats(self, query: str = "") -> Response:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # types only: the snapshot module imports the filters, which 
     import socket
 
     from meshkit.proxy.snapshot import Snapshot
+    from meshkit.proxy.tunnel import Tunnels
 
 log = logging.getLogger("meshkit.proxy.listener")
 
@@ -132,6 +133,8 @@ class Listener:
         # mTLS seam (meshkit.proxy.tls.inbound): accepts connections itself, sniffing TLS vs plaintext.
         self.acceptor: Acceptor | None = None
         self.scheme = "http"  # x-forwarded-proto when the client sent none ("https": a gateway's TLS port)
+        # CONNECT (an app's own TLS through its sidecar): tunnel.Tunnels takes the connection over
+        self.tunnels: Tunnels | None = None
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -218,6 +221,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._connection_tokens: list[str] | None = None
         self._reject: tuple[int, str] | None = None
         self._rq_timeout: int | None = None
+        self._connect: str | None = None  # the authority of a CONNECT request
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -250,7 +254,10 @@ class DownstreamConnection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._connect is not None:
+                self._tunnel(self._connect, data[int(upgrade.args[0]):] if upgrade.args else b"")
+                return
             # Upgrades (WebSocket) are not proxied: the request is served as plain HTTP, then closed.
             self.closing = True
             self.input_done = True
@@ -264,6 +271,17 @@ class DownstreamConnection(asyncio.Protocol):
         self._advance()
         if len(self.queue) >= _MAX_PIPELINE:
             self._pause_reading()  # a client that pipelines without reading: stop reading it
+
+    def _tunnel(self, authority: str, leftover: bytes) -> None:
+        """``CONNECT authority``: hand the connection to the tunnels (or 405 where there are none)."""
+        tunnels = self.listener.tunnels
+        if tunnels is None or self.queue or self.transport is None:
+            self._fail_connection(405, "CONNECT is not served on this listener")
+            return
+        self.input_done = self.closed = True  # no longer an HTTP connection of this listener
+        self.listener.connections.discard(self)
+        self.stats.downstream_cx_active -= 1
+        tunnels.open_connect(self.transport, authority, leftover, self.peer)
 
     def eof_received(self) -> bool | None:
         """The client closed its side: as Envoy (no HTTP half-close), the connection ends here.
@@ -353,6 +371,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.head_started = None
         parser = self.parser
         method = parser.get_method().decode("latin-1")
+        if method == "CONNECT":  # authority-form target; the parser raises HttpParserUpgrade next
+            self._connect = self._url.decode("latin-1")
+            return
         version = parser.get_http_version()
         url = self._url.decode("latin-1")
         headers = self._headers

@@ -31,6 +31,7 @@ from meshkit.proxy.listener import Listener, ListenerLimits
 from meshkit.proxy.pipeline import build_inbound, build_outbound
 from meshkit.proxy.spans import SpanRecorder
 from meshkit.proxy.stats import IstioMetrics
+from meshkit.proxy.tunnel import SniffingAcceptor, Tunnels
 from meshkit.proxy.upstream import Upstream
 from meshkit.proxy.xds import ConfigState, StaticConfig, XdsClient
 
@@ -223,6 +224,11 @@ class Proxy:
 
             https = self.listeners["https"] = Listener("outbound", outbound, self.state, limits)
             https.acceptor, https.scheme = GatewayTlsAcceptor(self.state), "https"
+        # TLS the proxy does not open (tunnel): an app's CONNECT to its sidecar, a gateway's PASSTHROUGH
+        self.tunnels = Tunnels(self.state, self.access, gateway=args.kind == "gateway")
+        self.listeners["outbound"].tunnels = self.tunnels
+        if args.kind == "gateway":
+            self.listeners["outbound"].acceptor = SniffingAcceptor(self.tunnels)
         if self.acceptor is not None:
             self.listeners["inbound"].acceptor = self.acceptor
             self.state.listeners.append(self.acceptor.on_snapshot)
@@ -242,7 +248,7 @@ class Proxy:
         self.admin = Admin(
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
             tls_stats=self.acceptor.stats if self.acceptor is not None else None, spans=self.spans,
-            passthrough=passthrough,
+            passthrough=passthrough, tunnels=self.tunnels.metrics,
             access_log_path=None if args.access_log in ("off", "-") else args.access_log,
         )
         self.admin_listener = Listener(
@@ -314,6 +320,7 @@ class Proxy:
         await asyncio.gather(
             *(listener.close(self.args.drain_seconds) for listener in self.listeners.values())
         )
+        self.tunnels.close()
         await self.admin_listener.close(0.1)
         if self.health_listener is not None:
             await self.health_listener.close(0.1)

@@ -353,6 +353,29 @@ class GatewayTlsServerDoc(TypedDict):
     key_pem: str
 
 
+class TlsDestinationDoc(TypedDict):
+    """Where a ``tls`` route sends the tunnel (proxy.tunnel)."""
+
+    host: str  # the destination's FQDN or external host (metrics' destination_service)
+    port: int
+    cluster: str | None  # a registry service's cluster (its endpoints); null: resolve host:port (egress)
+    weight: int
+
+
+class TlsRouteDoc(TypedDict):
+    name: str  # "<namespace>/<VirtualService>#tls<index>"
+    sni_hosts: list[str]  # exact or "*.example.com"
+    port: int | None  # null: any port
+    destinations: list[TlsDestinationDoc]
+
+
+class TlsDoc(TypedDict):
+    """TLS carried unopened, routed by SNI (config.tls_routes, proxy.tunnel)."""
+
+    routes: list[TlsRouteDoc]
+    hosts: list[str]  # "host:port" of ServiceEntry TLS/HTTPS/TCP ports (wildcards kept)
+
+
 class GatewayTlsDoc(TypedDict):
     servers: list[GatewayTlsServerDoc]
 
@@ -372,4 +395,5 @@ class SnapshotDoc(_GatewayTlsSection):
     trust: NotRequired[TrustDoc | None]
     mesh: NotRequired[MeshDoc | None]
     egress: NotRequired[EgressDoc | None]
+    tls: NotRequired[TlsDoc | None]
     tracing: NotRequired[TracingDoc | None]

@@ -28,6 +28,7 @@ from meshkit.proxy.paths import check_mode as check_path_mode
 from meshkit.proxy.routing import RouteTable
 from meshkit.proxy.schema import SCHEMA, SnapshotDoc
 from meshkit.proxy.stats import canonical_revision, canonical_service
+from meshkit.proxy.tls_routing import TlsRouting
 
 ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
 
@@ -105,6 +106,7 @@ class Snapshot:
         "server_name",
         "source_headers",
         "stream_idle_timeout",
+        "tls",
         "trace_report",
         "trace_sampling",
         "upstream_tls",
@@ -131,6 +133,7 @@ class Snapshot:
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
         self.originate: dict[str, Any] = {}  # SIMPLE cluster -> tls.originate.Origination (TLS origination)
         self.gateway_tls: list[Any] = []  # a gateway's HTTPS servers (tls.serving.ServerCertificate)
+        self.tls = TlsRouting()  # TLS carried unopened, routed by SNI (tls_routing, tunnel)
         # unknown hosts: outboundTrafficPolicy, the stand-in map (proxy/egress.py); None on a gateway
         self.egress: Egress | None = Egress()
         self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
@@ -190,6 +193,10 @@ class Snapshot:
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
         snap.originate = cls._originate(doc.get("clusters"), doc.get("egress"), previous)
         snap.gateway_tls = cls._gateway_tls(doc.get("gateway_tls"), previous)
+        try:
+            snap.tls = TlsRouting.from_snapshot(doc.get("tls"), doc.get("mesh"), doc.get("egress"))
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
         snap.path_normalization, snap.stream_idle_timeout = cls._mesh(doc.get("mesh"))
         try:
             egress = Egress.from_snapshot(doc.get("mesh"), doc.get("egress"))

@@ -162,7 +162,8 @@ spec:
 
 
 def test_tls_modes_other_than_simple_are_named_as_not_supported() -> None:
-    """HTTPS servers with tls.mode SIMPLE work (tests/config/test_gateway_tls.py); the others are named."""
+    """HTTPS servers with tls.mode SIMPLE work (tests/config/test_gateway_tls.py), PASSTHROUGH too
+    (tests/config/test_tls_routes.py); the others are named."""
     with pytest.raises(ConfigError) as refused:
         load_resources("""
 apiVersion: networking.istio.io/v1
@@ -171,9 +172,9 @@ metadata: {name: gw}
 spec:
   selector: {istio: ingressgateway}
   servers:
-  - port: {number: 443, name: tls, protocol: TLS}
+  - port: {number: 443, name: tls, protocol: TCP}
     hosts: ["*"]
-    tls: {mode: PASSTHROUGH}
+    tls: {mode: MUTUAL}
 """)
     assert sorted((m.code, m.field) for m in refused.value.messages) == [
         ("MK0004", "spec.servers[0].port.protocol"), ("MK0004", "spec.servers[0].tls.mode")]

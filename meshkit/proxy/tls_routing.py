@@ -1,0 +1,135 @@
+"""The snapshot's ``tls`` section, checked once per snapshot: where TLS the proxy does not open goes.
+
+``TlsRouting.from_snapshot`` reads ``tls.routes`` (VirtualService ``tls`` routes for this proxy,
+first match wins: SNI exact or ``*.example.com``, port or any) and ``tls.hosts`` (ServiceEntry
+TLS ports: what REGISTRY_ONLY lets through with no route), plus the ``egress`` map that resolves
+external hosts (``edition.cnn.com:443`` -> its stand-in). ``choose`` picks a route's destination
+by weight. docs/snapshot.md describes the section; ``tunnel`` carries the bytes.
+
+It must not do: sockets, or anything but the standard library (the proxy is a leaf).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from meshkit.proxy.egress import Egress, EgressError, split_hostport
+
+
+@dataclass(frozen=True, slots=True)
+class TlsDestination:
+    host: str  # FQDN of a registry service, or the external host
+    port: int
+    cluster: str | None  # a registry service's cluster; None: resolve host:port with the egress map
+    weight: int
+
+    @property
+    def stats_name(self) -> str:
+        """Envoy's cluster name, as the access log and metrics show it."""
+        subset = self.cluster.partition("|")[2] if self.cluster else ""
+        return f"outbound|{self.port}|{subset}|{self.host}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsRoute:
+    name: str
+    sni_hosts: tuple[str, ...]
+    port: int | None
+    destinations: tuple[TlsDestination, ...]
+
+    def matches(self, sni: str, port: int) -> bool:
+        return (self.port is None or self.port == port) and any(host_matches(p, sni) for p in self.sni_hosts)
+
+    def choose(self, rng: random.Random) -> TlsDestination:
+        total = sum(d.weight for d in self.destinations)
+        if total <= 0:
+            return self.destinations[0]
+        point = rng.uniform(0, total)
+        for destination in self.destinations:
+            point -= destination.weight
+            if point < 0:
+                return destination
+        return self.destinations[-1]
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """``*``, ``*.example.com`` (any name under it) or an exact name."""
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return pattern == host
+
+
+class TlsRouting:
+    """The checked ``tls`` section (see the module docstring)."""
+
+    __slots__ = ("egress", "hosts", "routes")
+
+    def __init__(self, routes: tuple[TlsRoute, ...] = (), hosts: tuple[tuple[str, int], ...] = (),
+                 egress: Egress | None = None) -> None:
+        self.routes = routes
+        self.hosts = hosts
+        self.egress = egress or Egress()
+
+    @classmethod
+    def from_snapshot(cls, section: Any, mesh: Any, egress: Any) -> TlsRouting:
+        """ValueError naming the key for anything malformed."""
+        try:
+            resolver = Egress.from_snapshot(mesh, egress)
+        except EgressError:
+            resolver = Egress()  # reported by the snapshot's own egress check
+        if section is None:
+            return cls(egress=resolver)
+        if not isinstance(section, dict):
+            raise ValueError(f"tls: expected an object, got {type(section).__name__}")
+        routes = tuple(_route(raw, f"tls.routes[{i}]") for i, raw in enumerate(section.get("routes") or []))
+        hosts = []
+        for i, raw in enumerate(section.get("hosts") or []):
+            if not isinstance(raw, str):
+                raise ValueError(f"tls.hosts[{i}]: expected \"host:port\", got {raw!r}")
+            try:
+                hosts.append(split_hostport(raw, 443, f"tls.hosts[{i}]"))
+            except EgressError as exc:
+                raise ValueError(str(exc)) from None
+        return cls(routes, tuple(hosts), resolver)
+
+    def route(self, sni: str, port: int) -> TlsRoute | None:
+        return next((r for r in self.routes if r.matches(sni, port)), None)
+
+    def registered(self, host: str, port: int) -> bool:
+        """Whether a ServiceEntry lists ``host:port`` with a TLS/HTTPS/TCP port."""
+        return any(p == port and host_matches(pattern, host) for pattern, p in self.hosts)
+
+
+def _route(raw: Any, where: str) -> TlsRoute:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected an object, got {raw!r}")
+    sni = raw.get("sni_hosts")
+    if not isinstance(sni, list) or not sni or not all(isinstance(h, str) and h for h in sni):
+        raise ValueError(f"{where}.sni_hosts: expected a non-empty list of host names, got {sni!r}")
+    port = raw.get("port")
+    if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+        raise ValueError(f"{where}.port: expected a port number or null, got {port!r}")
+    destinations = raw.get("destinations")
+    if not isinstance(destinations, list) or not destinations:
+        raise ValueError(f"{where}.destinations: expected a non-empty list, got {destinations!r}")
+    return TlsRoute(str(raw.get("name") or where), tuple(h.lower() for h in sni), port,
+                    tuple(_destination(d, f"{where}.destinations[{i}]") for i, d in enumerate(destinations)))
+
+
+def _destination(raw: Any, where: str) -> TlsDestination:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected an object, got {raw!r}")
+    host, port, cluster, weight = raw.get("host"), raw.get("port"), raw.get("cluster"), raw.get("weight", 100)
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"{where}.host: expected a host name, got {host!r}")
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"{where}.port: expected a port number, got {port!r}")
+    if cluster is not None and not isinstance(cluster, str):
+        raise ValueError(f"{where}.cluster: expected a cluster name or null, got {cluster!r}")
+    if not isinstance(weight, int) or weight < 0:
+        raise ValueError(f"{where}.weight: expected a non-negative integer, got {weight!r}")
+    return TlsDestination(host.lower(), port, cluster, weight)

@@ -1,0 +1,316 @@
+"""TCP tunnels for TLS the proxy does not open: an app's HTTPS through its sidecar, a gateway's PASSTHROUGH.
+
+On Kubernetes, iptables hands an app's ``curl https://edition.cnn.com`` to the sidecar as raw TLS on
+port 443; on the local mesh the app reaches its sidecar as its proxy, so the same bytes arrive in a
+``CONNECT edition.cnn.com:443`` tunnel (``Tunnels.open_connect``, from the outbound listener). A
+gateway's PASSTHROUGH servers get raw TLS on the gateway's listener (``Tunnels.accept``, from
+``PassthroughAcceptor``, which sniffs TLS from plain HTTP). Either way, as Envoy's ``tls_inspector``
+and ``tcp_proxy``:
+
+1. the ClientHello's SNI is read (``sni``), nothing consumed or opened; a tunnel that is not TLS is
+   known by its CONNECT authority only;
+2. the snapshot's ``tls`` routes pick a destination (``tls_routing``): a registry service's cluster
+   (one of its endpoints) or an external host resolved with the ``egress`` map; with no route, a
+   sidecar sends a ServiceEntry-registered host to it, any other host to ``PassthroughCluster``
+   under ALLOW_ANY, and closes the connection under REGISTRY_ONLY (``BlackHoleCluster``: the
+   client's TLS handshake fails, curl's exit 35, as on Istio). A gateway closes what no route takes;
+3. the bytes are carried both ways until both sides are done; then one access-log line
+   (Envoy's TCP form: no method, path or status; ``requested_server_name``) and Istio's TCP metrics
+   (``istio_tcp_connections_opened_total`` and friends, reporter ``source``).
+
+It must not do: TLS (the proxy never sees inside), HTTP, or anything but the standard library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from meshkit.proxy import accept_loop
+from meshkit.proxy.accept_loop import AcceptingServer
+from meshkit.proxy.egress import (
+    BLACKHOLE_CLUSTER,
+    PASSTHROUGH_CLUSTER,
+    REGISTRY_ONLY,
+    EgressError,
+    split_hostport,
+)
+from meshkit.proxy.listener import DownstreamConnection, Listener
+from meshkit.proxy.sni import MAX_RECORD, NEED_MORE, client_hello_sni
+from meshkit.proxy.stats import CLUSTER_ID
+from meshkit.proxy.tls.sniff import sniff_tls
+
+if TYPE_CHECKING:
+    from meshkit.proxy.filters.accesslog import AccessLogSink
+    from meshkit.proxy.listener import SnapshotSource
+    from meshkit.proxy.snapshot import Snapshot
+
+log = logging.getLogger("meshkit.proxy.tunnel")
+
+CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+INSPECT_TIMEOUT_S = 5.0  # Envoy's listener filter timeout is 15 s; a client sends its hello at once
+CONNECT_TIMEOUT_S = 10.0
+CHUNK = 65536
+_TCP_METRICS = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
+                "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total")
+_MAX_SERIES = 1024
+
+
+class TcpMetrics:
+    """Istio's TCP metrics of the tunnels, one series per label set (counters)."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[tuple[str, str], ...], list[int]] = {}
+
+    def counters(self, labels: dict[str, str]) -> list[int]:
+        key = tuple(labels.items())
+        found = self.series.get(key)
+        if found is None:
+            if len(self.series) >= _MAX_SERIES:
+                self.series.clear()
+            found = self.series[key] = [0, 0, 0, 0]  # opened, closed, sent, received
+        return found
+
+    def prometheus(self) -> str:
+        if not self.series:
+            return ""
+        lines: list[str] = []
+        for index, name in enumerate(_TCP_METRICS):
+            lines.append(f"# TYPE {name} counter")
+            for key, values in self.series.items():
+                text = ",".join(f'{k}="{v}"' for k, v in key)
+                lines.append(f"{name}{{{text}}} {values[index]}")
+        return "\n".join(lines) + "\n"
+
+
+class _Target:
+    """Where one tunnel goes: an address, the names metrics and the log give it, or a refusal."""
+
+    __slots__ = ("address", "cluster", "flags", "namespace", "service", "service_name")
+
+    def __init__(self, address: tuple[str, int] | None, cluster: str, service: str, service_name: str, *,
+                 namespace: str = "unknown", flags: str = "-") -> None:
+        self.address = address
+        self.cluster = cluster
+        self.service = service
+        self.service_name = service_name
+        self.namespace = namespace
+        self.flags = flags
+
+
+class Tunnels:
+    """The tunnels of one proxy: opened from CONNECT or a passthrough accept, counted, logged."""
+
+    def __init__(self, state: SnapshotSource, access: AccessLogSink | None, *, gateway: bool) -> None:
+        self.state = state
+        self.access = access
+        self.gateway = gateway
+        self.metrics = TcpMetrics()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.rng = random.Random()
+
+    # -- entry points ------------------------------------------------------------------
+    def open_connect(self, transport: asyncio.Transport, authority: str, leftover: bytes, peer: str) -> None:
+        """Take over a downstream connection whose request was ``CONNECT authority``."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=CHUNK)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if leftover:
+            reader.feed_data(leftover)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        if transport.is_reading() is False:
+            transport.resume_reading()
+        writer.write(CONNECT_ESTABLISHED)
+        self._spawn(self._carry(reader, writer, authority, peer))
+
+    async def accept(self, sock: socket.socket) -> None:
+        """A gateway's passthrough connection (raw TLS on its listener)."""
+        reader, writer = await asyncio.open_connection(sock=sock)
+        peer = writer.get_extra_info("peername")
+        self._spawn(self._carry(reader, writer, None, str(peer[0]) if peer else ""))
+
+    def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- one tunnel ----------------------------------------------------------------------
+    async def _carry(self, down_reader: asyncio.StreamReader, down_writer: asyncio.StreamWriter,
+                     authority: str | None, peer: str) -> None:
+        started, wall = time.monotonic(), time.time()
+        head, sni = await _client_hello(down_reader)
+        snapshot = self.state.current
+        connect_host, port = _authority(authority)
+        target = self._target(snapshot, sni or connect_host, port) if snapshot is not None else None
+        if target is None:
+            target = _Target(None, BLACKHOLE_CLUSTER, "unknown", "unknown", flags="NR")
+        counters = self.metrics.counters(self._labels(snapshot, target))
+        counters[0] += 1
+        sent = received = 0
+        upstream_host: str | None = None
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            if target.address is None:
+                return  # closed: the client's handshake fails (BlackHoleCluster, no route)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    up_reader, up_writer = await asyncio.open_connection(*target.address)
+            except (OSError, TimeoutError) as exc:
+                target.flags = "UF"
+                log.info("tunnel to %s:%d failed: %s", *target.address, exc)
+                return
+            upstream_host = f"{target.address[0]}:{target.address[1]}"
+            if head:
+                up_writer.write(head)
+                sent += len(head)
+            results = await asyncio.gather(_pump(down_reader, up_writer), _pump(up_reader, down_writer))
+            sent, received = sent + results[0], results[1]
+        finally:
+            counters[1] += 1
+            counters[2] += sent
+            counters[3] += received
+            for writer in (up_writer, down_writer):
+                if writer is not None:
+                    writer.close()
+            self._log(wall, time.monotonic() - started, target, upstream_host=upstream_host,
+                      server_name=sni or connect_host, sent=sent, received=received, peer=peer)
+
+    def _target(self, snapshot: Snapshot, host: str | None, port: int) -> _Target | None:
+        tls = snapshot.tls
+        route = tls.route(host, port) if host else None
+        if route is not None:
+            destination = route.choose(self.rng)
+            if destination.cluster is not None:
+                cluster = snapshot.clusters.get(destination.cluster)
+                endpoint = cluster.pick(time.monotonic()) if cluster is not None else None
+                name = destination.host.split(".", 1)[0]
+                namespace = cluster.namespace if cluster is not None and cluster.namespace else "unknown"
+                if endpoint is None:
+                    return _Target(None, destination.stats_name, destination.host, name, namespace=namespace,
+                                   flags="UH")
+                return _Target((endpoint.address, endpoint.port), destination.stats_name, destination.host,
+                               name, namespace=namespace)
+            address = tls.egress.resolve(destination.host, destination.port)
+            return _Target(address, destination.stats_name, destination.host, destination.host,
+                           flags="-" if address is not None else "DF")
+        if self.gateway or not host:
+            return None  # no filter chain takes it: closed, as Envoy does
+        if tls.registered(host, port):
+            address = tls.egress.resolve(host, port)
+            return _Target(address, f"outbound|{port}||{host}", host, host,
+                           flags="-" if address is not None else "DF")
+        if snapshot.egress is not None and snapshot.egress.policy == REGISTRY_ONLY:
+            return _Target(None, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)
+        address = tls.egress.resolve(host, port)
+        return _Target(address, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER,
+                       flags="-" if address is not None else "DF")
+
+    def _labels(self, snapshot: Snapshot | None, target: _Target) -> dict[str, str]:
+        node = snapshot.node_labels if snapshot is not None else None
+        labels = {"reporter": "source"}
+        if node is not None:
+            labels.update({
+                "source_workload": node.workload, "source_canonical_service": node.canonical_service,
+                "source_canonical_revision": node.canonical_revision,
+                "source_workload_namespace": node.namespace, "source_principal": node.principal,
+                "source_app": node.app, "source_version": node.version, "source_cluster": CLUSTER_ID})
+        labels.update({
+            "destination_service": target.service, "destination_service_name": target.service_name,
+            "destination_service_namespace": target.namespace, "request_protocol": "tcp",
+            "response_flags": target.flags, "connection_security_policy": "unknown"})
+        return labels
+
+    def _log(self, wall: float, elapsed: float, target: _Target, *, upstream_host: str | None,
+             server_name: str | None, sent: int, received: int, peer: str) -> None:
+        if self.access is None:
+            return
+        self.access.write({
+            "start_time": datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "method": None, "path": None, "authority": server_name, "protocol": None, "status": 0,
+            "response_flags": target.flags, "duration_ms": round(elapsed * 1000.0, 3),
+            "upstream_host": upstream_host, "upstream_cluster": target.cluster, "request_id": None,
+            "bytes_received": sent, "bytes_sent": received, "user_agent": None, "x_forwarded_for": None,
+            "direction": "outbound", "requested_server_name": server_name, "downstream_remote_address": peer,
+        })
+
+
+def _authority(authority: str | None) -> tuple[str | None, int]:
+    if authority is None:
+        return None, 443
+    try:
+        host, port = split_hostport(authority, 443, "CONNECT")
+    except EgressError:
+        return None, 443
+    return host, port
+
+
+async def _client_hello(reader: asyncio.StreamReader) -> tuple[bytes, str | None]:
+    """The bytes read until the SNI was known (to be sent on first), and the SNI (None: none)."""
+    head = b""
+    try:
+        async with asyncio.timeout(INSPECT_TIMEOUT_S):
+            while len(head) < MAX_RECORD:
+                found = client_hello_sni(head)
+                if found is not NEED_MORE:
+                    return head, found
+                data = await reader.read(MAX_RECORD - len(head))
+                if not data:
+                    break
+                head += data
+    except (TimeoutError, ConnectionError):
+        pass
+    found = client_hello_sni(head)
+    return head, None if found is NEED_MORE else found
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Copy until EOF (then half-close the other side); the bytes copied."""
+    moved = 0
+    try:
+        while data := await reader.read(CHUNK):
+            moved += len(data)
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        writer.close()
+    return moved
+
+
+class SniffingAcceptor:
+    """A gateway listener's acceptor: TLS (a PASSTHROUGH server's traffic) goes to a tunnel, plain
+    HTTP to the listener's HTTP pipeline, as Envoy's filter chains match on the transport."""
+
+    def __init__(self, tunnels: Tunnels) -> None:
+        self.tunnels = tunnels
+
+    async def serve(self, listener: Listener, host: str, port: int) -> AcceptingServer:
+        return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "gateway")
+
+    async def _admit(self, listener: Listener, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(INSPECT_TIMEOUT_S):
+                tls = await sniff_tls(conn)
+            if tls:
+                await self.tunnels.accept(conn)
+                return
+            await loop.connect_accepted_socket(lambda: DownstreamConnection(listener), conn)
+        except TimeoutError:
+            conn.close()  # sent nothing: as Envoy's listener filter timeout
+        except BaseException:
+            conn.close()
+            raise
