@@ -238,11 +238,17 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
     write_out: Annotated[str | None, typer.Option(
         "-w", "--write-out", help="Print this after the transfer, as curl: %{http_code} (000 for no "
                                   "answer), \\n.")] = None,
+    insecure: Annotated[bool, typer.Option("-k", "--insecure",
+                                           help="https://: do not check the server's certificate.")] = False,
+    cacert: Annotated[str | None, typer.Option(
+        "--cacert", help="https://: check the server's certificate against this CA bundle (PEM) instead of "
+                         "the pod's (system CAs + the external stand-ins' CA).")] = None,
 ) -> None:
     """Send one request from a workload through its sidecar (like `kubectl exec sleep -- curl`).
 
     From `legacy` (no sidecar) it goes in plaintext straight to one instance of the URL's service.
     Short host names resolve in the sender's namespace, `httpbin.bar` in namespace bar.
+    https:// URLs go through a CONNECT tunnel of the sidecar, the TLS being the app's own.
     """
     if namespace and namespace != "default" and not source.endswith(f".{namespace}"):
         source = f"{source}.{namespace}"
@@ -252,7 +258,7 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
     mesh = _running_mesh()
     try:
         result = send(mesh.state, mesh.status()["workloads"], source, url, method=method,
-                      headers=header or [], body=data)
+                      headers=header or [], body=data, insecure=insecure, cacert=cacert)
     except CurlError as error:
         where = f"--from {source}" if error.field == "from" else error.field
         _fail(EXIT_REJECTED, f"error: {where}: {error.message}")
@@ -264,7 +270,7 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
             raise typer.Exit(EXIT_UNAVAILABLE)
         _fail(EXIT_UNAVAILABLE, f"error: {url} from {result.source}: {result.error}")
     head = "".join(f"{name}: {value}\n" for name, value in result.headers)
-    shown = (f"HTTP/1.1 {result.status}\n{head}\n" if include else "") + result.text + "\n"
+    shown = (f"{result.status_line}\n{head}\n" if include else "") + result.text + "\n"
     if output is not None:
         try:
             Path(output).write_text(shown, encoding="utf-8")

@@ -426,15 +426,18 @@ class Mesh:
         return self.status()
 
     def curl(self, from_: str, url: str, *, method: str = "GET", headers: dict[str, str] | None = None,
-             body: str | bytes | None = None, timeout: float = 30.0) -> CurlResult:
+             body: str | bytes | None = None, timeout: float = 30.0, insecure: bool = False,
+             cacert: str | None = None) -> CurlResult:
         """One request from workload ``from_`` (``"sleep"``, ``"legacy"``), like `kubectl exec sleep -- curl`.
 
         Never raises for an HTTP error or a refused connection: look at ``.status``, ``.error``, ``.flags``.
+        ``https://`` URLs are the app's own TLS through a CONNECT tunnel of its sidecar; ``insecure``
+        (curl's ``-k``) and ``cacert`` (``--cacert``) as curl's.
         """
         local = self._local()
         try:
             return send_curl(local.state, local.status()["workloads"], from_, url, method=method,
-                             headers=headers, body=body, timeout=timeout)
+                             headers=headers, body=body, timeout=timeout, insecure=insecure, cacert=cacert)
         except CurlError as exc:
             field = "from_" if exc.field == "from" else exc.field
             raise LabError(f"curl {field}: {exc.message}") from None

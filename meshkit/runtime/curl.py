@@ -11,10 +11,20 @@
   resolves as Kubernetes DNS does: a short name in the sender's namespace, ``svc.ns`` and
   ``svc.ns.svc.cluster.local`` in ``ns``.
 
+``https://`` URLs are the app's own TLS (`meshkit.runtime.curl_tls`): from a workload with a sidecar,
+a ``CONNECT host:443`` tunnel through that sidecar (its ``HTTPS_PROXY``), which carries the bytes where
+the mesh's rules send them, then the handshake (SNI = the URL's host) and the request inside it;
+from ``legacy``, only to the external stand-ins (``httpbin.org``, ``edition.cnn.com``,
+``www.google.com``), straight to them as DNS would resolve those names — plain ``http://`` to them too.
+
 Loopback URLs (``http://127.0.0.1:PORT/``) bypass the sidecar, as ``NO_PROXY`` makes the apps do.
-The result is a `CurlResult`: status (None when the connection failed, with ``error``), headers,
-body, the time taken, and the Envoy response flags and upstream host that the sending sidecar
-(or, from ``legacy``, the receiving one) wrote for this request id in its access log.
+The result is a `CurlResult`: status (None when the connection failed, with ``error`` in curl's
+words), headers, body, the time taken, and the Envoy response flags and upstream host that the
+sending sidecar (or, from ``legacy``, the receiving one) wrote for this request id in its access
+log — not for tunnelled HTTPS, which the sidecar logs as a TCP connection without a request id.
+
+It must not: follow redirects or print (that is curl's command line, `meshkit.runtime.exec_command`),
+or start processes.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ import html
 import http.client
 import json
 import random
+import socket
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,7 +42,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshkit.runtime.catalog import workload_of
+from meshkit.runtime import curl_tls
+from meshkit.runtime.catalog import EXTERNAL_HOSTS, EXTERNAL_TLS_DELTA, external_hosts, workload_of
 from meshkit.runtime.state import StateDir
 
 DEFAULT_TIMEOUT = 30.0
@@ -45,7 +58,7 @@ class CurlError(ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
-        self.field = field  # "from", "url", "header", "method", "timeout"
+        self.field = field  # "from", "url", "header", "method", "timeout", "cacert"
         self.message = message
 
 
@@ -63,7 +76,16 @@ class CurlResult:
     flags: str = ""  # Envoy response flags from the access log ("UO", "DI,FI"), "" for none or unknown
     upstream: str | None = None  # the upstream host:port the sidecar used, from the access log
     request_id: str = ""
-    error: str | None = None
+    error: str | None = None  # what went wrong when there is no HTTP answer, in curl's words
+    reason: str = ""  # the status line's reason phrase, as the server sent it ("OK", "Moved Permanently")
+    version: str = "HTTP/1.1"  # the status line's protocol
+
+    @property
+    def status_line(self) -> str:
+        """The response's status line as curl prints it (``HTTP/1.1 301 Moved Permanently``); "" for none."""
+        if self.status is None:
+            return ""
+        return f"{self.version} {self.status} {self.reason}".rstrip()
 
     @property
     def ok(self) -> bool:
@@ -119,6 +141,9 @@ class _Route:
     target: str  # request-target: absolute-form through a proxy, origin-form direct
     access_log: Path | None
     direction: str = "outbound"  # which of the log's entries for the request id is ours
+    tunnel: str | None = None  # "host:port" to CONNECT to through the proxy at host:port (HTTPS_PROXY)
+    tls_host: str | None = None  # TLS to this server name (SNI, certificate check); None: plaintext
+    where: str = ""  # the URL's host:port, for messages
 
 
 def find_source(workloads: list[dict[str, Any]], source: str) -> dict[str, Any]:
@@ -150,23 +175,50 @@ def _service_of(host: str, namespace: str) -> tuple[str, str]:
     return name, rest.split(".", maxsplit=1)[0] if rest else namespace
 
 
+def _external(workloads: list[dict[str, Any]], host: str, port: int) -> tuple[str, int] | None:
+    """Where the external stand-ins serve ``host:port`` (``httpbin.org:443``), as the control plane's
+    external host map says (`catalog.external_hosts`), or None (not a stand-in host, none running)."""
+    for row in workloads:
+        if row["service"] == "external" and not row.get("inbound_port") and row.get("app_port") \
+                and row.get("healthy", True):
+            mapped = external_hosts(int(row["app_port"]), int(row["app_port"]) + EXTERNAL_TLS_DELTA)
+            address = mapped.get(f"{host}:{port}")
+            if address is not None:
+                address_host, _, address_port = address.rpartition(":")
+                return address_host, int(address_port)
+    return None
+
+
 def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any], url: str) -> _Route:
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise CurlError("url", f"expected an absolute http:// URL such as http://httpbin:8000/headers, "
-                        f"got {url!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CurlError("url", f"expected an absolute http:// or https:// URL such as "
+                        f"http://httpbin:8000/headers, got {url!r}")
+    secure = parts.scheme == "https"
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if secure else 80)
     except ValueError:
         raise CurlError("url", f"bad port in {url!r}") from None
+    host = parts.hostname
     origin_form = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if parts.hostname in LOOPBACK:
-        return _Route(parts.hostname, port, origin_form, None)
-    if row["outbound_proxy"]:  # through the workload's sidecar, as its HTTP_PROXY
+    tls_host, where = (host if secure else None), curl_tls.authority(host, port)
+    if host in LOOPBACK:
+        return _Route(host, port, origin_form, None, tls_host=tls_host, where=where)
+    if row["outbound_proxy"]:  # through the workload's sidecar, as its HTTP_PROXY / HTTPS_PROXY
         proxy = urlsplit(row["outbound_proxy"])
+        if secure:  # a CONNECT tunnel: the sidecar logs a TCP connection, with no request id to look for
+            return _Route(proxy.hostname or "127.0.0.1", proxy.port or 80, origin_form, None,
+                          tunnel=curl_tls.authority(host, port), tls_host=tls_host, where=where)
         return _Route(proxy.hostname or "127.0.0.1", proxy.port or 80, url,
-                      state.log(f"{row['name']}.access"))
-    service, namespace = _service_of(parts.hostname, _namespace(row))
+                      state.log(f"{row['name']}.access"), tls_host=tls_host, where=where)
+    external = _external(workloads, host.lower(), port)
+    if external is not None:  # no sidecar: straight to the stand-in, as DNS would resolve the name
+        return _Route(external[0], external[1], origin_form, None, tls_host=tls_host, where=where)
+    if secure:
+        raise CurlError("url", f"{row['name']} has no sidecar: https from it to {host!r} is not supported "
+                        f"here (only to the external stand-ins {', '.join(EXTERNAL_HOSTS)}, "
+                        f"when `external` runs)")
+    service, namespace = _service_of(host, _namespace(row))
     endpoints = [w for w in workloads if w["service"] == service and _namespace(w) == namespace
                  and w["inbound_port"] and w["healthy"]]
     if not endpoints:
@@ -175,7 +227,7 @@ def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any]
                         f"service of the mesh it could reach (services: {', '.join(known)})")
     chosen = random.choice(endpoints)  # as kube-proxy picks a pod
     log = state.log(f"{chosen['name']}.access")
-    return _Route("127.0.0.1", int(chosen["inbound_port"]), origin_form, log, "inbound")
+    return _Route("127.0.0.1", int(chosen["inbound_port"]), origin_form, log, "inbound", where=where)
 
 
 def _headers(given: dict[str, str] | list[str] | None) -> list[tuple[str, str]]:
@@ -234,13 +286,29 @@ def _logged(route: _Route, offset: int, request_id: str, wait: float) -> dict[st
         time.sleep(0.02)
 
 
+def _connect(route: _Route, context: ssl.SSLContext | None, timeout: float) -> socket.socket:
+    """The connection the request goes on: plain TCP, or TLS (through a CONNECT tunnel when proxied)."""
+    sock = socket.create_connection((route.host, route.port), timeout=timeout)
+    if context is None or route.tls_host is None:
+        return sock
+    try:
+        if route.tunnel is not None:
+            curl_tls.open_tunnel(sock, route.tunnel)
+    except BaseException:
+        sock.close()
+        raise
+    return curl_tls.handshake(sock, context, route.tls_host, route.where)
+
+
 def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str, *, method: str = "GET",
          headers: dict[str, str] | list[str] | None = None, body: str | bytes | None = None,
-         timeout: float = DEFAULT_TIMEOUT) -> CurlResult:
+         timeout: float = DEFAULT_TIMEOUT, insecure: bool = False, cacert: str | None = None) -> CurlResult:
     """Send one request from ``source`` (a `meshkit status` workload name) and return what came back.
 
     ``workloads`` are the rows of `LocalMesh.status()`. Never raises for an HTTP error or a
     failed connection (see `CurlResult.status` and ``error``); `CurlError` for bad arguments.
+    For ``https://``: ``insecure`` (curl's ``-k``) skips the certificate check, ``cacert`` (``--cacert``)
+    is the CA bundle to check it against instead of the pod's (system CAs + the stand-ins' CA).
     """
     row = find_source(workloads, source)
     if not 0 < timeout <= MAX_TIMEOUT:
@@ -249,11 +317,21 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
     if not method.isalpha():
         raise CurlError("method", f"expected an HTTP method such as GET or POST, got {method!r}")
     route = _route(state, workloads, row, url)
+    context = None
+    if route.tls_host is not None:
+        try:
+            context = curl_tls.client_context(state.root, insecure=insecure, cacert=cacert)
+        except ValueError as error:
+            raise CurlError("cacert", str(error)) from None
     pairs = _headers(headers)
-    request_id = next((v for k, v in pairs if k.lower() == "x-request-id"), None) or str(uuid.uuid4())
-    if not any(k.lower() == "x-request-id" for k, _ in pairs):
-        pairs.append(("x-request-id", request_id))
     parts = urlsplit(url)
+    # an x-request-id to find the sidecar's access-log line by; not where no sidecar sees the request
+    # (inside a TLS tunnel, or from legacy to a stand-in): a pod's curl sends none of its own
+    tagged = route.access_log is not None or parts.hostname in LOOPBACK
+    request_id = next((v for k, v in pairs if k.lower() == "x-request-id"), None) or \
+        (str(uuid.uuid4()) if tagged else "")
+    if request_id and not any(k.lower() == "x-request-id" for k, _ in pairs):
+        pairs.append(("x-request-id", request_id))
     if not any(k.lower() == "host" for k, _ in pairs):
         pairs.insert(0, ("Host", parts.netloc))
     payload = body.encode() if isinstance(body, str) else body
@@ -262,6 +340,7 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
     began = time.monotonic()
     conn = http.client.HTTPConnection(route.host, route.port, timeout=timeout)
     try:
+        conn.sock = _connect(route, context, timeout)
         conn.putrequest(method, route.target, skip_host=True, skip_accept_encoding=True)
         for name, value in pairs:
             conn.putheader(name, value)
@@ -269,9 +348,12 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
             conn.putheader("Content-Length", str(len(payload)))
         conn.endheaders(payload)
         response = conn.getresponse()
-        result.status = response.status
+        result.status, result.reason = response.status, response.reason
+        result.version = "HTTP/1.0" if response.version == 10 else "HTTP/1.1"
         result.headers = list(response.getheaders())
         result.body = response.read()
+    except curl_tls.TlsFailure as failure:
+        result.error = str(failure)
     except TimeoutError:
         result.error = f"timed out after {timeout:g} s"
     except ConnectionRefusedError:
@@ -283,7 +365,7 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
     finally:
         conn.close()
     result.seconds = time.monotonic() - began
-    entry = _logged(route, offset, request_id, LOG_WAIT if result.status is not None else 0.2)
+    entry = _logged(route, offset, request_id, LOG_WAIT if result.status is not None else 0.2)  # None: tunnel
     if entry is not None:
         result.flags = "" if entry.get("response_flags") in (None, "", "-") else str(entry["response_flags"])
         result.upstream = entry.get("upstream_host")

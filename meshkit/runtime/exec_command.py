@@ -3,11 +3,16 @@
 Istio's task pages run a handful of programs in pods, and a learner copies those lines. ``meshkit
 exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchanged and runs:
 
-- ``curl [-s] [-S] [-i] [-I] [-v] [-o FILE] [-w FORMAT] [-H H] [-X M] [-d D] [-m S] URL`` from the
-  app container (the mTLS-migration loop's ``curl -s URL -s -o /dev/null -w "%{http_code}\\n"``),
-  sent as that app sends (`meshkit.runtime.curl`); like curl, an HTTP error is exit 0 and a
-  connection that gets no answer prints ``000`` for ``%{http_code}`` and exits 56 (reset) or 7
-  (refused) or 28 (timed out);
+- ``curl [-s] [-S] [-i] [-I] [-v] [-L] [-k] [-o FILE] [-D FILE] [-w FORMAT] [-H H] [-X M] [-d D]
+  [-m S] [--cacert FILE] [--max-redirs N] URL`` from the app container (the mTLS-migration loop's
+  ``curl -s URL -s -o /dev/null -w "%{http_code}\\n"``, the egress tasks' ``curl -sSL -o /dev/null
+  -D - http://edition.cnn.com/politics`` and ``curl -sI https://www.google.com``), sent as that app
+  sends, ``https://`` through a CONNECT tunnel (`meshkit.runtime.curl`); ``-L`` follows redirects
+  as curl does, printing each hop's headers with ``-i``/``-D -``. Like curl, an HTTP error is exit
+  0, and a connection that gets no answer prints ``000`` for ``%{http_code}`` and exits 7
+  (refused), 28 (timed out), 35 (TLS handshake failed, as when the mesh blocks an HTTPS host), 60
+  (certificate not trusted) or 56 (reset, CONNECT refused by the proxy); ``-o`` and ``-D`` to a
+  file write nothing (the file would be in the pod);
 - ``fortio curl [-quiet] URL`` and ``fortio load [-c N] [-qps Q] [-n N | -t D] [-H H] [-loglevel L]
   [-quiet] URL`` from a fortio pod (`meshkit.runtime.fortio`), the circuit-breaking task;
 - ``pilot-agent request GET stats`` (or ``curl localhost:15000/stats``) in the ``istio-proxy``
@@ -24,9 +29,9 @@ from __future__ import annotations
 import re
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from meshkit.runtime.curl import CurlError, CurlResult, curl, find_source
 from meshkit.runtime.fortio import LoadSpec, run_load
@@ -35,11 +40,17 @@ from meshkit.runtime.state import StateDir
 SUPPORTED = ("curl ... URL", "fortio curl URL", "fortio load [-c -qps -n -t -H] URL",
              "pilot-agent request GET stats (-c istio-proxy)")
 SIDECAR_CONTAINERS = frozenset({"istio-proxy", "meshkit-proxy"})
-# curl's exit codes for what happened to a request with no HTTP answer
-CURL_EXIT = {"refused": 7, "timed out": 28, "reset": 56}
+# curl's exit codes for what happened to a request with no HTTP answer, by the words of its error
+# (`meshkit.runtime.curl` and `curl_tls` write them): the first match wins, 56 when none does
+CURL_EXIT = (("SSL certificate problem", 60), ("SSL: no alternative certificate", 60), ("SSL_connect", 35),
+             ("SSL connect error", 35), ("refused", 7), ("timed out", 28), ("CONNECT", 56), ("reset", 56))
+TOO_MANY_REDIRECTS = 47
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRS = 50  # curl's default --max-redirs
 # options taking a value, and the flags meshkit accepts and ignores (they change nothing here)
 _CURL_VALUE = {"-o", "--output", "-w", "--write-out", "-H", "--header", "-X", "--request", "-d", "--data",
-               "--data-raw", "-m", "--max-time", "--connect-timeout", "--resolve", "-u", "--user"}
+               "--data-raw", "-m", "--max-time", "--connect-timeout", "--resolve", "-u", "--user",
+               "-D", "--dump-header", "--cacert", "--max-redirs"}
 _CURL_FLAGS = {"-s", "--silent", "-S", "--show-error", "-i", "--include", "-I", "--head", "-v", "--verbose",
                "-L", "--location", "-f", "--fail", "-k", "--insecure", "--http1.1", "-4", "-q"}
 
@@ -62,6 +73,12 @@ class CurlCall:
     output: str | None = None
     write_out: str | None = None
     timeout: float = 30.0
+    location: bool = False  # -L
+    max_redirs: int = MAX_REDIRS
+    dump_header: str | None = None  # -D FILE ("-": stdout)
+    insecure: bool = False  # -k
+    cacert: str | None = None
+    custom_method: bool = False  # -X given: kept across redirects, as curl keeps it
 
 
 def parse_curl(argv: list[str]) -> CurlCall:
@@ -70,9 +87,8 @@ def parse_curl(argv: list[str]) -> CurlCall:
     words = list(argv)
     while words:
         word = words.pop(0)
-        combined = word.startswith("-") and not word.startswith("--") and len(word) > 2
-        if combined and word[:2] not in _CURL_VALUE:
-            words[:0] = [f"-{letter}" for letter in word[1:]]  # -sSI -> -s -S -I
+        if word.startswith("-") and not word.startswith("--") and len(word) > 2:
+            words[:0] = _split_short(word)  # -sSL -> -s -S -L; -D- -> -D -; -so FILE -> -s -o FILE
             continue
         if word in _CURL_VALUE:
             if not words:
@@ -92,6 +108,18 @@ def parse_curl(argv: list[str]) -> CurlCall:
     return call
 
 
+def _split_short(word: str) -> list[str]:
+    """Combined short options: letters until one that takes a value, which takes the rest of the word."""
+    split = []
+    for at, letter in enumerate(word[1:], start=1):
+        split.append(f"-{letter}")
+        if f"-{letter}" in _CURL_VALUE:
+            if word[at + 1:]:
+                split.append(word[at + 1:])
+            break
+    return split
+
+
 def _curl_option(call: CurlCall, option: str, value: str) -> None:
     if option in ("-o", "--output"):
         call.output = value
@@ -100,7 +128,7 @@ def _curl_option(call: CurlCall, option: str, value: str) -> None:
     elif option in ("-H", "--header"):
         call.headers.append(value)
     elif option in ("-X", "--request"):
-        call.method = value.upper()
+        call.method, call.custom_method = value.upper(), True
     elif option in ("-d", "--data", "--data-raw"):
         call.data = value
         if call.method == "GET":
@@ -110,6 +138,15 @@ def _curl_option(call: CurlCall, option: str, value: str) -> None:
             call.timeout = float(value)
         except ValueError:
             raise ExecError(f"curl: {option} expects seconds, got {value!r}") from None
+    elif option in ("-D", "--dump-header"):
+        call.dump_header = value
+    elif option == "--cacert":
+        call.cacert = value
+    elif option == "--max-redirs":
+        try:
+            call.max_redirs = int(value)
+        except ValueError:
+            raise ExecError(f"curl: --max-redirs expects a number, got {value!r}") from None
 
 
 def _curl_flag(call: CurlCall, flag: str) -> None:
@@ -123,33 +160,84 @@ def _curl_flag(call: CurlCall, flag: str) -> None:
         call.head, call.include, call.method = True, True, "HEAD"
     elif flag in ("-f", "--fail"):
         call.fail = True
+    elif flag in ("-L", "--location"):
+        call.location = True
+    elif flag in ("-k", "--insecure"):
+        call.insecure = True
 
 
-def _write_out(template: str, result: CurlResult) -> str:
+def _write_out(template: str, result: CurlResult, redirects: int = 0) -> str:
     code = f"{result.status:03d}" if result.status is not None else "000"
     text = template.replace("\\n", "\n").replace("\\t", "\t")
     text = text.replace("%{http_code}", code).replace("%{response_code}", code)
+    text = text.replace("%{url_effective}", result.url).replace("%{num_redirects}", str(redirects))
     return text.replace("%{time_total}", f"{result.seconds:.6f}")
 
 
-def _curl_exit(result: CurlResult) -> int:
-    error = result.error or ""
-    return next((code for word, code in CURL_EXIT.items() if word in error), 56)
+def curl_exit(error: str | None) -> int:
+    """curl's exit code for a request that got no HTTP answer, from the words of its ``error``."""
+    return next((code for word, code in CURL_EXIT if word in (error or "")), 56)
+
+
+def next_hop(call: CurlCall, result: CurlResult) -> CurlCall | None:
+    """The request ``-L`` sends after ``result`` (a redirect with a Location), or None: not a redirect.
+
+    As curl: a relative Location resolves against the URL asked; 303 turns the request into a GET
+    (but HEAD), 301 and 302 turn a POST into a GET (the body dropped), 307 and 308 keep both; a
+    method given with ``-X`` is kept on every hop; a custom Host, Authorization or Cookie header is
+    not sent to another host.
+    """
+    location = result.header("location")
+    if result.status not in REDIRECTS or not location:
+        return None
+    url = urljoin(call.url, location.strip())
+    method, data = call.method, call.data
+    to_get = (result.status == 303 and method != "HEAD") or (result.status in (301, 302) and method == "POST")
+    if to_get and not call.custom_method:
+        method, data = "GET", None
+    headers = call.headers
+    if urlsplit(url).hostname != urlsplit(call.url).hostname:
+        private = ("host", "authorization", "cookie")
+        headers = [h for h in headers if h.partition(":")[0].strip().lower() not in private]
+    return replace(call, url=url, method=method, data=data, headers=headers)
+
+
+def _head(result: CurlResult) -> str:
+    return result.status_line + "\n" + "".join(f"{k}: {v}\n" for k, v in result.headers) + "\n"
 
 
 def run_curl(result_of: Callable[[CurlCall], CurlResult], call: CurlCall, out: Callable[[str], None]) -> int:
-    result = result_of(call)
-    if call.include and result.status is not None:
-        out(f"HTTP/1.1 {result.status}\n" + "".join(f"{k}: {v}\n" for k, v in result.headers) + "\n")
-    if result.status is not None and not call.head and call.output is None:  # -o: a file in the pod
-        out(result.text)
+    """curl: send ``call`` (and, with ``-L``, its redirects), print as curl prints; the exit code."""
+    show_head = call.include or call.dump_header == "-"  # -D FILE: a file in the pod, not shown
+    current, redirects = call, 0
+    result = result_of(current)
+    while call.location and (following := next_hop(current, result)) is not None:
+        if show_head:
+            out(_head(result))  # each hop's headers; a followed redirect's body is not shown
+        if 0 <= call.max_redirs <= redirects:
+            if call.write_out is not None:
+                out(_write_out(call.write_out, result, redirects))
+            if not call.silent or call.show_error:
+                out(f"curl: ({TOO_MANY_REDIRECTS}) Maximum ({call.max_redirs}) redirects followed\n")
+            return TOO_MANY_REDIRECTS
+        current, redirects = following, redirects + 1
+        result = result_of(current)
+    failed = call.fail and result.status is not None and result.status >= 400
+    if show_head and result.status is not None and not failed:
+        out(_head(result))
+    if result.status is not None and not call.head and call.output is None and not failed:
+        out(result.text)  # -o FILE: a file in the pod
     if call.write_out is not None:
-        out(_write_out(call.write_out, result))
+        out(_write_out(call.write_out, result, redirects))
     if result.status is None:
         if not call.silent or call.show_error:
-            out(f"curl: ({_curl_exit(result)}) {result.error}\n")
-        return _curl_exit(result)
-    return 22 if call.fail and result.status >= 400 else 0
+            out(f"curl: ({curl_exit(result.error)}) {result.error}\n")
+        return curl_exit(result.error)
+    if failed:
+        if not call.silent or call.show_error:
+            out(f"curl: (22) The requested URL returned error: {result.status}\n")
+        return 22
+    return 0
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -235,7 +323,7 @@ def _send(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any],
           call: CurlCall) -> CurlResult:
     try:
         return curl(state, workloads, row["name"], call.url, method=call.method, headers=call.headers,
-                    body=call.data, timeout=call.timeout)
+                    body=call.data, timeout=call.timeout, insecure=call.insecure, cacert=call.cacert)
     except CurlError as error:
         raise ExecError(f"curl: {error.message}") from None
 

@@ -229,7 +229,7 @@ def test_curl_results_and_refusals(mesh: RunningMesh, lab: Mesh) -> None:
     assert posted.source == "sleep-v1-0" and posted.status is not None
     with pytest.raises(LabError, match=r"curl from_: no such workload 'nobody' \(known: productpage-v1-0"):
         lab.curl("nobody", DETAILS_URL)
-    with pytest.raises(LabError, match="curl url: expected an absolute http:// URL"):
+    with pytest.raises(LabError, match="curl url: expected an absolute http:// or https:// URL"):
         lab.curl("sleep", "details:9080/details/0")
     with pytest.raises(LabError, match="curl url: legacy-v1-0 has no sidecar, and 'nowhere' names no"):
         lab.curl("legacy", "http://nowhere:9080/")

@@ -1,6 +1,7 @@
 """The parts of `meshkit.runtime.curl` that need no mesh: choosing the source, the route, the headers.
 
-Sending through real sidecars (and from `legacy` under STRICT) is tested in tests/e2e/test_deploy.py.
+Sending through real sidecars (and from `legacy` under STRICT) is tested in tests/e2e/test_deploy.py,
+HTTPS against a real TLS server in test_curl_https.py.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def test_routes(tmp_path: Path) -> None:
     assert (loop.port, loop.target, loop.access_log) == (9, "/x", None)
     with pytest.raises(CurlError, match="legacy-v1-0 has no sidecar, and 'ratings' names no running"):
         _route(state, ROWS, ROWS[1], "http://ratings:9080/")
-    with pytest.raises(CurlError, match="expected an absolute http:// URL"):
-        _route(state, ROWS, ROWS[0], "https://httpbin:8000/")
+    with pytest.raises(CurlError, match="expected an absolute http:// or https:// URL"):
+        _route(state, ROWS, ROWS[0], "ftp://httpbin:8000/")
 
 
 def test_headers_and_result() -> None:

@@ -3,10 +3,20 @@ output and exit codes for what came back. The end-to-end run is tests/e2e/test_c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from meshkit.runtime.curl import CurlResult
-from meshkit.runtime.exec_command import CurlCall, ExecError, parse_curl, parse_fortio_load, run_curl
+from meshkit.runtime.exec_command import (
+    CurlCall,
+    ExecError,
+    curl_exit,
+    next_hop,
+    parse_curl,
+    parse_fortio_load,
+    run_curl,
+)
 
 
 def test_the_mtls_migration_loop_s_curl() -> None:
@@ -71,3 +81,124 @@ def test_fortio_load_flags_and_defaults() -> None:
 def test_fortio_load_bounds(argv: list[str], message: str) -> None:
     with pytest.raises(ExecError, match=message):
         parse_fortio_load(argv)
+
+
+def test_the_egress_tasks_flags() -> None:
+    """``curl -sSL -o /dev/null -D - URL`` ("Egress Gateways"), ``-k``, ``--cacert``, ``--max-redirs``."""
+    call = parse_curl(["-sSL", "-o", "/dev/null", "-D", "-", "http://edition.cnn.com/politics"])
+    assert (call.silent, call.show_error, call.location, call.output, call.dump_header) == (
+        True, True, True, "/dev/null", "-")
+    assert (call.max_redirs, call.insecure, call.cacert) == (50, False, None)
+    attached = parse_curl(["-sLD-", "-so/dev/null", "-k", "--cacert", "/tmp/ca.pem", "--max-redirs", "3",
+                           "https://www.google.com"])
+    assert (attached.dump_header, attached.output, attached.insecure) == ("-", "/dev/null", True)
+    assert (attached.cacert, attached.max_redirs) == ("/tmp/ca.pem", 3)
+    assert attached.url == "https://www.google.com" and attached.location
+    assert parse_curl(["-X", "POST", "http://x"]).custom_method
+    assert not parse_curl(["-d", "a", "http://x"]).custom_method
+    with pytest.raises(ExecError, match="--max-redirs expects a number"):
+        parse_curl(["--max-redirs", "many", "http://x"])
+
+
+def _redirect(status: int, location: str, url: str = "http://a/p") -> CurlResult:
+    return CurlResult("sleep-0", "GET", url, status, headers=[("location", location)], reason="Moved")
+
+
+@pytest.mark.parametrize(("method", "status", "after"), [
+    ("GET", 301, "GET"), ("POST", 301, "GET"), ("POST", 302, "GET"), ("POST", 303, "GET"),
+    ("PUT", 303, "GET"), ("HEAD", 303, "HEAD"), ("POST", 307, "POST"), ("POST", 308, "POST"),
+    ("PUT", 302, "PUT"),
+])
+def test_redirects_change_the_method_as_curl_does(method: str, status: int, after: str) -> None:
+    call = CurlCall(url="http://a/p", method=method, data="x=1" if method in ("POST", "PUT") else None)
+    following = next_hop(call, _redirect(status, "/q"))
+    assert following is not None and (following.url, following.method) == ("http://a/q", after)
+    assert following.data == (None if after == "GET" else call.data)
+
+
+def test_redirect_targets_and_what_is_not_a_redirect() -> None:
+    call = CurlCall(url="http://edition.cnn.com/politics/x?y=1", headers=["Host: other", "Authorization: b",
+                                                                            "x-a: 1"])
+    secure = next_hop(call, _redirect(301, "https://edition.cnn.com/politics"))
+    assert secure is not None and secure.url == "https://edition.cnn.com/politics"
+    assert secure.headers == call.headers  # the same host: every header kept
+    relative = next_hop(call, _redirect(302, "../sport"))
+    assert relative is not None and relative.url == "http://edition.cnn.com/sport"
+    away = next_hop(call, _redirect(302, "http://elsewhere.org/"))
+    assert away is not None and away.headers == ["x-a: 1"]  # no Host, Authorization to another host
+    posted = CurlCall(url="http://a/", method="POST", data="d", custom_method=True)
+    kept = next_hop(posted, _redirect(301, "/b"))
+    assert kept is not None and (kept.method, kept.data) == ("POST", "d")  # -X POST stays POST
+    assert next_hop(call, _redirect(200, "/elsewhere")) is None
+    assert next_hop(call, CurlResult("sleep-0", "GET", "u", 301)) is None  # no Location
+    assert next_hop(call, CurlResult("sleep-0", "GET", "u", None, error="reset")) is None
+
+
+def _chain(*results: CurlResult) -> tuple[list[CurlCall], Callable[[CurlCall], CurlResult]]:
+    asked: list[CurlCall] = []
+
+    def result_of(call: CurlCall) -> CurlResult:
+        asked.append(call)
+        return results[len(asked) - 1]
+
+    return asked, result_of
+
+
+def test_location_prints_every_hop_s_headers_and_the_last_body() -> None:
+    moved = CurlResult("sleep-0", "GET", "http://edition.cnn.com/politics", 301,
+                       headers=[("location", "https://edition.cnn.com/politics")], body=b"moved",
+                       reason="Moved Permanently")
+    page = CurlResult("sleep-0", "GET", "https://edition.cnn.com/politics", 200, headers=[("server", "cnn")],
+                      body=b"<html/>", reason="OK")
+    asked, result_of = _chain(moved, page)
+    printed: list[str] = []
+    call = parse_curl(["-sSL", "-D", "-", "-w", "%{http_code} %{num_redirects} %{url_effective}",
+                       "http://edition.cnn.com/politics"])
+    assert run_curl(result_of, call, printed.append) == 0
+    assert "".join(printed) == ("HTTP/1.1 301 Moved Permanently\nlocation: https://edition.cnn.com/politics\n\n"
+                                "HTTP/1.1 200 OK\nserver: cnn\n\n<html/>"
+                                "200 1 https://edition.cnn.com/politics")
+    assert [c.url for c in asked] == ["http://edition.cnn.com/politics", "https://edition.cnn.com/politics"]
+    # without -L: the 301 and its body, as curl shows them
+    printed.clear()
+    asked, result_of = _chain(moved)
+    assert run_curl(result_of, parse_curl(["-i", "http://edition.cnn.com/politics"]), printed.append) == 0
+    shown = "".join(printed)
+    assert shown.startswith("HTTP/1.1 301 Moved Permanently\n") and shown.endswith("moved")
+    assert len(asked) == 1
+
+
+def test_too_many_redirects_is_exit_47() -> None:
+    loop = _redirect(302, "/p", url="http://a/p")
+    asked, result_of = _chain(*[loop] * 4)
+    printed: list[str] = []
+    call = parse_curl(["-L", "--max-redirs", "2", "-S", "-s", "http://a/p"])
+    assert run_curl(result_of, call, printed.append) == 47
+    assert len(asked) == 3 and "".join(printed) == "curl: (47) Maximum (2) redirects followed\n"
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    ("OpenSSL SSL_connect: SSL_ERROR_SYSCALL in connection to edition.cnn.com:443", 35),
+    ("SSL connect error in connection to 127.0.0.1:1: WRONG_VERSION_NUMBER", 35),
+    ("SSL certificate problem: unable to get local issuer certificate", 60),
+    ("SSL: no alternative certificate subject name matches target host name 'x'", 60),
+    ("CONNECT tunnel failed, response 403", 56),
+    ("Proxy CONNECT aborted", 56),
+    ("connection refused by 127.0.0.1:21001", 7),
+    ("timed out after 3 s", 28),
+    ("connection reset by 127.0.0.1:1 before an HTTP answer", 56),
+])
+def test_exit_codes_for_no_answer(error: str, code: int) -> None:
+    assert curl_exit(error) == code
+    printed: list[str] = []
+    failed = CurlResult("sleep-0", "GET", "https://edition.cnn.com", None, error=error)
+    call = parse_curl(["-sS", "-w", "%{http_code}\\n", "https://edition.cnn.com"])
+    assert run_curl(lambda _: failed, call, printed.append) == code
+    assert "".join(printed) == f"000\ncurl: ({code}) {error}\n"
+
+
+def test_fail_hides_the_body_of_an_http_error() -> None:
+    printed: list[str] = []
+    missing = CurlResult("sleep-0", "GET", "u", 404, body=b"not here", reason="Not Found")
+    assert run_curl(lambda _: missing, parse_curl(["-f", "http://u"]), printed.append) == 22
+    assert "".join(printed) == "curl: (22) The requested URL returned error: 404\n"
