@@ -68,7 +68,7 @@ from meshkit.config.selection import (
     resolve_tracing,
     virtual_services_for,
 )
-from meshkit.config.tls_routes import tls_section
+from meshkit.config.tls_routes import inbound_protocol, tcp_section, tls_section
 
 SCHEMA = 1
 DEFAULT_TRACE_SAMPLING = 1.0  # percent: Istio's meshConfig.defaultConfig.tracing.sampling default
@@ -134,7 +134,7 @@ def compile_snapshot(
         virtual_services = [*mesh_virtual_services(resources, registry), *virtual_services]
     tls_virtual_services = virtual_services
     # a VirtualService with only ``tls`` routes claims no HTTP host (its SNI routes: `tls_routes`)
-    virtual_services = [vs for vs in virtual_services if vs.spec.http or not vs.spec.tls]
+    virtual_services = [vs for vs in virtual_services if vs.spec.http or not (vs.spec.tls or vs.spec.tcp)]
     peer_authentications = of_kind(resources, PeerAuthentication)
     services = sorted(registry.services, key=lambda s: (s.namespace == node.namespace, s.namespace, s.name))
     egress_hosts = dict(registry.external_hosts) if egress_hosts is None else egress_hosts
@@ -174,7 +174,11 @@ def compile_snapshot(
         "egress": {"hosts": dict(sorted((egress_hosts or {}).items())), "real_dns": real_dns,
                    **({"ca_pem": registry.external_ca} if registry.external_ca else {})},
         "tls": tls_section(node, resources, tls_virtual_services, registry, selecting),
+        "tcp": tcp_section(node, tls_virtual_services, registry, selecting),
     }
+    # opaque TCP in front of the app (a Service port named tcp...): the sidecar relays bytes (tls_routes)
+    own_service = registry.service(node.service, node.namespace) if node.service else None
+    body["inbound"]["protocol"] = inbound_protocol(resources, own_service)
     if node.kind == "gateway":  # HTTPS servers with their Secrets' certificates (config.gateways)
         pairs = credential_pairs(resources)  # Istio Gateways' HTTPS servers, then Gateway API listeners
         servers = tls_servers(node, resources, pairs) + listener_tls_servers(resources, pairs)

@@ -29,11 +29,11 @@ MESH = "mesh"
 
 
 class GatewayPort(IstioModel):
-    unsupported_values = {"protocol": frozenset({"HTTP2", "GRPC", "TCP", "MONGO"})}
+    unsupported_values = {"protocol": frozenset({"HTTP2", "GRPC", "MONGO"})}
 
     number: int = Field(ge=1, le=65535)
     name: str | None = None
-    protocol: Literal["HTTP", "HTTPS", "TLS"] = "HTTP"
+    protocol: Literal["HTTP", "HTTPS", "TLS", "TCP"] = "HTTP"
     target_port: int | None = None
 
 
@@ -138,8 +138,8 @@ def bound_hosts(node: Node, resources: Sequence[Resource]) -> list[tuple[str, Vi
     chosen: dict[str, VirtualService] = {}
     services = sorted((r for r in resources if isinstance(r, VirtualService)), key=lambda v: v.key)
     for vs in services:
-        if vs.spec.tls and not vs.spec.http:
-            continue  # only SNI routes (tls_routes): no HTTP host
+        if (vs.spec.tls or vs.spec.tcp) and not vs.spec.http:
+            continue  # only SNI or TCP routes (tls_routes): no HTTP host
         for host in _hosts_of(vs, selected):
             chosen.setdefault(host.lower(), vs)
     return sorted(chosen.items())
@@ -154,8 +154,8 @@ def _hosts_of(vs: VirtualService, selected: Mapping[tuple[str, str], Gateway]) -
         if gateway is None:
             continue
         for server in gateway.spec.servers:
-            if is_passthrough(server):
-                continue  # its TLS is not opened: SNI routes (tls_routes), not HTTP virtual hosts
+            if is_passthrough(server) or server.port.protocol == "TCP":
+                continue  # not HTTP: SNI routes or TCP routes (tls_routes), not HTTP virtual hosts
             for entry in server.hosts:
                 server_host = _server_host(entry, gateway.metadata.namespace, namespace)
                 if server_host is None:
@@ -215,6 +215,11 @@ def https_servers(gateway: Gateway) -> Iterator[tuple[int, GatewayServer]]:
     for index, server in enumerate(gateway.spec.servers):
         if server.port.protocol == "HTTPS" and not is_passthrough(server):
             yield index, server
+
+
+def tcp_servers(gateway: Gateway) -> Iterator[GatewayServer]:
+    """The Gateway's TCP servers: opaque TCP, routed by the port (`tls_routes`)."""
+    return (server for server in gateway.spec.servers if server.port.protocol == "TCP")
 
 
 def passthrough_servers(gateway: Gateway) -> Iterator[GatewayServer]:

@@ -313,14 +313,31 @@ class TLSRoute(IstioModel):
     route: list[RouteDestination] = Field(min_length=1)
 
 
+class L4MatchAttributes(IstioModel):
+    """A ``tcp`` route's match: the port (a gateway's TCP server port), gateways, source labels."""
+
+    unsupported_fields = frozenset({"destinationSubnets", "sourceNamespace", "sourceSubnet"})
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    gateways: list[str] | None = None
+    source_labels: dict[str, str] | None = None
+
+
+class TCPRoute(IstioModel):
+    """Opaque TCP, routed by port with weights (config.tls_routes compiles it; proxy/tunnel.py carries it)."""
+
+    match: list[L4MatchAttributes] | None = None
+    route: list[RouteDestination] = Field(min_length=1)
+
+
 class VirtualServiceSpec(IstioModel):
-    unsupported_fields = frozenset({"tcp"})
 
     # no hosts: a delegate, used only through the ``delegate`` of a root VirtualService
     hosts: list[str] = Field(default_factory=list)
     gateways: list[str] | None = None
     http: list[HTTPRoute] | None = None
     tls: list[TLSRoute] | None = None
+    tcp: list[TCPRoute] | None = None
     export_to: list[str] | None = None  # "." own namespace, "*" all (absent), names, "~" none
 
 

@@ -16,6 +16,13 @@ snapshot section this module compiles (docs/snapshot.md, ``tls``):
 - ``hosts``: ``host:port`` of the TLS/HTTPS/TCP ports of the ServiceEntries visible to the proxy
   (wildcards kept): what REGISTRY_ONLY lets through with no route.
 
+Opaque TCP (Istio's "TCP Traffic Shifting": a Gateway server with ``protocol: TCP`` and
+VirtualService ``tcp`` routes) is the section ``tcp``: a gateway's routes, matched by port, with
+weighted destinations of the same shape. A workload whose Service names its port ``tcp``/``tcp-*``
+(or ``appProtocol: tcp``) gets ``inbound.protocol: "tcp"``: its sidecar relays bytes to the app
+instead of parsing HTTP. Sidecars get no ``tcp`` routes yet (opaque TCP from an app through its
+sidecar is not modelled on the local mesh).
+
 Pure data: no sockets, no files.
 """
 
@@ -25,11 +32,26 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshkit.config.egress import HTTP_PROTOCOLS, ServiceEntry
-from meshkit.config.gateways import MESH, Gateway, gateway_key, intersect_hosts, passthrough_servers
+from meshkit.config.gateways import (
+    MESH,
+    Gateway,
+    gateway_key,
+    intersect_hosts,
+    passthrough_servers,
+    tcp_servers,
+)
 from meshkit.config.hosts import resolve_host
-from meshkit.config.registry import Node, RegistryView
-from meshkit.config.resources import Resource, TLSMatchAttributes, TLSRoute, VirtualService
+from meshkit.config.registry import Node, RegistryView, Service
+from meshkit.config.resources import (
+    Resource,
+    RouteDestination,
+    TCPRoute,
+    TLSMatchAttributes,
+    TLSRoute,
+    VirtualService,
+)
 from meshkit.config.selection import exported_to, labels_match
+from meshkit.config.workloads import Service as KubeService
 
 DEFAULT_TLS_PORT = 443
 
@@ -47,7 +69,7 @@ def tls_section(node: Node, resources: Sequence[Resource], virtual_services: Seq
                     routes.append({
                         "name": f"{vs.metadata.namespace}/{vs.metadata.name}#tls{index}",
                         "sni_hosts": sni_hosts, "port": m.port,
-                        "destinations": _destinations(route, m, vs.metadata.namespace, registry),
+                        "destinations": _destinations(route, m.port, vs.metadata.namespace, registry),
                     })
     return {"routes": routes, "hosts": _registered_tls_hosts(resources, node.namespace)}
 
@@ -80,12 +102,13 @@ def _sni_for(node: Node, vs: VirtualService, m: TLSMatchAttributes,
     return covered
 
 
-def _destinations(route: TLSRoute, m: TLSMatchAttributes, namespace: str,
+def _destinations(route: TLSRoute | TCPRoute, match_port: int | None, namespace: str,
                   registry: RegistryView) -> list[dict[str, Any]]:
     found = []
-    for weighted in route.route:
+    targets: list[RouteDestination] = route.route
+    for weighted in targets:
         destination = weighted.destination
-        port = destination.port.number if destination.port is not None else (m.port or DEFAULT_TLS_PORT)
+        port = destination.port.number if destination.port is not None else (match_port or DEFAULT_TLS_PORT)
         resolved = resolve_host(destination.host, namespace)
         service = registry.service(resolved.name, resolved.namespace or "") \
             if resolved.name is not None else None
@@ -111,3 +134,57 @@ def _registered_tls_hosts(resources: Sequence[Resource], namespace: str) -> list
                 continue  # HTTP ports are virtual hosts (config.egress)
             hosts.update(f"{host.strip().lower()}:{port.number}" for host in entry.spec.hosts)
     return sorted(hosts)
+
+
+def tcp_section(node: Node, virtual_services: Sequence[VirtualService], registry: RegistryView,
+                selecting: Mapping[tuple[str, str], Gateway]) -> dict[str, Any]:
+    """The snapshot's ``tcp`` section: a gateway's ``tcp`` routes bound to its TCP servers, in order."""
+    routes: list[dict[str, Any]] = []
+    if node.kind != "gateway":
+        return {"routes": routes}
+    for vs in sorted(virtual_services, key=lambda v: (v.metadata.namespace, v.metadata.name)):
+        for index, route in enumerate(vs.spec.tcp or []):
+            for port in _tcp_ports(node, vs, route, selecting):
+                routes.append({"name": f"{vs.metadata.namespace}/{vs.metadata.name}#tcp{index}", "port": port,
+                               "destinations": _destinations(route, port, vs.metadata.namespace, registry)})
+    return {"routes": routes}
+
+
+def _tcp_ports(node: Node, vs: VirtualService, route: TCPRoute,
+               selecting: Mapping[tuple[str, str], Gateway]) -> list[int]:
+    """The TCP server ports of the Gateways selecting ``node`` that a match of ``route`` takes."""
+    ports: list[int] = []
+    for m in route.match or [None]:
+        if m is not None and not labels_match(m.source_labels, node.labels):
+            continue
+        references = (m.gateways if m is not None else None) or vs.spec.gateways or []
+        for reference in references:
+            if reference == MESH:
+                continue
+            gateway = selecting.get(gateway_key(reference, vs.metadata.namespace))
+            for server in tcp_servers(gateway) if gateway is not None else ():
+                wanted = m.port if m is not None else None
+                if (wanted is None or server.port.number == wanted) and server.port.number not in ports:
+                    ports.append(server.port.number)
+    return ports
+
+
+TCP_PORT_NAMES = ("tcp", "mongo", "mysql", "redis")
+
+
+def inbound_protocol(resources: Sequence[Resource], service: Service | None) -> str:
+    """``"tcp"`` when the workload's Service port is opaque TCP by Istio's protocol selection (its
+    ``appProtocol``, else its name: ``tcp``, ``tcp-*``...), else ``"http"``."""
+    if service is None:
+        return "http"
+    for resource in resources:
+        if not isinstance(resource, KubeService) or resource.metadata.name != service.name \
+                or resource.metadata.namespace != service.namespace:
+            continue
+        for port in resource.spec.ports:
+            if port.port != service.port:
+                continue
+            declared = (port.app_protocol or port.name or "").lower()
+            prefix = declared.split("-", 1)[0]
+            return "tcp" if prefix in TCP_PORT_NAMES else "http"
+    return "http"

@@ -305,6 +305,7 @@ class InboundDoc(TypedDict, total=False):
     authz: AuthzDoc | None
     rate_limit: RateLimitDoc | None
     jwt: list[JwtRuleDoc]  # present only when a RequestAuthentication selects the proxy
+    protocol: Literal["http", "tcp"]  # "tcp": the Service port is opaque TCP, relayed to the app (tunnel)
 
 
 class TrustDoc(TypedDict):
@@ -376,6 +377,18 @@ class TlsDoc(TypedDict):
     hosts: list[str]  # "host:port" of ServiceEntry TLS/HTTPS/TCP ports (wildcards kept)
 
 
+class TcpRouteDoc(TypedDict):
+    name: str  # "<namespace>/<VirtualService>#tcp<index>"
+    port: int | None  # the Gateway TCP server port it was bound for
+    destinations: list[TlsDestinationDoc]
+
+
+class TcpDoc(TypedDict):
+    """A gateway's opaque TCP routes (config.tls_routes, proxy.tunnel)."""
+
+    routes: list[TcpRouteDoc]
+
+
 class GatewayTlsDoc(TypedDict):
     servers: list[GatewayTlsServerDoc]
 
@@ -396,4 +409,5 @@ class SnapshotDoc(_GatewayTlsSection):
     mesh: NotRequired[MeshDoc | None]
     egress: NotRequired[EgressDoc | None]
     tls: NotRequired[TlsDoc | None]
+    tcp: NotRequired[TcpDoc | None]
     tracing: NotRequired[TracingDoc | None]

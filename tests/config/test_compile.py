@@ -58,12 +58,14 @@ def test_top_level_shape_node_and_trust() -> None:
         "tracing",
         "egress",
         "tls",
+        "tcp",
     ]
     # Istio's meshConfig defaults
     assert snapshot["mesh"] == {"path_normalization": "BASE", "outbound_traffic_policy": "ALLOW_ANY",
                                 "num_trusted_proxies": 0}
     assert snapshot["egress"] == {"hosts": {}, "real_dns": False}
     assert snapshot["tls"] == {"routes": [], "hosts": []}
+    assert snapshot["tcp"] == {"routes": []}
     assert snapshot["schema"] == 1 and snapshot["revision"] == 7
     assert snapshot["tracing"] == {"sampling": 1.0, "report": True}  # Istio's default: 1%
     assert snapshot["node"] == {

@@ -78,6 +78,7 @@ def test_inbound_app_and_ports() -> None:
         "mtls": {"mode": "PERMISSIVE", "port_level": {}},
         "authz": {"deny": [], "allow": [], "audit": []},
         "rate_limit": None,
+        "protocol": "http",
     }
     gateway = Node("ingress-0", namespace="istio-system", labels={"istio": "ingressgateway"}, kind="gateway")
     snapshot = snap([], gateway)

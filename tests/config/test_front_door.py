@@ -172,7 +172,7 @@ metadata: {name: gw}
 spec:
   selector: {istio: ingressgateway}
   servers:
-  - port: {number: 443, name: tls, protocol: TCP}
+  - port: {number: 443, name: tls, protocol: MONGO}
     hosts: ["*"]
     tls: {mode: MUTUAL}
 """)

@@ -165,7 +165,8 @@ def test_unknown_field_is_named_as_unknown() -> None:
 @pytest.mark.parametrize(
     ("yaml_tail", "field"),
     [
-        ("  tcp: []\n", "spec.tcp"),
+        ("  tcp:\n  - match: [{sourceSubnet: 10.0.0.0/8}]\n    route: [{destination: {host: r}}]\n",
+         "spec.tcp[0].match[0].sourceSubnet"),
         ("  http:\n  - directResponse: {status: 503}\n", "spec.http[0].directResponse"),
         (
             "  http:\n  - corsPolicy: {allowOrigins: [{exact: a}]}\n    route: [{destination: {host: r}}]\n",
@@ -341,12 +342,12 @@ def test_all_problems_across_documents_not_just_the_first() -> None:
         VS_HEAD
         + "  bogus: 1\n---\n"
         + VS_HEAD.replace("reviews}", "ratings}")
-        + "  tcp: []\n"
+        + "  tcp:\n  - match: [{sourceSubnet: 10.0.0.0/8}]\n    route: [{destination: {host: r}}]\n"
         + "---\n- not a mapping\n"
     )
     assert [(m.resource, m.field) for m in messages] == [
         ("VirtualService/default/reviews", "spec.bogus"),
-        ("VirtualService/default/ratings", "spec.tcp"),
+        ("VirtualService/default/ratings", "spec.tcp[0].match[0].sourceSubnet"),
         ("<input> document 3", ""),
     ]
     assert messages[2].text == "expected a mapping with apiVersion, kind, metadata and spec, got list"
