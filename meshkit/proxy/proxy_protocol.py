@@ -153,8 +153,3 @@ def _check_unicast(*addresses: str) -> None:
         if address.is_unspecified or address.is_multicast or text == "255.255.255.255":
             raise ProxyProtocolError(f"PROXY protocol address {text} is not a unicast address")
 
-
-def v1_header(source: str, destination: str, source_port: int, destination_port: int) -> bytes:
-    """The v1 line curl's ``--haproxy-protocol`` sends (``TCP6`` for an IPv6 source)."""
-    family = "TCP6" if ":" in source else "TCP4"
-    return f"PROXY {family} {source} {destination} {source_port} {destination_port}\r\n".encode("ascii")

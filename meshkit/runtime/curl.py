@@ -12,6 +12,10 @@
   ``svc.ns.svc.cluster.local`` in ``ns``.
 
 Loopback URLs (``http://127.0.0.1:PORT/``) bypass the sidecar, as ``NO_PROXY`` makes the apps do.
+``haproxy_protocol`` starts the connection with a PROXY protocol v1 line, as curl's
+``--haproxy-protocol`` does (the source address: the socket's own, or ``haproxy_clientip`` as
+curl's ``--haproxy-clientip``): a load balancer in front of an ingress gateway with
+``gatewayTopology.proxyProtocol``, played by the client itself.
 The result is a `CurlResult`: status (None when the connection failed, with ``error``), headers,
 body, the time taken, and the Envoy response flags and upstream host that the sending sidecar
 (or, from ``legacy``, the receiving one) wrote for this request id in its access log.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import html
 import http.client
+import ipaddress
 import json
 import random
 import time
@@ -234,9 +239,38 @@ def _logged(route: _Route, offset: int, request_id: str, wait: float) -> dict[st
         time.sleep(0.02)
 
 
+def haproxy_v1_line(source: str, destination: str, source_port: int, destination_port: int) -> bytes:
+    """The PROXY protocol v1 line curl's ``--haproxy-protocol`` sends (TCP6 for an IPv6 source)."""
+    family = "TCP6" if ":" in source else "TCP4"
+    return f"PROXY {family} {source} {destination} {source_port} {destination_port}\r\n".encode("ascii")
+
+
+class _HaproxyConnection(http.client.HTTPConnection):
+    """An HTTP connection that first sends curl's PROXY protocol v1 line."""
+
+    def __init__(self, host: str, port: int, timeout: float, client_ip: str | None) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.client_ip = client_ip
+
+    def connect(self) -> None:
+        super().connect()
+        local, peer = self.sock.getsockname(), self.sock.getpeername()
+        self.sock.sendall(haproxy_v1_line(self.client_ip or local[0], peer[0], local[1], peer[1]))
+
+
+def _client_ip(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise CurlError("haproxy-clientip", f"expected an IPv4 or IPv6 address, got {value!r}") from None
+
+
 def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str, *, method: str = "GET",
          headers: dict[str, str] | list[str] | None = None, body: str | bytes | None = None,
-         timeout: float = DEFAULT_TIMEOUT) -> CurlResult:
+         timeout: float = DEFAULT_TIMEOUT, haproxy_protocol: bool = False,
+         haproxy_clientip: str | None = None) -> CurlResult:
     """Send one request from ``source`` (a `meshkit status` workload name) and return what came back.
 
     ``workloads`` are the rows of `LocalMesh.status()`. Never raises for an HTTP error or a
@@ -248,6 +282,7 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
     method = method.upper()
     if not method.isalpha():
         raise CurlError("method", f"expected an HTTP method such as GET or POST, got {method!r}")
+    client_ip = _client_ip(haproxy_clientip)
     route = _route(state, workloads, row, url)
     pairs = _headers(headers)
     request_id = next((v for k, v in pairs if k.lower() == "x-request-id"), None) or str(uuid.uuid4())
@@ -260,7 +295,9 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
     result = CurlResult(row["name"], method, url, None, request_id=request_id)
     offset = _log_size(route.access_log)
     began = time.monotonic()
-    conn = http.client.HTTPConnection(route.host, route.port, timeout=timeout)
+    conn = (_HaproxyConnection(route.host, route.port, timeout, client_ip)
+            if haproxy_protocol or client_ip is not None
+            else http.client.HTTPConnection(route.host, route.port, timeout=timeout))
     try:
         conn.putrequest(method, route.target, skip_host=True, skip_accept_encoding=True)
         for name, value in pairs:

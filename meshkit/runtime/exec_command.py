@@ -3,11 +3,11 @@
 Istio's task pages run a handful of programs in pods, and a learner copies those lines. ``meshkit
 exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchanged and runs:
 
-- ``curl [-s] [-S] [-i] [-I] [-v] [-o FILE] [-w FORMAT] [-H H] [-X M] [-d D] [-m S] URL`` from the
-  app container (the mTLS-migration loop's ``curl -s URL -s -o /dev/null -w "%{http_code}\\n"``),
-  sent as that app sends (`meshkit.runtime.curl`); like curl, an HTTP error is exit 0 and a
-  connection that gets no answer prints ``000`` for ``%{http_code}`` and exits 56 (reset) or 7
-  (refused) or 28 (timed out);
+- ``curl [-s] [-S] [-i] [-I] [-v] [-o FILE] [-w FORMAT] [-H H] [-X M] [-d D] [-m S]
+  [--haproxy-protocol] [--haproxy-clientip IP] URL`` from the app container (the mTLS-migration
+  loop's ``curl -s URL -s -o /dev/null -w "%{http_code}\\n"``), sent as that app sends
+  (`meshkit.runtime.curl`); like curl, an HTTP error is exit 0 and a connection that gets no
+  answer prints ``000`` for ``%{http_code}`` and exits 56 (reset) or 7 (refused) or 28 (timed out);
 - ``fortio curl [-quiet] URL`` and ``fortio load [-c N] [-qps Q] [-n N | -t D] [-H H] [-loglevel L]
   [-quiet] URL`` from a fortio pod (`meshkit.runtime.fortio`), the circuit-breaking task;
 - ``pilot-agent request GET stats`` (or ``curl localhost:15000/stats``) in the ``istio-proxy``
@@ -39,9 +39,11 @@ SIDECAR_CONTAINERS = frozenset({"istio-proxy", "meshkit-proxy"})
 CURL_EXIT = {"refused": 7, "timed out": 28, "reset": 56}
 # options taking a value, and the flags meshkit accepts and ignores (they change nothing here)
 _CURL_VALUE = {"-o", "--output", "-w", "--write-out", "-H", "--header", "-X", "--request", "-d", "--data",
-               "--data-raw", "-m", "--max-time", "--connect-timeout", "--resolve", "-u", "--user"}
+               "--data-raw", "-m", "--max-time", "--connect-timeout", "--resolve", "-u", "--user",
+               "--haproxy-clientip"}
 _CURL_FLAGS = {"-s", "--silent", "-S", "--show-error", "-i", "--include", "-I", "--head", "-v", "--verbose",
-               "-L", "--location", "-f", "--fail", "-k", "--insecure", "--http1.1", "-4", "-q"}
+               "-L", "--location", "-f", "--fail", "-k", "--insecure", "--http1.1", "-4", "-q",
+               "--haproxy-protocol"}
 
 
 class ExecError(ValueError):
@@ -62,6 +64,8 @@ class CurlCall:
     output: str | None = None
     write_out: str | None = None
     timeout: float = 30.0
+    haproxy_protocol: bool = False  # --haproxy-protocol: a PROXY protocol v1 line first
+    haproxy_clientip: str | None = None  # --haproxy-clientip: its source address (curl >= 8.2)
 
 
 def parse_curl(argv: list[str]) -> CurlCall:
@@ -105,6 +109,8 @@ def _curl_option(call: CurlCall, option: str, value: str) -> None:
         call.data = value
         if call.method == "GET":
             call.method = "POST"
+    elif option == "--haproxy-clientip":
+        call.haproxy_clientip = value
     elif option in ("-m", "--max-time"):
         try:
             call.timeout = float(value)
@@ -123,6 +129,8 @@ def _curl_flag(call: CurlCall, flag: str) -> None:
         call.head, call.include, call.method = True, True, "HEAD"
     elif flag in ("-f", "--fail"):
         call.fail = True
+    elif flag == "--haproxy-protocol":
+        call.haproxy_protocol = True
 
 
 def _write_out(template: str, result: CurlResult) -> str:
@@ -235,7 +243,8 @@ def _send(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any],
           call: CurlCall) -> CurlResult:
     try:
         return curl(state, workloads, row["name"], call.url, method=call.method, headers=call.headers,
-                    body=call.data, timeout=call.timeout)
+                    body=call.data, timeout=call.timeout, haproxy_protocol=call.haproxy_protocol,
+                    haproxy_clientip=call.haproxy_clientip)
     except CurlError as error:
         raise ExecError(f"curl: {error.message}") from None
 

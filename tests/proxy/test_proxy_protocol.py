@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from meshkit.proxy.filters.authz import AuthzPolicies, ProxiedAuthzPolicies
-from meshkit.proxy.proxy_protocol import V2_SIGNATURE, ProxyHeader, ProxyProtocolError, parse, v1_header
+from meshkit.proxy.proxy_protocol import V2_SIGNATURE, ProxyHeader, ProxyProtocolError, parse
+from meshkit.runtime.curl import haproxy_v1_line as v1_header
 from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot
 
 V1 = b"PROXY TCP4 5.6.7.8 10.0.0.1 40000 80\r\n"
@@ -102,6 +103,7 @@ def test_malformed_headers_are_errors(data: bytes, reason: str) -> None:
 
 
 def test_curl_haproxy_protocol_line() -> None:
+    """What `meshkit exec POD -- curl --haproxy-protocol` sends (meshkit.runtime.curl), as curl does."""
     line = v1_header("127.0.0.1", "127.0.0.1", 51234, 21080)
     assert line == b"PROXY TCP4 127.0.0.1 127.0.0.1 51234 21080\r\n"
     assert v1_header("::1", "::1", 1, 2).startswith(b"PROXY TCP6 ::1 ::1 1 2")
