@@ -40,6 +40,24 @@ INGRESS_DEPLOYMENT = "istio-ingressgateway"
 INGRESS_POD_LABELS = {"istio": "ingressgateway"}
 
 
+def ingress_deployment() -> dict[str, Any]:
+    """The ingress gateway's Deployment as ``istioctl install`` leaves it (trimmed to what the local
+    mesh reads), for ``meshkit patch deployment istio-ingressgateway -n istio-system`` before any was
+    applied: the patch goes on top of it, as ``kubectl patch`` on the installed gateway."""
+    labels = {"app": INGRESS_DEPLOYMENT, **INGRESS_POD_LABELS}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": INGRESS_DEPLOYMENT, "namespace": ROOT_NAMESPACE, "labels": dict(labels)},
+        "spec": {
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {"containers": [{"name": "istio-proxy", "image": "docker.io/istio/proxyv2"}]},
+            },
+        },
+    }
+
+
 def parse_proxy_config(text: str) -> dict[str, Any]:
     """The annotation's text -> a ProxyConfig dict; ValueError saying what is wrong."""
     try:

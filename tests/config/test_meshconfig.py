@@ -171,3 +171,31 @@ def test_a_bad_annotation_is_an_error_and_unknown_fields_are_warned() -> None:
     assert all(m.severity.value == "Warning" for m in warned)
     # what it acts on still applies
     assert compile_snapshot(extra, RegistryView(), _gateway())["mesh"]["proxy_protocol"] is True
+
+
+def test_any_workloads_annotation_is_read_for_its_own_proxy() -> None:
+    """A sample workload's pod template may carry the annotation too: its fields are checked and
+    reported, and reach only that workload's proxy (gatewayTopology acts on gateways alone)."""
+    text = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: productpage-v1}
+spec:
+  selector: {matchLabels: {app: productpage, version: v1}}
+  template:
+    metadata:
+      labels: {app: productpage, version: v1}
+      annotations:
+        proxy.istio.io/config: |
+          concurrency: 2
+          gatewayTopology:
+            numTrustedProxies: 3
+    spec:
+      containers: [{name: productpage, image: docker.io/istio/examples-bookinfo-productpage-v1:1.20.2}]
+"""
+    resources = load_resources(text)
+    assert [(m.code, m.field.rsplit("]", 1)[1]) for m in analyze(resources)] == [("MK0307", ".concurrency")]
+    def hops(name: str) -> int:
+        return compile_snapshot(resources, RegistryView(), node_for(name))["mesh"]["num_trusted_proxies"]
+
+    assert (hops("productpage"), hops("reviews")) == (3, 0)

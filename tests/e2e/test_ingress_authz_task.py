@@ -202,6 +202,14 @@ spec:
 """
 
 
+# the annotation of the doc, put on the installed gateway as a learner would (kubectl patch's form)
+PATCH_COMMAND = (
+    "meshkit patch deployment istio-ingressgateway -n istio-system -p "
+    """'{"spec":{"template":{"metadata":{"annotations":{"proxy.istio.io/config":"""
+    """"{\\"gatewayTopology\\" : { \\"numTrustedProxies\\": 1 } }"}}}}}'\n"""
+)
+
+
 def test_the_gateway_pod_annotation_sets_its_topology(mesh: RunningMesh) -> None:
     """Istio's "Configuring Gateway Network Topology": ``proxy.istio.io/config`` on the ingress
     gateway's pod template overrides the mesh-wide ``defaultConfig`` for that proxy."""
@@ -209,10 +217,24 @@ def test_the_gateway_pod_annotation_sets_its_topology(mesh: RunningMesh) -> None
     apply(mesh, policy("ALLOW", "remoteIpBlocks", '"5.6.7.0/24"'))
     behind_lb = {"X-Forwarded-For": "5.6.7.8"}
     assert curl(mesh, "/headers", behind_lb) == (403, ACCESS_DENIED)
-    out = apply(mesh, INGRESS_DEPLOYMENT)
-    assert "deployment" in out.lower(), out
+    # kubectl patch deployment istio-ingressgateway -n istio-system -p '...' (the doc's annotation)
+    code, out, err = bash(mesh, PATCH_COMMAND)
+    assert code == 0 and "deployment/istio-ingressgateway patched" in out, out + err
+    mesh.wait_synced()
     assert curl(mesh, "/headers", behind_lb)[0] == 200  # the annotation trusts one hop
+    assert curl(mesh, "/headers", {"X-Forwarded-For": "5.6.7.8, 9.9.9.9"}) == (403, ACCESS_DENIED)
     code, out, err = bash(mesh, "meshkit delete deployment istio-ingressgateway -n istio-system")
     assert code == 0, out + err
     mesh.wait_synced()
     assert curl(mesh, "/headers", behind_lb) == (403, ACCESS_DENIED)
+    # the same annotation in an applied Deployment; a bad one is refused by name, nothing applied
+    apply(mesh, INGRESS_DEPLOYMENT)
+    assert curl(mesh, "/headers", behind_lb)[0] == 200
+    bad = INGRESS_DEPLOYMENT.replace('"numTrustedProxies": 1', '"numTrustedProxies": 1,,')
+    code, out, err = bash(mesh, f"meshkit apply -f - <<EOF\n{bad}EOF\n")
+    assert code != 0 and "MK0306" in out + err and "proxy.istio.io/config" in out + err, out + err
+    assert "<stdin>" in out + err or "line" in out + err, out + err
+    assert curl(mesh, "/headers", behind_lb)[0] == 200  # the previous state holds
+    code, out, err = bash(mesh, "meshkit delete deployment istio-ingressgateway -n istio-system")
+    assert code == 0, out + err
+    mesh.wait_synced()
