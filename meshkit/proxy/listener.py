@@ -28,7 +28,7 @@ from meshkit.proxy.bodies import BodyError, BodyStream
 from meshkit.proxy.framing import BODY_CHUNKED, BODY_DONE, response_head, status_line
 from meshkit.proxy.http import Handler, Headers, Request, Response, UpstreamError
 from meshkit.proxy.paths import DEFAULT_MODE, normalize
-from meshkit.proxy.proxy_protocol import ProxyProtocolError
+from meshkit.proxy.proxy_protocol import ProxyHeader, ProxyProtocolError
 from meshkit.proxy.proxy_protocol import parse as parse_proxy_header
 from meshkit.proxy.stats import ProxyStats
 from meshkit.proxy.upstream import HOP_BY_HOP
@@ -726,15 +726,19 @@ class ProxyProtocolConnection(DownstreamConnection):
     AuthorizationPolicy ``ipBlocks`` judge (Envoy's ``direct_remote_ip``).
     """
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, header: ProxyHeader | None = None) -> None:
         super().__init__(listener)
-        self._header_bytes: bytes | None = b""
+        # ``header``: already read off the socket before TLS (tls.serving); else read here
+        self._header_bytes: bytes | None = b"" if header is None else None
+        self._read_header = header
         self.direct_peer = ""
         self.accepted_at = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.direct_peer = self.peer
+        if self._read_header is not None and self._read_header.source is not None:
+            self.peer = self._read_header.source
 
     def data_received(self, data: bytes) -> None:
         pending = self._header_bytes

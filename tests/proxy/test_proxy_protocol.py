@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 import struct
 from typing import Any
 
@@ -22,6 +23,8 @@ from meshkit.proxy.filters.authz import AuthzPolicies, ProxiedAuthzPolicies
 from meshkit.proxy.proxy_protocol import V2_SIGNATURE, ProxyHeader, ProxyProtocolError, parse
 from meshkit.runtime.curl import haproxy_v1_line as v1_header
 from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot
+from tests.proxy.test_gateway_tls import HOST, _pair, _server
+from tests.proxy.test_gateway_tls import _snapshot as tls_snapshot
 
 V1 = b"PROXY TCP4 5.6.7.8 10.0.0.1 40000 80\r\n"
 REQUEST = b"GET /headers HTTP/1.1\r\nHost: httpbin.example.com\r\nConnection: close\r\n\r\n"
@@ -245,3 +248,35 @@ async def test_policies_of_a_gateway_without_proxy_protocol_are_the_plain_kind(
                               "--kind", "gateway")
     assert type(proxy.state.current.gateway_authz) is AuthzPolicies
     assert status_and_body(await exchange(proxy.ports["outbound"], REQUEST))[0] == 200
+
+
+def _tls_exchange(port: int, ca_pem: str, header: bytes) -> bytes:
+    """A TLS client behind a PROXY protocol load balancer: header, then the handshake (blocking)."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(header)
+        with context.wrap_socket(raw, server_hostname=HOST) as tls:
+            tls.sendall(REQUEST.replace(b"httpbin.example.com", HOST.encode()))
+            answer = b""
+            for _ in range(1000):  # bounded: until the gateway closes
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer
+
+
+async def test_the_https_listener_reads_the_header_before_the_handshake(
+        echo_app: EchoApp, start_proxy: StartProxy) -> None:
+    ca, cert, key = _pair([HOST])
+    snap = tls_snapshot(echo_app.port, [_server(cert, key, [HOST])])
+    snap["mesh"] = {"path_normalization": "BASE", "proxy_protocol": True}
+    proxy = await start_proxy(snap, "--kind", "gateway", "--https-port", "0")
+    port = proxy.ports["https"]
+    raw = await asyncio.to_thread(_tls_exchange, port, ca, V1)
+    assert status_and_body(raw)[0] == 200 and forwarded_for(raw) == "5.6.7.8"
+    raw = await asyncio.to_thread(_tls_exchange, port, ca, v2_tcp6())
+    assert forwarded_for(raw) == "2001:db8::7"
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # a ClientHello first: closed, as Envoy
+        await asyncio.to_thread(_tls_exchange, port, ca, b"")
+    assert proxy.listeners["https"].stats.downstream_cx_proxy_proto_error == 1
