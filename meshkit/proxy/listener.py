@@ -28,8 +28,6 @@ from meshkit.proxy.bodies import BodyError, BodyStream
 from meshkit.proxy.framing import BODY_CHUNKED, BODY_DONE, response_head, status_line
 from meshkit.proxy.http import Handler, Headers, Request, Response, UpstreamError
 from meshkit.proxy.paths import DEFAULT_MODE, normalize
-from meshkit.proxy.proxy_protocol import ProxyHeader, ProxyProtocolError
-from meshkit.proxy.proxy_protocol import parse as parse_proxy_header
 from meshkit.proxy.stats import ProxyStats
 from meshkit.proxy.upstream import HOP_BY_HOP
 
@@ -152,8 +150,15 @@ class Listener:
         a PROXY protocol header (then the snapshot in effect decides, per accepted connection)."""
         if not self.proxy_protocol_capable:
             return lambda: DownstreamConnection(self)
-        return lambda: (ProxyProtocolConnection(self) if self.proxy_protocol_required()
-                        else DownstreamConnection(self))
+        return self._maybe_proxied
+
+    def _maybe_proxied(self) -> DownstreamConnection:
+        if self.proxy_protocol_required():
+            # loaded the first time a snapshot asks for it: a proxy without it never imports it
+            from meshkit.proxy.proxied import ProxyProtocolConnection  # noqa: PLC0415
+
+            return ProxyProtocolConnection(self)
+        return DownstreamConnection(self)
 
     def proxy_protocol_required(self) -> bool:
         config = self.state.current if self.state is not None else None
@@ -711,71 +716,3 @@ async def _close_body(body: Any) -> None:
         with contextlib.suppress(Exception):
             await body.aclose()
 
-
-PROXY_HEADER_TIMEOUT = 15.0  # Envoy's listener_filters_timeout default: no header by then -> closed
-
-
-class ProxyProtocolConnection(DownstreamConnection):
-    """A connection that must start with a PROXY protocol header (`meshkit.proxy.proxy_protocol`).
-
-    Only made while the snapshot asks for it (``Listener.protocol_factory``): other connections
-    are plain `DownstreamConnection` objects and never pay for this. Until the header is complete,
-    bytes are kept in ``_header_bytes``; a missing or malformed header closes the connection with
-    no answer, as Envoy does. The header's source becomes ``peer`` (the downstream remote address:
-    ``X-Forwarded-For``, ``remote.ip``, logs); ``direct_peer`` stays the socket's peer, which
-    AuthorizationPolicy ``ipBlocks`` judge (Envoy's ``direct_remote_ip``).
-    """
-
-    def __init__(self, listener: Listener, header: ProxyHeader | None = None) -> None:
-        super().__init__(listener)
-        # ``header``: already read off the socket before TLS (tls.serving); else read here
-        self._header_bytes: bytes | None = b"" if header is None else None
-        self._read_header = header
-        self.direct_peer = ""
-        self.accepted_at = time.monotonic()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.direct_peer = self.peer
-        if self._read_header is not None and self._read_header.source is not None:
-            self.peer = self._read_header.source
-
-    def data_received(self, data: bytes) -> None:
-        pending = self._header_bytes
-        if pending is None:
-            DownstreamConnection.data_received(self, data)
-            return
-        pending += data
-        try:
-            header = parse_proxy_header(pending)
-        except ProxyProtocolError as exc:
-            self.stats.downstream_cx_proxy_proto_error += 1
-            log.debug("closing %s: %s", self.direct_peer, exc)
-            self._header_bytes = None
-            self.input_done = True
-            self.abort()
-            return
-        if header is None:
-            self._header_bytes = pending
-            return
-        self._header_bytes = None
-        if header.source is not None:
-            self.peer = header.source
-        rest = pending[header.length:]
-        if rest:
-            DownstreamConnection.data_received(self, rest)
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        current = self.current
-        if current is not None:
-            current.request.direct_addr = self.direct_peer
-
-    def check_timeouts(self, now: float) -> None:
-        if self._header_bytes is not None:
-            if not self.closed and now - self.accepted_at > PROXY_HEADER_TIMEOUT:
-                self.stats.downstream_cx_proxy_proto_error += 1
-                self._header_bytes = None
-                self.abort()
-            return
-        super().check_timeouts(now)

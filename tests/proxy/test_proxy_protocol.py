@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from meshkit.proxy.filters.authz import AuthzPolicies, ProxiedAuthzPolicies
+from meshkit.proxy.filters.authz import AuthzPolicies
+from meshkit.proxy.proxied import ProxiedAuthzPolicies
 from meshkit.proxy.proxy_protocol import V2_SIGNATURE, ProxyHeader, ProxyProtocolError, parse
 from meshkit.runtime.curl import haproxy_v1_line as v1_header
 from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot

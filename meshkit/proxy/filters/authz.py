@@ -536,28 +536,6 @@ class AuthzPolicies:
         return Decision(True, None, "no_allow_policy", audited)
 
 
-class ProxiedAuthzPolicies(AuthzPolicies):
-    """A gateway whose listeners read a PROXY protocol header (``gatewayTopology.proxyProtocol``):
-    ``ipBlocks`` (``source.ip``) judge the socket's own peer, Envoy's ``direct_remote_ip`` ("always
-    the physical peer even if the remote_ip is inferred from ... proxy protocol"); ``remoteIpBlocks``
-    judge the header's address (``request.downstream_addr``), or X-Forwarded-For as far as trusted.
-    A separate class, so that a gateway or sidecar without PROXY protocol runs `AuthzPolicies.evaluate`
-    unchanged."""
-
-    __slots__ = ()
-
-    def evaluate(self, request: Request) -> Decision:
-        attrs = Attributes.of(request, self.port, self.trusted_hops)
-        # absent only on a connection accepted before the snapshot turned PROXY protocol on
-        direct = getattr(request, "direct_addr", None)
-        if direct is not None:
-            attrs.source_ip = direct
-        decision = self._enforced(attrs)
-        if not (self.dry_run_deny or self.dry_run_allow):
-            return decision
-        return self._with_shadows(decision, attrs)
-
-
 ACTIONS = ("deny", "allow", "audit", "dry_run_deny", "dry_run_allow")
 
 
@@ -567,7 +545,7 @@ def compile_authz(authz: object, *, port: int | None = None, trusted_hops: int =
 
     ``port`` is ``inbound.service_port``; ``trusted_hops`` a gateway's ``X-Forwarded-For`` hops to
     trust for ``remote.ip``; ``proxied``: a gateway reading PROXY protocol headers
-    (`ProxiedAuthzPolicies`). Returns None when there is no policy at all.
+    (`meshkit.proxy.proxied.ProxiedAuthzPolicies`). Returns None when there is no policy at all.
     Raises ``ValueError("inbound.authz.<action>[i]...: ...")`` for what it cannot enforce.
     """
     if authz is None:
@@ -582,7 +560,11 @@ def compile_authz(authz: object, *, port: int | None = None, trusted_hops: int =
         where = f"inbound.authz.{action}"
         return tuple(_policy(p, f"{where}[{i}]") for i, p in enumerate(_list(authz.get(action), where)))
 
-    kind = ProxiedAuthzPolicies if proxied else AuthzPolicies
+    kind = AuthzPolicies
+    if proxied:  # loaded only for a gateway behind a PROXY protocol load balancer
+        from meshkit.proxy.proxied import ProxiedAuthzPolicies  # noqa: PLC0415
+
+        kind = ProxiedAuthzPolicies
     policies = kind(compiled("deny"), compiled("allow"), compiled("audit"), port,
                              compiled("dry_run_deny"), compiled("dry_run_allow"), trusted_hops)
     if not any((policies.deny, policies.allow, policies.audit,

@@ -33,12 +33,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from meshkit.proxy import accept_loop
-from meshkit.proxy.listener import (
-    PROXY_HEADER_TIMEOUT,
-    DownstreamConnection,
-    Listener,
-    ProxyProtocolConnection,
-)
+from meshkit.proxy.listener import DownstreamConnection, Listener
 from meshkit.proxy.proxy_protocol import ProxyHeader, ProxyProtocolError, parse
 from meshkit.proxy.tls.servercerts import ServerCertificate
 from meshkit.proxy.tls.sniff import wait_readable
@@ -86,6 +81,8 @@ class GatewayTlsAcceptor:
     async def _admit(self, listener: Listener, sock: socket.socket) -> None:
         header: ProxyHeader | None = None
         if listener.proxy_protocol_required():
+            from meshkit.proxy.proxied import PROXY_HEADER_TIMEOUT  # noqa: PLC0415
+
             try:
                 async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
                     header = await read_proxy_header(sock)
@@ -95,10 +92,14 @@ class GatewayTlsAcceptor:
                 sock.close()
                 return
         loop = asyncio.get_running_loop()
+        factory: Any = lambda: DownstreamConnection(listener)  # noqa: E731
+        if header is not None:
+            from meshkit.proxy.proxied import ProxyProtocolConnection  # noqa: PLC0415
+
+            factory = lambda: ProxyProtocolConnection(listener, header)  # noqa: E731
         try:
             await loop.connect_accepted_socket(
-                (lambda: ProxyProtocolConnection(listener, header)) if header is not None
-                else (lambda: DownstreamConnection(listener)),
+                factory,
                 sock, ssl=self.context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             log.debug("gateway TLS handshake failed: %s", exc)
