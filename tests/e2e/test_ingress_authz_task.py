@@ -230,6 +230,8 @@ def test_the_gateway_pod_annotation_sets_its_topology(mesh: RunningMesh) -> None
     # the same annotation in an applied Deployment; a bad one is refused by name, nothing applied
     apply(mesh, INGRESS_DEPLOYMENT)
     assert curl(mesh, "/headers", behind_lb)[0] == 200
+    code, out, err = bash(mesh, "meshkit get deployments -n istio-system")
+    assert code == 0 and "istio-ingressgateway" in out and "1/1" in out, out + err  # the running gateway
     bad = INGRESS_DEPLOYMENT.replace('"numTrustedProxies": 1', '"numTrustedProxies": 1,,')
     code, out, err = bash(mesh, f"meshkit apply -f - <<EOF\n{bad}EOF\n")
     assert code != 0 and "MK0306" in out + err and "proxy.istio.io/config" in out + err, out + err
