@@ -67,6 +67,10 @@ def ready_by_deployment(mesh: LocalMesh | None) -> dict[str, int]:
     for inst in mesh.instances():
         if inst.spec.deployment and inst.status()["healthy"]:
             counts[inst.spec.deployment] = counts.get(inst.spec.deployment, 0) + 1
+    rec = mesh.record()
+    gateway = rec.processes.get("ingressgateway") if rec is not None else None
+    if gateway is not None and gateway.alive():  # an applied istio-ingressgateway Deployment is its pod
+        counts["istio-ingressgateway"] = counts.get("istio-ingressgateway", 0) + 1
     return counts
 
 

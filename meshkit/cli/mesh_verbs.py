@@ -243,6 +243,12 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
     cacert: Annotated[str | None, typer.Option(
         "--cacert", help="https://: check the server's certificate against this CA bundle (PEM) instead of "
                          "the pod's (system CAs + the external stand-ins' CA).")] = None,
+    haproxy_protocol: Annotated[bool, typer.Option(
+        "--haproxy-protocol", help="Start the connection with a PROXY protocol v1 line, as curl does "
+                                   "(to an ingress gateway with gatewayTopology.proxyProtocol).")] = False,
+    haproxy_clientip: Annotated[str | None, typer.Option(
+        "--haproxy-clientip", help="The client address that line carries (curl 8.2's option); implies "
+                                   "--haproxy-protocol.")] = None,
 ) -> None:
     """Send one request from a workload through its sidecar (like `kubectl exec sleep -- curl`).
 
@@ -258,7 +264,8 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
     mesh = _running_mesh()
     try:
         result = send(mesh.state, mesh.status()["workloads"], source, url, method=method,
-                      headers=header or [], body=data, insecure=insecure, cacert=cacert)
+                      headers=header or [], body=data, insecure=insecure, cacert=cacert,
+                      haproxy_protocol=haproxy_protocol, haproxy_clientip=haproxy_clientip)
     except CurlError as error:
         where = f"--from {source}" if error.field == "from" else error.field
         _fail(EXIT_REJECTED, f"error: {where}: {error.message}")

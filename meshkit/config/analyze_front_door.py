@@ -9,6 +9,8 @@ MK0302 E a Deployment's pod template labels do not carry its ``spec.selector.mat
 MK0303 E a Service with no selector, or whose selector selects no pod of its namespace
 MK0304 W a Deployment names a ServiceAccount that is not defined (only ``default`` always exists)
 MK0305 W a Deployment with more than one container: the local mesh runs the first one
+MK0306 E a pod template's ``proxy.istio.io/config`` annotation is not a ProxyConfig (`proxyconfig`)
+MK0307 W a ``proxy.istio.io/config`` field the local mesh does not act on
 MK0401 W a VirtualService names a gateway that does not exist (it does nothing for that gateway)
 MK0402 W a Gateway selects no gateway proxy of the mesh (``istio: ingressgateway``; ``istio: egressgateway``
       once deployed)
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from meshkit.config import codes
 from meshkit.config.gateways import Gateway, credential_namespaces, https_servers, missing_gateways
 from meshkit.config.messages import Message, Severity
+from meshkit.config.proxyconfig import check_proxy_config, is_mesh_ingress_deployment
 from meshkit.config.registry import RegistryView
 from meshkit.config.registry import Service as RegistryService
 from meshkit.config.resources import Resource, VirtualService
@@ -105,7 +108,7 @@ def _check_deployment(deployment: Deployment, accounts: set[tuple[str, str]]) ->
     ref, spec = deployment.ref, deployment.spec
     containers = spec.template.spec.containers
     image = containers[0].image
-    if sample_app(image) is None:
+    if sample_app(image) is None and not is_mesh_ingress_deployment(deployment):
         found.append(Message(
             codes.MK0301, Severity.ERROR, ref, "spec.template.spec.containers[0].image",
             f'image "{image}" is not one of Istio\'s sample images, so the local mesh has nothing to run '
@@ -128,7 +131,7 @@ def _check_deployment(deployment: Deployment, accounts: set[tuple[str, str]]) ->
         found.append(Message(
             codes.MK0305, Severity.WARNING, ref, "spec.template.spec.containers",
             f"{len(containers)} containers: the local mesh runs the first one ({containers[0].name})"))
-    return found
+    return found + check_proxy_config(deployment)
 
 
 def _check_service(service: Service, deployments: Sequence[Deployment],

@@ -34,6 +34,7 @@ from meshkit.config.httproutes import (
     selector_services,
 )
 from meshkit.config.meshconfig import mesh_config_of, mesh_settings
+from meshkit.config.proxyconfig import proxy_config_for
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
     PREFIX_MARK,
@@ -168,7 +169,8 @@ def compile_snapshot(
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
         "trust": {"root_pem": registry.root_pem} if registry.root_pem is not None else None,
-        "mesh": mesh_settings(mesh_config),
+        # Istio's meshConfig, with the proxy's own ProxyConfig (proxy.istio.io/config) over defaultConfig
+        "mesh": mesh_settings(mesh_config, proxy_config_for(resources, node.workload, node.namespace)),
         "tracing": resolve_tracing(node.namespace, node.labels, of_kind(resources, Telemetry),
                                    trace_sampling)[0],
         "egress": {"hosts": dict(sorted((egress_hosts or {}).items())), "real_dns": real_dns,

@@ -5,9 +5,12 @@ the mesh config. meshkit reads the same object: ``meshkit up --set meshConfig...
 and ``meshkit apply -f`` of Istio's own ConfigMap does too. Any other ConfigMap is still left
 out with MK0009 (`is_mesh_config_map` is the loader's test). What the compiler takes from it
 (`mesh_settings`, the snapshot's ``mesh`` section): ``outboundTrafficPolicy.mode`` (ALLOW_ANY |
-REGISTRY_ONLY), ``pathNormalization`` and ``defaultConfig.gatewayTopology.numTrustedProxies`` (the
-proxies in front of a gateway whose ``X-Forwarded-For`` entries it trusts); the other meshConfig
-fields are accepted and have no effect on the local mesh.
+REGISTRY_ONLY), ``pathNormalization``, ``defaultConfig.gatewayTopology.numTrustedProxies`` (the
+proxies in front of a gateway whose ``X-Forwarded-For`` entries it trusts) and
+``defaultConfig.gatewayTopology.proxyProtocol`` (a gateway's connections start with a PROXY
+protocol header); the other meshConfig fields are accepted and have no effect on the local mesh.
+A workload's ``proxy.istio.io/config`` annotation overrides ``defaultConfig`` for its proxy
+(`merge_proxy_config`, `meshkit.config.proxyconfig`).
 
 Pure data: no sockets, no files.
 """
@@ -51,8 +54,11 @@ def outbound_policy(mesh_config: Mapping[str, Any] | None) -> str:
     return str(mode)
 
 
-def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The snapshot's ``mesh`` section from Istio's ``meshConfig`` (its YAML shape).
+def mesh_settings(
+    mesh_config: Mapping[str, Any] | None = None, proxy_config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The snapshot's ``mesh`` section from Istio's ``meshConfig`` (its YAML shape), with a workload's
+    own ProxyConfig (``proxy.istio.io/config``) merged over ``defaultConfig`` when given.
 
     ``pathNormalization.normalization``: NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES,
     Istio's default BASE (istio/api mesh/v1alpha1 ``MeshConfig.ProxyPathNormalization``, 1.8+).
@@ -64,21 +70,60 @@ def mesh_settings(mesh_config: Mapping[str, Any] | None = None) -> dict[str, Any
             f"meshConfig.pathNormalization.normalization: {normalization!r} is not one of "
             f"{', '.join(PATH_NORMALIZATIONS)}"
         )
+    default = config.get("defaultConfig") or {}
+    if not isinstance(default, dict):
+        raise ValueError(f"defaultConfig: expected an object (ProxyConfig), got {default!r}")
+    if proxy_config is not None:  # a pod's proxy.istio.io/config over the mesh-wide defaultConfig
+        default = merge_proxy_config(default, proxy_config)
     return {"path_normalization": normalization, "outbound_traffic_policy": outbound_policy(config),
-            "num_trusted_proxies": num_trusted_proxies(config)}
+            "num_trusted_proxies": num_trusted_proxies(default, "defaultConfig."),
+            "proxy_protocol": proxy_protocol(default, "defaultConfig.")}
 
 
-def num_trusted_proxies(mesh_config: Mapping[str, Any]) -> int:
-    """``defaultConfig.gatewayTopology.numTrustedProxies`` (0 when unset): a gateway takes the client's
-    address (``remote.ip``) from that many trusted hops of ``X-Forwarded-For``, as Envoy's
+def _topology(proxy_config: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    topology = proxy_config.get("gatewayTopology")
+    if topology is None:
+        return {}
+    if not isinstance(topology, dict):
+        raise ValueError(f"{where}gatewayTopology: expected an object, got {topology!r}")
+    return topology
+
+
+def num_trusted_proxies(proxy_config: Mapping[str, Any], where: str = "") -> int:
+    """``gatewayTopology.numTrustedProxies`` of a ProxyConfig (0 when unset): a gateway takes the
+    client's address (``remote.ip``) from that many trusted hops of ``X-Forwarded-For``, as Envoy's
     ``xff_num_trusted_hops`` with ``use_remote_address`` on. ValueError when bad."""
-    default = mesh_config.get("defaultConfig") or {}
-    topology = default.get("gatewayTopology") if isinstance(default, dict) else None
-    value = (topology or {}).get("numTrustedProxies", 0) if isinstance(topology, dict | None) else None
+    value = _topology(proxy_config, where).get("numTrustedProxies", 0)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 64:
-        raise ValueError(f"defaultConfig.gatewayTopology.numTrustedProxies: expected a whole number "
+        raise ValueError(f"{where}gatewayTopology.numTrustedProxies: expected a whole number "
                          f"from 0 to 64, got {value!r}")
     return value
+
+
+def proxy_protocol(proxy_config: Mapping[str, Any], where: str = "") -> bool:
+    """``gatewayTopology.proxyProtocol`` of a ProxyConfig: present (``{}``, Istio's empty
+    ``ProxyProtocolConfiguration`` message) puts Envoy's proxy_protocol listener filter on a
+    gateway's listeners; absent or null leaves it off. ValueError when not an empty object."""
+    value = _topology(proxy_config, where).get("proxyProtocol")
+    if value is None:
+        return False
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}gatewayTopology.proxyProtocol: expected {{}} (an empty object), "
+                         f"got {value!r}")
+    if value:
+        raise ValueError(f"{where}gatewayTopology.proxyProtocol: unknown field(s) "
+                         f"{', '.join(map(str, value))} (Istio's ProxyProtocolConfiguration has none)")
+    return True
+
+
+def merge_proxy_config(default: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod's ProxyConfig over the mesh's ``defaultConfig``, as Istio's ``MergeProxyConfig``: the
+    annotation is unmarshalled onto the default, so each top-level field it sets replaces the
+    default's (a message such as ``gatewayTopology`` as a whole); ``proxyMetadata`` maps merge."""
+    merged = {**default, **override}
+    if isinstance(default.get("proxyMetadata"), dict) and isinstance(override.get("proxyMetadata"), dict):
+        merged["proxyMetadata"] = {**default["proxyMetadata"], **override["proxyMetadata"]}
+    return merged
 
 
 def parse_mesh(text: str) -> dict[str, Any]:

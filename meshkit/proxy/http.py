@@ -85,6 +85,7 @@ class Request:
         "body",
         "cluster",
         "config",
+        "direct_addr",  # set only on PROXY protocol connections (listener.ProxyProtocolConnection)
         "direction",
         "downstream_addr",
         "endpoint",

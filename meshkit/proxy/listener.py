@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -135,17 +135,37 @@ class Listener:
         self.scheme = "http"  # x-forwarded-proto when the client sent none ("https": a gateway's TLS port)
         # CONNECT (an app's own TLS through its sidecar): tunnel.Tunnels takes the connection over
         self.tunnels: Tunnels | None = None
+        # A gateway's traffic listeners: connections must start with a PROXY protocol header while
+        # the snapshot says so (Istio's gatewayTopology.proxyProtocol). Decided once per connection.
+        self.proxy_protocol_capable = False
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         if self.acceptor is not None:
             self.server = await self.acceptor.serve(self, host, port)
         else:
-            self.server = await loop.create_server(
-                lambda: DownstreamConnection(self), host, port, backlog=1024
-            )
+            self.server = await loop.create_server(self.protocol_factory(), host, port, backlog=1024)
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
         return int(self.server.sockets[0].getsockname()[1])
+
+    def protocol_factory(self) -> Callable[[], DownstreamConnection]:
+        """What makes this listener's connection protocols: a plain one, unless the listener may need
+        a PROXY protocol header (then the snapshot in effect decides, per accepted connection)."""
+        if not self.proxy_protocol_capable:
+            return lambda: DownstreamConnection(self)
+        return self._maybe_proxied
+
+    def _maybe_proxied(self) -> DownstreamConnection:
+        if self.proxy_protocol_required():
+            # loaded the first time a snapshot asks for it: a proxy without it never imports it
+            from meshkit.proxy.proxied import ProxyProtocolConnection  # noqa: PLC0415
+
+            return ProxyProtocolConnection(self)
+        return DownstreamConnection(self)
+
+    def proxy_protocol_required(self) -> bool:
+        config = self.state.current if self.state is not None else None
+        return bool(getattr(config, "proxy_protocol", False))
 
     @property
     def port(self) -> int:
@@ -716,3 +736,4 @@ async def _close_body(body: Any) -> None:
     if not isinstance(body, bytes) and hasattr(body, "aclose"):
         with contextlib.suppress(Exception):
             await body.aclose()
+

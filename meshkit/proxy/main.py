@@ -219,6 +219,9 @@ class Proxy:
             "outbound": Listener("outbound", outbound, self.state, limits),
             "inbound": Listener("inbound", inbound, self.state, limits),
         }
+        # gatewayTopology.proxyProtocol: a gateway's snapshot may ask for a PROXY header
+        if getattr(args, "kind", "sidecar") == "gateway":
+            self.listeners["outbound"].proxy_protocol_capable = True
         if getattr(args, "https_port", None) is not None:  # a gateway's HTTPS servers (tls.serving)
             from meshkit.proxy.tls.serving import GatewayTlsAcceptor  # noqa: PLC0415
 

@@ -322,6 +322,7 @@ class MeshDoc(TypedDict, total=False):
     stream_idle_timeout_ms: int
     outbound_traffic_policy: Literal["ALLOW_ANY", "REGISTRY_ONLY"]
     num_trusted_proxies: int  # gateways: X-Forwarded-For hops trusted for remote.ip
+    proxy_protocol: bool  # gateways: every connection starts with a PROXY protocol header (v1 or v2)
 
 
 class _StandinCaDoc(TypedDict, total=False):

@@ -101,6 +101,7 @@ class Snapshot:
         "node_labels",
         "originate",
         "path_normalization",
+        "proxy_protocol",
         "rate_limiter",
         "routes",
         "server_name",
@@ -138,6 +139,7 @@ class Snapshot:
         self.egress: Egress | None = Egress()
         self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
         self.stream_idle_timeout: float | None = None  # seconds; None: the listener's own limit
+        self.proxy_protocol = False  # a gateway's connections must start with a PROXY header
         self.server_name: str | None = None  # the ``server`` header this proxy sets on responses
         self.trace_sampling = DEFAULT_SAMPLING  # percent of new traces sampled (tracing.sampling)
         self.trace_report = True  # record spans of sampled requests (Telemetry disableSpanReporting: False)
@@ -182,8 +184,10 @@ class Snapshot:
                 snap.gateway_jwt = compiled_jwt
             else:
                 snap.jwt = compiled_jwt
+            snap.proxy_protocol = cls._proxy_protocol(doc.get("mesh"), snap.node)
             snap.authz = compile_authz(snap.inbound.get("authz"), port=snap.inbound.get("service_port"),
-                                       trusted_hops=cls._trusted_hops(doc.get("mesh"), snap.node))
+                                       trusted_hops=cls._trusted_hops(doc.get("mesh"), snap.node),
+                                       proxied=snap.proxy_protocol)
             if snap.node.get("kind") == "gateway":  # judged before routing (filters/authz.gateway_authz)
                 snap.gateway_authz, snap.authz = snap.authz, None
             service_port = snap.inbound.get("service_port") or 0
@@ -220,6 +224,17 @@ class Snapshot:
         source = ";".join((labels.workload, labels.namespace, labels.app, labels.version, labels.principal))
         snap.source_headers = [(SOURCE_HEADER, source)]
         return snap
+
+    @staticmethod
+    def _proxy_protocol(mesh: Any, node: dict[str, Any]) -> bool:
+        """A gateway's ``mesh.proxy_protocol``: its listeners require a PROXY protocol header
+        (sidecars never read one, as Istio's ``gatewayTopology`` is for gateways only)."""
+        if node.get("kind") != "gateway" or not isinstance(mesh, dict):
+            return False
+        value = mesh.get("proxy_protocol", False)
+        if not isinstance(value, bool):
+            raise ValueError(f"mesh.proxy_protocol: expected true or false, got {value!r}")
+        return value
 
     @staticmethod
     def _trusted_hops(mesh: Any, node: dict[str, Any]) -> int:

@@ -184,6 +184,7 @@ class ProxyStats:
 
     __slots__ = (
         "downstream_cx_active",
+        "downstream_cx_proxy_proto_error",
         "downstream_cx_total",
         "downstream_rq_1xx",
         "downstream_rq_2xx",
@@ -196,6 +197,7 @@ class ProxyStats:
         "downstream_rq_total",
     )
     downstream_cx_active: int
+    downstream_cx_proxy_proto_error: int  # Envoy's proxy_protocol listener filter: connections closed
     downstream_cx_total: int
     downstream_rq_1xx: int
     downstream_rq_2xx: int

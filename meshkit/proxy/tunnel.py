@@ -40,7 +40,7 @@ from meshkit.proxy.egress import (
     EgressError,
     split_hostport,
 )
-from meshkit.proxy.listener import DownstreamConnection, Listener
+from meshkit.proxy.listener import Listener
 from meshkit.proxy.sni import MAX_RECORD, NEED_MORE, client_hello_sni
 from meshkit.proxy.stats import CLUSTER_ID
 from meshkit.proxy.tls.sniff import sniff_tls
@@ -308,7 +308,8 @@ class SniffingAcceptor:
             if tls:
                 await self.tunnels.accept(conn)
                 return
-            await loop.connect_accepted_socket(lambda: DownstreamConnection(listener), conn)
+            # plain HTTP (or a PROXY protocol header, then HTTP): the listener's own connection kind
+            await loop.connect_accepted_socket(listener.protocol_factory(), conn)
         except TimeoutError:
             conn.close()  # sent nothing: as Envoy's listener filter timeout
         except BaseException:

@@ -18,6 +18,10 @@ from ``legacy``, only to the external stand-ins (``httpbin.org``, ``edition.cnn.
 ``www.google.com``), straight to them as DNS would resolve those names — plain ``http://`` to them too.
 
 Loopback URLs (``http://127.0.0.1:PORT/``) bypass the sidecar, as ``NO_PROXY`` makes the apps do.
+``haproxy_protocol`` starts the connection with a PROXY protocol v1 line, as curl's
+``--haproxy-protocol`` does (the source address: the socket's own, or ``haproxy_clientip`` as
+curl's ``--haproxy-clientip``): a load balancer in front of an ingress gateway with
+``gatewayTopology.proxyProtocol``, played by the client itself.
 The result is a `CurlResult`: status (None when the connection failed, with ``error`` in curl's
 words), headers, body, the time taken, and the Envoy response flags and upstream host that the
 sending sidecar (or, from ``legacy``, the receiving one) wrote for this request id in its access
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import html
 import http.client
+import ipaddress
 import json
 import random
 import socket
@@ -286,9 +291,29 @@ def _logged(route: _Route, offset: int, request_id: str, wait: float) -> dict[st
         time.sleep(0.02)
 
 
-def _connect(route: _Route, context: ssl.SSLContext | None, timeout: float) -> socket.socket:
-    """The connection the request goes on: plain TCP, or TLS (through a CONNECT tunnel when proxied)."""
+def haproxy_v1_line(source: str, destination: str, source_port: int, destination_port: int) -> bytes:
+    """The PROXY protocol v1 line curl's ``--haproxy-protocol`` sends (TCP6 for an IPv6 source)."""
+    family = "TCP6" if ":" in source else "TCP4"
+    return f"PROXY {family} {source} {destination} {source_port} {destination_port}\r\n".encode("ascii")
+
+
+def _client_ip(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise CurlError("haproxy-clientip", f"expected an IPv4 or IPv6 address, got {value!r}") from None
+
+
+def _connect(route: _Route, context: ssl.SSLContext | None, timeout: float, *,
+             haproxy: bool = False, client_ip: str | None = None) -> socket.socket:
+    """The connection the request goes on: plain TCP, or TLS (through a CONNECT tunnel when proxied);
+    with ``haproxy``, curl's PROXY protocol v1 line first."""
     sock = socket.create_connection((route.host, route.port), timeout=timeout)
+    if haproxy:
+        local, peer = sock.getsockname(), sock.getpeername()
+        sock.sendall(haproxy_v1_line(client_ip or local[0], peer[0], local[1], peer[1]))
     if context is None or route.tls_host is None:
         return sock
     try:
@@ -302,7 +327,8 @@ def _connect(route: _Route, context: ssl.SSLContext | None, timeout: float) -> s
 
 def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str, *, method: str = "GET",
          headers: dict[str, str] | list[str] | None = None, body: str | bytes | None = None,
-         timeout: float = DEFAULT_TIMEOUT, insecure: bool = False, cacert: str | None = None) -> CurlResult:
+         timeout: float = DEFAULT_TIMEOUT, insecure: bool = False, cacert: str | None = None,
+         haproxy_protocol: bool = False, haproxy_clientip: str | None = None) -> CurlResult:
     """Send one request from ``source`` (a `meshkit status` workload name) and return what came back.
 
     ``workloads`` are the rows of `LocalMesh.status()`. Never raises for an HTTP error or a
@@ -316,6 +342,7 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
     method = method.upper()
     if not method.isalpha():
         raise CurlError("method", f"expected an HTTP method such as GET or POST, got {method!r}")
+    client_ip = _client_ip(haproxy_clientip)
     route = _route(state, workloads, row, url)
     context = None
     if route.tls_host is not None:
@@ -340,7 +367,8 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
     began = time.monotonic()
     conn = http.client.HTTPConnection(route.host, route.port, timeout=timeout)
     try:
-        conn.sock = _connect(route, context, timeout)
+        conn.sock = _connect(route, context, timeout, haproxy=haproxy_protocol or client_ip is not None,
+                             client_ip=client_ip)
         conn.putrequest(method, route.target, skip_host=True, skip_accept_encoding=True)
         for name, value in pairs:
             conn.putheader(name, value)

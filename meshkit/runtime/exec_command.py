@@ -4,7 +4,8 @@ Istio's task pages run a handful of programs in pods, and a learner copies those
 exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchanged and runs:
 
 - ``curl [-s] [-S] [-i] [-I] [-v] [-L] [-k] [-o FILE] [-D FILE] [-w FORMAT] [-H H] [-X M] [-d D]
-  [-m S] [--cacert FILE] [--max-redirs N] URL`` from the app container (the mTLS-migration loop's
+  [-m S] [--cacert FILE] [--max-redirs N]
+  [--haproxy-protocol] [--haproxy-clientip IP] URL`` from the app container (the mTLS-migration loop's
   ``curl -s URL -s -o /dev/null -w "%{http_code}\\n"``, the egress tasks' ``curl -sSL -o /dev/null
   -D - http://edition.cnn.com/politics`` and ``curl -sI https://www.google.com``), sent as that app
   sends, ``https://`` through a CONNECT tunnel (`meshkit.runtime.curl`); ``-L`` follows redirects
@@ -50,9 +51,10 @@ MAX_REDIRS = 50  # curl's default --max-redirs
 # options taking a value, and the flags meshkit accepts and ignores (they change nothing here)
 _CURL_VALUE = {"-o", "--output", "-w", "--write-out", "-H", "--header", "-X", "--request", "-d", "--data",
                "--data-raw", "-m", "--max-time", "--connect-timeout", "--resolve", "-u", "--user",
-               "-D", "--dump-header", "--cacert", "--max-redirs"}
+               "-D", "--dump-header", "--cacert", "--max-redirs", "--haproxy-clientip"}
 _CURL_FLAGS = {"-s", "--silent", "-S", "--show-error", "-i", "--include", "-I", "--head", "-v", "--verbose",
-               "-L", "--location", "-f", "--fail", "-k", "--insecure", "--http1.1", "-4", "-q"}
+               "-L", "--location", "-f", "--fail", "-k", "--insecure", "--http1.1", "-4", "-q",
+               "--haproxy-protocol"}
 
 
 class ExecError(ValueError):
@@ -79,6 +81,8 @@ class CurlCall:
     insecure: bool = False  # -k
     cacert: str | None = None
     custom_method: bool = False  # -X given: kept across redirects, as curl keeps it
+    haproxy_protocol: bool = False  # --haproxy-protocol: a PROXY protocol v1 line first
+    haproxy_clientip: str | None = None  # --haproxy-clientip: its source address (curl >= 8.2)
 
 
 def parse_curl(argv: list[str]) -> CurlCall:
@@ -133,6 +137,8 @@ def _curl_option(call: CurlCall, option: str, value: str) -> None:
         call.data = value
         if call.method == "GET":
             call.method = "POST"
+    elif option == "--haproxy-clientip":
+        call.haproxy_clientip = value
     elif option in ("-m", "--max-time"):
         try:
             call.timeout = float(value)
@@ -164,6 +170,8 @@ def _curl_flag(call: CurlCall, flag: str) -> None:
         call.location = True
     elif flag in ("-k", "--insecure"):
         call.insecure = True
+    elif flag == "--haproxy-protocol":
+        call.haproxy_protocol = True
 
 
 def _write_out(template: str, result: CurlResult, redirects: int = 0) -> str:
@@ -323,7 +331,8 @@ def _send(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any],
           call: CurlCall) -> CurlResult:
     try:
         return curl(state, workloads, row["name"], call.url, method=call.method, headers=call.headers,
-                    body=call.data, timeout=call.timeout, insecure=call.insecure, cacert=call.cacert)
+                    body=call.data, timeout=call.timeout, insecure=call.insecure, cacert=call.cacert,
+                    haproxy_protocol=call.haproxy_protocol, haproxy_clientip=call.haproxy_clientip)
     except CurlError as error:
         raise ExecError(f"curl: {error.message}") from None
 

@@ -62,7 +62,7 @@ def test_top_level_shape_node_and_trust() -> None:
     ]
     # Istio's meshConfig defaults
     assert snapshot["mesh"] == {"path_normalization": "BASE", "outbound_traffic_policy": "ALLOW_ANY",
-                                "num_trusted_proxies": 0}
+                                "num_trusted_proxies": 0, "proxy_protocol": False}
     assert snapshot["egress"] == {"hosts": {}, "real_dns": False}
     assert snapshot["tls"] == {"routes": [], "hosts": []}
     assert snapshot["tcp"] == {"routes": []}
@@ -515,7 +515,7 @@ def test_hosts_that_are_not_registry_services_get_their_own_virtual_hosts() -> N
 def test_mesh_config_path_normalization() -> None:
     strict = snap([], mesh_config={"pathNormalization": {"normalization": "MERGE_SLASHES"}})
     assert strict["mesh"] == {"path_normalization": "MERGE_SLASHES", "outbound_traffic_policy": "ALLOW_ANY",
-                              "num_trusted_proxies": 0}
+                              "num_trusted_proxies": 0, "proxy_protocol": False}
     assert snap([])["version"] != strict["version"]  # a change of mode is pushed
     with pytest.raises(ValueError, match=r"meshConfig\.pathNormalization\.normalization: 'SOMETIMES'"):
         snap([], mesh_config={"pathNormalization": {"normalization": "SOMETIMES"}})

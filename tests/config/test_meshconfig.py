@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from meshkit.config.analyze import analyze
 from meshkit.config.compile import compile_snapshot
 from meshkit.config.loader import load_resources
 from meshkit.config.meshconfig import ConfigMap, mesh_config_map, set_values
 from meshkit.config.messages import ConfigError, Message
-from meshkit.config.registry import RegistryView
+from meshkit.config.registry import Node, RegistryView
 from tests.config.bookinfo import node_for
 
 # Istio's own form (what `kubectl get cm istio -n istio-system -o yaml` shows, trimmed)
@@ -89,3 +90,112 @@ def test_gateway_topology_trusted_proxies_reach_the_snapshot_and_bad_values_are_
         load_resources(text)
     assert "ConfigMap/istio-system/istio" in str(error.value)
     assert "defaultConfig.gatewayTopology.numTrustedProxies" in str(error.value) and "-1" in str(error.value)
+
+
+def _gateway() -> Node:
+    return Node(instance="istio-ingressgateway-0", namespace="istio-system", workload="istio-ingressgateway",
+                labels={"app": "istio-ingressgateway", "istio": "ingressgateway"}, kind="gateway")
+
+
+def test_gateway_topology_proxy_protocol_as_istioctl_install_sets_it() -> None:
+    """``istioctl install --set meshConfig.defaultConfig.gatewayTopology.proxyProtocol={}`` (the
+    IstioOperator of Istio's "Ingress Gateway" authorization task, TCP proxy load balancer)."""
+    config = set_values(["meshConfig.defaultConfig.gatewayTopology.proxyProtocol={}"])
+    assert config == {"defaultConfig": {"gatewayTopology": {"proxyProtocol": {}}}}
+    resources = load_resources([mesh_config_map(config)])
+    assert compile_snapshot(resources, RegistryView(), _gateway())["mesh"]["proxy_protocol"] is True
+    assert compile_snapshot([], RegistryView(), _gateway())["mesh"]["proxy_protocol"] is False
+    for bad, named in (("proxyProtocol: true", "expected {}"), ("proxyProtocol: {version: 2}", "version")):
+        text = ISTIO_CONFIG_MAP.replace("discoveryAddress: istiod.istio-system.svc:15012",
+                                        f"gatewayTopology: {{{bad}}}")
+        with pytest.raises(ConfigError) as error:
+            load_resources(text)
+        assert "defaultConfig.gatewayTopology.proxyProtocol" in str(error.value) and named in str(error.value)
+
+
+INGRESS_DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: istio-ingressgateway
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels: {istio: ingressgateway}
+  template:
+    metadata:
+      labels: {app: istio-ingressgateway, istio: ingressgateway}
+      annotations:
+        proxy.istio.io/config: '{"gatewayTopology" : { "numTrustedProxies": 2, "proxyProtocol": {} } }'
+    spec:
+      containers:
+      - name: istio-proxy
+        image: docker.io/istio/proxyv2:1.24.0
+"""
+
+
+def test_the_pod_annotation_overrides_the_mesh_default_for_that_proxy() -> None:
+    """Istio's "Configuring Gateway Network Topology": ``proxy.istio.io/config`` on the ingress
+    gateway's pod template, merged over ``defaultConfig`` as Istio's MergeProxyConfig (a top-level
+    field such as ``gatewayTopology`` replaces the default's as a whole)."""
+    resources = load_resources(INGRESS_DEPLOYMENT)
+    assert analyze(resources) == []  # the ingress's own Deployment: no sample image needed
+    mesh = compile_snapshot(resources, RegistryView(), _gateway())["mesh"]
+    assert (mesh["num_trusted_proxies"], mesh["proxy_protocol"]) == (2, True)
+    mesh_wide = {"defaultConfig": {"gatewayTopology": {"numTrustedProxies": 5}}}
+    mesh = compile_snapshot(resources, RegistryView(), _gateway(), mesh_config=mesh_wide)["mesh"]
+    assert mesh["num_trusted_proxies"] == 2  # the annotation wins for this proxy
+    only_pp = load_resources(INGRESS_DEPLOYMENT.replace('"numTrustedProxies": 2, ', ""))
+    mesh = compile_snapshot(only_pp, RegistryView(), _gateway(), mesh_config=mesh_wide)["mesh"]
+    assert (mesh["num_trusted_proxies"], mesh["proxy_protocol"]) == (0, True)  # gatewayTopology replaced
+    # other proxies keep the mesh-wide value
+    assert compile_snapshot(resources, RegistryView(), node_for("productpage"),
+                            mesh_config=mesh_wide)["mesh"]["num_trusted_proxies"] == 5
+
+
+def test_a_bad_annotation_is_an_error_and_unknown_fields_are_warned() -> None:
+    bad = load_resources(INGRESS_DEPLOYMENT.replace('{"gatewayTopology" : {', '{"gatewayTopology" : {{'))
+    (error,) = [m for m in analyze(bad) if m.code == "MK0306"]
+    assert error.severity.value == "Error"
+    assert error.resource == "Deployment/istio-system/istio-ingressgateway"
+    assert "proxy.istio.io/config" in error.field and "not valid JSON or YAML" in error.text
+    negative = load_resources(INGRESS_DEPLOYMENT.replace('"numTrustedProxies": 2', '"numTrustedProxies": -1'))
+    assert [m.code for m in analyze(negative)] == ["MK0306"]
+    extra = load_resources(INGRESS_DEPLOYMENT.replace(
+        '"proxyProtocol": {} }',
+        '"proxyProtocol": {}, "forwardClientCertDetails": "SANITIZE" }, "concurrency": 2'))
+    warned = analyze(extra)
+    field = "spec.template.metadata.annotations[proxy.istio.io/config]"
+    assert sorted((m.code, m.field) for m in warned) == [
+        ("MK0307", f"{field}.concurrency"), ("MK0307", f"{field}.gatewayTopology.forwardClientCertDetails")]
+    assert all(m.severity.value == "Warning" for m in warned)
+    # what it acts on still applies
+    assert compile_snapshot(extra, RegistryView(), _gateway())["mesh"]["proxy_protocol"] is True
+
+
+def test_any_workloads_annotation_is_read_for_its_own_proxy() -> None:
+    """A sample workload's pod template may carry the annotation too: its fields are checked and
+    reported, and reach only that workload's proxy (gatewayTopology acts on gateways alone)."""
+    text = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: productpage-v1}
+spec:
+  selector: {matchLabels: {app: productpage, version: v1}}
+  template:
+    metadata:
+      labels: {app: productpage, version: v1}
+      annotations:
+        proxy.istio.io/config: |
+          concurrency: 2
+          gatewayTopology:
+            numTrustedProxies: 3
+    spec:
+      containers: [{name: productpage, image: docker.io/istio/examples-bookinfo-productpage-v1:1.20.2}]
+"""
+    resources = load_resources(text)
+    assert [(m.code, m.field.rsplit("]", 1)[1]) for m in analyze(resources)] == [("MK0307", ".concurrency")]
+    def hops(name: str) -> int:
+        return compile_snapshot(resources, RegistryView(), node_for(name))["mesh"]["num_trusted_proxies"]
+
+    assert (hops("productpage"), hops("reviews")) == (3, 0)

@@ -42,6 +42,14 @@ def test_combined_short_flags_headers_and_data() -> None:
     assert (posted.method, posted.data) == ("POST", "x=1")
 
 
+def test_curl_haproxy_protocol_flags() -> None:
+    """The load balancer's part in the authz-ingress task: curl's --haproxy-protocol (and curl 8.2's
+    --haproxy-clientip) are taken, and sent by meshkit.runtime.curl (tests/e2e/test_ingress_authz_task)."""
+    call = parse_curl(["-s", "--haproxy-protocol", "--haproxy-clientip", "5.6.7.8", "127.0.0.1:21080/ip"])
+    assert (call.haproxy_protocol, call.haproxy_clientip, call.url) == (True, "5.6.7.8", "http://127.0.0.1:21080/ip")
+    assert parse_curl(["http://127.0.0.1/"]).haproxy_protocol is False
+
+
 def test_include_prints_the_status_and_headers() -> None:
     printed: list[str] = []
     result = CurlResult("sleep-0", "GET", "u", 503, headers=[("server", "envoy")],

@@ -510,6 +510,9 @@ class AuthzPolicies:
         decision = self._enforced(attrs)
         if not (self.dry_run_deny or self.dry_run_allow):
             return decision
+        return self._with_shadows(decision, attrs)
+
+    def _with_shadows(self, decision: Decision, attrs: Attributes) -> Decision:
         shadows = []
         if self.dry_run_deny:
             matched = _first(self.dry_run_deny, attrs)
@@ -536,11 +539,13 @@ class AuthzPolicies:
 ACTIONS = ("deny", "allow", "audit", "dry_run_deny", "dry_run_allow")
 
 
-def compile_authz(authz: object, *, port: int | None = None, trusted_hops: int = 0) -> AuthzPolicies | None:
+def compile_authz(authz: object, *, port: int | None = None, trusted_hops: int = 0,
+                  proxied: bool = False) -> AuthzPolicies | None:
     """Compile ``inbound.authz`` (``{"deny": [...], "allow": [...], "audit": [...]}`` or None).
 
     ``port`` is ``inbound.service_port``; ``trusted_hops`` a gateway's ``X-Forwarded-For`` hops to
-    trust for ``remote.ip``. Returns None when there is no policy at all.
+    trust for ``remote.ip``; ``proxied``: a gateway reading PROXY protocol headers
+    (`meshkit.proxy.proxied.ProxiedAuthzPolicies`). Returns None when there is no policy at all.
     Raises ``ValueError("inbound.authz.<action>[i]...: ...")`` for what it cannot enforce.
     """
     if authz is None:
@@ -555,7 +560,12 @@ def compile_authz(authz: object, *, port: int | None = None, trusted_hops: int =
         where = f"inbound.authz.{action}"
         return tuple(_policy(p, f"{where}[{i}]") for i, p in enumerate(_list(authz.get(action), where)))
 
-    policies = AuthzPolicies(compiled("deny"), compiled("allow"), compiled("audit"), port,
+    kind = AuthzPolicies
+    if proxied:  # loaded only for a gateway behind a PROXY protocol load balancer
+        from meshkit.proxy.proxied import ProxiedAuthzPolicies  # noqa: PLC0415
+
+        kind = ProxiedAuthzPolicies
+    policies = kind(compiled("deny"), compiled("allow"), compiled("audit"), port,
                              compiled("dry_run_deny"), compiled("dry_run_allow"), trusted_hops)
     if not any((policies.deny, policies.allow, policies.audit,
                 policies.dry_run_deny, policies.dry_run_allow)):

@@ -12,6 +12,13 @@ rotated Secret (deleted and created again) serves its new certificate to new con
 Requests on it then go through the gateway's routing like those of the HTTP listener
 (``x-forwarded-proto: https``).
 
+With PROXY protocol on (the snapshot's ``mesh.proxy_protocol``, Istio's
+``gatewayTopology.proxyProtocol``) the header comes before the ClientHello, as Envoy's listener
+filter reads it before the TLS inspector: `read_proxy_header` takes exactly the header's bytes off
+the socket (peeking, so no TLS byte is consumed), then the handshake starts; a missing or
+malformed header closes the socket. Connections are accepted by the sidecar's own accept loop
+(``accept_loop``) for that reason, with or without PROXY protocol.
+
 It must not do: client TLS (``originate``), mutual TLS (``inbound``), or anything but the
 standard library.
 """
@@ -19,12 +26,19 @@ standard library.
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import ssl
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from meshkit.proxy import accept_loop
 from meshkit.proxy.listener import DownstreamConnection, Listener
+from meshkit.proxy.proxy_protocol import ProxyHeader, ProxyProtocolError, parse
 from meshkit.proxy.tls.servercerts import ServerCertificate
+from meshkit.proxy.tls.sniff import wait_readable
+
+log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -59,7 +73,70 @@ class GatewayTlsAcceptor:
         return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
 
     async def serve(self, listener: Listener, host: str, port: int) -> Any:
+        async def admit(sock: socket.socket) -> None:
+            await self._admit(listener, sock)
+
+        return accept_loop.serve(host, port, admit, "gateway https")
+
+    async def _admit(self, listener: Listener, sock: socket.socket) -> None:
+        header: ProxyHeader | None = None
+        if listener.proxy_protocol_required():
+            from meshkit.proxy.proxied import PROXY_HEADER_TIMEOUT  # noqa: PLC0415
+
+            try:
+                async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
+                    header = await read_proxy_header(sock)
+            except (ProxyProtocolError, TimeoutError, OSError) as exc:
+                listener.stats.downstream_cx_proxy_proto_error += 1
+                log.debug("closing a gateway TLS connection: %s", exc)
+                sock.close()
+                return
         loop = asyncio.get_running_loop()
-        return await loop.create_server(lambda: DownstreamConnection(listener), host, port, backlog=1024,
-                                        ssl=self.context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        factory: Any = lambda: DownstreamConnection(listener)  # noqa: E731
+        if header is not None:
+            from meshkit.proxy.proxied import ProxyProtocolConnection  # noqa: PLC0415
+
+            factory = lambda: ProxyProtocolConnection(listener, header)  # noqa: E731
+        try:
+            await loop.connect_accepted_socket(
+                factory,
+                sock, ssl=self.context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            log.debug("gateway TLS handshake failed: %s", exc)
+            sock.close()
+
+
+async def read_proxy_header(sock: socket.socket) -> ProxyHeader:
+    """Take a PROXY protocol header, and nothing after it, off a non-blocking socket.
+
+    Peeks (``MSG_PEEK``) and parses; while the header is incomplete every byte seen belongs to it,
+    so those are consumed and the rest awaited; once complete, exactly its remaining bytes are read.
+    ProxyProtocolError for a bad header or a peer that closes first; the caller bounds the time.
+    """
+    taken = b""
+    for _ in range(256):  # each turn consumes >= 1 byte of a header of at most 16 + 65535 bytes
+        await wait_readable(sock.fileno())
+        try:
+            seen = sock.recv(65536 + 16, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        if not seen:
+            raise ProxyProtocolError("the connection closed before a PROXY protocol header")
+        header = parse(taken + seen)
+        if header is not None:
+            _recv_exactly(sock, header.length - len(taken))
+            return header
+        taken += _recv_exactly(sock, len(seen))
+    raise ProxyProtocolError("no complete PROXY protocol header")
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes already in the socket's buffer (they were peeked)."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ProxyProtocolError("the connection closed inside a PROXY protocol header")
+        data += chunk
+    return data
 

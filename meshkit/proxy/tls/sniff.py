@@ -28,7 +28,8 @@ def looks_like_tls(first_bytes: bytes) -> bool:
     )
 
 
-async def _readable(fd: int) -> None:
+async def wait_readable(fd: int) -> None:
+    """Until ``fd`` has bytes to read (or EOF): one reader callback, removed afterwards."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -63,7 +64,7 @@ async def sniff_tls(sock: socket.socket) -> bool | None:
         if head is not None and (len(head) >= 3 or head[0] != TLS_HANDSHAKE):
             return looks_like_tls(head)
         if head is None:  # nothing yet: wait until readable
-            await _readable(fd)
+            await wait_readable(fd)
         else:  # 1-2 bytes of a possible TLS record: the rest is in flight
             await asyncio.sleep(0.005)
     return None
