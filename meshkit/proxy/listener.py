@@ -135,6 +135,8 @@ class Listener:
         self.scheme = "http"  # x-forwarded-proto when the client sent none ("https": a gateway's TLS port)
         # CONNECT (an app's own TLS through its sidecar): tunnel.Tunnels takes the connection over
         self.tunnels: Tunnels | None = None
+        # inbound, for an opaque-TCP workload (snapshot inbound.protocol "tcp"): bytes to the app
+        self.tcp_relay: Tunnels | None = None
         # A gateway's traffic listeners: connections must start with a PROXY protocol header while
         # the snapshot says so (Istio's gatewayTopology.proxyProtocol). Decided once per connection.
         self.proxy_protocol_capable = False

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meshkit.proxy import accept_loop
+from meshkit.proxy.accept_loop import AcceptingServer
 from meshkit.proxy.admin import Admin
 from meshkit.proxy.filters.accesslog import AccessLogSink
 from meshkit.proxy.listener import Listener, ListenerLimits
@@ -69,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     for name, port in DEFAULT_PORTS.items():
         parser.add_argument(f"--{name}-port", type=int, default=port, help=f"0 = free port ({port})")
+    parser.add_argument("--tcp-port", type=int, metavar="PORT",
+                        help="a gateway's TCP servers (protocol TCP Gateway servers), carried by port")
     parser.add_argument(
         "--https-port", type=int, metavar="PORT",
         help="a gateway's HTTPS listener (0 = free port): its Gateways' HTTPS servers, certificate by SNI",
@@ -118,6 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.https_port is not None and args.kind != "gateway":
         parser.error("--https-port is for a gateway (--kind gateway)")
+    if args.tcp_port is not None and args.kind != "gateway":
+        parser.error("--tcp-port is for a gateway (--kind gateway)")
     if args.control and not args.node_id:
         parser.error("--control needs --id <instance>.<namespace>")
     args.ca_token = _ca_token(parser, args)
@@ -230,6 +236,8 @@ class Proxy:
         # TLS the proxy does not open (tunnel): an app's CONNECT to its sidecar, a gateway's PASSTHROUGH
         self.tunnels = Tunnels(self.state, self.access, gateway=args.kind == "gateway")
         self.listeners["outbound"].tunnels = self.tunnels
+        self.listeners["inbound"].tcp_relay = self.tunnels
+        self.tunnels.certificates = self.certificates
         if args.kind == "gateway":
             self.listeners["outbound"].acceptor = SniffingAcceptor(self.tunnels)
         if self.acceptor is not None:
@@ -267,6 +275,7 @@ class Proxy:
                 raise SystemExit(f"meshkit proxy: {exc}") from None
             self.health_listener = Listener("health", probers.handle)
         self.ports: dict[str, int] = {}
+        self.tcp_server: AcceptingServer | None = None
         self.static: StaticConfig | None = None
         self.xds: XdsClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -283,6 +292,9 @@ class Proxy:
             self.static.install_reload(loop)
         for name, listener in self.listeners.items():
             self.ports[name] = await listener.start(args.address, getattr(args, f"{name}_port"))
+        if getattr(args, "tcp_port", None) is not None:  # a gateway's TCP servers (tunnel.accept_tcp)
+            self.tcp_server = accept_loop.serve(args.address, args.tcp_port, self.tunnels.accept_tcp, "tcp")
+            self.ports["tcp"] = int(self.tcp_server.sockets[0].getsockname()[1])
         self.ports["admin"] = await self.admin_listener.start(args.address, args.admin_port)
         if self.health_listener is not None:
             self.ports["health"] = await self.health_listener.start(args.address, args.health_port)
@@ -323,6 +335,8 @@ class Proxy:
         await asyncio.gather(
             *(listener.close(self.args.drain_seconds) for listener in self.listeners.values())
         )
+        if self.tcp_server is not None:
+            self.tcp_server.close()
         self.tunnels.close()
         await self.admin_listener.close(0.1)
         if self.health_listener is not None:

@@ -134,7 +134,7 @@ class Snapshot:
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
         self.originate: dict[str, Any] = {}  # SIMPLE cluster -> tls.originate.Origination (TLS origination)
         self.gateway_tls: list[Any] = []  # a gateway's HTTPS servers (tls.serving.ServerCertificate)
-        self.tls = TlsRouting()  # TLS carried unopened, routed by SNI (tls_routing, tunnel)
+        self.tls = TlsRouting()  # TLS carried unopened by SNI, a gateway's TCP by port (tls_routing, tunnel)
         # unknown hosts: outboundTrafficPolicy, the stand-in map (proxy/egress.py); None on a gateway
         self.egress: Egress | None = Egress()
         self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
@@ -198,7 +198,8 @@ class Snapshot:
         snap.originate = cls._originate(doc.get("clusters"), doc.get("egress"), previous)
         snap.gateway_tls = cls._gateway_tls(doc.get("gateway_tls"), previous)
         try:
-            snap.tls = TlsRouting.from_snapshot(doc.get("tls"), doc.get("mesh"), doc.get("egress"))
+            snap.tls = TlsRouting.from_snapshot(doc.get("tls"), doc.get("mesh"), doc.get("egress"),
+                                                doc.get("tcp"))
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         snap.path_normalization, snap.stream_idle_timeout = cls._mesh(doc.get("mesh"))

@@ -4,7 +4,8 @@
 first match wins: SNI exact or ``*.example.com``, port or any) and ``tls.hosts`` (ServiceEntry
 TLS ports: what REGISTRY_ONLY lets through with no route), plus the ``egress`` map that resolves
 external hosts (``edition.cnn.com:443`` -> its stand-in). ``choose`` picks a route's destination
-by weight. docs/snapshot.md describes the section; ``tunnel`` carries the bytes.
+by weight. A gateway's ``tcp`` routes (opaque TCP, by port) take the same shape (``tcp_routes``).
+docs/snapshot.md describes the sections; ``tunnel`` carries the bytes.
 
 It must not do: sockets, or anything but the standard library (the proxy is a leaf).
 """
@@ -64,25 +65,27 @@ def host_matches(pattern: str, host: str) -> bool:
 
 
 class TlsRouting:
-    """The checked ``tls`` section (see the module docstring)."""
+    """The checked ``tls`` and ``tcp`` sections (see the module docstring)."""
 
-    __slots__ = ("egress", "hosts", "routes")
+    __slots__ = ("egress", "hosts", "routes", "tcp_routes")
 
     def __init__(self, routes: tuple[TlsRoute, ...] = (), hosts: tuple[tuple[str, int], ...] = (),
-                 egress: Egress | None = None) -> None:
+                 egress: Egress | None = None, tcp_routes: tuple[TlsRoute, ...] = ()) -> None:
         self.routes = routes
         self.hosts = hosts
         self.egress = egress or Egress()
+        self.tcp_routes = tcp_routes  # a gateway's opaque TCP routes (sni_hosts "*": by port only)
 
     @classmethod
-    def from_snapshot(cls, section: Any, mesh: Any, egress: Any) -> TlsRouting:
+    def from_snapshot(cls, section: Any, mesh: Any, egress: Any, tcp: Any = None) -> TlsRouting:
         """ValueError naming the key for anything malformed."""
         try:
             resolver = Egress.from_snapshot(mesh, egress)
         except EgressError:
             resolver = Egress()  # reported by the snapshot's own egress check
+        tcp_routes = _tcp_routes(tcp)
         if section is None:
-            return cls(egress=resolver)
+            return cls(egress=resolver, tcp_routes=tcp_routes)
         if not isinstance(section, dict):
             raise ValueError(f"tls: expected an object, got {type(section).__name__}")
         routes = tuple(_route(raw, f"tls.routes[{i}]") for i, raw in enumerate(section.get("routes") or []))
@@ -94,7 +97,7 @@ class TlsRouting:
                 hosts.append(split_hostport(raw, 443, f"tls.hosts[{i}]"))
             except EgressError as exc:
                 raise ValueError(str(exc)) from None
-        return cls(routes, tuple(hosts), resolver)
+        return cls(routes, tuple(hosts), resolver, tcp_routes)
 
     def route(self, sni: str, port: int) -> TlsRoute | None:
         return next((r for r in self.routes if r.matches(sni, port)), None)
@@ -102,6 +105,18 @@ class TlsRouting:
     def registered(self, host: str, port: int) -> bool:
         """Whether a ServiceEntry lists ``host:port`` with a TLS/HTTPS/TCP port."""
         return any(p == port and host_matches(pattern, host) for pattern, p in self.hosts)
+
+
+def _tcp_routes(section: Any) -> tuple[TlsRoute, ...]:
+    if section is None:
+        return ()
+    if not isinstance(section, dict):
+        raise ValueError(f"tcp: expected an object, got {type(section).__name__}")
+    raw_routes = section.get("routes") or []
+    if not isinstance(raw_routes, list):
+        raise ValueError(f"tcp.routes: expected a list, got {raw_routes!r}")
+    return tuple(_route({**raw, "sni_hosts": ["*"]} if isinstance(raw, dict) else raw, f"tcp.routes[{i}]")
+                 for i, raw in enumerate(raw_routes))
 
 
 def _route(raw: Any, where: str) -> TlsRoute:

@@ -44,6 +44,7 @@ from meshkit.proxy.listener import Listener
 from meshkit.proxy.sni import MAX_RECORD, NEED_MORE, client_hello_sni
 from meshkit.proxy.stats import CLUSTER_ID
 from meshkit.proxy.tls.sniff import sniff_tls
+from meshkit.proxy.tls_routing import TlsDestination
 
 if TYPE_CHECKING:
     from meshkit.proxy.filters.accesslog import AccessLogSink
@@ -91,16 +92,17 @@ class TcpMetrics:
 class _Target:
     """Where one tunnel goes: an address, the names metrics and the log give it, or a refusal."""
 
-    __slots__ = ("address", "cluster", "flags", "namespace", "service", "service_name")
+    __slots__ = ("address", "allowed", "cluster", "flags", "namespace", "service", "service_name")
 
     def __init__(self, address: tuple[str, int] | None, cluster: str, service: str, service_name: str, *,
-                 namespace: str = "unknown", flags: str = "-") -> None:
+                 namespace: str = "unknown", flags: str = "-", allowed: frozenset[str] | None = None) -> None:
         self.address = address
         self.cluster = cluster
         self.service = service
         self.service_name = service_name
         self.namespace = namespace
         self.flags = flags
+        self.allowed = allowed  # ISTIO_MUTUAL: the SPIFFE ids the upstream may present (None: plaintext)
 
 
 class Tunnels:
@@ -113,6 +115,7 @@ class Tunnels:
         self.metrics = TcpMetrics()
         self.tasks: set[asyncio.Task[None]] = set()
         self.rng = random.Random()
+        self.certificates: Any = None  # the proxy's workload certificates: mTLS to ISTIO_MUTUAL upstreams
 
     # -- entry points ------------------------------------------------------------------
     def open_connect(self, transport: asyncio.Transport, authority: str, leftover: bytes, peer: str) -> None:
@@ -128,13 +131,25 @@ class Tunnels:
         if transport.is_reading() is False:
             transport.resume_reading()
         writer.write(CONNECT_ESTABLISHED)
-        self._spawn(self._carry(reader, writer, authority, peer))
+        self._spawn(self._carry(reader, writer, peer, authority=authority))
 
     async def accept(self, sock: socket.socket) -> None:
         """A gateway's passthrough connection (raw TLS on its listener)."""
         reader, writer = await asyncio.open_connection(sock=sock)
         peer = writer.get_extra_info("peername")
-        self._spawn(self._carry(reader, writer, None, str(peer[0]) if peer else ""))
+        self._spawn(self._carry(reader, writer, str(peer[0]) if peer else ""))
+
+    async def accept_tcp(self, sock: socket.socket) -> None:
+        """A connection on a gateway's TCP listener (Gateway servers with ``protocol: TCP``)."""
+        reader, writer = await asyncio.open_connection(sock=sock)
+        peer = writer.get_extra_info("peername")
+        self._spawn(self._carry(reader, writer, str(peer[0]) if peer else "", kind="tcp"))
+
+    async def carry_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
+                            identity: str | None) -> None:
+        """An accepted inbound connection of an opaque-TCP workload (PeerAuthentication already applied
+        by ``tls.inbound``): its bytes go to the app as they are."""
+        await self._carry(reader, writer, peer, kind="inbound", identity=identity)
 
     def close(self) -> None:
         for task in list(self.tasks):
@@ -146,16 +161,28 @@ class Tunnels:
         task.add_done_callback(self.tasks.discard)
 
     # -- one tunnel ----------------------------------------------------------------------
-    async def _carry(self, down_reader: asyncio.StreamReader, down_writer: asyncio.StreamWriter,
-                     authority: str | None, peer: str) -> None:
+    async def _carry(self, down_reader: asyncio.StreamReader, down_writer: asyncio.StreamWriter, peer: str, *,
+                     authority: str | None = None, kind: str = "tls", identity: str | None = None) -> None:
+        """``kind``: "tls" (route by SNI, else the CONNECT authority), "tcp" (a gateway's TCP routes),
+        "inbound" (to the local app)."""
         started, wall = time.monotonic(), time.time()
-        head, sni = await _client_hello(down_reader)
+        head, sni = await _client_hello(down_reader) if kind == "tls" else (b"", None)
         snapshot = self.state.current
         connect_host, port = _authority(authority)
-        target = self._target(snapshot, sni or connect_host, port) if snapshot is not None else None
+        server_name = sni or connect_host
+        target: _Target | None = None
+        if snapshot is not None:
+            if kind == "tls":
+                target = self._target(snapshot, server_name, port)
+            elif kind == "tcp":
+                route = snapshot.tls.tcp_routes[0] if snapshot.tls.tcp_routes else None
+                target = self._to_destination(snapshot, route.choose(self.rng)) if route is not None else None
+            else:
+                target = self._inbound_target(snapshot)
         if target is None:
             target = _Target(None, BLACKHOLE_CLUSTER, "unknown", "unknown", flags="NR")
-        counters = self.metrics.counters(self._labels(snapshot, target))
+        counters = self.metrics.counters(
+            self._labels(snapshot, target) if kind != "inbound" else self._inbound_labels(snapshot, identity))
         counters[0] += 1
         sent = received = 0
         upstream_host: str | None = None
@@ -165,8 +192,8 @@ class Tunnels:
                 return  # closed: the client's handshake fails (BlackHoleCluster, no route)
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    up_reader, up_writer = await asyncio.open_connection(*target.address)
-            except (OSError, TimeoutError) as exc:
+                    up_reader, up_writer = await self._connect(target)
+            except (OSError, TimeoutError, ValueError) as exc:
                 target.flags = "UF"
                 log.info("tunnel to %s:%d failed: %s", *target.address, exc)
                 return
@@ -184,26 +211,59 @@ class Tunnels:
                 if writer is not None:
                     writer.close()
             self._log(wall, time.monotonic() - started, target, upstream_host=upstream_host,
-                      server_name=sni or connect_host, sent=sent, received=received, peer=peer)
+                      server_name=server_name, sent=sent, received=received, peer=peer,
+                      direction="inbound" if kind == "inbound" else "outbound")
+
+    async def _connect(self, target: _Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The upstream connection: plain, or mTLS with the peer's SPIFFE id checked (ISTIO_MUTUAL)."""
+        assert target.address is not None
+        if target.allowed is None or self.certificates is None:
+            return await asyncio.open_connection(*target.address)
+        from meshkit.proxy.tls import check_peer_identity  # noqa: PLC0415 - only with mTLS upstreams
+
+        reader, writer = await asyncio.open_connection(*target.address, ssl=self.certificates.client_context,
+                                                       server_hostname="")
+        try:
+            check_peer_identity(writer.get_extra_info("ssl_object"), target.allowed)
+        except OSError:  # PeerIdentityError: not the identity the cluster allows
+            writer.close()
+            raise
+        return reader, writer
+
+    def _to_destination(self, snapshot: Snapshot, destination: TlsDestination) -> _Target:
+        """A route's destination: one endpoint of its cluster (mTLS when ISTIO_MUTUAL), or the external
+        host resolved with the egress map."""
+        if destination.cluster is None:
+            address = snapshot.tls.egress.resolve(destination.host, destination.port)
+            return _Target(address, destination.stats_name, destination.host, destination.host,
+                           flags="-" if address is not None else "DF")
+        cluster = snapshot.clusters.get(destination.cluster)
+        endpoint = cluster.pick(time.monotonic()) if cluster is not None else None
+        name = destination.host.split(".", 1)[0]
+        namespace = cluster.namespace if cluster is not None and cluster.namespace else "unknown"
+        if endpoint is None:
+            return _Target(None, destination.stats_name, destination.host, name, namespace=namespace,
+                           flags="UH")
+        allowed = snapshot.upstream_tls.get(destination.cluster)
+        if allowed is not None and not allowed:  # ISTIO_MUTUAL without a list: the endpoint's own identity
+            allowed = frozenset((endpoint.identity,)) if endpoint.identity else frozenset()
+        return _Target((endpoint.address, endpoint.port), destination.stats_name, destination.host, name,
+                       namespace=namespace, allowed=allowed)
+
+    def _inbound_target(self, snapshot: Snapshot) -> _Target | None:
+        cluster = snapshot.inbound_cluster
+        endpoint = cluster.pick(time.monotonic()) if cluster is not None else None
+        if endpoint is None:
+            return None
+        service = snapshot.inbound_service_fqdn
+        return _Target((endpoint.address, endpoint.port), f"inbound|{endpoint.port}||", service,
+                       snapshot.node_labels.service or "unknown", namespace=snapshot.node_labels.namespace)
 
     def _target(self, snapshot: Snapshot, host: str | None, port: int) -> _Target | None:
         tls = snapshot.tls
         route = tls.route(host, port) if host else None
         if route is not None:
-            destination = route.choose(self.rng)
-            if destination.cluster is not None:
-                cluster = snapshot.clusters.get(destination.cluster)
-                endpoint = cluster.pick(time.monotonic()) if cluster is not None else None
-                name = destination.host.split(".", 1)[0]
-                namespace = cluster.namespace if cluster is not None and cluster.namespace else "unknown"
-                if endpoint is None:
-                    return _Target(None, destination.stats_name, destination.host, name, namespace=namespace,
-                                   flags="UH")
-                return _Target((endpoint.address, endpoint.port), destination.stats_name, destination.host,
-                               name, namespace=namespace)
-            address = tls.egress.resolve(destination.host, destination.port)
-            return _Target(address, destination.stats_name, destination.host, destination.host,
-                           flags="-" if address is not None else "DF")
+            return self._to_destination(snapshot, route.choose(self.rng))
         if self.gateway or not host:
             return None  # no filter chain takes it: closed, as Envoy does
         if tls.registered(host, port):
@@ -231,8 +291,25 @@ class Tunnels:
             "response_flags": target.flags, "connection_security_policy": "unknown"})
         return labels
 
+    def _inbound_labels(self, snapshot: Snapshot | None, identity: str | None) -> dict[str, str]:
+        """reporter="destination": this workload, and the caller's verified identity (mTLS) only."""
+        node = snapshot.node_labels if snapshot is not None else None
+        labels = {"reporter": "destination", "source_principal": identity or "unknown"}
+        if node is not None and snapshot is not None:
+            labels.update({
+                "destination_workload": node.workload, "destination_workload_namespace": node.namespace,
+                "destination_principal": node.principal, "destination_app": node.app,
+                "destination_version": node.version, "destination_service": snapshot.inbound_service_fqdn,
+                "destination_service_name": node.service or "unknown",
+                "destination_service_namespace": node.namespace,
+                "destination_canonical_service": node.canonical_service,
+                "destination_cluster": CLUSTER_ID})
+        labels.update({"request_protocol": "tcp", "response_flags": "-",
+                       "connection_security_policy": "mutual_tls" if identity else "none"})
+        return labels
+
     def _log(self, wall: float, elapsed: float, target: _Target, *, upstream_host: str | None,
-             server_name: str | None, sent: int, received: int, peer: str) -> None:
+             server_name: str | None, sent: int, received: int, peer: str, direction: str) -> None:
         if self.access is None:
             return
         self.access.write({
@@ -242,7 +319,7 @@ class Tunnels:
             "response_flags": target.flags, "duration_ms": round(elapsed * 1000.0, 3),
             "upstream_host": upstream_host, "upstream_cluster": target.cluster, "request_id": None,
             "bytes_received": sent, "bytes_sent": received, "user_agent": None, "x_forwarded_for": None,
-            "direction": "outbound", "requested_server_name": server_name, "downstream_remote_address": peer,
+            "direction": direction, "requested_server_name": server_name, "downstream_remote_address": peer,
         })
 
 

@@ -155,6 +155,11 @@ class MtlsAcceptor:
                 conn.close()
                 return
         loop = asyncio.get_running_loop()
+        relay = listener.tcp_relay
+        snapshot = listener.state.current if listener.state is not None else None
+        if relay is not None and snapshot is not None and snapshot.inbound.get("protocol") == "tcp":
+            await self._relay_tcp(relay, conn, context, mode, is_tls)  # an opaque-TCP app: no HTTP
+            return
         try:
             await loop.connect_accepted_socket(
                 lambda: MtlsDownstreamConnection(listener, self, mode, is_tls),
@@ -166,6 +171,37 @@ class MtlsAcceptor:
             stats.handshake_failed += 1
             log.info("inbound TLS handshake failed: %s", exc)
             conn.close()
+
+    async def _relay_tcp(self, relay: Any, conn: socket.socket, context: ssl.SSLContext | None, mode: str,
+                         is_tls: bool) -> None:
+        """Step 4-5 for a workload whose Service port is opaque TCP: handshake, check the peer as for
+        HTTP, then hand the byte stream to ``tunnel.Tunnels.carry_inbound`` (to the app, unchanged)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=context,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if context is not None else None)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            self.stats.handshake_failed += 1
+            log.info("inbound TLS handshake failed: %s", exc)
+            conn.close()
+            return
+        identity = peer_identity(transport.get_extra_info("ssl_object")) if is_tls else None
+        decision = decide_connection(mode, is_tls, identity is not None)
+        if not decision.accept:
+            self.stats.no_identity_refused += 1
+            log.info("inbound connection refused: %s", decision.reason)
+            transport.abort()
+            return
+        if is_tls:
+            self.stats.mtls_accepted += 1
+        else:
+            self.stats.plaintext_accepted += 1
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        peer = transport.get_extra_info("peername")
+        await relay.carry_inbound(reader, writer, str(peer[0]) if peer else "", identity)
 
     def on_snapshot(self, snapshot: Any) -> None:
         """Close (once idle) the open connections the new mode would refuse."""
