@@ -168,7 +168,7 @@ class Launcher:
     def start_app(self, inst: Instance) -> ProcessRecord:
         spec, ports = inst.spec, inst.ports
         args = ["--port", str(ports.app), "--instance", inst.name, "--version", spec.version,
-                "--service-port", str(spec.service_port)]
+                "--service-port", str(spec.service_port), *catalog.app_args(spec)]
         if spec.app == "external":
             files = self.standin_tls()
             args += ["--tls-port", str(ports.app + catalog.EXTERNAL_TLS_DELTA),
@@ -284,9 +284,11 @@ class Launcher:
                    ingress: bool) -> None:
         """Every app answers, every proxy ACKed its snapshot, every sidecar is ready (has its certificate)."""
         for inst in instances:
-            app_health = f"http://127.0.0.1:{inst.ports.app}/healthz"
-            self.wait(functools.partial(readiness.http_ok, app_health), deadline, f"app {inst.name}",
-                      inst.name)
+            if inst.spec.app in catalog.TCP_APPS:  # no HTTP to probe: the port accepts a connection
+                probe = functools.partial(readiness.tcp_open, "127.0.0.1", inst.ports.app)
+            else:
+                probe = functools.partial(readiness.http_ok, f"http://127.0.0.1:{inst.ports.app}/healthz")
+            self.wait(probe, deadline, f"app {inst.name}", inst.name)
         proxy_ids = [i.proxy_id for i in instances if i.spec.sidecar]
         if ingress:
             proxy_ids.append(INGRESS_PROXY_ID)
