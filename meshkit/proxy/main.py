@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--https-port", type=int, metavar="PORT",
         help="a gateway's HTTPS listener (0 = free port): its Gateways' HTTPS servers, certificate by SNI",
     )
+    parser.add_argument("--tcp-port", type=int, metavar="PORT",
+                        help="a gateway's TCP servers (protocol TCP Gateway servers)")
     parser.add_argument("--access-log", default="off", metavar="PATH|-|off", help="JSON access log target")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--ports-file", metavar="PATH", help="write the bound ports as JSON here")
@@ -118,6 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.https_port is not None and args.kind != "gateway":
         parser.error("--https-port is for a gateway (--kind gateway)")
+    if args.tcp_port is not None and args.kind != "gateway":
+        parser.error("--tcp-port is for a gateway (--kind gateway)")
     if args.control and not args.node_id:
         parser.error("--control needs --id <instance>.<namespace>")
     args.ca_token = _ca_token(parser, args)

@@ -199,7 +199,7 @@ class Launcher:
         self.spawn("ingressgateway", python_argv(
             "meshkit.proxy", "--control", self.control_url, "--id", INGRESS_PROXY_ID,
             "--kind", "gateway", "--outbound-port", str(plan.ingress), "--inbound-port", "0",
-            "--https-port", str(plan.ingress_https),
+            "--https-port", str(plan.ingress_https), "--tcp-port", str(plan.ingress_tcp),
             "--admin-port", str(plan.ingress_admin),
             "--access-log", str(self.state.log("ingressgateway.access")),
             "--ca-token-file", str(token_file),

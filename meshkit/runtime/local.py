@@ -159,12 +159,14 @@ class LocalMesh:
         """The documented `meshkit status -o json` shape (keys fixed for scripts and tests)."""
         rec = self.record()
         if rec is None:
-            return {"control": None, "ingress": None, "ingress_https": None, "workloads": []}
+            return {"control": None, "ingress": None, "ingress_https": None, "ingress_tcp": None,
+                    "workloads": []}
         plan = PortPlan(rec.base_port)
         return {
             "control": f"http://127.0.0.1:{plan.control}",
             "ingress": f"http://127.0.0.1:{plan.ingress}",
             "ingress_https": f"https://127.0.0.1:{plan.ingress_https}",
+            "ingress_tcp": f"127.0.0.1:{plan.ingress_tcp}",
             "workloads": [inst.status() for inst in self.instances(rec)],
         }
 
