@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meshkit.control.auth import ensure_admin_token
 from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
@@ -54,6 +55,22 @@ class MeshError(RuntimeError):
 
 def quiet(_what: str, _done: int, _total: int) -> None:
     return None
+
+
+def ingress_service(plan: PortPlan) -> dict[str, Any]:
+    """Istio's ``istio-ingressgateway`` Service as the local mesh has it, with its local ports: ``http2``
+    (Istio's 80), ``https`` (443) and ``tcp`` (31400), and ``127.0.0.1`` as its load balancer's address,
+    so the tasks' ``kubectl get service istio-ingressgateway -o jsonpath=...`` lines find them."""
+    labels = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "istio-ingressgateway", "namespace": INGRESS_NAMESPACE, "labels": labels},
+        "spec": {"type": "LoadBalancer", "selector": labels,
+                 "ports": [{"name": "http2", "port": plan.ingress, "protocol": "TCP"},
+                           {"name": "https", "port": plan.ingress_https, "protocol": "TCP"},
+                           {"name": "tcp", "port": plan.ingress_tcp, "protocol": "TCP"}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}},
+    }
 
 
 def identity(spec: WorkloadSpec) -> str:

@@ -113,3 +113,7 @@ def test_status_names_the_ingress_gateway_s_tcp_port(mesh: RunningMesh) -> None:
     port = PortPlan(mesh.base).ingress_tcp
     assert f"TCP Gateway servers: 127.0.0.1:{port}" in shown.stdout
     assert mesh.status["ingress_tcp"] == f"127.0.0.1:{port}"
+    # the task's TCP_INGRESS_PORT line, with meshkit for kubectl
+    found = meshkit(mesh.home, mesh.base, "get", "service", "istio-ingressgateway", "-n", "istio-system",
+                    "-o", 'jsonpath={.spec.ports[?(@.name=="tcp")].port}')
+    assert (found.returncode, found.stdout) == (0, str(port)), found.stderr
