@@ -383,3 +383,21 @@ def test_up_refuses_a_bad_egress_gateway_setting_before_starting_anything(tmp_pa
     assert done.returncode != 0
     assert "components.egressGateways[0].enabled=true or =false" in done.stdout + done.stderr
     assert not (tmp_path / "mesh.json").exists()
+
+
+def test_jsonpath_reads_the_forms_istio_s_tasks_use() -> None:
+    from meshkit.cli.jsonpath import JsonPathError, render  # noqa: PLC0415
+    from meshkit.runtime.launch import ingress_service  # noqa: PLC0415
+    from meshkit.runtime.ports import PortPlan  # noqa: PLC0415
+
+    service = ingress_service(PortPlan(21000))
+    assert render('{.spec.ports[?(@.name=="tcp")].port}', service) == "21044"  # TCP_INGRESS_PORT
+    assert render('{.spec.ports[?(@.name=="http2")].port}', service) == "21080"  # INGRESS_PORT
+    assert render("{.spec.ports[?(@.name=='https')].port}", service) == "21043"  # SECURE_INGRESS_PORT
+    assert render("{.status.loadBalancer.ingress[0].ip}", service) == "127.0.0.1"  # INGRESS_HOST
+    pods = {"items": [{"metadata": {"name": "sleep-0"}}, {"metadata": {"name": "sleep-1"}}]}
+    assert render("{.items[*].metadata.name}", pods) == "sleep-0 sleep-1"
+    assert render("{.items..metadata.name}", pods) == "sleep-0 sleep-1"
+    assert render("name: {.items[0].metadata.name}\\n", pods) == "name: sleep-0\n"
+    with pytest.raises(JsonPathError, match=r"cannot read '\[\?\(@\.name=tcp\)\]'"):
+        render("{.spec.ports[?(@.name=tcp)]}", service)

@@ -7,7 +7,8 @@ of RSS each, for issue 4's whole-mesh budget). asyncio and aiohttp then treat TL
 unavailable, as on a Python built without it (an ``https://`` URL given to the
 ``sleep``/``legacy`` clients fails with an error), and ``hashlib`` uses its built-in hashes.
 The one exception is ``external``: the stand-ins for Istio's external hosts also serve HTTPS
-(``--tls-port``), so that process keeps ``ssl``.
+(``--tls-port``), so that process keeps ``ssl``. ``tcp-echo`` (plain TCP, no HTTP) runs without
+aiohttp: its own module's command line (`meshkit.apps.tcp_echo`), the same options and ready line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ if sys.argv[1:2] != ["external"]:
     for _module in ("ssl", "_hashlib"):  # before anything imports asyncio
         sys.modules.setdefault(_module, None)  # type: ignore[arg-type]
 
-from meshkit.apps.launcher import main
-
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["tcp-echo"]:
+        from meshkit.apps import tcp_echo
+
+        sys.exit(tcp_echo.main(sys.argv[2:]))
+    from meshkit.apps.launcher import main
+
     sys.exit(main())

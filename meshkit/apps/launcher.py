@@ -7,6 +7,7 @@ Bookinfo), ``--seed`` (makes ``/admin/fail`` and weighted ``/status`` reproducib
 ``reviews`` also takes ``--star-color black|red|none`` for versions other than v1-v3.
 ``external`` also takes ``--tls-port N --tls-cert FILE --tls-key FILE``: HTTPS on a second port
 (the stand-ins' own CA, ``meshkit.runtime.standin_tls``).
+``tcp-echo`` (Istio's TCP echo server, no HTTP: `meshkit.apps.tcp_echo`) also takes ``--prefix``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from meshkit.apps import clients, external, helloworld, httpbin
+from meshkit.apps import clients, external, helloworld, httpbin, tcp_echo
 from meshkit.apps.bookinfo import details, productpage, ratings, reviews
 from meshkit.apps.identity import Workload
 from meshkit.apps.outbound import ProxySettings
@@ -48,6 +49,7 @@ SUMMARIES = {
     "sleep": "in-mesh client: /fetch?url=... through its sidecar (HTTP_PROXY)",
     "legacy": "out-of-mesh client: /fetch?url=... always direct (no sidecar)",
     "external": "stand-ins outside the mesh for httpbin.org, edition.cnn.com, www.google.com (by Host)",
+    "tcp-echo": "Istio's tcp-echo server, plain TCP: each line comes back as '<prefix> <line>'",
 }
 
 
@@ -76,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
                 "--star-color", choices=("black", "red", "none"),
                 help="star colour (default from --version: v1 none, v2 black, v3 red)",
             )
+        if name == "tcp-echo":
+            tcp_echo.add_arguments(sub)
         if name == "external":
             sub.add_argument("--tls-port", type=_port,
                              help="also serve HTTPS on this port (0: any free port)")
@@ -116,6 +120,8 @@ def build_app(args: argparse.Namespace, env: dict[str, str]) -> web.Application:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.app == "tcp-echo":  # no aiohttp application: a plain asyncio TCP server
+        return tcp_echo.run(args)
     try:
         app = build_app(args, dict(os.environ))
         tls = _tls(args)

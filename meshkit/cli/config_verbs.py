@@ -32,6 +32,7 @@ from meshkit.cli.common import (
     app,
     table,
 )
+from meshkit.cli.jsonpath import JsonPathError, render
 from meshkit.cli.kube_tables import POD_KINDS, WIDE, pod_rows, ready_by_deployment
 
 if TYPE_CHECKING:
@@ -367,12 +368,25 @@ def get(  # noqa: PLR0917 (typer maps parameters to options)
     name: Annotated[str | None, typer.Argument(help="One resource's name.")] = None,
     namespace: NamespaceOption = "default",
     all_namespaces: Annotated[bool, typer.Option("-A", "--all-namespaces", help="Every namespace.")] = False,
-    output: Annotated[str, typer.Option("-o", "--output", help="table, yaml or json.")] = "table",
+    output: Annotated[str, typer.Option(
+        "-o", "--output", help="table, yaml, json or jsonpath=TEMPLATE (kubectl's).")] = "table",
     control: ControlOption = None,
 ) -> None:
-    """Show resources (a table like kubectl's, or -o yaml|json that `meshkit apply` takes back)."""
-    if output not in ("table", "yaml", "json"):
-        _fail(EXIT_UNAVAILABLE, f"error: --output must be table, yaml or json, not {output!r}")
+    """Show resources (a table like kubectl's, or -o yaml|json that `meshkit apply` takes back).
+
+    On the local mesh, `get service istio-ingressgateway -n istio-system -o jsonpath=...` reads the
+    ingress gateway's local ports (http2, https, tcp) and address, as Istio's tasks set
+    INGRESS_PORT, SECURE_INGRESS_PORT, TCP_INGRESS_PORT and INGRESS_HOST.
+    """
+    template = output.partition("=")[2] if output.startswith("jsonpath=") else None
+    if output not in ("table", "yaml", "json") and template is None:
+        _fail(EXIT_UNAVAILABLE,
+              f"error: --output must be table, yaml, json or jsonpath=TEMPLATE, not {output!r}")
+    if template is not None or output == "json":
+        ingress = _ingress_service(kind, name, namespace)
+        if ingress is not None:
+            _print_doc(ingress, template)
+            return
     everything = kind.lower() == "all"
     resolved = None if everything else kind  # the control plane resolves vs, virtualservices, ...
     ns = None if all_namespaces and name is None else namespace
@@ -386,10 +400,10 @@ def get(  # noqa: PLR0917 (typer maps parameters to options)
         sys.stdout.write(_call(client.get, resolved, name, ns, "yaml"))
         return
     items = _call(client.get, resolved, name, ns)["items"]
-    if output == "json":
+    if output == "json" or template is not None:
         resources = [item["resource"] for item in items]
         doc = resources[0] if name is not None else {"apiVersion": "v1", "kind": "List", "items": resources}
-        print(json.dumps(doc, indent=2))
+        _print_doc(doc, template)
         return
     if not items:
         where = "any namespace" if ns is None else f"{ns} namespace"
@@ -408,6 +422,27 @@ _COLUMNS = {
     "HTTPRoute": ("HOSTNAMES", lambda spec: json.dumps(spec.get("hostnames", []))),
     "GatewayClass": ("CONTROLLER", lambda spec: spec.get("controllerName", "")),
 }
+
+
+SERVICE_KINDS = frozenset({"service", "services", "svc"})
+
+
+def _ingress_service(kind: str, name: str | None, namespace: str) -> dict[str, Any] | None:
+    """The local mesh's ``istio-ingressgateway`` Service when that is what is asked (else None)."""
+    if kind.lower() not in SERVICE_KINDS or name != "istio-ingressgateway" or namespace != "istio-system":
+        return None
+    mesh = _local_mesh_or_none()
+    return mesh.ingress_service() if mesh is not None else None
+
+
+def _print_doc(doc: dict[str, Any], template: str | None) -> None:
+    if template is None:
+        print(json.dumps(doc, indent=2))
+        return
+    try:
+        sys.stdout.write(render(template, doc))
+    except JsonPathError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
 
 
 def _print_pods(namespace: str | None) -> None:

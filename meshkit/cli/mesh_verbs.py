@@ -153,7 +153,8 @@ def status(output: OutputOption = "table") -> None:
         _fail(EXIT_UNAVAILABLE, "no local mesh is running; start one with `meshkit up`")
     printer = Printer()
     printer.line(f"control plane  {state['control']}")
-    printer.line(f"ingress        {state['ingress']}   (HTTPS Gateway servers: {state['ingress_https']})")
+    printer.line(f"ingress        {state['ingress']}   (HTTPS Gateway servers: {state['ingress_https']}, "
+                 f"TCP Gateway servers: {state['ingress_tcp']})")
     rows = [["NAME", "SERVICE", "VERSION", "READY", "APP", "INBOUND", "OUTBOUND PROXY", "ADMIN"]]
     for w in state["workloads"]:
         rows.append([w["name"], w["service"], w["version"], "yes" if w["healthy"] else "NO",

@@ -255,6 +255,9 @@ SAMPLE_IMAGES: tuple[SampleImage, ...] = (
                 "fortio/fortio (samples/httpbin/sample-client/fortio-deploy.yaml)"),
     SampleImage(re.compile(r"(?:^|/)examples-helloworld-v[\w-]*$"), "helloworld",
                 "docker.io/istio/examples-helloworld-v<N> (samples/helloworld)"),
+    # plain TCP (no HTTP): the prefix it writes is the container's second arg (`WorkloadPlan.args`)
+    SampleImage(re.compile(r"(?:^|/)tcp-echo-server$"), "tcp-echo",
+                "docker.io/istio/tcp-echo-server (samples/tcp-echo)"),
 )
 
 
@@ -303,6 +306,7 @@ class WorkloadPlan:
     service: str  # the Service selecting its pods (else its app label, else its name)
     service_port: int  # that Service's first port (else the container port, else 80)
     sidecar: bool
+    args: tuple[str, ...] = ()  # the container's args (tcp-echo's ["9000,9001,9002", "one"])
 
     @property
     def version(self) -> str:
@@ -372,6 +376,7 @@ def plan_workloads(resources: Sequence[Resource]) -> list[WorkloadPlan]:
             name=deployment.metadata.name, namespace=deployment.metadata.namespace, app=app,
             labels=tuple(sorted(labels.items())), service_account=deployment.spec.template.spec.account,
             replicas=deployment.spec.replicas, service=service, service_port=port, sidecar=sidecar,
+            args=tuple(container.args or ()),
         ))
     return plans
 

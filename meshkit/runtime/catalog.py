@@ -3,6 +3,18 @@
 Names, versions, service accounts and service ports follow Istio's samples (Bookinfo on
 9080 with the ``bookinfo-*`` service accounts, httpbin on 8000), so Istio's YAML applies
 unchanged.
+
+Istio's sample images map to the built-in apps in `meshkit.config.workloads.SAMPLE_IMAGES`; a
+Deployment's container ``args`` travel in `WorkloadSpec.args`, and `app_args` turns them into the
+app's options. The one app that reads them is ``tcp-echo`` (``docker.io/istio/tcp-echo-server``,
+any tag; `meshkit.apps.tcp_echo`): ``args: ["9000,9001,9002", "one"]`` makes it answer
+``one <line>``. The first arg lists the ports the sample listens on; on the local mesh the
+instance listens on its one app port (+80 of its block) and the mesh registers the Service's
+first port, 9000 (name ``tcp``): that is the port the sidecar's inbound listener and the gateway's
+routes lead to. 9001 (``tcp-other``) and 9002 are not served: the instance does not listen for
+them and the registry does not carry them, so nothing in the mesh leads there. ``TCP_APPS``
+speak no HTTP: readiness is a TCP connect to the app port (`meshkit.runtime.readiness.tcp_open`),
+never an HTTP GET.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ class WorkloadSpec:
     deployment: str | None = None  # from a Deployment manifest: its name (else service-version)
     pod_labels: tuple[tuple[str, str], ...] = ()  # from a Deployment manifest: its pod template's labels
     namespace: str = "default"
+    args: tuple[str, ...] = ()  # from a Deployment manifest: its container's args
 
     @property
     def workload(self) -> str:
@@ -54,13 +67,15 @@ class WorkloadSpec:
         return {"app": self.service, "version": self.version}
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "pod_labels": [list(pair) for pair in self.pod_labels]}
+        return {**dataclasses.asdict(self), "pod_labels": [list(pair) for pair in self.pod_labels],
+                "args": list(self.args)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WorkloadSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in fields}
         values["pod_labels"] = tuple((str(k), str(v)) for k, v in values.get("pod_labels", ()))
+        values["args"] = tuple(str(a) for a in values.get("args", ()))
         return cls(**values)
 
 
@@ -93,6 +108,19 @@ EXTERNAL: tuple[WorkloadSpec, ...] = (
     WorkloadSpec("external", "v1", "external", 80, "external", sidecar=False),
 )
 EXTERNAL_HOSTS = ("httpbin.org", "edition.cnn.com", "www.google.com")
+
+
+# Apps that speak plain TCP, no HTTP: no /healthz, so readiness is a TCP connect to the app port.
+TCP_APPS = frozenset({"tcp-echo"})
+TCP_ECHO_PREFIX = "one"  # the prefix when a tcp-echo Deployment gives no second arg
+
+
+def app_args(spec: WorkloadSpec) -> list[str]:
+    """The app's own options from its container's args: tcp-echo's prefix (the second arg; the first,
+    the sample's port list, names container ports, and the instance listens on its app port instead)."""
+    if spec.app == "tcp-echo":
+        return ["--prefix", spec.args[1] if len(spec.args) > 1 else TCP_ECHO_PREFIX]
+    return []
 
 
 EXTERNAL_TLS_DELTA = 1  # the stand-ins' HTTPS listens on their app port + 1 (the +81 of the instance's block)

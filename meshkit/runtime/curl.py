@@ -170,7 +170,7 @@ def _namespace(row: dict[str, Any]) -> str:
     return str(row.get("namespace") or "default")
 
 
-def _service_of(host: str, namespace: str) -> tuple[str, str]:
+def service_of(host: str, namespace: str) -> tuple[str, str]:
     """(service, namespace) a host names from a workload of ``namespace``, as Kubernetes DNS resolves it."""
     for suffix in CLUSTER_SUFFIXES:
         if host.endswith(suffix):
@@ -223,7 +223,7 @@ def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any]
         raise CurlError("url", f"{row['name']} has no sidecar: https from it to {host!r} is not supported "
                         f"here (only to the external stand-ins {', '.join(EXTERNAL_HOSTS)}, "
                         f"when `external` runs)")
-    service, namespace = _service_of(host, _namespace(row))
+    service, namespace = service_of(host, _namespace(row))
     endpoints = [w for w in workloads if w["service"] == service and _namespace(w) == namespace
                  and w["inbound_port"] and w["healthy"]]
     if not endpoints:

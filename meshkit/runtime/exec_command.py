@@ -17,7 +17,10 @@ exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchange
 - ``fortio curl [-quiet] URL`` and ``fortio load [-c N] [-qps Q] [-n N | -t D] [-H H] [-loglevel L]
   [-quiet] URL`` from a fortio pod (`meshkit.runtime.fortio`), the circuit-breaking task;
 - ``pilot-agent request GET stats`` (or ``curl localhost:15000/stats``) in the ``istio-proxy``
-  container: the sidecar's admin page, Envoy's text stats for ``| grep pending``.
+  container: the sidecar's admin page, Envoy's text stats for ``| grep pending``;
+- ``sh -c "SCRIPT"`` for the shell shapes the tasks use (`meshkit.runtime.mini_shell`, never a real
+  shell): the TCP traffic-shifting task's ``(date; sleep 1) | nc $INGRESS_HOST $TCP_INGRESS_PORT``,
+  ``date``, ``sleep N``, ``echo``, ``nc HOST PORT``, and ``curl ...`` as above.
 
 `execute` returns the exit status and prints through ``out``; an unsupported program or flag is an
 `ExecError` naming it and listing what is supported (never silently ignored).
@@ -27,6 +30,7 @@ It must not run anything on the host: nothing here starts a process.
 
 from __future__ import annotations
 
+import random
 import re
 import urllib.request
 from collections.abc import Callable
@@ -34,12 +38,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from meshkit.runtime.curl import CurlError, CurlResult, curl, find_source
+from meshkit.runtime.curl import CurlError, CurlResult, curl, find_source, service_of
 from meshkit.runtime.fortio import LoadSpec, run_load
+from meshkit.runtime.mini_shell import Shell, ShellError
 from meshkit.runtime.state import StateDir
 
 SUPPORTED = ("curl ... URL", "fortio curl URL", "fortio load [-c -qps -n -t -H] URL",
-             "pilot-agent request GET stats (-c istio-proxy)")
+             "pilot-agent request GET stats (-c istio-proxy)",
+             'sh -c "(date; sleep 1) | nc HOST PORT" (date, sleep, echo, nc, curl)')
 SIDECAR_CONTAINERS = frozenset({"istio-proxy", "meshkit-proxy"})
 # curl's exit codes for what happened to a request with no HTTP answer, by the words of its error
 # (`meshkit.runtime.curl` and `curl_tls` write them): the first match wins, 56 when none does
@@ -316,6 +322,8 @@ def execute(state: StateDir, workloads: list[dict[str, Any]], target: str, argv:
         call = parse_curl([word for word in args[1:] if word not in ("-quiet", "--quiet")])
         call.include = True
         return run_curl(lambda c: _send(state, workloads, row, c), call, out)
+    if program in ("sh", "ash", "bash"):
+        return _shell(state, workloads, row, [program, *args], out=out)
     if program == "fortio" and args[:1] == ["load"]:
         spec = parse_fortio_load(args[1:])
         proxy = urlsplit(row["outbound_proxy"] or "")
@@ -325,6 +333,36 @@ def execute(state: StateDir, workloads: list[dict[str, Any]], target: str, argv:
             out(line + "\n")
         return 0
     raise ExecError(f"{program!r} does not run on the local mesh; supported: {'; '.join(SUPPORTED)}")
+
+
+def _shell(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any], argv: list[str], *,
+           out: Callable[[str], None]) -> int:
+    """``sh -c SCRIPT``: the script run by `mini_shell.Shell`, its curl by `run_curl` from ``row``."""
+    program, args = argv[0], argv[1:]
+    if len(args) != 2 or args[0] != "-c":
+        raise ExecError(f"{program}: only `{program} -c SCRIPT` (one script, no other arguments) runs here")
+
+    def curl_in_shell(argv: list[str], write: Callable[[str], None]) -> int:
+        return run_curl(lambda call: _send(state, workloads, row, call), parse_curl(argv), write)
+
+    shell = Shell(out=out, curl=curl_in_shell, resolve=lambda host, port: _mesh_address(workloads, row, host))
+    try:
+        return shell.run(args[1])
+    except ShellError as error:
+        raise ExecError(str(error)) from None
+
+
+def _mesh_address(workloads: list[dict[str, Any]], row: dict[str, Any], host: str) -> tuple[str, int] | None:
+    """Where ``nc`` reaches a service name from ``row``'s pod (Kubernetes DNS: a short name in its
+    namespace, ``svc.ns``): one running instance, as kube-proxy picks a pod; its sidecar's inbound port,
+    or its app port when it has none. None: no such service runs."""
+    service, namespace = service_of(host, str(row.get("namespace") or "default"))
+    found = [w for w in workloads if w["service"] == service and w["healthy"]
+             and str(w.get("namespace") or "default") == namespace]
+    if not found:
+        return None
+    chosen = random.choice(found)
+    return "127.0.0.1", int(chosen["inbound_port"] or chosen["app_port"])
 
 
 def _send(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any],

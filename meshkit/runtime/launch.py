@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meshkit.control.auth import ensure_admin_token
 from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
@@ -54,6 +55,22 @@ class MeshError(RuntimeError):
 
 def quiet(_what: str, _done: int, _total: int) -> None:
     return None
+
+
+def ingress_service(plan: PortPlan) -> dict[str, Any]:
+    """Istio's ``istio-ingressgateway`` Service as the local mesh has it, with its local ports: ``http2``
+    (Istio's 80), ``https`` (443) and ``tcp`` (31400), and ``127.0.0.1`` as its load balancer's address,
+    so the tasks' ``kubectl get service istio-ingressgateway -o jsonpath=...`` lines find them."""
+    labels = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "istio-ingressgateway", "namespace": INGRESS_NAMESPACE, "labels": labels},
+        "spec": {"type": "LoadBalancer", "selector": labels,
+                 "ports": [{"name": "http2", "port": plan.ingress, "protocol": "TCP"},
+                           {"name": "https", "port": plan.ingress_https, "protocol": "TCP"},
+                           {"name": "tcp", "port": plan.ingress_tcp, "protocol": "TCP"}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}},
+    }
 
 
 def identity(spec: WorkloadSpec) -> str:
@@ -168,7 +185,7 @@ class Launcher:
     def start_app(self, inst: Instance) -> ProcessRecord:
         spec, ports = inst.spec, inst.ports
         args = ["--port", str(ports.app), "--instance", inst.name, "--version", spec.version,
-                "--service-port", str(spec.service_port)]
+                "--service-port", str(spec.service_port), *catalog.app_args(spec)]
         if spec.app == "external":
             files = self.standin_tls()
             args += ["--tls-port", str(ports.app + catalog.EXTERNAL_TLS_DELTA),
@@ -199,7 +216,7 @@ class Launcher:
         self.spawn("ingressgateway", python_argv(
             "meshkit.proxy", "--control", self.control_url, "--id", INGRESS_PROXY_ID,
             "--kind", "gateway", "--outbound-port", str(plan.ingress), "--inbound-port", "0",
-            "--https-port", str(plan.ingress_https),
+            "--https-port", str(plan.ingress_https), "--tcp-port", str(plan.ingress_tcp),
             "--admin-port", str(plan.ingress_admin),
             "--access-log", str(self.state.log("ingressgateway.access")),
             "--ca-token-file", str(token_file),
@@ -284,9 +301,11 @@ class Launcher:
                    ingress: bool) -> None:
         """Every app answers, every proxy ACKed its snapshot, every sidecar is ready (has its certificate)."""
         for inst in instances:
-            app_health = f"http://127.0.0.1:{inst.ports.app}/healthz"
-            self.wait(functools.partial(readiness.http_ok, app_health), deadline, f"app {inst.name}",
-                      inst.name)
+            if inst.spec.app in catalog.TCP_APPS:  # no HTTP to probe: the port accepts a connection
+                probe = functools.partial(readiness.tcp_open, "127.0.0.1", inst.ports.app)
+            else:
+                probe = functools.partial(readiness.http_ok, f"http://127.0.0.1:{inst.ports.app}/healthz")
+            self.wait(probe, deadline, f"app {inst.name}", inst.name)
         proxy_ids = [i.proxy_id for i in instances if i.spec.sidecar]
         if ingress:
             proxy_ids.append(INGRESS_PROXY_ID)

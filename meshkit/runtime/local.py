@@ -49,6 +49,7 @@ from meshkit.runtime.launch import (
     Progress,
     identity,
     ingress_identity,
+    ingress_service,
     quiet,
 )
 from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports, check_port_plan, free_bases
@@ -159,14 +160,21 @@ class LocalMesh:
         """The documented `meshkit status -o json` shape (keys fixed for scripts and tests)."""
         rec = self.record()
         if rec is None:
-            return {"control": None, "ingress": None, "ingress_https": None, "workloads": []}
+            return {"control": None, "ingress": None, "ingress_https": None, "ingress_tcp": None,
+                    "workloads": []}
         plan = PortPlan(rec.base_port)
         return {
             "control": f"http://127.0.0.1:{plan.control}",
             "ingress": f"http://127.0.0.1:{plan.ingress}",
             "ingress_https": f"https://127.0.0.1:{plan.ingress_https}",
+            "ingress_tcp": f"127.0.0.1:{plan.ingress_tcp}",
             "workloads": [inst.status() for inst in self.instances(rec)],
         }
+
+    def ingress_service(self) -> dict[str, Any] | None:
+        """The ``istio-ingressgateway`` Service of this mesh, with its local ports (None: no mesh)."""
+        rec = self.record()
+        return ingress_service(PortPlan(rec.base_port)) if rec is not None else None
 
     def memory(self) -> dict[str, int]:
         """RSS in bytes of every process of the mesh, by process name."""

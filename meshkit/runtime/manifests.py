@@ -47,7 +47,7 @@ def spec_of(plan: WorkloadPlan) -> WorkloadSpec:
     return WorkloadSpec(app=plan.app, version=plan.version, service=plan.service,
                         service_port=plan.service_port, service_account=plan.service_account,
                         sidecar=plan.sidecar, replicas=plan.replicas, deployment=plan.name,
-                        pod_labels=plan.labels, namespace=plan.namespace)
+                        pod_labels=plan.labels, namespace=plan.namespace, args=plan.args)
 
 
 def specs_of(resources: Sequence[Resource]) -> list[WorkloadSpec]:

@@ -1,7 +1,9 @@
 """Port plan of the local mesh: Istio's well-known ports, as offsets in one block per instance.
 
 Block 0 holds the mesh itself (control plane at +10 like istiod's 15010, the ingress
-gateway at +80 for HTTP and +43 for HTTPS); instance ``i`` gets block ``i + 1``: sidecar admin
+gateway at +80 for HTTP, +43 for HTTPS and +44 for its TCP servers (Istio's 31400, port ``tcp``
+of the ingress Service), its admin at +0; the egress gateway, when deployed, at +82 and admin +2);
+instance ``i`` gets block ``i + 1``: sidecar admin
 +0 (15000), outbound +1 (15001), inbound +6 (15006), and the app itself at +80 (Bookinfo's 9080). With the
 default base 21000, reviews-v1-0 might have its admin on 21300 and its app on 21380:
 easy to read in `meshkit status`, and stable from one `meshkit up` to the next.
@@ -22,6 +24,7 @@ BLOCK = 100
 CONTROL_OFFSET = 10
 INGRESS_OFFSET = 80
 INGRESS_HTTPS_OFFSET = 43  # the ingress gateway's HTTPS listener (Istio's 443: HTTPS Gateway servers)
+INGRESS_TCP_OFFSET = 44  # the ingress gateway's TCP listener (Istio's 31400, port tcp: TCP Gateway servers)
 ADMIN_OFFSET = 0
 OUTBOUND_OFFSET = 1
 INBOUND_OFFSET = 6
@@ -53,6 +56,10 @@ class PortPlan:
         return self.base + INGRESS_HTTPS_OFFSET
 
     @property
+    def ingress_tcp(self) -> int:
+        return self.base + INGRESS_TCP_OFFSET
+
+    @property
     def ingress_admin(self) -> int:
         return self.base + ADMIN_OFFSET
 
@@ -66,7 +73,7 @@ class PortPlan:
         )
 
     def all_ports(self, instances: int) -> list[int]:
-        ports = [self.control, self.ingress, self.ingress_https, self.ingress_admin]
+        ports = [self.control, self.ingress, self.ingress_https, self.ingress_tcp, self.ingress_admin]
         for i in range(instances):
             p = self.instance(i)
             ports += [p.admin, p.outbound, p.inbound, p.app]

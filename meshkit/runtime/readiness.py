@@ -1,4 +1,5 @@
-"""Probes the local mesh waits on: the control plane answers, an HTTP health URL is 200, proxies ACKed.
+"""Probes the local mesh waits on: the control plane answers, an HTTP health URL is 200, a TCP app's port
+accepts a connection, proxies ACKed.
 
 Each probe returns a bool and never raises for a peer that is not there (yet), so a caller can
 poll it until a deadline; `unsynced` explains which proxies are not synced and why.
@@ -6,6 +7,7 @@ poll it until a deadline; `unsynced` explains which proxies are not synced and w
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +26,16 @@ def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as resp:
             return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def tcp_open(host: str, port: int) -> bool:
+    """Something accepts a TCP connection on ``host:port`` (an app with no HTTP, such as tcp-echo,
+    as a Kubernetes ``tcpSocket`` probe); the connection is closed at once, having sent nothing."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
     except OSError:
         return False
 

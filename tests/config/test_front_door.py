@@ -61,7 +61,8 @@ def test_sample_images_of_any_registry_and_tag() -> None:
     assert sample_app("localhost:5000/mccutchen/go-httpbin") == "httpbin"
     assert sample_app("curlimages/curl") == "sleep" and sample_app("fortio/fortio:latest_release") == "sleep"
     assert sample_app("docker.io/istio/examples-helloworld-v1:1.0") == "helloworld"
-    assert sample_app("nginx:1.25") is None and sample_app("docker.io/istio/tcp-echo-server:1.3") is None
+    assert sample_app("docker.io/istio/tcp-echo-server:1.2") == "tcp-echo"
+    assert sample_app("nginx:1.25") is None and sample_app("docker.io/istio/tcp-echo-client:1.3") is None
     assert repository_of("registry.istio.io/release/x:1") == "release/x"
 
 

@@ -70,10 +70,11 @@ def test_up_status_up_again_down(home: Path, base: int) -> None:
     assert "mesh ready" in started.stdout
     try:
         status = _status(home, base)
-        assert set(status) == {"control", "ingress", "ingress_https", "workloads"}
+        assert set(status) == {"control", "ingress", "ingress_https", "ingress_tcp", "workloads"}
         plan = PortPlan(base)
         assert status["control"] == f"http://127.0.0.1:{plan.control}"
         assert status["ingress"] == f"http://127.0.0.1:{plan.ingress}"
+        assert status["ingress_tcp"] == f"127.0.0.1:{plan.ingress_tcp}"
         workloads = status["workloads"]
         assert [w["name"] for w in workloads] == BOOKINFO_INSTANCES
         for w in workloads:
@@ -116,7 +117,8 @@ def test_up_status_up_again_down(home: Path, base: int) -> None:
     assert stopped.returncode == 0, stopped.stderr
     assert "mesh stopped" in stopped.stdout
     _assert_nothing_left(home, base, list(recorded.values()))
-    assert _status(home, base) == {"control": None, "ingress": None, "ingress_https": None, "workloads": []}
+    assert _status(home, base) == {"control": None, "ingress": None, "ingress_https": None,
+                                    "ingress_tcp": None, "workloads": []}
     assert "no local mesh is running" in meshkit(home, base, "down").stdout
 
 

@@ -73,3 +73,17 @@ def test_a_port_slice_keeps_every_plan_inside_it(monkeypatch: pytest.MonkeyPatch
     assert low_top <= min(chosen[1]), (max(chosen[0]), min(chosen[1]))
     monkeypatch.setenv(SLICE_ENV, "nonsense")
     assert next(free_bases(instances))  # malformed: the whole range
+
+
+def test_block_zero_gives_every_listener_of_the_mesh_its_own_port() -> None:
+    from meshkit.runtime import egressgw, ports  # noqa: PLC0415
+
+    plan = PortPlan(DEFAULT_BASE)
+    block_zero = {"control": plan.control, "ingress": plan.ingress, "ingress https": plan.ingress_https,
+                  "ingress tcp": plan.ingress_tcp, "ingress admin": plan.ingress_admin,
+                  "egress gateway": egressgw.ports(DEFAULT_BASE)[0],
+                  "egress admin": egressgw.ports(DEFAULT_BASE)[1]}
+    assert len(set(block_zero.values())) == len(block_zero), block_zero
+    assert all(DEFAULT_BASE <= port < DEFAULT_BASE + BLOCK for port in block_zero.values())
+    assert plan.ingress_tcp == DEFAULT_BASE + ports.INGRESS_TCP_OFFSET == 21044  # Istio's 31400 (port tcp)
+    assert plan.ingress_tcp in plan.all_ports(0)  # checked free before `up`, like the others
