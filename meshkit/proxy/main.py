@@ -77,8 +77,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--https-port", type=int, metavar="PORT",
         help="a gateway's HTTPS listener (0 = free port): its Gateways' HTTPS servers, certificate by SNI",
     )
-    parser.add_argument("--tcp-port", type=int, metavar="PORT",
-                        help="a gateway's TCP servers (protocol TCP Gateway servers)")
     parser.add_argument("--access-log", default="off", metavar="PATH|-|off", help="JSON access log target")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--ports-file", metavar="PATH", help="write the bound ports as JSON here")

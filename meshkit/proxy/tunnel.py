@@ -361,7 +361,9 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
-            writer.write_eof()
+            writer.write_eof()  # half-close: the other side may still answer
+        else:
+            writer.close()  # TLS has no half-close: close after what is written (Envoy's close after flush)
     except (ConnectionError, OSError):
         writer.close()
     return moved
