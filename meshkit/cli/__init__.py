@@ -5,6 +5,7 @@ Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 
 - `common`: the Typer app, output helpers, how the control plane is found, exit codes
 - `config_verbs`: control, apply, get, delete, analyze, history, rollback, proxy-status, proxy, kind
+- `object_verbs`: create namespace, label, patch, kube-inject (one stored object edited in place)
 - `mesh_verbs`: up, down, status, curl, logs, kill, restart, load, top, lab
 - `security_verbs`: certs, tap
 - `trace_verbs`: traces, trace, explain
@@ -26,6 +27,7 @@ from meshkit.cli import (  # noqa: F401
     console_verbs,
     jwt_verbs,
     mesh_verbs,
+    object_verbs,
     security_verbs,
     trace_verbs,
     workshop_verbs,

@@ -43,6 +43,7 @@ from meshkit.config.gateways import (
 from meshkit.config.hosts import resolve_host
 from meshkit.config.registry import Node, RegistryView, Service
 from meshkit.config.resources import (
+    L4MatchAttributes,
     Resource,
     RouteDestination,
     TCPRoute,
@@ -154,7 +155,8 @@ def _tcp_ports(node: Node, vs: VirtualService, route: TCPRoute,
                selecting: Mapping[tuple[str, str], Gateway]) -> list[int]:
     """The TCP server ports of the Gateways selecting ``node`` that a match of ``route`` takes."""
     ports: list[int] = []
-    for m in route.match or [None]:
+    matches: list[L4MatchAttributes | None] = list(route.match or []) or [None]
+    for m in matches:
         if m is not None and not labels_match(m.source_labels, node.labels):
             continue
         references = (m.gateways if m is not None else None) or vs.spec.gateways or []

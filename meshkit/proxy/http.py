@@ -100,6 +100,8 @@ class Request:
         "version",
     )
 
+    direct_addr: str  # unset (no per-request cost) unless the connection started with a PROXY header
+
     def __init__(
         self,
         method: str,
