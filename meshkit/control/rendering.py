@@ -11,8 +11,8 @@ without ``version`` and ``revision``); tests check the result equals ``compile_s
 A template is built on a worker thread (`meshkit.control.push`), but one ``json.dumps`` call holds
 the GIL until it returns: the 4 MB ``outbound`` part of a 1 MB VirtualService's snapshot took
 55-90 ms in one call, during which the event loop (pushes, the CA) could not run. So the canonical
-JSON of a part is assembled from one call per member down to `SPLIT_DEPTH` levels (a route, a
-cluster), each short; the text is the same.
+JSON of a part is assembled from one call per member down to a few levels (a route, a
+cluster), each short (`meshkit.control.jsontext`); the text is the same.
 """
 
 from __future__ import annotations
@@ -22,24 +22,17 @@ import json
 from typing import Any
 
 from meshkit.config.registry import Node
+from meshkit.control import jsontext
 
 _UNHASHED = ("version", "revision")
 
 
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # stateless
-SPLIT_DEPTH = 4  # containers above this depth are serialized member by member (see the docstring)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # never changed
 
 
-def _canonical(value: Any, depth: int = 0) -> str:
-    """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, made of
-    short calls: dicts (with string keys) and lists above `SPLIT_DEPTH` are joined member by member."""
-    if depth < SPLIT_DEPTH:
-        if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-            return "{" + ",".join(f"{_ENCODER.encode(key)}:{_canonical(value[key], depth + 1)}"
-                                  for key in sorted(value)) + "}"
-        if isinstance(value, list | tuple):
-            return "[" + ",".join(_canonical(item, depth + 1) for item in value) + "]"
-    return _ENCODER.encode(value)
+def _canonical(value: Any) -> str:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, in short calls."""
+    return jsontext.dumps(value, _ENCODER)
 
 
 _LEADING = ("schema", "version", "revision", "node")  # first on the wire, as in docs/snapshot.md
