@@ -117,8 +117,11 @@ class PushServer:
 
     def __init__(self, store: ConfigStore, registry: ServiceRegistry, *, debounce: float = 0.005,
                  ping_interval: float = 15.0, retention: float = 300.0,
-                 trace_sampling: float = DEFAULT_TRACE_SAMPLING) -> None:
+                 trace_sampling: float = DEFAULT_TRACE_SAMPLING,
+                 release: Callable[[list[Any]], None] = list.clear) -> None:
+        """``release`` takes the snapshots a new one replaces (see `ConfigStore`'s)."""
         self.store = store
+        self._release = release
         self.trace_sampling = trace_sampling  # meshConfig.defaultConfig.tracing.sampling (percent)
         self.registry = registry
         self.debounce = debounce
@@ -269,14 +272,17 @@ class PushServer:
                 proxy.compile_error = f"revision {revision}: {type(rendered).__name__}: {rendered}"
             return
         now = time.time()
+        retired: list[Any] = []
         for proxy, (snapshot, frame) in zip(group, rendered, strict=True):
             proxy.compile_error = None
             changed = snapshot["version"] != proxy.latest_version
             self.timeline.compiled(revision, proxy.id, snapshot["version"], changed=changed, now=now)
             if changed:
+                retired.append(proxy.latest)
                 proxy.latest = snapshot
                 proxy.latest_frame = frame
                 proxy.wake.set()
+        self._release(retired)
 
     def _forget_expired(self) -> None:
         now = time.time()

@@ -40,6 +40,7 @@ from meshkit.control.database import open_database
 from meshkit.control.jwks import JwksResolver
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry
+from meshkit.control.release import GradualRelease
 from meshkit.control.store import KEEP_REVISIONS, ConfigStore
 from meshkit.control.telemetry import Scraper, TelemetryStore
 from meshkit.control.traces import TraceExporter, TraceStore
@@ -150,12 +151,14 @@ class ControlPlane:
         self.directory = Path(state_dir) if state_dir is not None else default_control_dir()
         self._db: sqlite3.Connection = open_database(self.directory)
         self.max_body = max_body
-        self.store = ConfigStore(self._db, keep_revisions=keep_revisions)
+        self.release = GradualRelease()  # frees retired configs and snapshots a slice at a time
+        self.store = ConfigStore(self._db, keep_revisions=keep_revisions, release=self.release.put)
         self.registry = ServiceRegistry(self._db)
         if trace_sampling is None:
             trace_sampling = parse_trace_sampling(os.environ.get(TRACE_SAMPLING_ENV))
         self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
-                               retention=retention, trace_sampling=trace_sampling)
+                               retention=retention, trace_sampling=trace_sampling,
+                               release=self.release.put)
         self.jwks = JwksResolver(self.store.resources, self.push.schedule)
         self.push.jwks = self.jwks
         self._unsubscribe_jwks: Callable[[], None] = lambda: None
@@ -228,6 +231,7 @@ class ControlPlane:
 
     def close(self) -> None:
         self.push.close()
+        self.release.close()
         self._db.close()
 
 
