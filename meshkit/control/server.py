@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -56,6 +57,7 @@ TLS_PORT = 15012  # istiod's: xDS and CA over TLS, what a cluster's sidecars use
 DEFAULT_TLS_HOSTS = ("meshkit-control.meshkit-system.svc", "meshkit-control.meshkit-system.svc.cluster.local",
                      "localhost")
 SHUTDOWN_TIMEOUT = 3.0
+SWITCH_INTERVAL = 0.001  # seconds (Python's default 0.005); see serve()
 TRACE_SAMPLING_ENV = "MESHKIT_TRACE_SAMPLING"  # meshConfig.defaultConfig.tracing.sampling, percent
 TRACE_EXPORT_ENV = "MESHKIT_TRACE_EXPORT"  # "otlp=http://HOST:4318/v1/traces" or "zipkin=http://HOST:9411/api/v2/spans"
 
@@ -346,6 +348,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | 
                  f"(state: {plane.directory}, revision {plane.store.revision})")
         return running
 
+    # the loop shares the GIL with the threads that unpickle and compile large configs: each time it
+    # gives the GIL up (any socket call), it waits up to one switch interval to get it back
+    sys.setswitchinterval(SWITCH_INTERVAL)
     serve_until_signalled(start, announce)
 
 
