@@ -20,7 +20,7 @@ SPLIT_DEPTH = 4  # levels joined here; deeper values (a route, a cluster, a mess
 
 def dumps(value: Any, encoder: json.JSONEncoder, depth: int = SPLIT_DEPTH) -> str:
     """``encoder.encode(value)``, made of one call per member below ``depth`` levels."""
-    if depth > 0:
+    if depth > 0 and encoder.indent is None:  # (an indenting encoder lays out its own separators)
         if isinstance(value, dict) and all(isinstance(key, str) for key in value):
             keys = sorted(value) if encoder.sort_keys else list(value)
             return "{" + encoder.item_separator.join(
