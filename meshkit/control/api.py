@@ -48,12 +48,13 @@ from meshkit.config import codes
 from meshkit.config.httproutes import with_status
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import Resource
+from meshkit.control import jsontext
 from meshkit.control.auth import Authenticator, caller_of, make_guard, may_act_as
 from meshkit.control.kinds import resolve_kind
 from meshkit.control.preparation import Preparation, parse_resources
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry, parse_endpoint, parse_service, service_to_dict
-from meshkit.control.store import ConfigStore, ConflictError, NotFoundError
+from meshkit.control.store import ChangeResult, ConfigStore, ConflictError, NotFoundError
 from meshkit.control.telemetry_api import SCRAPER
 
 MAX_BODY_BYTES = 1024 * 1024  # `meshkit control --max-body` changes it
@@ -193,7 +194,21 @@ async def _change(request: web.Request, prepare: Callable[..., Any], *args: Any,
         prepared = await asyncio.to_thread(prepare, *args, **kwargs)
         result = c.store.commit(prepared)
     result.warnings[:0] = notes
-    return web.json_response(result.to_dict())
+    return await _change_answer(result)
+
+
+_ANSWER_ENCODER = json.JSONEncoder()  # what web.json_response's json.dumps uses; never changed
+ANSWER_OFF_LOOP_ABOVE = 100  # warnings: a larger answer is built on a thread, in short calls
+
+
+async def _change_answer(result: ChangeResult) -> web.Response:
+    """The answer to a change. An apply that makes thousands of warnings (one per route of a large
+    VirtualService whose host is not in the registry) answers megabytes: built on a thread in short
+    `jsontext` calls, not on the loop in one ``json.dumps`` that holds the GIL."""
+    if len(result.warnings) <= ANSWER_OFF_LOOP_ABOVE:
+        return web.json_response(result.to_dict())
+    text = await asyncio.to_thread(lambda: jsontext.dumps(result.to_dict(), _ANSWER_ENCODER))
+    return web.Response(text=text, content_type="application/json")
 
 
 async def apply(request: web.Request) -> web.Response:
@@ -207,7 +222,7 @@ async def apply(request: web.Request) -> web.Response:
         notes, prepared = await c.preparation.apply(c.store, raw, as_json, c.registry.view(), expected)
         result = c.store.commit(prepared)
     result.warnings[:0] = notes
-    return web.json_response(result.to_dict())
+    return await _change_answer(result)
 
 
 async def get_config(request: web.Request) -> web.Response:

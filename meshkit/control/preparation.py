@@ -21,7 +21,13 @@ plane's process, under the API's write lock.
 Python's cyclic garbage collector, triggered by the hundreds of thousands of objects a 1 MB
 document makes, cost more than half of a large preparation (each pass walks the whole heap); it is
 paused while one runs (`GC_PAUSED`), in the worker process and on the thread alike. Reference
-counting still frees everything; the collector runs again afterwards.
+counting still frees everything; the collector runs again afterwards. When a paused section leaves
+many new objects alive (over `FREEZE_ABOVE`: a new large config, a compiled large snapshot), they
+are moved out of the collector's sight (`gc.freeze`, which costs nothing) before it runs again:
+otherwise its next young, middle and full passes each walk them all in one call that holds the
+GIL, and a 1 MB config's objects stalled the event loop for 100-360 ms per pass. Frozen objects are
+still freed by reference counting; only cycles among them would never be collected, and a config,
+its documents and its compiled snapshots hold none (tests/control/test_loop_stalls.py checks).
 
 Must not: touch the store's database or the event loop from the worker; import aiohttp (the
 worker imports this module).
@@ -65,13 +71,20 @@ IDLE_SECONDS = 120.0  # an unused worker process is stopped after this long (mem
 MAX_QUEUED = 4  # preparations waiting for the worker process; more wait on the loop, not in a queue
 
 
-class _GcPause:
-    """Pauses the cyclic garbage collector while at least one holder is inside (thread-safe)."""
+FREEZE_ABOVE = 20_000  # objects left alive by a paused section above which they are frozen (gc.freeze)
 
-    def __init__(self) -> None:
+
+class _GcPause:
+    """Pauses the cyclic garbage collector while at least one holder is inside (thread-safe); when
+    the last one leaves, freezes what the section left alive if that is over ``freeze_above``
+    objects (see the module docstring)."""
+
+    def __init__(self, freeze_above: int = FREEZE_ABOVE) -> None:
         self._lock = threading.Lock()
         self._holders = 0
         self._was_enabled = False
+        self.freeze_above = freeze_above
+        self.frozen = 0  # times a section's survivors were frozen (for tests and benchmarks)
 
     def __enter__(self) -> None:
         with self._lock:
@@ -84,6 +97,9 @@ class _GcPause:
         with self._lock:
             self._holders -= 1
             if self._holders == 0 and self._was_enabled:
+                if gc.get_count()[0] > self.freeze_above:  # tracked objects made, net, since the last pass
+                    gc.freeze()
+                    self.frozen += 1
                 gc.enable()
 
 

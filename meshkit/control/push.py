@@ -36,6 +36,7 @@ log = logging.getLogger("meshkit.control.push")
 
 
 SYNCED, STALE, NACKED = "SYNCED", "STALE", "NACKED"
+Rendered = list[tuple[dict[str, Any], bytes]]  # per proxy of a group: (its snapshot, its SSE event)
 PROXY_KINDS = ("sidecar", "gateway")
 
 
@@ -51,7 +52,7 @@ class ProxyState:
     disconnected_at: float | None = None
     generation: int = 0  # bumped by every new stream, so an older stream of the same id ends
     latest: dict[str, Any] | None = None
-    latest_json: str | None = None
+    latest_frame: bytes | None = None  # its SSE event, encoded once off the loop
     sent_version: str | None = None
     acked_version: str | None = None
     nack_version: str | None = None
@@ -116,8 +117,11 @@ class PushServer:
 
     def __init__(self, store: ConfigStore, registry: ServiceRegistry, *, debounce: float = 0.005,
                  ping_interval: float = 15.0, retention: float = 300.0,
-                 trace_sampling: float = DEFAULT_TRACE_SAMPLING) -> None:
+                 trace_sampling: float = DEFAULT_TRACE_SAMPLING,
+                 release: Callable[[list[Any]], None] = list.clear) -> None:
+        """``release`` takes the snapshots a new one replaces (see `ConfigStore`'s)."""
         self.store = store
+        self._release = release
         self.trace_sampling = trace_sampling  # meshConfig.defaultConfig.tracing.sampling (percent)
         self.registry = registry
         self.debounce = debounce
@@ -241,39 +245,44 @@ class PushServer:
         """Compile once for ``group`` (proxies of one shape), render each, wake those that changed."""
         self._publish(group, self._compile(group, inputs), inputs[2])
 
-    def _compile(self, group: list[ProxyState], inputs: tuple[Any, Any, int]) -> SnapshotTemplate | Exception:
-        """The snapshot template of ``group``'s shape, or the compiler's exception (pure: any thread)."""
+    def _compile(self, group: list[ProxyState], inputs: tuple[Any, Any, int]) -> Rendered | Exception:
+        """The snapshot and its SSE event for each proxy of ``group`` (one shape), compiled once and
+        rendered per proxy, or the compiler's exception (pure: any thread; the serializing, a few
+        megabytes for a large config, stays off the loop too)."""
         resources, view, revision = inputs
         self.stats.compiles += 1
         try:
             jwks = self.jwks
             with GC_PAUSED:  # see preparation.py: its passes cost more than compiling
-                return SnapshotTemplate(compile_snapshot(
+                template = SnapshotTemplate(compile_snapshot(
                     resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision,
                     trace_sampling=self.trace_sampling,
                     egress_hosts=dict(view.external_hosts), real_dns=view.real_dns,
                     jwks=jwks.keys if jwks is not None else None,
                     jwks_errors=jwks.errors if jwks is not None else None))
+                return [(snapshot, _sse("snapshot", payload))
+                        for snapshot, payload in (template.render(proxy.node) for proxy in group)]
         except Exception as error:  # a compiler bug must not stop the pushes to everyone else
             log.exception("compiling the snapshot of %s failed at revision %s", group[0].id, revision)
             return error
 
-    def _publish(self, group: list[ProxyState], template: SnapshotTemplate | Exception,
-                 revision: int) -> None:
-        if isinstance(template, Exception):
+    def _publish(self, group: list[ProxyState], rendered: Rendered | Exception, revision: int) -> None:
+        if isinstance(rendered, Exception):
             for proxy in group:
-                proxy.compile_error = f"revision {revision}: {type(template).__name__}: {template}"
+                proxy.compile_error = f"revision {revision}: {type(rendered).__name__}: {rendered}"
             return
         now = time.time()
-        for proxy in group:
+        retired: list[Any] = []
+        for proxy, (snapshot, frame) in zip(group, rendered, strict=True):
             proxy.compile_error = None
-            snapshot, payload = template.render(proxy.node)
             changed = snapshot["version"] != proxy.latest_version
             self.timeline.compiled(revision, proxy.id, snapshot["version"], changed=changed, now=now)
             if changed:
+                retired.append(proxy.latest)
                 proxy.latest = snapshot
-                proxy.latest_json = payload
+                proxy.latest_frame = frame
                 proxy.wake.set()
+        self._release(retired)
 
     def _forget_expired(self) -> None:
         now = time.time()
@@ -324,7 +333,7 @@ class PushServer:
                     self.stats.pushes += 1
                     if version is not None:
                         self.timeline.pushed(proxy.id, version, time.time())
-                    yield _sse("snapshot", proxy.latest_json or "{}")
+                    yield proxy.latest_frame or _sse("snapshot", "{}")
                     continue
                 proxy.wake.clear()
                 try:

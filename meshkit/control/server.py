@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +41,7 @@ from meshkit.control.database import open_database
 from meshkit.control.jwks import JwksResolver
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry
+from meshkit.control.release import GradualRelease
 from meshkit.control.store import KEEP_REVISIONS, ConfigStore
 from meshkit.control.telemetry import Scraper, TelemetryStore
 from meshkit.control.traces import TraceExporter, TraceStore
@@ -55,6 +57,7 @@ TLS_PORT = 15012  # istiod's: xDS and CA over TLS, what a cluster's sidecars use
 DEFAULT_TLS_HOSTS = ("meshkit-control.meshkit-system.svc", "meshkit-control.meshkit-system.svc.cluster.local",
                      "localhost")
 SHUTDOWN_TIMEOUT = 3.0
+SWITCH_INTERVAL = 0.001  # seconds (Python's default 0.005); see serve()
 TRACE_SAMPLING_ENV = "MESHKIT_TRACE_SAMPLING"  # meshConfig.defaultConfig.tracing.sampling, percent
 TRACE_EXPORT_ENV = "MESHKIT_TRACE_EXPORT"  # "otlp=http://HOST:4318/v1/traces" or "zipkin=http://HOST:9411/api/v2/spans"
 
@@ -150,12 +153,14 @@ class ControlPlane:
         self.directory = Path(state_dir) if state_dir is not None else default_control_dir()
         self._db: sqlite3.Connection = open_database(self.directory)
         self.max_body = max_body
-        self.store = ConfigStore(self._db, keep_revisions=keep_revisions)
+        self.release = GradualRelease()  # frees retired configs and snapshots a slice at a time
+        self.store = ConfigStore(self._db, keep_revisions=keep_revisions, release=self.release.put)
         self.registry = ServiceRegistry(self._db)
         if trace_sampling is None:
             trace_sampling = parse_trace_sampling(os.environ.get(TRACE_SAMPLING_ENV))
         self.push = PushServer(self.store, self.registry, debounce=debounce, ping_interval=ping_interval,
-                               retention=retention, trace_sampling=trace_sampling)
+                               retention=retention, trace_sampling=trace_sampling,
+                               release=self.release.put)
         self.jwks = JwksResolver(self.store.resources, self.push.schedule)
         self.push.jwks = self.jwks
         self._unsubscribe_jwks: Callable[[], None] = lambda: None
@@ -228,6 +233,7 @@ class ControlPlane:
 
     def close(self) -> None:
         self.push.close()
+        self.release.close()
         self._db.close()
 
 
@@ -342,6 +348,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | 
                  f"(state: {plane.directory}, revision {plane.store.revision})")
         return running
 
+    # the loop shares the GIL with the threads that unpickle and compile large configs: each time it
+    # gives the GIL up (any socket call), it waits up to one switch interval to get it back
+    sys.setswitchinterval(SWITCH_INTERVAL)
     serve_until_signalled(start, announce)
 
 

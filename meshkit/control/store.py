@@ -325,11 +325,16 @@ class ConfigStore:
     methods, which only read and may run in a worker thread while the loop goes on.
     """
 
-    def __init__(self, connection: sqlite3.Connection, *, keep_revisions: int = KEEP_REVISIONS) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, keep_revisions: int = KEEP_REVISIONS,
+                 release: Callable[[list[Any]], None] = list.clear) -> None:
+        """``release`` takes the objects a commit retires (the old config and its documents; the
+        list is its to empty), e.g. `meshkit.control.release.GradualRelease.put`: freeing a large
+        config at once holds the loop for tens of milliseconds."""
         if keep_revisions < 1:
             raise ValueError(f"keep_revisions: expected at least 1, got {keep_revisions}")
         self.keep_revisions = keep_revisions
         self._db = connection
+        self._release = release
         self._listeners: list[Callable[[], None]] = []
         self._current: dict[Key, StoredResource] = {}
         self._revision = 0
@@ -531,11 +536,13 @@ class ConfigStore:
             (number, change.timestamp, change.summary, change.diff, change.document),
         )
         self._db.execute("DELETE FROM revisions WHERE number <= ?", (number - self.keep_revisions,))
+        retired: list[Any] = [self._current, self._docs]
         self._current = change.entries
         self._revision = number
         self._docs = change.docs if change.docs is not None else Documents()
         self._token = change.token or uuid.uuid4().hex
         self._document = change.document
+        self._release(retired)
         for listener in list(self._listeners):
             listener()
 
