@@ -1,4 +1,4 @@
-"""Analyzer checks of the Gateway API kinds (HTTPRoute, GatewayClass): codes MK0410-MK0414.
+"""Analyzer checks of the Gateway API kinds (HTTPRoute, TLSRoute, GatewayClass): codes MK0410-MK0414.
 
 Called by `meshkit.config.analyze.analyze` over the whole config set. Every finding here is a
 warning or a note, never an error: as on a cluster, a route with a dangling reference is stored and
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from meshkit.config import codes
-from meshkit.config.gateway_api import ISTIO_CONTROLLER, GatewayClass, HTTPRoute, KubeGateway
+from meshkit.config.gateway_api import ISTIO_CONTROLLER, GatewayClass, HTTPRoute, KubeGateway, KubeTLSRoute
 from meshkit.config.hosts import resolve_host
 from meshkit.config.httproutes import (
     GATEWAY_CLASS,
@@ -20,6 +20,7 @@ from meshkit.config.httproutes import (
     https_listeners,
     listener_secret,
     missing_backends,
+    service_entry_of,
     service_exists,
 )
 from meshkit.config.messages import Message, Severity
@@ -38,11 +39,17 @@ def check_gateway_api(resources: Sequence[Resource], registry: RegistryView | No
             continue
         for host in vs.spec.hosts:
             vs_hosts.setdefault(resolve_host(host, vs.metadata.namespace).host, vs)
-    for route in (r for r in resources if isinstance(r, HTTPRoute)):
+    for route in (r for r in resources if isinstance(r, HTTPRoute | KubeTLSRoute)):
         namespace = route.metadata.namespace
         for index, parent in enumerate(route.spec.parent_refs):
             ns = parent.namespace or namespace
             at = f"spec.parentRefs[{index}]"
+            if parent.is_service_entry:
+                if service_entry_of(parent, namespace, resources) is None:
+                    messages.append(Message(
+                        codes.MK0410, Severity.WARNING, route.ref, f"{at}.name",
+                        f"ServiceEntry {ns}/{parent.name} does not exist: this route attaches to nothing"))
+                continue
             if not parent.is_service:
                 gateway = gateway_of(parent, namespace, resources)
                 if gateway is None:
@@ -57,6 +64,8 @@ def check_gateway_api(resources: Sequence[Resource], registry: RegistryView | No
                         f"{gateway.spec.gateway_class_name}: only class {GATEWAY_CLASS} is served (by the "
                         "mesh's ingress gateway)"))
                 continue
+            if not isinstance(route, HTTPRoute):
+                continue  # a TLSRoute on a Service: accepted, no VirtualService overlap to report
             if not service_exists(parent.name, ns, resources, view):
                 messages.append(Message(
                     codes.MK0410, Severity.WARNING, route.ref, f"{at}.name",
@@ -71,7 +80,8 @@ def check_gateway_api(resources: Sequence[Resource], registry: RegistryView | No
         for field, name in missing_backends(route, resources, view):
             messages.append(Message(
                 codes.MK0411, Severity.WARNING, route.ref, field,
-                f"Service {name} does not exist: requests routed to it get 503 "
+                (f"no ServiceEntry declares {name.removeprefix('Hostname/')}" if name.startswith("Hostname/")
+                 else f"Service {name} does not exist") + ": requests routed to it get 503 "
                 "(status: ResolvedRefs False, BackendNotFound)"))
     for gateway, index, listener in https_listeners(resources):
         namespace, name = listener_secret(gateway, listener)

@@ -97,6 +97,9 @@ API_KINDS: tuple[ApiKind, ...] = (
     _gateway_api("GatewayClass", "gatewayclasses", namespaced=False),
     _gateway_api("Gateway", "gateways"),
     _gateway_api("HTTPRoute", "httproutes"),
+    # TLSRoute (experimental channel): read on the local mesh; on a cluster the control plane does not
+    # follow it yet (its CRD is not in the standard channel a cluster usually has)
+    ApiKind("gateway.networking.k8s.io", "v1alpha2", "tlsroutes", "TLSRoute", control=READ, enabled=False),
     # the service registry and the workloads behind it
     ApiKind("", "v1", "services", "Service", control=READ, enabled=True),
     ApiKind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", control=READ, enabled=True),

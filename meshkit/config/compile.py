@@ -24,6 +24,7 @@ from meshkit.config.egress import (
     origination_tls,
 )
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
+from meshkit.config.gateway_deployments import internal_config
 from meshkit.config.gateways import Gateway, bound_hosts, gateways_for, match_scope, tls_servers
 from meshkit.config.hosts import resolve_host
 from meshkit.config.httproutes import (
@@ -123,6 +124,8 @@ def compile_snapshot(
     stand-ins) and ``real_dns`` lets other names resolve (snapshot ``egress``).
     """
     resources = expand_delegates(resources)  # VirtualService delegation, as Istio merges it
+    # Gateway API Gateways with their own proxy and TLSRoutes, as internal Istio config (gateway_deployments)
+    resources = [*resources, *internal_config(resources)]
     mesh_config = mesh_config_of(resources, mesh_config)
     virtual_services = [vs for vs in of_kind(resources, VirtualService) if _applies_to(vs, node)]
     destination_rules = of_kind(resources, DestinationRule)

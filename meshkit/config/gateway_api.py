@@ -1,8 +1,13 @@
 """The Kubernetes Gateway API kinds meshkit reads (``gateway.networking.k8s.io/v1``): models only.
 
-``GatewayClass`` (the ``istio`` class), ``Gateway`` (HTTP listeners; `KubeGateway`, as its name is
-Istio's ``Gateway`` too) and ``HTTPRoute``. An HTTPRoute attaches to a Service
-(``parentRefs`` kind Service: mesh traffic, the GAMMA pattern) or to a Gateway (ingress). Every
+``GatewayClass`` (the ``istio`` class), ``Gateway`` (HTTP, HTTPS and TLS Passthrough listeners;
+`KubeGateway`, as its name is Istio's ``Gateway`` too), ``HTTPRoute`` and ``TLSRoute`` (v1alpha2,
+`KubeTLSRoute`). A route attaches to a Service (``parentRefs`` kind Service: mesh traffic, the
+GAMMA pattern), to a ServiceEntry (kind ServiceEntry, group networking.istio.io: mesh traffic to
+its hosts) or to a Gateway. A Gateway annotated ``networking.istio.io/service-type: ClusterIP``
+has its own gateway proxy, ``<name>-istio`` (`KubeGateway.deployed`: an egress or internal
+gateway); the others are served by the local mesh's one ingress. A backendRef is a Service or,
+kind Hostname of group networking.istio.io, an external host. Every
 field of the standard channel meshkit does not implement is refused by name
 (``unsupported_fields``), and a filter ``type`` that Gateway API does not define is a named
 error; a fault-injection-like filter says that Gateway API has no fault injection.
@@ -20,6 +25,7 @@ from pydantic import Field, model_validator
 from meshkit.config.resources import DurationStr, IstioModel, Resource
 
 GROUP = "gateway.networking.k8s.io"
+ISTIO_NETWORKING = "networking.istio.io"  # the group of a ServiceEntry parent and a Hostname backend
 ISTIO_CONTROLLER = "istio.io/gateway-controller"
 # the filter types of Gateway API v1 (standard + experimental channel)
 FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "URLRewrite",
@@ -72,18 +78,17 @@ class SecretObjectReference(IstioModel):
 
 class GatewayTLSConfig(IstioModel):
     unsupported_fields = frozenset({"frontendValidation", "options"})
-    unsupported_values = {"mode": frozenset({"Passthrough"})}
 
-    mode: Literal["Terminate"] = "Terminate"
+    mode: Literal["Terminate", "Passthrough"] = "Terminate"
     certificate_refs: list[SecretObjectReference] | None = None
 
 
 class Listener(IstioModel):
-    unsupported_values = {"protocol": frozenset({"TLS", "TCP", "UDP", "GRPC"})}
+    unsupported_values = {"protocol": frozenset({"TCP", "UDP", "GRPC"})}
 
     name: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
-    protocol: Literal["HTTP", "HTTPS"]
+    protocol: Literal["HTTP", "HTTPS", "TLS"]
     hostname: str | None = None
     tls: GatewayTLSConfig | None = None
     allowed_routes: AllowedRoutes | None = None
@@ -91,9 +96,20 @@ class Listener(IstioModel):
     @model_validator(mode="after")
     def _https_terminates_tls(self) -> Listener:
         # Gateway API: an HTTPS listener needs tls with at least one certificateRef (Terminate)
+        if self.protocol == "HTTPS" and self.tls is not None and self.tls.mode == "Passthrough":
+            raise ValueError("an HTTPS listener terminates TLS: tls.mode Passthrough is for a listener of "
+                             "protocol TLS")
         if self.protocol == "HTTPS" and (self.tls is None or not self.tls.certificate_refs):
             raise ValueError("an HTTPS listener needs tls.certificateRefs (a TLS Secret)")
+        # a TLS listener carries the client's TLS unopened (TLSRoutes by SNI); meshkit does not terminate it
+        if self.protocol == "TLS" and (self.tls is None or self.tls.mode != "Passthrough"):
+            raise ValueError("a TLS listener needs tls.mode Passthrough in meshkit (a TLS listener that "
+                             "terminates TLS routes TCP, which meshkit does not model)")
         return self
+
+
+SERVICE_TYPE_ANNOTATION = "networking.istio.io/service-type"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"  # on the pods of a Gateway's deployment
 
 
 class KubeGatewaySpec(IstioModel):
@@ -114,6 +130,36 @@ class KubeGateway(Resource):
 
     kind: Literal["Gateway"] = "Gateway"
     spec: KubeGatewaySpec
+
+    @model_validator(mode="after")
+    def _served_listeners(self) -> KubeGateway:
+        """What the local mesh serves: TLS Passthrough on a Gateway with its own proxy, HTTPS (terminated)
+        on the ingress; a listener of the other kind is refused by name, not silently dropped."""
+        for index, listener in enumerate(self.spec.listeners):
+            if listener.protocol == "TLS" and not self.deployed:
+                raise ValueError(
+                    f"spec.listeners[{index}]: a TLS Passthrough listener is served only by a Gateway "
+                    f"with its own gateway proxy on the local mesh (annotation {SERVICE_TYPE_ANNOTATION}: "
+                    "ClusterIP); the ingress's HTTPS port terminates TLS")
+            if listener.protocol == "HTTPS" and self.deployed:
+                raise ValueError(
+                    f"spec.listeners[{index}]: an HTTPS listener is served only by the local mesh's ingress "
+                    f"(a Gateway without the annotation {SERVICE_TYPE_ANNOTATION}: ClusterIP)")
+        return self
+
+    @property
+    def deployed(self) -> bool:
+        """Whether the Gateway runs its own gateway proxy ``<name>-istio`` (Istio gives every Gateway one;
+        the local mesh does so for the ClusterIP ones, egress and internal gateways, and serves the
+        others, which Istio would expose through a LoadBalancer, on its one ingress)."""
+        annotations = self.metadata.annotations or {}
+        return (self.spec.gateway_class_name == "istio"
+                and annotations.get(SERVICE_TYPE_ANNOTATION) == "ClusterIP")
+
+    @property
+    def deployment_name(self) -> str:
+        """Istio's name of the Gateway's Deployment, Service and ServiceAccount: ``<name>-istio``."""
+        return f"{self.metadata.name}-istio"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -140,6 +186,10 @@ class ParentReference(IstioModel):
     @property
     def is_service(self) -> bool:
         return self.kind == "Service" and (self.group or "") == ""
+
+    @property
+    def is_service_entry(self) -> bool:
+        return self.kind == "ServiceEntry" and self.group == ISTIO_NETWORKING
 
 
 class HTTPPathMatch(IstioModel):
@@ -253,14 +303,27 @@ class HTTPRouteFilter(IstioModel):
 
 
 class HTTPBackendRef(IstioModel):
+    """A route's backend: a Service, or (kind Hostname, group networking.istio.io: Istio's extension) an
+    external host, which a ServiceEntry declares."""
+
     unsupported_fields = frozenset({"filters"})
 
     group: str | None = None
-    kind: Literal["Service"] = "Service"
+    kind: Literal["Service", "Hostname"] = "Service"
     name: str = Field(min_length=1)
     namespace: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     weight: int = Field(default=1, ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _hostname_group(self) -> HTTPBackendRef:
+        if self.kind == "Hostname" and (self.group != ISTIO_NETWORKING or self.port is None):
+            raise ValueError(f"a backendRef of kind Hostname needs group {ISTIO_NETWORKING} and a port")
+        return self
+
+    @property
+    def is_hostname(self) -> bool:
+        return self.kind == "Hostname"
 
 
 class HTTPRouteTimeouts(IstioModel):
@@ -315,6 +378,34 @@ class HTTPRoute(Resource):
     spec: HTTPRouteSpec
 
 
-GATEWAY_API_KINDS: dict[str, type[Resource]] = {"GatewayClass": GatewayClass, "HTTPRoute": HTTPRoute}
+# ---------------------------------------------------------------------------------------------
+# TLSRoute (v1alpha2, the experimental channel): the SNI of TLS passed through
+# ---------------------------------------------------------------------------------------------
+
+
+class TLSRouteRule(IstioModel):
+    name: str | None = None
+    backend_refs: list[HTTPBackendRef] = Field(min_length=1)
+
+
+class TLSRouteSpec(IstioModel):
+    parent_refs: list[ParentReference] = Field(min_length=1)
+    hostnames: list[str] | None = None
+    rules: list[TLSRouteRule] = Field(min_length=1)
+
+
+class KubeTLSRoute(Resource):
+    """Gateway API's TLSRoute, not a VirtualService's ``tls`` entry (`meshkit.config.resources.TLSRoute`)."""
+
+    group = GROUP
+    versions = ("v1alpha2", "v1alpha3")
+    unsupported_fields = frozenset({"status"})
+
+    kind: Literal["TLSRoute"] = "TLSRoute"
+    spec: TLSRouteSpec
+
+
+GATEWAY_API_KINDS: dict[str, type[Resource]] = {"GatewayClass": GatewayClass, "HTTPRoute": HTTPRoute,
+                                                "TLSRoute": KubeTLSRoute}
 # kinds whose name an Istio kind already has: the loader picks them by apiVersion group
 SAME_NAME_KINDS: dict[tuple[str, str], type[Resource]] = {("Gateway", GROUP): KubeGateway}

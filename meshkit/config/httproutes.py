@@ -7,11 +7,16 @@ the same, so there is one router: `compile`'s ``_route`` turns both into snapsho
 * A route whose ``parentRefs`` name a Service (GAMMA) becomes a mesh VirtualService for that
   Service's host. Its internal VirtualService is ordered before the user's VirtualServices of the
   same namespace, so when both target a host the HTTPRoute wins.
+* A route whose parents name a ServiceEntry (group networking.istio.io) becomes a mesh VirtualService
+  for the ServiceEntry's hosts (Istio's egress routing with Gateway API: sidecars send the host to
+  an egress gateway).
 * A route whose parent is a Gateway API ``Gateway`` of class ``istio`` becomes, per host (its
   ``hostnames`` narrowed by the listeners' ``hostname``), an internal VirtualService that the local
   mesh's one ingress gateway serves (`ingress_virtual_services`), winning a host an Istio
-  Gateway + VirtualService also bind.
-* A ``backendRef`` is a Service: ``reviews`` or a per-version Service such as ``reviews-v1``
+  Gateway + VirtualService also bind; a Gateway with its own proxy (`KubeGateway.deployed`) is
+  served by that proxy instead (`gateway_virtual_services`, bound by `gateway_deployments`).
+* A ``backendRef`` of kind Hostname is the external host as written. Otherwise it is a Service:
+  ``reviews`` or a per-version Service such as ``reviews-v1``
   (``app: reviews, version: v1`` in Istio's ``bookinfo-versions.yaml``). A Service manifest that the
   registry does not hold (it backs no workload of its own) becomes a cluster of the registered
   endpoints its selector selects (`selector_clusters`).
@@ -28,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from meshkit.config.egress import ServiceEntry
 from meshkit.config.gateway_api import (
     GROUP,
     ISTIO_CONTROLLER,
@@ -40,6 +46,7 @@ from meshkit.config.gateway_api import (
     HTTPRouteRule,
     HTTPURLRewriteFilter,
     KubeGateway,
+    KubeTLSRoute,
     Listener,
     ParentReference,
 )
@@ -67,6 +74,7 @@ from meshkit.config.resources import (
 )
 from meshkit.config.resources import HTTPRoute as VSRoute
 from meshkit.config.secrets import find_secret
+from meshkit.config.selection import exported_to
 from meshkit.config.workloads import Service as ServiceManifest
 from meshkit.config.workloads import selects
 
@@ -124,7 +132,9 @@ def _header_ops(spec: HTTPHeaderFilter | None) -> HeaderOperations | None:
 
 def _destination(ref: HTTPBackendRef | Any, namespace: str) -> Destination:
     ns = ref.namespace or namespace
-    return Destination(host=_fqdn(ref.name, ns),
+    # a Hostname backend (networking.istio.io) is the external host as written: its ServiceEntry's cluster
+    host = ref.name if getattr(ref, "kind", "Service") == "Hostname" else _fqdn(ref.name, ns)
+    return Destination(host=host,
                        port=PortSelector(number=ref.port) if ref.port is not None else None)
 
 
@@ -155,7 +165,8 @@ def _redirect(spec: HTTPRequestRedirectFilter) -> HTTPRedirect:
 
 def _vs_route(route: HTTPRoute, index: int, rule: HTTPRouteRule) -> VSRoute:
     namespace = route.metadata.namespace
-    fields: dict[str, Any] = {"name": rule.name or f"{route.metadata.name}.{index}"}
+    # Istio's name of a converted rule: <namespace>.<route>.<index> (Envoy's %ROUTE_NAME%)
+    fields: dict[str, Any] = {"name": rule.name or f"{namespace}.{route.metadata.name}.{index}"}
     if rule.matches:
         fields["match"] = [_match(m) for m in rule.matches]
     backends = [b for b in rule.backend_refs or [] if b.weight > 0] or list(rule.backend_refs or [])
@@ -205,22 +216,40 @@ def _precedence(entry: tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | Non
             -len(match.query_params or []) if match else 0, route.key, index)
 
 
+def service_entry_of(parent: ParentReference, namespace: str,
+                     resources: Sequence[Resource]) -> ServiceEntry | None:
+    """The ServiceEntry a parentRef of kind ServiceEntry names, if it exists."""
+    if not parent.is_service_entry:
+        return None
+    ns = parent.namespace or namespace
+    return next((e for e in resources if isinstance(e, ServiceEntry)
+                 and (e.metadata.namespace, e.metadata.name) == (ns, parent.name)), None)
+
+
 def mesh_virtual_services(resources: Sequence[Resource], registry: RegistryView) -> list[VirtualService]:
-    """The internal VirtualServices of the HTTPRoutes attached to Services (one per Service)."""
-    by_host: dict[tuple[str, str], list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]]]
+    """The internal VirtualServices of the HTTPRoutes attached to Services (one per Service) and to
+    ServiceEntries (one per ServiceEntry, for its hosts: Istio's egress routing with Gateway API)."""
+    by_host: dict[tuple[str, str, str], list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]]]
     by_host = defaultdict(list)
+    entries: dict[tuple[str, str], ServiceEntry] = {}
     for route in http_routes(resources):
         for parent in route.spec.parent_refs:
-            if not parent.is_service:
-                continue
             ns = parent.namespace or route.metadata.namespace
-            if not service_exists(parent.name, ns, resources, registry):
+            entry = service_entry_of(parent, route.metadata.namespace, resources)
+            if entry is not None:
+                entries[(ns, parent.name)] = entry
+                key = ("ServiceEntry", ns, parent.name)
+            elif parent.is_service and service_exists(parent.name, ns, resources, registry):
+                key = ("Service", ns, parent.name)
+            else:
                 continue  # not Accepted (status says so); analyze names it
             for index, rule in enumerate(route.spec.rules or []):
                 matches: list[HTTPRouteMatch | None] = list(rule.matches or []) or [None]
                 for match in matches:
-                    by_host[(ns, parent.name)].append((route, index, rule, match))
-    return [_internal(entries, [_fqdn(name, ns)], ns) for (ns, name), entries in sorted(by_host.items())]
+                    by_host[key].append((route, index, rule, match))
+    return [_internal(found, [h.strip().lower() for h in entries[(ns, name)].spec.hosts]
+                      if kind == "ServiceEntry" else [_fqdn(name, ns)], ns)
+            for (kind, ns, name), found in sorted(by_host.items(), key=lambda item: item[0][1:])]
 
 
 def gateway_of(parent: ParentReference, namespace: str, resources: Sequence[Resource]) -> KubeGateway | None:
@@ -232,7 +261,7 @@ def gateway_of(parent: ParentReference, namespace: str, resources: Sequence[Reso
                  and (g.metadata.namespace, g.metadata.name) == (ns, parent.name)), None)
 
 
-def _listener_hosts(gateway: KubeGateway, route: HTTPRoute, section: str | None) -> list[str]:
+def listener_hosts(gateway: KubeGateway, route: HTTPRoute | KubeTLSRoute, section: str | None) -> list[str]:
     """The hosts a route serves on ``gateway``: its hostnames narrowed by the listeners' hostname."""
     hosts: list[str] = []
     for listener in gateway.spec.listeners:
@@ -280,14 +309,24 @@ def listener_tls_servers(resources: Sequence[Resource],
 
 def ingress_virtual_services(resources: Sequence[Resource]) -> list[tuple[str, VirtualService]]:
     """(host, internal VirtualService) for every host that HTTPRoutes attached to a Gateway API Gateway of
-    class ``istio`` serve; the local mesh's one ingress gateway serves them (as Istio's Gateway)."""
+    class ``istio`` without a proxy of its own serve; the local mesh's one ingress gateway serves them (as
+    Istio's Gateway)."""
+    return gateway_virtual_services(resources, None)
+
+
+def gateway_virtual_services(resources: Sequence[Resource],
+                             deployed: KubeGateway | None) -> list[tuple[str, VirtualService]]:
+    """(host, internal VirtualService) of the HTTPRoutes attached to the Gateway ``deployed`` (one with its
+    own proxy), or with None to the Gateways the ingress serves."""
     by_host: dict[str, list[tuple[HTTPRoute, int, HTTPRouteRule, HTTPRouteMatch | None]]] = defaultdict(list)
     for route in http_routes(resources):
         for parent in route.spec.parent_refs:
             gateway = gateway_of(parent, route.metadata.namespace, resources)
             if gateway is None or gateway.spec.gateway_class_name != GATEWAY_CLASS:
                 continue
-            for host in _listener_hosts(gateway, route, parent.section_name):
+            if (gateway.key != deployed.key) if deployed is not None else gateway.deployed:
+                continue
+            for host in listener_hosts(gateway, route, parent.section_name):
                 for index, rule in enumerate(route.spec.rules or []):
                     matches: list[HTTPRouteMatch | None] = list(rule.matches or []) or [None]
                     by_host[host].extend((route, index, rule, match) for match in matches)
@@ -349,16 +388,32 @@ def _condition(kind: str, ok: bool, reason: str, message: str, generation: int =
 
 
 def service_exists(name: str, namespace: str, resources: Sequence[Resource], registry: RegistryView) -> bool:
-    return registry.service(name, namespace) is not None or (namespace, name) in _service_manifests(resources)
+    """A registered Service, a Service manifest, or the Service ``<name>-istio`` of a Gateway with its own
+    proxy (Istio's gateway controller creates it with the Gateway)."""
+    return (registry.service(name, namespace) is not None
+            or (namespace, name) in _service_manifests(resources)
+            or any(isinstance(g, KubeGateway) and g.deployed and g.metadata.namespace == namespace
+                   and g.deployment_name == name for g in resources))
+
+
+def hostname_declared(host: str, namespace: str, resources: Sequence[Resource]) -> bool:
+    """Whether a ServiceEntry visible from ``namespace`` declares ``host`` (a Hostname backend's target)."""
+    return any(isinstance(e, ServiceEntry) and exported_to(e.metadata.namespace, e.spec.export_to, namespace)
+               and host.lower() in {h.strip().lower() for h in e.spec.hosts} for e in resources)
 
 
 def _parent_found(parent: ParentReference, namespace: str, resources: Sequence[Resource],
-                  registry: RegistryView, route: HTTPRoute | None = None) -> tuple[bool, str, str]:
+                  registry: RegistryView,
+                  route: HTTPRoute | KubeTLSRoute | None = None) -> tuple[bool, str, str]:
     ns = parent.namespace or namespace
     if parent.is_service:
         if service_exists(parent.name, ns, resources, registry):
             return True, "Accepted", "Route was valid"
         return False, "NoMatchingParent", f"parent Service {ns}/{parent.name} does not exist"
+    if parent.is_service_entry:
+        if service_entry_of(parent, namespace, resources) is not None:
+            return True, "Accepted", "Route was valid"
+        return False, "NoMatchingParent", f"parent ServiceEntry {ns}/{parent.name} does not exist"
     gateway = gateway_of(parent, namespace, resources)
     if gateway is None:
         kind = parent.kind or "Gateway"
@@ -369,23 +424,27 @@ def _parent_found(parent: ParentReference, namespace: str, resources: Sequence[R
     if parent.section_name is not None and parent.section_name not in {
             listener.name for listener in gateway.spec.listeners}:
         return False, "NoMatchingParent", f"Gateway {ns}/{parent.name} has no listener {parent.section_name}"
-    if route is not None and not _listener_hosts(gateway, route, parent.section_name):
+    if route is not None and not listener_hosts(gateway, route, parent.section_name):
         wanted = ", ".join(route.spec.hostnames or ["*"])
         return False, "NoMatchingListenerHostname", (f"no listener of Gateway {ns}/{parent.name} accepts the "
                                                      f"route's hostnames ({wanted})")
     return True, "Accepted", "Route was valid"
 
 
-def missing_backends(route: HTTPRoute, resources: Sequence[Resource],
+def missing_backends(route: HTTPRoute | KubeTLSRoute, resources: Sequence[Resource],
                      registry: RegistryView) -> list[tuple[str, str]]:
-    """(field path, namespace/name) of every backendRef and mirror backend naming no Service."""
+    """(field path, namespace/name) of every backendRef and mirror backend naming no Service (a Hostname
+    backend: ``Hostname/<host>`` when no ServiceEntry declares the host)."""
     ns = route.metadata.namespace
     out = []
     for i, rule in enumerate(route.spec.rules or []):
         for j, ref in enumerate(rule.backend_refs or []):
-            if not service_exists(ref.name, ref.namespace or ns, resources, registry):
+            if ref.is_hostname:
+                if not hostname_declared(ref.name, ns, resources):
+                    out.append((f"spec.rules[{i}].backendRefs[{j}].name", f"Hostname/{ref.name}"))
+            elif not service_exists(ref.name, ref.namespace or ns, resources, registry):
                 out.append((f"spec.rules[{i}].backendRefs[{j}].name", f"{ref.namespace or ns}/{ref.name}"))
-        for j, item in enumerate(rule.filters or []):
+        for j, item in enumerate(getattr(rule, "filters", None) or []):
             if item.request_mirror is None:
                 continue
             target = item.request_mirror.backend_ref
@@ -395,7 +454,8 @@ def missing_backends(route: HTTPRoute, resources: Sequence[Resource],
     return out
 
 
-def route_status(route: HTTPRoute, resources: Sequence[Resource], registry: RegistryView) -> dict[str, Any]:
+def route_status(route: HTTPRoute | KubeTLSRoute, resources: Sequence[Resource],
+                 registry: RegistryView) -> dict[str, Any]:
     """The route's ``status`` as Istio's controller writes it: one entry per parentRef."""
     missing = missing_backends(route, resources, registry)
     resolved = (True, "ResolvedRefs", "All references resolved") if not missing else (
@@ -424,27 +484,33 @@ def gateway_class_status(gateway_class: GatewayClass) -> dict[str, Any]:
 
 
 def gateway_status(gateway: KubeGateway, resources: Sequence[Resource]) -> dict[str, Any]:
-    """Accepted and Programmed (served by the local mesh's ingress gateway), and each listener's
-    attached routes."""
+    """Accepted and Programmed (served by the local mesh's ingress gateway, or by the Gateway's own proxy),
+    and each listener's attached routes."""
     ours = gateway.spec.gateway_class_name == GATEWAY_CLASS
     reason = "Accepted" if ours else "InvalidParameters"
     attached: dict[str, int] = {listener.name: 0 for listener in gateway.spec.listeners}
-    for route in http_routes(resources):
+    kinds = {listener.name: "TLSRoute" if listener.protocol == "TLS" else "HTTPRoute"
+             for listener in gateway.spec.listeners}
+    routes: list[HTTPRoute | KubeTLSRoute] = [*http_routes(resources),
+                                              *(r for r in resources if isinstance(r, KubeTLSRoute))]
+    for route in routes:
         for parent in route.spec.parent_refs:
             if gateway_of(parent, route.metadata.namespace, resources) is gateway:
                 for name in attached:  # attached: the listener accepts one of the route's hostnames
-                    if parent.section_name in (None, name) and _listener_hosts(gateway, route, name):
+                    if (parent.section_name in (None, name) and kinds[name] == route.kind
+                            and listener_hosts(gateway, route, name)):
                         attached[name] += 1
+    served_by = (f"served by its own gateway proxy ({gateway.deployment_name})" if gateway.deployed
+                 else "served by the local mesh's ingress gateway (istio-ingressgateway)")
     return {
         "conditions": [
             _condition("Accepted", ours, reason, "Resource accepted" if ours else
                        f"gatewayClassName {gateway.spec.gateway_class_name} is not {GATEWAY_CLASS}"),
             _condition("Programmed", ours, "Programmed" if ours else "Invalid",
-                       "served by the local mesh's ingress gateway (istio-ingressgateway)" if ours
-                       else "no gateway proxy serves it"),
+                       served_by if ours else "no gateway proxy serves it"),
         ],
         "listeners": [{"name": listener.name, "attachedRoutes": attached[listener.name],
-                       "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}],
+                       "supportedKinds": [{"group": GROUP, "kind": kinds[listener.name]}],
                        "conditions": _listener_conditions(
                            ours, _missing_secret(gateway, listener, resources))}
                       for listener in gateway.spec.listeners],
@@ -481,7 +547,7 @@ def _listener_conditions(ours: bool, missing_secret: str | None = None) -> list[
 def with_status(resource: Resource, resources: Sequence[Resource], registry: RegistryView) -> dict[str, Any]:
     """``resource.to_dict()`` plus its computed ``status`` for the Gateway API kinds."""
     doc = resource.to_dict()
-    if isinstance(resource, HTTPRoute):
+    if isinstance(resource, HTTPRoute | KubeTLSRoute):
         doc["status"] = route_status(resource, resources, registry)
     elif isinstance(resource, GatewayClass):
         doc["status"] = gateway_class_status(resource)

@@ -22,8 +22,10 @@ SHORT_NAMES: dict[str, str] = {
     "cm": "ConfigMap",
 }
 # kubectl's full names, the way to name Gateway API's Gateway (``gateway`` is Istio's)
+# (and ``gtw``, the short name of its CRD: `kubectl delete gtw cnn-egress-gateway`)
 FULL_NAMES: dict[str, str] = {"gateways.gateway.networking.k8s.io": "Gateway.gateway.networking.k8s.io",
-                              "gateway.gateway.networking.k8s.io": "Gateway.gateway.networking.k8s.io"}
+                              "gateway.gateway.networking.k8s.io": "Gateway.gateway.networking.k8s.io",
+                              "gtw": "Gateway.gateway.networking.k8s.io"}
 
 
 def _aliases() -> dict[str, str]:

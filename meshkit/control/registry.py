@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshkit.config import codes
+from meshkit.config.gateway_api import GATEWAY_NAME_LABEL
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.control.store import NotFoundError
@@ -205,6 +206,13 @@ class ServiceRegistry:
             # A gateway is its own workload (istio-ingressgateway-0 -> istio-ingressgateway), so
             # metrics name it as Istio does instead of "unknown".
             workload = re.sub(r"-\d+$", "", instance)
+            if registered is not None and GATEWAY_NAME_LABEL in registered.endpoint.labels:
+                # a gateway the runtime registered with its pod's labels and service account (the proxy
+                # of a Gateway API Gateway, `runtime.kube_gateways`): its Deployment's, as on Istio
+                e = registered.endpoint
+                return Node(instance=instance, namespace=namespace, kind=kind,
+                            workload=e.workload or workload, service=e.service, labels=dict(e.labels),
+                            service_account=e.service_account or f"{workload}-service-account")
             return Node(instance=instance, namespace=namespace, kind=kind, workload=workload,
                         labels={"app": workload, "istio": workload.removeprefix("istio-")},
                         service_account=f"{workload}-service-account")  # Istio's gateway SA

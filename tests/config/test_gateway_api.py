@@ -348,7 +348,8 @@ spec:
 
 def test_an_https_listener_needs_a_certificate_and_tls_passthrough_is_refused_by_name() -> None:
     """HTTPS listeners are served (tests/config/test_gateway_tls.py); without certificateRefs the
-    listener is refused, as the Gateway API requires one; TLS listeners are not supported."""
+    listener is refused, as the Gateway API requires one; a TLS listener that terminates is not supported,
+    and a Passthrough one only on a Gateway with its own proxy (tests/config/test_gateway_api_egress.py)."""
     gateway = """
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -359,9 +360,10 @@ spec:
 """
     [message] = errors(gateway.replace("PROTOCOL", "HTTPS"))
     assert message.field == "spec.listeners[0]" and "needs tls.certificateRefs" in message.text
-    messages = errors(gateway.replace("PROTOCOL", "TLS"))
-    assert "spec.listeners[0].protocol" in {m.field for m in messages}, messages
-    assert any("not supported by meshkit" in m.text for m in messages), messages
+    [message] = errors(gateway.replace("PROTOCOL", "TLS"))
+    assert message.field == "spec.listeners[0]" and "needs tls.mode Passthrough" in message.text
+    [message] = errors(gateway.replace("PROTOCOL", "TLS").replace("Terminate", "Passthrough"))
+    assert "networking.istio.io/service-type: ClusterIP" in message.text, message
 
 
 def test_path_prefix_compiles_to_whole_segments_and_a_virtual_service_prefix_stays_a_string() -> None:

@@ -134,7 +134,7 @@ def test_unsupported_and_unknown_kinds() -> None:
     )
     supported = ("(supported: AuthorizationPolicy, ConfigMap, Deployment, DestinationRule, EnvoyFilter, "
                  "Gateway, GatewayClass, HTTPRoute, Namespace, PeerAuthentication, RequestAuthentication, "
-                 "Secret, Service, ServiceAccount, ServiceEntry, Telemetry, VirtualService)")
+                 "Secret, Service, ServiceAccount, ServiceEntry, TLSRoute, Telemetry, VirtualService)")
     assert gateway.text == f"kind Sidecar is not supported by meshkit {supported}"
     assert foo.text == f"kind Foo is not a known kind {supported}"
 
