@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from meshkit.config.locations import Location
     from meshkit.runtime.local import LocalMesh
 
-WORKLOAD_KIND_NAMES = ("Namespace", "Service", "ServiceAccount", "Deployment")
+# kinds whose deletion the local mesh reconciles (a Gateway API Gateway may have its own proxy process)
+WORKLOAD_KIND_NAMES = ("Namespace", "Service", "ServiceAccount", "Deployment",
+                       "Gateway.gateway.networking.k8s.io")
 
 # -- verbs ------------------------------------------------------------------------------------------
 

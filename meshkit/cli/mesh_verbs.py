@@ -333,26 +333,46 @@ def exec_(
 
 
 @app.command()
-def logs(
-    instance: Annotated[str, typer.Argument(help="Workload instance, e.g. reviews-v1-0 (or control).")],
+def logs(  # noqa: PLR0917 (typer: one parameter per option)
+    instance: Annotated[str | None, typer.Argument(
+        help="Workload instance, e.g. reviews-v1-0 (or control); or -l.")] = None,
     sidecar: Annotated[bool, typer.Option("--sidecar", help="The sidecar's log, not the app's.")] = False,
     access: Annotated[bool, typer.Option("--access", help="The sidecar's JSON access log.")] = False,
+    selector: Annotated[str | None, typer.Option(
+        "-l", "--selector", help="Instances by pod labels, key=value[,key=value] (kubectl's -l).")] = None,
+    container: Annotated[str | None, typer.Option(
+        "-c", "--container",
+        help="istio-proxy: the proxy's access log (what Istio's istio-proxy container prints with "
+             "meshConfig.accessLogFile=/dev/stdout); another name: the app.")] = None,
     tail: Annotated[int, typer.Option(help="Lines from the end (0 = all).")] = 50,
 ) -> None:
-    """Print the log of a workload, its sidecar (--sidecar) or its access log (--access)."""
+    """Print the log of a workload, its sidecar (--sidecar) or its access log (--access).
+
+    `kubectl logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy` is
+    `meshkit logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy`.
+    """
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
+    if (instance is None) == (selector is None):
+        _fail(EXIT_UNAVAILABLE, "error: give an instance or -l key=value, not both")
+    access = access or container == "istio-proxy"
     mesh = _running_mesh()
     try:
-        path = mesh.log_path(instance, sidecar=sidecar, access=access)
+        names = [instance] if instance is not None else mesh.select(selector or "")
+        paths = [mesh.log_path(name, sidecar=sidecar, access=access) for name in names]
     except MeshError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        _fail(EXIT_REJECTED, f"error: no log at {path}")
-    for line in lines[-tail:] if tail else lines:
-        typer.echo(line)
+    if not names:
+        _fail(EXIT_REJECTED, f"error: no instance matches the selector {selector}")
+    for path in paths:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            if selector is not None:
+                continue  # kubectl logs -l prints the pods that have a log
+            _fail(EXIT_REJECTED, f"error: no log at {path}")
+        for line in lines[-tail:] if tail else lines:
+            typer.echo(line)
 
 
 @app.command()

@@ -134,7 +134,8 @@ def _tls_virtual_services(resources: Sequence[Resource]) -> Iterator[VirtualServ
                          if (p.protocol or "").upper() not in HTTP_PROTOCOLS]
                 if parent.port is not None:
                     ports = [p for p in ports if p == parent.port]
-                matches = [TLSMatchAttributes(sni_hosts=hosts, port=port) for port in ports or [None]]
+                any_port: list[int | None] = [None]
+                matches = [TLSMatchAttributes(sni_hosts=hosts, port=port) for port in ports or any_port]
                 yield _tls_vs(route, hosts, None, list(_tls_route(route, matches)))
                 continue
             gateway = gateway_of(parent, namespace, resources)

@@ -49,6 +49,7 @@ from meshkit.config.gateway_api import (
     KubeTLSRoute,
     Listener,
     ParentReference,
+    TLSRouteRule,
 )
 from meshkit.config.gateways import intersect_hosts
 from meshkit.config.registry import Endpoint, RegistryView
@@ -437,7 +438,8 @@ def missing_backends(route: HTTPRoute | KubeTLSRoute, resources: Sequence[Resour
     backend: ``Hostname/<host>`` when no ServiceEntry declares the host)."""
     ns = route.metadata.namespace
     out = []
-    for i, rule in enumerate(route.spec.rules or []):
+    rules: Sequence[HTTPRouteRule | TLSRouteRule] = route.spec.rules or []
+    for i, rule in enumerate(rules):
         for j, ref in enumerate(rule.backend_refs or []):
             if ref.is_hostname:
                 if not hostname_declared(ref.name, ns, resources):

@@ -38,7 +38,7 @@ from meshkit.config.meshconfig import mesh_config_map
 from meshkit.control.auth import read_admin_token
 from meshkit.control.ca import CaError, parse_ttl
 from meshkit.control.client import ControlClient
-from meshkit.runtime import catalog, egressgw, manifests, rollout
+from meshkit.runtime import catalog, egressgw, kube_gateways, manifests, rollout
 from meshkit.runtime.launch import (
     INGRESS_ID,
     INGRESS_NAMESPACE,
@@ -279,6 +279,8 @@ class LocalMesh:
 
         progress("waiting for every app to answer and every proxy to ACK", 3, steps)
         launcher.wait_ready(client, instances, deadline, ingress=True)
+        # the stored Gateway API Gateways that have their own proxy run again too (`kube_gateways`)
+        kube_gateways.reconcile(launcher, client, manifests.stored_resources(client), deadline=deadline)
         progress("mesh ready", steps, steps)
 
     @staticmethod
@@ -458,10 +460,30 @@ class LocalMesh:
             raise MeshError(f"no instance {name!r}; known instances: {known}")
         return rec.processes[name]
 
+    def select(self, selector: str) -> list[str]:
+        """The instances and gateway proxies whose pod labels match ``selector`` (``key=value[,key=value]``,
+        kubectl's equality form), sorted: what `meshkit logs -l` reads."""
+        wanted: dict[str, str] = {}
+        for term in (t.strip() for t in selector.split(",") if t.strip()):
+            key, sep, value = term.partition("=")
+            if not sep or not key.strip():
+                raise MeshError(f"selector {selector!r}: expected key=value[,key=value]")
+            wanted[key.strip()] = value.strip().removeprefix("=")  # key==value too
+        rec = self.record()
+        if rec is None:
+            raise MeshError("no mesh is running; start one with `meshkit up`")
+        found = [name for name, proc in rec.processes.items() if kube_gateways.is_gateway_process(proc)
+                 and all(kube_gateways.labels_of(proc).get(k) == v for k, v in wanted.items())]
+        for inst in rec.instances():
+            if all(inst.spec.labels.get(k) == v for k, v in wanted.items()):
+                found.append(inst.name)
+        return sorted(found)
+
     def log_path(self, name: str, sidecar: bool = False, access: bool = False) -> Path:
         """The log of an instance's app, of its sidecar, or its sidecar's JSON access log."""
         app = self._process(name)  # a clear error for an unknown instance
-        if name in ("ingressgateway", egressgw.PROCESS):  # a proxy with no app: its own log is the sidecar's
+        # a proxy with no app (the mesh's gateways, a Gateway's own proxy): its own log is the sidecar's
+        if name in ("ingressgateway", egressgw.PROCESS) or kube_gateways.is_gateway_process(app):
             return self.state.log(f"{name}.access") if access else Path(app.log)
         if not (sidecar or access):
             return Path(app.log)

@@ -17,6 +17,8 @@ instances to them with the pieces `meshkit deploy`/`scale` use (`meshkit.runtime
 
 Manifest-backed app sets (`catalog.MANIFEST_SETS`, Bookinfo) are their manifests: `up` and
 `deploy` apply them and reconcile, `scale` changes the Deployment's ``replicas`` in the store.
+`reconcile` also runs the proxies of the Gateway API Gateways that have their own deployment
+(`meshkit.runtime.kube_gateways`), as Istio's gateway deployment controller does.
 It must not start processes any other way than through `Launcher`, nor touch catalog app sets.
 """
 
@@ -28,12 +30,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshkit.config.gateway_api import GROUP as GATEWAY_API_GROUP
+from meshkit.config.gateway_api import KubeGateway
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError
 from meshkit.config.resources import Resource
 from meshkit.config.workloads import WORKLOAD_KINDS, WorkloadPlan, plan_workloads
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
-from meshkit.runtime import catalog
+from meshkit.runtime import catalog, kube_gateways
 from meshkit.runtime.catalog import WorkloadSpec
 from meshkit.runtime.launch import Launcher, MeshError, Progress, quiet
 from meshkit.runtime.record import NAMESPACE, Instance, MeshRecord
@@ -41,6 +45,9 @@ from meshkit.runtime.rollout import add_instances, answering_client, remove_inst
 from meshkit.runtime.state import StateDir
 
 WORKLOAD_KIND_NAMES = frozenset(cls.__name__ for cls in WORKLOAD_KINDS)
+# Gateway API's Gateway (its store kind): one with its own proxy runs a process (`kube_gateways`)
+GATEWAY_STORE_KIND = KubeGateway.store_kind
+RECONCILED_KINDS = WORKLOAD_KIND_NAMES | {GATEWAY_STORE_KIND}
 
 
 def spec_of(plan: WorkloadPlan) -> WorkloadSpec:
@@ -55,8 +62,11 @@ def specs_of(resources: Sequence[Resource]) -> list[WorkloadSpec]:
 
 
 def touches_workloads(documents: Sequence[Mapping[str, Any]]) -> bool:
-    """Does this input hold a Kubernetes workload object (so the runtime must reconcile after it)?"""
-    return any(doc.get("kind") in WORKLOAD_KIND_NAMES for doc in documents)
+    """Does this input hold a Kubernetes workload object or a Gateway API Gateway (so the runtime must
+    reconcile after it)?"""
+    return any(doc.get("kind") in WORKLOAD_KIND_NAMES or (
+        doc.get("kind") == "Gateway" and str(doc.get("apiVersion", "")).startswith(f"{GATEWAY_API_GROUP}/"))
+        for doc in documents)
 
 
 MAX_REPLICAS = 10  # as `meshkit scale`: every instance is two processes on a laptop
@@ -148,8 +158,11 @@ def reconcile(state: StateDir, rec: MeshRecord, *, progress: Progress = quiet,
     """Converge the instances of manifest workloads to the store's Deployments; returns what changed."""
     launcher = Launcher(state, rec)
     client = answering_client(launcher, "")
-    desired = specs_of(stored_resources(client))
-    return converge(launcher, client, desired, deadline=time.monotonic() + timeout, progress=progress)
+    stored = stored_resources(client)
+    deadline = time.monotonic() + timeout
+    changes = converge(launcher, client, specs_of(stored), deadline=deadline, progress=progress)
+    # the proxies of Gateway API Gateways with their own deployment, as Istio's gateway controller runs them
+    return changes + kube_gateways.reconcile(launcher, client, stored, deadline=deadline)
 
 
 def _pod(spec: WorkloadSpec) -> WorkloadSpec:
