@@ -206,11 +206,12 @@ _TABLE: tuple[Code, ...] = (
          "(the local mesh's HTTPS ingress serves a certificate from a TLS Secret)"),
     Code("MK0404", E, "gateways", "a Gateway server's `credentialName` names no TLS Secret in the gateway "
          "workload's namespace (istio-system) or the Gateway's own", "IST0101 ReferencedResourceNotFound"),
-    Code("MK0410", W, "gateway-api", "an HTTPRoute `parentRefs` entry names no Service (mesh) or no Gateway "
-         "(ingress); its status says Accepted False, NoMatchingParent", "",
+    Code("MK0410", W, "gateway-api", "an HTTPRoute or TLSRoute `parentRefs` entry names no Service or "
+         "ServiceEntry (mesh) or no Gateway; its status says Accepted False, NoMatchingParent", "",
          'parentRefs[0]: Service default/reviewz does not exist: this route attaches to nothing'),
     Code("MK0411", W, "gateway-api", "an HTTPRoute `backendRefs` (or `requestMirror.backendRef`) entry names "
-         "a Service that does not exist (status ResolvedRefs False, BackendNotFound)", "",
+         "a Service that does not exist, or a `Hostname` no ServiceEntry declares (status ResolvedRefs "
+         "False, BackendNotFound)", "",
          'backendRef "reviews-v9": Service default/reviews-v9 does not exist (requests to it get 503)'),
     Code("MK0412", W, "gateway-api", "a Gateway API Gateway (or an HTTPRoute's parent Gateway) whose "
          "gatewayClassName is not `istio`: no gateway proxy of the mesh serves it", "",

@@ -317,7 +317,8 @@ class Tunnels:
             .replace("+00:00", "Z"),
             "method": None, "path": None, "authority": server_name, "protocol": None, "status": 0,
             "response_flags": target.flags, "duration_ms": round(elapsed * 1000.0, 3),
-            "upstream_host": upstream_host, "upstream_cluster": target.cluster, "request_id": None,
+            "upstream_host": upstream_host, "upstream_cluster": target.cluster, "route_name": None,
+            "request_id": None,
             "bytes_received": sent, "bytes_sent": received, "user_agent": None, "x_forwarded_for": None,
             "direction": direction, "requested_server_name": server_name, "downstream_remote_address": peer,
         })

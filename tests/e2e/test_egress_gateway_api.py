@@ -82,10 +82,10 @@ def test_http_traffic_through_the_gateway_api_egress_gateway(mesh: RunningMesh) 
     [entry] = [e for e in gateway_log(mesh) if e.get("path") == "/politics"]
     assert (entry["authority"], entry["status"]) == ("edition.cnn.com", 301), entry
     assert entry["upstream_cluster"].startswith("edition.cnn.com"), entry
-    assert entry.get("route_name", "default.forward-cnn-from-egress-gateway.0") == \
-        "default.forward-cnn-from-egress-gateway.0", entry
+    assert entry["route_name"] == "default.forward-cnn-from-egress-gateway.0", entry  # Envoy's %ROUTE_NAME%
     sent = [e for e in sleep_log(mesh) if e.get("authority") == "edition.cnn.com" and e.get("path")]
     assert sent[-1]["upstream_cluster"] == "cnn-egress-gateway-istio.default|", sent[-1]
+    assert sent[-1]["route_name"] == "default.direct-cnn-to-egress-gateway.0", sent[-1]
     # its identity is the Gateway's service account, as Istio's snip_egress_gateway_for_http_traffic_13 shows
     admin = kube_gateways.ports(mesh.base, 0)[1]
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/certs", timeout=10) as answer:

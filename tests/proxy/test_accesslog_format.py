@@ -57,7 +57,8 @@ async def test_line_equals_json_dumps_of_the_entry(tmp_path: Path) -> None:
     assert 12.0 <= first["duration_ms"] < 5000
     assert list(first) == [
         "start_time", "method", "path", "authority", "protocol", "status", "response_flags", "duration_ms",
-        "upstream_host", "upstream_cluster", "request_id", "bytes_received", "bytes_sent", "user_agent",
+        "upstream_host", "upstream_cluster", "route_name", "request_id", "bytes_received", "bytes_sent",
+        "user_agent",
         "x_forwarded_for", "direction",
     ]
     for line, entry in zip(lines, (first, second), strict=True):
@@ -126,7 +127,7 @@ async def test_start_time_and_duration_match_datetime_and_round(tmp_path: Path, 
             "protocol": f"HTTP/{request.version}", "status": status, "response_flags": flags or "-",
             "duration_ms": float(round(elapsed * 1000.0, 3)),
             "upstream_host": request.endpoint.hostport if request.endpoint is not None else None,
-            "upstream_cluster": request.cluster, "request_id": f"rid-{index}",
+            "upstream_cluster": request.cluster, "route_name": None, "request_id": f"rid-{index}",
             "bytes_received": len(request.body) if isinstance(request.body, bytes) else 0,
             "bytes_sent": len(sent), "user_agent": agent, "x_forwarded_for": None, "direction": "inbound",
         })

@@ -92,8 +92,8 @@ async def test_trace_and_access_log_across_two_hops(
     assert lines_b[0]["x_forwarded_for"] == "127.0.0.1, 127.0.0.1"
     assert set(first) == {
         "start_time", "method", "path", "authority", "protocol", "status", "response_flags", "duration_ms",
-        "upstream_host", "upstream_cluster", "request_id", "bytes_received", "bytes_sent", "user_agent",
-        "x_forwarded_for", "direction",
+        "upstream_host", "upstream_cluster", "route_name", "request_id", "bytes_received", "bytes_sent",
+        "user_agent", "x_forwarded_for", "direction",
     }
 
 

@@ -133,11 +133,12 @@ def _request_part(key: tuple[str, str, str, str, int, str]) -> str:
     )
 
 
-def _upstream_part(key: tuple[str | None, str | None]) -> str:
-    host, cluster = key
+def _upstream_part(key: tuple[str | None, str | None, str | None]) -> str:
+    host, cluster, route = key
     return (
         f'"upstream_host":{"null" if host is None else _string(host)},'
-        f'"upstream_cluster":{"null" if cluster is None else _string(cluster)}'
+        f'"upstream_cluster":{"null" if cluster is None else _string(cluster)},'
+        f'"route_name":{"null" if route is None else _string(route)}'
     )
 
 
@@ -158,7 +159,7 @@ def access_log(sink: AccessLogSink, direction: str) -> Filter:
     """The access-log filter for one listener direction ("outbound" or "inbound")."""
     clock = WallClock()
     requests: dict[tuple[str, str, str, str, int, str], str] = {}
-    upstreams: dict[tuple[str | None, str | None], str] = {}
+    upstreams: dict[tuple[str | None, str | None, str | None], str] = {}
     clients: dict[tuple[int, int, str | None, str | None], str] = {}
 
     def emit(request: Request, response: Response | None, status: int, sent: int) -> None:
@@ -193,7 +194,8 @@ def access_log(sink: AccessLogSink, direction: str) -> Filter:
             duration += "0"
         key = (request.method, request.path, request.authority, request.version, status, flags)
         head = requests.get(key) or _remember(requests, key, _request_part(key))
-        hop = (upstream_host, request.cluster)
+        route = request.route  # Envoy's %ROUTE_NAME%: the matched route's name (None before routing)
+        hop = (upstream_host, request.cluster, route.get("name") if route is not None else None)
         upstream = upstreams.get(hop) or _remember(upstreams, hop, _upstream_part(hop))
         peer = (received, sent, user_agent, forwarded_for)
         client = clients.get(peer) or _remember(clients, peer, _client_part(peer, direction))
