@@ -338,14 +338,24 @@ class LocalMesh:
         if not rec.ready or control is None or not control.alive():
             return False
         dead = [name for name, proc in rec.processes.items() if not proc.alive()]
-        instances = sorted({name.removesuffix(".sidecar") for name in dead})
-        progress(f"restarting {', '.join(instances)}", 0, 1)
+        proxies = [name for name in dead if kube_gateways.is_gateway_process(rec.processes[name])]
+        instances = sorted({name.removesuffix(".sidecar") for name in dead if name not in proxies})
+        progress(f"restarting {', '.join([*instances, *proxies])}", 0, 1)
         try:
             for name in instances:
                 rollout.restart(self.state, rec, name, timeout=timeout)
+            if proxies:  # a Gateway's own proxy: started again by the reconciler, on its ports
+                self._gateway_proxies(rec, timeout)
         except MeshError:
             return False
         return self.running()
+
+    def _gateway_proxies(self, rec: MeshRecord, timeout: float) -> list[str]:
+        """Run the proxies of the stored Gateways that have their own (`kube_gateways`): dead ones again."""
+        launcher = Launcher(self.state, rec)
+        client = rollout.answering_client(launcher, "")
+        return kube_gateways.reconcile(launcher, client, manifests.stored_resources(client),
+                                       deadline=time.monotonic() + timeout)
 
     # -- changing a running mesh -------------------------------------------------------------------
 
@@ -449,6 +459,11 @@ class LocalMesh:
         rec = self.record()
         if rec is None:
             raise MeshError("no mesh is running; start one with `meshkit up`")
+        proc = rec.processes.get(instance)
+        if proc is not None and kube_gateways.is_gateway_process(proc):  # a Gateway's own proxy
+            stop([proc])
+            self._gateway_proxies(rec, timeout)
+            return
         rollout.restart(self.state, rec, instance, timeout=timeout)
 
     def _process(self, name: str) -> ProcessRecord:

@@ -123,3 +123,24 @@ def test_https_traffic_through_the_gateway_api_egress_gateway(mesh: RunningMesh)
     for args in cleanup:
         ok(mesh, "delete", *args)
     assert PROCESS not in mesh.pids()
+
+
+def test_the_gateway_proxy_restarts_and_runs_again_after_down_and_up(mesh: RunningMesh) -> None:
+    for path in (HTTP_SERVICE_ENTRY, HTTP_GATEWAY, HTTP_ROUTES):
+        ok(mesh, "apply", "-f", str(path))
+    before = mesh.pids()[PROCESS]
+    ok(mesh, "restart", PROCESS)  # as `kubectl delete pod` of the gateway's pod: a new process, same ports
+    assert mesh.pids()[PROCESS] != before
+    again = sleep_curl(mesh, "http://edition.cnn.com/politics")
+    assert [line.split()[1] for line in status_lines(again.stdout)] == ["301", "200"], again
+    # the store outlives the processes: `up` after `down` runs the stored Gateway's proxy again
+    mesh.mesh.down()
+    assert PROCESS not in mesh.pids()
+    mesh.mesh.up(["clients", "external"], base_port=mesh.base, timeout=60.0)
+    assert PROCESS in mesh.pids()
+    done = sleep_curl(mesh, "http://edition.cnn.com/politics")
+    assert [line.split()[1] for line in status_lines(done.stdout)] == ["301", "200"], done
+    assert [e for e in gateway_log(mesh) if e.get("path") == "/politics"], "it went through the gateway"
+    for path in (HTTP_ROUTES, HTTP_GATEWAY, HTTP_SERVICE_ENTRY):
+        ok(mesh, "delete", "-f", str(path))
+    assert PROCESS not in mesh.pids()
