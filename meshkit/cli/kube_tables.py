@@ -76,7 +76,7 @@ def ready_by_deployment(mesh: LocalMesh | None) -> dict[str, int]:
 
 def pod_rows(mesh: LocalMesh, namespace: str | None) -> list[list[str]]:
     """NAMESPACE (with -A), NAME, READY (2/2 with the sidecar), STATUS, RESTARTS, AGE of every instance."""
-    from meshkit.runtime import egressgw  # noqa: PLC0415
+    from meshkit.runtime import egressgw, kube_gateways  # noqa: PLC0415
     from meshkit.runtime.launch import INGRESS_ID, INGRESS_NAMESPACE  # noqa: PLC0415
     rec = mesh.record()
     if rec is None:
@@ -91,6 +91,10 @@ def pod_rows(mesh: LocalMesh, namespace: str | None) -> list[list[str]]:
     egress = rec.processes.get(egressgw.PROCESS)  # when deployed (`meshkit deploy egressgateway`)
     if egress is not None:
         pods.append((egressgw.NAMESPACE, egressgw.INSTANCE, [egress]))
+    for name, proc in sorted(rec.processes.items()):  # Gateways' own proxies (kube_gateways)
+        if kube_gateways.is_gateway_process(proc):
+            pod, _, ns = name.partition(".")
+            pods.append((ns or "default", pod, [proc]))
     rows = []
     for ns, name, processes in pods:
         if namespace is not None and ns != namespace:

@@ -70,6 +70,8 @@ def test_http_traffic_through_the_gateway_api_egress_gateway(mesh: RunningMesh) 
     applied = ok(mesh, "apply", "-f", str(HTTP_GATEWAY))  # Istio deploys cnn-egress-gateway-istio
     assert f"pod/{PROCESS} started" in applied, applied
     assert PROCESS in mesh.pids()
+    pods = ok(mesh, "get", "pods")  # kubectl get pod: the Gateway's deployment has its pod
+    assert [line.split()[:3] for line in pods.splitlines() if "cnn" in line] == [[PROCESS, "1/1", "Running"]]
     routes = cli.meshkit(mesh.home, mesh.base, "apply", "-f", str(HTTP_ROUTES))
     assert routes.returncode == 0 and "Warning" not in routes.stdout + routes.stderr, routes
 
