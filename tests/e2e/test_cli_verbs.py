@@ -37,7 +37,8 @@ def test_status_table_lists_every_instance(mesh: RunningMesh) -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == f"control plane  {mesh.status['control']}"
     assert lines[1] == (f"ingress        {mesh.status['ingress']}   "
-                        f"(HTTPS Gateway servers: {mesh.status['ingress_https']})")
+                        f"(HTTPS Gateway servers: {mesh.status['ingress_https']}, "
+                        f"TCP Gateway servers: {mesh.status['ingress_tcp']})")
     end = lines.index("")  # the table, then what the local mesh cannot protect
     rows = {line.split()[0]: line.split() for line in lines[3:end]}
     assert set(rows) == {w["name"] for w in mesh.status["workloads"]}

@@ -87,8 +87,10 @@ def test_versions_and_groups_as_istio() -> None:
 def test_preserve_unknown_fields_only_where_meshkit_has_unsupported_fields() -> None:
     vs = next(c for c in CRDS if c["spec"]["names"]["kind"] == "VirtualService")
     spec = vs["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    assert spec.get("x-kubernetes-preserve-unknown-fields") is True  # tls/tcp/exportTo: unsupported
-    route = spec["properties"]["http"]["items"]["properties"]["route"]
+    assert "x-kubernetes-preserve-unknown-fields" not in spec  # every VirtualService field is modelled
+    http = spec["properties"]["http"]["items"]
+    assert http.get("x-kubernetes-preserve-unknown-fields") is True  # corsPolicy, directResponse: not
+    route = http["properties"]["route"]
     destination = route["items"]["properties"]["destination"]
     assert "x-kubernetes-preserve-unknown-fields" not in destination  # nothing unsupported: pruned
 
