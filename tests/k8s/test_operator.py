@@ -137,10 +137,10 @@ async def test_bad_virtual_service_is_rejected_with_the_analyzer_message(operato
 
     # a field meshkit does not implement is rejected with the loader's message
     unsupported = _virtual_service("reviews", (50, 50))
-    unsupported["spec"]["tcp"] = [{"route": []}]
+    unsupported["spec"]["http"][0]["corsPolicy"] = {"allowOrigins": [{"exact": "https://example.com"}]}
     response = await operator.review(handler, unsupported, resource, "bookinfo")
     assert response["allowed"] is False
-    assert "spec.tcp is not supported by meshkit" in response["status"]["message"]
+    assert "spec.http[0].corsPolicy is not supported by meshkit" in response["status"]["message"]
 
     # an UPDATE that changes the spec is checked like a CREATE ...
     good = _virtual_service("reviews", (50, 50))
@@ -215,7 +215,7 @@ async def test_status_is_written(operator: Running) -> None:
 async def test_status_of_an_object_that_bypassed_the_webhook(operator: Running) -> None:
     """An object stored before the webhook existed (KMock calls no webhooks) gets the loader's verdict."""
     legacy = _virtual_service("legacy", (100, 0))
-    legacy["spec"]["tcp"] = [{"route": []}]
+    legacy["spec"]["http"][0]["corsPolicy"] = {"allowOrigins": [{"exact": "https://example.com"}]}
     await operator.create("/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices", legacy)
     key = (kmocklib.resource("networking.istio.io", "v1", "virtualservices"), "bookinfo", "legacy")
 
@@ -224,4 +224,5 @@ async def test_status_of_an_object_that_bypassed_the_webhook(operator: Running) 
 
     written = await until("status on VirtualService/bookinfo/legacy", status)
     assert written["conditions"][0]["status"] == "False"
-    assert [(m["code"], m["field"]) for m in written["validationMessages"]] == [("MK0004", "spec.tcp")]
+    found = [(m["code"], m["field"]) for m in written["validationMessages"]]
+    assert found == [("MK0004", "spec.http[0].corsPolicy")]
