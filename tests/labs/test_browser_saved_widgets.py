@@ -57,7 +57,7 @@ def test_a_saved_lab_reopens_with_its_widgets_drawn(tmp_path: Path) -> None:
         lab.shutdown_kernels()  # reopened later: no kernel holds the widget's model any more
         again = browser.context.new_page()
         again.goto(url.replace("/workspaces/saved-widgets/", "/workspaces/reopened/"))
-        again.locator(".widget-slider").first.wait_for(timeout=30_000)
+        again.locator(".widget-slider").first.wait_for(timeout=60_000)  # a cold reopen under CI load
         shown = " ".join(outputs(again).all_inner_texts())
         assert "Error displaying widget" not in shown and "model not found" not in shown, shown
         assert browser.outside == []
