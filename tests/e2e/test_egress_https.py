@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -73,6 +74,17 @@ def access_log(mesh: RunningMesh, name: str) -> list[dict[str, Any]]:
             if line.strip()]
 
 
+def logged(mesh: RunningMesh, name: str, server_name: str, count: int = 1) -> list[dict[str, Any]]:
+    """The TCP lines of ``name``'s access log for ``server_name``, once ``count`` are there: a tunnel
+    writes its line when both sides are done, just after curl exits."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [e for e in access_log(mesh, name) if e.get("requested_server_name") == server_name]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def test_https_to_external_hosts_under_allow_any_registry_only_and_a_service_entry(mesh: RunningMesh) -> None:
     # ALLOW_ANY (Istio's default): both hosts answer, through PassthroughCluster
     for url in ("https://www.google.com", "https://edition.cnn.com"):
@@ -81,7 +93,7 @@ def test_https_to_external_hosts_under_allow_any_registry_only_and_a_service_ent
         assert status_lines(done.stdout)[0].startswith("HTTP/1.1 200"), done.stdout
     assert tcp_opened(mesh, destination_service="PassthroughCluster", reporter="source") >= 2
     # `kubectl logs "$SOURCE_POD" -c istio-proxy | tail`: Envoy's TCP line, "- - -" 0, with the SNI
-    [line] = [e for e in access_log(mesh, "sleep-v1-0") if e.get("requested_server_name") == "www.google.com"]
+    [line] = logged(mesh, "sleep-v1-0", "www.google.com")
     assert (line["method"], line["path"], line["status"]) == (None, None, 0), line
     assert line["upstream_cluster"] == "PassthroughCluster" and line["bytes_sent"] > 0, line
 
@@ -113,14 +125,15 @@ def test_https_through_the_egress_gateway_with_sni_passthrough(mesh: RunningMesh
 
     applied = ok(mesh, "apply", "-f", str(CNN_GATEWAY))
     assert "Warning" not in applied, applied
+    before = len(logged(mesh, "sleep-v1-0", "edition.cnn.com", count=0))
     through = sleep_curl(mesh, "-sSL", "-o", "/dev/null", "-D", "-", "https://edition.cnn.com/politics")
     assert through.returncode == 0 and status_lines(through.stdout)[0].startswith("HTTP/1.1 200"), through
     # `kubectl logs -l istio=egressgateway -n istio-system`: "- - -" 0 ... outbound|443||edition.cnn.com
-    [entry] = [e for e in access_log(mesh, "egressgateway") if e.get("requested_server_name")]
+    [entry] = logged(mesh, "egressgateway", "edition.cnn.com")
     assert entry["requested_server_name"] == "edition.cnn.com" and entry["status"] == 0, entry
     assert entry["upstream_cluster"] == "outbound|443||edition.cnn.com" and entry["bytes_received"] > 0, entry
     # sleep's sidecar sent the tunnel to the egress gateway's subset cnn, not to the host
-    sent = [e for e in access_log(mesh, "sleep-v1-0") if e.get("requested_server_name") == "edition.cnn.com"]
+    sent = logged(mesh, "sleep-v1-0", "edition.cnn.com", count=before + 1)
     assert sent[-1]["upstream_cluster"] == \
         "outbound|443|cnn|istio-egressgateway.istio-system.svc.cluster.local", sent[-1]
 

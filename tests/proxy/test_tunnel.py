@@ -156,7 +156,9 @@ async def test_connect_routes_by_sni_passes_through_and_counts(
     assert await asyncio.to_thread(_https, port, ca, "a.example.com", "a.example.com") == "a.example.com"
     # the route takes b.example.com (by its SNI) to a.example.com's server
     assert await asyncio.to_thread(_https, port, ca, "b.example.com", "b.example.com") == "a.example.com"
-    await asyncio.sleep(0.1)
+    deadline = asyncio.get_running_loop().time() + 10  # each tunnel logs and counts when it closes
+    while len(log.read_text().splitlines()) < 2 and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)  # polls a file: the proxy's sink writes it, no event to wait on
     text = await _prometheus(proxy.ports["admin"])
     assert 'istio_tcp_connections_opened_total{reporter="source"' in text
     assert 'destination_service="PassthroughCluster"' in text
