@@ -52,7 +52,14 @@ from meshkit.runtime.launch import (
     ingress_service,
     quiet,
 )
-from meshkit.runtime.ports import DEFAULT_BASE, PortPlan, busy_ports, check_port_plan, free_bases
+from meshkit.runtime.ports import (
+    DEFAULT_BASE,
+    PortPlan,
+    busy_ports,
+    check_port_plan,
+    free_bases,
+    name_holders,
+)
 from meshkit.runtime.processes import ProcessRecord, owned_by, python_argv, rss_bytes, stop
 from meshkit.runtime.record import DEFAULT_CERT_TTL, NAMESPACE, Instance, MeshRecord
 from meshkit.runtime.state import StateDir
@@ -298,7 +305,7 @@ class LocalMesh:
                      for p in (i.ports.admin, i.ports.outbound, i.ports.inbound, i.ports.app)]
             busy = busy_ports(ports)
             if busy:
-                raise MeshError(f"ports {', '.join(map(str, busy[:8]))} on 127.0.0.1 are in use, needed by "
+                raise MeshError(f"ports {name_holders(busy)} on 127.0.0.1 are in use, needed by "
                                 "the Deployments in the mesh's config; stop what uses them or choose another "
                                 f"MESHKIT_PORT_BASE (now {rec.base_port})")
             launcher.save()

@@ -144,6 +144,12 @@ def port_holders(ports: list[int]) -> dict[int, str]:
     return found
 
 
+def name_holders(busy: list[int]) -> str:
+    """The first eight of ``busy`` ports, each with the program holding it where /proc tells."""
+    holders = port_holders(busy)
+    return ", ".join(f"{p} (held by {holders[p]})" if p in holders else str(p) for p in busy[:8])
+
+
 def check_port_plan(ports: list[int], base: int, what: str = "the mesh's ports") -> str | None:
     """Why ``ports`` (planned from ``base``) cannot be used, with the fix; None when they can."""
     low, high = ephemeral_range()
@@ -154,11 +160,9 @@ def check_port_plan(ports: list[int], base: int, what: str = "the mesh's ports")
                 f"choose a base below {low - (max(ports) - base) - 1} with MESHKIT_PORT_BASE or --port-base")
     busy = busy_ports(ports)
     if busy:
-        holders = port_holders(busy)
-        named = ", ".join(f"{p} (held by {holders[p]})" if p in holders else str(p) for p in busy[:8])
-        return (f"{what} {named} on 127.0.0.1 are in use; stop what holds them (`meshkit down` if it is an "
-                f"earlier mesh, else the program named) or choose another base with MESHKIT_PORT_BASE "
-                f"(now {base})")
+        return (f"{what} {name_holders(busy)} on 127.0.0.1 are in use; stop what holds them "
+                f"(`meshkit down` if it is an earlier mesh, else the program named) or choose another "
+                f"base with MESHKIT_PORT_BASE (now {base})")
     return None
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
 from meshkit.runtime import catalog, readiness
 from meshkit.runtime.launch import Launcher, MeshError, Progress, identity, ingress_identity, quiet
-from meshkit.runtime.ports import busy_ports
+from meshkit.runtime.ports import busy_ports, name_holders
 from meshkit.runtime.processes import ProcessRecord, stop
 from meshkit.runtime.record import Instance, MeshRecord
 from meshkit.runtime.state import StateDir
@@ -145,7 +145,7 @@ def add_instances(launcher: Launcher, control: ControlClient, adding: list[Insta
     busy = busy_ports(ports)
     if busy:
         undo()
-        raise MeshError(f"ports {', '.join(map(str, busy[:8]))} on 127.0.0.1 are in use, needed by "
+        raise MeshError(f"ports {name_holders(busy)} on 127.0.0.1 are in use, needed by "
                         f"{', '.join(i.name for i in adding)}; stop what uses them")
     launcher.save()
     try:

@@ -181,7 +181,7 @@ spec:
 
 def test_explicit_deny_in_namespace_foo(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Istio's "Explicit deny" task: foo labelled for injection, httpbin and curl in it, a DENY policy."""
-    with start_mesh(tmp_path_factory.mktemp("explicit-deny"), ["none"], spare=2) as mesh:
+    with start_mesh(tmp_path_factory.mktemp("explicit-deny"), ["none"], spare=3) as mesh:
         code, out, err = bash(mesh, """
 set -e
 meshkit create ns foo
