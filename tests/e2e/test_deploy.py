@@ -175,7 +175,9 @@ def test_a_deploy_that_cannot_start_leaves_the_mesh_as_it_was(mesh: RunningMesh,
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the slot may have been used
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        with pytest.raises(MeshError, match=f"ports {port} on 127.0.0.1 are in use, needed by reviews-v2-1"):
+        # the error names the port and who holds it: this test process
+        with pytest.raises(MeshError, match=rf"ports {port} \(held by pid {os.getpid()} \(.*python.*\)\) "
+                                            "on 127.0.0.1 are in use, needed by reviews-v2-1"):
             mesh.mesh.scale("reviews-v2", 2)
         with pytest.raises(LabError, match="in use"):
             lab.scale("reviews-v2", 2)
