@@ -181,9 +181,7 @@ class Tunnels:
                 target = self._inbound_target(snapshot)
         if target is None:
             target = _Target(None, BLACKHOLE_CLUSTER, "unknown", "unknown", flags="NR")
-        counters = self.metrics.counters(
-            self._labels(snapshot, target) if kind != "inbound" else self._inbound_labels(snapshot, identity))
-        counters[0] += 1
+        counters: list[int] | None = None
         sent = received = 0
         upstream_host: str | None = None
         up_writer: asyncio.StreamWriter | None = None
@@ -197,6 +195,9 @@ class Tunnels:
                 target.flags = "UF"
                 log.info("tunnel to %s:%d failed: %s", *target.address, exc)
                 return
+            # Istio's stats filter reports a connection opened once its outcome is known, with the
+            # labels (response_flags among them) its opened, bytes and closed counters then all share
+            counters = self._count_opened(snapshot, target, kind, identity)
             upstream_host = f"{target.address[0]}:{target.address[1]}"
             if head:
                 up_writer.write(head)
@@ -204,6 +205,8 @@ class Tunnels:
             results = await asyncio.gather(_pump(down_reader, up_writer), _pump(up_reader, down_writer))
             sent, received = sent + results[0], results[1]
         finally:
+            if counters is None:  # refused, failed or cancelled before the upstream answered
+                counters = self._count_opened(snapshot, target, kind, identity)
             counters[1] += 1
             counters[2] += sent
             counters[3] += received
@@ -213,6 +216,14 @@ class Tunnels:
             self._log(wall, time.monotonic() - started, target, upstream_host=upstream_host,
                       server_name=server_name, sent=sent, received=received, peer=peer,
                       direction="inbound" if kind == "inbound" else "outbound")
+
+    def _count_opened(self, snapshot: Snapshot | None, target: _Target, kind: str,
+                      identity: str | None) -> list[int]:
+        labels = self._labels(snapshot, target) if kind != "inbound" else self._inbound_labels(
+            snapshot, identity, target.flags)
+        counters = self.metrics.counters(labels)
+        counters[0] += 1
+        return counters
 
     async def _connect(self, target: _Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """The upstream connection: plain, or mTLS with the peer's SPIFFE id checked (ISTIO_MUTUAL)."""
@@ -271,7 +282,8 @@ class Tunnels:
             return _Target(address, f"outbound|{port}||{host}", host, host,
                            flags="-" if address is not None else "DF")
         if snapshot.egress is not None and snapshot.egress.policy == REGISTRY_ONLY:
-            return _Target(None, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)
+            # Envoy's BlackHoleCluster has no endpoints: tcp_proxy closes the connection with UH
+            return _Target(None, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, flags="UH")
         address = tls.egress.resolve(host, port)
         return _Target(address, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER,
                        flags="-" if address is not None else "DF")
@@ -291,7 +303,8 @@ class Tunnels:
             "response_flags": target.flags, "connection_security_policy": "unknown"})
         return labels
 
-    def _inbound_labels(self, snapshot: Snapshot | None, identity: str | None) -> dict[str, str]:
+    def _inbound_labels(self, snapshot: Snapshot | None, identity: str | None,
+                        flags: str = "-") -> dict[str, str]:
         """reporter="destination": this workload, and the caller's verified identity (mTLS) only."""
         node = snapshot.node_labels if snapshot is not None else None
         labels = {"reporter": "destination", "source_principal": identity or "unknown"}
@@ -304,7 +317,7 @@ class Tunnels:
                 "destination_service_namespace": node.namespace,
                 "destination_canonical_service": node.canonical_service,
                 "destination_cluster": CLUSTER_ID})
-        labels.update({"request_protocol": "tcp", "response_flags": "-",
+        labels.update({"request_protocol": "tcp", "response_flags": flags,
                        "connection_security_policy": "mutual_tls" if identity else "none"})
         return labels
 
