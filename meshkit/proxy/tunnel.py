@@ -10,7 +10,9 @@ and ``tcp_proxy``:
 1. the ClientHello's SNI is read (``sni``), nothing consumed or opened; a tunnel that is not TLS is
    known by its CONNECT authority only;
 2. the snapshot's ``tls`` routes pick a destination (``tls_routing``): a registry service's cluster
-   (one of its endpoints) or an external host resolved with the ``egress`` map; with no route, a
+   (one of its endpoints) or an external host resolved with the ``egress`` map; on a sidecar, then,
+   its ``tcp`` routes by the CONNECT authority (an app's opaque TCP, ``nc tcp-echo 9000``: the
+   VirtualService ``tcp`` routes for ``mesh``, then the service's own cluster); with no route, a
    sidecar sends a ServiceEntry-registered host to it, any other host to ``PassthroughCluster``
    under ALLOW_ANY, and closes the connection under REGISTRY_ONLY (``BlackHoleCluster``: the
    client's TLS handshake fails, curl's exit 35, as on Istio). A gateway closes what no route takes;
@@ -24,6 +26,7 @@ It must not do: TLS (the proxy never sees inside), HTTP, or anything but the sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -57,6 +60,8 @@ CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 INSPECT_TIMEOUT_S = 5.0  # Envoy's listener filter timeout is 15 s; a client sends its hello at once
 CONNECT_TIMEOUT_S = 10.0
 CHUNK = 65536
+HALF_CLOSE_QUIET_S = 1.0  # a half-closed tunnel over mTLS: the upstream's silence that ends it (_linger)
+HALF_CLOSE_MAX_S = 30.0
 _TCP_METRICS = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
                 "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total")
 _MAX_SERIES = 1024
@@ -173,7 +178,7 @@ class Tunnels:
         target: _Target | None = None
         if snapshot is not None:
             if kind == "tls":
-                target = self._target(snapshot, server_name, port)
+                target = self._target(snapshot, server_name, port, connect_host)
             elif kind == "tcp":
                 route = snapshot.tls.tcp_routes[0] if snapshot.tls.tcp_routes else None
                 target = self._to_destination(snapshot, route.choose(self.rng)) if route is not None else None
@@ -202,7 +207,9 @@ class Tunnels:
             if head:
                 up_writer.write(head)
                 sent += len(head)
-            results = await asyncio.gather(_pump(down_reader, up_writer), _pump(up_reader, down_writer))
+            upstream = _Flow()  # what the upstream sends: a half-close over TLS waits on it (_pump)
+            results = await asyncio.gather(_pump(down_reader, up_writer, answer=upstream),
+                                           _pump(up_reader, down_writer, flow=upstream))
             sent, received = sent + results[0], results[1]
         finally:
             if counters is None:  # refused, failed or cancelled before the upstream answered
@@ -214,7 +221,7 @@ class Tunnels:
                 if writer is not None:
                     writer.close()
             self._log(wall, time.monotonic() - started, target, upstream_host=upstream_host,
-                      server_name=server_name, sent=sent, received=received, peer=peer,
+                      server_name=server_name, sni=sni, sent=sent, received=received, peer=peer,
                       direction="inbound" if kind == "inbound" else "outbound")
 
     def _count_opened(self, snapshot: Snapshot | None, target: _Target, kind: str,
@@ -270,9 +277,14 @@ class Tunnels:
         return _Target((endpoint.address, endpoint.port), f"inbound|{endpoint.port}||", service,
                        snapshot.node_labels.service or "unknown", namespace=snapshot.node_labels.namespace)
 
-    def _target(self, snapshot: Snapshot, host: str | None, port: int) -> _Target | None:
+    def _target(self, snapshot: Snapshot, host: str | None, port: int,
+                connect_host: str | None = None) -> _Target | None:
         tls = snapshot.tls
         route = tls.route(host, port) if host else None
+        if route is None and connect_host and not self.gateway:
+            # an app's opaque TCP to a name:port (Istio's outbound TCP listener of that service port):
+            # the mesh's tcp routes, then the service's own cluster (the default routes)
+            route = tls.tcp_route(connect_host, port)
         if route is not None:
             return self._to_destination(snapshot, route.choose(self.rng))
         if self.gateway or not host:
@@ -322,7 +334,9 @@ class Tunnels:
         return labels
 
     def _log(self, wall: float, elapsed: float, target: _Target, *, upstream_host: str | None,
-             server_name: str | None, sent: int, received: int, peer: str, direction: str) -> None:
+             server_name: str | None, sni: str | None, sent: int, received: int, peer: str,
+             direction: str) -> None:
+        """``requested_server_name`` is the ClientHello's SNI only (Envoy's: null for opaque TCP)."""
         if self.access is None:
             return
         self.access.write({
@@ -333,7 +347,7 @@ class Tunnels:
             "upstream_host": upstream_host, "upstream_cluster": target.cluster, "route_name": None,
             "request_id": None,
             "bytes_received": sent, "bytes_sent": received, "user_agent": None, "x_forwarded_for": None,
-            "direction": direction, "requested_server_name": server_name, "downstream_remote_address": peer,
+            "direction": direction, "requested_server_name": sni, "downstream_remote_address": peer,
         })
 
 
@@ -366,21 +380,59 @@ async def _client_hello(reader: asyncio.StreamReader) -> tuple[bytes, str | None
     return head, None if found is NEED_MORE else found
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    """Copy until EOF (then half-close the other side); the bytes copied."""
+class _Flow:
+    """One direction of a tunnel as the other direction's pump sees it: when it last carried bytes,
+    and whether it is done."""
+
+    __slots__ = ("done", "last")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.last = time.monotonic()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, flow: _Flow | None = None,
+                answer: _Flow | None = None) -> int:
+    """Copy until EOF (then half-close the other side); the bytes copied. ``flow``: this direction,
+    marked as it goes; ``answer``: the opposite one, which a half-close the writer cannot pass on
+    (mutual TLS) waits for (``_linger``)."""
     moved = 0
     try:
         while data := await reader.read(CHUNK):
             moved += len(data)
+            if flow is not None:
+                flow.last = time.monotonic()
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()  # half-close: the other side may still answer
         else:
+            if answer is not None:
+                await _linger(answer)
             writer.close()  # TLS has no half-close: close after what is written (Envoy's close after flush)
     except (ConnectionError, OSError):
         writer.close()
+    finally:
+        if flow is not None:
+            flow.done.set()
     return moved
+
+
+async def _linger(answer: _Flow) -> None:
+    """The client half-closed, and the upstream is mutual TLS, which Python's TLS cannot half-close
+    (Envoy sends close_notify and keeps reading): keep the connection until the upstream is done, or
+    has been silent for ``HALF_CLOSE_QUIET_S`` since the half-close or its last bytes (at most
+    ``HALF_CLOSE_MAX_S``), so that the answer to what was sent (``echo x | nc tcp-echo 9000``) comes back."""
+    closed_at = time.monotonic()
+    deadline = closed_at + HALF_CLOSE_MAX_S
+    while not answer.done.is_set():
+        now = time.monotonic()
+        quiet = max(answer.last, closed_at) + HALF_CLOSE_QUIET_S - now
+        if quiet <= 0 or now >= deadline:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(quiet, deadline - now)):
+                await answer.done.wait()
 
 
 class SniffingAcceptor:

@@ -127,3 +127,28 @@ async def test_a_gateway_shifts_tcp_by_weight_over_mutual_tls(tmp_path: Path,
     finally:
         for proxy in (gateway, *sidecars):
             await proxy.stop()
+
+
+async def test_a_client_that_half_closes_at_once_still_gets_its_answer_over_mutual_tls(
+        tmp_path: Path, echo_apps: dict[str, int]) -> None:
+    """``echo x | nc HOST PORT``: the client sends and half-closes before the answer; TLS between the
+    proxies cannot pass the half-close on, so the gateway keeps the connection until the upstream has
+    answered (and gone quiet), then closes: the answer arrives, then the end of the stream."""
+    ca = CertificateAuthority.open(tmp_path / "ca")
+    sidecar = await _proxy(tmp_path, _echo_sidecar("one", echo_apps["one"]),
+                           write_tls_dir(ca, ECHO, tmp_path / "one"))
+    gateway = await _proxy(tmp_path, _gateway({"one": sidecar.ports["inbound"]}, {"one": 100}),
+                           write_tls_dir(ca, GATEWAY, tmp_path / "gw"), "--kind", "gateway",
+                           "--tcp-port", "0")
+    try:
+        for i in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["tcp"])
+            writer.write(f"hello {i}\n".encode())
+            writer.write_eof()
+            async with asyncio.timeout(10):
+                answer = await reader.read()  # everything until the gateway closes
+            writer.close()
+            assert answer == f"one hello {i}\n".encode(), answer
+    finally:
+        for proxy in (gateway, sidecar):
+            await proxy.stop()
