@@ -52,6 +52,7 @@ from meshkit.proxy.tls_routing import TlsDestination
 if TYPE_CHECKING:
     from meshkit.proxy.filters.accesslog import AccessLogSink
     from meshkit.proxy.listener import SnapshotSource
+    from meshkit.proxy.proxy_protocol import ProxyHeader
     from meshkit.proxy.snapshot import Snapshot
 
 log = logging.getLogger("meshkit.proxy.tunnel")
@@ -136,19 +137,26 @@ class Tunnels:
         if transport.is_reading() is False:
             transport.resume_reading()
         writer.write(CONNECT_ESTABLISHED)
-        self._spawn(self._carry(reader, writer, peer, authority=authority))
+        downstream = _downstream(transport.get_extra_info("peername"), None) or peer
+        self._spawn(self._carry(reader, writer, downstream, authority=authority))
 
-    async def accept(self, sock: socket.socket) -> None:
-        """A gateway's passthrough connection (raw TLS on its listener)."""
+    async def accept(self, sock: socket.socket, header: ProxyHeader | None = None) -> None:
+        """A gateway's passthrough connection (raw TLS on its listener); ``header``: the PROXY protocol
+        header already read off it, whose source is the downstream address."""
         reader, writer = await asyncio.open_connection(sock=sock)
-        peer = writer.get_extra_info("peername")
-        self._spawn(self._carry(reader, writer, str(peer[0]) if peer else ""))
+        self._spawn(self._carry(reader, writer, _downstream(writer.get_extra_info("peername"), header)))
 
     async def accept_tcp(self, sock: socket.socket) -> None:
-        """A connection on a gateway's TCP listener (Gateway servers with ``protocol: TCP``)."""
+        """A connection on a gateway's TCP listener (Gateway servers with ``protocol: TCP``), after its
+        PROXY protocol header when the snapshot asks for one (gatewayTopology.proxyProtocol)."""
+        header: ProxyHeader | None = None
+        if getattr(self.state.current, "proxy_protocol", False):
+            header = await take_proxy_header(sock)
+            if header is None:
+                return
         reader, writer = await asyncio.open_connection(sock=sock)
-        peer = writer.get_extra_info("peername")
-        self._spawn(self._carry(reader, writer, str(peer[0]) if peer else "", kind="tcp"))
+        self._spawn(self._carry(reader, writer, _downstream(writer.get_extra_info("peername"), header),
+                                kind="tcp"))
 
     async def carry_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
                             identity: str | None) -> None:
@@ -351,6 +359,37 @@ class Tunnels:
         })
 
 
+def _downstream(peername: Any, header: ProxyHeader | None) -> str:
+    """Envoy's ``%DOWNSTREAM_REMOTE_ADDRESS%``: ``ip:port`` of the PROXY header's source when it
+    carries one, else of the socket's peer."""
+    if header is not None and header.source is not None:
+        host, port = header.source, header.source_port
+    elif peername:
+        host, port = str(peername[0]), peername[1]
+    else:
+        return ""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port is not None else host
+
+
+async def take_proxy_header(sock: socket.socket, stats: Any = None) -> ProxyHeader | None:
+    """The PROXY protocol header off ``sock`` (Envoy's proxy_protocol listener filter, which runs
+    before tls_inspector); None, with the socket closed and ``downstream_cx_proxy_proto_error``
+    counted, when it is missing, malformed or late."""
+    from meshkit.proxy.proxied import PROXY_HEADER_TIMEOUT, read_proxy_header  # noqa: PLC0415 - only then
+    from meshkit.proxy.proxy_protocol import ProxyProtocolError  # noqa: PLC0415
+
+    try:
+        async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
+            return await read_proxy_header(sock)
+    except (ProxyProtocolError, TimeoutError, OSError) as exc:
+        if stats is not None:
+            stats.downstream_cx_proxy_proto_error += 1
+        log.debug("closing a gateway connection: %s", exc)
+        sock.close()
+        return None
+
+
 def _authority(authority: str | None) -> tuple[str | None, int]:
     if authority is None:
         return None, 443
@@ -448,13 +487,23 @@ class SniffingAcceptor:
     async def _admit(self, listener: Listener, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
+            header: ProxyHeader | None = None
+            if listener.proxy_protocol_required():  # the header first, then the SNI (as Envoy's filters)
+                header = await take_proxy_header(conn, listener.stats)
+                if header is None:
+                    return
             async with asyncio.timeout(INSPECT_TIMEOUT_S):
                 tls = await sniff_tls(conn)
             if tls:
-                await self.tunnels.accept(conn)
+                await self.tunnels.accept(conn, header)
                 return
-            # plain HTTP (or a PROXY protocol header, then HTTP): the listener's own connection kind
-            await loop.connect_accepted_socket(listener.protocol_factory(), conn)
+            # plain HTTP: the listener's own connection kind (with the header already read)
+            factory = listener.protocol_factory()
+            if header is not None:
+                from meshkit.proxy.proxied import ProxyProtocolConnection  # noqa: PLC0415
+
+                factory = lambda: ProxyProtocolConnection(listener, header)  # noqa: E731
+            await loop.connect_accepted_socket(factory, conn)
         except TimeoutError:
             conn.close()  # sent nothing: as Envoy's listener filter timeout
         except BaseException:

@@ -152,3 +152,45 @@ async def test_a_client_that_half_closes_at_once_still_gets_its_answer_over_mutu
     finally:
         for proxy in (gateway, sidecar):
             await proxy.stop()
+
+
+async def test_a_tcp_gateway_behind_proxy_protocol_reads_the_header_first(
+        tmp_path: Path, echo_apps: dict[str, int]) -> None:
+    """gatewayTopology.proxyProtocol: the gateway's TCP listener takes the PROXY header off each
+    connection before routing it (its source is the log's downstream address); no header: closed."""
+    ca = CertificateAuthority.open(tmp_path / "ca")
+    sidecar = await _proxy(tmp_path, _echo_sidecar("one", echo_apps["one"]),
+                           write_tls_dir(ca, ECHO, tmp_path / "one"))
+    doc = _gateway({"one": sidecar.ports["inbound"]}, {"one": 100})
+    doc.setdefault("mesh", {})["proxy_protocol"] = True
+    log = tmp_path / "gateway-access.log"
+    gateway = await _proxy(tmp_path, doc, write_tls_dir(ca, GATEWAY, tmp_path / "gw"), "--kind", "gateway",
+                           "--tcp-port", "0", "--access-log", str(log))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["tcp"])
+        writer.write(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 31400\r\nhello\n")
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b"one hello\n"
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["tcp"])
+        writer.write(b"hello\n")  # no header
+        async with asyncio.timeout(10):
+            try:
+                refused = await reader.read()
+            except ConnectionResetError:
+                refused = b""
+        assert refused == b""
+        writer.close()
+        async with asyncio.timeout(10):
+            while not (await asyncio.to_thread(_read_text, log)).strip():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # polls a file: the proxy's sink writes it, no event to wait on
+        entry = json.loads((await asyncio.to_thread(_read_text, log)).splitlines()[0])
+        assert entry["downstream_remote_address"] == "203.0.113.7:51234", entry
+    finally:
+        for proxy in (gateway, sidecar):
+            await proxy.stop()
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
