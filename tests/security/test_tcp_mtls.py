@@ -9,7 +9,9 @@ layer where PeerAuthentication applies (STRICT refuses plaintext TCP too).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -194,3 +196,39 @@ async def test_a_tcp_gateway_behind_proxy_protocol_reads_the_header_first(
 
 def _read_text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+async def test_an_opaque_tcp_app_that_refuses_is_uf_in_the_sidecars_destination_metrics(
+        tmp_path: Path) -> None:
+    """The tcp-echo sidecar cannot reach its app (killed): Envoy's inbound tcp_proxy flags UF, and
+    Istio's destination-side TCP series carry it (opened and closed), not "-"."""
+    with socket.socket() as probe:  # a port nobody listens on: the app is gone
+        probe.bind(("127.0.0.1", 0))
+        gone = probe.getsockname()[1]
+    ca = CertificateAuthority.open(tmp_path / "ca")
+    sidecar = await _proxy(tmp_path, _echo_sidecar("one", gone), write_tls_dir(ca, ECHO, tmp_path / "one"))
+    gateway = await _proxy(tmp_path, _gateway({"one": sidecar.ports["inbound"]}, {"one": 100}),
+                           write_tls_dir(ca, GATEWAY, tmp_path / "gw"), "--kind", "gateway",
+                           "--tcp-port", "0")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["tcp"])
+        writer.write(b"hello\n")
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""  # closed without an answer
+        writer.close()
+        text = ""
+        async with asyncio.timeout(10):
+            while "istio_tcp_connections_closed_total" not in text:
+                reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.ports["admin"])
+                writer.write(b"GET /stats/prometheus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                text = (await reader.read()).decode()
+                writer.close()
+        names = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total")
+        series = [line for line in text.splitlines() if line.startswith(names)]
+        assert len(series) == 2 and all('reporter="destination"' in s and 'response_flags="UF"' in s
+                                        and s.endswith(" 1") for s in series), series
+    finally:
+        for proxy in (gateway, sidecar):
+            await proxy.stop()
