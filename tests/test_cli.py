@@ -401,3 +401,38 @@ def test_jsonpath_reads_the_forms_istio_s_tasks_use() -> None:
     assert render("name: {.items[0].metadata.name}\\n", pods) == "name: sleep-0\n"
     with pytest.raises(JsonPathError, match=r"cannot read '\[\?\(@\.name=tcp\)\]'"):
         render("{.spec.ports[?(@.name=tcp)]}", service)
+
+
+async def test_patch_type_json_applies_rfc_6902_all_or_nothing_with_kubectls_errors(
+        control: ControlProcess, tmp_path: Path, files: Path) -> None:
+    env = cli_env(tmp_path)
+    assert (await meshkit("apply", "-f", str(files), env=env)).code == 0
+    subset = "/spec/http/0/route/0/destination/subset"
+    ops = json.dumps([{"op": "test", "path": subset, "value": "v1"},
+                      {"op": "replace", "path": subset, "value": "v2"},
+                      {"op": "add", "path": "/spec/http/0/timeout", "value": "3s"}])
+    done = await meshkit("patch", "virtualservice", "reviews", "--type", "json", "-p", ops, env=env)
+    assert (done.code, done.out.strip()) == (0, "virtualservice/reviews patched"), done.err
+    shown = await meshkit("get", "vs", "reviews", "-o", "json", env=env)
+    route = json.loads(shown.out)["spec"]["http"][0]
+    assert route["route"][0]["destination"]["subset"] == "v2" and route["timeout"] == "3s", route
+
+    # the test operation fails now (the subset is v2): nothing of the patch is applied
+    failing = json.dumps([{"op": "replace", "path": subset, "value": "v3"},
+                          {"op": "test", "path": subset, "value": "v1"}])
+    refused = await meshkit("patch", "vs", "reviews", "--type", "json", "-p", failing, env=env)
+    assert refused.code == 1 and refused.err.splitlines()[-2:] == [
+        "The request is invalid: the server rejected our request due to an error in our request",
+        f"cause: testing value {subset} failed: test failed"], refused.err
+    missing = json.dumps([{"op": "replace", "path": "/spec/http/0/retries/attempts", "value": 3}])
+    refused = await meshkit("patch", "vs", "reviews", "--type", "json", "-p", missing, env=env)
+    assert refused.code == 1 and refused.err.splitlines()[-1] == (
+        "cause: replace operation does not apply: doc is missing path: /spec/http/0/retries/attempts: "
+        "missing value"), refused.err
+    not_a_list = await meshkit("patch", "vs", "reviews", "--type", "json", "-p", '{"op": "add"}', env=env)
+    assert not_a_list.code == 1 and not_a_list.err.strip().endswith(
+        "Error from server (BadRequest): json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+    other = await meshkit("patch", "vs", "reviews", "--type", "yaml", "-p", "{}", env=env)
+    assert other.code == 1 and 'error: --type must be one of [json merge strategic], not "yaml"' in other.err
+    shown = await meshkit("get", "vs", "reviews", "-o", "json", env=env)
+    assert json.loads(shown.out)["spec"]["http"][0]["route"][0]["destination"]["subset"] == "v2"

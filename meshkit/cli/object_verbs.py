@@ -118,8 +118,9 @@ def patch(  # noqa: PLR0917 (typer maps parameters to options)
     patch_text: Annotated[str, typer.Option("-p", "--patch", help="The patch, JSON or YAML.")],
     namespace: OptionalNamespace = None,
     patch_type: Annotated[str, typer.Option(
-        "--type", help="strategic (kubectl's default: lists of named items merge by name) or merge "
-                       "(RFC 7386).")] = "strategic",
+        "--type", help="strategic (kubectl's default: lists of named items merge by name), merge "
+                       "(RFC 7386) or json (RFC 6902 operations: add, remove, replace, move, copy, "
+                       "test).")] = "strategic",
     control: ControlOption = None,
 ) -> None:
     """Update fields of a stored object, like `kubectl patch`.
@@ -128,15 +129,23 @@ def patch(  # noqa: PLR0917 (typer maps parameters to options)
     {"annotations":{"proxy.istio.io/config":"{\\"gatewayTopology\\":{\\"numTrustedProxies\\":1}}"}}}}}'`
     gives the ingress gateway its own ProxyConfig (Istio's "Configuring Gateway Network Topology");
     before any was applied, the patch goes on the gateway's Deployment as istioctl install makes it.
+    `--type json -p '[{"op": "test", "path": "/spec/replicas", "value": 1}, {"op": "replace", ...}]'`
+    applies RFC 6902 operations all or nothing, with kubectl's error when one does not apply.
     """
     from meshkit.config.meshconfig import ROOT_NAMESPACE  # noqa: PLC0415
-    from meshkit.config.patch import merge_patch, parse_patch  # noqa: PLC0415
+    from meshkit.config.patch import (  # noqa: PLC0415
+        JsonPatchError,
+        json_patch,
+        kubectl_invalid,
+        merge_patch,
+        parse_json_patch,
+        parse_patch,
+    )
     from meshkit.config.proxyconfig import INGRESS_DEPLOYMENT, ingress_deployment  # noqa: PLC0415
     from meshkit.control.kinds import resolve_kind  # noqa: PLC0415
 
-    if patch_type not in ("strategic", "merge"):
-        _fail(EXIT_REJECTED, f"error: --type {patch_type!r}: meshkit patches with strategic or merge "
-                             "(a JSON patch, --type json, is not supported)")
+    if patch_type not in ("strategic", "merge", "json"):
+        _fail(EXIT_REJECTED, f'error: --type must be one of [json merge strategic], not "{patch_type}"')
     from meshkit.config.messages import ConfigError  # noqa: PLC0415
 
     try:
@@ -147,9 +156,10 @@ def patch(  # noqa: PLR0917 (typer maps parameters to options)
         _fail(EXIT_REJECTED, "error: patch needs a kind (not 'all')")
     namespace = "default" if resolved == "Namespace" else namespace or "default"
     try:
-        changes = parse_patch(patch_text)
+        changes: Any = parse_json_patch(patch_text) if patch_type == "json" else parse_patch(patch_text)
     except ValueError as error:
-        _fail(EXIT_REJECTED, f"error: -p: {error}")
+        _fail(EXIT_REJECTED, f"Error from server (BadRequest): {error}" if patch_type == "json"
+              else f"error: -p: {error}")
     client = _client(control)
     found = [item["resource"] for item in _call(client.get, resolved, None, namespace)["items"]
              if item["resource"]["metadata"]["name"] == name]
@@ -159,7 +169,13 @@ def patch(  # noqa: PLR0917 (typer maps parameters to options)
         current = ingress_deployment()
     else:
         _fail(EXIT_REJECTED, f'error: {resolved.lower()}s "{name}" not found in namespace {namespace}')
-    patched = merge_patch(current, changes, strategic=patch_type == "strategic")
+    if patch_type == "json":
+        try:
+            patched = json_patch(current, changes)
+        except JsonPatchError as error:  # nothing applied: kubectl's Invalid, then the operation's cause
+            _fail(EXIT_REJECTED, kubectl_invalid(error))
+    else:
+        patched = merge_patch(current, changes, strategic=patch_type == "strategic")
     if patched == current and found:
         Printer().line(f"{resolved.lower()}/{name} patched (no change)")
         return

@@ -179,7 +179,7 @@ def compile_snapshot(
         "egress": {"hosts": dict(sorted((egress_hosts or {}).items())), "real_dns": real_dns,
                    **({"ca_pem": registry.external_ca} if registry.external_ca else {})},
         "tls": tls_section(node, resources, tls_virtual_services, registry, selecting),
-        "tcp": tcp_section(node, tls_virtual_services, registry, selecting),
+        "tcp": tcp_section(node, tls_virtual_services, registry, selecting, resources),
     }
     # opaque TCP in front of the app (a Service port named tcp...): the sidecar relays bytes (tls_routes)
     own_service = registry.service(node.service, node.namespace) if node.service else None

@@ -20,8 +20,11 @@ Opaque TCP (Istio's "TCP Traffic Shifting": a Gateway server with ``protocol: TC
 VirtualService ``tcp`` routes) is the section ``tcp``: a gateway's routes, matched by port, with
 weighted destinations of the same shape. A workload whose Service names its port ``tcp``/``tcp-*``
 (or ``appProtocol: tcp``) gets ``inbound.protocol: "tcp"``: its sidecar relays bytes to the app
-instead of parsing HTTP. Sidecars get no ``tcp`` routes yet (opaque TCP from an app through its
-sidecar is not modelled on the local mesh).
+instead of parsing HTTP. A sidecar gets the ``tcp`` routes of the VirtualServices bound to ``mesh``
+(``hosts`` names the destination, ``port`` the port connected to, as Istio's outbound TCP listener
+per service port), then one default route per registry Service port (``hosts`` its names as the
+sidecar's namespace spells them, its own cluster): an app's opaque TCP reaches its sidecar as a
+``CONNECT host:port`` tunnel (``nc tcp-echo 9000`` under ``meshkit exec``) and goes by them.
 
 Pure data: no sockets, no files.
 """
@@ -104,15 +107,18 @@ def _sni_for(node: Node, vs: VirtualService, m: TLSMatchAttributes,
 
 
 def _destinations(route: TLSRoute | TCPRoute, match_port: int | None, namespace: str,
-                  registry: RegistryView) -> list[dict[str, Any]]:
+                  registry: RegistryView, *, service_port: bool = False) -> list[dict[str, Any]]:
+    """``service_port``: a destination without port and a match without one goes to its Service's port
+    (a sidecar's ``tcp`` routes), else to 443."""
     found = []
     targets: list[RouteDestination] = route.route
     for weighted in targets:
         destination = weighted.destination
-        port = destination.port.number if destination.port is not None else (match_port or DEFAULT_TLS_PORT)
         resolved = resolve_host(destination.host, namespace)
         service = registry.service(resolved.name, resolved.namespace or "") \
             if resolved.name is not None else None
+        fallback = service.port if service_port and service is not None else DEFAULT_TLS_PORT
+        port = destination.port.number if destination.port is not None else (match_port or fallback)
         if service is not None:
             cluster: str | None = f"{service.name}.{service.namespace}|{destination.subset or ''}"
             host = service.fqdn
@@ -138,15 +144,19 @@ def _registered_tls_hosts(resources: Sequence[Resource], namespace: str) -> list
 
 
 def tcp_section(node: Node, virtual_services: Sequence[VirtualService], registry: RegistryView,
-                selecting: Mapping[tuple[str, str], Gateway]) -> dict[str, Any]:
-    """The snapshot's ``tcp`` section: a gateway's ``tcp`` routes bound to its TCP servers, in order."""
+                selecting: Mapping[tuple[str, str], Gateway],
+                resources: Sequence[Resource] = ()) -> dict[str, Any]:
+    """The snapshot's ``tcp`` section: a gateway's ``tcp`` routes bound to its TCP servers, in order; a
+    sidecar's ``mesh`` routes by destination host and port, then its default routes."""
     routes: list[dict[str, Any]] = []
     if node.kind != "gateway":
-        return {"routes": routes}
+        return {"routes": [*_mesh_tcp_routes(node, virtual_services, registry),
+                           *_default_tcp_routes(node, registry, resources)]}
     for vs in sorted(virtual_services, key=lambda v: (v.metadata.namespace, v.metadata.name)):
         for index, route in enumerate(vs.spec.tcp or []):
             for port in _tcp_ports(node, vs, route, selecting):
                 routes.append({"name": f"{vs.metadata.namespace}/{vs.metadata.name}#tcp{index}", "port": port,
+                               "hosts": None,
                                "destinations": _destinations(route, port, vs.metadata.namespace, registry)})
     return {"routes": routes}
 
@@ -169,6 +179,73 @@ def _tcp_ports(node: Node, vs: VirtualService, route: TCPRoute,
                 if (wanted is None or server.port.number == wanted) and server.port.number not in ports:
                     ports.append(server.port.number)
     return ports
+
+
+def _mesh_tcp_routes(node: Node, virtual_services: Sequence[VirtualService],
+                     registry: RegistryView) -> list[dict[str, Any]]:
+    """A sidecar's ``tcp`` routes: those of VirtualServices for ``mesh`` whose match takes this proxy
+    (source labels), by the VirtualService's hosts (as this proxy's namespace names them) and port."""
+    routes: list[dict[str, Any]] = []
+    for vs in sorted(virtual_services, key=lambda v: (v.metadata.namespace, v.metadata.name)):
+        if not vs.spec.tcp:
+            continue
+        hosts = _names_of(vs.spec.hosts, vs.metadata.namespace, node, registry)
+        for index, route in enumerate(vs.spec.tcp):
+            matches: list[L4MatchAttributes | None] = list(route.match or []) or [None]
+            for m in matches:
+                references = (m.gateways if m is not None else None) or vs.spec.gateways or [MESH]
+                if MESH not in references:
+                    continue
+                if m is not None and not labels_match(m.source_labels, node.labels):
+                    continue
+                port = m.port if m is not None else None
+                routes.append({"name": f"{vs.metadata.namespace}/{vs.metadata.name}#tcp{index}",
+                               "hosts": hosts, "port": port,
+                               "destinations": _destinations(route, port, vs.metadata.namespace, registry,
+                                                             service_port=True)})
+    return routes
+
+
+def _names_of(hosts: Sequence[str], namespace: str, node: Node, registry: RegistryView) -> list[str]:
+    """The names an app of ``node`` connects to for these VirtualService hosts (a registry service's
+    short name only from its own namespace, as Kubernetes DNS resolves it)."""
+    names: list[str] = []
+    for host in hosts:
+        resolved = resolve_host(host, namespace)
+        service = registry.service(resolved.name, resolved.namespace or "") \
+            if resolved.name is not None else None
+        found = _service_names(service, node) if service is not None else [host.strip().lower()]
+        names += [n for n in found if n not in names]
+    return names
+
+
+def _service_names(service: Service, node: Node) -> list[str]:
+    short = [service.name] if service.namespace == node.namespace else []
+    return [*short, f"{service.name}.{service.namespace}", f"{service.name}.{service.namespace}.svc",
+            service.fqdn]
+
+
+def _default_tcp_routes(node: Node, registry: RegistryView,
+                        resources: Sequence[Resource]) -> list[dict[str, Any]]:
+    """One route per registry Service port (its Kubernetes Service's ports, else the registry's one):
+    Istio's outbound listener of a service port with no VirtualService goes to its own cluster."""
+    routes: list[dict[str, Any]] = []
+    for service in sorted(registry.services, key=lambda s: (s.namespace, s.name)):
+        ports = _service_ports(resources, service)
+        for port in ports:
+            routes.append({"name": f"{service.fqdn}:{port}", "hosts": _service_names(service, node),
+                           "port": port,
+                           "destinations": [{"host": service.fqdn, "port": port, "weight": 100,
+                                             "cluster": f"{service.name}.{service.namespace}|"}]})
+    return routes
+
+
+def _service_ports(resources: Sequence[Resource], service: Service) -> list[int]:
+    for resource in resources:
+        if isinstance(resource, KubeService) and resource.metadata.name == service.name \
+                and resource.metadata.namespace == service.namespace and resource.spec.ports:
+            return sorted({p.port for p in resource.spec.ports})
+    return [service.port]
 
 
 TCP_PORT_NAMES = ("tcp", "mongo", "mysql", "redis")

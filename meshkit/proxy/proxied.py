@@ -1,7 +1,9 @@
 """Connections that start with a PROXY protocol header (Istio's ``gatewayTopology.proxyProtocol``).
 
 `ProxyProtocolConnection` is the listener's `DownstreamConnection` with the header read first
-(`meshkit.proxy.proxy_protocol.parse`); `ProxiedAuthzPolicies` judges ``ipBlocks`` on the socket's
+(`meshkit.proxy.proxy_protocol.parse`); `read_proxy_header` takes a header off a socket before
+anything else reads it (the gateway's TLS listener, its passthrough and TCP listeners:
+`tls.serving`, `tunnel`); `ProxiedAuthzPolicies` judges ``ipBlocks`` on the socket's
 own peer. This module is imported only when a snapshot turns PROXY protocol on (the listener's
 protocol factory, the gateway's TLS acceptor, `filters.authz.compile_authz`), so a proxy without it
 loads none of it: not even its objects weigh on the garbage collector of a plain sidecar.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 from meshkit.proxy.filters.authz import Attributes, AuthzPolicies, Decision
@@ -18,6 +21,7 @@ from meshkit.proxy.http import Request
 from meshkit.proxy.listener import DownstreamConnection, Listener
 from meshkit.proxy.proxy_protocol import ProxyHeader, ProxyProtocolError
 from meshkit.proxy.proxy_protocol import parse as parse_proxy_header
+from meshkit.proxy.tls.sniff import wait_readable
 
 log = logging.getLogger("meshkit.proxy.listener")
 
@@ -111,3 +115,38 @@ class ProxiedAuthzPolicies(AuthzPolicies):
         if not (self.dry_run_deny or self.dry_run_allow):
             return decision
         return self._with_shadows(decision, attrs)
+
+
+async def read_proxy_header(sock: socket.socket) -> ProxyHeader:
+    """Take a PROXY protocol header, and nothing after it, off a non-blocking socket.
+
+    Peeks (``MSG_PEEK``) and parses; while the header is incomplete every byte seen belongs to it,
+    so those are consumed and the rest awaited; once complete, exactly its remaining bytes are read.
+    ProxyProtocolError for a bad header or a peer that closes first; the caller bounds the time.
+    """
+    taken = b""
+    for _ in range(256):  # each turn consumes >= 1 byte of a header of at most 16 + 65535 bytes
+        await wait_readable(sock.fileno())
+        try:
+            seen = sock.recv(65536 + 16, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        if not seen:
+            raise ProxyProtocolError("the connection closed before a PROXY protocol header")
+        header = parse_proxy_header(taken + seen)
+        if header is not None:
+            _recv_exactly(sock, header.length - len(taken))
+            return header
+        taken += _recv_exactly(sock, len(seen))
+    raise ProxyProtocolError("no complete PROXY protocol header")
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes already in the socket's buffer (they were peeked)."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ProxyProtocolError("the connection closed inside a PROXY protocol header")
+        data += chunk
+    return data

@@ -379,13 +379,15 @@ class TlsDoc(TypedDict):
 
 
 class TcpRouteDoc(TypedDict):
-    name: str  # "<namespace>/<VirtualService>#tcp<index>"
-    port: int | None  # the Gateway TCP server port it was bound for
+    name: str  # "<namespace>/<VirtualService>#tcp<index>", or "<fqdn>:<port>" (a sidecar's default route)
+    port: int | None  # the Gateway TCP server port it was bound for; a sidecar's: the port connected to
+    hosts: list[str] | None  # a sidecar's: the destination names it takes (null: a gateway's, any)
     destinations: list[TlsDestinationDoc]
 
 
 class TcpDoc(TypedDict):
-    """A gateway's opaque TCP routes (config.tls_routes, proxy.tunnel)."""
+    """Opaque TCP routes: a gateway's by port, a sidecar's by host and port (config.tls_routes,
+    proxy.tunnel)."""
 
     routes: list[TcpRouteDoc]
 

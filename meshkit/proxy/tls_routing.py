@@ -4,7 +4,9 @@
 first match wins: SNI exact or ``*.example.com``, port or any) and ``tls.hosts`` (ServiceEntry
 TLS ports: what REGISTRY_ONLY lets through with no route), plus the ``egress`` map that resolves
 external hosts (``edition.cnn.com:443`` -> its stand-in). ``choose`` picks a route's destination
-by weight. A gateway's ``tcp`` routes (opaque TCP, by port) take the same shape (``tcp_routes``).
+by weight. The ``tcp`` routes (opaque TCP) take the same shape (``tcp_routes``): a gateway's by port
+alone (``hosts`` null), a sidecar's by the destination name and port of the app's tunnel
+(``tcp_route``).
 docs/snapshot.md describes the sections; ``tunnel`` carries the bytes.
 
 It must not do: sockets, or anything but the standard library (the proxy is a leaf).
@@ -39,9 +41,15 @@ class TlsRoute:
     sni_hosts: tuple[str, ...]
     port: int | None
     destinations: tuple[TlsDestination, ...]
+    hosts: tuple[str, ...] | None = None  # a sidecar's tcp route: the destination names it takes
 
     def matches(self, sni: str, port: int) -> bool:
         return (self.port is None or self.port == port) and any(host_matches(p, sni) for p in self.sni_hosts)
+
+    def takes(self, host: str, port: int) -> bool:
+        """A sidecar's tcp route: the tunnel's destination ``host:port`` is one of its names and port."""
+        return (self.port is None or self.port == port) and self.hosts is not None \
+            and any(host_matches(p, host) for p in self.hosts)
 
     def choose(self, rng: random.Random) -> TlsDestination:
         total = sum(d.weight for d in self.destinations)
@@ -74,7 +82,7 @@ class TlsRouting:
         self.routes = routes
         self.hosts = hosts
         self.egress = egress or Egress()
-        self.tcp_routes = tcp_routes  # a gateway's opaque TCP routes (sni_hosts "*": by port only)
+        self.tcp_routes = tcp_routes  # opaque TCP routes (sni_hosts "*"; a sidecar's with hosts)
 
     @classmethod
     def from_snapshot(cls, section: Any, mesh: Any, egress: Any, tcp: Any = None) -> TlsRouting:
@@ -102,6 +110,11 @@ class TlsRouting:
     def route(self, sni: str, port: int) -> TlsRoute | None:
         return next((r for r in self.routes if r.matches(sni, port)), None)
 
+    def tcp_route(self, host: str, port: int) -> TlsRoute | None:
+        """A sidecar's first tcp route taking ``host:port`` (the app's tunnel), else None."""
+        lowered = host.lower()
+        return next((r for r in self.tcp_routes if r.takes(lowered, port)), None)
+
     def registered(self, host: str, port: int) -> bool:
         """Whether a ServiceEntry lists ``host:port`` with a TLS/HTTPS/TCP port."""
         return any(p == port and host_matches(pattern, host) for pattern, p in self.hosts)
@@ -115,8 +128,20 @@ def _tcp_routes(section: Any) -> tuple[TlsRoute, ...]:
     raw_routes = section.get("routes") or []
     if not isinstance(raw_routes, list):
         raise ValueError(f"tcp.routes: expected a list, got {raw_routes!r}")
-    return tuple(_route({**raw, "sni_hosts": ["*"]} if isinstance(raw, dict) else raw, f"tcp.routes[{i}]")
-                 for i, raw in enumerate(raw_routes))
+    return tuple(_tcp_route(raw, f"tcp.routes[{i}]") for i, raw in enumerate(raw_routes))
+
+
+def _tcp_route(raw: Any, where: str) -> TlsRoute:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected an object, got {raw!r}")
+    route = _route({**raw, "sni_hosts": ["*"]}, where)
+    hosts = raw.get("hosts")
+    if hosts is None:
+        return route
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+        raise ValueError(f"{where}.hosts: expected a list of host names or null, got {hosts!r}")
+    names = tuple(h.lower() for h in hosts)
+    return TlsRoute(route.name, route.sni_hosts, route.port, route.destinations, names)
 
 
 def _route(raw: Any, where: str) -> TlsRoute:

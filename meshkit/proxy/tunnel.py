@@ -10,7 +10,9 @@ and ``tcp_proxy``:
 1. the ClientHello's SNI is read (``sni``), nothing consumed or opened; a tunnel that is not TLS is
    known by its CONNECT authority only;
 2. the snapshot's ``tls`` routes pick a destination (``tls_routing``): a registry service's cluster
-   (one of its endpoints) or an external host resolved with the ``egress`` map; with no route, a
+   (one of its endpoints) or an external host resolved with the ``egress`` map; on a sidecar, then,
+   its ``tcp`` routes by the CONNECT authority (an app's opaque TCP, ``nc tcp-echo 9000``: the
+   VirtualService ``tcp`` routes for ``mesh``, then the service's own cluster); with no route, a
    sidecar sends a ServiceEntry-registered host to it, any other host to ``PassthroughCluster``
    under ALLOW_ANY, and closes the connection under REGISTRY_ONLY (``BlackHoleCluster``: the
    client's TLS handshake fails, curl's exit 35, as on Istio). A gateway closes what no route takes;
@@ -24,6 +26,7 @@ It must not do: TLS (the proxy never sees inside), HTTP, or anything but the sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -49,6 +52,7 @@ from meshkit.proxy.tls_routing import TlsDestination
 if TYPE_CHECKING:
     from meshkit.proxy.filters.accesslog import AccessLogSink
     from meshkit.proxy.listener import SnapshotSource
+    from meshkit.proxy.proxy_protocol import ProxyHeader
     from meshkit.proxy.snapshot import Snapshot
 
 log = logging.getLogger("meshkit.proxy.tunnel")
@@ -57,6 +61,8 @@ CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 INSPECT_TIMEOUT_S = 5.0  # Envoy's listener filter timeout is 15 s; a client sends its hello at once
 CONNECT_TIMEOUT_S = 10.0
 CHUNK = 65536
+HALF_CLOSE_QUIET_S = 1.0  # a half-closed tunnel over mTLS: the upstream's silence that ends it (_linger)
+HALF_CLOSE_MAX_S = 30.0
 _TCP_METRICS = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
                 "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total")
 _MAX_SERIES = 1024
@@ -131,19 +137,26 @@ class Tunnels:
         if transport.is_reading() is False:
             transport.resume_reading()
         writer.write(CONNECT_ESTABLISHED)
-        self._spawn(self._carry(reader, writer, peer, authority=authority))
+        downstream = _downstream(transport.get_extra_info("peername"), None) or peer
+        self._spawn(self._carry(reader, writer, downstream, authority=authority))
 
-    async def accept(self, sock: socket.socket) -> None:
-        """A gateway's passthrough connection (raw TLS on its listener)."""
+    async def accept(self, sock: socket.socket, header: ProxyHeader | None = None) -> None:
+        """A gateway's passthrough connection (raw TLS on its listener); ``header``: the PROXY protocol
+        header already read off it, whose source is the downstream address."""
         reader, writer = await asyncio.open_connection(sock=sock)
-        peer = writer.get_extra_info("peername")
-        self._spawn(self._carry(reader, writer, str(peer[0]) if peer else ""))
+        self._spawn(self._carry(reader, writer, _downstream(writer.get_extra_info("peername"), header)))
 
     async def accept_tcp(self, sock: socket.socket) -> None:
-        """A connection on a gateway's TCP listener (Gateway servers with ``protocol: TCP``)."""
+        """A connection on a gateway's TCP listener (Gateway servers with ``protocol: TCP``), after its
+        PROXY protocol header when the snapshot asks for one (gatewayTopology.proxyProtocol)."""
+        header: ProxyHeader | None = None
+        if getattr(self.state.current, "proxy_protocol", False):
+            header = await take_proxy_header(sock)
+            if header is None:
+                return
         reader, writer = await asyncio.open_connection(sock=sock)
-        peer = writer.get_extra_info("peername")
-        self._spawn(self._carry(reader, writer, str(peer[0]) if peer else "", kind="tcp"))
+        self._spawn(self._carry(reader, writer, _downstream(writer.get_extra_info("peername"), header),
+                                kind="tcp"))
 
     async def carry_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
                             identity: str | None) -> None:
@@ -173,7 +186,7 @@ class Tunnels:
         target: _Target | None = None
         if snapshot is not None:
             if kind == "tls":
-                target = self._target(snapshot, server_name, port)
+                target = self._target(snapshot, server_name, port, connect_host)
             elif kind == "tcp":
                 route = snapshot.tls.tcp_routes[0] if snapshot.tls.tcp_routes else None
                 target = self._to_destination(snapshot, route.choose(self.rng)) if route is not None else None
@@ -181,9 +194,7 @@ class Tunnels:
                 target = self._inbound_target(snapshot)
         if target is None:
             target = _Target(None, BLACKHOLE_CLUSTER, "unknown", "unknown", flags="NR")
-        counters = self.metrics.counters(
-            self._labels(snapshot, target) if kind != "inbound" else self._inbound_labels(snapshot, identity))
-        counters[0] += 1
+        counters: list[int] | None = None
         sent = received = 0
         upstream_host: str | None = None
         up_writer: asyncio.StreamWriter | None = None
@@ -197,13 +208,20 @@ class Tunnels:
                 target.flags = "UF"
                 log.info("tunnel to %s:%d failed: %s", *target.address, exc)
                 return
+            # Istio's stats filter reports a connection opened once its outcome is known, with the
+            # labels (response_flags among them) its opened, bytes and closed counters then all share
+            counters = self._count_opened(snapshot, target, kind, identity)
             upstream_host = f"{target.address[0]}:{target.address[1]}"
             if head:
                 up_writer.write(head)
                 sent += len(head)
-            results = await asyncio.gather(_pump(down_reader, up_writer), _pump(up_reader, down_writer))
+            upstream = _Flow()  # what the upstream sends: a half-close over TLS waits on it (_pump)
+            results = await asyncio.gather(_pump(down_reader, up_writer, answer=upstream),
+                                           _pump(up_reader, down_writer, flow=upstream))
             sent, received = sent + results[0], results[1]
         finally:
+            if counters is None:  # refused, failed or cancelled before the upstream answered
+                counters = self._count_opened(snapshot, target, kind, identity)
             counters[1] += 1
             counters[2] += sent
             counters[3] += received
@@ -211,8 +229,16 @@ class Tunnels:
                 if writer is not None:
                     writer.close()
             self._log(wall, time.monotonic() - started, target, upstream_host=upstream_host,
-                      server_name=server_name, sent=sent, received=received, peer=peer,
+                      server_name=server_name, sni=sni, sent=sent, received=received, peer=peer,
                       direction="inbound" if kind == "inbound" else "outbound")
+
+    def _count_opened(self, snapshot: Snapshot | None, target: _Target, kind: str,
+                      identity: str | None) -> list[int]:
+        labels = self._labels(snapshot, target) if kind != "inbound" else self._inbound_labels(
+            snapshot, identity, target.flags)
+        counters = self.metrics.counters(labels)
+        counters[0] += 1
+        return counters
 
     async def _connect(self, target: _Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """The upstream connection: plain, or mTLS with the peer's SPIFFE id checked (ISTIO_MUTUAL)."""
@@ -259,9 +285,14 @@ class Tunnels:
         return _Target((endpoint.address, endpoint.port), f"inbound|{endpoint.port}||", service,
                        snapshot.node_labels.service or "unknown", namespace=snapshot.node_labels.namespace)
 
-    def _target(self, snapshot: Snapshot, host: str | None, port: int) -> _Target | None:
+    def _target(self, snapshot: Snapshot, host: str | None, port: int,
+                connect_host: str | None = None) -> _Target | None:
         tls = snapshot.tls
         route = tls.route(host, port) if host else None
+        if route is None and connect_host and not self.gateway:
+            # an app's opaque TCP to a name:port (Istio's outbound TCP listener of that service port):
+            # the mesh's tcp routes, then the service's own cluster (the default routes)
+            route = tls.tcp_route(connect_host, port)
         if route is not None:
             return self._to_destination(snapshot, route.choose(self.rng))
         if self.gateway or not host:
@@ -271,7 +302,8 @@ class Tunnels:
             return _Target(address, f"outbound|{port}||{host}", host, host,
                            flags="-" if address is not None else "DF")
         if snapshot.egress is not None and snapshot.egress.policy == REGISTRY_ONLY:
-            return _Target(None, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)
+            # Envoy's BlackHoleCluster has no endpoints: tcp_proxy closes the connection with UH
+            return _Target(None, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, flags="UH")
         address = tls.egress.resolve(host, port)
         return _Target(address, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER,
                        flags="-" if address is not None else "DF")
@@ -291,7 +323,8 @@ class Tunnels:
             "response_flags": target.flags, "connection_security_policy": "unknown"})
         return labels
 
-    def _inbound_labels(self, snapshot: Snapshot | None, identity: str | None) -> dict[str, str]:
+    def _inbound_labels(self, snapshot: Snapshot | None, identity: str | None,
+                        flags: str = "-") -> dict[str, str]:
         """reporter="destination": this workload, and the caller's verified identity (mTLS) only."""
         node = snapshot.node_labels if snapshot is not None else None
         labels = {"reporter": "destination", "source_principal": identity or "unknown"}
@@ -304,12 +337,14 @@ class Tunnels:
                 "destination_service_namespace": node.namespace,
                 "destination_canonical_service": node.canonical_service,
                 "destination_cluster": CLUSTER_ID})
-        labels.update({"request_protocol": "tcp", "response_flags": "-",
+        labels.update({"request_protocol": "tcp", "response_flags": flags,
                        "connection_security_policy": "mutual_tls" if identity else "none"})
         return labels
 
     def _log(self, wall: float, elapsed: float, target: _Target, *, upstream_host: str | None,
-             server_name: str | None, sent: int, received: int, peer: str, direction: str) -> None:
+             server_name: str | None, sni: str | None, sent: int, received: int, peer: str,
+             direction: str) -> None:
+        """``requested_server_name`` is the ClientHello's SNI only (Envoy's: null for opaque TCP)."""
         if self.access is None:
             return
         self.access.write({
@@ -320,8 +355,39 @@ class Tunnels:
             "upstream_host": upstream_host, "upstream_cluster": target.cluster, "route_name": None,
             "request_id": None,
             "bytes_received": sent, "bytes_sent": received, "user_agent": None, "x_forwarded_for": None,
-            "direction": direction, "requested_server_name": server_name, "downstream_remote_address": peer,
+            "direction": direction, "requested_server_name": sni, "downstream_remote_address": peer,
         })
+
+
+def _downstream(peername: Any, header: ProxyHeader | None) -> str:
+    """Envoy's ``%DOWNSTREAM_REMOTE_ADDRESS%``: ``ip:port`` of the PROXY header's source when it
+    carries one, else of the socket's peer."""
+    if header is not None and header.source is not None:
+        host, port = header.source, header.source_port
+    elif peername:
+        host, port = str(peername[0]), peername[1]
+    else:
+        return ""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port is not None else host
+
+
+async def take_proxy_header(sock: socket.socket, stats: Any = None) -> ProxyHeader | None:
+    """The PROXY protocol header off ``sock`` (Envoy's proxy_protocol listener filter, which runs
+    before tls_inspector); None, with the socket closed and ``downstream_cx_proxy_proto_error``
+    counted, when it is missing, malformed or late."""
+    from meshkit.proxy.proxied import PROXY_HEADER_TIMEOUT, read_proxy_header  # noqa: PLC0415 - only then
+    from meshkit.proxy.proxy_protocol import ProxyProtocolError  # noqa: PLC0415
+
+    try:
+        async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
+            return await read_proxy_header(sock)
+    except (ProxyProtocolError, TimeoutError, OSError) as exc:
+        if stats is not None:
+            stats.downstream_cx_proxy_proto_error += 1
+        log.debug("closing a gateway connection: %s", exc)
+        sock.close()
+        return None
 
 
 def _authority(authority: str | None) -> tuple[str | None, int]:
@@ -353,21 +419,59 @@ async def _client_hello(reader: asyncio.StreamReader) -> tuple[bytes, str | None
     return head, None if found is NEED_MORE else found
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    """Copy until EOF (then half-close the other side); the bytes copied."""
+class _Flow:
+    """One direction of a tunnel as the other direction's pump sees it: when it last carried bytes,
+    and whether it is done."""
+
+    __slots__ = ("done", "last")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.last = time.monotonic()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, flow: _Flow | None = None,
+                answer: _Flow | None = None) -> int:
+    """Copy until EOF (then half-close the other side); the bytes copied. ``flow``: this direction,
+    marked as it goes; ``answer``: the opposite one, which a half-close the writer cannot pass on
+    (mutual TLS) waits for (``_linger``)."""
     moved = 0
     try:
         while data := await reader.read(CHUNK):
             moved += len(data)
+            if flow is not None:
+                flow.last = time.monotonic()
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()  # half-close: the other side may still answer
         else:
+            if answer is not None:
+                await _linger(answer)
             writer.close()  # TLS has no half-close: close after what is written (Envoy's close after flush)
     except (ConnectionError, OSError):
         writer.close()
+    finally:
+        if flow is not None:
+            flow.done.set()
     return moved
+
+
+async def _linger(answer: _Flow) -> None:
+    """The client half-closed, and the upstream is mutual TLS, which Python's TLS cannot half-close
+    (Envoy sends close_notify and keeps reading): keep the connection until the upstream is done, or
+    has been silent for ``HALF_CLOSE_QUIET_S`` since the half-close or its last bytes (at most
+    ``HALF_CLOSE_MAX_S``), so that the answer to what was sent (``echo x | nc tcp-echo 9000``) comes back."""
+    closed_at = time.monotonic()
+    deadline = closed_at + HALF_CLOSE_MAX_S
+    while not answer.done.is_set():
+        now = time.monotonic()
+        quiet = max(answer.last, closed_at) + HALF_CLOSE_QUIET_S - now
+        if quiet <= 0 or now >= deadline:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(quiet, deadline - now)):
+                await answer.done.wait()
 
 
 class SniffingAcceptor:
@@ -383,13 +487,23 @@ class SniffingAcceptor:
     async def _admit(self, listener: Listener, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
+            header: ProxyHeader | None = None
+            if listener.proxy_protocol_required():  # the header first, then the SNI (as Envoy's filters)
+                header = await take_proxy_header(conn, listener.stats)
+                if header is None:
+                    return
             async with asyncio.timeout(INSPECT_TIMEOUT_S):
                 tls = await sniff_tls(conn)
             if tls:
-                await self.tunnels.accept(conn)
+                await self.tunnels.accept(conn, header)
                 return
-            # plain HTTP (or a PROXY protocol header, then HTTP): the listener's own connection kind
-            await loop.connect_accepted_socket(listener.protocol_factory(), conn)
+            # plain HTTP: the listener's own connection kind (with the header already read)
+            factory = listener.protocol_factory()
+            if header is not None:
+                from meshkit.proxy.proxied import ProxyProtocolConnection  # noqa: PLC0415
+
+                factory = lambda: ProxyProtocolConnection(listener, header)  # noqa: E731
+            await loop.connect_accepted_socket(factory, conn)
         except TimeoutError:
             conn.close()  # sent nothing: as Envoy's listener filter timeout
         except BaseException:

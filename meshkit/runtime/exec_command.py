@@ -345,7 +345,10 @@ def _shell(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any]
     def curl_in_shell(argv: list[str], write: Callable[[str], None]) -> int:
         return run_curl(lambda call: _send(state, workloads, row, call), parse_curl(argv), write)
 
-    shell = Shell(out=out, curl=curl_in_shell, resolve=lambda host, port: _mesh_address(workloads, row, host))
+    proxy = urlsplit(row.get("outbound_proxy") or "")
+    sidecar = (proxy.hostname, proxy.port) if proxy.hostname is not None and proxy.port is not None else None
+    shell = Shell(out=out, curl=curl_in_shell, resolve=lambda host, port: _mesh_address(workloads, row, host),
+                  sidecar=sidecar)
     try:
         return shell.run(args[1])
     except ShellError as error:

@@ -15,11 +15,13 @@ which gives the server time to answer), then half-closes and prints what comes b
 or ``NC_LINGER_S`` pass, as busybox ``nc`` in the sleep image does with a server that answers and closes.
 HOST is an address of 127.0.0.0/8 or ``localhost`` (on the local mesh ``$INGRESS_HOST`` is 127.0.0.1, and
 the ingress gateway's TCP servers listen on ``meshkit status``'s "TCP Gateway servers" port), or a name the
-caller's ``resolve`` knows (a service of the mesh); any other host is an error. The connection goes from
-this process straight to that address, not through the workload's sidecar: on Istio, the sleep pod's
-sidecar passes a connection to the ingress gateway's address through unchanged, so for the task's
-command the path is the same; a service name resolves to one of its instances as kube-proxy would pick a
-pod, without the client sidecar's routing.
+caller's ``resolve`` knows (a service of the mesh); any other host is an error. A loopback address is
+reached straight from this process: on Istio, the sleep pod's sidecar passes a connection to the ingress
+gateway's address through unchanged, so for the task's command the path is the same. A service name,
+from a pod with a sidecar (``sidecar``: its outbound address), goes through that sidecar as the app's
+own TCP does on Istio (iptables hands it to the sidecar): a ``CONNECT name:port`` tunnel, which the
+sidecar routes by the mesh's ``tcp`` routes (weights, subsets), mTLS included. From a pod without one,
+it resolves to one of its instances as kube-proxy would pick a pod.
 
 Anything else (variables, command substitution, redirections, background jobs, other programs, a pipe
 into anything but ``nc``) is a `ShellError` naming what is not supported and listing what is. Every
@@ -38,6 +40,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from meshkit.runtime.curl_tls import TlsFailure, authority, open_tunnel
 
 SUPPORTED = ("date", "sleep N", "echo [-n] WORDS", "nc HOST PORT", "curl ...", "A; B", "A && B", "A || B",
              "( ... )", "LEFT | nc HOST PORT")
@@ -283,6 +287,7 @@ class Shell:
     out: Out
     curl: Curl
     resolve: Resolve = lambda _host, _port: None
+    sidecar: tuple[str, int] | None = None  # the pod's sidecar (its outbound listener), if it has one
     sleep: Callable[[float], None] = time.sleep
     now: Callable[[], float] = time.time
 
@@ -338,11 +343,19 @@ class Shell:
     def _nc(self, args: list[str], left: Callable[[Out], int]) -> int:
         host, port = _nc_target(args)
         address = self._address(host, port)
+        through = self.sidecar if self.sidecar is not None and not is_loopback(host) else None
         try:
-            sock = socket.create_connection(address, timeout=NC_CONNECT_TIMEOUT_S)
+            sock = socket.create_connection(through or address, timeout=NC_CONNECT_TIMEOUT_S)
         except OSError as error:
             self.out(f"nc: can't connect to remote host ({address[0]}): {error.strerror or error}\n")
             return 1
+        if through is not None:
+            try:
+                open_tunnel(sock, authority(host, port))
+            except (TlsFailure, OSError):  # the sidecar refused the tunnel: as a refused connect
+                sock.close()
+                self.out(f"nc: can't connect to remote host ({host}): Connection refused\n")
+                return 1
         with sock:
             reader = _Reader(sock, self.out)
             reader.start()

@@ -65,7 +65,12 @@ def test_top_level_shape_node_and_trust() -> None:
                                 "num_trusted_proxies": 0, "proxy_protocol": False}
     assert snapshot["egress"] == {"hosts": {}, "real_dns": False}
     assert snapshot["tls"] == {"routes": [], "hosts": []}
-    assert snapshot["tcp"] == {"routes": []}
+    # a sidecar's opaque TCP: one default route per Service port, to its own cluster (no VirtualService)
+    assert snapshot["tcp"]["routes"][0] == {
+        "name": "details.default.svc.cluster.local:9080", "port": 9080,
+        "hosts": ["details", "details.default", "details.default.svc", "details.default.svc.cluster.local"],
+        "destinations": [{"host": "details.default.svc.cluster.local", "port": 9080,
+                          "cluster": "details.default|", "weight": 100}]}
     assert snapshot["schema"] == 1 and snapshot["revision"] == 7
     assert snapshot["tracing"] == {"sampling": 1.0, "report": True}  # Istio's default: 1%
     assert snapshot["node"] == {

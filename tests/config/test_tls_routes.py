@@ -9,6 +9,7 @@ import pytest
 
 from meshkit.config.compile import compile_snapshot
 from meshkit.config.loader import ConfigError, load_resources
+from meshkit.proxy.snapshot import Snapshot
 from tests.config.bookinfo import node_for, sample
 from tests.config.test_egress_gateway import EGRESS, INGRESS, _registry
 
@@ -115,3 +116,78 @@ spec:
     route: [{destination: {host: edition.cnn.com}}]
 """)
     assert [m.field for m in refused.value.messages] == ["spec.tls[0].match[0].sniHosts"]
+
+
+# Istio's "TCP Traffic Shifting" task with its gateway removed: the VirtualService is for ``mesh``
+MESH_TCP = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo-destination, namespace: shift}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: shift}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match:
+    - port: 9000
+    route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
+      weight: 80
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
+      weight: 20
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo, namespace: shift}
+spec:
+  ports: [{name: tcp, port: 9000}, {name: tcp-other, port: 9001}]
+  selector: {app: tcp-echo}
+"""
+
+
+def _tcp_echo_registry() -> Any:
+    from meshkit.config.registry import Endpoint, RegistryView, Service  # noqa: PLC0415
+
+    endpoints = tuple(Endpoint(instance=f"tcp-echo-{v}-0", workload=f"tcp-echo-{v}", service="tcp-echo",
+                               namespace="shift", address="127.0.0.1", port=port,
+                               labels={"app": "tcp-echo", "version": v})
+                      for v, port in (("v1", 7001), ("v2", 7002)))
+    return RegistryView(services=(Service("tcp-echo", port=9000, namespace="shift"),), endpoints=endpoints)
+
+
+def test_a_sidecar_gets_the_mesh_tcp_routes_by_host_and_port_then_each_service_ports_default() -> None:
+    curl = node_for("curl", namespace="shift")
+    doc = compile_snapshot(load_resources(MESH_TCP), _tcp_echo_registry(), curl)
+    Snapshot.from_json(doc)  # the proxy takes it
+    fqdn = "tcp-echo.shift.svc.cluster.local"
+    names = ["tcp-echo", "tcp-echo.shift", "tcp-echo.shift.svc", fqdn]
+    assert doc["tcp"]["routes"] == [
+        {"name": "shift/tcp-echo#tcp0", "hosts": names, "port": 9000, "destinations": [
+            {"host": fqdn, "port": 9000, "cluster": "tcp-echo.shift|v1", "weight": 80},
+            {"host": fqdn, "port": 9000, "cluster": "tcp-echo.shift|v2", "weight": 20}]},
+        *({"name": f"{fqdn}:{port}", "hosts": names, "port": port,
+           "destinations": [{"host": fqdn, "port": port, "cluster": "tcp-echo.shift|", "weight": 100}]}
+          for port in (9000, 9001)),
+    ]
+    assert {"tcp-echo.shift|v1", "tcp-echo.shift|v2"} <= set(doc["clusters"])
+    # from another namespace the short name is not this service's (Kubernetes DNS), svc.ns still is
+    other = compile_snapshot(load_resources(MESH_TCP), _tcp_echo_registry(), node_for("curl"))
+    assert [r["hosts"] for r in other["tcp"]["routes"]] == [names[1:]] * 3
+
+
+def test_a_tcp_route_for_a_gateway_only_or_other_source_labels_is_not_a_sidecars() -> None:
+    for change in ("  gateways: [tcp-echo-gateway]\n  tcp:", "  tcp:"):
+        text = MESH_TCP.replace("  tcp:", change, 1)
+        if change == "  tcp:":
+            text = text.replace("    - port: 9000", "    - port: 9000\n      sourceLabels: {app: other}")
+        curl = node_for("curl", namespace="shift")
+        doc = compile_snapshot(load_resources(text), _tcp_echo_registry(), curl)
+        assert [r["name"] for r in doc["tcp"]["routes"]] == [
+            "tcp-echo.shift.svc.cluster.local:9000", "tcp-echo.shift.svc.cluster.local:9001"], change

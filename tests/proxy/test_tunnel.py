@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshkit.proxy.snapshot import Snapshot, SnapshotError
 from meshkit.proxy.sni import NEED_MORE, client_hello_sni
@@ -193,5 +194,107 @@ async def test_a_gateway_passes_tls_through_by_sni_and_still_serves_http(
     # plain HTTP on the same listener still goes to the HTTP pipeline (404 NR: no bound host here)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: nowhere.example\r\nConnection: close\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 404")
+    writer.close()
+
+
+def _tcp_series(text: str) -> dict[str, list[dict[str, str]]]:
+    """``istio_tcp_connections_{opened,closed}_total`` samples (labels with the value) by metric."""
+    found: dict[str, list[dict[str, str]]] = {"opened": [], "closed": []}
+    for family in text_string_to_metric_families(text):
+        for what in found:
+            if family.name == f"istio_tcp_connections_{what}":
+                found[what] += [{**s.labels, "value": str(int(s.value))} for s in family.samples
+                                if s.name.endswith("_total")]
+    return found
+
+
+def _lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+async def _logged(log: Path, count: int) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + 10  # each tunnel logs when it closes
+    while len(await asyncio.to_thread(_lines, log)) < count and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)  # polls a file: the proxy's sink writes it, no event to wait on
+    return [json.loads(line) for line in await asyncio.to_thread(_lines, log)]
+
+
+async def test_a_refused_upstream_is_counted_and_logged_uf_and_a_blackholed_tunnel_uh(
+        echo_app: EchoApp, tls_servers: TlsServers, start_proxy: StartProxy, tmp_path: Path) -> None:
+    """Envoy's tcp_proxy flags a refused upstream UF and a BlackHoleCluster connection UH; Istio's stats
+    filter reports a connection opened with the flags its outcome carries, so opened and closed share
+    one series with that flag (never a "-" series for a connection that was never carried)."""
+    with socket.socket() as probe:  # a port nobody listens on: the upstream refuses
+        probe.bind(("127.0.0.1", 0))
+        refused = probe.getsockname()[1]
+    doc = _snapshot(echo_app, tls_servers, policy="REGISTRY_ONLY", hosts=["b.example.com:443"])
+    doc["egress"]["hosts"]["b.example.com:443"] = f"127.0.0.1:{refused}"
+    log = tmp_path / "access.log"
+    proxy = await start_proxy(doc, "--access-log", str(log))
+    port, ca = proxy.ports["outbound"], tls_servers.ca_pem
+    failed = await asyncio.to_thread(_https, port, ca, "b.example.com", "b.example.com")
+    assert failed in ("SSLEOFError", "SSLZeroReturnError", "ConnectionResetError", "SSLError"), failed
+    blocked = await asyncio.to_thread(_https, port, ca, "a.example.com", "a.example.com")
+    assert blocked in ("SSLEOFError", "SSLZeroReturnError", "ConnectionResetError", "SSLError"), blocked
+    entries = await _logged(log, 2)
+    assert [(e["requested_server_name"], e["response_flags"], e["upstream_cluster"], e["upstream_host"],
+             e["bytes_sent"], e["status"]) for e in entries] == [
+        ("b.example.com", "UF", "outbound|443||b.example.com", None, 0, 0),
+        ("a.example.com", "UH", "BlackHoleCluster", None, 0, 0)]
+    series = _tcp_series((await _prometheus(proxy.ports["admin"])).split("\r\n\r\n", 1)[1])
+    for what in ("opened", "closed"):
+        flags = sorted((s["destination_service_name"], s["response_flags"], s["value"]) for s in series[what])
+        assert flags == [("BlackHoleCluster", "UH", "1"), ("b.example.com", "UF", "1")], (what, series)
+
+
+def _https_proxied(port: int, ca_pem: str, sni: str, header: bytes) -> str:
+    """Raw TLS to a gateway's listener behind a load balancer: ``header`` (PROXY protocol) first."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.check_hostname = False
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(header)
+        with context.wrap_socket(sock, server_hostname=sni) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := tls.recv(4096):
+                answer += chunk
+        return answer.split(b"\r\n\r\n", 1)[1].decode()
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        sock.close()
+
+
+V2_HEADER = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11, 0, 12])
+             + socket.inet_aton("198.51.100.9") + socket.inet_aton("127.0.0.1") + (40001).to_bytes(2, "big")
+             + (443).to_bytes(2, "big"))
+
+
+async def test_a_passthrough_gateway_behind_proxy_protocol_reads_the_header_then_the_sni(
+        echo_app: EchoApp, tls_servers: TlsServers, start_proxy: StartProxy, tmp_path: Path) -> None:
+    """gatewayTopology.proxyProtocol on a gateway with a PASSTHROUGH server: Envoy's proxy_protocol
+    listener filter runs before tls_inspector, so the header is taken off, the SNI read after it, and
+    the header's source is the log line's downstream address (Envoy's ``ip:port``)."""
+    routes = [{"name": "r", "sni_hosts": ["*.example.com"], "port": None,
+               "destinations": [{"host": "b.example.com", "port": 443, "cluster": None, "weight": 100}]}]
+    doc = _snapshot(echo_app, tls_servers, kind="gateway", routes=routes)
+    doc["mesh"]["proxy_protocol"] = True
+    log = tmp_path / "access.log"
+    proxy = await start_proxy(doc, "--kind", "gateway", "--access-log", str(log))
+    port, ca = proxy.ports["outbound"], tls_servers.ca_pem
+    v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 443\r\n"
+    assert await asyncio.to_thread(_https_proxied, port, ca, "a.example.com", v1) == "b.example.com"
+    assert await asyncio.to_thread(_https_proxied, port, ca, "a.example.com", V2_HEADER) == "b.example.com"
+    # no header: closed before any TLS, as Envoy's listener filter does
+    assert await asyncio.to_thread(_https, port, ca, "", "a.example.com", tunnel=False) != "b.example.com"
+    entries = await _logged(log, 2)
+    assert [(e["downstream_remote_address"], e["requested_server_name"], e["upstream_cluster"])
+            for e in entries[:2]] == [("203.0.113.7:51234", "a.example.com", "outbound|443||b.example.com"),
+                                      ("198.51.100.9:40001", "a.example.com", "outbound|443||b.example.com")]
+    # plain HTTP behind the same header still reaches the HTTP pipeline (404 NR: no bound host here)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(v1 + b"GET / HTTP/1.1\r\nHost: nowhere.example\r\nConnection: close\r\n\r\n")
     assert (await reader.read()).startswith(b"HTTP/1.1 404")
     writer.close()

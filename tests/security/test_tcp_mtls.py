@@ -9,7 +9,9 @@ layer where PeerAuthentication applies (STRICT refuses plaintext TCP too).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -126,4 +128,107 @@ async def test_a_gateway_shifts_tcp_by_weight_over_mutual_tls(tmp_path: Path,
         writer.close()
     finally:
         for proxy in (gateway, *sidecars):
+            await proxy.stop()
+
+
+async def test_a_client_that_half_closes_at_once_still_gets_its_answer_over_mutual_tls(
+        tmp_path: Path, echo_apps: dict[str, int]) -> None:
+    """``echo x | nc HOST PORT``: the client sends and half-closes before the answer; TLS between the
+    proxies cannot pass the half-close on, so the gateway keeps the connection until the upstream has
+    answered (and gone quiet), then closes: the answer arrives, then the end of the stream."""
+    ca = CertificateAuthority.open(tmp_path / "ca")
+    sidecar = await _proxy(tmp_path, _echo_sidecar("one", echo_apps["one"]),
+                           write_tls_dir(ca, ECHO, tmp_path / "one"))
+    gateway = await _proxy(tmp_path, _gateway({"one": sidecar.ports["inbound"]}, {"one": 100}),
+                           write_tls_dir(ca, GATEWAY, tmp_path / "gw"), "--kind", "gateway",
+                           "--tcp-port", "0")
+    try:
+        for i in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["tcp"])
+            writer.write(f"hello {i}\n".encode())
+            writer.write_eof()
+            async with asyncio.timeout(10):
+                answer = await reader.read()  # everything until the gateway closes
+            writer.close()
+            assert answer == f"one hello {i}\n".encode(), answer
+    finally:
+        for proxy in (gateway, sidecar):
+            await proxy.stop()
+
+
+async def test_a_tcp_gateway_behind_proxy_protocol_reads_the_header_first(
+        tmp_path: Path, echo_apps: dict[str, int]) -> None:
+    """gatewayTopology.proxyProtocol: the gateway's TCP listener takes the PROXY header off each
+    connection before routing it (its source is the log's downstream address); no header: closed."""
+    ca = CertificateAuthority.open(tmp_path / "ca")
+    sidecar = await _proxy(tmp_path, _echo_sidecar("one", echo_apps["one"]),
+                           write_tls_dir(ca, ECHO, tmp_path / "one"))
+    doc = _gateway({"one": sidecar.ports["inbound"]}, {"one": 100})
+    doc.setdefault("mesh", {})["proxy_protocol"] = True
+    log = tmp_path / "gateway-access.log"
+    gateway = await _proxy(tmp_path, doc, write_tls_dir(ca, GATEWAY, tmp_path / "gw"), "--kind", "gateway",
+                           "--tcp-port", "0", "--access-log", str(log))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["tcp"])
+        writer.write(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 31400\r\nhello\n")
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b"one hello\n"
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["tcp"])
+        writer.write(b"hello\n")  # no header
+        async with asyncio.timeout(10):
+            try:
+                refused = await reader.read()
+            except ConnectionResetError:
+                refused = b""
+        assert refused == b""
+        writer.close()
+        async with asyncio.timeout(10):
+            while not (await asyncio.to_thread(_read_text, log)).strip():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # polls a file: the proxy's sink writes it, no event to wait on
+        entry = json.loads((await asyncio.to_thread(_read_text, log)).splitlines()[0])
+        assert entry["downstream_remote_address"] == "203.0.113.7:51234", entry
+    finally:
+        for proxy in (gateway, sidecar):
+            await proxy.stop()
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+async def test_an_opaque_tcp_app_that_refuses_is_uf_in_the_sidecars_destination_metrics(
+        tmp_path: Path) -> None:
+    """The tcp-echo sidecar cannot reach its app (killed): Envoy's inbound tcp_proxy flags UF, and
+    Istio's destination-side TCP series carry it (opened and closed), not "-"."""
+    with socket.socket() as probe:  # a port nobody listens on: the app is gone
+        probe.bind(("127.0.0.1", 0))
+        gone = probe.getsockname()[1]
+    ca = CertificateAuthority.open(tmp_path / "ca")
+    sidecar = await _proxy(tmp_path, _echo_sidecar("one", gone), write_tls_dir(ca, ECHO, tmp_path / "one"))
+    gateway = await _proxy(tmp_path, _gateway({"one": sidecar.ports["inbound"]}, {"one": 100}),
+                           write_tls_dir(ca, GATEWAY, tmp_path / "gw"), "--kind", "gateway",
+                           "--tcp-port", "0")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["tcp"])
+        writer.write(b"hello\n")
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""  # closed without an answer
+        writer.close()
+        text = ""
+        async with asyncio.timeout(10):
+            while "istio_tcp_connections_closed_total" not in text:
+                reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.ports["admin"])
+                writer.write(b"GET /stats/prometheus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                text = (await reader.read()).decode()
+                writer.close()
+        names = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total")
+        series = [line for line in text.splitlines() if line.startswith(names)]
+        assert len(series) == 2 and all('reporter="destination"' in s and 'response_flags="UF"' in s
+                                        and s.endswith(" 1") for s in series), series
+    finally:
+        for proxy in (gateway, sidecar):
             await proxy.stop()

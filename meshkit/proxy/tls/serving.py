@@ -14,7 +14,7 @@ Requests on it then go through the gateway's routing like those of the HTTP list
 
 With PROXY protocol on (the snapshot's ``mesh.proxy_protocol``, Istio's
 ``gatewayTopology.proxyProtocol``) the header comes before the ClientHello, as Envoy's listener
-filter reads it before the TLS inspector: `read_proxy_header` takes exactly the header's bytes off
+filter reads it before the TLS inspector: `proxied.read_proxy_header` takes exactly the header's bytes off
 the socket (peeking, so no TLS byte is consumed), then the handshake starts; a missing or
 malformed header closes the socket. Connections are accepted by the sidecar's own accept loop
 (``accept_loop``) for that reason, with or without PROXY protocol.
@@ -34,9 +34,8 @@ from typing import Any, Protocol
 
 from meshkit.proxy import accept_loop
 from meshkit.proxy.listener import DownstreamConnection, Listener
-from meshkit.proxy.proxy_protocol import ProxyHeader, ProxyProtocolError, parse
+from meshkit.proxy.proxy_protocol import ProxyHeader, ProxyProtocolError
 from meshkit.proxy.tls.servercerts import ServerCertificate
-from meshkit.proxy.tls.sniff import wait_readable
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class GatewayTlsAcceptor:
     async def _admit(self, listener: Listener, sock: socket.socket) -> None:
         header: ProxyHeader | None = None
         if listener.proxy_protocol_required():
-            from meshkit.proxy.proxied import PROXY_HEADER_TIMEOUT  # noqa: PLC0415
+            from meshkit.proxy.proxied import PROXY_HEADER_TIMEOUT, read_proxy_header  # noqa: PLC0415
 
             try:
                 async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
@@ -104,39 +103,4 @@ class GatewayTlsAcceptor:
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             log.debug("gateway TLS handshake failed: %s", exc)
             sock.close()
-
-
-async def read_proxy_header(sock: socket.socket) -> ProxyHeader:
-    """Take a PROXY protocol header, and nothing after it, off a non-blocking socket.
-
-    Peeks (``MSG_PEEK``) and parses; while the header is incomplete every byte seen belongs to it,
-    so those are consumed and the rest awaited; once complete, exactly its remaining bytes are read.
-    ProxyProtocolError for a bad header or a peer that closes first; the caller bounds the time.
-    """
-    taken = b""
-    for _ in range(256):  # each turn consumes >= 1 byte of a header of at most 16 + 65535 bytes
-        await wait_readable(sock.fileno())
-        try:
-            seen = sock.recv(65536 + 16, socket.MSG_PEEK)
-        except BlockingIOError:
-            continue
-        if not seen:
-            raise ProxyProtocolError("the connection closed before a PROXY protocol header")
-        header = parse(taken + seen)
-        if header is not None:
-            _recv_exactly(sock, header.length - len(taken))
-            return header
-        taken += _recv_exactly(sock, len(seen))
-    raise ProxyProtocolError("no complete PROXY protocol header")
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    """``size`` bytes already in the socket's buffer (they were peeked)."""
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ProxyProtocolError("the connection closed inside a PROXY protocol header")
-        data += chunk
-    return data
 
