@@ -96,16 +96,22 @@ class FakeTransport:
         pass
 
 
+def telemetry_free_filters(metrics: Any, keep: str = "") -> list[Any]:
+    """``pipeline.outbound_filters`` without its telemetry filters (tracing, access log, metrics), or
+    with only one of them (``keep``: ``tracing``, propagation only, or ``metrics``)."""
+    from meshkit.proxy.pipeline import outbound_filters  # noqa: PLC0415
+
+    return [f for f in outbound_filters(metrics, None)
+            if f.__module__ not in TELEMETRY_MODULES or f.__module__ == f"meshkit.proxy.filters.{keep}"]
+
+
 def no_telemetry_chain(terminal: Any, metrics: Any, keep: str = "") -> Any:
-    """The outbound chain of ``pipeline`` without its telemetry filters (tracing, access log, metrics),
-    or with only one of them (``keep``: ``tracing``, propagation only, or ``metrics``)."""
+    """The outbound chain built from ``telemetry_free_filters`` and the route step, as pipeline does."""
     from meshkit.proxy.chain import build_chain  # noqa: PLC0415
     from meshkit.proxy.filters.route import route_step  # noqa: PLC0415
-    from meshkit.proxy.pipeline import outbound_filters, outbound_route_chains  # noqa: PLC0415
+    from meshkit.proxy.pipeline import outbound_route_chains  # noqa: PLC0415
 
-    kept = [f for f in outbound_filters(metrics, None)
-            if f.__module__ not in TELEMETRY_MODULES or f.__module__ == f"meshkit.proxy.filters.{keep}"]
-    return build_chain(kept, route_step(outbound_route_chains(terminal)))
+    return build_chain(telemetry_free_filters(metrics, keep), route_step(outbound_route_chains(terminal)))
 
 
 TELEMETRY_MODULES = frozenset({
