@@ -7,6 +7,8 @@ Usage::
     .venv/bin/python benchmarks/proxy_instructions.py --tree /tmp/old --instructions  # another checkout
     .venv/bin/python benchmarks/proxy_instructions.py --tracing 1 --instructions      # spans at 1%
     .venv/bin/python benchmarks/proxy_instructions.py --tracing 1 --access-log --instructions  # as shipped
+    .venv/bin/python benchmarks/proxy_instructions.py --telemetry off --instructions  # no telemetry at all
+    .venv/bin/python benchmarks/proxy_instructions.py --telemetry-cost   # the issue's two telemetry ratios
 
 One request goes through the real listener (``DownstreamConnection`` parsing the bytes wrk
 sends), the real outbound filter chain for the realistic benchmark snapshot
@@ -24,6 +26,15 @@ and encoding the sampled spans.
 ``--access-log``: the chain gets the access-log filter and a sink writing to a temporary file, as
 ``meshkit up`` ships every sidecar (``--tracing 1 --access-log`` is the shipped outbound chain;
 mTLS is the transport's work, in C, and outside this figure).
+
+``--telemetry off``: the chain without any telemetry filter (``metrics`` or ``tracing``: with only
+that one, for the breakdown): no tracing filter (no ``x-request-id``,
+no trace headers), no metrics, no access log; the rest of the chain (local reply, the gateway's JWT
+and authorization checks, the route and its filters) unchanged. Against ``--tracing 1
+--access-log`` it is what telemetry as shipped costs a request (the issue's "Telemetry on costs
+<= 15% CPU per request against telemetry off"). ``--telemetry-cost`` counts the four chains with
+valgrind and prints both of the issue's ratios: telemetry as shipped against off, and tracing at
+1% against tracing off (the rest as shipped, access log and metrics on).
 
 ``--instructions`` runs the harness twice under ``valgrind --tool=cachegrind --cache-sim=no``
 (500 and 3,500 requests) and prints the difference per request: deterministic to ~10
@@ -85,7 +96,31 @@ class FakeTransport:
         pass
 
 
-async def drive(requests: int, rounds: int, tracing: str = "off", access_log: str | None = None) -> float:
+def telemetry_free_filters(metrics: Any, keep: str = "") -> list[Any]:
+    """``pipeline.outbound_filters`` without its telemetry filters (tracing, access log, metrics), or
+    with only one of them (``keep``: ``tracing``, propagation only, or ``metrics``)."""
+    from meshkit.proxy.pipeline import outbound_filters  # noqa: PLC0415
+
+    return [f for f in outbound_filters(metrics, None)
+            if f.__module__ not in TELEMETRY_MODULES or f.__module__ == f"meshkit.proxy.filters.{keep}"]
+
+
+def no_telemetry_chain(terminal: Any, metrics: Any, keep: str = "") -> Any:
+    """The outbound chain built from ``telemetry_free_filters`` and the route step, as pipeline does."""
+    from meshkit.proxy.chain import build_chain  # noqa: PLC0415
+    from meshkit.proxy.filters.route import route_step  # noqa: PLC0415
+    from meshkit.proxy.pipeline import outbound_route_chains  # noqa: PLC0415
+
+    return build_chain(telemetry_free_filters(metrics, keep), route_step(outbound_route_chains(terminal)))
+
+
+TELEMETRY_MODULES = frozenset({
+    "meshkit.proxy.filters.tracing", "meshkit.proxy.filters.metrics", "meshkit.proxy.filters.accesslog",
+})
+
+
+async def drive(requests: int, rounds: int, tracing: str = "off", access_log: str | None = None,
+                telemetry: str = "on") -> float:
     """Serve ``rounds`` x ``requests`` requests; the best round's process time per request (us)."""
     from proxybench import snapshots  # noqa: PLC0415 (sys.path is set in main)
 
@@ -114,8 +149,12 @@ async def drive(requests: int, rounds: int, tracing: str = "off", access_log: st
 
         sink = AccessLogSink(access_log)
     upstream = Upstream()
-    chain = build_outbound(upstream.send, IstioMetrics(), sink, recorder) if recorder is not None \
-        else build_outbound(upstream.send, IstioMetrics(), sink)
+    if telemetry != "on":
+        chain = no_telemetry_chain(upstream.send, IstioMetrics(), "" if telemetry == "off" else telemetry)
+    elif recorder is not None:
+        chain = build_outbound(upstream.send, IstioMetrics(), sink, recorder)
+    else:
+        chain = build_outbound(upstream.send, IstioMetrics(), sink)
     listener = Listener("outbound", chain, state)
     pooled = UpstreamConnection(upstream, ("127.0.0.1", port, False))
     answer = FakeTransport(lambda _data: loop.call_soon(pooled.data_received, UPSTREAM_RESPONSE))
@@ -157,7 +196,8 @@ async def drive(requests: int, rounds: int, tracing: str = "off", access_log: st
 
 
 def run_inline(
-    tree: Path, requests: int, rounds: int, tracing: str = "off", access_log: bool = False
+    tree: Path, requests: int, rounds: int, tracing: str = "off", access_log: bool = False,
+    *, telemetry: str = "on",
 ) -> float:
     sys.path[:0] = [str(tree), str(HERE)]  # ahead of the editable install: measure ``tree``
     with tempfile.TemporaryDirectory(prefix="meshkit-instr-") as scratch:
@@ -165,12 +205,14 @@ def run_inline(
         try:
             import uvloop  # noqa: PLC0415
 
-            return uvloop.run(drive(requests, rounds, tracing, log))
+            return uvloop.run(drive(requests, rounds, tracing, log, telemetry))
         except ImportError:
-            return asyncio.run(drive(requests, rounds, tracing, log))
+            return asyncio.run(drive(requests, rounds, tracing, log, telemetry))
 
 
-def count_instructions(tree: Path, tracing: str = "off", access_log: bool = False) -> int:
+def count_instructions(
+    tree: Path, tracing: str = "off", access_log: bool = False, *, telemetry: str = "on"
+) -> int:
     """Instructions per request: cachegrind totals of two run lengths, differenced."""
     totals = []
     for requests in (500, 3500):
@@ -179,6 +221,7 @@ def count_instructions(tree: Path, tracing: str = "off", access_log: bool = Fals
             sys.executable, __file__, "--tree", str(tree), "--requests", str(requests), "--rounds", "1",
             *(["--tracing", tracing] if tracing != "off" else []),
             *(["--access-log"] if access_log else []),
+            *([] if telemetry == "on" else ["--telemetry", telemetry]),
         ]
         env = dict(os.environ, PYTHONHASHSEED="0")
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600)
@@ -189,6 +232,20 @@ def count_instructions(tree: Path, tracing: str = "off", access_log: bool = Fals
     return (totals[1] - totals[0]) // 3000
 
 
+def telemetry_cost(tree: Path) -> int:
+    """The issue's two telemetry figures, from instruction counts (the Python work per request)."""
+    off = count_instructions(tree, telemetry="off")
+    no_tracing = count_instructions(tree, "off", access_log=True)
+    shipped = count_instructions(tree, "1", access_log=True)
+    print(f"{tree}: instructions per outbound request")
+    print(f"  telemetry off (no tracing, metrics or access-log filter)  {off}")
+    print(f"  as shipped, tracing off (propagation only)               {no_tracing}")
+    print(f"  as shipped (tracing 1%, metrics, access log)             {shipped}")
+    print(f"telemetry as shipped vs off: {100 * (shipped / off - 1):+.1f}% (target <= +15%)")
+    print(f"tracing 1% vs tracing off:   {100 * (shipped / no_tracing - 1):+.1f}% (target <= +5%)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=Path, default=HERE.parent, help="checkout whose meshkit/ to measure")
@@ -197,6 +254,11 @@ def main() -> int:
                         help="off (no collector), or a sampling percentage with spans recorded and encoded")
     parser.add_argument("--access-log", action="store_true",
                         help="with the access-log filter writing to a temporary file (as meshkit up ships)")
+    parser.add_argument("--telemetry", choices=["on", "off", "metrics", "tracing"], default="on",
+                        help="off: the chain without its tracing, metrics and access-log filters; "
+                        "metrics / tracing: with only that one of them")
+    parser.add_argument("--telemetry-cost", action="store_true",
+                        help="count four chains with valgrind: telemetry shipped vs off, tracing 1%% vs off")
     parser.add_argument("--requests", type=int, default=20000, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -210,15 +272,25 @@ def main() -> int:
             ok = False
         if not ok:
             parser.error(f"--tracing {args.tracing}: expected off or a percentage from 0 to 100")
-    label = ", access log on" if args.access_log else ""
+    telemetry = args.telemetry
+    if telemetry != "on" and (args.tracing != "off" or args.access_log):
+        parser.error(f"--telemetry {telemetry} has no span recorder and no access log: "
+                     "drop --tracing and --access-log")
+    if args.telemetry_cost:
+        if shutil.which("valgrind") is None:
+            print("valgrind is missing: apt-get install -y valgrind", file=sys.stderr)
+            return 2
+        return telemetry_cost(tree)
+    label = (", access log on" if args.access_log else "") + (
+        "" if telemetry == "on" else f", telemetry {telemetry}")
     if args.instructions:
         if shutil.which("valgrind") is None:
             print("valgrind is missing: apt-get install -y valgrind", file=sys.stderr)
             return 2
-        count = count_instructions(tree, args.tracing, args.access_log)
+        count = count_instructions(tree, args.tracing, args.access_log, telemetry=telemetry)
         print(f"{tree} (tracing {args.tracing}{label}): {count} instructions per request")
         return 0
-    micros = run_inline(tree, args.requests, args.rounds, args.tracing, args.access_log)
+    micros = run_inline(tree, args.requests, args.rounds, args.tracing, args.access_log, telemetry=telemetry)
     print(f"{tree} (tracing {args.tracing}{label}): {micros:.2f} us per request "
           f"(best of {args.rounds} x {args.requests}, process time)")
     return 0

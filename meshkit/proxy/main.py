@@ -56,9 +56,32 @@ CONTROL_TOKEN_FILE_ENV = "MESHKIT_CONTROL_TOKEN_FILE"  # the control plane crede
 SWEEP_INTERVAL = 5.0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter with the width given: its default asks ``shutil.get_terminal_size()``,
+    and ``import shutil`` loads ``bz2`` and ``lzma``, which would then stay in every sidecar's memory
+    (``argparse`` builds a formatter for each ``add_argument``). Same width, found as shutil does."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns())
+
+
+def _terminal_columns() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="meshkit proxy", description="The meshkit sidecar proxy (docs/snapshot.md is its config)."
+        prog="meshkit proxy", description="The meshkit sidecar proxy (docs/snapshot.md is its config).",
+        formatter_class=_HelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", metavar="FILE", help="static snapshot JSON (reloaded on SIGHUP)")

@@ -36,11 +36,11 @@ from meshkit.proxy.filters.route import route_step
 from meshkit.proxy.filters.timeout import has_timeout, timeout
 from meshkit.proxy.filters.tracing import tracing_filter
 from meshkit.proxy.http import Filter, Handler, Request, Response, answered
-from meshkit.proxy.schema import RouteDoc
 from meshkit.proxy.spans import SpanRecorder
 from meshkit.proxy.stats import IstioMetrics
 
-if TYPE_CHECKING:  # types only: the snapshot module imports the filters
+if TYPE_CHECKING:  # types only: the snapshot module imports the filters; the schema is types only
+    from meshkit.proxy.schema import RouteDoc
     from meshkit.proxy.snapshot import Snapshot
 
 

@@ -13,12 +13,14 @@ import random
 import re
 from bisect import bisect_right
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from meshkit.proxy.http import Handler, Headers, Request
 from meshkit.proxy.redirect import Redirect
 from meshkit.proxy.rewrite import Rewrite
-from meshkit.proxy.schema import RouteDoc
+
+if TYPE_CHECKING:  # the schema's TypedDicts are types only: never loaded by a running sidecar
+    from meshkit.proxy.schema import RouteDoc
 
 StringTest = Callable[[str], bool]
 Condition = Callable[[Request, str, str | None], bool]

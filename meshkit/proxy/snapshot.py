@@ -10,7 +10,7 @@ A request holds on to the Snapshot it started with, so swapping is one assignmen
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.egress import Egress, EgressError
@@ -26,10 +26,15 @@ from meshkit.proxy.filters.tracing import DEFAULT_SAMPLING
 from meshkit.proxy.paths import DEFAULT_MODE as DEFAULT_PATH_MODE
 from meshkit.proxy.paths import check_mode as check_path_mode
 from meshkit.proxy.routing import RouteTable
-from meshkit.proxy.schema import SCHEMA, SnapshotDoc
 from meshkit.proxy.stats import canonical_revision, canonical_service
 from meshkit.proxy.tls_routing import TlsRouting
 
+if TYPE_CHECKING:  # the schema's TypedDicts are types only: never loaded by a running sidecar
+    from meshkit.proxy.schema import SnapshotDoc
+
+# the snapshot schema this proxy reads: meshkit.proxy.schema.SCHEMA, defined again here so that a running
+# sidecar never loads the schema's types (tests/config/test_snapshot_schema.py checks they agree)
+SCHEMA = 1
 ROUTE_CHECKS = (check_fault, check_mirror, check_timeout, check_retries)
 
 UNKNOWN = "unknown"
@@ -163,7 +168,7 @@ class Snapshot:
             raise SnapshotError(f"version: expected a non-empty string, got {version!r}")
         snap = cls()
         snap.version = version
-        snap.doc = cast(SnapshotDoc, doc)  # checked by everything below before anyone reads it
+        snap.doc = cast("SnapshotDoc", doc)  # checked by everything below before anyone reads it
         snap.node = cls._node(doc.get("node"))
         try:
             snap.routes = RouteTable.from_snapshot(doc.get("outbound"))

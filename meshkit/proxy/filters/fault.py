@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshkit.proxy.http import Handler, Request, Response
-from meshkit.proxy.schema import RouteDoc
+
+if TYPE_CHECKING:  # the schema's TypedDicts are types only: never loaded by a running sidecar
+    from meshkit.proxy.schema import RouteDoc
 
 ABORT_TEXT = "fault filter abort"
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshkit.proxy.balancer import ClusterTraffic
 from meshkit.proxy.filters.timeout import call_with_deadline
 from meshkit.proxy.http import Handler, Request, Response
-from meshkit.proxy.schema import RouteDoc
+
+if TYPE_CHECKING:  # the schema's TypedDicts are types only: never loaded by a running sidecar
+    from meshkit.proxy.schema import RouteDoc
 
 SHADOW_SUFFIX = "-shadow"
 SHADOW_TIMEOUT_MS = 30_000

@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshkit.proxy.balancer import ClusterTraffic
 from meshkit.proxy.filters.timeout import call_with_deadline, timeout_reply
 from meshkit.proxy.http import ConnectFailure, Handler, Request, Response, UpstreamError
-from meshkit.proxy.schema import RetriesDoc
+
+if TYPE_CHECKING:  # the schema's TypedDicts are types only: never loaded by a running sidecar
+    from meshkit.proxy.schema import RetriesDoc
 
 ATTEMPT_HEADER = "x-envoy-attempt-count"
 BACKOFF_BASE = 0.025

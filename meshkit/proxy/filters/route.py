@@ -20,12 +20,15 @@ are listed in ``meshkit.proxy.pipeline``.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from meshkit.proxy.chain import ScopedChains
 from meshkit.proxy.http import Handler, Request, Response, answered
 from meshkit.proxy.redirect import Redirect
 from meshkit.proxy.routing import CompiledMatch, CompiledRoute, Destination, matched_prefix
-from meshkit.proxy.schema import RouteDoc
+
+if TYPE_CHECKING:  # the schema's TypedDicts are types only: never loaded by a running sidecar
+    from meshkit.proxy.schema import RouteDoc
 
 RQ_TIMEOUT_CHAIN = "x-envoy-upstream-rq-timeout-ms"
 

@@ -18,10 +18,12 @@ outlier detection) from any other cancellation, such as the client going away.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshkit.proxy.http import Handler, Request, Response
-from meshkit.proxy.schema import RouteDoc
+
+if TYPE_CHECKING:  # the schema's TypedDicts are types only: never loaded by a running sidecar
+    from meshkit.proxy.schema import RouteDoc
 
 TIMEOUT_CANCEL = "meshkit: upstream timeout"
 TIMEOUT_TEXT = "upstream request timeout"

@@ -12,12 +12,12 @@ It must not do: accept connections (``serving``), or anything but the standard l
 
 from __future__ import annotations
 
-import os
 import ssl
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from meshkit.proxy.tls.contexts import load_pem_chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +46,7 @@ def server_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
-    with tempfile.TemporaryDirectory(prefix="meshkit-gw-") as directory:  # 0700: only this process
-        cert_file, key_file = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-        for path, text in ((cert_file, cert_pem), (key_file, key_pem)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(text)
-        context.load_cert_chain(cert_file, key_file)
+    load_pem_chain(context, cert_pem, key_pem)
     return context
 
 

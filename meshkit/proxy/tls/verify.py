@@ -11,8 +11,12 @@ documented ``ssl`` calls:
    root bundle: the chain is issued by the bundle and valid now (OpenSSL's verification,
    exactly as a peer will do it);
 3. the verified leaf as ``ssl`` decodes it (``SSLObject.getpeercert()``): its only URI SAN is
-   our identity, and its validity (``ssl.cert_time_to_seconds``) and serial for the admin page;
+   our identity, and its validity (``cert_time_to_seconds``) and serial for the admin page;
 4. ``SSLContext.get_ca_certs()`` decodes the root bundle (and intermediates) for the admin page.
+
+``cert_time_to_seconds`` is ``ssl.cert_time_to_seconds`` without ``time.strptime``: the standard
+library's imports ``_strptime`` and ``calendar`` (their modules and compiled patterns stay in the
+sidecar's memory for good) to read one fixed format.
 
 Returns the ``IssuedCertificate`` and the two ready contexts. ``CertificateError`` says what is
 wrong, in the words of ``x509.check_issued`` (its in-process twin, used by tests and tools).
@@ -42,6 +46,25 @@ _SHORT_NAMES = {
 }
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def cert_time_to_seconds(cert_time: str) -> int:
+    """Epoch seconds of a validity time as ``ssl`` decodes it ("May  9 00:00:00 2027 GMT"), the
+    value ``ssl.cert_time_to_seconds`` returns; ValueError naming the text otherwise."""
+    parts = cert_time[3:].split()
+    try:
+        if len(parts) != 4 or parts[3] != "GMT":
+            raise ValueError
+        month = _MONTHS.index(cert_time[:3].title()) + 1
+        hour, minute, second = (int(part) for part in parts[1].split(":"))
+        moment = datetime(int(parts[2]), month, int(parts[0]), hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"certificate time {cert_time!r}: expected like 'May  9 00:00:00 2027 GMT'") \
+            from None
+    return int(moment.timestamp())
+
+
 def _escape(value: str) -> str:
     out = "".join("\\" + ch if ch in ',+"\\<>;' else ch for ch in value)
     if out.startswith(("#", " ")):
@@ -65,8 +88,8 @@ def _iso(seconds: float) -> str:
 def describe_decoded(cert: dict[str, Any]) -> CertificateInfo:
     """One certificate as ``ssl`` decodes it, as the admin ``/certs`` page shows it."""
     uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
-    not_before = float(ssl.cert_time_to_seconds(cert["notBefore"]))
-    not_after = float(ssl.cert_time_to_seconds(cert["notAfter"]))
+    not_before = float(cert_time_to_seconds(cert["notBefore"]))
+    not_after = float(cert_time_to_seconds(cert["notAfter"]))
     return CertificateInfo(
         subject=rfc4514(cert.get("subject", ())), issuer=rfc4514(cert.get("issuer", ())),
         spiffe_id=next((u for u in uris if u.startswith("spiffe://")), None),
@@ -155,7 +178,7 @@ def verify_issued(
     intermediates = [c for pem in chain_pems[1:] for c in _ca_certs(pem)]
     issued = IssuedCertificate(
         identity=identity, serial=int(leaf["serialNumber"], 16),
-        not_before=float(ssl.cert_time_to_seconds(leaf["notBefore"])), not_after=info.not_after_ts,
+        not_before=float(cert_time_to_seconds(leaf["notBefore"])), not_after=info.not_after_ts,
         chain=(info, *(describe_decoded(c) for c in intermediates)),
         root=tuple(describe_decoded(c) for pem in _split_pem(root_pem) for c in _ca_certs(pem)),
     )
