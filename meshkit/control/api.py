@@ -219,7 +219,12 @@ async def apply(request: web.Request) -> web.Response:
     raw = await request.read()
     as_json = request.content_type == "application/json"
     async with request.app[WRITES]:
-        notes, prepared = await c.preparation.apply(c.store, raw, as_json, c.registry.view(), expected)
+        # a large body's worker process also compiles the snapshots of the proxies connected now
+        # for the config it makes, so the push follows the commit at once (`PushServer.expect`)
+        notes, prepared = await c.preparation.apply(
+            c.store, raw, as_json, c.registry.view(), expected,
+            snapshots=c.push.snapshot_job() if len(raw) >= c.preparation.threshold else None,
+            precompiling=c.push.expect)
         result = c.store.commit(prepared)
     result.warnings[:0] = notes
     return await _change_answer(result)
