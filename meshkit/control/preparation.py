@@ -24,7 +24,8 @@ the config that body made (`run_snapshot_job`, with `rendering.compile_rendered`
 server uses it), while the control plane commits and answers; the push server takes them only if
 its own inputs are those (`PushServer.expect`). Compiling a 1 MB VirtualService's snapshots took
 about 200 ms of the control plane's CPU after the commit, so its push landed 200-300 ms after the
-apply's answer.
+apply's answer. A large body prepared on a thread (the worker is not up yet) has its snapshots
+compiled on that thread before the answer (`prepare_and_compile_here`), for the same reason.
 
 Python's cyclic garbage collector, triggered by the hundreds of thousands of objects a 1 MB
 document makes, cost more than half of a large preparation (each pass walks the whole heap); it is
@@ -189,6 +190,9 @@ class Precompiled:
     token: str
     revision: int
     rendered: dict[str, tuple[Node, str, bytes]]
+    # compiled on a thread of the control plane: the snapshots' objects, for the push server to
+    # free a slice at a time (dropping them at once holds the GIL for tens of milliseconds)
+    retired: list[Any] = dataclasses.field(default_factory=list, compare=False)
 
 
 # In the worker process only: the config it last decoded or prepared, by token, and those it no
@@ -248,8 +252,13 @@ def run_snapshot_job(job: SnapshotJob) -> Precompiled | None:
     if not _LAST or _LAST[0][0] not in _KNOWN:
         return None
     token, revision = _LAST[0]
-    entries = _KNOWN[token][0]
+    return _precompile(token, revision, _KNOWN[token][0], job, keep=False)
+
+
+def _precompile(token: str, revision: int, entries: dict[Key, StoredResource], job: SnapshotJob, *,
+                keep: bool) -> Precompiled:
     rendered: dict[str, tuple[Node, str, bytes]] = {}
+    retired: list[Any] = []
     with GC_PAUSED:
         resources = [entries[key].resource for key in sorted(entries)]
         for nodes in job.groups:
@@ -259,8 +268,22 @@ def run_snapshot_job(job: SnapshotJob) -> Precompiled | None:
                 continue
             for node, (snapshot, frame) in zip(nodes, compiled, strict=True):
                 rendered[node.id] = (node, snapshot["version"], frame)
+                if keep:
+                    retired.append(snapshot)
             del compiled
-    return Precompiled(token, revision, rendered)
+    return Precompiled(token, revision, rendered, retired)
+
+
+def prepare_and_compile_here(store: ConfigStore, raw: bytes, as_json: bool, registry: RegistryView | None,
+                             expected_revision: int | None, *,
+                             job: SnapshotJob) -> tuple[Outcome, Precompiled | None]:
+    """`prepare_apply_here`, then the snapshots of ``job``'s nodes for the config it prepared (a
+    large body prepared on a thread: the worker process is not up; compiling them before the
+    answer lets the push follow the commit at once)."""
+    warnings, change = prepare_apply_here(store, raw, as_json, registry, expected_revision)
+    if not isinstance(change, PreparedChange):
+        return (warnings, change), None
+    return (warnings, change), _precompile(change.token, change.base + 1, change.entries, job, keep=True)
 
 
 def _loads(data: bytes) -> Any:
@@ -315,8 +338,15 @@ class Preparation:
         for the new config; ``precompiling(snapshots, future)`` is told of the future (its result:
         `Precompiled`, or None when there is none to use)."""
         if len(raw) < self.threshold or not self.ready:
-            outcome = await asyncio.to_thread(prepare_apply_here, store, raw, as_json, registry,
-                                              expected_revision)
+            if snapshots is not None and precompiling is not None:
+                outcome, precompiled = await asyncio.to_thread(
+                    prepare_and_compile_here, store, raw, as_json, registry, expected_revision, job=snapshots)
+                ready: asyncio.Future[Precompiled | None] = asyncio.get_running_loop().create_future()
+                ready.set_result(precompiled)
+                precompiling(snapshots, ready)
+            else:
+                outcome = await asyncio.to_thread(prepare_apply_here, store, raw, as_json, registry,
+                                                  expected_revision)
             change = outcome[1]
             if len(raw) >= self.threshold and self._executor is None and isinstance(change, PreparedChange):
                 # start the worker now, not while this body was prepared (both would compete for the CPU)

@@ -210,6 +210,8 @@ class PushServer:
                 ahead = self._precompiled
                 if ahead is not None and ahead[1].done() and inputs[2] > ahead[2]:
                     self._precompiled = None  # used, or of a config that was not committed
+                    if not ahead[1].cancelled() and (unused := ahead[1].result()) is not None:
+                        self._release(unused.retired)
                 return
 
     async def _recompute_one(self, proxy: ProxyState) -> None:
@@ -301,9 +303,11 @@ class PushServer:
         if any(wanted.get(proxy.id) != proxy.node for proxy in group):
             return None
         precompiled = await future  # the worker is compiling while the apply commits and answers
+        if precompiled is None:
+            return None
+        self._release(precompiled.retired)  # compiled on a thread here: its objects, freed gradually
         revision, token, _ = self.store.state
-        if precompiled is None or precompiled.revision != inputs[2] or precompiled.revision != revision \
-                or precompiled.token != token:
+        if precompiled.token != token or not precompiled.revision == inputs[2] == revision:
             return None
         found = [precompiled.rendered.get(proxy.id) for proxy in group]
         compiled: Compiled = []

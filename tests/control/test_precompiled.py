@@ -182,3 +182,28 @@ async def test_snapshots_compiled_from_other_inputs_are_not_used(
     await push._recompute_all()
     assert push.stats.precompiled == len(job.groups) - 1 and push.stats.compiles == compiles + 1
     assert push._proxies["ratings-v1-0.default"].latest_revision == store.revision
+
+
+async def test_a_large_body_prepared_on_a_thread_is_compiled_there_the_same(
+        parts: tuple[ConfigStore, ServiceRegistry, PushServer]) -> None:
+    """Before the worker process is up, a large body is prepared on a thread of the control plane,
+    which then compiles its snapshots too (before the answer, so the push follows the commit)."""
+    store, registry, push = parts
+    job = push.snapshot_job()
+    assert job is not None
+    raw = json.dumps({"apiVersion": "v1", "kind": "List", "items": [big_virtual_service(200, "v2")]}).encode()
+    (_, change), precompiled = preparation.prepare_and_compile_here(store, raw, True, registry.view(), None,
+                                                                    job=job)
+    assert isinstance(change, PreparedChange) and precompiled is not None
+    assert len(precompiled.retired) == len(PROXIES)  # its objects: for the push server to release
+    push.expect(job, resolved(precompiled))
+    store.commit(change)
+    await push._recompute_all()
+    assert push.stats.precompiled == len(job.groups) and push.stats.compiles == 0
+    assert precompiled.retired == []  # handed to the release
+    taken = frames(push)
+    push.expect(job, resolved(None))
+    for proxy in push._proxies.values():
+        proxy.latest_version = proxy.latest_revision = proxy.latest_frame = None
+    await push._recompute_all()
+    assert push.stats.compiles == len(job.groups) and frames(push) == taken
