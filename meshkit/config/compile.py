@@ -111,7 +111,7 @@ def compile_snapshot(
     resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0,
     mesh_config: Mapping[str, Any] | None = None, trace_sampling: float = DEFAULT_TRACE_SAMPLING,
     jwks: Mapping[str, str | None] | None = None, jwks_errors: Mapping[str, str] | None = None,
-    egress_hosts: Mapping[str, str] | None = None, real_dns: bool = False,
+    egress_hosts: Mapping[str, str] | None = None, real_dns: bool = False, versioned: bool = True,
 ) -> dict[str, Any]:
     """The snapshot for ``node`` (docs/snapshot.md; its fields and their types are `meshkit.proxy.schema`
     .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them).
@@ -122,6 +122,9 @@ def compile_snapshot(
     Istio's mesh config ConfigMap, when applied, replaces ``mesh_config`` (`meshconfig`).
     ``egress_hosts`` maps ``"host:port"`` of external hosts to ``"address:port"`` (the local mesh's
     stand-ins) and ``real_dns`` lets other names resolve (snapshot ``egress``).
+    ``versioned=False`` leaves ``version`` empty, for a caller that computes it anyway
+    (`meshkit.control.rendering.SnapshotTemplate`): hashing a large snapshot serializes all of it
+    in one call, 50 ms for a 1 MB VirtualService's, holding the GIL the control plane's loop needs.
     """
     resources = expand_delegates(resources)  # VirtualService delegation, as Istio merges it
     # Gateway API Gateways with their own proxy and TLSRoutes, as internal Istio config (gateway_deployments)
@@ -193,7 +196,7 @@ def compile_snapshot(
     rules = compile_jwt(selected, jwks, jwks_errors)
     if rules is not None:  # absent when no RequestAuthentication selects this proxy
         body["inbound"]["jwt"] = rules  # a gateway verifies on its (outbound) listener
-    return {"schema": SCHEMA, "version": snapshot_version(body), **body}
+    return {"schema": SCHEMA, "version": snapshot_version(body) if versioned else "", **body}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ def compile_rendered(resources: Sequence[Resource], revision: int, inputs: Compi
     template = SnapshotTemplate(compile_snapshot(
         resources, view, dataclasses.replace(nodes[0], instance=""), revision=revision,
         trace_sampling=inputs.trace_sampling, egress_hosts=dict(view.external_hosts),
-        real_dns=view.real_dns, jwks=inputs.jwks_keys, jwks_errors=inputs.jwks_errors))
+        real_dns=view.real_dns, jwks=inputs.jwks_keys, jwks_errors=inputs.jwks_errors,
+        versioned=False))  # render() computes each proxy's version
     return [(snapshot, sse("snapshot", payload))
             for snapshot, payload in (template.render(node) for node in nodes)]
