@@ -25,7 +25,8 @@ server uses it), while the control plane commits and answers; the push server ta
 its own inputs are those (`PushServer.expect`). Compiling a 1 MB VirtualService's snapshots took
 about 200 ms of the control plane's CPU after the commit, so its push landed 200-300 ms after the
 apply's answer. A large body prepared on a thread (the worker is not up yet) has its snapshots
-compiled on that thread before the answer (`prepare_and_compile_here`), for the same reason.
+compiled on that thread before the answer (`prepare_and_compile_here`), for the same reason, if
+the proxies have at most `PRECOMPILE_ON_THREAD_SHAPES` node shapes (each delays the answer).
 
 Python's cyclic garbage collector, triggered by the hundreds of thousands of objects a 1 MB
 document makes, cost more than half of a large preparation (each pass walks the whole heap); it is
@@ -80,6 +81,9 @@ log = logging.getLogger("meshkit.control.preparation")
 PREPARE_IN_PROCESS_ABOVE = 128 * 1024  # bytes of body; smaller bodies stay on a worker thread
 IDLE_SECONDS = 120.0  # an unused worker process is stopped after this long (memory)
 MAX_QUEUED = 4  # preparations waiting for the worker process; more wait on the loop, not in a queue
+# node shapes whose snapshots a large body prepared on a thread has compiled before the answer
+# (each costs the answer a compile, ~200 ms for a 1 MB VirtualService); more: compiled after it
+PRECOMPILE_ON_THREAD_SHAPES = 2
 
 
 FREEZE_ABOVE = 20_000  # objects left alive by a paused section above which they are frozen (gc.freeze)
@@ -338,7 +342,8 @@ class Preparation:
         for the new config; ``precompiling(snapshots, future)`` is told of the future (its result:
         `Precompiled`, or None when there is none to use)."""
         if len(raw) < self.threshold or not self.ready:
-            if snapshots is not None and precompiling is not None:
+            if snapshots is not None and precompiling is not None \
+                    and len(snapshots.groups) <= PRECOMPILE_ON_THREAD_SHAPES:
                 outcome, precompiled = await asyncio.to_thread(
                     prepare_and_compile_here, store, raw, as_json, registry, expected_revision, job=snapshots)
                 ready: asyncio.Future[Precompiled | None] = asyncio.get_running_loop().create_future()

@@ -207,3 +207,24 @@ async def test_a_large_body_prepared_on_a_thread_is_compiled_there_the_same(
         proxy.latest_version = proxy.latest_revision = proxy.latest_frame = None
     await push._recompute_all()
     assert push.stats.compiles == len(job.groups) and frames(push) == taken
+
+
+async def test_on_a_thread_only_a_few_shapes_are_compiled_before_the_answer(
+        parts: tuple[ConfigStore, ServiceRegistry, PushServer]) -> None:
+    store, registry, push = parts
+    job = push.snapshot_job()
+    assert job is not None and len(job.groups) > preparation.PRECOMPILE_ON_THREAD_SHAPES
+    told: list[SnapshotJob] = []
+    raw = json.dumps({"apiVersion": "v1", "kind": "List", "items": [big_virtual_service(20, "v2")]}).encode()
+    prepare = preparation.Preparation(threshold=1)  # every body "large", prepared on a thread
+    try:
+        _, change = await prepare.apply(store, raw, True, registry.view(), None, snapshots=job,
+                                        precompiling=lambda snapshots, _: told.append(snapshots))
+        assert isinstance(change, PreparedChange) and told == []  # each shape would delay the answer
+        few = SnapshotJob(job.inputs, job.groups[:preparation.PRECOMPILE_ON_THREAD_SHAPES])
+        raw = raw.replace(b'"v2"', b'"v1"')
+        _, change = await prepare.apply(store, raw, True, registry.view(), None, snapshots=few,
+                                        precompiling=lambda snapshots, _: told.append(snapshots))
+        assert isinstance(change, PreparedChange) and told == [few]
+    finally:
+        prepare.close()  # the worker process the first large body started
