@@ -40,6 +40,7 @@ SYNCED, STALE, NACKED = "SYNCED", "STALE", "NACKED"
 # per proxy of a group: (its version, its SSE event, what to release: its snapshot, if compiled here)
 Compiled = list[tuple[str, bytes, dict[str, Any] | None]]
 PROXY_KINDS = ("sidecar", "gateway")
+PRECOMPILED_WAIT_S = 5.0  # the longest a pass waits for the worker process's snapshots (`expect`)
 
 
 @dataclass(eq=False)
@@ -133,6 +134,7 @@ class PushServer:
         self._unsubscribe: list[Callable[[], None]] = []
         self.jwks: Any = None  # control/jwks.JwksResolver: fetched jwksUri key sets for the compiler
         self.listeners: list[Callable[[], None]] = []  # told when a proxy connects, leaves, ACKs or NACKs
+        self.precompiled_wait = PRECOMPILED_WAIT_S
         # (what the worker process is compiling, its result, the store revision its apply started from)
         self._precompiled: tuple[SnapshotJob, asyncio.Future[Precompiled | None], int] | None = None
 
@@ -302,7 +304,14 @@ class PushServer:
         wanted = {node.id: node for nodes in job.groups for node in nodes}
         if any(wanted.get(proxy.id) != proxy.node for proxy in group):
             return None
-        precompiled = await future  # the worker is compiling while the apply commits and answers
+        try:  # the worker is compiling while the apply commits and answers
+            precompiled = await asyncio.wait_for(asyncio.shield(future), self.precompiled_wait)
+        except TimeoutError:  # a worker stuck or starved: compile here
+            log.warning("the worker process's snapshots of revision %s were not ready after %.1f s; "
+                        "compiling them here", inputs[2], self.precompiled_wait)
+            if self._precompiled is not None and self._precompiled[1] is future:
+                self._precompiled = None  # no later pass waits for it again
+            return None
         if precompiled is None:
             return None
         self._release(precompiled.retired)  # compiled on a thread here: its objects, freed gradually

@@ -228,3 +228,19 @@ async def test_on_a_thread_only_a_few_shapes_are_compiled_before_the_answer(
         assert isinstance(change, PreparedChange) and told == [few]
     finally:
         prepare.close()  # the worker process the first large body started
+
+
+async def test_a_pass_does_not_wait_for_a_stuck_worker(
+        parts: tuple[ConfigStore, ServiceRegistry, PushServer]) -> None:
+    store, registry, push = parts
+    job = push.snapshot_job()
+    assert job is not None
+    change, _ = in_worker(store, registry, job, big_virtual_service(20, "v2"))
+    never: asyncio.Future[Precompiled | None] = asyncio.get_running_loop().create_future()
+    push.expect(job, never)  # its result never comes
+    store.commit(change)
+    push.precompiled_wait = 0.05
+    await asyncio.wait_for(push._recompute_all(), 10)
+    assert push.stats.precompiled == 0 and push.stats.compiles == len(job.groups)
+    assert all(p.latest_revision == store.revision for p in push._proxies.values())
+    assert push._precompiled is None  # not waited for again
