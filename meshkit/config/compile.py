@@ -302,8 +302,31 @@ def _gateway_bindings(node: Node, resources: Sequence[Resource]) -> list[tuple[s
 def _routes_of(vs: VirtualService, node: Node,
                selected: Mapping[tuple[str, str], Gateway] | None = None) -> list[dict[str, Any]]:
     """``vs``'s routes for ``node`` (``selected``: the Gateways selecting a gateway proxy)."""
+    context = _RouteContext(vs, node, selected or {})
     return [route for index, http in enumerate(vs.spec.http or [])
-            if (route := _route(vs, index, http, node, selected or {})) is not None]
+            if (route := _route(context, index, http)) is not None]
+
+
+class _RouteContext:
+    """What every route of one VirtualService compiled for one proxy shares, worked out once (a 1 MB
+    VirtualService has 8,000 routes): its namespace, name, reference, Istio's "gateway semantics"
+    (`httproutes.from_http_route`), and the cluster name of each destination seen so far."""
+
+    __slots__ = ("clusters", "gateway_semantics", "name", "namespace", "node", "ref", "selected", "vs")
+
+    def __init__(self, vs: VirtualService, node: Node, selected: Mapping[tuple[str, str], Gateway]) -> None:
+        self.vs, self.node, self.selected = vs, node, selected
+        self.namespace, self.name, self.ref = vs.metadata.namespace, vs.metadata.name, vs.ref
+        self.gateway_semantics = from_http_route(vs)
+        self.clusters: dict[tuple[str, str | None], str] = {}
+
+    def cluster(self, destination: Destination) -> str:
+        """`_cluster_key` of ``destination`` in this VirtualService's namespace."""
+        key = (destination.host, destination.subset)
+        found = self.clusters.get(key)
+        if found is None:
+            found = self.clusters[key] = _cluster_key(destination, self.namespace)
+        return found
 
 
 def cluster_name(service: str, namespace: str, subset: str = "") -> str:
@@ -335,17 +358,16 @@ def _cluster_key(destination: Destination, namespace: str) -> str:
     return f"{resolved.host}|{destination.subset or ''}"
 
 
-def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node,
-           selected: Mapping[tuple[str, str], Gateway]) -> dict[str, Any] | None:
-    namespace = vs.metadata.namespace
+def _route(context: _RouteContext, index: int, http: HTTPRoute) -> dict[str, Any] | None:
     matches: list[dict[str, Any]] = []
     # Istio's "gateway semantics" for an HTTPRoute's internal VirtualService: a Gateway API PathPrefix
     # matches whole path segments (a VirtualService's prefix stays a string prefix), %PREFIX()% redirects
-    gateway_semantics = from_http_route(vs)
+    gateway_semantics = context.gateway_semantics
     if http.match:
+        node = context.node
         for m in http.match:
-            applies, port = match_scope(m, vs, node, selected)  # match.gateways, match.port (gateways)
-            if applies and labels_match(m.source_labels, node.labels):
+            applies, port = match_scope(m, context.vs, node, context.selected)  # match.gateways, match.port
+            if applies and (not m.source_labels or labels_match(m.source_labels, node.labels)):
                 matches.append({**_match(m, gateway_semantics), **({"port": port} if port else {})})
         if not matches:
             return None  # every match is for other source workloads or other gateways
@@ -353,11 +375,11 @@ def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node,
     single = len(destinations) == 1
     fault = _fault(http)
     return {
-        "name": http.name or f"{vs.metadata.name}.{index}",
-        "source": f"{vs.ref}#http[{index}]",
+        "name": http.name or f"{context.name}.{index}",
+        "source": f"{context.ref}#http[{index}]",
         "match": matches,
         "route": [
-            {"cluster": _cluster_key(d.destination, namespace),
+            {"cluster": context.cluster(d.destination),
              # Istio: the only destination gets all traffic whatever its weight; several
              # destinations split in proportion to their weights (unset = 0), summing to any total
              "weight": 100 if single else (d.weight or 0),
@@ -368,7 +390,7 @@ def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node,
         "rewrite": _rewrite(http.rewrite),
         "redirect": _redirect(http.redirect, gateway_semantics) if http.redirect is not None else None,
         "fault": fault,
-        "mirror": _mirror(http, namespace),
+        "mirror": _mirror(http, context),
         "timeout_ms": None if fault or http.timeout is None else _ms(http.timeout),
         "retries": None if fault else _retries(http),
     }
@@ -454,7 +476,7 @@ def _fault(http: HTTPRoute) -> dict[str, Any] | None:
     return {"delay": delay, "abort": abort}
 
 
-def _mirror(http: HTTPRoute, namespace: str) -> dict[str, Any] | None:
+def _mirror(http: HTTPRoute, context: _RouteContext) -> dict[str, Any] | None:
     if http.mirror is None:
         return None
     if http.mirror_percentage is not None:
@@ -463,7 +485,7 @@ def _mirror(http: HTTPRoute, namespace: str) -> dict[str, Any] | None:
         percent = float(http.mirror_percent)
     else:
         percent = 100.0
-    return {"cluster": _cluster_key(http.mirror, namespace), "percent": percent}
+    return {"cluster": context.cluster(http.mirror), "percent": percent}
 
 
 def _retries(http: HTTPRoute) -> dict[str, Any]:
