@@ -73,6 +73,7 @@ from meshkit.control.store import (
     Key,
     PreparedChange,
     StoredResource,
+    encode_messages,
     prepare_apply_to,
 )
 
@@ -238,15 +239,20 @@ def _apply_job(job: ApplyJob) -> Outcome:
     change = prepare_apply_to(job.base, current, incoming, job.registry, docs.copy())
     _DROPPED.extend(_KNOWN.values())
     _KNOWN.clear()  # one config known: the one this change makes (or the base, when nothing changed)
+    # the loader's warnings and the analyzer's, as the answer lists them: encoding them here spares
+    # the control plane unpickling and encoding them (8,000 for a 1 MB VirtualService: 100 ms of its CPU)
     if isinstance(change, PreparedChange):
         _KNOWN[change.token] = (change.entries, change.docs or Documents())
         _LAST.append((change.token, change.base + 1))
         kept = tuple(key for key, stored in change.entries.items() if current.get(key) is stored)
         changed = {key: stored for key, stored in change.entries.items() if key not in kept}
-        change = dataclasses.replace(change, entries=changed, kept=kept, docs=None)
+        change = dataclasses.replace(change, entries=changed, kept=kept, docs=None, messages=[],
+                                     encoded_messages=encode_messages([*warnings, *change.messages]))
     else:
         _KNOWN[job.token] = known
-    return warnings, change
+        change = dataclasses.replace(change, warnings=[],
+                                     encoded_warnings=encode_messages([*warnings, *change.warnings]))
+    return [], change
 
 
 def run_snapshot_job(job: SnapshotJob) -> Precompiled | None:
