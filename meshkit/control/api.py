@@ -198,6 +198,7 @@ async def _change(request: web.Request, prepare: Callable[..., Any], *args: Any,
 
 
 ANSWER_OFF_LOOP_ABOVE = 100  # warnings: a larger answer is built on a thread, in short calls
+ANSWER_SPLIT_DEPTH = 2  # the answer, its warnings list: the warnings are encoded in runs (`jsontext`)
 
 
 async def _change_answer(result: ChangeResult) -> web.Response:
@@ -210,7 +211,8 @@ async def _change_answer(result: ChangeResult) -> web.Response:
         return web.Response(text=result.answer(), content_type="application/json")
     if len(result.warnings) <= ANSWER_OFF_LOOP_ABOVE:
         return web.json_response(result.to_dict())
-    text = await asyncio.to_thread(lambda: jsontext.dumps(result.to_dict(), ANSWER_ENCODER))
+    text = await asyncio.to_thread(
+        lambda: jsontext.dumps(result.to_dict(), ANSWER_ENCODER, ANSWER_SPLIT_DEPTH))
     return web.Response(text=text, content_type="application/json")
 
 

@@ -183,7 +183,8 @@ class Documents:
         prepared on a thread shares the GIL with the loop; one call held it 25-80 ms for 1 MB)."""
         found = self._texts.get(id(resource))
         if found is None:
-            found = self._texts[id(resource)] = (resource, jsontext.dumps(self(resource), _DUMPS_ENCODER))
+            # the resource, its spec, a list in it (a VirtualService's http): the list in runs
+            found = self._texts[id(resource)] = (resource, jsontext.dumps(self(resource), _DUMPS_ENCODER, 3))
         return found[1]
 
 
