@@ -18,7 +18,9 @@ Targets (issue 15): apply of a 1 MB document <= 1 s; any hostile YAML under 1 MB
 for the largest size: the slowest CSR during a change <= max(50 ms, 2x the slowest idle one), the
 median during <= max(2x the idle median, idle median + 5 ms), and the new snapshot pushed <= 100 ms
 after the apply answered. A 2-core machine shared with other work moves these figures: run it
-several times and read them with the load average it prints.
+several times and read them with the load average it prints. The CPU the control plane and its
+worker process used until the answer and until the push is printed too (from /proc; the CSRs
+signed meanwhile count in it): other work on the machine stretches times, not CPU.
 """
 
 from __future__ import annotations
@@ -152,20 +154,47 @@ async def measure_idle(session: aiohttp.ClientSession, url: str, token: str) -> 
     return _latencies(csr_ms)
 
 
+def cpu_seconds(pid: int | None) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by process ``pid`` and by its child processes that are
+    still running (the control plane's worker), from /proc; (0, 0) where it cannot be read."""
+    if pid is None:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(one: int | str) -> float:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    try:
+        children = [c for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+    except OSError:
+        children = []
+    return of(pid), sum(of(child) for child in children)
+
+
 async def measure_change(session: aiohttp.ClientSession, url: str, admin: dict[str, str], token: str,
-                         body: bytes, *, snapshots: Snapshots) -> dict[str, Any]:
-    """One apply: its time, its push after the answer, CSR latency from sending it until that push."""
+                         body: bytes, *, snapshots: Snapshots, pid: int | None = None) -> dict[str, Any]:
+    """One apply: its time, its push after the answer, CSR latency from sending it until that push,
+    and the CPU the control plane (``pid``) and its worker process used meanwhile (a busy machine
+    stretches the times, not the CPU)."""
     stop = asyncio.Event()
     csr_ms: list[float] = []
     probe = asyncio.ensure_future(probe_csr(session, url, token, stop, csr_ms))
+    cpu_start = cpu_seconds(pid)
     start = time.perf_counter()
     async with session.post(f"{url}/api/v1/apply", data=body,
                             headers={**admin, "Content-Type": "application/json"}) as response:
         answer = await response.json()
     answered = time.perf_counter()
+    cpu_answered = cpu_seconds(pid)
     in_apply = len(csr_ms)
     snapshot_bytes = await snapshots.next(10.0) if response.status == 200 else None  # the apply's own push
     pushed = time.perf_counter()
+    cpu_pushed = cpu_seconds(pid)
     stop.set()
     await probe
     if response.status != 200:
@@ -175,7 +204,10 @@ async def measure_change(session: aiohttp.ClientSession, url: str, admin: dict[s
             "snapshot_bytes": snapshot_bytes, "its_push_ms": round((pushed - answered) * 1000, 1),
             "csr_during_apply": in_apply, "csr_ms_p50_apply": _latencies(csr_ms[:in_apply])["p50_ms"],
             "csr_ms_max_apply": _latencies(csr_ms[:in_apply])["max_ms"],
-            "csr_during_change": during["n"], "csr_ms_p50": during["p50_ms"], "csr_ms_max": during["max_ms"]}
+            "csr_during_change": during["n"], "csr_ms_p50": during["p50_ms"], "csr_ms_max": during["max_ms"],
+            # CPU ms until the answer and from the answer to the push: control plane, worker process
+            "cpu_ms_apply": [round((cpu_answered[i] - cpu_start[i]) * 1000) for i in (0, 1)],
+            "cpu_ms_push": [round((cpu_pushed[i] - cpu_answered[i]) * 1000) for i in (0, 1)]}
 
 
 def verdicts(results: dict[str, Any], largest: int) -> list[dict[str, Any]]:
@@ -245,7 +277,8 @@ async def run(sizes: list[int]) -> dict[str, Any]:
                           f"max {idle['max_ms']} ms)   load {os.getloadavg()[0]:.2f}", flush=True)
                     for round_number, subset in enumerate(("v1", "v2", "v1")):
                         body = document(size, subset)
-                        row = await measure_change(session, url, admin, token, body, snapshots=snapshots)
+                        row = await measure_change(session, url, admin, token, body, snapshots=snapshots,
+                                                   pid=plane.process.pid if plane.process else None)
                         row["worker_rss_mib"] = _worker_rss(plane)
                         change = ("create", "every route changed", "changed back")[round_number]
                         row["case"] = f"{size // 1000} KB, {change}"
@@ -255,7 +288,9 @@ async def run(sizes: list[int]) -> dict[str, Any]:
                               f"{row['csr_during_change']:>4} "
                               f"(p50 {row['csr_ms_p50']} ms, max {row['csr_ms_max']} ms; idle: p50 "
                               f"{idle['p50_ms']} ms, max {idle['max_ms']} ms)   worker RSS "
-                              f"{row['worker_rss_mib']} MiB", flush=True)
+                              f"{row['worker_rss_mib']} MiB   CPU ms (control plane/worker) to the answer "
+                              f"{'/'.join(map(str, row['cpu_ms_apply']))}, to the push "
+                              f"{'/'.join(map(str, row['cpu_ms_push']))}", flush=True)
                 for name, text in hostile().items():
                     stop = asyncio.Event()
                     csr_ms: list[float] = []

@@ -111,7 +111,7 @@ def compile_snapshot(
     resources: Sequence[Resource], registry: RegistryView, node: Node, *, revision: int = 0,
     mesh_config: Mapping[str, Any] | None = None, trace_sampling: float = DEFAULT_TRACE_SAMPLING,
     jwks: Mapping[str, str | None] | None = None, jwks_errors: Mapping[str, str] | None = None,
-    egress_hosts: Mapping[str, str] | None = None, real_dns: bool = False,
+    egress_hosts: Mapping[str, str] | None = None, real_dns: bool = False, versioned: bool = True,
 ) -> dict[str, Any]:
     """The snapshot for ``node`` (docs/snapshot.md; its fields and their types are `meshkit.proxy.schema`
     .SnapshotDoc, which this package cannot import: tests/config/test_snapshot_schema.py checks them).
@@ -122,6 +122,9 @@ def compile_snapshot(
     Istio's mesh config ConfigMap, when applied, replaces ``mesh_config`` (`meshconfig`).
     ``egress_hosts`` maps ``"host:port"`` of external hosts to ``"address:port"`` (the local mesh's
     stand-ins) and ``real_dns`` lets other names resolve (snapshot ``egress``).
+    ``versioned=False`` leaves ``version`` empty, for a caller that computes it anyway
+    (`meshkit.control.rendering.SnapshotTemplate`): hashing a large snapshot serializes all of it
+    in one call, 50 ms for a 1 MB VirtualService's, holding the GIL the control plane's loop needs.
     """
     resources = expand_delegates(resources)  # VirtualService delegation, as Istio merges it
     # Gateway API Gateways with their own proxy and TLSRoutes, as internal Istio config (gateway_deployments)
@@ -193,7 +196,7 @@ def compile_snapshot(
     rules = compile_jwt(selected, jwks, jwks_errors)
     if rules is not None:  # absent when no RequestAuthentication selects this proxy
         body["inbound"]["jwt"] = rules  # a gateway verifies on its (outbound) listener
-    return {"schema": SCHEMA, "version": snapshot_version(body), **body}
+    return {"schema": SCHEMA, "version": snapshot_version(body) if versioned else "", **body}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,8 +302,31 @@ def _gateway_bindings(node: Node, resources: Sequence[Resource]) -> list[tuple[s
 def _routes_of(vs: VirtualService, node: Node,
                selected: Mapping[tuple[str, str], Gateway] | None = None) -> list[dict[str, Any]]:
     """``vs``'s routes for ``node`` (``selected``: the Gateways selecting a gateway proxy)."""
+    context = _RouteContext(vs, node, selected or {})
     return [route for index, http in enumerate(vs.spec.http or [])
-            if (route := _route(vs, index, http, node, selected or {})) is not None]
+            if (route := _route(context, index, http)) is not None]
+
+
+class _RouteContext:
+    """What every route of one VirtualService compiled for one proxy shares, worked out once (a 1 MB
+    VirtualService has 8,000 routes): its namespace, name, reference, Istio's "gateway semantics"
+    (`httproutes.from_http_route`), and the cluster name of each destination seen so far."""
+
+    __slots__ = ("clusters", "gateway_semantics", "name", "namespace", "node", "ref", "selected", "vs")
+
+    def __init__(self, vs: VirtualService, node: Node, selected: Mapping[tuple[str, str], Gateway]) -> None:
+        self.vs, self.node, self.selected = vs, node, selected
+        self.namespace, self.name, self.ref = vs.metadata.namespace, vs.metadata.name, vs.ref
+        self.gateway_semantics = from_http_route(vs)
+        self.clusters: dict[tuple[str, str | None], str] = {}
+
+    def cluster(self, destination: Destination) -> str:
+        """`_cluster_key` of ``destination`` in this VirtualService's namespace."""
+        key = (destination.host, destination.subset)
+        found = self.clusters.get(key)
+        if found is None:
+            found = self.clusters[key] = _cluster_key(destination, self.namespace)
+        return found
 
 
 def cluster_name(service: str, namespace: str, subset: str = "") -> str:
@@ -332,17 +358,16 @@ def _cluster_key(destination: Destination, namespace: str) -> str:
     return f"{resolved.host}|{destination.subset or ''}"
 
 
-def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node,
-           selected: Mapping[tuple[str, str], Gateway]) -> dict[str, Any] | None:
-    namespace = vs.metadata.namespace
+def _route(context: _RouteContext, index: int, http: HTTPRoute) -> dict[str, Any] | None:
     matches: list[dict[str, Any]] = []
     # Istio's "gateway semantics" for an HTTPRoute's internal VirtualService: a Gateway API PathPrefix
     # matches whole path segments (a VirtualService's prefix stays a string prefix), %PREFIX()% redirects
-    gateway_semantics = from_http_route(vs)
+    gateway_semantics = context.gateway_semantics
     if http.match:
+        node = context.node
         for m in http.match:
-            applies, port = match_scope(m, vs, node, selected)  # match.gateways, match.port (gateways)
-            if applies and labels_match(m.source_labels, node.labels):
+            applies, port = match_scope(m, context.vs, node, context.selected)  # match.gateways, match.port
+            if applies and (not m.source_labels or labels_match(m.source_labels, node.labels)):
                 matches.append({**_match(m, gateway_semantics), **({"port": port} if port else {})})
         if not matches:
             return None  # every match is for other source workloads or other gateways
@@ -350,11 +375,11 @@ def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node,
     single = len(destinations) == 1
     fault = _fault(http)
     return {
-        "name": http.name or f"{vs.metadata.name}.{index}",
-        "source": f"{vs.ref}#http[{index}]",
+        "name": http.name or f"{context.name}.{index}",
+        "source": f"{context.ref}#http[{index}]",
         "match": matches,
         "route": [
-            {"cluster": _cluster_key(d.destination, namespace),
+            {"cluster": context.cluster(d.destination),
              # Istio: the only destination gets all traffic whatever its weight; several
              # destinations split in proportion to their weights (unset = 0), summing to any total
              "weight": 100 if single else (d.weight or 0),
@@ -365,7 +390,7 @@ def _route(vs: VirtualService, index: int, http: HTTPRoute, node: Node,
         "rewrite": _rewrite(http.rewrite),
         "redirect": _redirect(http.redirect, gateway_semantics) if http.redirect is not None else None,
         "fault": fault,
-        "mirror": _mirror(http, namespace),
+        "mirror": _mirror(http, context),
         "timeout_ms": None if fault or http.timeout is None else _ms(http.timeout),
         "retries": None if fault else _retries(http),
     }
@@ -451,7 +476,7 @@ def _fault(http: HTTPRoute) -> dict[str, Any] | None:
     return {"delay": delay, "abort": abort}
 
 
-def _mirror(http: HTTPRoute, namespace: str) -> dict[str, Any] | None:
+def _mirror(http: HTTPRoute, context: _RouteContext) -> dict[str, Any] | None:
     if http.mirror is None:
         return None
     if http.mirror_percentage is not None:
@@ -460,7 +485,7 @@ def _mirror(http: HTTPRoute, namespace: str) -> dict[str, Any] | None:
         percent = float(http.mirror_percent)
     else:
         percent = 100.0
-    return {"cluster": _cluster_key(http.mirror, namespace), "percent": percent}
+    return {"cluster": context.cluster(http.mirror), "percent": percent}
 
 
 def _retries(http: HTTPRoute) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from meshkit.control.kinds import resolve_kind
 from meshkit.control.preparation import Preparation, parse_resources
 from meshkit.control.push import PushServer
 from meshkit.control.registry import ServiceRegistry, parse_endpoint, parse_service, service_to_dict
-from meshkit.control.store import ChangeResult, ConfigStore, ConflictError, NotFoundError
+from meshkit.control.store import ANSWER_ENCODER, ChangeResult, ConfigStore, ConflictError, NotFoundError
 from meshkit.control.telemetry_api import SCRAPER
 
 MAX_BODY_BYTES = 1024 * 1024  # `meshkit control --max-body` changes it
@@ -197,17 +197,22 @@ async def _change(request: web.Request, prepare: Callable[..., Any], *args: Any,
     return await _change_answer(result)
 
 
-_ANSWER_ENCODER = json.JSONEncoder()  # what web.json_response's json.dumps uses; never changed
 ANSWER_OFF_LOOP_ABOVE = 100  # warnings: a larger answer is built on a thread, in short calls
+ANSWER_SPLIT_DEPTH = 2  # the answer, its warnings list: the warnings are encoded in runs (`jsontext`)
 
 
 async def _change_answer(result: ChangeResult) -> web.Response:
     """The answer to a change. An apply that makes thousands of warnings (one per route of a large
     VirtualService whose host is not in the registry) answers megabytes: built on a thread in short
-    `jsontext` calls, not on the loop in one ``json.dumps`` that holds the GIL."""
+    `jsontext` calls, not on the loop in one ``json.dumps`` that holds the GIL. The warnings of a
+    body the worker process prepared come as JSON text it encoded (`ChangeResult.encoded_warnings`):
+    the answer is that text with a few members around it."""
+    if result.encoded_warnings is not None:
+        return web.Response(text=result.answer(), content_type="application/json")
     if len(result.warnings) <= ANSWER_OFF_LOOP_ABOVE:
         return web.json_response(result.to_dict())
-    text = await asyncio.to_thread(lambda: jsontext.dumps(result.to_dict(), _ANSWER_ENCODER))
+    text = await asyncio.to_thread(
+        lambda: jsontext.dumps(result.to_dict(), ANSWER_ENCODER, ANSWER_SPLIT_DEPTH))
     return web.Response(text=text, content_type="application/json")
 
 
@@ -219,7 +224,12 @@ async def apply(request: web.Request) -> web.Response:
     raw = await request.read()
     as_json = request.content_type == "application/json"
     async with request.app[WRITES]:
-        notes, prepared = await c.preparation.apply(c.store, raw, as_json, c.registry.view(), expected)
+        # a large body's worker process also compiles the snapshots of the proxies connected now
+        # for the config it makes, so the push follows the commit at once (`PushServer.expect`)
+        notes, prepared = await c.preparation.apply(
+            c.store, raw, as_json, c.registry.view(), expected,
+            snapshots=c.push.snapshot_job() if len(raw) >= c.preparation.threshold else None,
+            precompiling=c.push.expect)
         result = c.store.commit(prepared)
     result.warnings[:0] = notes
     return await _change_answer(result)

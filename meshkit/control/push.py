@@ -10,12 +10,13 @@ Changes are debounced: a burst of changes within ``debounce`` seconds costs one 
 Compiling is done once per distinct node *shape* (a node minus its instance name: replicas of a
 workload share it) and the per-instance fields are patched in, so N replicas cost one compile.
 Recently disconnected proxies stay listed (and recompiled) for ``retention`` seconds.
+A large apply's worker process compiles the next revision's snapshots ahead (`expect`); a pass
+takes them for each shape whose inputs are exactly those they were compiled from.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -23,12 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshkit.config import codes
-from meshkit.config.compile import DEFAULT_TRACE_SAMPLING, compile_snapshot
+from meshkit.config.compile import DEFAULT_TRACE_SAMPLING
 from meshkit.config.messages import ConfigError, Message, Severity
-from meshkit.config.registry import Node
-from meshkit.control.preparation import GC_PAUSED
+from meshkit.config.registry import Node, RegistryView
+from meshkit.control.preparation import GC_PAUSED, Precompiled, SnapshotJob
 from meshkit.control.registry import ServiceRegistry
-from meshkit.control.rendering import SnapshotTemplate
+from meshkit.control.rendering import CompileInputs, compile_rendered, sse
 from meshkit.control.store import ConfigStore, NotFoundError
 from meshkit.control.timeline import RolloutTimeline
 
@@ -36,8 +37,10 @@ log = logging.getLogger("meshkit.control.push")
 
 
 SYNCED, STALE, NACKED = "SYNCED", "STALE", "NACKED"
-Rendered = list[tuple[dict[str, Any], bytes]]  # per proxy of a group: (its snapshot, its SSE event)
+# per proxy of a group: (its version, its SSE event, what to release: its snapshot, if compiled here)
+Compiled = list[tuple[str, bytes, dict[str, Any] | None]]
 PROXY_KINDS = ("sidecar", "gateway")
+PRECOMPILED_WAIT_S = 5.0  # the longest a pass waits for the worker process's snapshots (`expect`)
 
 
 @dataclass(eq=False)
@@ -51,7 +54,8 @@ class ProxyState:
     connected_at: float = 0.0
     disconnected_at: float | None = None
     generation: int = 0  # bumped by every new stream, so an older stream of the same id ends
-    latest: dict[str, Any] | None = None
+    latest_version: str | None = None  # of its latest snapshot
+    latest_revision: int | None = None  # the store revision its latest snapshot was compiled from
     latest_frame: bytes | None = None  # its SSE event, encoded once off the loop
     sent_version: str | None = None
     acked_version: str | None = None
@@ -60,10 +64,6 @@ class ProxyState:
     last_response_at: float | None = None
     compile_error: str | None = None  # the last compile of its snapshot failed: it keeps the old one
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def latest_version(self) -> str | None:
-        return None if self.latest is None else self.latest["version"]
 
     @property
     def status(self) -> str:
@@ -79,7 +79,7 @@ class ProxyState:
             "id": self.id, "kind": self.kind, "connected": self.connected,
             "workload": self.node.workload, "service": self.node.service,
             "acked": self.acked_version, "sent": self.sent_version, "latest": self.latest_version,
-            "revision": None if self.latest is None else self.latest.get("revision"),
+            "revision": self.latest_revision,
             "status": self.status,
             "reason": self.nack_reason if self.status == NACKED else None,
             "connected_at": self.connected_at, "disconnected_at": self.disconnected_at,
@@ -93,10 +93,6 @@ def _shape(node: Node) -> tuple[Any, ...]:
             node.service_account, node.kind, node.app_port)
 
 
-def _sse(event: str, data: str) -> bytes:
-    return f"event: {event}\ndata: {data}\n\n".encode()
-
-
 PING = b": ping\n\n"
 
 
@@ -108,6 +104,7 @@ class PushStats:
     compiles: int = 0
     pushes: int = 0
     abandoned: int = 0  # passes cut short by a newer change
+    precompiled: int = 0  # shapes whose snapshots the worker process compiled (no compile here)
     acks: int = 0
     nacks: int = 0
 
@@ -137,6 +134,9 @@ class PushServer:
         self._unsubscribe: list[Callable[[], None]] = []
         self.jwks: Any = None  # control/jwks.JwksResolver: fetched jwksUri key sets for the compiler
         self.listeners: list[Callable[[], None]] = []  # told when a proxy connects, leaves, ACKs or NACKs
+        self.precompiled_wait = PRECOMPILED_WAIT_S
+        # (what the worker process is compiling, its result, the store revision its apply started from)
+        self._precompiled: tuple[SnapshotJob, asyncio.Future[Precompiled | None], int] | None = None
 
     def _proxies_changed(self) -> None:
         for listener in self.listeners:
@@ -185,7 +185,8 @@ class PushServer:
 
         The streams of the first shapes start sending while later shapes compile. A change that
         lands meanwhile abandons the pass (so no proxy is sent an older snapshot after a newer one)
-        and a new pass runs over the new inputs.
+        and a new pass runs over the new inputs. Shapes the worker process compiled for this
+        revision with these same inputs (`expect`) are taken from it instead of compiled here.
         """
         while not self._closing:
             self._dirty = False
@@ -197,8 +198,10 @@ class PushServer:
                     self._dirty = True
                     self.stats.abandoned += 1
                     break
-                # compiling is CPU work: a worker thread does it, the loop keeps serving streams and CSRs
-                compiled = await asyncio.to_thread(self._compile, group, inputs)
+                compiled: Compiled | Exception | None = await self._precompiled_for(group, inputs)
+                if compiled is None:
+                    # compiling is CPU work: a worker thread does it, the loop keeps serving streams and CSRs
+                    compiled = await asyncio.to_thread(self._compile, group, inputs)
                 if self._dirty or not self._inputs_current(inputs):
                     self._dirty = True
                     self.stats.abandoned += 1
@@ -206,6 +209,11 @@ class PushServer:
                 self._publish(group, compiled, inputs[2])
             if not self._dirty:
                 self.timeline.pass_done(inputs[2], time.time())
+                ahead = self._precompiled
+                if ahead is not None and ahead[1].done() and inputs[2] > ahead[2]:
+                    self._precompiled = None  # used, or of a config that was not committed
+                    if not ahead[1].cancelled() and (unused := ahead[1].result()) is not None:
+                        self._release(unused.retired)
                 return
 
     async def _recompute_one(self, proxy: ProxyState) -> None:
@@ -245,43 +253,95 @@ class PushServer:
         """Compile once for ``group`` (proxies of one shape), render each, wake those that changed."""
         self._publish(group, self._compile(group, inputs), inputs[2])
 
-    def _compile(self, group: list[ProxyState], inputs: tuple[Any, Any, int]) -> Rendered | Exception:
-        """The snapshot and its SSE event for each proxy of ``group`` (one shape), compiled once and
+    def _compile_inputs(self, view: RegistryView) -> CompileInputs:
+        jwks = self.jwks
+        return CompileInputs(view, self.trace_sampling, jwks.keys if jwks is not None else None,
+                             jwks.errors if jwks is not None else None)
+
+    def _compile(self, group: list[ProxyState], inputs: tuple[Any, Any, int]) -> Compiled | Exception:
+        """The version and SSE event of each proxy of ``group`` (one shape), compiled once and
         rendered per proxy, or the compiler's exception (pure: any thread; the serializing, a few
         megabytes for a large config, stays off the loop too)."""
         resources, view, revision = inputs
         self.stats.compiles += 1
         try:
-            jwks = self.jwks
             with GC_PAUSED:  # see preparation.py: its passes cost more than compiling
-                template = SnapshotTemplate(compile_snapshot(
-                    resources, view, dataclasses.replace(group[0].node, instance=""), revision=revision,
-                    trace_sampling=self.trace_sampling,
-                    egress_hosts=dict(view.external_hosts), real_dns=view.real_dns,
-                    jwks=jwks.keys if jwks is not None else None,
-                    jwks_errors=jwks.errors if jwks is not None else None))
-                return [(snapshot, _sse("snapshot", payload))
-                        for snapshot, payload in (template.render(proxy.node) for proxy in group)]
+                rendered = compile_rendered(resources, revision, self._compile_inputs(view),
+                                            [proxy.node for proxy in group])
+                return [(snapshot["version"], frame, snapshot) for snapshot, frame in rendered]
         except Exception as error:  # a compiler bug must not stop the pushes to everyone else
             log.exception("compiling the snapshot of %s failed at revision %s", group[0].id, revision)
             return error
 
-    def _publish(self, group: list[ProxyState], rendered: Rendered | Exception, revision: int) -> None:
-        if isinstance(rendered, Exception):
+    # -- snapshots the worker process compiled ahead --------------------------------------------
+
+    def snapshot_job(self) -> SnapshotJob | None:
+        """The inputs the next pass would compile with, as they are now, for the worker process that
+        prepares a large apply to compile that apply's snapshots too (None: no proxy to compile for)."""
+        self._forget_expired()
+        groups = self._by_shape(list(self._proxies.values()))
+        if not groups:
+            return None
+        return SnapshotJob(self._compile_inputs(self.registry.view()),
+                           tuple(tuple(proxy.node for proxy in group) for group in groups))
+
+    def expect(self, job: SnapshotJob, result: asyncio.Future[Precompiled | None]) -> None:
+        """The worker process is compiling ``job`` for the config it is preparing (`Preparation.apply`)."""
+        self._precompiled = (job, result, self.store.revision)
+
+    async def _precompiled_for(self, group: list[ProxyState],
+                               inputs: tuple[Any, Any, int]) -> Compiled | None:
+        """``group``'s snapshots as the worker process compiled them, if it compiled them from exactly
+        these inputs: the store's current config (its token) and revision, the same registry view,
+        mesh settings and key sets, the same node for every proxy. Else None: compile here."""
+        if self._precompiled is None:
+            return None
+        job, future, base = self._precompiled
+        if inputs[2] <= base:  # nothing committed since the apply came in: not its revision
+            return None
+        if not job.inputs.same_as(self._compile_inputs(inputs[1])):
+            return None
+        wanted = {node.id: node for nodes in job.groups for node in nodes}
+        if any(wanted.get(proxy.id) != proxy.node for proxy in group):
+            return None
+        try:  # the worker is compiling while the apply commits and answers
+            precompiled = await asyncio.wait_for(asyncio.shield(future), self.precompiled_wait)
+        except TimeoutError:  # a worker stuck or starved: compile here
+            log.warning("the worker process's snapshots of revision %s were not ready after %.1f s; "
+                        "compiling them here", inputs[2], self.precompiled_wait)
+            if self._precompiled is not None and self._precompiled[1] is future:
+                self._precompiled = None  # no later pass waits for it again
+            return None
+        if precompiled is None:
+            return None
+        self._release(precompiled.retired)  # compiled on a thread here: its objects, freed gradually
+        revision, token, _ = self.store.state
+        if precompiled.token != token or not precompiled.revision == inputs[2] == revision:
+            return None
+        found = [precompiled.rendered.get(proxy.id) for proxy in group]
+        compiled: Compiled = []
+        for proxy, entry in zip(group, found, strict=True):
+            if entry is None or entry[0] != proxy.node:
+                return None
+            compiled.append((entry[1], entry[2], None))
+        self.stats.precompiled += 1
+        return compiled
+
+    def _publish(self, group: list[ProxyState], compiled: Compiled | Exception, revision: int) -> None:
+        if isinstance(compiled, Exception):
             for proxy in group:
-                proxy.compile_error = f"revision {revision}: {type(rendered).__name__}: {rendered}"
+                proxy.compile_error = f"revision {revision}: {type(compiled).__name__}: {compiled}"
             return
         now = time.time()
-        retired: list[Any] = []
-        for proxy, (snapshot, frame) in zip(group, rendered, strict=True):
+        retired = [snapshot for _, _, snapshot in compiled if snapshot is not None]
+        for proxy, (version, frame, _) in zip(group, compiled, strict=True):
             proxy.compile_error = None
-            changed = snapshot["version"] != proxy.latest_version
-            self.timeline.compiled(revision, proxy.id, snapshot["version"], changed=changed, now=now)
+            changed = version != proxy.latest_version
+            self.timeline.compiled(revision, proxy.id, version, changed=changed, now=now)
             if changed:
-                retired.append(proxy.latest)
-                proxy.latest = snapshot
-                proxy.latest_frame = frame
+                proxy.latest_version, proxy.latest_revision, proxy.latest_frame = version, revision, frame
                 proxy.wake.set()
+        compiled.clear()  # the snapshots' objects are the release's to free, a slice at a time
         self._release(retired)
 
     def _forget_expired(self) -> None:
@@ -328,12 +388,12 @@ class PushServer:
         await self._recompute_one(proxy)
         try:
             while not self._closing and proxy.generation == generation:
-                if proxy.latest is not None and proxy.sent_version != proxy.latest_version:
+                if proxy.latest_version is not None and proxy.sent_version != proxy.latest_version:
                     version = proxy.sent_version = proxy.latest_version
                     self.stats.pushes += 1
                     if version is not None:
                         self.timeline.pushed(proxy.id, version, time.time())
-                    yield proxy.latest_frame or _sse("snapshot", "{}")
+                    yield proxy.latest_frame or sse("snapshot", "{}")
                     continue
                 proxy.wake.clear()
                 try:

@@ -17,11 +17,16 @@ cluster), each short (`meshkit.control.jsontext`); the text is the same.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from meshkit.config.registry import Node
+from meshkit.config.compile import compile_snapshot
+from meshkit.config.registry import Node, RegistryView
+from meshkit.config.resources import Resource
 from meshkit.control import jsontext
 
 _UNHASHED = ("version", "revision")
@@ -62,3 +67,42 @@ class SnapshotTemplate:
         if "revision" in self.template:
             parts["revision"] = json.dumps(self.template["revision"])
         return snapshot, _assemble(parts, _LEADING)
+
+
+def sse(event: str, data: str) -> bytes:
+    """One server-sent event."""
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class CompileInputs:
+    """What a proxy's snapshot depends on besides the config, its revision and the proxy's node
+    (picklable: the worker process compiles with them too, see `meshkit.control.preparation`)."""
+
+    view: RegistryView
+    trace_sampling: float  # meshConfig.defaultConfig.tracing.sampling (percent)
+    jwks_keys: dict[str, str | None] | None  # fetched jwksUri key sets (`meshkit.control.jwks`)
+    jwks_errors: dict[str, str] | None
+
+    def same_as(self, other: CompileInputs) -> bool:
+        """Equal inputs; the registry view compared by identity (a registry change makes a new view)."""
+        return (self.view is other.view and self.trace_sampling == other.trace_sampling
+                and self.jwks_keys == other.jwks_keys and self.jwks_errors == other.jwks_errors)
+
+
+Rendered = list[tuple[dict[str, Any], bytes]]  # per node of a shape: (its snapshot, its SSE event)
+
+
+def compile_rendered(resources: Sequence[Resource], revision: int, inputs: CompileInputs,
+                     nodes: Sequence[Node]) -> Rendered:
+    """The snapshot and SSE event of each of ``nodes`` (one shape: they differ only in their instance
+    name), compiled once and rendered per node. Pure: the push server's threads and the worker
+    process both call it, so a snapshot is the same bytes whichever compiled it."""
+    view = inputs.view
+    template = SnapshotTemplate(compile_snapshot(
+        resources, view, dataclasses.replace(nodes[0], instance=""), revision=revision,
+        trace_sampling=inputs.trace_sampling, egress_hosts=dict(view.external_hosts),
+        real_dns=view.real_dns, jwks=inputs.jwks_keys, jwks_errors=inputs.jwks_errors,
+        versioned=False))  # render() computes each proxy's version
+    return [(snapshot, sse("snapshot", payload))
+            for snapshot, payload in (template.render(node) for node in nodes)]

@@ -5,8 +5,10 @@ as the same 4xx, a dead worker is replaced, and small bodies never start one."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import pickle
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshkit.config.registry import RegistryView
 from meshkit.control.api import COMPONENTS
 from meshkit.control.preparation import PREPARE_IN_PROCESS_ABOVE, Preparation
 from meshkit.control.server import RunningControlPlane, run_control_plane
@@ -112,3 +115,47 @@ async def test_worker_errors_are_the_same_4xx_and_a_dead_worker_is_replaced(
                                 headers=JSON)
     assert status == 200 and result["changed"] is True and result["revision"] == 3
     assert preparation.worker_pid not in (None, first_pid, os.getpid())
+
+
+def test_the_worker_encoded_warnings_answer_as_the_thread_would(tmp_path: Path) -> None:
+    """A body the worker process prepares comes back with its warnings as JSON text; the answer made
+    from it is the very text the answer of the same change prepared on a thread is."""
+    from meshkit.control.database import open_database  # noqa: PLC0415
+    from meshkit.control.preparation import ApplyJob, prepare_apply_here, run_apply_job  # noqa: PLC0415
+    from meshkit.control.store import ANSWER_ENCODER, ConfigStore  # noqa: PLC0415
+
+    empty = RegistryView()  # the host "reviews" is in no registry: a warning per route
+    foreign = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "x"}}
+    stores = [ConfigStore(open_database(tmp_path / name)) for name in ("thread", "worker")]
+    for store in stores:
+        store.commit(prepare_apply_here(store, DESTINATION_RULE.encode(), False, None, None)[1])
+    bodies = [body(big_virtual_service(300, "v1"), foreign),  # created, with a loader warning
+              body(big_virtual_service(300, "v2"), foreign),  # configured
+              body(big_virtual_service(300, "v2"))]  # unchanged: no new revision
+    for raw in (text.encode() for text in bodies):
+        notes, change = prepare_apply_here(stores[0], raw, True, empty, None)
+        here = stores[0].commit(change)
+        here.warnings[:0] = notes
+        expected = ANSWER_ENCODER.encode(here.to_dict())
+        _, data = run_apply_job(ApplyJob(raw, True, *stores[1].state, empty))
+        notes, change = pickle.loads(data)
+        far = stores[1].commit(change)
+        far.warnings[:0] = notes
+        assert far.encoded_warnings is not None and not far.warnings
+        assert far.answer() == expected
+        assert far.to_dict() == json.loads(expected)
+        assert len(json.loads(expected)["warnings"]) > 300  # one per route, and the loader's
+        # warnings both listed and encoded (listed first), either side empty
+        for listed in ([], far.to_dict()["warnings"][:2]):
+            for encoded in ([], far.to_dict()["warnings"][2:5]):
+                mixed = dataclasses.replace(far, warnings=[_message(w) for w in listed],
+                                            encoded_warnings=ANSWER_ENCODER.encode(encoded))
+                whole = {**far.to_dict(), "warnings": listed + encoded}
+                assert mixed.answer() == ANSWER_ENCODER.encode(whole)
+
+
+def _message(found: dict[str, str]) -> Any:
+    from meshkit.config.messages import Message, Severity  # noqa: PLC0415
+
+    return Message(found["code"], Severity(found["severity"]), found["resource"], found["field"],
+                   found["message"])

@@ -62,4 +62,11 @@ VALUES: list[Any] = [
 def test_jsontext_is_the_encoders_own_text(encoder: json.JSONEncoder) -> None:
     for value in VALUES:
         assert jsontext.dumps(value, encoder) == encoder.encode(value)
+        for depth in range(4):  # runs of members per call at every level, members of any length
+            assert jsontext.dumps(value, encoder, depth) == encoder.encode(value)
+    # runs sized by the members' mean length: short and long members, several runs per container
+    mixed = {"list": [("x" * (n % 7) * 900 if n % 50 == 0 else n) for n in range(3000)],
+             "dict": {f"k{n:04d}": [n] * (n % 300) for n in range(900)}}
+    for depth in range(3):
+        assert jsontext.dumps(mixed, encoder, depth) == encoder.encode(mixed)
     assert jsontext.dumps({1: "x", "a": 2}, json.JSONEncoder()) == json.dumps({1: "x", "a": 2})
