@@ -23,6 +23,11 @@ weighted destinations of the same shape. A workload whose Service names its port
 instead of parsing HTTP. Sidecars get no ``tcp`` routes yet (opaque TCP from an app through its
 sidecar is not modelled on the local mesh).
 
+A port named ``https``/``tls`` (Istio's TLS protocols, opaque to the sidecar) is ``"tcp"`` too, and
+so is a port with no name where Istio's protocol sniffing would see TLS: the pods' own
+``nginx.conf`` listens with ``ssl`` on it (`volumes.tls_ports`; "Ingress Gateway without TLS
+Termination" passes the client's TLS through the ingress to such an nginx).
+
 Pure data: no sockets, no files.
 """
 
@@ -52,6 +57,7 @@ from meshkit.config.resources import (
     VirtualService,
 )
 from meshkit.config.selection import exported_to, labels_match
+from meshkit.config.volumes import tls_ports
 from meshkit.config.workloads import Service as KubeService
 
 DEFAULT_TLS_PORT = 443
@@ -171,7 +177,7 @@ def _tcp_ports(node: Node, vs: VirtualService, route: TCPRoute,
     return ports
 
 
-TCP_PORT_NAMES = ("tcp", "mongo", "mysql", "redis")
+TCP_PORT_NAMES = ("tcp", "mongo", "mysql", "redis", "https", "tls")
 
 
 def inbound_protocol(resources: Sequence[Resource], service: Service | None) -> str:
@@ -187,6 +193,10 @@ def inbound_protocol(resources: Sequence[Resource], service: Service | None) -> 
             if port.port != service.port:
                 continue
             declared = (port.app_protocol or port.name or "").lower()
+            if not declared:  # Istio sniffs: TLS from the pod's own server is carried as TCP
+                target = port.target_port if isinstance(port.target_port, int) else port.port
+                sniffed = tls_ports(resources, resource.metadata.namespace, resource.spec.selector)
+                return "tcp" if target in sniffed else "http"
             prefix = declared.split("-", 1)[0]
             return "tcp" if prefix in TCP_PORT_NAMES else "http"
     return "http"

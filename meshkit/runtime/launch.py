@@ -34,6 +34,7 @@ from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
 from meshkit.control.client import ApiError, ControlClient
 from meshkit.runtime import catalog, readiness, standin_tls
 from meshkit.runtime.catalog import WorkloadSpec
+from meshkit.runtime.pod_files import FILE_APPS, pod_dir
 from meshkit.runtime.ports import PortPlan
 from meshkit.runtime.processes import ProcessRecord, python_argv, spawn
 from meshkit.runtime.record import Instance, MeshRecord
@@ -190,6 +191,8 @@ class Launcher:
             files = self.standin_tls()
             args += ["--tls-port", str(ports.app + catalog.EXTERNAL_TLS_DELTA),
                      "--tls-cert", str(files.cert_file), "--tls-key", str(files.key_file)]
+        if spec.app in FILE_APPS:  # its mounted ConfigMaps and Secrets (written by manifests.reconcile)
+            args += ["--root", str(pod_dir(self.state, spec.namespace, spec.workload))]
         return self.spawn(inst.name, python_argv("meshkit.apps", spec.app, *args), env=app_env(inst))
 
     def sidecar_argv(self, inst: Instance) -> list[str]:
@@ -301,7 +304,7 @@ class Launcher:
                    ingress: bool) -> None:
         """Every app answers, every proxy ACKed its snapshot, every sidecar is ready (has its certificate)."""
         for inst in instances:
-            if inst.spec.app in catalog.TCP_APPS:  # no HTTP to probe: the port accepts a connection
+            if inst.spec.app in catalog.TCP_READY_APPS:  # no HTTP to probe: the port accepts a connection
                 probe = functools.partial(readiness.tcp_open, "127.0.0.1", inst.ports.app)
             else:
                 probe = functools.partial(readiness.http_ok, f"http://127.0.0.1:{inst.ports.app}/healthz")
