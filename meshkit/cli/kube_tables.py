@@ -74,6 +74,33 @@ def ready_by_deployment(mesh: LocalMesh | None) -> dict[str, int]:
     return counts
 
 
+def parse_selector(text: str | None) -> dict[str, str]:
+    """kubectl's ``-l key=value[,key=value]`` (equality only); ValueError naming the bad term."""
+    found: dict[str, str] = {}
+    for term in (text or "").split(","):
+        if not term.strip():
+            continue
+        key, eq, value = term.partition("=")
+        if not eq or not key.strip() or value.startswith("="):
+            raise ValueError(f"-l {text}: {term!r} is not key=value (only equality selectors)")
+        found[key.strip()] = value.strip()
+    return found
+
+
+def pod_list(mesh: LocalMesh, namespace: str | None, selector: dict[str, str]) -> dict[str, Any]:
+    """The instances as kubectl's Pod List (name, namespace, labels), those carrying ``selector``'s labels:
+    what ``kubectl get pod -l app=sleep -o jsonpath={.items..metadata.name}`` reads."""
+    items = []
+    for inst in mesh.instances():
+        labels = inst.spec.labels
+        if (namespace is not None and inst.namespace != namespace) or any(
+                labels.get(k) != v for k, v in selector.items()):
+            continue
+        items.append({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": inst.pod, "namespace": inst.namespace, "labels": dict(labels)}})
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
 def pod_rows(mesh: LocalMesh, namespace: str | None) -> list[list[str]]:
     """NAMESPACE (with -A), NAME, READY (2/2 with the sidecar), STATUS, RESTARTS, AGE of every instance."""
     from meshkit.runtime import egressgw, kube_gateways  # noqa: PLC0415

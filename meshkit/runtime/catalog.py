@@ -121,6 +121,15 @@ EXTERNAL_HOSTS = ("httpbin.org", "edition.cnn.com", "www.google.com")
 # Apps that speak plain TCP, no HTTP: no /healthz, so readiness is a TCP connect to the app port.
 TCP_APPS = frozenset({"tcp-echo"})
 TCP_READY_APPS = TCP_APPS | {"nginx"}  # no /healthz: readiness is a TCP connect
+# Servers that are registered even without a sidecar (their Service's endpoint is the app's own port, as
+# a pod outside the mesh: Istio's mesh-external nginx of "Egress TLS Origination"). The other apps without
+# a sidecar are the out-of-mesh clients (legacy), which serve nothing.
+SERVES_WITHOUT_SIDECAR = frozenset({"nginx"})
+
+
+def registered(spec: WorkloadSpec) -> bool:
+    """Is an instance of ``spec`` an endpoint of its Service (through its sidecar, or its app directly)?"""
+    return spec.sidecar or spec.app in SERVES_WITHOUT_SIDECAR
 TCP_ECHO_PREFIX = "one"  # the prefix when a tcp-echo Deployment gives no second arg
 
 

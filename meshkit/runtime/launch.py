@@ -235,23 +235,25 @@ class Launcher:
             if inst.spec.app == "external":
                 hosts = catalog.external_hosts(inst.ports.app, inst.ports.app + catalog.EXTERNAL_TLS_DELTA)
                 client.set_external(hosts, ca_pem=self.standin_tls().ca_pem)
-        meshed = [i for i in instances if i.spec.sidecar]  # out-of-mesh clients serve nothing
+        meshed = [i for i in instances if catalog.registered(i.spec)]  # out-of-mesh clients serve nothing
         for namespace, name, port in sorted({(i.namespace, i.spec.service, i.spec.service_port)
                                              for i in meshed}):
             client.request("POST", "registry/services",
                            json_body={"name": name, "namespace": namespace, "port": port})
         for inst in meshed:
+            sidecar = inst.spec.sidecar  # without one (an nginx outside the mesh) the app is the endpoint
             client.request("POST", "registry/endpoints", json_body={
                 "instance": inst.pod, "workload": inst.spec.workload, "service": inst.spec.service,
-                "namespace": inst.namespace, "address": "127.0.0.1", "port": inst.ports.inbound,
+                "namespace": inst.namespace, "address": "127.0.0.1",
+                "port": inst.ports.inbound if sidecar else inst.ports.app,
                 "labels": inst.spec.labels, "service_account": inst.spec.service_account,
-                "has_sidecar": True, "healthy": healthy, "app_port": inst.ports.app,
+                "has_sidecar": sidecar, "healthy": healthy, "app_port": inst.ports.app,
             })
 
     @staticmethod
     def set_healthy(client: ControlClient, instances: list[Instance]) -> None:
         for inst in instances:
-            if inst.spec.sidecar:
+            if catalog.registered(inst.spec):
                 client.request("PUT", f"registry/endpoints/{inst.namespace}/{inst.pod}/health",
                                json_body={"healthy": True})
 
@@ -262,7 +264,7 @@ class Launcher:
         for inst in instances:
             if inst.spec.app == "external":
                 client.set_external({})
-            if not inst.spec.sidecar:
+            if not catalog.registered(inst.spec):
                 continue
             for path in (f"registry/endpoints/{inst.namespace}/{inst.pod}",
                          f"telemetry/targets/{inst.proxy_id}"):

@@ -200,7 +200,7 @@ def converge(launcher: Launcher, client: ControlClient, desired: list[WorkloadSp
     if desired == rec.manifests:
         return []
     before = {i.name: i for i in rec.instances()}
-    old_services = {(s.namespace, s.service) for s in rec.manifests if s.sidecar}
+    old_services = {(s.namespace, s.service) for s in rec.manifests if catalog.registered(s)}
     rec.manifests = list(desired)
     rec.assign_slots()
     after = {i.name: i for i in rec.instances()}
@@ -226,7 +226,7 @@ def converge(launcher: Launcher, client: ControlClient, desired: list[WorkloadSp
 
         add_instances(launcher, client, adding, new_sets=[], deadline=deadline, progress=progress, undo=undo)
         changes += [f"{inst.name} {'replaced' if inst.name in changed else 'started'}" for inst in adding]
-    still = {(s.namespace, s.service) for s in rec.specs() if s.sidecar}
+    still = {(s.namespace, s.service) for s in rec.specs() if catalog.registered(s)}
     for namespace, service in sorted(old_services - still):
         try:
             client.request("DELETE", f"registry/services/{namespace}/{service}")
