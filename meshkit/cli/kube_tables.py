@@ -7,6 +7,7 @@ mesh's record (the instances, i.e. pods). Nothing here changes anything.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,8 @@ def parse_selector(text: str | None) -> dict[str, str]:
         if not term.strip():
             continue
         key, eq, value = term.partition("=")
-        if not eq or not key.strip() or value.startswith("="):
+        valid = re.fullmatch(r"[\w./-]+", key.strip()) and re.fullmatch(r"[\w.-]*", value.strip())
+        if not eq or not valid:
             raise ValueError(f"-l {text}: {term!r} is not key=value (only equality selectors)")
         found[key.strip()] = value.strip()
     return found
