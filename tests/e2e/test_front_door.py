@@ -125,7 +125,7 @@ def test_bad_input_gets_a_named_error_and_changes_nothing(mesh: RunningMesh, tmp
     before = mesh.pids()
     text = BOOKINFO.read_text()
     unknown = written(tmp_path, "unknown.yaml", text.replace(
-        "registry.istio.io/release/examples-bookinfo-ratings-v1:1.20.3", "docker.io/library/nginx:1.25"))
+        "registry.istio.io/release/examples-bookinfo-ratings-v1:1.20.3", "docker.io/library/redis:7"))
     code, _, err = run(mesh, "apply", "-f", unknown)
     assert code == 1
     assert "MK0301" in err and "Deployment/default/ratings-v1 spec.template.spec.containers[0].image" in err
