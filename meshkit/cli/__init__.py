@@ -6,6 +6,7 @@ Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 - `common`: the Typer app, output helpers, how the control plane is found, exit codes
 - `config_verbs`: control, apply, get, delete, analyze, history, rollback, proxy-status, proxy, kind
 - `object_verbs`: create namespace, label, patch, kube-inject (one stored object edited in place)
+- `create_verbs`: create secret tls|generic, create configmap (objects from files)
 - `mesh_verbs`: up, down, status, curl, logs, kill, restart, load, top, lab
 - `security_verbs`: certs, tap
 - `trace_verbs`: traces, trace, explain
@@ -25,6 +26,7 @@ import sys
 from meshkit.cli import (  # noqa: F401
     config_verbs,
     console_verbs,
+    create_verbs,
     jwt_verbs,
     mesh_verbs,
     object_verbs,

@@ -31,7 +31,14 @@ from meshkit.cli.common import (
     table,
 )
 from meshkit.cli.jsonpath import JsonPathError, render
-from meshkit.cli.kube_tables import POD_KINDS, WIDE, pod_rows, ready_by_deployment
+from meshkit.cli.kube_tables import (
+    POD_KINDS,
+    WIDE,
+    parse_selector,
+    pod_list,
+    pod_rows,
+    ready_by_deployment,
+)
 from meshkit.cli.local_workloads import OptionalNamespace, local_workloads, reconcile
 
 if TYPE_CHECKING:
@@ -194,6 +201,8 @@ def get(  # noqa: PLR0917 (typer maps parameters to options)
     output: Annotated[str, typer.Option(
         "-o", "--output", help="table, yaml, json or jsonpath=TEMPLATE (kubectl's).")] = "table",
     control: ControlOption = None,
+    selector: Annotated[str | None, typer.Option(
+        "-l", "--selector", help="pods only: key=value[,key=value] (kubectl get pod -l app=sleep).")] = None,
 ) -> None:
     """Show resources (a table like kubectl's, or -o yaml|json that `meshkit apply` takes back).
 
@@ -214,8 +223,13 @@ def get(  # noqa: PLR0917 (typer maps parameters to options)
     resolved = None if everything else kind  # the control plane resolves vs, virtualservices, ...
     ns = None if all_namespaces and name is None else namespace
     if kind.lower() in POD_KINDS:
+        if selector is not None or output == "json" or template is not None:
+            _print_pod_list(ns, selector, template)
+            return
         _print_pods(ns)
         return
+    if selector is not None:
+        _fail(EXIT_UNAVAILABLE, "error: -l/--selector is supported for pods only")
     if kind.lower() in ("ns", "namespace", "namespaces"):
         ns = None  # cluster-scoped
     client = _client(control)
@@ -283,6 +297,18 @@ def _print_pods(namespace: str | None) -> None:
     header = (["NAMESPACE"] if namespace is None else []) + ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
     for line in table([header, *rows]):
         Printer().line(line)
+
+
+def _print_pod_list(namespace: str | None, selector: str | None, template: str | None) -> None:
+    """`meshkit get pod -l app=sleep -o jsonpath={.items..metadata.name}`: the matching pods as a List."""
+    mesh = _local_mesh_or_none()
+    if mesh is None:
+        _fail(EXIT_UNAVAILABLE, "error: no local mesh is running; start one with `meshkit up`")
+    try:
+        labels = parse_selector(selector)
+    except ValueError as error:
+        _fail(EXIT_REJECTED, f"error: {error}")
+    _print_doc(pod_list(mesh, namespace, labels), template)
 
 
 def _local_mesh_or_none() -> LocalMesh | None:

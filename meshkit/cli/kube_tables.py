@@ -7,6 +7,7 @@ mesh's record (the instances, i.e. pods). Nothing here changes anything.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,34 @@ def ready_by_deployment(mesh: LocalMesh | None) -> dict[str, int]:
     if gateway is not None and gateway.alive():  # an applied istio-ingressgateway Deployment is its pod
         counts["istio-ingressgateway"] = counts.get("istio-ingressgateway", 0) + 1
     return counts
+
+
+def parse_selector(text: str | None) -> dict[str, str]:
+    """kubectl's ``-l key=value[,key=value]`` (equality only); ValueError naming the bad term."""
+    found: dict[str, str] = {}
+    for term in (text or "").split(","):
+        if not term.strip():
+            continue
+        key, eq, value = term.partition("=")
+        valid = re.fullmatch(r"[\w./-]+", key.strip()) and re.fullmatch(r"[\w.-]*", value.strip())
+        if not eq or not valid:
+            raise ValueError(f"-l {text}: {term!r} is not key=value (only equality selectors)")
+        found[key.strip()] = value.strip()
+    return found
+
+
+def pod_list(mesh: LocalMesh, namespace: str | None, selector: dict[str, str]) -> dict[str, Any]:
+    """The instances as kubectl's Pod List (name, namespace, labels), those carrying ``selector``'s labels:
+    what ``kubectl get pod -l app=sleep -o jsonpath={.items..metadata.name}`` reads."""
+    items = []
+    for inst in mesh.instances():
+        labels = inst.spec.labels
+        if (namespace is not None and inst.namespace != namespace) or any(
+                labels.get(k) != v for k, v in selector.items()):
+            continue
+        items.append({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": inst.pod, "namespace": inst.namespace, "labels": dict(labels)}})
+    return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
 def pod_rows(mesh: LocalMesh, namespace: str | None) -> list[list[str]]:

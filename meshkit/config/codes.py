@@ -61,8 +61,8 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0007", E, "loader", "`<path>: ...` invalid value (type, duration, one-of, port)", _VALIDATION),
     Code("MK0008", E, "loader", "input over a size bound: too many YAML aliases, nodes once aliases are "
          "expanded, or documents (a 'billion laughs' upload)"),
-    Code("MK0009", W, "loader", "a Kubernetes kind the local mesh does not model (a ConfigMap other "
-         "than Istio's mesh config istio-system/istio, a Secret that is not a TLS credential, "
+    Code("MK0009", W, "loader", "a Kubernetes kind the local mesh does not model (a Secret whose "
+         "type is not kubernetes.io/tls or Opaque, "
          "HorizontalPodAutoscaler, ...) was left out; the rest of the input applies"),
     # -- analyzer: across resources ----------------------------------------------------------------
     Code("MK0101", E, "analyzer", "route or mirror subset defined by no DestinationRule for the host "

@@ -17,6 +17,7 @@ from typing import Any
 from meshkit.config.authn import RequestAuthentication, compile_jwt, request_authentications_for
 from meshkit.config.delegates import expand_delegates
 from meshkit.config.egress import (
+    Credentials,
     ExternalService,
     external_clusters,
     external_services,
@@ -59,7 +60,7 @@ from meshkit.config.resources import (
     VirtualService,
     parse_duration_ms,
 )
-from meshkit.config.secrets import credential_pairs
+from meshkit.config.secrets import credential_pairs, find_secret
 from meshkit.config.selection import (
     authorization_policies_for,
     destination_rules_for,
@@ -151,6 +152,11 @@ def compile_snapshot(
     # a gateway reaches ServiceEntry hosts too (an egress gateway's routes), through their clusters only
     external_targets = external if node.kind == "sidecar" else external_services(resources, node.namespace)
     selecting = gateways_for(node, resources) if node.kind == "gateway" else {}  # Gateways selecting it
+    # a DestinationRule with a workloadSelector is for its namespace's workloads with those labels only
+    destination_rules = [dr for dr in destination_rules if dr.spec.workload_selector is None or (
+        dr.metadata.namespace == node.namespace
+        and labels_match(dr.spec.workload_selector.match_labels, node.labels))]
+    credentials = _credentials(resources, node)  # MUTUAL origination's credentialName
     body: dict[str, Any] = {
         "schema": SCHEMA,
         "revision": revision,
@@ -166,11 +172,12 @@ def compile_snapshot(
             ]
         },
         "clusters": dict(sorted({
-            **_clusters(services, registry, node, destination_rules, peer_authentications),
+            **_clusters(services, registry, node, destination_rules, peer_authentications,
+                        credentials=credentials),
             # Services the registry does not hold (reviews-v1 of bookinfo-versions.yaml): their selector
             **{cluster_name(svc.name, svc.namespace): _cluster(svc, "", None, endpoints, peer_authentications)
                for svc, endpoints in selector_services(resources, registry)},
-            **_external_clusters(external_targets, destination_rules, egress_hosts, real_dns),
+            **_external_clusters(external_targets, destination_rules, egress_hosts, real_dns, credentials),
         }.items())),
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
@@ -511,12 +518,26 @@ def _retries(http: HTTPRoute) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _credentials(resources: Sequence[Resource], node: Node) -> Credentials:
+    """A DestinationRule's ``credentialName`` as this proxy sees it: the Secret of its own namespace
+    (Istio 1.20+ for sidecars; a gateway's is istio-system) -> (cert, key, ca.crt)."""
+    def find(name: str) -> tuple[str, str, str | None] | None:
+        secret = find_secret(resources, name, [node.namespace])
+        if secret is None:
+            return None
+        cert, key = secret.certificate_pair()
+        return cert, key, secret.ca_certificate()
+    return find
+
+
 def _clusters(
     services: Sequence[Service],
     registry: RegistryView,
     node: Node,
     destination_rules: Sequence[DestinationRule],
     peer_authentications: Sequence[PeerAuthentication],
+    *,
+    credentials: Credentials | None = None,
 ) -> dict[str, Any]:
     clusters: dict[str, Any] = {}
     for svc in services:
@@ -524,19 +545,19 @@ def _clusters(
         rules = destination_rules_for(svc.fqdn, svc.namespace, node.namespace, destination_rules)
         rule = rules[0] if rules else None
         top = rule.spec.traffic_policy if rule else None
-        clusters[cluster_name(svc.name, svc.namespace)] = _cluster(svc, "", top, endpoints,
-                                                                   peer_authentications)
+        clusters[cluster_name(svc.name, svc.namespace)] = _cluster(
+            svc, "", top, endpoints, peer_authentications, credentials=credentials)
         for subset in (rule.spec.subsets or []) if rule else []:
             selected = [e for e in endpoints if labels_match(subset.labels, e.labels)]
             policy = _merge_policy(top, subset.traffic_policy)
             clusters[cluster_name(svc.name, svc.namespace, subset.name)] = _cluster(
-                svc, subset.name, policy, selected, peer_authentications)
+                svc, subset.name, policy, selected, peer_authentications, credentials=credentials)
     return dict(sorted(clusters.items()))
 
 
 def _external_clusters(
     external: Sequence[ExternalService], destination_rules: Sequence[DestinationRule],
-    hosts: Mapping[str, str], real_dns: bool,
+    hosts: Mapping[str, str], real_dns: bool, credentials: Credentials | None = None,
 ) -> dict[str, Any]:
     def cluster(host: str, port: int, subset: str, policy: TrafficPolicy | None,
                 endpoints: list[dict[str, Any]]) -> dict[str, Any]:
@@ -548,7 +569,7 @@ def _external_clusters(
             "endpoints": endpoints,
             "connection_pool": _connection_pool(policy),
             "outlier_detection": _outlier_detection(policy),
-            "tls": origination_tls(policy, host),  # outside the mesh: no auto mTLS
+            "tls": origination_tls(policy, host, credentials),  # outside the mesh: no auto mTLS
         }
 
     return external_clusters(external, destination_rules, hosts, real_dns,
@@ -580,6 +601,8 @@ def _cluster(
     policy: TrafficPolicy | None,
     endpoints: Sequence[Endpoint],
     peer_authentications: Sequence[PeerAuthentication],
+    *,
+    credentials: Credentials | None = None,
 ) -> dict[str, Any]:
     policy = policy.for_port(svc.port) if policy is not None else None
     lb = policy.load_balancer.simple if policy and policy.load_balancer else None
@@ -592,8 +615,8 @@ def _cluster(
         "endpoints": [_endpoint(e) for e in endpoints],
         "connection_pool": _connection_pool(policy),
         "outlier_detection": _outlier_detection(policy),
-        "tls": _tls(policy, endpoints, peer_authentications) if not _simple(policy)
-        else origination_tls(policy, svc.fqdn),
+        "tls": _tls(policy, endpoints, peer_authentications) if not _originates(policy)
+        else origination_tls(policy, svc.fqdn, credentials),
     }
 
 
@@ -650,8 +673,9 @@ def _tls(
     return {"mode": mode, "server_identities": identities}
 
 
-def _simple(policy: TrafficPolicy | None) -> bool:
-    return policy is not None and policy.tls is not None and policy.tls.mode == "SIMPLE"
+def _originates(policy: TrafficPolicy | None) -> bool:
+    """SIMPLE or MUTUAL: the proxy originates TLS with its own settings (no workload certificate)."""
+    return policy is not None and policy.tls is not None and policy.tls.mode in ("SIMPLE", "MUTUAL")
 
 
 def _mtls_mode(endpoint: Endpoint, peer_authentications: Sequence[PeerAuthentication]) -> object:

@@ -111,15 +111,27 @@ def external_services(resources: Sequence[Resource], namespace: str) -> list[Ext
     return [chosen[host] for host in sorted(chosen)]
 
 
-def origination_tls(policy: TrafficPolicy | None, host: str) -> dict[str, Any]:
+Credentials = Callable[[str], tuple[str, str, str | None] | None]  # name -> (cert, key, ca.crt)
+
+
+def origination_tls(policy: TrafficPolicy | None, host: str,
+                    credentials: Credentials | None = None) -> dict[str, Any]:
     """A cluster's ``tls`` for a DestinationRule's mode outside the mesh: ``SIMPLE`` originates TLS
-    with the DestinationRule's ``sni`` (else the host), checking ``subjectAltNames`` (else that name)."""
+    with the DestinationRule's ``sni`` (else the host), checking ``subjectAltNames`` (else that name);
+    ``MUTUAL`` also carries the client certificate of its ``credentialName`` (``credentials``: the
+    Secret as the client proxy sees it; null PEMs when there is none, see proxy.tls.originate)."""
     tls = policy.tls if policy is not None else None
-    if tls is None or tls.mode != "SIMPLE":
+    if tls is None or tls.mode not in ("SIMPLE", "MUTUAL"):
         return {"mode": tls.mode if tls is not None else "DISABLE", "server_identities": []}
-    return {"mode": "SIMPLE", "server_identities": [], "sni": tls.sni or host,
-            "subject_alt_names": list(tls.subject_alt_names or []),
-            "insecure_skip_verify": bool(tls.insecure_skip_verify)}
+    found: dict[str, Any] = {"mode": tls.mode, "server_identities": [], "sni": tls.sni or host,
+                             "subject_alt_names": list(tls.subject_alt_names or []),
+                             "insecure_skip_verify": bool(tls.insecure_skip_verify)}
+    if tls.mode == "MUTUAL":
+        name = tls.credential_name or ""
+        pair = credentials(name) if credentials is not None and name else None
+        found.update({"credential": name, "client_cert_pem": pair[0] if pair else None,
+                      "client_key_pem": pair[1] if pair else None, "ca_pem": pair[2] if pair else None})
+    return found
 
 
 def _is_ip(address: str) -> bool:

@@ -29,8 +29,8 @@ ISTIO_KINDS: dict[str, type[Resource]] = {
 
 # Every kind `meshkit apply` takes: the Istio kinds, the Gateway API kinds (their CRDs come from the
 # Gateway API standard channel, not from meshkit) and the Kubernetes workload kinds of Istio's samples.
-# ConfigMap: only Istio's mesh config (istio-system/istio); Secret: only TLS credentials (a Gateway's
-# credentialName); the loader ignores any other ConfigMap or Secret with MK0009.
+# ConfigMap: Istio's mesh config (istio-system/istio) and files a Deployment mounts; Secret: types
+# kubernetes.io/tls and Opaque (credentialName, mounted files); the loader ignores other Secrets with MK0009.
 _KUBERNETES_KINDS: tuple[type[Resource], ...] = (*WORKLOAD_KINDS, ConfigMap, Secret)
 RESOURCE_KINDS: dict[str, type[Resource]] = {
     **ISTIO_KINDS, **GATEWAY_API_KINDS, **{cls.__name__: cls for cls in _KUBERNETES_KINDS}}

@@ -14,10 +14,10 @@ first one too many) and `MAX_EXPANDED_NODES` nodes once every alias is expanded 
 laughs" document of a few hundred bytes would otherwise expand to gigabytes); at most
 `MAX_DOCUMENTS` documents per input.
 
-Kubernetes kinds the local mesh does not model (ConfigMap, HorizontalPodAutoscaler...; a Secret
-that is not a TLS credential) are never a reason to refuse a file: each is left out of the result
-with an MK0009 warning, appended to the ``warnings`` list the caller passes (the CLI prints them,
-the control plane returns them with the apply's result).
+Kubernetes kinds the local mesh does not model (HorizontalPodAutoscaler, Role...; a Secret
+whose type is not ``kubernetes.io/tls`` or ``Opaque``) are never a reason to refuse a file:
+each is left out of the result with an MK0009 warning, appended to the ``warnings`` list the
+caller passes (the CLI prints them, the control plane returns them with the apply's result).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from meshkit.config.kinds import (
     RESOURCE_KINDS,
     UNSUPPORTED_ISTIO_KINDS,
 )
-from meshkit.config.meshconfig import is_mesh_config_map
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.resources import IstioModel, Resource
 from meshkit.config.secrets import is_tls_secret
@@ -86,8 +85,8 @@ def load_resources(
     for number, document in documents:
         where = f"{origin} document {number}"
         if (isinstance(document, dict) and document.get("kind") in IGNORED_KUBERNETES_KINDS
-                # Istio's mesh config is the one ConfigMap used; TLS Secrets feed Gateways' credentialName
-                and not is_mesh_config_map(document) and not is_tls_secret(document)):
+                # ConfigMaps (Istio's mesh config, mounted files) and TLS/Opaque Secrets are modelled
+                and document.get("kind") != "ConfigMap" and not is_tls_secret(document)):
             if warnings is not None:
                 warnings.append(_ignored(document, where))
             continue

@@ -2,8 +2,9 @@
 
 ``istioctl install --set meshConfig.X=Y`` writes that ConfigMap; ``kubectl apply`` of it changes
 the mesh config. meshkit reads the same object: ``meshkit up --set meshConfig...`` applies it,
-and ``meshkit apply -f`` of Istio's own ConfigMap does too. Any other ConfigMap is still left
-out with MK0009 (`is_mesh_config_map` is the loader's test). What the compiler takes from it
+and ``meshkit apply -f`` of Istio's own ConfigMap does too (`is_mesh_config_map`). Any other
+ConfigMap is stored as written: the local mesh reads it only as a volume a Deployment mounts
+(`meshkit.config.volumes`, the ``nginx`` image's ``nginx.conf``). What the compiler takes from it
 (`mesh_settings`, the snapshot's ``mesh`` section): ``outboundTrafficPolicy.mode`` (ALLOW_ANY |
 REGISTRY_ONLY), ``pathNormalization``, ``defaultConfig.gatewayTopology.numTrustedProxies`` (the
 proxies in front of a gateway whose ``X-Forwarded-For`` entries it trusts) and
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import yaml
-from pydantic import field_validator, model_validator
+from pydantic import model_validator
 
 from meshkit.config.workloads import CoreResource
 
@@ -181,25 +182,23 @@ def mesh_config_map(mesh_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ConfigMap(CoreResource):
-    """Istio's mesh config ConfigMap (the only ConfigMap the loader models; see the module docstring)."""
+    """A ConfigMap: Istio's mesh config (``istio-system/istio``), or files a Deployment mounts."""
 
     kind: Literal["ConfigMap"] = "ConfigMap"
     data: dict[str, str] | None = None
+    binary_data: dict[str, str] | None = None
+    immutable: bool | None = None
     spec: None = None
 
-    @field_validator("data")
-    @classmethod
-    def _mesh_is_mesh_config(cls, data: dict[str, str] | None) -> dict[str, str] | None:
-        if data is not None and MESH_KEY in data:
-            parse_mesh(data[MESH_KEY])
-        return data
-
     @model_validator(mode="after")
-    def _only_the_mesh_config(self) -> ConfigMap:
-        if (self.metadata.name, self.metadata.namespace) != (MESH_CONFIG_MAP, ROOT_NAMESPACE):
-            raise ValueError(f"only ConfigMap {ROOT_NAMESPACE}/{MESH_CONFIG_MAP} (Istio's mesh config) "
-                             "is modelled; other ConfigMaps are ignored")
+    def _mesh_is_mesh_config(self) -> ConfigMap:
+        if self.is_mesh_config and MESH_KEY in (self.data or {}):
+            parse_mesh((self.data or {})[MESH_KEY])
         return self
+
+    @property
+    def is_mesh_config(self) -> bool:
+        return (self.metadata.name, self.metadata.namespace) == (MESH_CONFIG_MAP, ROOT_NAMESPACE)
 
     @property
     def mesh_config(self) -> dict[str, Any]:
@@ -212,6 +211,6 @@ def mesh_config_of(
     """The meshConfig in effect: Istio's ConfigMap when one is applied (it replaces the whole mesh
     config, as on Istio), else ``base``."""
     for resource in resources:
-        if isinstance(resource, ConfigMap):
+        if isinstance(resource, ConfigMap) and resource.is_mesh_config:
             return resource.mesh_config
     return base

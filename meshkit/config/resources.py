@@ -394,17 +394,28 @@ class OutlierDetection(IstioModel):
 
 class ClientTLSSettings(IstioModel):
     """``SIMPLE`` originates TLS (the server's certificate checked against the stand-in CA, or the
-    system's CAs with real DNS, and its name against ``sni``/``subjectAltNames``)."""
+    system's CAs with real DNS, and its name against ``sni``/``subjectAltNames``). ``MUTUAL`` also
+    presents the client certificate of the Secret ``credentialName`` (``tls.crt``/``tls.key``, its
+    ``ca.crt`` checking the server), looked up in the client proxy's namespace as Istio 1.20+ does
+    for sidecars (``istio-system`` for the gateways). File paths (``clientCertificate``,
+    ``privateKey``, ``caCertificates``) name files inside a proxy's container, which the local mesh's
+    proxies do not have: they are refused by name (use ``credentialName``)."""
 
-    unsupported_fields = frozenset(
-        {"clientCertificate", "privateKey", "caCertificates", "credentialName", "caCrl"}
-    )
-    unsupported_values = {"mode": frozenset({"MUTUAL"})}
+    unsupported_fields = frozenset({"clientCertificate", "privateKey", "caCertificates", "caCrl"})
 
-    mode: Literal["DISABLE", "ISTIO_MUTUAL", "SIMPLE"]
+    mode: Literal["DISABLE", "ISTIO_MUTUAL", "SIMPLE", "MUTUAL"]
+    credential_name: str | None = None
     sni: str | None = None
     subject_alt_names: list[str] | None = None
     insecure_skip_verify: bool | None = None
+
+    @model_validator(mode="after")
+    def _mutual_has_a_credential(self) -> ClientTLSSettings:
+        if self.mode == "MUTUAL" and not self.credential_name:
+            raise ValueError("mode MUTUAL needs credentialName (a Secret with tls.crt, tls.key and ca.crt "
+                             "in the client's namespace; clientCertificate/privateKey files are not "
+                             "supported by meshkit)")
+        return self
 
 
 class PortTrafficPolicy(IstioModel):
@@ -444,9 +455,10 @@ class Subset(IstioModel):
 
 
 class DestinationRuleSpec(IstioModel):
-    unsupported_fields = frozenset({"workloadSelector"})
-
     host: str
+    # only the workloads of the rule's namespace with these labels use it (Istio 1.17+; wins over a rule
+    # without a selector in the same namespace)
+    workload_selector: WorkloadSelector | None = None
     traffic_policy: TrafficPolicy | None = None
     subsets: list[Subset] | None = None
     export_to: list[str] | None = None  # as VirtualServiceSpec.export_to

@@ -1,12 +1,15 @@
-"""TLS Secrets: the certificates an HTTPS Gateway's ``credentialName`` names.
+"""Secrets: the certificates an HTTPS Gateway's ``credentialName`` names, and files a Deployment mounts.
 
 Istio's ingress reads a Kubernetes Secret in the gateway workload's namespace (``istio-system``
 for the ingress gateway): ``kubectl create -n istio-system secret tls httpbin-credential --key=...
 --cert=...`` makes one of type ``kubernetes.io/tls`` with ``tls.crt``/``tls.key``; Istio also takes
 a generic Secret with ``cert``/``key`` (``kubectl create secret generic ... --from-file=cert=...``).
 ``data`` is base64 (what kubectl writes), ``stringData`` plain text; both may be mixed, as in
-Kubernetes. Only such TLS Secrets are modelled: any other Secret (docker config, tokens...) is
-still left out with the loader's MK0009 warning (``is_tls_secret``).
+Kubernetes. Secrets of type ``kubernetes.io/tls`` and ``Opaque`` (``kubectl create secret
+generic``) are modelled: a DestinationRule's ``credentialName`` reads ``tls.crt``/``tls.key``/
+``ca.crt`` (mutual TLS origination), and a Deployment may mount any of them as files
+(`meshkit.config.volumes`). Other types (docker config, service-account tokens...) are still left
+out with the loader's MK0009 warning (``is_tls_secret``).
 
 The certificate and key are checked to be PEM of the right kind when loaded (a named error per
 key); whether they match is the gateway proxy's check (it NACKs a snapshot whose pair does not).
@@ -40,16 +43,19 @@ def _keys(document: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+MODELLED_TYPES = (None, "Opaque", TLS_TYPE)
+
+
 def is_tls_secret(document: Mapping[str, Any]) -> bool:
-    """Is this Secret document a TLS credential (type kubernetes.io/tls, or a cert/key pair)?"""
+    """Is this Secret document one the local mesh models (type kubernetes.io/tls or Opaque)?"""
     if document.get("kind") != "Secret":
         return False
     keys = _keys(document)
-    return document.get("type") == TLS_TYPE or any(c in keys and k in keys for c, k in KEY_PAIRS)
+    return document.get("type") in MODELLED_TYPES or any(c in keys and k in keys for c, k in KEY_PAIRS)
 
 
 class Secret(CoreResource):
-    """A TLS Secret (``kubernetes.io/tls`` or Opaque with ``cert``/``key``)."""
+    """A Secret of type ``kubernetes.io/tls`` (a certificate pair) or ``Opaque`` (any files)."""
 
     kind: Literal["Secret"] = "Secret"
     type: str | None = None
@@ -73,9 +79,11 @@ class Secret(CoreResource):
     def _a_certificate_and_its_key(self) -> Secret:
         values = self.values()
         pair = next(((c, k) for c, k in KEY_PAIRS if c in values and k in values), None)
-        if pair is None:
+        if pair is None and self.type == TLS_TYPE:
             raise ValueError("a TLS Secret needs tls.crt and tls.key (type kubernetes.io/tls) "
                              "or cert and key")
+        if pair is None:
+            return self
         cert, key = pair
         if "-----BEGIN CERTIFICATE-----" not in values[cert]:
             raise ValueError(f"{cert}: not a PEM certificate")
@@ -99,9 +107,20 @@ class Secret(CoreResource):
         raise ValueError("no certificate pair")  # the validator made sure there is one
 
 
+    def has_pair(self) -> bool:
+        values = self.values()
+        return any(c in values and k in values for c, k in KEY_PAIRS)
+
+    def ca_certificate(self) -> str | None:
+        """``ca.crt`` (or ``cacert``): the CA a mutual-TLS client checks its server with."""
+        values = self.values()
+        return next((values[k] for k in CA_KEYS if k in values), None)
+
+
 def find_secret(resources: Sequence[Resource], name: str, namespaces: Sequence[str]) -> Secret | None:
-    """The TLS Secret ``name`` in the first of ``namespaces`` that has one."""
-    secrets = {(r.metadata.namespace, r.metadata.name): r for r in resources if isinstance(r, Secret)}
+    """The TLS Secret ``name`` (one with a certificate pair) in the first of ``namespaces`` that has one."""
+    secrets = {(r.metadata.namespace, r.metadata.name): r for r in resources
+               if isinstance(r, Secret) and r.has_pair()}
     for namespace in namespaces:
         found = secrets.get((namespace, name))
         if found is not None:

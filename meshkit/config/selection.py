@@ -78,10 +78,11 @@ def destination_rules_for(
     """Every DestinationRule for the host, the one that wins first."""
     matching = [r for r in rules if resolve_host(r.spec.host, r.metadata.namespace).host == service_fqdn]
 
-    def precedence(rule: DestinationRule) -> tuple[int, tuple[str, str, str]]:
+    def precedence(rule: DestinationRule) -> tuple[int, bool, tuple[str, str, str]]:
         ns = rule.metadata.namespace
         order = (client_namespace, service_namespace, ROOT_NAMESPACE)
-        return (order.index(ns) if ns in order else len(order)), rule.key
+        # a rule with a workloadSelector (already matched to the client) wins in its namespace
+        return (order.index(ns) if ns in order else len(order)), rule.spec.workload_selector is None, rule.key
 
     return sorted(matching, key=precedence)
 

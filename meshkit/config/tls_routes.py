@@ -26,6 +26,11 @@ per service port), then one default route per registry Service port (``hosts`` i
 sidecar's namespace spells them, its own cluster): an app's opaque TCP reaches its sidecar as a
 ``CONNECT host:port`` tunnel (``nc tcp-echo 9000`` under ``meshkit exec``) and goes by them.
 
+A port named ``https``/``tls`` (Istio's TLS protocols, opaque to the sidecar) is ``"tcp"`` too, and
+so is a port with no name where Istio's protocol sniffing would see TLS: the pods' own
+``nginx.conf`` listens with ``ssl`` on it (`volumes.tls_ports`; "Ingress Gateway without TLS
+Termination" passes the client's TLS through the ingress to such an nginx).
+
 Pure data: no sockets, no files.
 """
 
@@ -55,6 +60,7 @@ from meshkit.config.resources import (
     VirtualService,
 )
 from meshkit.config.selection import exported_to, labels_match
+from meshkit.config.volumes import tls_ports
 from meshkit.config.workloads import Service as KubeService
 
 DEFAULT_TLS_PORT = 443
@@ -248,7 +254,7 @@ def _service_ports(resources: Sequence[Resource], service: Service) -> list[int]
     return [service.port]
 
 
-TCP_PORT_NAMES = ("tcp", "mongo", "mysql", "redis")
+TCP_PORT_NAMES = ("tcp", "mongo", "mysql", "redis", "https", "tls")
 
 
 def inbound_protocol(resources: Sequence[Resource], service: Service | None) -> str:
@@ -264,6 +270,10 @@ def inbound_protocol(resources: Sequence[Resource], service: Service | None) -> 
             if port.port != service.port:
                 continue
             declared = (port.app_protocol or port.name or "").lower()
+            if not declared:  # Istio sniffs: TLS from the pod's own server is carried as TCP
+                target = port.target_port if isinstance(port.target_port, int) else port.port
+                sniffed = tls_ports(resources, resource.metadata.namespace, resource.spec.selector)
+                return "tcp" if target in sniffed else "http"
             prefix = declared.split("-", 1)[0]
             return "tcp" if prefix in TCP_PORT_NAMES else "http"
     return "http"

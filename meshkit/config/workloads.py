@@ -7,6 +7,8 @@ typed and checked (labels, selectors, replicas, ports, images, service accounts,
 (``volumes``, ``volumeMounts``, ``env``, ``resources``, probes, ``securityContext``,
 ``imagePullPolicy``...) are accepted as written and have no effect on the local mesh: they
 are listed in ``LOCAL_NO_EFFECT`` and in docs/config-reference.md, never silently invented.
+The one exception: the ``nginx`` image reads its ConfigMap and Secret volumes as files
+(`meshkit.config.volumes`).
 Any other field is rejected by name, as for the Istio kinds.
 
 ``SAMPLE_IMAGES`` maps Istio's sample images (any registry, any tag) to the built-in demo
@@ -258,6 +260,9 @@ SAMPLE_IMAGES: tuple[SampleImage, ...] = (
     # plain TCP (no HTTP): the prefix it writes is the container's second arg (`WorkloadPlan.args`)
     SampleImage(re.compile(r"(?:^|/)tcp-echo-server$"), "tcp-echo",
                 "docker.io/istio/tcp-echo-server (samples/tcp-echo)"),
+    # the nginx of Istio's TLS tasks: static files by the nginx.conf its ConfigMap volume mounts
+    SampleImage(re.compile(r"^(?:library/)?nginx$"), "nginx",
+                "nginx, docker.io/library/nginx (the TLS tasks' server, configured by a mounted nginx.conf)"),
 )
 
 
@@ -307,6 +312,7 @@ class WorkloadPlan:
     service_port: int  # that Service's first port (else the container port, else 80)
     sidecar: bool
     args: tuple[str, ...] = ()  # the container's args (tcp-echo's ["9000,9001,9002", "one"])
+    container_port: int | None = None  # the container's first port (nginx serves its server there)
 
     @property
     def version(self) -> str:
@@ -377,6 +383,7 @@ def plan_workloads(resources: Sequence[Resource]) -> list[WorkloadPlan]:
             labels=tuple(sorted(labels.items())), service_account=deployment.spec.template.spec.account,
             replicas=deployment.spec.replicas, service=service, service_port=port, sidecar=sidecar,
             args=tuple(container.args or ()),
+            container_port=container_port.container_port if container_port is not None else None,
         ))
     return plans
 

@@ -251,13 +251,13 @@ class Proxy:
         # gatewayTopology.proxyProtocol: a gateway's snapshot may ask for a PROXY header
         if getattr(args, "kind", "sidecar") == "gateway":
             self.listeners["outbound"].proxy_protocol_capable = True
+        # TLS the proxy does not open (tunnel): an app's CONNECT to its sidecar, a gateway's PASSTHROUGH
+        self.tunnels = Tunnels(self.state, self.access, gateway=args.kind == "gateway")
         if getattr(args, "https_port", None) is not None:  # a gateway's HTTPS servers (tls.serving)
             from meshkit.proxy.tls.serving import GatewayTlsAcceptor  # noqa: PLC0415
 
             https = self.listeners["https"] = Listener("outbound", outbound, self.state, limits)
-            https.acceptor, https.scheme = GatewayTlsAcceptor(self.state), "https"
-        # TLS the proxy does not open (tunnel): an app's CONNECT to its sidecar, a gateway's PASSTHROUGH
-        self.tunnels = Tunnels(self.state, self.access, gateway=args.kind == "gateway")
+            https.acceptor, https.scheme = GatewayTlsAcceptor(self.state, self.tunnels), "https"
         self.listeners["outbound"].tunnels = self.tunnels
         self.listeners["inbound"].tcp_relay = self.tunnels
         self.tunnels.certificates = self.certificates

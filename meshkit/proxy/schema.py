@@ -18,7 +18,7 @@ from typing import Literal, NotRequired, TypedDict
 SCHEMA = 1
 
 LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PASSTHROUGH"]
-TlsMode = Literal["DISABLE", "ISTIO_MUTUAL", "SIMPLE"]
+TlsMode = Literal["DISABLE", "ISTIO_MUTUAL", "SIMPLE", "MUTUAL"]
 ProxyKind = Literal["sidecar", "gateway"]
 
 
@@ -181,6 +181,11 @@ class _OriginationDoc(TypedDict, total=False):
     sni: str
     subject_alt_names: list[str]
     insecure_skip_verify: bool
+    # MUTUAL only: the client certificate of the DestinationRule's credentialName, and its ca.crt
+    credential: str
+    client_cert_pem: str | None
+    client_key_pem: str | None
+    ca_pem: str | None
 
 
 class ClusterTlsDoc(_OriginationDoc):

@@ -327,8 +327,9 @@ class Snapshot:
                 continue
             where = f"clusters.{name}.tls"
             mode = tls.get("mode")
-            if mode not in ("DISABLE", "ISTIO_MUTUAL", "SIMPLE"):
-                raise SnapshotError(f"{where}.mode: expected DISABLE, ISTIO_MUTUAL or SIMPLE, got {mode!r}")
+            if mode not in ("DISABLE", "ISTIO_MUTUAL", "SIMPLE", "MUTUAL"):
+                raise SnapshotError(
+                    f"{where}.mode: expected DISABLE, ISTIO_MUTUAL, SIMPLE or MUTUAL, got {mode!r}")
             identities = tls.get("server_identities") or []
             if not isinstance(identities, list) or not all(isinstance(i, str) for i in identities):
                 raise SnapshotError(
@@ -340,10 +341,10 @@ class Snapshot:
 
     @staticmethod
     def _originate(clusters: Any, egress: Any, previous: Snapshot | None) -> dict[str, Any]:
-        """Clusters whose ``tls.mode`` is SIMPLE (TLS origination), with their client contexts; the
-        ``ssl`` machinery is loaded only when there is one."""
+        """Clusters whose ``tls.mode`` is SIMPLE or MUTUAL (TLS origination), with their client contexts;
+        the ``ssl`` machinery is loaded only when there is one."""
         if not any(isinstance(spec, dict) and isinstance(spec.get("tls"), dict)
-                   and spec["tls"].get("mode") == "SIMPLE" for spec in (clusters or {}).values()):
+                   and spec["tls"].get("mode") in ("SIMPLE", "MUTUAL") for spec in (clusters or {}).values()):
             return {}
         from meshkit.proxy.tls.originate import originations  # noqa: PLC0415 - only with TLS origination
 

@@ -15,6 +15,12 @@ routes lead to. 9001 (``tcp-other``) and 9002 are not served: the instance does 
 them and the registry does not carry them, so nothing in the mesh leads there. ``TCP_APPS``
 speak no HTTP: readiness is a TCP connect to the app port (`meshkit.runtime.readiness.tcp_open`),
 never an HTTP GET.
+
+The ``nginx`` image (`meshkit.apps.nginx`) serves the server of its mounted nginx.conf that listens
+on the container's port (``listen_port``); its ConfigMap and Secret volumes are written under the
+pod's directory (``pods/<namespace>/<deployment>`` of the state dir, `meshkit.runtime.manifests`),
+whose content digest (``volumes_digest``) is part of the spec, so a changed Secret replaces the pod.
+It may speak TLS on its port, so its readiness is a TCP connect too (``TCP_READY_APPS``).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class WorkloadSpec:
     pod_labels: tuple[tuple[str, str], ...] = ()  # from a Deployment manifest: its pod template's labels
     namespace: str = "default"
     args: tuple[str, ...] = ()  # from a Deployment manifest: its container's args
+    listen_port: int | None = None  # from a Deployment manifest: its container's port (nginx's server)
+    volumes_digest: str = ""  # the mounted files' digest (apps that read files: nginx)
 
     @property
     def workload(self) -> str:
@@ -112,6 +120,16 @@ EXTERNAL_HOSTS = ("httpbin.org", "edition.cnn.com", "www.google.com")
 
 # Apps that speak plain TCP, no HTTP: no /healthz, so readiness is a TCP connect to the app port.
 TCP_APPS = frozenset({"tcp-echo"})
+TCP_READY_APPS = TCP_APPS | {"nginx"}  # no /healthz: readiness is a TCP connect
+# Servers that are registered even without a sidecar (their Service's endpoint is the app's own port, as
+# a pod outside the mesh: Istio's mesh-external nginx of "Egress TLS Origination"). The other apps without
+# a sidecar are the out-of-mesh clients (legacy), which serve nothing.
+SERVES_WITHOUT_SIDECAR = frozenset({"nginx"})
+
+
+def registered(spec: WorkloadSpec) -> bool:
+    """Is an instance of ``spec`` an endpoint of its Service (through its sidecar, or its app directly)?"""
+    return spec.sidecar or spec.app in SERVES_WITHOUT_SIDECAR
 TCP_ECHO_PREFIX = "one"  # the prefix when a tcp-echo Deployment gives no second arg
 
 
@@ -120,6 +138,8 @@ def app_args(spec: WorkloadSpec) -> list[str]:
     the sample's port list, names container ports, and the instance listens on its app port instead)."""
     if spec.app == "tcp-echo":
         return ["--prefix", spec.args[1] if len(spec.args) > 1 else TCP_ECHO_PREFIX]
+    if spec.app == "nginx":
+        return ["--listen-port", str(spec.listen_port or 80)]
     return []
 
 

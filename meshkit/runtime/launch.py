@@ -34,6 +34,7 @@ from meshkit.control.ca import TOKENS_FILE, BootstrapTokens, spiffe_identity
 from meshkit.control.client import ApiError, ControlClient
 from meshkit.runtime import catalog, readiness, standin_tls
 from meshkit.runtime.catalog import WorkloadSpec
+from meshkit.runtime.pod_files import FILE_APPS, pod_dir
 from meshkit.runtime.ports import PortPlan
 from meshkit.runtime.processes import ProcessRecord, python_argv, spawn
 from meshkit.runtime.record import Instance, MeshRecord
@@ -190,6 +191,8 @@ class Launcher:
             files = self.standin_tls()
             args += ["--tls-port", str(ports.app + catalog.EXTERNAL_TLS_DELTA),
                      "--tls-cert", str(files.cert_file), "--tls-key", str(files.key_file)]
+        if spec.app in FILE_APPS:  # its mounted ConfigMaps and Secrets (written by manifests.reconcile)
+            args += ["--root", str(pod_dir(self.state, spec.namespace, spec.workload))]
         return self.spawn(inst.name, python_argv("meshkit.apps", spec.app, *args), env=app_env(inst))
 
     def sidecar_argv(self, inst: Instance) -> list[str]:
@@ -232,23 +235,25 @@ class Launcher:
             if inst.spec.app == "external":
                 hosts = catalog.external_hosts(inst.ports.app, inst.ports.app + catalog.EXTERNAL_TLS_DELTA)
                 client.set_external(hosts, ca_pem=self.standin_tls().ca_pem)
-        meshed = [i for i in instances if i.spec.sidecar]  # out-of-mesh clients serve nothing
+        meshed = [i for i in instances if catalog.registered(i.spec)]  # out-of-mesh clients serve nothing
         for namespace, name, port in sorted({(i.namespace, i.spec.service, i.spec.service_port)
                                              for i in meshed}):
             client.request("POST", "registry/services",
                            json_body={"name": name, "namespace": namespace, "port": port})
         for inst in meshed:
+            sidecar = inst.spec.sidecar  # without one (an nginx outside the mesh) the app is the endpoint
             client.request("POST", "registry/endpoints", json_body={
                 "instance": inst.pod, "workload": inst.spec.workload, "service": inst.spec.service,
-                "namespace": inst.namespace, "address": "127.0.0.1", "port": inst.ports.inbound,
+                "namespace": inst.namespace, "address": "127.0.0.1",
+                "port": inst.ports.inbound if sidecar else inst.ports.app,
                 "labels": inst.spec.labels, "service_account": inst.spec.service_account,
-                "has_sidecar": True, "healthy": healthy, "app_port": inst.ports.app,
+                "has_sidecar": sidecar, "healthy": healthy, "app_port": inst.ports.app,
             })
 
     @staticmethod
     def set_healthy(client: ControlClient, instances: list[Instance]) -> None:
         for inst in instances:
-            if inst.spec.sidecar:
+            if catalog.registered(inst.spec):
                 client.request("PUT", f"registry/endpoints/{inst.namespace}/{inst.pod}/health",
                                json_body={"healthy": True})
 
@@ -259,7 +264,7 @@ class Launcher:
         for inst in instances:
             if inst.spec.app == "external":
                 client.set_external({})
-            if not inst.spec.sidecar:
+            if not catalog.registered(inst.spec):
                 continue
             for path in (f"registry/endpoints/{inst.namespace}/{inst.pod}",
                          f"telemetry/targets/{inst.proxy_id}"):
@@ -301,7 +306,7 @@ class Launcher:
                    ingress: bool) -> None:
         """Every app answers, every proxy ACKed its snapshot, every sidecar is ready (has its certificate)."""
         for inst in instances:
-            if inst.spec.app in catalog.TCP_APPS:  # no HTTP to probe: the port accepts a connection
+            if inst.spec.app in catalog.TCP_READY_APPS:  # no HTTP to probe: the port accepts a connection
                 probe = functools.partial(readiness.tcp_open, "127.0.0.1", inst.ports.app)
             else:
                 probe = functools.partial(readiness.http_ok, f"http://127.0.0.1:{inst.ports.app}/healthz")

@@ -37,7 +37,7 @@ from meshkit.config.messages import ConfigError
 from meshkit.config.resources import Resource
 from meshkit.config.workloads import WORKLOAD_KINDS, WorkloadPlan, plan_workloads
 from meshkit.control.client import ApiError, ControlClient, ControlUnreachable
-from meshkit.runtime import catalog, kube_gateways
+from meshkit.runtime import catalog, kube_gateways, pod_files
 from meshkit.runtime.catalog import WorkloadSpec
 from meshkit.runtime.launch import Launcher, MeshError, Progress, quiet
 from meshkit.runtime.record import NAMESPACE, Instance, MeshRecord
@@ -50,15 +50,38 @@ GATEWAY_STORE_KIND = KubeGateway.store_kind
 RECONCILED_KINDS = WORKLOAD_KIND_NAMES | {GATEWAY_STORE_KIND}
 
 
-def spec_of(plan: WorkloadPlan) -> WorkloadSpec:
+def spec_of(plan: WorkloadPlan, digest: str = "") -> WorkloadSpec:
     return WorkloadSpec(app=plan.app, version=plan.version, service=plan.service,
                         service_port=plan.service_port, service_account=plan.service_account,
                         sidecar=plan.sidecar, replicas=plan.replicas, deployment=plan.name,
-                        pod_labels=plan.labels, namespace=plan.namespace, args=plan.args)
+                        pod_labels=plan.labels, namespace=plan.namespace, args=plan.args,
+                        listen_port=plan.container_port if plan.app in pod_files.FILE_APPS else None,
+                        volumes_digest=digest)
 
 
-def specs_of(resources: Sequence[Resource]) -> list[WorkloadSpec]:
-    return [spec_of(plan) for plan in plan_workloads(resources)]
+def specs_of(resources: Sequence[Resource], digests: Mapping[tuple[str, str], str] | None = None
+             ) -> list[WorkloadSpec]:
+    """The Deployments' specs; ``digests``: the digest of each pod's mounted files, for the apps that read
+    them (part of the spec: a changed file replaces the pod). Without ``digests`` they are computed."""
+    if digests is None:
+        volumes, _ = pod_files.volumes_of(resources)
+        digests = {key: pod_files.digest(files) for key, files in volumes.items()}
+    return [spec_of(plan, digests.get((plan.namespace, plan.name), "")) for plan in plan_workloads(resources)]
+
+
+def _mount(state: StateDir, rec: MeshRecord, resources: Sequence[Resource]) -> dict[tuple[str, str], str]:
+    """Write the pods' mounted files; their digests. A pod whose volumes cannot be mounted keeps running
+    as it is when it runs (its files and digest stay), and is refused when it would start."""
+    volumes, problems = pod_files.volumes_of(resources)
+    running = {(s.namespace, s.workload): s.volumes_digest for s in rec.manifests}
+    refused = [text for key, texts in problems.items() if key not in running for text in texts]
+    if refused:
+        raise MeshError(f"cannot start the pods: {'; '.join(refused)}")
+    digests = {key: running[key] for key in problems}
+    changed = {key: files for key, files in volumes.items() if running.get(key) != pod_files.digest(files)}
+    pod_files.write(state, changed)
+    digests.update({key: pod_files.digest(files) for key, files in volumes.items()})
+    return digests
 
 
 def touches_workloads(documents: Sequence[Mapping[str, Any]]) -> bool:
@@ -160,7 +183,8 @@ def reconcile(state: StateDir, rec: MeshRecord, *, progress: Progress = quiet,
     client = answering_client(launcher, "")
     stored = stored_resources(client)
     deadline = time.monotonic() + timeout
-    changes = converge(launcher, client, specs_of(stored), deadline=deadline, progress=progress)
+    digests = _mount(state, rec, stored)  # before any pod starts: its mounted ConfigMaps and Secrets
+    changes = converge(launcher, client, specs_of(stored, digests), deadline=deadline, progress=progress)
     # the proxies of Gateway API Gateways with their own deployment, as Istio's gateway controller runs them
     return changes + kube_gateways.reconcile(launcher, client, stored, deadline=deadline)
 
@@ -176,7 +200,7 @@ def converge(launcher: Launcher, client: ControlClient, desired: list[WorkloadSp
     if desired == rec.manifests:
         return []
     before = {i.name: i for i in rec.instances()}
-    old_services = {(s.namespace, s.service) for s in rec.manifests if s.sidecar}
+    old_services = {(s.namespace, s.service) for s in rec.manifests if catalog.registered(s)}
     rec.manifests = list(desired)
     rec.assign_slots()
     after = {i.name: i for i in rec.instances()}
@@ -202,7 +226,7 @@ def converge(launcher: Launcher, client: ControlClient, desired: list[WorkloadSp
 
         add_instances(launcher, client, adding, new_sets=[], deadline=deadline, progress=progress, undo=undo)
         changes += [f"{inst.name} {'replaced' if inst.name in changed else 'started'}" for inst in adding]
-    still = {(s.namespace, s.service) for s in rec.specs() if s.sidecar}
+    still = {(s.namespace, s.service) for s in rec.specs() if catalog.registered(s)}
     for namespace, service in sorted(old_services - still):
         try:
             client.request("DELETE", f"registry/services/{namespace}/{service}")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
+import yaml
 
 from meshkit.config.compile import compile_snapshot
 from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError
-from meshkit.config.registry import RegistryView
+from meshkit.config.registry import Node, RegistryView, Service
 from meshkit.proxy.snapshot import Snapshot
+from meshkit.runtime.standin_tls import issue_ca, issue_server, key_pem, pem
 from tests.config.bookinfo import node_for, sample
 from tests.config.test_compile_contract import GATEWAY as GATEWAY_NODE
 
@@ -170,10 +173,63 @@ spec:
     Snapshot.from_json(doc)
 
 
-def test_mutual_tls_origination_is_named_as_unsupported() -> None:
+MUTUAL_DR = """apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: originate-mtls-for-nginx
+spec:
+  workloadSelector:
+    matchLabels:
+      app: sleep
+  host: my-nginx.mesh-external.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+    portLevelSettings:
+    - port:
+        number: 443
+      tls:
+        mode: MUTUAL
+        credentialName: client-credential
+        sni: my-nginx.mesh-external.svc.cluster.local
+"""
+
+
+def _client_credential(namespace: str) -> str:
+    root, root_key = issue_ca("example.com")
+    cert, key = issue_server(["client.example.com"], root, root_key)
+    data = {"tls.crt": pem(cert), "tls.key": key_pem(key), "ca.crt": pem(root)}
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    return yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": encoded,
+                           "metadata": {"name": "client-credential", "namespace": namespace}})
+
+
+def test_mutual_tls_origination_takes_the_credential_of_the_clients_namespace() -> None:
+    registry = RegistryView(services=(Service("my-nginx", "mesh-external", 443),))
+    resources = load_resources(MUTUAL_DR + "---\n" + _client_credential("default"))
+    sleep = Node(instance="sleep-0", workload="sleep", service="sleep", labels={"app": "sleep"})
+    tls = compile_snapshot(resources, registry, sleep)["clusters"]["my-nginx.mesh-external|"]["tls"]
+    assert (tls["mode"], tls["sni"], tls["credential"]) == (
+        "MUTUAL", "my-nginx.mesh-external.svc.cluster.local", "client-credential")
+    assert "BEGIN CERTIFICATE" in tls["client_cert_pem"] and "PRIVATE KEY" in tls["client_key_pem"]
+    assert "BEGIN CERTIFICATE" in tls["ca_pem"]
+    Snapshot.from_json(compile_snapshot(resources, registry, sleep))  # the proxy builds its context
+    # the workloadSelector: productpage does not get the rule (auto mTLS finds no sidecar: plain)
+    other = compile_snapshot(resources, registry, node_for("productpage"))
+    assert other["clusters"]["my-nginx.mesh-external|"]["tls"]["mode"] == "DISABLE"
+    # a Secret of another namespace is not the client's: the PEMs are null (the server refuses it)
+    elsewhere = load_resources(MUTUAL_DR + "---\n" + _client_credential("mesh-external"))
+    tls = compile_snapshot(elsewhere, registry, sleep)["clusters"]["my-nginx.mesh-external|"]["tls"]
+    assert (tls["mode"], tls["client_cert_pem"], tls["client_key_pem"]) == ("MUTUAL", None, None)
+    Snapshot.from_json(compile_snapshot(elsewhere, registry, sleep))
+
+
+def test_client_certificate_file_paths_are_named_as_unsupported() -> None:
     text = ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x}\n"
             "spec:\n  host: a.example.com\n  trafficPolicy:\n    portLevelSettings:\n"
-            "    - port: {number: 443}\n      tls: {mode: MUTUAL, credentialName: client-credential}\n")
+            "    - port: {number: 443}\n      tls: {mode: MUTUAL, clientCertificate: /etc/c.pem}\n")
     with pytest.raises(ConfigError) as error:
         load_resources(text)
     assert "spec.trafficPolicy.portLevelSettings[0].tls" in str(error.value)
+    assert "clientCertificate" in str(error.value)
+

@@ -101,9 +101,13 @@ def test_istio_s_generic_cert_key_secret_loads() -> None:
 
 def test_other_secrets_are_still_ignored_with_a_warning() -> None:
     warnings: list[Any] = []
-    assert load_resources("apiVersion: v1\nkind: Secret\nmetadata: {name: token}\ndata: {token: YQ==}\n",
+    assert load_resources("apiVersion: v1\nkind: Secret\nmetadata: {name: token}\n"
+                          "type: kubernetes.io/service-account-token\ndata: {token: YQ==}\n",
                           warnings=warnings) == []
     assert [w.code for w in warnings] == ["MK0009"]
+    # an Opaque Secret (kubectl create secret generic) is stored: a pod mounts it, a DestinationRule reads it
+    [opaque] = load_resources("apiVersion: v1\nkind: Secret\nmetadata: {name: token}\ndata: {token: YQ==}\n")
+    assert opaque.values() == {"token": "a"} and not opaque.has_pair()
 
 
 @pytest.mark.parametrize(("change", "text"), [

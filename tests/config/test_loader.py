@@ -221,7 +221,8 @@ def test_virtual_service_unsupported_fields(yaml_tail: str, field: str) -> None:
             {"host": "r", "trafficPolicy": {"outlierDetection": {"consecutiveErrors": 3}}},
             "spec.trafficPolicy.outlierDetection.consecutiveErrors",
         ),
-        ({"host": "r", "workloadSelector": {"matchLabels": {"a": "b"}}}, "spec.workloadSelector"),
+        ({"host": "r", "trafficPolicy": {"tls": {"mode": "MUTUAL", "clientCertificate": "/c.pem"}}},
+         "spec.trafficPolicy.tls.clientCertificate"),
     ],
 )
 def test_destination_rule_unsupported_fields(spec: dict[str, object], field: str) -> None:
@@ -271,11 +272,12 @@ def test_tls_modes_meshkit_does_not_implement() -> None:
         "spec": {"host": "r", "trafficPolicy": {"tls": {"mode": "MUTUAL"}}},
     }
     assert texts(doc) == [
-        "spec.trafficPolicy.tls.mode: MUTUAL is not supported by meshkit "
-        "(supported: DISABLE, ISTIO_MUTUAL, SIMPLE)"
+        "spec.trafficPolicy.tls: mode MUTUAL needs credentialName (a Secret with tls.crt, tls.key and "
+        "ca.crt in the client's namespace; clientCertificate/privateKey files are not supported by meshkit)"
     ]
     doc["spec"] = {"host": "r", "trafficPolicy": {"tls": {"mode": "BOGUS"}}}
-    assert texts(doc) == ["spec.trafficPolicy.tls.mode: 'BOGUS' is not one of DISABLE, ISTIO_MUTUAL, SIMPLE"]
+    assert texts(doc) == [
+        "spec.trafficPolicy.tls.mode: 'BOGUS' is not one of DISABLE, ISTIO_MUTUAL, SIMPLE, MUTUAL"]
 
 
 def test_metadata_fields_from_kubectl_get_are_named() -> None:

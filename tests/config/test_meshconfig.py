@@ -45,11 +45,11 @@ def test_the_default_is_allow_any() -> None:
     assert _policy([]) == "ALLOW_ANY"
 
 
-def test_istios_config_map_sets_the_policy_and_other_config_maps_are_ignored() -> None:
+def test_istios_config_map_sets_the_policy_and_other_config_maps_are_only_stored() -> None:
     warnings: list[Message] = []
-    resources = load_resources(ISTIO_CONFIG_MAP + "---" + OTHER_CONFIG_MAP, warnings=warnings)
-    assert [type(r) for r in resources] == [ConfigMap]
-    assert [(w.code, w.resource) for w in warnings] == [("MK0009", "ConfigMap/default/settings")]
+    resources = load_resources(OTHER_CONFIG_MAP + "---" + ISTIO_CONFIG_MAP, warnings=warnings)
+    assert [type(r) for r in resources] == [ConfigMap, ConfigMap] and warnings == []
+    assert not resources[0].is_mesh_config and resources[1].is_mesh_config
     assert _policy(resources) == "REGISTRY_ONLY"
     # applied, it replaces the mesh config given at start (as Istio's ConfigMap is the mesh config)
     assert _policy(resources, {"outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}) == "REGISTRY_ONLY"

@@ -223,6 +223,28 @@ spec:
 """
 
 
+MUTUAL_ORIGINATION = f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: client-credential}}
+stringData:
+  tls.crt: {json.dumps(pem(_CERT))}
+  tls.key: {json.dumps(key_pem(_KEY))}
+  ca.crt: {json.dumps(pem(_CA))}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate-mtls}}
+spec:
+  workloadSelector: {{matchLabels: {{app: productpage}}}}
+  host: ratings
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 9080}}
+      tls: {{mode: MUTUAL, credentialName: client-credential, sni: ratings.example.com}}
+"""
+
+
 def _compiled() -> list[tuple[str, dict[str, Any]]]:
     registry = _registry()
     inputs = [(path.stem, path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))]
@@ -237,6 +259,9 @@ def _compiled() -> list[tuple[str, dict[str, Any]]]:
     origination = compile_snapshot(load_resources(RICH_ORIGINATION), standins, node_for("productpage"),
                                    revision=3)
     found.append(("rich-tls-origination for productpage", json.loads(json.dumps(origination))))
+    mutual = compile_snapshot(load_resources(MUTUAL_ORIGINATION), registry, node_for("productpage"),
+                              revision=3)
+    found.append(("mutual-tls-origination for productpage", json.loads(json.dumps(mutual))))
     https = compile_snapshot(load_resources(HTTPS_GATEWAY), registry, GATEWAY, revision=3)
     found.append(("https-gateway for the ingress", json.loads(json.dumps(https))))
     for name, text in inputs:

@@ -125,7 +125,7 @@ def test_bad_input_gets_a_named_error_and_changes_nothing(mesh: RunningMesh, tmp
     before = mesh.pids()
     text = BOOKINFO.read_text()
     unknown = written(tmp_path, "unknown.yaml", text.replace(
-        "registry.istio.io/release/examples-bookinfo-ratings-v1:1.20.3", "docker.io/library/nginx:1.25"))
+        "registry.istio.io/release/examples-bookinfo-ratings-v1:1.20.3", "docker.io/library/redis:7"))
     code, _, err = run(mesh, "apply", "-f", unknown)
     assert code == 1
     assert "MK0301" in err and "Deployment/default/ratings-v1 spec.template.spec.containers[0].image" in err
@@ -161,15 +161,16 @@ def test_a_mixed_file_is_one_change_whose_bad_subset_is_reported_not_refused(mes
              "spec:\n  hosts: [httpbin]\n  http:\n  - route:\n"
              "    - destination: {host: httpbin, subset: v9}\n")
     parts = [(SAMPLES / "httpbin.yaml").read_text(), (SAMPLES / "sleep.yaml").read_text(),
-             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {level: debug}\n", route]
+             "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: settings}\n", route]
     mixed = written(tmp_path, "mixed.yaml", "\n---\n".join(parts))
     # as `kubectl apply` on Istio: the file applies as one change, the bad subset is reported (what
-    # `istioctl analyze` says) and the ConfigMap is reported as left out; nothing refuses it
+    # `istioctl analyze` says) and the HorizontalPodAutoscaler is reported as left out; nothing refuses it
     code, out, err = run(mesh, "apply", "-f", mixed)
     assert code == 0, err
     assert "Error [MK0101] (VirtualService/default/httpbin spec.http[0].route[0].destination.subset" \
         in out + err
-    assert "[IST0101]" in out + err and "MK0009" in out + err and "ConfigMap/default/settings" in out + err
+    assert "[IST0101]" in out + err and "MK0009" in out + err \
+        and "HorizontalPodAutoscaler/default/settings" in out + err
     assert "not a known kind" not in err and "not supported" not in err  # the file's kinds are all fine
     assert "pod/httpbin-0 started" in out and "pod/sleep-0 started" in out
     mesh.wait_synced()

@@ -145,7 +145,8 @@ async def test_insecure_skip_verify_accepts_any_certificate(
     (_simple(subject_alt_names="x"), None, f"clusters.{HOST}|.tls.subject_alt_names"),
     (_simple(insecure_skip_verify="yes"), None, f"clusters.{HOST}|.tls.insecure_skip_verify"),
     (_simple(), "not a certificate", "egress.ca_pem"),
-    ({"mode": "MUTUAL", "server_identities": []}, None, f"clusters.{HOST}|.tls.mode"),
+    ({"mode": "MUTUAL_X", "server_identities": []}, None, f"clusters.{HOST}|.tls.mode"),
+    (_simple(mode="MUTUAL", client_cert_pem="not PEM"), None, f"clusters.{HOST}|.tls.client_cert_pem"),
 ])
 def test_bad_origination_settings_are_refused_by_key(
         tls: dict[str, Any], ca_pem: str | None, where: str) -> None:

@@ -298,3 +298,19 @@ async def test_a_passthrough_gateway_behind_proxy_protocol_reads_the_header_then
     writer.write(v1 + b"GET / HTTP/1.1\r\nHost: nowhere.example\r\nConnection: close\r\n\r\n")
     assert (await reader.read()).startswith(b"HTTP/1.1 404")
     writer.close()
+
+
+async def test_the_gateways_https_port_passes_through_the_names_a_tls_route_takes(
+        echo_app: EchoApp, tls_servers: TlsServers, start_proxy: StartProxy) -> None:
+    """A PASSTHROUGH server on Istio's ingress 443 ("Ingress Gateway without TLS Termination"): the HTTPS
+    listener peeks at the SNI; a name a ``tls`` route takes is carried unopened, others are terminated
+    (here no SIMPLE server covers them: the handshake is refused, as Envoy with no filter chain)."""
+    routes = [{"name": "r", "sni_hosts": ["a.example.com"], "port": 443,
+               "destinations": [{"host": "b.example.com", "port": 443, "cluster": None, "weight": 100}]}]
+    proxy = await start_proxy(_snapshot(echo_app, tls_servers, kind="gateway", routes=routes),
+                              "--kind", "gateway", "--https-port", "0")
+    port, ca = proxy.ports["https"], tls_servers.ca_pem
+    # the server behind the route answers with its own certificate (b.example.com's, from the test CA)
+    assert await asyncio.to_thread(_https, port, ca, "", "a.example.com", tunnel=False) == "b.example.com"
+    refused = await asyncio.to_thread(_https, port, ca, "", "c.example.com", tunnel=False)
+    assert refused.startswith("SSL") and refused.endswith("Error"), refused

@@ -12,6 +12,13 @@ rotated Secret (deleted and created again) serves its new certificate to new con
 Requests on it then go through the gateway's routing like those of the HTTP listener
 (``x-forwarded-proto: https``).
 
+``PASSTHROUGH`` servers share the port (Istio's ingress serves both on 443): before any
+handshake, the ClientHello's SNI is peeked (``peek_sni``, nothing consumed); when the snapshot's
+``tls`` routes take that name (a VirtualService ``tls`` route bound to a PASSTHROUGH server), the
+connection goes to a tunnel (``tunnel.Tunnels.accept``) that carries the client's TLS, unopened, to
+the route's destination ("Ingress Gateway without TLS Termination"); otherwise the gateway
+terminates it as above.
+
 With PROXY protocol on (the snapshot's ``mesh.proxy_protocol``, Istio's
 ``gatewayTopology.proxyProtocol``) the header comes before the ClientHello, as Envoy's listener
 filter reads it before the TLS inspector: `proxied.read_proxy_header` takes exactly the header's bytes off
@@ -19,8 +26,8 @@ the socket (peeking, so no TLS byte is consumed), then the handshake starts; a m
 malformed header closes the socket. Connections are accepted by the sidecar's own accept loop
 (``accept_loop``) for that reason, with or without PROXY protocol.
 
-It must not do: client TLS (``originate``), mutual TLS (``inbound``), or anything but the
-standard library.
+It must not do: client TLS (``originate``), mutual TLS (``inbound``), carry bytes (``tunnel``), or
+anything but the standard library.
 """
 
 from __future__ import annotations
@@ -35,11 +42,14 @@ from typing import Any, Protocol
 from meshkit.proxy import accept_loop
 from meshkit.proxy.listener import DownstreamConnection, Listener
 from meshkit.proxy.proxy_protocol import ProxyHeader, ProxyProtocolError
+from meshkit.proxy.sni import MAX_RECORD, NEED_MORE, client_hello_sni
 from meshkit.proxy.tls.servercerts import ServerCertificate
+from meshkit.proxy.tls.sniff import wait_readable
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+PASSTHROUGH_PORT = 443  # the port a passthrough route's match names (Istio's ingress HTTPS port)
 
 
 class SnapshotSource(Protocol):
@@ -50,8 +60,9 @@ class SnapshotSource(Protocol):
 class GatewayTlsAcceptor:
     """Serves a Listener over TLS with the certificate the SNI selects (see the module docstring)."""
 
-    def __init__(self, state: SnapshotSource) -> None:
+    def __init__(self, state: SnapshotSource, tunnels: Any = None) -> None:
         self.state = state
+        self.tunnels = tunnels  # PASSTHROUGH servers' connections (tunnel.Tunnels), or None
         self.handshakes_refused = 0  # no server for the client's SNI (admin /stats: "gateway_tls")
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -90,6 +101,9 @@ class GatewayTlsAcceptor:
                 log.debug("closing a gateway TLS connection: %s", exc)
                 sock.close()
                 return
+        if self.tunnels is not None and await self._passthrough(sock):
+            await self.tunnels.accept(sock, header)
+            return
         loop = asyncio.get_running_loop()
         factory: Any = lambda: DownstreamConnection(listener)  # noqa: E731
         if header is not None:
@@ -104,3 +118,36 @@ class GatewayTlsAcceptor:
             log.debug("gateway TLS handshake failed: %s", exc)
             sock.close()
 
+
+    async def _passthrough(self, sock: socket.socket) -> bool:
+        """Does a ``tls`` route (a PASSTHROUGH server's) take this connection's SNI?"""
+        routing = getattr(self.state.current, "tls", None)
+        if routing is None or not routing.routes:
+            return False
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                name = await peek_sni(sock)
+        except (TimeoutError, OSError):
+            return False
+        return name is not None and routing.route(name, PASSTHROUGH_PORT) is not None
+
+
+async def peek_sni(sock: socket.socket) -> str | None:
+    """The SNI of the ClientHello waiting on ``sock``, peeked (``MSG_PEEK``): nothing is consumed.
+    None: not TLS, no name, or the peer closed; the caller bounds the time."""
+    seen = b""
+    for _ in range(2000):
+        await wait_readable(sock.fileno())
+        try:
+            data = sock.recv(MAX_RECORD, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        if not data:
+            return None
+        found = client_hello_sni(data)
+        if found is not NEED_MORE:
+            return found
+        if len(data) == len(seen):
+            await asyncio.sleep(0.005)  # the rest of the record is in flight (the socket stays readable)
+        seen = data
+    return None
