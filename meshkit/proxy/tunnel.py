@@ -14,8 +14,11 @@ and ``tcp_proxy``:
    its ``tcp`` routes by the CONNECT authority (an app's opaque TCP, ``nc tcp-echo 9000``: the
    VirtualService ``tcp`` routes for ``mesh``, then the service's own cluster); with no route, a
    sidecar sends a ServiceEntry-registered host to it, any other host to ``PassthroughCluster``
-   under ALLOW_ANY, and closes the connection under REGISTRY_ONLY (``BlackHoleCluster``: the
-   client's TLS handshake fails, curl's exit 35, as on Istio). A gateway closes what no route takes;
+   (its original destination: a mesh name on a port its Service does not declare, ``nc tcp-echo
+   9002``, resolves to one of the service's instances, as on the local mesh a name does; any other
+   name through the ``egress`` map) under ALLOW_ANY, and closes the connection under REGISTRY_ONLY
+   (``BlackHoleCluster``: the client's TLS handshake fails, curl's exit 35, as on Istio). A gateway
+   closes what no route takes;
 3. the bytes are carried both ways until both sides are done; then one access-log line
    (Envoy's TCP form: no method, path or status; ``requested_server_name``) and Istio's TCP metrics
    (``istio_tcp_connections_opened_total`` and friends, reporter ``source``).
@@ -304,9 +307,20 @@ class Tunnels:
         if snapshot.egress is not None and snapshot.egress.policy == REGISTRY_ONLY:
             # Envoy's BlackHoleCluster has no endpoints: tcp_proxy closes the connection with UH
             return _Target(None, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, flags="UH")
-        address = tls.egress.resolve(host, port)
+        # Istio's PassthroughCluster: the original destination. A name of the mesh (a port its Service
+        # does not declare: no listener takes it) resolves to one of its instances, as the pod's DNS
+        # and kube-proxy would; any other name by the egress map
+        address = self._original_destination(snapshot, host, port)
         return _Target(address, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER,
                        flags="-" if address is not None else "DF")
+
+    def _original_destination(self, snapshot: Snapshot, host: str, port: int) -> tuple[str, int] | None:
+        name = snapshot.tls.service_cluster(host)
+        cluster = snapshot.clusters.get(name) if name is not None else None
+        if cluster is None:
+            return snapshot.tls.egress.resolve(host, port)
+        endpoint = cluster.pick(time.monotonic())
+        return (endpoint.address, endpoint.port) if endpoint is not None else None
 
     def _labels(self, snapshot: Snapshot | None, target: _Target) -> dict[str, str]:
         node = snapshot.node_labels if snapshot is not None else None

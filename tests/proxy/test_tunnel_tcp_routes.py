@@ -143,3 +143,26 @@ async def test_weights_split_connections_between_subsets(
     proxy = await start_proxy(_snapshot(echo_app, tcp_echo, (50, 50)))
     answers = [await asyncio.to_thread(_nc, proxy.ports["outbound"], "tcp-echo:9000") for _ in range(40)]
     assert set(answers) == {"one hello\n", "two hello\n"}  # all 40 on one side: p = 2**-39
+
+
+async def test_a_port_the_service_does_not_declare_passes_through_under_allow_any_and_is_blackholed_otherwise(
+        echo_app: EchoApp, tcp_echo: dict[str, int], start_proxy: StartProxy, tmp_path: Path) -> None:
+    """``nc tcp-echo 9002`` (the Service lists 9000 and 9001): no listener of the sidecar takes it, so
+    Istio sends it to PassthroughCluster, the original destination (here: where the name resolves on the
+    local mesh, one of its instances), under ALLOW_ANY, and to BlackHoleCluster under REGISTRY_ONLY."""
+    instances = {f"127.0.0.1:{p}" for p in tcp_echo.values()}
+    for policy, answers, cluster_name, flags in (
+            ("ALLOW_ANY", {"one hello\n", "two hello\n"}, "PassthroughCluster", "-"),
+            ("REGISTRY_ONLY", {""}, "BlackHoleCluster", "UH")):
+        log = tmp_path / f"{policy}.log"
+        doc = _snapshot(echo_app, tcp_echo, (100, 0))
+        doc["mesh"] = {"outbound_traffic_policy": policy}
+        doc["egress"] = {"hosts": {}, "real_dns": False}
+        proxy = await start_proxy(doc, "--access-log", str(log))
+        for name in ("tcp-echo", FQDN):
+            assert await asyncio.to_thread(_nc, proxy.ports["outbound"], f"{name}:9002") in answers, policy
+        entries = await _logged(log, 2)
+        assert [(e["upstream_cluster"], e["response_flags"], e["status"]) for e in entries] == [
+            (cluster_name, flags, 0)] * 2, policy
+        hosts = {e["upstream_host"] for e in entries}
+        assert hosts <= instances if policy == "ALLOW_ANY" else hosts == {None}, (policy, hosts)
