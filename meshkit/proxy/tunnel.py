@@ -98,6 +98,12 @@ class TcpMetrics:
         return "\n".join(lines) + "\n"
 
 
+# Istio's stats filter on a TCP connection (no Host header to fall back on): a cluster without the
+# "istio" services metadata (PassthroughCluster, BlackHoleCluster) leaves destination_service
+# "unknown" and names the cluster in destination_service_name (istio/proxy istio_stats.cc)
+UNKNOWN = "unknown"
+
+
 class _Target:
     """Where one tunnel goes: an address, the names metrics and the log give it, or a refusal."""
 
@@ -306,12 +312,12 @@ class Tunnels:
                            flags="-" if address is not None else "DF")
         if snapshot.egress is not None and snapshot.egress.policy == REGISTRY_ONLY:
             # Envoy's BlackHoleCluster has no endpoints: tcp_proxy closes the connection with UH
-            return _Target(None, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, flags="UH")
+            return _Target(None, BLACKHOLE_CLUSTER, UNKNOWN, BLACKHOLE_CLUSTER, flags="UH")
         # Istio's PassthroughCluster: the original destination. A name of the mesh (a port its Service
         # does not declare: no listener takes it) resolves to one of its instances, as the pod's DNS
         # and kube-proxy would; any other name by the egress map
         address = self._original_destination(snapshot, host, port)
-        return _Target(address, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER,
+        return _Target(address, PASSTHROUGH_CLUSTER, UNKNOWN, PASSTHROUGH_CLUSTER,
                        flags="-" if address is not None else "DF")
 
     def _original_destination(self, snapshot: Snapshot, host: str, port: int) -> tuple[str, int] | None:

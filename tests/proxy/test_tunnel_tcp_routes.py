@@ -166,3 +166,5 @@ async def test_a_port_the_service_does_not_declare_passes_through_under_allow_an
             (cluster_name, flags, 0)] * 2, policy
         hosts = {e["upstream_host"] for e in entries}
         assert hosts <= instances if policy == "ALLOW_ANY" else hosts == {None}, (policy, hosts)
+        # Istio's stats filter: no service for the cluster (TCP has no Host header), "unknown"
+        assert await _opened(proxy.ports["admin"]) == {("unknown", flags, "source"): 2}, policy
