@@ -18,7 +18,8 @@ external HTTPS, DNS over TCP, databases. ``OutboundAcceptor`` (installed with
    which the capture rules let through.
 
 Passthrough connections are counted in ``PassthroughStats`` (admin ``/stats`` ->
-``"passthrough"``) and as Istio's TCP metrics with ``destination_service="PassthroughCluster"``
+``"passthrough"``) and as Istio's TCP metrics with ``destination_service_name="PassthroughCluster"``
+and ``destination_service="unknown"``, as Istio's stats filter labels a TCP connection to that cluster
 (``istio_tcp_connections_opened_total`` and friends, reporter ``source``).
 
 It must not do: HTTP (that is ``DownstreamConnection``), TLS termination, or policy.
@@ -100,8 +101,9 @@ class PassthroughStats:
 
     def prometheus(self, source: dict[str, str] | None = None) -> str:
         """Istio's TCP metrics for the passthrough traffic (counters; one series each)."""
-        labels = {"reporter": "source", **(source or {}), "destination_service": PASSTHROUGH_CLUSTER,
-                  "destination_service_name": PASSTHROUGH_CLUSTER, "request_protocol": "tcp"}
+        labels = {"reporter": "source", **(source or {}), "destination_service": "unknown",
+                  "destination_service_name": PASSTHROUGH_CLUSTER, "destination_service_namespace": "unknown",
+                  "request_protocol": "tcp"}
         text = ",".join(f'{k}="{v}"' for k, v in labels.items())
         closed = self.cx_total - self.cx_active
         values = (self.cx_total, closed, self.bytes_sent, self.bytes_received)

@@ -115,6 +115,18 @@ class TlsRouting:
         lowered = host.lower()
         return next((r for r in self.tcp_routes if r.takes(lowered, port)), None)
 
+    def service_cluster(self, host: str) -> str | None:
+        """The whole-service cluster (``name.ns|``) of the registry service an app calls ``host``, on
+        any port (the names of its tcp routes), else None: where the name resolves on the local mesh."""
+        lowered = host.lower()
+        for route in self.tcp_routes:
+            if route.hosts is None or lowered not in route.hosts:
+                continue
+            for destination in route.destinations:
+                if destination.cluster is not None:
+                    return destination.cluster.partition("|")[0] + "|"
+        return None
+
     def registered(self, host: str, port: int) -> bool:
         """Whether a ServiceEntry lists ``host:port`` with a TLS/HTTPS/TCP port."""
         return any(p == port and host_matches(pattern, host) for pattern, p in self.hosts)

@@ -14,8 +14,11 @@ and ``tcp_proxy``:
    its ``tcp`` routes by the CONNECT authority (an app's opaque TCP, ``nc tcp-echo 9000``: the
    VirtualService ``tcp`` routes for ``mesh``, then the service's own cluster); with no route, a
    sidecar sends a ServiceEntry-registered host to it, any other host to ``PassthroughCluster``
-   under ALLOW_ANY, and closes the connection under REGISTRY_ONLY (``BlackHoleCluster``: the
-   client's TLS handshake fails, curl's exit 35, as on Istio). A gateway closes what no route takes;
+   (its original destination: a mesh name on a port its Service does not declare, ``nc tcp-echo
+   9002``, resolves to one of the service's instances, as on the local mesh a name does; any other
+   name through the ``egress`` map) under ALLOW_ANY, and closes the connection under REGISTRY_ONLY
+   (``BlackHoleCluster``: the client's TLS handshake fails, curl's exit 35, as on Istio). A gateway
+   closes what no route takes;
 3. the bytes are carried both ways until both sides are done; then one access-log line
    (Envoy's TCP form: no method, path or status; ``requested_server_name``) and Istio's TCP metrics
    (``istio_tcp_connections_opened_total`` and friends, reporter ``source``).
@@ -45,11 +48,12 @@ from meshkit.proxy.egress import (
 )
 from meshkit.proxy.listener import Listener
 from meshkit.proxy.sni import MAX_RECORD, NEED_MORE, client_hello_sni
-from meshkit.proxy.stats import CLUSTER_ID
+from meshkit.proxy.stats import CLUSTER_ID, canonical_revision, canonical_service
 from meshkit.proxy.tls.sniff import sniff_tls
 from meshkit.proxy.tls_routing import TlsDestination
 
 if TYPE_CHECKING:
+    from meshkit.proxy.balancer import Endpoint
     from meshkit.proxy.filters.accesslog import AccessLogSink
     from meshkit.proxy.listener import SnapshotSource
     from meshkit.proxy.proxy_protocol import ProxyHeader
@@ -95,13 +99,21 @@ class TcpMetrics:
         return "\n".join(lines) + "\n"
 
 
+# Istio's stats filter on a TCP connection (no Host header to fall back on): a cluster without the
+# "istio" services metadata (PassthroughCluster, BlackHoleCluster) leaves destination_service
+# "unknown" and names the cluster in destination_service_name (istio/proxy istio_stats.cc)
+UNKNOWN = "unknown"
+
+
 class _Target:
     """Where one tunnel goes: an address, the names metrics and the log give it, or a refusal."""
 
-    __slots__ = ("address", "allowed", "cluster", "flags", "namespace", "service", "service_name")
+    __slots__ = ("address", "allowed", "cluster", "endpoint", "flags", "namespace", "service", "service_name")
 
     def __init__(self, address: tuple[str, int] | None, cluster: str, service: str, service_name: str, *,
-                 namespace: str = "unknown", flags: str = "-", allowed: frozenset[str] | None = None) -> None:
+                 namespace: str = "unknown", flags: str = "-", allowed: frozenset[str] | None = None,
+                 endpoint: Endpoint | None = None) -> None:
+        self.endpoint = endpoint  # the chosen endpoint of a registry cluster: the peer's metric labels
         self.address = address
         self.cluster = cluster
         self.service = service
@@ -274,7 +286,7 @@ class Tunnels:
         if allowed is not None and not allowed:  # ISTIO_MUTUAL without a list: the endpoint's own identity
             allowed = frozenset((endpoint.identity,)) if endpoint.identity else frozenset()
         return _Target((endpoint.address, endpoint.port), destination.stats_name, destination.host, name,
-                       namespace=namespace, allowed=allowed)
+                       namespace=namespace, allowed=allowed, endpoint=endpoint)
 
     def _inbound_target(self, snapshot: Snapshot) -> _Target | None:
         cluster = snapshot.inbound_cluster
@@ -303,10 +315,21 @@ class Tunnels:
                            flags="-" if address is not None else "DF")
         if snapshot.egress is not None and snapshot.egress.policy == REGISTRY_ONLY:
             # Envoy's BlackHoleCluster has no endpoints: tcp_proxy closes the connection with UH
-            return _Target(None, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER, flags="UH")
-        address = tls.egress.resolve(host, port)
-        return _Target(address, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER,
+            return _Target(None, BLACKHOLE_CLUSTER, UNKNOWN, BLACKHOLE_CLUSTER, flags="UH")
+        # Istio's PassthroughCluster: the original destination. A name of the mesh (a port its Service
+        # does not declare: no listener takes it) resolves to one of its instances, as the pod's DNS
+        # and kube-proxy would; any other name by the egress map
+        address = self._original_destination(snapshot, host, port)
+        return _Target(address, PASSTHROUGH_CLUSTER, UNKNOWN, PASSTHROUGH_CLUSTER,
                        flags="-" if address is not None else "DF")
+
+    def _original_destination(self, snapshot: Snapshot, host: str, port: int) -> tuple[str, int] | None:
+        name = snapshot.tls.service_cluster(host)
+        cluster = snapshot.clusters.get(name) if name is not None else None
+        if cluster is None:
+            return snapshot.tls.egress.resolve(host, port)
+        endpoint = cluster.pick(time.monotonic())
+        return (endpoint.address, endpoint.port) if endpoint is not None else None
 
     def _labels(self, snapshot: Snapshot | None, target: _Target) -> dict[str, str]:
         node = snapshot.node_labels if snapshot is not None else None
@@ -317,11 +340,37 @@ class Tunnels:
                 "source_canonical_revision": node.canonical_revision,
                 "source_workload_namespace": node.namespace, "source_principal": node.principal,
                 "source_app": node.app, "source_version": node.version, "source_cluster": CLUSTER_ID})
-        labels.update({
-            "destination_service": target.service, "destination_service_name": target.service_name,
-            "destination_service_namespace": target.namespace, "request_protocol": "tcp",
-            "response_flags": target.flags, "connection_security_policy": "unknown"})
+        labels.update(self._destination_labels(target))
+        labels.update({"request_protocol": "tcp", "response_flags": target.flags,
+                       "connection_security_policy": "unknown"})
         return labels
+
+    def _destination_labels(self, target: _Target) -> dict[str, str]:
+        """The ``destination_*`` labels, in Istio's order, as its stats filter fills them on the
+        client side: from the peer's metadata (exchanged over mutual TLS: the endpoint's workload, app,
+        version, principal), else from the endpoint's own metadata (workload, namespace, canonical
+        service and revision; no app, version or principal), else (Passthrough/BlackHole, no endpoint)
+        ``unknown``, the canonical revision ``latest``."""
+        endpoint = target.endpoint
+        service = target.service_name
+        if endpoint is None:
+            workload = namespace = principal = app = version = canonical = cluster = UNKNOWN
+            revision = "latest"
+        else:
+            mutual = target.allowed is not None and self.certificates is not None
+            known = {"version": endpoint.version or "", **(endpoint.labels or {})}
+            workload, namespace, cluster = endpoint.workload or UNKNOWN, target.namespace, CLUSTER_ID
+            principal = (endpoint.identity or UNKNOWN) if mutual else UNKNOWN
+            app = (endpoint.labels.get("app") or service or UNKNOWN) if mutual else UNKNOWN
+            version = (endpoint.version or UNKNOWN) if mutual else UNKNOWN
+            canonical = canonical_service(known, endpoint.workload or service or UNKNOWN)
+            revision = canonical_revision(known)
+        return {
+            "destination_workload": workload, "destination_workload_namespace": namespace,
+            "destination_principal": principal, "destination_app": app, "destination_version": version,
+            "destination_service": target.service, "destination_canonical_service": canonical,
+            "destination_canonical_revision": revision, "destination_service_name": service,
+            "destination_service_namespace": target.namespace, "destination_cluster": cluster}
 
     def _inbound_labels(self, snapshot: Snapshot | None, identity: str | None,
                         flags: str = "-") -> dict[str, str]:

@@ -11,8 +11,9 @@ any tag; `meshkit.apps.tcp_echo`): ``args: ["9000,9001,9002", "one"]`` makes it 
 ``one <line>``. The first arg lists the ports the sample listens on; on the local mesh the
 instance listens on its one app port (+80 of its block) and the mesh registers the Service's
 first port, 9000 (name ``tcp``): that is the port the sidecar's inbound listener and the gateway's
-routes lead to. 9001 (``tcp-other``) and 9002 are not served: the instance does not listen for
-them and the registry does not carry them, so nothing in the mesh leads there. ``TCP_APPS``
+routes lead to. A client's sidecar sends 9001 (``tcp-other``, a declared port: its default ``tcp``
+route) and 9002 (undeclared: ``PassthroughCluster`` under ALLOW_ANY, to where the name resolves)
+to that same instance, which answers them as the sample's server does on every port. ``TCP_APPS``
 speak no HTTP: readiness is a TCP connect to the app port (`meshkit.runtime.readiness.tcp_open`),
 never an HTTP GET.
 

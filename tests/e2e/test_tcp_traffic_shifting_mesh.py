@@ -5,7 +5,7 @@ iptables capture): the sidecar picks v1/v2 by the ``tcp`` route's weights and ca
 over mutual TLS to the chosen tcp-echo's sidecar. Replies are counted by version (``one``/``two``, the
 samples' prefixes); the 80/20 split is judged by an exact binomial test. The curl sidecar's access log
 shows Envoy's TCP line with ``outbound|9000|v1|tcp-echo.NS.svc.cluster.local`` and its metrics Istio's
-TCP series.
+TCP series. A port the Service does not declare (9002) goes to ``PassthroughCluster``.
 """
 
 from __future__ import annotations
@@ -94,6 +94,10 @@ def test_the_curl_pods_own_tcp_shifts_from_v1_to_80_20_through_its_sidecar(mesh:
 
     # no VirtualService yet: the Service's own cluster, both versions answer in turn
     assert set(versions(mesh, 12)) <= {"one", "two"}
+    # a port the Service does not declare (9000 and 9001 only; the sample's server listens on 9002 too):
+    # no listener of Istio's sidecar takes it, so PassthroughCluster carries it to the original destination
+    [line] = in_curl(mesh, "echo 9002 | nc tcp-echo 9002")
+    assert line in ("one 9002", "two 9002"), line
     all_v1 = without_gateway((SAMPLES / "tcp-echo-all-v1.yaml").read_text())
     path = mesh.home / "tcp-echo-all-v1-mesh.yaml"
     path.write_text(all_v1)
@@ -125,3 +129,7 @@ def test_the_curl_pods_own_tcp_shifts_from_v1_to_80_20_through_its_sidecar(mesh:
     [row] = [w for w in mesh.status["workloads"] if w["name"].split(".")[0] == curl]
     opened = tcp_opened(row["admin_port"])
     assert opened.get((FQDN, "-"), 0) >= 12 + 3 + 15 + 120, opened
+    passthrough = [e for e in log if e.get("upstream_cluster") == "PassthroughCluster"]
+    assert [(e["status"], e["response_flags"]) for e in passthrough] == [(0, "-")], passthrough
+    assert passthrough[0]["bytes_sent"] > 0, passthrough
+    assert opened.get(("unknown", "-"), 0) == 1, opened  # Istio: destination_service "unknown"

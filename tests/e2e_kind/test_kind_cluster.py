@@ -157,7 +157,8 @@ def test_egress_tls_passes_through_the_sidecar(cluster: KindOptions) -> None:
     metrics = _kubectl("-n", "bookinfo", "exec", "deploy/productpage-v1", "-c", names.SIDECAR_CONTAINER, "--",
                        "python", "-c", "import urllib.request as u; print(u.urlopen("
                        "'http://127.0.0.1:15000/stats/prometheus').read().decode())").stdout
-    assert 'destination_service="PassthroughCluster"' in metrics
+    assert 'destination_service="unknown"' in metrics
+    assert 'destination_service_name="PassthroughCluster"' in metrics
 
 
 def test_probes_pass_under_strict_mtls(cluster: KindOptions) -> None:

@@ -113,6 +113,19 @@ async def _opened(admin: int) -> dict[tuple[str, str, str], float]:
     return found
 
 
+async def _destination_labels(admin: int) -> list[dict[str, str]]:
+    """The ``destination_workload``.. ``destination_cluster`` labels of each opened series."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", admin)
+    writer.write(b"GET /stats/prometheus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    text = (await reader.read()).decode().split("\r\n\r\n", 1)[1]
+    writer.close()
+    keys = ("destination_workload", "destination_workload_namespace", "destination_principal",
+            "destination_app", "destination_version", "destination_canonical_service",
+            "destination_canonical_revision", "destination_cluster")
+    return [{k: s.labels.get(k, "absent") for k in keys} for f in text_string_to_metric_families(text)
+            if f.name == "istio_tcp_connections_opened" for s in f.samples if s.name.endswith("_total")]
+
+
 async def test_an_apps_tcp_goes_by_the_mesh_tcp_route_subset_and_logs_envoys_cluster(
         echo_app: EchoApp, tcp_echo: dict[str, int], start_proxy: StartProxy, tmp_path: Path) -> None:
     log = tmp_path / "access.log"
@@ -125,6 +138,13 @@ async def test_an_apps_tcp_goes_by_the_mesh_tcp_route_subset_and_logs_envoys_clu
              e["bytes_received"], e["bytes_sent"]) for e in entries] == [
         (f"outbound|9000|v1|{FQDN}", 0, None, "-", None, 6, 10)] * 2
     assert await _opened(proxy.ports["admin"]) == {(FQDN, "-", "source"): 2}
+    # plaintext to the endpoint (no mTLS, so no metadata exchange): Istio's client-side fallback is the
+    # endpoint's own metadata (workload, namespace, canonical names), no app, version or principal
+    assert await _destination_labels(proxy.ports["admin"]) == [{
+        "destination_workload": "tcp-echo-v1", "destination_workload_namespace": "default",
+        "destination_principal": "unknown", "destination_app": "unknown", "destination_version": "unknown",
+        "destination_canonical_service": "reviews", "destination_canonical_revision": "v1",
+        "destination_cluster": "Kubernetes"}]
 
 
 async def test_the_route_is_for_its_port_and_other_ports_take_the_service_default(
@@ -143,3 +163,35 @@ async def test_weights_split_connections_between_subsets(
     proxy = await start_proxy(_snapshot(echo_app, tcp_echo, (50, 50)))
     answers = [await asyncio.to_thread(_nc, proxy.ports["outbound"], "tcp-echo:9000") for _ in range(40)]
     assert set(answers) == {"one hello\n", "two hello\n"}  # all 40 on one side: p = 2**-39
+
+
+async def test_a_port_the_service_does_not_declare_passes_through_under_allow_any_and_is_blackholed_otherwise(
+        echo_app: EchoApp, tcp_echo: dict[str, int], start_proxy: StartProxy, tmp_path: Path) -> None:
+    """``nc tcp-echo 9002`` (the Service lists 9000 and 9001): no listener of the sidecar takes it, so
+    Istio sends it to PassthroughCluster, the original destination (here: where the name resolves on the
+    local mesh, one of its instances), under ALLOW_ANY, and to BlackHoleCluster under REGISTRY_ONLY."""
+    instances = {f"127.0.0.1:{p}" for p in tcp_echo.values()}
+    for policy, answers, cluster_name, flags in (
+            ("ALLOW_ANY", {"one hello\n", "two hello\n"}, "PassthroughCluster", "-"),
+            ("REGISTRY_ONLY", {""}, "BlackHoleCluster", "UH")):
+        log = tmp_path / f"{policy}.log"
+        doc = _snapshot(echo_app, tcp_echo, (100, 0))
+        doc["mesh"] = {"outbound_traffic_policy": policy}
+        doc["egress"] = {"hosts": {}, "real_dns": False}
+        proxy = await start_proxy(doc, "--access-log", str(log))
+        for name in ("tcp-echo", FQDN):
+            assert await asyncio.to_thread(_nc, proxy.ports["outbound"], f"{name}:9002") in answers, policy
+        entries = await _logged(log, 2)
+        assert [(e["upstream_cluster"], e["response_flags"], e["status"]) for e in entries] == [
+            (cluster_name, flags, 0)] * 2, policy
+        hosts = {e["upstream_host"] for e in entries}
+        assert hosts <= instances if policy == "ALLOW_ANY" else hosts == {None}, (policy, hosts)
+        # Istio's stats filter: no service for the cluster (TCP has no Host header), "unknown"
+        assert await _opened(proxy.ports["admin"]) == {("unknown", flags, "source"): 2}, policy
+        # no peer behind Passthrough/BlackHole: every destination workload label unknown
+        assert await _destination_labels(proxy.ports["admin"]) == [{
+            "destination_workload": "unknown", "destination_workload_namespace": "unknown",
+            "destination_principal": "unknown", "destination_app": "unknown",
+            "destination_version": "unknown", "destination_canonical_service": "unknown",
+            "destination_canonical_revision": "latest",
+            "destination_cluster": "unknown"}], policy

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshkit.control.ca import CertificateAuthority
 from meshkit.proxy.main import Proxy, parse_args
@@ -229,6 +230,45 @@ async def test_an_opaque_tcp_app_that_refuses_is_uf_in_the_sidecars_destination_
         series = [line for line in text.splitlines() if line.startswith(names)]
         assert len(series) == 2 and all('reporter="destination"' in s and 'response_flags="UF"' in s
                                         and s.endswith(" 1") for s in series), series
+    finally:
+        for proxy in (gateway, sidecar):
+            await proxy.stop()
+
+
+async def test_the_callers_tcp_metrics_carry_the_mutual_tls_peers_workload_labels(
+        tmp_path: Path, echo_apps: dict[str, int]) -> None:
+    """Istio's metadata exchange gives the client side of an mTLS TCP connection its peer's workload,
+    app, version, principal and canonical names; the caller's series (reporter source) carry them."""
+    ca = CertificateAuthority.open(tmp_path / "ca")
+    sidecar = await _proxy(tmp_path, _echo_sidecar("one", echo_apps["one"]),
+                           write_tls_dir(ca, ECHO, tmp_path / "one"))
+    gateway = await _proxy(tmp_path, _gateway({"one": sidecar.ports["inbound"]}, {"one": 100}),
+                           write_tls_dir(ca, GATEWAY, tmp_path / "gw"), "--kind", "gateway",
+                           "--tcp-port", "0")
+    try:
+        assert await _say(gateway.ports["tcp"], "hello") == "one hello"
+        wanted = {"destination_workload": "tcp-echo-one", "destination_workload_namespace": "default",
+                  "destination_principal": ECHO, "destination_app": "tcp-echo", "destination_version": "one",
+                  "destination_service": "tcp-echo.default.svc.cluster.local",
+                  "destination_canonical_service": "tcp-echo", "destination_canonical_revision": "one",
+                  "destination_service_name": "tcp-echo", "destination_service_namespace": "default",
+                  "destination_cluster": "Kubernetes"}
+        found: list[dict[str, str]] = []
+        async with asyncio.timeout(10):
+            while not found:  # the series is written once the connection's outcome is known
+                reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports["admin"])
+                writer.write(b"GET /stats/prometheus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                text = (await reader.read()).decode().split("\r\n\r\n", 1)[1]
+                writer.close()
+                found = [dict(s.labels) for f in text_string_to_metric_families(text)
+                         if f.name == "istio_tcp_connections_opened" for s in f.samples
+                         if s.name.endswith("_total") and s.labels.get("reporter") == "source"]
+        [labels] = found
+        assert {k: labels.get(k) for k in wanted} == wanted, labels
+        # in Istio's order: the destination_* labels between the source_* ones and request_protocol
+        names = list(labels)
+        assert names.index("source_cluster") < names.index("destination_workload") \
+            < names.index("destination_cluster") < names.index("request_protocol"), names
     finally:
         for proxy in (gateway, sidecar):
             await proxy.stop()
