@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--telemetry", choices=TELEMETRY_CHOICES, default=os.environ.get(TELEMETRY_ENV) or "on",
         help="for benchmarks: 'off' runs no metrics, access-log or tracing filter (as Istio's Telemetry "
-        "API disabling all three), 'no-tracing' no tracing filter (meshConfig.enableTracing: false); "
+        "API disabling all three), 'no-tracing' no tracing filter (no trace headers or spans); "
         f"default on, or env {TELEMETRY_ENV}",
     )
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
