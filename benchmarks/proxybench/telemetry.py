@@ -122,7 +122,8 @@ def run_conditions(mesh: LocalMesh, point: Point, rounds: int, *, path: str, hos
 
 
 def summarize(samples: list[CostSample]) -> dict[str, Any]:
-    """Medians per condition, the two ratios with their verdicts, and per-round ratios (for spread)."""
+    """Medians per condition, the two ratios of those medians with their verdicts, and the ratios of
+    each round's pair of runs with their median (the spread: on a busy machine it is the noise)."""
     conditions: dict[str, dict[str, Any]] = {}
     for condition in CONDITIONS:
         runs = [s for s in samples if s.condition == condition]
@@ -146,8 +147,9 @@ def summarize(samples: list[CostSample]) -> dict[str, Any]:
             x, y = (_cost(samples, round_no, condition) for condition in (top, bottom))
             if x is not None and y:
                 per_round.append(round(100 * (x - y) / y, 1))
+        paired = _median(per_round)
         ratios[name] = {"percent": value, "limit": f"<= {limit}%", "per_round_percent": per_round,
-                        "verdict": "n/a" if value is None else ("PASS" if value <= limit else "FAIL")}
+                        "median_per_round_percent": paired, "verdict": _verdict([value, paired], limit)}
     loads = [s.loadavg_1m for s in samples]
     return {"conditions": conditions, "ratios": ratios,
             "loadavg_1m": {"min": min(loads, default=None), "median": _median(loads),
@@ -167,14 +169,23 @@ def render(console: Console, summary: dict[str, Any]) -> None:
                      _fmt(cell["loadavg_1m"], 2))
     console.print(grid)
     grid = Table(title="targets (the data-plane issue)")
-    for column in ("figure", "value", "each round", "target", "verdict"):
+    for column in ("figure", "value (of medians)", "each round", "median of rounds", "target", "verdict"):
         grid.add_column(column)
     for name, ratio in summary["ratios"].items():
-        value = ratio["percent"]
+        value, paired = ratio["percent"], ratio["median_per_round_percent"]
         grid.add_row(name, "-" if value is None else f"{value:+.1f}%",
-                     " ".join(f"{v:+.1f}%" for v in ratio["per_round_percent"]), ratio["limit"],
-                     ratio["verdict"])
+                     " ".join(f"{v:+.1f}%" for v in ratio["per_round_percent"]),
+                     "-" if paired is None else f"{paired:+.1f}%", ratio["limit"], ratio["verdict"])
     console.print(grid)
+
+
+def _verdict(values: list[float | None], limit: float) -> str:
+    """PASS or FAIL when both readings (ratio of medians, median of per-round ratios) agree, else
+    UNDECIDED: the difference is inside the round-to-round noise of this run."""
+    if any(v is None for v in values):
+        return "n/a"
+    met = {v <= limit for v in values if v is not None}
+    return "UNDECIDED" if len(met) > 1 else ("PASS" if met == {True} else "FAIL")
 
 
 def _cost(samples: list[CostSample], round_no: int, condition: str) -> float | None:

@@ -43,6 +43,7 @@ def test_a_short_run_reports_both_ratios(tmp_path: Path) -> None:
                                      "tracing 1% vs tracing off, CPU per request"}
     for ratio in report["ratios"].values():
         assert ratio["verdict"] in {"PASS", "FAIL"} and len(ratio["per_round_percent"]) == 1
+        assert ratio["median_per_round_percent"] == pytest.approx(ratio["percent"], abs=0.1)  # one round
     assert sorted(s["condition"] for s in report["samples"]) == ["no-tracing", "off", "on"]
     assert all(s["requests"] > 0 for s in report["samples"])
     assert "telemetry on vs off" in done.stdout
