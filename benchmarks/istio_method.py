@@ -18,6 +18,11 @@ Every target ends at the same httpbin app (``GET /bytes/1024``), so "added" is t
 The load is open-loop with coordinated-omission correction (``proxybench/openloop.py``). Targets
 are interleaved within each round and every figure is a median over rounds; compare within one run.
 Writes JSON (default benchmarks/results/istio_method.json). Bounded: points <= 120 s, rounds <= 10.
+
+``--telemetry-cost`` measures instead what telemetry costs the ``mesh`` way's two sidecars: CPU time
+per request at the first ``--points`` point with telemetry on (as shipped), off, and with tracing off,
+the sidecars restarted for each condition, interleaved over ``--rounds`` (default 3); see
+``proxybench/telemetry.py``. Writes benchmarks/results/telemetry_cost.json unless ``--out`` says.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proxybench import session
+from proxybench import session, telemetry
 from proxybench.load import LoadError, Wrk
 from proxybench.openloop import OpenLoopResult, Point, get_request, run_point
 from proxybench.processes import Child, HarnessError, Supervisor, cpu_seconds, process_tree, rss_bytes
@@ -109,14 +114,20 @@ def parse_points(text: str) -> list[Point]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=int, default=60, choices=range(1, 121), metavar="1..120")
-    parser.add_argument("--rounds", type=int, default=1, choices=range(1, 11), metavar="1..10")
+    parser.add_argument("--rounds", type=int, choices=range(1, 11), metavar="1..10",
+                        help="default 1, 3 with --telemetry-cost")
     parser.add_argument("--points", default="1000x16,1000x4,200x1")
     parser.add_argument("--max-seconds", type=int, default=10, choices=range(0, 61), metavar="0..60",
                         help="closed-loop wrk -t1 -c16 per way for the throughput ceiling (0: skip)")
     parser.add_argument("--quick", action="store_true", help="5 s per point, 1 round")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
-    return parser.parse_args(argv)
+    parser.add_argument("--telemetry-cost", action="store_true",
+                        help="CPU per request of the sidecar pair with telemetry on / off / tracing off")
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 3 if args.telemetry_cost else 1
+    return args
 
 
 # -- the mesh as shipped ------------------------------------------------------------------------------
@@ -290,7 +301,47 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def run_telemetry_cost(args: argparse.Namespace, console: Console) -> int:
+    """The telemetry ratios of the data-plane issue on the mesh as shipped (no nginx, no wrk)."""
+    first = parse_points(args.points)[0]
+    point = Point(first.rate, first.connections, 5 if args.quick else args.seconds)
+    out = DEFAULT_OUT.with_name("telemetry_cost.json") if args.out == DEFAULT_OUT else args.out
+    meta: dict[str, Any] = {"command": session.command_line(),
+                            "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+                            "plan": {"rounds": args.rounds, "seconds": point.seconds, "point": point.label,
+                                     "conditions": list(telemetry.CONDITIONS)},
+                            "host": session.host_facts()}
+    workdir = Path(tempfile.mkdtemp(prefix="meshkit-telemetry-cost-"))
+    mesh: LocalMesh | None = None
+    try:
+        console.print("starting the mesh as shipped: meshkit up --app httpbin --app clients (httpbin-v2=0)")
+        mesh, _ = start_mesh(workdir / "mesh")
+
+        def check(port: int) -> None:
+            check_way(Way("mesh", "", port))
+
+        samples = telemetry.run_conditions(mesh, point, args.rounds, path=PATH, host=HOST, check=check,
+                                           console=console)
+        meta["host"]["loadavg_at_end"] = list(os.getloadavg())
+    except (HarnessError, OSError) as exc:
+        console.print(f"[red]benchmark aborted: {exc}[/]")
+        return 1
+    finally:
+        if mesh is not None:
+            mesh.down()
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    summary = telemetry.summarize(samples)
+    telemetry.render(console, summary)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    raw = [{**vars(s), "cpu_us_per_request": s.cpu_us_per_request} for s in samples]
+    out.write_text(json.dumps({"meta": meta, **summary, "samples": raw}, indent=2))
+    console.print(f"results written to {out}")
+    return 1 if any(cell["errors"] for cell in summary["conditions"].values()) else 0
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
+    if args.telemetry_cost:
+        return run_telemetry_cost(args, console)
     tools = session.tools_or_none(console, install=not args.no_install)
     if tools is None:
         return 2

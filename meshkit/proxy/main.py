@@ -53,6 +53,8 @@ INSTANCE_IP_ENV = "INSTANCE_IP"  # the pod's IP (the injector sets it from statu
 INBOUND_SOURCE_ADDRESS = "127.0.0.6"  # Istio's: inbound delivery to the pod IP, let through by capture
 CONTROL_CA_ENV = "MESHKIT_CONTROL_CA"  # the root that signed the control plane's TLS certificate
 CONTROL_TOKEN_FILE_ENV = "MESHKIT_CONTROL_TOKEN_FILE"  # the control plane credential of a proxy without CA
+TELEMETRY_ENV = "MESHKIT_PROXY_TELEMETRY"  # --telemetry's default: benchmarks switch a mesh's sidecars
+TELEMETRY_CHOICES = ("on", "off", "no-tracing")
 SWEEP_INTERVAL = 5.0
 
 
@@ -101,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a gateway's HTTPS listener (0 = free port): its Gateways' HTTPS servers, certificate by SNI",
     )
     parser.add_argument("--access-log", default="off", metavar="PATH|-|off", help="JSON access log target")
+    parser.add_argument(
+        "--telemetry", choices=TELEMETRY_CHOICES, default=os.environ.get(TELEMETRY_ENV) or "on",
+        help="for benchmarks: 'off' runs no metrics, access-log or tracing filter (as Istio's Telemetry "
+        "API disabling all three), 'no-tracing' no tracing filter (no trace headers or spans); "
+        f"default on, or env {TELEMETRY_ENV}",
+    )
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--ports-file", metavar="PATH", help="write the bound ports as JSON here")
     parser.add_argument(
@@ -143,6 +151,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="mTLS with fixed certificates: DIR/cert-chain.pem, key.pem, root-cert.pem (no CA, no rotation)",
     )
     args = parser.parse_args(argv)
+    if args.telemetry not in TELEMETRY_CHOICES:  # argparse does not check a default against choices
+        choices = ", ".join(TELEMETRY_CHOICES)
+        parser.error(f"env {TELEMETRY_ENV}={args.telemetry!r}: expected one of {choices}")
     if args.https_port is not None and args.kind != "gateway":
         parser.error("--https-port is for a gateway (--kind gateway)")
     if args.tcp_port is not None and args.kind != "gateway":
@@ -210,7 +221,9 @@ class Proxy:
         self.state = ConfigState()
         self.metrics = IstioMetrics()
         self.upstream = Upstream()
-        self.access = None if args.access_log == "off" else AccessLogSink(args.access_log)
+        telemetry = getattr(args, "telemetry", "on")
+        off = telemetry == "off"
+        self.access = None if args.access_log == "off" or off else AccessLogSink(args.access_log)
         # The TLS modules are imported only by a sidecar that does mTLS. None of them loads
         # cryptography (~10 MiB): keys, CSRs and certificate checks run in a short-lived helper
         # process (tls.csr_client); tests/security/test_sidecar_no_cryptography.py and
@@ -241,9 +254,10 @@ class Proxy:
             max_body_bytes=args.max_request_body, stream_idle_timeout=args.stream_idle_timeout
         )
         # Spans go to the control plane's collector: only a proxy that has one records them.
-        self.spans = SpanRecorder(args.node_id or "") if args.control else None
-        outbound = build_outbound(self.upstream.send, self.metrics, self.access, self.spans)
-        inbound = build_inbound(self.upstream.send, self.metrics, self.access, self.spans)
+        self.spans = SpanRecorder(args.node_id or "") if args.control and telemetry == "on" else None
+        tracing, metrics = telemetry == "on", None if off else self.metrics
+        outbound = build_outbound(self.upstream.send, metrics, self.access, self.spans, tracing=tracing)
+        inbound = build_inbound(self.upstream.send, metrics, self.access, self.spans, tracing=tracing)
         self.listeners: dict[str, Listener] = {
             "outbound": Listener("outbound", outbound, self.state, limits),
             "inbound": Listener("inbound", inbound, self.state, limits),
@@ -283,7 +297,7 @@ class Proxy:
             self.state, self.metrics, self.upstream, self.listeners, certificates=self.certificates,
             tls_stats=self.acceptor.stats if self.acceptor is not None else None, spans=self.spans,
             passthrough=passthrough, tunnels=self.tunnels.metrics,
-            access_log_path=None if args.access_log in ("off", "-") else args.access_log,
+            access_log_path=None if args.access_log in ("off", "-") or off else args.access_log,
         )
         self.admin_listener = Listener(
             "admin", self.admin.handle, limits=ListenerLimits(stream_idle_timeout=args.stream_idle_timeout)

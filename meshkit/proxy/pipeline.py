@@ -60,16 +60,20 @@ def has_authz_policies(snapshot: object) -> bool:
 
 
 def outbound_filters(
-    metrics: IstioMetrics, access: AccessLogSink | None, spans: SpanRecorder | None = None
+    metrics: IstioMetrics | None, access: AccessLogSink | None, spans: SpanRecorder | None = None,
+    *, tracing: bool = True,
 ) -> list[Filter]:
-    """Outbound, above the route step: runs on every request."""
-    filters: list[Filter] = [tracing_filter(spans, "CLIENT")]
+    """Outbound, above the route step: runs on every request. ``metrics`` None, ``access`` None and
+    ``tracing`` False leave out the metrics, access-log and tracing filters (``--telemetry``)."""
+    filters: list[Filter] = [tracing_filter(spans, "CLIENT")] if tracing else []
     if access is not None:
         filters.append(access_log(access, "outbound"))
+    if metrics is not None:
+        filters.append(outbound_metrics(metrics))
     # gateway_jwt_authn, gateway_authz: a gateway's RequestAuthentication (before the route step, for
     # claim-based routing) and AuthorizationPolicy, as Envoy's jwt_authn and rbac filters on a
     # gateway's listener; one attribute read each on a sidecar
-    filters += [outbound_metrics(metrics), local_reply, gateway_jwt_authn, gateway_authz]
+    filters += [local_reply, gateway_jwt_authn, gateway_authz]
     return filters
 
 
@@ -87,13 +91,16 @@ OUTBOUND_ROUTE_FILTERS: tuple[tuple[Filter, Needs[RouteDoc]], ...] = (
 
 
 def inbound_filters(
-    metrics: IstioMetrics, access: AccessLogSink | None, spans: SpanRecorder | None = None
+    metrics: IstioMetrics | None, access: AccessLogSink | None, spans: SpanRecorder | None = None,
+    *, tracing: bool = True,
 ) -> list[Filter]:
-    """Inbound, above the policy fork: runs on every request."""
-    filters: list[Filter] = [tracing_filter(spans, "SERVER")]
+    """Inbound, above the policy fork: runs on every request (the same switches as outbound)."""
+    filters: list[Filter] = [tracing_filter(spans, "SERVER")] if tracing else []
     if access is not None:
         filters.append(access_log(access, "inbound"))
-    filters += [inbound_metrics(metrics), local_reply]
+    if metrics is not None:
+        filters.append(inbound_metrics(metrics))
+    filters.append(local_reply)
     return filters
 
 
@@ -116,12 +123,16 @@ def inbound_policy_chains(terminal: Handler) -> ScopedChains[Snapshot]:
 
 
 def build_outbound(
-    terminal: Handler, metrics: IstioMetrics, access: AccessLogSink | None, spans: SpanRecorder | None = None
+    terminal: Handler, metrics: IstioMetrics | None, access: AccessLogSink | None,
+    spans: SpanRecorder | None = None, *, tracing: bool = True,
 ) -> Handler:
-    return build_chain(outbound_filters(metrics, access, spans), route_step(outbound_route_chains(terminal)))
+    return build_chain(outbound_filters(metrics, access, spans, tracing=tracing),
+                       route_step(outbound_route_chains(terminal)))
 
 
 def build_inbound(
-    terminal: Handler, metrics: IstioMetrics, access: AccessLogSink | None, spans: SpanRecorder | None = None
+    terminal: Handler, metrics: IstioMetrics | None, access: AccessLogSink | None,
+    spans: SpanRecorder | None = None, *, tracing: bool = True,
 ) -> Handler:
-    return build_chain(inbound_filters(metrics, access, spans), per_snapshot(inbound_policy_chains(terminal)))
+    return build_chain(inbound_filters(metrics, access, spans, tracing=tracing),
+                       per_snapshot(inbound_policy_chains(terminal)))

@@ -6,6 +6,8 @@ or `python -m meshkit.apps` is caught before it breaks a cluster.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from typer.testing import CliRunner
 from meshkit.apps.launcher import parser as apps_parser
 from meshkit.cli import app as cli_app
 from meshkit.k8s import names
-from meshkit.k8s.inject import InjectSettings, proxy_args
+from meshkit.k8s.inject import InjectSettings, proxy_args, sidecar_container
 from meshkit.proxy.main import parse_args as proxy_parse_args
 
 DEPLOY = Path(__file__).resolve().parents[2] / "operator" / "deploy"
@@ -34,13 +36,21 @@ def _expand(args: list[str]) -> list[str]:
 
 def test_sidecar_arguments_parse_with_meshkit_proxy() -> None:
     argv = _expand(proxy_args(InjectSettings()))
-    assert argv[0] == "proxy"
-    args = proxy_parse_args(argv[1:])
+    args = proxy_parse_args(argv)
     assert args.control == names.DEFAULT_CONTROL_ADDRESS
     assert args.node_id == "details-v1-abc.bookinfo"
     assert args.address == "0.0.0.0"
     assert (args.outbound_port, args.inbound_port, args.admin_port) == (
         names.PORT_OUTBOUND, names.PORT_INBOUND, names.PORT_ADMIN)
+
+
+def test_the_sidecar_command_runs_the_proxy_module_with_those_arguments() -> None:
+    container = sidecar_container({"containers": []}, InjectSettings())
+    assert container["command"] == ["python", "-m", "meshkit.proxy"]  # not the `meshkit` CLI (Typer)
+    argv = [sys.executable, *container["command"][1:], *_expand(container["args"]), "--help"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--capture" in done.stdout and "--health-port" in done.stdout
 
 
 @pytest.mark.parametrize("container", _containers(DEPLOY / "overlays" / "demo" / "bookinfo.yaml"),

@@ -103,8 +103,8 @@ def test_injected_pod_has_everything_the_sidecar_needs() -> None:
     patched = jsonpatch.apply_patch(pod, inject(pod, labels, SETTINGS))
     spec = patched["spec"]
     sidecar = spec["containers"][-1]
-    assert sidecar["command"] == ["meshkit"]
-    assert sidecar["args"][:5] == ["proxy", "--control", SETTINGS.control_address,
+    assert sidecar["command"] == ["python", "-m", "meshkit.proxy"]  # not the `meshkit` CLI (Typer)
+    assert sidecar["args"][:4] == ["--control", SETTINGS.control_address,
                                    "--id", "$(POD_NAME).$(POD_NAMESPACE)"]
     assert sidecar["args"][sidecar["args"].index("--outbound-port") + 1] == "15001"
     assert sidecar["args"][sidecar["args"].index("--inbound-port") + 1] == "15006"
