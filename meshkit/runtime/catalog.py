@@ -123,9 +123,10 @@ EXTERNAL_HOSTS = ("httpbin.org", "edition.cnn.com", "www.google.com")
 TCP_APPS = frozenset({"tcp-echo"})
 TCP_READY_APPS = TCP_APPS | {"nginx"}  # no /healthz: readiness is a TCP connect
 # Servers that are registered even without a sidecar (their Service's endpoint is the app's own port, as
-# a pod outside the mesh: Istio's mesh-external nginx of "Egress TLS Origination"). The other apps without
-# a sidecar are the out-of-mesh clients (legacy), which serve nothing.
-SERVES_WITHOUT_SIDECAR = frozenset({"nginx"})
+# a pod outside the mesh: Istio's mesh-external nginx of "Egress TLS Origination", tcp-echo in a namespace
+# without injection, which a sidecar's `nc tcp-echo.NS 9000` reaches in plaintext). The other apps
+# without a sidecar are the out-of-mesh clients (legacy), which serve nothing.
+SERVES_WITHOUT_SIDECAR = frozenset({"nginx", "tcp-echo"})
 
 
 def registered(spec: WorkloadSpec) -> bool:

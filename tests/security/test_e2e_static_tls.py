@@ -156,9 +156,10 @@ async def test_bad_tls_dir_stops_the_start(tmp_path: Path, start: Start, app_por
 
 
 @pytest.mark.parametrize(("tls", "reason"), [
-    ({"mode": "MUTUAL"},
-     "clusters.reviews|.tls.mode: expected DISABLE, ISTIO_MUTUAL or SIMPLE, got 'MUTUAL'"),
+    ({"mode": "PERMISSIVE"},  # a PeerAuthentication mode, not a client TLS mode
+     "clusters.reviews|.tls.mode: expected DISABLE, ISTIO_MUTUAL, SIMPLE or MUTUAL, got 'PERMISSIVE'"),
     ({"mode": "ISTIO_MUTUAL", "server_identities": "x"}, "clusters.reviews|.tls.server_identities: expected"),
+    ({"mode": "MUTUAL"}, "clusters.reviews|.tls.sni: expected the server name to send, got None"),
 ])
 def test_snapshot_with_a_bad_cluster_tls_is_nacked(tls: dict[str, Any], reason: str) -> None:
     doc = snapshot("productpage", CLIENT, 1, upstream_port=2)
