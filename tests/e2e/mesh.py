@@ -115,7 +115,8 @@ def start_mesh(home: Path, apps: list[str], replicas: dict[str, int] | None = No
     ``cert_ttl`` is the workload certificates' lifetime.
     """
     replicas = replicas or {}
-    instances = sum(s.replicas for s in catalog.resolve(apps, replicas)) + spare
+    # `up` starts Bookinfo for an empty list, as `meshkit up` does: the plan must cover it
+    instances = sum(s.replicas for s in catalog.resolve(apps or ["bookinfo"], replicas)) + spare
     mesh = LocalMesh(StateDir.open(home))
     last: Exception | None = None
     for base in list(free_port_bases(instances))[:attempts]:

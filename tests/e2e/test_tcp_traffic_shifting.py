@@ -26,7 +26,7 @@ DATE = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ 123]\d \d\d:\d\d:\d\d UTC
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    with start_mesh(tmp_path_factory.mktemp("tcpshift"), [], spare=3) as running:
+    with start_mesh(tmp_path_factory.mktemp("tcpshift"), ["none"], spare=3) as running:
         yield running
 
 

@@ -41,7 +41,7 @@ def without_gateway(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    with start_mesh(tmp_path_factory.mktemp("tcpmesh"), [], spare=3) as running:
+    with start_mesh(tmp_path_factory.mktemp("tcpmesh"), ["none"], spare=3) as running:
         yield running
 
 
