@@ -110,13 +110,16 @@ def _snapshot(echo: EchoApp, servers: TlsServers, *, policy: str = "ALLOW_ANY", 
     return doc
 
 
-def _https(proxy_port: int, ca_pem: str, connect_to: str, sni: str, *, tunnel: bool = True) -> str:
+def _https(proxy_port: int, ca_pem: str, connect_to: str, sni: str, *, tunnel: bool = True,
+           header: bytes = b"") -> str:
     """GET / over TLS with ``sni``: through the sidecar's ``CONNECT connect_to:443``, or straight to a
-    gateway's listener; the body (the server's name), or the exception's class name."""
+    gateway's listener (``header``, PROXY protocol, sent first); the body (the server's name), or the
+    exception's class name."""
     context = ssl.create_default_context(cadata=ca_pem)
     context.check_hostname = False  # the SNI and the name the server proves differ on purpose below
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
     try:
+        sock.sendall(header)
         if tunnel:
             sock.sendall(f"CONNECT {connect_to}:443 HTTP/1.1\r\nHost: {connect_to}:443\r\n\r\n".encode())
             head = b""
@@ -258,21 +261,7 @@ async def test_a_refused_upstream_is_counted_and_logged_uf_and_a_blackholed_tunn
 
 def _https_proxied(port: int, ca_pem: str, sni: str, header: bytes) -> str:
     """Raw TLS to a gateway's listener behind a load balancer: ``header`` (PROXY protocol) first."""
-    context = ssl.create_default_context(cadata=ca_pem)
-    context.check_hostname = False
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    try:
-        sock.sendall(header)
-        with context.wrap_socket(sock, server_hostname=sni) as tls:
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := tls.recv(4096):
-                answer += chunk
-        return answer.split(b"\r\n\r\n", 1)[1].decode()
-    except OSError as exc:
-        return type(exc).__name__
-    finally:
-        sock.close()
+    return _https(port, ca_pem, "", sni, tunnel=False, header=header)
 
 
 V2_HEADER = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11, 0, 12])
