@@ -46,18 +46,16 @@ from proxybench import session, telemetry
 from proxybench.load import LoadError, Wrk
 from proxybench.openloop import OpenLoopResult, Point, get_request, run_point
 from proxybench.processes import Child, HarnessError, Supervisor, cpu_seconds, process_tree, rss_bytes
+from proxybench.shipped import HOST, PATH, outbound_port, start_mesh
 from proxybench.targets import Stage
 from proxybench.tlsref import start_nginx_tls_pair
 from rich.console import Console
 from rich.table import Table
 
 from meshkit.runtime.local import LocalMesh
-from meshkit.runtime.ports import free_bases
-from meshkit.runtime.state import StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "istio_method.json"
-PATH, HOST = "/bytes/1024", "httpbin:8000"
 MIB = 1024 * 1024
 # Istio's published figures (the anchors: no Envoy can be installed here).
 ISTIO = {
@@ -131,15 +129,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # -- the mesh as shipped ------------------------------------------------------------------------------
-
-
-def start_mesh(home: Path) -> tuple[LocalMesh, dict[str, Any]]:
-    mesh = LocalMesh(StateDir.open(home))
-    base = next(free_bases(4), None)
-    if base is None:
-        raise HarnessError("no free block of ports below the ephemeral range for the mesh")
-    status = mesh.up(["httpbin", "clients"], {"httpbin-v2": 0}, base_port=base, timeout=60.0)
-    return mesh, {w["name"]: w for w in status["workloads"]}
 
 
 def fetch(port: int, *, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -366,7 +355,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         ways = [
             Way("direct", "client -> httpbin app", httpbin["app_port"]),
             Way("mesh", "client -> sleep sidecar -(mTLS)-> httpbin sidecar -> httpbin",
-                int(sleep["outbound_proxy"].rsplit(":", 1)[1]),
+                outbound_port(sleep),
                 [sleep["sidecar_pid"], httpbin["sidecar_pid"]], 2),
             Way("nginx-x2-tls", "client -> nginx -(TLS, client certs)-> nginx -> httpbin", nginx_port,
                 [child.pid for child in children], 2),

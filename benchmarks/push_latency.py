@@ -1,6 +1,7 @@
 """How long from `meshkit apply` until every sidecar has ACKed the new snapshot?
 
-Usage: ``.venv/bin/python benchmarks/push_latency.py [--subscribers 10,100] [--rounds 30] [--out FILE]``
+Usage: ``.venv/bin/python benchmarks/push_latency.py [--subscribers 10,100] [--rounds 30] [--out FILE]
+[--traffic 1000x16]``
 
 Starts a real control plane process (``meshkit control --port 0``) in a temporary state dir,
 registers the Bookinfo services with one endpoint per subscriber, and opens N real SSE
@@ -16,12 +17,21 @@ Subscribers speak HTTP over raw asyncio streams, like the sidecar's xDS client, 
 snapshot's version and revision (the first bytes of the event), so the numbers are the control
 plane's, not this harness's HTTP client or JSON parsing. Prints p50/p99/max per N and
 writes JSON (default benchmarks/results/push_latency.json). Every process it starts is stopped.
+
+``--traffic RATExCONNECTIONS`` measures "while the mesh serves traffic" (the data-plane issue's
+push target): instead of a bare control plane it starts the mesh as shipped (``meshkit up --app
+httpbin --app clients``, ``proxybench/shipped.py``), joins the N subscribers to *its* control plane
+(which also pushes to the real sidecars), and runs an open-loop client in a child process
+(``proxybench/background_load.py``) through sleep's sidecar -(mTLS)-> httpbin's sidecar -> httpbin
+for the whole measurement; what that client achieved (rate, errors, latency) is reported beside
+the push figures, so a run whose traffic did not flow says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -31,12 +41,16 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from proxybench.background_load import BackgroundLoad
+from proxybench.openloop import Point
+from proxybench.shipped import HOST, PATH, outbound_port, start_mesh
 
 from meshkit.control.auth import ensure_admin_token
 
@@ -229,19 +243,55 @@ async def _post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> Any:
         return await response.json()
 
 
-async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
-    """One control plane, ``subscribers`` streams, ``rounds`` measured applies."""
-    with tempfile.TemporaryDirectory(prefix="meshkit-push-") as state_dir:
+@dataclass
+class Served:
+    """The control plane a run measures: its URL, admin token and pid, and the traffic beside it."""
+
+    url: str
+    token: str
+    pid: int | None
+    load: BackgroundLoad | None = None
+
+
+@contextlib.asynccontextmanager
+async def control_plane(state_dir: str, traffic: Point | None) -> AsyncIterator[Served]:
+    """A bare `meshkit control`, or (``traffic``) the mesh as shipped with its load generator ready.
+
+    With traffic, the subscribers join the mesh's own control plane, beside the real sidecars of
+    httpbin and sleep that it also pushes to, while an open-loop client sends ``traffic`` through
+    sleep's sidecar -(mTLS)-> httpbin's sidecar -> httpbin (started by the caller once connected).
+    """
+    if traffic is None:
         control = ControlPlaneProcess(state_dir)
         token = ensure_admin_token(Path(state_dir) / "control")  # made first, as `meshkit up` does
-        admin = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(headers=admin) as api:
+        try:
+            await control.start()
+            yield Served(control.url, token, control.process.pid if control.process else None)
+        finally:
+            await control.stop()
+        return
+    mesh, workloads = await asyncio.to_thread(start_mesh, Path(state_dir) / "mesh")
+    try:
+        record = mesh.record()
+        control_process = record.processes.get("control") if record is not None else None
+        load = BackgroundLoad(traffic, ("127.0.0.1", outbound_port(workloads["sleep-v1-0"])), PATH, HOST)
+        yield Served(mesh.control_url() or "", mesh.admin_token() or "",
+                     control_process.pid if control_process is not None else None, load)
+    finally:
+        await asyncio.to_thread(mesh.down)
+
+
+async def measure(subscribers: int, rounds: int, warmup: int, traffic: Point | None = None) -> dict[str, Any]:
+    """One control plane, ``subscribers`` streams, ``rounds`` measured applies (with ``traffic`` beside)."""
+    load_summary: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory(prefix="meshkit-push-") as state_dir:
+        async with control_plane(state_dir, traffic) as served, \
+                aiohttp.ClientSession(headers={"Authorization": f"Bearer {served.token}"}) as api:
+            url, load = served.url, served.load
             subs: list[Subscriber] = []
             board = AckBoard(subscribers)
             cpu_start: float | None = None
             try:
-                await control.start()
-                url = control.url
                 for service in sorted({name for name, _ in WORKLOADS}):
                     await _post(api, f"{url}/api/v1/registry/services", json={"name": service, "port": 9080})
                 for index in range(subscribers):
@@ -251,13 +301,16 @@ async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
                         "instance": instance, "workload": f"{service}-{version}", "service": service,
                         "port": 20000 + index, "labels": {"app": service, "version": version},
                         "app_port": 9080, "service_account": f"bookinfo-{service}"})
-                    subs.append(Subscriber(f"{instance}.default", board, token=token))
+                    subs.append(Subscriber(f"{instance}.default", board, token=served.token))
+                ids = {sub.proxy_id for sub in subs}
                 await _post(api, f"{url}/api/v1/apply", data=DESTINATION_RULE, headers=YAML)
                 for sub in subs:
                     connected = asyncio.Event()
                     host, port = url.removeprefix("http://").rsplit(":", 1)
                     sub.task = asyncio.create_task(sub.run(host, int(port), connected))
                     await asyncio.wait_for(connected.wait(), 30)
+                if load is not None:
+                    await load.start()
                 sent_latencies: list[float] = []
                 received_latencies: list[float] = []
                 apply_latencies: list[float] = []
@@ -281,25 +334,30 @@ async def measure(subscribers: int, rounds: int, warmup: int) -> dict[str, Any]:
                         proxies = (await response.json())["proxies"]
                     if number < warmup:
                         continue
-                    if cpu_start is None and control.process is not None:
-                        cpu_start = cpu_seconds(control.process.pid)
+                    if cpu_start is None and served.pid is not None:
+                        cpu_start = cpu_seconds(served.pid)
                     apply_latencies.append(applied - start)
                     sent_latencies.extend(sub.acks[revision][0] - start for sub in subs)
-                    received_latencies.extend(p["last_response_at"] - wall_start for p in proxies)
+                    received_latencies.extend(p["last_response_at"] - wall_start for p in proxies
+                                              if p["id"] in ids)
                     await asyncio.sleep(0.05)
-                cpu_end = cpu_seconds(control.process.pid) if control.process is not None else None
+                cpu_end = cpu_seconds(served.pid) if served.pid is not None else None
+                if load is not None:
+                    load_summary = await load.stop()
             finally:
+                if load is not None and load.running() and load.process is not None:
+                    load.process.kill()
+                    await load.process.wait()
                 for sub in subs:
                     if sub.task is not None:
                         sub.task.cancel()
                 await asyncio.gather(*(s.task for s in subs if s.task is not None), return_exceptions=True)
-                await control.stop()
     cpu_per_round = None if cpu_start is None or cpu_end is None else \
         round((cpu_end - cpu_start) / max(1, rounds - 1) * 1000, 1)
     return {"subscribers": subscribers, "rounds": rounds, "workloads": len(WORKLOADS),
             "control_plane_cpu_ms_per_round": cpu_per_round,
             "apply": summary(apply_latencies), "ack_sent": summary(sent_latencies),
-            "ack_received": summary(received_latencies)}
+            "ack_received": summary(received_latencies), "traffic": load_summary}
 
 
 def _loop_factory() -> Any:
@@ -316,7 +374,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=30, help="measured applies per N (%(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured applies first (%(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    parser.add_argument("--traffic", metavar="RATExCONNECTIONS",
+                        help="measure on the mesh as shipped while it serves this open-loop load (1000x16)")
+    parser.add_argument("--traffic-max-seconds", type=float, default=300.0,
+                        help="the longest the load may run per N (%(default)s)")
     args = parser.parse_args(argv)
+    args.load = None
+    if args.traffic:
+        rate, _, connections = args.traffic.partition("x")
+        try:
+            args.load = Point(float(rate), int(connections), args.traffic_max_seconds)
+        except ValueError:
+            parser.error(f"--traffic: expected RATExCONNECTIONS like 1000x16, got {args.traffic!r}")
+        if args.load.rate <= 0 or args.load.connections < 1 or not 0 < args.load.seconds <= 600:
+            parser.error("--traffic needs a positive rate and connections; --traffic-max-seconds 0..600")
     args.counts = [int(n) for n in args.subscribers.split(",") if n]
     if not args.counts or min(args.counts) < 1 or not 1 <= args.rounds <= 1000:
         parser.error("--subscribers needs positive integers and --rounds 1..1000")
@@ -329,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     for count in args.counts:
         load_before = os.getloadavg()[0]
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            result = runner.run(measure(count, args.rounds, args.warmup))
+            result = runner.run(measure(count, args.rounds, args.warmup, args.load))
         result["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         results.append(result)
         print(f"N={count:<4} rounds={args.rounds}  apply p50 {result['apply']['p50_ms']} ms  |  "
@@ -338,13 +409,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['ack_received']['p50_ms']} ms  p99 {result['ack_received']['p99_ms']} ms  |  "
               f"control plane CPU {result['control_plane_cpu_ms_per_round']} ms/round  "
               f"(load {result['load_average_1m'][0]} -> {result['load_average_1m'][1]})", flush=True)
+        if result["traffic"] is not None:
+            served = result["traffic"]
+            print(f"  while serving {served['achieved_rps']} req/s of {served['rate']:g} over "
+                  f"{served['connections']} connections through the mesh as shipped (mTLS): "
+                  f"{served['completed']} answered, {served['errors']} errors, {served['non_2xx']} non-2xx, "
+                  f"p50 {served['p50_us']} us, p99 {served['p99_us']} us", flush=True)
         if max(result["load_average_1m"]) > (os.cpu_count() or 1) * 0.5:
             print("  note: the machine was busy (1-minute load average above half the CPUs); "
                   "expect a noisier tail", flush=True)
     doc = {"benchmark": "push_latency", "date": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "platform": platform.platform()},
-           "target": "p99 < 100 ms at N=100 (apply start -> ACK)", "results": results}
+           "target": "p99 < 100 ms at N=100 (apply start -> ACK)"
+                     + (f", while the mesh serves {args.traffic}" if args.traffic else ""),
+           "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -29,6 +29,7 @@ from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import Node, RegistryView
 from meshkit.control.preparation import GC_PAUSED, Precompiled, SnapshotJob
 from meshkit.control.registry import ServiceRegistry
+from meshkit.control.release import Release, release_at_once
 from meshkit.control.rendering import CompileInputs, compile_rendered, sse
 from meshkit.control.store import ConfigStore, NotFoundError
 from meshkit.control.timeline import RolloutTimeline
@@ -115,7 +116,7 @@ class PushServer:
     def __init__(self, store: ConfigStore, registry: ServiceRegistry, *, debounce: float = 0.005,
                  ping_interval: float = 15.0, retention: float = 300.0,
                  trace_sampling: float = DEFAULT_TRACE_SAMPLING,
-                 release: Callable[[list[Any]], None] = list.clear) -> None:
+                 release: Release = release_at_once) -> None:
         """``release`` takes the snapshots a new one replaces (see `ConfigStore`'s)."""
         self.store = store
         self._release = release
@@ -334,6 +335,7 @@ class PushServer:
             return
         now = time.time()
         retired = [snapshot for _, _, snapshot in compiled if snapshot is not None]
+        size = sum(len(frame) for _, frame, snapshot in compiled if snapshot is not None)
         for proxy, (version, frame, _) in zip(group, compiled, strict=True):
             proxy.compile_error = None
             changed = version != proxy.latest_version
@@ -341,8 +343,8 @@ class PushServer:
             if changed:
                 proxy.latest_version, proxy.latest_revision, proxy.latest_frame = version, revision, frame
                 proxy.wake.set()
-        compiled.clear()  # the snapshots' objects are the release's to free, a slice at a time
-        self._release(retired)
+        compiled.clear()  # the snapshots' objects are the release's to free (a slice at a time if large)
+        self._release(retired, size)
 
     def _forget_expired(self) -> None:
         now = time.time()

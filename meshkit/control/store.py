@@ -48,6 +48,7 @@ from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import RegistryView
 from meshkit.config.resources import Resource
 from meshkit.control import jsontext
+from meshkit.control.release import Release, release_at_once
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 KEEP_REVISIONS = 1000
@@ -357,10 +358,11 @@ class ConfigStore:
     """
 
     def __init__(self, connection: sqlite3.Connection, *, keep_revisions: int = KEEP_REVISIONS,
-                 release: Callable[[list[Any]], None] = list.clear) -> None:
+                 release: Release = release_at_once) -> None:
         """``release`` takes the objects a commit retires (the old config and its documents; the
-        list is its to empty), e.g. `meshkit.control.release.GradualRelease.put`: freeing a large
-        config at once holds the loop for tens of milliseconds."""
+        list is its to empty) with the old config's size, e.g.
+        `meshkit.control.release.GradualRelease.put`: freeing a large config at once holds the
+        loop for tens of milliseconds."""
         if keep_revisions < 1:
             raise ValueError(f"keep_revisions: expected at least 1, got {keep_revisions}")
         self.keep_revisions = keep_revisions
@@ -568,12 +570,13 @@ class ConfigStore:
         )
         self._db.execute("DELETE FROM revisions WHERE number <= ?", (number - self.keep_revisions,))
         retired: list[Any] = [self._current, self._docs]
+        size = len(self._document)  # the old config's JSON
         self._current = change.entries
         self._revision = number
         self._docs = change.docs if change.docs is not None else Documents()
         self._token = change.token or uuid.uuid4().hex
         self._document = change.document
-        self._release(retired)
+        self._release(retired, size)
         for listener in list(self._listeners):
             listener()
 

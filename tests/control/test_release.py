@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from meshkit.control import jsontext
-from meshkit.control.release import GradualRelease
+from meshkit.control.release import AT_ONCE_BYTES, GradualRelease
 
 
 class Node:
@@ -46,6 +46,29 @@ def test_without_a_running_loop_objects_are_freed_at_once() -> None:
     del leaf
     GradualRelease().put(handed)
     assert ref() is None
+
+
+async def test_what_is_known_to_be_small_is_freed_at_once_and_large_or_unknown_gradually() -> None:
+    release = GradualRelease(slice_seconds=0.001)
+    small = Node([Node([]) for _ in range(10)])
+    ref = weakref.ref(small)
+    handed: list[Any] = [small]
+    del small
+    release.put(handed, AT_ONCE_BYTES - 1)
+    assert handed == [] and ref() is None and release.pending == 0 and release.freed == 0  # no walk
+    for size in (AT_ONCE_BYTES, None):
+        large = Node([])
+        ref = weakref.ref(large)
+        handed = [large]
+        del large
+        release.put(handed, size)
+        assert handed == [] and release.pending == 1 and ref() is not None  # walked on the loop
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while release.pending:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        assert ref() is None
 
 
 VALUES: list[Any] = [
