@@ -4,44 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from proxybench.background_load import BackgroundLoad, merge
 from proxybench.openloop import OpenLoopResult, Point
 
-ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class Origin:
-    """A keep-alive HTTP/1.1 server on 127.0.0.1 counting the requests it answered."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.port = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                self.requests += 1
-                writer.write(ANSWER)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def origin() -> AsyncIterator[Origin]:
-    found = Origin()
-    server = await asyncio.start_server(found.serve, "127.0.0.1", 0)
-    found.port = server.sockets[0].getsockname()[1]
-    try:
-        yield found
-    finally:
-        server.close()
-        await server.wait_closed()
+from tests.benchmarks.origin import Origin
 
 
 async def _until(condition: object, seconds: float) -> None:

@@ -2,48 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import pytest
 from proxybench.openloop import Point, get_request, run_point
 
-ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class Origin:
-    """A keep-alive HTTP/1.1 server on 127.0.0.1 that can stall one answer for ``stall_s``."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.stall_at: int | None = None
-        self.stall_s = 0.0
-        self.port = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                self.requests += 1
-                if self.requests == self.stall_at:
-                    await asyncio.sleep(self.stall_s)
-                writer.write(ANSWER)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def origin() -> AsyncIterator[Origin]:
-    found = Origin()
-    server = await asyncio.start_server(found.serve, "127.0.0.1", 0)
-    found.port = server.sockets[0].getsockname()[1]
-    try:
-        yield found
-    finally:
-        server.close()
-        await server.wait_closed()
+from tests.benchmarks.origin import Origin
 
 
 async def test_keeps_the_rate_across_connections(origin: Origin) -> None:
