@@ -51,12 +51,25 @@ def _gateway(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:
     return [json.dumps(sorted({h for s in servers for h in s.get("hosts", [])}))]
 
 
+def _network_policy(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:
+    """kubectl's POD-SELECTOR: the podSelector as a label selector string, ``<none>`` for ``{}``."""
+    selector = (item["resource"].get("spec") or {}).get("podSelector") or {}
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expression in selector.get("matchExpressions") or []:
+        values = ",".join(expression.get("values") or [])
+        operator = {"In": "in", "NotIn": "notin"}.get(expression["operator"])
+        parts.append(f"{expression['key']} {operator} ({values})" if operator else
+                     ("" if expression["operator"] == "Exists" else "!") + expression["key"])
+    return [",".join(parts) or "<none>"]
+
+
 WIDE: dict[str, tuple[list[str], Row]] = {
     "Deployment": (["READY", "UP-TO-DATE", "AVAILABLE"], _deployment),
     "Service": (["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"], _service),
     "ServiceAccount": (["SECRETS"], _account),
     "Namespace": (["STATUS", "LABELS"], _namespace),
     "Gateway": (["HOSTS"], _gateway),
+    "NetworkPolicy": (["POD-SELECTOR"], _network_policy),
 }
 
 

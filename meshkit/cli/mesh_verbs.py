@@ -318,6 +318,7 @@ def exec_(
     Supported: curl (with the flags the tasks use), fortio curl and fortio load (the
     circuit-breaking task), and pilot-agent request GET stats in the istio-proxy container.
     """
+    from meshkit.runtime.egress_gate import mesh_egress_gate  # noqa: PLC0415
     from meshkit.runtime.exec_command import ExecError, execute  # noqa: PLC0415
 
     mesh = _running_mesh()
@@ -326,7 +327,8 @@ def exec_(
         target = f"{kind}{slash}{name}.{namespace}"
     try:
         code = execute(mesh.state, mesh.status()["workloads"], target, list(command or []),
-                       out=lambda text: typer.echo(text, nl=False), container=container)
+                       out=lambda text: typer.echo(text, nl=False), container=container,
+                       egress=mesh_egress_gate(mesh))
     except ExecError as error:
         _fail(EXIT_REJECTED, f"error: exec {target}: {error}")
     raise typer.Exit(code)

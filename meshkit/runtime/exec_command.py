@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from meshkit.runtime.curl import CurlError, CurlResult, curl, find_source, service_of
+from meshkit.runtime.egress_gate import EgressGate
 from meshkit.runtime.fortio import LoadSpec, run_load
 from meshkit.runtime.mini_shell import Shell, ShellError
 from meshkit.runtime.state import StateDir
@@ -52,6 +53,7 @@ SIDECAR_CONTAINERS = frozenset({"istio-proxy", "meshkit-proxy"})
 CURL_EXIT = (("SSL certificate problem", 60), ("SSL: no alternative certificate", 60), ("SSL_connect", 35),
              ("SSL connect error", 35), ("refused", 7), ("timed out", 28), ("CONNECT", 56), ("reset", 56))
 TOO_MANY_REDIRECTS = 47
+EGRESS_KEY = "_egress"  # execute's ``egress``, carried on the source row to the curl it runs
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRS = 50  # curl's default --max-redirs
 # options taking a value, and the flags meshkit accepts and ignores (they change nothing here)
@@ -81,6 +83,7 @@ class CurlCall:
     output: str | None = None
     write_out: str | None = None
     timeout: float = 30.0
+    connect_timeout: float | None = None  # --connect-timeout (a connection NetworkPolicy drops)
     location: bool = False  # -L
     max_redirs: int = MAX_REDIRS
     dump_header: str | None = None  # -D FILE ("-": stdout)
@@ -145,11 +148,15 @@ def _curl_option(call: CurlCall, option: str, value: str) -> None:
             call.method = "POST"
     elif option == "--haproxy-clientip":
         call.haproxy_clientip = value
-    elif option in ("-m", "--max-time"):
+    elif option in ("-m", "--max-time", "--connect-timeout"):
         try:
-            call.timeout = float(value)
+            seconds = float(value)
         except ValueError:
             raise ExecError(f"curl: {option} expects seconds, got {value!r}") from None
+        if option == "--connect-timeout":
+            call.connect_timeout = seconds
+        else:
+            call.timeout = seconds
     elif option in ("-D", "--dump-header"):
         call.dump_header = value
     elif option == "--cacert":
@@ -304,8 +311,12 @@ def _seconds(text: str) -> float:
 
 
 def execute(state: StateDir, workloads: list[dict[str, Any]], target: str, argv: list[str], *,
-            out: Callable[[str], None], container: str | None = None) -> int:
-    """Run ``argv`` as if in ``target``'s pod (``container`` as ``-c``); the exit status."""
+            out: Callable[[str], None], container: str | None = None,
+            egress: EgressGate | None = None) -> int:
+    """Run ``argv`` as if in ``target``'s pod (``container`` as ``-c``); the exit status. ``egress``: the
+    mesh's NetworkPolicies, for the connections a pod without a sidecar opens itself (`egress_gate`)."""
+    if egress is not None:
+        workloads = [{**row, EGRESS_KEY: egress} for row in workloads]
     target = target.split("/", 1)[1] if target.split("/", 1)[0] in ("deploy", "deployment", "pod") else target
     try:
         row = find_source(workloads, target)
@@ -373,7 +384,8 @@ def _send(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any],
     try:
         return curl(state, workloads, row["name"], call.url, method=call.method, headers=call.headers,
                     body=call.data, timeout=call.timeout, insecure=call.insecure, cacert=call.cacert,
-                    haproxy_protocol=call.haproxy_protocol, haproxy_clientip=call.haproxy_clientip)
+                    haproxy_protocol=call.haproxy_protocol, haproxy_clientip=call.haproxy_clientip,
+                    egress=row.get(EGRESS_KEY), connect_timeout=call.connect_timeout)
     except CurlError as error:
         raise ExecError(f"curl: {error.message}") from None
 
