@@ -103,16 +103,20 @@ def parse_selector(text: str | None) -> dict[str, str]:
 
 
 def pod_list(mesh: LocalMesh, namespace: str | None, selector: dict[str, str]) -> dict[str, Any]:
-    """The instances as kubectl's Pod List (name, namespace, labels), those carrying ``selector``'s labels:
-    what ``kubectl get pod -l app=sleep -o jsonpath={.items..metadata.name}`` reads."""
+    """The instances as kubectl's Pod List (name, namespace, labels, container names), those carrying
+    ``selector``'s labels: what ``kubectl get pod -l app=sleep -o jsonpath={.items..metadata.name}`` reads."""
     items = []
     for inst in mesh.instances():
         labels = inst.spec.labels
         if (namespace is not None and inst.namespace != namespace) or any(
                 labels.get(k) != v for k, v in selector.items()):
             continue
+        # containers: the app's (named by its app label, as Istio's samples name them) and the sidecar
+        containers = [{"name": labels.get("app", inst.spec.workload)}] + \
+            ([{"name": "istio-proxy"}] if inst.spec.sidecar else [])
         items.append({"apiVersion": "v1", "kind": "Pod",
-                      "metadata": {"name": inst.pod, "namespace": inst.namespace, "labels": dict(labels)}})
+                      "metadata": {"name": inst.pod, "namespace": inst.namespace, "labels": dict(labels)},
+                      "spec": {"containers": containers}})
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
