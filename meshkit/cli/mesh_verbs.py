@@ -347,21 +347,30 @@ def logs(  # noqa: PLR0917 (typer: one parameter per option)
         help="istio-proxy: the proxy's access log (what Istio's istio-proxy container prints with "
              "meshConfig.accessLogFile=/dev/stdout); another name: the app.")] = None,
     tail: Annotated[int, typer.Option(help="Lines from the end (0 = all).")] = 50,
+    namespace: Annotated[str | None, typer.Option(
+        "-n", "--namespace", help="With -l: only pods of this namespace (kubectl logs -l ... -n NS).")] \
+        = None,
 ) -> None:
     """Print the log of a workload, its sidecar (--sidecar) or its access log (--access).
 
     `kubectl logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy` is
-    `meshkit logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy`.
+    `meshkit logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy`;
+    `meshkit logs -l istio=egressgateway -n istio-system` prints the egress gateway's access log.
     """
+    from meshkit.runtime import egressgw  # noqa: PLC0415
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
     if (instance is None) == (selector is None):
         _fail(EXIT_UNAVAILABLE, "error: give an instance or -l key=value, not both")
+    if instance is not None and namespace not in (None, "default") and "." not in instance:
+        instance = f"{instance}.{namespace}"  # kubectl logs sleep-0 -n test-egress
     access = access or container == "istio-proxy"
     mesh = _running_mesh()
     try:
-        names = [instance] if instance is not None else mesh.select(selector or "")
-        paths = [mesh.log_path(name, sidecar=sidecar, access=access) for name in names]
+        names = [instance] if instance is not None else mesh.select(selector or "", namespace)
+        # the egress gateway's pod has one container, istio-proxy, whose log is the access log
+        paths = [mesh.log_path(name, sidecar=sidecar, access=access or (
+            selector is not None and name == egressgw.PROCESS)) for name in names]
     except MeshError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     if not names:

@@ -59,17 +59,13 @@ def sleep_curl(mesh: RunningMesh, *curl_args: str) -> subprocess.CompletedProces
                    *curl_args)
 
 
-def access_log(mesh: RunningMesh, name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in ok(mesh, "logs", name, "--access", "--tail", "0").splitlines()
-            if line.strip()]
-
-
 def gateway_lines(mesh: RunningMesh, count: int) -> list[dict[str, Any]]:
-    """The egress gateway's TCP lines for edition.cnn.com once ``count`` are there (a tunnel's line is
-    written when both sides are done, just after curl exits)."""
+    """``kubectl logs -l istio=egressgateway -n istio-system``: its TCP lines for edition.cnn.com once
+    ``count`` are there (a tunnel's line is written when both sides are done, just after curl exits)."""
     deadline = time.monotonic() + 10
     while True:
-        lines = [e for e in access_log(mesh, "egressgateway")
+        printed = ok(mesh, "logs", "-l", "istio=egressgateway", "-n", "istio-system")
+        lines = [e for e in (json.loads(line) for line in printed.splitlines() if line.strip())
                  if e.get("requested_server_name") == "edition.cnn.com"]
         if len(lines) >= count or time.monotonic() > deadline:
             return lines
@@ -129,7 +125,9 @@ def test_network_policy_keeps_sleep_from_bypassing_the_egress_gateway(mesh: Runn
     assert plain.returncode == 0, plain
     assert "upstream connect error or disconnect/reset before headers. reset reason: connection timeout" \
         in plain.stdout, plain
-    sidecar_log = access_log(mesh, f"{sleep_pod(mesh)}.test-egress")
+    # kubectl logs "$(...)" -n test-egress -c istio-proxy
+    sidecar_log = [json.loads(line) for line in ok(mesh, "logs", sleep_pod(mesh), "-n", "test-egress", "-c",
+                                                   "istio-proxy", "--tail", "0").splitlines() if line.strip()]
     assert {e.get("authority"): e["response_flags"] for e in sidecar_log if e.get("authority") in
             ("www.google.com", "httpbin.org")} == {"www.google.com": "UF", "httpbin.org": "UF"}, sidecar_log
 
