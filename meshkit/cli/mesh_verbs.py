@@ -261,12 +261,14 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
         source = f"{source}.{namespace}"
     from meshkit.runtime.curl import CurlError  # noqa: PLC0415
     from meshkit.runtime.curl import curl as send  # noqa: PLC0415
+    from meshkit.runtime.egress_gate import mesh_egress_gate  # noqa: PLC0415
 
     mesh = _running_mesh()
     try:
         result = send(mesh.state, mesh.status()["workloads"], source, url, method=method,
                       headers=header or [], body=data, insecure=insecure, cacert=cacert,
-                      haproxy_protocol=haproxy_protocol, haproxy_clientip=haproxy_clientip)
+                      haproxy_protocol=haproxy_protocol, haproxy_clientip=haproxy_clientip,
+                      egress=mesh_egress_gate(mesh))  # NetworkPolicy, for a source without a sidecar
     except CurlError as error:
         where = f"--from {source}" if error.field == "from" else error.field
         _fail(EXIT_REJECTED, f"error: {where}: {error.message}")

@@ -4,7 +4,7 @@ Istio's task pages run a handful of programs in pods, and a learner copies those
 exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchanged and runs:
 
 - ``curl [-s] [-S] [-i] [-I] [-v] [-L] [-k] [-o FILE] [-D FILE] [-w FORMAT] [-H H] [-X M] [-d D]
-  [-m S] [--cacert FILE] [--max-redirs N]
+  [-m S] [--connect-timeout S] [--cacert FILE] [--max-redirs N]
   [--haproxy-protocol] [--haproxy-clientip IP] URL`` from the app container (the mTLS-migration loop's
   ``curl -s URL -s -o /dev/null -w "%{http_code}\\n"``, the egress tasks' ``curl -sSL -o /dev/null
   -D - http://edition.cnn.com/politics`` and ``curl -sI https://www.google.com``), sent as that app
@@ -12,7 +12,9 @@ exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchange
   as curl does, printing each hop's headers with ``-i``/``-D -``. Like curl, an HTTP error is exit
   0, and a connection that gets no answer prints ``000`` for ``%{http_code}`` and exits 7
   (refused), 28 (timed out), 35 (TLS handshake failed, as when the mesh blocks an HTTPS host), 60
-  (certificate not trusted) or 56 (reset, CONNECT refused by the proxy); ``-o`` and ``-D`` to a
+  (certificate not trusted) or 56 (reset, CONNECT refused by the proxy); from a pod without a sidecar,
+  a connection its NetworkPolicy egress drops waits ``--connect-timeout`` (2 s without it) and exits
+  28 (`meshkit.runtime.egress_gate`); ``-o`` and ``-D`` to a
   file write nothing (the file would be in the pod);
 - ``fortio curl [-quiet] URL`` and ``fortio load [-c N] [-qps Q] [-n N | -t D] [-H H] [-loglevel L]
   [-quiet] URL`` from a fortio pod (`meshkit.runtime.fortio`), the circuit-breaking task;
