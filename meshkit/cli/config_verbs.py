@@ -224,7 +224,7 @@ def get(  # noqa: PLR0917 (typer maps parameters to options)
     ns = None if all_namespaces and name is None else namespace
     if kind.lower() in POD_KINDS:
         if selector is not None or output == "json" or template is not None:
-            _print_pod_list(ns, selector, template)
+            _print_pod_list(ns, selector, template, name)
             return
         _print_pods(ns)
         return
@@ -299,8 +299,10 @@ def _print_pods(namespace: str | None) -> None:
         Printer().line(line)
 
 
-def _print_pod_list(namespace: str | None, selector: str | None, template: str | None) -> None:
-    """`meshkit get pod -l app=sleep -o jsonpath={.items..metadata.name}`: the matching pods as a List."""
+def _print_pod_list(namespace: str | None, selector: str | None, template: str | None,
+                    name: str | None = None) -> None:
+    """`meshkit get pod -l app=sleep -o jsonpath={.items..metadata.name}`: the matching pods as a List;
+    with a ``name``, that Pod (``get pod sleep-0 -n test-egress -o jsonpath={.spec.containers[*].name}``)."""
     mesh = _local_mesh_or_none()
     if mesh is None:
         _fail(EXIT_UNAVAILABLE, "error: no local mesh is running; start one with `meshkit up`")
@@ -308,7 +310,14 @@ def _print_pod_list(namespace: str | None, selector: str | None, template: str |
         labels = parse_selector(selector)
     except ValueError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
-    _print_doc(pod_list(mesh, namespace, labels), template)
+    listed = pod_list(mesh, namespace or ("default" if name else None), labels)
+    if name is None:
+        _print_doc(listed, template)
+        return
+    found = [item for item in listed["items"] if item["metadata"]["name"] == name]
+    if not found:
+        _fail(EXIT_REJECTED, f'error: pods "{name}" not found')
+    _print_doc(found[0], template)
 
 
 def _local_mesh_or_none() -> LocalMesh | None:

@@ -51,12 +51,25 @@ def _gateway(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:
     return [json.dumps(sorted({h for s in servers for h in s.get("hosts", [])}))]
 
 
+def _network_policy(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:
+    """kubectl's POD-SELECTOR: the podSelector as a label selector string, ``<none>`` for ``{}``."""
+    selector = (item["resource"].get("spec") or {}).get("podSelector") or {}
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expression in selector.get("matchExpressions") or []:
+        values = ",".join(expression.get("values") or [])
+        operator = {"In": "in", "NotIn": "notin"}.get(expression["operator"])
+        parts.append(f"{expression['key']} {operator} ({values})" if operator else
+                     ("" if expression["operator"] == "Exists" else "!") + expression["key"])
+    return [",".join(parts) or "<none>"]
+
+
 WIDE: dict[str, tuple[list[str], Row]] = {
     "Deployment": (["READY", "UP-TO-DATE", "AVAILABLE"], _deployment),
     "Service": (["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"], _service),
     "ServiceAccount": (["SECRETS"], _account),
     "Namespace": (["STATUS", "LABELS"], _namespace),
     "Gateway": (["HOSTS"], _gateway),
+    "NetworkPolicy": (["POD-SELECTOR"], _network_policy),
 }
 
 
@@ -90,16 +103,20 @@ def parse_selector(text: str | None) -> dict[str, str]:
 
 
 def pod_list(mesh: LocalMesh, namespace: str | None, selector: dict[str, str]) -> dict[str, Any]:
-    """The instances as kubectl's Pod List (name, namespace, labels), those carrying ``selector``'s labels:
-    what ``kubectl get pod -l app=sleep -o jsonpath={.items..metadata.name}`` reads."""
+    """The instances as kubectl's Pod List (name, namespace, labels, container names), those carrying
+    ``selector``'s labels: what ``kubectl get pod -l app=sleep -o jsonpath={.items..metadata.name}`` reads."""
     items = []
     for inst in mesh.instances():
         labels = inst.spec.labels
         if (namespace is not None and inst.namespace != namespace) or any(
                 labels.get(k) != v for k, v in selector.items()):
             continue
+        # containers: the app's (named by its app label, as Istio's samples name them) and the sidecar
+        containers = [{"name": labels.get("app", inst.spec.workload)}] + \
+            ([{"name": "istio-proxy"}] if inst.spec.sidecar else [])
         items.append({"apiVersion": "v1", "kind": "Pod",
-                      "metadata": {"name": inst.pod, "namespace": inst.namespace, "labels": dict(labels)}})
+                      "metadata": {"name": inst.pod, "namespace": inst.namespace, "labels": dict(labels)},
+                      "spec": {"containers": containers}})
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 

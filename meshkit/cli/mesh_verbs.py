@@ -261,12 +261,14 @@ def curl(  # noqa: PLR0917 (typer maps parameters to options)
         source = f"{source}.{namespace}"
     from meshkit.runtime.curl import CurlError  # noqa: PLC0415
     from meshkit.runtime.curl import curl as send  # noqa: PLC0415
+    from meshkit.runtime.egress_gate import mesh_egress_gate  # noqa: PLC0415
 
     mesh = _running_mesh()
     try:
         result = send(mesh.state, mesh.status()["workloads"], source, url, method=method,
                       headers=header or [], body=data, insecure=insecure, cacert=cacert,
-                      haproxy_protocol=haproxy_protocol, haproxy_clientip=haproxy_clientip)
+                      haproxy_protocol=haproxy_protocol, haproxy_clientip=haproxy_clientip,
+                      egress=mesh_egress_gate(mesh))  # NetworkPolicy, for a source without a sidecar
     except CurlError as error:
         where = f"--from {source}" if error.field == "from" else error.field
         _fail(EXIT_REJECTED, f"error: {where}: {error.message}")
@@ -318,6 +320,7 @@ def exec_(
     Supported: curl (with the flags the tasks use), fortio curl and fortio load (the
     circuit-breaking task), and pilot-agent request GET stats in the istio-proxy container.
     """
+    from meshkit.runtime.egress_gate import mesh_egress_gate  # noqa: PLC0415
     from meshkit.runtime.exec_command import ExecError, execute  # noqa: PLC0415
 
     mesh = _running_mesh()
@@ -326,7 +329,8 @@ def exec_(
         target = f"{kind}{slash}{name}.{namespace}"
     try:
         code = execute(mesh.state, mesh.status()["workloads"], target, list(command or []),
-                       out=lambda text: typer.echo(text, nl=False), container=container)
+                       out=lambda text: typer.echo(text, nl=False), container=container,
+                       egress=mesh_egress_gate(mesh))
     except ExecError as error:
         _fail(EXIT_REJECTED, f"error: exec {target}: {error}")
     raise typer.Exit(code)
@@ -345,21 +349,30 @@ def logs(  # noqa: PLR0917 (typer: one parameter per option)
         help="istio-proxy: the proxy's access log (what Istio's istio-proxy container prints with "
              "meshConfig.accessLogFile=/dev/stdout); another name: the app.")] = None,
     tail: Annotated[int, typer.Option(help="Lines from the end (0 = all).")] = 50,
+    namespace: Annotated[str | None, typer.Option(
+        "-n", "--namespace", help="With -l: only pods of this namespace (kubectl logs -l ... -n NS).")] \
+        = None,
 ) -> None:
     """Print the log of a workload, its sidecar (--sidecar) or its access log (--access).
 
     `kubectl logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy` is
-    `meshkit logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy`.
+    `meshkit logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy`;
+    `meshkit logs -l istio=egressgateway -n istio-system` prints the egress gateway's access log.
     """
+    from meshkit.runtime import egressgw  # noqa: PLC0415
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
     if (instance is None) == (selector is None):
         _fail(EXIT_UNAVAILABLE, "error: give an instance or -l key=value, not both")
+    if instance is not None and namespace not in (None, "default") and "." not in instance:
+        instance = f"{instance}.{namespace}"  # kubectl logs sleep-0 -n test-egress
     access = access or container == "istio-proxy"
     mesh = _running_mesh()
     try:
-        names = [instance] if instance is not None else mesh.select(selector or "")
-        paths = [mesh.log_path(name, sidecar=sidecar, access=access) for name in names]
+        names = [instance] if instance is not None else mesh.select(selector or "", namespace)
+        # the egress gateway's pod has one container, istio-proxy, whose log is the access log
+        paths = [mesh.log_path(name, sidecar=sidecar, access=access or (
+            selector is not None and name == egressgw.PROCESS)) for name in names]
     except MeshError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     if not names:

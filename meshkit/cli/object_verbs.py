@@ -26,6 +26,9 @@ from meshkit.cli.common import (
 )
 from meshkit.cli.local_workloads import OptionalNamespace, local_workloads, reconcile
 
+# namespaces every cluster has (Istio's tasks label them: `kubectl label ns kube-system kube-system=true`)
+PRESENT_NAMESPACES = frozenset({"default", "istio-system", "kube-system", "kube-public", "kube-node-lease"})
+
 
 @app.command("kube-inject")
 def kube_inject(files: FilesOption = None) -> None:
@@ -91,6 +94,8 @@ def label(
     client = _client(control)
     found = [item["resource"] for item in _call(client.get, "Namespace", None, None)["items"]
              if item["resource"]["metadata"]["name"] == name]
+    if not found and name in PRESENT_NAMESPACES:  # a cluster always has them: the first label stores one
+        found = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}]
     if not found:
         _fail(EXIT_REJECTED, f'error: namespaces "{name}" not found')
     doc = found[0]

@@ -22,6 +22,7 @@ from meshkit.config.authn import RequestAuthentication
 from meshkit.config.egress import ServiceEntry
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
+from meshkit.config.network_policy import check_network_policies
 from meshkit.config.regex import re2_error, sidecar_error
 from meshkit.config.registry import Endpoint, RegistryView
 from meshkit.config.resources import (
@@ -84,6 +85,7 @@ def analyze(resources: Sequence[Resource], registry: RegistryView | None = None)
     messages.extend(check_gateway_api(resources, registry))  # HTTPRoute, GatewayClass: MK041x
     messages.extend(check_routes(resources))  # istioctl's VirtualService checks: MK0124-MK0127, MK0134-MK0138
     messages.extend(check_policies(resources, registry))  # DestinationRule, policies: MK0128-MK0133
+    messages.extend(check_network_policies(resources))  # NetworkPolicy parts not enforced locally: MK0320
     return sorted(messages, key=lambda m: (m.resource, m.field, m.code))
 
 

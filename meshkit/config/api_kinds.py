@@ -110,6 +110,9 @@ API_KINDS: tuple[ApiKind, ...] = (
     # read by the local mesh's workload model; the control plane does not read them on a cluster yet
     ApiKind("", "v1", "serviceaccounts", "ServiceAccount", control=READ, enabled=False),
     ApiKind("apps", "v1", "deployments", "Deployment", control=READ, enabled=False),
+    # NetworkPolicy: enforced by the cluster's CNI; `--context apply` writes it with the user's own
+    # credentials (meshkit.k8s.cluster_config.NATIVE_TYPES), no meshkit component reads it on a cluster
+    ApiKind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", enabled=False),
     # the mesh's root CA, kept in a Secret so it outlives the control plane's pod (create: the
     # first start; RBAC cannot restrict create by name, so the grant is a Role in meshkit-system)
     ApiKind("", "v1", "secrets", "Secret", control=("get",), resource_names=(CA_ROOT_SECRET,),

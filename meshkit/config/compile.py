@@ -36,6 +36,7 @@ from meshkit.config.httproutes import (
     selector_services,
 )
 from meshkit.config.meshconfig import mesh_config_of, mesh_settings
+from meshkit.config.network_policy_snapshot import network_policy_section
 from meshkit.config.proxyconfig import proxy_config_for
 from meshkit.config.registry import Endpoint, Node, RegistryView, Service
 from meshkit.config.resources import (
@@ -191,6 +192,10 @@ def compile_snapshot(
         "tls": tls_section(node, resources, tls_virtual_services, registry, selecting),
         "tcp": tcp_section(node, tls_virtual_services, registry, selecting, resources),
     }
+    # the pod's Kubernetes NetworkPolicy egress, judged per destination address (network_policy_snapshot)
+    network_policy = network_policy_section(resources, node, body["clusters"], body["egress"]["hosts"])
+    if network_policy is not None:
+        body["network_policy"] = network_policy
     # opaque TCP in front of the app (a Service port named tcp...): the sidecar relays bytes (tls_routes)
     own_service = registry.service(node.service, node.namespace) if node.service else None
     body["inbound"]["protocol"] = inbound_protocol(resources, own_service)

@@ -9,6 +9,7 @@ from meshkit.config.envoyfilter import EnvoyFilter
 from meshkit.config.gateway_api import GATEWAY_API_KINDS, SAME_NAME_KINDS
 from meshkit.config.gateways import Gateway
 from meshkit.config.meshconfig import ConfigMap
+from meshkit.config.network_policy import NetworkPolicy
 from meshkit.config.resources import (
     AuthorizationPolicy,
     DestinationRule,
@@ -31,7 +32,8 @@ ISTIO_KINDS: dict[str, type[Resource]] = {
 # Gateway API standard channel, not from meshkit) and the Kubernetes workload kinds of Istio's samples.
 # ConfigMap: Istio's mesh config (istio-system/istio) and files a Deployment mounts; Secret: types
 # kubernetes.io/tls and Opaque (credentialName, mounted files); the loader ignores other Secrets with MK0009.
-_KUBERNETES_KINDS: tuple[type[Resource], ...] = (*WORKLOAD_KINDS, ConfigMap, Secret)
+# NetworkPolicy: enforced for egress where the local mesh connects for a pod (meshkit.config.network_policy).
+_KUBERNETES_KINDS: tuple[type[Resource], ...] = (*WORKLOAD_KINDS, ConfigMap, Secret, NetworkPolicy)
 RESOURCE_KINDS: dict[str, type[Resource]] = {
     **ISTIO_KINDS, **GATEWAY_API_KINDS, **{cls.__name__: cls for cls in _KUBERNETES_KINDS}}
 

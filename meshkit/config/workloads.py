@@ -221,7 +221,7 @@ WORKLOAD_KINDS: tuple[type[Resource], ...] = (Namespace, Service, ServiceAccount
 # are reported as ignored (a warning each), never a reason to refuse the file they are in.
 IGNORED_KINDS = frozenset({
     "ConfigMap", "Secret", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Role", "RoleBinding",
-    "ClusterRole", "ClusterRoleBinding", "NetworkPolicy", "StatefulSet", "DaemonSet", "Job", "CronJob",
+    "ClusterRole", "ClusterRoleBinding", "StatefulSet", "DaemonSet", "Job", "CronJob",
     "Ingress", "Pod", "ReplicaSet", "PersistentVolumeClaim", "Endpoints", "EndpointSlice",
 })
 

@@ -20,6 +20,7 @@ SHORT_NAMES: dict[str, str] = {
     "ra": "RequestAuthentication",
     "se": "ServiceEntry",
     "cm": "ConfigMap",
+    "netpol": "NetworkPolicy",
 }
 # kubectl's full names, the way to name Gateway API's Gateway (``gateway`` is Istio's)
 # (and ``gtw``, the short name of its CRD: `kubectl delete gtw cnn-egress-gateway`)

@@ -66,7 +66,12 @@ ROLLBACK_ADVICE = ("rollback is not available on Kubernetes: the Istio objects i
 
 Key = tuple[str, str, str]  # (kind, namespace, name), as Resource.key
 # by the store's kind (Resource.key[0]): Gateway API's Gateway is Gateway.gateway.networking.k8s.io
-TYPES: dict[str, ResourceType] = {STORE_KINDS[t]: t for t in ISTIO_TYPES}
+# Kubernetes' own kinds the client writes as they are: the cluster acts on them (a NetworkPolicy is its
+# CNI's to enforce), the control plane does not mirror them (an apply does not wait for it)
+NATIVE_TYPES: dict[str, ResourceType] = {
+    "NetworkPolicy": ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")}
+TYPES: dict[str, ResourceType] = {**{STORE_KINDS[t]: t for t in ISTIO_TYPES}, **NATIVE_TYPES}
+KIND_OF: dict[ResourceType, str] = {t: kind for kind, t in TYPES.items()}  # STORE_KINDS, and the native ones
 
 
 class ClusterClient(ControlClient):
@@ -160,7 +165,7 @@ class ClusterClient(ControlClient):
             except KubeApiError as error:
                 raise self._write_refused(resource.ref, error, actions) from None
         expected = {r.key: r.to_dict() for r, (_, action) in zip(incoming, actions, strict=True)
-                    if action != "unchanged"}
+                    if action != "unchanged" and r.key[0] not in NATIVE_TYPES}
         return self._answer(actions, expected, [m for m in messages if m.severity != Severity.ERROR])
 
     def get(self, kind: str | None = None, name: str | None = None, namespace: str | None = None,
@@ -196,7 +201,7 @@ class ClusterClient(ControlClient):
         written = {}
         for resource_type, obj in found:
             metadata = obj.get("metadata") or {}
-            key = (STORE_KINDS[resource_type], str(metadata.get("namespace") or "default"),
+            key = (KIND_OF[resource_type], str(metadata.get("namespace") or "default"),
                    str(metadata.get("name") or ""))
             written[key] = obj.get("status")
         everything = [resource for resource, _ in self._cluster_objects().values() if resource is not None]
@@ -332,7 +337,7 @@ class ClusterClient(ControlClient):
             except KubeApiError as error:
                 raise self._write_refused(_ref(key), error, actions) from None
             actions.append((_ref(key), "deleted"))
-        return self._answer(actions, dict.fromkeys(unique), [])
+        return self._answer(actions, dict.fromkeys(k for k in unique if k[0] not in NATIVE_TYPES), [])
 
     def _answer(self, actions: list[tuple[str, str]], expected: Mapping[Key, dict[str, Any] | None],
                 warnings: list[Message]) -> dict[str, Any]:
@@ -342,7 +347,8 @@ class ClusterClient(ControlClient):
         if note:
             notes.append(_message(codes.MK0950, "<control plane>", note, severity=Severity.WARNING))
         results = [{"resource": ref, "action": action} for ref, action in actions]
-        return {"revision": revision, "changed": bool(expected), "results": results, "warnings": notes}
+        changed = any(action != "unchanged" for _, action in actions)
+        return {"revision": revision, "changed": changed, "results": results, "warnings": notes}
 
     def _mirrored(self, expected: Mapping[Key, dict[str, Any] | None]) -> tuple[int, str]:
         """Wait (bounded) until the control plane's store shows ``expected`` (None: absent)."""
@@ -425,7 +431,7 @@ def _item(resource_type: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         "apiVersion": obj.get("apiVersion"), "kind": resource_type.kind,
         "metadata": {"name": metadata.get("name"), "namespace": metadata.get("namespace")},
         "spec": obj.get("spec")}
-    ref = f"{STORE_KINDS[resource_type]}/{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
+    ref = f"{KIND_OF[resource_type]}/{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
     return {"ref": ref, "created": _timestamp(metadata.get("creationTimestamp")),
             "generation": metadata.get("generation"), "resource": document}
 

@@ -27,6 +27,7 @@ from meshkit.lab.display import BrowserPage, Findings, LabError, Rule, Table, sh
 from meshkit.runtime import catalog
 from meshkit.runtime.curl import CurlError, CurlResult
 from meshkit.runtime.curl import curl as send_curl
+from meshkit.runtime.egress_gate import mesh_egress_gate
 from meshkit.runtime.load import LoadGenerator, parse_users
 from meshkit.runtime.local import LocalMesh, MeshError
 from meshkit.runtime.manifests import check_local, touches_workloads
@@ -437,7 +438,8 @@ class Mesh:
         local = self._local()
         try:
             return send_curl(local.state, local.status()["workloads"], from_, url, method=method,
-                             headers=headers, body=body, timeout=timeout, insecure=insecure, cacert=cacert)
+                             headers=headers, body=body, timeout=timeout, insecure=insecure, cacert=cacert,
+                             egress=mesh_egress_gate(local))  # NetworkPolicy, for a source without a sidecar
         except CurlError as exc:
             field = "from_" if exc.field == "from" else exc.field
             raise LabError(f"curl {field}: {exc.message}") from None

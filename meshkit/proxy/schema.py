@@ -405,7 +405,18 @@ class _GatewayTlsSection(TypedDict, total=False):
     gateway_tls: GatewayTlsDoc | None  # gateway proxies only
 
 
-class SnapshotDoc(_GatewayTlsSection):
+class NetworkPolicyDoc(TypedDict):
+    """The pod's NetworkPolicy egress: the only upstream addresses it may connect to (``address:port``)."""
+
+    policies: list[str]
+    allowed: list[str]
+
+
+class _NetworkPolicySection(TypedDict, total=False):
+    network_policy: NetworkPolicyDoc | None  # only when an Egress NetworkPolicy selects the proxy's pod
+
+
+class SnapshotDoc(_GatewayTlsSection, _NetworkPolicySection):
     schema: int
     version: str
     revision: NotRequired[int]

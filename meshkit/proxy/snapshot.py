@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from meshkit.proxy import network_policy
 from meshkit.proxy.balancer import Cluster
 from meshkit.proxy.egress import Egress, EgressError
 from meshkit.proxy.filters.authn import mtls_mode_for_port
@@ -93,6 +94,7 @@ class Snapshot:
         "clusters",
         "doc",
         "egress",
+        "egress_allowed",
         "first_request_at",
         "gateway_authz",
         "gateway_jwt",
@@ -142,6 +144,8 @@ class Snapshot:
         self.tls = TlsRouting()  # TLS carried unopened by SNI, a gateway's TCP by port (tls_routing, tunnel)
         # unknown hosts: outboundTrafficPolicy, the stand-in map (proxy/egress.py); None on a gateway
         self.egress: Egress | None = Egress()
+        # the pod's NetworkPolicy egress: the upstream "address:port"s it may connect to (None: any)
+        self.egress_allowed: frozenset[str] | None = None
         self.path_normalization = DEFAULT_PATH_MODE  # meshConfig.pathNormalization (Istio's default)
         self.stream_idle_timeout: float | None = None  # seconds; None: the listener's own limit
         self.proxy_protocol = False  # a gateway's connections must start with a PROXY header
@@ -200,6 +204,10 @@ class Snapshot:
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         snap.upstream_tls = cls._upstream_tls(doc.get("clusters"))
+        try:
+            snap.egress_allowed = network_policy.parse(doc.get("network_policy"))
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
         snap.originate = cls._originate(doc.get("clusters"), doc.get("egress"), previous)
         snap.gateway_tls = cls._gateway_tls(doc.get("gateway_tls"), previous)
         try:

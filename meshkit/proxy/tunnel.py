@@ -37,7 +37,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from meshkit.proxy import accept_loop
+from meshkit.proxy import accept_loop, network_policy
 from meshkit.proxy.accept_loop import AcceptingServer
 from meshkit.proxy.egress import (
     BLACKHOLE_CLUSTER,
@@ -215,6 +215,11 @@ class Tunnels:
                 return  # closed: the client's handshake fails (BlackHoleCluster, no route)
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    allowed = snapshot.egress_allowed if snapshot is not None else None
+                    if allowed is not None and kind != "inbound" and \
+                            f"{target.address[0]}:{target.address[1]}" not in allowed:  # NetworkPolicy
+                        await network_policy.hang(CONNECT_TIMEOUT_S)
+                        raise TimeoutError(network_policy.TIMEOUT_REASON)
                     up_reader, up_writer = await self._connect(target)
             except (OSError, TimeoutError, ValueError) as exc:
                 target.flags = "UF"

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import httptools
 
+from meshkit.proxy import network_policy
 from meshkit.proxy.bodies import BodyStream
 from meshkit.proxy.http import ConnectFailure, Headers, Request, Response, UpstreamReset
 
@@ -406,6 +407,10 @@ class Upstream:
                         raise
             else:
                 return await self._exchange(conn, request, head, body)
+        if config is not None and config.egress_allowed is not None and request.direction == "outbound" \
+                and endpoint.hostport not in config.egress_allowed:  # the pod's NetworkPolicy drops it
+            self.cx_connect_fail += 1
+            await network_policy.drop(self._connect_timeout(request))
         conn = await self._connect(key, allowed, self._connect_timeout(request), originate)
         return await self._exchange(conn, request, head, body)
 

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 
 from meshkit.runtime import curl_tls
 from meshkit.runtime.catalog import EXTERNAL_HOSTS, EXTERNAL_TLS_DELTA, external_hosts, workload_of
+from meshkit.runtime.egress_gate import EgressGate, dropped
 from meshkit.runtime.state import StateDir
 
 DEFAULT_TIMEOUT = 30.0
@@ -149,6 +150,9 @@ class _Route:
     tunnel: str | None = None  # "host:port" to CONNECT to through the proxy at host:port (HTTPS_PROXY)
     tls_host: str | None = None  # TLS to this server name (SNI, certificate check); None: plaintext
     where: str = ""  # the URL's host:port, for messages
+    # a pod without a sidecar connects itself (its NetworkPolicy egress applies, `egress_gate`):
+    # "external" for a stand-in, else the status row of the instance it connects to
+    direct: dict[str, Any] | str | None = None
 
 
 def find_source(workloads: list[dict[str, Any]], source: str) -> dict[str, Any]:
@@ -218,7 +222,8 @@ def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any]
                       state.log(f"{row['name']}.access"), tls_host=tls_host, where=where)
     external = _external(workloads, host.lower(), port)
     if external is not None:  # no sidecar: straight to the stand-in, as DNS would resolve the name
-        return _Route(external[0], external[1], origin_form, None, tls_host=tls_host, where=where)
+        return _Route(external[0], external[1], origin_form, None, tls_host=tls_host, where=where,
+                      direct="external")
     if secure:
         raise CurlError("url", f"{row['name']} has no sidecar: https from it to {host!r} is not supported "
                         f"here (only to the external stand-ins {', '.join(EXTERNAL_HOSTS)}, "
@@ -232,7 +237,8 @@ def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any]
                         f"service of the mesh it could reach (services: {', '.join(known)})")
     chosen = random.choice(endpoints)  # as kube-proxy picks a pod
     log = state.log(f"{chosen['name']}.access")
-    return _Route("127.0.0.1", int(chosen["inbound_port"]), origin_form, log, "inbound", where=where)
+    return _Route("127.0.0.1", int(chosen["inbound_port"]), origin_form, log, "inbound", where=where,
+                  direct=chosen)
 
 
 def _headers(given: dict[str, str] | list[str] | None) -> list[tuple[str, str]]:
@@ -328,13 +334,16 @@ def _connect(route: _Route, context: ssl.SSLContext | None, timeout: float, *,
 def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str, *, method: str = "GET",
          headers: dict[str, str] | list[str] | None = None, body: str | bytes | None = None,
          timeout: float = DEFAULT_TIMEOUT, insecure: bool = False, cacert: str | None = None,
-         haproxy_protocol: bool = False, haproxy_clientip: str | None = None) -> CurlResult:
+         haproxy_protocol: bool = False, haproxy_clientip: str | None = None,
+         egress: EgressGate | None = None, connect_timeout: float | None = None) -> CurlResult:
     """Send one request from ``source`` (a `meshkit status` workload name) and return what came back.
 
     ``workloads`` are the rows of `LocalMesh.status()`. Never raises for an HTTP error or a
     failed connection (see `CurlResult.status` and ``error``); `CurlError` for bad arguments.
     For ``https://``: ``insecure`` (curl's ``-k``) skips the certificate check, ``cacert`` (``--cacert``)
     is the CA bundle to check it against instead of the pod's (system CAs + the stand-ins' CA).
+    ``egress``: the mesh's NetworkPolicies; a connection of a pod without a sidecar that they do not
+    allow is dropped (``connect_timeout``: curl's ``--connect-timeout``), as `egress_gate` says.
     """
     row = find_source(workloads, source)
     if not 0 < timeout <= MAX_TIMEOUT:
@@ -365,6 +374,13 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
     result = CurlResult(row["name"], method, url, None, request_id=request_id)
     offset = _log_size(route.access_log)
     began = time.monotonic()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    to = route.direct
+    if egress is not None and to is not None and not egress.allows(row, to if isinstance(to, dict) else None,
+                                                                   port):
+        result.error = dropped(parts.hostname or "", port, connect_timeout, timeout)
+        result.seconds = time.monotonic() - began
+        return result
     conn = http.client.HTTPConnection(route.host, route.port, timeout=timeout)
     try:
         conn.sock = _connect(route, context, timeout, haproxy=haproxy_protocol or client_ip is not None,

@@ -4,7 +4,7 @@ Istio's task pages run a handful of programs in pods, and a learner copies those
 exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchanged and runs:
 
 - ``curl [-s] [-S] [-i] [-I] [-v] [-L] [-k] [-o FILE] [-D FILE] [-w FORMAT] [-H H] [-X M] [-d D]
-  [-m S] [--cacert FILE] [--max-redirs N]
+  [-m S] [--connect-timeout S] [--cacert FILE] [--max-redirs N]
   [--haproxy-protocol] [--haproxy-clientip IP] URL`` from the app container (the mTLS-migration loop's
   ``curl -s URL -s -o /dev/null -w "%{http_code}\\n"``, the egress tasks' ``curl -sSL -o /dev/null
   -D - http://edition.cnn.com/politics`` and ``curl -sI https://www.google.com``), sent as that app
@@ -12,7 +12,9 @@ exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchange
   as curl does, printing each hop's headers with ``-i``/``-D -``. Like curl, an HTTP error is exit
   0, and a connection that gets no answer prints ``000`` for ``%{http_code}`` and exits 7
   (refused), 28 (timed out), 35 (TLS handshake failed, as when the mesh blocks an HTTPS host), 60
-  (certificate not trusted) or 56 (reset, CONNECT refused by the proxy); ``-o`` and ``-D`` to a
+  (certificate not trusted) or 56 (reset, CONNECT refused by the proxy); from a pod without a sidecar,
+  a connection its NetworkPolicy egress drops waits ``--connect-timeout`` (2 s without it) and exits
+  28 (`meshkit.runtime.egress_gate`); ``-o`` and ``-D`` to a
   file write nothing (the file would be in the pod);
 - ``fortio curl [-quiet] URL`` and ``fortio load [-c N] [-qps Q] [-n N | -t D] [-H H] [-loglevel L]
   [-quiet] URL`` from a fortio pod (`meshkit.runtime.fortio`), the circuit-breaking task;
@@ -39,6 +41,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from meshkit.runtime.curl import CurlError, CurlResult, curl, find_source, service_of
+from meshkit.runtime.egress_gate import EgressGate
 from meshkit.runtime.fortio import LoadSpec, run_load
 from meshkit.runtime.mini_shell import Shell, ShellError
 from meshkit.runtime.state import StateDir
@@ -52,6 +55,7 @@ SIDECAR_CONTAINERS = frozenset({"istio-proxy", "meshkit-proxy"})
 CURL_EXIT = (("SSL certificate problem", 60), ("SSL: no alternative certificate", 60), ("SSL_connect", 35),
              ("SSL connect error", 35), ("refused", 7), ("timed out", 28), ("CONNECT", 56), ("reset", 56))
 TOO_MANY_REDIRECTS = 47
+EGRESS_KEY = "_egress"  # execute's ``egress``, carried on the source row to the curl it runs
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRS = 50  # curl's default --max-redirs
 # options taking a value, and the flags meshkit accepts and ignores (they change nothing here)
@@ -81,6 +85,7 @@ class CurlCall:
     output: str | None = None
     write_out: str | None = None
     timeout: float = 30.0
+    connect_timeout: float | None = None  # --connect-timeout (a connection NetworkPolicy drops)
     location: bool = False  # -L
     max_redirs: int = MAX_REDIRS
     dump_header: str | None = None  # -D FILE ("-": stdout)
@@ -145,11 +150,15 @@ def _curl_option(call: CurlCall, option: str, value: str) -> None:
             call.method = "POST"
     elif option == "--haproxy-clientip":
         call.haproxy_clientip = value
-    elif option in ("-m", "--max-time"):
+    elif option in ("-m", "--max-time", "--connect-timeout"):
         try:
-            call.timeout = float(value)
+            seconds = float(value)
         except ValueError:
             raise ExecError(f"curl: {option} expects seconds, got {value!r}") from None
+        if option == "--connect-timeout":
+            call.connect_timeout = seconds
+        else:
+            call.timeout = seconds
     elif option in ("-D", "--dump-header"):
         call.dump_header = value
     elif option == "--cacert":
@@ -304,8 +313,12 @@ def _seconds(text: str) -> float:
 
 
 def execute(state: StateDir, workloads: list[dict[str, Any]], target: str, argv: list[str], *,
-            out: Callable[[str], None], container: str | None = None) -> int:
-    """Run ``argv`` as if in ``target``'s pod (``container`` as ``-c``); the exit status."""
+            out: Callable[[str], None], container: str | None = None,
+            egress: EgressGate | None = None) -> int:
+    """Run ``argv`` as if in ``target``'s pod (``container`` as ``-c``); the exit status. ``egress``: the
+    mesh's NetworkPolicies, for the connections a pod without a sidecar opens itself (`egress_gate`)."""
+    if egress is not None:
+        workloads = [{**row, EGRESS_KEY: egress} for row in workloads]
     target = target.split("/", 1)[1] if target.split("/", 1)[0] in ("deploy", "deployment", "pod") else target
     try:
         row = find_source(workloads, target)
@@ -373,7 +386,8 @@ def _send(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any],
     try:
         return curl(state, workloads, row["name"], call.url, method=call.method, headers=call.headers,
                     body=call.data, timeout=call.timeout, insecure=call.insecure, cacert=call.cacert,
-                    haproxy_protocol=call.haproxy_protocol, haproxy_clientip=call.haproxy_clientip)
+                    haproxy_protocol=call.haproxy_protocol, haproxy_clientip=call.haproxy_clientip,
+                    egress=row.get(EGRESS_KEY), connect_timeout=call.connect_timeout)
     except CurlError as error:
         raise ExecError(f"curl: {error.message}") from None
 

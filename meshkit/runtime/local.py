@@ -482,9 +482,9 @@ class LocalMesh:
             raise MeshError(f"no instance {name!r}; known instances: {known}")
         return rec.processes[name]
 
-    def select(self, selector: str) -> list[str]:
+    def select(self, selector: str, namespace: str | None = None) -> list[str]:
         """The instances and gateway proxies whose pod labels match ``selector`` (``key=value[,key=value]``,
-        kubectl's equality form), sorted: what `meshkit logs -l` reads."""
+        kubectl's equality form), in ``namespace`` when given, sorted: what `meshkit logs -l` reads."""
         wanted: dict[str, str] = {}
         for term in (t.strip() for t in selector.split(",") if t.strip()):
             key, sep, value = term.partition("=")
@@ -495,10 +495,16 @@ class LocalMesh:
         if rec is None:
             raise MeshError("no mesh is running; start one with `meshkit up`")
         found = [name for name, proc in rec.processes.items() if kube_gateways.is_gateway_process(proc)
-                 and all(kube_gateways.labels_of(proc).get(k) == v for k, v in wanted.items())]
+                 and all(kube_gateways.labels_of(proc).get(k) == v for k, v in wanted.items())
+                 and namespace in (None, name.partition(".")[2] or "default")]
         for inst in rec.instances():
-            if all(inst.spec.labels.get(k) == v for k, v in wanted.items()):
+            if all(inst.spec.labels.get(k) == v for k, v in wanted.items()) \
+                    and namespace in (None, inst.namespace):
                 found.append(inst.name)
+        # the egress gateway (`meshkit deploy egressgateway`): `logs -l istio=egressgateway -n istio-system`
+        if egressgw.PROCESS in rec.processes and namespace in (None, egressgw.NAMESPACE) \
+                and all(egressgw.LABELS.get(k) == v for k, v in wanted.items()):
+            found.append(egressgw.PROCESS)
         return sorted(found)
 
     def log_path(self, name: str, sidecar: bool = False, access: bool = False) -> Path:

@@ -133,8 +133,9 @@ def test_unsupported_and_unknown_kinds() -> None:
         "apiVersion: v1\nkind: Foo\nmetadata: {name: f}\n"
     )
     supported = ("(supported: AuthorizationPolicy, ConfigMap, Deployment, DestinationRule, EnvoyFilter, "
-                 "Gateway, GatewayClass, HTTPRoute, Namespace, PeerAuthentication, RequestAuthentication, "
-                 "Secret, Service, ServiceAccount, ServiceEntry, TLSRoute, Telemetry, VirtualService)")
+                 "Gateway, GatewayClass, HTTPRoute, Namespace, NetworkPolicy, PeerAuthentication, "
+                 "RequestAuthentication, Secret, Service, ServiceAccount, ServiceEntry, TLSRoute, Telemetry, "
+                 "VirtualService)")
     assert gateway.text == f"kind Sidecar is not supported by meshkit {supported}"
     assert foo.text == f"kind Foo is not a known kind {supported}"
 

@@ -83,7 +83,7 @@ def test_every_sample_round_trips_through_to_dict() -> None:
     resources = load_resources(
         [r.to_dict() for r in sample(*(p.stem for p in sorted(SAMPLES.glob("*.yaml"))))]
     )
-    assert len(resources) == 106  # Istio and Gateway API kinds, the Kubernetes objects of the samples
+    assert len(resources) == 108  # Istio and Gateway API kinds, the Kubernetes objects of the samples
     again = load_resources([r.to_dict() for r in resources])
     assert again == resources
 

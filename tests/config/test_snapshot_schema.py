@@ -245,6 +245,21 @@ spec:
 """
 
 
+# the task's NetworkPolicy (istio.io's "Egress Gateways", "Apply Kubernetes network policies"), on default
+RICH_NETWORK_POLICY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-egress-to-istio-system-and-kube-dns}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {kube-system: "true"}}}]
+    ports: [{protocol: UDP, port: 53}]
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: default}}}]
+"""
+
+
 def _compiled() -> list[tuple[str, dict[str, Any]]]:
     registry = _registry()
     inputs = [(path.stem, path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))]
@@ -252,6 +267,7 @@ def _compiled() -> list[tuple[str, dict[str, Any]]]:
     inputs.append(("rich-request-authentication", RICH_AUTHN))
     inputs.append(("rich-redirect", RICH_REDIRECT))
     inputs.append(("rich-dry-run", RICH_DRY_RUN))
+    inputs.append(("rich-network-policy", RICH_NETWORK_POLICY))
     found = []
     # TLS origination with every field set, and the stand-ins' CA (meshkit deploy external)
     standins = dataclasses.replace(registry, external_ca=STAND_IN_CA,

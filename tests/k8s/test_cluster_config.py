@@ -299,3 +299,28 @@ def test_merge_patch_turns_the_old_document_into_the_new() -> None:
 async def test_until_helper_is_bounded() -> None:  # the harness's wait fails instead of hanging
     with pytest.raises(pytest.fail.Exception):
         await until("never", lambda: False, 0.2)
+
+
+NETPOL_COLLECTION = "/apis/networking.k8s.io/v1/networkpolicies"
+
+
+async def test_a_network_policy_is_written_as_kubernetes_own_kind(
+        client: ClusterClient, kmock: Any, session: aiohttp.ClientSession) -> None:
+    """istio.io's "Egress Gateways" NetworkPolicy: the cluster's CNI enforces it, so the client writes it as
+    it is and does not wait for the control plane (which does not mirror it)."""
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "allow-egress-to-istio-system-and-kube-dns", "namespace": k.NAMESPACE},
+              "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                       "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"istio": "system"}}}]}]}}
+    answer = await call(client.apply, [policy])
+    assert answer["changed"] is True and answer["warnings"] == [], answer
+    assert answer["results"] == [{"resource": f"NetworkPolicy/{k.NAMESPACE}/allow-egress-to-istio-system-and-"
+                                              "kube-dns", "action": "created"}]
+    [held] = await objects(session, kmock, NETPOL_COLLECTION)
+    assert held["spec"] == policy["spec"]
+    [listed] = (await call(client.get, "netpol", None, k.NAMESPACE))["items"]
+    assert listed["resource"]["spec"] == policy["spec"]
+    assert (await call(client.apply, [policy]))["changed"] is False
+    deleted = await call(client.delete, "networkpolicy", "allow-egress-to-istio-system-and-kube-dns",
+                         k.NAMESPACE)
+    assert deleted["changed"] is True and await objects(session, kmock, NETPOL_COLLECTION) == []

@@ -144,6 +144,7 @@ async def _discard(response: Response) -> None:
 
 def _error_reply(error: UpstreamError, flag: str) -> Response:
     reason = "connection failure" if isinstance(error, ConnectFailure) else "connection termination"
+    reason = getattr(error, "reset_reason", reason)  # a connect timeout says so (proxy/network_policy.py)
     text = f"upstream connect error or disconnect/reset before headers. reset reason: {reason}"
     return Response.local(error.status, text, f"{error.flag},{flag}")
 
