@@ -19,6 +19,11 @@ The load is open-loop with coordinated-omission correction (``proxybench/openloo
 are interleaved within each round and every figure is a median over rounds; compare within one run.
 Writes JSON (default benchmarks/results/istio_method.json). Bounded: points <= 120 s, rounds <= 10.
 
+``--concurrency N`` (N > 1) adds the way ``mesh-cN``: a second mesh of the same apps whose httpbin-v1
+and sleep Deployments carry ``proxy.istio.io/config: '{"concurrency": N}'`` (applied with ``meshkit
+patch``, as a user would), so both of its sidecars run N processes; interleaved with the others, its
+CPU and RSS the whole process tree's of each sidecar.
+
 ``--telemetry-cost`` measures instead what telemetry costs the ``mesh`` way's two sidecars: CPU time
 per request at the first ``--points`` point with telemetry on (as shipped), off, and with tracing off,
 the sidecars restarted for each condition, interleaved over ``--rounds`` (default 3); see
@@ -122,6 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="5 s per point, 1 round")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
+    parser.add_argument("--concurrency", type=int, default=1, choices=range(1, 9), metavar="1..8",
+                        help="N > 1 adds the way mesh-cN: a second mesh, its two sidecars --concurrency N")
     parser.add_argument("--telemetry-cost", action="store_true",
                         help="CPU per request of the sidecar pair with telemetry on / off / tracing off")
     args = parser.parse_args(argv)
@@ -140,6 +147,26 @@ def start_mesh(home: Path) -> tuple[LocalMesh, dict[str, Any]]:
         raise HarnessError("no free block of ports below the ephemeral range for the mesh")
     status = mesh.up(["httpbin", "clients"], {"httpbin-v2": 0}, base_port=base, timeout=60.0)
     return mesh, {w["name"]: w for w in status["workloads"]}
+
+
+def with_concurrency(mesh: LocalMesh, home: Path, workers: int) -> dict[str, Any]:
+    """Patch httpbin-v1's and sleep's pod templates with ``proxy.istio.io/config`` concurrency (the
+    pods are replaced, as `meshkit patch` does); the mesh's workloads afterwards."""
+    annotation = json.dumps({"concurrency": workers})
+    template = {"metadata": {"annotations": {"proxy.istio.io/config": annotation}}}
+    patch = json.dumps({"spec": {"template": template}})
+    env = {**os.environ, "MESHKIT_HOME": str(home)}
+    for deployment in ("httpbin-v1", "sleep"):
+        command = [sys.executable, "-m", "meshkit.cli", "patch", "deployment", deployment, "-p", patch]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise HarnessError(f"meshkit patch deployment {deployment}: {done.stdout}{done.stderr}")
+    workloads = {w["name"]: w for w in mesh.status()["workloads"]}
+    for name in ("httpbin-v1-0", "sleep-v1-0"):
+        pid = workloads[name]["sidecar_pid"]
+        if len(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()) != workers - 1:
+            raise HarnessError(f"{name}'s sidecar does not run {workers} processes after the patch")
+    return workloads
 
 
 def fetch(port: int, *, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -355,9 +382,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="meshkit-istio-method-"))
     supervisor = Supervisor(workdir)
     mesh: LocalMesh | None = None
+    mesh2: LocalMesh | None = None
     try:
         console.print("starting the mesh as shipped: meshkit up --app httpbin --app clients (httpbin-v2=0)")
         mesh, workloads = start_mesh(workdir / "mesh")
+        if args.concurrency > 1:
+            console.print(f"starting a second mesh, its httpbin and sleep sidecars with concurrency "
+                          f"{args.concurrency}")
+            mesh2, _ = start_mesh(workdir / "mesh2")
+            workloads2 = with_concurrency(mesh2, workdir / "mesh2", args.concurrency)
         httpbin, sleep = workloads["httpbin-v1-0"], workloads["sleep-v1-0"]
         stage = Stage(supervisor, tools, workdir)
         children: list[Child]
@@ -371,6 +404,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
             Way("nginx-x2-tls", "client -> nginx -(TLS, client certs)-> nginx -> httpbin", nginx_port,
                 [child.pid for child in children], 2),
         ]
+        if mesh2 is not None:
+            httpbin2, sleep2 = workloads2["httpbin-v1-0"], workloads2["sleep-v1-0"]
+            ways.insert(2, Way(
+                f"mesh-c{args.concurrency}",
+                f"as mesh, both sidecars --concurrency {args.concurrency} (a second mesh, its own httpbin)",
+                int(sleep2["outbound_proxy"].rsplit(":", 1)[1]),
+                [sleep2["sidecar_pid"], httpbin2["sidecar_pid"]], 2,
+            ))
         for way in ways:
             check_way(way)
         access_log = mesh.log_path("httpbin-v1-0", sidecar=True, access=True)
@@ -392,6 +433,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     finally:
         if mesh is not None:
             mesh.down()
+        if mesh2 is not None:
+            mesh2.down()
         supervisor.close()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     table = summarize(samples, ways)
