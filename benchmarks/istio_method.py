@@ -19,10 +19,10 @@ The load is open-loop with coordinated-omission correction (``proxybench/openloo
 are interleaved within each round and every figure is a median over rounds; compare within one run.
 Writes JSON (default benchmarks/results/istio_method.json). Bounded: points <= 120 s, rounds <= 10.
 
-``--concurrency N`` (N > 1) adds the way ``mesh-cN``: a second mesh of the same apps whose httpbin-v1
-and sleep Deployments carry ``proxy.istio.io/config: '{"concurrency": N}'`` (applied with ``meshkit
-patch``, as a user would), so both of its sidecars run N processes; interleaved with the others, its
-CPU and RSS the whole process tree's of each sidecar.
+``--concurrency N`` (N > 1) adds the way ``mesh-cN``: a second mesh of the same apps started with
+``MESHKIT_PROXY_CONCURRENCY=N`` (the sidecar's ``--concurrency`` default; the app sets are not stored
+Deployments a ``proxy.istio.io/config`` patch could reach), so both sidecars of its pair run N
+processes; interleaved with the others, its CPU and RSS the whole process tree's of each sidecar.
 
 ``--telemetry-cost`` measures instead what telemetry costs the ``mesh`` way's two sidecars: CPU time
 per request at the first ``--points`` point with telemetry on (as shipped), off, and with tracing off,
@@ -149,24 +149,26 @@ def start_mesh(home: Path) -> tuple[LocalMesh, dict[str, Any]]:
     return mesh, {w["name"]: w for w in status["workloads"]}
 
 
-def with_concurrency(mesh: LocalMesh, home: Path, workers: int) -> dict[str, Any]:
-    """Patch httpbin-v1's and sleep's pod templates with ``proxy.istio.io/config`` concurrency (the
-    pods are replaced, as `meshkit patch` does); the mesh's workloads afterwards."""
-    annotation = json.dumps({"concurrency": workers})
-    template = {"metadata": {"annotations": {"proxy.istio.io/config": annotation}}}
-    patch = json.dumps({"spec": {"template": template}})
-    env = {**os.environ, "MESHKIT_HOME": str(home)}
-    for deployment in ("httpbin-v1", "sleep"):
-        command = [sys.executable, "-m", "meshkit.cli", "patch", "deployment", deployment, "-p", patch]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            raise HarnessError(f"meshkit patch deployment {deployment}: {done.stdout}{done.stderr}")
-    workloads = {w["name"]: w for w in mesh.status()["workloads"]}
+CONCURRENCY_ENV = "MESHKIT_PROXY_CONCURRENCY"  # meshkit.proxy.main's --concurrency default
+
+
+def start_mesh_with_workers(home: Path, workers: int) -> dict[str, Any]:
+    """A second mesh like ``start_mesh``'s whose sidecars run ``workers`` processes each; checked."""
+    previous = os.environ.get(CONCURRENCY_ENV)
+    os.environ[CONCURRENCY_ENV] = str(workers)  # the launcher gives sidecars our environment
+    try:
+        mesh, workloads = start_mesh(home)
+    finally:
+        if previous is None:
+            os.environ.pop(CONCURRENCY_ENV, None)
+        else:
+            os.environ[CONCURRENCY_ENV] = previous
     for name in ("httpbin-v1-0", "sleep-v1-0"):
         pid = workloads[name]["sidecar_pid"]
         if len(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()) != workers - 1:
-            raise HarnessError(f"{name}'s sidecar does not run {workers} processes after the patch")
-    return workloads
+            mesh.down()
+            raise HarnessError(f"{name}'s sidecar does not run {workers} processes")
+    return {"mesh": mesh, "workloads": workloads}
 
 
 def fetch(port: int, *, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -389,8 +391,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if args.concurrency > 1:
             console.print(f"starting a second mesh, its httpbin and sleep sidecars with concurrency "
                           f"{args.concurrency}")
-            mesh2, _ = start_mesh(workdir / "mesh2")
-            workloads2 = with_concurrency(mesh2, workdir / "mesh2", args.concurrency)
+            second = start_mesh_with_workers(workdir / "mesh2", args.concurrency)
+            mesh2, workloads2 = second["mesh"], second["workloads"]
         httpbin, sleep = workloads["httpbin-v1-0"], workloads["sleep-v1-0"]
         stage = Stage(supervisor, tools, workdir)
         children: list[Child]

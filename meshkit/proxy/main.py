@@ -57,6 +57,7 @@ CONTROL_CA_ENV = "MESHKIT_CONTROL_CA"  # the root that signed the control plane'
 CONTROL_TOKEN_FILE_ENV = "MESHKIT_CONTROL_TOKEN_FILE"  # the control plane credential of a proxy without CA
 TELEMETRY_ENV = "MESHKIT_PROXY_TELEMETRY"  # --telemetry's default: benchmarks switch a mesh's sidecars
 TELEMETRY_CHOICES = ("on", "off", "no-tracing")
+CONCURRENCY_ENV = "MESHKIT_PROXY_CONCURRENCY"  # --concurrency's default: benchmarks give a whole mesh workers
 SWEEP_INTERVAL = 5.0
 
 
@@ -132,9 +133,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "pass non-HTTP outbound TCP through to it (PassthroughCluster)",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=1, metavar="N",
+        "--concurrency", type=int, default=os.environ.get(CONCURRENCY_ENV) or 1, metavar="N",
         help="worker processes serving the listeners (Envoy's --concurrency; Istio's proxy.istio.io/config "
-        "concurrency): N > 1 forks N-1 workers sharing the ports (SO_REUSEPORT); 0 = one per CPU; default 1",
+        "concurrency): N > 1 forks N-1 workers sharing the ports (SO_REUSEPORT); 0 = one per CPU; default 1, "
+        f"or env {CONCURRENCY_ENV}",
     )
     parser.add_argument("--drain-seconds", type=float, default=2.0, help="grace period on SIGTERM")
     parser.add_argument(

@@ -1,10 +1,11 @@
 """``--concurrency N``: worker processes sharing the sidecar's ports (real processes, real sockets).
 
 Default 1 forks nothing. With 2: both processes serve requests (per-process counters in ``/stats``),
-``/stats`` and ``/stats/prometheus`` sum them, a new snapshot (SIGHUP-reloaded file) reaches the
-connections of both, a certificate rotation (real control plane and CA) reaches both, killing the
-first process leaves no worker behind, and a worker that dies stops the sidecar with a message
-naming it (exit 1: as Envoy, whose process ends when a worker dies).
+``/stats`` and ``/stats/prometheus`` sum them, both append whole lines to the access log, a new
+snapshot (SIGHUP-reloaded file) reaches the connections of both, a certificate rotation (real
+control plane and CA) reaches both, killing the first process leaves no worker behind, and a worker
+that dies stops the sidecar with a message naming it (exit 1: as Envoy, whose process ends when a
+worker dies).
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ def test_default_concurrency_forks_no_worker(apps: tuple[EchoApp, EchoApp], tmp_
 async def test_both_processes_serve_and_the_admin_sums_them(
     apps: tuple[EchoApp, EchoApp], tmp_path: Path
 ) -> None:
-    proxy = _start(tmp_path, make_snapshot(apps[0].port), "--concurrency", "2")
+    access_log = tmp_path / "access.log"
+    proxy = _start(tmp_path, make_snapshot(apps[0].port), "--concurrency", "2",
+                   "--access-log", str(access_log))
     try:
         workers = proxy.ports["workers"]
         assert len(workers) == 1 and workers[0] != proxy.proc.pid
@@ -126,6 +129,11 @@ async def test_both_processes_serve_and_the_admin_sums_them(
         assert set(per_process) == {proxy.proc.pid, workers[0]}
         assert all(count > 0 for count in per_process.values()), per_process
         assert sum(per_process.values()) == CONNECTIONS
+        # both processes append to the one access log: a whole line per request
+        wait_until(lambda: len(access_log.read_text().splitlines()) == CONNECTIONS, 20,
+                   "every access-log line")
+        lines = [json.loads(line) for line in access_log.read_text().splitlines()]
+        assert len({line["request_id"] for line in lines}) == CONNECTIONS
         assert stats["listeners"]["outbound"]["downstream_rq_total"] == CONNECTIONS
         assert stats["upstream"]["rq_total"] == CONNECTIONS
         text = _get(proxy.admin, "/stats/prometheus")[1]
