@@ -22,7 +22,8 @@ whatever supervises the sidecar (the local mesh, the kubelet) restarts it whole.
 pipe reaches EOF (the first process ended, even by SIGKILL) stops: no worker outlives it.
 
 It must not do: request handling (``listener``), certificate work (``tls``), or anything with
-concurrency 1 (this module is imported only when N > 1: one process costs nothing more).
+concurrency 1 (this module is imported only when N > 1, or by the admin ``/memory`` page for
+``process_memory``: one process costs nothing more).
 """
 
 from __future__ import annotations
