@@ -113,10 +113,16 @@ def check_proxy_config(deployment: Deployment) -> list[Message]:
     except ValueError as exc:
         return [Message(codes.MK0306, Severity.ERROR, deployment.ref, FIELD,
                         f"{PROXY_CONFIG_ANNOTATION}: {exc}; nothing was applied")]
-    return [Message(codes.MK0307, Severity.WARNING, deployment.ref, f"{FIELD}.{name}",
-                    f"ProxyConfig field {name} is accepted and has no effect on the local mesh (it acts on "
-                    f"gatewayTopology.numTrustedProxies, gatewayTopology.proxyProtocol and concurrency)")
-            for name in unsupported_fields(config)]
+    found = [Message(codes.MK0307, Severity.WARNING, deployment.ref, f"{FIELD}.{name}",
+                     f"ProxyConfig field {name} is accepted and has no effect on the local mesh (it acts on "
+                     f"gatewayTopology.numTrustedProxies, gatewayTopology.proxyProtocol and concurrency)")
+             for name in unsupported_fields(config)]
+    if "concurrency" in config and is_mesh_ingress_deployment(deployment):
+        found.append(Message(codes.MK0307, Severity.WARNING, deployment.ref, f"{FIELD}.concurrency",
+                             "ProxyConfig field concurrency has no effect on the local mesh's ingress "
+                             "gateway (it runs one process); on a workload's pod template it sets its "
+                             "sidecar's worker processes"))
+    return found
 
 
 def proxy_config_for(

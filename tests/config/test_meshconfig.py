@@ -235,3 +235,12 @@ def test_concurrency_is_acted_on_per_workload() -> None:
     for bad in ('"two"', "-1", "17", "true"):
         (error,) = analyze(load_resources(CONCURRENCY_DEPLOYMENT.replace("VALUE", bad)))
         assert error.code == "MK0306" and "concurrency: expected a whole number from 0" in error.text, bad
+
+
+def test_concurrency_on_the_ingress_gateway_is_warned() -> None:
+    """The local mesh's ingress gateway runs one process: concurrency there is said to have no effect."""
+    ingress = load_resources(INGRESS_DEPLOYMENT.replace('"proxyProtocol": {} }',
+                                                        '"proxyProtocol": {} }, "concurrency": 2'))
+    (warned,) = analyze(ingress)
+    assert (warned.code, warned.field.rsplit("]", 1)[1]) == ("MK0307", ".concurrency")
+    assert "ingress gateway" in warned.text
