@@ -5,6 +5,10 @@ one event loop (uvloop when available), gets snapshots from ``--config FILE`` (r
 SIGHUP) or from ``--control URL --id ID``, writes the bound ports to ``--ports-file`` and
 shuts down cleanly on SIGTERM/SIGINT, giving in-flight requests a moment to finish.
 
+``--concurrency N`` (N > 1): the listening sockets are bound N times with ``SO_REUSEPORT`` and N-1
+worker processes forked before any event loop exists (``workers``, ``worker``); this process keeps
+the control plane, the certificates and the admin port and feeds the workers over pipes.
+
 mTLS: with ``--control`` and a CA token (``MESHKIT_CA_TOKEN`` or ``--ca-token-file``) the
 sidecar gets its workload certificate before it reports ready (``tls.sidecar``), keeps it
 rotated, applies PeerAuthentication on its inbound port (``tls.inbound``) and speaks mTLS to

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshkit.proxy.workers import PIPE_LIMIT, Sockets
@@ -84,7 +85,9 @@ async def _serve(args: argparse.Namespace, index: int, sockets: Sockets, channel
     return 0
 
 
-async def _follow(proxy: Proxy, reader: asyncio.StreamReader, send: Any, stop: asyncio.Event) -> None:
+async def _follow(
+    proxy: Proxy, reader: asyncio.StreamReader, send: Callable[[dict[str, Any]], None], stop: asyncio.Event
+) -> None:
     try:
         while True:
             line = await reader.readline()
