@@ -1,11 +1,11 @@
 """``--concurrency N``: worker processes sharing the sidecar's ports (real processes, real sockets).
 
-Default 1 forks nothing. With 2: both processes serve requests (per-process counters in ``/stats``),
-``/stats`` and ``/stats/prometheus`` sum them, both append whole lines to the access log, a new
-snapshot (SIGHUP-reloaded file) reaches the connections of both, a certificate rotation (real
-control plane and CA) reaches both, killing the first process leaves no worker behind, and a worker
-that dies stops the sidecar with a message naming it (exit 1: as Envoy, whose process ends when a
-worker dies).
+Default 1 forks nothing. With 2: ``/ready`` waits for every worker, both processes serve requests
+(per-process counters in ``/stats``), ``/stats`` and ``/stats/prometheus`` sum them, both append
+whole lines to the access log, a new snapshot (SIGHUP-reloaded file) reaches the connections of
+both, a certificate rotation (real control plane and CA) reaches both, killing the first process
+leaves no worker behind, and a worker that dies stops the sidecar with a message naming it (exit 1:
+as Envoy, whose process ends when a worker dies).
 """
 
 from __future__ import annotations
@@ -175,6 +175,28 @@ async def test_a_new_snapshot_reaches_the_connections_of_every_process(
         for conn in conns:
             await conn.close()
         assert stop_process(proxy) == 0
+
+
+def test_ready_waits_for_every_worker_to_apply_the_snapshot(
+    apps: tuple[EchoApp, EchoApp], tmp_path: Path
+) -> None:
+    """A stopped worker (SIGSTOP) cannot apply a new snapshot: /ready says which, until it does."""
+    v1, v2 = apps
+    proxy = _start(tmp_path, make_snapshot(v1.port, v2.port), "--concurrency", "2")
+    (worker,) = proxy.ports["workers"]
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        (tmp_path / "snapshot.json").write_text(json.dumps(make_snapshot(v1.port, v2.port, version="v-2")))
+        proxy.signal(signal.SIGHUP)
+        wait_until(lambda: json.loads(_get(proxy.admin, "/config_dump")[1])["version"] == "v-2", 20,
+                   "the first process to apply v-2")
+        status, text = _get(proxy.admin, "/ready")
+        assert (status, text) == (503, f"not ready: worker 1 (pid {worker}) has not applied the current "
+                                       "snapshot yet\n")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_until(lambda: _ready(proxy.admin), 20, "the worker to catch up")
+    assert stop_process(proxy) == 0
 
 
 def test_killing_the_first_process_leaves_no_worker(apps: tuple[EchoApp, EchoApp], tmp_path: Path) -> None:
