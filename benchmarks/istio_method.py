@@ -19,6 +19,11 @@ The load is open-loop with coordinated-omission correction (``proxybench/openloo
 are interleaved within each round and every figure is a median over rounds; compare within one run.
 Writes JSON (default benchmarks/results/istio_method.json). Bounded: points <= 120 s, rounds <= 10.
 
+``--concurrency N`` (N > 1) adds the way ``mesh-cN``: a second mesh of the same apps started with
+``MESHKIT_PROXY_CONCURRENCY=N`` (the sidecar's ``--concurrency`` default; the app sets are not stored
+Deployments a ``proxy.istio.io/config`` patch could reach), so both sidecars of its pair run N
+processes; interleaved with the others, its CPU and RSS the whole process tree's of each sidecar.
+
 ``--telemetry-cost`` measures instead what telemetry costs the ``mesh`` way's two sidecars: CPU time
 per request at the first ``--points`` point with telemetry on (as shipped), off, and with tracing off,
 the sidecars restarted for each condition, interleaved over ``--rounds`` (default 3); see
@@ -120,6 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="5 s per point, 1 round")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
+    parser.add_argument("--concurrency", type=int, default=1, choices=range(1, 9), metavar="1..8",
+                        help="N > 1 adds the way mesh-cN: a second mesh, its two sidecars --concurrency N")
     parser.add_argument("--telemetry-cost", action="store_true",
                         help="CPU per request of the sidecar pair with telemetry on / off / tracing off")
     args = parser.parse_args(argv)
@@ -129,6 +136,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # -- the mesh as shipped ------------------------------------------------------------------------------
+
+
+CONCURRENCY_ENV = "MESHKIT_PROXY_CONCURRENCY"  # meshkit.proxy.main's --concurrency default
+
+
+def start_mesh_with_workers(home: Path, workers: int) -> dict[str, Any]:
+    """A second mesh like ``start_mesh``'s whose sidecars run ``workers`` processes each; checked."""
+    previous = os.environ.get(CONCURRENCY_ENV)
+    os.environ[CONCURRENCY_ENV] = str(workers)  # the launcher gives sidecars our environment
+    try:
+        mesh, workloads = start_mesh(home)
+    finally:
+        if previous is None:
+            os.environ.pop(CONCURRENCY_ENV, None)
+        else:
+            os.environ[CONCURRENCY_ENV] = previous
+    for name in ("httpbin-v1-0", "sleep-v1-0"):
+        pid = workloads[name]["sidecar_pid"]
+        if len(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()) != workers - 1:
+            mesh.down()
+            raise HarnessError(f"{name}'s sidecar does not run {workers} processes")
+    return {"mesh": mesh, "workloads": workloads}
 
 
 def fetch(port: int, *, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -344,9 +373,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="meshkit-istio-method-"))
     supervisor = Supervisor(workdir)
     mesh: LocalMesh | None = None
+    mesh2: LocalMesh | None = None
     try:
         console.print("starting the mesh as shipped: meshkit up --app httpbin --app clients (httpbin-v2=0)")
         mesh, workloads = start_mesh(workdir / "mesh")
+        if args.concurrency > 1:
+            console.print(f"starting a second mesh, its httpbin and sleep sidecars with concurrency "
+                          f"{args.concurrency}")
+            second = start_mesh_with_workers(workdir / "mesh2", args.concurrency)
+            mesh2, workloads2 = second["mesh"], second["workloads"]
         httpbin, sleep = workloads["httpbin-v1-0"], workloads["sleep-v1-0"]
         stage = Stage(supervisor, tools, workdir)
         children: list[Child]
@@ -360,6 +395,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
             Way("nginx-x2-tls", "client -> nginx -(TLS, client certs)-> nginx -> httpbin", nginx_port,
                 [child.pid for child in children], 2),
         ]
+        if mesh2 is not None:
+            httpbin2, sleep2 = workloads2["httpbin-v1-0"], workloads2["sleep-v1-0"]
+            ways.insert(2, Way(
+                f"mesh-c{args.concurrency}",
+                f"as mesh, both sidecars --concurrency {args.concurrency} (a second mesh, its own httpbin)",
+                int(sleep2["outbound_proxy"].rsplit(":", 1)[1]),
+                [sleep2["sidecar_pid"], httpbin2["sidecar_pid"]], 2,
+            ))
         for way in ways:
             check_way(way)
         access_log = mesh.log_path("httpbin-v1-0", sidecar=True, access=True)
@@ -381,6 +424,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     finally:
         if mesh is not None:
             mesh.down()
+        if mesh2 is not None:
+            mesh2.down()
         supervisor.close()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     table = summarize(samples, ways)

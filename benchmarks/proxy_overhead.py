@@ -33,8 +33,12 @@ QUICK = Plan(rounds=2, seconds=2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    names = [target.name for target in all_targets()]
+    concurrency = _concurrency(argv)
+    names = [target.name for target in all_targets(concurrency)]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                        help="N > 1 adds meshkit-cN and meshkit-mesh-cN: the sidecars with --concurrency N, "
+                        "interleaved with the others")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.rounds} rounds x {QUICK.seconds} s "
                         f"instead of {FULL.rounds} x {FULL.seconds} s")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -56,10 +60,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def choose_targets(selection: str, console: Console) -> tuple[list[Target], dict[str, str]]:
+def _concurrency(argv: list[str] | None) -> int:
+    """``--concurrency N`` read ahead: it decides which target names exist."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--concurrency", type=int, default=1)
+    known, _ = peek.parse_known_args(argv)
+    return max(1, int(known.concurrency))
+
+
+def choose_targets(
+    selection: str, console: Console, concurrency: int = 1
+) -> tuple[list[Target], dict[str, str]]:
     """The selected targets (direct always first); meshkit ones are skipped, with a reason, if absent."""
     wanted = {"direct", *selection.split(",")}
-    chosen = [target for target in all_targets() if target.name in wanted]
+    chosen = [target for target in all_targets(concurrency) if target.name in wanted]
     skipped: dict[str, str] = {}
     if importlib.util.find_spec("meshkit.proxy.__main__") is None:
         for target in [t for t in chosen if t.sidecar]:
@@ -93,7 +107,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     tools = session.tools_or_none(console, install=not args.no_install)
     if tools is None:
         return 2
-    targets, skipped = choose_targets(args.targets, console)
+    targets, skipped = choose_targets(args.targets, console, args.concurrency)
     meta = metadata(args, plan, tools, skipped)
     samples = session.measure_targets(console, targets, tools, plan, meta, workdir_prefix="meshkit-bench-",
                                       keep_workdir=args.keep_workdir)

@@ -127,7 +127,13 @@ def checks(summary: Summary, targets: Sequence[Target]) -> list[Check]:
 
 
 def comparisons(summary: Summary) -> list[dict[str, Any]]:
-    return [found for t, r in COMPARED if (found := compare(summary, t, r)) is not None]
+    pairs = list(COMPARED)
+    for name in summary:  # --concurrency N targets: against nginx and against the one-process sidecar
+        if name.startswith("meshkit-mesh-c"):
+            pairs += [(name, "nginx-x2"), (name, "meshkit-mesh")]
+        elif name.startswith("meshkit-c"):
+            pairs += [(name, "nginx"), (name, "meshkit")]
+    return [found for t, r in pairs if (found := compare(summary, t, r)) is not None]
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:

@@ -202,10 +202,12 @@ class MeshkitSidecar(Target):
     """One meshkit sidecar: its outbound listener routes ``bench`` straight to the upstream."""
 
     sidecar: bool = True
+    extra_args: tuple[str, ...] = ()  # e.g. ("--concurrency", "2")
 
     def start(self, stage: Stage) -> None:
         dest = snapshots.Destination(port=stage.upstream_port, has_sidecar=False)
-        child, ports = start_sidecar(stage, self.name, snapshots.client_snapshot(dest, stage.upstream_port))
+        child, ports = start_sidecar(stage, self.name, snapshots.client_snapshot(dest, stage.upstream_port),
+                                     self.extra_args)
         self.children.append(child)
         self.port = ports["outbound"]
         self.verify()
@@ -216,21 +218,33 @@ class MeshkitMesh(Target):
     """The mesh path: client sidecar outbound -> server sidecar inbound -> upstream."""
 
     sidecar: bool = True
+    extra_args: tuple[str, ...] = ()  # both sidecars, e.g. ("--concurrency", "2")
 
     def start(self, stage: Stage) -> None:
         server, server_ports = start_sidecar(stage, f"{self.name}-server",
-                                             snapshots.server_snapshot(stage.upstream_port))
+                                             snapshots.server_snapshot(stage.upstream_port), self.extra_args)
         self.children.append(server)
         dest = snapshots.Destination(port=server_ports["inbound"], has_sidecar=True)
-        client, client_ports = start_sidecar(stage, f"{self.name}-client",
-                                             snapshots.client_snapshot(dest, stage.upstream_port))
+        client_snapshot = snapshots.client_snapshot(dest, stage.upstream_port)
+        client, client_ports = start_sidecar(stage, f"{self.name}-client", client_snapshot, self.extra_args)
         self.children.append(client)
         self.port = client_ports["outbound"]
         self.verify()
 
 
-def all_targets() -> list[Target]:
-    """Every target, references first. Names are what ``--targets`` selects."""
+def all_targets(concurrency: int = 1) -> list[Target]:
+    """Every target, references first. Names are what ``--targets`` selects. ``concurrency`` > 1 adds
+    ``meshkit-cN`` and ``meshkit-mesh-cN``: the same sidecars with ``--concurrency N`` (worker processes;
+    their CPU and RSS are the whole process tree's)."""
+    extra: list[Target] = []
+    if concurrency > 1:
+        workers = ("--concurrency", str(concurrency))
+        extra = [
+            MeshkitSidecar(f"meshkit-c{concurrency}",
+                           f"meshkit sidecar, outbound, --concurrency {concurrency}", extra_args=workers),
+            MeshkitMesh(f"meshkit-mesh-c{concurrency}",
+                        f"two meshkit sidecars with --concurrency {concurrency}", extra_args=workers),
+        ]
     return [
         Direct("direct", "wrk -> upstream nginx (baseline)"),
         NginxProxy("nginx", "nginx reverse proxy, 1 worker, upstream keepalive"),
@@ -238,4 +252,5 @@ def all_targets() -> list[Target]:
         MeshkitSidecar("meshkit", "meshkit sidecar (outbound), realistic route table"),
         NginxProxy("nginx-x2", "two nginx proxies in a row (reference for the mesh path)", hops=2),
         MeshkitMesh("meshkit-mesh", "two meshkit sidecars: outbound A -> inbound B -> upstream"),
+        *extra,
     ]

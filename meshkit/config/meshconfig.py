@@ -101,6 +101,22 @@ def num_trusted_proxies(proxy_config: Mapping[str, Any], where: str = "") -> int
     return value
 
 
+MAX_CONCURRENCY = 16
+
+
+def concurrency(proxy_config: Mapping[str, Any], where: str = "") -> int:
+    """``concurrency`` of a ProxyConfig: the sidecar's worker processes (``--concurrency N``, as
+    Envoy's worker threads); 1 when unset on the local mesh, 0 = one per CPU (as Istio). ValueError
+    when not a whole number from 0 to ``MAX_CONCURRENCY``."""
+    value = proxy_config.get("concurrency", 1)
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_CONCURRENCY:
+        raise ValueError(f"{where}concurrency: expected a whole number from 0 (one per CPU) to "
+                         f"{MAX_CONCURRENCY}, got {value!r}")
+    return value
+
+
 def proxy_protocol(proxy_config: Mapping[str, Any], where: str = "") -> bool:
     """``gatewayTopology.proxyProtocol`` of a ProxyConfig: present (``{}``, Istio's empty
     ``ProxyProtocolConfiguration`` message) puts Envoy's proxy_protocol listener filter on a

@@ -6,9 +6,10 @@ Istio's ``MergeProxyConfig``). Istio's "Configuring Gateway Network Topology" pa
 gateway's ``gatewayTopology`` this way, on the ingress gateway's Deployment in ``istio-system``.
 
 What the local mesh acts on: ``gatewayTopology.numTrustedProxies`` and
-``gatewayTopology.proxyProtocol`` (gateways only, as Istio). Every other ProxyConfig field is
-accepted and reported (MK0307, a warning naming the resource and the field: it has no effect
-here), never silently dropped. An annotation that is not a YAML/JSON object, or a bad value of a
+``gatewayTopology.proxyProtocol`` (gateways only, as Istio), and ``concurrency`` (a sidecar's worker
+processes, ``python -m meshkit.proxy --concurrency N``: `workload_concurrency`). Every other
+ProxyConfig field is accepted and reported (MK0307, a warning naming the resource and the field: it
+has no effect here), never silently dropped. An annotation that is not a YAML/JSON object, or a bad value of a
 field acted on, is an Error (MK0306): the apply is refused and nothing changes.
 
 The ingress gateway's Deployment (``istio-ingressgateway`` in ``istio-system``, pods labelled
@@ -27,7 +28,7 @@ from typing import Any
 import yaml
 
 from meshkit.config import codes
-from meshkit.config.meshconfig import ROOT_NAMESPACE, num_trusted_proxies, proxy_protocol
+from meshkit.config.meshconfig import ROOT_NAMESPACE, concurrency, num_trusted_proxies, proxy_protocol
 from meshkit.config.messages import Message, Severity
 from meshkit.config.resources import Resource
 from meshkit.config.workloads import Deployment
@@ -35,7 +36,9 @@ from meshkit.config.workloads import Deployment
 PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"
 FIELD = f"spec.template.metadata.annotations[{PROXY_CONFIG_ANNOTATION}]"
 # ProxyConfig fields the local mesh acts on, and their sub-fields
-ACTED_ON = {"gatewayTopology": ("numTrustedProxies", "proxyProtocol")}
+ACTED_ON: dict[str, tuple[str, ...]] = {
+    "gatewayTopology": ("numTrustedProxies", "proxyProtocol"), "concurrency": (),
+}
 INGRESS_DEPLOYMENT = "istio-ingressgateway"
 INGRESS_POD_LABELS = {"istio": "ingressgateway"}
 
@@ -70,12 +73,13 @@ def parse_proxy_config(text: str) -> dict[str, Any]:
         raise ValueError(f"expected a ProxyConfig object, got {type(value).__name__} {value!r}")
     num_trusted_proxies(value)
     proxy_protocol(value)
+    concurrency(value)
     return value
 
 
 def unsupported_fields(proxy_config: Mapping[str, Any]) -> list[str]:
     """The fields the local mesh does not act on (``gatewayTopology.forwardClientCertDetails``,
-    ``concurrency``...), as dotted paths."""
+    ``holdApplicationUntilProxyStarts``...), as dotted paths."""
     found = []
     for key, value in proxy_config.items():
         acted = ACTED_ON.get(str(key))
@@ -109,10 +113,16 @@ def check_proxy_config(deployment: Deployment) -> list[Message]:
     except ValueError as exc:
         return [Message(codes.MK0306, Severity.ERROR, deployment.ref, FIELD,
                         f"{PROXY_CONFIG_ANNOTATION}: {exc}; nothing was applied")]
-    return [Message(codes.MK0307, Severity.WARNING, deployment.ref, f"{FIELD}.{name}",
-                    f"ProxyConfig field {name} is accepted and has no effect on the local mesh (it acts on "
-                    f"gatewayTopology.numTrustedProxies and gatewayTopology.proxyProtocol)")
-            for name in unsupported_fields(config)]
+    found = [Message(codes.MK0307, Severity.WARNING, deployment.ref, f"{FIELD}.{name}",
+                     f"ProxyConfig field {name} is accepted and has no effect on the local mesh (it acts on "
+                     f"gatewayTopology.numTrustedProxies, gatewayTopology.proxyProtocol and concurrency)")
+             for name in unsupported_fields(config)]
+    if "concurrency" in config and is_mesh_ingress_deployment(deployment):
+        found.append(Message(codes.MK0307, Severity.WARNING, deployment.ref, f"{FIELD}.concurrency",
+                             "ProxyConfig field concurrency has no effect on the local mesh's ingress "
+                             "gateway (it runs one process); on a workload's pod template it sets its "
+                             "sidecar's worker processes"))
+    return found
 
 
 def proxy_config_for(
@@ -133,3 +143,15 @@ def proxy_config_for(
             except ValueError:
                 return None
     return None
+
+
+def workload_concurrency(deployment: Deployment) -> int:
+    """The sidecar worker processes the annotation asks for (1 without one, or with a bad one, which
+    `check_proxy_config` refused at apply); 0 = one per CPU, resolved by the sidecar."""
+    text = annotation_of(deployment)
+    if text is None:
+        return 1
+    try:
+        return concurrency(parse_proxy_config(text))
+    except ValueError:
+        return 1

@@ -313,6 +313,7 @@ class WorkloadPlan:
     sidecar: bool
     args: tuple[str, ...] = ()  # the container's args (tcp-echo's ["9000,9001,9002", "one"])
     container_port: int | None = None  # the container's first port (nginx serves its server there)
+    concurrency: int = 1  # the sidecar's worker processes (proxy.istio.io/config "concurrency")
 
     @property
     def version(self) -> str:
@@ -360,6 +361,8 @@ def plan_workloads(resources: Sequence[Resource]) -> list[WorkloadPlan]:
     """Every Deployment of a sample image in ``resources``, as the local mesh runs it (sorted)."""
     services = [r for r in resources if isinstance(r, Service)]
     namespaces = {r.metadata.name: r for r in resources if isinstance(r, Namespace)}
+    from meshkit.config.proxyconfig import workload_concurrency  # noqa: PLC0415 - it imports this module
+
     plans = []
     for deployment in sorted((r for r in resources if isinstance(r, Deployment)), key=lambda d: d.key):
         container = deployment.spec.template.spec.containers[0]
@@ -384,6 +387,7 @@ def plan_workloads(resources: Sequence[Resource]) -> list[WorkloadPlan]:
             replicas=deployment.spec.replicas, service=service, service_port=port, sidecar=sidecar,
             args=tuple(container.args or ()),
             container_port=container_port.container_port if container_port is not None else None,
+            concurrency=workload_concurrency(deployment) if sidecar else 1,
         ))
     return plans
 

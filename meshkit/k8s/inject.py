@@ -7,6 +7,11 @@ labelled one). Injection adds the ``meshkit-proxy`` sidecar (uid 1337), a projec
 service-account token for the CA (audience ``meshkit-ca``), and the ``meshkit-init``
 container that installs the traffic-capture rules (`meshkit.k8s.iptables`).
 
+The pod's ``proxy.istio.io/config`` annotation (Istio's per-workload ProxyConfig) sets the
+sidecar's ``concurrency``: ``--concurrency N`` worker processes (default 1, none passed); one
+that is not a ProxyConfig, or a bad ``concurrency``, refuses the pod (``InjectionRefused``, the
+webhook's 400 naming the annotation), as Istio's injector does.
+
 The pod gets the ``sidecar.meshkit.dev/status`` annotation, which makes the function
 idempotent: an already injected pod yields ``[]``. Nothing here talks to a cluster.
 """
@@ -17,12 +22,29 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkit.config.meshconfig import concurrency
+from meshkit.config.proxyconfig import PROXY_CONFIG_ANNOTATION, parse_proxy_config
 from meshkit.k8s import names
 from meshkit.k8s.iptables import EXCLUDE_ENV
 
 JSONPatch = list[dict[str, Any]]
 
 PROXY_COMMAND = ("python", "-m", "meshkit.proxy")  # the image's python (python:3.11-slim), as the demo apps
+
+
+class InjectionRefused(ValueError):
+    """The pod cannot be injected as it is (a bad ``proxy.istio.io/config``): the webhook refuses it."""
+
+
+def proxy_concurrency(annotations: dict[str, Any]) -> int:
+    """The sidecar's worker processes from the pod's ``proxy.istio.io/config`` (1 without it)."""
+    text = annotations.get(PROXY_CONFIG_ANNOTATION)
+    if text is None:
+        return 1
+    try:
+        return concurrency(parse_proxy_config(str(text)))
+    except ValueError as exc:
+        raise InjectionRefused(f"pod annotation {PROXY_CONFIG_ANNOTATION}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +117,7 @@ def inject(pod: dict[str, Any], namespace_labels: dict[str, str] | None,
         probe_ops = rewrite_probes(spec, probers)
     else:
         probe_ops = []
-    sidecar = sidecar_container(spec, settings)
+    sidecar = sidecar_container(spec, settings, proxy_concurrency(annotations))
     if probers:
         sidecar["env"].append({"name": PROBERS_ENV, "value": json.dumps(probers, sort_keys=True)})
     if settings.native_sidecar:
@@ -171,15 +193,15 @@ def rewrite_probes(pod_spec: dict[str, Any], probers: dict[str, Any]) -> JSONPat
     return ops
 
 
-def sidecar_container(pod_spec: dict[str, Any], settings: InjectSettings) -> dict[str, Any]:
-    """The ``meshkit-proxy`` container for a pod with ``pod_spec``."""
+def sidecar_container(pod_spec: dict[str, Any], settings: InjectSettings, workers: int = 1) -> dict[str, Any]:
+    """The ``meshkit-proxy`` container for a pod with ``pod_spec`` (``workers``: its ``--concurrency``)."""
     return {
         "name": names.SIDECAR_CONTAINER,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         # the sidecar module itself, not the `meshkit` CLI: Typer/Click would stay loaded (+4.6 MiB RSS)
         "command": list(PROXY_COMMAND),
-        "args": proxy_args(settings),
+        "args": proxy_args(settings, workers),
         "ports": [
             {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in names.SIDECAR_PORTS
         ],
@@ -216,9 +238,11 @@ def sidecar_container(pod_spec: dict[str, Any], settings: InjectSettings) -> dic
     }
 
 
-def proxy_args(settings: InjectSettings) -> list[str]:
+def proxy_args(settings: InjectSettings, workers: int = 1) -> list[str]:
     """``python -m meshkit.proxy`` arguments: dynamic mode, listening on all interfaces (captured
-    traffic arrives at the pod IP) on the well-known ports the capture rules redirect to."""
+    traffic arrives at the pod IP) on the well-known ports the capture rules redirect to; with
+    ``workers`` != 1, ``--concurrency`` (the pod's ``proxy.istio.io/config``; 0 = one per CPU)."""
+    concurrent = ["--concurrency", str(workers)] if workers != 1 else []
     return [
         "--control", settings.control_address, "--id", "$(POD_NAME).$(POD_NAMESPACE)",
         "--address", "0.0.0.0",
@@ -227,6 +251,7 @@ def proxy_args(settings: InjectSettings) -> list[str]:
         "--admin-port", str(names.PORT_ADMIN),
         "--health-port", str(names.PORT_HEALTH),
         "--capture",
+        *concurrent,
     ]
 
 

@@ -40,7 +40,7 @@ from meshkit.config.api_kinds import ApiKind, istio_kinds
 from meshkit.config.messages import Severity
 from meshkit.k8s import names
 from meshkit.k8s.admission import admission_messages, errors, rejection_text, status_messages
-from meshkit.k8s.inject import InjectSettings, inject
+from meshkit.k8s.inject import InjectionRefused, InjectSettings, inject
 from meshkit.k8s.root_cert_publisher import RootCertPublisher
 from meshkit.k8s.status import build_status
 from meshkit.k8s.status_resync import StatusResync, every, kopf_patcher, kopf_requester
@@ -165,7 +165,10 @@ def _register_injection(registry: kopf.OperatorRegistry, config: OperatorConfig)
                     f"meshkit injector: namespace {namespace!r} is not known to the operator yet "
                     f"(it is starting); the pod is refused so that its controller retries", code=503)
             labels = next(iter(index.get(namespace, [])), {})
-        ops = inject(_plain(body), labels, config.inject)
+        try:
+            ops = inject(_plain(body), labels, config.inject)
+        except InjectionRefused as exc:  # a bad proxy.istio.io/config: said, not injected without it
+            raise kopf.AdmissionError(f"meshkit injector: {exc}", code=400) from None
         if ops:
             logger.info(f"injecting {names.SIDECAR_CONTAINER} into a pod in namespace {namespace}")
             patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))

@@ -43,8 +43,15 @@ class AcceptingServer:
             await self._task
 
 
-def serve(host: str, port: int, admit: Admit, what: str) -> AcceptingServer:
-    """Listen on ``host:port`` and run ``admit(conn)`` for every accepted (non-blocking) socket."""
+def serve(
+    host: str, port: int, admit: Admit, what: str, sock: socket.socket | None = None
+) -> AcceptingServer:
+    """Listen on ``host:port`` and run ``admit(conn)`` for every accepted (non-blocking) socket.
+
+    ``sock``: a socket already bound and listening (a worker's ``SO_REUSEPORT`` socket, ``workers``)."""
+    if sock is not None:
+        sock.setblocking(False)
+        return AcceptingServer(sock, asyncio.ensure_future(_accept_forever(sock, admit, what)))
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

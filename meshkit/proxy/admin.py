@@ -15,7 +15,15 @@ shipped, dropped), ``/clusters``
 (per-cluster balancer view), ``/certs`` (the workload certificate chain, validity, serial
 and time to rotation; ``{"ready": false}`` without mTLS), ``/ready`` and ``/healthz/ready``
 (200 once a snapshot is applied and, with mTLS, the first certificate installed; else 503),
-``/access_log?request_id=ID`` (this sidecar's access-log lines of one request: `access_search`).
+``/access_log?request_id=ID`` (this sidecar's access-log lines of one request: `access_search`),
+``/memory`` (RSS and PSS of each of the sidecar's processes).
+
+With ``--concurrency N`` (``workers``) the admin port is the first process's: ``/stats`` and
+``/stats/prometheus`` sum every process's counters, asked over the workers' pipes when scraped
+(``stats_merge``; ``/stats`` adds ``"workers"``, each process's pid and own counts), ``/ready`` waits
+until every worker has applied the current snapshot and installed the current certificate, and
+``/config_dump``, ``/clusters`` and ``/certs`` show the first process's view (the workers apply the
+same snapshots and certificates).
 """
 
 from __future__ import annotations
@@ -98,6 +106,7 @@ class Admin:
         self.tunnels = tunnels  # tunnel.TcpMetrics: Istio's TCP metrics of CONNECT/passthrough tunnels
         self.access_log_path = access_log_path  # the JSON access log file (None: off, or stdout)
         self.started = time.time()
+        self.workers: Any = None  # workers.Pool of a --concurrency N > 1 sidecar
 
     async def handle(self, request: Request) -> Response:
         path, _, query = request.path.partition("?")
@@ -112,6 +121,8 @@ class Admin:
         if request.method not in ("GET", "HEAD"):
             return _reply(405, f"admin page {path!r} is read-only (GET); POST only to: "
                                f"{', '.join(sorted(self._actions))}\n", "text/plain")
+        if self.workers is not None and path in ("/stats", "/stats/prometheus"):
+            return await self.summed(path, query)
         if path == "/stats":
             return self.stats(query)
         if path == "/access_log":
@@ -145,7 +156,58 @@ class Admin:
             return _reply(503, "not ready: no snapshot applied yet\n", "text/plain")
         if self.certificates is not None and not self.certificates.ready:
             return _reply(503, "not ready: no workload certificate yet\n", "text/plain")
+        lagging = self.workers.lagging() if self.workers is not None else None
+        if lagging is not None:
+            return _reply(503, f"not ready: {lagging}\n", "text/plain")
         return _reply(200, "LIVE\n", "text/plain")
+
+    async def summed(self, path: str, query: str) -> Response:
+        """``/stats`` or ``/stats/prometheus`` of a --concurrency sidecar: every process's counters."""
+        from meshkit.proxy import stats_merge  # noqa: PLC0415 - only with --concurrency N > 1
+
+        reports = await self.workers.reports()
+        if path == "/stats/prometheus":
+            texts = [self.worker_prometheus()] + [str(r.get("prometheus", "")) for r in reports]
+            text = stats_merge.prometheus(texts) + _config_gauges(self.state.current)
+            return _reply(200, text, PROMETHEUS_TYPE)
+        if urllib.parse.parse_qs(query).get("format") == ["text"]:  # Envoy's per-cluster text: this process's
+            return self.stats(query)
+        own = self.stats_document()
+        merged = stats_merge.documents([own] + [r.get("stats") for r in reports])
+        merged["uptime_s"], merged["config"] = own["uptime_s"], own["config"]
+        by_pid = {r.get("pid"): r for r in reports}
+        workers = self.workers.describe()
+        for entry in workers:
+            doc = own if entry["index"] == 0 else (by_pid.get(entry["pid"]) or {}).get("stats")
+            entry["reported"] = doc is not None
+            if doc is not None:
+                entry["listeners"] = {name: {"downstream_rq_total": lst.get("downstream_rq_total"),
+                                             "downstream_cx_total": lst.get("downstream_cx_total")}
+                                      for name, lst in doc.get("listeners", {}).items()}
+        merged["workers"] = workers
+        return _json(merged)
+
+    def worker_prometheus(self) -> str:
+        """This process's Istio and per-cluster series (a --concurrency worker's part of the sum)."""
+        clusters = cluster_stats(self.state.current, self.upstream)
+        text = self.metrics.render() + render_prometheus(clusters)
+        if self.passthrough is not None:
+            text += self.passthrough.prometheus()
+        if self.tunnels is not None:
+            text += self.tunnels.prometheus()
+        return text
+
+    def memory(self) -> Response:
+        """RSS and PSS of the sidecar's processes (one, or the --concurrency workers too)."""
+        if self.workers is not None:
+            return _json(self.workers.memory())
+        import os  # noqa: PLC0415
+
+        from meshkit.proxy.workers import process_memory  # noqa: PLC0415 - a small leaf, read on demand
+
+        own = {"index": 0, "pid": os.getpid(), **process_memory(os.getpid())}
+        return _json({"concurrency": 1, "processes": [own], "rss_bytes": own["rss_bytes"],
+                      "pss_bytes": own["pss_bytes"]})
 
     def access_lines(self, query: str) -> Response:
         """``/access_log?request_id=ID``: this sidecar's access-log lines of that request."""
@@ -191,12 +253,18 @@ class Admin:
         return _reply(200, text, PROMETHEUS_TYPE)
 
     def stats(self, query: str = "") -> Response:
-        upstream = self.upstream
         params = urllib.parse.parse_qs(query)
         clusters = cluster_stats(self.state.current, self.upstream)
         if params.get("format") == ["text"]:
             return _reply(200, render_text(clusters), "text/plain")
-        return _json(
+        return _json(self.stats_document(clusters))
+
+    def stats_document(self, clusters: Any = None) -> dict[str, Any]:
+        """``/stats``'s JSON document, of this process."""
+        upstream = self.upstream
+        if clusters is None:
+            clusters = cluster_stats(self.state.current, self.upstream)
+        return (
             {
                 "uptime_s": round(time.time() - self.started, 3),
                 "listeners": {name: lst.stats.as_dict() for name, lst in self.listeners.items()},
@@ -241,6 +309,7 @@ class Admin:
         "/stats": stats,
         "/clusters": clusters,
         "/certs": certs,
+        "/memory": memory,
     }
 
 

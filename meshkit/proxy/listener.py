@@ -78,7 +78,9 @@ class Serving(Protocol):
 class Acceptor(Protocol):
     """The mTLS seam: accepts a listener's connections itself (``tls.inbound.MtlsAcceptor``)."""
 
-    async def serve(self, listener: Listener, host: str, port: int) -> Serving: ...
+    async def serve(
+        self, listener: Listener, host: str, port: int, sock: socket.socket | None = None
+    ) -> Serving: ...
 
 
 @dataclass
@@ -141,10 +143,13 @@ class Listener:
         # the snapshot says so (Istio's gatewayTopology.proxyProtocol). Decided once per connection.
         self.proxy_protocol_capable = False
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+        """Listen on ``host:port``, or on ``sock`` already bound (a ``--concurrency`` worker's)."""
         loop = asyncio.get_running_loop()
         if self.acceptor is not None:
-            self.server = await self.acceptor.serve(self, host, port)
+            self.server = await self.acceptor.serve(self, host, port, sock)
+        elif sock is not None:
+            self.server = await loop.create_server(self.protocol_factory(), sock=sock, backlog=1024)
         else:
             self.server = await loop.create_server(self.protocol_factory(), host, port, backlog=1024)
         self._sweeper = asyncio.ensure_future(self._sweep_forever())

@@ -5,6 +5,10 @@ one event loop (uvloop when available), gets snapshots from ``--config FILE`` (r
 SIGHUP) or from ``--control URL --id ID``, writes the bound ports to ``--ports-file`` and
 shuts down cleanly on SIGTERM/SIGINT, giving in-flight requests a moment to finish.
 
+``--concurrency N`` (N > 1): the listening sockets are bound N times with ``SO_REUSEPORT`` and N-1
+worker processes forked before any event loop exists (``workers``, ``worker``); this process keeps
+the control plane, the certificates and the admin port and feeds the workers over pipes.
+
 mTLS: with ``--control`` and a CA token (``MESHKIT_CA_TOKEN`` or ``--ca-token-file``) the
 sidecar gets its workload certificate before it reports ready (``tls.sidecar``), keeps it
 rotated, applies PeerAuthentication on its inbound port (``tls.inbound``) and speaks mTLS to
@@ -23,7 +27,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshkit.proxy import accept_loop
 from meshkit.proxy.accept_loop import AcceptingServer
@@ -38,9 +42,11 @@ from meshkit.proxy.upstream import Upstream
 from meshkit.proxy.xds import ConfigState, StaticConfig, XdsClient
 
 if TYPE_CHECKING:
+    import socket
     import ssl
 
     from meshkit.proxy.tls.inbound import MtlsAcceptor
+    from meshkit.proxy.tls.relayed import RelayedCertificates
     from meshkit.proxy.tls.sidecar import SidecarCertificates
     from meshkit.proxy.tls.static import StaticCertificates
 
@@ -55,6 +61,7 @@ CONTROL_CA_ENV = "MESHKIT_CONTROL_CA"  # the root that signed the control plane'
 CONTROL_TOKEN_FILE_ENV = "MESHKIT_CONTROL_TOKEN_FILE"  # the control plane credential of a proxy without CA
 TELEMETRY_ENV = "MESHKIT_PROXY_TELEMETRY"  # --telemetry's default: benchmarks switch a mesh's sidecars
 TELEMETRY_CHOICES = ("on", "off", "no-tracing")
+CONCURRENCY_ENV = "MESHKIT_PROXY_CONCURRENCY"  # --concurrency's default: benchmarks give a whole mesh workers
 SWEEP_INTERVAL = 5.0
 
 
@@ -129,6 +136,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the pod's traffic is redirected here by iptables (Kubernetes): honour SO_ORIGINAL_DST and "
         "pass non-HTTP outbound TCP through to it (PassthroughCluster)",
     )
+    parser.add_argument(
+        "--concurrency", type=int, default=os.environ.get(CONCURRENCY_ENV) or 1, metavar="N",
+        help="worker processes serving the listeners (Envoy's --concurrency; Istio's proxy.istio.io/config "
+        "concurrency): N > 1 forks N-1 workers sharing the ports (SO_REUSEPORT); 0 = one per CPU; default 1, "
+        f"or env {CONCURRENCY_ENV}",
+    )
     parser.add_argument("--drain-seconds", type=float, default=2.0, help="grace period on SIGTERM")
     parser.add_argument(
         "--ca-token-file", metavar="PATH",
@@ -166,6 +179,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.ca_token and args.tls_dir:
         parser.error("--tls-dir and a CA token exclude each other: certificates come from files or the CA")
     args.control_tls = _control_tls(parser, args)
+    if args.concurrency < 0:
+        parser.error(f"--concurrency {args.concurrency}: expected 0 (one per CPU) or more")
+    if args.concurrency == 0:
+        args.concurrency = os.cpu_count() or 1
     return args
 
 
@@ -216,8 +233,10 @@ def control_credential(args: argparse.Namespace) -> str | None:
 class Proxy:
     """Everything one sidecar process runs; ``start`` binds, ``stop`` drains and closes."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, *, worker: bool = False) -> None:
         self.args = args
+        self.worker = worker  # a --concurrency worker: listeners only, fed by the first process (worker)
+        self.sockets: dict[str, socket.socket] = {}  # listening sockets bound before the fork (workers)
         self.state = ConfigState()
         self.metrics = IstioMetrics()
         self.upstream = Upstream()
@@ -228,10 +247,14 @@ class Proxy:
         # cryptography (~10 MiB): keys, CSRs and certificate checks run in a short-lived helper
         # process (tls.csr_client); tests/security/test_sidecar_no_cryptography.py and
         # tests/security/test_e2e_rotation.py keep it that way.
-        self.certificates: SidecarCertificates | StaticCertificates | None = None
+        self.certificates: SidecarCertificates | StaticCertificates | RelayedCertificates | None = None
         self.sidecar_certificates: SidecarCertificates | None = None
         self.acceptor: MtlsAcceptor | None = None
-        if getattr(args, "ca_token", None):
+        if worker and getattr(args, "ca_token", None):  # the first process rotates, and relays each
+            from meshkit.proxy.tls.relayed import RelayedCertificates  # noqa: PLC0415
+
+            self.certificates = RelayedCertificates()
+        elif getattr(args, "ca_token", None):
             from meshkit.proxy.tls.sidecar import SidecarCertificates  # noqa: PLC0415
 
             self.certificates = self.sidecar_certificates = SidecarCertificates(
@@ -303,7 +326,7 @@ class Proxy:
             "admin", self.admin.handle, limits=ListenerLimits(stream_idle_timeout=args.stream_idle_timeout)
         )
         self.health_listener: Listener | None = None
-        if getattr(args, "health_port", None) is not None:
+        if getattr(args, "health_port", None) is not None and not worker:
             from meshkit.proxy.probes import ProberError, from_environment  # noqa: PLC0415
 
             try:
@@ -321,17 +344,23 @@ class Proxy:
     async def start(self) -> None:
         args = self.args
         loop = asyncio.get_running_loop()
-        if args.config:
+        if args.config and not self.worker:
             self.static = StaticConfig(args.config, self.state)
             reason = self.static.load()
             if reason is not None:
                 raise SystemExit(f"meshkit proxy: cannot start with {args.config}: {reason}")
             self.static.install_reload(loop)
         for name, listener in self.listeners.items():
-            self.ports[name] = await listener.start(args.address, getattr(args, f"{name}_port"))
+            port = getattr(args, f"{name}_port")
+            self.ports[name] = await listener.start(args.address, port, self.sockets.get(name))
         if getattr(args, "tcp_port", None) is not None:  # a gateway's TCP servers (tunnel.accept_tcp)
-            self.tcp_server = accept_loop.serve(args.address, args.tcp_port, self.tunnels.accept_tcp, "tcp")
+            self.tcp_server = accept_loop.serve(
+                args.address, args.tcp_port, self.tunnels.accept_tcp, "tcp", self.sockets.get("tcp")
+            )
             self.ports["tcp"] = int(self.tcp_server.sockets[0].getsockname()[1])
+        if self.worker:  # snapshots and certificates come over the pipe; no admin, no control plane
+            self._tasks.append(asyncio.ensure_future(self._sweep_upstream()))
+            return
         self.ports["admin"] = await self.admin_listener.start(args.address, args.admin_port)
         if self.health_listener is not None:
             self.ports["health"] = await self.health_listener.start(args.address, args.health_port)
@@ -348,7 +377,10 @@ class Proxy:
         if args.ports_file:
             path = Path(args.ports_file)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({**self.ports, "pid": os.getpid()}), encoding="utf-8")
+            written: dict[str, object] = {**self.ports, "pid": os.getpid()}
+            if self.admin.workers is not None:
+                written["workers"] = [handle.pid for handle in self.admin.workers.workers]
+            tmp.write_text(json.dumps(written), encoding="utf-8")
             tmp.replace(path)
         log.info("listening on %s %s", args.address, self.ports)
 
@@ -375,7 +407,8 @@ class Proxy:
         if self.tcp_server is not None:
             self.tcp_server.close()
         self.tunnels.close()
-        await self.admin_listener.close(0.1)
+        if not self.worker:
+            await self.admin_listener.close(0.1)
         if self.health_listener is not None:
             await self.health_listener.close(0.1)
         self.upstream.close()
@@ -383,20 +416,37 @@ class Proxy:
             self.access.close()
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, shared: list[Any] | None = None) -> int:
+    """The first (or only) process. ``shared``: with --concurrency N > 1, this process's listening
+    sockets and the handles of the workers forked (``workers``)."""
     proxy = Proxy(args)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    pool = None
+    if shared is not None:
+        from meshkit.proxy.workers import Pool  # noqa: PLC0415 - only with --concurrency N > 1
+
+        sockets, handles = shared
+        proxy.sockets = sockets
+        pool = proxy.admin.workers = Pool(handles, stop.set)
     try:
+        if pool is not None:
+            await pool.start(proxy)
         await proxy.start()
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await proxy.stop()
+        if pool is not None:
+            await asyncio.gather(proxy.stop(), pool.stop(args.drain_seconds))
+        else:
+            await proxy.stop()
+    if pool is not None and pool.died is not None:
+        print(pool.died, file=sys.stderr)
+        return 1
     return 0
 
 
@@ -413,8 +463,14 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
         pass
+    shared = None
+    if args.concurrency > 1:  # bind, then fork, before any event loop exists (workers)
+        from meshkit.proxy.workers import bind, fork_workers  # noqa: PLC0415
+
+        sets = bind(args, args.concurrency)
+        shared = [sets[0], fork_workers(args, sets)]
     try:
-        return asyncio.run(run(args))
+        return asyncio.run(run(args, shared))
     except SystemExit as exc:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)

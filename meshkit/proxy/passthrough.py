@@ -121,8 +121,10 @@ class OutboundAcceptor:
         self.stats = stats or PassthroughStats()
         self.sniff_timeout_s = sniff_timeout_s
 
-    async def serve(self, listener: Listener, host: str, port: int) -> AcceptingServer:
-        return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "outbound")
+    async def serve(
+        self, listener: Listener, host: str, port: int, sock: socket.socket | None = None
+    ) -> AcceptingServer:
+        return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "outbound", sock)
 
     async def _admit(self, listener: Listener, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()

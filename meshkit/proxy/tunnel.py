@@ -535,8 +535,10 @@ class SniffingAcceptor:
     def __init__(self, tunnels: Tunnels) -> None:
         self.tunnels = tunnels
 
-    async def serve(self, listener: Listener, host: str, port: int) -> AcceptingServer:
-        return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "gateway")
+    async def serve(
+        self, listener: Listener, host: str, port: int, sock: socket.socket | None = None
+    ) -> AcceptingServer:
+        return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "gateway", sock)
 
     async def _admit(self, listener: Listener, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()

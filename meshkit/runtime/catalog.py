@@ -52,6 +52,7 @@ class WorkloadSpec:
     args: tuple[str, ...] = ()  # from a Deployment manifest: its container's args
     listen_port: int | None = None  # from a Deployment manifest: its container's port (nginx's server)
     volumes_digest: str = ""  # the mounted files' digest (apps that read files: nginx)
+    concurrency: int = 1  # its sidecar's worker processes (proxy.istio.io/config "concurrency")
 
     @property
     def workload(self) -> str:

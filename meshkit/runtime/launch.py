@@ -197,10 +197,13 @@ class Launcher:
 
     def sidecar_argv(self, inst: Instance) -> list[str]:
         ports = inst.ports
+        # proxy.istio.io/config "concurrency" on the pod template: worker processes (default 1: none)
+        workers = ["--concurrency", str(inst.spec.concurrency)] if inst.spec.concurrency != 1 else []
         return python_argv(
             "meshkit.proxy", "--control", self.control_url, "--id", inst.proxy_id,
             "--outbound-port", str(ports.outbound), "--inbound-port", str(ports.inbound),
             "--admin-port", str(ports.admin), "--access-log", str(self.state.log(f"{inst.name}.access")),
+            *workers,
         )
 
     def start_sidecar(self, inst: Instance, token: str) -> ProcessRecord:

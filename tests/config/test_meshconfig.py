@@ -10,6 +10,8 @@ from meshkit.config.loader import load_resources
 from meshkit.config.meshconfig import ConfigMap, mesh_config_map, set_values
 from meshkit.config.messages import ConfigError, Message
 from meshkit.config.registry import Node, RegistryView
+from meshkit.config.workloads import plan_workloads
+from meshkit.runtime.manifests import specs_of
 from tests.config.bookinfo import node_for
 
 # Istio's own form (what `kubectl get cm istio -n istio-system -o yaml` shows, trimmed)
@@ -163,11 +165,13 @@ def test_a_bad_annotation_is_an_error_and_unknown_fields_are_warned() -> None:
     assert [m.code for m in analyze(negative)] == ["MK0306"]
     extra = load_resources(INGRESS_DEPLOYMENT.replace(
         '"proxyProtocol": {} }',
-        '"proxyProtocol": {}, "forwardClientCertDetails": "SANITIZE" }, "concurrency": 2'))
+        '"proxyProtocol": {}, "forwardClientCertDetails": "SANITIZE" }, '
+        '"holdApplicationUntilProxyStarts": true'))
     warned = analyze(extra)
     field = "spec.template.metadata.annotations[proxy.istio.io/config]"
     assert sorted((m.code, m.field) for m in warned) == [
-        ("MK0307", f"{field}.concurrency"), ("MK0307", f"{field}.gatewayTopology.forwardClientCertDetails")]
+        ("MK0307", f"{field}.gatewayTopology.forwardClientCertDetails"),
+        ("MK0307", f"{field}.holdApplicationUntilProxyStarts")]
     assert all(m.severity.value == "Warning" for m in warned)
     # what it acts on still applies
     assert compile_snapshot(extra, RegistryView(), _gateway())["mesh"]["proxy_protocol"] is True
@@ -187,15 +191,56 @@ spec:
       labels: {app: productpage, version: v1}
       annotations:
         proxy.istio.io/config: |
-          concurrency: 2
+          holdApplicationUntilProxyStarts: true
           gatewayTopology:
             numTrustedProxies: 3
     spec:
       containers: [{name: productpage, image: docker.io/istio/examples-bookinfo-productpage-v1:1.20.2}]
 """
     resources = load_resources(text)
-    assert [(m.code, m.field.rsplit("]", 1)[1]) for m in analyze(resources)] == [("MK0307", ".concurrency")]
+    warned = [(m.code, m.field.rsplit("]", 1)[1]) for m in analyze(resources)]
+    assert warned == [("MK0307", ".holdApplicationUntilProxyStarts")]
     def hops(name: str) -> int:
         return compile_snapshot(resources, RegistryView(), node_for(name))["mesh"]["num_trusted_proxies"]
 
     assert (hops("productpage"), hops("reviews")) == (3, 0)
+
+
+CONCURRENCY_DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: productpage-v1}
+spec:
+  selector: {matchLabels: {app: productpage, version: v1}}
+  template:
+    metadata:
+      labels: {app: productpage, version: v1}
+      annotations:
+        proxy.istio.io/config: '{"concurrency": VALUE}'
+    spec:
+      containers: [{name: productpage, image: docker.io/istio/examples-bookinfo-productpage-v1:1.20.2}]
+"""
+
+
+def test_concurrency_is_acted_on_per_workload() -> None:
+    """``concurrency`` in a pod template's annotation: the local mesh runs that workload's sidecar
+    with ``--concurrency N`` (no MK0307); a bad value is refused (MK0306); none means 1."""
+    two = load_resources(CONCURRENCY_DEPLOYMENT.replace("VALUE", "2"))
+    assert analyze(two) == []
+    assert [plan.concurrency for plan in plan_workloads(two)] == [2]
+    assert [spec.concurrency for spec in specs_of(two)] == [2]
+    plain = load_resources(CONCURRENCY_DEPLOYMENT.replace(
+        "      annotations:\n        proxy.istio.io/config: '{\"concurrency\": VALUE}'\n", ""))
+    assert [plan.concurrency for plan in plan_workloads(plain)] == [1]
+    for bad in ('"two"', "-1", "17", "true"):
+        (error,) = analyze(load_resources(CONCURRENCY_DEPLOYMENT.replace("VALUE", bad)))
+        assert error.code == "MK0306" and "concurrency: expected a whole number from 0" in error.text, bad
+
+
+def test_concurrency_on_the_ingress_gateway_is_warned() -> None:
+    """The local mesh's ingress gateway runs one process: concurrency there is said to have no effect."""
+    ingress = load_resources(INGRESS_DEPLOYMENT.replace('"proxyProtocol": {} }',
+                                                        '"proxyProtocol": {} }, "concurrency": 2'))
+    (warned,) = analyze(ingress)
+    assert (warned.code, warned.field.rsplit("]", 1)[1]) == ("MK0307", ".concurrency")
+    assert "ingress gateway" in warned.text

@@ -18,7 +18,7 @@ import pytest
 
 from meshkit.k8s import names
 from meshkit.k8s import sources as kube_sources
-from meshkit.k8s.inject import PROBERS_ENV, InjectSettings, inject, should_inject
+from meshkit.k8s.inject import PROBERS_ENV, InjectionRefused, InjectSettings, inject, should_inject
 from meshkit.proxy.probes import AppProbe, parse_probers
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -143,6 +143,27 @@ def test_injected_pod_has_everything_the_sidecar_needs() -> None:
     assert sorted(init["securityContext"]["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]
     status = json.loads(patched["metadata"]["annotations"][names.STATUS_ANNOTATION])
     assert status["containers"] == ["meshkit-proxy"]
+
+
+def _sidecar_args(pod: dict[str, Any]) -> list[str]:
+    patched = jsonpatch.apply_patch(pod, inject(pod, ENABLED, SETTINGS))
+    (sidecar,) = [c for c in patched["spec"]["containers"] if c["name"] == names.SIDECAR_CONTAINER]
+    return list(sidecar["args"])
+
+
+def test_proxy_config_concurrency_reaches_the_sidecar() -> None:
+    """Istio's per-workload ``proxy.istio.io/config`` ``concurrency``: ``--concurrency N`` worker
+    processes; none without it (the default, 1); a bad value refuses the pod, saying why."""
+    assert "--concurrency" not in _sidecar_args(_pod("p", labels={"app": "x"}))
+    for text, expected in (('{"concurrency": 2}', "2"), ("concurrency: 0\n", "0")):
+        pod = _pod("p", labels={"app": "x"})
+        pod["metadata"]["annotations"] = {"proxy.istio.io/config": text}
+        args = _sidecar_args(pod)
+        assert args[args.index("--concurrency") + 1] == expected, args
+    pod = _pod("p", labels={"app": "x"})
+    pod["metadata"]["annotations"] = {"proxy.istio.io/config": '{"concurrency": "two"}'}
+    with pytest.raises(InjectionRefused, match=r"proxy.istio.io/config: concurrency: expected a whole"):
+        inject(pod, ENABLED, SETTINGS)
 
 
 def test_existing_annotations_are_kept() -> None:

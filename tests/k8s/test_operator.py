@@ -120,6 +120,29 @@ def _virtual_service(name: str, weights: tuple[int, int]) -> dict[str, Any]:
     }
 
 
+async def test_proxy_config_concurrency_is_injected_and_a_bad_one_refused(operator: Running) -> None:
+    """``proxy.istio.io/config`` ``concurrency`` on the pod: the sidecar gets ``--concurrency``; a bad
+    value refuses the pod with a 400 naming the annotation (never injected without it)."""
+    await operator.create("/api/v1/namespaces", _namespace("conc", {names.INJECTION_LABEL: "enabled"}))
+    pods = ("", "v1", "pods")
+    good, bad = _pod("details-v1-c"), _pod("details-v1-d")
+    good["metadata"]["annotations"] = {"proxy.istio.io/config": '{"concurrency": 2}'}
+    bad["metadata"]["annotations"] = {"proxy.istio.io/config": '{"concurrency": -3}'}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while True:  # until the operator has seen the namespace
+        response = await operator.review(INJECT_HANDLER, good, pods, "conc")
+        ops = _patch_of(response)
+        if ops or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    (sidecar,) = [op["value"] for op in ops if op["path"].startswith("/spec/containers")]
+    assert sidecar["args"][sidecar["args"].index("--concurrency") + 1] == "2"
+    response = await operator.review(INJECT_HANDLER, bad, pods, "conc")
+    assert response["allowed"] is False and response["status"]["code"] == 400
+    assert "proxy.istio.io/config: concurrency: expected a whole number" in response["status"]["message"]
+
+
 async def test_bad_virtual_service_is_rejected_with_the_analyzer_message(operator: Running) -> None:
     resource = ("networking.istio.io", "v1", "virtualservices")
     handler = validate_handler_id("virtualservices")

@@ -106,9 +106,11 @@ class MtlsAcceptor:
         self.stats = stats or TlsStats()
         self.listener: Listener | None = None
 
-    async def serve(self, listener: Listener, host: str, port: int) -> AcceptingServer:
+    async def serve(
+        self, listener: Listener, host: str, port: int, sock: socket.socket | None = None
+    ) -> AcceptingServer:
         self.listener = listener
-        return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "inbound")
+        return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "inbound", sock)
 
     def current_mode(self, listener: Listener) -> str:
         state = listener.state

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from meshkit.proxy.tls.certinfo import CertificateError, CertificateInfo, IssuedCertificate
@@ -42,6 +43,7 @@ class CertificateBundle:
     client_context: ssl.SSLContext
     chain: tuple[CertificateInfo, ...] = ()  # leaf first, as the admin /certs page lists them
     root: tuple[CertificateInfo, ...] = ()
+    key_pem: str = field(default="", repr=False)  # handed to ``--concurrency`` workers (``workers``)
 
     @property
     def rotate_at(self) -> float:
@@ -79,6 +81,8 @@ class CertificateManager:
         self.identity = identity
         self._pending_key: str | None = None  # PEM
         self._current: CertificateBundle | None = None
+        # called with each bundle installed: the ``--concurrency`` workers get it (``workers``)
+        self.on_publish: list[Callable[[CertificateBundle], None]] = []
 
     def expect_key(self, key_pem: str) -> None:
         """The private key (PEM) of the CSR just sent; kept until the certificate is installed."""
@@ -107,10 +111,12 @@ class CertificateManager:
             identity=self.identity, cert_chain_pem=cert_chain_pem, root_pem=root_pem,
             serial=issued.serial, not_before=issued.not_before, not_after=issued.not_after,
             installed_at=moment, server_context=server, client_context=client,
-            chain=issued.chain, root=issued.root,
+            chain=issued.chain, root=issued.root, key_pem=self._pending_key or "",
         )
         self._current = bundle  # the atomic swap
         self._pending_key = None
+        for callback in self.on_publish:
+            callback(bundle)
         return bundle
 
     @property

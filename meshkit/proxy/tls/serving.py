@@ -82,11 +82,11 @@ class GatewayTlsAcceptor:
         self.handshakes_refused += 1
         return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
 
-    async def serve(self, listener: Listener, host: str, port: int) -> Any:
+    async def serve(self, listener: Listener, host: str, port: int, sock: socket.socket | None = None) -> Any:
         async def admit(sock: socket.socket) -> None:
             await self._admit(listener, sock)
 
-        return accept_loop.serve(host, port, admit, "gateway https")
+        return accept_loop.serve(host, port, admit, "gateway https", sock)
 
     async def _admit(self, listener: Listener, sock: socket.socket) -> None:
         header: ProxyHeader | None = None

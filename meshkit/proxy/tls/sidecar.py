@@ -37,7 +37,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,6 +90,7 @@ class SidecarCertificates:
         self.rotations_requested = 0  # on-demand renewals that installed a certificate
         self.last_error: str | None = None
         self._renewal: asyncio.Task[CertificateBundle] | None = None  # the one renewal in flight
+        self.on_install: list[Callable[[CertificateBundle], None]] = []  # each certificate installed
 
     # -- what listeners, pools and admin read -------------------------------------------------
 
@@ -116,6 +117,7 @@ class SidecarCertificates:
         if identity is None:
             return
         self.manager = manager = CertificateManager(identity)
+        manager.on_publish.extend(self.on_install)
         try:
             await self._first_certificate(manager, stop)
             if stop.is_set():
