@@ -345,8 +345,13 @@ def logs(  # noqa: PLR0917 (typer: one parameter per option)
         help="istio-proxy: the proxy's access log (what Istio's istio-proxy container prints with "
              "meshConfig.accessLogFile=/dev/stdout); another name: the app.")] = None,
     tail: Annotated[int, typer.Option(help="Lines from the end (0 = all).")] = 50,
+    namespace: Annotated[str | None, typer.Option(
+        "-n", "--namespace", help="With -l: only pods of this namespace (istio-system: mesh gateways).")]
+    = None,
 ) -> None:
     """Print the log of a workload, its sidecar (--sidecar) or its access log (--access).
+
+    `kubectl logs -l istio=egressgateway -c istio-proxy -n istio-system` is the same command here.
 
     `kubectl logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy` is
     `meshkit logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy`.
@@ -358,7 +363,7 @@ def logs(  # noqa: PLR0917 (typer: one parameter per option)
     access = access or container == "istio-proxy"
     mesh = _running_mesh()
     try:
-        names = [instance] if instance is not None else mesh.select(selector or "")
+        names = [instance] if instance is not None else mesh.select(selector or "", namespace)
         paths = [mesh.log_path(name, sidecar=sidecar, access=access) for name in names]
     except MeshError as error:
         _fail(EXIT_REJECTED, f"error: {error}")

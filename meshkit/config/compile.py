@@ -22,11 +22,20 @@ from meshkit.config.egress import (
     external_clusters,
     external_services,
     external_virtual_hosts,
+    fold_port_clusters,
     origination_tls,
+    port_cluster,
 )
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateway_deployments import internal_config
-from meshkit.config.gateways import Gateway, bound_hosts, gateways_for, match_scope, tls_servers
+from meshkit.config.gateways import (
+    Gateway,
+    bound_hosts,
+    gateways_for,
+    match_scope,
+    mutual_servers,
+    tls_servers,
+)
 from meshkit.config.hosts import resolve_host
 from meshkit.config.httproutes import (
     from_http_route,
@@ -191,13 +200,14 @@ def compile_snapshot(
         "tls": tls_section(node, resources, tls_virtual_services, registry, selecting),
         "tcp": tcp_section(node, tls_virtual_services, registry, selecting, resources),
     }
+    fold_port_clusters(body["outbound"]["virtual_hosts"], body["clusters"])  # routes to a host's port
     # opaque TCP in front of the app (a Service port named tcp...): the sidecar relays bytes (tls_routes)
     own_service = registry.service(node.service, node.namespace) if node.service else None
     body["inbound"]["protocol"] = inbound_protocol(resources, own_service)
     if node.kind == "gateway":  # HTTPS servers with their Secrets' certificates (config.gateways)
         pairs = credential_pairs(resources)  # Istio Gateways' HTTPS servers, then Gateway API listeners
         servers = tls_servers(node, resources, pairs) + listener_tls_servers(resources, pairs)
-        body["gateway_tls"] = {"servers": servers}
+        body["gateway_tls"] = {"servers": servers, "istio_mutual": mutual_servers(node, resources)}
     selected = request_authentications_for(
         node.namespace, node.labels, of_kind(resources, RequestAuthentication))
     rules = compile_jwt(selected, jwks, jwks_errors)
@@ -362,6 +372,8 @@ def _cluster_key(destination: Destination, namespace: str) -> str:
     resolved = resolve_host(destination.host, namespace)
     if resolved.name is not None and resolved.namespace is not None:
         return cluster_name(resolved.name, resolved.namespace, destination.subset or "")
+    if destination.port is not None and destination.port.number is not None:  # `fold_port_clusters`
+        return port_cluster(resolved.host, destination.port.number, destination.subset or "")
     return f"{resolved.host}|{destination.subset or ''}"
 
 
@@ -670,7 +682,11 @@ def _tls(
         )
         mode = "ISTIO_MUTUAL" if automatic else "DISABLE"
     identities = sorted({e.identity for e in endpoints}) if mode == "ISTIO_MUTUAL" else []
-    return {"mode": mode, "server_identities": identities}
+    found: dict[str, Any] = {"mode": mode, "server_identities": identities}
+    sni = policy.tls.sni if policy is not None and policy.tls is not None else None
+    if mode == "ISTIO_MUTUAL" and sni:  # the name a gateway's ISTIO_MUTUAL server is chosen by
+        found["sni"] = sni
+    return found
 
 
 def _originates(policy: TrafficPolicy | None) -> bool:

@@ -229,4 +229,28 @@ def external_clusters(
                         if all(e["labels"].get(k) == v for k, v in (subset.labels or {}).items())]
             clusters[f"{service.host}|{subset.name}"] = cluster(
                 service.host, port, subset.name, merge(top, subset.traffic_policy), selected)
+        for other in service.entry.spec.ports:  # a route naming another port (an egress gateway's to 443)
+            if other.number != port:
+                clusters[port_cluster(service.host, other.number)] = cluster(
+                    service.host, other.number, "", top,
+                    _endpoints(ExternalService(service.host, other, service.entry), hosts, real_dns))
     return clusters
+
+
+def port_cluster(host: str, port: int, subset: str = "") -> str:
+    """Envoy's name of an external host's cluster for one of its other ServiceEntry ports (a route's
+    ``destination.port``: ``outbound|443||edition.cnn.com``); ``host|`` stays its HTTP port's."""
+    return f"outbound|{port}|{subset}|{host}"
+
+
+def fold_port_clusters(virtual_hosts: Sequence[dict[str, Any]], clusters: Mapping[str, Any]) -> None:
+    """Routes naming an external host's port that has no cluster of its own (the host's HTTP port, a
+    subset) go to the host's cluster ``host|subset``, as before ports were told apart."""
+    for vhost in virtual_hosts:
+        for route in vhost["routes"]:
+            targets = [*route["route"], *([route["mirror"]] if route.get("mirror") else [])]
+            for target in targets:
+                name = target["cluster"]
+                if name.startswith("outbound|") and name not in clusters:
+                    _, _, subset, host = name.split("|", 3)
+                    target["cluster"] = f"{host}|{subset}"

@@ -525,10 +525,13 @@ async def _linger(answer: _Flow) -> None:
 
 class SniffingAcceptor:
     """A gateway listener's acceptor: TLS (a PASSTHROUGH server's traffic) goes to a tunnel, plain
-    HTTP to the listener's HTTP pipeline, as Envoy's filter chains match on the transport."""
+    HTTP to the listener's HTTP pipeline, as Envoy's filter chains match on the transport. With
+    ISTIO_MUTUAL servers in the snapshot, TLS naming one of their hosts is the mesh's mutual TLS,
+    terminated by ``tls.gateway_mutual``, which also refuses plaintext when those are all there is."""
 
     def __init__(self, tunnels: Tunnels) -> None:
         self.tunnels = tunnels
+        self.mutual_stats: Any = None  # tls.gateway_mutual.MutualStats, once such a server was seen
 
     async def serve(self, listener: Listener, host: str, port: int) -> AcceptingServer:
         return accept_loop.serve(host, port, lambda conn: self._admit(listener, conn), "gateway")
@@ -543,6 +546,9 @@ class SniffingAcceptor:
                     return
             async with asyncio.timeout(INSPECT_TIMEOUT_S):
                 tls = await sniff_tls(conn)
+            mutual = getattr(listener.state.current, "gateway_mutual", None) if listener.state else None
+            if mutual is not None and await self._mutual(listener, conn, mutual, tls=bool(tls)):
+                return
             if tls:
                 await self.tunnels.accept(conn, header)
                 return
@@ -558,3 +564,22 @@ class SniffingAcceptor:
         except BaseException:
             conn.close()
             raise
+
+    async def _mutual(self, listener: Listener, conn: socket.socket, mutual: Any, *, tls: bool) -> bool:
+        """Did the ISTIO_MUTUAL servers take (or refuse) this connection (``tls.gateway_mutual``)?"""
+        from meshkit.proxy.tls import gateway_mutual  # noqa: PLC0415 - only with ISTIO_MUTUAL servers
+        from meshkit.proxy.tls.serving import peek_sni  # noqa: PLC0415
+
+        if self.mutual_stats is None:
+            self.mutual_stats = gateway_mutual.MutualStats()
+        if not tls:
+            if mutual.plaintext:
+                return False
+            gateway_mutual.refuse_plaintext(conn, self.mutual_stats)
+            return True
+        async with asyncio.timeout(INSPECT_TIMEOUT_S):
+            name = await peek_sni(conn)
+        if not mutual.covers(name):
+            return False
+        await gateway_mutual.accept(listener, conn, self.tunnels.certificates, self.mutual_stats)
+        return True
