@@ -364,7 +364,9 @@ def logs(  # noqa: PLR0917 (typer: one parameter per option)
     mesh = _running_mesh()
     try:
         names = [instance] if instance is not None else mesh.select(selector or "", namespace)
-        paths = [mesh.log_path(name, sidecar=sidecar, access=access) for name in names]
+        # -l with no -c: a gateway pod's one container is istio-proxy, whose log is the access log
+        paths = [mesh.log_path(name, sidecar=sidecar, access=access or (
+            selector is not None and container is None and mesh.is_gateway_pod(name))) for name in names]
     except MeshError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     if not names:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from meshkit.config.authn import RequestAuthentication, compile_jwt, request_authentications_for
@@ -207,7 +208,10 @@ def compile_snapshot(
     if node.kind == "gateway":  # HTTPS servers with their Secrets' certificates (config.gateways)
         pairs = credential_pairs(resources)  # Istio Gateways' HTTPS servers, then Gateway API listeners
         servers = tls_servers(node, resources, pairs) + listener_tls_servers(resources, pairs)
-        body["gateway_tls"] = {"servers": servers, "istio_mutual": mutual_servers(node, resources)}
+        body["gateway_tls"] = {"servers": servers}
+        mutual = mutual_servers(node, resources)
+        if mutual["servers"]:  # ISTIO_MUTUAL servers: the mesh's mTLS on the gateway's own listener
+            body["gateway_tls"]["istio_mutual"] = mutual
     selected = request_authentications_for(
         node.namespace, node.labels, of_kind(resources, RequestAuthentication))
     rules = compile_jwt(selected, jwks, jwks_errors)
@@ -370,11 +374,14 @@ def _route_to(cluster: str) -> dict[str, Any]:
 
 def _cluster_key(destination: Destination, namespace: str) -> str:
     resolved = resolve_host(destination.host, namespace)
+    subset = destination.subset or ""
+    registry = resolved.name is not None and resolved.namespace is not None
+    if destination.port is not None:  # a port's own cluster when there is one (`fold_port_clusters`)
+        host = f"{resolved.name}.{resolved.namespace}.svc.cluster.local" if registry else resolved.host
+        return port_cluster(host, destination.port.number, subset)
     if resolved.name is not None and resolved.namespace is not None:
-        return cluster_name(resolved.name, resolved.namespace, destination.subset or "")
-    if destination.port is not None and destination.port.number is not None:  # `fold_port_clusters`
-        return port_cluster(resolved.host, destination.port.number, destination.subset or "")
-    return f"{resolved.host}|{destination.subset or ''}"
+        return cluster_name(resolved.name, resolved.namespace, subset)
+    return f"{resolved.host}|{subset}"
 
 
 def _route(context: _RouteContext, index: int, http: HTTPRoute) -> dict[str, Any] | None:
@@ -564,7 +571,22 @@ def _clusters(
             policy = _merge_policy(top, subset.traffic_policy)
             clusters[cluster_name(svc.name, svc.namespace, subset.name)] = _cluster(
                 svc, subset.name, policy, selected, peer_authentications, credentials=credentials)
+            # a portLevelSettings port the Service is reached on besides its own (the egress gateway's
+            # 443 beside 80): a cluster of its own, which a route naming that port uses
+            for port in _other_ports(policy, svc.port):
+                clusters[port_cluster(svc.fqdn, port, subset.name)] = _cluster(
+                    replace(svc, port=port), subset.name, policy, selected, peer_authentications,
+                    credentials=credentials)
+        for port in _other_ports(top, svc.port):
+            clusters[port_cluster(svc.fqdn, port)] = _cluster(
+                replace(svc, port=port), "", top, endpoints, peer_authentications, credentials=credentials)
     return dict(sorted(clusters.items()))
+
+
+def _other_ports(policy: TrafficPolicy | None, port: int) -> list[int]:
+    """The ports ``policy``'s portLevelSettings name other than the Service's ``port``."""
+    return sorted({level.port.number for level in (policy.port_level_settings or []) if policy is not None
+                   and level.port.number != port}) if policy is not None else []
 
 
 def _external_clusters(

@@ -244,8 +244,8 @@ def port_cluster(host: str, port: int, subset: str = "") -> str:
 
 
 def fold_port_clusters(virtual_hosts: Sequence[dict[str, Any]], clusters: Mapping[str, Any]) -> None:
-    """Routes naming an external host's port that has no cluster of its own (the host's HTTP port, a
-    subset) go to the host's cluster ``host|subset``, as before ports were told apart."""
+    """Routes naming a port that has no cluster of its own (the host's or Service's own port) go to the
+    host's cluster: ``host|subset``, or a registry service's ``name.namespace|subset``."""
     for vhost in virtual_hosts:
         for route in vhost["routes"]:
             targets = [*route["route"], *([route["mirror"]] if route.get("mirror") else [])]
@@ -253,4 +253,7 @@ def fold_port_clusters(virtual_hosts: Sequence[dict[str, Any]], clusters: Mappin
                 name = target["cluster"]
                 if name.startswith("outbound|") and name not in clusters:
                     _, _, subset, host = name.split("|", 3)
-                    target["cluster"] = f"{host}|{subset}"
+                    service, _, rest = host.partition(".")
+                    namespace, _, suffix = rest.partition(".")
+                    registry = suffix == "svc.cluster.local"
+                    target["cluster"] = f"{service}.{namespace}|{subset}" if registry else f"{host}|{subset}"

@@ -208,6 +208,8 @@ def missing_gateways(vs: VirtualService, resources: Sequence[Resource]) -> list[
 
 # The namespace of the mesh's gateway proxies (the ingress gateway's workload).
 GATEWAY_WORKLOAD_NAMESPACE = "istio-system"
+# The ports of Istio's egress gateway Service (http2 80, https 443): the local one listens once for both
+EGRESS_GATEWAY_PORTS = {("istio-egressgateway", GATEWAY_WORKLOAD_NAMESPACE): frozenset({80, 443})}
 
 
 def credential_namespaces(gateway: Gateway,

@@ -411,9 +411,12 @@ class GatewayMutualDoc(TypedDict):
     plaintext: bool  # false: ISTIO_MUTUAL servers are its only HTTP servers, plaintext callers are refused
 
 
-class GatewayTlsDoc(TypedDict):
+class _GatewayMutualSection(TypedDict, total=False):
+    istio_mutual: GatewayMutualDoc  # only when the gateway has ISTIO_MUTUAL servers
+
+
+class GatewayTlsDoc(_GatewayMutualSection):
     servers: list[GatewayTlsServerDoc]
-    istio_mutual: NotRequired[GatewayMutualDoc]
 
 
 class _GatewayTlsSection(TypedDict, total=False):

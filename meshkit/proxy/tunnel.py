@@ -49,7 +49,7 @@ from meshkit.proxy.egress import (
 from meshkit.proxy.listener import Listener
 from meshkit.proxy.sni import MAX_RECORD, NEED_MORE, client_hello_sni
 from meshkit.proxy.stats import CLUSTER_ID, canonical_revision, canonical_service
-from meshkit.proxy.tls.sniff import sniff_tls
+from meshkit.proxy.tls.sniff import peek_sni, sniff_tls
 from meshkit.proxy.tls_routing import TlsDestination
 
 if TYPE_CHECKING:
@@ -568,7 +568,6 @@ class SniffingAcceptor:
     async def _mutual(self, listener: Listener, conn: socket.socket, mutual: Any, *, tls: bool) -> bool:
         """Did the ISTIO_MUTUAL servers take (or refuse) this connection (``tls.gateway_mutual``)?"""
         from meshkit.proxy.tls import gateway_mutual  # noqa: PLC0415 - only with ISTIO_MUTUAL servers
-        from meshkit.proxy.tls.serving import peek_sni  # noqa: PLC0415
 
         if self.mutual_stats is None:
             self.mutual_stats = gateway_mutual.MutualStats()

@@ -506,6 +506,14 @@ class LocalMesh:
         return sorted(name for name, labels, ns in pods if namespace in (None, ns)
                       and all(labels.get(k) == v for k, v in wanted.items()))
 
+    def is_gateway_pod(self, name: str) -> bool:
+        """Is ``name`` a gateway proxy (the mesh's ingress or egress gateway, a Gateway's own proxy): a pod
+        whose one container is istio-proxy, so `kubectl logs` of it prints the access log."""
+        rec = self.record()
+        proc = rec.processes.get(name) if rec is not None else None
+        return name in ("ingressgateway", egressgw.PROCESS) or (
+            proc is not None and kube_gateways.is_gateway_process(proc))
+
     def log_path(self, name: str, sidecar: bool = False, access: bool = False) -> Path:
         """The log of an instance's app, of its sidecar, or its sidecar's JSON access log."""
         app = self._process(name)  # a clear error for an unknown instance

@@ -517,7 +517,7 @@ def test_mutual_tls_origination_with_an_egress_gateway(mesh: RunningMesh, tmp_pa
 
 def test_an_istio_mutual_server_with_a_credential_name_is_refused(mesh: RunningMesh, tmp_path: Path) -> None:
     with_credential = GATEWAY_CNN.replace("      mode: ISTIO_MUTUAL\n",
-                                          "      mode: ISTIO_MUTUAL\n      credentialName: cnn-cert\n")
+                                          "      mode: ISTIO_MUTUAL\n      credentialName: cnn-cert\n", 1)
     code, out, err = bash(mesh, with_credential, tmp_path)
     assert code != 0, out
     assert "ISTIO_MUTUAL TLS cannot have associated credentialName" in err, err
