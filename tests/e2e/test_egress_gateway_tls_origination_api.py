@@ -12,6 +12,7 @@ the gateway to the Hostname edition.cnn.com port 443, and the DestinationRule or
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 from meshkit.runtime import kube_gateways
 from tests.e2e.cli import CLI_TIMEOUT, cli_env
 from tests.e2e.mesh import SAMPLES, RunningMesh, start_mesh
+from tests.e2e.test_egress_gateway_tls_origination import CERTIFICATES, CURL_NGINX, MUTUAL_TLS_SERVER
 
 BEFORE_YOU_BEGIN = f"""
 meshkit apply -f {SAMPLES / "sleep.yaml"}
@@ -159,6 +161,175 @@ meshkit delete destinationrule originate-tls-for-edition-cnn-com
 
 PROCESS = "cnn-egress-gateway-istio-0"
 
+# "Perform mutual TLS origination with an egress gateway", Gateway API tab (the certificates and the nginx
+# server are the Istio APIs tab's: `test_egress_gateway_tls_origination`)
+CLIENT_CREDENTIAL = """
+meshkit create secret -n default generic client-credential --from-file=tls.key=client.example.com.key \\
+  --from-file=tls.crt=client.example.com.crt --from-file=ca.crt=example.com.crt
+"""
+
+NGINX_GATEWAY = """
+meshkit apply -f - <<EOF
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: nginx-egressgateway
+  annotations:
+    networking.istio.io/service-type: ClusterIP
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: https
+    hostname: my-nginx.mesh-external.svc.cluster.local
+    port: 443
+    protocol: HTTPS
+    tls:
+      mode: Terminate
+      options:
+        gateway.istio.io/tls-terminate-mode: ISTIO_MUTUAL
+    allowedRoutes:
+      namespaces:
+        from: Same
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: nginx-egressgateway-istio-sds
+rules:
+- apiGroups:
+  - ""
+  resources:
+  - secrets
+  verbs:
+  - get
+  - watch
+  - list
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: nginx-egressgateway-istio-sds
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: nginx-egressgateway-istio-sds
+subjects:
+- kind: ServiceAccount
+  name: nginx-egressgateway-istio
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-nginx
+spec:
+  host: nginx-egressgateway-istio.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+    portLevelSettings:
+    - port:
+        number: 443
+      tls:
+        mode: ISTIO_MUTUAL
+        sni: my-nginx.mesh-external.svc.cluster.local
+EOF
+"""
+
+NGINX_ROUTES = """
+meshkit apply -f - <<EOF
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: direct-nginx-to-egress-gateway
+spec:
+  hosts:
+  - my-nginx.mesh-external.svc.cluster.local
+  gateways:
+  - mesh
+  http:
+  - match:
+    - port: 80
+    route:
+    - destination:
+        host: nginx-egressgateway-istio.default.svc.cluster.local
+        port:
+          number: 443
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: forward-nginx-from-egress-gateway
+spec:
+  parentRefs:
+  - name: nginx-egressgateway
+  hostnames:
+  - my-nginx.mesh-external.svc.cluster.local
+  rules:
+  - backendRefs:
+    - name: my-nginx
+      namespace: mesh-external
+      port: 443
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata:
+  name: my-nginx-reference-grant
+  namespace: mesh-external
+spec:
+  from:
+    - group: gateway.networking.k8s.io
+      kind: HTTPRoute
+      namespace: default
+  to:
+    - group: ""
+      kind: Service
+      name: my-nginx
+EOF
+"""
+
+ORIGINATE_MTLS = """
+meshkit apply -f - <<EOF
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: originate-mtls-for-nginx
+spec:
+  host: my-nginx.mesh-external.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+    portLevelSettings:
+    - port:
+        number: 443
+      tls:
+        mode: MUTUAL
+        credentialName: client-credential # this must match the secret created earlier to hold client certs
+        sni: my-nginx.mesh-external.svc.cluster.local
+        # subjectAltNames: # can be enabled if the certificate was generated with SAN as specified in previous section
+        # - my-nginx.mesh-external.svc.cluster.local
+EOF
+"""  # noqa: E501
+
+NGINX_LOG = """meshkit logs -l gateway.networking.k8s.io/gateway-name=nginx-egressgateway | grep 'my-nginx.mesh-external.svc.cluster.local' | grep HTTP
+"""  # noqa: E501
+
+NGINX_CLEANUP = """
+meshkit delete secret nginx-server-certs nginx-ca-certs -n mesh-external
+meshkit delete configmap nginx-configmap -n mesh-external
+meshkit delete service my-nginx -n mesh-external
+meshkit delete deployment my-nginx -n mesh-external
+meshkit delete namespace mesh-external
+meshkit delete secret client-credential
+meshkit delete gtw nginx-egressgateway
+meshkit delete role nginx-egressgateway-istio-sds
+meshkit delete rolebinding nginx-egressgateway-istio-sds
+meshkit delete virtualservice direct-nginx-to-egress-gateway
+meshkit delete httproute forward-nginx-from-egress-gateway
+meshkit delete destinationrule originate-mtls-for-nginx
+meshkit delete destinationrule egressgateway-for-nginx
+meshkit delete referencegrant my-nginx-reference-grant -n mesh-external
+"""
+
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
@@ -209,3 +380,18 @@ def test_tls_origination_with_a_gateway_api_egress_gateway(mesh: RunningMesh, tm
     assert PROCESS not in mesh.pids()
     mesh.wait_synced()
     assert status_lines(ok(mesh, CURL_CNN, tmp_path)) == ["301", "200"]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the task's own openssl is not installed")
+def test_mutual_tls_origination_with_a_gateway_api_egress_gateway(mesh: RunningMesh, tmp_path: Path) -> None:
+    ok(mesh, BEFORE_YOU_BEGIN + CERTIFICATES + MUTUAL_TLS_SERVER, tmp_path)
+    applied = ok(mesh, CLIENT_CREDENTIAL + NGINX_GATEWAY + NGINX_ROUTES + ORIGINATE_MTLS, tmp_path)
+    assert "pod/nginx-egressgateway-istio-0 started" in applied, applied
+    mesh.wait_synced()
+    page = ok(mesh, CURL_NGINX, tmp_path)
+    assert page.startswith("<!DOCTYPE html>\n<html>\n<head>\n<title>Welcome to nginx!</title>"), page
+    log = ok(mesh, NGINX_LOG, tmp_path)
+    [entry] = [e for e in map(json.loads, log.splitlines()) if e.get("status") == 200]
+    assert entry["route_name"] == "default.forward-nginx-from-egress-gateway.0", entry
+    ok(mesh, NGINX_CLEANUP, tmp_path)
+    assert "nginx-egressgateway-istio-0" not in mesh.pids()
