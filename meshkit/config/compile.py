@@ -20,6 +20,7 @@ from meshkit.config.delegates import expand_delegates
 from meshkit.config.egress import (
     Credentials,
     ExternalService,
+    Files,
     external_clusters,
     external_services,
     external_virtual_hosts,
@@ -82,6 +83,7 @@ from meshkit.config.selection import (
     virtual_services_for,
 )
 from meshkit.config.tls_routes import inbound_protocol, tcp_section, tls_section
+from meshkit.config.user_volumes import proxy_files
 
 SCHEMA = 1
 DEFAULT_TRACE_SAMPLING = 1.0  # percent: Istio's meshConfig.defaultConfig.tracing.sampling default
@@ -167,6 +169,7 @@ def compile_snapshot(
         dr.metadata.namespace == node.namespace
         and labels_match(dr.spec.workload_selector.match_labels, node.labels))]
     credentials = _credentials(resources, node)  # MUTUAL origination's credentialName
+    files = proxy_files(resources, node.workload, node.namespace)  # its certificate files (userVolume)
     body: dict[str, Any] = {
         "schema": SCHEMA,
         "revision": revision,
@@ -183,11 +186,12 @@ def compile_snapshot(
         },
         "clusters": dict(sorted({
             **_clusters(services, registry, node, destination_rules, peer_authentications,
-                        credentials=credentials),
+                        credentials=credentials, files=files),
             # Services the registry does not hold (reviews-v1 of bookinfo-versions.yaml): their selector
             **{cluster_name(svc.name, svc.namespace): _cluster(svc, "", None, endpoints, peer_authentications)
                for svc, endpoints in selector_services(resources, registry)},
-            **_external_clusters(external_targets, destination_rules, egress_hosts, real_dns, credentials),
+            **_external_clusters(external_targets, destination_rules, egress_hosts, real_dns, credentials,
+                                 files=files),
         }.items())),
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
@@ -557,6 +561,7 @@ def _clusters(
     peer_authentications: Sequence[PeerAuthentication],
     *,
     credentials: Credentials | None = None,
+    files: Files | None = None,
 ) -> dict[str, Any]:
     clusters: dict[str, Any] = {}
     for svc in services:
@@ -565,21 +570,23 @@ def _clusters(
         rule = rules[0] if rules else None
         top = rule.spec.traffic_policy if rule else None
         clusters[cluster_name(svc.name, svc.namespace)] = _cluster(
-            svc, "", top, endpoints, peer_authentications, credentials=credentials)
+            svc, "", top, endpoints, peer_authentications, credentials=credentials, files=files)
         for subset in (rule.spec.subsets or []) if rule else []:
             selected = [e for e in endpoints if labels_match(subset.labels, e.labels)]
             policy = _merge_policy(top, subset.traffic_policy)
             clusters[cluster_name(svc.name, svc.namespace, subset.name)] = _cluster(
-                svc, subset.name, policy, selected, peer_authentications, credentials=credentials)
+                svc, subset.name, policy, selected, peer_authentications, credentials=credentials,
+                files=files)
             # a portLevelSettings port the Service is reached on besides its own (the egress gateway's
             # 443 beside 80): a cluster of its own, which a route naming that port uses
             for port in _other_ports(policy, svc.port):
                 clusters[port_cluster(svc.fqdn, port, subset.name)] = _cluster(
                     replace(svc, port=port), subset.name, policy, selected, peer_authentications,
-                    credentials=credentials)
+                    credentials=credentials, files=files)
         for port in _other_ports(top, svc.port):
             clusters[port_cluster(svc.fqdn, port)] = _cluster(
-                replace(svc, port=port), "", top, endpoints, peer_authentications, credentials=credentials)
+                replace(svc, port=port), "", top, endpoints, peer_authentications, credentials=credentials,
+                files=files)
     return dict(sorted(clusters.items()))
 
 
@@ -592,6 +599,7 @@ def _other_ports(policy: TrafficPolicy | None, port: int) -> list[int]:
 def _external_clusters(
     external: Sequence[ExternalService], destination_rules: Sequence[DestinationRule],
     hosts: Mapping[str, str], real_dns: bool, credentials: Credentials | None = None,
+    *, files: Files | None = None,
 ) -> dict[str, Any]:
     def cluster(host: str, port: int, subset: str, policy: TrafficPolicy | None,
                 endpoints: list[dict[str, Any]]) -> dict[str, Any]:
@@ -603,7 +611,7 @@ def _external_clusters(
             "endpoints": endpoints,
             "connection_pool": _connection_pool(policy),
             "outlier_detection": _outlier_detection(policy),
-            "tls": origination_tls(policy, host, credentials),  # outside the mesh: no auto mTLS
+            "tls": origination_tls(policy, host, credentials, files),  # outside the mesh: no auto mTLS
         }
 
     return external_clusters(external, destination_rules, hosts, real_dns,
@@ -637,6 +645,7 @@ def _cluster(
     peer_authentications: Sequence[PeerAuthentication],
     *,
     credentials: Credentials | None = None,
+    files: Files | None = None,
 ) -> dict[str, Any]:
     policy = policy.for_port(svc.port) if policy is not None else None
     lb = policy.load_balancer.simple if policy and policy.load_balancer else None
@@ -650,7 +659,7 @@ def _cluster(
         "connection_pool": _connection_pool(policy),
         "outlier_detection": _outlier_detection(policy),
         "tls": _tls(policy, endpoints, peer_authentications) if not _originates(policy)
-        else origination_tls(policy, svc.fqdn, credentials),
+        else origination_tls(policy, svc.fqdn, credentials, files),
     }
 
 
