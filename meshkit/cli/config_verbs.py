@@ -371,6 +371,10 @@ def delete(
         if kind or names:
             _fail(EXIT_UNAVAILABLE, "error: give either -f FILE or KIND NAME, not both")
         results.append(_call(client.delete_documents, _load(files, namespace if namespace_given else None)))
+    elif kind and names and _ignored_kind(kind):  # `kubectl delete role ...` of a task's cleanup
+        Printer().line(f"Warning: kind {_ignored_kind(kind)} is not modelled by the local mesh (its apply "
+                       f"was ignored): nothing to delete for {', '.join(names)}")
+        return
     elif kind and names:
         for name in names:  # the control plane resolves the kind
             results.append(_call(client.delete, kind, name, namespace))
@@ -390,6 +394,18 @@ def delete(
                 reconcile(mesh)
         except MeshError as error:
             _fail(EXIT_REJECTED, f"error: {error}")
+
+
+def _ignored_kind(kind: str) -> str | None:
+    """The kind ``kind`` names (``role``, ``rolebindings``, ``referencegrant``) when the loader always
+    ignores it (`meshkit.config.workloads.IGNORED_KINDS`, MK0009), else None."""
+    from meshkit.config.workloads import IGNORED_KINDS  # noqa: PLC0415
+
+    wanted = kind.lower().partition(".")[0]
+    for known in IGNORED_KINDS - {"ConfigMap", "Secret"}:  # these two are modelled (volumes, credentials)
+        if wanted in (known.lower(), f"{known.lower()}s"):
+            return known
+    return None
 
 
 @app.command()

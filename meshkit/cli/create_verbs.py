@@ -5,7 +5,8 @@
 --from-file=[KEY=]PATH`` build the object kubectl builds (a Secret's values base64, ``type``
 ``kubernetes.io/tls`` or ``Opaque``; a directory given to ``--from-file`` adds each of its files) and
 apply it, so the control plane validates it as any apply. ``-n`` goes before or after the object
-kind, as with kubectl (``meshkit create -n mesh-external secret tls ...``). An object that already
+kind or between ``secret`` and its type, as with kubectl (``meshkit create -n mesh-external secret tls
+...``, ``meshkit create secret -n istio-system generic ...``). An object that already
 exists is an error, as ``kubectl create``.
 
 It must not hold logic of its own beyond parsing and printing.
@@ -36,6 +37,13 @@ FromLiteral = Annotated[list[str] | None, typer.Option("--from-literal", help="K
 def _create(ctx: typer.Context, namespace: NsOption = None) -> None:
     """Create an object from the command line, like kubectl create."""
     ctx.obj = {"namespace": namespace}
+
+
+@secret_app.callback()
+def _secret(ctx: typer.Context, namespace: NsOption = None) -> None:
+    """``-n`` between ``secret`` and its type too (``kubectl create secret -n istio-system generic ...``)."""
+    if namespace:
+        ctx.obj = {**(ctx.obj if isinstance(ctx.obj, dict) else {}), "namespace": namespace}
 
 
 def _namespace(ctx: typer.Context, namespace: str | None) -> str:

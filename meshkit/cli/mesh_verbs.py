@@ -355,11 +355,12 @@ def logs(  # noqa: PLR0917 (typer: one parameter per option)
 ) -> None:
     """Print the log of a workload, its sidecar (--sidecar) or its access log (--access).
 
+    `kubectl logs -l istio=egressgateway -c istio-proxy -n istio-system` is the same command here
+    (without -c too: a gateway pod's one container is its proxy, so -l prints its access log).
+
     `kubectl logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy` is
-    `meshkit logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy`;
-    `meshkit logs -l istio=egressgateway -n istio-system` prints the egress gateway's access log.
+    `meshkit logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy`.
     """
-    from meshkit.runtime import egressgw  # noqa: PLC0415
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
     if (instance is None) == (selector is None):
@@ -370,9 +371,9 @@ def logs(  # noqa: PLR0917 (typer: one parameter per option)
     mesh = _running_mesh()
     try:
         names = [instance] if instance is not None else mesh.select(selector or "", namespace)
-        # the egress gateway's pod has one container, istio-proxy, whose log is the access log
+        # -l with no -c: a gateway pod's one container is istio-proxy, whose log is the access log
         paths = [mesh.log_path(name, sidecar=sidecar, access=access or (
-            selector is not None and name == egressgw.PROCESS)) for name in names]
+            selector is not None and container is None and mesh.is_gateway_pod(name))) for name in names]
     except MeshError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
     if not names:

@@ -20,6 +20,7 @@ from meshkit.config.analyze_policies import check_policies
 from meshkit.config.analyze_routes import check_routes, for_sidecars
 from meshkit.config.authn import RequestAuthentication
 from meshkit.config.egress import ServiceEntry
+from meshkit.config.gateways import EGRESS_GATEWAY_PORTS
 from meshkit.config.hosts import resolve_host
 from meshkit.config.messages import Message, Severity
 from meshkit.config.network_policy import check_network_policies
@@ -153,7 +154,8 @@ def _check_destination(
     if service is None:
         yield (codes.MK0103, Severity.WARNING, f"{at}.host",
                f'host "{destination.host}" is not a service in the registry')
-    elif destination.port is not None and destination.port.number != service.port:
+    elif destination.port is not None and destination.port.number not in (
+            {service.port} | EGRESS_GATEWAY_PORTS.get((service.name, service.namespace), frozenset())):
         yield (codes.MK0118, Severity.WARNING, f"{at}.port.number",
                f'port {destination.port.number} is not the port of service "{service.name}" ({service.port})')
 

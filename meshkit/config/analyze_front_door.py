@@ -31,6 +31,7 @@ from meshkit.config.registry import RegistryView
 from meshkit.config.registry import Service as RegistryService
 from meshkit.config.resources import Resource, VirtualService
 from meshkit.config.secrets import find_secret
+from meshkit.config.user_volumes import check_user_volumes
 from meshkit.config.workloads import Deployment, Service, ServiceAccount, known_images, sample_app, selects
 
 # The labels of the gateway proxies the local mesh runs (Istio's default ingress gateway's).
@@ -131,7 +132,7 @@ def _check_deployment(deployment: Deployment, accounts: set[tuple[str, str]]) ->
         found.append(Message(
             codes.MK0305, Severity.WARNING, ref, "spec.template.spec.containers",
             f"{len(containers)} containers: the local mesh runs the first one ({containers[0].name})"))
-    return found + check_proxy_config(deployment)
+    return found + check_proxy_config(deployment) + check_user_volumes(deployment)
 
 
 def _check_service(service: Service, deployments: Sequence[Deployment],

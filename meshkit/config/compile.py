@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from meshkit.config.authn import RequestAuthentication, compile_jwt, request_authentications_for
@@ -19,14 +20,24 @@ from meshkit.config.delegates import expand_delegates
 from meshkit.config.egress import (
     Credentials,
     ExternalService,
+    Files,
     external_clusters,
     external_services,
     external_virtual_hosts,
+    fold_port_clusters,
     origination_tls,
+    port_cluster,
 )
 from meshkit.config.envoyfilter import EnvoyFilter, rate_limit_for
 from meshkit.config.gateway_deployments import internal_config
-from meshkit.config.gateways import Gateway, bound_hosts, gateways_for, match_scope, tls_servers
+from meshkit.config.gateways import (
+    Gateway,
+    bound_hosts,
+    gateways_for,
+    match_scope,
+    mutual_servers,
+    tls_servers,
+)
 from meshkit.config.hosts import resolve_host
 from meshkit.config.httproutes import (
     from_http_route,
@@ -73,6 +84,7 @@ from meshkit.config.selection import (
     virtual_services_for,
 )
 from meshkit.config.tls_routes import inbound_protocol, tcp_section, tls_section
+from meshkit.config.user_volumes import proxy_files
 
 SCHEMA = 1
 DEFAULT_TRACE_SAMPLING = 1.0  # percent: Istio's meshConfig.defaultConfig.tracing.sampling default
@@ -158,6 +170,7 @@ def compile_snapshot(
         dr.metadata.namespace == node.namespace
         and labels_match(dr.spec.workload_selector.match_labels, node.labels))]
     credentials = _credentials(resources, node)  # MUTUAL origination's credentialName
+    files = proxy_files(resources, node.workload, node.namespace)  # its certificate files (userVolume)
     body: dict[str, Any] = {
         "schema": SCHEMA,
         "revision": revision,
@@ -174,11 +187,12 @@ def compile_snapshot(
         },
         "clusters": dict(sorted({
             **_clusters(services, registry, node, destination_rules, peer_authentications,
-                        credentials=credentials),
+                        credentials=credentials, files=files),
             # Services the registry does not hold (reviews-v1 of bookinfo-versions.yaml): their selector
             **{cluster_name(svc.name, svc.namespace): _cluster(svc, "", None, endpoints, peer_authentications)
                for svc, endpoints in selector_services(resources, registry)},
-            **_external_clusters(external_targets, destination_rules, egress_hosts, real_dns, credentials),
+            **_external_clusters(external_targets, destination_rules, egress_hosts, real_dns, credentials,
+                                 files=files),
         }.items())),
         "inbound": _inbound(node, registry, peer_authentications, of_kind(resources, AuthorizationPolicy),
                             of_kind(resources, EnvoyFilter)),
@@ -192,6 +206,7 @@ def compile_snapshot(
         "tls": tls_section(node, resources, tls_virtual_services, registry, selecting),
         "tcp": tcp_section(node, tls_virtual_services, registry, selecting, resources),
     }
+    fold_port_clusters(body["outbound"]["virtual_hosts"], body["clusters"])  # routes to a host's port
     # the pod's Kubernetes NetworkPolicy egress, judged per destination address (network_policy_snapshot)
     network_policy = network_policy_section(resources, node, body["clusters"], body["egress"]["hosts"])
     if network_policy is not None:
@@ -203,6 +218,9 @@ def compile_snapshot(
         pairs = credential_pairs(resources)  # Istio Gateways' HTTPS servers, then Gateway API listeners
         servers = tls_servers(node, resources, pairs) + listener_tls_servers(resources, pairs)
         body["gateway_tls"] = {"servers": servers}
+        mutual = mutual_servers(node, resources)
+        if mutual["servers"]:  # ISTIO_MUTUAL servers: the mesh's mTLS on the gateway's own listener
+            body["gateway_tls"]["istio_mutual"] = mutual
     selected = request_authentications_for(
         node.namespace, node.labels, of_kind(resources, RequestAuthentication))
     rules = compile_jwt(selected, jwks, jwks_errors)
@@ -365,9 +383,14 @@ def _route_to(cluster: str) -> dict[str, Any]:
 
 def _cluster_key(destination: Destination, namespace: str) -> str:
     resolved = resolve_host(destination.host, namespace)
+    subset = destination.subset or ""
+    registry = resolved.name is not None and resolved.namespace is not None
+    if destination.port is not None:  # a port's own cluster when there is one (`fold_port_clusters`)
+        host = f"{resolved.name}.{resolved.namespace}.svc.cluster.local" if registry else resolved.host
+        return port_cluster(host, destination.port.number, subset)
     if resolved.name is not None and resolved.namespace is not None:
-        return cluster_name(resolved.name, resolved.namespace, destination.subset or "")
-    return f"{resolved.host}|{destination.subset or ''}"
+        return cluster_name(resolved.name, resolved.namespace, subset)
+    return f"{resolved.host}|{subset}"
 
 
 def _route(context: _RouteContext, index: int, http: HTTPRoute) -> dict[str, Any] | None:
@@ -543,6 +566,7 @@ def _clusters(
     peer_authentications: Sequence[PeerAuthentication],
     *,
     credentials: Credentials | None = None,
+    files: Files | None = None,
 ) -> dict[str, Any]:
     clusters: dict[str, Any] = {}
     for svc in services:
@@ -551,18 +575,36 @@ def _clusters(
         rule = rules[0] if rules else None
         top = rule.spec.traffic_policy if rule else None
         clusters[cluster_name(svc.name, svc.namespace)] = _cluster(
-            svc, "", top, endpoints, peer_authentications, credentials=credentials)
+            svc, "", top, endpoints, peer_authentications, credentials=credentials, files=files)
         for subset in (rule.spec.subsets or []) if rule else []:
             selected = [e for e in endpoints if labels_match(subset.labels, e.labels)]
             policy = _merge_policy(top, subset.traffic_policy)
             clusters[cluster_name(svc.name, svc.namespace, subset.name)] = _cluster(
-                svc, subset.name, policy, selected, peer_authentications, credentials=credentials)
+                svc, subset.name, policy, selected, peer_authentications, credentials=credentials,
+                files=files)
+            # a portLevelSettings port the Service is reached on besides its own (the egress gateway's
+            # 443 beside 80): a cluster of its own, which a route naming that port uses
+            for port in _other_ports(policy, svc.port):
+                clusters[port_cluster(svc.fqdn, port, subset.name)] = _cluster(
+                    replace(svc, port=port), subset.name, policy, selected, peer_authentications,
+                    credentials=credentials, files=files)
+        for port in _other_ports(top, svc.port):
+            clusters[port_cluster(svc.fqdn, port)] = _cluster(
+                replace(svc, port=port), "", top, endpoints, peer_authentications, credentials=credentials,
+                files=files)
     return dict(sorted(clusters.items()))
+
+
+def _other_ports(policy: TrafficPolicy | None, port: int) -> list[int]:
+    """The ports ``policy``'s portLevelSettings name other than the Service's ``port``."""
+    return sorted({level.port.number for level in (policy.port_level_settings or []) if policy is not None
+                   and level.port.number != port}) if policy is not None else []
 
 
 def _external_clusters(
     external: Sequence[ExternalService], destination_rules: Sequence[DestinationRule],
     hosts: Mapping[str, str], real_dns: bool, credentials: Credentials | None = None,
+    *, files: Files | None = None,
 ) -> dict[str, Any]:
     def cluster(host: str, port: int, subset: str, policy: TrafficPolicy | None,
                 endpoints: list[dict[str, Any]]) -> dict[str, Any]:
@@ -574,7 +616,7 @@ def _external_clusters(
             "endpoints": endpoints,
             "connection_pool": _connection_pool(policy),
             "outlier_detection": _outlier_detection(policy),
-            "tls": origination_tls(policy, host, credentials),  # outside the mesh: no auto mTLS
+            "tls": origination_tls(policy, host, credentials, files),  # outside the mesh: no auto mTLS
         }
 
     return external_clusters(external, destination_rules, hosts, real_dns,
@@ -608,6 +650,7 @@ def _cluster(
     peer_authentications: Sequence[PeerAuthentication],
     *,
     credentials: Credentials | None = None,
+    files: Files | None = None,
 ) -> dict[str, Any]:
     policy = policy.for_port(svc.port) if policy is not None else None
     lb = policy.load_balancer.simple if policy and policy.load_balancer else None
@@ -621,7 +664,7 @@ def _cluster(
         "connection_pool": _connection_pool(policy),
         "outlier_detection": _outlier_detection(policy),
         "tls": _tls(policy, endpoints, peer_authentications) if not _originates(policy)
-        else origination_tls(policy, svc.fqdn, credentials),
+        else origination_tls(policy, svc.fqdn, credentials, files),
     }
 
 
@@ -675,7 +718,11 @@ def _tls(
         )
         mode = "ISTIO_MUTUAL" if automatic else "DISABLE"
     identities = sorted({e.identity for e in endpoints}) if mode == "ISTIO_MUTUAL" else []
-    return {"mode": mode, "server_identities": identities}
+    found: dict[str, Any] = {"mode": mode, "server_identities": identities}
+    sni = policy.tls.sni if policy is not None and policy.tls is not None else None
+    if mode == "ISTIO_MUTUAL" and sni:  # the name a gateway's ISTIO_MUTUAL server is chosen by
+        found["sni"] = sni
+    return found
 
 
 def _originates(policy: TrafficPolicy | None) -> bool:

@@ -112,25 +112,36 @@ def external_services(resources: Sequence[Resource], namespace: str) -> list[Ext
 
 
 Credentials = Callable[[str], tuple[str, str, str | None] | None]  # name -> (cert, key, ca.crt)
+Files = Callable[[str], str | None]  # a path in the proxy's container -> its text (config.user_volumes)
 
 
 def origination_tls(policy: TrafficPolicy | None, host: str,
-                    credentials: Credentials | None = None) -> dict[str, Any]:
+                    credentials: Credentials | None = None, files: Files | None = None) -> dict[str, Any]:
     """A cluster's ``tls`` for a DestinationRule's mode outside the mesh: ``SIMPLE`` originates TLS
     with the DestinationRule's ``sni`` (else the host), checking ``subjectAltNames`` (else that name);
     ``MUTUAL`` also carries the client certificate of its ``credentialName`` (``credentials``: the
-    Secret as the client proxy sees it; null PEMs when there is none, see proxy.tls.originate)."""
+    Secret as the client proxy sees it; null PEMs when there is none, see proxy.tls.originate), or of
+    its ``clientCertificate``/``privateKey`` files (``files``: the proxy's user volumes); a
+    ``caCertificates`` file checks the server instead of the stand-ins' CA."""
     tls = policy.tls if policy is not None else None
     if tls is None or tls.mode not in ("SIMPLE", "MUTUAL"):
         return {"mode": tls.mode if tls is not None else "DISABLE", "server_identities": []}
     found: dict[str, Any] = {"mode": tls.mode, "server_identities": [], "sni": tls.sni or host,
                              "subject_alt_names": list(tls.subject_alt_names or []),
                              "insecure_skip_verify": bool(tls.insecure_skip_verify)}
-    if tls.mode == "MUTUAL":
-        name = tls.credential_name or ""
-        pair = credentials(name) if credentials is not None and name else None
+    if tls.mode == "MUTUAL" and tls.credential_name:
+        name = tls.credential_name
+        pair = credentials(name) if credentials is not None else None
         found.update({"credential": name, "client_cert_pem": pair[0] if pair else None,
                       "client_key_pem": pair[1] if pair else None, "ca_pem": pair[2] if pair else None})
+    elif tls.mode == "MUTUAL":  # the files of the pod's user volumes (null when not mounted: 503, as Envoy)
+        read = files or (lambda _path: None)
+        found.update({"credential": tls.client_certificate or "",
+                      "client_cert_pem": read(tls.client_certificate or ""),
+                      "client_key_pem": read(tls.private_key or ""),
+                      "ca_pem": read(tls.ca_certificates) if tls.ca_certificates else None})
+    elif tls.ca_certificates:  # SIMPLE with a CA file
+        found["ca_pem"] = (files or (lambda _path: None))(tls.ca_certificates)
     return found
 
 
@@ -229,4 +240,31 @@ def external_clusters(
                         if all(e["labels"].get(k) == v for k, v in (subset.labels or {}).items())]
             clusters[f"{service.host}|{subset.name}"] = cluster(
                 service.host, port, subset.name, merge(top, subset.traffic_policy), selected)
+        for other in service.entry.spec.ports:  # a route naming another port (an egress gateway's to 443)
+            if other.number != port:
+                clusters[port_cluster(service.host, other.number)] = cluster(
+                    service.host, other.number, "", top,
+                    _endpoints(ExternalService(service.host, other, service.entry), hosts, real_dns))
     return clusters
+
+
+def port_cluster(host: str, port: int, subset: str = "") -> str:
+    """Envoy's name of an external host's cluster for one of its other ServiceEntry ports (a route's
+    ``destination.port``: ``outbound|443||edition.cnn.com``); ``host|`` stays its HTTP port's."""
+    return f"outbound|{port}|{subset}|{host}"
+
+
+def fold_port_clusters(virtual_hosts: Sequence[dict[str, Any]], clusters: Mapping[str, Any]) -> None:
+    """Routes naming a port that has no cluster of its own (the host's or Service's own port) go to the
+    host's cluster: ``host|subset``, or a registry service's ``name.namespace|subset``."""
+    for vhost in virtual_hosts:
+        for route in vhost["routes"]:
+            targets = [*route["route"], *([route["mirror"]] if route.get("mirror") else [])]
+            for target in targets:
+                name = target["cluster"]
+                if name.startswith("outbound|") and name not in clusters:
+                    _, _, subset, host = name.split("|", 3)
+                    service, _, rest = host.partition(".")
+                    namespace, _, suffix = rest.partition(".")
+                    registry = suffix == "svc.cluster.local"
+                    target["cluster"] = f"{service}.{namespace}|{subset}" if registry else f"{host}|{subset}"

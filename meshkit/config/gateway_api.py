@@ -76,11 +76,33 @@ class SecretObjectReference(IstioModel):
     namespace: str | None = None
 
 
+TERMINATE_MODE_OPTION = "gateway.istio.io/tls-terminate-mode"  # Istio's listener option
+
+
 class GatewayTLSConfig(IstioModel):
-    unsupported_fields = frozenset({"frontendValidation", "options"})
+    """A listener's TLS: ``Terminate`` with the certificate of ``certificateRefs``, or with Istio's option
+    ``gateway.istio.io/tls-terminate-mode: ISTIO_MUTUAL`` the mesh's mutual TLS (the gateway's own
+    workload certificate, the client's required: the hop from a sidecar to an egress gateway)."""
+
+    unsupported_fields = frozenset({"frontendValidation"})
 
     mode: Literal["Terminate", "Passthrough"] = "Terminate"
     certificate_refs: list[SecretObjectReference] | None = None
+    options: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _known_options(self) -> GatewayTLSConfig:
+        for key, value in (self.options or {}).items():
+            if key != TERMINATE_MODE_OPTION:
+                raise ValueError(f"options.{key}: not supported by meshkit (only {TERMINATE_MODE_OPTION})")
+            if value not in ("SIMPLE", "ISTIO_MUTUAL"):
+                raise ValueError(f"options.{key}: {value!r} is not supported by meshkit "
+                                 "(SIMPLE or ISTIO_MUTUAL)")
+        return self
+
+    @property
+    def istio_mutual(self) -> bool:
+        return (self.options or {}).get(TERMINATE_MODE_OPTION) == "ISTIO_MUTUAL"
 
 
 class Listener(IstioModel):
@@ -99,7 +121,11 @@ class Listener(IstioModel):
         if self.protocol == "HTTPS" and self.tls is not None and self.tls.mode == "Passthrough":
             raise ValueError("an HTTPS listener terminates TLS: tls.mode Passthrough is for a listener of "
                              "protocol TLS")
-        if self.protocol == "HTTPS" and (self.tls is None or not self.tls.certificate_refs):
+        if self.protocol == "HTTPS" and self.tls is not None and self.tls.istio_mutual:
+            if self.tls.certificate_refs:  # Istio: the gateway's own certificate, no Secret
+                raise ValueError("tls.options gateway.istio.io/tls-terminate-mode ISTIO_MUTUAL cannot have "
+                                 "certificateRefs")
+        elif self.protocol == "HTTPS" and (self.tls is None or not self.tls.certificate_refs):
             raise ValueError("an HTTPS listener needs tls.certificateRefs (a TLS Secret)")
         # a TLS listener carries the client's TLS unopened (TLSRoutes by SNI); meshkit does not terminate it
         if self.protocol == "TLS" and (self.tls is None or self.tls.mode != "Passthrough"):
@@ -141,7 +167,12 @@ class KubeGateway(Resource):
                     f"spec.listeners[{index}]: a TLS Passthrough listener is served only by a Gateway "
                     f"with its own gateway proxy on the local mesh (annotation {SERVICE_TYPE_ANNOTATION}: "
                     "ClusterIP); the ingress's HTTPS port terminates TLS")
-            if listener.protocol == "HTTPS" and self.deployed:
+            mutual = listener.tls is not None and listener.tls.istio_mutual
+            if mutual and not self.deployed:
+                raise ValueError(
+                    f"spec.listeners[{index}]: an ISTIO_MUTUAL listener is served only by a Gateway with its "
+                    f"own gateway proxy on the local mesh (annotation {SERVICE_TYPE_ANNOTATION}: ClusterIP)")
+            if listener.protocol == "HTTPS" and self.deployed and not mutual:
                 raise ValueError(
                     f"spec.listeners[{index}]: an HTTPS listener is served only by the local mesh's ingress "
                     f"(a Gateway without the annotation {SERVICE_TYPE_ANNOTATION}: ClusterIP)")

@@ -77,6 +77,9 @@ def internal_gateway(gateway: KubeGateway) -> Gateway:
         tls = (ServerTLSSettings.model_construct(mode="PASSTHROUGH", credential_name=None,
                                                  https_redirect=None)
                if listener.protocol == "TLS" else None)
+        if listener.tls is not None and listener.tls.istio_mutual:  # the mesh's mTLS (config.gateways)
+            tls = ServerTLSSettings.model_construct(mode="ISTIO_MUTUAL", credential_name=None,
+                                                    https_redirect=None)
         servers.append(GatewayServer.model_construct(port=port, hosts=[host], name=listener.name, tls=tls))
     return Gateway.model_construct(
         api_version="networking.istio.io/v1", kind="Gateway",

@@ -38,19 +38,28 @@ class GatewayPort(IstioModel):
 
 
 class ServerTLSSettings(IstioModel):
-    """An HTTPS server's TLS: ``SIMPLE`` with the certificate of the Secret ``credentialName``; a TLS
-    server's ``PASSTHROUGH`` (the client's TLS carried unopened, routed by SNI: ``tls_routes``)."""
+    """An HTTPS server's TLS: ``SIMPLE`` with the certificate of the Secret ``credentialName``;
+    ``ISTIO_MUTUAL`` with the gateway's own workload certificate, requiring the mesh client's (a sidecar
+    whose DestinationRule says ``ISTIO_MUTUAL``: the hop to an egress gateway); a TLS server's
+    ``PASSTHROUGH`` (the client's TLS carried unopened, routed by SNI: ``tls_routes``)."""
 
     unsupported_fields = frozenset({
         "serverCertificate", "privateKey", "caCertificates", "credentialNames", "subjectAltNames",
         "verifyCertificateSpki", "verifyCertificateHash", "minProtocolVersion", "maxProtocolVersion",
         "cipherSuites", "caCrl", "tlsCertificates"})
     unsupported_values = {
-        "mode": frozenset({"MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"})}
+        "mode": frozenset({"MUTUAL", "AUTO_PASSTHROUGH", "OPTIONAL_MUTUAL"})}
 
-    mode: Literal["SIMPLE", "PASSTHROUGH"] = "SIMPLE"
+    mode: Literal["SIMPLE", "PASSTHROUGH", "ISTIO_MUTUAL"] = "SIMPLE"
     credential_name: str | None = None
     https_redirect: bool | None = None
+
+    @model_validator(mode="after")
+    def _istio_mutual_has_no_credential(self) -> ServerTLSSettings:
+        if self.mode == "ISTIO_MUTUAL" and self.credential_name:  # Istio's validation, word for word
+            raise ValueError("ISTIO_MUTUAL TLS cannot have associated credentialName (the gateway presents "
+                             "its own workload certificate; use mode SIMPLE or MUTUAL for a Secret)")
+        return self
 
 
 class GatewayServer(IstioModel):
@@ -68,6 +77,9 @@ class GatewayServer(IstioModel):
                              "terminates TLS routes TCP, which meshkit does not model)")
         if self.port.protocol == "HTTP" and self.tls is not None and self.tls.mode == "PASSTHROUGH":
             raise ValueError("tls.mode PASSTHROUGH needs protocol HTTPS or TLS")
+        if self.port.protocol != "HTTPS" and self.tls is not None and self.tls.mode == "ISTIO_MUTUAL":
+            raise ValueError("tls.mode ISTIO_MUTUAL needs protocol HTTPS in meshkit (mutual TLS from "
+                             "the mesh's sidecars, then HTTP routes)")
         return self
 
 
@@ -196,6 +208,8 @@ def missing_gateways(vs: VirtualService, resources: Sequence[Resource]) -> list[
 
 # The namespace of the mesh's gateway proxies (the ingress gateway's workload).
 GATEWAY_WORKLOAD_NAMESPACE = "istio-system"
+# The ports of Istio's egress gateway Service (http2 80, https 443): the local one listens once for both
+EGRESS_GATEWAY_PORTS = {("istio-egressgateway", GATEWAY_WORKLOAD_NAMESPACE): frozenset({80, 443})}
 
 
 def credential_namespaces(gateway: Gateway,
@@ -210,11 +224,35 @@ def is_passthrough(server: GatewayServer) -> bool:
     return server.tls is not None and server.tls.mode == "PASSTHROUGH"
 
 
+def is_istio_mutual(server: GatewayServer) -> bool:
+    """A server that takes the mesh's mutual TLS (``tls.mode: ISTIO_MUTUAL``): no Secret of its own."""
+    return server.tls is not None and server.tls.mode == "ISTIO_MUTUAL"
+
+
 def https_servers(gateway: Gateway) -> Iterator[tuple[int, GatewayServer]]:
-    """(index, server) of the Gateway's HTTPS servers that terminate TLS."""
+    """(index, server) of the Gateway's HTTPS servers that terminate TLS with a Secret's certificate."""
     for index, server in enumerate(gateway.spec.servers):
-        if server.port.protocol == "HTTPS" and not is_passthrough(server):
+        if server.port.protocol == "HTTPS" and not is_passthrough(server) and not is_istio_mutual(server):
             yield index, server
+
+
+def mutual_servers(node: Node, resources: Sequence[Resource]) -> dict[str, object]:
+    """The ISTIO_MUTUAL servers of the Gateways selecting ``node`` (snapshot ``gateway_tls.istio_mutual``:
+    the hosts a sidecar's mutual TLS may name in its SNI, the gateway answering with its own workload
+    certificate) and ``plaintext``: False when those are the only HTTP servers the proxy has (as Envoy's
+    listener whose one filter chain needs TLS, a plaintext caller is refused)."""
+    found: list[dict[str, object]] = []
+    plain = False
+    for (namespace, name), gateway in sorted(gateways_for(node, resources).items()):
+        for index, server in enumerate(gateway.spec.servers):
+            if server.port.protocol == "HTTP":
+                plain = True
+            if not is_istio_mutual(server):
+                continue
+            hosts = sorted({entry.partition("/")[2] if "/" in entry else entry for entry in server.hosts})
+            found.append({"gateway": f"{namespace}/{name}", "server": index, "port": server.port.number,
+                          "hosts": [h.lower() for h in hosts]})
+    return {"servers": found, "plaintext": plain or not found}
 
 
 def tcp_servers(gateway: Gateway) -> Iterator[GatewayServer]:

@@ -276,11 +276,13 @@ def listener_hosts(gateway: KubeGateway, route: HTTPRoute | KubeTLSRoute, sectio
 
 
 def https_listeners(resources: Sequence[Resource]) -> list[tuple[KubeGateway, int, Listener]]:
-    """(gateway, index, listener) of every HTTPS listener of a Gateway of class ``istio``."""
+    """(gateway, index, listener) of every HTTPS listener with a Secret of a Gateway of class ``istio``
+    (an ISTIO_MUTUAL listener has none: `gateway_deployments.internal_gateway`)."""
     return [(gateway, index, listener)
             for gateway in sorted((r for r in resources if isinstance(r, KubeGateway)), key=lambda g: g.key)
             if gateway.spec.gateway_class_name == GATEWAY_CLASS
-            for index, listener in enumerate(gateway.spec.listeners) if listener.protocol == "HTTPS"]
+            for index, listener in enumerate(gateway.spec.listeners) if listener.protocol == "HTTPS"
+            and not (listener.tls is not None and listener.tls.istio_mutual)]
 
 
 def listener_secret(gateway: KubeGateway, listener: Listener) -> tuple[str, str]:

@@ -394,27 +394,32 @@ class OutlierDetection(IstioModel):
 
 class ClientTLSSettings(IstioModel):
     """``SIMPLE`` originates TLS (the server's certificate checked against the stand-in CA, or the
-    system's CAs with real DNS, and its name against ``sni``/``subjectAltNames``). ``MUTUAL`` also
-    presents the client certificate of the Secret ``credentialName`` (``tls.crt``/``tls.key``, its
-    ``ca.crt`` checking the server), looked up in the client proxy's namespace as Istio 1.20+ does
-    for sidecars (``istio-system`` for the gateways). File paths (``clientCertificate``,
-    ``privateKey``, ``caCertificates``) name files inside a proxy's container, which the local mesh's
-    proxies do not have: they are refused by name (use ``credentialName``)."""
+    system's CAs with real DNS, or the file ``caCertificates``, and its name against
+    ``sni``/``subjectAltNames``). ``MUTUAL`` also presents the client certificate of the Secret
+    ``credentialName`` (``tls.crt``/``tls.key``, its ``ca.crt`` checking the server), looked up in the
+    client proxy's namespace as Istio 1.20+ does for sidecars (``istio-system`` for the gateways), or of
+    the files ``clientCertificate``/``privateKey``: paths in the proxy's container, which on the local
+    mesh are the Secret volumes its pod's ``sidecar.istio.io/userVolume`` annotations mount
+    (`meshkit.config.user_volumes`)."""
 
-    unsupported_fields = frozenset({"clientCertificate", "privateKey", "caCertificates", "caCrl"})
+    unsupported_fields = frozenset({"caCrl"})
 
     mode: Literal["DISABLE", "ISTIO_MUTUAL", "SIMPLE", "MUTUAL"]
     credential_name: str | None = None
+    client_certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
     sni: str | None = None
     subject_alt_names: list[str] | None = None
     insecure_skip_verify: bool | None = None
 
     @model_validator(mode="after")
     def _mutual_has_a_credential(self) -> ClientTLSSettings:
-        if self.mode == "MUTUAL" and not self.credential_name:
+        if self.mode == "MUTUAL" and not self.credential_name and not (self.client_certificate
+                                                                       and self.private_key):
             raise ValueError("mode MUTUAL needs credentialName (a Secret with tls.crt, tls.key and ca.crt "
-                             "in the client's namespace; clientCertificate/privateKey files are not "
-                             "supported by meshkit)")
+                             "in the client's namespace) or clientCertificate and privateKey (files of a "
+                             "Secret volume the pod's sidecar.istio.io/userVolume annotations mount)")
         return self
 
 

@@ -70,6 +70,14 @@ def _items(files: Mapping[str, str], volume: Mapping[str, Any], kind: str) -> di
             if isinstance(i, dict) and str(i.get("key")) in files}
 
 
+def volume_files(volume: Mapping[str, Any], namespace: str, resources: Sequence[Resource]
+                 ) -> dict[str, str] | None:
+    """The files of one ConfigMap or Secret volume by key (``items`` applied); None when it is missing
+    (the proxy's user volumes: `meshkit.config.user_volumes`)."""
+    kind, _, found, _ = _source(volume, namespace, resources)
+    return None if found is None else _items(found, volume, kind)
+
+
 def pod_files(deployment: Deployment, resources: Sequence[Resource]) -> tuple[dict[str, str], list[str]]:
     """The files the first container of ``deployment`` sees from its ConfigMap and Secret volumes
     (absolute pod path -> text), and what keeps the pod from starting (each naming its field)."""

@@ -223,6 +223,9 @@ IGNORED_KINDS = frozenset({
     "ConfigMap", "Secret", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Role", "RoleBinding",
     "ClusterRole", "ClusterRoleBinding", "StatefulSet", "DaemonSet", "Job", "CronJob",
     "Ingress", "Pod", "ReplicaSet", "PersistentVolumeClaim", "Endpoints", "EndpointSlice",
+    # Gateway API's grant of a cross-namespace backendRef: the local mesh lets an HTTPRoute name a Service
+    # of another namespace without one, so a grant would change nothing
+    "ReferenceGrant",
 })
 
 

@@ -277,6 +277,7 @@ class Admin:
                     "cx_peer_identity_fail": upstream.cx_peer_identity_fail,
                 },
                 "mtls": self.tls_stats.as_dict() if self.tls_stats is not None else None,
+                "gateway_mtls": self._gateway_mtls(),
                 "cluster": flat(clusters),
                 "tracing": self.spans.stats() if self.spans is not None else None,
                 "passthrough": self.passthrough.as_dict() if self.passthrough is not None else None,
@@ -287,6 +288,12 @@ class Admin:
                 },
             }
         )
+
+    def _gateway_mtls(self) -> dict[str, int] | None:
+        """A gateway's ISTIO_MUTUAL servers' counters (tls.gateway_mutual), once it had such a server."""
+        outbound = self.listeners.get("outbound")
+        found = getattr(getattr(outbound, "acceptor", None), "mutual_stats", None)
+        return found.as_dict() if found is not None else None
 
     def clusters(self) -> Response:
         current = self.state.current

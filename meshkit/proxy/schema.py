@@ -397,7 +397,25 @@ class TcpDoc(TypedDict):
     routes: list[TcpRouteDoc]
 
 
-class GatewayTlsDoc(TypedDict):
+class GatewayMutualServerDoc(TypedDict):
+    """An ISTIO_MUTUAL server of a Gateway selecting this gateway proxy (proxy.tls.gateway_mutual)."""
+
+    gateway: str  # "namespace/name"
+    server: int  # index in spec.servers
+    port: int
+    hosts: list[str]  # SNI names a sidecar's mutual TLS may send ("*", "*.example.com", exact)
+
+
+class GatewayMutualDoc(TypedDict):
+    servers: list[GatewayMutualServerDoc]
+    plaintext: bool  # false: ISTIO_MUTUAL servers are its only HTTP servers, plaintext callers are refused
+
+
+class _GatewayMutualSection(TypedDict, total=False):
+    istio_mutual: GatewayMutualDoc  # only when the gateway has ISTIO_MUTUAL servers
+
+
+class GatewayTlsDoc(_GatewayMutualSection):
     servers: list[GatewayTlsServerDoc]
 
 

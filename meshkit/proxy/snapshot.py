@@ -98,6 +98,7 @@ class Snapshot:
         "first_request_at",
         "gateway_authz",
         "gateway_jwt",
+        "gateway_mutual",
         "gateway_tls",
         "inbound",
         "inbound_cluster",
@@ -117,6 +118,7 @@ class Snapshot:
         "tls",
         "trace_report",
         "trace_sampling",
+        "upstream_sni",
         "upstream_tls",
         "version",
     )
@@ -139,8 +141,10 @@ class Snapshot:
         self.source_headers: list[tuple[str, str]] = []
         self.mtls_mode = "PERMISSIVE"  # PeerAuthentication mode of the inbound port (Istio's default)
         self.upstream_tls: dict[str, frozenset[str]] = {}  # ISTIO_MUTUAL cluster -> server identities
+        self.upstream_sni: dict[str, str] = {}  # ISTIO_MUTUAL cluster -> the SNI it sends (tls.sni)
         self.originate: dict[str, Any] = {}  # SIMPLE cluster -> tls.originate.Origination (TLS origination)
         self.gateway_tls: list[Any] = []  # a gateway's HTTPS servers (tls.serving.ServerCertificate)
+        self.gateway_mutual: Any = None  # a gateway's ISTIO_MUTUAL servers (tls.gateway_mutual), or None
         self.tls = TlsRouting()  # TLS carried unopened by SNI, a gateway's TCP by port (tls_routing, tunnel)
         # unknown hosts: outboundTrafficPolicy, the stand-in map (proxy/egress.py); None on a gateway
         self.egress: Egress | None = Egress()
@@ -208,8 +212,12 @@ class Snapshot:
             snap.egress_allowed = network_policy.parse(doc.get("network_policy"))
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
+        snap.upstream_sni = {name: spec["tls"]["sni"] for name, spec in (doc.get("clusters") or {}).items()
+                             if name in snap.upstream_tls and isinstance(spec.get("tls"), dict)
+                             and isinstance(spec["tls"].get("sni"), str) and spec["tls"]["sni"]}
         snap.originate = cls._originate(doc.get("clusters"), doc.get("egress"), previous)
         snap.gateway_tls = cls._gateway_tls(doc.get("gateway_tls"), previous)
+        snap.gateway_mutual = cls._gateway_mutual(doc.get("gateway_tls"))
         try:
             snap.tls = TlsRouting.from_snapshot(doc.get("tls"), doc.get("mesh"), doc.get("egress"),
                                                 doc.get("tcp"))
@@ -370,6 +378,20 @@ class Snapshot:
 
         try:
             return server_certificates(section, previous.gateway_tls if previous is not None else ())
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
+
+    @staticmethod
+    def _gateway_mutual(section: Any) -> Any:
+        """A gateway's ISTIO_MUTUAL servers (``gateway_tls.istio_mutual``), or None when it has none."""
+        mutual = section.get("istio_mutual") if isinstance(section, dict) else None
+        if mutual is None or (isinstance(mutual, dict) and not mutual.get("servers")
+                              and mutual.get("plaintext", True) is True):
+            return None
+        from meshkit.proxy.tls.gateway_mutual import MutualServers  # noqa: PLC0415 - only with such servers
+
+        try:
+            return MutualServers.from_snapshot(mutual)
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
 

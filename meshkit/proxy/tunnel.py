@@ -49,7 +49,7 @@ from meshkit.proxy.egress import (
 from meshkit.proxy.listener import Listener
 from meshkit.proxy.sni import MAX_RECORD, NEED_MORE, client_hello_sni
 from meshkit.proxy.stats import CLUSTER_ID, canonical_revision, canonical_service
-from meshkit.proxy.tls.sniff import sniff_tls
+from meshkit.proxy.tls.sniff import peek_sni, sniff_tls
 from meshkit.proxy.tls_routing import TlsDestination
 
 if TYPE_CHECKING:
@@ -530,10 +530,13 @@ async def _linger(answer: _Flow) -> None:
 
 class SniffingAcceptor:
     """A gateway listener's acceptor: TLS (a PASSTHROUGH server's traffic) goes to a tunnel, plain
-    HTTP to the listener's HTTP pipeline, as Envoy's filter chains match on the transport."""
+    HTTP to the listener's HTTP pipeline, as Envoy's filter chains match on the transport. With
+    ISTIO_MUTUAL servers in the snapshot, TLS naming one of their hosts is the mesh's mutual TLS,
+    terminated by ``tls.gateway_mutual``, which also refuses plaintext when those are all there is."""
 
     def __init__(self, tunnels: Tunnels) -> None:
         self.tunnels = tunnels
+        self.mutual_stats: Any = None  # tls.gateway_mutual.MutualStats, once such a server was seen
 
     async def serve(
         self, listener: Listener, host: str, port: int, sock: socket.socket | None = None
@@ -550,6 +553,9 @@ class SniffingAcceptor:
                     return
             async with asyncio.timeout(INSPECT_TIMEOUT_S):
                 tls = await sniff_tls(conn)
+            mutual = getattr(listener.state.current, "gateway_mutual", None) if listener.state else None
+            if mutual is not None and await self._mutual(listener, conn, mutual, tls=bool(tls)):
+                return
             if tls:
                 await self.tunnels.accept(conn, header)
                 return
@@ -565,3 +571,21 @@ class SniffingAcceptor:
         except BaseException:
             conn.close()
             raise
+
+    async def _mutual(self, listener: Listener, conn: socket.socket, mutual: Any, *, tls: bool) -> bool:
+        """Did the ISTIO_MUTUAL servers take (or refuse) this connection (``tls.gateway_mutual``)?"""
+        from meshkit.proxy.tls import gateway_mutual  # noqa: PLC0415 - only with ISTIO_MUTUAL servers
+
+        if self.mutual_stats is None:
+            self.mutual_stats = gateway_mutual.MutualStats()
+        if not tls:
+            if mutual.plaintext:
+                return False
+            gateway_mutual.refuse_plaintext(conn, self.mutual_stats)
+            return True
+        async with asyncio.timeout(INSPECT_TIMEOUT_S):
+            name = await peek_sni(conn)
+        if not mutual.covers(name):
+            return False
+        await gateway_mutual.accept(listener, conn, self.tunnels.certificates, self.mutual_stats)
+        return True

@@ -384,6 +384,10 @@ class Upstream:
         key: PoolKey = (endpoint.address, endpoint.port, allowed is not None)
         originate = None
         config = request.config
+        if allowed is not None and config is not None and config.upstream_sni:  # DestinationRule tls.sni
+            sni = config.upstream_sni.get(request.cluster)
+            if sni is not None:  # a pool of its own: the gateway chose its server by this name
+                key = (endpoint.address, endpoint.port, f"mtls:{sni}")
         if allowed is None and config is not None and config.originate:
             originate = config.originate.get(request.cluster)
             if originate is not None:
@@ -531,7 +535,8 @@ class Upstream:
             except CertificateError as exc:
                 self.cx_connect_fail += 1
                 raise ConnectFailure(f"upstream connect error to {key[0]}:{key[1]}: {exc}") from exc
-            server_hostname = ""
+            tag = key[2]
+            server_hostname = tag[5:] if isinstance(tag, str) else ""  # "mtls:<sni>", else no SNI
         source = self.source_address.get(key[0]) if context is None else None
         try:
             _, conn = await asyncio.wait_for(

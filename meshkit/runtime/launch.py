@@ -42,6 +42,7 @@ from meshkit.runtime.standin_tls import StandinTls
 from meshkit.runtime.state import StateDir
 
 INGRESS_ID = "istio-ingressgateway-0"
+INGRESS_LABELS = {"app": "istio-ingressgateway", "istio": "ingressgateway"}  # its pod's, as Istio's
 INGRESS_NAMESPACE = "istio-system"
 INGRESS_SERVICE_ACCOUNT = "istio-ingressgateway-service-account"  # as Istio's gateway
 INGRESS_PROXY_ID = f"{INGRESS_ID}.{INGRESS_NAMESPACE}"
@@ -62,7 +63,7 @@ def ingress_service(plan: PortPlan) -> dict[str, Any]:
     """Istio's ``istio-ingressgateway`` Service as the local mesh has it, with its local ports: ``http2``
     (Istio's 80), ``https`` (443) and ``tcp`` (31400), and ``127.0.0.1`` as its load balancer's address,
     so the tasks' ``kubectl get service istio-ingressgateway -o jsonpath=...`` lines find them."""
-    labels = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+    labels = dict(INGRESS_LABELS)
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "istio-ingressgateway", "namespace": INGRESS_NAMESPACE, "labels": labels},

@@ -30,7 +30,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -41,6 +41,7 @@ from meshkit.control.client import ControlClient
 from meshkit.runtime import catalog, egressgw, kube_gateways, manifests, rollout
 from meshkit.runtime.launch import (
     INGRESS_ID,
+    INGRESS_LABELS,
     INGRESS_NAMESPACE,
     INGRESS_SERVICE_ACCOUNT,
     TOKEN_ENV,
@@ -484,7 +485,8 @@ class LocalMesh:
 
     def select(self, selector: str, namespace: str | None = None) -> list[str]:
         """The instances and gateway proxies whose pod labels match ``selector`` (``key=value[,key=value]``,
-        kubectl's equality form), in ``namespace`` when given, sorted: what `meshkit logs -l` reads."""
+        kubectl's equality form), in ``namespace`` when given (kubectl's -n), sorted: what `meshkit logs
+        -l` reads. The mesh's own gateways have Istio's labels (``istio: egressgateway``, istio-system)."""
         wanted: dict[str, str] = {}
         for term in (t.strip() for t in selector.split(",") if t.strip()):
             key, sep, value = term.partition("=")
@@ -494,18 +496,23 @@ class LocalMesh:
         rec = self.record()
         if rec is None:
             raise MeshError("no mesh is running; start one with `meshkit up`")
-        found = [name for name, proc in rec.processes.items() if kube_gateways.is_gateway_process(proc)
-                 and all(kube_gateways.labels_of(proc).get(k) == v for k, v in wanted.items())
-                 and namespace in (None, name.partition(".")[2] or "default")]
-        for inst in rec.instances():
-            if all(inst.spec.labels.get(k) == v for k, v in wanted.items()) \
-                    and namespace in (None, inst.namespace):
-                found.append(inst.name)
-        # the egress gateway (`meshkit deploy egressgateway`): `logs -l istio=egressgateway -n istio-system`
-        if egressgw.PROCESS in rec.processes and namespace in (None, egressgw.NAMESPACE) \
-                and all(egressgw.LABELS.get(k) == v for k, v in wanted.items()):
-            found.append(egressgw.PROCESS)
-        return sorted(found)
+        pods: list[tuple[str, Mapping[str, str], str]] = [
+            (name, kube_gateways.labels_of(proc), name.partition(".")[2] or "default")
+            for name, proc in rec.processes.items() if kube_gateways.is_gateway_process(proc)]
+        for name, labels in (("ingressgateway", INGRESS_LABELS), (egressgw.PROCESS, egressgw.LABELS)):
+            if name in rec.processes:
+                pods.append((name, labels, "istio-system"))
+        pods += [(inst.name, inst.spec.labels, inst.spec.namespace) for inst in rec.instances()]
+        return sorted(name for name, labels, ns in pods if namespace in (None, ns)
+                      and all(labels.get(k) == v for k, v in wanted.items()))
+
+    def is_gateway_pod(self, name: str) -> bool:
+        """Is ``name`` a gateway proxy (the mesh's ingress or egress gateway, a Gateway's own proxy): a pod
+        whose one container is istio-proxy, so `kubectl logs` of it prints the access log."""
+        rec = self.record()
+        proc = rec.processes.get(name) if rec is not None else None
+        return name in ("ingressgateway", egressgw.PROCESS) or (
+            proc is not None and kube_gateways.is_gateway_process(proc))
 
     def log_path(self, name: str, sidecar: bool = False, access: bool = False) -> Path:
         """The log of an instance's app, of its sidecar, or its sidecar's JSON access log."""

@@ -206,8 +206,8 @@ def test_virtual_service_unsupported_fields(yaml_tail: str, field: str) -> None:
         ),
         ({"host": "r", "trafficPolicy": {"tunnel": {}}}, "spec.trafficPolicy.tunnel"),
         (
-            {"host": "r", "trafficPolicy": {"tls": {"mode": "SIMPLE", "caCertificates": "/etc/ca.pem"}}},
-            "spec.trafficPolicy.tls.caCertificates",
+            {"host": "r", "trafficPolicy": {"tls": {"mode": "SIMPLE", "caCrl": "/etc/crl.pem"}}},
+            "spec.trafficPolicy.tls.caCrl",
         ),
         (
             {
@@ -222,8 +222,8 @@ def test_virtual_service_unsupported_fields(yaml_tail: str, field: str) -> None:
             {"host": "r", "trafficPolicy": {"outlierDetection": {"consecutiveErrors": 3}}},
             "spec.trafficPolicy.outlierDetection.consecutiveErrors",
         ),
-        ({"host": "r", "trafficPolicy": {"tls": {"mode": "MUTUAL", "clientCertificate": "/c.pem"}}},
-         "spec.trafficPolicy.tls.clientCertificate"),
+        ({"host": "r", "trafficPolicy": {"tls": {"mode": "MUTUAL", "credentialName": "c", "caCrl": "/c"}}},
+         "spec.trafficPolicy.tls.caCrl"),
     ],
 )
 def test_destination_rule_unsupported_fields(spec: dict[str, object], field: str) -> None:
@@ -274,8 +274,11 @@ def test_tls_modes_meshkit_does_not_implement() -> None:
     }
     assert texts(doc) == [
         "spec.trafficPolicy.tls: mode MUTUAL needs credentialName (a Secret with tls.crt, tls.key and "
-        "ca.crt in the client's namespace; clientCertificate/privateKey files are not supported by meshkit)"
+        "ca.crt in the client's namespace) or clientCertificate and privateKey (files of a Secret volume "
+        "the pod's sidecar.istio.io/userVolume annotations mount)"
     ]
+    doc["spec"] = {"host": "r", "trafficPolicy": {"tls": {"mode": "MUTUAL", "clientCertificate": "/c.pem"}}}
+    assert len(texts(doc)) == 1  # the key file too
     doc["spec"] = {"host": "r", "trafficPolicy": {"tls": {"mode": "BOGUS"}}}
     assert texts(doc) == [
         "spec.trafficPolicy.tls.mode: 'BOGUS' is not one of DISABLE, ISTIO_MUTUAL, SIMPLE, MUTUAL"]

@@ -260,6 +260,19 @@ spec:
 """
 
 
+ISTIO_MUTUAL_GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: https, protocol: HTTPS}
+    tls: {mode: ISTIO_MUTUAL}
+    hosts: [edition.cnn.com]
+"""
+
+
 def _compiled() -> list[tuple[str, dict[str, Any]]]:
     registry = _registry()
     inputs = [(path.stem, path.read_text()) for path in sorted(SAMPLES.glob("*.yaml"))]
@@ -280,6 +293,8 @@ def _compiled() -> list[tuple[str, dict[str, Any]]]:
     found.append(("mutual-tls-origination for productpage", json.loads(json.dumps(mutual))))
     https = compile_snapshot(load_resources(HTTPS_GATEWAY), registry, GATEWAY, revision=3)
     found.append(("https-gateway for the ingress", json.loads(json.dumps(https))))
+    mutual_gateway = compile_snapshot(load_resources(ISTIO_MUTUAL_GATEWAY), registry, GATEWAY, revision=3)
+    found.append(("istio-mutual-gateway for the ingress", json.loads(json.dumps(mutual_gateway))))
     for name, text in inputs:
         resources = load_resources(text)
         for node in (node_for("productpage"), node_for("reviews", "v2"), GATEWAY, HTTPBIN_V1):

@@ -129,11 +129,12 @@ def originations(clusters: Any, egress: Any, previous: Mapping[str, Origination]
             raise ValueError(f"{where}.insecure_skip_verify: expected true or false, got {skip!r}")
         if skip:
             names = []
-        ca, cert, key = ca_pem, None, None
+        cert, key = None, None
+        # MUTUAL's ca.crt, or a caCertificates file; else the stand-ins' CA
+        ca = _pem(tls, "ca_pem", where, "BEGIN CERTIFICATE") or ca_pem
         if tls.get("mode") == "MUTUAL":
             cert = _pem(tls, "client_cert_pem", where, "BEGIN CERTIFICATE")
             key = _pem(tls, "client_key_pem", where, "PRIVATE KEY")
-            ca = _pem(tls, "ca_pem", where, "BEGIN CERTIFICATE") or ca_pem
         trust = (ca, (real_dns or not ca) and ca is ca_pem, not skip, not skip and not names, cert, key)
         context = contexts.get(trust)
         if context is None:

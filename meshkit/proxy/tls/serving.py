@@ -42,9 +42,8 @@ from typing import Any, Protocol
 from meshkit.proxy import accept_loop
 from meshkit.proxy.listener import DownstreamConnection, Listener
 from meshkit.proxy.proxy_protocol import ProxyHeader, ProxyProtocolError
-from meshkit.proxy.sni import MAX_RECORD, NEED_MORE, client_hello_sni
 from meshkit.proxy.tls.servercerts import ServerCertificate
-from meshkit.proxy.tls.sniff import wait_readable
+from meshkit.proxy.tls.sniff import peek_sni
 
 log = logging.getLogger(__name__)
 
@@ -130,24 +129,3 @@ class GatewayTlsAcceptor:
         except (TimeoutError, OSError):
             return False
         return name is not None and routing.route(name, PASSTHROUGH_PORT) is not None
-
-
-async def peek_sni(sock: socket.socket) -> str | None:
-    """The SNI of the ClientHello waiting on ``sock``, peeked (``MSG_PEEK``): nothing is consumed.
-    None: not TLS, no name, or the peer closed; the caller bounds the time."""
-    seen = b""
-    for _ in range(2000):
-        await wait_readable(sock.fileno())
-        try:
-            data = sock.recv(MAX_RECORD, socket.MSG_PEEK)
-        except BlockingIOError:
-            continue
-        if not data:
-            return None
-        found = client_hello_sni(data)
-        if found is not NEED_MORE:
-            return found
-        if len(data) == len(seen):
-            await asyncio.sleep(0.005)  # the rest of the record is in flight (the socket stays readable)
-        seen = data
-    return None

@@ -2,7 +2,8 @@
 
 PERMISSIVE inbound ports carry both plaintext and mTLS: ``looks_like_tls`` tells them apart
 from the first bytes, ``sniff_tls`` peeks at them (``MSG_PEEK``) on an accepted non-blocking
-socket. ``inbound.MtlsAcceptor`` uses both on every inbound connection.
+socket. ``inbound.MtlsAcceptor`` uses both on every inbound connection; ``peek_sni`` peeks at a
+ClientHello's server name (a gateway's PASSTHROUGH and ISTIO_MUTUAL servers).
 
 It must not do: read or consume data, handshake, or decide policy (``filters.authn`` does).
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+
+from meshkit.proxy.sni import MAX_RECORD, NEED_MORE, client_hello_sni
 
 TLS_HANDSHAKE = 0x16
 
@@ -67,4 +70,25 @@ async def sniff_tls(sock: socket.socket) -> bool | None:
             await wait_readable(fd)
         else:  # 1-2 bytes of a possible TLS record: the rest is in flight
             await asyncio.sleep(0.005)
+    return None
+
+
+async def peek_sni(sock: socket.socket) -> str | None:
+    """The SNI of the ClientHello waiting on ``sock``, peeked (``MSG_PEEK``): nothing is consumed.
+    None: not TLS, no name, or the peer closed; the caller bounds the time."""
+    seen = b""
+    for _ in range(2000):
+        await wait_readable(sock.fileno())
+        try:
+            data = sock.recv(MAX_RECORD, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        if not data:
+            return None
+        found = client_hello_sni(data)
+        if found is not NEED_MORE:
+            return found
+        if len(data) == len(seen):
+            await asyncio.sleep(0.005)  # the rest of the record is in flight (the socket stays readable)
+        seen = data
     return None
