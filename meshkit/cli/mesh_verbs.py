@@ -326,7 +326,8 @@ def exec_(
         target = f"{kind}{slash}{name}.{namespace}"
     try:
         code = execute(mesh.state, mesh.status()["workloads"], target, list(command or []),
-                       out=lambda text: typer.echo(text, nl=False), container=container)
+                       out=lambda text: typer.echo(text, nl=False), container=container,
+                       err=lambda text: typer.echo(text, nl=False, err=True))
     except ExecError as error:
         _fail(EXIT_REJECTED, f"error: exec {target}: {error}")
     raise typer.Exit(code)
