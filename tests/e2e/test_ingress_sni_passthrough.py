@@ -6,9 +6,9 @@ nginx-configmap``, the Service and Deployment ``my-nginx`` (image ``nginx``, the
 ConfigMap mounted) with a sidecar, the task's check of nginx from inside its pod (``kubectl exec ... -c
 istio-proxy -- curl -sS -v -k --resolve nginx.example.com:443:127.0.0.1 https://nginx.example.com``:
 curl's verbose lines with nginx's certificate, then its page), the Gateway with a ``PASSTHROUGH``
-server on 443 and the VirtualService with a ``tls`` route by ``sniHosts``, then the task's own ``curl --resolve ...
---cacert example_certs/example.com.crt https://nginx.example.com:$SECURE_INGRESS_PORT`` (real curl
-from the learner's shell): nginx's certificate (issued for nginx.example.com by the task's root)
+server on 443 and the VirtualService with a ``tls`` route by ``sniHosts``, then the task's own
+``curl --resolve ... --cacert example_certs/example.com.crt https://nginx.example.com:$SECURE_INGRESS_PORT``
+(real curl from the learner's shell): nginx's certificate (issued for nginx.example.com by the task's root)
 reaches curl unopened through the ingress's HTTPS port, and nginx's welcome page comes back.
 The cleanup removes the routes, after which the ingress has no filter chain for the name.
 """
