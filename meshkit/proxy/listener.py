@@ -202,6 +202,23 @@ class Listener:
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
 
 
+def _origin_form(raw: bytearray) -> bytes:
+    """A request's bytes as iptables would have delivered them: the app wrote its request line in the
+    absolute form a proxy gets (``GET http://tcp-echo:9002/ HTTP/1.1``); the destination gets the
+    origin form (``GET / HTTP/1.1``), the rest unchanged."""
+    end = raw.find(b"\r\n")
+    method, _, rest = bytes(raw[:end if end >= 0 else len(raw)]).partition(b" ")
+    target, _, version = rest.rpartition(b" ")
+    if end < 0 or not target.lower().startswith((b"http://", b"https://")):
+        return bytes(raw)
+    after = target.split(b"://", 1)[1]
+    cut = min((i for i in (after.find(b"/"), after.find(b"?")) if i >= 0), default=len(after))
+    path = after[cut:] or b"/"
+    if path.startswith(b"?"):
+        path = b"/" + path
+    return method + b" " + path + b" " + version + bytes(raw[end:])
+
+
 class DownstreamConnection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -293,7 +310,7 @@ class DownstreamConnection(asyncio.Protocol):
             self.input_done = True
         except httptools.HttpParserError as exc:
             if self._opaque is not None and raw is not None:
-                self._tunnel(self._opaque, bytes(raw), established=False)
+                self._tunnel(self._opaque, _origin_form(raw), established=False)
                 return
             if self._reject is not None:
                 status, text = self._reject

@@ -54,7 +54,8 @@ SIDECAR_CONTAINERS = frozenset({"istio-proxy", "meshkit-proxy"})
 # curl's exit codes for what happened to a request with no HTTP answer, by the words of its error
 # (`meshkit.runtime.curl` and `curl_tls` write them): the first match wins, 56 when none does
 CURL_EXIT = (("SSL certificate problem", 60), ("SSL: no alternative certificate", 60), ("SSL_connect", 35),
-             ("SSL connect error", 35), ("refused", 7), ("timed out", 28), ("CONNECT", 56), ("reset", 56))
+             ("SSL connect error", 35), ("refused", 7), ("timed out", 28), ("CONNECT", 56), ("reset", 56),
+             ("HTTP/0.9", 1))
 TOO_MANY_REDIRECTS = 47
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRS = 50  # curl's default --max-redirs

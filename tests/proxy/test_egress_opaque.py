@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshkit.proxy.listener import _origin_form
 from tests.proxy.conftest import EchoApp, StartProxy
 from tests.proxy.test_egress import _snapshot
 
@@ -112,3 +114,15 @@ async def test_a_name_with_no_stand_in_on_an_undeclared_port_is_closed_not_answe
     # a Host without a port stays HTTP: its stand-in answers
     answer = await _raw_get(proxy.ports["outbound"], "http://httpbin.org/headers")
     assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+@pytest.mark.parametrize(("sent", "carried"), [
+    (b"GET http://tcp-echo:9002/ HTTP/1.1\r\nHost: tcp-echo:9002\r\n\r\n",
+     b"GET / HTTP/1.1\r\nHost: tcp-echo:9002\r\n\r\n"),
+    (b"POST http://reviews:9999/a/b?c=1 HTTP/1.1\r\nHost: reviews:9999\r\n\r\nbody",
+     b"POST /a/b?c=1 HTTP/1.1\r\nHost: reviews:9999\r\n\r\nbody"),
+    (b"GET http://reviews:9999?c=1 HTTP/1.1\r\n\r\n", b"GET /?c=1 HTTP/1.1\r\n\r\n"),
+    (b"GET /already HTTP/1.1\r\nHost: x:1\r\n\r\n", b"GET /already HTTP/1.1\r\nHost: x:1\r\n\r\n"),
+])
+def test_the_destination_gets_the_origin_form_as_iptables_delivers_it(sent: bytes, carried: bytes) -> None:
+    assert _origin_form(bytearray(sent)) == carried
