@@ -49,6 +49,7 @@ from meshkit.runtime.state import StateDir
 
 SUPPORTED = ("curl ... URL", "fortio curl URL", "fortio load [-c -qps -n -t -H] URL",
              "pilot-agent request GET stats (-c istio-proxy)",
+             "curl -v -k --resolve HOST:PORT:127.0.0.1 URL (-c istio-proxy: the pod's own ports)",
              'sh -c "(date; sleep 1) | nc HOST PORT" (date, sleep, echo, nc, curl)')
 SIDECAR_CONTAINERS = frozenset({"istio-proxy", "meshkit-proxy"})
 # curl's exit codes for what happened to a request with no HTTP answer, by the words of its error
