@@ -247,8 +247,9 @@ class DownstreamConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         # a sidecar's outbound listener keeps its connection's first request as received, until its head
         # is in: a request no HTTP listener takes goes on as TCP, those bytes first (RouteTable.opaque)
-        self._raw: bytearray | None = (bytearray() if listener.tunnels is not None
-                                       and listener.direction == "outbound" else None)
+        # (references to the chunks read, no copy: joined only for such a request)
+        self._raw: list[bytes] | None = ([] if listener.tunnels is not None
+                                         and listener.direction == "outbound" else None)
         self._opaque: str | None = None
         self._reset_head()
 
@@ -298,7 +299,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         raw = self._raw
         if raw is not None:
-            raw += data
+            raw.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -310,7 +311,7 @@ class DownstreamConnection(asyncio.Protocol):
             self.input_done = True
         except httptools.HttpParserError as exc:
             if self._opaque is not None and raw is not None:
-                self._tunnel(self._opaque, _origin_form(raw), established=False)
+                self._tunnel(self._opaque, _origin_form(bytearray().join(raw)), established=False)
                 return
             if self._reject is not None:
                 status, text = self._reject
