@@ -13,6 +13,7 @@ Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 - `console_verbs`: dashboard (the web console's URL)
 - `jwt_verbs`: jwt issue, jwt jwks-uri, jwt status
 - `workshop_verbs`: workshop serve, workshop export-student
+- `wait_verbs`: wait (kubectl's wait for a status condition)
 
 It must not hold logic of its own beyond parsing and printing.
 """
@@ -32,6 +33,7 @@ from meshkit.cli import (  # noqa: F401
     object_verbs,
     security_verbs,
     trace_verbs,
+    wait_verbs,
     workshop_verbs,
 )
 from meshkit.cli.common import EXIT_REJECTED, app

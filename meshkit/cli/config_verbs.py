@@ -236,12 +236,16 @@ def get(  # noqa: PLR0917 (typer maps parameters to options)
     if output == "yaml":
         sys.stdout.write(_call(client.get, resolved, name, ns, "yaml"))
         return
-    items = _call(client.get, resolved, name, ns)["items"]
     if output == "json" or template is not None:
-        resources = [item["resource"] for item in items]
+        # the yaml answer carries the Gateway API kinds' computed status (`get gtw NAME -o jsonpath=
+        # '{.status.addresses[0].value}'`), as kubectl's objects do
+        import yaml  # noqa: PLC0415
+
+        resources = [d for d in yaml.safe_load_all(_call(client.get, resolved, name, ns, "yaml")) if d]
         doc = resources[0] if name is not None else {"apiVersion": "v1", "kind": "List", "items": resources}
         _print_doc(doc, template)
         return
+    items = _call(client.get, resolved, name, ns)["items"]
     if not items:
         where = "any namespace" if ns is None else f"{ns} namespace"
         Printer().err.print(f"No resources found in {where}.")

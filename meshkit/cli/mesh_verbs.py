@@ -330,7 +330,7 @@ def exec_(
     try:
         code = execute(mesh.state, mesh.status()["workloads"], target, list(command or []),
                        out=lambda text: typer.echo(text, nl=False), container=container,
-                       egress=mesh_egress_gate(mesh))
+                       egress=mesh_egress_gate(mesh), err=lambda text: typer.echo(text, nl=False, err=True))
     except ExecError as error:
         _fail(EXIT_REJECTED, f"error: exec {target}: {error}")
     raise typer.Exit(code)

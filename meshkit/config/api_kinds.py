@@ -97,9 +97,9 @@ API_KINDS: tuple[ApiKind, ...] = (
     _gateway_api("GatewayClass", "gatewayclasses", namespaced=False),
     _gateway_api("Gateway", "gateways"),
     _gateway_api("HTTPRoute", "httproutes"),
-    # TLSRoute (experimental channel): read on the local mesh; on a cluster the control plane does not
-    # follow it yet (its CRD is not in the standard channel a cluster usually has)
-    ApiKind("gateway.networking.k8s.io", "v1alpha2", "tlsroutes", "TLSRoute", control=READ, enabled=False),
+    # TLSRoute (experimental channel, v1alpha2): followed like the others; a cluster with the standard
+    # channel only does not serve it, which the control plane waits out (a missing CRD is retried)
+    ApiKind("gateway.networking.k8s.io", "v1alpha2", "tlsroutes", "TLSRoute", control=READ),
     # the service registry and the workloads behind it
     ApiKind("", "v1", "services", "Service", control=READ, enabled=True),
     ApiKind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", control=READ, enabled=True),
@@ -155,6 +155,6 @@ def istio_kinds() -> list[ApiKind]:
 
 def config_kinds() -> list[ApiKind]:
     """The active kinds the control plane mirrors as config: the Istio kinds and the Gateway API kinds
-    (GatewayClass, Gateway, HTTPRoute; their CRDs come from the Gateway API standard channel, and the
-    operator neither validates them nor writes their status)."""
+    (GatewayClass, Gateway, HTTPRoute from the Gateway API standard channel, TLSRoute from its
+    experimental channel; the operator neither validates them nor writes their status)."""
     return [kind for kind in active_kinds() if kind.group in ISTIO_GROUPS or kind.group == GATEWAY_API_GROUP]

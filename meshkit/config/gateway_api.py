@@ -159,14 +159,11 @@ class KubeGateway(Resource):
 
     @model_validator(mode="after")
     def _served_listeners(self) -> KubeGateway:
-        """What the local mesh serves: TLS Passthrough on a Gateway with its own proxy, HTTPS (terminated)
-        on the ingress; a listener of the other kind is refused by name, not silently dropped."""
+        """What the local mesh serves: TLS Passthrough on any Gateway (on the ingress's HTTPS port, routed by
+        SNI, for a Gateway without its own proxy), HTTPS (terminated) on the ingress only, the mesh's mutual
+        TLS (``gateway.istio.io/tls-terminate-mode: ISTIO_MUTUAL``) on a Gateway with its own proxy only;
+        anything else is refused by name, not silently dropped."""
         for index, listener in enumerate(self.spec.listeners):
-            if listener.protocol == "TLS" and not self.deployed:
-                raise ValueError(
-                    f"spec.listeners[{index}]: a TLS Passthrough listener is served only by a Gateway "
-                    f"with its own gateway proxy on the local mesh (annotation {SERVICE_TYPE_ANNOTATION}: "
-                    "ClusterIP); the ingress's HTTPS port terminates TLS")
             mutual = listener.tls is not None and listener.tls.istio_mutual
             if mutual and not self.deployed:
                 raise ValueError(

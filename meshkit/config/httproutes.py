@@ -22,7 +22,8 @@ the same, so there is one router: `compile`'s ``_route`` turns both into snapsho
   endpoints its selector selects (`selector_clusters`).
 * ``status`` (`route_status`) follows Gateway API: per parent, ``Accepted`` and ``ResolvedRefs``
   with their reasons, computed from the config and the registry as a controller would; a Gateway's
-  ``Accepted``/``Programmed`` and its listeners' ``attachedRoutes``.
+  ``Accepted``/``Programmed``, its ``addresses`` (the ingress's ``127.0.0.1``, or the Service of
+  its own proxy) and its listeners' ``attachedRoutes``.
 
 Pure functions of resources + registry: no sockets.
 """
@@ -384,6 +385,9 @@ def selector_services(
 # status
 # ---------------------------------------------------------------------------------------------
 
+INGRESS_ADDRESS = "127.0.0.1"  # the ingress Service's load balancer address (runtime.launch.ingress_service)
+
+
 
 def _condition(kind: str, ok: bool, reason: str, message: str, generation: int = 1) -> dict[str, Any]:
     return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message,
@@ -506,7 +510,12 @@ def gateway_status(gateway: KubeGateway, resources: Sequence[Resource]) -> dict[
                         attached[name] += 1
     served_by = (f"served by its own gateway proxy ({gateway.deployment_name})" if gateway.deployed
                  else "served by the local mesh's ingress gateway (istio-ingressgateway)")
-    return {
+    status: dict[str, Any] = {}
+    if ours:  # where clients reach it: the ingress's load balancer address, or the proxy's Service name
+        status["addresses"] = ([{"type": "Hostname", "value": f"{gateway.deployment_name}."
+                                 f"{gateway.metadata.namespace}.svc.cluster.local"}] if gateway.deployed
+                               else [{"type": "IPAddress", "value": INGRESS_ADDRESS}])
+    return status | {
         "conditions": [
             _condition("Accepted", ours, reason, "Resource accepted" if ours else
                        f"gatewayClassName {gateway.spec.gateway_class_name} is not {GATEWAY_CLASS}"),

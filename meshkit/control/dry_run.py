@@ -9,7 +9,8 @@ the winner shadows, and, when the winner is not the rule the user expected, the 
 VirtualService for the host from this caller (bound to a gateway only, written for another namespace,
 ``sourceLabels`` that exclude this caller), no DestinationRule subset behind a destination (NC), or
 no route at all (NR), or, for a sidecar, a host outside the registry (the outboundTrafficPolicy:
-PassthroughCluster or BlackHoleCluster).
+PassthroughCluster or BlackHoleCluster) or a port no Service declares for HTTP (no HTTP listener: the
+connection goes on as TCP, no rule applies).
 
 Pure: no I/O (callers, resources and registry are given).
 """
@@ -47,6 +48,16 @@ def _for_caller(resources: Sequence[Resource], view: RegistryView, caller: Node,
     vhost = table.virtual_host(request.authority)
     answer: dict[str, Any] = {"caller": caller.workload or caller.instance, "namespace": caller.namespace,
                               "rules": [], "matched": None, "causes": []}
+    if caller.kind == "sidecar" and table.opaque(request.authority):
+        # no HTTP listener for the port: the sidecar carries the connection as TCP (meshkit.proxy.listener)
+        policy = (snapshot.get("mesh") or {}).get("outbound_traffic_policy", "ALLOW_ANY")
+        port = host.rpartition(":")[2]
+        outcome = ("closed with no answer (BlackHoleCluster, UH)" if policy == "REGISTRY_ONLY" else
+                   "carried as TCP to its original destination (PassthroughCluster)")
+        answer["causes"].append(f"{policy}: from {answer['caller']} no Service, ServiceEntry or "
+                                f"VirtualService declares port {port} for HTTP, so no HTTP listener takes "
+                                f"{host!r}: no rule applies and the connection would be {outcome}")
+        return answer
     if vhost is None and caller.kind == "sidecar":
         # a sidecar's unknown host: the mesh's outboundTrafficPolicy (meshkit.proxy.egress)
         policy = (snapshot.get("mesh") or {}).get("outbound_traffic_policy", "ALLOW_ANY")

@@ -207,6 +207,23 @@ class Listener:
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
 
 
+def _origin_form(raw: bytearray) -> bytes:
+    """A request's bytes as iptables would have delivered them: the app wrote its request line in the
+    absolute form a proxy gets (``GET http://tcp-echo:9002/ HTTP/1.1``); the destination gets the
+    origin form (``GET / HTTP/1.1``), the rest unchanged."""
+    end = raw.find(b"\r\n")
+    method, _, rest = bytes(raw[:end if end >= 0 else len(raw)]).partition(b" ")
+    target, _, version = rest.rpartition(b" ")
+    if end < 0 or not target.lower().startswith((b"http://", b"https://")):
+        return bytes(raw)
+    after = target.split(b"://", 1)[1]
+    cut = min((i for i in (after.find(b"/"), after.find(b"?")) if i >= 0), default=len(after))
+    path = after[cut:] or b"/"
+    if path.startswith(b"?"):
+        path = b"/" + path
+    return method + b" " + path + b" " + version + bytes(raw[end:])
+
+
 class DownstreamConnection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -233,6 +250,12 @@ class DownstreamConnection(asyncio.Protocol):
         self._head_written = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
+        # a sidecar's outbound listener keeps its connection's first request as received, until its head
+        # is in: a request no HTTP listener takes goes on as TCP, those bytes first (RouteTable.opaque)
+        # (references to the chunks read, no copy: joined only for such a request)
+        self._raw: list[bytes] | None = ([] if listener.tunnels is not None
+                                         and listener.direction == "outbound" else None)
+        self._opaque: str | None = None
         self._reset_head()
 
     def _reset_head(self) -> None:
@@ -279,6 +302,9 @@ class DownstreamConnection(asyncio.Protocol):
         if self.input_done:
             return
         self.last_activity = time.monotonic()
+        raw = self._raw
+        if raw is not None:
+            raw.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -289,6 +315,9 @@ class DownstreamConnection(asyncio.Protocol):
             self.closing = True
             self.input_done = True
         except httptools.HttpParserError as exc:
+            if self._opaque is not None and raw is not None:
+                self._tunnel(self._opaque, _origin_form(bytearray().join(raw)), established=False)
+                return
             if self._reject is not None:
                 status, text = self._reject
             else:
@@ -299,8 +328,9 @@ class DownstreamConnection(asyncio.Protocol):
         if len(self.queue) >= _MAX_PIPELINE:
             self._pause_reading()  # a client that pipelines without reading: stop reading it
 
-    def _tunnel(self, authority: str, leftover: bytes) -> None:
-        """``CONNECT authority``: hand the connection to the tunnels (or 405 where there are none)."""
+    def _tunnel(self, authority: str, leftover: bytes, *, established: bool = True) -> None:
+        """``CONNECT authority``: hand the connection to the tunnels (or 405 where there are none); not
+        ``established``: a plain request no HTTP listener takes, its bytes carried as TCP."""
         tunnels = self.listener.tunnels
         if tunnels is None or self.queue or self.transport is None:
             self._fail_connection(405, "CONNECT is not served on this listener")
@@ -308,7 +338,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.input_done = self.closed = True  # no longer an HTTP connection of this listener
         self.listener.connections.discard(self)
         self.stats.downstream_cx_active -= 1
-        tunnels.open_connect(self.transport, authority, leftover, self.peer)
+        tunnels.open_connect(self.transport, authority, leftover, self.peer, established=established)
 
     def eof_received(self) -> bool | None:
         """The client closed its side: as Envoy (no HTTP half-close), the connection ends here.
@@ -433,6 +463,12 @@ class DownstreamConnection(asyncio.Protocol):
         if "@" in authority:
             authority = authority.rsplit("@", 1)[1]
         state = self.listener.state
+        if self._raw is not None:
+            self._raw = None  # only a connection's first request can go on as TCP
+            config = state.current if state is not None else None
+            if config is not None and config.egress is not None and config.routes.opaque(authority.lower()):
+                self._opaque = authority.lower()
+                raise ValueError("no HTTP listener for this port: carried as TCP")
         if state is not None:
             # Istio's path normalization: the path every filter judges is the one sent upstream.
             config = state.current

@@ -421,21 +421,37 @@ class VirtualHost:
 class RouteTable:
     """Authority -> virtual host, then first-match-wins over the host's routes."""
 
-    __slots__ = ("_exact", "_suffixes", "_wildcard", "virtual_hosts")
+    __slots__ = ("_exact", "_suffixes", "_wildcard", "http_ports", "virtual_hosts")
 
     def __init__(self, virtual_hosts: list[VirtualHost]) -> None:
         self.virtual_hosts = virtual_hosts
         self._exact: dict[str, VirtualHost] = {}
         self._suffixes: list[tuple[str, VirtualHost]] = []
         self._wildcard: VirtualHost | None = None
+        ports: set[int] = set()
         for vhost in virtual_hosts:
             for domain in vhost.domains:
+                _, sep, port = domain.rpartition(":")
+                if sep and port.isdigit():
+                    ports.add(int(port))
                 if domain == "*":
                     self._wildcard = self._wildcard or vhost
                 elif domain.startswith("*"):
                     self._suffixes.append((domain[1:], vhost))
                 else:
                     self._exact.setdefault(domain, vhost)
+        # the ports some virtual host names: Istio's sidecar has an HTTP listener (0.0.0.0:port) on each
+        self.http_ports = frozenset(ports)
+
+    def opaque(self, authority: str) -> bool:
+        """Whether a request to ``authority`` (lower-cased) finds no HTTP listener on a sidecar: its port,
+        written out, is one no virtual host names (no Service, ServiceEntry or VirtualService declares
+        it for HTTP). Istio's sidecar then takes the connection on its virtual outbound listener's
+        passthrough filter chain, as TCP (`meshkit.proxy.tunnel`). Without a port, or with a catch-all
+        ``*`` host, the request stays HTTP."""
+        _, sep, port = authority.rpartition(":")
+        return (bool(sep) and port.isdigit() and self._wildcard is None
+                and int(port) not in self.http_ports and not authority.endswith("]"))
 
     @classmethod
     def from_snapshot(cls, outbound: Any, where: str = "outbound") -> RouteTable:

@@ -136,8 +136,11 @@ class Tunnels:
         self.certificates: Any = None  # the proxy's workload certificates: mTLS to ISTIO_MUTUAL upstreams
 
     # -- entry points ------------------------------------------------------------------
-    def open_connect(self, transport: asyncio.Transport, authority: str, leftover: bytes, peer: str) -> None:
-        """Take over a downstream connection whose request was ``CONNECT authority``."""
+    def open_connect(self, transport: asyncio.Transport, authority: str, leftover: bytes, peer: str, *,
+                     established: bool = True) -> None:
+        """Take over a downstream connection whose request was ``CONNECT authority``; with ``established``
+        False, one whose plain HTTP request (``leftover``, its bytes as received) no HTTP listener takes
+        (`RouteTable.opaque`): carried as TCP to ``authority``, nothing answered first."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=CHUNK)
         protocol = asyncio.StreamReaderProtocol(reader)
@@ -148,7 +151,8 @@ class Tunnels:
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if transport.is_reading() is False:
             transport.resume_reading()
-        writer.write(CONNECT_ESTABLISHED)
+        if established:
+            writer.write(CONNECT_ESTABLISHED)
         downstream = _downstream(transport.get_extra_info("peername"), None) or peer
         self._spawn(self._carry(reader, writer, downstream, authority=authority))
 

@@ -404,6 +404,8 @@ def curl(state: StateDir, workloads: list[dict[str, Any]], source: str, url: str
         result.error = f"connection refused by 127.0.0.1:{route.port}"
     except (ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError):
         result.error = f"connection reset by 127.0.0.1:{route.port} before an HTTP answer"
+    except http.client.BadStatusLine:  # not HTTP (an opaque TCP server answered): curl's own words
+        result.error = "Received HTTP/0.9 when not allowed"
     except (OSError, http.client.HTTPException) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:

@@ -20,6 +20,9 @@ exec TARGET [-c CONTAINER] -- COMMAND...`` takes the words after ``--`` unchange
   [-quiet] URL`` from a fortio pod (`meshkit.runtime.fortio`), the circuit-breaking task;
 - ``pilot-agent request GET stats`` (or ``curl localhost:15000/stats``) in the ``istio-proxy``
   container: the sidecar's admin page, Envoy's text stats for ``| grep pending``;
+- ``curl [-sS] [-v] [-k] [--resolve HOST:PORT:127.0.0.1] URL`` to the pod's own ports in the
+  ``istio-proxy`` container (`meshkit.runtime.pod_loopback`): "Ingress Gateway without TLS
+  Termination"'s check of nginx from inside its pod, curl's ``-v`` lines on stderr;
 - ``sh -c "SCRIPT"`` for the shell shapes the tasks use (`meshkit.runtime.mini_shell`, never a real
   shell): the TCP traffic-shifting task's ``(date; sleep 1) | nc $INGRESS_HOST $TCP_INGRESS_PORT``,
   ``date``, ``sleep N``, ``echo``, ``nc HOST PORT``, and ``curl ...`` as above.
@@ -40,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from meshkit.runtime import pod_loopback
 from meshkit.runtime.curl import CurlError, CurlResult, curl, find_source, service_of
 from meshkit.runtime.egress_gate import EgressGate
 from meshkit.runtime.fortio import LoadSpec, run_load
@@ -48,12 +52,14 @@ from meshkit.runtime.state import StateDir
 
 SUPPORTED = ("curl ... URL", "fortio curl URL", "fortio load [-c -qps -n -t -H] URL",
              "pilot-agent request GET stats (-c istio-proxy)",
+             "curl -v -k --resolve HOST:PORT:127.0.0.1 URL (-c istio-proxy: the pod's own ports)",
              'sh -c "(date; sleep 1) | nc HOST PORT" (date, sleep, echo, nc, curl)')
 SIDECAR_CONTAINERS = frozenset({"istio-proxy", "meshkit-proxy"})
 # curl's exit codes for what happened to a request with no HTTP answer, by the words of its error
 # (`meshkit.runtime.curl` and `curl_tls` write them): the first match wins, 56 when none does
 CURL_EXIT = (("SSL certificate problem", 60), ("SSL: no alternative certificate", 60), ("SSL_connect", 35),
-             ("SSL connect error", 35), ("refused", 7), ("timed out", 28), ("CONNECT", 56), ("reset", 56))
+             ("SSL connect error", 35), ("refused", 7), ("timed out", 28), ("CONNECT", 56), ("reset", 56),
+             ("HTTP/0.9", 1))
 TOO_MANY_REDIRECTS = 47
 EGRESS_KEY = "_egress"  # execute's ``egress``, carried on the source row to the curl it runs
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -94,6 +100,8 @@ class CurlCall:
     custom_method: bool = False  # -X given: kept across redirects, as curl keeps it
     haproxy_protocol: bool = False  # --haproxy-protocol: a PROXY protocol v1 line first
     haproxy_clientip: str | None = None  # --haproxy-clientip: its source address (curl >= 8.2)
+    verbose: bool = False  # -v: headers (app container); curl's own lines (proxy container)
+    resolve: list[str] = field(default_factory=list)  # --resolve HOST:PORT:ADDRESS (the proxy container's)
 
 
 def parse_curl(argv: list[str]) -> CurlCall:
@@ -163,6 +171,8 @@ def _curl_option(call: CurlCall, option: str, value: str) -> None:
         call.dump_header = value
     elif option == "--cacert":
         call.cacert = value
+    elif option == "--resolve":
+        call.resolve.append(value)
     elif option == "--max-redirs":
         try:
             call.max_redirs = int(value)
@@ -175,8 +185,10 @@ def _curl_flag(call: CurlCall, flag: str) -> None:
         call.silent = True
     elif flag in ("-S", "--show-error"):
         call.show_error = True
-    elif flag in ("-i", "--include", "-v", "--verbose"):
+    elif flag in ("-i", "--include"):
         call.include = True
+    elif flag in ("-v", "--verbose"):
+        call.verbose = True
     elif flag in ("-I", "--head"):
         call.head, call.include, call.method = True, True, "HEAD"
     elif flag in ("-f", "--fail"):
@@ -231,7 +243,7 @@ def _head(result: CurlResult) -> str:
 
 def run_curl(result_of: Callable[[CurlCall], CurlResult], call: CurlCall, out: Callable[[str], None]) -> int:
     """curl: send ``call`` (and, with ``-L``, its redirects), print as curl prints; the exit code."""
-    show_head = call.include or call.dump_header == "-"  # -D FILE: a file in the pod, not shown
+    show_head = call.include or call.verbose or call.dump_header == "-"  # -D FILE: in the pod, not shown
     current, redirects = call, 0
     result = result_of(current)
     while call.location and (following := next_hop(current, result)) is not None:
@@ -314,9 +326,11 @@ def _seconds(text: str) -> float:
 
 def execute(state: StateDir, workloads: list[dict[str, Any]], target: str, argv: list[str], *,
             out: Callable[[str], None], container: str | None = None,
-            egress: EgressGate | None = None) -> int:
+            egress: EgressGate | None = None, err: Callable[[str], None] | None = None) -> int:
     """Run ``argv`` as if in ``target``'s pod (``container`` as ``-c``); the exit status. ``egress``: the
-    mesh's NetworkPolicies, for the connections a pod without a sidecar opens itself (`egress_gate`)."""
+    mesh's NetworkPolicies, for the connections a pod without a sidecar opens itself (`egress_gate`).
+    ``err``: what the command writes to stderr (curl -v's lines in the proxy container); ``out`` when
+    not given."""
     if egress is not None:
         workloads = [{**row, EGRESS_KEY: egress} for row in workloads]
     target = target.split("/", 1)[1] if target.split("/", 1)[0] in ("deploy", "deployment", "pod") else target
@@ -327,6 +341,11 @@ def execute(state: StateDir, workloads: list[dict[str, Any]], target: str, argv:
     if not argv:
         raise ExecError(f"no command given (after --); supported: {'; '.join(SUPPORTED)}")
     program, args = argv[0].rsplit("/", 1)[-1], argv[1:]
+    if container in SIDECAR_CONTAINERS and program == "curl" and not _admin_url(args):
+        try:
+            return pod_loopback.run(row, parse_curl(args), state.root, out=out, err=err or out)
+        except pod_loopback.PodCurlError as error:
+            raise ExecError(str(error)) from None
     if container in SIDECAR_CONTAINERS or program == "pilot-agent":
         return _sidecar_admin(row, program, args, out)
     if program == "curl":
@@ -390,6 +409,13 @@ def _send(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any],
                     egress=row.get(EGRESS_KEY), connect_timeout=call.connect_timeout)
     except CurlError as error:
         raise ExecError(f"curl: {error.message}") from None
+
+
+def _admin_url(args: list[str]) -> bool:
+    """Whether a curl in the proxy container asks Envoy's admin port (``curl localhost:15000/stats``)."""
+    url = next((a for a in reversed(args) if not a.startswith("-")), "")
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    return parts.port == pod_loopback.ADMIN_PORT and (parts.hostname or "") in pod_loopback.LOOPBACK
 
 
 def _sidecar_admin(row: dict[str, Any], program: str, args: list[str], out: Callable[[str], None]) -> int:

@@ -60,6 +60,8 @@ class Instance:
             "pid": self.app.pid if self.app else None,
             "sidecar_pid": self.sidecar.pid if self.sidecar else None,
             "app_port": self.ports.app,
+            # the port the app's container declares (nginx's 443): the pod's own 127.0.0.1:<port>
+            "container_port": self.spec.listen_port or self.spec.service_port,
             "inbound_port": self.ports.inbound if self.spec.sidecar else None,
             "outbound_proxy": f"http://127.0.0.1:{self.ports.outbound}" if self.spec.sidecar else None,
             "admin_port": self.ports.admin if self.spec.sidecar else None,

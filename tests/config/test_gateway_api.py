@@ -346,10 +346,11 @@ spec:
     ]
 
 
-def test_an_https_listener_needs_a_certificate_and_tls_passthrough_is_refused_by_name() -> None:
+def test_an_https_listener_needs_a_certificate_and_a_terminating_tls_listener_is_refused_by_name() -> None:
     """HTTPS listeners are served (tests/config/test_gateway_tls.py); without certificateRefs the
-    listener is refused, as the Gateway API requires one; a TLS listener that terminates is not supported,
-    and a Passthrough one only on a Gateway with its own proxy (tests/config/test_gateway_api_egress.py)."""
+    listener is refused, as the Gateway API requires one; a TLS listener that terminates is not supported;
+    a Passthrough one is served by the ingress (tests/config/test_gateway_api_passthrough.py) or the
+    Gateway's own proxy (tests/config/test_gateway_api_egress.py)."""
     gateway = """
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -362,8 +363,8 @@ spec:
     assert message.field == "spec.listeners[0]" and "needs tls.certificateRefs" in message.text
     [message] = errors(gateway.replace("PROTOCOL", "TLS"))
     assert message.field == "spec.listeners[0]" and "needs tls.mode Passthrough" in message.text
-    [message] = errors(gateway.replace("PROTOCOL", "TLS").replace("Terminate", "Passthrough"))
-    assert "networking.istio.io/service-type: ClusterIP" in message.text, message
+    [passthrough] = load_resources(gateway.replace("PROTOCOL", "TLS").replace("Terminate", "Passthrough"))
+    assert passthrough.spec.listeners[0].tls.mode == "Passthrough"  # type: ignore[attr-defined]
 
 
 def test_path_prefix_compiles_to_whole_segments_and_a_virtual_service_prefix_stays_a_string() -> None:

@@ -85,6 +85,15 @@ def test_an_unknown_host_is_the_outbound_traffic_policys() -> None:
     assert "PassthroughCluster" in answer["causes"][0]
 
 
+def test_a_port_no_service_declares_for_http_has_no_rule_and_goes_as_tcp() -> None:
+    answer = run(sample("destination-rule-all"), host="reviews:9999")
+    assert answer["matched"] is None and answer["rules"] == [], answer
+    [cause] = answer["causes"]
+    assert cause.startswith("ALLOW_ANY: from productpage-v1 no Service, ServiceEntry or VirtualService "
+                            "declares port 9999 for HTTP") and "PassthroughCluster" in cause, cause
+    assert run(sample("destination-rule-all"), host="reviews:9080")["matched"] is not None  # declared: HTTP
+
+
 async def test_api_and_cli_lines(control_plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
     plane = control_plane.control_plane
     for name, version in (("reviews", "v1"), ("reviews", "v2"), ("productpage", "v1")):

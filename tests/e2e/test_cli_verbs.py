@@ -56,11 +56,15 @@ def test_curl_from_a_workload_goes_through_its_sidecar(mesh: RunningMesh) -> Non
     # -i shows the status and headers; a workload name (no instance suffix) means its first instance.
     shown = meshkit(mesh, "curl", "--from", "sleep-v1", "-i", "-H", "end-user: jason",
                     "http://httpbin-nowhere:8000/get")
-    # no such service in the mesh: under ALLOW_ANY the sidecar would pass it through, but nothing
-    # resolves the name (no stand-in, real DNS off), so it answers 503 with Envoy's DF flag
-    assert shown.returncode != 0
-    assert shown.stdout.startswith("HTTP/1.1 503")
-    assert "no stand-in for 'httpbin-nowhere:8000'" in shown.stdout
+    # no such service in the mesh, and no Service declares port 8000 for HTTP: no HTTP listener of the
+    # sidecar takes it, so it goes as TCP to PassthroughCluster (ALLOW_ANY), but nothing resolves the
+    # name (no stand-in, real DNS off): the connection is closed unanswered, Envoy's DF in the TCP line
+    assert shown.returncode == 2 and shown.stdout == "", shown
+    assert "before an HTTP answer" in shown.stderr, shown.stderr
+    tcp = [json.loads(line) for line in meshkit(mesh, "logs", "sleep-v1-0", "--access", "--tail", "0")
+           .stdout.splitlines() if '"PassthroughCluster"' in line]
+    assert [(e["upstream_cluster"], e["response_flags"], e["method"]) for e in tcp][-1:] == [
+        ("PassthroughCluster", "DF", None)], tcp
     page = meshkit(mesh, "curl", "--from", "sleep-v1", "-i", "http://productpage:9080/productpage")
     assert page.returncode == 0
     assert page.stdout.startswith("HTTP/1.1 200") and "x-app-podname: productpage-v1-0" in page.stdout.lower()

@@ -3,10 +3,12 @@
 The learner's commands, each as its meshkit form (``kubectl`` -> ``meshkit``): the task's openssl
 certificates, ``create secret tls nginx-server-certs``, its ``nginx.conf`` into ``create configmap
 nginx-configmap``, the Service and Deployment ``my-nginx`` (image ``nginx``, the Secret and the
-ConfigMap mounted) with a sidecar, the Gateway with a ``PASSTHROUGH`` server on 443 and the
-VirtualService with a ``tls`` route by ``sniHosts``, then the task's own ``curl --resolve ...
---cacert example_certs/example.com.crt https://nginx.example.com:$SECURE_INGRESS_PORT`` (real curl
-from the learner's shell): nginx's certificate (issued for nginx.example.com by the task's root)
+ConfigMap mounted) with a sidecar, the task's check of nginx from inside its pod (``kubectl exec ... -c
+istio-proxy -- curl -sS -v -k --resolve nginx.example.com:443:127.0.0.1 https://nginx.example.com``:
+curl's verbose lines with nginx's certificate, then its page), the Gateway with a ``PASSTHROUGH``
+server on 443 and the VirtualService with a ``tls`` route by ``sniHosts``, then the task's own
+``curl --resolve ... --cacert example_certs/example.com.crt https://nginx.example.com:$SECURE_INGRESS_PORT``
+(real curl from the learner's shell): nginx's certificate (issued for nginx.example.com by the task's root)
 reaches curl unopened through the ingress's HTTPS port, and nginx's welcome page comes back.
 The cleanup removes the routes, after which the ingress has no filter chain for the name.
 """
@@ -113,6 +115,10 @@ spec:
 EOF
 """
 
+# the task's check of nginx from its own pod's proxy container: 127.0.0.1:443 there is nginx
+CHECK_FROM_THE_POD = """meshkit exec "$(meshkit get pod -l run=my-nginx -o jsonpath={.items..metadata.name})" -c istio-proxy -- curl -sS -v -k --resolve nginx.example.com:443:127.0.0.1 https://nginx.example.com
+"""  # noqa: E501
+
 CONFIGURE_GATEWAY = """
 meshkit apply -f - <<EOF
 apiVersion: networking.istio.io/v1alpha3
@@ -186,6 +192,17 @@ def test_ingress_gateway_without_tls_termination(mesh: RunningMesh, tmp_path: Pa
     code, out, err = bash(mesh, "meshkit get pods", tmp_path)
     rows = [line.split()[:3] for line in out.splitlines()[1:]]
     assert rows == [["my-nginx-0", "2/2", "Running"]], out + err  # with its sidecar
+    code, out, err = bash(mesh, CHECK_FROM_THE_POD, tmp_path)
+    assert code == 0, out + err
+    # what the task shows: curl's lines, nginx's certificate (not verified: -k), then nginx's page
+    assert "* Connected to nginx.example.com (127.0.0.1) port 443 (#0)" in err, err
+    assert "*  subject: CN=nginx.example.com; O=some organization" in err, err
+    assert "*  issuer: O=example Inc.; CN=example.com" in err, err
+    assert ("*  SSL certificate verify result: unable to get local issuer certificate (20), "
+            "continuing anyway.") in err, err
+    assert "> Host: nginx.example.com" in err and "< HTTP/1.1 200 OK" in err, err
+    assert "< Server: nginx/" in err, err
+    assert "<title>Welcome to nginx!</title>" in out, out
 
     code, out, err = bash(mesh, "set -e\n" + CONFIGURE_GATEWAY, tmp_path)
     assert code == 0, out + err

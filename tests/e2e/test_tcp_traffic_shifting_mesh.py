@@ -5,7 +5,8 @@ iptables capture): the sidecar picks v1/v2 by the ``tcp`` route's weights and ca
 over mutual TLS to the chosen tcp-echo's sidecar. Replies are counted by version (``one``/``two``, the
 samples' prefixes); the 80/20 split is judged by an exact binomial test. The curl sidecar's access log
 shows Envoy's TCP line with ``outbound|9000|v1|tcp-echo.NS.svc.cluster.local`` and its metrics Istio's
-TCP series. A port the Service does not declare (9002) goes to ``PassthroughCluster``.
+TCP series. A port the Service does not declare (9002) goes to ``PassthroughCluster``, plain HTTP to it
+too (as TCP: no HTTP listener of the sidecar takes it), and to ``BlackHoleCluster`` under REGISTRY_ONLY.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshkit.config.meshconfig import mesh_config_map
 from tests.e2e import cli
 from tests.e2e.mesh import SAMPLES, RunningMesh, start_mesh
 from tests.e2e.traffic import assert_share
@@ -133,3 +135,51 @@ def test_the_curl_pods_own_tcp_shifts_from_v1_to_80_20_through_its_sidecar(mesh:
     assert [(e["status"], e["response_flags"]) for e in passthrough] == [(0, "-")], passthrough
     assert passthrough[0]["bytes_sent"] > 0, passthrough
     assert opened.get(("unknown", "-"), 0) == 1, opened  # Istio: destination_service "unknown"
+
+
+def curl_log(mesh: RunningMesh) -> list[dict[str, object]]:
+    """`kubectl logs -l app=curl -c istio-proxy -n NS`: the curl sidecar's JSON access-log lines."""
+    text = ok(mesh, "logs", "-l", "app=curl", "-c", "istio-proxy", "--tail", "0")
+    return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+
+
+def http_requests(admin: int, cluster: str) -> float:
+    """curl's sidecar's ``istio_requests_total`` (HTTP) to ``destination_service_name`` ``cluster``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats/prometheus", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) if family.name == "istio_requests"
+               for s in family.samples if s.name.endswith("_total")
+               and s.labels.get("destination_service_name") == cluster)
+
+
+def test_plain_http_to_a_port_the_service_does_not_declare_goes_as_tcp(mesh: RunningMesh) -> None:
+    """`curl http://tcp-echo:9002/` from the curl pod: Istio's sidecar has no HTTP listener on 9002, so
+    its virtual outbound listener's passthrough chain carries the connection as TCP: PassthroughCluster
+    under ALLOW_ANY (tcp-echo's server reads curl's request line and echoes it: not HTTP, curl's exit 1),
+    BlackHoleCluster with UH under REGISTRY_ONLY (closed, nothing answered); no HTTP metric either way."""
+    pods = ok(mesh, "get", "pods", "-n", NS)  # the first test of this module deployed curl and tcp-echo
+    assert sum(line.startswith("curl") for line in pods.splitlines()) == 1, pods
+    [row] = [w for w in mesh.status["workloads"] if w["name"].split(".")[0].startswith("curl")]
+    seen = len(curl_log(mesh))
+    done = cli.meshkit(mesh.home, mesh.base, "exec", "deploy/curl", "-c", "curl", "-n", NS, "--",
+                       "curl", "-sS", "http://tcp-echo:9002/")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "curl: (1) Received HTTP/0.9 when not allowed" in done.stdout + done.stderr, done
+    [line] = [e for e in curl_log(mesh)[seen:] if e.get("upstream_cluster") == "PassthroughCluster"]
+    assert (line["method"], line["status"], line["response_flags"]) == (None, 0, "-"), line
+    # curl's request went out, and tcp-echo answered
+    assert int(str(line["bytes_sent"])) > 0 and int(str(line["bytes_received"])) > 0, line
+    assert http_requests(row["admin_port"], "PassthroughCluster") == 0
+
+    registry_only = mesh_config_map({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}})
+    with mesh.rules(registry_only):
+        seen = len(curl_log(mesh))
+        done = cli.meshkit(mesh.home, mesh.base, "exec", "deploy/curl", "-c", "curl", "-n", NS, "--",
+                           "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\\n", "http://tcp-echo:9002/")
+        assert done.returncode != 0 and done.stdout == "000\n", done  # no answer at all
+        [line] = [e for e in curl_log(mesh)[seen:] if e.get("upstream_cluster") == "BlackHoleCluster"]
+        assert (line["response_flags"], line["upstream_host"]) == ("UH", None), line
+        assert line["bytes_received"] == 0, line
+    assert http_requests(row["admin_port"], "BlackHoleCluster") == 0
+    opened = tcp_opened(row["admin_port"])
+    assert opened.get(("unknown", "UH"), 0) >= 1, opened  # Istio: BlackHoleCluster, destination "unknown"

@@ -1,4 +1,4 @@
-"""Gateway API kinds on a cluster (KMock): GatewayClass, Gateway and HTTPRoute mirrored like the Istio kinds.
+"""Gateway API kinds on a cluster (KMock): GatewayClass, Gateway, HTTPRoute, TLSRoute mirrored like Istio's.
 
 KMock serves the Gateway API standard-channel resources (`operator_harness.prepare`) next to the Istio
 ones. A real control plane with the Kubernetes backend must mirror Gateway API's ``Gateway`` as its own
@@ -178,3 +178,38 @@ async def test_httproute_status_on_a_cluster_names_a_parent_to_nothing_and_a_mis
     assert [(c["status"], c["reason"]) for c in good["conditions"]] == [("True", "Accepted"),
                                                                        ("True", "ResolvedRefs")]
     assert await status_of("bookinfo") == written_status  # a controller's own status is shown as written
+
+
+# "Ingress Gateway without TLS Termination", Gateway API tab: the Gateway and the TLSRoute (v1alpha2)
+PASSTHROUGH_GATEWAY = {"apiVersion": f"{GROUP}/v1", "kind": "Gateway",
+                       "metadata": {"name": "mygateway", "namespace": k.NAMESPACE},
+                       "spec": {"gatewayClassName": "istio",
+                                "listeners": [{"name": "https", "hostname": "nginx.example.com", "port": 443,
+                                               "protocol": "TLS", "tls": {"mode": "Passthrough"},
+                                               "allowedRoutes": {"namespaces": {"from": "All"}}}]}}
+TLS_ROUTE = {"apiVersion": f"{GROUP}/v1alpha2", "kind": "TLSRoute",
+             "metadata": {"name": "nginx", "namespace": k.NAMESPACE},
+             "spec": {"parentRefs": [{"name": "mygateway"}], "hostnames": ["nginx.example.com"],
+                      "rules": [{"backendRefs": [{"name": "reviews", "port": k.PORT}]}]}}
+
+
+async def test_a_tlsroute_is_mirrored_from_its_v1alpha2_collection_and_deleted_with_it(
+        kmock: Any, plane: RunningKubernetesControlPlane, session: aiohttp.ClientSession) -> None:
+    store = plane.control_plane.store
+    kube = k.Cluster(session, str(kmock.url))
+    await kube.request("POST", path_of(PASSTHROUGH_GATEWAY), served(PASSTHROUGH_GATEWAY))
+    collection = f"/apis/{GROUP}/v1alpha2/namespaces/{k.NAMESPACE}/tlsroutes"
+    await kube.request("POST", collection, served(TLS_ROUTE))
+
+    def keys() -> set[tuple[str, str, str]]:
+        return {r.key for r in store.resources()}
+
+    route_key = ("TLSRoute", k.NAMESPACE, "nginx")
+    await until("the TLSRoute mirrored", lambda: route_key in keys(), WAIT_S)
+    assert plane.sync.stats.left_out == {}
+    [route] = [r for r in store.resources() if r.key == route_key]
+    spec = route.to_dict()["spec"]
+    assert (spec["parentRefs"], spec["hostnames"]) == ([{"name": "mygateway"}], ["nginx.example.com"]), spec
+    assert [(b["name"], b["port"]) for b in spec["rules"][0]["backendRefs"]] == [("reviews", k.PORT)], spec
+    await kube.request("DELETE", f"{collection}/nginx")
+    await until("the delete mirrored", lambda: route_key not in keys(), WAIT_S)

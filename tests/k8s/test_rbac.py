@@ -57,7 +57,8 @@ def test_every_implemented_istio_kind_is_in_the_list_and_watched_by_both() -> No
     mirrored = {(kind.group, kind.plural) for kind in config_kinds()}
     assert mirrored == istio | {("gateway.networking.k8s.io", "httproutes"),
                                 ("gateway.networking.k8s.io", "gatewayclasses"),
-                                ("gateway.networking.k8s.io", "gateways")}
+                                ("gateway.networking.k8s.io", "gateways"),
+                                ("gateway.networking.k8s.io", "tlsroutes")}
     assert {(t.group, t.plural) for t in ISTIO_TYPES} == mirrored  # what the control plane mirrors
     assert ("networking.istio.io", "envoyfilters") in istio
     # planned kinds are listed, granted nothing until meshkit has their model
@@ -65,7 +66,8 @@ def test_every_implemented_istio_kind_is_in_the_list_and_watched_by_both() -> No
     assert ("Gateway", "gateway.networking.k8s.io") not in {(kind.kind, kind.group) for kind in planned}
     gateway_api = "gateway.networking.k8s.io"
     control = [rule for rule in cluster_role_rules(CONTROL) if gateway_api in rule["apiGroups"]]
-    assert {r for rule in control for r in rule["resources"]} == {"httproutes", "gatewayclasses", "gateways"}
+    assert {r for rule in control for r in rule["resources"]} == {"httproutes", "gatewayclasses", "gateways",
+                                                                 "tlsroutes"}
     assert all(set(rule["verbs"]) == {"get", "list", "watch"} for rule in control)  # read only
     operator = {r for rule in cluster_role_rules(OPERATOR) for r in rule["resources"]
                 if gateway_api in rule["apiGroups"]}

@@ -1,7 +1,10 @@
 """Hosts outside the mesh through the real sidecar: PassthroughCluster (ALLOW_ANY), BlackHoleCluster
 (REGISTRY_ONLY), the stand-in host map, and a gateway that never passes through.
 
-Every upstream here is an echo app on 127.0.0.1; a name with no stand-in is never connected to.
+Every upstream here is an echo app on 127.0.0.1; a name with no stand-in is never connected to. As
+in Istio, plain HTTP is judged as HTTP (PassthroughCluster, or 502 from BlackHoleCluster)
+only on a port some Service declares for HTTP (the sidecar has an HTTP listener there:
+``declared`` below); on any other port it is TCP (tests/proxy/test_egress_opaque.py).
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from tests.proxy.conftest import EchoApp, StartProxy, make_snapshot
 
 
 def _snapshot(echo_port: int, policy: str | None, hosts: dict[str, str] | None = None,
-              kind: str = "sidecar") -> dict[str, Any]:
+              kind: str = "sidecar", declared: tuple[int, ...] = ()) -> dict[str, Any]:
+    """``declared``: ports a Service declares for HTTP (a virtual host names them), so the sidecar has
+    an HTTP listener on them."""
     snap = make_snapshot(echo_port)
+    snap["outbound"]["virtual_hosts"][0]["domains"] += [f"declared:{port}" for port in declared]
     if policy is not None:
         snap["mesh"] = {"outbound_traffic_policy": policy}
     snap["egress"] = {"hosts": hosts or {}, "real_dns": False}
@@ -50,7 +56,8 @@ async def _requests_by_service(admin: int) -> dict[tuple[str, str, str], float]:
 
 
 async def test_allow_any_passes_an_unknown_host_through(echo_app: EchoApp, start_proxy: StartProxy) -> None:
-    proxy = await start_proxy(_snapshot(echo_app.port, None))  # no policy: Istio's default ALLOW_ANY
+    # no policy: Istio's default ALLOW_ANY
+    proxy = await start_proxy(_snapshot(echo_app.port, None, declared=(echo_app.port,)))
     status, body = await _get(proxy.ports["outbound"], f"http://127.0.0.1:{echo_app.port}/headers")
     assert status == 200
     assert '"path": "/headers"' in body
@@ -60,7 +67,7 @@ async def test_allow_any_passes_an_unknown_host_through(echo_app: EchoApp, start
 
 async def test_registry_only_answers_502_from_the_black_hole(
         echo_app: EchoApp, start_proxy: StartProxy) -> None:
-    proxy = await start_proxy(_snapshot(echo_app.port, "REGISTRY_ONLY"))
+    proxy = await start_proxy(_snapshot(echo_app.port, "REGISTRY_ONLY", declared=(echo_app.port,)))
     status, body = await _get(proxy.ports["outbound"], f"http://127.0.0.1:{echo_app.port}/headers")
     assert status == 502
     assert "BlackHoleCluster" in body
@@ -73,7 +80,7 @@ async def test_registry_only_answers_502_from_the_black_hole(
 
 async def test_a_name_goes_to_its_stand_in(echo_app: EchoApp, start_proxy: StartProxy) -> None:
     hosts = {"httpbin.org:80": f"127.0.0.1:{echo_app.port}"}
-    proxy = await start_proxy(_snapshot(echo_app.port, "ALLOW_ANY", hosts))
+    proxy = await start_proxy(_snapshot(echo_app.port, "ALLOW_ANY", hosts, declared=(8080,)))
     status, body = await _get(proxy.ports["outbound"], "http://httpbin.org/headers")
     assert status == 200
     assert '["host", "httpbin.org"]' in body  # the Host is the app's, unchanged
