@@ -21,6 +21,7 @@ from meshkit.config.registry import RegistryView
 from meshkit.control.api import COMPONENTS
 from meshkit.control.preparation import PREPARE_IN_PROCESS_ABOVE, Preparation
 from meshkit.control.server import RunningControlPlane, run_control_plane
+from meshkit.control.store import ChangeResult, PreparedChange
 from tests.control.resources import DESTINATION_RULE
 from tests.control.test_bounds import big_virtual_service, call, csrs_signed_while
 
@@ -159,3 +160,104 @@ def _message(found: dict[str, str]) -> Any:
 
     return Message(found["code"], Severity(found["severity"]), found["resource"], found["field"],
                    found["message"])
+
+
+# -- the worker kept warm: it learns each committed config while idle --------------------------------
+
+
+async def worker_holds(preparation: Preparation, token: str) -> tuple[int | None, tuple[int, ...]]:
+    """Poll (bounded) until the worker process holds exactly the config named ``token``; (its pid,
+    the revisions it decoded so far)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while True:
+        pid, tokens, decoded = await preparation.worker_knows()
+        if tokens == (token,):
+            return pid, decoded
+        assert loop.time() < deadline, f"the worker never learnt {token}: it holds {tokens}"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_worker_learns_a_config_committed_without_it_and_prepares_against_it_undecoded(
+        plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    base = plane.url + API
+    preparation, store = preparation_of(plane), plane.control_plane.store
+    await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE, headers=YAML)
+    status, _ = await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v1")),
+                           headers=JSON)
+    assert status == 200
+    await until_ready(preparation)
+    # a small change, prepared on a thread: the worker is sent the config it makes
+    status, result = await call(session, "POST", f"{base}/apply", headers=YAML,
+                                data=DESTINATION_RULE.replace("{name: reviews}", "{name: ratings}"))
+    assert status == 200 and result["revision"] == 3 and preparation.in_worker == 0
+    _, decoded = await worker_holds(preparation, store.state[1])
+    assert decoded[-1] == 3
+
+    status, result = await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v2")),
+                                headers=JSON)
+    assert status == 200 and result["revision"] == 4 and preparation.in_worker == 1
+    assert [r["action"] for r in result["results"]] == ["configured"]
+    _, after = await worker_holds(preparation, store.state[1])  # the config it made, as committed
+    assert after == decoded  # nothing decoded while the change waited
+    assert preparation.taught >= 1
+
+
+async def test_a_change_made_while_the_worker_learns_is_prepared_against_its_own_base(
+        plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    base = plane.url + API
+    preparation, store = preparation_of(plane), plane.control_plane.store
+    await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE, headers=YAML)
+    await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v1")), headers=JSON)
+    await until_ready(preparation)
+    await worker_holds(preparation, store.state[1])
+    from meshkit.control.preparation import prepare_apply_here  # noqa: PLC0415
+
+    v2, v1 = (body(big_virtual_service(3000, subset)).encode() for subset in ("v2", "v1"))
+    store.commit(prepare_apply_here(store, v2, True, None, None)[1])  # revision 3: v2
+    await asyncio.sleep(0)  # the loop runs the teaching the commit scheduled: the worker learns 3
+    assert preparation.taught >= 1
+    fourth = prepare_apply_here(store, v1, True, None, None)[1]  # v1 again, on top of revision 3
+    assert isinstance(fourth, PreparedChange)
+    store.commit(fourth)
+    assert store.revision == 4
+    # queued while it learns revision 3 (nothing yielded to the loop since): against revision 4 this
+    # body changes nothing; prepared against the config the worker holds, 3, it would be "configured"
+    _, change = await preparation.apply(store, v1, True, None, None)
+    assert preparation.in_worker == 1
+    assert isinstance(change, ChangeResult) and not change.changed and change.revision == 4
+    assert change.actions == [("VirtualService/default/big", "unchanged")]
+    assert 4 in (await preparation.worker_knows())[2]  # decoded, while the change waited
+    _, change = await preparation.apply(store, v2, True, None, None)
+    assert isinstance(change, PreparedChange) and change.base == 4
+    assert change.actions == [("VirtualService/default/big", "configured")]
+
+
+async def test_a_worker_that_died_while_idle_is_replaced_by_one_that_learns_the_config(
+        plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    base = plane.url + API
+    preparation, store = preparation_of(plane), plane.control_plane.store
+    await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE, headers=YAML)
+    await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v1")), headers=JSON)
+    await until_ready(preparation)
+    first_pid, _ = await worker_holds(preparation, store.state[1])
+    assert first_pid is not None and first_pid != os.getpid()
+    os.kill(first_pid, signal.SIGKILL)
+    status, result = await call(session, "POST", f"{base}/apply", headers=YAML,
+                                data=DESTINATION_RULE.replace("{name: reviews}", "{name: ratings}"))
+    assert status == 200 and result["revision"] == 3
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while True:  # the dead worker is found when the commit is taught to it; a new one learns revision 3
+        pid, tokens, decoded = await preparation.worker_knows()
+        if pid not in (None, first_pid) and tokens == (store.state[1],):
+            break
+        assert loop.time() < deadline, f"no new worker learnt revision 3: {pid} {tokens}"
+        await asyncio.sleep(0.05)
+    assert decoded == (3,)
+    await until_ready(preparation)
+    status, result = await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v2")),
+                                headers=JSON)
+    assert status == 200 and result["revision"] == 4 and preparation.in_worker == 1
+    assert preparation.worker_pid == pid
+    assert (await preparation.worker_knows())[2] == (3,)  # prepared against it, nothing decoded
