@@ -17,7 +17,15 @@ from meshkit.config.loader import load_resources
 from meshkit.config.registry import Service
 from meshkit.control import preparation
 from meshkit.control.database import open_database
-from meshkit.control.preparation import ApplyJob, Precompiled, SnapshotJob, run_apply_job, run_snapshot_job
+from meshkit.control.preparation import (
+    ApplyJob,
+    Precompiled,
+    SnapshotJob,
+    parse_resources,
+    run_apply_job,
+    run_snapshot_job,
+    with_parsed,
+)
 from meshkit.control.push import ProxyState, PushServer
 from meshkit.control.registry import ServiceRegistry, parse_endpoint
 from meshkit.control.store import ConfigStore, PreparedChange
@@ -103,6 +111,7 @@ def in_worker(store: ConfigStore, registry: ServiceRegistry, job: SnapshotJob,
     _, data = run_apply_job(apply_job)
     _, change = pickle.loads(data)
     assert isinstance(change, PreparedChange)
+    change = with_parsed(change, parse_resources(raw, True, []))  # as Preparation.apply does
     precompiled = pickle.loads(pickle.dumps(run_snapshot_job(pickle.loads(pickle.dumps(job)))))
     assert isinstance(precompiled, Precompiled)
     return change, precompiled

@@ -122,7 +122,13 @@ def test_the_worker_encoded_warnings_answer_as_the_thread_would(tmp_path: Path) 
     """A body the worker process prepares comes back with its warnings as JSON text; the answer made
     from it is the very text the answer of the same change prepared on a thread is."""
     from meshkit.control.database import open_database  # noqa: PLC0415
-    from meshkit.control.preparation import ApplyJob, prepare_apply_here, run_apply_job  # noqa: PLC0415
+    from meshkit.control.preparation import (  # noqa: PLC0415
+        ApplyJob,
+        parse_resources,
+        prepare_apply_here,
+        run_apply_job,
+        with_parsed,
+    )
     from meshkit.control.store import ANSWER_ENCODER, ConfigStore  # noqa: PLC0415
 
     empty = RegistryView()  # the host "reviews" is in no registry: a warning per route
@@ -140,7 +146,15 @@ def test_the_worker_encoded_warnings_answer_as_the_thread_would(tmp_path: Path) 
         expected = ANSWER_ENCODER.encode(here.to_dict())
         _, data = run_apply_job(ApplyJob(raw, True, *stores[1].state, empty))
         notes, change = pickle.loads(data)
+        if isinstance(change, PreparedChange):  # the body's resources: not pickled, parsed here
+            assert not change.entries
+            assert [key for key, _ in change.fresh] == [("VirtualService", "default", "big")]
+            with pytest.raises(ValueError, match="fresh"):
+                stores[1].commit(change)
+            change = with_parsed(change, parse_resources(raw, True, []))
         far = stores[1].commit(change)
+        assert [(s.resource, s.revision) for s in stores[1].get()] == \
+            [(s.resource, s.revision) for s in stores[0].get()]
         far.warnings[:0] = notes
         assert far.encoded_warnings is not None and not far.warnings
         assert far.answer() == expected
