@@ -215,7 +215,6 @@ class Precompiled:
 # prepared (its token and revision), for the `SnapshotJob` queued right behind its job.
 _KNOWN: dict[str, tuple[dict[Key, StoredResource], Documents]] = {}
 _DROPPED: list[Any] = []
-_LAST: list[tuple[str, int]] = []
 _DECODED: list[int] = []  # the revisions this worker decoded, in order (for tests)
 
 
@@ -272,7 +271,6 @@ def run_apply_job(job: ApplyJob) -> tuple[int, bytes]:
 
 def _apply_job(job: ApplyJob) -> Outcome:
     _DROPPED.clear()
-    _LAST.clear()
     warnings: list[Message] = []
     incoming = parse_resources(job.raw, job.as_json, warnings)
     known = _KNOWN.get(job.token)
@@ -289,7 +287,6 @@ def _apply_job(job: ApplyJob) -> Outcome:
     # the control plane unpickling and encoding them (8,000 for a 1 MB VirtualService: 100 ms of its CPU)
     if isinstance(change, PreparedChange):
         _KNOWN[change.token] = (change.entries, change.docs or Documents())
-        _LAST.append((change.token, change.base + 1))
         # neither the base's entries (the store has them) nor the body's resources (the control
         # plane parses the body itself meanwhile: pickling a 1 MB VirtualService's models here and
         # unpickling them there took 120-210 and 80-160 ms of CPU while the change waited)
@@ -314,22 +311,10 @@ def _apply_job(job: ApplyJob) -> Outcome:
     return [], change
 
 
-def run_snapshot_job(job: SnapshotJob) -> Precompiled | None:
-    """The snapshots of ``job``'s nodes for the config the apply job just before this one prepared
-    (None if it prepared none: refused, unchanged, or the worker was restarted in between): runs in
-    the worker, queued right behind that apply job, while the control plane commits and answers."""
-    if not _LAST or _LAST[0][0] not in _KNOWN:
-        return None
-    token, revision = _LAST[0]
-    return _precompile(token, revision, _KNOWN[token][0], job, keep=False)
-
-
-def _precompile(token: str, revision: int, entries: dict[Key, StoredResource], job: SnapshotJob, *,
-                keep: bool) -> Precompiled:
+def _precompile(token: str, revision: int, resources: Sequence[Resource], job: SnapshotJob) -> Precompiled:
     rendered: dict[str, tuple[Node, str, bytes]] = {}
     retired: list[Any] = []
     with GC_PAUSED:
-        resources = [entries[key].resource for key in sorted(entries)]
         for nodes in job.groups:
             try:
                 compiled = compile_rendered(resources, revision, job.inputs, nodes)
@@ -337,8 +322,7 @@ def _precompile(token: str, revision: int, entries: dict[Key, StoredResource], j
                 continue
             for node, (snapshot, frame) in zip(nodes, compiled, strict=True):
                 rendered[node.id] = (node, snapshot["version"], frame)
-                if keep:
-                    retired.append(snapshot)
+                retired.append(snapshot)
             del compiled
     return Precompiled(token, revision, rendered, retired)
 
@@ -352,7 +336,40 @@ def prepare_and_compile_here(store: ConfigStore, raw: bytes, as_json: bool, regi
     warnings, change = prepare_apply_here(store, raw, as_json, registry, expected_revision)
     if not isinstance(change, PreparedChange):
         return (warnings, change), None
-    return (warnings, change), _precompile(change.token, change.base + 1, change.entries, job, keep=True)
+    entries = change.entries
+    return (warnings, change), _precompile(change.token, change.base + 1,
+                                           [entries[key].resource for key in sorted(entries)], job)
+
+
+def compile_ahead(base: Sequence[Resource], incoming: Sequence[Resource], revision: int,
+                  job: SnapshotJob) -> Precompiled:
+    """The snapshots of ``job``'s nodes for the config ``incoming`` applied over ``base`` makes, as
+    revision ``revision``; its token is left empty until the worker's change names that config
+    (`named_ahead`). Runs on a thread of the control plane while the worker prepares the change."""
+    config = {resource.key: resource for resource in base}
+    config.update((resource.key, resource) for resource in incoming)
+    return _precompile("", revision, [config[key] for key in sorted(config)], job)
+
+
+def named_ahead(precompiled: Precompiled | None, change: PreparedChange | ChangeResult | None
+                ) -> Precompiled | None:
+    """``precompiled`` (`compile_ahead`) named by the token of the config the worker's ``change``
+    makes, when that config is the one compiled: prepared against the same base, and made only of
+    the base's entries (``kept``) and the body's resources (``fresh``), none sent as models. Else
+    it keeps its empty token, which no store has, so the push server only releases it."""
+    if precompiled is None or not isinstance(change, PreparedChange) or change.entries \
+            or change.base + 1 != precompiled.revision:
+        return precompiled
+    return dataclasses.replace(precompiled, token=change.token)
+
+
+async def _compile_ahead(parsing: asyncio.Future[list[Resource]], base: list[Resource], revision: int,
+                         job: SnapshotJob) -> Precompiled | None:
+    try:
+        incoming = await asyncio.shield(parsing)
+    except Exception:  # an invalid body: the worker's error answers it
+        return None
+    return await asyncio.to_thread(compile_ahead, base, incoming, revision, job)
 
 
 def with_parsed(change: PreparedChange, resources: Sequence[Resource]) -> PreparedChange:
@@ -373,27 +390,22 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()  # an invalid body: the worker's error answers it
 
 
+def _name_when_compiled(ahead: asyncio.Future[Precompiled | None],
+                        compiling: asyncio.Future[Precompiled | None],
+                        change: PreparedChange | ChangeResult | None) -> None:
+    """Resolve ``ahead`` (what the push server waits for) with ``compiling``'s snapshots named for
+    ``change`` (`named_ahead`), once they are compiled."""
+    def done(compiled: asyncio.Future[Precompiled | None]) -> None:
+        if not ahead.done():
+            failed = compiled.cancelled() or compiled.exception() is not None
+            ahead.set_result(None if failed else named_ahead(compiled.result(), change))
+
+    compiling.add_done_callback(done)
+
+
 def _loads(data: bytes) -> Any:
     with GC_PAUSED:
         return pickle.loads(data)
-
-
-def _none_if_failed(future: Future[Precompiled | None]) -> asyncio.Future[Precompiled | None]:
-    """``future`` on the running loop, its failure (a dead worker, a pickling error) as None."""
-    result: asyncio.Future[Precompiled | None] = asyncio.get_running_loop().create_future()
-
-    def done(wrapped: asyncio.Future[Precompiled | None]) -> None:
-        if result.done():
-            return
-        if wrapped.cancelled() or wrapped.exception() is not None:
-            if not wrapped.cancelled():
-                log.warning("precompiling snapshots in the worker process failed: %r", wrapped.exception())
-            result.set_result(None)
-        else:
-            result.set_result(wrapped.result())
-
-    asyncio.wrap_future(future).add_done_callback(done)
-    return result
 
 
 def _report_failed_start(warm: Future[int]) -> None:
@@ -450,35 +462,46 @@ class Preparation:
         self._follow(store)
         revision, token, document = store.state
         job = ApplyJob(raw, as_json, revision, token, document, registry)
-        self._taught = None  # until the job ends: the worker then holds the config it made, or its base
-        # the body's resources are parsed here too, on a thread, while the worker prepares the change
+        # the body's resources are parsed here too, on a thread, while the worker prepares the change,
+        # and then the snapshots of the config it makes are compiled (`compile_ahead`)
         parsing = asyncio.ensure_future(asyncio.to_thread(parse_resources, raw, as_json, []))
         parsing.add_done_callback(_retrieved)
-        pid, data = await self._in_worker(job, snapshots, precompiling)
-        self.worker_pid, self.in_worker = pid, self.in_worker + 1
-        result = await asyncio.to_thread(_loads, data)
-        if isinstance(result[0], type):
-            error_class, messages = result
-            raise error_class(messages)
-        warnings, change = result
-        self._taught = change.token if isinstance(change, PreparedChange) else token
-        if isinstance(change, PreparedChange) and change.fresh:
-            change = with_parsed(change, await parsing)
-        return warnings, change
+        ahead: asyncio.Future[Precompiled | None] | None = None
+        compiling: asyncio.Future[Precompiled | None] | None = None
+        if snapshots is not None and precompiling is not None:
+            ahead = asyncio.get_running_loop().create_future()
+            precompiling(snapshots, ahead)
+            compiling = asyncio.ensure_future(
+                _compile_ahead(parsing, store.resources(), revision + 1, snapshots))
+        made: PreparedChange | ChangeResult | None = None
+        try:
+            pid, data = await self._in_worker(job)
+            self.worker_pid, self.in_worker = pid, self.in_worker + 1
+            result = await asyncio.to_thread(_loads, data)
+            if isinstance(result[0], type):
+                error_class, messages = result
+                raise error_class(messages)
+            warnings, made = result
+        finally:
+            if ahead is not None and compiling is not None:
+                _name_when_compiled(ahead, compiling, made)
+        assert made is not None
+        # the worker now holds the config it made, or its base (a `learn` that ends meanwhile sends
+        # nothing more: the store's token, the job's base, was taught; and were the worker to hold
+        # another config, the next job, naming its base, would decode that)
+        self._taught = made.token if isinstance(made, PreparedChange) else token
+        if isinstance(made, PreparedChange) and made.fresh:
+            made = with_parsed(made, await parsing)
+        return warnings, made
 
-    async def _in_worker(self, job: ApplyJob, snapshots: SnapshotJob | None = None,
-                         precompiling: Callable[[SnapshotJob, asyncio.Future[Precompiled | None]], None]
-                         | None = None) -> tuple[int, bytes]:
+    async def _in_worker(self, job: ApplyJob) -> tuple[int, bytes]:
         async with self._slots:
             if self._retire is not None:
                 self._retire.cancel()
             for attempt in (1, 2):  # a worker that died (killed, out of memory) is replaced once
                 executor = self._start((job.base, job.token, job.document))
                 try:
-                    prepared = executor.submit(run_apply_job, job)
-                    if snapshots is not None and precompiling is not None:  # queued right behind it
-                        precompiling(snapshots, _none_if_failed(executor.submit(run_snapshot_job, snapshots)))
-                    return await asyncio.wrap_future(prepared)
+                    return await asyncio.wrap_future(executor.submit(run_apply_job, job))
                 except BrokenProcessPool:
                     self._stop(executor)
                     if attempt == 2:
