@@ -27,15 +27,20 @@ own base: the worker never prepares against a config it merely happens to hold. 
 flight at a time (the latest commit is sent when it ends). A worker found dead when a commit is
 sent is started again with the store's config.
 
-Queued right behind a large body's job, a `SnapshotJob` (the push server's inputs and the nodes of
-the proxies it tracked when the apply came in) has the worker compile those proxies' snapshots for
-the config that body made (`run_snapshot_job`, with `rendering.compile_rendered` as the push
-server uses it), while the control plane commits and answers; the push server takes them only if
-its own inputs are those (`PushServer.expect`). Compiling a 1 MB VirtualService's snapshots took
-about 200 ms of the control plane's CPU after the commit, so its push landed 200-300 ms after the
-apply's answer. A large body prepared on a thread (the worker is not up yet) has its snapshots
-compiled on that thread before the answer (`prepare_and_compile_here`), for the same reason, if
-the proxies have at most `PRECOMPILE_ON_THREAD_SHAPES` node shapes (each delays the answer).
+The worker sends back no models of the body's resources (``fresh``: their keys and creation
+times): pickling a 1 MB VirtualService's models there and unpickling them here cost 120-210 and
+80-160 ms of CPU while the change waited. The control plane parses the same body itself, on a
+thread, while the worker prepares it (`with_parsed` puts those resources into the change). With
+them, and given a `SnapshotJob` (the push server's inputs and the nodes of the proxies it tracked
+when the apply came in), it then compiles those proxies' snapshots for the config the body makes
+over the store's (`compile_ahead`, with `rendering.compile_rendered` as the push server uses it),
+still while the worker prepares; the worker's change names that config (`named_ahead`: same base,
+nothing but the base's entries and the body's resources), and the push server takes them only if
+its own inputs are those (`PushServer.expect`). The compile (~90 ms of CPU for a 1 MB
+VirtualService) runs beside the worker's preparation (~340 ms) instead of after it, so the push
+follows the commit at once. A large body prepared on a thread (the worker is not up yet) has its
+snapshots compiled on that thread before the answer (`prepare_and_compile_here`), for the same
+reason, if the proxies have at most `PRECOMPILE_ON_THREAD_SHAPES` node shapes (each delays the answer).
 
 Python's cyclic garbage collector, triggered by the hundreds of thousands of objects a 1 MB
 document makes, cost more than half of a large preparation (each pass walks the whole heap); it is
@@ -189,8 +194,8 @@ class ApplyJob:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotJob:
-    """The push server's inputs when an apply was submitted (`PushServer.snapshot_job`): the worker
-    compiles the snapshots of these nodes for the config that apply makes, right after preparing it."""
+    """The push server's inputs when an apply was submitted (`PushServer.snapshot_job`): the
+    snapshots of these nodes are compiled for the config that apply makes while it is prepared."""
 
     inputs: CompileInputs
     groups: tuple[tuple[Node, ...], ...]  # the tracked proxies' nodes, by shape
@@ -198,15 +203,16 @@ class SnapshotJob:
 
 @dataclass(frozen=True, slots=True)
 class Precompiled:
-    """What `run_snapshot_job` made: per proxy id, (the node it was compiled for, version, SSE event)
-    of revision ``revision``, whose config the store's token ``token`` names. A shape whose compile
-    failed is left out (the push server compiles it and reports the error)."""
+    """What `compile_ahead` or `prepare_and_compile_here` made: per proxy id, (the node it was compiled
+    for, version, SSE event) of revision ``revision``, whose config the store's token ``token`` names
+    (empty: none yet, or not the config committed). A shape whose compile failed is left out (the
+    push server compiles it and reports the error)."""
 
     token: str
     revision: int
     rendered: dict[str, tuple[Node, str, bytes]]
-    # compiled on a thread of the control plane: the snapshots' objects, for the push server to
-    # free a slice at a time (dropping them at once holds the GIL for tens of milliseconds)
+    # the snapshots' objects, for the push server to free a slice at a time (dropping them at once
+    # holds the GIL for tens of milliseconds)
     retired: list[Any] = dataclasses.field(default_factory=list, compare=False)
 
 
