@@ -70,3 +70,45 @@ def test_jsontext_is_the_encoders_own_text(encoder: json.JSONEncoder) -> None:
     for depth in range(3):
         assert jsontext.dumps(mixed, encoder, depth) == encoder.encode(mixed)
     assert jsontext.dumps({1: "x", "a": 2}, json.JSONEncoder()) == json.dumps({1: "x", "a": 2})
+
+
+def _outcome(load: Any, text: bytes | str) -> tuple[str, str]:
+    """What ``load(text)`` gives: the value's repr (key order and -0.0 count), or the error."""
+    try:
+        return "value", repr(load(text))
+    except (ValueError, RecursionError) as error:
+        return type(error).__name__, str(error)
+
+
+ROUTE = b'{"match": [{"uri": {"prefix": "/r-%d/"}}], "route": [{"destination": {"host": "h"}}]}'
+SPACED = (b' \r\n\t{ "a" :\t[ 1 , 2.5e3 , -0 , -0.0, true , false , null , "x\\u00e9\\"y" ] ,'
+          b' "b" : { } , "c" : [ ] }\n ')
+
+
+def test_jsontext_loads_is_json_loads() -> None:
+    texts: list[bytes | str] = [json.dumps(value, indent=indent).encode()
+                                for value in VALUES for indent in (None, 1)]
+    body = (b'{"apiVersion": "v1", "kind": "List", "items": [{"kind": "VirtualService", "spec": {"http": ['
+            + b", ".join(ROUTE % n for n in range(500)) + b"]}}]}")
+    texts += [
+        body, SPACED,
+        b'{"a": 1, "b": 2, "a": [3]}',  # a repeated key: the last value, at the first place
+        b"[NaN, Infinity, -Infinity, 1e999, 12345678901234567890123]",
+        "\ufeff[1]".encode(), '{"caf\u00e9": "\u2603"}'.encode("utf-16"), '["\u00e9"]'.encode("utf-32"),
+        '{"ключ": ["значение"]}',
+    ]
+    valid = len(texts)
+    # what json.loads refuses gets its own error, word for word
+    texts += [b"", b"   ", b"[1,", b"[1,]", b'{"a":1,}', b'{"a" 1}', b"{1: 2}", b'{"a":1}x', b"[1] [2]",
+              b'["\x01"]', b"[" * 100_000, b'{"a":' * 50_000, b"nul", "\ufeff[1]", b'{"a": [1, 2}']
+    for number, text in enumerate(texts):
+        expected = _outcome(json.loads, text)
+        for depth in range(7):
+            assert _outcome(lambda raw, d=depth: jsontext.loads(raw, d), text) == expected, (text[:60], depth)
+            if number < valid and isinstance(text, bytes) and not text.startswith(b"\xef\xbb\xbf") \
+                    and text[:1] not in (b"\xff", b"\xfe", b"\x00"):
+                # walked here, not handed to json.loads: the walk itself gives the same value
+                decoded = text.decode()
+                value, end = jsontext._value(decoded, jsontext._skip(decoded, 0), depth)
+                assert (repr(value), jsontext._skip(decoded, end)) == (expected[1], len(decoded)), depth
+    assert expected[0] == "JSONDecodeError"  # (the last text is refused)
