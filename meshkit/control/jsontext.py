@@ -9,17 +9,12 @@ writes anything, one call per route was 40 % more CPU than one call for the whol
 is exactly what ``encoder.encode(value)`` returns (tests check), for any encoder settings,
 because it uses the encoder's own separators and key order.
 
-`loads` is the way back: ``json.loads(text)``, its objects and arrays down to a few levels walked
-here and each member below decoded by its own ``raw_decode`` call (a 1 MB body in one call held
-the GIL for 15-30 ms).
-
 Must not: keep state (the encoders passed in are configured once and never changed).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,67 +51,3 @@ def _runs(members: Sequence[Any], encode: Callable[[Sequence[Any]], str], separa
         done, chars = done + count, chars + len(text)
         count = max(1, BATCH_CHARS * done // max(chars, 1))
     return separator.join(texts)
-
-
-LOADS_DEPTH = 5  # a List body, its items, a resource, its spec, a list in it: each member below in one call
-_DECODER = json.JSONDecoder()
-_WHITESPACE = re.compile(r"[ \t\n\r]*")  # json.decoder's own
-
-
-def loads(raw: bytes | str, depth: int = LOADS_DEPTH) -> Any:
-    """``json.loads(raw)``, its objects and arrays down to ``depth`` levels walked here, each member
-    below decoded by a ``raw_decode`` call of its own. Text this walk does not take (invalid JSON,
-    nesting too deep) goes to ``json.loads`` itself, which raises its own error."""
-    text = raw.decode(json.detect_encoding(raw), "surrogatepass") if isinstance(raw, bytes) else raw
-    try:
-        value, end = _value(text, _skip(text, 0), depth)
-        if _skip(text, end) != len(text):
-            raise ValueError("extra data")
-    except (ValueError, IndexError, RecursionError):
-        return json.loads(text)
-    return value
-
-
-def _skip(text: str, at: int) -> int:
-    found = _WHITESPACE.match(text, at)
-    assert found is not None  # (the pattern matches the empty string)
-    return found.end()
-
-
-def _value(text: str, at: int, depth: int) -> tuple[Any, int]:
-    """The value starting at ``at`` (no whitespace before it) and where it ends."""
-    opening = text[at]
-    if depth > 0 and opening == "{":
-        found: dict[str, Any] = {}
-        at = _skip(text, at + 1)
-        if text[at] == "}":
-            return found, at + 1
-        while True:
-            if text[at] != '"':
-                raise ValueError("expected a key")
-            key, at = json.decoder.scanstring(text, at + 1)  # type: ignore[attr-defined]
-            at = _skip(text, at)
-            if text[at] != ":":
-                raise ValueError("expected ':'")
-            found[key], at = _value(text, _skip(text, at + 1), depth - 1)
-            at = _skip(text, at)
-            if text[at] == "}":
-                return found, at + 1
-            if text[at] != ",":
-                raise ValueError("expected ',' or '}'")
-            at = _skip(text, at + 1)
-    if depth > 0 and opening == "[":
-        items: list[Any] = []
-        at = _skip(text, at + 1)
-        if text[at] == "]":
-            return items, at + 1
-        while True:
-            item, at = _value(text, at, depth - 1)
-            items.append(item)
-            at = _skip(text, at)
-            if text[at] == "]":
-                return items, at + 1
-            if text[at] != ",":
-                raise ValueError("expected ',' or ']'")
-            at = _skip(text, at + 1)
-    return _DECODER.raw_decode(text, at)

@@ -80,7 +80,6 @@ from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import Node, RegistryView
 from meshkit.config.resources import Resource
-from meshkit.control import jsontext
 from meshkit.control.rendering import CompileInputs, compile_rendered
 from meshkit.control.store import (
     ChangeResult,
@@ -143,11 +142,9 @@ def _bad_request(text: str) -> ConfigError:
 
 
 def parse_resources(raw: bytes, as_json: bool, warnings: list[Message], *,
-                    required: bool = True, short_calls: bool = False) -> list[Resource]:
+                    required: bool = True) -> list[Resource]:
     """A JSON body through the (much faster) JSON parser, YAML through the bounded YAML loader;
-    kinds the mesh does not model are left out with a warning appended to ``warnings``. With
-    ``short_calls`` (a thread of the control plane), JSON is decoded in short calls (`jsontext.loads`:
-    ~13 ms more CPU for 1 MB than one ``json.loads``, which held the loop's GIL 15-30 ms)."""
+    kinds the mesh does not model are left out with a warning appended to ``warnings``."""
     if not raw.strip():
         if required:
             raise _bad_request("request body is empty: send YAML or JSON resources")
@@ -155,7 +152,7 @@ def parse_resources(raw: bytes, as_json: bool, warnings: list[Message], *,
     with GC_PAUSED:
         if as_json:
             try:
-                doc = jsontext.loads(raw) if short_calls else json.loads(raw)
+                doc = json.loads(raw)
             except (ValueError, RecursionError) as error:
                 raise _bad_request(f"body is not valid JSON: {error}") from None
             if not isinstance(doc, dict | list):
@@ -175,7 +172,7 @@ def prepare_apply_here(store: ConfigStore, raw: bytes, as_json: bool,
                        registry: RegistryView | None, expected_revision: int | None) -> Outcome:
     """Parse and prepare an apply in this process (a worker thread; the store is only read)."""
     warnings: list[Message] = []
-    resources = parse_resources(raw, as_json, warnings, short_calls=len(raw) >= PREPARE_IN_PROCESS_ABOVE)
+    resources = parse_resources(raw, as_json, warnings)
     with GC_PAUSED:
         return warnings, store.prepare_apply(resources, registry, expected_revision=expected_revision)
 
@@ -473,8 +470,7 @@ class Preparation:
         job = ApplyJob(raw, as_json, revision, token, document, registry)
         # the body's resources are parsed here too, on a thread, while the worker prepares the change,
         # and then the snapshots of the config it makes are compiled (`compile_ahead`)
-        parsing = asyncio.ensure_future(
-            asyncio.to_thread(parse_resources, raw, as_json, [], short_calls=True))
+        parsing = asyncio.ensure_future(asyncio.to_thread(parse_resources, raw, as_json, []))
         parsing.add_done_callback(_retrieved)
         ahead: asyncio.Future[Precompiled | None] | None = None
         compiling: asyncio.Future[Precompiled | None] | None = None
