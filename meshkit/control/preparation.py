@@ -18,15 +18,29 @@ view; back come the loader's warnings and a `PreparedChange` whose unchanged ent
 (``kept``: the store has them). The SQLite write, `ConfigStore.commit`, stays in the control
 plane's process, under the API's write lock.
 
-Queued right behind a large body's job, a `SnapshotJob` (the push server's inputs and the nodes of
-the proxies it tracked when the apply came in) has the worker compile those proxies' snapshots for
-the config that body made (`run_snapshot_job`, with `rendering.compile_rendered` as the push
-server uses it), while the control plane commits and answers; the push server takes them only if
-its own inputs are those (`PushServer.expect`). Compiling a 1 MB VirtualService's snapshots took
-about 200 ms of the control plane's CPU after the commit, so its push landed 200-300 ms after the
-apply's answer. A large body prepared on a thread (the worker is not up yet) has its snapshots
-compiled on that thread before the answer (`prepare_and_compile_here`), for the same reason, if
-the proxies have at most `PRECOMPILE_ON_THREAD_SHAPES` node shapes (each delays the answer).
+The worker is kept warm: once started, it follows the store, and each committed config it does not
+hold (one a thread prepared: a small change, a delete, a rollback, the body that started it) is
+sent to it while it is idle (`learn`): it decodes it and computes each resource's dict and JSON
+then, not while the next large body waits (a 1 MB VirtualService's: 70-130 ms and 50 ms of CPU). A
+job names its base by token, so a job queued while the worker learns an older config decodes its
+own base: the worker never prepares against a config it merely happens to hold. One `learn` is in
+flight at a time (the latest commit is sent when it ends). A worker found dead when a commit is
+sent is started again with the store's config.
+
+The worker sends back no models of the body's resources (``fresh``: their keys and creation
+times): pickling a 1 MB VirtualService's models there and unpickling them here cost 120-210 and
+80-160 ms of CPU while the change waited. The control plane parses the same body itself, on a
+thread, while the worker prepares it (`with_parsed` puts those resources into the change). With
+them, and given a `SnapshotJob` (the push server's inputs and the nodes of the proxies it tracked
+when the apply came in), it then compiles those proxies' snapshots for the config the body makes
+over the store's (`compile_ahead`, with `rendering.compile_rendered` as the push server uses it),
+still while the worker prepares; the worker's change names that config (`named_ahead`: same base,
+nothing but the base's entries and the body's resources), and the push server takes them only if
+its own inputs are those (`PushServer.expect`). The compile (~90 ms of CPU for a 1 MB
+VirtualService) runs beside the worker's preparation (~340 ms) instead of after it, so the push
+follows the commit at once. A large body prepared on a thread (the worker is not up yet) has its
+snapshots compiled on that thread before the answer (`prepare_and_compile_here`), for the same
+reason, if the proxies have at most `PRECOMPILE_ON_THREAD_SHAPES` node shapes (each delays the answer).
 
 Python's cyclic garbage collector, triggered by the hundreds of thousands of objects a 1 MB
 document makes, cost more than half of a large preparation (each pass walks the whole heap); it is
@@ -46,6 +60,7 @@ worker imports this module).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
@@ -54,7 +69,7 @@ import multiprocessing
 import os
 import pickle
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -179,8 +194,8 @@ class ApplyJob:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotJob:
-    """The push server's inputs when an apply was submitted (`PushServer.snapshot_job`): the worker
-    compiles the snapshots of these nodes for the config that apply makes, right after preparing it."""
+    """The push server's inputs when an apply was submitted (`PushServer.snapshot_job`): the
+    snapshots of these nodes are compiled for the config that apply makes while it is prepared."""
 
     inputs: CompileInputs
     groups: tuple[tuple[Node, ...], ...]  # the tracked proxies' nodes, by shape
@@ -188,15 +203,16 @@ class SnapshotJob:
 
 @dataclass(frozen=True, slots=True)
 class Precompiled:
-    """What `run_snapshot_job` made: per proxy id, (the node it was compiled for, version, SSE event)
-    of revision ``revision``, whose config the store's token ``token`` names. A shape whose compile
-    failed is left out (the push server compiles it and reports the error)."""
+    """What `compile_ahead` or `prepare_and_compile_here` made: per proxy id, (the node it was compiled
+    for, version, SSE event) of revision ``revision``, whose config the store's token ``token`` names
+    (empty: none yet, or not the config committed). A shape whose compile failed is left out (the
+    push server compiles it and reports the error)."""
 
     token: str
     revision: int
     rendered: dict[str, tuple[Node, str, bytes]]
-    # compiled on a thread of the control plane: the snapshots' objects, for the push server to
-    # free a slice at a time (dropping them at once holds the GIL for tens of milliseconds)
+    # the snapshots' objects, for the push server to free a slice at a time (dropping them at once
+    # holds the GIL for tens of milliseconds)
     retired: list[Any] = dataclasses.field(default_factory=list, compare=False)
 
 
@@ -205,15 +221,47 @@ class Precompiled:
 # prepared (its token and revision), for the `SnapshotJob` queued right behind its job.
 _KNOWN: dict[str, tuple[dict[Key, StoredResource], Documents]] = {}
 _DROPPED: list[Any] = []
-_LAST: list[tuple[str, int]] = []
+_DECODED: list[int] = []  # the revisions this worker decoded, in order (for tests)
+
+
+def _decode(base: int, document: str, *, eager: bool) -> tuple[dict[Key, StoredResource], Documents]:
+    """The stored config ``document`` of revision ``base``, and its resources' documents: with
+    ``eager``, each one's dict and JSON computed now (a change's document and diff need them; a
+    1 MB VirtualService's cost 50 ms, better spent before the change than while it waits)."""
+    with GC_PAUSED:
+        current = {s.resource.key: s for s in ConfigStore.decode(document, base)}
+        docs = Documents()
+        if eager:
+            for stored in current.values():
+                docs.json(stored.resource)
+    _DECODED.append(base)
+    return current, docs
+
+
+def learn(base: int, token: str, document: str) -> str:
+    """Know the config named ``token`` (the store's committed revision ``base``, sent while the worker
+    is idle): decoded here unless it is known, so the next large body does not wait for that; the
+    config known before is freed. Returns ``token``."""
+    _DROPPED.clear()  # what the last change replaced: freed now, not while the next one waits
+    if token not in _KNOWN:
+        known = _decode(base, document, eager=True)
+        _KNOWN.clear()
+        _KNOWN[token] = known
+    return token
+
+
+WorkerState = tuple[int | None, tuple[str, ...], tuple[int, ...]]  # (pid, tokens known, revisions decoded)
+
+
+def known_tokens() -> WorkerState:
+    """(this worker's pid, the tokens of the configs it knows, the revisions it decoded so far)."""
+    return os.getpid(), tuple(_KNOWN), tuple(_DECODED)
 
 
 def warm_up(base: int, token: str, document: str) -> int:
-    """Import this module (the config models, the analyzer) and decode the config named ``token``
-    (the one the large body that started the worker made), so the next job finds it known."""
-    with GC_PAUSED:
-        current = {s.resource.key: s for s in ConfigStore.decode(document, base)}
-    _KNOWN[token] = (current, Documents())
+    """Import this module (the config models, the analyzer) and learn the config named ``token``
+    (the store's when the worker was started), so the next job finds it known."""
+    learn(base, token, document)
     return os.getpid()
 
 
@@ -229,12 +277,14 @@ def run_apply_job(job: ApplyJob) -> tuple[int, bytes]:
 
 def _apply_job(job: ApplyJob) -> Outcome:
     _DROPPED.clear()
-    _LAST.clear()
     warnings: list[Message] = []
     incoming = parse_resources(job.raw, job.as_json, warnings)
     known = _KNOWN.get(job.token)
-    if known is None:
-        known = ({s.resource.key: s for s in ConfigStore.decode(job.document, job.base)}, Documents())
+    if known is None:  # not taught this base (`learn`): decoded now, while the caller waits
+        known = _decode(job.base, job.document, eager=False)
+        _DROPPED.extend(_KNOWN.values())
+        _KNOWN.clear()
+        _KNOWN[job.token] = known  # known even if this change is refused
     current, docs = known
     change = prepare_apply_to(job.base, current, incoming, job.registry, docs.copy())
     _DROPPED.extend(_KNOWN.values())
@@ -243,10 +293,22 @@ def _apply_job(job: ApplyJob) -> Outcome:
     # the control plane unpickling and encoding them (8,000 for a 1 MB VirtualService: 100 ms of its CPU)
     if isinstance(change, PreparedChange):
         _KNOWN[change.token] = (change.entries, change.docs or Documents())
-        _LAST.append((change.token, change.base + 1))
-        kept = tuple(key for key, stored in change.entries.items() if current.get(key) is stored)
-        changed = {key: stored for key, stored in change.entries.items() if key not in kept}
-        change = dataclasses.replace(change, entries=changed, kept=kept, docs=None, messages=[],
+        # neither the base's entries (the store has them) nor the body's resources (the control
+        # plane parses the body itself meanwhile: pickling a 1 MB VirtualService's models here and
+        # unpickling them there took 120-210 and 80-160 ms of CPU while the change waited)
+        body = {id(resource) for resource in incoming}
+        kept: list[Key] = []
+        fresh: list[tuple[Key, float]] = []
+        changed: dict[Key, StoredResource] = {}
+        for key, stored in change.entries.items():
+            if current.get(key) is stored:
+                kept.append(key)
+            elif id(stored.resource) in body and stored.revision == change.base + 1:
+                fresh.append((key, stored.created))
+            else:
+                changed[key] = stored
+        change = dataclasses.replace(change, entries=changed, kept=tuple(kept), fresh=tuple(fresh),
+                                     docs=None, messages=[],
                                      encoded_messages=encode_messages([*warnings, *change.messages]))
     else:
         _KNOWN[job.token] = known
@@ -255,22 +317,10 @@ def _apply_job(job: ApplyJob) -> Outcome:
     return [], change
 
 
-def run_snapshot_job(job: SnapshotJob) -> Precompiled | None:
-    """The snapshots of ``job``'s nodes for the config the apply job just before this one prepared
-    (None if it prepared none: refused, unchanged, or the worker was restarted in between): runs in
-    the worker, queued right behind that apply job, while the control plane commits and answers."""
-    if not _LAST or _LAST[0][0] not in _KNOWN:
-        return None
-    token, revision = _LAST[0]
-    return _precompile(token, revision, _KNOWN[token][0], job, keep=False)
-
-
-def _precompile(token: str, revision: int, entries: dict[Key, StoredResource], job: SnapshotJob, *,
-                keep: bool) -> Precompiled:
+def _precompile(token: str, revision: int, resources: Sequence[Resource], job: SnapshotJob) -> Precompiled:
     rendered: dict[str, tuple[Node, str, bytes]] = {}
     retired: list[Any] = []
     with GC_PAUSED:
-        resources = [entries[key].resource for key in sorted(entries)]
         for nodes in job.groups:
             try:
                 compiled = compile_rendered(resources, revision, job.inputs, nodes)
@@ -278,8 +328,7 @@ def _precompile(token: str, revision: int, entries: dict[Key, StoredResource], j
                 continue
             for node, (snapshot, frame) in zip(nodes, compiled, strict=True):
                 rendered[node.id] = (node, snapshot["version"], frame)
-                if keep:
-                    retired.append(snapshot)
+                retired.append(snapshot)
             del compiled
     return Precompiled(token, revision, rendered, retired)
 
@@ -293,30 +342,76 @@ def prepare_and_compile_here(store: ConfigStore, raw: bytes, as_json: bool, regi
     warnings, change = prepare_apply_here(store, raw, as_json, registry, expected_revision)
     if not isinstance(change, PreparedChange):
         return (warnings, change), None
-    return (warnings, change), _precompile(change.token, change.base + 1, change.entries, job, keep=True)
+    entries = change.entries
+    return (warnings, change), _precompile(change.token, change.base + 1,
+                                           [entries[key].resource for key in sorted(entries)], job)
+
+
+def compile_ahead(base: Sequence[Resource], incoming: Sequence[Resource], revision: int,
+                  job: SnapshotJob) -> Precompiled:
+    """The snapshots of ``job``'s nodes for the config ``incoming`` applied over ``base`` makes, as
+    revision ``revision``; its token is left empty until the worker's change names that config
+    (`named_ahead`). Runs on a thread of the control plane while the worker prepares the change."""
+    config = {resource.key: resource for resource in base}
+    config.update((resource.key, resource) for resource in incoming)
+    return _precompile("", revision, [config[key] for key in sorted(config)], job)
+
+
+def named_ahead(precompiled: Precompiled | None, change: PreparedChange | ChangeResult | None
+                ) -> Precompiled | None:
+    """``precompiled`` (`compile_ahead`) named by the token of the config the worker's ``change``
+    makes, when that config is the one compiled: prepared against the same base, and made only of
+    the base's entries (``kept``) and the body's resources (``fresh``), none sent as models. Else
+    it keeps its empty token, which no store has, so the push server only releases it."""
+    if precompiled is None or not isinstance(change, PreparedChange) or change.entries \
+            or change.base + 1 != precompiled.revision:
+        return precompiled
+    return dataclasses.replace(precompiled, token=change.token)
+
+
+async def _compile_ahead(parsing: asyncio.Future[list[Resource]], base: list[Resource], revision: int,
+                         job: SnapshotJob) -> Precompiled | None:
+    try:
+        incoming = await asyncio.shield(parsing)
+    except Exception:  # an invalid body: the worker's error answers it
+        return None
+    return await asyncio.to_thread(compile_ahead, base, incoming, revision, job)
+
+
+def with_parsed(change: PreparedChange, resources: Sequence[Resource]) -> PreparedChange:
+    """``change``, prepared by the worker process, with its ``fresh`` entries made of ``resources``:
+    the same body, parsed by the control plane (the same bytes through the same loader: equal
+    resources) while the worker prepared it."""
+    if not change.fresh:
+        return change
+    parsed = {resource.key: resource for resource in resources}
+    entries = dict(change.entries)
+    for key, created in change.fresh:
+        entries[key] = StoredResource(parsed[key], created, change.base + 1)
+    return dataclasses.replace(change, entries=entries, fresh=())
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # an invalid body: the worker's error answers it
+
+
+def _name_when_compiled(ahead: asyncio.Future[Precompiled | None],
+                        compiling: asyncio.Future[Precompiled | None],
+                        change: PreparedChange | ChangeResult | None) -> None:
+    """Resolve ``ahead`` (what the push server waits for) with ``compiling``'s snapshots named for
+    ``change`` (`named_ahead`), once they are compiled."""
+    def done(compiled: asyncio.Future[Precompiled | None]) -> None:
+        if not ahead.done():
+            failed = compiled.cancelled() or compiled.exception() is not None
+            ahead.set_result(None if failed else named_ahead(compiled.result(), change))
+
+    compiling.add_done_callback(done)
 
 
 def _loads(data: bytes) -> Any:
     with GC_PAUSED:
         return pickle.loads(data)
-
-
-def _none_if_failed(future: Future[Precompiled | None]) -> asyncio.Future[Precompiled | None]:
-    """``future`` on the running loop, its failure (a dead worker, a pickling error) as None."""
-    result: asyncio.Future[Precompiled | None] = asyncio.get_running_loop().create_future()
-
-    def done(wrapped: asyncio.Future[Precompiled | None]) -> None:
-        if result.done():
-            return
-        if wrapped.cancelled() or wrapped.exception() is not None:
-            if not wrapped.cancelled():
-                log.warning("precompiling snapshots in the worker process failed: %r", wrapped.exception())
-            result.set_result(None)
-        else:
-            result.set_result(wrapped.result())
-
-    asyncio.wrap_future(future).add_done_callback(done)
-    return result
 
 
 def _report_failed_start(warm: Future[int]) -> None:
@@ -338,6 +433,10 @@ class Preparation:
         self._warm: Future[int] | None = None
         self._retire: asyncio.TimerHandle | None = None
         self._slots = asyncio.Semaphore(MAX_QUEUED)
+        self._store: ConfigStore | None = None  # followed once the worker started: its commits are taught
+        self._taught: str | None = None  # the token of the config the worker holds (or will, once queued)
+        self._teaching: asyncio.Future[str] | None = None  # a `learn` in flight
+        self.taught = 0  # `learn` jobs sent (for tests and benchmarks)
 
     async def apply(self, store: ConfigStore, raw: bytes, as_json: bool, registry: RegistryView | None,
                     expected_revision: int | None, *, snapshots: SnapshotJob | None = None,
@@ -361,34 +460,54 @@ class Preparation:
             change = outcome[1]
             if len(raw) >= self.threshold and self._executor is None and isinstance(change, PreparedChange):
                 # start the worker now, not while this body was prepared (both would compete for the CPU)
+                self._follow(store)
                 self._start((change.base + 1, change.token, change.document))
                 self._schedule_retire()
             return outcome
         store.check_writable(expected_revision)
+        self._follow(store)
         revision, token, document = store.state
         job = ApplyJob(raw, as_json, revision, token, document, registry)
-        pid, data = await self._in_worker(job, snapshots, precompiling)
-        self.worker_pid, self.in_worker = pid, self.in_worker + 1
-        result = await asyncio.to_thread(_loads, data)
-        if isinstance(result[0], type):
-            error_class, messages = result
-            raise error_class(messages)
-        warnings, change = result
-        return warnings, change
+        # the body's resources are parsed here too, on a thread, while the worker prepares the change,
+        # and then the snapshots of the config it makes are compiled (`compile_ahead`)
+        parsing = asyncio.ensure_future(asyncio.to_thread(parse_resources, raw, as_json, []))
+        parsing.add_done_callback(_retrieved)
+        ahead: asyncio.Future[Precompiled | None] | None = None
+        compiling: asyncio.Future[Precompiled | None] | None = None
+        if snapshots is not None and precompiling is not None:
+            ahead = asyncio.get_running_loop().create_future()
+            precompiling(snapshots, ahead)
+            compiling = asyncio.ensure_future(
+                _compile_ahead(parsing, store.resources(), revision + 1, snapshots))
+        made: PreparedChange | ChangeResult | None = None
+        try:
+            pid, data = await self._in_worker(job)
+            self.worker_pid, self.in_worker = pid, self.in_worker + 1
+            result = await asyncio.to_thread(_loads, data)
+            if isinstance(result[0], type):
+                error_class, messages = result
+                raise error_class(messages)
+            warnings, made = result
+        finally:
+            if ahead is not None and compiling is not None:
+                _name_when_compiled(ahead, compiling, made)
+        assert made is not None
+        # the worker now holds the config it made, or its base (a `learn` that ends meanwhile sends
+        # nothing more: the store's token, the job's base, was taught; and were the worker to hold
+        # another config, the next job, naming its base, would decode that)
+        self._taught = made.token if isinstance(made, PreparedChange) else token
+        if isinstance(made, PreparedChange) and made.fresh:
+            made = with_parsed(made, await parsing)
+        return warnings, made
 
-    async def _in_worker(self, job: ApplyJob, snapshots: SnapshotJob | None = None,
-                         precompiling: Callable[[SnapshotJob, asyncio.Future[Precompiled | None]], None]
-                         | None = None) -> tuple[int, bytes]:
+    async def _in_worker(self, job: ApplyJob) -> tuple[int, bytes]:
         async with self._slots:
             if self._retire is not None:
                 self._retire.cancel()
             for attempt in (1, 2):  # a worker that died (killed, out of memory) is replaced once
-                executor = self._start()
+                executor = self._start((job.base, job.token, job.document))
                 try:
-                    prepared = executor.submit(run_apply_job, job)
-                    if snapshots is not None and precompiling is not None:  # queued right behind it
-                        precompiling(snapshots, _none_if_failed(executor.submit(run_snapshot_job, snapshots)))
-                    return await asyncio.wrap_future(prepared)
+                    return await asyncio.wrap_future(executor.submit(run_apply_job, job))
                 except BrokenProcessPool:
                     self._stop(executor)
                     if attempt == 2:
@@ -407,14 +526,79 @@ class Preparation:
         return (self._executor is not None and warm is not None and warm.done() and not warm.cancelled()
                 and warm.exception() is None)
 
-    def _start(self, state: tuple[int, str, str] = (0, "", "[]")) -> ProcessPoolExecutor:
-        """The worker process, started if needed; ``state``: (revision, token, document) to decode."""
+    def _start(self, state: tuple[int, str, str]) -> ProcessPoolExecutor:
+        """The worker process, started if needed; ``state``: (revision, token, document) it learns."""
         if self._executor is None:
             spawn = multiprocessing.get_context("spawn")  # no fork of a process running threads and a loop
             self._executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
             self._warm = self._executor.submit(warm_up, *state)
             self._warm.add_done_callback(_report_failed_start)
+            self._taught = state[1]  # one worker runs its jobs in order: any later job finds it known
         return self._executor
+
+    # -- keeping the worker warm: it learns each committed config while idle ------------------------
+
+    def _follow(self, store: ConfigStore) -> None:
+        if self._store is None:
+            self._store = store
+            store.subscribe(self._committed)
+
+    def _committed(self) -> None:
+        """A store listener (called inside `ConfigStore.commit`): teach the worker, soon after."""
+        if self._executor is not None:
+            # (a commit made outside the loop: the next large body sends the config)
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon(self._teach)
+
+    def _teach(self) -> None:
+        """Send the worker the store's committed config unless it holds it already (a change it
+        prepared) or a `learn` is in flight (when that ends, this runs again). A worker found dead
+        is started again with that config."""
+        store, executor = self._store, self._executor
+        if store is None or executor is None or self._teaching is not None:
+            return
+        revision, token, document = store.state
+        if token == self._taught:
+            return
+        try:
+            sent = executor.submit(learn, revision, token, document)
+        except BrokenProcessPool:  # it died while idle (killed, out of memory)
+            self._restart(executor)
+            return
+        self._taught, self.taught = token, self.taught + 1
+        self._teaching = asyncio.wrap_future(sent)
+        self._teaching.add_done_callback(lambda learnt: self._learnt(learnt, executor))
+
+    def _learnt(self, learnt: asyncio.Future[str], executor: ProcessPoolExecutor) -> None:
+        self._teaching = None
+        if learnt.cancelled():  # stopped (idle, or the control plane closes)
+            return
+        error = learnt.exception()
+        if isinstance(error, BrokenProcessPool):
+            self._restart(executor)
+        elif error is not None:
+            self._taught = None
+            log.warning("the worker process could not learn the committed config: %r", error)
+        else:
+            self._teach()  # the store may have moved on meanwhile
+
+    def _restart(self, executor: ProcessPoolExecutor) -> None:
+        """Replace a worker that died with one that learns the store's config as it starts."""
+        if executor is not self._executor or self._store is None:
+            return
+        self._stop(executor)
+        self._start(self._store.state)
+        self._schedule_retire()
+
+    async def worker_knows(self) -> WorkerState:
+        """(the worker process's pid, the tokens of the configs it holds, the revisions it decoded so
+        far), asked behind whatever it was sent before (for tests); (None, (), ()) without a live one."""
+        if self._executor is None:
+            return None, (), ()
+        try:
+            return await asyncio.wrap_future(self._executor.submit(known_tokens))
+        except BrokenProcessPool:
+            return None, (), ()
 
     def _schedule_retire(self) -> None:
         if self._retire is not None:

@@ -10,8 +10,8 @@ Changes are debounced: a burst of changes within ``debounce`` seconds costs one 
 Compiling is done once per distinct node *shape* (a node minus its instance name: replicas of a
 workload share it) and the per-instance fields are patched in, so N replicas cost one compile.
 Recently disconnected proxies stay listed (and recompiled) for ``retention`` seconds.
-A large apply's worker process compiles the next revision's snapshots ahead (`expect`); a pass
-takes them for each shape whose inputs are exactly those they were compiled from.
+A large apply has the next revision's snapshots compiled ahead, while it is prepared (`expect`);
+a pass takes them for each shape whose inputs are exactly those they were compiled from.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ SYNCED, STALE, NACKED = "SYNCED", "STALE", "NACKED"
 # per proxy of a group: (its version, its SSE event, what to release: its snapshot, if compiled here)
 Compiled = list[tuple[str, bytes, dict[str, Any] | None]]
 PROXY_KINDS = ("sidecar", "gateway")
-PRECOMPILED_WAIT_S = 5.0  # the longest a pass waits for the worker process's snapshots (`expect`)
+PRECOMPILED_WAIT_S = 5.0  # the longest a pass waits for the snapshots compiled ahead (`expect`)
 
 
 @dataclass(eq=False)
@@ -105,7 +105,7 @@ class PushStats:
     compiles: int = 0
     pushes: int = 0
     abandoned: int = 0  # passes cut short by a newer change
-    precompiled: int = 0  # shapes whose snapshots the worker process compiled (no compile here)
+    precompiled: int = 0  # shapes whose snapshots were compiled ahead (no compile in the pass)
     acks: int = 0
     nacks: int = 0
 
@@ -136,7 +136,7 @@ class PushServer:
         self.jwks: Any = None  # control/jwks.JwksResolver: fetched jwksUri key sets for the compiler
         self.listeners: list[Callable[[], None]] = []  # told when a proxy connects, leaves, ACKs or NACKs
         self.precompiled_wait = PRECOMPILED_WAIT_S
-        # (what the worker process is compiling, its result, the store revision its apply started from)
+        # (what is compiled ahead, its result, the store revision its apply started from)
         self._precompiled: tuple[SnapshotJob, asyncio.Future[Precompiled | None], int] | None = None
 
     def _proxies_changed(self) -> None:
@@ -186,8 +186,8 @@ class PushServer:
 
         The streams of the first shapes start sending while later shapes compile. A change that
         lands meanwhile abandons the pass (so no proxy is sent an older snapshot after a newer one)
-        and a new pass runs over the new inputs. Shapes the worker process compiled for this
-        revision with these same inputs (`expect`) are taken from it instead of compiled here.
+        and a new pass runs over the new inputs. Shapes compiled ahead for this revision with these
+        same inputs (`expect`) are taken from there instead of compiled again.
         """
         while not self._closing:
             self._dirty = False
@@ -274,11 +274,11 @@ class PushServer:
             log.exception("compiling the snapshot of %s failed at revision %s", group[0].id, revision)
             return error
 
-    # -- snapshots the worker process compiled ahead --------------------------------------------
+    # -- snapshots compiled ahead, while a large apply is prepared ------------------------------
 
     def snapshot_job(self) -> SnapshotJob | None:
-        """The inputs the next pass would compile with, as they are now, for the worker process that
-        prepares a large apply to compile that apply's snapshots too (None: no proxy to compile for)."""
+        """The inputs the next pass would compile with, as they are now, for a large apply's snapshots
+        to be compiled while it is prepared (None: no proxy to compile for)."""
         self._forget_expired()
         groups = self._by_shape(list(self._proxies.values()))
         if not groups:
@@ -287,12 +287,12 @@ class PushServer:
                            tuple(tuple(proxy.node for proxy in group) for group in groups))
 
     def expect(self, job: SnapshotJob, result: asyncio.Future[Precompiled | None]) -> None:
-        """The worker process is compiling ``job`` for the config it is preparing (`Preparation.apply`)."""
+        """``job`` is being compiled for the config a large apply makes (`Preparation.apply`)."""
         self._precompiled = (job, result, self.store.revision)
 
     async def _precompiled_for(self, group: list[ProxyState],
                                inputs: tuple[Any, Any, int]) -> Compiled | None:
-        """``group``'s snapshots as the worker process compiled them, if it compiled them from exactly
+        """``group``'s snapshots as they were compiled ahead, if they were compiled from exactly
         these inputs: the store's current config (its token) and revision, the same registry view,
         mesh settings and key sets, the same node for every proxy. Else None: compile here."""
         if self._precompiled is None:
@@ -305,11 +305,11 @@ class PushServer:
         wanted = {node.id: node for nodes in job.groups for node in nodes}
         if any(wanted.get(proxy.id) != proxy.node for proxy in group):
             return None
-        try:  # the worker is compiling while the apply commits and answers
+        try:  # still compiling while the apply commits and answers
             precompiled = await asyncio.wait_for(asyncio.shield(future), self.precompiled_wait)
-        except TimeoutError:  # a worker stuck or starved: compile here
-            log.warning("the worker process's snapshots of revision %s were not ready after %.1f s; "
-                        "compiling them here", inputs[2], self.precompiled_wait)
+        except TimeoutError:  # stuck or starved: compile here
+            log.warning("the snapshots of revision %s compiled ahead were not ready after %.1f s; "
+                        "compiling them again", inputs[2], self.precompiled_wait)
             if self._precompiled is not None and self._precompiled[1] is future:
                 self._precompiled = None  # no later pass waits for it again
             return None

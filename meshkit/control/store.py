@@ -268,6 +268,9 @@ class PreparedChange:
     timestamp: float
     token: str = ""  # names the config this change makes (a worker process caches it by this name)
     kept: tuple[Key, ...] = ()  # entries left out of ``entries``: the base revision's own, unchanged
+    # entries left out of ``entries``: the applied body's own resources, (key, created) at revision
+    # base + 1, which the control plane parsed itself (`meshkit.control.preparation.with_parsed`)
+    fresh: tuple[tuple[Key, float], ...] = ()
     docs: Documents | None = field(default=None, compare=False)  # to_dict() memo (never pickled)
     encoded_messages: str | None = None  # more messages, after ``messages``: `ChangeResult.encoded_warnings`
 
@@ -548,6 +551,8 @@ class ConfigStore:
             text = (f"the config changed (revision {self._revision}) while this change was prepared "
                     f"against revision {change.base}; retry")
             raise ConflictError([Message(codes.MK0904, Severity.ERROR, "<store>", "", text)])
+        if change.fresh:
+            raise ValueError("a change whose body's resources are left out (fresh) cannot be committed")
         if change.kept:  # prepared in a worker process: the unchanged entries are this store's own
             entries = {key: self._current[key] for key in change.kept}
             entries.update(change.entries)

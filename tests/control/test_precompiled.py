@@ -5,6 +5,7 @@ push server's inputs moved on (a registry change, another revision, a new proxy)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import pickle
 from collections.abc import Iterator
@@ -17,10 +18,19 @@ from meshkit.config.loader import load_resources
 from meshkit.config.registry import Service
 from meshkit.control import preparation
 from meshkit.control.database import open_database
-from meshkit.control.preparation import ApplyJob, Precompiled, SnapshotJob, run_apply_job, run_snapshot_job
+from meshkit.control.preparation import (
+    ApplyJob,
+    Precompiled,
+    SnapshotJob,
+    compile_ahead,
+    named_ahead,
+    parse_resources,
+    run_apply_job,
+    with_parsed,
+)
 from meshkit.control.push import ProxyState, PushServer
 from meshkit.control.registry import ServiceRegistry, parse_endpoint
-from meshkit.control.store import ConfigStore, PreparedChange
+from meshkit.control.store import ChangeResult, ConfigStore, PreparedChange
 from tests.control.resources import DESTINATION_RULE, endpoint
 from tests.control.test_bounds import big_virtual_service
 
@@ -89,23 +99,26 @@ def parts(tmp_path: Path) -> Iterator[tuple[ConfigStore, ServiceRegistry, PushSe
         yield store, registry, push
     finally:
         preparation._KNOWN.clear()
-        preparation._LAST.clear()
         connection.close()
 
 
 def in_worker(store: ConfigStore, registry: ServiceRegistry, job: SnapshotJob,
               *items: dict[str, Any]) -> tuple[PreparedChange, Precompiled]:
-    """An apply job and the snapshot job behind it, run as the worker process runs them (every
-    input and output through pickle)."""
+    """An apply job run as the worker process runs it (every input and output through pickle), and
+    what `Preparation.apply` does meanwhile and after: parse the body, compile the snapshots of the
+    config it makes over the store's, name them by the worker's change."""
     revision, token, document = store.state
     raw = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(items)}).encode()
     apply_job = pickle.loads(pickle.dumps(ApplyJob(raw, True, revision, token, document, registry.view())))
+    incoming = parse_resources(raw, True, [])
+    ahead = compile_ahead(store.resources(), incoming, revision + 1, job)
+    assert ahead.token == ""  # no store's token until the worker's change names the config
     _, data = run_apply_job(apply_job)
     _, change = pickle.loads(data)
     assert isinstance(change, PreparedChange)
-    precompiled = pickle.loads(pickle.dumps(run_snapshot_job(pickle.loads(pickle.dumps(job)))))
-    assert isinstance(precompiled, Precompiled)
-    return change, precompiled
+    precompiled = named_ahead(ahead, change)
+    assert isinstance(precompiled, Precompiled) and precompiled.token == change.token
+    return with_parsed(change, incoming), precompiled
 
 
 def frames(push: PushServer) -> dict[str, tuple[str | None, int | None, bytes | None]]:
@@ -244,3 +257,62 @@ async def test_a_pass_does_not_wait_for_a_stuck_worker(
     assert push.stats.precompiled == 0 and push.stats.compiles == len(job.groups)
     assert all(p.latest_revision == store.revision for p in push._proxies.values())
     assert push._precompiled is None  # not waited for again
+
+
+async def test_a_body_the_worker_prepares_has_its_snapshots_compiled_here_meanwhile(
+        parts: tuple[ConfigStore, ServiceRegistry, PushServer]) -> None:
+    """`Preparation.apply` through the real worker process: the snapshots compiled on a thread here
+    while the worker prepared the change are the ones pushed, byte for byte the push server's."""
+    store, registry, push = parts
+    prepare = preparation.Preparation(threshold=1)  # every body "large"
+    try:
+        items = [big_virtual_service(100, "v1")]
+        raw = json.dumps({"apiVersion": "v1", "kind": "List", "items": items}).encode()
+        _, change = await prepare.apply(store, raw, True, registry.view(), None)  # on a thread; starts it
+        store.commit(change)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while not prepare.ready:
+            assert loop.time() < deadline, "the worker process never became ready"
+            await asyncio.sleep(0.05)
+        await push._recompute_all()
+        job = push.snapshot_job()
+        assert job is not None
+        _, change = await prepare.apply(store, raw.replace(b'"v1"', b'"v2"'), True, registry.view(), None,
+                                        snapshots=job, precompiling=push.expect)
+        assert prepare.in_worker == 1 and isinstance(change, PreparedChange)
+        store.commit(change)
+        compiles = push.stats.compiles
+        for proxy in push._proxies.values():  # every proxy takes what the pass publishes
+            proxy.latest_version = proxy.latest_revision = proxy.latest_frame = None
+        await push._recompute_all()
+        assert push.stats.precompiled == len(job.groups) and push.stats.compiles == compiles
+        taken = frames(push)
+        assert taken["reviews-v1-0.default"][1] == store.revision
+        push.expect(job, resolved(None))
+        for proxy in push._proxies.values():
+            proxy.latest_version = proxy.latest_revision = proxy.latest_frame = None
+        await push._recompute_all()
+        assert frames(push) == taken
+    finally:
+        prepare.close()
+
+
+def test_snapshots_compiled_ahead_are_named_only_for_the_config_they_were_compiled_for(
+        parts: tuple[ConfigStore, ServiceRegistry, PushServer]) -> None:
+    store, registry, push = parts
+    job = push.snapshot_job()
+    assert job is not None
+    change, precompiled = in_worker(store, registry, job, big_virtual_service(20, "v2"))
+    ahead = dataclasses.replace(precompiled, token="")
+    key = ("VirtualService", "default", "big")
+    as_sent = dataclasses.replace(change, entries={}, fresh=((key, change.entries[key].created),))
+    assert named_ahead(ahead, as_sent) == precompiled and precompiled.token == change.token
+    # an entry sent as a model, not the body's own: not the config compiled
+    sent = dataclasses.replace(as_sent, entries={key: change.entries[key]}, fresh=())
+    assert named_ahead(ahead, sent).token == ""  # type: ignore[union-attr]
+    other_base = dataclasses.replace(as_sent, base=change.base + 1)
+    assert named_ahead(ahead, other_base).token == ""  # type: ignore[union-attr]
+    unchanged = ChangeResult(store.revision, False, [("VirtualService/default/big", "unchanged")])
+    assert named_ahead(ahead, unchanged).token == "" and named_ahead(ahead, None).token == ""  # type: ignore[union-attr]
+    assert named_ahead(None, as_sent) is None

@@ -21,6 +21,7 @@ from meshkit.config.registry import RegistryView
 from meshkit.control.api import COMPONENTS
 from meshkit.control.preparation import PREPARE_IN_PROCESS_ABOVE, Preparation
 from meshkit.control.server import RunningControlPlane, run_control_plane
+from meshkit.control.store import ChangeResult, PreparedChange
 from tests.control.resources import DESTINATION_RULE
 from tests.control.test_bounds import big_virtual_service, call, csrs_signed_while
 
@@ -121,7 +122,13 @@ def test_the_worker_encoded_warnings_answer_as_the_thread_would(tmp_path: Path) 
     """A body the worker process prepares comes back with its warnings as JSON text; the answer made
     from it is the very text the answer of the same change prepared on a thread is."""
     from meshkit.control.database import open_database  # noqa: PLC0415
-    from meshkit.control.preparation import ApplyJob, prepare_apply_here, run_apply_job  # noqa: PLC0415
+    from meshkit.control.preparation import (  # noqa: PLC0415
+        ApplyJob,
+        parse_resources,
+        prepare_apply_here,
+        run_apply_job,
+        with_parsed,
+    )
     from meshkit.control.store import ANSWER_ENCODER, ConfigStore  # noqa: PLC0415
 
     empty = RegistryView()  # the host "reviews" is in no registry: a warning per route
@@ -139,7 +146,15 @@ def test_the_worker_encoded_warnings_answer_as_the_thread_would(tmp_path: Path) 
         expected = ANSWER_ENCODER.encode(here.to_dict())
         _, data = run_apply_job(ApplyJob(raw, True, *stores[1].state, empty))
         notes, change = pickle.loads(data)
+        if isinstance(change, PreparedChange):  # the body's resources: not pickled, parsed here
+            assert not change.entries
+            assert [key for key, _ in change.fresh] == [("VirtualService", "default", "big")]
+            with pytest.raises(ValueError, match="fresh"):
+                stores[1].commit(change)
+            change = with_parsed(change, parse_resources(raw, True, []))
         far = stores[1].commit(change)
+        assert [(s.resource, s.revision) for s in stores[1].get()] == \
+            [(s.resource, s.revision) for s in stores[0].get()]
         far.warnings[:0] = notes
         assert far.encoded_warnings is not None and not far.warnings
         assert far.answer() == expected
@@ -159,3 +174,105 @@ def _message(found: dict[str, str]) -> Any:
 
     return Message(found["code"], Severity(found["severity"]), found["resource"], found["field"],
                    found["message"])
+
+
+# -- the worker kept warm: it learns each committed config while idle --------------------------------
+
+
+async def worker_holds(preparation: Preparation, token: str) -> tuple[int | None, tuple[int, ...]]:
+    """Poll (bounded) until the worker process holds exactly the config named ``token``; (its pid,
+    the revisions it decoded so far)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while True:
+        pid, tokens, decoded = await preparation.worker_knows()
+        if tokens == (token,):
+            return pid, decoded
+        assert loop.time() < deadline, f"the worker never learnt {token}: it holds {tokens}"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_worker_learns_a_config_committed_without_it_and_prepares_against_it_undecoded(
+        plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    base = plane.url + API
+    preparation, store = preparation_of(plane), plane.control_plane.store
+    await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE, headers=YAML)
+    status, _ = await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v1")),
+                           headers=JSON)
+    assert status == 200
+    await until_ready(preparation)
+    _, decoded = await worker_holds(preparation, store.state[1])
+    assert decoded == (2,)  # the config the first large body made, as the worker started
+    # a small change, prepared on a thread: the worker is sent the config it makes, and the large
+    # body right behind it is prepared against that (its job queued behind the `learn`)
+    status, result = await call(session, "POST", f"{base}/apply", headers=YAML,
+                                data=DESTINATION_RULE.replace("{name: reviews}", "{name: ratings}"))
+    assert status == 200 and result["revision"] == 3 and preparation.in_worker == 0
+    assert preparation.taught == 1
+    status, result = await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v2")),
+                                headers=JSON)
+    assert status == 200 and result["revision"] == 4 and preparation.in_worker == 1
+    assert [r["action"] for r in result["results"]] == ["configured"]
+    _, decoded = await worker_holds(preparation, store.state[1])  # the config it made, as committed
+    assert decoded == (2, 3)  # revision 3 learnt once, nothing decoded while the change waited
+    assert preparation.taught == 1  # nothing sent again: the worker made revision 4
+
+
+async def test_a_change_made_while_the_worker_learns_is_prepared_against_its_own_base(
+        plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    base = plane.url + API
+    preparation, store = preparation_of(plane), plane.control_plane.store
+    await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE, headers=YAML)
+    await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v1")), headers=JSON)
+    await until_ready(preparation)
+    await worker_holds(preparation, store.state[1])
+    from meshkit.control.preparation import prepare_apply_here  # noqa: PLC0415
+
+    v2, v1 = (body(big_virtual_service(3000, subset)).encode() for subset in ("v2", "v1"))
+    store.commit(prepare_apply_here(store, v2, True, None, None)[1])  # revision 3: v2
+    await asyncio.sleep(0)  # the loop runs the teaching the commit scheduled: the worker learns 3
+    assert preparation.taught >= 1
+    fourth = prepare_apply_here(store, v1, True, None, None)[1]  # v1 again, on top of revision 3
+    assert isinstance(fourth, PreparedChange)
+    store.commit(fourth)
+    assert store.revision == 4
+    # queued while it learns revision 3 (nothing yielded to the loop since): against revision 4 this
+    # body changes nothing; prepared against the config the worker holds, 3, it would be "configured"
+    _, change = await preparation.apply(store, v1, True, None, None)
+    assert preparation.in_worker == 1
+    assert isinstance(change, ChangeResult) and not change.changed and change.revision == 4
+    assert change.actions == [("VirtualService/default/big", "unchanged")]
+    assert 4 in (await preparation.worker_knows())[2]  # decoded, while the change waited
+    _, change = await preparation.apply(store, v2, True, None, None)
+    assert isinstance(change, PreparedChange) and change.base == 4
+    assert change.actions == [("VirtualService/default/big", "configured")]
+
+
+async def test_a_worker_that_died_while_idle_is_replaced_by_one_that_learns_the_config(
+        plane: RunningControlPlane, session: aiohttp.ClientSession) -> None:
+    base = plane.url + API
+    preparation, store = preparation_of(plane), plane.control_plane.store
+    await call(session, "POST", f"{base}/apply", data=DESTINATION_RULE, headers=YAML)
+    await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v1")), headers=JSON)
+    await until_ready(preparation)
+    first_pid, _ = await worker_holds(preparation, store.state[1])
+    assert first_pid is not None and first_pid != os.getpid()
+    os.kill(first_pid, signal.SIGKILL)
+    status, result = await call(session, "POST", f"{base}/apply", headers=YAML,
+                                data=DESTINATION_RULE.replace("{name: reviews}", "{name: ratings}"))
+    assert status == 200 and result["revision"] == 3
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while True:  # the dead worker is found when the commit is taught to it; a new one learns revision 3
+        pid, tokens, decoded = await preparation.worker_knows()
+        if pid not in (None, first_pid) and tokens == (store.state[1],):
+            break
+        assert loop.time() < deadline, f"no new worker learnt revision 3: {pid} {tokens}"
+        await asyncio.sleep(0.05)
+    assert decoded == (3,)
+    await until_ready(preparation)
+    status, result = await call(session, "POST", f"{base}/apply", data=body(big_virtual_service(3000, "v2")),
+                                headers=JSON)
+    assert status == 200 and result["revision"] == 4 and preparation.in_worker == 1
+    assert preparation.worker_pid == pid
+    assert (await preparation.worker_knows())[2] == (3,)  # prepared against it, nothing decoded
