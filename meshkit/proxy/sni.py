@@ -1,5 +1,6 @@
 """The server name (SNI) a TLS ClientHello asks for, read without opening the TLS: Envoy's ``tls_inspector``.
 
+``name_matches(pattern, name)`` is how a server name is matched against Istio's host patterns.
 ``client_hello_sni(data)`` looks at the first bytes a client sent: ``NEED_MORE`` while the first
 handshake record is incomplete, ``None`` when they are not a TLS ClientHello or it carries no
 server name, else the lower-cased name. Only the first record is read (a ClientHello larger than
@@ -19,6 +20,16 @@ _CLIENT_HELLO = 0x01
 _SERVER_NAME = 0x0000
 _HOST_NAME = 0x00
 MAX_RECORD = 16384 + 5
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """Does the server-name ``pattern`` (``*``, ``*.example.com``: any name under it, or an exact
+    name; Istio's host and sniHosts forms) cover ``name``? Both lower-case."""
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:])
+    return pattern == name
 
 
 def looks_like_tls(data: bytes) -> bool:

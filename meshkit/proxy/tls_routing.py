@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshkit.proxy.egress import Egress, EgressError, split_hostport
+from meshkit.proxy.sni import name_matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +45,12 @@ class TlsRoute:
     hosts: tuple[str, ...] | None = None  # a sidecar's tcp route: the destination names it takes
 
     def matches(self, sni: str, port: int) -> bool:
-        return (self.port is None or self.port == port) and any(host_matches(p, sni) for p in self.sni_hosts)
+        return (self.port is None or self.port == port) and any(name_matches(p, sni) for p in self.sni_hosts)
 
     def takes(self, host: str, port: int) -> bool:
         """A sidecar's tcp route: the tunnel's destination ``host:port`` is one of its names and port."""
         return (self.port is None or self.port == port) and self.hosts is not None \
-            and any(host_matches(p, host) for p in self.hosts)
+            and any(name_matches(p, host) for p in self.hosts)
 
     def choose(self, rng: random.Random) -> TlsDestination:
         total = sum(d.weight for d in self.destinations)
@@ -61,15 +62,6 @@ class TlsRoute:
             if point < 0:
                 return destination
         return self.destinations[-1]
-
-
-def host_matches(pattern: str, host: str) -> bool:
-    """``*``, ``*.example.com`` (any name under it) or an exact name."""
-    if pattern == "*":
-        return True
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:])
-    return pattern == host
 
 
 class TlsRouting:
@@ -129,7 +121,7 @@ class TlsRouting:
 
     def registered(self, host: str, port: int) -> bool:
         """Whether a ServiceEntry lists ``host:port`` with a TLS/HTTPS/TCP port."""
-        return any(p == port and host_matches(pattern, host) for pattern, p in self.hosts)
+        return any(p == port and name_matches(pattern, host) for pattern, p in self.hosts)
 
 
 def _tcp_routes(section: Any) -> tuple[TlsRoute, ...]:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, cast
 
 from meshkit.proxy.listener import DownstreamConnection, Listener
+from meshkit.proxy.sni import name_matches
 from meshkit.proxy.tls.certinfo import CertificateError
 from meshkit.proxy.tls.contexts import peer_identity
 
@@ -84,15 +85,9 @@ class MutualServers:
 
     def covers(self, name: str | None) -> bool:
         """Does one of the servers answer for the SNI ``name`` (``*``, ``*.example.com``, exact)?"""
-        for pattern in self.hosts:
-            if pattern == "*":
-                return True
-            if name is None:
-                continue
-            name = name.lower()
-            if pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:])):
-                return True
-        return False
+        lowered = name.lower() if name is not None else None
+        return any(pattern == "*" or (lowered is not None and name_matches(pattern, lowered))
+                   for pattern in self.hosts)
 
 
 class MutualConnection(DownstreamConnection):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from meshkit.proxy.sni import name_matches
 from meshkit.proxy.tls.contexts import load_pem_chain
 
 
@@ -29,16 +30,9 @@ class ServerCertificate:
     pair: tuple[str, str]  # (cert_pem, key_pem): the context's key for reuse
 
     def covers(self, name: str | None) -> bool:
-        for pattern in self.hosts:
-            if pattern == "*":
-                return True
-            if name is None:
-                continue
-            if pattern.startswith("*.") and name.endswith(pattern[1:]) and name != pattern[2:]:
-                return True
-            if pattern == name:
-                return True
-        return False
+        """Does one of the server's hosts answer for the SNI ``name`` (``*`` also for no name)?"""
+        return any(pattern == "*" or (name is not None and name_matches(pattern, name))
+                   for pattern in self.hosts)
 
 
 def server_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
