@@ -9,6 +9,7 @@ Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 - `create_verbs`: create secret tls|generic, create configmap (objects from files)
 - `mesh_verbs`: up, down, status, curl, logs, kill, restart, load, top, lab
 - `security_verbs`: certs, tap
+- `proxy_config_verbs`: proxy-config (pc) cluster|endpoint|secret|route|listener|all (istioctl's tables)
 - `trace_verbs`: traces, trace, explain
 - `console_verbs`: dashboard (the web console's URL)
 - `jwt_verbs`: jwt issue, jwt jwks-uri, jwt status
@@ -31,6 +32,7 @@ from meshkit.cli import (  # noqa: F401
     jwt_verbs,
     mesh_verbs,
     object_verbs,
+    proxy_config_verbs,
     security_verbs,
     trace_verbs,
     wait_verbs,
