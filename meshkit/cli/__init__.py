@@ -40,12 +40,23 @@ from meshkit.cli import (  # noqa: F401
 )
 from meshkit.cli.common import EXIT_REJECTED, app
 
-__all__ = ["app", "main"]
+__all__ = ["app", "leading_namespace", "main"]
+
+
+def leading_namespace(argv: list[str]) -> list[str]:
+    """istioctl's and kubectl's ``-n NS`` before the command (``istioctl -n istio-system proxy-config
+    secret deploy/istio-egressgateway``), moved after it (before a ``--``), where the verbs take it."""
+    if len(argv) < 3 or argv[0] not in ("-n", "--namespace"):
+        return argv
+    option, rest = argv[:2], argv[2:]
+    end = rest.index("--") if "--" in rest else len(rest)
+    return rest[:end] + option + rest[end:]
 
 
 def main() -> None:
     """Console-script entry point (``meshkit``): a bug prints one line, not a traceback (unless
     ``MESHKIT_DEBUG`` is set)."""
+    sys.argv[1:] = leading_namespace(sys.argv[1:])
     try:
         app()
     except Exception as error:

@@ -7,15 +7,18 @@ presents on its inbound port (a TLS handshake, not its admin page).
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from tests.e2e import cli
+from tests.e2e import test_egress_gateway_tls_origination as tls_origination
 from tests.e2e.mesh import SAMPLES, RunningMesh, sample, start_mesh
 
 REVIEWS = "reviews.default.svc.cluster.local"
@@ -105,3 +108,36 @@ def test_routes_listeners_and_istioctl_s_errors(mesh: RunningMesh) -> None:
     elsewhere = meshkit(mesh, "pc", "secret", "deploy/productpage-v1", "-n", "foo")
     assert elsewhere.returncode != 0 and 'deployments.apps "productpage-v1" not found in namespace "foo"' \
         in elsewhere.stderr
+
+
+@pytest.fixture(scope="module")
+def egress_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    with start_mesh(tmp_path_factory.mktemp("proxyconfig-egress"), ["external"], spare=3) as running:
+        yield running
+
+
+PC_SECRET_EGRESS = ("meshkit -n istio-system proxy-config secret deploy/istio-egressgateway "
+                    "| grep client-credential\n")  # the task's line
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the task's own openssl is not installed")
+def test_the_egress_gateway_shows_its_client_credential(egress_mesh: RunningMesh, tmp_path: Path) -> None:
+    """"Egress Gateways with TLS Origination", mutual TLS part: once the Secret exists and the
+    DestinationRule uses it, the task's `istioctl -n istio-system proxy-config secret
+    deploy/istio-egressgateway | grep client-credential` finds it (serial 1: the task's -set_serial 1)."""
+    origination = tls_origination  # the task's scripts, as that task's own e2e test runs them
+    origination.ok(egress_mesh, origination.BEFORE_YOU_BEGIN + origination.CERTIFICATES
+                   + origination.MUTUAL_TLS_SERVER + origination.ORIGINATE_MTLS_NGINX, tmp_path)
+    egress_mesh.wait_synced()
+    code, out, _ = origination.bash(egress_mesh, PC_SECRET_EGRESS, tmp_path)
+    assert code == 1 and out == ""  # grep finds nothing: the DestinationRule names a Secret not there yet
+    origination.ok(egress_mesh, origination.CLIENT_CREDENTIAL, tmp_path)
+    egress_mesh.wait_synced()
+    lines = origination.ok(egress_mesh, PC_SECRET_EGRESS, tmp_path).splitlines()
+    client = x509.load_pem_x509_certificate((tmp_path / "client.example.com.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((tmp_path / "example.com.crt").read_bytes())
+    assert [line.split()[:5] for line in lines] == [
+        ["kubernetes://client-credential", "Cert", "Chain", "ACTIVE", "true"],
+        ["kubernetes://client-credential-cacert", "CA", "ACTIVE", "true", str(ca.serial_number)]]
+    assert lines[0].split()[5:] == ["1", client.not_valid_after_utc.strftime(WHEN),
+                                    client.not_valid_before_utc.strftime(WHEN)]

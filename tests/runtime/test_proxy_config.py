@@ -199,3 +199,14 @@ def test_dates_are_istioctl_s_utc_form() -> None:
                         "not_after": moment.isoformat()}], "root": []}
     assert secret_rows(certs, _dump(), now=moment)[1] == [
         "default", "Cert Chain", "ACTIVE", "true", "255", "2026-12-08T22:00:30Z", "2026-12-07T22:00:30Z"]
+
+
+def test_istioctl_s_leading_namespace_moves_after_the_command() -> None:
+    from meshkit.cli import leading_namespace  # noqa: PLC0415
+
+    task = ["-n", "istio-system", "proxy-config", "secret", "deploy/istio-egressgateway"]
+    assert leading_namespace(task) == ["proxy-config", "secret", "deploy/istio-egressgateway", "-n",
+                                       "istio-system"]
+    assert leading_namespace(["-n", "foo", "exec", "deploy/curl", "--", "curl", "-n", "x"]) == [
+        "exec", "deploy/curl", "-n", "foo", "--", "curl", "-n", "x"]
+    assert leading_namespace(["pc", "secret", "x", "-n", "foo"]) == ["pc", "secret", "x", "-n", "foo"]
