@@ -7,7 +7,9 @@ presents on its inbound port (a TLS handshake, not its admin page).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -20,6 +22,8 @@ from cryptography import x509
 from tests.e2e import cli
 from tests.e2e import test_egress_gateway_tls_origination as tls_origination
 from tests.e2e.mesh import SAMPLES, RunningMesh, sample, start_mesh
+from tests.pids import alive
+from tests.waiting import wait_until
 
 REVIEWS = "reviews.default.svc.cluster.local"
 WHEN = "%Y-%m-%dT%H:%M:%SZ"
@@ -108,6 +112,16 @@ def test_routes_listeners_and_istioctl_s_errors(mesh: RunningMesh) -> None:
     elsewhere = meshkit(mesh, "pc", "secret", "deploy/productpage-v1", "-n", "foo")
     assert elsewhere.returncode != 0 and 'deployments.apps "productpage-v1" not found in namespace "foo"' \
         in elsewhere.stderr
+    sidecar = mesh.pids()["ratings-v1-0.sidecar"]  # the mesh's own process, started by this test's fixture
+    os.kill(sidecar, signal.SIGKILL)
+    wait_until(lambda: not alive(sidecar), 10.0, "ratings-v1-0's sidecar to exit")
+    try:
+        unreachable = meshkit(mesh, "pc", "cluster", "ratings-v1-0")
+        assert unreachable.returncode != 0
+        assert "Error: failed to retrieve config_dump from ratings-v1-0" in unreachable.stderr
+    finally:
+        restarted = meshkit(mesh, "restart", "ratings-v1-0")
+        assert restarted.returncode == 0, restarted.stderr
 
 
 @pytest.fixture(scope="module")
