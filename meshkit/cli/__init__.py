@@ -9,6 +9,7 @@ Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 - `create_verbs`: create secret tls|generic, create configmap (objects from files)
 - `mesh_verbs`: up, down, status, curl, logs, kill, restart, load, top, lab
 - `security_verbs`: certs, tap
+- `proxy_config_verbs`: proxy-config (pc) cluster|endpoint|secret|route|listener|all (istioctl's tables)
 - `trace_verbs`: traces, trace, explain
 - `console_verbs`: dashboard (the web console's URL)
 - `jwt_verbs`: jwt issue, jwt jwks-uri, jwt status
@@ -31,6 +32,7 @@ from meshkit.cli import (  # noqa: F401
     jwt_verbs,
     mesh_verbs,
     object_verbs,
+    proxy_config_verbs,
     security_verbs,
     trace_verbs,
     wait_verbs,
@@ -38,12 +40,23 @@ from meshkit.cli import (  # noqa: F401
 )
 from meshkit.cli.common import EXIT_REJECTED, app
 
-__all__ = ["app", "main"]
+__all__ = ["app", "leading_namespace", "main"]
+
+
+def leading_namespace(argv: list[str]) -> list[str]:
+    """istioctl's and kubectl's ``-n NS`` before the command (``istioctl -n istio-system proxy-config
+    secret deploy/istio-egressgateway``), moved after it (before a ``--``), where the verbs take it."""
+    if len(argv) < 3 or argv[0] not in ("-n", "--namespace"):
+        return argv
+    option, rest = argv[:2], argv[2:]
+    end = rest.index("--") if "--" in rest else len(rest)
+    return rest[:end] + option + rest[end:]
 
 
 def main() -> None:
     """Console-script entry point (``meshkit``): a bug prints one line, not a traceback (unless
     ``MESHKIT_DEBUG`` is set)."""
+    sys.argv[1:] = leading_namespace(sys.argv[1:])
     try:
         app()
     except Exception as error:
