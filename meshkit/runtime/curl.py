@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from meshkit.config.ip_ranges import IPRangeError
 from meshkit.runtime import curl_tls, interception
 from meshkit.runtime.catalog import EXTERNAL_HOSTS, EXTERNAL_TLS_DELTA, external_hosts, workload_of
 from meshkit.runtime.egress_gate import EgressGate, dropped
@@ -202,6 +203,14 @@ def _external(workloads: list[dict[str, Any]], host: str, port: int) -> tuple[st
     return None
 
 
+def _intercepted(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any], host: str, *,
+                 service: str, namespace: str) -> bool:
+    try:
+        return interception.intercepts(state, workloads, row, host, service=service, namespace=namespace)
+    except IPRangeError as error:
+        raise CurlError("from", f"{row['name']}: its pod's {error}") from None
+
+
 def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any], url: str) -> _Route:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -220,7 +229,8 @@ def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any]
     service, namespace = service_of(host, _namespace(row))
     # through the workload's sidecar, as its HTTP_PROXY / HTTPS_PROXY; unless includeIPRanges /
     # excludeIPRanges leave the host's address out: then straight, as from a pod without a sidecar
-    if row["outbound_proxy"] and interception.intercepts(state, workloads, host.lower(), service, namespace):
+    if row["outbound_proxy"] and _intercepted(state, workloads, row, host.lower(), service=service,
+                                                namespace=namespace):
         proxy = urlsplit(row["outbound_proxy"])
         if secure:  # a CONNECT tunnel: the sidecar logs a TCP connection, with no request id to look for
             return _Route(proxy.hostname or "127.0.0.1", proxy.port or 80, origin_form, None,

@@ -3,7 +3,9 @@
 `meshkit up --set values.global.proxy.includeIPRanges=...` (istioctl install's values) stores the
 mesh-wide `Interception` in the mesh's home (``proxy-values.json``, as istioctl install writes the
 sidecar injector's values); `intercepts` says whether a pod's connection to a host goes through its
-sidecar, from the host's notional address (`meshkit.config.ip_ranges`). With no file: Istio's default,
+sidecar, from the host's notional address (`meshkit.config.ip_ranges`) and the pod's
+``traffic.sidecar.istio.io/include|excludeOutboundIPRanges`` annotations (its status row's
+``ip_ranges``), which replace the mesh-wide values. With no file and no annotation: Istio's default,
 everything intercepted.
 
 It must not: open connections (`meshkit.runtime.curl` does) or parse ranges (`meshkit.config.ip_ranges`).
@@ -48,8 +50,10 @@ def address_of(workloads: list[dict[str, Any]], host: str, service: str, namespa
     return external_ip(host)
 
 
-def intercepts(state: StateDir, workloads: list[dict[str, Any]], host: str, service: str,
-               namespace: str) -> bool:
-    """Whether a sidecar's pod sends its connection to ``host`` through the sidecar."""
-    interception = read(state)
+def intercepts(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any], host: str, *,
+               service: str, namespace: str) -> bool:
+    """Whether ``row``'s pod (a `meshkit status` row, with a sidecar) sends its connection to ``host``
+    through its sidecar: the mesh-wide settings, replaced by its pod's annotations (``ip_ranges``).
+    `IPRangeError` for a bad annotation, naming it."""
+    interception = read(state).for_pod(row.get("ip_ranges") or {})
     return interception.default or interception.intercepts(address_of(workloads, host, service, namespace))

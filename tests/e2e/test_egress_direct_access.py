@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e import cli
-from tests.e2e.mesh import RunningMesh, start_mesh
+from tests.e2e.mesh import SAMPLES, RunningMesh, start_mesh
 
 ENVOY_ADDED = ("x-envoy-", "x-b3-", "x-request-id", "traceparent", "x-forwarded-client-cert")
 INCLUDE = "values.global.proxy.includeIPRanges"
@@ -27,7 +28,8 @@ INCLUDE = "values.global.proxy.includeIPRanges"
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    with start_mesh(tmp_path_factory.mktemp("direct"), ["clients", "external", "httpbin"]) as running:
+    with start_mesh(tmp_path_factory.mktemp("direct"), ["clients", "external", "httpbin"],
+                    spare=1) as running:
         yield running
 
 
@@ -41,10 +43,11 @@ def ok(mesh: RunningMesh, *args: str) -> str:
     return done.stdout
 
 
-def headers(mesh: RunningMesh, url: str) -> dict[str, str]:
+def headers(mesh: RunningMesh, url: str, namespace: str = "default") -> dict[str, str]:
     """``kubectl exec "$SOURCE_POD" -c sleep -- curl -sS URL``: the headers the server saw."""
-    source_pod = ok(mesh, "get", "pod", "-l", "app=sleep", "-o", "jsonpath={.items..metadata.name}").strip()
-    printed = ok(mesh, "exec", source_pod, "-c", "sleep", "--", "curl", "-sS", url)
+    source_pod = ok(mesh, "get", "pod", "-n", namespace, "-l", "app=sleep", "-o",
+                    "jsonpath={.items..metadata.name}").strip()
+    printed = ok(mesh, "exec", source_pod, "-n", namespace, "-c", "sleep", "--", "curl", "-sS", url)
     echoed: dict[str, str] = json.loads(printed)["headers"]
     return echoed
 
@@ -107,3 +110,28 @@ def test_exclude_ip_ranges_leaves_the_mesh_services_out(mesh: RunningMesh) -> No
         assert added_by_envoy(headers(mesh, "http://httpbin.org/headers"))
     finally:
         ok(mesh, "up")
+
+
+def test_a_pods_include_outbound_ip_ranges_annotation_replaces_the_mesh_wide_value(
+        mesh: RunningMesh, tmp_path: Path) -> None:
+    # Istio's sleep sample with the pod annotation, in an injected namespace of its own
+    annotated = (SAMPLES / "sleep.yaml").read_text().replace(
+        "    metadata:\n      labels:\n        app: sleep\n",
+        "    metadata:\n      annotations:\n"
+        '        traffic.sidecar.istio.io/includeOutboundIPRanges: "10.96.0.0/16"\n'
+        "      labels:\n        app: sleep\n")
+    assert "includeOutboundIPRanges" in annotated
+    manifest = tmp_path / "sleep-annotated.yaml"
+    manifest.write_text(annotated)
+    ok(mesh, "create", "namespace", "direct")
+    ok(mesh, "label", "namespace", "direct", "istio-injection=enabled")
+    ok(mesh, "apply", "-f", str(manifest), "-n", "direct")
+    try:
+        direct = headers(mesh, "http://httpbin.org/headers", "direct")
+        assert direct.get("Host") == "httpbin.org" and added_by_envoy(direct) == [], direct
+        through = {k.lower() for k in headers(mesh, "http://httpbin.default:8000/headers", "direct")}
+        assert "x-envoy-attempt-count" in through and "x-forwarded-client-cert" in through, through
+        # the default namespace's sleep, without the annotation, still sends everything to its sidecar
+        assert added_by_envoy(headers(mesh, "http://httpbin.org/headers"))
+    finally:
+        ok(mesh, "delete", "-f", str(manifest), "-n", "direct")
