@@ -21,6 +21,7 @@ import pytest
 
 from tests.e2e import cli
 from tests.e2e.mesh import SAMPLES, RunningMesh, start_mesh
+from tests.e2e.traffic import istio_requests
 
 ENVOY_ADDED = ("x-envoy-", "x-b3-", "x-request-id", "traceparent", "x-forwarded-client-cert")
 INCLUDE = "values.global.proxy.includeIPRanges"
@@ -63,6 +64,11 @@ def proxy_lines(mesh: RunningMesh, authority: str) -> list[dict[str, Any]]:
             if e.get("authority") == authority]
 
 
+def passthrough(admin: int) -> float:
+    """sleep's sidecar's ``istio_requests_total`` to PassthroughCluster (httpbin.org has no ServiceEntry)."""
+    return istio_requests(admin, destination_service_name="PassthroughCluster", reporter="source")
+
+
 def test_the_internal_range_is_kinds_service_range(mesh: RunningMesh) -> None:
     # kubectl cluster-info dump | grep -m 1 service-cluster-ip-range
     dump = ok(mesh, "cluster-info", "dump")
@@ -71,10 +77,13 @@ def test_the_internal_range_is_kinds_service_range(mesh: RunningMesh) -> None:
 
 
 def test_include_ip_ranges_sends_external_hosts_around_the_sidecar(mesh: RunningMesh) -> None:
-    # before: the request goes through sleep's sidecar (Envoy's headers, an access-log line)
+    # before: the request goes through sleep's sidecar (Envoy's headers, an access-log line, a metric)
+    admin = mesh.workload("sleep-v1-0")["admin_port"]
     logged = len(proxy_lines(mesh, "httpbin.org"))
+    counted = passthrough(admin)
     assert added_by_envoy(headers(mesh, "http://httpbin.org/headers"))
     assert len(proxy_lines(mesh, "httpbin.org")) == logged + 1
+    assert passthrough(admin) == counted + 1
 
     # istioctl install <flags-you-used-to-install-Istio> --set values.global.proxy.includeIPRanges="..."
     ok(mesh, "up", "--set", f'{INCLUDE}="10.96.0.0/16"')
@@ -82,6 +91,7 @@ def test_include_ip_ranges_sends_external_hosts_around_the_sidecar(mesh: Running
         direct = headers(mesh, "http://httpbin.org/headers")
         assert direct.get("Host") == "httpbin.org" and added_by_envoy(direct) == [], direct
         assert len(proxy_lines(mesh, "httpbin.org")) == logged + 1  # no line: the sidecar never saw it
+        assert passthrough(admin) == counted + 1  # nor a request in its metrics
         # a Service of the mesh (10.96.0.0/16) is still reached through the sidecar
         in_mesh = len(proxy_lines(mesh, "httpbin:8000"))
         assert added_by_envoy(headers(mesh, "http://httpbin:8000/headers"))
