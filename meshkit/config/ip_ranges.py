@@ -22,6 +22,13 @@ import hashlib
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from meshkit.config import codes
+from meshkit.config.messages import Message, Severity
+
+if TYPE_CHECKING:
+    from meshkit.config.workloads import Deployment
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -128,6 +135,22 @@ def interception_settings(settings: Sequence[str]) -> tuple[Interception, list[s
             rest.append(item)
     return Interception(found.get(INCLUDE_SETTING, IPRanges(everything=True)),
                         found.get(EXCLUDE_SETTING, IPRanges())), rest
+
+
+def check_annotations(deployment: Deployment) -> list[Message]:
+    """MK0309 (Error) for a pod template's include/excludeOutboundIPRanges annotation: not a range list."""
+    found = []
+    for name in (INCLUDE_ANNOTATION, EXCLUDE_ANNOTATION):
+        value = (deployment.spec.template.metadata.annotations or {}).get(name)
+        if value is None:
+            continue
+        try:
+            parse_ranges(str(value), name)
+        except IPRangeError as error:
+            found.append(Message(codes.MK0309, Severity.ERROR, deployment.ref,
+                                 f"spec.template.metadata.annotations[{name}]",
+                                 f"{error}; nothing was applied"))
+    return found
 
 
 def cluster_ip(service: str, namespace: str) -> ipaddress.IPv4Address:

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from meshkit.cli.kube_tables import WIDE
+from meshkit.config.analyze import analyze
 from meshkit.config.ip_ranges import (
     EXCLUDE_ANNOTATION,
     INCLUDE_ANNOTATION,
@@ -18,6 +19,7 @@ from meshkit.config.ip_ranges import (
     interception_settings,
     parse_ranges,
 )
+from meshkit.config.loader import load_resources
 
 SERVICES = ipaddress.ip_network("10.96.0.0/16")
 
@@ -87,3 +89,27 @@ def test_get_services_shows_the_notional_cluster_ip_unless_the_service_gives_one
     assert row(plain, {})[columns.index("CLUSTER-IP")] == str(cluster_ip("httpbin", "default"))
     headless = {"resource": {"metadata": {"name": "db"}, "spec": {"clusterIP": "None"}}}
     assert row(headless, {})[columns.index("CLUSTER-IP")] == "None"
+
+
+def sleep_deployment(annotations: str) -> str:
+    return f"""apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sleep}}
+spec:
+  selector: {{matchLabels: {{app: sleep}}}}
+  template:
+    metadata:
+      labels: {{app: sleep}}
+      annotations: {{{annotations}}}
+    spec:
+      containers: [{{name: sleep, image: docker.io/curlimages/curl:8.16.0}}]
+"""
+
+
+def test_a_bad_range_annotation_is_refused_at_apply_naming_it() -> None:
+    [message] = [m for m in analyze(load_resources(sleep_deployment(
+        f'"{EXCLUDE_ANNOTATION}": "10.96.0.0/16,10.300.0.0/16"'))) if m.code == "MK0309"]
+    assert message.field == f"spec.template.metadata.annotations[{EXCLUDE_ANNOTATION}]", message
+    assert "'10.300.0.0/16' is not a CIDR" in message.text and message.resource == "Deployment/default/sleep"
+    good = analyze(load_resources(sleep_deployment(f'"{INCLUDE_ANNOTATION}": "10.96.0.0/16"')))
+    assert [m for m in good if m.code == "MK0309"] == []

@@ -134,6 +134,11 @@ def test_a_pods_include_outbound_ip_ranges_annotation_replaces_the_mesh_wide_val
     manifest = tmp_path / "sleep-annotated.yaml"
     manifest.write_text(annotated)
     ok(mesh, "create", "namespace", "direct")
+    bad = tmp_path / "sleep-bad.yaml"
+    bad.write_text(annotated.replace('"10.96.0.0/16"', '"10.96.0.0/16,10.300.0.0/16"'))
+    refused = meshkit(mesh, "apply", "-f", str(bad), "-n", "direct")
+    assert refused.returncode != 0 and "MK0309" in refused.stdout + refused.stderr, refused
+    assert "'10.300.0.0/16' is not a CIDR" in refused.stdout + refused.stderr, refused
     ok(mesh, "label", "namespace", "direct", "istio-injection=enabled")
     ok(mesh, "apply", "-f", str(manifest), "-n", "direct")
     try:
