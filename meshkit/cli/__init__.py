@@ -3,6 +3,7 @@
 Thin on purpose: each verb parses its options, calls into the packages below it and prints.
 Heavy modules are imported inside the verbs, so ``meshkit --help`` stays fast.
 
+- `cluster_verbs`: cluster-info dump (the notional service range)
 - `common`: the Typer app, output helpers, how the control plane is found, exit codes
 - `config_verbs`: control, apply, get, delete, analyze, history, rollback, proxy-status, proxy, kind
 - `object_verbs`: create namespace, label, patch, kube-inject (one stored object edited in place)
@@ -26,6 +27,7 @@ import sys
 
 # Importing the verb modules registers their verbs on `app`.
 from meshkit.cli import (  # noqa: F401
+    cluster_verbs,
     config_verbs,
     console_verbs,
     create_verbs,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshkit.cli.common import age
+from meshkit.config.ip_ranges import cluster_ip
 
 if TYPE_CHECKING:
     from meshkit.runtime.local import LocalMesh
@@ -34,7 +35,11 @@ def _deployment(item: dict[str, Any], context: dict[str, Any]) -> list[str]:
 
 def _service(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:
     spec = item["resource"].get("spec") or {}
-    return [spec.get("type", "ClusterIP"), spec.get("clusterIP") or "<local>", "<none>", _ports(spec)]
+    meta = item["resource"].get("metadata") or {}
+    # the local mesh's notional address plan (docs/local-mesh.md): kind's service range 10.96.0.0/16
+    address = spec.get("clusterIP") or str(cluster_ip(str(meta.get("name", "")),
+                                                      str(meta.get("namespace") or "default")))
+    return [spec.get("type", "ClusterIP"), address, "<none>", _ports(spec)]
 
 
 def _account(item: dict[str, Any], _context: dict[str, Any]) -> list[str]:

@@ -92,7 +92,8 @@ def up(  # noqa: PLR0917 (typer maps parameters to options)
         "--set", help="istioctl install's meshConfig values, e.g. "
                       "meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY, and "
                       "components.egressGateways[0].enabled=true (the egress gateway, as the demo "
-                      "profile). Repeatable.")] = None,
+                      "profile), values.global.proxy.includeIPRanges=CIDR[,CIDR] / excludeIPRanges "
+                      "(what sidecars intercept; default *). Repeatable.")] = None,
     real_dns: Annotated[bool, typer.Option(
         "--real-dns", help="Sidecars resolve external hosts with the system resolver (real internet) "
                            "instead of the local stand-ins (`--app external`).")] = False,
@@ -100,13 +101,18 @@ def up(  # noqa: PLR0917 (typer maps parameters to options)
     """Start the local mesh: control plane, apps, one sidecar each, ingress gateway (127.0.0.1).
 
     On a running mesh it adds what is asked and missing (app sets, --replicas), as `deploy`/`scale`.
-    ``--set meshConfig...`` writes Istio's mesh config ConfigMap (istio-system/istio), as istioctl does.
+    ``--set meshConfig...`` writes Istio's mesh config ConfigMap (istio-system/istio), as istioctl does;
+    ``--set values.global.proxy.includeIPRanges/excludeIPRanges`` what the sidecars intercept (each
+    ``up`` without them goes back to Istio's default, everything, as istioctl install does).
     """
+    from meshkit.config.ip_ranges import interception_settings  # noqa: PLC0415
     from meshkit.config.meshconfig import set_values  # noqa: PLC0415
+    from meshkit.runtime import interception  # noqa: PLC0415
     from meshkit.runtime.local import MeshError  # noqa: PLC0415
 
     try:
         egress_gateway, settings = _egress_gateway_setting(settings or [])
+        intercepted, settings = interception_settings(settings)
         mesh_config = set_values(settings) if settings else None
     except ValueError as error:
         _fail(EXIT_REJECTED, f"error: {error}")
@@ -117,6 +123,7 @@ def up(  # noqa: PLR0917 (typer maps parameters to options)
         try:
             status = mesh.up(app_sets or None, _replicas(replicas or []), progress=progress,
                              timeout=timeout, cert_ttl=cert_ttl, mesh_config=mesh_config)
+            interception.write(mesh.state, intercepted)  # as istioctl install: unset means the default
             if real_dns:
                 mesh.client().set_external({}, real_dns=True)
             if egress_gateway:  # as `meshkit deploy egressgateway`

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from meshkit.config import codes
 from meshkit.config.gateways import Gateway, credential_namespaces, https_servers, missing_gateways
+from meshkit.config.ip_ranges import check_annotations
 from meshkit.config.messages import Message, Severity
 from meshkit.config.proxyconfig import check_proxy_config, is_mesh_ingress_deployment
 from meshkit.config.registry import RegistryView
@@ -132,7 +133,8 @@ def _check_deployment(deployment: Deployment, accounts: set[tuple[str, str]]) ->
         found.append(Message(
             codes.MK0305, Severity.WARNING, ref, "spec.template.spec.containers",
             f"{len(containers)} containers: the local mesh runs the first one ({containers[0].name})"))
-    return found + check_proxy_config(deployment) + check_user_volumes(deployment)
+    return (found + check_proxy_config(deployment) + check_user_volumes(deployment)
+            + check_annotations(deployment))
 
 
 def _check_service(service: Service, deployments: Sequence[Deployment],

@@ -201,6 +201,8 @@ _TABLE: tuple[Code, ...] = (
     Code("MK0308", E, "workloads", "a pod template's `sidecar.istio.io/userVolume` / `userVolumeMount` "
          "annotation the local mesh cannot mount (not JSON, not a secret volume, a mount naming no volume): "
          "nothing is applied"),
+    Code("MK0309", E, "workloads", "a pod template's `traffic.sidecar.istio.io/includeOutboundIPRanges` / "
+         "`excludeOutboundIPRanges` annotation that is not `*` or comma-separated CIDRs: nothing is applied"),
     Code("MK0320", W, "network-policy", "a NetworkPolicy part the local mesh accepts but does not enforce: "
          "ingress rules, an ipBlock narrower than 0.0.0.0/0, a named port (egress rules are enforced)", "",
          "spec.policyTypes: Ingress: ingress rules are accepted but not enforced on the local mesh"),
@@ -273,7 +275,7 @@ MK0001, MK0002, MK0003, MK0004, MK0005, MK0006, MK0007, MK0008, MK0009 = (
     "MK0001", "MK0002", "MK0003", "MK0004", "MK0005", "MK0006", "MK0007", "MK0008", "MK0009")
 MK0301, MK0302, MK0303, MK0304, MK0305, MK0401, MK0402, MK0403, MK0404 = (
     "MK0301", "MK0302", "MK0303", "MK0304", "MK0305", "MK0401", "MK0402", "MK0403", "MK0404")
-MK0306, MK0307, MK0308, MK0320 = ("MK0306", "MK0307", "MK0308", "MK0320")
+MK0306, MK0307, MK0308, MK0309, MK0320 = ("MK0306", "MK0307", "MK0308", "MK0309", "MK0320")
 MK0410, MK0411, MK0412, MK0413, MK0414, MK0415 = ("MK0410", "MK0411", "MK0412", "MK0413", "MK0414", "MK0415")
 MK0101, MK0102, MK0103, MK0104, MK0105, MK0106, MK0107, MK0108, MK0109, MK0110 = (
     "MK0101", "MK0102", "MK0103", "MK0104", "MK0105", "MK0106", "MK0107", "MK0108", "MK0109", "MK0110")

@@ -317,6 +317,8 @@ class WorkloadPlan:
     args: tuple[str, ...] = ()  # the container's args (tcp-echo's ["9000,9001,9002", "one"])
     container_port: int | None = None  # the container's first port (nginx serves its server there)
     concurrency: int = 1  # the sidecar's worker processes (proxy.istio.io/config "concurrency")
+    # the pod template's traffic.sidecar.istio.io/includeOutboundIPRanges / excludeOutboundIPRanges
+    ip_ranges: tuple[tuple[str, str], ...] = ()
 
     @property
     def version(self) -> str:
@@ -360,6 +362,17 @@ def inject_manifests(documents: Sequence[Any]) -> list[Any]:
     return out
 
 
+# Istio's per-pod outbound interception annotations (meshkit.config.ip_ranges reads them)
+IP_RANGE_ANNOTATIONS = frozenset({"traffic.sidecar.istio.io/includeOutboundIPRanges",
+                                  "traffic.sidecar.istio.io/excludeOutboundIPRanges"})
+
+
+def ip_range_annotations(deployment: Deployment) -> tuple[tuple[str, str], ...]:
+    """The pod template's outbound IP range annotations, (name, value) sorted."""
+    found = deployment.spec.template.metadata.annotations or {}
+    return tuple(sorted((k, str(v)) for k, v in found.items() if k in IP_RANGE_ANNOTATIONS))
+
+
 def plan_workloads(resources: Sequence[Resource]) -> list[WorkloadPlan]:
     """Every Deployment of a sample image in ``resources``, as the local mesh runs it (sorted)."""
     services = [r for r in resources if isinstance(r, Service)]
@@ -391,6 +404,7 @@ def plan_workloads(resources: Sequence[Resource]) -> list[WorkloadPlan]:
             args=tuple(container.args or ()),
             container_port=container_port.container_port if container_port is not None else None,
             concurrency=workload_concurrency(deployment) if sidecar else 1,
+            ip_ranges=ip_range_annotations(deployment) if sidecar else (),
         ))
     return plans
 

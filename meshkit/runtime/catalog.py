@@ -53,6 +53,8 @@ class WorkloadSpec:
     listen_port: int | None = None  # from a Deployment manifest: its container's port (nginx's server)
     volumes_digest: str = ""  # the mounted files' digest (apps that read files: nginx)
     concurrency: int = 1  # its sidecar's worker processes (proxy.istio.io/config "concurrency")
+    # from a Deployment manifest: its pod's include/excludeOutboundIPRanges annotations (name, value)
+    ip_ranges: tuple[tuple[str, str], ...] = ()
 
     @property
     def workload(self) -> str:

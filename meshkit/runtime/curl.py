@@ -17,6 +17,10 @@ the mesh's rules send them, then the handshake (SNI = the URL's host) and the re
 from ``legacy``, only to the external stand-ins (``httpbin.org``, ``edition.cnn.com``,
 ``www.google.com``), straight to them as DNS would resolve those names — plain ``http://`` to them too.
 
+A host whose notional address the sidecar does not intercept (`meshkit.runtime.interception`: Istio's
+``includeIPRanges`` / ``excludeIPRanges``) is reached straight, as from ``legacy``, though the
+workload has a sidecar.
+
 Loopback URLs (``http://127.0.0.1:PORT/``) bypass the sidecar, as ``NO_PROXY`` makes the apps do.
 ``haproxy_protocol`` starts the connection with a PROXY protocol v1 line, as curl's
 ``--haproxy-protocol`` does (the source address: the socket's own, or ``haproxy_clientip`` as
@@ -47,7 +51,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshkit.runtime import curl_tls
+from meshkit.config.ip_ranges import IPRangeError
+from meshkit.runtime import curl_tls, interception
 from meshkit.runtime.catalog import EXTERNAL_HOSTS, EXTERNAL_TLS_DELTA, external_hosts, workload_of
 from meshkit.runtime.egress_gate import EgressGate, dropped
 from meshkit.runtime.state import StateDir
@@ -198,6 +203,14 @@ def _external(workloads: list[dict[str, Any]], host: str, port: int) -> tuple[st
     return None
 
 
+def _intercepted(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any], host: str, *,
+                 service: str, namespace: str) -> bool:
+    try:
+        return interception.intercepts(state, workloads, row, host, service=service, namespace=namespace)
+    except IPRangeError as error:
+        raise CurlError("from", f"{row['name']}: its pod's {error}") from None
+
+
 def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any], url: str) -> _Route:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -213,7 +226,11 @@ def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any]
     tls_host, where = (host if secure else None), curl_tls.authority(host, port)
     if host in LOOPBACK:
         return _Route(host, port, origin_form, None, tls_host=tls_host, where=where)
-    if row["outbound_proxy"]:  # through the workload's sidecar, as its HTTP_PROXY / HTTPS_PROXY
+    service, namespace = service_of(host, _namespace(row))
+    # through the workload's sidecar, as its HTTP_PROXY / HTTPS_PROXY; unless includeIPRanges /
+    # excludeIPRanges leave the host's address out: then straight, as from a pod without a sidecar
+    if row["outbound_proxy"] and _intercepted(state, workloads, row, host.lower(), service=service,
+                                                namespace=namespace):
         proxy = urlsplit(row["outbound_proxy"])
         if secure:  # a CONNECT tunnel: the sidecar logs a TCP connection, with no request id to look for
             return _Route(proxy.hostname or "127.0.0.1", proxy.port or 80, origin_form, None,
@@ -228,7 +245,6 @@ def _route(state: StateDir, workloads: list[dict[str, Any]], row: dict[str, Any]
         raise CurlError("url", f"{row['name']} has no sidecar: https from it to {host!r} is not supported "
                         f"here (only to the external stand-ins {', '.join(EXTERNAL_HOSTS)}, "
                         f"when `external` runs)")
-    service, namespace = service_of(host, _namespace(row))
     endpoints = [w for w in workloads if w["service"] == service and _namespace(w) == namespace
                  and w["inbound_port"] and w["healthy"]]
     if not endpoints:

@@ -56,7 +56,7 @@ def spec_of(plan: WorkloadPlan, digest: str = "") -> WorkloadSpec:
                         sidecar=plan.sidecar, replicas=plan.replicas, deployment=plan.name,
                         pod_labels=plan.labels, namespace=plan.namespace, args=plan.args,
                         listen_port=plan.container_port if plan.app in pod_files.FILE_APPS else None,
-                        volumes_digest=digest, concurrency=plan.concurrency)
+                        volumes_digest=digest, concurrency=plan.concurrency, ip_ranges=plan.ip_ranges)
 
 
 def specs_of(resources: Sequence[Resource], digests: Mapping[tuple[str, str], str] | None = None

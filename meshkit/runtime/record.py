@@ -66,6 +66,8 @@ class Instance:
             "outbound_proxy": f"http://127.0.0.1:{self.ports.outbound}" if self.spec.sidecar else None,
             "admin_port": self.ports.admin if self.spec.sidecar else None,
             "healthy": healthy,
+            # its pod's traffic.sidecar.istio.io/include/excludeOutboundIPRanges annotations
+            "ip_ranges": dict(self.spec.ip_ranges),
         }
 
 
