@@ -25,8 +25,8 @@ from tests.pids import alive
 BOOKINFO_INSTANCES = ["productpage-v1-0", "details-v1-0", "reviews-v1-0", "reviews-v2-0", "reviews-v3-0",
                       "ratings-v1-0"]
 CLIENT_INSTANCES = ["sleep-v1-0", "legacy-v1-0"]  # legacy: no sidecar
-WORKLOAD_KEYS = {"name", "namespace", "service", "version", "pid", "sidecar_pid", "app_port", "inbound_port",
-                 "outbound_proxy", "admin_port", "healthy"}
+WORKLOAD_KEYS = {"name", "namespace", "service", "version", "pid", "sidecar_pid", "app_port",
+                 "container_port", "inbound_port", "outbound_proxy", "admin_port", "healthy", "ip_ranges"}
 
 
 @pytest.fixture
@@ -84,9 +84,9 @@ def test_up_status_up_again_down(home: Path, base: int) -> None:
             assert len({w["app_port"], w["inbound_port"], w["admin_port"]}) == 3
         assert workloads[2] | {"pid": 0, "sidecar_pid": 0} == {
             "name": "reviews-v1-0", "namespace": "default", "service": "reviews", "version": "v1", "pid": 0,
-            "sidecar_pid": 0,
-            "app_port": base + 380, "inbound_port": base + 306, "admin_port": base + 300,
-            "outbound_proxy": f"http://127.0.0.1:{base + 301}", "healthy": True}
+            "sidecar_pid": 0, "app_port": base + 380, "container_port": 9080,
+            "inbound_port": base + 306, "admin_port": base + 300,
+            "outbound_proxy": f"http://127.0.0.1:{base + 301}", "healthy": True, "ip_ranges": {}}
         with urllib.request.urlopen(f"{status['ingress']}/productpage", timeout=30) as page:
             assert page.status == 200
             assert b"Reviews served by" in page.read()
