@@ -80,7 +80,7 @@ class WorkloadSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "pod_labels": [list(pair) for pair in self.pod_labels],
-                "args": list(self.args)}
+                "args": list(self.args), "ip_ranges": [list(pair) for pair in self.ip_ranges]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WorkloadSpec:
@@ -88,6 +88,7 @@ class WorkloadSpec:
         values = {k: v for k, v in data.items() if k in fields}
         values["pod_labels"] = tuple((str(k), str(v)) for k, v in values.get("pod_labels", ()))
         values["args"] = tuple(str(a) for a in values.get("args", ()))
+        values["ip_ranges"] = tuple((str(k), str(v)) for k, v in values.get("ip_ranges", ()))
         return cls(**values)
 
 

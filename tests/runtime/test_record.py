@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -80,3 +81,17 @@ def test_instances_outside_default_carry_their_namespace() -> None:
     assert launch.identity(one.spec) == "spiffe://cluster.local/ns/foo/sa/httpbin"
     assert [catalog.workload_of(n) for n in ("httpbin-0.foo", "sleep-1.legacy")] == ["httpbin.foo",
                                                                                     "sleep.legacy"]
+
+
+def test_a_workload_spec_with_every_field_set_is_equal_after_a_json_round_trip() -> None:
+    # a spec read back from mesh.json must equal the one applied again: a field that comes back as a
+    # list instead of a tuple makes every later rollout restart the workload's running instances
+    plain = catalog.WorkloadSpec("reviews", "v1", "reviews", 9080, "bookinfo-reviews")
+    spec = dataclasses.replace(
+        plain, sidecar=False, replicas=2, deployment="reviews-v1", pod_labels=(("app", "reviews"),),
+        namespace="foo", args=("--flag",), listen_port=9080, volumes_digest="abc", concurrency=2,
+        ip_ranges=(("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.96.0.0/16"),))
+    # every optional field set here (a field added later fails this until it is)
+    unset = [f.name for f in dataclasses.fields(spec)[5:] if getattr(spec, f.name) == getattr(plain, f.name)]
+    assert unset == []
+    assert catalog.WorkloadSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
