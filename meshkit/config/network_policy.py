@@ -15,8 +15,9 @@ allow or block): nothing here decides name resolution.
 
 What the local mesh cannot model is said by `local_limits` (the analyzer turns it into warnings):
 ``ingress`` rules are accepted, not enforced; an ``ipBlock`` matches by its address range only
-when that range is everything (``0.0.0.0/0`` or ``::/0``): the local mesh's hosts have no notional
-addresses (every process listens on 127.0.0.1), so any narrower block matches nothing.
+when that range is everything (``0.0.0.0/0`` or ``::/0``): every process listens on 127.0.0.1, and
+the notional addresses `meshkit.config.ip_ranges` gives hosts (for sidecar interception) are not
+matched here yet, so any narrower block matches nothing.
 A named port (``port: https``) matches nothing either, for the same reason (no container ports).
 
 This module is data only: no sockets, no processes, no I/O.
@@ -246,8 +247,9 @@ def local_limits(policy: NetworkPolicy) -> list[tuple[str, str]]:
         for j, peer in enumerate(peers or []):
             if peer.ip_block is not None and not peer.ip_block.everything:
                 found.append((f"{where}.{'to' if 'egress' in where else 'from'}[{j}].ipBlock",
-                              f"{peer.ip_block.cidr}: the local mesh's hosts have no notional addresses, so "
-                              "only 0.0.0.0/0 or ::/0 (without except) matches; this block matches nothing"))
+                              f"{peer.ip_block.cidr}: NetworkPolicy does not match the local mesh's notional "
+                              "addresses yet, so only 0.0.0.0/0 or ::/0 (without except) matches; this block "
+                              "matches nothing"))
         for j, port in enumerate(ports or []):
             if isinstance(port.port, str):
                 found.append((f"{where}.ports[{j}].port", f"{port.port!r}: named ports match nothing on the "

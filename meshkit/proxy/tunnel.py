@@ -212,6 +212,8 @@ class Tunnels:
             target = _Target(None, BLACKHOLE_CLUSTER, "unknown", "unknown", flags="NR")
         counters: list[int] | None = None
         sent = received = 0
+        # each direction's bytes as they flow; a half-close over TLS waits on what the upstream sends (_pump)
+        downstream, upstream = _Flow(), _Flow()
         upstream_host: str | None = None
         up_writer: asyncio.StreamWriter | None = None
         try:
@@ -236,11 +238,10 @@ class Tunnels:
             if head:
                 up_writer.write(head)
                 sent += len(head)
-            upstream = _Flow()  # what the upstream sends: a half-close over TLS waits on it (_pump)
-            results = await asyncio.gather(_pump(down_reader, up_writer, answer=upstream),
-                                           _pump(up_reader, down_writer, flow=upstream))
-            sent, received = sent + results[0], results[1]
+            await asyncio.gather(_pump(down_reader, up_writer, flow=downstream, answer=upstream),
+                                 _pump(up_reader, down_writer, flow=upstream))
         finally:
+            sent, received = sent + downstream.moved, upstream.moved  # counted as they flowed
             if counters is None:  # refused, failed or cancelled before the upstream answered
                 counters = self._count_opened(snapshot, target, kind, identity)
             counters[1] += 1
@@ -481,24 +482,24 @@ class _Flow:
     """One direction of a tunnel as the other direction's pump sees it: when it last carried bytes,
     and whether it is done."""
 
-    __slots__ = ("done", "last")
+    __slots__ = ("done", "last", "moved")
 
     def __init__(self) -> None:
         self.done = asyncio.Event()
         self.last = time.monotonic()
+        self.moved = 0  # bytes copied so far (kept however the copy ends)
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, flow: _Flow | None = None,
-                answer: _Flow | None = None) -> int:
-    """Copy until EOF (then half-close the other side); the bytes copied. ``flow``: this direction,
-    marked as it goes; ``answer``: the opposite one, which a half-close the writer cannot pass on
-    (mutual TLS) waits for (``_linger``)."""
-    moved = 0
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, flow: _Flow,
+                answer: _Flow | None = None) -> None:
+    """Copy until EOF (then half-close the other side), counting into ``flow`` (this direction: its
+    bytes and when it last carried some); ``answer``: the opposite one, which a half-close the writer
+    cannot pass on (mutual TLS) waits for (``_linger``). A side already gone ends the copy quietly
+    (uvloop raises RuntimeError for a write on a closed transport)."""
     try:
         while data := await reader.read(CHUNK):
-            moved += len(data)
-            if flow is not None:
-                flow.last = time.monotonic()
+            flow.moved += len(data)
+            flow.last = time.monotonic()
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
@@ -507,12 +508,10 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, f
             if answer is not None:
                 await _linger(answer)
             writer.close()  # TLS has no half-close: close after what is written (Envoy's close after flush)
-    except (ConnectionError, OSError):
+    except (ConnectionError, OSError, RuntimeError):
         writer.close()
     finally:
-        if flow is not None:
-            flow.done.set()
-    return moved
+        flow.done.set()
 
 
 async def _linger(answer: _Flow) -> None:

@@ -175,7 +175,7 @@ def test_the_rules_of_all_selecting_policies_add_up() -> None:
      ("test-egress", SLEEP), False),
     ("{podSelector: {matchExpressions: [{key: version, operator: DoesNotExist}]}}", ("test-egress", SLEEP),
      True),
-    # ipBlock: everything matches every destination, a narrower block nothing (no notional addresses)
+    # ipBlock: everything matches every destination, a narrower block nothing (not matched by address)
     ("{ipBlock: {cidr: 0.0.0.0/0}}", (None, {}), True),
     ("{ipBlock: {cidr: 151.101.0.0/16}}", (None, {}), False),
     ("{namespaceSelector: {}}", (None, {}), False),  # a host outside the cluster is in no namespace
