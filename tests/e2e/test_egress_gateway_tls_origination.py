@@ -21,8 +21,6 @@ import json
 import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +29,10 @@ from typing import Any
 import pytest
 
 from meshkit.runtime import egressgw
-from tests.e2e.cli import CLI_TIMEOUT, cli_env
 from tests.e2e.mesh import SAMPLES, RunningMesh, start_mesh
+
+# the mutual TLS server of Istio's "Egress TLS Origination" task, which this task deploys the same way
+from tests.e2e.test_egress_mutual_tls_origination import CERTIFICATES, MUTUAL_TLS_SERVER, bash
 
 BEFORE_YOU_BEGIN = f"""
 meshkit apply -f {SAMPLES / "sleep.yaml"}
@@ -170,101 +170,6 @@ meshkit delete destinationrule originate-tls-for-edition-cnn-com
 meshkit delete destinationrule egressgateway-for-cnn
 """
 
-CERTIFICATES = """
-openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 -subj '/O=example Inc./CN=example.com' -keyout example.com.key -out example.com.crt
-openssl req -out my-nginx.mesh-external.svc.cluster.local.csr -newkey rsa:2048 -nodes -keyout my-nginx.mesh-external.svc.cluster.local.key -subj "/CN=my-nginx.mesh-external.svc.cluster.local/O=some organization"
-openssl x509 -req -sha256 -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 0 -in my-nginx.mesh-external.svc.cluster.local.csr -out my-nginx.mesh-external.svc.cluster.local.crt
-openssl req -out client.example.com.csr -newkey rsa:2048 -nodes -keyout client.example.com.key -subj "/CN=client.example.com/O=client organization"
-openssl x509 -req -sha256 -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 1 -in client.example.com.csr -out client.example.com.crt
-"""  # noqa: E501 (the task's lines)
-
-MUTUAL_TLS_SERVER = """
-meshkit create namespace mesh-external
-meshkit create -n mesh-external secret tls nginx-server-certs --key my-nginx.mesh-external.svc.cluster.local.key --cert my-nginx.mesh-external.svc.cluster.local.crt
-meshkit create -n mesh-external secret generic nginx-ca-certs --from-file=example.com.crt
-cat <<\\EOF > ./nginx.conf
-events {
-}
-
-http {
-  log_format main '$remote_addr - $remote_user [$time_local]  $status '
-  '"$request" $body_bytes_sent "$http_referer" '
-  '"$http_user_agent" "$http_x_forwarded_for"';
-  access_log /var/log/nginx/access.log main;
-  error_log  /var/log/nginx/error.log;
-
-  server {
-    listen 443 ssl;
-
-    root /usr/share/nginx/html;
-    index index.html;
-
-    server_name my-nginx.mesh-external.svc.cluster.local;
-    ssl_certificate /etc/nginx-server-certs/tls.crt;
-    ssl_certificate_key /etc/nginx-server-certs/tls.key;
-    ssl_client_certificate /etc/nginx-ca-certs/example.com.crt;
-    ssl_verify_client on;
-  }
-}
-EOF
-meshkit create configmap nginx-configmap -n mesh-external --from-file=nginx.conf=./nginx.conf
-meshkit apply -f - <<EOF
-apiVersion: v1
-kind: Service
-metadata:
-  name: my-nginx
-  namespace: mesh-external
-  labels:
-    run: my-nginx
-spec:
-  ports:
-  - port: 443
-    protocol: TCP
-  selector:
-    run: my-nginx
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: my-nginx
-  namespace: mesh-external
-spec:
-  selector:
-    matchLabels:
-      run: my-nginx
-  replicas: 1
-  template:
-    metadata:
-      labels:
-        run: my-nginx
-    spec:
-      containers:
-      - name: my-nginx
-        image: nginx
-        ports:
-        - containerPort: 443
-        volumeMounts:
-        - name: nginx-config
-          mountPath: /etc/nginx
-          readOnly: true
-        - name: nginx-server-certs
-          mountPath: /etc/nginx-server-certs
-          readOnly: true
-        - name: nginx-ca-certs
-          mountPath: /etc/nginx-ca-certs
-          readOnly: true
-      volumes:
-      - name: nginx-config
-        configMap:
-          name: nginx-configmap
-      - name: nginx-server-certs
-        secret:
-          secretName: nginx-server-certs
-      - name: nginx-ca-certs
-        secret:
-          secretName: nginx-ca-certs
-EOF
-"""  # noqa: E501
 
 CLIENT_CREDENTIAL = """
 meshkit create secret -n istio-system generic client-credential --from-file=tls.key=client.example.com.key \\
@@ -396,13 +301,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     with start_mesh(tmp_path_factory.mktemp("egressgw-tls"), ["external"], spare=3) as running:
         yield running
 
-
-def bash(mesh: RunningMesh, script: str, cwd: Path) -> tuple[int, str, str]:
-    """Run ``script`` in bash in ``cwd`` with ``meshkit`` as this test's CLI (same MESHKIT_HOME and ports)."""
-    prelude = f'meshkit() {{ "{sys.executable}" -m meshkit.cli "$@"; }}\n'
-    done = subprocess.run(["bash", "-c", prelude + script], env=cli_env(mesh.home, mesh.base), cwd=cwd,
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT * 4, check=False)
-    return done.returncode, done.stdout, done.stderr
 
 
 def ok(mesh: RunningMesh, script: str, cwd: Path) -> str:
