@@ -57,7 +57,7 @@ TLS_PORT = 15012  # istiod's: xDS and CA over TLS, what a cluster's sidecars use
 DEFAULT_TLS_HOSTS = ("meshkit-control.meshkit-system.svc", "meshkit-control.meshkit-system.svc.cluster.local",
                      "localhost")
 SHUTDOWN_TIMEOUT = 3.0
-SWITCH_INTERVAL = 0.001  # seconds (Python's default 0.005); see serve()
+SWITCH_INTERVAL = 0.00025  # seconds (Python's default 0.005); see serve()
 TRACE_SAMPLING_ENV = "MESHKIT_TRACE_SAMPLING"  # meshConfig.defaultConfig.tracing.sampling, percent
 TRACE_EXPORT_ENV = "MESHKIT_TRACE_EXPORT"  # "otlp=http://HOST:4318/v1/traces" or "zipkin=http://HOST:9411/api/v2/spans"
 
@@ -348,8 +348,12 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, state_dir: Path | 
                  f"(state: {plane.directory}, revision {plane.store.revision})")
         return running
 
-    # the loop shares the GIL with the threads that unpickle and compile large configs: each time it
-    # gives the GIL up (any socket call), it waits up to one switch interval to get it back
+    # the loop shares the GIL with the threads that parse and compile large configs: each time it
+    # gives the GIL up (any socket call), it waits up to one switch interval to get it back. A CSR
+    # gives it up several times: with 1 ms, the median CSR during a 1 MB apply was 5.9-6.3 ms (idle
+    # 1.3-1.6 ms, the bound ~6.7), with 0.25 ms 3.6-6.5 ms, apply times alike (4 interleaved pairs
+    # of benchmarks/config_bounds.py --sizes 1000000, 8 Dec 2026; under a one-core CPU hog 5 pairs,
+    # median 8.5-12.2 against 7.1-11.1 ms)
     sys.setswitchinterval(SWITCH_INTERVAL)
     serve_until_signalled(start, announce)
 
