@@ -24,17 +24,13 @@ from tests.e2e.mesh import RunningMesh, start_mesh
 from tests.e2e.test_egress_mutual_tls_origination import (
     BEFORE_YOU_BEGIN,
     CERTIFICATES,
+    CLIENT_CREDENTIAL,
     CURL,
     MUTUAL_TLS_SERVER,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="the task's own openssl is not installed")
-
-SECRET = """
-meshkit create secret generic client-credential --from-file=tls.key=client.example.com.key \\
-  --from-file=tls.crt=client.example.com.crt --from-file=ca.crt=example.com.crt
-"""
 
 DESTINATION_RULE = """
 meshkit apply -f - <<EOF
@@ -92,7 +88,8 @@ def ok(mesh: RunningMesh, script: str, cwd: Path) -> str:
 
 def test_the_proxy_reads_the_client_certificate_files_of_its_user_volumes(mesh: RunningMesh,
                                                                           tmp_path: Path) -> None:
-    ok(mesh, BEFORE_YOU_BEGIN + CERTIFICATES + MUTUAL_TLS_SERVER + SECRET + DESTINATION_RULE, tmp_path)
+    ok(mesh, BEFORE_YOU_BEGIN + CERTIFICATES + MUTUAL_TLS_SERVER + CLIENT_CREDENTIAL + DESTINATION_RULE,
+       tmp_path)
     mesh.wait_synced()
     # the files are not mounted yet: the proxy has no client certificate, nginx refuses the handshake
     _, out, err = bash(mesh, CURL, tmp_path)
