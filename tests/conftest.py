@@ -25,8 +25,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # first, which left these few-test, minute-long files for the end of the run, one worker busy with
 # them while the other had finished). Longest first, the last files a worker takes are short ones.
 SLOWEST_FILES = (
-    "tests/labs/test_notebooks.py",  # 389
     "tests/labs/test_browser_learner.py",  # 343
+    "tests/labs/test_notebooks.py",  # 389, then the learner editions' runs moved to the browser test
     "tests/e2e/test_tcp_traffic_shifting_mesh.py",  # 91
     "tests/labs/test_browser.py",  # 78
     "tests/labs/test_incidents.py",  # 56

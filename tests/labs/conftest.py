@@ -3,6 +3,7 @@ and the `mesh` fixture every test module connects with."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -27,6 +28,12 @@ def as_first_time_learner(env: dict[str, str], lab: str) -> None:
     """The session's labs share one MESHKIT_HOME: forget ``lab``'s progress and predictions, which
     another test may have recorded (a reference edition run, a catalog check)."""
     ProgressStore(StateDir.open(env["MESHKIT_HOME"])).reset(lab)
+
+
+def lab_progress(env: dict[str, str], lab: str) -> dict[str, dict[str, object]]:
+    """What the kernels' checks recorded for ``lab`` (step id -> passed, reason, at)."""
+    data = json.loads((Path(env["MESHKIT_HOME"]) / "lab" / "progress.json").read_text())
+    return dict(data.get(lab, {}))
 
 
 def leave_workshops(env: dict[str, str]) -> None:

@@ -1,5 +1,6 @@
 """A learner in a real browser (Debian chromium, Playwright) on a lab's *learner* edition in JupyterLab,
-joined to a real workshop server: Run All leaves the exercised step not done; then the learner types
+joined to a real workshop server: Run All leaves every exercised step not done (the progress widget
+shows none done; each was checked and recorded as not done, with a reason); then the learner types
 the step's solution into its exercise cell with the keyboard, runs it and the cells after it, and the
 step turns done (✔) in the progress widget (in every lab, one step each); a broadcast from the
 instructor then appears in the open notebook without running any cell. The screenshot goes to
@@ -23,7 +24,7 @@ import pytest
 from meshkit.lab import catalog
 from meshkit.workshop import client
 from tests.labs.browser import CHROMIUM, chromium, free_port, jupyterlab, outputs, run_all
-from tests.labs.conftest import LABS, as_first_time_learner, leave_workshops
+from tests.labs.conftest import LABS, as_first_time_learner, lab_progress, leave_workshops
 from tests.pids import stop_group
 
 pytestmark = [
@@ -250,6 +251,7 @@ def test_every_learner_edition_runs_and_renders_in_jupyterlab(
     as_first_time_learner(lab_env, name.removesuffix(".ipynb"))
     page = browser.open_notebook(server.add(LABS / name), name)
     try:
+        began = time.time()
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
         failed = outputs(page).filter(has_text="Traceback")
         page.wait_for_function(f"() => ({ALL_CODE_CELLS_RAN})() || [...document.querySelectorAll("
@@ -270,8 +272,17 @@ def test_every_learner_edition_runs_and_renders_in_jupyterlab(
         for step in spec.steps:
             if step.exercise != "none":
                 assert f"✔ {step.title}" not in shown, f"{name}: Run All did step {step.id}"
-        # then the learner does one step by hand: types its solution, runs it, sees it turn done
+        # and each step with an exercise was checked by that Run All, and recorded as not done, with why
         lab = name.removesuffix(".ipynb")
+        recorded = lab_progress(lab_env, lab)
+        for step in spec.steps:
+            if step.exercise != "none":
+                entry = recorded.get(step.id)
+                assert entry is not None, f"{name}: step {step.id} was never checked"
+                assert float(entry["at"]) >= began  # type: ignore[arg-type]
+                assert entry["passed"] is False, f"{name}: step {step.id} passed without its exercise"
+                assert str(entry["reason"]).strip(), f"{name}: step {step.id} failed without saying why"
+        # then the learner does one step by hand: types its solution, runs it, sees it turn done
         typed = next(step for step in spec.steps if step.id == TYPED_STEPS[lab])
         type_the_solution_and_check(page, LABS / name, typed, START_AT.get(lab))
         assert not failed.count(), f"{name}: a cell failed:\n{failed.first.inner_text()[:2000]}"
