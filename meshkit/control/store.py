@@ -24,22 +24,21 @@ An external source of truth (Kubernetes: ``meshkit control --kubernetes``) keeps
 the source, not gated by the analyzer (the source already accepted those objects; cross-resource
 findings are for its status to show). While a source owns the store (``owned_by``), apply, delete
 and rollback are refused with a message saying where to change the config instead.
+
+The store is this module's `ConfigStore` (the current config, the revisions in SQLite, the
+notifications); the records are `store_records`, the documents memo `store_documents`, the diff
+`config_diff` and a change's preparation `store_changes`. Importers use this module, which
+re-exports the names they had here. It must not decide what a rule means (that is `config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import itertools
 import json
 import sqlite3
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
-
-import yaml
 
 from meshkit.config import codes
 from meshkit.config.analyze import analyze
@@ -47,310 +46,53 @@ from meshkit.config.loader import load_resources
 from meshkit.config.messages import ConfigError, Message, Severity
 from meshkit.config.registry import RegistryView
 from meshkit.config.resources import Resource
-from meshkit.control import jsontext
+from meshkit.control.config_diff import DIFF_MAX_BYTES, DIFF_MAX_LINES, config_diff
 from meshkit.control.release import Release, release_at_once
+from meshkit.control.store_changes import (
+    KEPT_NAMESPACES,
+    duplicate_messages,
+    prepare_apply_to,
+    prepare_config,
+    refuse_kept_namespaces,
+    refusing_errors,
+    with_namespace_contents,
+)
+from meshkit.control.store_documents import Documents
+from meshkit.control.store_records import (
+    ANSWER_ENCODER,
+    ChangeResult,
+    ConflictError,
+    Key,
+    NotFoundError,
+    PreparedChange,
+    Revision,
+    StoredResource,
+    encode_messages,
+    key_ref,
+)
 
-Key = tuple[str, str, str]  # (kind, namespace, name)
+__all__ = [
+    "ANSWER_ENCODER",
+    "DIFF_MAX_BYTES",
+    "DIFF_MAX_LINES",
+    "KEEP_REVISIONS",
+    "KEPT_NAMESPACES",
+    "ChangeResult",
+    "ConfigStore",
+    "ConflictError",
+    "Documents",
+    "Key",
+    "NotFoundError",
+    "PreparedChange",
+    "Revision",
+    "StoredResource",
+    "config_diff",
+    "duplicate_messages",
+    "encode_messages",
+    "prepare_apply_to",
+]
+
 KEEP_REVISIONS = 1000
-DIFF_MAX_LINES = 2000  # a changed middle longer than this is not searched for matching lines
-DIFF_MAX_BYTES = 256 * 1024  # a resource larger than this (as JSON) gets a one-line diff
-_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-def duplicate_messages(incoming: Sequence[Resource]) -> list[Message]:
-    """An MK0901 error for every resource that appears again in the same input."""
-    seen: set[Key] = set()
-    messages = []
-    for resource in incoming:
-        if resource.key in seen:
-            messages.append(Message(codes.MK0901, Severity.ERROR, resource.ref, "metadata.name",
-                                    f"{resource.ref} appears more than once in the same input"))
-        seen.add(resource.key)
-    return messages
-
-
-class NotFoundError(ConfigError):
-    """A resource or revision that does not exist (HTTP 404)."""
-
-
-class ConflictError(ConfigError):
-    """The store moved on since the caller looked (HTTP 409)."""
-
-
-def _ref(key: Key) -> str:
-    return "/".join(key)
-
-
-@dataclass(frozen=True, slots=True)
-class Revision:
-    """One accepted change."""
-
-    number: int
-    timestamp: float
-    summary: str
-    diff: str
-
-    def to_dict(self, *, with_diff: bool = True) -> dict[str, Any]:
-        doc: dict[str, Any] = {"revision": self.number, "timestamp": self.timestamp, "summary": self.summary}
-        if with_diff:
-            doc["diff"] = self.diff
-        return doc
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResource:
-    """A resource with what the store knows about it: when it was created, which revision last changed it."""
-
-    resource: Resource
-    created: float
-    revision: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.resource.ref, "created": self.created, "revision": self.revision,
-                "resource": self.resource.to_dict()}
-
-
-ANSWER_ENCODER = json.JSONEncoder()  # what web.json_response's json.dumps writes; never changed
-_DUMPS_ENCODER = json.JSONEncoder()  # json.dumps's own settings; never changed
-
-
-def encode_messages(messages: Sequence[Message]) -> str:
-    """``messages`` as a change's answer lists them (``ANSWER_ENCODER``'s JSON array text)."""
-    return ANSWER_ENCODER.encode([m.to_dict() for m in messages])
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeResult:
-    """What an apply/delete/rollback did: the revision it made (or the current one when nothing changed)."""
-
-    revision: int
-    changed: bool
-    actions: list[tuple[str, str]]  # (ref, "created" | "configured" | "unchanged" | "deleted")
-    warnings: list[Message] = field(default_factory=list)
-    # more warnings, after ``warnings``, already as JSON text (`encode_messages`): those a worker
-    # process encoded, where 8,000 of them cost it 70-110 ms instead of the control plane
-    encoded_warnings: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        warnings = [m.to_dict() for m in self.warnings]
-        if self.encoded_warnings is not None:
-            warnings.extend(json.loads(self.encoded_warnings))
-        return {**self._head(), "warnings": warnings}
-
-    def answer(self) -> str:
-        """``ANSWER_ENCODER.encode(self.to_dict())``, with the encoded warnings spliced in as they are."""
-        if self.encoded_warnings is None:
-            return ANSWER_ENCODER.encode(self.to_dict())
-        head = ANSWER_ENCODER.encode({**self._head(), "warnings": []})[:-3]  # "warnings" is the last member
-        listed, encoded = encode_messages(self.warnings), self.encoded_warnings
-        if listed == "[]" or encoded == "[]":
-            return f"{head}{encoded if listed == '[]' else listed}}}"
-        return f"{head}{listed[:-1]}, {encoded[1:]}}}"
-
-    def _head(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "changed": self.changed,
-            "results": [{"resource": ref, "action": action} for ref, action in self.actions],
-        }
-
-
-class Documents:
-    """Each resource's ``to_dict()`` and its JSON computed once (a 1 MB resource takes ~0.1 s per
-    dump); the store keeps those of its current resources, so a change dumps only what it brings."""
-
-    def __init__(self, docs: dict[int, tuple[Resource, dict[str, Any]]] | None = None,
-                 texts: dict[int, tuple[Resource, str]] | None = None) -> None:
-        self._docs: dict[int, tuple[Resource, dict[str, Any]]] = dict(docs or {})
-        self._texts: dict[int, tuple[Resource, str]] = dict(texts or {})
-
-    def copy(self) -> Documents:
-        return Documents(self._docs, self._texts)
-
-    def only(self, resources: Iterable[Resource]) -> Documents:
-        """The documents of ``resources`` already computed (the others are dropped)."""
-        ids = {id(r) for r in resources}
-        return Documents({i: d for i, d in self._docs.items() if i in ids},
-                         {i: t for i, t in self._texts.items() if i in ids})
-
-    def __call__(self, resource: Resource) -> dict[str, Any]:
-        found = self._docs.get(id(resource))
-        if found is None:
-            found = self._docs[id(resource)] = (resource, resource.to_dict())  # keeps the id taken
-        return found[1]
-
-    def json(self, resource: Resource) -> str:
-        """``json.dumps(self(resource))``, computed once, in short encoder calls (`jsontext`: a change
-        prepared on a thread shares the GIL with the loop; one call held it 25-80 ms for 1 MB)."""
-        found = self._texts.get(id(resource))
-        if found is None:
-            # the resource, its spec, a list in it (a VirtualService's http): the list in runs
-            found = self._texts[id(resource)] = (resource, jsontext.dumps(self(resource), _DUMPS_ENCODER, 3))
-        return found[1]
-
-
-def _yaml_lines(doc: dict[str, Any] | None) -> list[str]:
-    if doc is None:
-        return []
-    text: str = yaml.dump(doc, Dumper=_DUMPER, sort_keys=False)
-    return text.splitlines(keepends=True)
-
-
-def _lines_diff(before: list[str], after: list[str], fromfile: str, tofile: str) -> list[str]:
-    """A unified diff in linear time when the changed middle is large (see the module docstring)."""
-    start = 0
-    for start, (a, b) in enumerate(itertools.zip_longest(before, after)):  # noqa: B007
-        if a != b:
-            break
-    else:
-        return []
-    end_b, end_a = len(before), len(after)
-    while end_b > start and end_a > start and before[end_b - 1] == after[end_a - 1]:
-        end_b, end_a = end_b - 1, end_a - 1
-    if max(end_b - start, end_a - start) <= DIFF_MAX_LINES:
-        return list(difflib.unified_diff(before, after, fromfile=fromfile, tofile=tofile))
-    context = 3
-    low, high_b, high_a = max(0, start - context), min(len(before), end_b + context), \
-        min(len(after), end_a + context)
-    hunk = [f"--- {fromfile}\n", f"+++ {tofile}\n",
-            f"@@ -{low + 1},{high_b - low} +{low + 1},{high_a - low} @@\n"]
-    hunk.extend(" " + line for line in before[low:start])
-    hunk.extend("-" + line for line in before[start:end_b])
-    hunk.extend("+" + line for line in after[start:end_a])
-    hunk.extend(" " + line for line in before[end_b:high_b])
-    return [line if line.endswith("\n") else line + "\n" for line in hunk]
-
-
-def config_diff(old: dict[Key, Resource], new: dict[Key, Resource], docs: Documents | None = None) -> str:
-    """Unified diff of every resource that differs, as YAML, one file header per resource."""
-    docs = docs or Documents()
-    chunks: list[str] = []
-    for key in sorted(set(old) | set(new)):
-        before, after = old.get(key), new.get(key)
-        if before is after:
-            continue
-        old_doc = docs(before) if before is not None else None
-        new_doc = docs(after) if after is not None else None
-        if old_doc is not None and old_doc == new_doc:
-            continue
-        sizes = [len(docs.json(r)) for r in (before, after) if r is not None]
-        if max(sizes) > DIFF_MAX_BYTES:
-            chunks.append(f"--- {'a/' + _ref(key) if before is not None else '/dev/null'}\n"
-                          f"+++ {'b/' + _ref(key) if after is not None else '/dev/null'}\n"
-                          f"@@ diff omitted: the resource is {max(sizes)} bytes as JSON "
-                          f"(over {DIFF_MAX_BYTES}); `meshkit get` shows it @@\n")
-            continue
-        chunks.extend(_lines_diff(
-            _yaml_lines(old_doc), _yaml_lines(new_doc),
-            fromfile=f"a/{_ref(key)}" if before is not None else "/dev/null",
-            tofile=f"b/{_ref(key)}" if after is not None else "/dev/null",
-        ))
-    return "".join(chunks)
-
-
-def _errors(messages: Iterable[Message]) -> list[Message]:
-    """The messages that refuse a change: every Error but those Istio's API server accepts
-    (`codes.REPORTED_NOT_REFUSED`, returned with the change's warnings)."""
-    return [m for m in messages if m.severity == Severity.ERROR and m.code not in codes.REPORTED_NOT_REFUSED]
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedChange:
-    """A change worked out against revision ``base``, ready to `ConfigStore.commit`."""
-
-    base: int
-    summary: str
-    actions: list[tuple[str, str]]
-    messages: list[Message]
-    entries: dict[Key, StoredResource]
-    diff: str
-    document: str
-    timestamp: float
-    token: str = ""  # names the config this change makes (a worker process caches it by this name)
-    kept: tuple[Key, ...] = ()  # entries left out of ``entries``: the base revision's own, unchanged
-    # entries left out of ``entries``: the applied body's own resources, (key, created) at revision
-    # base + 1, which the control plane parsed itself (`meshkit.control.preparation.with_parsed`)
-    fresh: tuple[tuple[Key, float], ...] = ()
-    docs: Documents | None = field(default=None, compare=False)  # to_dict() memo (never pickled)
-    encoded_messages: str | None = None  # more messages, after ``messages``: `ChangeResult.encoded_warnings`
-
-
-def prepare_apply_to(base: int, current: dict[Key, StoredResource], incoming: Sequence[Resource],
-                     registry: RegistryView | None, docs: Documents | None = None
-                     ) -> PreparedChange | ChangeResult:
-    """`ConfigStore.prepare_apply` over ``current`` at revision ``base`` (pure: any thread or process)."""
-    duplicates = duplicate_messages(incoming)
-    if duplicates:
-        raise ConfigError(duplicates)
-    merged = {key: stored.resource for key, stored in current.items()}
-    merged.update((resource.key, resource) for resource in incoming)
-    messages = analyze([merged[key] for key in sorted(merged)], registry)
-    if _errors(messages):
-        raise ConfigError(messages)
-    actions: list[tuple[str, str]] = []
-    docs = docs or Documents()
-    for resource in incoming:
-        before = current.get(resource.key)
-        if before is None:
-            actions.append((resource.ref, "created"))
-        elif docs(before.resource) != docs(resource):
-            actions.append((resource.ref, "configured"))
-        else:
-            actions.append((resource.ref, "unchanged"))
-    changed = [(ref, action) for ref, action in actions if action != "unchanged"]
-    if not changed:
-        return ChangeResult(base, False, actions, messages)
-    summary = "apply: " + ", ".join(f"{action} {ref}" for ref, action in changed)
-    return _prepare(base, current, merged, summary, actions=actions, messages=messages, docs=docs)
-
-
-def _prepare(base: int, current: dict[Key, StoredResource], config: dict[Key, Resource], summary: str,
-             *, actions: list[tuple[str, str]], messages: list[Message],
-             docs: Documents | None = None) -> PreparedChange:
-    """Diff and serialize ``config`` as revision ``base + 1`` (pure: a worker may run it)."""
-    docs = docs or Documents()
-    now = time.time()
-    number = base + 1
-    previous = {key: stored.resource for key, stored in current.items()}
-    diff = config_diff(previous, config, docs)
-    entries: dict[Key, StoredResource] = {}
-    for key, resource in config.items():
-        before = current.get(key)
-        unchanged = before is not None and (before.resource is resource
-                                            or docs(before.resource) == docs(resource))
-        if before is not None and unchanged:
-            entries[key] = before
-        else:
-            entries[key] = StoredResource(resource, before.created if before else now, number)
-    document = "[" + ", ".join(  # json.dumps of the list, reusing each resource's JSON
-        f'{{"resource": {docs.json(entries[key].resource)}, "created": {json.dumps(entries[key].created)}, '
-        f'"revision": {entries[key].revision}}}'
-        for key in sorted(entries)
-    ) + "]"
-    docs = docs.only(stored.resource for stored in entries.values())
-    return PreparedChange(base, summary, actions, messages, entries, diff, document, now,
-                          token=uuid.uuid4().hex, docs=docs)
-
-
-KEPT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")  # Kubernetes refuses these
-
-
-def _refuse_kept_namespaces(keys: list[Key]) -> None:
-    kept = [key for key in keys if key[0] == "Namespace" and key[2] in KEPT_NAMESPACES]
-    if kept:
-        raise ConfigError([Message(codes.MK0907, Severity.ERROR, _ref(key), "metadata.name",
-                                   f'namespaces "{key[2]}" is forbidden: this namespace may not be deleted')
-                           for key in kept])
-
-
-def _with_namespace_contents(keys: list[Key], current: Mapping[Key, object]) -> list[Key]:
-    """``keys`` and, after each Namespace among them, everything stored in that namespace: deleting
-    a namespace deletes what it holds, as on Kubernetes (Istio's clean-up is ``kubectl delete ns foo``)."""
-    doomed = {key[2] for key in keys if key[0] == "Namespace"}
-    if not doomed:
-        return keys
-    contents = [key for key in sorted(current) if key[1] in doomed and key[0] != "Namespace"]
-    return list(dict.fromkeys([*keys, *contents]))
 
 
 class ConfigStore:
@@ -449,7 +191,8 @@ class ConfigStore:
         target = {resource.key: resource for resource in desired}
         current = {key: stored.resource for key, stored in self._current.items()}
         actions = [
-            (_ref(key), "deleted" if key not in target else "created" if key not in current else "configured")
+            (key_ref(key),
+             "deleted" if key not in target else "created" if key not in current else "configured")
             for key in sorted(set(current) | set(target))
             if key not in current or key not in target or current[key].to_dict() != target[key].to_dict()
         ]
@@ -498,21 +241,22 @@ class ConfigStore:
         self._check_writable()
         self._check_expected(expected_revision)
         unique = list(dict.fromkeys(keys))
-        _refuse_kept_namespaces(unique)
+        refuse_kept_namespaces(unique)
         missing = [key for key in unique if key not in current]
         if missing:
             raise NotFoundError([
-                Message(codes.MK0902, Severity.ERROR, _ref(key), "", f"{_ref(key)} not found")
+                Message(codes.MK0902, Severity.ERROR, key_ref(key), "", f"{key_ref(key)} not found")
                 for key in missing
             ])
-        unique = _with_namespace_contents(unique, current)
+        unique = with_namespace_contents(unique, current)
         remaining = {key: stored.resource for key, stored in current.items() if key not in unique}
         if not unique:
             return ChangeResult(base, False, [], [])
         warnings = analyze([remaining[key] for key in sorted(remaining)], registry)
-        return _prepare(base, current, remaining, "delete: " + ", ".join(_ref(key) for key in unique),
-                        actions=[(_ref(key), "deleted") for key in unique], messages=warnings,
-                        docs=self._docs.copy())
+        return prepare_config(base, current, remaining,
+                              "delete: " + ", ".join(key_ref(key) for key in unique),
+                              actions=[(key_ref(key), "deleted") for key in unique], messages=warnings,
+                              docs=self._docs.copy())
 
     def rollback(self, number: int, registry: RegistryView | None = None) -> ChangeResult:
         """Make the config as of revision ``number`` current again, as a new revision."""
@@ -528,18 +272,19 @@ class ConfigStore:
         base, stored = self._revision, self._current
         self._check_writable()
         messages = analyze([target[key] for key in sorted(target)], registry)
-        if _errors(messages):
+        if refusing_errors(messages):
             raise ConfigError(messages)
         current = {key: entry.resource for key, entry in stored.items()}
         docs = self._docs.copy()
         actions = [
-            (_ref(key), "deleted" if key not in target else "created" if key not in current else "configured")
+            (key_ref(key),
+             "deleted" if key not in target else "created" if key not in current else "configured")
             for key in sorted(set(current) | set(target))
             if key not in current or key not in target or docs(current[key]) != docs(target[key])
         ]
         if not actions:
             return ChangeResult(base, False, [], messages)
-        return _prepare(base, stored, target, f"rollback to revision {number}", actions=actions,
+        return prepare_config(base, stored, target, f"rollback to revision {number}", actions=actions,
                         messages=messages, docs=docs)
 
     def commit(self, change: PreparedChange | ChangeResult) -> ChangeResult:
@@ -607,7 +352,7 @@ class ConfigStore:
 
     def _commit(self, config: dict[Key, Resource], summary: str) -> None:
         """Write ``config`` as the next revision, then make it current and notify listeners."""
-        self._commit_prepared(_prepare(self._revision, self._current, config, summary, actions=[],
+        self._commit_prepared(prepare_config(self._revision, self._current, config, summary, actions=[],
                                        messages=[], docs=self._docs.copy()))
 
     def _config_at(self, number: int) -> dict[Key, Resource]:

@@ -121,7 +121,7 @@ def test_to_dict_dumps_long_spec_lists_member_by_member_with_the_same_text(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """`Resource.to_dict` dumps a long ``spec`` list one model at a time (short GIL holds): the same
     dict in the same key order as one ``model_dump``, for every Istio sample and a large VirtualService."""
-    from meshkit.config import resources  # noqa: PLC0415
+    from meshkit.config import resource_base  # noqa: PLC0415 (the module whose to_dict reads it)
 
     routes = [{"name": f"r{n}", "match": [{"uri": {"prefix": f"/r{n}/"}, "headers": {"x": {"exact": "1"}}}],
                "route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 60},
@@ -132,7 +132,7 @@ def test_to_dict_dumps_long_spec_lists_member_by_member_with_the_same_text(
                           "spec": {"hosts": ["reviews"], "gateways": ["mesh"], "http": routes}})
     everything = [*big, *(r for path in sorted(SAMPLES.glob("*.yaml")) for r in sample(path.stem))]
     for split_above in (0, 64):
-        monkeypatch.setattr(resources, "DUMP_SPLIT_ABOVE", split_above)
+        monkeypatch.setattr(resource_base, "DUMP_SPLIT_ABOVE", split_above)
         for resource in everything:
             whole = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
             assert json.dumps(resource.to_dict()) == json.dumps(whole), resource.ref
