@@ -2,7 +2,7 @@
 
 Istio implements HTTPRoute by converting it into internal VirtualServices (one per host, the rules
 of every route attached to that host merged and sorted by Gateway API's precedence); meshkit does
-the same, so there is one router: `compile`'s ``_route`` turns both into snapshot routes.
+the same, so there is one router: `compile_routes`' ``_route`` turns both into snapshot routes.
 
 * A route whose ``parentRefs`` name a Service (GAMMA) becomes a mesh VirtualService for that
   Service's host. Its internal VirtualService is ordered before the user's VirtualServices of the
