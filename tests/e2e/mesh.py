@@ -8,6 +8,7 @@ pids of everything the mesh runs (to prove that `down` leaves nothing behind).
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from meshkit.runtime import catalog
 from meshkit.runtime.local import DEFAULT_CERT_TTL, LocalMesh, MeshError
 from meshkit.runtime.ports import free_bases
 from meshkit.runtime.state import StateDir
+from tests.e2e import cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "config" / "istio_samples"
 RULES = Path(__file__).resolve().parent / "rules"
@@ -63,6 +65,16 @@ class RunningMesh:
     @property
     def client(self) -> ControlClient:
         return ControlClient(str(self.status["control"]), timeout=30.0, token=self.mesh.admin_token() or "")
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``meshkit ARGS`` as a real subprocess against this mesh (`cli.meshkit`)."""
+        return cli.meshkit(self.home, self.base, *args)
+
+    def ok(self, *args: str) -> str:
+        """``meshkit ARGS``, which must exit 0: what it printed on stdout."""
+        done = self.run(*args)
+        assert done.returncode == 0, f"meshkit {' '.join(args)}: {done.stdout}\n{done.stderr}"
+        return done.stdout
 
     def workload(self, name: str) -> dict[str, Any]:
         """The `meshkit status` row of one instance (``reviews-v1-0``)."""

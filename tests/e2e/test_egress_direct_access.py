@@ -12,14 +12,12 @@ the flag) puts interception of everything back. Everything on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e import cli
 from tests.e2e.mesh import SAMPLES, RunningMesh, start_mesh
 from tests.e2e.traffic import istio_requests
 
@@ -34,21 +32,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         yield running
 
 
-def meshkit(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
-    return cli.meshkit(mesh.home, mesh.base, *args)
-
-
-def ok(mesh: RunningMesh, *args: str) -> str:
-    done = meshkit(mesh, *args)
-    assert done.returncode == 0, f"meshkit {' '.join(args)}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def headers(mesh: RunningMesh, url: str, namespace: str = "default") -> dict[str, str]:
     """``kubectl exec "$SOURCE_POD" -c sleep -- curl -sS URL``: the headers the server saw."""
-    source_pod = ok(mesh, "get", "pod", "-n", namespace, "-l", "app=sleep", "-o",
-                    "jsonpath={.items..metadata.name}").strip()
-    printed = ok(mesh, "exec", source_pod, "-n", namespace, "-c", "sleep", "--", "curl", "-sS", url)
+    source_pod = mesh.ok("get", "pod", "-n", namespace, "-l", "app=sleep", "-o",
+                         "jsonpath={.items..metadata.name}").strip()
+    printed = mesh.ok("exec", source_pod, "-n", namespace, "-c", "sleep", "--", "curl", "-sS", url)
     echoed: dict[str, str] = json.loads(printed)["headers"]
     return echoed
 
@@ -59,7 +47,7 @@ def added_by_envoy(echoed: dict[str, str]) -> list[str]:
 
 def proxy_lines(mesh: RunningMesh, authority: str) -> list[dict[str, Any]]:
     """``kubectl logs "$SOURCE_POD" -c istio-proxy``: its access-log lines for ``authority``."""
-    printed = ok(mesh, "logs", "sleep-v1-0", "-c", "istio-proxy", "--tail", "0")
+    printed = mesh.ok("logs", "sleep-v1-0", "-c", "istio-proxy", "--tail", "0")
     return [e for e in (json.loads(line) for line in printed.splitlines() if line.strip())
             if e.get("authority") == authority]
 
@@ -71,7 +59,7 @@ def passthrough(admin: int) -> float:
 
 def test_the_internal_range_is_kinds_service_range(mesh: RunningMesh) -> None:
     # kubectl cluster-info dump | grep -m 1 service-cluster-ip-range
-    dump = ok(mesh, "cluster-info", "dump")
+    dump = mesh.ok("cluster-info", "dump")
     found = [line.strip() for line in dump.splitlines() if "service-cluster-ip-range" in line][:1]
     assert found == ['"--service-cluster-ip-range=10.96.0.0/16",'], dump
 
@@ -86,7 +74,7 @@ def test_include_ip_ranges_sends_external_hosts_around_the_sidecar(mesh: Running
     assert passthrough(admin) == counted + 1
 
     # istioctl install <flags-you-used-to-install-Istio> --set values.global.proxy.includeIPRanges="..."
-    ok(mesh, "up", "--set", f'{INCLUDE}="10.96.0.0/16"')
+    mesh.ok("up", "--set", f'{INCLUDE}="10.96.0.0/16"')
     try:
         direct = headers(mesh, "http://httpbin.org/headers")
         assert direct.get("Host") == "httpbin.org" and added_by_envoy(direct) == [], direct
@@ -98,18 +86,18 @@ def test_include_ip_ranges_sends_external_hosts_around_the_sidecar(mesh: Running
         assert len(proxy_lines(mesh, "httpbin:8000")) == in_mesh + 1
 
         # a bad range is refused, naming the setting; what was set stays
-        bad = meshkit(mesh, "up", "--set", f"{INCLUDE}=10.96.0.0/33")
+        bad = mesh.run("up", "--set", f"{INCLUDE}=10.96.0.0/33")
         assert bad.returncode != 0 and f"--set {INCLUDE}: '10.96.0.0/33' is not a CIDR" in bad.stderr, bad
         assert added_by_envoy(headers(mesh, "http://httpbin.org/headers")) == []
     finally:
         # cleanup: istioctl install <flags-you-used-to-install-Istio> (without the flag): everything again
-        ok(mesh, "up")
+        mesh.ok("up")
     assert added_by_envoy(headers(mesh, "http://httpbin.org/headers"))
     assert len(proxy_lines(mesh, "httpbin.org")) == logged + 2
 
 
 def test_exclude_ip_ranges_leaves_the_mesh_services_out(mesh: RunningMesh) -> None:
-    ok(mesh, "up", "--set", "values.global.proxy.excludeIPRanges=10.96.0.0/16")
+    mesh.ok("up", "--set", "values.global.proxy.excludeIPRanges=10.96.0.0/16")
     try:
         in_mesh = len(proxy_lines(mesh, "httpbin:8000"))
         # straight to an httpbin pod: its own sidecar takes the plaintext in (PERMISSIVE), so no mTLS
@@ -119,7 +107,7 @@ def test_exclude_ip_ranges_leaves_the_mesh_services_out(mesh: RunningMesh) -> No
         assert len(proxy_lines(mesh, "httpbin:8000")) == in_mesh
         assert added_by_envoy(headers(mesh, "http://httpbin.org/headers"))
     finally:
-        ok(mesh, "up")
+        mesh.ok("up")
 
 
 def test_a_pods_include_outbound_ip_ranges_annotation_replaces_the_mesh_wide_value(
@@ -133,14 +121,14 @@ def test_a_pods_include_outbound_ip_ranges_annotation_replaces_the_mesh_wide_val
     assert "includeOutboundIPRanges" in annotated
     manifest = tmp_path / "sleep-annotated.yaml"
     manifest.write_text(annotated)
-    ok(mesh, "create", "namespace", "direct")
+    mesh.ok("create", "namespace", "direct")
     bad = tmp_path / "sleep-bad.yaml"
     bad.write_text(annotated.replace('"10.96.0.0/16"', '"10.96.0.0/16,10.300.0.0/16"'))
-    refused = meshkit(mesh, "apply", "-f", str(bad), "-n", "direct")
+    refused = mesh.run("apply", "-f", str(bad), "-n", "direct")
     assert refused.returncode != 0 and "MK0309" in refused.stdout + refused.stderr, refused
     assert "'10.300.0.0/16' is not a CIDR" in refused.stdout + refused.stderr, refused
-    ok(mesh, "label", "namespace", "direct", "istio-injection=enabled")
-    ok(mesh, "apply", "-f", str(manifest), "-n", "direct")
+    mesh.ok("label", "namespace", "direct", "istio-injection=enabled")
+    mesh.ok("apply", "-f", str(manifest), "-n", "direct")
     try:
         direct = headers(mesh, "http://httpbin.org/headers", "direct")
         assert direct.get("Host") == "httpbin.org" and added_by_envoy(direct) == [], direct
@@ -149,4 +137,4 @@ def test_a_pods_include_outbound_ip_ranges_annotation_replaces_the_mesh_wide_val
         # the default namespace's sleep, without the annotation, still sends everything to its sidecar
         assert added_by_envoy(headers(mesh, "http://httpbin.org/headers"))
     finally:
-        ok(mesh, "delete", "-f", str(manifest), "-n", "direct")
+        mesh.ok("delete", "-f", str(manifest), "-n", "direct")

@@ -38,12 +38,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         yield running
 
 
-def ok(mesh: RunningMesh, *args: str) -> str:
-    done = cli.meshkit(mesh.home, mesh.base, *args)
-    assert done.returncode == 0, f"meshkit {' '.join(args)}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def sleep_curl(mesh: RunningMesh, url: str) -> subprocess.CompletedProcess[str]:
     """``kubectl exec "$SOURCE_POD" -c sleep -- curl -sSL -o /dev/null -D - URL``: the headers of each hop."""
     return cli.meshkit(mesh.home, mesh.base, "exec", "deploy/sleep", "-c", "sleep", "--", "curl", "-sSL",
@@ -56,21 +50,21 @@ def status_lines(output: str) -> list[str]:
 
 def gateway_log(mesh: RunningMesh) -> list[dict[str, Any]]:
     """``kubectl logs -l gateway.networking.k8s.io/gateway-name=cnn-egress-gateway -c istio-proxy``."""
-    text = ok(mesh, "logs", "-l", SELECTOR, "-c", "istio-proxy", "--tail", "0")
+    text = mesh.ok("logs", "-l", SELECTOR, "-c", "istio-proxy", "--tail", "0")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def sleep_log(mesh: RunningMesh) -> list[dict[str, Any]]:
-    text = ok(mesh, "logs", "sleep-v1-0", "--access", "--tail", "0")
+    text = mesh.ok("logs", "sleep-v1-0", "--access", "--tail", "0")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def test_http_traffic_through_the_gateway_api_egress_gateway(mesh: RunningMesh) -> None:
-    ok(mesh, "apply", "-f", str(HTTP_SERVICE_ENTRY))
-    applied = ok(mesh, "apply", "-f", str(HTTP_GATEWAY))  # Istio deploys cnn-egress-gateway-istio
+    mesh.ok("apply", "-f", str(HTTP_SERVICE_ENTRY))
+    applied = mesh.ok("apply", "-f", str(HTTP_GATEWAY))  # Istio deploys cnn-egress-gateway-istio
     assert f"pod/{PROCESS} started" in applied, applied
     assert PROCESS in mesh.pids()
-    pods = ok(mesh, "get", "pods")  # kubectl get pod: the Gateway's deployment has its pod
+    pods = mesh.ok("get", "pods")  # kubectl get pod: the Gateway's deployment has its pod
     assert [line.split()[:3] for line in pods.splitlines() if "cnn" in line] == [[PROCESS, "1/1", "Running"]]
     routes = cli.meshkit(mesh.home, mesh.base, "apply", "-f", str(HTTP_ROUTES))
     assert routes.returncode == 0 and "Warning" not in routes.stdout + routes.stderr, routes
@@ -94,19 +88,19 @@ def test_http_traffic_through_the_gateway_api_egress_gateway(mesh: RunningMesh) 
         assert "spiffe://cluster.local/ns/default/sa/cnn-egress-gateway-istio" in answer.read().decode()
 
     # cleanup, as the task: the Gateway's proxy goes with the Gateway; sleep goes straight out again
-    ok(mesh, "delete", "serviceentry", "cnn")
-    deleted = ok(mesh, "delete", "gtw", "cnn-egress-gateway")
+    mesh.ok("delete", "serviceentry", "cnn")
+    deleted = mesh.ok("delete", "gtw", "cnn-egress-gateway")
     assert f"pod/{PROCESS} removed" in deleted, deleted
     assert PROCESS not in mesh.pids()
-    ok(mesh, "delete", "httproute", "direct-cnn-to-egress-gateway")
-    ok(mesh, "delete", "httproute", "forward-cnn-from-egress-gateway")
+    mesh.ok("delete", "httproute", "direct-cnn-to-egress-gateway")
+    mesh.ok("delete", "httproute", "forward-cnn-from-egress-gateway")
 
 
 def test_https_traffic_through_the_gateway_api_egress_gateway(mesh: RunningMesh) -> None:
-    ok(mesh, "apply", "-f", str(TLS_SERVICE_ENTRY))
+    mesh.ok("apply", "-f", str(TLS_SERVICE_ENTRY))
     direct = sleep_curl(mesh, "https://edition.cnn.com/politics")
     assert direct.returncode == 0 and status_lines(direct.stdout)[-1].split()[1] == "200", direct
-    applied = ok(mesh, "apply", "-f", str(TLS_GATEWAY_AND_ROUTES))  # the Gateway and both TLSRoutes at once
+    applied = mesh.ok("apply", "-f", str(TLS_GATEWAY_AND_ROUTES))  # the Gateway and both TLSRoutes at once
     assert f"pod/{PROCESS} started" in applied, applied
 
     done = sleep_curl(mesh, "https://edition.cnn.com/politics")
@@ -123,15 +117,15 @@ def test_https_traffic_through_the_gateway_api_egress_gateway(mesh: RunningMesh)
     cleanup = (("serviceentry", "cnn"), ("gtw", "cnn-egress-gateway"),
                ("tlsroute", "direct-cnn-to-egress-gateway"), ("tlsroute", "forward-cnn-from-egress-gateway"))
     for args in cleanup:
-        ok(mesh, "delete", *args)
+        mesh.ok("delete", *args)
     assert PROCESS not in mesh.pids()
 
 
 def test_the_gateway_proxy_restarts_and_runs_again_after_down_and_up(mesh: RunningMesh) -> None:
     for path in (HTTP_SERVICE_ENTRY, HTTP_GATEWAY, HTTP_ROUTES):
-        ok(mesh, "apply", "-f", str(path))
+        mesh.ok("apply", "-f", str(path))
     before = mesh.pids()[PROCESS]
-    ok(mesh, "restart", PROCESS)  # as `kubectl delete pod` of the gateway's pod: a new process, same ports
+    mesh.ok("restart", PROCESS)  # as `kubectl delete pod` of the gateway's pod: a new process, same ports
     assert mesh.pids()[PROCESS] != before
     again = sleep_curl(mesh, "http://edition.cnn.com/politics")
     assert [line.split()[1] for line in status_lines(again.stdout)] == ["301", "200"], again
@@ -144,5 +138,5 @@ def test_the_gateway_proxy_restarts_and_runs_again_after_down_and_up(mesh: Runni
     assert [line.split()[1] for line in status_lines(done.stdout)] == ["301", "200"], done
     assert [e for e in gateway_log(mesh) if e.get("path") == "/politics"], "it went through the gateway"
     for path in (HTTP_ROUTES, HTTP_GATEWAY, HTTP_SERVICE_ENTRY):
-        ok(mesh, "delete", "-f", str(path))
+        mesh.ok("delete", "-f", str(path))
     assert PROCESS not in mesh.pids()

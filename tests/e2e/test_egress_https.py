@@ -21,7 +21,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshkit.config.meshconfig import mesh_config_map
-from tests.e2e import cli
 from tests.e2e.mesh import SAMPLES, RunningMesh, start_mesh
 
 REGISTRY_ONLY = mesh_config_map({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}})
@@ -36,19 +35,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         yield running
 
 
-def meshkit(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
-    return cli.meshkit(mesh.home, mesh.base, *args)
-
-
-def ok(mesh: RunningMesh, *args: str) -> str:
-    done = meshkit(mesh, *args)
-    assert done.returncode == 0, f"meshkit {' '.join(args)}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def sleep_curl(mesh: RunningMesh, *curl_args: str) -> subprocess.CompletedProcess[str]:
     """``kubectl exec "$SOURCE_POD" -c sleep -- curl ARGS``."""
-    return meshkit(mesh, "exec", "deploy/sleep", "-c", "sleep", "--", "curl", *curl_args)
+    return mesh.run("exec", "deploy/sleep", "-c", "sleep", "--", "curl", *curl_args)
 
 
 def status_lines(output: str) -> list[str]:
@@ -70,7 +59,7 @@ def tcp_opened(mesh: RunningMesh, **labels: str) -> float:
 
 
 def access_log(mesh: RunningMesh, name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in ok(mesh, "logs", name, "--access", "--tail", "0").splitlines()
+    return [json.loads(line) for line in mesh.ok("logs", name, "--access", "--tail", "0").splitlines()
             if line.strip()]
 
 
@@ -107,26 +96,26 @@ def test_https_to_external_hosts_under_allow_any_registry_only_and_a_service_ent
             assert status_lines(done.stdout) == [], done.stdout
         assert tcp_opened(mesh, destination_service_name="BlackHoleCluster",
                           destination_service="unknown") >= 2
-        ok(mesh, "apply", "-f", str(GOOGLE))  # the `google` ServiceEntry (HTTPS 443)
+        mesh.ok("apply", "-f", str(GOOGLE))  # the `google` ServiceEntry (HTTPS 443)
         try:
             done = sleep_curl(mesh, "-sSI", "https://www.google.com")
             assert done.returncode == 0 and status_lines(done.stdout)[0].startswith("HTTP/1.1 200"), done
             assert tcp_opened(mesh, destination_service="www.google.com") >= 1
             assert sleep_curl(mesh, "-sSI", "https://edition.cnn.com").returncode == 35  # still blocked
         finally:
-            ok(mesh, "delete", "-f", str(GOOGLE))
+            mesh.ok("delete", "-f", str(GOOGLE))
         assert sleep_curl(mesh, "-sSI", "https://www.google.com").returncode == 35
     assert sleep_curl(mesh, "-sSI", "https://www.google.com").returncode == 0  # ALLOW_ANY again
 
 
 def test_https_through_the_egress_gateway_with_sni_passthrough(mesh: RunningMesh) -> None:
-    ok(mesh, "up", "--set", "components.egressGateways[0].enabled=true")
-    ok(mesh, "apply", "-f", str(CNN_TLS))
+    mesh.ok("up", "--set", "components.egressGateways[0].enabled=true")
+    mesh.ok("apply", "-f", str(CNN_TLS))
     direct = sleep_curl(mesh, "-sSL", "-o", "/dev/null", "-D", "-", "https://edition.cnn.com/politics")
     assert direct.returncode == 0 and status_lines(direct.stdout)[0].startswith("HTTP/1.1 200"), direct
     assert not [e for e in access_log(mesh, "egressgateway") if e.get("requested_server_name")]
 
-    applied = ok(mesh, "apply", "-f", str(CNN_GATEWAY))
+    applied = mesh.ok("apply", "-f", str(CNN_GATEWAY))
     assert "Warning" not in applied, applied
     before = len(logged(mesh, "sleep-v1-0", "edition.cnn.com", count=0))
     through = sleep_curl(mesh, "-sSL", "-o", "/dev/null", "-D", "-", "https://edition.cnn.com/politics")
@@ -144,7 +133,7 @@ def test_https_through_the_egress_gateway_with_sni_passthrough(mesh: RunningMesh
     for kind, name in (("serviceentry", "cnn"), ("gateway", "istio-egressgateway"),
                        ("virtualservice", "direct-cnn-through-egress-gateway"),
                        ("destinationrule", "egressgateway-for-cnn")):
-        ok(mesh, "delete", kind, name)
+        mesh.ok("delete", kind, name)
     again = sleep_curl(mesh, "-sSL", "-o", "/dev/null", "-D", "-", "https://edition.cnn.com/politics")
     assert again.returncode == 0, again
     assert len([e for e in access_log(mesh, "egressgateway") if e.get("requested_server_name")]) == 1

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import cli
 from tests.e2e.mesh import SAMPLES, RunningMesh, start_mesh
 
 CNN_TLS = SAMPLES / "egress-gateway-https-serviceentry-cnn.yaml"
@@ -37,26 +36,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         yield running
 
 
-def meshkit(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
-    return cli.meshkit(mesh.home, mesh.base, *args)
-
-
-def ok(mesh: RunningMesh, *args: str) -> str:
-    done = meshkit(mesh, *args)
-    assert done.returncode == 0, f"meshkit {' '.join(args)}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def sleep_pod(mesh: RunningMesh) -> str:
     """``$(kubectl get pod -n test-egress -l app=sleep -o jsonpath={.items..metadata.name})``."""
-    return ok(mesh, "get", "pod", "-n", "test-egress", "-l", "app=sleep", "-o",
-              "jsonpath={.items..metadata.name}").strip()
+    return mesh.ok("get", "pod", "-n", "test-egress", "-l", "app=sleep", "-o",
+                   "jsonpath={.items..metadata.name}").strip()
 
 
 def sleep_curl(mesh: RunningMesh, *curl_args: str) -> subprocess.CompletedProcess[str]:
     """``kubectl exec "$(...)" -n test-egress -c sleep -- curl ARGS``."""
-    return meshkit(mesh, "exec", sleep_pod(mesh), "-n", "test-egress", "-c", "sleep", "--", "curl",
-                   *curl_args)
+    return mesh.run("exec", sleep_pod(mesh), "-n", "test-egress", "-c", "sleep", "--", "curl",
+                    *curl_args)
 
 
 def gateway_lines(mesh: RunningMesh, count: int) -> list[dict[str, Any]]:
@@ -64,7 +53,7 @@ def gateway_lines(mesh: RunningMesh, count: int) -> list[dict[str, Any]]:
     ``count`` are there (a tunnel's line is written when both sides are done, just after curl exits)."""
     deadline = time.monotonic() + 10
     while True:
-        printed = ok(mesh, "logs", "-l", "istio=egressgateway", "-n", "istio-system")
+        printed = mesh.ok("logs", "-l", "istio=egressgateway", "-n", "istio-system")
         lines = [e for e in (json.loads(line) for line in printed.splitlines() if line.strip())
                  if e.get("requested_server_name") == "edition.cnn.com"]
         if len(lines) >= count or time.monotonic() > deadline:
@@ -74,22 +63,22 @@ def gateway_lines(mesh: RunningMesh, count: int) -> list[dict[str, Any]]:
 
 def test_network_policy_keeps_sleep_from_bypassing_the_egress_gateway(mesh: RunningMesh) -> None:
     # the HTTPS part of the task, whose config the section builds on
-    ok(mesh, "up", "--set", "components.egressGateways[0].enabled=true")
-    ok(mesh, "apply", "-f", str(CNN_TLS))
-    ok(mesh, "apply", "-f", str(CNN_GATEWAY))
+    mesh.ok("up", "--set", "components.egressGateways[0].enabled=true")
+    mesh.ok("apply", "-f", str(CNN_TLS))
+    mesh.ok("apply", "-f", str(CNN_GATEWAY))
 
-    ok(mesh, "create", "namespace", "test-egress")
-    ok(mesh, "apply", "-n", "test-egress", "-f", str(SLEEP))
-    pods = ok(mesh, "get", "pod", sleep_pod(mesh), "-n", "test-egress")
+    mesh.ok("create", "namespace", "test-egress")
+    mesh.ok("apply", "-n", "test-egress", "-f", str(SLEEP))
+    pods = mesh.ok("get", "pod", sleep_pod(mesh), "-n", "test-egress")
     assert [line.split()[1:3] for line in pods.splitlines()[1:]] == [["1/1", "Running"]], pods
     before = sleep_curl(mesh, "-s", "-o", "/dev/null", "-w", "%{http_code}\\n", URL)
     assert (before.returncode, before.stdout) == (0, "200\n"), before  # no sidecar, no policy: straight out
 
-    ok(mesh, "label", "namespace", "istio-system", "istio=system")
-    ok(mesh, "label", "ns", "kube-system", "kube-system=true")
-    applied = meshkit(mesh, "apply", "-n", "test-egress", "-f", str(POLICY))
+    mesh.ok("label", "namespace", "istio-system", "istio=system")
+    mesh.ok("label", "ns", "kube-system", "kube-system=true")
+    applied = mesh.run("apply", "-n", "test-egress", "-f", str(POLICY))
     assert applied.returncode == 0 and "Warning" not in applied.stdout + applied.stderr, applied
-    listed = ok(mesh, "get", "networkpolicies", "-n", "test-egress")
+    listed = mesh.ok("get", "networkpolicies", "-n", "test-egress")
     assert listed.splitlines()[0].split() == ["NAME", "POD-SELECTOR", "AGE"], listed
     assert listed.splitlines()[1].split()[:2] == \
         ["allow-egress-to-istio-system-and-kube-dns", "<none>"], listed
@@ -102,13 +91,13 @@ def test_network_policy_keeps_sleep_from_bypassing_the_egress_gateway(mesh: Runn
     quick = sleep_curl(mesh, "--connect-timeout", "0.2", "-sS", URL)
     assert quick.returncode == 28 and "after 200 ms" in quick.stdout, quick
 
-    ok(mesh, "label", "namespace", "test-egress", "istio-injection=enabled")
-    ok(mesh, "delete", "deployment", "sleep", "-n", "test-egress")
-    ok(mesh, "apply", "-f", str(SLEEP), "-n", "test-egress")
-    containers = ok(mesh, "get", "pod", sleep_pod(mesh), "-n", "test-egress", "-o",
-                    "jsonpath={.spec.containers[*].name}")
+    mesh.ok("label", "namespace", "test-egress", "istio-injection=enabled")
+    mesh.ok("delete", "deployment", "sleep", "-n", "test-egress")
+    mesh.ok("apply", "-f", str(SLEEP), "-n", "test-egress")
+    containers = mesh.ok("get", "pod", sleep_pod(mesh), "-n", "test-egress", "-o",
+                         "jsonpath={.spec.containers[*].name}")
     assert containers == "sleep istio-proxy", containers
-    ok(mesh, "apply", "-n", "test-egress", "-f", str(RULE))
+    mesh.ok("apply", "-n", "test-egress", "-f", str(RULE))
 
     through = sleep_curl(mesh, "-sS", "-o", "/dev/null", "-w", "%{http_code}\\n", URL)
     assert (through.returncode, through.stdout) == (0, "200\n"), through
@@ -126,21 +115,21 @@ def test_network_policy_keeps_sleep_from_bypassing_the_egress_gateway(mesh: Runn
     assert "upstream connect error or disconnect/reset before headers. reset reason: connection timeout" \
         in plain.stdout, plain
     # kubectl logs "$(...)" -n test-egress -c istio-proxy
-    sidecar_log = [json.loads(line) for line in ok(mesh, "logs", sleep_pod(mesh), "-n", "test-egress", "-c",
-                                                   "istio-proxy", "--tail", "0").splitlines() if line.strip()]
+    printed = mesh.ok("logs", sleep_pod(mesh), "-n", "test-egress", "-c", "istio-proxy", "--tail", "0")
+    sidecar_log = [json.loads(line) for line in printed.splitlines() if line.strip()]
     assert {e.get("authority"): e["response_flags"] for e in sidecar_log if e.get("authority") in
             ("www.google.com", "httpbin.org")} == {"www.google.com": "UF", "httpbin.org": "UF"}, sidecar_log
 
     # cleanup, verbatim
-    ok(mesh, "delete", "-f", str(SLEEP), "-n", "test-egress")
-    ok(mesh, "delete", "destinationrule", "egressgateway-for-cnn", "-n", "test-egress")
-    ok(mesh, "delete", "networkpolicy", "allow-egress-to-istio-system-and-kube-dns", "-n", "test-egress")
-    ok(mesh, "label", "namespace", "kube-system", "kube-system-")
-    ok(mesh, "label", "namespace", "istio-system", "istio-")
-    ok(mesh, "delete", "namespace", "test-egress")
-    assert "No resources found" in ok(mesh, "get", "networkpolicies", "-A") + \
-        meshkit(mesh, "get", "networkpolicies", "-A").stderr
+    mesh.ok("delete", "-f", str(SLEEP), "-n", "test-egress")
+    mesh.ok("delete", "destinationrule", "egressgateway-for-cnn", "-n", "test-egress")
+    mesh.ok("delete", "networkpolicy", "allow-egress-to-istio-system-and-kube-dns", "-n", "test-egress")
+    mesh.ok("label", "namespace", "kube-system", "kube-system-")
+    mesh.ok("label", "namespace", "istio-system", "istio-")
+    mesh.ok("delete", "namespace", "test-egress")
+    assert "No resources found" in mesh.ok("get", "networkpolicies", "-A") + \
+        mesh.run("get", "networkpolicies", "-A").stderr
     # the default namespace's sleep was never restricted
-    still = meshkit(mesh, "exec", "deploy/sleep", "-c", "sleep", "--", "curl", "-sS", "-o", "/dev/null", "-w",
-                    "%{http_code}\\n", URL)
+    still = mesh.run("exec", "deploy/sleep", "-c", "sleep", "--", "curl", "-sS", "-o", "/dev/null", "-w",
+                     "%{http_code}\\n", URL)
     assert (still.returncode, still.stdout) == (0, "200\n"), still

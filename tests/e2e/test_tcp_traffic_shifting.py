@@ -30,12 +30,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         yield running
 
 
-def ok(mesh: RunningMesh, *args: str) -> str:
-    done = cli.meshkit(mesh.home, mesh.base, *args)
-    assert done.returncode == 0, f"meshkit {' '.join(args)}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def task_loop(mesh: RunningMesh, host: str, port: str, times: int) -> list[str]:
     """``kubectl exec "$SLEEP" -c sleep -n NS -- sh -c "(date; sleep 1) | nc $INGRESS_HOST
     $TCP_INGRESS_PORT"``, ``times`` times: the lines printed."""
@@ -59,23 +53,23 @@ def echo_prefix(port: int) -> str:
 
 
 def test_the_task_shifts_tcp_from_v1_to_80_20(mesh: RunningMesh) -> None:
-    ok(mesh, "create", "namespace", NS)
-    ok(mesh, "label", "namespace", NS, "istio-injection=enabled")
-    ok(mesh, "apply", "-f", str(SAMPLES / "sleep.yaml"), "-n", NS)
-    ok(mesh, "apply", "-f", str(SAMPLES / "tcp-echo-services.yaml"), "-n", NS)
-    pods = ok(mesh, "get", "pods", "-n", NS)
+    mesh.ok("create", "namespace", NS)
+    mesh.ok("label", "namespace", NS, "istio-injection=enabled")
+    mesh.ok("apply", "-f", str(SAMPLES / "sleep.yaml"), "-n", NS)
+    mesh.ok("apply", "-f", str(SAMPLES / "tcp-echo-services.yaml"), "-n", NS)
+    pods = mesh.ok("get", "pods", "-n", NS)
     ready = [line.split()[1] for line in pods.splitlines() if line.startswith("tcp-echo")]
     assert ready == ["2/2", "2/2"], pods  # with their sidecars: the namespace is labelled
-    ok(mesh, "apply", "-f", str(SAMPLES / "tcp-echo-all-v1.yaml"), "-n", NS)
-    host = ok(mesh, "get", "service", "istio-ingressgateway", "-n", "istio-system",
-              "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}")
-    port = ok(mesh, "get", "service", "istio-ingressgateway", "-n", "istio-system",
-              "-o", 'jsonpath={.spec.ports[?(@.name=="tcp")].port}')
+    mesh.ok("apply", "-f", str(SAMPLES / "tcp-echo-all-v1.yaml"), "-n", NS)
+    host = mesh.ok("get", "service", "istio-ingressgateway", "-n", "istio-system",
+                   "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}")
+    port = mesh.ok("get", "service", "istio-ingressgateway", "-n", "istio-system",
+                   "-o", 'jsonpath={.spec.ports[?(@.name=="tcp")].port}')
     for line in task_loop(mesh, host, port, 4):
         assert re.fullmatch(rf"one {DATE}", line), line
 
-    ok(mesh, "apply", "-f", str(SAMPLES / "tcp-echo-20-v2.yaml"), "-n", NS)
-    shown = ok(mesh, "get", "virtualservice", "tcp-echo", "-o", "yaml", "-n", NS)
+    mesh.ok("apply", "-f", str(SAMPLES / "tcp-echo-20-v2.yaml"), "-n", NS)
+    shown = mesh.ok("get", "virtualservice", "tcp-echo", "-o", "yaml", "-n", NS)
     assert "weight: 80" in shown and "weight: 20" in shown, shown
     lines = task_loop(mesh, host, port, 4)
     assert all(re.fullmatch(rf"(one|two) {DATE}", line) for line in lines), lines
@@ -84,7 +78,7 @@ def test_the_task_shifts_tcp_from_v1_to_80_20(mesh: RunningMesh) -> None:
     assert_share(prefixes.count("two"), len(prefixes), 0.2, "tcp-echo v2 after tcp-echo-20-v2.yaml")
 
     # cleanup, as the task: the routes go, the ingress's TCP port carries nothing
-    ok(mesh, "delete", "-f", str(SAMPLES / "tcp-echo-all-v1.yaml"), "-n", NS)
+    mesh.ok("delete", "-f", str(SAMPLES / "tcp-echo-all-v1.yaml"), "-n", NS)
     with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as conn:
         conn.sendall(b"ping\n")
         assert conn.recv(100) == b""  # closed: no route (Envoy closes a connection no filter chain takes)

@@ -50,15 +50,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         yield running
 
 
-def ok(mesh: RunningMesh, *args: str) -> str:
-    done = cli.meshkit(mesh.home, mesh.base, *args)
-    assert done.returncode == 0, f"meshkit {' '.join(args)}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def in_curl(mesh: RunningMesh, script: str) -> list[str]:
     """``kubectl exec deploy/curl -c curl -n NS -- sh -c SCRIPT``: the lines printed."""
-    return ok(mesh, "exec", "deploy/curl", "-c", "curl", "-n", NS, "--", "sh", "-c", script).splitlines()
+    return mesh.ok("exec", "deploy/curl", "-c", "curl", "-n", NS, "--", "sh", "-c", script).splitlines()
 
 
 def versions(mesh: RunningMesh, connections: int) -> list[str]:
@@ -88,11 +82,11 @@ def tcp_opened(admin: int) -> dict[tuple[str, str], float]:
 
 
 def test_the_curl_pods_own_tcp_shifts_from_v1_to_80_20_through_its_sidecar(mesh: RunningMesh) -> None:
-    ok(mesh, "create", "namespace", NS)
-    ok(mesh, "label", "namespace", NS, "istio-injection=enabled")
-    ok(mesh, "apply", "-f", str(SAMPLES / "curl.yaml"), "-n", NS)
-    ok(mesh, "apply", "-f", str(SAMPLES / "tcp-echo-services.yaml"), "-n", NS)
-    pods = ok(mesh, "get", "pods", "-n", NS)
+    mesh.ok("create", "namespace", NS)
+    mesh.ok("label", "namespace", NS, "istio-injection=enabled")
+    mesh.ok("apply", "-f", str(SAMPLES / "curl.yaml"), "-n", NS)
+    mesh.ok("apply", "-f", str(SAMPLES / "tcp-echo-services.yaml"), "-n", NS)
+    pods = mesh.ok("get", "pods", "-n", NS)
     ready = {line.split()[0]: line.split()[1] for line in pods.splitlines()[1:] if line.strip()}
     assert sorted(ready.values()) == ["2/2"] * 3, pods  # curl and both tcp-echo with their sidecars
     [curl] = [name for name in ready if name.startswith("curl")]
@@ -106,7 +100,7 @@ def test_the_curl_pods_own_tcp_shifts_from_v1_to_80_20_through_its_sidecar(mesh:
     all_v1 = without_gateway((SAMPLES / "tcp-echo-all-v1.yaml").read_text())
     path = mesh.home / "tcp-echo-all-v1-mesh.yaml"
     path.write_text(all_v1)
-    ok(mesh, "apply", "-f", str(path), "-n", NS)
+    mesh.ok("apply", "-f", str(path), "-n", NS)
     # the task's loop, from curl to the service: every connection is v1's
     for _ in range(3):
         [line] = in_curl(mesh, "(date; sleep 1) | nc tcp-echo 9000")
@@ -115,8 +109,8 @@ def test_the_curl_pods_own_tcp_shifts_from_v1_to_80_20_through_its_sidecar(mesh:
 
     path = mesh.home / "tcp-echo-20-v2-mesh.yaml"
     path.write_text(without_gateway((SAMPLES / "tcp-echo-20-v2.yaml").read_text()))
-    ok(mesh, "apply", "-f", str(path), "-n", NS)
-    shown = ok(mesh, "get", "virtualservice", "tcp-echo", "-o", "yaml", "-n", NS)
+    mesh.ok("apply", "-f", str(path), "-n", NS)
+    shown = mesh.ok("get", "virtualservice", "tcp-echo", "-o", "yaml", "-n", NS)
     assert "weight: 80" in shown and "weight: 20" in shown and "gateways" not in shown, shown
     replies = versions(mesh, 120)
     assert set(replies) == {"one", "two"}, replies
@@ -124,7 +118,7 @@ def test_the_curl_pods_own_tcp_shifts_from_v1_to_80_20_through_its_sidecar(mesh:
 
     # Envoy's TCP line in curl's sidecar log, Istio's TCP metrics on its admin port
     # `kubectl logs -l app=curl -c istio-proxy -n NS`
-    log = [json.loads(line) for line in ok(mesh, "logs", "-l", "app=curl", "-c", "istio-proxy", "--tail", "0")
+    log = [json.loads(line) for line in mesh.ok("logs", "-l", "app=curl", "-c", "istio-proxy", "--tail", "0")
            .splitlines() if line.strip().startswith("{")]
     clusters = {e["upstream_cluster"] for e in log if e.get("method") is None}
     assert {f"outbound|9000|v1|{FQDN}", f"outbound|9000|v2|{FQDN}"} <= clusters, clusters
@@ -142,7 +136,7 @@ def test_the_curl_pods_own_tcp_shifts_from_v1_to_80_20_through_its_sidecar(mesh:
 
 def curl_log(mesh: RunningMesh) -> list[dict[str, object]]:
     """`kubectl logs -l app=curl -c istio-proxy -n NS`: the curl sidecar's JSON access-log lines."""
-    text = ok(mesh, "logs", "-l", "app=curl", "-c", "istio-proxy", "--tail", "0")
+    text = mesh.ok("logs", "-l", "app=curl", "-c", "istio-proxy", "--tail", "0")
     return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
 
 
@@ -160,7 +154,7 @@ def test_plain_http_to_a_port_the_service_does_not_declare_goes_as_tcp(mesh: Run
     its virtual outbound listener's passthrough chain carries the connection as TCP: PassthroughCluster
     under ALLOW_ANY (tcp-echo's server reads curl's request line and echoes it: not HTTP, curl's exit 1),
     BlackHoleCluster with UH under REGISTRY_ONLY (closed, nothing answered); no HTTP metric either way."""
-    pods = ok(mesh, "get", "pods", "-n", NS)  # the first test of this module deployed curl and tcp-echo
+    pods = mesh.ok("get", "pods", "-n", NS)  # the first test of this module deployed curl and tcp-echo
     assert sum(line.startswith("curl") for line in pods.splitlines()) == 1, pods
     [row] = [w for w in mesh.status["workloads"] if w["name"].split(".")[0].startswith("curl")]
     seen = len(curl_log(mesh))
