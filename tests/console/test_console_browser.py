@@ -131,8 +131,14 @@ def open_console(browser: Browser, mesh: Mesh) -> Any:
 
 def test_graph_draws_live_edges_after_load(mesh: Mesh, browser: Browser) -> None:
     mesh.traffic(30)
-    wait_until(lambda: len(mesh.client.request("GET", "telemetry", query={"window": "60"})["edges"]) >= 4,
-               30, "telemetry edges for the traffic sent")
+
+    def scraped() -> bool:  # what the page is then asked to draw (each sidecar is scraped on its own)
+        edges = mesh.client.request("GET", "telemetry", query={"window": "60"})["edges"]
+        return len(edges) >= 4 and any(
+            e["source_workload"].startswith("productpage") and e["destination_service"].startswith("reviews")
+            and e["destination_version"] in ("v1", "v2") for e in edges)
+
+    wait_until(scraped, 30, "telemetry edges for the traffic sent, productpage to reviews v1 or v2 too")
     page = open_console(browser, mesh)
     try:
         assert "#token" not in page.url  # the token left the address bar for sessionStorage
