@@ -57,6 +57,8 @@ def test_a_port_held_by_another_program_is_named_with_a_fix(tmp_path: Path) -> N
                 break
             except OSError:
                 continue
+        else:
+            pytest.fail("no free port block below the ephemeral range to hold")
         holder.listen()
         with pytest.raises(MeshError) as refused:
             LocalMesh(StateDir.open(tmp_path / "home")).up(base_port=base)
